@@ -1,0 +1,35 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// Quorum has no package dependencies: only the toolchain's own modules (Foundation, Dispatch,
+// Synchronization, Glibc, Testing). Swift 6 language mode gives complete strict concurrency checking.
+let settings: [SwiftSetting] = [
+  .swiftLanguageMode(.v6),
+  .enableUpcomingFeature("ExistentialAny"),
+  .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+  name: "Quorum",
+  products: [
+    .library(name: "QuorumCore", targets: ["QuorumCore"]),
+    .library(name: "QuorumStorage", targets: ["QuorumStorage"]),
+    .library(name: "QuorumSimulation", targets: ["QuorumSimulation"]),
+    .executable(name: "quorum", targets: ["QuorumCLI"]),
+    .executable(name: "quorum-bench", targets: ["QuorumBench"]),
+  ],
+  targets: [
+    .target(name: "QuorumCore", swiftSettings: settings),
+    .target(name: "QuorumStorage", dependencies: ["QuorumCore"], swiftSettings: settings),
+    .target(name: "QuorumSimulation", dependencies: ["QuorumCore"], swiftSettings: settings),
+    .executableTarget(
+      name: "QuorumCLI", dependencies: ["QuorumCore", "QuorumSimulation"], swiftSettings: settings),
+    .executableTarget(
+      name: "QuorumBench", dependencies: ["QuorumCore", "QuorumSimulation", "QuorumStorage"],
+      swiftSettings: settings),
+    .testTarget(name: "QuorumCoreTests", dependencies: ["QuorumCore", "QuorumSimulation"], swiftSettings: settings),
+    .testTarget(name: "QuorumStorageTests", dependencies: ["QuorumStorage", "QuorumCore"], swiftSettings: settings),
+    .testTarget(
+      name: "QuorumSimulationTests", dependencies: ["QuorumSimulation", "QuorumCore"], swiftSettings: settings),
+  ]
+)

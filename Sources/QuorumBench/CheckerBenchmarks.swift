@@ -1,0 +1,3 @@
+enum CheckerBenchmarks {
+  static func run(_ report: BenchReport) async throws {}
+}

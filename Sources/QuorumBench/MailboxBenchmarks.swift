@@ -1,0 +1,3 @@
+enum MailboxBenchmarks {
+  static func run(_ report: BenchReport) async throws {}
+}

@@ -1,0 +1,3 @@
+enum StorageBenchmarks {
+  static func run(_ report: BenchReport) async throws {}
+}

@@ -1,0 +1,25 @@
+import Foundation
+
+// The benchmark executable. Build in release mode: `swift run -c release quorum-bench [suite ...]`,
+// or `swift package benchmark`. Every figure is printed with the baseline measured in the same run.
+
+let suites: [(name: String, run: (BenchReport) async throws -> Void)] = [
+  ("mailbox", MailboxBenchmarks.run),
+  ("checker", CheckerBenchmarks.run),
+  ("storage", StorageBenchmarks.run),
+]
+
+let requested = Set(CommandLine.arguments.dropFirst())
+let unknown = requested.subtracting(suites.map(\.name))
+if !unknown.isEmpty {
+  print("unknown suite(s): \(unknown.sorted().joined(separator: ", ")); known: \(suites.map(\.name).joined(separator: ", "))")
+  exit(2)
+}
+#if DEBUG
+  print("warning: this is a debug build; figures are meaningless. Use `swift run -c release quorum-bench`.")
+#endif
+let report = BenchReport()
+for suite in suites where requested.isEmpty || requested.contains(suite.name) {
+  print("== \(suite.name)")
+  try await suite.run(report)
+}

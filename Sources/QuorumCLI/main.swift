@@ -1,0 +1,20 @@
+import Glibc
+import QuorumCore
+import QuorumSimulation
+
+// `quorum` — the command-line front end. Subcommands grow with the modules; see `quorum help`.
+
+let arguments = Array(CommandLine.arguments.dropFirst())
+switch arguments.first {
+case "demo":
+  try await FoundationDemo.run()
+case nil, "help", "--help", "-h":
+  print(
+    """
+    usage: quorum <command>
+      demo      a narrated tour on an in-process cluster
+    """)
+default:
+  print("quorum: unknown command '\(arguments[0])'; try `quorum help`")
+  exit(2)
+}

@@ -1,0 +1,163 @@
+/// How fresh a read must be: the consistency models of the CAP trade-off, chosen per request.
+public enum ReadConsistency: String, Sendable, Hashable, CaseIterable, CustomStringConvertible {
+  /// Linearizable. The leader confirms with a quorum that it is still leader (ReadIndex) and waits until its
+  /// state machine has applied everything committed at that moment. Costs one round trip; unavailable in
+  /// a minority partition.
+  case linearizable
+  /// Served by the leader while its lease holds, with no round trip. Linearizable as long as clocks drift
+  /// less than the configured bound; unavailable in a minority partition.
+  case lease
+  /// Served from the local replica's applied state, leader or not. Always available, possibly stale: it
+  /// reflects some earlier committed prefix of the log.
+  case stale
+
+  public var description: String { rawValue }
+}
+
+/// Facts about the log position a command is applied at, identical on every replica.
+public struct ApplyContext: Sendable, Hashable {
+  /// The log position (Raft index or Paxos slot).
+  public var index: UInt64
+  /// The leader's wall-clock time in milliseconds since 1970 when it proposed the command. Replicas use
+  /// it (never their own clocks) for anything time-based, such as lock TTLs and session expiry, so apply
+  /// stays deterministic.
+  public var timestampMillis: UInt64
+
+  /// Creates an apply context.
+  public init(index: UInt64, timestampMillis: UInt64) {
+    self.index = index
+    self.timestampMillis = timestampMillis
+  }
+}
+
+/// A deterministic state machine replicated by a consensus engine.
+///
+/// Every replica applies the same commands in the same order, so `apply` must depend only on the current
+/// state, the command and the ``ApplyContext``: no clocks, no randomness, no I/O.
+public protocol StateMachine: Sendable {
+  /// A state-changing request, written to the log.
+  associatedtype Command: WireCodable & Sendable
+  /// The result of applying a command. Encodable so that exactly-once sessions can remember it and so it
+  /// can cross the network to a client.
+  associatedtype Response: WireCodable & Sendable
+  /// A read-only request, answered from applied state (never written to the log).
+  associatedtype Query: Sendable
+  /// The answer to a query.
+  associatedtype QueryResult: Sendable
+
+  /// Applies a committed command.
+  mutating func apply(_ command: Command, context: ApplyContext) -> Response
+
+  /// Answers a query from the current state.
+  func query(_ query: Query) -> QueryResult
+
+  /// Serialises the whole state, for log compaction and for replicas that fell too far behind.
+  func snapshot() -> [UInt8]
+
+  /// Replaces the state with a snapshot made by ``snapshot()``.
+  mutating func restore(from snapshot: [UInt8]) throws
+}
+
+/// Identifies one request of one client, for exactly-once execution.
+///
+/// A client registers a session, then numbers its requests 1, 2, 3…; a retried request carries the same
+/// number, and a replica that already applied it returns the remembered response instead of applying it
+/// again (Raft thesis §6.3).
+public struct RequestID: Sendable, Hashable, WireCodable, CustomStringConvertible {
+  /// The client's session number, assigned when the session was registered.
+  public var session: UInt64
+  /// The request's sequence number within the session, starting at 1.
+  public var sequence: UInt64
+
+  /// Creates a request identifier.
+  public init(session: UInt64, sequence: UInt64) {
+    self.session = session
+    self.sequence = sequence
+  }
+
+  public func encode(to writer: inout WireWriter) {
+    writer.writeVarint(session)
+    writer.writeVarint(sequence)
+  }
+
+  public init(from reader: inout WireReader) throws(WireError) {
+    session = try reader.readVarint()
+    sequence = try reader.readVarint()
+  }
+
+  public var description: String { "\(session)#\(sequence)" }
+}
+
+/// Why a consensus engine could not carry out a request.
+public enum ConsensusError: Error, Sendable, Equatable, CustomStringConvertible {
+  /// This node is not the leader. `hint` is the leader it knows of, if any: retry there.
+  case notLeader(hint: NodeID?)
+  /// The request was not completed in time; it may or may not take effect later.
+  case timeout
+  /// Leadership changed while the command was in flight and the command was definitely not committed.
+  case dropped
+  /// Leadership changed while the command was in flight; it may or may not have been committed. A client
+  /// with a session can retry safely.
+  case outcomeUnknown
+  /// The node is shutting down or stopped.
+  case stopped
+  /// Too many requests are waiting; retry later.
+  case overloaded(limit: Int)
+  /// A leadership transfer is in progress; proposals are refused until it completes.
+  case transferInProgress
+  /// The session is unknown or expired; register a new one.
+  case sessionExpired(UInt64)
+  /// A lease read was asked for but the leader's lease is not currently valid.
+  case leaseExpired
+  /// A membership change was refused (for example, one is already in progress).
+  case membershipChangeRejected(String)
+  /// The command's size exceeds the engine's limit.
+  case commandTooLarge(bytes: Int, limit: Int)
+
+  public var description: String {
+    switch self {
+    case .notLeader(let hint): return "not the leader" + (hint.map { " (leader is \($0))" } ?? " (leader unknown)")
+    case .timeout: return "request timed out"
+    case .dropped: return "proposal dropped by a leadership change"
+    case .outcomeUnknown: return "leadership changed; the outcome is unknown"
+    case .stopped: return "node stopped"
+    case .overloaded(let limit): return "overloaded (\(limit) requests pending)"
+    case .transferInProgress: return "leadership transfer in progress"
+    case .sessionExpired(let id): return "session \(id) expired or unknown"
+    case .leaseExpired: return "leader lease not valid"
+    case .membershipChangeRejected(let why): return "membership change rejected: \(why)"
+    case .commandTooLarge(let bytes, let limit): return "command of \(bytes) bytes exceeds the limit of \(limit)"
+    }
+  }
+}
+
+/// A consensus engine seen from the services built on it: a replicated, totally ordered log of commands
+/// applied to a ``StateMachine``, plus reads at a chosen consistency.
+///
+/// Raft's `RaftNode` and Multi-Paxos's log both conform, so the key-value store, the lock service and the
+/// transaction participants run on either without change.
+public protocol ReplicatedLog<Machine>: Sendable {
+  /// The replicated state machine.
+  associatedtype Machine: StateMachine
+
+  /// Appends `command` to the log and returns the state machine's response once it is applied here.
+  ///
+  /// With a `request` identifier the command is applied at most once even if proposed again (exactly-once
+  /// sessions); without one a retry after ``ConsensusError/outcomeUnknown`` may apply it twice.
+  /// - Throws: ``ConsensusError``.
+  func propose(_ command: Machine.Command, request: RequestID?) async throws -> Machine.Response
+
+  /// Answers `query` from replicated state at the given consistency.
+  /// - Throws: ``ConsensusError``.
+  func read(_ query: Machine.Query, consistency: ReadConsistency) async throws -> Machine.QueryResult
+
+  /// Opens an exactly-once session and returns its number.
+  func registerSession() async throws -> UInt64
+}
+
+extension ReplicatedLog {
+  /// Appends `command` with no session.
+  public func propose(_ command: Machine.Command) async throws -> Machine.Response {
+    try await propose(command, request: nil)
+  }
+}

@@ -1,0 +1,120 @@
+/// A value that can write itself in Quorum's binary format.
+public protocol WireEncodable {
+  /// Appends the value's encoding to `writer`.
+  func encode(to writer: inout WireWriter)
+}
+
+/// A value that can read itself from Quorum's binary format.
+public protocol WireDecodable {
+  /// Reads a value, throwing a ``WireError`` for malformed input.
+  init(from reader: inout WireReader) throws(WireError)
+}
+
+/// A value with a binary encoding in both directions.
+public typealias WireCodable = WireEncodable & WireDecodable
+
+extension WireEncodable {
+  /// The value's encoding as a fresh byte array.
+  public func wireBytes(reservingCapacity capacity: Int = 64) -> [UInt8] {
+    var writer = WireWriter(reservingCapacity: capacity)
+    encode(to: &writer)
+    return writer.bytes
+  }
+}
+
+extension WireDecodable {
+  /// Decodes a value that must occupy all of `bytes`.
+  public init(wireBytes bytes: [UInt8], limits: WireLimits = .default) throws(WireError) {
+    var reader = WireReader(bytes, limits: limits)
+    self = try Self(from: &reader)
+    try reader.expectEnd()
+  }
+}
+
+extension UInt8: WireCodable {
+  public func encode(to writer: inout WireWriter) { writer.writeByte(self) }
+  public init(from reader: inout WireReader) throws(WireError) { self = try reader.readByte() }
+}
+
+extension UInt16: WireCodable {
+  public func encode(to writer: inout WireWriter) { writer.writeVarint(UInt64(self)) }
+  public init(from reader: inout WireReader) throws(WireError) { self = try reader.readVarint(as: UInt16.self) }
+}
+
+extension UInt32: WireCodable {
+  public func encode(to writer: inout WireWriter) { writer.writeVarint(UInt64(self)) }
+  public init(from reader: inout WireReader) throws(WireError) { self = try reader.readVarint(as: UInt32.self) }
+}
+
+extension UInt64: WireCodable {
+  public func encode(to writer: inout WireWriter) { writer.writeVarint(self) }
+  public init(from reader: inout WireReader) throws(WireError) { self = try reader.readVarint() }
+}
+
+extension Int64: WireCodable {
+  public func encode(to writer: inout WireWriter) { writer.writeSignedVarint(self) }
+  public init(from reader: inout WireReader) throws(WireError) { self = try reader.readSignedVarint() }
+}
+
+extension Int: WireCodable {
+  public func encode(to writer: inout WireWriter) { writer.writeSignedVarint(Int64(self)) }
+  public init(from reader: inout WireReader) throws(WireError) {
+    let start = reader.position
+    let raw = try reader.readSignedVarint()
+    guard let value = Int(exactly: raw) else { throw WireError(.invalidValue("\(raw) does not fit in Int"), at: start) }
+    self = value
+  }
+}
+
+extension Bool: WireCodable {
+  public func encode(to writer: inout WireWriter) { writer.writeBool(self) }
+  public init(from reader: inout WireReader) throws(WireError) { self = try reader.readBool() }
+}
+
+extension String: WireCodable {
+  public func encode(to writer: inout WireWriter) { writer.writeString(self) }
+  public init(from reader: inout WireReader) throws(WireError) { self = try reader.readString() }
+}
+
+extension Array: WireEncodable where Element: WireEncodable {
+  public func encode(to writer: inout WireWriter) {
+    if let bytes = self as? [UInt8] {
+      writer.writeBytes(bytes)
+    } else {
+      writer.writeArray(self)
+    }
+  }
+}
+
+extension Array: WireDecodable where Element: WireDecodable {
+  public init(from reader: inout WireReader) throws(WireError) {
+    if Element.self == UInt8.self, let bytes = try reader.readBytes() as? [Element] {
+      self = bytes
+    } else {
+      self = try reader.readArray(Element.self)
+    }
+  }
+}
+
+extension Optional: WireEncodable where Wrapped: WireEncodable {
+  public func encode(to writer: inout WireWriter) { writer.writeOptional(self) }
+}
+
+extension Optional: WireDecodable where Wrapped: WireDecodable {
+  public init(from reader: inout WireReader) throws(WireError) { self = try reader.readOptional(Wrapped.self) }
+}
+
+extension NodeID: WireCodable {
+  public func encode(to writer: inout WireWriter) { writer.writeVarint(rawValue) }
+  public init(from reader: inout WireReader) throws(WireError) { self.init(rawValue: try reader.readVarint()) }
+}
+
+extension GroupID: WireCodable {
+  public func encode(to writer: inout WireWriter) { writer.writeVarint(rawValue) }
+  public init(from reader: inout WireReader) throws(WireError) { self.init(rawValue: try reader.readVarint()) }
+}
+
+extension ClusterID: WireCodable {
+  public func encode(to writer: inout WireWriter) { writer.writeString(rawValue) }
+  public init(from reader: inout WireReader) throws(WireError) { self.init(rawValue: try reader.readString()) }
+}

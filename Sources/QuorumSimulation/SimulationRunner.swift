@@ -1,0 +1,115 @@
+/// A bounded record of the most recent events of one simulated run, printed when the run fails.
+///
+/// Recording is off on the first pass over a seed (it costs string building on every event); the runner
+/// replays a failing seed with recording on, which reproduces the same run exactly because the run is a
+/// function of its seed.
+public final class SimulationTrace {
+  /// Whether events are being recorded.
+  public let isEnabled: Bool
+  /// The most events kept; older ones are discarded.
+  public let capacity: Int
+  private var lines: [String] = []
+  private var next = 0
+  /// How many events were recorded in total, including discarded ones.
+  public private(set) var recorded = 0
+
+  /// Creates a trace keeping the last `capacity` events, or recording nothing when disabled.
+  public init(enabled: Bool, capacity: Int = 300) {
+    self.isEnabled = enabled
+    self.capacity = max(1, capacity)
+  }
+
+  /// Records an event; the text is only built when recording is on.
+  public func record(_ time: VirtualTime, _ text: @autoclosure () -> String) {
+    guard isEnabled else { return }
+    let line = "[\(time)] \(text())"
+    if lines.count < capacity {
+      lines.append(line)
+    } else {
+      lines[next] = line
+      next = (next + 1) % capacity
+    }
+    recorded += 1
+  }
+
+  /// The kept events, oldest first.
+  public var events: [String] {
+    lines.count < capacity ? lines : Array(lines[next...] + lines[..<next])
+  }
+}
+
+/// A broken invariant or failed check found by a simulated run.
+public struct SimulationFailure: Error, CustomStringConvertible {
+  /// What went wrong, with the state that shows it.
+  public var message: String
+  /// Creates a failure.
+  public init(_ message: String) { self.message = message }
+  public var description: String { message }
+}
+
+/// The outcome of running many seeds.
+public struct SimulationReport: CustomStringConvertible {
+  /// A seed whose run failed.
+  public struct FailedSeed {
+    /// The seed that reproduces the failure.
+    public var seed: UInt64
+    /// What went wrong.
+    public var message: String
+    /// The last events before the failure (from a replay with tracing on).
+    public var trace: [String]
+  }
+
+  /// How many seeds were run.
+  public var seedsRun: Int
+  /// The first failing seed, if any.
+  public var failure: FailedSeed?
+
+  /// Whether every seed passed.
+  public var passed: Bool { failure == nil }
+
+  public var description: String {
+    guard let failure else { return "\(seedsRun) seeds passed" }
+    var text = "seed \(failure.seed) FAILED after \(seedsRun) seeds: \(failure.message)\n"
+    if !failure.trace.isEmpty {
+      text += "last \(failure.trace.count) events of seed \(failure.seed):\n"
+      for line in failure.trace { text += "  \(line)\n" }
+    }
+    text += "reproduce with: swift package simulate --seed \(failure.seed)"
+    return text
+  }
+}
+
+/// Runs a simulation body over many seeds and reports the first failure with its trace.
+public enum SimulationRunner {
+  /// Runs `body` once per seed until one throws.
+  ///
+  /// - Parameters:
+  ///   - seeds: the seeds to try, in order.
+  ///   - traceCapacity: how many trailing events to show for a failing seed.
+  ///   - body: one simulated run; it must be a pure function of the seed. It receives a trace to record
+  ///     events into (disabled on the first pass) and throws on any broken invariant.
+  public static func run(
+    seeds: some Sequence<UInt64>, traceCapacity: Int = 300,
+    _ body: (_ seed: UInt64, _ trace: SimulationTrace) throws -> Void
+  ) -> SimulationReport {
+    var count = 0
+    for seed in seeds {
+      count += 1
+      do {
+        try body(seed, SimulationTrace(enabled: false))
+      } catch {
+        let trace = SimulationTrace(enabled: true, capacity: traceCapacity)
+        var message = "\(error)"
+        do {
+          try body(seed, trace)
+          message += " (the replay with tracing on passed: the run is not a pure function of its seed)"
+        } catch {
+          message = "\(error)"
+        }
+        return SimulationReport(
+          seedsRun: count, failure: .init(seed: seed, message: message, trace: trace.events))
+      }
+    }
+    return SimulationReport(seedsRun: count, failure: nil)
+  }
+}

@@ -1,0 +1,173 @@
+public import QuorumCore
+
+/// A log entry that a ``ConsensusStorage`` can persist: it knows its own position.
+public protocol StorableEntry: WireCodable, Sendable {
+  /// The entry's log position (Raft index, Paxos slot). Positions start at 1.
+  var index: UInt64 { get }
+}
+
+/// A state-machine snapshot plus the protocol's metadata about it, as stored on disk.
+public struct StoredSnapshot: Sendable, Equatable {
+  /// The last log position the snapshot covers.
+  public var index: UInt64
+  /// The term (Raft) or epoch of the entry at ``index``.
+  public var term: UInt64
+  /// Protocol-specific metadata, such as the membership configuration at ``index``.
+  public var metadata: [UInt8]
+  /// The state machine's serialised state.
+  public var data: [UInt8]
+
+  /// Creates a snapshot record.
+  public init(index: UInt64, term: UInt64, metadata: [UInt8] = [], data: [UInt8]) {
+    self.index = index
+    self.term = term
+    self.metadata = metadata
+    self.data = data
+  }
+}
+
+/// How an entry written at a position that is already stored is treated.
+public enum LogWriteMode: Sendable, Equatable {
+  /// Raft's rule: writing at position `i` replaces the entry at `i` and discards every entry after it.
+  case truncateSuffix
+  /// Paxos's rule: writing at position `i` replaces only the entry at `i`; later positions stay.
+  case replace
+}
+
+/// One durable write: an optional new hard state and entries, made durable together.
+public struct StorageWrite<Entry: StorableEntry>: Sendable {
+  /// The protocol's small durable state (Raft: term, vote, commit; Paxos: promised ballot), if it changed.
+  public var hardState: [UInt8]?
+  /// Entries in ascending position order.
+  public var entries: [Entry]
+
+  /// Creates a write.
+  public init(hardState: [UInt8]? = nil, entries: [Entry] = []) {
+    self.hardState = hardState
+    self.entries = entries
+  }
+
+  /// Whether there is nothing to write.
+  public var isEmpty: Bool { hardState == nil && entries.isEmpty }
+}
+
+/// What recovery found and did.
+public struct RecoveryReport: Sendable, Equatable, CustomStringConvertible {
+  /// Log segment files read.
+  public var segmentsRead: Int = 0
+  /// Records replayed.
+  public var recordsRead: Int = 0
+  /// Bytes cut from a torn tail (a record the crash left half written), or 0.
+  public var truncatedTailBytes: Int = 0
+  /// Where the torn tail was cut, if it was: file and offset.
+  public var truncatedAt: String?
+
+  /// Creates an empty report.
+  public init() {}
+
+  public var description: String {
+    var text = "\(recordsRead) records in \(segmentsRead) segments"
+    if truncatedTailBytes > 0 { text += "; torn tail of \(truncatedTailBytes) bytes truncated at \(truncatedAt ?? "?")" }
+    return text
+  }
+}
+
+/// Everything a node made durable before it stopped.
+public struct RecoveredState<Entry: StorableEntry>: Sendable {
+  /// The last hard state written, if any.
+  public var hardState: [UInt8]?
+  /// The newest snapshot, if any.
+  public var snapshot: StoredSnapshot?
+  /// The stored entries after the snapshot, in ascending position order (contiguous in
+  /// ``LogWriteMode/truncateSuffix`` mode, possibly with gaps in ``LogWriteMode/replace`` mode).
+  public var entries: [Entry]
+  /// What recovery found.
+  public var report: RecoveryReport
+
+  /// Creates a recovered state.
+  public init(
+    hardState: [UInt8]? = nil, snapshot: StoredSnapshot? = nil, entries: [Entry] = [],
+    report: RecoveryReport = RecoveryReport()
+  ) {
+    self.hardState = hardState
+    self.snapshot = snapshot
+    self.entries = entries
+    self.report = report
+  }
+}
+
+/// When written data is forced to the disk.
+public enum FsyncPolicy: Sendable, Equatable, CustomStringConvertible {
+  /// Every ``ConsensusStorage/write(_:)`` returns only after `fdatasync`: nothing acknowledged is lost.
+  case always
+  /// Writes return after reaching the operating system; a background sync runs every `interval`. A crash
+  /// (of the machine, not the process) can lose up to `interval` of acknowledged writes.
+  case batch(interval: Duration)
+  /// Never sync; the operating system flushes when it likes. For tests and throw-away clusters only.
+  case never
+
+  public var description: String {
+    switch self {
+    case .always: return "always"
+    case .batch(let interval): return "batch(\(interval))"
+    case .never: return "never"
+    }
+  }
+}
+
+/// Why storage failed. Corruption is never skipped silently.
+public enum StorageError: Error, Sendable, Equatable, CustomStringConvertible {
+  /// A system call failed.
+  case io(operation: String, path: String, errno: Int32)
+  /// A record before the end of the log is damaged: the log cannot be trusted past it.
+  case corruptRecord(file: String, offset: Int, reason: String)
+  /// A snapshot file is damaged.
+  case corruptSnapshot(file: String, reason: String)
+  /// A record is larger than the configured limit.
+  case recordTooLarge(bytes: Int, limit: Int)
+  /// Entries were not in ascending, contiguous order, or started past the end of the log.
+  case invalidWrite(String)
+  /// The storage was closed.
+  case closed
+  /// Another process holds the data directory.
+  case directoryLocked(path: String)
+
+  public var description: String {
+    switch self {
+    case .io(let op, let path, let code): return "\(op) failed on \(path): errno \(code)"
+    case .corruptRecord(let file, let offset, let reason): return "corrupt record in \(file) at byte \(offset): \(reason)"
+    case .corruptSnapshot(let file, let reason): return "corrupt snapshot \(file): \(reason)"
+    case .recordTooLarge(let bytes, let limit): return "record of \(bytes) bytes exceeds the limit of \(limit)"
+    case .invalidWrite(let why): return "invalid write: \(why)"
+    case .closed: return "storage closed"
+    case .directoryLocked(let path): return "data directory \(path) is locked by another process"
+    }
+  }
+}
+
+/// Durable storage for a consensus node: a log of entries, a small hard state, and snapshots.
+///
+/// Implementations: `MemoryStorage` (nothing survives the process; for tests and benchmarks) and
+/// `FileStorage` (segmented write-ahead log with per-record CRC-32C, atomic snapshot files).
+/// Methods may do blocking I/O on a storage-owned thread; they never block Swift's cooperative pool.
+public protocol ConsensusStorage<Entry>: Sendable {
+  /// The entry type.
+  associatedtype Entry: StorableEntry
+
+  /// Reads back everything durable. Call once, before any write.
+  func recover() async throws -> RecoveredState<Entry>
+
+  /// Writes a hard state and/or entries; returns once they are durable under the fsync policy.
+  func write(_ write: StorageWrite<Entry>) async throws
+
+  /// Stores `snapshot` atomically. With `discardingLog`, every stored entry is dropped (a follower that
+  /// installs a leader's snapshot); otherwise entries up to the snapshot's index become eligible for
+  /// ``compact(through:)``.
+  func saveSnapshot(_ snapshot: StoredSnapshot, discardingLog: Bool) async throws
+
+  /// Discards stored entries at positions up to `index` (which a saved snapshot covers).
+  func compact(through index: UInt64) async throws
+
+  /// Flushes and releases resources; later calls throw ``StorageError/closed``.
+  func close() async throws
+}
