@@ -12,7 +12,8 @@ let suites: [(name: String, run: (BenchReport) async throws -> Void)] = [
 let requested = Set(CommandLine.arguments.dropFirst())
 let unknown = requested.subtracting(suites.map(\.name))
 if !unknown.isEmpty {
-  print("unknown suite(s): \(unknown.sorted().joined(separator: ", ")); known: \(suites.map(\.name).joined(separator: ", "))")
+  let known = suites.map(\.name).joined(separator: ", ")
+  print("unknown suite(s): \(unknown.sorted().joined(separator: ", ")); known: \(known)")
   exit(2)
 }
 #if DEBUG

@@ -1,75 +1,100 @@
 /// A first-in first-out queue with amortised O(1) push and pop.
 ///
-/// Elements live in one array; popping advances a head index, and the consumed prefix is dropped once it
-/// makes up at least half the storage. This keeps the common "push many, drain all" pattern of mailboxes
-/// to one contiguous buffer that is reused, with no per-element allocation.
+/// Elements live in a ring buffer that doubles when full and is reused, never shrunk, so the common
+/// "push many, drain all" pattern of mailboxes costs no allocation per element. A popped slot is cleared at
+/// once, so the queue never keeps a consumed element (and whatever it references) alive.
 public struct FIFOQueue<Element> {
-  @usableFromInline var storage: [Element] = []
+  /// The ring; slots outside the live range are `nil`. Its count is zero or a power of two.
+  @usableFromInline var storage: ContiguousArray<Element?> = []
+  /// The slot of the oldest element.
   @usableFromInline var head: Int = 0
+  /// The number of live elements.
+  @usableFromInline var liveCount: Int = 0
 
   /// Creates an empty queue.
-  public init() {}
+  @inlinable public init() {}
 
   /// The number of queued elements.
-  @inlinable public var count: Int { storage.count - head }
+  @inlinable public var count: Int { liveCount }
 
   /// Whether the queue is empty.
-  @inlinable public var isEmpty: Bool { head == storage.count }
+  @inlinable public var isEmpty: Bool { liveCount == 0 }
 
   /// The oldest element, if any.
-  @inlinable public var first: Element? { isEmpty ? nil : storage[head] }
+  @inlinable public var first: Element? { liveCount == 0 ? nil : storage[head] }
+
+  /// The slot `offset` places after the head.
+  @inlinable func slot(_ offset: Int) -> Int { (head &+ offset) & (storage.count &- 1) }
 
   /// Adds an element at the back.
-  @inlinable public mutating func append(_ element: Element) { storage.append(element) }
+  @inlinable public mutating func append(_ element: Element) {
+    if liveCount == storage.count { grow() }
+    storage[slot(liveCount)] = element
+    liveCount += 1
+  }
+
+  /// Doubles the ring (at least 16 slots), moving the live elements to its start in order.
+  @inlinable mutating func grow() {
+    let newCapacity = Swift.max(16, storage.count * 2)
+    var grown = ContiguousArray<Element?>()
+    grown.reserveCapacity(newCapacity)
+    for offset in 0..<liveCount { grown.append(storage[slot(offset)].take()) }
+    grown.append(contentsOf: repeatElement(nil, count: newCapacity - liveCount))
+    storage = grown
+    head = 0
+  }
 
   /// Removes and returns the oldest element, if any.
   @inlinable public mutating func popFirst() -> Element? {
-    guard head < storage.count else { return nil }
-    let element = storage[head]
-    head += 1
-    if head == storage.count {
-      storage.removeAll(keepingCapacity: true)
-      head = 0
-    } else if head >= 1024 && head * 2 >= storage.count {
-      storage.removeFirst(head)
-      head = 0
-    }
+    guard liveCount > 0 else { return nil }
+    let element = storage[head].take()
+    head = (head &+ 1) & (storage.count &- 1)
+    liveCount -= 1
     return element
   }
 
-  /// Moves up to `limit` of the oldest elements, in order, to the end of `buffer`.
+  /// Moves up to `limit` of the oldest elements, in order, to the end of `buffer`; returns how many.
   @inlinable public mutating func drain(into buffer: inout [Element], limit: Int) -> Int {
-    let n = Swift.min(limit, count)
+    let n = Swift.min(limit, liveCount)
     guard n > 0 else { return 0 }
-    buffer.append(contentsOf: storage[head..<(head + n)])
-    head += n
-    if head == storage.count {
-      storage.removeAll(keepingCapacity: true)
-      head = 0
-    } else if head * 2 >= storage.count {
-      storage.removeFirst(head)
-      head = 0
+    buffer.reserveCapacity(buffer.count + n)
+    for _ in 0..<n {
+      guard let element = storage[head].take() else {
+        preconditionFailure("FIFOQueue: empty slot \(head) inside the live range (count \(liveCount))")
+      }
+      buffer.append(element)
+      head = (head &+ 1) & (storage.count &- 1)
     }
+    liveCount -= n
     return n
   }
 
   /// Removes every element, keeping the storage for reuse.
   @inlinable public mutating func removeAll() {
-    storage.removeAll(keepingCapacity: true)
+    for offset in 0..<liveCount { storage[slot(offset)] = nil }
     head = 0
+    liveCount = 0
   }
 
   /// Removes the elements for which `shouldRemove` is true, keeping the order of the rest.
   @inlinable public mutating func removeAll(where shouldRemove: (Element) throws -> Bool) rethrows {
-    if head > 0 {
-      storage.removeFirst(head)
-      head = 0
+    var kept = ContiguousArray<Element>()
+    for offset in 0..<liveCount {
+      if let element = storage[slot(offset)], try !shouldRemove(element) { kept.append(element) }
     }
-    try storage.removeAll(where: shouldRemove)
+    removeAll()
+    for element in kept { append(element) }
   }
 
-  /// The queued elements, oldest first.
-  @inlinable public var elements: ArraySlice<Element> { storage[head...] }
+  /// The queued elements, oldest first (a copy).
+  @inlinable public var elements: ArraySlice<Element> {
+    var result: [Element] = []
+    result.reserveCapacity(liveCount)
+    for offset in 0..<liveCount {
+      if let element = storage[slot(offset)] { result.append(element) }
+    }
+    return result[...]
+  }
 }
 
 extension FIFOQueue: Sendable where Element: Sendable {}

@@ -78,7 +78,7 @@ public final class SimulatedTransport<Message: Sendable>: Transport, Sendable {
     state.withLock { s in _ = Self.deliverDue(&s, until: nil) }
   }
 
-  /// Delivers due messages; returns whether a message of the given envelope identity overflowed.
+  /// Delivers due messages in time order; returns the receivers whose full inbox made a message drop.
   private static func deliverDue(_ s: inout State, until limit: VirtualTime?) -> [NodeID] {
     var overflowed: [NodeID] = []
     while let time = s.inFlight.nextTime, limit.map({ time <= $0 }) ?? true, let (_, envelope) = s.inFlight.pop() {

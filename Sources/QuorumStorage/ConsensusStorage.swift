@@ -61,13 +61,23 @@ public struct RecoveryReport: Sendable, Equatable, CustomStringConvertible {
   public var truncatedTailBytes: Int = 0
   /// Where the torn tail was cut, if it was: file and offset.
   public var truncatedAt: String?
+  /// The segment file whose torn tail was cut, if one was.
+  public var truncatedFile: String?
+  /// The byte offset in ``truncatedFile`` where the cut was made (the end of the last valid record).
+  public var truncatedOffset: Int?
+  /// Snapshot files found damaged and set aside (renamed with a `.corrupt` suffix) because an older valid
+  /// snapshot plus the log still covered everything; each is "path: reason".
+  public var rejectedSnapshots: [String] = []
 
   /// Creates an empty report.
   public init() {}
 
   public var description: String {
     var text = "\(recordsRead) records in \(segmentsRead) segments"
-    if truncatedTailBytes > 0 { text += "; torn tail of \(truncatedTailBytes) bytes truncated at \(truncatedAt ?? "?")" }
+    if truncatedTailBytes > 0 {
+      text += "; torn tail of \(truncatedTailBytes) bytes truncated at \(truncatedAt ?? "?")"
+    }
+    if !rejectedSnapshots.isEmpty { text += "; rejected snapshots: \(rejectedSnapshots.joined(separator: ", "))" }
     return text
   }
 }
@@ -131,16 +141,20 @@ public enum StorageError: Error, Sendable, Equatable, CustomStringConvertible {
   case closed
   /// Another process holds the data directory.
   case directoryLocked(path: String)
+  /// A file was written in a format version this build does not read, or with another ``LogWriteMode``.
+  case incompatible(file: String, reason: String)
 
   public var description: String {
     switch self {
     case .io(let op, let path, let code): return "\(op) failed on \(path): errno \(code)"
-    case .corruptRecord(let file, let offset, let reason): return "corrupt record in \(file) at byte \(offset): \(reason)"
+    case .corruptRecord(let file, let offset, let reason):
+      return "corrupt record in \(file) at byte \(offset): \(reason)"
     case .corruptSnapshot(let file, let reason): return "corrupt snapshot \(file): \(reason)"
     case .recordTooLarge(let bytes, let limit): return "record of \(bytes) bytes exceeds the limit of \(limit)"
     case .invalidWrite(let why): return "invalid write: \(why)"
     case .closed: return "storage closed"
     case .directoryLocked(let path): return "data directory \(path) is locked by another process"
+    case .incompatible(let file, let reason): return "incompatible file \(file): \(reason)"
     }
   }
 }

@@ -78,7 +78,8 @@ extension String: WireCodable {
 
 extension Array: WireEncodable where Element: WireEncodable {
   public func encode(to writer: inout WireWriter) {
-    if let bytes = self as? [UInt8] {
+    // Checking the element type first keeps the dynamic cast off the path of every other array.
+    if Element.self == UInt8.self, let bytes = self as? [UInt8] {
       writer.writeBytes(bytes)
     } else {
       writer.writeArray(self)

@@ -94,9 +94,12 @@ public enum WireEnvelope {
     limits: WireLimits = .default
   ) throws(WireError) -> Envelope<M> {
     var reader = WireReader(bytes, range: range, limits: limits)
+    let start = reader.position
     let header = try decodeHeader(from: &reader)
     guard header.protocolNumber == expectedProtocol else {
-      throw WireError(.unknownTag(type: "protocol", tag: UInt64(header.protocolNumber)), at: 3, path: ["header"])
+      // The protocol number is the fourth byte of the header.
+      throw WireError(
+        .unknownTag(type: "protocol", tag: UInt64(header.protocolNumber)), at: start + 3, path: ["header"])
     }
     let payload: M
     do { payload = try M(from: &reader) } catch { throw error.inside("payload") }

@@ -35,6 +35,8 @@ public struct WireReader: Sendable {
 
   @inline(__always) private func need(_ n: Int) throws(WireError) {
     if n > end - position { throw WireError(.truncated(needed: n, available: end - position), at: position) }
+    // A negative count (say, a length minus more than was consumed) would move the reader backwards.
+    if n < 0 { throw WireError(.invalidValue("negative byte count \(n)"), at: position) }
   }
 
   /// Reads one raw byte.

@@ -1,0 +1,60 @@
+/// CRC-32C (Castagnoli), computing exactly what `CRC32C.checksum` in QuorumCore computes, tuned for the
+/// write-ahead log's many small records.
+///
+/// Slice-by-8 over one flat table reached through a raw pointer: no per-call retains and no bounds checks
+/// in the inner loop. Recovery checksums a million ~115-byte records, where the per-call cost of the
+/// general implementation dominated; this one is several times faster there. The tests check it against
+/// `CRC32C.checksum`.
+enum FastCRC32C {
+  /// 8 tables of 256 entries, table `k` at offset `256 * k`. Allocated once and never written afterwards.
+  // nonisolated(unsafe): the pointer is written only by this initializer (run once, thread-safely, by the
+  // runtime's lazy global initialization) and only read afterwards.
+  private nonisolated(unsafe) static let table: UnsafePointer<UInt32> = {
+    let table = UnsafeMutablePointer<UInt32>.allocate(capacity: 8 * 256)
+    for byte in 0..<256 {
+      var crc = UInt32(byte)
+      for _ in 0..<8 { crc = (crc & 1) != 0 ? (crc >> 1) ^ 0x82F6_3B78 : crc >> 1 }
+      table[byte] = crc
+    }
+    for byte in 0..<256 {
+      for slice in 1..<8 {
+        let previous = table[256 * (slice - 1) + byte]
+        table[256 * slice + byte] = (previous >> 8) ^ table[Int(previous & 0xff)]
+      }
+    }
+    return UnsafePointer(table)
+  }()
+
+  /// The checksum of `bytes`, continuing from `crc` (0 to start).
+  static func checksum(_ bytes: UnsafeRawBufferPointer, continuing crc: UInt32 = 0) -> UInt32 {
+    guard var pointer = bytes.baseAddress else { return crc }
+    let t = table
+    var remaining = bytes.count
+    var c = ~crc
+    while remaining >= 8 {
+      let word = UInt64(littleEndian: pointer.loadUnaligned(as: UInt64.self)) ^ UInt64(c)
+      c =
+        t[1792 + Int(word & 0xff)] ^ t[1536 + Int((word >> 8) & 0xff)] ^ t[1280 + Int((word >> 16) & 0xff)]
+        ^ t[1024 + Int((word >> 24) & 0xff)] ^ t[768 + Int((word >> 32) & 0xff)] ^ t[512 + Int((word >> 40) & 0xff)]
+        ^ t[256 + Int((word >> 48) & 0xff)] ^ t[Int(word >> 56)]
+      pointer += 8
+      remaining -= 8
+    }
+    while remaining > 0 {
+      c = t[Int((c ^ UInt32(pointer.load(as: UInt8.self))) & 0xff)] ^ (c >> 8)
+      pointer += 1
+      remaining -= 1
+    }
+    return ~c
+  }
+
+  /// The checksum of `bytes`, continuing from `crc`.
+  static func checksum(_ bytes: [UInt8], continuing crc: UInt32 = 0) -> UInt32 {
+    bytes.withUnsafeBytes { checksum($0, continuing: crc) }
+  }
+
+  /// The checksum of `bytes`, continuing from `crc`.
+  static func checksum(_ bytes: ArraySlice<UInt8>, continuing crc: UInt32 = 0) -> UInt32 {
+    bytes.withUnsafeBytes { checksum($0, continuing: crc) }
+  }
+}

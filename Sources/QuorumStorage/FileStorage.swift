@@ -1,0 +1,200 @@
+public import QuorumCore
+
+/// How ``FileStorage`` reserves disk space for a new write-ahead-log segment.
+public enum WALPreallocation: Sendable, Equatable {
+  /// Write the whole segment with zeros (a background thread prepares the next one) so later `fdatasync`s
+  /// only flush data: the fastest durable appends, at the cost of writing each segment twice.
+  case zeroFilled
+  /// Reserve the blocks with `posix_fallocate`: cheap, but each sync still converts unwritten extents.
+  case allocated
+  /// Grow the file as records are appended.
+  case none
+}
+
+/// Durable storage in a directory: a segmented write-ahead log with a CRC-32C per record, and snapshot files
+/// written atomically.
+///
+/// ## Directory layout
+///
+/// ```
+/// <directory>/LOCK                                   flock'ed while open: one process per directory
+/// <directory>/wal/00000000000000000007.wal           log segments, numbered consecutively
+/// <directory>/wal/spare.ready                        a zero-filled segment prepared in advance
+/// <directory>/snapshots/snapshot-00000000000000001500.snap   the newest two snapshots
+/// ```
+///
+/// ## Write-ahead-log records
+///
+/// A segment is a sequence of records, each
+///
+/// ```
+/// [u32 CRC-32C][u32 payload length][u8 type][payload]      integers little-endian
+/// ```
+///
+/// The CRC covers the length, the type and the payload (everything after itself). Types:
+///
+/// | type | record | payload |
+/// |---|---|---|
+/// | 1 | segment header (always first) | magic `QWAL` (u32), version (u8, 1), write mode (u8: 0 truncateSuffix, 1 replace), segment number (u64) |
+/// | 2 | entry | the entry's `WireCodable` encoding |
+/// | 3 | hard state | the opaque bytes; the last one replayed wins |
+/// | 4 | compaction point | varint position: entries up to it are gone |
+/// | 5 | reset | varint position: every entry held so far is dropped; the log continues after it |
+///
+/// Type 0 does not exist, so zeros — the unwritten rest of a preallocated segment — never parse as a record.
+///
+/// The hard state lives in the log, not in a file of its own: a ``ConsensusStorage/write(_:)`` that carries a
+/// hard state and entries appends their records with one `pwrite` and makes both durable with one
+/// `fdatasync`. Every segment starts with a *checkpoint*: its header, then the current hard state and
+/// compaction point, so deleting older segments never loses them.
+///
+/// Overwrites are implied by replay. In ``LogWriteMode/truncateSuffix`` mode an entry record at position
+/// `i` discards every entry at or after `i` held so far; in ``LogWriteMode/replace`` mode it replaces only
+/// `i`. A segment is rotated when the next write would pass `segmentBytes` (one write never spans two
+/// segments, so a single larger write makes a larger segment). A new segment is written under a temporary
+/// name, synced, renamed into place, and the directory synced.
+///
+/// ## Snapshot files
+///
+/// ```
+/// offset  0  u32 magic "QSNP"       offset 28  u64 discard-before segment (0: none)
+///         4  u32 version (1)               36  u64 metadata length
+///         8  u32 CRC-32C of bytes 12…      44  u64 data length
+///        12  u64 index                     52  metadata, then data
+///        20  u64 term
+/// ```
+///
+/// Written as `snapshot-<index>.snap.tmp`, synced, renamed, the directory synced; the newest two are kept.
+/// A snapshot saved with `discardingLog` records the number of the segment the log continues in: entries in
+/// older segments are ignored by recovery even if the crash came before the log was reset.
+///
+/// ## Recovery rules
+///
+/// ``recover()`` replays every segment in order and verifies every CRC.
+/// - **Torn tail.** If the last segment ends with damage — a partial header, a partial payload, a CRC
+///   mismatch, non-zero bytes where the zeros should start — and no valid record follows it, the damage is
+///   what a crash leaves mid-write. It is cut off (overwritten with zeros, or the file truncated), reported in
+///   ``RecoveryReport`` (``RecoveryReport/truncatedTailBytes``, file, offset) and logged; new records go
+///   right after the last valid one.
+/// - **Corruption.** A damaged record followed by a valid one, damage in any segment but the last, a record
+///   with a valid CRC that does not decode, a missing segment number, or (in ``LogWriteMode/truncateSuffix``
+///   mode) a gap between entries throws ``StorageError/corruptRecord(file:offset:reason:)``. Nothing is
+///   skipped silently.
+/// - **Snapshots.** The newest valid snapshot is used. A damaged newer snapshot is set aside (renamed
+///   `….corrupt`, listed in ``RecoveryReport/rejectedSnapshots``) only if the log still holds every entry
+///   after the older snapshot (no compaction or reset past it); otherwise recovery throws
+///   ``StorageError/corruptSnapshot(file:reason:)``. An unknown format version throws
+///   ``StorageError/incompatible(file:reason:)``.
+/// - Returned entries exclude those the snapshot covers.
+///
+/// ## Write rules
+///
+/// As ``MemoryStorage``: entries ascend from position 1 (contiguous in ``LogWriteMode/truncateSuffix``
+/// mode), none at or below the snapshot, none past the end of the log in ``LogWriteMode/truncateSuffix``
+/// mode; ``compact(through:)`` may not pass the snapshot; a snapshot may not be older than the stored one.
+/// Violations throw ``StorageError/invalidWrite(_:)`` and change nothing.
+///
+/// ## Threads
+///
+/// Every blocking call runs on a dedicated serial dispatch queue, never on Swift's cooperative pool; entries
+/// are encoded and checksummed by the caller. Writes waiting together are appended with one `pwrite` and
+/// synced with one `fdatasync` (group commit). A failed write or sync leaves the storage refusing every
+/// call with that error until it is reopened: what the kernel holds after a failed `fdatasync` cannot be
+/// trusted. Call ``recover()`` first; a write before it recovers implicitly and discards what it read.
+public final class FileStorage<Entry: StorableEntry>: ConsensusStorage {
+  /// The data directory.
+  public let directory: String
+  /// The overwrite rule.
+  public let mode: LogWriteMode
+  /// When writes are synced.
+  public let fsyncPolicy: FsyncPolicy
+  /// The size at which log segments are rotated.
+  public let segmentBytes: Int
+  /// The largest record payload (entry encoding or hard state) accepted.
+  public let maxRecordBytes: Int
+  /// How segments are preallocated.
+  public let preallocation: WALPreallocation
+  private let core: FileStorageCore<Entry>
+
+  /// Creates storage in `directory` (created if missing). Nothing is opened until ``recover()``.
+  ///
+  /// - Parameters:
+  ///   - directory: The data directory; one ``FileStorage`` (process-wide, across processes) at a time.
+  ///   - mode: How an entry written at a stored position is treated; recorded in every segment, and
+  ///     reopening with the other mode throws ``StorageError/incompatible(file:reason:)``.
+  ///   - fsync: When writes are made durable. Under ``FsyncPolicy/never`` structural changes (new segments,
+  ///     snapshots, compaction) are not synced either, so a machine crash may leave a log that does not
+  ///     recover.
+  ///   - segmentBytes: Segment size; at least 4 KiB.
+  ///   - maxRecordBytes: The largest record payload accepted, and the largest believed during recovery.
+  ///   - preallocation: How segments reserve space.
+  ///   - logger: Where recovery reports and failures go.
+  public init(
+    directory: String, mode: LogWriteMode = .truncateSuffix, fsync: FsyncPolicy = .always,
+    segmentBytes: Int = 64 << 20, maxRecordBytes: Int = 64 << 20, preallocation: WALPreallocation = .zeroFilled,
+    logger: QuorumLogger = QuorumLogger(label: "quorum.storage")
+  ) {
+    precondition(segmentBytes >= 4096, "segmentBytes must be at least 4096, got \(segmentBytes)")
+    precondition(
+      maxRecordBytes > 0 && maxRecordBytes <= Int(UInt32.max),
+      "maxRecordBytes must fit in 32 bits, got \(maxRecordBytes)")
+    self.directory = directory
+    self.mode = mode
+    self.fsyncPolicy = fsync
+    self.segmentBytes = segmentBytes
+    self.maxRecordBytes = maxRecordBytes
+    self.preallocation = preallocation
+    core = FileStorageCore(
+      directory: directory, mode: mode, policy: fsync, segmentBytes: segmentBytes, maxRecordBytes: maxRecordBytes,
+      preallocation: preallocation, logger: logger)
+  }
+
+  /// Locks the directory and replays it; see the recovery rules above. Calling it again re-reads the files.
+  ///
+  /// Throws ``StorageError/directoryLocked(path:)`` if another ``FileStorage`` holds the directory.
+  public func recover() async throws -> RecoveredState<Entry> {
+    let core = self.core
+    return try await core.perform { () throws(StorageError) in try core.recover() }
+  }
+
+  /// Appends the hard state and entries; returns once they are durable under the fsync policy.
+  public func write(_ write: StorageWrite<Entry>) async throws {
+    if write.isEmpty {
+      if core.closedFlag.load(ordering: .acquiring) { throw StorageError.closed }
+      return
+    }
+    let encoded = try WALFormat.encode(write, mode: mode, maxRecordBytes: maxRecordBytes)
+    try await core.write(encoded)
+  }
+
+  /// Writes `snapshot` atomically; keeps the newest two snapshot files.
+  ///
+  /// With `discardingLog`, the log continues in a new segment that starts with a reset to the snapshot's
+  /// index, and every older segment is deleted.
+  public func saveSnapshot(_ snapshot: StoredSnapshot, discardingLog: Bool) async throws {
+    let core = self.core
+    try await core.perform { () throws(StorageError) in
+      try core.saveSnapshot(snapshot, discardingLog: discardingLog)
+    }
+  }
+
+  /// Records the compaction point and deletes the oldest segments whose entries all lie at or below
+  /// `index`. The active segment is never deleted.
+  public func compact(through index: UInt64) async throws {
+    let core = self.core
+    try await core.perform { () throws(StorageError) in try core.compact(through: index) }
+  }
+
+  /// Syncs, closes the files and releases the directory lock; later calls throw ``StorageError/closed``.
+  /// Closing twice is harmless.
+  public func close() async throws {
+    let core = self.core
+    try await core.perform { () throws(StorageError) in try core.close() }
+  }
+
+  /// The number of `fdatasync` calls made on the log so far; for tests and benchmarks.
+  public func syncCount() async throws -> Int {
+    let core = self.core
+    return try await core.perform { () throws(StorageError) in core.syncCount }
+  }
+}

@@ -1,0 +1,708 @@
+import Dispatch
+import Glibc
+import QuorumCore
+import Synchronization
+
+/// The engine behind ``FileStorage``: owns the files and does every blocking call on one serial queue.
+///
+/// Requests are queued in ``inbox`` and drained by one block on ``queue``; consecutive writes found in the
+/// inbox are appended with one `pwrite` and made durable with one `fdatasync` (group commit).
+///
+/// `@unchecked Sendable`: every stored `var` is read and written only by code running on ``queue`` (the
+/// drain loop, the batch-sync timer whose source targets ``queue``, and `deinit`, which runs when nothing
+/// else holds a reference). The `let`s are immutable, and ``inbox`` and ``closedFlag`` are synchronized
+/// types.
+final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
+  // MARK: Configuration
+
+  let directory: String
+  let walDirectory: String
+  let snapshotDirectory: String
+  let mode: LogWriteMode
+  let policy: FsyncPolicy
+  let segmentBytes: Int
+  let maxRecordBytes: Int
+  let preallocation: WALPreallocation
+  let logger: QuorumLogger
+  private let queue = DispatchQueue(label: "quorum.storage.io", qos: .userInitiated)
+  private let spare: SpareSegment?
+
+  // MARK: Request queue
+
+  private enum Request: Sendable {
+    case write(WALFormat.EncodedWrite, CheckedContinuation<Void, any Error>)
+    case task(@Sendable () -> Void)
+  }
+
+  private struct Inbox: Sendable {
+    var requests: [Request] = []
+    var draining = false
+  }
+
+  private let inbox = Mutex(Inbox())
+  /// Set once ``close()`` has run, so calls can fail fast without queueing.
+  let closedFlag = Atomic<Bool>(false)
+
+  // MARK: State confined to `queue`
+
+  private enum Phase {
+    case initial
+    case open
+    case failed(StorageError)
+    case closed
+  }
+
+  private struct Segment {
+    var sequence: UInt64
+    /// The highest entry position written in the segment, or 0.
+    var maxEntryIndex: UInt64
+  }
+
+  private struct ActiveSegment {
+    var file: PosixFile
+    /// Where the next record goes.
+    var offset: Int
+    /// The end of the segment's header record: a segment holding nothing past it is never rotated away.
+    var headerEnd: Int
+  }
+
+  private var phase = Phase.initial
+  private var lockFile: PosixFile?
+  private var position: LogPosition
+  private var hardState: [UInt8]?
+  private var segments: [Segment] = []
+  private var active: ActiveSegment?
+  private var dirty = false
+  private var timer: (any DispatchSourceTimer)?
+  /// `fdatasync` calls on the log made so far (for tests and benchmarks).
+  private(set) var syncCount = 0
+
+  init(
+    directory: String, mode: LogWriteMode, policy: FsyncPolicy, segmentBytes: Int, maxRecordBytes: Int,
+    preallocation: WALPreallocation, logger: QuorumLogger
+  ) {
+    self.directory = directory
+    walDirectory = directory + "/wal"
+    snapshotDirectory = directory + "/snapshots"
+    self.mode = mode
+    self.policy = policy
+    self.segmentBytes = segmentBytes
+    self.maxRecordBytes = maxRecordBytes
+    self.preallocation = preallocation
+    self.logger = logger
+    position = LogPosition(mode: mode)
+    spare =
+      preallocation == .zeroFilled
+      ? SpareSegment(directory: walDirectory, bytes: segmentBytes, sync: policy != .never, logger: logger) : nil
+  }
+
+  deinit {
+    timer?.cancel()
+    active?.file.close()
+    lockFile?.close()
+    spare?.cancel()
+  }
+
+  /// Whether structural changes (new segments, snapshots, compaction) are synced before they are relied on.
+  private var syncsStructure: Bool { policy != .never }
+
+  // MARK: Submitting requests
+
+  /// Queues an encoded write; returns when it is durable under the fsync policy.
+  func write(_ write: WALFormat.EncodedWrite) async throws {
+    if closedFlag.load(ordering: .acquiring) { throw StorageError.closed }
+    try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+      enqueue(.write(write, continuation))
+    }
+  }
+
+  /// Runs `body` on the I/O queue, in order with every other request, and returns its result.
+  func perform<T: Sendable>(_ body: @escaping @Sendable () throws(StorageError) -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+      enqueue(
+        .task {
+          do throws(StorageError) {
+            continuation.resume(returning: try body())
+          } catch {
+            continuation.resume(throwing: error)
+          }
+        })
+    }
+  }
+
+  private func enqueue(_ request: Request) {
+    let startDrain = inbox.withLock { inbox in
+      inbox.requests.append(request)
+      if inbox.draining { return false }
+      inbox.draining = true
+      return true
+    }
+    if startDrain { queue.async { self.drain() } }
+  }
+
+  private func drain() {
+    while true {
+      let requests: [Request] = inbox.withLock { inbox in
+        if inbox.requests.isEmpty {
+          inbox.draining = false
+          return []
+        }
+        defer { inbox.requests = [] }
+        return inbox.requests
+      }
+      if requests.isEmpty { return }
+      var next = 0
+      while next < requests.count {
+        if case .task(let body) = requests[next] {
+          body()
+          next += 1
+          continue
+        }
+        var group: [(WALFormat.EncodedWrite, CheckedContinuation<Void, any Error>)] = []
+        while next < requests.count, case .write(let write, let continuation) = requests[next] {
+          group.append((write, continuation))
+          next += 1
+        }
+        appendWrites(group)
+      }
+    }
+  }
+
+  // MARK: Lifecycle (on `queue`)
+
+  private func ensureOpen() throws(StorageError) {
+    switch phase {
+    case .open: return
+    case .closed: throw .closed
+    case .failed(let error): throw error
+    case .initial: _ = try recover()
+    }
+  }
+
+  /// Opens the directory (locking it) and replays everything; a second call re-reads the files.
+  func recover() throws(StorageError) -> RecoveredState<Entry> {
+    switch phase {
+    case .closed: throw .closed
+    case .failed(let error): throw error
+    case .open: releaseFiles()
+    case .initial: break
+    }
+    do {
+      let state = try openAndReplay()
+      phase = .open
+      return state
+    } catch {
+      releaseFiles()
+      lockFile?.close()
+      lockFile = nil
+      phase = .initial
+      throw error
+    }
+  }
+
+  /// Syncs, releases the files and the directory lock. Later calls throw ``StorageError/closed``.
+  func close() throws(StorageError) {
+    if case .closed = phase { return }
+    closedFlag.store(true, ordering: .releasing)
+    var failure: StorageError?
+    if case .open = phase, syncsStructure, let active {
+      do throws(StorageError) {
+        try active.file.dataSync()
+        syncCount += 1
+      } catch {
+        failure = error
+      }
+    }
+    releaseFiles()
+    spare?.cancel()
+    lockFile?.close()
+    lockFile = nil
+    phase = .closed
+    if let failure { throw failure }
+  }
+
+  private func releaseFiles() {
+    timer?.cancel()
+    timer = nil
+    active?.file.close()
+    active = nil
+    segments = []
+    dirty = false
+  }
+
+  /// After a failed write or sync nothing in the page cache can be trusted: refuse everything until the
+  /// storage is reopened.
+  private func poison(_ error: StorageError) {
+    logger.error("storage failed; it must be reopened", ["error": "\(error)", "directory": directory])
+    phase = .failed(error)
+  }
+
+  // MARK: Writing (on `queue`)
+
+  private func appendWrites(_ group: [(WALFormat.EncodedWrite, CheckedContinuation<Void, any Error>)]) {
+    var outcomes = [StorageError?](repeating: nil, count: group.count)
+    do throws(StorageError) {
+      try ensureOpen()
+    } catch {
+      for (_, continuation) in group { continuation.resume(throwing: error) }
+      return
+    }
+    var pending: [[UInt8]] = []
+    var pendingBytes = 0
+    var accepted: [Int] = []
+    do throws(StorageError) {
+      for (slot, (write, _)) in group.enumerated() {
+        var resetPoint: UInt64?
+        if let range = write.entryRange {
+          do throws(StorageError) {
+            resetPoint = try position.check(first: range.lowerBound, last: range.upperBound)
+          } catch {
+            outcomes[slot] = error
+            continue
+          }
+        }
+        var bytes = write.bytes
+        if let resetPoint {
+          bytes.insert(contentsOf: WALFormat.resetRecord(resetPoint), at: write.entriesOffset)
+        }
+        if needsRotation(adding: pendingBytes + bytes.count, pendingBytes: pendingBytes) {
+          try flush(&pending, &pendingBytes)
+          try rotate()
+        }
+        pending.append(bytes)
+        pendingBytes += bytes.count
+        if let resetPoint { position.didReset(to: resetPoint) }
+        if let range = write.entryRange {
+          position.didAppend(first: range.lowerBound, last: range.upperBound)
+          segments[segments.count - 1].maxEntryIndex = max(segments[segments.count - 1].maxEntryIndex, range.upperBound)
+        }
+        if let newHardState = write.hardState { hardState = newHardState }
+        accepted.append(slot)
+      }
+      try flush(&pending, &pendingBytes)
+      if !accepted.isEmpty { try syncAfterWrite() }
+    } catch {
+      // Nothing in this group is known to be durable, including the writes already appended.
+      poison(error)
+      for slot in group.indices where outcomes[slot] == nil { outcomes[slot] = error }
+    }
+    for (slot, (_, continuation)) in group.enumerated() {
+      if let error = outcomes[slot] {
+        continuation.resume(throwing: error)
+      } else {
+        continuation.resume()
+      }
+    }
+  }
+
+  /// Whether `bytes` more do not fit in the active segment, which holds more than its header.
+  private func needsRotation(adding bytes: Int, pendingBytes: Int) -> Bool {
+    guard let active else { return false }
+    return active.offset + bytes > segmentBytes && active.offset + pendingBytes > active.headerEnd
+  }
+
+  /// Appends the pending chunks to the active segment with one `pwrite`.
+  private func flush(_ pending: inout [[UInt8]], _ pendingBytes: inout Int) throws(StorageError) {
+    guard !pending.isEmpty, var segment = active else { return }
+    var bytes = pending[0]
+    if pending.count > 1 {
+      bytes.reserveCapacity(pendingBytes)
+      for chunk in pending.dropFirst() { bytes.append(contentsOf: chunk) }
+    }
+    try segment.file.write(bytes, at: segment.offset)
+    segment.offset += bytes.count
+    active = segment
+    pending.removeAll(keepingCapacity: true)
+    pendingBytes = 0
+  }
+
+  /// Appends records (not entries) to the active segment, rotating first if they do not fit.
+  private func appendRecords(_ bytes: [UInt8]) throws(StorageError) {
+    if needsRotation(adding: bytes.count, pendingBytes: 0) { try rotate() }
+    var pending = [bytes]
+    var pendingBytes = bytes.count
+    try flush(&pending, &pendingBytes)
+  }
+
+  private func syncAfterWrite() throws(StorageError) {
+    switch policy {
+    case .always: try syncActive()
+    case .batch: dirty = true
+    case .never: break
+    }
+  }
+
+  private func syncActive() throws(StorageError) {
+    guard let active else { return }
+    try active.file.dataSync()
+    syncCount += 1
+    dirty = false
+  }
+
+  private func batchSync() {
+    guard case .open = phase, dirty else { return }
+    do throws(StorageError) {
+      try syncActive()
+    } catch {
+      poison(error)
+    }
+  }
+
+  // MARK: Segments (on `queue`)
+
+  private func segmentPath(_ sequence: UInt64) -> String {
+    let digits = String(sequence)
+    return walDirectory + "/" + String(repeating: "0", count: max(0, 20 - digits.count)) + digits + ".wal"
+  }
+
+  /// The records every segment starts with: its header, then the state that deleting older segments must
+  /// not lose (hard state, compaction point), then `reset` if given.
+  private func checkpoint(sequence: UInt64, reset: UInt64?) -> (bytes: [UInt8], headerEnd: Int) {
+    var writer = WireWriter(reservingCapacity: 64 + (hardState?.count ?? 0))
+    WALFormat.appendSegmentHeader(sequence: sequence, mode: mode, to: &writer)
+    let headerEnd = writer.count
+    if let hardState { WALFormat.appendRecord(.hardState, payload: hardState, to: &writer) }
+    if position.floor > 0 { WALFormat.appendIndexRecord(.floor, position.floor, to: &writer) }
+    if let reset { WALFormat.appendIndexRecord(.reset, reset, to: &writer) }
+    return (writer.bytes, headerEnd)
+  }
+
+  /// Creates segment `sequence` atomically (temporary name, preallocated, checkpoint written and synced,
+  /// renamed, directory synced) and returns it open for appending.
+  private func createSegment(_ sequence: UInt64, reset: UInt64?) throws(StorageError) -> ActiveSegment {
+    let path = segmentPath(sequence)
+    let temporary = path + ".tmp"
+    let file: PosixFile
+    if let spare, spare.take(to: temporary) {
+      file = try PosixFile.open(temporary, flags: O_RDWR)
+    } else {
+      file = try PosixFile.open(temporary, flags: O_RDWR | O_CREAT | O_TRUNC)
+      do throws(StorageError) {
+        switch preallocation {
+        case .zeroFilled: try file.writeZeros(0..<segmentBytes)
+        case .allocated: try file.allocate(segmentBytes)
+        case .none: break
+        }
+      } catch {
+        file.close()
+        throw error
+      }
+    }
+    let (bytes, headerEnd) = checkpoint(sequence: sequence, reset: reset)
+    do throws(StorageError) {
+      try file.write(bytes, at: 0)
+      if syncsStructure {
+        try file.dataSync()
+        syncCount += 1
+      }
+      try FileSystem.rename(temporary, path)
+      if syncsStructure { try FileSystem.syncDirectory(walDirectory) }
+    } catch {
+      file.close()
+      throw error
+    }
+    spare?.prepare()
+    return ActiveSegment(file: file, offset: bytes.count, headerEnd: headerEnd)
+  }
+
+  /// Finishes the active segment (synced unless the policy is `.never`) and starts the next one.
+  private func rotate(reset: UInt64? = nil) throws(StorageError) {
+    guard let old = active, let last = segments.last else {
+      preconditionFailure("rotate() without an active segment; phase \(phase)")
+    }
+    if syncsStructure { try syncActive() }
+    let next = try createSegment(last.sequence + 1, reset: reset)
+    old.file.close()
+    active = next
+    segments.append(Segment(sequence: last.sequence + 1, maxEntryIndex: 0))
+    dirty = false
+  }
+
+  /// Deletes the oldest segments, except the active one, while `deletable` holds for them.
+  private func deleteSegments(while deletable: (Segment) -> Bool) throws(StorageError) {
+    var deleted = 0
+    while segments.count > 1, deletable(segments[0]) {
+      try FileSystem.remove(segmentPath(segments[0].sequence))
+      segments.removeFirst()
+      deleted += 1
+    }
+    if deleted > 0 && syncsStructure { try FileSystem.syncDirectory(walDirectory) }
+  }
+
+  // MARK: Snapshots and compaction (on `queue`)
+
+  /// Stores `snapshot` (see ``FileStorage/saveSnapshot(_:discardingLog:)``).
+  func saveSnapshot(_ snapshot: StoredSnapshot, discardingLog: Bool) throws(StorageError) {
+    try ensureOpen()
+    if snapshot.index < position.snapshotIndex {
+      throw .invalidWrite(
+        "snapshot at \(snapshot.index) is older than the stored snapshot at \(position.snapshotIndex)")
+    }
+    guard let last = segments.last else { preconditionFailure("open storage without segments; phase \(phase)") }
+    // The snapshot names the segment its log continues in, so a crash between writing it and writing that
+    // segment still discards the old entries (recovery finishes the job). A failure here leaves the log as
+    // it was.
+    let discardBefore = discardingLog ? last.sequence + 1 : 0
+    try SnapshotFile.write(
+      snapshot, discardBeforeSegment: discardBefore, directory: snapshotDirectory, sync: syncsStructure)
+    position.snapshotIndex = snapshot.index
+    if discardingLog {
+      do throws(StorageError) {
+        try rotate(reset: snapshot.index)
+      } catch {
+        poison(error)
+        throw error
+      }
+      position.didReset(to: snapshot.index)
+      try deleteSegments { $0.sequence < discardBefore }
+    }
+    pruneSnapshots()
+  }
+
+  /// Keeps the newest two snapshot files. A failure only leaves an extra file behind, so it is logged.
+  private func pruneSnapshots() {
+    do throws(StorageError) {
+      let indexes = try FileSystem.list(snapshotDirectory).compactMap { SnapshotFile.index(inFileName: $0) }
+      for index in indexes.sorted(by: >).dropFirst(2) {
+        try FileSystem.remove(snapshotDirectory + "/" + SnapshotFile.fileName(index: index))
+      }
+    } catch {
+      logger.warning("could not delete an old snapshot", ["error": "\(error)"])
+    }
+  }
+
+  /// Discards entries up to `index` (see ``FileStorage/compact(through:)``).
+  func compact(through index: UInt64) throws(StorageError) {
+    try ensureOpen()
+    guard index > position.floor else { return }
+    if index > position.snapshotIndex {
+      throw .invalidWrite("compaction through \(index) passes the snapshot at \(position.snapshotIndex)")
+    }
+    do throws(StorageError) {
+      var writer = WireWriter(reservingCapacity: 20)
+      WALFormat.appendIndexRecord(.floor, index, to: &writer)
+      try appendRecords(writer.bytes)
+      // The compaction point must be durable before the segments that held the entries disappear.
+      if syncsStructure { try syncActive() }
+    } catch {
+      poison(error)
+      throw error
+    }
+    position.floor = index
+    try deleteSegments { $0.maxEntryIndex <= index }
+  }
+
+  // MARK: Recovery (on `queue`)
+
+  private func lockDirectory() throws(StorageError) {
+    if lockFile != nil { return }
+    let path = directory + "/LOCK"
+    let file = try PosixFile.open(path, flags: O_RDWR | O_CREAT)
+    if flock(file.fd, LOCK_EX | LOCK_NB) != 0 {
+      let code = errno
+      file.close()
+      if code == EWOULDBLOCK { throw .directoryLocked(path: directory) }
+      throw ioError("flock", path, code)
+    }
+    lockFile = file
+  }
+
+  /// Removes temporary files a crash may have left.
+  private func removeLeftovers() throws(StorageError) {
+    for name in try FileSystem.list(walDirectory) where name.hasSuffix(".tmp") || name == "spare.zeroing" {
+      try FileSystem.remove(walDirectory + "/" + name)
+    }
+    if let spare, let size = FileSystem.size(of: spare.readyPath), size < segmentBytes {
+      try FileSystem.remove(spare.readyPath)
+    }
+    for name in try FileSystem.list(snapshotDirectory) where name.hasSuffix(".tmp") {
+      try FileSystem.remove(snapshotDirectory + "/" + name)
+    }
+  }
+
+  /// The newest valid snapshot, and the damaged newer ones passed over ("path: reason").
+  private func loadSnapshot() throws(StorageError) -> (SnapshotFile.Loaded?, [(path: String, reason: String)]) {
+    let indexes = try FileSystem.list(snapshotDirectory).compactMap { SnapshotFile.index(inFileName: $0) }
+    var rejected: [(path: String, reason: String)] = []
+    for index in indexes.sorted(by: >) {
+      let path = snapshotDirectory + "/" + SnapshotFile.fileName(index: index)
+      do throws(StorageError) {
+        return (try SnapshotFile.read(path, expectedIndex: index), rejected)
+      } catch {
+        guard case .corruptSnapshot(_, let reason) = error else { throw error }
+        logger.error("damaged snapshot file", ["file": path, "reason": reason])
+        rejected.append((path, reason))
+      }
+    }
+    return (nil, rejected)
+  }
+
+  /// The sequence numbers of the segment files, ascending; a missing number in between is corruption.
+  private func listSegments() throws(StorageError) -> [UInt64] {
+    var sequences: [UInt64] = []
+    for name in try FileSystem.list(walDirectory) where name.hasSuffix(".wal") {
+      let digits = name.dropLast(4)
+      if !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let sequence = UInt64(digits) {
+        sequences.append(sequence)
+      }
+    }
+    sequences.sort()
+    for (previous, next) in zip(sequences, sequences.dropFirst()) where next != previous + 1 {
+      throw .corruptRecord(
+        file: segmentPath(previous + 1), offset: 0,
+        reason: "segment file missing: found \(segmentPath(previous)) and \(segmentPath(next))")
+    }
+    return sequences
+  }
+
+  private func openAndReplay() throws(StorageError) -> RecoveredState<Entry> {
+    try FileSystem.makeDirectories(directory)
+    try FileSystem.makeDirectories(walDirectory)
+    try FileSystem.makeDirectories(snapshotDirectory)
+    try lockDirectory()
+    try removeLeftovers()
+
+    let (loaded, rejected) = try loadSnapshot()
+    let snapshotIndex = loaded?.snapshot.index ?? 0
+    let discardBefore = loaded?.discardBeforeSegment ?? 0
+    let sequences = try listSegments()
+
+    var replay = WALReplay<Entry>(
+      mode: mode, maxRecordBytes: maxRecordBytes, discardBeforeSegment: discardBefore, logger: logger)
+    // One buffer for every segment: a fresh 64 MiB array per segment costs a page fault per 4 KiB.
+    var buffer: [UInt8] = []
+    for (slot, sequence) in sequences.enumerated() {
+      let path = segmentPath(sequence)
+      let file = try PosixFile.open(path, flags: O_RDONLY)
+      let length: Int
+      do throws(StorageError) {
+        length = try file.size()
+        if buffer.count < length { buffer = [UInt8](repeating: 0, count: length) }
+        let read = buffer.withUnsafeMutableBytes { raw in
+          Result { () throws(StorageError) in
+            try file.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<length]), at: 0)
+          }
+        }
+        if try read.get() != length { throw ioError("read (file shrank)", path, EIO) }
+        file.close()
+      } catch {
+        file.close()
+        throw error
+      }
+      try replay.replay(
+        segment: sequence, path: path, bytes: buffer, length: length, isLast: slot == sequences.count - 1)
+    }
+
+    // Entries are only ever discarded once a snapshot covers them, so the compaction point never passes
+    // the snapshot. If it does, the snapshot that covered them is damaged or missing; falling back to an
+    // older one is only sound when the log still holds everything after it.
+    let base = max(snapshotIndex, replay.floor)
+    if replay.floor > snapshotIndex {
+      let newest = rejected.first
+      throw .corruptSnapshot(
+        file: newest?.path ?? snapshotDirectory,
+        reason: (newest.map { "\($0.reason); " } ?? "snapshot missing; ")
+          + "the log was compacted or reset through \(replay.floor) but the newest valid snapshot is "
+          + (loaded.map { "at \($0.snapshot.index)" } ?? "none"))
+    }
+    replay.log.removeThrough(base)
+    if mode == .truncateSuffix, let first = replay.log.firstPosition, first != base + 1 {
+      if let newest = rejected.first {
+        throw .corruptSnapshot(
+          file: newest.path,
+          reason: "\(newest.reason); the log resumes at \(first), so the entries after \(base) are lost")
+      }
+      let (file, offset) = replay.firstEntryLocation ?? (walDirectory, 0)
+      throw .corruptRecord(
+        file: file, offset: offset,
+        reason: "the log starts at entry \(first) but the snapshot/compaction point is \(base)")
+    }
+
+    var report = replay.report
+    segments = replay.segments.map { Segment(sequence: $0.sequence, maxEntryIndex: $0.maxEntryIndex) }
+    hardState = replay.hardState
+    position = LogPosition(mode: mode, snapshotIndex: snapshotIndex, floor: replay.floor, end: replay.log.end)
+    try openActiveSegment(tail: replay.tail, report: &report)
+    if let loaded, discardBefore > 0 { try finishDiscard(loaded.snapshot.index, before: discardBefore) }
+
+    for (path, reason) in rejected {
+      try FileSystem.rename(path, path + ".corrupt")
+      report.rejectedSnapshots.append("\(path): \(reason)")
+      logger.warning(
+        "set aside a damaged snapshot; recovering from an older one and the log",
+        ["file": path, "reason": reason, "snapshot": "\(snapshotIndex)"])
+    }
+    if case .batch(let interval) = policy { startBatchTimer(interval) }
+    logger.info(
+      "recovered", ["directory": directory, "report": "\(report)", "entries": "\(replay.log.count)"])
+    return RecoveredState(
+      hardState: replay.hardState, snapshot: loaded?.snapshot, entries: replay.log.takeEntries(), report: report)
+  }
+
+  /// Opens the last segment for appending after repairing a torn tail, or creates the first segment.
+  private func openActiveSegment(tail: WALReplay<Entry>.Tail?, report: inout RecoveryReport) throws(StorageError) {
+    guard let tail else {
+      let sequence = segments.last.map { $0.sequence + 1 } ?? 1
+      active = try createSegment(sequence, reset: nil)
+      segments.append(Segment(sequence: sequence, maxEntryIndex: 0))
+      return
+    }
+    if let damage = tail.damage {
+      report.truncatedTailBytes = damage.bytes
+      report.truncatedFile = tail.path
+      report.truncatedOffset = tail.validEnd
+      report.truncatedAt = "\(tail.path) at byte \(tail.validEnd)"
+      logger.warning(
+        "truncated a torn write-ahead-log tail",
+        ["file": tail.path, "offset": "\(tail.validEnd)", "bytes": "\(damage.bytes)", "reason": damage.reason])
+    }
+    if tail.validEnd == 0 {
+      // Not even the segment header survived: start the segment afresh.
+      try FileSystem.remove(tail.path)
+      segments.removeLast()
+      active = try createSegment(tail.sequence, reset: nil)
+      segments.append(Segment(sequence: tail.sequence, maxEntryIndex: 0))
+      return
+    }
+    let file = try PosixFile.open(tail.path, flags: O_RDWR)
+    do throws(StorageError) {
+      if let damage = tail.damage {
+        if tail.fileSize > damage.end {
+          try file.writeZeros(tail.validEnd..<damage.end)  // keep the preallocated zeros after it
+        } else {
+          try file.truncate(to: tail.validEnd)
+        }
+        if syncsStructure { try file.dataSync() }
+      }
+    } catch {
+      file.close()
+      throw error
+    }
+    active = ActiveSegment(file: file, offset: tail.validEnd, headerEnd: tail.headerEnd)
+    if preallocation == .zeroFilled { spare?.prepare() }
+  }
+
+  /// Completes a log-discarding snapshot install that a crash interrupted: the log must continue in segment
+  /// `before`, and no older segment may remain.
+  private func finishDiscard(_ index: UInt64, before: UInt64) throws(StorageError) {
+    guard let last = segments.last else { return }
+    if last.sequence < before {
+      let next = try createSegment(before, reset: index)
+      active?.file.close()
+      active = next
+      segments.append(Segment(sequence: before, maxEntryIndex: 0))
+      position.didReset(to: index)
+    }
+    try deleteSegments { $0.sequence < before }
+  }
+
+  private func startBatchTimer(_ interval: Duration) {
+    let (seconds, attoseconds) = interval.components
+    let nanoseconds = max(1_000_000, Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000))
+    let source = DispatchSource.makeTimerSource(queue: queue)
+    source.schedule(deadline: .now() + .nanoseconds(nanoseconds), repeating: .nanoseconds(nanoseconds))
+    source.setEventHandler { [weak self] in self?.batchSync() }
+    source.resume()
+    timer = source
+  }
+}

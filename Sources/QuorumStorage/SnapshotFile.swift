@@ -1,0 +1,134 @@
+import Glibc
+import QuorumCore
+
+/// Reading and writing snapshot files (see ``FileStorage`` for the format).
+enum SnapshotFile {
+  /// "QSNP", little-endian.
+  static let magic: UInt32 = 0x504E_5351
+  /// The snapshot format version this build writes and reads.
+  static let version: UInt16 = 1
+  /// The fixed header's size.
+  static let headerBytes = 52
+  /// File name prefix and suffix.
+  static let prefix = "snapshot-"
+  static let suffix = ".snap"
+
+  /// A snapshot as read from disk.
+  struct Loaded {
+    var snapshot: StoredSnapshot
+    /// Entries in WAL segments numbered below this were discarded by the snapshot (0: none).
+    var discardBeforeSegment: UInt64
+  }
+
+  /// The file name for a snapshot at `index`: zero-padded so names sort by index.
+  static func fileName(index: UInt64) -> String {
+    let digits = String(index)
+    return prefix + String(repeating: "0", count: max(0, 20 - digits.count)) + digits + suffix
+  }
+
+  /// The index in a snapshot file name, or `nil` for other names.
+  static func index(inFileName name: String) -> UInt64? {
+    guard name.hasPrefix(prefix), name.hasSuffix(suffix) else { return nil }
+    let digits = name.dropFirst(prefix.count).dropLast(suffix.count)
+    guard !digits.isEmpty, digits.allSatisfy(\.isASCII), digits.allSatisfy(\.isNumber) else { return nil }
+    return UInt64(digits)
+  }
+
+  /// Writes `snapshot` into `directory` atomically: a temporary file, synced (unless `sync` is false),
+  /// renamed into place, then the directory synced. Returns the final path.
+  @discardableResult
+  static func write(
+    _ snapshot: StoredSnapshot, discardBeforeSegment: UInt64, directory: String, sync: Bool
+  ) throws(StorageError) -> String {
+    let path = directory + "/" + fileName(index: snapshot.index)
+    let temporary = path + ".tmp"
+    var header = WireWriter(reservingCapacity: headerBytes)
+    header.writeFixed32(magic)
+    header.writeFixed32(UInt32(version))
+    header.writeFixed32(0)  // CRC, patched below
+    header.writeFixed64(snapshot.index)
+    header.writeFixed64(snapshot.term)
+    header.writeFixed64(discardBeforeSegment)
+    header.writeFixed64(UInt64(snapshot.metadata.count))
+    header.writeFixed64(UInt64(snapshot.data.count))
+    var crc = FastCRC32C.checksum(header.bytes[12...])
+    crc = FastCRC32C.checksum(snapshot.metadata, continuing: crc)
+    crc = FastCRC32C.checksum(snapshot.data, continuing: crc)
+    header.patchFixed32(crc, at: 8)
+
+    let file = try PosixFile.open(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC)
+    do {
+      try file.write(header.bytes, at: 0)
+      try file.write(snapshot.metadata, at: headerBytes)
+      try file.write(snapshot.data, at: headerBytes + snapshot.metadata.count)
+      if sync { try file.fullSync() }
+      file.close()
+    } catch {
+      file.close()
+      try? FileSystem.remove(temporary)
+      throw error
+    }
+    try FileSystem.rename(temporary, path)
+    if sync { try FileSystem.syncDirectory(directory) }
+    return path
+  }
+
+  /// Reads and verifies the snapshot at `path`, whose name says it is at `expectedIndex`.
+  ///
+  /// Throws ``StorageError/corruptSnapshot(file:reason:)`` for damage, ``StorageError/incompatible(file:reason:)``
+  /// for an unknown version, ``StorageError/io(operation:path:errno:)`` when it cannot be read.
+  static func read(_ path: String, expectedIndex: UInt64) throws(StorageError) -> Loaded {
+    let file = try PosixFile.open(path, flags: O_RDONLY)
+    defer { file.close() }
+    let size = try file.size()
+    let header = try file.read(count: headerBytes, at: 0)
+    if header.count < headerBytes {
+      throw .corruptSnapshot(file: path, reason: "\(size) bytes, shorter than the \(headerBytes)-byte header")
+    }
+    var reader = WireReader(header)
+    do {
+      let foundMagic = try reader.readFixed32()
+      if foundMagic != magic {
+        throw StorageError.corruptSnapshot(file: path, reason: "bad magic 0x\(String(foundMagic, radix: 16))")
+      }
+      let foundVersion = try reader.readFixed32()
+      if foundVersion != UInt32(version) {
+        throw StorageError.incompatible(file: path, reason: "snapshot format version \(foundVersion)")
+      }
+      let storedCRC = try reader.readFixed32()
+      let index = try reader.readFixed64()
+      let term = try reader.readFixed64()
+      let discardBefore = try reader.readFixed64()
+      let metadataLength = try reader.readFixed64()
+      let dataLength = try reader.readFixed64()
+      let expectedSize = UInt64(headerBytes).addingReportingOverflow(metadataLength)
+      let total = expectedSize.partialValue.addingReportingOverflow(dataLength)
+      if expectedSize.overflow || total.overflow || total.partialValue != UInt64(size) {
+        throw StorageError.corruptSnapshot(
+          file: path,
+          reason: "header declares \(metadataLength) + \(dataLength) bytes but the file holds \(size - headerBytes)")
+      }
+      let metadata = try file.read(count: Int(metadataLength), at: headerBytes)
+      let data = try file.read(count: Int(dataLength), at: headerBytes + Int(metadataLength))
+      if metadata.count != Int(metadataLength) || data.count != Int(dataLength) {
+        throw StorageError.corruptSnapshot(file: path, reason: "file shrank while being read")
+      }
+      var crc = FastCRC32C.checksum(header[12...])
+      crc = FastCRC32C.checksum(metadata, continuing: crc)
+      crc = FastCRC32C.checksum(data, continuing: crc)
+      if crc != storedCRC {
+        throw StorageError.corruptSnapshot(file: path, reason: "CRC mismatch (stored \(storedCRC), computed \(crc))")
+      }
+      if index != expectedIndex {
+        throw StorageError.corruptSnapshot(file: path, reason: "holds index \(index), its name says \(expectedIndex)")
+      }
+      return Loaded(
+        snapshot: StoredSnapshot(index: index, term: term, metadata: metadata, data: data),
+        discardBeforeSegment: discardBefore)
+    } catch let error as StorageError {
+      throw error
+    } catch {
+      throw .corruptSnapshot(file: path, reason: "unreadable header: \(error)")
+    }
+  }
+}

@@ -1,0 +1,197 @@
+import QuorumCore
+
+/// The kinds of write-ahead-log record. The raw value is the record's type byte; 0 is never valid, so a
+/// zero-filled (preallocated) region never parses as a record.
+enum WALRecordType: UInt8 {
+  /// First record of every segment: magic, format version, log write mode, segment sequence number.
+  case segmentHeader = 1
+  /// One log entry: its `WireCodable` encoding.
+  case entry = 2
+  /// The protocol's hard state, opaque bytes. The last one replayed wins.
+  case hardState = 3
+  /// Compaction point (varint): entries at or below it are gone.
+  case floor = 4
+  /// Reset point (varint): every entry held so far is dropped; the log continues after this position.
+  case reset = 5
+}
+
+/// Encoding and decoding of write-ahead-log records (see ``FileStorage`` for the format).
+enum WALFormat {
+  /// Bytes before a record's payload: CRC (4), length (4), type (1).
+  static let headerBytes = 9
+  /// "QWAL", little-endian.
+  static let segmentMagic: UInt32 = 0x4C41_5751
+  /// The segment format version this build writes and reads.
+  static let version: UInt8 = 1
+  /// The segment header record's payload size.
+  static let segmentHeaderPayloadBytes = 14
+
+  /// Starts a record of `type` in `writer`; returns its start offset for ``endRecord(at:in:limit:)``.
+  @inline(__always)
+  static func beginRecord(_ type: WALRecordType, in writer: inout WireWriter) -> Int {
+    let start = writer.count
+    writer.writeFixed64(0)
+    writer.writeByte(type.rawValue)
+    return start
+  }
+
+  /// Finishes the record started at `start`: fills in its length and CRC. Throws
+  /// ``StorageError/recordTooLarge(bytes:limit:)`` if the payload exceeds `limit`.
+  @inline(__always)
+  static func endRecord(at start: Int, in writer: inout WireWriter, limit: Int) throws(StorageError) {
+    let length = writer.count - start - headerBytes
+    if length > limit { throw .recordTooLarge(bytes: length, limit: limit) }
+    writer.patchFixed32(UInt32(length), at: start + 4)
+    let crc = writer.bytes.withUnsafeBytes { raw in
+      FastCRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[(start + 4)...]))
+    }
+    writer.patchFixed32(crc, at: start)
+  }
+
+  /// Appends a record of `type` whose payload is `payload`.
+  static func appendRecord(_ type: WALRecordType, payload: [UInt8], to writer: inout WireWriter) {
+    let start = beginRecord(type, in: &writer)
+    writer.writeRaw(payload)
+    finish(start, &writer)
+  }
+
+  /// Appends a record of `type` whose payload is the varint `index` (``WALRecordType/floor`` and
+  /// ``WALRecordType/reset``).
+  static func appendIndexRecord(_ type: WALRecordType, _ index: UInt64, to writer: inout WireWriter) {
+    let start = beginRecord(type, in: &writer)
+    writer.writeVarint(index)
+    finish(start, &writer)
+  }
+
+  /// Appends a segment header record.
+  static func appendSegmentHeader(sequence: UInt64, mode: LogWriteMode, to writer: inout WireWriter) {
+    let start = beginRecord(.segmentHeader, in: &writer)
+    writer.writeFixed32(segmentMagic)
+    writer.writeByte(version)
+    writer.writeByte(modeByte(mode))
+    writer.writeFixed64(sequence)
+    finish(start, &writer)
+  }
+
+  /// A reset record on its own.
+  static func resetRecord(_ index: UInt64) -> [UInt8] {
+    var writer = WireWriter(reservingCapacity: 20)
+    appendIndexRecord(.reset, index, to: &writer)
+    return writer.bytes
+  }
+
+  /// The byte recorded for `mode` in segment headers.
+  static func modeByte(_ mode: LogWriteMode) -> UInt8 {
+    switch mode {
+    case .truncateSuffix: return 0
+    case .replace: return 1
+    }
+  }
+
+  private static func finish(_ start: Int, _ writer: inout WireWriter) {
+    do throws(StorageError) {
+      try endRecord(at: start, in: &writer, limit: .max)
+    } catch {
+      preconditionFailure("no record exceeds Int.max bytes: \(error)")
+    }
+  }
+
+  /// A write encoded into records, ready to append to the log.
+  struct EncodedWrite: Sendable {
+    /// The records: hard state first, then the entries.
+    var bytes: [UInt8]
+    /// Where the entry records start in ``bytes`` (a reset record, when needed, goes there).
+    var entriesOffset: Int
+    /// The first and last entry positions, if the write holds entries.
+    var entryRange: ClosedRange<UInt64>?
+    /// The hard state written, if any.
+    var hardState: [UInt8]?
+  }
+
+  /// Encodes `write` into records, checking its shape and every record against `maxRecordBytes`.
+  static func encode<Entry: StorableEntry>(
+    _ write: StorageWrite<Entry>, mode: LogWriteMode, maxRecordBytes: Int
+  ) throws(StorageError) -> EncodedWrite {
+    try LogPosition.checkShape(write.entries, mode: mode)
+    var writer = WireWriter(reservingCapacity: (write.hardState?.count ?? 0) + write.entries.count * 128 + 16)
+    if let hardState = write.hardState {
+      if hardState.count > maxRecordBytes { throw .recordTooLarge(bytes: hardState.count, limit: maxRecordBytes) }
+      appendRecord(.hardState, payload: hardState, to: &writer)
+    }
+    let entriesOffset = writer.count
+    let entries = write.entries
+    let count = entries.count
+    var slot = 0
+    while slot < count {
+      let start = beginRecord(.entry, in: &writer)
+      entries[slot].encode(to: &writer)
+      try endRecord(at: start, in: &writer, limit: maxRecordBytes)
+      slot += 1
+    }
+    let range = count > 0 ? entries[0].index...entries[count - 1].index : nil
+    return EncodedWrite(
+      bytes: writer.bytes, entriesOffset: entriesOffset, entryRange: range, hardState: write.hardState)
+  }
+
+  // MARK: Reading
+
+  /// What the bytes at an offset hold.
+  enum Step {
+    /// A record with a valid CRC: its type byte and payload range.
+    case record(type: UInt8, payload: Range<Int>)
+    /// Only zero bytes remain: the clean end of the written data.
+    case end
+    /// The bytes at this offset are not a valid record.
+    case bad(String)
+  }
+
+  /// Reads the record at `offset` of `raw`. `lastNonZero` is the offset of the last non-zero byte of `raw`
+  /// (-1 if none).
+  @inline(__always)
+  static func step(_ raw: UnsafeRawBufferPointer, at offset: Int, lastNonZero: Int, maxRecordBytes: Int) -> Step {
+    if offset > lastNonZero { return .end }
+    let available = raw.count - offset
+    if available < headerBytes { return .bad("partial record header (\(available) of \(headerBytes) bytes)") }
+    let crc = UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
+    let length = Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self)))
+    let type = raw[offset + 8]
+    if type == 0 { return .bad("record type 0 (zeros followed by non-zero bytes)") }
+    if length > maxRecordBytes { return .bad("record length \(length) exceeds the limit of \(maxRecordBytes)") }
+    if length > available - headerBytes {
+      return .bad("partial record: \(length) payload bytes declared, \(available - headerBytes) present")
+    }
+    let end = offset + headerBytes + length
+    let actual = FastCRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[(offset + 4)..<end]))
+    if actual != crc { return .bad("CRC mismatch (stored \(crc), computed \(actual))") }
+    return .record(type: type, payload: (offset + headerBytes)..<end)
+  }
+
+  /// The offset of the last non-zero byte in `raw`, or -1.
+  static func lastNonZeroOffset(_ raw: UnsafeRawBufferPointer) -> Int {
+    var end = raw.count
+    while end >= 8 {
+      if raw.loadUnaligned(fromByteOffset: end - 8, as: UInt64.self) != 0 { break }
+      end -= 8
+    }
+    while end > 0 && raw[end - 1] == 0 { end -= 1 }
+    return end - 1
+  }
+
+  /// The offset of the first valid record that starts after `offset`, if any. Used to tell a torn tail
+  /// (nothing valid follows the damage) from damage in the middle of the log.
+  static func nextValidRecord(
+    _ raw: UnsafeRawBufferPointer, after offset: Int, lastNonZero: Int, maxRecordBytes: Int
+  ) -> Int? {
+    // A record's type byte is non-zero, so a record can only start at or before lastNonZero - 8.
+    var candidate = offset + 1
+    while candidate + 8 <= lastNonZero {
+      if raw[candidate + 8] != 0,
+        case .record = step(raw, at: candidate, lastNonZero: lastNonZero, maxRecordBytes: maxRecordBytes)
+      {
+        return candidate
+      }
+      candidate += 1
+    }
+    return nil
+  }
+}

@@ -1,0 +1,482 @@
+import Foundation
+import QuorumCore
+import Testing
+
+@testable import QuorumStorage
+
+private func makeStorage(
+  _ directory: String, mode: LogWriteMode = .truncateSuffix, fsync: FsyncPolicy = .always, segmentBytes: Int = 4096,
+  preallocation: WALPreallocation = .none, maxRecordBytes: Int = 1 << 20
+) -> FileStorage<TestEntry> {
+  FileStorage(
+    directory: directory, mode: mode, fsync: fsync, segmentBytes: segmentBytes, maxRecordBytes: maxRecordBytes,
+    preallocation: preallocation, logger: .disabled)
+}
+
+/// Writes entries 1...count one write each (so each is its own record), then closes.
+private func writeOneByOne(_ directory: String, count: UInt64, preallocation: WALPreallocation) async throws {
+  let storage = makeStorage(directory, segmentBytes: 1 << 20, preallocation: preallocation)
+  _ = try await storage.recover()
+  for index in 1...count { try await storage.write(StorageWrite(entries: [TestEntry(index)])) }
+  try await storage.close()
+}
+
+@Suite("FileStorage: segments, compaction, policies")
+struct FileStorageSegmentTests {
+  @Test(arguments: [WALPreallocation.none, .allocated, .zeroFilled])
+  func rotationAndCompactionDeleteWholeSegments(_ preallocation: WALPreallocation) async throws {
+    try await withTemporaryDirectory { directory in
+      var storage = makeStorage(directory, segmentBytes: 4096, preallocation: preallocation)
+      _ = try await storage.recover()
+      for start in stride(from: UInt64(1), through: 991, by: 10) {
+        try await storage.write(
+          StorageWrite(hardState: hardState("at \(start)"), entries: entries(start...(start + 9))))
+      }
+      let segmentsBefore = try segmentFiles(directory)
+      #expect(segmentsBefore.count >= 6)
+      try await storage.close()
+
+      storage = makeStorage(directory, segmentBytes: 4096, preallocation: preallocation)
+      var state = try await storage.recover()
+      #expect(state.entries == entries(1...1000))
+      #expect(state.report.segmentsRead == segmentsBefore.count)
+      #expect(state.hardState == hardState("at 991"))
+
+      try await storage.saveSnapshot(StoredSnapshot(index: 700, term: 1, data: [7]), discardingLog: false)
+      try await storage.compact(through: 700)
+      let segmentsAfter = try segmentFiles(directory)
+      #expect(segmentsAfter.count < segmentsBefore.count / 2)
+      #expect(segmentsAfter.last == segmentsBefore.last)
+      try await storage.close()
+
+      storage = makeStorage(directory, segmentBytes: 4096, preallocation: preallocation)
+      state = try await storage.recover()
+      #expect(state.entries == entries(701...1000))
+      #expect(state.snapshot?.index == 700)
+      #expect(state.hardState == hardState("at 991"))
+      try await storage.close()
+    }
+  }
+
+  @Test func suffixTruncationAcrossSegments() async throws {
+    try await withTemporaryDirectory { directory in
+      var storage = makeStorage(directory, segmentBytes: 4096)
+      _ = try await storage.recover()
+      for start in stride(from: UInt64(1), through: 291, by: 10) {
+        try await storage.write(StorageWrite(entries: entries(start...(start + 9))))
+      }
+      try await storage.write(StorageWrite(entries: entries(50...60, term: 2)))
+      try await storage.close()
+      storage = makeStorage(directory, segmentBytes: 4096)
+      let state = try await storage.recover()
+      #expect(state.entries == entries(1...49) + entries(50...60, term: 2))
+      try await storage.write(StorageWrite(entries: entries(61...61, term: 2)))
+      try await storage.close()
+    }
+  }
+
+  @Test func aWriteLargerThanASegmentStaysWhole() async throws {
+    try await withTemporaryDirectory { directory in
+      var storage = makeStorage(directory, segmentBytes: 4096)
+      _ = try await storage.recover()
+      let big = (UInt64(1)...100).map { TestEntry($0, payload: Array(repeating: UInt8($0), count: 100)) }
+      try await storage.write(StorageWrite(entries: big))
+      try await storage.write(StorageWrite(entries: [TestEntry(101)]))
+      try await storage.close()
+      #expect(try segmentFiles(directory).count == 2)
+      storage = makeStorage(directory, segmentBytes: 4096)
+      #expect(try await storage.recover().entries == big + [TestEntry(101)])
+      try await storage.close()
+    }
+  }
+
+  @Test func newestTwoSnapshotsAreKept() async throws {
+    try await withTemporaryDirectory { directory in
+      let storage = makeStorage(directory)
+      _ = try await storage.recover()
+      try await storage.write(StorageWrite(entries: entries(1...50)))
+      for index in stride(from: UInt64(10), through: 50, by: 10) {
+        try await storage.saveSnapshot(
+          StoredSnapshot(index: index, term: 1, data: [UInt8(index)]), discardingLog: false)
+      }
+      #expect(
+        try snapshotFiles(directory) == ["snapshot-00000000000000000040.snap", "snapshot-00000000000000000050.snap"])
+      try await storage.close()
+    }
+  }
+
+  @Test func recordsOverTheLimitAreRefused() async throws {
+    try await withTemporaryDirectory { directory in
+      let storage = makeStorage(directory, maxRecordBytes: 64)
+      _ = try await storage.recover()
+      let error = await #expect(throws: StorageError.self) {
+        try await storage.write(StorageWrite(entries: [TestEntry(1, payload: Array(repeating: 1, count: 100))]))
+      }
+      guard case .recordTooLarge(_, let limit) = error else {
+        Issue.record("expected recordTooLarge, got \(String(describing: error))")
+        return
+      }
+      #expect(limit == 64)
+      await #expect(throws: StorageError.self) {
+        try await storage.write(StorageWrite(hardState: Array(repeating: 1, count: 65)))
+      }
+      try await storage.write(StorageWrite(entries: [TestEntry(1)]))
+      try await storage.close()
+    }
+  }
+
+  @Test func aSecondInstanceFindsTheDirectoryLocked() async throws {
+    try await withTemporaryDirectory { directory in
+      let first = makeStorage(directory)
+      _ = try await first.recover()
+      try await first.write(StorageWrite(entries: entries(1...3)))
+      let second = makeStorage(directory)
+      await #expect(throws: StorageError.directoryLocked(path: directory)) { _ = try await second.recover() }
+      try await first.close()
+      #expect(try await second.recover().entries == entries(1...3))
+      try await second.close()
+    }
+  }
+
+  @Test func aWriteBeforeRecoverRecoversImplicitly() async throws {
+    try await withTemporaryDirectory { directory in
+      var storage = makeStorage(directory)
+      try await storage.write(StorageWrite(entries: entries(1...3)))
+      try await storage.close()
+      storage = makeStorage(directory)
+      try await storage.write(StorageWrite(entries: entries(4...5)))
+      #expect(try await storage.recover().entries == entries(1...5))
+      #expect(try await storage.recover().entries == entries(1...5))
+      try await storage.close()
+    }
+  }
+
+  @Test func reopeningInTheOtherModeIsRefused() async throws {
+    try await withTemporaryDirectory { directory in
+      var storage = makeStorage(directory)
+      try await storage.write(StorageWrite(entries: entries(1...3)))
+      try await storage.close()
+      storage = makeStorage(directory, mode: .replace)
+      let error = await #expect(throws: StorageError.self) { _ = try await storage.recover() }
+      guard case .incompatible = error else {
+        Issue.record("expected incompatible, got \(String(describing: error))")
+        return
+      }
+      try await storage.close()
+    }
+  }
+
+  @Test(arguments: [FsyncPolicy.never, .batch(interval: .milliseconds(300)), .always])
+  func everyFsyncPolicyPersists(_ policy: FsyncPolicy) async throws {
+    try await withTemporaryDirectory { directory in
+      var storage = makeStorage(directory, fsync: policy)
+      _ = try await storage.recover()
+      let syncsAtStart = try await storage.syncCount()
+      for index in UInt64(1)...20 {
+        try await storage.write(StorageWrite(hardState: hardState("\(index)"), entries: [TestEntry(index)]))
+      }
+      let syncsAfterWrites = try await storage.syncCount()
+      switch policy {
+      case .always: #expect(syncsAfterWrites - syncsAtStart == 20)
+      case .never: #expect(syncsAfterWrites == syncsAtStart)
+      case .batch:
+        #expect(syncsAfterWrites - syncsAtStart < 20)
+        // One more write after this count leaves unsynced data: the timer must sync it on its own.
+        let before = try await storage.syncCount()
+        try await storage.write(StorageWrite(hardState: hardState("20")))
+        var synced = false
+        for _ in 0..<300 where !synced {
+          try await Task.sleep(for: .milliseconds(10))
+          synced = try await storage.syncCount() > before
+        }
+        #expect(synced, "the background sync never ran")
+      }
+      try await storage.close()
+      storage = makeStorage(directory, fsync: policy)
+      let state = try await storage.recover()
+      #expect(state.entries == entries(1...20))
+      #expect(state.hardState == hardState("20"))
+      try await storage.close()
+    }
+  }
+
+  @Test func leftoverTemporaryFilesAreRemoved() async throws {
+    try await withTemporaryDirectory { directory in
+      var storage = makeStorage(directory)
+      try await storage.write(StorageWrite(entries: entries(1...3)))
+      try await storage.close()
+      try writeFile(directory + "/wal/00000000000000000009.wal.tmp", [1, 2, 3])
+      try writeFile(directory + "/snapshots/snapshot-00000000000000000009.snap.tmp", [1, 2, 3])
+      storage = makeStorage(directory)
+      #expect(try await storage.recover().entries == entries(1...3))
+      #expect(try snapshotFiles(directory).isEmpty)
+      #expect(try segmentFiles(directory).count == 1)
+      try await storage.close()
+    }
+  }
+
+  @Test func anInterruptedLogDiscardIsFinishedByRecovery() async throws {
+    try await withTemporaryDirectory { directory in
+      var storage = makeStorage(directory)
+      try await storage.write(StorageWrite(hardState: hardState("term 3"), entries: entries(1...30, term: 3)))
+      try await storage.close()
+      // The crash came after the snapshot file was written and before the log was reset.
+      let segments = try segmentFiles(directory)
+      _ = try SnapshotFile.write(
+        StoredSnapshot(index: 20, term: 4, data: [20]), discardBeforeSegment: UInt64(segments.count + 1),
+        directory: directory + "/snapshots", sync: false)
+      storage = makeStorage(directory)
+      var state = try await storage.recover()
+      #expect(state.snapshot?.index == 20)
+      #expect(state.entries.isEmpty)
+      #expect(state.hardState == hardState("term 3"))
+      #expect(try segmentFiles(directory).count == 1)
+      try await storage.write(StorageWrite(entries: entries(21...22, term: 4)))
+      try await storage.close()
+      storage = makeStorage(directory)
+      state = try await storage.recover()
+      #expect(state.entries == entries(21...22, term: 4))
+      #expect(state.hardState == hardState("term 3"))
+      try await storage.close()
+    }
+  }
+}
+
+@Suite("FileStorage: torn tails and corruption")
+struct FileStorageRecoveryTests {
+  /// Cuts the last write (a hard state record and an entry record) at every byte and checks that recovery
+  /// keeps exactly the complete records, reports the cut, and that appends after it survive.
+  @Test(arguments: [WALPreallocation.none, .zeroFilled])
+  func aTornTailIsCutAtEveryOffset(_ preallocation: WALPreallocation) async throws {
+    try await withTemporaryDirectory { directory in
+      let storage = makeStorage(directory, segmentBytes: 1 << 16, preallocation: preallocation)
+      _ = try await storage.recover()
+      try await storage.write(StorageWrite(hardState: hardState("old"), entries: entries(1...4)))
+      try await storage.write(StorageWrite(hardState: hardState("new"), entries: [TestEntry(5, term: 2)]))
+      try await storage.close()
+      let segment = try #require(try segmentFiles(directory).first)
+      let pristine = try readFile(segment)
+      let (starts, end) = recordOffsets(pristine)
+      let hardStateStart = starts[starts.count - 2]
+      let entryStart = starts[starts.count - 1]
+
+      for cut in hardStateStart..<end {
+        var damaged = pristine
+        if preallocation == .none {
+          damaged.removeSubrange(cut...)
+        } else {
+          for offset in cut..<end { damaged[offset] = 0 }
+        }
+        try writeFile(segment, damaged)
+
+        var reopened = makeStorage(directory, segmentBytes: 1 << 16, preallocation: preallocation)
+        var state = try await reopened.recover()
+        let validEnd = cut >= entryStart ? entryStart : hardStateStart
+        let nonZero = damaged[validEnd..<cut].lastIndex { $0 != 0 }
+        let expectedBytes = nonZero.map { $0 + 1 - validEnd } ?? 0
+        #expect(state.entries == entries(1...4), "cut at \(cut)")
+        #expect(state.hardState == hardState(cut >= entryStart ? "new" : "old"), "cut at \(cut)")
+        #expect(state.report.truncatedTailBytes == expectedBytes, "cut at \(cut)")
+        if expectedBytes > 0 {
+          #expect(state.report.truncatedFile == segment)
+          #expect(state.report.truncatedOffset == validEnd)
+        }
+        try await reopened.write(StorageWrite(entries: [TestEntry(5, term: 3), TestEntry(6, term: 3)]))
+        try await reopened.close()
+
+        reopened = makeStorage(directory, segmentBytes: 1 << 16, preallocation: preallocation)
+        state = try await reopened.recover()
+        #expect(state.entries == entries(1...4) + entries(5...6, term: 3), "cut at \(cut)")
+        #expect(state.report.truncatedTailBytes == 0, "cut at \(cut)")
+        try await reopened.close()
+      }
+    }
+  }
+
+  @Test(arguments: [WALPreallocation.none, .zeroFilled])
+  func aFlippedBitInTheLastRecordIsATornTail(_ preallocation: WALPreallocation) async throws {
+    try await withTemporaryDirectory { directory in
+      try await writeOneByOne(directory, count: 5, preallocation: preallocation)
+      let segment = try #require(try segmentFiles(directory).first)
+      var bytes = try readFile(segment)
+      let (starts, end) = recordOffsets(bytes)
+      let last = try #require(starts.last)
+      bytes[end - 3] ^= 0x10
+      try writeFile(segment, bytes)
+      let storage = makeStorage(directory, segmentBytes: 1 << 20, preallocation: preallocation)
+      let state = try await storage.recover()
+      #expect(state.entries == entries(1...4))
+      #expect(state.report.truncatedTailBytes == end - last)
+      #expect(state.report.truncatedOffset == last)
+      try await storage.close()
+    }
+  }
+
+  @Test(arguments: [WALPreallocation.none, .zeroFilled])
+  func aFlippedBitInAMiddleRecordIsCorruption(_ preallocation: WALPreallocation) async throws {
+    try await withTemporaryDirectory { directory in
+      try await writeOneByOne(directory, count: 5, preallocation: preallocation)
+      let segment = try #require(try segmentFiles(directory).first)
+      let pristine = try readFile(segment)
+      let (starts, _) = recordOffsets(pristine)
+      let third = starts[3]  // header, then entries 1, 2, 3...
+      // Single flipped bits in the CRC, the length, the type and the payload; then the whole record zeroed,
+      // as when a page of a write never reached the disk but a later one did.
+      for flipAt in [third, third + 4, third + 8, third + 12, -1] {
+        var bytes = pristine
+        if flipAt >= 0 {
+          bytes[flipAt] ^= 0x01
+        } else {
+          for offset in third..<starts[4] { bytes[offset] = 0 }
+        }
+        try writeFile(segment, bytes)
+        let storage = makeStorage(directory, segmentBytes: 1 << 20, preallocation: preallocation)
+        let error = await #expect(throws: StorageError.self) { _ = try await storage.recover() }
+        guard case .corruptRecord(let file, let offset, _) = error else {
+          Issue.record("expected corruptRecord, got \(String(describing: error))")
+          return
+        }
+        #expect(file == segment)
+        #expect(offset == third)
+        try await storage.close()
+      }
+    }
+  }
+
+  @Test func damageInAnEarlierSegmentIsCorruptionEvenAtItsEnd() async throws {
+    try await withTemporaryDirectory { directory in
+      let storage = makeStorage(directory, segmentBytes: 4096)
+      for start in stride(from: UInt64(1), through: 191, by: 10) {
+        try await storage.write(StorageWrite(entries: entries(start...(start + 9))))
+      }
+      try await storage.close()
+      let first = try #require(try segmentFiles(directory).first)
+      var bytes = try readFile(first)
+      bytes[bytes.count - 2] ^= 0x40
+      try writeFile(first, bytes)
+      let reopened = makeStorage(directory, segmentBytes: 4096)
+      let error = await #expect(throws: StorageError.self) { _ = try await reopened.recover() }
+      guard case .corruptRecord(let file, _, _) = error else {
+        Issue.record("expected corruptRecord, got \(String(describing: error))")
+        return
+      }
+      #expect(file == first)
+    }
+  }
+
+  @Test func aMissingSegmentIsCorruption() async throws {
+    try await withTemporaryDirectory { directory in
+      let storage = makeStorage(directory, segmentBytes: 4096)
+      for start in stride(from: UInt64(1), through: 591, by: 10) {
+        try await storage.write(StorageWrite(entries: entries(start...(start + 9))))
+      }
+      try await storage.close()
+      let segments = try segmentFiles(directory)
+      #expect(segments.count >= 3)
+      try FileManager.default.removeItem(atPath: segments[1])
+      let reopened = makeStorage(directory, segmentBytes: 4096)
+      let error = await #expect(throws: StorageError.self) { _ = try await reopened.recover() }
+      guard case .corruptRecord = error else {
+        Issue.record("expected corruptRecord, got \(String(describing: error))")
+        return
+      }
+    }
+  }
+
+  @Test func aGapBetweenEntriesIsCorruption() async throws {
+    try await withTemporaryDirectory { directory in
+      try await writeOneByOne(directory, count: 5, preallocation: .none)
+      let segment = try #require(try segmentFiles(directory).first)
+      let bytes = try readFile(segment)
+      let (starts, end) = recordOffsets(bytes)
+      // Remove entry 3's record: the records stay valid, but 4 does not follow 2.
+      let damaged = Array(bytes[..<starts[3]]) + Array(bytes[starts[4]..<end])
+      try writeFile(segment, damaged)
+      let storage = makeStorage(directory, segmentBytes: 1 << 20)
+      let error = await #expect(throws: StorageError.self) { _ = try await storage.recover() }
+      guard case .corruptRecord(_, let offset, _) = error else {
+        Issue.record("expected corruptRecord, got \(String(describing: error))")
+        return
+      }
+      #expect(offset == starts[3])
+    }
+  }
+}
+
+@Suite("FileStorage: damaged snapshots")
+struct FileStorageSnapshotTests {
+  private func corrupt(_ path: String) throws {
+    var bytes = try readFile(path)
+    bytes[bytes.count - 1] ^= 0xff
+    try writeFile(path, bytes)
+  }
+
+  @Test func aDamagedSnapshotThatTheLogNoLongerCoversIsAnError() async throws {
+    try await withTemporaryDirectory { directory in
+      var storage = makeStorage(directory)
+      try await storage.write(StorageWrite(entries: entries(1...20)))
+      try await storage.saveSnapshot(StoredSnapshot(index: 10, term: 1, data: [1, 2, 3]), discardingLog: false)
+      try await storage.compact(through: 10)
+      try await storage.close()
+      let file = directory + "/snapshots/" + (try #require(try snapshotFiles(directory).first))
+      try corrupt(file)
+      storage = makeStorage(directory)
+      let error = await #expect(throws: StorageError.self) { _ = try await storage.recover() }
+      guard case .corruptSnapshot(let path, _) = error else {
+        Issue.record("expected corruptSnapshot, got \(String(describing: error))")
+        return
+      }
+      #expect(path == file)
+      // Truncated to less than a header is damage too.
+      try writeFile(file, [1, 2, 3])
+      await #expect(throws: StorageError.self) { _ = try await storage.recover() }
+      // And a snapshot that is gone altogether.
+      try FileManager.default.removeItem(atPath: file)
+      let missing = await #expect(throws: StorageError.self) { _ = try await storage.recover() }
+      guard case .corruptSnapshot = missing else {
+        Issue.record("expected corruptSnapshot, got \(String(describing: missing))")
+        return
+      }
+    }
+  }
+
+  @Test func aDamagedNewestSnapshotFallsBackWhenTheLogCoversTheGap() async throws {
+    try await withTemporaryDirectory { directory in
+      var storage = makeStorage(directory)
+      try await storage.write(StorageWrite(entries: entries(1...30)))
+      try await storage.saveSnapshot(StoredSnapshot(index: 10, term: 1, data: [10]), discardingLog: false)
+      try await storage.compact(through: 10)
+      try await storage.saveSnapshot(StoredSnapshot(index: 20, term: 1, data: [20]), discardingLog: false)
+      try await storage.close()
+      let newest = directory + "/snapshots/" + (try #require(try snapshotFiles(directory).last))
+      try corrupt(newest)
+      storage = makeStorage(directory)
+      let state = try await storage.recover()
+      #expect(state.snapshot == StoredSnapshot(index: 10, term: 1, data: [10]))
+      #expect(state.entries == entries(11...30))
+      #expect(state.report.rejectedSnapshots.count == 1)
+      #expect(FileManager.default.fileExists(atPath: newest + ".corrupt"))
+      try await storage.close()
+    }
+  }
+
+  @Test func aDamagedLogDiscardingSnapshotIsAnError() async throws {
+    try await withTemporaryDirectory { directory in
+      var storage = makeStorage(directory)
+      try await storage.write(StorageWrite(entries: entries(1...30)))
+      try await storage.saveSnapshot(StoredSnapshot(index: 10, term: 1, data: [10]), discardingLog: false)
+      try await storage.saveSnapshot(StoredSnapshot(index: 50, term: 2, data: [50]), discardingLog: true)
+      try await storage.write(StorageWrite(entries: entries(51...52, term: 2)))
+      try await storage.close()
+      let newest = directory + "/snapshots/" + (try #require(try snapshotFiles(directory).last))
+      try corrupt(newest)
+      storage = makeStorage(directory)
+      let error = await #expect(throws: StorageError.self) { _ = try await storage.recover() }
+      guard case .corruptSnapshot(let path, _) = error else {
+        Issue.record("expected corruptSnapshot, got \(String(describing: error))")
+        return
+      }
+      #expect(path == newest)
+    }
+  }
+}
