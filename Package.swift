@@ -15,6 +15,7 @@ let package = Package(
     .library(name: "QuorumCore", targets: ["QuorumCore"]),
     .library(name: "QuorumStorage", targets: ["QuorumStorage"]),
     .library(name: "QuorumSimulation", targets: ["QuorumSimulation"]),
+    .library(name: "QuorumRaft", targets: ["QuorumRaft"]),
     .executable(name: "quorum", targets: ["QuorumCLI"]),
     .executable(name: "quorum-bench", targets: ["QuorumBench"]),
   ],
@@ -22,12 +23,15 @@ let package = Package(
     .target(name: "QuorumCore", swiftSettings: settings),
     .target(name: "QuorumStorage", dependencies: ["QuorumCore"], swiftSettings: settings),
     .target(name: "QuorumSimulation", dependencies: ["QuorumCore"], swiftSettings: settings),
+    .target(name: "QuorumRaft", dependencies: ["QuorumCore", "QuorumStorage"], swiftSettings: settings),
     .executableTarget(
       name: "QuorumCLI", dependencies: ["QuorumCore", "QuorumSimulation"], swiftSettings: settings),
     .executableTarget(
       name: "QuorumBench", dependencies: ["QuorumCore", "QuorumSimulation", "QuorumStorage"],
       swiftSettings: settings),
     .testTarget(name: "QuorumCoreTests", dependencies: ["QuorumCore", "QuorumSimulation"], swiftSettings: settings),
+    .testTarget(
+      name: "QuorumRaftTests", dependencies: ["QuorumRaft", "QuorumCore", "QuorumSimulation"], swiftSettings: settings),
     .testTarget(name: "QuorumStorageTests", dependencies: ["QuorumStorage", "QuorumCore"], swiftSettings: settings),
     .testTarget(
       name: "QuorumSimulationTests", dependencies: ["QuorumSimulation", "QuorumCore"], swiftSettings: settings),

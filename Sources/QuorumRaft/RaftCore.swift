@@ -1,0 +1,1129 @@
+public import QuorumCore
+
+/// A node's role. Role is state inside the one node, never a different object (thesis §3, etcd-io/raft).
+public enum RaftRole: String, Sendable, Equatable, CustomStringConvertible {
+  /// Follows a leader, or waits for one.
+  case follower
+  /// Asking peers whether it could win an election, without disturbing anyone (pre-vote).
+  case preCandidate
+  /// Asking peers for votes in a new term.
+  case candidate
+  /// Accepts proposals and replicates the log.
+  case leader
+
+  public var description: String { rawValue }
+}
+
+/// Tuning of the pure core, in ticks and bytes. ``RaftConfiguration`` builds it from durations.
+public struct RaftCoreOptions: Sendable, Equatable {
+  /// The shortest election timeout in ticks; each timeout is drawn from `min..<max`.
+  public var electionTimeoutMinTicks: Int = 10
+  /// One past the longest election timeout in ticks.
+  public var electionTimeoutMaxTicks: Int = 20
+  /// Ticks between heartbeats.
+  public var heartbeatTicks: Int = 1
+  /// Probe with a pre-vote before a real election, so a node that was partitioned away cannot disrupt the
+  /// group when it returns (thesis §9.6).
+  public var preVote: Bool = true
+  /// A leader steps down when it has not heard from a quorum for an election timeout, and followers that
+  /// heard from a leader within the minimum election timeout refuse votes (thesis §6.2, §9.6).
+  public var checkQuorum: Bool = true
+  /// The most entry bytes in one AppendEntries (at least one entry is always sent).
+  public var maxEntriesBytesPerMessage: Int = 1 << 20
+  /// The most AppendEntries in flight to one follower.
+  public var maxInflightMessages: Int = 256
+  /// The most entry bytes in flight to one follower (0 = unlimited).
+  public var maxInflightBytes: Int = 32 << 20
+  /// Proposals are refused while this many bytes are appended but uncommitted.
+  public var maxUncommittedBytes: Int = 64 << 20
+  /// The most entry bytes handed out for applying per ready batch.
+  public var maxApplyBytesPerBatch: Int = 8 << 20
+  /// Bytes per InstallSnapshot chunk.
+  public var snapshotChunkBytes: Int = 1 << 20
+  /// The largest snapshot a follower accepts.
+  public var maxSnapshotBytes: Int = 1 << 30
+  /// How long a leader may serve lease reads after a quorum acknowledged a heartbeat, in the time units of
+  /// `now` (nanoseconds in the node shell). 0 disables lease reads. Must be below the minimum election
+  /// timeout by the clock-drift bound; ``RaftConfiguration`` computes it.
+  public var leaseDurationNanos: UInt64 = 0
+
+  /// Default options: 10–20 tick elections, a heartbeat every tick, pre-vote and check-quorum on.
+  public init() {}
+}
+
+/// A message for the shell to send.
+public struct RaftOutgoing: Sendable, Equatable, CustomStringConvertible {
+  /// The receiver.
+  public var to: NodeID
+  /// The message.
+  public var message: RaftMessage
+
+  /// Creates an outgoing message.
+  public init(to: NodeID, message: RaftMessage) {
+    self.to = to
+    self.message = message
+  }
+
+  public var description: String { "->\(to) \(message)" }
+}
+
+/// A read confirmed by ReadIndex: once the state machine has applied ``index``, the read may be answered.
+public struct ReadState: Sendable, Equatable {
+  /// The caller's identifier for the read.
+  public var id: UInt64
+  /// The commit index at the time the read was requested.
+  public var index: LogIndex
+}
+
+/// The node's volatile view, reported when it changes.
+public struct SoftState: Sendable, Equatable {
+  /// The node's role.
+  public var role: RaftRole
+  /// The leader it knows of.
+  public var leader: NodeID?
+  /// The current term.
+  public var term: Term
+}
+
+/// Everything the shell must do after a batch of inputs, in order (the `Ready` contract):
+///
+/// 1. send ``eagerMessages`` (leader replication; its own durable term makes this safe, thesis §10.2.1);
+/// 2. persist ``snapshot``, ``hardState`` and ``entries`` (entries overwrite any stored suffix from their
+///    first index) and make them durable;
+/// 3. send ``messages`` (votes and acknowledgements that promise what step 2 stored);
+/// 4. call ``RaftCore/advance(_:)`` with this ready;
+/// 5. restore the state machine from ``snapshot`` if present, then apply ``committedEntries`` in order and
+///    answer ``readStates`` once their index is applied.
+public struct RaftReady: Sendable {
+  /// The hard state to persist, if it changed.
+  public var hardState: HardState?
+  /// Entries to persist.
+  public var entries: [LogEntry] = []
+  /// A snapshot received from the leader, to persist and restore.
+  public var snapshot: RaftSnapshot?
+  /// Messages that may be sent before persisting.
+  public var eagerMessages: [RaftOutgoing] = []
+  /// Messages to send after persisting.
+  public var messages: [RaftOutgoing] = []
+  /// Committed entries to apply.
+  public var committedEntries: [LogEntry] = []
+  /// Confirmed linearizable reads.
+  public var readStates: [ReadState] = []
+  /// Reads that can no longer be confirmed (leadership lost), by identifier.
+  public var failedReads: [UInt64] = []
+  /// The volatile state, if it changed.
+  public var softState: SoftState?
+
+  /// Whether there is nothing to do.
+  public var isEmpty: Bool {
+    hardState == nil && entries.isEmpty && snapshot == nil && eagerMessages.isEmpty && messages.isEmpty
+      && committedEntries.isEmpty && readStates.isEmpty && failedReads.isEmpty && softState == nil
+  }
+}
+
+/// Why the core refused a local request.
+public enum RaftRequestError: Error, Sendable, Equatable {
+  /// Not the leader; the hint is the known leader.
+  case notLeader(hint: NodeID?)
+  /// A leadership transfer is in progress.
+  case transferInProgress
+  /// Too many uncommitted bytes.
+  case overloaded
+  /// A membership change is already pending, or the change is invalid.
+  case membershipChangeRejected(String)
+}
+
+/// Per-follower replication state, for status displays.
+public struct PeerProgress: Sendable, Equatable {
+  /// The highest index known replicated on the peer.
+  public var match: LogIndex
+  /// The next index the leader will send.
+  public var next: LogIndex
+  /// `probe`, `replicate` or `snapshot`.
+  public var state: String
+  /// Whether the peer is a learner.
+  public var isLearner: Bool
+  /// Whether the leader heard from it in the current check-quorum period.
+  public var recentlyActive: Bool
+}
+
+/// The Raft consensus algorithm as a pure, deterministic value.
+///
+/// `RaftCore` does no input/output, reads no clock and draws randomness only from the seeded generator it is
+/// given. The node shell feeds it inputs — ``tick(now:)``, ``step(_:from:)``, ``propose(_:kind:)``,
+/// ``requestRead(id:)`` — then takes a ``RaftReady`` with ``ready()``, carries it out in the documented
+/// order, and reports back with ``advance(_:)``. A simulation drives the same value with virtual time.
+///
+/// Implemented: leader election with randomized timeouts, pre-vote and check-quorum; log replication with
+/// batching, pipelining, a bounded in-flight window, fast conflict back-off and probe/replicate/snapshot
+/// states per follower; the §5.4.2 commit rule with a no-op at election; chunked snapshots; joint-consensus
+/// membership changes with learners; leadership transfer; ReadIndex and lease reads.
+public struct RaftCore: Sendable {
+  /// This node.
+  public let id: NodeID
+  /// The options in force.
+  public let options: RaftCoreOptions
+
+  /// The current term.
+  public private(set) var term: Term = 0
+  /// The vote cast in ``term``.
+  public private(set) var vote: NodeID = .none
+  /// The current role.
+  public private(set) var role: RaftRole = .follower
+  /// The known leader of ``term``.
+  public private(set) var leader: NodeID?
+  /// The membership in force: the newest membership entry in the log, committed or not (§6), else the
+  /// snapshot's, else the one given at creation.
+  public private(set) var membership: Membership
+  /// The index of the entry (or snapshot) that set ``membership``; 0 if it was given at creation.
+  public private(set) var membershipIndex: LogIndex = 0
+  private let initialMembership: Membership
+
+  var log: RaftLog
+  var progress: [NodeID: Progress] = [:]
+  private var votes: [NodeID: Bool] = [:]
+  private var electionElapsed = 0
+  private var heartbeatElapsed = 0
+  private(set) var randomizedElectionTimeout = 0
+  private var rng: SeededRandom
+  /// The target of a leadership transfer in progress.
+  public private(set) var transferee: NodeID?
+  private var uncommittedBytes = 0
+  private var needsBroadcast = false
+
+  // ReadIndex and leases.
+  private struct PendingRead: Sendable {
+    var id: UInt64
+    var index: LogIndex
+    var round: UInt64
+  }
+  private var readRound: UInt64 = 0
+  private var needsReadRound = false
+  private var pendingReads = FIFOQueue<PendingRead>()
+  private var readsAwaitingCommit: [UInt64] = []
+  private var roundSentAt = FIFOQueue<(round: UInt64, at: UInt64)>()
+  private var leaseStart: UInt64?
+  private var now: UInt64 = 0
+
+  // A snapshot being received in chunks.
+  private struct IncomingSnapshot: Sendable {
+    var index: LogIndex
+    var term: Term
+    var membership: Membership
+    var totalBytes: UInt64
+    var data: [UInt8]
+  }
+  private var incomingSnapshot: IncomingSnapshot?
+
+  // Outputs accumulated for the next ready.
+  private var outbox: [RaftOutgoing] = []
+  private var eagerOutbox: [RaftOutgoing] = []
+  private var readStates: [ReadState] = []
+  private var failedReads: [UInt64] = []
+  private var lastHardState: HardState
+  private var lastSoftState: SoftState
+
+  /// Creates a node from its durable state.
+  ///
+  /// - Parameters:
+  ///   - id: this node.
+  ///   - membership: the bootstrap membership, used when no snapshot or committed membership entry says
+  ///     otherwise. A node joining an existing group passes ``Membership/empty`` and learns the membership
+  ///     from the leader.
+  ///   - hardState, snapshot, entries: what storage recovered (nothing for a new node).
+  ///   - random: the seeded generator for election timeouts.
+  public init(
+    id: NodeID, options: RaftCoreOptions = RaftCoreOptions(), membership: Membership,
+    hardState: HardState = HardState(), snapshot: RaftSnapshot? = nil, entries: [LogEntry] = [],
+    random: SeededRandom
+  ) {
+    precondition(id != .none, "node id 0 is reserved")
+    self.id = id
+    self.options = options
+    self.rng = random
+    self.term = hardState.term
+    self.vote = hardState.vote
+    self.log = RaftLog(snapshot: snapshot, entries: entries, committed: hardState.commit)
+    self.initialMembership = membership
+    self.membership = membership
+    self.lastHardState = HardState(term: hardState.term, vote: hardState.vote, commit: log.committed)
+    self.lastSoftState = SoftState(role: .follower, leader: nil, term: hardState.term)
+    recomputeMembership()
+    resetRandomizedElectionTimeout()
+  }
+
+  /// Creates a founding member of a new group: its log starts with the committed bootstrap entry that
+  /// records `membership` (identical on every founding member), so nodes added later learn the founding
+  /// membership from the log. Use the plain initializer to restart from durable state or to join an
+  /// existing group (with ``Membership/empty``).
+  public static func bootstrap(
+    id: NodeID, options: RaftCoreOptions = RaftCoreOptions(), membership: Membership, random: SeededRandom
+  ) -> RaftCore {
+    let entry = LogEntry(index: 1, term: 0, kind: .membership, data: membership.wireBytes())
+    var core = RaftCore(
+      id: id, options: options, membership: membership, hardState: HardState(term: 0, vote: .none, commit: 1),
+      entries: [entry], random: random)
+    core.log.markUnpersisted()  // The shell must write the bootstrap entry like any other.
+    core.lastHardState = HardState()
+    return core
+  }
+
+  // MARK: - Public views
+
+  /// The last index in the log.
+  public var lastIndex: LogIndex { log.lastIndex }
+  /// The term of the last entry.
+  public var lastTerm: Term { log.lastTerm }
+  /// The first index still held in memory (entries before it are in the snapshot).
+  public var firstIndex: LogIndex { log.firstIndex }
+  /// The commit index.
+  public var commitIndex: LogIndex { log.committed }
+  /// The highest index handed out for applying.
+  public var appliedIndex: LogIndex { log.applying }
+  /// The highest index known durable on this node.
+  public var persistedIndex: LogIndex { log.persisted }
+  /// The newest snapshot held.
+  public var snapshot: RaftSnapshot? { log.snapshot }
+  /// The durable state.
+  public var hardState: HardState { HardState(term: term, vote: vote, commit: log.committed) }
+  /// The volatile state.
+  public var softState: SoftState { SoftState(role: role, leader: leader, term: term) }
+  /// Whether this node may campaign (a voter of the current membership).
+  public var isPromotable: Bool { membership.isVoter(id) }
+  /// Whether this node is a learner.
+  public var isLearner: Bool { membership.learners.contains(id) || membership.learnersNext.contains(id) }
+  /// The entry at `index`, if held in memory.
+  public func entry(at index: LogIndex) -> LogEntry? { log.entry(at: index) }
+  /// The term of the entry at `index`, if known.
+  public func term(at index: LogIndex) -> Term? { log.term(at: index) }
+  /// Entries `from...to` held in memory (for tests and status).
+  public func entries(from: LogIndex, through: LogIndex) -> [LogEntry] {
+    guard from <= through else { return [] }
+    return log.slice(from: max(from, log.firstIndex), to: through + 1, maxBytes: .max) ?? []
+  }
+  /// Whether a membership change is in the log but not yet committed.
+  public var hasPendingMembershipChange: Bool { membershipIndex > log.committed }
+  /// The leader's view of each peer's replication (empty unless leader).
+  public var peerProgress: [NodeID: PeerProgress] {
+    progress.mapValues {
+      PeerProgress(
+        match: $0.match, next: $0.next, state: $0.state.description, isLearner: $0.isLearner,
+        recentlyActive: $0.recentActive)
+    }
+  }
+  /// The election timeout currently drawn, in ticks.
+  public var currentElectionTimeout: Int { randomizedElectionTimeout }
+  /// Whether the leader has committed an entry of its own term (required before serving reads).
+  public var hasCommittedInCurrentTerm: Bool { log.term(at: log.committed) == term }
+
+  // MARK: - Inputs
+
+  /// Advances logical time by one tick. `now` is the shell's monotonic clock (used only for leases).
+  public mutating func tick(now: UInt64 = 0) {
+    self.now = max(self.now, now)
+    switch role {
+    case .leader: tickLeader()
+    default: tickElection()
+    }
+  }
+
+  /// Records the shell's monotonic clock without ticking (for lease checks between ticks).
+  public mutating func observe(now: UInt64) { self.now = max(self.now, now) }
+
+  private mutating func tickElection() {
+    electionElapsed += 1
+    if incomingSnapshot != nil, electionElapsed >= options.electionTimeoutMinTicks * 4 {
+      incomingSnapshot = nil  // The leader stopped sending it; free the memory.
+    }
+    if isPromotable && electionElapsed >= randomizedElectionTimeout {
+      electionElapsed = 0
+      startElection(options.preVote ? .preVote : .election)
+    }
+  }
+
+  private mutating func tickLeader() {
+    heartbeatElapsed += 1
+    electionElapsed += 1
+    if electionElapsed >= options.electionTimeoutMinTicks {
+      electionElapsed = 0
+      if options.checkQuorum && !quorumRecentlyActive() {
+        becomeFollower(term: term, leader: nil)
+        return
+      }
+      if transferee != nil { transferee = nil }  // Abort a transfer that did not finish in time.
+    }
+    guard role == .leader else { return }
+    if heartbeatElapsed >= options.heartbeatTicks {
+      heartbeatElapsed = 0
+      broadcastHeartbeat(newRound: true)
+    }
+    retryStalledSnapshots()
+  }
+
+  private mutating func quorumRecentlyActive() -> Bool {
+    let active = QuorumMath.committedValue(membership) { peer in
+      peer == id ? 1 : ((progress[peer]?.recentActive ?? false) ? 1 : 0)
+    }
+    for peer in Array(progress.keys) { progress[peer]?.recentActive = false }
+    return active == 1
+  }
+
+  /// Starts an election now (as if the election timeout had elapsed), if this node is a voter.
+  public mutating func campaign() {
+    guard isPromotable else { return }
+    startElection(options.preVote ? .preVote : .election)
+  }
+
+  /// Handles a message from a peer.
+  public mutating func step(_ message: RaftMessage, from: NodeID) {
+    guard from != id, from != .none else { return }
+    if case .requestVote = message, !membership.allMembers.isEmpty, !membership.allMembers.contains(from) {
+      return  // A removed or unknown node must not disturb the group.
+    }
+    let msgTerm = message.term
+    if msgTerm > term {
+      switch message {
+      case .requestVote(let m):
+        let inLease = options.checkQuorum && leader != nil && electionElapsed < options.electionTimeoutMinTicks
+        if !m.transfer && inLease { return }  // Thesis §4.2.3: ignore disruptive votes while a leader is alive.
+        if m.preVote { break }  // Pre-votes never change our term.
+        becomeFollower(term: msgTerm, leader: nil)
+      case .voteResponse(let m) where m.preVote && m.granted:
+        break  // The pre-candidate moves to the term when it wins.
+      case .appendEntries, .heartbeat, .installSnapshot:
+        becomeFollower(term: msgTerm, leader: from)
+      default:
+        becomeFollower(term: msgTerm, leader: nil)
+      }
+    } else if msgTerm < term {
+      switch message {
+      case .appendEntries, .heartbeat:
+        // A stale leader: tell it our term so it steps down (needed with check-quorum/pre-vote, where our
+        // term may have advanced without its knowledge).
+        if options.checkQuorum || options.preVote {
+          send(from, .appendResponse(AppendResponse(term: term, reject: false, index: 0)))
+        }
+      case .requestVote(let m) where m.preVote:
+        send(from, .voteResponse(VoteResponse(term: term, granted: false, preVote: true)))
+      default:
+        break
+      }
+      return
+    }
+
+    switch message {
+    case .requestVote(let m):
+      handleVoteRequest(m, from: from)
+    case .timeoutNow:
+      if role != .leader && isPromotable { startElection(.transfer) }
+    default:
+      switch role {
+      case .leader: stepLeader(message, from: from)
+      case .candidate, .preCandidate: stepCandidate(message, from: from)
+      case .follower: stepFollower(message, from: from)
+      }
+    }
+  }
+
+  private mutating func handleVoteRequest(_ m: RequestVote, from: NodeID) {
+    let canVote =
+      vote == from || (vote == .none && leader == nil) || (m.preVote && m.term > term)
+    if canVote && log.isUpToDate(lastIndex: m.lastLogIndex, lastTerm: m.lastLogTerm) {
+      // A granted pre-vote answers in the asked term so the pre-candidate can count it.
+      send(from, .voteResponse(VoteResponse(term: m.term, granted: true, preVote: m.preVote)))
+      if !m.preVote {
+        electionElapsed = 0
+        vote = from
+      }
+    } else {
+      send(from, .voteResponse(VoteResponse(term: term, granted: false, preVote: m.preVote)))
+    }
+  }
+
+  // MARK: - Roles
+
+  private mutating func reset(term newTerm: Term) {
+    if term != newTerm {
+      term = newTerm
+      vote = .none
+    }
+    leader = nil
+    electionElapsed = 0
+    heartbeatElapsed = 0
+    resetRandomizedElectionTimeout()
+    votes = [:]
+    transferee = nil
+    progress = [:]
+    leaseStart = nil
+    roundSentAt.removeAll()
+    failPendingReads()
+    needsBroadcast = false
+    needsReadRound = false
+  }
+
+  private mutating func failPendingReads() {
+    while let read = pendingReads.popFirst() { failedReads.append(read.id) }
+    failedReads.append(contentsOf: readsAwaitingCommit)
+    readsAwaitingCommit = []
+  }
+
+  private mutating func resetRandomizedElectionTimeout() {
+    let lo = options.electionTimeoutMinTicks
+    let hi = max(options.electionTimeoutMaxTicks, lo + 1)
+    randomizedElectionTimeout = Int.random(in: lo..<hi, using: &rng)
+  }
+
+  private mutating func becomeFollower(term newTerm: Term, leader newLeader: NodeID?) {
+    reset(term: newTerm)
+    role = .follower
+    leader = newLeader
+  }
+
+  private enum ElectionKind {
+    /// A pre-vote probe (thesis §9.6).
+    case preVote
+    /// A real election.
+    case election
+    /// A real election asked for by the leader (TimeoutNow): voters ignore their leader lease.
+    case transfer
+  }
+
+  private mutating func startElection(_ kind: ElectionKind) {
+    if kind == .preVote {
+      role = .preCandidate
+      votes = [:]
+      leader = nil
+      // Keep term and vote: a pre-vote disturbs no one.
+      electionElapsed = 0
+      resetRandomizedElectionTimeout()
+      requestVotes(term: term + 1, preVote: true, transfer: false)
+    } else {
+      reset(term: term + 1)
+      role = .candidate
+      vote = id
+      requestVotes(term: term, preVote: false, transfer: kind == .transfer)
+    }
+  }
+
+  private mutating func requestVotes(term voteTerm: Term, preVote: Bool, transfer: Bool) {
+    votes[id] = true
+    if QuorumMath.tally(membership, votes) == .won {
+      if preVote { startElection(.election) } else { becomeLeader() }
+      return
+    }
+    let request = RequestVote(
+      term: voteTerm, lastLogIndex: log.lastIndex, lastLogTerm: log.lastTerm, preVote: preVote, transfer: transfer)
+    for peer in membership.allVoters.sorted() where peer != id {
+      send(peer, .requestVote(request))
+    }
+  }
+
+  private mutating func becomeLeader() {
+    precondition(role == .candidate, "\(id) becoming leader from \(role)")
+    reset(term: term)
+    role = .leader
+    leader = id
+    for peer in membership.allMembers where peer != id {
+      progress[peer] = newProgress(peer)
+    }
+    uncommittedBytes = 0
+    // The no-op that commits every earlier entry once it is committed (§5.4.2, §8).
+    log.appendOne(LogEntry(index: log.lastIndex + 1, term: term, kind: .noop))
+    needsBroadcast = true
+    // A joint configuration the previous leader did not get to leave is left once it is committed.
+    if membership.isJoint && membershipIndex <= log.committed { membershipCommitted() }
+  }
+
+  private func newProgress(_ peer: NodeID) -> Progress {
+    var p = Progress(
+      next: log.lastIndex + 1, isLearner: !membership.isVoter(peer),
+      maxInflightMessages: options.maxInflightMessages, maxInflightBytes: options.maxInflightBytes)
+    p.recentActive = true
+    return p
+  }
+
+  private mutating func stepCandidate(_ message: RaftMessage, from: NodeID) {
+    switch message {
+    case .appendEntries(let m):
+      becomeFollower(term: m.term, leader: from)
+      handleAppend(m, from: from)
+    case .heartbeat(let m):
+      becomeFollower(term: m.term, leader: from)
+      handleHeartbeat(m, from: from)
+    case .installSnapshot(let m):
+      becomeFollower(term: m.term, leader: from)
+      handleSnapshotChunk(m, from: from)
+    case .voteResponse(let m):
+      guard m.preVote == (role == .preCandidate) else { return }
+      votes[from] = m.granted
+      switch QuorumMath.tally(membership, votes) {
+      case .won:
+        if role == .preCandidate { startElection(.election) } else { becomeLeader() }
+      case .lost:
+        becomeFollower(term: term, leader: nil)
+      case .pending:
+        break
+      }
+    default:
+      break
+    }
+  }
+
+  private mutating func stepFollower(_ message: RaftMessage, from: NodeID) {
+    switch message {
+    case .appendEntries(let m):
+      electionElapsed = 0
+      leader = from
+      handleAppend(m, from: from)
+    case .heartbeat(let m):
+      electionElapsed = 0
+      leader = from
+      handleHeartbeat(m, from: from)
+    case .installSnapshot(let m):
+      electionElapsed = 0
+      leader = from
+      handleSnapshotChunk(m, from: from)
+    default:
+      break
+    }
+  }
+
+  // MARK: - Follower replication
+
+  private mutating func handleAppend(_ m: AppendEntries, from: NodeID) {
+    if m.prevLogIndex < log.committed {
+      send(from, .appendResponse(AppendResponse(term: term, reject: false, index: log.committed)))
+      return
+    }
+    if let (lastNew, firstWritten) = log.maybeAppend(
+      prevIndex: m.prevLogIndex, prevTerm: m.prevLogTerm, entries: m.entries)
+    {
+      if let firstWritten { membershipMayHaveChanged(from: firstWritten) }
+      commit(to: min(m.commit, lastNew))
+      send(from, .appendResponse(AppendResponse(term: term, reject: false, index: lastNew)))
+    } else {
+      let hint = log.findConflictByTerm(min(m.prevLogIndex, log.lastIndex), m.prevLogTerm)
+      send(
+        from,
+        .appendResponse(
+          AppendResponse(term: term, reject: true, index: m.prevLogIndex, hintIndex: hint.index, hintTerm: hint.term)))
+    }
+  }
+
+  private mutating func handleHeartbeat(_ m: Heartbeat, from: NodeID) {
+    commit(to: min(m.commit, log.lastIndex))
+    send(from, .heartbeatResponse(HeartbeatResponse(term: term, round: m.round)))
+  }
+
+  private mutating func handleSnapshotChunk(_ m: InstallSnapshot, from: NodeID) {
+    func reply(_ next: UInt64, reject: Bool = false) {
+      send(from, .snapshotResponse(SnapshotResponse(term: term, index: m.index, nextOffset: next, reject: reject)))
+    }
+    if m.index <= log.committed {
+      // Already have everything it covers: tell the leader where we are.
+      send(from, .appendResponse(AppendResponse(term: term, reject: false, index: log.committed)))
+      return
+    }
+    if m.totalBytes > UInt64(options.maxSnapshotBytes) {
+      reply(0, reject: true)
+      return
+    }
+    if m.offset == 0 {
+      var data: [UInt8] = []
+      data.reserveCapacity(Int(m.totalBytes))
+      incomingSnapshot = IncomingSnapshot(
+        index: m.index, term: m.snapshotTerm, membership: m.membership, totalBytes: m.totalBytes, data: data)
+    }
+    guard var incoming = incomingSnapshot, incoming.index == m.index, incoming.term == m.snapshotTerm,
+      incoming.totalBytes == m.totalBytes
+    else {
+      reply(0)
+      return
+    }
+    guard UInt64(incoming.data.count) == m.offset else {
+      reply(UInt64(incoming.data.count))
+      return
+    }
+    incomingSnapshot = nil  // Avoid copying the buffer while it grows.
+    incoming.data.append(contentsOf: m.chunk)
+    guard UInt64(incoming.data.count) == incoming.totalBytes else {
+      incomingSnapshot = incoming
+      reply(UInt64(incoming.data.count))
+      return
+    }
+    let snapshot = RaftSnapshot(
+      index: incoming.index, term: incoming.term, membership: incoming.membership, data: incoming.data)
+    restore(snapshot)
+    send(from, .appendResponse(AppendResponse(term: term, reject: false, index: log.lastIndex)))
+  }
+
+  private mutating func restore(_ snapshot: RaftSnapshot) {
+    log.restore(snapshot)
+    recomputeMembership()
+  }
+
+  // MARK: - Commitment
+
+  private mutating func commit(to index: LogIndex) {
+    guard index > log.committed else { return }
+    let old = log.committed
+    log.committed = index
+    if role == .leader {
+      for i in (old + 1)...index {
+        if let entry = log.entry(at: i), entry.term == term { uncommittedBytes -= entry.byteSize }
+      }
+      uncommittedBytes = max(0, uncommittedBytes)
+      if !readsAwaitingCommit.isEmpty && hasCommittedInCurrentTerm {
+        let waiting = readsAwaitingCommit
+        readsAwaitingCommit = []
+        for read in waiting { queueRead(read) }
+      }
+      if membershipIndex > old && membershipIndex <= index { membershipCommitted() }
+    }
+  }
+
+  /// The leader's commit rule (§5.3, §5.4.2): the highest index stored on a majority (of each half of a
+  /// joint configuration), if it is from the current term.
+  @discardableResult
+  private mutating func maybeCommit() -> Bool {
+    let persisted = log.persisted
+    let candidate = QuorumMath.committedValue(membership) { peer in
+      peer == id ? persisted : (progress[peer]?.match ?? 0)
+    }
+    guard candidate > log.committed, candidate != .max, log.term(at: candidate) == term else { return false }
+    commit(to: candidate)
+    if role == .leader { needsBroadcast = true }
+    return true
+  }
+
+  /// Sets ``membership`` from the newest membership entry in the log, else the snapshot, else the initial one.
+  private mutating func recomputeMembership() {
+    var index = log.lastIndex
+    while index > log.offset {
+      if let entry = log.entry(at: index), entry.kind == .membership,
+        let decoded = try? Membership(wireBytes: entry.data)
+      {
+        adopt(decoded, at: index)
+        return
+      }
+      index -= 1
+    }
+    if let snapshot = log.snapshot {
+      adopt(snapshot.membership, at: snapshot.index)
+    } else {
+      adopt(initialMembership, at: 0)
+    }
+  }
+
+  /// Entries from `index` on were written or replaced: refresh the membership if it could have changed.
+  private mutating func membershipMayHaveChanged(from index: LogIndex) {
+    if membershipIndex >= index {
+      recomputeMembership()  // The entry that set it was truncated away.
+      return
+    }
+    var i = log.lastIndex
+    while i >= index {
+      if let entry = log.entry(at: i), entry.kind == .membership, let decoded = try? Membership(wireBytes: entry.data) {
+        adopt(decoded, at: i)
+        return
+      }
+      i -= 1
+    }
+  }
+
+  private mutating func adopt(_ next: Membership, at index: LogIndex) {
+    membership = next
+    membershipIndex = index
+    guard role == .leader else { return }
+    for peer in membership.allMembers where peer != id {
+      if progress[peer] == nil {
+        progress[peer] = newProgress(peer)
+      } else {
+        progress[peer]?.isLearner = !membership.isVoter(peer)
+      }
+    }
+    for peer in Array(progress.keys) where !membership.allMembers.contains(peer) {
+      progress[peer] = nil
+    }
+    if let transferee, !membership.isVoter(transferee) { self.transferee = nil }
+  }
+
+  /// The leader's membership entry was committed: leave a joint configuration (thesis §4.3), or, if this
+  /// leader is no longer a voter, hand over and step down (§6).
+  private mutating func membershipCommitted() {
+    guard role == .leader else { return }
+    if membership.isJoint {
+      var next = membership
+      next.outgoingVoters = []
+      next.learners.formUnion(next.learnersNext)
+      next.learnersNext = []
+      appendMembership(next)
+    } else if !membership.isVoter(id) {
+      let candidates = membership.voters.sorted()
+      if let successor = candidates.max(by: { (progress[$0]?.match ?? 0) < (progress[$1]?.match ?? 0) }),
+        progress[successor]?.match == log.lastIndex
+      {
+        send(successor, .timeoutNow(term: term))
+      }
+      becomeFollower(term: term, leader: nil)
+    }
+  }
+
+  // MARK: - Leader replication
+
+  private mutating func stepLeader(_ message: RaftMessage, from: NodeID) {
+    guard var pr = progress[from] else { return }
+    pr.recentActive = true
+    switch message {
+    case .appendResponse(let m):
+      if m.reject {
+        var hint = m.hintIndex
+        if m.hintTerm > 0 { hint = log.findConflictByTerm(m.hintIndex, m.hintTerm).index }
+        if pr.maybeDecrease(rejected: m.index, hint: hint) {
+          if pr.state == .replicate { pr.becomeProbe() }
+          progress[from] = pr
+          sendAppend(to: from, sendIfEmpty: true)
+        } else {
+          progress[from] = pr
+        }
+        return
+      }
+      let wasPaused = pr.isPaused
+      if pr.maybeUpdate(m.index) {
+        switch pr.state {
+        case .probe:
+          pr.becomeReplicate()
+        case .snapshot where pr.match >= pr.pendingSnapshot:
+          pr.becomeProbe()
+          pr.becomeReplicate()
+        case .replicate:
+          pr.inflights.free(through: m.index)
+        default:
+          break
+        }
+        progress[from] = pr
+        if !maybeCommit() && wasPaused { sendAppend(to: from, sendIfEmpty: false) }
+        while sendAppend(to: from, sendIfEmpty: false) {}
+        if from == transferee, progress[from]?.match == log.lastIndex {
+          send(from, .timeoutNow(term: term))
+        }
+      } else {
+        if pr.state == .replicate { pr.inflights.free(through: m.index) }
+        progress[from] = pr
+      }
+    case .heartbeatResponse(let m):
+      pr.probeSent = false
+      pr.ackedRound = max(pr.ackedRound, m.round)
+      progress[from] = pr
+      if pr.match < log.lastIndex { sendAppend(to: from, sendIfEmpty: true) }
+      confirmReads()
+    case .snapshotResponse(let m):
+      guard pr.state == .snapshot, m.index == pr.pendingSnapshot else {
+        progress[from] = pr
+        return
+      }
+      if m.reject {
+        pr.becomeProbe()
+        progress[from] = pr
+        return
+      }
+      pr.snapshotOffset = m.nextOffset
+      pr.snapshotIdleTicks = 0
+      progress[from] = pr
+      sendSnapshotChunk(to: from)
+    default:
+      progress[from] = pr
+    }
+  }
+
+  /// Sends entries (or a snapshot) to `peer` if its progress allows. Returns whether anything was sent.
+  @discardableResult
+  private mutating func sendAppend(to peer: NodeID, sendIfEmpty: Bool) -> Bool {
+    guard var pr = progress[peer], !pr.isPaused else { return false }
+    let prevIndex = pr.next - 1
+    guard let prevTerm = log.term(at: prevIndex),
+      let entries = log.slice(from: pr.next, to: log.lastIndex + 1, maxBytes: options.maxEntriesBytesPerMessage)
+    else {
+      guard let snapshot = log.snapshot else { return false }
+      pr.becomeSnapshot(snapshot.index)
+      progress[peer] = pr
+      sendSnapshotChunk(to: peer)
+      return true
+    }
+    if entries.isEmpty && !sendIfEmpty { return false }
+    let bytes = entries.reduce(0) { $0 + $1.byteSize }
+    send(
+      peer,
+      .appendEntries(
+        AppendEntries(
+          term: term, prevLogIndex: prevIndex, prevLogTerm: prevTerm, entries: entries, commit: log.committed)))
+    if let last = entries.last {
+      pr.sentEntries(last: last.index, bytes: bytes)
+    } else if pr.state == .probe {
+      pr.probeSent = true
+    }
+    progress[peer] = pr
+    return !entries.isEmpty
+  }
+
+  private mutating func sendSnapshotChunk(to peer: NodeID) {
+    guard let pr = progress[peer], pr.state == .snapshot else { return }
+    guard let snapshot = log.snapshot else { return }
+    if snapshot.index != pr.pendingSnapshot {
+      progress[peer]?.becomeSnapshot(snapshot.index)  // A newer snapshot replaced it; start over.
+    }
+    let offset = Int(progress[peer]?.snapshotOffset ?? 0)
+    let total = snapshot.data.count
+    guard offset < total || total == 0 else { return }
+    let end = min(total, offset + max(1, options.snapshotChunkBytes))
+    send(
+      peer,
+      .installSnapshot(
+        InstallSnapshot(
+          term: term, index: snapshot.index, snapshotTerm: snapshot.term, membership: snapshot.membership,
+          totalBytes: UInt64(total), offset: UInt64(offset), chunk: Array(snapshot.data[offset..<end]))))
+  }
+
+  private mutating func retryStalledSnapshots() {
+    for peer in progress.keys.sorted() where progress[peer]?.state == .snapshot {
+      progress[peer]?.snapshotIdleTicks += 1
+      if (progress[peer]?.snapshotIdleTicks ?? 0) >= options.electionTimeoutMinTicks {
+        progress[peer]?.snapshotIdleTicks = 0
+        sendSnapshotChunk(to: peer)
+      }
+    }
+  }
+
+  private mutating func broadcastAppend() {
+    for peer in progress.keys.sorted() {
+      sendAppend(to: peer, sendIfEmpty: true)
+      while sendAppend(to: peer, sendIfEmpty: false) {}
+    }
+  }
+
+  private mutating func broadcastHeartbeat(newRound: Bool) {
+    if newRound {
+      readRound += 1
+      roundSentAt.append((readRound, now))
+      while roundSentAt.count > 256 { _ = roundSentAt.popFirst() }
+    }
+    for peer in progress.keys.sorted() {
+      guard let pr = progress[peer] else { continue }
+      send(peer, .heartbeat(Heartbeat(term: term, commit: min(pr.match, log.committed), round: readRound)))
+    }
+    confirmReads()  // A single-voter group confirms at once.
+  }
+
+  // MARK: - Local requests
+
+  /// Appends a command (or other entry) to the leader's log. Returns its index and term; the entry is
+  /// replicated when the shell next takes a ready.
+  public mutating func propose(_ data: [UInt8], kind: EntryKind = .command) throws(RaftRequestError) -> (
+    index: LogIndex, term: Term
+  ) {
+    guard role == .leader else { throw .notLeader(hint: leader) }
+    guard transferee == nil else { throw .transferInProgress }
+    let size = data.count + 16
+    if uncommittedBytes > 0 && uncommittedBytes + size > options.maxUncommittedBytes { throw .overloaded }
+    let entry = LogEntry(index: log.lastIndex + 1, term: term, kind: kind, data: data)
+    log.appendOne(entry)
+    uncommittedBytes += size
+    needsBroadcast = true
+    return (entry.index, entry.term)
+  }
+
+  /// Proposes a membership change. Only one change may be pending at a time; changes to the voters go
+  /// through a joint configuration that the leader leaves automatically.
+  public mutating func proposeMembership(_ change: MembershipChange) throws(RaftRequestError) -> LogIndex {
+    guard role == .leader else { throw .notLeader(hint: leader) }
+    guard transferee == nil else { throw .transferInProgress }
+    guard !hasPendingMembershipChange else {
+      throw .membershipChangeRejected("a membership change is already in progress")
+    }
+    let next: Membership
+    do {
+      next = try membership.applying(change)
+    } catch {
+      throw .membershipChangeRejected(error.reason)
+    }
+    return appendMembership(next)
+  }
+
+  @discardableResult
+  private mutating func appendMembership(_ next: Membership) -> LogIndex {
+    let entry = LogEntry(index: log.lastIndex + 1, term: term, kind: .membership, data: next.wireBytes())
+    log.appendOne(entry)
+    adopt(next, at: entry.index)
+    needsBroadcast = true
+    return entry.index
+  }
+
+  /// Starts transferring leadership to `target` (thesis §3.10): proposals are refused, the target is brought
+  /// up to date, then told to campaign at once. Aborted if not done within an election timeout.
+  public mutating func transferLeadership(to target: NodeID) throws(RaftRequestError) {
+    guard role == .leader else { throw .notLeader(hint: leader) }
+    guard target != id else { return }
+    guard membership.isVoter(target), progress[target] != nil else {
+      throw .membershipChangeRejected("\(target) is not a voter")
+    }
+    if transferee == target { return }
+    transferee = target
+    electionElapsed = 0
+    leaseStart = nil  // The target will win without waiting for our lease: stop serving lease reads now.
+    if progress[target]?.match == log.lastIndex {
+      send(target, .timeoutNow(term: term))
+    } else {
+      sendAppend(to: target, sendIfEmpty: true)
+    }
+  }
+
+  /// Requests a linearizable read (ReadIndex, thesis §6.4). The confirmation arrives as a ``ReadState`` in a
+  /// later ready (or the id in ``RaftReady/failedReads`` if leadership is lost first).
+  public mutating func requestRead(id readID: UInt64) throws(RaftRequestError) {
+    guard role == .leader else { throw .notLeader(hint: leader) }
+    if !hasCommittedInCurrentTerm {
+      readsAwaitingCommit.append(readID)
+      return
+    }
+    queueRead(readID)
+  }
+
+  private mutating func queueRead(_ readID: UInt64) {
+    pendingReads.append(PendingRead(id: readID, index: log.committed, round: readRound + 1))
+    needsReadRound = true
+    if membership.allVoters == [id] {
+      needsReadRound = false
+      readRound += 1
+      confirmReads()
+    }
+  }
+
+  /// The newest round acknowledged by a quorum (the leader counts as acknowledging every round).
+  private var quorumAckedRound: UInt64 {
+    QuorumMath.committedValue(membership) { peer in
+      peer == id ? readRound : (progress[peer]?.ackedRound ?? 0)
+    }
+  }
+
+  private mutating func confirmReads() {
+    guard role == .leader else { return }
+    let acked = quorumAckedRound
+    while let read = pendingReads.first, read.round <= acked {
+      _ = pendingReads.popFirst()
+      readStates.append(ReadState(id: read.id, index: read.index))
+    }
+    while let sent = roundSentAt.first, sent.round <= acked {
+      _ = roundSentAt.popFirst()
+      if transferee == nil { leaseStart = max(leaseStart ?? 0, sent.at) }
+    }
+  }
+
+  /// If this leader's lease is valid at `now`, the index a lease read must wait for; otherwise `nil`.
+  ///
+  /// The lease starts when the leader sent a heartbeat round that a quorum acknowledged; followers refuse
+  /// to vote for anyone else for a minimum election timeout after hearing it, so no other leader can exist
+  /// until ``RaftCoreOptions/leaseDurationNanos`` later (which the configuration keeps below that timeout by
+  /// the clock-drift bound).
+  public func leaseReadIndex(now: UInt64) -> LogIndex? {
+    guard role == .leader, transferee == nil, hasCommittedInCurrentTerm else { return nil }
+    if membership.allVoters == [id] { return log.committed }
+    guard options.leaseDurationNanos > 0, options.checkQuorum, let start = leaseStart else { return nil }
+    return now < start &+ options.leaseDurationNanos ? log.committed : nil
+  }
+
+  // MARK: - Ready
+
+  private mutating func send(_ to: NodeID, _ message: RaftMessage) {
+    let outgoing = RaftOutgoing(to: to, message: message)
+    if role == .leader {
+      switch message {
+      case .appendEntries, .heartbeat, .installSnapshot, .timeoutNow:
+        eagerOutbox.append(outgoing)
+        return
+      default:
+        break
+      }
+    }
+    outbox.append(outgoing)
+  }
+
+  private mutating func flush() {
+    guard role == .leader else {
+      needsBroadcast = false
+      needsReadRound = false
+      return
+    }
+    if needsBroadcast {
+      needsBroadcast = false
+      broadcastAppend()
+    }
+    if needsReadRound {
+      needsReadRound = false
+      broadcastHeartbeat(newRound: true)
+    }
+  }
+
+  /// Whether ``ready()`` has anything to return.
+  public var hasReady: Bool {
+    (role == .leader && (needsBroadcast || needsReadRound)) || !outbox.isEmpty || !eagerOutbox.isEmpty
+      || !readStates.isEmpty
+      || !failedReads.isEmpty || log.unstable <= log.lastIndex || log.pendingSnapshot != nil
+      || log.hasCommittedToApply || term != lastHardState.term || vote != lastHardState.vote
+      || softState != lastSoftState
+  }
+
+  /// Takes everything the shell must now do (see ``RaftReady`` for the order).
+  public mutating func ready() -> RaftReady {
+    flush()
+    var ready = RaftReady()
+    ready.snapshot = log.takePendingSnapshot()
+    ready.entries = log.takeUnstable()
+    // Term and vote must be durable before any message that depends on them. The commit index need not be
+    // (it is recomputed after a restart), so it only rides along with other writes instead of costing a
+    // sync of its own.
+    let hs = hardState
+    if hs.term != lastHardState.term || hs.vote != lastHardState.vote
+      || (hs.commit != lastHardState.commit && (!ready.entries.isEmpty || ready.snapshot != nil))
+    {
+      ready.hardState = hs
+      lastHardState = hs
+    }
+    let ss = softState
+    if ss != lastSoftState {
+      ready.softState = ss
+      lastSoftState = ss
+    }
+    ready.eagerMessages = eagerOutbox
+    ready.messages = outbox
+    eagerOutbox = []
+    outbox = []
+    ready.committedEntries = log.takeCommitted(maxBytes: options.maxApplyBytesPerBatch)
+    ready.readStates = readStates
+    ready.failedReads = failedReads
+    readStates = []
+    failedReads = []
+    return ready
+  }
+
+  /// Reports that the shell carried out `ready`: its entries are durable. A leader now counts them towards
+  /// commitment.
+  public mutating func advance(_ ready: RaftReady) {
+    if let last = ready.entries.last {
+      log.persisted(through: last.index, term: last.term)
+      if role == .leader { maybeCommit() }
+    }
+  }
+
+  /// Records that the state machine was snapshotted at `snapshot.index` and discards log entries up to
+  /// `compactThrough` (keep some entries before the snapshot so slightly lagging followers need no snapshot).
+  public mutating func compact(_ snapshot: RaftSnapshot, through compactThrough: LogIndex) {
+    precondition(snapshot.index <= log.applying, "snapshot at \(snapshot.index) beyond applied \(log.applying)")
+    log.compact(through: min(compactThrough, snapshot.index, log.persisted), snapshot: snapshot)
+  }
+
+  /// Tells the leader a peer is unreachable, so it stops optimistic streaming to it.
+  public mutating func reportUnreachable(_ peer: NodeID) {
+    guard role == .leader, progress[peer]?.state == .replicate else { return }
+    progress[peer]?.becomeProbe()
+  }
+}
