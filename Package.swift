@@ -16,22 +16,27 @@ let package = Package(
     .library(name: "QuorumStorage", targets: ["QuorumStorage"]),
     .library(name: "QuorumSimulation", targets: ["QuorumSimulation"]),
     .library(name: "QuorumRaft", targets: ["QuorumRaft"]),
+    .library(name: "QuorumKV", targets: ["QuorumKV"]),
     .executable(name: "quorum", targets: ["QuorumCLI"]),
     .executable(name: "quorum-bench", targets: ["QuorumBench"]),
   ],
   targets: [
     .target(name: "QuorumCore", swiftSettings: settings),
     .target(name: "QuorumStorage", dependencies: ["QuorumCore"], swiftSettings: settings),
-    .target(name: "QuorumSimulation", dependencies: ["QuorumCore"], swiftSettings: settings),
     .target(name: "QuorumRaft", dependencies: ["QuorumCore", "QuorumStorage"], swiftSettings: settings),
+    .target(name: "QuorumKV", dependencies: ["QuorumCore"], swiftSettings: settings),
+    .target(
+      name: "QuorumSimulation", dependencies: ["QuorumCore", "QuorumRaft", "QuorumKV"], swiftSettings: settings),
     .executableTarget(
-      name: "QuorumCLI", dependencies: ["QuorumCore", "QuorumSimulation"], swiftSettings: settings),
+      name: "QuorumCLI", dependencies: ["QuorumCore", "QuorumSimulation", "QuorumRaft", "QuorumKV", "QuorumStorage"],
+      swiftSettings: settings),
     .executableTarget(
       name: "QuorumBench", dependencies: ["QuorumCore", "QuorumSimulation", "QuorumStorage"],
       swiftSettings: settings),
     .testTarget(name: "QuorumCoreTests", dependencies: ["QuorumCore", "QuorumSimulation"], swiftSettings: settings),
     .testTarget(
       name: "QuorumRaftTests", dependencies: ["QuorumRaft", "QuorumCore", "QuorumSimulation"], swiftSettings: settings),
+    .testTarget(name: "QuorumKVTests", dependencies: ["QuorumKV", "QuorumCore"], swiftSettings: settings),
     .testTarget(name: "QuorumStorageTests", dependencies: ["QuorumStorage", "QuorumCore"], swiftSettings: settings),
     .testTarget(
       name: "QuorumSimulationTests", dependencies: ["QuorumSimulation", "QuorumCore"], swiftSettings: settings),

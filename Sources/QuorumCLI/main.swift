@@ -8,11 +8,19 @@ let arguments = Array(CommandLine.arguments.dropFirst())
 switch arguments.first {
 case "demo":
   try await FoundationDemo.run()
+case "simulate":
+  do {
+    exit(try SimulateCommand.run(Array(arguments.dropFirst())))
+  } catch {
+    print("quorum simulate: \(error)")
+    exit(2)
+  }
 case nil, "help", "--help", "-h":
   print(
     """
     usage: quorum <command>
       demo      a narrated tour on an in-process cluster
+      simulate  run seeded whole-cluster simulations (quorum simulate --help)
     """)
 default:
   print("quorum: unknown command '\(arguments[0])'; try `quorum help`")

@@ -156,6 +156,12 @@ struct Inflights: Sendable {
     }
   }
 
+  /// Frees the oldest message in the window.
+  mutating func freeFirst() {
+    guard head < queue.count else { return }
+    free(through: queue[head].index)
+  }
+
   mutating func reset() {
     queue.removeAll(keepingCapacity: true)
     head = 0

@@ -101,6 +101,9 @@ public struct RaftReady: Sendable {
   public var entries: [LogEntry] = []
   /// A snapshot received from the leader, to persist and restore.
   public var snapshot: RaftSnapshot?
+  /// Whether installing ``snapshot`` discarded the whole log (the log disagreed with it at its index);
+  /// otherwise entries after the snapshot's index were kept.
+  public var snapshotDiscardsLog = false
   /// Messages that may be sent before persisting.
   public var eagerMessages: [RaftOutgoing] = []
   /// Messages to send after persisting.
@@ -814,6 +817,9 @@ public struct RaftCore: Sendable {
     case .heartbeatResponse(let m):
       pr.probeSent = false
       pr.ackedRound = max(pr.ackedRound, m.round)
+      // If every AppendEntries in the window was lost, no acknowledgement will ever free it. The follower is
+      // alive, so let one more through: it either fills the gap or is rejected, which sends us back to probing.
+      if pr.state == .replicate && pr.inflights.isFull { pr.inflights.freeFirst() }
       progress[from] = pr
       if pr.match < log.lastIndex { sendAppend(to: from, sendIfEmpty: true) }
       confirmReads()
@@ -1077,6 +1083,7 @@ public struct RaftCore: Sendable {
     flush()
     var ready = RaftReady()
     ready.snapshot = log.takePendingSnapshot()
+    ready.snapshotDiscardsLog = !log.pendingSnapshotKeptLog
     ready.entries = log.takeUnstable()
     // Term and vote must be durable before any message that depends on them. The commit index need not be
     // (it is recomputed after a restart), so it only rides along with other writes instead of costing a
@@ -1114,11 +1121,35 @@ public struct RaftCore: Sendable {
     }
   }
 
-  /// Records that the state machine was snapshotted at `snapshot.index` and discards log entries up to
-  /// `compactThrough` (keep some entries before the snapshot so slightly lagging followers need no snapshot).
-  public mutating func compact(_ snapshot: RaftSnapshot, through compactThrough: LogIndex) {
-    precondition(snapshot.index <= log.applying, "snapshot at \(snapshot.index) beyond applied \(log.applying)")
-    log.compact(through: min(compactThrough, snapshot.index, log.persisted), snapshot: snapshot)
+  /// The membership in force at `index` (the newest membership entry at or before it, else the snapshot's,
+  /// else the initial one), or `nil` if `index` is compacted away or beyond the log.
+  public func membership(at index: LogIndex) -> Membership? {
+    guard index >= log.offset, index <= log.lastIndex else { return nil }
+    var i = index
+    while i > log.offset {
+      if let entry = log.entry(at: i), entry.kind == .membership, let decoded = try? Membership(wireBytes: entry.data) {
+        return decoded
+      }
+      i -= 1
+    }
+    return log.snapshot?.membership ?? initialMembership
+  }
+
+  /// Records a state-machine snapshot taken after applying everything through `index`, and compacts the
+  /// in-memory log, keeping `retainEntries` entries before `index` so that slightly lagging followers can
+  /// still be sent entries instead of the snapshot. Returns the snapshot for the shell to persist.
+  ///
+  /// - Precondition: `index` has been handed out for applying and is durable.
+  @discardableResult
+  public mutating func takeSnapshot(at index: LogIndex, data: [UInt8], retainEntries: Int = 0) -> RaftSnapshot {
+    precondition(index <= log.applying, "snapshot at \(index) beyond applied \(log.applying)")
+    precondition(index >= log.offset, "snapshot at \(index) before the compaction point \(log.offset)")
+    let snapshot = RaftSnapshot(
+      index: index, term: log.term(at: index) ?? 0, membership: membership(at: index) ?? membership, data: data)
+    let keep = LogIndex(max(0, retainEntries))
+    let compactThrough = min(index > keep ? index - keep : 0, log.persisted)
+    log.compact(through: max(compactThrough, log.offset), snapshot: snapshot)
+    return snapshot
   }
 
   /// Tells the leader a peer is unreachable, so it stops optimistic streaming to it.

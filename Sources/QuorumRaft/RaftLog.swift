@@ -47,6 +47,8 @@ struct RaftLog: Sendable {
   private(set) var persisted: LogIndex = 0
   /// A snapshot received from a leader that the shell has not persisted yet.
   private(set) var pendingSnapshot: RaftSnapshot?
+  /// Whether installing ``pendingSnapshot`` kept the entries after its index.
+  private(set) var pendingSnapshotKeptLog = false
 
   init() {}
 
@@ -236,6 +238,8 @@ struct RaftLog: Sendable {
     offset = newSnapshot.index
     offsetTerm = newSnapshot.term
     snapshot = newSnapshot
+    // Two installs before the shell persists: the stored log must be discarded if either discarded it.
+    pendingSnapshotKeptLog = pendingSnapshot == nil ? keep : (pendingSnapshotKeptLog && keep)
     pendingSnapshot = newSnapshot
     committed = max(committed, newSnapshot.index)
     applying = max(applying, newSnapshot.index)

@@ -48,9 +48,9 @@ public struct SimulationFailure: Error, CustomStringConvertible {
 }
 
 /// The outcome of running many seeds.
-public struct SimulationReport: CustomStringConvertible {
+public struct SimulationReport: Sendable, CustomStringConvertible {
   /// A seed whose run failed.
-  public struct FailedSeed {
+  public struct FailedSeed: Sendable {
     /// The seed that reproduces the failure.
     public var seed: UInt64
     /// What went wrong.
@@ -63,6 +63,12 @@ public struct SimulationReport: CustomStringConvertible {
   public var seedsRun: Int
   /// The first failing seed, if any.
   public var failure: FailedSeed?
+
+  /// Creates a report.
+  public init(seedsRun: Int, failure: FailedSeed?) {
+    self.seedsRun = seedsRun
+    self.failure = failure
+  }
 
   /// Whether every seed passed.
   public var passed: Bool { failure == nil }

@@ -230,8 +230,7 @@ struct SnapshotTests {
     for i in 0..<20 { c.propose(1, "v\(i)") }
     let applied = c[1].appliedIndex
     let data = Array("state-machine-image-at-\(applied)".utf8)
-    let snap = RaftSnapshot(index: applied, term: c[1].term, membership: c[1].membership, data: data)
-    c.nodes[1]!.compact(snap, through: applied)
+    c.nodes[1]!.takeSnapshot(at: applied, data: data)
     #expect(c[1].firstIndex == applied + 1)
     c.heal()
     c.tickAll(2)
@@ -278,8 +277,7 @@ struct SnapshotTests {
     c.campaign(1)
     for i in 0..<5 { c.propose(1, "v\(i)") }
     let applied = c[2].appliedIndex
-    let snap = RaftSnapshot(index: applied - 2, term: c[2].term, membership: c[2].membership, data: [1, 2, 3])
-    c.nodes[2]!.compact(snap, through: snap.index)
+    let snap = c.nodes[2]!.takeSnapshot(at: applied - 2, data: [1, 2, 3])
     c.durable[2]!.snapshot = snap
     c.durable[2]!.entries = c.durable[2]!.entries.filter { $0.index > snap.index }
     c.restart(2)

@@ -1,0 +1,195 @@
+public import QuorumCore
+
+/// A state-changing request to the key-value store.
+public enum KVCommand: Sendable, Equatable, WireCodable, CustomStringConvertible {
+  /// Set `key` to `value`.
+  case put(key: String, value: [UInt8])
+  /// Remove `key`.
+  case delete(key: String)
+  /// Set `key` to `new` (or remove it if `new` is nil) only if its current value is `expected` (nil meaning
+  /// "absent").
+  case compareAndSwap(key: String, expected: [UInt8]?, new: [UInt8]?)
+
+  /// The key the command touches.
+  public var key: String {
+    switch self {
+    case .put(let key, _), .delete(let key), .compareAndSwap(let key, _, _): return key
+    }
+  }
+
+  public func encode(to writer: inout WireWriter) {
+    switch self {
+    case .put(let key, let value):
+      writer.writeByte(0)
+      writer.writeString(key)
+      writer.writeBytes(value)
+    case .delete(let key):
+      writer.writeByte(1)
+      writer.writeString(key)
+    case .compareAndSwap(let key, let expected, let new):
+      writer.writeByte(2)
+      writer.writeString(key)
+      writer.writeOptional(expected)
+      writer.writeOptional(new)
+    }
+  }
+
+  public init(from reader: inout WireReader) throws(WireError) {
+    let at = reader.position
+    switch try reader.readByte() {
+    case 0: self = .put(key: try reader.readString(), value: try reader.readBytes())
+    case 1: self = .delete(key: try reader.readString())
+    case 2:
+      self = .compareAndSwap(
+        key: try reader.readString(), expected: try reader.readOptional([UInt8].self),
+        new: try reader.readOptional([UInt8].self))
+    case let tag: throw WireError(.unknownTag(type: "KVCommand", tag: UInt64(tag)), at: at)
+    }
+  }
+
+  public var description: String {
+    switch self {
+    case .put(let key, let value): return "put \(key)=\(value.count)B"
+    case .delete(let key): return "delete \(key)"
+    case .compareAndSwap(let key, let expected, let new):
+      return "cas \(key) \(expected.map { "\($0.count)B" } ?? "absent")->\(new.map { "\($0.count)B" } ?? "absent")"
+    }
+  }
+}
+
+/// The result of a ``KVCommand``.
+public enum KVResponse: Sendable, Equatable, WireCodable {
+  /// A put or delete was applied; the key's value before it.
+  case done(previous: [UInt8]?)
+  /// A compare-and-swap was decided; whether it swapped, and the key's value afterwards.
+  case swapped(Bool, current: [UInt8]?)
+
+  public func encode(to writer: inout WireWriter) {
+    switch self {
+    case .done(let previous):
+      writer.writeByte(0)
+      writer.writeOptional(previous)
+    case .swapped(let swapped, let current):
+      writer.writeByte(1)
+      writer.writeBool(swapped)
+      writer.writeOptional(current)
+    }
+  }
+
+  public init(from reader: inout WireReader) throws(WireError) {
+    let at = reader.position
+    switch try reader.readByte() {
+    case 0: self = .done(previous: try reader.readOptional([UInt8].self))
+    case 1: self = .swapped(try reader.readBool(), current: try reader.readOptional([UInt8].self))
+    case let tag: throw WireError(.unknownTag(type: "KVResponse", tag: UInt64(tag)), at: at)
+    }
+  }
+}
+
+/// A read-only request to the key-value store.
+public enum KVQuery: Sendable, Equatable {
+  /// The value of one key.
+  case get(key: String)
+  /// Up to `limit` entries whose keys start with `prefix`, in key order.
+  case scan(prefix: String, limit: Int)
+  /// The number of keys.
+  case count
+}
+
+/// One key and its value.
+public struct KVPair: Sendable, Equatable {
+  /// The key.
+  public var key: String
+  /// The value.
+  public var value: [UInt8]
+  /// The log index of the command that last changed the key.
+  public var modifiedAt: UInt64
+}
+
+/// The answer to a ``KVQuery``.
+public enum KVQueryResult: Sendable, Equatable {
+  /// The value of a key, or nil if absent.
+  case value([UInt8]?)
+  /// Entries of a scan.
+  case entries([KVPair])
+  /// A count.
+  case count(Int)
+}
+
+/// The replicated key-value store: a deterministic ``StateMachine`` of string keys and byte values.
+public struct KVStore: StateMachine, Equatable {
+  private struct Stored: Sendable, Equatable {
+    var value: [UInt8]
+    var modifiedAt: UInt64
+  }
+
+  private var data: [String: Stored] = [:]
+
+  /// Creates an empty store.
+  public init() {}
+
+  /// The number of keys.
+  public var count: Int { data.count }
+
+  /// The value of `key`.
+  public func value(_ key: String) -> [UInt8]? { data[key]?.value }
+
+  public mutating func apply(_ command: KVCommand, context: ApplyContext) -> KVResponse {
+    switch command {
+    case .put(let key, let value):
+      let previous = data.updateValue(Stored(value: value, modifiedAt: context.index), forKey: key)
+      return .done(previous: previous?.value)
+    case .delete(let key):
+      return .done(previous: data.removeValue(forKey: key)?.value)
+    case .compareAndSwap(let key, let expected, let new):
+      let current = data[key]?.value
+      guard current == expected else { return .swapped(false, current: current) }
+      if let new {
+        data[key] = Stored(value: new, modifiedAt: context.index)
+      } else {
+        data[key] = nil
+      }
+      return .swapped(true, current: new)
+    }
+  }
+
+  public func query(_ query: KVQuery) -> KVQueryResult {
+    switch query {
+    case .get(let key):
+      return .value(data[key]?.value)
+    case .count:
+      return .count(data.count)
+    case .scan(let prefix, let limit):
+      let keys = data.keys.filter { $0.hasPrefix(prefix) }.sorted().prefix(max(0, limit))
+      return .entries(keys.compactMap { key in data[key].map { KVPair(key: key, value: $0.value, modifiedAt: $0.modifiedAt) } })
+    }
+  }
+
+  public func snapshot() -> [UInt8] {
+    var w = WireWriter(reservingCapacity: 64 + data.count * 32)
+    w.writeVarint(1)  // format version
+    w.writeVarint(UInt64(data.count))
+    for key in data.keys.sorted() {
+      guard let stored = data[key] else { continue }
+      w.writeString(key)
+      w.writeBytes(stored.value)
+      w.writeVarint(stored.modifiedAt)
+    }
+    return w.bytes
+  }
+
+  public mutating func restore(from snapshot: [UInt8]) throws {
+    var r = WireReader(snapshot)
+    let version = try r.readVarint()
+    guard version == 1 else { throw WireError(.unsupportedVersion(UInt8(truncatingIfNeeded: version)), at: 0) }
+    let count = try r.readCount()
+    var restored: [String: Stored] = [:]
+    restored.reserveCapacity(count)
+    for _ in 0..<count {
+      let key = try r.readString()
+      restored[key] = Stored(value: try r.readBytes(), modifiedAt: try r.readVarint())
+    }
+    try r.expectEnd()
+    data = restored
+  }
+}

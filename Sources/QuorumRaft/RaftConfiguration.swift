@@ -1,0 +1,348 @@
+public import QuorumCore
+
+/// Why a configuration was refused: which setting, and what is wrong with it.
+public struct ConfigurationError: Error, Sendable, Equatable, CustomStringConvertible {
+  /// The setting at fault, as written in the DSL (for example `HeartbeatInterval`).
+  public var setting: String
+  /// What is wrong.
+  public var reason: String
+
+  /// Creates an error.
+  public init(setting: String, reason: String) {
+    self.setting = setting
+    self.reason = reason
+  }
+
+  public var description: String { "\(setting): \(reason)" }
+}
+
+/// Settings of a Raft node, in real units, validated as a whole.
+///
+/// Build one with the DSL — each line is a setting; anything left out keeps its default:
+///
+/// ```swift
+/// let configuration = try RaftConfiguration {
+///   Members(1, 2, 3)
+///   ElectionTimeout(Duration.milliseconds(150)...Duration.milliseconds(300))
+///   HeartbeatInterval(.milliseconds(50))
+///   LeaseReads(clockDriftBound: .milliseconds(15))
+///   Snapshots(every: 10_000, retain: 1_000)
+/// }
+/// ```
+///
+/// ``validate()`` runs when the DSL finishes (and when a node starts) and throws a ``ConfigurationError``
+/// naming the offending setting: a heartbeat not well below the election timeout, an empty or duplicated
+/// member list, a node identifier of 0, a lease longer than the election timeout allows, and so on.
+public struct RaftConfiguration: Sendable, Equatable {
+  /// The founding voters of a new group. Empty means "join an existing group" (the node learns the
+  /// membership from the leader once added).
+  public var members: [NodeID] = []
+  /// Founding non-voting members.
+  public var learners: [NodeID] = []
+  /// Election timeouts are drawn uniformly from this range.
+  public var electionTimeout: ClosedRange<Duration> = .milliseconds(150)...(.milliseconds(300))
+  /// How often a leader sends heartbeats.
+  public var heartbeatInterval: Duration = .milliseconds(50)
+  /// The clock granularity of the node: timeouts are counted in ticks of this length.
+  public var tickInterval: Duration = .milliseconds(10)
+  /// Probe with a pre-vote before campaigning (thesis §9.6).
+  public var preVote = true
+  /// Leaders step down without a quorum; followers refuse disruptive votes (thesis §6.2).
+  public var checkQuorum = true
+  /// Whether lease reads are served without a round trip; otherwise a lease read falls back to ReadIndex.
+  public var leaseReads = true
+  /// The most the clocks of two nodes may drift apart over one election timeout. The lease lasts the
+  /// minimum election timeout minus this bound.
+  public var clockDriftBound: Duration = .milliseconds(15)
+  /// Take a snapshot after this many applied entries (0 disables automatic snapshots).
+  public var snapshotEvery = 10_000
+  /// Entries kept before a snapshot so lagging followers can catch up without one.
+  public var snapshotRetainEntries = 1_000
+  /// Bytes per InstallSnapshot chunk.
+  public var snapshotChunkBytes = 1 << 20
+  /// The largest snapshot a follower accepts.
+  public var maxSnapshotBytes = 1 << 30
+  /// The most entry bytes in one AppendEntries.
+  public var maxEntriesBytesPerMessage = 1 << 20
+  /// The most AppendEntries in flight to one follower.
+  public var maxInflightMessages = 256
+  /// The most entry bytes in flight to one follower.
+  public var maxInflightBytes = 32 << 20
+  /// Proposals are refused while this many bytes are appended but uncommitted.
+  public var maxUncommittedBytes = 64 << 20
+  /// The largest command accepted.
+  public var maxCommandBytes = 4 << 20
+  /// The most requests waiting in a node (proposals and reads); beyond it requests fail with
+  /// ``QuorumCore/ConsensusError/overloaded(limit:)``.
+  public var maxPendingRequests = 65_536
+  /// How long a request may wait before failing with ``QuorumCore/ConsensusError/timeout``.
+  public var requestTimeout: Duration = .seconds(5)
+  /// Exactly-once session limits.
+  public var sessions = SessionPolicy()
+  /// Capacity of the node's input mailbox.
+  public var inputCapacity = 65_536
+
+  /// The defaults: 150–300 ms elections, 50 ms heartbeats, 10 ms ticks, pre-vote, check-quorum, lease reads.
+  public init() {}
+
+  /// Builds a configuration from DSL settings and validates it.
+  public init(@RaftConfigurationBuilder _ settings: () -> [any RaftSetting]) throws(ConfigurationError) {
+    self.init()
+    for setting in settings() { setting.apply(to: &self) }
+    try validate()
+  }
+
+  private func ticks(_ d: Duration) -> Int {
+    Int((d / tickInterval).rounded(.down))
+  }
+
+  /// Checks every setting and their relations.
+  public func validate() throws(ConfigurationError) {
+    func fail(_ setting: String, _ reason: String) -> ConfigurationError {
+      ConfigurationError(setting: setting, reason: reason)
+    }
+    if members.contains(.none) || learners.contains(.none) {
+      throw fail("Members", "node id 0 is reserved")
+    }
+    if Set(members).count != members.count { throw fail("Members", "duplicate node ids in \(members)") }
+    if Set(learners).count != learners.count { throw fail("Learners", "duplicate node ids in \(learners)") }
+    if !Set(members).isDisjoint(with: learners) {
+      throw fail("Learners", "\(Set(members).intersection(learners).sorted()) listed as both member and learner")
+    }
+    if members.isEmpty && !learners.isEmpty {
+      throw fail("Members", "a group with learners needs at least one voting member")
+    }
+    guard tickInterval > .zero else { throw fail("TickInterval", "must be positive") }
+    guard electionTimeout.lowerBound > .zero else { throw fail("ElectionTimeout", "must be positive") }
+    if ticks(electionTimeout.lowerBound) < 3 {
+      throw fail("ElectionTimeout", "\(electionTimeout.lowerBound) is under 3 ticks of \(tickInterval)")
+    }
+    if electionTimeout.upperBound < electionTimeout.lowerBound + tickInterval {
+      throw fail(
+        "ElectionTimeout",
+        "the range must span at least one tick (\(tickInterval)) so that timeouts are randomized")
+    }
+    guard heartbeatInterval >= tickInterval else {
+      throw fail("HeartbeatInterval", "\(heartbeatInterval) is shorter than one tick (\(tickInterval))")
+    }
+    if heartbeatInterval * 3 > electionTimeout.lowerBound {
+      throw fail(
+        "HeartbeatInterval",
+        "\(heartbeatInterval) is not well below the minimum election timeout \(electionTimeout.lowerBound) "
+          + "(at most a third of it)")
+    }
+    if leaseReads {
+      guard checkQuorum else { throw fail("LeaseReads", "lease reads need CheckQuorum(true)") }
+      guard clockDriftBound >= .zero, clockDriftBound < electionTimeout.lowerBound else {
+        throw fail("LeaseReads", "the clock-drift bound must be between 0 and the minimum election timeout")
+      }
+    }
+    let positives: [(String, Int)] = [
+      ("MaxInflightMessages", maxInflightMessages), ("MaxEntriesBytesPerMessage", maxEntriesBytesPerMessage),
+      ("SnapshotChunkBytes", snapshotChunkBytes), ("MaxCommandBytes", maxCommandBytes),
+      ("MaxPendingRequests", maxPendingRequests), ("InputCapacity", inputCapacity),
+      ("MaxUncommittedBytes", maxUncommittedBytes),
+    ]
+    for (name, value) in positives where value < 1 { throw fail(name, "must be at least 1, got \(value)") }
+    if snapshotEvery < 0 || snapshotRetainEntries < 0 { throw fail("Snapshots", "counts must not be negative") }
+    if maxCommandBytes > maxUncommittedBytes {
+      throw fail("MaxCommandBytes", "a command larger than MaxUncommittedBytes could never be proposed")
+    }
+    guard requestTimeout > .zero else { throw fail("RequestTimeout", "must be positive") }
+  }
+
+  /// The pure core's options, in ticks.
+  public var coreOptions: RaftCoreOptions {
+    var o = RaftCoreOptions()
+    o.electionTimeoutMinTicks = ticks(electionTimeout.lowerBound)
+    o.electionTimeoutMaxTicks = max(o.electionTimeoutMinTicks + 1, ticks(electionTimeout.upperBound))
+    o.heartbeatTicks = max(1, ticks(heartbeatInterval))
+    o.preVote = preVote
+    o.checkQuorum = checkQuorum
+    o.maxEntriesBytesPerMessage = maxEntriesBytesPerMessage
+    o.maxInflightMessages = maxInflightMessages
+    o.maxInflightBytes = maxInflightBytes
+    o.maxUncommittedBytes = maxUncommittedBytes
+    o.snapshotChunkBytes = snapshotChunkBytes
+    o.maxSnapshotBytes = maxSnapshotBytes
+    if leaseReads {
+      let lease = electionTimeout.lowerBound - clockDriftBound
+      o.leaseDurationNanos = UInt64(max(0, lease.components.seconds)) * 1_000_000_000
+        + UInt64(max(0, lease.components.attoseconds / 1_000_000_000))
+    } else {
+      o.leaseDurationNanos = 0
+    }
+    return o
+  }
+
+  /// The founding membership, or ``Membership/empty`` when joining an existing group.
+  public var foundingMembership: Membership {
+    Membership(voters: Set(members), learners: Set(learners))
+  }
+}
+
+/// One line of the ``RaftConfiguration`` DSL.
+public protocol RaftSetting: Sendable {
+  /// Writes the setting into a configuration.
+  func apply(to configuration: inout RaftConfiguration)
+}
+
+/// Collects ``RaftSetting`` lines into a list.
+@resultBuilder
+public enum RaftConfigurationBuilder {
+  public static func buildExpression(_ setting: any RaftSetting) -> [any RaftSetting] { [setting] }
+  public static func buildBlock(_ parts: [any RaftSetting]...) -> [any RaftSetting] { parts.flatMap { $0 } }
+  public static func buildOptional(_ part: [any RaftSetting]?) -> [any RaftSetting] { part ?? [] }
+  public static func buildEither(first: [any RaftSetting]) -> [any RaftSetting] { first }
+  public static func buildEither(second: [any RaftSetting]) -> [any RaftSetting] { second }
+  public static func buildArray(_ parts: [[any RaftSetting]]) -> [any RaftSetting] { parts.flatMap { $0 } }
+}
+
+/// The founding voters of a new group.
+public struct Members: RaftSetting {
+  let ids: [NodeID]
+  /// Lists the founding voters.
+  public init(_ ids: NodeID...) { self.ids = ids }
+  /// Lists the founding voters.
+  public init(_ ids: [NodeID]) { self.ids = ids }
+  public func apply(to c: inout RaftConfiguration) { c.members = ids }
+}
+
+/// Founding non-voting members.
+public struct Learners: RaftSetting {
+  let ids: [NodeID]
+  /// Lists the founding learners.
+  public init(_ ids: NodeID...) { self.ids = ids }
+  public func apply(to c: inout RaftConfiguration) { c.learners = ids }
+}
+
+/// The range election timeouts are drawn from.
+public struct ElectionTimeout: RaftSetting {
+  let range: ClosedRange<Duration>
+  /// Sets the range.
+  public init(_ range: ClosedRange<Duration>) { self.range = range }
+  public func apply(to c: inout RaftConfiguration) { c.electionTimeout = range }
+}
+
+/// How often a leader sends heartbeats.
+public struct HeartbeatInterval: RaftSetting {
+  let interval: Duration
+  /// Sets the interval.
+  public init(_ interval: Duration) { self.interval = interval }
+  public func apply(to c: inout RaftConfiguration) { c.heartbeatInterval = interval }
+}
+
+/// The node's clock granularity.
+public struct TickInterval: RaftSetting {
+  let interval: Duration
+  /// Sets the tick length.
+  public init(_ interval: Duration) { self.interval = interval }
+  public func apply(to c: inout RaftConfiguration) { c.tickInterval = interval }
+}
+
+/// Turns pre-vote on or off.
+public struct PreVote: RaftSetting {
+  let enabled: Bool
+  /// Sets pre-vote.
+  public init(_ enabled: Bool) { self.enabled = enabled }
+  public func apply(to c: inout RaftConfiguration) { c.preVote = enabled }
+}
+
+/// Turns check-quorum on or off.
+public struct CheckQuorum: RaftSetting {
+  let enabled: Bool
+  /// Sets check-quorum.
+  public init(_ enabled: Bool) { self.enabled = enabled }
+  public func apply(to c: inout RaftConfiguration) { c.checkQuorum = enabled }
+}
+
+/// Lease reads and the clock-drift bound they rely on.
+public struct LeaseReads: RaftSetting {
+  let enabled: Bool
+  let drift: Duration?
+  /// Enables lease reads with the given clock-drift bound.
+  public init(clockDriftBound: Duration) {
+    enabled = true
+    drift = clockDriftBound
+  }
+  /// Enables or disables lease reads.
+  public init(_ enabled: Bool) {
+    self.enabled = enabled
+    drift = nil
+  }
+  public func apply(to c: inout RaftConfiguration) {
+    c.leaseReads = enabled
+    if let drift { c.clockDriftBound = drift }
+  }
+}
+
+/// Automatic snapshots.
+public struct Snapshots: RaftSetting {
+  let every: Int
+  let retain: Int
+  let chunkBytes: Int?
+  /// Snapshot every `every` applied entries, keeping `retain` entries before each snapshot.
+  public init(every: Int, retain: Int = 1_000, chunkBytes: Int? = nil) {
+    self.every = every
+    self.retain = retain
+    self.chunkBytes = chunkBytes
+  }
+  public func apply(to c: inout RaftConfiguration) {
+    c.snapshotEvery = every
+    c.snapshotRetainEntries = retain
+    if let chunkBytes { c.snapshotChunkBytes = chunkBytes }
+  }
+}
+
+/// Replication flow control.
+public struct FlowControl: RaftSetting {
+  let messageBytes: Int?
+  let inflightMessages: Int?
+  let inflightBytes: Int?
+  let uncommittedBytes: Int?
+  /// Sets any of the flow-control limits; `nil` keeps the default.
+  public init(
+    maxEntriesBytesPerMessage: Int? = nil, maxInflightMessages: Int? = nil, maxInflightBytes: Int? = nil,
+    maxUncommittedBytes: Int? = nil
+  ) {
+    messageBytes = maxEntriesBytesPerMessage
+    inflightMessages = maxInflightMessages
+    inflightBytes = maxInflightBytes
+    uncommittedBytes = maxUncommittedBytes
+  }
+  public func apply(to c: inout RaftConfiguration) {
+    if let messageBytes { c.maxEntriesBytesPerMessage = messageBytes }
+    if let inflightMessages { c.maxInflightMessages = inflightMessages }
+    if let inflightBytes { c.maxInflightBytes = inflightBytes }
+    if let uncommittedBytes { c.maxUncommittedBytes = uncommittedBytes }
+  }
+}
+
+/// Limits on client requests.
+public struct RequestLimits: RaftSetting {
+  let timeout: Duration?
+  let pending: Int?
+  let commandBytes: Int?
+  /// Sets any of the request limits; `nil` keeps the default.
+  public init(timeout: Duration? = nil, maxPending: Int? = nil, maxCommandBytes: Int? = nil) {
+    self.timeout = timeout
+    self.pending = maxPending
+    self.commandBytes = maxCommandBytes
+  }
+  public func apply(to c: inout RaftConfiguration) {
+    if let timeout { c.requestTimeout = timeout }
+    if let pending { c.maxPendingRequests = pending }
+    if let commandBytes { c.maxCommandBytes = commandBytes }
+  }
+}
+
+/// Exactly-once session limits.
+public struct Sessions: RaftSetting {
+  let policy: SessionPolicy
+  /// Sets the session policy.
+  public init(timeout: Duration = .seconds(300), maxSessions: Int = 100_000, maxResponsesPerSession: Int = 256) {
+    let millis = UInt64(max(0, timeout.components.seconds)) * 1000 + UInt64(max(0, timeout.components.attoseconds / 1_000_000_000_000_000))
+    policy = SessionPolicy(timeoutMillis: millis, maxSessions: maxSessions, maxResponsesPerSession: maxResponsesPerSession)
+  }
+  public func apply(to c: inout RaftConfiguration) { c.sessions = policy }
+}

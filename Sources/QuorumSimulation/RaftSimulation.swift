@@ -1,0 +1,854 @@
+public import QuorumCore
+import QuorumKV
+public import QuorumRaft
+
+/// The faults a simulated run may inject.
+public enum NemesisAction: String, Sendable, CaseIterable, Hashable {
+  /// Split the nodes into two random groups.
+  case partition
+  /// Cut one direction of one link.
+  case oneWayCut
+  /// Cut the current leader off from everyone.
+  case isolateLeader
+  /// Restore every link.
+  case heal
+  /// Crash a running node: it loses whatever it had not synced.
+  case crash
+  /// Restart a crashed node from what it had made durable.
+  case restart
+  /// Make the network lossy: drops, duplicates, reordering, longer delays.
+  case lossyNetwork
+  /// Make the network perfect again.
+  case perfectNetwork
+  /// Add or remove a member, or promote a learner (through the leader).
+  case membershipChange
+  /// Ask the leader to transfer leadership to a random voter.
+  case transferLeadership
+}
+
+/// The shape of one simulated Raft run.
+public struct RaftSimulationOptions: Sendable {
+  /// Founding voters.
+  public var voters = 3
+  /// Extra node identifiers the nemesis may add as members.
+  public var spareNodes = 2
+  /// Concurrent clients.
+  public var clients = 4
+  /// The most operations one client performs. Clients work until the healed phase begins, so most runs
+  /// stop well before this.
+  public var operationsPerClient = 200
+  /// Pause between one client's operations.
+  public var thinkTime = DelayDistribution.uniform(.zero, .milliseconds(40))
+  /// Distinct keys (fewer keys mean more contention).
+  public var keys = 4
+  /// Virtual time per tick.
+  public var tick = VirtualDuration.milliseconds(10)
+  /// How long faults are injected before the healed phase.
+  public var chaosDuration = VirtualDuration.seconds(3)
+  /// How long the healed phase may take to finish every operation.
+  public var healDeadline = VirtualDuration.seconds(60)
+  /// Latency of a durable write.
+  public var fsyncLatency = DelayDistribution.uniform(.microseconds(50), .milliseconds(2))
+  /// Latency between a client and a node.
+  public var clientLatency = DelayDistribution.uniform(.microseconds(100), .milliseconds(1))
+  /// Take a snapshot after this many applied entries.
+  public var snapshotEvery = 25
+  /// Entries kept before a snapshot's index.
+  public var retainEntries = 4
+  /// A client retries a request that got no answer for this long.
+  public var requestTimeout = VirtualDuration.milliseconds(400)
+  /// The consistency levels clients read at (each read picks one at random). Stale reads are not recorded
+  /// in the history: they are allowed to be stale.
+  public var readConsistencies: [ReadConsistency] = [.linearizable, .lease]
+  /// The faults the nemesis may choose from.
+  public var nemesis = Set(NemesisAction.allCases)
+  /// Time between nemesis actions.
+  public var nemesisInterval = DelayDistribution.uniform(.milliseconds(50), .milliseconds(400))
+  /// The pure core's options (election timeouts in ticks and so on).
+  public var core: RaftCoreOptions = {
+    var o = RaftCoreOptions()
+    o.electionTimeoutMinTicks = 10
+    o.electionTimeoutMaxTicks = 20
+    o.heartbeatTicks = 2
+    o.maxEntriesBytesPerMessage = 256
+    o.maxInflightMessages = 8
+    o.snapshotChunkBytes = 128
+    o.leaseDurationNanos = 10 * 10_000_000 * 9 / 10  // 90% of the minimum election timeout
+    return o
+  }()
+
+  /// Defaults: 3 voters, 2 spares, 4 clients on 4 keys, 3 s of chaos with every fault.
+  public init() {}
+}
+
+/// What a run did, for reports and for checking that faults actually happened.
+public struct RaftSimulationStats: Sendable, CustomStringConvertible {
+  /// Events processed.
+  public var events = 0
+  /// Distinct (term, leader) pairs seen.
+  public var leaderships = 0
+  /// Crashes injected.
+  public var crashes = 0
+  /// Partitions and cuts injected.
+  public var partitions = 0
+  /// Membership changes accepted by a leader.
+  public var membershipChanges = 0
+  /// Leadership transfers requested.
+  public var transfers = 0
+  /// Snapshots installed on followers.
+  public var snapshotsInstalled = 0
+  /// Client operations completed (with a known outcome).
+  public var operationsCompleted = 0
+  /// Client retries.
+  public var retries = 0
+  /// Virtual time at the end.
+  public var endTime = VirtualTime.zero
+
+  public var description: String {
+    "events=\(events) leaderships=\(leaderships) crashes=\(crashes) partitions=\(partitions) "
+      + "membership=\(membershipChanges) transfers=\(transfers) snapshots=\(snapshotsInstalled) "
+      + "ops=\(operationsCompleted) retries=\(retries) end=\(endTime)"
+  }
+}
+
+/// A whole Raft cluster of ``QuorumRaft/RaftCore`` values with key-value clients, run in virtual time under a
+/// seeded nemesis.
+///
+/// Each node's shell behaves like the real `RaftNode`: it takes a ready, sends the leader's replication
+/// messages, writes the rest to a ``CrashableStore`` and waits a simulated fsync before sending the messages
+/// that depend on it and applying committed entries. Inputs that arrive meanwhile are batched. Crashes lose
+/// unsynced writes (keeping a random prefix). Clients use exactly-once sessions and retry until they get an
+/// answer.
+///
+/// After every event the run checks Election Safety, Log Matching, Leader Completeness and State Machine
+/// Safety; after the healed phase every operation must have completed and the client history must be
+/// linearizable. Any violation throws a ``SimulationFailure``.
+public final class RaftSimulation {
+  private struct Durable {
+    var hardState = HardState()
+    var entries: [LogEntry] = []
+    var snapshot: RaftSnapshot?
+  }
+
+  private enum Input {
+    case message(NodeID, RaftMessage)
+    case tick
+    case request(ClientRequest)
+  }
+
+  private struct PendingProposal {
+    var term: Term
+    var client: Int
+    var attempt: UInt64
+  }
+
+  private struct WaitingRead {
+    var index: LogIndex
+    var client: Int
+    var attempt: UInt64
+    var key: String
+  }
+
+  private final class Node {
+    let id: NodeID
+    var core: RaftCore
+    var disk: CrashableStore<Durable>
+    var machine = ReplicatedStateMachine(KVStore())
+    var applied: LogIndex = 0
+    var up = true
+    var incarnation: UInt64 = 0
+    var inbox: [Input] = []
+    var busy = false
+    var inFlight: RaftReady?
+    var proposals: [LogIndex: PendingProposal] = [:]
+    var reads: [UInt64: WaitingRead] = [:]
+    var waitingReads: [WaitingRead] = []
+    var lastSnapshotIndex: LogIndex = 0
+
+    init(id: NodeID, core: RaftCore, disk: CrashableStore<Durable>) {
+      self.id = id
+      self.core = core
+      self.disk = disk
+    }
+  }
+
+  private enum Operation {
+    case register
+    case write(KVCommand, KVInput)
+    case read(key: String, consistency: ReadConsistency)
+  }
+
+  private struct ClientRequest {
+    var client: Int
+    var attempt: UInt64
+    var target: NodeID
+    var operation: Operation
+    var request: RequestID?
+    var acknowledged: UInt64
+  }
+
+  private enum Reply {
+    case registered(UInt64)
+    case written(KVResponse)
+    case read([UInt8]?)
+    case redirect(NodeID?)
+    case retry
+  }
+
+  private struct Client {
+    var id: Int
+    var session: UInt64?
+    var sequence: UInt64 = 0
+    var remaining: Int
+    var current: (operation: Operation, history: OperationID?, request: RequestID?)?
+    var attempt: UInt64 = 0
+    var target: NodeID
+    var done = false
+  }
+
+  private enum Event {
+    case tick(NodeID, UInt64)
+    case deliver(Envelope<RaftMessage>)
+    case fsyncDone(NodeID, UInt64)
+    case request(ClientRequest)
+    case reply(client: Int, attempt: UInt64, Reply)
+    case clientTimeout(client: Int, attempt: UInt64)
+    case clientResend(client: Int, attempt: UInt64)
+    case clientNext(client: Int)
+    case nemesis
+    case heal
+  }
+
+  /// The run's seed.
+  public let seed: UInt64
+  /// The run's options.
+  public let options: RaftSimulationOptions
+  /// What the run did.
+  public private(set) var stats = RaftSimulationStats()
+  /// The client history (filled as the run goes).
+  public private(set) var history = KVHistory()
+
+  private let trace: SimulationTrace
+  private var rng: SeededRandom
+  private var now = VirtualTime.zero
+  private var queue = EventQueue<Event>()
+  private var network: SimulatedNetwork
+  private var nodes: [NodeID: Node] = [:]
+  private var clients: [Client] = []
+  private var healed = false
+  private var nextReadID: UInt64 = 0
+
+  // Invariant bookkeeping.
+  private var leaderOfTerm: [Term: NodeID] = [:]
+  private var entryAt: [LogIndex: [Term: (data: UInt64, prevTerm: Term)]] = [:]
+  private var committedTerm: [LogIndex: Term] = [:]
+  private var maxCommitted: LogIndex = 0
+  private var appliedEntry: [LogIndex: UInt64] = [:]
+
+  /// Prepares a run; nothing happens until ``run()``.
+  public init(seed: UInt64, options: RaftSimulationOptions = RaftSimulationOptions(), trace: SimulationTrace) {
+    self.seed = seed
+    self.options = options
+    self.trace = trace
+    self.rng = SeededRandom(seed: seed)
+    self.network = SimulatedNetwork(defaultFaults: LinkFaults(delay: .uniform(.microseconds(100), .milliseconds(2))))
+  }
+
+  // MARK: - Running
+
+  /// Runs the chaos phase, then the healed phase, checking invariants throughout.
+  /// - Throws: ``SimulationFailure`` on any violated invariant, unfinished operation or non-linearizable history.
+  public func run() throws {
+    let founding = Membership(voters: Set((1...options.voters).map { NodeID(UInt64($0)) }))
+    for id in founding.voters.sorted() {
+      let core = RaftCore.bootstrap(id: id, options: options.core, membership: founding, random: rng.fork())
+      addNode(id, core: core)
+    }
+    for c in 0..<options.clients {
+      clients.append(
+        Client(id: c, remaining: options.operationsPerClient, target: NodeID(UInt64(c % options.voters + 1))))
+      queue.schedule(.clientNext(client: c), at: now + VirtualDuration.milliseconds(UInt64(c)))
+    }
+    queue.schedule(.nemesis, at: now + options.nemesisInterval.sample(&rng))
+    queue.schedule(.heal, at: now + options.chaosDuration)
+    let deadline = now + options.chaosDuration + options.healDeadline
+    while let (time, event) = queue.pop() {
+      now = time
+      if now > deadline { break }
+      stats.events += 1
+      try handle(event)
+      if clients.allSatisfy(\.done) && healed { break }
+    }
+    stats.endTime = now
+    let unfinished = clients.filter { !$0.done }
+    guard unfinished.isEmpty else {
+      throw SimulationFailure(
+        "liveness: \(unfinished.count) clients unfinished \(options.healDeadline) after healing; "
+          + "leaders: \(nodes.values.filter { $0.up && $0.core.role == .leader }.map(\.id)); \(describeNodes())")
+    }
+    let result = history.checkLinearizability(maxStatesExplored: 5_000_000)
+    if let violation = result.violation {
+      throw SimulationFailure("client history is not linearizable:\n\(violation.explanation)")
+    }
+    if !result.isLinearizable {
+      throw SimulationFailure("linearizability check did not finish: \(result)")
+    }
+  }
+
+  private func addNode(_ id: NodeID, core: RaftCore) {
+    let node = Node(id: id, core: core, disk: CrashableStore(Durable()))
+    nodes[id] = node
+    let phase = VirtualDuration(nanoseconds: UInt64.random(in: 0..<options.tick.nanoseconds, using: &rng))
+    queue.schedule(.tick(id, node.incarnation), at: now + phase)
+    pump(node)
+  }
+
+  private func describeNodes() -> String {
+    nodes.keys.sorted().compactMap { nodes[$0] }.map { n in
+      "\(n.id){\(n.up ? n.core.role.description : "down") t\(n.core.term) last=\(n.core.lastIndex) "
+        + "commit=\(n.core.commitIndex) applied=\(n.applied) \(n.core.membership)}"
+    }.joined(separator: " ")
+  }
+
+  private func handle(_ event: Event) throws {
+    switch event {
+    case .tick(let id, let incarnation):
+      guard let node = nodes[id], node.up, node.incarnation == incarnation else { return }
+      queue.schedule(.tick(id, incarnation), at: now + options.tick)
+      node.inbox.append(.tick)
+      try process(node)
+    case .deliver(let envelope):
+      guard let node = nodes[envelope.to], node.up else { return }
+      trace.record(now, "\(envelope.from)->\(envelope.to) \(envelope.payload)")
+      node.inbox.append(.message(envelope.from, envelope.payload))
+      try process(node)
+    case .fsyncDone(let id, let incarnation):
+      guard let node = nodes[id], node.up, node.incarnation == incarnation else { return }
+      try finishReady(node)
+    case .request(let request):
+      guard let node = nodes[request.target], node.up else { return }  // Lost: the client times out.
+      node.inbox.append(.request(request))
+      try process(node)
+    case .reply(let client, let attempt, let reply):
+      clientReceived(client, attempt: attempt, reply)
+    case .clientTimeout(let client, let attempt):
+      guard clients[client].attempt == attempt, !clients[client].done, clients[client].current != nil else { return }
+      trace.record(now, "client \(client) attempt \(attempt) timed out")
+      retryAfterBackoff(client, hint: nil)
+    case .clientResend(let client, let attempt):
+      guard clients[client].attempt == attempt, !clients[client].done else { return }
+      sendAttempt(client)
+    case .clientNext(let client):
+      startNextOperation(client)
+    case .nemesis:
+      guard !healed else { return }
+      nemesis()
+      queue.schedule(.nemesis, at: now + options.nemesisInterval.sample(&rng))
+    case .heal:
+      heal()
+    }
+  }
+
+  // MARK: - Node shell
+
+  private func process(_ node: Node) throws {
+    guard node.up, !node.busy else { return }
+    let inputs = node.inbox
+    node.inbox = []
+    for input in inputs {
+      switch input {
+      case .tick: node.core.tick(now: now.nanoseconds)
+      case .message(let from, let message): node.core.step(message, from: from)
+      case .request(let request): handleRequest(node, request)
+      }
+    }
+    try startReady(node)
+  }
+
+  private func startReady(_ node: Node) throws {
+    guard node.up, !node.busy, node.core.hasReady else { return }
+    let rd = node.core.ready()
+    try checkReady(node, rd)
+    for m in rd.eagerMessages { send(from: node.id, m) }
+    let needsSync = rd.hardState != nil || !rd.entries.isEmpty || rd.snapshot != nil
+    if needsSync {
+      node.disk.update { d in
+        if let snapshot = rd.snapshot {
+          // As the core does: keep later entries only if the log agrees with the snapshot at its index.
+          let keep = d.entries.contains { $0.index == snapshot.index && $0.term == snapshot.term }
+          d.snapshot = snapshot
+          d.entries = keep ? d.entries.filter { $0.index > snapshot.index } : []
+        }
+        if let hs = rd.hardState { d.hardState = hs }
+        if let first = rd.entries.first {
+          d.entries.removeAll { $0.index >= first.index }
+          d.entries.append(contentsOf: rd.entries)
+        }
+      }
+      node.busy = true
+      node.inFlight = rd
+      queue.schedule(.fsyncDone(node.id, node.incarnation), at: now + options.fsyncLatency.sample(&rng))
+    } else {
+      node.inFlight = rd
+      try finishReady(node)
+    }
+  }
+
+  private func finishReady(_ node: Node) throws {
+    guard let rd = node.inFlight else { return }
+    node.disk.sync()
+    node.inFlight = nil
+    node.busy = false
+    for m in rd.messages { send(from: node.id, m) }
+    node.core.advance(rd)
+    if let snapshot = rd.snapshot {
+      do {
+        try node.machine.restore(from: snapshot.data)
+      } catch {
+        throw SimulationFailure("\(node.id) could not restore snapshot \(snapshot): \(error)")
+      }
+      node.applied = snapshot.index
+      node.lastSnapshotIndex = snapshot.index
+      stats.snapshotsInstalled += 1
+      for index in node.proposals.keys.sorted() where index <= snapshot.index {
+        // Applied or not, it is inside the snapshot: the client retries and its session decides.
+        if let p = node.proposals.removeValue(forKey: index) { reply(p.client, p.attempt, .retry) }
+      }
+    }
+    for entry in rd.committedEntries { try apply(node, entry) }
+    for read in rd.readStates {
+      guard var waiting = node.reads.removeValue(forKey: read.id) else { continue }
+      waiting.index = read.index
+      node.waitingReads.append(waiting)
+    }
+    for id in rd.failedReads {
+      if let waiting = node.reads.removeValue(forKey: id) {
+        reply(waiting.client, waiting.attempt, .redirect(node.core.leader))
+      }
+    }
+    answerReads(node)
+    maybeSnapshot(node)
+    try process(node)
+  }
+
+  private func apply(_ node: Node, _ entry: LogEntry) throws {
+    precondition(entry.index == node.applied + 1, "\(node.id) applying \(entry.index) after \(node.applied)")
+    node.applied = entry.index
+    let digest = fingerprint(entry)
+    if let seen = appliedEntry[entry.index], seen != digest {
+      throw SimulationFailure("State Machine Safety: \(node.id) applied a different entry at \(entry.index)")
+    }
+    appliedEntry[entry.index] = digest
+    var outcome: ApplyOutcome<KVResponse>?
+    if entry.kind == .command { outcome = node.machine.apply(entry: entry.data, at: entry.index) }
+    guard let pending = node.proposals.removeValue(forKey: entry.index) else { return }
+    guard pending.term == entry.term, let outcome else {
+      reply(pending.client, pending.attempt, .retry)
+      return
+    }
+    switch outcome {
+    case .applied(let response), .duplicate(let response): reply(pending.client, pending.attempt, .written(response))
+    case .sessionRegistered(let id): reply(pending.client, pending.attempt, .registered(id))
+    case .keptAlive, .sessionExpired, .responseForgotten, .undecodable:
+      throw SimulationFailure("unexpected apply outcome \(outcome) at \(entry.index) on \(node.id)")
+    }
+  }
+
+  private func answerReads(_ node: Node) {
+    node.waitingReads.removeAll { read in
+      guard read.index <= node.applied else { return false }
+      reply(read.client, read.attempt, .read(node.machine.machine.value(read.key)))
+      return true
+    }
+  }
+
+  private func maybeSnapshot(_ node: Node) {
+    guard node.applied >= node.lastSnapshotIndex + LogIndex(options.snapshotEvery),
+      node.applied <= node.core.persistedIndex
+    else { return }
+    let snapshot = node.core.takeSnapshot(
+      at: node.applied, data: node.machine.snapshot(), retainEntries: options.retainEntries)
+    node.lastSnapshotIndex = snapshot.index
+    // Snapshot files are written atomically and synced before the log is compacted.
+    let firstKept = node.core.firstIndex
+    node.disk.update { d in
+      d.snapshot = snapshot
+      d.entries.removeAll { $0.index < firstKept }
+    }
+    node.disk.sync()
+  }
+
+  private func handleRequest(_ node: Node, _ request: ClientRequest) {
+    switch request.operation {
+    case .register:
+      propose(node, request, ReplicatedCommand<KVCommand>(timestampMillis: now.nanoseconds / 1_000_000, body: .registerSession))
+    case .write(let command, _):
+      propose(
+        node, request,
+        ReplicatedCommand(
+          timestampMillis: now.nanoseconds / 1_000_000, request: request.request,
+          acknowledgedThrough: request.acknowledged, body: .command(command)))
+    case .read(let key, let consistency):
+      switch consistency {
+      case .linearizable:
+        nextReadID += 1
+        do {
+          try node.core.requestRead(id: nextReadID)
+          node.reads[nextReadID] = WaitingRead(index: 0, client: request.client, attempt: request.attempt, key: key)
+        } catch {
+          reply(request.client, request.attempt, .redirect(node.core.leader))
+        }
+      case .lease:
+        if let index = node.core.leaseReadIndex(now: now.nanoseconds) {
+          node.waitingReads.append(WaitingRead(index: index, client: request.client, attempt: request.attempt, key: key))
+          answerReads(node)
+        } else {
+          reply(request.client, request.attempt, node.core.role == .leader ? .retry : .redirect(node.core.leader))
+        }
+      case .stale:
+        reply(request.client, request.attempt, .read(node.machine.machine.value(key)))
+      }
+    }
+  }
+
+  private func propose(_ node: Node, _ request: ClientRequest, _ command: ReplicatedCommand<KVCommand>) {
+    do {
+      let (index, term) = try node.core.propose(command.wireBytes())
+      node.proposals[index] = PendingProposal(term: term, client: request.client, attempt: request.attempt)
+    } catch .notLeader(let hint) {
+      reply(request.client, request.attempt, .redirect(hint))
+    } catch {
+      reply(request.client, request.attempt, .retry)
+    }
+  }
+
+  private func reply(_ client: Int, _ attempt: UInt64, _ reply: Reply) {
+    queue.schedule(.reply(client: client, attempt: attempt, reply), at: now + options.clientLatency.sample(&rng))
+  }
+
+  private func send(from: NodeID, _ outgoing: RaftOutgoing) {
+    let envelope = Envelope(from: from, to: outgoing.to, payload: outgoing.message)
+    for time in network.route(Link(from: from, to: outgoing.to), at: now, using: &rng) {
+      queue.schedule(.deliver(envelope), at: time)
+    }
+  }
+
+  // MARK: - Invariants
+
+  private func fingerprint(_ entry: LogEntry) -> UInt64 {
+    var h: UInt64 = 0xcbf2_9ce4_8422_2325 ^ entry.term ^ (UInt64(entry.kind.rawValue) << 56)
+    for b in entry.data { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+    return h
+  }
+
+  private func checkReady(_ node: Node, _ rd: RaftReady) throws {
+    let core = node.core
+    if let soft = rd.softState, soft.role == .leader {
+      if let other = leaderOfTerm[soft.term], other != node.id {
+        throw SimulationFailure("Election Safety: \(other) and \(node.id) both leaders of term \(soft.term)")
+      }
+      if leaderOfTerm[soft.term] == nil { stats.leaderships += 1 }
+      leaderOfTerm[soft.term] = node.id
+      trace.record(now, "\(node.id) became leader of term \(soft.term)")
+      // Leader Completeness: every committed entry is in the new leader's log.
+      if core.lastIndex < maxCommitted {
+        throw SimulationFailure(
+          "Leader Completeness: \(node.id) leads term \(soft.term) with last index \(core.lastIndex) < committed \(maxCommitted)")
+      }
+      for index in max(core.firstIndex, 1)...max(core.firstIndex, maxCommitted) where index <= maxCommitted {
+        if let t = committedTerm[index], core.term(at: index) != t {
+          throw SimulationFailure(
+            "Leader Completeness: \(node.id) (term \(soft.term)) has \(String(describing: core.term(at: index))) at committed index \(index) of term \(t)")
+        }
+      }
+    }
+    // Log Matching, incrementally: an (index, term) pair identifies one entry and one predecessor term.
+    for entry in rd.entries {
+      let prevTerm = core.term(at: entry.index - 1) ?? (rd.entries.first(where: { $0.index == entry.index - 1 })?.term ?? 0)
+      let record = (data: fingerprint(entry), prevTerm: prevTerm)
+      if let seen = entryAt[entry.index]?[entry.term] {
+        if seen.data != record.data || (seen.prevTerm != record.prevTerm && entry.index > core.firstIndex) {
+          throw SimulationFailure(
+            "Log Matching: \(node.id) holds a different entry \(entry.index)@\(entry.term) than another node")
+        }
+      } else {
+        entryAt[entry.index, default: [:]][entry.term] = record
+      }
+    }
+    // Committed entries never change.
+    for entry in rd.committedEntries {
+      if let t = committedTerm[entry.index], t != entry.term {
+        throw SimulationFailure(
+          "Commitment: \(node.id) committed \(entry.index)@\(entry.term) but \(entry.index)@\(t) was committed before")
+      }
+      committedTerm[entry.index] = entry.term
+      maxCommitted = max(maxCommitted, entry.index)
+    }
+  }
+
+  // MARK: - Clients
+
+  private func startNextOperation(_ c: Int) {
+    guard !clients[c].done else { return }
+    if clients[c].session == nil {
+      clients[c].current = (.register, nil, nil)
+    } else if clients[c].remaining == 0 || healed {
+      clients[c].done = true
+      clients[c].current = nil
+      return
+    } else {
+      clients[c].remaining -= 1
+      let key = "k\(Int.random(in: 0..<options.keys, using: &rng))"
+      let roll = Int.random(in: 0..<100, using: &rng)
+      let operation: Operation
+      if roll < 40 {
+        let levels = options.readConsistencies.isEmpty ? [.linearizable] : options.readConsistencies
+        operation = .read(key: key, consistency: levels[Int.random(in: 0..<levels.count, using: &rng)])
+      } else {
+        let value = "c\(c)-\(clients[c].sequence + 1)"
+        if roll < 75 {
+          operation = .write(.put(key: key, value: Array(value.utf8)), .put(key: key, value: value))
+        } else if roll < 85 {
+          operation = .write(.delete(key: key), .delete(key: key))
+        } else {
+          let expected = Bool.random(using: &rng) ? nil : "c\(Int.random(in: 0..<options.clients, using: &rng))-\(Int.random(in: 1...max(1, Int(clients[c].sequence)), using: &rng))"
+          operation = .write(
+            .compareAndSwap(key: key, expected: expected.map { Array($0.utf8) }, new: Array(value.utf8)),
+            .compareAndSwap(key: key, expected: expected, new: value))
+        }
+      }
+      var request: RequestID?
+      if case .write = operation, let session = clients[c].session {
+        clients[c].sequence += 1
+        request = RequestID(session: session, sequence: clients[c].sequence)
+      }
+      let input: KVInput
+      switch operation {
+      case .read(let key, _): input = .get(key: key)
+      case .write(_, let i): input = i
+      case .register: input = .get(key: "")  // Never reached: registration is not recorded.
+      }
+      let id = history.invoke(client: c, input, at: now)
+      clients[c].current = (operation, id, request)
+    }
+    sendAttempt(c)
+  }
+
+  private func sendAttempt(_ c: Int) {
+    guard let current = clients[c].current else { return }
+    clients[c].attempt += 1
+    let attempt = clients[c].attempt
+    let acknowledged = (current.request?.sequence ?? 1) - 1
+    let request = ClientRequest(
+      client: c, attempt: attempt, target: clients[c].target, operation: current.operation, request: current.request,
+      acknowledged: acknowledged)
+    queue.schedule(.request(request), at: now + options.clientLatency.sample(&rng))
+    queue.schedule(.clientTimeout(client: c, attempt: attempt), at: now + options.requestTimeout)
+  }
+
+  private func clientReceived(_ c: Int, attempt: UInt64, _ reply: Reply) {
+    guard clients[c].attempt == attempt, let current = clients[c].current, !clients[c].done else { return }
+    switch reply {
+    case .redirect(let hint):
+      retryAfterBackoff(c, hint: hint)
+    case .retry:
+      retryAfterBackoff(c, hint: nil)
+    case .registered(let session):
+      guard case .register = current.operation else { return }
+      clients[c].session = session
+      finish(c)
+    case .written(let response):
+      guard case .write(_, let input) = current.operation, let id = current.history else { return }
+      let output: KVOutput
+      switch (input, response) {
+      case (.compareAndSwap, .swapped(let swapped, _)): output = .swapped(swapped)
+      case (.put, .done), (.delete, .done): output = .ok
+      default:
+        output = .ok
+      }
+      history.complete(id, output, at: now)
+      stats.operationsCompleted += 1
+      finish(c)
+    case .read(let value):
+      guard case .read = current.operation, let id = current.history else { return }
+      history.complete(id, .value(value.map { String(decoding: $0, as: UTF8.self) }), at: now)
+      stats.operationsCompleted += 1
+      finish(c)
+    }
+  }
+
+  private func finish(_ c: Int) {
+    clients[c].current = nil
+    clients[c].attempt += 1
+    queue.schedule(.clientNext(client: c), at: now + options.thinkTime.sample(&rng))
+  }
+
+  private func retryAfterBackoff(_ c: Int, hint: NodeID?) {
+    stats.retries += 1
+    let candidates = nodes.keys.sorted()
+    if let hint, nodes[hint] != nil {
+      clients[c].target = hint
+    } else {
+      clients[c].target = candidates[Int.random(in: 0..<candidates.count, using: &rng)]
+    }
+    clients[c].attempt += 1  // Ignore any late answer to the abandoned attempt.
+    let backoff = VirtualDuration.milliseconds(UInt64.random(in: 1...30, using: &rng))
+    queue.schedule(.clientResend(client: c, attempt: clients[c].attempt), at: now + backoff)
+  }
+
+  // MARK: - Nemesis
+
+  private func nemesis() {
+    let actions = NemesisAction.allCases.filter { options.nemesis.contains($0) }
+    guard !actions.isEmpty else { return }
+    let action = actions[Int.random(in: 0..<actions.count, using: &rng)]
+    let ids = nodes.keys.sorted()
+    switch action {
+    case .partition:
+      var a: [NodeID] = []
+      var b: [NodeID] = []
+      for id in ids { if Bool.random(using: &rng) { a.append(id) } else { b.append(id) } }
+      network.heal()
+      network.partition(a, b)
+      stats.partitions += 1
+      trace.record(now, "nemesis: partition \(a) | \(b)")
+    case .oneWayCut:
+      guard ids.count >= 2 else { return }
+      let from = ids[Int.random(in: 0..<ids.count, using: &rng)]
+      let to = ids.filter { $0 != from }[Int.random(in: 0..<(ids.count - 1), using: &rng)]
+      network.cutOneWay(from: from, to: to)
+      stats.partitions += 1
+      trace.record(now, "nemesis: cut \(from)->\(to)")
+    case .isolateLeader:
+      guard let leader = currentLeader() else { return }
+      network.partition([leader], ids.filter { $0 != leader })
+      stats.partitions += 1
+      trace.record(now, "nemesis: isolate leader \(leader)")
+    case .heal:
+      network.heal()
+      trace.record(now, "nemesis: heal network")
+    case .crash:
+      let running = ids.filter { nodes[$0]?.up == true }
+      guard running.count > 1 else { return }
+      crash(running[Int.random(in: 0..<running.count, using: &rng)])
+    case .restart:
+      let down = ids.filter { nodes[$0]?.up == false }
+      guard !down.isEmpty else { return }
+      restart(down[Int.random(in: 0..<down.count, using: &rng)])
+    case .lossyNetwork:
+      network.defaultFaults = LinkFaults(
+        dropProbability: Double.random(in: 0.01...0.2, using: &rng),
+        duplicateProbability: Double.random(in: 0...0.1, using: &rng),
+        delay: .uniform(.microseconds(100), .milliseconds(UInt64.random(in: 2...30, using: &rng))),
+        reorderProbability: Double.random(in: 0...0.3, using: &rng), reorderWindow: .milliseconds(20))
+      trace.record(now, "nemesis: lossy network \(network.defaultFaults)")
+    case .perfectNetwork:
+      network.defaultFaults = LinkFaults(delay: .uniform(.microseconds(100), .milliseconds(2)))
+      trace.record(now, "nemesis: perfect network")
+    case .membershipChange:
+      membershipChange()
+    case .transferLeadership:
+      guard let leader = currentLeader(), let node = nodes[leader] else { return }
+      let voters = node.core.membership.voters.sorted().filter { $0 != leader }
+      guard !voters.isEmpty else { return }
+      let target = voters[Int.random(in: 0..<voters.count, using: &rng)]
+      if (try? node.core.transferLeadership(to: target)) != nil {
+        stats.transfers += 1
+        trace.record(now, "nemesis: transfer leadership \(leader) -> \(target)")
+        try? startReady(node)
+      }
+    }
+  }
+
+  private func currentLeader() -> NodeID? {
+    nodes.keys.sorted().last { nodes[$0]?.up == true && nodes[$0]?.core.role == .leader }
+  }
+
+  private func membershipChange() {
+    guard let leaderID = currentLeader(), let leader = nodes[leaderID] else { return }
+    let membership = leader.core.membership
+    let allIDs = (1...(options.voters + options.spareNodes)).map { NodeID(UInt64($0)) }
+    var choices: [MembershipChange] = []
+    for id in allIDs where !membership.allMembers.contains(id) {
+      choices.append(.change([.addLearner(id)]))
+      choices.append(.change([.addVoter(id)]))
+    }
+    for id in membership.learners.sorted() {
+      choices.append(.change([.addVoter(id)]))
+      choices.append(.change([.remove(id)]))
+    }
+    if membership.voters.count > 2 {
+      for id in membership.voters.sorted() { choices.append(.change([.remove(id)])) }
+    }
+    guard !choices.isEmpty else { return }
+    let change = choices[Int.random(in: 0..<choices.count, using: &rng)]
+    guard (try? leader.core.proposeMembership(change)) != nil else { return }
+    stats.membershipChanges += 1
+    trace.record(now, "nemesis: membership \(change) via \(leaderID)")
+    for case .addLearner(let id) in change.operations where nodes[id] == nil { join(id) }
+    for case .addVoter(let id) in change.operations where nodes[id] == nil { join(id) }
+    try? startReady(leader)
+  }
+
+  private func join(_ id: NodeID) {
+    addNode(id, core: RaftCore(id: id, options: options.core, membership: .empty, random: rng.fork()))
+  }
+
+  private func crash(_ id: NodeID) {
+    guard let node = nodes[id], node.up else { return }
+    node.up = false
+    node.incarnation += 1
+    node.busy = false
+    node.inFlight = nil
+    node.inbox = []
+    node.disk.crash(using: &rng)
+    network.setDown(id, true)
+    stats.crashes += 1
+    trace.record(now, "nemesis: crash \(id)")
+  }
+
+  private func restart(_ id: NodeID) {
+    guard let node = nodes[id], !node.up else { return }
+    let durable = node.disk.durable
+    node.core = RaftCore(
+      id: id, options: options.core, membership: .empty, hardState: durable.hardState, snapshot: durable.snapshot,
+      entries: durable.entries, random: rng.fork())
+    node.machine = ReplicatedStateMachine(KVStore())
+    node.applied = durable.snapshot?.index ?? 0
+    node.lastSnapshotIndex = node.applied
+    if let snapshot = durable.snapshot {
+      do {
+        try node.machine.restore(from: snapshot.data)
+      } catch {
+        preconditionFailure("\(id): durable snapshot does not restore: \(error)")
+      }
+    }
+    node.proposals = [:]
+    node.reads = [:]
+    node.waitingReads = []
+    node.up = true
+    network.setDown(id, false)
+    trace.record(now, "nemesis: restart \(id) (term \(durable.hardState.term), \(durable.entries.count) entries)")
+    queue.schedule(.tick(id, node.incarnation), at: now + options.tick)
+    pump(node)
+  }
+
+  private func pump(_ node: Node) {
+    do { try startReady(node) } catch { preconditionFailure("\(error)") }
+  }
+
+  private func heal() {
+    healed = true
+    network.heal()
+    network.defaultFaults = LinkFaults(delay: .uniform(.microseconds(100), .milliseconds(2)))
+    for id in nodes.keys.sorted() where nodes[id]?.up == false { restart(id) }
+    trace.record(now, "healed: \(describeNodes())")
+  }
+}
+
+extension MembershipChange {
+  fileprivate var operations: [MembershipOperation] {
+    if case .change(let ops) = self { return ops }
+    return []
+  }
+}

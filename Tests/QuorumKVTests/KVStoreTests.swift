@@ -1,0 +1,158 @@
+import QuorumCore
+import Testing
+
+@testable import QuorumKV
+
+@Suite("KVStore state machine")
+struct KVStoreTests {
+  func ctx(_ i: UInt64) -> ApplyContext { ApplyContext(index: i, timestampMillis: 0) }
+
+  @Test("put, get, delete and compare-and-swap follow their definitions")
+  func basics() {
+    var kv = KVStore()
+    #expect(kv.apply(.put(key: "a", value: [1]), context: ctx(1)) == .done(previous: nil))
+    #expect(kv.apply(.put(key: "a", value: [2]), context: ctx(2)) == .done(previous: [1]))
+    #expect(kv.query(.get(key: "a")) == .value([2]))
+    #expect(kv.apply(.compareAndSwap(key: "a", expected: [1], new: [3]), context: ctx(3)) == .swapped(false, current: [2]))
+    #expect(kv.apply(.compareAndSwap(key: "a", expected: [2], new: [3]), context: ctx(4)) == .swapped(true, current: [3]))
+    #expect(kv.apply(.compareAndSwap(key: "b", expected: nil, new: [9]), context: ctx(5)) == .swapped(true, current: [9]))
+    #expect(kv.apply(.compareAndSwap(key: "b", expected: [9], new: nil), context: ctx(6)) == .swapped(true, current: nil))
+    #expect(kv.query(.get(key: "b")) == .value(nil))
+    #expect(kv.apply(.delete(key: "a"), context: ctx(7)) == .done(previous: [3]))
+    #expect(kv.query(.count) == .count(0))
+  }
+
+  @Test("a prefix scan returns matching keys in order, up to the limit, with their modification index")
+  func scan() {
+    var kv = KVStore()
+    for (i, key) in ["user/b", "user/a", "other", "user/c"].enumerated() {
+      _ = kv.apply(.put(key: key, value: [UInt8(i)]), context: ctx(UInt64(i + 1)))
+    }
+    guard case .entries(let pairs) = kv.query(.scan(prefix: "user/", limit: 2)) else {
+      Issue.record("expected entries")
+      return
+    }
+    #expect(pairs.map(\.key) == ["user/a", "user/b"])
+    #expect(pairs.map(\.modifiedAt) == [2, 1])
+  }
+
+  @Test("snapshot and restore reproduce the store exactly; a corrupt snapshot is a typed error")
+  func snapshotRoundTrip() throws {
+    var kv = KVStore()
+    for i in 0..<100 { _ = kv.apply(.put(key: "k\(i)", value: Array("v\(i)".utf8)), context: ctx(UInt64(i + 1))) }
+    var copy = KVStore()
+    try copy.restore(from: kv.snapshot())
+    #expect(copy == kv)
+    var broken = kv.snapshot()
+    broken.removeLast(3)
+    #expect(throws: WireError.self) { try copy.restore(from: broken) }
+    #expect(copy == kv, "a failed restore leaves the store unchanged")
+  }
+
+  @Test("commands and responses round-trip through the codec")
+  func codec() throws {
+    let commands: [KVCommand] = [
+      .put(key: "k", value: [1, 2]), .delete(key: "é"), .compareAndSwap(key: "x", expected: nil, new: [0]),
+      .compareAndSwap(key: "x", expected: [1], new: nil),
+    ]
+    for c in commands { #expect(try KVCommand(wireBytes: c.wireBytes()) == c) }
+    let responses: [KVResponse] = [.done(previous: nil), .done(previous: [1]), .swapped(true, current: [2])]
+    for r in responses { #expect(try KVResponse(wireBytes: r.wireBytes()) == r) }
+  }
+}
+
+@Suite("Exactly-once sessions (thesis §6.3)")
+struct SessionTests {
+  typealias Machine = ReplicatedStateMachine<KVStore>
+
+  func command(_ c: KVCommand, _ request: RequestID?, at millis: UInt64 = 0, ack: UInt64 = 0) -> ReplicatedCommand<KVCommand> {
+    ReplicatedCommand(timestampMillis: millis, request: request, acknowledgedThrough: ack, body: .command(c))
+  }
+
+  @Test("a retried request is applied once and answered with the remembered response")
+  func duplicateSuppressed() {
+    var m = Machine(KVStore())
+    guard case .sessionRegistered(let s) = m.apply(ReplicatedCommand(timestampMillis: 0, body: .registerSession), at: 1)
+    else {
+      Issue.record("no session")
+      return
+    }
+    let req = RequestID(session: s, sequence: 1)
+    guard case .applied(let first) = m.apply(command(.put(key: "a", value: [1]), req), at: 2) else {
+      Issue.record("not applied")
+      return
+    }
+    guard case .duplicate(let again) = m.apply(command(.put(key: "a", value: [1]), req), at: 3) else {
+      Issue.record("applied twice")
+      return
+    }
+    #expect(first == again)
+    // A different command under the same request id is still the same request: not applied.
+    guard case .duplicate = m.apply(command(.put(key: "a", value: [9]), req), at: 4) else {
+      Issue.record("applied a duplicate request id")
+      return
+    }
+    #expect(m.machine.value("a") == [1])
+  }
+
+  @Test("acknowledged responses are forgotten, and a very late retry of one is refused rather than re-applied")
+  func acknowledgedForgotten() {
+    var m = Machine(KVStore())
+    _ = m.apply(ReplicatedCommand(timestampMillis: 0, body: .registerSession), at: 1)
+    _ = m.apply(command(.put(key: "a", value: [1]), RequestID(session: 1, sequence: 1)), at: 2)
+    _ = m.apply(command(.put(key: "a", value: [2]), RequestID(session: 1, sequence: 2), ack: 1), at: 3)
+    guard case .responseForgotten = m.apply(command(.put(key: "a", value: [1]), RequestID(session: 1, sequence: 1)), at: 4)
+    else {
+      Issue.record("expected the forgotten response to be refused")
+      return
+    }
+    #expect(m.machine.value("a") == [2])
+  }
+
+  @Test("sessions expire by log time, identically on every replica, and an expired session is refused")
+  func expiry() {
+    var m = Machine(KVStore(), policy: SessionPolicy(timeoutMillis: 1000))
+    _ = m.apply(ReplicatedCommand(timestampMillis: 0, body: .registerSession), at: 1)
+    _ = m.apply(ReplicatedCommand(timestampMillis: 5000, body: .keepAlive), at: 2)
+    guard case .sessionExpired(1) = m.apply(command(.put(key: "a", value: [1]), RequestID(session: 1, sequence: 1), at: 5000), at: 3)
+    else {
+      Issue.record("expected expiry")
+      return
+    }
+    #expect(m.machine.value("a") == nil)
+  }
+
+  @Test("the session table is bounded: the least recently active session is evicted")
+  func bounded() {
+    var m = Machine(KVStore(), policy: SessionPolicy(maxSessions: 2))
+    for i in 1...3 { _ = m.apply(ReplicatedCommand(timestampMillis: UInt64(i), body: .registerSession), at: UInt64(i)) }
+    #expect(m.sessionCount == 2)
+    guard case .sessionExpired(1) = m.apply(command(.delete(key: "x"), RequestID(session: 1, sequence: 1)), at: 4) else {
+      Issue.record("the oldest session should have been evicted")
+      return
+    }
+  }
+
+  @Test("snapshots carry sessions, so duplicates are still detected after a restore")
+  func snapshotCarriesSessions() throws {
+    var m = Machine(KVStore())
+    _ = m.apply(ReplicatedCommand(timestampMillis: 0, body: .registerSession), at: 1)
+    _ = m.apply(command(.put(key: "a", value: [1]), RequestID(session: 1, sequence: 1)), at: 2)
+    var restored = Machine(KVStore())
+    try restored.restore(from: m.snapshot())
+    guard case .duplicate = restored.apply(command(.put(key: "a", value: [1]), RequestID(session: 1, sequence: 1)), at: 3)
+    else {
+      Issue.record("session lost in the snapshot")
+      return
+    }
+  }
+
+  @Test("an undecodable entry is reported, not applied")
+  func undecodable() {
+    var m = Machine(KVStore())
+    guard case .undecodable = m.apply(entry: [0xff, 0xff], at: 1) else {
+      Issue.record("garbage applied")
+      return
+    }
+  }
+}
