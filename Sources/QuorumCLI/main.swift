@@ -7,7 +7,7 @@ import QuorumSimulation
 let arguments = Array(CommandLine.arguments.dropFirst())
 switch arguments.first {
 case "demo":
-  try await FoundationDemo.run()
+  try await RaftDemo.run(quick: arguments.contains("--quick"))
 case "simulate":
   do {
     exit(try SimulateCommand.run(Array(arguments.dropFirst())))

@@ -161,7 +161,8 @@ public struct KVStore: StateMachine, Equatable {
       return .count(data.count)
     case .scan(let prefix, let limit):
       let keys = data.keys.filter { $0.hasPrefix(prefix) }.sorted().prefix(max(0, limit))
-      return .entries(keys.compactMap { key in data[key].map { KVPair(key: key, value: $0.value, modifiedAt: $0.modifiedAt) } })
+      return .entries(
+        keys.compactMap { key in data[key].map { KVPair(key: key, value: $0.value, modifiedAt: $0.modifiedAt) } })
     }
   }
 

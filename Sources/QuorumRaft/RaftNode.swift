@@ -189,7 +189,11 @@ public actor RaftNode<Machine: StateMachine> {
     try configuration.validate()
     try await recover()
     logger.notice(
-      "started", ["term": "\(core?.term ?? 0)", "last": "\(core?.lastIndex ?? 0)", "members": "\(core?.membership.description ?? "")"])
+      "started",
+      [
+        "term": "\(core?.term ?? 0)", "last": "\(core?.lastIndex ?? 0)",
+        "members": "\(core?.membership.description ?? "")",
+      ])
     defer { eventSink.yield(.stopped) }
     try await withThrowingTaskGroup(of: Void.self) { group in
       let inputs = self.inputs
@@ -334,7 +338,8 @@ public actor RaftNode<Machine: StateMachine> {
         } else {
           let timeout = configuration.electionTimeout.upperBound * 2
           transfers.append(
-            PendingTransfer(id: requestID, target: target, continuation: continuation, deadline: now.advanced(by: timeout)))
+            PendingTransfer(
+              id: requestID, target: target, continuation: continuation, deadline: now.advanced(by: timeout)))
         }
       } catch {
         continuation.resume(throwing: Self.translate(error))
@@ -379,7 +384,8 @@ public actor RaftNode<Machine: StateMachine> {
         return
       }
       if consistency == .lease, let index = core.leaseReadIndex(now: nowNanos) {
-        let read = PendingRead(id: requestID, query: query, continuation: continuation, index: index, deadline: deadline)
+        let read = PendingRead(
+          id: requestID, query: query, continuation: continuation, index: index, deadline: deadline)
         if index <= applied {
           continuation.resume(returning: machine.query(query))
         } else {
@@ -390,7 +396,8 @@ public actor RaftNode<Machine: StateMachine> {
       // Linearizable, or a lease read without a valid lease: confirm leadership with ReadIndex.
       do {
         try core.requestRead(id: requestID)
-        reads[requestID] = PendingRead(id: requestID, query: query, continuation: continuation, index: 0, deadline: deadline)
+        reads[requestID] = PendingRead(
+          id: requestID, query: query, continuation: continuation, index: 0, deadline: deadline)
       } catch {
         continuation.resume(throwing: Self.translate(error))
       }
@@ -407,7 +414,8 @@ public actor RaftNode<Machine: StateMachine> {
   }
 
   private func cancelRequest(_ requestID: UInt64) {
-    if let index = proposalIndexByID.removeValue(forKey: requestID), let pending = proposals.removeValue(forKey: index) {
+    if let index = proposalIndexByID.removeValue(forKey: requestID), let pending = proposals.removeValue(forKey: index)
+    {
       pending.waiter.fail(CancellationError())
     }
     if let read = reads.removeValue(forKey: requestID) { read.continuation.resume(throwing: CancellationError()) }
@@ -596,7 +604,9 @@ public actor RaftNode<Machine: StateMachine> {
         for read in failed where read.index > applied {
           read.continuation.resume(throwing: ConsensusError.notLeader(hint: soft.leader))
         }
-        for read in failed where read.index <= applied { read.continuation.resume(returning: machine.query(read.query)) }
+        for read in failed where read.index <= applied {
+          read.continuation.resume(returning: machine.query(read.query))
+        }
       }
     }
     if lastMembership != core.membership {

@@ -481,7 +481,9 @@ public final class RaftSimulation {
   private func handleRequest(_ node: Node, _ request: ClientRequest) {
     switch request.operation {
     case .register:
-      propose(node, request, ReplicatedCommand<KVCommand>(timestampMillis: now.nanoseconds / 1_000_000, body: .registerSession))
+      propose(
+        node, request,
+        ReplicatedCommand<KVCommand>(timestampMillis: now.nanoseconds / 1_000_000, body: .registerSession))
     case .write(let command, _):
       propose(
         node, request,
@@ -500,7 +502,8 @@ public final class RaftSimulation {
         }
       case .lease:
         if let index = node.core.leaseReadIndex(now: now.nanoseconds) {
-          node.waitingReads.append(WaitingRead(index: index, client: request.client, attempt: request.attempt, key: key))
+          node.waitingReads.append(
+            WaitingRead(index: index, client: request.client, attempt: request.attempt, key: key))
           answerReads(node)
         } else {
           reply(request.client, request.attempt, node.core.role == .leader ? .retry : .redirect(node.core.leader))
@@ -553,18 +556,21 @@ public final class RaftSimulation {
       // Leader Completeness: every committed entry is in the new leader's log.
       if core.lastIndex < maxCommitted {
         throw SimulationFailure(
-          "Leader Completeness: \(node.id) leads term \(soft.term) with last index \(core.lastIndex) < committed \(maxCommitted)")
+          "Leader Completeness: \(node.id) leads term \(soft.term) with last index \(core.lastIndex) < committed \(maxCommitted)"
+        )
       }
       for index in max(core.firstIndex, 1)...max(core.firstIndex, maxCommitted) where index <= maxCommitted {
         if let t = committedTerm[index], core.term(at: index) != t {
           throw SimulationFailure(
-            "Leader Completeness: \(node.id) (term \(soft.term)) has \(String(describing: core.term(at: index))) at committed index \(index) of term \(t)")
+            "Leader Completeness: \(node.id) (term \(soft.term)) has \(String(describing: core.term(at: index))) at committed index \(index) of term \(t)"
+          )
         }
       }
     }
     // Log Matching, incrementally: an (index, term) pair identifies one entry and one predecessor term.
     for entry in rd.entries {
-      let prevTerm = core.term(at: entry.index - 1) ?? (rd.entries.first(where: { $0.index == entry.index - 1 })?.term ?? 0)
+      let prevTerm =
+        core.term(at: entry.index - 1) ?? (rd.entries.first(where: { $0.index == entry.index - 1 })?.term ?? 0)
       let record = (data: fingerprint(entry), prevTerm: prevTerm)
       if let seen = entryAt[entry.index]?[entry.term] {
         if seen.data != record.data || (seen.prevTerm != record.prevTerm && entry.index > core.firstIndex) {
@@ -611,7 +617,10 @@ public final class RaftSimulation {
         } else if roll < 85 {
           operation = .write(.delete(key: key), .delete(key: key))
         } else {
-          let expected = Bool.random(using: &rng) ? nil : "c\(Int.random(in: 0..<options.clients, using: &rng))-\(Int.random(in: 1...max(1, Int(clients[c].sequence)), using: &rng))"
+          let expected =
+            Bool.random(using: &rng)
+            ? nil
+            : "c\(Int.random(in: 0..<options.clients, using: &rng))-\(Int.random(in: 1...max(1, Int(clients[c].sequence)), using: &rng))"
           operation = .write(
             .compareAndSwap(key: key, expected: expected.map { Array($0.utf8) }, new: Array(value.utf8)),
             .compareAndSwap(key: key, expected: expected, new: value))

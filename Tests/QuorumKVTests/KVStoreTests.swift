@@ -13,10 +13,14 @@ struct KVStoreTests {
     #expect(kv.apply(.put(key: "a", value: [1]), context: ctx(1)) == .done(previous: nil))
     #expect(kv.apply(.put(key: "a", value: [2]), context: ctx(2)) == .done(previous: [1]))
     #expect(kv.query(.get(key: "a")) == .value([2]))
-    #expect(kv.apply(.compareAndSwap(key: "a", expected: [1], new: [3]), context: ctx(3)) == .swapped(false, current: [2]))
-    #expect(kv.apply(.compareAndSwap(key: "a", expected: [2], new: [3]), context: ctx(4)) == .swapped(true, current: [3]))
-    #expect(kv.apply(.compareAndSwap(key: "b", expected: nil, new: [9]), context: ctx(5)) == .swapped(true, current: [9]))
-    #expect(kv.apply(.compareAndSwap(key: "b", expected: [9], new: nil), context: ctx(6)) == .swapped(true, current: nil))
+    #expect(
+      kv.apply(.compareAndSwap(key: "a", expected: [1], new: [3]), context: ctx(3)) == .swapped(false, current: [2]))
+    #expect(
+      kv.apply(.compareAndSwap(key: "a", expected: [2], new: [3]), context: ctx(4)) == .swapped(true, current: [3]))
+    #expect(
+      kv.apply(.compareAndSwap(key: "b", expected: nil, new: [9]), context: ctx(5)) == .swapped(true, current: [9]))
+    #expect(
+      kv.apply(.compareAndSwap(key: "b", expected: [9], new: nil), context: ctx(6)) == .swapped(true, current: nil))
     #expect(kv.query(.get(key: "b")) == .value(nil))
     #expect(kv.apply(.delete(key: "a"), context: ctx(7)) == .done(previous: [3]))
     #expect(kv.query(.count) == .count(0))
@@ -65,7 +69,9 @@ struct KVStoreTests {
 struct SessionTests {
   typealias Machine = ReplicatedStateMachine<KVStore>
 
-  func command(_ c: KVCommand, _ request: RequestID?, at millis: UInt64 = 0, ack: UInt64 = 0) -> ReplicatedCommand<KVCommand> {
+  func command(_ c: KVCommand, _ request: RequestID?, at millis: UInt64 = 0, ack: UInt64 = 0) -> ReplicatedCommand<
+    KVCommand
+  > {
     ReplicatedCommand(timestampMillis: millis, request: request, acknowledgedThrough: ack, body: .command(c))
   }
 
@@ -101,7 +107,8 @@ struct SessionTests {
     _ = m.apply(ReplicatedCommand(timestampMillis: 0, body: .registerSession), at: 1)
     _ = m.apply(command(.put(key: "a", value: [1]), RequestID(session: 1, sequence: 1)), at: 2)
     _ = m.apply(command(.put(key: "a", value: [2]), RequestID(session: 1, sequence: 2), ack: 1), at: 3)
-    guard case .responseForgotten = m.apply(command(.put(key: "a", value: [1]), RequestID(session: 1, sequence: 1)), at: 4)
+    guard
+      case .responseForgotten = m.apply(command(.put(key: "a", value: [1]), RequestID(session: 1, sequence: 1)), at: 4)
     else {
       Issue.record("expected the forgotten response to be refused")
       return
@@ -114,7 +121,9 @@ struct SessionTests {
     var m = Machine(KVStore(), policy: SessionPolicy(timeoutMillis: 1000))
     _ = m.apply(ReplicatedCommand(timestampMillis: 0, body: .registerSession), at: 1)
     _ = m.apply(ReplicatedCommand(timestampMillis: 5000, body: .keepAlive), at: 2)
-    guard case .sessionExpired(1) = m.apply(command(.put(key: "a", value: [1]), RequestID(session: 1, sequence: 1), at: 5000), at: 3)
+    guard
+      case .sessionExpired(1) = m.apply(
+        command(.put(key: "a", value: [1]), RequestID(session: 1, sequence: 1), at: 5000), at: 3)
     else {
       Issue.record("expected expiry")
       return
@@ -127,7 +136,8 @@ struct SessionTests {
     var m = Machine(KVStore(), policy: SessionPolicy(maxSessions: 2))
     for i in 1...3 { _ = m.apply(ReplicatedCommand(timestampMillis: UInt64(i), body: .registerSession), at: UInt64(i)) }
     #expect(m.sessionCount == 2)
-    guard case .sessionExpired(1) = m.apply(command(.delete(key: "x"), RequestID(session: 1, sequence: 1)), at: 4) else {
+    guard case .sessionExpired(1) = m.apply(command(.delete(key: "x"), RequestID(session: 1, sequence: 1)), at: 4)
+    else {
       Issue.record("the oldest session should have been evicted")
       return
     }
@@ -140,7 +150,8 @@ struct SessionTests {
     _ = m.apply(command(.put(key: "a", value: [1]), RequestID(session: 1, sequence: 1)), at: 2)
     var restored = Machine(KVStore())
     try restored.restore(from: m.snapshot())
-    guard case .duplicate = restored.apply(command(.put(key: "a", value: [1]), RequestID(session: 1, sequence: 1)), at: 3)
+    guard
+      case .duplicate = restored.apply(command(.put(key: "a", value: [1]), RequestID(session: 1, sequence: 1)), at: 3)
     else {
       Issue.record("session lost in the snapshot")
       return

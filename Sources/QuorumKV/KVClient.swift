@@ -1,0 +1,168 @@
+public import QuorumCore
+
+/// How a client retries requests that failed for reasons a retry can fix.
+public struct RetryPolicy: Sendable, Equatable {
+  /// The most attempts per request (the first included).
+  public var maxAttempts: Int
+  /// The pause before the first retry; it doubles per retry up to ``maxBackoff``, with jitter.
+  public var initialBackoff: Duration
+  /// The longest pause between attempts.
+  public var maxBackoff: Duration
+
+  /// Creates a policy.
+  public init(
+    maxAttempts: Int = 50, initialBackoff: Duration = .milliseconds(5), maxBackoff: Duration = .milliseconds(500)
+  ) {
+    self.maxAttempts = max(1, maxAttempts)
+    self.initialBackoff = initialBackoff
+    self.maxBackoff = maxBackoff
+  }
+
+  /// 50 attempts, 5 ms doubling to 500 ms.
+  public static let `default` = RetryPolicy()
+}
+
+/// Why a key-value request failed after the client gave up.
+public enum KVClientError: Error, Sendable, Equatable, CustomStringConvertible {
+  /// No attempt succeeded; the last error is attached.
+  case unavailable(attempts: Int, last: ConsensusError)
+  /// The key or value is larger than the limits allow.
+  case tooLarge(String)
+
+  public var description: String {
+    switch self {
+    case .unavailable(let attempts, let last): return "cluster unavailable after \(attempts) attempts (last: \(last))"
+    case .tooLarge(let what): return what
+    }
+  }
+}
+
+/// A key-value client for a replicated ``KVStore``: finds the leader, follows `notLeader` hints, retries
+/// with back-off, and makes every write exactly-once with a session, so a retried write is applied once.
+///
+/// One client issues one request at a time (it is an actor); use one client per concurrent task.
+public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
+  private let members: [NodeID: Log]
+  private let order: [NodeID]
+  private let retry: RetryPolicy
+  private var leader: NodeID?
+  private var session: UInt64?
+  private var sequence: UInt64 = 0
+  private var acknowledged: UInt64 = 0
+  private var random: SeededRandom
+
+  /// Creates a client for the group whose members are given.
+  /// - Parameter seed: seeds the choice of node and the back-off jitter.
+  public init(members: [NodeID: Log], retry: RetryPolicy = .default, seed: UInt64 = 1) {
+    precondition(!members.isEmpty, "a KVClient needs at least one member")
+    self.members = members
+    self.order = members.keys.sorted()
+    self.retry = retry
+    self.random = SeededRandom(seed: seed)
+  }
+
+  /// Sets `key` to `value`; returns the previous value.
+  @discardableResult
+  public func put(_ key: String, _ value: [UInt8]) async throws -> [UInt8]? {
+    guard case .done(let previous) = try await write(.put(key: key, value: value)) else { return nil }
+    return previous
+  }
+
+  /// Sets `key` to a UTF-8 string.
+  @discardableResult
+  public func put(_ key: String, _ value: String) async throws -> [UInt8]? { try await put(key, Array(value.utf8)) }
+
+  /// Removes `key`; returns the previous value.
+  @discardableResult
+  public func delete(_ key: String) async throws -> [UInt8]? {
+    guard case .done(let previous) = try await write(.delete(key: key)) else { return nil }
+    return previous
+  }
+
+  /// Sets `key` to `new` (or removes it) if its value is `expected` (`nil` meaning absent); returns whether it did.
+  public func compareAndSwap(_ key: String, expected: [UInt8]?, new: [UInt8]?) async throws -> Bool {
+    guard case .swapped(let swapped, _) = try await write(.compareAndSwap(key: key, expected: expected, new: new))
+    else {
+      return false
+    }
+    return swapped
+  }
+
+  /// The value of `key` at the chosen consistency. Stale reads go to `node` if given (any member answers
+  /// them from its own replica); other reads go to the leader.
+  public func get(_ key: String, consistency: ReadConsistency = .linearizable, at node: NodeID? = nil) async throws
+    -> [UInt8]?
+  {
+    guard case .value(let value) = try await read(.get(key: key), consistency: consistency, at: node) else {
+      return nil
+    }
+    return value
+  }
+
+  /// Up to `limit` entries whose keys start with `prefix`, in key order.
+  public func scan(prefix: String, limit: Int = 1000, consistency: ReadConsistency = .linearizable) async throws
+    -> [KVPair]
+  {
+    guard
+      case .entries(let pairs) = try await read(.scan(prefix: prefix, limit: limit), consistency: consistency, at: nil)
+    else { return [] }
+    return pairs
+  }
+
+  private func read(_ query: KVQuery, consistency: ReadConsistency, at node: NodeID?) async throws -> KVQueryResult {
+    if consistency == .stale, let node, let member = members[node] {
+      return try await member.read(query, consistency: .stale)
+    }
+    return try await withRetries { member in try await member.read(query, consistency: consistency) }
+  }
+
+  private func write(_ command: KVCommand) async throws -> KVResponse {
+    if session == nil {
+      session = try await withRetries { member in try await member.registerSession() }
+    }
+    guard let session else { throw KVClientError.unavailable(attempts: 0, last: .stopped) }
+    sequence += 1
+    let request = RequestID(session: session, sequence: sequence)
+    let response = try await withRetries { member in try await member.propose(command, request: request) }
+    acknowledged = sequence
+    return response
+  }
+
+  private func target() -> NodeID {
+    if let leader, members[leader] != nil { return leader }
+    return order[Int.random(in: 0..<order.count, using: &random)]
+  }
+
+  private func withRetries<T: Sendable>(_ body: (Log) async throws -> T) async throws -> T {
+    var backoff = retry.initialBackoff
+    var last = ConsensusError.timeout
+    for attempt in 1...retry.maxAttempts {
+      let id = target()
+      guard let member = members[id] else { continue }
+      do {
+        let result = try await body(member)
+        leader = id
+        return result
+      } catch let error as ConsensusError {
+        last = error
+        switch error {
+        case .notLeader(let hint):
+          leader = hint.flatMap { members[$0] != nil ? $0 : nil }
+          if leader != nil && attempt == 1 { continue }  // Follow a fresh hint at once.
+        case .sessionExpired:
+          session = nil
+          throw error
+        case .commandTooLarge:
+          throw error
+        case .stopped, .timeout, .dropped, .outcomeUnknown, .overloaded, .transferInProgress, .leaseExpired,
+          .membershipChangeRejected:
+          leader = nil
+        }
+      }
+      let jitter = Double.random(in: 0.5...1.0, using: &random)
+      try await Task.sleep(for: backoff * jitter)
+      backoff = min(retry.maxBackoff, backoff * 2)
+    }
+    throw KVClientError.unavailable(attempts: retry.maxAttempts, last: last)
+  }
+}
