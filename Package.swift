@@ -31,8 +31,16 @@ let package = Package(
       name: "QuorumCLI", dependencies: ["QuorumCore", "QuorumSimulation", "QuorumRaft", "QuorumKV", "QuorumStorage"],
       swiftSettings: settings),
     .executableTarget(
-      name: "QuorumBench", dependencies: ["QuorumCore", "QuorumSimulation", "QuorumStorage"],
+      name: "QuorumBench", dependencies: ["QuorumCore", "QuorumSimulation", "QuorumStorage", "QuorumRaft", "QuorumKV"],
       swiftSettings: settings),
+    .plugin(
+      name: "SimulatePlugin",
+      capability: .command(
+        intent: .custom(verb: "simulate", description: "Run seeded whole-cluster simulations (release build)"))),
+    .plugin(
+      name: "BenchmarkPlugin",
+      capability: .command(
+        intent: .custom(verb: "benchmark", description: "Run the benchmark suites in release mode"))),
     .testTarget(name: "QuorumCoreTests", dependencies: ["QuorumCore", "QuorumSimulation"], swiftSettings: settings),
     .testTarget(
       name: "QuorumRaftTests", dependencies: ["QuorumRaft", "QuorumCore", "QuorumSimulation"], swiftSettings: settings),

@@ -111,7 +111,7 @@ enum StorageBenchmarks {
   }
 
   /// A file for measuring the raw cost of a small append followed by `fdatasync`.
-  private final class RawSyncFile {
+  final class RawSyncFile {
     let path: String
     let fd: Int32
     var offset = 0

@@ -7,6 +7,7 @@ let suites: [(name: String, run: (BenchReport) async throws -> Void)] = [
   ("mailbox", MailboxBenchmarks.run),
   ("checker", CheckerBenchmarks.run),
   ("storage", StorageBenchmarks.run),
+  ("raft", RaftBenchmarks.run),
 ]
 
 let requested = Set(CommandLine.arguments.dropFirst())

@@ -133,7 +133,8 @@ public actor RaftNode<Machine: StateMachine> {
   private let wallClockAtStart: UInt64
   private let seed: UInt64
 
-  private var core: RaftCore?
+  /// The protocol core. Mutated in place only: copying it would copy the log (copy-on-write).
+  private var core: RaftCore
   private var machine: ReplicatedStateMachine<Machine>
   private var applied: LogIndex = 0
   private var lastSnapshotIndex: LogIndex = 0
@@ -163,6 +164,8 @@ public actor RaftNode<Machine: StateMachine> {
     storage: some ConsensusStorage<LogEntry>, machine: Machine, seed: UInt64? = nil,
     logger: QuorumLogger = QuorumLogger(label: "raft")
   ) {
+    // Replaced by recovery in run(); a placeholder so the core can be mutated in place without optionals.
+    self.core = RaftCore(id: id, options: configuration.coreOptions, membership: .empty, random: SeededRandom(seed: 0))
     self.id = id
     self.configuration = configuration
     self.endpoint = endpoint
@@ -191,8 +194,8 @@ public actor RaftNode<Machine: StateMachine> {
     logger.notice(
       "started",
       [
-        "term": "\(core?.term ?? 0)", "last": "\(core?.lastIndex ?? 0)",
-        "members": "\(core?.membership.description ?? "")",
+        "term": "\(core.term)", "last": "\(core.lastIndex)",
+        "members": "\(core.membership.description)",
       ])
     defer { eventSink.yield(.stopped) }
     try await withThrowingTaskGroup(of: Void.self) { group in
@@ -294,8 +297,6 @@ public actor RaftNode<Machine: StateMachine> {
   private var pendingCount: Int { proposals.count + reads.count + waitingReads.count }
 
   private func handle(_ input: Input, now: ContinuousClock.Instant) {
-    guard var core else { return }
-    defer { self.core = core }
     switch input {
     case .tick:
       core.tick(now: nowNanos)
@@ -310,12 +311,12 @@ public actor RaftNode<Machine: StateMachine> {
     case .propose(let requestID, let command, let request, let acknowledged, let continuation):
       let replicated = ReplicatedCommand(
         timestampMillis: logTimeMillis, request: request, acknowledgedThrough: acknowledged, body: .command(command))
-      propose(&core, requestID, replicated, .response(continuation), now: now)
+      propose(requestID, replicated, .response(continuation), now: now)
     case .register(let requestID, let continuation):
       let replicated = ReplicatedCommand<Machine.Command>(timestampMillis: logTimeMillis, body: .registerSession)
-      propose(&core, requestID, replicated, .session(continuation), now: now)
+      propose(requestID, replicated, .session(continuation), now: now)
     case .read(let requestID, let query, let consistency, let continuation):
-      read(&core, requestID, query, consistency, continuation, now: now)
+      read(requestID, query, consistency, continuation, now: now)
     case .membership(let requestID, let change, let continuation):
       guard pendingCount < configuration.maxPendingRequests else {
         continuation.resume(throwing: ConsensusError.overloaded(limit: configuration.maxPendingRequests))
@@ -348,7 +349,7 @@ public actor RaftNode<Machine: StateMachine> {
   }
 
   private func propose(
-    _ core: inout RaftCore, _ requestID: UInt64, _ command: ReplicatedCommand<Machine.Command>, _ waiter: Waiter,
+    _ requestID: UInt64, _ command: ReplicatedCommand<Machine.Command>, _ waiter: Waiter,
     now: ContinuousClock.Instant
   ) {
     guard pendingCount < configuration.maxPendingRequests else {
@@ -371,7 +372,7 @@ public actor RaftNode<Machine: StateMachine> {
   }
 
   private func read(
-    _ core: inout RaftCore, _ requestID: UInt64, _ query: Machine.Query, _ consistency: ReadConsistency,
+    _ requestID: UInt64, _ query: Machine.Query, _ consistency: ReadConsistency,
     _ continuation: UnsafeContinuation<Machine.QueryResult, any Error>, now: ContinuousClock.Instant
   ) {
     let deadline = now.advanced(by: configuration.requestTimeout)
@@ -477,15 +478,12 @@ public actor RaftNode<Machine: StateMachine> {
   // MARK: - Ready
 
   private func drainReady() async throws {
-    while var core, core.hasReady {
+    while core.hasReady {
       let rd = core.ready()
-      self.core = core
       send(rd.eagerMessages)
       try await persist(rd)
       send(rd.messages)
-      core = self.core ?? core
       core.advance(rd)
-      self.core = core
       try install(rd)
       apply(rd.committedEntries)
       for state in rd.readStates {
@@ -512,7 +510,7 @@ public actor RaftNode<Machine: StateMachine> {
         try endpoint.send(m.message, to: m.to)
       } catch {
         // The transport is allowed to lose messages; Raft retransmits. Tell the core so it stops streaming.
-        if case .queueFull = error { core?.reportUnreachable(m.to) }
+        if case .queueFull = error { core.reportUnreachable(m.to) }
         logger.debug("send to \(m.to) failed: \(error)")
       }
     }
@@ -623,12 +621,11 @@ public actor RaftNode<Machine: StateMachine> {
   }
 
   private func maybeSnapshot() async throws {
-    guard configuration.snapshotEvery > 0, var core,
+    guard configuration.snapshotEvery > 0,
       applied >= lastSnapshotIndex + LogIndex(configuration.snapshotEvery), applied <= core.persistedIndex
     else { return }
     let snapshot = core.takeSnapshot(
       at: applied, data: machine.snapshot(), retainEntries: configuration.snapshotRetainEntries)
-    self.core = core
     lastSnapshotIndex = snapshot.index
     try await storage.saveSnapshot(
       StoredSnapshot(
@@ -710,12 +707,7 @@ public actor RaftNode<Machine: StateMachine> {
 
   /// The node's current view.
   public var status: RaftStatus {
-    guard let core else {
-      return RaftStatus(
-        id: id, role: .follower, term: 0, leader: nil, commitIndex: 0, appliedIndex: 0, firstIndex: 1, lastIndex: 0,
-        snapshotIndex: 0, membership: .empty, peers: [:], pendingRequests: 0)
-    }
-    return RaftStatus(
+    RaftStatus(
       id: id, role: core.role, term: core.term, leader: core.leader, commitIndex: core.commitIndex,
       appliedIndex: applied, firstIndex: core.firstIndex, lastIndex: core.lastIndex,
       snapshotIndex: core.snapshot?.index ?? 0, membership: core.membership, peers: core.peerProgress,
