@@ -20,7 +20,8 @@ func runReleaseProduct(
     print(build.logText)
     throw PluginFailure("building \(product) in release mode failed")
   }
-  guard let artifact = build.builtArtifacts.first(where: { $0.kind == .executable && $0.url.lastPathComponent == product })
+  guard
+    let artifact = build.builtArtifacts.first(where: { $0.kind == .executable && $0.url.lastPathComponent == product })
   else {
     throw PluginFailure("the build produced no \(product) executable")
   }

@@ -33,14 +33,21 @@ enum RaftBenchmarks {
         note: String(format: "p99 %.0f µs; p50 = %.2f × fsync", r.p99, r.p50 / fsync))
     }
     for (label, timeout, heartbeat, tick) in [
-      ("150–300 ms", Duration.milliseconds(150)...Duration.milliseconds(300), Duration.milliseconds(50), Duration.milliseconds(10)),
-      ("12–24 ms", Duration.milliseconds(12)...Duration.milliseconds(24), Duration.milliseconds(4), Duration.milliseconds(1)),
+      (
+        "150–300 ms", Duration.milliseconds(150)...Duration.milliseconds(300), Duration.milliseconds(50),
+        Duration.milliseconds(10)
+      ),
+      (
+        "12–24 ms", Duration.milliseconds(12)...Duration.milliseconds(24), Duration.milliseconds(4),
+        Duration.milliseconds(1)
+      ),
     ] {
       let trials = ProcessInfo.processInfo.environment["QUORUM_FAILOVER_TRIALS"].flatMap(Int.init) ?? 100
       let times = try await failover(trials: trials, timeout: timeout, heartbeat: heartbeat, tick: tick)
       report.add(
         "raft", "failover \(label): p50 until a new leader commits", percentile(times, 0.5), "ms",
-        note: String(format: "p99 %.0f ms, max %.0f ms over %d trials", percentile(times, 0.99), times.max() ?? 0, times.count))
+        note: String(
+          format: "p99 %.0f ms, max %.0f ms over %d trials", percentile(times, 0.99), times.max() ?? 0, times.count))
     }
     let (entries, seconds) = try await recovery(root: root)
     report.add("raft", "restart from a \(entries)-entry WAL (recover + rebuild)", seconds * 1000, "ms")
@@ -97,7 +104,8 @@ enum RaftBenchmarks {
   }
 
   static func start(
-    _ configuration: RaftConfiguration, storage kind: StorageKind, root: String, transport: InProcessTransport<RaftMessage>
+    _ configuration: RaftConfiguration, storage kind: StorageKind, root: String,
+    transport: InProcessTransport<RaftMessage>
   ) throws -> Running {
     var nodes: [NodeID: Node] = [:]
     var tasks: [Task<Void, any Error>] = []
@@ -124,7 +132,8 @@ enum RaftBenchmarks {
       Snapshots(every: 200_000, retain: 10_000)
       RequestLimits(timeout: .seconds(30), maxPending: 1 << 20)
     }
-    let cluster = try start(configuration, storage: kind, root: root, transport: InProcessTransport(inboxCapacity: 1 << 16))
+    let cluster = try start(
+      configuration, storage: kind, root: root, transport: InProcessTransport(inboxCapacity: 1 << 16))
     let leader = try await cluster.leader()
     let value = [UInt8](repeating: 42, count: 100)
     // Warm up, then measure for about two seconds.
@@ -140,7 +149,8 @@ enum RaftBenchmarks {
     Int, [Double], Double
   ) {
     let start = nowNanos()
-    let end = start + UInt64(duration.components.seconds) * 1_000_000_000
+    let end =
+      start + UInt64(duration.components.seconds) * 1_000_000_000
       + UInt64(duration.components.attoseconds / 1_000_000_000)
     let results = try await withThrowingTaskGroup(of: (Int, [Double]).self) { group in
       for c in 0..<clients {
@@ -254,7 +264,9 @@ enum RaftBenchmarks {
       id: 1, membership: Membership(voters: [1, 2, 3]), hardState: hardState, entries: recovered.entries,
       random: SeededRandom(seed: 1))
     let seconds = Double(nowNanos() - start) / 1e9
-    guard core.lastIndex == LogIndex(count) else { throw BenchFailure("recovered \(core.lastIndex) of \(count) entries") }
+    guard core.lastIndex == LogIndex(count) else {
+      throw BenchFailure("recovered \(core.lastIndex) of \(count) entries")
+    }
     try await storage.close()
     return (count, seconds)
   }

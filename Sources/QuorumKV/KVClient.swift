@@ -52,7 +52,10 @@ public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
   private var random: SeededRandom
 
   /// Creates a client for the group whose members are given.
-  /// - Parameter seed: seeds the choice of node and the back-off jitter.
+  /// - Parameters:
+  ///   - members: every member of the group, by node identifier.
+  ///   - retry: how often and how patiently to retry.
+  ///   - seed: seeds the choice of node and the back-off jitter.
   public init(members: [NodeID: Log], retry: RetryPolicy = .default, seed: UInt64 = 1) {
     precondition(!members.isEmpty, "a KVClient needs at least one member")
     self.members = members

@@ -116,7 +116,7 @@ public enum KVQueryResult: Sendable, Equatable {
   case count(Int)
 }
 
-/// The replicated key-value store: a deterministic ``StateMachine`` of string keys and byte values.
+/// The replicated key-value store: a deterministic `StateMachine` of string keys and byte values.
 public struct KVStore: StateMachine, Equatable {
   private struct Stored: Sendable, Equatable {
     var value: [UInt8]

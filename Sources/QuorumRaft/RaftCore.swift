@@ -230,10 +230,12 @@ public struct RaftCore: Sendable {
   ///
   /// - Parameters:
   ///   - id: this node.
-  ///   - membership: the bootstrap membership, used when no snapshot or committed membership entry says
-  ///     otherwise. A node joining an existing group passes ``Membership/empty`` and learns the membership
-  ///     from the leader.
-  ///   - hardState, snapshot, entries: what storage recovered (nothing for a new node).
+  ///   - options: tuning in ticks and bytes.
+  ///   - membership: the membership to use when neither the log nor a snapshot holds one. A node joining an
+  ///     existing group passes ``Membership/empty`` and learns the membership from the leader.
+  ///   - hardState: the recovered term, vote and commit index.
+  ///   - snapshot: the recovered snapshot, if any.
+  ///   - entries: the recovered entries after the snapshot.
   ///   - random: the seeded generator for election timeouts.
   public init(
     id: NodeID, options: RaftCoreOptions = RaftCoreOptions(), membership: Membership,

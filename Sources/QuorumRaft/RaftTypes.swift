@@ -68,7 +68,7 @@ public struct LogEntry: Sendable, Equatable, StorableEntry, CustomStringConverti
 public struct HardState: Sendable, Equatable, WireCodable, CustomStringConvertible {
   /// The latest term the node has seen.
   public var term: Term
-  /// Whom the node voted for in ``term``, or ``NodeID/none``.
+  /// Whom the node voted for in ``term``, or `NodeID.none`.
   public var vote: NodeID
   /// The highest index the node knows to be committed.
   public var commit: LogIndex
