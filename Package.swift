@@ -22,7 +22,11 @@ let package = Package(
   ],
   targets: [
     .target(name: "QuorumCore", swiftSettings: settings),
-    .target(name: "QuorumStorage", dependencies: ["QuorumCore"], swiftSettings: settings),
+    .target(
+      name: "QuorumStorage", dependencies: ["QuorumCore"],
+      // Storage calls run on the calling actor's executor (no hop): the blocking work is handed to the
+      // storage's own queue anyway, and a consensus node awaits storage on every write.
+      swiftSettings: settings + [.enableUpcomingFeature("NonisolatedNonsendingByDefault")]),
     .target(name: "QuorumRaft", dependencies: ["QuorumCore", "QuorumStorage"], swiftSettings: settings),
     .target(name: "QuorumKV", dependencies: ["QuorumCore"], swiftSettings: settings),
     .target(

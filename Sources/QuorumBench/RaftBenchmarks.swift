@@ -18,6 +18,13 @@ enum RaftBenchmarks {
     let fsync = try fsyncBaseline(root: root)
     report.add("raft", "baseline: 4 KiB append + fdatasync p50", fsync, "µs")
 
+    let only = ProcessInfo.processInfo.environment["QUORUM_RAFT_ONLY"]
+    if let only, let clients = Int(only) {
+      // Profiling aid: one memory-storage case only.
+      let r = try await puts(clients: clients, storage: .memory, root: root)
+      report.add("raft", "memory: \(clients) clients, puts/s", r.rate, "puts/s")
+      return
+    }
     for clients in [1, 16, 256] {
       let r = try await puts(clients: clients, storage: .memory, root: root)
       report.add("raft", "memory: \(clients) clients, puts/s", r.rate, "puts/s")

@@ -59,12 +59,14 @@ public final class Mailbox<Element: Sendable>: Sendable {
     @usableFromInline var receiver: ReceiverContinuation?
     @usableFromInline var closed = false
     @usableFromInline var nextSenderID: UInt64 = 0
+    @usableFromInline var doorbell: Doorbell?
 
     @inlinable init() {}
   }
 
   @usableFromInline enum SendOutcome {
-    case queued
+    /// Queued; ring the doorbell if there is one.
+    case queued(Doorbell?)
     case handOff(ReceiverContinuation)
     /// Full: the sender may wait under the given identifier.
     case full(UInt64)
@@ -74,6 +76,7 @@ public final class Mailbox<Element: Sendable>: Sendable {
   @usableFromInline enum WaitOutcome {
     case wait
     case done(MailboxError?)
+    case queued(Doorbell?)
     case handOff(ReceiverContinuation)
   }
 
@@ -114,7 +117,7 @@ public final class Mailbox<Element: Sendable>: Sendable {
   @inlinable
   public func trySend(_ element: Element) throws(MailboxError) {
     switch offer(element, assigningWaitID: false) {
-    case .queued: return
+    case .queued(let doorbell): doorbell?.ring()
     case .handOff(let receiver): receiver.resume(returning: element)
     case .full: throw .full(capacity: capacity)
     case .closed: throw .closed
@@ -136,7 +139,7 @@ public final class Mailbox<Element: Sendable>: Sendable {
         return .full(s.nextSenderID)
       }
       s.buffer.append(element)
-      return .queued
+      return .queued(s.doorbell)
     }
   }
 
@@ -146,7 +149,7 @@ public final class Mailbox<Element: Sendable>: Sendable {
   @inlinable
   public func send(_ element: Element) async throws(MailboxError) {
     switch offer(element, assigningWaitID: true) {
-    case .queued: return
+    case .queued(let doorbell): doorbell?.ring()
     case .handOff(let receiver): receiver.resume(returning: element)
     case .closed: throw .closed
     case .full(let id):
@@ -168,7 +171,7 @@ public final class Mailbox<Element: Sendable>: Sendable {
           }
           if s.buffer.count < capacity && s.senders.isEmpty {
             s.buffer.append(element)
-            return .done(nil)
+            return .queued(s.doorbell)
           }
           s.senders.append(Sender(id: id, element: element, continuation: continuation))
           return .wait
@@ -176,6 +179,9 @@ public final class Mailbox<Element: Sendable>: Sendable {
         switch outcome {
         case .wait: break
         case .done(let failure): continuation.resume(returning: failure)
+        case .queued(let doorbell):
+          doorbell?.ring()
+          continuation.resume(returning: nil)
         case .handOff(let receiver):
           receiver.resume(returning: element)
           continuation.resume(returning: nil)
@@ -297,22 +303,33 @@ public final class Mailbox<Element: Sendable>: Sendable {
     return moved
   }
 
+  /// Rings `doorbell` whenever an element is queued or the mailbox closes, so that one consumer can wait on
+  /// several mailboxes (see ``Doorbell``). Rings it at once if elements are already queued.
+  public func attach(_ doorbell: Doorbell) {
+    let ringNow: Bool = state.withLock { s in
+      s.doorbell = doorbell
+      return !s.buffer.isEmpty || !s.senders.isEmpty || s.closed
+    }
+    if ringNow { doorbell.ring() }
+  }
+
   /// Stops the mailbox accepting elements.
   ///
   /// - Parameter discardingBuffered: when `false` (the default) the consumer still receives what was queued
   ///   before the end; when `true` queued elements are dropped and the consumer sees the end at once.
   public func close(discardingBuffered: Bool = false) {
-    let (receiver, senders): (ReceiverContinuation?, [SenderContinuation]) = state.withLock { s in
+    let (receiver, senders, doorbell): (ReceiverContinuation?, [SenderContinuation], Doorbell?) = state.withLock { s in
       s.closed = true
       if discardingBuffered { s.buffer.removeAll() }
       var senders: [SenderContinuation] = []
       while let sender = s.senders.popFirst() { senders.append(sender.continuation) }
       let receiver = s.receiver
       s.receiver = nil
-      return (receiver, senders)
+      return (receiver, senders, s.doorbell)
     }
     receiver?.resume(returning: nil)
     for sender in senders { sender.resume(returning: .closed) }
+    doorbell?.ring()
   }
 }
 

@@ -69,7 +69,6 @@ public struct RaftStatus: Sendable, Equatable {
 public actor RaftNode<Machine: StateMachine> {
   private enum Input: Sendable {
     case tick
-    case message(NodeID, RaftMessage)
     case propose(UInt64, Machine.Command, RequestID?, UInt64, UnsafeContinuation<Machine.Response, any Error>)
     case register(UInt64, UnsafeContinuation<UInt64, any Error>)
     case read(UInt64, Machine.Query, ReadConsistency, UnsafeContinuation<Machine.QueryResult, any Error>)
@@ -201,7 +200,6 @@ public actor RaftNode<Machine: StateMachine> {
     try await withThrowingTaskGroup(of: Void.self) { group in
       let inputs = self.inputs
       let tick = configuration.tickInterval
-      let endpoint = self.endpoint
       group.addTask {
         let clock = ContinuousClock()
         var next = clock.now
@@ -210,19 +208,6 @@ public actor RaftNode<Machine: StateMachine> {
           try? await clock.sleep(until: next, tolerance: .milliseconds(1))
           try? inputs.trySend(.tick)
           if clock.now - next > tick * 10 { next = clock.now }  // Do not burst after a stall.
-        }
-      }
-      group.addTask {
-        var batch: [Envelope<RaftMessage>] = []
-        while await endpoint.incoming.receive(into: &batch, limit: 1024) {
-          for envelope in batch {
-            do {
-              try await inputs.send(.message(envelope.from, envelope.payload))
-            } catch {
-              return
-            }
-          }
-          batch.removeAll(keepingCapacity: true)
         }
       }
       defer { group.cancelAll() }
@@ -272,13 +257,31 @@ public actor RaftNode<Machine: StateMachine> {
       entries: recovered.entries, random: random.fork())
   }
 
+  /// The run loop: take everything that arrived (peer messages straight from the transport's mailbox, and
+  /// local requests and ticks from the node's own), step the core, carry out the ready, repeat. One doorbell
+  /// rung by both mailboxes wakes it, so no forwarding task sits between the transport and the node.
   private func loop() async throws {
+    let doorbell = Doorbell()
+    inputs.attach(doorbell)
+    endpoint.incoming.attach(doorbell)
     var batch: [Input] = []
+    var messages: [Envelope<RaftMessage>] = []
     batch.reserveCapacity(4096)
+    messages.reserveCapacity(4096)
     while !stopped, !Task.isCancelled {
-      guard await inputs.receive(into: &batch, limit: 4096) else { break }
+      let taken =
+        endpoint.incoming.drainAvailable(into: &messages, limit: 4096)
+        + inputs.drainAvailable(into: &batch, limit: 4096)
+      if taken == 0 {
+        if inputs.isClosed { break }
+        await doorbell.wait()
+        continue
+      }
       let now = clock.now
+      batchWallMillis = wallClockMillis()
+      for envelope in messages { core.step(envelope.payload, from: envelope.from) }
       for input in batch { handle(input, now: now) }
+      messages.removeAll(keepingCapacity: true)
       batch.removeAll(keepingCapacity: true)
       try await drainReady()
     }
@@ -292,7 +295,9 @@ public actor RaftNode<Machine: StateMachine> {
       + UInt64(max(0, elapsed.components.attoseconds / 1_000_000_000))
   }
 
-  private var logTimeMillis: UInt64 { wallClockMillis() }
+  /// The wall clock read once per batch: the leader timestamp written into each proposal.
+  private var batchWallMillis: UInt64 = 0
+  private var logTimeMillis: UInt64 { batchWallMillis }
 
   private var pendingCount: Int { proposals.count + reads.count + waitingReads.count }
 
@@ -302,8 +307,6 @@ public actor RaftNode<Machine: StateMachine> {
       core.tick(now: nowNanos)
       ticks &+= 1
       if ticks % 8 == 0 { expireRequests(now: now) }
-    case .message(let from, let message):
-      core.step(message, from: from)
     case .stop:
       stopped = true
     case .cancel(let requestID):
@@ -470,7 +473,7 @@ public actor RaftNode<Machine: StateMachine> {
       case .read(_, _, _, let c): c.resume(throwing: error)
       case .membership(_, _, let c): c.resume(throwing: error)
       case .transfer(_, _, let c): c.resume(throwing: error)
-      case .tick, .message, .cancel, .stop: break
+      case .tick, .cancel, .stop: break
       }
     }
   }
@@ -638,7 +641,9 @@ public actor RaftNode<Machine: StateMachine> {
 
   // MARK: - Public API
 
-  private func submit<T>(_ make: (UInt64, UnsafeContinuation<T, any Error>) -> Input) async throws -> T {
+  /// Queues a request for the run loop and waits for its answer. Nonisolated: it touches only the mailbox and
+  /// an atomic counter, so a caller never waits for the actor (which is busy running the loop).
+  private nonisolated func submit<T>(_ make: (UInt64, UnsafeContinuation<T, any Error>) -> Input) async throws -> T {
     let requestID = nextRequestID.add(1, ordering: .relaxed).newValue
     return try await withTaskCancellationHandler {
       try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<T, any Error>) in
@@ -661,13 +666,15 @@ public actor RaftNode<Machine: StateMachine> {
   /// at most once however often it is retried.
   /// - Throws: ``QuorumCore/ConsensusError``: `notLeader` on a follower, `timeout`, `dropped` or
   ///   `outcomeUnknown` if leadership changed while it was in flight, `overloaded`, `commandTooLarge`.
-  public func propose(_ command: Machine.Command, request: RequestID? = nil) async throws -> Machine.Response {
+  public nonisolated func propose(_ command: Machine.Command, request: RequestID? = nil) async throws
+    -> Machine.Response
+  {
     try await propose(command, request: request, acknowledgedThrough: 0)
   }
 
   /// Like ``propose(_:request:)``, also telling the session that every response up to
   /// `acknowledgedThrough` has been received and may be forgotten.
-  public func propose(
+  public nonisolated func propose(
     _ command: Machine.Command, request: RequestID?, acknowledgedThrough: UInt64
   ) async throws -> Machine.Response {
     try await submit { .propose($0, command, request, acknowledgedThrough, $1) }
@@ -675,33 +682,39 @@ public actor RaftNode<Machine: StateMachine> {
 
   /// Answers `query` at the chosen consistency: `linearizable` (ReadIndex), `lease` (leader lease, falling
   /// back to ReadIndex when the lease is not valid) or `stale` (this replica's applied state, on any node).
-  public func read(_ query: Machine.Query, consistency: ReadConsistency = .linearizable) async throws
+  public nonisolated func read(_ query: Machine.Query, consistency: ReadConsistency = .linearizable) async throws
     -> Machine.QueryResult
   {
     try await submit { .read($0, query, consistency, $1) }
   }
 
   /// Opens an exactly-once session and returns its number.
-  public func registerSession() async throws -> UInt64 {
+  public nonisolated func registerSession() async throws -> UInt64 {
     try await submit { .register($0, $1) }
   }
 
   /// Applies a membership change through the log; returns once it is committed and applied here.
-  public func changeMembership(_ change: MembershipChange) async throws {
+  public nonisolated func changeMembership(_ change: MembershipChange) async throws {
     _ = try await submit { .membership($0, change, $1) }
   }
 
   /// Adds `node` as a learner: it receives the log but does not vote.
-  public func addLearner(_ node: NodeID) async throws { try await changeMembership(.change([.addLearner(node)])) }
+  public nonisolated func addLearner(_ node: NodeID) async throws {
+    try await changeMembership(.change([.addLearner(node)]))
+  }
 
   /// Adds `node` as a voter (or promotes a learner).
-  public func addVoter(_ node: NodeID) async throws { try await changeMembership(.change([.addVoter(node)])) }
+  public nonisolated func addVoter(_ node: NodeID) async throws {
+    try await changeMembership(.change([.addVoter(node)]))
+  }
 
   /// Removes `node` from the group (it may be the leader itself, which then hands over and steps down).
-  public func removeMember(_ node: NodeID) async throws { try await changeMembership(.change([.remove(node)])) }
+  public nonisolated func removeMember(_ node: NodeID) async throws {
+    try await changeMembership(.change([.remove(node)]))
+  }
 
   /// Transfers leadership to `target`; returns once this node has seen `target` lead.
-  public func transferLeadership(to target: NodeID) async throws {
+  public nonisolated func transferLeadership(to target: NodeID) async throws {
     try await submit { .transfer($0, target, $1) }
   }
 
