@@ -1,57 +1,62 @@
 /// CRC-32C (Castagnoli), the checksum guarding every write-ahead-log record and snapshot.
 ///
-/// A table-driven software implementation processing eight bytes per step ("slice-by-8").
+/// Slice-by-8 over one flat table reached through a raw pointer: no per-call retains and no bounds checks
+/// in the inner loop, which matters when recovery checksums a million small records.
 public enum CRC32C {
-  private static let tables: [[UInt32]] = {
-    var tables = [[UInt32]](repeating: [UInt32](repeating: 0, count: 256), count: 8)
-    for i in 0..<256 {
-      var crc = UInt32(i)
+  /// 8 tables of 256 entries, table `k` at offset `256 * k`. Allocated once and never written afterwards.
+  // nonisolated(unsafe): the pointer is written only by this initializer (run once, thread-safely, by the
+  // runtime's lazy global initialization) and only read afterwards.
+  private nonisolated(unsafe) static let table: UnsafePointer<UInt32> = {
+    let table = UnsafeMutablePointer<UInt32>.allocate(capacity: 8 * 256)
+    for byte in 0..<256 {
+      var crc = UInt32(byte)
       for _ in 0..<8 { crc = (crc & 1) != 0 ? (crc >> 1) ^ 0x82F6_3B78 : crc >> 1 }
-      tables[0][i] = crc
+      table[byte] = crc
     }
-    for i in 0..<256 {
-      for t in 1..<8 {
-        let previous = tables[t - 1][i]
-        tables[t][i] = (previous >> 8) ^ tables[0][Int(previous & 0xff)]
+    for byte in 0..<256 {
+      for slice in 1..<8 {
+        let previous = table[256 * (slice - 1) + byte]
+        table[256 * slice + byte] = (previous >> 8) ^ table[Int(previous & 0xff)]
       }
     }
-    return tables
+    return UnsafePointer(table)
   }()
 
   /// The checksum of `bytes`, continuing from `crc` (pass the result of an earlier call to checksum data
   /// in pieces; start from 0).
   public static func checksum(_ bytes: UnsafeRawBufferPointer, continuing crc: UInt32 = 0) -> UInt32 {
+    guard var pointer = bytes.baseAddress else { return crc }
+    let t = table
+    var remaining = bytes.count
     var c = ~crc
-    var i = 0
-    let n = bytes.count
-    Self.tables.withUnsafeBufferPointer { t in
-      let t0 = t[0]
-      let t1 = t[1]
-      let t2 = t[2]
-      let t3 = t[3]
-      let t4 = t[4]
-      let t5 = t[5]
-      let t6 = t[6]
-      let t7 = t[7]
-      while i + 8 <= n {
-        let lo =
-          c
-          ^ (UInt32(bytes[i]) | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2]) << 16
-            | UInt32(bytes[i + 3]) << 24)
-        c =
-          t7[Int(lo & 0xff)] ^ t6[Int((lo >> 8) & 0xff)] ^ t5[Int((lo >> 16) & 0xff)] ^ t4[Int(lo >> 24)]
-          ^ t3[Int(bytes[i + 4])] ^ t2[Int(bytes[i + 5])] ^ t1[Int(bytes[i + 6])] ^ t0[Int(bytes[i + 7])]
-        i += 8
-      }
-      while i < n {
-        c = t0[Int((c ^ UInt32(bytes[i])) & 0xff)] ^ (c >> 8)
-        i += 1
-      }
+    while remaining >= 8 {
+      let word = UInt64(littleEndian: pointer.loadUnaligned(as: UInt64.self)) ^ UInt64(c)
+      c =
+        t[1792 + Int(word & 0xff)] ^ t[1536 + Int((word >> 8) & 0xff)] ^ t[1280 + Int((word >> 16) & 0xff)]
+        ^ t[1024 + Int((word >> 24) & 0xff)] ^ t[768 + Int((word >> 32) & 0xff)] ^ t[512 + Int((word >> 40) & 0xff)]
+        ^ t[256 + Int((word >> 48) & 0xff)] ^ t[Int(word >> 56)]
+      pointer += 8
+      remaining -= 8
+    }
+    while remaining > 0 {
+      c = t[Int((c ^ UInt32(pointer.load(as: UInt8.self))) & 0xff)] ^ (c >> 8)
+      pointer += 1
+      remaining -= 1
     }
     return ~c
   }
 
   /// The checksum of `bytes`, continuing from `crc`.
+  public static func checksum(_ bytes: [UInt8], continuing crc: UInt32 = 0) -> UInt32 {
+    bytes.withUnsafeBytes { checksum($0, continuing: crc) }
+  }
+
+  /// The checksum of `bytes`, continuing from `crc`.
+  public static func checksum(_ bytes: ArraySlice<UInt8>, continuing crc: UInt32 = 0) -> UInt32 {
+    bytes.withUnsafeBytes { checksum($0, continuing: crc) }
+  }
+
+  /// The checksum of any byte collection, continuing from `crc`.
   public static func checksum(_ bytes: some Collection<UInt8>, continuing crc: UInt32 = 0) -> UInt32 {
     if let result = bytes.withContiguousStorageIfAvailable({ checksum(UnsafeRawBufferPointer($0), continuing: crc) }) {
       return result

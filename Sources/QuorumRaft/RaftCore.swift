@@ -704,14 +704,12 @@ public struct RaftCore: Sendable {
   /// Sets ``membership`` from the newest membership entry in the log, else the snapshot, else the initial one.
   private mutating func recomputeMembership() {
     var index = log.lastIndex
-    while index > log.offset {
-      if let entry = log.entry(at: index), entry.kind == .membership,
-        let decoded = try? Membership(wireBytes: entry.data)
-      {
-        adopt(decoded, at: index)
+    while let found = log.lastMembershipIndex(atOrBefore: index) {
+      if let entry = log.entry(at: found), let decoded = try? Membership(wireBytes: entry.data) {
+        adopt(decoded, at: found)
         return
       }
-      index -= 1
+      index = found - 1
     }
     if let snapshot = log.snapshot {
       adopt(snapshot.membership, at: snapshot.index)

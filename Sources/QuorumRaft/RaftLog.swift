@@ -59,7 +59,12 @@ struct RaftLog: Sendable {
       offset = snapshot.index
       offsetTerm = snapshot.term
     }
-    self.entries = entries.filter { $0.index > offset }
+    // Storage returns entries after the snapshot already; only filter (a full copy) when it did not.
+    if let first = entries.first, first.index <= offset {
+      self.entries = entries.filter { $0.index > offset }
+    } else {
+      self.entries = entries
+    }
     precondition(
       self.entries.first.map { $0.index == offset + 1 } ?? true,
       "recovered log starts at \(self.entries.first?.index ?? 0), expected \(offset + 1)")
@@ -84,6 +89,17 @@ struct RaftLog: Sendable {
     if index == offset { return offsetTerm }
     if index < offset || index > lastIndex { return nil }
     return entries[Int(index - offset - 1)].term
+  }
+
+  /// The index of the newest membership entry at or before `index` (and after the compaction point).
+  func lastMembershipIndex(atOrBefore index: LogIndex) -> LogIndex? {
+    guard index > offset else { return nil }
+    var i = Int(min(index, lastIndex) - offset) - 1
+    while i >= 0 {
+      if entries[i].kind == .membership { return entries[i].index }
+      i -= 1
+    }
+    return nil
   }
 
   func entry(at index: LogIndex) -> LogEntry? {

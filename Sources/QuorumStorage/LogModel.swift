@@ -211,7 +211,7 @@ struct EntryLog<Entry: StorableEntry>: ~Copyable, @unchecked Sendable {
     positions.removeAll()
     return [Entry](unsafeUninitializedCapacity: taken) { destination, initialized in
       // The capacity is `taken` > 0, so the buffer has a base address.
-      destination.baseAddress!.moveInitialize(from: source, count: taken)
+      destination.baseAddress!.moveInitialize(from: source, count: taken)  // safe: capacity > 0
       initialized = taken
     }
   }

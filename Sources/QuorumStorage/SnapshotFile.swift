@@ -51,9 +51,9 @@ enum SnapshotFile {
     header.writeFixed64(discardBeforeSegment)
     header.writeFixed64(UInt64(snapshot.metadata.count))
     header.writeFixed64(UInt64(snapshot.data.count))
-    var crc = FastCRC32C.checksum(header.bytes[12...])
-    crc = FastCRC32C.checksum(snapshot.metadata, continuing: crc)
-    crc = FastCRC32C.checksum(snapshot.data, continuing: crc)
+    var crc = CRC32C.checksum(header.bytes[12...])
+    crc = CRC32C.checksum(snapshot.metadata, continuing: crc)
+    crc = CRC32C.checksum(snapshot.data, continuing: crc)
     header.patchFixed32(crc, at: 8)
 
     let file = try PosixFile.open(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC)
@@ -113,9 +113,9 @@ enum SnapshotFile {
       if metadata.count != Int(metadataLength) || data.count != Int(dataLength) {
         throw StorageError.corruptSnapshot(file: path, reason: "file shrank while being read")
       }
-      var crc = FastCRC32C.checksum(header[12...])
-      crc = FastCRC32C.checksum(metadata, continuing: crc)
-      crc = FastCRC32C.checksum(data, continuing: crc)
+      var crc = CRC32C.checksum(header[12...])
+      crc = CRC32C.checksum(metadata, continuing: crc)
+      crc = CRC32C.checksum(data, continuing: crc)
       if crc != storedCRC {
         throw StorageError.corruptSnapshot(file: path, reason: "CRC mismatch (stored \(storedCRC), computed \(crc))")
       }

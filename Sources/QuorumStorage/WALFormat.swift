@@ -43,7 +43,7 @@ enum WALFormat {
     if length > limit { throw .recordTooLarge(bytes: length, limit: limit) }
     writer.patchFixed32(UInt32(length), at: start + 4)
     let crc = writer.bytes.withUnsafeBytes { raw in
-      FastCRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[(start + 4)...]))
+      CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[(start + 4)...]))
     }
     writer.patchFixed32(crc, at: start)
   }
@@ -161,7 +161,7 @@ enum WALFormat {
       return .bad("partial record: \(length) payload bytes declared, \(available - headerBytes) present")
     }
     let end = offset + headerBytes + length
-    let actual = FastCRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[(offset + 4)..<end]))
+    let actual = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[(offset + 4)..<end]))
     if actual != crc { return .bad("CRC mismatch (stored \(crc), computed \(actual))") }
     return .record(type: type, payload: (offset + headerBytes)..<end)
   }
