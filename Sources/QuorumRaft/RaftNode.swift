@@ -188,15 +188,26 @@ public actor RaftNode<Machine: StateMachine> {
   public func run() async throws {
     precondition(!running, "RaftNode.run() called twice")
     running = true
-    try configuration.validate()
-    try await recover()
-    logger.notice(
-      "started",
-      [
-        "term": "\(core.term)", "last": "\(core.lastIndex)",
-        "members": "\(core.membership.description)",
-      ])
     defer { eventSink.yield(.stopped) }
+    do {
+      try configuration.validate()
+      try await recover()
+      logger.notice(
+        "started",
+        ["term": "\(core.term)", "last": "\(core.lastIndex)", "members": "\(core.membership.description)"])
+      try await runLoopWithTicker()
+    } catch {
+      // Invalid configuration, failed recovery or a failed write stops the node; nobody may be left waiting.
+      logger.error("stopping after an error: \(error)")
+      await endpoint.close()
+      failAll(ConsensusError.stopped)
+      throw error
+    }
+    await endpoint.close()
+    failAll(ConsensusError.stopped)
+  }
+
+  private func runLoopWithTicker() async throws {
     try await withThrowingTaskGroup(of: Void.self) { group in
       let inputs = self.inputs
       let tick = configuration.tickInterval
@@ -213,8 +224,6 @@ public actor RaftNode<Machine: StateMachine> {
       defer { group.cancelAll() }
       try await loop()
     }
-    await endpoint.close()
-    failAll(ConsensusError.stopped)
   }
 
   /// Asks the node to stop: ``run()`` finishes the write in progress and returns.

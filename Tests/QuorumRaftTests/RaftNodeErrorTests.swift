@@ -2,6 +2,7 @@ import QuorumCore
 import QuorumKV
 import QuorumRaft
 import QuorumStorage
+import Synchronization
 import Testing
 
 @Suite("RaftNode error paths and the key-value client", .timeLimit(.minutes(2)))
@@ -142,5 +143,47 @@ struct RaftNodeErrorTests {
     let scanned = try await client.scan(prefix: "count")
     #expect(scanned.map(\.key) == ["counter"])
     await cluster.stopAll()
+  }
+}
+
+/// Memory storage whose writes start failing on demand, like a disk that fills up.
+final class FailingStorage: ConsensusStorage, Sendable {
+  let inner = MemoryStorage<LogEntry>()
+  let failing = Synchronization.Atomic<Bool>(false)
+
+  func recover() async throws -> RecoveredState<LogEntry> { try await inner.recover() }
+  func write(_ write: StorageWrite<LogEntry>) async throws {
+    if failing.load(ordering: .relaxed) { throw StorageError.io(operation: "write", path: "test", errno: 28) }
+    try await inner.write(write)
+  }
+  func saveSnapshot(_ snapshot: StoredSnapshot, discardingLog: Bool) async throws {
+    try await inner.saveSnapshot(snapshot, discardingLog: discardingLog)
+  }
+  func compact(through index: UInt64) async throws { try await inner.compact(through: index) }
+  func close() async throws { try await inner.close() }
+}
+
+extension RaftNodeErrorTests {
+  @Test("a failing disk stops the node: run() throws and no request is left waiting")
+  func storageFailureStopsNode() async throws {
+    let storage = FailingStorage()
+    let transport = InProcessTransport<RaftMessage>()
+    let node = RaftNode(
+      id: 1, configuration: try LiveCluster.fast(members: [1]), endpoint: try transport.bind(1), storage: storage,
+      machine: KVStore(), logger: QuorumLogger(label: "test", sink: NullLogSink()))
+    let running = Task { try await node.run() }
+    let deadline = ContinuousClock.now.advanced(by: .seconds(10))
+    while await node.status.role != .leader, ContinuousClock.now < deadline {
+      try await Task.sleep(for: .milliseconds(2))
+    }
+    _ = try await node.propose(.put(key: "ok", value: [1]))
+    storage.failing.store(true, ordering: .relaxed)
+    await #expect(throws: ConsensusError.stopped) { _ = try await node.propose(.put(key: "lost", value: [2])) }
+    let outcome = await running.result
+    guard case .failure(let error) = outcome, case .io(_, _, 28)? = error as? StorageError else {
+      Issue.record("run() should rethrow the storage error, got \(outcome)")
+      return
+    }
+    await #expect(throws: ConsensusError.stopped) { _ = try await node.propose(.put(key: "after", value: [3])) }
   }
 }
