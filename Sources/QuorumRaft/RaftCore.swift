@@ -659,7 +659,9 @@ public struct RaftCore: Sendable {
     let snapshot = RaftSnapshot(
       index: incoming.index, term: incoming.term, membership: incoming.membership, data: incoming.data)
     restore(snapshot)
-    send(from, .appendResponse(AppendResponse(term: term, reject: false, index: log.lastIndex)))
+    // Acknowledge the snapshot's index only: entries kept after it may be a deposed leader's, which the
+    // snapshot does not vouch for (etcd-io/raft answers the same way). The leader probes onwards from there.
+    send(from, .appendResponse(AppendResponse(term: term, reject: false, index: snapshot.index)))
   }
 
   private mutating func restore(_ snapshot: RaftSnapshot) {

@@ -1,0 +1,55 @@
+import QuorumCore
+import Testing
+
+@testable import QuorumRaft
+
+/// Delivers messages between the given cores until none is left (messages to other nodes are dropped).
+private func exchange(_ nodes: inout [NodeID: RaftCore], _ first: [RaftOutgoing], from origin: NodeID) {
+  var queue = first.map { (from: origin, out: $0) }
+  var steps = 0
+  while !queue.isEmpty && steps < 10_000 {
+    steps += 1
+    let (from, out) = queue.removeFirst()
+    guard nodes[out.to] != nil else { continue }
+    nodes[out.to]!.step(out.message, from: from)
+    for reply in nodes[out.to]!.readMessages() { queue.append((out.to, reply)) }
+  }
+}
+
+@Suite("Review regressions")
+struct ReviewRegressionTests {
+  @Test("a follower that keeps its log after installing a snapshot acknowledges only the snapshot's index (§7)")
+  func snapshotKeepingLogDoesNotOverclaim() {
+    let members = Membership(voters: Set(ids(3)))
+    // The leader (2) compacted through 5; after 5 its log holds its own term-3 entries.
+    var leader = makeCore(
+      2, peers: ids(3), hardState: HardState(term: 3, commit: 8),
+      entries: (6...8).map { LogEntry(index: $0, term: 3, data: [UInt8($0)]) },
+      snapshot: RaftSnapshot(index: 5, term: 1, membership: members, data: [5]))
+    // Follower 1 agrees through 5, then holds entries of a deposed term-2 leader that were never committed.
+    var follower = makeCore(
+      1, peers: ids(3), hardState: HardState(term: 2, commit: 3), entries: log(terms: [1, 1, 1, 1, 1, 2, 2, 2, 2, 2]))
+    leader.forceLeader()  // term 4, no-op at 9
+    #expect(leader.role == .leader && leader.lastIndex == 9)
+    // An acknowledgement of index 3 (the follower's answer to any AppendEntries below its commit index) sends
+    // the leader below its compaction point, so it sends its snapshot at 5, which matches the follower's log.
+    follower.step(.heartbeat(Heartbeat(term: leader.term, commit: 0, round: 0)), from: 2)
+    _ = follower.readMessages()
+    leader.step(.appendResponse(AppendResponse(term: leader.term, reject: false, index: 3)), from: 1)
+    var nodes: [NodeID: RaftCore] = [1: follower, 2: leader]
+    exchange(&nodes, nodes[2]!.readMessages(), from: 2)
+    leader = nodes[2]!
+    follower = nodes[1]!
+    let match = leader.peerProgress[1]?.match ?? 0
+    #expect(match <= leader.lastIndex, "match \(match) beyond the leader's last index \(leader.lastIndex)")
+    for index in stride(from: 6, through: min(match, leader.lastIndex), by: 1) {
+      #expect(
+        follower.term(at: index) == leader.term(at: index),
+        "the leader counts the follower as holding \(index), but its entry there is from another term")
+    }
+    #expect(
+      leader.commitIndex < 9 || follower.term(at: 9) == leader.term(at: 9),
+      "index 9 committed while only the leader holds it")
+    #expect(follower.lastIndex == 9 && follower.term(at: 9) == leader.term, "the leader repairs the follower's log")
+  }
+}
