@@ -104,7 +104,7 @@ public struct RaftReady: Sendable {
   /// Whether installing ``snapshot`` discarded the whole log (the log disagreed with it at its index);
   /// otherwise entries after the snapshot's index were kept.
   public var snapshotDiscardsLog = false
-  /// Messages that may be sent before persisting.
+  /// Messages that may be sent before persisting (empty when this ready changes the term or vote).
   public var eagerMessages: [RaftOutgoing] = []
   /// Messages to send after persisting.
   public var messages: [RaftOutgoing] = []
@@ -1091,7 +1091,8 @@ public struct RaftCore: Sendable {
     // (it is recomputed after a restart), so it only rides along with other writes instead of costing a
     // sync of its own.
     let hs = hardState
-    if hs.term != lastHardState.term || hs.vote != lastHardState.vote
+    let termOrVoteChanged = hs.term != lastHardState.term || hs.vote != lastHardState.vote
+    if termOrVoteChanged
       || (hs.commit != lastHardState.commit && (!ready.entries.isEmpty || ready.snapshot != nil))
     {
       ready.hardState = hs
@@ -1102,8 +1103,15 @@ public struct RaftCore: Sendable {
       ready.softState = ss
       lastSoftState = ss
     }
-    ready.eagerMessages = eagerOutbox
-    ready.messages = outbox
+    if termOrVoteChanged {
+      // A leader elected within this ready (a single voter wins at once) has no durable term yet: its
+      // replication waits for the write like every other message. Otherwise a crash before the write lets it
+      // win the same term again and send different entries under the same index and term.
+      ready.messages = eagerOutbox + outbox
+    } else {
+      ready.eagerMessages = eagerOutbox
+      ready.messages = outbox
+    }
     eagerOutbox = []
     outbox = []
     ready.committedEntries = log.takeCommitted(maxBytes: options.maxApplyBytesPerBatch)

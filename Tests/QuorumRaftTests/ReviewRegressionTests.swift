@@ -52,4 +52,32 @@ struct ReviewRegressionTests {
       "index 9 committed while only the leader holds it")
     #expect(follower.lastIndex == 9 && follower.term(at: 9) == leader.term, "the leader repairs the follower's log")
   }
+
+  @Test("a leader elected in the same ready as its term change sends nothing before that term is durable")
+  func singleVoterLeaderWaitsForDurableTerm() {
+    let durable = (hardState: HardState(term: 1, commit: 1), entries: log(terms: [1]))
+    var learner = makeCore(2, peers: [1], hardState: durable.hardState, entries: durable.entries, learners: [2])
+    // Incarnation A of the only voter wins at once, proposes X, sends eagerly, and crashes before its write.
+    var a = makeCore(1, peers: [1], hardState: durable.hardState, entries: durable.entries, learners: [2])
+    a.campaign()
+    _ = try? a.propose(Array("X".utf8))
+    let rdA = a.ready()
+    #expect(rdA.hardState?.term == 2)
+    #expect(rdA.eagerMessages.isEmpty, "messages of term 2 may be sent only once term 2 is durable")
+    for m in rdA.eagerMessages where m.to == 2 { learner.step(m.message, from: 1) }
+    _ = learner.readMessages()
+    // Incarnation B restarts from the durable state, wins term 2 again and proposes Y at the same index.
+    var b = makeCore(1, peers: [1], hardState: durable.hardState, entries: durable.entries, learners: [2])
+    b.campaign()
+    _ = try? b.propose(Array("Y".utf8))
+    var nodes: [NodeID: RaftCore] = [2: learner, 1: b]
+    for _ in 0..<3 {
+      exchange(&nodes, nodes[1]!.readMessages(), from: 1)
+      nodes[1]!.tick()
+    }
+    b = nodes[1]!
+    learner = nodes[2]!
+    #expect(b.term == 2 && b.commitIndex == 3)
+    #expect(learner.entry(at: 3) == b.entry(at: 3), "the learner kept incarnation A's entry at 3@2")
+  }
 }
