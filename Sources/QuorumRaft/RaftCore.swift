@@ -206,6 +206,9 @@ public struct RaftCore: Sendable {
   private var readsAwaitingCommit: [UInt64] = []
   private var roundSentAt = FIFOQueue<(round: UInt64, at: UInt64)>()
   private var leaseStart: UInt64?
+  /// A transfer was started in this term: its TimeoutNow may still arrive (the network may delay it without
+  /// bound) and elect the target past every voter's lease, so this leader serves no lease read until the term ends.
+  private var leaseForfeited = false
   private var now: UInt64 = 0
 
   // A snapshot being received in chunks.
@@ -460,6 +463,7 @@ public struct RaftCore: Sendable {
     transferee = nil
     progress = [:]
     leaseStart = nil
+    leaseForfeited = false
     roundSentAt.removeAll()
     failPendingReads()
     needsBroadcast = false
@@ -978,6 +982,7 @@ public struct RaftCore: Sendable {
     transferee = target
     electionElapsed = 0
     leaseStart = nil  // The target will win without waiting for our lease: stop serving lease reads now.
+    leaseForfeited = true
     if progress[target]?.match == log.lastIndex {
       send(target, .timeoutNow(term: term))
     } else {
@@ -1022,7 +1027,7 @@ public struct RaftCore: Sendable {
     }
     while let sent = roundSentAt.first, sent.round <= acked {
       _ = roundSentAt.popFirst()
-      if transferee == nil { leaseStart = max(leaseStart ?? 0, sent.at) }
+      if !leaseForfeited { leaseStart = max(leaseStart ?? 0, sent.at) }
     }
   }
 
@@ -1033,7 +1038,7 @@ public struct RaftCore: Sendable {
   /// until ``RaftCoreOptions/leaseDurationNanos`` later (which the configuration keeps below that timeout by
   /// the clock-drift bound).
   public func leaseReadIndex(now: UInt64) -> LogIndex? {
-    guard role == .leader, transferee == nil, hasCommittedInCurrentTerm else { return nil }
+    guard role == .leader, transferee == nil, !leaseForfeited, hasCommittedInCurrentTerm else { return nil }
     if membership.allVoters == [id] { return log.committed }
     guard options.leaseDurationNanos > 0, options.checkQuorum, let start = leaseStart else { return nil }
     return now < start &+ options.leaseDurationNanos ? log.committed : nil

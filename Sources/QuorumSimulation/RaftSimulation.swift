@@ -492,21 +492,20 @@ public final class RaftSimulation {
           acknowledgedThrough: request.acknowledged, body: .command(command)))
     case .read(let key, let consistency):
       switch consistency {
-      case .linearizable:
+      case .linearizable, .lease:
+        // As RaftNode does: a lease read is served from the lease when it is valid, otherwise by ReadIndex.
+        if consistency == .lease, let index = node.core.leaseReadIndex(now: now.nanoseconds) {
+          node.waitingReads.append(
+            WaitingRead(index: index, client: request.client, attempt: request.attempt, key: key))
+          answerReads(node)
+          return
+        }
         nextReadID += 1
         do {
           try node.core.requestRead(id: nextReadID)
           node.reads[nextReadID] = WaitingRead(index: 0, client: request.client, attempt: request.attempt, key: key)
         } catch {
           reply(request.client, request.attempt, .redirect(node.core.leader))
-        }
-      case .lease:
-        if let index = node.core.leaseReadIndex(now: now.nanoseconds) {
-          node.waitingReads.append(
-            WaitingRead(index: index, client: request.client, attempt: request.attempt, key: key))
-          answerReads(node)
-        } else {
-          reply(request.client, request.attempt, node.core.role == .leader ? .retry : .redirect(node.core.leader))
         }
       case .stale:
         reply(request.client, request.attempt, .read(node.machine.machine.value(key)))

@@ -80,4 +80,34 @@ struct ReviewRegressionTests {
     #expect(b.term == 2 && b.commitIndex == 3)
     #expect(learner.entry(at: 3) == b.entry(at: 3), "the learner kept incarnation A's entry at 3@2")
   }
+
+  @Test("a TimeoutNow delivered after its transfer was aborted cannot elect a leader during the old leader's lease")
+  func abortedTransferEndsLeasesForTheTerm() {
+    var o = RaftCoreOptions.defaults
+    o.leaseDurationNanos = 1_000_000
+    var c = TestCluster(3, options: o)
+    c.campaign(1)
+    try? c.nodes[1]!.transferLeadership(to: 2)  // 2 is up to date: TimeoutNow goes out at once
+    c.process(1)
+    let timeoutNow = c.queue.filter { if case .timeoutNow = $0.message { return true } else { return false } }
+    #expect(timeoutNow.count == 1)
+    c.queue.removeAll { if case .timeoutNow = $0.message { return true } else { return false } }  // delayed
+    var now: UInt64 = 0
+    for _ in 0..<o.electionTimeoutMinTicks {  // the transfer is aborted
+      now += 1_000
+      c.nodes[1]!.tick(now: now)
+      c.stabilize()
+    }
+    #expect(c[1].role == .leader && c[1].transferee == nil)
+    let oldCommit = c[1].commitIndex
+    // The delayed TimeoutNow arrives; node 1 hears nothing more.
+    c.isolate(1)
+    for m in timeoutNow { c.nodes[2]!.step(m.message, from: 1) }
+    c.stabilize()
+    c.propose(2, "written after")
+    #expect(c[2].role == .leader && c[2].commitIndex > oldCommit)
+    #expect(
+      c[1].leaseReadIndex(now: now + 1) == nil,
+      "node 1 would serve a lease read at \(oldCommit) while \(c[2].commitIndex) is committed")
+  }
 }
