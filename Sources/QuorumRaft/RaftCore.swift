@@ -209,6 +209,9 @@ public struct RaftCore: Sendable {
   /// A transfer was started in this term: its TimeoutNow may still arrive (the network may delay it without
   /// bound) and elect the target past every voter's lease, so this leader serves no lease read until the term ends.
   private var leaseForfeited = false
+  /// Restarted from durable state: before the crash this node may have acknowledged a heartbeat that started a
+  /// leader's lease, so it refuses votes for a minimum election timeout as if it had just heard from that leader.
+  private var restartedRecently = false
   private var now: UInt64 = 0
 
   // A snapshot being received in chunks.
@@ -256,6 +259,7 @@ public struct RaftCore: Sendable {
     self.membership = membership
     self.lastHardState = HardState(term: hardState.term, vote: hardState.vote, commit: log.committed)
     self.lastSoftState = SoftState(role: .follower, leader: nil, term: hardState.term)
+    self.restartedRecently = hardState.term > 0
     recomputeMembership()
     resetRandomizedElectionTimeout()
   }
@@ -340,6 +344,7 @@ public struct RaftCore: Sendable {
 
   private mutating func tickElection() {
     electionElapsed += 1
+    if electionElapsed >= options.electionTimeoutMinTicks { restartedRecently = false }
     if incomingSnapshot != nil, electionElapsed >= options.electionTimeoutMinTicks * 4 {
       incomingSnapshot = nil  // The leader stopped sending it; free the memory.
     }
@@ -392,7 +397,9 @@ public struct RaftCore: Sendable {
     if msgTerm > term {
       switch message {
       case .requestVote(let m):
-        let inLease = options.checkQuorum && leader != nil && electionElapsed < options.electionTimeoutMinTicks
+        let inLease =
+          options.checkQuorum && (leader != nil || restartedRecently)
+          && electionElapsed < options.electionTimeoutMinTicks
         if !m.transfer && inLease { return }  // Thesis §4.2.3: ignore disruptive votes while a leader is alive.
         if m.preVote { break }  // Pre-votes never change our term.
         becomeFollower(term: msgTerm, leader: nil)
@@ -464,6 +471,7 @@ public struct RaftCore: Sendable {
     progress = [:]
     leaseStart = nil
     leaseForfeited = false
+    restartedRecently = false
     roundSentAt.removeAll()
     failPendingReads()
     needsBroadcast = false

@@ -37,6 +37,8 @@ struct PreVoteCheckQuorumTests {
   @Test("a pre-vote from a node with a stale log is refused")
   func preVoteRejectsStaleLog() {
     var r = makeCore(1, peers: ids(3), options: .defaults, hardState: HardState(term: 2), entries: log(terms: [1, 2]))
+    r.tick(RaftCoreOptions.defaults.electionTimeoutMinTicks)  // a restarted node answers votes only after this
+    _ = r.readMessages()
     r.step(
       .requestVote(RequestVote(term: 3, lastLogIndex: 1, lastLogTerm: 1, preVote: true, transfer: false)), from: 2)
     guard case .voteResponse(let resp) = r.readMessages().first?.message else {

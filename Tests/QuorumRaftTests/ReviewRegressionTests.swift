@@ -110,4 +110,23 @@ struct ReviewRegressionTests {
       c[1].leaseReadIndex(now: now + 1) == nil,
       "node 1 would serve a lease read at \(oldCommit) while \(c[2].commitIndex) is committed")
   }
+
+  @Test("a follower that restarts does not vote for a minimum election timeout, so leases survive its restart")
+  func restartedFollowerHonoursLeases() {
+    var o = RaftCoreOptions.defaults
+    o.leaseDurationNanos = 1_000_000
+    var c = TestCluster(3, options: o)
+    c.campaign(1)
+    c.cut = [[1, 3], [3, 1]]  // 3 stops hearing from the leader
+    c.nodes[1]!.tick(now: 1_000)
+    c.stabilize()  // a heartbeat round acknowledged by 2: the lease starts
+    #expect(c[1].leaseReadIndex(now: 2_000) != nil)
+    c.restart(2)  // 2 crashes and comes straight back
+    c.nodes[3]!.campaign()  // 3's election timeout has expired
+    c.stabilize()
+    c.propose(3, "written after")
+    #expect(
+      c[3].role != .leader || c[1].leaseReadIndex(now: 2_000) == nil,
+      "3 leads term \(c[3].term) while 1 still holds its lease")
+  }
 }
