@@ -288,8 +288,15 @@ public actor RaftNode<Machine: StateMachine> {
       }
       let now = clock.now
       batchWallMillis = wallClockMillis()
+      // Ticks first: the two mailboxes do not say which came first, and ticks that queued while a write was
+      // in progress must not count against a leader's heartbeat in this batch. A follower counting them after
+      // it would stop refusing votes too early, and the leader's lease rests on that refusal.
+      for input in batch { if case .tick = input { handle(input, now: now) } }
       for envelope in messages { core.step(envelope.payload, from: envelope.from) }
-      for input in batch { handle(input, now: now) }
+      for input in batch {
+        if case .tick = input { continue }
+        handle(input, now: now)
+      }
       messages.removeAll(keepingCapacity: true)
       batch.removeAll(keepingCapacity: true)
       try await drainReady()
