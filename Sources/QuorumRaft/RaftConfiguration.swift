@@ -52,7 +52,8 @@ public struct RaftConfiguration: Sendable, Equatable {
   /// Whether lease reads are served without a round trip; otherwise a lease read falls back to ReadIndex.
   public var leaseReads = true
   /// The most the clocks of two nodes may drift apart over one election timeout. The lease lasts the
-  /// minimum election timeout minus this bound.
+  /// minimum election timeout less one tick (a follower counts whole ticks from a heartbeat, and the first may
+  /// come at once), minus this bound.
   public var clockDriftBound: Duration = .milliseconds(15)
   /// Take a snapshot after this many applied entries (0 disables automatic snapshots).
   public var snapshotEvery = 10_000
@@ -96,6 +97,10 @@ public struct RaftConfiguration: Sendable, Equatable {
     Int((d / tickInterval).rounded(.down))
   }
 
+  /// The shortest time a follower surely refuses votes after a heartbeat: it counts whole ticks and the
+  /// first may come at once, so (minimum election timeout in ticks − 1) ticks.
+  private var leaseBase: Duration { tickInterval * max(0, ticks(electionTimeout.lowerBound) - 1) }
+
   /// Checks every setting and their relations.
   public func validate() throws(ConfigurationError) {
     func fail(_ setting: String, _ reason: String) -> ConfigurationError {
@@ -133,8 +138,10 @@ public struct RaftConfiguration: Sendable, Equatable {
     }
     if leaseReads {
       guard checkQuorum else { throw fail("LeaseReads", "lease reads need CheckQuorum(true)") }
-      guard clockDriftBound >= .zero, clockDriftBound < electionTimeout.lowerBound else {
-        throw fail("LeaseReads", "the clock-drift bound must be between 0 and the minimum election timeout")
+      guard clockDriftBound >= .zero, clockDriftBound < leaseBase else {
+        throw fail(
+          "LeaseReads",
+          "the clock-drift bound must be between 0 and the minimum election timeout less one tick (\(leaseBase))")
       }
     }
     let positives: [(String, Int)] = [
@@ -166,7 +173,7 @@ public struct RaftConfiguration: Sendable, Equatable {
     o.snapshotChunkBytes = snapshotChunkBytes
     o.maxSnapshotBytes = maxSnapshotBytes
     if leaseReads {
-      let lease = electionTimeout.lowerBound - clockDriftBound
+      let lease = leaseBase - clockDriftBound
       o.leaseDurationNanos =
         UInt64(max(0, lease.components.seconds)) * 1_000_000_000
         + UInt64(max(0, lease.components.attoseconds / 1_000_000_000))

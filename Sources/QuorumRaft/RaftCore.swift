@@ -43,8 +43,9 @@ public struct RaftCoreOptions: Sendable, Equatable {
   /// The largest snapshot a follower accepts.
   public var maxSnapshotBytes: Int = 1 << 30
   /// How long a leader may serve lease reads after a quorum acknowledged a heartbeat, in the time units of
-  /// `now` (nanoseconds in the node shell). 0 disables lease reads. Must be below the minimum election
-  /// timeout by the clock-drift bound; ``RaftConfiguration`` computes it.
+  /// `now` (nanoseconds in the node shell). 0 disables lease reads. Must be below `electionTimeoutMinTicks - 1`
+  /// ticks by the clock-drift bound (a follower's first tick after a heartbeat may come at once);
+  /// ``RaftConfiguration`` computes it.
   public var leaseDurationNanos: UInt64 = 0
 
   /// Default options: 10–20 tick elections, a heartbeat every tick, pre-vote and check-quorum on.
@@ -1043,8 +1044,8 @@ public struct RaftCore: Sendable {
   ///
   /// The lease starts when the leader sent a heartbeat round that a quorum acknowledged; followers refuse
   /// to vote for anyone else for a minimum election timeout after hearing it, so no other leader can exist
-  /// until ``RaftCoreOptions/leaseDurationNanos`` later (which the configuration keeps below that timeout by
-  /// the clock-drift bound).
+  /// until ``RaftCoreOptions/leaseDurationNanos`` later (which the configuration keeps below that timeout,
+  /// less one tick, by the clock-drift bound).
   public func leaseReadIndex(now: UInt64) -> LogIndex? {
     guard role == .leader, transferee == nil, !leaseForfeited, hasCommittedInCurrentTerm else { return nil }
     if membership.allVoters == [id] { return log.committed }

@@ -73,7 +73,7 @@ public struct RaftSimulationOptions: Sendable {
     o.maxEntriesBytesPerMessage = 256
     o.maxInflightMessages = 8
     o.snapshotChunkBytes = 128
-    o.leaseDurationNanos = 10 * 10_000_000 * 9 / 10  // 90% of the minimum election timeout
+    o.leaseDurationNanos = (10 - 1) * 10_000_000  // (minimum election timeout - 1) ticks; no clock drift
     return o
   }()
 

@@ -310,7 +310,7 @@ struct RaftConfigurationTests {
     #expect(c.coreOptions.electionTimeoutMinTicks == 15)
     #expect(c.coreOptions.electionTimeoutMaxTicks == 30)
     #expect(c.coreOptions.heartbeatTicks == 5)
-    #expect(c.coreOptions.leaseDurationNanos == 135_000_000)
+    #expect(c.coreOptions.leaseDurationNanos == 125_000_000)  // 15 ticks - 1, minus the 15 ms drift bound
   }
 
   @Test("each invalid setting is named in the error")
