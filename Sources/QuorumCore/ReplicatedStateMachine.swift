@@ -197,8 +197,11 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
   }
 
   private mutating func expireIdleSessions() {
-    // Scan at most every tenth of the timeout: the table can be large and most entries expire nothing.
-    guard logTimeMillis >= lastExpiryScanMillis + max(1, policy.timeoutMillis / 10) else { return }
+    // Scan at most every tenth of the timeout: the table can be large and most entries expire nothing. Scans
+    // happen at the first entry of each period of log time, so they depend only on the entries' timestamps:
+    // a replica restored from a snapshot scans at the same entries as one that applied the whole log.
+    let period = max(1, policy.timeoutMillis / 10)
+    guard logTimeMillis / period > lastExpiryScanMillis / period else { return }
     lastExpiryScanMillis = logTimeMillis
     guard logTimeMillis > policy.timeoutMillis else { return }
     let cutoff = logTimeMillis - policy.timeoutMillis

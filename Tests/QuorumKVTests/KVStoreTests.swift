@@ -166,4 +166,25 @@ struct SessionTests {
       return
     }
   }
+
+  @Test("a replica restored from a snapshot expires sessions at the same entries as one that applied the log")
+  func expiryIsDeterministicAcrossSnapshots() throws {
+    // Expiry scans run every tenth of the timeout (100 ms of log time here).
+    var applied = Machine(KVStore(), policy: SessionPolicy(timeoutMillis: 1000))
+    _ = applied.apply(ReplicatedCommand(timestampMillis: 500, body: .registerSession), at: 1)
+    _ = applied.apply(command(.put(key: "x", value: [1]), nil, at: 1450), at: 2)  // scans
+    _ = applied.apply(command(.put(key: "x", value: [2]), nil, at: 1520), at: 3)  // no scan yet
+    var restored = Machine(KVStore(), policy: SessionPolicy(timeoutMillis: 1000))
+    try restored.restore(from: applied.snapshot())
+    let later: [(ReplicatedCommand<KVCommand>, UInt64)] = [
+      (command(.put(key: "x", value: [3]), nil, at: 1555), 4),
+      (command(.put(key: "a", value: [1]), RequestID(session: 1, sequence: 1), at: 1556), 5),
+    ]
+    for (entry, index) in later {
+      let a = applied.apply(entry, at: index)
+      let b = restored.apply(entry, at: index)
+      #expect("\(a)" == "\(b)", "entry \(index): \(a) on the replica that applied the log, \(b) on the restored one")
+    }
+    #expect(applied.machine.value("a") == restored.machine.value("a"))
+  }
 }
