@@ -217,6 +217,8 @@ public struct RaftCore: Sendable {
 
   // A snapshot being received in chunks.
   private struct IncomingSnapshot: Sendable {
+    /// The term of the leader sending it: another leader's serialisation of the same state may differ.
+    var leaderTerm: Term
     var index: LogIndex
     var term: Term
     var membership: Membership
@@ -646,15 +648,19 @@ public struct RaftCore: Sendable {
       reply(0, reject: true)
       return
     }
-    if m.offset == 0 {
+    func isSame(_ incoming: IncomingSnapshot) -> Bool {
+      incoming.leaderTerm == m.term && incoming.index == m.index && incoming.term == m.snapshotTerm
+        && incoming.totalBytes == m.totalBytes
+    }
+    if m.offset == 0, !(incomingSnapshot.map(isSame) ?? false) {
+      // A new transfer (a repeated first chunk of the current one keeps what has arrived).
       var data: [UInt8] = []
       data.reserveCapacity(Int(m.totalBytes))
       incomingSnapshot = IncomingSnapshot(
-        index: m.index, term: m.snapshotTerm, membership: m.membership, totalBytes: m.totalBytes, data: data)
+        leaderTerm: m.term, index: m.index, term: m.snapshotTerm, membership: m.membership,
+        totalBytes: m.totalBytes, data: data)
     }
-    guard var incoming = incomingSnapshot, incoming.index == m.index, incoming.term == m.snapshotTerm,
-      incoming.totalBytes == m.totalBytes
-    else {
+    guard var incoming = incomingSnapshot, isSame(incoming) else {
       reply(0)
       return
     }

@@ -129,4 +129,21 @@ struct ReviewRegressionTests {
       c[3].role != .leader || c[1].leaseReadIndex(now: 2_000) == nil,
       "3 leads term \(c[3].term) while 1 still holds its lease")
   }
+
+  @Test("a snapshot transfer resumed by a new leader starts over rather than splicing two leaders' chunks")
+  func snapshotChunksFromDifferentLeadersAreNotSpliced() {
+    let members = Membership(voters: Set(ids(3)))
+    var r = makeCore(3, peers: ids(3), hardState: HardState(term: 2), entries: log(terms: [1]))
+    func chunk(term: Term, offset: UInt64, _ bytes: String) -> RaftMessage {
+      .installSnapshot(
+        InstallSnapshot(
+          term: term, index: 5, snapshotTerm: 1, membership: members, totalBytes: 8, offset: offset,
+          chunk: Array(bytes.utf8)))
+    }
+    // Leader 1 of term 2 and leader 2 of term 3 each serialised the state at index 5 in their own way.
+    r.step(chunk(term: 2, offset: 0, "AAAA"), from: 1)
+    r.step(chunk(term: 3, offset: 4, "bbbb"), from: 2)
+    let rd = r.persistReady()
+    #expect(rd.snapshot == nil, "installed \(String(decoding: rd.snapshot?.data ?? [], as: UTF8.self))")
+  }
 }
