@@ -854,6 +854,13 @@ public struct RaftCore: Sendable {
         progress[from] = pr
         return
       }
+      // One chunk at a time: follow the follower's progress, or its restart from 0. A duplicated or reordered
+      // answer would otherwise start another chain of chunks that lasts until the transfer ends; a lost
+      // chunk is resent by the stall timer.
+      guard m.nextOffset > pr.snapshotOffset || (m.nextOffset == 0 && pr.snapshotOffset > 0) else {
+        progress[from] = pr
+        return
+      }
       pr.snapshotOffset = m.nextOffset
       pr.snapshotIdleTicks = 0
       progress[from] = pr

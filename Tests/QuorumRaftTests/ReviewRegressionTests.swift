@@ -130,6 +130,38 @@ struct ReviewRegressionTests {
       "3 leads term \(c[3].term) while 1 still holds its lease")
   }
 
+  @Test("duplicated snapshot acknowledgements do not multiply the chunks in flight")
+  func duplicateSnapshotResponsesDoNotMultiplyChunks() {
+    var o = RaftCoreOptions.defaults
+    o.snapshotChunkBytes = 4
+    var c = TestCluster(3, options: o)
+    c.campaign(1)
+    c.isolate(3)
+    for i in 0..<5 { c.propose(1, "v\(i)") }
+    let data = [UInt8](repeating: 7, count: 80)  // 20 chunks
+    c.nodes[1]!.takeSnapshot(at: c[1].appliedIndex, data: data)
+    c.heal()
+    c.nodes[1]!.tick()  // a heartbeat; 3's answer sends it the snapshot
+    c.process(1)
+    var chunks = 0
+    var duplicated = 0
+    while let m = c.queue.first {
+      c.queue.removeFirst()
+      if case .installSnapshot = m.message { chunks += 1 }
+      var copies = 1
+      if case .snapshotResponse = m.message, duplicated < 3 {
+        duplicated += 1
+        copies = 2  // the network delivers this acknowledgement twice
+      }
+      for _ in 0..<copies {
+        c.nodes[m.to]?.step(m.message, from: m.from)
+        c.process(m.to)
+      }
+    }
+    #expect(c.durable[3]?.snapshot?.data == data)
+    #expect(chunks <= 20 + duplicated, "\(chunks) chunks sent for a 20-chunk snapshot")
+  }
+
   @Test("a snapshot transfer resumed by a new leader starts over rather than splicing two leaders' chunks")
   func snapshotChunksFromDifferentLeadersAreNotSpliced() {
     let members = Membership(voters: Set(ids(3)))
