@@ -665,6 +665,8 @@ public actor RaftNode<Machine: StateMachine> {
       try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<T, any Error>) in
         do throws(MailboxError) {
           try inputs.trySend(make(requestID, continuation))
+          // A cancellation that came before the request was queued sent its cancel ahead of it: send another.
+          if Task.isCancelled { try? inputs.trySend(.cancel(requestID)) }
         } catch .full {
           continuation.resume(throwing: ConsensusError.overloaded(limit: inputs.capacity))
         } catch {

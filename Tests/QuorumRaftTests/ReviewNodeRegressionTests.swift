@@ -135,4 +135,28 @@ struct ReviewNodeRegressionTests {
       #expect(lease + drift <= refusal, "drift \(drift): lease \(lease), refusal at least \(refusal)")
     }
   }
+
+  @Test("a request from a task cancelled before it was queued ends with CancellationError, not at its timeout")
+  func cancelledBeforeQueued() async throws {
+    let configuration = try LiveCluster.fast(members: [1, 2, 3]) { $0.requestTimeout = .seconds(30) }
+    let cluster = LiveCluster(configuration: configuration)
+    for id: NodeID in [1, 2, 3] { try await cluster.start(id) }
+    let leaderID = try await cluster.leader()
+    let leader = try #require(await cluster.node(leaderID))
+    cluster.transport.isolate(leaderID)  // nothing can commit, so only cancellation can end the request
+    let ended = Counter()
+    let task = Task {
+      withUnsafeCurrentTask { $0?.cancel() }
+      defer { ended.value.add(1, ordering: .relaxed) }
+      _ = try await leader.propose(.put(key: "k", value: [1]))
+    }
+    let deadline = ContinuousClock.now.advanced(by: .seconds(2))
+    while ended.value.load(ordering: .relaxed) == 0 && ContinuousClock.now < deadline {
+      try await Task.sleep(for: .milliseconds(10))
+    }
+    #expect(ended.value.load(ordering: .relaxed) == 1, "the cancelled request was still waiting after 2 s")
+    await cluster.stopAll()
+    let result = await task.result
+    if case .failure(let error) = result { #expect(error is CancellationError, "\(error)") }
+  }
 }
