@@ -353,7 +353,7 @@ public actor RaftNode<Machine: StateMachine> {
     case .transfer(let requestID, let target, let continuation):
       do {
         try core.transferLeadership(to: target)
-        if core.leader == target && core.role != .leader {
+        if target == id || (core.leader == target && core.role != .leader) {
           continuation.resume()
         } else {
           let timeout = configuration.electionTimeout.upperBound * 2

@@ -159,4 +159,16 @@ struct ReviewNodeRegressionTests {
     let result = await task.result
     if case .failure(let error) = result { #expect(error is CancellationError, "\(error)") }
   }
+
+  @Test("transferring leadership to the current leader succeeds at once")
+  func transferToSelf() async throws {
+    let cluster = LiveCluster(configuration: try LiveCluster.fast(members: [1, 2, 3]))
+    for id: NodeID in [1, 2, 3] { try await cluster.start(id) }
+    let leaderID = try await cluster.leader()
+    let leader = try #require(await cluster.node(leaderID))
+    let started = ContinuousClock.now
+    await #expect(throws: Never.self) { try await leader.transferLeadership(to: leaderID) }
+    #expect(ContinuousClock.now - started < .milliseconds(100))
+    await cluster.stopAll()
+  }
 }
