@@ -104,6 +104,9 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
   private struct Session: Sendable {
     var lastActiveMillis: UInt64
     var acknowledgedThrough: UInt64
+    /// Requests above ``acknowledgedThrough`` that were applied but whose responses the per-session bound
+    /// evicted. Kept so that an earlier request pipelined out of order is still applied exactly once.
+    var forgotten: Set<UInt64> = []
     var responses: [UInt64: Machine.Response]
   }
 
@@ -168,15 +171,16 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
       if command.acknowledgedThrough > session.acknowledgedThrough {
         session.acknowledgedThrough = command.acknowledgedThrough
         session.responses = session.responses.filter { $0.key > command.acknowledgedThrough }
+        session.forgotten = session.forgotten.filter { $0 > command.acknowledgedThrough }
       }
       if let remembered = session.responses[request.sequence] {
         sessions[request.session] = session
         return .duplicate(remembered)
       }
-      // Applied requests are exactly those with a remembered response or at or below the acknowledged mark
-      // (responses are only forgotten by acknowledgement or by the per-session bound, both of which raise
-      // the mark). A request pipelined out of order is still applied once, in the order it commits.
-      if request.sequence <= session.acknowledgedThrough {
+      // Applied requests are exactly those with a remembered response, those whose response the bound
+      // evicted (`forgotten`), and those at or below the acknowledged mark. A request pipelined out of order
+      // is still applied once, in the order it commits.
+      if request.sequence <= session.acknowledgedThrough || session.forgotten.contains(request.sequence) {
         sessions[request.session] = session
         return .responseForgotten(request)
       }
@@ -184,7 +188,15 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
       session.responses[request.sequence] = response
       if session.responses.count > policy.maxResponsesPerSession, let lowest = session.responses.keys.min() {
         session.responses[lowest] = nil
-        session.acknowledgedThrough = max(session.acknowledgedThrough, lowest)
+        session.forgotten.insert(lowest)
+        if session.forgotten.count > policy.maxResponsesPerSession, let oldest = session.forgotten.min() {
+          // Bounded memory for a client that never acknowledges: treat everything up to the oldest forgotten
+          // request as acknowledged. A never-applied request below it would then be refused (never applied
+          // twice), which only a client with that many requests outstanding can meet.
+          session.acknowledgedThrough = max(session.acknowledgedThrough, oldest)
+          session.forgotten = session.forgotten.filter { $0 > oldest }
+          session.responses = session.responses.filter { $0.key > oldest }
+        }
       }
       sessions[request.session] = session
       return .applied(response)
@@ -223,6 +235,7 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
       w.writeVarint(id)
       w.writeVarint(s.lastActiveMillis)
       w.writeVarint(s.acknowledgedThrough)
+      w.writeArray(s.forgotten.sorted())
       w.writeVarint(UInt64(s.responses.count))
       for seq in s.responses.keys.sorted() {
         w.writeVarint(seq)
@@ -246,6 +259,7 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
       let id = try r.readVarint()
       var s = Session(
         lastActiveMillis: try r.readVarint(), acknowledgedThrough: try r.readVarint(), responses: [:])
+      s.forgotten = Set(try r.readArray(UInt64.self))
       let n = try r.readCount()
       for _ in 0..<n {
         let seq = try r.readVarint()

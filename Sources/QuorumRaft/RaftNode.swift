@@ -343,12 +343,14 @@ public actor RaftNode<Machine: StateMachine> {
       }
       do {
         let index = try core.proposeMembership(change)
+        failOverwrittenWaiter(at: index)
+        failOverwrittenWaiter(at: index)
         proposals[index] = Pending(
           id: requestID, term: core.term, waiter: .membership(continuation),
           deadline: now.advanced(by: configuration.requestTimeout))
         proposalIndexByID[requestID] = index
       } catch {
-        continuation.resume(throwing: Self.translate(error))
+        continuation.resume(throwing: translate(error))
       }
     case .transfer(let requestID, let target, let continuation):
       do {
@@ -362,7 +364,7 @@ public actor RaftNode<Machine: StateMachine> {
               id: requestID, target: target, continuation: continuation, deadline: now.advanced(by: timeout)))
         }
       } catch {
-        continuation.resume(throwing: Self.translate(error))
+        continuation.resume(throwing: translate(error))
       }
     }
   }
@@ -382,11 +384,12 @@ public actor RaftNode<Machine: StateMachine> {
     }
     do {
       let (index, term) = try core.propose(bytes)
+      failOverwrittenWaiter(at: index)
       proposals[index] = Pending(
         id: requestID, term: term, waiter: waiter, deadline: now.advanced(by: configuration.requestTimeout))
       proposalIndexByID[requestID] = index
     } catch {
-      waiter.fail(Self.translate(error))
+      waiter.fail(translate(error))
     }
   }
 
@@ -419,18 +422,26 @@ public actor RaftNode<Machine: StateMachine> {
         reads[requestID] = PendingRead(
           id: requestID, query: query, continuation: continuation, index: 0, deadline: deadline)
       } catch {
-        continuation.resume(throwing: Self.translate(error))
+        continuation.resume(throwing: translate(error))
       }
     }
   }
 
-  private static func translate(_ error: RaftRequestError) -> ConsensusError {
+  private func translate(_ error: RaftRequestError) -> ConsensusError {
     switch error {
     case .notLeader(let hint): return .notLeader(hint: hint)
     case .transferInProgress: return .transferInProgress
-    case .overloaded: return .overloaded(limit: 0)
+    case .overloaded: return .overloaded(limit: configuration.maxUncommittedBytes)
     case .membershipChangeRejected(let why): return .membershipChangeRejected(why)
     }
+  }
+
+  /// A new proposal landed at an index an older, still-waiting proposal had (a deposed leader's entry that
+  /// was discarded before it was applied here): the older one is definitely not at that index any more.
+  private func failOverwrittenWaiter(at index: LogIndex) {
+    guard let old = proposals.removeValue(forKey: index) else { return }
+    proposalIndexByID[old.id] = nil
+    old.waiter.fail(ConsensusError.dropped)
   }
 
   private func cancelRequest(_ requestID: UInt64) {

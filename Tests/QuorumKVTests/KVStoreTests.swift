@@ -188,3 +188,27 @@ struct SessionTests {
     #expect(applied.machine.value("a") == restored.machine.value("a"))
   }
 }
+
+extension SessionTests {
+  @Test("a request pipelined out of order is applied once even after the bound evicted later responses")
+  func pipelinedOutOfOrderAfterEviction() {
+    var m = Machine(KVStore(), policy: SessionPolicy(maxResponsesPerSession: 2))
+    _ = m.apply(ReplicatedCommand(timestampMillis: 0, body: .registerSession), at: 1)
+    for (i, seq) in [UInt64(2), 3, 4].enumerated() {
+      _ = m.apply(command(.put(key: "k\(seq)", value: [1]), RequestID(session: 1, sequence: seq)), at: UInt64(2 + i))
+    }
+    // Request 2's response was evicted; request 1 was never applied and must be now.
+    guard case .applied = m.apply(command(.put(key: "k1", value: [1]), RequestID(session: 1, sequence: 1)), at: 5)
+    else {
+      Issue.record("request 1 was refused although it was never applied")
+      return
+    }
+    guard
+      case .responseForgotten = m.apply(command(.put(key: "k2", value: [9]), RequestID(session: 1, sequence: 2)), at: 6)
+    else {
+      Issue.record("request 2 must not be applied twice")
+      return
+    }
+    #expect(m.machine.value("k2") == [1])
+  }
+}
