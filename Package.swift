@@ -17,6 +17,7 @@ let package = Package(
     .library(name: "QuorumSimulation", targets: ["QuorumSimulation"]),
     .library(name: "QuorumRaft", targets: ["QuorumRaft"]),
     .library(name: "QuorumKV", targets: ["QuorumKV"]),
+    .library(name: "QuorumTCP", targets: ["QuorumTCP"]),
     .executable(name: "quorum", targets: ["QuorumCLI"]),
     .executable(name: "quorum-bench", targets: ["QuorumBench"]),
   ],
@@ -25,6 +26,9 @@ let package = Package(
     .target(name: "QuorumStorage", dependencies: ["QuorumCore"], swiftSettings: settings),
     .target(name: "QuorumRaft", dependencies: ["QuorumCore", "QuorumStorage"], swiftSettings: settings),
     .target(name: "QuorumKV", dependencies: ["QuorumCore"], swiftSettings: settings),
+    // Exposes epoll, eventfd and accept4, which Glibc does not export, plus small socket wrappers.
+    .target(name: "CQuorumSystem"),
+    .target(name: "QuorumTCP", dependencies: ["QuorumCore", "CQuorumSystem"], swiftSettings: settings),
     .target(
       name: "QuorumSimulation", dependencies: ["QuorumCore", "QuorumRaft", "QuorumKV"], swiftSettings: settings),
     .executableTarget(
@@ -46,6 +50,9 @@ let package = Package(
       name: "QuorumRaftTests", dependencies: ["QuorumRaft", "QuorumCore", "QuorumSimulation"], swiftSettings: settings),
     .testTarget(name: "QuorumKVTests", dependencies: ["QuorumKV", "QuorumCore"], swiftSettings: settings),
     .testTarget(name: "QuorumStorageTests", dependencies: ["QuorumStorage", "QuorumCore"], swiftSettings: settings),
+    .testTarget(
+      name: "QuorumTCPTests", dependencies: ["QuorumTCP", "QuorumCore", "QuorumSimulation", "CQuorumSystem"],
+      swiftSettings: settings),
     .testTarget(
       name: "QuorumSimulationTests", dependencies: ["QuorumSimulation", "QuorumCore"], swiftSettings: settings),
   ]
