@@ -70,6 +70,7 @@ public final class TCPTransport<Message: WireCodable & Sendable>: Transport, Sen
   /// - Throws: ``TCPTransportError/addressInUse(_:)`` if the port is taken,
   ///   ``TCPTransportError/alreadyBound(_:)``, or ``TCPTransportError/system(operation:address:errno:)``.
   public func bind(_ node: NodeID) async throws(TCPTransportError) -> TCPEndpoint<Message> {
+    if endpoints.withLock({ $0[node] != nil }) { throw .alreadyBound(node) }
     let wanted: TCPAddress
     if let configured = environment.address(of: node) {
       wanted = configured
