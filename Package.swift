@@ -18,6 +18,7 @@ let package = Package(
     .library(name: "QuorumRaft", targets: ["QuorumRaft"]),
     .library(name: "QuorumKV", targets: ["QuorumKV"]),
     .library(name: "QuorumTCP", targets: ["QuorumTCP"]),
+    .library(name: "Quorum", targets: ["Quorum"]),
     .executable(name: "quorum", targets: ["QuorumCLI"]),
     .executable(name: "quorum-bench", targets: ["QuorumBench"]),
   ],
@@ -29,6 +30,9 @@ let package = Package(
     // Exposes epoll, eventfd and accept4, which Glibc does not export, plus small socket wrappers.
     .target(name: "CQuorumSystem"),
     .target(name: "QuorumTCP", dependencies: ["QuorumCore", "CQuorumSystem"], swiftSettings: settings),
+    .target(
+      name: "Quorum", dependencies: ["QuorumCore", "QuorumStorage", "QuorumRaft", "QuorumKV", "QuorumTCP"],
+      swiftSettings: settings),
     .target(
       name: "QuorumSimulation", dependencies: ["QuorumCore", "QuorumRaft", "QuorumKV"], swiftSettings: settings),
     .executableTarget(
@@ -53,6 +57,7 @@ let package = Package(
     .testTarget(
       name: "QuorumTCPTests", dependencies: ["QuorumTCP", "QuorumCore", "QuorumSimulation", "CQuorumSystem"],
       swiftSettings: settings),
+    .testTarget(name: "QuorumTests", dependencies: ["Quorum"], swiftSettings: settings),
     .testTarget(
       name: "QuorumSimulationTests", dependencies: ["QuorumSimulation", "QuorumCore"], swiftSettings: settings),
   ]

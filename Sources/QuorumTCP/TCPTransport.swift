@@ -195,6 +195,12 @@ public final class TCPEndpoint<Message: WireCodable & Sendable>: TransportEndpoi
     }
   }
 
+  /// Stops accepting new connections; existing ones carry on. The first step of a graceful shutdown.
+  public func stopAccepting() async {
+    let core = self.core
+    _ = await core.loop.submit { core.stopListening() }
+  }
+
   /// Stops listening, closes every connection of this node, drops what is queued, and ends ``incoming``
   /// and ``requests``. Returns once the sockets are closed. Closing twice is harmless.
   public func close() async {
@@ -384,6 +390,12 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
     }
   }
 
+  /// Closes the listener. Loop thread.
+  func stopListening() {
+    listener?.close()
+    listener = nil
+  }
+
   /// Closes the listener, every connection and every link. Loop thread.
   func shutDown() {
     guard !loopClosed else { return }
@@ -392,7 +404,8 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
     if let stallTimer { loop.cancelTimer(stallTimer) }
     listener?.close()
     listener = nil
-    for handler in Array(inbound.values) { handler.connection.close(.localShutdown) }
+    // Replies queued just before the close still go out (without waiting for a slow reader).
+    for handler in Array(inbound.values) { handler.connection.flushAndClose(.localShutdown) }
     inbound = [:]
     stalled = []
     let all = links.withLock { table -> [OutboundLink] in
