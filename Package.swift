@@ -36,7 +36,8 @@ let package = Package(
     .target(
       name: "QuorumSimulation", dependencies: ["QuorumCore", "QuorumRaft", "QuorumKV"], swiftSettings: settings),
     .executableTarget(
-      name: "QuorumCLI", dependencies: ["QuorumCore", "QuorumSimulation", "QuorumRaft", "QuorumKV", "QuorumStorage"],
+      name: "QuorumCLI",
+      dependencies: ["QuorumCore", "QuorumSimulation", "QuorumRaft", "QuorumKV", "QuorumStorage", "QuorumTCP", "Quorum"],
       swiftSettings: settings),
     .executableTarget(
       name: "QuorumBench", dependencies: ["QuorumCore", "QuorumSimulation", "QuorumStorage", "QuorumRaft", "QuorumKV"],
@@ -58,6 +59,9 @@ let package = Package(
       name: "QuorumTCPTests", dependencies: ["QuorumTCP", "QuorumCore", "QuorumSimulation", "CQuorumSystem"],
       swiftSettings: settings),
     .testTarget(name: "QuorumTests", dependencies: ["Quorum"], swiftSettings: settings),
+    // Spawns the `quorum` executable (built next to the test bundle by `swift build --build-tests`).
+    .testTarget(
+      name: "QuorumIntegrationTests", dependencies: ["Quorum", "QuorumSimulation"], swiftSettings: settings),
     .testTarget(
       name: "QuorumSimulationTests", dependencies: ["QuorumSimulation", "QuorumCore"], swiftSettings: settings),
   ]

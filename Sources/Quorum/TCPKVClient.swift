@@ -213,7 +213,13 @@ public actor TCPKVClient {
         }
       } catch let error as TCPRequestError {
         last = "\(error)"
-        if case .tooLarge = error { throw RemoteKVError.refused(ClientFailure(.commandTooLarge(bytes: 0, limit: 0))) }
+        if case .tooLarge(let bytes, let limit) = error {
+          throw RemoteKVError.refused(ClientFailure(.commandTooLarge(bytes: bytes, limit: limit)))
+        }
+        if case .unreachable(_, .rejected) = error {
+          // Refused at the handshake (another cluster, for example): retrying cannot help.
+          throw RemoteKVError.unavailable(attempts: attempt, last: last)
+        }
         leader = nil
         cursor += 1
       }
