@@ -37,7 +37,9 @@ let package = Package(
       name: "QuorumSimulation", dependencies: ["QuorumCore", "QuorumRaft", "QuorumKV"], swiftSettings: settings),
     .executableTarget(
       name: "QuorumCLI",
-      dependencies: ["QuorumCore", "QuorumSimulation", "QuorumRaft", "QuorumKV", "QuorumStorage", "QuorumTCP", "Quorum"],
+      dependencies: [
+        "QuorumCore", "QuorumSimulation", "QuorumRaft", "QuorumKV", "QuorumStorage", "QuorumTCP", "Quorum",
+      ],
       swiftSettings: settings),
     .executableTarget(
       name: "QuorumBench", dependencies: ["QuorumCore", "QuorumSimulation", "QuorumStorage", "QuorumRaft", "QuorumKV"],

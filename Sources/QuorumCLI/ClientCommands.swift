@@ -101,7 +101,8 @@ enum ClientCommands {
       await client.close()
       let reachable = statuses.compactMap { try? $0.1.get() }
       guard !reachable.isEmpty else {
-        printError("quorum status: no member reachable at \(target.addresses.map(\.description).joined(separator: ", "))")
+        printError(
+          "quorum status: no member reachable at \(target.addresses.map(\.description).joined(separator: ", "))")
         for (address, result) in statuses {
           if case .failure(let error) = result { printError("  \(address): \(error)") }
         }
@@ -112,7 +113,8 @@ enum ClientCommands {
       print(
         "cluster \(target.cluster): leader \(leader.map { "\($0.node)" } ?? "unknown"), term \(term), "
           + "voters \(leader?.voters.map(\.description).joined(separator: ",") ?? "?")"
-          + ((leader?.learners.isEmpty ?? true) ? "" : ", learners \(leader?.learners.map(\.description).joined(separator: ",") ?? "")"))
+          + ((leader?.learners.isEmpty ?? true)
+            ? "" : ", learners \(leader?.learners.map(\.description).joined(separator: ",") ?? "")"))
       print(row(["member", "address", "role", "term", "commit", "applied", "last", "lag"]))
       for (address, result) in statuses {
         switch result {

@@ -29,7 +29,8 @@ struct ClusterFile: Equatable {
       raw = try JSONDecoder().decode(Raw.self, from: data)
     } catch {
       throw CLIError.failed(
-        "bad cluster file \(path): expected {\"cluster\": \"name\", \"members\": {\"n1\": \"host:port\", …}} (\(error))")
+        "bad cluster file \(path): expected {\"cluster\": \"name\", \"members\": {\"n1\": \"host:port\", …}} (\(error))"
+      )
     }
     guard !raw.cluster.isEmpty else { throw CLIError.failed("bad cluster file \(path): empty cluster id") }
     guard !raw.members.isEmpty else { throw CLIError.failed("bad cluster file \(path): no members") }
