@@ -42,7 +42,10 @@ let package = Package(
       ],
       swiftSettings: settings),
     .executableTarget(
-      name: "QuorumBench", dependencies: ["QuorumCore", "QuorumSimulation", "QuorumStorage", "QuorumRaft", "QuorumKV"],
+      name: "QuorumBench",
+      dependencies: [
+        "QuorumCore", "QuorumSimulation", "QuorumStorage", "QuorumRaft", "QuorumKV", "QuorumTCP", "Quorum", "CQuorumSystem",
+      ],
       swiftSettings: settings),
     .plugin(
       name: "SimulatePlugin",
