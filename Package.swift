@@ -44,7 +44,8 @@ let package = Package(
     .executableTarget(
       name: "QuorumBench",
       dependencies: [
-        "QuorumCore", "QuorumSimulation", "QuorumStorage", "QuorumRaft", "QuorumKV", "QuorumTCP", "Quorum", "CQuorumSystem",
+        "QuorumCore", "QuorumSimulation", "QuorumStorage", "QuorumRaft", "QuorumKV", "QuorumTCP", "Quorum",
+        "CQuorumSystem",
       ],
       swiftSettings: settings),
     .plugin(

@@ -7,7 +7,8 @@ import PackagePlugin
 struct BenchmarkPlugin: CommandPlugin {
   func performCommand(context: PluginContext, arguments: [String]) async throws {
     // The tcp suite spawns `quorum serve` processes: build the release executable next to quorum-bench.
-    let serve = try packageManager.build(.product("quorum"), parameters: .init(configuration: .release, logging: .concise))
+    let serve = try packageManager.build(
+      .product("quorum"), parameters: .init(configuration: .release, logging: .concise))
     guard serve.succeeded else {
       print(serve.logText)
       throw PluginFailure("building quorum in release mode failed")

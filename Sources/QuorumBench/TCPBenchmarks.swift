@@ -205,7 +205,8 @@ enum TCPBenchmarks {
             try sender.send(message, to: 1)
             break
           } catch {
-            await Task.yield()
+            // The queue is full: back off instead of spinning on a core the loop threads need.
+            try? await Task.sleep(for: .microseconds(200))
           }
         }
       }
@@ -283,7 +284,8 @@ final class BenchCluster: @unchecked Sendable {
       }
       addresses.append(address)
     }
-    try write(Dictionary(uniqueKeysWithValues: addresses.enumerated().map { ("n\($0.offset + 1)", $0.element.description) }))
+    try write(
+      Dictionary(uniqueKeysWithValues: addresses.enumerated().map { ("n\($0.offset + 1)", $0.element.description) }))
     let cluster = BenchCluster(processes: processes, addresses: addresses)
     // Wait for a leader that has committed.
     let probe = TCPKVClient(cluster: "bench", members: addresses, requestTimeout: .seconds(1))

@@ -94,7 +94,7 @@ final class ReplyRoute: @unchecked Sendable {
 }
 
 /// The part of an endpoint the inbound connections talk to. Loop thread only.
-protocol InboundSink: AnyObject {
+protocol InboundSink: AnyObject, SendableMetatype {
   associatedtype Message: WireCodable & Sendable
   var id: NodeID { get }
   var loop: EventLoop { get }
@@ -102,7 +102,6 @@ protocol InboundSink: AnyObject {
   var environment: any LinkEnvironment { get }
   var mailbox: Mailbox<Envelope<Message>> { get }
   var requests: Mailbox<TCPRequest> { get }
-  func stall(_ handler: InboundConnection<Self>)
   func inboundClosed(_ handler: InboundConnection<Self>, reason: TCPCloseReason)
 }
 
@@ -238,8 +237,16 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
       try sink.mailbox.trySend(envelope)
       return .proceed
     } catch .full {
+      // Wait on the mailbox's own back-pressure (a suspended send, admitted exactly when the consumer
+      // makes room) with reading paused: the senders' TCP windows and then their queues fill up.
       pendingEnvelope = envelope
-      sink.stall(self)
+      let mailbox = sink.mailbox
+      let back = LoopReference(self)
+      let loop = sink.loop
+      Task {
+        let delivered = (try? await mailbox.send(envelope)) != nil
+        loop.execute { back.value?.stallResolved(delivered: delivered) }
+      }
       return .pause
     } catch {
       _ = sink.environment.metrics.framesDropped.add(1, ordering: .relaxed)
@@ -267,7 +274,13 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
       try sink.requests.trySend(request)
     } catch .full {
       pendingRequest = request
-      sink.stall(self)
+      let requests = sink.requests
+      let back = LoopReference(self)
+      let loop = sink.loop
+      Task {
+        let delivered = (try? await requests.send(request)) != nil
+        loop.execute { back.value?.stallResolved(delivered: delivered) }
+      }
       return .pause
     } catch {
       inflight -= 1
@@ -288,29 +301,25 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     }
   }
 
-  /// Retries the delivery that paused this connection; returns `true` once it went through (reading resumed).
-  func retryStalled() -> Bool {
-    if let envelope = pendingEnvelope {
-      do {
-        try sink.mailbox.trySend(envelope)
-      } catch .full {
-        return false
-      } catch {
-        _ = sink.environment.metrics.framesDropped.add(1, ordering: .relaxed)
-      }
+  /// The delivery that paused this connection went through (or the mailbox closed): resume reading.
+  func stallResolved(delivered: Bool) {
+    if pendingEnvelope != nil {
       pendingEnvelope = nil
+      if !delivered { _ = sink.environment.metrics.framesDropped.add(1, ordering: .relaxed) }
     }
-    if let request = pendingRequest {
-      do {
-        try sink.requests.trySend(request)
-      } catch .full {
-        return false
-      } catch {
-        inflight -= 1
-      }
+    if pendingRequest != nil {
       pendingRequest = nil
+      if !delivered { inflight -= 1 }
     }
+    guard !connection.isClosed else { return }
     if inflight < sink.environment.options.maxInflightRequestsPerConnection { connection.resumeReading() }
-    return true
   }
+}
+
+/// A weak reference to a loop-thread object, carried through a task and dereferenced only back on the loop.
+final class LoopReference<Object: AnyObject>: @unchecked Sendable {
+  // Safety of @unchecked Sendable: `value` is read only inside `loop.execute` closures, on the thread that
+  // owns the object; the task that carries the reference never touches it.
+  weak var value: Object?
+  init(_ value: Object) { self.value = value }
 }

@@ -262,7 +262,7 @@ final class TransportEnvironment: LinkEnvironment {
 /// else runs on the event loop.
 final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @unchecked Sendable {
   // Safety of @unchecked Sendable: the `let` properties are Sendable, `links` is a Mutex and `closed` an
-  // Atomic; `listener`, `inbound`, `stalled`, the timers and `loopClosed` are touched only on the loop
+  // Atomic; `listener`, `inbound`, the timer and `loopClosed` are touched only on the loop
   // thread (from `start`, `shutDown`, timers and connection callbacks).
   let id: NodeID
   let loop: EventLoop
@@ -276,8 +276,6 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
 
   private var listener: Listener?
   private var inbound: [ObjectIdentifier: InboundConnection<EndpointCore>] = [:]
-  private var stalled: [InboundConnection<EndpointCore>] = []
-  private var stallTimer: UInt64?
   private var housekeepingTimer: UInt64?
   private var loopClosed = false
 
@@ -345,7 +343,6 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
 
   func inboundClosed(_ handler: InboundConnection<EndpointCore>, reason: TCPCloseReason) {
     inbound[ObjectIdentifier(handler)] = nil
-    stalled.removeAll { $0 === handler }
     environment.metrics.recordClose(reason)
     let who: String
     switch handler.phase {
@@ -358,25 +355,6 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
       logger.warning("closed \(who) from \(handler.connection.remote): \(reason)", metadata)
     } else if reason != .localShutdown {
       logger.info("closed \(who) from \(handler.connection.remote): \(reason)", metadata)
-    }
-  }
-
-  func stall(_ handler: InboundConnection<EndpointCore>) {
-    stalled.append(handler)
-    guard stallTimer == nil else { return }
-    stallTimer = loop.schedule(after: .milliseconds(1)) { [unowned self] in retryStalled() }
-  }
-
-  private func retryStalled() {
-    stallTimer = nil
-    guard !loopClosed else { return }
-    let waiting = stalled
-    stalled = []
-    for handler in waiting where !handler.connection.isClosed {
-      if !handler.retryStalled() { stalled.append(handler) }
-    }
-    if !stalled.isEmpty {
-      stallTimer = loop.schedule(after: .milliseconds(1)) { [unowned self] in retryStalled() }
     }
   }
 
@@ -401,13 +379,11 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
     guard !loopClosed else { return }
     loopClosed = true
     if let housekeepingTimer { loop.cancelTimer(housekeepingTimer) }
-    if let stallTimer { loop.cancelTimer(stallTimer) }
     listener?.close()
     listener = nil
     // Replies queued just before the close still go out (without waiting for a slow reader).
     for handler in Array(inbound.values) { handler.connection.flushAndClose(.localShutdown) }
     inbound = [:]
-    stalled = []
     let all = links.withLock { table -> [OutboundLink] in
       let all = Array(table.values)
       table = [:]
