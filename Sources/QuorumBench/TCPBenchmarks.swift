@@ -19,7 +19,9 @@ enum TCPBenchmarks {
     let fsync = try RaftBenchmarks.fsyncBaseline(root: root)
     report.add("tcp", "baseline: 4 KiB append + fdatasync p50", fsync, "µs")
 
-    for frameBytes in [64, 1024, 16 << 10] {
+    // QUORUM_TCP_PARTS=stream or =cluster runs only that half.
+    let parts = ProcessInfo.processInfo.environment["QUORUM_TCP_PARTS"] ?? "stream,cluster"
+    for frameBytes in [64, 1024, 16 << 10] where parts.contains("stream") {
       let frames = frameBytes <= 64 ? 2_000_000 : (frameBytes <= 1024 ? 1_000_000 : 100_000)
       let raw = try await rawStream(frameBytes: frameBytes, frames: frames)
       report.add(
@@ -33,6 +35,7 @@ enum TCPBenchmarks {
           transport.rate / raw * 100, transport.framesPerWrite))
     }
 
+    guard parts.contains("cluster") else { return }
     let cluster = try await BenchCluster.start(root: root)
     defer { cluster.stop() }
     for clients in [1, 16, 64, 256] {

@@ -20,6 +20,8 @@ protocol ConnectionDelegate: AnyObject {
   func connection(_ connection: Connection, didReceive bytes: [UInt8], range: Range<Int>) -> FrameVerdict
   /// Everything queued was written; the owner may queue more (and call ``Connection/flush()``).
   func connectionDidDrain(_ connection: Connection)
+  /// The frames received so far have all been handed over (a batch boundary: deliver what was collected).
+  func connectionDidParse(_ connection: Connection)
   /// The connection closed; it is unregistered and its descriptor closed.
   func connection(_ connection: Connection, didCloseWith reason: TCPCloseReason)
 }
@@ -194,7 +196,7 @@ final class Connection: LoopHandler {
     }
     while !isClosed && !readingPaused {
       let available = readBuffer.count - offset
-      guard available >= TCPFrame.prefixBytes else { return }
+      guard available >= TCPFrame.prefixBytes else { break }
       let length = Int(readLength(at: offset))
       guard length > 0 else {
         close(.malformedFrame("zero-length frame"))
@@ -206,7 +208,7 @@ final class Connection: LoopHandler {
       }
       guard available >= TCPFrame.prefixBytes + length else {
         readBuffer.reserveCapacity(offset + TCPFrame.prefixBytes + length)
-        return
+        break
       }
       let start = offset + TCPFrame.prefixBytes
       guard let delegate else {
@@ -220,12 +222,21 @@ final class Connection: LoopHandler {
       case .pause:
         readingPaused = true
         _ = updateInterest()
+        delegate.connectionDidParse(self)
         return
       case .close(let reason):
         close(reason)
         return
       }
     }
+    if !isClosed { delegate?.connectionDidParse(self) }
+  }
+
+  /// Stops reading until ``resumeReading()`` (the receiver behind this connection is full).
+  func pauseReading() {
+    guard !readingPaused, !isClosed else { return }
+    readingPaused = true
+    _ = updateInterest()
   }
 
   /// Resumes reading after a ``FrameVerdict/pause``: frames already buffered are delivered first.

@@ -117,7 +117,8 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
   let connection: Connection
   private unowned let sink: Sink
   private(set) var phase = Phase.awaitingHandshake
-  private var pendingEnvelope: Envelope<Sink.Message>?
+  private var batch: [Envelope<Sink.Message>] = []
+  private var waitingForRoom = false
   private var pendingRequest: TCPRequest?
   private var inflight = 0
   private var route: ReplyRoute?
@@ -129,7 +130,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     self.sink = sink
   }
 
-  var isStalled: Bool { pendingEnvelope != nil || pendingRequest != nil }
+  var isStalled: Bool { waitingForRoom || pendingRequest != nil }
 
   // MARK: ConnectionDelegate
 
@@ -138,6 +139,8 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
   func connectionDidDrain(_ connection: Connection) {}
 
   func connection(_ connection: Connection, didCloseWith reason: TCPCloseReason) {
+    // Frames that arrived before the close still count: deliver them.
+    deliverBatch()
     reportCounts()
     sink.inboundClosed(self, reason: reason)
   }
@@ -232,26 +235,51 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     return deliver(envelope)
   }
 
+  /// Collects `envelope` into the batch delivered at the end of this read (see ``connectionDidParse(_:)``).
   private func deliver(_ envelope: Envelope<Sink.Message>) -> FrameVerdict {
+    batch.append(envelope)
+    guard batch.count >= Self.maxBatch else { return .proceed }
+    deliverBatch()
+    return waitingForRoom ? .pause : .proceed
+  }
+
+  /// Frames delivered to the mailbox at once, at most.
+  static var maxBatch: Int { 4096 }
+
+  /// Hands the collected frames to the mailbox with one lock and at most one consumer wake-up. What does not
+  /// fit waits in a suspended `Mailbox.send` (admitted exactly when the consumer makes room) with reading
+  /// paused, so the senders' TCP windows and then their queues fill up: back-pressure, nothing dropped.
+  private func deliverBatch() {
+    guard !batch.isEmpty else { return }
+    let mailbox = sink.mailbox
+    let accepted: Int
     do {
-      try sink.mailbox.trySend(envelope)
-      return .proceed
-    } catch .full {
-      // Wait on the mailbox's own back-pressure (a suspended send, admitted exactly when the consumer
-      // makes room) with reading paused: the senders' TCP windows and then their queues fill up.
-      pendingEnvelope = envelope
-      let mailbox = sink.mailbox
+      accepted = try mailbox.trySend(contentsOf: batch)
+    } catch {
+      _ = sink.environment.metrics.framesDropped.add(batch.count, ordering: .relaxed)
+      batch.removeAll(keepingCapacity: true)
+      return
+    }
+    if accepted < batch.count {
+      let rest = Array(batch[accepted...])
+      waitingForRoom = true
+      connection.pauseReading()
       let back = LoopReference(self)
       let loop = sink.loop
       Task {
-        let delivered = (try? await mailbox.send(envelope)) != nil
-        loop.execute { back.value?.stallResolved(delivered: delivered) }
+        var delivered = true
+        for envelope in rest where delivered {
+          delivered = (try? await mailbox.send(envelope)) != nil
+        }
+        let outcome = delivered
+        loop.execute { back.value?.stallResolved(delivered: outcome) }
       }
-      return .pause
-    } catch {
-      _ = sink.environment.metrics.framesDropped.add(1, ordering: .relaxed)
-      return .proceed
     }
+    batch.removeAll(keepingCapacity: batch.capacity <= Self.maxBatch)
+  }
+
+  func connectionDidParse(_ connection: Connection) {
+    deliverBatch()
   }
 
   // MARK: Client frames
@@ -303,8 +331,8 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
 
   /// The delivery that paused this connection went through (or the mailbox closed): resume reading.
   func stallResolved(delivered: Bool) {
-    if pendingEnvelope != nil {
-      pendingEnvelope = nil
+    if waitingForRoom {
+      waitingForRoom = false
       if !delivered { _ = sink.environment.metrics.framesDropped.add(1, ordering: .relaxed) }
     }
     if pendingRequest != nil {

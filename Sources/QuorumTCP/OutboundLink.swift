@@ -166,6 +166,8 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
     return .proceed
   }
 
+  func connectionDidParse(_ connection: Connection) {}
+
   func connectionDidDrain(_ connection: Connection) {
     guard phase == .established else { return }
     var taken = (frames: 0, bytes: 0)

@@ -298,6 +298,8 @@ final class ClientConnection: ConnectionDelegate {
 
   func connectionDidDrain(_ connection: Connection) {}
 
+  func connectionDidParse(_ connection: Connection) {}
+
   func connection(_ connection: Connection, didCloseWith reason: TCPCloseReason) {
     guard connection === self.connection else { return }
     core.metrics.recordClose(reason)
