@@ -152,8 +152,11 @@ public struct Cluster: Sendable {
   /// opens its storage (in `dataDirectory` if given), and returns the server to ``ClusterMemberServer/run()``.
   /// - Throws: ``ClusterConfigurationError`` for an unknown member or an in-process cluster,
   ///   ``QuorumTCP/TCPTransportError`` (for example a busy port).
-  public func start(_ member: NodeID, listen: TCPAddress? = nil, dataDirectory: String? = nil) async throws
-    -> ClusterMemberServer
+  ///
+  /// With `joining: true` the member does not found the group with the others: it starts empty and waits to
+  /// be added (`quorum members add`), learning the membership from the leader.
+  public func start(_ member: NodeID, listen: TCPAddress? = nil, dataDirectory: String? = nil, joining: Bool = false)
+    async throws -> ClusterMemberServer
   {
     guard members.contains(where: { $0.id == member }) else {
       throw ClusterConfigurationError(setting: "start(\(member))", reason: "\(member) is not a member")
@@ -171,8 +174,10 @@ public struct Cluster: Sendable {
     let endpoint = try await transport.bind(member)
     let storage = makeStorage(for: member, override: dataDirectory)
     let view = NodeEndpoint(endpoint)
+    var configuration = raft
+    if joining { configuration.members = [] }
     let node = RaftNode(
-      id: member, configuration: raft, endpoint: view, storage: storage, machine: KVStore(), logger: logger)
+      id: member, configuration: configuration, endpoint: view, storage: storage, machine: KVStore(), logger: logger)
     return ClusterMemberServer(
       node: node, transport: transport, endpoint: endpoint, view: view, storage: storage, logger: logger)
   }

@@ -8,7 +8,7 @@ enum ServeCommand {
   static let usage = """
     usage: quorum serve --id n1 [--listen host:port] (--peers n2=host:port,… | --cluster-file FILE)
                         [--cluster-id ID] [--data DIR] [--fsync always|batch|never] [--log-level LEVEL]
-                        [--tick-ms 10] [--election-ms 150-300] [--heartbeat-ms 50]
+                        [--tick-ms 10] [--election-ms 150-300] [--heartbeat-ms 50] [--join]
       --id            this member's node id
       --listen        where to listen (default: this member's address in the cluster file); port 0 picks a
                       free port, printed on standard output
@@ -17,6 +17,8 @@ enum ServeCommand {
                       changes, so members' addresses can be updated without a restart
       --cluster-id    the cluster id (default "quorum"; the cluster file's otherwise)
       --data          data directory (default ./data/<id>)
+      --join          start empty and wait to be added (quorum members add) instead of founding the
+                      cluster with the members of the file
       --fsync         always (default): every acknowledged write is on disk; batch: synced every 10 ms;
                       never: for throw-away clusters
     Prints "listening on host:port" once it accepts connections. SIGINT/SIGTERM shut down gracefully:
@@ -34,6 +36,7 @@ enum ServeCommand {
     var tick: Duration
     var election: ClosedRange<Duration>
     var heartbeat: Duration
+    var join: Bool
   }
 
   static func parse(_ arguments: [String]) throws -> Settings {
@@ -100,11 +103,12 @@ enum ServeCommand {
       election = Duration.milliseconds(bounds[0])...Duration.milliseconds(bounds[1])
     }
     let data = try options.value("--data") ?? "data/\(id)"
+    let join = options.flag("--join")
     try options.rejectUnknown()
     if let stray = options.words.first { throw CLIError.usage("unexpected argument '\(stray)'\n\(usage)") }
     return Settings(
       id: id, listen: listen, clusterFile: clusterFile, file: file, data: data,
-      fsync: fsync, logLevel: logLevel, tick: tick, election: election, heartbeat: heartbeat)
+      fsync: fsync, logLevel: logLevel, tick: tick, election: election, heartbeat: heartbeat, join: join)
   }
 
   static func cluster(_ s: Settings) throws -> Cluster {
@@ -140,7 +144,8 @@ enum ServeCommand {
     let server: ClusterMemberServer
     do {
       // The data directory is the member's own; the cluster's DataDirectory is only a default.
-      server = try await cluster.start(settings.id, listen: settings.listen, dataDirectory: settings.data)
+      server = try await cluster.start(
+        settings.id, listen: settings.listen, dataDirectory: settings.data, joining: settings.join)
     } catch {
       printError("quorum serve: cannot start \(settings.id): \(error)")
       return 1

@@ -92,7 +92,8 @@ final class ProcessCluster: @unchecked Sendable {
   let name: ClusterID
   let directory: String
   let size: Int
-  private let lock = Mutex<(members: [NodeID: ServeProcess], addresses: [NodeID: TCPAddress])>(([:], [:]))
+  private let lock = Mutex<(members: [NodeID: ServeProcess], addresses: [NodeID: TCPAddress], listed: Set<NodeID>)>(
+    ([:], [:], []))
 
   var clusterFile: String { "\(directory)/cluster.json" }
 
@@ -116,27 +117,38 @@ final class ProcessCluster: @unchecked Sendable {
 
   private func writeClusterFile() throws {
     var members: [String: String] = [:]
-    let known = addresses
-    for id in ids { members[id.description] = known[id]?.description ?? "127.0.0.1:0" }
+    let (known, listed) = lock.withLock { ($0.addresses, $0.listed) }
+    for id in listed { members[id.description] = known[id]?.description ?? "127.0.0.1:0" }
     let object: [String: Any] = ["cluster": name.rawValue, "members": members]
     let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
     try data.write(to: URL(fileURLWithPath: clusterFile), options: .atomic)
   }
 
-  /// Starts every member, then publishes their ports.
-  func start() async throws {
+  /// Starts the first `founders` members (all by default) as the founding voters, then publishes their ports.
+  func start(founders: Int? = nil) async throws {
+    let founding = Array(ids.prefix(founders ?? size))
+    lock.withLock { $0.listed = Set(founding) }
     try writeClusterFile()
-    for id in ids { try launch(id, port: 0) }
-    for id in ids { try await record(id) }
+    for id in founding { try launch(id, port: 0) }
+    for id in founding { try await record(id) }
     try writeClusterFile()
   }
 
-  private func launch(_ id: NodeID, port: UInt16) throws {
-    let arguments = [
-      "serve", "--id", id.description, "--listen", "127.0.0.1:\(port)", "--cluster-file", clusterFile, "--data",
-      "\(directory)/\(id)", "--fsync", "always", "--tick-ms", "10", "--election-ms", "200-400", "--heartbeat-ms",
-      "40", "--log-level", "info",
-    ]
+  /// Starts `id` as a joining member (empty, waiting to be added) and publishes its address.
+  func join(_ id: NodeID) async throws {
+    lock.withLock { _ = $0.listed.insert(id) }
+    try launch(id, port: 0, extra: ["--join"])
+    try await record(id)
+    try writeClusterFile()
+  }
+
+  private func launch(_ id: NodeID, port: UInt16, extra: [String] = []) throws {
+    let arguments =
+      [
+        "serve", "--id", id.description, "--listen", "127.0.0.1:\(port)", "--cluster-file", clusterFile, "--data",
+        "\(directory)/\(id)", "--fsync", "always", "--tick-ms", "10", "--election-ms", "200-400", "--heartbeat-ms",
+        "40", "--log-level", "info",
+      ] + extra
     let process = try ServeProcess(id: id, arguments: arguments, stderrPath: "\(directory)/\(id).log")
     lock.withLock { $0.members[id] = process }
   }
