@@ -294,7 +294,7 @@ final class NodeEndpoint: TransportEndpoint, Sendable {
 }
 
 /// One member of a TCP cluster running in this process: its Raft node, its client service and its
-/// transport. Made by ``Cluster/start(_:listen:dataDirectory:)``.
+/// transport. Made by ``Cluster/start(_:listen:dataDirectory:joining:)``.
 public final class ClusterMemberServer: Sendable {
   /// The member.
   public var id: NodeID { node.id }
