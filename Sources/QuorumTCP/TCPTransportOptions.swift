@@ -114,7 +114,8 @@ public struct TCPTransportMetrics: Sendable, Equatable, CustomStringConvertible 
   public var bytesSent = 0
   /// Bytes read from sockets.
   public var bytesReceived = 0
-  /// `send` system calls; `framesSent / writeCalls` shows how well writes are coalesced.
+  /// Write batches: queued frames taken together and written with one `send` (more only when the socket's
+  /// buffer fills mid-batch); `framesSent / writeCalls` shows how well writes are coalesced.
   public var writeCalls = 0
   /// Connections accepted by listeners.
   public var connectionsAccepted = 0

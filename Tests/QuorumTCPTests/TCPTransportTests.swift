@@ -120,7 +120,8 @@ struct TCPTransportTests {
     let metrics = transport.metrics
     #expect(received == count)
     #expect(metrics.framesSent >= count)
-    #expect(metrics.writeCalls * 4 <= metrics.framesSent, "\(metrics)")
+    // At least two frames per write on average (one per write would mean no coalescing at all).
+    #expect(metrics.writeCalls * 2 <= metrics.framesSent, "\(metrics)")
     await n1.close()
     await n2.close()
   }
