@@ -113,6 +113,27 @@ struct ClusterTests {
       #expect(status.peers.count == 2)
       await client.close()
 
+      // A write retried with the same request id is applied once: the retry gets the remembered answer.
+      let raw = TCPRequestClient(cluster: "tcp-test")
+      let leaderAddress = try #require(addresses[leaderID])
+      func send(_ request: ClientRequest) async throws -> ClientReply {
+        try ClientReply(wireBytes: try await raw.request(request.wireBytes(), to: leaderAddress, timeout: .seconds(5)))
+      }
+      guard case .session(let session) = try await send(.registerSession) else {
+        Issue.record("no session")
+        return
+      }
+      let cas = ClientRequest.command(
+        .compareAndSwap(key: "once", expected: nil, new: [1]), request: RequestID(session: session, sequence: 1),
+        acknowledgedThrough: 0)
+      #expect(try await send(cas) == .response(.swapped(true, current: [1])))
+      #expect(try await send(cas) == .response(.swapped(true, current: [1])))
+      let fresh = ClientRequest.command(
+        .compareAndSwap(key: "once", expected: nil, new: [2]), request: RequestID(session: session, sequence: 2),
+        acknowledgedThrough: 1)
+      #expect(try await send(fresh) == .response(.swapped(false, current: [1])))
+      await raw.close()
+
       // A client of another cluster is refused at the handshake, with a clear error.
       let stranger = TCPKVClient(
         cluster: "someone-else", members: [try #require(addresses[leaderID])], retry: RetryPolicy(maxAttempts: 1))
