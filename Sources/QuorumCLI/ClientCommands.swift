@@ -34,6 +34,10 @@ enum ClientCommands {
   }
 
   static func kv(_ arguments: [String]) async -> Int32 {
+    if arguments.contains("--help") || arguments.contains("-h") {
+      print(kvUsage)
+      return 0
+    }
     var options = Options(arguments)
     do {
       let target = try ClusterTarget.parse(&options)
@@ -76,6 +80,10 @@ enum ClientCommands {
   }
 
   static func status(_ arguments: [String]) async -> Int32 {
+    if arguments.contains("--help") || arguments.contains("-h") {
+      print(statusUsage)
+      return 0
+    }
     var options = Options(arguments)
     do {
       let target = try ClusterTarget.parse(&options)
@@ -153,6 +161,10 @@ enum ClientCommands {
   }
 
   static func members(_ arguments: [String]) async -> Int32 {
+    if arguments.contains("--help") || arguments.contains("-h") {
+      print(membersUsage)
+      return 0
+    }
     var options = Options(arguments)
     do {
       let target = try ClusterTarget.parse(&options)

@@ -41,7 +41,6 @@ enum ServeCommand {
 
   static func parse(_ arguments: [String]) throws -> Settings {
     var options = Options(arguments)
-    if options.flag("--help") || options.flag("-h") { throw CLIError.usage(usage) }
     guard let idText = try options.value("--id") else { throw CLIError.usage("--id is required\n\(usage)") }
     guard let id = NodeID(idText) else { throw CLIError.usage("--id \(idText) is not a node id (n1, n2, …)") }
     let listen = try options.value("--listen").map { text -> TCPAddress in
@@ -131,6 +130,10 @@ enum ServeCommand {
   }
 
   static func run(_ arguments: [String]) async -> Int32 {
+    if arguments.contains("--help") || arguments.contains("-h") {
+      print(usage)
+      return 0
+    }
     signal(SIGPIPE, SIG_IGN)
     let settings: Settings
     let cluster: Cluster
