@@ -184,8 +184,12 @@ public final class TCPEndpoint<Message: WireCodable & Sendable>: TransportEndpoi
   public func send(_ message: Message, to peer: NodeID, group: GroupID) throws(TransportError) {
     if core.isClosed { throw .closed }
     let link = try core.link(to: peer)
+    // Reserve what the previous frame needed, so a stream of similar messages encodes without regrowing.
+    let hint = core.encodeHint.load(ordering: .relaxed)
     let frame = TCPFrame.encode(
-      Envelope(from: core.id, to: peer, group: group, payload: message), protocolNumber: core.protocolNumber)
+      Envelope(from: core.id, to: peer, group: group, payload: message), protocolNumber: core.protocolNumber,
+      reserving: hint)
+    if frame.count > hint || frame.count < hint / 4 { core.encodeHint.store(max(64, frame.count), ordering: .relaxed) }
     let limit = core.environment.options.maxFrameBytes
     if frame.count - TCPFrame.prefixBytes > limit {
       throw .messageTooLarge(bytes: frame.count - TCPFrame.prefixBytes, limit: limit)
@@ -273,6 +277,8 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
   private let links = Mutex<[NodeID: OutboundLink]>([:])
   private let closed = Atomic<Bool>(false)
   private let logger: QuorumLogger
+  /// The size of the last encoded frame, reserved for the next one.
+  let encodeHint = Atomic<Int>(64)
 
   private var listener: Listener?
   private var inbound: [ObjectIdentifier: InboundConnection<EndpointCore>] = [:]
