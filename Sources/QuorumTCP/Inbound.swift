@@ -246,22 +246,21 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
   /// Frames delivered to the mailbox at once, at most.
   static var maxBatch: Int { 4096 }
 
-  /// Hands the collected frames to the mailbox with one lock and at most one consumer wake-up. What does not
-  /// fit waits in a suspended `Mailbox.send` (admitted exactly when the consumer makes room) with reading
+  /// Hands the frames collected from one read to the mailbox back to back, so a waiting consumer woken by
+  /// the first finds the rest already queued (one wake-up per read rather than per frame). What does not fit
+  /// waits in a suspended `Mailbox.send` (admitted exactly when the consumer makes room) with reading
   /// paused, so the senders' TCP windows and then their queues fill up: back-pressure, nothing dropped.
   private func deliverBatch() {
     guard !batch.isEmpty else { return }
     let mailbox = sink.mailbox
-    let accepted: Int
+    var index = 0
     do {
-      accepted = try mailbox.trySend(contentsOf: batch)
-    } catch {
-      _ = sink.environment.metrics.framesDropped.add(batch.count, ordering: .relaxed)
-      batch.removeAll(keepingCapacity: true)
-      return
-    }
-    if accepted < batch.count {
-      let rest = Array(batch[accepted...])
+      while index < batch.count {
+        try mailbox.trySend(batch[index])
+        index += 1
+      }
+    } catch .full {
+      let rest = Array(batch[index...])
       waitingForRoom = true
       connection.pauseReading()
       let back = LoopReference(self)
@@ -274,6 +273,8 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
         let outcome = delivered
         loop.execute { back.value?.stallResolved(delivered: outcome) }
       }
+    } catch {
+      _ = sink.environment.metrics.framesDropped.add(batch.count - index, ordering: .relaxed)
     }
     batch.removeAll(keepingCapacity: batch.capacity <= Self.maxBatch)
   }
