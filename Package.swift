@@ -17,6 +17,8 @@ let package = Package(
     .library(name: "QuorumSimulation", targets: ["QuorumSimulation"]),
     .library(name: "QuorumRaft", targets: ["QuorumRaft"]),
     .library(name: "QuorumKV", targets: ["QuorumKV"]),
+    .library(name: "QuorumTCP", targets: ["QuorumTCP"]),
+    .library(name: "Quorum", targets: ["Quorum"]),
     .executable(name: "quorum", targets: ["QuorumCLI"]),
     .executable(name: "quorum-bench", targets: ["QuorumBench"]),
   ],
@@ -29,13 +31,26 @@ let package = Package(
       swiftSettings: settings + [.enableUpcomingFeature("NonisolatedNonsendingByDefault")]),
     .target(name: "QuorumRaft", dependencies: ["QuorumCore", "QuorumStorage"], swiftSettings: settings),
     .target(name: "QuorumKV", dependencies: ["QuorumCore"], swiftSettings: settings),
+    // Exposes epoll, eventfd and accept4, which Glibc does not export, plus small socket wrappers.
+    .target(name: "CQuorumSystem"),
+    .target(name: "QuorumTCP", dependencies: ["QuorumCore", "CQuorumSystem"], swiftSettings: settings),
+    .target(
+      name: "Quorum", dependencies: ["QuorumCore", "QuorumStorage", "QuorumRaft", "QuorumKV", "QuorumTCP"],
+      swiftSettings: settings),
     .target(
       name: "QuorumSimulation", dependencies: ["QuorumCore", "QuorumRaft", "QuorumKV"], swiftSettings: settings),
     .executableTarget(
-      name: "QuorumCLI", dependencies: ["QuorumCore", "QuorumSimulation", "QuorumRaft", "QuorumKV", "QuorumStorage"],
+      name: "QuorumCLI",
+      dependencies: [
+        "QuorumCore", "QuorumSimulation", "QuorumRaft", "QuorumKV", "QuorumStorage", "QuorumTCP", "Quorum",
+      ],
       swiftSettings: settings),
     .executableTarget(
-      name: "QuorumBench", dependencies: ["QuorumCore", "QuorumSimulation", "QuorumStorage", "QuorumRaft", "QuorumKV"],
+      name: "QuorumBench",
+      dependencies: [
+        "QuorumCore", "QuorumSimulation", "QuorumStorage", "QuorumRaft", "QuorumKV", "QuorumTCP", "Quorum",
+        "CQuorumSystem",
+      ],
       swiftSettings: settings),
     .plugin(
       name: "SimulatePlugin",
@@ -50,6 +65,13 @@ let package = Package(
       name: "QuorumRaftTests", dependencies: ["QuorumRaft", "QuorumCore", "QuorumSimulation"], swiftSettings: settings),
     .testTarget(name: "QuorumKVTests", dependencies: ["QuorumKV", "QuorumCore"], swiftSettings: settings),
     .testTarget(name: "QuorumStorageTests", dependencies: ["QuorumStorage", "QuorumCore"], swiftSettings: settings),
+    .testTarget(
+      name: "QuorumTCPTests", dependencies: ["QuorumTCP", "QuorumCore", "QuorumSimulation", "CQuorumSystem"],
+      swiftSettings: settings),
+    .testTarget(name: "QuorumTests", dependencies: ["Quorum"], swiftSettings: settings),
+    // Spawns the `quorum` executable (built next to the test bundle by `swift build --build-tests`).
+    .testTarget(
+      name: "QuorumIntegrationTests", dependencies: ["Quorum", "QuorumSimulation"], swiftSettings: settings),
     .testTarget(
       name: "QuorumSimulationTests", dependencies: ["QuorumSimulation", "QuorumCore"], swiftSettings: settings),
   ]

@@ -6,6 +6,13 @@ import PackagePlugin
 @main
 struct BenchmarkPlugin: CommandPlugin {
   func performCommand(context: PluginContext, arguments: [String]) async throws {
+    // The tcp suite spawns `quorum serve` processes: build the release executable next to quorum-bench.
+    let serve = try packageManager.build(
+      .product("quorum"), parameters: .init(configuration: .release, logging: .concise))
+    guard serve.succeeded else {
+      print(serve.logText)
+      throw PluginFailure("building quorum in release mode failed")
+    }
     try runReleaseProduct("quorum-bench", leading: [], arguments: arguments, packageManager: packageManager)
   }
 }

@@ -15,12 +15,24 @@ case "simulate":
     print("quorum simulate: \(error)")
     exit(2)
   }
+case "serve":
+  exit(await ServeCommand.run(Array(arguments.dropFirst())))
+case "kv":
+  exit(await ClientCommands.kv(Array(arguments.dropFirst())))
+case "status":
+  exit(await ClientCommands.status(Array(arguments.dropFirst())))
+case "members":
+  exit(await ClientCommands.members(Array(arguments.dropFirst())))
 case nil, "help", "--help", "-h":
   print(
     """
     usage: quorum <command>
       demo      a narrated tour on an in-process cluster
       simulate  run seeded whole-cluster simulations (quorum simulate --help)
+      serve     run one member of a TCP cluster (quorum serve --help)
+      kv        put, get, delete, cas against a running cluster
+      status    members, leader, term, commit index, per-peer lag
+      members   add, promote, remove members
     """)
 default:
   print("quorum: unknown command '\(arguments[0])'; try `quorum help`")

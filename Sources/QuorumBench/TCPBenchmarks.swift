@@ -1,0 +1,361 @@
+import CQuorumSystem
+import Foundation
+import Quorum
+import Synchronization
+
+/// TCP: the transport alone against raw sockets, and a 3-process `quorum serve` cluster against the
+/// physical costs it is made of (loopback round trip, fsync), each baseline measured in the same run.
+enum TCPBenchmarks {
+  static func run(_ report: BenchReport) async throws {
+    signal(SIGPIPE, SIG_IGN)
+    let rtt = try await rawRoundTrip(count: 20_000)
+    let rttP50 = percentile(rtt, 0.5)
+    report.add(
+      "tcp", "baseline: loopback round trip, 64 B, blocking threads", rttP50, "µs",
+      note: String(format: "p99 %.1f µs", percentile(rtt, 0.99)))
+    let root = FileManager.default.temporaryDirectory.appendingPathComponent("quorum-bench-tcp-\(getpid())").path
+    try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: root) }
+    let fsync = try RaftBenchmarks.fsyncBaseline(root: root)
+    report.add("tcp", "baseline: 4 KiB append + fdatasync p50", fsync, "µs")
+
+    // QUORUM_TCP_PARTS=stream or =cluster runs only that half.
+    let parts = ProcessInfo.processInfo.environment["QUORUM_TCP_PARTS"] ?? "stream,cluster"
+    for frameBytes in [64, 1024, 16 << 10] where parts.contains("stream") {
+      let frames = frameBytes <= 64 ? 2_000_000 : (frameBytes <= 1024 ? 1_000_000 : 100_000)
+      let raw = try await rawStream(frameBytes: frameBytes, frames: frames)
+      report.add(
+        "tcp", "baseline: raw socket stream, \(frameBytes) B frames", raw, "frames/s",
+        note: String(format: "%.0f MB/s, 256 KiB writes", raw * Double(frameBytes) / 1e6))
+      let transport = try await transportStream(frameBytes: frameBytes, frames: frames)
+      report.add(
+        "tcp", "TCPTransport stream, \(frameBytes) B frames", transport.rate, "frames/s",
+        note: String(
+          format: "%.0f MB/s = %.0f%% of raw; %.0f frames per write", transport.rate * Double(frameBytes) / 1e6,
+          transport.rate / raw * 100, transport.framesPerWrite))
+    }
+
+    guard parts.contains("cluster") else { return }
+    let cluster = try await BenchCluster.start(root: root)
+    defer { cluster.stop() }
+    for clients in [1, 16, 64, 256] {
+      let result = try await cluster.puts(clients: clients, duration: .seconds(3))
+      report.add("tcp", "3 processes, fsync always: \(clients) clients, puts/s", result.rate, "puts/s")
+      report.add(
+        "tcp", "3 processes, fsync always: \(clients) clients, p50 / p99", result.p50, "µs",
+        note: String(
+          format: "p99 %.0f µs; p50 = fsync + %.1f round trips", result.p99, (result.p50 - fsync) / rttP50))
+    }
+  }
+
+  // MARK: Raw socket baselines
+
+  /// Runs `body` on a new thread and awaits its result.
+  static func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+      let thread = Thread { continuation.resume(with: Result { try body() }) }
+      thread.stackSize = 1 << 20
+      thread.start()
+    }
+  }
+
+  static func listener() throws -> (Int32, UInt16) {
+    let fd = cq_blocking_tcp_socket(AF_INET)
+    guard fd >= 0, cq_bind_listen(fd, "127.0.0.1", 0, 16) == 0 else { throw BenchFailure("listen failed: \(errno)") }
+    return (fd, UInt16(cq_local_port(fd)))
+  }
+
+  static func dial(_ port: UInt16) throws -> Int32 {
+    let fd = cq_blocking_tcp_socket(AF_INET)
+    guard fd >= 0, cq_connect(fd, "127.0.0.1", Int32(port)) == 0 else { throw BenchFailure("connect failed: \(errno)") }
+    _ = cq_tune_tcp(fd, 0, 0, 0)
+    return fd
+  }
+
+  static func readExactly(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int) -> Bool {
+    var done = 0
+    while done < count {
+      let n = read(fd, buffer + done, count - done)
+      if n <= 0 { return false }
+      done += n
+    }
+    return true
+  }
+
+  static func writeAll(_ fd: Int32, _ buffer: UnsafeRawPointer, _ count: Int) -> Bool {
+    var done = 0
+    while done < count {
+      let n = cq_send(fd, buffer + done, count - done)
+      if n <= 0 { return false }
+      done += n
+    }
+    return true
+  }
+
+  /// Round trips of 64-byte messages between two blocking threads; microseconds per trip.
+  static func rawRoundTrip(count: Int) async throws -> [Double] {
+    let (listenFD, port) = try listener()
+    defer { close(listenFD) }
+    async let echo: Void = onThread {
+      let fd = accept(listenFD, nil, nil)
+      guard fd >= 0 else { return }
+      defer { close(fd) }
+      _ = cq_tune_tcp(fd, 0, 0, 0)
+      let buffer = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 8)
+      defer { buffer.deallocate() }
+      while readExactly(fd, buffer, 64) { guard writeAll(fd, buffer, 64) else { return } }
+    }
+    let samples = try await onThread { () throws -> [Double] in
+      let fd = try dial(port)
+      defer { close(fd) }
+      let buffer = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 8)
+      defer { buffer.deallocate() }
+      var samples: [Double] = []
+      samples.reserveCapacity(count)
+      for _ in 0..<count {
+        let start = nowNanos()
+        guard writeAll(fd, buffer, 64), readExactly(fd, buffer, 64) else { throw BenchFailure("echo failed") }
+        samples.append(Double(nowNanos() - start) / 1000)
+      }
+      return samples
+    }
+    try await echo
+    return samples
+  }
+
+  /// Frames per second streamed over one connection by a writer thread coalescing frames into 256 KiB
+  /// writes and a reader thread walking their length prefixes: the physical limit the transport is held to.
+  static func rawStream(frameBytes: Int, frames: Int) async throws -> Double {
+    let (listenFD, port) = try listener()
+    defer { close(listenFD) }
+    let start = nowNanos()
+    async let reader: Int = onThread {
+      let fd = accept(listenFD, nil, nil)
+      guard fd >= 0 else { return 0 }
+      defer { close(fd) }
+      let capacity = 256 << 10
+      let buffer = UnsafeMutableRawPointer.allocate(byteCount: capacity + frameBytes, alignment: 8)
+      defer { buffer.deallocate() }
+      var received = 0
+      var pending = 0  // bytes of a partial frame carried to the next read
+      var filled = 0
+      while received < frames {
+        let n = read(fd, buffer + filled, capacity - filled)
+        if n <= 0 { break }
+        filled += n
+        var offset = 0
+        while filled - offset >= 4 {
+          let length = Int(buffer.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
+          guard filled - offset >= 4 + length else { break }
+          offset += 4 + length
+          received += 1
+        }
+        pending = filled - offset
+        if pending > 0 { memmove(buffer, buffer + offset, pending) }
+        filled = pending
+      }
+      return received
+    }
+    let writer: Void = try await onThread {
+      let fd = try dial(port)
+      defer { close(fd) }
+      let perBuffer = max(1, (256 << 10) / frameBytes)
+      var chunk = [UInt8](repeating: 0x5A, count: perBuffer * frameBytes)
+      for index in 0..<perBuffer {
+        let length = UInt32(frameBytes - 4).littleEndian
+        withUnsafeBytes(of: length) { chunk.replaceSubrange((index * frameBytes)..<(index * frameBytes + 4), with: $0) }
+      }
+      var sent = 0
+      while sent < frames {
+        let batch = min(perBuffer, frames - sent)
+        guard chunk.withUnsafeBytes({ writeAll(fd, $0.baseAddress!, batch * frameBytes) }) else {
+          throw BenchFailure("stream write failed")
+        }
+        sent += batch
+      }
+    }
+    _ = writer
+    let received = try await reader
+    guard received == frames else { throw BenchFailure("raw stream received \(received) of \(frames)") }
+    return Double(frames) * 1e9 / Double(nowNanos() - start)
+  }
+
+  /// A message of opaque bytes for the transport benchmark.
+  struct Blob: WireCodable, Sendable {
+    var bytes: [UInt8]
+    func encode(to writer: inout WireWriter) { writer.writeBytes(bytes) }
+    init(bytes: [UInt8]) { self.bytes = bytes }
+    init(from reader: inout WireReader) throws(WireError) { bytes = try reader.readBytes() }
+  }
+
+  /// Frames per second from one endpoint to another over loopback, each endpoint on its own transport
+  /// (its own event-loop thread, as in two processes). The frame size counts the length prefix and header.
+  static func transportStream(frameBytes: Int, frames: Int) async throws -> (rate: Double, framesPerWrite: Double) {
+    let overhead = 4 + 4 + 3 + 3  // length prefix, magic/version/protocol, group/from/to varints, bytes length
+    let payload = [UInt8](repeating: 0x5A, count: max(0, frameBytes - overhead))
+    let receiverSide = TCPTransport<Blob>(cluster: "bench", protocolNumber: WireProtocol.test, logger: .disabled)
+    let receiver = try await receiverSide.bind(1)
+    let senderSide = TCPTransport<Blob>(
+      cluster: "bench", protocolNumber: WireProtocol.test, addresses: [1: receiver.address], logger: .disabled)
+    let sender = try await senderSide.bind(2)
+    receiverSide.setAddress(sender.address, for: 2)
+    let start = nowNanos()
+    let producer = Task {
+      let message = Blob(bytes: payload)
+      for _ in 0..<frames {
+        while true {
+          do {
+            try sender.send(message, to: 1)
+            break
+          } catch {
+            // The queue is full: back off instead of spinning on a core the loop threads need.
+            try? await Task.sleep(for: .microseconds(200))
+          }
+        }
+      }
+    }
+    var received = 0
+    var batch: [Envelope<Blob>] = []
+    batch.reserveCapacity(4096)
+    while received < frames {
+      guard await receiver.incoming.receive(into: &batch, limit: 4096) else { break }
+      received += batch.count
+      batch.removeAll(keepingCapacity: true)
+    }
+    let elapsed = nowNanos() - start
+    await producer.value
+    let metrics = senderSide.metrics
+    await sender.close()
+    await receiver.close()
+    guard received == frames else { throw BenchFailure("transport stream received \(received) of \(frames)") }
+    return (Double(frames) * 1e9 / Double(elapsed), Double(metrics.framesSent) / Double(max(1, metrics.writeCalls)))
+  }
+}
+
+/// Three `quorum serve` processes (the release executable next to this one) with fsync always.
+final class BenchCluster: @unchecked Sendable {
+  // Safety of @unchecked Sendable: the processes are only started, queried and killed; the rest is immutable.
+  let processes: [Process]
+  let addresses: [TCPAddress]
+  let name: ClusterID = "bench"
+
+  init(processes: [Process], addresses: [TCPAddress]) {
+    self.processes = processes
+    self.addresses = addresses
+  }
+
+  static func executable() throws -> String {
+    let me = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
+    let path = URL(fileURLWithPath: me).deletingLastPathComponent().appendingPathComponent("quorum").path
+    guard FileManager.default.isExecutableFile(atPath: path) else {
+      throw BenchFailure("no quorum executable at \(path): run `swift build -c release --product quorum` first")
+    }
+    return path
+  }
+
+  static func start(root: String) async throws -> BenchCluster {
+    let executable = try executable()
+    let file = "\(root)/cluster.json"
+    func write(_ members: [String: String]) throws {
+      let data = try JSONSerialization.data(withJSONObject: ["cluster": "bench", "members": members])
+      try data.write(to: URL(fileURLWithPath: file), options: .atomic)
+    }
+    try write(["n1": "127.0.0.1:0", "n2": "127.0.0.1:0", "n3": "127.0.0.1:0"])
+    var processes: [Process] = []
+    var outputs: [Pipe] = []
+    for id in 1...3 {
+      let process = Process()
+      process.executableURL = URL(fileURLWithPath: executable)
+      process.arguments = [
+        "serve", "--id", "n\(id)", "--listen", "127.0.0.1:0", "--cluster-file", file, "--data", "\(root)/n\(id)",
+        "--fsync", "always", "--log-level", "error",
+      ]
+      let pipe = Pipe()
+      process.standardOutput = pipe
+      try process.run()
+      processes.append(process)
+      outputs.append(pipe)
+    }
+    var addresses: [TCPAddress] = []
+    for pipe in outputs {
+      let line = String(decoding: pipe.fileHandleForReading.availableData, as: UTF8.self)
+      guard let range = line.range(of: "listening on "),
+        let address = TCPAddress(String(line[range.upperBound...].prefix { $0 != " " }))
+      else {
+        for process in processes { process.terminate() }
+        throw BenchFailure("a member did not report its address: \(line)")
+      }
+      addresses.append(address)
+    }
+    try write(
+      Dictionary(uniqueKeysWithValues: addresses.enumerated().map { ("n\($0.offset + 1)", $0.element.description) }))
+    let cluster = BenchCluster(processes: processes, addresses: addresses)
+    // Wait for a leader that has committed.
+    let probe = TCPKVClient(cluster: "bench", members: addresses, requestTimeout: .seconds(1))
+    let deadline = ContinuousClock.now.advanced(by: .seconds(30))
+    while ContinuousClock.now < deadline {
+      if (try? await probe.put("warm", "up")) != nil { break }
+    }
+    await probe.close()
+    return cluster
+  }
+
+  func stop() {
+    for process in processes where process.isRunning { kill(process.processIdentifier, SIGTERM) }
+    for process in processes { process.waitUntilExit() }
+  }
+
+  struct Result {
+    var rate: Double
+    var p50: Double
+    var p99: Double
+  }
+
+  /// `clients` closed-loop clients putting 100-byte values; throughput and latency after a warm-up.
+  func puts(clients: Int, duration: Duration) async throws -> Result {
+    let connection = TCPRequestClient(cluster: name, logger: .disabled)
+    defer { Task { await connection.close() } }
+    let value = [UInt8](repeating: 42, count: 100)
+    let members = addresses
+    let warmUp = nowNanos() + 500_000_000
+    let end = warmUp + duration.nanosecondsForBench
+    let results = try await withThrowingTaskGroup(of: (Int, [Double]).self) { group in
+      for index in 0..<clients {
+        group.addTask {
+          let client = TCPKVClient(
+            cluster: "bench", members: members, requestTimeout: .seconds(5), seed: UInt64(index + 1),
+            connection: connection)
+          var count = 0
+          var samples: [Double] = []
+          var n = 0
+          while true {
+            let t0 = nowNanos()
+            if t0 >= end { break }
+            try await client.put("c\(index)-\(n & 1023)", value)
+            n += 1
+            if t0 >= warmUp {
+              count += 1
+              if count & 3 == 0 || clients <= 16 { samples.append(Double(nowNanos() - t0) / 1000) }
+            }
+          }
+          return (count, samples)
+        }
+      }
+      var total = 0
+      var all: [Double] = []
+      for try await (count, samples) in group {
+        total += count
+        all.append(contentsOf: samples)
+      }
+      return (total, all)
+    }
+    let seconds = Double(duration.nanosecondsForBench) / 1e9
+    return Result(rate: Double(results.0) / seconds, p50: percentile(results.1, 0.5), p99: percentile(results.1, 0.99))
+  }
+}
+
+extension Duration {
+  var nanosecondsForBench: UInt64 {
+    UInt64(components.seconds) * 1_000_000_000 + UInt64(components.attoseconds / 1_000_000_000)
+  }
+}

@@ -1,0 +1,224 @@
+import Dispatch
+import Foundation
+import Glibc
+import Quorum
+
+/// `quorum serve`: runs one member of a TCP cluster until SIGINT or SIGTERM.
+enum ServeCommand {
+  static let usage = """
+    usage: quorum serve --id n1 [--listen host:port] (--peers n2=host:port,… | --cluster-file FILE)
+                        [--cluster-id ID] [--data DIR] [--fsync always|batch|never] [--log-level LEVEL]
+                        [--tick-ms 10] [--election-ms 150-300] [--heartbeat-ms 50] [--join]
+      --id            this member's node id
+      --listen        where to listen (default: this member's address in the cluster file); port 0 picks a
+                      free port, printed on standard output
+      --peers         the other members (with --listen), or
+      --cluster-file  JSON {"cluster": "orders", "members": {"n1": "127.0.0.1:7001", …}}; re-read when it
+                      changes, so members' addresses can be updated without a restart
+      --cluster-id    the cluster id (default "quorum"; the cluster file's otherwise)
+      --data          data directory (default ./data/<id>)
+      --join          start empty and wait to be added (quorum members add) instead of founding the
+                      cluster with the members of the file
+      --fsync         always (default): every acknowledged write is on disk; batch: synced every 10 ms;
+                      never: for throw-away clusters
+    Prints "listening on host:port" once it accepts connections. SIGINT/SIGTERM shut down gracefully:
+    stop accepting, answer requests in flight, sync and close storage.
+    """
+
+  struct Settings {
+    var id: NodeID
+    var listen: TCPAddress?
+    var clusterFile: String?
+    var file: ClusterFile
+    var data: String
+    var fsync: FsyncPolicy
+    var logLevel: LogLevel
+    var tick: Duration
+    var election: ClosedRange<Duration>
+    var heartbeat: Duration
+    var join: Bool
+  }
+
+  static func parse(_ arguments: [String]) throws -> Settings {
+    var options = Options(arguments)
+    guard let idText = try options.value("--id") else { throw CLIError.usage("--id is required\n\(usage)") }
+    guard let id = NodeID(idText) else { throw CLIError.usage("--id \(idText) is not a node id (n1, n2, …)") }
+    let listen = try options.value("--listen").map { text -> TCPAddress in
+      do { return try TCPAddress.parse(text) } catch { throw CLIError.usage("--listen: \(error)") }
+    }
+    let clusterID = try options.value("--cluster-id")
+    let clusterFile = try options.value("--cluster-file")
+    let peers = try options.value("--peers")
+    var file: ClusterFile
+    if let clusterFile {
+      guard peers == nil else { throw CLIError.usage("give either --peers or --cluster-file, not both") }
+      file = try ClusterFile.load(clusterFile)
+      if let clusterID, clusterID != file.cluster.rawValue {
+        throw CLIError.usage("--cluster-id \(clusterID) contradicts the cluster file's '\(file.cluster)'")
+      }
+    } else {
+      guard let listen else { throw CLIError.usage("--listen is required with --peers\n\(usage)") }
+      file = ClusterFile(cluster: ClusterID(rawValue: clusterID ?? "quorum"), members: [id: listen])
+      for item in (peers ?? "").split(separator: ",") {
+        let parts = item.split(separator: "=", maxSplits: 1).map(String.init)
+        guard parts.count == 2, let peer = NodeID(parts[0]) else {
+          throw CLIError.usage("--peers: expected n2=host:port, got '\(item)'")
+        }
+        do {
+          file.members[peer] = try TCPAddress.parse(parts[1])
+        } catch {
+          throw CLIError.usage("--peers: \(error)")
+        }
+      }
+    }
+    guard file.members[id] != nil || listen != nil else {
+      throw CLIError.usage("\(id) is not in the cluster file; add it or give --listen")
+    }
+    if let listen { file.members[id] = listen }
+    let fsync: FsyncPolicy
+    switch try options.value("--fsync") ?? "always" {
+    case "always": fsync = .always
+    case "batch": fsync = .batch(interval: .milliseconds(10))
+    case "never": fsync = .never
+    case let other: throw CLIError.usage("--fsync \(other): expected always, batch or never")
+    }
+    let levelText = try options.value("--log-level") ?? "notice"
+    guard let logLevel = LogLevel.allCases.first(where: { $0.description == levelText }) else {
+      throw CLIError.usage("--log-level \(levelText): expected trace, debug, info, notice, warning or error")
+    }
+    func milliseconds(_ name: String, _ fallback: Int) throws -> Duration {
+      guard let text = try options.value(name) else { return .milliseconds(fallback) }
+      guard let value = Int(text), value > 0 else { throw CLIError.usage("\(name) \(text): expected milliseconds") }
+      return .milliseconds(value)
+    }
+    let tick = try milliseconds("--tick-ms", 10)
+    let heartbeat = try milliseconds("--heartbeat-ms", 50)
+    var election = Duration.milliseconds(150)...Duration.milliseconds(300)
+    if let text = try options.value("--election-ms") {
+      let bounds = text.split(separator: "-").compactMap { Int($0) }
+      guard bounds.count == 2, bounds[0] > 0, bounds[0] <= bounds[1] else {
+        throw CLIError.usage("--election-ms \(text): expected MIN-MAX in milliseconds")
+      }
+      election = Duration.milliseconds(bounds[0])...Duration.milliseconds(bounds[1])
+    }
+    let data = try options.value("--data") ?? "data/\(id)"
+    let join = options.flag("--join")
+    try options.rejectUnknown()
+    if let stray = options.words.first { throw CLIError.usage("unexpected argument '\(stray)'\n\(usage)") }
+    return Settings(
+      id: id, listen: listen, clusterFile: clusterFile, file: file, data: data,
+      fsync: fsync, logLevel: logLevel, tick: tick, election: election, heartbeat: heartbeat, join: join)
+  }
+
+  static func cluster(_ s: Settings) throws -> Cluster {
+    let members = s.file.members.keys.sorted().compactMap { id in s.file.members[id].map { (id, $0) } }
+    do {
+      return try Cluster(id: s.file.cluster) {
+        for (id, address) in members { Member(id, at: address.description) }
+        DataDirectory(s.data, fsync: s.fsync)
+        Logging(StderrLogSink(minimumLevel: s.logLevel))
+        RaftSettings {
+          TickInterval(s.tick)
+          ElectionTimeout(s.election)
+          HeartbeatInterval(s.heartbeat)
+          LeaseReads(clockDriftBound: s.tick)
+        }
+      }
+    } catch {
+      throw CLIError.failed("invalid cluster: \(error)")
+    }
+  }
+
+  static func run(_ arguments: [String]) async -> Int32 {
+    if arguments.contains("--help") || arguments.contains("-h") {
+      print(usage)
+      return 0
+    }
+    signal(SIGPIPE, SIG_IGN)
+    let settings: Settings
+    let cluster: Cluster
+    do {
+      settings = try parse(arguments)
+      cluster = try self.cluster(settings)
+    } catch {
+      printError("quorum serve: \(error)")
+      return 2
+    }
+    let server: ClusterMemberServer
+    do {
+      // The data directory is the member's own; the cluster's DataDirectory is only a default.
+      server = try await cluster.start(
+        settings.id, listen: settings.listen, dataDirectory: settings.data, joining: settings.join)
+    } catch {
+      printError("quorum serve: cannot start \(settings.id): \(error)")
+      return 1
+    }
+    printOut("quorum serve: \(settings.id) listening on \(server.address) (cluster \(cluster.id))")
+
+    signal(SIGINT, SIG_IGN)
+    signal(SIGTERM, SIG_IGN)
+    let signalQueue = DispatchQueue(label: "quorum.signals")
+    let sources = [SIGINT, SIGTERM].map { number in
+      let source = DispatchSource.makeSignalSource(signal: number, queue: signalQueue)
+      source.setEventHandler {
+        printError("quorum serve: \(settings.id) received signal \(number), shutting down")
+        Task { await server.shutdown() }
+      }
+      source.resume()
+      return source
+    }
+    let reload = settings.clusterFile.map { path in
+      Task { await followClusterFile(path, server: server, own: settings.id, initial: settings.file) }
+    }
+    var status: Int32 = 0
+    do {
+      try await server.run()
+    } catch {
+      printError("quorum serve: \(settings.id) stopped with an error: \(error)")
+      status = 1
+    }
+    reload?.cancel()
+    for source in sources { source.cancel() }
+    printOut("quorum serve: \(settings.id) stopped")
+    return status
+  }
+
+  /// Re-reads the cluster file when it changes and applies the members' new addresses (a bad file is
+  /// reported and ignored: the member keeps its current addresses).
+  static func followClusterFile(_ path: String, server: ClusterMemberServer, own: NodeID, initial: ClusterFile) async {
+    var current = initial
+    var lastModified = modificationTime(path)
+    while !Task.isCancelled {
+      try? await Task.sleep(for: .milliseconds(200))
+      let modified = modificationTime(path)
+      guard modified != lastModified else { continue }
+      lastModified = modified
+      do {
+        let file = try ClusterFile.load(path)
+        guard file.cluster == current.cluster else {
+          printError("quorum serve: ignoring \(path): its cluster id changed to '\(file.cluster)'")
+          continue
+        }
+        for (id, address) in file.members where id != own && current.members[id] != address {
+          server.transport.setAddress(address, for: id)
+          printError("quorum serve: \(id) is now at \(address)")
+        }
+        current = file
+      } catch {
+        printError("quorum serve: ignoring the changed cluster file: \(error)")
+      }
+    }
+  }
+
+  struct FileStamp: Equatable {
+    var seconds: Int
+    var nanoseconds: Int
+    var size: Int
+  }
+
+  static func modificationTime(_ path: String) -> FileStamp? {
+    var info = stat()
+    guard stat(path, &info) == 0 else { return nil }
+    return FileStamp(seconds: info.st_mtim.tv_sec, nanoseconds: info.st_mtim.tv_nsec, size: Int(info.st_size))
+  }
+}

@@ -1,0 +1,427 @@
+import CQuorumSystem
+import Glibc
+import QuorumCore
+
+/// What a connection's owner decided about one received frame.
+enum FrameVerdict {
+  /// Consumed; go on with the next frame.
+  case proceed
+  /// Consumed, but stop reading until ``Connection/resumeReading()`` (the receiver is full).
+  case pause
+  /// Close the connection with this reason.
+  case close(TCPCloseReason)
+}
+
+/// The owner of a ``Connection``: told about connects, frames, drained writes and the close. Loop thread only.
+protocol ConnectionDelegate: AnyObject {
+  /// An outbound connection finished connecting.
+  func connectionDidConnect(_ connection: Connection)
+  /// A complete frame arrived: its body is `bytes[range]` (without the length prefix).
+  func connection(_ connection: Connection, didReceive bytes: [UInt8], range: Range<Int>) -> FrameVerdict
+  /// Everything queued was written; the owner may queue more (and call ``Connection/flush()``).
+  func connectionDidDrain(_ connection: Connection)
+  /// The frames received so far have all been handed over (a batch boundary: deliver what was collected).
+  func connectionDidParse(_ connection: Connection)
+  /// The connection closed; it is unregistered and its descriptor closed.
+  func connection(_ connection: Connection, didCloseWith reason: TCPCloseReason)
+}
+
+/// One non-blocking TCP socket on an ``EventLoop``: frame parsing on the way in, a coalescing write
+/// buffer on the way out. Used only on its loop's thread.
+final class Connection: LoopHandler {
+  let loop: EventLoop
+  let fd: Int32
+  let maxFrameBytes: Int
+  /// The remote address, for logs.
+  let remote: String
+  weak var delegate: (any ConnectionDelegate)?
+  /// When the handshake must have completed (monotonic nanoseconds), or `nil` once it has.
+  var handshakeDeadline: UInt64?
+  /// How long a partially received frame may go without progress.
+  let frameTimeoutNanos: UInt64
+
+  private var token: UInt64 = 0
+  private(set) var isConnecting = false
+  private(set) var isClosed = false
+  private var registered = false
+  private var interest: UInt32 = 0
+  private var readingPaused = false
+  private var wantsWrite = false
+  private var readBuffer: [UInt8] = []
+  private var writeBuffer: [UInt8] = []
+  private var writeOffset = 0
+  private var lastReadProgress: UInt64 = 0
+  private var connectDeadline: UInt64?
+  private var flushScheduled = false
+  /// Bytes received and written, for metrics.
+  private(set) var bytesReceived = 0
+  private(set) var bytesWritten = 0
+  /// Write system calls made, for metrics (coalescing shows as bytes per call).
+  private(set) var writeCalls = 0
+
+  init(loop: EventLoop, fd: Int32, remote: String, maxFrameBytes: Int, frameTimeout: Duration) {
+    self.loop = loop
+    self.fd = fd
+    self.remote = remote
+    self.maxFrameBytes = maxFrameBytes
+    self.frameTimeoutNanos = frameTimeout.nanoseconds
+  }
+
+  /// Registers an accepted (already connected) socket for reading.
+  func start() -> Bool {
+    lastReadProgress = monotonicNanos()
+    return updateInterest()
+  }
+
+  /// Registers an outbound socket whose `connect` is in progress (or finished at once).
+  func startConnecting(inProgress: Bool, timeout: Duration) -> Bool {
+    if inProgress {
+      isConnecting = true
+      connectDeadline = monotonicNanos() &+ timeout.nanoseconds
+      wantsWrite = true
+      return updateInterest()
+    }
+    guard start() else { return false }
+    delegate?.connectionDidConnect(self)
+    return true
+  }
+
+  // MARK: Events
+
+  func handle(events: UInt32) {
+    if isConnecting {
+      finishConnecting()
+      return
+    }
+    if events & (CQ_EPOLLIN | CQ_EPOLLHUP | CQ_EPOLLERR) != 0 && !readingPaused {
+      readAvailable()
+    }
+    if !isClosed && events & CQ_EPOLLOUT != 0 {
+      flush()
+    }
+    if !isClosed && events & CQ_EPOLLERR != 0 {
+      var code: Int32 = 0
+      _ = cq_getsockopt_int(fd, SOL_SOCKET, SO_ERROR, &code)
+      close(.ioError(operation: "socket", errno: code == 0 ? EIO : code))
+    }
+  }
+
+  func loopDidShutDown() {
+    close(.localShutdown, notify: true, unregister: false)
+  }
+
+  /// Checks the connect, handshake and partial-frame deadlines; called periodically by the owner.
+  func checkDeadlines(now: UInt64) {
+    guard !isClosed else { return }
+    if let deadline = connectDeadline, isConnecting, now >= deadline {
+      close(.connectTimeout)
+    } else if let deadline = handshakeDeadline, now >= deadline {
+      let detail =
+        readBuffer.isEmpty
+        ? "no handshake within the timeout" : "incomplete handshake (\(readBuffer.count) bytes) within the timeout"
+      close(.badHandshake(detail))
+    } else if !readBuffer.isEmpty, !readingPaused, now >= lastReadProgress &+ frameTimeoutNanos {
+      close(.truncatedFrame(received: max(0, readBuffer.count - TCPFrame.prefixBytes), expected: pendingFrameLength))
+    }
+  }
+
+  private var pendingFrameLength: Int {
+    guard readBuffer.count >= TCPFrame.prefixBytes else { return TCPFrame.prefixBytes }
+    return Int(readLength(at: 0))
+  }
+
+  private func finishConnecting() {
+    var code: Int32 = 0
+    if cq_getsockopt_int(fd, SOL_SOCKET, SO_ERROR, &code) != 0 { code = errno }
+    guard code == 0 else {
+      close(.ioError(operation: "connect", errno: code))
+      return
+    }
+    isConnecting = false
+    connectDeadline = nil
+    wantsWrite = false
+    lastReadProgress = monotonicNanos()
+    guard updateInterest() else { return }
+    delegate?.connectionDidConnect(self)
+  }
+
+  // MARK: Reading
+
+  private func readAvailable() {
+    var budget = 4 << 20  // bytes per wake-up, so one busy connection cannot starve the others
+    while !isClosed && !readingPaused && budget > 0 {
+      let count = Glibc.read(fd, loop.readScratch.baseAddress, loop.readScratch.count)
+      if count > 0 {
+        readBuffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: loop.readScratch[0..<count]))
+        bytesReceived += count
+        budget -= count
+        lastReadProgress = monotonicNanos()
+        parseFrames()
+        continue
+      }
+      if count == 0 {
+        if readBuffer.isEmpty {
+          close(.peerClosed)
+        } else if handshakeDeadline != nil {
+          close(.badHandshake("the connection ended inside the handshake (\(readBuffer.count) bytes)"))
+        } else {
+          close(
+            .truncatedFrame(received: max(0, readBuffer.count - TCPFrame.prefixBytes), expected: pendingFrameLength))
+        }
+        return
+      }
+      let code = errno
+      if code == EAGAIN || code == EWOULDBLOCK { return }
+      if code == EINTR { continue }
+      close(code == ECONNRESET ? .peerClosed : .ioError(operation: "read", errno: code))
+      return
+    }
+  }
+
+  private func readLength(at offset: Int) -> UInt32 {
+    UInt32(readBuffer[offset]) | UInt32(readBuffer[offset + 1]) << 8 | UInt32(readBuffer[offset + 2]) << 16
+      | UInt32(readBuffer[offset + 3]) << 24
+  }
+
+  private func parseFrames() {
+    var offset = 0
+    defer {
+      if offset > 0 && !isClosed {
+        if offset == readBuffer.count {
+          readBuffer.removeAll(keepingCapacity: readBuffer.capacity <= 1 << 20)
+        } else {
+          readBuffer.removeFirst(offset)
+        }
+      }
+    }
+    while !isClosed && !readingPaused {
+      let available = readBuffer.count - offset
+      guard available >= TCPFrame.prefixBytes else { break }
+      let length = Int(readLength(at: offset))
+      guard length > 0 else {
+        close(.malformedFrame("zero-length frame"))
+        return
+      }
+      guard length <= maxFrameBytes else {
+        close(.frameTooLarge(bytes: length, limit: maxFrameBytes))
+        return
+      }
+      guard available >= TCPFrame.prefixBytes + length else {
+        readBuffer.reserveCapacity(offset + TCPFrame.prefixBytes + length)
+        break
+      }
+      let start = offset + TCPFrame.prefixBytes
+      guard let delegate else {
+        close(.localShutdown)
+        return
+      }
+      let verdict = delegate.connection(self, didReceive: readBuffer, range: start..<(start + length))
+      offset = start + length
+      switch verdict {
+      case .proceed: continue
+      case .pause:
+        readingPaused = true
+        _ = updateInterest()
+        delegate.connectionDidParse(self)
+        return
+      case .close(let reason):
+        close(reason)
+        return
+      }
+    }
+    if !isClosed { delegate?.connectionDidParse(self) }
+  }
+
+  /// Stops reading until ``resumeReading()`` (the receiver behind this connection is full).
+  func pauseReading() {
+    guard !readingPaused, !isClosed else { return }
+    readingPaused = true
+    _ = updateInterest()
+  }
+
+  /// Resumes reading after a ``FrameVerdict/pause``: frames already buffered are delivered first.
+  func resumeReading() {
+    guard readingPaused, !isClosed else { return }
+    readingPaused = false
+    lastReadProgress = monotonicNanos()
+    parseFrames()
+    guard !isClosed, !readingPaused else { return }
+    guard updateInterest() else { return }
+    // Data (or an end of stream) may have arrived while paused; level-triggered epoll reports it again.
+  }
+
+  /// Whether reading is paused.
+  var isReadingPaused: Bool { readingPaused }
+
+  // MARK: Writing
+
+  /// Bytes queued but not yet written.
+  var pendingWriteBytes: Int { writeBuffer.count - writeOffset }
+
+  /// Appends one encoded frame (length prefix included) to the write buffer; call ``flush()`` after.
+  func enqueue(_ frame: [UInt8]) {
+    guard !isClosed else { return }
+    writeBuffer.append(contentsOf: frame)
+  }
+
+  /// Appends bytes with a closure that writes into the buffer directly (used to coalesce queued frames).
+  func enqueue(with fill: (inout [UInt8]) -> Void) {
+    guard !isClosed else { return }
+    fill(&writeBuffer)
+  }
+
+  /// Flushes once the current batch of events is handled, so frames queued by several events go out in one
+  /// system call.
+  func flushSoon() {
+    guard !flushScheduled, !isClosed else { return }
+    flushScheduled = true
+    loop.afterCurrentEvents { [self] in
+      flushScheduled = false
+      flush()
+    }
+  }
+
+  /// Writes as much as the socket takes; asks the delegate for more whenever the buffer empties.
+  func flush() {
+    guard !isClosed, !isConnecting else { return }
+    while true {
+      while writeOffset < writeBuffer.count {
+        let written = writeBuffer.withUnsafeBytes { raw in
+          // The buffer is non-empty here, so its base address exists.
+          cq_send(fd, raw.baseAddress! + writeOffset, raw.count - writeOffset)
+        }
+        writeCalls += 1
+        if written > 0 {
+          writeOffset += written
+          bytesWritten += written
+          continue
+        }
+        let code = errno
+        if written < 0 && (code == EAGAIN || code == EWOULDBLOCK) {
+          if !wantsWrite {
+            wantsWrite = true
+            _ = updateInterest()
+          }
+          return
+        }
+        if written < 0 && code == EINTR { continue }
+        close(code == EPIPE || code == ECONNRESET ? .peerClosed : .ioError(operation: "send", errno: code))
+        return
+      }
+      writeBuffer.removeAll(keepingCapacity: writeBuffer.capacity <= 1 << 20)
+      writeOffset = 0
+      guard let delegate else { break }
+      delegate.connectionDidDrain(self)
+      if isClosed || writeBuffer.isEmpty { break }
+    }
+    if wantsWrite && !isClosed {
+      wantsWrite = false
+      _ = updateInterest()
+    }
+  }
+
+  // MARK: Registration and close
+
+  @discardableResult
+  private func updateInterest() -> Bool {
+    guard !isClosed else { return false }
+    var wanted: UInt32 = 0
+    if !readingPaused && !isConnecting { wanted |= CQ_EPOLLIN }
+    if wantsWrite { wanted |= CQ_EPOLLOUT }
+    if wanted == 0 {
+      // Unregister entirely: a closed peer reports EPOLLHUP even with no interest, which would spin.
+      if registered {
+        loop.unregister(fd, token: token, keepHandler: true)
+        registered = false
+      }
+      interest = 0
+      return true
+    }
+    if !registered {
+      if token == 0 {
+        guard let assigned = loop.register(fd, self, events: wanted) else {
+          close(.ioError(operation: "epoll_ctl", errno: errno))
+          return false
+        }
+        token = assigned
+      } else if !loop.reregister(fd, token: token, events: wanted) {
+        close(.ioError(operation: "epoll_ctl", errno: errno))
+        return false
+      }
+      registered = true
+      interest = wanted
+      return true
+    }
+    if wanted != interest {
+      guard loop.modify(fd, token: token, events: wanted) else {
+        close(.ioError(operation: "epoll_ctl", errno: errno))
+        return false
+      }
+      interest = wanted
+    }
+    return true
+  }
+
+  /// Writes what is buffered without waiting, then closes (used to send a refusal before hanging up).
+  func flushAndClose(_ reason: TCPCloseReason) {
+    guard !isClosed else { return }
+    while writeOffset < writeBuffer.count {
+      let written = writeBuffer.withUnsafeBytes { raw in
+        // The buffer is non-empty here, so its base address exists.
+        cq_send(fd, raw.baseAddress! + writeOffset, raw.count - writeOffset)
+      }
+      if written <= 0 { break }
+      writeOffset += written
+    }
+    _ = Glibc.shutdown(fd, Int32(SHUT_WR))
+    close(reason)
+  }
+
+  /// Closes the socket and tells the delegate once.
+  func close(_ reason: TCPCloseReason) {
+    close(reason, notify: true, unregister: true)
+  }
+
+  private func close(_ reason: TCPCloseReason, notify: Bool, unregister: Bool) {
+    guard !isClosed else { return }
+    isClosed = true
+    if token != 0 {
+      if unregister && registered {
+        loop.unregister(fd, token: token)
+      } else {
+        loop.forget(token: token)
+      }
+    }
+    registered = false
+    Glibc.close(fd)
+    readBuffer = []
+    writeBuffer = []
+    writeOffset = 0
+    if notify { delegate?.connection(self, didCloseWith: reason) }
+  }
+}
+
+/// Creates a tuned non-blocking socket and starts connecting it to `address`.
+/// Returns the descriptor and whether the connect is still in progress.
+func startConnect(to address: TCPAddress, options: TCPTransportOptions) -> Result<(Int32, Bool), TCPCloseReason> {
+  let family = cq_address_family(address.host)
+  let fd = cq_tcp_socket(family)
+  guard fd >= 0 else { return .failure(.ioError(operation: "socket", errno: errno)) }
+  _ = cq_tune_tcp(
+    fd, Int32(options.keepaliveIdle.nanoseconds / 1_000_000_000),
+    Int32(options.keepaliveInterval.nanoseconds / 1_000_000_000),
+    Int32(options.keepaliveProbes))
+  let result = cq_connect(fd, address.host, Int32(address.port))
+  if result == 0 { return .success((fd, false)) }
+  let code = errno
+  if code == EINPROGRESS { return .success((fd, true)) }
+  Glibc.close(fd)
+  return .failure(.ioError(operation: "connect", errno: code))
+}
+
+/// The remote address of a connected socket, as text.
+func peerName(_ fd: Int32) -> String {
+  var buffer = [CChar](repeating: 0, count: 64)
+  guard cq_peer_name(fd, &buffer, 64) == 0 else { return "?" }
+  return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}

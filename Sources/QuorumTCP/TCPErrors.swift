@@ -1,0 +1,152 @@
+import Glibc
+public import QuorumCore
+
+/// Why a TCP transport could not be set up or used: listening, addressing and connecting failures.
+public enum TCPTransportError: Error, Sendable, Equatable, CustomStringConvertible {
+  /// The text is not a usable address.
+  case invalidAddress(String, reason: String)
+  /// Another socket already listens on the address (`EADDRINUSE`).
+  case addressInUse(TCPAddress)
+  /// A socket call failed while setting up a listener or connection.
+  case system(operation: String, address: TCPAddress?, errno: Int32)
+  /// The node has no address in the address book, and none can be chosen.
+  case noAddress(NodeID)
+  /// The node is already bound on this transport.
+  case alreadyBound(NodeID)
+
+  public var description: String {
+    switch self {
+    case .invalidAddress(let text, let reason): return "invalid address '\(text)': \(reason)"
+    case .addressInUse(let address): return "address \(address) is already in use (is another node running?)"
+    case .system(let operation, let address, let code):
+      return "\(operation)\(address.map { " \($0)" } ?? "") failed: \(errnoDescription(code))"
+    case .noAddress(let node): return "no address for \(node) in the address book"
+    case .alreadyBound(let node): return "\(node) is already bound"
+    }
+  }
+}
+
+/// Why a connection was closed. Each close is logged with its reason; protocol violations by the remote
+/// side (the first eight cases) close only that connection, never the node.
+public enum TCPCloseReason: Error, Sendable, Equatable, CustomStringConvertible {
+  /// The remote side belongs to another cluster.
+  case clusterMismatch(local: ClusterID, remote: ClusterID)
+  /// The remote side introduced itself as a node that is not in the address book.
+  case unknownNode(NodeID)
+  /// The remote side dialled `expected`, but this listener is `actual` (a stale address).
+  case wrongNode(expected: NodeID, actual: NodeID)
+  /// The handshake or a frame uses a format version this build does not speak.
+  case unsupportedVersion(UInt8)
+  /// A length prefix announced a frame larger than the limit.
+  case frameTooLarge(bytes: Int, limit: Int)
+  /// The connection ended (or stalled past the frame timeout) in the middle of a frame.
+  case truncatedFrame(received: Int, expected: Int)
+  /// A frame could not be decoded (garbage bytes, a wrong protocol, a bad sender).
+  case malformedFrame(String)
+  /// The first frame was not a valid handshake, or none arrived within the handshake timeout.
+  case badHandshake(String)
+  /// The remote side refused our handshake, with its reason.
+  case rejected(String)
+  /// The remote side closed the connection.
+  case peerClosed
+  /// A socket call failed.
+  case ioError(operation: String, errno: Int32)
+  /// Connecting did not finish within the connect timeout.
+  case connectTimeout
+  /// The listener already holds its maximum number of connections.
+  case tooManyConnections(limit: Int)
+  /// This side is shutting down (an endpoint or client closed).
+  case localShutdown
+  /// The remote side opened a client connection to a node that does not serve clients.
+  case clientsNotServed
+
+  /// Whether the close was the remote side breaking the protocol (as opposed to ordinary churn).
+  public var isProtocolViolation: Bool {
+    switch self {
+    case .clusterMismatch, .unknownNode, .wrongNode, .unsupportedVersion, .frameTooLarge, .truncatedFrame,
+      .malformedFrame, .badHandshake:
+      return true
+    case .rejected, .peerClosed, .ioError, .connectTimeout, .tooManyConnections, .localShutdown, .clientsNotServed:
+      return false
+    }
+  }
+
+  /// A short stable name for metrics and tests, such as `cluster-mismatch`.
+  public var name: String {
+    switch self {
+    case .clusterMismatch: return "cluster-mismatch"
+    case .unknownNode: return "unknown-node"
+    case .wrongNode: return "wrong-node"
+    case .unsupportedVersion: return "unsupported-version"
+    case .frameTooLarge: return "frame-too-large"
+    case .truncatedFrame: return "truncated-frame"
+    case .malformedFrame: return "malformed-frame"
+    case .badHandshake: return "bad-handshake"
+    case .rejected: return "rejected"
+    case .peerClosed: return "peer-closed"
+    case .ioError: return "io-error"
+    case .connectTimeout: return "connect-timeout"
+    case .tooManyConnections: return "too-many-connections"
+    case .localShutdown: return "local-shutdown"
+    case .clientsNotServed: return "clients-not-served"
+    }
+  }
+
+  public var description: String {
+    switch self {
+    case .clusterMismatch(let local, let remote):
+      return "cluster id mismatch: this node is in '\(local)', the remote side in '\(remote)'"
+    case .unknownNode(let node): return "unknown node \(node) (not in the address book)"
+    case .wrongNode(let expected, let actual): return "dialled \(expected) but reached \(actual)"
+    case .unsupportedVersion(let version): return "unsupported format version \(version)"
+    case .frameTooLarge(let bytes, let limit): return "frame of \(bytes) bytes exceeds the \(limit)-byte limit"
+    case .truncatedFrame(let received, let expected):
+      return "truncated frame: \(received) of \(expected) bytes arrived"
+    case .malformedFrame(let detail): return "malformed frame: \(detail)"
+    case .badHandshake(let detail): return "bad handshake: \(detail)"
+    case .rejected(let detail): return "rejected by the remote side: \(detail)"
+    case .peerClosed: return "closed by the remote side"
+    case .ioError(let operation, let code): return "\(operation) failed: \(errnoDescription(code))"
+    case .connectTimeout: return "connect timed out"
+    case .tooManyConnections(let limit): return "too many connections (limit \(limit))"
+    case .localShutdown: return "shutting down"
+    case .clientsNotServed: return "this node does not serve clients"
+    }
+  }
+}
+
+/// Why a request over a ``TCPRequestClient`` failed.
+public enum TCPRequestError: Error, Sendable, Equatable, CustomStringConvertible {
+  /// No connection could be made to the address.
+  case unreachable(TCPAddress, reason: TCPCloseReason)
+  /// The connection was lost before the reply arrived; the request may or may not have been carried out.
+  case connectionLost(TCPAddress, reason: TCPCloseReason)
+  /// No reply within the timeout; the request may or may not have been carried out.
+  case timeout(TCPAddress)
+  /// The request is larger than the frame limit.
+  case tooLarge(bytes: Int, limit: Int)
+  /// The client was closed.
+  case closed
+  /// Too many requests are waiting on the connection.
+  case overloaded(limit: Int)
+  /// The client's event loop could not be started (out of threads or descriptors).
+  case cannotStart(String)
+
+  public var description: String {
+    switch self {
+    case .unreachable(let address, let reason): return "cannot reach \(address): \(reason)"
+    case .connectionLost(let address, let reason): return "connection to \(address) lost: \(reason)"
+    case .timeout(let address): return "no reply from \(address) in time"
+    case .tooLarge(let bytes, let limit): return "request of \(bytes) bytes exceeds the \(limit)-byte frame limit"
+    case .closed: return "client closed"
+    case .overloaded(let limit): return "too many requests in flight (limit \(limit))"
+    case .cannotStart(let why): return "cannot start the client: \(why)"
+    }
+  }
+}
+
+/// `strerror` text plus the number.
+func errnoDescription(_ code: Int32) -> String {
+  guard let text = strerror(code) else { return "errno \(code)" }
+  return "\(String(cString: text)) (errno \(code))"
+}

@@ -1,0 +1,400 @@
+import CQuorumSystem
+import Glibc
+public import QuorumCore
+import Synchronization
+
+/// A ``QuorumCore/Transport`` over TCP: what lets a Quorum cluster span processes and machines.
+///
+/// Each bound node listens on its address from the address book (or on ``TCPTransportOptions/listenHost``
+/// port 0, whose real port is written back into the book) and opens one outbound connection per peer it
+/// sends to. One event-loop thread per transport owns every socket (epoll); `send` encodes the frame on the
+/// caller's thread and queues it without blocking or suspending; the loop writes queued frames with one
+/// system call per batch and decodes incoming frames straight into the endpoint's mailbox.
+///
+/// ## Wire format
+///
+/// A connection starts with a ``TCPHandshake`` (cluster id, node id, format version, protocol number), which
+/// the listener answers with a ``TCPHandshakeReply``. Then every frame is a `u32` length and a
+/// ``QuorumCore/WireEnvelope`` (see ``TCPFrame``). A mismatched cluster id, an unknown node, an unsupported
+/// version, a frame over ``TCPTransportOptions/maxFrameBytes``, a truncated or undecodable frame each close
+/// *that* connection with a ``TCPCloseReason`` that is logged and counted in ``metrics``; the node goes on
+/// serving every other connection.
+///
+/// ## Bounds and policies
+///
+/// - Per peer, at most ``TCPTransportOptions/maxQueuedFramesPerPeer`` frames and
+///   ``TCPTransportOptions/maxQueuedBytesPerPeer`` bytes wait to be written; beyond that `send` throws
+///   ``QuorumCore/TransportError/queueFull(peer:capacity:)`` and queues nothing (order is preserved).
+/// - When a connection attempt fails, the frames queued for that peer are dropped (the peer could not have
+///   received them; the protocols above retransmit) and the link reconnects with ``ReconnectPolicy``.
+/// - When an endpoint's mailbox is full, the loop stops reading the connections that feed it until there is
+///   room again: TCP flow control then slows the senders, whose queues fill and refuse. Nothing is dropped
+///   for a slow receiver.
+/// - Accepted connections per endpoint are bounded by ``TCPTransportOptions/maxConnectionsPerEndpoint``.
+///
+/// ## Clients
+///
+/// With ``TCPTransportOptions/serveClients`` the same listener also accepts client connections (handshake
+/// role `client`); their requests arrive in ``TCPEndpoint/requests`` and are answered with
+/// ``TCPRequest/respond(_:)``. ``TCPRequestClient`` is the other end.
+///
+/// The event-loop thread starts with the first ``bind(_:)`` and stops when the last endpoint closes.
+public final class TCPTransport<Message: WireCodable & Sendable>: Transport, Sendable {
+  /// The cluster every connection must belong to.
+  public var cluster: ClusterID { environment.cluster }
+  /// The protocol number carried in every frame's envelope (for example ``QuorumCore/WireProtocol/raft``).
+  public let protocolNumber: UInt8
+  /// Limits and timeouts.
+  public var options: TCPTransportOptions { environment.options }
+
+  let environment: TransportEnvironment
+  private let endpoints = Mutex<[NodeID: TCPEndpoint<Message>]>([:])
+
+  /// Creates a transport; nothing is opened until ``bind(_:)``.
+  /// - Parameters:
+  ///   - cluster: the cluster id checked at every handshake.
+  ///   - protocolNumber: the protocol of `Message` (``QuorumCore/WireProtocol``).
+  ///   - addresses: where each node listens. A node bound without an entry listens on
+  ///     ``TCPTransportOptions/listenHost`` and a free port, which is recorded here.
+  ///   - options: limits and timeouts.
+  ///   - logger: where connection events and closes are logged.
+  public init(
+    cluster: ClusterID, protocolNumber: UInt8, addresses: [NodeID: TCPAddress] = [:],
+    options: TCPTransportOptions = .default, logger: QuorumLogger = QuorumLogger(label: "quorum.tcp")
+  ) {
+    self.protocolNumber = protocolNumber
+    self.environment = TransportEnvironment(cluster: cluster, options: options, addresses: addresses, logger: logger)
+  }
+
+  /// Binds `node`: starts listening on its address and returns its endpoint.
+  /// - Throws: ``TCPTransportError/addressInUse(_:)`` if the port is taken,
+  ///   ``TCPTransportError/alreadyBound(_:)``, or ``TCPTransportError/system(operation:address:errno:)``.
+  public func bind(_ node: NodeID) async throws(TCPTransportError) -> TCPEndpoint<Message> {
+    if endpoints.withLock({ $0[node] != nil }) { throw .alreadyBound(node) }
+    let wanted: TCPAddress
+    if let configured = environment.address(of: node) {
+      wanted = configured
+    } else {
+      wanted = try TCPAddress(host: environment.options.listenHost, port: 0)
+    }
+    let (fd, bound) = try openListener(wanted)
+    let loop: EventLoop
+    do {
+      loop = try environment.acquireLoop()
+    } catch {
+      Glibc.close(fd)
+      throw error
+    }
+    let core = EndpointCore<Message>(id: node, loop: loop, protocolNumber: protocolNumber, environment: environment)
+    let endpoint = TCPEndpoint(core: core, address: bound, transport: self)
+    let fresh = endpoints.withLock { table -> Bool in
+      if table[node] != nil { return false }
+      table[node] = endpoint
+      return true
+    }
+    guard fresh else {
+      Glibc.close(fd)
+      environment.releaseLoop()
+      throw .alreadyBound(node)
+    }
+    environment.setAddress(bound, for: node)
+    let started = await loop.submit { core.start(listenerFD: fd) } ?? false
+    guard started else {
+      Glibc.close(fd)
+      await endpoint.close()
+      throw .system(operation: "epoll_ctl (listener)", address: bound, errno: EIO)
+    }
+    environment.logger.info("\(node) listening on \(bound)", ["cluster": cluster.rawValue])
+    return endpoint
+  }
+
+  private func openListener(_ address: TCPAddress) throws(TCPTransportError) -> (Int32, TCPAddress) {
+    let fd = cq_tcp_socket(cq_address_family(address.host))
+    guard fd >= 0 else { throw .system(operation: "socket", address: address, errno: errno) }
+    guard cq_bind_listen(fd, address.host, Int32(address.port), 1024) == 0 else {
+      let code = errno
+      Glibc.close(fd)
+      if code == EADDRINUSE { throw .addressInUse(address) }
+      throw .system(operation: "bind/listen", address: address, errno: code)
+    }
+    let port = cq_local_port(fd)
+    guard port > 0 else {
+      let code = errno
+      Glibc.close(fd)
+      throw .system(operation: "getsockname", address: address, errno: code)
+    }
+    return (fd, address.withPort(UInt16(port)))
+  }
+
+  func endpointClosed(_ endpoint: TCPEndpoint<Message>) {
+    let removed = endpoints.withLock { table -> Bool in
+      guard table[endpoint.id] === endpoint else { return false }
+      table[endpoint.id] = nil
+      return true
+    }
+    if removed { environment.releaseLoop() }
+  }
+
+  /// The address of `node` in the address book.
+  public func address(of node: NodeID) -> TCPAddress? { environment.address(of: node) }
+
+  /// The whole address book.
+  public var addresses: [NodeID: TCPAddress] { environment.addresses }
+
+  /// Adds, changes or (with `nil`) removes the address of `node`. Existing connections stay; the next
+  /// connection attempt uses the new address.
+  public func setAddress(_ address: TCPAddress?, for node: NodeID) { environment.setAddress(address, for: node) }
+
+  /// The transport's counters.
+  public var metrics: TCPTransportMetrics { environment.metrics.snapshot }
+
+  /// Closes every endpoint still bound.
+  public func shutdown() async {
+    let all = endpoints.withLock { Array($0.values) }
+    for endpoint in all { await endpoint.close() }
+  }
+}
+
+/// One node's endpoint on a ``TCPTransport``.
+public final class TCPEndpoint<Message: WireCodable & Sendable>: TransportEndpoint, Sendable {
+  /// The node.
+  public var id: NodeID { core.id }
+  /// Messages from peers, in arrival order (per peer, in the order sent).
+  public var incoming: Mailbox<Envelope<Message>> { core.mailbox }
+  /// Requests from client connections (only with ``TCPTransportOptions/serveClients``). When it is full the
+  /// transport stops reading client sockets until there is room.
+  public var requests: Mailbox<TCPRequest> { core.requests }
+  /// The address the endpoint listens on (with the real port when bound to port 0).
+  public let address: TCPAddress
+
+  let core: EndpointCore<Message>
+  private let transport: TCPTransport<Message>
+
+  init(core: EndpointCore<Message>, address: TCPAddress, transport: TCPTransport<Message>) {
+    self.core = core
+    self.address = address
+    self.transport = transport
+  }
+
+  /// Encodes `message` and queues it for `peer` without blocking.
+  /// - Throws: ``QuorumCore/TransportError/closed`` after ``close()``,
+  ///   ``QuorumCore/TransportError/unknownPeer(_:)`` if `peer` has no address,
+  ///   ``QuorumCore/TransportError/messageTooLarge(bytes:limit:)`` over the frame limit,
+  ///   ``QuorumCore/TransportError/queueFull(peer:capacity:)`` when the peer's queue is full.
+  public func send(_ message: Message, to peer: NodeID, group: GroupID) throws(TransportError) {
+    if core.isClosed { throw .closed }
+    let link = try core.link(to: peer)
+    // Reserve what the previous frame needed, so a stream of similar messages encodes without regrowing.
+    let hint = core.encodeHint.load(ordering: .relaxed)
+    let frame = TCPFrame.encode(
+      Envelope(from: core.id, to: peer, group: group, payload: message), protocolNumber: core.protocolNumber,
+      reserving: hint)
+    if frame.count > hint || frame.count < hint / 4 { core.encodeHint.store(max(64, frame.count), ordering: .relaxed) }
+    let limit = core.environment.options.maxFrameBytes
+    if frame.count - TCPFrame.prefixBytes > limit {
+      throw .messageTooLarge(bytes: frame.count - TCPFrame.prefixBytes, limit: limit)
+    }
+    if try link.queue.enqueue(frame, peer: peer) {
+      if !core.loop.execute({ link.service() }) { throw .closed }
+    }
+  }
+
+  /// Stops accepting new connections; existing ones carry on. The first step of a graceful shutdown.
+  public func stopAccepting() async {
+    let core = self.core
+    _ = await core.loop.submit { core.stopListening() }
+  }
+
+  /// Stops listening, closes every connection of this node, drops what is queued, and ends ``incoming``
+  /// and ``requests``. Returns once the sockets are closed. Closing twice is harmless.
+  public func close() async {
+    guard core.markClosed() else { return }
+    core.mailbox.close(discardingBuffered: true)
+    core.requests.close(discardingBuffered: true)
+    let core = self.core
+    _ = await core.loop.submit { core.shutDown() }
+    transport.endpointClosed(self)
+  }
+}
+
+/// The transport-wide state every endpoint shares: the cluster id, options, address book, metrics, and the
+/// event loop's lifetime (started by the first bind, stopped when the last endpoint closes).
+final class TransportEnvironment: LinkEnvironment {
+  let cluster: ClusterID
+  let options: TCPTransportOptions
+  let metrics = MetricsCounters()
+  let logger: QuorumLogger
+  private let book: Mutex<[NodeID: TCPAddress]>
+  private let loopState = Mutex<(loop: EventLoop?, users: Int)>((nil, 0))
+
+  init(cluster: ClusterID, options: TCPTransportOptions, addresses: [NodeID: TCPAddress], logger: QuorumLogger) {
+    self.cluster = cluster
+    self.options = options
+    self.book = Mutex(addresses)
+    self.logger = logger
+  }
+
+  func address(of node: NodeID) -> TCPAddress? { book.withLock { $0[node] } }
+  var addresses: [NodeID: TCPAddress] { book.withLock { $0 } }
+  func setAddress(_ address: TCPAddress?, for node: NodeID) { book.withLock { $0[node] = address } }
+
+  func acquireLoop() throws(TCPTransportError) -> EventLoop {
+    try loopState.withLock { (state: inout (loop: EventLoop?, users: Int)) throws(TCPTransportError) -> EventLoop in
+      if let loop = state.loop {
+        state.users += 1
+        return loop
+      }
+      let loop = try EventLoop(logger: logger)
+      try loop.start()
+      state = (loop, 1)
+      return loop
+    }
+  }
+
+  func releaseLoop() {
+    let stopping: EventLoop? = loopState.withLock { state in
+      state.users -= 1
+      guard state.users == 0, let loop = state.loop else { return nil }
+      state.loop = nil
+      return loop
+    }
+    stopping?.stop()
+  }
+}
+
+/// The state of one bound endpoint. Senders use `links` (a mutex) and `closed` (an atomic); everything
+/// else runs on the event loop.
+final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @unchecked Sendable {
+  // Safety of @unchecked Sendable: the `let` properties are Sendable, `links` is a Mutex and `closed` an
+  // Atomic; `listener`, `inbound`, the timer and `loopClosed` are touched only on the loop
+  // thread (from `start`, `shutDown`, timers and connection callbacks).
+  let id: NodeID
+  let loop: EventLoop
+  let protocolNumber: UInt8
+  let environment: any LinkEnvironment
+  let mailbox: Mailbox<Envelope<Message>>
+  let requests: Mailbox<TCPRequest>
+  private let links = Mutex<[NodeID: OutboundLink]>([:])
+  private let closed = Atomic<Bool>(false)
+  private let logger: QuorumLogger
+  /// The size of the last encoded frame, reserved for the next one.
+  let encodeHint = Atomic<Int>(64)
+
+  private var listener: Listener?
+  private var inbound: [ObjectIdentifier: InboundConnection<EndpointCore>] = [:]
+  private var housekeepingTimer: UInt64?
+  private var loopClosed = false
+
+  init(id: NodeID, loop: EventLoop, protocolNumber: UInt8, environment: any LinkEnvironment) {
+    self.id = id
+    self.loop = loop
+    self.protocolNumber = protocolNumber
+    self.environment = environment
+    self.mailbox = Mailbox(capacity: environment.options.inboxCapacity)
+    self.requests = Mailbox(capacity: environment.options.requestQueueCapacity)
+    self.logger = loop.logger.child(id.description)
+  }
+
+  var isClosed: Bool { closed.load(ordering: .relaxed) }
+
+  /// Marks the endpoint closed; `false` if it already was.
+  func markClosed() -> Bool { !closed.exchange(true, ordering: .acquiringAndReleasing) }
+
+  /// The outbound link to `peer`, created on first use.
+  func link(to peer: NodeID) throws(TransportError) -> OutboundLink {
+    try links.withLock { (table: inout [NodeID: OutboundLink]) throws(TransportError) -> OutboundLink in
+      if let link = table[peer] { return link }
+      // Checked under the lock that shutDown() takes, so no link is created after the endpoint closed.
+      if closed.load(ordering: .acquiring) { throw .closed }
+      guard environment.address(of: peer) != nil else { throw .unknownPeer(peer) }
+      let link = OutboundLink(
+        from: id, to: peer, loop: loop, protocolNumber: protocolNumber, environment: environment)
+      table[peer] = link
+      return link
+    }
+  }
+
+  // MARK: Loop thread
+
+  func start(listenerFD fd: Int32) -> Bool {
+    let listener = Listener(fd: fd, loop: loop) { [unowned self] accepted in accept(accepted) }
+    guard listener.start() else { return false }
+    self.listener = listener
+    scheduleHousekeeping()
+    return true
+  }
+
+  private func accept(_ fd: Int32) {
+    let options = environment.options
+    let remote = peerName(fd)
+    guard !loopClosed, inbound.count < options.maxConnectionsPerEndpoint else {
+      Glibc.close(fd)
+      let reason = TCPCloseReason.tooManyConnections(limit: options.maxConnectionsPerEndpoint)
+      environment.metrics.recordClose(reason)
+      logger.warning("refused a connection from \(remote): \(reason)", ["reason": reason.name])
+      return
+    }
+    _ = cq_tune_tcp(
+      fd, Int32(options.keepaliveIdle.nanoseconds / 1_000_000_000),
+      Int32(options.keepaliveInterval.nanoseconds / 1_000_000_000), Int32(options.keepaliveProbes))
+    let connection = Connection(
+      loop: loop, fd: fd, remote: remote, maxFrameBytes: options.maxFrameBytes, frameTimeout: options.frameTimeout)
+    let handler = InboundConnection(connection: connection, sink: self)
+    connection.delegate = handler
+    connection.handshakeDeadline = monotonicNanos() &+ options.handshakeTimeout.nanoseconds
+    inbound[ObjectIdentifier(handler)] = handler
+    _ = environment.metrics.connectionsAccepted.add(1, ordering: .relaxed)
+    _ = connection.start()
+  }
+
+  func inboundClosed(_ handler: InboundConnection<EndpointCore>, reason: TCPCloseReason) {
+    inbound[ObjectIdentifier(handler)] = nil
+    environment.metrics.recordClose(reason)
+    let who: String
+    switch handler.phase {
+    case .awaitingHandshake: who = "an unidentified connection"
+    case .peer(let node): who = "the connection from \(node)"
+    case .client: who = "a client connection"
+    }
+    let metadata = ["reason": reason.name, "remote": handler.connection.remote]
+    if reason.isProtocolViolation {
+      logger.warning("closed \(who) from \(handler.connection.remote): \(reason)", metadata)
+    } else if reason != .localShutdown {
+      logger.info("closed \(who) from \(handler.connection.remote): \(reason)", metadata)
+    }
+  }
+
+  private func scheduleHousekeeping() {
+    housekeepingTimer = loop.schedule(after: .milliseconds(50)) { [unowned self] in
+      guard !loopClosed else { return }
+      let now = monotonicNanos()
+      for handler in Array(inbound.values) { handler.connection.checkDeadlines(now: now) }
+      for link in links.withLock({ Array($0.values) }) { link.connection?.checkDeadlines(now: now) }
+      scheduleHousekeeping()
+    }
+  }
+
+  /// Closes the listener. Loop thread.
+  func stopListening() {
+    listener?.close()
+    listener = nil
+  }
+
+  /// Closes the listener, every connection and every link. Loop thread.
+  func shutDown() {
+    guard !loopClosed else { return }
+    loopClosed = true
+    if let housekeepingTimer { loop.cancelTimer(housekeepingTimer) }
+    listener?.close()
+    listener = nil
+    // Replies queued just before the close still go out (without waiting for a slow reader).
+    for handler in Array(inbound.values) { handler.connection.flushAndClose(.localShutdown) }
+    inbound = [:]
+    let all = links.withLock { table -> [OutboundLink] in
+      let all = Array(table.values)
+      table = [:]
+      return all
+    }
+    for link in all { link.shutDown() }
+  }
+}

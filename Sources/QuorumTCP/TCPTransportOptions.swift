@@ -1,0 +1,174 @@
+import QuorumCore
+import Synchronization
+
+/// How a ``TCPTransport`` reconnects to a peer after a failed or lost connection.
+///
+/// The pause before attempt *k* is `min(maxBackoff, initialBackoff × 2^(k-1))`, multiplied by a jitter
+/// factor drawn uniformly from `[0.5, 1)` with a ``QuorumCore/SeededRandom`` (seeded per link from
+/// ``seed`` and the two node identifiers, so runs are reproducible). A successful handshake resets it.
+/// Attempts continue as long as frames are queued for the peer; an idle link does not reconnect.
+public struct ReconnectPolicy: Sendable, Equatable {
+  /// The pause before the first reconnect.
+  public var initialBackoff: Duration
+  /// The longest pause between attempts.
+  public var maxBackoff: Duration
+  /// Seeds the jitter.
+  public var seed: UInt64
+
+  /// Creates a policy.
+  public init(
+    initialBackoff: Duration = .milliseconds(10), maxBackoff: Duration = .seconds(1), seed: UInt64 = 0x5152_5443
+  ) {
+    precondition(initialBackoff > .zero && maxBackoff >= initialBackoff, "back-off bounds must be positive and ordered")
+    self.initialBackoff = initialBackoff
+    self.maxBackoff = maxBackoff
+    self.seed = seed
+  }
+}
+
+/// Limits and timeouts of a ``TCPTransport``. Every queue and frame is bounded.
+public struct TCPTransportOptions: Sendable, Equatable {
+  /// The host a node with no address in the address book listens on (with port 0: any free port).
+  public var listenHost: String
+  /// The largest frame body accepted or sent, in bytes. A peer announcing a larger frame is disconnected;
+  /// a local send of a larger message throws ``QuorumCore/TransportError/messageTooLarge(bytes:limit:)``.
+  public var maxFrameBytes: Int
+  /// The most frames queued towards one peer (not yet written to its socket).
+  public var maxQueuedFramesPerPeer: Int
+  /// The most bytes queued towards one peer. A single frame larger than this is still accepted when the
+  /// queue is empty, so any message within ``maxFrameBytes`` can be sent.
+  public var maxQueuedBytesPerPeer: Int
+  /// The capacity of each endpoint's incoming mailbox. When it is full the transport stops reading from
+  /// the sockets that feed it, so TCP flow control pushes back on the senders (nothing is dropped).
+  public var inboxCapacity: Int
+  /// How long a connect may take.
+  public var connectTimeout: Duration
+  /// How long a new connection may take to complete its handshake.
+  public var handshakeTimeout: Duration
+  /// How long a partly received frame may go without progress before the connection is closed.
+  public var frameTimeout: Duration
+  /// TCP keep-alive: idle time before the first probe (zero disables keep-alive).
+  public var keepaliveIdle: Duration
+  /// TCP keep-alive: the interval between probes.
+  public var keepaliveInterval: Duration
+  /// TCP keep-alive: unanswered probes before the kernel drops the connection.
+  public var keepaliveProbes: Int
+  /// Reconnect back-off.
+  public var reconnect: ReconnectPolicy
+  /// The most accepted connections one endpoint holds; more are refused.
+  public var maxConnectionsPerEndpoint: Int
+  /// Whether endpoints accept client connections (see ``TCPEndpoint/requests``).
+  public var serveClients: Bool
+  /// Client requests queued per endpoint before the transport stops reading client sockets.
+  public var requestQueueCapacity: Int
+  /// The most client requests in flight (unanswered) per client connection; at the limit the transport
+  /// stops reading that connection until a reply goes out.
+  public var maxInflightRequestsPerConnection: Int
+  /// Whether to accept peers that are not in the address book (their identity is still checked against
+  /// the cluster id). Off by default: an unknown node is refused at the handshake.
+  public var acceptUnknownPeers: Bool
+
+  /// Creates options; the defaults suit a LAN cluster.
+  public init(
+    listenHost: String = "127.0.0.1", maxFrameBytes: Int = 16 << 20, maxQueuedFramesPerPeer: Int = 65_536,
+    maxQueuedBytesPerPeer: Int = 64 << 20, inboxCapacity: Int = 8192, connectTimeout: Duration = .seconds(2),
+    handshakeTimeout: Duration = .seconds(5), frameTimeout: Duration = .seconds(30),
+    keepaliveIdle: Duration = .seconds(10), keepaliveInterval: Duration = .seconds(2), keepaliveProbes: Int = 3,
+    reconnect: ReconnectPolicy = ReconnectPolicy(), maxConnectionsPerEndpoint: Int = 1024, serveClients: Bool = false,
+    requestQueueCapacity: Int = 65_536, maxInflightRequestsPerConnection: Int = 1024, acceptUnknownPeers: Bool = false
+  ) {
+    precondition(maxFrameBytes >= 64 && maxFrameBytes <= Int(UInt32.max), "maxFrameBytes must be 64 ... 2^32-1")
+    precondition(maxQueuedFramesPerPeer >= 1 && maxQueuedBytesPerPeer >= 1, "peer queues must hold something")
+    precondition(inboxCapacity >= 1 && requestQueueCapacity >= 1, "queues must hold something")
+    precondition(maxConnectionsPerEndpoint >= 1 && maxInflightRequestsPerConnection >= 1, "limits must be positive")
+    self.listenHost = listenHost
+    self.maxFrameBytes = maxFrameBytes
+    self.maxQueuedFramesPerPeer = maxQueuedFramesPerPeer
+    self.maxQueuedBytesPerPeer = maxQueuedBytesPerPeer
+    self.inboxCapacity = inboxCapacity
+    self.connectTimeout = connectTimeout
+    self.handshakeTimeout = handshakeTimeout
+    self.frameTimeout = frameTimeout
+    self.keepaliveIdle = keepaliveIdle
+    self.keepaliveInterval = keepaliveInterval
+    self.keepaliveProbes = keepaliveProbes
+    self.reconnect = reconnect
+    self.maxConnectionsPerEndpoint = maxConnectionsPerEndpoint
+    self.serveClients = serveClients
+    self.requestQueueCapacity = requestQueueCapacity
+    self.maxInflightRequestsPerConnection = maxInflightRequestsPerConnection
+    self.acceptUnknownPeers = acceptUnknownPeers
+  }
+
+  /// The defaults.
+  public static let `default` = TCPTransportOptions()
+}
+
+/// Counters of a ``TCPTransport`` (or a ``TCPRequestClient``), read with a snapshot.
+public struct TCPTransportMetrics: Sendable, Equatable, CustomStringConvertible {
+  /// Frames handed to sockets.
+  public var framesSent = 0
+  /// Frames received and delivered (to a mailbox or a request queue).
+  public var framesReceived = 0
+  /// Bytes written to sockets.
+  public var bytesSent = 0
+  /// Bytes read from sockets.
+  public var bytesReceived = 0
+  /// Write batches: queued frames taken together and written with one `send` (more only when the socket's
+  /// buffer fills mid-batch); `framesSent / writeCalls` shows how well writes are coalesced.
+  public var writeCalls = 0
+  /// Connections accepted by listeners.
+  public var connectionsAccepted = 0
+  /// Outbound connections that completed their handshake.
+  public var connectionsEstablished = 0
+  /// Frames dropped: addressed to an endpoint that had closed, or queued for a peer that could not be
+  /// reached when a connection attempt failed.
+  public var framesDropped = 0
+  /// Closed connections by ``TCPCloseReason/name``.
+  public var closes: [String: Int] = [:]
+
+  /// Creates empty metrics.
+  public init() {}
+
+  /// Closes with the given reason name.
+  public func closes(_ name: String) -> Int { closes[name] ?? 0 }
+
+  public var description: String {
+    let reasons = closes.keys.sorted().map { "\($0)=\(closes[$0] ?? 0)" }.joined(separator: " ")
+    return
+      "sent \(framesSent) frames/\(bytesSent) B in \(writeCalls) writes, received \(framesReceived) frames/"
+      + "\(bytesReceived) B, accepted \(connectionsAccepted), established \(connectionsEstablished)"
+      + (reasons.isEmpty ? "" : ", closes: \(reasons)")
+  }
+}
+
+/// Thread-safe metric counters: atomics for the per-frame figures, a mutex for the rare close reasons.
+final class MetricsCounters: Sendable {
+  let framesSent = Atomic<Int>(0)
+  let framesReceived = Atomic<Int>(0)
+  let bytesSent = Atomic<Int>(0)
+  let bytesReceived = Atomic<Int>(0)
+  let writeCalls = Atomic<Int>(0)
+  let connectionsAccepted = Atomic<Int>(0)
+  let connectionsEstablished = Atomic<Int>(0)
+  let framesDropped = Atomic<Int>(0)
+  private let closes = Mutex<[String: Int]>([:])
+
+  func recordClose(_ reason: TCPCloseReason) {
+    closes.withLock { $0[reason.name, default: 0] += 1 }
+  }
+
+  var snapshot: TCPTransportMetrics {
+    var m = TCPTransportMetrics()
+    m.framesSent = framesSent.load(ordering: .relaxed)
+    m.framesReceived = framesReceived.load(ordering: .relaxed)
+    m.bytesSent = bytesSent.load(ordering: .relaxed)
+    m.bytesReceived = bytesReceived.load(ordering: .relaxed)
+    m.writeCalls = writeCalls.load(ordering: .relaxed)
+    m.connectionsAccepted = connectionsAccepted.load(ordering: .relaxed)
+    m.connectionsEstablished = connectionsEstablished.load(ordering: .relaxed)
+    m.framesDropped = framesDropped.load(ordering: .relaxed)
+    m.closes = closes.withLock { $0 }
+    return m
+  }
+}

@@ -1,0 +1,128 @@
+import CQuorumSystem
+import Glibc
+import QuorumCore
+import QuorumSimulation
+import QuorumTCP
+import Testing
+
+@Suite("TCPTransport behaviour", .timeLimit(.minutes(2)))
+struct TCPTransportTests {
+  @Test("addresses parse and print, IPv6 in brackets; bad ones say why")
+  func addresses() throws {
+    #expect(TCPAddress("127.0.0.1:7001")?.port == 7001)
+    #expect(TCPAddress("localhost:80")?.host == "127.0.0.1")
+    #expect(TCPAddress("[::1]:9")?.description == "[::1]:9")
+    #expect(TCPAddress("example.com:80") == nil)
+    #expect(TCPAddress("127.0.0.1") == nil)
+    #expect(TCPAddress("127.0.0.1:70000") == nil)
+    #expect(throws: TCPTransportError.self) { try TCPAddress.parse("10.0.0.1:port") }
+  }
+
+  @Test("binding a busy port fails with addressInUse")
+  func busyPort() async throws {
+    let first = loopbackTransport()
+    let n1 = try await first.bind(1)
+    let second = TCPTransport<ConformanceMessage>(
+      cluster: "conformance", protocolNumber: WireProtocol.test, addresses: [1: n1.address], logger: .disabled)
+    await #expect(throws: TCPTransportError.addressInUse(n1.address)) { _ = try await second.bind(1) }
+    await n1.close()
+  }
+
+  @Test("a node bound on port 0 records its real port in the address book; binding twice is refused")
+  func portZero() async throws {
+    let transport = loopbackTransport()
+    let n1 = try await transport.bind(1)
+    #expect(n1.address.port != 0)
+    #expect(transport.address(of: 1) == n1.address)
+    await #expect(throws: TCPTransportError.alreadyBound(1)) { _ = try await transport.bind(1) }
+    await n1.close()
+  }
+
+  @Test("sends to an unknown peer, over the frame limit, or after close are refused with typed errors")
+  func sendErrors() async throws {
+    let transport = loopbackTransport(options: TCPTransportOptions(maxFrameBytes: 1024))
+    let n1 = try await transport.bind(1)
+    #expect(throws: TransportError.unknownPeer(9)) { try n1.send(ConformanceMessage(sender: 1, sequence: 0), to: 9) }
+    let big = ConformanceMessage(sender: 1, sequence: 0, payload: [UInt8](repeating: 0, count: 2000))
+    #expect(throws: TransportError.self) { try n1.send(big, to: 1) }
+    await n1.close()
+    #expect(throws: TransportError.closed) { try n1.send(ConformanceMessage(sender: 1, sequence: 0), to: 1) }
+  }
+
+  @Test("nodes of different clusters refuse each other at the handshake, and both sides log why")
+  func clusterMismatch() async throws {
+    let sinkA = CapturingLogSink()
+    let sinkB = CapturingLogSink()
+    let a = loopbackTransport(cluster: "orders", logger: QuorumLogger(label: "a", sink: sinkA))
+    let n1 = try await a.bind(1)
+    let b = TCPTransport<ConformanceMessage>(
+      cluster: "billing", protocolNumber: WireProtocol.test, addresses: [1: n1.address],
+      logger: QuorumLogger(label: "b", sink: sinkB))
+    let n2 = try await b.bind(2)
+    try n2.send(ConformanceMessage(sender: 2, sequence: 0), to: 1)
+    try await waitUntil("both sides to record the cluster mismatch") {
+      a.metrics.closes("cluster-mismatch") >= 1 && b.metrics.closes("rejected") >= 1
+    }
+    #expect(sinkA.contains("cluster id mismatch: this node is in 'orders', the remote side in 'billing'"))
+    #expect(sinkB.contains("rejected by the remote side: cluster id mismatch"), "\(sinkB.lines)")
+    #expect(n1.incoming.count == 0)
+    await n1.close()
+    await n2.close()
+  }
+
+  @Test("a link reconnects with back-off after its peer restarts on the same address")
+  func reconnect() async throws {
+    let options = TCPTransportOptions(reconnect: ReconnectPolicy(initialBackoff: .milliseconds(5), seed: 7))
+    let transport = loopbackTransport(options: options)
+    var n1 = try await transport.bind(1)
+    let n2 = try await transport.bind(2)
+    try n2.send(ConformanceMessage(sender: 2, sequence: 0), to: 1)
+    #expect(try await receive(n1.incoming).payload.sequence == 0)
+    await n1.close()
+    n1 = try await transport.bind(1)  // the address book still holds n1's port
+    var sequence: UInt64 = 1
+    try await waitUntil("a message to arrive after the restart", timeout: .seconds(20)) {
+      // Messages sent while the link is down may be lost (the contract allows it); keep sending.
+      try? n2.send(ConformanceMessage(sender: 2, sequence: sequence), to: 1)
+      sequence += 1
+      return n1.incoming.count > 0
+    }
+    #expect(transport.metrics.connectionsEstablished >= 2)
+    await n1.close()
+    await n2.close()
+  }
+
+  @Test("frames queued together are written together (write coalescing)")
+  func coalescing() async throws {
+    let transport = loopbackTransport()
+    let n1 = try await transport.bind(1)
+    let n2 = try await transport.bind(2)
+    let count = 20_000
+    Task {
+      for sequence in 0..<UInt64(count) {
+        while true {
+          do {
+            try n2.send(ConformanceMessage(sender: 2, sequence: sequence), to: 1)
+            break
+          } catch {
+            await Task.yield()
+          }
+        }
+      }
+    }
+    var received = 0
+    var batch: [Envelope<ConformanceMessage>] = []
+    while received < count {
+      guard await n1.incoming.receive(into: &batch) else { break }
+      received += batch.count
+      batch.removeAll(keepingCapacity: true)
+    }
+    let metrics = transport.metrics
+    #expect(received == count)
+    #expect(metrics.framesSent >= count)
+    // At least two frames per write on average (one per write would mean no coalescing at all).
+    #expect(metrics.writeCalls * 2 <= metrics.framesSent, "\(metrics)")
+    await n1.close()
+    await n2.close()
+  }
+}
