@@ -17,6 +17,7 @@ let package = Package(
     .library(name: "QuorumSimulation", targets: ["QuorumSimulation"]),
     .library(name: "QuorumRaft", targets: ["QuorumRaft"]),
     .library(name: "QuorumKV", targets: ["QuorumKV"]),
+    .library(name: "QuorumPaxos", targets: ["QuorumPaxos"]),
     .executable(name: "quorum", targets: ["QuorumCLI"]),
     .executable(name: "quorum-bench", targets: ["QuorumBench"]),
   ],
@@ -24,14 +25,18 @@ let package = Package(
     .target(name: "QuorumCore", swiftSettings: settings),
     .target(name: "QuorumStorage", dependencies: ["QuorumCore"], swiftSettings: settings),
     .target(name: "QuorumRaft", dependencies: ["QuorumCore", "QuorumStorage"], swiftSettings: settings),
+    .target(name: "QuorumPaxos", dependencies: ["QuorumCore", "QuorumStorage"], swiftSettings: settings),
     .target(name: "QuorumKV", dependencies: ["QuorumCore"], swiftSettings: settings),
     .target(
-      name: "QuorumSimulation", dependencies: ["QuorumCore", "QuorumRaft", "QuorumKV"], swiftSettings: settings),
-    .executableTarget(
-      name: "QuorumCLI", dependencies: ["QuorumCore", "QuorumSimulation", "QuorumRaft", "QuorumKV", "QuorumStorage"],
+      name: "QuorumSimulation", dependencies: ["QuorumCore", "QuorumRaft", "QuorumPaxos", "QuorumKV"],
       swiftSettings: settings),
     .executableTarget(
-      name: "QuorumBench", dependencies: ["QuorumCore", "QuorumSimulation", "QuorumStorage", "QuorumRaft", "QuorumKV"],
+      name: "QuorumCLI",
+      dependencies: ["QuorumCore", "QuorumSimulation", "QuorumRaft", "QuorumPaxos", "QuorumKV", "QuorumStorage"],
+      swiftSettings: settings),
+    .executableTarget(
+      name: "QuorumBench",
+      dependencies: ["QuorumCore", "QuorumSimulation", "QuorumStorage", "QuorumRaft", "QuorumPaxos", "QuorumKV"],
       swiftSettings: settings),
     .plugin(
       name: "SimulatePlugin",
@@ -44,6 +49,10 @@ let package = Package(
     .testTarget(name: "QuorumCoreTests", dependencies: ["QuorumCore", "QuorumSimulation"], swiftSettings: settings),
     .testTarget(
       name: "QuorumRaftTests", dependencies: ["QuorumRaft", "QuorumCore", "QuorumSimulation"], swiftSettings: settings),
+    .testTarget(
+      name: "QuorumPaxosTests",
+      dependencies: ["QuorumPaxos", "QuorumCore", "QuorumStorage", "QuorumKV", "QuorumSimulation"],
+      swiftSettings: settings),
     .testTarget(name: "QuorumKVTests", dependencies: ["QuorumKV", "QuorumCore"], swiftSettings: settings),
     .testTarget(name: "QuorumStorageTests", dependencies: ["QuorumStorage", "QuorumCore"], swiftSettings: settings),
     .testTarget(
