@@ -179,7 +179,9 @@ public struct MultiPaxosCore: Sendable {
   private var random: SeededRandom
   private var electionElapsed = 0
   private var heartbeatElapsed = 0
-  private var sinceLeaderContact = 0
+  /// Ticks since this node last heard from its leader (or started); it refuses to promise a new ballot
+  /// while this is below the minimum election timeout. Internal so tests can expire it.
+  var sinceLeaderContact = 0
   private var randomizedElectionTimeout = 0
   private var ticks: UInt64 = 0
   private var now: UInt64 = 0
@@ -223,6 +225,8 @@ public struct MultiPaxosCore: Sendable {
     var snapshotIndex: Slot = 0
     var snapshotOffset: UInt64 = 0
     var snapshotSentAt: UInt64 = 0
+    /// The chosen point last sent to this acceptor.
+    var toldChosen: Slot = 0
   }
   private var peers: [NodeID: Peer] = [:]
   private var peerOrder: [NodeID] = []
@@ -232,6 +236,7 @@ public struct MultiPaxosCore: Sendable {
   private(set) var recoveryEnd: Slot = 0
   private var uncommittedBytes = 0
   private var needsBroadcast = false
+  private var needsChosenNotice = false
 
   // Reads and leases.
   private struct PendingRead: Sendable {
@@ -677,6 +682,8 @@ public struct MultiPaxosCore: Sendable {
       markUnstable(entry.index)
     }
     learnChosen(through: m.chosenThrough, ballot: m.ballot)
+    // An accept without entries only announces the chosen point; it needs no answer.
+    guard first > 0 else { return }
     send(
       from,
       .accepted(
@@ -752,7 +759,9 @@ public struct MultiPaxosCore: Sendable {
   }
 
   private mutating func advanceChosen() {
-    if log.extendChosen() { confirmRecoveredReads() }
+    guard log.extendChosen() else { return }
+    needsChosenNotice = true
+    confirmRecoveredReads()
   }
 
   private mutating func handleHeartbeatResponse(_ m: HeartbeatResponse, from: NodeID) {
@@ -1037,6 +1046,11 @@ public struct MultiPaxosCore: Sendable {
     let outgoing = PaxosOutgoing(to: to, message: message)
     if role == .leader {
       switch message {
+      case .accept(let m): noteToldChosen(to, m.chosenThrough)
+      case .heartbeat(let m): noteToldChosen(to, m.chosenThrough)
+      default: break
+      }
+      switch message {
       case .accept, .heartbeat, .snapshot:
         eagerOutbox.append(outgoing)
         return
@@ -1045,6 +1059,12 @@ public struct MultiPaxosCore: Sendable {
       }
     }
     outbox.append(outgoing)
+  }
+
+  private mutating func noteToldChosen(_ peer: NodeID, _ chosen: Slot) {
+    guard var p = peers[peer], p.toldChosen < chosen else { return }
+    p.toldChosen = chosen
+    peers[peer] = p
   }
 
   private mutating func markUnstable(_ slot: Slot) {
@@ -1056,11 +1076,20 @@ public struct MultiPaxosCore: Sendable {
     guard role == .leader else {
       needsBroadcast = false
       needsReadRound = false
+      needsChosenNotice = false
       return
     }
     if needsBroadcast {
       needsBroadcast = false
       broadcastAccepts()
+    }
+    if needsChosenNotice {
+      needsChosenNotice = false
+      // Tell every acceptor not told already (by an accept in this batch) that more slots are chosen, as
+      // Raft's leader does when its commit index moves, so replicas apply without waiting for a heartbeat.
+      for peer in peerOrder where (peers[peer]?.toldChosen ?? 0) < log.chosenThrough {
+        send(peer, .accept(Accept(ballot: promised, entries: [], chosenThrough: log.chosenThrough)))
+      }
     }
     if needsReadRound {
       needsReadRound = false
@@ -1071,7 +1100,8 @@ public struct MultiPaxosCore: Sendable {
 
   /// Whether ``ready()`` has anything to return.
   public var hasReady: Bool {
-    (role == .leader && (needsBroadcast || needsReadRound)) || !outbox.isEmpty || !eagerOutbox.isEmpty
+    (role == .leader && (needsBroadcast || needsReadRound || needsChosenNotice)) || !outbox.isEmpty
+      || !eagerOutbox.isEmpty
       || !unstable.isEmpty || pendingSnapshot != nil || log.hasChosenToApply || !readStates.isEmpty
       || !failedReads.isEmpty || promised != lastHardState.promised || softState != lastSoftState
   }
