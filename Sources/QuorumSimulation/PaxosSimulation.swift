@@ -91,6 +91,9 @@ public struct PaxosSimulationStats: Sendable, CustomStringConvertible {
   /// Virtual time at the end.
   public var endTime = VirtualTime.zero
 
+  /// Creates empty statistics.
+  public init() {}
+
   public var description: String {
     "events=\(events) leaderships=\(leaderships) crashes=\(crashes) partitions=\(partitions) "
       + "snapshots=\(snapshotsInstalled) chosen=\(slotsChosen) ops=\(operationsCompleted) retries=\(retries) "

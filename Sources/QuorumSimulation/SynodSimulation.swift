@@ -68,6 +68,9 @@ public struct SynodSimulationStats: Sendable, CustomStringConvertible {
   /// Virtual time at the end.
   public var endTime = VirtualTime.zero
 
+  /// Creates empty statistics.
+  public init() {}
+
   public var description: String {
     "events=\(events) ballots=\(ballots) crashes=\(crashes) partitions=\(partitions) "
       + "chosen-in=\(chosenIn.map(\.description) ?? "-") end=\(endTime)"
@@ -259,13 +262,14 @@ public final class SynodSimulation {
       hold(node, sends, sync: newest != nil)
     case .proposer(var core, var disk):
       var effects: [ProposerEffect<Value>] = []
+      let ballotsBefore = core.ballotsStarted
+      defer { stats.ballots += core.ballotsStarted - ballotsBefore }
       if node.wantsToPropose {
         node.wantsToPropose = false
         effects += core.step(.propose(UInt64(node.id.rawValue) * 1000 + seed % 1000))
       }
       for (from, message) in messages { effects += core.step(.message(from: from, message)) }
       for _ in 0..<ticks { effects += core.step(.tick) }
-      stats.ballots = max(stats.ballots, 0)
       var sync = false
       var sends: [SynodOutgoing<Value>] = []
       for effect in effects {
@@ -332,7 +336,6 @@ public final class SynodSimulation {
   }
 
   private func send(from: NodeID, _ outgoing: SynodOutgoing<Value>) {
-    if case .prepare = outgoing.message, outgoing.to == acceptorIDs.first { stats.ballots += 1 }
     let envelope = Envelope(from: from, to: outgoing.to, payload: outgoing.message)
     for time in network.route(Link(from: from, to: outgoing.to), at: now, using: &rng) {
       queue.schedule(.deliver(envelope), at: time)
