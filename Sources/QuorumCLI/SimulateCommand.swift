@@ -27,6 +27,7 @@ enum SimulateCommand {
     var options = RaftSimulationOptions()
     var kind = "raft"
     var quorums: (Int, Int)?
+    var variantArgument = ""
     var chaos: UInt64?
     var traceCapacity = 200
     var jobs = ProcessInfo.processInfo.activeProcessorCount
@@ -57,7 +58,8 @@ enum SimulateCommand {
       case "--trace": traceCapacity = Int(try number(try value()))
       case "--jobs": jobs = max(1, Int(try number(try value())))
       case "--variant":
-        switch try value() {
+        variantArgument = try value()
+        switch variantArgument {
         case "default": break
         case "paper":
           options.core.preVote = false
@@ -89,6 +91,11 @@ enum SimulateCommand {
       (synod.phase1Quorum, synod.phase2Quorum) = (q1, q2)
     }
     let raftOptions = options
+    var reproduceOptions = kind == "raft" ? "" : " --protocol \(kind)"
+    if options.voters != 3 { reproduceOptions += " --nodes \(options.voters)" }
+    if let (q1, q2) = quorums { reproduceOptions += " --quorums \(q1),\(q2)" }
+    if let chaos { reproduceOptions += " --chaos-ms \(chaos)" }
+    if !variantArgument.isEmpty { reproduceOptions += " --variant \(variantArgument)" }
     let (chosenKind, paxosOptions, synodOptions) = (kind, paxos, synod)
     let runOne: @Sendable (UInt64, SimulationTrace) throws -> String = { seed, trace in
       switch chosenKind {
@@ -125,10 +132,13 @@ enum SimulateCommand {
     let first = start
     let count = seeds
     let workers = max(1, min(jobs, Int(seeds)))
+    CrashReporter.install(workers: workers, reproduce: "swift package simulate" + reproduceOptions)
     DispatchQueue.concurrentPerform(iterations: workers) { worker in
       var seed = first + UInt64(worker)
+      defer { CrashReporter.running(nil, worker: worker) }
       while seed < first + count {
         if firstFailure.withLock({ $0 != nil }) { return }
+        CrashReporter.running(seed, worker: worker)
         let report = SimulationRunner.run(seeds: seed..<(seed + 1), traceCapacity: capacity) { s, trace in
           _ = try runOne(s, trace)
         }
@@ -144,7 +154,10 @@ enum SimulateCommand {
     }
     let seconds = Double(DispatchTime.now().uptimeNanoseconds - began) / 1e9
     if let failure = firstFailure.withLock({ $0 }) {
-      print(SimulationReport(seedsRun: done.load(ordering: .relaxed) + 1, failure: failure).description)
+      let report = SimulationReport(seedsRun: done.load(ordering: .relaxed) + 1, failure: failure).description
+      print(
+        report.replacingOccurrences(
+          of: "swift package simulate --seed", with: "swift package simulate\(reproduceOptions) --seed"))
       return 1
     }
     print(
