@@ -8,6 +8,7 @@ let suites: [(name: String, run: (BenchReport) async throws -> Void)] = [
   ("checker", CheckerBenchmarks.run),
   ("storage", StorageBenchmarks.run),
   ("raft", RaftBenchmarks.run),
+  ("paxos", PaxosBenchmarks.run),
 ]
 
 let requested = Set(CommandLine.arguments.dropFirst())
