@@ -12,6 +12,20 @@ enum PaxosBenchmarks {
   typealias Node = MultiPaxosNode<KVStore>
 
   static func run(_ report: BenchReport) async throws {
+    if let spec = ProcessInfo.processInfo.environment["QUORUM_PROFILE"] {  // TEMPORARY profiling hook
+      let parts = spec.split(separator: ",")
+      let clients = Int(parts[0]) ?? 16
+      let kind: RaftBenchmarks.StorageKind = parts.count > 1 && parts[1] == "file" ? .file : .memory
+      let root = FileManager.default.temporaryDirectory.appendingPathComponent("quorum-prof-\(getpid())").path
+      try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+      let raft = parts.count > 2 && parts[2] == "raft"
+      let r =
+        raft
+        ? try await RaftBenchmarks.puts(clients: clients, storage: kind, root: root)
+        : try await puts(clients: clients, storage: kind, root: root)
+      print("profile \(raft ? "raft" : "paxos") \(clients) \(kind): \(r.rate) puts/s p50 \(r.p50)")
+      return
+    }
     let roundTrip = Double(try await MailboxBenchmarks.mailboxPingPong()) / Double(MailboxBenchmarks.roundTrips) / 1000
     report.add("paxos", "baseline: mailbox ping-pong round trip", roundTrip, "µs")
     let root = FileManager.default.temporaryDirectory.appendingPathComponent("quorum-bench-paxos-\(getpid())").path

@@ -11,18 +11,49 @@ import Testing
 @Suite("Multi-Paxos: phase 1 and leader change")
 struct MultiPaxosLeaderChangeTests {
   @Test(
-    "a follower that hears no leader promises itself a ballot first, then prepares every slot from its first unknown one"
+    "a follower that hears no leader probes first; with a phase-1 quorum of grants it promises itself a ballot, then prepares"
   )
   func candidacy() {
     var n = MultiPaxosCore(id: 1, members: ids(3), options: .testing(3), random: SeededRandom(seed: 1))
     n.tick(n.currentElectionTimeout)
+    #expect(n.role == .preCandidate)
+    let probes = n.ready()
+    #expect(probes.hardState == nil, "a probe changes nothing durable")
+    guard case .probe(let probe)? = probes.messages.first?.message else {
+      Issue.record("expected probes, got \(probes.messages)")
+      return
+    }
+    #expect(probes.messages.map(\.to) == [2, 3])
+    n.advance(probes)
+    n.step(.probeResponse(ProbeResponse(ballot: probe.ballot, granted: true)), from: 2)
     #expect(n.role == .candidate)
     let rd = n.ready()
     let ballot = n.promised
+    #expect(ballot == probe.ballot)
     #expect(rd.hardState == PaxosHardState(promised: ballot), "the self-promise is persisted in this ready")
     #expect(rd.eagerMessages.isEmpty, "nothing is sent before the self-promise is durable")
     #expect(rd.messages.map(\.to) == [2, 3])
     for m in rd.messages { #expect(m.message == .prepare(Prepare(ballot: ballot, fromSlot: 1))) }
+  }
+
+  @Test(
+    "a node cut off from a leader the others still follow cannot depose it: its probe is refused, its promise unchanged"
+  )
+  func probeProtectsLeader() throws {
+    var c = PaxosCluster(3)
+    c.elect(1)
+    try c.propose("a", at: 1)
+    let leaderBallot = c[1].promised
+    c.dropFilter = { from, to, _ in from == 1 && to == 3 }  // Node 3 stops hearing from the leader.
+    var three = c[3]
+    three.tick(three.currentElectionTimeout + 1)
+    c[3] = three
+    c.stabilize()
+    #expect(c[3].role == .preCandidate)
+    #expect(c[3].promised == leaderBallot, "no new promise")
+    #expect(c[1].role == .leader)
+    try c.propose("b", at: 1)
+    #expect(c.appliedTexts(2) == ["a", "b"])
   }
 
   @Test("with complete promises from a phase-1 quorum the candidate leads")

@@ -5,6 +5,9 @@ public import QuorumCore
 public enum PaxosRole: String, Sendable, Equatable, CustomStringConvertible {
   /// Accepts and learns; follows the leader it heard from last.
   case follower
+  /// Heard no leader for an election timeout: probing whether a phase-1 quorum would promise a new ballot,
+  /// before promising it to itself.
+  case preCandidate
   /// Running phase 1 for a new ballot.
   case candidate
   /// Completed phase 1: proposes in phase 2 for every slot from its first unknown one on.
@@ -205,6 +208,8 @@ public struct MultiPaxosCore: Sendable {
     var selfDurable = false
   }
   private var candidacy: Candidacy?
+  private var probeBallot: Ballot = .zero
+  private var probeGrants: Set<NodeID> = []
 
   // Leader.
   private struct Batch: Sendable {
@@ -353,7 +358,7 @@ public struct MultiPaxosCore: Sendable {
     sinceLeaderContact += 1
     switch role {
     case .leader: tickLeader()
-    case .candidate, .follower: tickElection()
+    case .candidate, .preCandidate, .follower: tickElection()
     }
   }
 
@@ -366,7 +371,7 @@ public struct MultiPaxosCore: Sendable {
       incomingSnapshot = nil  // The leader stopped sending it; free the memory.
     }
     if electionElapsed >= randomizedElectionTimeout {
-      startCandidacy()
+      startProbe()
     } else if role == .candidate {
       retransmitPrepares()
     }
@@ -429,12 +434,45 @@ public struct MultiPaxosCore: Sendable {
     resetElectionTimeout()
   }
 
-  /// Starts phase 1 now (as if the election timeout had elapsed).
+  /// Starts phase 1 now, without probing first.
   public mutating func campaign() { startCandidacy() }
+
+  /// Asks every acceptor whether it would promise a ballot above everything seen, changing nothing; phase 1
+  /// starts only once a phase-1 quorum (this node included) says yes.
+  private mutating func startProbe() {
+    clearLeadership()
+    role = .preCandidate
+    leader = nil
+    electionElapsed = 0
+    resetElectionTimeout()
+    probeBallot = Ballot.next(above: max(promised, highestSeen), for: id)
+    probeGrants = [id]
+    if probeGrants.count >= phase1Quorum {
+      startCandidacy()
+      return
+    }
+    let probe = Prepare(ballot: probeBallot, fromSlot: log.chosenThrough + 1)
+    for member in members where member != id { send(member, .probe(probe)) }
+  }
+
+  private mutating func handleProbe(_ m: Prepare, from: NodeID) {
+    // Grant exactly when a prepare would be promised now; promise nothing.
+    let granted =
+      m.ballot > promised && sinceLeaderContact >= options.electionTimeoutMinTicks && m.fromSlot > log.offset
+      && role != .leader
+    send(from, .probeResponse(ProbeResponse(ballot: m.ballot, granted: granted)))
+  }
+
+  private mutating func handleProbeResponse(_ m: ProbeResponse, from: NodeID) {
+    guard role == .preCandidate, m.ballot == probeBallot, m.granted else { return }
+    probeGrants.insert(from)
+    if probeGrants.count >= phase1Quorum { startCandidacy() }
+  }
 
   private mutating func startCandidacy() {
     clearLeadership()
-    let ballot = Ballot.next(above: max(promised, highestSeen), for: id)
+    let floor = max(promised, highestSeen)
+    let ballot = probeBallot > floor ? probeBallot : Ballot.next(above: floor, for: id)
     promised = ballot
     highestSeen = ballot
     role = .candidate
@@ -554,8 +592,9 @@ public struct MultiPaxosCore: Sendable {
   /// Handles a message from a peer.
   public mutating func step(_ message: PaxosMessage, from: NodeID) {
     guard from != id, memberBit[from] != nil else { return }
+    // A probe response carries this node's own probe ballot, which nobody has promised.
     let ballot = message.ballot
-    if ballot > highestSeen { highestSeen = ballot }
+    if ballot > highestSeen, !message.isProbeResponse { highestSeen = ballot }
     switch message {
     case .prepare(let m): handlePrepare(m, from: from)
     case .promise(let m): handlePromise(m, from: from)
@@ -566,6 +605,8 @@ public struct MultiPaxosCore: Sendable {
     case .heartbeatResponse(let m): handleHeartbeatResponse(m, from: from)
     case .snapshot(let m): handleSnapshot(m, from: from)
     case .snapshotAck(let m): handleSnapshotAck(m, from: from)
+    case .probe(let m): handleProbe(m, from: from)
+    case .probeResponse(let m): handleProbeResponse(m, from: from)
     }
   }
 
@@ -634,7 +675,7 @@ public struct MultiPaxosCore: Sendable {
       }
     case .leader:
       if m.ballot == promised, m.promised > promised { becomeFollower(leader: nil) }
-    case .follower:
+    case .follower, .preCandidate:
       break
     }
   }
@@ -1172,5 +1213,12 @@ public struct MultiPaxosCore: Sendable {
     log.compact(snapshot: snapshot, through: slot > keep ? slot - keep : 0)
     unstable.removeAll { $0 <= slot }
     return snapshot
+  }
+}
+
+extension PaxosMessage {
+  fileprivate var isProbeResponse: Bool {
+    if case .probeResponse = self { return true }
+    return false
   }
 }

@@ -63,7 +63,6 @@ struct PaxosLog: Sendable {
       let position = Int(slot - offset - 1)
       if position >= records.count {
         guard newValue != nil else { return }
-        records.reserveCapacity(position + 1)
         while records.count < position { records.append(nil) }
         records.append(newValue)
       } else {

@@ -327,6 +327,31 @@ public struct SnapshotAck: Sendable, Equatable, WireCodable {
   }
 }
 
+/// The answer to a probe: whether the acceptor would promise the ballot now.
+public struct ProbeResponse: Sendable, Equatable, WireCodable {
+  /// The probed ballot.
+  public var ballot: Ballot
+  /// Whether the acceptor would promise it (it promised nothing higher, heard from no leader for a minimum
+  /// election timeout, and holds every slot from the candidate's first unknown one).
+  public var granted: Bool
+
+  /// Creates a response.
+  public init(ballot: Ballot, granted: Bool) {
+    self.ballot = ballot
+    self.granted = granted
+  }
+
+  public func encode(to writer: inout WireWriter) {
+    ballot.encode(to: &writer)
+    writer.writeBool(granted)
+  }
+
+  public init(from reader: inout WireReader) throws(WireError) {
+    ballot = try reader.read()
+    granted = try reader.readBool()
+  }
+}
+
 /// A Multi-Paxos peer message.
 public enum PaxosMessage: Sendable, Equatable, WireCodable, CustomStringConvertible {
   /// Phase 1a.
@@ -347,6 +372,12 @@ public enum PaxosMessage: Sendable, Equatable, WireCodable, CustomStringConverti
   case snapshot(SnapshotChunk)
   /// The answer to a snapshot chunk.
   case snapshotAck(SnapshotAck)
+  /// Would you promise this ballot? Asked before phase 1 and changing nothing, so that a node cut off from
+  /// the leader (or just slow) cannot raise its promise and depose a leader the others still follow (the
+  /// counterpart of Raft's pre-vote).
+  case probe(Prepare)
+  /// The answer to a probe.
+  case probeResponse(ProbeResponse)
 
   /// The ballot the message is about.
   public var ballot: Ballot {
@@ -360,6 +391,8 @@ public enum PaxosMessage: Sendable, Equatable, WireCodable, CustomStringConverti
     case .heartbeatResponse(let m): return m.ballot
     case .snapshot(let m): return m.ballot
     case .snapshotAck(let m): return m.ballot
+    case .probe(let m): return m.ballot
+    case .probeResponse(let m): return m.ballot
     }
   }
 
@@ -392,6 +425,12 @@ public enum PaxosMessage: Sendable, Equatable, WireCodable, CustomStringConverti
     case .snapshotAck(let m):
       writer.writeByte(9)
       m.encode(to: &writer)
+    case .probe(let m):
+      writer.writeByte(10)
+      m.encode(to: &writer)
+    case .probeResponse(let m):
+      writer.writeByte(11)
+      m.encode(to: &writer)
     }
   }
 
@@ -407,6 +446,8 @@ public enum PaxosMessage: Sendable, Equatable, WireCodable, CustomStringConverti
     case 7: self = .heartbeatResponse(try reader.read())
     case 8: self = .snapshot(try reader.read())
     case 9: self = .snapshotAck(try reader.read())
+    case 10: self = .probe(try reader.read())
+    case 11: self = .probeResponse(try reader.read())
     case let tag: throw WireError(.unknownTag(type: "PaxosMessage", tag: UInt64(tag)), at: at)
     }
   }
@@ -428,6 +469,8 @@ public enum PaxosMessage: Sendable, Equatable, WireCodable, CustomStringConverti
     case .snapshot(let m): return "snapshot(\(m.ballot) @\(m.index) \(m.offset)+\(m.chunk.count)/\(m.totalBytes))"
     case .snapshotAck(let m):
       return "snapshotAck(\(m.ballot) @\(m.index) next \(m.nextOffset)\(m.reject ? " reject" : ""))"
+    case .probe(let m): return "probe(\(m.ballot) from \(m.fromSlot))"
+    case .probeResponse(let m): return "probeResponse(\(m.ballot) \(m.granted ? "granted" : "refused"))"
     }
   }
 }
