@@ -12,20 +12,6 @@ enum PaxosBenchmarks {
   typealias Node = MultiPaxosNode<KVStore>
 
   static func run(_ report: BenchReport) async throws {
-    if let spec = ProcessInfo.processInfo.environment["QUORUM_PROFILE"] {  // TEMPORARY profiling hook
-      let parts = spec.split(separator: ",")
-      let clients = Int(parts[0]) ?? 16
-      let kind: RaftBenchmarks.StorageKind = parts.count > 1 && parts[1] == "file" ? .file : .memory
-      let root = FileManager.default.temporaryDirectory.appendingPathComponent("quorum-prof-\(getpid())").path
-      try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-      let raft = parts.count > 2 && parts[2] == "raft"
-      let r =
-        raft
-        ? try await RaftBenchmarks.puts(clients: clients, storage: kind, root: root)
-        : try await puts(clients: clients, storage: kind, root: root)
-      print("profile \(raft ? "raft" : "paxos") \(clients) \(kind): \(r.rate) puts/s p50 \(r.p50)")
-      return
-    }
     let roundTrip = Double(try await MailboxBenchmarks.mailboxPingPong()) / Double(MailboxBenchmarks.roundTrips) / 1000
     report.add("paxos", "baseline: mailbox ping-pong round trip", roundTrip, "µs")
     let root = FileManager.default.temporaryDirectory.appendingPathComponent("quorum-bench-paxos-\(getpid())").path
@@ -42,16 +28,22 @@ enum PaxosBenchmarks {
       for clients in [1, 16, 256] {
         var raft: [RaftBenchmarks.PutResult] = []
         var paxos: [RaftBenchmarks.PutResult] = []
+        var raftRetries = 0
+        var paxosRetries = 0
         for _ in 0..<max(1, rounds) {
-          raft.append(try await RaftBenchmarks.puts(clients: clients, storage: kind, root: root))
-          paxos.append(try await puts(clients: clients, storage: kind, root: root))
+          raft.append(
+            try await retrying(&raftRetries) { try await raftPuts(clients: clients, storage: kind, root: root) })
+          paxos.append(
+            try await retrying(&paxosRetries) { try await puts(clients: clients, storage: kind, root: root) })
         }
         let r = middle(raft)
         let p = middle(paxos)
-        report.add("paxos", "\(label): \(clients) clients, Raft puts/s", r.rate, "puts/s")
+        func disturbed(_ n: Int) -> String { n == 0 ? "" : "; \(n) run(s) repeated after a leadership change" }
+        report.add(
+          "paxos", "\(label): \(clients) clients, Raft puts/s", r.rate, "puts/s", note: disturbed(raftRetries))
         report.add(
           "paxos", "\(label): \(clients) clients, Multi-Paxos puts/s", p.rate, "puts/s",
-          note: String(format: "%.2f × Raft", p.rate / r.rate))
+          note: String(format: "%.2f × Raft", p.rate / r.rate) + disturbed(paxosRetries))
         let unit = kind == .memory ? roundTrip : fsync
         let unitName = kind == .memory ? "mailbox round trips" : "× fsync"
         report.add(
@@ -76,6 +68,23 @@ enum PaxosBenchmarks {
           format: "= %.1f mailbox round trips; p99 %.0f µs; %d message delays", p50 / roundTrip,
           percentile(samples, 0.99), distinguished ? 2 : 4))
     }
+  }
+
+  /// Runs `measure` again (at most 3 times) if a leadership change interrupted it: the closed-loop clients
+  /// talk to one leader, and on this shared machine a long stall can cost a leader its quorum. Each repeat is
+  /// counted and reported.
+  private static func retrying(
+    _ retries: inout Int, _ measure: () async throws -> RaftBenchmarks.PutResult
+  ) async throws -> RaftBenchmarks.PutResult {
+    for attempt in 1...3 {
+      do {
+        return try await measure()
+      } catch let error as ConsensusError where attempt < 3 {
+        retries += 1
+        print("  (a run was interrupted: \(error); repeating it)")
+      }
+    }
+    return try await measure()
   }
 
   /// The run with the median throughput.
@@ -138,7 +147,34 @@ enum PaxosBenchmarks {
     return Running(nodes: nodes, tasks: tasks, storages: storages)
   }
 
-  /// The Raft benchmark's workload on Multi-Paxos: the same configuration values, the same clients.
+  /// The Raft benchmark's workload (``RaftBenchmarks/puts(clients:storage:root:)``) on Raft, stopping the
+  /// cluster even when a leadership change interrupts the run.
+  static func raftPuts(clients: Int, storage kind: RaftBenchmarks.StorageKind, root: String) async throws
+    -> RaftBenchmarks.PutResult
+  {
+    let configuration = try RaftConfiguration {
+      Members(1, 2, 3)
+      Snapshots(every: 200_000, retain: 10_000)
+      RequestLimits(timeout: .seconds(30), maxPending: 1 << 20)
+    }
+    let cluster = try RaftBenchmarks.start(
+      configuration, storage: kind, root: root, transport: InProcessTransport(inboxCapacity: 1 << 16))
+    do {
+      let leader = try await cluster.leader()
+      let value = [UInt8](repeating: 42, count: 100)
+      _ = try await RaftBenchmarks.drive(leader, clients: clients, duration: .milliseconds(300), value: value)
+      let (count, latencies, elapsed) = try await RaftBenchmarks.drive(
+        leader, clients: clients, duration: .seconds(2), value: value)
+      try await cluster.stop()
+      return RaftBenchmarks.PutResult(
+        rate: Double(count) / elapsed, p50: percentile(latencies, 0.5), p99: percentile(latencies, 0.99))
+    } catch {
+      try await cluster.stop()
+      throw error
+    }
+  }
+
+  /// The same workload on Multi-Paxos: the same configuration values, the same clients.
   static func puts(clients: Int, storage kind: RaftBenchmarks.StorageKind, root: String) async throws
     -> RaftBenchmarks.PutResult
   {
@@ -149,13 +185,18 @@ enum PaxosBenchmarks {
     }
     let cluster = try start(
       configuration, storage: kind, root: root, transport: InProcessTransport(inboxCapacity: 1 << 16))
-    let leader = try await cluster.leader()
-    let value = [UInt8](repeating: 42, count: 100)
-    _ = try await drive(leader, clients: clients, duration: .milliseconds(300), value: value)
-    let (count, latencies, elapsed) = try await drive(leader, clients: clients, duration: .seconds(2), value: value)
-    try await cluster.stop()
-    return RaftBenchmarks.PutResult(
-      rate: Double(count) / elapsed, p50: percentile(latencies, 0.5), p99: percentile(latencies, 0.99))
+    do {
+      let leader = try await cluster.leader()
+      let value = [UInt8](repeating: 42, count: 100)
+      _ = try await drive(leader, clients: clients, duration: .milliseconds(300), value: value)
+      let (count, latencies, elapsed) = try await drive(leader, clients: clients, duration: .seconds(2), value: value)
+      try await cluster.stop()
+      return RaftBenchmarks.PutResult(
+        rate: Double(count) / elapsed, p50: percentile(latencies, 0.5), p99: percentile(latencies, 0.99))
+    } catch {
+      try await cluster.stop()
+      throw error
+    }
   }
 
   /// As ``RaftBenchmarks/drive(_:clients:duration:value:)``, for a Multi-Paxos leader.

@@ -103,6 +103,7 @@ public final class SynodSimulation {
     var ticksDue = 0
     var wantsToPropose = false
     var wantsToAsk = false
+    var wantsToStart = false
     var busy = false
     var held: [SynodOutgoing<Value>] = []
     var result: Value?
@@ -176,6 +177,7 @@ public final class SynodSimulation {
       let core = ProposerCore<Value>(
         id: id, acceptors: acceptorIDs, learners: learnerIDs, options: synodOptions, random: rng.fork())
       addNode(id, .proposer(core, CrashableStore(ProposerState())))
+      nodes[id]?.wantsToStart = true
       let at = VirtualDuration(nanoseconds: UInt64.random(in: 0...options.proposeWindow.nanoseconds, using: &rng))
       queue.schedule(.propose(id), at: now + at)
     }
@@ -264,6 +266,11 @@ public final class SynodSimulation {
       var effects: [ProposerEffect<Value>] = []
       let ballotsBefore = core.ballotsStarted
       defer { stats.ballots += core.ballotsStarted - ballotsBefore }
+      if node.wantsToStart {
+        // The shell reserves rounds right after recovery and handles nothing before the write is durable.
+        node.wantsToStart = false
+        effects += core.step(.start)
+      }
       if node.wantsToPropose {
         node.wantsToPropose = false
         effects += core.step(.propose(UInt64(node.id.rawValue) * 1000 + seed % 1000))
@@ -471,6 +478,7 @@ public final class SynodSimulation {
         id: id, acceptors: acceptorIDs, learners: learnerIDs, options: synodOptions, state: disk.durable,
         random: rng.fork())
       node.role = .proposer(core, disk)
+      node.wantsToStart = true
       // Its client is still waiting: it proposes again (a restarted proposer remembers nothing else).
       if node.result == nil { node.wantsToPropose = true }
     case .learner:

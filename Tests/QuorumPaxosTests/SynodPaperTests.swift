@@ -107,6 +107,16 @@ struct ProposerRuleTests {
     #expect(p.phase == .preparing)
   }
 
+  @Test("a proposer reserves its first rounds when it starts, so its first ballot needs no write")
+  func reservesAtStart() {
+    var p = ProposerCore<String>(
+      id: 11, acceptors: ids(3), learners: [], options: .majority(of: 3), random: SeededRandom(seed: 1))
+    #expect(p.step(.start) == [.persist(ProposerState(roundFloor: 1 + p.roundsPerReservation))])
+    let effects = p.step(.propose("v"))
+    #expect(effects.allSatisfy { if case .send = $0 { true } else { false } })
+    #expect(p.ballot == Ballot(round: 1, node: 11))
+  }
+
   @Test("a restarted proposer starts above its durable round floor and never reuses a ballot")
   func restartAboveFloor() {
     var p = ProposerCore<String>(

@@ -224,6 +224,10 @@ public struct MultiPaxosCore: Sendable {
     var chosen: Slot = 0
     var ackedRound: UInt64 = 0
     var recentActive = true
+    /// When this acceptor last acknowledged an accept.
+    var lastHeard: UInt64 = 0
+    /// When the newest batch it acknowledged was sent: an older batch still unacknowledged was lost.
+    var newestAckedSentAt: UInt64 = 0
     /// The last slot of the catch-up batch most recently sent, and when.
     var repairUntil: Slot = 0
     var repairSentAt: UInt64 = 0
@@ -581,7 +585,7 @@ public struct MultiPaxosCore: Sendable {
     peers = [:]
     peerOrder = members.filter { $0 != id }
     for member in peerOrder {
-      peers[member] = Peer(bit: memberBit[member] ?? 0, next: c.fromSlot)
+      peers[member] = Peer(bit: memberBit[member] ?? 0, next: c.fromSlot, lastHeard: ticks)
     }
     needsBroadcast = true
     broadcastHeartbeat()
@@ -719,6 +723,11 @@ public struct MultiPaxosCore: Sendable {
       var stored = entry
       stored.ballot = m.ballot
       if entry.index <= commitThrough { chosen = true }
+      if let existing = log[entry.index], existing.entry == stored {
+        // A resent accept: already accepted in this ballot (and durable, or in this ready's write).
+        if chosen && !existing.chosen { log.update(entry.index) { $0.chosen = true } }
+        continue
+      }
       log[entry.index] = SlotRecord(entry: stored, chosen: chosen, acks: 0)
       markUnstable(entry.index)
     }
@@ -765,8 +774,10 @@ public struct MultiPaxosCore: Sendable {
   private mutating func handleAccepted(_ m: Accepted, from: NodeID) {
     guard role == .leader, m.ballot == promised, var peer = peers[from] else { return }
     peer.recentActive = true
+    peer.lastHeard = ticks
     peer.chosen = max(peer.chosen, m.chosenThrough)
     if let i = peer.inflight.firstIndex(where: { $0.last == m.lastSlot && $0.first == m.firstSlot }) {
+      peer.newestAckedSentAt = max(peer.newestAckedSentAt, peer.inflight[i].sentAt)
       peer.inflight.remove(at: i)
     }
     let bit = peer.bit
@@ -875,10 +886,16 @@ public struct MultiPaxosCore: Sendable {
 
   private mutating func retransmitAccepts(to id: NodeID) {
     guard var peer = peers[id], peer.snapshotIndex == 0, !peer.inflight.isEmpty else { return }
+    // An acceptor that keeps acknowledging accepts is busy, not deaf: its overdue batches are probably still
+    // queued, and resending them would only make it write them twice. An overdue batch is resent once the
+    // acceptor has acknowledged nothing for a period, or has acknowledged a batch sent after it (then this
+    // one was lost).
+    let period = UInt64(options.retransmitTicks)
+    let quiet = ticks &- peer.lastHeard >= period
     var resent = 0
-    for i in peer.inflight.indices where ticks &- peer.inflight[i].sentAt >= UInt64(options.retransmitTicks) {
-      // A silent peer gets one batch per period, a live one everything overdue (up to a bound).
-      if resent >= (peer.recentActive ? 8 : 1) { break }
+    for i in peer.inflight.indices where ticks &- peer.inflight[i].sentAt >= period {
+      guard quiet || peer.newestAckedSentAt > peer.inflight[i].sentAt else { continue }
+      if resent >= 8 { break }
       let b = peer.inflight[i]
       if b.first <= log.offset {
         peer.inflight = []

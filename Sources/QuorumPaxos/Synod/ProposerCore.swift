@@ -36,6 +36,9 @@ public enum ProposerInput<Value: SynodValue>: Sendable {
   case tick
   /// Nobody waits for the outcome any more: stop retrying until the next ``propose(_:)``.
   case abandon
+  /// The shell has just recovered: reserve the first block of rounds now, so that the first ``propose(_:)``
+  /// need not wait for a write.
+  case start
 }
 
 /// What a ``ProposerCore`` asks its shell to do, in order.
@@ -117,6 +120,12 @@ public struct ProposerCore<Value: SynodValue>: Sendable {
   private var backoffTicks = 0
   private var preemptions = 0
   private let acceptorSet: Set<NodeID>
+  /// Whether this proposer may still use round 0: it is the distinguished proposer and its durable floor
+  /// showed that no incarnation of it ever reserved a round.
+  private var roundZeroAvailable: Bool
+  /// The lowest round this incarnation may use: every round below the recovered floor may have been used
+  /// by an earlier one.
+  private let firstUsableRound: UInt64
 
   /// Creates a proposer from its recovered durable state.
   public init(
@@ -131,6 +140,8 @@ public struct ProposerCore<Value: SynodValue>: Sendable {
     self.options = options
     self.durable = state
     self.random = random
+    self.roundZeroAvailable = options.distinguishedProposer == id && state.roundFloor == 0
+    self.firstUsableRound = max(1, state.roundFloor)
   }
 
   /// Handles one input and returns what to do, in order.
@@ -151,25 +162,29 @@ public struct ProposerCore<Value: SynodValue>: Sendable {
       phase = .idle
       proposal = nil
       return []
+    case .start:
+      guard ballot == nil, durable.roundFloor <= firstUsableRound else { return [] }
+      durable.roundFloor = firstUsableRound + roundsPerReservation
+      return [.persist(durable)]
     }
   }
 
   private mutating func startBallot() -> [ProposerEffect<Value>] {
     var effects: [ProposerEffect<Value>] = []
     let next: Ballot
-    if ballot == nil, durable.roundFloor == 0, options.distinguishedProposer == id, highestSeen == .zero {
+    if ballot == nil, roundZeroAvailable, highestSeen == .zero {
       next = Ballot(round: 0, node: id)
     } else {
       let above = max(highestSeen, ballot ?? .zero)
       var candidate = Ballot.next(above: above, for: id)
-      let floor = max(1, durable.roundFloor)
-      if candidate.round < floor { candidate = Ballot(round: floor, node: id) }
+      if candidate.round < firstUsableRound { candidate = Ballot(round: firstUsableRound, node: id) }
       next = candidate
     }
     if next.round >= durable.roundFloor {
       durable.roundFloor = next.round + roundsPerReservation
       effects.append(.persist(durable))
     }
+    roundZeroAvailable = false
     ballot = next
     ballotsStarted += 1
     elapsed = 0

@@ -89,6 +89,7 @@ public struct Synod<Value: SynodValue>: Sendable {
       for actor in learnerActors.values { group.addTask { try await actor.run() } }
       let result: Result
       do {
+        try await synod.waitUntilRunning()
         result = try await body(synod)
       } catch {
         synod.stopAll()
@@ -97,6 +98,21 @@ public struct Synod<Value: SynodValue>: Sendable {
       synod.stopAll()
       try await group.waitForAll()
       return result
+    }
+  }
+
+  /// Waits (at most a few seconds) until every role has recovered and is answering.
+  private func waitUntilRunning() async throws {
+    let deadline = ContinuousClock.now.advanced(by: .seconds(10))
+    func allRunning() async -> Bool {
+      for actor in acceptors.values where await !actor.isRunning { return false }
+      for actor in proposers.values where await !actor.isRunning { return false }
+      for actor in learners.values where await !actor.isRunning { return false }
+      return true
+    }
+    while await !allRunning() {
+      if ContinuousClock.now > deadline { throw ConsensusError.timeout }
+      await Task.yield()
     }
   }
 

@@ -45,22 +45,20 @@ func withRoleTasks<Input: Sendable, Message: Sendable>(
 /// once (the newest state covers every promise and acceptance made in the turn) and only then sends the
 /// promises and acceptances: nothing is promised that a crash could take back. The state lives in the
 /// storage's hard state; the acceptor writes no log entries.
+///
+/// An acceptor only answers messages — it has no timers and no local requests — so its loop reads the
+/// endpoint's mailbox directly, one hop per message.
 public actor PaxosAcceptor<Value: SynodValue> {
-  private enum Input: Sendable {
-    case tick
-    case message(NodeID, SynodMessage<Value>)
-    case stop
-  }
-
   /// This acceptor.
   public nonisolated let id: NodeID
   private let endpoint: any TransportEndpoint<SynodMessage<Value>>
   private let storage: any ConsensusStorage<PaxosEntry>
-  private let inputs: Mailbox<Input>
   private let logger: QuorumLogger
   private var core: AcceptorCore<Value>
   private var running = false
-  private var stopped = false
+
+  /// Whether ``run()`` has recovered and is answering.
+  public private(set) var isRunning = false
 
   /// Creates an acceptor; nothing happens until ``run()``.
   ///
@@ -79,7 +77,6 @@ public actor PaxosAcceptor<Value: SynodValue> {
     self.id = id
     self.endpoint = endpoint
     self.storage = storage
-    self.inputs = Mailbox(capacity: configuration.inputCapacity)
     self.logger = logger.child(id.description)
     self.core = AcceptorCore(id: id, learners: learners)
   }
@@ -96,25 +93,20 @@ public actor PaxosAcceptor<Value: SynodValue> {
     let recovered = try await storage.recover()
     let state = try recovered.hardState.map { try AcceptorState<Value>(wireBytes: $0) } ?? AcceptorState()
     core = AcceptorCore(id: id, learners: core.learners, state: state)
-    try await withRoleTasks(
-      inputs: inputs, endpoint: endpoint, tick: nil, tickInput: .tick,
-      wrap: { .message($0.from, $0.payload) },
-      loop: {
-        var batch: [Input] = []
-        while !stopped, !Task.isCancelled {
-          guard await inputs.receive(into: &batch, limit: 1024) else { break }
-          var effects: [AcceptorEffect<Value>] = []
-          for input in batch {
-            switch input {
-            case .tick: break
-            case .stop: stopped = true
-            case .message(let from, let message): effects += core.step(.message(from: from, message))
-            }
-          }
-          batch.removeAll(keepingCapacity: true)
-          try await carryOut(effects)
-        }
-      })
+    isRunning = true
+    defer { isRunning = false }
+    let incoming = endpoint.incoming
+    try await withTaskCancellationHandler {
+      var batch: [Envelope<SynodMessage<Value>>] = []
+      while !Task.isCancelled, await incoming.receive(into: &batch, limit: 1024) {
+        var effects: [AcceptorEffect<Value>] = []
+        for envelope in batch { effects += core.step(.message(from: envelope.from, envelope.payload)) }
+        batch.removeAll(keepingCapacity: true)
+        try await carryOut(effects)
+      }
+    } onCancel: {
+      incoming.close()
+    }
     await endpoint.close()
   }
 
@@ -133,9 +125,10 @@ public actor PaxosAcceptor<Value: SynodValue> {
     }
   }
 
-  /// Asks the acceptor to stop: ``run()`` finishes the write in progress and returns.
+  /// Asks the acceptor to stop: it stops taking messages, and ``run()`` finishes the write in progress and
+  /// returns.
   public nonisolated func stop() {
-    do { try inputs.trySend(.stop) } catch { inputs.close() }
+    endpoint.incoming.close()
   }
 }
 
@@ -171,6 +164,9 @@ public actor PaxosProposer<Value: SynodValue> {
   private var nextRequest: UInt64 = 0
   private var running = false
   private var stopped = false
+
+  /// Whether ``run()`` has recovered and is answering.
+  public private(set) var isRunning = false
 
   /// Creates a proposer; nothing happens until ``run()``.
   ///
@@ -216,6 +212,9 @@ public actor PaxosProposer<Value: SynodValue> {
     core = ProposerCore(
       id: id, acceptors: core.acceptors, learners: core.learners, options: core.options, state: state,
       random: SeededRandom(seed: seed))
+    try await carryOut(core.step(.start))
+    isRunning = true
+    defer { isRunning = false }
     try await withRoleTasks(
       inputs: inputs, endpoint: endpoint, tick: configuration.tickInterval, tickInput: .tick,
       wrap: { .message($0.from, $0.payload) },
@@ -346,6 +345,9 @@ public actor PaxosLearner<Value: SynodValue> {
   private var running = false
   private var stopped = false
 
+  /// Whether ``run()`` is answering.
+  public private(set) var isRunning = false
+
   /// Creates a learner; nothing happens until ``run()``.
   ///
   /// - Parameters:
@@ -374,6 +376,8 @@ public actor PaxosLearner<Value: SynodValue> {
   public func run() async throws {
     precondition(!running, "PaxosLearner.run() called twice")
     running = true
+    isRunning = true
+    defer { isRunning = false }
     try await withRoleTasks(
       inputs: inputs, endpoint: endpoint, tick: configuration.tickInterval, tickInput: .tick,
       wrap: { .message($0.from, $0.payload) },
