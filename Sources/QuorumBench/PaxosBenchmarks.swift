@@ -23,9 +23,14 @@ enum PaxosBenchmarks {
     // Raft and Multi-Paxos alternate on each workload so that a slow period of the shared machine hits both;
     // with QUORUM_BENCH_ROUNDS > 1 each figure is the median of that many alternations.
     let rounds = ProcessInfo.processInfo.environment["QUORUM_BENCH_ROUNDS"].flatMap(Int.init) ?? 1
+    // QUORUM_BENCH_ONLY=file:16,memory:1,synod runs only the named workloads.
+    let only = ProcessInfo.processInfo.environment["QUORUM_BENCH_ONLY"].map {
+      Set($0.split(separator: ",").map(String.init))
+    }
     for kind in [RaftBenchmarks.StorageKind.memory, .file] {
       let label = kind == .memory ? "memory" : "file+fsync"
       for clients in [1, 16, 256] {
+        if let only, !only.contains("\(kind == .memory ? "memory" : "file"):\(clients)") { continue }
         var raft: [RaftBenchmarks.PutResult] = []
         var paxos: [RaftBenchmarks.PutResult] = []
         var raftRetries = 0
@@ -55,7 +60,7 @@ enum PaxosBenchmarks {
     }
 
     let trials = ProcessInfo.processInfo.environment["QUORUM_SYNOD_TRIALS"].flatMap(Int.init) ?? 400
-    for distinguished in [false, true] {
+    for distinguished in [false, true] where only?.contains("synod") ?? true {
       let samples = try await chooseLatency(trials: trials, distinguished: distinguished)
       let p50 = percentile(samples, 0.5)
       let name =
