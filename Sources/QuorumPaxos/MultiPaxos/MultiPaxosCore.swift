@@ -747,9 +747,10 @@ public struct MultiPaxosCore: Sendable {
       log.extendChosen()
       return
     }
-    let start = commitBallot == ballot ? max(commitThrough, log.chosenThrough) : log.chosenThrough
+    let sameBallot = commitBallot == ballot
+    let start = sameBallot ? max(commitThrough, log.chosenThrough) : log.chosenThrough
     commitBallot = ballot
-    commitThrough = max(commitThrough, through)
+    commitThrough = sameBallot ? max(commitThrough, through) : through
     var slot = start + 1
     let last = min(through, log.lastSlot)
     while slot <= last {
