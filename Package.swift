@@ -19,6 +19,7 @@ let package = Package(
     .library(name: "QuorumKV", targets: ["QuorumKV"]),
     .library(name: "QuorumTCP", targets: ["QuorumTCP"]),
     .library(name: "Quorum", targets: ["Quorum"]),
+    .library(name: "QuorumPaxos", targets: ["QuorumPaxos"]),
     .executable(name: "quorum", targets: ["QuorumCLI"]),
     .executable(name: "quorum-bench", targets: ["QuorumBench"]),
   ],
@@ -30,26 +31,30 @@ let package = Package(
       // storage's own queue anyway, and a consensus node awaits storage on every write.
       swiftSettings: settings + [.enableUpcomingFeature("NonisolatedNonsendingByDefault")]),
     .target(name: "QuorumRaft", dependencies: ["QuorumCore", "QuorumStorage"], swiftSettings: settings),
+    .target(name: "QuorumPaxos", dependencies: ["QuorumCore", "QuorumStorage"], swiftSettings: settings),
     .target(name: "QuorumKV", dependencies: ["QuorumCore"], swiftSettings: settings),
     // Exposes epoll, eventfd and accept4, which Glibc does not export, plus small socket wrappers.
     .target(name: "CQuorumSystem"),
     .target(name: "QuorumTCP", dependencies: ["QuorumCore", "CQuorumSystem"], swiftSettings: settings),
     .target(
-      name: "Quorum", dependencies: ["QuorumCore", "QuorumStorage", "QuorumRaft", "QuorumKV", "QuorumTCP"],
+      name: "Quorum",
+      dependencies: ["QuorumCore", "QuorumStorage", "QuorumRaft", "QuorumPaxos", "QuorumKV", "QuorumTCP"],
       swiftSettings: settings),
     .target(
-      name: "QuorumSimulation", dependencies: ["QuorumCore", "QuorumRaft", "QuorumKV"], swiftSettings: settings),
+      name: "QuorumSimulation", dependencies: ["QuorumCore", "QuorumRaft", "QuorumPaxos", "QuorumKV"],
+      swiftSettings: settings),
     .executableTarget(
       name: "QuorumCLI",
       dependencies: [
-        "QuorumCore", "QuorumSimulation", "QuorumRaft", "QuorumKV", "QuorumStorage", "QuorumTCP", "Quorum",
+        "QuorumCore", "QuorumSimulation", "QuorumRaft", "QuorumPaxos", "QuorumKV", "QuorumStorage", "QuorumTCP",
+        "Quorum",
       ],
       swiftSettings: settings),
     .executableTarget(
       name: "QuorumBench",
       dependencies: [
-        "QuorumCore", "QuorumSimulation", "QuorumStorage", "QuorumRaft", "QuorumKV", "QuorumTCP", "Quorum",
-        "CQuorumSystem",
+        "QuorumCore", "QuorumSimulation", "QuorumStorage", "QuorumRaft", "QuorumPaxos", "QuorumKV", "QuorumTCP",
+        "Quorum", "CQuorumSystem",
       ],
       swiftSettings: settings),
     .plugin(
@@ -63,6 +68,10 @@ let package = Package(
     .testTarget(name: "QuorumCoreTests", dependencies: ["QuorumCore", "QuorumSimulation"], swiftSettings: settings),
     .testTarget(
       name: "QuorumRaftTests", dependencies: ["QuorumRaft", "QuorumCore", "QuorumSimulation"], swiftSettings: settings),
+    .testTarget(
+      name: "QuorumPaxosTests",
+      dependencies: ["QuorumPaxos", "QuorumCore", "QuorumStorage", "QuorumKV", "QuorumSimulation"],
+      swiftSettings: settings),
     .testTarget(name: "QuorumKVTests", dependencies: ["QuorumKV", "QuorumCore"], swiftSettings: settings),
     .testTarget(name: "QuorumStorageTests", dependencies: ["QuorumStorage", "QuorumCore"], swiftSettings: settings),
     .testTarget(

@@ -3,6 +3,7 @@
 // stays a separate import.)
 @_exported public import QuorumCore
 @_exported public import QuorumKV
+@_exported public import QuorumPaxos
 @_exported public import QuorumRaft
 @_exported public import QuorumStorage
 @_exported public import QuorumTCP

@@ -9,6 +9,7 @@ let suites: [(name: String, run: (BenchReport) async throws -> Void)] = [
   ("storage", StorageBenchmarks.run),
   ("raft", RaftBenchmarks.run),
   ("tcp", TCPBenchmarks.run),
+  ("paxos", PaxosBenchmarks.run),
 ]
 
 let requested = Set(CommandLine.arguments.dropFirst())

@@ -6,12 +6,15 @@ import Synchronization
 /// `quorum simulate`: runs seeded whole-cluster simulations and reports the first failing seed.
 enum SimulateCommand {
   static let usage = """
-    usage: quorum simulate [--seeds N] [--start S] [--seed S] [--nodes 3|5] [--variant default|paper]
-                           [--chaos-ms MS] [--trace N] [--jobs J]
+    usage: quorum simulate [--protocol raft|paxos|synod] [--seeds N] [--start S] [--seed S] [--nodes N]
+                           [--variant default|paper] [--quorums Q1,Q2] [--chaos-ms MS] [--trace N] [--jobs J]
+      --protocol    raft (default): Raft with KV clients; paxos: Multi-Paxos with KV clients;
+                    synod: single-decree Paxos with three dueling proposers
       --seeds N     how many seeds to run (default 500), starting at --start (default 0)
       --seed S      run exactly one seed, with its trace
-      --nodes       founding voters (default 3)
-      --variant     default: pre-vote, check-quorum, lease reads; paper: neither, linearizable reads only
+      --nodes       founding voters / acceptors (default 3)
+      --variant     raft only. default: pre-vote, check-quorum, lease reads; paper: neither, linearizable reads
+      --quorums     paxos and synod: phase-1 and phase-2 quorum sizes, e.g. 4,2 (default: majorities)
       --chaos-ms    length of the fault phase in virtual milliseconds (default 3000)
       --trace N     events of trace to print for a failing seed (default 200)
       --jobs J      parallel workers (default: the number of cores)
@@ -22,6 +25,10 @@ enum SimulateCommand {
     var start: UInt64 = 0
     var single: UInt64?
     var options = RaftSimulationOptions()
+    var kind = "raft"
+    var quorums: (Int, Int)?
+    var variantArgument = ""
+    var chaos: UInt64?
     var traceCapacity = 200
     var jobs = ProcessInfo.processInfo.activeProcessorCount
     var i = 0
@@ -40,11 +47,19 @@ enum SimulateCommand {
       case "--start": start = try number(try value())
       case "--seed": single = try number(try value())
       case "--nodes": options.voters = Int(try number(try value()))
-      case "--chaos-ms": options.chaosDuration = .milliseconds(try number(try value()))
+      case "--chaos-ms": chaos = try number(try value())
+      case "--protocol":
+        kind = try value()
+        guard ["raft", "paxos", "synod"].contains(kind) else { throw CLIError.usage("unknown protocol \(kind)") }
+      case "--quorums":
+        let parts = try value().split(separator: ",").map { try number(String($0)) }
+        guard parts.count == 2 else { throw CLIError.usage("--quorums needs two sizes, e.g. 2,2") }
+        quorums = (Int(parts[0]), Int(parts[1]))
       case "--trace": traceCapacity = Int(try number(try value()))
       case "--jobs": jobs = max(1, Int(try number(try value())))
       case "--variant":
-        switch try value() {
+        variantArgument = try value()
+        switch variantArgument {
         case "default": break
         case "paper":
           options.core.preVote = false
@@ -61,12 +76,48 @@ enum SimulateCommand {
       i += 1
     }
     guard (1...9).contains(options.voters) else { throw CLIError.usage("--nodes must be 1...9") }
+    if let chaos { options.chaosDuration = .milliseconds(chaos) }
+    var paxos = PaxosSimulationOptions()
+    paxos.nodes = options.voters
+    if let chaos { paxos.chaosDuration = .milliseconds(chaos) }
+    var synod = SynodSimulationOptions()
+    synod.acceptors = options.voters
+    if let (q1, q2) = quorums {
+      guard q1 >= 1, q2 >= 1, q1 <= options.voters, q2 <= options.voters, q1 + q2 > options.voters else {
+        throw CLIError.usage(
+          "--quorums \(q1),\(q2) must be within 1...\(options.voters) with Q1 + Q2 > \(options.voters)")
+      }
+      (paxos.phase1Quorum, paxos.phase2Quorum) = (q1, q2)
+      (synod.phase1Quorum, synod.phase2Quorum) = (q1, q2)
+    }
+    let raftOptions = options
+    var reproduceOptions = kind == "raft" ? "" : " --protocol \(kind)"
+    if options.voters != 3 { reproduceOptions += " --nodes \(options.voters)" }
+    if let (q1, q2) = quorums { reproduceOptions += " --quorums \(q1),\(q2)" }
+    if let chaos { reproduceOptions += " --chaos-ms \(chaos)" }
+    if !variantArgument.isEmpty { reproduceOptions += " --variant \(variantArgument)" }
+    let (chosenKind, paxosOptions, synodOptions) = (kind, paxos, synod)
+    let runOne: @Sendable (UInt64, SimulationTrace) throws -> String = { seed, trace in
+      switch chosenKind {
+      case "paxos":
+        let sim = PaxosSimulation(seed: seed, options: paxosOptions, trace: trace)
+        try sim.run()
+        return sim.stats.description
+      case "synod":
+        let sim = SynodSimulation(seed: seed, options: synodOptions, trace: trace)
+        try sim.run()
+        return sim.stats.description
+      default:
+        let sim = RaftSimulation(seed: seed, options: raftOptions, trace: trace)
+        try sim.run()
+        return sim.stats.description
+      }
+    }
     if let single {
       let trace = SimulationTrace(enabled: true, capacity: traceCapacity)
-      let sim = RaftSimulation(seed: single, options: options, trace: trace)
       do {
-        try sim.run()
-        print("seed \(single) passed: \(sim.stats)")
+        let stats = try runOne(single, trace)
+        print("seed \(single) passed: \(stats)")
         return 0
       } catch {
         print("seed \(single) FAILED: \(error)\nlast \(trace.events.count) events:")
@@ -77,17 +128,19 @@ enum SimulateCommand {
     let began = DispatchTime.now().uptimeNanoseconds
     let firstFailure = Mutex<SimulationReport.FailedSeed?>(nil)
     let done = Atomic<Int>(0)
-    let opts = options
     let capacity = traceCapacity
     let first = start
     let count = seeds
     let workers = max(1, min(jobs, Int(seeds)))
+    CrashReporter.install(workers: workers, reproduce: "swift package simulate" + reproduceOptions)
     DispatchQueue.concurrentPerform(iterations: workers) { worker in
       var seed = first + UInt64(worker)
+      defer { CrashReporter.running(nil, worker: worker) }
       while seed < first + count {
         if firstFailure.withLock({ $0 != nil }) { return }
+        CrashReporter.running(seed, worker: worker)
         let report = SimulationRunner.run(seeds: seed..<(seed + 1), traceCapacity: capacity) { s, trace in
-          try RaftSimulation(seed: s, options: opts, trace: trace).run()
+          _ = try runOne(s, trace)
         }
         if let failure = report.failure {
           firstFailure.withLock { current in
@@ -101,11 +154,14 @@ enum SimulateCommand {
     }
     let seconds = Double(DispatchTime.now().uptimeNanoseconds - began) / 1e9
     if let failure = firstFailure.withLock({ $0 }) {
-      print(SimulationReport(seedsRun: done.load(ordering: .relaxed) + 1, failure: failure).description)
+      let report = SimulationReport(seedsRun: done.load(ordering: .relaxed) + 1, failure: failure).description
+      print(
+        report.replacingOccurrences(
+          of: "swift package simulate --seed", with: "swift package simulate\(reproduceOptions) --seed"))
       return 1
     }
     print(
-      "\(seeds) seeds passed (\(opts.voters) voters, seeds \(start)..<\(start + seeds)) in "
+      "\(seeds) \(kind) seeds passed (\(options.voters) nodes, seeds \(start)..<\(start + seeds)) in "
         + String(format: "%.1f s", seconds))
     return 0
   }

@@ -8,6 +8,7 @@ let arguments = Array(CommandLine.arguments.dropFirst())
 switch arguments.first {
 case "demo":
   try await RaftDemo.run(quick: arguments.contains("--quick"))
+  try await PaxosDemo.run(quick: arguments.contains("--quick"))
 case "simulate":
   do {
     exit(try SimulateCommand.run(Array(arguments.dropFirst())))
@@ -28,7 +29,8 @@ case nil, "help", "--help", "-h":
     """
     usage: quorum <command>
       demo      a narrated tour on an in-process cluster
-      simulate  run seeded whole-cluster simulations (quorum simulate --help)
+      simulate  run seeded whole-cluster simulations of Raft, Multi-Paxos or single-decree Paxos
+                (quorum simulate --help)
       serve     run one member of a TCP cluster (quorum serve --help)
       kv        put, get, delete, cas against a running cluster
       status    members, leader, term, commit index, per-peer lag

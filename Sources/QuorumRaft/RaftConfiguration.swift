@@ -1,21 +1,5 @@
 public import QuorumCore
 
-/// Why a configuration was refused: which setting, and what is wrong with it.
-public struct ConfigurationError: Error, Sendable, Equatable, CustomStringConvertible {
-  /// The setting at fault, as written in the DSL (for example `HeartbeatInterval`).
-  public var setting: String
-  /// What is wrong.
-  public var reason: String
-
-  /// Creates an error.
-  public init(setting: String, reason: String) {
-    self.setting = setting
-    self.reason = reason
-  }
-
-  public var description: String { "\(setting): \(reason)" }
-}
-
 /// Settings of a Raft node, in real units, validated as a whole.
 ///
 /// Build one with the DSL — each line is a setting; anything left out keeps its default:
@@ -30,7 +14,7 @@ public struct ConfigurationError: Error, Sendable, Equatable, CustomStringConver
 /// }
 /// ```
 ///
-/// ``validate()`` runs when the DSL finishes (and when a node starts) and throws a ``ConfigurationError``
+/// ``validate()`` runs when the DSL finishes (and when a node starts) and throws a ``QuorumCore/ConfigurationError``
 /// naming the offending setting: a heartbeat not well below the election timeout, an empty or duplicated
 /// member list, a node identifier of 0, a lease longer than the election timeout allows, and so on.
 public struct RaftConfiguration: Sendable, Equatable {

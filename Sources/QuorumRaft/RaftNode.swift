@@ -183,7 +183,7 @@ public actor RaftNode<Machine: StateMachine> {
   // MARK: - Running
 
   /// Recovers durable state and runs the node until ``stop()`` is called or the task is cancelled.
-  /// - Throws: ``ConfigurationError`` for an invalid configuration, a ``QuorumStorage/StorageError`` if
+  /// - Throws: ``QuorumCore/ConfigurationError`` for an invalid configuration, a ``QuorumStorage/StorageError`` if
   ///   recovery or a write fails (the node stops rather than continue without durability).
   public func run() async throws {
     precondition(!running, "RaftNode.run() called twice")

@@ -133,7 +133,7 @@ public final class RaftSimulation {
   private enum Input {
     case message(NodeID, RaftMessage)
     case tick
-    case request(ClientRequest)
+    case request(SimulatedKVClients.Request)
   }
 
   private struct PendingProposal {
@@ -172,49 +172,11 @@ public final class RaftSimulation {
     }
   }
 
-  private enum Operation {
-    case register
-    case write(KVCommand, KVInput)
-    case read(key: String, consistency: ReadConsistency)
-  }
-
-  private struct ClientRequest {
-    var client: Int
-    var attempt: UInt64
-    var target: NodeID
-    var operation: Operation
-    var request: RequestID?
-    var acknowledged: UInt64
-  }
-
-  private enum Reply {
-    case registered(UInt64)
-    case written(KVResponse)
-    case read([UInt8]?)
-    case redirect(NodeID?)
-    case retry
-  }
-
-  private struct Client {
-    var id: Int
-    var session: UInt64?
-    var sequence: UInt64 = 0
-    var remaining: Int
-    var current: (operation: Operation, history: OperationID?, request: RequestID?)?
-    var attempt: UInt64 = 0
-    var target: NodeID
-    var done = false
-  }
-
   private enum Event {
     case tick(NodeID, UInt64)
     case deliver(Envelope<RaftMessage>)
     case fsyncDone(NodeID, UInt64)
-    case request(ClientRequest)
-    case reply(client: Int, attempt: UInt64, Reply)
-    case clientTimeout(client: Int, attempt: UInt64)
-    case clientResend(client: Int, attempt: UInt64)
-    case clientNext(client: Int)
+    case client(SimulatedKVClients.Event)
     case nemesis
     case heal
   }
@@ -226,7 +188,7 @@ public final class RaftSimulation {
   /// What the run did.
   public private(set) var stats = RaftSimulationStats()
   /// The client history (filled as the run goes).
-  public private(set) var history = KVHistory()
+  public var history: KVHistory { clients.history }
 
   private let trace: SimulationTrace
   private var rng: SeededRandom
@@ -234,7 +196,7 @@ public final class RaftSimulation {
   private var queue = EventQueue<Event>()
   private var network: SimulatedNetwork
   private var nodes: [NodeID: Node] = [:]
-  private var clients: [Client] = []
+  private var clients: SimulatedKVClients
   private var healed = false
   private var nextReadID: UInt64 = 0
 
@@ -252,6 +214,13 @@ public final class RaftSimulation {
     self.trace = trace
     self.rng = SeededRandom(seed: seed)
     self.network = SimulatedNetwork(defaultFaults: LinkFaults(delay: .uniform(.microseconds(100), .milliseconds(2))))
+    let voters = options.voters
+    self.clients = SimulatedKVClients(
+      settings: .init(
+        clients: options.clients, operationsPerClient: options.operationsPerClient, thinkTime: options.thinkTime,
+        keys: options.keys, clientLatency: options.clientLatency, requestTimeout: options.requestTimeout,
+        readConsistencies: options.readConsistencies),
+      firstTarget: { NodeID(UInt64($0 % voters + 1)) })
   }
 
   // MARK: - Running
@@ -265,9 +234,7 @@ public final class RaftSimulation {
       addNode(id, core: core)
     }
     for c in 0..<options.clients {
-      clients.append(
-        Client(id: c, remaining: options.operationsPerClient, target: NodeID(UInt64(c % options.voters + 1))))
-      queue.schedule(.clientNext(client: c), at: now + VirtualDuration.milliseconds(UInt64(c)))
+      queue.schedule(.client(.next(client: c)), at: now + VirtualDuration.milliseconds(UInt64(c)))
     }
     queue.schedule(.nemesis, at: now + options.nemesisInterval.sample(&rng))
     queue.schedule(.heal, at: now + options.chaosDuration)
@@ -277,13 +244,14 @@ public final class RaftSimulation {
       if now > deadline { break }
       stats.events += 1
       try handle(event)
-      if clients.allSatisfy(\.done) && healed { break }
+      if clients.allDone && healed { break }
     }
     stats.endTime = now
-    let unfinished = clients.filter { !$0.done }
-    guard unfinished.isEmpty else {
+    stats.operationsCompleted = clients.operationsCompleted
+    stats.retries = clients.retries
+    guard clients.allDone else {
       throw SimulationFailure(
-        "liveness: \(unfinished.count) clients unfinished \(options.healDeadline) after healing; "
+        "liveness: \(clients.unfinishedCount) clients unfinished \(options.healDeadline) after healing; "
           + "leaders: \(nodes.values.filter { $0.up && $0.core.role == .leader }.map(\.id)); \(describeNodes())")
     }
     let result = history.checkLinearizability(maxStatesExplored: 5_000_000)
@@ -325,21 +293,14 @@ public final class RaftSimulation {
     case .fsyncDone(let id, let incarnation):
       guard let node = nodes[id], node.up, node.incarnation == incarnation else { return }
       try finishReady(node)
-    case .request(let request):
+    case .client(.request(let request)):
       guard let node = nodes[request.target], node.up else { return }  // Lost: the client times out.
       node.inbox.append(.request(request))
       try process(node)
-    case .reply(let client, let attempt, let reply):
-      clientReceived(client, attempt: attempt, reply)
-    case .clientTimeout(let client, let attempt):
-      guard clients[client].attempt == attempt, !clients[client].done, clients[client].current != nil else { return }
-      trace.record(now, "client \(client) attempt \(attempt) timed out")
-      retryAfterBackoff(client, hint: nil)
-    case .clientResend(let client, let attempt):
-      guard clients[client].attempt == attempt, !clients[client].done else { return }
-      sendAttempt(client)
-    case .clientNext(let client):
-      startNextOperation(client)
+    case .client(let event):
+      clients.handle(event, now: now, healed: healed, nodes: nodes.keys.sorted(), rng: &rng, trace: trace) {
+        event, time in queue.schedule(.client(event), at: time)
+      }
     case .nemesis:
       guard !healed else { return }
       nemesis()
@@ -478,7 +439,7 @@ public final class RaftSimulation {
     node.disk.sync()
   }
 
-  private func handleRequest(_ node: Node, _ request: ClientRequest) {
+  private func handleRequest(_ node: Node, _ request: SimulatedKVClients.Request) {
     switch request.operation {
     case .register:
       propose(
@@ -513,7 +474,9 @@ public final class RaftSimulation {
     }
   }
 
-  private func propose(_ node: Node, _ request: ClientRequest, _ command: ReplicatedCommand<KVCommand>) {
+  private func propose(
+    _ node: Node, _ request: SimulatedKVClients.Request, _ command: ReplicatedCommand<KVCommand>
+  ) {
     do {
       let (index, term) = try node.core.propose(command.wireBytes())
       node.proposals[index] = PendingProposal(term: term, client: request.client, attempt: request.attempt)
@@ -524,8 +487,9 @@ public final class RaftSimulation {
     }
   }
 
-  private func reply(_ client: Int, _ attempt: UInt64, _ reply: Reply) {
-    queue.schedule(.reply(client: client, attempt: attempt, reply), at: now + options.clientLatency.sample(&rng))
+  private func reply(_ client: Int, _ attempt: UInt64, _ reply: SimulatedKVClients.Reply) {
+    queue.schedule(
+      .client(.reply(client: client, attempt: attempt, reply)), at: now + options.clientLatency.sample(&rng))
   }
 
   private func send(from: NodeID, _ outgoing: RaftOutgoing) {
@@ -589,119 +553,6 @@ public final class RaftSimulation {
       committedTerm[entry.index] = entry.term
       maxCommitted = max(maxCommitted, entry.index)
     }
-  }
-
-  // MARK: - Clients
-
-  private func startNextOperation(_ c: Int) {
-    guard !clients[c].done else { return }
-    if clients[c].session == nil {
-      clients[c].current = (.register, nil, nil)
-    } else if clients[c].remaining == 0 || healed {
-      clients[c].done = true
-      clients[c].current = nil
-      return
-    } else {
-      clients[c].remaining -= 1
-      let key = "k\(Int.random(in: 0..<options.keys, using: &rng))"
-      let roll = Int.random(in: 0..<100, using: &rng)
-      let operation: Operation
-      if roll < 40 {
-        let levels = options.readConsistencies.isEmpty ? [.linearizable] : options.readConsistencies
-        operation = .read(key: key, consistency: levels[Int.random(in: 0..<levels.count, using: &rng)])
-      } else {
-        let value = "c\(c)-\(clients[c].sequence + 1)"
-        if roll < 75 {
-          operation = .write(.put(key: key, value: Array(value.utf8)), .put(key: key, value: value))
-        } else if roll < 85 {
-          operation = .write(.delete(key: key), .delete(key: key))
-        } else {
-          let expected =
-            Bool.random(using: &rng)
-            ? nil
-            : "c\(Int.random(in: 0..<options.clients, using: &rng))-\(Int.random(in: 1...max(1, Int(clients[c].sequence)), using: &rng))"
-          operation = .write(
-            .compareAndSwap(key: key, expected: expected.map { Array($0.utf8) }, new: Array(value.utf8)),
-            .compareAndSwap(key: key, expected: expected, new: value))
-        }
-      }
-      var request: RequestID?
-      if case .write = operation, let session = clients[c].session {
-        clients[c].sequence += 1
-        request = RequestID(session: session, sequence: clients[c].sequence)
-      }
-      let input: KVInput
-      switch operation {
-      case .read(let key, _): input = .get(key: key)
-      case .write(_, let i): input = i
-      case .register: input = .get(key: "")  // Never reached: registration is not recorded.
-      }
-      let id = history.invoke(client: c, input, at: now)
-      clients[c].current = (operation, id, request)
-    }
-    sendAttempt(c)
-  }
-
-  private func sendAttempt(_ c: Int) {
-    guard let current = clients[c].current else { return }
-    clients[c].attempt += 1
-    let attempt = clients[c].attempt
-    let acknowledged = (current.request?.sequence ?? 1) - 1
-    let request = ClientRequest(
-      client: c, attempt: attempt, target: clients[c].target, operation: current.operation, request: current.request,
-      acknowledged: acknowledged)
-    queue.schedule(.request(request), at: now + options.clientLatency.sample(&rng))
-    queue.schedule(.clientTimeout(client: c, attempt: attempt), at: now + options.requestTimeout)
-  }
-
-  private func clientReceived(_ c: Int, attempt: UInt64, _ reply: Reply) {
-    guard clients[c].attempt == attempt, let current = clients[c].current, !clients[c].done else { return }
-    switch reply {
-    case .redirect(let hint):
-      retryAfterBackoff(c, hint: hint)
-    case .retry:
-      retryAfterBackoff(c, hint: nil)
-    case .registered(let session):
-      guard case .register = current.operation else { return }
-      clients[c].session = session
-      finish(c)
-    case .written(let response):
-      guard case .write(_, let input) = current.operation, let id = current.history else { return }
-      let output: KVOutput
-      switch (input, response) {
-      case (.compareAndSwap, .swapped(let swapped, _)): output = .swapped(swapped)
-      case (.put, .done), (.delete, .done): output = .ok
-      default:
-        output = .ok
-      }
-      history.complete(id, output, at: now)
-      stats.operationsCompleted += 1
-      finish(c)
-    case .read(let value):
-      guard case .read = current.operation, let id = current.history else { return }
-      history.complete(id, .value(value.map { String(decoding: $0, as: UTF8.self) }), at: now)
-      stats.operationsCompleted += 1
-      finish(c)
-    }
-  }
-
-  private func finish(_ c: Int) {
-    clients[c].current = nil
-    clients[c].attempt += 1
-    queue.schedule(.clientNext(client: c), at: now + options.thinkTime.sample(&rng))
-  }
-
-  private func retryAfterBackoff(_ c: Int, hint: NodeID?) {
-    stats.retries += 1
-    let candidates = nodes.keys.sorted()
-    if let hint, nodes[hint] != nil {
-      clients[c].target = hint
-    } else {
-      clients[c].target = candidates[Int.random(in: 0..<candidates.count, using: &rng)]
-    }
-    clients[c].attempt += 1  // Ignore any late answer to the abandoned attempt.
-    let backoff = VirtualDuration.milliseconds(UInt64.random(in: 1...30, using: &rng))
-    queue.schedule(.clientResend(client: c, attempt: clients[c].attempt), at: now + backoff)
   }
 
   // MARK: - Nemesis

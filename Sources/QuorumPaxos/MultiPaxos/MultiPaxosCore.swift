@@ -1,0 +1,1242 @@
+public import QuorumCore
+
+/// A Multi-Paxos node's role. Role is state inside the one node: every node is acceptor and learner
+/// always, and proposer while it leads.
+public enum PaxosRole: String, Sendable, Equatable, CustomStringConvertible {
+  /// Accepts and learns; follows the leader it heard from last.
+  case follower
+  /// Heard no leader for an election timeout: probing whether a phase-1 quorum would promise a new ballot,
+  /// before promising it to itself.
+  case preCandidate
+  /// Running phase 1 for a new ballot.
+  case candidate
+  /// Completed phase 1: proposes in phase 2 for every slot from its first unknown one on.
+  case leader
+
+  public var description: String { rawValue }
+}
+
+/// Tuning of the pure core, in ticks and bytes. ``PaxosConfiguration`` builds it from durations.
+public struct MultiPaxosOptions: Sendable, Equatable {
+  /// Acceptors that must promise a ballot before its candidate leads (|Q1|).
+  public var phase1Quorum = 2
+  /// Acceptors that must accept a proposal for it to be chosen (|Q2|). |Q1| + |Q2| must exceed the members.
+  public var phase2Quorum = 2
+  /// The shortest election timeout in ticks; each timeout is drawn from `min..<max`.
+  public var electionTimeoutMinTicks = 10
+  /// One past the longest election timeout in ticks.
+  public var electionTimeoutMaxTicks = 20
+  /// Ticks between heartbeats.
+  public var heartbeatTicks = 1
+  /// Ticks before an unanswered accept or prepare is sent again.
+  public var retransmitTicks = 5
+  /// The most entry bytes in one accept or promise (at least one entry is always sent).
+  public var maxEntriesBytesPerMessage = 1 << 20
+  /// The most accept messages in flight to one acceptor.
+  public var maxInflightMessages = 256
+  /// Proposals are refused while this many bytes are proposed but not chosen.
+  public var maxUncommittedBytes = 64 << 20
+  /// The most entry bytes handed out for applying per ready.
+  public var maxApplyBytesPerBatch = 8 << 20
+  /// Bytes per snapshot chunk.
+  public var snapshotChunkBytes = 1 << 20
+  /// The largest snapshot accepted from a leader.
+  public var maxSnapshotBytes = 1 << 30
+  /// How long a leader may serve lease reads after a phase-2 quorum acknowledged a heartbeat, in the time
+  /// units of `now` (nanoseconds in the node shell); 0 disables lease reads. Must stay below the minimum
+  /// election timeout by the clock-drift bound; ``PaxosConfiguration`` computes it.
+  public var leaseDurationNanos: UInt64 = 0
+
+  /// Defaults: majority quorums of 3, 10–20 tick elections, a heartbeat every tick.
+  public init() {}
+}
+
+/// A linearizable read confirmed by a heartbeat round: once the state machine has applied ``index``, the
+/// read may be answered.
+public struct PaxosReadState: Sendable, Equatable {
+  /// The caller's identifier for the read.
+  public var id: UInt64
+  /// The leader's chosen point when the read was requested.
+  public var index: Slot
+}
+
+/// The node's volatile view, reported when it changes.
+public struct PaxosSoftState: Sendable, Equatable {
+  /// The node's role.
+  public var role: PaxosRole
+  /// The leader it follows (itself when leading).
+  public var leader: NodeID?
+  /// The ballot it promised.
+  public var ballot: Ballot
+}
+
+/// Everything the shell must do after a batch of inputs, in order:
+///
+/// 1. send ``eagerMessages`` (a leader's accepts and heartbeats: its ballot is already durable, and it counts
+///    its own acceptance only after step 2);
+/// 2. persist ``snapshot`` (keeping the stored entries above it, then compacting up to it), ``hardState`` and
+///    ``entries`` (each replaces only its own slot) and make them durable;
+/// 3. send ``messages`` (promises and acceptances, which report what step 2 stored);
+/// 4. call ``MultiPaxosCore/advance(_:)`` with this ready;
+/// 5. restore the state machine from ``snapshot`` if present, then apply ``chosenEntries`` in order and
+///    answer ``readStates`` once their index is applied.
+public struct PaxosReady: Sendable {
+  /// The hard state to persist, if it changed.
+  public var hardState: PaxosHardState?
+  /// Accepted proposals to persist, ascending.
+  public var entries: [PaxosEntry] = []
+  /// A snapshot received from the leader, to persist and restore.
+  public var snapshot: PaxosSnapshot?
+  /// Messages that may be sent before persisting.
+  public var eagerMessages: [PaxosOutgoing] = []
+  /// Messages to send after persisting.
+  public var messages: [PaxosOutgoing] = []
+  /// Chosen entries to apply, in slot order.
+  public var chosenEntries: [PaxosEntry] = []
+  /// Confirmed linearizable reads.
+  public var readStates: [PaxosReadState] = []
+  /// Reads that can no longer be confirmed (leadership lost), by identifier.
+  public var failedReads: [UInt64] = []
+  /// The volatile state, if it changed.
+  public var softState: PaxosSoftState?
+
+  /// Whether there is nothing to do.
+  public var isEmpty: Bool {
+    hardState == nil && entries.isEmpty && snapshot == nil && eagerMessages.isEmpty && messages.isEmpty
+      && chosenEntries.isEmpty && readStates.isEmpty && failedReads.isEmpty && softState == nil
+  }
+}
+
+/// Why the core refused a local request.
+public enum PaxosRequestError: Error, Sendable, Equatable {
+  /// Not the leader; the hint is the leader this node follows.
+  case notLeader(hint: NodeID?)
+  /// Too many bytes are proposed but not chosen.
+  case overloaded
+}
+
+/// The leader's view of one acceptor, for status displays.
+public struct PaxosPeerProgress: Sendable, Equatable {
+  /// The acceptor's reported chosen point.
+  public var chosenThrough: Slot
+  /// The next slot the leader will send it.
+  public var next: Slot
+  /// Accept messages awaiting an answer.
+  public var inflight: Int
+  /// Whether a snapshot is being sent to it.
+  public var receivingSnapshot: Bool
+}
+
+/// Multi-Paxos as a pure, deterministic value: every node is an acceptor and a learner for every slot, and a
+/// proposer while it leads.
+///
+/// `MultiPaxosCore` does no input/output, reads no clock and draws randomness only from the seeded generator
+/// it is given. The shell feeds it inputs — ``tick(now:)``, ``step(_:from:)``, ``propose(_:)``,
+/// ``requestRead(id:)`` — takes a ``PaxosReady`` with ``ready()``, carries it out in the documented order
+/// and reports back with ``advance(_:)``.
+///
+/// ### The protocol
+///
+/// - **Phase 1, once for all slots.** A follower that hears no leader for a randomized election timeout
+///   becomes a candidate: it promises itself a ballot above every ballot it has seen (durably, before asking
+///   anyone) and sends `Prepare(ballot, fromSlot)` where `fromSlot` is its first slot not known chosen.
+///   Acceptors promise for every slot from there on and report what they accepted there, in bounded chunks.
+/// - **Leader change.** With complete reports from a phase-1 quorum the candidate leads. For every slot up
+///   to the highest reported it proposes, in its ballot: the chosen value if any acceptor knows it, else the
+///   value of the highest-ballot proposal reported (P2c), else a no-op (filling the gap).
+/// - **Phase 2 per slot, batched and pipelined.** Client commands get the next slots; one accept message
+///   carries a batch of consecutive slots, and up to ``MultiPaxosOptions/maxInflightMessages`` batches per
+///   acceptor are in flight. A slot is chosen once a phase-2 quorum accepted the leader's proposal; its own
+///   acceptance counts once durable.
+/// - **Learning.** Accepts and heartbeats carry the leader's chosen point; an acceptor marks chosen every
+///   slot up to it whose entry it accepted *in the leader's ballot* (the leader proposes one value per slot
+///   per ballot, and for a chosen slot that value is the chosen one). A replica missing slots reports a
+///   chosen point below the leader's; the leader resends those slots as accepts (catch-up), or its snapshot
+///   once it has compacted them.
+/// - **Leases and reads.** Heartbeats are numbered rounds; a round acknowledged by a phase-2 quorum (which
+///   meets every phase-1 quorum) confirms leadership for ReadIndex reads and starts a lease. Acceptors refuse
+///   to promise a new ballot for a minimum election timeout after hearing from their leader — and after they
+///   start, since a crash forgets when that was — so no other leader can complete phase 1 during the lease.
+/// - **Compaction.** ``takeSnapshot(at:data:retainEntries:)`` drops applied slots; a candidate whose first
+///   unknown slot an acceptor has compacted is refused (``RejectReason/behindSnapshot``) and waits for a
+///   leader to send it the snapshot.
+public struct MultiPaxosCore: Sendable {
+  /// This node.
+  public let id: NodeID
+  /// The options in force.
+  public let options: MultiPaxosOptions
+  /// Every acceptor, sorted.
+  public let members: [NodeID]
+
+  /// The ballot promised (durable).
+  public private(set) var promised: Ballot
+  /// The role.
+  public private(set) var role: PaxosRole = .follower
+  /// The leader followed (this node when leading).
+  public private(set) var leader: NodeID?
+  /// The highest ballot seen anywhere.
+  public private(set) var highestSeen: Ballot
+
+  var log: PaxosLog
+  private let memberBit: [NodeID: UInt64]
+  private var random: SeededRandom
+  private var electionElapsed = 0
+  private var heartbeatElapsed = 0
+  /// Ticks since this node last heard from its leader (or started); it refuses to promise a new ballot
+  /// while this is below the minimum election timeout. Internal so tests can expire it.
+  var sinceLeaderContact = 0
+  private var randomizedElectionTimeout = 0
+  private var ticks: UInt64 = 0
+  private var now: UInt64 = 0
+
+  // Learning from the current leader's chosen point.
+  private var commitBallot: Ballot = .zero
+  private var commitThrough: Slot = 0
+
+  // Candidate.
+  private struct Merged: Sendable {
+    var entry: PaxosEntry
+    var chosen: Bool
+  }
+  private struct Candidacy: Sendable {
+    var ballot: Ballot
+    var fromSlot: Slot
+    var cursor: [NodeID: Slot] = [:]
+    var complete: Set<NodeID> = []
+    var merged: [Slot: Merged] = [:]
+    var maxSlot: Slot = 0
+    var selfDurable = false
+  }
+  private var candidacy: Candidacy?
+  private var probeBallot: Ballot = .zero
+  private var probeGrants: Set<NodeID> = []
+
+  // Leader.
+  private struct Batch: Sendable {
+    var first: Slot
+    var last: Slot
+    var sentAt: UInt64
+  }
+  private struct Peer: Sendable {
+    var bit: UInt64
+    var next: Slot
+    var inflight: [Batch] = []
+    var chosen: Slot = 0
+    var ackedRound: UInt64 = 0
+    var recentActive = true
+    /// When this acceptor last acknowledged an accept.
+    var lastHeard: UInt64 = 0
+    /// When the newest batch it acknowledged was sent: an older batch still unacknowledged was lost.
+    var newestAckedSentAt: UInt64 = 0
+    /// The last slot of the catch-up batch most recently sent, and when.
+    var repairUntil: Slot = 0
+    var repairSentAt: UInt64 = 0
+    var snapshotIndex: Slot = 0
+    var snapshotOffset: UInt64 = 0
+    var snapshotSentAt: UInt64 = 0
+    /// The chosen point last sent to this acceptor.
+    var toldChosen: Slot = 0
+  }
+  private var peers: [NodeID: Peer] = [:]
+  private var peerOrder: [NodeID] = []
+  private var selfBit: UInt64 = 0
+  /// The last slot whose value phase 1 recovered; the leader serves reads once it has chosen everything
+  /// up to here.
+  private(set) var recoveryEnd: Slot = 0
+  private var uncommittedBytes = 0
+  private var needsBroadcast = false
+  private var needsChosenNotice = false
+
+  // Reads and leases.
+  private struct PendingRead: Sendable {
+    var id: UInt64
+    var index: Slot
+    var round: UInt64
+  }
+  private var readRound: UInt64 = 0
+  private var needsReadRound = false
+  private var pendingReads = FIFOQueue<PendingRead>()
+  private var readsAwaitingRecovery: [UInt64] = []
+  private var roundSentAt = FIFOQueue<(round: UInt64, at: UInt64)>()
+  private var leaseStart: UInt64?
+
+  // A snapshot being received.
+  private struct IncomingSnapshot: Sendable {
+    var from: NodeID
+    var index: Slot
+    var totalBytes: UInt64
+    var data: [UInt8]
+  }
+  private var incomingSnapshot: IncomingSnapshot?
+  private var pendingSnapshot: PaxosSnapshot?
+
+  // Outputs accumulated for the next ready.
+  private var outbox: [PaxosOutgoing] = []
+  private var eagerOutbox: [PaxosOutgoing] = []
+  private var unstable: [Slot] = []
+  private var unstableSorted = true
+  private var readStates: [PaxosReadState] = []
+  private var failedReads: [UInt64] = []
+  private var lastHardState: PaxosHardState
+  private var lastSoftState: PaxosSoftState
+
+  /// Creates a node from its durable state.
+  ///
+  /// - Parameters:
+  ///   - id: this node; one of `members`.
+  ///   - members: every acceptor of the group (at most 64).
+  ///   - options: quorums, timeouts and limits.
+  ///   - hardState: the recovered promise.
+  ///   - snapshot: the recovered snapshot, if any.
+  ///   - entries: the recovered accepted proposals above the snapshot.
+  ///   - random: the seeded generator for election timeouts.
+  public init(
+    id: NodeID, members: [NodeID], options: MultiPaxosOptions = MultiPaxosOptions(),
+    hardState: PaxosHardState = PaxosHardState(), snapshot: PaxosSnapshot? = nil, entries: [PaxosEntry] = [],
+    random: SeededRandom
+  ) {
+    precondition(id != .none, "node id 0 is reserved")
+    let sorted = members.sorted()
+    precondition(sorted.contains(id), "\(id) is not among the members \(sorted)")
+    precondition(sorted.count <= 64, "at most 64 members")
+    precondition(
+      options.phase1Quorum + options.phase2Quorum > sorted.count,
+      "quorums \(options.phase1Quorum)+\(options.phase2Quorum) do not intersect among \(sorted.count) members")
+    self.id = id
+    self.options = options
+    self.members = sorted
+    var bits: [NodeID: UInt64] = [:]
+    for (i, member) in sorted.enumerated() { bits[member] = 1 << UInt64(i) }
+    self.memberBit = bits
+    self.selfBit = bits[id] ?? 0
+    self.random = random
+    self.promised = hardState.promised
+    self.highestSeen = hardState.promised
+    self.log = PaxosLog(snapshot: snapshot, entries: entries)
+    self.lastHardState = hardState
+    self.lastSoftState = PaxosSoftState(role: .follower, leader: nil, ballot: hardState.promised)
+    resetElectionTimeout()
+  }
+
+  // MARK: - Views
+
+  /// Every slot up to here is known chosen.
+  public var chosenThrough: Slot { log.chosenThrough }
+  /// Every slot up to here has been handed out for applying.
+  public var appliedThrough: Slot { log.applying }
+  /// The last slot holding a proposal.
+  public var lastSlot: Slot { log.lastSlot }
+  /// The first slot still held in memory.
+  public var firstSlot: Slot { log.offset + 1 }
+  /// The newest snapshot.
+  public var snapshot: PaxosSnapshot? { log.snapshot }
+  /// The durable state.
+  public var hardState: PaxosHardState { PaxosHardState(promised: promised) }
+  /// The volatile state.
+  public var softState: PaxosSoftState { PaxosSoftState(role: role, leader: leader, ballot: promised) }
+  /// The proposal this node accepted at `slot`, if held.
+  public func entry(at slot: Slot) -> PaxosEntry? { log[slot]?.entry }
+  /// Whether this node knows `slot` is chosen.
+  public func isChosen(_ slot: Slot) -> Bool { slot <= log.offset || (log[slot]?.chosen ?? false) }
+  /// Whether a leader has chosen every slot phase 1 recovered (required before serving reads).
+  public var isRecovered: Bool { role == .leader && log.chosenThrough >= recoveryEnd }
+  /// The election timeout currently drawn, in ticks.
+  public var currentElectionTimeout: Int { randomizedElectionTimeout }
+  /// The leader's view of each acceptor (empty unless leading).
+  public var peerProgress: [NodeID: PaxosPeerProgress] {
+    peers.mapValues {
+      PaxosPeerProgress(
+        chosenThrough: $0.chosen, next: $0.next, inflight: $0.inflight.count, receivingSnapshot: $0.snapshotIndex > 0)
+    }
+  }
+
+  private var phase1Quorum: Int { options.phase1Quorum }
+  private var phase2Quorum: Int { options.phase2Quorum }
+
+  // MARK: - Time
+
+  /// Advances logical time by one tick. `now` is the shell's monotonic clock (used only for leases).
+  public mutating func tick(now: UInt64 = 0) {
+    self.now = max(self.now, now)
+    ticks &+= 1
+    sinceLeaderContact += 1
+    switch role {
+    case .leader: tickLeader()
+    case .candidate, .preCandidate, .follower: tickElection()
+    }
+  }
+
+  /// Records the shell's monotonic clock without ticking (for lease checks between ticks).
+  public mutating func observe(now: UInt64) { self.now = max(self.now, now) }
+
+  private mutating func tickElection() {
+    electionElapsed += 1
+    if incomingSnapshot != nil, electionElapsed >= options.electionTimeoutMinTicks * 4 {
+      incomingSnapshot = nil  // The leader stopped sending it; free the memory.
+    }
+    if electionElapsed >= randomizedElectionTimeout {
+      startProbe()
+    } else if role == .candidate {
+      retransmitPrepares()
+    }
+  }
+
+  private mutating func tickLeader() {
+    sinceLeaderContact = 0  // A leader is in contact with itself: its own acceptor keeps the lease too.
+    heartbeatElapsed += 1
+    electionElapsed += 1
+    if electionElapsed >= options.electionTimeoutMinTicks {
+      electionElapsed = 0
+      var active = 1
+      for peer in peerOrder where peers[peer]?.recentActive == true { active += 1 }
+      for peer in peerOrder { peers[peer]?.recentActive = false }
+      if active < phase2Quorum {
+        // Check-quorum: a leader cut off from a phase-2 quorum can choose nothing; let another lead.
+        becomeFollower(leader: nil)
+        return
+      }
+    }
+    if heartbeatElapsed >= options.heartbeatTicks {
+      heartbeatElapsed = 0
+      broadcastHeartbeat()
+    }
+    for peer in peerOrder {
+      retransmitAccepts(to: peer)
+      retrySnapshot(to: peer)
+    }
+  }
+
+  private mutating func resetElectionTimeout() {
+    let lo = options.electionTimeoutMinTicks
+    let hi = max(options.electionTimeoutMaxTicks, lo + 1)
+    randomizedElectionTimeout = Int.random(in: lo..<hi, using: &random)
+  }
+
+  // MARK: - Roles
+
+  private mutating func clearLeadership() {
+    peers = [:]
+    peerOrder = []
+    needsBroadcast = false
+    needsReadRound = false
+    leaseStart = nil
+    roundSentAt.removeAll()
+    while let read = pendingReads.popFirst() { failedReads.append(read.id) }
+    failedReads.append(contentsOf: readsAwaitingRecovery)
+    readsAwaitingRecovery = []
+    uncommittedBytes = 0
+    recoveryEnd = 0
+    candidacy = nil
+  }
+
+  private mutating func becomeFollower(leader newLeader: NodeID?) {
+    clearLeadership()
+    role = .follower
+    leader = newLeader
+    electionElapsed = 0
+    heartbeatElapsed = 0
+    resetElectionTimeout()
+  }
+
+  /// Starts phase 1 now, without probing first.
+  public mutating func campaign() { startCandidacy() }
+
+  /// Asks every acceptor whether it would promise a ballot above everything seen, changing nothing; phase 1
+  /// starts only once a phase-1 quorum (this node included) says yes.
+  private mutating func startProbe() {
+    clearLeadership()
+    role = .preCandidate
+    leader = nil
+    electionElapsed = 0
+    resetElectionTimeout()
+    probeBallot = Ballot.next(above: max(promised, highestSeen), for: id)
+    probeGrants = [id]
+    if probeGrants.count >= phase1Quorum {
+      startCandidacy()
+      return
+    }
+    let probe = Prepare(ballot: probeBallot, fromSlot: log.chosenThrough + 1)
+    for member in members where member != id { send(member, .probe(probe)) }
+  }
+
+  private mutating func handleProbe(_ m: Prepare, from: NodeID) {
+    // Grant exactly when a prepare would be promised now; promise nothing.
+    let granted =
+      m.ballot > promised && sinceLeaderContact >= options.electionTimeoutMinTicks && m.fromSlot > log.offset
+      && role != .leader
+    send(from, .probeResponse(ProbeResponse(ballot: m.ballot, granted: granted)))
+  }
+
+  private mutating func handleProbeResponse(_ m: ProbeResponse, from: NodeID) {
+    guard role == .preCandidate, m.ballot == probeBallot, m.granted else { return }
+    probeGrants.insert(from)
+    if probeGrants.count >= phase1Quorum { startCandidacy() }
+  }
+
+  private mutating func startCandidacy() {
+    clearLeadership()
+    let floor = max(promised, highestSeen)
+    let ballot = probeBallot > floor ? probeBallot : Ballot.next(above: floor, for: id)
+    promised = ballot
+    highestSeen = ballot
+    role = .candidate
+    leader = nil
+    electionElapsed = 0
+    resetElectionTimeout()
+    let fromSlot = log.chosenThrough + 1
+    var c = Candidacy(ballot: ballot, fromSlot: fromSlot)
+    for member in members where member != id { c.cursor[member] = fromSlot }
+    candidacy = c
+    for member in members where member != id {
+      send(member, .prepare(Prepare(ballot: ballot, fromSlot: fromSlot)))
+    }
+  }
+
+  private mutating func retransmitPrepares() {
+    guard let c = candidacy, electionElapsed > 0, electionElapsed % options.retransmitTicks == 0 else { return }
+    for member in members where member != id && !c.complete.contains(member) {
+      send(member, .prepare(Prepare(ballot: c.ballot, fromSlot: c.cursor[member] ?? c.fromSlot)))
+    }
+  }
+
+  /// The candidate's own acceptor promises once its ballot is durable: its log is merged like any promise.
+  private mutating func mergeOwnPromise(durable: Ballot) {
+    guard var c = candidacy, !c.selfDurable, durable == c.ballot else { return }
+    c.selfDurable = true
+    for entry in log.entries(from: c.fromSlot, through: log.lastSlot) {
+      merge(entry, chosen: isChosen(entry.index), into: &c)
+    }
+    c.maxSlot = max(c.maxSlot, log.lastSlot)
+    c.complete.insert(id)
+    candidacy = c
+    maybeLead()
+  }
+
+  private func merge(_ entry: PaxosEntry, chosen: Bool, into c: inout Candidacy) {
+    let slot = entry.index
+    guard slot >= c.fromSlot else { return }
+    if let existing = c.merged[slot] {
+      if existing.chosen {
+        precondition(
+          !chosen || existing.entry.hasSameValue(as: entry),
+          "two chosen values reported for slot \(slot): \(existing.entry) and \(entry)")
+        return
+      }
+      if chosen || entry.ballot > existing.entry.ballot { c.merged[slot] = Merged(entry: entry, chosen: chosen) }
+    } else {
+      c.merged[slot] = Merged(entry: entry, chosen: chosen)
+    }
+  }
+
+  private mutating func handlePromise(_ m: Promise, from: NodeID) {
+    guard role == .candidate, var c = candidacy, m.ballot == c.ballot, let expected = c.cursor[from],
+      m.fromSlot == expected, !c.complete.contains(from)
+    else { return }
+    for entry in m.entries { merge(entry, chosen: entry.index <= m.chosenThrough, into: &c) }
+    c.cursor[from] = max(m.coveredThrough + 1, expected)
+    if m.isComplete {
+      c.complete.insert(from)
+      c.maxSlot = max(c.maxSlot, m.lastSlot)
+    } else {
+      send(from, .prepare(Prepare(ballot: c.ballot, fromSlot: c.cursor[from] ?? expected)))
+    }
+    candidacy = c
+    maybeLead()
+  }
+
+  private mutating func maybeLead() {
+    guard role == .candidate, let c = candidacy, c.selfDurable, c.complete.count >= phase1Quorum else { return }
+    becomeLeader(c)
+  }
+
+  private mutating func becomeLeader(_ c: Candidacy) {
+    candidacy = nil
+    role = .leader
+    leader = id
+    electionElapsed = 0
+    heartbeatElapsed = 0
+    sinceLeaderContact = 0
+    // Re-propose in this ballot everything phase 1 found, and fill the gaps with no-ops.
+    var slot = c.fromSlot
+    while slot <= c.maxSlot {
+      let entry: PaxosEntry
+      var chosen = false
+      if let merged = c.merged[slot] {
+        entry = PaxosEntry(index: slot, ballot: c.ballot, kind: merged.entry.kind, data: merged.entry.data)
+        chosen = merged.chosen
+      } else {
+        entry = PaxosEntry(index: slot, ballot: c.ballot, kind: .noop)
+      }
+      if let existing = log[slot], existing.chosen {
+        precondition(
+          existing.entry.hasSameValue(as: entry), "\(id) would re-propose \(entry) over chosen \(existing.entry)")
+        chosen = true
+      }
+      log[slot] = SlotRecord(entry: entry, chosen: chosen, acks: 0)
+      if !chosen { uncommittedBytes += entry.byteSize }
+      markUnstable(slot)
+      slot += 1
+    }
+    // Drop anything this node holds beyond the recovered range: no quorum member reported it, so it was
+    // never chosen, and a stale proposal must not linger where new slots go.
+    precondition(log.lastSlot <= max(c.maxSlot, log.chosenThrough), "\(id) holds slots beyond phase 1's report")
+    log.extendChosen()
+    recoveryEnd = c.maxSlot
+    peers = [:]
+    peerOrder = members.filter { $0 != id }
+    for member in peerOrder {
+      peers[member] = Peer(bit: memberBit[member] ?? 0, next: c.fromSlot, lastHeard: ticks)
+    }
+    needsBroadcast = true
+    broadcastHeartbeat()
+  }
+
+  // MARK: - Messages
+
+  /// Handles a message from a peer.
+  public mutating func step(_ message: PaxosMessage, from: NodeID) {
+    guard from != id, memberBit[from] != nil else { return }
+    // A probe response carries this node's own probe ballot, which nobody has promised.
+    let ballot = message.ballot
+    if ballot > highestSeen, !message.isProbeResponse { highestSeen = ballot }
+    switch message {
+    case .prepare(let m): handlePrepare(m, from: from)
+    case .promise(let m): handlePromise(m, from: from)
+    case .reject(let m): handleReject(m, from: from)
+    case .accept(let m): handleAccept(m, from: from)
+    case .accepted(let m): handleAccepted(m, from: from)
+    case .heartbeat(let m): handleHeartbeat(m, from: from)
+    case .heartbeatResponse(let m): handleHeartbeatResponse(m, from: from)
+    case .snapshot(let m): handleSnapshot(m, from: from)
+    case .snapshotAck(let m): handleSnapshotAck(m, from: from)
+    case .probe(let m): handleProbe(m, from: from)
+    case .probeResponse(let m): handleProbeResponse(m, from: from)
+    }
+  }
+
+  private mutating func handlePrepare(_ m: Prepare, from: NodeID) {
+    if m.ballot < promised {
+      send(from, .reject(Reject(ballot: m.ballot, promised: promised)))
+      return
+    }
+    if m.ballot > promised {
+      // Leader stickiness: while this node has heard from its leader within a minimum election timeout (or
+      // has just started and cannot know), it refuses to help elect another. This is what makes leases
+      // safe; the candidate tries again after its timeout.
+      if sinceLeaderContact < options.electionTimeoutMinTicks && from != leader { return }
+      if m.fromSlot <= log.offset {
+        send(
+          from,
+          .reject(
+            Reject(ballot: m.ballot, promised: promised, reason: .behindSnapshot, snapshotIndex: log.offset)))
+        return
+      }
+      becomeFollower(leader: nil)
+      promised = m.ballot
+    }
+    guard m.fromSlot > log.offset else {
+      send(
+        from,
+        .reject(Reject(ballot: m.ballot, promised: promised, reason: .behindSnapshot, snapshotIndex: log.offset)))
+      return
+    }
+    // Report what was accepted from `fromSlot` on, bounded in bytes.
+    var entries: [PaxosEntry] = []
+    var bytes = 0
+    var slot = m.fromSlot
+    let last = log.lastSlot
+    var covered = m.fromSlot - 1
+    while slot <= last {
+      if let record = log[slot] {
+        bytes += record.entry.byteSize
+        if !entries.isEmpty && bytes > options.maxEntriesBytesPerMessage { break }
+        entries.append(record.entry)
+      }
+      covered = slot
+      slot += 1
+    }
+    if slot > last { covered = max(covered, last) }
+    send(
+      from,
+      .promise(
+        Promise(
+          ballot: m.ballot, fromSlot: m.fromSlot, entries: entries, coveredThrough: covered, lastSlot: last,
+          chosenThrough: log.chosenThrough)))
+  }
+
+  private mutating func handleReject(_ m: Reject, from: NodeID) {
+    highestSeen = max(highestSeen, m.promised)
+    switch role {
+    case .candidate:
+      guard let c = candidacy, m.ballot == c.ballot else { return }
+      if m.reason == .behindSnapshot {
+        // This node cannot lead until it has the compacted slots; let an up-to-date node lead and send
+        // them. Wait longer than the others before trying again.
+        becomeFollower(leader: nil)
+        randomizedElectionTimeout += options.electionTimeoutMaxTicks
+      } else if m.promised > c.ballot {
+        becomeFollower(leader: nil)
+      }
+    case .leader:
+      if m.ballot == promised, m.promised > promised { becomeFollower(leader: nil) }
+    case .follower, .preCandidate:
+      break
+    }
+  }
+
+  /// Adopts a leader's ballot `ballot` (≥ promised) and resets the election timer. Returns `false` if the
+  /// ballot is below the promise (the sender is told).
+  private mutating func followLeader(_ ballot: Ballot, from: NodeID) -> Bool {
+    if ballot < promised {
+      send(from, .reject(Reject(ballot: ballot, promised: promised)))
+      return false
+    }
+    if ballot > promised || role != .follower || leader != from {
+      if role != .follower || leader != from { becomeFollower(leader: from) }
+      promised = ballot
+    }
+    electionElapsed = 0
+    sinceLeaderContact = 0
+    return true
+  }
+
+  private mutating func handleAccept(_ m: Accept, from: NodeID) {
+    guard followLeader(m.ballot, from: from) else { return }
+    if commitBallot != m.ballot {
+      commitBallot = m.ballot
+      commitThrough = 0
+    }
+    var first: Slot = 0
+    var last: Slot = 0
+    for entry in m.entries {
+      if first == 0 { first = entry.index }
+      last = entry.index
+      // Slots in the snapshot are chosen and applied; the leader's proposal there is the chosen value.
+      guard entry.index > max(log.offset, log.snapshotIndex) else { continue }
+      var chosen = false
+      if let existing = log[entry.index], existing.chosen {
+        precondition(
+          existing.entry.hasSameValue(as: entry),
+          "\(id): accept of \(entry) in slot \(entry.index) differs from the chosen \(existing.entry)")
+        chosen = true
+      }
+      var stored = entry
+      stored.ballot = m.ballot
+      if entry.index <= commitThrough { chosen = true }
+      if let existing = log[entry.index], existing.entry == stored {
+        // A resent accept: already accepted in this ballot (and durable, or in this ready's write).
+        if chosen && !existing.chosen { log.update(entry.index) { $0.chosen = true } }
+        continue
+      }
+      log[entry.index] = SlotRecord(entry: stored, chosen: chosen, acks: 0)
+      markUnstable(entry.index)
+    }
+    learnChosen(through: m.chosenThrough, ballot: m.ballot)
+    // An accept without entries only announces the chosen point; it needs no answer.
+    guard first > 0 else { return }
+    send(
+      from,
+      .accepted(
+        Accepted(ballot: m.ballot, firstSlot: first, lastSlot: last, chosenThrough: log.chosenThrough)))
+  }
+
+  /// Marks chosen every slot up to `through` whose proposal was accepted in `ballot`, the ballot of the
+  /// leader that reports `through`.
+  private mutating func learnChosen(through: Slot, ballot: Ballot) {
+    guard ballot == promised, through > commitThrough || commitBallot != ballot else {
+      log.extendChosen()
+      return
+    }
+    let sameBallot = commitBallot == ballot
+    let start = sameBallot ? max(commitThrough, log.chosenThrough) : log.chosenThrough
+    commitBallot = ballot
+    commitThrough = sameBallot ? max(commitThrough, through) : through
+    var slot = start + 1
+    let last = min(through, log.lastSlot)
+    while slot <= last {
+      if let record = log[slot], !record.chosen, record.entry.ballot == ballot {
+        log.update(slot) { $0.chosen = true }
+      }
+      slot += 1
+    }
+    log.extendChosen()
+  }
+
+  private mutating func handleHeartbeat(_ m: Heartbeat, from: NodeID) {
+    guard followLeader(m.ballot, from: from) else { return }
+    learnChosen(through: m.chosenThrough, ballot: m.ballot)
+    send(
+      from,
+      .heartbeatResponse(
+        HeartbeatResponse(
+          ballot: m.ballot, round: m.round, leaderChosenThrough: m.chosenThrough, chosenThrough: log.chosenThrough)))
+  }
+
+  private mutating func handleAccepted(_ m: Accepted, from: NodeID) {
+    guard role == .leader, m.ballot == promised, var peer = peers[from] else { return }
+    peer.recentActive = true
+    peer.lastHeard = ticks
+    peer.chosen = max(peer.chosen, m.chosenThrough)
+    if let i = peer.inflight.firstIndex(where: { $0.last == m.lastSlot && $0.first == m.firstSlot }) {
+      peer.newestAckedSentAt = max(peer.newestAckedSentAt, peer.inflight[i].sentAt)
+      peer.inflight.remove(at: i)
+    }
+    let bit = peer.bit
+    peers[from] = peer
+    if m.firstSlot > 0 {
+      var slot = max(m.firstSlot, log.chosenThrough + 1)
+      while slot <= m.lastSlot {
+        countAcceptance(slot, bit: bit)
+        slot += 1
+      }
+      advanceChosen()
+    }
+    if m.lastSlot == peer.repairUntil, peer.chosen < log.chosenThrough {
+      repair(peer: from)
+    }
+    sendAccepts(to: from)
+  }
+
+  private mutating func countAcceptance(_ slot: Slot, bit: UInt64) {
+    guard let record = log[slot], !record.chosen, record.entry.ballot == promised else { return }
+    let acks = record.acks | bit
+    if acks.nonzeroBitCount >= phase2Quorum {
+      log.update(slot) {
+        $0.acks = acks
+        $0.chosen = true
+      }
+      uncommittedBytes -= record.entry.byteSize
+    } else {
+      log.update(slot) { $0.acks = acks }
+    }
+  }
+
+  private mutating func advanceChosen() {
+    guard log.extendChosen() else { return }
+    needsChosenNotice = true
+    confirmRecoveredReads()
+  }
+
+  private mutating func handleHeartbeatResponse(_ m: HeartbeatResponse, from: NodeID) {
+    guard role == .leader, m.ballot == promised, var peer = peers[from] else { return }
+    peer.recentActive = true
+    peer.ackedRound = max(peer.ackedRound, m.round)
+    peer.chosen = max(peer.chosen, m.chosenThrough)
+    peers[from] = peer
+    // Below the chosen point it was sent, the follower is missing slots (or holds them from another
+    // ballot): send them again.
+    if m.chosenThrough < m.leaderChosenThrough
+      && (peer.repairSentAt == 0 || ticks &- peer.repairSentAt >= UInt64(options.retransmitTicks))
+    {
+      repair(peer: from)
+    }
+    confirmReads()
+  }
+
+  /// Resends the slots after the peer's chosen point, as accepts in this ballot, or the snapshot if those
+  /// slots are compacted.
+  private mutating func repair(peer id: NodeID) {
+    guard var peer = peers[id], peer.snapshotIndex == 0 else { return }
+    let from = peer.chosen + 1
+    if from <= log.offset {
+      startSnapshot(to: id)
+      return
+    }
+    let entries = batch(from: from, through: log.lastSlot)
+    guard let last = entries.last?.index else { return }
+    peer.repairUntil = last
+    peer.repairSentAt = ticks
+    peers[id] = peer
+    send(id, .accept(Accept(ballot: promised, entries: entries, chosenThrough: log.chosenThrough)))
+  }
+
+  /// Up to a message's worth of the leader's proposals from `from`, stamped with the leader's ballot.
+  private func batch(from: Slot, through: Slot) -> [PaxosEntry] {
+    var entries: [PaxosEntry] = []
+    var bytes = 0
+    var slot = from
+    while slot <= through {
+      guard let record = log[slot] else { break }
+      bytes += record.entry.byteSize
+      if !entries.isEmpty && bytes > options.maxEntriesBytesPerMessage { break }
+      var entry = record.entry
+      entry.ballot = promised
+      entries.append(entry)
+      slot += 1
+    }
+    return entries
+  }
+
+  /// Sends new batches to `peer` while its pipeline has room.
+  private mutating func sendAccepts(to id: NodeID) {
+    guard var peer = peers[id], peer.snapshotIndex == 0 else { return }
+    while peer.inflight.count < options.maxInflightMessages && peer.next <= log.lastSlot {
+      if peer.next <= log.offset {
+        peers[id] = peer
+        startSnapshot(to: id)
+        return
+      }
+      let entries = batch(from: peer.next, through: log.lastSlot)
+      guard let first = entries.first?.index, let last = entries.last?.index else { break }
+      send(id, .accept(Accept(ballot: promised, entries: entries, chosenThrough: log.chosenThrough)))
+      peer.inflight.append(Batch(first: first, last: last, sentAt: ticks))
+      peer.next = last + 1
+    }
+    peers[id] = peer
+  }
+
+  private mutating func retransmitAccepts(to id: NodeID) {
+    guard var peer = peers[id], peer.snapshotIndex == 0, !peer.inflight.isEmpty else { return }
+    // An acceptor that keeps acknowledging accepts is busy, not deaf: its overdue batches are probably still
+    // queued, and resending them would only make it write them twice. An overdue batch is resent once the
+    // acceptor has acknowledged nothing for a period, or has acknowledged a batch sent after it (then this
+    // one was lost).
+    let period = UInt64(options.retransmitTicks)
+    let quiet = ticks &- peer.lastHeard >= period
+    var resent = 0
+    for i in peer.inflight.indices where ticks &- peer.inflight[i].sentAt >= period {
+      guard quiet || peer.newestAckedSentAt > peer.inflight[i].sentAt else { continue }
+      if resent >= 8 { break }
+      let b = peer.inflight[i]
+      if b.first <= log.offset {
+        peer.inflight = []
+        peers[id] = peer
+        startSnapshot(to: id)
+        return
+      }
+      let entries = log.entries(from: b.first, through: b.last).map { entry -> PaxosEntry in
+        var e = entry
+        e.ballot = promised
+        return e
+      }
+      send(id, .accept(Accept(ballot: promised, entries: entries, chosenThrough: log.chosenThrough)))
+      peer.inflight[i].sentAt = ticks
+      resent += 1
+    }
+    peers[id] = peer
+  }
+
+  private mutating func broadcastAccepts() {
+    for peer in peerOrder { sendAccepts(to: peer) }
+  }
+
+  private mutating func broadcastHeartbeat() {
+    readRound += 1
+    roundSentAt.append((readRound, now))
+    while roundSentAt.count > 256 { _ = roundSentAt.popFirst() }
+    for peer in peerOrder {
+      send(peer, .heartbeat(Heartbeat(ballot: promised, chosenThrough: log.chosenThrough, round: readRound)))
+    }
+    confirmReads()  // A group where the leader alone is a phase-2 quorum confirms at once.
+  }
+
+  // MARK: - Snapshots
+
+  private mutating func startSnapshot(to id: NodeID) {
+    guard var peer = peers[id], let snapshot = log.snapshot else { return }
+    peer.snapshotIndex = snapshot.index
+    peer.snapshotOffset = 0
+    peer.inflight = []
+    peers[id] = peer
+    sendSnapshotChunk(to: id)
+  }
+
+  private mutating func sendSnapshotChunk(to id: NodeID) {
+    guard var peer = peers[id], peer.snapshotIndex > 0, let snapshot = log.snapshot else { return }
+    if snapshot.index != peer.snapshotIndex {
+      peer.snapshotIndex = snapshot.index  // A newer snapshot replaced it; start over.
+      peer.snapshotOffset = 0
+    }
+    let total = snapshot.data.count
+    let offset = Int(peer.snapshotOffset)
+    let end = min(total, offset + max(1, options.snapshotChunkBytes))
+    peer.snapshotSentAt = ticks
+    peers[id] = peer
+    send(
+      id,
+      .snapshot(
+        SnapshotChunk(
+          ballot: promised, index: snapshot.index, totalBytes: UInt64(total), offset: UInt64(offset),
+          chunk: offset < end ? Array(snapshot.data[offset..<end]) : [])))
+  }
+
+  private mutating func retrySnapshot(to id: NodeID) {
+    guard let peer = peers[id], peer.snapshotIndex > 0,
+      ticks &- peer.snapshotSentAt >= UInt64(options.retransmitTicks)
+    else { return }
+    sendSnapshotChunk(to: id)
+  }
+
+  private mutating func handleSnapshot(_ m: SnapshotChunk, from: NodeID) {
+    guard followLeader(m.ballot, from: from) else { return }
+    func ack(_ next: UInt64, reject: Bool) {
+      send(from, .snapshotAck(SnapshotAck(ballot: m.ballot, index: m.index, nextOffset: next, reject: reject)))
+    }
+    if m.index <= log.chosenThrough {
+      ack(m.totalBytes, reject: true)  // Nothing new in it.
+      return
+    }
+    if m.totalBytes > UInt64(options.maxSnapshotBytes) {
+      ack(0, reject: true)
+      return
+    }
+    if m.offset == 0 {
+      incomingSnapshot = IncomingSnapshot(from: from, index: m.index, totalBytes: m.totalBytes, data: [])
+    }
+    guard var incoming = incomingSnapshot, incoming.index == m.index, incoming.from == from,
+      UInt64(incoming.data.count) == m.offset
+    else {
+      ack(UInt64(incomingSnapshot.map { $0.index == m.index ? $0.data.count : 0 } ?? 0), reject: false)
+      return
+    }
+    incoming.data.append(contentsOf: m.chunk)
+    if UInt64(incoming.data.count) < incoming.totalBytes {
+      incomingSnapshot = incoming
+      ack(UInt64(incoming.data.count), reject: false)
+      return
+    }
+    incomingSnapshot = nil
+    let snapshot = PaxosSnapshot(index: incoming.index, data: incoming.data)
+    log.install(snapshot)
+    pendingSnapshot = snapshot
+    unstable.removeAll { $0 <= snapshot.index }
+    learnChosen(through: commitThrough, ballot: commitBallot)
+    ack(incoming.totalBytes, reject: false)
+  }
+
+  private mutating func handleSnapshotAck(_ m: SnapshotAck, from: NodeID) {
+    guard role == .leader, m.ballot == promised, var peer = peers[from], peer.snapshotIndex == m.index else {
+      return
+    }
+    peer.recentActive = true
+    if m.reject || m.nextOffset >= UInt64(log.snapshot?.data.count ?? 0) {
+      peer.snapshotIndex = 0
+      peer.snapshotOffset = 0
+      if !m.reject || m.nextOffset > 0 {
+        // Installed (or not needed): everything after the snapshot is sent again, since the batches in
+        // flight were forgotten when the transfer began.
+        peer.chosen = max(peer.chosen, m.index)
+        peer.next = m.index + 1
+      }
+      peers[from] = peer
+      sendAccepts(to: from)
+      return
+    }
+    peer.snapshotOffset = m.nextOffset
+    peers[from] = peer
+    sendSnapshotChunk(to: from)
+  }
+
+  // MARK: - Local requests
+
+  /// Proposes a command in the next free slot. Returns the slot; the proposal is sent when the shell next
+  /// takes a ready.
+  public mutating func propose(_ data: [UInt8]) throws(PaxosRequestError) -> Slot {
+    guard role == .leader else { throw .notLeader(hint: leader) }
+    let slot = log.lastSlot + 1
+    let entry = PaxosEntry(index: slot, ballot: promised, kind: .command, data: data)
+    if uncommittedBytes > 0 && uncommittedBytes + entry.byteSize > options.maxUncommittedBytes { throw .overloaded }
+    log[slot] = SlotRecord(entry: entry, chosen: false, acks: 0)
+    uncommittedBytes += entry.byteSize
+    markUnstable(slot)
+    needsBroadcast = true
+    return slot
+  }
+
+  /// Requests a linearizable read. The confirmation arrives as a ``PaxosReadState`` in a later ready (or
+  /// the id in ``PaxosReady/failedReads`` if leadership is lost first).
+  public mutating func requestRead(id readID: UInt64) throws(PaxosRequestError) {
+    guard role == .leader else { throw .notLeader(hint: leader) }
+    guard isRecovered else {
+      readsAwaitingRecovery.append(readID)
+      return
+    }
+    queueRead(readID)
+  }
+
+  private mutating func queueRead(_ readID: UInt64) {
+    pendingReads.append(PendingRead(id: readID, index: log.chosenThrough, round: readRound + 1))
+    needsReadRound = true
+  }
+
+  private mutating func confirmRecoveredReads() {
+    guard isRecovered, !readsAwaitingRecovery.isEmpty else { return }
+    let waiting = readsAwaitingRecovery
+    readsAwaitingRecovery = []
+    for read in waiting { queueRead(read) }
+  }
+
+  /// The newest read round acknowledged by a phase-2 quorum (the leader acknowledges every round itself).
+  private var quorumAckedRound: UInt64 {
+    var rounds = [readRound]
+    for peer in peerOrder { rounds.append(peers[peer]?.ackedRound ?? 0) }
+    rounds.sort(by: >)
+    return rounds[min(phase2Quorum, rounds.count) - 1]
+  }
+
+  private mutating func confirmReads() {
+    guard role == .leader else { return }
+    let acked = quorumAckedRound
+    while let read = pendingReads.first, read.round <= acked {
+      _ = pendingReads.popFirst()
+      readStates.append(PaxosReadState(id: read.id, index: read.index))
+    }
+    while let sent = roundSentAt.first, sent.round <= acked {
+      _ = roundSentAt.popFirst()
+      leaseStart = max(leaseStart ?? 0, sent.at)
+    }
+  }
+
+  /// If this leader's lease is valid at `now`, the slot a lease read must wait for; otherwise `nil`.
+  ///
+  /// The lease starts when the leader sent a heartbeat round that a phase-2 quorum acknowledged. Every
+  /// phase-1 quorum contains one of those acceptors, and each refuses to promise another ballot for a
+  /// minimum election timeout after hearing the heartbeat, so no other leader can exist until
+  /// ``MultiPaxosOptions/leaseDurationNanos`` later.
+  public func leaseReadIndex(now: UInt64) -> Slot? {
+    guard isRecovered else { return nil }
+    guard options.leaseDurationNanos > 0, let start = leaseStart else { return nil }
+    return now < start &+ options.leaseDurationNanos ? log.chosenThrough : nil
+  }
+
+  // MARK: - Ready
+
+  private mutating func send(_ to: NodeID, _ message: PaxosMessage) {
+    let outgoing = PaxosOutgoing(to: to, message: message)
+    if role == .leader {
+      switch message {
+      case .accept(let m): noteToldChosen(to, m.chosenThrough)
+      case .heartbeat(let m): noteToldChosen(to, m.chosenThrough)
+      default: break
+      }
+      switch message {
+      case .accept, .heartbeat, .snapshot:
+        eagerOutbox.append(outgoing)
+        return
+      default:
+        break
+      }
+    }
+    outbox.append(outgoing)
+  }
+
+  private mutating func noteToldChosen(_ peer: NodeID, _ chosen: Slot) {
+    guard var p = peers[peer], p.toldChosen < chosen else { return }
+    p.toldChosen = chosen
+    peers[peer] = p
+  }
+
+  private mutating func markUnstable(_ slot: Slot) {
+    if let last = unstable.last, slot <= last { unstableSorted = false }
+    unstable.append(slot)
+  }
+
+  private mutating func flush() {
+    guard role == .leader else {
+      needsBroadcast = false
+      needsReadRound = false
+      needsChosenNotice = false
+      return
+    }
+    if needsBroadcast {
+      needsBroadcast = false
+      broadcastAccepts()
+    }
+    if needsChosenNotice {
+      needsChosenNotice = false
+      // Tell every acceptor not told already (by an accept in this batch) that more slots are chosen, as
+      // Raft's leader does when its commit index moves, so replicas apply without waiting for a heartbeat.
+      for peer in peerOrder where (peers[peer]?.toldChosen ?? 0) < log.chosenThrough {
+        send(peer, .accept(Accept(ballot: promised, entries: [], chosenThrough: log.chosenThrough)))
+      }
+    }
+    if needsReadRound {
+      needsReadRound = false
+      heartbeatElapsed = 0
+      broadcastHeartbeat()
+    }
+  }
+
+  /// Whether ``ready()`` has anything to return.
+  public var hasReady: Bool {
+    (role == .leader && (needsBroadcast || needsReadRound || needsChosenNotice)) || !outbox.isEmpty
+      || !eagerOutbox.isEmpty
+      || !unstable.isEmpty || pendingSnapshot != nil || log.hasChosenToApply || !readStates.isEmpty
+      || !failedReads.isEmpty || promised != lastHardState.promised || softState != lastSoftState
+  }
+
+  /// Takes everything the shell must now do (see ``PaxosReady`` for the order).
+  public mutating func ready() -> PaxosReady {
+    flush()
+    var ready = PaxosReady()
+    ready.snapshot = pendingSnapshot
+    pendingSnapshot = nil
+    if !unstable.isEmpty {
+      if !unstableSorted {
+        unstable.sort()
+        unstableSorted = true
+      }
+      let floor = max(log.offset, log.snapshotIndex)
+      var previous: Slot = 0
+      ready.entries.reserveCapacity(unstable.count)
+      for slot in unstable where slot != previous && slot > floor {
+        previous = slot
+        if let record = log[slot] { ready.entries.append(record.entry) }
+      }
+      unstable.removeAll(keepingCapacity: true)
+    }
+    let hs = hardState
+    if hs != lastHardState {
+      ready.hardState = hs
+      lastHardState = hs
+    }
+    let ss = softState
+    if ss != lastSoftState {
+      ready.softState = ss
+      lastSoftState = ss
+    }
+    ready.eagerMessages = eagerOutbox
+    ready.messages = outbox
+    eagerOutbox = []
+    outbox = []
+    ready.chosenEntries = log.takeChosen(maxBytes: options.maxApplyBytesPerBatch)
+    ready.readStates = readStates
+    ready.failedReads = failedReads
+    readStates = []
+    failedReads = []
+    return ready
+  }
+
+  /// Reports that the shell carried out `ready`: its hard state and entries are durable. A candidate now
+  /// counts its own promise, a leader its own acceptances.
+  public mutating func advance(_ ready: PaxosReady) {
+    if let hardState = ready.hardState { mergeOwnPromise(durable: hardState.promised) }
+    guard role == .leader, !ready.entries.isEmpty else { return }
+    for entry in ready.entries where entry.ballot == promised && entry.index > log.chosenThrough {
+      countAcceptance(entry.index, bit: selfBit)
+    }
+    advanceChosen()
+  }
+
+  /// Records a state-machine snapshot taken after applying everything through `slot`, and compacts the
+  /// in-memory log, keeping `retainEntries` slots before it so that slightly lagging replicas can still be
+  /// sent proposals instead of the snapshot. Returns the snapshot for the shell to persist.
+  ///
+  /// - Precondition: `slot` has been handed out for applying.
+  @discardableResult
+  public mutating func takeSnapshot(at slot: Slot, data: [UInt8], retainEntries: Int = 0) -> PaxosSnapshot {
+    precondition(slot <= log.applying, "snapshot at \(slot) beyond applied \(log.applying)")
+    let snapshot = PaxosSnapshot(index: slot, data: data)
+    let keep = Slot(max(0, retainEntries))
+    log.compact(snapshot: snapshot, through: slot > keep ? slot - keep : 0)
+    unstable.removeAll { $0 <= slot }
+    return snapshot
+  }
+}
+
+extension PaxosMessage {
+  fileprivate var isProbeResponse: Bool {
+    if case .probeResponse = self { return true }
+    return false
+  }
+}

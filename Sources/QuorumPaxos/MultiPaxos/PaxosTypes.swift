@@ -1,0 +1,109 @@
+public import QuorumCore
+public import QuorumStorage
+
+/// A position in the Multi-Paxos log: one instance of consensus. Slots start at 1; 0 means "before the
+/// first slot".
+public typealias Slot = UInt64
+
+/// What a slot's value carries.
+public enum PaxosEntryKind: UInt8, Sendable, Equatable {
+  /// An application command (an encoded `ReplicatedCommand`).
+  case command = 0
+  /// Nothing: a new leader fills a slot no acceptor of its phase-1 quorum had accepted anything in.
+  case noop = 1
+}
+
+/// One slot's proposal as an acceptor stores it: the ballot it was accepted in and the value.
+///
+/// In the acceptor's log (``QuorumStorage/LogWriteMode/replace`` mode) a slot's entry is the proposal of the
+/// highest ballot it accepted there; accepting again in a higher ballot replaces only that slot.
+public struct PaxosEntry: Sendable, Equatable, StorableEntry, CustomStringConvertible {
+  /// The slot.
+  public var index: Slot
+  /// The ballot in which the value was proposed and accepted.
+  public var ballot: Ballot
+  /// What the value carries.
+  public var kind: PaxosEntryKind
+  /// The value's bytes; empty for a no-op.
+  public var data: [UInt8]
+
+  /// Creates an entry.
+  public init(index: Slot, ballot: Ballot, kind: PaxosEntryKind = .command, data: [UInt8] = []) {
+    self.index = index
+    self.ballot = ballot
+    self.kind = kind
+    self.data = data
+  }
+
+  /// The slot (the same as ``index``).
+  @inlinable public var slot: Slot { index }
+
+  /// Bytes the entry counts for in flow control (payload plus a fixed overhead).
+  @inlinable public var byteSize: Int { data.count + 24 }
+
+  /// Whether two entries carry the same value (kind and bytes), whatever their ballots.
+  @inlinable public func hasSameValue(as other: PaxosEntry) -> Bool { kind == other.kind && data == other.data }
+
+  public func encode(to writer: inout WireWriter) {
+    writer.writeVarint(index)
+    ballot.encode(to: &writer)
+    writer.writeByte(kind.rawValue)
+    writer.writeBytes(data)
+  }
+
+  public init(from reader: inout WireReader) throws(WireError) {
+    index = try reader.readVarint()
+    ballot = try reader.read()
+    let tagOffset = reader.position
+    let tag = try reader.readByte()
+    guard let kind = PaxosEntryKind(rawValue: tag) else {
+      throw WireError(.unknownTag(type: "PaxosEntryKind", tag: UInt64(tag)), at: tagOffset)
+    }
+    self.kind = kind
+    data = try reader.readBytes()
+  }
+
+  public var description: String { "\(index)@\(ballot)\(kind == .noop ? "[noop]" : "")" }
+}
+
+/// The state a Multi-Paxos node makes durable before it sends anything that depends on it: the ballot it
+/// promised. (Accepted proposals are the log entries.)
+public struct PaxosHardState: Sendable, Equatable, WireCodable, CustomStringConvertible {
+  /// The highest ballot promised (or accepted in): the node accepts nothing below it, and as a leader it
+  /// never reuses a ballot at or below it.
+  public var promised: Ballot
+
+  /// Creates a hard state.
+  public init(promised: Ballot = .zero) { self.promised = promised }
+
+  public func encode(to writer: inout WireWriter) {
+    writer.writeVarint(1)  // format version
+    promised.encode(to: &writer)
+  }
+
+  public init(from reader: inout WireReader) throws(WireError) {
+    let at = reader.position
+    let version = try reader.readVarint()
+    guard version == 1 else { throw WireError(.unsupportedVersion(UInt8(truncatingIfNeeded: version)), at: at) }
+    promised = try reader.read()
+  }
+
+  public var description: String { "promised=\(promised)" }
+}
+
+/// A state-machine snapshot covering every slot up to ``index``, all of them chosen.
+public struct PaxosSnapshot: Sendable, Equatable {
+  /// The last slot the snapshot covers.
+  public var index: Slot
+  /// The serialised state machine (with its exactly-once sessions).
+  public var data: [UInt8]
+
+  /// Creates a snapshot.
+  public init(index: Slot, data: [UInt8]) {
+    self.index = index
+    self.data = data
+  }
+
+  /// The snapshot as ``QuorumStorage/ConsensusStorage`` stores it.
+  public var stored: StoredSnapshot { StoredSnapshot(index: index, term: 0, data: data) }
+}

@@ -1,0 +1,398 @@
+public import QuorumCore
+
+/// Settings of a Paxos group — single-decree (``Synod``) or Multi-Paxos (``MultiPaxosNode``) — in real
+/// units, validated as a whole.
+///
+/// Build one with the DSL — each line is a setting; anything left out keeps its default:
+///
+/// ```swift
+/// let configuration = try PaxosConfiguration {
+///   Members(1, 2, 3, 4, 5)
+///   Quorums(phase1: 4, phase2: 2)          // Flexible Paxos: |Q1| + |Q2| > N
+///   ElectionTimeout(Duration.milliseconds(150)...Duration.milliseconds(300))
+///   HeartbeatInterval(.milliseconds(50))
+///   LeaseReads(clockDriftBound: .milliseconds(15))
+///   Snapshots(every: 10_000, retain: 1_000)
+/// }
+/// ```
+///
+/// ``validate()`` runs when the DSL finishes (and when a node starts) and throws a
+/// ``QuorumCore/ConfigurationError`` naming the offending setting: quorums that need not intersect
+/// (|Q1| + |Q2| ≤ N), a quorum below 1 or above the member count, an empty or duplicated member list, a node
+/// identifier of 0, a heartbeat not well below the election timeout, a lease longer than the election
+/// timeout allows, and so on.
+///
+/// The setting types share their names with `RaftConfiguration`'s where the meaning is the same; inside
+/// either DSL the compiler picks the right one from the context, so a file may import both modules.
+public struct PaxosConfiguration: Sendable, Equatable {
+  /// The acceptors. In Multi-Paxos every member also proposes (when it leads) and learns.
+  public var members: [NodeID] = []
+  /// The phase-1 (prepare) quorum size; `nil` means the smallest size that intersects every phase-2
+  /// quorum, or a majority when both sizes are left out.
+  public var phase1Quorum: Int?
+  /// The phase-2 (accept) quorum size; `nil` means the smallest size that intersects every phase-1
+  /// quorum, or a majority when both sizes are left out.
+  public var phase2Quorum: Int?
+  /// A follower that hears nothing from a leader for a timeout drawn from this range starts phase 1.
+  public var electionTimeout: ClosedRange<Duration> = .milliseconds(150)...(.milliseconds(300))
+  /// How often a leader sends heartbeats.
+  public var heartbeatInterval: Duration = .milliseconds(50)
+  /// The clock granularity: timeouts are counted in ticks of this length.
+  public var tickInterval: Duration = .milliseconds(10)
+  /// How long a proposer waits for answers before sending a prepare or accept again (same ballot).
+  public var retransmitInterval: Duration = .milliseconds(50)
+  /// A single-decree proposer pre-empted twice in a row waits a random time below this before its next
+  /// ballot, doubling per further pre-emption up to ``proposerBackoffMax``.
+  public var proposerBackoffInitial: Duration = .milliseconds(10)
+  /// The longest single-decree back-off.
+  public var proposerBackoffMax: Duration = .milliseconds(200)
+  /// The single-decree proposer that owns the lowest ballot and may skip phase 1 on its first attempt.
+  public var distinguishedProposer: NodeID?
+  /// Whether a Multi-Paxos leader serves lease reads without a round trip.
+  public var leaseReads = true
+  /// The most the clocks of two nodes may drift apart over one election timeout; the lease lasts the minimum
+  /// election timeout minus this bound.
+  public var clockDriftBound: Duration = .milliseconds(15)
+  /// Take a snapshot after this many applied slots (0 disables automatic snapshots).
+  public var snapshotEvery = 10_000
+  /// Slots kept before a snapshot so that lagging replicas can catch up without it.
+  public var snapshotRetainEntries = 1_000
+  /// Bytes per snapshot chunk.
+  public var snapshotChunkBytes = 1 << 20
+  /// The largest snapshot a replica accepts.
+  public var maxSnapshotBytes = 1 << 30
+  /// The most entry bytes in one accept or promise message (at least one entry is always sent).
+  public var maxEntriesBytesPerMessage = 1 << 20
+  /// The most accept messages in flight to one acceptor (the pipeline depth).
+  public var maxInflightMessages = 256
+  /// Proposals are refused while this many bytes are proposed but not chosen.
+  public var maxUncommittedBytes = 64 << 20
+  /// The largest command accepted.
+  public var maxCommandBytes = 4 << 20
+  /// The most requests waiting in a node; beyond it requests fail with
+  /// ``QuorumCore/ConsensusError/overloaded(limit:)``.
+  public var maxPendingRequests = 65_536
+  /// How long a request may wait before failing with ``QuorumCore/ConsensusError/timeout``.
+  public var requestTimeout: Duration = .seconds(5)
+  /// Exactly-once session limits.
+  public var sessions = SessionPolicy()
+  /// Capacity of each actor's input mailbox.
+  public var inputCapacity = 65_536
+
+  /// The most members a group may have (acknowledgements are counted in a 64-bit set).
+  public static let maxMembers = 64
+
+  /// The defaults: majority quorums, 150–300 ms elections, 50 ms heartbeats, 10 ms ticks, lease reads.
+  public init() {}
+
+  /// Builds a configuration from DSL settings and validates it.
+  public init(@PaxosConfigurationBuilder _ settings: () -> [any PaxosSetting]) throws(ConfigurationError) {
+    self.init()
+    for setting in settings() { setting.apply(to: &self) }
+    try validate()
+  }
+
+  /// The phase-1 and phase-2 quorum sizes in force.
+  public var quorums: (phase1: Int, phase2: Int) {
+    let n = members.count
+    switch (phase1Quorum, phase2Quorum) {
+    case (let q1?, let q2?): return (q1, q2)
+    case (let q1?, nil): return (q1, n - q1 + 1)
+    case (nil, let q2?): return (n - q2 + 1, q2)
+    case (nil, nil): return (n / 2 + 1, n / 2 + 1)
+    }
+  }
+
+  private func ticks(_ d: Duration) -> Int { Int((d / tickInterval).rounded(.down)) }
+
+  /// Checks every setting and their relations.
+  public func validate() throws(ConfigurationError) {
+    func fail(_ setting: String, _ reason: String) -> ConfigurationError {
+      ConfigurationError(setting: setting, reason: reason)
+    }
+    if members.isEmpty { throw fail("Members", "a Paxos group needs at least one acceptor") }
+    if members.contains(.none) { throw fail("Members", "node id 0 is reserved") }
+    if Set(members).count != members.count { throw fail("Members", "duplicate node ids in \(members)") }
+    if members.count > Self.maxMembers {
+      throw fail("Members", "\(members.count) members; at most \(Self.maxMembers) are supported")
+    }
+    let n = members.count
+    let (q1, q2) = quorums
+    if !(1...n).contains(q1) { throw fail("Quorums", "the phase-1 quorum \(q1) must be between 1 and \(n)") }
+    if !(1...n).contains(q2) { throw fail("Quorums", "the phase-2 quorum \(q2) must be between 1 and \(n)") }
+    if q1 + q2 <= n {
+      throw fail(
+        "Quorums",
+        "phase-1 quorum \(q1) + phase-2 quorum \(q2) must exceed the \(n) members (Flexible Paxos: every "
+          + "phase-1 quorum must intersect every phase-2 quorum)")
+    }
+    if let p = distinguishedProposer, p == .none { throw fail("DistinguishedProposer", "node id 0 is reserved") }
+    guard tickInterval > .zero else { throw fail("TickInterval", "must be positive") }
+    guard electionTimeout.lowerBound > .zero else { throw fail("ElectionTimeout", "must be positive") }
+    if ticks(electionTimeout.lowerBound) < 3 {
+      throw fail("ElectionTimeout", "\(electionTimeout.lowerBound) is under 3 ticks of \(tickInterval)")
+    }
+    if electionTimeout.upperBound < electionTimeout.lowerBound + tickInterval {
+      throw fail(
+        "ElectionTimeout",
+        "the range must span at least one tick (\(tickInterval)) so that timeouts are randomized")
+    }
+    guard heartbeatInterval >= tickInterval else {
+      throw fail("HeartbeatInterval", "\(heartbeatInterval) is shorter than one tick (\(tickInterval))")
+    }
+    if heartbeatInterval * 3 > electionTimeout.lowerBound {
+      throw fail(
+        "HeartbeatInterval",
+        "\(heartbeatInterval) is not well below the minimum election timeout \(electionTimeout.lowerBound) "
+          + "(at most a third of it)")
+    }
+    guard retransmitInterval >= tickInterval else {
+      throw fail("Retransmit", "\(retransmitInterval) is shorter than one tick (\(tickInterval))")
+    }
+    guard proposerBackoffInitial >= .zero, proposerBackoffMax >= proposerBackoffInitial else {
+      throw fail("ProposerBackoff", "need 0 ≤ initial ≤ maximum")
+    }
+    if leaseReads {
+      guard clockDriftBound >= .zero, clockDriftBound < electionTimeout.lowerBound else {
+        throw fail("LeaseReads", "the clock-drift bound must be between 0 and the minimum election timeout")
+      }
+    }
+    let positives: [(String, Int)] = [
+      ("MaxInflightMessages", maxInflightMessages), ("MaxEntriesBytesPerMessage", maxEntriesBytesPerMessage),
+      ("SnapshotChunkBytes", snapshotChunkBytes), ("MaxCommandBytes", maxCommandBytes),
+      ("MaxPendingRequests", maxPendingRequests), ("InputCapacity", inputCapacity),
+      ("MaxUncommittedBytes", maxUncommittedBytes), ("MaxSnapshotBytes", maxSnapshotBytes),
+    ]
+    for (name, value) in positives where value < 1 { throw fail(name, "must be at least 1, got \(value)") }
+    if snapshotEvery < 0 || snapshotRetainEntries < 0 { throw fail("Snapshots", "counts must not be negative") }
+    if maxCommandBytes > maxUncommittedBytes {
+      throw fail("MaxCommandBytes", "a command larger than MaxUncommittedBytes could never be proposed")
+    }
+    guard requestTimeout > .zero else { throw fail("RequestTimeout", "must be positive") }
+  }
+
+  /// The Multi-Paxos core's options, in ticks.
+  public var coreOptions: MultiPaxosOptions {
+    var o = MultiPaxosOptions()
+    let (q1, q2) = quorums
+    o.phase1Quorum = q1
+    o.phase2Quorum = q2
+    o.electionTimeoutMinTicks = ticks(electionTimeout.lowerBound)
+    o.electionTimeoutMaxTicks = max(o.electionTimeoutMinTicks + 1, ticks(electionTimeout.upperBound))
+    o.heartbeatTicks = max(1, ticks(heartbeatInterval))
+    o.retransmitTicks = max(1, ticks(retransmitInterval))
+    o.maxEntriesBytesPerMessage = maxEntriesBytesPerMessage
+    o.maxInflightMessages = maxInflightMessages
+    o.maxUncommittedBytes = maxUncommittedBytes
+    o.snapshotChunkBytes = snapshotChunkBytes
+    o.maxSnapshotBytes = maxSnapshotBytes
+    o.leaseDurationNanos = leaseReads ? nanoseconds(electionTimeout.lowerBound - clockDriftBound) : 0
+    return o
+  }
+
+  /// The single-decree cores' options, in ticks.
+  public var synodOptions: SynodOptions {
+    let (q1, q2) = quorums
+    return SynodOptions(
+      phase1Quorum: q1, phase2Quorum: q2, retransmitTicks: max(1, ticks(retransmitInterval)),
+      backoffInitialTicks: ticks(proposerBackoffInitial), backoffMaxTicks: ticks(proposerBackoffMax),
+      distinguishedProposer: distinguishedProposer)
+  }
+}
+
+func nanoseconds(_ d: Duration) -> UInt64 {
+  UInt64(max(0, d.components.seconds)) * 1_000_000_000 + UInt64(max(0, d.components.attoseconds / 1_000_000_000))
+}
+
+/// One line of the ``PaxosConfiguration`` DSL.
+public protocol PaxosSetting: Sendable {
+  /// Writes the setting into a configuration.
+  func apply(to configuration: inout PaxosConfiguration)
+}
+
+/// Collects ``PaxosSetting`` lines into a list.
+@resultBuilder
+public enum PaxosConfigurationBuilder {
+  /// One setting.
+  public static func buildExpression(_ setting: any PaxosSetting) -> [any PaxosSetting] { [setting] }
+  /// A block of settings.
+  public static func buildBlock(_ parts: [any PaxosSetting]...) -> [any PaxosSetting] { parts.flatMap { $0 } }
+  /// An `if` without `else`.
+  public static func buildOptional(_ part: [any PaxosSetting]?) -> [any PaxosSetting] { part ?? [] }
+  /// The first branch of an `if`/`else`.
+  public static func buildEither(first: [any PaxosSetting]) -> [any PaxosSetting] { first }
+  /// The second branch of an `if`/`else`.
+  public static func buildEither(second: [any PaxosSetting]) -> [any PaxosSetting] { second }
+  /// A `for` loop.
+  public static func buildArray(_ parts: [[any PaxosSetting]]) -> [any PaxosSetting] { parts.flatMap { $0 } }
+}
+
+/// The acceptors of the group (in Multi-Paxos, every member plays every role).
+public struct Members: PaxosSetting {
+  let ids: [NodeID]
+  /// Lists the members.
+  public init(_ ids: NodeID...) { self.ids = ids }
+  /// Lists the members.
+  public init(_ ids: [NodeID]) { self.ids = ids }
+  public func apply(to c: inout PaxosConfiguration) { c.members = ids }
+}
+
+/// The phase-1 and phase-2 quorum sizes (Flexible Paxos: any sizes with |Q1| + |Q2| > N).
+///
+/// A small phase-2 quorum makes every write cheaper; the price is a larger phase-1 quorum, paid only when
+/// leadership changes. Leave one out to derive it from the other.
+public struct Quorums: PaxosSetting {
+  let phase1: Int?
+  let phase2: Int?
+  /// Sets either or both quorum sizes.
+  public init(phase1: Int? = nil, phase2: Int? = nil) {
+    self.phase1 = phase1
+    self.phase2 = phase2
+  }
+  public func apply(to c: inout PaxosConfiguration) {
+    c.phase1Quorum = phase1
+    c.phase2Quorum = phase2
+  }
+}
+
+/// The range election timeouts are drawn from.
+public struct ElectionTimeout: PaxosSetting {
+  let range: ClosedRange<Duration>
+  /// Sets the range.
+  public init(_ range: ClosedRange<Duration>) { self.range = range }
+  public func apply(to c: inout PaxosConfiguration) { c.electionTimeout = range }
+}
+
+/// How often a leader sends heartbeats.
+public struct HeartbeatInterval: PaxosSetting {
+  let interval: Duration
+  /// Sets the interval.
+  public init(_ interval: Duration) { self.interval = interval }
+  public func apply(to c: inout PaxosConfiguration) { c.heartbeatInterval = interval }
+}
+
+/// The clock granularity.
+public struct TickInterval: PaxosSetting {
+  let interval: Duration
+  /// Sets the tick length.
+  public init(_ interval: Duration) { self.interval = interval }
+  public func apply(to c: inout PaxosConfiguration) { c.tickInterval = interval }
+}
+
+/// How long a proposer waits before resending a prepare or accept with the same ballot.
+public struct Retransmit: PaxosSetting {
+  let interval: Duration
+  /// Resends after `interval` without an answer.
+  public init(after interval: Duration) { self.interval = interval }
+  public func apply(to c: inout PaxosConfiguration) { c.retransmitInterval = interval }
+}
+
+/// The randomized back-off of dueling single-decree proposers.
+public struct ProposerBackoff: PaxosSetting {
+  let initial: Duration
+  let maximum: Duration
+  /// Sets the first back-off bound and its cap.
+  public init(initial: Duration, maximum: Duration) {
+    self.initial = initial
+    self.maximum = maximum
+  }
+  public func apply(to c: inout PaxosConfiguration) {
+    c.proposerBackoffInitial = initial
+    c.proposerBackoffMax = maximum
+  }
+}
+
+/// The single-decree proposer that owns round 0, the lowest ballot: its first proposal skips phase 1,
+/// since no acceptor can have accepted anything in a lower ballot (Lamport, "Fast Paxos", §2.2).
+public struct DistinguishedProposer: PaxosSetting {
+  let id: NodeID
+  /// Names the proposer.
+  public init(_ id: NodeID) { self.id = id }
+  public func apply(to c: inout PaxosConfiguration) { c.distinguishedProposer = id }
+}
+
+/// Lease reads and the clock-drift bound they rely on.
+public struct LeaseReads: PaxosSetting {
+  let enabled: Bool
+  let drift: Duration?
+  /// Enables lease reads with the given clock-drift bound.
+  public init(clockDriftBound: Duration) {
+    enabled = true
+    drift = clockDriftBound
+  }
+  /// Enables or disables lease reads.
+  public init(_ enabled: Bool) {
+    self.enabled = enabled
+    drift = nil
+  }
+  public func apply(to c: inout PaxosConfiguration) {
+    c.leaseReads = enabled
+    if let drift { c.clockDriftBound = drift }
+  }
+}
+
+/// Automatic snapshots and log compaction.
+public struct Snapshots: PaxosSetting {
+  let every: Int
+  let retain: Int
+  let chunkBytes: Int?
+  /// Snapshot every `every` applied slots, keeping `retain` slots before each snapshot.
+  public init(every: Int, retain: Int = 1_000, chunkBytes: Int? = nil) {
+    self.every = every
+    self.retain = retain
+    self.chunkBytes = chunkBytes
+  }
+  public func apply(to c: inout PaxosConfiguration) {
+    c.snapshotEvery = every
+    c.snapshotRetainEntries = retain
+    if let chunkBytes { c.snapshotChunkBytes = chunkBytes }
+  }
+}
+
+/// Batching and pipelining limits of phase 2.
+public struct FlowControl: PaxosSetting {
+  let messageBytes: Int?
+  let inflightMessages: Int?
+  let uncommittedBytes: Int?
+  /// Sets any of the flow-control limits; `nil` keeps the default.
+  public init(maxEntriesBytesPerMessage: Int? = nil, maxInflightMessages: Int? = nil, maxUncommittedBytes: Int? = nil) {
+    messageBytes = maxEntriesBytesPerMessage
+    inflightMessages = maxInflightMessages
+    uncommittedBytes = maxUncommittedBytes
+  }
+  public func apply(to c: inout PaxosConfiguration) {
+    if let messageBytes { c.maxEntriesBytesPerMessage = messageBytes }
+    if let inflightMessages { c.maxInflightMessages = inflightMessages }
+    if let uncommittedBytes { c.maxUncommittedBytes = uncommittedBytes }
+  }
+}
+
+/// Limits on client requests.
+public struct RequestLimits: PaxosSetting {
+  let timeout: Duration?
+  let pending: Int?
+  let commandBytes: Int?
+  /// Sets any of the request limits; `nil` keeps the default.
+  public init(timeout: Duration? = nil, maxPending: Int? = nil, maxCommandBytes: Int? = nil) {
+    self.timeout = timeout
+    self.pending = maxPending
+    self.commandBytes = maxCommandBytes
+  }
+  public func apply(to c: inout PaxosConfiguration) {
+    if let timeout { c.requestTimeout = timeout }
+    if let pending { c.maxPendingRequests = pending }
+    if let commandBytes { c.maxCommandBytes = commandBytes }
+  }
+}
+
+/// Exactly-once session limits.
+public struct Sessions: PaxosSetting {
+  let policy: SessionPolicy
+  /// Sets the session policy.
+  public init(timeout: Duration = .seconds(300), maxSessions: Int = 100_000, maxResponsesPerSession: Int = 256) {
+    policy = SessionPolicy(
+      timeoutMillis: nanoseconds(timeout) / 1_000_000, maxSessions: maxSessions,
+      maxResponsesPerSession: maxResponsesPerSession)
+  }
+  public func apply(to c: inout PaxosConfiguration) { c.sessions = policy }
+}

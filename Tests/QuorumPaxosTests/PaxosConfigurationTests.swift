@@ -1,0 +1,138 @@
+import QuorumCore
+import QuorumKV
+import QuorumPaxos
+import QuorumStorage
+import Testing
+
+@Suite("PaxosConfiguration validation")
+struct PaxosConfigurationTests {
+  func error(_ build: () throws -> PaxosConfiguration) -> ConfigurationError? {
+    do {
+      _ = try build()
+      return nil
+    } catch {
+      return error as? ConfigurationError
+    }
+  }
+
+  @Test("the DSL builds a valid configuration and converts durations to ticks")
+  func valid() throws {
+    let c = try PaxosConfiguration {
+      Members(1, 2, 3, 4, 5)
+      Quorums(phase1: 4, phase2: 2)
+      ElectionTimeout(Duration.milliseconds(150)...Duration.milliseconds(300))
+      HeartbeatInterval(.milliseconds(50))
+      if Bool.random() { LeaseReads(clockDriftBound: .milliseconds(15)) } else { LeaseReads(true) }
+    }
+    let o = c.coreOptions
+    #expect(o.phase1Quorum == 4 && o.phase2Quorum == 2)
+    #expect(o.electionTimeoutMinTicks == 15)
+    #expect(o.electionTimeoutMaxTicks == 30)
+    #expect(o.heartbeatTicks == 5)
+    #expect(o.leaseDurationNanos == 135_000_000)
+  }
+
+  @Test(
+    "quorum sizes left out are derived: majorities, or the smallest that intersects the other",
+    arguments: [
+      (5, nil, nil, 3, 3), (4, nil, nil, 3, 3), (5, 4, nil, 4, 2), (5, nil, 2, 4, 2), (3, nil, 1, 3, 1),
+    ] as [(Int, Int?, Int?, Int, Int)])
+  func derivedQuorums(n: Int, q1: Int?, q2: Int?, expected1: Int, expected2: Int) throws {
+    let c = try PaxosConfiguration {
+      Members((1...n).map { NodeID(UInt64($0)) })
+      Quorums(phase1: q1, phase2: q2)
+    }
+    #expect(c.quorums.phase1 == expected1)
+    #expect(c.quorums.phase2 == expected2)
+  }
+
+  @Test("each invalid setting is named in the error")
+  func invalid() {
+    #expect(error { try PaxosConfiguration { Members(1, 2, 2) } }?.setting == "Members")
+    #expect(error { try PaxosConfiguration { Members(0, 1) } }?.setting == "Members")
+    #expect(error { try PaxosConfiguration { Members() } }?.setting == "Members")
+    #expect(error { try PaxosConfiguration { Members((1...65).map { NodeID(UInt64($0)) }) } }?.setting == "Members")
+    #expect(
+      error {
+        try PaxosConfiguration {
+          Members(1, 2, 3, 4)
+          Quorums(phase1: 2, phase2: 2)
+        }
+      }?.setting == "Quorums", "2 + 2 does not exceed 4: two quorums could miss each other")
+    #expect(
+      error {
+        try PaxosConfiguration {
+          Members(1, 2, 3)
+          Quorums(phase1: 3, phase2: 0)
+        }
+      }?.setting == "Quorums", "Q2 < 1")
+    #expect(
+      error {
+        try PaxosConfiguration {
+          Members(1, 2, 3)
+          Quorums(phase1: 4, phase2: 1)
+        }
+      }?.setting == "Quorums", "a quorum larger than the group")
+    #expect(
+      error {
+        try PaxosConfiguration {
+          Members(1, 2, 3)
+          HeartbeatInterval(.milliseconds(100))
+        }
+      }?.setting == "HeartbeatInterval")
+    #expect(
+      error {
+        try PaxosConfiguration {
+          Members(1, 2, 3)
+          ElectionTimeout(Duration.milliseconds(150)...Duration.milliseconds(150))
+        }
+      }?.setting == "ElectionTimeout")
+    #expect(
+      error {
+        try PaxosConfiguration {
+          Members(1, 2, 3)
+          LeaseReads(clockDriftBound: .seconds(1))
+        }
+      }?.setting == "LeaseReads")
+    #expect(
+      error {
+        try PaxosConfiguration {
+          Members(1, 2, 3)
+          FlowControl(maxInflightMessages: 0)
+        }
+      }?.setting == "MaxInflightMessages")
+    #expect(
+      error {
+        try PaxosConfiguration {
+          Members(1, 2, 3)
+          Retransmit(after: .microseconds(10))
+        }
+      }?.setting == "Retransmit")
+    #expect(
+      error {
+        try PaxosConfiguration {
+          Members(1, 2, 3)
+          ProposerBackoff(initial: .milliseconds(50), maximum: .milliseconds(10))
+        }
+      }?.setting == "ProposerBackoff")
+    #expect(
+      error {
+        try PaxosConfiguration {
+          Members(1, 2, 3)
+          DistinguishedProposer(0)
+        }
+      }?.setting == "DistinguishedProposer")
+  }
+
+  @Test("a node that is not a member refuses to run, naming Members")
+  func notAMember() async throws {
+    let configuration = try PaxosConfiguration { Members(1, 2, 3) }
+    let transport = InProcessTransport<PaxosMessage>()
+    let node = MultiPaxosNode(
+      id: 9, configuration: configuration, endpoint: try transport.bind(9),
+      storage: MemoryStorage<PaxosEntry>(mode: .replace), machine: KVStore())
+    await #expect(throws: ConfigurationError(setting: "Members", reason: "n9 is not among [n1, n2, n3]")) {
+      try await node.run()
+    }
+  }
+}
