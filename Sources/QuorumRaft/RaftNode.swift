@@ -76,6 +76,8 @@ public actor RaftNode<Machine: StateMachine> {
     case transfer(UInt64, NodeID, UnsafeContinuation<Void, any Error>)
     case cancel(UInt64)
     case stop
+    /// The background snapshot task finished: the snapshot is stored, or the error that stopped it.
+    case snapshotStored(Result<RaftSnapshot, any Error>)
   }
 
   private enum Waiter {
@@ -137,6 +139,8 @@ public actor RaftNode<Machine: StateMachine> {
   private var machine: ReplicatedStateMachine<Machine>
   private var applied: LogIndex = 0
   private var lastSnapshotIndex: LogIndex = 0
+  /// The snapshot being encoded and stored while the loop goes on.
+  private var background = BackgroundSnapshot<RaftSnapshot>()
   private var proposals: [LogIndex: Pending] = [:]
   private var proposalIndexByID: [UInt64: LogIndex] = [:]
   private var reads: [UInt64: PendingRead] = [:]
@@ -199,12 +203,22 @@ public actor RaftNode<Machine: StateMachine> {
     } catch {
       // Invalid configuration, failed recovery or a failed write stops the node; nobody may be left waiting.
       logger.error("stopping after an error: \(error)")
+      await finishSnapshotTask()
       await endpoint.close()
       failAll(ConsensusError.stopped)
       throw error
     }
+    await finishSnapshotTask()
     await endpoint.close()
     failAll(ConsensusError.stopped)
+  }
+
+  /// Waits for the snapshot being stored: the caller closes the storage once ``run()`` returns. The inputs
+  /// close first, so the task cannot wait for room in them.
+  private func finishSnapshotTask() async {
+    guard let task = background.detachTask() else { return }
+    inputs.close(discardingBuffered: false)
+    await task.value
   }
 
   private func runLoopWithTicker() async throws {
@@ -299,6 +313,7 @@ public actor RaftNode<Machine: StateMachine> {
       }
       messages.removeAll(keepingCapacity: true)
       batch.removeAll(keepingCapacity: true)
+      try await recordStoredSnapshot()
       try await drainReady()
     }
   }
@@ -325,6 +340,10 @@ public actor RaftNode<Machine: StateMachine> {
       if ticks % 8 == 0 { expireRequests(now: now) }
     case .stop:
       stopped = true
+    case .snapshotStored(let result):
+      if let superseded = background.finished(result) {
+        logger.info("dropped a superseded snapshot: \(superseded)")
+      }
     case .cancel(let requestID):
       cancelRequest(requestID)
     case .propose(let requestID, let command, let request, let acknowledged, let continuation):
@@ -500,7 +519,7 @@ public actor RaftNode<Machine: StateMachine> {
       case .read(_, _, _, let c): c.resume(throwing: error)
       case .membership(_, _, let c): c.resume(throwing: error)
       case .transfer(_, _, let c): c.resume(throwing: error)
-      case .tick, .cancel, .stop: break
+      case .tick, .cancel, .stop, .snapshotStored: break
       }
     }
   }
@@ -530,7 +549,7 @@ public actor RaftNode<Machine: StateMachine> {
       }
       answerWaitingReads()
       report(rd.softState, core: core)
-      try await maybeSnapshot()
+      maybeSnapshot()
     }
   }
 
@@ -650,17 +669,35 @@ public actor RaftNode<Machine: StateMachine> {
     }
   }
 
-  private func maybeSnapshot() async throws {
-    guard configuration.snapshotEvery > 0,
-      applied >= lastSnapshotIndex + LogIndex(configuration.snapshotEvery), applied <= core.persistedIndex
+  /// Starts a snapshot when enough entries were applied since the last one. The state machine is copied (a
+  /// copy-on-write value, so this is cheap until the loop next applies) and the copy is encoded and stored by
+  /// a background task: a large state never stalls replication. ``recordStoredSnapshot()`` finishes the job.
+  private func maybeSnapshot() {
+    guard configuration.snapshotEvery > 0, !background.isBusy,
+      applied >= lastSnapshotIndex + LogIndex(configuration.snapshotEvery), applied <= core.persistedIndex,
+      let term = core.term(at: applied)
     else { return }
-    let snapshot = core.takeSnapshot(
-      at: applied, data: machine.snapshot(), retainEntries: configuration.snapshotRetainEntries)
+    let index = applied
+    let membership = core.membership(at: index) ?? core.membership
+    let machine = self.machine
+    let inputs = self.inputs
+    background.start(
+      storing: { StoredSnapshot(index: $0.index, term: $0.term, metadata: $0.membership.wireBytes(), data: $0.data) },
+      to: storage,
+      encode: { RaftSnapshot(index: index, term: term, membership: membership, data: machine.snapshot()) },
+      // Suspends while the inputs are full; fails only once the node stopped, when nothing needs it.
+      report: { try? await inputs.send(.snapshotStored($0)) })
+  }
+
+  /// Records the snapshot the background task stored and compacts the log behind it, unless the log moved
+  /// past it meanwhile (a snapshot from the leader was installed). Rethrows the task's storage failure.
+  private func recordStoredSnapshot() async throws {
+    guard let snapshot = try background.takeStored() else { return }
+    guard snapshot.index > lastSnapshotIndex, snapshot.index >= core.firstIndex - 1,
+      core.term(at: snapshot.index) == snapshot.term
+    else { return }
+    core.takeSnapshot(at: snapshot.index, data: snapshot.data, retainEntries: configuration.snapshotRetainEntries)
     lastSnapshotIndex = snapshot.index
-    try await storage.saveSnapshot(
-      StoredSnapshot(
-        index: snapshot.index, term: snapshot.term, metadata: snapshot.membership.wireBytes(), data: snapshot.data),
-      discardingLog: false)
     let compactThrough = core.firstIndex - 1
     if compactThrough > 0 { try await storage.compact(through: compactThrough) }
     logger.info("snapshot taken", ["index": "\(snapshot.index)", "bytes": "\(snapshot.data.count)"])

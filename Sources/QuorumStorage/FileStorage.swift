@@ -64,7 +64,8 @@ public enum WALPreallocation: Sendable, Equatable {
 ///        20  u64 term
 /// ```
 ///
-/// Written as `snapshot-<index>.snap.tmp`, synced, renamed, the directory synced; the newest two are kept.
+/// Written as a temporary file (`snapshot-<index>.snap….tmp`), synced, renamed, the directory synced; the
+/// newest two are kept.
 /// A snapshot saved with `discardingLog` records the number of the segment the log continues in: entries in
 /// older segments are ignored by recovery even if the crash came before the log was reset.
 ///
@@ -171,8 +172,15 @@ public final class FileStorage<Entry: StorableEntry>: ConsensusStorage {
   ///
   /// With `discardingLog`, the log continues in a new segment that starts with a reset to the snapshot's
   /// index, and every older segment is deleted.
+  ///
+  /// Without `discardingLog`, the file is written and synced on a separate thread while log writes go on,
+  /// and only renamed into place in order with them: a large snapshot does not stall the log.
   public func saveSnapshot(_ snapshot: StoredSnapshot, discardingLog: Bool) async throws {
     let core = self.core
+    if !discardingLog {
+      try await core.saveSnapshotKeepingLog(snapshot)
+      return
+    }
     try await core.perform { () throws(StorageError) in
       try core.saveSnapshot(snapshot, discardingLog: discardingLog)
     }

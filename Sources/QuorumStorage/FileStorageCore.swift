@@ -25,6 +25,10 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
   let preallocation: WALPreallocation
   let logger: QuorumLogger
   private let queue = DispatchQueue(label: "quorum.storage.io", qos: .userInitiated)
+  /// Where snapshot files are written, so that log writes on ``queue`` go on meanwhile.
+  private let snapshotQueue = DispatchQueue(label: "quorum.storage.snapshot", qos: .utility)
+  /// Numbers the temporary files of snapshots written on ``snapshotQueue``.
+  private let snapshotSequence = Atomic<UInt64>(0)
   private let spare: SpareSegment?
 
   // MARK: Request queue
@@ -42,6 +46,33 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
   private let inbox = Mutex(Inbox())
   /// Set once ``close()`` has run, so calls can fail fast without queueing.
   let closedFlag = Atomic<Bool>(false)
+
+  /// Stores a snapshot that keeps the log (see ``FileStorage/saveSnapshot(_:discardingLog:)``) in two
+  /// stages: the file is written and synced on ``snapshotQueue`` while log writes carry on, then renamed
+  /// into place on ``queue``, in order with every other request.
+  func saveSnapshotKeepingLog(_ snapshot: StoredSnapshot) async throws {
+    if closedFlag.load(ordering: .acquiring) { throw StorageError.closed }
+    let directory = snapshotDirectory
+    let sync = policy != .never
+    let suffix = ".\(snapshotSequence.add(1, ordering: .relaxed).newValue).tmp"
+    let temporary: String = try await withCheckedThrowingContinuation { continuation in
+      snapshotQueue.async {
+        continuation.resume(
+          with: Result { () throws(StorageError) -> String in
+            try SnapshotFile.writeTemporary(
+              snapshot, discardBeforeSegment: 0, directory: directory, sync: sync, suffix: suffix)
+          })
+      }
+    }
+    try await perform { () throws(StorageError) in
+      do throws(StorageError) {
+        try self.publishSnapshot(temporary, index: snapshot.index)
+      } catch {
+        try? FileSystem.remove(temporary)
+        throw error
+      }
+    }
+  }
 
   // MARK: State confined to `queue`
 
@@ -456,6 +487,18 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
       position.didReset(to: snapshot.index)
       try deleteSegments { $0.sequence < discardBefore }
     }
+    pruneSnapshots()
+  }
+
+  /// Renames a snapshot written by ``saveSnapshotKeepingLog(_:)`` into place, unless a newer one was
+  /// stored meanwhile.
+  private func publishSnapshot(_ temporary: String, index: UInt64) throws(StorageError) {
+    try ensureOpen()
+    if index < position.snapshotIndex {
+      throw .invalidWrite("snapshot at \(index) is older than the stored snapshot at \(position.snapshotIndex)")
+    }
+    try SnapshotFile.publish(temporary, index: index, directory: snapshotDirectory, sync: syncsStructure)
+    position.snapshotIndex = index
     pruneSnapshots()
   }
 

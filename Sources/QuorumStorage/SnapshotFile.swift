@@ -40,8 +40,18 @@ enum SnapshotFile {
   static func write(
     _ snapshot: StoredSnapshot, discardBeforeSegment: UInt64, directory: String, sync: Bool
   ) throws(StorageError) -> String {
-    let path = directory + "/" + fileName(index: snapshot.index)
-    let temporary = path + ".tmp"
+    let temporary = try writeTemporary(
+      snapshot, discardBeforeSegment: discardBeforeSegment, directory: directory, sync: sync, suffix: ".tmp")
+    return try publish(temporary, index: snapshot.index, directory: directory, sync: sync)
+  }
+
+  /// The first half of ``write(_:discardBeforeSegment:directory:sync:)``: writes and (with `sync`) syncs
+  /// the snapshot's temporary file, named after it with `suffix` (which must end in `.tmp`, so recovery
+  /// deletes a leftover). Returns the temporary file's path; on failure nothing is left behind.
+  static func writeTemporary(
+    _ snapshot: StoredSnapshot, discardBeforeSegment: UInt64, directory: String, sync: Bool, suffix: String
+  ) throws(StorageError) -> String {
+    let temporary = directory + "/" + fileName(index: snapshot.index) + suffix
     var header = WireWriter(reservingCapacity: headerBytes)
     header.writeFixed32(magic)
     header.writeFixed32(UInt32(version))
@@ -68,6 +78,16 @@ enum SnapshotFile {
       try? FileSystem.remove(temporary)
       throw error
     }
+    return temporary
+  }
+
+  /// The second half: renames the temporary file into place as the snapshot at `index`, then (with
+  /// `sync`) syncs the directory so the new name survives a crash. Returns the final path.
+  @discardableResult
+  static func publish(_ temporary: String, index: UInt64, directory: String, sync: Bool) throws(StorageError)
+    -> String
+  {
+    let path = directory + "/" + fileName(index: index)
     try FileSystem.rename(temporary, path)
     if sync { try FileSystem.syncDirectory(directory) }
     return path

@@ -215,6 +215,34 @@ struct FileStorageSegmentTests {
     }
   }
 
+  @Test("a snapshot that keeps the log is written beside log writes, and an older one leaves no file behind")
+  func aSnapshotIsStoredWhileLogWritesGoOn() async throws {
+    try await withTemporaryDirectory { directory in
+      var storage = makeStorage(directory, segmentBytes: 1 << 20)
+      _ = try await storage.recover()
+      try await storage.write(StorageWrite(entries: entries(1...10)))
+      let big = StoredSnapshot(index: 10, term: 1, metadata: [1, 2], data: [UInt8](repeating: 7, count: 4 << 20))
+      let saving = storage
+      try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await saving.saveSnapshot(big, discardingLog: false) }
+        for index in UInt64(11)...40 { try await storage.write(StorageWrite(entries: entries(index...index))) }
+        try await group.waitForAll()
+      }
+      await #expect(throws: StorageError.self) {
+        try await storage.saveSnapshot(StoredSnapshot(index: 5, term: 1, data: [5]), discardingLog: false)
+      }
+      try await storage.compact(through: 10)
+      try await storage.close()
+      let files = try FileManager.default.contentsOfDirectory(atPath: directory + "/snapshots")
+      #expect(files == [SnapshotFile.fileName(index: 10)], "only the published snapshot, no temporary file")
+      storage = makeStorage(directory, segmentBytes: 1 << 20)
+      let state = try await storage.recover()
+      #expect(state.snapshot == big)
+      #expect(state.entries == entries(11...40))
+      try await storage.close()
+    }
+  }
+
   @Test func anInterruptedLogDiscardIsFinishedByRecovery() async throws {
     try await withTemporaryDirectory { directory in
       var storage = makeStorage(directory)

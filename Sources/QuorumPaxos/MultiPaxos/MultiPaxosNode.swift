@@ -76,6 +76,8 @@ public actor MultiPaxosNode<Machine: StateMachine> {
     case read(UInt64, Machine.Query, ReadConsistency, UnsafeContinuation<Machine.QueryResult, any Error>)
     case cancel(UInt64)
     case stop
+    /// The background snapshot task finished: the snapshot is stored, or the error that stopped it.
+    case snapshotStored(Result<PaxosSnapshot, any Error>)
   }
 
   private enum Waiter {
@@ -127,6 +129,8 @@ public actor MultiPaxosNode<Machine: StateMachine> {
   private var machine: ReplicatedStateMachine<Machine>
   private var applied: Slot = 0
   private var lastSnapshotIndex: Slot = 0
+  /// The snapshot being encoded and stored while the loop goes on.
+  private var background = BackgroundSnapshot<PaxosSnapshot>()
   private var proposals: [Slot: Pending] = [:]
   private var proposalSlotByID: [UInt64: Slot] = [:]
   private var reads: [UInt64: PendingRead] = [:]
@@ -185,12 +189,26 @@ public actor MultiPaxosNode<Machine: StateMachine> {
     try await recover()
     logger.notice("started", ["promised": "\(core.promised)", "last": "\(core.lastSlot)"])
     defer { eventSink.yield(.stopped) }
-    try await withRoleTasks(
-      inputs: inputs, endpoint: endpoint, tick: configuration.tickInterval, tickInput: .tick,
-      wrap: { .message($0.from, $0.payload) },
-      loop: { try await runLoop() })
+    do {
+      try await withRoleTasks(
+        inputs: inputs, endpoint: endpoint, tick: configuration.tickInterval, tickInput: .tick,
+        wrap: { .message($0.from, $0.payload) },
+        loop: { try await runLoop() })
+    } catch {
+      await finishSnapshotTask()
+      throw error
+    }
+    await finishSnapshotTask()
     await endpoint.close()
     failAll(ConsensusError.stopped)
+  }
+
+  /// Waits for the snapshot being stored: the caller closes the storage once ``run()`` returns. The inputs
+  /// close first, so the task cannot wait for room in them.
+  private func finishSnapshotTask() async {
+    guard let task = background.detachTask() else { return }
+    inputs.close(discardingBuffered: false)
+    await task.value
   }
 
   /// Asks the node to stop: ``run()`` finishes the write in progress and returns.
@@ -229,6 +247,7 @@ public actor MultiPaxosNode<Machine: StateMachine> {
       let now = clock.now
       for input in batch { handle(input, now: now) }
       batch.removeAll(keepingCapacity: true)
+      try await recordStoredSnapshot()
       try await drainReady()
     }
   }
@@ -253,6 +272,10 @@ public actor MultiPaxosNode<Machine: StateMachine> {
       core.step(message, from: from)
     case .stop:
       stopped = true
+    case .snapshotStored(let result):
+      if let superseded = background.finished(result) {
+        logger.info("dropped a superseded snapshot: \(superseded)")
+      }
     case .cancel(let requestID):
       cancelRequest(requestID)
     case .propose(let requestID, let command, let request, let acknowledged, let continuation):
@@ -375,7 +398,7 @@ public actor MultiPaxosNode<Machine: StateMachine> {
       case .propose(_, _, _, _, let c): c.resume(throwing: error)
       case .register(_, let c): c.resume(throwing: error)
       case .read(_, _, _, let c): c.resume(throwing: error)
-      case .tick, .message, .cancel, .stop: break
+      case .tick, .message, .cancel, .stop, .snapshotStored: break
       }
     }
   }
@@ -405,7 +428,7 @@ public actor MultiPaxosNode<Machine: StateMachine> {
       }
       answerWaitingReads()
       report(rd.softState)
-      try await maybeSnapshot()
+      maybeSnapshot()
     }
   }
 
@@ -512,14 +535,30 @@ public actor MultiPaxosNode<Machine: StateMachine> {
     }
   }
 
-  private func maybeSnapshot() async throws {
-    guard configuration.snapshotEvery > 0, applied >= lastSnapshotIndex + Slot(configuration.snapshotEvery) else {
-      return
-    }
+  /// Starts a snapshot when enough slots were applied since the last one. The state machine is copied (a
+  /// copy-on-write value, so this is cheap until the loop next applies) and the copy is encoded and stored by
+  /// a background task: a large state never stalls the log. ``recordStoredSnapshot()`` finishes the job.
+  private func maybeSnapshot() {
+    guard configuration.snapshotEvery > 0, !background.isBusy,
+      applied >= lastSnapshotIndex + Slot(configuration.snapshotEvery)
+    else { return }
+    let index = applied
+    let machine = self.machine
+    let inputs = self.inputs
+    background.start(
+      storing: { $0.stored }, to: storage, encode: { PaxosSnapshot(index: index, data: machine.snapshot()) },
+      // Suspends while the inputs are full; fails only once the node stopped, when nothing needs it.
+      report: { try? await inputs.send(.snapshotStored($0)) })
+  }
+
+  /// Records the snapshot the background task stored and compacts the log behind it, unless a newer
+  /// snapshot (from the leader) was installed meanwhile. Rethrows the task's storage failure.
+  private func recordStoredSnapshot() async throws {
+    guard let stored = try background.takeStored() else { return }
+    guard stored.index > lastSnapshotIndex else { return }
     let snapshot = core.takeSnapshot(
-      at: applied, data: machine.snapshot(), retainEntries: configuration.snapshotRetainEntries)
+      at: stored.index, data: stored.data, retainEntries: configuration.snapshotRetainEntries)
     lastSnapshotIndex = snapshot.index
-    try await storage.saveSnapshot(snapshot.stored, discardingLog: false)
     let compactThrough = core.firstSlot - 1
     if compactThrough > 0 { try await storage.compact(through: compactThrough) }
     logger.info("snapshot taken", ["slot": "\(snapshot.index)", "bytes": "\(snapshot.data.count)"])

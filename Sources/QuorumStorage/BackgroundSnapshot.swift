@@ -1,0 +1,67 @@
+import QuorumCore
+
+/// The bookkeeping of a node that encodes and stores its snapshots in the background: at most one snapshot
+/// in flight, its result handed back to the node's run loop, and the task awaited before the node stops.
+///
+/// The node starts the task with ``start(storing:to:encode:report:)`` from a copy of its state machine (a
+/// copy-on-write value, cheap until the loop next applies). The task's result comes back through the node's
+/// own inputs (`report`), the loop passes it to ``finished(_:)``, and ``takeStored()`` later hands the
+/// stored snapshot over for compaction — or rethrows the storage failure, which stops the node like any
+/// other failed write.
+package struct BackgroundSnapshot<Snapshot: Sendable> {
+  private var task: Task<Void, Never>?
+  private var stored: Snapshot?
+  private var failure: (any Error)?
+
+  package init() {}
+
+  /// Whether a snapshot is being made or waits to be recorded.
+  package var isBusy: Bool { task != nil || stored != nil }
+
+  /// Starts a task that encodes a snapshot (`encode`), stores it (keeping the log) and reports the outcome.
+  package mutating func start<Entry>(
+    storing stored: @escaping @Sendable (Snapshot) -> StoredSnapshot, to storage: any ConsensusStorage<Entry>,
+    encode: @escaping @Sendable () -> Snapshot,
+    report: @escaping @Sendable (Result<Snapshot, any Error>) async -> Void
+  ) {
+    precondition(task == nil, "a snapshot is already being made")
+    task = Task.detached(priority: .utility) {
+      let snapshot = encode()
+      do {
+        try await storage.saveSnapshot(stored(snapshot), discardingLog: false)
+        await report(.success(snapshot))
+      } catch {
+        await report(.failure(error))
+      }
+    }
+  }
+
+  /// Records the task's outcome. A snapshot refused as older than the stored one (a leader's snapshot was
+  /// installed meanwhile) is dropped; returns the reason when that happened, for the log.
+  package mutating func finished(_ result: Result<Snapshot, any Error>) -> String? {
+    task = nil
+    switch result {
+    case .success(let snapshot):
+      stored = snapshot
+    case .failure(StorageError.invalidWrite(let reason)):
+      return reason
+    case .failure(let error):
+      failure = error
+    }
+    return nil
+  }
+
+  /// The stored snapshot waiting to be recorded, if any; throws the task's storage failure.
+  package mutating func takeStored() throws -> Snapshot? {
+    if let failure { throw failure }
+    defer { stored = nil }
+    return stored
+  }
+
+  /// Hands over the running task, for the node to await before its storage is closed. The node closes
+  /// its inputs first, so a task waiting for room there to report is released.
+  package mutating func detachTask() -> Task<Void, Never>? {
+    defer { task = nil }
+    return task
+  }
+}

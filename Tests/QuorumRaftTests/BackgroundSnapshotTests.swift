@@ -1,0 +1,119 @@
+import QuorumCore
+import QuorumRaft
+import QuorumStorage
+import Synchronization
+import Testing
+
+/// Storage that holds every snapshot that keeps the log until the test opens the gate (at most 60 s, so a
+/// broken node fails the test instead of hanging it). It waits by sleeping, never by blocking a thread.
+final class GatedSnapshotStorage: ConsensusStorage {
+  let inner = MemoryStorage<LogEntry>()
+  private let open = Atomic<Bool>(false)
+  private let startedCount = Atomic<Int>(0)
+  private let gaveUp = Atomic<Bool>(false)
+
+  /// How many snapshots reached the gate.
+  var started: Int { startedCount.load(ordering: .relaxed) }
+  /// Whether a snapshot gave up waiting.
+  var timedOut: Bool { gaveUp.load(ordering: .relaxed) }
+  func release() { open.store(true, ordering: .releasing) }
+
+  func recover() async throws -> RecoveredState<LogEntry> { try await inner.recover() }
+  func write(_ write: StorageWrite<LogEntry>) async throws { try await inner.write(write) }
+  func compact(through index: UInt64) async throws { try await inner.compact(through: index) }
+  func close() async throws { try await inner.close() }
+
+  func saveSnapshot(_ snapshot: StoredSnapshot, discardingLog: Bool) async throws {
+    if !discardingLog {
+      _ = startedCount.add(1, ordering: .relaxed)
+      let deadline = ContinuousClock.now.advanced(by: .seconds(60))
+      while !open.load(ordering: .acquiring) {
+        if ContinuousClock.now > deadline {
+          gaveUp.store(true, ordering: .relaxed)
+          break
+        }
+        try await Task.sleep(for: .milliseconds(1))
+      }
+    }
+    try await inner.saveSnapshot(snapshot, discardingLog: discardingLog)
+  }
+}
+
+/// A running sum. Replaying a log on top of a snapshot taken at the wrong index double-counts or drops
+/// additions, so the sum also checks that a snapshot's data and index agree.
+struct RunningSum: StateMachine {
+  var total: UInt64 = 0
+
+  mutating func apply(_ command: UInt64, context: ApplyContext) -> UInt64 {
+    total &+= command
+    return total
+  }
+  func query(_ query: UInt64) -> UInt64 { total }
+  func snapshot() -> [UInt8] {
+    var writer = WireWriter()
+    writer.writeVarint(total)
+    return writer.bytes
+  }
+  mutating func restore(from snapshot: [UInt8]) throws {
+    var reader = WireReader(snapshot)
+    total = try reader.readVarint()
+  }
+}
+
+@Suite("RaftNode snapshots in the background")
+struct BackgroundSnapshotTests {
+  @Test("proposals commit while a snapshot is being stored, and a restart replays onto it exactly")
+  func proposalsGoOnDuringASnapshot() async throws {
+    let transport = InProcessTransport<RaftMessage>()
+    let storage = GatedSnapshotStorage()
+    var configuration = try RaftConfiguration {
+      Members([1])
+      TickInterval(.milliseconds(5))
+      ElectionTimeout(Duration.milliseconds(30)...Duration.milliseconds(60))
+      HeartbeatInterval(.milliseconds(10))
+      RequestLimits(timeout: .seconds(60))
+    }
+    configuration.snapshotEvery = 5
+    configuration.snapshotRetainEntries = 0
+    func start() throws -> (RaftNode<RunningSum>, Task<Void, any Error>) {
+      let node = RaftNode(
+        id: 1, configuration: configuration, endpoint: try transport.bind(1), storage: storage,
+        machine: RunningSum(), seed: 1, logger: QuorumLogger(label: "raft", sink: NullLogSink()))
+      return (node, Task { try await node.run() })
+    }
+    var (node, task) = try start()
+    func propose(_ amount: UInt64) async throws -> UInt64 {
+      let deadline = ContinuousClock.now.advanced(by: .seconds(60))
+      while true {
+        do {
+          return try await node.propose(amount)
+        } catch ConsensusError.notLeader where ContinuousClock.now < deadline {
+          try await Task.sleep(for: .milliseconds(5))
+        }
+      }
+    }
+    for amount in UInt64(1)...10 { _ = try await propose(amount) }
+    // The first snapshot reaches the gate and waits there; the node goes on committing meanwhile.
+    let started = ContinuousClock.now.advanced(by: .seconds(60))
+    while storage.started == 0, ContinuousClock.now < started { try await Task.sleep(for: .milliseconds(1)) }
+    #expect(storage.started == 1)
+    for amount in UInt64(11)...30 { _ = try await propose(amount) }
+    #expect(!storage.timedOut, "proposals waited for the snapshot")
+    #expect(await node.status.snapshotIndex == 0)
+    storage.release()
+    let deadline = ContinuousClock.now.advanced(by: .seconds(60))
+    while await node.status.snapshotIndex == 0, ContinuousClock.now < deadline {
+      try await Task.sleep(for: .milliseconds(2))
+    }
+    let status = await node.status
+    #expect(status.snapshotIndex > 0 && status.firstIndex == status.snapshotIndex + 1, "compacted behind it")
+    node.stop()
+    try await task.value
+    #expect(try await storage.recover().snapshot != nil)
+
+    (node, task) = try start()
+    #expect(try await propose(0) == (1...30).reduce(0, +), "snapshot plus replayed entries")
+    node.stop()
+    try await task.value
+  }
+}
