@@ -205,7 +205,7 @@ final class ProcessCluster: @unchecked Sendable {
   }
 
   /// Waits until a member reports itself leader with the others agreeing; returns it.
-  func leader(client: TCPKVClient, timeout: Duration = .seconds(30)) async throws -> NodeID {
+  func leader(client: TCPKVClient, timeout: Duration = .seconds(90)) async throws -> NodeID {
     let deadline = ContinuousClock.now.advanced(by: timeout)
     while ContinuousClock.now < deadline {
       for (id, address) in addresses.sorted(by: { $0.key < $1.key }) {
