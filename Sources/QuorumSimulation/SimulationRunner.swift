@@ -1,3 +1,5 @@
+import Dispatch
+
 /// A bounded record of the most recent events of one simulated run, printed when the run fails.
 ///
 /// Recording is off on the first pass over a seed (it costs string building on every event); the runner
@@ -117,5 +119,20 @@ public enum SimulationRunner {
       }
     }
     return SimulationReport(seedsRun: count, failure: nil)
+  }
+
+  /// Like ``run(seeds:traceCapacity:_:)``, for async callers with long runs: the seeds run on a Dispatch
+  /// thread outside Swift's cooperative pool, so a run of many seconds does not hold one of the pool's few
+  /// threads (one per core) and starve the tasks beside it — in a parallel test run, the tests that wait on
+  /// real time.
+  public static func runDetached(
+    seeds: some Sequence<UInt64> & Sendable, traceCapacity: Int = 300,
+    _ body: @escaping @Sendable (_ seed: UInt64, _ trace: SimulationTrace) throws -> Void
+  ) async -> SimulationReport {
+    await withCheckedContinuation { continuation in
+      DispatchQueue.global(qos: .userInitiated).async {
+        continuation.resume(returning: run(seeds: seeds, traceCapacity: traceCapacity, body))
+      }
+    }
   }
 }

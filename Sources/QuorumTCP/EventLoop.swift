@@ -1,4 +1,5 @@
 import CQuorumSystem
+import Dispatch
 import Glibc
 import QuorumCore
 import Synchronization
@@ -84,6 +85,8 @@ final class EventLoop: @unchecked Sendable {
   private var running = true
   /// Scratch space for reads, shared by every connection of this loop (one thread reads at a time).
   let readScratch: UnsafeMutableRawBufferPointer
+  /// Where host names are resolved (the system resolver blocks), so the loop never waits for DNS.
+  private let resolver = DispatchQueue(label: "quorum.tcp.resolver", qos: .utility, attributes: .concurrent)
   /// Work to do once per loop iteration, after all events (used to batch flushes).
   private var afterEvents: [() -> Void] = []
 
@@ -122,6 +125,20 @@ final class EventLoop: @unchecked Sendable {
 
   /// Whether ``stop()`` has taken effect (the loop no longer runs commands it is given).
   var isStopped: Bool { stopped.load(ordering: .acquiring) }
+
+  /// Resolves `address` — at once if it is numeric, otherwise on the resolver queue — and calls
+  /// `completion` with the numeric address on the loop thread. Nothing is called if the loop stopped.
+  func resolve(_ address: TCPAddress, then completion: @escaping @Sendable (Result<TCPAddress, TCPCloseReason>) -> Void)
+  {
+    if address.isNumeric {
+      completion(.success(address))
+      return
+    }
+    resolver.async { [self] in
+      let result = address.resolved()
+      _ = execute { completion(result) }
+    }
+  }
 
   /// Runs `work` on the loop thread soon. Returns `false` (and drops `work`) if the loop has stopped.
   @discardableResult

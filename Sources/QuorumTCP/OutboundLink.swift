@@ -18,6 +18,7 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
   // is read and written only on the event loop's thread (senders touch only `queue`).
   private enum Phase {
     case idle
+    case resolving
     case connecting
     case handshaking
     case established
@@ -61,7 +62,7 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
       connection.flush()
     case .idle:
       if queue.acknowledgeWakeUp() { connect() }
-    case .connecting, .handshaking, .waiting, .closed:
+    case .resolving, .connecting, .handshaking, .waiting, .closed:
       break
     }
   }
@@ -82,13 +83,27 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
       failed(.ioError(operation: "address lookup", errno: 0))
       return
     }
+    phase = .resolving
+    loop.resolve(address) { [self] result in
+      guard phase == .resolving else { return }  // shut down meanwhile
+      switch result {
+      case .success(let numeric): connect(to: numeric, named: address)
+      case .failure(let reason):
+        environment.metrics.recordClose(reason)
+        failed(reason)
+      }
+    }
+  }
+
+  private func connect(to numeric: TCPAddress, named address: TCPAddress) {
     let options = environment.options
-    switch startConnect(to: address, options: options) {
+    switch startConnect(to: numeric, options: options) {
     case .failure(let reason):
       failed(reason)
     case .success(let (fd, inProgress)):
+      let remote = numeric == address ? address.description : "\(address) (\(numeric.host))"
       let connection = Connection(
-        loop: loop, fd: fd, remote: address.description, maxFrameBytes: options.maxFrameBytes,
+        loop: loop, fd: fd, remote: remote, maxFrameBytes: options.maxFrameBytes,
         frameTimeout: options.frameTimeout)
       connection.delegate = self
       self.connection = connection

@@ -1,25 +1,67 @@
 import CQuorumSystem
 
-/// A TCP address: a numeric IPv4 or IPv6 host and a port.
+/// A TCP address: a numeric IPv4 or IPv6 host, or a host name, and a port.
 ///
-/// Parses `127.0.0.1:7001`, `[::1]:7001` and `localhost:7001` (read as `127.0.0.1`). Host names are not
-/// resolved: resolving them would block the event loop or need a resolver thread, and cluster files name
-/// members by address anyway. Port 0 asks the operating system for a free port when listening.
+/// Parses `127.0.0.1:7001`, `[::1]:7001`, `localhost:7001` (read as `127.0.0.1`) and
+/// `node-1.example.internal:7001`. A host name is resolved off the event loop, on a resolver thread, each time
+/// a connection to it is attempted (or a listener bound), so a changed DNS record takes effect at the next
+/// reconnect; the first address the resolver returns is used. Port 0 asks the operating system for a free
+/// port when listening.
 public struct TCPAddress: Sendable, Hashable, CustomStringConvertible, LosslessStringConvertible {
-  /// The numeric host, without brackets (`127.0.0.1`, `::1`).
+  /// The host: a numeric address without brackets (`127.0.0.1`, `::1`) or a host name.
   public var host: String
   /// The port.
   public var port: UInt16
 
-  /// Creates an address from a numeric host and a port.
-  /// - Throws: ``TCPTransportError/invalidAddress(_:reason:)`` if `host` is not a numeric IPv4 or IPv6 address.
+  /// Creates an address from a host and a port.
+  /// - Throws: ``TCPTransportError/invalidAddress(_:reason:)`` if `host` is neither a numeric IPv4 or IPv6
+  ///   address nor a valid host name (letters, digits and hyphens in dot-separated labels of at most 63
+  ///   characters, 253 in all).
   public init(host: String, port: UInt16) throws(TCPTransportError) {
     let host = host == "localhost" ? "127.0.0.1" : host
-    guard cq_address_family(host) != 0 else {
-      throw .invalidAddress(host, reason: "not a numeric IPv4 or IPv6 address (host names are not resolved)")
+    guard cq_address_family(host) != 0 || Self.isHostName(host) else {
+      throw .invalidAddress(host, reason: "neither a numeric IPv4 or IPv6 address nor a valid host name")
     }
     self.host = host
     self.port = port
+  }
+
+  /// Whether the host is a numeric address, used without resolving.
+  public var isNumeric: Bool { cq_address_family(host) != 0 }
+
+  /// Whether `text` is a host name in the syntax of RFC 1123.
+  static func isHostName(_ text: String) -> Bool {
+    let bytes = Array(text.utf8)
+    guard !bytes.isEmpty, bytes.count <= 253 else { return false }
+    for label in bytes.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false) {
+      guard !label.isEmpty, label.count <= 63, label.first != UInt8(ascii: "-"), label.last != UInt8(ascii: "-")
+      else { return false }
+      let valid = label.allSatisfy { byte in
+        (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z"))
+          || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z"))
+          || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")) || byte == UInt8(ascii: "-")
+      }
+      guard valid else { return false }
+    }
+    // An all-digit last label is a mistyped numeric address (`10.0.0.300`), not a name.
+    let last = bytes.split(separator: UInt8(ascii: ".")).last ?? []
+    return !last.allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
+  }
+
+  /// This address with its host resolved to a numeric address (itself if it already is one). Blocks on
+  /// the system resolver: call it off the event loop.
+  func resolved() -> Result<TCPAddress, TCPCloseReason> {
+    if isNumeric { return .success(self) }
+    var buffer = [CChar](repeating: 0, count: 64)
+    let code = cq_resolve(host, &buffer, Int32(buffer.count))
+    guard code == 0 else {
+      let message = String(cString: cq_resolve_error(code))
+      return .failure(.unresolvable(host: host, reason: message))
+    }
+    let numeric = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    var copy = self
+    copy.host = numeric
+    return .success(copy)
   }
 
   /// Parses `host:port` (IPv6 hosts in brackets); `nil` if malformed.
@@ -50,7 +92,7 @@ public struct TCPAddress: Sendable, Hashable, CustomStringConvertible, LosslessS
     do {
       return try TCPAddress(host: String(host), port: port)
     } catch {
-      throw .invalidAddress(text, reason: "'\(host)' is not a numeric IPv4 or IPv6 address")
+      throw .invalidAddress(text, reason: "'\(host)' is neither a numeric IPv4 or IPv6 address nor a valid host name")
     }
   }
 

@@ -59,6 +59,8 @@ public enum TCPCloseReason: Error, Sendable, Equatable, CustomStringConvertible 
   case localShutdown
   /// The remote side opened a client connection to a node that does not serve clients.
   case clientsNotServed
+  /// The host name could not be resolved (the resolver's message attached); the link retries with back-off.
+  case unresolvable(host: String, reason: String)
 
   /// Whether the close was the remote side breaking the protocol (as opposed to ordinary churn).
   public var isProtocolViolation: Bool {
@@ -66,7 +68,8 @@ public enum TCPCloseReason: Error, Sendable, Equatable, CustomStringConvertible 
     case .clusterMismatch, .unknownNode, .wrongNode, .unsupportedVersion, .frameTooLarge, .truncatedFrame,
       .malformedFrame, .badHandshake:
       return true
-    case .rejected, .peerClosed, .ioError, .connectTimeout, .tooManyConnections, .localShutdown, .clientsNotServed:
+    case .rejected, .peerClosed, .ioError, .connectTimeout, .tooManyConnections, .localShutdown, .clientsNotServed,
+      .unresolvable:
       return false
     }
   }
@@ -89,6 +92,7 @@ public enum TCPCloseReason: Error, Sendable, Equatable, CustomStringConvertible 
     case .tooManyConnections: return "too-many-connections"
     case .localShutdown: return "local-shutdown"
     case .clientsNotServed: return "clients-not-served"
+    case .unresolvable: return "unresolvable"
     }
   }
 
@@ -111,6 +115,7 @@ public enum TCPCloseReason: Error, Sendable, Equatable, CustomStringConvertible 
     case .tooManyConnections(let limit): return "too many connections (limit \(limit))"
     case .localShutdown: return "shutting down"
     case .clientsNotServed: return "this node does not serve clients"
+    case .unresolvable(let host, let reason): return "cannot resolve '\(host)': \(reason)"
     }
   }
 }

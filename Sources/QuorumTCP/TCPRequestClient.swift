@@ -175,13 +175,16 @@ final class ClientCore: @unchecked Sendable {
   }
 }
 
-/// One pipelined client connection. Loop thread only.
-final class ClientConnection: ConnectionDelegate {
+/// One pipelined client connection.
+final class ClientConnection: ConnectionDelegate, @unchecked Sendable {
+  // Safety of @unchecked Sendable: every method runs on the loop thread; the only closure that leaves it
+  // (the host-name resolution) comes back to the loop before it touches anything.
   let address: TCPAddress
   private unowned let core: ClientCore
   private var connection: Connection?
   private var ready = false
   private var ever = false
+  private var resolving = false
   private var held: [[UInt8]] = []
   private var waiters: [UInt64: ClientCore.Waiter] = [:]
 
@@ -193,12 +196,25 @@ final class ClientConnection: ConnectionDelegate {
   var hasWaiters: Bool { !waiters.isEmpty }
 
   func connect() {
-    switch startConnect(to: address, options: core.options) {
+    resolving = true
+    core.loop.resolve(address) { [self] result in
+      guard resolving else { return }  // ended meanwhile
+      resolving = false
+      switch result {
+      case .success(let numeric): connect(to: numeric)
+      case .failure(let reason): end(reason)
+      }
+    }
+  }
+
+  private func connect(to numeric: TCPAddress) {
+    switch startConnect(to: numeric, options: core.options) {
     case .failure(let reason):
       end(reason)
     case .success(let (fd, inProgress)):
+      let remote = numeric == address ? address.description : "\(address) (\(numeric.host))"
       let connection = Connection(
-        loop: core.loop, fd: fd, remote: address.description, maxFrameBytes: core.options.maxFrameBytes,
+        loop: core.loop, fd: fd, remote: remote, maxFrameBytes: core.options.maxFrameBytes,
         frameTimeout: core.options.frameTimeout)
       connection.delegate = self
       self.connection = connection
@@ -240,6 +256,7 @@ final class ClientConnection: ConnectionDelegate {
 
   /// Fails every waiter and forgets the connection.
   private func end(_ reason: TCPCloseReason) {
+    resolving = false
     let failed = waiters
     waiters = [:]
     held = []

@@ -1,4 +1,5 @@
 import CQuorumSystem
+import Dispatch
 import Glibc
 public import QuorumCore
 import Synchronization
@@ -77,7 +78,9 @@ public final class TCPTransport<Message: WireCodable & Sendable>: Transport, Sen
     } else {
       wanted = try TCPAddress(host: environment.options.listenHost, port: 0)
     }
-    let (fd, bound) = try openListener(wanted)
+    let (fd, listening) = try openListener(try await Self.resolveForListening(wanted))
+    // A host name stays in the address book (peers resolve it themselves), with the real port.
+    let bound = wanted.withPort(listening.port)
     let loop: EventLoop
     do {
       loop = try environment.acquireLoop()
@@ -106,6 +109,18 @@ public final class TCPTransport<Message: WireCodable & Sendable>: Transport, Sen
     }
     environment.logger.info("\(node) listening on \(bound)", ["cluster": cluster.rawValue])
     return endpoint
+  }
+
+  /// `address` with its host name resolved, off the cooperative pool (the system resolver blocks).
+  private static func resolveForListening(_ address: TCPAddress) async throws(TCPTransportError) -> TCPAddress {
+    if address.isNumeric { return address }
+    let result = await withCheckedContinuation { continuation in
+      DispatchQueue.global(qos: .utility).async { continuation.resume(returning: address.resolved()) }
+    }
+    switch result {
+    case .success(let numeric): return numeric
+    case .failure(let reason): throw .invalidAddress(address.description, reason: "\(reason)")
+    }
   }
 
   private func openListener(_ address: TCPAddress) throws(TCPTransportError) -> (Int32, TCPAddress) {

@@ -9,35 +9,35 @@ import Testing
 
 @Suite("Multi-Paxos under simulated faults")
 struct PaxosSimulationTests {
-  static func run(seeds: Range<UInt64>, options: PaxosSimulationOptions) -> SimulationReport {
-    SimulationRunner.run(seeds: seeds) { seed, trace in
+  static func run(seeds: Range<UInt64>, options: PaxosSimulationOptions) async -> SimulationReport {
+    await SimulationRunner.runDetached(seeds: seeds) { seed, trace in
       try PaxosSimulation(seed: seed, options: options, trace: trace).run()
     }
   }
 
   @Test("3 nodes, majority quorums, every fault")
-  func threeNodes() {
-    let report = Self.run(seeds: 0..<100, options: PaxosSimulationOptions())
+  func threeNodes() async {
+    let report = await Self.run(seeds: 0..<100, options: PaxosSimulationOptions())
     #expect(report.passed, "\(report)")
   }
 
   @Test("5 nodes, flexible quorums Q1=4, Q2=2")
-  func fiveNodesFlexible() {
+  func fiveNodesFlexible() async {
     var options = PaxosSimulationOptions()
     options.nodes = 5
     options.phase1Quorum = 4
     options.phase2Quorum = 2
-    let report = Self.run(seeds: 10_000..<10_030, options: options)
+    let report = await Self.run(seeds: 10_000..<10_030, options: options)
     #expect(report.passed, "\(report)")
   }
 
   @Test("4 nodes, flexible quorums Q1=2, Q2=3: two leaders may coexist, never two chosen values")
-  func fourNodesSmallPhase1() {
+  func fourNodesSmallPhase1() async {
     var options = PaxosSimulationOptions()
     options.nodes = 4
     options.phase1Quorum = 2
     options.phase2Quorum = 3
-    let report = Self.run(seeds: 20_000..<20_030, options: options)
+    let report = await Self.run(seeds: 20_000..<20_030, options: options)
     #expect(report.passed, "\(report)")
   }
 
@@ -75,25 +75,25 @@ struct PaxosSimulationTests {
 
 @Suite("Single-decree Paxos under simulated faults")
 struct SynodSimulationTests {
-  static func run(seeds: Range<UInt64>, options: SynodSimulationOptions) -> SimulationReport {
-    SimulationRunner.run(seeds: seeds) { seed, trace in
+  static func run(seeds: Range<UInt64>, options: SynodSimulationOptions) async -> SimulationReport {
+    await SimulationRunner.runDetached(seeds: seeds) { seed, trace in
       try SynodSimulation(seed: seed, options: options, trace: trace).run()
     }
   }
 
   @Test("3 acceptors, three dueling proposers, two learners, every fault")
-  func threeAcceptors() {
-    let report = Self.run(seeds: 0..<400, options: SynodSimulationOptions())
+  func threeAcceptors() async {
+    let report = await Self.run(seeds: 0..<400, options: SynodSimulationOptions())
     #expect(report.passed, "\(report)")
   }
 
   @Test("5 acceptors, flexible quorums Q1=4, Q2=2")
-  func fiveAcceptorsFlexible() {
+  func fiveAcceptorsFlexible() async {
     var options = SynodSimulationOptions()
     options.acceptors = 5
     options.phase1Quorum = 4
     options.phase2Quorum = 2
-    let report = Self.run(seeds: 5_000..<5_200, options: options)
+    let report = await Self.run(seeds: 5_000..<5_200, options: options)
     #expect(report.passed, "\(report)")
   }
 

@@ -12,10 +12,69 @@ struct TCPTransportTests {
     #expect(TCPAddress("127.0.0.1:7001")?.port == 7001)
     #expect(TCPAddress("localhost:80")?.host == "127.0.0.1")
     #expect(TCPAddress("[::1]:9")?.description == "[::1]:9")
-    #expect(TCPAddress("example.com:80") == nil)
+    #expect(TCPAddress("node-1.example.com:80")?.host == "node-1.example.com")
+    #expect(TCPAddress("node-1.example.com:80")?.isNumeric == false)
+    #expect(TCPAddress("127.0.0.1:80")?.isNumeric == true)
+    for bad in ["-node.example:1", "node-.example:1", "a..b:1", "under_score:1", "10.0.0.300:1", ".lead:1"] {
+      #expect(TCPAddress(bad) == nil, "\(bad)")
+    }
+    #expect(TCPAddress(String(repeating: "a", count: 63) + ".example:1") != nil)
+    #expect(TCPAddress(String(repeating: "a", count: 64) + ".example:1") == nil)
     #expect(TCPAddress("127.0.0.1") == nil)
     #expect(TCPAddress("127.0.0.1:70000") == nil)
     #expect(throws: TCPTransportError.self) { try TCPAddress.parse("10.0.0.1:port") }
+  }
+
+  @Test("host names are resolved off the loop: a node listens on one and a peer reaches it by name")
+  func hostNames() async throws {
+    // Not `localhost`, which is read as 127.0.0.1 without asking the resolver; name lookups ignore case.
+    let named = try TCPAddress(host: "LOCALHOST", port: 0)
+    #expect(!named.isNumeric)
+    let a = TCPTransport<ConformanceMessage>(
+      cluster: "conformance", protocolNumber: WireProtocol.test, addresses: [1: named], logger: .disabled)
+    let n1 = try await a.bind(1)
+    #expect(n1.address.host == "LOCALHOST" && n1.address.port != 0, "the book keeps the name, with the real port")
+    let b = TCPTransport<ConformanceMessage>(
+      cluster: "conformance", protocolNumber: WireProtocol.test, addresses: [1: n1.address], logger: .disabled)
+    let n2 = try await b.bind(2)
+    a.setAddress(n2.address, for: 2)  // a listener admits only nodes in its address book
+    try n2.send(ConformanceMessage(sender: 2, sequence: 7), to: 1)
+    #expect(try await receive(n1.incoming).payload.sequence == 7)
+    await n1.close()
+    await n2.close()
+  }
+
+  @Test("a peer name that does not resolve closes the attempt with a typed, logged reason, and the link retries")
+  func unresolvableName() async throws {
+    let sink = CapturingLogSink()
+    let unknown = try TCPAddress(host: "no-such-host.invalid", port: 7)  // .invalid never resolves (RFC 2606)
+    let options = TCPTransportOptions(reconnect: ReconnectPolicy(initialBackoff: .milliseconds(5), seed: 3))
+    let transport = TCPTransport<ConformanceMessage>(
+      cluster: "conformance", protocolNumber: WireProtocol.test, addresses: [1: unknown], options: options,
+      logger: QuorumLogger(label: "t", sink: sink))
+    let n2 = try await transport.bind(2)
+    try n2.send(ConformanceMessage(sender: 2, sequence: 0), to: 1)
+    try await waitUntil("the first failed resolution", timeout: .seconds(60)) {
+      transport.metrics.closes("unresolvable") >= 1
+    }
+    #expect(sink.contains("cannot resolve 'no-such-host.invalid'", atLeast: .info), "\(sink.lines)")
+    // The link tries again when there is something to send.
+    try await waitUntil("a second attempt", timeout: .seconds(60)) {
+      try? n2.send(ConformanceMessage(sender: 2, sequence: 1), to: 1)
+      return transport.metrics.closes("unresolvable") >= 2
+    }
+    let client = TCPRequestClient(cluster: "conformance", logger: .disabled)
+    do {
+      _ = try await client.request([1], to: unknown, timeout: .seconds(60))
+      Issue.record("a request to an unresolvable name succeeded")
+    } catch {
+      guard case .unreachable(unknown, reason: .unresolvable(host: "no-such-host.invalid", _)) = error else {
+        Issue.record("expected unreachable/unresolvable, got \(error)")
+        return
+      }
+    }
+    await client.close()
+    await n2.close()
   }
 
   @Test("binding a busy port fails with addressInUse")

@@ -6,6 +6,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -136,6 +137,34 @@ static inline int cq_connect(int fd, const char *host, int port) {
   }
   return connect(fd, (struct sockaddr *)&storage, (socklen_t)length);
 }
+
+/// Resolves the host name `host` (blocking: call it off the event loop) and writes one of its addresses,
+/// in numeric form, to `out`: the first IPv4 address getaddrinfo returns, or its first address if there is
+/// none (a name listed for both families often has an IPv6 loopback that a container has disabled).
+/// Returns 0, or a getaddrinfo error code (EAI_*; for EAI_SYSTEM, errno says more).
+static inline int cq_resolve(const char *host, char *out, int capacity) {
+  struct addrinfo hints;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  struct addrinfo *found = NULL;
+  int code = getaddrinfo(host, NULL, &hints, &found);
+  if (code != 0) return code;
+  if (found == NULL) return EAI_NONAME;
+  struct addrinfo *chosen = found;
+  for (struct addrinfo *each = found; each != NULL; each = each->ai_next) {
+    if (each->ai_family == AF_INET) {
+      chosen = each;
+      break;
+    }
+  }
+  code = getnameinfo(chosen->ai_addr, chosen->ai_addrlen, out, (socklen_t)capacity, NULL, 0, NI_NUMERICHOST);
+  freeaddrinfo(found);
+  return code;
+}
+
+/// The message for a getaddrinfo error code.
+static inline const char *cq_resolve_error(int code) { return gai_strerror(code); }
 
 /// The address family of the numeric host, or 0 if it is not numeric.
 static inline int cq_address_family(const char *host) {
