@@ -34,6 +34,11 @@ public struct ApplyContext: Sendable, Hashable {
 ///
 /// Every replica applies the same commands in the same order, so `apply` must depend only on the current
 /// state, the command and the ``ApplyContext``: no clocks, no randomness, no I/O.
+///
+/// A conforming type must have value semantics (a struct of values, or copy-on-write storage): to take a
+/// snapshot, a node copies its machine and calls ``snapshot()`` on the copy in a background task while it
+/// goes on applying commands to its own. A class shared between the two copies would put later commands into
+/// a snapshot labelled with an earlier index, and a restart would apply them twice.
 public protocol StateMachine: Sendable {
   /// A state-changing request, written to the log.
   associatedtype Command: WireCodable & Sendable

@@ -164,6 +164,12 @@ public enum StorageError: Error, Sendable, Equatable, CustomStringConvertible {
 /// Implementations: `MemoryStorage` (nothing survives the process; for tests and benchmarks) and
 /// `FileStorage` (segmented write-ahead log with per-record CRC-32C, atomic snapshot files).
 /// Methods may do blocking I/O on a storage-owned thread; they never block Swift's cooperative pool.
+///
+/// Calls may overlap: a node stores its own snapshots (`saveSnapshot` with `discardingLog: false`) from a
+/// background task while its loop goes on calling ``write(_:)``, ``compact(through:)`` and, for a snapshot
+/// from the leader, `saveSnapshot` with `discardingLog: true`. Each call must be atomic with respect to the
+/// others, and a snapshot older than the stored one must be refused with ``StorageError/invalidWrite(_:)``
+/// (the node then drops it as superseded) rather than replace a newer one.
 public protocol ConsensusStorage<Entry>: Sendable {
   /// The entry type.
   associatedtype Entry: StorableEntry

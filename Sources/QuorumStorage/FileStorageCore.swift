@@ -29,6 +29,9 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
   private let snapshotQueue = DispatchQueue(label: "quorum.storage.snapshot", qos: .utility)
   /// Numbers the temporary files of snapshots written on ``snapshotQueue``.
   private let snapshotSequence = Atomic<UInt64>(0)
+  /// Makes those names unique to this instance, so a late clean-up by a closed instance can never remove a
+  /// file of the next instance opened on the same directory.
+  private let instanceToken = UInt32.random(in: 0...UInt32.max)
   private let spare: SpareSegment?
 
   // MARK: Request queue
@@ -54,12 +57,14 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
     if closedFlag.load(ordering: .acquiring) { throw StorageError.closed }
     let directory = snapshotDirectory
     let sync = policy != .never
-    let suffix = ".\(snapshotSequence.add(1, ordering: .relaxed).newValue).tmp"
+    let suffix = ".\(instanceToken).\(snapshotSequence.add(1, ordering: .relaxed).newValue).tmp"
     let temporary: String = try await withCheckedThrowingContinuation { continuation in
-      snapshotQueue.async {
+      snapshotQueue.async { [self] in
         continuation.resume(
           with: Result { () throws(StorageError) -> String in
-            try SnapshotFile.writeTemporary(
+            // close() waits for this queue after setting the flag: a write that starts later must not.
+            if closedFlag.load(ordering: .acquiring) { throw .closed }
+            return try SnapshotFile.writeTemporary(
               snapshot, discardBeforeSegment: 0, directory: directory, sync: sync, suffix: suffix)
           })
       }
@@ -235,6 +240,8 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
   func close() throws(StorageError) {
     if case .closed = phase { return }
     closedFlag.store(true, ordering: .releasing)
+    // A snapshot file still being written finishes before the directory lock is released.
+    snapshotQueue.sync {}
     var failure: StorageError?
     if case .open = phase, syncsStructure, let active {
       do throws(StorageError) {
@@ -490,12 +497,17 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
     pruneSnapshots()
   }
 
-  /// Renames a snapshot written by ``saveSnapshotKeepingLog(_:)`` into place, unless a newer one was
-  /// stored meanwhile.
+  /// Renames a snapshot written by ``saveSnapshotKeepingLog(_:)`` into place. A snapshot older than the
+  /// stored one is refused; one at the same index is already stored (the state at an index is unique) and the
+  /// stored file is kept, since a leader's snapshot file also records which log segments it discarded.
   private func publishSnapshot(_ temporary: String, index: UInt64) throws(StorageError) {
     try ensureOpen()
     if index < position.snapshotIndex {
       throw .invalidWrite("snapshot at \(index) is older than the stored snapshot at \(position.snapshotIndex)")
+    }
+    if index == position.snapshotIndex && index > 0 {
+      try? FileSystem.remove(temporary)
+      return
     }
     try SnapshotFile.publish(temporary, index: index, directory: snapshotDirectory, sync: syncsStructure)
     position.snapshotIndex = index

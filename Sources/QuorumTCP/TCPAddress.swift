@@ -5,8 +5,9 @@ import CQuorumSystem
 /// Parses `127.0.0.1:7001`, `[::1]:7001`, `localhost:7001` (read as `127.0.0.1`) and
 /// `node-1.example.internal:7001`. A host name is resolved off the event loop, on a resolver thread, each time
 /// a connection to it is attempted (or a listener bound), so a changed DNS record takes effect at the next
-/// reconnect; the first address the resolver returns is used. Port 0 asks the operating system for a free
-/// port when listening.
+/// reconnect. Of the name's addresses, the first IPv4 one is used, or the first address if it has none. A
+/// trailing dot (`node-1.example.internal.`) marks a fully qualified name. Port 0 asks the operating system
+/// for a free port when listening.
 public struct TCPAddress: Sendable, Hashable, CustomStringConvertible, LosslessStringConvertible {
   /// The host: a numeric address without brackets (`127.0.0.1`, `::1`) or a host name.
   public var host: String
@@ -31,7 +32,8 @@ public struct TCPAddress: Sendable, Hashable, CustomStringConvertible, LosslessS
 
   /// Whether `text` is a host name in the syntax of RFC 1123.
   static func isHostName(_ text: String) -> Bool {
-    let bytes = Array(text.utf8)
+    var bytes = Array(text.utf8)
+    if bytes.count > 1, bytes.last == UInt8(ascii: ".") { bytes.removeLast() }  // fully qualified
     guard !bytes.isEmpty, bytes.count <= 253 else { return false }
     for label in bytes.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false) {
       guard !label.isEmpty, label.count <= 63, label.first != UInt8(ascii: "-"), label.last != UInt8(ascii: "-")

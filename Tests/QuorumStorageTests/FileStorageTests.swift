@@ -215,7 +215,7 @@ struct FileStorageSegmentTests {
     }
   }
 
-  @Test("a snapshot that keeps the log is written beside log writes, and an older one leaves no file behind")
+  @Test("a snapshot that keeps the log is written beside log writes; an older or repeated one leaves no file behind")
   func aSnapshotIsStoredWhileLogWritesGoOn() async throws {
     try await withTemporaryDirectory { directory in
       var storage = makeStorage(directory, segmentBytes: 1 << 20)
@@ -231,6 +231,8 @@ struct FileStorageSegmentTests {
       await #expect(throws: StorageError.self) {
         try await storage.saveSnapshot(StoredSnapshot(index: 5, term: 1, data: [5]), discardingLog: false)
       }
+      // The same index again is already stored: the stored file stays.
+      try await storage.saveSnapshot(StoredSnapshot(index: 10, term: 1, data: [10]), discardingLog: false)
       try await storage.compact(through: 10)
       try await storage.close()
       let files = try FileManager.default.contentsOfDirectory(atPath: directory + "/snapshots")

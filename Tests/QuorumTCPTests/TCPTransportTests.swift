@@ -14,8 +14,9 @@ struct TCPTransportTests {
     #expect(TCPAddress("[::1]:9")?.description == "[::1]:9")
     #expect(TCPAddress("node-1.example.com:80")?.host == "node-1.example.com")
     #expect(TCPAddress("node-1.example.com:80")?.isNumeric == false)
+    #expect(TCPAddress("node-1.example.com.:80")?.host == "node-1.example.com.", "fully qualified")
     #expect(TCPAddress("127.0.0.1:80")?.isNumeric == true)
-    for bad in ["-node.example:1", "node-.example:1", "a..b:1", "under_score:1", "10.0.0.300:1", ".lead:1"] {
+    for bad in ["-node.example:1", "node-.example:1", "a..b:1", "under_score:1", "10.0.0.300:1", ".lead:1", "a.b..:1"] {
       #expect(TCPAddress(bad) == nil, "\(bad)")
     }
     #expect(TCPAddress(String(repeating: "a", count: 63) + ".example:1") != nil)

@@ -195,7 +195,11 @@ public actor MultiPaxosNode<Machine: StateMachine> {
         wrap: { .message($0.from, $0.payload) },
         loop: { try await runLoop() })
     } catch {
+      // A failed write or recovery stops the node; nobody may be left waiting.
+      logger.error("stopping after an error: \(error)")
       await finishSnapshotTask()
+      await endpoint.close()
+      failAll(ConsensusError.stopped)
       throw error
     }
     await finishSnapshotTask()
@@ -555,7 +559,9 @@ public actor MultiPaxosNode<Machine: StateMachine> {
   /// snapshot (from the leader) was installed meanwhile. Rethrows the task's storage failure.
   private func recordStoredSnapshot() async throws {
     guard let stored = try background.takeStored() else { return }
-    guard stored.index > lastSnapshotIndex else { return }
+    // A leader's snapshot installed in this very batch has moved the log past this one but is not stored yet:
+    // compacting behind the log's start now would pass every snapshot in storage.
+    guard stored.index > lastSnapshotIndex, stored.index >= core.firstSlot - 1 else { return }
     let snapshot = core.takeSnapshot(
       at: stored.index, data: stored.data, retainEntries: configuration.snapshotRetainEntries)
     lastSnapshotIndex = snapshot.index
