@@ -46,3 +46,31 @@ public struct CrashableStore<Value> {
     return durable
   }
 }
+
+extension CrashableStore {
+  /// Stores `snapshot` in the value's `snapshot` field and syncs, as a node's background task writes a
+  /// snapshot file; refused (returning `false`, nothing written) when the value already holds a snapshot at
+  /// the same or a later index, as storage refuses an older snapshot.
+  mutating func storeSnapshot<Snapshot>(
+    _ snapshot: Snapshot, in field: WritableKeyPath<Value, Snapshot?>, index: (Snapshot) -> UInt64
+  ) -> Bool {
+    guard index(snapshot) > current[keyPath: field].map(index) ?? 0 else { return false }
+    update { $0[keyPath: field] = snapshot }
+    sync()
+    return true
+  }
+
+  /// Drops what lies below `firstKept` (with `drop`) and syncs, as storage compacts its log; throws if that
+  /// would pass the snapshot in the value's `snapshot` field, which storage refuses.
+  mutating func compact<Snapshot>(
+    below firstKept: UInt64, snapshot field: KeyPath<Value, Snapshot?>, index: (Snapshot) -> UInt64,
+    node: NodeID, drop: @escaping (inout Value) -> Void
+  ) throws {
+    let stored = current[keyPath: field].map(index) ?? 0
+    guard firstKept - 1 <= stored else {
+      throw SimulationFailure("\(node) compacts through \(firstKept - 1), past its stored snapshot at \(stored)")
+    }
+    update(drop)
+    sync()
+  }
+}

@@ -30,6 +30,9 @@ public struct PaxosSimulationOptions: Sendable {
   public var clientLatency = DelayDistribution.uniform(.microseconds(100), .milliseconds(1))
   /// Take a snapshot after this many applied slots.
   public var snapshotEvery = 25
+  /// How long encoding and storing a snapshot takes. As in `MultiPaxosNode`, it runs in the background: the
+  /// node goes on stepping and applying meanwhile, and records the snapshot (compacting its log) afterwards.
+  public var snapshotLatency = DelayDistribution.uniform(.microseconds(100), .milliseconds(40))
   /// Slots kept before a snapshot's index.
   public var retainEntries = 4
   /// A client retries a request that got no answer for this long.
@@ -82,6 +85,8 @@ public struct PaxosSimulationStats: Sendable, CustomStringConvertible {
   public var partitions = 0
   /// Snapshots installed from a leader.
   public var snapshotsInstalled = 0
+  /// Snapshots taken in the background and recorded (compacting the log).
+  public var snapshotsTaken = 0
   /// Slots known chosen by the oracle.
   public var slotsChosen = 0
   /// Client operations completed (with a known outcome).
@@ -96,7 +101,7 @@ public struct PaxosSimulationStats: Sendable, CustomStringConvertible {
 
   public var description: String {
     "events=\(events) leaderships=\(leaderships) crashes=\(crashes) partitions=\(partitions) "
-      + "snapshots=\(snapshotsInstalled) chosen=\(slotsChosen) ops=\(operationsCompleted) retries=\(retries) "
+      + "snapshots=\(snapshotsTaken)/\(snapshotsInstalled) chosen=\(slotsChosen) ops=\(operationsCompleted) retries=\(retries) "
       + "end=\(endTime)"
   }
 }
@@ -159,6 +164,10 @@ public final class PaxosSimulation {
     var waitingReads: [WaitingRead] = []
     var lastSnapshotIndex: Slot = 0
     var durablePromise: Ballot = .zero
+    /// A snapshot is being encoded and stored in the background.
+    var snapshotInFlight = false
+    /// A stored snapshot waiting to be recorded in the core.
+    var storedSnapshot: PaxosSnapshot?
 
     init(id: NodeID, core: MultiPaxosCore, disk: CrashableStore<Durable>) {
       self.id = id
@@ -171,6 +180,7 @@ public final class PaxosSimulation {
     case tick(NodeID, UInt64)
     case deliver(Envelope<PaxosMessage>)
     case fsyncDone(NodeID, UInt64)
+    case snapshotStored(NodeID, UInt64, PaxosSnapshot)
     case client(SimulatedKVClients.Event)
     case nemesis
     case heal
@@ -291,6 +301,14 @@ public final class PaxosSimulation {
     case .fsyncDone(let id, let incarnation):
       guard let node = nodes[id], node.up, node.incarnation == incarnation else { return }
       try finishReady(node)
+    case .snapshotStored(let id, let incarnation, let snapshot):
+      // A crash before this point lost the unfinished write.
+      guard let node = nodes[id], node.up, node.incarnation == incarnation else { return }
+      node.snapshotInFlight = false
+      // The file is durable before the node hears of it, unless a leader's snapshot superseded it.
+      guard node.disk.storeSnapshot(snapshot, in: \.snapshot, index: \.index) else { return }
+      node.storedSnapshot = snapshot
+      try process(node)
     case .client(.request(let request)):
       guard let node = nodes[request.target], node.up else { return }  // Lost: the client times out.
       node.inbox.append(.request(request))
@@ -321,6 +339,7 @@ public final class PaxosSimulation {
       case .request(let request): handleRequest(node, request)
       }
     }
+    try recordStoredSnapshot(node)
     try startReady(node)
   }
 
@@ -433,18 +452,33 @@ public final class PaxosSimulation {
     }
   }
 
+  /// Starts a background snapshot of the applied state, as `MultiPaxosNode` does: the state and its slot are
+  /// captured now, and the snapshot is stored after ``PaxosSimulationOptions/snapshotLatency``.
   private func maybeSnapshot(_ node: Node) {
-    guard node.applied >= node.lastSnapshotIndex + Slot(options.snapshotEvery) else { return }
-    let snapshot = node.core.takeSnapshot(
-      at: node.applied, data: node.machine.snapshot(), retainEntries: options.retainEntries)
+    guard !node.snapshotInFlight, node.storedSnapshot == nil,
+      node.applied >= node.lastSnapshotIndex + Slot(options.snapshotEvery)
+    else { return }
+    let snapshot = PaxosSnapshot(index: node.applied, data: node.machine.snapshot())
+    node.snapshotInFlight = true
+    queue.schedule(
+      .snapshotStored(node.id, node.incarnation, snapshot), at: now + options.snapshotLatency.sample(&rng))
+  }
+
+  /// Records a stored snapshot in the core and compacts the log behind it, unless the log moved past it
+  /// meanwhile — a leader's snapshot installed in this very batch is not stored yet — with the same guards as
+  /// `MultiPaxosNode`.
+  private func recordStoredSnapshot(_ node: Node) throws {
+    guard let stored = node.storedSnapshot else { return }
+    node.storedSnapshot = nil
+    guard stored.index > node.lastSnapshotIndex, stored.index >= node.core.firstSlot - 1 else { return }
+    let snapshot = node.core.takeSnapshot(at: stored.index, data: stored.data, retainEntries: options.retainEntries)
     node.lastSnapshotIndex = snapshot.index
-    // Snapshot files are written atomically and synced before the log is compacted.
+    stats.snapshotsTaken += 1
+    // Compaction, after the snapshot file is durable.
     let firstKept = node.core.firstSlot
-    node.disk.update { d in
-      d.snapshot = snapshot
+    try node.disk.compact(below: firstKept, snapshot: \.snapshot, index: \.index, node: node.id) { d in
       d.entries = d.entries.filter { $0.key >= firstKept }
     }
-    node.disk.sync()
   }
 
   private func handleRequest(_ node: Node, _ request: SimulatedKVClients.Request) {
@@ -616,6 +650,8 @@ public final class PaxosSimulation {
     node.busy = false
     node.inFlight = nil
     node.inbox = []
+    node.snapshotInFlight = false
+    node.storedSnapshot = nil
     node.disk.crash(using: &rng)
     network.setDown(id, true)
     stats.crashes += 1

@@ -53,6 +53,9 @@ public struct RaftSimulationOptions: Sendable {
   public var clientLatency = DelayDistribution.uniform(.microseconds(100), .milliseconds(1))
   /// Take a snapshot after this many applied entries.
   public var snapshotEvery = 25
+  /// How long encoding and storing a snapshot takes. As in `RaftNode`, it runs in the background: the node
+  /// goes on stepping and applying meanwhile, and records the snapshot (compacting its log) afterwards.
+  public var snapshotLatency = DelayDistribution.uniform(.microseconds(100), .milliseconds(40))
   /// Entries kept before a snapshot's index.
   public var retainEntries = 4
   /// A client retries a request that got no answer for this long.
@@ -97,6 +100,8 @@ public struct RaftSimulationStats: Sendable, CustomStringConvertible {
   public var transfers = 0
   /// Snapshots installed on followers.
   public var snapshotsInstalled = 0
+  /// Snapshots taken in the background and recorded (compacting the log).
+  public var snapshotsTaken = 0
   /// Client operations completed (with a known outcome).
   public var operationsCompleted = 0
   /// Client retries.
@@ -106,7 +111,7 @@ public struct RaftSimulationStats: Sendable, CustomStringConvertible {
 
   public var description: String {
     "events=\(events) leaderships=\(leaderships) crashes=\(crashes) partitions=\(partitions) "
-      + "membership=\(membershipChanges) transfers=\(transfers) snapshots=\(snapshotsInstalled) "
+      + "membership=\(membershipChanges) transfers=\(transfers) snapshots=\(snapshotsTaken)/\(snapshotsInstalled) "
       + "ops=\(operationsCompleted) retries=\(retries) end=\(endTime)"
   }
 }
@@ -164,6 +169,10 @@ public final class RaftSimulation {
     var reads: [UInt64: WaitingRead] = [:]
     var waitingReads: [WaitingRead] = []
     var lastSnapshotIndex: LogIndex = 0
+    /// A snapshot is being encoded and stored in the background.
+    var snapshotInFlight = false
+    /// A stored snapshot waiting to be recorded in the core.
+    var storedSnapshot: RaftSnapshot?
 
     init(id: NodeID, core: RaftCore, disk: CrashableStore<Durable>) {
       self.id = id
@@ -176,6 +185,7 @@ public final class RaftSimulation {
     case tick(NodeID, UInt64)
     case deliver(Envelope<RaftMessage>)
     case fsyncDone(NodeID, UInt64)
+    case snapshotStored(NodeID, UInt64, RaftSnapshot)
     case client(SimulatedKVClients.Event)
     case nemesis
     case heal
@@ -293,6 +303,14 @@ public final class RaftSimulation {
     case .fsyncDone(let id, let incarnation):
       guard let node = nodes[id], node.up, node.incarnation == incarnation else { return }
       try finishReady(node)
+    case .snapshotStored(let id, let incarnation, let snapshot):
+      // A crash before this point lost the unfinished write.
+      guard let node = nodes[id], node.up, node.incarnation == incarnation else { return }
+      node.snapshotInFlight = false
+      // The file is durable before the node hears of it, unless a leader's snapshot superseded it.
+      guard node.disk.storeSnapshot(snapshot, in: \.snapshot, index: \.index) else { return }
+      node.storedSnapshot = snapshot
+      try process(node)
     case .client(.request(let request)):
       guard let node = nodes[request.target], node.up else { return }  // Lost: the client times out.
       node.inbox.append(.request(request))
@@ -323,6 +341,7 @@ public final class RaftSimulation {
       case .request(let request): handleRequest(node, request)
       }
     }
+    try recordStoredSnapshot(node)
     try startReady(node)
   }
 
@@ -423,20 +442,37 @@ public final class RaftSimulation {
     }
   }
 
+  /// Starts a background snapshot of the applied state, as `RaftNode` does: the state and its index, term
+  /// and membership are captured now, and the snapshot is stored after ``RaftSimulationOptions/snapshotLatency``.
   private func maybeSnapshot(_ node: Node) {
-    guard node.applied >= node.lastSnapshotIndex + LogIndex(options.snapshotEvery),
-      node.applied <= node.core.persistedIndex
+    guard !node.snapshotInFlight, node.storedSnapshot == nil,
+      node.applied >= node.lastSnapshotIndex + LogIndex(options.snapshotEvery),
+      node.applied <= node.core.persistedIndex, let term = node.core.term(at: node.applied)
     else { return }
-    let snapshot = node.core.takeSnapshot(
-      at: node.applied, data: node.machine.snapshot(), retainEntries: options.retainEntries)
+    let snapshot = RaftSnapshot(
+      index: node.applied, term: term,
+      membership: node.core.membership(at: node.applied) ?? node.core.membership, data: node.machine.snapshot())
+    node.snapshotInFlight = true
+    queue.schedule(
+      .snapshotStored(node.id, node.incarnation, snapshot), at: now + options.snapshotLatency.sample(&rng))
+  }
+
+  /// Records a stored snapshot in the core and compacts the log behind it, unless the log moved past it
+  /// meanwhile (with the same guards as `RaftNode`).
+  private func recordStoredSnapshot(_ node: Node) throws {
+    guard let snapshot = node.storedSnapshot else { return }
+    node.storedSnapshot = nil
+    guard snapshot.index > node.lastSnapshotIndex, snapshot.index >= node.core.firstIndex - 1,
+      node.core.term(at: snapshot.index) == snapshot.term
+    else { return }
+    node.core.takeSnapshot(at: snapshot.index, data: snapshot.data, retainEntries: options.retainEntries)
     node.lastSnapshotIndex = snapshot.index
-    // Snapshot files are written atomically and synced before the log is compacted.
+    stats.snapshotsTaken += 1
+    // Compaction, after the snapshot file is durable.
     let firstKept = node.core.firstIndex
-    node.disk.update { d in
-      d.snapshot = snapshot
+    try node.disk.compact(below: firstKept, snapshot: \.snapshot, index: \.index, node: node.id) { d in
       d.entries.removeAll { $0.index < firstKept }
     }
-    node.disk.sync()
   }
 
   private func handleRequest(_ node: Node, _ request: SimulatedKVClients.Request) {
@@ -660,6 +696,8 @@ public final class RaftSimulation {
     node.busy = false
     node.inFlight = nil
     node.inbox = []
+    node.snapshotInFlight = false
+    node.storedSnapshot = nil
     node.disk.crash(using: &rng)
     network.setDown(id, true)
     stats.crashes += 1

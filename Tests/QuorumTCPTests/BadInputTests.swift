@@ -102,10 +102,10 @@ struct BadInputTests {
     let reply = try await raw.readUntilClosed()
 
     let (reason, logged) = input.expected
-    try await waitUntil("a '\(reason)' close in \(transport.metrics)") {
-      transport.metrics.closes(reason) >= 1
+    // The close is counted just before it is logged: wait for both.
+    try await waitUntil("a '\(reason)' close in \(transport.metrics), logged as '\(logged)':\n\(sink.lines)") {
+      transport.metrics.closes(reason) >= 1 && sink.contains(logged)
     }
-    #expect(sink.contains(logged), "log lines:\n\(sink.lines)")
     if input == .wrongClusterID {
       // The refusal travels back to the dialler before the close, so it can say what is wrong.
       #expect(String(decoding: reply, as: UTF8.self).contains("cluster id mismatch"))
