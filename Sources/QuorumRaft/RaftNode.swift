@@ -670,8 +670,9 @@ public actor RaftNode<Machine: StateMachine> {
   }
 
   /// Starts a snapshot when enough entries were applied since the last one. The state machine is copied (a
-  /// copy-on-write value, so this is cheap until the loop next applies) and the copy is encoded and stored by
-  /// a background task: a large state never stalls replication. ``recordStoredSnapshot()`` finishes the job.
+  /// copy-on-write value: the loop pays for one copy of the state at its next apply) and the copy is encoded
+  /// and stored by a background task, so replication does not wait for the encoding, the write and the sync.
+  /// ``recordStoredSnapshot()`` finishes the job.
   private func maybeSnapshot() {
     guard configuration.snapshotEvery > 0, !background.isBusy,
       applied >= lastSnapshotIndex + LogIndex(configuration.snapshotEvery), applied <= core.persistedIndex,

@@ -174,7 +174,7 @@ public final class FileStorage<Entry: StorableEntry>: ConsensusStorage {
   /// index, and every older segment is deleted.
   ///
   /// Without `discardingLog`, the file is written and synced on a separate thread while log writes go on,
-  /// and only renamed into place in order with them: a large snapshot does not stall the log.
+  /// and only renamed into place in order with them: log writes do not wait for a large snapshot.
   public func saveSnapshot(_ snapshot: StoredSnapshot, discardingLog: Bool) async throws {
     let core = self.core
     if !discardingLog {

@@ -540,8 +540,9 @@ public actor MultiPaxosNode<Machine: StateMachine> {
   }
 
   /// Starts a snapshot when enough slots were applied since the last one. The state machine is copied (a
-  /// copy-on-write value, so this is cheap until the loop next applies) and the copy is encoded and stored by
-  /// a background task: a large state never stalls the log. ``recordStoredSnapshot()`` finishes the job.
+  /// copy-on-write value: the loop pays for one copy of the state at its next apply) and the copy is encoded
+  /// and stored by a background task, so the log does not wait for the encoding, the write and the sync.
+  /// ``recordStoredSnapshot()`` finishes the job.
   private func maybeSnapshot() {
     guard configuration.snapshotEvery > 0, !background.isBusy,
       applied >= lastSnapshotIndex + Slot(configuration.snapshotEvery)
