@@ -115,7 +115,7 @@ public final class FileStorage<Entry: StorableEntry>: ConsensusStorage {
   public let maxRecordBytes: Int
   /// How segments are preallocated.
   public let preallocation: WALPreallocation
-  private let core: FileStorageCore<Entry>
+  let core: FileStorageCore<Entry>
 
   /// Creates storage in `directory` (created if missing). Nothing is opened until ``recover()``.
   ///

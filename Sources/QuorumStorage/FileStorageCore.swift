@@ -25,8 +25,9 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
   let preallocation: WALPreallocation
   let logger: QuorumLogger
   private let queue = DispatchQueue(label: "quorum.storage.io", qos: .userInitiated)
-  /// Where snapshot files are written, so that log writes on ``queue`` go on meanwhile.
-  private let snapshotQueue = DispatchQueue(label: "quorum.storage.snapshot", qos: .utility)
+  /// Where snapshot files are written, so that log writes on ``queue`` go on meanwhile. Internal so that
+  /// tests can hold it.
+  let snapshotQueue = DispatchQueue(label: "quorum.storage.snapshot", qos: .utility)
   /// Numbers the temporary files of snapshots written on ``snapshotQueue``.
   private let snapshotSequence = Atomic<UInt64>(0)
   /// Makes those names unique to this instance, so a late clean-up by a closed instance can never remove a

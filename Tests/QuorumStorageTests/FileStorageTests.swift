@@ -222,12 +222,17 @@ struct FileStorageSegmentTests {
       _ = try await storage.recover()
       try await storage.write(StorageWrite(entries: entries(1...10)))
       let big = StoredSnapshot(index: 10, term: 1, metadata: [1, 2], data: [UInt8](repeating: 7, count: 4 << 20))
+      // Hold the snapshot thread: the snapshot waits there, and log writes must still complete meanwhile.
+      // (At most 30 s: log writes stuck behind the snapshot would complete after it and fail the check below.)
+      let hold = DispatchSemaphore(value: 0)
+      storage.core.snapshotQueue.async { _ = hold.wait(timeout: .now() + 30) }
       let saving = storage
-      try await withThrowingTaskGroup(of: Void.self) { group in
-        group.addTask { try await saving.saveSnapshot(big, discardingLog: false) }
-        for index in UInt64(11)...40 { try await storage.write(StorageWrite(entries: entries(index...index))) }
-        try await group.waitForAll()
-      }
+      let saved = Task { try await saving.saveSnapshot(big, discardingLog: false) }
+      for index in UInt64(11)...40 { try await storage.write(StorageWrite(entries: entries(index...index))) }
+      let whileHeld = try FileManager.default.contentsOfDirectory(atPath: directory + "/snapshots")
+      #expect(whileHeld.isEmpty, "the snapshot is still held while the log writes completed")
+      hold.signal()
+      try await saved.value
       await #expect(throws: StorageError.self) {
         try await storage.saveSnapshot(StoredSnapshot(index: 5, term: 1, data: [5]), discardingLog: false)
       }
