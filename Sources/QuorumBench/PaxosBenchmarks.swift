@@ -193,8 +193,9 @@ enum PaxosBenchmarks {
     do {
       let leader = try await cluster.leader()
       let value = [UInt8](repeating: 42, count: 100)
-      _ = try await drive(leader, clients: clients, duration: .milliseconds(300), value: value)
-      let (count, latencies, elapsed) = try await drive(leader, clients: clients, duration: .seconds(2), value: value)
+      _ = try await RaftBenchmarks.drive(leader, clients: clients, duration: .milliseconds(300), value: value)
+      let (count, latencies, elapsed) = try await RaftBenchmarks.drive(
+        leader, clients: clients, duration: .seconds(2), value: value)
       try await cluster.stop()
       return RaftBenchmarks.PutResult(
         rate: Double(count) / elapsed, p50: percentile(latencies, 0.5), p99: percentile(latencies, 0.99))
@@ -202,41 +203,6 @@ enum PaxosBenchmarks {
       try await cluster.stop()
       throw error
     }
-  }
-
-  /// As ``RaftBenchmarks/drive(_:clients:duration:value:)``, for a Multi-Paxos leader.
-  static func drive(_ leader: Node, clients: Int, duration: Duration, value: [UInt8]) async throws -> (
-    Int, [Double], Double
-  ) {
-    let start = nowNanos()
-    let end =
-      start + UInt64(duration.components.seconds) * 1_000_000_000
-      + UInt64(duration.components.attoseconds / 1_000_000_000)
-    let results = try await withThrowingTaskGroup(of: (Int, [Double]).self) { group in
-      for c in 0..<clients {
-        group.addTask {
-          var count = 0
-          var samples: [Double] = []
-          samples.reserveCapacity(4096)
-          while true {
-            let t0 = nowNanos()
-            if t0 >= end { break }
-            _ = try await leader.propose(.put(key: "c\(c)-\(count & 1023)", value: value))
-            count += 1
-            if count & 7 == 0 || clients == 1 { samples.append(Double(nowNanos() - t0) / 1000) }
-          }
-          return (count, samples)
-        }
-      }
-      var total = 0
-      var all: [Double] = []
-      for try await (count, samples) in group {
-        total += count
-        all.append(contentsOf: samples)
-      }
-      return (total, all)
-    }
-    return (results.0, results.1, Double(nowNanos() - start) / 1e9)
   }
 
   // MARK: Single-decree latency

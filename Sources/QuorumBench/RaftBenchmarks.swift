@@ -150,15 +150,13 @@ enum RaftBenchmarks {
     return PutResult(rate: Double(count) / elapsed, p50: percentile(latencies, 0.5), p99: percentile(latencies, 0.99))
   }
 
-  /// Runs `clients` closed-loop clients against `leader` for `duration`; returns completed puts, sampled
-  /// latencies in microseconds and the elapsed seconds.
-  static func drive(_ leader: Node, clients: Int, duration: Duration, value: [UInt8]) async throws -> (
-    Int, [Double], Double
-  ) {
+  /// Runs `clients` closed-loop clients against `leader` (a Raft or Multi-Paxos node) for `duration`;
+  /// returns completed puts, sampled latencies in microseconds and the elapsed seconds.
+  static func drive<Log: ReplicatedLog>(_ leader: Log, clients: Int, duration: Duration, value: [UInt8])
+    async throws -> (Int, [Double], Double) where Log.Machine == KVStore
+  {
     let start = nowNanos()
-    let end =
-      start + UInt64(duration.components.seconds) * 1_000_000_000
-      + UInt64(duration.components.attoseconds / 1_000_000_000)
+    let end = start + duration.nanoseconds
     let results = try await withThrowingTaskGroup(of: (Int, [Double]).self) { group in
       for c in 0..<clients {
         group.addTask {

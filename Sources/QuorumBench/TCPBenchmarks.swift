@@ -168,6 +168,7 @@ enum TCPBenchmarks {
       var sent = 0
       while sent < frames {
         let batch = min(perBuffer, frames - sent)
+        // `chunk` holds at least one frame, so its base address exists.
         guard chunk.withUnsafeBytes({ writeAll(fd, $0.baseAddress!, batch * frameBytes) }) else {
           throw BenchFailure("stream write failed")
         }
@@ -318,7 +319,7 @@ final class BenchCluster: @unchecked Sendable {
     let value = [UInt8](repeating: 42, count: 100)
     let members = addresses
     let warmUp = nowNanos() + 500_000_000
-    let end = warmUp + duration.nanosecondsForBench
+    let end = warmUp + duration.nanoseconds
     let results = try await withThrowingTaskGroup(of: (Int, [Double]).self) { group in
       for index in 0..<clients {
         group.addTask {
@@ -349,13 +350,7 @@ final class BenchCluster: @unchecked Sendable {
       }
       return (total, all)
     }
-    let seconds = Double(duration.nanosecondsForBench) / 1e9
+    let seconds = Double(duration.nanoseconds) / 1e9
     return Result(rate: Double(results.0) / seconds, p50: percentile(results.1, 0.5), p99: percentile(results.1, 0.99))
-  }
-}
-
-extension Duration {
-  var nanosecondsForBench: UInt64 {
-    UInt64(components.seconds) * 1_000_000_000 + UInt64(components.attoseconds / 1_000_000_000)
   }
 }

@@ -186,7 +186,7 @@ public struct PaxosConfiguration: Sendable, Equatable {
     o.maxUncommittedBytes = maxUncommittedBytes
     o.snapshotChunkBytes = snapshotChunkBytes
     o.maxSnapshotBytes = maxSnapshotBytes
-    o.leaseDurationNanos = leaseReads ? nanoseconds(electionTimeout.lowerBound - clockDriftBound) : 0
+    o.leaseDurationNanos = leaseReads ? (electionTimeout.lowerBound - clockDriftBound).nanoseconds : 0
     return o
   }
 
@@ -198,10 +198,6 @@ public struct PaxosConfiguration: Sendable, Equatable {
       backoffInitialTicks: ticks(proposerBackoffInitial), backoffMaxTicks: ticks(proposerBackoffMax),
       distinguishedProposer: distinguishedProposer)
   }
-}
-
-func nanoseconds(_ d: Duration) -> UInt64 {
-  UInt64(max(0, d.components.seconds)) * 1_000_000_000 + UInt64(max(0, d.components.attoseconds / 1_000_000_000))
 }
 
 /// One line of the ``PaxosConfiguration`` DSL.
@@ -391,7 +387,7 @@ public struct Sessions: PaxosSetting {
   /// Sets the session policy.
   public init(timeout: Duration = .seconds(300), maxSessions: Int = 100_000, maxResponsesPerSession: Int = 256) {
     policy = SessionPolicy(
-      timeoutMillis: nanoseconds(timeout) / 1_000_000, maxSessions: maxSessions,
+      timeoutMillis: timeout.nanoseconds / 1_000_000, maxSessions: maxSessions,
       maxResponsesPerSession: maxResponsesPerSession)
   }
   public func apply(to c: inout PaxosConfiguration) { c.sessions = policy }

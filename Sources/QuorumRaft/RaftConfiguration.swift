@@ -157,10 +157,7 @@ public struct RaftConfiguration: Sendable, Equatable {
     o.snapshotChunkBytes = snapshotChunkBytes
     o.maxSnapshotBytes = maxSnapshotBytes
     if leaseReads {
-      let lease = leaseBase - clockDriftBound
-      o.leaseDurationNanos =
-        UInt64(max(0, lease.components.seconds)) * 1_000_000_000
-        + UInt64(max(0, lease.components.attoseconds / 1_000_000_000))
+      o.leaseDurationNanos = (leaseBase - clockDriftBound).nanoseconds
     } else {
       o.leaseDurationNanos = 0
     }
@@ -333,11 +330,9 @@ public struct Sessions: RaftSetting {
   let policy: SessionPolicy
   /// Sets the session policy.
   public init(timeout: Duration = .seconds(300), maxSessions: Int = 100_000, maxResponsesPerSession: Int = 256) {
-    let millis =
-      UInt64(max(0, timeout.components.seconds)) * 1000
-      + UInt64(max(0, timeout.components.attoseconds / 1_000_000_000_000_000))
     policy = SessionPolicy(
-      timeoutMillis: millis, maxSessions: maxSessions, maxResponsesPerSession: maxResponsesPerSession)
+      timeoutMillis: timeout.nanoseconds / 1_000_000, maxSessions: maxSessions,
+      maxResponsesPerSession: maxResponsesPerSession)
   }
   public func apply(to c: inout RaftConfiguration) { c.sessions = policy }
 }

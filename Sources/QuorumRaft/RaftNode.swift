@@ -320,11 +320,7 @@ public actor RaftNode<Machine: StateMachine> {
 
   // MARK: - Inputs
 
-  private var nowNanos: UInt64 {
-    let elapsed = clock.now - startedAt
-    return UInt64(max(0, elapsed.components.seconds)) * 1_000_000_000
-      + UInt64(max(0, elapsed.components.attoseconds / 1_000_000_000))
-  }
+  private var nowNanos: UInt64 { (clock.now - startedAt).nanoseconds }
 
   /// The wall clock read once per batch: the leader timestamp written into each proposal.
   private var batchWallMillis: UInt64 = 0

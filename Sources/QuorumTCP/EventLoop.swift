@@ -11,15 +11,6 @@ func monotonicNanos() -> UInt64 {
   return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
 }
 
-extension Duration {
-  /// The duration in whole nanoseconds (negative durations count as zero).
-  var nanoseconds: UInt64 {
-    let (seconds, attoseconds) = components
-    guard seconds >= 0, attoseconds >= 0 else { return 0 }
-    return UInt64(seconds) &* 1_000_000_000 &+ UInt64(attoseconds / 1_000_000_000)
-  }
-}
-
 /// Something registered with an ``EventLoop`` for readiness events. Called on the loop thread only.
 protocol LoopHandler: AnyObject {
   /// Handles the epoll readiness bits `events`.

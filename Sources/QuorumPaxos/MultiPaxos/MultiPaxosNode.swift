@@ -258,11 +258,7 @@ public actor MultiPaxosNode<Machine: StateMachine> {
 
   // MARK: - Inputs
 
-  private var nowNanos: UInt64 {
-    let elapsed = clock.now - startedAt
-    return UInt64(max(0, elapsed.components.seconds)) * 1_000_000_000
-      + UInt64(max(0, elapsed.components.attoseconds / 1_000_000_000))
-  }
+  private var nowNanos: UInt64 { (clock.now - startedAt).nanoseconds }
 
   private var pendingCount: Int { proposals.count + reads.count + waitingReads.count }
 
