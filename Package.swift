@@ -15,6 +15,7 @@ let package = Package(
     .library(name: "QuorumCore", targets: ["QuorumCore"]),
     .library(name: "QuorumStorage", targets: ["QuorumStorage"]),
     .library(name: "QuorumSimulation", targets: ["QuorumSimulation"]),
+    .library(name: "QuorumReplica", targets: ["QuorumReplica"]),
     .library(name: "QuorumRaft", targets: ["QuorumRaft"]),
     .library(name: "QuorumKV", targets: ["QuorumKV"]),
     .library(name: "QuorumTCP", targets: ["QuorumTCP"]),
@@ -30,8 +31,12 @@ let package = Package(
       // Storage calls run on the calling actor's executor (no hop): the blocking work is handed to the
       // storage's own queue anyway, and a consensus node awaits storage on every write.
       swiftSettings: settings + [.enableUpcomingFeature("NonisolatedNonsendingByDefault")]),
-    .target(name: "QuorumRaft", dependencies: ["QuorumCore", "QuorumStorage"], swiftSettings: settings),
-    .target(name: "QuorumPaxos", dependencies: ["QuorumCore", "QuorumStorage"], swiftSettings: settings),
+    // The one replica runtime every consensus engine plugs its pure core into.
+    .target(name: "QuorumReplica", dependencies: ["QuorumCore", "QuorumStorage"], swiftSettings: settings),
+    .target(
+      name: "QuorumRaft", dependencies: ["QuorumCore", "QuorumStorage", "QuorumReplica"], swiftSettings: settings),
+    .target(
+      name: "QuorumPaxos", dependencies: ["QuorumCore", "QuorumStorage", "QuorumReplica"], swiftSettings: settings),
     .target(name: "QuorumKV", dependencies: ["QuorumCore"], swiftSettings: settings),
     // Exposes epoll, eventfd and accept4, which Glibc does not export, plus small socket wrappers.
     .target(name: "CQuorumSystem"),

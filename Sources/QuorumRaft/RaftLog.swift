@@ -1,4 +1,4 @@
-import QuorumCore
+public import QuorumCore
 
 /// A snapshot of the state machine together with what Raft needs to resume from it (§7).
 public struct RaftSnapshot: Sendable, Equatable, CustomStringConvertible {

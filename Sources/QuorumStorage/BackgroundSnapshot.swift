@@ -1,9 +1,10 @@
-import QuorumCore
+package import QuorumCore
 
 /// The bookkeeping of a node that encodes and stores its snapshots in the background: at most one snapshot
 /// in flight, its result handed back to the node's run loop, and the task awaited before the node stops.
 ///
-/// The node starts the task with ``start(storing:to:encode:report:)`` from a copy of its state machine (a
+/// The node starts the task with ``start(on:storing:to:encode:report:)`` (on its runtime's executor, so a
+/// simulation schedules it with everything else) from a copy of its state machine (a
 /// copy-on-write value, cheap until the loop next applies). The task's result comes back through the node's
 /// own inputs (`report`), the loop passes it to ``finished(_:)``, and ``takeStored()`` later hands the
 /// stored snapshot over for compaction — or rethrows the storage failure, which stops the node like any
@@ -20,12 +21,13 @@ package struct BackgroundSnapshot<Snapshot: Sendable> {
 
   /// Starts a task that encodes a snapshot (`encode`), stores it (keeping the log) and reports the outcome.
   package mutating func start<Entry>(
-    storing stored: @escaping @Sendable (Snapshot) -> StoredSnapshot, to storage: any ConsensusStorage<Entry>,
+    on runtime: NodeRuntime, storing stored: @escaping @Sendable (Snapshot) -> StoredSnapshot,
+    to storage: any ConsensusStorage<Entry>,
     encode: @escaping @Sendable () -> Snapshot,
     report: @escaping @Sendable (Result<Snapshot, any Error>) async -> Void
   ) {
     precondition(task == nil, "a snapshot is already being made")
-    task = Task.detached(priority: .utility) {
+    task = runtime.detached(priority: .utility) {
       let snapshot = encode()
       do {
         try await storage.saveSnapshot(stored(snapshot), discardingLog: false)

@@ -1,89 +1,67 @@
-import Glibc
 public import QuorumCore
 public import QuorumStorage
 import Synchronization
 
-/// Something that happened to a node, for applications that watch leadership.
-public enum RaftEvent: Sendable, Equatable {
-  /// The node's role or term changed.
-  case roleChanged(RaftRole, term: Term)
-  /// The node learned of a different leader (or lost track of one).
-  case leaderChanged(NodeID?, term: Term)
-  /// The membership in the node's log changed.
-  case membershipChanged(Membership)
-  /// The node installed a snapshot from the leader.
-  case snapshotInstalled(index: LogIndex)
-  /// The node stopped.
-  case stopped
-}
-
-/// A node's view of itself and (when leader) of its peers.
-public struct RaftStatus: Sendable, Equatable {
-  /// This node.
-  public var id: NodeID
-  /// Its role.
-  public var role: RaftRole
-  /// The current term.
-  public var term: Term
-  /// The leader it knows of.
-  public var leader: NodeID?
-  /// The commit index.
-  public var commitIndex: LogIndex
-  /// The index applied to the state machine.
-  public var appliedIndex: LogIndex
-  /// The first index held in the log (entries before it are in the snapshot).
-  public var firstIndex: LogIndex
-  /// The last index in the log.
-  public var lastIndex: LogIndex
-  /// The index of the newest snapshot.
-  public var snapshotIndex: LogIndex
-  /// The membership in force.
-  public var membership: Membership
-  /// Per-peer replication, when leader.
-  public var peers: [NodeID: PeerProgress]
-  /// Requests waiting for an answer.
-  public var pendingRequests: Int
-}
-
-/// A Raft node: the actor shell around ``RaftCore`` that owns a transport endpoint, storage, a clock and
-/// the replicated state machine.
+/// Sees what a node does, as it does it: the simulator's invariant checkers plug in here.
 ///
-/// Start it with ``run()`` (a long-lived structured loop, typically in a task group or a service) and talk
-/// to it with ``propose(_:request:)``, ``read(_:consistency:)``, ``transferLeadership(to:)``, the membership
-/// methods and ``status``. Requests to a follower fail at once with
+/// Calls are made synchronously from the node's run loop, so an observer sees each step in order and may
+/// inspect the engine as it was at that moment. Production nodes have none.
+public protocol ReplicaObserver<Engine>: Sendable {
+  /// The engine type observed.
+  associatedtype Engine: ReplicaEngine
+  /// The node took a ready from its engine and is about to carry it out.
+  func node(_ node: NodeID, group: GroupID, willCarryOut ready: ReplicaReady<Engine>, engine: Engine)
+  /// The node applied the committed `entry` to its state machine.
+  func node(_ node: NodeID, group: GroupID, applied entry: Engine.Entry)
+  /// The node recorded a snapshot it stored itself and compacted its log up to `compactedThrough`.
+  func node(_ node: NodeID, group: GroupID, recordedSnapshotAt index: UInt64, compactedThrough: UInt64)
+}
+
+/// A replica of a consensus group: the one actor shell around any ``ReplicaEngine`` — Raft's or
+/// Multi-Paxos's pure core — that owns a transport endpoint, storage, a clock and the replicated state machine.
+///
+/// Start it with ``run()`` (a long-lived structured loop, typically in a task group or a service); it returns
+/// after ``stop()``, ``shutdown()`` or when its task is cancelled. Talk to it with ``propose(_:request:)``,
+/// ``read(_:consistency:)``, ``registerSession()``, the membership methods, ``transferLeadership(to:)`` and
+/// ``status``; watch it through ``events``. Requests to a node that does not lead fail at once with
 /// ``QuorumCore/ConsensusError/notLeader(hint:)`` naming the leader it knows.
 ///
 /// ### Durability order
 ///
-/// Each turn of the loop takes every input that has arrived (messages, ticks, requests), steps the core, then
-/// carries out the core's ``RaftReady`` strictly in this order:
-/// 1. a leader sends its AppendEntries and heartbeats (its term and vote are already durable; writing its own
-///    entries in parallel with replication is safe because the leader counts itself towards a quorum only
-///    after step 2, thesis §10.2.1);
-/// 2. the hard state (term, vote) and new entries are written to storage and made durable (under
-///    ``QuorumStorage/FsyncPolicy/always``, an `fdatasync`); a snapshot from the leader is stored atomically;
-/// 3. only then are votes and acknowledgements sent: they promise what step 2 stored;
+/// Each turn of the loop takes every input that has arrived (messages, the timer, requests), steps the engine,
+/// then carries out the engine's ``ReplicaReady`` strictly in this order:
+/// 1. a leader sends its replication messages (it counts itself towards a quorum only after step 2);
+/// 2. a snapshot from the leader is stored atomically, then the hard state and new entries are written and
+///    made durable (under ``QuorumStorage/FsyncPolicy/always``, one `fdatasync`);
+/// 3. only then are votes, promises and acknowledgements sent: they promise what step 2 stored;
 /// 4. the state machine is restored from the snapshot and committed entries are applied, answering the
 ///    requests that were waiting for them.
 /// Inputs that arrive during step 2 wait for the next turn, which batches them into one write: group commit.
-public actor RaftNode<Machine: StateMachine> {
+///
+/// ### Time
+///
+/// Every deadline, lease and leader-contact measurement uses the runtime's monotonic clock. The timer raises a
+/// flag rather than queueing ticks, so a node that wakes after a stall sees one tick, never a burst that would
+/// shorten a timeout. Each command is stamped with *log time*: a new leader continues from the log time it has
+/// applied and advances it with its monotonic clock, so a wall-clock step on any machine moves no deadline
+/// (expiry of sessions and lock leases is decided from log time alone).
+public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   private enum Input: Sendable {
-    case tick
     case propose(UInt64, Machine.Command, RequestID?, UInt64, UnsafeContinuation<Machine.Response, any Error>)
     case register(UInt64, UnsafeContinuation<UInt64, any Error>)
     case read(UInt64, Machine.Query, ReadConsistency, UnsafeContinuation<Machine.QueryResult, any Error>)
-    case membership(UInt64, MembershipChange, UnsafeContinuation<LogIndex, any Error>)
+    case membership(UInt64, MembershipChange, UnsafeContinuation<UInt64, any Error>)
     case transfer(UInt64, NodeID, UnsafeContinuation<Void, any Error>)
     case cancel(UInt64)
     case stop
     /// The background snapshot task finished: the snapshot is stored, or the error that stopped it.
-    case snapshotStored(Result<RaftSnapshot, any Error>)
+    case snapshotStored(Result<StoredSnapshot, any Error>)
   }
 
   private enum Waiter {
     case response(UnsafeContinuation<Machine.Response, any Error>)
     case session(UnsafeContinuation<UInt64, any Error>)
-    case membership(UnsafeContinuation<LogIndex, any Error>)
+    case membership(UnsafeContinuation<UInt64, any Error>)
 
     func fail(_ error: any Error) {
       switch self {
@@ -96,109 +74,119 @@ public actor RaftNode<Machine: StateMachine> {
 
   private struct Pending {
     var id: UInt64
-    var term: Term
+    var ticket: Engine.Ticket
     var waiter: Waiter
-    var deadline: ContinuousClock.Instant
+    var deadline: UInt64
   }
 
   private struct PendingRead {
     var id: UInt64
     var query: Machine.Query
     var continuation: UnsafeContinuation<Machine.QueryResult, any Error>
-    var index: LogIndex
-    var deadline: ContinuousClock.Instant
+    var index: UInt64
+    var deadline: UInt64
   }
 
   private struct PendingTransfer {
     var id: UInt64
     var target: NodeID
     var continuation: UnsafeContinuation<Void, any Error>
-    var deadline: ContinuousClock.Instant
+    var deadline: UInt64
   }
 
   /// This node.
   public nonisolated let id: NodeID
+  /// The consensus group this replica belongs to (every message it sends carries it).
+  public nonisolated let group: GroupID
   /// The configuration in force.
-  public nonisolated let configuration: RaftConfiguration
-  /// Role, leader and membership changes. The stream keeps the newest 256 undelivered events.
-  public nonisolated let events: AsyncStream<RaftEvent>
+  public nonisolated let configuration: Engine.Configuration
+  /// The clock and executor the node runs on.
+  public nonisolated let runtime: NodeRuntime
 
-  private let eventSink: AsyncStream<RaftEvent>.Continuation
+  private let broadcast = EventBroadcast<Engine.Event>()
   private let inputs: Mailbox<Input>
-  private let endpoint: any TransportEndpoint<RaftMessage>
-  private let storage: any ConsensusStorage<LogEntry>
+  private let doorbell = Doorbell()
+  private let tickSignal: TickSignal
+  private let endpoint: any TransportEndpoint<Engine.Message>
+  private let storage: any ConsensusStorage<Engine.Entry>
   private let logger: QuorumLogger
-  private let clock = ContinuousClock()
+  private let observer: (any ReplicaObserver<Engine>)?
   private let nextRequestID = Atomic<UInt64>(0)
-  private let startedAt: ContinuousClock.Instant
-  private let wallClockAtStart: UInt64
+  private let completion = RunCompletion()
+  private let started = Atomic<Bool>(false)
   private let seed: UInt64
 
-  /// The protocol core. Mutated in place only: copying it would copy the log (copy-on-write).
-  private var core: RaftCore
+  /// The protocol engine; `nil` until recovery. Mutated in place only: copying it would copy the log.
+  private var engine: Engine?
   private var machine: ReplicatedStateMachine<Machine>
-  private var applied: LogIndex = 0
-  private var lastSnapshotIndex: LogIndex = 0
+  private var applied: UInt64 = 0
+  private var lastSnapshotIndex: UInt64 = 0
   /// The snapshot being encoded and stored while the loop goes on.
-  private var background = BackgroundSnapshot<RaftSnapshot>()
-  private var proposals: [LogIndex: Pending] = [:]
-  private var proposalIndexByID: [UInt64: LogIndex] = [:]
+  private var background = BackgroundSnapshot<StoredSnapshot>()
+  private var proposals: [UInt64: Pending] = [:]
+  private var proposalIndexByID: [UInt64: UInt64] = [:]
   private var reads: [UInt64: PendingRead] = [:]
   private var waitingReads: [PendingRead] = []
   private var transfers: [PendingTransfer] = []
-  private var lastSoft = SoftState(role: .follower, leader: nil, term: 0)
-  private var lastMembership: Membership?
+  private var logClock = LogClock()
   private var running = false
   private var ticks = 0
   private var stopped = false
+  private var lastTickNanos: UInt64 = 0
 
   /// Creates a node; nothing happens until ``run()``.
   ///
   /// - Parameters:
   ///   - id: this node's identifier.
-  ///   - configuration: validated settings (``RaftConfiguration``); its `members` bootstrap a new group.
+  ///   - group: the consensus group (carried by every message; a host routes by it).
+  ///   - configuration: validated settings; its `members` bootstrap a new group.
   ///   - endpoint: this node's attachment to the transport. The node closes it when ``run()`` ends.
   ///   - storage: durable state; recovered when ``run()`` starts. The caller closes it after ``run()``.
   ///   - machine: the state machine, in its initial state (a snapshot in storage replaces it).
-  ///   - seed: seeds the election-timeout randomness (defaults to a value derived from the id and the clock).
-  ///   - logger: where the node logs.
+  ///   - runtime: the clock and executor (``QuorumCore/NodeRuntime/system`` in production).
+  ///   - seed: seeds the engine's randomness (defaults to a value derived from the id and the clock).
+  ///   - logger: where the node logs (default: standard error, labelled with the engine's name).
+  ///   - observer: sees every step (the simulator's checkers); `nil` in production.
   public init(
-    id: NodeID, configuration: RaftConfiguration, endpoint: some TransportEndpoint<RaftMessage>,
-    storage: some ConsensusStorage<LogEntry>, machine: Machine, seed: UInt64? = nil,
-    logger: QuorumLogger = QuorumLogger(label: "raft")
+    id: NodeID, group: GroupID = .default, configuration: Engine.Configuration,
+    endpoint: some TransportEndpoint<Engine.Message>, storage: some ConsensusStorage<Engine.Entry>, machine: Machine,
+    runtime: NodeRuntime = .system, seed: UInt64? = nil, logger: QuorumLogger? = nil,
+    observer: (any ReplicaObserver<Engine>)? = nil
   ) {
-    // Replaced by recovery in run(); a placeholder so the core can be mutated in place without optionals.
-    self.core = RaftCore(id: id, options: configuration.coreOptions, membership: .empty, random: SeededRandom(seed: 0))
     self.id = id
+    self.group = group
     self.configuration = configuration
+    self.runtime = runtime
     self.endpoint = endpoint
     self.storage = storage
     self.machine = ReplicatedStateMachine(machine, policy: configuration.sessions)
-    self.logger = logger.child(id.description)
-    self.inputs = Mailbox(capacity: configuration.inputCapacity)
-    let (stream, sink) = AsyncStream<RaftEvent>.makeStream(bufferingPolicy: .bufferingNewest(256))
-    self.events = stream
-    self.eventSink = sink
-    self.startedAt = clock.now
-    self.wallClockAtStart = wallClockMillis()
-    self.seed = seed ?? (id.rawValue &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(truncatingIfNeeded: wallClockAtStart))
+    self.logger = (logger ?? QuorumLogger(label: Engine.name)).child(
+      group == .default ? id.description : "\(group).\(id)")
+    self.observer = observer
+    self.inputs = Mailbox(capacity: max(1, configuration.inputCapacity))
+    self.tickSignal = TickSignal(ringing: doorbell)
+    let entropy = runtime.clock.wallClockMillis() ^ runtime.clock.monotonicNanos()
+    self.seed = seed ?? (id.rawValue &* 0x9E37_79B9_7F4A_7C15 ^ group.rawValue &* 0xBF58_476D_1CE4_E5B9 ^ entropy)
   }
 
   // MARK: - Running
 
-  /// Recovers durable state and runs the node until ``stop()`` is called or the task is cancelled.
-  /// - Throws: ``QuorumCore/ConfigurationError`` for an invalid configuration, a ``QuorumStorage/StorageError`` if
-  ///   recovery or a write fails (the node stops rather than continue without durability).
+  /// Recovers durable state and runs the node until ``stop()`` or ``shutdown()`` is called or the task is
+  /// cancelled.
+  /// - Throws: ``QuorumCore/ConfigurationError`` for an invalid configuration, a ``QuorumStorage/StorageError``
+  ///   if recovery or a write fails (the node stops rather than continue without durability).
   public func run() async throws {
-    precondition(!running, "RaftNode.run() called twice")
+    precondition(!running, "ReplicaNode.run() called twice")
     running = true
-    defer { eventSink.yield(.stopped) }
+    started.store(true, ordering: .releasing)
+    defer {
+      broadcast.publish(Engine.stoppedEvent)
+      broadcast.finish()
+      completion.finish()
+    }
     do {
       try configuration.validate()
       try await recover()
-      logger.notice(
-        "started",
-        ["term": "\(core.term)", "last": "\(core.lastIndex)", "members": "\(core.membership.description)"])
       try await runLoopWithTicker()
     } catch {
       // Invalid configuration, failed recovery or a failed write stops the node; nobody may be left waiting.
@@ -213,6 +201,30 @@ public actor RaftNode<Machine: StateMachine> {
     failAll(ConsensusError.stopped)
   }
 
+  /// Asks the node to stop: ``run()`` finishes the write in progress and returns. Does not wait.
+  public nonisolated func stop() {
+    do {
+      try inputs.trySend(.stop)
+    } catch {
+      inputs.close()
+    }
+  }
+
+  /// Stops the node and waits until ``run()`` has returned (at once if it never ran or already returned).
+  /// Requests in flight are answered (`stopped` for those not yet applied); the storage may be closed after.
+  public nonisolated func shutdown() async {
+    stop()
+    guard started.load(ordering: .acquiring) else { return }
+    await completion.wait()
+  }
+
+  /// Role, leader, membership and snapshot changes, then a final stop event, for every subscriber.
+  ///
+  /// Each access is a new subscription that sees every event from that moment on; the stream finishes when the
+  /// node stops (at once for a subscription made after that). A subscriber more than 256 events behind loses
+  /// its oldest undelivered ones; the node never waits for a subscriber.
+  public nonisolated var events: AsyncStream<Engine.Event> { broadcast.subscribe() }
+
   /// Waits for the snapshot being stored: the caller closes the storage once ``run()`` returns. The inputs
   /// close first, so the task cannot wait for room in them.
   private func finishSnapshotTask() async {
@@ -223,29 +235,12 @@ public actor RaftNode<Machine: StateMachine> {
 
   private func runLoopWithTicker() async throws {
     try await withThrowingTaskGroup(of: Void.self) { group in
-      let inputs = self.inputs
-      let tick = configuration.tickInterval
-      group.addTask {
-        let clock = ContinuousClock()
-        var next = clock.now
-        while !Task.isCancelled {
-          next = next.advanced(by: tick)
-          try? await clock.sleep(until: next, tolerance: .milliseconds(1))
-          try? inputs.trySend(.tick)
-          if clock.now - next > tick * 10 { next = clock.now }  // Do not burst after a stall.
-        }
-      }
+      let runtime = self.runtime
+      let interval = configuration.tickInterval
+      let signal = tickSignal
+      group.addTask { await runtime.runTicker(every: interval, raising: signal) }
       defer { group.cancelAll() }
       try await loop()
-    }
-  }
-
-  /// Asks the node to stop: ``run()`` finishes the write in progress and returns.
-  public nonisolated func stop() {
-    do {
-      try inputs.trySend(.stop)
-    } catch {
-      inputs.close()
     }
   }
 
@@ -254,63 +249,46 @@ public actor RaftNode<Machine: StateMachine> {
     if recovered.report.truncatedTailBytes > 0 {
       logger.warning("storage recovery truncated a torn tail", ["report": recovered.report.description])
     }
-    var random = SeededRandom(seed: seed)
-    let fresh = recovered.hardState == nil && recovered.snapshot == nil && recovered.entries.isEmpty
-    if fresh {
-      if configuration.members.isEmpty {
-        core = RaftCore(id: id, options: configuration.coreOptions, membership: .empty, random: random.fork())
-      } else {
-        core = RaftCore.bootstrap(
-          id: id, options: configuration.coreOptions, membership: configuration.foundingMembership,
-          random: random.fork())
-      }
-      return
+    let (engine, snapshot) = try Engine.recover(
+      id: id, configuration: configuration, state: recovered, random: SeededRandom(seed: seed))
+    if let snapshot {
+      try machine.restore(from: snapshot.data)
+      applied = snapshot.index
+      lastSnapshotIndex = snapshot.index
     }
-    let hardState = try recovered.hardState.map { try HardState(wireBytes: $0) } ?? HardState()
-    var snapshot: RaftSnapshot?
-    if let stored = recovered.snapshot {
-      let membership = try Membership(wireBytes: stored.metadata)
-      snapshot = RaftSnapshot(index: stored.index, term: stored.term, membership: membership, data: stored.data)
-      try machine.restore(from: stored.data)
-      applied = stored.index
-      lastSnapshotIndex = stored.index
-    }
-    core = RaftCore(
-      id: id, options: configuration.coreOptions, membership: .empty, hardState: hardState, snapshot: snapshot,
-      entries: recovered.entries, random: random.fork())
+    self.engine = engine
+    let now = runtime.clock.monotonicNanos()
+    self.engine?.advanceClock(to: now)
+    lastTickNanos = now
+    logger.notice("started", ["last": "\(recovered.entries.last?.index ?? snapshot?.index ?? 0)"])
   }
 
-  /// The run loop: take everything that arrived (peer messages straight from the transport's mailbox, and
-  /// local requests and ticks from the node's own), step the core, carry out the ready, repeat. One doorbell
-  /// rung by both mailboxes wakes it, so no forwarding task sits between the transport and the node.
+  /// The run loop: take everything that arrived (peer messages straight from the transport's mailbox, local
+  /// requests from the node's own, the timer's flag), step the engine, carry out the ready, repeat. One doorbell
+  /// rung by all three wakes it, so no forwarding task sits between the transport and the node.
   private func loop() async throws {
-    let doorbell = Doorbell()
     inputs.attach(doorbell)
     endpoint.incoming.attach(doorbell)
     var batch: [Input] = []
-    var messages: [Envelope<RaftMessage>] = []
+    var messages: [Envelope<Engine.Message>] = []
     batch.reserveCapacity(4096)
     messages.reserveCapacity(4096)
     while !stopped, !Task.isCancelled {
+      let ticked = tickSignal.take()
       let taken =
         endpoint.incoming.drainAvailable(into: &messages, limit: 4096)
         + inputs.drainAvailable(into: &batch, limit: 4096)
-      if taken == 0 {
+      if taken == 0 && !ticked {
         if inputs.isClosed { break }
         await doorbell.wait()
         continue
       }
-      let now = clock.now
-      batchWallMillis = wallClockMillis()
-      // Ticks first: the two mailboxes do not say which came first, and ticks that queued while a write was
-      // in progress must not count against a leader's heartbeat in this batch. A follower counting them after
-      // it would stop refusing votes too early, and the leader's lease rests on that refusal.
-      for input in batch { if case .tick = input { handle(input, now: now) } }
-      for envelope in messages { core.step(envelope.payload, from: envelope.from) }
-      for input in batch {
-        if case .tick = input { continue }
-        handle(input, now: now)
-      }
+      let now = runtime.clock.monotonicNanos()
+      engine?.advanceClock(to: now)
+      // The tick first: it measures time up to now, and messages stepped after it count from now.
+      if ticked { tick(now: now) }
+      for envelope in messages { engine?.step(envelope.payload, from: envelope.from) }
+      for input in batch { handle(input, now: now) }
       messages.removeAll(keepingCapacity: true)
       batch.removeAll(keepingCapacity: true)
       try await recordStoredSnapshot()
@@ -320,20 +298,17 @@ public actor RaftNode<Machine: StateMachine> {
 
   // MARK: - Inputs
 
-  private var nowNanos: UInt64 { (clock.now - startedAt).nanoseconds }
-
-  /// The wall clock read once per batch: the leader timestamp written into each proposal.
-  private var batchWallMillis: UInt64 = 0
-  private var logTimeMillis: UInt64 { batchWallMillis }
-
   private var pendingCount: Int { proposals.count + reads.count + waitingReads.count }
 
-  private func handle(_ input: Input, now: ContinuousClock.Instant) {
+  private func tick(now: UInt64) {
+    engine?.tick(now: now)
+    lastTickNanos = now
+    ticks &+= 1
+    if ticks % 8 == 0 { expireRequests(now: now) }
+  }
+
+  private func handle(_ input: Input, now: UInt64) {
     switch input {
-    case .tick:
-      core.tick(now: nowNanos)
-      ticks &+= 1
-      if ticks % 8 == 0 { expireRequests(now: now) }
     case .stop:
       stopped = true
     case .snapshotStored(let result):
@@ -344,10 +319,12 @@ public actor RaftNode<Machine: StateMachine> {
       cancelRequest(requestID)
     case .propose(let requestID, let command, let request, let acknowledged, let continuation):
       let replicated = ReplicatedCommand(
-        timestampMillis: logTimeMillis, request: request, acknowledgedThrough: acknowledged, body: .command(command))
+        timestampMillis: logClock.stamp(now: now, applied: machine.logTimeMillis), request: request,
+        acknowledgedThrough: acknowledged, body: .command(command))
       propose(requestID, replicated, .response(continuation), now: now)
     case .register(let requestID, let continuation):
-      let replicated = ReplicatedCommand<Machine.Command>(timestampMillis: logTimeMillis, body: .registerSession)
+      let replicated = ReplicatedCommand<Machine.Command>(
+        timestampMillis: logClock.stamp(now: now, applied: machine.logTimeMillis), body: .registerSession)
       propose(requestID, replicated, .session(continuation), now: now)
     case .read(let requestID, let query, let consistency, let continuation):
       read(requestID, query, consistency, continuation, now: now)
@@ -357,36 +334,43 @@ public actor RaftNode<Machine: StateMachine> {
         return
       }
       do {
-        let index = try core.proposeMembership(change)
-        failOverwrittenWaiter(at: index)
-        failOverwrittenWaiter(at: index)
-        proposals[index] = Pending(
-          id: requestID, term: core.term, waiter: .membership(continuation),
-          deadline: now.advanced(by: configuration.requestTimeout))
-        proposalIndexByID[requestID] = index
+        guard let ticket = try engine?.changeMembership(change) else { throw ConsensusError.stopped }
+        track(requestID, ticket: ticket, waiter: .membership(continuation), now: now)
       } catch {
-        continuation.resume(throwing: translate(error))
+        continuation.resume(throwing: error)
       }
     case .transfer(let requestID, let target, let continuation):
       do {
-        try core.transferLeadership(to: target)
-        if target == id || (core.leader == target && core.role != .leader) {
+        switch try engine?.transferLeadership(to: target) {
+        case nil:
+          continuation.resume(throwing: ConsensusError.stopped)
+        case .done?:
           continuation.resume()
-        } else {
-          let timeout = configuration.electionTimeout.upperBound * 2
+        case .started?:
+          let timeout = configuration.electionTimeout.upperBound.nanoseconds &* 2
           transfers.append(
-            PendingTransfer(
-              id: requestID, target: target, continuation: continuation, deadline: now.advanced(by: timeout)))
+            PendingTransfer(id: requestID, target: target, continuation: continuation, deadline: now &+ timeout))
         }
       } catch {
-        continuation.resume(throwing: translate(error))
+        continuation.resume(throwing: error)
       }
     }
   }
 
+  private func track(_ requestID: UInt64, ticket: Engine.Ticket, waiter: Waiter, now: UInt64) {
+    if let old = proposals.removeValue(forKey: ticket.index) {
+      // A new proposal landed where an older, still-waiting one was (a deposed leader's entry, discarded
+      // before it was applied here): the older one is definitely not at that position any more.
+      proposalIndexByID[old.id] = nil
+      old.waiter.fail(ConsensusError.dropped)
+    }
+    proposals[ticket.index] = Pending(
+      id: requestID, ticket: ticket, waiter: waiter, deadline: now &+ configuration.requestTimeout.nanoseconds)
+    proposalIndexByID[requestID] = ticket.index
+  }
+
   private func propose(
-    _ requestID: UInt64, _ command: ReplicatedCommand<Machine.Command>, _ waiter: Waiter,
-    now: ContinuousClock.Instant
+    _ requestID: UInt64, _ command: ReplicatedCommand<Machine.Command>, _ waiter: Waiter, now: UInt64
   ) {
     guard pendingCount < configuration.maxPendingRequests else {
       waiter.fail(ConsensusError.overloaded(limit: configuration.maxPendingRequests))
@@ -398,21 +382,18 @@ public actor RaftNode<Machine: StateMachine> {
       return
     }
     do {
-      let (index, term) = try core.propose(bytes)
-      failOverwrittenWaiter(at: index)
-      proposals[index] = Pending(
-        id: requestID, term: term, waiter: waiter, deadline: now.advanced(by: configuration.requestTimeout))
-      proposalIndexByID[requestID] = index
+      guard let ticket = try engine?.propose(bytes) else { throw ConsensusError.stopped }
+      track(requestID, ticket: ticket, waiter: waiter, now: now)
     } catch {
-      waiter.fail(translate(error))
+      waiter.fail(error)
     }
   }
 
   private func read(
     _ requestID: UInt64, _ query: Machine.Query, _ consistency: ReadConsistency,
-    _ continuation: UnsafeContinuation<Machine.QueryResult, any Error>, now: ContinuousClock.Instant
+    _ continuation: UnsafeContinuation<Machine.QueryResult, any Error>, now: UInt64
   ) {
-    let deadline = now.advanced(by: configuration.requestTimeout)
+    let deadline = now &+ configuration.requestTimeout.nanoseconds
     switch consistency {
     case .stale:
       continuation.resume(returning: machine.query(query))
@@ -421,42 +402,25 @@ public actor RaftNode<Machine: StateMachine> {
         continuation.resume(throwing: ConsensusError.overloaded(limit: configuration.maxPendingRequests))
         return
       }
-      if consistency == .lease, let index = core.leaseReadIndex(now: nowNanos) {
-        let read = PendingRead(
-          id: requestID, query: query, continuation: continuation, index: index, deadline: deadline)
+      if consistency == .lease, let index = engine?.leaseReadIndex(now: now) {
         if index <= applied {
           continuation.resume(returning: machine.query(query))
         } else {
-          waitingReads.append(read)
+          waitingReads.append(
+            PendingRead(id: requestID, query: query, continuation: continuation, index: index, deadline: deadline))
         }
         return
       }
-      // Linearizable, or a lease read without a valid lease: confirm leadership with ReadIndex.
+      // Linearizable, or a lease read without a valid lease: confirm leadership with a read-index round.
       do {
-        try core.requestRead(id: requestID)
+        guard engine != nil else { throw ConsensusError.stopped }
+        try engine?.requestRead(id: requestID)
         reads[requestID] = PendingRead(
           id: requestID, query: query, continuation: continuation, index: 0, deadline: deadline)
       } catch {
-        continuation.resume(throwing: translate(error))
+        continuation.resume(throwing: error)
       }
     }
-  }
-
-  private func translate(_ error: RaftRequestError) -> ConsensusError {
-    switch error {
-    case .notLeader(let hint): return .notLeader(hint: hint)
-    case .transferInProgress: return .transferInProgress
-    case .overloaded: return .overloaded(limit: configuration.maxUncommittedBytes)
-    case .membershipChangeRejected(let why): return .membershipChangeRejected(why)
-    }
-  }
-
-  /// A new proposal landed at an index an older, still-waiting proposal had (a deposed leader's entry that
-  /// was discarded before it was applied here): the older one is definitely not at that index any more.
-  private func failOverwrittenWaiter(at index: LogIndex) {
-    guard let old = proposals.removeValue(forKey: index) else { return }
-    proposalIndexByID[old.id] = nil
-    old.waiter.fail(ConsensusError.dropped)
   }
 
   private func cancelRequest(_ requestID: UInt64) {
@@ -473,13 +437,17 @@ public actor RaftNode<Machine: StateMachine> {
     }
   }
 
-  private func expireRequests(now: ContinuousClock.Instant) {
-    for (index, pending) in proposals where pending.deadline <= now {
+  /// Fails every request past its deadline. Keys are visited in order, so the order in which waiting tasks
+  /// resume (and a simulation's schedule) does not depend on hashing.
+  private func expireRequests(now: UInt64) {
+    for index in proposals.keys.sorted() {
+      guard let pending = proposals[index], pending.deadline <= now else { continue }
       proposals[index] = nil
       proposalIndexByID[pending.id] = nil
       pending.waiter.fail(ConsensusError.timeout)
     }
-    for (id, read) in reads where read.deadline <= now {
+    for id in reads.keys.sorted() {
+      guard let read = reads[id], read.deadline <= now else { continue }
       reads[id] = nil
       read.continuation.resume(throwing: ConsensusError.timeout)
     }
@@ -496,10 +464,10 @@ public actor RaftNode<Machine: StateMachine> {
   }
 
   private func failAll(_ error: any Error) {
-    for (_, pending) in proposals { pending.waiter.fail(error) }
+    for index in proposals.keys.sorted() { proposals[index]?.waiter.fail(error) }
     proposals = [:]
     proposalIndexByID = [:]
-    for (_, read) in reads { read.continuation.resume(throwing: error) }
+    for id in reads.keys.sorted() { reads[id]?.continuation.resume(throwing: error) }
     reads = [:]
     for read in waitingReads { read.continuation.resume(throwing: error) }
     waitingReads = []
@@ -515,7 +483,7 @@ public actor RaftNode<Machine: StateMachine> {
       case .read(_, _, _, let c): c.resume(throwing: error)
       case .membership(_, _, let c): c.resume(throwing: error)
       case .transfer(_, _, let c): c.resume(throwing: error)
-      case .tick, .cancel, .stop, .snapshotStored: break
+      case .cancel, .stop, .snapshotStored: break
       }
     }
   }
@@ -523,14 +491,15 @@ public actor RaftNode<Machine: StateMachine> {
   // MARK: - Ready
 
   private func drainReady() async throws {
-    while core.hasReady {
-      let rd = core.ready()
+    while engine?.hasReady == true {
+      guard let rd = engine?.ready() else { return }
+      if let observer, let engine { observer.node(id, group: group, willCarryOut: rd, engine: engine) }
       send(rd.eagerMessages)
       try await persist(rd)
       send(rd.messages)
-      core.advance(rd)
+      self.engine?.advance(rd)
       try install(rd)
-      apply(rd.committedEntries)
+      apply(rd.committed)
       for state in rd.readStates {
         guard var read = reads.removeValue(forKey: state.id) else { continue }
         read.index = state.index
@@ -541,43 +510,41 @@ public actor RaftNode<Machine: StateMachine> {
         }
       }
       for id in rd.failedReads {
-        reads.removeValue(forKey: id)?.continuation.resume(throwing: ConsensusError.notLeader(hint: core.leader))
+        reads.removeValue(forKey: id)?.continuation.resume(
+          throwing: ConsensusError.notLeader(hint: self.engine?.leader))
       }
       answerWaitingReads()
-      report(rd.softState, core: core)
+      report(rd)
       maybeSnapshot()
     }
   }
 
-  private func send(_ messages: [RaftOutgoing]) {
+  private func send(_ messages: [ReplicaOutgoing<Engine.Message>]) {
     for m in messages {
       do {
-        try endpoint.send(m.message, to: m.to)
+        try endpoint.send(m.message, to: m.to, group: group)
       } catch {
-        // The transport is allowed to lose messages; Raft retransmits. Tell the core so it stops streaming.
-        if case .queueFull = error { core.reportUnreachable(m.to) }
+        // The transport is allowed to lose messages; the engine retransmits. Tell it so it stops streaming.
+        if case .queueFull = error { engine?.reportUnreachable(m.to) }
         logger.debug("send to \(m.to) failed: \(error)")
       }
     }
   }
 
-  private func persist(_ rd: RaftReady) async throws {
-    if let snapshot = rd.snapshot {
-      try await storage.saveSnapshot(
-        StoredSnapshot(
-          index: snapshot.index, term: snapshot.term, metadata: snapshot.membership.wireBytes(), data: snapshot.data),
-        discardingLog: rd.snapshotDiscardsLog)
+  private func persist(_ rd: ReplicaReady<Engine>) async throws {
+    if let install = rd.snapshot {
+      try await storage.saveSnapshot(install.stored, discardingLog: install.discardingLog)
+      if let through = install.compactThrough { try await storage.compact(through: through) }
     }
-    let write = StorageWrite(hardState: rd.hardState?.wireBytes(), entries: rd.entries)
-    if !write.isEmpty { try await storage.write(write) }
+    if !rd.write.isEmpty { try await storage.write(rd.write) }
   }
 
-  private func install(_ rd: RaftReady) throws {
-    guard let snapshot = rd.snapshot else { return }
+  private func install(_ rd: ReplicaReady<Engine>) throws {
+    guard let snapshot = rd.snapshot?.stored else { return }
     try machine.restore(from: snapshot.data)
     applied = snapshot.index
     lastSnapshotIndex = snapshot.index
-    eventSink.yield(.snapshotInstalled(index: snapshot.index))
+    broadcast.publish(Engine.snapshotInstalledEvent(at: snapshot.index))
     logger.info("installed snapshot", ["index": "\(snapshot.index)", "term": "\(snapshot.term)"])
     for index in proposals.keys.sorted() where index <= snapshot.index {
       // Inside the snapshot, so applied or overwritten: we cannot tell which. A session retry is safe.
@@ -588,19 +555,20 @@ public actor RaftNode<Machine: StateMachine> {
     }
   }
 
-  private func apply(_ entries: [LogEntry]) {
+  private func apply(_ entries: [Engine.Entry]) {
     for entry in entries {
       applied = entry.index
       var outcome: ApplyOutcome<Machine.Response>?
-      if entry.kind == .command {
+      if entry.isCommand {
         outcome = machine.apply(entry: entry.data, at: entry.index)
         if case .undecodable(let error)? = outcome {
           logger.error("could not decode the entry at \(entry.index): \(error)")
         }
       }
+      observer?.node(id, group: group, applied: entry)
       guard let pending = proposals.removeValue(forKey: entry.index) else { continue }
       proposalIndexByID[pending.id] = nil
-      guard pending.term == entry.term else {
+      guard engine?.isProposal(pending.ticket, committedAs: entry) == true else {
         pending.waiter.fail(ConsensusError.dropped)
         continue
       }
@@ -613,7 +581,7 @@ public actor RaftNode<Machine: StateMachine> {
         c.resume(throwing: ConsensusError.outcomeUnknown)
       case (.session(let c), .sessionRegistered(let session)?):
         c.resume(returning: session)
-      case (.membership(let c), _):
+      case (.membership(let c), nil):
         c.resume(returning: entry.index)
       case (let waiter, _):
         waiter.fail(ConsensusError.dropped)
@@ -630,35 +598,31 @@ public actor RaftNode<Machine: StateMachine> {
     }
   }
 
-  private func report(_ soft: SoftState?, core: RaftCore) {
-    if let soft {
-      if soft.role != lastSoft.role || soft.term != lastSoft.term {
-        eventSink.yield(.roleChanged(soft.role, term: soft.term))
-        logger.info("role \(soft.role)", ["term": "\(soft.term)"])
-      }
-      if soft.leader != lastSoft.leader {
-        eventSink.yield(.leaderChanged(soft.leader, term: soft.term))
-      }
-      lastSoft = soft
-      if soft.role != .leader {
+  private func report(_ rd: ReplicaReady<Engine>) {
+    for event in rd.events { broadcast.publish(event) }
+    for failure in rd.peerFailures {
+      logger.error("stopped replicating to \(failure.peer): \(failure.reason)")
+    }
+    guard let engine else { return }
+    if rd.leadershipChanged {
+      let now = runtime.clock.monotonicNanos()
+      if engine.isLeader {
+        logClock.becameLeader(now: now, applied: machine.logTimeMillis)
+      } else {
         // A deposed leader's waiting lease reads can no longer be answered safely.
         let failed = waitingReads
         waitingReads = []
         for read in failed where read.index > applied {
-          read.continuation.resume(throwing: ConsensusError.notLeader(hint: soft.leader))
+          read.continuation.resume(throwing: ConsensusError.notLeader(hint: engine.leader))
         }
         for read in failed where read.index <= applied {
           read.continuation.resume(returning: machine.query(read.query))
         }
       }
     }
-    if lastMembership != core.membership {
-      lastMembership = core.membership
-      eventSink.yield(.membershipChanged(core.membership))
-    }
-    if !transfers.isEmpty, let leader = core.leader, core.role != .leader {
+    if !transfers.isEmpty {
       transfers.removeAll { transfer in
-        guard transfer.target == leader else { return false }
+        guard engine.transferCompleted(to: transfer.target) else { return false }
         transfer.continuation.resume()
         return true
       }
@@ -671,17 +635,15 @@ public actor RaftNode<Machine: StateMachine> {
   /// ``recordStoredSnapshot()`` finishes the job.
   private func maybeSnapshot() {
     guard configuration.snapshotEvery > 0, !background.isBusy,
-      applied >= lastSnapshotIndex + LogIndex(configuration.snapshotEvery), applied <= core.persistedIndex,
-      let term = core.term(at: applied)
+      applied >= lastSnapshotIndex &+ UInt64(configuration.snapshotEvery),
+      let (term, metadata) = engine?.snapshotMetadata(at: applied)
     else { return }
     let index = applied
-    let membership = core.membership(at: index) ?? core.membership
     let machine = self.machine
     let inputs = self.inputs
     background.start(
-      storing: { StoredSnapshot(index: $0.index, term: $0.term, metadata: $0.membership.wireBytes(), data: $0.data) },
-      to: storage,
-      encode: { RaftSnapshot(index: index, term: term, membership: membership, data: machine.snapshot()) },
+      on: runtime, storing: { $0 }, to: storage,
+      encode: { StoredSnapshot(index: index, term: term, metadata: metadata, data: machine.snapshot()) },
       // Suspends while the inputs are full; fails only once the node stopped, when nothing needs it.
       report: { try? await inputs.send(.snapshotStored($0)) })
   }
@@ -690,13 +652,13 @@ public actor RaftNode<Machine: StateMachine> {
   /// past it meanwhile (a snapshot from the leader was installed). Rethrows the task's storage failure.
   private func recordStoredSnapshot() async throws {
     guard let snapshot = try background.takeStored() else { return }
-    guard snapshot.index > lastSnapshotIndex, snapshot.index >= core.firstIndex - 1,
-      core.term(at: snapshot.index) == snapshot.term
+    guard
+      let compactThrough = engine?.recordSnapshot(
+        snapshot, lastRecorded: lastSnapshotIndex, retainEntries: configuration.snapshotRetainEntries)
     else { return }
-    core.takeSnapshot(at: snapshot.index, data: snapshot.data, retainEntries: configuration.snapshotRetainEntries)
     lastSnapshotIndex = snapshot.index
-    let compactThrough = core.firstIndex - 1
     if compactThrough > 0 { try await storage.compact(through: compactThrough) }
+    observer?.node(id, group: group, recordedSnapshotAt: snapshot.index, compactedThrough: compactThrough)
     logger.info("snapshot taken", ["index": "\(snapshot.index)", "bytes": "\(snapshot.data.count)"])
   }
 
@@ -743,8 +705,9 @@ public actor RaftNode<Machine: StateMachine> {
     try await submit { .propose($0, command, request, acknowledgedThrough, $1) }
   }
 
-  /// Answers `query` at the chosen consistency: `linearizable` (ReadIndex), `lease` (leader lease, falling
-  /// back to ReadIndex when the lease is not valid) or `stale` (this replica's applied state, on any node).
+  /// Answers `query` at the chosen consistency: `linearizable` (a read-index round confirmed by a quorum),
+  /// `lease` (the leader lease, falling back to a read-index round when it is not valid) or `stale` (this
+  /// replica's applied state, on any node).
   public nonisolated func read(_ query: Machine.Query, consistency: ReadConsistency = .linearizable) async throws
     -> Machine.QueryResult
   {
@@ -781,24 +744,64 @@ public actor RaftNode<Machine: StateMachine> {
     try await submit { .transfer($0, target, $1) }
   }
 
-  /// The node's current view.
-  public var status: RaftStatus {
-    RaftStatus(
-      id: id, role: core.role, term: core.term, leader: core.leader, commitIndex: core.commitIndex,
-      appliedIndex: applied, firstIndex: core.firstIndex, lastIndex: core.lastIndex,
-      snapshotIndex: core.snapshot?.index ?? 0, membership: core.membership, peers: core.peerProgress,
-      pendingRequests: pendingCount)
+  /// The node's current view (before ``run()`` has recovered: `nil`).
+  public var currentStatus: Engine.Status? {
+    engine?.status(applied: applied, pendingRequests: pendingCount)
   }
 
   /// Queries the local state machine directly (a stale read without going through the node's queue).
   public func localQuery(_ query: Machine.Query) -> Machine.QueryResult { machine.query(query) }
+
+  /// The newest log time applied here (milliseconds on the group's log clock).
+  public var appliedLogTimeMillis: UInt64 { machine.logTimeMillis }
 }
 
-extension RaftNode: ReplicatedLog {}
+extension ReplicaNode: ReplicatedLog {}
 
-/// Milliseconds since 1970 from the system's real-time clock (used only for log timestamps).
-func wallClockMillis() -> UInt64 {
-  var ts = timespec()
-  clock_gettime(CLOCK_REALTIME, &ts)
-  return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
+/// The time a leader stamps on the commands it proposes: it continues from the log time it has applied when
+/// it took over and advances with its monotonic clock, never going back, so no wall-clock jump anywhere moves
+/// a deadline kept in log time. Across a change of leader, log time runs slow by at most the time the change
+/// took (the new leader starts from what it has applied): leases in log time can last longer, never shorter.
+struct LogClock {
+  private var baseLogMillis: UInt64 = 0
+  private var baseNanos: UInt64 = 0
+  private var last: UInt64 = 0
+
+  /// Starts a term of leadership at `now` (monotonic), continuing from `applied` log time.
+  mutating func becameLeader(now: UInt64, applied: UInt64) {
+    baseLogMillis = max(applied, last)
+    baseNanos = now
+  }
+
+  /// The stamp for a command proposed at `now`.
+  mutating func stamp(now: UInt64, applied: UInt64) -> UInt64 {
+    let elapsed = now >= baseNanos ? (now - baseNanos) / 1_000_000 : 0
+    last = max(last, applied, baseLogMillis &+ elapsed)
+    return last
+  }
+}
+
+/// Lets callers wait for a run to end.
+final class RunCompletion: Sendable {
+  private let state = Mutex<(done: Bool, waiters: [UnsafeContinuation<Void, Never>])>((false, []))
+
+  func finish() {
+    let waiters = state.withLock { s -> [UnsafeContinuation<Void, Never>] in
+      s.done = true
+      defer { s.waiters = [] }
+      return s.waiters
+    }
+    for waiter in waiters { waiter.resume() }
+  }
+
+  func wait() async {
+    await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
+      let done = state.withLock { s -> Bool in
+        if s.done { return true }
+        s.waiters.append(continuation)
+        return false
+      }
+      if done { continuation.resume() }
+    }
+  }
 }

@@ -1,0 +1,125 @@
+import Glibc
+import Synchronization
+
+/// Where a node's time comes from: a monotonic clock for timers, timeouts and leases, and a wall clock for
+/// what people read in logs.
+///
+/// Every actor in Quorum reads time through a `NodeClock` handed to it in a ``NodeRuntime``, never from the
+/// system directly, so the simulator can give each node its own virtual clock — drifting, jumping and
+/// stalling as real machines' clocks do — and run the production actors unchanged.
+public protocol NodeClock: Sendable {
+  /// Nanoseconds since an arbitrary origin. Never decreases; it is what timers, request deadlines, leases and
+  /// leader contact are measured with.
+  func monotonicNanos() -> UInt64
+  /// Milliseconds since 1970 on the wall clock. It may jump (NTP steps) and is never used for safety.
+  func wallClockMillis() -> UInt64
+  /// Suspends until ``monotonicNanos()`` reaches `deadline`, or later: a timer may fire late, never early.
+  /// - Throws: `CancellationError` when the task is cancelled first.
+  func sleep(untilNanos deadline: UInt64) async throws
+}
+
+extension NodeClock {
+  /// Suspends for `duration` of this clock's monotonic time.
+  public func sleep(for duration: Duration) async throws {
+    try await sleep(untilNanos: monotonicNanos() &+ duration.nanoseconds)
+  }
+}
+
+/// The operating system's clocks: `CLOCK_MONOTONIC` (through `ContinuousClock`) and `CLOCK_REALTIME`.
+public struct SystemClock: NodeClock {
+  private let origin = ContinuousClock.now
+
+  /// Creates a clock whose monotonic origin is now.
+  public init() {}
+
+  public func monotonicNanos() -> UInt64 { (ContinuousClock.now - origin).nanoseconds }
+
+  public func wallClockMillis() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return UInt64(ts.tv_sec) &* 1000 &+ UInt64(ts.tv_nsec) / 1_000_000
+  }
+
+  public func sleep(untilNanos deadline: UInt64) async throws {
+    let now = monotonicNanos()
+    guard deadline > now else {
+      try Task.checkCancellation()
+      return
+    }
+    try await ContinuousClock().sleep(
+      until: ContinuousClock.now.advanced(by: .nanoseconds(Int64(clamping: deadline - now))),
+      tolerance: .microseconds(500))
+  }
+}
+
+/// What an actor is given to run on: its clock and, in a simulation, the executor its tasks must prefer.
+///
+/// Production code uses ``system``. The simulator passes a runtime whose clock is virtual and whose executor
+/// runs every job of the simulated cluster on one thread in a seeded order, so the same actors that run in
+/// production run reproducibly under test. Actors start their internal tasks (tickers, background snapshots)
+/// through ``detached(priority:_:)`` and child tasks with ``executor`` as their preference.
+public struct NodeRuntime: Sendable {
+  /// The clock timers and timeouts are measured with.
+  public var clock: any NodeClock
+  /// The task executor internal tasks prefer (`nil`: Swift's default concurrent executor).
+  public var executor: (any TaskExecutor)?
+
+  /// Creates a runtime.
+  public init(clock: any NodeClock, executor: (any TaskExecutor)? = nil) {
+    self.clock = clock
+    self.executor = executor
+  }
+
+  /// The operating system's clocks and Swift's default executors.
+  public static var system: NodeRuntime { NodeRuntime(clock: SystemClock()) }
+
+  /// Starts an unstructured task that inherits nothing from the caller but this runtime's executor.
+  @discardableResult
+  public func detached<T: Sendable>(
+    priority: TaskPriority? = nil, _ operation: sending @escaping @isolated(any) () async -> T
+  ) -> Task<T, Never> {
+    Task.detached(executorPreference: executor, priority: priority, operation: operation)
+  }
+}
+
+/// A wake-up that is remembered but never counted twice: what a periodic timer hands a run loop.
+///
+/// A ticker that falls behind (a stalled machine, a busy loop) sets the flag again instead of queueing one tick
+/// per missed period, so a loop that wakes after a stall sees one tick, measures the real time that passed
+/// with its monotonic clock, and never fires a burst of ticks that would shorten a timeout. Nothing is
+/// dropped silently either: unlike a tick sent through a full mailbox, the flag is always set.
+public final class TickSignal: Sendable {
+  private let pending = Atomic<Bool>(false)
+  private let doorbell: Doorbell
+
+  /// Creates a signal that rings `doorbell` when it is raised.
+  public init(ringing doorbell: Doorbell) { self.doorbell = doorbell }
+
+  /// Raises the signal and wakes the loop.
+  public func raise() {
+    pending.store(true, ordering: .releasing)
+    doorbell.ring()
+  }
+
+  /// Whether the signal was raised since the last call (and lowers it).
+  public func take() -> Bool { pending.exchange(false, ordering: .acquiringAndReleasing) }
+}
+
+extension NodeRuntime {
+  /// Raises `signal` every `interval` of this runtime's monotonic clock until the task is cancelled. A timer
+  /// that fires late does not catch up: the next deadline counts from when it actually fired.
+  public func runTicker(every interval: Duration, raising signal: TickSignal) async {
+    let step = max(interval.nanoseconds, 1)
+    var next = clock.monotonicNanos() &+ step
+    while !Task.isCancelled {
+      do {
+        try await clock.sleep(untilNanos: next)
+      } catch {
+        return
+      }
+      signal.raise()
+      let now = clock.monotonicNanos()
+      next = max(next &+ step, now &+ step / 2)
+    }
+  }
+}
