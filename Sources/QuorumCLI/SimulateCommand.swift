@@ -1,15 +1,21 @@
 import Dispatch
 import Foundation
+import QuorumPaxos
+import QuorumRaft
 import QuorumSimulation
 import Synchronization
 
 /// `quorum simulate`: runs seeded whole-cluster simulations and reports the first failing seed.
 enum SimulateCommand {
   static let usage = """
-    usage: quorum simulate [--protocol raft|paxos|synod] [--seeds N] [--start S] [--seed S] [--nodes N]
-                           [--variant default|paper] [--quorums Q1,Q2] [--chaos-ms MS] [--trace N] [--jobs J]
+    usage: quorum simulate [--protocol raft|paxos|synod] [--level node|core] [--seeds N] [--start S] [--seed S]
+                           [--nodes N] [--variant default|paper] [--quorums Q1,Q2] [--chaos-ms MS] [--trace N]
+                           [--jobs J]
       --protocol    raft (default): Raft with KV clients; paxos: Multi-Paxos with KV clients;
                     synod: single-decree Paxos with three dueling proposers
+      --level       node (default): the production node actors on the seeded scheduler, with drifting clocks,
+                    torn writes, disk faults and clients over the network; core: the protocol cores in a
+                    simulated shell (faster, fewer faults)
       --seeds N     how many seeds to run (default 500), starting at --start (default 0)
       --seed S      run exactly one seed, with its trace
       --nodes       founding voters / acceptors (default 3)
@@ -26,6 +32,7 @@ enum SimulateCommand {
     var single: UInt64?
     var options = RaftSimulationOptions()
     var kind = "raft"
+    var level = "node"
     var quorums: (Int, Int)?
     var variantArgument = ""
     var chaos: UInt64?
@@ -51,6 +58,9 @@ enum SimulateCommand {
       case "--protocol":
         kind = try value()
         guard ["raft", "paxos", "synod"].contains(kind) else { throw CLIError.usage("unknown protocol \(kind)") }
+      case "--level":
+        level = try value()
+        guard ["node", "core"].contains(level) else { throw CLIError.usage("unknown level \(level)") }
       case "--quorums":
         let parts = try value().split(separator: ",").map { try number(String($0)) }
         guard parts.count == 2 else { throw CLIError.usage("--quorums needs two sizes, e.g. 2,2") }
@@ -91,13 +101,32 @@ enum SimulateCommand {
       (synod.phase1Quorum, synod.phase2Quorum) = (q1, q2)
     }
     let raftOptions = options
+    var nodeOptions = NodeSimulationOptions()
+    nodeOptions.voters = options.voters
+    if let chaos { nodeOptions.chaosDuration = .milliseconds(chaos) }
+    nodeOptions.variant.raftPaper = variantArgument == "paper"
+    if variantArgument == "paper" { nodeOptions.readConsistencies = [.linearizable, .stale] }
+    nodeOptions.variant.paxosQuorums = quorums.map { (phase1: $0.0, phase2: $0.1) }
+    let nodeLevel = level == "node" && kind != "synod"
+    let simulationOptions = nodeOptions
     var reproduceOptions = kind == "raft" ? "" : " --protocol \(kind)"
+    if level != "node" { reproduceOptions += " --level \(level)" }
     if options.voters != 3 { reproduceOptions += " --nodes \(options.voters)" }
     if let (q1, q2) = quorums { reproduceOptions += " --quorums \(q1),\(q2)" }
     if let chaos { reproduceOptions += " --chaos-ms \(chaos)" }
     if !variantArgument.isEmpty { reproduceOptions += " --variant \(variantArgument)" }
     let (chosenKind, paxosOptions, synodOptions) = (kind, paxos, synod)
     let runOne: @Sendable (UInt64, SimulationTrace) throws -> String = { seed, trace in
+      if nodeLevel {
+        if chosenKind == "paxos" {
+          let sim = NodeSimulation<MultiPaxosEngine>(seed: seed, options: simulationOptions, trace: trace)
+          try sim.run()
+          return sim.stats.description
+        }
+        let sim = NodeSimulation<RaftEngine>(seed: seed, options: simulationOptions, trace: trace)
+        try sim.run()
+        return sim.stats.description
+      }
       switch chosenKind {
       case "paxos":
         let sim = PaxosSimulation(seed: seed, options: paxosOptions, trace: trace)

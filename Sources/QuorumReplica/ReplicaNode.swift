@@ -11,6 +11,8 @@ public protocol ReplicaObserver<Engine>: Sendable {
   associatedtype Engine: ReplicaEngine
   /// The node took a ready from its engine and is about to carry it out.
   func node(_ node: NodeID, group: GroupID, willCarryOut ready: ReplicaReady<Engine>, engine: Engine)
+  /// The node made the ready's snapshot and write durable (before sending what depends on them).
+  func node(_ node: NodeID, group: GroupID, didPersist ready: ReplicaReady<Engine>)
   /// The node applied the committed `entry` to its state machine.
   func node(_ node: NodeID, group: GroupID, applied entry: Engine.Entry)
   /// The node recorded a snapshot it stored itself and compacted its log up to `compactedThrough`.
@@ -49,7 +51,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   private enum Input: Sendable {
     case propose(UInt64, Machine.Command, RequestID?, UInt64, UnsafeContinuation<Machine.Response, any Error>)
     case register(UInt64, UnsafeContinuation<UInt64, any Error>)
-    case read(UInt64, Machine.Query, ReadConsistency, UnsafeContinuation<Machine.QueryResult, any Error>)
+    case read(UInt64, Machine.Query, ReadConsistency, UInt64, UnsafeContinuation<ReadAnswer, any Error>)
     case membership(UInt64, MembershipChange, UnsafeContinuation<UInt64, any Error>)
     case transfer(UInt64, NodeID, UnsafeContinuation<Void, any Error>)
     case cancel(UInt64)
@@ -79,10 +81,13 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     var deadline: UInt64
   }
 
+  /// A read's answer and the index it was read at.
+  typealias ReadAnswer = IndexedRead<Machine.QueryResult>
+
   private struct PendingRead {
     var id: UInt64
     var query: Machine.Query
-    var continuation: UnsafeContinuation<Machine.QueryResult, any Error>
+    var continuation: UnsafeContinuation<ReadAnswer, any Error>
     var index: UInt64
     var deadline: UInt64
   }
@@ -326,8 +331,8 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       let replicated = ReplicatedCommand<Machine.Command>(
         timestampMillis: logClock.stamp(now: now, applied: machine.logTimeMillis), body: .registerSession)
       propose(requestID, replicated, .session(continuation), now: now)
-    case .read(let requestID, let query, let consistency, let continuation):
-      read(requestID, query, consistency, continuation, now: now)
+    case .read(let requestID, let query, let consistency, let atLeast, let continuation):
+      read(requestID, query, consistency, atLeast: atLeast, continuation, now: now)
     case .membership(let requestID, let change, let continuation):
       guard pendingCount < configuration.maxPendingRequests else {
         continuation.resume(throwing: ConsensusError.overloaded(limit: configuration.maxPendingRequests))
@@ -390,24 +395,33 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   }
 
   private func read(
-    _ requestID: UInt64, _ query: Machine.Query, _ consistency: ReadConsistency,
-    _ continuation: UnsafeContinuation<Machine.QueryResult, any Error>, now: UInt64
+    _ requestID: UInt64, _ query: Machine.Query, _ consistency: ReadConsistency, atLeast: UInt64,
+    _ continuation: UnsafeContinuation<ReadAnswer, any Error>, now: UInt64
   ) {
     let deadline = now &+ configuration.requestTimeout.nanoseconds
     switch consistency {
     case .stale:
-      continuation.resume(returning: machine.query(query))
+      if atLeast <= applied {
+        continuation.resume(returning: answer(query))
+      } else if pendingCount >= configuration.maxPendingRequests {
+        continuation.resume(throwing: ConsensusError.overloaded(limit: configuration.maxPendingRequests))
+      } else {
+        // This replica has not applied what the client already saw elsewhere: wait until it has.
+        waitingReads.append(
+          PendingRead(id: requestID, query: query, continuation: continuation, index: atLeast, deadline: deadline))
+      }
     case .lease, .linearizable:
       guard pendingCount < configuration.maxPendingRequests else {
         continuation.resume(throwing: ConsensusError.overloaded(limit: configuration.maxPendingRequests))
         return
       }
       if consistency == .lease, let index = engine?.leaseReadIndex(now: now) {
-        if index <= applied {
-          continuation.resume(returning: machine.query(query))
+        if max(index, atLeast) <= applied {
+          continuation.resume(returning: answer(query))
         } else {
           waitingReads.append(
-            PendingRead(id: requestID, query: query, continuation: continuation, index: index, deadline: deadline))
+            PendingRead(
+              id: requestID, query: query, continuation: continuation, index: max(index, atLeast), deadline: deadline))
         }
         return
       }
@@ -416,7 +430,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
         guard engine != nil else { throw ConsensusError.stopped }
         try engine?.requestRead(id: requestID)
         reads[requestID] = PendingRead(
-          id: requestID, query: query, continuation: continuation, index: 0, deadline: deadline)
+          id: requestID, query: query, continuation: continuation, index: atLeast, deadline: deadline)
       } catch {
         continuation.resume(throwing: error)
       }
@@ -480,7 +494,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       switch input {
       case .propose(_, _, _, _, let c): c.resume(throwing: error)
       case .register(_, let c): c.resume(throwing: error)
-      case .read(_, _, _, let c): c.resume(throwing: error)
+      case .read(_, _, _, _, let c): c.resume(throwing: error)
       case .membership(_, _, let c): c.resume(throwing: error)
       case .transfer(_, _, let c): c.resume(throwing: error)
       case .cancel, .stop, .snapshotStored: break
@@ -496,15 +510,16 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       if let observer, let engine { observer.node(id, group: group, willCarryOut: rd, engine: engine) }
       send(rd.eagerMessages)
       try await persist(rd)
+      observer?.node(id, group: group, didPersist: rd)
       send(rd.messages)
       self.engine?.advance(rd)
       try install(rd)
       apply(rd.committed)
       for state in rd.readStates {
         guard var read = reads.removeValue(forKey: state.id) else { continue }
-        read.index = state.index
-        if state.index <= applied {
-          read.continuation.resume(returning: machine.query(read.query))
+        read.index = max(read.index, state.index)
+        if read.index <= applied {
+          read.continuation.resume(returning: answer(read.query))
         } else {
           waitingReads.append(read)
         }
@@ -589,11 +604,15 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     }
   }
 
+  private func answer(_ query: Machine.Query) -> ReadAnswer {
+    IndexedRead(value: machine.query(query), index: applied)
+  }
+
   private func answerWaitingReads() {
     guard !waitingReads.isEmpty else { return }
     waitingReads.removeAll { read in
       guard read.index <= applied else { return false }
-      read.continuation.resume(returning: machine.query(read.query))
+      read.continuation.resume(returning: answer(read.query))
       return true
     }
   }
@@ -616,7 +635,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
           read.continuation.resume(throwing: ConsensusError.notLeader(hint: engine.leader))
         }
         for read in failed where read.index <= applied {
-          read.continuation.resume(returning: machine.query(read.query))
+          read.continuation.resume(returning: answer(read.query))
         }
       }
     }
@@ -711,7 +730,19 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   public nonisolated func read(_ query: Machine.Query, consistency: ReadConsistency = .linearizable) async throws
     -> Machine.QueryResult
   {
-    try await submit { .read($0, query, consistency, $1) }
+    try await read(query, consistency: consistency, atLeast: 0).value
+  }
+
+  /// Answers `query` at the chosen consistency, from a state that includes at least log position `atLeast`,
+  /// and says which position the answer reflects.
+  ///
+  /// Passing the index of the last answer a client saw (from any replica) gives that client read-your-writes
+  /// and monotonic reads even at `stale` consistency: a replica that is behind waits until it has applied that
+  /// far (or the request times out) instead of answering from an older state.
+  public nonisolated func read(_ query: Machine.Query, consistency: ReadConsistency, atLeast: UInt64) async throws
+    -> IndexedRead<Machine.QueryResult>
+  {
+    try await submit { .read($0, query, consistency, atLeast, $1) }
   }
 
   /// Opens an exactly-once session and returns its number.
@@ -757,6 +788,20 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
 }
 
 extension ReplicaNode: ReplicatedLog {}
+
+/// A read's answer together with the log position it reflects.
+public struct IndexedRead<Value: Sendable>: Sendable {
+  /// The answer.
+  public var value: Value
+  /// The last log position applied to the state the answer was read from.
+  public var index: UInt64
+
+  /// Creates an answer.
+  public init(value: Value, index: UInt64) {
+    self.value = value
+    self.index = index
+  }
+}
 
 /// The time a leader stamps on the commands it proposes: it continues from the log time it has applied when
 /// it took over and advances with its monotonic clock, never going back, so no wall-clock jump anywhere moves

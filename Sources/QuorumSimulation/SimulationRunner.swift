@@ -5,7 +5,10 @@ import Dispatch
 /// Recording is off on the first pass over a seed (it costs string building on every event); the runner
 /// replays a failing seed with recording on, which reproduces the same run exactly because the run is a
 /// function of its seed.
-public final class SimulationTrace {
+///
+/// `@unchecked Sendable`: a trace belongs to one simulated run, and a run executes on one thread (a simulation's
+/// scheduler runs every job of the run on the thread that drives it), so it is never touched concurrently.
+public final class SimulationTrace: @unchecked Sendable {
   /// Whether events are being recorded.
   public let isEnabled: Bool
   /// The most events kept; older ones are discarded.
