@@ -260,7 +260,8 @@ public final class NodeSimulation<Engine: SimulatedEngine>: @unchecked Sendable 
       let checker = self.checker
       let disk = SimulatedDisk<Engine.Entry>(
         mode: Engine.logWriteMode, scheduler: scheduler, latency: options.diskLatency,
-        onDurable: { entries, hardState in checker.becameDurable(id, entries: entries, hardState: hardState) })
+        onDurable: { entries, hardState in checker.becameDurable(id, entries: entries, hardState: hardState) },
+        onViolation: { checker.fail("storage contract broken by \(id): \($0)") })
       members[id] = Member(
         id: id, disk: disk, clock: SimulatedClock(scheduler: scheduler, driftPPM: drift, offsetNanos: offset))
     }
@@ -272,15 +273,10 @@ public final class NodeSimulation<Engine: SimulatedEngine>: @unchecked Sendable 
     scheduler.spawn(on: Self.nemesisProcess) { [self] in await runNemesis() }
     scheduler.schedule(at: VirtualTime.zero + options.chaosDuration) { [self] in heal() }
     let deadline = VirtualTime.zero + options.chaosDuration + options.healDeadline
-    let outcome = try scheduler.run(until: deadline, stopWhen: { [self] in converged || failure != nil }) {
-      [self] in
-      if let failure = checker.failure ?? failure { throw failure }
-      for member in members.values {
-        for violation in member.disk.violations {
-          throw SimulationFailure("storage contract broken by \(member.id): \(violation)")
-        }
-      }
-    }
+    let checker = self.checker
+    let outcome = try scheduler.run(
+      until: deadline, stopWhen: { [self] in converged || failure != nil },
+      afterEachJob: { [self] in if let failure = checker.failure ?? failure { throw failure } })
     stats.jobs = scheduler.jobsRun
     stats.endTime = scheduler.now
     stats.leaderships = checker.leaderships

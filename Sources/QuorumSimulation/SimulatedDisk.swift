@@ -86,18 +86,21 @@ public final class SimulatedDisk<Entry: StorableEntry>: Sendable {
   private let scheduler: SimulationScheduler
   private let latency: DelayDistribution
   private let onDurable: (@Sendable ([Entry], [UInt8]?) -> Void)?
+  private let onViolation: (@Sendable (String) -> Void)?
 
   /// Creates an empty disk whose durable operations take `latency` of virtual time. `onDurable` sees every
   /// entry and hard state the moment it becomes durable — by a completed write, or by surviving a crash.
   public init(
     mode: LogWriteMode, scheduler: SimulationScheduler,
     latency: DelayDistribution = .uniform(.microseconds(50), .milliseconds(2)),
-    onDurable: (@Sendable (_ entries: [Entry], _ hardState: [UInt8]?) -> Void)? = nil
+    onDurable: (@Sendable (_ entries: [Entry], _ hardState: [UInt8]?) -> Void)? = nil,
+    onViolation: (@Sendable (String) -> Void)? = nil
   ) {
     self.mode = mode
     self.scheduler = scheduler
     self.latency = latency
     self.onDurable = onDurable
+    self.onViolation = onViolation
   }
 
   private func report(_ records: some Sequence<Record>) {
@@ -216,17 +219,20 @@ public final class SimulatedDisk<Entry: StorableEntry>: Sendable {
   }
 
   fileprivate func compact(through index: UInt64, incarnation: UInt64) throws {
-    try state.withLock { (s: inout State) throws(StorageError) in
+    let violation = try state.withLock { (s: inout State) throws(StorageError) -> String? in
       guard s.incarnation == incarnation else {
         throw .io(operation: "compact (machine crashed)", path: "simulated", errno: EIO)
       }
       let covered = s.durable.snapshot?.index ?? 0
+      var violation: String?
       if index > covered {
-        s.violations.append("compaction through \(index) passes the durable snapshot at \(covered)")
+        violation = "compaction through \(index) passes the durable snapshot at \(covered)"
+        s.violations.append(violation ?? "")
       }
-      // Queued records at or below the compaction point are dropped with their segments.
       s.durable.compact(through: index)
+      return violation
     }
+    if let violation { onViolation?(violation) }
   }
 }
 
