@@ -107,7 +107,7 @@ enum SimulateCommand {
     nodeOptions.variant.raftPaper = variantArgument == "paper"
     if variantArgument == "paper" { nodeOptions.readConsistencies = [.linearizable, .stale] }
     nodeOptions.variant.paxosQuorums = quorums.map { (phase1: $0.0, phase2: $0.1) }
-    let nodeLevel = level == "node" && kind != "synod"
+    let nodeLevel = level == "node"
     let simulationOptions = nodeOptions
     var reproduceOptions = kind == "raft" ? "" : " --protocol \(kind)"
     if level != "node" { reproduceOptions += " --level \(level)" }
@@ -118,6 +118,11 @@ enum SimulateCommand {
     let (chosenKind, paxosOptions, synodOptions) = (kind, paxos, synod)
     let runOne: @Sendable (UInt64, SimulationTrace) throws -> String = { seed, trace in
       if nodeLevel {
+        if chosenKind == "synod" {
+          let sim = SynodNodeSimulation(seed: seed, options: synodOptions, trace: trace)
+          try sim.run()
+          return sim.stats.description
+        }
         if chosenKind == "paxos" {
           let sim = NodeSimulation<MultiPaxosEngine>(seed: seed, options: simulationOptions, trace: trace)
           try sim.run()

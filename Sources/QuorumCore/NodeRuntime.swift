@@ -123,3 +123,45 @@ extension NodeRuntime {
     }
   }
 }
+
+/// Runs a role actor's loop: one turn each time peer messages, local inputs or a timer tick have arrived.
+///
+/// Every role actor (a Paxos proposer or learner, a lock or transaction service) has the same shape: messages
+/// from its transport endpoint, requests in its own mailbox, and a periodic timer. This loop wakes on a single
+/// doorbell rung by both mailboxes and by the ticker (``TickSignal``: one tick per wake-up at most, never a burst,
+/// never dropped), drains everything that is there and hands it to `turn`, which returns `false` to stop. It
+/// returns when `turn` says so, when the task is cancelled, or when the inputs are closed and drained.
+///
+/// The ticker is a child task on the runtime's clock, so the loop runs unchanged in a simulation.
+public func runRoleLoop<Message: Sendable, Input: Sendable>(
+  incoming: Mailbox<Envelope<Message>>, inputs: Mailbox<Input>, runtime: NodeRuntime, tick: Duration?,
+  isolation: isolated (any Actor)? = #isolation,
+  _ turn: (_ ticked: Bool, _ messages: inout [Envelope<Message>], _ inputs: inout [Input]) async throws -> Bool
+) async throws {
+  let doorbell = Doorbell()
+  let signal = TickSignal(ringing: doorbell)
+  inputs.attach(doorbell)
+  incoming.attach(doorbell)
+  try await withThrowingTaskGroup(of: Void.self) { group in
+    if let tick {
+      group.addTask { await runtime.runTicker(every: tick, raising: signal) }
+    }
+    defer { group.cancelAll() }
+    var messages: [Envelope<Message>] = []
+    var batch: [Input] = []
+    while !Task.isCancelled {
+      let ticked = signal.take()
+      let taken =
+        incoming.drainAvailable(into: &messages, limit: 1024) + inputs.drainAvailable(into: &batch, limit: 1024)
+      if taken == 0 && !ticked {
+        if inputs.isClosed { return }
+        await doorbell.wait()
+        continue
+      }
+      let goOn = try await turn(ticked, &messages, &batch)
+      messages.removeAll(keepingCapacity: true)
+      batch.removeAll(keepingCapacity: true)
+      if !goOn { return }
+    }
+  }
+}

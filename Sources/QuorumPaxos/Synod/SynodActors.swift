@@ -1,44 +1,6 @@
 public import QuorumCore
 public import QuorumStorage
 
-/// The tick and receive tasks every role actor runs next to its loop: a tick input every `tick` (if given),
-/// and every message from the endpoint turned into an input. Both end when the loop returns.
-func withRoleTasks<Input: Sendable, Message: Sendable>(
-  inputs: Mailbox<Input>, endpoint: any TransportEndpoint<Message>, tick: Duration?, tickInput: Input,
-  wrap: @escaping @Sendable (Envelope<Message>) -> Input,
-  isolation: isolated (any Actor)? = #isolation, loop: () async throws -> Void
-) async throws {
-  try await withThrowingTaskGroup(of: Void.self) { group in
-    if let tick {
-      group.addTask {
-        let clock = ContinuousClock()
-        var next = clock.now
-        while !Task.isCancelled {
-          next = next.advanced(by: tick)
-          try? await clock.sleep(until: next, tolerance: .milliseconds(1))
-          try? inputs.trySend(tickInput)
-          if clock.now - next > tick * 10 { next = clock.now }  // Do not burst after a stall.
-        }
-      }
-    }
-    group.addTask {
-      var batch: [Envelope<Message>] = []
-      while await endpoint.incoming.receive(into: &batch, limit: 1024) {
-        for envelope in batch {
-          do {
-            try await inputs.send(wrap(envelope))
-          } catch {
-            return
-          }
-        }
-        batch.removeAll(keepingCapacity: true)
-      }
-    }
-    defer { group.cancelAll() }
-    try await loop()
-  }
-}
-
 /// A single-decree Paxos acceptor: the actor shell around ``AcceptorCore``.
 ///
 /// Each turn of its loop takes every message that has arrived, steps the core, writes the resulting state
@@ -139,8 +101,6 @@ public actor PaxosAcceptor<Value: SynodValue> {
 /// sending any message with a ballot from it.
 public actor PaxosProposer<Value: SynodValue> {
   private enum Input: Sendable {
-    case tick
-    case message(NodeID, SynodMessage<Value>)
     case propose(UInt64, Value, UnsafeContinuation<Value, any Error>)
     case cancel(UInt64)
     case stop
@@ -148,7 +108,7 @@ public actor PaxosProposer<Value: SynodValue> {
 
   private struct Waiter {
     var continuation: UnsafeContinuation<Value, any Error>
-    var deadline: ContinuousClock.Instant
+    var deadline: UInt64
   }
 
   /// This proposer.
@@ -158,6 +118,7 @@ public actor PaxosProposer<Value: SynodValue> {
   private let inputs: Mailbox<Input>
   private let configuration: PaxosConfiguration
   private let logger: QuorumLogger
+  private let runtime: NodeRuntime
   private let seed: UInt64
   private var core: ProposerCore<Value>
   private var waiters: [UInt64: Waiter] = [:]
@@ -176,14 +137,17 @@ public actor PaxosProposer<Value: SynodValue> {
   ///   - learners: the learners told about the chosen value.
   ///   - endpoint: this proposer's attachment to the transport; closed when ``run()`` ends.
   ///   - storage: where the round reservation is made durable; recovered when ``run()`` starts.
+  ///   - runtime: clock and executor (``QuorumCore/NodeRuntime/system`` unless simulated).
   ///   - seed: seeds the back-off randomness.
   ///   - logger: where the proposer logs.
   public init(
     id: NodeID, configuration: PaxosConfiguration, learners: [NodeID],
     endpoint: some TransportEndpoint<SynodMessage<Value>>, storage: some ConsensusStorage<PaxosEntry>,
-    seed: UInt64? = nil, logger: QuorumLogger = QuorumLogger(label: "paxos.proposer")
+    runtime: NodeRuntime = .system, seed: UInt64? = nil,
+    logger: QuorumLogger = QuorumLogger(label: "paxos.proposer")
   ) {
     self.id = id
+    self.runtime = runtime
     self.endpoint = endpoint
     self.storage = storage
     self.configuration = configuration
@@ -215,49 +179,48 @@ public actor PaxosProposer<Value: SynodValue> {
     try await carryOut(core.step(.start))
     isRunning = true
     defer { isRunning = false }
-    try await withRoleTasks(
-      inputs: inputs, endpoint: endpoint, tick: configuration.tickInterval, tickInput: .tick,
-      wrap: { .message($0.from, $0.payload) },
-      loop: {
-        var batch: [Input] = []
-        while !stopped, !Task.isCancelled {
-          guard await inputs.receive(into: &batch, limit: 1024) else { break }
-          var effects: [ProposerEffect<Value>] = []
-          for input in batch { effects += handle(input) }
-          batch.removeAll(keepingCapacity: true)
-          try await carryOut(effects)
-        }
-      })
+    try await runRoleLoop(
+      incoming: endpoint.incoming, inputs: inputs, runtime: runtime, tick: configuration.tickInterval
+    ) { ticked, messages, batch in
+      var effects: [ProposerEffect<Value>] = []
+      if ticked { effects += tick() }
+      for envelope in messages { effects += core.step(.message(from: envelope.from, envelope.payload)) }
+      for input in batch { effects += handle(input) }
+      try await carryOut(effects)
+      return !stopped
+    }
     await endpoint.close()
     inputs.close(discardingBuffered: false)
     var leftover: [Input] = []
     inputs.drainAvailable(into: &leftover)
     for case .propose(_, _, let continuation) in leftover { continuation.resume(throwing: ConsensusError.stopped) }
-    for waiter in waiters.values { waiter.continuation.resume(throwing: ConsensusError.stopped) }
+    for id in waiters.keys.sorted() { waiters[id]?.continuation.resume(throwing: ConsensusError.stopped) }
     waiters = [:]
+  }
+
+  private func tick() -> [ProposerEffect<Value>] {
+    let now = runtime.clock.monotonicNanos()
+    for id in waiters.keys.sorted() {
+      guard let waiter = waiters[id], waiter.deadline <= now else { continue }
+      waiters[id] = nil
+      waiter.continuation.resume(throwing: ConsensusError.timeout)
+    }
+    if waiters.isEmpty && (core.phase == .preparing || core.phase == .accepting || core.phase == .backingOff) {
+      return core.step(.abandon)
+    }
+    return core.step(.tick)
   }
 
   private func handle(_ input: Input) -> [ProposerEffect<Value>] {
     switch input {
-    case .tick:
-      let now = ContinuousClock.now
-      for (id, waiter) in waiters where waiter.deadline <= now {
-        waiters[id] = nil
-        waiter.continuation.resume(throwing: ConsensusError.timeout)
-      }
-      if waiters.isEmpty && (core.phase == .preparing || core.phase == .accepting || core.phase == .backingOff) {
-        return core.step(.abandon)
-      }
-      return core.step(.tick)
-    case .message(let from, let message):
-      return core.step(.message(from: from, message))
     case .propose(let request, let value, let continuation):
       guard waiters.count < configuration.maxPendingRequests else {
         continuation.resume(throwing: ConsensusError.overloaded(limit: configuration.maxPendingRequests))
         return []
       }
       waiters[request] = Waiter(
-        continuation: continuation, deadline: ContinuousClock.now.advanced(by: configuration.requestTimeout))
+        continuation: continuation,
+        deadline: runtime.clock.monotonicNanos() &+ configuration.requestTimeout.nanoseconds)
       return core.step(.propose(value))
     case .cancel(let request):
       waiters.removeValue(forKey: request)?.continuation.resume(throwing: CancellationError())
@@ -280,7 +243,7 @@ public actor PaxosProposer<Value: SynodValue> {
           logger.debug("send to \(outgoing.to) failed: \(error)")
         }
       case .chosen(let value):
-        for waiter in waiters.values { waiter.continuation.resume(returning: value) }
+        for id in waiters.keys.sorted() { waiters[id]?.continuation.resume(returning: value) }
         waiters = [:]
       }
     }
@@ -321,8 +284,6 @@ public actor PaxosProposer<Value: SynodValue> {
 /// asking the acceptors and the other learners first if this learner missed it.
 public actor PaxosLearner<Value: SynodValue> {
   private enum Input: Sendable {
-    case tick
-    case message(NodeID, SynodMessage<Value>)
     case ask(UInt64, UnsafeContinuation<Value, any Error>)
     case cancel(UInt64)
     case stop
@@ -330,7 +291,7 @@ public actor PaxosLearner<Value: SynodValue> {
 
   private struct Waiter {
     var continuation: UnsafeContinuation<Value, any Error>
-    var deadline: ContinuousClock.Instant
+    var deadline: UInt64
   }
 
   /// This learner.
@@ -339,6 +300,7 @@ public actor PaxosLearner<Value: SynodValue> {
   private let inputs: Mailbox<Input>
   private let configuration: PaxosConfiguration
   private let logger: QuorumLogger
+  private let runtime: NodeRuntime
   private var core: LearnerCore<Value>
   private var waiters: [UInt64: Waiter] = [:]
   private var nextRequest: UInt64 = 0
@@ -355,12 +317,15 @@ public actor PaxosLearner<Value: SynodValue> {
   ///   - configuration: the group's validated settings (acceptors and quorums).
   ///   - peers: the other learners, asked when this one is late.
   ///   - endpoint: this learner's attachment to the transport; closed when ``run()`` ends.
+  ///   - runtime: clock and executor (``QuorumCore/NodeRuntime/system`` unless simulated).
   ///   - logger: where the learner logs.
   public init(
     id: NodeID, configuration: PaxosConfiguration, peers: [NodeID],
-    endpoint: some TransportEndpoint<SynodMessage<Value>>, logger: QuorumLogger = QuorumLogger(label: "paxos.learner")
+    endpoint: some TransportEndpoint<SynodMessage<Value>>, runtime: NodeRuntime = .system,
+    logger: QuorumLogger = QuorumLogger(label: "paxos.learner")
   ) {
     self.id = id
+    self.runtime = runtime
     self.endpoint = endpoint
     self.configuration = configuration
     self.inputs = Mailbox(capacity: configuration.inputCapacity)
@@ -378,37 +343,35 @@ public actor PaxosLearner<Value: SynodValue> {
     running = true
     isRunning = true
     defer { isRunning = false }
-    try await withRoleTasks(
-      inputs: inputs, endpoint: endpoint, tick: configuration.tickInterval, tickInput: .tick,
-      wrap: { .message($0.from, $0.payload) },
-      loop: {
-        var batch: [Input] = []
-        while !stopped, !Task.isCancelled {
-          guard await inputs.receive(into: &batch, limit: 1024) else { break }
-          for input in batch { carryOut(handle(input)) }
-          batch.removeAll(keepingCapacity: true)
-        }
-      })
+    try await runRoleLoop(
+      incoming: endpoint.incoming, inputs: inputs, runtime: runtime, tick: configuration.tickInterval
+    ) { ticked, messages, batch in
+      if ticked { carryOut(tick()) }
+      for envelope in messages { carryOut(core.step(.message(from: envelope.from, envelope.payload))) }
+      for input in batch { carryOut(handle(input)) }
+      return !stopped
+    }
     await endpoint.close()
     inputs.close(discardingBuffered: false)
     var leftover: [Input] = []
     inputs.drainAvailable(into: &leftover)
     for case .ask(_, let continuation) in leftover { continuation.resume(throwing: ConsensusError.stopped) }
-    for waiter in waiters.values { waiter.continuation.resume(throwing: ConsensusError.stopped) }
+    for id in waiters.keys.sorted() { waiters[id]?.continuation.resume(throwing: ConsensusError.stopped) }
     waiters = [:]
+  }
+
+  private func tick() -> [LearnerEffect<Value>] {
+    let now = runtime.clock.monotonicNanos()
+    for id in waiters.keys.sorted() {
+      guard let waiter = waiters[id], waiter.deadline <= now else { continue }
+      waiters[id] = nil
+      waiter.continuation.resume(throwing: ConsensusError.timeout)
+    }
+    return core.step(.tick)
   }
 
   private func handle(_ input: Input) -> [LearnerEffect<Value>] {
     switch input {
-    case .tick:
-      let now = ContinuousClock.now
-      for (id, waiter) in waiters where waiter.deadline <= now {
-        waiters[id] = nil
-        waiter.continuation.resume(throwing: ConsensusError.timeout)
-      }
-      return core.step(.tick)
-    case .message(let from, let message):
-      return core.step(.message(from: from, message))
     case .ask(let request, let continuation):
       if let chosen = core.chosen {
         continuation.resume(returning: chosen)
@@ -419,7 +382,8 @@ public actor PaxosLearner<Value: SynodValue> {
         return []
       }
       waiters[request] = Waiter(
-        continuation: continuation, deadline: ContinuousClock.now.advanced(by: configuration.requestTimeout))
+        continuation: continuation,
+        deadline: runtime.clock.monotonicNanos() &+ configuration.requestTimeout.nanoseconds)
       return core.step(.ask)
     case .cancel(let request):
       waiters.removeValue(forKey: request)?.continuation.resume(throwing: CancellationError())
@@ -440,7 +404,7 @@ public actor PaxosLearner<Value: SynodValue> {
           logger.debug("send to \(outgoing.to) failed: \(error)")
         }
       case .learned(let value):
-        for waiter in waiters.values { waiter.continuation.resume(returning: value) }
+        for id in waiters.keys.sorted() { waiters[id]?.continuation.resume(returning: value) }
         waiters = [:]
       }
     }
