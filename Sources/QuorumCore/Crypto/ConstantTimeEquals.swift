@@ -17,6 +17,9 @@ public func constantTimeEquals(_ lhs: UnsafeRawBufferPointer, _ rhs: UnsafeRawBu
 /// Collections with contiguous storage (arrays, slices, ``SHA256/Digest``) are compared in place by
 /// ``constantTimeEquals(_:_:)-(UnsafeRawBufferPointer,UnsafeRawBufferPointer)``; others byte by byte, also
 /// without an early exit.
+// Inlinable: a code is checked on every frame, and from another module the unspecialized generic call cost
+// 130-230 ns against 15-30 ns specialized (release build, 32-byte digests).
+@inlinable
 public func constantTimeEquals(_ lhs: some Collection<UInt8>, _ rhs: some Collection<UInt8>) -> Bool {
   let contiguous = lhs.withContiguousStorageIfAvailable { left in
     rhs.withContiguousStorageIfAvailable { right in

@@ -137,7 +137,7 @@ extension SHA256 {
     public static let byteCount = 32
 
     /// The eight words, each stored big-endian so that the tuple's memory is the digest's bytes.
-    private var words: (UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32)
+    @usableFromInline internal var words: (UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32)
 
     fileprivate init(_ state: State) {
       words = (
@@ -158,6 +158,7 @@ extension SHA256 {
     }
 
     /// Calls `body` with the digest's 32 bytes.
+    @inlinable
     public func withUnsafeBytes<Result, Failure: Error>(
       _ body: (UnsafeRawBufferPointer) throws(Failure) -> Result
     ) throws(Failure) -> Result {
@@ -166,6 +167,9 @@ extension SHA256 {
     }
 
     /// Lets byte-collection algorithms (and ``constantTimeEquals(_:_:)``) read the digest in place.
+    // Inlinable, like `withUnsafeBytes`: checking a frame's code compares a digest on every frame, and the
+    // unspecialized generic call from another module costs ~100 ns more than the comparison itself.
+    @inlinable
     public func withContiguousStorageIfAvailable<Result>(
       _ body: (UnsafeBufferPointer<UInt8>) throws -> Result
     ) rethrows -> Result? {
@@ -231,14 +235,34 @@ extension SHA256 {
   @inline(__always)
   private static func rotateRight(_ x: UInt32, _ n: UInt32) -> UInt32 { (x >> n) | (x << (32 - n)) }
 
+  /// One round of FIPS 180-4 §6.2.2 step 3, with the working variables passed in their current roles.
+  ///
+  /// Instead of shifting all eight variables every round, the caller rotates which variable plays which
+  /// role: the round writes the new `e` into `d`'s variable and the new `a` into `h`'s, and eight rounds
+  /// bring the roles back to where they started.
+  @inline(__always)
+  private static func round(
+    _ a: UInt32, _ b: UInt32, _ c: UInt32, _ d: inout UInt32, _ e: UInt32, _ f: UInt32, _ g: UInt32,
+    _ h: inout UInt32, _ constantPlusWord: UInt32
+  ) {
+    // Sigma1(e) = ROTR6(e) ^ ROTR11(e) ^ ROTR25(e), with the rotations nested to save register copies.
+    let bigSigma1 = rotateRight(e ^ rotateRight(e ^ rotateRight(e, 14), 5), 6)
+    let choose = g ^ (e & (f ^ g))  // (e AND f) XOR (NOT e AND g)
+    let t1 = h &+ bigSigma1 &+ choose &+ constantPlusWord
+    // Sigma0(a) = ROTR2(a) ^ ROTR13(a) ^ ROTR22(a), nested likewise.
+    let bigSigma0 = rotateRight(a ^ rotateRight(a ^ rotateRight(a, 9), 11), 2)
+    let majority = (a & b) | (c & (a | b))  // each bit is the majority of a, b, c
+    d &+= t1
+    h = t1 &+ bigSigma0 &+ majority
+  }
+
   /// Runs the compression function (FIPS 180-4 §6.2.2) over `blockCount` consecutive blocks of `blocks`.
   private static func compress(_ state: inout State, blocks: UnsafeRawBufferPointer, blockCount: Int) {
     precondition(
       blocks.count >= blockCount * blockByteCount, "\(blockCount) blocks need more than \(blocks.count) bytes")
     guard let base = blocks.baseAddress else { return }
-    var (h0, h1, h2, h3, h4, h5, h6, h7) = (
-      state.h0, state.h1, state.h2, state.h3, state.h4, state.h5, state.h6, state.h7
-    )
+    var (h0, h1, h2, h3) = (state.h0, state.h1, state.h2, state.h3)
+    var (h4, h5, h6, h7) = (state.h4, state.h5, state.h6, state.h7)
     roundConstants.withUnsafeBufferPointer { k in
       withUnsafeTemporaryAllocation(of: UInt32.self, capacity: 64) { w in
         for blockIndex in 0..<blockCount {
@@ -254,21 +278,15 @@ extension SHA256 {
             w[t] = sigma1 &+ w[t - 7] &+ sigma0 &+ w[t - 16]
           }
           var (a, b, c, d, e, f, g, h) = (h0, h1, h2, h3, h4, h5, h6, h7)
-          for t in 0..<64 {
-            let bigSigma1 = rotateRight(e, 6) ^ rotateRight(e, 11) ^ rotateRight(e, 25)
-            let choose = (e & f) ^ (~e & g)
-            let t1 = h &+ bigSigma1 &+ choose &+ k[t] &+ w[t]
-            let bigSigma0 = rotateRight(a, 2) ^ rotateRight(a, 13) ^ rotateRight(a, 22)
-            let majority = (a & b) ^ (a & c) ^ (b & c)
-            let t2 = bigSigma0 &+ majority
-            h = g
-            g = f
-            f = e
-            e = d &+ t1
-            d = c
-            c = b
-            b = a
-            a = t1 &+ t2
+          for t in stride(from: 0, to: 64, by: 8) {
+            round(a, b, c, &d, e, f, g, &h, k[t] &+ w[t])
+            round(h, a, b, &c, d, e, f, &g, k[t + 1] &+ w[t + 1])
+            round(g, h, a, &b, c, d, e, &f, k[t + 2] &+ w[t + 2])
+            round(f, g, h, &a, b, c, d, &e, k[t + 3] &+ w[t + 3])
+            round(e, f, g, &h, a, b, c, &d, k[t + 4] &+ w[t + 4])
+            round(d, e, f, &g, h, a, b, &c, k[t + 5] &+ w[t + 5])
+            round(c, d, e, &f, g, h, a, &b, k[t + 6] &+ w[t + 6])
+            round(b, c, d, &e, f, g, h, &a, k[t + 7] &+ w[t + 7])
           }
           h0 &+= a
           h1 &+= b
