@@ -2,8 +2,8 @@
 ///
 /// A code proves that the message came from a holder of the key and was not altered; it does not hide the
 /// message. Creating the value with ``init(key:)-(UnsafeRawBufferPointer)`` hashes the padded key into an
-/// inner and an outer ``SHA256`` state once. Each message then costs only its own blocks plus two more
-/// compressions, provided the keyed value is copied for each message rather than rebuilt:
+/// inner and an outer ``SHA256`` state once. Each message then costs only its own blocks plus at most two
+/// more compressions, provided the keyed value is copied for each message rather than rebuilt:
 ///
 /// ```swift
 /// let keyed = HMACSHA256(key: sessionKey)  // once per connection

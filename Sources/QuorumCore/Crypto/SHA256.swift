@@ -3,7 +3,7 @@
 /// Feed bytes with ``update(_:)-(UnsafeRawBufferPointer)`` as they arrive and read the ``Digest`` with
 /// ``finalize()``, or hash a whole message with ``hash(_:)-(UnsafeRawBufferPointer)``. Whole 64-byte blocks
 /// are compressed straight from the caller's buffer; only a trailing partial block is copied, into storage
-/// inside the value, so hashing never allocates. The value is a plain struct of about 110 bytes: copying
+/// inside the value, so hashing never allocates. The value is a plain struct of 112 bytes: copying
 /// it forks the computation, which is how ``HMACSHA256`` reuses a keyed state for every message.
 public struct SHA256: Sendable {
   /// The number of bytes SHA-256 compresses at a time.
@@ -130,8 +130,9 @@ public struct SHA256: Sendable {
 extension SHA256 {
   /// A SHA-256 digest: 32 bytes, readable as a collection of bytes.
   ///
-  /// Equality takes the same time wherever the digests differ (see ``constantTimeEquals(_:_:)``), so a
-  /// digest used as a message authentication code may be compared with `==`.
+  /// Equality takes the same time wherever the digests differ (see
+  /// ``constantTimeEquals(_:_:)-(Collection<UInt8>,_)``), so a digest used as a message authentication code
+  /// may be compared with `==`.
   public struct Digest: Sendable, Hashable, RandomAccessCollection, CustomStringConvertible {
     /// The length of a digest in bytes.
     public static let byteCount = 32
@@ -166,7 +167,8 @@ extension SHA256 {
       return try Swift.withUnsafeBytes(of: &copy) { (bytes) throws(Failure) -> Result in try body(bytes) }
     }
 
-    /// Lets byte-collection algorithms (and ``constantTimeEquals(_:_:)``) read the digest in place.
+    /// Lets byte-collection algorithms (and ``constantTimeEquals(_:_:)-(Collection<UInt8>,_)``) read the
+    /// digest in place.
     // Inlinable, like `withUnsafeBytes`: checking a frame's code compares a digest on every frame, and the
     // unspecialized generic call from another module costs ~100 ns more than the comparison itself.
     @inlinable
