@@ -17,6 +17,7 @@ enum SimulateCommand {
                     torn writes, disk faults and clients over the network; core: the protocol cores in a
                     simulated shell (faster, fewer faults)
       --seeds N     how many seeds to run (default 500), starting at --start (default 0)
+      --digest      with --seed: also print a digest of the whole trace (to compare runs across processes)
       --seed S      run exactly one seed, with its trace
       --nodes       founding voters / acceptors (default 3)
       --variant     raft only. default: pre-vote, check-quorum, lease reads; paper: neither, linearizable reads
@@ -33,6 +34,7 @@ enum SimulateCommand {
     var options = RaftSimulationOptions()
     var kind = "raft"
     var level = "node"
+    var printDigest = false
     var quorums: (Int, Int)?
     var variantArgument = ""
     var chaos: UInt64?
@@ -58,6 +60,7 @@ enum SimulateCommand {
       case "--protocol":
         kind = try value()
         guard ["raft", "paxos", "synod"].contains(kind) else { throw CLIError.usage("unknown protocol \(kind)") }
+      case "--digest": printDigest = true
       case "--level":
         level = try value()
         guard ["node", "core"].contains(level) else { throw CLIError.usage("unknown level \(level)") }
@@ -152,6 +155,7 @@ enum SimulateCommand {
       do {
         let stats = try runOne(single, trace)
         print("seed \(single) passed: \(stats)")
+        if printDigest { print("trace digest \(String(trace.digest, radix: 16)) of \(trace.recorded) events") }
         return 0
       } catch {
         print("seed \(single) FAILED: \(error)\nlast \(trace.events.count) events:")

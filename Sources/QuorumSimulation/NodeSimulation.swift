@@ -126,6 +126,9 @@ public struct NodeSimulationStats: Sendable, CustomStringConvertible {
   /// Virtual time at the end.
   public var endTime = VirtualTime.zero
 
+  /// Empty statistics.
+  public init() {}
+
   public var description: String {
     "jobs=\(jobs) leaderships=\(leaderships) crashes=\(crashes) partitions=\(partitions) stalls=\(stalls) "
       + "diskFaults=\(diskFaults) torn=\(tornRecords) membership=\(membershipChanges) transfers=\(transfers) "
@@ -470,6 +473,7 @@ public final class NodeSimulation<Engine: SimulatedEngine>: @unchecked Sendable 
         let output: KVOutput
         if case .swapped(let swapped, _) = response { output = .swapped(swapped) } else { output = .ok }
         history.complete(op, output, at: scheduler.now.nanoseconds)
+        trace.record(scheduler.now, "client \(c) \(input) [\(request)] -> \(response)")
         writeResponses.append((request, response))
         stats.operationsCompleted += 1
         return .done
@@ -504,6 +508,7 @@ public final class NodeSimulation<Engine: SimulatedEngine>: @unchecked Sendable 
       let reply = await requests.call(call, from: clientNode(c), to: target, timeout: options.requestTimeout)
       switch reply {
       case .read(let value, let index)?:
+        trace.record(scheduler.now, "client \(c) get \(key) (\(consistency)) -> \(value?.count ?? -1)B at \(index)")
         if let op {
           history.complete(op, .value(value.map { String(decoding: $0, as: UTF8.self) }), at: scheduler.now.nanoseconds)
           stats.operationsCompleted += 1

@@ -17,6 +17,9 @@ public final class SimulationTrace: @unchecked Sendable {
   private var next = 0
   /// How many events were recorded in total, including discarded ones.
   public private(set) var recorded = 0
+  /// A digest (FNV-1a) of every event recorded, kept or discarded: two runs with equal digests did the same
+  /// things at the same virtual times.
+  public private(set) var digest: UInt64 = 0xcbf2_9ce4_8422_2325
 
   /// Creates a trace keeping the last `capacity` events, or recording nothing when disabled.
   public init(enabled: Bool, capacity: Int = 300) {
@@ -28,6 +31,7 @@ public final class SimulationTrace: @unchecked Sendable {
   public func record(_ time: VirtualTime, _ text: @autoclosure () -> String) {
     guard isEnabled else { return }
     let line = "[\(time)] \(text())"
+    for byte in line.utf8 { digest = (digest ^ UInt64(byte)) &* 0x100_0000_01b3 }
     if lines.count < capacity {
       lines.append(line)
     } else {
