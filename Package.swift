@@ -20,6 +20,7 @@ let package = Package(
     .library(name: "QuorumTCP", targets: ["QuorumTCP"]),
     .library(name: "Quorum", targets: ["Quorum"]),
     .library(name: "QuorumPaxos", targets: ["QuorumPaxos"]),
+    .library(name: "QuorumLocks", targets: ["QuorumLocks"]),
     .executable(name: "quorum", targets: ["QuorumCLI"]),
     .executable(name: "quorum-bench", targets: ["QuorumBench"]),
   ],
@@ -33,6 +34,7 @@ let package = Package(
     .target(name: "QuorumRaft", dependencies: ["QuorumCore", "QuorumStorage"], swiftSettings: settings),
     .target(name: "QuorumPaxos", dependencies: ["QuorumCore", "QuorumStorage"], swiftSettings: settings),
     .target(name: "QuorumKV", dependencies: ["QuorumCore"], swiftSettings: settings),
+    .target(name: "QuorumLocks", dependencies: ["QuorumCore"], swiftSettings: settings),
     // Exposes epoll, eventfd and accept4, which Glibc does not export, plus small socket wrappers.
     .target(name: "CQuorumSystem"),
     .target(name: "QuorumTCP", dependencies: ["QuorumCore", "CQuorumSystem"], swiftSettings: settings),
@@ -73,6 +75,7 @@ let package = Package(
       dependencies: ["QuorumPaxos", "QuorumCore", "QuorumStorage", "QuorumKV", "QuorumSimulation"],
       swiftSettings: settings),
     .testTarget(name: "QuorumKVTests", dependencies: ["QuorumKV", "QuorumCore"], swiftSettings: settings),
+    .testTarget(name: "QuorumLocksTests", dependencies: ["QuorumLocks", "QuorumCore"], swiftSettings: settings),
     .testTarget(name: "QuorumStorageTests", dependencies: ["QuorumStorage", "QuorumCore"], swiftSettings: settings),
     .testTarget(
       name: "QuorumTCPTests", dependencies: ["QuorumTCP", "QuorumCore", "QuorumSimulation", "CQuorumSystem"],
