@@ -10,8 +10,8 @@ public enum LockCommand: Hashable, Sendable, WireCodable, CustomStringConvertibl
   /// Close a session: release every lock it holds and cancel every wait.
   case closeSession(session: LockSessionID)
   /// Acquire `lock` in `mode` for `session`. If it cannot be granted now: with `wait`, queue behind the
-  /// current waiters (FIFO), giving up after `waitTimeoutMillis` of log time if set; without `wait`, answer
-  /// ``LockResponse/busy``.
+  /// current waiters (FIFO), giving up after `waitTimeoutMillis` of log time if set; without `wait` (or with a
+  /// zero timeout), answer ``LockResponse/busy``. The session's TTL is not renewed by acquiring.
   case acquire(lock: String, session: LockSessionID, mode: LockMode, wait: Bool, waitTimeoutMillis: UInt64?)
   /// Release `lock` if `session` holds it with `token`; otherwise change nothing.
   case release(lock: String, session: LockSessionID, token: FencingToken)

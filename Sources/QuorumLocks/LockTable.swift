@@ -152,6 +152,7 @@ public struct LockTable: StateMachine {
     logTimeMillis = Swift.max(logTimeMillis, context.timestampMillis)
     expireSessions()
     expireWaits()
+    forgetFreeLocks()
     var response = execute(command)
     grantTouchedLocks()
     if case .queued = response, case .acquire(let lock, let session, _, _, _) = command {
@@ -268,7 +269,8 @@ public struct LockTable: StateMachine {
   private mutating func acquire(
     _ name: String, session id: LockSessionID, mode: LockMode, wait: Bool, waitTimeoutMillis: UInt64?
   ) -> LockResponse {
-    switch decideAcquire(name, session: id, mode: mode, wait: wait) {
+    // A zero wait timeout means "do not wait".
+    switch decideAcquire(name, session: id, mode: mode, wait: wait && waitTimeoutMillis != 0) {
     case .respond(let response):
       return response
     case .grant(let createLock):
@@ -412,6 +414,14 @@ public struct LockTable: StateMachine {
 
   /// Grants, once per lock and in name order, the waiters at the head of each touched queue that the holders
   /// now admit, and forgets locks left with neither holders nor waiters.
+  /// Forgets the touched locks left with neither holders nor waiters, so that the command sees them free (and
+  /// may take the name as another kind of lock).
+  private mutating func forgetFreeLocks() {
+    for name in touched where locks[name].map({ $0.holders.isEmpty && $0.waiters.isEmpty }) == true {
+      locks[name] = nil
+    }
+  }
+
   private mutating func grantTouchedLocks() {
     guard !touched.isEmpty else { return }
     let names = touched.sorted()

@@ -254,6 +254,28 @@ struct LockTableTests {
     #expect(table.apply(5, at: 2_000, acquire("x", s(2))) == granted("x", s(2), t(5)))
   }
 
+  @Test("a lock freed by an expiry is free for the command of the same entry, even as another kind of lock")
+  func freedLockIsFreeInTheSameEntry() {
+    var table = LockTable()
+    table.apply(1, at: 0, .openSession(ttlMillis: 2_000))
+    table.apply(2, at: 0, .openSession(ttlMillis: ttl))
+    table.apply(3, at: 0, acquire("n", s(1), .semaphore(permits: 2)))
+    #expect(table.apply(4, at: 2_000, acquire("n", s(2))) == granted("n", s(2), t(4)))
+    #expect(table.query(.lock("n")).kindOf == .readWrite)
+  }
+
+  @Test("a zero wait timeout means do not wait")
+  func zeroTimeout() {
+    var table = LockTable()
+    table.apply(1, at: 0, .openSession(ttlMillis: ttl))
+    table.apply(2, at: 0, .openSession(ttlMillis: ttl))
+    table.apply(3, at: 0, acquire("x", s(1)))
+    #expect(table.apply(4, at: 0, acquire("x", s(2), timeout: 0)) == .busy)
+    #expect(table.waiters("x") == [])
+    #expect(table.apply(5, at: 0, .release(lock: "x", session: s(1), token: t(3))) == .released(true))
+    #expect(table.apply(6, at: 0, acquire("x", s(2), timeout: 0)) == granted("x", s(2), t(6)))
+  }
+
   @Test("cancelling a wait leaves the queue and lets compatible waiters behind it through")
   func cancelWait() {
     var table = LockTable()

@@ -66,3 +66,11 @@ extension LockTable {
     return status != nil
   }
 }
+
+extension LockQueryResult {
+  /// The kind of the lock in a ``LockQuery/lock(_:)`` answer, if the lock exists.
+  var kindOf: LockKind? {
+    guard case .lock(let status) = self else { return nil }
+    return status?.kind
+  }
+}
