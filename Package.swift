@@ -21,6 +21,7 @@ let package = Package(
     .library(name: "QuorumTCP", targets: ["QuorumTCP"]),
     .library(name: "Quorum", targets: ["Quorum"]),
     .library(name: "QuorumPaxos", targets: ["QuorumPaxos"]),
+    .library(name: "QuorumLocks", targets: ["QuorumLocks"]),
     .executable(name: "quorum", targets: ["QuorumCLI"]),
     .executable(name: "quorum-bench", targets: ["QuorumBench"]),
   ],
@@ -38,6 +39,7 @@ let package = Package(
     .target(
       name: "QuorumPaxos", dependencies: ["QuorumCore", "QuorumStorage", "QuorumReplica"], swiftSettings: settings),
     .target(name: "QuorumKV", dependencies: ["QuorumCore"], swiftSettings: settings),
+    .target(name: "QuorumLocks", dependencies: ["QuorumCore"], swiftSettings: settings),
     // Exposes epoll, eventfd and accept4, which Glibc does not export, plus small socket wrappers.
     .target(name: "CQuorumSystem"),
     .target(name: "QuorumTCP", dependencies: ["QuorumCore", "CQuorumSystem"], swiftSettings: settings),
@@ -78,6 +80,7 @@ let package = Package(
       dependencies: ["QuorumPaxos", "QuorumCore", "QuorumStorage", "QuorumKV", "QuorumSimulation"],
       swiftSettings: settings),
     .testTarget(name: "QuorumKVTests", dependencies: ["QuorumKV", "QuorumCore"], swiftSettings: settings),
+    .testTarget(name: "QuorumLocksTests", dependencies: ["QuorumLocks", "QuorumCore"], swiftSettings: settings),
     .testTarget(name: "QuorumStorageTests", dependencies: ["QuorumStorage", "QuorumCore"], swiftSettings: settings),
     .testTarget(
       name: "QuorumTCPTests", dependencies: ["QuorumTCP", "QuorumCore", "QuorumSimulation", "CQuorumSystem"],
