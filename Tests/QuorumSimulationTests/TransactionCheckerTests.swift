@@ -1,6 +1,7 @@
 import QuorumCore
-import QuorumSimulation
 import Testing
+
+@testable import QuorumSimulation
 
 private func append(_ key: String, _ value: Int) -> ListAppendOperation { .append(key: key, value: value) }
 private func read(_ key: String, _ values: [Int]?) -> ListAppendOperation { .read(key: key, values: values) }
@@ -593,6 +594,80 @@ struct TransactionBruteForceTests {
     }
     #expect(notSerializable >= 100, "the mutations break serializability often: \(notSerializable) of 300")
     #expect(rejected == notSerializable, "caught \(rejected) of \(notSerializable) non-serializable")
+  }
+}
+
+@Suite("Transaction checker: cycle search against enumeration")
+struct TransactionCycleSearchTests {
+  /// Every simple cycle of a small graph, as edge indices (each cycle once, starting at its smallest node).
+  static func simpleCycles(nodeCount: Int, edges: [DependencyEdge]) -> [[Int]] {
+    var cycles: [[Int]] = []
+    func extend(_ start: Int32, _ node: Int32, _ path: [Int], _ visited: Set<Int32>) {
+      for (index, edge) in edges.enumerated() where edge.from == node {
+        if edge.to == start {
+          cycles.append(path + [index])
+        } else if edge.to > start && !visited.contains(edge.to) {
+          extend(start, edge.to, path + [index], visited.union([edge.to]))
+        }
+      }
+    }
+    for start in 0..<Int32(nodeCount) { extend(start, start, [], [start]) }
+    return cycles
+  }
+
+  @Test("in each component the search finds G0 and G1c exactly when they exist, else the strongest class present")
+  func againstEnumeration() {
+    var rng = SeededRandom(seed: 42)
+    var componentsChecked: [TransactionAnomaly.Kind: Int] = [:]
+    let itemKinds: [TransactionDependencyKind] = [.writeWrite, .writeRead, .readWrite]
+    for trial in 0..<3000 {
+      let nodeCount = Int.random(in: 2...8, using: &rng)
+      // A third of the graphs have ww and wr edges only from lower to higher nodes, so they hold no G0 or G1c
+      // cycle; another third only from 2i to 2i + 1, so that rw edges separated by them are common (G-nonadjacent).
+      let shape = trial % 3
+      func allowed(_ kind: TransactionDependencyKind, _ a: Int32, _ b: Int32) -> Bool {
+        kind == .readWrite || shape == 0 || (shape == 1 && a < b) || (shape == 2 && a % 2 == 0 && b == a + 1)
+      }
+      var edges: [DependencyEdge] = []
+      for a in 0..<Int32(nodeCount) {
+        for b in 0..<Int32(nodeCount) where a != b {
+          for kind in itemKinds where rng.chance(shape == 2 ? 0.3 : 0.1) && allowed(kind, a, b) {
+            edges.append(DependencyEdge(from: a, to: b, kind: kind, key: -1, value: 0, previous: nil))
+          }
+        }
+      }
+      let graph = CSRGraph(
+        nodeCount: nodeCount, sources: edges.map(\.from), targets: edges.map(\.to),
+        edgeIDs: edges.indices.map { Int32($0) })
+      let (component, cyclic) = graph.stronglyConnectedComponents()
+      let all = Self.simpleCycles(nodeCount: nodeCount, edges: edges)
+      #expect(cyclic.isEmpty == all.isEmpty, "components with cycles iff cycles: \(edges)")
+      var finder = CycleFinder(graph: graph, edges: edges)
+      for members in cyclic {
+        let id = component[Int(members[0])]
+        let present = Set(
+          all.filter { component[Int(edges[$0[0]].from)] == id }.map { classifyCycle($0.map { edges[$0].kind }) })
+        let found = finder.cycles(in: members)
+        for cycle in found {
+          let hops = cycle.map { edges[Int($0)] }
+          #expect(hops.indices.allSatisfy { hops[$0].to == hops[($0 + 1) % hops.count].from }, "not closed: \(hops)")
+          #expect(Set(hops.map(\.from)).count == hops.count, "not simple: \(hops)")
+          #expect(hops.allSatisfy { component[Int($0.from)] == id }, "leaves its component: \(hops)")
+        }
+        let foundKinds = found.map { classifyCycle($0.map { edges[Int($0)].kind }) }
+        #expect(foundKinds.contains(.g0) == present.contains(.g0), "\(present) vs \(foundKinds): \(edges)")
+        #expect(foundKinds.contains(.g1c) == present.contains(.g1c), "\(present) vs \(foundKinds): \(edges)")
+        if present.isDisjoint(with: [.g0, .g1c]) {
+          let strongest = [TransactionAnomaly.Kind.gSingle, .gNonadjacent, .g2Item].first(where: present.contains)
+          #expect(foundKinds == strongest.map { [$0] }, "\(present) vs \(foundKinds): \(edges)")
+        }
+        for kind in Set(foundKinds) { componentsChecked[kind, default: 0] += 1 }
+      }
+    }
+    for kind in TransactionAnomaly.Kind.allCases where kind.isCycle {
+      #expect(
+        componentsChecked[kind, default: 0] >= 20, "\(kind) found in \(componentsChecked[kind, default: 0]) components")
+    }
   }
 }
 
