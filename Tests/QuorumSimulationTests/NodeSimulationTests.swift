@@ -114,7 +114,7 @@ struct NodeSimulationTests {
     try b.run()
     #expect(first.digest == second.digest)
     #expect(a.stats.jobs == b.stats.jobs)
-    #expect(first.recorded > 1_000)
+    #expect(first.recorded > 500)
     let other = SimulationTrace(enabled: true, capacity: 10)
     try NodeSimulation<RaftEngine>(seed: 43, trace: other).run()
     #expect(other.digest != first.digest)
