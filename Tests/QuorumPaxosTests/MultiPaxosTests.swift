@@ -270,6 +270,24 @@ struct MultiPaxosPhase2Tests {
     try c.propose("after", at: 1)
     #expect(c.appliedTexts(3) == ["after"], "applied after the snapshot")
   }
+
+  @Test("a replica that restarts forgetting what was chosen is repaired from where it really is (found by the node simulation)")
+  func restartedReplicaIsRepairedFromItsRealChosenPoint() throws {
+    var c = PaxosCluster(3)
+    c.elect(1)
+    for i in 0..<6 { try c.propose("v\(i)", at: 1) }
+    // A new ballot of the same leader: slots 1...6 stay chosen in the old ballot, in every log.
+    c.elect(1)
+    try c.propose("x", at: 1)
+    #expect((c[1].peerProgress[2]?.chosenThrough ?? 0) >= 6, "the leader heard node 2 was far along")
+    // Node 2 restarts: its log holds slots 1...7, but which were chosen is not durable. It can learn slot 7 from
+    // the leader's chosen notice (same ballot) but not slots 1...6 (older ballot): the leader must resend them.
+    c.restart(2)
+    c.tickAll(c.options.heartbeatTicks * 4)
+    #expect(c[2].chosenThrough == 7)
+    #expect(c.appliedTexts(2) == ["v0", "v1", "v2", "v3", "v4", "v5", "x"])
+  }
+
 }
 
 @Suite("Multi-Paxos: leases and reads")

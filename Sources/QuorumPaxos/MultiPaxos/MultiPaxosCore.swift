@@ -820,8 +820,15 @@ public struct MultiPaxosCore: Sendable {
   private mutating func handleHeartbeatResponse(_ m: HeartbeatResponse, from: NodeID) {
     guard role == .leader, m.ballot == promised, var peer = peers[from] else { return }
     peer.recentActive = true
+    // The newest round's answer is the follower's chosen point now, even if it is lower than before: a follower
+    // that restarted has forgotten which slots were chosen (that knowledge is not durable) and must be repaired
+    // from where it really is, or it never catches up. Older rounds' answers only ever raise it.
+    if m.round >= peer.ackedRound {
+      peer.chosen = m.chosenThrough
+    } else {
+      peer.chosen = max(peer.chosen, m.chosenThrough)
+    }
     peer.ackedRound = max(peer.ackedRound, m.round)
-    peer.chosen = max(peer.chosen, m.chosenThrough)
     peers[from] = peer
     // Below the chosen point it was sent, the follower is missing slots (or holds them from another
     // ballot): send them again.
