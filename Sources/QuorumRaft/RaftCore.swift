@@ -267,6 +267,24 @@ public struct RaftCore: Sendable {
     resetRandomizedElectionTimeout()
   }
 
+  /// Checks that recovered durable state is consistent before a node restarts from it; the shell calls it
+  /// with what it decoded from storage, before ``init(id:options:membership:hardState:snapshot:entries:random:)``
+  /// (which trusts its arguments: it would clamp a commit index beyond the log and apply what is there).
+  ///
+  /// - Throws: ``RaftRecoveryError/commitBeyondLog(commit:lastIndex:)`` when the commit index is beyond the
+  ///   last recovered entry (or snapshot), ``RaftRecoveryError/logGap(after:next:)`` when the entries do not
+  ///   follow the snapshot contiguously.
+  public static func validateRecovered(
+    hardState: HardState, snapshot: RaftSnapshot?, entries: [LogEntry]
+  ) throws(RaftRecoveryError) {
+    var last = snapshot?.index ?? 0
+    for entry in entries where entry.index > (snapshot?.index ?? 0) {
+      if entry.index != last + 1 { throw .logGap(after: last, next: entry.index) }
+      last = entry.index
+    }
+    if hardState.commit > last { throw .commitBeyondLog(commit: hardState.commit, lastIndex: last) }
+  }
+
   /// Creates a founding member of a new group: its log starts with the committed bootstrap entry that
   /// records `membership` (identical on every founding member), so nodes added later learn the founding
   /// membership from the log. Use the plain initializer to restart from durable state or to join an

@@ -275,6 +275,7 @@ public actor RaftNode<Machine: StateMachine> {
       applied = stored.index
       lastSnapshotIndex = stored.index
     }
+    try RaftCore.validateRecovered(hardState: hardState, snapshot: snapshot, entries: recovered.entries)
     core = RaftCore(
       id: id, options: configuration.coreOptions, membership: .empty, hardState: hardState, snapshot: snapshot,
       entries: recovered.entries, random: random.fork())

@@ -35,6 +35,10 @@ public enum LogWriteMode: Sendable, Equatable {
 }
 
 /// One durable write: an optional new hard state and entries, made durable together.
+///
+/// A crash in the middle of a write may keep part of it. Implementations must keep the parts in order —
+/// entries (and the truncation they imply) before the hard state — so that a recovered hard state always comes
+/// with every entry written with it: a Raft hard state's commit index may cover entries of the same write.
 public struct StorageWrite<Entry: StorableEntry>: Sendable {
   /// The protocol's small durable state (Raft: term, vote, commit; Paxos: promised ballot), if it changed.
   public var hardState: [UInt8]?

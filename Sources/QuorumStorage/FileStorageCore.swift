@@ -302,7 +302,7 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
         }
         var bytes = write.bytes
         if let resetPoint {
-          bytes.insert(contentsOf: WALFormat.resetRecord(resetPoint), at: write.entriesOffset)
+          bytes.insert(contentsOf: WALFormat.resetRecord(resetPoint), at: 0)  // Before the entries it makes room for.
         }
         if needsRotation(adding: pendingBytes + bytes.count, pendingBytes: pendingBytes) {
           try flush(&pending, &pendingBytes)
