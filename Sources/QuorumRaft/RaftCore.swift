@@ -43,13 +43,54 @@ public struct RaftCoreOptions: Sendable, Equatable {
   /// The largest snapshot a follower accepts.
   public var maxSnapshotBytes: Int = 1 << 30
   /// How long a leader may serve lease reads after a quorum acknowledged a heartbeat, in the time units of
-  /// `now` (nanoseconds in the node shell). 0 disables lease reads. Must be below `electionTimeoutMinTicks - 1`
-  /// ticks by the clock-drift bound (a follower's first tick after a heartbeat may come at once);
-  /// ``RaftConfiguration`` computes it.
+  /// `now` (nanoseconds in the node shell). 0 disables lease reads. Must end at least one tick and the
+  /// clock-drift bound before the vote-refusal window (``voteRefusalWindowNanos``) does; ``validate()`` checks
+  /// it and ``RaftConfiguration`` computes it.
   public var leaseDurationNanos: UInt64 = 0
+  /// The length of one tick in the time units of `now` (nanoseconds in the node shell). When set, a follower
+  /// measures how long ago it heard from a leader on the shell's monotonic clock (``RaftCore/advanceClock(to:)``)
+  /// and refuses votes for ``voteRefusalWindowNanos`` of it, however the ticks were delivered. 0 (the default,
+  /// for tests that drive the core by ticks alone) counts ticks only: ticks fired back to back after a stall
+  /// shorten that window, so lease reads need this set.
+  public var tickNanos: UInt64 = 0
+  /// The most the clocks of two nodes may drift apart over one election timeout, in the units of `now`. Only
+  /// ``validate()`` reads it: the lease must end this much (and a tick) before the refusal window.
+  public var clockDriftBoundNanos: UInt64 = 0
 
   /// Default options: 10–20 tick elections, a heartbeat every tick, pre-vote and check-quorum on.
   public init() {}
+
+  /// How long after hearing from a leader a follower refuses to vote for another candidate, measured on its
+  /// monotonic clock: the minimum election timeout, `electionTimeoutMinTicks × tickNanos` (0 when
+  /// ``tickNanos`` is 0).
+  public var voteRefusalWindowNanos: UInt64 { UInt64(max(0, electionTimeoutMinTicks)) &* tickNanos }
+
+  /// Checks the options on their own and against each other. With lease reads on, the lease must end at
+  /// least one tick and the clock-drift bound before the vote-refusal window, the drift bound must not be
+  /// zero (clocks always drift) and check-quorum must be on. The error names the offending option.
+  public func validate() throws(ConfigurationError) {
+    func fail(_ option: String, _ reason: String) -> ConfigurationError {
+      ConfigurationError(setting: option, reason: reason)
+    }
+    if electionTimeoutMinTicks < 1 { throw fail("electionTimeoutMinTicks", "must be at least 1") }
+    if heartbeatTicks < 1 { throw fail("heartbeatTicks", "must be at least 1") }
+    guard leaseDurationNanos > 0 else { return }
+    guard checkQuorum else { throw fail("leaseDurationNanos", "lease reads need checkQuorum") }
+    guard tickNanos > 0 else {
+      throw fail("tickNanos", "lease reads need the tick length, to measure leader contact on the monotonic clock")
+    }
+    guard clockDriftBoundNanos > 0 else {
+      throw fail("clockDriftBoundNanos", "must not be 0 with lease reads on: clocks drift")
+    }
+    let window = voteRefusalWindowNanos
+    let (needed, overflow) = leaseDurationNanos.addingReportingOverflow(clockDriftBoundNanos &+ tickNanos)
+    if overflow || needed > window {
+      throw fail(
+        "leaseDurationNanos",
+        "a lease of \(leaseDurationNanos) ns plus the drift bound \(clockDriftBoundNanos) ns and one tick "
+          + "\(tickNanos) ns exceeds the vote-refusal window of \(window) ns")
+    }
+  }
 }
 
 /// A message for the shell to send.
@@ -213,7 +254,14 @@ public struct RaftCore: Sendable {
   /// Restarted from durable state: before the crash this node may have acknowledged a heartbeat that started a
   /// leader's lease, so it refuses votes for a minimum election timeout as if it had just heard from that leader.
   private var restartedRecently = false
+  /// The shell's monotonic clock, as last given (never goes back).
   private var now: UInt64 = 0
+  /// When (``now``) this node last stepped a message from a leader, or read the clock first after a restart;
+  /// `nil` if never. With ``RaftCoreOptions/tickNanos`` set, votes are refused for
+  /// ``RaftCoreOptions/voteRefusalWindowNanos`` after it.
+  private var leaderContactNanos: UInt64?
+  /// Restarted from durable state and not yet given the clock: the refusal window starts at the first reading.
+  private var awaitingFirstClock = false
 
   // A snapshot being received in chunks.
   private struct IncomingSnapshot: Sendable {
@@ -263,6 +311,7 @@ public struct RaftCore: Sendable {
     self.lastHardState = HardState(term: hardState.term, vote: hardState.vote, commit: log.committed)
     self.lastSoftState = SoftState(role: .follower, leader: nil, term: hardState.term)
     self.restartedRecently = hardState.term > 0
+    self.awaitingFirstClock = hardState.term > 0
     recomputeMembership()
     resetRandomizedElectionTimeout()
   }
@@ -351,17 +400,34 @@ public struct RaftCore: Sendable {
 
   // MARK: - Inputs
 
-  /// Advances logical time by one tick. `now` is the shell's monotonic clock (used only for leases).
+  /// Advances logical time by one tick. `now` is the shell's monotonic clock, as in ``advanceClock(to:)``.
+  /// Election and heartbeat timeouts count ticks; leases and the vote-refusal window use `now`.
   public mutating func tick(now: UInt64 = 0) {
-    self.now = max(self.now, now)
+    advanceClock(to: now)
     switch role {
     case .leader: tickLeader()
     default: tickElection()
     }
   }
 
-  /// Records the shell's monotonic clock without ticking (for lease checks between ticks).
-  public mutating func observe(now: UInt64) { self.now = max(self.now, now) }
+  /// Gives the core the shell's monotonic clock (nanoseconds in the node shell); a value below the last one
+  /// is ignored, so the clock never goes back. The shell calls it with the time it took a batch of messages
+  /// out of its mailboxes, before stepping them: a message from the leader is timed by it, and the
+  /// vote-refusal window (``RaftCoreOptions/voteRefusalWindowNanos``) runs from there.
+  public mutating func advanceClock(to nanos: UInt64) {
+    if awaitingFirstClock {
+      // The first reading after a restart: refuse votes for a window from now, as if a leader had just been
+      // heard (it may have been, just before the crash).
+      awaitingFirstClock = false
+      now = max(now, nanos)
+      leaderContactNanos = now
+      return
+    }
+    now = max(now, nanos)
+  }
+
+  /// Records the shell's monotonic clock without ticking; the same as ``advanceClock(to:)``.
+  public mutating func observe(now: UInt64) { advanceClock(to: now) }
 
   private mutating func tickElection() {
     electionElapsed += 1
@@ -369,11 +435,34 @@ public struct RaftCore: Sendable {
     if incomingSnapshot != nil, electionElapsed >= options.electionTimeoutMinTicks * 4 {
       incomingSnapshot = nil  // The leader stopped sending it; free the memory.
     }
-    if isPromotable && electionElapsed >= randomizedElectionTimeout {
+    // A node within its refusal window does not campaign either: its own vote would count for a new leader
+    // while the leader it acknowledged may still hold a lease. Ticks fired in a burst after a stall reach
+    // the timeout early; the clock says whether the window has really passed.
+    if isPromotable && electionElapsed >= randomizedElectionTimeout && !inClockLeaseWindow {
       electionElapsed = 0
       startElection(options.preVote ? .preVote : .election)
     }
   }
+
+  /// Whether this node heard from a leader (or restarted) less than the vote-refusal window ago, by the
+  /// monotonic clock; always `false` without ``RaftCoreOptions/tickNanos`` or check-quorum.
+  private var inClockLeaseWindow: Bool {
+    guard options.checkQuorum, options.tickNanos > 0 else { return false }
+    if awaitingFirstClock { return true }
+    guard let contact = leaderContactNanos else { return false }
+    return now &- contact < options.voteRefusalWindowNanos
+  }
+
+  /// Whether this node refuses to vote (or pre-vote) for another candidate: it heard from a leader within a
+  /// minimum election timeout, counted in ticks since then or measured on the monotonic clock (thesis §4.2.3;
+  /// the lease rests on it). Either count suffices to refuse.
+  private var refusesVotes: Bool {
+    guard options.checkQuorum else { return false }
+    if (leader != nil || restartedRecently) && electionElapsed < options.electionTimeoutMinTicks { return true }
+    return inClockLeaseWindow
+  }
+
+  private mutating func noteLeaderContact() { leaderContactNanos = now }
 
   private mutating func tickLeader() {
     heartbeatElapsed += 1
@@ -402,10 +491,14 @@ public struct RaftCore: Sendable {
     return active == 1
   }
 
-  /// Starts an election now (as if the election timeout had elapsed), if this node is a voter.
-  public mutating func campaign() {
-    guard isPromotable else { return }
+  /// Starts an election now (as if the election timeout had elapsed), if this node is a voter and not within
+  /// its vote-refusal window by the monotonic clock (see ``RaftCoreOptions/tickNanos``). Returns whether it
+  /// started one.
+  @discardableResult
+  public mutating func campaign() -> Bool {
+    guard isPromotable, !inClockLeaseWindow else { return false }
     startElection(options.preVote ? .preVote : .election)
+    return true
   }
 
   /// Handles a message from a peer.
@@ -416,12 +509,15 @@ public struct RaftCore: Sendable {
     }
     let msgTerm = message.term
     if msgTerm > term {
+      // A higher term and the vote-refusal window: a vote request inside the window is ignored and changes
+      // nothing (not even the term). An AppendEntries, heartbeat or snapshot comes from that term's leader: it is
+      // leader contact and restarts the window (stepFollower records it). Any other message (a response, a
+      // TimeoutNow) moves this node to the term but neither restarts nor ends the window measured on the clock:
+      // the leader it last heard may still hold a lease. A TimeoutNow then starts a transfer election, whose
+      // requests voters grant inside their windows: the leader that sent it gave up its lease reads for its term.
       switch message {
       case .requestVote(let m):
-        let inLease =
-          options.checkQuorum && (leader != nil || restartedRecently)
-          && electionElapsed < options.electionTimeoutMinTicks
-        if !m.transfer && inLease { return }  // Thesis §4.2.3: ignore disruptive votes while a leader is alive.
+        if !m.transfer && refusesVotes { return }  // Thesis §4.2.3: ignore disruptive votes while a leader is alive.
         if m.preVote { break }  // Pre-votes never change our term.
         becomeFollower(term: msgTerm, leader: nil)
       case .voteResponse(let m) where m.preVote && m.granted:
@@ -584,12 +680,15 @@ public struct RaftCore: Sendable {
     switch message {
     case .appendEntries(let m):
       becomeFollower(term: m.term, leader: from)
+      noteLeaderContact()
       handleAppend(m, from: from)
     case .heartbeat(let m):
       becomeFollower(term: m.term, leader: from)
+      noteLeaderContact()
       handleHeartbeat(m, from: from)
     case .installSnapshot(let m):
       becomeFollower(term: m.term, leader: from)
+      noteLeaderContact()
       handleSnapshotChunk(m, from: from)
     case .voteResponse(let m):
       guard m.preVote == (role == .preCandidate) else { return }
@@ -612,14 +711,17 @@ public struct RaftCore: Sendable {
     case .appendEntries(let m):
       electionElapsed = 0
       leader = from
+      noteLeaderContact()
       handleAppend(m, from: from)
     case .heartbeat(let m):
       electionElapsed = 0
       leader = from
+      noteLeaderContact()
       handleHeartbeat(m, from: from)
     case .installSnapshot(let m):
       electionElapsed = 0
       leader = from
+      noteLeaderContact()
       handleSnapshotChunk(m, from: from)
     default:
       break
@@ -1073,10 +1175,10 @@ public struct RaftCore: Sendable {
 
   /// If this leader's lease is valid at `now`, the index a lease read must wait for; otherwise `nil`.
   ///
-  /// The lease starts when the leader sent a heartbeat round that a quorum acknowledged; followers refuse
-  /// to vote for anyone else for a minimum election timeout after hearing it, so no other leader can exist
-  /// until ``RaftCoreOptions/leaseDurationNanos`` later (which the configuration keeps below that timeout,
-  /// less one tick, by the clock-drift bound).
+  /// The lease starts when the leader sent a heartbeat round that a quorum acknowledged; those followers
+  /// neither vote for anyone else nor campaign for ``RaftCoreOptions/voteRefusalWindowNanos`` of their own
+  /// monotonic clocks after hearing it, so no other leader can exist until ``RaftCoreOptions/leaseDurationNanos``
+  /// later (which ``RaftCoreOptions/validate()`` keeps a tick and the clock-drift bound below that window).
   public func leaseReadIndex(now: UInt64) -> LogIndex? {
     guard role == .leader, transferee == nil, !leaseForfeited, hasCommittedInCurrentTerm else { return nil }
     if membership.allVoters == [id] { return log.committed }

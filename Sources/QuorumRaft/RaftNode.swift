@@ -302,6 +302,7 @@ public actor RaftNode<Machine: StateMachine> {
         continue
       }
       let now = clock.now
+      core.advanceClock(to: (now - startedAt).nanoseconds)  // Times this batch's messages from the leader.
       batchWallMillis = wallClockMillis()
       // Ticks first: the two mailboxes do not say which came first, and ticks that queued while a write was
       // in progress must not count against a leader's heartbeat in this batch. A follower counting them after

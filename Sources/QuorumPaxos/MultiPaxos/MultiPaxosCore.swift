@@ -43,12 +43,67 @@ public struct MultiPaxosOptions: Sendable, Equatable {
   /// The largest snapshot accepted from a leader.
   public var maxSnapshotBytes = 1 << 30
   /// How long a leader may serve lease reads after a phase-2 quorum acknowledged a heartbeat, in the time
-  /// units of `now` (nanoseconds in the node shell); 0 disables lease reads. Must stay below the minimum
-  /// election timeout by the clock-drift bound; ``PaxosConfiguration`` computes it.
+  /// units of `now` (nanoseconds in the node shell); 0 disables lease reads. Must end at least one tick and the
+  /// clock-drift bound before the promise-refusal window (``promiseRefusalWindowNanos``) does; ``validate(memberCount:)``
+  /// checks it and ``PaxosConfiguration`` computes it.
   public var leaseDurationNanos: UInt64 = 0
+  /// The length of one tick in the time units of `now` (nanoseconds in the node shell). When set, an
+  /// acceptor measures how long ago it heard from its leader on the shell's monotonic clock
+  /// (``MultiPaxosCore/advanceClock(to:)``) and refuses to promise a new ballot for
+  /// ``promiseRefusalWindowNanos`` of it, however the ticks were delivered. 0 (the default, for tests that
+  /// drive the core by ticks alone) counts ticks only, which ticks fired back to back shorten: lease reads need
+  /// it set.
+  public var tickNanos: UInt64 = 0
+  /// The most the clocks of two nodes may drift apart over one election timeout, in the units of `now`. Only
+  /// ``validate(memberCount:)`` reads it: the lease must end this much (and a tick) before the refusal window.
+  public var clockDriftBoundNanos: UInt64 = 0
 
   /// Defaults: majority quorums of 3, 10–20 tick elections, a heartbeat every tick.
   public init() {}
+
+  /// How long after hearing from its leader an acceptor refuses to promise a new ballot, measured on its
+  /// monotonic clock: the minimum election timeout, `electionTimeoutMinTicks × tickNanos` (0 when
+  /// ``tickNanos`` is 0).
+  public var promiseRefusalWindowNanos: UInt64 { UInt64(max(0, electionTimeoutMinTicks)) &* tickNanos }
+
+  /// Checks the options for a group of `memberCount` acceptors: quorums between 1 and the member count that
+  /// intersect (|Q1| + |Q2| > N); with lease reads on, a lease that ends at least one tick and the clock-drift
+  /// bound before the promise-refusal window, and a drift bound that is not zero. The error names the
+  /// offending option.
+  public func validate(memberCount: Int) throws(ConfigurationError) {
+    func fail(_ option: String, _ reason: String) -> ConfigurationError {
+      ConfigurationError(setting: option, reason: reason)
+    }
+    if !(1...max(1, memberCount)).contains(phase1Quorum) {
+      throw fail("phase1Quorum", "\(phase1Quorum) must be between 1 and the \(memberCount) members")
+    }
+    if !(1...max(1, memberCount)).contains(phase2Quorum) {
+      throw fail("phase2Quorum", "\(phase2Quorum) must be between 1 and the \(memberCount) members")
+    }
+    if phase1Quorum + phase2Quorum <= memberCount {
+      throw fail(
+        "phase2Quorum",
+        "quorums \(phase1Quorum) + \(phase2Quorum) do not exceed the \(memberCount) members: they need not intersect")
+    }
+    if electionTimeoutMinTicks < 1 { throw fail("electionTimeoutMinTicks", "must be at least 1") }
+    if heartbeatTicks < 1 { throw fail("heartbeatTicks", "must be at least 1") }
+    if retransmitTicks < 1 { throw fail("retransmitTicks", "must be at least 1") }
+    guard leaseDurationNanos > 0 else { return }
+    guard tickNanos > 0 else {
+      throw fail("tickNanos", "lease reads need the tick length, to measure leader contact on the monotonic clock")
+    }
+    guard clockDriftBoundNanos > 0 else {
+      throw fail("clockDriftBoundNanos", "must not be 0 with lease reads on: clocks drift")
+    }
+    let window = promiseRefusalWindowNanos
+    let (needed, overflow) = leaseDurationNanos.addingReportingOverflow(clockDriftBoundNanos &+ tickNanos)
+    if overflow || needed > window {
+      throw fail(
+        "leaseDurationNanos",
+        "a lease of \(leaseDurationNanos) ns plus the drift bound \(clockDriftBoundNanos) ns and one tick "
+          + "\(tickNanos) ns exceeds the promise-refusal window of \(window) ns")
+    }
+  }
 }
 
 /// A linearizable read confirmed by a heartbeat round: once the state machine has applied ``index``, the
@@ -155,8 +210,13 @@ public struct PaxosPeerProgress: Sendable, Equatable {
 ///   once it has compacted them.
 /// - **Leases and reads.** Heartbeats are numbered rounds; a round acknowledged by a phase-2 quorum (which
 ///   meets every phase-1 quorum) confirms leadership for ReadIndex reads and starts a lease. Acceptors refuse
-///   to promise a new ballot for a minimum election timeout after hearing from their leader — and after they
-///   start, since a crash forgets when that was — so no other leader can complete phase 1 during the lease.
+///   to promise a new ballot (their own included) for a minimum election timeout after hearing from their
+///   leader — and after they start, since a crash forgets when that was — so no other leader can complete
+///   phase 1 during the lease. With ``MultiPaxosOptions/tickNanos`` set, that window is measured on the
+///   shell's monotonic clock (``advanceClock(to:)``), so ticks fired in a burst cannot shorten it. A message
+///   with a higher ballot from a leader (accept, heartbeat, snapshot) makes this node follow that leader and
+///   restarts the window; any other (a prepare or probe refused inside the window, a reject) neither restarts
+///   nor ends it.
 /// - **Compaction.** ``takeSnapshot(at:data:retainEntries:)`` drops applied slots; a candidate whose first
 ///   unknown slot an acceptor has compacted is refused (``RejectReason/behindSnapshot``) and waits for a
 ///   leader to send it the snapshot.
@@ -187,7 +247,14 @@ public struct MultiPaxosCore: Sendable {
   var sinceLeaderContact = 0
   private var randomizedElectionTimeout = 0
   private var ticks: UInt64 = 0
+  /// The shell's monotonic clock, as last given (never goes back).
   private var now: UInt64 = 0
+  /// When (``now``) this node last heard from its leader (or led, or first read the clock after starting);
+  /// with ``MultiPaxosOptions/tickNanos`` set it refuses new ballots for
+  /// ``MultiPaxosOptions/promiseRefusalWindowNanos`` after it.
+  private var leaderContactNanos: UInt64?
+  /// Not yet given the clock since starting: the refusal window starts at the first reading.
+  private var awaitingFirstClock = true
 
   // Learning from the current leader's chosen point.
   private var commitBallot: Ballot = .zero
@@ -355,9 +422,11 @@ public struct MultiPaxosCore: Sendable {
 
   // MARK: - Time
 
-  /// Advances logical time by one tick. `now` is the shell's monotonic clock (used only for leases).
+  /// Advances logical time by one tick. `now` is the shell's monotonic clock, as in ``advanceClock(to:)``.
+  /// Election, heartbeat and retransmission timeouts count ticks; leases and the promise-refusal window use
+  /// `now`.
   public mutating func tick(now: UInt64 = 0) {
-    self.now = max(self.now, now)
+    advanceClock(to: now)
     ticks &+= 1
     sinceLeaderContact += 1
     switch role {
@@ -366,15 +435,51 @@ public struct MultiPaxosCore: Sendable {
     }
   }
 
-  /// Records the shell's monotonic clock without ticking (for lease checks between ticks).
-  public mutating func observe(now: UInt64) { self.now = max(self.now, now) }
+  /// Gives the core the shell's monotonic clock (nanoseconds in the node shell); a value below the last one
+  /// is ignored, so the clock never goes back. The shell calls it with the time it took a batch of messages
+  /// out of its mailbox, before stepping them: a message from the leader is timed by it, and the
+  /// promise-refusal window (``MultiPaxosOptions/promiseRefusalWindowNanos``) runs from there.
+  public mutating func advanceClock(to nanos: UInt64) {
+    now = max(now, nanos)
+    if awaitingFirstClock {
+      // The first reading since starting: a leader may have been heard just before a crash.
+      awaitingFirstClock = false
+      leaderContactNanos = now
+    }
+  }
+
+  /// Records the shell's monotonic clock without ticking; the same as ``advanceClock(to:)``.
+  public mutating func observe(now: UInt64) { advanceClock(to: now) }
+
+  /// Whether this node heard from its leader (or led, or started) less than the promise-refusal window ago,
+  /// by the monotonic clock; always `false` without ``MultiPaxosOptions/tickNanos``.
+  private var inClockLeaseWindow: Bool {
+    guard options.tickNanos > 0 else { return false }
+    if awaitingFirstClock { return true }
+    guard let contact = leaderContactNanos else { return false }
+    return now &- contact < options.promiseRefusalWindowNanos
+  }
+
+  /// Leader stickiness: whether this node's acceptor refuses to promise a new ballot to anyone but its leader
+  /// (itself included) because it heard from that leader within a minimum election timeout, counted in ticks
+  /// or measured on the monotonic clock. Either count suffices to refuse. The leases rest on it.
+  private var refusesNewBallots: Bool {
+    sinceLeaderContact < options.electionTimeoutMinTicks || inClockLeaseWindow
+  }
+
+  private mutating func noteLeaderContact() {
+    sinceLeaderContact = 0
+    leaderContactNanos = now
+  }
 
   private mutating func tickElection() {
     electionElapsed += 1
     if incomingSnapshot != nil, electionElapsed >= options.electionTimeoutMinTicks * 4 {
       incomingSnapshot = nil  // The leader stopped sending it; free the memory.
     }
-    if electionElapsed >= randomizedElectionTimeout {
+    // Ticks fired in a burst after a stall reach the timeout early: within the window measured on the clock
+    // this node would promise itself a ballot while the leader it acknowledged may still hold a lease.
+    if electionElapsed >= randomizedElectionTimeout && !inClockLeaseWindow {
       startProbe()
     } else if role == .candidate {
       retransmitPrepares()
@@ -382,7 +487,7 @@ public struct MultiPaxosCore: Sendable {
   }
 
   private mutating func tickLeader() {
-    sinceLeaderContact = 0  // A leader is in contact with itself: its own acceptor keeps the lease too.
+    noteLeaderContact()  // A leader is in contact with itself: its own acceptor keeps the lease too.
     heartbeatElapsed += 1
     electionElapsed += 1
     if electionElapsed >= options.electionTimeoutMinTicks {
@@ -438,8 +543,16 @@ public struct MultiPaxosCore: Sendable {
     resetElectionTimeout()
   }
 
-  /// Starts phase 1 now, without probing first.
-  public mutating func campaign() { startCandidacy() }
+  /// Starts phase 1 now, without probing first — unless this node's own acceptor would refuse the new ballot
+  /// to another candidate (leader stickiness: it heard from a leader, or led, or started, within a minimum
+  /// election timeout), as a campaign that a timeout starts would be refused by its probe. Returns whether it
+  /// started.
+  @discardableResult
+  public mutating func campaign() -> Bool {
+    guard !refusesNewBallots else { return false }
+    startCandidacy()
+    return true
+  }
 
   /// Asks every acceptor whether it would promise a ballot above everything seen, changing nothing; phase 1
   /// starts only once a phase-1 quorum (this node included) says yes.
@@ -461,9 +574,7 @@ public struct MultiPaxosCore: Sendable {
 
   private mutating func handleProbe(_ m: Prepare, from: NodeID) {
     // Grant exactly when a prepare would be promised now; promise nothing.
-    let granted =
-      m.ballot > promised && sinceLeaderContact >= options.electionTimeoutMinTicks && m.fromSlot > log.offset
-      && role != .leader
+    let granted = m.ballot > promised && !refusesNewBallots && m.fromSlot > log.offset && role != .leader
     send(from, .probeResponse(ProbeResponse(ballot: m.ballot, granted: granted)))
   }
 
@@ -555,7 +666,7 @@ public struct MultiPaxosCore: Sendable {
     leader = id
     electionElapsed = 0
     heartbeatElapsed = 0
-    sinceLeaderContact = 0
+    noteLeaderContact()
     // Re-propose in this ballot everything phase 1 found, and fill the gaps with no-ops.
     var slot = c.fromSlot
     while slot <= c.maxSlot {
@@ -623,7 +734,7 @@ public struct MultiPaxosCore: Sendable {
       // Leader stickiness: while this node has heard from its leader within a minimum election timeout (or
       // has just started and cannot know), it refuses to help elect another. This is what makes leases
       // safe; the candidate tries again after its timeout.
-      if sinceLeaderContact < options.electionTimeoutMinTicks && from != leader { return }
+      if refusesNewBallots && from != leader { return }
       if m.fromSlot <= log.offset {
         send(
           from,
@@ -696,7 +807,7 @@ public struct MultiPaxosCore: Sendable {
       promised = ballot
     }
     electionElapsed = 0
-    sinceLeaderContact = 0
+    noteLeaderContact()
     return true
   }
 
@@ -1090,9 +1201,10 @@ public struct MultiPaxosCore: Sendable {
   /// If this leader's lease is valid at `now`, the slot a lease read must wait for; otherwise `nil`.
   ///
   /// The lease starts when the leader sent a heartbeat round that a phase-2 quorum acknowledged. Every
-  /// phase-1 quorum contains one of those acceptors, and each refuses to promise another ballot for a
-  /// minimum election timeout after hearing the heartbeat, so no other leader can exist until
-  /// ``MultiPaxosOptions/leaseDurationNanos`` later.
+  /// phase-1 quorum contains one of those acceptors, and each refuses to promise another ballot (its own
+  /// included) for ``MultiPaxosOptions/promiseRefusalWindowNanos`` of its monotonic clock after hearing the
+  /// heartbeat, so no other leader can exist until ``MultiPaxosOptions/leaseDurationNanos`` later (which
+  /// ``MultiPaxosOptions/validate(memberCount:)`` keeps a tick and the clock-drift bound below that window).
   public func leaseReadIndex(now: UInt64) -> Slot? {
     guard isRecovered else { return nil }
     guard options.leaseDurationNanos > 0, let start = leaseStart else { return nil }

@@ -249,6 +249,7 @@ public actor MultiPaxosNode<Machine: StateMachine> {
     while !stopped, !Task.isCancelled {
       guard await inputs.receive(into: &batch, limit: 4096) else { break }
       let now = clock.now
+      core.advanceClock(to: (now - startedAt).nanoseconds)  // Times this batch's messages from the leader.
       for input in batch { handle(input, now: now) }
       batch.removeAll(keepingCapacity: true)
       try await recordStoredSnapshot()
