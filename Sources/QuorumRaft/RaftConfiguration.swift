@@ -166,6 +166,7 @@ public struct RaftConfiguration: Sendable, Equatable {
     o.maxUncommittedBytes = maxUncommittedBytes
     o.snapshotChunkBytes = snapshotChunkBytes
     o.maxSnapshotBytes = maxSnapshotBytes
+    o.snapshotRefusalBackoffTicks = 20 * o.electionTimeoutMinTicks  // Retry a refused snapshot every ~20 timeouts.
     o.tickNanos = tickInterval.nanoseconds
     o.clockDriftBoundNanos = clockDriftBound.nanoseconds
     o.leaseDurationNanos = leaseReads ? leaseDuration.nanoseconds : 0  // A negative duration gives 0.

@@ -42,6 +42,9 @@ public struct RaftCoreOptions: Sendable, Equatable {
   public var snapshotChunkBytes: Int = 1 << 20
   /// The largest snapshot a follower accepts.
   public var maxSnapshotBytes: Int = 1 << 30
+  /// After a follower refused a snapshot as too large, leader ticks before the same snapshot is offered again
+  /// (a newer snapshot or a new term retries at once). The default is 20 default minimum election timeouts.
+  public var snapshotRefusalBackoffTicks: Int = 200
   /// How long a leader may serve lease reads after a quorum acknowledged a heartbeat, in the time units of
   /// `now` (nanoseconds in the node shell). 0 disables lease reads. Must end at least one tick and the
   /// clock-drift bound before the vote-refusal window (``voteRefusalWindowNanos``) does; ``validate()`` checks
@@ -127,6 +130,25 @@ public struct SoftState: Sendable, Equatable {
   public var term: Term
 }
 
+/// A follower refused the leader's snapshot because it is larger than the follower accepts
+/// (``RaftCoreOptions/maxSnapshotBytes`` there). The leader stops sending it that snapshot and reports the
+/// refusal once, in ``RaftReady/snapshotRefusals``; it tries again only when something changes: a newer
+/// snapshot, a new term (a new leader), or after ``RaftCoreOptions/snapshotRefusalBackoffTicks`` (the
+/// follower may have been restarted with a larger limit). Until then the follower stays behind, and
+/// ``PeerProgress/snapshotRefusal`` says why.
+public struct RaftSnapshotRefusal: Sendable, Equatable, CustomStringConvertible {
+  /// The follower that refused.
+  public var peer: NodeID
+  /// The refused snapshot's index.
+  public var snapshotIndex: LogIndex
+  /// The refused snapshot's size in bytes.
+  public var snapshotBytes: Int
+  /// A sentence for the log.
+  public var reason: String
+
+  public var description: String { "\(peer) refused snapshot \(snapshotIndex): \(reason)" }
+}
+
 /// Everything the shell must do after a batch of inputs, in order (the `Ready` contract):
 ///
 /// 1. send ``eagerMessages`` (leader replication; its own durable term makes this safe, thesis §10.2.1);
@@ -158,11 +180,15 @@ public struct RaftReady: Sendable {
   public var failedReads: [UInt64] = []
   /// The volatile state, if it changed.
   public var softState: SoftState?
+  /// Followers that refused a snapshot as too large, each reported once (see ``RaftSnapshotRefusal``): the
+  /// shell logs them; an operator raises the follower's limit or shrinks the state.
+  public var snapshotRefusals: [RaftSnapshotRefusal] = []
 
   /// Whether there is nothing to do.
   public var isEmpty: Bool {
     hardState == nil && entries.isEmpty && snapshot == nil && eagerMessages.isEmpty && messages.isEmpty
       && committedEntries.isEmpty && readStates.isEmpty && failedReads.isEmpty && softState == nil
+      && snapshotRefusals.isEmpty
   }
 }
 
@@ -190,6 +216,8 @@ public struct PeerProgress: Sendable, Equatable {
   public var isLearner: Bool
   /// Whether the leader heard from it in the current check-quorum period.
   public var recentlyActive: Bool
+  /// Why the leader is not sending it a snapshot it needs (it refused one as too large), or `nil`.
+  public var snapshotRefusal: String? = nil
 }
 
 /// The Raft consensus algorithm as a pure, deterministic value.
@@ -280,6 +308,7 @@ public struct RaftCore: Sendable {
   private var eagerOutbox: [RaftOutgoing] = []
   private var readStates: [ReadState] = []
   private var failedReads: [UInt64] = []
+  private var snapshotRefusals: [RaftSnapshotRefusal] = []
   private var lastHardState: HardState
   private var lastSoftState: SoftState
 
@@ -390,7 +419,7 @@ public struct RaftCore: Sendable {
     progress.mapValues {
       PeerProgress(
         match: $0.match, next: $0.next, state: $0.state.description, isLearner: $0.isLearner,
-        recentlyActive: $0.recentActive)
+        recentlyActive: $0.recentActive, snapshotRefusal: $0.snapshotRefusal)
     }
   }
   /// The election timeout currently drawn, in ticks.
@@ -934,6 +963,10 @@ public struct RaftCore: Sendable {
       }
       let wasPaused = pr.isPaused
       if pr.maybeUpdate(m.index) {
+        if pr.refusedSnapshot > 0 && pr.match >= pr.refusedSnapshot {
+          pr.refusedSnapshot = 0  // It caught up past the refused snapshot after all.
+          pr.snapshotRefusal = nil
+        }
         switch pr.state {
         case .probe:
           pr.becomeReplicate()
@@ -970,7 +1003,20 @@ public struct RaftCore: Sendable {
         return
       }
       if m.reject {
+        // The follower refused the snapshot as too large: sending it again would loop forever, one chunk per
+        // round. Stop until something changes (see RaftSnapshotRefusal), and say so once.
         pr.becomeProbe()
+        let bytes = log.snapshot?.data.count ?? 0
+        let reason =
+          "the snapshot of \(bytes) bytes exceeds the follower's maximum snapshot size; not resent until a newer "
+          + "snapshot, a new term or \(options.snapshotRefusalBackoffTicks) ticks"
+        if pr.refusedSnapshot != m.index {
+          snapshotRefusals.append(
+            RaftSnapshotRefusal(peer: from, snapshotIndex: m.index, snapshotBytes: bytes, reason: reason))
+        }
+        pr.refusedSnapshot = m.index
+        pr.refusedSnapshotTicks = 0
+        pr.snapshotRefusal = "refused snapshot \(m.index): " + reason
         progress[from] = pr
         return
       }
@@ -999,6 +1045,9 @@ public struct RaftCore: Sendable {
       let entries = log.slice(from: pr.next, to: log.lastIndex + 1, maxBytes: options.maxEntriesBytesPerMessage)
     else {
       guard let snapshot = log.snapshot else { return false }
+      if pr.refusedSnapshot == snapshot.index && pr.refusedSnapshotTicks < options.snapshotRefusalBackoffTicks {
+        return false  // Refused as too large: wait for a newer snapshot, a new term or the back-off.
+      }
       pr.becomeSnapshot(snapshot.index)
       progress[peer] = pr
       sendSnapshotChunk(to: peer)
@@ -1039,6 +1088,9 @@ public struct RaftCore: Sendable {
   }
 
   private mutating func retryStalledSnapshots() {
+    for peer in progress.keys.sorted() where (progress[peer]?.refusedSnapshot ?? 0) > 0 {
+      progress[peer]?.refusedSnapshotTicks += 1
+    }
     for peer in progress.keys.sorted() where progress[peer]?.state == .snapshot {
       progress[peer]?.snapshotIdleTicks += 1
       if (progress[peer]?.snapshotIdleTicks ?? 0) >= options.electionTimeoutMinTicks {
@@ -1221,7 +1273,7 @@ public struct RaftCore: Sendable {
   /// Whether ``ready()`` has anything to return.
   public var hasReady: Bool {
     (role == .leader && (needsBroadcast || needsReadRound)) || !outbox.isEmpty || !eagerOutbox.isEmpty
-      || !readStates.isEmpty
+      || !readStates.isEmpty || !snapshotRefusals.isEmpty
       || !failedReads.isEmpty || log.unstable <= log.lastIndex || log.pendingSnapshot != nil
       || log.hasCommittedToApply || term != lastHardState.term || vote != lastHardState.vote
       || softState != lastSoftState
@@ -1264,8 +1316,10 @@ public struct RaftCore: Sendable {
     ready.committedEntries = log.takeCommitted(maxBytes: options.maxApplyBytesPerBatch)
     ready.readStates = readStates
     ready.failedReads = failedReads
+    ready.snapshotRefusals = snapshotRefusals
     readStates = []
     failedReads = []
+    snapshotRefusals = []
     return ready
   }
 

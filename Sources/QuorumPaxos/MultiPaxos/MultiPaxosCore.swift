@@ -42,6 +42,10 @@ public struct MultiPaxosOptions: Sendable, Equatable {
   public var snapshotChunkBytes = 1 << 20
   /// The largest snapshot accepted from a leader.
   public var maxSnapshotBytes = 1 << 30
+  /// After an acceptor refused a snapshot as too large, leader ticks before the same snapshot is offered
+  /// again (a newer snapshot or a new leader retries at once). The default is 20 default minimum election
+  /// timeouts.
+  public var snapshotRefusalBackoffTicks = 200
   /// How long a leader may serve lease reads after a phase-2 quorum acknowledged a heartbeat, in the time
   /// units of `now` (nanoseconds in the node shell); 0 disables lease reads. Must end at least one tick and the
   /// clock-drift bound before the promise-refusal window (``promiseRefusalWindowNanos``) does; ``validate(memberCount:)``
@@ -125,6 +129,25 @@ public struct PaxosSoftState: Sendable, Equatable {
   public var ballot: Ballot
 }
 
+/// A replica refused the leader's snapshot because it is larger than the replica accepts
+/// (``MultiPaxosOptions/maxSnapshotBytes`` there). The leader stops sending it that snapshot and reports the
+/// refusal once, in ``PaxosReady/snapshotRefusals``; it tries again only when something changes: a newer
+/// snapshot, a new leader, or after ``MultiPaxosOptions/snapshotRefusalBackoffTicks`` (the replica may have
+/// been restarted with a larger limit). Until then the replica stays behind, and
+/// ``PaxosPeerProgress/snapshotRefusal`` says why.
+public struct PaxosSnapshotRefusal: Sendable, Equatable, CustomStringConvertible {
+  /// The replica that refused.
+  public var peer: NodeID
+  /// The refused snapshot's last slot.
+  public var snapshotIndex: Slot
+  /// The refused snapshot's size in bytes.
+  public var snapshotBytes: Int
+  /// A sentence for the log.
+  public var reason: String
+
+  public var description: String { "\(peer) refused snapshot \(snapshotIndex): \(reason)" }
+}
+
 /// Everything the shell must do after a batch of inputs, in order:
 ///
 /// 1. send ``eagerMessages`` (a leader's accepts and heartbeats: its ballot is already durable, and it counts
@@ -154,11 +177,15 @@ public struct PaxosReady: Sendable {
   public var failedReads: [UInt64] = []
   /// The volatile state, if it changed.
   public var softState: PaxosSoftState?
+  /// Replicas that refused a snapshot as too large, each reported once (see ``PaxosSnapshotRefusal``): the
+  /// shell logs them; an operator raises the replica's limit or shrinks the state.
+  public var snapshotRefusals: [PaxosSnapshotRefusal] = []
 
   /// Whether there is nothing to do.
   public var isEmpty: Bool {
     hardState == nil && entries.isEmpty && snapshot == nil && eagerMessages.isEmpty && messages.isEmpty
       && chosenEntries.isEmpty && readStates.isEmpty && failedReads.isEmpty && softState == nil
+      && snapshotRefusals.isEmpty
   }
 }
 
@@ -180,6 +207,8 @@ public struct PaxosPeerProgress: Sendable, Equatable {
   public var inflight: Int
   /// Whether a snapshot is being sent to it.
   public var receivingSnapshot: Bool
+  /// Why the leader is not sending it a snapshot it needs (it refused one as too large), or `nil`.
+  public var snapshotRefusal: String? = nil
 }
 
 /// Multi-Paxos as a pure, deterministic value: every node is an acceptor and a learner for every slot, and a
@@ -301,6 +330,12 @@ public struct MultiPaxosCore: Sendable {
     var snapshotIndex: Slot = 0
     var snapshotOffset: UInt64 = 0
     var snapshotSentAt: UInt64 = 0
+    /// The snapshot this acceptor refused as too large (0: none), and when: not offered again before the
+    /// back-off unless a newer snapshot replaces it.
+    var refusedSnapshot: Slot = 0
+    var refusedAt: UInt64 = 0
+    /// Why it is not sent a snapshot, for status displays.
+    var snapshotRefusal: String?
     /// The chosen point last sent to this acceptor.
     var toldChosen: Slot = 0
   }
@@ -344,6 +379,7 @@ public struct MultiPaxosCore: Sendable {
   private var unstableSorted = true
   private var readStates: [PaxosReadState] = []
   private var failedReads: [UInt64] = []
+  private var snapshotRefusals: [PaxosSnapshotRefusal] = []
   private var lastHardState: PaxosHardState
   private var lastSoftState: PaxosSoftState
 
@@ -413,7 +449,8 @@ public struct MultiPaxosCore: Sendable {
   public var peerProgress: [NodeID: PaxosPeerProgress] {
     peers.mapValues {
       PaxosPeerProgress(
-        chosenThrough: $0.chosen, next: $0.next, inflight: $0.inflight.count, receivingSnapshot: $0.snapshotIndex > 0)
+        chosenThrough: $0.chosen, next: $0.next, inflight: $0.inflight.count, receivingSnapshot: $0.snapshotIndex > 0,
+        snapshotRefusal: $0.snapshotRefusal)
     }
   }
 
@@ -1045,6 +1082,11 @@ public struct MultiPaxosCore: Sendable {
 
   private mutating func startSnapshot(to id: NodeID) {
     guard var peer = peers[id], let snapshot = log.snapshot else { return }
+    if peer.refusedSnapshot == snapshot.index
+      && ticks &- peer.refusedAt < UInt64(max(0, options.snapshotRefusalBackoffTicks))
+    {
+      return  // Refused as too large: wait for a newer snapshot, a new leader or the back-off.
+    }
     peer.snapshotIndex = snapshot.index
     peer.snapshotOffset = 0
     peer.inflight = []
@@ -1120,14 +1162,36 @@ public struct MultiPaxosCore: Sendable {
       return
     }
     peer.recentActive = true
-    if m.reject || m.nextOffset >= UInt64(log.snapshot?.data.count ?? 0) {
+    let total = log.snapshot?.data.count ?? 0
+    if m.reject && m.nextOffset == 0 && total > 0 {
+      // Refused as too large (a snapshot it does not need is refused with its full size as the offset):
+      // sending it again would loop forever, one chunk per round. Stop until something changes (see
+      // PaxosSnapshotRefusal), and say so once.
       peer.snapshotIndex = 0
       peer.snapshotOffset = 0
-      if !m.reject || m.nextOffset > 0 {
-        // Installed (or not needed): everything after the snapshot is sent again, since the batches in
-        // flight were forgotten when the transfer began.
-        peer.chosen = max(peer.chosen, m.index)
-        peer.next = m.index + 1
+      let reason =
+        "the snapshot of \(total) bytes exceeds the replica's maximum snapshot size; not resent until a newer "
+        + "snapshot, a new leader or \(options.snapshotRefusalBackoffTicks) ticks"
+      if peer.refusedSnapshot != m.index {
+        snapshotRefusals.append(
+          PaxosSnapshotRefusal(peer: from, snapshotIndex: m.index, snapshotBytes: total, reason: reason))
+      }
+      peer.refusedSnapshot = m.index
+      peer.refusedAt = ticks
+      peer.snapshotRefusal = "refused snapshot \(m.index): " + reason
+      peers[from] = peer
+      return
+    }
+    if m.reject || m.nextOffset >= UInt64(total) {
+      // Installed, or not needed: everything after the snapshot is sent again, since the batches in flight
+      // were forgotten when the transfer began.
+      peer.snapshotIndex = 0
+      peer.snapshotOffset = 0
+      peer.chosen = max(peer.chosen, m.index)
+      peer.next = m.index + 1
+      if peer.refusedSnapshot > 0 && peer.chosen >= peer.refusedSnapshot {
+        peer.refusedSnapshot = 0
+        peer.snapshotRefusal = nil
       }
       peers[from] = peer
       sendAccepts(to: from)
@@ -1272,7 +1336,7 @@ public struct MultiPaxosCore: Sendable {
   /// Whether ``ready()`` has anything to return.
   public var hasReady: Bool {
     (role == .leader && (needsBroadcast || needsReadRound || needsChosenNotice)) || !outbox.isEmpty
-      || !eagerOutbox.isEmpty
+      || !eagerOutbox.isEmpty || !snapshotRefusals.isEmpty
       || !unstable.isEmpty || pendingSnapshot != nil || log.hasChosenToApply || !readStates.isEmpty
       || !failedReads.isEmpty || promised != lastHardState.promised || softState != lastSoftState
   }
@@ -1314,8 +1378,10 @@ public struct MultiPaxosCore: Sendable {
     ready.chosenEntries = log.takeChosen(maxBytes: options.maxApplyBytesPerBatch)
     ready.readStates = readStates
     ready.failedReads = failedReads
+    ready.snapshotRefusals = snapshotRefusals
     readStates = []
     failedReads = []
+    snapshotRefusals = []
     return ready
   }
 
