@@ -186,6 +186,7 @@ public struct PaxosConfiguration: Sendable, Equatable {
     }
     guard requestTimeout > .zero else { throw fail("RequestTimeout", "must be positive") }
     try coreOptions.validate(memberCount: n)
+    try synodOptions.validate(acceptorCount: n)
   }
 
   /// The Multi-Paxos core's options, in ticks.

@@ -690,8 +690,11 @@ public struct RaftCore: Sendable {
       progress[peer] = newProgress(peer)
     }
     uncommittedBytes = 0
-    // The no-op that commits every earlier entry once it is committed (§5.4.2, §8).
-    log.appendOne(LogEntry(index: log.lastIndex + 1, term: term, kind: .noop))
+    // The no-op that commits every earlier entry once it is committed (§5.4.2, §8). It counts towards the
+    // uncommitted bytes like any entry of this term: committing it subtracts it again.
+    let noop = LogEntry(index: log.lastIndex + 1, term: term, kind: .noop)
+    log.appendOne(noop)
+    uncommittedBytes += noop.byteSize
     needsBroadcast = true
     // A joint configuration the previous leader did not get to leave is left once it is committed.
     if membership.isJoint && membershipIndex <= log.committed { membershipCommitted() }
@@ -1159,6 +1162,7 @@ public struct RaftCore: Sendable {
   private mutating func appendMembership(_ next: Membership) -> LogIndex {
     let entry = LogEntry(index: log.lastIndex + 1, term: term, kind: .membership, data: next.wireBytes())
     log.appendOne(entry)
+    uncommittedBytes += entry.byteSize  // Committing it subtracts it, as for every entry of this term.
     adopt(next, at: entry.index)
     needsBroadcast = true
     return entry.index
