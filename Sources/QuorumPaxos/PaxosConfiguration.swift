@@ -50,8 +50,10 @@ public struct PaxosConfiguration: Sendable, Equatable {
   public var distinguishedProposer: NodeID?
   /// Whether a Multi-Paxos leader serves lease reads without a round trip.
   public var leaseReads = true
-  /// The most the clocks of two nodes may drift apart over one election timeout; the lease lasts the minimum
-  /// election timeout minus this bound.
+  /// The most the clocks of two nodes may drift apart over one election timeout; must be positive with lease
+  /// reads on. An acceptor refuses to promise a new ballot for the minimum election timeout (in whole ticks)
+  /// after hearing from its leader, on its own monotonic clock; the lease lasts that window less one tick (a
+  /// margin for when the clock is read) less this bound.
   public var clockDriftBound: Duration = .milliseconds(15)
   /// Take a snapshot after this many applied slots (0 disables automatic snapshots).
   public var snapshotEvery = 10_000
@@ -105,6 +107,14 @@ public struct PaxosConfiguration: Sendable, Equatable {
 
   private func ticks(_ d: Duration) -> Int { Int((d / tickInterval).rounded(.down)) }
 
+  /// How long an acceptor refuses new ballots after hearing from its leader, on its monotonic clock: the
+  /// minimum election timeout in whole ticks.
+  private var refusalWindow: Duration { tickInterval * max(0, ticks(electionTimeout.lowerBound)) }
+
+  /// The lease: the refusal window less one tick (a margin for the time between a message's arrival and the
+  /// clock reading it is timed by) less the clock-drift bound.
+  private var leaseDuration: Duration { refusalWindow - tickInterval - clockDriftBound }
+
   /// Checks every setting and their relations.
   public func validate() throws(ConfigurationError) {
     func fail(_ setting: String, _ reason: String) -> ConfigurationError {
@@ -153,8 +163,14 @@ public struct PaxosConfiguration: Sendable, Equatable {
       throw fail("ProposerBackoff", "need 0 ≤ initial ≤ maximum")
     }
     if leaseReads {
-      guard clockDriftBound >= .zero, clockDriftBound < electionTimeout.lowerBound else {
-        throw fail("LeaseReads", "the clock-drift bound must be between 0 and the minimum election timeout")
+      guard clockDriftBound > .zero else {
+        throw fail("LeaseReads", "the clock-drift bound must be positive: clocks drift (got \(clockDriftBound))")
+      }
+      guard leaseDuration > .zero else {
+        throw fail(
+          "LeaseReads",
+          "the clock-drift bound \(clockDriftBound) leaves no lease: it must be below the minimum election timeout "
+            + "in whole ticks (\(refusalWindow)) less one tick (\(tickInterval))")
       }
     }
     let positives: [(String, Int)] = [
@@ -169,6 +185,8 @@ public struct PaxosConfiguration: Sendable, Equatable {
       throw fail("MaxCommandBytes", "a command larger than MaxUncommittedBytes could never be proposed")
     }
     guard requestTimeout > .zero else { throw fail("RequestTimeout", "must be positive") }
+    try coreOptions.validate(memberCount: n)
+    try synodOptions.validate(acceptorCount: n)
   }
 
   /// The Multi-Paxos core's options, in ticks.
@@ -186,7 +204,10 @@ public struct PaxosConfiguration: Sendable, Equatable {
     o.maxUncommittedBytes = maxUncommittedBytes
     o.snapshotChunkBytes = snapshotChunkBytes
     o.maxSnapshotBytes = maxSnapshotBytes
-    o.leaseDurationNanos = leaseReads ? (electionTimeout.lowerBound - clockDriftBound).nanoseconds : 0
+    o.snapshotRefusalBackoffTicks = 20 * o.electionTimeoutMinTicks  // Retry a refused snapshot every ~20 timeouts.
+    o.tickNanos = tickInterval.nanoseconds
+    o.clockDriftBoundNanos = clockDriftBound.nanoseconds
+    o.leaseDurationNanos = leaseReads ? leaseDuration.nanoseconds : 0  // A negative duration gives 0.
     return o
   }
 

@@ -36,6 +36,13 @@ struct Progress: Sendable {
   var isLearner: Bool
   /// The newest read round the follower acknowledged (ReadIndex and leases).
   var ackedRound: UInt64 = 0
+  /// The index of the snapshot the follower refused (it is larger than the follower accepts), or 0. The leader
+  /// does not send that snapshot again until ``refusedSnapshotTicks`` reaches its back-off.
+  var refusedSnapshot: LogIndex = 0
+  /// Leader ticks since the follower refused ``refusedSnapshot``.
+  var refusedSnapshotTicks = 0
+  /// Why the follower is not sent a snapshot, for status displays; `nil` when nothing was refused.
+  var snapshotRefusal: String?
   var inflights: Inflights
 
   init(next: LogIndex, isLearner: Bool, maxInflightMessages: Int, maxInflightBytes: Int) {

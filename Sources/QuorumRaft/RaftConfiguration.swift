@@ -35,9 +35,10 @@ public struct RaftConfiguration: Sendable, Equatable {
   public var checkQuorum = true
   /// Whether lease reads are served without a round trip; otherwise a lease read falls back to ReadIndex.
   public var leaseReads = true
-  /// The most the clocks of two nodes may drift apart over one election timeout. The lease lasts the
-  /// minimum election timeout less one tick (a follower counts whole ticks from a heartbeat, and the first may
-  /// come at once), minus this bound.
+  /// The most the clocks of two nodes may drift apart over one election timeout; must be positive with lease
+  /// reads on. A follower refuses votes for the minimum election timeout (in whole ticks) after hearing from
+  /// the leader, on its own monotonic clock; the lease lasts that window less one tick (a margin for when the
+  /// clock is read) less this bound.
   public var clockDriftBound: Duration = .milliseconds(15)
   /// Take a snapshot after this many applied entries (0 disables automatic snapshots).
   public var snapshotEvery = 10_000
@@ -81,9 +82,13 @@ public struct RaftConfiguration: Sendable, Equatable {
     Int((d / tickInterval).rounded(.down))
   }
 
-  /// The shortest time a follower surely refuses votes after a heartbeat: it counts whole ticks and the
-  /// first may come at once, so (minimum election timeout in ticks − 1) ticks.
-  private var leaseBase: Duration { tickInterval * max(0, ticks(electionTimeout.lowerBound) - 1) }
+  /// How long a follower refuses votes after hearing from the leader, on its monotonic clock: the minimum
+  /// election timeout in whole ticks.
+  private var refusalWindow: Duration { tickInterval * max(0, ticks(electionTimeout.lowerBound)) }
+
+  /// The lease: the refusal window less one tick (a margin for the time between a message's arrival and the
+  /// clock reading it is timed by) less the clock-drift bound.
+  private var leaseDuration: Duration { refusalWindow - tickInterval - clockDriftBound }
 
   /// Checks every setting and their relations.
   public func validate() throws(ConfigurationError) {
@@ -122,10 +127,14 @@ public struct RaftConfiguration: Sendable, Equatable {
     }
     if leaseReads {
       guard checkQuorum else { throw fail("LeaseReads", "lease reads need CheckQuorum(true)") }
-      guard clockDriftBound >= .zero, clockDriftBound < leaseBase else {
+      guard clockDriftBound > .zero else {
+        throw fail("LeaseReads", "the clock-drift bound must be positive: clocks drift (got \(clockDriftBound))")
+      }
+      guard leaseDuration > .zero else {
         throw fail(
           "LeaseReads",
-          "the clock-drift bound must be between 0 and the minimum election timeout less one tick (\(leaseBase))")
+          "the clock-drift bound \(clockDriftBound) leaves no lease: it must be below the minimum election timeout "
+            + "in whole ticks (\(refusalWindow)) less one tick (\(tickInterval))")
       }
     }
     let positives: [(String, Int)] = [
@@ -140,6 +149,7 @@ public struct RaftConfiguration: Sendable, Equatable {
       throw fail("MaxCommandBytes", "a command larger than MaxUncommittedBytes could never be proposed")
     }
     guard requestTimeout > .zero else { throw fail("RequestTimeout", "must be positive") }
+    try coreOptions.validate()
   }
 
   /// The pure core's options, in ticks.
@@ -156,11 +166,10 @@ public struct RaftConfiguration: Sendable, Equatable {
     o.maxUncommittedBytes = maxUncommittedBytes
     o.snapshotChunkBytes = snapshotChunkBytes
     o.maxSnapshotBytes = maxSnapshotBytes
-    if leaseReads {
-      o.leaseDurationNanos = (leaseBase - clockDriftBound).nanoseconds
-    } else {
-      o.leaseDurationNanos = 0
-    }
+    o.snapshotRefusalBackoffTicks = 20 * o.electionTimeoutMinTicks  // Retry a refused snapshot every ~20 timeouts.
+    o.tickNanos = tickInterval.nanoseconds
+    o.clockDriftBoundNanos = clockDriftBound.nanoseconds
+    o.leaseDurationNanos = leaseReads ? leaseDuration.nanoseconds : 0  // A negative duration gives 0.
     return o
   }
 

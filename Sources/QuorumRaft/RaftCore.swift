@@ -42,14 +42,58 @@ public struct RaftCoreOptions: Sendable, Equatable {
   public var snapshotChunkBytes: Int = 1 << 20
   /// The largest snapshot a follower accepts.
   public var maxSnapshotBytes: Int = 1 << 30
+  /// After a follower refused a snapshot as too large, leader ticks before the same snapshot is offered again
+  /// (a newer snapshot or a new term retries at once). The default is 20 default minimum election timeouts.
+  public var snapshotRefusalBackoffTicks: Int = 200
   /// How long a leader may serve lease reads after a quorum acknowledged a heartbeat, in the time units of
-  /// `now` (nanoseconds in the node shell). 0 disables lease reads. Must be below `electionTimeoutMinTicks - 1`
-  /// ticks by the clock-drift bound (a follower's first tick after a heartbeat may come at once);
-  /// ``RaftConfiguration`` computes it.
+  /// `now` (nanoseconds in the node shell). 0 disables lease reads. Must end at least one tick and the
+  /// clock-drift bound before the vote-refusal window (``voteRefusalWindowNanos``) does; ``validate()`` checks
+  /// it and ``RaftConfiguration`` computes it.
   public var leaseDurationNanos: UInt64 = 0
+  /// The length of one tick in the time units of `now` (nanoseconds in the node shell). When set, a follower
+  /// measures how long ago it heard from a leader on the shell's monotonic clock (``RaftCore/advanceClock(to:)``)
+  /// and refuses votes for ``voteRefusalWindowNanos`` of it, however the ticks were delivered. 0 (the default,
+  /// for tests that drive the core by ticks alone) counts ticks only: ticks fired back to back after a stall
+  /// shorten that window, so lease reads need this set.
+  public var tickNanos: UInt64 = 0
+  /// The most the clocks of two nodes may drift apart over one election timeout, in the units of `now`. Only
+  /// ``validate()`` reads it: the lease must end this much (and a tick) before the refusal window.
+  public var clockDriftBoundNanos: UInt64 = 0
 
   /// Default options: 10–20 tick elections, a heartbeat every tick, pre-vote and check-quorum on.
   public init() {}
+
+  /// How long after hearing from a leader a follower refuses to vote for another candidate, measured on its
+  /// monotonic clock: the minimum election timeout, `electionTimeoutMinTicks × tickNanos` (0 when
+  /// ``tickNanos`` is 0).
+  public var voteRefusalWindowNanos: UInt64 { UInt64(max(0, electionTimeoutMinTicks)) &* tickNanos }
+
+  /// Checks the options on their own and against each other. With lease reads on, the lease must end at
+  /// least one tick and the clock-drift bound before the vote-refusal window, the drift bound must not be
+  /// zero (clocks always drift) and check-quorum must be on. The error names the offending option.
+  public func validate() throws(ConfigurationError) {
+    func fail(_ option: String, _ reason: String) -> ConfigurationError {
+      ConfigurationError(setting: option, reason: reason)
+    }
+    if electionTimeoutMinTicks < 1 { throw fail("electionTimeoutMinTicks", "must be at least 1") }
+    if heartbeatTicks < 1 { throw fail("heartbeatTicks", "must be at least 1") }
+    guard leaseDurationNanos > 0 else { return }
+    guard checkQuorum else { throw fail("leaseDurationNanos", "lease reads need checkQuorum") }
+    guard tickNanos > 0 else {
+      throw fail("tickNanos", "lease reads need the tick length, to measure leader contact on the monotonic clock")
+    }
+    guard clockDriftBoundNanos > 0 else {
+      throw fail("clockDriftBoundNanos", "must not be 0 with lease reads on: clocks drift")
+    }
+    let window = voteRefusalWindowNanos
+    let (needed, overflow) = leaseDurationNanos.addingReportingOverflow(clockDriftBoundNanos &+ tickNanos)
+    if overflow || needed > window {
+      throw fail(
+        "leaseDurationNanos",
+        "a lease of \(leaseDurationNanos) ns plus the drift bound \(clockDriftBoundNanos) ns and one tick "
+          + "\(tickNanos) ns exceeds the vote-refusal window of \(window) ns")
+    }
+  }
 }
 
 /// A message for the shell to send.
@@ -86,6 +130,25 @@ public struct SoftState: Sendable, Equatable {
   public var term: Term
 }
 
+/// A follower refused the leader's snapshot because it is larger than the follower accepts
+/// (``RaftCoreOptions/maxSnapshotBytes`` there). The leader stops sending it that snapshot and reports the
+/// refusal once, in ``RaftReady/snapshotRefusals``; it tries again only when something changes: a newer
+/// snapshot, a new term (a new leader), or after ``RaftCoreOptions/snapshotRefusalBackoffTicks`` (the
+/// follower may have been restarted with a larger limit). Until then the follower stays behind, and
+/// ``PeerProgress/snapshotRefusal`` says why.
+public struct RaftSnapshotRefusal: Sendable, Equatable, CustomStringConvertible {
+  /// The follower that refused.
+  public var peer: NodeID
+  /// The refused snapshot's index.
+  public var snapshotIndex: LogIndex
+  /// The refused snapshot's size in bytes.
+  public var snapshotBytes: Int
+  /// A sentence for the log.
+  public var reason: String
+
+  public var description: String { "\(peer) refused snapshot \(snapshotIndex): \(reason)" }
+}
+
 /// Everything the shell must do after a batch of inputs, in order (the `Ready` contract):
 ///
 /// 1. send ``eagerMessages`` (leader replication; its own durable term makes this safe, thesis §10.2.1);
@@ -117,11 +180,15 @@ public struct RaftReady: Sendable {
   public var failedReads: [UInt64] = []
   /// The volatile state, if it changed.
   public var softState: SoftState?
+  /// Followers that refused a snapshot as too large, each reported once (see ``RaftSnapshotRefusal``): the
+  /// shell logs them; an operator raises the follower's limit or shrinks the state.
+  public var snapshotRefusals: [RaftSnapshotRefusal] = []
 
   /// Whether there is nothing to do.
   public var isEmpty: Bool {
     hardState == nil && entries.isEmpty && snapshot == nil && eagerMessages.isEmpty && messages.isEmpty
       && committedEntries.isEmpty && readStates.isEmpty && failedReads.isEmpty && softState == nil
+      && snapshotRefusals.isEmpty
   }
 }
 
@@ -149,6 +216,8 @@ public struct PeerProgress: Sendable, Equatable {
   public var isLearner: Bool
   /// Whether the leader heard from it in the current check-quorum period.
   public var recentlyActive: Bool
+  /// Why the leader is not sending it a snapshot it needs (it refused one as too large), or `nil`.
+  public var snapshotRefusal: String? = nil
 }
 
 /// The Raft consensus algorithm as a pure, deterministic value.
@@ -213,7 +282,14 @@ public struct RaftCore: Sendable {
   /// Restarted from durable state: before the crash this node may have acknowledged a heartbeat that started a
   /// leader's lease, so it refuses votes for a minimum election timeout as if it had just heard from that leader.
   private var restartedRecently = false
+  /// The shell's monotonic clock, as last given (never goes back).
   private var now: UInt64 = 0
+  /// When (``now``) this node last stepped a message from a leader, or read the clock first after a restart;
+  /// `nil` if never. With ``RaftCoreOptions/tickNanos`` set, votes are refused for
+  /// ``RaftCoreOptions/voteRefusalWindowNanos`` after it.
+  private var leaderContactNanos: UInt64?
+  /// Restarted from durable state and not yet given the clock: the refusal window starts at the first reading.
+  private var awaitingFirstClock = false
 
   // A snapshot being received in chunks.
   private struct IncomingSnapshot: Sendable {
@@ -232,6 +308,7 @@ public struct RaftCore: Sendable {
   private var eagerOutbox: [RaftOutgoing] = []
   private var readStates: [ReadState] = []
   private var failedReads: [UInt64] = []
+  private var snapshotRefusals: [RaftSnapshotRefusal] = []
   private var lastHardState: HardState
   private var lastSoftState: SoftState
 
@@ -263,8 +340,27 @@ public struct RaftCore: Sendable {
     self.lastHardState = HardState(term: hardState.term, vote: hardState.vote, commit: log.committed)
     self.lastSoftState = SoftState(role: .follower, leader: nil, term: hardState.term)
     self.restartedRecently = hardState.term > 0
+    self.awaitingFirstClock = hardState.term > 0
     recomputeMembership()
     resetRandomizedElectionTimeout()
+  }
+
+  /// Checks that recovered durable state is consistent before a node restarts from it; the shell calls it
+  /// with what it decoded from storage, before ``init(id:options:membership:hardState:snapshot:entries:random:)``
+  /// (which trusts its arguments: it would clamp a commit index beyond the log and apply what is there).
+  ///
+  /// - Throws: ``RaftRecoveryError/commitBeyondLog(commit:lastIndex:)`` when the commit index is beyond the
+  ///   last recovered entry (or snapshot), ``RaftRecoveryError/logGap(after:next:)`` when the entries do not
+  ///   follow the snapshot contiguously.
+  public static func validateRecovered(
+    hardState: HardState, snapshot: RaftSnapshot?, entries: [LogEntry]
+  ) throws(RaftRecoveryError) {
+    var last = snapshot?.index ?? 0
+    for entry in entries where entry.index > (snapshot?.index ?? 0) {
+      if entry.index != last + 1 { throw .logGap(after: last, next: entry.index) }
+      last = entry.index
+    }
+    if hardState.commit > last { throw .commitBeyondLog(commit: hardState.commit, lastIndex: last) }
   }
 
   /// Creates a founding member of a new group: its log starts with the committed bootstrap entry that
@@ -323,7 +419,7 @@ public struct RaftCore: Sendable {
     progress.mapValues {
       PeerProgress(
         match: $0.match, next: $0.next, state: $0.state.description, isLearner: $0.isLearner,
-        recentlyActive: $0.recentActive)
+        recentlyActive: $0.recentActive, snapshotRefusal: $0.snapshotRefusal)
     }
   }
   /// The election timeout currently drawn, in ticks.
@@ -333,17 +429,34 @@ public struct RaftCore: Sendable {
 
   // MARK: - Inputs
 
-  /// Advances logical time by one tick. `now` is the shell's monotonic clock (used only for leases).
+  /// Advances logical time by one tick. `now` is the shell's monotonic clock, as in ``advanceClock(to:)``.
+  /// Election and heartbeat timeouts count ticks; leases and the vote-refusal window use `now`.
   public mutating func tick(now: UInt64 = 0) {
-    self.now = max(self.now, now)
+    advanceClock(to: now)
     switch role {
     case .leader: tickLeader()
     default: tickElection()
     }
   }
 
-  /// Records the shell's monotonic clock without ticking (for lease checks between ticks).
-  public mutating func observe(now: UInt64) { self.now = max(self.now, now) }
+  /// Gives the core the shell's monotonic clock (nanoseconds in the node shell); a value below the last one
+  /// is ignored, so the clock never goes back. The shell calls it with the time it took a batch of messages
+  /// out of its mailboxes, before stepping them: a message from the leader is timed by it, and the
+  /// vote-refusal window (``RaftCoreOptions/voteRefusalWindowNanos``) runs from there.
+  public mutating func advanceClock(to nanos: UInt64) {
+    if awaitingFirstClock {
+      // The first reading after a restart: refuse votes for a window from now, as if a leader had just been
+      // heard (it may have been, just before the crash).
+      awaitingFirstClock = false
+      now = max(now, nanos)
+      leaderContactNanos = now
+      return
+    }
+    now = max(now, nanos)
+  }
+
+  /// Records the shell's monotonic clock without ticking; the same as ``advanceClock(to:)``.
+  public mutating func observe(now: UInt64) { advanceClock(to: now) }
 
   private mutating func tickElection() {
     electionElapsed += 1
@@ -351,11 +464,34 @@ public struct RaftCore: Sendable {
     if incomingSnapshot != nil, electionElapsed >= options.electionTimeoutMinTicks * 4 {
       incomingSnapshot = nil  // The leader stopped sending it; free the memory.
     }
-    if isPromotable && electionElapsed >= randomizedElectionTimeout {
+    // A node within its refusal window does not campaign either: its own vote would count for a new leader
+    // while the leader it acknowledged may still hold a lease. Ticks fired in a burst after a stall reach
+    // the timeout early; the clock says whether the window has really passed.
+    if isPromotable && electionElapsed >= randomizedElectionTimeout && !inClockLeaseWindow {
       electionElapsed = 0
       startElection(options.preVote ? .preVote : .election)
     }
   }
+
+  /// Whether this node heard from a leader (or restarted) less than the vote-refusal window ago, by the
+  /// monotonic clock; always `false` without ``RaftCoreOptions/tickNanos`` or check-quorum.
+  private var inClockLeaseWindow: Bool {
+    guard options.checkQuorum, options.tickNanos > 0 else { return false }
+    if awaitingFirstClock { return true }
+    guard let contact = leaderContactNanos else { return false }
+    return now &- contact < options.voteRefusalWindowNanos
+  }
+
+  /// Whether this node refuses to vote (or pre-vote) for another candidate: it heard from a leader within a
+  /// minimum election timeout, counted in ticks since then or measured on the monotonic clock (thesis §4.2.3;
+  /// the lease rests on it). Either count suffices to refuse.
+  private var refusesVotes: Bool {
+    guard options.checkQuorum else { return false }
+    if (leader != nil || restartedRecently) && electionElapsed < options.electionTimeoutMinTicks { return true }
+    return inClockLeaseWindow
+  }
+
+  private mutating func noteLeaderContact() { leaderContactNanos = now }
 
   private mutating func tickLeader() {
     heartbeatElapsed += 1
@@ -384,10 +520,14 @@ public struct RaftCore: Sendable {
     return active == 1
   }
 
-  /// Starts an election now (as if the election timeout had elapsed), if this node is a voter.
-  public mutating func campaign() {
-    guard isPromotable else { return }
+  /// Starts an election now (as if the election timeout had elapsed), if this node is a voter and not within
+  /// its vote-refusal window by the monotonic clock (see ``RaftCoreOptions/tickNanos``). Returns whether it
+  /// started one.
+  @discardableResult
+  public mutating func campaign() -> Bool {
+    guard isPromotable, !inClockLeaseWindow else { return false }
     startElection(options.preVote ? .preVote : .election)
+    return true
   }
 
   /// Handles a message from a peer.
@@ -398,12 +538,15 @@ public struct RaftCore: Sendable {
     }
     let msgTerm = message.term
     if msgTerm > term {
+      // A higher term and the vote-refusal window: a vote request inside the window is ignored and changes
+      // nothing (not even the term). An AppendEntries, heartbeat or snapshot comes from that term's leader: it is
+      // leader contact and restarts the window (stepFollower records it). Any other message (a response, a
+      // TimeoutNow) moves this node to the term but neither restarts nor ends the window measured on the clock:
+      // the leader it last heard may still hold a lease. A TimeoutNow then starts a transfer election, whose
+      // requests voters grant inside their windows: the leader that sent it gave up its lease reads for its term.
       switch message {
       case .requestVote(let m):
-        let inLease =
-          options.checkQuorum && (leader != nil || restartedRecently)
-          && electionElapsed < options.electionTimeoutMinTicks
-        if !m.transfer && inLease { return }  // Thesis §4.2.3: ignore disruptive votes while a leader is alive.
+        if !m.transfer && refusesVotes { return }  // Thesis §4.2.3: ignore disruptive votes while a leader is alive.
         if m.preVote { break }  // Pre-votes never change our term.
         becomeFollower(term: msgTerm, leader: nil)
       case .voteResponse(let m) where m.preVote && m.granted:
@@ -547,8 +690,11 @@ public struct RaftCore: Sendable {
       progress[peer] = newProgress(peer)
     }
     uncommittedBytes = 0
-    // The no-op that commits every earlier entry once it is committed (§5.4.2, §8).
-    log.appendOne(LogEntry(index: log.lastIndex + 1, term: term, kind: .noop))
+    // The no-op that commits every earlier entry once it is committed (§5.4.2, §8). It counts towards the
+    // uncommitted bytes like any entry of this term: committing it subtracts it again.
+    let noop = LogEntry(index: log.lastIndex + 1, term: term, kind: .noop)
+    log.appendOne(noop)
+    uncommittedBytes += noop.byteSize
     needsBroadcast = true
     // A joint configuration the previous leader did not get to leave is left once it is committed.
     if membership.isJoint && membershipIndex <= log.committed { membershipCommitted() }
@@ -566,12 +712,15 @@ public struct RaftCore: Sendable {
     switch message {
     case .appendEntries(let m):
       becomeFollower(term: m.term, leader: from)
+      noteLeaderContact()
       handleAppend(m, from: from)
     case .heartbeat(let m):
       becomeFollower(term: m.term, leader: from)
+      noteLeaderContact()
       handleHeartbeat(m, from: from)
     case .installSnapshot(let m):
       becomeFollower(term: m.term, leader: from)
+      noteLeaderContact()
       handleSnapshotChunk(m, from: from)
     case .voteResponse(let m):
       guard m.preVote == (role == .preCandidate) else { return }
@@ -594,14 +743,17 @@ public struct RaftCore: Sendable {
     case .appendEntries(let m):
       electionElapsed = 0
       leader = from
+      noteLeaderContact()
       handleAppend(m, from: from)
     case .heartbeat(let m):
       electionElapsed = 0
       leader = from
+      noteLeaderContact()
       handleHeartbeat(m, from: from)
     case .installSnapshot(let m):
       electionElapsed = 0
       leader = from
+      noteLeaderContact()
       handleSnapshotChunk(m, from: from)
     default:
       break
@@ -814,6 +966,10 @@ public struct RaftCore: Sendable {
       }
       let wasPaused = pr.isPaused
       if pr.maybeUpdate(m.index) {
+        if pr.refusedSnapshot > 0 && pr.match >= pr.refusedSnapshot {
+          pr.refusedSnapshot = 0  // It caught up past the refused snapshot after all.
+          pr.snapshotRefusal = nil
+        }
         switch pr.state {
         case .probe:
           pr.becomeReplicate()
@@ -850,7 +1006,20 @@ public struct RaftCore: Sendable {
         return
       }
       if m.reject {
+        // The follower refused the snapshot as too large: sending it again would loop forever, one chunk per
+        // round. Stop until something changes (see RaftSnapshotRefusal), and say so once.
         pr.becomeProbe()
+        let bytes = log.snapshot?.data.count ?? 0
+        let reason =
+          "the snapshot of \(bytes) bytes exceeds the follower's maximum snapshot size; not resent until a newer "
+          + "snapshot, a new term or \(options.snapshotRefusalBackoffTicks) ticks"
+        if pr.refusedSnapshot != m.index {
+          snapshotRefusals.append(
+            RaftSnapshotRefusal(peer: from, snapshotIndex: m.index, snapshotBytes: bytes, reason: reason))
+        }
+        pr.refusedSnapshot = m.index
+        pr.refusedSnapshotTicks = 0
+        pr.snapshotRefusal = "refused snapshot \(m.index): " + reason
         progress[from] = pr
         return
       }
@@ -879,6 +1048,9 @@ public struct RaftCore: Sendable {
       let entries = log.slice(from: pr.next, to: log.lastIndex + 1, maxBytes: options.maxEntriesBytesPerMessage)
     else {
       guard let snapshot = log.snapshot else { return false }
+      if pr.refusedSnapshot == snapshot.index && pr.refusedSnapshotTicks < options.snapshotRefusalBackoffTicks {
+        return false  // Refused as too large: wait for a newer snapshot, a new term or the back-off.
+      }
       pr.becomeSnapshot(snapshot.index)
       progress[peer] = pr
       sendSnapshotChunk(to: peer)
@@ -919,6 +1091,9 @@ public struct RaftCore: Sendable {
   }
 
   private mutating func retryStalledSnapshots() {
+    for peer in progress.keys.sorted() where (progress[peer]?.refusedSnapshot ?? 0) > 0 {
+      progress[peer]?.refusedSnapshotTicks += 1
+    }
     for peer in progress.keys.sorted() where progress[peer]?.state == .snapshot {
       progress[peer]?.snapshotIdleTicks += 1
       if (progress[peer]?.snapshotIdleTicks ?? 0) >= options.electionTimeoutMinTicks {
@@ -987,6 +1162,7 @@ public struct RaftCore: Sendable {
   private mutating func appendMembership(_ next: Membership) -> LogIndex {
     let entry = LogEntry(index: log.lastIndex + 1, term: term, kind: .membership, data: next.wireBytes())
     log.appendOne(entry)
+    uncommittedBytes += entry.byteSize  // Committing it subtracts it, as for every entry of this term.
     adopt(next, at: entry.index)
     needsBroadcast = true
     return entry.index
@@ -1055,10 +1231,10 @@ public struct RaftCore: Sendable {
 
   /// If this leader's lease is valid at `now`, the index a lease read must wait for; otherwise `nil`.
   ///
-  /// The lease starts when the leader sent a heartbeat round that a quorum acknowledged; followers refuse
-  /// to vote for anyone else for a minimum election timeout after hearing it, so no other leader can exist
-  /// until ``RaftCoreOptions/leaseDurationNanos`` later (which the configuration keeps below that timeout,
-  /// less one tick, by the clock-drift bound).
+  /// The lease starts when the leader sent a heartbeat round that a quorum acknowledged; those followers
+  /// neither vote for anyone else nor campaign for ``RaftCoreOptions/voteRefusalWindowNanos`` of their own
+  /// monotonic clocks after hearing it, so no other leader can exist until ``RaftCoreOptions/leaseDurationNanos``
+  /// later (which ``RaftCoreOptions/validate()`` keeps a tick and the clock-drift bound below that window).
   public func leaseReadIndex(now: UInt64) -> LogIndex? {
     guard role == .leader, transferee == nil, !leaseForfeited, hasCommittedInCurrentTerm else { return nil }
     if membership.allVoters == [id] { return log.committed }
@@ -1101,7 +1277,7 @@ public struct RaftCore: Sendable {
   /// Whether ``ready()`` has anything to return.
   public var hasReady: Bool {
     (role == .leader && (needsBroadcast || needsReadRound)) || !outbox.isEmpty || !eagerOutbox.isEmpty
-      || !readStates.isEmpty
+      || !readStates.isEmpty || !snapshotRefusals.isEmpty
       || !failedReads.isEmpty || log.unstable <= log.lastIndex || log.pendingSnapshot != nil
       || log.hasCommittedToApply || term != lastHardState.term || vote != lastHardState.vote
       || softState != lastSoftState
@@ -1144,8 +1320,10 @@ public struct RaftCore: Sendable {
     ready.committedEntries = log.takeCommitted(maxBytes: options.maxApplyBytesPerBatch)
     ready.readStates = readStates
     ready.failedReads = failedReads
+    ready.snapshotRefusals = snapshotRefusals
     readStates = []
     failedReads = []
+    snapshotRefusals = []
     return ready
   }
 

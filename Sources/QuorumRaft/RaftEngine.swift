@@ -121,13 +121,15 @@ public struct RaftEngine: ReplicaEngine {
       let membership = try Membership(wireBytes: stored.metadata)
       snapshot = RaftSnapshot(index: stored.index, term: stored.term, membership: membership, data: stored.data)
     }
+    // A commit index the log does not reach would apply entries that were never committed: refuse to start.
+    try RaftCore.validateRecovered(hardState: hardState, snapshot: snapshot, entries: state.entries)
     let core = RaftCore(
       id: id, options: options, membership: .empty, hardState: hardState, snapshot: snapshot, entries: state.entries,
       random: random.fork())
     return (RaftEngine(core: core), state.snapshot)
   }
 
-  public mutating func advanceClock(to nanos: UInt64) {}
+  public mutating func advanceClock(to nanos: UInt64) { core.advanceClock(to: nanos) }
 
   public mutating func tick(now nanos: UInt64) { core.tick(now: nanos) }
 
@@ -191,6 +193,7 @@ public struct RaftEngine: ReplicaEngine {
     out.committed = rd.committedEntries
     out.readStates = rd.readStates.map { ReplicaReadState(id: $0.id, index: $0.index) }
     out.failedReads = rd.failedReads
+    out.peerFailures = rd.snapshotRefusals.map { ($0.peer, $0.description) }
     if let soft = rd.softState {
       if soft.role != lastSoft.role || soft.term != lastSoft.term {
         out.events.append(.roleChanged(soft.role, term: soft.term))

@@ -94,3 +94,22 @@ public struct HardState: Sendable, Equatable, WireCodable, CustomStringConvertib
 
   public var description: String { "term=\(term) vote=\(vote) commit=\(commit)" }
 }
+
+/// Why a node's recovered durable state cannot be trusted: restarting from it could apply entries that were
+/// never committed. The node must not start; an operator has to look at (or replace) its data directory.
+public enum RaftRecoveryError: Error, Sendable, Equatable, CustomStringConvertible {
+  /// The recovered hard state's commit index is beyond the recovered log and snapshot: the hard state was
+  /// made durable without the entries it covers (storage wrote them out of order, or lost some).
+  case commitBeyondLog(commit: LogIndex, lastIndex: LogIndex)
+  /// The recovered entries do not follow the snapshot (or each other) without a gap.
+  case logGap(after: LogIndex, next: LogIndex)
+
+  public var description: String {
+    switch self {
+    case .commitBeyondLog(let commit, let lastIndex):
+      return "the recovered commit index \(commit) is beyond the recovered log, which ends at \(lastIndex)"
+    case .logGap(let after, let next):
+      return "the recovered log has a gap: entry \(next) follows position \(after)"
+    }
+  }
+}

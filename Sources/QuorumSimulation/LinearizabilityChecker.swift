@@ -68,13 +68,13 @@ extension LinearizabilityModel {
 
 /// Counters describing the work one check did.
 public struct LinearizabilityStats: Sendable, Hashable, CustomStringConvertible {
-  /// Partitions searched (including the one that failed or ran out of budget).
+  /// Partitions searched (every one up to the first violation, including those that ran out of budget).
   public var partitionsChecked = 0
   /// Operations that took part in the search (failed operations and unknown read-only ones are dropped).
   public var operationsChecked = 0
   /// Search states reached: distinct (set of linearized operations, model state) pairs, plus the states the
-  /// targeted strategy reaches through unknown-outcome operations; summed over every strategy the portfolio ran.
-  /// This is what ``LinearizabilityChecker/maxStatesExplored`` bounds.
+  /// targeted strategy reaches through unknown-outcome operations; summed over every strategy the portfolio ran
+  /// and every partition. ``LinearizabilityChecker/maxStatesExplored`` bounds it per partition.
   public var statesExplored = 0
   /// Times the search undid a tentative linearization.
   public var backtracks = 0
@@ -121,10 +121,10 @@ public struct LinearizabilityResult<PartitionKey: Hashable & Sendable>: Sendable
   public enum Verdict: Sendable {
     /// Every partition has a linearization.
     case linearizable
-    /// One partition has none.
+    /// One partition has none (the first found, in the order of the partitions' first operations).
     case notLinearizable(LinearizabilityViolation<PartitionKey>)
-    /// The budget of explored states ran out while searching `partition`; nothing is known about it or any
-    /// partition not yet searched.
+    /// No partition has a violation, but the budget of explored states ran out while searching `partition`
+    /// (the first partition where it did), so nothing is known about that one. Every partition was searched.
     case unknown(partition: PartitionKey)
   }
 
@@ -216,8 +216,9 @@ public enum LinearizabilitySearchStrategy: Sendable, Hashable, CaseIterable {
 ///   the cost grows with how many operations of one partition overlap in time, not with the history's length.
 ///   Measured on generated histories of 2,000 operations on one key: ~30 ms with 8 clients, but out of reach
 ///   (millions of states) with 20 clients all on one key, and up to a few seconds with 8 clients and 20% unknown
-///   outcomes. ``maxStatesExplored`` bounds the work; when it runs out the verdict is
-///   ``LinearizabilityResult/Verdict/unknown(partition:)``, never a guess.
+///   outcomes. ``maxStatesExplored`` bounds the work on each partition; a partition where it runs out does not
+///   stop the others from being searched, so a violation in any partition is still found. Only when none has
+///   one and some ran out is the verdict ``LinearizabilityResult/Verdict/unknown(partition:)``, never a guess.
 /// - Memory grows with the states explored: two bitsets of the partition's size and one model state each.
 /// - The model must be deterministic (one successor state per step) and an operation must belong to exactly one
 ///   partition; multi-key operations need a model whose partition covers all the keys they touch.
@@ -226,8 +227,9 @@ public enum LinearizabilitySearchStrategy: Sendable, Hashable, CaseIterable {
 public struct LinearizabilityChecker<Model: LinearizabilityModel> {
   /// The sequential specification.
   public var model: Model
-  /// The most search states to explore over all partitions before giving up with
-  /// ``LinearizabilityResult/Verdict/unknown(partition:)``; `nil` for no limit.
+  /// The most search states to explore in each partition before giving up on it; `nil` for no limit. The
+  /// whole check explores at most this many times the number of partitions. A partition given up on yields
+  /// ``LinearizabilityResult/Verdict/unknown(partition:)`` unless another partition has a violation.
   public var maxStatesExplored: Int?
 
   /// The move orders to run in turn, each with a growing share of the budget, until one reaches a verdict. All
@@ -248,8 +250,8 @@ public struct LinearizabilityChecker<Model: LinearizabilityModel> {
 
   /// Checks `history`.
   ///
-  /// Partitions are searched in the order of their first operation; the first partition without a
-  /// linearization is reported.
+  /// Partitions are searched in the order of their first operation, each with its own budget; the first
+  /// partition without a linearization is reported, whether or not an earlier one ran out of budget.
   public func check(_ history: History<Model.Input, Model.Output>) -> LinearizabilityResult<Model.PartitionKey> {
     check(history.operations)
   }
@@ -260,13 +262,16 @@ public struct LinearizabilityChecker<Model: LinearizabilityModel> {
     _ operations: [HistoryOperation<Model.Input, Model.Output>]
   ) -> LinearizabilityResult<Model.PartitionKey> {
     var stats = LinearizabilityStats()
-    var budget = maxStatesExplored ?? Int.max
+    var firstUnknown: Model.PartitionKey?
     for (key, partition) in partitions(operations) {
       stats.partitionsChecked += 1
       stats.operationsChecked += partition.count
+      var budget = maxStatesExplored ?? Int.max
       switch search(partition, budget: &budget, stats: &stats) {
       case .linearizable: continue
-      case .outOfBudget: return LinearizabilityResult(verdict: .unknown(partition: key), stats: stats)
+      case .outOfBudget:
+        // Unknown is not an answer while another partition may hold a violation: search them all.
+        if firstUnknown == nil { firstUnknown = key }
       case .notLinearizable(let strategy):
         var replay = LinearizabilitySearch(model: model, operations: partition)
         let outcome = replay.run(budget: Int.max, strategy: strategy, recordingLongestPrefix: true)
@@ -277,6 +282,7 @@ public struct LinearizabilityChecker<Model: LinearizabilityModel> {
         return LinearizabilityResult(verdict: .notLinearizable(violation), stats: stats)
       }
     }
+    if let firstUnknown { return LinearizabilityResult(verdict: .unknown(partition: firstUnknown), stats: stats) }
     return LinearizabilityResult(verdict: .linearizable, stats: stats)
   }
 

@@ -116,7 +116,7 @@ public typealias KVHistoryRecorder = ConcurrentHistoryRecorder<KVInput, KVOutput
 
 extension History where Input == KVInput, Output == KVOutput {
   /// Checks this key-value history against ``KVModel``, key by key, exploring at most `maxStatesExplored`
-  /// search states (`nil` for no limit).
+  /// search states for each key (`nil` for no limit).
   public func checkLinearizability(maxStatesExplored: Int? = nil) -> LinearizabilityResult<String> {
     LinearizabilityChecker(model: KVModel(), maxStatesExplored: maxStatesExplored).check(self)
   }

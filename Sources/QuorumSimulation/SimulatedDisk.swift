@@ -116,12 +116,19 @@ public final class SimulatedDisk<Entry: StorableEntry>: Sendable {
     if !entries.isEmpty || hardState != nil { onDurable(entries, hardState) }
   }
 
-  /// The records a write-ahead log writes for `write`, in order: the entries (the first one truncates any
-  /// conflicting suffix), then the hard state, so a torn write never leaves a hard state — a commit index —
-  /// pointing at entries it did not write.
+  /// The records a write-ahead log writes for `write`, in the order `FileStorage` writes them: the entries
+  /// (the first one truncates any conflicting suffix), then the hard state, so a torn write never leaves a hard
+  /// state — a commit index — pointing at entries it did not write.
   static func walRecords(of write: StorageWrite<Entry>) -> [Record] {
     var records = write.entries.map(Record.entry)
-    if let hardState = write.hardState { records.append(.hardState(hardState)) }
+    if let hardState = write.hardState {
+      // The same decision `FileStorage` follows, so a change to it is tested here too.
+      if StorageWrite<Entry>.hardStateRecordGoesLast {
+        records.append(.hardState(hardState))
+      } else {
+        records.insert(.hardState(hardState), at: 0)
+      }
+    }
     return records
   }
 

@@ -35,6 +35,10 @@ public enum LogWriteMode: Sendable, Equatable {
 }
 
 /// One durable write: an optional new hard state and entries, made durable together.
+///
+/// A crash in the middle of a write may keep part of it. Implementations must keep the parts in order —
+/// entries (and the truncation they imply) before the hard state — so that a recovered hard state always comes
+/// with every entry written with it: a Raft hard state's commit index may cover entries of the same write.
 public struct StorageWrite<Entry: StorableEntry>: Sendable {
   /// The protocol's small durable state (Raft: term, vote, commit; Paxos: promised ballot), if it changed.
   public var hardState: [UInt8]?
@@ -49,6 +53,11 @@ public struct StorageWrite<Entry: StorableEntry>: Sendable {
 
   /// Whether there is nothing to write.
   public var isEmpty: Bool { hardState == nil && entries.isEmpty }
+
+  /// Where a write-ahead log puts a write's hard-state record: after its entries (`true`), so that any prefix a
+  /// torn write leaves is consistent — the new hard state (a Raft commit index) never survives without the
+  /// entries it covers. `FileStorage` and the simulator's disk both follow this one decision.
+  package static var hardStateRecordGoesLast: Bool { true }
 }
 
 /// What recovery found and did.

@@ -45,7 +45,10 @@ public enum WALPreallocation: Sendable, Equatable {
 ///
 /// The hard state lives in the log, not in a file of its own: a ``ConsensusStorage/write(_:)`` that carries a
 /// hard state and entries appends their records with one `pwrite` and makes both durable with one
-/// `fdatasync`. Every segment starts with a *checkpoint*: its header, then the current hard state and
+/// `fdatasync`. Within one write the records go reset (when needed), entries, then hard state: a crash may
+/// leave any prefix of them on the disk, and this order means a torn write loses the new hard state rather
+/// than keeping it over the old entries (a Raft commit index in it could then cover entries that were never
+/// committed). Every segment starts with a *checkpoint*: its header, then the current hard state and
 /// compaction point, so deleting older segments never loses them.
 ///
 /// Overwrites are implied by replay. In ``LogWriteMode/truncateSuffix`` mode an entry record at position

@@ -302,7 +302,7 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
         }
         var bytes = write.bytes
         if let resetPoint {
-          bytes.insert(contentsOf: WALFormat.resetRecord(resetPoint), at: write.entriesOffset)
+          bytes.insert(contentsOf: WALFormat.resetRecord(resetPoint), at: 0)  // Before the entries it makes room for.
         }
         if needsRotation(adding: pendingBytes + bytes.count, pendingBytes: pendingBytes) {
           try flush(&pending, &pendingBytes)
@@ -554,8 +554,19 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
     if lockFile != nil { return }
     let path = directory + "/LOCK"
     let file = try PosixFile.open(path, flags: O_RDWR | O_CREAT)
-    if flock(file.fd, LOCK_EX | LOCK_NB) != 0 {
+    // A flock belongs to the open file description, which a child process shares from the moment it is forked
+    // until it execs (O_CLOEXEC closes it only then). So a process that spawns a child just as a previous
+    // instance closes the directory can hold the lock for a moment after the close: try again for a little
+    // while before calling the directory locked.
+    var attempts = 0
+    while flock(file.fd, LOCK_EX | LOCK_NB) != 0 {
       let code = errno
+      if code == EINTR { continue }
+      if code == EWOULDBLOCK && attempts < 20 {
+        attempts += 1
+        usleep(5_000)  // On the storage's own queue, never the cooperative pool; at most 100 ms in all.
+        continue
+      }
       file.close()
       if code == EWOULDBLOCK { throw .directoryLocked(path: directory) }
       throw ioError("flock", path, code)

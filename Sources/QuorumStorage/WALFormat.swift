@@ -97,28 +97,35 @@ enum WALFormat {
   }
 
   /// A write encoded into records, ready to append to the log.
+  ///
+  /// The records go in the order that keeps every prefix of them consistent, since a crash may leave any
+  /// prefix on the disk (a torn write): first the reset record when one is needed (inserted at the start of
+  /// ``bytes`` by the writer, which alone knows), then the entries, and the hard state last. A torn write then
+  /// loses the new hard state, never keeps it without its entries: a Raft commit index in it may cover the
+  /// entries of this very write, and with the old entries still in their place it would point at entries that
+  /// were never committed.
   struct EncodedWrite: Sendable {
-    /// The records: hard state first, then the entries.
+    /// The records: the entries, then the hard state.
     var bytes: [UInt8]
-    /// Where the entry records start in ``bytes`` (a reset record, when needed, goes there).
-    var entriesOffset: Int
     /// The first and last entry positions, if the write holds entries.
     var entryRange: ClosedRange<UInt64>?
     /// The hard state written, if any.
     var hardState: [UInt8]?
   }
 
-  /// Encodes `write` into records, checking its shape and every record against `maxRecordBytes`.
+  /// Encodes `write` into records (entries first, hard state last; see ``EncodedWrite``), checking its shape
+  /// and every record against `maxRecordBytes`.
   static func encode<Entry: StorableEntry>(
     _ write: StorageWrite<Entry>, mode: LogWriteMode, maxRecordBytes: Int
   ) throws(StorageError) -> EncodedWrite {
     try LogPosition.checkShape(write.entries, mode: mode)
+    if let hardState = write.hardState, hardState.count > maxRecordBytes {
+      throw .recordTooLarge(bytes: hardState.count, limit: maxRecordBytes)
+    }
     var writer = WireWriter(reservingCapacity: (write.hardState?.count ?? 0) + write.entries.count * 128 + 16)
-    if let hardState = write.hardState {
-      if hardState.count > maxRecordBytes { throw .recordTooLarge(bytes: hardState.count, limit: maxRecordBytes) }
+    if !StorageWrite<Entry>.hardStateRecordGoesLast, let hardState = write.hardState {
       appendRecord(.hardState, payload: hardState, to: &writer)
     }
-    let entriesOffset = writer.count
     let entries = write.entries
     let count = entries.count
     var slot = 0
@@ -128,9 +135,11 @@ enum WALFormat {
       try endRecord(at: start, in: &writer, limit: maxRecordBytes)
       slot += 1
     }
+    if StorageWrite<Entry>.hardStateRecordGoesLast, let hardState = write.hardState {
+      appendRecord(.hardState, payload: hardState, to: &writer)
+    }
     let range = count > 0 ? entries[0].index...entries[count - 1].index : nil
-    return EncodedWrite(
-      bytes: writer.bytes, entriesOffset: entriesOffset, entryRange: range, hardState: write.hardState)
+    return EncodedWrite(bytes: writer.bytes, entryRange: range, hardState: write.hardState)
   }
 
   // MARK: Reading

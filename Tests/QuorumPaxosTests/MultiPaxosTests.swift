@@ -145,7 +145,9 @@ struct MultiPaxosLeaderChangeTests {
       ])
     #expect(acceptor.promised == .zero, "the refusal promises nothing")
     var candidate = MultiPaxosCore(id: 1, members: ids(3), options: .testing(3), random: SeededRandom(seed: 1))
-    candidate.campaign()
+    candidate.sinceLeaderContact = 100  // Past the stickiness a node starts with.
+    let started = candidate.campaign()
+    #expect(started)
     _ = candidate.readMessages()
     candidate.step(
       .reject(Reject(ballot: candidate.promised, promised: .zero, reason: .behindSnapshot, snapshotIndex: 10)), from: 2)

@@ -29,7 +29,8 @@ struct PaxosConfigurationTests {
     #expect(o.electionTimeoutMinTicks == 15)
     #expect(o.electionTimeoutMaxTicks == 30)
     #expect(o.heartbeatTicks == 5)
-    #expect(o.leaseDurationNanos == 135_000_000)
+    #expect(o.leaseDurationNanos == 125_000_000, "150 ms refusal window - 10 ms tick - 15 ms drift")
+    #expect(o.tickNanos == 10_000_000 && o.clockDriftBoundNanos == 15_000_000)
   }
 
   @Test(

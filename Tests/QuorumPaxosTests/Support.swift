@@ -168,6 +168,7 @@ struct PaxosCluster {
   var applied: [NodeID: [PaxosEntry]] = [:]
   var durable: [NodeID: (hardState: PaxosHardState, entries: [Slot: PaxosEntry], snapshot: PaxosSnapshot?)] = [:]
   var readStates: [NodeID: [PaxosReadState]] = [:]
+  var snapshotRefusals: [NodeID: [PaxosSnapshotRefusal]] = [:]
   var dropFilter: ((NodeID, NodeID, PaxosMessage) -> Bool)?
   let options: MultiPaxosOptions
   let members: [NodeID]
@@ -218,6 +219,7 @@ struct PaxosCluster {
         node.advance(rd)
         applied[id, default: []].append(contentsOf: rd.chosenEntries)
         readStates[id, default: []].append(contentsOf: rd.readStates)
+        snapshotRefusals[id, default: []].append(contentsOf: rd.snapshotRefusals)
         nodes[id] = node
         again = true
       }

@@ -81,16 +81,16 @@ struct ReviewNodeRegressionTests {
     _ = await run.result
   }
 
-  @Test("the lease is shorter than the shortest vote refusal a follower's tick counting allows, by the drift bound")
+  @Test("the lease ends a tick and the drift bound before the follower's vote refusal does")
   func leaseAllowsForTickGranularity() throws {
-    for drift in [Duration.zero, .milliseconds(5), .milliseconds(15)] {
+    for drift in [Duration.milliseconds(5), .milliseconds(15)] {
       let configuration = try RaftConfiguration { LeaseReads(clockDriftBound: drift) }
       let options = configuration.coreOptions
-      // A follower counts ticks from the heartbeat; the first may come at once, so it refuses votes for at
-      // least (min ticks - 1) whole ticks.
-      let refusal = configuration.tickInterval * (options.electionTimeoutMinTicks - 1)
+      // A follower refuses votes for the minimum election timeout, in whole ticks, on its monotonic clock.
+      let refusal = configuration.tickInterval * options.electionTimeoutMinTicks
       let lease = Duration.nanoseconds(Int64(options.leaseDurationNanos))
-      #expect(lease + drift <= refusal, "drift \(drift): lease \(lease), refusal at least \(refusal)")
+      #expect(
+        lease + drift + configuration.tickInterval <= refusal, "drift \(drift): lease \(lease), refusal \(refusal)")
     }
   }
 

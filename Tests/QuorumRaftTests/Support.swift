@@ -76,6 +76,7 @@ struct TestCluster {
   var durable: [NodeID: (hardState: HardState, entries: [LogEntry], snapshot: RaftSnapshot?)] = [:]
   var readStates: [NodeID: [ReadState]] = [:]
   var failedReads: [NodeID: [UInt64]] = [:]
+  var snapshotRefusals: [NodeID: [RaftSnapshotRefusal]] = [:]
   var dropFilter: ((NodeID, NodeID, RaftMessage) -> Bool)?
   let options: RaftCoreOptions
   let bootstrap: Membership
@@ -123,6 +124,7 @@ struct TestCluster {
       applied[id, default: []].append(contentsOf: rd.committedEntries)
       readStates[id, default: []].append(contentsOf: rd.readStates)
       failedReads[id, default: []].append(contentsOf: rd.failedReads)
+      snapshotRefusals[id, default: []].append(contentsOf: rd.snapshotRefusals)
     }
     nodes[id] = node
   }

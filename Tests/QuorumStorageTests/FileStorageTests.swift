@@ -279,7 +279,7 @@ struct FileStorageSegmentTests {
 
 @Suite("FileStorage: torn tails and corruption")
 struct FileStorageRecoveryTests {
-  /// Cuts the last write (a hard state record and an entry record) at every byte and checks that recovery
+  /// Cuts the last write (an entry record, then a hard state record) at every byte and checks that recovery
   /// keeps exactly the complete records, reports the cut, and that appends after it survive.
   @Test(arguments: [WALPreallocation.none, .zeroFilled])
   func aTornTailIsCutAtEveryOffset(_ preallocation: WALPreallocation) async throws {
@@ -292,10 +292,10 @@ struct FileStorageRecoveryTests {
       let segment = try #require(try segmentFiles(directory).first)
       let pristine = try readFile(segment)
       let (starts, end) = recordOffsets(pristine)
-      let hardStateStart = starts[starts.count - 2]
-      let entryStart = starts[starts.count - 1]
+      let entryStart = starts[starts.count - 2]
+      let hardStateStart = starts[starts.count - 1]
 
-      for cut in hardStateStart..<end {
+      for cut in entryStart..<end {
         var damaged = pristine
         if preallocation == .none {
           damaged.removeSubrange(cut...)
@@ -306,11 +306,12 @@ struct FileStorageRecoveryTests {
 
         var reopened = makeStorage(directory, segmentBytes: 1 << 16, preallocation: preallocation)
         var state = try await reopened.recover()
-        let validEnd = cut >= entryStart ? entryStart : hardStateStart
+        let entryWhole = cut >= hardStateStart
+        let validEnd = entryWhole ? hardStateStart : entryStart
         let nonZero = damaged[validEnd..<cut].lastIndex { $0 != 0 }
         let expectedBytes = nonZero.map { $0 + 1 - validEnd } ?? 0
-        #expect(state.entries == entries(1...4), "cut at \(cut)")
-        #expect(state.hardState == hardState(cut >= entryStart ? "new" : "old"), "cut at \(cut)")
+        #expect(state.entries == entries(1...4) + (entryWhole ? [TestEntry(5, term: 2)] : []), "cut at \(cut)")
+        #expect(state.hardState == hardState("old"), "cut at \(cut): the hard state record is the last")
         #expect(state.report.truncatedTailBytes == expectedBytes, "cut at \(cut)")
         if expectedBytes > 0 {
           #expect(state.report.truncatedFile == segment)

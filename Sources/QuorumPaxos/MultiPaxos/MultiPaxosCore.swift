@@ -42,13 +42,72 @@ public struct MultiPaxosOptions: Sendable, Equatable {
   public var snapshotChunkBytes = 1 << 20
   /// The largest snapshot accepted from a leader.
   public var maxSnapshotBytes = 1 << 30
+  /// After an acceptor refused a snapshot as too large, leader ticks before the same snapshot is offered
+  /// again (a newer snapshot or a new leader retries at once). The default is 20 default minimum election
+  /// timeouts.
+  public var snapshotRefusalBackoffTicks = 200
   /// How long a leader may serve lease reads after a phase-2 quorum acknowledged a heartbeat, in the time
-  /// units of `now` (nanoseconds in the node shell); 0 disables lease reads. Must stay below the minimum
-  /// election timeout by the clock-drift bound; ``PaxosConfiguration`` computes it.
+  /// units of `now` (nanoseconds in the node shell); 0 disables lease reads. Must end at least one tick and the
+  /// clock-drift bound before the promise-refusal window (``promiseRefusalWindowNanos``) does; ``validate(memberCount:)``
+  /// checks it and ``PaxosConfiguration`` computes it.
   public var leaseDurationNanos: UInt64 = 0
+  /// The length of one tick in the time units of `now` (nanoseconds in the node shell). When set, an
+  /// acceptor measures how long ago it heard from its leader on the shell's monotonic clock
+  /// (``MultiPaxosCore/advanceClock(to:)``) and refuses to promise a new ballot for
+  /// ``promiseRefusalWindowNanos`` of it, however the ticks were delivered. 0 (the default, for tests that
+  /// drive the core by ticks alone) counts ticks only, which ticks fired back to back shorten: lease reads need
+  /// it set.
+  public var tickNanos: UInt64 = 0
+  /// The most the clocks of two nodes may drift apart over one election timeout, in the units of `now`. Only
+  /// ``validate(memberCount:)`` reads it: the lease must end this much (and a tick) before the refusal window.
+  public var clockDriftBoundNanos: UInt64 = 0
 
   /// Defaults: majority quorums of 3, 10–20 tick elections, a heartbeat every tick.
   public init() {}
+
+  /// How long after hearing from its leader an acceptor refuses to promise a new ballot, measured on its
+  /// monotonic clock: the minimum election timeout, `electionTimeoutMinTicks × tickNanos` (0 when
+  /// ``tickNanos`` is 0).
+  public var promiseRefusalWindowNanos: UInt64 { UInt64(max(0, electionTimeoutMinTicks)) &* tickNanos }
+
+  /// Checks the options for a group of `memberCount` acceptors: quorums between 1 and the member count that
+  /// intersect (|Q1| + |Q2| > N); with lease reads on, a lease that ends at least one tick and the clock-drift
+  /// bound before the promise-refusal window, and a drift bound that is not zero. The error names the
+  /// offending option.
+  public func validate(memberCount: Int) throws(ConfigurationError) {
+    func fail(_ option: String, _ reason: String) -> ConfigurationError {
+      ConfigurationError(setting: option, reason: reason)
+    }
+    if !(1...max(1, memberCount)).contains(phase1Quorum) {
+      throw fail("phase1Quorum", "\(phase1Quorum) must be between 1 and the \(memberCount) members")
+    }
+    if !(1...max(1, memberCount)).contains(phase2Quorum) {
+      throw fail("phase2Quorum", "\(phase2Quorum) must be between 1 and the \(memberCount) members")
+    }
+    if phase1Quorum + phase2Quorum <= memberCount {
+      throw fail(
+        "phase2Quorum",
+        "quorums \(phase1Quorum) + \(phase2Quorum) do not exceed the \(memberCount) members: they need not intersect")
+    }
+    if electionTimeoutMinTicks < 1 { throw fail("electionTimeoutMinTicks", "must be at least 1") }
+    if heartbeatTicks < 1 { throw fail("heartbeatTicks", "must be at least 1") }
+    if retransmitTicks < 1 { throw fail("retransmitTicks", "must be at least 1") }
+    guard leaseDurationNanos > 0 else { return }
+    guard tickNanos > 0 else {
+      throw fail("tickNanos", "lease reads need the tick length, to measure leader contact on the monotonic clock")
+    }
+    guard clockDriftBoundNanos > 0 else {
+      throw fail("clockDriftBoundNanos", "must not be 0 with lease reads on: clocks drift")
+    }
+    let window = promiseRefusalWindowNanos
+    let (needed, overflow) = leaseDurationNanos.addingReportingOverflow(clockDriftBoundNanos &+ tickNanos)
+    if overflow || needed > window {
+      throw fail(
+        "leaseDurationNanos",
+        "a lease of \(leaseDurationNanos) ns plus the drift bound \(clockDriftBoundNanos) ns and one tick "
+          + "\(tickNanos) ns exceeds the promise-refusal window of \(window) ns")
+    }
+  }
 }
 
 /// A linearizable read confirmed by a heartbeat round: once the state machine has applied ``index``, the
@@ -68,6 +127,25 @@ public struct PaxosSoftState: Sendable, Equatable {
   public var leader: NodeID?
   /// The ballot it promised.
   public var ballot: Ballot
+}
+
+/// A replica refused the leader's snapshot because it is larger than the replica accepts
+/// (``MultiPaxosOptions/maxSnapshotBytes`` there). The leader stops sending it that snapshot and reports the
+/// refusal once, in ``PaxosReady/snapshotRefusals``; it tries again only when something changes: a newer
+/// snapshot, a new leader, or after ``MultiPaxosOptions/snapshotRefusalBackoffTicks`` (the replica may have
+/// been restarted with a larger limit). Until then the replica stays behind, and
+/// ``PaxosPeerProgress/snapshotRefusal`` says why.
+public struct PaxosSnapshotRefusal: Sendable, Equatable, CustomStringConvertible {
+  /// The replica that refused.
+  public var peer: NodeID
+  /// The refused snapshot's last slot.
+  public var snapshotIndex: Slot
+  /// The refused snapshot's size in bytes.
+  public var snapshotBytes: Int
+  /// A sentence for the log.
+  public var reason: String
+
+  public var description: String { "\(peer) refused snapshot \(snapshotIndex): \(reason)" }
 }
 
 /// Everything the shell must do after a batch of inputs, in order:
@@ -99,11 +177,15 @@ public struct PaxosReady: Sendable {
   public var failedReads: [UInt64] = []
   /// The volatile state, if it changed.
   public var softState: PaxosSoftState?
+  /// Replicas that refused a snapshot as too large, each reported once (see ``PaxosSnapshotRefusal``): the
+  /// shell logs them; an operator raises the replica's limit or shrinks the state.
+  public var snapshotRefusals: [PaxosSnapshotRefusal] = []
 
   /// Whether there is nothing to do.
   public var isEmpty: Bool {
     hardState == nil && entries.isEmpty && snapshot == nil && eagerMessages.isEmpty && messages.isEmpty
       && chosenEntries.isEmpty && readStates.isEmpty && failedReads.isEmpty && softState == nil
+      && snapshotRefusals.isEmpty
   }
 }
 
@@ -125,6 +207,8 @@ public struct PaxosPeerProgress: Sendable, Equatable {
   public var inflight: Int
   /// Whether a snapshot is being sent to it.
   public var receivingSnapshot: Bool
+  /// Why the leader is not sending it a snapshot it needs (it refused one as too large), or `nil`.
+  public var snapshotRefusal: String? = nil
 }
 
 /// Multi-Paxos as a pure, deterministic value: every node is an acceptor and a learner for every slot, and a
@@ -155,8 +239,13 @@ public struct PaxosPeerProgress: Sendable, Equatable {
 ///   once it has compacted them.
 /// - **Leases and reads.** Heartbeats are numbered rounds; a round acknowledged by a phase-2 quorum (which
 ///   meets every phase-1 quorum) confirms leadership for ReadIndex reads and starts a lease. Acceptors refuse
-///   to promise a new ballot for a minimum election timeout after hearing from their leader — and after they
-///   start, since a crash forgets when that was — so no other leader can complete phase 1 during the lease.
+///   to promise a new ballot (their own included) for a minimum election timeout after hearing from their
+///   leader — and after they start, since a crash forgets when that was — so no other leader can complete
+///   phase 1 during the lease. With ``MultiPaxosOptions/tickNanos`` set, that window is measured on the
+///   shell's monotonic clock (``advanceClock(to:)``), so ticks fired in a burst cannot shorten it. A message
+///   with a higher ballot from a leader (accept, heartbeat, snapshot) makes this node follow that leader and
+///   restarts the window; any other (a prepare or probe refused inside the window, a reject) neither restarts
+///   nor ends it.
 /// - **Compaction.** ``takeSnapshot(at:data:retainEntries:)`` drops applied slots; a candidate whose first
 ///   unknown slot an acceptor has compacted is refused (``RejectReason/behindSnapshot``) and waits for a
 ///   leader to send it the snapshot.
@@ -187,7 +276,14 @@ public struct MultiPaxosCore: Sendable {
   var sinceLeaderContact = 0
   private var randomizedElectionTimeout = 0
   private var ticks: UInt64 = 0
+  /// The shell's monotonic clock, as last given (never goes back).
   private var now: UInt64 = 0
+  /// When (``now``) this node last heard from its leader (or led, or first read the clock after starting);
+  /// with ``MultiPaxosOptions/tickNanos`` set it refuses new ballots for
+  /// ``MultiPaxosOptions/promiseRefusalWindowNanos`` after it.
+  private var leaderContactNanos: UInt64?
+  /// Not yet given the clock since starting: the refusal window starts at the first reading.
+  private var awaitingFirstClock = true
 
   // Learning from the current leader's chosen point.
   private var commitBallot: Ballot = .zero
@@ -234,6 +330,12 @@ public struct MultiPaxosCore: Sendable {
     var snapshotIndex: Slot = 0
     var snapshotOffset: UInt64 = 0
     var snapshotSentAt: UInt64 = 0
+    /// The snapshot this acceptor refused as too large (0: none), and when: not offered again before the
+    /// back-off unless a newer snapshot replaces it.
+    var refusedSnapshot: Slot = 0
+    var refusedAt: UInt64 = 0
+    /// Why it is not sent a snapshot, for status displays.
+    var snapshotRefusal: String?
     /// The chosen point last sent to this acceptor.
     var toldChosen: Slot = 0
   }
@@ -277,6 +379,7 @@ public struct MultiPaxosCore: Sendable {
   private var unstableSorted = true
   private var readStates: [PaxosReadState] = []
   private var failedReads: [UInt64] = []
+  private var snapshotRefusals: [PaxosSnapshotRefusal] = []
   private var lastHardState: PaxosHardState
   private var lastSoftState: PaxosSoftState
 
@@ -346,7 +449,8 @@ public struct MultiPaxosCore: Sendable {
   public var peerProgress: [NodeID: PaxosPeerProgress] {
     peers.mapValues {
       PaxosPeerProgress(
-        chosenThrough: $0.chosen, next: $0.next, inflight: $0.inflight.count, receivingSnapshot: $0.snapshotIndex > 0)
+        chosenThrough: $0.chosen, next: $0.next, inflight: $0.inflight.count, receivingSnapshot: $0.snapshotIndex > 0,
+        snapshotRefusal: $0.snapshotRefusal)
     }
   }
 
@@ -355,9 +459,11 @@ public struct MultiPaxosCore: Sendable {
 
   // MARK: - Time
 
-  /// Advances logical time by one tick. `now` is the shell's monotonic clock (used only for leases).
+  /// Advances logical time by one tick. `now` is the shell's monotonic clock, as in ``advanceClock(to:)``.
+  /// Election, heartbeat and retransmission timeouts count ticks; leases and the promise-refusal window use
+  /// `now`.
   public mutating func tick(now: UInt64 = 0) {
-    self.now = max(self.now, now)
+    advanceClock(to: now)
     ticks &+= 1
     sinceLeaderContact += 1
     switch role {
@@ -366,15 +472,51 @@ public struct MultiPaxosCore: Sendable {
     }
   }
 
-  /// Records the shell's monotonic clock without ticking (for lease checks between ticks).
-  public mutating func observe(now: UInt64) { self.now = max(self.now, now) }
+  /// Gives the core the shell's monotonic clock (nanoseconds in the node shell); a value below the last one
+  /// is ignored, so the clock never goes back. The shell calls it with the time it took a batch of messages
+  /// out of its mailbox, before stepping them: a message from the leader is timed by it, and the
+  /// promise-refusal window (``MultiPaxosOptions/promiseRefusalWindowNanos``) runs from there.
+  public mutating func advanceClock(to nanos: UInt64) {
+    now = max(now, nanos)
+    if awaitingFirstClock {
+      // The first reading since starting: a leader may have been heard just before a crash.
+      awaitingFirstClock = false
+      leaderContactNanos = now
+    }
+  }
+
+  /// Records the shell's monotonic clock without ticking; the same as ``advanceClock(to:)``.
+  public mutating func observe(now: UInt64) { advanceClock(to: now) }
+
+  /// Whether this node heard from its leader (or led, or started) less than the promise-refusal window ago,
+  /// by the monotonic clock; always `false` without ``MultiPaxosOptions/tickNanos``.
+  private var inClockLeaseWindow: Bool {
+    guard options.tickNanos > 0 else { return false }
+    if awaitingFirstClock { return true }
+    guard let contact = leaderContactNanos else { return false }
+    return now &- contact < options.promiseRefusalWindowNanos
+  }
+
+  /// Leader stickiness: whether this node's acceptor refuses to promise a new ballot to anyone but its leader
+  /// (itself included) because it heard from that leader within a minimum election timeout, counted in ticks
+  /// or measured on the monotonic clock. Either count suffices to refuse. The leases rest on it.
+  private var refusesNewBallots: Bool {
+    sinceLeaderContact < options.electionTimeoutMinTicks || inClockLeaseWindow
+  }
+
+  private mutating func noteLeaderContact() {
+    sinceLeaderContact = 0
+    leaderContactNanos = now
+  }
 
   private mutating func tickElection() {
     electionElapsed += 1
     if incomingSnapshot != nil, electionElapsed >= options.electionTimeoutMinTicks * 4 {
       incomingSnapshot = nil  // The leader stopped sending it; free the memory.
     }
-    if electionElapsed >= randomizedElectionTimeout {
+    // Ticks fired in a burst after a stall reach the timeout early: within the window measured on the clock
+    // this node would promise itself a ballot while the leader it acknowledged may still hold a lease.
+    if electionElapsed >= randomizedElectionTimeout && !inClockLeaseWindow {
       startProbe()
     } else if role == .candidate {
       retransmitPrepares()
@@ -382,7 +524,7 @@ public struct MultiPaxosCore: Sendable {
   }
 
   private mutating func tickLeader() {
-    sinceLeaderContact = 0  // A leader is in contact with itself: its own acceptor keeps the lease too.
+    noteLeaderContact()  // A leader is in contact with itself: its own acceptor keeps the lease too.
     heartbeatElapsed += 1
     electionElapsed += 1
     if electionElapsed >= options.electionTimeoutMinTicks {
@@ -438,8 +580,16 @@ public struct MultiPaxosCore: Sendable {
     resetElectionTimeout()
   }
 
-  /// Starts phase 1 now, without probing first.
-  public mutating func campaign() { startCandidacy() }
+  /// Starts phase 1 now, without probing first — unless this node's own acceptor would refuse the new ballot
+  /// to another candidate (leader stickiness: it heard from a leader, or led, or started, within a minimum
+  /// election timeout), as a campaign that a timeout starts would be refused by its probe. Returns whether it
+  /// started.
+  @discardableResult
+  public mutating func campaign() -> Bool {
+    guard !refusesNewBallots else { return false }
+    startCandidacy()
+    return true
+  }
 
   /// Asks every acceptor whether it would promise a ballot above everything seen, changing nothing; phase 1
   /// starts only once a phase-1 quorum (this node included) says yes.
@@ -461,9 +611,7 @@ public struct MultiPaxosCore: Sendable {
 
   private mutating func handleProbe(_ m: Prepare, from: NodeID) {
     // Grant exactly when a prepare would be promised now; promise nothing.
-    let granted =
-      m.ballot > promised && sinceLeaderContact >= options.electionTimeoutMinTicks && m.fromSlot > log.offset
-      && role != .leader
+    let granted = m.ballot > promised && !refusesNewBallots && m.fromSlot > log.offset && role != .leader
     send(from, .probeResponse(ProbeResponse(ballot: m.ballot, granted: granted)))
   }
 
@@ -555,7 +703,7 @@ public struct MultiPaxosCore: Sendable {
     leader = id
     electionElapsed = 0
     heartbeatElapsed = 0
-    sinceLeaderContact = 0
+    noteLeaderContact()
     // Re-propose in this ballot everything phase 1 found, and fill the gaps with no-ops.
     var slot = c.fromSlot
     while slot <= c.maxSlot {
@@ -623,7 +771,7 @@ public struct MultiPaxosCore: Sendable {
       // Leader stickiness: while this node has heard from its leader within a minimum election timeout (or
       // has just started and cannot know), it refuses to help elect another. This is what makes leases
       // safe; the candidate tries again after its timeout.
-      if sinceLeaderContact < options.electionTimeoutMinTicks && from != leader { return }
+      if refusesNewBallots && from != leader { return }
       if m.fromSlot <= log.offset {
         send(
           from,
@@ -696,7 +844,7 @@ public struct MultiPaxosCore: Sendable {
       promised = ballot
     }
     electionElapsed = 0
-    sinceLeaderContact = 0
+    noteLeaderContact()
     return true
   }
 
@@ -941,6 +1089,11 @@ public struct MultiPaxosCore: Sendable {
 
   private mutating func startSnapshot(to id: NodeID) {
     guard var peer = peers[id], let snapshot = log.snapshot else { return }
+    if peer.refusedSnapshot == snapshot.index
+      && ticks &- peer.refusedAt < UInt64(max(0, options.snapshotRefusalBackoffTicks))
+    {
+      return  // Refused as too large: wait for a newer snapshot, a new leader or the back-off.
+    }
     peer.snapshotIndex = snapshot.index
     peer.snapshotOffset = 0
     peer.inflight = []
@@ -1016,14 +1169,36 @@ public struct MultiPaxosCore: Sendable {
       return
     }
     peer.recentActive = true
-    if m.reject || m.nextOffset >= UInt64(log.snapshot?.data.count ?? 0) {
+    let total = log.snapshot?.data.count ?? 0
+    if m.reject && m.nextOffset == 0 && total > 0 {
+      // Refused as too large (a snapshot it does not need is refused with its full size as the offset):
+      // sending it again would loop forever, one chunk per round. Stop until something changes (see
+      // PaxosSnapshotRefusal), and say so once.
       peer.snapshotIndex = 0
       peer.snapshotOffset = 0
-      if !m.reject || m.nextOffset > 0 {
-        // Installed (or not needed): everything after the snapshot is sent again, since the batches in
-        // flight were forgotten when the transfer began.
-        peer.chosen = max(peer.chosen, m.index)
-        peer.next = m.index + 1
+      let reason =
+        "the snapshot of \(total) bytes exceeds the replica's maximum snapshot size; not resent until a newer "
+        + "snapshot, a new leader or \(options.snapshotRefusalBackoffTicks) ticks"
+      if peer.refusedSnapshot != m.index {
+        snapshotRefusals.append(
+          PaxosSnapshotRefusal(peer: from, snapshotIndex: m.index, snapshotBytes: total, reason: reason))
+      }
+      peer.refusedSnapshot = m.index
+      peer.refusedAt = ticks
+      peer.snapshotRefusal = "refused snapshot \(m.index): " + reason
+      peers[from] = peer
+      return
+    }
+    if m.reject || m.nextOffset >= UInt64(total) {
+      // Installed, or not needed: everything after the snapshot is sent again, since the batches in flight
+      // were forgotten when the transfer began.
+      peer.snapshotIndex = 0
+      peer.snapshotOffset = 0
+      peer.chosen = max(peer.chosen, m.index)
+      peer.next = m.index + 1
+      if peer.refusedSnapshot > 0 && peer.chosen >= peer.refusedSnapshot {
+        peer.refusedSnapshot = 0
+        peer.snapshotRefusal = nil
       }
       peers[from] = peer
       sendAccepts(to: from)
@@ -1097,9 +1272,10 @@ public struct MultiPaxosCore: Sendable {
   /// If this leader's lease is valid at `now`, the slot a lease read must wait for; otherwise `nil`.
   ///
   /// The lease starts when the leader sent a heartbeat round that a phase-2 quorum acknowledged. Every
-  /// phase-1 quorum contains one of those acceptors, and each refuses to promise another ballot for a
-  /// minimum election timeout after hearing the heartbeat, so no other leader can exist until
-  /// ``MultiPaxosOptions/leaseDurationNanos`` later.
+  /// phase-1 quorum contains one of those acceptors, and each refuses to promise another ballot (its own
+  /// included) for ``MultiPaxosOptions/promiseRefusalWindowNanos`` of its monotonic clock after hearing the
+  /// heartbeat, so no other leader can exist until ``MultiPaxosOptions/leaseDurationNanos`` later (which
+  /// ``MultiPaxosOptions/validate(memberCount:)`` keeps a tick and the clock-drift bound below that window).
   public func leaseReadIndex(now: UInt64) -> Slot? {
     guard isRecovered else { return nil }
     guard options.leaseDurationNanos > 0, let start = leaseStart else { return nil }
@@ -1167,7 +1343,7 @@ public struct MultiPaxosCore: Sendable {
   /// Whether ``ready()`` has anything to return.
   public var hasReady: Bool {
     (role == .leader && (needsBroadcast || needsReadRound || needsChosenNotice)) || !outbox.isEmpty
-      || !eagerOutbox.isEmpty
+      || !eagerOutbox.isEmpty || !snapshotRefusals.isEmpty
       || !unstable.isEmpty || pendingSnapshot != nil || log.hasChosenToApply || !readStates.isEmpty
       || !failedReads.isEmpty || promised != lastHardState.promised || softState != lastSoftState
   }
@@ -1209,8 +1385,10 @@ public struct MultiPaxosCore: Sendable {
     ready.chosenEntries = log.takeChosen(maxBytes: options.maxApplyBytesPerBatch)
     ready.readStates = readStates
     ready.failedReads = failedReads
+    ready.snapshotRefusals = snapshotRefusals
     readStates = []
     failedReads = []
+    snapshotRefusals = []
     return ready
   }
 

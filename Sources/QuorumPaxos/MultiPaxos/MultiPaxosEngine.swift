@@ -107,7 +107,7 @@ public struct MultiPaxosEngine: ReplicaEngine {
     return (MultiPaxosEngine(core: core), state.snapshot)
   }
 
-  public mutating func advanceClock(to nanos: UInt64) { core.observe(now: nanos) }
+  public mutating func advanceClock(to nanos: UInt64) { core.advanceClock(to: nanos) }
 
   public mutating func tick(now nanos: UInt64) { core.tick(now: nanos) }
 
@@ -159,6 +159,7 @@ public struct MultiPaxosEngine: ReplicaEngine {
     out.committed = rd.chosenEntries
     out.readStates = rd.readStates.map { ReplicaReadState(id: $0.id, index: $0.index) }
     out.failedReads = rd.failedReads
+    out.peerFailures = rd.snapshotRefusals.map { ($0.peer, $0.description) }
     if let soft = rd.softState {
       if soft.role != lastSoft.role || soft.ballot != lastSoft.ballot {
         out.events.append(.roleChanged(soft.role, ballot: soft.ballot))

@@ -56,8 +56,13 @@ public struct LearnerCore<Value: SynodValue>: Sendable {
   private var elapsed = 0
 
   /// Creates a learner that knows nothing.
+  ///
+  /// - Precondition: `options` pass ``SynodOptions/validate(acceptorCount:)`` for `acceptors`: the
+  ///   ``SynodOptions/phase2Quorum`` acceptances it waits for must meet every phase-1 quorum. Call that first
+  ///   to get a typed error.
   public init(id: NodeID, acceptors: [NodeID], peers: [NodeID], options: SynodOptions) {
     precondition(id != .none, "node id 0 is reserved")
+    options.requireValid(acceptorCount: Set(acceptors).count, in: "learner \(id)")
     self.id = id
     self.acceptors = acceptors
     self.acceptorSet = Set(acceptors)

@@ -128,11 +128,15 @@ public struct ProposerCore<Value: SynodValue>: Sendable {
   private let firstUsableRound: UInt64
 
   /// Creates a proposer from its recovered durable state.
+  ///
+  /// - Precondition: `options` pass ``SynodOptions/validate(acceptorCount:)`` for `acceptors` (intersecting
+  ///   quorums); call that first to get a typed error.
   public init(
     id: NodeID, acceptors: [NodeID], learners: [NodeID], options: SynodOptions, state: ProposerState = ProposerState(),
     random: SeededRandom
   ) {
     precondition(id != .none, "node id 0 is reserved")
+    options.requireValid(acceptorCount: Set(acceptors).count, in: "proposer \(id)")
     self.id = id
     self.acceptors = acceptors
     self.acceptorSet = Set(acceptors)

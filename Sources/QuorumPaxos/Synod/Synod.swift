@@ -122,3 +122,50 @@ public struct Synod<Value: SynodValue>: Sendable {
     for actor in learners.values { actor.stop() }
   }
 }
+
+extension SynodOptions {
+  /// Checks the options for an instance with `acceptorCount` acceptors.
+  ///
+  /// Both quorums must lie between 1 and the number of acceptors, and they must intersect:
+  /// |Q1| + |Q2| > N (Flexible Paxos). That one condition covers the learners too: a learner takes a value as
+  /// chosen once ``phase2Quorum`` acceptors accepted it in one ballot, and that set must meet every phase-1
+  /// quorum, so that every later ballot's phase 1 finds the value and proposes it again (P2c).
+  /// ``ProposerCore`` and ``LearnerCore`` refuse, as a broken precondition, options that fail this check;
+  /// ``PaxosConfiguration/validate()`` runs it and throws.
+  ///
+  /// - Throws: ``QuorumCore/ConfigurationError`` naming the offending option.
+  public func validate(acceptorCount: Int) throws(ConfigurationError) {
+    func fail(_ option: String, _ reason: String) -> ConfigurationError {
+      ConfigurationError(setting: option, reason: reason)
+    }
+    guard acceptorCount >= 1 else { throw fail("acceptors", "a Paxos instance needs at least one acceptor") }
+    guard (1...acceptorCount).contains(phase1Quorum) else {
+      throw fail("phase1Quorum", "\(phase1Quorum) must be between 1 and the \(acceptorCount) acceptors")
+    }
+    guard (1...acceptorCount).contains(phase2Quorum) else {
+      throw fail("phase2Quorum", "\(phase2Quorum) must be between 1 and the \(acceptorCount) acceptors")
+    }
+    guard phase1Quorum + phase2Quorum > acceptorCount else {
+      throw fail(
+        "phase2Quorum",
+        "quorums \(phase1Quorum) + \(phase2Quorum) do not exceed the \(acceptorCount) acceptors: a phase-1 quorum "
+          + "(of a proposer) could miss every acceptor of a phase-2 quorum (of a proposer or a learner), and two "
+          + "values could be chosen")
+    }
+    if retransmitTicks < 1 { throw fail("retransmitTicks", "must be at least 1") }
+    if backoffInitialTicks < 0 || backoffMaxTicks < backoffInitialTicks {
+      throw fail("backoffMaxTicks", "need 0 ≤ backoffInitialTicks ≤ backoffMaxTicks")
+    }
+    if maxTrackedBallots < 1 { throw fail("maxTrackedBallots", "must be at least 1") }
+  }
+
+  /// Stops the program when `self` fails ``validate(acceptorCount:)``: a core built with quorums that need not
+  /// intersect could choose two values.
+  func requireValid(acceptorCount: Int, in role: String) {
+    do throws(ConfigurationError) {
+      try validate(acceptorCount: acceptorCount)
+    } catch {
+      preconditionFailure("\(role) options are invalid for \(acceptorCount) acceptors: \(error)")
+    }
+  }
+}
