@@ -273,7 +273,9 @@ struct MultiPaxosPhase2Tests {
     #expect(c.appliedTexts(3) == ["after"], "applied after the snapshot")
   }
 
-  @Test("a replica that restarts forgetting what was chosen is repaired from where it really is (found by the node simulation)")
+  @Test(
+    "a replica that restarts forgetting what was chosen is repaired from where it really is (found by the node simulation)"
+  )
   func restartedReplicaIsRepairedFromItsRealChosenPoint() throws {
     var c = PaxosCluster(3)
     c.elect(1)
