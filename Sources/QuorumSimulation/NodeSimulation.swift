@@ -154,6 +154,8 @@ public protocol SimulatedEngine: ReplicaEngine {
   static func members(in status: Status) -> [NodeID]
   /// Whether the status says the node leads.
   static func isLeader(_ status: Status) -> Bool
+  /// The term or ballot round in a status (newer leaders have higher ones).
+  static func epoch(_ status: Status) -> UInt64
   /// The applied index in a status.
   static func appliedIndex(_ status: Status) -> UInt64
 }
@@ -712,9 +714,14 @@ public final class NodeSimulation<Engine: SimulatedEngine>: @unchecked Sendable 
   }
 
   private func replicasAgree() async -> Bool {
+    // The group's membership, as its newest leader sees it (a removed leader may linger in an old term).
     var membership: [NodeID] = []
+    var newest: UInt64 = 0
     for member in upMembers() {
-      guard let node = member.node, let status = await node.currentStatus, Engine.isLeader(status) else { continue }
+      guard let node = member.node, let status = await node.currentStatus, Engine.isLeader(status),
+        Engine.epoch(status) >= newest
+      else { continue }
+      newest = Engine.epoch(status)
       membership = Engine.members(in: status)
     }
     guard !membership.isEmpty else { return false }

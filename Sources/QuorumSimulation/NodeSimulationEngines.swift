@@ -37,6 +37,7 @@ extension RaftEngine: SimulatedEngine {
   public static func members(in status: RaftStatus) -> [NodeID] { status.membership.allMembers.sorted() }
   public static func isLeader(_ status: RaftStatus) -> Bool { status.role == .leader }
   public static func appliedIndex(_ status: RaftStatus) -> UInt64 { status.appliedIndex }
+  public static func epoch(_ status: RaftStatus) -> UInt64 { status.term }
 }
 
 /// Raft's invariants (§5.2–§5.4), checked at every ready of every node: Election Safety (one leader per term),
@@ -128,6 +129,7 @@ extension MultiPaxosEngine: SimulatedEngine {
   }
   public static func isLeader(_ status: MultiPaxosStatus) -> Bool { status.role == .leader }
   public static func appliedIndex(_ status: MultiPaxosStatus) -> UInt64 { status.appliedThrough }
+  public static func epoch(_ status: MultiPaxosStatus) -> UInt64 { status.ballot.round }
 }
 
 /// Multi-Paxos's invariants, from an oracle that watches every acceptance as it becomes durable on an
