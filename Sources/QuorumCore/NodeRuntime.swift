@@ -165,3 +165,53 @@ public func runRoleLoop<Message: Sendable, Input: Sendable>(
     }
   }
 }
+
+/// One timer for many nodes: a process hosting many consensus groups runs one ticker task, not one per group,
+/// so idle groups cost no timers of their own.
+///
+/// Each tick raises every registered node's ``TickSignal`` (in registration order). Run it with
+/// ``run(every:on:)`` in the host's task group.
+public final class SharedTicker: Sendable {
+  private let signals = Mutex<(next: UInt64, registered: [(id: UInt64, signal: TickSignal)])>((0, []))
+
+  /// Creates a ticker with no nodes.
+  public init() {}
+
+  /// Adds a node's signal; returns the registration to pass to ``unregister(_:)``.
+  public func register(_ signal: TickSignal) -> UInt64 {
+    signals.withLock { s in
+      s.next += 1
+      s.registered.append((s.next, signal))
+      return s.next
+    }
+  }
+
+  /// Removes a registration.
+  public func unregister(_ registration: UInt64) {
+    signals.withLock { s in s.registered.removeAll { $0.id == registration } }
+  }
+
+  /// The number of nodes ticked.
+  public var count: Int { signals.withLock { $0.registered.count } }
+
+  /// Raises every registered signal once.
+  public func tick() {
+    let targets = signals.withLock { $0.registered.map(\.signal) }
+    for signal in targets { signal.raise() }
+  }
+
+  /// Ticks every `interval` of `runtime`'s clock until the task is cancelled.
+  public func run(every interval: Duration, on runtime: NodeRuntime) async {
+    let step = max(interval.nanoseconds, 1)
+    var next = runtime.clock.monotonicNanos() &+ step
+    while !Task.isCancelled {
+      do {
+        try await runtime.clock.sleep(untilNanos: next)
+      } catch {
+        return
+      }
+      tick()
+      next = max(next &+ step, runtime.clock.monotonicNanos() &+ step / 2)
+    }
+  }
+}

@@ -61,6 +61,35 @@ public protocol StateMachine: Sendable {
 
   /// Replaces the state with a snapshot made by ``snapshot()``.
   mutating func restore(from snapshot: [UInt8]) throws
+
+  /// Something the machine wants told to waiting clients, produced while applying (a lock granted to a waiter
+  /// in a later entry, a lease lost). Machines without any leave it `Never`.
+  associatedtype Notification: Sendable = Never
+
+  /// The notifications produced by the entries applied since the last call. The node calls it after applying
+  /// and hands them to the server that waits for them.
+  mutating func takeNotifications() -> [Notification]
+
+  /// The earliest log time (milliseconds) at which the state changes by itself — a lease or a session expiring —
+  /// or `nil` if nothing is due. The leader proposes a time-only entry once its log clock passes it, so expiry
+  /// happens even when no client writes.
+  var nextDeadlineMillis: UInt64? { get }
+
+  /// Applies a time-only entry: log time moved to `context.timestampMillis`; expire what is due.
+  mutating func advanceTime(context: ApplyContext)
+}
+
+extension StateMachine where Notification == Never {
+  /// No notifications.
+  public mutating func takeNotifications() -> [Never] { [] }
+}
+
+extension StateMachine {
+  /// Nothing expires by itself.
+  public var nextDeadlineMillis: UInt64? { nil }
+
+  /// Nothing to expire.
+  public mutating func advanceTime(context: ApplyContext) {}
 }
 
 /// Identifies one request of one client, for exactly-once execution.

@@ -9,6 +9,9 @@ public struct ReplicatedCommand<Command: WireCodable & Sendable>: Sendable, Wire
     case registerSession
     /// Keep a session alive without doing anything else.
     case keepAlive
+    /// Move log time forward and let the state machine expire what is due (proposed by the leader when a
+    /// deadline passes and no other entry carries the time).
+    case advanceTime
   }
 
   /// The leader's wall clock in milliseconds when it proposed the command; replicas use it for every
@@ -41,6 +44,8 @@ public struct ReplicatedCommand<Command: WireCodable & Sendable>: Sendable, Wire
       writer.writeByte(1)
     case .keepAlive:
       writer.writeByte(2)
+    case .advanceTime:
+      writer.writeByte(3)
     }
   }
 
@@ -53,6 +58,7 @@ public struct ReplicatedCommand<Command: WireCodable & Sendable>: Sendable, Wire
     case 0: body = .command(try reader.read(Command.self, field: "command"))
     case 1: body = .registerSession
     case 2: body = .keepAlive
+    case 3: body = .advanceTime
     case let tag: throw WireError(.unknownTag(type: "ReplicatedCommand.Body", tag: UInt64(tag)), at: at)
     }
   }
@@ -68,6 +74,8 @@ public enum ApplyOutcome<Response: Sendable>: Sendable {
   case sessionRegistered(UInt64)
   /// The session was kept alive.
   case keptAlive
+  /// Log time moved forward (a time-only entry).
+  case timeAdvanced
   /// The session is unknown or has expired; the command was not applied.
   case sessionExpired(UInt64)
   /// The request was applied earlier but its response was already forgotten (the client acknowledged it or
@@ -157,6 +165,9 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
       }
       sessions[index] = Session(lastActiveMillis: logTimeMillis, acknowledgedThrough: 0, responses: [:])
       return .sessionRegistered(index)
+    case .advanceTime:
+      machine.advanceTime(context: context)
+      return .timeAdvanced
     case .keepAlive:
       guard let id = command.request?.session else { return .keptAlive }
       guard sessions[id] != nil else { return .sessionExpired(id) }
@@ -222,6 +233,12 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
 
   /// Answers a query from the machine's current state.
   public func query(_ query: Machine.Query) -> Machine.QueryResult { machine.query(query) }
+
+  /// The notifications the machine produced since the last call.
+  public mutating func takeNotifications() -> [Machine.Notification] { machine.takeNotifications() }
+
+  /// The machine's next deadline in log time, if any.
+  public var nextDeadlineMillis: UInt64? { machine.nextDeadlineMillis }
 
   /// Serialises the sessions and the machine.
   public func snapshot() -> [UInt8] {

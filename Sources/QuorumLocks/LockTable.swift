@@ -551,3 +551,11 @@ extension UInt64 {
     return overflow ? .max : sum
   }
 }
+
+extension LockTable {
+  /// The events recorded since the last call (see ``takeEvents()``): what the server tells waiting clients.
+  public mutating func takeNotifications() -> [LockEvent] { takeEvents() }
+
+  /// A time-only entry: expires the sessions and waits that are due, granting their successors.
+  public mutating func advanceTime(context: ApplyContext) { _ = apply(.advanceTime, context: context) }
+}

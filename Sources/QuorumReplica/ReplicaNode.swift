@@ -116,6 +116,9 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   private let storage: any ConsensusStorage<Engine.Entry>
   private let logger: QuorumLogger
   private let observer: (any ReplicaObserver<Engine>)?
+  private let onNotifications: (@Sendable ([Machine.Notification]) -> Void)?
+  private let sharedTicker: SharedTicker?
+  private let recoveredSignal = RunCompletion()
   private let nextRequestID = Atomic<UInt64>(0)
   private let completion = RunCompletion()
   private let started = Atomic<Bool>(false)
@@ -138,6 +141,8 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   private var ticks = 0
   private var stopped = false
   private var lastTickNanos: UInt64 = 0
+  /// The position of the time-only entry this leader proposed and has not seen applied yet.
+  private var timeAdvanceIndex: UInt64?
 
   /// Creates a node; nothing happens until ``run()``.
   ///
@@ -152,11 +157,16 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   ///   - seed: seeds the engine's randomness (defaults to a value derived from the id and the clock).
   ///   - logger: where the node logs (default: standard error, labelled with the engine's name).
   ///   - observer: sees every step (the simulator's checkers); `nil` in production.
+  ///   - ticker: a ticker shared by many nodes (a host with many groups runs one timer, not one per group);
+  ///     `nil` for the node's own, every `configuration.tickInterval`.
+  ///   - onNotifications: receives what the state machine tells waiting clients, right after the entries that
+  ///     produced it are applied (in the node's loop: it must not block).
   public init(
     id: NodeID, group: GroupID = .default, configuration: Engine.Configuration,
     endpoint: some TransportEndpoint<Engine.Message>, storage: some ConsensusStorage<Engine.Entry>, machine: Machine,
     runtime: NodeRuntime = .system, seed: UInt64? = nil, logger: QuorumLogger? = nil,
-    observer: (any ReplicaObserver<Engine>)? = nil
+    observer: (any ReplicaObserver<Engine>)? = nil, ticker: SharedTicker? = nil,
+    onNotifications: (@Sendable ([Machine.Notification]) -> Void)? = nil
   ) {
     self.id = id
     self.group = group
@@ -168,6 +178,8 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     self.logger = (logger ?? QuorumLogger(label: Engine.name)).child(
       group == .default ? id.description : "\(group).\(id)")
     self.observer = observer
+    self.sharedTicker = ticker
+    self.onNotifications = onNotifications
     self.inputs = Mailbox(capacity: max(1, configuration.inputCapacity))
     self.tickSignal = TickSignal(ringing: doorbell)
     let entropy = runtime.clock.wallClockMillis() ^ runtime.clock.monotonicNanos()
@@ -187,11 +199,13 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     defer {
       broadcast.publish(Engine.stoppedEvent)
       broadcast.finish()
+      recoveredSignal.finish(failed: true)
       completion.finish()
     }
     do {
       try configuration.validate()
       try await recover()
+      recoveredSignal.finish(failed: false)
       try await runLoopWithTicker()
     } catch {
       // Invalid configuration, failed recovery or a failed write stops the node; nobody may be left waiting.
@@ -223,6 +237,12 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     await completion.wait()
   }
 
+  /// Waits until ``run()`` has recovered the node's durable state (a server opens its listener only then).
+  /// - Throws: ``QuorumCore/ConsensusError/stopped`` if the node stopped before it recovered.
+  public nonisolated func waitUntilRecovered() async throws {
+    if await recoveredSignal.wait() { throw ConsensusError.stopped }
+  }
+
   /// Role, leader, membership and snapshot changes, then a final stop event, for every subscriber.
   ///
   /// Each access is a new subscription that sees every event from that moment on; the stream finishes when the
@@ -239,6 +259,12 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   }
 
   private func runLoopWithTicker() async throws {
+    if let sharedTicker {
+      let registration = sharedTicker.register(tickSignal)
+      defer { sharedTicker.unregister(registration) }
+      try await loop()
+      return
+    }
     try await withThrowingTaskGroup(of: Void.self) { group in
       let runtime = self.runtime
       let interval = configuration.tickInterval
@@ -310,6 +336,18 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     lastTickNanos = now
     ticks &+= 1
     if ticks % 8 == 0 { expireRequests(now: now) }
+    proposeTimeAdvanceIfDue(now: now)
+  }
+
+  /// A leader proposes a time-only entry once its log clock passes the state machine's next deadline (a lease
+  /// or session expiring), so expiry happens even when no client writes; one at a time.
+  private func proposeTimeAdvanceIfDue(now: UInt64) {
+    guard timeAdvanceIndex == nil, engine?.isLeader == true, let deadline = machine.nextDeadlineMillis,
+      logClock.peek(now: now, applied: machine.logTimeMillis) >= deadline
+    else { return }
+    let command = ReplicatedCommand<Machine.Command>(
+      timestampMillis: logClock.stamp(now: now, applied: machine.logTimeMillis), body: .advanceTime)
+    timeAdvanceIndex = try? engine?.propose(command.wireBytes(reservingCapacity: 16)).index
   }
 
   private func handle(_ input: Input, now: UInt64) {
@@ -571,6 +609,13 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   }
 
   private func apply(_ entries: [Engine.Entry]) {
+    defer {
+      if let index = timeAdvanceIndex, index <= applied { timeAdvanceIndex = nil }
+      if let onNotifications, !entries.isEmpty {
+        let notifications = machine.takeNotifications()
+        if !notifications.isEmpty { onNotifications(notifications) }
+      }
+    }
     for entry in entries {
       applied = entry.index
       var outcome: ApplyOutcome<Machine.Response>?
@@ -624,6 +669,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     }
     guard let engine else { return }
     if rd.leadershipChanged {
+      timeAdvanceIndex = nil
       let now = runtime.clock.monotonicNanos()
       if engine.isLeader {
         logClock.becameLeader(now: now, applied: machine.logTimeMillis)
@@ -818,6 +864,12 @@ struct LogClock {
     baseNanos = now
   }
 
+  /// What ``stamp(now:applied:)`` would return, without moving the clock.
+  func peek(now: UInt64, applied: UInt64) -> UInt64 {
+    let elapsed = now >= baseNanos ? (now - baseNanos) / 1_000_000 : 0
+    return max(last, applied, baseLogMillis &+ elapsed)
+  }
+
   /// The stamp for a command proposed at `now`.
   mutating func stamp(now: UInt64, applied: UInt64) -> UInt64 {
     let elapsed = now >= baseNanos ? (now - baseNanos) / 1_000_000 : 0
@@ -826,27 +878,35 @@ struct LogClock {
   }
 }
 
-/// Lets callers wait for a run to end.
+/// Lets callers wait for something to happen once (a run to end, recovery to finish) and learn whether it failed.
 final class RunCompletion: Sendable {
-  private let state = Mutex<(done: Bool, waiters: [UnsafeContinuation<Void, Never>])>((false, []))
-
-  func finish() {
-    let waiters = state.withLock { s -> [UnsafeContinuation<Void, Never>] in
-      s.done = true
-      defer { s.waiters = [] }
-      return s.waiters
-    }
-    for waiter in waiters { waiter.resume() }
+  private struct State {
+    var outcome: Bool?
+    var waiters: [UnsafeContinuation<Bool, Never>] = []
   }
 
-  func wait() async {
-    await withUnsafeContinuation { (continuation: UnsafeContinuation<Void, Never>) in
-      let done = state.withLock { s -> Bool in
-        if s.done { return true }
+  private let state = Mutex(State())
+
+  /// Records the outcome (the first call wins) and wakes every waiter.
+  func finish(failed: Bool = false) {
+    let (waiters, outcome) = state.withLock { s -> ([UnsafeContinuation<Bool, Never>], Bool) in
+      if s.outcome == nil { s.outcome = failed }
+      defer { s.waiters = [] }
+      return (s.waiters, s.outcome ?? failed)
+    }
+    for waiter in waiters { waiter.resume(returning: outcome) }
+  }
+
+  /// Waits for the outcome; returns whether it failed.
+  @discardableResult
+  func wait() async -> Bool {
+    await withUnsafeContinuation { (continuation: UnsafeContinuation<Bool, Never>) in
+      let outcome = state.withLock { s -> Bool? in
+        if let outcome = s.outcome { return outcome }
         s.waiters.append(continuation)
-        return false
+        return nil
       }
-      if done { continuation.resume() }
+      if let outcome { continuation.resume(returning: outcome) }
     }
   }
 }
