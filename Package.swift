@@ -18,6 +18,7 @@ let package = Package(
     .library(name: "QuorumReplica", targets: ["QuorumReplica"]),
     .library(name: "QuorumRaft", targets: ["QuorumRaft"]),
     .library(name: "QuorumKV", targets: ["QuorumKV"]),
+    .library(name: "QuorumHost", targets: ["QuorumHost"]),
     .library(name: "QuorumTCP", targets: ["QuorumTCP"]),
     .library(name: "Quorum", targets: ["Quorum"]),
     .library(name: "QuorumPaxos", targets: ["QuorumPaxos"]),
@@ -39,6 +40,14 @@ let package = Package(
     .target(
       name: "QuorumPaxos", dependencies: ["QuorumCore", "QuorumStorage", "QuorumReplica"], swiftSettings: settings),
     .target(name: "QuorumKV", dependencies: ["QuorumCore"], swiftSettings: settings),
+    // The server host: many groups per process, either engine, services side by side, placement, the client
+    // protocol and the client.
+    .target(
+      name: "QuorumHost",
+      dependencies: [
+        "QuorumCore", "QuorumStorage", "QuorumReplica", "QuorumRaft", "QuorumPaxos", "QuorumKV", "QuorumLocks",
+      ],
+      swiftSettings: settings),
     .target(name: "QuorumLocks", dependencies: ["QuorumCore"], swiftSettings: settings),
     // Exposes epoll, eventfd and accept4, which Glibc does not export, plus small socket wrappers.
     .target(name: "CQuorumSystem"),
@@ -48,12 +57,17 @@ let package = Package(
       dependencies: ["QuorumCore", "QuorumStorage", "QuorumRaft", "QuorumPaxos", "QuorumKV", "QuorumTCP"],
       swiftSettings: settings),
     .target(
-      name: "QuorumSimulation", dependencies: ["QuorumCore", "QuorumRaft", "QuorumPaxos", "QuorumKV"],
+      name: "QuorumSimulation",
+      dependencies: [
+        "QuorumCore", "QuorumStorage", "QuorumReplica", "QuorumRaft", "QuorumPaxos", "QuorumKV", "QuorumLocks",
+        "QuorumHost",
+      ],
       swiftSettings: settings),
     .executableTarget(
       name: "QuorumCLI",
       dependencies: [
-        "QuorumCore", "QuorumSimulation", "QuorumRaft", "QuorumPaxos", "QuorumKV", "QuorumStorage", "QuorumTCP",
+        "QuorumCore", "QuorumHost", "QuorumSimulation", "QuorumRaft", "QuorumPaxos", "QuorumKV", "QuorumStorage",
+        "QuorumTCP",
         "Quorum",
       ],
       swiftSettings: settings),
@@ -90,6 +104,7 @@ let package = Package(
     .testTarget(
       name: "QuorumIntegrationTests", dependencies: ["Quorum", "QuorumSimulation"], swiftSettings: settings),
     .testTarget(
-      name: "QuorumSimulationTests", dependencies: ["QuorumSimulation", "QuorumCore"], swiftSettings: settings),
+      name: "QuorumSimulationTests", dependencies: ["QuorumSimulation", "QuorumCore", "QuorumHost"],
+      swiftSettings: settings),
   ]
 )

@@ -29,8 +29,8 @@ public enum ClientRequest: Sendable, Equatable, WireCodable, CustomStringConvert
       writer.writeVarint(acknowledged)
     case .query(let query, let consistency):
       writer.writeByte(3)
-      query.encodeWire(to: &writer)
-      consistency.encodeWire(to: &writer)
+      query.encode(to: &writer)
+      consistency.encode(to: &writer)
     case .status:
       writer.writeByte(4)
     case .membership(let operation):
@@ -50,7 +50,7 @@ public enum ClientRequest: Sendable, Equatable, WireCodable, CustomStringConvert
       self = .command(
         try reader.read(KVCommand.self, field: "command"), request: try reader.readOptional(RequestID.self),
         acknowledgedThrough: try reader.readVarint())
-    case 3: self = .query(try KVQuery(wire: &reader), consistency: try ReadConsistency(wire: &reader))
+    case 3: self = .query(try KVQuery(from: &reader), consistency: try ReadConsistency(from: &reader))
     case 4: self = .status
     case 5: self = .membership(try reader.read(MembershipOperation.self, field: "membership"))
     case 6: self = .transferLeadership(try reader.read(NodeID.self))
@@ -95,7 +95,7 @@ public enum ClientReply: Sendable, Equatable, WireCodable {
       response.encode(to: &writer)
     case .queryResult(let result):
       writer.writeByte(3)
-      result.encodeWire(to: &writer)
+      result.encode(to: &writer)
     case .status(let status):
       writer.writeByte(4)
       status.encode(to: &writer)
@@ -112,7 +112,7 @@ public enum ClientReply: Sendable, Equatable, WireCodable {
     switch try reader.readByte() {
     case 1: self = .session(try reader.readVarint())
     case 2: self = .response(try reader.read(KVResponse.self, field: "response"))
-    case 3: self = .queryResult(try KVQueryResult(wire: &reader))
+    case 3: self = .queryResult(try KVQueryResult(from: &reader))
     case 4: self = .status(try reader.read(MemberStatus.self, field: "status"))
     case 5: self = .done
     case 6: self = .failure(try reader.read(ClientFailure.self, field: "failure"))
@@ -138,13 +138,13 @@ public struct ClientFailure: Error, Sendable, Equatable, WireCodable, CustomStri
   }
 
   public func encode(to writer: inout WireWriter) {
-    error.encodeWire(to: &writer)
+    error.encode(to: &writer)
     writer.writeOptional(leaderAddress?.description)
     writer.writeOptional(detail)
   }
 
   public init(from reader: inout WireReader) throws(WireError) {
-    error = try ConsensusError(wire: &reader)
+    error = try ConsensusError(from: &reader)
     let at = reader.position
     if let text = try reader.readOptional(String.self) {
       guard let address = TCPAddress(text) else { throw WireError(.invalidValue("address \(text)"), at: at) }
@@ -285,141 +285,5 @@ public struct MemberStatus: Sendable, Equatable, WireCodable {
       addresses[node] = address
     }
     self.addresses = addresses
-  }
-}
-
-// MARK: - Encodings of types from other modules (kept here, as functions, not conformances)
-
-extension KVQuery {
-  func encodeWire(to writer: inout WireWriter) {
-    switch self {
-    case .get(let key):
-      writer.writeByte(0)
-      writer.writeString(key)
-    case .scan(let prefix, let limit):
-      writer.writeByte(1)
-      writer.writeString(prefix)
-      writer.writeVarint(UInt64(max(0, limit)))
-    case .count:
-      writer.writeByte(2)
-    }
-  }
-
-  init(wire reader: inout WireReader) throws(WireError) {
-    let at = reader.position
-    switch try reader.readByte() {
-    case 0: self = .get(key: try reader.readString())
-    case 1: self = .scan(prefix: try reader.readString(), limit: Int(try reader.readVarint(as: UInt32.self)))
-    case 2: self = .count
-    case let tag: throw WireError(.unknownTag(type: "KVQuery", tag: UInt64(tag)), at: at)
-    }
-  }
-}
-
-extension KVQueryResult {
-  func encodeWire(to writer: inout WireWriter) {
-    switch self {
-    case .value(let value):
-      writer.writeByte(0)
-      writer.writeOptional(value)
-    case .entries(let pairs):
-      writer.writeByte(1)
-      writer.writeVarint(UInt64(pairs.count))
-      for pair in pairs {
-        writer.writeString(pair.key)
-        writer.writeBytes(pair.value)
-        writer.writeVarint(pair.modifiedAt)
-      }
-    case .count(let count):
-      writer.writeByte(2)
-      writer.writeVarint(UInt64(max(0, count)))
-    }
-  }
-
-  init(wire reader: inout WireReader) throws(WireError) {
-    let at = reader.position
-    switch try reader.readByte() {
-    case 0: self = .value(try reader.readOptional([UInt8].self))
-    case 1:
-      let count = try reader.readCount()
-      var pairs: [KVPair] = []
-      pairs.reserveCapacity(count)
-      for _ in 0..<count {
-        pairs.append(
-          KVPair(try reader.readString(), try reader.readBytes(), modifiedAt: try reader.readVarint()))
-      }
-      self = .entries(pairs)
-    case 2: self = .count(Int(try reader.readVarint(as: UInt32.self)))
-    case let tag: throw WireError(.unknownTag(type: "KVQueryResult", tag: UInt64(tag)), at: at)
-    }
-  }
-}
-
-extension ReadConsistency {
-  func encodeWire(to writer: inout WireWriter) {
-    switch self {
-    case .linearizable: writer.writeByte(0)
-    case .lease: writer.writeByte(1)
-    case .stale: writer.writeByte(2)
-    }
-  }
-
-  init(wire reader: inout WireReader) throws(WireError) {
-    let at = reader.position
-    switch try reader.readByte() {
-    case 0: self = .linearizable
-    case 1: self = .lease
-    case 2: self = .stale
-    case let tag: throw WireError(.unknownTag(type: "ReadConsistency", tag: UInt64(tag)), at: at)
-    }
-  }
-}
-
-extension ConsensusError {
-  func encodeWire(to writer: inout WireWriter) {
-    switch self {
-    case .notLeader(let hint):
-      writer.writeByte(0)
-      writer.writeOptional(hint)
-    case .timeout: writer.writeByte(1)
-    case .dropped: writer.writeByte(2)
-    case .outcomeUnknown: writer.writeByte(3)
-    case .stopped: writer.writeByte(4)
-    case .overloaded(let limit):
-      writer.writeByte(5)
-      writer.writeVarint(UInt64(max(0, limit)))
-    case .transferInProgress: writer.writeByte(6)
-    case .sessionExpired(let session):
-      writer.writeByte(7)
-      writer.writeVarint(session)
-    case .leaseExpired: writer.writeByte(8)
-    case .membershipChangeRejected(let why):
-      writer.writeByte(9)
-      writer.writeString(why)
-    case .commandTooLarge(let bytes, let limit):
-      writer.writeByte(10)
-      writer.writeVarint(UInt64(max(0, bytes)))
-      writer.writeVarint(UInt64(max(0, limit)))
-    }
-  }
-
-  init(wire reader: inout WireReader) throws(WireError) {
-    let at = reader.position
-    switch try reader.readByte() {
-    case 0: self = .notLeader(hint: try reader.readOptional(NodeID.self))
-    case 1: self = .timeout
-    case 2: self = .dropped
-    case 3: self = .outcomeUnknown
-    case 4: self = .stopped
-    case 5: self = .overloaded(limit: Int(try reader.readVarint(as: UInt32.self)))
-    case 6: self = .transferInProgress
-    case 7: self = .sessionExpired(try reader.readVarint())
-    case 8: self = .leaseExpired
-    case 9: self = .membershipChangeRejected(try reader.readString())
-    case 10:
-      self = .commandTooLarge(
-        bytes: Int(try reader.readVarint(as: UInt32.self)), limit: Int(try reader.readVarint(as: UInt32.self)))
-    case let tag: throw WireError(.unknownTag(type: "ConsensusError", tag: UInt64(tag)), at: at)
-    }
   }
 }

@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import QuorumHost
 import QuorumPaxos
 import QuorumRaft
 import QuorumSimulation
@@ -8,14 +9,15 @@ import Synchronization
 /// `quorum simulate`: runs seeded whole-cluster simulations and reports the first failing seed.
 enum SimulateCommand {
   static let usage = """
-    usage: quorum simulate [--protocol raft|paxos|synod] [--level node|core] [--seeds N] [--start S] [--seed S]
-                           [--nodes N] [--variant default|paper] [--quorums Q1,Q2] [--chaos-ms MS] [--trace N]
-                           [--jobs J]
-      --protocol    raft (default): Raft with KV clients; paxos: Multi-Paxos with KV clients;
-                    synod: single-decree Paxos with three dueling proposers
-      --level       node (default): the production node actors on the seeded scheduler, with drifting clocks,
-                    torn writes, disk faults and clients over the network; core: the protocol cores in a
-                    simulated shell (faster, fewer faults)
+    usage: quorum simulate [--protocol raft|paxos|mixed|synod] [--level node|core] [--groups G] [--seeds N]
+                           [--start S] [--seed S] [--nodes N] [--variant default|paper] [--quorums Q1,Q2]
+                           [--chaos-ms MS] [--trace N] [--jobs J] [--digest]
+      --protocol    raft (default): Raft groups with KV clients; paxos: Multi-Paxos groups; mixed: groups of
+                    both engines on the same nodes; synod: single-decree Paxos with three dueling proposers
+      --groups G    node level: G groups sharing the nodes (default 1; mixed: 2)
+      --level       node (default): the production server hosts and clients on the seeded scheduler, with
+                    drifting clocks, pauses, torn writes, disk faults and clients over the network; core: the
+                    protocol cores in a simulated shell (faster, fewer faults)
       --seeds N     how many seeds to run (default 500), starting at --start (default 0)
       --digest      with --seed: also print a digest of the whole trace (to compare runs across processes)
       --seed S      run exactly one seed, with its trace
@@ -34,6 +36,7 @@ enum SimulateCommand {
     var options = RaftSimulationOptions()
     var kind = "raft"
     var level = "node"
+    var groupCount: Int?
     var printDigest = false
     var quorums: (Int, Int)?
     var variantArgument = ""
@@ -59,8 +62,11 @@ enum SimulateCommand {
       case "--chaos-ms": chaos = try number(try value())
       case "--protocol":
         kind = try value()
-        guard ["raft", "paxos", "synod"].contains(kind) else { throw CLIError.usage("unknown protocol \(kind)") }
+        guard ["raft", "paxos", "mixed", "synod"].contains(kind) else {
+          throw CLIError.usage("unknown protocol \(kind)")
+        }
       case "--digest": printDigest = true
+      case "--groups": groupCount = Int(try number(try value()))
       case "--level":
         level = try value()
         guard ["node", "core"].contains(level) else { throw CLIError.usage("unknown level \(level)") }
@@ -104,15 +110,22 @@ enum SimulateCommand {
       (synod.phase1Quorum, synod.phase2Quorum) = (q1, q2)
     }
     let raftOptions = options
-    var nodeOptions = NodeSimulationOptions()
-    nodeOptions.voters = options.voters
+    var reproduceGroups = ""
+    var nodeOptions = ClusterSimulationOptions()
+    nodeOptions.nodes = options.voters
+    let groups = max(1, groupCount ?? (kind == "mixed" ? 2 : 1))
+    nodeOptions.groups = (0..<groups).map { g in
+      let engine: EngineKind = kind == "paxos" || (kind == "mixed" && g % 2 == 1) ? .multiPaxos : .raft
+      return SimulatedGroup(engine: engine, members: min(options.voters, groups > 1 ? 3 : options.voters))
+    }
     if let chaos { nodeOptions.chaosDuration = .milliseconds(chaos) }
     nodeOptions.variant.raftPaper = variantArgument == "paper"
     if variantArgument == "paper" { nodeOptions.readConsistencies = [.linearizable, .stale] }
     nodeOptions.variant.paxosQuorums = quorums.map { (phase1: $0.0, phase2: $0.1) }
+    if groupCount != nil { reproduceGroups = " --groups \(groups)" }
     let nodeLevel = level == "node"
     let simulationOptions = nodeOptions
-    var reproduceOptions = kind == "raft" ? "" : " --protocol \(kind)"
+    var reproduceOptions = (kind == "raft" ? "" : " --protocol \(kind)") + reproduceGroups
     if level != "node" { reproduceOptions += " --level \(level)" }
     if options.voters != 3 { reproduceOptions += " --nodes \(options.voters)" }
     if let (q1, q2) = quorums { reproduceOptions += " --quorums \(q1),\(q2)" }
@@ -126,12 +139,7 @@ enum SimulateCommand {
           try sim.run()
           return sim.stats.description
         }
-        if chosenKind == "paxos" {
-          let sim = NodeSimulation<MultiPaxosEngine>(seed: seed, options: simulationOptions, trace: trace)
-          try sim.run()
-          return sim.stats.description
-        }
-        let sim = NodeSimulation<RaftEngine>(seed: seed, options: simulationOptions, trace: trace)
+        let sim = ClusterSimulation(seed: seed, options: simulationOptions, trace: trace)
         try sim.run()
         return sim.stats.description
       }

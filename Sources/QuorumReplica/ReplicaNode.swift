@@ -118,9 +118,9 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   private let observer: (any ReplicaObserver<Engine>)?
   private let onNotifications: (@Sendable ([Machine.Notification]) -> Void)?
   private let sharedTicker: SharedTicker?
-  private let recoveredSignal = RunCompletion()
+  private let recoveredSignal = OnceSignal()
   private let nextRequestID = Atomic<UInt64>(0)
-  private let completion = RunCompletion()
+  private let completion = OnceSignal()
   private let started = Atomic<Bool>(false)
   private let seed: UInt64
 
@@ -829,6 +829,10 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// Queries the local state machine directly (a stale read without going through the node's queue).
   public func localQuery(_ query: Machine.Query) -> Machine.QueryResult { machine.query(query) }
 
+  /// The applied position and the full encoded state (sessions and machine) at it: replicas that applied the
+  /// same position hold byte-identical states (the simulator checks that they converge).
+  public func localState() -> (applied: UInt64, snapshot: [UInt8]) { (applied, machine.snapshot()) }
+
   /// The newest log time applied here (milliseconds on the group's log clock).
   public var appliedLogTimeMillis: UInt64 { machine.logTimeMillis }
 }
@@ -875,38 +879,5 @@ struct LogClock {
     let elapsed = now >= baseNanos ? (now - baseNanos) / 1_000_000 : 0
     last = max(last, applied, baseLogMillis &+ elapsed)
     return last
-  }
-}
-
-/// Lets callers wait for something to happen once (a run to end, recovery to finish) and learn whether it failed.
-final class RunCompletion: Sendable {
-  private struct State {
-    var outcome: Bool?
-    var waiters: [UnsafeContinuation<Bool, Never>] = []
-  }
-
-  private let state = Mutex(State())
-
-  /// Records the outcome (the first call wins) and wakes every waiter.
-  func finish(failed: Bool = false) {
-    let (waiters, outcome) = state.withLock { s -> ([UnsafeContinuation<Bool, Never>], Bool) in
-      if s.outcome == nil { s.outcome = failed }
-      defer { s.waiters = [] }
-      return (s.waiters, s.outcome ?? failed)
-    }
-    for waiter in waiters { waiter.resume(returning: outcome) }
-  }
-
-  /// Waits for the outcome; returns whether it failed.
-  @discardableResult
-  func wait() async -> Bool {
-    await withUnsafeContinuation { (continuation: UnsafeContinuation<Bool, Never>) in
-      let outcome = state.withLock { s -> Bool? in
-        if let outcome = s.outcome { return outcome }
-        s.waiters.append(continuation)
-        return nil
-      }
-      if let outcome { continuation.resume(returning: outcome) }
-    }
   }
 }

@@ -41,12 +41,16 @@ public enum KVOutput: Hashable, Sendable, CustomStringConvertible {
   case ok
   /// The reply to ``KVInput/compareAndSwap(key:expected:new:)``: whether the value matched and was replaced.
   case swapped(Bool)
+  /// The reply to ``KVInput/put(key:value:)`` and ``KVInput/delete(key:)`` from a store that reports the value it
+  /// replaced (`nil`: the key was absent); checked, where ``ok`` is not.
+  case previous(String?)
 
   public var description: String {
     switch self {
     case .value(let value): return quoted(value)
     case .ok: return "ok"
     case .swapped(let swapped): return swapped ? "swapped" : "not swapped"
+    case .previous(let value): return "ok, was \(quoted(value))"
     }
   }
 }
@@ -71,7 +75,8 @@ public struct KVRegister: Hashable, Sendable, CustomStringConvertible {
 
 /// The sequential specification of a key-value store for the ``LinearizabilityChecker``, checked key by key.
 ///
-/// Every key starts absent. A `get` returns the current value; `put` and `delete` reply ``KVOutput/ok``; a
+/// Every key starts absent. A `get` returns the current value; `put` and `delete` reply ``KVOutput/ok`` (or
+/// ``KVOutput/previous(_:)``, the value they replaced, which is checked); a
 /// compare-and-swap replies whether it swapped. An operation with unknown outcome takes its effect (a
 /// compare-and-swap swaps exactly when the value matches) and is dropped altogether if it is a `get`.
 public struct KVModel: LinearizabilityModel, Sendable {
@@ -88,9 +93,9 @@ public struct KVModel: LinearizabilityModel, Sendable {
       guard let output else { return state }
       return output == .value(state.value) ? state : nil
     case .put(_, let value):
-      return output == nil || output == .ok ? KVRegister(value) : nil
+      return output == nil || output == .ok || output == .previous(state.value) ? KVRegister(value) : nil
     case .delete:
-      return output == nil || output == .ok ? KVRegister(nil) : nil
+      return output == nil || output == .ok || output == .previous(state.value) ? KVRegister(nil) : nil
     case .compareAndSwap(_, let expected, let new):
       let matches = state.value == expected
       if let output, output != .swapped(matches) { return nil }

@@ -1,43 +1,123 @@
-public import QuorumCore
-public import QuorumPaxos
-public import QuorumRaft
+import QuorumCore
+import QuorumHost
+import QuorumKV
+import QuorumPaxos
+import QuorumRaft
 import QuorumReplica
-public import QuorumStorage
+import QuorumStorage
 
-extension RaftEngine: SimulatedEngine {
-  public static var logWriteMode: LogWriteMode { .truncateSuffix }
-  public static var supportsMembershipChanges: Bool { true }
+/// What a simulation asks of each group's checker, whatever the group's engine.
+protocol GroupChecker: AnyObject, Sendable {
+  var failure: SimulationFailure? { get }
+  var leaderships: Int { get }
+  var referenceApplied: UInt64 { get }
+  var referenceSnapshot: [UInt8] { get }
+  func fail(_ message: String)
+  func becameDurable(_ node: NodeID, entries: [any StorableEntry], hardState: [UInt8]?)
+  func kvValue(of key: String, at index: UInt64) -> [UInt8]?
+}
 
-  public static func simulationConfiguration(members: [NodeID], options: NodeSimulationOptions) -> RaftConfiguration {
-    var c = RaftConfiguration()
-    c.members = members
-    c.tickInterval = .milliseconds(10)
-    c.electionTimeout = .milliseconds(100)...(.milliseconds(200))
-    c.heartbeatInterval = .milliseconds(20)
-    c.preVote = !options.variant.raftPaper
-    c.checkQuorum = !options.variant.raftPaper
-    c.leaseReads = !options.variant.raftPaper
-    c.clockDriftBound = .milliseconds(20)
-    c.snapshotEvery = options.snapshotEvery
-    c.snapshotRetainEntries = options.retainEntries
-    c.snapshotChunkBytes = 128
-    c.maxEntriesBytesPerMessage = 256
-    c.maxInflightMessages = 8
-    c.requestTimeout = .seconds(2)
-    return c
+/// Checks one group of a simulated cluster while it runs: sees every ready and every apply of every replica
+/// (through ``QuorumReplica/ReplicaObserver``) and keeps a reference replica fed the committed log.
+///
+/// The base class checks State Machine Safety (every replica applies the same entry at each position), replays the
+/// committed log into a reference `ServiceMachine` (with exactly-once sessions, as the replicas do) — whose
+/// encoded state every replica must reach — and remembers each key-value key's values by position, so the
+/// simulation can check stale reads. Engine checkers add their own invariants.
+///
+/// `@unchecked Sendable`: a simulation runs every job on one thread, and the observer is only called from jobs.
+class ReplicaChecker<Engine: ReplicaEngine>: ReplicaObserver, GroupChecker, @unchecked Sendable {
+  /// The group checked.
+  let group: GroupSpec
+  /// The first violation found, if any.
+  private(set) var failure: SimulationFailure?
+  /// Distinct leaderships seen.
+  var leaderships = 0
+  /// The run's trace.
+  let trace: SimulationTrace
+  /// The current virtual time.
+  let now: () -> VirtualTime
+
+  private var appliedDigest: [UInt64: UInt64] = [:]
+  private var reference: ReplicatedStateMachine<ServiceMachine>
+  /// The last position the reference replica applied.
+  private(set) var referenceApplied: UInt64 = 0
+  private var waiting: [UInt64: (isCommand: Bool, data: [UInt8])] = [:]
+  private var valuesByKey: [String: [(index: UInt64, value: [UInt8]?)]] = [:]
+
+  init(group: GroupSpec, sessions: SessionPolicy, trace: SimulationTrace, now: @escaping () -> VirtualTime) {
+    self.group = group
+    self.reference = ReplicatedStateMachine(
+      ServiceMachine(ServiceCatalog.standard.services(named: group.services) ?? []), policy: sessions)
+    self.trace = trace
+    self.now = now
   }
 
-  public static func makeChecker(configuration: RaftConfiguration, trace: SimulationTrace) -> ReplicaChecker<
-    RaftEngine
-  > {
-    RaftChecker(sessions: configuration.sessions, trace: trace)
+  /// Records a violation (the first one wins).
+  func fail(_ message: String) {
+    if failure == nil { failure = SimulationFailure(message) }
   }
 
-  public static func voters(in status: RaftStatus) -> [NodeID] { status.membership.allVoters.sorted() }
-  public static func members(in status: RaftStatus) -> [NodeID] { status.membership.allMembers.sorted() }
-  public static func isLeader(_ status: RaftStatus) -> Bool { status.role == .leader }
-  public static func appliedIndex(_ status: RaftStatus) -> UInt64 { status.appliedIndex }
-  public static func epoch(_ status: RaftStatus) -> UInt64 { status.term }
+  /// A digest of an entry's kind and payload.
+  static func fingerprint(isCommand: Bool, data: [UInt8]) -> UInt64 {
+    var h: UInt64 = 0xcbf2_9ce4_8422_2325 ^ (isCommand ? 1 : 0)
+    for b in data { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+    return h
+  }
+
+  /// Engine invariants before a ready is carried out.
+  func willCarryOut(_ node: NodeID, ready: ReplicaReady<Engine>, engine: Engine) {}
+  /// Engine invariants when a node applies an entry.
+  func didApply(_ node: NodeID, entry: Engine.Entry) {}
+  /// Engine invariants when entries or a hard state of `node` become durable on its disk (by a completed write, or
+  /// by surviving a crash in the middle of one).
+  func becameDurable(_ node: NodeID, entries: [any StorableEntry], hardState: [UInt8]?) {}
+
+  func node(_ node: NodeID, group: GroupID, willCarryOut ready: ReplicaReady<Engine>, engine: Engine) {
+    willCarryOut(node, ready: ready, engine: engine)
+  }
+
+  func node(_ node: NodeID, group: GroupID, didPersist ready: ReplicaReady<Engine>) {}
+
+  func node(_ node: NodeID, group: GroupID, applied entry: Engine.Entry) {
+    let digest = Self.fingerprint(isCommand: entry.isCommand, data: entry.data)
+    if let seen = appliedDigest[entry.index], seen != digest {
+      fail("\(self.group.name): State Machine Safety: \(node) applied a different entry at \(entry.index)")
+    }
+    appliedDigest[entry.index] = digest
+    didApply(node, entry: entry)
+    if entry.index > referenceApplied { waiting[entry.index] = (entry.isCommand, entry.data) }
+    while let next = waiting.removeValue(forKey: referenceApplied + 1) {
+      referenceApplied += 1
+      guard next.isCommand else { continue }
+      _ = reference.apply(entry: next.data, at: referenceApplied)
+      guard let command = try? ReplicatedCommand<ServiceCommand>(wireBytes: next.data),
+        case .command(let body) = command.body, body.service == KeyValueService.name,
+        let kv = try? KVCommand(wireBytes: body.payload)
+      else { continue }
+      let value = kvValue(kv.key)
+      if valuesByKey[kv.key]?.last.map({ $0.value != value }) ?? true {
+        valuesByKey[kv.key, default: []].append((referenceApplied, value))
+      }
+    }
+  }
+
+  func node(_ node: NodeID, group: GroupID, recordedSnapshotAt index: UInt64, compactedThrough: UInt64) {}
+
+  private func kvValue(_ key: String) -> [UInt8]? {
+    let query = ServiceQuery(service: KeyValueService.name, payload: KVQuery.get(key: key).wireBytes())
+    guard case .ok(let bytes) = reference.query(query), case .value(let value)? = try? KVQueryResult(wireBytes: bytes)
+    else { return nil }
+    return value
+  }
+
+  /// The value of key-value `key` after the committed prefix ending at `index`.
+  func kvValue(of key: String, at index: UInt64) -> [UInt8]? {
+    valuesByKey[key]?.last(where: { $0.index <= index })?.value ?? nil
+  }
+
+  /// The reference replica's whole encoded state.
+  var referenceSnapshot: [UInt8] { reference.snapshot() }
 }
 
 /// Raft's invariants (§5.2–§5.4), checked at every ready of every node: Election Safety (one leader per term),
@@ -54,18 +134,22 @@ final class RaftChecker: ReplicaChecker<RaftEngine>, @unchecked Sendable {
     let rd = ready.raw
     if let soft = rd.softState, soft.role == .leader {
       if let other = leaderOfTerm[soft.term], other != node {
-        fail("Election Safety: \(other) and \(node) both leaders of term \(soft.term)")
+        fail("\(group.name): Election Safety: \(other) and \(node) both leaders of term \(soft.term)")
       }
       if leaderOfTerm[soft.term] == nil { leaderships += 1 }
       leaderOfTerm[soft.term] = node
       trace.record(now(), "\(node) became leader of term \(soft.term)")
       if core.lastIndex < maxCommitted {
-        fail("Leader Completeness: \(node) leads term \(soft.term) with last index \(core.lastIndex) < \(maxCommitted)")
+        fail(
+          "\(group.name): Leader Completeness: \(node) leads term \(soft.term) with last index \(core.lastIndex) < \(maxCommitted)"
+        )
       }
       var index = max(core.firstIndex, 1)
       while index <= maxCommitted {
         if let t = committedTerm[index], let held = core.term(at: index), held != t {
-          fail("Leader Completeness: \(node) (term \(soft.term)) has term \(held) at committed \(index) of term \(t)")
+          fail(
+            "\(group.name): Leader Completeness: \(node) (term \(soft.term)) has term \(held) at committed \(index) of term \(t)"
+          )
         }
         index += 1
       }
@@ -75,7 +159,9 @@ final class RaftChecker: ReplicaChecker<RaftEngine>, @unchecked Sendable {
       let record = (data: Self.fingerprint(isCommand: entry.isCommand, data: entry.data), prevTerm: prevTerm)
       if let seen = entryAt[entry.index]?[entry.term] {
         if seen.data != record.data || (seen.prevTerm != record.prevTerm && entry.index > core.firstIndex) {
-          fail("Log Matching: \(node) holds a different entry \(entry.index)@\(entry.term) than another node")
+          fail(
+            "\(group.name): Log Matching: \(node) holds a different entry \(entry.index)@\(entry.term) than another node"
+          )
         }
       } else {
         entryAt[entry.index, default: [:]][entry.term] = record
@@ -83,53 +169,14 @@ final class RaftChecker: ReplicaChecker<RaftEngine>, @unchecked Sendable {
     }
     for entry in rd.committedEntries {
       if let t = committedTerm[entry.index], t != entry.term {
-        fail("Commitment: \(node) committed \(entry.index)@\(entry.term) but \(entry.index)@\(t) was committed before")
+        fail(
+          "\(group.name): Commitment: \(node) committed \(entry.index)@\(entry.term) but \(entry.index)@\(t) was committed before"
+        )
       }
       committedTerm[entry.index] = entry.term
       maxCommitted = max(maxCommitted, entry.index)
     }
   }
-}
-
-extension MultiPaxosEngine: SimulatedEngine {
-  public static var logWriteMode: LogWriteMode { .replace }
-  public static var supportsMembershipChanges: Bool { false }
-
-  public static func simulationConfiguration(members: [NodeID], options: NodeSimulationOptions) -> PaxosConfiguration {
-    var c = PaxosConfiguration()
-    c.members = members
-    if let quorums = options.variant.paxosQuorums {
-      c.phase1Quorum = quorums.phase1
-      c.phase2Quorum = quorums.phase2
-    }
-    c.tickInterval = .milliseconds(10)
-    c.electionTimeout = .milliseconds(100)...(.milliseconds(200))
-    c.heartbeatInterval = .milliseconds(20)
-    c.retransmitInterval = .milliseconds(40)
-    c.clockDriftBound = .milliseconds(20)
-    c.snapshotEvery = options.snapshotEvery
-    c.snapshotRetainEntries = options.retainEntries
-    c.snapshotChunkBytes = 128
-    c.maxEntriesBytesPerMessage = 256
-    c.maxInflightMessages = 8
-    c.requestTimeout = .seconds(2)
-    return c
-  }
-
-  public static func makeChecker(configuration: PaxosConfiguration, trace: SimulationTrace) -> ReplicaChecker<
-    MultiPaxosEngine
-  > {
-    PaxosChecker(
-      sessions: configuration.sessions, phase2Quorum: configuration.coreOptions.phase2Quorum, trace: trace)
-  }
-
-  public static func voters(in status: MultiPaxosStatus) -> [NodeID] { members(in: status) }
-  public static func members(in status: MultiPaxosStatus) -> [NodeID] {
-    Set(status.peers.keys).union([status.id]).sorted()
-  }
-  public static func isLeader(_ status: MultiPaxosStatus) -> Bool { status.role == .leader }
-  public static func appliedIndex(_ status: MultiPaxosStatus) -> UInt64 { status.appliedThrough }
-  public static func epoch(_ status: MultiPaxosStatus) -> UInt64 { status.ballot.round }
 }
 
 /// Multi-Paxos's invariants, from an oracle that watches every acceptance as it becomes durable on an
@@ -149,28 +196,32 @@ final class PaxosChecker: ReplicaChecker<MultiPaxosEngine>, @unchecked Sendable 
   private var durablePromise: [NodeID: Ballot] = [:]
   private var leaderBallots: Set<Ballot> = []
 
-  init(sessions: SessionPolicy, phase2Quorum: Int, trace: SimulationTrace) {
+  init(
+    group: GroupSpec, sessions: SessionPolicy, phase2Quorum: Int, trace: SimulationTrace,
+    now: @escaping () -> VirtualTime
+  ) {
     self.phase2Quorum = phase2Quorum
-    super.init(sessions: sessions, trace: trace)
+    super.init(group: group, sessions: sessions, trace: trace, now: now)
   }
 
   override func willCarryOut(_ node: NodeID, ready: ReplicaReady<MultiPaxosEngine>, engine: MultiPaxosEngine) {
     guard let soft = ready.raw.softState, soft.role == .leader else { return }
-    if soft.ballot.node != node { fail("\(node) leads in ballot \(soft.ballot), which it does not own") }
+    if soft.ballot.node != node { fail("\(group.name): \(node) leads in ballot \(soft.ballot), which it does not own") }
     if leaderBallots.insert(soft.ballot).inserted {
       leaderships += 1
       trace.record(now(), "\(node) leads in \(soft.ballot)")
     }
   }
 
-  override func becameDurable(_ node: NodeID, entries: [PaxosEntry], hardState: [UInt8]?) {
+  override func becameDurable(_ node: NodeID, entries anyEntries: [any StorableEntry], hardState: [UInt8]?) {
+    let entries = anyEntries.compactMap { $0 as? PaxosEntry }
     if let bytes = hardState {
       guard let hs = try? PaxosHardState(wireBytes: bytes) else {
-        fail("\(node) made an undecodable hard state durable")
+        fail("\(group.name): \(node) made an undecodable hard state durable")
         return
       }
       if let before = durablePromise[node], hs.promised < before {
-        fail("\(node) made durable promise \(hs.promised) below \(before)")
+        fail("\(group.name): \(node) made durable promise \(hs.promised) below \(before)")
       }
       durablePromise[node] = hs.promised
     }
@@ -178,27 +229,31 @@ final class PaxosChecker: ReplicaChecker<MultiPaxosEngine>, @unchecked Sendable 
       let digest = Self.fingerprint(isCommand: entry.isCommand, data: entry.data)
       var tally = acceptances[entry.index]?[entry.ballot] ?? Tally(fingerprint: digest, acceptors: [])
       if tally.fingerprint != digest {
-        fail("Ballot uniqueness: ballot \(entry.ballot) proposed two values for slot \(entry.index)")
+        fail("\(group.name): Ballot uniqueness: ballot \(entry.ballot) proposed two values for slot \(entry.index)")
       }
       tally.acceptors.insert(node)
       acceptances[entry.index, default: [:]][entry.ballot] = tally
       guard tally.acceptors.count >= phase2Quorum else { continue }
       if let value = chosen[entry.index] {
-        if value != digest { fail("Safety: two values chosen for slot \(entry.index) (ballot \(entry.ballot))") }
+        if value != digest {
+          fail(
+            "\(group.name): Safety: two values chosen for slot \(entry.index): the second in ballot \(entry.ballot) by "
+              + "\(tally.acceptors.sorted())")
+        }
       } else {
         chosen[entry.index] = digest
-        trace.record(now(), "oracle: slot \(entry.index) chosen in \(entry.ballot)")
+        trace.record(now(), "oracle: slot \(entry.index) chosen in \(entry.ballot) by \(tally.acceptors.sorted())")
       }
     }
   }
 
   override func didApply(_ node: NodeID, entry: PaxosEntry) {
     guard let value = chosen[entry.index] else {
-      fail("Learning: \(node) learned slot \(entry.index), but no value is chosen there")
+      fail("\(group.name): Learning: \(node) learned slot \(entry.index), but no value is chosen there")
       return
     }
     if value != Self.fingerprint(isCommand: entry.isCommand, data: entry.data) {
-      fail("Learning: \(node) learned slot \(entry.index) with a value that is not the one chosen there")
+      fail("\(group.name): Learning: \(node) learned slot \(entry.index) with a value that is not the one chosen there")
     }
   }
 }

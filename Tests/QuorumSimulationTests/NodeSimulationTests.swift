@@ -1,6 +1,5 @@
 import QuorumCore
-import QuorumPaxos
-import QuorumRaft
+import QuorumHost
 import QuorumSimulation
 import Synchronization
 import Testing
@@ -10,29 +9,15 @@ import Testing
 @Suite("Whole-node simulations of the production actors")
 struct NodeSimulationTests {
   /// Runs `seeds` and returns the report plus the summed statistics.
-  static func run<Engine: SimulatedEngine>(
-    _ engine: Engine.Type, seeds: Range<UInt64>, options: NodeSimulationOptions = NodeSimulationOptions()
-  ) async -> (SimulationReport, NodeSimulationStats) {
+  static func run(seeds: Range<UInt64>, options: ClusterSimulationOptions) async -> (
+    SimulationReport, NodeSimulationStats
+  ) {
     let total = Mutex(NodeSimulationStats())
     let report = await SimulationRunner.runDetached(seeds: seeds) { seed, trace in
-      let simulation = NodeSimulation<Engine>(seed: seed, options: options, trace: trace)
+      let simulation = ClusterSimulation(seed: seed, options: options, trace: trace)
       defer {
         let stats = simulation.stats
-        total.withLock { sum in
-          sum.jobs += stats.jobs
-          sum.crashes += stats.crashes
-          sum.partitions += stats.partitions
-          sum.stalls += stats.stalls
-          sum.diskFaults += stats.diskFaults
-          sum.tornRecords += stats.tornRecords
-          sum.membershipChanges += stats.membershipChanges
-          sum.transfers += stats.transfers
-          sum.operationsCompleted += stats.operationsCompleted
-          sum.unknownOutcomes += stats.unknownOutcomes
-          sum.staleReadsChecked += stats.staleReadsChecked
-          sum.writeResponsesChecked += stats.writeResponsesChecked
-          sum.leaderships += stats.leaderships
-        }
+        total.withLock { $0.add(stats) }
       }
       try simulation.run()
     }
@@ -41,7 +26,7 @@ struct NodeSimulationTests {
 
   @Test("Raft nodes, 3 voters, every fault")
   func raft() async {
-    let (report, stats) = await Self.run(RaftEngine.self, seeds: 0..<40)
+    let (report, stats) = await Self.run(seeds: 0..<40, options: .single(.raft))
     #expect(report.passed, "\(report)")
     #expect(stats.crashes > 0 && stats.partitions > 0 && stats.stalls > 0, "\(stats)")
     #expect(stats.diskFaults > 0 && stats.membershipChanges > 0, "\(stats)")
@@ -52,26 +37,24 @@ struct NodeSimulationTests {
 
   @Test("Raft nodes, 5 voters")
   func raftFive() async {
-    var options = NodeSimulationOptions()
-    options.voters = 5
-    let (report, stats) = await Self.run(RaftEngine.self, seeds: 1_000..<1_015, options: options)
+    let (report, stats) = await Self.run(seeds: 1_000..<1_015, options: .single(.raft, nodes: 5))
     #expect(report.passed, "\(report)")
     #expect(stats.operationsCompleted > 500, "\(stats)")
   }
 
   @Test("Raft nodes, the paper's algorithm (no pre-vote, no check-quorum, no leases)")
   func raftPaper() async {
-    var options = NodeSimulationOptions()
+    var options = ClusterSimulationOptions.single(.raft)
     options.variant.raftPaper = true
     options.readConsistencies = [.linearizable, .stale]
-    let (report, stats) = await Self.run(RaftEngine.self, seeds: 2_000..<2_015, options: options)
+    let (report, stats) = await Self.run(seeds: 2_000..<2_015, options: options)
     #expect(report.passed, "\(report)")
     #expect(stats.operationsCompleted > 500, "\(stats)")
   }
 
   @Test("Multi-Paxos nodes, 3 acceptors, every fault")
   func paxos() async {
-    let (report, stats) = await Self.run(MultiPaxosEngine.self, seeds: 0..<30)
+    let (report, stats) = await Self.run(seeds: 0..<30, options: .single(.multiPaxos))
     #expect(report.passed, "\(report)")
     #expect(stats.crashes > 0 && stats.partitions > 0 && stats.stalls > 0 && stats.diskFaults > 0, "\(stats)")
     #expect(stats.operationsCompleted > 1_500 && stats.writeResponsesChecked > 800, "\(stats)")
@@ -79,12 +62,25 @@ struct NodeSimulationTests {
 
   @Test("Multi-Paxos nodes, 5 acceptors with flexible quorums 4 and 2")
   func paxosFlexible() async {
-    var options = NodeSimulationOptions()
-    options.voters = 5
+    var options = ClusterSimulationOptions.single(.multiPaxos, nodes: 5)
     options.variant.paxosQuorums = (phase1: 4, phase2: 2)
-    let (report, stats) = await Self.run(MultiPaxosEngine.self, seeds: 3_000..<3_010, options: options)
+    let (report, stats) = await Self.run(seeds: 3_000..<3_010, options: options)
     #expect(report.passed, "\(report)")
     #expect(stats.operationsCompleted > 300, "\(stats)")
+  }
+
+  @Test("several groups of both engines share the nodes and one network; every group is checked")
+  func mixedGroups() async {
+    var options = ClusterSimulationOptions()
+    options.nodes = 4
+    options.groups = [
+      SimulatedGroup(engine: .raft), SimulatedGroup(engine: .multiPaxos), SimulatedGroup(engine: .raft),
+      SimulatedGroup(engine: .multiPaxos),
+    ]
+    let (report, stats) = await Self.run(seeds: 4_000..<4_012, options: options)
+    #expect(report.passed, "\(report)")
+    #expect(stats.operationsCompleted > 600 && stats.crashes > 0 && stats.partitions > 0, "\(stats)")
+    #expect(stats.leaderships >= 4 * 12, "every group elected leaders in every run: \(stats)")
   }
 
   @Test("Single-decree Paxos role actors: three dueling proposers, every fault")
@@ -108,15 +104,15 @@ struct NodeSimulationTests {
   func replay() throws {
     let first = SimulationTrace(enabled: true, capacity: 10)
     let second = SimulationTrace(enabled: true, capacity: 10)
-    let a = NodeSimulation<RaftEngine>(seed: 42, trace: first)
-    let b = NodeSimulation<RaftEngine>(seed: 42, trace: second)
+    let a = ClusterSimulation(seed: 42, trace: first)
+    let b = ClusterSimulation(seed: 42, trace: second)
     try a.run()
     try b.run()
     #expect(first.digest == second.digest)
     #expect(a.stats.jobs == b.stats.jobs)
     #expect(first.recorded > 500)
     let other = SimulationTrace(enabled: true, capacity: 10)
-    try NodeSimulation<RaftEngine>(seed: 43, trace: other).run()
+    try ClusterSimulation(seed: 43, trace: other).run()
     #expect(other.digest != first.digest)
   }
 }

@@ -1,0 +1,34 @@
+/// A service a consensus group's log can carry: a named deterministic state machine whose commands, queries,
+/// answers and notifications all cross the network in Quorum's wire format.
+///
+/// A group's log can carry several services side by side (a key-value store and a lock table, say), so a lock
+/// grant and a key-value write in one group are totally ordered. The server host composes them; adding a
+/// service touches neither the transport, nor the engines, nor the server's plumbing: define the machine and
+/// conform a small value to this protocol.
+public protocol ReplicatedService: Sendable {
+  /// The state machine.
+  associatedtype Machine: StateMachine
+  where Machine.Query: WireCodable, Machine.QueryResult: WireCodable, Machine.Notification: WireCodable
+
+  /// The service's name, unique within a group (`kv`, `locks`, `txn`): clients address requests with it.
+  static var name: String { get }
+
+  /// A fresh machine for a new group (a snapshot in storage replaces its state).
+  func makeMachine() -> Machine
+
+  /// The key a command concerns, for placement across groups; `nil` when the command is not about one key.
+  static func routingKey(of command: Machine.Command) -> String?
+
+  /// The key a query concerns; `nil` when it is not about one key (a scan covers the group's own keys).
+  static func routingKey(of query: Machine.Query) -> String?
+}
+
+extension Never: WireCodable {
+  /// Never called: there is no value to encode.
+  public func encode(to writer: inout WireWriter) {}
+
+  /// Always throws: no value of `Never` exists.
+  public init(from reader: inout WireReader) throws(WireError) {
+    throw WireError(.invalidValue("Never"), at: reader.position)
+  }
+}

@@ -1,0 +1,385 @@
+public import QuorumCore
+import QuorumKV
+import QuorumLocks
+public import QuorumPaxos
+public import QuorumRaft
+public import QuorumReplica
+import QuorumStorage
+import Synchronization
+
+/// A service a host can run, with its type erased: what the host needs to build a group's state machine and to
+/// route a request before it reaches the log.
+public struct ServiceDefinition: Sendable {
+  /// The key a request is about, as far as placement is concerned.
+  public enum RoutingKey: Sendable, Equatable {
+    /// About this key: it must belong to the group.
+    case key(String)
+    /// Not about one key (sessions, scans).
+    case unkeyed
+    /// The payload is not the service's.
+    case undecodable(String)
+  }
+
+  /// The service's name.
+  public let name: String
+  let service: any ReplicatedService
+  let commandKey: @Sendable ([UInt8]) -> RoutingKey
+  let queryKey: @Sendable ([UInt8]) -> RoutingKey
+
+  /// Wraps `service`.
+  public init<Service: ReplicatedService>(_ service: Service) {
+    name = Service.name
+    self.service = service
+    commandKey = { bytes in
+      do {
+        return Service.routingKey(of: try Service.Machine.Command(wireBytes: bytes)).map(RoutingKey.key) ?? .unkeyed
+      } catch {
+        return .undecodable("\(error)")
+      }
+    }
+    queryKey = { bytes in
+      do {
+        return Service.routingKey(of: try Service.Machine.Query(wireBytes: bytes)).map(RoutingKey.key) ?? .unkeyed
+      } catch {
+        return .undecodable("\(error)")
+      }
+    }
+  }
+}
+
+/// The services a host knows by name. A new service is one more definition here; nothing else changes.
+public struct ServiceCatalog: Sendable {
+  /// The definitions, by name.
+  public private(set) var definitions: [String: ServiceDefinition] = [:]
+
+  /// A catalog of `services`.
+  public init(_ services: [ServiceDefinition]) {
+    for service in services { definitions[service.name] = service }
+  }
+
+  /// The services Quorum ships: the key-value store (`kv`) and the lock table (`locks`).
+  public static var standard: ServiceCatalog {
+    ServiceCatalog([ServiceDefinition(KeyValueService()), ServiceDefinition(LockService())])
+  }
+
+  /// The names known.
+  public var names: Set<String> { Set(definitions.keys) }
+
+  /// The services named, in order; `nil` if one is unknown.
+  public func services(named names: [String]) -> [any ReplicatedService]? {
+    var services: [any ReplicatedService] = []
+    for name in names {
+      guard let definition = definitions[name] else { return nil }
+      services.append(definition.service)
+    }
+    return services
+  }
+}
+
+/// Checkers the simulator attaches to a host's replicas (none in production).
+public struct HostObservers: Sendable {
+  /// Sees every Raft group's replica.
+  public var raft: (@Sendable (GroupSpec) -> (any ReplicaObserver<RaftEngine>)?)?
+  /// Sees every Multi-Paxos group's replica.
+  public var paxos: (@Sendable (GroupSpec) -> (any ReplicaObserver<MultiPaxosEngine>)?)?
+
+  /// No observers.
+  public init(
+    raft: (@Sendable (GroupSpec) -> (any ReplicaObserver<RaftEngine>)?)? = nil,
+    paxos: (@Sendable (GroupSpec) -> (any ReplicaObserver<MultiPaxosEngine>)?)? = nil
+  ) {
+    self.raft = raft
+    self.paxos = paxos
+  }
+}
+
+/// One server process's share of a cluster: a replica of every group the cluster map places on this node, each
+/// with its own engine, storage and services, all sharing one transport endpoint (through a ``GroupRouter``) and
+/// one timer — and the request handler clients talk to.
+///
+/// ``run(attach:)`` recovers every group's storage first and only then attaches the transport, so a server opens
+/// its listener once its logs are known good. ``handle(_:)`` answers the client protocol (``HostRequest``):
+/// it finds the group, checks that the group carries the service and owns the key, and hands the request to
+/// the group's replica.
+public final class GroupHost: Sendable {
+  /// This process's node.
+  public let node: NodeID
+  /// The cluster map in force.
+  public let map: ClusterMap
+  /// The router sharing the process's endpoint among the groups.
+  public let router: GroupRouter
+  private let placement: Placement
+  private let catalog: ServiceCatalog
+  private let groups: [GroupID: any HostedGroup]
+  private let order: [GroupID]
+  private let ticker = SharedTicker()
+  private let tickInterval: Duration
+  private let runtime: NodeRuntime
+  private let logger: QuorumLogger
+  private let addressOf: @Sendable (NodeID) -> String?
+  private let stopRequested = OnceSignal()
+  private let recovered = OnceSignal()
+  private let notify: (@Sendable (GroupID, [ServiceNotification]) -> Void)?
+
+  /// Builds this node's replicas; nothing runs until ``run(attach:)``.
+  ///
+  /// - Parameters:
+  ///   - node: this process's node.
+  ///   - map: the cluster map (validated against `catalog`).
+  ///   - catalog: the services the host can run.
+  ///   - settings: engine settings for every group (members come from each group's description).
+  ///   - storage: where each group keeps its log and snapshots.
+  ///   - joining: groups this node joins as a new member (it starts empty and learns the membership), rather
+  ///     than founds.
+  ///   - runtime: clock and executor (``QuorumCore/NodeRuntime/system`` unless simulated).
+  ///   - seed: seeds the replicas' randomness (`nil`: from the clock).
+  ///   - logger: where the host and its replicas log.
+  ///   - addressOf: a member's client address, for redirects.
+  ///   - observers: the simulator's checkers.
+  ///   - notify: receives what services tell waiting clients, per group.
+  /// - Throws: ``ClusterMapError`` for an invalid map, ``QuorumCore/ConfigurationError`` for invalid settings,
+  ///   or a storage error opening a group's storage.
+  public init(
+    node: NodeID, map: ClusterMap, catalog: ServiceCatalog = .standard, settings: HostSettings,
+    storage: any GroupStorageProvider, joining: Set<GroupID> = [], runtime: NodeRuntime = .system,
+    seed: UInt64? = nil, logger: QuorumLogger = QuorumLogger(label: "quorum"),
+    addressOf: @escaping @Sendable (NodeID) -> String? = { _ in nil }, observers: HostObservers = HostObservers(),
+    notify: (@Sendable (GroupID, [ServiceNotification]) -> Void)? = nil
+  ) throws {
+    try map.validate(knownServices: catalog.names)
+    guard settings.raft.tickInterval == settings.paxos.tickInterval else {
+      throw ConfigurationError(
+        setting: "TickInterval",
+        reason:
+          "Raft and Multi-Paxos groups share one timer: \(settings.raft.tickInterval) ≠ \(settings.paxos.tickInterval)")
+    }
+    self.node = node
+    self.map = map
+    self.placement = Placement(map)
+    self.catalog = catalog
+    self.router = GroupRouter(node: node)
+    self.tickInterval = settings.raft.tickInterval
+    self.runtime = runtime
+    self.logger = logger
+    self.addressOf = addressOf
+    self.notify = notify
+    var groups: [GroupID: any HostedGroup] = [:]
+    for spec in map.groups where spec.members.contains(node) || joining.contains(spec.id) {
+      guard let services = catalog.services(named: spec.services) else {
+        throw ClusterMapError("group \(spec.name)", "unknown service")
+      }
+      let groupSeed = seed.map { $0 ^ spec.id.rawValue &* 0x9E37_79B9_7F4A_7C15 }
+      let isJoining = joining.contains(spec.id)
+      switch spec.engine {
+      case .raft:
+        groups[spec.id] = try Self.makeGroup(
+          RaftEngine.self, spec: spec, services: services, settings: settings, storage: storage, joining: isJoining,
+          router: router, ticker: ticker, runtime: runtime, seed: groupSeed, logger: logger,
+          observer: observers.raft?(spec), notify: notify)
+      case .multiPaxos:
+        groups[spec.id] = try Self.makeGroup(
+          MultiPaxosEngine.self, spec: spec, services: services, settings: settings, storage: storage,
+          joining: isJoining, router: router, ticker: ticker, runtime: runtime, seed: groupSeed, logger: logger,
+          observer: observers.paxos?(spec), notify: notify)
+      }
+    }
+    self.groups = groups
+    self.order = groups.keys.sorted()
+  }
+
+  private static func makeGroup<Engine: HostedEngine>(
+    _ engine: Engine.Type, spec: GroupSpec, services: [any ReplicatedService], settings: HostSettings,
+    storage: any GroupStorageProvider, joining: Bool, router: GroupRouter, ticker: SharedTicker, runtime: NodeRuntime,
+    seed: UInt64?, logger: QuorumLogger, observer: (any ReplicaObserver<Engine>)?,
+    notify: (@Sendable (GroupID, [ServiceNotification]) -> Void)?
+  ) throws -> EngineGroup<Engine> {
+    let configuration = Engine.configuration(for: spec, settings: settings, joining: joining)
+    try configuration.validate()
+    let groupStorage = try storage.storage(for: spec, mode: Engine.hostLogWriteMode, entry: Engine.Entry.self)
+    let endpoint = router.endpoint(
+      for: spec.id, capacity: configuration.inputCapacity, wrap: Engine.wrap, unwrap: Engine.unwrap)
+    let id = spec.id
+    let groupLogger = logger.child(spec.name)
+    var onNotifications: (@Sendable ([ServiceNotification]) -> Void)?
+    if let notify { onNotifications = { notify(id, $0) } }
+    let node = makeNode(
+      Engine.self, id: router.node, group: spec.id, configuration: configuration, endpoint: endpoint,
+      storage: groupStorage, machine: ServiceMachine(services), runtime: runtime, seed: seed, logger: groupLogger,
+      observer: observer, ticker: ticker, onNotifications: onNotifications)
+    return EngineGroup(spec: spec, node: node, storage: groupStorage, logger: groupLogger)
+  }
+
+  private static func makeNode<Engine: HostedEngine, Storage: ConsensusStorage<Engine.Entry>>(
+    _ engine: Engine.Type, id: NodeID, group: GroupID, configuration: Engine.Configuration,
+    endpoint: GroupEndpoint<Engine.Message>, storage: Storage, machine: ServiceMachine, runtime: NodeRuntime,
+    seed: UInt64?, logger: QuorumLogger, observer: (any ReplicaObserver<Engine>)?, ticker: SharedTicker,
+    onNotifications: (@Sendable ([ServiceNotification]) -> Void)?
+  ) -> ReplicaNode<Engine, ServiceMachine> {
+    ReplicaNode<Engine, ServiceMachine>(
+      id: id, group: group, configuration: configuration, endpoint: endpoint, storage: storage, machine: machine,
+      runtime: runtime, seed: seed, logger: logger, observer: observer, ticker: ticker,
+      onNotifications: onNotifications)
+  }
+
+  /// The groups this process hosts, by id.
+  public var hostedGroups: [GroupID] { order }
+
+  /// The replica of `group` hosted here, if any.
+  public func group(_ group: GroupID) -> (any HostedGroup)? { groups[group] }
+
+  // MARK: - Running
+
+  /// Recovers every group, then calls `attach` for the transport endpoint (a TCP server opens its listener
+  /// there), then runs until ``shutdown()`` or until a group fails (a storage failure: the host then stops every
+  /// group and rethrows it).
+  public func run(attach: @escaping @Sendable () async throws -> any TransportEndpoint<HostMessage>) async throws {
+    let groups = order.compactMap { self.groups[$0] }
+    let ticker = self.ticker
+    let runtime = self.runtime
+    let interval = tickInterval
+    let router = self.router
+    let stop = stopRequested
+    try await withThrowingTaskGroup(of: Void.self) { tasks in
+      for group in groups { tasks.addTask { try await group.run() } }
+      tasks.addTask {
+        await ticker.run(every: interval, on: runtime)
+      }
+      do {
+        for group in groups { try await group.waitUntilRecovered() }
+        router.attach(try await attach())
+      } catch {
+        logger.error("stopping: a group did not recover, or the transport did not open: \(error)")
+        for group in groups { await group.shutdown() }
+        tasks.cancelAll()
+        try await tasks.waitForAll()
+        throw error
+      }
+      recovered.finish()
+      logger.notice("serving \(groups.count) groups", ["node": "\(node)"])
+      tasks.addTask { await router.run() }
+      tasks.addTask { await stop.wait() }
+      var failure: (any Error)?
+      do {
+        try await tasks.next()
+      } catch {
+        failure = error
+        logger.error("stopping every group after a failure: \(error)")
+      }
+      stop.finish()  // Ends the task waiting for a shutdown, if a failure came first.
+      for group in groups { await group.shutdown() }
+      await router.close()
+      tasks.cancelAll()
+      while true {
+        do {
+          guard try await tasks.next() != nil else { break }
+        } catch {
+          if failure == nil { failure = error }
+        }
+      }
+      if let failure { throw failure }
+    }
+  }
+
+  /// Waits until every group has recovered and the transport is attached.
+  public func waitUntilServing() async { await recovered.wait() }
+
+  /// Stops every group (answering requests in flight) and makes ``run(attach:)`` return.
+  public func shutdown() async {
+    stopRequested.finish()
+  }
+
+  // MARK: - Requests
+
+  /// Answers one client request.
+  public func handle(_ request: HostRequest) async -> HostReply {
+    switch request {
+    case .clusterMap:
+      return .clusterMap(map)
+    case .status(nil):
+      var statuses: [GroupStatus] = []
+      for id in order {
+        if let group = groups[id] { statuses.append(await group.status()) }
+      }
+      return .statuses(statuses)
+    default:
+      break
+    }
+    guard let id = request.group, let spec = map.group(id) else {
+      return .failure(HostFailure(.unknownGroup(request.group ?? .default)))
+    }
+    guard let group = groups[id] else { return .failure(HostFailure(.notHosted(id, members: spec.members))) }
+    do {
+      switch request {
+      case .registerSession:
+        return .session(try await group.registerSession())
+      case .command(_, let command, let request, let acknowledged):
+        if let refusal = check(
+          service: command.service, in: spec,
+          key: catalog.definitions[command.service]?
+            .commandKey(command.payload))
+        {
+          return .failure(HostFailure(refusal))
+        }
+        let answer = try await group.propose(command, request: request, acknowledgedThrough: acknowledged)
+        return reply(answer, index: 0, group: id)
+      case .query(_, let service, let payload, let consistency, let atLeast):
+        if let refusal = check(service: service, in: spec, key: catalog.definitions[service]?.queryKey(payload)) {
+          return .failure(HostFailure(refusal))
+        }
+        let answer = try await group.read(
+          ServiceQuery(service: service, payload: payload), consistency: consistency, atLeast: atLeast)
+        return reply(answer.value, index: answer.index, group: id)
+      case .status:
+        return .statuses([await group.status()])
+      case .membership(_, let operation):
+        try await group.changeMembership(.change([operation]))
+        return .done
+      case .transferLeadership(_, let target):
+        try await group.transferLeadership(to: target)
+        return .done
+      case .clusterMap:
+        return .clusterMap(map)
+      }
+    } catch let error as ConsensusError {
+      if case .notLeader(let hint?) = error {
+        return .failure(HostFailure(.consensus(error), leaderAddress: addressOf(hint)))
+      }
+      return .failure(HostFailure(.consensus(error)))
+    } catch {
+      return .failure(HostFailure(.consensus(.stopped)))
+    }
+  }
+
+  /// Why a request for `service` about `key` must not go to `group`, if it must not.
+  private func check(service: String, in group: GroupSpec, key: ServiceDefinition.RoutingKey?) -> HostError? {
+    guard group.services.contains(service), let key else { return .unknownService(service, group: group.id) }
+    switch key {
+    case .unkeyed:
+      return nil
+    case .undecodable(let why):
+      return .malformed("\(service) payload: \(why)")
+    case .key(let key):
+      guard let owner = placement.owner(of: key, service: service), owner != group.id else { return nil }
+      return .wrongGroup(key: key, service: service, owner: owner)
+    }
+  }
+
+  private func reply(_ answer: ServiceAnswer, index: UInt64, group: GroupID) -> HostReply {
+    switch answer {
+    case .ok(let bytes): return .answer(bytes, index: index)
+    case .unknownService(let name): return .failure(HostFailure(.unknownService(name, group: group)))
+    case .malformed(let why): return .failure(HostFailure(.malformed(why)))
+    }
+  }
+
+  /// Decodes a request, answers it, and encodes the reply (what a transport's request handler calls).
+  public func handle(bytes: [UInt8]) async -> [UInt8] {
+    let reply: HostReply
+    do {
+      reply = await handle(try HostRequest(wireBytes: bytes))
+    } catch {
+      reply = .failure(HostFailure(.malformed("\(error)")))
+    }
+    return reply.wireBytes(reservingCapacity: 64)
+  }
+}

@@ -1,0 +1,310 @@
+public import QuorumCore
+import Synchronization
+
+/// How a client reaches the members of a cluster: TCP connections in production (`TCPRequestChannel` in the
+/// Quorum module), the simulated network in tests.
+public protocol RequestChannel: Sendable {
+  /// Sends an encoded ``HostRequest`` to `member` and returns the encoded ``HostReply``.
+  /// - Throws: ``RequestChannelError`` when the member cannot be reached or does not answer within `timeout`.
+  func send(_ request: [UInt8], to member: NodeID, timeout: Duration) async throws -> [UInt8]
+}
+
+/// Why a request did not reach a member or get an answer.
+public enum RequestChannelError: Error, Sendable, Equatable, CustomStringConvertible {
+  /// The member could not be reached (no address, connection refused, connection lost).
+  case unreachable(NodeID, String)
+  /// No answer in time.
+  case timeout(NodeID)
+
+  public var description: String {
+    switch self {
+    case .unreachable(let node, let why): return "\(node) unreachable: \(why)"
+    case .timeout(let node): return "\(node) did not answer in time"
+    }
+  }
+}
+
+/// Why a client call failed.
+public enum QuorumClientError: Error, Sendable, Equatable, CustomStringConvertible {
+  /// The deadline passed. `outcomeUnknown` is true for a write that was sent at least once: it may or may not
+  /// take effect (a retry with the same session is safe; look the value up to know).
+  case timeout(outcomeUnknown: Bool)
+  /// A write whose outcome cannot be known (its session expired before an answer came).
+  case outcomeUnknown
+  /// The server refused the request (unknown group or service, a key of another group, a malformed request, or
+  /// an engine error that retrying does not fix).
+  case rejected(HostError)
+  /// The answer did not decode.
+  case badReply(String)
+
+  public var description: String {
+    switch self {
+    case .timeout(let unknown): return "deadline passed" + (unknown ? " (the write may or may not have happened)" : "")
+    case .outcomeUnknown: return "the write may or may not have happened"
+    case .rejected(let error): return "refused: \(error)"
+    case .badReply(let why): return "undecodable reply: \(why)"
+    }
+  }
+}
+
+/// A client's settings.
+public struct HostClientOptions: Sendable {
+  /// The default deadline of a call (a call may pass its own).
+  public var deadline: Duration = .seconds(10)
+  /// How long one attempt at one member may take before the client tries again (elsewhere).
+  public var attemptTimeout: Duration = .seconds(2)
+  /// The first retry back-off; it doubles up to ``maxBackoff`` (with seeded jitter).
+  public var minBackoff: Duration = .milliseconds(5)
+  /// The largest retry back-off.
+  public var maxBackoff: Duration = .milliseconds(200)
+
+  /// The defaults: 10 s deadline, 2 s per attempt, back-off 5–200 ms.
+  public init() {}
+}
+
+/// A client of a cluster of group hosts: sends requests to the right member of the right group, follows
+/// redirects to leaders, retries through failures until a deadline, and makes writes exactly-once with one
+/// session per group.
+///
+/// Service clients (``KeyValueClient``, the lock client) sit on top of it. A `HostClient` is an actor: calls
+/// from many tasks run concurrently, and share its leader cache and sessions.
+public actor HostClient {
+  private struct Session {
+    var id: UInt64
+    var next: UInt64 = 0
+    /// Sequence numbers sent and not yet answered (or abandoned).
+    var outstanding: Set<UInt64> = []
+
+    /// Every response up to here has been received: the server may forget them.
+    var acknowledged: UInt64 { (outstanding.min() ?? next + 1) - 1 }
+  }
+
+  /// The cluster map the client routes by.
+  public private(set) var map: ClusterMap?
+  private var placement: Placement?
+  private let channel: any RequestChannel
+  private let seeds: [NodeID]
+  private let options: HostClientOptions
+  private let clock: any NodeClock
+  private var leaders: [GroupID: NodeID] = [:]
+  private var sessions: [GroupID: Session] = [:]
+  private var random: SeededRandom
+
+  /// Creates a client.
+  /// - Parameters:
+  ///   - channel: how to reach members.
+  ///   - members: members to ask for the cluster map (and the default group's members when no map is given).
+  ///   - map: the cluster map, if known (otherwise fetched from `members` at the first call).
+  ///   - options: deadlines and back-off.
+  ///   - clock: the clock deadlines are measured on (the system's unless simulated).
+  ///   - seed: seeds the choice of members and the back-off jitter.
+  public init(
+    channel: any RequestChannel, members: [NodeID], map: ClusterMap? = nil, options: HostClientOptions = .init(),
+    clock: any NodeClock = SystemClock(), seed: UInt64 = 1
+  ) {
+    self.channel = channel
+    self.seeds = members
+    self.map = map
+    self.placement = map.map(Placement.init)
+    self.options = options
+    self.clock = clock
+    self.random = SeededRandom(seed: seed)
+  }
+
+  // MARK: - Routing
+
+  /// The cluster map, fetched from a member if the client has none yet.
+  public func clusterMap(deadline: Duration? = nil) async throws -> ClusterMap {
+    if let map { return map }
+    let reply = try await send(.clusterMap, to: seeds, deadline: deadline ?? options.deadline, isWrite: false)
+    guard case .clusterMap(let fetched) = reply else { throw QuorumClientError.badReply("expected a cluster map") }
+    map = fetched
+    placement = Placement(fetched)
+    return fetched
+  }
+
+  /// The group owning `key` for `service`.
+  public func group(for key: String, service: String) async throws -> GroupID {
+    _ = try await clusterMap()
+    guard let owner = placement?.owner(of: key, service: service) else {
+      throw QuorumClientError.rejected(.unknownService(service, group: .default))
+    }
+    return owner
+  }
+
+  /// The groups carrying `service`.
+  public func groups(carrying service: String) async throws -> [GroupID] {
+    try await clusterMap().groups(carrying: service).map(\.id)
+  }
+
+  private func members(of group: GroupID?) -> [NodeID] {
+    guard let group, let spec = map?.group(group) else { return seeds }
+    return spec.members
+  }
+
+  // MARK: - Calls
+
+  /// Applies `payload` as a command of `service` in `group`, exactly once.
+  /// - Throws: ``QuorumClientError``.
+  public func command(_ payload: [UInt8], service: String, group: GroupID, deadline: Duration? = nil) async throws
+    -> [UInt8]
+  {
+    let limit = deadline ?? options.deadline
+    let started = clock.monotonicNanos()
+    var session = try await session(for: group, deadline: limit)
+    session.next += 1
+    let sequence = session.next
+    session.outstanding.insert(sequence)
+    sessions[group] = session
+    defer { sessions[group]?.outstanding.remove(sequence) }
+    let remaining = limit - .nanoseconds(Int64(clock.monotonicNanos() &- started))
+    let request = HostRequest.command(
+      group: group, ServiceCommand(service: service, payload: payload),
+      request: RequestID(session: session.id, sequence: sequence), acknowledgedThrough: session.acknowledged)
+    let reply: HostReply
+    do {
+      reply = try await send(request, to: members(of: group), group: group, deadline: remaining, isWrite: true)
+    } catch QuorumClientError.rejected(.consensus(.sessionExpired)) {
+      sessions[group] = nil
+      throw QuorumClientError.outcomeUnknown
+    }
+    guard case .answer(let bytes, _) = reply else { throw QuorumClientError.badReply("expected an answer") }
+    return bytes
+  }
+
+  /// Reads `payload` as a query of `service` in `group`, at `consistency`, from a state including position
+  /// `atLeast`; returns the answer and the position it reflects.
+  /// - Throws: ``QuorumClientError``.
+  public func query(
+    _ payload: [UInt8], service: String, group: GroupID, consistency: ReadConsistency = .linearizable,
+    atLeast: UInt64 = 0, deadline: Duration? = nil
+  ) async throws -> (answer: [UInt8], index: UInt64) {
+    let request = HostRequest.query(
+      group: group, service: service, payload: payload, consistency: consistency, atLeast: atLeast)
+    let reply = try await send(
+      request, to: members(of: group), group: group, deadline: deadline ?? options.deadline, isWrite: false,
+      anyMember: consistency == .stale)
+    guard case .answer(let bytes, let index) = reply else { throw QuorumClientError.badReply("expected an answer") }
+    return (bytes, index)
+  }
+
+  /// The status of every group as each of its members reports it (members that do not answer are left out).
+  public func statuses(deadline: Duration? = nil) async throws -> [GroupStatus] {
+    let map = try await clusterMap(deadline: deadline)
+    var all: [GroupStatus] = []
+    for member in map.members.keys.sorted() {
+      let reply = try? await send(
+        .status(group: nil), to: [member], deadline: min(deadline ?? options.deadline, options.attemptTimeout),
+        isWrite: false, anyMember: true)
+      if case .statuses(let statuses)? = reply { all += statuses }
+    }
+    return all
+  }
+
+  /// Changes `group`'s membership by one operation (through its leader).
+  public func changeMembership(_ operation: MembershipOperation, group: GroupID, deadline: Duration? = nil)
+    async throws
+  {
+    _ = try await clusterMap()
+    _ = try await send(
+      .membership(group: group, operation), to: members(of: group), group: group,
+      deadline: deadline ?? options.deadline, isWrite: true)
+  }
+
+  /// Hands `group`'s leadership to `target`.
+  public func transferLeadership(of group: GroupID, to target: NodeID, deadline: Duration? = nil) async throws {
+    _ = try await clusterMap()
+    _ = try await send(
+      .transferLeadership(group: group, to: target), to: members(of: group), group: group,
+      deadline: deadline ?? options.deadline, isWrite: false)
+  }
+
+  private func session(for group: GroupID, deadline: Duration) async throws -> Session {
+    if let session = sessions[group] { return session }
+    _ = try await clusterMap(deadline: deadline)
+    let reply = try await send(
+      .registerSession(group: group), to: members(of: group), group: group, deadline: deadline, isWrite: false)
+    guard case .session(let id) = reply else { throw QuorumClientError.badReply("expected a session") }
+    if let existing = sessions[group] { return existing }  // Another call registered one meanwhile.
+    let session = Session(id: id)
+    sessions[group] = session
+    return session
+  }
+
+  // MARK: - Sending with retries
+
+  /// Sends `request` until a member answers it or the deadline passes: to the group's known leader first,
+  /// following `notLeader` redirects, moving on from members that fail, backing off between rounds.
+  private func send(
+    _ request: HostRequest, to candidates: [NodeID], group: GroupID? = nil, deadline: Duration, isWrite: Bool,
+    anyMember: Bool = false
+  ) async throws -> HostReply {
+    let start = clock.monotonicNanos()
+    let end = start &+ deadline.nanoseconds
+    let bytes = request.wireBytes(reservingCapacity: 64)
+    var backoff = options.minBackoff
+    var sent = false
+    var target = (anyMember ? nil : group.flatMap { leaders[$0] }) ?? pick(from: candidates)
+    while true {
+      let now = clock.monotonicNanos()
+      guard now < end, let member = target else { throw QuorumClientError.timeout(outcomeUnknown: isWrite && sent) }
+      let attempt = min(options.attemptTimeout.nanoseconds, end - now)
+      var redirected = false
+      do {
+        sent = true
+        let replyBytes = try await channel.send(bytes, to: member, timeout: .nanoseconds(Int64(attempt)))
+        let reply: HostReply
+        do {
+          reply = try HostReply(wireBytes: replyBytes)
+        } catch {
+          throw QuorumClientError.badReply("\(error)")
+        }
+        guard case .failure(let failure) = reply else {
+          if let group, !anyMember { leaders[group] = member }
+          return reply
+        }
+        switch failure.error {
+        case .consensus(.notLeader(let hint)):
+          if let group { leaders[group] = hint }
+          if let hint, hint != member {
+            target = hint
+            redirected = true
+          } else {
+            target = pick(from: candidates, avoiding: member)
+          }
+        case .consensus(.timeout), .consensus(.stopped), .consensus(.overloaded), .consensus(.dropped),
+          .consensus(.transferInProgress), .consensus(.leaseExpired):
+          target = pick(from: candidates, avoiding: member)
+        case .consensus(.outcomeUnknown):
+          // With a session the retry is exactly-once; without one it could apply twice.
+          guard case .command(_, _, let id?, _) = request, id.session != 0 else {
+            throw QuorumClientError.outcomeUnknown
+          }
+          target = pick(from: candidates, avoiding: member)
+        case .notHosted(_, let members):
+          target = pick(from: members.isEmpty ? candidates : members, avoiding: member)
+        default:
+          throw QuorumClientError.rejected(failure.error)
+        }
+      } catch let error as QuorumClientError {
+        throw error
+      } catch {
+        // Unreachable or silent: the request may have been applied; the session makes a retry safe.
+        if let group, leaders[group] == member { leaders[group] = nil }
+        target = pick(from: candidates, avoiding: member)
+      }
+      if !redirected {
+        let jitter = Double(random.next() % 1000) / 1000 + 0.5
+        let pause = min(backoff * jitter, .nanoseconds(Int64(end &- min(end, clock.monotonicNanos()))))
+        if pause > .zero { try await clock.sleep(for: pause) }
+        backoff = min(backoff * 2, options.maxBackoff)
+      }
+    }
+  }
+
+  private func pick(from candidates: [NodeID], avoiding: NodeID? = nil) -> NodeID? {
+    let choices = candidates.count > 1 ? candidates.filter { $0 != avoiding } : candidates
+    guard !choices.isEmpty else { return nil }
+    return choices[Int(random.next() % UInt64(choices.count))]
+  }
+}

@@ -1,0 +1,251 @@
+public import QuorumCore
+public import QuorumPaxos
+public import QuorumRaft
+public import QuorumReplica
+public import QuorumStorage
+
+/// Where a host keeps each group's durable state.
+public protocol GroupStorageProvider: Sendable {
+  /// The storage for `group`, whose engine writes `Entry`s in `mode`.
+  func storage<Entry: StorableEntry>(for group: GroupSpec, mode: LogWriteMode, entry: Entry.Type) throws
+    -> any ConsensusStorage<Entry>
+}
+
+/// Every group in memory: lost when the process ends (tests, demonstrations).
+public struct MemoryGroupStorage: GroupStorageProvider {
+  /// Creates the provider.
+  public init() {}
+
+  public func storage<Entry: StorableEntry>(for group: GroupSpec, mode: LogWriteMode, entry: Entry.Type)
+    -> any ConsensusStorage<Entry>
+  {
+    MemoryStorage<Entry>(mode: mode)
+  }
+}
+
+/// Each group's write-ahead log and snapshots in its own directory under a member's data directory: the default
+/// group (id 0) in the data directory itself — where a one-group server has always kept it — and every other
+/// group in a subdirectory named after it.
+public struct FileGroupStorage: GroupStorageProvider {
+  /// The member's data directory.
+  public var root: String
+  /// When writes are synced.
+  public var fsync: FsyncPolicy
+  /// The log segment size of groups other than the default one (smaller, so that a process hosting many groups
+  /// does not preallocate tens of megabytes for each).
+  public var segmentBytes: Int
+
+  /// Creates the provider.
+  public init(root: String, fsync: FsyncPolicy, segmentBytes: Int = 8 << 20) {
+    self.root = root
+    self.fsync = fsync
+    self.segmentBytes = segmentBytes
+  }
+
+  /// The directory of `group`.
+  public func directory(of group: GroupSpec) -> String {
+    group.id == .default ? root : "\(root)/\(group.name)"
+  }
+
+  public func storage<Entry: StorableEntry>(for group: GroupSpec, mode: LogWriteMode, entry: Entry.Type)
+    -> any ConsensusStorage<Entry>
+  {
+    FileStorage<Entry>(
+      directory: directory(of: group), mode: mode, fsync: fsync,
+      segmentBytes: group.id == .default ? 64 << 20 : max(4096, segmentBytes))
+  }
+}
+
+/// The engine settings a host applies to its groups; each group's members come from its ``GroupSpec``.
+public struct HostSettings: Sendable {
+  /// Raft groups' settings (timeouts, snapshots, limits).
+  public var raft: RaftConfiguration
+  /// Multi-Paxos groups' settings.
+  public var paxos: PaxosConfiguration
+
+  /// Creates settings; both engines must use the same tick interval (one timer ticks every group).
+  public init(raft: RaftConfiguration = RaftConfiguration(), paxos: PaxosConfiguration = PaxosConfiguration()) {
+    self.raft = raft
+    self.paxos = paxos
+  }
+}
+
+/// An engine a host can run a group on: how its messages travel in ``HostMessage``, how a group's description
+/// becomes its configuration, and how its status reads as a ``GroupStatus``.
+public protocol HostedEngine: ReplicaEngine where Entry: StorableEntry {
+  /// The engine's kind.
+  static var kind: EngineKind { get }
+  /// How the engine's storage treats overwrites.
+  static var hostLogWriteMode: LogWriteMode { get }
+  /// Wraps a message for the shared connection.
+  static func wrap(_ message: Message) -> HostMessage
+  /// Unwraps a message, `nil` if it is another engine's.
+  static func unwrap(_ message: HostMessage) -> Message?
+  /// The configuration of `group` (empty members for a member joining an existing group).
+  static func configuration(for group: GroupSpec, settings: HostSettings, joining: Bool) -> Configuration
+  /// The status as a ``GroupStatus``.
+  static func groupStatus(_ status: Status, group: GroupSpec) -> GroupStatus
+  /// Whether the engine supports membership changes and leadership transfer.
+  static var supportsMembershipChanges: Bool { get }
+}
+
+extension RaftEngine: HostedEngine {
+  public static var kind: EngineKind { .raft }
+  public static var hostLogWriteMode: LogWriteMode { .truncateSuffix }
+  public static var supportsMembershipChanges: Bool { true }
+  public static func wrap(_ message: RaftMessage) -> HostMessage { .raft(message) }
+  public static func unwrap(_ message: HostMessage) -> RaftMessage? {
+    if case .raft(let m) = message { return m }
+    return nil
+  }
+
+  public static func configuration(for group: GroupSpec, settings: HostSettings, joining: Bool) -> RaftConfiguration {
+    var c = settings.raft
+    c.members = joining ? [] : group.members
+    c.learners = []
+    return c
+  }
+
+  public static func groupStatus(_ s: RaftStatus, group: GroupSpec) -> GroupStatus {
+    let peers = s.peers.keys.sorted().compactMap { id -> PeerLag? in
+      guard let p = s.peers[id] else { return nil }
+      return PeerLag(
+        node: id, match: p.match, lag: s.lastIndex > p.match ? s.lastIndex - p.match : 0, isLearner: p.isLearner,
+        recentlyActive: p.recentlyActive, note: p.snapshotRefusal)
+    }
+    return GroupStatus(
+      group: group.id, name: group.name, engine: .raft, node: s.id, role: s.role.rawValue, epoch: s.term,
+      leader: s.leader, commitIndex: s.commitIndex, appliedIndex: s.appliedIndex, lastIndex: s.lastIndex,
+      snapshotIndex: s.snapshotIndex, voters: s.membership.allVoters.sorted(), learners: s.membership.learners.sorted(),
+      peers: peers, pendingRequests: s.pendingRequests)
+  }
+}
+
+extension MultiPaxosEngine: HostedEngine {
+  public static var kind: EngineKind { .multiPaxos }
+  public static var hostLogWriteMode: LogWriteMode { .replace }
+  public static var supportsMembershipChanges: Bool { false }
+  public static func wrap(_ message: PaxosMessage) -> HostMessage { .paxos(message) }
+  public static func unwrap(_ message: HostMessage) -> PaxosMessage? {
+    if case .paxos(let m) = message { return m }
+    return nil
+  }
+
+  public static func configuration(for group: GroupSpec, settings: HostSettings, joining: Bool)
+    -> PaxosConfiguration
+  {
+    var c = settings.paxos
+    c.members = joining ? [] : group.members
+    return c
+  }
+
+  public static func groupStatus(_ s: MultiPaxosStatus, group: GroupSpec) -> GroupStatus {
+    let peers = s.peers.keys.sorted().compactMap { id -> PeerLag? in
+      guard let p = s.peers[id] else { return nil }
+      return PeerLag(
+        node: id, match: p.chosenThrough, lag: s.lastSlot > p.chosenThrough ? s.lastSlot - p.chosenThrough : 0,
+        isLearner: false, recentlyActive: true, note: p.snapshotRefusal)
+    }
+    return GroupStatus(
+      group: group.id, name: group.name, engine: .multiPaxos, node: s.id, role: s.role.rawValue, epoch: s.ballot.round,
+      leader: s.leader, commitIndex: s.chosenThrough, appliedIndex: s.appliedThrough, lastIndex: s.lastSlot,
+      snapshotIndex: s.snapshotIndex, voters: group.members.sorted(), learners: [], peers: peers,
+      pendingRequests: s.pendingRequests)
+  }
+}
+
+/// One group a host runs, whatever its engine: a replica of the group's log carrying its services.
+public protocol HostedGroup: Sendable {
+  /// The group's description.
+  var spec: GroupSpec { get }
+  /// Recovers and runs the replica until it stops; closes its storage before returning.
+  func run() async throws
+  /// Waits until the replica has recovered its storage.
+  func waitUntilRecovered() async throws
+  /// Stops the replica and waits for ``run()`` to return.
+  func shutdown() async
+  /// Applies a service command through the log.
+  func propose(_ command: ServiceCommand, request: RequestID?, acknowledgedThrough: UInt64) async throws
+    -> ServiceAnswer
+  /// Reads from a service.
+  func read(_ query: ServiceQuery, consistency: ReadConsistency, atLeast: UInt64) async throws
+    -> IndexedRead<ServiceAnswer>
+  /// Opens an exactly-once session.
+  func registerSession() async throws -> UInt64
+  /// Changes the membership.
+  func changeMembership(_ change: MembershipChange) async throws
+  /// Transfers leadership.
+  func transferLeadership(to target: NodeID) async throws
+  /// The replica's status.
+  func status() async -> GroupStatus
+  /// The applied position and the whole encoded state at it (for checking that replicas converge).
+  func localState() async -> (applied: UInt64, snapshot: [UInt8])
+}
+
+/// A hosted group on engine `Engine`.
+final class EngineGroup<Engine: HostedEngine>: HostedGroup {
+  let spec: GroupSpec
+  let node: ReplicaNode<Engine, ServiceMachine>
+  private let storage: any ConsensusStorage<Engine.Entry>
+  private let logger: QuorumLogger
+
+  init(
+    spec: GroupSpec, node: ReplicaNode<Engine, ServiceMachine>, storage: any ConsensusStorage<Engine.Entry>,
+    logger: QuorumLogger
+  ) {
+    self.spec = spec
+    self.node = node
+    self.storage = storage
+    self.logger = logger
+  }
+
+  func run() async throws {
+    let outcome: Result<Void, any Error>
+    do {
+      try await node.run()
+      outcome = .success(())
+    } catch {
+      outcome = .failure(error)
+    }
+    do {
+      try await storage.close()
+    } catch {
+      logger.error("closing \(spec.name)'s storage failed: \(error)")
+    }
+    try outcome.get()
+  }
+
+  func waitUntilRecovered() async throws { try await node.waitUntilRecovered() }
+
+  func shutdown() async { await node.shutdown() }
+
+  func propose(_ command: ServiceCommand, request: RequestID?, acknowledgedThrough: UInt64) async throws
+    -> ServiceAnswer
+  {
+    try await node.propose(command, request: request, acknowledgedThrough: acknowledgedThrough)
+  }
+
+  func read(_ query: ServiceQuery, consistency: ReadConsistency, atLeast: UInt64) async throws
+    -> IndexedRead<ServiceAnswer>
+  {
+    try await node.read(query, consistency: consistency, atLeast: atLeast)
+  }
+
+  func registerSession() async throws -> UInt64 { try await node.registerSession() }
+
+  func changeMembership(_ change: MembershipChange) async throws { try await node.changeMembership(change) }
+
+  func transferLeadership(to target: NodeID) async throws { try await node.transferLeadership(to: target) }
+
+  func localState() async -> (applied: UInt64, snapshot: [UInt8]) { await node.localState() }
+
+  func status() async -> GroupStatus {
+    guard let status = await node.currentStatus else {
+      return GroupStatus(
+        group: spec.id, name: spec.name, engine: Engine.kind, node: node.id, role: "recovering", epoch: 0,
+        leader: nil, commitIndex: 0, appliedIndex: 0, lastIndex: 0, snapshotIndex: 0, voters: spec.members,
+        learners: [], peers: [], pendingRequests: 0)
+    }
+    return Engine.groupStatus(status, group: spec)
+  }
+}

@@ -1,0 +1,126 @@
+public import QuorumCore
+public import QuorumKV
+
+/// The key-value store of a cluster of group hosts: every key goes to the group that owns it, every write is
+/// exactly-once, every call has a deadline.
+///
+/// Keys are strings; values are bytes, with `String` conveniences (UTF-8) on every operation.
+public struct KeyValueClient: Sendable {
+  /// The client underneath (shared with other services' clients).
+  public let client: HostClient
+
+  /// Creates a key-value client over `client`.
+  public init(_ client: HostClient) { self.client = client }
+
+  private func write(_ command: KVCommand, deadline: Duration?) async throws -> KVResponse {
+    let group = try await client.group(for: command.key, service: KeyValueService.name)
+    let bytes = try await client.command(
+      command.wireBytes(), service: KeyValueService.name, group: group, deadline: deadline)
+    do {
+      return try KVResponse(wireBytes: bytes)
+    } catch {
+      throw QuorumClientError.badReply("\(error)")
+    }
+  }
+
+  private func read(
+    _ query: KVQuery, group: GroupID, consistency: ReadConsistency, atLeast: UInt64, deadline: Duration?
+  )
+    async throws -> (KVQueryResult, UInt64)
+  {
+    let (bytes, index) = try await client.query(
+      query.wireBytes(), service: KeyValueService.name, group: group, consistency: consistency, atLeast: atLeast,
+      deadline: deadline)
+    do {
+      return (try KVQueryResult(wireBytes: bytes), index)
+    } catch {
+      throw QuorumClientError.badReply("\(error)")
+    }
+  }
+
+  /// Sets `key` to `value`; returns the previous value.
+  @discardableResult
+  public func put(_ key: String, _ value: [UInt8], deadline: Duration? = nil) async throws -> [UInt8]? {
+    guard case .done(let previous) = try await write(.put(key: key, value: value), deadline: deadline) else {
+      throw QuorumClientError.badReply("put answered with a swap result")
+    }
+    return previous
+  }
+
+  /// Sets `key` to the UTF-8 bytes of `value`; returns the previous value.
+  @discardableResult
+  public func put(_ key: String, _ value: String, deadline: Duration? = nil) async throws -> [UInt8]? {
+    try await put(key, Array(value.utf8), deadline: deadline)
+  }
+
+  /// Removes `key`; returns the previous value.
+  @discardableResult
+  public func delete(_ key: String, deadline: Duration? = nil) async throws -> [UInt8]? {
+    guard case .done(let previous) = try await write(.delete(key: key), deadline: deadline) else {
+      throw QuorumClientError.badReply("delete answered with a swap result")
+    }
+    return previous
+  }
+
+  /// Sets `key` to `new` (`nil` removes it) if its value is `expected` (`nil`: absent); returns whether it
+  /// did, and the value now stored.
+  public func compareAndSwap(_ key: String, expected: [UInt8]?, new: [UInt8]?, deadline: Duration? = nil)
+    async throws -> (swapped: Bool, current: [UInt8]?)
+  {
+    guard
+      case .swapped(let swapped, let current) = try await write(
+        .compareAndSwap(key: key, expected: expected, new: new), deadline: deadline)
+    else { throw QuorumClientError.badReply("compare-and-swap answered with a put result") }
+    return (swapped, current)
+  }
+
+  /// ``compareAndSwap(_:expected:new:deadline:)`` with UTF-8 strings.
+  public func compareAndSwap(_ key: String, expected: String?, new: String?, deadline: Duration? = nil)
+    async throws -> (swapped: Bool, current: String?)
+  {
+    let (swapped, current) = try await compareAndSwap(
+      key, expected: expected.map { Array($0.utf8) }, new: new.map { Array($0.utf8) }, deadline: deadline)
+    return (swapped, current.map { String(decoding: $0, as: UTF8.self) })
+  }
+
+  /// The value of `key`, at `consistency`.
+  public func get(_ key: String, consistency: ReadConsistency = .linearizable, deadline: Duration? = nil)
+    async throws -> [UInt8]?
+  {
+    try await getIndexed(key, consistency: consistency, deadline: deadline).value
+  }
+
+  /// The value of `key` as a UTF-8 string, at `consistency`.
+  public func getString(_ key: String, consistency: ReadConsistency = .linearizable, deadline: Duration? = nil)
+    async throws -> String?
+  {
+    try await get(key, consistency: consistency, deadline: deadline).map { String(decoding: $0, as: UTF8.self) }
+  }
+
+  /// The value of `key` and the log position it reflects, from a state including at least `atLeast` (pass the
+  /// index of the last answer seen for read-your-writes and monotonic reads at `stale` consistency).
+  public func getIndexed(
+    _ key: String, consistency: ReadConsistency = .linearizable, atLeast: UInt64 = 0, deadline: Duration? = nil
+  ) async throws -> (value: [UInt8]?, index: UInt64) {
+    let group = try await client.group(for: key, service: KeyValueService.name)
+    let (result, index) = try await read(
+      .get(key: key), group: group, consistency: consistency, atLeast: atLeast, deadline: deadline)
+    guard case .value(let value) = result else { throw QuorumClientError.badReply("get answered with a list") }
+    return (value, index)
+  }
+
+  /// Up to `limit` keys starting with `prefix`, with their values, in key order, across every group.
+  public func scan(
+    prefix: String, limit: Int = 1000, consistency: ReadConsistency = .linearizable, deadline: Duration? = nil
+  ) async throws -> [KVPair] {
+    var all: [KVPair] = []
+    for group in try await client.groups(carrying: KeyValueService.name) {
+      let (result, _) = try await read(
+        .scan(prefix: prefix, limit: limit), group: group, consistency: consistency, atLeast: 0, deadline: deadline)
+      guard case .entries(let pairs) = result else { throw QuorumClientError.badReply("scan answered with a value") }
+      all += pairs
+    }
+    all.sort { $0.key < $1.key }
+    return Array(all.prefix(limit))
+  }
+}

@@ -1,0 +1,90 @@
+public import QuorumCore
+
+// The wire encodings of queries and their results, so they can cross the network to a server.
+
+extension KVQuery: WireCodable {
+  public func encode(to writer: inout WireWriter) {
+    switch self {
+    case .get(let key):
+      writer.writeByte(0)
+      writer.writeString(key)
+    case .scan(let prefix, let limit):
+      writer.writeByte(1)
+      writer.writeString(prefix)
+      writer.writeVarint(UInt64(max(0, limit)))
+    case .count:
+      writer.writeByte(2)
+    }
+  }
+
+  public init(from reader: inout WireReader) throws(WireError) {
+    let at = reader.position
+    switch try reader.readByte() {
+    case 0: self = .get(key: try reader.readString())
+    case 1: self = .scan(prefix: try reader.readString(), limit: Int(try reader.readVarint(as: UInt32.self)))
+    case 2: self = .count
+    case let tag: throw WireError(.unknownTag(type: "KVQuery", tag: UInt64(tag)), at: at)
+    }
+  }
+}
+
+extension KVQueryResult: WireCodable {
+  public func encode(to writer: inout WireWriter) {
+    switch self {
+    case .value(let value):
+      writer.writeByte(0)
+      writer.writeOptional(value)
+    case .entries(let pairs):
+      writer.writeByte(1)
+      writer.writeVarint(UInt64(pairs.count))
+      for pair in pairs {
+        writer.writeString(pair.key)
+        writer.writeBytes(pair.value)
+        writer.writeVarint(pair.modifiedAt)
+      }
+    case .count(let count):
+      writer.writeByte(2)
+      writer.writeVarint(UInt64(max(0, count)))
+    }
+  }
+
+  public init(from reader: inout WireReader) throws(WireError) {
+    let at = reader.position
+    switch try reader.readByte() {
+    case 0: self = .value(try reader.readOptional([UInt8].self))
+    case 1:
+      let count = try reader.readCount()
+      var pairs: [KVPair] = []
+      pairs.reserveCapacity(count)
+      for _ in 0..<count {
+        pairs.append(
+          KVPair(try reader.readString(), try reader.readBytes(), modifiedAt: try reader.readVarint()))
+      }
+      self = .entries(pairs)
+    case 2: self = .count(Int(try reader.readVarint(as: UInt32.self)))
+    case let tag: throw WireError(.unknownTag(type: "KVQueryResult", tag: UInt64(tag)), at: at)
+    }
+  }
+}
+
+/// The replicated key-value store as a service of a group's log (name `kv`): commands and reads are routed
+/// by key to the group that owns it.
+public struct KeyValueService: ReplicatedService {
+  /// Creates the service.
+  public init() {}
+
+  /// `kv`.
+  public static var name: String { "kv" }
+
+  /// An empty store.
+  public func makeMachine() -> KVStore { KVStore() }
+
+  /// The key a command writes.
+  public static func routingKey(of command: KVCommand) -> String? { command.key }
+
+  /// The key a `get` reads; scans and counts cover the group's own keys.
+  public static func routingKey(of query: KVQuery) -> String? {
+    if case .get(let key) = query { return key }
+    return nil
+  }
+}
