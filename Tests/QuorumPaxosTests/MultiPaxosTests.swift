@@ -274,6 +274,32 @@ struct MultiPaxosPhase2Tests {
   }
 
   @Test(
+    "a chosen slot resent in a new ballot is acknowledged but not written again (found by the node simulation)"
+  )
+  func chosenSlotsAreNotRewritten() throws {
+    var c = PaxosCluster(3)
+    c.elect(1)
+    for i in 0..<3 { try c.propose("v\(i)", at: 1) }
+    c.tickAll(c.options.heartbeatTicks * 2)
+    #expect(c[2].chosenThrough == 3)
+    c.elect(3)
+    #expect(c[3].role == .leader)
+    var two = c[2]
+    _ = two.ready()
+    let ballot = c[3].promised
+    // Storage may already hold a snapshot past slot 2 that this core has not recorded yet: writing slot 2 again
+    // would be refused there and stop the node. The chosen value is final anyway.
+    two.step(
+      .accept(
+        Accept(ballot: ballot, entries: [PaxosEntry(index: 2, ballot: ballot, data: bytes("v1"))], chosenThrough: 3)),
+      from: 3)
+    let rd = two.ready()
+    #expect(rd.entries.isEmpty, "wrote \(rd.entries)")
+    #expect(
+      rd.messages.contains { if case .accepted(let a) = $0.message { return a.lastSlot == 2 } else { return false } })
+  }
+
+  @Test(
     "a replica that restarts forgetting what was chosen is repaired from where it really is (found by the node simulation)"
   )
   func restartedReplicaIsRepairedFromItsRealChosenPoint() throws {

@@ -866,7 +866,10 @@ public struct MultiPaxosCore: Sendable {
         precondition(
           existing.entry.hasSameValue(as: entry),
           "\(id): accept of \(entry) in slot \(entry.index) differs from the chosen \(existing.entry)")
-        chosen = true
+        // A chosen value is final: storing it again in the new ballot changes nothing a later phase 1 could
+        // learn (every higher ballot proposes this value), and the slot may already be inside a snapshot that
+        // storage holds but this core has not recorded yet, where storage refuses writes.
+        continue
       }
       var stored = entry
       stored.ballot = m.ballot
