@@ -54,7 +54,10 @@ let package = Package(
     .target(name: "QuorumTCP", dependencies: ["QuorumCore", "CQuorumSystem"], swiftSettings: settings),
     .target(
       name: "Quorum",
-      dependencies: ["QuorumCore", "QuorumStorage", "QuorumRaft", "QuorumPaxos", "QuorumKV", "QuorumTCP"],
+      dependencies: [
+        "QuorumCore", "QuorumStorage", "QuorumReplica", "QuorumRaft", "QuorumPaxos", "QuorumKV", "QuorumLocks",
+        "QuorumHost", "QuorumTCP",
+      ],
       swiftSettings: settings),
     .target(
       name: "QuorumSimulation",

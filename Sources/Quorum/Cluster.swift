@@ -39,7 +39,8 @@ public enum ClusterStorage: Sendable, Equatable {
 }
 
 /// A Quorum cluster described as a validated value: its id, its members (in-process or at TCP addresses),
-/// storage, Raft settings and transport limits. The result-builder DSL is sugar over it:
+/// storage, its consensus groups (each with its members, engine, services and key slots), engine settings and
+/// transport limits. The result-builder DSL is sugar over it:
 ///
 /// ```swift
 /// let cluster = try Cluster(id: "orders") {
@@ -47,18 +48,18 @@ public enum ClusterStorage: Sendable, Equatable {
 ///   Member("n2", at: "127.0.0.1:7002")
 ///   Member("n3", at: "127.0.0.1:7003")
 ///   DataDirectory("/var/lib/orders", fsync: .always)
-///   RaftSettings {
-///     ElectionTimeout(Duration.milliseconds(150)...Duration.milliseconds(300))
-///     HeartbeatInterval(.milliseconds(50))
-///   }
+///   Group("accounts", engine: .raft) { KeyValue(); Locks() }
+///   Group("audit", engine: .multiPaxos, members: ["n1", "n2", "n3"]) { KeyValue() }
 /// }
 /// let server = try await cluster.start("n1")   // this process runs member n1 over TCP
 /// try await server.run()                       // until server.shutdown()
 /// ```
 ///
-/// Members without addresses make an in-process cluster, run whole with ``withLocalMembers(_:)``.
-/// Validation runs when the DSL finishes and names the offending line: an unparsable or duplicated member,
-/// a bad address, a mix of in-process and TCP members, invalid Raft settings.
+/// A cluster with no `Group` line has one Raft group — the default group, id 0, on every member — carrying the
+/// key-value store and the lock table. Members without addresses make an in-process cluster, run whole with
+/// ``withLocalMembers(_:)``. Validation runs when the DSL finishes and names the offending line: an unparsable
+/// or duplicated member, a bad address, a mix of in-process and TCP members, a group naming an unknown member
+/// or service, slots that overlap or leave a gap, invalid engine settings.
 public struct Cluster: Sendable {
   /// The cluster id every connection is checked against.
   public var id: ClusterID
@@ -66,8 +67,14 @@ public struct Cluster: Sendable {
   public var members: [ClusterMember]
   /// Where members keep durable state.
   public var storage: ClusterStorage
-  /// Raft settings (its `members` are the cluster's members).
+  /// Raft groups' settings (members come from each group).
   public var raft: RaftConfiguration
+  /// Multi-Paxos groups' settings (members come from each group).
+  public var paxos: PaxosConfiguration
+  /// The groups (empty: one default Raft group on every member, carrying `kv` and `locks`).
+  public var groups: [GroupSpec]
+  /// The services members can run.
+  public var catalog: ServiceCatalog
   /// TCP limits and timeouts.
   public var tcp: TCPTransportOptions
   /// Where members log.
@@ -81,6 +88,9 @@ public struct Cluster: Sendable {
     self.members = []
     self.storage = .memory
     self.raft = RaftConfiguration()
+    self.paxos = PaxosConfiguration()
+    self.groups = []
+    self.catalog = .standard
     self.tcp = TCPTransportOptions()
     self.logSink = StderrLogSink(minimumLevel: .warning)
     var errors: [ClusterConfigurationError] = []
@@ -94,6 +104,9 @@ public struct Cluster: Sendable {
     if let first = errors.first { throw first }
     try validate()
   }
+
+  /// The default group of a cluster described without `Group` lines.
+  public static let defaultServices = [KeyValueService.name, LockService.name]
 
   /// Checks the whole description.
   public func validate() throws(ClusterConfigurationError) {
@@ -120,6 +133,29 @@ public struct Cluster: Sendable {
     } catch {
       throw ClusterConfigurationError(setting: "RaftSettings { \(error.setting) }", reason: error.reason)
     }
+    let engines = Set(map.groups.map(\.engine))
+    guard engines.count < 2 || raft.tickInterval == paxos.tickInterval else {
+      throw ClusterConfigurationError(
+        setting: "PaxosSettings { TickInterval }",
+        reason: "every group shares one timer: Raft ticks every \(raft.tickInterval), Multi-Paxos \(paxos.tickInterval)"
+      )
+    }
+    do {
+      try map.validate(knownServices: catalog.names)
+    } catch {
+      let line = groups.first { "group \($0.name)" == error.subject }.map { "Group(\"\($0.name)\")" } ?? error.subject
+      throw ClusterConfigurationError(setting: line, reason: error.reason)
+    }
+    for group in map.groups where group.engine == .multiPaxos {
+      var configuration = paxos
+      configuration.members = group.members
+      do {
+        try configuration.validate()
+      } catch {
+        throw ClusterConfigurationError(
+          setting: "Group(\"\(group.name)\") with PaxosSettings { \(error.setting) }", reason: error.reason)
+      }
+    }
   }
 
   /// Whether the members run in one process on the in-process transport.
@@ -132,12 +168,27 @@ public struct Cluster: Sendable {
     return book
   }
 
-  /// The storage for `member`.
-  func makeStorage(for member: NodeID, override directory: String? = nil) -> any ConsensusStorage<LogEntry> {
-    if let directory { return FileStorage<LogEntry>(directory: directory, fsync: fsyncPolicy) }
+  /// The cluster map: members, their addresses, and the groups (the default group if none is described).
+  public var map: ClusterMap {
+    var addresses: [NodeID: String] = [:]
+    for member in members { addresses[member.id] = member.address?.description ?? "" }
+    let described =
+      groups.isEmpty
+      ? [
+        GroupSpec(
+          id: .default, name: "default", engine: .raft, members: members.map(\.id), services: Self.defaultServices)
+      ] : groups
+    return ClusterMap(cluster: id, members: addresses, groups: described)
+  }
+
+  /// The engine settings every group of this cluster uses.
+  public var hostSettings: HostSettings { HostSettings(raft: raft, paxos: paxos) }
+
+  func storageProvider(for member: NodeID, override directory: String? = nil) -> any GroupStorageProvider {
+    if let directory { return FileGroupStorage(root: directory, fsync: fsyncPolicy) }
     switch storage {
-    case .memory: return MemoryStorage<LogEntry>()
-    case .directory(let path, let fsync): return FileStorage<LogEntry>(directory: "\(path)/\(member)", fsync: fsync)
+    case .memory: return MemoryGroupStorage()
+    case .directory(let path, let fsync): return FileGroupStorage(root: "\(path)/\(member)", fsync: fsync)
     }
   }
 
@@ -148,223 +199,248 @@ public struct Cluster: Sendable {
 
   // MARK: Running
 
-  /// Starts member `member` of this TCP cluster in this process: listens on its address (or `listen`),
-  /// opens its storage (in `dataDirectory` if given), and returns the server to ``ClusterMemberServer/run()``.
-  /// - Throws: ``ClusterConfigurationError`` for an unknown member or an in-process cluster,
-  ///   ``QuorumTCP/TCPTransportError`` (for example a busy port).
-  ///
-  /// With `joining: true` the member does not found the group with the others: it starts empty and waits to
-  /// be added (`quorum members add`), learning the membership from the leader.
-  public func start(_ member: NodeID, listen: TCPAddress? = nil, dataDirectory: String? = nil, joining: Bool = false)
-    async throws -> ClusterMemberServer
-  {
+  /// Prepares member `member` of this TCP cluster to run in this process: its groups (from the cluster map, in
+  /// `dataDirectory` if given) and its transport. ``ClusterMemberServer/run()`` then recovers every group and
+  /// only then listens on the member's address (or `listen`).
+  /// - Parameters:
+  ///   - joining: names of groups this member joins as a new member (it starts empty in them and waits to be
+  ///     added with `quorum members add`), rather than founds.
+  /// - Throws: ``ClusterConfigurationError`` for an unknown member, an unknown group or an in-process cluster.
+  public func start(
+    _ member: NodeID, listen: TCPAddress? = nil, dataDirectory: String? = nil, joining: Set<String> = []
+  ) async throws -> ClusterMemberServer {
     guard members.contains(where: { $0.id == member }) else {
       throw ClusterConfigurationError(setting: "start(\(member))", reason: "\(member) is not a member")
     }
     guard !isInProcess else {
       throw ClusterConfigurationError(setting: "start(\(member))", reason: "the members have no TCP addresses")
     }
+    let map = self.map
+    var joiningGroups: Set<GroupID> = []
+    for name in joining {
+      guard let group = map.groups.first(where: { $0.name == name }) else {
+        throw ClusterConfigurationError(setting: "start(\(member), joining: \(name))", reason: "no group named \(name)")
+      }
+      joiningGroups.insert(group.id)
+    }
     var book = addressBook
     if let listen { book[member] = listen }
     var options = tcp
     options.serveClients = true
     let logger = QuorumLogger(label: "quorum", sink: logSink)
-    let transport = TCPTransport<RaftMessage>(
-      cluster: id, protocolNumber: WireProtocol.raft, addresses: book, options: options, logger: logger.child("tcp"))
-    let endpoint = try await transport.bind(member)
-    let storage = makeStorage(for: member, override: dataDirectory)
-    let view = NodeEndpoint(endpoint)
-    var configuration = raft
-    if joining { configuration.members = [] }
-    let node = RaftNode(
-      id: member, configuration: configuration, endpoint: view, storage: storage, machine: KVStore(), logger: logger)
-    return ClusterMemberServer(
-      node: node, transport: transport, endpoint: endpoint, view: view, storage: storage, logger: logger)
+    let transport = TCPTransport<HostMessage>(
+      cluster: id, protocolNumber: WireProtocol.host, addresses: book, options: options, logger: logger.child("tcp"))
+    let host = try GroupHost(
+      node: member, map: map, catalog: catalog, settings: hostSettings,
+      storage: storageProvider(for: member, override: dataDirectory), joining: joiningGroups, logger: logger,
+      addressOf: { transport.address(of: $0)?.description },
+      addressBook: { transport.addresses.mapValues(\.description) })
+    return ClusterMemberServer(id: member, host: host, transport: transport, logger: logger)
   }
 
-  /// Starts every member in this process, runs `body` with their nodes, then stops them.
+  /// Starts every member in this process, runs `body` with them, then stops them.
   ///
-  /// In-process members use an ``QuorumCore/InProcessTransport``; members with addresses use TCP (on those
+  /// In-process members talk over an ``QuorumCore/InProcessTransport``; members with addresses use TCP (on those
   /// addresses), which is how to try a TCP cluster on one machine.
   public func withLocalMembers<T: Sendable>(_ body: @Sendable (LocalMembers) async throws -> T) async throws -> T {
     if isInProcess {
-      let transport = InProcessTransport<RaftMessage>()
-      var nodes: [NodeID: RaftNode<KVStore>] = [:]
-      var storages: [any ConsensusStorage<LogEntry>] = []
+      let transport = InProcessTransport<HostMessage>()
       let logger = QuorumLogger(label: "quorum", sink: logSink)
+      var hosts: [NodeID: GroupHost] = [:]
       for member in members {
-        let storage = makeStorage(for: member.id)
-        storages.append(storage)
-        nodes[member.id] = RaftNode(
-          id: member.id, configuration: raft, endpoint: try transport.bind(member.id), storage: storage,
-          machine: KVStore(), logger: logger)
+        hosts[member.id] = try GroupHost(
+          node: member.id, map: map, catalog: catalog, settings: hostSettings,
+          storage: storageProvider(for: member.id), logger: logger)
       }
-      let running = nodes
-      let opened = storages
+      let running = hosts
+      let endpoints = try members.map { ($0.id, try transport.bind($0.id)) }
+      var byID: [NodeID: InProcessEndpoint<HostMessage>] = [:]
+      for (id, endpoint) in endpoints { byID[id] = endpoint }
+      let bound = byID
+      let local = LocalMembers(hosts: running, addresses: [:], map: map)
       return try await runAll(
-        running.values.map { node in { try await node.run() } }, stop: { for node in running.values { node.stop() } },
-        body: { try await body(LocalMembers(nodes: running, addresses: [:])) },
-        cleanup: { for storage in opened { try? await storage.close() } })
+        running.keys.sorted().compactMap { id in
+          guard let host = running[id], let endpoint = bound[id] else { return nil }
+          return { try await host.run(attach: { endpoint }) }
+        },
+        stop: { for host in running.values { await host.shutdown() } },
+        ready: { for host in running.values { await host.waitUntilServing() } },
+        body: { try await body(local) })
     }
     var servers: [ClusterMemberServer] = []
-    do {
-      for member in members { servers.append(try await start(member.id)) }
-    } catch {
-      for server in servers { await server.discard() }
-      throw error
-    }
-    // Members listening on port 0 learned their real ports only now: tell every member.
-    for server in servers {
-      for other in servers { server.transport.setAddress(other.address, for: other.id) }
-    }
-    var nodes: [NodeID: RaftNode<KVStore>] = [:]
-    var addresses: [NodeID: TCPAddress] = [:]
-    for server in servers {
-      nodes[server.id] = server.node
-      addresses[server.id] = server.address
-    }
-    let members = LocalMembers(nodes: nodes, addresses: addresses)
+    for member in members { servers.append(try await start(member.id)) }
     let all = servers
     return try await runAll(
       all.map { server in { try await server.run() } },
-      stop: {
-        for server in all { await server.shutdown() }
-      }, body: { try await body(members) }, cleanup: {})
+      stop: { for server in all { await server.shutdown() } },
+      ready: {
+        // Members listening on port 0 learned their real ports only now: tell every member.
+        for server in all { _ = try? await server.waitUntilListening() }
+        for server in all {
+          for other in all { if let address = other.address { server.transport.setAddress(address, for: other.id) } }
+        }
+      },
+      body: {
+        var hosts: [NodeID: GroupHost] = [:]
+        var addresses: [NodeID: TCPAddress] = [:]
+        for server in all {
+          hosts[server.id] = server.host
+          addresses[server.id] = server.address
+        }
+        return try await body(LocalMembers(hosts: hosts, addresses: addresses, map: map))
+      })
   }
 
   private func runAll<T: Sendable>(
     _ runs: [@Sendable () async throws -> Void], stop: @Sendable () async -> Void,
-    body: @Sendable () async throws -> T, cleanup: @Sendable () async -> Void
+    ready: @Sendable () async -> Void, body: @Sendable () async throws -> T
   ) async throws -> T {
     let result: Result<T, any Error> = await withTaskGroup(of: Void.self) { group in
       for run in runs { group.addTask { try? await run() } }
+      await ready()
       let outcome: Result<T, any Error>
       do { outcome = .success(try await body()) } catch { outcome = .failure(error) }
       await stop()
       await group.waitForAll()
       return outcome
     }
-    await cleanup()
     return try result.get()
   }
 }
 
 /// The members of a cluster running in this process, handed to ``Cluster/withLocalMembers(_:)``'s body.
+///
+/// ```swift
+/// try await cluster.withLocalMembers { members in
+///   _ = try await members.leader()            // waits until the default group has a leader
+///   let kv = members.kvClient()
+///   try await kv.put("greeting", "hello")
+/// }
+/// ```
 public struct LocalMembers: Sendable {
-  /// The Raft node of each member.
-  public let nodes: [NodeID: RaftNode<KVStore>]
+  /// Each member's host (its groups, its request handler).
+  public let hosts: [NodeID: GroupHost]
   /// Where each member listens (empty for an in-process cluster).
   public let addresses: [NodeID: TCPAddress]
+  /// The cluster map.
+  public let map: ClusterMap
 
-  /// Waits (at most `timeout`) for a member that is leader and has committed an entry of its term.
-  public func leader(timeout: Duration = .seconds(10)) async throws -> NodeID {
+  /// Waits (at most `timeout`) for a member that leads `group` and has committed an entry of its term, and
+  /// returns it.
+  /// - Throws: ``QuorumCore/ConsensusError/timeout`` if none does in time.
+  public func leader(of group: GroupID? = nil, timeout: Duration = .seconds(10)) async throws -> NodeID {
+    let target = group ?? map.groups.first?.id ?? .default
     let deadline = ContinuousClock.now.advanced(by: timeout)
     while ContinuousClock.now < deadline {
-      for (id, node) in nodes {
-        let status = await node.status
-        if status.role == .leader && status.commitIndex >= status.lastIndex && status.commitIndex > 0 { return id }
+      for id in hosts.keys.sorted() {
+        guard let replica = hosts[id]?.group(target) else { continue }
+        let status = await replica.status()
+        if status.isLeader && status.commitIndex >= status.lastIndex && status.commitIndex > 0 { return id }
       }
       try await Task.sleep(for: .milliseconds(5))
     }
     throw ConsensusError.timeout
   }
 
-  /// A key-value client over the in-process nodes (for an in-process cluster).
-  public func kvClient(seed: UInt64 = 1) -> KVClient<RaftNode<KVStore>> { KVClient(members: nodes, seed: seed) }
-}
-
-/// The Raft node's view of its TCP endpoint. Closing it (which `RaftNode.run()` does when it stops) only
-/// stops the node's sends: the TCP endpoint stays open until the member server has answered its clients,
-/// so a graceful shutdown can still reply to requests in flight.
-final class NodeEndpoint: TransportEndpoint, Sendable {
-  let inner: TCPEndpoint<RaftMessage>
-  private let closed = Atomic<Bool>(false)
-
-  init(_ inner: TCPEndpoint<RaftMessage>) { self.inner = inner }
-
-  var id: NodeID { inner.id }
-  var incoming: Mailbox<Envelope<RaftMessage>> { inner.incoming }
-
-  func send(_ message: RaftMessage, to peer: NodeID, group: GroupID) throws(TransportError) {
-    if closed.load(ordering: .relaxed) { throw .closed }
-    try inner.send(message, to: peer, group: group)
+  /// A client of these members (in process, each request handed to the member's handler, as over a network).
+  public func client(options: HostClientOptions = HostClientOptions(), seed: UInt64 = 1) -> HostClient {
+    HostClient(
+      channel: InProcessRequestChannel(hosts: hosts), members: hosts.keys.sorted(), map: map, options: options,
+      seed: seed)
   }
 
-  func close() async { closed.store(true, ordering: .relaxed) }
+  /// A key-value client of these members.
+  public func kvClient(options: HostClientOptions = HostClientOptions(), seed: UInt64 = 1) -> KeyValueClient {
+    KeyValueClient(client(options: options, seed: seed))
+  }
 }
 
-/// One member of a TCP cluster running in this process: its Raft node, its client service and its
-/// transport. Made by ``Cluster/start(_:listen:dataDirectory:joining:)``.
+/// One member of a TCP cluster running in this process: its groups, its client service and its transport.
+/// Made by ``Cluster/start(_:listen:dataDirectory:joining:)``.
 public final class ClusterMemberServer: Sendable {
   /// The member.
-  public var id: NodeID { node.id }
-  /// Its Raft node.
-  public let node: RaftNode<KVStore>
+  public let id: NodeID
+  /// Its groups and request handler.
+  public let host: GroupHost
   /// Its transport (address book, metrics).
-  public let transport: TCPTransport<RaftMessage>
-  /// Its endpoint.
-  public let endpoint: TCPEndpoint<RaftMessage>
-  /// The address it listens on (peers and clients).
-  public var address: TCPAddress { endpoint.address }
-  private let view: NodeEndpoint
-  private let storage: any ConsensusStorage<LogEntry>
+  public let transport: TCPTransport<HostMessage>
   private let logger: QuorumLogger
+  private let listening = OnceSignal()
+  private let endpoint = Mutex<TCPEndpoint<HostMessage>?>(nil)
 
-  init(
-    node: RaftNode<KVStore>, transport: TCPTransport<RaftMessage>, endpoint: TCPEndpoint<RaftMessage>,
-    view: NodeEndpoint, storage: any ConsensusStorage<LogEntry>, logger: QuorumLogger
-  ) {
-    self.node = node
+  init(id: NodeID, host: GroupHost, transport: TCPTransport<HostMessage>, logger: QuorumLogger) {
+    self.id = id
+    self.host = host
     self.transport = transport
-    self.endpoint = endpoint
-    self.view = view
-    self.storage = storage
     self.logger = logger
   }
 
-  /// Runs the member until ``shutdown()`` (or until the node fails): the Raft node and the client service
-  /// run concurrently. On the way out, requests already taken are answered (a stopped node answers
-  /// `stopped`, and clients retry elsewhere), the sockets are closed, and storage is synced and closed.
+  /// The address it listens on (with the real port when bound to port 0), once it listens.
+  public var address: TCPAddress? { endpoint.withLock { $0?.address } }
+
+  /// Waits until the member recovered its groups and listens; returns the address.
+  /// - Throws: ``QuorumCore/ConsensusError/stopped`` if it stopped first.
+  public func waitUntilListening() async throws -> TCPAddress {
+    if await listening.wait() { throw ConsensusError.stopped }
+    guard let address else { throw ConsensusError.stopped }
+    return address
+  }
+
+  /// Runs the member until ``shutdown()`` (or until a group fails): recovers every group's storage, then
+  /// listens (peers and clients) and serves. On the way out, requests already taken are answered, the sockets
+  /// are closed, and storage is synced and closed.
   public func run() async throws {
-    let service = KVService(node: node, transport: transport, logger: logger.child("clients"))
-    let requests = endpoint.requests
-    let node = self.node
-    let outcome: Result<Void, any Error> = await withTaskGroup(of: Void.self) { group in
-      group.addTask { await service.serve(requests) }
+    let host = self.host
+    let transport = self.transport
+    let id = self.id
+    let listening = self.listening
+    let logger = self.logger
+    let outcome: Result<Void, any Error> = await withTaskGroup(of: Void.self) { tasks in
+      tasks.addTask {
+        guard await !listening.wait(), let requests = self.endpoint.withLock({ $0?.requests }) else { return }
+        await Self.serve(requests, host: host, logger: logger)
+      }
       let outcome: Result<Void, any Error>
       do {
-        try await node.run()
+        try await host.run(attach: {
+          let bound = try await transport.bind(id)
+          self.endpoint.withLock { $0 = bound }
+          listening.finish()
+          return bound
+        })
         outcome = .success(())
       } catch {
         outcome = .failure(error)
       }
-      requests.close()  // The service answers what it took, then returns.
-      await group.waitForAll()
+      listening.finish(failed: true)
+      endpoint.withLock { $0 }?.requests.close()  // The service answers what it took, then returns.
+      await tasks.waitForAll()
       return outcome
     }
-    await endpoint.close()
-    do {
-      try await storage.close()
-    } catch {
-      logger.error("closing storage failed: \(error)")
-      if case .success = outcome { throw error }
-    }
+    await endpoint.withLock { $0 }?.close()
     await transport.shutdown()
     try outcome.get()
   }
 
-  /// Begins a graceful shutdown: stop accepting connections, let the node finish the write in progress and
-  /// stop; ``run()`` then answers what is in flight, syncs and closes storage, and returns.
-  public func shutdown() async {
-    await endpoint.stopAccepting()
-    node.stop()
+  /// Answers requests until the mailbox closes; each request runs in its own child task, so a slow write never
+  /// holds up a read.
+  static func serve(_ requests: Mailbox<TCPRequest>, host: GroupHost, logger: QuorumLogger) async {
+    await withDiscardingTaskGroup { group in
+      var batch: [TCPRequest] = []
+      while await requests.receive(into: &batch, limit: 256) {
+        for request in batch {
+          group.addTask { request.respond(await host.handle(bytes: request.body)) }
+        }
+        batch.removeAll(keepingCapacity: true)
+      }
+    }
   }
 
-  /// Releases the resources of a server that was never run.
-  func discard() async {
-    await endpoint.close()
-    try? await storage.close()
-    await transport.shutdown()
+  /// Begins a graceful shutdown: stop accepting connections, let every group finish the write in progress and
+  /// stop; ``run()`` then answers what is in flight, syncs and closes storage, and returns.
+  public func shutdown() async {
+    await endpoint.withLock { $0 }?.stopAccepting()
+    await host.shutdown()
   }
 }
 
@@ -480,4 +556,105 @@ public struct Logging: ClusterSetting {
   public init(_ sink: any LogSink) { self.sink = sink }
 
   public func apply(to cluster: inout Cluster) throws(ClusterConfigurationError) { cluster.logSink = sink }
+}
+
+/// Multi-Paxos settings, in the ``QuorumPaxos/PaxosConfiguration`` DSL (members come from each group).
+public struct PaxosSettings: ClusterSetting {
+  private let settings: [any PaxosSetting]
+
+  /// Collects Multi-Paxos settings.
+  public init(@PaxosConfigurationBuilder _ settings: () -> [any PaxosSetting]) {
+    self.settings = settings()
+  }
+
+  public func apply(to cluster: inout Cluster) throws(ClusterConfigurationError) {
+    let members = cluster.paxos.members
+    for setting in settings { setting.apply(to: &cluster.paxos) }
+    cluster.paxos.members = members
+  }
+}
+
+/// Groups given as values (for descriptions read from a file); see ``Group`` for the DSL line.
+public struct Groups: ClusterSetting {
+  private let specs: [GroupSpec]
+
+  /// Adds `specs`.
+  public init(_ specs: [GroupSpec]) { self.specs = specs }
+
+  public func apply(to cluster: inout Cluster) throws(ClusterConfigurationError) { cluster.groups += specs }
+}
+
+/// One service a group's log carries, in a ``Group``'s body.
+public protocol GroupService: Sendable {
+  /// The service's name.
+  var serviceName: String { get }
+}
+
+/// The key-value store (`kv`).
+public struct KeyValue: GroupService {
+  /// Creates the line.
+  public init() {}
+  public var serviceName: String { KeyValueService.name }
+}
+
+/// The lock table (`locks`).
+public struct Locks: GroupService {
+  /// Creates the line.
+  public init() {}
+  public var serviceName: String { LockService.name }
+}
+
+/// Collects a group's services.
+@resultBuilder
+public enum GroupServicesBuilder {
+  public static func buildExpression(_ service: any GroupService) -> [any GroupService] { [service] }
+  public static func buildBlock(_ parts: [any GroupService]...) -> [any GroupService] { parts.flatMap { $0 } }
+  public static func buildOptional(_ part: [any GroupService]?) -> [any GroupService] { part ?? [] }
+}
+
+/// A consensus group: `Group("accounts", engine: .raft, members: ["n1", "n2", "n3"]) { KeyValue(); Locks() }`.
+///
+/// Members default to every member of the cluster; the id to the next free one (1, 2, …); the slots to an even
+/// share of the key space among the groups carrying the same service that name none (see
+/// ``QuorumHost/ClusterMap``).
+public struct Group: ClusterSetting {
+  private let name: String
+  private let id: UInt64?
+  private let engine: EngineKind
+  private let memberNames: [String]?
+  private let slots: [ClosedRange<UInt16>]
+  private let services: [any GroupService]
+
+  /// A group named `name` (its storage directory under each member's data directory).
+  public init(
+    _ name: String, id: UInt64? = nil, engine: EngineKind = .raft, members: [String]? = nil,
+    slots: [ClosedRange<UInt16>] = [], @GroupServicesBuilder services: () -> [any GroupService]
+  ) {
+    self.name = name
+    self.id = id
+    self.engine = engine
+    self.memberNames = members
+    self.slots = slots
+    self.services = services()
+  }
+
+  public func apply(to cluster: inout Cluster) throws(ClusterConfigurationError) {
+    let line = "Group(\"\(name)\")"
+    var members: [NodeID] = []
+    for text in memberNames ?? cluster.members.map(\.id.description) {
+      guard let node = NodeID(text) else {
+        throw ClusterConfigurationError(setting: line, reason: "'\(text)' is not a node id (n1, n2, … or 1, 2, …)")
+      }
+      members.append(node)
+    }
+    let used = Set(cluster.groups.map(\.id))
+    let assigned =
+      id.map(GroupID.init(rawValue:)) ?? (1...).lazy.map(GroupID.init(rawValue:)).first { !used.contains($0) }
+    guard let groupID = assigned else { throw ClusterConfigurationError(setting: line, reason: "no free group id") }
+    guard !services.isEmpty else { throw ClusterConfigurationError(setting: line, reason: "no services") }
+    cluster.groups.append(
+      GroupSpec(
+        id: groupID, name: name, engine: engine, members: members, services: services.map(\.serviceName),
+        slots: slots.map { SlotRange($0.lowerBound, $0.upperBound) }))
+  }
 }

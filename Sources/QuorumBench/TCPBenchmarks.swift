@@ -292,7 +292,9 @@ final class BenchCluster: @unchecked Sendable {
       Dictionary(uniqueKeysWithValues: addresses.enumerated().map { ("n\($0.offset + 1)", $0.element.description) }))
     let cluster = BenchCluster(processes: processes, addresses: addresses)
     // Wait for a leader that has committed.
-    let probe = TCPKVClient(cluster: "bench", members: addresses, requestTimeout: .seconds(1))
+    var probeOptions = HostClientOptions()
+    probeOptions.deadline = .seconds(1)
+    let probe = TCPKVClient(cluster: "bench", members: addresses, options: probeOptions)
     let deadline = ContinuousClock.now.advanced(by: .seconds(30))
     while ContinuousClock.now < deadline {
       if (try? await probe.put("warm", "up")) != nil { break }
@@ -324,8 +326,7 @@ final class BenchCluster: @unchecked Sendable {
       for index in 0..<clients {
         group.addTask {
           let client = TCPKVClient(
-            cluster: "bench", members: members, requestTimeout: .seconds(5), seed: UInt64(index + 1),
-            connection: connection)
+            cluster: "bench", members: members, seed: UInt64(index + 1), connection: connection)
           var count = 0
           var samples: [Double] = []
           var n = 0

@@ -11,21 +11,25 @@ enum ClientCommands {
 
   static let statusUsage = """
     usage: quorum status (--cluster host:port[,…] [--cluster-id ID] | --cluster-file FILE)
-      Shows every member's role, term, commit and applied index, and the leader's per-peer lag.
+      Shows every group: its engine, leader and term, and every member's role, commit and applied index, and
+      the leader's per-peer lag.
     """
 
   static let membersUsage = """
-    usage: quorum members add NODE | promote NODE | remove NODE
+    usage: quorum members add NODE | promote NODE | remove NODE [--group NAME]
            (--cluster host:port[,…] [--cluster-id ID] | --cluster-file FILE)
       add: join as a learner (receives the log, does not vote); promote: make a voter; remove: leave.
-      A new member's address must be in every member's cluster file first (members re-read it).
+      --group: the group changed (default: the first group). A new member's address must be in every
+      member's cluster file first (members re-read it), and it runs `quorum serve --join`.
     """
 
-  static func client(_ target: ClusterTarget, timeout: Duration) -> TCPKVClient {
-    TCPKVClient(
-      cluster: target.cluster, members: target.addresses,
-      retry: RetryPolicy(maxAttempts: 12, initialBackoff: .milliseconds(20), maxBackoff: .milliseconds(500)),
-      requestTimeout: timeout, seed: UInt64(truncatingIfNeeded: getpid()))
+  static func client(_ target: ClusterTarget, timeout: Duration) -> TCPClient {
+    var options = HostClientOptions()
+    options.deadline = timeout
+    options.attemptTimeout = min(timeout, .seconds(2))
+    options.maxBackoff = .milliseconds(500)
+    return TCPClient(
+      cluster: target.cluster, members: target.addresses, options: options, seed: UInt64(truncatingIfNeeded: getpid()))
   }
 
   static func text(_ bytes: [UInt8]?) -> String {
@@ -48,8 +52,9 @@ enum ClientCommands {
       }
       try options.rejectUnknown()
       let words = options.words
-      let client = client(target, timeout: timeout)
-      defer { Task { await client.close() } }
+      let connection = client(target, timeout: timeout)
+      let client = connection.kv
+      defer { Task { await connection.close() } }
       func value(_ word: String) -> [UInt8]? { word == "-" ? nil : Array(word.utf8) }
       switch (words.first, words.count) {
       case ("put", 3):
@@ -60,14 +65,14 @@ enum ClientCommands {
       case ("delete", 2):
         print("ok (previous: \(text(try await client.delete(words[1]))))")
       case ("cas", 4):
-        let swapped = try await client.compareAndSwap(words[1], expected: value(words[2]), new: value(words[3]))
+        let swapped = try await client.compareAndSwap(words[1], expected: value(words[2]), new: value(words[3])).swapped
         print(swapped ? "swapped" : "not swapped")
-        await client.close()
+        await connection.close()
         return swapped ? 0 : 3
       default:
         throw CLIError.usage(kvUsage)
       }
-      await client.close()
+      await connection.close()
       return 0
     } catch let error as CLIError {
       printError("quorum kv: \(error)")
@@ -88,58 +93,45 @@ enum ClientCommands {
     do {
       let target = try ClusterTarget.parse(&options)
       try options.rejectUnknown()
-      let client = client(target, timeout: .seconds(2))
-      var statuses: [(TCPAddress, Result<MemberStatus, any Error>)] = []
-      var queue = target.addresses
-      var seen = Set<TCPAddress>()
-      while let address = queue.first {
-        queue.removeFirst()
-        guard seen.insert(address).inserted else { continue }
-        do {
-          let status = try await client.status(of: address)
-          statuses.append((address, .success(status)))
-          // Members a reachable member knows of are shown too.
-          for (_, other) in status.addresses.sorted(by: { $0.key < $1.key }) where !seen.contains(other) {
-            queue.append(other)
-          }
-        } catch {
-          statuses.append((address, .failure(error)))
-        }
-      }
-      await client.close()
-      let reachable = statuses.compactMap { try? $0.1.get() }
-      guard !reachable.isEmpty else {
+      let connection = client(target, timeout: .seconds(5))
+      defer { Task { await connection.close() } }
+      let map: ClusterMap
+      do {
+        map = try await connection.host.clusterMap()
+      } catch {
         printError(
-          "quorum status: no member reachable at \(target.addresses.map(\.description).joined(separator: ", "))")
-        for (address, result) in statuses {
-          if case .failure(let error) = result { printError("  \(address): \(error)") }
-        }
+          "quorum status: no member reachable at \(target.addresses.map(\.description).joined(separator: ", ")): "
+            + "\(error)")
         return 1
       }
-      let leader = reachable.first { $0.role == "leader" }
-      let term = reachable.map(\.term).max() ?? 0
-      print(
-        "cluster \(target.cluster): leader \(leader.map { "\($0.node)" } ?? "unknown"), term \(term), "
-          + "voters \(leader?.voters.map(\.description).joined(separator: ",") ?? "?")"
-          + ((leader?.learners.isEmpty ?? true)
-            ? "" : ", learners \(leader?.learners.map(\.description).joined(separator: ",") ?? "")"))
-      print(row(["member", "address", "role", "term", "commit", "applied", "last", "lag"]))
-      for (address, result) in statuses {
-        switch result {
-        case .success(let s):
-          let lag = leader?.peers.first { $0.node == s.node }.map { "\($0.lag)" } ?? (s.role == "leader" ? "-" : "?")
+      let statuses = try await connection.host.statuses()
+      print("cluster \(map.cluster): \(map.members.count) members, \(map.groups.count) groups")
+      for group in map.groups {
+        let reports = statuses.filter { $0.group == group.id }
+        let leader = reports.filter(\.isLeader).max { $0.epoch < $1.epoch }
+        print(
+          "\ngroup \(group.name) (\(group.id), \(group.engine), services \(group.services.joined(separator: ","))): "
+            + "leader \(leader.map { "\($0.node)" } ?? "unknown"), term \(reports.map(\.epoch).max() ?? 0), "
+            + "voters \((leader?.voters ?? group.members).map(\.description).joined(separator: ","))"
+            + ((leader?.learners.isEmpty ?? true)
+              ? "" : ", learners \(leader?.learners.map(\.description).joined(separator: ",") ?? "")"))
+        print(row(["member", "address", "role", "term", "commit", "applied", "last", "lag"]))
+        for member in Set(group.members + (leader?.voters ?? []) + (leader?.learners ?? [])).sorted() {
+          let address = map.members[member] ?? "?"
+          guard let s = reports.first(where: { $0.node == member }) else {
+            let lag = leader?.peers.first { $0.node == member }.map { "\($0.lag)" } ?? "?"
+            print(row(["\(member)", address, "unreachable", "", "", "", "", lag]))
+            continue
+          }
+          let lag = leader?.peers.first { $0.node == s.node }.map { "\($0.lag)" } ?? (s.isLeader ? "-" : "?")
           print(
             row([
-              "\(s.node)", "\(address)", s.role, "\(s.term)", "\(s.commitIndex)", "\(s.appliedIndex)", "\(s.lastIndex)",
+              "\(s.node)", address, s.role, "\(s.epoch)", "\(s.commitIndex)", "\(s.appliedIndex)", "\(s.lastIndex)",
               lag,
             ]))
-        case .failure(let error):
-          print(row(["?", "\(address)", "unreachable: \(error)"]))
         }
-      }
-      if let leader {
-        for peer in leader.peers where !reachable.contains(where: { $0.node == peer.node }) {
-          print(row(["\(peer.node)", "?", "(per leader)", "", "\(peer.match)", "", "", "\(peer.lag)"]))
+        for peer in leader?.peers ?? [] where peer.note != nil {
+          print("  \(peer.node): \(peer.note ?? "")")
         }
       }
       return 0
@@ -168,6 +160,7 @@ enum ClientCommands {
     var options = Options(arguments)
     do {
       let target = try ClusterTarget.parse(&options)
+      let groupName = try options.value("--group")
       try options.rejectUnknown()
       let words = options.words
       guard words.count == 2, let node = NodeID(words[1]) else { throw CLIError.usage(membersUsage) }
@@ -178,10 +171,15 @@ enum ClientCommands {
       case "remove": operation = .remove(node)
       default: throw CLIError.usage(membersUsage)
       }
-      let client = client(target, timeout: .seconds(10))
-      try await client.changeMembership(operation)
-      await client.close()
-      print("ok: \(operation)")
+      let connection = client(target, timeout: .seconds(10))
+      defer { Task { await connection.close() } }
+      let map = try await connection.host.clusterMap()
+      guard let group = groupName.map({ name in map.groups.first { $0.name == name } }) ?? map.groups.first else {
+        throw CLIError.usage(
+          "no group named \(groupName ?? "?") (groups: \(map.groups.map(\.name).joined(separator: ", ")))")
+      }
+      try await connection.host.changeMembership(operation, group: group.id)
+      print("ok: \(group.name): \(operation)")
       return 0
     } catch let error as CLIError {
       printError("quorum members: \(error)")

@@ -1,22 +1,40 @@
 import Foundation
 import Quorum
 
-/// A cluster file: the cluster id and every member's address, as JSON.
+/// A cluster file: the cluster id, every member's address and, optionally, the groups, as JSON.
 ///
 /// ```json
 /// { "cluster": "orders",
-///   "members": { "n1": "127.0.0.1:7001", "n2": "127.0.0.1:7002", "n3": "127.0.0.1:7003" } }
+///   "members": { "n1": "127.0.0.1:7001", "n2": "127.0.0.1:7002", "n3": "127.0.0.1:7003" },
+///   "groups": [
+///     { "name": "accounts", "engine": "raft", "services": ["kv", "locks"], "slots": "0-2047" },
+///     { "name": "audit", "engine": "multi-paxos", "members": ["n1", "n2", "n3"], "services": ["kv"] } ] }
 /// ```
+///
+/// Without `groups` the cluster has one Raft group on every member carrying `kv` and `locks`. A group's
+/// `members` default to every member, its `id` to its position (1, 2, …), its `slots` to an even share.
 struct ClusterFile: Equatable {
   var cluster: ClusterID
   var members: [NodeID: TCPAddress]
+  var groups: [GroupSpec] = []
+
+  private struct RawGroup: Decodable {
+    var name: String
+    var id: UInt64?
+    var engine: String?
+    var members: [String]?
+    var services: [String]?
+    var slots: String?
+  }
 
   private struct Raw: Decodable {
     var cluster: String
     var members: [String: String]
+    var groups: [RawGroup]?
   }
 
-  /// Reads and validates `path`; every problem is a `CLIError.failed` naming the file.
+  /// Reads and validates `path`; every problem is a `CLIError.failed` naming the file (and the line of a bad
+  /// group).
   static func load(_ path: String) throws -> ClusterFile {
     let data: Data
     do {
@@ -45,14 +63,78 @@ struct ClusterFile: Equatable {
         throw CLIError.failed("bad cluster file \(path): member \(name): \(error)")
       }
     }
-    return ClusterFile(cluster: ClusterID(rawValue: raw.cluster), members: members)
+    let text = String(decoding: data, as: UTF8.self)
+    var groups: [GroupSpec] = []
+    for (position, group) in (raw.groups ?? []).enumerated() {
+      let line = lineNumber(of: group.name, in: text).map { "line \($0), " } ?? ""
+      func bad(_ reason: String) -> CLIError {
+        CLIError.failed("bad cluster file \(path): \(line)group \"\(group.name)\": \(reason)")
+      }
+      let engineText = group.engine ?? "raft"
+      guard let engine = EngineKind(rawValue: engineText) else {
+        throw bad("engine \"\(engineText)\" (expected raft or multi-paxos)")
+      }
+      var groupMembers: [NodeID] = []
+      for name in group.members ?? members.keys.sorted().map(\.description) {
+        guard let id = NodeID(name) else { throw bad("'\(name)' is not a node id") }
+        guard members[id] != nil else { throw bad("member \(name) is not in \"members\"") }
+        groupMembers.append(id)
+      }
+      var slots: [SlotRange] = []
+      for part in (group.slots ?? "").split(separator: ",") {
+        let bounds = part.split(separator: "-").compactMap { UInt16($0.trimmingCharacters(in: .whitespaces)) }
+        guard (1...2).contains(bounds.count), part.split(separator: "-").count == bounds.count,
+          bounds[0] <= bounds[bounds.count - 1]
+        else {
+          throw bad("slots \"\(part)\" (expected ranges like 0-2047,3000-3100)")
+        }
+        slots.append(SlotRange(bounds[0], bounds[bounds.count - 1]))
+      }
+      groups.append(
+        GroupSpec(
+          id: GroupID(rawValue: group.id ?? UInt64(position + 1)), name: group.name, engine: engine,
+          members: groupMembers, services: group.services ?? Cluster.defaultServices, slots: slots))
+    }
+    var addresses: [NodeID: String] = [:]
+    for (id, address) in members { addresses[id] = address.description }
+    if !groups.isEmpty {
+      do {
+        try ClusterMap(cluster: ClusterID(rawValue: raw.cluster), members: addresses, groups: groups)
+          .validate(knownServices: ServiceCatalog.standard.names)
+      } catch {
+        let name = error.subject.hasPrefix("group ") ? String(error.subject.dropFirst(6)) : ""
+        let line = lineNumber(of: name, in: text).map { "line \($0): " } ?? ""
+        throw CLIError.failed("bad cluster file \(path): \(line)\(error)")
+      }
+    }
+    return ClusterFile(cluster: ClusterID(rawValue: raw.cluster), members: members, groups: groups)
+  }
+
+  /// The line (from 1) where `"name"` is first written, if it is.
+  private static func lineNumber(of name: String, in text: String) -> Int? {
+    guard !name.isEmpty else { return nil }
+    for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated()
+    where line.contains("\"\(name)\"") {
+      return index + 1
+    }
+    return nil
   }
 
   /// Writes the file atomically (for tests and tools).
   func write(to path: String) throws {
     var members: [String: String] = [:]
     for (id, address) in self.members { members[id.description] = address.description }
-    let object: [String: Any] = ["cluster": cluster.rawValue, "members": members]
+    var object: [String: Any] = ["cluster": cluster.rawValue, "members": members]
+    if !groups.isEmpty {
+      object["groups"] = groups.map { group -> [String: Any] in
+        var entry: [String: Any] = [
+          "name": group.name, "id": group.id.rawValue, "engine": group.engine.rawValue,
+          "members": group.members.map(\.description), "services": group.services,
+        ]
+        if !group.slots.isEmpty { entry["slots"] = group.slots.map(\.description).joined(separator: ",") }
+        return entry
+      }
+    }
     let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
     try data.write(to: URL(fileURLWithPath: path), options: .atomic)
   }

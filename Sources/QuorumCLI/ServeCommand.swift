@@ -8,20 +8,22 @@ enum ServeCommand {
   static let usage = """
     usage: quorum serve --id n1 [--listen host:port] (--peers n2=host:port,… | --cluster-file FILE)
                         [--cluster-id ID] [--data DIR] [--fsync always|batch|never] [--log-level LEVEL]
-                        [--tick-ms 10] [--election-ms 150-300] [--heartbeat-ms 50] [--join]
+                        [--tick-ms 10] [--election-ms 150-300] [--heartbeat-ms 50] [--join [--groups a,b]]
       --id            this member's node id
       --listen        where to listen (default: this member's address in the cluster file); port 0 picks a
                       free port, printed on standard output
       --peers         the other members (with --listen), or
-      --cluster-file  JSON {"cluster": "orders", "members": {"n1": "127.0.0.1:7001", …}}; re-read when it
-                      changes, so members' addresses can be updated without a restart
+      --cluster-file  JSON {"cluster": "orders", "members": {"n1": "127.0.0.1:7001", …}, "groups": […]}
+                      (groups optional; see the README); re-read when it changes, so members'
+                      addresses can be updated without a restart
       --cluster-id    the cluster id (default "quorum"; the cluster file's otherwise)
       --data          data directory (default ./data/<id>)
       --join          start empty and wait to be added (quorum members add) instead of founding the
-                      cluster with the members of the file
+                      groups with the members of the file; --groups names the groups joined (default:
+                      every group that lists this member, or the default group)
       --fsync         always (default): every acknowledged write is on disk; batch: synced every 10 ms;
                       never: for throw-away clusters
-    Prints "listening on host:port" once it accepts connections. SIGINT/SIGTERM shut down gracefully:
+    Recovers every group's storage first, then prints "listening on host:port" once it accepts connections. SIGINT/SIGTERM shut down gracefully:
     stop accepting, answer requests in flight, sync and close storage.
     """
 
@@ -36,7 +38,7 @@ enum ServeCommand {
     var tick: Duration
     var election: ClosedRange<Duration>
     var heartbeat: Duration
-    var join: Bool
+    var join: Set<String>
   }
 
   static func parse(_ arguments: [String]) throws -> Settings {
@@ -102,7 +104,19 @@ enum ServeCommand {
       election = Duration.milliseconds(bounds[0])...Duration.milliseconds(bounds[1])
     }
     let data = try options.value("--data") ?? "data/\(id)"
-    let join = options.flag("--join")
+    let joinGroups = try options.value("--groups")
+    var join: Set<String> = []
+    if options.flag("--join") {
+      if let joinGroups {
+        join = Set(joinGroups.split(separator: ",").map(String.init))
+      } else if file.groups.isEmpty {
+        join = ["default"]
+      } else {
+        join = Set(file.groups.filter { $0.members.contains(id) }.map(\.name))
+      }
+    } else if joinGroups != nil {
+      throw CLIError.usage("--groups goes with --join")
+    }
     try options.rejectUnknown()
     if let stray = options.words.first { throw CLIError.usage("unexpected argument '\(stray)'\n\(usage)") }
     return Settings(
@@ -115,9 +129,16 @@ enum ServeCommand {
     do {
       return try Cluster(id: s.file.cluster) {
         for (id, address) in members { Member(id, at: address.description) }
+        Groups(s.file.groups)
         DataDirectory(s.data, fsync: s.fsync)
         Logging(StderrLogSink(minimumLevel: s.logLevel))
         RaftSettings {
+          TickInterval(s.tick)
+          ElectionTimeout(s.election)
+          HeartbeatInterval(s.heartbeat)
+          LeaseReads(clockDriftBound: s.tick)
+        }
+        PaxosSettings {
           TickInterval(s.tick)
           ElectionTimeout(s.election)
           HeartbeatInterval(s.heartbeat)
@@ -153,7 +174,12 @@ enum ServeCommand {
       printError("quorum serve: cannot start \(settings.id): \(error)")
       return 1
     }
-    printOut("quorum serve: \(settings.id) listening on \(server.address) (cluster \(cluster.id))")
+    let announce = Task {
+      guard let address = try? await server.waitUntilListening() else { return }
+      printOut(
+        "quorum serve: \(settings.id) listening on \(address) (cluster \(cluster.id), "
+          + "\(server.host.hostedGroups.count) groups)")
+    }
 
     signal(SIGINT, SIG_IGN)
     signal(SIGTERM, SIG_IGN)
@@ -177,6 +203,7 @@ enum ServeCommand {
       printError("quorum serve: \(settings.id) stopped with an error: \(error)")
       status = 1
     }
+    announce.cancel()
     reload?.cancel()
     for source in sources { source.cancel() }
     printOut("quorum serve: \(settings.id) stopped")

@@ -117,6 +117,7 @@ public final class GroupHost: Sendable {
   private let runtime: NodeRuntime
   private let logger: QuorumLogger
   private let addressOf: @Sendable (NodeID) -> String?
+  private let addressBook: (@Sendable () -> [NodeID: String])?
   private let stopRequested = OnceSignal()
   private let recovered = OnceSignal()
   private let notify: (@Sendable (GroupID, [ServiceNotification]) -> Void)?
@@ -135,6 +136,8 @@ public final class GroupHost: Sendable {
   ///   - seed: seeds the replicas' randomness (`nil`: from the clock).
   ///   - logger: where the host and its replicas log.
   ///   - addressOf: a member's client address, for redirects.
+  ///   - addressBook: every member the transport knows, with its address (members added since the map was
+  ///     written appear in the map clients are sent).
   ///   - observers: the simulator's checkers.
   ///   - notify: receives what services tell waiting clients, per group.
   /// - Throws: ``ClusterMapError`` for an invalid map, ``QuorumCore/ConfigurationError`` for invalid settings,
@@ -143,11 +146,15 @@ public final class GroupHost: Sendable {
     node: NodeID, map: ClusterMap, catalog: ServiceCatalog = .standard, settings: HostSettings,
     storage: any GroupStorageProvider, joining: Set<GroupID> = [], runtime: NodeRuntime = .system,
     seed: UInt64? = nil, logger: QuorumLogger = QuorumLogger(label: "quorum"),
-    addressOf: @escaping @Sendable (NodeID) -> String? = { _ in nil }, observers: HostObservers = HostObservers(),
+    addressOf: @escaping @Sendable (NodeID) -> String? = { _ in nil },
+    addressBook: (@Sendable () -> [NodeID: String])? = nil, observers: HostObservers = HostObservers(),
     notify: (@Sendable (GroupID, [ServiceNotification]) -> Void)? = nil
   ) throws {
     try map.validate(knownServices: catalog.names)
-    guard settings.raft.tickInterval == settings.paxos.tickInterval else {
+    let hosted = map.groups.filter { $0.members.contains(node) || joining.contains($0.id) }
+    let usesRaft = hosted.contains { $0.engine == .raft }
+    let usesPaxos = hosted.contains { $0.engine == .multiPaxos }
+    guard !(usesRaft && usesPaxos) || settings.raft.tickInterval == settings.paxos.tickInterval else {
       throw ConfigurationError(
         setting: "TickInterval",
         reason:
@@ -158,13 +165,14 @@ public final class GroupHost: Sendable {
     self.placement = Placement(map)
     self.catalog = catalog
     self.router = GroupRouter(node: node)
-    self.tickInterval = settings.raft.tickInterval
+    self.tickInterval = usesRaft || !usesPaxos ? settings.raft.tickInterval : settings.paxos.tickInterval
     self.runtime = runtime
     self.logger = logger
     self.addressOf = addressOf
+    self.addressBook = addressBook
     self.notify = notify
     var groups: [GroupID: any HostedGroup] = [:]
-    for spec in map.groups where spec.members.contains(node) || joining.contains(spec.id) {
+    for spec in hosted {
       guard let services = catalog.services(named: spec.services) else {
         throw ClusterMapError("group \(spec.name)", "unknown service")
       }
@@ -294,7 +302,7 @@ public final class GroupHost: Sendable {
   public func handle(_ request: HostRequest) async -> HostReply {
     switch request {
     case .clusterMap:
-      return .clusterMap(map)
+      return .clusterMap(currentMap)
     case .status(nil):
       var statuses: [GroupStatus] = []
       for id in order {
@@ -338,7 +346,7 @@ public final class GroupHost: Sendable {
         try await group.transferLeadership(to: target)
         return .done
       case .clusterMap:
-        return .clusterMap(map)
+        return .clusterMap(currentMap)
       }
     } catch let error as ConsensusError {
       if case .notLeader(let hint?) = error {
@@ -348,6 +356,15 @@ public final class GroupHost: Sendable {
     } catch {
       return .failure(HostFailure(.consensus(.stopped)))
     }
+  }
+
+  /// The cluster map with every member's address as the transport knows it now (a member listening on port 0, a
+  /// cluster file that changed).
+  private var currentMap: ClusterMap {
+    var current = map
+    for id in map.members.keys { if let address = addressOf(id) { current.members[id] = address } }
+    for (id, address) in addressBook?() ?? [:] { current.members[id] = address }
+    return current
   }
 
   /// Why a request for `service` about `key` must not go to `group`, if it must not.

@@ -7,6 +7,14 @@ public protocol RequestChannel: Sendable {
   /// Sends an encoded ``HostRequest`` to `member` and returns the encoded ``HostReply``.
   /// - Throws: ``RequestChannelError`` when the member cannot be reached or does not answer within `timeout`.
   func send(_ request: [UInt8], to member: NodeID, timeout: Duration) async throws -> [UInt8]
+
+  /// Learns the members' addresses from a cluster map (a channel that needs none ignores it).
+  func learn(_ map: ClusterMap)
+}
+
+extension RequestChannel {
+  /// Ignores the map.
+  public func learn(_ map: ClusterMap) {}
 }
 
 /// Why a request did not reach a member or get an answer.
@@ -27,8 +35,9 @@ public enum RequestChannelError: Error, Sendable, Equatable, CustomStringConvert
 /// Why a client call failed.
 public enum QuorumClientError: Error, Sendable, Equatable, CustomStringConvertible {
   /// The deadline passed. `outcomeUnknown` is true for a write that was sent at least once: it may or may not
-  /// take effect (a retry with the same session is safe; look the value up to know).
-  case timeout(outcomeUnknown: Bool)
+  /// take effect (a retry with the same session is safe; look the value up to know). `lastFailure` says why the
+  /// last attempt failed, if one did.
+  case timeout(outcomeUnknown: Bool, lastFailure: String?)
   /// A write whose outcome cannot be known (its session expired before an answer came).
   case outcomeUnknown
   /// The server refused the request (unknown group or service, a key of another group, a malformed request, or
@@ -39,7 +48,9 @@ public enum QuorumClientError: Error, Sendable, Equatable, CustomStringConvertib
 
   public var description: String {
     switch self {
-    case .timeout(let unknown): return "deadline passed" + (unknown ? " (the write may or may not have happened)" : "")
+    case .timeout(let unknown, let last):
+      return "deadline passed" + (unknown ? " (the write may or may not have happened)" : "")
+        + (last.map { "; last attempt: \($0)" } ?? "")
     case .outcomeUnknown: return "the write may or may not have happened"
     case .rejected(let error): return "refused: \(error)"
     case .badReply(let why): return "undecodable reply: \(why)"
@@ -87,6 +98,9 @@ public actor HostClient {
   private let options: HostClientOptions
   private let clock: any NodeClock
   private var leaders: [GroupID: NodeID] = [:]
+  /// Set when a member's address was missing: the map is fetched again at the next call (members that were still
+  /// starting have addresses by now).
+  private var mapStale = false
   private var sessions: [GroupID: Session] = [:]
   private var random: SeededRandom
 
@@ -105,6 +119,7 @@ public actor HostClient {
     self.channel = channel
     self.seeds = members
     self.map = map
+    if let map { channel.learn(map) }
     self.placement = map.map(Placement.init)
     self.options = options
     self.clock = clock
@@ -115,11 +130,14 @@ public actor HostClient {
 
   /// The cluster map, fetched from a member if the client has none yet.
   public func clusterMap(deadline: Duration? = nil) async throws -> ClusterMap {
-    if let map { return map }
-    let reply = try await send(.clusterMap, to: seeds, deadline: deadline ?? options.deadline, isWrite: false)
+    if let map, !mapStale { return map }
+    mapStale = false
+    let candidates = seeds + (map?.members.keys.sorted() ?? [])
+    let reply = try await send(.clusterMap, to: candidates, deadline: deadline ?? options.deadline, isWrite: false)
     guard case .clusterMap(let fetched) = reply else { throw QuorumClientError.badReply("expected a cluster map") }
     map = fetched
     placement = Placement(fetched)
+    channel.learn(fetched)
     return fetched
   }
 
@@ -177,13 +195,13 @@ public actor HostClient {
   /// - Throws: ``QuorumClientError``.
   public func query(
     _ payload: [UInt8], service: String, group: GroupID, consistency: ReadConsistency = .linearizable,
-    atLeast: UInt64 = 0, deadline: Duration? = nil
+    atLeast: UInt64 = 0, at member: NodeID? = nil, deadline: Duration? = nil
   ) async throws -> (answer: [UInt8], index: UInt64) {
     let request = HostRequest.query(
       group: group, service: service, payload: payload, consistency: consistency, atLeast: atLeast)
     let reply = try await send(
-      request, to: members(of: group), group: group, deadline: deadline ?? options.deadline, isWrite: false,
-      anyMember: consistency == .stale)
+      request, to: member.map { [$0] } ?? members(of: group), group: group, deadline: deadline ?? options.deadline,
+      isWrite: false, anyMember: consistency == .stale || member != nil)
     guard case .answer(let bytes, let index) = reply else { throw QuorumClientError.badReply("expected an answer") }
     return (bytes, index)
   }
@@ -199,6 +217,16 @@ public actor HostClient {
       if case .statuses(let statuses)? = reply { all += statuses }
     }
     return all
+  }
+
+  /// The status of every group `member` hosts, as it reports it.
+  public func statuses(of member: NodeID, deadline: Duration? = nil) async throws -> [GroupStatus] {
+    _ = try? await clusterMap(deadline: deadline)
+    let reply = try await send(
+      .status(group: nil), to: [member], deadline: deadline ?? options.attemptTimeout, isWrite: false,
+      anyMember: true)
+    guard case .statuses(let statuses) = reply else { throw QuorumClientError.badReply("expected statuses") }
+    return statuses
   }
 
   /// Changes `group`'s membership by one operation (through its leader).
@@ -245,9 +273,12 @@ public actor HostClient {
     var backoff = options.minBackoff
     var sent = false
     var target = (anyMember ? nil : group.flatMap { leaders[$0] }) ?? pick(from: candidates)
+    var lastFailure: String?
     while true {
       let now = clock.monotonicNanos()
-      guard now < end, let member = target else { throw QuorumClientError.timeout(outcomeUnknown: isWrite && sent) }
+      guard now < end, let member = target else {
+        throw QuorumClientError.timeout(outcomeUnknown: isWrite && sent, lastFailure: lastFailure)
+      }
       let attempt = min(options.attemptTimeout.nanoseconds, end - now)
       var redirected = false
       do {
@@ -263,6 +294,7 @@ public actor HostClient {
           if let group, !anyMember { leaders[group] = member }
           return reply
         }
+        lastFailure = "\(member): \(failure)"
         switch failure.error {
         case .consensus(.notLeader(let hint)):
           if let group { leaders[group] = hint }
@@ -290,6 +322,8 @@ public actor HostClient {
         throw error
       } catch {
         // Unreachable or silent: the request may have been applied; the session makes a retry safe.
+        lastFailure = "\(error)"
+        if case RequestChannelError.unreachable(_, "no address")? = error as? RequestChannelError { mapStale = true }
         if let group, leaders[group] == member { leaders[group] = nil }
         target = pick(from: candidates, avoiding: member)
       }

@@ -24,13 +24,12 @@ public struct KeyValueClient: Sendable {
   }
 
   private func read(
-    _ query: KVQuery, group: GroupID, consistency: ReadConsistency, atLeast: UInt64, deadline: Duration?
-  )
-    async throws -> (KVQueryResult, UInt64)
-  {
+    _ query: KVQuery, group: GroupID, consistency: ReadConsistency, atLeast: UInt64, at member: NodeID? = nil,
+    deadline: Duration?
+  ) async throws -> (KVQueryResult, UInt64) {
     let (bytes, index) = try await client.query(
       query.wireBytes(), service: KeyValueService.name, group: group, consistency: consistency, atLeast: atLeast,
-      deadline: deadline)
+      at: member, deadline: deadline)
     do {
       return (try KVQueryResult(wireBytes: bytes), index)
     } catch {
@@ -83,11 +82,11 @@ public struct KeyValueClient: Sendable {
     return (swapped, current.map { String(decoding: $0, as: UTF8.self) })
   }
 
-  /// The value of `key`, at `consistency`.
-  public func get(_ key: String, consistency: ReadConsistency = .linearizable, deadline: Duration? = nil)
-    async throws -> [UInt8]?
-  {
-    try await getIndexed(key, consistency: consistency, deadline: deadline).value
+  /// The value of `key`, at `consistency` (at `member` only, if given: for a `stale` read of one replica).
+  public func get(
+    _ key: String, consistency: ReadConsistency = .linearizable, at member: NodeID? = nil, deadline: Duration? = nil
+  ) async throws -> [UInt8]? {
+    try await getIndexed(key, consistency: consistency, at: member, deadline: deadline).value
   }
 
   /// The value of `key` as a UTF-8 string, at `consistency`.
@@ -100,11 +99,12 @@ public struct KeyValueClient: Sendable {
   /// The value of `key` and the log position it reflects, from a state including at least `atLeast` (pass the
   /// index of the last answer seen for read-your-writes and monotonic reads at `stale` consistency).
   public func getIndexed(
-    _ key: String, consistency: ReadConsistency = .linearizable, atLeast: UInt64 = 0, deadline: Duration? = nil
+    _ key: String, consistency: ReadConsistency = .linearizable, atLeast: UInt64 = 0, at member: NodeID? = nil,
+    deadline: Duration? = nil
   ) async throws -> (value: [UInt8]?, index: UInt64) {
     let group = try await client.group(for: key, service: KeyValueService.name)
     let (result, index) = try await read(
-      .get(key: key), group: group, consistency: consistency, atLeast: atLeast, deadline: deadline)
+      .get(key: key), group: group, consistency: consistency, atLeast: atLeast, at: member, deadline: deadline)
     guard case .value(let value) = result else { throw QuorumClientError.badReply("get answered with a list") }
     return (value, index)
   }

@@ -16,8 +16,12 @@ final class StopFlag: Sendable {
 enum Workload {
   static let keys = ["k0", "k1", "k2", "k3"]
 
-  static func retry() -> RetryPolicy {
-    RetryPolicy(maxAttempts: 60, initialBackoff: .milliseconds(10), maxBackoff: .milliseconds(200))
+  static func options() -> HostClientOptions {
+    var options = HostClientOptions()
+    options.deadline = .seconds(10)
+    options.attemptTimeout = .seconds(1)
+    options.minBackoff = .milliseconds(10)
+    return options
   }
 
   /// Runs until `stop` is set; returns the number of operations that completed with an answer.
@@ -25,8 +29,7 @@ enum Workload {
     client index: Int, addresses: [TCPAddress], cluster: ClusterID, recorder: KVHistoryRecorder,
     stop: StopFlag
   ) async -> Int {
-    let client = TCPKVClient(
-      cluster: cluster, members: addresses, retry: retry(), requestTimeout: .seconds(1), seed: UInt64(index + 1))
+    let client = TCPKVClient(cluster: cluster, members: addresses, options: options(), seed: UInt64(index + 1))
     var random = SeededRandom(seed: UInt64(1000 + index))
     var lastSeen: [String: String] = [:]
     var completed = 0
@@ -104,8 +107,7 @@ struct MultiProcessTests {
   private func exercise(_ cluster: ProcessCluster) async throws {
     try await cluster.start()
     let admin = TCPKVClient(
-      cluster: cluster.name, members: Array(cluster.addresses.values), retry: Workload.retry(),
-      requestTimeout: .seconds(1))
+      cluster: cluster.name, members: Array(cluster.addresses.values), options: Workload.options())
     let first = try await cluster.leader(client: admin)
 
     // Hostile bytes at a member close only that connection, with a log line naming the reason.
@@ -143,8 +145,7 @@ struct MultiProcessTests {
 
     // Final linearizable reads of every key, part of the checked history.
     let reader = TCPKVClient(
-      cluster: cluster.name, members: Array(cluster.addresses.values), retry: Workload.retry(),
-      requestTimeout: .seconds(1), seed: 99)
+      cluster: cluster.name, members: Array(cluster.addresses.values), options: Workload.options(), seed: 99)
     for key in Workload.keys {
       let op = recorder.invoke(client: 100, .get(key: key))
       let value = try await reader.get(key).map { String(decoding: $0, as: UTF8.self) }
@@ -165,12 +166,10 @@ struct MultiProcessTests {
     }
 
     // The restarted member catches up with the leader.
-    let restarted = try #require(cluster.addresses[first])
     let leader = try await cluster.leader(client: admin)
-    let leaderAddress = try #require(cluster.addresses[leader])
-    let commit = try await admin.status(of: leaderAddress).commitIndex
+    let commit = try #require(try await admin.status(of: leader).first).commitIndex
     try await poll("the restarted \(first) to apply index \(commit)") {
-      (try? await admin.status(of: restarted).appliedIndex).map { $0 >= commit } ?? false
+      (try? await admin.status(of: first).first?.appliedIndex).map { $0 >= commit } ?? false
     }
 
     // The command-line client works against the same cluster.
@@ -191,17 +190,15 @@ struct MultiProcessTests {
     do {
       try await cluster.start(founders: 3)
       let admin = TCPKVClient(
-        cluster: cluster.name, members: Array(cluster.addresses.values), retry: Workload.retry(),
-        requestTimeout: .seconds(1))
+        cluster: cluster.name, members: Array(cluster.addresses.values), options: Workload.options())
       _ = try await cluster.leader(client: admin)
       try await admin.put("before", "n4")
       try await cluster.join(4)
       let file = cluster.clusterFile
       let add = try await cluster.runCLI(["members", "add", "n4", "--cluster-file", file])
       #expect(add.status == 0, "\(add.output)")
-      let n4 = try #require(cluster.addresses[4])
       try await poll("n4 to replicate the log as a learner") {
-        (try? await admin.get("before", consistency: .stale, at: n4)) == Array("n4".utf8)
+        (try? await admin.get("before", consistency: .stale, at: 4)) == Array("n4".utf8)
       }
       let promote = try await cluster.runCLI(["members", "promote", "n4", "--cluster-file", file])
       #expect(promote.status == 0, "\(promote.output)")
@@ -209,8 +206,8 @@ struct MultiProcessTests {
       #expect(remove.status == 0, "\(remove.output)")
       try await poll("the voters to become n2, n3, n4") {
         let leader = try? await cluster.leader(client: admin, timeout: .seconds(5))
-        guard let leader, let address = cluster.addresses[leader] else { return false }
-        return (try? await admin.status(of: address).voters) == [2, 3, 4]
+        guard let leader else { return false }
+        return (try? await admin.status(of: leader).first?.voters) == [2, 3, 4]
       }
       try await admin.put("after", "removal")
       let status = try await cluster.runCLI(["status", "--cluster-file", file])
@@ -255,7 +252,9 @@ struct MultiProcessTests {
       "kv", "get", "k", "--cluster", held.address.description, "--timeout-ms", "200",
     ])
     #expect(unreachable.status == 1)
-    #expect(unreachable.output.contains("cluster unavailable") && unreachable.output.contains("cannot reach"))
+    #expect(
+      unreachable.output.contains("deadline passed") && unreachable.output.contains("cannot reach"),
+      "\(unreachable.output)")
   }
 }
 

@@ -208,8 +208,8 @@ final class ProcessCluster: @unchecked Sendable {
   func leader(client: TCPKVClient, timeout: Duration = .seconds(90)) async throws -> NodeID {
     let deadline = ContinuousClock.now.advanced(by: timeout)
     while ContinuousClock.now < deadline {
-      for (id, address) in addresses.sorted(by: { $0.key < $1.key }) {
-        if let status = try? await client.status(of: address), status.role == "leader",
+      for id in addresses.keys.sorted() {
+        if let status = try? await client.status(of: id).first, status.role == "leader",
           status.commitIndex >= status.lastIndex, status.node == id
         {
           return id

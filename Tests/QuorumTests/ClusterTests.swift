@@ -59,26 +59,34 @@ struct ClusterTests {
 
   @Test("client requests and replies round-trip through the wire format")
   func clientProtocolCodec() throws {
-    let requests: [ClientRequest] = [
-      .registerSession,
-      .command(.put(key: "k", value: [1, 2]), request: RequestID(session: 3, sequence: 4), acknowledgedThrough: 3),
-      .command(.compareAndSwap(key: "k", expected: nil, new: [9]), request: nil, acknowledgedThrough: 0),
-      .query(.get(key: "k"), consistency: .lease), .query(.scan(prefix: "a", limit: 10), consistency: .stale),
-      .query(.count, consistency: .linearizable), .status, .membership(.addLearner(4)), .transferLeadership(2),
+    let kv = KVCommand.put(key: "k", value: [1, 2]).wireBytes()
+    let requests: [HostRequest] = [
+      .registerSession(group: 2),
+      .command(
+        group: 1, ServiceCommand(service: "kv", payload: kv), request: RequestID(session: 3, sequence: 4),
+        acknowledgedThrough: 3),
+      .command(group: 0, ServiceCommand(service: "locks", payload: [9]), request: nil, acknowledgedThrough: 0),
+      .query(group: 1, service: "kv", payload: KVQuery.get(key: "k").wireBytes(), consistency: .lease, atLeast: 7),
+      .status(group: nil), .status(group: 3), .membership(group: 1, .addLearner(4)),
+      .transferLeadership(group: 1, to: 2), .clusterMap,
     ]
-    for request in requests { #expect(try ClientRequest(wireBytes: request.wireBytes()) == request) }
-    let status = MemberStatus(
-      node: 1, role: "leader", term: 3, leader: 1, commitIndex: 10, appliedIndex: 10, lastIndex: 11, voters: [1, 2],
-      learners: [3], peers: [PeerLag(node: 2, match: 9, lag: 2, isLearner: false, recentlyActive: true)],
-      addresses: [1: try TCPAddress.parse("127.0.0.1:1"), 2: try TCPAddress.parse("[::1]:2")])
-    let replies: [ClientReply] = [
-      .session(7), .response(.done(previous: nil)), .response(.swapped(true, current: [1])),
-      .queryResult(.value([1])), .queryResult(.entries([KVPair("a", [2], modifiedAt: 5)])), .queryResult(.count(3)),
-      .status(status), .done,
-      .failure(ClientFailure(.notLeader(hint: 2), leaderAddress: TCPAddress("127.0.0.1:9"))),
-      .failure(ClientFailure(.commandTooLarge(bytes: 10, limit: 5), detail: "why")),
+    for request in requests { #expect(try HostRequest(wireBytes: request.wireBytes()) == request) }
+    let status = GroupStatus(
+      group: 1, name: "accounts", engine: .multiPaxos, node: 1, role: "leader", epoch: 3, leader: 1, commitIndex: 10,
+      appliedIndex: 10, lastIndex: 11, snapshotIndex: 4, voters: [1, 2], learners: [3],
+      peers: [PeerLag(node: 2, match: 9, lag: 2, isLearner: false, recentlyActive: true, note: "refused")],
+      pendingRequests: 2)
+    let map = ClusterMap(
+      cluster: "orders", members: [1: "127.0.0.1:1", 2: "[::1]:2"],
+      groups: [GroupSpec(id: 1, name: "a", members: [1, 2], services: ["kv"], slots: [SlotRange(0, 9)])])
+    let replies: [HostReply] = [
+      .session(7), .answer([1, 2], index: 9), .statuses([status]), .done, .clusterMap(map),
+      .failure(HostFailure(.consensus(.notLeader(hint: 2)), leaderAddress: "127.0.0.1:9")),
+      .failure(HostFailure(.wrongGroup(key: "k", service: "kv", owner: 2))),
+      .failure(HostFailure(.notHosted(3, members: [1, 2]))), .failure(HostFailure(.unknownService("x", group: 1))),
+      .failure(HostFailure(.unknownGroup(9))), .failure(HostFailure(.malformed("why"))),
     ]
-    for reply in replies { #expect(try ClientReply(wireBytes: reply.wireBytes()) == reply) }
+    for reply in replies { #expect(try HostReply(wireBytes: reply.wireBytes()) == reply) }
   }
 
   @Test("a 3-member TCP cluster on loopback serves a client that follows redirects, exactly once")
@@ -95,52 +103,56 @@ struct ClusterTests {
       }
     }
     try await cluster.withLocalMembers { members in
-      // Give the client only a follower's address: it must follow the redirect to the leader.
+      // Give the client only a follower's address: it must learn the map and follow the redirect to the leader.
       let leaderID = try await members.leader(timeout: .seconds(20))
-      let followerID = try #require(members.nodes.keys.first { $0 != leaderID })
+      let followerID = try #require(members.hosts.keys.sorted().first { $0 != leaderID })
       let addresses = members.addresses
       let client = TCPKVClient(cluster: "tcp-test", members: [try #require(addresses[followerID])])
       #expect(try await client.put("greeting", "hello") == nil)
       #expect(try await client.get("greeting") == Array("hello".utf8))
-      #expect(await client.knownLeader == addresses[leaderID])
       #expect(try await client.compareAndSwap("greeting", expected: Array("hello".utf8), new: [1]))
       #expect(try await client.compareAndSwap("greeting", expected: Array("hello".utf8), new: [2]) == false)
       #expect(try await client.delete("greeting") == [1])
       #expect(try await client.get("greeting", consistency: .lease) == nil)
-      let status = try await client.status(of: try #require(addresses[leaderID]))
-      #expect(status.role == "leader")
-      #expect(status.voters == [1, 2, 3])
-      #expect(status.peers.count == 2)
+      let statuses = try await client.client.host.statuses()
+      let leaderStatus = try #require(statuses.first { $0.node == leaderID })
+      #expect(leaderStatus.role == "leader")
+      #expect(leaderStatus.voters == [1, 2, 3])
+      #expect(leaderStatus.peers.count == 2)
+      #expect(statuses.count == 3, "every member reports the default group")
       await client.close()
 
       // A write retried with the same request id is applied once: the retry gets the remembered answer.
       let raw = TCPRequestClient(cluster: "tcp-test")
       let leaderAddress = try #require(addresses[leaderID])
-      func send(_ request: ClientRequest) async throws -> ClientReply {
-        try ClientReply(wireBytes: try await raw.request(request.wireBytes(), to: leaderAddress, timeout: .seconds(5)))
+      func send(_ request: HostRequest) async throws -> HostReply {
+        try HostReply(wireBytes: try await raw.request(request.wireBytes(), to: leaderAddress, timeout: .seconds(5)))
       }
-      guard case .session(let session) = try await send(.registerSession) else {
-        Issue.record("no session")
+      let reply = try await send(.registerSession(group: .default))
+      guard case .session(let session) = reply else {
+        Issue.record("no session: \(reply)")
         return
       }
-      let cas = ClientRequest.command(
-        .compareAndSwap(key: "once", expected: nil, new: [1]), request: RequestID(session: session, sequence: 1),
-        acknowledgedThrough: 0)
-      #expect(try await send(cas) == .response(.swapped(true, current: [1])))
-      #expect(try await send(cas) == .response(.swapped(true, current: [1])))
-      let fresh = ClientRequest.command(
-        .compareAndSwap(key: "once", expected: nil, new: [2]), request: RequestID(session: session, sequence: 2),
-        acknowledgedThrough: 1)
-      #expect(try await send(fresh) == .response(.swapped(false, current: [1])))
+      func cas(_ new: UInt8, sequence: UInt64) -> HostRequest {
+        .command(
+          group: .default,
+          ServiceCommand(
+            service: "kv", payload: KVCommand.compareAndSwap(key: "once", expected: nil, new: [new]).wireBytes()),
+          request: RequestID(session: session, sequence: sequence), acknowledgedThrough: sequence - 1)
+      }
+      let swapped = HostReply.answer(KVResponse.swapped(true, current: [1]).wireBytes(), index: 0)
+      #expect(try await send(cas(1, sequence: 1)) == swapped)
+      #expect(try await send(cas(1, sequence: 1)) == swapped)
+      #expect(
+        try await send(cas(2, sequence: 2)) == .answer(KVResponse.swapped(false, current: [1]).wireBytes(), index: 0))
       await raw.close()
 
-      // A client of another cluster is refused at the handshake, with a clear error.
-      let stranger = TCPKVClient(
-        cluster: "someone-else", members: [try #require(addresses[leaderID])], retry: RetryPolicy(maxAttempts: 1))
-      await #expect {
+      // A client of another cluster is refused at the handshake; its call fails by its deadline.
+      var once = HostClientOptions()
+      once.deadline = .seconds(1)
+      let stranger = TCPKVClient(cluster: "someone-else", members: [try #require(addresses[leaderID])], options: once)
+      await #expect(throws: QuorumClientError.self) {
         _ = try await stranger.get("greeting")
-      } throws: { error in
-        "\(error)".contains("cluster id mismatch")
       }
       await stranger.close()
     }

@@ -40,6 +40,9 @@ public enum WireProtocol {
   public static let client: UInt8 = 3
   /// Two-phase-commit messages.
   public static let transaction: UInt8 = 4
+  /// Messages between server hosts (every group's engine messages over one connection; the first byte of each
+  /// payload is the engine's protocol number, ``raft`` or ``paxos``).
+  public static let host: UInt8 = 5
   /// Used by tests and benchmarks.
   public static let test: UInt8 = 255
 }
