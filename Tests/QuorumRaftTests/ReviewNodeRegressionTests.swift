@@ -61,7 +61,7 @@ func advance(
   }
 }
 
-@Suite("Review regressions: RaftNode", .timeLimit(.minutes(1)))
+@Suite("Review regressions: RaftNode", .timeLimit(.minutes(2)))
 struct ReviewNodeRegressionTests {
   @Test("ticks that queued during a slow write do not cut short the vote refusal after a leader's heartbeat")
   func queuedTicksDoNotShortenTheLease() async throws {

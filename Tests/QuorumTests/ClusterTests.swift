@@ -95,29 +95,53 @@ struct ClusterTests {
       }
     }
     try await cluster.withLocalMembers { members in
-      // Give the client only a follower's address: it must follow the redirect to the leader.
-      let leaderID = try await members.leader(timeout: .seconds(20))
-      let followerID = try #require(members.nodes.keys.first { $0 != leaderID })
       let addresses = members.addresses
-      let client = TCPKVClient(cluster: "tcp-test", members: [try #require(addresses[followerID])])
-      #expect(try await client.put("greeting", "hello") == nil)
-      #expect(try await client.get("greeting") == Array("hello".utf8))
-      #expect(await client.knownLeader == addresses[leaderID])
-      #expect(try await client.compareAndSwap("greeting", expected: Array("hello".utf8), new: [1]))
-      #expect(try await client.compareAndSwap("greeting", expected: Array("hello".utf8), new: [2]) == false)
-      #expect(try await client.delete("greeting") == [1])
-      #expect(try await client.get("greeting", consistency: .lease) == nil)
-      let status = try await client.status(of: try #require(addresses[leaderID]))
-      #expect(status.role == "leader")
-      #expect(status.voters == [1, 2, 3])
-      #expect(status.peers.count == 2)
-      await client.close()
+      // Give the client only a follower's address: it must follow the redirect to the leader. A leader change
+      // during the exchange (a busy machine) makes the leader it learned a stale one: the exchange is then
+      // run again, on a fresh key, until it runs through one term.
+      try await untilOneTerm(members, "the redirect exchange") { leaderID, attempt in
+        let key = "greeting-\(attempt)"
+        let followerID = try #require(members.nodes.keys.sorted().first { $0 != leaderID })
+        let client = TCPKVClient(cluster: "tcp-test", members: [try #require(addresses[followerID])])
+        #expect(try await client.put(key, "hello") == nil)
+        #expect(try await client.get(key) == Array("hello".utf8))
+        #expect(try await client.compareAndSwap(key, expected: Array("hello".utf8), new: [1]))
+        #expect(try await client.compareAndSwap(key, expected: Array("hello".utf8), new: [2]) == false)
+        #expect(try await client.delete(key) == [1])
+        #expect(try await client.get(key, consistency: .lease) == nil)
+        let known = await client.knownLeader
+        let status = try await client.status(of: try #require(addresses[leaderID]))
+        await client.close()
+        return {
+          #expect(known == addresses[leaderID])
+          #expect(status.role == "leader")
+          #expect(status.voters == [1, 2, 3])
+          #expect(status.peers.count == 2)
+        }
+      }
 
-      // A write retried with the same request id is applied once: the retry gets the remembered answer.
+      // A write retried with the same request id is applied once: the retry gets the remembered answer. Each
+      // request goes to the member that leads; one that lost leadership meanwhile answers with a failure that
+      // is retried, as a client would (with the same request id: still exactly once).
       let raw = TCPRequestClient(cluster: "tcp-test")
-      let leaderAddress = try #require(addresses[leaderID])
       func send(_ request: ClientRequest) async throws -> ClientReply {
-        try ClientReply(wireBytes: try await raw.request(request.wireBytes(), to: leaderAddress, timeout: .seconds(5)))
+        var last = "nothing yet"
+        return try await awaitValue("a leader to answer \(request) (last: \(last))") {
+          let leader = try await members.leader(timeout: .seconds(60))
+          let address = try #require(addresses[leader])
+          do {
+            let reply = try ClientReply(
+              wireBytes: try await raw.request(request.wireBytes(), to: address, timeout: .seconds(5)))
+            if case .failure(let failure) = reply, failure.error.isLeadershipChurn {
+              last = "\(failure)"
+              return nil
+            }
+            return reply
+          } catch let error as TCPRequestError {
+            last = "\(error)"
+            return nil
+          }
+        }
       }
       guard case .session(let session) = try await send(.registerSession) else {
         Issue.record("no session")
@@ -134,6 +158,7 @@ struct ClusterTests {
       #expect(try await send(fresh) == .response(.swapped(false, current: [1])))
       await raw.close()
 
+      let leaderID = try await members.leader(timeout: .seconds(60))
       // A client of another cluster is refused at the handshake, with a clear error.
       let stranger = TCPKVClient(
         cluster: "someone-else", members: [try #require(addresses[leaderID])], retry: RetryPolicy(maxAttempts: 1))
@@ -161,10 +186,62 @@ struct ClusterTests {
     }
     #expect(cluster.isInProcess)
     try await cluster.withLocalMembers { members in
-      _ = try await members.leader(timeout: .seconds(20))
+      _ = try await members.leader(timeout: .seconds(60))
       let kv = members.kvClient()
       try await kv.put("k", "v")
       #expect(try await kv.get("k") == Array("v".utf8))
     }
   }
+}
+
+/// A condition a test waited for did not come about before its deadline.
+struct TimedOut: Error, CustomStringConvertible {
+  var description: String
+}
+
+/// Calls `attempt` until it returns a value. The deadline only bounds how long a broken test takes to fail.
+func awaitValue<T>(
+  _ what: @autoclosure () -> String, within timeout: Duration = .seconds(60),
+  isolation: isolated (any Actor)? = #isolation, _ attempt: () async throws -> T?
+) async throws -> T {
+  let deadline = ContinuousClock.now.advanced(by: timeout)
+  while true {
+    if let value = try await attempt() { return value }
+    guard ContinuousClock.now < deadline else {
+      throw TimedOut(description: "gave up after \(timeout) waiting for \(what())")
+    }
+    try await Task.sleep(for: .milliseconds(5))
+  }
+}
+
+extension ConsensusError {
+  /// The errors a request meets when leadership moves under it: a client retries them elsewhere or later.
+  var isLeadershipChurn: Bool {
+    switch self {
+    case .notLeader, .timeout, .dropped, .outcomeUnknown, .transferInProgress, .leaseExpired: true
+    default: false
+    }
+  }
+}
+
+/// Runs `exchange` against the current leader until one run starts and ends in the same term of the same
+/// leader, then runs the checks it returned. Checks about who leads are only sound when no election happened
+/// in between (on a busy machine one may); everything else the exchange checks as it goes. Each run gets a new
+/// attempt number, for fresh keys.
+func untilOneTerm(
+  _ members: LocalMembers, _ what: String,
+  _ exchange: (_ leader: NodeID, _ attempt: Int) async throws -> () -> Void
+) async throws {
+  var attempt = 0
+  let checks = try await awaitValue("\(what) to run within one term (\(attempt) attempts)") { () -> (() -> Void)? in
+    attempt += 1
+    let leader = try await members.leader(timeout: .seconds(60))
+    let node = try #require(members.nodes[leader])
+    let before = await node.status
+    let checks = try await exchange(leader, attempt)
+    let after = await node.status
+    guard before.role == .leader, after.role == .leader, after.term == before.term else { return nil }
+    return checks
+  }
+  checks()
 }
