@@ -16,8 +16,9 @@ final class StopFlag: Sendable {
 enum Workload {
   static let keys = ["k0", "k1", "k2", "k3"]
 
+  /// About a minute of retries: enough to ride out an election on a loaded machine.
   static func retry() -> RetryPolicy {
-    RetryPolicy(maxAttempts: 60, initialBackoff: .milliseconds(10), maxBackoff: .milliseconds(200))
+    RetryPolicy(maxAttempts: 300, initialBackoff: .milliseconds(10), maxBackoff: .milliseconds(200))
   }
 
   /// Runs until `stop` is set; returns the number of operations that completed with an answer.

@@ -13,6 +13,7 @@ struct SynodActorTests {
       Members(1, 2, 3)
       TickInterval(.milliseconds(2))
       Retransmit(after: .milliseconds(10))
+      RequestLimits(timeout: .seconds(100))  // a bound on failure only: a loaded machine decides slowly
       ProposerBackoff(initial: .milliseconds(4), maximum: .milliseconds(40))
     }
     let (results, learned) = try await Synod<String>.withInProcess(
@@ -41,6 +42,7 @@ struct SynodActorTests {
       Members(1, 2, 3)
       TickInterval(.milliseconds(2))
       Retransmit(after: .milliseconds(10))
+      RequestLimits(timeout: .seconds(100))  // a bound on failure only: a loaded machine decides slowly
     }
     let learned = try await Synod<String>.withInProcess(
       configuration: configuration, proposers: [11], learners: [21, 22]
@@ -63,6 +65,7 @@ struct SynodActorTests {
       Members(1, 2, 3)
       TickInterval(.milliseconds(2))
       Retransmit(after: .milliseconds(10))
+      RequestLimits(timeout: .seconds(100))  // a bound on failure only: a loaded machine decides slowly
     }
     let storage: @Sendable (NodeID) -> any ConsensusStorage<PaxosEntry> = { id in
       FileStorage<PaxosEntry>(directory: "\(root)/\(id)", mode: .replace)

@@ -102,7 +102,8 @@ struct ClusterTests {
       try await untilOneTerm(members, "the redirect exchange") { leaderID, attempt in
         let key = "greeting-\(attempt)"
         let followerID = try #require(members.nodes.keys.sorted().first { $0 != leaderID })
-        let client = TCPKVClient(cluster: "tcp-test", members: [try #require(addresses[followerID])])
+        let client = TCPKVClient(
+          cluster: "tcp-test", members: [try #require(addresses[followerID])], retry: RetryPolicy(maxAttempts: 200))
         #expect(try await client.put(key, "hello") == nil)
         #expect(try await client.get(key) == Array("hello".utf8))
         #expect(try await client.compareAndSwap(key, expected: Array("hello".utf8), new: [1]))
@@ -187,7 +188,7 @@ struct ClusterTests {
     #expect(cluster.isInProcess)
     try await cluster.withLocalMembers { members in
       _ = try await members.leader(timeout: .seconds(60))
-      let kv = members.kvClient()
+      let kv = KVClient(members: members.nodes, retry: RetryPolicy(maxAttempts: 200))
       try await kv.put("k", "v")
       #expect(try await kv.get("k") == Array("v".utf8))
     }
