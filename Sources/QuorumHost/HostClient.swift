@@ -323,7 +323,13 @@ public actor HostClient {
       } catch {
         // Unreachable or silent: the request may have been applied; the session makes a retry safe.
         lastFailure = "\(error)"
-        if case RequestChannelError.unreachable(_, "no address")? = error as? RequestChannelError { mapStale = true }
+        if case RequestChannelError.unreachable(_, "no address")? = error as? RequestChannelError,
+          request != .clusterMap
+        {
+          // A member the map has no address for (it was still starting when the map was fetched): fetch it again.
+          mapStale = true
+          _ = try? await clusterMap(deadline: options.attemptTimeout)
+        }
         if let group, leaders[group] == member { leaders[group] = nil }
         target = pick(from: candidates, avoiding: member)
       }

@@ -212,7 +212,7 @@ struct MailboxTests {
     let producers = 8
     let perProducer = 50_000
     let mailbox = Mailbox<Tagged>(capacity: 256)
-    let counts = try await withTimeout("400,000 elements through the mailbox") {
+    let counts = try await withTimeout("400,000 elements through the mailbox", .seconds(110)) {
       try await withThrowingTaskGroup(of: ProducerOutcome.self) { group in
         group.addTask {
           // Stops at the first element out of its producer's order; the counts then fall short.

@@ -11,7 +11,7 @@ struct TimedOut: Error, CustomStringConvertible {
 /// This waits for a state the test can observe (a sender being queued, a receiver suspending), never for
 /// an amount of time, so it is as fast as the scheduler allows and cannot pass by luck.
 func waitUntil(
-  _ what: String, timeout: Duration = .seconds(20), sourceLocation: SourceLocation = #_sourceLocation,
+  _ what: String, timeout: Duration = .seconds(60), sourceLocation: SourceLocation = #_sourceLocation,
   _ condition: () -> Bool
 ) async throws {
   let deadline = ContinuousClock.now + timeout

@@ -18,7 +18,7 @@ enum Workload {
 
   static func options() -> HostClientOptions {
     var options = HostClientOptions()
-    options.deadline = .seconds(10)
+    options.deadline = .seconds(60)  // About a minute: enough to ride out an election on a loaded machine.
     options.attemptTimeout = .seconds(1)
     options.minBackoff = .milliseconds(10)
     return options
@@ -131,14 +131,19 @@ struct MultiProcessTests {
         return await group.reduce(0, +)
       }
     }
-    try await Task.sleep(for: .milliseconds(1500))
-    let beforeCrash = recorder.history.operations.filter { $0.output != nil }.count
+    // Each phase lasts until the clients have completed some operations in it, however slow the machine.
+    func answered() -> Int { recorder.history.operations.filter { $0.output != nil }.count }
+    try await poll("20 operations answered before the crash", timeout: .seconds(60)) { answered() >= 20 }
+    let beforeCrash = answered()
     try await cluster.crash(first)
-    try await Task.sleep(for: .milliseconds(1500))
     let second = try await cluster.leader(client: admin)
     #expect(second != first)
+    try await poll("10 operations answered after the crash", timeout: .seconds(60)) { answered() >= beforeCrash + 10 }
+    let beforeRestart = answered()
     try await cluster.restart(first)
-    try await Task.sleep(for: .milliseconds(1500))
+    try await poll("10 operations answered after the restart", timeout: .seconds(60)) {
+      answered() >= beforeRestart + 10
+    }
     stop.set()
     let completed = await load.value
     let afterRestart = recorder.history.operations.filter { $0.output != nil }.count - beforeCrash

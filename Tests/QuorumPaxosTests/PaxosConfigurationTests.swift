@@ -15,14 +15,15 @@ struct PaxosConfigurationTests {
     }
   }
 
-  @Test("the DSL builds a valid configuration and converts durations to ticks")
-  func valid() throws {
+  @Test("the DSL builds a valid configuration and converts durations to ticks", arguments: [true, false])
+  func valid(explicitDrift: Bool) throws {
     let c = try PaxosConfiguration {
       Members(1, 2, 3, 4, 5)
       Quorums(phase1: 4, phase2: 2)
       ElectionTimeout(Duration.milliseconds(150)...Duration.milliseconds(300))
       HeartbeatInterval(.milliseconds(50))
-      if Bool.random() { LeaseReads(clockDriftBound: .milliseconds(15)) } else { LeaseReads(true) }
+      // Both branches of an `if` in the builder are taken (the default drift bound is 15 ms).
+      if explicitDrift { LeaseReads(clockDriftBound: .milliseconds(15)) } else { LeaseReads(true) }
     }
     let o = c.coreOptions
     #expect(o.phase1Quorum == 4 && o.phase2Quorum == 2)

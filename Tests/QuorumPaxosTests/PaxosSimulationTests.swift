@@ -1,24 +1,60 @@
 import QuorumCore
 import QuorumPaxos
 import QuorumSimulation
+import Synchronization
 import Testing
 
 // Whole clusters under the seeded nemesis (partitions, one-way cuts, crashes that lose unsynced writes,
 // drops, duplicates, reordering, delays), checked after every event. These debug-build runs cover a few
 // hundred seeds; CI runs thousands more in release mode (`quorum simulate --protocol paxos|synod`).
 
+/// The summed statistics of a batch of Multi-Paxos runs, and the fewest operations any one run completed.
+struct PaxosTotals: Sendable, CustomStringConvertible {
+  var sum = PaxosSimulationStats()
+  var runs = 0
+  var fewestOperations = Int.max
+
+  mutating func add(_ stats: PaxosSimulationStats) {
+    runs += 1
+    fewestOperations = min(fewestOperations, stats.operationsCompleted)
+    sum.events += stats.events
+    sum.leaderships += stats.leaderships
+    sum.crashes += stats.crashes
+    sum.partitions += stats.partitions
+    sum.snapshotsInstalled += stats.snapshotsInstalled
+    sum.snapshotsTaken += stats.snapshotsTaken
+    sum.slotsChosen += stats.slotsChosen
+    sum.operationsCompleted += stats.operationsCompleted
+    sum.retries += stats.retries
+  }
+
+  var description: String { "\(runs) runs (fewest operations in one: \(fewestOperations)): \(sum)" }
+}
+
 @Suite("Multi-Paxos under simulated faults")
 struct PaxosSimulationTests {
-  static func run(seeds: Range<UInt64>, options: PaxosSimulationOptions) async -> SimulationReport {
-    await SimulationRunner.runDetached(seeds: seeds) { seed, trace in
-      try PaxosSimulation(seed: seed, options: options, trace: trace).run()
+  static func run(seeds: Range<UInt64>, options: PaxosSimulationOptions) async -> (SimulationReport, PaxosTotals) {
+    let totals = Mutex(PaxosTotals())
+    let report = await SimulationRunner.runDetached(seeds: seeds) { seed, trace in
+      let simulation = PaxosSimulation(seed: seed, options: options, trace: trace)
+      defer {
+        let stats = simulation.stats
+        totals.withLock { $0.add(stats) }
+      }
+      try simulation.run()
     }
+    return (report, totals.withLock { $0 })
   }
 
   @Test("3 nodes, majority quorums, every fault")
   func threeNodes() async {
-    let report = await Self.run(seeds: 0..<100, options: PaxosSimulationOptions())
+    let (report, totals) = await Self.run(seeds: 0..<100, options: PaxosSimulationOptions())
     #expect(report.passed, "\(report)")
+    #expect(report.seedsRun == 100 && totals.runs == 100, "\(report); \(totals)")
+    #expect(totals.fewestOperations > 0, "\(totals)")
+    #expect(totals.sum.operationsCompleted > 10_000 && totals.sum.slotsChosen > 7_000, "\(totals)")
+    #expect(totals.sum.leaderships > 150 && totals.sum.crashes > 60 && totals.sum.partitions > 200, "\(totals)")
+    #expect(totals.sum.snapshotsTaken > 500 && totals.sum.snapshotsInstalled > 50, "\(totals)")
   }
 
   @Test("5 nodes, flexible quorums Q1=4, Q2=2")
@@ -27,8 +63,12 @@ struct PaxosSimulationTests {
     options.nodes = 5
     options.phase1Quorum = 4
     options.phase2Quorum = 2
-    let report = await Self.run(seeds: 10_000..<10_030, options: options)
+    let (report, totals) = await Self.run(seeds: 10_000..<10_030, options: options)
     #expect(report.passed, "\(report)")
+    #expect(report.seedsRun == 30 && totals.runs == 30, "\(report); \(totals)")
+    #expect(totals.fewestOperations > 0, "\(totals)")
+    #expect(totals.sum.operationsCompleted > 3_500 && totals.sum.leaderships > 30, "\(totals)")
+    #expect(totals.sum.crashes > 20 && totals.sum.partitions > 50 && totals.sum.snapshotsInstalled > 20, "\(totals)")
   }
 
   @Test("4 nodes, flexible quorums Q1=2, Q2=3: two leaders may coexist, never two chosen values")
@@ -37,8 +77,12 @@ struct PaxosSimulationTests {
     options.nodes = 4
     options.phase1Quorum = 2
     options.phase2Quorum = 3
-    let report = await Self.run(seeds: 20_000..<20_030, options: options)
+    let (report, totals) = await Self.run(seeds: 20_000..<20_030, options: options)
     #expect(report.passed, "\(report)")
+    #expect(report.seedsRun == 30 && totals.runs == 30, "\(report); \(totals)")
+    #expect(totals.fewestOperations > 0, "\(totals)")
+    #expect(totals.sum.operationsCompleted > 2_500 && totals.sum.leaderships > 80, "\(totals)")
+    #expect(totals.sum.crashes > 20 && totals.sum.partitions > 60 && totals.sum.snapshotsInstalled > 10, "\(totals)")
   }
 
   @Test("a run does real work: leaders change, slots are chosen, faults happen, snapshots are installed")
@@ -73,18 +117,49 @@ struct PaxosSimulationTests {
   }
 }
 
+/// What a batch of single-decree runs did.
+struct SynodTotals: Sendable, CustomStringConvertible {
+  var runs = 0
+  var chosen = 0
+  var ballots = 0
+  var crashes = 0
+  var partitions = 0
+
+  mutating func add(_ stats: SynodSimulationStats) {
+    runs += 1
+    if stats.chosenIn != nil { chosen += 1 }
+    ballots += stats.ballots
+    crashes += stats.crashes
+    partitions += stats.partitions
+  }
+
+  var description: String {
+    "\(runs) runs, \(chosen) chose a value: ballots=\(ballots) crashes=\(crashes) partitions=\(partitions)"
+  }
+}
+
 @Suite("Single-decree Paxos under simulated faults")
 struct SynodSimulationTests {
-  static func run(seeds: Range<UInt64>, options: SynodSimulationOptions) async -> SimulationReport {
-    await SimulationRunner.runDetached(seeds: seeds) { seed, trace in
-      try SynodSimulation(seed: seed, options: options, trace: trace).run()
+  static func run(seeds: Range<UInt64>, options: SynodSimulationOptions) async -> (SimulationReport, SynodTotals) {
+    let totals = Mutex(SynodTotals())
+    let report = await SimulationRunner.runDetached(seeds: seeds) { seed, trace in
+      let simulation = SynodSimulation(seed: seed, options: options, trace: trace)
+      defer {
+        let stats = simulation.stats
+        totals.withLock { $0.add(stats) }
+      }
+      try simulation.run()
     }
+    return (report, totals.withLock { $0 })
   }
 
   @Test("3 acceptors, three dueling proposers, two learners, every fault")
   func threeAcceptors() async {
-    let report = await Self.run(seeds: 0..<400, options: SynodSimulationOptions())
+    let (report, totals) = await Self.run(seeds: 0..<400, options: SynodSimulationOptions())
     #expect(report.passed, "\(report)")
+    #expect(report.seedsRun == 400 && totals.runs == 400, "\(report); \(totals)")
+    #expect(totals.chosen == 400, "every run chooses a value once healed: \(totals)")
+    #expect(totals.ballots > 800 && totals.crashes > 300 && totals.partitions > 900, "\(totals)")
   }
 
   @Test("5 acceptors, flexible quorums Q1=4, Q2=2")
@@ -93,8 +168,11 @@ struct SynodSimulationTests {
     options.acceptors = 5
     options.phase1Quorum = 4
     options.phase2Quorum = 2
-    let report = await Self.run(seeds: 5_000..<5_200, options: options)
+    let (report, totals) = await Self.run(seeds: 5_000..<5_200, options: options)
     #expect(report.passed, "\(report)")
+    #expect(report.seedsRun == 200 && totals.runs == 200, "\(report); \(totals)")
+    #expect(totals.chosen == 200, "every run chooses a value once healed: \(totals)")
+    #expect(totals.ballots > 450 && totals.crashes > 150 && totals.partitions > 450, "\(totals)")
   }
 
   @Test("proposers really duel: some runs need several ballots")

@@ -60,7 +60,10 @@ struct SynodCluster {
   }
 
   mutating func propose(_ value: String, by proposer: NodeID) {
-    guard var core = proposers[proposer] else { return }
+    guard var core = proposers[proposer] else {
+      Issue.record("no proposer \(proposer)")
+      return
+    }
     let effects = core.step(.propose(value))
     proposers[proposer] = core
     handle(proposer, effects)
@@ -68,7 +71,10 @@ struct SynodCluster {
 
   mutating func tick(_ proposer: NodeID, times: Int = 1) {
     for _ in 0..<times {
-      guard var core = proposers[proposer] else { return }
+      guard var core = proposers[proposer] else {
+        Issue.record("no proposer \(proposer)")
+        return
+      }
       let effects = core.step(.tick)
       proposers[proposer] = core
       handle(proposer, effects)
@@ -267,7 +273,10 @@ struct PaxosCluster {
 
   /// Crashes `id` and restarts it from its durable state.
   mutating func restart(_ id: NodeID, seed: UInt64 = 99) {
-    guard let d = durable[id] else { return }
+    guard let d = durable[id] else {
+      Issue.record("node \(id) has no durable state to restart from")
+      return
+    }
     nodes[id] = MultiPaxosCore(
       id: id, members: members, options: options, hardState: d.hardState, snapshot: d.snapshot,
       entries: d.entries.keys.sorted().compactMap { d.entries[$0] }, random: SeededRandom(seed: seed))

@@ -266,7 +266,7 @@ struct LearnerRuleTests {
   }
 
   @Test("a late learner asks the acceptors and the other learners, and learns from their answers")
-  func lateLearnerAsks() {
+  func lateLearnerAsks() throws {
     var c = SynodCluster(acceptors: 3, proposers: [11], learners: [21, 22])
     c.cut = [22]
     c.propose("v", by: 11)
@@ -274,7 +274,7 @@ struct LearnerRuleTests {
     #expect(c.learned[21] == "v")
     #expect(c.learned[22] == nil)
     c.cut = []
-    guard var late = c.learners[22] else { return }
+    var late = try #require(c.learners[22])
     let asks = late.step(.ask)
     c.learners[22] = late
     #expect(Set(asks.learnerSends().map(\.to)) == [1, 2, 3, 21])

@@ -60,7 +60,7 @@ struct RunningSum: StateMachine {
   }
 }
 
-@Suite("RaftNode snapshots in the background")
+@Suite("RaftNode snapshots in the background", .timeLimit(.minutes(2)))
 struct BackgroundSnapshotTests {
   @Test("proposals commit while a snapshot is being stored, and a restart replays onto it exactly")
   func proposalsGoOnDuringASnapshot() async throws {
@@ -83,28 +83,24 @@ struct BackgroundSnapshotTests {
     }
     var (node, task) = try start()
     func propose(_ amount: UInt64) async throws -> UInt64 {
-      let deadline = ContinuousClock.now.advanced(by: .seconds(60))
-      while true {
+      // The single node refuses until it has elected itself.
+      try await awaitValue("node 1 to lead and apply \(amount)") {
         do {
           return try await node.propose(amount)
-        } catch ConsensusError.notLeader where ContinuousClock.now < deadline {
-          try await Task.sleep(for: .milliseconds(5))
+        } catch ConsensusError.notLeader {
+          return nil
         }
       }
     }
     for amount in UInt64(1)...10 { _ = try await propose(amount) }
     // The first snapshot reaches the gate and waits there; the node goes on committing meanwhile.
-    let started = ContinuousClock.now.advanced(by: .seconds(60))
-    while storage.started == 0, ContinuousClock.now < started { try await Task.sleep(for: .milliseconds(1)) }
+    try await eventually("the first snapshot to reach the gate") { storage.started > 0 }
     #expect(storage.started == 1)
     for amount in UInt64(11)...30 { _ = try await propose(amount) }
     #expect(!storage.timedOut, "proposals waited for the snapshot")
     #expect(await node.status.snapshotIndex == 0)
     storage.release()
-    let deadline = ContinuousClock.now.advanced(by: .seconds(60))
-    while await node.status.snapshotIndex == 0, ContinuousClock.now < deadline {
-      try await Task.sleep(for: .milliseconds(2))
-    }
+    try await eventually("the snapshot to be recorded") { await node.status.snapshotIndex > 0 }
     let status = await node.status
     #expect(status.snapshotIndex > 0 && status.firstIndex == status.snapshotIndex + 1, "compacted behind it")
     node.stop()

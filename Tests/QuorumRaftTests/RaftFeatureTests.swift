@@ -85,12 +85,12 @@ struct PreVoteCheckQuorumTests {
 @Suite("Linearizable reads: ReadIndex and leases (thesis §6.4)")
 struct ReadTests {
   @Test("ReadIndex confirms leadership with a heartbeat round, then reports the commit index")
-  func readIndex() {
+  func readIndex() throws {
     var c = TestCluster(3, options: .defaults)
     c.campaign(1)
     c.propose(1, "a")
     let commit = c[1].commitIndex
-    try? c.nodes[1]!.requestRead(id: 42)
+    try c.nodes[1]!.requestRead(id: 42)
     c.process(1)
     #expect(c.readStates[1, default: []].isEmpty, "not confirmed before a quorum answers")
     c.stabilize()
@@ -98,10 +98,10 @@ struct ReadTests {
   }
 
   @Test("many reads share one heartbeat round")
-  func readsBatch() {
+  func readsBatch() throws {
     var c = TestCluster(3, options: .defaults)
     c.campaign(1)
-    for i in 0..<10 { try? c.nodes[1]!.requestRead(id: UInt64(i)) }
+    for i in 0..<10 { try c.nodes[1]!.requestRead(id: UInt64(i)) }
     c.process(1)
     let heartbeats = c.queue.filter { if case .heartbeat = $0.message { return true } else { return false } }
     #expect(heartbeats.count == 2)
@@ -110,26 +110,29 @@ struct ReadTests {
   }
 
   @Test("a leader that has not committed in its term yet delays reads until its no-op commits")
-  func readWaitsForCurrentTermCommit() {
+  func readWaitsForCurrentTermCommit() throws {
     var r = makeCore(1, peers: ids(3))
     r.forceLeader()
-    try? r.requestRead(id: 1)
+    try r.requestRead(id: 1)
     let msgs = r.readMessages()
     #expect(!msgs.contains { if case .heartbeat = $0.message { return true } else { return false } })
     r.step(.appendResponse(AppendResponse(term: r.term, reject: false, index: r.lastIndex)), from: 2)
     let beats = r.readMessages().filter { if case .heartbeat = $0.message { return true } else { return false } }
     #expect(beats.count == 2)
-    guard case .heartbeat(let hb) = beats[0].message else { return }
+    guard case .heartbeat(let hb) = try #require(beats.first).message else {
+      Issue.record("expected a heartbeat, got \(beats)")
+      return
+    }
     r.step(.heartbeatResponse(HeartbeatResponse(term: r.term, round: hb.round)), from: 2)
     #expect(r.persistReady().readStates.map(\.id) == [1])
   }
 
   @Test("a partitioned leader never confirms a read, and fails it when it steps down")
-  func partitionedLeaderFailsReads() {
+  func partitionedLeaderFailsReads() throws {
     var c = TestCluster(3, options: .defaults)
     c.campaign(1)
     c.isolate(1)
-    try? c.nodes[1]!.requestRead(id: 7)
+    try c.nodes[1]!.requestRead(id: 7)
     c.stabilize()
     #expect(c.readStates[1, default: []].isEmpty)
     c.tick(1, c.options.electionTimeoutMinTicks * 2 + 1)
@@ -147,7 +150,7 @@ struct ReadTests {
   @Test(
     "a lease is valid only after a quorum acknowledged a heartbeat, only for the lease duration, and not during a transfer"
   )
-  func leaseReads() {
+  func leaseReads() throws {
     var o = RaftCoreOptions.defaults
     o.leaseDurationNanos = 1_000
     var c = TestCluster(3, options: o)
@@ -161,7 +164,7 @@ struct ReadTests {
     c.nodes[1]!.tick(now: 30_000)
     c.stabilize()
     #expect(c[1].leaseReadIndex(now: 30_100) != nil)
-    try? c.nodes[1]!.transferLeadership(to: 2)
+    try c.nodes[1]!.transferLeadership(to: 2)
     #expect(c[1].leaseReadIndex(now: 30_100) == nil, "a transfer ends the lease at once")
   }
 }
@@ -169,11 +172,11 @@ struct ReadTests {
 @Suite("Leadership transfer (thesis §3.10)")
 struct TransferTests {
   @Test("transfer to an up-to-date follower makes it leader")
-  func transferToUpToDate() {
+  func transferToUpToDate() throws {
     var c = TestCluster(3, options: .defaults)
     c.campaign(1)
     c.propose(1, "a")
-    try? c.nodes[1]!.transferLeadership(to: 2)
+    try c.nodes[1]!.transferLeadership(to: 2)
     c.stabilize()
     #expect(c[2].role == .leader)
     #expect(c[1].role == .follower)
@@ -181,25 +184,25 @@ struct TransferTests {
   }
 
   @Test("transfer to a lagging follower first catches it up")
-  func transferToLagging() {
+  func transferToLagging() throws {
     var c = TestCluster(3, options: .defaults)
     c.campaign(1)
     c.isolate(3)
     for i in 0..<5 { c.propose(1, "v\(i)") }
     c.heal()
-    try? c.nodes[1]!.transferLeadership(to: 3)
+    try c.nodes[1]!.transferLeadership(to: 3)
     c.stabilize()
     #expect(c[3].role == .leader)
     #expect(c.appliedCommands(3).prefix(5) == ["v0", "v1", "v2", "v3", "v4"])
   }
 
   @Test("proposals are refused while a transfer is in progress, and an unreachable target aborts after a timeout")
-  func transferTimeout() {
+  func transferTimeout() throws {
     var c = TestCluster(3, options: .defaults)
     c.campaign(1)
     c.isolate(3)
     c.propose(1, "x")
-    try? c.nodes[1]!.transferLeadership(to: 3)
+    try c.nodes[1]!.transferLeadership(to: 3)
     #expect(throws: RaftRequestError.transferInProgress) { _ = try c.nodes[1]!.propose([1]) }
     c.cut.remove([1, 2])
     c.cut.remove([2, 1])
@@ -209,7 +212,7 @@ struct TransferTests {
     }
     #expect(c[1].role == .leader)
     #expect(c[1].transferee == nil)
-    #expect((try? c.nodes[1]!.propose([1])) != nil)
+    #expect(throws: Never.self) { _ = try c.nodes[1]!.propose([1]) }
   }
 
   @Test("transfer to a non-voter is refused")
@@ -350,11 +353,10 @@ struct MembershipTests {
     #expect(c[1].role == .follower)
     let leaders = c.leaders
     #expect(leaders.count == 1 && leaders.first != 1)
-    if let leader = leaders.first {
-      c.propose(leader, "after removal")
-      let other: NodeID = leader == 2 ? 3 : 2
-      #expect(c.appliedCommands(other).last == "after removal")
-    }
+    let leader = try #require(leaders.first)
+    c.propose(leader, "after removal")
+    let other: NodeID = leader == 2 ? 3 : 2
+    #expect(c.appliedCommands(other).last == "after removal")
   }
 
   @Test("invalid membership changes are refused with a reason")
@@ -398,7 +400,7 @@ struct FlowControlTests {
   }
 
   @Test("the in-flight window bounds AppendEntries sent without acknowledgement")
-  func inflightWindow() {
+  func inflightWindow() throws {
     var o = RaftCoreOptions.paper
     o.maxInflightMessages = 3
     o.maxEntriesBytesPerMessage = 1
@@ -406,7 +408,7 @@ struct FlowControlTests {
     r.forceLeader()
     r.step(.appendResponse(AppendResponse(term: r.term, reject: false, index: r.lastIndex)), from: 2)
     _ = r.readMessages()
-    for i in 0..<10 { _ = try? r.propose([UInt8(i)]) }
+    for i in 0..<10 { _ = try r.propose([UInt8(i)]) }
     let apps = r.readMessages().filter { if case .appendEntries = $0.message { return true } else { return false } }
     #expect(apps.count == 3)
   }

@@ -244,14 +244,14 @@ struct PaperReplicationTests {
       (1, [Int](), true), (3, [], false), (3, [2], true), (3, [2, 3], true), (5, [], false), (5, [2], false),
       (5, [2, 3], true), (5, [2, 3, 4, 5], true),
     ])
-  func leaderAcknowledgeCommit(size: Int, ackers: [Int], committed: Bool) {
+  func leaderAcknowledgeCommit(size: Int, ackers: [Int], committed: Bool) throws {
     var r = makeCore(1, peers: ids(size))
     r.forceLeader()
     for peer in ids(size).dropFirst() {
       r.step(.appendResponse(AppendResponse(term: r.term, reject: false, index: r.lastIndex)), from: peer)
     }
     _ = r.readMessages()
-    let (index, _) = (try? r.propose(Array("x".utf8))) ?? (0, 0)
+    let (index, _) = try r.propose(Array("x".utf8))
     _ = r.readMessages()
     for peer in ackers {
       r.step(.appendResponse(AppendResponse(term: r.term, reject: false, index: index)), from: NodeID(UInt64(peer)))
@@ -260,12 +260,12 @@ struct PaperReplicationTests {
   }
 
   @Test("committing an entry commits every preceding entry, including earlier leaders'")
-  func leaderCommitPrecedingEntries() {
+  func leaderCommitPrecedingEntries() throws {
     for prior in [[Term](), [2], [1, 1], [1, 2]] {
       var r = makeCore(1, peers: ids(3), hardState: HardState(term: 2), entries: log(terms: prior))
       r.forceLeader()
       _ = r.readMessages()
-      _ = try? r.propose(Array("x".utf8))
+      _ = try r.propose(Array("x".utf8))
       _ = r.readMessages()
       r.step(.appendResponse(AppendResponse(term: r.term, reject: false, index: r.lastIndex)), from: 2)
       #expect(r.commitIndex == r.lastIndex)
@@ -362,8 +362,11 @@ struct PaperSafetyTests {
     for terms in [[Term](arrayLiteral: 1), [1, 2], [1, 1, 3]] {
       var r = makeCore(1, peers: ids(3), hardState: HardState(term: terms.last ?? 0), entries: log(terms: terms))
       r.campaign()
-      for m in r.readMessages() {
-        guard case .requestVote(let v) = m.message else { continue }
+      let requests = r.readMessages().compactMap { m -> RequestVote? in
+        if case .requestVote(let v) = m.message { return v } else { return nil }
+      }
+      #expect(requests.count == 2, "one RequestVote per peer")
+      for v in requests {
         #expect(v.lastLogIndex == LogIndex(terms.count))
         #expect(v.lastLogTerm == terms.last)
       }

@@ -1,28 +1,84 @@
 import QuorumCore
 import QuorumRaft
 import QuorumSimulation
+import Synchronization
 import Testing
 
+/// Raft cores under the seeded nemesis. Every seed must pass, and the seeds together must have done what a
+/// passing run claims to survive: a simulation that never crashed a node or completed an operation proves nothing.
 @Suite("Raft under simulated faults")
 struct RaftSimulationTests {
-  static func run(seeds: Range<UInt64>, options: RaftSimulationOptions) async -> SimulationReport {
-    await SimulationRunner.runDetached(seeds: seeds) { seed, trace in
-      try RaftSimulation(seed: seed, options: options, trace: trace).run()
+  /// The summed statistics of a batch of runs, and the fewest operations any one run completed.
+  /// (`RaftSimulationStats` has no public initializer to sum into.)
+  struct Totals: Sendable, CustomStringConvertible {
+    var runs = 0
+    var fewestOperations = Int.max
+    var operationsCompleted = 0
+    var leaderships = 0
+    var crashes = 0
+    var partitions = 0
+    var membershipChanges = 0
+    var transfers = 0
+    var snapshotsTaken = 0
+    var snapshotsInstalled = 0
+
+    mutating func add(_ stats: RaftSimulationStats) {
+      runs += 1
+      fewestOperations = min(fewestOperations, stats.operationsCompleted)
+      operationsCompleted += stats.operationsCompleted
+      leaderships += stats.leaderships
+      crashes += stats.crashes
+      partitions += stats.partitions
+      membershipChanges += stats.membershipChanges
+      transfers += stats.transfers
+      snapshotsTaken += stats.snapshotsTaken
+      snapshotsInstalled += stats.snapshotsInstalled
     }
+
+    var description: String {
+      "\(runs) runs (fewest operations in one: \(fewestOperations)): ops=\(operationsCompleted) "
+        + "leaderships=\(leaderships) crashes=\(crashes) partitions=\(partitions) "
+        + "membership=\(membershipChanges) transfers=\(transfers) snapshots=\(snapshotsTaken)/\(snapshotsInstalled)"
+    }
+  }
+
+  static func run(seeds: Range<UInt64>, options: RaftSimulationOptions) async -> (SimulationReport, Totals) {
+    let totals = Mutex(Totals())
+    let report = await SimulationRunner.runDetached(seeds: seeds) { seed, trace in
+      let simulation = RaftSimulation(seed: seed, options: options, trace: trace)
+      defer {
+        let stats = simulation.stats
+        totals.withLock { $0.add(stats) }
+      }
+      try simulation.run()
+    }
+    return (report, totals.withLock { $0 })
   }
 
   @Test("3 nodes, every fault, many seeds")
   func threeNodes() async {
-    let report = await Self.run(seeds: 0..<200, options: RaftSimulationOptions())
+    let (report, totals) = await Self.run(seeds: 0..<200, options: RaftSimulationOptions())
     #expect(report.passed, "\(report)")
+    #expect(report.seedsRun == 200 && totals.runs == 200, "\(report); \(totals)")
+    #expect(totals.fewestOperations > 0, "\(totals)")
+    let sum = totals
+    #expect(sum.operationsCompleted > 20_000 && sum.leaderships > 400, "\(totals)")
+    #expect(sum.crashes > 100 && sum.partitions > 100, "\(totals)")
+    #expect(sum.membershipChanges > 50 && sum.transfers > 50, "\(totals)")
+    #expect(sum.snapshotsTaken > 100 && sum.snapshotsInstalled > 10, "\(totals)")
   }
 
   @Test("5 nodes, every fault, many seeds")
   func fiveNodes() async {
     var options = RaftSimulationOptions()
     options.voters = 5
-    let report = await Self.run(seeds: 10_000..<10_100, options: options)
+    let (report, totals) = await Self.run(seeds: 10_000..<10_100, options: options)
     #expect(report.passed, "\(report)")
+    #expect(report.seedsRun == 100 && totals.runs == 100, "\(report); \(totals)")
+    #expect(totals.fewestOperations > 0, "\(totals)")
+    let sum = totals
+    #expect(sum.operationsCompleted > 10_000 && sum.leaderships > 200, "\(totals)")
+    #expect(sum.crashes > 50 && sum.partitions > 50 && sum.membershipChanges > 20, "\(totals)")
   }
 }
 
@@ -35,7 +91,13 @@ extension RaftSimulationTests {
     options.core.leaseDurationNanos = 0
     options.readConsistencies = [.linearizable]
     options.nemesis = [.partition, .isolateLeader, .heal, .crash, .restart, .lossyNetwork]
-    let report = await Self.run(seeds: 20_000..<20_150, options: options)
+    let (report, totals) = await Self.run(seeds: 20_000..<20_150, options: options)
     #expect(report.passed, "\(report)")
+    #expect(report.seedsRun == 150 && totals.runs == 150, "\(report); \(totals)")
+    #expect(totals.fewestOperations > 0, "\(totals)")
+    let sum = totals
+    #expect(sum.operationsCompleted > 15_000 && sum.leaderships > 300, "\(totals)")
+    #expect(sum.crashes > 50 && sum.partitions > 50, "\(totals)")
+    #expect(sum.membershipChanges == 0 && sum.transfers == 0, "only the faults asked for: \(totals)")
   }
 }

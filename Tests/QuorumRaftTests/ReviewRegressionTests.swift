@@ -19,7 +19,7 @@ private func exchange(_ nodes: inout [NodeID: RaftCore], _ first: [RaftOutgoing]
 @Suite("Review regressions")
 struct ReviewRegressionTests {
   @Test("a follower that keeps its log after installing a snapshot acknowledges only the snapshot's index (§7)")
-  func snapshotKeepingLogDoesNotOverclaim() {
+  func snapshotKeepingLogDoesNotOverclaim() throws {
     let members = Membership(voters: Set(ids(3)))
     // The leader (2) compacted through 5; after 5 its log holds its own term-3 entries.
     var leader = makeCore(
@@ -40,8 +40,9 @@ struct ReviewRegressionTests {
     exchange(&nodes, nodes[2]!.readMessages(), from: 2)
     leader = nodes[2]!
     follower = nodes[1]!
-    let match = leader.peerProgress[1]?.match ?? 0
+    let match = try #require(leader.peerProgress[1]?.match, "the leader tracks follower 1")
     #expect(match <= leader.lastIndex, "match \(match) beyond the leader's last index \(leader.lastIndex)")
+    #expect(match >= 6, "the follower acknowledged entries after the snapshot, so the loop below checks them")
     for index in stride(from: 6, through: min(match, leader.lastIndex), by: 1) {
       #expect(
         follower.term(at: index) == leader.term(at: index),
@@ -54,13 +55,13 @@ struct ReviewRegressionTests {
   }
 
   @Test("a leader elected in the same ready as its term change sends nothing before that term is durable")
-  func singleVoterLeaderWaitsForDurableTerm() {
+  func singleVoterLeaderWaitsForDurableTerm() throws {
     let durable = (hardState: HardState(term: 1, commit: 1), entries: log(terms: [1]))
     var learner = makeCore(2, peers: [1], hardState: durable.hardState, entries: durable.entries, learners: [2])
     // Incarnation A of the only voter wins at once, proposes X, sends eagerly, and crashes before its write.
     var a = makeCore(1, peers: [1], hardState: durable.hardState, entries: durable.entries, learners: [2])
     a.campaign()
-    _ = try? a.propose(Array("X".utf8))
+    _ = try a.propose(Array("X".utf8))
     let rdA = a.ready()
     #expect(rdA.hardState?.term == 2)
     #expect(rdA.eagerMessages.isEmpty, "messages of term 2 may be sent only once term 2 is durable")
@@ -69,7 +70,7 @@ struct ReviewRegressionTests {
     // Incarnation B restarts from the durable state, wins term 2 again and proposes Y at the same index.
     var b = makeCore(1, peers: [1], hardState: durable.hardState, entries: durable.entries, learners: [2])
     b.campaign()
-    _ = try? b.propose(Array("Y".utf8))
+    _ = try b.propose(Array("Y".utf8))
     var nodes: [NodeID: RaftCore] = [2: learner, 1: b]
     for _ in 0..<3 {
       exchange(&nodes, nodes[1]!.readMessages(), from: 1)
@@ -82,12 +83,12 @@ struct ReviewRegressionTests {
   }
 
   @Test("a TimeoutNow delivered after its transfer was aborted cannot elect a leader during the old leader's lease")
-  func abortedTransferEndsLeasesForTheTerm() {
+  func abortedTransferEndsLeasesForTheTerm() throws {
     var o = RaftCoreOptions.defaults
     o.leaseDurationNanos = 1_000_000
     var c = TestCluster(3, options: o)
     c.campaign(1)
-    try? c.nodes[1]!.transferLeadership(to: 2)  // 2 is up to date: TimeoutNow goes out at once
+    try c.nodes[1]!.transferLeadership(to: 2)  // 2 is up to date: TimeoutNow goes out at once
     c.process(1)
     let timeoutNow = c.queue.filter { if case .timeoutNow = $0.message { return true } else { return false } }
     #expect(timeoutNow.count == 1)

@@ -28,6 +28,7 @@ struct NodeSimulationTests {
   func raft() async {
     let (report, stats) = await Self.run(seeds: 0..<40, options: .single(.raft))
     #expect(report.passed, "\(report)")
+    #expect(report.seedsRun == 40, "\(report)")
     #expect(stats.crashes > 0 && stats.partitions > 0 && stats.stalls > 0, "\(stats)")
     #expect(stats.diskFaults > 0 && stats.membershipChanges > 0, "\(stats)")
     #expect(stats.leaderships > 40, "\(stats)")
@@ -39,6 +40,7 @@ struct NodeSimulationTests {
   func raftFive() async {
     let (report, stats) = await Self.run(seeds: 1_000..<1_015, options: .single(.raft, nodes: 5))
     #expect(report.passed, "\(report)")
+    #expect(report.seedsRun == 15, "\(report)")
     #expect(stats.operationsCompleted > 500, "\(stats)")
   }
 
@@ -49,6 +51,7 @@ struct NodeSimulationTests {
     options.readConsistencies = [.linearizable, .stale]
     let (report, stats) = await Self.run(seeds: 2_000..<2_015, options: options)
     #expect(report.passed, "\(report)")
+    #expect(report.seedsRun == 15, "\(report)")
     #expect(stats.operationsCompleted > 500, "\(stats)")
   }
 
@@ -56,6 +59,7 @@ struct NodeSimulationTests {
   func paxos() async {
     let (report, stats) = await Self.run(seeds: 0..<30, options: .single(.multiPaxos))
     #expect(report.passed, "\(report)")
+    #expect(report.seedsRun == 30, "\(report)")
     #expect(stats.crashes > 0 && stats.partitions > 0 && stats.stalls > 0 && stats.diskFaults > 0, "\(stats)")
     #expect(stats.operationsCompleted > 1_500 && stats.writeResponsesChecked > 800, "\(stats)")
   }
@@ -66,6 +70,7 @@ struct NodeSimulationTests {
     options.variant.paxosQuorums = (phase1: 4, phase2: 2)
     let (report, stats) = await Self.run(seeds: 3_000..<3_010, options: options)
     #expect(report.passed, "\(report)")
+    #expect(report.seedsRun == 10, "\(report)")
     #expect(stats.operationsCompleted > 300, "\(stats)")
   }
 
@@ -96,6 +101,7 @@ struct NodeSimulationTests {
       try simulation.run()
     }
     #expect(report.passed, "\(report)")
+    #expect(report.seedsRun == 100, "\(report)")
     #expect(proposals.withLock { $0 } > 3_000)
     #expect(crashes.withLock { $0 } > 20)
   }

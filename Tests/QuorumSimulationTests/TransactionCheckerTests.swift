@@ -159,7 +159,7 @@ struct TransactionRecordingTests {
     #expect(history.count == 200)
     #expect(Set(history.transactions.map(\.id)).count == 200)
     #expect(history.transactions.filter { $0.outcome == .aborted }.count == 40)
-    #expect(history.transactions.allSatisfy { ($0.completedAt ?? 0) >= $0.invokedAt })
+    #expect(history.transactions.allSatisfy { t in t.completedAt.map { $0 >= t.invokedAt } ?? false })
     #expect(history.checkSerializable().isValid)
   }
 }
