@@ -203,6 +203,9 @@ public struct Cluster: Sendable {
   /// `dataDirectory` if given) and its transport. ``ClusterMemberServer/run()`` then recovers every group and
   /// only then listens on the member's address (or `listen`).
   /// - Parameters:
+  ///   - member: the member this process runs.
+  ///   - listen: where to listen, if not the member's address (port 0 picks a free port).
+  ///   - dataDirectory: the member's data directory, if not the cluster's `DataDirectory/<member>`.
   ///   - joining: names of groups this member joins as a new member (it starts empty in them and waits to be
   ///     added with `quorum members add`), rather than founds.
   /// - Throws: ``ClusterConfigurationError`` for an unknown member, an unknown group or an in-process cluster.

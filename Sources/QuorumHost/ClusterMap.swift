@@ -146,7 +146,7 @@ public struct ClusterMap: Sendable, Equatable, WireCodable {
   /// The groups, by id.
   public var groups: [GroupSpec]
 
-  /// Creates a map and resolves the slot assignment; call ``validate()`` before use.
+  /// Creates a map and resolves the slot assignment; call ``validate(knownServices:)`` before use.
   public init(cluster: ClusterID, members: [NodeID: String], groups: [GroupSpec]) {
     self.cluster = cluster
     self.members = members

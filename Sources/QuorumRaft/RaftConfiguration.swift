@@ -173,7 +173,7 @@ public struct RaftConfiguration: Sendable, Equatable {
     return o
   }
 
-  /// The founding membership, or ``Membership/empty`` when joining an existing group.
+  /// The founding membership, or ``QuorumCore/Membership/empty`` when joining an existing group.
   public var foundingMembership: Membership {
     Membership(voters: Set(members), learners: Set(learners))
   }

@@ -318,7 +318,7 @@ public struct RaftCore: Sendable {
   ///   - id: this node.
   ///   - options: tuning in ticks and bytes.
   ///   - membership: the membership to use when neither the log nor a snapshot holds one. A node joining an
-  ///     existing group passes ``Membership/empty`` and learns the membership from the leader.
+  ///     existing group passes ``QuorumCore/Membership/empty`` and learns the membership from the leader.
   ///   - hardState: the recovered term, vote and commit index.
   ///   - snapshot: the recovered snapshot, if any.
   ///   - entries: the recovered entries after the snapshot.
@@ -366,7 +366,7 @@ public struct RaftCore: Sendable {
   /// Creates a founding member of a new group: its log starts with the committed bootstrap entry that
   /// records `membership` (identical on every founding member), so nodes added later learn the founding
   /// membership from the log. Use the plain initializer to restart from durable state or to join an
-  /// existing group (with ``Membership/empty``).
+  /// existing group (with ``QuorumCore/Membership/empty``).
   public static func bootstrap(
     id: NodeID, options: RaftCoreOptions = RaftCoreOptions(), membership: Membership, random: SeededRandom
   ) -> RaftCore {

@@ -44,12 +44,12 @@ public struct RaftStatus: Sendable, Equatable {
   public var pendingRequests: Int
 }
 
-/// A Raft node: the replica runtime (``QuorumReplica/ReplicaNode``) driving ``RaftCore`` through
+/// A Raft node: the replica runtime (`ReplicaNode` in QuorumReplica) driving ``RaftCore`` through
 /// ``RaftEngine``.
 ///
 /// Start it with `run()` and talk to it with `propose(_:request:)`, `read(_:consistency:)`,
-/// `registerSession()`, the membership methods, `transferLeadership(to:)` and ``QuorumReplica/ReplicaNode/status``;
-/// watch it with `events`. See ``QuorumReplica/ReplicaNode`` for the durability order and the time rules.
+/// `registerSession()`, the membership methods, `transferLeadership(to:)` and `status`;
+/// watch it with `events`. See `ReplicaNode` (QuorumReplica) for the durability order and the time rules.
 public typealias RaftNode<Machine: StateMachine> = ReplicaNode<RaftEngine, Machine>
 
 extension ReplicaNode where Engine == RaftEngine {

@@ -13,7 +13,7 @@ public enum EntryKind: UInt8, Sendable, Equatable {
   case command = 0
   /// The empty entry a new leader appends to commit entries of earlier terms (Raft §5.4.2, §8).
   case noop = 1
-  /// A membership change: the complete resulting ``Membership``, encoded. It takes effect as soon as it is in
+  /// A membership change: the complete resulting ``QuorumCore/Membership``, encoded. It takes effect as soon as it is in
   /// a node's log, committed or not (§6); carrying the whole membership lets a node recompute it when a
   /// conflicting suffix is truncated.
   case membership = 2

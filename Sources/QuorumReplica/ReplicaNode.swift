@@ -25,7 +25,7 @@ public protocol ReplicaObserver<Engine>: Sendable {
 /// Start it with ``run()`` (a long-lived structured loop, typically in a task group or a service); it returns
 /// after ``stop()``, ``shutdown()`` or when its task is cancelled. Talk to it with ``propose(_:request:)``,
 /// ``read(_:consistency:)``, ``registerSession()``, the membership methods, ``transferLeadership(to:)`` and
-/// ``status``; watch it through ``events``. Requests to a node that does not lead fail at once with
+/// ``currentStatus``; watch it through ``events``. Requests to a node that does not lead fail at once with
 /// ``QuorumCore/ConsensusError/notLeader(hint:)`` naming the leader it knows.
 ///
 /// ### Durability order

@@ -10,7 +10,7 @@ import Synchronization
 /// time for every durable operation. What the disk adds is the difference between written and durable:
 ///
 /// - A ``QuorumStorage/StorageWrite`` becomes records in the order the write-ahead log writes them
-///   (``walRecords(of:)``), queued until the write's `fdatasync` completes. A crash keeps the durable records plus a
+///   (its `walRecords(of:)`), queued until the write's `fdatasync` completes. A crash keeps the durable records plus a
 ///   random prefix of the queued ones: a write can be torn between its entries and its hard state.
 /// - A snapshot is durable once its own save completes; storing it makes no other queued write durable. A crash
 ///   during the save loses it.
