@@ -21,6 +21,15 @@ public protocol ReplicatedService: Sendable {
 
   /// The key a query concerns; `nil` when it is not about one key (a scan covers the group's own keys).
   static func routingKey(of query: Machine.Query) -> String?
+
+  /// The keys clients may watch for `notification` (for example `session/42` and `grant/orders/42` for a lock
+  /// granted to session 42): a client waiting for something the log will produce later watches a key.
+  static func notificationKeys(of notification: Machine.Notification) -> [String]
+}
+
+extension ReplicatedService where Machine.Notification == Never {
+  /// A machine without notifications has nothing to watch.
+  public static func notificationKeys(of notification: Never) -> [String] {}
 }
 
 extension Never: WireCodable {

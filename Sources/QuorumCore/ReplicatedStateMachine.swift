@@ -68,8 +68,9 @@ public struct ReplicatedCommand<Command: WireCodable & Sendable>: Sendable, Wire
 public enum ApplyOutcome<Response: Sendable>: Sendable {
   /// The command was applied; this is its response.
   case applied(Response)
-  /// The request was applied before; this is the remembered response (it was not applied again).
-  case duplicate(Response)
+  /// The request was applied before, by the entry at `appliedAt`; this is the remembered response (it was not
+  /// applied again).
+  case duplicate(Response, appliedAt: UInt64)
   /// A session was opened; its number.
   case sessionRegistered(UInt64)
   /// The session was kept alive.
@@ -115,7 +116,8 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
     /// Requests above ``acknowledgedThrough`` that were applied but whose responses the per-session bound
     /// evicted. Kept so that an earlier request pipelined out of order is still applied exactly once.
     var forgotten: Set<UInt64> = []
-    var responses: [UInt64: Machine.Response]
+    /// The remembered responses by sequence, each with the index of the entry that applied the request.
+    var responses: [UInt64: (index: UInt64, response: Machine.Response)]
   }
 
   /// The application's state machine.
@@ -186,7 +188,7 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
       }
       if let remembered = session.responses[request.sequence] {
         sessions[request.session] = session
-        return .duplicate(remembered)
+        return .duplicate(remembered.response, appliedAt: remembered.index)
       }
       // Applied requests are exactly those with a remembered response, those whose response the bound
       // evicted (`forgotten`), and those at or below the acknowledged mark. A request pipelined out of order
@@ -196,7 +198,7 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
         return .responseForgotten(request)
       }
       let response = machine.apply(body, context: context)
-      session.responses[request.sequence] = response
+      session.responses[request.sequence] = (index, response)
       if session.responses.count > policy.maxResponsesPerSession, let lowest = session.responses.keys.min() {
         session.responses[lowest] = nil
         session.forgotten.insert(lowest)
@@ -243,7 +245,7 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
   /// Serialises the sessions and the machine.
   public func snapshot() -> [UInt8] {
     var w = WireWriter(reservingCapacity: 256)
-    w.writeVarint(1)  // format version
+    w.writeVarint(2)  // format version (1 had no apply indexes for remembered responses)
     w.writeVarint(logTimeMillis)
     w.writeVarint(appliedIndex)
     w.writeVarint(UInt64(sessions.count))
@@ -255,8 +257,10 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
       w.writeArray(s.forgotten.sorted())
       w.writeVarint(UInt64(s.responses.count))
       for seq in s.responses.keys.sorted() {
+        guard let remembered = s.responses[seq] else { continue }  // The keys came from this dictionary.
         w.writeVarint(seq)
-        s.responses[seq]?.encode(to: &w)
+        w.writeVarint(remembered.index)
+        remembered.response.encode(to: &w)
       }
     }
     w.writeBytes(machine.snapshot())
@@ -267,7 +271,9 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
   public mutating func restore(from bytes: [UInt8]) throws {
     var r = WireReader(bytes)
     let version = try r.readVarint()
-    guard version == 1 else { throw WireError(.unsupportedVersion(UInt8(truncatingIfNeeded: version)), at: 0) }
+    guard version == 1 || version == 2 else {
+      throw WireError(.unsupportedVersion(UInt8(truncatingIfNeeded: version)), at: 0)
+    }
     logTimeMillis = try r.readVarint()
     appliedIndex = try r.readVarint()
     let count = try r.readCount()
@@ -280,7 +286,8 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
       let n = try r.readCount()
       for _ in 0..<n {
         let seq = try r.readVarint()
-        s.responses[seq] = try Machine.Response(from: &r)
+        let index = version >= 2 ? try r.readVarint() : 0
+        s.responses[seq] = (index, try Machine.Response(from: &r))
       }
       restored[id] = s
     }

@@ -120,7 +120,8 @@ public final class GroupHost: Sendable {
   private let addressBook: (@Sendable () -> [NodeID: String])?
   private let stopRequested = OnceSignal()
   private let recovered = OnceSignal()
-  private let notify: (@Sendable (GroupID, [ServiceNotification]) -> Void)?
+  /// What the groups told waiting clients lately (lock grants, expiries), for ``HostRequest/watch(group:service:key:after:timeoutMillis:)``.
+  public let notifications = NotificationHub()
 
   /// Builds this node's replicas; nothing runs until ``run(attach:)``.
   ///
@@ -139,7 +140,6 @@ public final class GroupHost: Sendable {
   ///   - addressBook: every member the transport knows, with its address (members added since the map was
   ///     written appear in the map clients are sent).
   ///   - observers: the simulator's checkers.
-  ///   - notify: receives what services tell waiting clients, per group.
   /// - Throws: ``ClusterMapError`` for an invalid map, ``QuorumCore/ConfigurationError`` for invalid settings,
   ///   or a storage error opening a group's storage.
   public init(
@@ -147,8 +147,7 @@ public final class GroupHost: Sendable {
     storage: any GroupStorageProvider, joining: Set<GroupID> = [], runtime: NodeRuntime = .system,
     seed: UInt64? = nil, logger: QuorumLogger = QuorumLogger(label: "quorum"),
     addressOf: @escaping @Sendable (NodeID) -> String? = { _ in nil },
-    addressBook: (@Sendable () -> [NodeID: String])? = nil, observers: HostObservers = HostObservers(),
-    notify: (@Sendable (GroupID, [ServiceNotification]) -> Void)? = nil
+    addressBook: (@Sendable () -> [NodeID: String])? = nil, observers: HostObservers = HostObservers()
   ) throws {
     try map.validate(knownServices: catalog.names)
     let hosted = map.groups.filter { $0.members.contains(node) || joining.contains($0.id) }
@@ -170,7 +169,6 @@ public final class GroupHost: Sendable {
     self.logger = logger
     self.addressOf = addressOf
     self.addressBook = addressBook
-    self.notify = notify
     var groups: [GroupID: any HostedGroup] = [:]
     for spec in hosted {
       guard let services = catalog.services(named: spec.services) else {
@@ -183,12 +181,12 @@ public final class GroupHost: Sendable {
         groups[spec.id] = try Self.makeGroup(
           RaftEngine.self, spec: spec, services: services, settings: settings, storage: storage, joining: isJoining,
           router: router, ticker: ticker, runtime: runtime, seed: groupSeed, logger: logger,
-          observer: observers.raft?(spec), notify: notify)
+          observer: observers.raft?(spec), hub: notifications)
       case .multiPaxos:
         groups[spec.id] = try Self.makeGroup(
           MultiPaxosEngine.self, spec: spec, services: services, settings: settings, storage: storage,
           joining: isJoining, router: router, ticker: ticker, runtime: runtime, seed: groupSeed, logger: logger,
-          observer: observers.paxos?(spec), notify: notify)
+          observer: observers.paxos?(spec), hub: notifications)
       }
     }
     self.groups = groups
@@ -198,8 +196,7 @@ public final class GroupHost: Sendable {
   private static func makeGroup<Engine: HostedEngine>(
     _ engine: Engine.Type, spec: GroupSpec, services: [any ReplicatedService], settings: HostSettings,
     storage: any GroupStorageProvider, joining: Bool, router: GroupRouter, ticker: SharedTicker, runtime: NodeRuntime,
-    seed: UInt64?, logger: QuorumLogger, observer: (any ReplicaObserver<Engine>)?,
-    notify: (@Sendable (GroupID, [ServiceNotification]) -> Void)?
+    seed: UInt64?, logger: QuorumLogger, observer: (any ReplicaObserver<Engine>)?, hub: NotificationHub
   ) throws -> EngineGroup<Engine> {
     let configuration = Engine.configuration(for: spec, settings: settings, joining: joining)
     try configuration.validate()
@@ -208,8 +205,9 @@ public final class GroupHost: Sendable {
       for: spec.id, capacity: configuration.inputCapacity, wrap: Engine.wrap, unwrap: Engine.unwrap)
     let id = spec.id
     let groupLogger = logger.child(spec.name)
-    var onNotifications: (@Sendable ([ServiceNotification]) -> Void)?
-    if let notify { onNotifications = { notify(id, $0) } }
+    let onNotifications: @Sendable (UInt64, [ServiceNotification]) -> Void = { index, notifications in
+      hub.publish(group: id, index: index, notifications)
+    }
     let node = makeNode(
       Engine.self, id: router.node, group: spec.id, configuration: configuration, endpoint: endpoint,
       storage: groupStorage, machine: ServiceMachine(services), runtime: runtime, seed: seed, logger: groupLogger,
@@ -221,13 +219,16 @@ public final class GroupHost: Sendable {
     _ engine: Engine.Type, id: NodeID, group: GroupID, configuration: Engine.Configuration,
     endpoint: GroupEndpoint<Engine.Message>, storage: Storage, machine: ServiceMachine, runtime: NodeRuntime,
     seed: UInt64?, logger: QuorumLogger, observer: (any ReplicaObserver<Engine>)?, ticker: SharedTicker,
-    onNotifications: (@Sendable ([ServiceNotification]) -> Void)?
+    onNotifications: (@Sendable (UInt64, [ServiceNotification]) -> Void)?
   ) -> ReplicaNode<Engine, ServiceMachine> {
     ReplicaNode<Engine, ServiceMachine>(
       id: id, group: group, configuration: configuration, endpoint: endpoint, storage: storage, machine: machine,
       runtime: runtime, seed: seed, logger: logger, observer: observer, ticker: ticker,
       onNotifications: onNotifications)
   }
+
+  /// The longest a watch is held (a client asking for more is answered at this point and watches again).
+  static let maxWatchMillis: UInt64 = 30_000
 
   /// The groups this process hosts, by id.
   public var hostedGroups: [GroupID] { order }
@@ -329,7 +330,7 @@ public final class GroupHost: Sendable {
           return .failure(HostFailure(refusal))
         }
         let answer = try await group.propose(command, request: request, acknowledgedThrough: acknowledged)
-        return reply(answer, index: 0, group: id)
+        return reply(answer.value, index: answer.index, group: id)
       case .query(_, let service, let payload, let consistency, let atLeast):
         if let refusal = check(service: service, in: spec, key: catalog.definitions[service]?.queryKey(payload)) {
           return .failure(HostFailure(refusal))
@@ -347,6 +348,14 @@ public final class GroupHost: Sendable {
         return .done
       case .clusterMap:
         return .clusterMap(currentMap)
+      case .watch(_, let service, let key, let after, let timeout):
+        guard spec.services.contains(service) else {
+          return .failure(HostFailure(.unknownService(service, group: id)))
+        }
+        let records = await notifications.wait(
+          group: id, service: service, key: key, after: after,
+          timeout: .milliseconds(Int64(clamping: min(timeout, Self.maxWatchMillis))), clock: runtime.clock)
+        return .notifications(records.map(\.payload), index: records.last?.index ?? after)
       }
     } catch let error as ConsensusError {
       if case .notLeader(let hint?) = error {

@@ -167,6 +167,13 @@ public actor HostClient {
   public func command(_ payload: [UInt8], service: String, group: GroupID, deadline: Duration? = nil) async throws
     -> [UInt8]
   {
+    try await commandIndexed(payload, service: service, group: group, deadline: deadline).answer
+  }
+
+  /// Like ``command(_:service:group:deadline:)``, also returning the log position the command was applied at.
+  public func commandIndexed(_ payload: [UInt8], service: String, group: GroupID, deadline: Duration? = nil)
+    async throws -> (answer: [UInt8], index: UInt64)
+  {
     let limit = deadline ?? options.deadline
     let started = clock.monotonicNanos()
     var session = try await session(for: group, deadline: limit)
@@ -186,8 +193,27 @@ public actor HostClient {
       sessions[group] = nil
       throw QuorumClientError.outcomeUnknown
     }
-    guard case .answer(let bytes, _) = reply else { throw QuorumClientError.badReply("expected an answer") }
-    return bytes
+    guard case .answer(let bytes, let index) = reply else { throw QuorumClientError.badReply("expected an answer") }
+    return (bytes, index)
+  }
+
+  /// Waits at `member` (at most `timeout`) for notifications of `service` in `group` watched by `key`, produced
+  /// after position `after`; returns them (encoded) and the newest one's position, or none at the timeout.
+  public func watch(
+    _ key: String, service: String, group: GroupID, after: UInt64, at member: NodeID? = nil, timeout: Duration
+  ) async throws -> (notifications: [[UInt8]], index: UInt64) {
+    let target = member ?? leaders[group] ?? members(of: group).first
+    let request = HostRequest.watch(
+      group: group, service: service, key: key, after: after,
+      timeoutMillis: UInt64(clamping: timeout.nanoseconds / 1_000_000))
+    let reply = try await send(
+      request, to: target.map { [$0] } ?? members(of: group), group: group,
+      deadline: timeout + options.attemptTimeout, isWrite: false, anyMember: true,
+      attemptTimeout: timeout + options.attemptTimeout)
+    guard case .notifications(let payloads, let index) = reply else {
+      throw QuorumClientError.badReply("expected notifications")
+    }
+    return (payloads, index)
   }
 
   /// Reads `payload` as a query of `service` in `group`, at `consistency`, from a state including position
@@ -265,7 +291,7 @@ public actor HostClient {
   /// following `notLeader` redirects, moving on from members that fail, backing off between rounds.
   private func send(
     _ request: HostRequest, to candidates: [NodeID], group: GroupID? = nil, deadline: Duration, isWrite: Bool,
-    anyMember: Bool = false
+    anyMember: Bool = false, attemptTimeout: Duration? = nil
   ) async throws -> HostReply {
     let start = clock.monotonicNanos()
     let end = start &+ deadline.nanoseconds
@@ -279,7 +305,7 @@ public actor HostClient {
       guard now < end, let member = target else {
         throw QuorumClientError.timeout(outcomeUnknown: isWrite && sent, lastFailure: lastFailure)
       }
-      let attempt = min(options.attemptTimeout.nanoseconds, end - now)
+      let attempt = min((attemptTimeout ?? options.attemptTimeout).nanoseconds, end - now)
       var redirected = false
       do {
         sent = true

@@ -21,6 +21,9 @@ public enum HostRequest: Sendable, Equatable, WireCodable, CustomStringConvertib
   case transferLeadership(group: GroupID, to: NodeID)
   /// Send the cluster map (members, groups, placement).
   case clusterMap
+  /// Wait (at most `timeoutMillis`) for notifications of `service` in `group` watched by `key`, produced by entries
+  /// after position `after`; the answer is every such notification the member holds, or none at the timeout.
+  case watch(group: GroupID, service: String, key: String, after: UInt64, timeoutMillis: UInt64)
 
   public func encode(to writer: inout WireWriter) {
     switch self {
@@ -53,6 +56,13 @@ public enum HostRequest: Sendable, Equatable, WireCodable, CustomStringConvertib
       target.encode(to: &writer)
     case .clusterMap:
       writer.writeByte(7)
+    case .watch(let group, let service, let key, let after, let timeout):
+      writer.writeByte(8)
+      group.encode(to: &writer)
+      writer.writeString(service)
+      writer.writeString(key)
+      writer.writeVarint(after)
+      writer.writeVarint(timeout)
     }
   }
 
@@ -72,6 +82,10 @@ public enum HostRequest: Sendable, Equatable, WireCodable, CustomStringConvertib
     case 5: self = .membership(group: try reader.read(), try reader.read(MembershipOperation.self))
     case 6: self = .transferLeadership(group: try reader.read(), to: try reader.read())
     case 7: self = .clusterMap
+    case 8:
+      self = .watch(
+        group: try reader.read(), service: try reader.readString(), key: try reader.readString(),
+        after: try reader.readVarint(), timeoutMillis: try reader.readVarint())
     case let tag: throw WireError(.unknownTag(type: "HostRequest", tag: UInt64(tag)), at: at)
     }
   }
@@ -80,7 +94,7 @@ public enum HostRequest: Sendable, Equatable, WireCodable, CustomStringConvertib
   public var group: GroupID? {
     switch self {
     case .registerSession(let g), .command(let g, _, _, _), .query(let g, _, _, _, _), .membership(let g, _),
-      .transferLeadership(let g, _):
+      .transferLeadership(let g, _), .watch(let g, _, _, _, _):
       return g
     case .status(let g): return g
     case .clusterMap: return nil
@@ -97,6 +111,7 @@ public enum HostRequest: Sendable, Equatable, WireCodable, CustomStringConvertib
     case .membership(let group, let operation): return "\(group) \(operation)"
     case .transferLeadership(let group, let target): return "\(group) transfer-leadership \(target)"
     case .clusterMap: return "cluster-map"
+    case .watch(let group, let service, let key, let after, _): return "\(group) \(service) watch \(key) after \(after)"
     }
   }
 }
@@ -106,8 +121,11 @@ public enum HostReply: Sendable, Equatable, WireCodable {
   /// The session opened by ``HostRequest/registerSession(group:)``.
   case session(UInt64)
   /// A service's answer (its encoded response or query result) and the log position it reflects (for reads:
-  /// the index applied when the answer was read; for commands: 0).
+  /// the index applied when the answer was read; for commands: the index the command was applied at).
   case answer([UInt8], index: UInt64)
+  /// The notifications a watch found (encoded by their service), oldest first, and the newest one's position
+  /// (or the watch's `after` when none came).
+  case notifications([[UInt8]], index: UInt64)
   /// Status records.
   case statuses([GroupStatus])
   /// A membership change or leadership transfer completed.
@@ -137,6 +155,11 @@ public enum HostReply: Sendable, Equatable, WireCodable {
     case .failure(let failure):
       writer.writeByte(6)
       failure.encode(to: &writer)
+    case .notifications(let payloads, let index):
+      writer.writeByte(7)
+      writer.writeVarint(UInt64(payloads.count))
+      for payload in payloads { writer.writeBytes(payload) }
+      writer.writeVarint(index)
     }
   }
 
@@ -149,6 +172,11 @@ public enum HostReply: Sendable, Equatable, WireCodable {
     case 4: self = .done
     case 5: self = .clusterMap(try reader.read(ClusterMap.self, field: "clusterMap"))
     case 6: self = .failure(try reader.read(HostFailure.self, field: "failure"))
+    case 7:
+      let count = try reader.readCount()
+      var payloads: [[UInt8]] = []
+      for _ in 0..<count { payloads.append(try reader.readBytes()) }
+      self = .notifications(payloads, index: try reader.readVarint())
     case let tag: throw WireError(.unknownTag(type: "HostReply", tag: UInt64(tag)), at: at)
     }
   }

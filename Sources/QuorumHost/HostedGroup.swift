@@ -164,9 +164,9 @@ public protocol HostedGroup: Sendable {
   func waitUntilRecovered() async throws
   /// Stops the replica and waits for ``run()`` to return.
   func shutdown() async
-  /// Applies a service command through the log.
+  /// Applies a service command through the log; returns the answer and the position it was applied at.
   func propose(_ command: ServiceCommand, request: RequestID?, acknowledgedThrough: UInt64) async throws
-    -> ServiceAnswer
+    -> IndexedRead<ServiceAnswer>
   /// Reads from a service.
   func read(_ query: ServiceQuery, consistency: ReadConsistency, atLeast: UInt64) async throws
     -> IndexedRead<ServiceAnswer>
@@ -220,9 +220,9 @@ final class EngineGroup<Engine: HostedEngine>: HostedGroup {
   func shutdown() async { await node.shutdown() }
 
   func propose(_ command: ServiceCommand, request: RequestID?, acknowledgedThrough: UInt64) async throws
-    -> ServiceAnswer
+    -> IndexedRead<ServiceAnswer>
   {
-    try await node.propose(command, request: request, acknowledgedThrough: acknowledgedThrough)
+    try await node.propose(command, request: request, acknowledgedThrough: acknowledgedThrough, indexed: ())
   }
 
   func read(_ query: ServiceQuery, consistency: ReadConsistency, atLeast: UInt64) async throws

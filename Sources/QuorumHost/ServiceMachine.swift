@@ -74,12 +74,15 @@ public struct ServiceQuery: Sendable, Equatable {
   }
 }
 
-/// Something a service tells waiting clients (a lock granted in a later entry), encoded.
+/// Something a service tells waiting clients (a lock granted in a later entry), encoded, with the keys it can be
+/// watched by.
 public struct ServiceNotification: Sendable, Equatable {
   /// The service that produced it.
   public var service: String
   /// The service's notification, encoded.
   public var payload: [UInt8]
+  /// The keys clients may watch it by (``QuorumCore/ReplicatedService/notificationKeys(of:)``).
+  public var keys: [String]
 }
 
 /// One service's state inside a ``ServiceMachine``, with its type erased so that services of any type share one
@@ -88,7 +91,7 @@ protocol ServiceState: Sendable {
   var name: String { get }
   mutating func apply(_ payload: [UInt8], context: ApplyContext) -> ServiceAnswer
   func query(_ payload: [UInt8]) -> ServiceAnswer
-  mutating func takeNotifications() -> [[UInt8]]
+  mutating func takeNotifications() -> [(payload: [UInt8], keys: [String])]
   var nextDeadlineMillis: UInt64? { get }
   mutating func advanceTime(context: ApplyContext)
   func snapshot() -> [UInt8]
@@ -118,7 +121,9 @@ struct TypedServiceState<Service: ReplicatedService>: ServiceState {
     }
   }
 
-  mutating func takeNotifications() -> [[UInt8]] { machine.takeNotifications().map { $0.wireBytes() } }
+  mutating func takeNotifications() -> [(payload: [UInt8], keys: [String])] {
+    machine.takeNotifications().map { ($0.wireBytes(), Service.notificationKeys(of: $0)) }
+  }
 
   var nextDeadlineMillis: UInt64? { machine.nextDeadlineMillis }
 
@@ -171,8 +176,8 @@ public struct ServiceMachine: StateMachine {
   public mutating func takeNotifications() -> [ServiceNotification] {
     var all: [ServiceNotification] = []
     for i in services.indices {
-      for payload in services[i].takeNotifications() {
-        all.append(ServiceNotification(service: services[i].name, payload: payload))
+      for (payload, keys) in services[i].takeNotifications() {
+        all.append(ServiceNotification(service: services[i].name, payload: payload, keys: keys))
       }
     }
     return all

@@ -27,6 +27,27 @@ public struct LockService: ReplicatedService {
     }
   }
 
+  /// What a lock event can be watched by: `grant/<lock>/<session>` for the event that ends a wait (a grant or a
+  /// timed-out wait), `session/<session>` for everything that happens to a session (grants, releases, expiry).
+  public static func notificationKeys(of event: LockEvent) -> [String] {
+    switch event {
+    case .granted(let grant):
+      return ["grant/\(grant.lock)/\(grant.session.rawValue)", "session/\(grant.session.rawValue)"]
+    case .released(let grant):
+      return ["session/\(grant.session.rawValue)"]
+    case .expired(let session, _):
+      return ["session/\(session.rawValue)"]
+    case .waitTimedOut(let lock, let session):
+      return ["grant/\(lock)/\(session.rawValue)", "session/\(session.rawValue)"]
+    }
+  }
+
+  /// The key watched for the end of `session`'s wait for `lock`.
+  public static func grantKey(lock: String, session: LockSessionID) -> String { "grant/\(lock)/\(session.rawValue)" }
+
+  /// The key watched for everything that happens to `session`.
+  public static func sessionKey(_ session: LockSessionID) -> String { "session/\(session.rawValue)" }
+
   /// The lock a query concerns, if any.
   public static func routingKey(of query: LockQuery) -> String? {
     if case .lock(let name) = query { return name }

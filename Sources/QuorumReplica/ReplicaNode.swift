@@ -49,7 +49,7 @@ public protocol ReplicaObserver<Engine>: Sendable {
 /// (expiry of sessions and lock leases is decided from log time alone).
 public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   private enum Input: Sendable {
-    case propose(UInt64, Machine.Command, RequestID?, UInt64, UnsafeContinuation<Machine.Response, any Error>)
+    case propose(UInt64, Machine.Command, RequestID?, UInt64, UnsafeContinuation<IndexedResponse, any Error>)
     case register(UInt64, UnsafeContinuation<UInt64, any Error>)
     case read(UInt64, Machine.Query, ReadConsistency, UInt64, UnsafeContinuation<ReadAnswer, any Error>)
     case membership(UInt64, MembershipChange, UnsafeContinuation<UInt64, any Error>)
@@ -61,7 +61,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   }
 
   private enum Waiter {
-    case response(UnsafeContinuation<Machine.Response, any Error>)
+    case response(UnsafeContinuation<IndexedResponse, any Error>)
     case session(UnsafeContinuation<UInt64, any Error>)
     case membership(UnsafeContinuation<UInt64, any Error>)
 
@@ -83,6 +83,8 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
 
   /// A read's answer and the index it was read at.
   typealias ReadAnswer = IndexedRead<Machine.QueryResult>
+  /// A command's response and the index it was applied at.
+  public typealias IndexedResponse = IndexedRead<Machine.Response>
 
   private struct PendingRead {
     var id: UInt64
@@ -116,7 +118,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   private let storage: any ConsensusStorage<Engine.Entry>
   private let logger: QuorumLogger
   private let observer: (any ReplicaObserver<Engine>)?
-  private let onNotifications: (@Sendable ([Machine.Notification]) -> Void)?
+  private let onNotifications: (@Sendable (UInt64, [Machine.Notification]) -> Void)?
   private let sharedTicker: SharedTicker?
   private let recoveredSignal = OnceSignal()
   private let nextRequestID = Atomic<UInt64>(0)
@@ -159,14 +161,14 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   ///   - observer: sees every step (the simulator's checkers); `nil` in production.
   ///   - ticker: a ticker shared by many nodes (a host with many groups runs one timer, not one per group);
   ///     `nil` for the node's own, every `configuration.tickInterval`.
-  ///   - onNotifications: receives what the state machine tells waiting clients, right after the entries that
-  ///     produced it are applied (in the node's loop: it must not block).
+  ///   - onNotifications: receives what the state machine tells waiting clients, right after the entry that
+  ///     produced it is applied, with the entry's position (in the node's loop: it must not block).
   public init(
     id: NodeID, group: GroupID = .default, configuration: Engine.Configuration,
     endpoint: some TransportEndpoint<Engine.Message>, storage: some ConsensusStorage<Engine.Entry>, machine: Machine,
     runtime: NodeRuntime = .system, seed: UInt64? = nil, logger: QuorumLogger? = nil,
     observer: (any ReplicaObserver<Engine>)? = nil, ticker: SharedTicker? = nil,
-    onNotifications: (@Sendable ([Machine.Notification]) -> Void)? = nil
+    onNotifications: (@Sendable (_ index: UInt64, [Machine.Notification]) -> Void)? = nil
   ) {
     self.id = id
     self.group = group
@@ -611,10 +613,6 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   private func apply(_ entries: [Engine.Entry]) {
     defer {
       if let index = timeAdvanceIndex, index <= applied { timeAdvanceIndex = nil }
-      if let onNotifications, !entries.isEmpty {
-        let notifications = machine.takeNotifications()
-        if !notifications.isEmpty { onNotifications(notifications) }
-      }
     }
     for entry in entries {
       applied = entry.index
@@ -626,6 +624,10 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
         }
       }
       observer?.node(id, group: group, applied: entry)
+      if let onNotifications {
+        let notifications = machine.takeNotifications()
+        if !notifications.isEmpty { onNotifications(entry.index, notifications) }
+      }
       guard let pending = proposals.removeValue(forKey: entry.index) else { continue }
       proposalIndexByID[pending.id] = nil
       guard engine?.isProposal(pending.ticket, committedAs: entry) == true else {
@@ -633,8 +635,11 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
         continue
       }
       switch (pending.waiter, outcome) {
-      case (.response(let c), .applied(let response)?), (.response(let c), .duplicate(let response)?):
-        c.resume(returning: response)
+      case (.response(let c), .applied(let response)?):
+        c.resume(returning: IndexedResponse(value: response, index: entry.index))
+      case (.response(let c), .duplicate(let response, let appliedAt)?):
+        // The index of the entry that applied it (0 from a snapshot written before indexes were remembered).
+        c.resume(returning: IndexedResponse(value: response, index: appliedAt == 0 ? entry.index : appliedAt))
       case (.response(let c), .sessionExpired(let session)?):
         c.resume(throwing: ConsensusError.sessionExpired(session))
       case (.response(let c), .responseForgotten?):
@@ -767,6 +772,14 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   public nonisolated func propose(
     _ command: Machine.Command, request: RequestID?, acknowledgedThrough: UInt64
   ) async throws -> Machine.Response {
+    try await propose(command, request: request, acknowledgedThrough: acknowledgedThrough, indexed: ()).value
+  }
+
+  /// Like ``propose(_:request:acknowledgedThrough:)``, also returning the log position the command was applied
+  /// at (a client passes it to a later read's `atLeast` for read-your-writes on any replica).
+  public nonisolated func propose(
+    _ command: Machine.Command, request: RequestID?, acknowledgedThrough: UInt64, indexed: Void
+  ) async throws -> IndexedResponse {
     try await submit { .propose($0, command, request, acknowledgedThrough, $1) }
   }
 

@@ -432,7 +432,7 @@ public final class PaxosSimulation {
       return
     }
     switch outcome {
-    case .applied(let response), .duplicate(let response): reply(pending.client, pending.attempt, .written(response))
+    case .applied(let response), .duplicate(let response, _): reply(pending.client, pending.attempt, .written(response))
     case .sessionRegistered(let id): reply(pending.client, pending.attempt, .registered(id))
     case .responseForgotten:
       // Unlike Raft, Multi-Paxos can choose an old leader's proposal in a later slot after the client's

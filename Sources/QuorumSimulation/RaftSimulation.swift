@@ -427,7 +427,7 @@ public final class RaftSimulation {
       return
     }
     switch outcome {
-    case .applied(let response), .duplicate(let response): reply(pending.client, pending.attempt, .written(response))
+    case .applied(let response), .duplicate(let response, _): reply(pending.client, pending.attempt, .written(response))
     case .sessionRegistered(let id): reply(pending.client, pending.attempt, .registered(id))
     case .keptAlive, .timeAdvanced, .sessionExpired, .responseForgotten, .undecodable:
       throw SimulationFailure("unexpected apply outcome \(outcome) at \(entry.index) on \(node.id)")

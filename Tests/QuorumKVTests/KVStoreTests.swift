@@ -88,11 +88,12 @@ struct SessionTests {
       Issue.record("not applied")
       return
     }
-    guard case .duplicate(let again) = m.apply(command(.put(key: "a", value: [1]), req), at: 3) else {
+    guard case .duplicate(let again, let appliedAt) = m.apply(command(.put(key: "a", value: [1]), req), at: 3) else {
       Issue.record("applied twice")
       return
     }
     #expect(first == again)
+    #expect(appliedAt == 2, "a duplicate names the entry that applied the request")
     // A different command under the same request id is still the same request: not applied.
     guard case .duplicate = m.apply(command(.put(key: "a", value: [9]), req), at: 4) else {
       Issue.record("applied a duplicate request id")

@@ -69,6 +69,7 @@ struct ClusterTests {
       .query(group: 1, service: "kv", payload: KVQuery.get(key: "k").wireBytes(), consistency: .lease, atLeast: 7),
       .status(group: nil), .status(group: 3), .membership(group: 1, .addLearner(4)),
       .transferLeadership(group: 1, to: 2), .clusterMap,
+      .watch(group: 2, service: "locks", key: "grant/orders/5", after: 41, timeoutMillis: 5_000),
     ]
     for request in requests { #expect(try HostRequest(wireBytes: request.wireBytes()) == request) }
     let status = GroupStatus(
@@ -81,6 +82,7 @@ struct ClusterTests {
       groups: [GroupSpec(id: 1, name: "a", members: [1, 2], services: ["kv"], slots: [SlotRange(0, 9)])])
     let replies: [HostReply] = [
       .session(7), .answer([1, 2], index: 9), .statuses([status]), .done, .clusterMap(map),
+      .notifications([[1], [], [2, 3]], index: 12), .notifications([], index: 0),
       .failure(HostFailure(.consensus(.notLeader(hint: 2)), leaderAddress: "127.0.0.1:9")),
       .failure(HostFailure(.wrongGroup(key: "k", service: "kv", owner: 2))),
       .failure(HostFailure(.notHosted(3, members: [1, 2]))), .failure(HostFailure(.unknownService("x", group: 1))),
@@ -157,11 +159,22 @@ struct ClusterTests {
             service: "kv", payload: KVCommand.compareAndSwap(key: "once", expected: nil, new: [new]).wireBytes()),
           request: RequestID(session: session, sequence: sequence), acknowledgedThrough: sequence - 1)
       }
-      let swapped = HostReply.answer(KVResponse.swapped(true, current: [1]).wireBytes(), index: 0)
-      #expect(try await send(cas(1, sequence: 1)) == swapped)
-      #expect(try await send(cas(1, sequence: 1)) == swapped)
-      #expect(
-        try await send(cas(2, sequence: 2)) == .answer(KVResponse.swapped(false, current: [1]).wireBytes(), index: 0))
+      func answer(_ request: HostRequest) async throws -> (KVResponse, index: UInt64)? {
+        let reply = try await send(request)
+        guard case .answer(let bytes, let index) = reply else {
+          Issue.record("not an answer: \(reply)")
+          return nil
+        }
+        return (try KVResponse(wireBytes: bytes), index)
+      }
+      let first = try #require(try await answer(cas(1, sequence: 1)))
+      #expect(first.0 == .swapped(true, current: [1]))
+      #expect(first.index > 0, "a command's answer carries the index of the entry that applied it")
+      let retried = try #require(try await answer(cas(1, sequence: 1)))
+      #expect(retried.0 == first.0 && retried.index == first.index, "the retry gets the remembered answer")
+      let second = try #require(try await answer(cas(2, sequence: 2)))
+      #expect(second.0 == .swapped(false, current: [1]))
+      #expect(second.index > first.index)
       await raw.close()
 
       // A client of another cluster is refused at the handshake; its call fails by its deadline.

@@ -101,19 +101,13 @@ public struct Synod<Value: SynodValue>: Sendable {
     }
   }
 
-  /// Waits (at most a few seconds) until every role has recovered and is answering.
+  /// Waits until every role has recovered and is answering.
+  /// - Throws: ``QuorumCore/ConsensusError/stopped`` if a role ended before it recovered (its own error is thrown
+  ///   by the task running it).
   private func waitUntilRunning() async throws {
-    let deadline = ContinuousClock.now.advanced(by: .seconds(10))
-    func allRunning() async -> Bool {
-      for actor in acceptors.values where await !actor.isRunning { return false }
-      for actor in proposers.values where await !actor.isRunning { return false }
-      for actor in learners.values where await !actor.isRunning { return false }
-      return true
-    }
-    while await !allRunning() {
-      if ContinuousClock.now > deadline { throw ConsensusError.timeout }
-      await Task.yield()
-    }
+    for actor in acceptors.values where await !actor.waitUntilRecovered() { throw ConsensusError.stopped }
+    for actor in proposers.values where await !actor.waitUntilRecovered() { throw ConsensusError.stopped }
+    for actor in learners.values where await !actor.waitUntilRecovered() { throw ConsensusError.stopped }
   }
 
   private func stopAll() {

@@ -22,6 +22,12 @@ public actor PaxosAcceptor<Value: SynodValue> {
   /// Whether ``run()`` has recovered and is answering.
   public private(set) var isRunning = false
 
+  /// Finishes once ``run()`` has recovered and answers (or failed before it could).
+  private nonisolated let recoverySignal = OnceSignal()
+
+  /// Waits until ``run()`` has recovered; returns `false` if it ended before it could.
+  public nonisolated func waitUntilRecovered() async -> Bool { await !recoverySignal.wait() }
+
   /// Creates an acceptor; nothing happens until ``run()``.
   ///
   /// - Parameters:
@@ -51,11 +57,13 @@ public actor PaxosAcceptor<Value: SynodValue> {
   ///   durability), or a `WireError` if the stored state does not decode.
   public func run() async throws {
     precondition(!running, "PaxosAcceptor.run() called twice")
+    defer { recoverySignal.finish(failed: true) }  // No effect once it finished: a failure before recovery.
     running = true
     let recovered = try await storage.recover()
     let state = try recovered.hardState.map { try AcceptorState<Value>(wireBytes: $0) } ?? AcceptorState()
     core = AcceptorCore(id: id, learners: core.learners, state: state)
     isRunning = true
+    recoverySignal.finish()
     defer { isRunning = false }
     let incoming = endpoint.incoming
     try await withTaskCancellationHandler {
@@ -129,6 +137,12 @@ public actor PaxosProposer<Value: SynodValue> {
   /// Whether ``run()`` has recovered and is answering.
   public private(set) var isRunning = false
 
+  /// Finishes once ``run()`` has recovered and answers (or failed before it could).
+  private nonisolated let recoverySignal = OnceSignal()
+
+  /// Waits until ``run()`` has recovered; returns `false` if it ended before it could.
+  public nonisolated func waitUntilRecovered() async -> Bool { await !recoverySignal.wait() }
+
   /// Creates a proposer; nothing happens until ``run()``.
   ///
   /// - Parameters:
@@ -169,6 +183,7 @@ public actor PaxosProposer<Value: SynodValue> {
   /// - Throws: ``QuorumCore/ConfigurationError`` for an invalid configuration, or a storage error.
   public func run() async throws {
     precondition(!running, "PaxosProposer.run() called twice")
+    defer { recoverySignal.finish(failed: true) }  // No effect once it finished: a failure before recovery.
     running = true
     try configuration.validate()
     let recovered = try await storage.recover()
@@ -178,6 +193,7 @@ public actor PaxosProposer<Value: SynodValue> {
       random: SeededRandom(seed: seed))
     try await carryOut(core.step(.start))
     isRunning = true
+    recoverySignal.finish()
     defer { isRunning = false }
     try await runRoleLoop(
       incoming: endpoint.incoming, inputs: inputs, runtime: runtime, tick: configuration.tickInterval
@@ -310,6 +326,12 @@ public actor PaxosLearner<Value: SynodValue> {
   /// Whether ``run()`` is answering.
   public private(set) var isRunning = false
 
+  /// Finishes once ``run()`` has recovered and answers (or failed before it could).
+  private nonisolated let recoverySignal = OnceSignal()
+
+  /// Waits until ``run()`` has recovered; returns `false` if it ended before it could.
+  public nonisolated func waitUntilRecovered() async -> Bool { await !recoverySignal.wait() }
+
   /// Creates a learner; nothing happens until ``run()``.
   ///
   /// - Parameters:
@@ -340,8 +362,10 @@ public actor PaxosLearner<Value: SynodValue> {
   /// Learns until ``stop()`` or cancellation. A learner keeps nothing durable: a restarted learner asks.
   public func run() async throws {
     precondition(!running, "PaxosLearner.run() called twice")
+    defer { recoverySignal.finish(failed: true) }  // No effect once it finished: a failure before recovery.
     running = true
     isRunning = true
+    recoverySignal.finish()
     defer { isRunning = false }
     try await runRoleLoop(
       incoming: endpoint.incoming, inputs: inputs, runtime: runtime, tick: configuration.tickInterval

@@ -1,0 +1,104 @@
+public import QuorumCore
+import Synchronization
+
+/// What a host's groups told waiting clients lately, and the clients waiting for it.
+///
+/// Each group's replica hands the host what its services notify as it applies entries (a lock granted to a waiter,
+/// a session expired), with the entry's position. The hub keeps the newest notifications of each group in a
+/// bounded ring and wakes the clients watching one of their keys. A client that asks for notifications after a
+/// position it already knows gets the ones it missed at once, so nothing falls between an answer and the next
+/// watch; one that comes back after the ring moved on (or to a restarted member) learns the state by a query.
+public final class NotificationHub: Sendable {
+  /// One notification as the hub keeps it.
+  public struct Record: Sendable, Equatable {
+    /// The position of the entry that produced it.
+    public var index: UInt64
+    /// The service that produced it.
+    public var service: String
+    /// The keys it can be watched by.
+    public var keys: [String]
+    /// The service's notification, encoded.
+    public var payload: [UInt8]
+  }
+
+  private struct Waiter {
+    var group: GroupID
+    var service: String
+    var key: String
+    var continuation: UnsafeContinuation<[Record], Never>
+  }
+
+  private struct State {
+    var rings: [GroupID: [Record]] = [:]
+    var waiters: [UInt64: Waiter] = [:]
+    var nextWaiter: UInt64 = 0
+  }
+
+  private let state = Mutex(State())
+  /// The most notifications kept per group.
+  public let capacity: Int
+
+  /// Creates a hub keeping the newest `capacity` notifications of each group.
+  public init(capacity: Int = 4096) { self.capacity = max(1, capacity) }
+
+  /// Records what `group` produced applying the entry at `index`, and wakes the clients watching its keys.
+  public func publish(group: GroupID, index: UInt64, _ notifications: [ServiceNotification]) {
+    let records = notifications.map { Record(index: index, service: $0.service, keys: $0.keys, payload: $0.payload) }
+    let woken = state.withLock { s -> [(UnsafeContinuation<[Record], Never>, [Record])] in
+      var ring = s.rings[group] ?? []
+      ring.append(contentsOf: records)
+      if ring.count > capacity { ring.removeFirst(ring.count - capacity) }
+      s.rings[group] = ring
+      var woken: [(UnsafeContinuation<[Record], Never>, [Record])] = []
+      for id in s.waiters.keys.sorted() {
+        guard let waiter = s.waiters[id], waiter.group == group else { continue }
+        let hits = records.filter { $0.service == waiter.service && $0.keys.contains(waiter.key) }
+        guard !hits.isEmpty else { continue }
+        s.waiters[id] = nil
+        woken.append((waiter.continuation, hits))
+      }
+      return woken
+    }
+    for (continuation, hits) in woken { continuation.resume(returning: hits) }
+  }
+
+  /// The notifications of `service` in `group` with `key` produced after position `after`: those the hub already
+  /// holds at once, otherwise the next ones to come, or none after `timeout` of `clock`'s time.
+  public func wait(
+    group: GroupID, service: String, key: String, after: UInt64, timeout: Duration, clock: any NodeClock
+  ) async -> [Record] {
+    let id = state.withLock { s -> UInt64 in
+      s.nextWaiter += 1
+      return s.nextWaiter
+    }
+    return await withTaskGroup(of: [Record]?.self) { tasks in
+      tasks.addTask {
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<[Record], Never>) in
+          let held = self.state.withLock { s -> [Record]? in
+            let hits = (s.rings[group] ?? []).filter {
+              $0.index > after && $0.service == service && $0.keys.contains(key)
+            }
+            if !hits.isEmpty { return hits }
+            s.waiters[id] = Waiter(group: group, service: service, key: key, continuation: continuation)
+            return nil
+          }
+          if let held { continuation.resume(returning: held) }
+        }
+      }
+      tasks.addTask {
+        try? await clock.sleep(for: timeout)
+        let waiter = self.state.withLock { $0.waiters.removeValue(forKey: id) }
+        waiter?.continuation.resume(returning: [])
+        return nil
+      }
+      var result: [Record] = []
+      while let next = await tasks.next() {
+        if let records = next {
+          result = records
+          tasks.cancelAll()
+        }
+      }
+      return result
+    }
+  }
+}
