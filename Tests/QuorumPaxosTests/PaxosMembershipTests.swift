@@ -391,3 +391,29 @@ struct PaxosTransferTests {
     }
   }
 }
+
+@Suite("Multi-Paxos: node simulation regressions")
+struct PaxosNodeSimulationRegressionTests {
+  // paxos seed 3471 (3 nodes): a new leader re-sent slots 14…19, chosen long before, to an acceptor that knew
+  // them chosen and was storing a snapshot at 25 in the background; the acceptor wrote them again in the new
+  // ballot, below the snapshot storage had just taken, and stopped with a storage error.
+  @Test("an acceptor acknowledges slots it knows chosen without storing them again")
+  func chosenSlotsAreNotRewritten() {
+    var acceptor = MultiPaxosCore(id: 3, members: ids(3), options: .testing(3), random: SeededRandom(seed: 3))
+    let first = Ballot(round: 1, node: 1)
+    let values = (1...3).map { PaxosEntry(index: Slot($0), ballot: first, data: bytes("v\($0)")) }
+    acceptor.step(.accept(Accept(ballot: first, entries: values, chosenThrough: 3)), from: 1)
+    #expect(acceptor.ready().entries.count == 3)
+    #expect(acceptor.chosenThrough == 3)
+
+    let second = Ballot(round: 2, node: 2)
+    let again = values.map { PaxosEntry(index: $0.index, ballot: second, data: $0.data) }
+    acceptor.step(.accept(Accept(ballot: second, entries: again, chosenThrough: 1)), from: 2)
+    let rd = acceptor.ready()
+    #expect(rd.entries.isEmpty, "nothing to store: every slot is known chosen with that value")
+    #expect(
+      rd.messages.map(\.message) == [
+        .accepted(Accepted(ballot: second, firstSlot: 1, lastSlot: 3, chosenThrough: 3))
+      ])
+  }
+}

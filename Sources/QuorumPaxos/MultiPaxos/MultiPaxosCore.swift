@@ -1214,6 +1214,10 @@ public struct MultiPaxosCore: Sendable {
           "\(id): accept of \(entry) in slot \(entry.index) differs from the chosen \(existing.entry)")
         chosen = true
       }
+      // A slot known chosen keeps the value it holds (the same, checked above): storing it again in this ballot
+      // adds nothing, and the slot may be covered by a snapshot the shell is storing in the background, behind
+      // which storage refuses writes. It is acknowledged all the same: the value is chosen.
+      if entry.index <= log.chosenThrough { continue }
       var stored = entry
       stored.ballot = m.ballot
       if entry.index <= commitThrough { chosen = true }
