@@ -1,8 +1,9 @@
 import QuorumCore
 import QuorumKV
-@testable import QuorumPaxos
 import QuorumStorage
 import Testing
+
+@testable import QuorumPaxos
 
 @Suite("PaxosConfiguration validation")
 struct PaxosConfigurationTests {

@@ -253,8 +253,9 @@ struct PaxosMembershipTests {
     try c.change(.change([.addLearner(6)]), at: 1)  // Learners do not count: allowed.
     try c.change(.change([.remove(5)]), at: 1)  // 4 + 2 > 4.
     #expect(c[1].membership == Membership(voters: [1, 2, 3, 4], learners: [6]))
-    #expect(throws: PaxosRequestError.membershipChangeRejected("the phase-1 quorum 4 must be between 1 and the 3 voters"))
-    {
+    #expect(
+      throws: PaxosRequestError.membershipChangeRejected("the phase-1 quorum 4 must be between 1 and the 3 voters")
+    ) {
       try c.change(.change([.remove(4)]), at: 1)
     }
     try c.propose("still fine", at: 1)

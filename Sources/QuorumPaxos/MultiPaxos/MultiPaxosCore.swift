@@ -1475,7 +1475,8 @@ public struct MultiPaxosCore: Sendable {
       .snapshot(
         SnapshotChunk(
           ballot: promised, index: snapshot.index, membership: snapshot.membership ?? .empty,
-          totalBytes: UInt64(total), offset: UInt64(offset), chunk: offset < end ? Array(snapshot.data[offset..<end]) : [])))
+          totalBytes: UInt64(total), offset: UInt64(offset),
+          chunk: offset < end ? Array(snapshot.data[offset..<end]) : [])))
   }
 
   private mutating func retrySnapshot(to id: NodeID) {
@@ -1606,7 +1607,9 @@ public struct MultiPaxosCore: Sendable {
   public mutating func proposeMembership(_ change: MembershipChange) throws(PaxosRequestError) -> Slot {
     guard role == .leader else { throw .notLeader(hint: leader) }
     guard transferee == nil else { throw .transferInProgress }
-    guard pendingConfigSlot == nil else { throw .membershipChangeRejected("a membership change is already in progress") }
+    guard pendingConfigSlot == nil else {
+      throw .membershipChangeRejected("a membership change is already in progress")
+    }
     let next = try Self.membership(after: membership, change, options: options)
     let entry = PaxosEntry(index: nextSlot, ballot: promised, kind: .membership, data: next.wireBytes())
     return append(entry)
