@@ -124,7 +124,7 @@ extension RaftEngine: HostedEngine {
 extension MultiPaxosEngine: HostedEngine {
   public static var kind: EngineKind { .multiPaxos }
   public static var hostLogWriteMode: LogWriteMode { .replace }
-  public static var supportsMembershipChanges: Bool { false }
+  public static var supportsMembershipChanges: Bool { true }
   public static func wrap(_ message: PaxosMessage) -> HostMessage { .paxos(message) }
   public static func unwrap(_ message: HostMessage) -> PaxosMessage? {
     if case .paxos(let m) = message { return m }
@@ -144,12 +144,13 @@ extension MultiPaxosEngine: HostedEngine {
       guard let p = s.peers[id] else { return nil }
       return PeerLag(
         node: id, match: p.chosenThrough, lag: s.lastSlot > p.chosenThrough ? s.lastSlot - p.chosenThrough : 0,
-        isLearner: false, recentlyActive: true, note: p.snapshotRefusal)
+        isLearner: p.isLearner, recentlyActive: p.recentlyActive, note: p.snapshotRefusal)
     }
     return GroupStatus(
       group: group.id, name: group.name, engine: .multiPaxos, node: s.id, role: s.role.rawValue, epoch: s.ballot.round,
       leader: s.leader, commitIndex: s.chosenThrough, appliedIndex: s.appliedThrough, lastIndex: s.lastSlot,
-      snapshotIndex: s.snapshotIndex, voters: group.members.sorted(), learners: [], peers: peers,
+      snapshotIndex: s.snapshotIndex, voters: s.membership.allVoters.sorted(), learners: s.membership.learners.sorted(),
+      peers: peers,
       pendingRequests: s.pendingRequests)
   }
 }

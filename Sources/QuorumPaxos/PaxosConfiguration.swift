@@ -25,10 +25,16 @@ public import QuorumCore
 /// The setting types share their names with `RaftConfiguration`'s where the meaning is the same; inside
 /// either DSL the compiler picks the right one from the context, so a file may import both modules.
 public struct PaxosConfiguration: Sendable, Equatable {
-  /// The acceptors. In Multi-Paxos every member also proposes (when it leads) and learns.
+  /// The acceptors. In Multi-Paxos every member also proposes (when it leads) and learns; these are the
+  /// founding voters, and an empty list makes a Multi-Paxos node that waits to be added to an existing group
+  /// (it learns the configuration from the leader).
   public var members: [NodeID] = []
   /// The phase-1 (prepare) quorum size; `nil` means the smallest size that intersects every phase-2
   /// quorum, or a majority when both sizes are left out.
+  ///
+  /// In Multi-Paxos, sizes given (or derived from one given) stay fixed through membership changes, and a change
+  /// they would not fit (|Q1| + |Q2| ≤ N, or a quorum above N) is refused; with both left out quorums are
+  /// majorities of each configuration's voters.
   public var phase1Quorum: Int?
   /// The phase-2 (accept) quorum size; `nil` means the smallest size that intersects every phase-1
   /// quorum, or a majority when both sizes are left out.
@@ -94,7 +100,7 @@ public struct PaxosConfiguration: Sendable, Equatable {
     try validate()
   }
 
-  /// The phase-1 and phase-2 quorum sizes in force.
+  /// The phase-1 and phase-2 quorum sizes for the founding members.
   public var quorums: (phase1: Int, phase2: Int) {
     let n = members.count
     switch (phase1Quorum, phase2Quorum) {
@@ -120,21 +126,28 @@ public struct PaxosConfiguration: Sendable, Equatable {
     func fail(_ setting: String, _ reason: String) -> ConfigurationError {
       ConfigurationError(setting: setting, reason: reason)
     }
-    if members.isEmpty { throw fail("Members", "a Paxos group needs at least one acceptor") }
     if members.contains(.none) { throw fail("Members", "node id 0 is reserved") }
     if Set(members).count != members.count { throw fail("Members", "duplicate node ids in \(members)") }
     if members.count > Self.maxMembers {
       throw fail("Members", "\(members.count) members; at most \(Self.maxMembers) are supported")
     }
     let n = members.count
-    let (q1, q2) = quorums
-    if !(1...n).contains(q1) { throw fail("Quorums", "the phase-1 quorum \(q1) must be between 1 and \(n)") }
-    if !(1...n).contains(q2) { throw fail("Quorums", "the phase-2 quorum \(q2) must be between 1 and \(n)") }
-    if q1 + q2 <= n {
+    if n == 0 && (phase1Quorum == nil) != (phase2Quorum == nil) {
       throw fail(
         "Quorums",
-        "phase-1 quorum \(q1) + phase-2 quorum \(q2) must exceed the \(n) members (Flexible Paxos: every "
-          + "phase-1 quorum must intersect every phase-2 quorum)")
+        "a node that joins a group (no members) needs both quorum sizes or neither: the missing one is derived "
+          + "from the founding members, which it does not know")
+    }
+    let (q1, q2) = quorums
+    if n > 0 {
+      if !(1...n).contains(q1) { throw fail("Quorums", "the phase-1 quorum \(q1) must be between 1 and \(n)") }
+      if !(1...n).contains(q2) { throw fail("Quorums", "the phase-2 quorum \(q2) must be between 1 and \(n)") }
+      if q1 + q2 <= n {
+        throw fail(
+          "Quorums",
+          "phase-1 quorum \(q1) + phase-2 quorum \(q2) must exceed the \(n) members (Flexible Paxos: every "
+            + "phase-1 quorum must intersect every phase-2 quorum)")
+      }
     }
     if let p = distinguishedProposer, p == .none { throw fail("DistinguishedProposer", "node id 0 is reserved") }
     guard tickInterval > .zero else { throw fail("TickInterval", "must be positive") }
@@ -186,7 +199,7 @@ public struct PaxosConfiguration: Sendable, Equatable {
     }
     guard requestTimeout > .zero else { throw fail("RequestTimeout", "must be positive") }
     try coreOptions.validate(memberCount: n)
-    try synodOptions.validate(acceptorCount: n)
+    if n > 0 { try synodOptions.validate(acceptorCount: n) }
   }
 
   /// The Multi-Paxos core's options, in ticks.
@@ -195,6 +208,7 @@ public struct PaxosConfiguration: Sendable, Equatable {
     let (q1, q2) = quorums
     o.phase1Quorum = q1
     o.phase2Quorum = q2
+    o.majorityQuorums = phase1Quorum == nil && phase2Quorum == nil
     o.electionTimeoutMinTicks = ticks(electionTimeout.lowerBound)
     o.electionTimeoutMaxTicks = max(o.electionTimeoutMinTicks + 1, ticks(electionTimeout.upperBound))
     o.heartbeatTicks = max(1, ticks(heartbeatInterval))

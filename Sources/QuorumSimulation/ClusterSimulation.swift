@@ -331,8 +331,8 @@ public final class ClusterSimulation: @unchecked Sendable {
       case .multiPaxos:
         let configuration = MultiPaxosEngine.configuration(for: group, settings: settings, joining: false)
         checkers[group.id] = PaxosChecker(
-          group: group, sessions: settings.paxos.sessions, phase2Quorum: configuration.coreOptions.phase2Quorum,
-          trace: trace, now: { [scheduler] in scheduler.now })
+          group: group, sessions: settings.paxos.sessions, options: configuration.coreOptions,
+          founders: Membership(voters: Set(configuration.members)), trace: trace, now: { [scheduler] in scheduler.now })
       }
     }
     for id in map.members.keys.sorted() {

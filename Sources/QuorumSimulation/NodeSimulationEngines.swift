@@ -180,27 +180,37 @@ final class RaftChecker: ReplicaChecker<RaftEngine>, @unchecked Sendable {
 }
 
 /// Multi-Paxos's invariants, from an oracle that watches every acceptance as it becomes durable on an
-/// acceptor's disk (a completed write, or records that survived a crash): one value per
-/// ballot and slot, at most one value chosen per slot (a phase-2 quorum accepted it in one ballot), every value a
-/// node learns is the value chosen there, a durable promise never goes back, and a leader leads only in ballots
-/// it owns.
+/// acceptor's disk (a completed write, or records that survived a crash): one value per ballot and slot, at most
+/// one value chosen per slot, every value a node learns is the value chosen there, a durable promise never goes
+/// back, and a leader leads only in ballots it owns.
+///
+/// A value is chosen at a slot when, in one ballot, the voters that accepted it make a phase-2 quorum of the
+/// slot's configuration — the newest configuration entry learnt before the slot, else the founding members —
+/// or of the configuration before that one (a value chosen under the old configuration before a configuration
+/// entry that a later leader resurrected and got chosen; both quorums meet every later phase-1 quorum).
+/// Learners' acceptances count in no quorum. A slot's configuration is known once every slot before it has been
+/// learnt somewhere, which is so when a node first learns the slot: the check runs then, and for every later
+/// acceptance.
 final class PaxosChecker: ReplicaChecker<MultiPaxosEngine>, @unchecked Sendable {
   private struct Tally {
     var fingerprint: UInt64
     var acceptors: Set<NodeID>
   }
 
-  private let phase2Quorum: Int
+  private let options: MultiPaxosOptions
   private var acceptances: [Slot: [Ballot: Tally]] = [:]
   private var chosen: [Slot: UInt64] = [:]
+  /// The configurations learnt, by the slot of their entry (slot 0: the founding members), ascending.
+  private var configurations: [(slot: Slot, membership: Membership)]
   private var durablePromise: [NodeID: Ballot] = [:]
   private var leaderBallots: Set<Ballot> = []
 
   init(
-    group: GroupSpec, sessions: SessionPolicy, phase2Quorum: Int, trace: SimulationTrace,
-    now: @escaping () -> VirtualTime
+    group: GroupSpec, sessions: SessionPolicy, options: MultiPaxosOptions, founders: Membership,
+    trace: SimulationTrace, now: @escaping () -> VirtualTime
   ) {
-    self.phase2Quorum = phase2Quorum
+    self.options = options
+    self.configurations = [(0, founders)]
     super.init(group: group, sessions: sessions, trace: trace, now: now)
   }
 
@@ -233,27 +243,45 @@ final class PaxosChecker: ReplicaChecker<MultiPaxosEngine>, @unchecked Sendable 
       }
       tally.acceptors.insert(node)
       acceptances[entry.index, default: [:]][entry.ballot] = tally
-      guard tally.acceptors.count >= phase2Quorum else { continue }
-      if let value = chosen[entry.index] {
-        if value != digest {
-          fail(
-            "\(group.name): Safety: two values chosen for slot \(entry.index): the second in ballot \(entry.ballot) by "
-              + "\(tally.acceptors.sorted())")
-        }
-      } else {
-        chosen[entry.index] = digest
-        trace.record(now(), "oracle: slot \(entry.index) chosen in \(entry.ballot) by \(tally.acceptors.sorted())")
+      if let value = chosen[entry.index], value != digest, isChosen(tally, at: entry.index) {
+        fail("\(group.name): Safety: two values chosen for slot \(entry.index) (ballot \(entry.ballot))")
       }
     }
   }
 
+  /// Whether the tally's acceptors make a phase-2 quorum of the slot's configuration or of the one before it.
+  private func isChosen(_ tally: Tally, at slot: Slot) -> Bool {
+    guard let current = configurations.lastIndex(where: { $0.slot < slot }) else { return false }
+    for i in [current, current - 1] where i >= 0 {
+      let voters = configurations[i].membership.allVoters
+      let needed = options.quorums(voters: voters.count).phase2
+      if tally.acceptors.intersection(voters).count >= needed { return true }
+    }
+    return false
+  }
+
   override func didApply(_ node: NodeID, entry: PaxosEntry) {
-    guard let value = chosen[entry.index] else {
-      fail("\(group.name): Learning: \(node) learned slot \(entry.index), but no value is chosen there")
+    let digest = Self.fingerprint(isCommand: entry.isCommand, data: entry.data)
+    if let value = chosen[entry.index] {
+      if value != digest {
+        fail("\(group.name): Learning: \(node) learned slot \(entry.index) with a value that is not the one chosen there")
+      }
       return
     }
-    if value != Self.fingerprint(isCommand: entry.isCommand, data: entry.data) {
-      fail("\(group.name): Learning: \(node) learned slot \(entry.index) with a value that is not the one chosen there")
+    var values: Set<UInt64> = []
+    for (ballot, tally) in acceptances[entry.index] ?? [:] where isChosen(tally, at: entry.index) {
+      values.insert(tally.fingerprint)
+      trace.record(now(), "oracle: slot \(entry.index) chosen in \(ballot)")
+    }
+    if values.count > 1 { fail("\(group.name): Safety: two values chosen for slot \(entry.index)") }
+    guard values.contains(digest) else {
+      fail("\(group.name): Learning: \(node) learned slot \(entry.index), but that value is not chosen there")
+      return
+    }
+    chosen[entry.index] = digest
+    if let membership = entry.membership {
+      let i = configurations.firstIndex { $0.slot > entry.index } ?? configurations.count
+      configurations.insert((entry.index, membership), at: i)
     }
   }
 }

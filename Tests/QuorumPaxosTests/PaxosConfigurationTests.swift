@@ -1,8 +1,9 @@
 import QuorumCore
 import QuorumKV
-import QuorumPaxos
 import QuorumStorage
 import Testing
+
+@testable import QuorumPaxos
 
 @Suite("PaxosConfiguration validation")
 struct PaxosConfigurationTests {
@@ -52,7 +53,15 @@ struct PaxosConfigurationTests {
   func invalid() {
     #expect(error { try PaxosConfiguration { Members(1, 2, 2) } }?.setting == "Members")
     #expect(error { try PaxosConfiguration { Members(0, 1) } }?.setting == "Members")
-    #expect(error { try PaxosConfiguration { Members() } }?.setting == "Members")
+    // No members: a node that joins an existing group; it needs both quorum sizes or neither.
+    #expect(error { try PaxosConfiguration { Members() } } == nil)
+    #expect(
+      error {
+        try PaxosConfiguration {
+          Members()
+          Quorums(phase1: 2)
+        }
+      }?.setting == "Quorums")
     #expect(error { try PaxosConfiguration { Members((1...65).map { NodeID(UInt64($0)) }) } }?.setting == "Members")
     #expect(
       error {
@@ -126,15 +135,17 @@ struct PaxosConfigurationTests {
       }?.setting == "DistinguishedProposer")
   }
 
-  @Test("a node that is not a member refuses to run, naming Members")
-  func notAMember() async throws {
+  @Test("a node that is not a founding member starts as a non-voter that learns the configuration, not a candidate")
+  func notAFoundingMember() throws {
     let configuration = try PaxosConfiguration { Members(1, 2, 3) }
-    let transport = InProcessTransport<PaxosMessage>()
-    let node = MultiPaxosNode(
-      id: 9, configuration: configuration, endpoint: try transport.bind(9),
-      storage: MemoryStorage<PaxosEntry>(mode: .replace), machine: KVStore())
-    await #expect(throws: ConfigurationError(setting: "Members", reason: "n9 is not among [n1, n2, n3]")) {
-      try await node.run()
-    }
+    let engine = try MultiPaxosEngine.recover(
+      id: 9, configuration: configuration, state: RecoveredState<PaxosEntry>(), random: SeededRandom(seed: 9)
+    ).engine
+    #expect(engine.core.membership == Membership(voters: [1, 2, 3]), "the founding members govern the first slots")
+    #expect(!engine.core.isPromotable)
+    var core = engine.core
+    core.sinceLeaderContact = 1_000  // Outside the refusal window: only its not being a voter stops it.
+    let started = core.campaign()
+    #expect(!started, "a non-voter never campaigns")
   }
 }

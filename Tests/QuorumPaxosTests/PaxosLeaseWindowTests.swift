@@ -184,6 +184,7 @@ struct PaxosLeaseValidationTests {
     options.tickNanos = 0
     #expect(setting { try options.validate(memberCount: 3) } == "tickNanos")
     options = try nodeOptions()
+    options.majorityQuorums = false  // Fixed sizes (majorities follow the member count and always intersect).
     #expect(setting { try options.validate(memberCount: 4) } == "phase2Quorum", "2 + 2 do not exceed 4")
   }
 }

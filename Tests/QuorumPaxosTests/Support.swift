@@ -177,11 +177,15 @@ struct PaxosCluster {
   var snapshotRefusals: [NodeID: [PaxosSnapshotRefusal]] = [:]
   var dropFilter: ((NodeID, NodeID, PaxosMessage) -> Bool)?
   let options: MultiPaxosOptions
-  let members: [NodeID]
+  /// The running nodes (founders, and nodes added with `join`).
+  var members: [NodeID]
+  /// The founding members, given to every node that restarts.
+  let founders: [NodeID]
 
   init(_ n: Int, options: MultiPaxosOptions? = nil, seed: UInt64 = 7) {
     self.options = options ?? .testing(n)
     members = ids(n)
+    founders = members
     for id in members {
       nodes[id] = MultiPaxosCore(
         id: id, members: members, options: self.options, random: SeededRandom(seed: seed &+ id.rawValue))
@@ -278,7 +282,7 @@ struct PaxosCluster {
       return
     }
     nodes[id] = MultiPaxosCore(
-      id: id, members: members, options: options, hardState: d.hardState, snapshot: d.snapshot,
+      id: id, members: founders, options: options, hardState: d.hardState, snapshot: d.snapshot,
       entries: d.entries.keys.sorted().compactMap { d.entries[$0] }, random: SeededRandom(seed: seed))
     nodes[id]?.sinceLeaderContact = options.electionTimeoutMinTicks
     applied[id] = []

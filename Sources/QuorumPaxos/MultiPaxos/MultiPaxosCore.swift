@@ -22,6 +22,10 @@ public struct MultiPaxosOptions: Sendable, Equatable {
   public var phase1Quorum = 2
   /// Acceptors that must accept a proposal for it to be chosen (|Q2|). |Q1| + |Q2| must exceed the members.
   public var phase2Quorum = 2
+  /// Whether quorums are majorities of the voters of each configuration (|Q1| = |Q2| = ⌊N/2⌋ + 1), following
+  /// membership changes, instead of the fixed sizes ``phase1Quorum`` and ``phase2Quorum``. With fixed sizes a
+  /// membership change that would leave |Q1| + |Q2| ≤ N, or a quorum larger than N, is refused.
+  public var majorityQuorums = false
   /// The shortest election timeout in ticks; each timeout is drawn from `min..<max`.
   public var electionTimeoutMinTicks = 10
   /// One past the longest election timeout in ticks.
@@ -65,6 +69,23 @@ public struct MultiPaxosOptions: Sendable, Equatable {
   /// Defaults: majority quorums of 3, 10–20 tick elections, a heartbeat every tick.
   public init() {}
 
+  /// The phase-1 and phase-2 quorum sizes for a configuration of `voters` voters.
+  public func quorums(voters: Int) -> (phase1: Int, phase2: Int) {
+    majorityQuorums ? (voters / 2 + 1, voters / 2 + 1) : (phase1Quorum, phase2Quorum)
+  }
+
+  /// Why quorums of these sizes cannot serve a configuration of `voters` voters (each between 1 and N, and
+  /// |Q1| + |Q2| > N so that every phase-1 quorum meets every phase-2 quorum), or `nil` if they can.
+  public func quorumProblem(voters n: Int) -> String? {
+    let (q1, q2) = quorums(voters: n)
+    if !(1...max(1, n)).contains(q1) { return "the phase-1 quorum \(q1) must be between 1 and the \(n) voters" }
+    if !(1...max(1, n)).contains(q2) { return "the phase-2 quorum \(q2) must be between 1 and the \(n) voters" }
+    if q1 + q2 <= n {
+      return "quorums \(q1) + \(q2) do not exceed the \(n) voters: they need not intersect"
+    }
+    return nil
+  }
+
   /// How long after hearing from its leader an acceptor refuses to promise a new ballot, measured on its
   /// monotonic clock: the minimum election timeout, `electionTimeoutMinTicks × tickNanos` (0 when
   /// ``tickNanos`` is 0).
@@ -78,16 +99,21 @@ public struct MultiPaxosOptions: Sendable, Equatable {
     func fail(_ option: String, _ reason: String) -> ConfigurationError {
       ConfigurationError(setting: option, reason: reason)
     }
-    if !(1...max(1, memberCount)).contains(phase1Quorum) {
-      throw fail("phase1Quorum", "\(phase1Quorum) must be between 1 and the \(memberCount) members")
-    }
-    if !(1...max(1, memberCount)).contains(phase2Quorum) {
-      throw fail("phase2Quorum", "\(phase2Quorum) must be between 1 and the \(memberCount) members")
-    }
-    if phase1Quorum + phase2Quorum <= memberCount {
-      throw fail(
-        "phase2Quorum",
-        "quorums \(phase1Quorum) + \(phase2Quorum) do not exceed the \(memberCount) members: they need not intersect")
+    // A node that joins an existing group (no members yet) learns the configuration; its quorums are checked
+    // against every configuration it is given.
+    if memberCount > 0 && !majorityQuorums {
+      if !(1...memberCount).contains(phase1Quorum) {
+        throw fail("phase1Quorum", "\(phase1Quorum) must be between 1 and the \(memberCount) members")
+      }
+      if !(1...memberCount).contains(phase2Quorum) {
+        throw fail("phase2Quorum", "\(phase2Quorum) must be between 1 and the \(memberCount) members")
+      }
+      if phase1Quorum + phase2Quorum <= memberCount {
+        throw fail(
+          "phase2Quorum",
+          "quorums \(phase1Quorum) + \(phase2Quorum) do not exceed the \(memberCount) members: they need not "
+            + "intersect")
+      }
     }
     if electionTimeoutMinTicks < 1 { throw fail("electionTimeoutMinTicks", "must be at least 1") }
     if heartbeatTicks < 1 { throw fail("heartbeatTicks", "must be at least 1") }
@@ -195,11 +221,16 @@ public enum PaxosRequestError: Error, Sendable, Equatable {
   case notLeader(hint: NodeID?)
   /// Too many bytes are proposed but not chosen.
   case overloaded
+  /// Leadership is being handed over (a transfer, or this leader removed itself): it proposes nothing.
+  case transferInProgress
+  /// The membership change (or transfer) cannot be made now, and why: another change is in progress, the
+  /// change alters more than one voter, or the quorum sizes would not fit the new configuration.
+  case membershipChangeRejected(String)
 }
 
-/// The leader's view of one acceptor, for status displays.
+/// The leader's view of one member (an acceptor, or a learner), for status displays.
 public struct PaxosPeerProgress: Sendable, Equatable {
-  /// The acceptor's reported chosen point.
+  /// The member's reported chosen point.
   public var chosenThrough: Slot
   /// The next slot the leader will send it.
   public var next: Slot
@@ -209,6 +240,10 @@ public struct PaxosPeerProgress: Sendable, Equatable {
   public var receivingSnapshot: Bool
   /// Why the leader is not sending it a snapshot it needs (it refused one as too large), or `nil`.
   public var snapshotRefusal: String? = nil
+  /// Whether it is a learner (it receives the log but counts in no quorum) in the newest configuration.
+  public var isLearner = false
+  /// Whether the leader heard from it in the current check-quorum period.
+  public var recentlyActive = false
 }
 
 /// Multi-Paxos as a pure, deterministic value: every node is an acceptor and a learner for every slot, and a
@@ -249,13 +284,26 @@ public struct PaxosPeerProgress: Sendable, Equatable {
 /// - **Compaction.** ``takeSnapshot(at:data:retainEntries:)`` drops applied slots; a candidate whose first
 ///   unknown slot an acceptor has compacted is refused (``RejectReason/behindSnapshot``) and waits for a
 ///   leader to send it the snapshot.
+/// - **Membership changes.** A configuration is a log entry (``PaxosEntryKind/membership``) carrying the
+///   whole resulting ``QuorumCore/Membership``; it governs every slot after its own, and travels in snapshots.
+///   Learners receive everything but count in no quorum. The rule that keeps quorums intersecting:
+///   1. one change at a time, altering at most one voter, and only to quorum sizes that still intersect
+///      (|Q1| + |Q2| > N for the new N, each between 1 and N);
+///   2. a leader sends and stores nothing after a configuration entry's slot until that slot is chosen, so at
+///      most one configuration is in doubt, at the tail of what any leader proposed;
+///   3. a candidate needs complete reports from a phase-1 quorum of the configuration known at its first
+///      unknown slot *and* of every configuration the reports hold above it (the highest-ballot proposal of
+///      each slot): with a configuration in doubt, quorums of the old and the new one, as Raft's C(old,new).
+///   Since two successive configurations differ by one voter and both satisfy |Q1| + |Q2| > N, a phase-1
+///   quorum of either meets a phase-2 quorum of the other: a value chosen under the old configuration after a
+///   configuration entry a later leader resurrects (an old proposal found by phase 1) stays visible.
+///   A leader removed (or demoted) by a chosen change hands over to its most caught-up voter
+///   (``PaxosMessage/campaignNow(_:)``) and steps down. ``transferLeadership(to:)`` hands over on request.
 public struct MultiPaxosCore: Sendable {
   /// This node.
   public let id: NodeID
   /// The options in force.
   public let options: MultiPaxosOptions
-  /// Every acceptor, sorted.
-  public let members: [NodeID]
 
   /// The ballot promised (durable).
   public private(set) var promised: Ballot
@@ -267,7 +315,6 @@ public struct MultiPaxosCore: Sendable {
   public private(set) var highestSeen: Ballot
 
   var log: PaxosLog
-  private let memberBit: [NodeID: UInt64]
   private var random: SeededRandom
   private var electionElapsed = 0
   private var heartbeatElapsed = 0
@@ -297,9 +344,16 @@ public struct MultiPaxosCore: Sendable {
   private struct Candidacy: Sendable {
     var ballot: Ballot
     var fromSlot: Slot
+    /// The configuration known at `fromSlot` (the newest known chosen).
+    var known: Membership
+    /// The ballot of the leader that handed over (``Prepare/handoff``), or zero.
+    var handoff: Ballot
+    /// The acceptors asked, and the slot each report continues from.
     var cursor: [NodeID: Slot] = [:]
     var complete: Set<NodeID> = []
     var merged: [Slot: Merged] = [:]
+    /// The slots whose merged proposal is a configuration entry.
+    var configSlots: Set<Slot> = []
     var maxSlot: Slot = 0
     var selfDurable = false
   }
@@ -342,6 +396,36 @@ public struct MultiPaxosCore: Sendable {
   private var peers: [NodeID: Peer] = [:]
   private var peerOrder: [NodeID] = []
   private var selfBit: UInt64 = 0
+  /// A configuration as a leader uses it: from the slot after ``slot`` on, quorums of ``membership``'s voters
+  /// (``mask`` in the acknowledgement bits) of these sizes.
+  private struct Configuration: Sendable {
+    var slot: Slot
+    var membership: Membership
+    var phase1: Int
+    var phase2: Int
+    var mask: UInt64
+  }
+  /// Leader: the configurations of every slot after the chosen point, ascending: the first governs
+  /// `chosenThrough + 1`, each later one the slots after its own.
+  private var configurations: [Configuration] = []
+  /// Leader: the configuration entry sent but not yet chosen; nothing after it is sent until it is.
+  private var pendingConfigSlot: Slot?
+  /// Leader: proposals after ``pendingConfigSlot``, in slot order, neither sent nor stored until it is chosen.
+  private var held: [SlotRecord] = []
+  /// Leader: every slot from its first unknown one up to here holds its own proposal (or a chosen value); the
+  /// records above it are older proposals its acceptor accepted, which it never sends.
+  private var releasedThrough: Slot = 0
+  /// Leader: the slot its next proposal takes.
+  private var nextSlot: Slot = 1
+  /// Leader: the acknowledgement bit of each voter of ``configurations``.
+  private var bitOf: [NodeID: UInt64] = [:]
+  /// Leader: the voter it hands leadership to, and whether it steps down once it has (it was removed).
+  public private(set) var transferee: NodeID?
+  private var stepDownAfterTransfer = false
+  private var campaignNowSentAt: UInt64?
+  /// Leader: it started a hand-over in this ballot. A delayed ``CampaignNow`` may yet elect the target past
+  /// every acceptor's refusal window, so it serves no lease read again in this ballot.
+  private var leaseForfeited = false
   /// The last slot whose value phase 1 recovered; the leader serves reads once it has chosen everything
   /// up to here.
   private(set) var recoveryEnd: Slot = 0
@@ -366,6 +450,7 @@ public struct MultiPaxosCore: Sendable {
   private struct IncomingSnapshot: Sendable {
     var from: NodeID
     var index: Slot
+    var membership: Membership
     var totalBytes: UInt64
     var data: [UInt8]
   }
@@ -386,11 +471,13 @@ public struct MultiPaxosCore: Sendable {
   /// Creates a node from its durable state.
   ///
   /// - Parameters:
-  ///   - id: this node; one of `members`.
-  ///   - members: every acceptor of the group (at most 64).
+  ///   - id: this node.
+  ///   - members: the founding voters of the group (at most 64), the configuration of every slot before the
+  ///     first configuration entry; empty for a node that joins an existing group and learns its
+  ///     configuration from the leader. A node need not be a founding member.
   ///   - options: quorums, timeouts and limits.
   ///   - hardState: the recovered promise.
-  ///   - snapshot: the recovered snapshot, if any.
+  ///   - snapshot: the recovered snapshot, if any (without a recorded configuration: the founding members').
   ///   - entries: the recovered accepted proposals above the snapshot.
   ///   - random: the seeded generator for election timeouts.
   public init(
@@ -399,23 +486,16 @@ public struct MultiPaxosCore: Sendable {
     random: SeededRandom
   ) {
     precondition(id != .none, "node id 0 is reserved")
-    let sorted = members.sorted()
-    precondition(sorted.contains(id), "\(id) is not among the members \(sorted)")
-    precondition(sorted.count <= 64, "at most 64 members")
-    precondition(
-      options.phase1Quorum + options.phase2Quorum > sorted.count,
-      "quorums \(options.phase1Quorum)+\(options.phase2Quorum) do not intersect among \(sorted.count) members")
+    precondition(members.count <= 64, "at most 64 members")
+    if !members.isEmpty, let problem = options.quorumProblem(voters: Set(members).count) {
+      preconditionFailure("founding members \(members.sorted()): \(problem)")
+    }
     self.id = id
     self.options = options
-    self.members = sorted
-    var bits: [NodeID: UInt64] = [:]
-    for (i, member) in sorted.enumerated() { bits[member] = 1 << UInt64(i) }
-    self.memberBit = bits
-    self.selfBit = bits[id] ?? 0
     self.random = random
     self.promised = hardState.promised
     self.highestSeen = hardState.promised
-    self.log = PaxosLog(snapshot: snapshot, entries: entries)
+    self.log = PaxosLog(snapshot: snapshot, entries: entries, membership: Membership(voters: Set(members)))
     self.lastHardState = hardState
     self.lastSoftState = PaxosSoftState(role: .follower, leader: nil, ballot: hardState.promised)
     resetElectionTimeout()
@@ -445,17 +525,50 @@ public struct MultiPaxosCore: Sendable {
   public var isRecovered: Bool { role == .leader && log.chosenThrough >= recoveryEnd }
   /// The election timeout currently drawn, in ticks.
   public var currentElectionTimeout: Int { randomizedElectionTimeout }
-  /// The leader's view of each acceptor (empty unless leading).
+  /// The membership in force: on a leader the newest configuration it proposed (chosen or not, as Raft's
+  /// leader shows its newest entry); elsewhere the newest configuration known chosen (the founding members
+  /// until one is, or ``QuorumCore/Membership/empty`` on a node that joined and has learnt none yet).
+  public var membership: Membership {
+    role == .leader ? (configurations.last?.membership ?? log.membership) : log.membership
+  }
+  /// The voters of ``membership``, sorted.
+  public var members: [NodeID] { membership.allVoters.sorted() }
+  /// The configuration in force after `slot` (the newest configuration entry at or before it), for a slot this
+  /// node knows chosen and has not compacted; what a snapshot at `slot` records.
+  public func membership(through slot: Slot) -> Membership {
+    log.membership(through: min(max(slot, log.offset), log.chosenThrough))
+  }
+  /// Whether this node may campaign: it is a voter of the newest configuration it knows chosen.
+  public var isPromotable: Bool { log.membership.isVoter(id) }
+  /// Whether a membership change is proposed but not yet chosen (leader only).
+  public var hasPendingMembershipChange: Bool { pendingConfigSlot != nil }
+  /// The leader's view of each member (empty unless leading).
   public var peerProgress: [NodeID: PaxosPeerProgress] {
-    peers.mapValues {
-      PaxosPeerProgress(
-        chosenThrough: $0.chosen, next: $0.next, inflight: $0.inflight.count, receivingSnapshot: $0.snapshotIndex > 0,
-        snapshotRefusal: $0.snapshotRefusal)
+    let newest = membership
+    var out: [NodeID: PaxosPeerProgress] = [:]
+    for (node, peer) in peers {
+      out[node] = PaxosPeerProgress(
+        chosenThrough: peer.chosen, next: peer.next, inflight: peer.inflight.count,
+        receivingSnapshot: peer.snapshotIndex > 0, snapshotRefusal: peer.snapshotRefusal,
+        isLearner: !newest.isVoter(node), recentlyActive: peer.recentActive)
     }
+    return out
   }
 
-  private var phase1Quorum: Int { options.phase1Quorum }
-  private var phase2Quorum: Int { options.phase2Quorum }
+  /// The configuration of `slot` as this leader sees it: the newest of ``configurations`` before it.
+  private func configuration(of slot: Slot) -> Configuration {
+    var found = configurations[0]
+    for configuration in configurations.dropFirst() where configuration.slot < slot { found = configuration }
+    return found
+  }
+
+  /// Whether `members` hold a phase-1 (or phase-2) quorum of `membership`'s voters.
+  private func isQuorum(_ members: Set<NodeID>, of membership: Membership, phase1: Bool) -> Bool {
+    let (q1, q2) = options.quorums(voters: membership.allVoters.count)
+    var count = 0
+    for voter in membership.allVoters where members.contains(voter) { count += 1 }
+    return count >= (phase1 ? q1 : q2)
+  }
 
   // MARK: - Time
 
@@ -516,7 +629,7 @@ public struct MultiPaxosCore: Sendable {
     }
     // Ticks fired in a burst after a stall reach the timeout early: within the window measured on the clock
     // this node would promise itself a ballot while the leader it acknowledged may still hold a lease.
-    if electionElapsed >= randomizedElectionTimeout && !inClockLeaseWindow {
+    if electionElapsed >= randomizedElectionTimeout && !inClockLeaseWindow && isPromotable {
       startProbe()
     } else if role == .candidate {
       retransmitPrepares()
@@ -529,13 +642,21 @@ public struct MultiPaxosCore: Sendable {
     electionElapsed += 1
     if electionElapsed >= options.electionTimeoutMinTicks {
       electionElapsed = 0
-      var active = 1
-      for peer in peerOrder where peers[peer]?.recentActive == true { active += 1 }
+      var active: Set<NodeID> = [id]
+      for peer in peerOrder where peers[peer]?.recentActive == true { active.insert(peer) }
       for peer in peerOrder { peers[peer]?.recentActive = false }
-      if active < phase2Quorum {
+      if !configurations.allSatisfy({ isQuorum(active, of: $0.membership, phase1: false) }) {
         // Check-quorum: a leader cut off from a phase-2 quorum can choose nothing; let another lead.
         becomeFollower(leader: nil)
         return
+      }
+      if transferee != nil {
+        // The target did not take over within an election timeout: resume, or (removed) just step down.
+        if stepDownAfterTransfer {
+          becomeFollower(leader: nil)
+          return
+        }
+        transferee = nil
       }
     }
     if heartbeatElapsed >= options.heartbeatTicks {
@@ -569,6 +690,17 @@ public struct MultiPaxosCore: Sendable {
     uncommittedBytes = 0
     recoveryEnd = 0
     candidacy = nil
+    configurations = []
+    pendingConfigSlot = nil
+    held = []
+    releasedThrough = 0
+    nextSlot = 1
+    bitOf = [:]
+    selfBit = 0
+    transferee = nil
+    stepDownAfterTransfer = false
+    campaignNowSentAt = nil
+    leaseForfeited = false
   }
 
   private mutating func becomeFollower(leader newLeader: NodeID?) {
@@ -580,19 +712,41 @@ public struct MultiPaxosCore: Sendable {
     resetElectionTimeout()
   }
 
-  /// Starts phase 1 now, without probing first — unless this node's own acceptor would refuse the new ballot
-  /// to another candidate (leader stickiness: it heard from a leader, or led, or started, within a minimum
-  /// election timeout), as a campaign that a timeout starts would be refused by its probe. Returns whether it
-  /// started.
+  /// Starts phase 1 now, without probing first — unless this node is not a voter of the newest configuration
+  /// it knows chosen, or its own acceptor would refuse the new ballot to another candidate (leader
+  /// stickiness: it heard from a leader, or led, or started, within a minimum election timeout), as a campaign
+  /// that a timeout starts would be refused by its probe. Returns whether it started.
   @discardableResult
   public mutating func campaign() -> Bool {
-    guard !refusesNewBallots else { return false }
+    guard isPromotable, !refusesNewBallots else { return false }
     startCandidacy()
     return true
   }
 
+  /// The configurations this node holds above its chosen point (not known chosen), ascending.
+  private var configurationsAboveChosen: [Membership] {
+    log.configSlots.filter { $0 > log.chosenThrough }.compactMap { log.configuration(at: $0) }
+  }
+
+  /// Whether `node` may ask this acceptor for a promise: a voter of the newest configuration known chosen or of
+  /// one held above it (it may be chosen already), or anyone while this node knows no configuration (it is
+  /// joining). A removed node that lost track cannot disturb the group.
+  private func mayCampaign(_ node: NodeID) -> Bool {
+    if log.membership.allMembers.isEmpty || log.membership.isVoter(node) { return true }
+    return configurationsAboveChosen.contains { $0.isVoter(node) }
+  }
+
+  /// The voters a candidate asks first: those of the newest configuration known chosen and of every one held
+  /// above it.
+  private var campaignTargets: [NodeID] {
+    var voters = log.membership.allVoters
+    for configuration in configurationsAboveChosen { voters.formUnion(configuration.allVoters) }
+    voters.remove(id)
+    return voters.sorted()
+  }
+
   /// Asks every acceptor whether it would promise a ballot above everything seen, changing nothing; phase 1
-  /// starts only once a phase-1 quorum (this node included) says yes.
+  /// starts only once a phase-1 quorum (this node included) of each configuration it knows says yes.
   private mutating func startProbe() {
     clearLeadership()
     role = .preCandidate
@@ -601,27 +755,34 @@ public struct MultiPaxosCore: Sendable {
     resetElectionTimeout()
     probeBallot = Ballot.next(above: max(promised, highestSeen), for: id)
     probeGrants = [id]
-    if probeGrants.count >= phase1Quorum {
+    if probeSucceeded {
       startCandidacy()
       return
     }
     let probe = Prepare(ballot: probeBallot, fromSlot: log.chosenThrough + 1)
-    for member in members where member != id { send(member, .probe(probe)) }
+    for member in campaignTargets { send(member, .probe(probe)) }
+  }
+
+  private var probeSucceeded: Bool {
+    ([log.membership] + configurationsAboveChosen).allSatisfy { isQuorum(probeGrants, of: $0, phase1: true) }
   }
 
   private mutating func handleProbe(_ m: Prepare, from: NodeID) {
     // Grant exactly when a prepare would be promised now; promise nothing.
-    let granted = m.ballot > promised && !refusesNewBallots && m.fromSlot > log.offset && role != .leader
+    let granted =
+      m.ballot > promised && !refusesNewBallots && m.fromSlot > log.offset && role != .leader && mayCampaign(from)
     send(from, .probeResponse(ProbeResponse(ballot: m.ballot, granted: granted)))
   }
 
   private mutating func handleProbeResponse(_ m: ProbeResponse, from: NodeID) {
     guard role == .preCandidate, m.ballot == probeBallot, m.granted else { return }
     probeGrants.insert(from)
-    if probeGrants.count >= phase1Quorum { startCandidacy() }
+    if probeSucceeded { startCandidacy() }
   }
 
-  private mutating func startCandidacy() {
+  /// Starts phase 1 in a new ballot. `handoff` is the ballot of the leader that asked for it
+  /// (``CampaignNow``), or zero.
+  private mutating func startCandidacy(handoff: Ballot = .zero) {
     clearLeadership()
     let floor = max(promised, highestSeen)
     let ballot = probeBallot > floor ? probeBallot : Ballot.next(above: floor, for: id)
@@ -632,18 +793,19 @@ public struct MultiPaxosCore: Sendable {
     electionElapsed = 0
     resetElectionTimeout()
     let fromSlot = log.chosenThrough + 1
-    var c = Candidacy(ballot: ballot, fromSlot: fromSlot)
-    for member in members where member != id { c.cursor[member] = fromSlot }
+    var c = Candidacy(ballot: ballot, fromSlot: fromSlot, known: log.membership, handoff: handoff)
+    let targets = campaignTargets
+    for member in targets { c.cursor[member] = fromSlot }
     candidacy = c
-    for member in members where member != id {
-      send(member, .prepare(Prepare(ballot: ballot, fromSlot: fromSlot)))
+    for member in targets {
+      send(member, .prepare(Prepare(ballot: ballot, fromSlot: fromSlot, handoff: handoff)))
     }
   }
 
   private mutating func retransmitPrepares() {
     guard let c = candidacy, electionElapsed > 0, electionElapsed % options.retransmitTicks == 0 else { return }
-    for member in members where member != id && !c.complete.contains(member) {
-      send(member, .prepare(Prepare(ballot: c.ballot, fromSlot: c.cursor[member] ?? c.fromSlot)))
+    for member in c.cursor.keys.sorted() where !c.complete.contains(member) {
+      send(member, .prepare(Prepare(ballot: c.ballot, fromSlot: c.cursor[member] ?? c.fromSlot, handoff: c.handoff)))
     }
   }
 
@@ -670,9 +832,13 @@ public struct MultiPaxosCore: Sendable {
           "two chosen values reported for slot \(slot): \(existing.entry) and \(entry)")
         return
       }
-      if chosen || entry.ballot > existing.entry.ballot { c.merged[slot] = Merged(entry: entry, chosen: chosen) }
+      guard chosen || entry.ballot > existing.entry.ballot else { return }
+    }
+    c.merged[slot] = Merged(entry: entry, chosen: chosen)
+    if entry.kind == .membership {
+      c.configSlots.insert(slot)
     } else {
-      c.merged[slot] = Merged(entry: entry, chosen: chosen)
+      c.configSlots.remove(slot)
     }
   }
 
@@ -686,14 +852,34 @@ public struct MultiPaxosCore: Sendable {
       c.complete.insert(from)
       c.maxSlot = max(c.maxSlot, m.lastSlot)
     } else {
-      send(from, .prepare(Prepare(ballot: c.ballot, fromSlot: c.cursor[from] ?? expected)))
+      send(from, .prepare(Prepare(ballot: c.ballot, fromSlot: c.cursor[from] ?? expected, handoff: c.handoff)))
     }
     candidacy = c
     maybeLead()
   }
 
+  /// The configurations a candidate needs a phase-1 quorum of: the one known at its first unknown slot, then
+  /// every one the merged reports hold above it, in slot order (rule 3 of the membership rule).
+  private func requiredConfigurations(_ c: Candidacy) -> [Membership] {
+    var out = [c.known]
+    for slot in c.configSlots.sorted() {
+      if let configuration = c.merged[slot]?.entry.membership { out.append(configuration) }
+    }
+    return out
+  }
+
   private mutating func maybeLead() {
-    guard role == .candidate, let c = candidacy, c.selfDurable, c.complete.count >= phase1Quorum else { return }
+    guard role == .candidate, var c = candidacy, c.selfDurable else { return }
+    let required = requiredConfigurations(c)
+    // The reports revealed configurations with voters not asked yet: ask them.
+    for configuration in required {
+      for voter in configuration.allVoters.sorted() where voter != id && c.cursor[voter] == nil {
+        c.cursor[voter] = c.fromSlot
+        send(voter, .prepare(Prepare(ballot: c.ballot, fromSlot: c.fromSlot, handoff: c.handoff)))
+      }
+    }
+    candidacy = c
+    guard required.allSatisfy({ isQuorum(c.complete, of: $0, phase1: true) }) else { return }
     becomeLeader(c)
   }
 
@@ -704,7 +890,15 @@ public struct MultiPaxosCore: Sendable {
     electionElapsed = 0
     heartbeatElapsed = 0
     noteLeaderContact()
-    // Re-propose in this ballot everything phase 1 found, and fill the gaps with no-ops.
+    configurations = []
+    bitOf = [:]
+    peers = [:]
+    peerOrder = []
+    appendConfiguration(log.membership, at: log.membershipSlot)
+    syncPeers(next: c.fromSlot)
+    releasedThrough = c.fromSlot - 1
+    // Re-propose in this ballot everything phase 1 found, and fill the gaps with no-ops. Past a configuration
+    // entry not known chosen, the proposals wait (rule 2) until it is.
     var slot = c.fromSlot
     while slot <= c.maxSlot {
       let entry: PaxosEntry
@@ -720,30 +914,171 @@ public struct MultiPaxosCore: Sendable {
           existing.entry.hasSameValue(as: entry), "\(id) would re-propose \(entry) over chosen \(existing.entry)")
         chosen = true
       }
-      log[slot] = SlotRecord(entry: entry, chosen: chosen, acks: 0)
       if !chosen { uncommittedBytes += entry.byteSize }
-      markUnstable(slot)
+      let record = SlotRecord(entry: entry, chosen: chosen, acks: 0)
+      if pendingConfigSlot == nil {
+        release(record)
+      } else {
+        held.append(record)
+      }
       slot += 1
     }
     // Drop anything this node holds beyond the recovered range: no quorum member reported it, so it was
     // never chosen, and a stale proposal must not linger where new slots go.
     precondition(log.lastSlot <= max(c.maxSlot, log.chosenThrough), "\(id) holds slots beyond phase 1's report")
-    log.extendChosen()
+    nextSlot = max(c.maxSlot, c.fromSlot - 1) + 1
     recoveryEnd = c.maxSlot
-    peers = [:]
-    peerOrder = members.filter { $0 != id }
-    for member in peerOrder {
-      peers[member] = Peer(bit: memberBit[member] ?? 0, next: c.fromSlot, lastHeard: ticks)
-    }
+    log.extendChosen()
+    pruneConfigurations()
     needsBroadcast = true
     broadcastHeartbeat()
+    maybeHandOff()
+  }
+
+  // MARK: - Configurations (leader)
+
+  /// Writes one of this leader's proposals into its log (to be sent, and stored by its own acceptor). A
+  /// configuration entry starts governing the slots after it; if not known chosen, the proposals after it
+  /// wait.
+  private mutating func release(_ record: SlotRecord) {
+    let slot = record.entry.index
+    log[slot] = record
+    markUnstable(slot)
+    releasedThrough = max(releasedThrough, slot)
+    needsBroadcast = true
+    guard record.entry.kind == .membership else { return }
+    if let configuration = record.entry.membership {
+      appendConfiguration(configuration, at: slot)
+      syncPeers(next: releasedThrough + 1)
+    }
+    if !record.chosen { pendingConfigSlot = slot }
+  }
+
+  /// Sends what waited behind the pending configuration entry once it is chosen, up to and including the next
+  /// configuration entry in doubt.
+  private mutating func releaseHeld() {
+    while let pending = pendingConfigSlot, isChosen(pending) {
+      pendingConfigSlot = nil
+      var moved = 0
+      while moved < held.count && pendingConfigSlot == nil {
+        release(held[moved])
+        moved += 1
+      }
+      held.removeFirst(moved)
+    }
+  }
+
+  private mutating func appendConfiguration(_ membership: Membership, at slot: Slot) {
+    for voter in membership.allVoters.sorted() where bitOf[voter] == nil { bitOf[voter] = freeBit() }
+    var mask: UInt64 = 0
+    for voter in membership.allVoters { mask |= bitOf[voter] ?? 0 }
+    let (q1, q2) = options.quorums(voters: membership.allVoters.count)
+    configurations.append(Configuration(slot: slot, membership: membership, phase1: q1, phase2: q2, mask: mask))
+  }
+
+  private func freeBit() -> UInt64 {
+    var used: UInt64 = 0
+    for bit in bitOf.values { used |= bit }
+    precondition(used != .max, "\(id): more than 64 voters across the configurations \(configurations.map(\.slot))")
+    let free = ~used
+    return free & (~free &+ 1)
+  }
+
+  /// Drops the configurations that no longer govern an unchosen slot, with their members that are in no other
+  /// (after one last word of the chosen point, so a removed member learns it was removed) and the
+  /// acknowledgement bits of voters that are gone, cleared from every unchosen slot so that a voter added later
+  /// can reuse them.
+  private mutating func pruneConfigurations() {
+    var dropped = false
+    while configurations.count > 1 && configurations[1].slot <= log.chosenThrough {
+      configurations.removeFirst()
+      dropped = true
+    }
+    guard dropped else { return }
+    var voters: Set<NodeID> = []
+    for configuration in configurations { voters.formUnion(configuration.membership.allVoters) }
+    var freed: UInt64 = 0
+    for (node, bit) in bitOf where !voters.contains(node) {
+      freed |= bit
+      bitOf[node] = nil
+    }
+    if freed != 0 {
+      var slot = log.chosenThrough + 1
+      while slot <= releasedThrough {
+        log.update(slot) { $0.acks &= ~freed }
+        slot += 1
+      }
+    }
+    syncPeers(next: releasedThrough + 1)
+  }
+
+  /// Keeps a peer for every member (voter or learner) of the configurations in use, and nobody else. A new
+  /// peer starts at `next`; the heartbeat's chosen point shows what it misses before that, and catch-up sends it.
+  private mutating func syncPeers(next: Slot) {
+    var wanted: Set<NodeID> = []
+    for configuration in configurations { wanted.formUnion(configuration.membership.allMembers) }
+    wanted.remove(id)
+    for node in peerOrder where !wanted.contains(node) {
+      if let peer = peers[node], peer.toldChosen < log.chosenThrough {
+        send(node, .accept(Accept(ballot: promised, entries: [], chosenThrough: log.chosenThrough)))
+      }
+      peers[node] = nil
+    }
+    peerOrder = wanted.sorted()
+    for node in peerOrder {
+      var peer = peers[node] ?? Peer(bit: 0, next: next, lastHeard: ticks)
+      peer.bit = bitOf[node] ?? 0
+      peers[node] = peer
+    }
+    selfBit = bitOf[id] ?? 0
+  }
+
+  /// A leader that is no longer a voter of a chosen configuration hands over to the voter that knows the most
+  /// chosen slots and steps down (it would otherwise lead a group it is not in).
+  private mutating func maybeHandOff() {
+    guard role == .leader, let newest = configurations.last, !newest.membership.isVoter(id),
+      pendingConfigSlot == nil, newest.slot <= log.chosenThrough, !stepDownAfterTransfer
+    else { return }
+    var successor: NodeID?
+    var best: Slot = 0
+    for voter in newest.membership.allVoters.sorted() {
+      guard let peer = peers[voter], successor == nil || peer.chosen > best else { continue }
+      successor = voter
+      best = peer.chosen
+    }
+    guard let successor else {
+      becomeFollower(leader: nil)
+      return
+    }
+    startTransfer(to: successor)
+    stepDownAfterTransfer = true
+    tryTransfer()
+  }
+
+  private mutating func startTransfer(to target: NodeID) {
+    transferee = target
+    stepDownAfterTransfer = false
+    campaignNowSentAt = nil
+    electionElapsed = 0
+    leaseStart = nil  // The target wins without waiting for our lease: stop serving lease reads now.
+    leaseForfeited = true
+  }
+
+  /// Tells the transfer target to campaign once it knows every slot chosen and nothing is left in flight.
+  private mutating func tryTransfer() {
+    guard role == .leader, let target = transferee, let peer = peers[target] else { return }
+    guard held.isEmpty, log.chosenThrough >= releasedThrough, peer.chosen >= log.chosenThrough else { return }
+    if let sent = campaignNowSentAt, ticks &- sent < UInt64(options.retransmitTicks) { return }
+    campaignNowSentAt = ticks
+    send(target, .campaignNow(CampaignNow(ballot: promised)))
+    if stepDownAfterTransfer { becomeFollower(leader: nil) }
   }
 
   // MARK: - Messages
 
   /// Handles a message from a peer.
   public mutating func step(_ message: PaxosMessage, from: NodeID) {
-    guard from != id, memberBit[from] != nil else { return }
+    guard from != id, from != .none else { return }
     // A probe response carries this node's own probe ballot, which nobody has promised.
     let ballot = message.ballot
     if ballot > highestSeen, !message.isProbeResponse { highestSeen = ballot }
@@ -759,10 +1094,19 @@ public struct MultiPaxosCore: Sendable {
     case .snapshotAck(let m): handleSnapshotAck(m, from: from)
     case .probe(let m): handleProbe(m, from: from)
     case .probeResponse(let m): handleProbeResponse(m, from: from)
+    case .campaignNow(let m): handleCampaignNow(m, from: from)
     }
   }
 
+  /// The leader hands over: campaign at once, past this node's own refusal window, if it still follows that
+  /// leader in that ballot and may campaign.
+  private mutating func handleCampaignNow(_ m: CampaignNow, from: NodeID) {
+    guard role == .follower, leader == from, m.ballot == promised, isPromotable else { return }
+    startCandidacy(handoff: m.ballot)
+  }
+
   private mutating func handlePrepare(_ m: Prepare, from: NodeID) {
+    guard mayCampaign(from) else { return }  // A removed node must not disturb the group.
     if m.ballot < promised {
       send(from, .reject(Reject(ballot: m.ballot, promised: promised)))
       return
@@ -770,8 +1114,10 @@ public struct MultiPaxosCore: Sendable {
     if m.ballot > promised {
       // Leader stickiness: while this node has heard from its leader within a minimum election timeout (or
       // has just started and cannot know), it refuses to help elect another. This is what makes leases
-      // safe; the candidate tries again after its timeout.
-      if refusesNewBallots && from != leader { return }
+      // safe; the candidate tries again after its timeout. A hand-over from the leader this node follows (it
+      // gave up its lease) is let through.
+      let handedOver = m.handoff != .zero && m.handoff == promised
+      if refusesNewBallots && from != leader && !handedOver { return }
       if m.fromSlot <= log.offset {
         send(
           from,
@@ -871,6 +1217,10 @@ public struct MultiPaxosCore: Sendable {
         // storage holds but this core has not recorded yet, where storage refuses writes.
         continue
       }
+      // A slot known chosen keeps the value it holds (the same, checked above): storing it again in this ballot
+      // adds nothing, and the slot may be covered by a snapshot the shell is storing in the background, behind
+      // which storage refuses writes. It is acknowledged all the same: the value is chosen.
+      if entry.index <= log.chosenThrough { continue }
       var stored = entry
       stored.ballot = m.ballot
       if entry.index <= commitThrough { chosen = true }
@@ -946,12 +1296,16 @@ public struct MultiPaxosCore: Sendable {
       repair(peer: from)
     }
     sendAccepts(to: from)
+    if from == transferee { tryTransfer() }
   }
 
+  /// Counts `bit`'s acceptance of this leader's proposal at `slot`: chosen once the voters of the slot's
+  /// configuration that accepted make a phase-2 quorum of it (learners have no bit in it).
   private mutating func countAcceptance(_ slot: Slot, bit: UInt64) {
     guard let record = log[slot], !record.chosen, record.entry.ballot == promised else { return }
     let acks = record.acks | bit
-    if acks.nonzeroBitCount >= phase2Quorum {
+    let configuration = configuration(of: slot)
+    if (acks & configuration.mask).nonzeroBitCount >= configuration.phase2 {
       log.update(slot) {
         $0.acks = acks
         $0.chosen = true
@@ -963,9 +1317,12 @@ public struct MultiPaxosCore: Sendable {
   }
 
   private mutating func advanceChosen() {
+    releaseHeld()
     guard log.extendChosen() else { return }
     needsChosenNotice = true
+    pruneConfigurations()
     confirmRecoveredReads()
+    maybeHandOff()
   }
 
   private mutating func handleHeartbeatResponse(_ m: HeartbeatResponse, from: NodeID) {
@@ -989,6 +1346,7 @@ public struct MultiPaxosCore: Sendable {
       repair(peer: from)
     }
     confirmReads()
+    if from == transferee { tryTransfer() }
   }
 
   /// Resends the slots after the peer's chosen point, as accepts in this ballot, or the snapshot if those
@@ -1000,7 +1358,7 @@ public struct MultiPaxosCore: Sendable {
       startSnapshot(to: id)
       return
     }
-    let entries = batch(from: from, through: log.lastSlot)
+    let entries = batch(from: from, through: releasedThrough)
     guard let last = entries.last?.index else { return }
     peer.repairUntil = last
     peer.repairSentAt = ticks
@@ -1028,13 +1386,13 @@ public struct MultiPaxosCore: Sendable {
   /// Sends new batches to `peer` while its pipeline has room.
   private mutating func sendAccepts(to id: NodeID) {
     guard var peer = peers[id], peer.snapshotIndex == 0 else { return }
-    while peer.inflight.count < options.maxInflightMessages && peer.next <= log.lastSlot {
+    while peer.inflight.count < options.maxInflightMessages && peer.next <= releasedThrough {
       if peer.next <= log.offset {
         peers[id] = peer
         startSnapshot(to: id)
         return
       }
-      let entries = batch(from: peer.next, through: log.lastSlot)
+      let entries = batch(from: peer.next, through: releasedThrough)
       guard let first = entries.first?.index, let last = entries.last?.index else { break }
       send(id, .accept(Accept(ballot: promised, entries: entries, chosenThrough: log.chosenThrough)))
       peer.inflight.append(Batch(first: first, last: last, sentAt: ticks))
@@ -1119,7 +1477,8 @@ public struct MultiPaxosCore: Sendable {
       id,
       .snapshot(
         SnapshotChunk(
-          ballot: promised, index: snapshot.index, totalBytes: UInt64(total), offset: UInt64(offset),
+          ballot: promised, index: snapshot.index, membership: snapshot.membership ?? .empty,
+          totalBytes: UInt64(total), offset: UInt64(offset),
           chunk: offset < end ? Array(snapshot.data[offset..<end]) : [])))
   }
 
@@ -1144,7 +1503,8 @@ public struct MultiPaxosCore: Sendable {
       return
     }
     if m.offset == 0 {
-      incomingSnapshot = IncomingSnapshot(from: from, index: m.index, totalBytes: m.totalBytes, data: [])
+      incomingSnapshot = IncomingSnapshot(
+        from: from, index: m.index, membership: m.membership, totalBytes: m.totalBytes, data: [])
     }
     guard var incoming = incomingSnapshot, incoming.index == m.index, incoming.from == from,
       UInt64(incoming.data.count) == m.offset
@@ -1159,7 +1519,8 @@ public struct MultiPaxosCore: Sendable {
       return
     }
     incomingSnapshot = nil
-    let snapshot = PaxosSnapshot(index: incoming.index, data: incoming.data)
+    let configuration = incoming.membership.allMembers.isEmpty ? nil : incoming.membership
+    let snapshot = PaxosSnapshot(index: incoming.index, membership: configuration, data: incoming.data)
     log.install(snapshot)
     pendingSnapshot = snapshot
     unstable.removeAll { $0 <= snapshot.index }
@@ -1218,14 +1579,94 @@ public struct MultiPaxosCore: Sendable {
   /// takes a ready.
   public mutating func propose(_ data: [UInt8]) throws(PaxosRequestError) -> Slot {
     guard role == .leader else { throw .notLeader(hint: leader) }
-    let slot = log.lastSlot + 1
-    let entry = PaxosEntry(index: slot, ballot: promised, kind: .command, data: data)
+    // Handing over, or about to leave the group: the successor takes new commands.
+    guard transferee == nil, membership.isVoter(id) else { throw .transferInProgress }
+    let entry = PaxosEntry(index: nextSlot, ballot: promised, kind: .command, data: data)
     if uncommittedBytes > 0 && uncommittedBytes + entry.byteSize > options.maxUncommittedBytes { throw .overloaded }
-    log[slot] = SlotRecord(entry: entry, chosen: false, acks: 0)
+    return append(entry)
+  }
+
+  /// Gives `entry` the next slot: sent now, or held behind a configuration entry in doubt (rule 2).
+  private mutating func append(_ entry: PaxosEntry) -> Slot {
+    precondition(entry.index == nextSlot, "\(id) appends \(entry) at next slot \(nextSlot)")
+    nextSlot += 1
     uncommittedBytes += entry.byteSize
-    markUnstable(slot)
-    needsBroadcast = true
-    return slot
+    let record = SlotRecord(entry: entry, chosen: false, acks: 0)
+    if pendingConfigSlot == nil {
+      release(record)
+    } else {
+      held.append(record)
+    }
+    return entry.index
+  }
+
+  /// Proposes a membership change: adding a learner, adding or promoting a voter, demoting or removing a member
+  /// (this leader included: once the change is chosen it hands over and steps down). Returns the slot of the
+  /// configuration entry, which carries the whole resulting membership.
+  ///
+  /// - Throws: ``PaxosRequestError/membershipChangeRejected(_:)`` while another change is in doubt, for a change
+  ///   that alters more than one voter or is invalid, or when the quorum sizes would not fit the new
+  ///   configuration; ``PaxosRequestError/transferInProgress`` during a hand-over.
+  public mutating func proposeMembership(_ change: MembershipChange) throws(PaxosRequestError) -> Slot {
+    guard role == .leader else { throw .notLeader(hint: leader) }
+    guard transferee == nil else { throw .transferInProgress }
+    guard pendingConfigSlot == nil else {
+      throw .membershipChangeRejected("a membership change is already in progress")
+    }
+    let next = try Self.membership(after: membership, change, options: options)
+    let entry = PaxosEntry(index: nextSlot, ballot: promised, kind: .membership, data: next.wireBytes())
+    return append(entry)
+  }
+
+  /// The configuration `change` makes of `current`, or why it is refused: Multi-Paxos configurations are never
+  /// joint (a voter change takes effect in one step, see the membership rule), so a change may add or remove at
+  /// most one voter, and the quorum sizes must fit the new number of voters.
+  public static func membership(
+    after current: Membership, _ change: MembershipChange, options: MultiPaxosOptions
+  ) throws(PaxosRequestError) -> Membership {
+    guard case .change = change else {
+      throw .membershipChangeRejected("Multi-Paxos configurations are never joint: there is nothing to leave")
+    }
+    var next: Membership
+    do {
+      next = try current.applying(change)
+    } catch {
+      throw .membershipChangeRejected(error.reason)
+    }
+    next.outgoingVoters = []
+    next.learners.formUnion(next.learnersNext)
+    next.learnersNext = []
+    let changed = current.allVoters.symmetricDifference(next.voters)
+    guard changed.count <= 1 else {
+      throw .membershipChangeRejected(
+        "a change may add or remove one voter at a time; this one changes \(changed.sorted())")
+    }
+    guard current.allMembers.union(next.allMembers).count <= 64 else {
+      throw .membershipChangeRejected("at most 64 members")
+    }
+    if let problem = options.quorumProblem(voters: next.voters.count) {
+      throw .membershipChangeRejected(problem)
+    }
+    return next
+  }
+
+  /// Starts handing leadership to `target`, a voter (Raft thesis §3.10, in Paxos terms): this leader proposes
+  /// nothing more, brings the target up to date (every slot chosen and known to it), then tells it to start
+  /// phase 1 at once (``PaxosMessage/campaignNow(_:)``), its prepares let through every acceptor's refusal
+  /// window (``Prepare/handoff``). This leader serves no lease read again in its ballot. If the target has not
+  /// taken over within a minimum election timeout, the transfer is abandoned and proposals resume.
+  public mutating func transferLeadership(to target: NodeID) throws(PaxosRequestError) {
+    guard role == .leader else { throw .notLeader(hint: leader) }
+    guard target != id else { return }
+    guard membership.isVoter(target), peers[target] != nil else {
+      throw .membershipChangeRejected("\(target) is not a voter")
+    }
+    guard pendingConfigSlot == nil, membership.isVoter(id) else {
+      throw .membershipChangeRejected("a membership change is in progress")
+    }
+    if transferee == target { return }
+    startTransfer(to: target)
+    tryTransfer()
   }
 
   /// Requests a linearizable read. The confirmation arrives as a ``PaxosReadState`` in a later ready (or
@@ -1252,11 +1693,19 @@ public struct MultiPaxosCore: Sendable {
   }
 
   /// The newest read round acknowledged by a phase-2 quorum (the leader acknowledges every round itself).
+  /// (With a configuration in doubt, a phase-2 quorum of each configuration in use.)
   private var quorumAckedRound: UInt64 {
-    var rounds = [readRound]
-    for peer in peerOrder { rounds.append(peers[peer]?.ackedRound ?? 0) }
-    rounds.sort(by: >)
-    return rounds[min(phase2Quorum, rounds.count) - 1]
+    var acked = UInt64.max
+    for configuration in configurations {
+      var rounds: [UInt64] = []
+      for voter in configuration.membership.allVoters {
+        rounds.append(voter == id ? readRound : (peers[voter]?.ackedRound ?? 0))
+      }
+      rounds.sort(by: >)
+      let needed = configuration.phase2
+      acked = min(acked, needed >= 1 && needed <= rounds.count ? rounds[needed - 1] : 0)
+    }
+    return acked == .max ? 0 : acked
   }
 
   private mutating func confirmReads() {
@@ -1280,7 +1729,7 @@ public struct MultiPaxosCore: Sendable {
   /// heartbeat, so no other leader can exist until ``MultiPaxosOptions/leaseDurationNanos`` later (which
   /// ``MultiPaxosOptions/validate(memberCount:)`` keeps a tick and the clock-drift bound below that window).
   public func leaseReadIndex(now: UInt64) -> Slot? {
-    guard isRecovered else { return nil }
+    guard isRecovered, !leaseForfeited else { return nil }
     guard options.leaseDurationNanos > 0, let start = leaseStart else { return nil }
     return now < start &+ options.leaseDurationNanos ? log.chosenThrough : nil
   }
@@ -1414,7 +1863,7 @@ public struct MultiPaxosCore: Sendable {
   @discardableResult
   public mutating func takeSnapshot(at slot: Slot, data: [UInt8], retainEntries: Int = 0) -> PaxosSnapshot {
     precondition(slot <= log.applying, "snapshot at \(slot) beyond applied \(log.applying)")
-    let snapshot = PaxosSnapshot(index: slot, data: data)
+    let snapshot = PaxosSnapshot(index: slot, membership: membership(through: slot), data: data)
     let keep = Slot(max(0, retainEntries))
     log.compact(snapshot: snapshot, through: slot > keep ? slot - keep : 0)
     unstable.removeAll { $0 <= slot }

@@ -8,13 +8,15 @@ public enum PaxosEvent: Sendable, Equatable {
   case roleChanged(PaxosRole, ballot: Ballot)
   /// The node follows a different leader (or lost track of one).
   case leaderChanged(NodeID?, ballot: Ballot)
+  /// The membership in force changed (see ``MultiPaxosCore/membership``).
+  case membershipChanged(Membership)
   /// The node installed a snapshot from the leader.
   case snapshotInstalled(slot: Slot)
   /// The node stopped.
   case stopped
 }
 
-/// A Multi-Paxos node's view of itself and (when leading) of the other acceptors.
+/// A Multi-Paxos node's view of itself and (when leading) of the other members.
 public struct MultiPaxosStatus: Sendable, Equatable {
   /// This node.
   public var id: NodeID
@@ -34,7 +36,10 @@ public struct MultiPaxosStatus: Sendable, Equatable {
   public var lastSlot: Slot
   /// The index of the newest snapshot.
   public var snapshotIndex: Slot
-  /// Per-acceptor progress, when leading.
+  /// The membership in force: on the leader the newest configuration it proposed, elsewhere the newest known
+  /// chosen (see ``MultiPaxosCore/membership``).
+  public var membership: Membership
+  /// Per-member progress (voters and learners), when leading.
   public var peers: [NodeID: PaxosPeerProgress]
   /// Requests waiting for an answer.
   public var pendingRequests: Int
@@ -55,14 +60,14 @@ extension ReplicaNode where Engine == MultiPaxosEngine {
     currentStatus
       ?? MultiPaxosStatus(
         id: id, role: .follower, ballot: .zero, leader: nil, chosenThrough: 0, appliedThrough: 0, firstSlot: 1,
-        lastSlot: 0, snapshotIndex: 0, peers: [:], pendingRequests: 0)
+        lastSlot: 0, snapshotIndex: 0, membership: .empty, peers: [:], pendingRequests: 0)
   }
 }
 
 extension PaxosConfiguration: ReplicaConfiguration {}
 
 extension PaxosEntry: ReplicaEntry {
-  /// Whether the slot holds a client command (not a no-op).
+  /// Whether the slot holds a client command (not a no-op or a configuration).
   public var isCommand: Bool { kind == .command }
 }
 
@@ -79,9 +84,11 @@ public struct MultiPaxosEngine: ReplicaEngine {
   /// `multi-paxos`.
   public static var name: String { "multi-paxos" }
 
-  /// A pending proposal: its slot and its bytes (the slot chosen with other bytes is another leader's).
+  /// A pending proposal: its slot, kind and bytes (the slot chosen with another value is another leader's).
   public struct Ticket: ProposalTicket {
     public var index: UInt64
+    /// What the proposal carries (a command or a configuration).
+    public var kind: PaxosEntryKind
     /// The proposed value.
     public var data: [UInt8]
   }
@@ -89,18 +96,24 @@ public struct MultiPaxosEngine: ReplicaEngine {
   /// The protocol core.
   public private(set) var core: MultiPaxosCore
   private var lastSoft = PaxosSoftState(role: .follower, leader: nil, ballot: .zero)
+  private var lastMembership: Membership
 
-  init(core: MultiPaxosCore) { self.core = core }
+  init(core: MultiPaxosCore) {
+    self.core = core
+    self.lastMembership = core.membership
+  }
 
+  /// Rebuilds the node from storage. A node with nothing stored starts a new group with
+  /// `configuration.members` as its founding voters, or, with no members, waits to be added to an existing
+  /// group and learns its configuration from the leader (a configuration entry, or a snapshot). A restarted
+  /// node takes its configuration from its snapshot's metadata and its log (the founding members govern the
+  /// slots before the first configuration entry, so a node restarted with them, or without, recovers the same).
   public static func recover(
     id: NodeID, configuration: PaxosConfiguration, state: RecoveredState<PaxosEntry>, random: SeededRandom
   ) throws -> (engine: MultiPaxosEngine, snapshot: StoredSnapshot?) {
-    guard configuration.members.contains(id) else {
-      throw ConfigurationError(setting: "Members", reason: "\(id) is not among \(configuration.members)")
-    }
     var random = random
     let hardState = try state.hardState.map { try PaxosHardState(wireBytes: $0) } ?? PaxosHardState()
-    let snapshot = state.snapshot.map { PaxosSnapshot(index: $0.index, data: $0.data) }
+    let snapshot = try state.snapshot.map { try PaxosSnapshot(stored: $0) }
     let core = MultiPaxosCore(
       id: id, members: configuration.members, options: configuration.coreOptions, hardState: hardState,
       snapshot: snapshot, entries: state.entries, random: random.fork())
@@ -115,18 +128,28 @@ public struct MultiPaxosEngine: ReplicaEngine {
 
   public mutating func propose(_ command: [UInt8]) throws(ConsensusError) -> Ticket {
     do {
-      return Ticket(index: try core.propose(command), data: command)
+      return Ticket(index: try core.propose(command), kind: .command, data: command)
     } catch {
       throw Self.translate(error, options: core.options)
     }
   }
 
   public mutating func changeMembership(_ change: MembershipChange) throws(ConsensusError) -> Ticket {
-    throw .membershipChangeRejected("Multi-Paxos groups do not support membership changes yet")
+    do {
+      let slot = try core.proposeMembership(change)
+      return Ticket(index: slot, kind: .membership, data: core.entry(at: slot)?.data ?? [])
+    } catch {
+      throw Self.translate(error, options: core.options)
+    }
   }
 
   public mutating func transferLeadership(to target: NodeID) throws(ConsensusError) -> TransferProgress {
-    throw .membershipChangeRejected("Multi-Paxos groups do not support leadership transfer yet")
+    do {
+      try core.transferLeadership(to: target)
+    } catch {
+      throw Self.translate(error, options: core.options)
+    }
+    return target == core.id || transferCompleted(to: target) ? .done : .started
   }
 
   public func transferCompleted(to target: NodeID) -> Bool { core.leader == target && core.role != .leader }
@@ -168,12 +191,20 @@ public struct MultiPaxosEngine: ReplicaEngine {
       out.leadershipChanged = (soft.role == .leader) != (lastSoft.role == .leader)
       lastSoft = soft
     }
+    let membership = core.membership
+    if membership != lastMembership {
+      lastMembership = membership
+      out.events.append(.membershipChanged(membership))
+    }
     return out
   }
 
   public mutating func advance(_ ready: ReplicaReady<MultiPaxosEngine>) { core.advance(ready.raw) }
 
-  public func snapshotMetadata(at index: UInt64) -> (term: UInt64, metadata: [UInt8])? { (0, []) }
+  public func snapshotMetadata(at index: UInt64) -> (term: UInt64, metadata: [UInt8])? {
+    guard index <= core.chosenThrough, index + 1 >= core.firstSlot else { return nil }
+    return (0, core.membership(through: index).wireBytes())
+  }
 
   public mutating func recordSnapshot(_ snapshot: StoredSnapshot, lastRecorded: UInt64, retainEntries: Int) -> UInt64? {
     // A leader's snapshot installed in this very batch has moved the log past this one but is not stored yet:
@@ -186,7 +217,7 @@ public struct MultiPaxosEngine: ReplicaEngine {
   public func isProposal(_ ticket: Ticket, committedAs entry: PaxosEntry) -> Bool {
     // The slot may have been chosen with another leader's proposal: then this one was not chosen at all (a
     // proposal only ever competes for its own slot).
-    entry.kind == .command && entry.data == ticket.data
+    entry.kind == ticket.kind && entry.data == ticket.data
   }
 
   public var leader: NodeID? { core.leader }
@@ -197,7 +228,8 @@ public struct MultiPaxosEngine: ReplicaEngine {
     MultiPaxosStatus(
       id: core.id, role: core.role, ballot: core.promised, leader: core.leader, chosenThrough: core.chosenThrough,
       appliedThrough: applied, firstSlot: core.firstSlot, lastSlot: core.lastSlot,
-      snapshotIndex: core.snapshot?.index ?? 0, peers: core.peerProgress, pendingRequests: pendingRequests)
+      snapshotIndex: core.snapshot?.index ?? 0, membership: core.membership, peers: core.peerProgress,
+      pendingRequests: pendingRequests)
   }
 
   public static func snapshotInstalledEvent(at index: UInt64) -> PaxosEvent { .snapshotInstalled(slot: index) }
@@ -208,6 +240,8 @@ public struct MultiPaxosEngine: ReplicaEngine {
     switch error {
     case .notLeader(let hint): return .notLeader(hint: hint)
     case .overloaded: return .overloaded(limit: options.maxUncommittedBytes)
+    case .transferInProgress: return .transferInProgress
+    case .membershipChangeRejected(let why): return .membershipChangeRejected(why)
     }
   }
 }

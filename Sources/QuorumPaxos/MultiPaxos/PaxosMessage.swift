@@ -7,21 +7,29 @@ public struct Prepare: Sendable, Equatable, WireCodable {
   /// The first slot the candidate does not know to be chosen. Acceptors report what they accepted from
   /// here on.
   public var fromSlot: Slot
+  /// The ballot of the leader that handed leadership to this candidate (``CampaignNow``), or ``Ballot/zero``.
+  /// An acceptor that still follows that leader promises at once instead of refusing inside its
+  /// promise-refusal window: the leader gave up its lease when it started the hand-over, and nobody else can
+  /// lead in its ballot. An acceptor that has moved on to a newer ballot ignores the flag.
+  public var handoff: Ballot
 
   /// Creates a prepare.
-  public init(ballot: Ballot, fromSlot: Slot) {
+  public init(ballot: Ballot, fromSlot: Slot, handoff: Ballot = .zero) {
     self.ballot = ballot
     self.fromSlot = fromSlot
+    self.handoff = handoff
   }
 
   public func encode(to writer: inout WireWriter) {
     ballot.encode(to: &writer)
     writer.writeVarint(fromSlot)
+    handoff.encode(to: &writer)
   }
 
   public init(from reader: inout WireReader) throws(WireError) {
     ballot = try reader.read()
     fromSlot = try reader.readVarint()
+    handoff = try reader.read()
   }
 }
 
@@ -260,6 +268,8 @@ public struct SnapshotChunk: Sendable, Equatable, WireCodable {
   public var ballot: Ballot
   /// The last slot the snapshot covers.
   public var index: Slot
+  /// The configuration in force after ``index`` (empty if the leader does not know it).
+  public var membership: Membership
   /// The snapshot's total size.
   public var totalBytes: UInt64
   /// Where this chunk starts.
@@ -268,9 +278,12 @@ public struct SnapshotChunk: Sendable, Equatable, WireCodable {
   public var chunk: [UInt8]
 
   /// Creates a chunk.
-  public init(ballot: Ballot, index: Slot, totalBytes: UInt64, offset: UInt64, chunk: [UInt8]) {
+  public init(
+    ballot: Ballot, index: Slot, membership: Membership = .empty, totalBytes: UInt64, offset: UInt64, chunk: [UInt8]
+  ) {
     self.ballot = ballot
     self.index = index
+    self.membership = membership
     self.totalBytes = totalBytes
     self.offset = offset
     self.chunk = chunk
@@ -279,6 +292,7 @@ public struct SnapshotChunk: Sendable, Equatable, WireCodable {
   public func encode(to writer: inout WireWriter) {
     ballot.encode(to: &writer)
     writer.writeVarint(index)
+    membership.encode(to: &writer)
     writer.writeVarint(totalBytes)
     writer.writeVarint(offset)
     writer.writeBytes(chunk)
@@ -287,6 +301,7 @@ public struct SnapshotChunk: Sendable, Equatable, WireCodable {
   public init(from reader: inout WireReader) throws(WireError) {
     ballot = try reader.read()
     index = try reader.readVarint()
+    membership = try reader.read()
     totalBytes = try reader.readVarint()
     offset = try reader.readVarint()
     chunk = try reader.readBytes()
@@ -352,6 +367,21 @@ public struct ProbeResponse: Sendable, Equatable, WireCodable {
   }
 }
 
+/// A leader's request to a caught-up voter to start phase 1 at once: a leadership transfer, or a leader that
+/// was removed from the group handing over (the counterpart of Raft's `TimeoutNow`).
+public struct CampaignNow: Sendable, Equatable, WireCodable {
+  /// The ballot of the leader handing over. The receiver acts only while it follows that leader in that
+  /// ballot, and carries it in its prepares (``Prepare/handoff``).
+  public var ballot: Ballot
+
+  /// Creates a request.
+  public init(ballot: Ballot) { self.ballot = ballot }
+
+  public func encode(to writer: inout WireWriter) { ballot.encode(to: &writer) }
+
+  public init(from reader: inout WireReader) throws(WireError) { ballot = try reader.read() }
+}
+
 /// A Multi-Paxos peer message.
 public enum PaxosMessage: Sendable, Equatable, WireCodable, CustomStringConvertible {
   /// Phase 1a.
@@ -378,6 +408,8 @@ public enum PaxosMessage: Sendable, Equatable, WireCodable, CustomStringConverti
   case probe(Prepare)
   /// The answer to a probe.
   case probeResponse(ProbeResponse)
+  /// Start phase 1 now: the leader hands over.
+  case campaignNow(CampaignNow)
 
   /// The ballot the message is about.
   public var ballot: Ballot {
@@ -393,6 +425,7 @@ public enum PaxosMessage: Sendable, Equatable, WireCodable, CustomStringConverti
     case .snapshotAck(let m): return m.ballot
     case .probe(let m): return m.ballot
     case .probeResponse(let m): return m.ballot
+    case .campaignNow(let m): return m.ballot
     }
   }
 
@@ -431,6 +464,9 @@ public enum PaxosMessage: Sendable, Equatable, WireCodable, CustomStringConverti
     case .probeResponse(let m):
       writer.writeByte(11)
       m.encode(to: &writer)
+    case .campaignNow(let m):
+      writer.writeByte(12)
+      m.encode(to: &writer)
     }
   }
 
@@ -448,13 +484,15 @@ public enum PaxosMessage: Sendable, Equatable, WireCodable, CustomStringConverti
     case 9: self = .snapshotAck(try reader.read())
     case 10: self = .probe(try reader.read())
     case 11: self = .probeResponse(try reader.read())
+    case 12: self = .campaignNow(try reader.read())
     case let tag: throw WireError(.unknownTag(type: "PaxosMessage", tag: UInt64(tag)), at: at)
     }
   }
 
   public var description: String {
     switch self {
-    case .prepare(let m): return "prepare(\(m.ballot) from \(m.fromSlot))"
+    case .prepare(let m):
+      return "prepare(\(m.ballot) from \(m.fromSlot)\(m.handoff == .zero ? "" : " handoff \(m.handoff)"))"
     case .promise(let m):
       return "promise(\(m.ballot) \(m.fromSlot)...\(m.coveredThrough)/\(m.lastSlot) \(m.entries.count) entries "
         + "chosen \(m.chosenThrough))"
@@ -471,6 +509,7 @@ public enum PaxosMessage: Sendable, Equatable, WireCodable, CustomStringConverti
       return "snapshotAck(\(m.ballot) @\(m.index) next \(m.nextOffset)\(m.reject ? " reject" : ""))"
     case .probe(let m): return "probe(\(m.ballot) from \(m.fromSlot))"
     case .probeResponse(let m): return "probeResponse(\(m.ballot) \(m.granted ? "granted" : "refused"))"
+    case .campaignNow(let m): return "campaignNow(\(m.ballot))"
     }
   }
 }

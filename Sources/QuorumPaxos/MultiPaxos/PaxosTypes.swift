@@ -11,6 +11,8 @@ public enum PaxosEntryKind: UInt8, Sendable, Equatable {
   case command = 0
   /// Nothing: a new leader fills a slot no acceptor of its phase-1 quorum had accepted anything in.
   case noop = 1
+  /// A configuration: the encoded ``QuorumCore/Membership`` that governs every slot after this one.
+  case membership = 2
 }
 
 /// One slot's proposal as an acceptor stores it: the ballot it was accepted in and the value.
@@ -63,7 +65,20 @@ public struct PaxosEntry: Sendable, Equatable, StorableEntry, CustomStringConver
     data = try reader.readBytes()
   }
 
-  public var description: String { "\(index)@\(ballot)\(kind == .noop ? "[noop]" : "")" }
+  public var description: String {
+    switch kind {
+    case .command: return "\(index)@\(ballot)"
+    case .noop: return "\(index)@\(ballot)[noop]"
+    case .membership: return "\(index)@\(ballot)[config]"
+    }
+  }
+
+  /// The configuration an entry of kind ``PaxosEntryKind/membership`` carries (`nil` for other kinds, or bytes
+  /// that do not decode).
+  public var membership: Membership? {
+    guard kind == .membership else { return nil }
+    return try? Membership(wireBytes: data)
+  }
 }
 
 /// The state a Multi-Paxos node makes durable before it sends anything that depends on it: the ballot it
@@ -91,19 +106,34 @@ public struct PaxosHardState: Sendable, Equatable, WireCodable, CustomStringConv
   public var description: String { "promised=\(promised)" }
 }
 
-/// A state-machine snapshot covering every slot up to ``index``, all of them chosen.
+/// A state-machine snapshot covering every slot up to ``index``, all of them chosen, with the configuration in
+/// force after it.
 public struct PaxosSnapshot: Sendable, Equatable {
   /// The last slot the snapshot covers.
   public var index: Slot
+  /// The configuration that governs the slots after ``index`` (the newest configuration entry at or before it,
+  /// else the founding members); `nil` when not recorded (a snapshot written before configurations were kept),
+  /// which means the founding members.
+  public var membership: Membership?
   /// The serialised state machine (with its exactly-once sessions).
   public var data: [UInt8]
 
   /// Creates a snapshot.
-  public init(index: Slot, data: [UInt8]) {
+  public init(index: Slot, membership: Membership? = nil, data: [UInt8]) {
     self.index = index
+    self.membership = membership
     self.data = data
   }
 
-  /// The snapshot as ``QuorumStorage/ConsensusStorage`` stores it.
-  public var stored: StoredSnapshot { StoredSnapshot(index: index, term: 0, data: data) }
+  /// The snapshot as ``QuorumStorage/ConsensusStorage`` stores it: the configuration goes in its metadata.
+  public var stored: StoredSnapshot {
+    StoredSnapshot(index: index, term: 0, metadata: membership?.wireBytes() ?? [], data: data)
+  }
+
+  /// A snapshot read back from storage (empty metadata: no configuration recorded).
+  public init(stored: StoredSnapshot) throws(WireError) {
+    index = stored.index
+    membership = stored.metadata.isEmpty ? nil : try Membership(wireBytes: stored.metadata)
+    data = stored.data
+  }
 }
