@@ -264,7 +264,8 @@ final class PaxosChecker: ReplicaChecker<MultiPaxosEngine>, @unchecked Sendable 
     let digest = Self.fingerprint(isCommand: entry.isCommand, data: entry.data)
     if let value = chosen[entry.index] {
       if value != digest {
-        fail("\(group.name): Learning: \(node) learned slot \(entry.index) with a value that is not the one chosen there")
+        fail(
+          "\(group.name): Learning: \(node) learned slot \(entry.index) with a value that is not the one chosen there")
       }
       return
     }
