@@ -194,10 +194,12 @@ enum TCPBenchmarks {
   static func transportStream(frameBytes: Int, frames: Int) async throws -> (rate: Double, framesPerWrite: Double) {
     let overhead = 4 + 4 + 3 + 3  // length prefix, magic/version/protocol, group/from/to varints, bytes length
     let payload = [UInt8](repeating: 0x5A, count: max(0, frameBytes - overhead))
-    let receiverSide = TCPTransport<Blob>(cluster: "bench", protocolNumber: WireProtocol.test, logger: .disabled)
+    let receiverSide = TCPTransport<Blob>(
+      cluster: "bench", protocolNumber: WireProtocol.test, security: .insecure, logger: .disabled)
     let receiver = try await receiverSide.bind(1)
     let senderSide = TCPTransport<Blob>(
-      cluster: "bench", protocolNumber: WireProtocol.test, addresses: [1: receiver.address], logger: .disabled)
+      cluster: "bench", protocolNumber: WireProtocol.test, addresses: [1: receiver.address], security: .insecure,
+      logger: .disabled)
     let sender = try await senderSide.bind(2)
     receiverSide.setAddress(sender.address, for: 2)
     let start = nowNanos()
@@ -269,7 +271,7 @@ final class BenchCluster: @unchecked Sendable {
       process.executableURL = URL(fileURLWithPath: executable)
       process.arguments = [
         "serve", "--id", "n\(id)", "--listen", "127.0.0.1:0", "--cluster-file", file, "--data", "\(root)/n\(id)",
-        "--fsync", "always", "--log-level", "error",
+        "--fsync", "always", "--log-level", "error", "--insecure",
       ]
       let pipe = Pipe()
       process.standardOutput = pipe

@@ -121,3 +121,10 @@ func handshakeFrame(
   TCPFrame.frame(
     TCPHandshake(cluster: cluster, role: role, from: from, to: to, protocolNumber: protocolNumber).wireBytes())
 }
+
+/// A 32-byte secret drawn from `seed` (tests need reproducible secrets, not unpredictable ones).
+func testSecret(seed: UInt64) -> TCPSecret {
+  var generator = SeededRandom(seed: seed)
+  // 32 bytes are above the 16-byte minimum, so this cannot throw.
+  return try! TCPSecret(bytes: (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) })
+}

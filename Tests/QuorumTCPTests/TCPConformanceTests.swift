@@ -6,17 +6,28 @@ import Testing
 /// A loopback transport for the conformance suite: every node listens on 127.0.0.1 port 0.
 func loopbackTransport(
   cluster: ClusterID = "conformance", options: TCPTransportOptions = TCPTransportOptions(),
-  logger: QuorumLogger = .disabled
+  security: TCPSecurity = .insecure, logger: QuorumLogger = .disabled
 ) -> TCPTransport<ConformanceMessage> {
   TCPTransport<ConformanceMessage>(
-    cluster: cluster, protocolNumber: WireProtocol.test, options: options, logger: logger)
+    cluster: cluster, protocolNumber: WireProtocol.test, options: options, security: security, logger: logger)
 }
+
+/// Authentication with a fixed test secret (the conformance suite makes every transport of one run alike).
+let conformanceSecurity = TCPSecurity.authenticated(clusterSecret: testSecret(seed: 1))
 
 @Suite("TCPTransport passes the transport conformance suite over loopback", .timeLimit(.minutes(3)))
 struct TCPConformanceTests {
   @Test("every check", arguments: TransportConformance.Check.allCases)
   func conformance(_ check: TransportConformance.Check) async throws {
     try await TransportConformance.run(check) { loopbackTransport() }
+  }
+
+  @Test("every check with authentication (a code on every frame)", arguments: TransportConformance.Check.allCases)
+  func authenticatedConformance(_ check: TransportConformance.Check) async throws {
+    // Debug builds hash about 5 MB/s, so a 4 MiB frame holds an event loop for a second: a liveness timeout
+    // of seconds keeps this check about delivery (liveness has its own tests).
+    let options = TCPTransportOptions(liveness: LinkLiveness(pingInterval: .milliseconds(100), timeout: .seconds(20)))
+    try await TransportConformance.run(check) { loopbackTransport(options: options, security: conformanceSecurity) }
   }
 
   @Test("every check with tiny queues and mailboxes (back-pressure and stalls on every path)")

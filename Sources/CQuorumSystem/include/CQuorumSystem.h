@@ -91,6 +91,11 @@ static inline int cq_tune_tcp(int fd, int keepaliveIdle, int keepaliveInterval, 
   return cq_setsockopt_int(fd, IPPROTO_TCP, TCP_KEEPCNT, keepaliveCount);
 }
 
+/// Sets TCP_USER_TIMEOUT: the kernel drops the connection when sent data stays unacknowledged this long.
+static inline int cq_set_user_timeout(int fd, int milliseconds) {
+  return cq_setsockopt_int(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, milliseconds);
+}
+
 /// Fills `storage` with the numeric address `host` (IPv4 dotted or IPv6) and `port`; returns the address
 /// length, or 0 if `host` is not a numeric address. `family` receives AF_INET or AF_INET6.
 static inline int cq_make_address(const char *host, int port, struct sockaddr_storage *storage, int *family) {
@@ -136,6 +141,18 @@ static inline int cq_connect(int fd, const char *host, int port) {
     return -1;
   }
   return connect(fd, (struct sockaddr *)&storage, (socklen_t)length);
+}
+
+/// Binds `fd` to the numeric `host` with any port (so a test can dial from another loopback address).
+static inline int cq_bind_source(int fd, const char *host) {
+  struct sockaddr_storage storage;
+  int family = 0;
+  int length = cq_make_address(host, 0, &storage, &family);
+  if (length == 0) {
+    errno = EINVAL;
+    return -1;
+  }
+  return bind(fd, (struct sockaddr *)&storage, (socklen_t)length);
 }
 
 /// Resolves the host name `host` (blocking: call it off the event loop) and writes one of its addresses,
