@@ -1,17 +1,18 @@
 import QuorumCore
 
 /// The bytes both sides prove knowledge of the key over: every field of the hello, the node that answered,
-/// and both nonces, each length-delimited, behind a label naming the protocol.
+/// and both nonces, each length-delimited, behind a label naming the protocol. The cluster id is each side's
+/// own (not the one the hello claims), so sides of different clusters cannot prove anything to each other.
 struct HandshakeTranscript {
   let bytes: [UInt8]
 
-  init(hello: TCPHandshake, listener: NodeID, listenerNonce: [UInt8]) {
+  init(hello: TCPHandshake, cluster: ClusterID, listener: NodeID, listenerNonce: [UInt8]) {
     var writer = WireWriter(reservingCapacity: 160)
     writer.writeString("QuorumTCP handshake v2")
     writer.writeByte(hello.version)
     writer.writeByte(hello.mode.rawValue)
     writer.writeByte(hello.role.rawValue)
-    writer.writeString(hello.cluster.rawValue)
+    writer.writeString(cluster.rawValue)
     writer.writeFixed64(hello.from.rawValue)
     writer.writeFixed64(hello.to.rawValue)
     writer.writeFixed64(listener.rawValue)
@@ -203,7 +204,8 @@ struct DiallerHandshake {
     guard reply.nonce.count == TCPHandshake.nonceByteCount, !reply.proof.isEmpty else {
       return .failed(.authenticationFailed("the listener did not authenticate itself (does it run insecure?)"))
     }
-    let transcript = HandshakeTranscript(hello: hello, listener: reply.node, listenerNonce: reply.nonce)
+    let transcript = HandshakeTranscript(
+      hello: hello, cluster: hello.cluster, listener: reply.node, listenerNonce: reply.nonce)
     guard transcript.verify(reply.proof, by: .listener, key: key) else {
       return .failed(
         .authenticationFailed("the listener's proof did not verify: it holds another secret or is in another cluster"))
@@ -407,7 +409,8 @@ struct ListenerHandshake {
       }
     }
     if doom != nil { key = decoy }
-    let transcript = HandshakeTranscript(hello: hello, listener: policy.node, listenerNonce: nonce)
+    let transcript = HandshakeTranscript(
+      hello: hello, cluster: policy.cluster, listener: policy.node, listenerNonce: nonce)
     state = .awaitingProof(transcript: transcript, key: key, identity: identity, doom: doom)
     let challenge = reply(refusal: nil, nonce: nonce, proof: transcript.proof(by: .listener, key: key))
     return .send(TCPFrame.frame(challenge.wireBytes()))

@@ -65,10 +65,13 @@ func receive<M: Sendable>(_ mailbox: Mailbox<Envelope<M>>, timeout: Duration = .
 final class RawSocket: Sendable {
   let fd: Int32
 
-  init(connectingTo address: TCPAddress) async throws {
+  /// Connects to `address`, from the loopback address `source` if given (any of 127.0.0.0/8 reaches a
+  /// listener on 127.0.0.1, so a test can play many hosts).
+  init(connectingTo address: TCPAddress, from source: String? = nil) async throws {
     let fd = cq_tcp_socket(cq_address_family(address.host))
     guard fd >= 0 else { throw TimedOut(description: "socket failed") }
     self.fd = fd
+    if let source, cq_bind_source(fd, source) != 0 { throw TimedOut(description: "bind \(source): errno \(errno)") }
     let result = cq_connect(fd, address.host, Int32(address.port))
     if result != 0 && errno != EINPROGRESS { throw TimedOut(description: "connect failed: errno \(errno)") }
     try await waitUntil("the raw socket to connect") {
