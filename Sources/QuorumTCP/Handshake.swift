@@ -300,6 +300,22 @@ struct ListenerHandshake {
     }
   }
 
+  /// Why the handshake failed if the dialler hangs up now: after a challenge, an honest dialler hangs up when
+  /// this node's proof does not verify for it (another secret or cluster id), and a hopeless hello's reason is
+  /// known already. `nil` if the dialler was not waiting on a challenge.
+  var reasonIfAbandoned: TCPCloseReason? {
+    guard case .awaitingProof(_, _, let identity, let doom) = state else { return nil }
+    if let doom { return doom }
+    let whose: String
+    switch identity {
+    case .peer(let node): whose = "\(node)"
+    case .client(let principal, _): whose = "principal '\(logSafe(principal ?? "", limit: 64))'"
+    }
+    return .authenticationFailed(
+      "\(whose) hung up after the challenge: this node's proof did not verify for it (another secret or cluster "
+        + "id), or it gave up")
+  }
+
   /// The frame admitting a verified dialler, and the session (`nil` without authentication).
   mutating func welcome() -> ([UInt8], TCPSession?) {
     guard case .verified(let session) = state else {

@@ -172,6 +172,11 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     // Frames that arrived before the close still count: deliver them.
     deliverBatch()
     reportCounts()
+    var reason = reason
+    if let abandoned = handshake?.reasonIfAbandoned, reason == .peerClosed || reason.name == "bad-handshake" {
+      reason = abandoned
+    }
+    handshake = nil
     sink.inboundClosed(self, reason: reason)
   }
 

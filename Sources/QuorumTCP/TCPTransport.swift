@@ -326,7 +326,7 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
   private var clientsByAddress: [String: Int] = [:]
   /// The admitted connection of each peer.
   private var peers: [NodeID: ObjectIdentifier] = [:]
-  /// Budget refusals logged recently, so a flood makes one log line a second, not one per socket.
+  /// Refusals logged recently, so a flood makes a few log lines a second, not one per socket.
   private var floodLog = FloodLog()
   let clientReceiveBudget: ReceiveBudget
 
@@ -374,9 +374,7 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
   private func turnAway(_ fd: Int32, remote: String, _ reason: TCPCloseReason) {
     Glibc.close(fd)
     environment.metrics.recordClose(reason)
-    floodLog.note(reason.name, logger: logger) { count in
-      "refused \(count) connection(s), the last from \(remote): \(reason)"
-    }
+    floodLog.note(reason.name, logger: logger) { "refused a connection from \(remote): \(reason)" }
   }
 
   private func accept(_ fd: Int32) {
@@ -463,11 +461,9 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
     let metadata = ["reason": reason.name, "remote": remote]
     switch handler.phase {
     case .awaitingHandshake:
-      // Strangers can open sockets by the thousand: their closes are logged at most once a second per reason.
-      floodLog.note(reason.name, logger: logger, level: reason.isProtocolViolation ? .warning : .info) { count in
-        count == 1
-          ? "closed an unauthenticated connection from \(remote): \(reason)"
-          : "closed \(count) unauthenticated connections (the last from \(remote)): \(reason)"
+      // Strangers can open sockets by the thousand: their closes are logged through a token bucket.
+      floodLog.note(reason.name, logger: logger, level: reason.isProtocolViolation ? .warning : .info) {
+        "closed an unauthenticated connection from \(remote): \(reason)"
       }
     case .peer(let node):
       log(reason, "closed the connection from \(node) at \(remote): \(reason)", metadata)
@@ -524,22 +520,31 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
   }
 }
 
-/// Logs events that strangers can cause by the thousand (refused and evicted sockets) at most once a second
-/// per kind, with how many there were. Loop thread only.
+/// Logs events that strangers can cause by the thousand (refused, evicted or failed connections) through a
+/// token bucket per kind: bursts of up to 20 lines, then 5 a second, each line after a gap saying how many
+/// were left out. Loop thread only.
 struct FloodLog {
-  private var pending: [String: (count: Int, since: UInt64)] = [:]
+  static let burst = 20.0
+  static let perSecond = 5.0
+
+  private var buckets: [String: (tokens: Double, updated: UInt64, suppressed: Int)] = [:]
 
   mutating func note(
-    _ kind: String, logger: QuorumLogger, level: LogLevel = .warning, message: (Int) -> String
+    _ kind: String, logger: QuorumLogger, level: LogLevel = .warning, message: () -> String
   ) {
     let now = monotonicNanos()
-    var entry = pending[kind] ?? (0, 0)
-    entry.count += 1
-    if entry.since == 0 || now >= entry.since &+ 1_000_000_000 {
-      let text = message(entry.count)
+    var bucket = buckets[kind] ?? (Self.burst, now, 0)
+    bucket.tokens = min(Self.burst, bucket.tokens + Double(now &- bucket.updated) / 1e9 * Self.perSecond)
+    bucket.updated = now
+    if bucket.tokens >= 1 {
+      bucket.tokens -= 1
+      var text = message()
+      if bucket.suppressed > 0 { text += " (\(bucket.suppressed) similar lines left out)" }
+      bucket.suppressed = 0
       if level >= .warning { logger.warning(text, ["reason": kind]) } else { logger.info(text, ["reason": kind]) }
-      entry = (0, now)
+    } else {
+      bucket.suppressed += 1
     }
-    pending[kind] = entry
+    buckets[kind] = bucket
   }
 }
