@@ -330,6 +330,9 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
   private var floodLog = FloodLog()
   let clientReceiveBudget: ReceiveBudget
 
+  /// Connections that have not completed the handshake (loop thread; for tests).
+  var unauthenticatedCount: Int { unauthenticated.count }
+
   init(id: NodeID, loop: EventLoop, protocolNumber: UInt8, environment: any LinkEnvironment) {
     self.id = id
     self.loop = loop

@@ -94,6 +94,27 @@ final class RawSocket: Sendable {
     }
   }
 
+  /// Writes as much of `bytes` as the socket takes now; returns how many (0 when its buffer is full).
+  func sendSome(_ bytes: ArraySlice<UInt8>) throws -> Int {
+    let n = bytes.withUnsafeBytes { cq_send(fd, $0.baseAddress!, $0.count) }  // callers pass non-empty slices
+    if n >= 0 { return n }
+    let code = errno
+    if code == EAGAIN || code == EWOULDBLOCK { return 0 }
+    throw TimedOut(description: "send failed: errno \(code)")
+  }
+
+  /// Whether the other side has closed the connection (reads and discards what is waiting).
+  var isClosedByPeer: Bool {
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    while true {
+      let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+      if n > 0 { continue }
+      if n == 0 { return true }
+      let code = errno
+      return code != EAGAIN && code != EWOULDBLOCK
+    }
+  }
+
   /// Half-closes the sending side (the listener then sees the end of the stream).
   func shutdownWrite() { _ = Glibc.shutdown(fd, Int32(SHUT_WR)) }
 
