@@ -108,10 +108,14 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
     }
   }
 
-  /// How long a dialled connection may take to connect, and then to complete its handshake.
+  /// How long a dialled connection may take to connect, and then to complete its handshake. After a failure
+  /// the peer is probably cut off, and an attempt made into a partition waits in vain (its SYN or hello is
+  /// lost): retries give up after four ping intervals, so the first attempt after a heal comes soon.
   private var attemptTimeout: Duration {
     let options = environment.options
-    return min(options.connectTimeout, options.handshakeTimeout, options.liveness.timeout)
+    let bound = min(options.connectTimeout, options.handshakeTimeout, options.liveness.timeout)
+    guard consecutiveFailures > 0 else { return bound }
+    return min(bound, max(options.liveness.pingInterval * 4, .milliseconds(100)))
   }
 
   /// Closes the link for good (the local endpoint closed).
