@@ -24,8 +24,8 @@ struct TCPConformanceTests {
 
   @Test("every check with authentication (a code on every frame)", arguments: TransportConformance.Check.allCases)
   func authenticatedConformance(_ check: TransportConformance.Check) async throws {
-    // Debug builds hash about 5 MB/s, so a 4 MiB frame holds an event loop for a second: a liveness timeout
-    // of seconds keeps this check about delivery (liveness has its own tests).
+    // A loaded machine running debug builds can hold an event loop for a long time on a 4 MiB frame: a
+    // liveness timeout of seconds keeps this check about delivery (liveness has its own tests).
     let options = TCPTransportOptions(liveness: LinkLiveness(pingInterval: .milliseconds(100), timeout: .seconds(20)))
     try await TransportConformance.run(check) { loopbackTransport(options: options, security: conformanceSecurity) }
   }
