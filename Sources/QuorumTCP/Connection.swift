@@ -520,14 +520,19 @@ final class ReceiveBudget {
   let limit: Int
   private(set) var used = 0
   private var waiting: [ObjectIdentifier: Connection] = [:]
+  private let metrics: MetricsCounters?
 
-  init(limit: Int) { self.limit = limit }
+  init(limit: Int, metrics: MetricsCounters? = nil) {
+    self.limit = limit
+    self.metrics = metrics
+  }
 
   var isSpent: Bool { used >= limit }
 
   /// Records that `connection` now holds `bytes`.
   func charge(_ connection: Connection, bytes: Int) {
     used += bytes - connection.charged
+    if bytes > connection.charged, let metrics { metrics.raise(metrics.largestClientReceiveBuffer, to: used) }
     let freed = bytes < connection.charged
     connection.charged = bytes
     if freed { wake() }

@@ -151,6 +151,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
   private var framesReceived: UInt64 = 0
   private var lastHeard: UInt64 = 0
   private var lastAcknowledged: UInt64 = 0
+  private var lastTick: UInt64 = 0
 
   init(connection: Connection, sink: Sink) {
     self.connection = connection
@@ -268,6 +269,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
         phase = .peer(node)
         connection.reservesAnnouncedFrames = true
         lastHeard = monotonicNanos()
+        lastTick = lastHeard
       case .client(let principal, let role):
         phase = .client(principal: principal, role: role)
         route = ReplyRoute(loop: sink.loop, node: sink.id, target: self)
@@ -302,10 +304,12 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     return .proceed
   }
 
+  /// Sends an acknowledgement at once (not at the end of the loop's batch of events): a loop busy reading a
+  /// long backlog must still be heard by the dialler.
   private func acknowledge() {
     lastAcknowledged = monotonicNanos()
     transmit(LinkControl.acknowledgement(framesReceived).frame)
-    connection.flushSoon()
+    connection.flush()
   }
 
   /// Periodic checks (called by the endpoint's housekeeping): acknowledgements while reading is paused (so
@@ -316,6 +320,12 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     switch phase {
     case .awaitingHandshake: break
     case .peer:
+      // Time this loop did not run is not the peer's silence (see OutboundLink.tick).
+      let gap = now &- lastTick
+      lastTick = now
+      if gap > 2 * options.liveness.pingInterval.nanoseconds {
+        lastHeard &+= gap - options.liveness.pingInterval.nanoseconds
+      }
       if connection.isPaused {
         if now >= lastAcknowledged &+ options.liveness.pingInterval.nanoseconds { acknowledge() }
       } else if now >= lastHeard &+ 2 * options.liveness.timeout.nanoseconds {
@@ -457,6 +467,8 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     transmit(frame)
     let options = sink.environment.options
     let pending = connection.pendingWriteBytes
+    let metrics = sink.environment.metrics
+    metrics.raise(metrics.largestReplyBacklog, to: pending)
     if pending >= options.replyCloseBytes {
       connection.close(.slowReader(pendingBytes: pending))
       return

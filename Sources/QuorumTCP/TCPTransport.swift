@@ -341,7 +341,8 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
     self.mailbox = Mailbox(capacity: environment.options.inboxCapacity)
     self.requests = Mailbox(capacity: environment.options.requestQueueCapacity)
     self.logger = loop.logger.child(id.description)
-    self.clientReceiveBudget = ReceiveBudget(limit: environment.options.maxClientReceiveBufferBytes)
+    self.clientReceiveBudget = ReceiveBudget(
+      limit: environment.options.maxClientReceiveBufferBytes, metrics: environment.metrics)
   }
 
   var isClosed: Bool { closed.load(ordering: .relaxed) }
@@ -409,6 +410,7 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
     inbound[key] = handler
     unauthenticated.append(key)
     unauthenticatedByAddress[address, default: 0] += 1
+    environment.metrics.raise(environment.metrics.largestUnauthenticatedCount, to: unauthenticated.count)
     _ = environment.metrics.connectionsAccepted.add(1, ordering: .relaxed)
     _ = connection.start()
   }

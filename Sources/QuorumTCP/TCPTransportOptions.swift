@@ -46,7 +46,7 @@ public struct LinkLiveness: Sendable, Equatable {
   public var timeout: Duration
 
   /// Creates a policy.
-  public init(pingInterval: Duration = .milliseconds(100), timeout: Duration = .seconds(1)) {
+  public init(pingInterval: Duration = .milliseconds(100), timeout: Duration = .seconds(2)) {
     precondition(pingInterval > .zero && timeout > pingInterval, "liveness needs 0 < pingInterval < timeout")
     self.pingInterval = pingInterval
     self.timeout = timeout
@@ -58,7 +58,7 @@ public struct LinkLiveness: Sendable, Equatable {
     LinkLiveness(pingInterval: interval, timeout: max(interval * 10, .milliseconds(250)))
   }
 
-  /// 100 ms pings, 1 s timeout.
+  /// 100 ms pings, 2 s timeout.
   public static let `default` = LinkLiveness()
 }
 
@@ -112,8 +112,10 @@ public struct TCPTransportOptions: Sendable, Equatable {
   public var acceptUnknownPeers: Bool
   /// Peer-link liveness: pings, and how long a silent link is kept.
   public var liveness: LinkLiveness
-  /// `TCP_USER_TIMEOUT` on every socket: the kernel drops a connection whose sent data stays unacknowledged
-  /// this long (zero leaves the system default).
+  /// `TCP_USER_TIMEOUT` on every socket: the kernel drops a connection whose sent data stays unacknowledged —
+  /// or unsent because the receiver's window is closed — this long (zero leaves the system default). A
+  /// backstop: peer links notice silence sooner (``liveness``); it must exceed the longest back-pressure
+  /// pause, since a receiver that stops reading closes its window.
   public var tcpUserTimeout: Duration
   /// Accepted connections that have not completed the handshake, at most; a new one evicts the oldest.
   public var maxUnauthenticatedConnections: Int
@@ -144,7 +146,8 @@ public struct TCPTransportOptions: Sendable, Equatable {
     keepaliveIdle: Duration = .seconds(10), keepaliveInterval: Duration = .seconds(2), keepaliveProbes: Int = 3,
     reconnect: ReconnectPolicy = ReconnectPolicy(), maxConnectionsPerEndpoint: Int = 2048, serveClients: Bool = false,
     requestQueueCapacity: Int = 65_536, maxInflightRequestsPerConnection: Int = 1024, acceptUnknownPeers: Bool = false,
-    liveness: LinkLiveness = .default, tcpUserTimeout: Duration = .seconds(5), maxUnauthenticatedConnections: Int = 128,
+    liveness: LinkLiveness = .default, tcpUserTimeout: Duration = .seconds(60),
+    maxUnauthenticatedConnections: Int = 128,
     maxUnauthenticatedConnectionsPerAddress: Int = 16, maxClientConnections: Int = 1024,
     maxClientConnectionsPerAddress: Int = 512, maxPeerConnections: Int = 64,
     clientIdleTimeout: Duration = .seconds(300),
@@ -221,6 +224,15 @@ public struct TCPTransportMetrics: Sendable, Equatable, CustomStringConvertible 
   public var framesDropped = 0
   /// Closed connections by ``TCPCloseReason/name``.
   public var closes: [String: Int] = [:]
+  /// The most accepted connections that were waiting to complete their handshake at once (at most
+  /// ``TCPTransportOptions/maxUnauthenticatedConnections``).
+  public var largestUnauthenticatedCount = 0
+  /// The most reply bytes that waited to be written to one client connection (the close comes at
+  /// ``TCPTransportOptions/maxReplyBytesPerConnection``, plus one reply).
+  public var largestReplyBacklog = 0
+  /// The most bytes of partly received client frames an endpoint held at once (about
+  /// ``TCPTransportOptions/maxClientReceiveBufferBytes``, plus one read per client connection).
+  public var largestClientReceiveBuffer = 0
 
   /// Creates empty metrics.
   public init() {}
@@ -247,7 +259,20 @@ final class MetricsCounters: Sendable {
   let connectionsAccepted = Atomic<Int>(0)
   let connectionsEstablished = Atomic<Int>(0)
   let framesDropped = Atomic<Int>(0)
+  let largestUnauthenticatedCount = Atomic<Int>(0)
+  let largestReplyBacklog = Atomic<Int>(0)
+  let largestClientReceiveBuffer = Atomic<Int>(0)
   private let closes = Mutex<[String: Int]>([:])
+
+  /// Raises `mark` to `value` if it is higher.
+  func raise(_ mark: borrowing Atomic<Int>, to value: Int) {
+    var current = mark.load(ordering: .relaxed)
+    while value > current {
+      let (exchanged, original) = mark.compareExchange(expected: current, desired: value, ordering: .relaxed)
+      if exchanged { return }
+      current = original
+    }
+  }
 
   func recordClose(_ reason: TCPCloseReason) {
     closes.withLock { $0[reason.name, default: 0] += 1 }
@@ -263,6 +288,9 @@ final class MetricsCounters: Sendable {
     m.connectionsAccepted = connectionsAccepted.load(ordering: .relaxed)
     m.connectionsEstablished = connectionsEstablished.load(ordering: .relaxed)
     m.framesDropped = framesDropped.load(ordering: .relaxed)
+    m.largestUnauthenticatedCount = largestUnauthenticatedCount.load(ordering: .relaxed)
+    m.largestReplyBacklog = largestReplyBacklog.load(ordering: .relaxed)
+    m.largestClientReceiveBuffer = largestClientReceiveBuffer.load(ordering: .relaxed)
     m.closes = closes.withLock { $0 }
     return m
   }

@@ -7,13 +7,18 @@ import Testing
 @testable import QuorumTCP
 
 /// Resource attacks on a listener: each must close only the offending connections, with a typed reason, keep
-/// the server's memory bounded, and leave the healthy peer link and new clients served. The suite runs its
-/// tests one at a time so their resident-set figures do not mix.
+/// the server's memory bounded, and leave the healthy peer link and new clients served.
+///
+/// Memory is checked two ways: exactly, by the transport's high-water marks of what it held (connections
+/// waiting to authenticate, partly received frames, reply backlog), and loosely, by this process's resident
+/// set — loosely (1 GiB) because other suites run in the same process at the same time: their allocations
+/// showed as up to 400 MB of noise, as much as some attacks' volume.
 @Suite("A hostile network cannot exhaust a listener", .serialized, .timeLimit(.minutes(5)))
 struct HostileNetworkTests {
   @Test("2,000 connections opened and held: the oldest unauthenticated ones give way, real peers and clients get in")
   func connectionFlood() async throws {
-    let options = TCPTransportOptions(handshakeTimeout: .seconds(120))  // held for the whole test
+    var options = SecurePair.options()
+    options.handshakeTimeout = .seconds(120)  // held for the whole test
     let pair = try await SecurePair(options: options)
     try await pair.healthyLinkDelivers(0)
     let before = try residentBytes()
@@ -52,8 +57,9 @@ struct HostileNetworkTests {
     try await pair.healthyLinkDelivers(1)
     #expect(pair.b.metrics.closes.isEmpty, "the healthy link never dropped: \(pair.b.metrics)")
     #expect(pair.sink.all.count < 150, "the flood is summarised in the log: \(pair.sink.all.count) lines")
+    #expect(metrics().largestUnauthenticatedCount <= options.maxUnauthenticatedConnections, "\(metrics())")
     let grown = try residentBytes() - before
-    #expect(grown < 64 << 20, "the resident set grew by \(grown >> 20) MiB")
+    #expect(grown < 1 << 30, "the resident set grew by \(grown >> 20) MiB")
     await alice.close()
     await n3.close()
     await pair.close()
@@ -61,7 +67,9 @@ struct HostileNetworkTests {
 
   @Test("two dozen 16 MiB frames, pushed then trickled a byte at a time after the handshake: memory stays bounded")
   func slowGiantFrames() async throws {
-    let options = TCPTransportOptions(frameTimeout: .seconds(3), maxClientReceiveBufferBytes: 16 << 20)
+    var options = SecurePair.options()
+    options.frameTimeout = .seconds(3)
+    options.maxClientReceiveBufferBytes = 16 << 20
     let pair = try await SecurePair(options: options)
     let before = try residentBytes()
     var attackers: [HandDriven] = []
@@ -92,9 +100,8 @@ struct HostileNetworkTests {
       idleRounds = progress == 0 ? idleRounds + 1 : 0
       try await Task.sleep(for: .milliseconds(progress == 0 ? 10 : 0))
     }
-    let core = pair.n1.core
-    let held = try #require(await core.loop.submit { core.clientReceiveBudget.used })
-    #expect(held <= options.maxClientReceiveBufferBytes + 24 * (64 << 10), "the server holds \(held) bytes")
+    let bound = options.maxClientReceiveBufferBytes + 24 * (64 << 10)
+    #expect(pair.a.metrics.largestClientReceiveBuffer <= bound, "the server held \(pair.a.metrics) bytes")
     // A healthy client is still served while the budget is spent: it is between frames.
     let alice = try pair.client("alice", SecurePair.alice)
     #expect(try await alice.request([1], to: pair.n1.address, timeout: .seconds(60)) == [1])
@@ -104,7 +111,8 @@ struct HostileNetworkTests {
       peak = max(peak, try residentBytes() - before)
       return pair.a.metrics.closes("truncated-frame") == attackers.count
     }
-    #expect(peak < 120 << 20, "the resident set grew by up to \(peak >> 20) MiB (24 × 16 MiB = 384 MiB unbounded)")
+    #expect(pair.a.metrics.largestClientReceiveBuffer <= bound, "\(pair.a.metrics.largestClientReceiveBuffer) bytes")
+    #expect(peak < 1 << 30, "the resident set grew by up to \(peak >> 20) MiB")
     #expect(pair.sink.contains("truncated frame"), "\(pair.sink.lines)")
     #expect(try await alice.request([2], to: pair.n1.address, timeout: .seconds(60)) == [2])
     try await pair.healthyLinkDelivers(0)
@@ -114,9 +122,11 @@ struct HostileNetworkTests {
 
   @Test("a client pipelining large reads without reading the replies is paused, then closed; memory stays bounded")
   func clientThatStopsReading() async throws {
-    let options = TCPTransportOptions(
-      maxFrameBytes: 1 << 20, maxInflightRequestsPerConnection: 64, replyPauseBytes: 1 << 20,
-      maxReplyBytesPerConnection: 8 << 20)
+    var options = SecurePair.options()
+    options.maxFrameBytes = 1 << 20
+    options.maxInflightRequestsPerConnection = 64
+    options.replyPauseBytes = 1 << 20
+    options.maxReplyBytesPerConnection = 8 << 20
     let pair = try await SecurePair(options: options)
     let before = try residentBytes()
     let greedy = try await HandDriven(
@@ -135,7 +145,8 @@ struct HostileNetworkTests {
       peak = max(peak, try residentBytes() - before)
       return pair.a.metrics.closes("slow-reader") == 1
     }
-    #expect(peak < 150 << 20, "the resident set grew by up to \(peak >> 20) MiB")
+    #expect(pair.a.metrics.largestReplyBacklog < 8 << 20 + 300_000, "backlog \(pair.a.metrics.largestReplyBacklog)")
+    #expect(peak < 1 << 30, "the resident set grew by up to \(peak >> 20) MiB")
     try await waitUntil("the close to be logged") {
       pair.sink.contains("the client stopped reading its replies", atLeast: .info)
     }
@@ -149,7 +160,8 @@ struct HostileNetworkTests {
 
   @Test("a client connection idle past the idle timeout is closed; new clients are served")
   func idleClients() async throws {
-    let options = TCPTransportOptions(clientIdleTimeout: .milliseconds(300))
+    var options = SecurePair.options()
+    options.clientIdleTimeout = .milliseconds(300)
     let pair = try await SecurePair(options: options)
     let idle = try await HandDriven(
       to: pair.n1.address, cluster: pair.cluster, role: .client, protocolNumber: WireProtocol.client,

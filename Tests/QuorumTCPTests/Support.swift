@@ -99,7 +99,7 @@ final class RawSocket: Sendable {
     let n = bytes.withUnsafeBytes { cq_send(fd, $0.baseAddress!, $0.count) }  // callers pass non-empty slices
     if n >= 0 { return n }
     let code = errno
-    if code == EAGAIN || code == EWOULDBLOCK { return 0 }
+    if code == EAGAIN || code == EWOULDBLOCK || code == ECONNRESET || code == EPIPE { return 0 }  // full, or closed
     throw TimedOut(description: "send failed: errno \(code)")
   }
 

@@ -84,9 +84,9 @@ struct ClusterSecurityTests {
     sockets.append(giant)
     var prefix: [UInt8] = [0xFF, 0xFF, 0xFF, 0xFF]
     _ = send(giant, &prefix, 4, Int32(MSG_NOSIGNAL))
-    _ = try await awaitValue("the leader to refuse the stranger, the forged credential and the giant frame") {
+    try await pollUntil("the leader to refuse the stranger, the forged credential and the giant frame") {
       let metrics = leaderTransport.metrics
-      return metrics.closes("authentication-failed") >= 2 && metrics.closes("frame-too-large") >= 1 ? true : nil
+      return metrics.closes("authentication-failed") >= 2 && metrics.closes("frame-too-large") >= 1
     }
 
     // The cluster still commits, on every member, and its own links never dropped.
@@ -94,9 +94,8 @@ struct ClusterSecurityTests {
     for n in 0..<20 { try await admin.put("after-\(n)", "ok") }
     #expect(try await admin.get("after-19") == Array("ok".utf8))
     for id in running.servers.keys {
-      _ = try await awaitValue("\(id) to apply the writes made under attack") { () -> Bool? in
-        guard let status = await running.status(id), status.appliedIndex >= before + 20 else { return nil }
-        return true
+      try await pollUntil("\(id) to apply the writes made under attack") {
+        (await running.status(id)?.appliedIndex ?? 0) >= before + 20
       }
       #expect(running.servers[id]?.transport.metrics.closes("link-stalled") == 0)
     }

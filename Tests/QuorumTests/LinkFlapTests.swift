@@ -33,9 +33,7 @@ struct LinkFlapTests {
     }
     _ = try await receive(n1.incoming)
     proxy.cut()
-    _ = try await awaitValue("the silent link to be dropped") {
-      senderSide.metrics.closes("link-stalled") >= 1 ? true : nil
-    }
+    try await pollUntil("the silent link to be dropped") { senderSide.metrics.closes("link-stalled") >= 1 }
     while n1.incoming.count > 0 { _ = await n1.incoming.receive() }
     let healed = ContinuousClock.now
     proxy.heal()
@@ -82,9 +80,7 @@ struct LinkFlapTests {
     }
     var figures: [String] = []
     for outage in [1, 2, 4, 8] {
-      _ = try await awaitValue("\(member) to follow a leader before the cut") {
-        await running.status(member)?.leader != nil ? true : nil
-      }
+      try await pollUntil("\(member) to follow a leader before the cut") { await running.status(member)?.leader != nil }
       let links = all.filter { $0.key.hasPrefix("\(member)->") || $0.key.hasSuffix("->\(member)") }.values
       #expect(links.count == 4)
       for proxy in links { proxy.cut() }
@@ -93,11 +89,11 @@ struct LinkFlapTests {
       let committed = try #require(await running.status(current)?.commitIndex)
       let healed = ContinuousClock.now
       for proxy in links { proxy.heal() }
-      _ = try await awaitValue("\(member) to rejoin after a \(outage) s cut", within: .seconds(30)) { () -> Bool? in
+      try await pollUntil("\(member) to rejoin after a \(outage) s cut", within: .seconds(30)) {
         guard let status = await running.status(member), let leader = status.leader,
-          await running.status(leader)?.isLeader == true, status.commitIndex >= committed
-        else { return nil }
-        return true
+          await running.status(leader)?.isLeader == true
+        else { return false }
+        return status.commitIndex >= committed
       }
       let rejoin = ContinuousClock.now - healed
       figures.append("\(outage) s: \(rejoin.formatted(.units(allowed: [.milliseconds])))")
@@ -124,5 +120,7 @@ struct Numbered: WireCodable, Sendable {
 /// Receives the next envelope, failing after `timeout` (a bound on failure only).
 func receive<M: Sendable>(_ mailbox: Mailbox<Envelope<M>>, timeout: Duration = .seconds(60)) async throws -> Envelope<M>
 {
-  try await awaitValue("a message", within: timeout) { mailbox.count > 0 ? await mailbox.receive() : nil }
+  try await pollUntil("a message", within: timeout) { mailbox.count > 0 }
+  guard let envelope = await mailbox.receive() else { throw TimedOut(description: "the mailbox closed") }
+  return envelope
 }

@@ -82,16 +82,20 @@ final class RunningCluster: Sendable {
 
   /// Waits for a leader that has committed in its term, and returns its id.
   func leader(timeout: Duration = .seconds(60)) async throws -> NodeID {
-    try await awaitValue("a leader", within: timeout) {
+    var found: NodeID?
+    try await pollUntil("a leader", within: timeout) {
       for id in servers.keys.sorted() {
         if let status = await status(id), status.isLeader, status.commitIndex >= status.lastIndex,
           status.commitIndex > 0
         {
-          return id
+          found = id
+          return true
         }
       }
-      return nil
+      return false
     }
+    guard let found else { throw TimedOut(description: "no leader") }
+    return found
   }
 
   func stop() async {
@@ -115,5 +119,19 @@ func fastCluster(
       ElectionTimeout(Duration.milliseconds(200)...Duration.milliseconds(400))
       HeartbeatInterval(heartbeat)
     }
+  }
+}
+
+/// Polls `condition` every few milliseconds until it holds, failing after `timeout` (a bound on failure only: a
+/// loaded machine makes the wait longer, never the test red).
+func pollUntil(
+  _ what: @autoclosure () -> String, within timeout: Duration = .seconds(60), _ condition: () async throws -> Bool
+) async throws {
+  let deadline = ContinuousClock.now.advanced(by: timeout)
+  while try await !condition() {
+    guard ContinuousClock.now < deadline else {
+      throw TimedOut(description: "gave up after \(timeout) waiting for \(what())")
+    }
+    try await Task.sleep(for: .milliseconds(5))
   }
 }
