@@ -323,7 +323,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
       // Time this loop did not run is not the peer's silence (see OutboundLink.tick).
       let gap = now &- lastTick
       lastTick = now
-      if gap > 2 * options.liveness.pingInterval.nanoseconds {
+      if gap > options.liveness.timeout.nanoseconds / 2 {
         lastHeard &+= gap - options.liveness.pingInterval.nanoseconds
       }
       if connection.isPaused {

@@ -1,6 +1,7 @@
 import QuorumCore
 import QuorumSimulation
 import QuorumTCP
+import Synchronization
 import Testing
 
 /// A loopback transport for the conformance suite: every node listens on 127.0.0.1 port 0.
@@ -34,6 +35,24 @@ struct TCPConformanceTests {
   func conformanceWithTinyQueues() async throws {
     let options = TCPTransportOptions(maxQueuedFramesPerPeer: 8, maxQueuedBytesPerPeer: 4096, inboxCapacity: 4)
     let configuration = TransportConformance.Configuration(messagesPerLink: 3_000, messagesPerSender: 500)
-    try await TransportConformance.runAll(configuration: configuration) { loopbackTransport(options: options) }
+    let sink = CapturingLogSink()
+    let made = Transports()
+    do {
+      try await TransportConformance.runAll(configuration: configuration) {
+        made.add(loopbackTransport(options: options, logger: QuorumLogger(label: "tiny", sink: sink)))
+      }
+    } catch {
+      Issue.record("\(error)\nmetrics: \(made.metrics)\nlog:\n\(sink.lines.suffix(4000))")
+    }
   }
+}
+
+/// The transports a conformance run made, for a failure's report.
+final class Transports: Sendable {
+  private let all = Mutex<[TCPTransport<ConformanceMessage>]>([])
+  func add(_ transport: TCPTransport<ConformanceMessage>) -> TCPTransport<ConformanceMessage> {
+    all.withLock { $0.append(transport) }
+    return transport
+  }
+  var metrics: String { all.withLock { $0.map { "\($0.metrics)" }.joined(separator: "\n") } }
 }

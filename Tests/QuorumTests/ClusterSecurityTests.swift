@@ -55,8 +55,11 @@ struct ClusterSecurityTests {
     let running = try await RunningCluster.start(cluster)
     let leader = try await running.leader()
     let target = try #require(running.addresses[leader])
+    var patient = HostClientOptions()
+    patient.deadline = .seconds(60)  // long enough to ride out an election on a machine running every suite
     let admin = TCPKVClient(
-      cluster: "guarded", members: Array(running.addresses.values), credential: try secrets.credential("admin"))
+      cluster: "guarded", members: Array(running.addresses.values), options: patient,
+      credential: try secrets.credential("admin"))
     try await admin.put("before", "ok")
     let leaderTransport = try #require(running.servers[leader]?.transport)
 
