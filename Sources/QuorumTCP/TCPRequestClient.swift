@@ -28,8 +28,12 @@ public final class TCPRequestClient: Sendable {
   private let logger: QuorumLogger
 
   /// Creates a client; nothing is opened until the first request.
-  /// - Parameter credential: the principal and secret to authenticate with; `nil` for a server that runs
-  ///   without authentication.
+  /// - Parameters:
+  ///   - cluster: the cluster id sent in the handshake.
+  ///   - options: frame limit, connect and handshake timeouts, keep-alive.
+  ///   - credential: the principal and secret to authenticate with; `nil` for a server that runs without
+  ///     authentication.
+  ///   - logger: where connection failures are logged.
   public init(
     cluster: ClusterID, options: TCPTransportOptions = .default, credential: TCPClientCredential? = nil,
     logger: QuorumLogger = QuorumLogger(label: "quorum.tcp.client")
