@@ -40,8 +40,11 @@ struct HostileNetworkTests {
     let core = pair.n1.core
     let held = try #require(await core.loop.submit { core.unauthenticatedCount })
     #expect(held <= options.maxUnauthenticatedConnections, "\(held) unauthenticated connections held")
-    #expect(metrics().closes("connection-budget") >= 2000 - 100 * 16, "at most 16 per address: \(metrics())")
-    #expect(metrics().closes("evicted") >= 100 * 16 - options.maxUnauthenticatedConnections, "\(metrics())")
+    // Every socket beyond those held was refused (over 16 from one address) or evicted (the oldest, to make
+    // room); how many of each depends on timing (an eviction frees a slot of its address).
+    let turnedAway = metrics().closes("connection-budget") + metrics().closes("evicted")
+    #expect(turnedAway >= 2000 - options.maxUnauthenticatedConnections, "\(metrics())")
+    #expect(metrics().closes("connection-budget") >= 1 && metrics().closes("evicted") >= 1, "\(metrics())")
 
     // A member that dials in now still gets through, and so does a new client.
     let third = TCPTransport<ConformanceMessage>(
