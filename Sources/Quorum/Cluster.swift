@@ -38,6 +38,17 @@ public enum ClusterStorage: Sendable, Equatable {
   case directory(String, fsync: FsyncPolicy)
 }
 
+/// How the members of a TCP cluster authenticate each other and their clients (see
+/// ``QuorumTCP/TCPSecurity``). The files are read when a member starts.
+public enum ClusterSecurity: Sendable, Equatable {
+  /// No authentication: anyone who reaches a member's port and knows the cluster id can join or act as an
+  /// admin client. Must be asked for by name; a member logs a warning when it starts.
+  case insecure
+  /// Members prove the secret in `clusterSecretFile` to each other; clients prove a secret from
+  /// `credentialsFile` (no credentials file: no client is admitted). Both files must be private to their owner.
+  case authenticated(clusterSecretFile: String, credentialsFile: String?)
+}
+
 /// A Quorum cluster described as a validated value: its id, its members (in-process or at TCP addresses),
 /// storage, its consensus groups (each with its members, engine, services and key slots), engine settings and
 /// transport limits. The result-builder DSL is sugar over it:
@@ -48,6 +59,7 @@ public enum ClusterStorage: Sendable, Equatable {
 ///   Member("n2", at: "127.0.0.1:7002")
 ///   Member("n3", at: "127.0.0.1:7003")
 ///   DataDirectory("/var/lib/orders", fsync: .always)
+///   Security(clusterSecretFile: "/etc/orders/secret", credentialsFile: "/etc/orders/credentials")
 ///   Group("accounts", engine: .raft) { KeyValue(); Locks() }
 ///   Group("audit", engine: .multiPaxos, members: ["n1", "n2", "n3"]) { KeyValue() }
 /// }
@@ -77,6 +89,8 @@ public struct Cluster: Sendable {
   public var catalog: ServiceCatalog
   /// TCP limits and timeouts.
   public var tcp: TCPTransportOptions
+  /// How TCP members authenticate (`nil`: not said, which a TCP member refuses to start with).
+  public var security: ClusterSecurity?
   /// Where members log.
   public var logSink: any LogSink
 
@@ -92,6 +106,7 @@ public struct Cluster: Sendable {
     self.groups = []
     self.catalog = .standard
     self.tcp = TCPTransportOptions()
+    self.security = nil
     self.logSink = StderrLogSink(minimumLevel: .warning)
     var errors: [ClusterConfigurationError] = []
     for setting in settings() {
@@ -208,7 +223,8 @@ public struct Cluster: Sendable {
   ///   - dataDirectory: the member's data directory, if not the cluster's `DataDirectory/<member>`.
   ///   - joining: names of groups this member joins as a new member (it starts empty in them and waits to be
   ///     added with `quorum members add`), rather than founds.
-  /// - Throws: ``ClusterConfigurationError`` for an unknown member, an unknown group or an in-process cluster.
+  /// - Throws: ``ClusterConfigurationError`` for an unknown member, an unknown group, an in-process cluster, no
+  ///   `Security` line, or a secret file that cannot be used (unreadable, readable by others, too short).
   public func start(
     _ member: NodeID, listen: TCPAddress? = nil, dataDirectory: String? = nil, joining: Set<String> = []
   ) async throws -> ClusterMemberServer {
@@ -230,15 +246,42 @@ public struct Cluster: Sendable {
     if let listen { book[member] = listen }
     var options = tcp
     options.serveClients = true
+    if options.liveness == .default && options.reconnect.maxBackoff == ReconnectPolicy().maxBackoff {
+      // Links ping every heartbeat and redial at most a heartbeat after a failure: a member rejoins about one
+      // heartbeat plus one connect after a partition heals.
+      options.liveness = .heartbeat(raft.heartbeatInterval)
+      options.reconnect.maxBackoff = max(options.reconnect.initialBackoff, raft.heartbeatInterval)
+    }
     let logger = QuorumLogger(label: "quorum", sink: logSink)
     let transport = TCPTransport<HostMessage>(
-      cluster: id, protocolNumber: WireProtocol.host, addresses: book, options: options, logger: logger.child("tcp"))
+      cluster: id, protocolNumber: WireProtocol.host, addresses: book, options: options,
+      security: try transportSecurity(), logger: logger.child("tcp"))
     let host = try GroupHost(
       node: member, map: map, catalog: catalog, settings: hostSettings,
       storage: storageProvider(for: member, override: dataDirectory), joining: joiningGroups, logger: logger,
       addressOf: { transport.address(of: $0)?.description },
       addressBook: { transport.addresses.mapValues(\.description) })
     return ClusterMemberServer(id: member, host: host, transport: transport, logger: logger)
+  }
+
+  /// The transport's security, with its files read and checked.
+  func transportSecurity() throws(ClusterConfigurationError) -> TCPSecurity {
+    switch security {
+    case nil:
+      throw ClusterConfigurationError(
+        setting: "Security",
+        reason: "a TCP cluster needs Security(clusterSecretFile:credentialsFile:), or Security.insecure to run "
+          + "without authentication")
+    case .insecure:
+      return .insecure
+    case .authenticated(let secretFile, let credentialsFile):
+      do {
+        return try .authenticated(clusterSecretFile: secretFile, credentialsFile: credentialsFile)
+      } catch {
+        throw ClusterConfigurationError(
+          setting: Security(clusterSecretFile: secretFile, credentialsFile: credentialsFile).line, reason: "\(error)")
+      }
+    }
   }
 
   /// Starts every member in this process, runs `body` with them, then stops them.
@@ -549,6 +592,42 @@ public struct TCPSettings: ClusterSetting {
   public init(_ options: TCPTransportOptions) { self.options = options }
 
   public func apply(to cluster: inout Cluster) throws(ClusterConfigurationError) { cluster.tcp = options }
+}
+
+/// How TCP members authenticate: `Security(clusterSecretFile: "secret", credentialsFile: "credentials")`, or
+/// `Security.insecure` to run without authentication (a member then logs a warning when it starts).
+///
+/// A TCP cluster must have one of the two. The files are read when a member starts; each must be private to
+/// its owner (mode `0600` or `0400`). See ``QuorumTCP/TCPSecret/load(file:)`` and
+/// ``QuorumTCP/TCPCredentials`` for their contents.
+public struct Security: ClusterSetting {
+  private let security: ClusterSecurity
+
+  /// Members prove the secret in `clusterSecretFile`; clients the secrets listed in `credentialsFile`.
+  public init(clusterSecretFile: String, credentialsFile: String? = nil) {
+    security = .authenticated(clusterSecretFile: clusterSecretFile, credentialsFile: credentialsFile)
+  }
+
+  private init(_ security: ClusterSecurity) { self.security = security }
+
+  /// No authentication.
+  public static let insecure = Security(.insecure)
+
+  /// The line as written in the DSL, for errors.
+  var line: String {
+    switch security {
+    case .insecure: return "Security.insecure"
+    case .authenticated(let secret, let credentials):
+      return "Security(clusterSecretFile: \"\(secret)\"\(credentials.map { ", credentialsFile: \"\($0)\"" } ?? ""))"
+    }
+  }
+
+  public func apply(to cluster: inout Cluster) throws(ClusterConfigurationError) {
+    if case .authenticated(let secret, let credentials) = security, secret.isEmpty || credentials?.isEmpty == true {
+      throw ClusterConfigurationError(setting: line, reason: "empty path")
+    }
+    cluster.security = security
+  }
 }
 
 /// Where members log.

@@ -7,7 +7,9 @@ public import QuorumTCP
 /// exactly-once sessions per group) over TCP connections, with the key-value store ready to use.
 ///
 /// ```swift
-/// let client = TCPClient(cluster: "orders", members: [TCPAddress("127.0.0.1:7001")!])
+/// let client = TCPClient(
+///   cluster: "orders", members: [TCPAddress("127.0.0.1:7001")!],
+///   credential: try TCPClientCredential(name: "alice", secretFile: "alice.key"))
 /// try await client.kv.put("greeting", "hello")
 /// let value = try await client.kv.getString("greeting")
 /// await client.close()
@@ -26,12 +28,14 @@ public struct TCPClient: Sendable {
   ///   - options: deadlines and back-off.
   ///   - seed: seeds the choice of members and the back-off jitter.
   ///   - connection: a shared request client; by default the client makes (and closes) its own.
+  ///   - credential: the principal and secret the client proves to members (`nil`: none, for a cluster that
+  ///     runs without authentication); ignored with a shared `connection`, which has its own.
   public init(
     cluster: ClusterID, members: [TCPAddress], options: HostClientOptions = HostClientOptions(), seed: UInt64 = 1,
-    connection: TCPRequestClient? = nil
+    connection: TCPRequestClient? = nil, credential: TCPClientCredential? = nil
   ) {
     precondition(!members.isEmpty, "a TCPClient needs at least one member address")
-    channel = TCPRequestChannel(cluster: cluster, seeds: members, connection: connection)
+    channel = TCPRequestChannel(cluster: cluster, seeds: members, connection: connection, credential: credential)
     host = HostClient(channel: channel, members: channel.seedMembers, options: options, seed: seed)
     kv = KeyValueClient(host)
   }
@@ -48,12 +52,14 @@ public struct TCPKVClient: Sendable {
   /// The connection.
   public let client: TCPClient
 
-  /// Creates a client; see ``TCPClient/init(cluster:members:options:seed:connection:)``.
+  /// Creates a client; see ``TCPClient/init(cluster:members:options:seed:connection:credential:)``.
   public init(
     cluster: ClusterID, members: [TCPAddress], options: HostClientOptions = HostClientOptions(), seed: UInt64 = 1,
-    connection: TCPRequestClient? = nil
+    connection: TCPRequestClient? = nil, credential: TCPClientCredential? = nil
   ) {
-    client = TCPClient(cluster: cluster, members: members, options: options, seed: seed, connection: connection)
+    client = TCPClient(
+      cluster: cluster, members: members, options: options, seed: seed, connection: connection,
+      credential: credential)
   }
 
   /// The key-value store.

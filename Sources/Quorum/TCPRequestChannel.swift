@@ -16,9 +16,13 @@ public final class TCPRequestChannel: RequestChannel, Sendable {
   private let owns: Bool
   private let addresses: Mutex<[NodeID: TCPAddress]>
 
-  /// Creates a channel to `cluster` starting from `seeds`.
-  public init(cluster: ClusterID, seeds: [TCPAddress], connection: TCPRequestClient? = nil) {
-    self.connection = connection ?? TCPRequestClient(cluster: cluster, logger: .disabled)
+  /// Creates a channel to `cluster` starting from `seeds`, authenticating with `credential` (unless a shared
+  /// `connection` is given, which has its own).
+  public init(
+    cluster: ClusterID, seeds: [TCPAddress], connection: TCPRequestClient? = nil,
+    credential: TCPClientCredential? = nil
+  ) {
+    self.connection = connection ?? TCPRequestClient(cluster: cluster, credential: credential, logger: .disabled)
     self.owns = connection == nil
     var book: [NodeID: TCPAddress] = [:]
     for (i, address) in seeds.enumerated() { book[NodeID(rawValue: Self.seedBase + UInt64(i))] = address }

@@ -19,8 +19,9 @@ enum TCPBenchmarks {
     let fsync = try RaftBenchmarks.fsyncBaseline(root: root)
     report.add("tcp", "baseline: 4 KiB append + fdatasync p50", fsync, "µs")
 
-    // QUORUM_TCP_PARTS=stream or =cluster runs only that half.
-    let parts = ProcessInfo.processInfo.environment["QUORUM_TCP_PARTS"] ?? "stream,cluster"
+    // QUORUM_TCP_PARTS=stream, =cluster or =auth (or a comma-separated mix) runs only those parts.
+    let parts = ProcessInfo.processInfo.environment["QUORUM_TCP_PARTS"] ?? "stream,cluster,auth"
+    if parts.contains("auth") { macCosts(report) }
     for frameBytes in [64, 1024, 16 << 10] where parts.contains("stream") {
       let frames = frameBytes <= 64 ? 2_000_000 : (frameBytes <= 1024 ? 1_000_000 : 100_000)
       let raw = try await rawStream(frameBytes: frameBytes, frames: frames)
@@ -35,6 +36,7 @@ enum TCPBenchmarks {
           transport.rate / raw * 100, transport.framesPerWrite))
     }
 
+    if parts.contains("auth") { try await authenticationCost(report, root: root, fsync: fsync, rtt: rttP50) }
     guard parts.contains("cluster") else { return }
     let cluster = try await BenchCluster.start(root: root)
     defer { cluster.stop() }
@@ -45,6 +47,89 @@ enum TCPBenchmarks {
         "tcp", "3 processes, fsync always: \(clients) clients, p50 / p99", result.p50, "µs",
         note: String(
           format: "p99 %.0f µs; p50 = fsync + %.1f round trips", result.p99, (result.p50 - fsync) / rttP50))
+    }
+  }
+
+  // MARK: Authentication
+
+  /// What a frame's code costs: HMAC-SHA-256 of a 128-byte and a 16 KiB body, as the transport computes it
+  /// (C, with the x86 SHA extensions when present, and without them) and in QuorumCore's Swift.
+  static func macCosts(_ report: BenchReport) {
+    let key = [UInt8](repeating: 7, count: 32)
+    var inner = [UInt32](repeating: 0, count: 8)
+    var outer = [UInt32](repeating: 0, count: 8)
+    cq_hmac_sha256_init(key, key.count, &inner, &outer)
+    let swift = HMACSHA256(key: key)
+    defer { _ = cq_sha256_use_accelerated(1) }
+    for size in [128, 16 << 10] {
+      let body = [UInt8](repeating: 0x5A, count: size)
+      let rounds = size <= 128 ? 400_000 : 4_000
+      var timings: [String] = []
+      for variant in ["SHA extensions", "portable C", "Swift"] {
+        let available = cq_sha256_use_accelerated(variant == "SHA extensions" ? 1 : 0)
+        if variant == "SHA extensions" && available == 0 { continue }
+        var code = [UInt8](repeating: 0, count: 32)
+        var sink: UInt8 = 0
+        let start = nowNanos()
+        for round in 0..<rounds {
+          if variant == "Swift" {
+            var keyed = swift
+            withUnsafeBytes(of: UInt64(round)) { keyed.update($0) }
+            keyed.update(body)
+            sink ^= keyed.finalize()[0]
+          } else {
+            cq_hmac_sha256_frame(inner, outer, UInt64(round), body, body.count, &code)
+            sink ^= code[0]
+          }
+        }
+        let perFrame = Double(nowNanos() - start) / Double(rounds)
+        timings.append(
+          String(format: "%@ %.2f µs (%.0f MB/s)", variant, perFrame / 1000, Double(size) * 1e3 / perFrame))
+        if variant != "Swift" && timings.count == 1 {
+          report.add(
+            "tcp", "frame code (HMAC-SHA-256) of a \(size) B frame", perFrame / 1000, "µs",
+            note: "\(variant) (checksum byte \(sink))")
+        }
+      }
+      report.add(
+        "tcp", "frame code of a \(size) B frame, by implementation", 0, "", note: timings.joined(separator: "; "))
+    }
+  }
+
+  /// Puts/s and latency with and without authentication, on fresh 3-process clusters run alternately (twice
+  /// each, in A-B-B-A order), so both see the same machine.
+  static func authenticationCost(_ report: BenchReport, root: String, fsync: Double, rtt: Double) async throws {
+    let secrets = try BenchSecrets(root: root)
+    var results: [String: [BenchCluster.Result]] = [:]
+    for round in 0..<2 {
+      for authenticated in round == 0 ? [false, true] : [true, false] {
+        let cluster = try await BenchCluster.start(
+          root: "\(root)/auth-\(round)-\(authenticated)", secrets: authenticated ? secrets : nil)
+        for clients in [1, 256] {
+          let result = try await cluster.puts(clients: clients, duration: .seconds(3))
+          results["\(authenticated)-\(clients)", default: []].append(result)
+        }
+        cluster.stop()
+      }
+    }
+    for clients in [1, 256] {
+      let plain = results["false-\(clients)"] ?? []
+      let authenticated = results["true-\(clients)"] ?? []
+      let plainRate = plain.map(\.rate).reduce(0, +) / Double(max(1, plain.count))
+      let authRate = authenticated.map(\.rate).reduce(0, +) / Double(max(1, authenticated.count))
+      let plainP50 = plain.map(\.p50).reduce(0, +) / Double(max(1, plain.count))
+      let authP50 = authenticated.map(\.p50).reduce(0, +) / Double(max(1, authenticated.count))
+      report.add(
+        "tcp", "insecure, \(clients) clients: puts/s (mean of 2 runs)", plainRate, "puts/s",
+        note: String(
+          format: "p50 %.0f µs; runs %@", plainP50,
+          plain.map { String(format: "%.0f", $0.rate) }.joined(separator: ", ")))
+      report.add(
+        "tcp", "authenticated, \(clients) clients: puts/s (mean of 2 runs)", authRate, "puts/s",
+        note: String(
+          format: "p50 %.0f µs; %+.1f%% puts/s, %+.1f%% p50 against insecure; runs %@", authP50,
+          (authRate / plainRate - 1) * 100, (authP50 / plainP50 - 1) * 100,
+          authenticated.map { String(format: "%.0f", $0.rate) }.joined(separator: ", ")))
     }
   }
 
@@ -194,10 +279,12 @@ enum TCPBenchmarks {
   static func transportStream(frameBytes: Int, frames: Int) async throws -> (rate: Double, framesPerWrite: Double) {
     let overhead = 4 + 4 + 3 + 3  // length prefix, magic/version/protocol, group/from/to varints, bytes length
     let payload = [UInt8](repeating: 0x5A, count: max(0, frameBytes - overhead))
-    let receiverSide = TCPTransport<Blob>(cluster: "bench", protocolNumber: WireProtocol.test, logger: .disabled)
+    let receiverSide = TCPTransport<Blob>(
+      cluster: "bench", protocolNumber: WireProtocol.test, security: .insecure, logger: .disabled)
     let receiver = try await receiverSide.bind(1)
     let senderSide = TCPTransport<Blob>(
-      cluster: "bench", protocolNumber: WireProtocol.test, addresses: [1: receiver.address], logger: .disabled)
+      cluster: "bench", protocolNumber: WireProtocol.test, addresses: [1: receiver.address], security: .insecure,
+      logger: .disabled)
     let sender = try await senderSide.bind(2)
     receiverSide.setAddress(sender.address, for: 2)
     let start = nowNanos()
@@ -233,16 +320,42 @@ enum TCPBenchmarks {
   }
 }
 
-/// Three `quorum serve` processes (the release executable next to this one) with fsync always.
+/// A cluster secret and an `admin` credential for the benchmark cluster, in files private to their owner.
+struct BenchSecrets {
+  let secretFile: String
+  let credentialsFile: String
+  let credential: TCPClientCredential
+
+  init(root: String) throws {
+    secretFile = "\(root)/secret"
+    credentialsFile = "\(root)/credentials"
+    let hex = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+    try Self.write(secretFile, Data((0..<32).map { _ in UInt8.random(in: 0...255) }))
+    try Self.write("\(root)/admin.key", Data(hex.utf8))
+    try Self.write(credentialsFile, Data("admin admin \(hex)\n".utf8))
+    credential = try TCPClientCredential(name: "admin", secretFile: "\(root)/admin.key")
+  }
+
+  static func write(_ path: String, _ data: Data) throws {
+    guard FileManager.default.createFile(atPath: path, contents: data, attributes: [.posixPermissions: 0o600]) else {
+      throw BenchFailure("cannot write \(path)")
+    }
+  }
+}
+
+/// Three `quorum serve` processes (the release executable next to this one) with fsync always, with or
+/// without authentication.
 final class BenchCluster: @unchecked Sendable {
   // Safety of @unchecked Sendable: the processes are only started, queried and killed; the rest is immutable.
   let processes: [Process]
   let addresses: [TCPAddress]
+  let credential: TCPClientCredential?
   let name: ClusterID = "bench"
 
-  init(processes: [Process], addresses: [TCPAddress]) {
+  init(processes: [Process], addresses: [TCPAddress], credential: TCPClientCredential?) {
     self.processes = processes
     self.addresses = addresses
+    self.credential = credential
   }
 
   static func executable() throws -> String {
@@ -254,8 +367,11 @@ final class BenchCluster: @unchecked Sendable {
     return path
   }
 
-  static func start(root: String) async throws -> BenchCluster {
+  static func start(root: String, secrets: BenchSecrets? = nil) async throws -> BenchCluster {
+    try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
     let executable = try executable()
+    let security =
+      secrets.map { ["--secret-file", $0.secretFile, "--credentials-file", $0.credentialsFile] } ?? ["--insecure"]
     let file = "\(root)/cluster.json"
     func write(_ members: [String: String]) throws {
       let data = try JSONSerialization.data(withJSONObject: ["cluster": "bench", "members": members])
@@ -267,10 +383,11 @@ final class BenchCluster: @unchecked Sendable {
     for id in 1...3 {
       let process = Process()
       process.executableURL = URL(fileURLWithPath: executable)
-      process.arguments = [
-        "serve", "--id", "n\(id)", "--listen", "127.0.0.1:0", "--cluster-file", file, "--data", "\(root)/n\(id)",
-        "--fsync", "always", "--log-level", "error",
-      ]
+      process.arguments =
+        [
+          "serve", "--id", "n\(id)", "--listen", "127.0.0.1:0", "--cluster-file", file, "--data", "\(root)/n\(id)",
+          "--fsync", "always", "--log-level", "error",
+        ] + security
       let pipe = Pipe()
       process.standardOutput = pipe
       try process.run()
@@ -290,11 +407,12 @@ final class BenchCluster: @unchecked Sendable {
     }
     try write(
       Dictionary(uniqueKeysWithValues: addresses.enumerated().map { ("n\($0.offset + 1)", $0.element.description) }))
-    let cluster = BenchCluster(processes: processes, addresses: addresses)
+    let cluster = BenchCluster(processes: processes, addresses: addresses, credential: secrets?.credential)
     // Wait for a leader that has committed.
     var probeOptions = HostClientOptions()
     probeOptions.deadline = .seconds(1)
-    let probe = TCPKVClient(cluster: "bench", members: addresses, options: probeOptions)
+    let probe = TCPKVClient(
+      cluster: "bench", members: addresses, options: probeOptions, credential: secrets?.credential)
     let deadline = ContinuousClock.now.advanced(by: .seconds(30))
     while ContinuousClock.now < deadline {
       if (try? await probe.put("warm", "up")) != nil { break }
@@ -316,7 +434,7 @@ final class BenchCluster: @unchecked Sendable {
 
   /// `clients` closed-loop clients putting 100-byte values; throughput and latency after a warm-up.
   func puts(clients: Int, duration: Duration) async throws -> Result {
-    let connection = TCPRequestClient(cluster: name, logger: .disabled)
+    let connection = TCPRequestClient(cluster: name, credential: credential, logger: .disabled)
     defer { Task { await connection.close() } }
     let value = [UInt8](repeating: 42, count: 100)
     let members = addresses

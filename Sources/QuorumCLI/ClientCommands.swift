@@ -7,17 +7,19 @@ enum ClientCommands {
     usage: quorum kv put KEY VALUE | get KEY [--consistency linearizable|lease|stale] | delete KEY
                    | cas KEY EXPECTED NEW      (write - for "absent")
            (--cluster host:port[,host:port…] [--cluster-id ID] | --cluster-file FILE) [--timeout-ms 5000]
+           [--credential NAME:SECRET-FILE]   (for a cluster that authenticates its clients)
     """
 
   static let statusUsage = """
     usage: quorum status (--cluster host:port[,…] [--cluster-id ID] | --cluster-file FILE)
+                         [--credential NAME:SECRET-FILE]
       Shows every group: its engine, leader and term, and every member's role, commit and applied index, and
       the leader's per-peer lag.
     """
 
   static let membersUsage = """
     usage: quorum members add NODE | promote NODE | remove NODE [--group NAME]
-           (--cluster host:port[,…] [--cluster-id ID] | --cluster-file FILE)
+           (--cluster host:port[,…] [--cluster-id ID] | --cluster-file FILE) [--credential NAME:SECRET-FILE]
       add: join as a learner (receives the log, does not vote); promote: make a voter; remove: leave.
       --group: the group changed (default: the first group). A new member's address must be in every
       member's cluster file first (members re-read it), and it runs `quorum serve --join`.
@@ -29,7 +31,8 @@ enum ClientCommands {
     options.attemptTimeout = min(timeout, .seconds(2))
     options.maxBackoff = .milliseconds(500)
     return TCPClient(
-      cluster: target.cluster, members: target.addresses, options: options, seed: UInt64(truncatingIfNeeded: getpid()))
+      cluster: target.cluster, members: target.addresses, options: options, seed: UInt64(truncatingIfNeeded: getpid()),
+      credential: target.credential)
   }
 
   static func text(_ bytes: [UInt8]?) -> String {

@@ -141,13 +141,32 @@ struct ClusterFile: Equatable {
 }
 
 /// Where a client command finds the cluster: `--cluster host:port,…` or `--cluster-file FILE`, plus
-/// `--cluster-id ID` (taken from the file when there is one).
+/// `--cluster-id ID` (taken from the file when there is one), and `--credential NAME:FILE` for a cluster that
+/// authenticates its clients.
 struct ClusterTarget {
   var cluster: ClusterID
   var addresses: [TCPAddress]
   var members: [NodeID: TCPAddress]
+  var credential: TCPClientCredential? = nil
 
   static func parse(_ options: inout Options) throws -> ClusterTarget {
+    var target = try parseAddresses(&options)
+    if let text = try options.value("--credential") {
+      guard let colon = text.firstIndex(of: ":"), colon != text.startIndex, text.index(after: colon) != text.endIndex
+      else {
+        throw CLIError.usage("--credential \(text): expected NAME:SECRET-FILE")
+      }
+      do {
+        target.credential = try TCPClientCredential(
+          name: String(text[..<colon]), secretFile: String(text[text.index(after: colon)...]))
+      } catch {
+        throw CLIError.failed("--credential: \(error)")
+      }
+    }
+    return target
+  }
+
+  private static func parseAddresses(_ options: inout Options) throws -> ClusterTarget {
     let explicitID = try options.value("--cluster-id")
     if let path = try options.value("--cluster-file") {
       let file = try ClusterFile.load(path)

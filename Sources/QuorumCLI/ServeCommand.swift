@@ -7,9 +7,20 @@ import Quorum
 enum ServeCommand {
   static let usage = """
     usage: quorum serve --id n1 [--listen host:port] (--peers n2=host:port,… | --cluster-file FILE)
+                        (--secret-file FILE [--credentials-file FILE] | --insecure)
                         [--cluster-id ID] [--data DIR] [--fsync always|batch|never] [--log-level LEVEL]
                         [--tick-ms 10] [--election-ms 150-300] [--heartbeat-ms 50] [--join [--groups a,b]]
       --id            this member's node id
+      --secret-file   the cluster secret every member proves to the others (HMAC-SHA-256 challenge-response,
+                      then a code on every frame); the same file on every member, private to its owner:
+                        head -c 32 /dev/urandom > secret && chmod 600 secret
+      --credentials-file  the clients admitted: one "name role secret-hex" line each (role read, write or
+                      admin; openssl rand -hex 32 makes a secret); private to its owner. Without it no
+                      client is admitted. Clients give --credential name:file.
+      --insecure      run without authentication: anyone who reaches the port and knows the cluster id can
+                      join or act as an admin client (a warning is logged at start). Authentication is not
+                      encryption: put the cluster on a private network or behind WireGuard, stunnel or a
+                      service mesh if its traffic is confidential.
       --listen        where to listen (default: this member's address in the cluster file); port 0 picks a
                       free port, printed on standard output
       --peers         the other members (with --listen), or
@@ -39,6 +50,7 @@ enum ServeCommand {
     var election: ClosedRange<Duration>
     var heartbeat: Duration
     var join: Set<String>
+    var security: ClusterSecurity
   }
 
   static func parse(_ arguments: [String]) throws -> Settings {
@@ -117,11 +129,31 @@ enum ServeCommand {
     } else if joinGroups != nil {
       throw CLIError.usage("--groups goes with --join")
     }
+    let security = try parseSecurity(&options)
     try options.rejectUnknown()
     if let stray = options.words.first { throw CLIError.usage("unexpected argument '\(stray)'\n\(usage)") }
     return Settings(
       id: id, listen: listen, clusterFile: clusterFile, file: file, data: data,
-      fsync: fsync, logLevel: logLevel, tick: tick, election: election, heartbeat: heartbeat, join: join)
+      fsync: fsync, logLevel: logLevel, tick: tick, election: election, heartbeat: heartbeat, join: join,
+      security: security)
+  }
+
+  /// `--secret-file FILE [--credentials-file FILE]` or `--insecure`: one of the two must be given.
+  static func parseSecurity(_ options: inout Options) throws -> ClusterSecurity {
+    let secretFile = try options.value("--secret-file")
+    let credentialsFile = try options.value("--credentials-file")
+    if options.flag("--insecure") {
+      guard secretFile == nil && credentialsFile == nil else {
+        throw CLIError.usage("--insecure contradicts --secret-file and --credentials-file")
+      }
+      return .insecure
+    }
+    guard let secretFile else {
+      throw CLIError.usage(
+        "give --secret-file FILE (and --credentials-file FILE to admit clients), or --insecure to run without "
+          + "authentication")
+    }
+    return .authenticated(clusterSecretFile: secretFile, credentialsFile: credentialsFile)
   }
 
   static func cluster(_ s: Settings) throws -> Cluster {
@@ -131,6 +163,11 @@ enum ServeCommand {
         for (id, address) in members { Member(id, at: address.description) }
         Groups(s.file.groups)
         DataDirectory(s.data, fsync: s.fsync)
+        switch s.security {
+        case .insecure: Security.insecure
+        case .authenticated(let secret, let credentials):
+          Security(clusterSecretFile: secret, credentialsFile: credentials)
+        }
         Logging(StderrLogSink(minimumLevel: s.logLevel))
         RaftSettings {
           TickInterval(s.tick)

@@ -29,30 +29,58 @@ protocol ConnectionDelegate: AnyObject {
 /// One non-blocking TCP socket on an ``EventLoop``: frame parsing on the way in, a coalescing write
 /// buffer on the way out. Used only on its loop's thread.
 final class Connection: LoopHandler {
+  /// Why reading is paused (several may hold at once; reading resumes when none does).
+  struct PauseReasons: OptionSet {
+    let rawValue: UInt8
+    /// The receiver behind the connection is full (back-pressure).
+    static let receiver = PauseReasons(rawValue: 1)
+    /// The shared budget for partly received frames is spent.
+    static let budget = PauseReasons(rawValue: 2)
+    /// Too many replies wait to be written (the remote side is not reading).
+    static let replies = PauseReasons(rawValue: 4)
+  }
+
   let loop: EventLoop
   let fd: Int32
-  let maxFrameBytes: Int
+  /// The largest frame body (code included) accepted; raised by the owner once the handshake completes.
+  var maxFrameBytes: Int
+  /// Whether to reserve room for a whole announced frame at once (only for authenticated peers: others get
+  /// memory as their bytes arrive).
+  var reservesAnnouncedFrames = false
   /// The remote address, for logs.
   let remote: String
   weak var delegate: (any ConnectionDelegate)?
   /// When the handshake must have completed (monotonic nanoseconds), or `nil` once it has.
   var handshakeDeadline: UInt64?
-  /// How long a partially received frame may go without progress.
+  /// How long a partially received frame may take, from its first byte (time paused for back-pressure from
+  /// the receiver does not count).
   let frameTimeoutNanos: UInt64
+  /// If set, replies waiting this long without any of them being written close the connection
+  /// (``TCPCloseReason/slowReader(pendingBytes:)``).
+  var writeStallTimeoutNanos: UInt64?
+  /// The shared budget that bytes of partly received frames are charged to (client connections).
+  var receiveBudget: ReceiveBudget? {
+    didSet { oldValue?.release(self) }
+  }
 
   private var token: UInt64 = 0
   private(set) var isConnecting = false
   private(set) var isClosed = false
   private var registered = false
   private var interest: UInt32 = 0
-  private var readingPaused = false
+  private var pauseReasons: PauseReasons = []
   private var wantsWrite = false
   private var readBuffer: [UInt8] = []
   private var writeBuffer: [UInt8] = []
   private var writeOffset = 0
-  private var lastReadProgress: UInt64 = 0
+  private var frameStarted: UInt64 = 0
   private var connectDeadline: UInt64?
   private var flushScheduled = false
+  private var lastWriteProgress: UInt64 = 0
+  /// Bytes of `readBuffer` charged to `receiveBudget`.
+  fileprivate(set) var charged = 0
+  /// When bytes last arrived (monotonic nanoseconds).
+  private(set) var lastReceived: UInt64 = 0
   /// Bytes received and written, for metrics.
   private(set) var bytesReceived = 0
   private(set) var bytesWritten = 0
@@ -69,7 +97,7 @@ final class Connection: LoopHandler {
 
   /// Registers an accepted (already connected) socket for reading.
   func start() -> Bool {
-    lastReadProgress = monotonicNanos()
+    lastReceived = monotonicNanos()
     return updateInterest()
   }
 
@@ -93,7 +121,7 @@ final class Connection: LoopHandler {
       finishConnecting()
       return
     }
-    if events & (CQ_EPOLLIN | CQ_EPOLLHUP | CQ_EPOLLERR) != 0 && !readingPaused {
+    if events & (CQ_EPOLLIN | CQ_EPOLLHUP | CQ_EPOLLERR) != 0 && pauseReasons.isEmpty {
       readAvailable()
     }
     if !isClosed && events & CQ_EPOLLOUT != 0 {
@@ -110,7 +138,7 @@ final class Connection: LoopHandler {
     close(.localShutdown, notify: true, unregister: false)
   }
 
-  /// Checks the connect, handshake and partial-frame deadlines; called periodically by the owner.
+  /// Checks the connect, handshake, partial-frame and write-stall deadlines; called periodically by the owner.
   func checkDeadlines(now: UInt64) {
     guard !isClosed else { return }
     if let deadline = connectDeadline, isConnecting, now >= deadline {
@@ -120,8 +148,10 @@ final class Connection: LoopHandler {
         readBuffer.isEmpty
         ? "no handshake within the timeout" : "incomplete handshake (\(readBuffer.count) bytes) within the timeout"
       close(.badHandshake(detail))
-    } else if !readBuffer.isEmpty, !readingPaused, now >= lastReadProgress &+ frameTimeoutNanos {
+    } else if !readBuffer.isEmpty, !pauseReasons.contains(.receiver), now >= frameStarted &+ frameTimeoutNanos {
       close(.truncatedFrame(received: max(0, readBuffer.count - TCPFrame.prefixBytes), expected: pendingFrameLength))
+    } else if let stall = writeStallTimeoutNanos, pendingWriteBytes > 0, now >= lastWriteProgress &+ stall {
+      close(.slowReader(pendingBytes: pendingWriteBytes))
     }
   }
 
@@ -140,7 +170,7 @@ final class Connection: LoopHandler {
     isConnecting = false
     connectDeadline = nil
     wantsWrite = false
-    lastReadProgress = monotonicNanos()
+    lastReceived = monotonicNanos()
     guard updateInterest() else { return }
     delegate?.connectionDidConnect(self)
   }
@@ -149,13 +179,26 @@ final class Connection: LoopHandler {
 
   private func readAvailable() {
     var budget = 4 << 20  // bytes per wake-up, so one busy connection cannot starve the others
-    while !isClosed && !readingPaused && budget > 0 {
-      let count = Glibc.read(fd, loop.readScratch.baseAddress, loop.readScratch.count)
+    while !isClosed && pauseReasons.isEmpty && budget > 0 {
+      var chunk = loop.readScratch.count
+      if let receiveBudget, receiveBudget.isSpent {
+        // Over the shared budget: a partly received frame waits for room; a connection between frames may read
+        // a little, so small requests still pass.
+        guard readBuffer.isEmpty else {
+          pause(.budget)
+          receiveBudget.wait(self)
+          return
+        }
+        chunk = min(chunk, 64 << 10)
+      }
+      let count = Glibc.read(fd, loop.readScratch.baseAddress, chunk)
       if count > 0 {
+        let now = monotonicNanos()
+        if readBuffer.isEmpty { frameStarted = now }
         readBuffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: loop.readScratch[0..<count]))
         bytesReceived += count
         budget -= count
-        lastReadProgress = monotonicNanos()
+        lastReceived = now
         parseFrames()
         continue
       }
@@ -188,13 +231,15 @@ final class Connection: LoopHandler {
     defer {
       if offset > 0 && !isClosed {
         if offset == readBuffer.count {
-          readBuffer.removeAll(keepingCapacity: readBuffer.capacity <= 1 << 20)
+          readBuffer.removeAll(keepingCapacity: readBuffer.capacity <= (receiveBudget == nil ? 1 << 20 : 64 << 10))
         } else {
           readBuffer.removeFirst(offset)
+          frameStarted = monotonicNanos()
         }
       }
+      recharge()
     }
-    while !isClosed && !readingPaused {
+    while !isClosed && pauseReasons.isEmpty {
       let available = readBuffer.count - offset
       guard available >= TCPFrame.prefixBytes else { break }
       let length = Int(readLength(at: offset))
@@ -207,7 +252,7 @@ final class Connection: LoopHandler {
         return
       }
       guard available >= TCPFrame.prefixBytes + length else {
-        readBuffer.reserveCapacity(offset + TCPFrame.prefixBytes + length)
+        if reservesAnnouncedFrames { readBuffer.reserveCapacity(offset + TCPFrame.prefixBytes + length) }
         break
       }
       let start = offset + TCPFrame.prefixBytes
@@ -220,8 +265,7 @@ final class Connection: LoopHandler {
       switch verdict {
       case .proceed: continue
       case .pause:
-        readingPaused = true
-        _ = updateInterest()
+        pause(.receiver)
         delegate.connectionDidParse(self)
         return
       case .close(let reason):
@@ -232,26 +276,50 @@ final class Connection: LoopHandler {
     if !isClosed { delegate?.connectionDidParse(self) }
   }
 
-  /// Stops reading until ``resumeReading()`` (the receiver behind this connection is full).
-  func pauseReading() {
-    guard !readingPaused, !isClosed else { return }
-    readingPaused = true
+  /// Charges the bytes held to the shared budget.
+  private func recharge() {
+    guard let receiveBudget, !isClosed else { return }
+    receiveBudget.charge(self, bytes: readBuffer.count)
+  }
+
+  /// Reads whatever is waiting on the socket now (unless reading is paused): used before concluding that the
+  /// other side has gone quiet, since this loop may itself have been too busy to look.
+  func readPending() {
+    guard !isClosed, !isConnecting, pauseReasons.isEmpty else { return }
+    readAvailable()
+  }
+
+  /// Stops reading for `reason` until ``resume(_:)`` lifts it.
+  func pause(_ reason: PauseReasons) {
+    guard !isClosed, !pauseReasons.contains(reason) else { return }
+    pauseReasons.insert(reason)
     _ = updateInterest()
   }
 
-  /// Resumes reading after a ``FrameVerdict/pause``: frames already buffered are delivered first.
-  func resumeReading() {
-    guard readingPaused, !isClosed else { return }
-    readingPaused = false
-    lastReadProgress = monotonicNanos()
+  /// Lifts `reason`; when nothing else holds reading, frames already buffered are delivered first, then
+  /// reading resumes.
+  func resume(_ reason: PauseReasons) {
+    guard !isClosed, pauseReasons.contains(reason) else { return }
+    pauseReasons.remove(reason)
+    guard pauseReasons.isEmpty else { return }
+    if reason == .receiver && !readBuffer.isEmpty { frameStarted = monotonicNanos() }
     parseFrames()
-    guard !isClosed, !readingPaused else { return }
+    guard !isClosed, pauseReasons.isEmpty else { return }
     guard updateInterest() else { return }
     // Data (or an end of stream) may have arrived while paused; level-triggered epoll reports it again.
   }
 
-  /// Whether reading is paused.
-  var isReadingPaused: Bool { readingPaused }
+  /// Stops reading until ``resumeReading()`` (the receiver behind this connection is full).
+  func pauseReading() { pause(.receiver) }
+
+  /// Resumes reading after a ``FrameVerdict/pause``: frames already buffered are delivered first.
+  func resumeReading() { resume(.receiver) }
+
+  /// Whether reading is paused for back-pressure from the receiver.
+  var isReadingPaused: Bool { pauseReasons.contains(.receiver) }
+
+  /// Whether reading is paused for any reason.
+  var isPaused: Bool { !pauseReasons.isEmpty }
 
   // MARK: Writing
 
@@ -261,12 +329,14 @@ final class Connection: LoopHandler {
   /// Appends one encoded frame (length prefix included) to the write buffer; call ``flush()`` after.
   func enqueue(_ frame: [UInt8]) {
     guard !isClosed else { return }
+    if writeOffset == writeBuffer.count { lastWriteProgress = monotonicNanos() }
     writeBuffer.append(contentsOf: frame)
   }
 
   /// Appends bytes with a closure that writes into the buffer directly (used to coalesce queued frames).
   func enqueue(with fill: (inout [UInt8]) -> Void) {
     guard !isClosed else { return }
+    if writeOffset == writeBuffer.count { lastWriteProgress = monotonicNanos() }
     fill(&writeBuffer)
   }
 
@@ -294,6 +364,7 @@ final class Connection: LoopHandler {
         if written > 0 {
           writeOffset += written
           bytesWritten += written
+          lastWriteProgress = monotonicNanos()
           continue
         }
         let code = errno
@@ -326,7 +397,7 @@ final class Connection: LoopHandler {
   private func updateInterest() -> Bool {
     guard !isClosed else { return false }
     var wanted: UInt32 = 0
-    if !readingPaused && !isConnecting { wanted |= CQ_EPOLLIN }
+    if pauseReasons.isEmpty && !isConnecting { wanted |= CQ_EPOLLIN }
     if wantsWrite { wanted |= CQ_EPOLLOUT }
     if wanted == 0 {
       // Unregister entirely: a closed peer reports EPOLLHUP even with no interest, which would spin.
@@ -394,6 +465,7 @@ final class Connection: LoopHandler {
     }
     registered = false
     Glibc.close(fd)
+    receiveBudget?.release(self)
     readBuffer = []
     writeBuffer = []
     writeOffset = 0
@@ -407,10 +479,7 @@ func startConnect(to address: TCPAddress, options: TCPTransportOptions) -> Resul
   let family = cq_address_family(address.host)
   let fd = cq_tcp_socket(family)
   guard fd >= 0 else { return .failure(.ioError(operation: "socket", errno: errno)) }
-  _ = cq_tune_tcp(
-    fd, Int32(options.keepaliveIdle.nanoseconds / 1_000_000_000),
-    Int32(options.keepaliveInterval.nanoseconds / 1_000_000_000),
-    Int32(options.keepaliveProbes))
+  tune(fd, options: options)
   let result = cq_connect(fd, address.host, Int32(address.port))
   if result == 0 { return .success((fd, false)) }
   let code = errno
@@ -424,4 +493,67 @@ func peerName(_ fd: Int32) -> String {
   var buffer = [CChar](repeating: 0, count: 64)
   guard cq_peer_name(fd, &buffer, 64) == 0 else { return "?" }
   return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
+/// Sets `TCP_NODELAY`, keep-alive and `TCP_USER_TIMEOUT` on a connected or connecting socket.
+func tune(_ fd: Int32, options: TCPTransportOptions) {
+  _ = cq_tune_tcp(
+    fd, Int32(options.keepaliveIdle.nanoseconds / 1_000_000_000),
+    Int32(options.keepaliveInterval.nanoseconds / 1_000_000_000), Int32(options.keepaliveProbes))
+  if options.tcpUserTimeout > .zero {
+    _ = cq_set_user_timeout(fd, Int32(clamping: options.tcpUserTimeout.nanoseconds / 1_000_000))
+  }
+}
+
+/// The host part of a "host:port" or "[v6]:port" address (the key of per-address limits).
+func hostPart(_ remote: String) -> String {
+  if remote.hasPrefix("["), let close = remote.firstIndex(of: "]") {
+    return String(remote[remote.index(after: remote.startIndex)..<close])
+  }
+  guard let colon = remote.lastIndex(of: ":") else { return remote }
+  return String(remote[..<colon])
+}
+
+/// The bytes of partly received frames held by a group of connections (an endpoint's clients), and the
+/// connections waiting for room. Loop thread only.
+final class ReceiveBudget {
+  let limit: Int
+  private(set) var used = 0
+  private var waiting: [ObjectIdentifier: Connection] = [:]
+  private let metrics: MetricsCounters?
+
+  init(limit: Int, metrics: MetricsCounters? = nil) {
+    self.limit = limit
+    self.metrics = metrics
+  }
+
+  var isSpent: Bool { used >= limit }
+
+  /// Records that `connection` now holds `bytes`.
+  func charge(_ connection: Connection, bytes: Int) {
+    used += bytes - connection.charged
+    if bytes > connection.charged, let metrics { metrics.raise(metrics.largestClientReceiveBuffer, to: used) }
+    let freed = bytes < connection.charged
+    connection.charged = bytes
+    if freed { wake() }
+  }
+
+  /// Pauses `connection` until there is room.
+  func wait(_ connection: Connection) { waiting[ObjectIdentifier(connection)] = connection }
+
+  /// Forgets `connection` (closed or moved to another budget), returning what it held.
+  func release(_ connection: Connection) {
+    waiting[ObjectIdentifier(connection)] = nil
+    guard connection.charged != 0 else { return }
+    used -= connection.charged
+    connection.charged = 0
+    wake()
+  }
+
+  private func wake() {
+    guard !isSpent, !waiting.isEmpty else { return }
+    let woken = waiting
+    waiting = [:]
+    for connection in woken.values { connection.resume(.budget) }
+  }
 }

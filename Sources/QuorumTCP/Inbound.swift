@@ -1,6 +1,6 @@
 import CQuorumSystem
 import Glibc
-import QuorumCore
+public import QuorumCore
 
 /// A listening socket on the event loop; hands accepted sockets to its owner.
 final class Listener: LoopHandler {
@@ -60,8 +60,22 @@ public struct TCPRequest: Sendable {
   public let body: [UInt8]
   /// The client's address, for logs.
   public let remote: String
+  /// The principal the client authenticated as, or `nil` on a node that runs without authentication.
+  public let principal: String?
+  /// What the principal may do (``QuorumCore/ClientRole/admin`` on a node that runs without authentication:
+  /// nothing was checked). Deciding what a role allows is the request handler's business.
+  public let role: ClientRole
   let id: UInt64
   let route: ReplyRoute
+
+  init(body: [UInt8], remote: String, principal: String?, role: ClientRole, id: UInt64, route: ReplyRoute) {
+    self.body = body
+    self.remote = remote
+    self.principal = principal
+    self.role = role
+    self.id = id
+    self.route = route
+  }
 
   /// Sends `reply` to the client. Never blocks: the reply is queued to the event loop.
   public func respond(_ reply: [UInt8]) {
@@ -102,21 +116,30 @@ protocol InboundSink: AnyObject, SendableMetatype {
   var environment: any LinkEnvironment { get }
   var mailbox: Mailbox<Envelope<Message>> { get }
   var requests: Mailbox<TCPRequest> { get }
+  /// The budget client connections charge their partly received frames to.
+  var clientReceiveBudget: ReceiveBudget { get }
+  /// Admits a connection that proved `identity` (moving it to that budget), or says why not.
+  func admit(_ handler: InboundConnection<Self>, as identity: RemoteIdentity) -> TCPCloseReason?
   func inboundClosed(_ handler: InboundConnection<Self>, reason: TCPCloseReason)
 }
 
-/// An accepted connection: checks the handshake, then decodes peer frames into the endpoint's mailbox or
-/// client requests into its request queue. Loop thread only.
+/// An accepted connection: runs the listener's side of the handshake, then decodes peer frames into the
+/// endpoint's mailbox (acknowledging the dialler's pings) or client requests into its request queue. Loop
+/// thread only.
 final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarget {
   enum Phase: Equatable {
     case awaitingHandshake
     case peer(NodeID)
-    case client
+    case client(principal: String?, role: ClientRole)
   }
 
   let connection: Connection
+  /// The remote host (without the port), the key of per-address budgets.
+  let address: String
   private unowned let sink: Sink
   private(set) var phase = Phase.awaitingHandshake
+  private var handshake: ListenerHandshake?
+  private var session: TCPSession?
   private var batch: [Envelope<Sink.Message>] = []
   private var waitingForRoom = false
   private var pendingRequest: TCPRequest?
@@ -124,9 +147,15 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
   private var route: ReplyRoute?
   private var framesSinceReport = 0
   private var bytesSinceReport = 0
+  /// Frames received on a peer connection (acknowledged to the dialler).
+  private var framesReceived: UInt64 = 0
+  private var lastHeard: UInt64 = 0
+  private var lastAcknowledged: UInt64 = 0
+  private var lastTick: UInt64 = 0
 
   init(connection: Connection, sink: Sink) {
     self.connection = connection
+    self.address = hostPart(connection.remote)
     self.sink = sink
   }
 
@@ -136,12 +165,19 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
 
   func connectionDidConnect(_ connection: Connection) {}
 
-  func connectionDidDrain(_ connection: Connection) {}
+  func connectionDidDrain(_ connection: Connection) {
+    connection.resume(.replies)
+  }
 
   func connection(_ connection: Connection, didCloseWith reason: TCPCloseReason) {
     // Frames that arrived before the close still count: deliver them.
     deliverBatch()
     reportCounts()
+    var reason = reason
+    if let abandoned = handshake?.reasonIfAbandoned, reason == .peerClosed || reason.name == "bad-handshake" {
+      reason = abandoned
+    }
+    handshake = nil
     sink.inboundClosed(self, reason: reason)
   }
 
@@ -149,10 +185,25 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     framesSinceReport += 1
     bytesSinceReport += range.count + TCPFrame.prefixBytes
     if framesSinceReport >= 256 { reportCounts() }
+    if phase == .awaitingHandshake { return handshakeFrame(bytes, range) }
+    let body: Range<Int>
+    if session == nil {
+      body = range
+    } else {
+      let sequence = session?.opener.sequence ?? 0
+      guard let opened = session?.opener.open(bytes, range: range) else {
+        return .close(.frameAuthenticationFailed(sequence: sequence))
+      }
+      body = opened
+    }
     switch phase {
-    case .awaitingHandshake: return handshake(bytes, range)
-    case .peer(let node): return peerFrame(bytes, range, from: node)
-    case .client: return clientFrame(bytes, range)
+    case .awaitingHandshake: return .close(.localShutdown)  // handled above
+    case .peer(let node):
+      lastHeard = monotonicNanos()
+      framesReceived &+= 1
+      if LinkControl.isControl(bytes, body) { return control(bytes, body) }
+      return peerFrame(bytes, body, from: node)
+    case .client(let principal, let role): return clientFrame(bytes, body, principal: principal, role: role)
     }
   }
 
@@ -165,53 +216,131 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     bytesSinceReport = 0
   }
 
+  /// Queues `frame` (length prefix included), with its code on an authenticated connection.
+  private func transmit(_ frame: [UInt8]) {
+    if session == nil {
+      connection.enqueue(frame)
+    } else {
+      connection.enqueue { buffer in session?.sealer.append(frame, to: &buffer) }
+    }
+  }
+
   // MARK: Handshake
 
-  private func handshake(_ bytes: [UInt8], _ range: Range<Int>) -> FrameVerdict {
-    let hello: TCPHandshake
-    do {
-      var reader = WireReader(bytes, range: range)
-      hello = try TCPHandshake(from: &reader)
-    } catch {
-      if case .unsupportedVersion(let version) = error.kind { return refuse(.unsupportedVersion(version)) }
-      return refuse(.badHandshake("\(error)"))
-    }
-    let environment = sink.environment
-    guard hello.cluster == environment.cluster else {
-      return refuse(.clusterMismatch(local: environment.cluster, remote: hello.cluster))
-    }
-    guard hello.to == .none || hello.to == sink.id else {
-      return refuse(.wrongNode(expected: hello.to, actual: sink.id))
-    }
-    switch hello.role {
-    case .peer:
-      guard hello.from != .none else { return refuse(.badHandshake("a peer handshake without a node id")) }
-      guard environment.options.acceptUnknownPeers || environment.address(of: hello.from) != nil else {
-        return refuse(.unknownNode(hello.from))
+  private func handshakeFrame(_ bytes: [UInt8], _ range: Range<Int>) -> FrameVerdict {
+    if handshake == nil {
+      let environment = sink.environment
+      var random = [UInt8](repeating: 0, count: 2 * TCPHandshake.nonceByteCount)
+      if environment.security.isAuthenticated {
+        do {
+          random = try SecureRandom.bytes(count: random.count)
+        } catch {
+          return .close(.ioError(operation: "read \(SecureRandom.devicePath)", errno: error.errorNumber))
+        }
       }
-      guard hello.protocolNumber == sink.protocolNumber else {
-        return refuse(.badHandshake("protocol \(hello.protocolNumber), this node speaks \(sink.protocolNumber)"))
-      }
-      phase = .peer(hello.from)
-    case .client:
-      guard environment.options.serveClients else { return refuse(.clientsNotServed) }
-      guard hello.protocolNumber == WireProtocol.client else {
-        return refuse(.badHandshake("client protocol \(hello.protocolNumber), expected \(WireProtocol.client)"))
-      }
-      phase = .client
-      route = ReplyRoute(loop: sink.loop, node: sink.id, target: self)
+      let policy = ListenerPolicy(
+        cluster: environment.cluster, node: sink.id, peerProtocol: sink.protocolNumber,
+        serveClients: environment.options.serveClients, security: environment.security,
+        admitsPeer: { node in environment.options.acceptUnknownPeers || environment.address(of: node) != nil })
+      handshake = ListenerHandshake(policy: policy, random: random)
     }
-    connection.handshakeDeadline = nil
-    connection.enqueue(TCPFrame.frame(TCPHandshakeReply(node: sink.id, refusal: nil).wireBytes()))
-    connection.flushSoon()
-    return .proceed
+    guard var handshake else { return .close(.localShutdown) }
+    let step = handshake.receive(bytes, range)
+    self.handshake = handshake
+    switch step {
+    case .send(let frame):
+      connection.enqueue(frame)
+      connection.flushSoon()
+      return .proceed
+    case .refuse(let frame, let reason):
+      return refuse(frame, reason)
+    case .verified(let identity):
+      if let refusal = sink.admit(self, as: identity) {
+        return refuse(handshake.refusal(refusal.publicDescription), refusal)
+      }
+      let (welcome, session) = handshake.welcome()
+      self.handshake = nil
+      self.session = session
+      let options = sink.environment.options
+      connection.handshakeDeadline = nil
+      connection.maxFrameBytes = options.maxFrameBytes + (session == nil ? 0 : TCPFrame.tagBytes)
+      switch identity {
+      case .peer(let node):
+        phase = .peer(node)
+        connection.reservesAnnouncedFrames = true
+        lastHeard = monotonicNanos()
+        lastTick = lastHeard
+      case .client(let principal, let role):
+        phase = .client(principal: principal, role: role)
+        route = ReplyRoute(loop: sink.loop, node: sink.id, target: self)
+        connection.receiveBudget = sink.clientReceiveBudget
+        connection.writeStallTimeoutNanos = options.frameTimeout.nanoseconds
+      }
+      connection.enqueue(welcome)
+      connection.flushSoon()
+      return .proceed
+    }
   }
 
   /// Sends the refusal, then closes (the close is logged by the endpoint with the reason).
-  private func refuse(_ reason: TCPCloseReason) -> FrameVerdict {
-    connection.enqueue(TCPFrame.frame(TCPHandshakeReply(node: sink.id, refusal: reason.description).wireBytes()))
+  private func refuse(_ frame: [UInt8], _ reason: TCPCloseReason) -> FrameVerdict {
+    handshake = nil
+    if !frame.isEmpty { connection.enqueue(frame) }
     connection.flushAndClose(reason)
     return .close(reason)
+  }
+
+  // MARK: Liveness
+
+  private func control(_ bytes: [UInt8], _ range: Range<Int>) -> FrameVerdict {
+    let control: LinkControl
+    do {
+      control = try LinkControl(bytes, range: range)
+    } catch {
+      return .close(.malformedFrame(logSafe("link control: \(error)")))
+    }
+    guard case .ping = control else { return .close(.malformedFrame("an acknowledgement sent to the listener")) }
+    acknowledge()
+    return .proceed
+  }
+
+  /// Sends an acknowledgement at once (not at the end of the loop's batch of events): a loop busy reading a
+  /// long backlog must still be heard by the dialler.
+  private func acknowledge() {
+    lastAcknowledged = monotonicNanos()
+    transmit(LinkControl.acknowledgement(framesReceived).frame)
+    connection.flush()
+  }
+
+  /// Periodic checks (called by the endpoint's housekeeping): acknowledgements while reading is paused (so
+  /// the dialler does not take back-pressure for a dead link), silent peers, idle clients.
+  func tick(now: UInt64) {
+    guard !connection.isClosed else { return }
+    let options = sink.environment.options
+    switch phase {
+    case .awaitingHandshake: break
+    case .peer:
+      // Time this loop did not run is not the peer's silence (see OutboundLink.tick).
+      let gap = now &- lastTick
+      lastTick = now
+      if gap > options.liveness.timeout.nanoseconds / 2 {
+        lastHeard &+= gap - options.liveness.pingInterval.nanoseconds
+      }
+      if connection.isPaused {
+        if now >= lastAcknowledged &+ options.liveness.pingInterval.nanoseconds { acknowledge() }
+      } else if now >= lastHeard &+ 2 * options.liveness.timeout.nanoseconds {
+        connection.readPending()
+        if !connection.isClosed, now >= lastHeard &+ 2 * options.liveness.timeout.nanoseconds {
+          connection.close(.linkStalled(silentMilliseconds: Int((now &- lastHeard) / 1_000_000)))
+        }
+      }
+    case .client:
+      if inflight == 0, connection.pendingWriteBytes == 0,
+        now >= connection.lastReceived &+ options.clientIdleTimeout.nanoseconds
+      {
+        connection.close(.idleTimeout)
+      }
+    }
   }
 
   // MARK: Peer frames
@@ -224,7 +353,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
         Sink.Message.self, from: bytes, range: range, expectedProtocol: sink.protocolNumber, limits: limits)
     } catch {
       if case .unsupportedVersion(let version) = error.kind { return .close(.unsupportedVersion(version)) }
-      return .close(.malformedFrame("\(error)"))
+      return .close(.malformedFrame(logSafe("\(error)")))
     }
     guard envelope.from == node else {
       return .close(.malformedFrame("a frame from \(envelope.from) on the connection of \(node)"))
@@ -281,11 +410,20 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
 
   func connectionDidParse(_ connection: Connection) {
     deliverBatch()
+    // While frames arrive, acknowledge every half ping interval: a dialler whose ping waits behind a backlog
+    // of frames still hears that its link is alive.
+    if case .peer = phase, !connection.isClosed,
+      monotonicNanos() >= lastAcknowledged &+ sink.environment.options.liveness.pingInterval.nanoseconds / 2
+    {
+      acknowledge()
+    }
   }
 
   // MARK: Client frames
 
-  private func clientFrame(_ bytes: [UInt8], _ range: Range<Int>) -> FrameVerdict {
+  private func clientFrame(_ bytes: [UInt8], _ range: Range<Int>, principal: String?, role: ClientRole)
+    -> FrameVerdict
+  {
     let envelope: Envelope<RPCPayload>
     do {
       let limits = WireLimits(maxBytesLength: sink.environment.options.maxFrameBytes)
@@ -293,11 +431,12 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
         RPCPayload.self, from: bytes, range: range, expectedProtocol: WireProtocol.client, limits: limits)
     } catch {
       if case .unsupportedVersion(let version) = error.kind { return .close(.unsupportedVersion(version)) }
-      return .close(.malformedFrame("\(error)"))
+      return .close(.malformedFrame(logSafe("\(error)")))
     }
     guard let route else { return .close(.localShutdown) }
     let request = TCPRequest(
-      body: envelope.payload.body, remote: connection.remote, id: envelope.payload.id, route: route)
+      body: envelope.payload.body, remote: connection.remote, principal: principal, role: role,
+      id: envelope.payload.id, route: route)
     inflight += 1
     do {
       try sink.requests.trySend(request)
@@ -318,14 +457,25 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     return inflight >= sink.environment.options.maxInflightRequestsPerConnection ? .pause : .proceed
   }
 
+  /// Queues a reply. Replies waiting to be written count against the connection: past
+  /// ``TCPTransportOptions/replyPauseBytes`` no more requests are read until they drain, and past
+  /// ``TCPTransportOptions/maxReplyBytesPerConnection`` the client is taken to have stopped reading and is
+  /// disconnected.
   func sendReply(_ frame: [UInt8]) {
     guard !connection.isClosed else { return }
     inflight -= 1
-    connection.enqueue(frame)
+    transmit(frame)
+    let options = sink.environment.options
+    let pending = connection.pendingWriteBytes
+    let metrics = sink.environment.metrics
+    metrics.raise(metrics.largestReplyBacklog, to: pending)
+    if pending >= options.replyCloseBytes {
+      connection.close(.slowReader(pendingBytes: pending))
+      return
+    }
+    if pending >= options.replyPauseBytes { connection.pause(.replies) }
     connection.flushSoon()
-    if connection.isReadingPaused && !isStalled
-      && inflight < sink.environment.options.maxInflightRequestsPerConnection
-    {
+    if connection.isReadingPaused && !isStalled && inflight < options.maxInflightRequestsPerConnection {
       connection.resumeReading()
     }
   }

@@ -58,6 +58,23 @@ final class LinkQueue: Sendable {
     }
   }
 
+  /// Takes queued frames until about `budget` bytes (at least one frame) and clears the wake-up flag (for a
+  /// connection that must add a code to each frame outside the lock).
+  func take(budget: Int) -> [[UInt8]] {
+    state.withLock { s in
+      s.scheduled = false
+      var taken: [[UInt8]] = []
+      var bytes = 0
+      while let first = s.frames.first, taken.isEmpty || bytes + first.count <= budget {
+        _ = s.frames.popFirst()
+        taken.append(first)
+        bytes += first.count
+      }
+      s.bytes -= bytes
+      return taken
+    }
+  }
+
   /// Clears the wake-up flag; returns whether frames are waiting.
   func acknowledgeWakeUp() -> Bool {
     state.withLock { s in

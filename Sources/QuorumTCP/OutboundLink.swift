@@ -4,15 +4,19 @@ import QuorumCore
 protocol LinkEnvironment: AnyObject, Sendable {
   var cluster: ClusterID { get }
   var options: TCPTransportOptions { get }
+  var security: TCPSecurity { get }
   var metrics: MetricsCounters { get }
   func address(of node: NodeID) -> TCPAddress?
 }
 
 /// One local node's outbound connection to one peer: connects lazily when frames are queued, performs the
-/// handshake, streams the queue with coalesced writes, and reconnects with jittered exponential back-off.
+/// handshake, streams the queue with coalesced writes, pings, and reconnects with jittered exponential
+/// back-off.
 ///
-/// Frames go only one way on this connection (local → peer); the peer's frames arrive on the connection
-/// it dials. Messages on one link therefore keep their order, and a reconnect never reorders them.
+/// Messages go only one way on this connection (local → peer); the peer's messages arrive on the connection
+/// it dials, and only its acknowledgements of our pings come back on this one. Messages on one link therefore
+/// keep their order, and a reconnect never reorders them. A link that hears nothing for the liveness timeout
+/// (``LinkLiveness``) is closed and dialled again: TCP alone may keep a dead connection for many seconds.
 final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
   // Safety of @unchecked Sendable: `queue` and the `let` properties are Sendable; the mutable state below
   // is read and written only on the event loop's thread (senders touch only `queue`).
@@ -40,6 +44,12 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
   private var random: SeededRandom
   private var retryTimer: UInt64?
   private var consecutiveFailures = 0
+  private var handshake: DiallerHandshake?
+  private var session: TCPSession?
+  private var lastHeard: UInt64 = 0
+  private var lastPing: UInt64 = 0
+  private var lastTick: UInt64 = 0
+  private var pings: UInt64 = 0
 
   init(from: NodeID, to: NodeID, loop: EventLoop, protocolNumber: UInt8, environment: any LinkEnvironment) {
     self.from = from
@@ -65,6 +75,54 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
     case .resolving, .connecting, .handshaking, .waiting, .closed:
       break
     }
+  }
+
+  /// Periodic checks (the endpoint's housekeeping): connect and handshake deadlines, pings, and the liveness
+  /// timeout.
+  func tick(now: UInt64) {
+    guard let connection else { return }
+    connection.checkDeadlines(now: now)
+    guard phase == .established, !connection.isClosed else { return }
+    let liveness = environment.options.liveness
+    // Silence that this loop caused by not running (an overloaded machine, a long batch of work, or — in one
+    // process — the peer's listener on this same loop) is not the peer's: credit it.
+    // Only long stalls are credited (half the timeout): ordinary scheduling delays still count.
+    let gap = now &- lastTick
+    lastTick = now
+    if gap > liveness.timeout.nanoseconds / 2 { lastHeard &+= gap - liveness.pingInterval.nanoseconds }
+    if now >= lastHeard &+ liveness.timeout.nanoseconds {
+      connection.readPending()  // This loop may have been too busy to read an acknowledgement that is waiting.
+      guard !connection.isClosed, phase == .established else { return }
+      if now >= lastHeard &+ liveness.timeout.nanoseconds {
+        connection.close(.linkStalled(silentMilliseconds: Int((now &- lastHeard) / 1_000_000)))
+        return
+      }
+    }
+    if now >= lastPing &+ liveness.pingInterval.nanoseconds {
+      lastPing = now
+      pings &+= 1
+      transmit(LinkControl.ping(pings).frame, on: connection)
+      connection.flushSoon()
+    }
+  }
+
+  /// Queues `frame` on `connection`, with its code on an authenticated connection.
+  private func transmit(_ frame: [UInt8], on connection: Connection) {
+    if session == nil {
+      connection.enqueue(frame)
+    } else {
+      connection.enqueue { buffer in session?.sealer.append(frame, to: &buffer) }
+    }
+  }
+
+  /// How long a dialled connection may take to connect, and then to complete its handshake. After a failure
+  /// the peer is probably cut off, and an attempt made into a partition waits in vain (its SYN or hello is
+  /// lost): retries give up after four ping intervals, so the first attempt after a heal comes soon.
+  private var attemptTimeout: Duration {
+    let options = environment.options
+    let bound = min(options.connectTimeout, options.handshakeTimeout, options.liveness.timeout)
+    guard consecutiveFailures > 0 else { return bound }
+    return min(bound, max(options.liveness.pingInterval * 4, .milliseconds(100)))
   }
 
   /// Closes the link for good (the local endpoint closed).
@@ -103,12 +161,12 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
     case .success(let (fd, inProgress)):
       let remote = numeric == address ? address.description : "\(address) (\(numeric.host))"
       let connection = Connection(
-        loop: loop, fd: fd, remote: remote, maxFrameBytes: options.maxFrameBytes,
+        loop: loop, fd: fd, remote: remote, maxFrameBytes: TCPFrame.maxHandshakeFrameBytes,
         frameTimeout: options.frameTimeout)
       connection.delegate = self
       self.connection = connection
       phase = .connecting
-      _ = connection.startConnecting(inProgress: inProgress, timeout: options.connectTimeout)
+      _ = connection.startConnecting(inProgress: inProgress, timeout: attemptTimeout)
     }
   }
 
@@ -116,6 +174,8 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
   /// frames are waiting.
   private func failed(_ reason: TCPCloseReason) {
     connection = nil
+    handshake = nil
+    session = nil
     guard phase != .closed else { return }
     let wasEstablished = phase == .established
     phase = .waiting
@@ -135,7 +195,7 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
       phase = .idle
       service()
     }
-    if consecutiveFailures == 1 || consecutiveFailures % 20 == 0 {
+    if consecutiveFailures == 1 || consecutiveFailures % 100 == 0 {
       logger.info(
         "cannot reach \(to): \(reason); retrying with back-off",
         ["failures": "\(consecutiveFailures)", "next-attempt-ms": "\(delay.nanoseconds / 1_000_000)"])
@@ -146,29 +206,56 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
 
   func connectionDidConnect(_ connection: Connection) {
     phase = .handshaking
-    let hello = TCPHandshake(
-      cluster: environment.cluster, role: .peer, from: from, to: to, protocolNumber: protocolNumber)
-    connection.handshakeDeadline = monotonicNanos() &+ environment.options.handshakeTimeout.nanoseconds
-    connection.enqueue(TCPFrame.frame(hello.wireBytes()))
+    var key: [UInt8]?
+    var nonce: [UInt8] = []
+    if case .authenticated(let secret, _) = environment.security.mode {
+      key = secret.bytes
+      do {
+        nonce = try SecureRandom.bytes(count: TCPHandshake.nonceByteCount)
+      } catch {
+        connection.close(.ioError(operation: "read \(SecureRandom.devicePath)", errno: error.errorNumber))
+        return
+      }
+    }
+    let handshake = DiallerHandshake(
+      cluster: environment.cluster, role: .peer, from: from, to: to, protocolNumber: protocolNumber, principal: "",
+      key: key, nonce: nonce)
+    self.handshake = handshake
+    connection.handshakeDeadline = monotonicNanos() &+ attemptTimeout.nanoseconds
+    connection.enqueue(handshake.helloFrame)
     connection.flush()
   }
 
   func connection(_ connection: Connection, didReceive bytes: [UInt8], range: Range<Int>) -> FrameVerdict {
-    guard phase == .handshaking else {
-      return .close(.malformedFrame("a peer listener sent a frame after its handshake reply"))
+    if phase == .established { return acknowledgement(bytes, range) }
+    guard phase == .handshaking, var handshake else {
+      return .close(.malformedFrame("a frame from the listener outside the handshake"))
     }
-    let reply: TCPHandshakeReply
-    do {
-      var reader = WireReader(bytes, range: range)
-      reply = try TCPHandshakeReply(from: &reader)
-    } catch {
-      if case .unsupportedVersion(let version) = error.kind { return .close(.unsupportedVersion(version)) }
-      return .close(.badHandshake("unreadable handshake reply: \(error)"))
+    let step = handshake.receive(bytes, range)
+    self.handshake = handshake
+    switch step {
+    case .send(let frame):
+      connection.enqueue(frame)
+      connection.flushSoon()
+      return .proceed
+    case .failed(let reason):
+      return .close(reason)
+    case .established(let session):
+      established(session, on: connection)
+      return .proceed
     }
-    if let refusal = reply.refusal { return .close(.rejected(refusal)) }
-    guard reply.node == to else { return .close(.wrongNode(expected: to, actual: reply.node)) }
+  }
+
+  private func established(_ session: TCPSession?, on connection: Connection) {
     phase = .established
+    handshake = nil
+    self.session = session
     connection.handshakeDeadline = nil
+    connection.maxFrameBytes = 256 + (session == nil ? 0 : TCPFrame.tagBytes)  // only acknowledgements come back
+    let now = monotonicNanos()
+    lastHeard = now
+    lastPing = now
+    lastTick = now
     backoff = environment.options.reconnect.initialBackoff
     if consecutiveFailures > 0 {
       logger.info("connected to \(to) at \(connection.remote) after \(consecutiveFailures) failed attempts")
@@ -178,6 +265,22 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
     consecutiveFailures = 0
     _ = environment.metrics.connectionsEstablished.add(1, ordering: .relaxed)
     connection.flushSoon()
+  }
+
+  /// A frame from the listener on an established link: only acknowledgements of our pings are expected.
+  private func acknowledgement(_ bytes: [UInt8], _ range: Range<Int>) -> FrameVerdict {
+    var body = range
+    if session != nil {
+      let sequence = session?.opener.sequence ?? 0
+      guard let opened = session?.opener.open(bytes, range: range) else {
+        return .close(.frameAuthenticationFailed(sequence: sequence))
+      }
+      body = opened
+    }
+    guard LinkControl.isControl(bytes, body), case .acknowledgement = try? LinkControl(bytes, range: body) else {
+      return .close(.malformedFrame("the listener sent something other than an acknowledgement"))
+    }
+    lastHeard = monotonicNanos()
     return .proceed
   }
 
@@ -186,7 +289,15 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
   func connectionDidDrain(_ connection: Connection) {
     guard phase == .established else { return }
     var taken = (frames: 0, bytes: 0)
-    connection.enqueue { buffer in taken = queue.take(into: &buffer, budget: 256 << 10) }
+    if session == nil {
+      connection.enqueue { buffer in taken = queue.take(into: &buffer, budget: 256 << 10) }
+    } else {
+      let frames = queue.take(budget: 256 << 10)
+      connection.enqueue { buffer in
+        for frame in frames { session?.sealer.append(frame, to: &buffer) }
+      }
+      taken = (frames.count, frames.reduce(0) { $0 + $1.count + TCPFrame.tagBytes })
+    }
     guard taken.frames > 0 else { return }
     let metrics = environment.metrics
     _ = metrics.framesSent.add(taken.frames, ordering: .relaxed)
@@ -198,7 +309,7 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
     guard connection === self.connection else { return }
     environment.metrics.recordClose(reason)
     if phase == .closed { return }
-    if reason.isProtocolViolation || phase == .handshaking {
+    if reason.isProtocolViolation || phase == .handshaking || reason.name == "link-stalled" {
       logger.warning("connection to \(to) at \(connection.remote) closed: \(reason)", ["reason": reason.name])
     } else if phase == .established {
       logger.info("connection to \(to) at \(connection.remote) closed: \(reason)", ["reason": reason.name])

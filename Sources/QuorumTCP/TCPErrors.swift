@@ -26,8 +26,23 @@ public enum TCPTransportError: Error, Sendable, Equatable, CustomStringConvertib
   }
 }
 
+/// Which connection budget of a listener was full.
+public enum TCPConnectionBudget: String, Sendable, Equatable, CustomStringConvertible {
+  /// Connections from one address that have not completed the handshake
+  /// (``TCPTransportOptions/maxUnauthenticatedConnectionsPerAddress``).
+  case unauthenticatedPerAddress = "unauthenticated connections from one address"
+  /// Authenticated client connections (``TCPTransportOptions/maxClientConnections``).
+  case clients = "client connections"
+  /// Authenticated client connections from one address (``TCPTransportOptions/maxClientConnectionsPerAddress``).
+  case clientsPerAddress = "client connections from one address"
+  /// Connections from peers (``TCPTransportOptions/maxPeerConnections``).
+  case peers = "peer connections"
+
+  public var description: String { rawValue }
+}
+
 /// Why a connection was closed. Each close is logged with its reason; protocol violations by the remote
-/// side (the first eight cases) close only that connection, never the node.
+/// side (see ``isProtocolViolation``) close only that connection, never the node.
 public enum TCPCloseReason: Error, Sendable, Equatable, CustomStringConvertible {
   /// The remote side belongs to another cluster.
   case clusterMismatch(local: ClusterID, remote: ClusterID)
@@ -61,15 +76,36 @@ public enum TCPCloseReason: Error, Sendable, Equatable, CustomStringConvertible 
   case clientsNotServed
   /// The host name could not be resolved (the resolver's message attached); the link retries with back-off.
   case unresolvable(host: String, reason: String)
+  /// The handshake's authentication failed: a wrong secret, an unknown principal, or a hello that could not
+  /// succeed (the detail is for the local log; the remote side is told only "authentication failed").
+  case authenticationFailed(String)
+  /// A frame's code did not verify for its place in the stream: the frame was altered, replayed, reordered,
+  /// spliced from another connection, or sent without the session key.
+  case frameAuthenticationFailed(sequence: UInt64)
+  /// A peer link heard nothing from the other side (no acknowledgement of its pings) for the liveness
+  /// timeout; the link dials again.
+  case linkStalled(silentMilliseconds: Int)
+  /// The same peer dialled in again: the newer connection replaced this one.
+  case replaced
+  /// A connection that had not completed its handshake was closed to make room for a new one
+  /// (``TCPTransportOptions/maxUnauthenticatedConnections`` was reached).
+  case evicted
+  /// A connection budget was full.
+  case connectionBudget(TCPConnectionBudget, limit: Int)
+  /// A client connection had no request in flight and sent nothing for ``TCPTransportOptions/clientIdleTimeout``.
+  case idleTimeout
+  /// A client stopped reading its replies: more than ``TCPTransportOptions/maxReplyBytesPerConnection`` bytes
+  /// waited, or waiting replies made no progress for ``TCPTransportOptions/frameTimeout``.
+  case slowReader(pendingBytes: Int)
 
   /// Whether the close was the remote side breaking the protocol (as opposed to ordinary churn).
   public var isProtocolViolation: Bool {
     switch self {
     case .clusterMismatch, .unknownNode, .wrongNode, .unsupportedVersion, .frameTooLarge, .truncatedFrame,
-      .malformedFrame, .badHandshake:
+      .malformedFrame, .badHandshake, .authenticationFailed, .frameAuthenticationFailed:
       return true
     case .rejected, .peerClosed, .ioError, .connectTimeout, .tooManyConnections, .localShutdown, .clientsNotServed,
-      .unresolvable:
+      .unresolvable, .linkStalled, .replaced, .evicted, .connectionBudget, .idleTimeout, .slowReader:
       return false
     }
   }
@@ -93,13 +129,30 @@ public enum TCPCloseReason: Error, Sendable, Equatable, CustomStringConvertible 
     case .localShutdown: return "local-shutdown"
     case .clientsNotServed: return "clients-not-served"
     case .unresolvable: return "unresolvable"
+    case .authenticationFailed: return "authentication-failed"
+    case .frameAuthenticationFailed: return "frame-authentication-failed"
+    case .linkStalled: return "link-stalled"
+    case .replaced: return "replaced"
+    case .evicted: return "evicted"
+    case .connectionBudget: return "connection-budget"
+    case .idleTimeout: return "idle-timeout"
+    case .slowReader: return "slow-reader"
+    }
+  }
+
+  /// What a refusal tells the remote side: never the cluster id (the refused side may be a stranger).
+  public var publicDescription: String {
+    switch self {
+    case .clusterMismatch: return "cluster id mismatch"
+    case .authenticationFailed, .frameAuthenticationFailed: return "authentication failed"
+    default: return description
     }
   }
 
   public var description: String {
     switch self {
     case .clusterMismatch(let local, let remote):
-      return "cluster id mismatch: this node is in '\(local)', the remote side in '\(remote)'"
+      return "cluster id mismatch: this node is in '\(local)', the remote side claims '\(logSafe(remote.rawValue))'"
     case .unknownNode(let node): return "unknown node \(node) (not in the address book)"
     case .wrongNode(let expected, let actual): return "dialled \(expected) but reached \(actual)"
     case .unsupportedVersion(let version): return "unsupported format version \(version)"
@@ -116,6 +169,15 @@ public enum TCPCloseReason: Error, Sendable, Equatable, CustomStringConvertible 
     case .localShutdown: return "shutting down"
     case .clientsNotServed: return "this node does not serve clients"
     case .unresolvable(let host, let reason): return "cannot resolve '\(host)': \(reason)"
+    case .authenticationFailed(let detail): return "authentication failed: \(detail)"
+    case .frameAuthenticationFailed(let sequence):
+      return "frame \(sequence) failed authentication (altered, replayed, reordered or spliced)"
+    case .linkStalled(let silent): return "the link stalled: nothing heard from the other side for \(silent) ms"
+    case .replaced: return "replaced by a newer connection from the same peer"
+    case .evicted: return "evicted before completing its handshake, to make room for a new connection"
+    case .connectionBudget(let budget, let limit): return "too many \(budget) (limit \(limit))"
+    case .idleTimeout: return "idle for too long"
+    case .slowReader(let pending): return "the client stopped reading its replies (\(pending) bytes waiting)"
     }
   }
 }

@@ -5,8 +5,10 @@ import Synchronization
 /// The client end of the request protocol that ``TCPEndpoint/requests`` serves: opaque request bytes in,
 /// reply bytes out, over one pipelined connection per server address.
 ///
-/// A connection is opened on first use (non-blocking connect, client handshake with the cluster id) and
-/// reused; requests on it are numbered so many can be in flight at once. If the connection fails, every
+/// A connection is opened on first use (non-blocking connect, then the client handshake: with a
+/// ``TCPClientCredential`` the client and the server prove to each other that they hold the principal's
+/// secret, and every frame carries a code; without one, only the cluster id is checked, which a server with
+/// authentication refuses) and reused; requests on it are numbered so many can be in flight at once. If the connection fails, every
 /// request waiting on it fails with ``TCPRequestError/connectionLost(_:reason:)`` (or
 /// ``TCPRequestError/unreachable(_:reason:)`` if it never connected) and the next request reconnects:
 /// retrying, and making retries safe (exactly-once sessions), is the caller's business.
@@ -17,6 +19,8 @@ public final class TCPRequestClient: Sendable {
   public let cluster: ClusterID
   /// Frame limit, connect and handshake timeouts, keep-alive.
   public let options: TCPTransportOptions
+  /// The credential proved at each handshake (`nil`: none, for servers that run without authentication).
+  public let credential: TCPClientCredential?
   private let core: Mutex<ClientCore?>
   private let closed = Atomic<Bool>(false)
   private let nextID = Atomic<UInt64>(0)
@@ -24,12 +28,19 @@ public final class TCPRequestClient: Sendable {
   private let logger: QuorumLogger
 
   /// Creates a client; nothing is opened until the first request.
+  /// - Parameters:
+  ///   - cluster: the cluster id sent in the handshake.
+  ///   - options: frame limit, connect and handshake timeouts, keep-alive.
+  ///   - credential: the principal and secret to authenticate with; `nil` for a server that runs without
+  ///     authentication.
+  ///   - logger: where connection failures are logged.
   public init(
-    cluster: ClusterID, options: TCPTransportOptions = .default,
+    cluster: ClusterID, options: TCPTransportOptions = .default, credential: TCPClientCredential? = nil,
     logger: QuorumLogger = QuorumLogger(label: "quorum.tcp.client")
   ) {
     self.cluster = cluster
     self.options = options
+    self.credential = credential
     self.logger = logger
     self.core = Mutex(nil)
   }
@@ -92,7 +103,7 @@ public final class TCPRequestClient: Sendable {
         throw .cannotStart("\(error)")
       }
       let created = ClientCore(
-        loop: loop, cluster: cluster, options: options, metrics: counters, logger: logger)
+        loop: loop, cluster: cluster, options: options, credential: credential, metrics: counters, logger: logger)
       core = created
       return created
     }
@@ -112,6 +123,7 @@ final class ClientCore: @unchecked Sendable {
   let loop: EventLoop
   let cluster: ClusterID
   let options: TCPTransportOptions
+  let credential: TCPClientCredential?
   let metrics: MetricsCounters
   let logger: QuorumLogger
   private var connections: [TCPAddress: ClientConnection] = [:]
@@ -119,11 +131,13 @@ final class ClientCore: @unchecked Sendable {
   private var isShutDown = false
 
   init(
-    loop: EventLoop, cluster: ClusterID, options: TCPTransportOptions, metrics: MetricsCounters, logger: QuorumLogger
+    loop: EventLoop, cluster: ClusterID, options: TCPTransportOptions, credential: TCPClientCredential?,
+    metrics: MetricsCounters, logger: QuorumLogger
   ) {
     self.loop = loop
     self.cluster = cluster
     self.options = options
+    self.credential = credential
     self.metrics = metrics
     self.logger = logger
   }
@@ -187,6 +201,8 @@ final class ClientConnection: ConnectionDelegate, @unchecked Sendable {
   private var resolving = false
   private var held: [[UInt8]] = []
   private var waiters: [UInt64: ClientCore.Waiter] = [:]
+  private var handshake: DiallerHandshake?
+  private var session: TCPSession?
 
   init(address: TCPAddress, core: ClientCore) {
     self.address = address
@@ -214,7 +230,7 @@ final class ClientConnection: ConnectionDelegate, @unchecked Sendable {
     case .success(let (fd, inProgress)):
       let remote = numeric == address ? address.description : "\(address) (\(numeric.host))"
       let connection = Connection(
-        loop: core.loop, fd: fd, remote: remote, maxFrameBytes: core.options.maxFrameBytes,
+        loop: core.loop, fd: fd, remote: remote, maxFrameBytes: TCPFrame.maxHandshakeFrameBytes,
         frameTimeout: core.options.frameTimeout)
       connection.delegate = self
       self.connection = connection
@@ -229,7 +245,7 @@ final class ClientConnection: ConnectionDelegate, @unchecked Sendable {
     }
     waiters[id] = waiter
     if ready, let connection {
-      connection.enqueue(frame)
+      transmit(frame, on: connection)
       connection.flushSoon()
       _ = core.metrics.framesSent.add(1, ordering: .relaxed)
     } else {
@@ -262,6 +278,8 @@ final class ClientConnection: ConnectionDelegate, @unchecked Sendable {
     held = []
     connection = nil
     ready = false
+    handshake = nil
+    session = nil
     for (_, waiter) in failed {
       let error: TCPRequestError =
         reason == .localShutdown
@@ -273,40 +291,75 @@ final class ClientConnection: ConnectionDelegate, @unchecked Sendable {
 
   // MARK: ConnectionDelegate
 
+  /// Queues `frame` on `connection`, with its code on an authenticated connection.
+  private func transmit(_ frame: [UInt8], on connection: Connection) {
+    if session == nil {
+      connection.enqueue(frame)
+    } else {
+      connection.enqueue { buffer in session?.sealer.append(frame, to: &buffer) }
+    }
+  }
+
   func connectionDidConnect(_ connection: Connection) {
-    let hello = TCPHandshake(
-      cluster: core.cluster, role: .client, from: .none, to: .none, protocolNumber: WireProtocol.client)
+    var nonce: [UInt8] = []
+    if core.credential != nil {
+      do {
+        nonce = try SecureRandom.bytes(count: TCPHandshake.nonceByteCount)
+      } catch {
+        connection.close(.ioError(operation: "read \(SecureRandom.devicePath)", errno: error.errorNumber))
+        return
+      }
+    }
+    let handshake = DiallerHandshake(
+      cluster: core.cluster, role: .client, from: .none, to: .none, protocolNumber: WireProtocol.client,
+      principal: core.credential?.name ?? "", key: core.credential?.secret.bytes, nonce: nonce)
+    self.handshake = handshake
     connection.handshakeDeadline = monotonicNanos() &+ core.options.handshakeTimeout.nanoseconds
-    connection.enqueue(TCPFrame.frame(hello.wireBytes()))
+    connection.enqueue(handshake.helloFrame)
     connection.flush()
   }
 
   func connection(_ connection: Connection, didReceive bytes: [UInt8], range: Range<Int>) -> FrameVerdict {
     guard ready else {
-      let reply: TCPHandshakeReply
-      do {
-        var reader = WireReader(bytes, range: range)
-        reply = try TCPHandshakeReply(from: &reader)
-      } catch {
-        return .close(.badHandshake("unreadable handshake reply: \(error)"))
+      guard var handshake else { return .close(.malformedFrame("a frame outside the handshake")) }
+      let step = handshake.receive(bytes, range)
+      self.handshake = handshake
+      switch step {
+      case .send(let frame):
+        connection.enqueue(frame)
+        connection.flushSoon()
+        return .proceed
+      case .failed(let reason):
+        return .close(reason)
+      case .established(let session):
+        self.handshake = nil
+        self.session = session
+        ready = true
+        ever = true
+        connection.handshakeDeadline = nil
+        connection.maxFrameBytes = core.options.maxFrameBytes + (session == nil ? 0 : TCPFrame.tagBytes)
+        for frame in held { transmit(frame, on: connection) }
+        _ = core.metrics.framesSent.add(held.count, ordering: .relaxed)
+        held = []
+        connection.flushSoon()
+        return .proceed
       }
-      if let refusal = reply.refusal { return .close(.rejected(refusal)) }
-      ready = true
-      ever = true
-      connection.handshakeDeadline = nil
-      for frame in held { connection.enqueue(frame) }
-      _ = core.metrics.framesSent.add(held.count, ordering: .relaxed)
-      held = []
-      connection.flushSoon()
-      return .proceed
+    }
+    var body = range
+    if session != nil {
+      let sequence = session?.opener.sequence ?? 0
+      guard let opened = session?.opener.open(bytes, range: range) else {
+        return .close(.frameAuthenticationFailed(sequence: sequence))
+      }
+      body = opened
     }
     let envelope: Envelope<RPCPayload>
     do {
       let limits = WireLimits(maxBytesLength: core.options.maxFrameBytes)
       envelope = try WireEnvelope.decode(
-        RPCPayload.self, from: bytes, range: range, expectedProtocol: WireProtocol.client, limits: limits)
+        RPCPayload.self, from: bytes, range: body, expectedProtocol: WireProtocol.client, limits: limits)
     } catch {
-      return .close(.malformedFrame("\(error)"))
+      return .close(.malformedFrame(logSafe("\(error)")))
     }
     _ = core.metrics.framesReceived.add(1, ordering: .relaxed)
     waiters.removeValue(forKey: envelope.payload.id)?.continuation.resume(returning: .success(envelope.payload.body))

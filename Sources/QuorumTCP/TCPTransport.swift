@@ -12,14 +12,15 @@ import Synchronization
 /// caller's thread and queues it without blocking or suspending; the loop writes queued frames with one
 /// system call per batch and decodes incoming frames straight into the endpoint's mailbox.
 ///
-/// ## Wire format
+/// ## Wire format and authentication
 ///
-/// A connection starts with a ``TCPHandshake`` (cluster id, node id, format version, protocol number), which
-/// the listener answers with a ``TCPHandshakeReply``. Then every frame is a `u32` length and a
-/// ``QuorumCore/WireEnvelope`` (see ``TCPFrame``). A mismatched cluster id, an unknown node, an unsupported
-/// version, a frame over ``TCPTransportOptions/maxFrameBytes``, a truncated or undecodable frame each close
-/// *that* connection with a ``TCPCloseReason`` that is logged and counted in ``metrics``; the node goes on
-/// serving every other connection.
+/// A connection starts with a handshake (``TCPHandshake``): with ``TCPSecurity/authenticated(clusterSecret:clients:)``
+/// both sides prove the shared key over fresh nonces (HMAC-SHA-256) and every later frame carries a code under a
+/// per-direction session key and an implicit sequence number; with ``TCPSecurity/insecure`` the cluster id is
+/// the only check. Then every frame is a `u32` length and a ``QuorumCore/WireEnvelope`` (see ``TCPFrame``). A
+/// failed authentication, a mismatched cluster id, an unknown node, an unsupported version, a frame over the
+/// limit, a truncated, undecodable or unauthentic frame each close *that* connection with a ``TCPCloseReason``
+/// that is logged and counted in ``metrics``; the node goes on serving every other connection.
 ///
 /// ## Bounds and policies
 ///
@@ -31,7 +32,9 @@ import Synchronization
 /// - When an endpoint's mailbox is full, the loop stops reading the connections that feed it until there is
 ///   room again: TCP flow control then slows the senders, whose queues fill and refuse. Nothing is dropped
 ///   for a slow receiver.
-/// - Accepted connections per endpoint are bounded by ``TCPTransportOptions/maxConnectionsPerEndpoint``.
+/// - Accepted connections are bounded per budget — not yet authenticated, clients, peers — and per address
+///   (see ``TCPTransportOptions``); replies waiting for a client count against its connection.
+/// - A peer link pings and is redialled when it hears nothing for ``LinkLiveness/timeout``.
 ///
 /// ## Clients
 ///
@@ -47,6 +50,8 @@ public final class TCPTransport<Message: WireCodable & Sendable>: Transport, Sen
   public let protocolNumber: UInt8
   /// Limits and timeouts.
   public var options: TCPTransportOptions { environment.options }
+  /// How connections are authenticated.
+  public var security: TCPSecurity { environment.security }
 
   let environment: TransportEnvironment
   private let endpoints = Mutex<[NodeID: TCPEndpoint<Message>]>([:])
@@ -58,13 +63,17 @@ public final class TCPTransport<Message: WireCodable & Sendable>: Transport, Sen
   ///   - addresses: where each node listens. A node bound without an entry listens on
   ///     ``TCPTransportOptions/listenHost`` and a free port, which is recorded here.
   ///   - options: limits and timeouts.
+  ///   - security: how connections are authenticated; ``TCPSecurity/insecure`` must be asked for by name, and a
+  ///     transport without authentication logs a warning when it starts listening.
   ///   - logger: where connection events and closes are logged.
   public init(
     cluster: ClusterID, protocolNumber: UInt8, addresses: [NodeID: TCPAddress] = [:],
-    options: TCPTransportOptions = .default, logger: QuorumLogger = QuorumLogger(label: "quorum.tcp")
+    options: TCPTransportOptions = .default, security: TCPSecurity,
+    logger: QuorumLogger = QuorumLogger(label: "quorum.tcp")
   ) {
     self.protocolNumber = protocolNumber
-    self.environment = TransportEnvironment(cluster: cluster, options: options, addresses: addresses, logger: logger)
+    self.environment = TransportEnvironment(
+      cluster: cluster, options: options, security: security, addresses: addresses, logger: logger)
   }
 
   /// Binds `node`: starts listening on its address and returns its endpoint.
@@ -108,6 +117,11 @@ public final class TCPTransport<Message: WireCodable & Sendable>: Transport, Sen
       throw .system(operation: "epoll_ctl (listener)", address: bound, errno: EIO)
     }
     environment.logger.info("\(node) listening on \(bound)", ["cluster": cluster.rawValue])
+    if !environment.security.isAuthenticated {
+      environment.logger.warning(
+        "\(node) runs WITHOUT AUTHENTICATION (insecure): anyone who reaches \(bound) and knows the cluster id can "
+          + "join as a member or act as an admin client")
+    }
     return endpoint
   }
 
@@ -237,14 +251,19 @@ public final class TCPEndpoint<Message: WireCodable & Sendable>: TransportEndpoi
 final class TransportEnvironment: LinkEnvironment {
   let cluster: ClusterID
   let options: TCPTransportOptions
+  let security: TCPSecurity
   let metrics = MetricsCounters()
   let logger: QuorumLogger
   private let book: Mutex<[NodeID: TCPAddress]>
   private let loopState = Mutex<(loop: EventLoop?, users: Int)>((nil, 0))
 
-  init(cluster: ClusterID, options: TCPTransportOptions, addresses: [NodeID: TCPAddress], logger: QuorumLogger) {
+  init(
+    cluster: ClusterID, options: TCPTransportOptions, security: TCPSecurity, addresses: [NodeID: TCPAddress],
+    logger: QuorumLogger
+  ) {
     self.cluster = cluster
     self.options = options
+    self.security = security
     self.book = Mutex(addresses)
     self.logger = logger
   }
@@ -299,6 +318,20 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
   private var inbound: [ObjectIdentifier: InboundConnection<EndpointCore>] = [:]
   private var housekeepingTimer: UInt64?
   private var loopClosed = false
+  /// Connections that have not completed the handshake, oldest first, and how many per address.
+  private var unauthenticated: [ObjectIdentifier] = []
+  private var unauthenticatedByAddress: [String: Int] = [:]
+  /// Admitted clients, in all and per address.
+  private var clients: Set<ObjectIdentifier> = []
+  private var clientsByAddress: [String: Int] = [:]
+  /// The admitted connection of each peer.
+  private var peers: [NodeID: ObjectIdentifier] = [:]
+  /// Refusals logged recently, so a flood makes a few log lines a second, not one per socket.
+  private var floodLog = FloodLog()
+  let clientReceiveBudget: ReceiveBudget
+
+  /// Connections that have not completed the handshake (loop thread; for tests).
+  var unauthenticatedCount: Int { unauthenticated.count }
 
   init(id: NodeID, loop: EventLoop, protocolNumber: UInt8, environment: any LinkEnvironment) {
     self.id = id
@@ -308,6 +341,8 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
     self.mailbox = Mailbox(capacity: environment.options.inboxCapacity)
     self.requests = Mailbox(capacity: environment.options.requestQueueCapacity)
     self.logger = loop.logger.child(id.description)
+    self.clientReceiveBudget = ReceiveBudget(
+      limit: environment.options.maxClientReceiveBufferBytes, metrics: environment.metrics)
   }
 
   var isClosed: Bool { closed.load(ordering: .relaxed) }
@@ -339,52 +374,128 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
     return true
   }
 
+  /// Refuses a just-accepted socket (closing it at once) and records why.
+  private func turnAway(_ fd: Int32, remote: String, _ reason: TCPCloseReason) {
+    Glibc.close(fd)
+    environment.metrics.recordClose(reason)
+    floodLog.note(reason.name, logger: logger) { "refused a connection from \(remote): \(reason)" }
+  }
+
   private func accept(_ fd: Int32) {
     let options = environment.options
     let remote = peerName(fd)
+    let address = hostPart(remote)
     guard !loopClosed, inbound.count < options.maxConnectionsPerEndpoint else {
-      Glibc.close(fd)
-      let reason = TCPCloseReason.tooManyConnections(limit: options.maxConnectionsPerEndpoint)
-      environment.metrics.recordClose(reason)
-      logger.warning("refused a connection from \(remote): \(reason)", ["reason": reason.name])
+      turnAway(fd, remote: remote, .tooManyConnections(limit: options.maxConnectionsPerEndpoint))
       return
     }
-    _ = cq_tune_tcp(
-      fd, Int32(options.keepaliveIdle.nanoseconds / 1_000_000_000),
-      Int32(options.keepaliveInterval.nanoseconds / 1_000_000_000), Int32(options.keepaliveProbes))
+    guard unauthenticatedByAddress[address, default: 0] < options.maxUnauthenticatedConnectionsPerAddress else {
+      let limit = options.maxUnauthenticatedConnectionsPerAddress
+      turnAway(fd, remote: remote, .connectionBudget(.unauthenticatedPerAddress, limit: limit))
+      return
+    }
+    if unauthenticated.count >= options.maxUnauthenticatedConnections, let oldest = unauthenticated.first {
+      // Make room by closing the connection that has had the longest to authenticate: a flood of new sockets
+      // then cannot keep a real peer's handshake, which takes one round trip, from completing.
+      inbound[oldest]?.connection.close(.evicted)
+    }
+    tune(fd, options: options)
     let connection = Connection(
-      loop: loop, fd: fd, remote: remote, maxFrameBytes: options.maxFrameBytes, frameTimeout: options.frameTimeout)
+      loop: loop, fd: fd, remote: remote, maxFrameBytes: TCPFrame.maxHandshakeFrameBytes,
+      frameTimeout: options.frameTimeout)
     let handler = InboundConnection(connection: connection, sink: self)
     connection.delegate = handler
     connection.handshakeDeadline = monotonicNanos() &+ options.handshakeTimeout.nanoseconds
-    inbound[ObjectIdentifier(handler)] = handler
+    let key = ObjectIdentifier(handler)
+    inbound[key] = handler
+    unauthenticated.append(key)
+    unauthenticatedByAddress[address, default: 0] += 1
+    environment.metrics.raise(environment.metrics.largestUnauthenticatedCount, to: unauthenticated.count)
     _ = environment.metrics.connectionsAccepted.add(1, ordering: .relaxed)
     _ = connection.start()
   }
 
-  func inboundClosed(_ handler: InboundConnection<EndpointCore>, reason: TCPCloseReason) {
-    inbound[ObjectIdentifier(handler)] = nil
-    environment.metrics.recordClose(reason)
-    let who: String
-    switch handler.phase {
-    case .awaitingHandshake: who = "an unidentified connection"
-    case .peer(let node): who = "the connection from \(node)"
-    case .client: who = "a client connection"
+  func admit(_ handler: InboundConnection<EndpointCore>, as identity: RemoteIdentity) -> TCPCloseReason? {
+    let options = environment.options
+    let key = ObjectIdentifier(handler)
+    switch identity {
+    case .peer(let node):
+      if let previous = peers[node], previous != key, let old = inbound[previous] {
+        // The peer dialled again: its older connection is stale (it keeps one link to us).
+        old.connection.close(.replaced)
+      }
+      guard peers.count < options.maxPeerConnections else {
+        return .connectionBudget(.peers, limit: options.maxPeerConnections)
+      }
+      leaveUnauthenticated(handler)
+      peers[node] = key
+    case .client:
+      guard clients.count < options.maxClientConnections else {
+        return .connectionBudget(.clients, limit: options.maxClientConnections)
+      }
+      guard clientsByAddress[handler.address, default: 0] < options.maxClientConnectionsPerAddress else {
+        return .connectionBudget(.clientsPerAddress, limit: options.maxClientConnectionsPerAddress)
+      }
+      leaveUnauthenticated(handler)
+      clients.insert(key)
+      clientsByAddress[handler.address, default: 0] += 1
     }
-    let metadata = ["reason": reason.name, "remote": handler.connection.remote]
+    return nil
+  }
+
+  private func leaveUnauthenticated(_ handler: InboundConnection<EndpointCore>) {
+    let key = ObjectIdentifier(handler)
+    guard let index = unauthenticated.firstIndex(of: key) else { return }
+    unauthenticated.remove(at: index)
+    decrement(&unauthenticatedByAddress, handler.address)
+  }
+
+  private func decrement(_ counts: inout [String: Int], _ address: String) {
+    let left = counts[address, default: 0] - 1
+    counts[address] = left > 0 ? left : nil
+  }
+
+  func inboundClosed(_ handler: InboundConnection<EndpointCore>, reason: TCPCloseReason) {
+    let key = ObjectIdentifier(handler)
+    inbound[key] = nil
+    leaveUnauthenticated(handler)
+    if clients.remove(key) != nil { decrement(&clientsByAddress, handler.address) }
+    if case .peer(let node) = handler.phase, peers[node] == key { peers[node] = nil }
+    environment.metrics.recordClose(reason)
+    let remote = handler.connection.remote
+    let metadata = ["reason": reason.name, "remote": remote]
+    switch handler.phase {
+    case .awaitingHandshake:
+      // Strangers can open sockets by the thousand: their closes are logged through a token bucket.
+      floodLog.note(reason.name, logger: logger, level: reason.isProtocolViolation ? .warning : .info) {
+        "closed an unauthenticated connection from \(remote): \(reason)"
+      }
+    case .peer(let node):
+      log(reason, "closed the connection from \(node) at \(remote): \(reason)", metadata)
+    case .client(let principal, _):
+      let who = principal.map { "client '\(logSafe($0, limit: 64))'" } ?? "a client"
+      log(reason, "closed the connection of \(who) at \(remote): \(reason)", metadata)
+    }
+  }
+
+  private func log(_ reason: TCPCloseReason, _ message: String, _ metadata: [String: String]) {
     if reason.isProtocolViolation {
-      logger.warning("closed \(who) from \(handler.connection.remote): \(reason)", metadata)
+      logger.warning(message, metadata)
     } else if reason != .localShutdown {
-      logger.info("closed \(who) from \(handler.connection.remote): \(reason)", metadata)
+      logger.info(message, metadata)
     }
   }
 
   private func scheduleHousekeeping() {
-    housekeepingTimer = loop.schedule(after: .milliseconds(50)) { [unowned self] in
+    let period = min(Duration.milliseconds(50), environment.options.liveness.pingInterval / 2)
+    housekeepingTimer = loop.schedule(after: period) { [unowned self] in
       guard !loopClosed else { return }
       let now = monotonicNanos()
-      for handler in Array(inbound.values) { handler.connection.checkDeadlines(now: now) }
-      for link in links.withLock({ Array($0.values) }) { link.connection?.checkDeadlines(now: now) }
+      for handler in Array(inbound.values) {
+        handler.connection.checkDeadlines(now: now)
+        handler.tick(now: now)
+      }
+      for link in links.withLock({ Array($0.values) }) { link.tick(now: now) }
       scheduleHousekeeping()
     }
   }
@@ -411,5 +522,34 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
       return all
     }
     for link in all { link.shutDown() }
+  }
+}
+
+/// Logs events that strangers can cause by the thousand (refused, evicted or failed connections) through a
+/// token bucket per kind: bursts of up to 20 lines, then 5 a second, each line after a gap saying how many
+/// were left out. Loop thread only.
+struct FloodLog {
+  static let burst = 20.0
+  static let perSecond = 5.0
+
+  private var buckets: [String: (tokens: Double, updated: UInt64, suppressed: Int)] = [:]
+
+  mutating func note(
+    _ kind: String, logger: QuorumLogger, level: LogLevel = .warning, message: () -> String
+  ) {
+    let now = monotonicNanos()
+    var bucket = buckets[kind] ?? (Self.burst, now, 0)
+    bucket.tokens = min(Self.burst, bucket.tokens + Double(now &- bucket.updated) / 1e9 * Self.perSecond)
+    bucket.updated = now
+    if bucket.tokens >= 1 {
+      bucket.tokens -= 1
+      var text = message()
+      if bucket.suppressed > 0 { text += " (\(bucket.suppressed) similar lines left out)" }
+      bucket.suppressed = 0
+      if level >= .warning { logger.warning(text, ["reason": kind]) } else { logger.info(text, ["reason": kind]) }
+    } else {
+      bucket.suppressed += 1
+    }
+    buckets[kind] = bucket
   }
 }

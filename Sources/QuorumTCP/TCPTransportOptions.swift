@@ -7,6 +7,10 @@ import Synchronization
 /// factor drawn uniformly from `[0.5, 1)` with a ``QuorumCore/SeededRandom`` (seeded per link from
 /// ``seed`` and the two node identifiers, so runs are reproducible). A successful handshake resets it.
 /// Attempts continue as long as frames are queued for the peer; an idle link does not reconnect.
+///
+/// The longest pause is short (100 ms by default; the `Cluster` DSL uses the heartbeat interval) so that a
+/// member rejoins about one pause plus one connect after a partition heals, whatever the partition's length.
+/// An attempt to an unreachable host costs one connect timeout; a refused one costs nothing.
 public struct ReconnectPolicy: Sendable, Equatable {
   /// The pause before the first reconnect.
   public var initialBackoff: Duration
@@ -17,7 +21,7 @@ public struct ReconnectPolicy: Sendable, Equatable {
 
   /// Creates a policy.
   public init(
-    initialBackoff: Duration = .milliseconds(10), maxBackoff: Duration = .seconds(1), seed: UInt64 = 0x5152_5443
+    initialBackoff: Duration = .milliseconds(10), maxBackoff: Duration = .milliseconds(100), seed: UInt64 = 0x5152_5443
   ) {
     precondition(initialBackoff > .zero && maxBackoff >= initialBackoff, "back-off bounds must be positive and ordered")
     self.initialBackoff = initialBackoff
@@ -26,7 +30,46 @@ public struct ReconnectPolicy: Sendable, Equatable {
   }
 }
 
+/// How a peer link notices that the other side stopped answering, when TCP cannot tell (a partition drops
+/// packets silently, and a connection can sit in retransmission back-off for many seconds after it heals).
+///
+/// The dialling side sends a ping every ``pingInterval``; the listener acknowledges each at once (and every
+/// interval while it has stopped reading for back-pressure, so a busy peer is not taken for a dead one). A link
+/// that hears nothing for ``timeout`` is closed (``TCPCloseReason/linkStalled(silentMilliseconds:)``) and
+/// dialled again; a dialled connection must also connect and complete its handshake within ``timeout``. The
+/// listener closes a peer connection it has heard nothing on for twice the timeout, and a peer that dials in
+/// replaces its older connection at once.
+public struct LinkLiveness: Sendable, Equatable {
+  /// How often the dialling side pings.
+  public var pingInterval: Duration
+  /// How long a link may go without hearing from the other side.
+  public var timeout: Duration
+
+  /// Creates a policy.
+  public init(pingInterval: Duration = .milliseconds(100), timeout: Duration = .seconds(2)) {
+    precondition(pingInterval > .zero && timeout > pingInterval, "liveness needs 0 < pingInterval < timeout")
+    self.pingInterval = pingInterval
+    self.timeout = timeout
+  }
+
+  /// A ping every heartbeat, and ten heartbeats (at least 250 ms) of silence before a link is redialled: what
+  /// the `Cluster` DSL derives from the engines' heartbeat interval.
+  public static func heartbeat(_ interval: Duration) -> LinkLiveness {
+    LinkLiveness(pingInterval: interval, timeout: max(interval * 10, .milliseconds(250)))
+  }
+
+  /// 100 ms pings, 2 s timeout.
+  public static let `default` = LinkLiveness()
+}
+
 /// Limits and timeouts of a ``TCPTransport``. Every queue and frame is bounded.
+///
+/// Accepted connections fall into three budgets, so that a flood of sockets cannot lock real peers or clients
+/// out: connections that have not completed the handshake (at most ``maxUnauthenticatedConnections``, of
+/// which ``maxUnauthenticatedConnectionsPerAddress`` from one address; when full, the oldest is evicted to
+/// make room; each must complete within ``handshakeTimeout`` and send frames of at most
+/// ``TCPFrame/maxHandshakeFrameBytes``), clients (``maxClientConnections``, ``maxClientConnectionsPerAddress``,
+/// closed after ``clientIdleTimeout`` without a request), and peers (``maxPeerConnections``, one per peer).
 public struct TCPTransportOptions: Sendable, Equatable {
   /// The host a node with no address in the address book listens on (with port 0: any free port).
   public var listenHost: String
@@ -55,7 +98,7 @@ public struct TCPTransportOptions: Sendable, Equatable {
   public var keepaliveProbes: Int
   /// Reconnect back-off.
   public var reconnect: ReconnectPolicy
-  /// The most accepted connections one endpoint holds; more are refused.
+  /// The most accepted connections one endpoint holds, whatever their budget; more are refused.
   public var maxConnectionsPerEndpoint: Int
   /// Whether endpoints accept client connections (see ``TCPEndpoint/requests``).
   public var serveClients: Bool
@@ -67,6 +110,33 @@ public struct TCPTransportOptions: Sendable, Equatable {
   /// Whether to accept peers that are not in the address book (their identity is still checked against
   /// the cluster id). Off by default: an unknown node is refused at the handshake.
   public var acceptUnknownPeers: Bool
+  /// Peer-link liveness: pings, and how long a silent link is kept.
+  public var liveness: LinkLiveness
+  /// `TCP_USER_TIMEOUT` on every socket: the kernel drops a connection whose sent data stays unacknowledged —
+  /// or unsent because the receiver's window is closed — this long (zero leaves the system default). A
+  /// backstop: peer links notice silence sooner (``liveness``); it must exceed the longest back-pressure
+  /// pause, since a receiver that stops reading closes its window.
+  public var tcpUserTimeout: Duration
+  /// Accepted connections that have not completed the handshake, at most; a new one evicts the oldest.
+  public var maxUnauthenticatedConnections: Int
+  /// Accepted connections from one address that have not completed the handshake; more are refused.
+  public var maxUnauthenticatedConnectionsPerAddress: Int
+  /// Authenticated client connections per endpoint, at most.
+  public var maxClientConnections: Int
+  /// Authenticated client connections from one address, at most.
+  public var maxClientConnectionsPerAddress: Int
+  /// Connections from peers per endpoint, at most (a peer that dials again replaces its older connection).
+  public var maxPeerConnections: Int
+  /// A client connection with no request in flight that sends nothing this long is closed.
+  public var clientIdleTimeout: Duration
+  /// Reply bytes waiting to be written to one client before the transport stops reading its requests.
+  public var replyPauseBytes: Int
+  /// Reply bytes waiting for one client at which its connection is closed
+  /// (``TCPCloseReason/slowReader(pendingBytes:)``); at least ``replyPauseBytes`` plus one largest frame.
+  public var maxReplyBytesPerConnection: Int
+  /// Bytes of partly received client frames one endpoint holds in all; past it, client connections in the
+  /// middle of a frame stop being read until room is made (frames complete, or time out).
+  public var maxClientReceiveBufferBytes: Int
 
   /// Creates options; the defaults suit a LAN cluster.
   public init(
@@ -74,8 +144,15 @@ public struct TCPTransportOptions: Sendable, Equatable {
     maxQueuedBytesPerPeer: Int = 64 << 20, inboxCapacity: Int = 8192, connectTimeout: Duration = .seconds(2),
     handshakeTimeout: Duration = .seconds(5), frameTimeout: Duration = .seconds(30),
     keepaliveIdle: Duration = .seconds(10), keepaliveInterval: Duration = .seconds(2), keepaliveProbes: Int = 3,
-    reconnect: ReconnectPolicy = ReconnectPolicy(), maxConnectionsPerEndpoint: Int = 1024, serveClients: Bool = false,
-    requestQueueCapacity: Int = 65_536, maxInflightRequestsPerConnection: Int = 1024, acceptUnknownPeers: Bool = false
+    reconnect: ReconnectPolicy = ReconnectPolicy(), maxConnectionsPerEndpoint: Int = 2048, serveClients: Bool = false,
+    requestQueueCapacity: Int = 65_536, maxInflightRequestsPerConnection: Int = 1024, acceptUnknownPeers: Bool = false,
+    liveness: LinkLiveness = .default, tcpUserTimeout: Duration = .seconds(60),
+    maxUnauthenticatedConnections: Int = 128,
+    maxUnauthenticatedConnectionsPerAddress: Int = 16, maxClientConnections: Int = 1024,
+    maxClientConnectionsPerAddress: Int = 512, maxPeerConnections: Int = 64,
+    clientIdleTimeout: Duration = .seconds(300),
+    replyPauseBytes: Int = 4 << 20, maxReplyBytesPerConnection: Int = 32 << 20,
+    maxClientReceiveBufferBytes: Int = 128 << 20
   ) {
     precondition(maxFrameBytes >= 64 && maxFrameBytes <= Int(UInt32.max), "maxFrameBytes must be 64 ... 2^32-1")
     precondition(maxQueuedFramesPerPeer >= 1 && maxQueuedBytesPerPeer >= 1, "peer queues must hold something")
@@ -98,6 +175,27 @@ public struct TCPTransportOptions: Sendable, Equatable {
     self.requestQueueCapacity = requestQueueCapacity
     self.maxInflightRequestsPerConnection = maxInflightRequestsPerConnection
     self.acceptUnknownPeers = acceptUnknownPeers
+    precondition(
+      maxUnauthenticatedConnections >= 1 && maxUnauthenticatedConnectionsPerAddress >= 1 && maxClientConnections >= 1
+        && maxClientConnectionsPerAddress >= 1 && maxPeerConnections >= 1, "connection budgets must be positive")
+    precondition(replyPauseBytes >= 1 && maxClientReceiveBufferBytes >= 1, "reply and receive budgets must be positive")
+    self.liveness = liveness
+    self.tcpUserTimeout = tcpUserTimeout
+    self.maxUnauthenticatedConnections = maxUnauthenticatedConnections
+    self.maxUnauthenticatedConnectionsPerAddress = maxUnauthenticatedConnectionsPerAddress
+    self.maxClientConnections = maxClientConnections
+    self.maxClientConnectionsPerAddress = maxClientConnectionsPerAddress
+    self.maxPeerConnections = maxPeerConnections
+    self.clientIdleTimeout = clientIdleTimeout
+    self.replyPauseBytes = replyPauseBytes
+    self.maxReplyBytesPerConnection = maxReplyBytesPerConnection
+    self.maxClientReceiveBufferBytes = maxClientReceiveBufferBytes
+  }
+
+  /// The reply backlog at which a client connection is closed: ``maxReplyBytesPerConnection``, raised if
+  /// needed to hold ``replyPauseBytes`` and one largest frame.
+  var replyCloseBytes: Int {
+    max(maxReplyBytesPerConnection, replyPauseBytes + maxFrameBytes + TCPFrame.prefixBytes + TCPFrame.tagBytes)
   }
 
   /// The defaults.
@@ -126,6 +224,15 @@ public struct TCPTransportMetrics: Sendable, Equatable, CustomStringConvertible 
   public var framesDropped = 0
   /// Closed connections by ``TCPCloseReason/name``.
   public var closes: [String: Int] = [:]
+  /// The most accepted connections that were waiting to complete their handshake at once (at most
+  /// ``TCPTransportOptions/maxUnauthenticatedConnections``).
+  public var largestUnauthenticatedCount = 0
+  /// The most reply bytes that waited to be written to one client connection (the close comes at
+  /// ``TCPTransportOptions/maxReplyBytesPerConnection``, plus one reply).
+  public var largestReplyBacklog = 0
+  /// The most bytes of partly received client frames an endpoint held at once (about
+  /// ``TCPTransportOptions/maxClientReceiveBufferBytes``, plus one read per client connection).
+  public var largestClientReceiveBuffer = 0
 
   /// Creates empty metrics.
   public init() {}
@@ -152,7 +259,20 @@ final class MetricsCounters: Sendable {
   let connectionsAccepted = Atomic<Int>(0)
   let connectionsEstablished = Atomic<Int>(0)
   let framesDropped = Atomic<Int>(0)
+  let largestUnauthenticatedCount = Atomic<Int>(0)
+  let largestReplyBacklog = Atomic<Int>(0)
+  let largestClientReceiveBuffer = Atomic<Int>(0)
   private let closes = Mutex<[String: Int]>([:])
+
+  /// Raises `mark` to `value` if it is higher.
+  func raise(_ mark: borrowing Atomic<Int>, to value: Int) {
+    var current = mark.load(ordering: .relaxed)
+    while value > current {
+      let (exchanged, original) = mark.compareExchange(expected: current, desired: value, ordering: .relaxed)
+      if exchanged { return }
+      current = original
+    }
+  }
 
   func recordClose(_ reason: TCPCloseReason) {
     closes.withLock { $0[reason.name, default: 0] += 1 }
@@ -168,6 +288,9 @@ final class MetricsCounters: Sendable {
     m.connectionsAccepted = connectionsAccepted.load(ordering: .relaxed)
     m.connectionsEstablished = connectionsEstablished.load(ordering: .relaxed)
     m.framesDropped = framesDropped.load(ordering: .relaxed)
+    m.largestUnauthenticatedCount = largestUnauthenticatedCount.load(ordering: .relaxed)
+    m.largestReplyBacklog = largestReplyBacklog.load(ordering: .relaxed)
+    m.largestClientReceiveBuffer = largestClientReceiveBuffer.load(ordering: .relaxed)
     m.closes = closes.withLock { $0 }
     return m
   }

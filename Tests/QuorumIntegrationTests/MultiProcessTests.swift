@@ -26,10 +26,11 @@ enum Workload {
 
   /// Runs until `stop` is set; returns the number of operations that completed with an answer.
   static func run(
-    client index: Int, addresses: [TCPAddress], cluster: ClusterID, recorder: KVHistoryRecorder,
-    stop: StopFlag
+    client index: Int, addresses: [TCPAddress], cluster: ClusterID, credential: TCPClientCredential,
+    recorder: KVHistoryRecorder, stop: StopFlag
   ) async -> Int {
-    let client = TCPKVClient(cluster: cluster, members: addresses, options: options(), seed: UInt64(index + 1))
+    let client = TCPKVClient(
+      cluster: cluster, members: addresses, options: options(), seed: UInt64(index + 1), credential: credential)
     var random = SeededRandom(seed: UInt64(1000 + index))
     var lastSeen: [String: String] = [:]
     var completed = 0
@@ -107,7 +108,8 @@ struct MultiProcessTests {
   private func exercise(_ cluster: ProcessCluster) async throws {
     try await cluster.start()
     let admin = TCPKVClient(
-      cluster: cluster.name, members: Array(cluster.addresses.values), options: Workload.options())
+      cluster: cluster.name, members: Array(cluster.addresses.values), options: Workload.options(),
+      credential: cluster.credential)
     let first = try await cluster.leader(client: admin)
 
     // Hostile bytes at a member close only that connection, with a log line naming the reason.
@@ -121,11 +123,14 @@ struct MultiProcessTests {
     let stop = StopFlag()
     let addresses = cluster.ids.compactMap { cluster.addresses[$0] }
     let name: ClusterID = cluster.name
+    let credential = cluster.credential
     let load = Task {
       await withTaskGroup(of: Int.self) { group in
         for index in 0..<3 {
           group.addTask {
-            await Workload.run(client: index, addresses: addresses, cluster: name, recorder: recorder, stop: stop)
+            await Workload.run(
+              client: index, addresses: addresses, cluster: name, credential: credential, recorder: recorder, stop: stop
+            )
           }
         }
         return await group.reduce(0, +)
@@ -150,7 +155,8 @@ struct MultiProcessTests {
 
     // Final linearizable reads of every key, part of the checked history.
     let reader = TCPKVClient(
-      cluster: cluster.name, members: Array(cluster.addresses.values), options: Workload.options(), seed: 99)
+      cluster: cluster.name, members: Array(cluster.addresses.values), options: Workload.options(), seed: 99,
+      credential: cluster.credential)
     for key in Workload.keys {
       let op = recorder.invoke(client: 100, .get(key: key))
       let value = try await reader.get(key).map { String(decoding: $0, as: UTF8.self) }
@@ -195,7 +201,8 @@ struct MultiProcessTests {
     do {
       try await cluster.start(founders: 3)
       let admin = TCPKVClient(
-        cluster: cluster.name, members: Array(cluster.addresses.values), options: Workload.options())
+        cluster: cluster.name, members: Array(cluster.addresses.values), options: Workload.options(),
+        credential: cluster.credential)
       _ = try await cluster.leader(client: admin)
       try await admin.put("before", "n4")
       try await cluster.join(4)
@@ -233,10 +240,11 @@ struct MultiProcessTests {
     defer { cluster.removeFiles() }
     // A listener holds a port; serve must say it is in use.
     let holder = TCPTransport<ConformanceMessage>(
-      cluster: "errors", protocolNumber: WireProtocol.test, logger: .disabled)
+      cluster: "errors", protocolNumber: WireProtocol.test, security: .insecure, logger: .disabled)
     let held = try await holder.bind(1)
     let busy = try await cluster.runCLI([
       "serve", "--id", "n1", "--listen", held.address.description, "--peers", "", "--data", "\(cluster.directory)/d",
+      "--insecure",
     ])
     #expect(busy.status == 1)
     #expect(busy.output.contains("already in use"), "\(busy.output)")
@@ -244,11 +252,13 @@ struct MultiProcessTests {
 
     let bad = "\(cluster.directory)/bad.json"
     try Data("{\"cluster\": \"x\", \"members\": {\"n1\": \"nowhere\"}}".utf8).write(to: URL(fileURLWithPath: bad))
-    let badFile = try await cluster.runCLI(["serve", "--id", "n1", "--cluster-file", bad])
+    let badFile = try await cluster.runCLI(["serve", "--id", "n1", "--cluster-file", bad, "--insecure"])
     #expect(badFile.status == 2)
     #expect(badFile.output.contains("bad cluster file"), "\(badFile.output)")
 
-    let missing = try await cluster.runCLI(["serve", "--id", "n1", "--cluster-file", "\(cluster.directory)/none.json"])
+    let missing = try await cluster.runCLI([
+      "serve", "--id", "n1", "--cluster-file", "\(cluster.directory)/none.json", "--insecure",
+    ])
     #expect(missing.status == 2)
     #expect(missing.output.contains("cannot read the cluster file"), "\(missing.output)")
 

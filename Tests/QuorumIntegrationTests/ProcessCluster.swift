@@ -84,9 +84,10 @@ final class ServeProcess: @unchecked Sendable {
   }
 }
 
-/// A cluster of `quorum serve` processes on loopback, with a temporary directory for data, logs and the
-/// cluster file. Ports are chosen by the members (port 0) and published through the cluster file, which
-/// every member re-reads.
+/// A cluster of `quorum serve` processes on loopback, with a temporary directory for data, logs, the cluster
+/// file and the secrets: members authenticate with a cluster secret, and clients (``credential``, and the
+/// client commands run by ``runCLI(_:)``) as the principal `admin`. Ports are chosen by the members (port 0)
+/// and published through the cluster file, which every member re-reads.
 final class ProcessCluster: @unchecked Sendable {
   // Safety of @unchecked Sendable: `members` and `addresses` are guarded by `lock`; the rest is immutable.
   let name: ClusterID
@@ -96,14 +97,26 @@ final class ProcessCluster: @unchecked Sendable {
     ([:], [:], []))
 
   var clusterFile: String { "\(directory)/cluster.json" }
+  var secretFile: String { "\(directory)/secret" }
+  var credentialsFile: String { "\(directory)/credentials" }
+  var adminKeyFile: String { "\(directory)/admin.key" }
+  /// The admin principal's credential.
+  let credential: TCPClientCredential
 
   init(name: ClusterID, size: Int) throws {
     self.name = name
     self.size = size
-    self.directory =
+    let directory =
       FileManager.default.temporaryDirectory
       .appendingPathComponent("quorum-it-\(name)-\(UUID().uuidString)").path
+    self.directory = directory
     try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    let hex = try SecureRandom.bytes(count: 32).map { String($0, radix: 16) }.map { $0.count == 1 ? "0" + $0 : $0 }
+      .joined()
+    try writePrivateFile("\(directory)/secret", Data(try SecureRandom.bytes(count: 32)))
+    try writePrivateFile("\(directory)/admin.key", Data(hex.utf8))
+    try writePrivateFile("\(directory)/credentials", Data("admin admin \(hex)\n".utf8))
+    credential = try TCPClientCredential(name: "admin", secretFile: "\(directory)/admin.key")
   }
 
   deinit {
@@ -147,7 +160,7 @@ final class ProcessCluster: @unchecked Sendable {
       [
         "serve", "--id", id.description, "--listen", "127.0.0.1:\(port)", "--cluster-file", clusterFile, "--data",
         "\(directory)/\(id)", "--fsync", "always", "--tick-ms", "10", "--election-ms", "200-400", "--heartbeat-ms",
-        "40", "--log-level", "info",
+        "40", "--log-level", "info", "--secret-file", secretFile, "--credentials-file", credentialsFile,
       ] + extra
     let process = try ServeProcess(id: id, arguments: arguments, stderrPath: "\(directory)/\(id).log")
     lock.withLock { $0.members[id] = process }
@@ -220,11 +233,13 @@ final class ProcessCluster: @unchecked Sendable {
     throw HarnessError("no leader within \(timeout)")
   }
 
-  /// Runs the `quorum` executable with `arguments` and returns its exit status and output.
+  /// Runs the `quorum` executable with `arguments` and returns its exit status and output. The client commands
+  /// (`kv`, `status`, `members`) get `--credential admin:FILE` unless they name a credential themselves.
   func runCLI(_ arguments: [String]) async throws -> (status: Int32, output: String) {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: try quorumExecutable())
-    process.arguments = arguments
+    let client = ["kv", "status", "members"].contains(arguments.first ?? "") && !arguments.contains("--credential")
+    process.arguments = arguments + (client ? ["--credential", "admin:\(adminKeyFile)"] : [])
     let outputPath = "\(directory)/cli-\(UUID().uuidString).out"
     _ = FileManager.default.createFile(atPath: outputPath, contents: nil)
     let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: outputPath))
@@ -241,5 +256,12 @@ final class ProcessCluster: @unchecked Sendable {
     }
     try handle.close()
     return (process.terminationStatus, (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "")
+  }
+}
+
+/// Writes `data` to a new file readable and writable by its owner only (mode 0600), as secrets must be.
+func writePrivateFile(_ path: String, _ data: Data, mode: Int = 0o600) throws {
+  guard FileManager.default.createFile(atPath: path, contents: data, attributes: [.posixPermissions: mode]) else {
+    throw HarnessError("cannot write \(path)")
   }
 }

@@ -20,8 +20,9 @@ enum BadInput: String, CaseIterable, Sendable, CustomTestStringConvertible {
 
   static let cluster: ClusterID = "bad-input"
 
-  /// Random bytes from a fixed seed; their first four bytes, read as a length, exceed the 1 MiB limit used
-  /// below, so the listener must refuse the frame by its length alone.
+  /// Random bytes from a fixed seed; their first four bytes, read as a length, exceed even the 1 MiB limit
+  /// used below after the handshake, so the listener must refuse the frame by its length alone (before the
+  /// handshake the limit is 4 KiB).
   static let random: [UInt8] = {
     var generator = SeededRandom(seed: 42)
     return (0..<512).map { _ in UInt8.random(in: 0...255, using: &generator) }
@@ -56,7 +57,7 @@ enum BadInput: String, CaseIterable, Sendable, CustomTestStringConvertible {
   /// The close reason the listener must record, and a phrase its log line must contain.
   var expected: (reason: String, logged: String) {
     switch self {
-    case .randomBytes: return ("frame-too-large", "exceeds the 1048576-byte limit")
+    case .randomBytes: return ("frame-too-large", "exceeds the 4096-byte limit")
     case .oversizedLengthPrefix: return ("frame-too-large", "frame of 2147483647 bytes exceeds")
     case .truncatedFrameThenEOF: return ("truncated-frame", "truncated frame: 10 of 100 bytes")
     case .stalledFrame: return ("truncated-frame", "truncated frame: 10 of 100 bytes")
@@ -84,7 +85,7 @@ struct BadInputTests {
       maxFrameBytes: 1 << 20, handshakeTimeout: .milliseconds(300), frameTimeout: .milliseconds(300))
     let transport = TCPTransport<ConformanceMessage>(
       cluster: BadInput.cluster, protocolNumber: WireProtocol.test, options: options,
-      logger: QuorumLogger(label: "tcp", sink: sink))
+      security: .insecure, logger: QuorumLogger(label: "tcp", sink: sink))
     let n1 = try await transport.bind(1)
     let n2 = try await transport.bind(2)
     let n3 = try await transport.bind(3)  // known to the address book, so a handshake as n3 is accepted

@@ -65,10 +65,13 @@ func receive<M: Sendable>(_ mailbox: Mailbox<Envelope<M>>, timeout: Duration = .
 final class RawSocket: Sendable {
   let fd: Int32
 
-  init(connectingTo address: TCPAddress) async throws {
+  /// Connects to `address`, from the loopback address `source` if given (any of 127.0.0.0/8 reaches a
+  /// listener on 127.0.0.1, so a test can play many hosts).
+  init(connectingTo address: TCPAddress, from source: String? = nil) async throws {
     let fd = cq_tcp_socket(cq_address_family(address.host))
     guard fd >= 0 else { throw TimedOut(description: "socket failed") }
     self.fd = fd
+    if let source, cq_bind_source(fd, source) != 0 { throw TimedOut(description: "bind \(source): errno \(errno)") }
     let result = cq_connect(fd, address.host, Int32(address.port))
     if result != 0 && errno != EINPROGRESS { throw TimedOut(description: "connect failed: errno \(errno)") }
     try await waitUntil("the raw socket to connect") {
@@ -88,6 +91,27 @@ final class RawSocket: Sendable {
       let n = bytes.withUnsafeBytes { cq_send(fd, $0.baseAddress! + offset, $0.count - offset) }
       guard n > 0 else { throw TimedOut(description: "send failed: errno \(errno)") }
       offset += n
+    }
+  }
+
+  /// Writes as much of `bytes` as the socket takes now; returns how many (0 when its buffer is full).
+  func sendSome(_ bytes: ArraySlice<UInt8>) throws -> Int {
+    let n = bytes.withUnsafeBytes { cq_send(fd, $0.baseAddress!, $0.count) }  // callers pass non-empty slices
+    if n >= 0 { return n }
+    let code = errno
+    if code == EAGAIN || code == EWOULDBLOCK || code == ECONNRESET || code == EPIPE { return 0 }  // full, or closed
+    throw TimedOut(description: "send failed: errno \(code)")
+  }
+
+  /// Whether the other side has closed the connection (reads and discards what is waiting).
+  var isClosedByPeer: Bool {
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    while true {
+      let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+      if n > 0 { continue }
+      if n == 0 { return true }
+      let code = errno
+      return code != EAGAIN && code != EWOULDBLOCK
     }
   }
 
@@ -120,4 +144,11 @@ func handshakeFrame(
 ) -> [UInt8] {
   TCPFrame.frame(
     TCPHandshake(cluster: cluster, role: role, from: from, to: to, protocolNumber: protocolNumber).wireBytes())
+}
+
+/// A 32-byte secret drawn from `seed` (tests need reproducible secrets, not unpredictable ones).
+func testSecret(seed: UInt64) -> TCPSecret {
+  var generator = SeededRandom(seed: seed)
+  // 32 bytes are above the 16-byte minimum, so this cannot throw.
+  return try! TCPSecret(bytes: (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) })
 }

@@ -32,11 +32,13 @@ struct TCPTransportTests {
     let named = try TCPAddress(host: "LOCALHOST", port: 0)
     #expect(!named.isNumeric)
     let a = TCPTransport<ConformanceMessage>(
-      cluster: "conformance", protocolNumber: WireProtocol.test, addresses: [1: named], logger: .disabled)
+      cluster: "conformance", protocolNumber: WireProtocol.test, addresses: [1: named], security: .insecure,
+      logger: .disabled)
     let n1 = try await a.bind(1)
     #expect(n1.address.host == "LOCALHOST" && n1.address.port != 0, "the book keeps the name, with the real port")
     let b = TCPTransport<ConformanceMessage>(
-      cluster: "conformance", protocolNumber: WireProtocol.test, addresses: [1: n1.address], logger: .disabled)
+      cluster: "conformance", protocolNumber: WireProtocol.test, addresses: [1: n1.address], security: .insecure,
+      logger: .disabled)
     let n2 = try await b.bind(2)
     a.setAddress(n2.address, for: 2)  // a listener admits only nodes in its address book
     try n2.send(ConformanceMessage(sender: 2, sequence: 7), to: 1)
@@ -52,7 +54,7 @@ struct TCPTransportTests {
     let options = TCPTransportOptions(reconnect: ReconnectPolicy(initialBackoff: .milliseconds(5), seed: 3))
     let transport = TCPTransport<ConformanceMessage>(
       cluster: "conformance", protocolNumber: WireProtocol.test, addresses: [1: unknown], options: options,
-      logger: QuorumLogger(label: "t", sink: sink))
+      security: .insecure, logger: QuorumLogger(label: "t", sink: sink))
     let n2 = try await transport.bind(2)
     try n2.send(ConformanceMessage(sender: 2, sequence: 0), to: 1)
     try await waitUntil("the first failed resolution", timeout: .seconds(60)) {
@@ -83,7 +85,8 @@ struct TCPTransportTests {
     let first = loopbackTransport()
     let n1 = try await first.bind(1)
     let second = TCPTransport<ConformanceMessage>(
-      cluster: "conformance", protocolNumber: WireProtocol.test, addresses: [1: n1.address], logger: .disabled)
+      cluster: "conformance", protocolNumber: WireProtocol.test, addresses: [1: n1.address], security: .insecure,
+      logger: .disabled)
     await #expect(throws: TCPTransportError.addressInUse(n1.address)) { _ = try await second.bind(1) }
     await n1.close()
   }
@@ -117,14 +120,15 @@ struct TCPTransportTests {
     let n1 = try await a.bind(1)
     let b = TCPTransport<ConformanceMessage>(
       cluster: "billing", protocolNumber: WireProtocol.test, addresses: [1: n1.address],
-      logger: QuorumLogger(label: "b", sink: sinkB))
+      security: .insecure, logger: QuorumLogger(label: "b", sink: sinkB))
     let n2 = try await b.bind(2)
     try n2.send(ConformanceMessage(sender: 2, sequence: 0), to: 1)
     try await waitUntil("both sides to record the cluster mismatch") {
       a.metrics.closes("cluster-mismatch") >= 1 && b.metrics.closes("rejected") >= 1
     }
-    #expect(sinkA.contains("cluster id mismatch: this node is in 'orders', the remote side in 'billing'"))
+    #expect(sinkA.contains("cluster id mismatch: this node is in 'orders', the remote side claims 'billing'"))
     #expect(sinkB.contains("rejected by the remote side: cluster id mismatch"), "\(sinkB.lines)")
+    #expect(!sinkB.contains("orders", atLeast: .trace), "the refusal never tells the stranger the cluster id")
     #expect(n1.incoming.count == 0)
     await n1.close()
     await n2.close()

@@ -97,6 +97,7 @@ struct ClusterTests {
       Member("n1", at: "127.0.0.1:0")
       Member("n2", at: "127.0.0.1:0")
       Member("n3", at: "127.0.0.1:0")
+      Security.insecure
       Logging(NullLogSink())
       RaftSettings {
         TickInterval(.milliseconds(5))

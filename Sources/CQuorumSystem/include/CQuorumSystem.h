@@ -91,6 +91,11 @@ static inline int cq_tune_tcp(int fd, int keepaliveIdle, int keepaliveInterval, 
   return cq_setsockopt_int(fd, IPPROTO_TCP, TCP_KEEPCNT, keepaliveCount);
 }
 
+/// Sets TCP_USER_TIMEOUT: the kernel drops the connection when sent data stays unacknowledged this long.
+static inline int cq_set_user_timeout(int fd, int milliseconds) {
+  return cq_setsockopt_int(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, milliseconds);
+}
+
 /// Fills `storage` with the numeric address `host` (IPv4 dotted or IPv6) and `port`; returns the address
 /// length, or 0 if `host` is not a numeric address. `family` receives AF_INET or AF_INET6.
 static inline int cq_make_address(const char *host, int port, struct sockaddr_storage *storage, int *family) {
@@ -136,6 +141,18 @@ static inline int cq_connect(int fd, const char *host, int port) {
     return -1;
   }
   return connect(fd, (struct sockaddr *)&storage, (socklen_t)length);
+}
+
+/// Binds `fd` to the numeric `host` with any port (so a test can dial from another loopback address).
+static inline int cq_bind_source(int fd, const char *host) {
+  struct sockaddr_storage storage;
+  int family = 0;
+  int length = cq_make_address(host, 0, &storage, &family);
+  if (length == 0) {
+    errno = EINVAL;
+    return -1;
+  }
+  return bind(fd, (struct sockaddr *)&storage, (socklen_t)length);
 }
 
 /// Resolves the host name `host` (blocking: call it off the event loop) and writes one of its addresses,
@@ -209,5 +226,29 @@ static inline ssize_t cq_send(int fd, const void *bytes, size_t count) { return 
 
 /// Ignores SIGPIPE for the whole process (executables call it at start).
 static inline void cq_ignore_sigpipe(void) { signal(SIGPIPE, SIG_IGN); }
+
+// MARK: HMAC-SHA-256 for frame codes (sha256.c)
+
+/// Whether SHA-256 runs on the x86 SHA extensions (decided once, from CPUID).
+int cq_sha256_accelerated(void);
+
+/// Chooses the extensions (if `enabled` and available) or portable C; returns whether they are available. Both
+/// give the same results: tests use this to check one against the other.
+int cq_sha256_use_accelerated(int enabled);
+
+/// The SHA-256 compression function over `blocks` 64-byte blocks, with the extensions when available.
+void cq_sha256_compress(uint32_t state[8], const uint8_t *data, size_t blocks);
+
+/// The same in portable C.
+void cq_sha256_compress_portable(uint32_t state[8], const uint8_t *data, size_t blocks);
+
+/// The SHA-256 states after absorbing `key` XOR ipad and `key` XOR opad (RFC 2104; a key over 64 bytes is hashed
+/// first): computed once per session key.
+void cq_hmac_sha256_init(const uint8_t *key, size_t length, uint32_t inner[8], uint32_t outer[8]);
+
+/// HMAC-SHA-256, from the states of `cq_hmac_sha256_init`, of `sequence` (8 bytes, little-endian) followed by
+/// `data`: the code of one frame.
+void cq_hmac_sha256_frame(const uint32_t inner[8], const uint32_t outer[8], uint64_t sequence, const uint8_t *data,
+                          size_t length, uint8_t code[32]);
 
 #endif

@@ -1,0 +1,180 @@
+import CQuorumSystem
+import Glibc
+import QuorumCore
+import QuorumSimulation
+import Testing
+
+@testable import QuorumTCP
+
+/// Resource attacks on a listener: each must close only the offending connections, with a typed reason, keep
+/// the server's memory bounded, and leave the healthy peer link and new clients served.
+///
+/// Memory is checked two ways: exactly, by the transport's high-water marks of what it held (connections
+/// waiting to authenticate, partly received frames, reply backlog), and loosely, by this process's resident
+/// set — loosely (1 GiB) because other suites run in the same process at the same time: their allocations
+/// showed as up to 400 MB of noise, as much as some attacks' volume.
+@Suite("A hostile network cannot exhaust a listener", .serialized, .timeLimit(.minutes(5)))
+struct HostileNetworkTests {
+  @Test("2,000 connections opened and held: the oldest unauthenticated ones give way, real peers and clients get in")
+  func connectionFlood() async throws {
+    var options = SecurePair.options()
+    options.handshakeTimeout = .seconds(120)  // held for the whole test
+    let pair = try await SecurePair(options: options)
+    try await pair.healthyLinkDelivers(0)
+    let before = try residentBytes()
+    // 2,000 silent sockets from 100 loopback addresses, 20 from each: "100 hosts".
+    var sockets: [Int32] = []
+    defer { for fd in sockets { close(fd) } }
+    for index in 0..<2000 {
+      let fd = cq_tcp_socket(AF_INET)
+      try #require(fd >= 0, "socket: errno \(errno)")
+      sockets.append(fd)
+      try #require(cq_bind_source(fd, "127.0.0.\(2 + index / 20)") == 0, "bind: errno \(errno)")
+      let result = cq_connect(fd, pair.n1.address.host, Int32(pair.n1.address.port))
+      try #require(result == 0 || errno == EINPROGRESS, "connect: errno \(errno)")
+    }
+    let metrics = { pair.a.metrics }
+    try await waitUntil("the listener to take or turn away all 2,000 (\(metrics()))") {
+      metrics().connectionsAccepted + metrics().closes("connection-budget") >= 2000
+    }
+    let core = pair.n1.core
+    let held = try #require(await core.loop.submit { core.unauthenticatedCount })
+    #expect(held <= options.maxUnauthenticatedConnections, "\(held) unauthenticated connections held")
+    // Every socket beyond those held was refused (over 16 from one address) or evicted (the oldest, to make
+    // room); how many of each depends on timing (an eviction frees a slot of its address).
+    let turnedAway = metrics().closes("connection-budget") + metrics().closes("evicted")
+    #expect(turnedAway >= 2000 - options.maxUnauthenticatedConnections, "\(metrics())")
+    #expect(metrics().closes("connection-budget") >= 1 && metrics().closes("evicted") >= 1, "\(metrics())")
+
+    // A member that dials in now still gets through, and so does a new client.
+    let third = TCPTransport<ConformanceMessage>(
+      cluster: pair.cluster, protocolNumber: WireProtocol.test, addresses: [1: pair.n1.address],
+      security: SecurePair.security, logger: .disabled)
+    let n3 = try await third.bind(3)
+    pair.a.setAddress(n3.address, for: 3)
+    try n3.send(ConformanceMessage(sender: 3, sequence: 42), to: 1)
+    let envelope = try await receive(pair.n1.incoming)
+    #expect(envelope.from == 3 && envelope.payload.sequence == 42)
+    let alice = try pair.client("alice", SecurePair.alice)
+    #expect(try await alice.request([7], to: pair.n1.address, timeout: .seconds(60)) == [7])
+    try await pair.healthyLinkDelivers(1)
+    #expect(pair.b.metrics.closes.isEmpty, "the healthy link never dropped: \(pair.b.metrics)")
+    #expect(pair.sink.all.count < 150, "the flood is summarised in the log: \(pair.sink.all.count) lines")
+    #expect(metrics().largestUnauthenticatedCount <= options.maxUnauthenticatedConnections, "\(metrics())")
+    let grown = try residentBytes() - before
+    #expect(grown < 1 << 30, "the resident set grew by \(grown >> 20) MiB")
+    await alice.close()
+    await n3.close()
+    await pair.close()
+  }
+
+  @Test("two dozen 16 MiB frames, pushed then trickled a byte at a time after the handshake: memory stays bounded")
+  func slowGiantFrames() async throws {
+    var options = SecurePair.options()
+    options.frameTimeout = .seconds(3)
+    options.maxClientReceiveBufferBytes = 16 << 20
+    let pair = try await SecurePair(options: options)
+    let before = try residentBytes()
+    var attackers: [HandDriven] = []
+    for _ in 0..<24 {
+      let attacker = try await HandDriven(
+        to: pair.n1.address, cluster: pair.cluster, role: .client, protocolNumber: WireProtocol.client,
+        principal: "alice", key: SecurePair.alice.bytes)
+      try #require(attacker.failure == nil)
+      let length = UInt32(options.maxFrameBytes + TCPFrame.tagBytes)
+      try attacker.socket.send(withUnsafeBytes(of: length.littleEndian) { Array($0) })
+      attackers.append(attacker)
+    }
+    // Push up to 16 MiB - 1 into each, as fast as the server (or the kernel's buffers) takes it.
+    let filler = [UInt8](repeating: 0xEE, count: 1 << 20)
+    var sent = [Int](repeating: 0, count: attackers.count)
+    let target = options.maxFrameBytes + TCPFrame.tagBytes - 1
+    var peak = 0
+    var idleRounds = 0
+    while idleRounds < 50 && sent.contains(where: { $0 < target }) {
+      var progress = 0
+      for (index, attacker) in attackers.enumerated() where sent[index] < target {
+        let count = min(filler.count, target - sent[index])
+        let taken = try attacker.socket.sendSome(filler[0..<count])
+        sent[index] += taken
+        progress += taken
+      }
+      peak = max(peak, try residentBytes() - before)
+      idleRounds = progress == 0 ? idleRounds + 1 : 0
+      try await Task.sleep(for: .milliseconds(progress == 0 ? 10 : 0))
+    }
+    let bound = options.maxClientReceiveBufferBytes + 24 * (64 << 10)
+    #expect(pair.a.metrics.largestClientReceiveBuffer <= bound, "the server held \(pair.a.metrics) bytes")
+    // A healthy client is still served while the budget is spent: it is between frames.
+    let alice = try pair.client("alice", SecurePair.alice)
+    #expect(try await alice.request([1], to: pair.n1.address, timeout: .seconds(60)) == [1])
+    // Then a byte at a time: progress does not keep a frame alive past the frame timeout.
+    try await waitUntil("every giant frame to time out (\(pair.a.metrics))") {
+      for attacker in attackers where !attacker.socket.isClosedByPeer { _ = try? attacker.socket.sendSome([0xEE][...]) }
+      peak = max(peak, try residentBytes() - before)
+      return pair.a.metrics.closes("truncated-frame") == attackers.count
+    }
+    #expect(pair.a.metrics.largestClientReceiveBuffer <= bound, "\(pair.a.metrics.largestClientReceiveBuffer) bytes")
+    #expect(peak < 1 << 30, "the resident set grew by up to \(peak >> 20) MiB")
+    #expect(pair.sink.contains("truncated frame"), "\(pair.sink.lines)")
+    #expect(try await alice.request([2], to: pair.n1.address, timeout: .seconds(60)) == [2])
+    try await pair.healthyLinkDelivers(0)
+    await alice.close()
+    await pair.close()
+  }
+
+  @Test("a client pipelining large reads without reading the replies is paused, then closed; memory stays bounded")
+  func clientThatStopsReading() async throws {
+    var options = SecurePair.options()
+    options.maxFrameBytes = 1 << 20
+    options.maxInflightRequestsPerConnection = 64
+    options.replyPauseBytes = 1 << 20
+    options.maxReplyBytesPerConnection = 8 << 20
+    let pair = try await SecurePair(options: options)
+    let before = try residentBytes()
+    let greedy = try await HandDriven(
+      to: pair.n1.address, cluster: pair.cluster, role: .client, protocolNumber: WireProtocol.client,
+      principal: "reader", key: SecurePair.reader.bytes)
+    try #require(greedy.failure == nil)
+    // 2,000 requests for 256 KiB each: 500 MiB of replies if they were all buffered.
+    var requests: [UInt8] = []
+    for id in 1...2000 { requests += greedy.seal(requestFrame(id: UInt64(id), body: Array("big 262144".utf8))) }
+    var offset = 0
+    var peak = 0
+    try await waitUntil("the greedy client to be closed (\(pair.a.metrics))") {
+      if offset < requests.count {
+        offset += (try? greedy.socket.sendSome(requests[offset...])) ?? 0
+      }
+      peak = max(peak, try residentBytes() - before)
+      return pair.a.metrics.closes("slow-reader") == 1
+    }
+    #expect(pair.a.metrics.largestReplyBacklog < 8 << 20 + 300_000, "backlog \(pair.a.metrics.largestReplyBacklog)")
+    #expect(peak < 1 << 30, "the resident set grew by up to \(peak >> 20) MiB")
+    try await waitUntil("the close to be logged") {
+      pair.sink.contains("the client stopped reading its replies", atLeast: .info)
+    }
+    let alice = try pair.client("alice", SecurePair.alice)
+    #expect(
+      try await alice.request(Array("big 300000".utf8), to: pair.n1.address, timeout: .seconds(60)).count == 300_000)
+    try await pair.healthyLinkDelivers(0)
+    await alice.close()
+    await pair.close()
+  }
+
+  @Test("a client connection idle past the idle timeout is closed; new clients are served")
+  func idleClients() async throws {
+    var options = SecurePair.options()
+    options.clientIdleTimeout = .milliseconds(300)
+    let pair = try await SecurePair(options: options)
+    let idle = try await HandDriven(
+      to: pair.n1.address, cluster: pair.cluster, role: .client, protocolNumber: WireProtocol.client,
+      principal: "alice", key: SecurePair.alice.bytes)
+    try #require(idle.failure == nil)
+    _ = try await idle.socket.readUntilClosed()
+    #expect(pair.a.metrics.closes("idle-timeout") == 1)
+    let alice = try pair.client("alice", SecurePair.alice)
+    #expect(try await alice.request([3], to: pair.n1.address, timeout: .seconds(60)) == [3])
+    await alice.close()
+    await pair.close()
+  }
+}
