@@ -368,8 +368,9 @@ public struct CoordinatorCore: Sendable {
 
   private mutating func backOff(_ txn: TxnID) {
     guard let interval = active[txn]?.retryInterval else { return }
-    active[txn]?.retryInterval = options.retry.next(after: interval)
-    schedule(txn, at: now &+ interval)
+    let next = options.retry.next(after: interval)
+    active[txn]?.retryInterval = next
+    schedule(txn, at: now &+ next)
   }
 
   private mutating func tick(_ wall: UInt64, _ effects: inout [CoordinatorEffect]) {
@@ -409,9 +410,9 @@ public struct CoordinatorCore: Sendable {
               to: participant, .prepare(txn, participants: transaction.participants, recordStore: recordStore))))
       }
       // Wake for the vote timeout at the latest.
-      let interval = transaction.retryInterval
-      active[txn]?.retryInterval = options.retry.next(after: interval)
-      schedule(txn, at: Swift.min(now &+ interval, transaction.startedTick &+ options.voteTimeoutTicks))
+      let next = options.retry.next(after: transaction.retryInterval)
+      active[txn]?.retryInterval = next
+      schedule(txn, at: Swift.min(now &+ next, transaction.startedTick &+ options.voteTimeoutTicks))
       return 1
     case .onePhase:
       if pastHorizon {

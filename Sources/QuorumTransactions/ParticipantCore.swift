@@ -551,8 +551,9 @@ public struct ParticipantCore: Sendable {
 
   private mutating func backOff(_ txn: TxnID) {
     guard let interval = tracked[txn]?.retryInterval else { return }
-    tracked[txn]?.retryInterval = options.inquiry.next(after: interval)
-    schedule(txn, at: now &+ interval)
+    let next = options.inquiry.next(after: interval)
+    tracked[txn]?.retryInterval = next
+    schedule(txn, at: now &+ next)
   }
 
   private mutating func tick(_ wall: UInt64, _ effects: inout [ParticipantEffect]) {
