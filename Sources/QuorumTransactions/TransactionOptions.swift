@@ -48,6 +48,10 @@ public struct CoordinatorOptions: Sendable, Equatable {
   /// The transaction horizon: a transaction must be decided within this much of its start; the same value as
   /// the record table's ``TransactionRecordLimits/transactionHorizonMillis``.
   public var transactionHorizonMillis: UInt64 = 60_000
+  /// How long past its start a decision stays in the record store (the table's
+  /// ``TransactionRecordLimits/retainDecisionsMillis``, or less): after it, a lookup of a transaction without a
+  /// record answers ``TransactionStatus/unknown``.
+  public var retainDecisionsMillis: UInt64 = 600_000
   /// How long ``TransactionCoordinator/commit(_:participants:deadline:)`` waits by default before throwing
   /// ``TransactionError/outcomeUnknown(_:)``.
   public var commitDeadline: Duration = .seconds(10)

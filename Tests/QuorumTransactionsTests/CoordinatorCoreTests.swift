@@ -94,7 +94,9 @@ struct CoordinatorCoreTests {
     _ = c.step(.begin(t, participants: [2, 3]))
     _ = c.step(.message(from: 2, .vote(t, .yes)))
     let resends = c.ticks(9).sent
-    #expect(!resends.isEmpty && resends.allSatisfy { $0 == TransactionOutgoing(to: 3, .prepare(t, participants: [2, 3], recordStore: nil)) })
+    #expect(
+      !resends.isEmpty
+        && resends.allSatisfy { $0 == TransactionOutgoing(to: 3, .prepare(t, participants: [2, 3], recordStore: nil)) })
     #expect(
       c.ticks(1) == [
         send(2, .decision(t, .abort)), send(3, .decision(t, .abort)),
@@ -201,7 +203,10 @@ struct CoordinatorCoreTests {
         send(2, .decision(txn(1), .commit)), send(3, .decision(txn(1), .commit)),
         .recordDecision(txn(2), .abort, participants: []),
       ])
-    #expect(c.step(.decisionRecorded(txn(2), .abort)) == [send(2, .decision(txn(2), .abort)), .finished(txn(2), .aborted(.resolvedAbort))])
+    #expect(
+      c.step(.decisionRecorded(txn(2), .abort)) == [
+        send(2, .decision(txn(2), .abort)), .finished(txn(2), .aborted(.resolvedAbort)),
+      ])
     #expect(c.status(of: txn(3)) == .committed)
     _ = c.step(.message(from: 2, .ack(txn(1))))
     #expect(c.step(.message(from: 3, .ack(txn(1)))) == [.recordFinished(txn(1))])
@@ -210,7 +215,8 @@ struct CoordinatorCoreTests {
   @Test("begin refuses bad requests without sending anything")
   func rejections() {
     var c = CoordinatorCore(id: 1, options: quickCoordinatorOptions())
-    #expect(c.step(.begin(txn(1, coordinator: 2), participants: [3])) == [.rejected(txn(1, coordinator: 2), .foreignID(2))])
+    #expect(
+      c.step(.begin(txn(1, coordinator: 2), participants: [3])) == [.rejected(txn(1, coordinator: 2), .foreignID(2))])
     #expect(c.step(.begin(t, participants: [])) == [.rejected(t, .noParticipants)])
     #expect(c.step(.begin(t, participants: [2, 2])) == [.rejected(t, .duplicateParticipant(2))])
     #expect(c.step(.begin(t, participants: [1, 2])) == [.rejected(t, .coordinatorIsParticipant)])

@@ -144,8 +144,12 @@ struct ParticipantCoreTests {
   @Test("a participant with a shared store votes no to a classic prepare")
   func sharedStoreRefusesClassic() {
     var p = ParticipantCore(id: 2, options: quickParticipantOptions(), recordStore: 77)
-    #expect(p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: nil))) == [psend(1, .vote(t, .no))])
-    #expect(p.step(.message(from: 1, .prepare(txn(8), participants: [2, 3], recordStore: 78))) == [psend(1, .vote(txn(8), .no))])
+    #expect(
+      p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: nil))) == [psend(1, .vote(t, .no))])
+    #expect(
+      p.step(.message(from: 1, .prepare(txn(8), participants: [2, 3], recordStore: 78))) == [
+        psend(1, .vote(txn(8), .no))
+      ])
   }
 
   @Test("one phase: the participant records its own commit, applies it, answers, and answers copies the same")
@@ -176,7 +180,8 @@ struct ParticipantCoreTests {
       id: txn(1), decision: .commit, participants: [2], pending: [], createdAtMillis: 1_000, decidedAtMillis: 1_000,
       ageMillis: 0)
     #expect(p.step(.lookedUp(txn(1), record)) == [psend(1, .outcome(txn(1), .commit))])
-    #expect(p.step(.message(from: 1, .commitOnePhase(txn(3, started: 5_000)))) == [.prepare(txn(3, started: 5_000))],
+    #expect(
+      p.step(.message(from: 1, .commitOnePhase(txn(3, started: 5_000)))) == [.prepare(txn(3, started: 5_000))],
       "a transaction started after everything forgotten is new: no read")
   }
 
@@ -201,7 +206,8 @@ struct ParticipantCoreTests {
     var p = ParticipantCore(id: 2, options: quickParticipantOptions())
     #expect(p.step(.message(from: 1, .decision(t, .commit))) == [psend(1, .ack(t))])
     _ = p.ticks(1, wall: 1_000_000)
-    #expect(p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: nil))) == [psend(1, .vote(t, .no))])
+    #expect(
+      p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: nil))) == [psend(1, .vote(t, .no))])
     #expect(p.step(.message(from: 1, .commitOnePhase(txn(9)))) == [], "too late to answer truthfully")
   }
 }

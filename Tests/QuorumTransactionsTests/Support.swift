@@ -8,7 +8,9 @@ func txn(_ sequence: UInt64, coordinator: NodeID = 1, started: UInt64 = 1_000) -
   TxnID(coordinator: coordinator, sequence: sequence, startedAtMillis: started)
 }
 
-func send(_ to: NodeID, _ message: TransactionMessage) -> CoordinatorEffect { .send(TransactionOutgoing(to: to, message)) }
+func send(_ to: NodeID, _ message: TransactionMessage) -> CoordinatorEffect {
+  .send(TransactionOutgoing(to: to, message))
+}
 
 func psend(_ to: NodeID, _ message: TransactionMessage) -> ParticipantEffect {
   .send(TransactionOutgoing(to: to, message))

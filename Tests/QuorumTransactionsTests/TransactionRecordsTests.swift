@@ -82,7 +82,9 @@ struct TransactionRecordsTests {
     for n in 1...4 as ClosedRange<UInt64> {
       _ = r.apply(1 + n, at: 1_000, .prepared(txn(n), participant: 2, participants: [2]))
     }
-    #expect(r.apply(9, at: 1_000, .prepared(txn(5), participant: 2, participants: [2])) == .refused(.tooManyRecords(limit: 4)))
+    #expect(
+      r.apply(9, at: 1_000, .prepared(txn(5), participant: 2, participants: [2])) == .refused(.tooManyRecords(limit: 4))
+    )
     var small = limits()
     small.maxParticipants = 1
     var s = try TransactionRecords(limits: small)
@@ -97,7 +99,9 @@ struct TransactionRecordsTests {
     #expect(r.apply(1, at: 1_000, .reserve(coordinator: 1, count: 100)) == .reserved(first: 1, count: 100))
     #expect(r.apply(2, at: 1_000, .reserve(coordinator: 1, count: 100)) == .reserved(first: 101, count: 100))
     #expect(r.apply(3, at: 1_000, .reserve(coordinator: 2, count: 5)) == .reserved(first: 1, count: 5))
-    #expect(r.apply(4, at: 1_000, .reserve(coordinator: 2, count: 0)) == .refused(.invalidReservation(count: 0, max: 1 << 20)))
+    #expect(
+      r.apply(4, at: 1_000, .reserve(coordinator: 2, count: 0)) == .refused(.invalidReservation(count: 0, max: 1 << 20))
+    )
   }
 
   @Test("queries: a node's records, transactions in doubt oldest first, counts")
@@ -116,7 +120,9 @@ struct TransactionRecordsTests {
       return
     }
     #expect(doubt.map(\.id) == [txn(2)] && more == false, "txn 1 is only 100 ms old")
-    #expect(r.query(.counts) == .counts(TransactionRecordCounts(records: 3, undecided: 2, coordinators: 0, logTimeMillis: 1_200)))
+    #expect(
+      r.query(.counts)
+        == .counts(TransactionRecordCounts(records: 3, undecided: 2, coordinators: 0, logTimeMillis: 1_200)))
   }
 
   @Test("snapshots are deterministic and restore to the same table, expiries included")
