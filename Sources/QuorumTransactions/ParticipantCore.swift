@@ -334,10 +334,25 @@ public struct ParticipantCore: Sendable {
 
   private mutating func learn(_ txn: TxnID, _ decision: TransactionDecision, _ effects: inout [ParticipantEffect]) {
     guard let transaction = tracked[txn] else {
-      // Not tracked: a commit for a transaction it no longer knows was committed and forgotten here (it voted
-      // yes, so it kept a record until it applied the commit): acknowledge again, the first ack may be lost.
-      if decision == .commit, ended[txn] != .readOnly {
+      switch (decision, ended[txn]) {
+      case (.commit, .readOnly?):
+        return
+      case (.commit, _):
+        // A commit for a transaction it no longer knows was committed and forgotten here (it voted yes, so it
+        // kept a record until it applied the commit): acknowledge again, the first ack may be lost.
         effects.append(.send(TransactionOutgoing(to: txn.coordinator, .ack(txn))))
+      case (.abort, nil):
+        // Work the application did here without telling the node (the coordinator abandoned the transaction
+        // before preparing): roll it back, and refuse any prepare that comes later.
+        guard tracked.count < options.maxTransactions else { return }
+        track(
+          txn,
+          Tracked(
+            phase: .working, abortIsCertain: true, startedTick: now, wakeTick: now,
+            retryInterval: options.inquiry.initialTicks))
+        startApplying(txn, .abort, &effects)
+      case (.abort, _):
+        return
       }
       return
     }

@@ -77,7 +77,11 @@ struct ParticipantCoreTests {
     #expect(p.step(.message(from: 1, .decision(t, .commit))) == [], "applying already")
     #expect(p.step(.message(from: 1, .decision(t, .abort))) == [], "a contradicting copy is ignored")
     #expect(p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: nil))) == [])
-    #expect(p.step(.message(from: 1, .decision(txn(99), .abort))) == [], "an abort of something unknown")
+    #expect(
+      p.step(.message(from: 1, .decision(txn(99), .abort))) == [.apply(txn(99), .abort)],
+      "an abort of something unknown rolls back whatever the application did for it")
+    _ = p.step(.applied(txn(99)))
+    #expect(p.step(.message(from: 1, .decision(txn(99), .abort))) == [], "once")
   }
 
   @Test("an abort that overtakes the prepare's durable write wins once the write is done")
