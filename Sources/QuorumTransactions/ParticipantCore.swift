@@ -335,11 +335,10 @@ public struct ParticipantCore: Sendable {
   private mutating func learn(_ txn: TxnID, _ decision: TransactionDecision, _ effects: inout [ParticipantEffect]) {
     guard let transaction = tracked[txn] else {
       switch (decision, ended[txn]) {
-      case (.commit, .readOnly?):
-        return
       case (.commit, _):
         // A commit for a transaction it no longer knows was committed and forgotten here (it voted yes, so it
-        // kept a record until it applied the commit): acknowledge again, the first ack may be lost.
+        // kept a record until it applied the commit), or needed nothing here (it voted read-only; a recovering
+        // coordinator may not know which participants did): acknowledge, the first ack may be lost.
         effects.append(.send(TransactionOutgoing(to: txn.coordinator, .ack(txn))))
       case (.abort, nil):
         // Work the application did here without telling the node (the coordinator abandoned the transaction
