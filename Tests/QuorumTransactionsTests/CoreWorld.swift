@@ -278,13 +278,16 @@ final class CoreWorld {
         feed(to, .message(from: from, message))
       }
     case .coordinatorOp(let inc, let effect):
-      guard inc == incarnation[coordinatorID], coordinator != nil else { return }  // died before writing
+      // A write of a process that has since crashed: to a local store it never happened; to a replicated table
+      // it was already on its way and still lands (a recovery then races it).
+      let alive = inc == incarnation[coordinatorID] && coordinator != nil
+      guard alive || mode == .nonBlocking else { return }
       let key = storeKey(coordinatorID)
       switch effect {
       case .recordDecision(let id, let decision, let members):
         let holding = stores[key]?.decide(
           id, decision, participants: members, finisher: decision == .commit ? coordinatorID : nil, at: wall)
-        if let holding { queue.append(.coordinatorInput(inc, .decisionRecorded(id, holding))) }
+        if let holding, alive { queue.append(.coordinatorInput(inc, .decisionRecorded(id, holding))) }
       case .recordFinished(let id):
         _ = stores[key]?.apply(.finished(id, node: coordinatorID), at: wall)
       default: break
@@ -293,8 +296,12 @@ final class CoreWorld {
       guard inc == incarnation[coordinatorID] else { return }
       coordinatorStep(input)
     case .participantOp(let node, let inc, let effect):
-      guard inc == incarnation[node], participants[node] != nil else { return }
-      perform(effect, at: node, incarnation: inc)
+      let alive = inc == incarnation[node] && participants[node] != nil
+      if alive {
+        perform(effect, at: node, incarnation: inc)
+      } else if mode == .nonBlocking, effect.isSharedWrite {
+        perform(effect, at: node, incarnation: inc)  // its answer goes to a dead incarnation and is dropped
+      }
     case .participantInput(let node, let inc, let input):
       guard inc == incarnation[node] else { return }
       feed(node, input)
@@ -394,6 +401,16 @@ final class CoreWorld {
   }
 
   var description: String { "mode=\(mode.rawValue) seed=\(seed) events=\(events) steps=\(steps)" }
+}
+
+extension ParticipantEffect {
+  /// A write to the record store (which, for a replicated table, lands even if its writer crashes meanwhile).
+  var isSharedWrite: Bool {
+    switch self {
+    case .recordPrepared, .recordDecision, .recordFinished: return true
+    case .send, .prepare, .lookUp, .apply: return false
+    }
+  }
 }
 
 extension CoreWorld {
