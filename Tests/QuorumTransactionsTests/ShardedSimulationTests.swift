@@ -33,6 +33,22 @@ struct ShardedSimulationTests {
     }
   }
 
+  @Test("recovery racing live commits: a resolver that settles anything prepared at once never breaks atomicity")
+  func resolverRacesCommits() throws {
+    var resolved = 0
+    for seed in 200...203 as ClosedRange<UInt64> {
+      var options = ShardedTransactionSimulationOptions()
+      options.resolverMinimumAgeMillis = 0
+      options.resolverInterval = .milliseconds(2)
+      options.clientCrashProbability = 0
+      let stats = try ShardedTransactionSimulation(seed: seed, options: options, trace: SimulationTrace(enabled: false))
+        .run()
+      #expect(stats.committed > 10, "seed \(seed): \(stats)")
+      resolved += stats.resolved
+    }
+    #expect(resolved > 0, "the resolver raced and settled live transactions")
+  }
+
   @Test("across seeds the faults really happen: crashes, unknown outcomes, resolutions")
   func faultsHappen() throws {
     var total = ShardedTransactionSimulationStats()
