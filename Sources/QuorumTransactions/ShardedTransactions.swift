@@ -87,7 +87,7 @@ public final class ShardTransaction: Sendable {
 
   /// The value of `key` as this transaction sees it: its own write if it wrote the key, otherwise the committed
   /// value, read under a shared lock held until the transaction ends.
-  /// - Throws: a conflict or an abort ends the attempt (``transaction(_:)`` runs the body again).
+  /// - Throws: a conflict or an abort ends the attempt (``ShardedTransactions/transaction(_:)`` runs the body again).
   public func get(_ key: String) async throws -> [UInt8]? {
     let known = state.withLock { s -> [UInt8]?? in
       if let written = s.writes[key] { return .some(written) }
@@ -150,7 +150,7 @@ public final class ShardTransaction: Sendable {
 /// and the body runs again as a new transaction after a back-off.
 ///
 /// **No single crash blocks it.** Prepared writes live in the groups' logs and the decision in the record
-/// group's, so a client that dies leaves nothing only it could finish: ``resolveInDoubt(minimumAgeMillis:groups:)``
+/// group's, so a client that dies leaves nothing only it could finish: ``resolveInDoubt(minimumAgeMillis:groups:limit:)``
 /// — run by any client or by the servers — aborts what was never decided (the compare-and-set loses to a
 /// commit recorded first) and applies whatever was.
 ///
