@@ -23,6 +23,7 @@ let package = Package(
     .library(name: "Quorum", targets: ["Quorum"]),
     .library(name: "QuorumPaxos", targets: ["QuorumPaxos"]),
     .library(name: "QuorumLocks", targets: ["QuorumLocks"]),
+    .library(name: "QuorumTransactions", targets: ["QuorumTransactions"]),
     .executable(name: "quorum", targets: ["QuorumCLI"]),
     .executable(name: "quorum-bench", targets: ["QuorumBench"]),
   ],
@@ -49,6 +50,9 @@ let package = Package(
       ],
       swiftSettings: settings),
     .target(name: "QuorumLocks", dependencies: ["QuorumCore"], swiftSettings: settings),
+    // Two-phase commit (pure cores, actors, decision records local or replicated) and the sharded transactional
+    // key-value machine.
+    .target(name: "QuorumTransactions", dependencies: ["QuorumCore", "QuorumStorage"], swiftSettings: settings),
     // Exposes epoll, eventfd and accept4, which Glibc does not export, plus small socket wrappers.
     .target(name: "CQuorumSystem"),
     .target(name: "QuorumTCP", dependencies: ["QuorumCore", "CQuorumSystem"], swiftSettings: settings),
@@ -63,7 +67,7 @@ let package = Package(
       name: "QuorumSimulation",
       dependencies: [
         "QuorumCore", "QuorumStorage", "QuorumReplica", "QuorumRaft", "QuorumPaxos", "QuorumKV", "QuorumLocks",
-        "QuorumHost",
+        "QuorumHost", "QuorumTransactions",
       ],
       swiftSettings: settings),
     .executableTarget(
@@ -98,6 +102,9 @@ let package = Package(
       swiftSettings: settings),
     .testTarget(name: "QuorumKVTests", dependencies: ["QuorumKV", "QuorumCore"], swiftSettings: settings),
     .testTarget(name: "QuorumLocksTests", dependencies: ["QuorumLocks", "QuorumCore"], swiftSettings: settings),
+    .testTarget(
+      name: "QuorumTransactionsTests",
+      dependencies: ["QuorumTransactions", "QuorumCore", "QuorumStorage", "QuorumSimulation"], swiftSettings: settings),
     .testTarget(name: "QuorumStorageTests", dependencies: ["QuorumStorage", "QuorumCore"], swiftSettings: settings),
     .testTarget(
       name: "QuorumTCPTests", dependencies: ["QuorumTCP", "QuorumCore", "QuorumSimulation", "CQuorumSystem"],

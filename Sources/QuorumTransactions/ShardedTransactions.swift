@@ -1,0 +1,434 @@
+public import QuorumCore
+import Synchronization
+
+/// How a ``ShardedTransactions`` client reaches the `txn` service of the groups of a cluster.
+///
+/// A server host's client conforms in a few lines: `group(for:)` is its placement of keys for the `txn`
+/// service, `command` an exactly-once command to that service in a group, `query` a linearizable read.
+public protocol TxnShardChannel: Sendable {
+  /// The group owning `key` for the `txn` service.
+  func group(for key: String) async throws -> GroupID
+
+  /// Applies `command` to the ``TxnShard`` of `group`, exactly once, and returns its answer.
+  /// - Throws: when no answer comes; the command may or may not have been applied.
+  func command(_ command: TxnShardCommand, group: GroupID) async throws -> TxnShardResponse
+
+  /// Answers `query` from the ``TxnShard`` of `group`, linearizably.
+  func query(_ query: TxnShardQuery, group: GroupID) async throws -> TxnShardQueryResult
+}
+
+/// Why a sharded transaction failed.
+public enum ShardedTransactionError: Error, Sendable, Equatable, CustomStringConvertible {
+  /// Every attempt ran into a lock held by another transaction (or expired); nothing was committed.
+  case conflict(attempts: Int, last: String)
+  /// The commit's outcome is unknown (an answer was lost): it may have committed. Look it up with
+  /// ``ShardedTransactions/outcome(of:groups:)``.
+  case outcomeUnknown(TxnID, groups: [GroupID])
+  /// A shard refused a command (a bound was exceeded); nothing was committed.
+  case refused(TxnShardError)
+  /// A group answered something this build does not expect.
+  case badAnswer(String)
+
+  public var description: String {
+    switch self {
+    case .conflict(let attempts, let last): return "gave up after \(attempts) attempts; last: \(last)"
+    case .outcomeUnknown(let id, let groups): return "the outcome of \(id) (groups \(groups)) is unknown"
+    case .refused(let error): return "refused: \(error)"
+    case .badAnswer(let what): return "unexpected answer: \(what)"
+    }
+  }
+}
+
+/// The settings of a ``ShardedTransactions`` client.
+public struct ShardedTransactionOptions: Sendable, Equatable {
+  /// This client's identity as a coordinator: the ``TxnID/coordinator`` of its transactions. Must be unique
+  /// among the clients of a cluster.
+  public var coordinator: NodeID
+  /// How many times a transaction that conflicts is run again (as a new transaction) before giving up.
+  public var maxAttempts: Int = 10
+  /// How many times a read that conflicts with a prepared writer is retried, after ``readRetryPause``, before
+  /// the attempt is abandoned.
+  public var readRetries: Int = 3
+  /// The pause before a conflicting read is retried.
+  public var readRetryPause: Duration = .milliseconds(2)
+  /// The first pause before a conflicting transaction runs again; it doubles up to ``maxBackoff``, with
+  /// seeded jitter.
+  public var minBackoff: Duration = .milliseconds(2)
+  /// The longest pause between attempts.
+  public var maxBackoff: Duration = .milliseconds(200)
+  /// How many times a decision or phase-2 command whose answer was lost is sent again.
+  public var commandRetries: Int = 5
+  /// How many transaction numbers are reserved at a time.
+  public var numbersPerReservation: UInt64 = 1_024
+
+  /// Defaults for a client acting as coordinator `coordinator`.
+  public init(coordinator: NodeID) { self.coordinator = coordinator }
+}
+
+/// One attempt of a transaction, as the body sees it: reads go to the shards (taking shared locks), writes are
+/// buffered here until the commit, and reads of keys written in the attempt see those writes.
+public final class ShardTransaction: Sendable {
+  private struct State {
+    var writes: [String: [UInt8]?] = [:]
+    var order: [String] = []
+    var reads: [String: [UInt8]?] = [:]
+    var readGroups: Set<GroupID> = []
+  }
+
+  /// The attempt's transaction identifier.
+  public let id: TxnID
+  private let client: ShardedTransactions
+  private let state = Mutex(State())
+
+  init(id: TxnID, client: ShardedTransactions) {
+    self.id = id
+    self.client = client
+  }
+
+  /// The value of `key` as this transaction sees it: its own write if it wrote the key, otherwise the committed
+  /// value, read under a shared lock held until the transaction ends.
+  /// - Throws: a conflict or an abort ends the attempt (``ShardedTransactions/transaction(_:)`` runs the body again).
+  public func get(_ key: String) async throws -> [UInt8]? {
+    let known = state.withLock { s -> [UInt8]?? in
+      if let written = s.writes[key] { return .some(written) }
+      if let read = s.reads[key] { return .some(read) }
+      return .none
+    }
+    if let known { return known }
+    let (value, group) = try await client.read(key, in: id)
+    state.withLock { s in
+      s.reads[key] = value
+      s.readGroups.insert(group)
+    }
+    return value
+  }
+
+  /// The value of `key` as a UTF-8 string.
+  public func getString(_ key: String) async throws -> String? {
+    try await get(key).map { String(decoding: $0, as: UTF8.self) }
+  }
+
+  /// Sets `key` to `value` when the transaction commits.
+  public func put(_ key: String, _ value: [UInt8]) { write(key, value) }
+
+  /// Sets `key` to the UTF-8 bytes of `value` when the transaction commits.
+  public func put(_ key: String, _ value: String) { write(key, Array(value.utf8)) }
+
+  /// Deletes `key` when the transaction commits.
+  public func delete(_ key: String) { write(key, nil) }
+
+  private func write(_ key: String, _ value: [UInt8]?) {
+    state.withLock { s in
+      if s.writes.updateValue(value, forKey: key) == nil { s.order.append(key) }
+    }
+  }
+
+  /// The buffered writes in the order first written, and the groups read.
+  var footprint: (writes: [TxnWrite], readGroups: Set<GroupID>) {
+    state.withLock { s in
+      (s.order.map { TxnWrite(key: $0, value: s.writes[$0] ?? nil) }, s.readGroups)
+    }
+  }
+}
+
+/// Serializable transactions over the `txn` service of a cluster's groups, this client acting as the
+/// coordinator of two-phase commit with decision records in the groups (non-blocking).
+///
+/// ```swift
+/// let db = ShardedTransactions(channel: channel, options: ShardedTransactionOptions(coordinator: 1001))
+/// try await db.transaction { tx in
+///   let a = try await tx.getString("a") ?? "0"
+///   tx.put("b", a)
+/// }
+/// ```
+///
+/// **The protocol.** The body's reads lock keys in the groups that own them; its writes wait here. At the end:
+/// no group touched — nothing to do; one group — ``TxnShardCommand/commitLocal(_:reads:writes:)``, one entry in
+/// that group; several — every group is prepared (writes and locks durable in its log), the commit is recorded
+/// by a compare-and-set in the transaction's record group (the owner of ``TxnShardService/recordKey(for:)``),
+/// and then applied in every group, and the record finished. A conflict anywhere aborts the attempt everywhere
+/// and the body runs again as a new transaction after a back-off.
+///
+/// **No single crash blocks it.** Prepared writes live in the groups' logs and the decision in the record
+/// group's, so a client that dies leaves nothing only it could finish: ``resolveInDoubt(minimumAgeMillis:groups:limit:)``
+/// — run by any client or by the servers — aborts what was never decided (the compare-and-set loses to a
+/// commit recorded first) and applies whatever was.
+///
+/// **Answers lost.** A commit whose outcome cannot be known throws ``ShardedTransactionError/outcomeUnknown(_:groups:)``;
+/// ``outcome(of:groups:)`` tells later.
+public actor ShardedTransactions {
+  private let channel: any TxnShardChannel
+  /// The settings.
+  public let options: ShardedTransactionOptions
+  private let clock: any NodeClock
+  private var random: SeededRandom
+  private var numbers: Range<UInt64> = 0..<0
+
+  /// Creates a client.
+  /// - Parameters:
+  ///   - channel: how to reach the groups.
+  ///   - options: its coordinator identity, retries and back-off.
+  ///   - clock: where transaction start times and pauses come from (the system's unless simulated).
+  ///   - seed: seeds the back-off jitter.
+  public init(
+    channel: any TxnShardChannel, options: ShardedTransactionOptions, clock: any NodeClock = SystemClock(),
+    seed: UInt64 = 1
+  ) {
+    self.channel = channel
+    self.options = options
+    self.clock = clock
+    self.random = SeededRandom(seed: seed ^ options.coordinator.rawValue)
+  }
+
+  private struct Retry: Error {
+    var why: String
+  }
+
+  /// Runs `body` as a serializable transaction and commits it, running it again (as a new transaction) after a
+  /// conflict; returns what the committed attempt's body returned. The body may run several times: it must do
+  /// nothing outside the transaction that cannot be repeated.
+  /// - Throws: ``ShardedTransactionError``, or what the body throws (the attempt is then aborted).
+  public func transaction<T: Sendable>(_ body: (ShardTransaction) async throws -> T) async throws -> T {
+    var backoff = options.minBackoff
+    var last = ""
+    for attempt in 1...max(1, options.maxAttempts) {
+      let tx = ShardTransaction(id: try await nextID(), client: self)
+      do {
+        let value = try await body(tx)
+        try await commit(tx)
+        return value
+      } catch let retry as Retry {
+        last = retry.why
+        await abandon(tx)
+      } catch {
+        await abandon(tx)
+        throw error
+      }
+      guard attempt < options.maxAttempts else { break }
+      let jitter = Double.random(in: 0.5...1.0, using: &random)
+      try await clock.sleep(for: backoff * jitter)
+      backoff = min(options.maxBackoff, backoff * 2)
+    }
+    throw ShardedTransactionError.conflict(attempts: options.maxAttempts, last: last)
+  }
+
+  /// A fresh transaction identifier of this client, started now.
+  public func nextID() async throws -> TxnID {
+    if numbers.isEmpty {
+      let coordinator = options.coordinator
+      let group = try await channel.group(for: TxnShardService.numbersKey(for: coordinator))
+      let answer = try await channel.command(
+        .records(.reserve(coordinator: coordinator, count: options.numbersPerReservation)), group: group)
+      guard case .record(.reserved(let first, let count)) = answer else {
+        throw ShardedTransactionError.badAnswer("\(answer) to a reservation")
+      }
+      numbers = first..<first.addingSaturated(count)
+    }
+    let sequence = numbers.lowerBound
+    numbers = (sequence + 1)..<numbers.upperBound
+    return TxnID(coordinator: options.coordinator, sequence: sequence, startedAtMillis: clock.wallClockMillis())
+  }
+
+  // MARK: - Reads
+
+  /// Reads `key` for `id` in the group that owns it, retrying a conflict with a prepared writer a few times.
+  nonisolated func read(_ key: String, in id: TxnID) async throws -> ([UInt8]?, GroupID) {
+    let group = try await channel.group(for: key)
+    var conflict = ""
+    for attempt in 0...max(0, options.readRetries) {
+      if attempt > 0 { try await clock.sleep(for: options.readRetryPause) }
+      // A read applied twice takes the same lock twice: retrying one whose answer was lost is safe.
+      guard let answer = await retrying({ try await channel.command(.read(id, key: key), group: group) }) else {
+        throw Retry(why: "no answer to a read of \(key) from \(group)")
+      }
+      switch answer {
+      case .value(let value): return (value, group)
+      case .conflict(let held): conflict = "\(held)"
+      case .aborted: throw Retry(why: "\(id) expired in \(group)")
+      case .failed(let error): throw ShardedTransactionError.refused(error)
+      case let other: throw ShardedTransactionError.badAnswer("\(other) to a read")
+      }
+    }
+    throw Retry(why: conflict)
+  }
+
+  // MARK: - Commit
+
+  private func groups(of writes: [TxnWrite]) async throws -> [GroupID: [TxnWrite]] {
+    var byGroup: [GroupID: [TxnWrite]] = [:]
+    for write in writes { byGroup[try await channel.group(for: write.key), default: []].append(write) }
+    return byGroup
+  }
+
+  private func commit(_ tx: ShardTransaction) async throws {
+    let (writes, readGroups) = tx.footprint
+    let byGroup = try await groups(of: writes)
+    let groups = readGroups.union(byGroup.keys).sorted()
+    switch groups.count {
+    case 0: return
+    case 1: try await commitLocal(tx.id, group: groups[0], writes: byGroup[groups[0]] ?? [])
+    default: try await commitDistributed(tx.id, groups: groups, writes: byGroup)
+    }
+  }
+
+  private func commitLocal(_ id: TxnID, group: GroupID, writes: [TxnWrite]) async throws {
+    // Applied twice, a one-shot commit answers the second time from the shard's memory of it: retrying is safe.
+    guard
+      let answer = await retrying({
+        try await channel.command(.commitLocal(id, reads: [], writes: writes), group: group)
+      })
+    else { throw ShardedTransactionError.outcomeUnknown(id, groups: [group]) }
+    switch answer {
+    case .committedLocal, .committed: return
+    case .conflict(let held): throw Retry(why: "\(held)")
+    case .aborted: throw Retry(why: "\(id) aborted in \(group)")
+    case .failed(let error): throw ShardedTransactionError.refused(error)
+    case let other: throw ShardedTransactionError.badAnswer("\(other) to a one-shot commit")
+    }
+  }
+
+  private func commitDistributed(_ id: TxnID, groups: [GroupID], writes: [GroupID: [TxnWrite]]) async throws {
+    let recordGroup = try await channel.group(for: TxnShardService.recordKey(for: id))
+    let channel = self.channel
+    // Phase 1, all groups at once. An answer lost is a vote lost: abort (nothing is recorded yet).
+    let votes = await withTaskGroup(of: (GroupID, TxnShardResponse?).self) { tasks in
+      for group in groups {
+        let command = TxnShardCommand.prepare(
+          id, writes: writes[group] ?? [], participants: groups, recordGroup: recordGroup)
+        tasks.addTask { (group, try? await channel.command(command, group: group)) }
+      }
+      var votes: [GroupID: TxnShardResponse?] = [:]
+      for await (group, vote) in tasks { votes[group] = vote }
+      return votes
+    }
+    var refusal: String?
+    for group in groups {
+      switch votes[group] ?? nil {
+      case .prepared?, .readOnly?: continue
+      case .failed(let error)?:
+        await abort(id, in: groups)
+        throw ShardedTransactionError.refused(error)
+      case let other: refusal = refusal ?? "\(group): \(other.map(\.description) ?? "no answer")"
+      }
+    }
+    if let refusal {
+      await abort(id, in: groups)
+      throw Retry(why: refusal)
+    }
+    // The decision: a compare-and-set in the record group, which a resolver may have won with an abort.
+    let parties = groups.map(TxnShard.party)
+    let decide = TxnShardCommand.records(.decide(id, .commit, participants: parties, finisher: options.coordinator))
+    guard let decision = await retrying({ try await channel.command(decide, group: recordGroup) }) else {
+      throw ShardedTransactionError.outcomeUnknown(id, groups: groups)
+    }
+    guard case .record(.decided(let holding)) = decision else {
+      if case .record(.refused) = decision {
+        await abort(id, in: groups)
+        throw Retry(why: "the record group refused the decision: \(decision)")
+      }
+      throw ShardedTransactionError.badAnswer("\(decision) to a decision")
+    }
+    guard holding == .commit else {
+      await abort(id, in: groups)
+      throw Retry(why: "\(id) was resolved as aborted before its commit was recorded")
+    }
+    // Phase 2: the transaction is committed whatever happens now; a group this client cannot reach is finished
+    // by a resolver.
+    let prepared = groups.filter { if case .prepared? = votes[$0] ?? nil { true } else { false } }
+    let applied = await send(.commit(id), to: prepared)
+    if applied {
+      _ = await retrying({
+        try await channel.command(.records(.finished(id, node: self.options.coordinator)), group: recordGroup)
+      })
+    }
+  }
+
+  /// Sends `command` to every group (retrying lost answers); whether every group answered.
+  private func send(_ command: TxnShardCommand, to groups: [GroupID]) async -> Bool {
+    let channel = self.channel
+    let retries = options.commandRetries
+    return await withTaskGroup(of: Bool.self) { tasks in
+      for group in groups {
+        tasks.addTask {
+          for _ in 0...max(0, retries) {
+            if (try? await channel.command(command, group: group)) != nil { return true }
+          }
+          return false
+        }
+      }
+      var all = true
+      for await answered in tasks { all = all && answered }
+      return all
+    }
+  }
+
+  private func abort(_ id: TxnID, in groups: [GroupID]) async { _ = await send(.abort(id), to: groups) }
+
+  /// Releases what an attempt that will not commit holds: its read locks (its writes were never sent, or were
+  /// aborted already).
+  private func abandon(_ tx: ShardTransaction) async {
+    await abort(tx.id, in: tx.footprint.readGroups.sorted())
+  }
+
+  private nonisolated func retrying(_ operation: @Sendable () async throws -> TxnShardResponse) async
+    -> TxnShardResponse?
+  {
+    for _ in 0...max(0, options.commandRetries) {
+      if let answer = try? await operation() { return answer }
+    }
+    return nil
+  }
+
+  // MARK: - Lookups and resolution
+
+  /// What became of `id`: its decision record if one exists, otherwise what the `groups` it touched (if given)
+  /// know of it (a one-shot commit leaves no record, only the group's memory of it).
+  public func outcome(of id: TxnID, groups: [GroupID] = []) async throws -> TransactionStatus {
+    let recordGroup = try await channel.group(for: TxnShardService.recordKey(for: id))
+    let answer = try await channel.query(.records(.record(id)), group: recordGroup)
+    guard case .records(.record(let record)) = answer else {
+      throw ShardedTransactionError.badAnswer("\(answer) to a record query")
+    }
+    if let decision = record?.decision { return TransactionStatus(decision) }
+    var status = TransactionStatus.unknown
+    for group in groups {
+      guard case .status(let state, _) = try await channel.query(.status(id), group: group) else { continue }
+      switch state {
+      case .committed: return .committed
+      case .prepared, .active: status = .inProgress
+      case .aborted: if status == .unknown { status = .aborted }
+      case .unknown: continue
+      }
+    }
+    return record == nil ? status : .inProgress
+  }
+
+  /// Finishes the transactions prepared in `groups` and undecided for at least `minimumAgeMillis` (log time):
+  /// their decision is settled in their record group — abort, unless a commit is recorded first — and applied in
+  /// every group of the transaction. Any client, or the servers, may run it: the compare-and-set makes racing
+  /// resolvers and a live coordinator agree. Returns how many transactions it settled.
+  public func resolveInDoubt(minimumAgeMillis: UInt64, groups: [GroupID], limit: Int = 256) async throws -> Int {
+    var settled = 0
+    for group in groups {
+      let answer = try await channel.query(.inDoubt(minimumAgeMillis: minimumAgeMillis, limit: limit), group: group)
+      guard case .inDoubt(let doubtful, _) = answer else {
+        throw ShardedTransactionError.badAnswer("\(answer) to an in-doubt query")
+      }
+      for entry in doubtful where try await resolve(entry) { settled += 1 }
+    }
+    return settled
+  }
+
+  private func resolve(_ entry: TxnInDoubt) async throws -> Bool {
+    let settle = TxnShardCommand.records(.decide(entry.id, .abort, participants: [], finisher: nil))
+    guard case .record(.decided(let decision)) = try await channel.command(settle, group: entry.recordGroup) else {
+      return false
+    }
+    let applied = await send(decision == .commit ? .commit(entry.id) : .abort(entry.id), to: entry.participants)
+    if applied && decision == .commit {
+      _ = try? await channel.command(
+        .records(.finished(entry.id, node: entry.id.coordinator)), group: entry.recordGroup)
+    }
+    return applied
+  }
+}

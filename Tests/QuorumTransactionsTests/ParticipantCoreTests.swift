@@ -1,0 +1,217 @@
+import QuorumCore
+import Testing
+
+@testable import QuorumTransactions
+
+@Suite("Participant core: voting, phase 2, termination")
+struct ParticipantCoreTests {
+  let t = txn(7)
+
+  /// A participant `2` that has voted yes on `t` (participants 2 and 3, coordinator 1).
+  func prepared(recordStore: UInt64? = nil, prepareStore: UInt64? = nil) -> ParticipantCore {
+    var p = ParticipantCore(id: 2, options: quickParticipantOptions(), recordStore: recordStore)
+    _ = p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: prepareStore)))
+    _ = p.step(.voted(t, .yes))
+    _ = p.step(.preparedRecorded(t, decided: nil))
+    return p
+  }
+
+  @Test("a yes vote is made durable before it is sent")
+  func durableBeforeYes() {
+    var p = ParticipantCore(id: 2, options: quickParticipantOptions())
+    #expect(p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: nil))) == [.prepare(t)])
+    #expect(p.step(.voted(t, .yes)) == [.recordPrepared(t, participants: [2, 3])])
+    #expect(p.step(.preparedRecorded(t, decided: nil)) == [psend(1, .vote(t, .yes))])
+    #expect(p.inDoubt == [t])
+  }
+
+  @Test("phase 2: commit is applied, the record ended, then acknowledged; abort is applied without an ack")
+  func phase2() {
+    var p = prepared()
+    #expect(p.step(.message(from: 1, .decision(t, .commit))) == [.apply(t, .commit)])
+    #expect(p.step(.applied(t)) == [.recordFinished(t)])
+    #expect(p.step(.finishRecorded(t)) == [psend(1, .ack(t))])
+    #expect(p.status(of: t) == .committed)
+    #expect(p.step(.message(from: 1, .decision(t, .commit))) == [psend(1, .ack(t))], "the ack may have been lost")
+    var q = prepared()
+    #expect(q.step(.message(from: 1, .decision(t, .abort))) == [.apply(t, .abort)])
+    #expect(q.step(.applied(t)) == [.recordFinished(t)])
+    #expect(q.trackedCount == 0)
+  }
+
+  @Test("a no vote rolls back; a read-only vote ends the transaction here")
+  func noAndReadOnly() {
+    var p = ParticipantCore(id: 2, options: quickParticipantOptions())
+    _ = p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: nil)))
+    #expect(p.step(.voted(t, .no)) == [.apply(t, .abort), psend(1, .vote(t, .no))])
+    #expect(p.step(.applied(t)) == [])
+    #expect(
+      p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: nil))) == [psend(1, .vote(t, .no))],
+      "a duplicate prepare gets the same vote")
+    let u = txn(8)
+    _ = p.step(.message(from: 1, .prepare(u, participants: [2, 3], recordStore: nil)))
+    #expect(p.step(.voted(u, .readOnly)) == [psend(1, .vote(u, .readOnly))])
+    #expect(p.trackedCount == 0)
+  }
+
+  @Test("a prepare whose record fails on disk becomes a no vote and a rollback")
+  func preparedRecordFails() {
+    var p = ParticipantCore(id: 2, options: quickParticipantOptions())
+    _ = p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: nil)))
+    _ = p.step(.voted(t, .yes))
+    #expect(p.step(.recordFailed(t)) == [.apply(t, .abort), psend(1, .vote(t, .no))])
+    #expect(p.step(.applied(t)) == [.recordFinished(t)], "the write may have landed: end it")
+  }
+
+  @Test("duplicate and reordered messages are harmless")
+  func duplicates() {
+    var p = ParticipantCore(id: 2, options: quickParticipantOptions())
+    _ = p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: nil)))
+    #expect(p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: nil))) == [], "still preparing")
+    _ = p.step(.voted(t, .yes))
+    #expect(p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: nil))) == [], "still recording")
+    _ = p.step(.preparedRecorded(t, decided: nil))
+    #expect(
+      p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: nil))) == [psend(1, .vote(t, .yes))])
+    #expect(p.step(.message(from: 1, .decision(t, .commit))) == [.apply(t, .commit)])
+    #expect(p.step(.message(from: 1, .decision(t, .commit))) == [], "applying already")
+    #expect(p.step(.message(from: 1, .decision(t, .abort))) == [], "a contradicting copy is ignored")
+    #expect(p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: nil))) == [])
+    #expect(
+      p.step(.message(from: 1, .decision(txn(99), .abort))) == [.apply(txn(99), .abort)],
+      "an abort of something unknown rolls back whatever the application did for it")
+    _ = p.step(.applied(txn(99)))
+    #expect(p.step(.message(from: 1, .decision(txn(99), .abort))) == [], "once")
+  }
+
+  @Test("an abort that overtakes the prepare's durable write wins once the write is done")
+  func abortDuringRecording() {
+    var p = ParticipantCore(id: 2, options: quickParticipantOptions())
+    _ = p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: nil)))
+    _ = p.step(.voted(t, .yes))
+    #expect(p.step(.message(from: 1, .decision(t, .abort))) == [])
+    #expect(p.step(.preparedRecorded(t, decided: nil)) == [.apply(t, .abort)], "no yes vote goes out")
+  }
+
+  @Test("work that never gets a prepare aborts on its own after the timeout and tells the coordinator")
+  func unpreparedTimeout() {
+    var p = ParticipantCore(id: 2, options: quickParticipantOptions())
+    _ = p.step(.begin(t))
+    #expect(p.ticks(9) == [])
+    #expect(p.ticks(1) == [.apply(t, .abort), psend(1, .vote(t, .no))])
+    _ = p.step(.applied(t))
+    #expect(
+      p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: nil))) == [psend(1, .vote(t, .no))],
+      "a late prepare is refused")
+    #expect(p.step(.message(from: 3, .decisionRequest(t))) == [psend(3, .decision(t, .abort))])
+  }
+
+  @Test("prepared, it asks the coordinator, backing off, then (classic) the other participants")
+  func inquiryThenCooperative() {
+    var p = prepared()
+    var asked: [(UInt64, TransactionOutgoing)] = []
+    for _ in 0..<60 { for out in p.step(.tick(wallClockMillis: 2_000)).sent { asked.append((p.now, out)) } }
+    let toCoordinator = asked.filter { $0.1.to == 1 }.map(\.0)
+    let toPeer = asked.filter { $0.1.to == 3 }.map(\.0)
+    #expect(Array(toCoordinator.prefix(4)) == [3, 9, 21, 45], "3, then +6, +12, +24 ticks")
+    #expect(toPeer.first == 21, "peers are asked once two questions went unanswered")
+    #expect(p.step(.message(from: 3, .decision(t, .commit))) == [.apply(t, .commit)], "a peer that knows tells")
+  }
+
+  @Test("cooperative termination: a peer answers only with what it knows for certain")
+  func peerAnswers() {
+    var working = ParticipantCore(id: 3, options: quickParticipantOptions())
+    _ = working.step(.begin(t))
+    #expect(
+      working.step(.message(from: 2, .decisionRequest(t))) == [.apply(t, .abort), psend(2, .decision(t, .abort))],
+      "it has not voted: it refuses, so the transaction cannot commit")
+    var uncertain = prepared()
+    #expect(uncertain.step(.message(from: 3, .decisionRequest(t))) == [], "prepared too: it does not know")
+    var stranger = ParticipantCore(id: 3, options: quickParticipantOptions())
+    _ = stranger.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: nil)))
+    _ = stranger.step(.voted(t, .no))
+    _ = stranger.step(.applied(t))
+    #expect(
+      stranger.step(.message(from: 2, .decisionRequest(t))) == [],
+      "a no vote to a prepare it did not know proves nothing (it may be a copy after a commit it forgot)")
+  }
+
+  @Test("non-blocking: after the unanswered questions it resolves through the shared record")
+  func nonBlockingResolution() {
+    var p = prepared(recordStore: 77, prepareStore: 77)
+    let effects = p.ticks(21)
+    #expect(effects.last == .recordDecision(t, .abort))
+    #expect(p.ticks(100).sent.isEmpty, "no questions while the record is being read")
+    #expect(p.step(.decisionRecorded(t, .commit)) == [.apply(t, .commit)], "the coordinator had recorded commit")
+  }
+
+  @Test("a participant with a shared store votes no to a classic prepare")
+  func sharedStoreRefusesClassic() {
+    var p = ParticipantCore(id: 2, options: quickParticipantOptions(), recordStore: 77)
+    #expect(
+      p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: nil))) == [psend(1, .vote(t, .no))])
+    #expect(
+      p.step(.message(from: 1, .prepare(txn(8), participants: [2, 3], recordStore: 78))) == [
+        psend(1, .vote(txn(8), .no))
+      ])
+  }
+
+  @Test("one phase: the participant records its own commit, applies it, answers, and answers copies the same")
+  func onePhase() {
+    var p = ParticipantCore(id: 2, options: quickParticipantOptions())
+    #expect(p.step(.message(from: 1, .commitOnePhase(t))) == [.prepare(t)])
+    #expect(p.step(.voted(t, .yes)) == [.recordDecision(t, .commit)])
+    #expect(p.step(.message(from: 1, .commitOnePhase(t))) == [], "in progress")
+    #expect(p.step(.decisionRecorded(t, .commit)) == [.apply(t, .commit)])
+    #expect(p.step(.applied(t)) == [psend(1, .outcome(t, .commit)), .recordFinished(t)])
+    #expect(p.step(.message(from: 1, .commitOnePhase(t))) == [psend(1, .outcome(t, .commit))])
+  }
+
+  @Test("one phase: a copy that may repeat a forgotten request is checked against the record")
+  func onePhaseForgotten() {
+    var options = quickParticipantOptions()
+    options.rememberedOutcomes = 1
+    var p = ParticipantCore(id: 2, options: options)
+    for n in 1...2 as ClosedRange<UInt64> {
+      let id = txn(n)
+      _ = p.step(.message(from: 1, .commitOnePhase(id)))
+      _ = p.step(.voted(id, .yes))
+      _ = p.step(.decisionRecorded(id, .commit))
+      _ = p.step(.applied(id))
+    }
+    #expect(p.step(.message(from: 1, .commitOnePhase(txn(1)))) == [.lookUp(txn(1))])
+    let record = TransactionRecordSummary(
+      id: txn(1), decision: .commit, participants: [2], pending: [], createdAtMillis: 1_000, decidedAtMillis: 1_000,
+      ageMillis: 0)
+    #expect(p.step(.lookedUp(txn(1), record)) == [psend(1, .outcome(txn(1), .commit))])
+    #expect(
+      p.step(.message(from: 1, .commitOnePhase(txn(3, started: 5_000)))) == [.prepare(txn(3, started: 5_000))],
+      "a transaction started after everything forgotten is new: no read")
+  }
+
+  @Test("a restarted participant restores its prepared transactions, applies recorded decisions, and asks")
+  func recovery() {
+    var p = ParticipantCore(id: 2, options: quickParticipantOptions())
+    let open = TransactionRecordSummary(
+      id: txn(1), decision: nil, participants: [2, 3], pending: [2], createdAtMillis: 1_000, decidedAtMillis: nil,
+      ageMillis: 0)
+    let decided = TransactionRecordSummary(
+      id: txn(2), decision: .commit, participants: [2, 3], pending: [2, 1], createdAtMillis: 1_000,
+      decidedAtMillis: 1_000, ageMillis: 0)
+    #expect(p.step(.recovered([open, decided])) == [.apply(txn(2), .commit)])
+    #expect(p.inDoubt == [txn(1)])
+    #expect(p.ticks(1) == [psend(1, .decisionRequest(txn(1)))])
+    #expect(p.step(.applied(txn(2))) == [.recordFinished(txn(2))])
+    #expect(p.step(.finishRecorded(txn(2))) == [psend(1, .ack(txn(2)))])
+  }
+
+  @Test("an unknown commit is acknowledged (it was applied and forgotten); past the horizon a prepare gets no")
+  func unknownAndLate() {
+    var p = ParticipantCore(id: 2, options: quickParticipantOptions())
+    #expect(p.step(.message(from: 1, .decision(t, .commit))) == [psend(1, .ack(t))])
+    _ = p.ticks(1, wall: 1_000_000)
+    #expect(
+      p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: nil))) == [psend(1, .vote(t, .no))])
+    #expect(p.step(.message(from: 1, .commitOnePhase(txn(9)))) == [], "too late to answer truthfully")
+  }
+}

@@ -1,0 +1,143 @@
+import QuorumCore
+import Testing
+
+@testable import QuorumTransactions
+
+@Suite("Transaction records: compare-and-set decisions, prepared participants, the horizon")
+struct TransactionRecordsTests {
+  func limits() -> TransactionRecordLimits {
+    var limits = TransactionRecordLimits()
+    limits.transactionHorizonMillis = 1_000
+    limits.retainDecisionsMillis = 5_000
+    limits.maxClockAheadMillis = 10_000
+    limits.maxRecords = 4
+    return limits
+  }
+
+  @Test("whoever decides first wins; the loser learns the decision that holds")
+  func compareAndSet() throws {
+    var r = try TransactionRecords(limits: limits())
+    let t = txn(1)
+    #expect(r.apply(1, at: 1_000, .prepared(t, participant: 2, participants: [2, 3])) == .undecided)
+    #expect(r.apply(2, at: 1_010, .decide(t, .abort, participants: [], finisher: nil)) == .decided(.abort))
+    #expect(r.apply(3, at: 1_020, .decide(t, .commit, participants: [2, 3], finisher: 1)) == .decided(.abort))
+    #expect(r.apply(4, at: 1_030, .prepared(t, participant: 3, participants: [2, 3])) == .decided(.abort))
+    #expect(r.summary(of: t)?.pending == [2], "3 was told the decision instead of being recorded prepared")
+  }
+
+  @Test("a commit stays until its finisher and every prepared participant finish, and until its retention")
+  func commitRetention() throws {
+    var r = try TransactionRecords(limits: limits())
+    let t = txn(1)
+    _ = r.apply(1, at: 1_000, .prepared(t, participant: 2, participants: [2, 3]))
+    _ = r.apply(2, at: 1_000, .decide(t, .commit, participants: [2, 3], finisher: 1))
+    #expect(r.summary(of: t)?.pending == [1, 2])
+    _ = r.apply(3, at: 1_100, .finished(t, node: 2))
+    _ = r.apply(4, at: 1_200, .finished(t, node: 1))
+    #expect(r.nextDeadlineMillis == 6_000, "started at 1000 + retention 5000")
+    _ = r.apply(5, at: 5_999, .advanceTime)
+    #expect(r.summary(of: t)?.decision == .commit)
+    _ = r.apply(6, at: 6_000, .advanceTime)
+    #expect(r.summary(of: t) == nil)
+    #expect(r.nextDeadlineMillis == nil)
+  }
+
+  @Test("an undecided record nobody is pending on is dropped at once")
+  func undecidedDropped() throws {
+    var r = try TransactionRecords(limits: limits())
+    _ = r.apply(1, at: 1_000, .prepared(txn(1), participant: 2, participants: [2, 3]))
+    _ = r.apply(2, at: 1_000, .finished(txn(1), node: 2))
+    #expect(r.count == 0)
+  }
+
+  @Test("past the horizon without a record: abort, and nothing is recorded (a late commit cannot win)")
+  func horizon() throws {
+    var r = try TransactionRecords(limits: limits())
+    let t = txn(1, started: 1_000)
+    #expect(r.apply(1, at: 2_001, .decide(t, .commit, participants: [2, 3], finisher: 1)) == .decided(.abort))
+    #expect(r.apply(2, at: 2_002, .prepared(t, participant: 2, participants: [2, 3])) == .decided(.abort))
+    #expect(r.count == 0)
+    // An abort recorded in time, then forgotten after its retention: a commit arriving later still loses.
+    let u = txn(2, started: 10_000)
+    _ = r.apply(3, at: 10_100, .decide(u, .abort, participants: [], finisher: nil))
+    _ = r.apply(4, at: 15_000, .advanceTime)
+    #expect(r.summary(of: u) == nil)
+    #expect(r.apply(5, at: 15_001, .decide(u, .commit, participants: [2, 3], finisher: 1)) == .decided(.abort))
+  }
+
+  @Test("a present undecided record may still be decided after the horizon (the compare-and-set holds)")
+  func presentPastHorizon() throws {
+    var r = try TransactionRecords(limits: limits())
+    let t = txn(1, started: 1_000)
+    _ = r.apply(1, at: 1_500, .prepared(t, participant: 2, participants: [2, 3]))
+    #expect(r.apply(2, at: 9_000, .decide(t, .commit, participants: [2, 3], finisher: 1)) == .decided(.commit))
+  }
+
+  @Test("refusals change nothing: clock too far ahead, too many records, too many participants")
+  func refusals() throws {
+    var r = try TransactionRecords(limits: limits())
+    #expect(
+      r.apply(1, at: 1_000, .decide(txn(1, started: 20_000), .commit, participants: [2], finisher: 1))
+        == .refused(.clockAhead(startedAtMillis: 20_000, logTimeMillis: 1_000)))
+    for n in 1...4 as ClosedRange<UInt64> {
+      _ = r.apply(1 + n, at: 1_000, .prepared(txn(n), participant: 2, participants: [2]))
+    }
+    #expect(
+      r.apply(9, at: 1_000, .prepared(txn(5), participant: 2, participants: [2])) == .refused(.tooManyRecords(limit: 4))
+    )
+    var small = limits()
+    small.maxParticipants = 1
+    var s = try TransactionRecords(limits: small)
+    #expect(
+      s.apply(1, at: 1_000, .prepared(txn(1), participant: 2, participants: [2, 3]))
+        == .refused(.tooManyParticipants(count: 2, limit: 1)))
+  }
+
+  @Test("reservations hand out disjoint blocks per coordinator")
+  func reservations() throws {
+    var r = try TransactionRecords(limits: limits())
+    #expect(r.apply(1, at: 1_000, .reserve(coordinator: 1, count: 100)) == .reserved(first: 1, count: 100))
+    #expect(r.apply(2, at: 1_000, .reserve(coordinator: 1, count: 100)) == .reserved(first: 101, count: 100))
+    #expect(r.apply(3, at: 1_000, .reserve(coordinator: 2, count: 5)) == .reserved(first: 1, count: 5))
+    #expect(
+      r.apply(4, at: 1_000, .reserve(coordinator: 2, count: 0)) == .refused(.invalidReservation(count: 0, max: 1 << 20))
+    )
+  }
+
+  @Test("queries: a node's records, transactions in doubt oldest first, counts")
+  func queries() throws {
+    var r = try TransactionRecords(limits: limits())
+    _ = r.apply(1, at: 1_000, .prepared(txn(2), participant: 3, participants: [2, 3]))
+    _ = r.apply(2, at: 1_100, .prepared(txn(1), participant: 2, participants: [2, 3]))
+    _ = r.apply(3, at: 1_200, .decide(txn(3), .commit, participants: [4], finisher: 1))
+    guard case .records(let mine, false) = r.query(.involving(2, after: nil, limit: 10)) else {
+      Issue.record("expected a page")
+      return
+    }
+    #expect(mine.map(\.id) == [txn(1), txn(2)])
+    guard case .records(let doubt, let more) = r.query(.inDoubt(minimumAgeMillis: 150, limit: 1)) else {
+      Issue.record("expected a page")
+      return
+    }
+    #expect(doubt.map(\.id) == [txn(2)] && more == false, "txn 1 is only 100 ms old")
+    #expect(
+      r.query(.counts)
+        == .counts(TransactionRecordCounts(records: 3, undecided: 2, coordinators: 0, logTimeMillis: 1_200)))
+  }
+
+  @Test("snapshots are deterministic and restore to the same table, expiries included")
+  func snapshot() throws {
+    var a = try TransactionRecords(limits: limits())
+    _ = a.apply(1, at: 1_000, .prepared(txn(2), participant: 3, participants: [2, 3]))
+    _ = a.apply(2, at: 1_000, .decide(txn(1), .abort, participants: [], finisher: nil))
+    _ = a.apply(3, at: 1_000, .reserve(coordinator: 1, count: 10))
+    var b = try TransactionRecords(limits: limits())
+    try b.restore(from: a.snapshot())
+    #expect(b.snapshot() == a.snapshot())
+    #expect(b.nextDeadlineMillis == a.nextDeadlineMillis)
+    _ = a.apply(4, at: 7_000, .advanceTime)
+    _ = b.apply(4, at: 7_000, .advanceTime)
+    #expect(b.snapshot() == a.snapshot())
+    #expect(throws: WireError.self) { try b.restore(from: Array(a.snapshot().dropLast())) }
+  }
+}
