@@ -11,7 +11,7 @@ enum SimulateCommand {
   static let usage = """
     usage: quorum simulate [--protocol raft|paxos|mixed|synod] [--level node|core] [--groups G] [--seeds N]
                            [--start S] [--seed S] [--nodes N] [--variant default|paper] [--quorums Q1,Q2]
-                           [--chaos-ms MS] [--trace N] [--jobs J] [--digest]
+                           [--chaos-ms MS] [--trace N] [--jobs J] [--digest [--print-trace]]
       --protocol    raft (default): Raft groups with KV clients; paxos: Multi-Paxos groups; mixed: groups of
                     both engines on the same nodes; synod: single-decree Paxos with three dueling proposers
       --groups G    node level: G groups sharing the nodes (default 1; mixed: 2)
@@ -20,6 +20,7 @@ enum SimulateCommand {
                     protocol cores in a simulated shell (faster, fewer faults)
       --seeds N     how many seeds to run (default 500), starting at --start (default 0)
       --digest      with --seed: also print a digest of the whole trace (to compare runs across processes)
+      --print-trace with --seed --digest: print the trace's last events even when the seed passes
       --seed S      run exactly one seed, with its trace
       --nodes       founding voters / acceptors (default 3)
       --variant     raft only. default: pre-vote, check-quorum, lease reads; paper: neither, linearizable reads
@@ -38,6 +39,7 @@ enum SimulateCommand {
     var level = "node"
     var groupCount: Int?
     var printDigest = false
+    var printTrace = false
     var quorums: (Int, Int)?
     var variantArgument = ""
     var chaos: UInt64?
@@ -66,6 +68,7 @@ enum SimulateCommand {
           throw CLIError.usage("unknown protocol \(kind)")
         }
       case "--digest": printDigest = true
+      case "--print-trace": printTrace = true
       case "--groups": groupCount = Int(try number(try value()))
       case "--level":
         level = try value()
@@ -163,7 +166,13 @@ enum SimulateCommand {
       do {
         let stats = try runOne(single, trace)
         print("seed \(single) passed: \(stats)")
-        if printDigest { print("trace digest \(String(trace.digest, radix: 16)) of \(trace.recorded) events") }
+        if printDigest {
+          print("trace digest \(String(trace.digest, radix: 16)) of \(trace.recorded) events")
+          if printTrace {
+            print("last \(trace.events.count) events:")
+            for line in trace.events { print("  \(line)") }
+          }
+        }
         return 0
       } catch {
         print("seed \(single) FAILED: \(error)\nlast \(trace.events.count) events:")

@@ -676,7 +676,7 @@ public final class ClusterSimulation: @unchecked Sendable {
         if (try? await replica.transferLeadership(to: target)) != nil { stats.transfers += 1 }
       }
     }
-    for node in nodes.values where !node.up && node.restartWanted {
+    for node in nodes.keys.sorted().compactMap({ nodes[$0] }) where !node.up && node.restartWanted {
       if scheduler.random({ $0.chance(0.5) }) { start(node.id) }
     }
   }
@@ -720,7 +720,7 @@ public final class ClusterSimulation: @unchecked Sendable {
       $0.heal()
       $0.defaultFaults = LinkFaults(delay: .uniform(.microseconds(100), .milliseconds(2)))
     }
-    for node in nodes.values {
+    for node in nodes.keys.sorted().compactMap({ nodes[$0] }) {
       node.disks.failWrites(probability: 0)
       if !node.up && node.incarnation > 0 { start(node.id) }
     }

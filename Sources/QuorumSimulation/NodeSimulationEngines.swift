@@ -270,7 +270,9 @@ final class PaxosChecker: ReplicaChecker<MultiPaxosEngine>, @unchecked Sendable 
       return
     }
     var values: Set<UInt64> = []
-    for (ballot, tally) in acceptances[entry.index] ?? [:] where isChosen(tally, at: entry.index) {
+    // In ballot order: a dictionary's order differs between processes, and the trace must not.
+    for (ballot, tally) in (acceptances[entry.index] ?? [:]).sorted(by: { $0.key < $1.key })
+    where isChosen(tally, at: entry.index) {
       values.insert(tally.fingerprint)
       trace.record(now(), "oracle: slot \(entry.index) chosen in \(ballot)")
     }
