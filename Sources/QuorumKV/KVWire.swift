@@ -82,6 +82,15 @@ public struct KeyValueService: ReplicatedService {
   /// The key a command writes.
   public static func routingKey(of command: KVCommand) -> String? { command.key }
 
+  /// Deletes, and compare-and-swaps that remove the key, free space: a member past its space quota accepts them.
+  public static func reclaimsSpace(_ command: KVCommand) -> Bool {
+    switch command {
+    case .delete: return true
+    case .compareAndSwap(_, _, let new): return new == nil
+    case .put: return false
+    }
+  }
+
   /// The key a `get` reads; scans and counts cover the group's own keys.
   public static func routingKey(of query: KVQuery) -> String? {
     if case .get(let key) = query { return key }

@@ -49,8 +49,8 @@ public protocol ReplicaObserver<Engine>: Sendable {
 /// (expiry of sessions and lock leases is decided from log time alone).
 public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   private enum Input: Sendable {
-    case propose(UInt64, Machine.Command, RequestID?, UInt64, UnsafeContinuation<IndexedResponse, any Error>)
-    case register(UInt64, UnsafeContinuation<UInt64, any Error>)
+    case propose(Proposal, UnsafeContinuation<IndexedResponse, any Error>)
+    case register(UInt64, String?, UnsafeContinuation<UInt64, any Error>)
     case read(UInt64, Machine.Query, ReadConsistency, UInt64, UnsafeContinuation<ReadAnswer, any Error>)
     case membership(UInt64, MembershipChange, UnsafeContinuation<UInt64, any Error>)
     case transfer(UInt64, NodeID, UnsafeContinuation<Void, any Error>)
@@ -58,6 +58,15 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     case stop
     /// The background snapshot task finished: the snapshot is stored, or the error that stopped it.
     case snapshotStored(Result<StoredSnapshot, any Error>)
+  }
+
+  /// A command waiting to be proposed, with its session information and principal.
+  private struct Proposal: Sendable {
+    var id: UInt64
+    var command: Machine.Command
+    var request: RequestID?
+    var acknowledged: UInt64
+    var principal: String?
   }
 
   private enum Waiter {
@@ -362,14 +371,15 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       }
     case .cancel(let requestID):
       cancelRequest(requestID)
-    case .propose(let requestID, let command, let request, let acknowledged, let continuation):
+    case .propose(let proposal, let continuation):
       let replicated = ReplicatedCommand(
-        timestampMillis: logClock.stamp(now: now, applied: machine.logTimeMillis), request: request,
-        acknowledgedThrough: acknowledged, body: .command(command))
-      propose(requestID, replicated, .response(continuation), now: now)
-    case .register(let requestID, let continuation):
+        timestampMillis: logClock.stamp(now: now, applied: machine.logTimeMillis), request: proposal.request,
+        acknowledgedThrough: proposal.acknowledged, principal: proposal.principal, body: .command(proposal.command))
+      propose(proposal.id, replicated, .response(continuation), now: now)
+    case .register(let requestID, let principal, let continuation):
       let replicated = ReplicatedCommand<Machine.Command>(
-        timestampMillis: logClock.stamp(now: now, applied: machine.logTimeMillis), body: .registerSession)
+        timestampMillis: logClock.stamp(now: now, applied: machine.logTimeMillis), principal: principal,
+        body: .registerSession)
       propose(requestID, replicated, .session(continuation), now: now)
     case .read(let requestID, let query, let consistency, let atLeast, let continuation):
       read(requestID, query, consistency, atLeast: atLeast, continuation, now: now)
@@ -532,8 +542,8 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     inputs.drainAvailable(into: &leftover)
     for input in leftover {
       switch input {
-      case .propose(_, _, _, _, let c): c.resume(throwing: error)
-      case .register(_, let c): c.resume(throwing: error)
+      case .propose(_, let c): c.resume(throwing: error)
+      case .register(_, _, let c): c.resume(throwing: error)
       case .read(_, _, _, _, let c): c.resume(throwing: error)
       case .membership(_, _, let c): c.resume(throwing: error)
       case .transfer(_, _, let c): c.resume(throwing: error)
@@ -644,8 +654,12 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
         c.resume(throwing: ConsensusError.sessionExpired(session))
       case (.response(let c), .responseForgotten?):
         c.resume(throwing: ConsensusError.outcomeUnknown)
+      case (.response(let c), .sessionNotOwned(let request)?):
+        c.resume(throwing: ConsensusError.sessionNotOwned(request.session))
       case (.session(let c), .sessionRegistered(let session)?):
         c.resume(returning: session)
+      case (.session(let c), .sessionQuotaExceeded(_, let limit)?):
+        c.resume(throwing: ConsensusError.sessionQuotaExceeded(limit: limit))
       case (.membership(let c), nil):
         c.resume(returning: entry.index)
       case (let waiter, _):
@@ -780,7 +794,20 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   public nonisolated func propose(
     _ command: Machine.Command, request: RequestID?, acknowledgedThrough: UInt64, indexed: Void
   ) async throws -> IndexedResponse {
-    try await submit { .propose($0, command, request, acknowledgedThrough, $1) }
+    try await propose(command, request: request, acknowledgedThrough: acknowledgedThrough, principal: nil)
+  }
+
+  /// Like ``propose(_:request:acknowledgedThrough:indexed:)`` on behalf of the authenticated `principal`: a
+  /// `request` whose session another principal registered is refused with
+  /// ``QuorumCore/ConsensusError/sessionNotOwned(_:)`` and nothing is applied.
+  public nonisolated func propose(
+    _ command: Machine.Command, request: RequestID?, acknowledgedThrough: UInt64, principal: String?
+  ) async throws -> IndexedResponse {
+    try await submit {
+      .propose(
+        Proposal(
+          id: $0, command: command, request: request, acknowledged: acknowledgedThrough, principal: principal), $1)
+    }
   }
 
   /// Answers `query` at the chosen consistency: `linearizable` (a read-index round confirmed by a quorum),
@@ -806,7 +833,15 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
 
   /// Opens an exactly-once session and returns its number.
   public nonisolated func registerSession() async throws -> UInt64 {
-    try await submit { .register($0, $1) }
+    try await registerSession(principal: nil)
+  }
+
+  /// Opens an exactly-once session owned by `principal` (`nil`: no authenticated principal) and returns its
+  /// number.
+  /// - Throws: ``QuorumCore/ConsensusError/sessionQuotaExceeded(limit:)`` when `principal` holds its quota of
+  ///   sessions, or any error of a proposal.
+  public nonisolated func registerSession(principal: String?) async throws -> UInt64 {
+    try await submit { .register($0, principal, $1) }
   }
 
   /// Applies a membership change through the log; returns once it is committed and applied here.
