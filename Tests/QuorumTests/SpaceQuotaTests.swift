@@ -19,12 +19,14 @@ final class MeteredStorage: GroupStorageProvider {
 
 /// One in-process member `n1` on `storage`, running until `body` returns.
 func withSingleMember<T: Sendable>(
-  _ cluster: Cluster, storage: any GroupStorageProvider, settings: HostSettings,
+  _ cluster: Cluster, storage: any GroupStorageProvider = MemoryGroupStorage(), settings: HostSettings,
+  maxReplyBytes: Int = GroupHost.defaultMaxReplyBytes,
+  logger: QuorumLogger = QuorumLogger(label: "quorum", sink: NullLogSink()),
   _ body: @Sendable (GroupHost, KeyValueClient) async throws -> T
 ) async throws -> T {
   let host = try GroupHost(
-    node: 1, map: cluster.map, catalog: cluster.catalog, settings: settings, storage: storage,
-    logger: QuorumLogger(label: "quorum", sink: NullLogSink()))
+    node: 1, map: cluster.map, catalog: cluster.catalog, settings: settings, storage: storage, logger: logger,
+    maxReplyBytes: maxReplyBytes)
   let endpoint = try InProcessTransport<HostMessage>().bind(1)
   let run = Task { try await host.run(attach: { endpoint }) }
   await host.waitUntilServing()
