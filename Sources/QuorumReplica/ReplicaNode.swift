@@ -367,7 +367,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       stopped = true
     case .snapshotStored(let result):
       if let superseded = background.finished(result) {
-        logger.info("dropped a superseded snapshot: \(superseded)")
+        logger.info("dropped a snapshot (superseded, or not stored for want of descriptors): \(superseded)")
       }
     case .cancel(let requestID):
       cancelRequest(requestID)
@@ -601,7 +601,27 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       try await storage.saveSnapshot(install.stored, discardingLog: install.discardingLog)
       if let through = install.compactThrough { try await storage.compact(through: through) }
     }
-    if !rd.write.isEmpty { try await storage.write(rd.write) }
+    if !rd.write.isEmpty { try await writeRetryingDescriptors(rd.write) }
+  }
+
+  /// The most times a write that found no file descriptor is tried again before the node stops.
+  static var descriptorRetries: Int { 60 }
+
+  /// Writes `write`, trying again (pausing up to a second) while the storage reports that file descriptors ran
+  /// out: a retryable condition (connections come and go), not a failed disk. Messages that depend on the write
+  /// wait meanwhile, as for a slow disk. After ``descriptorRetries`` attempts the error stops the node.
+  private func writeRetryingDescriptors(_ write: StorageWrite<Engine.Entry>) async throws {
+    var pause = Duration.milliseconds(10)
+    for attempt in 0... {
+      do {
+        try await storage.write(write)
+        return
+      } catch let error as StorageError where error.isRetryable && attempt < Self.descriptorRetries {
+        logger.warning("a write found no file descriptor; trying again in \(pause)", ["error": "\(error)"])
+        try await runtime.clock.sleep(for: pause)
+        pause = min(pause * 2, .seconds(1))
+      }
+    }
   }
 
   private func install(_ rd: ReplicaReady<Engine>) throws {

@@ -152,6 +152,16 @@ public enum StorageError: Error, Sendable, Equatable, CustomStringConvertible {
   case directoryLocked(path: String)
   /// A file was written in a format version this build does not read, or with another ``LogWriteMode``.
   case incompatible(file: String, reason: String)
+  /// Opening a file failed because the process (`EMFILE`) or the system (`ENFILE`) has no file descriptor left,
+  /// even after waiting a little. Nothing is wrong with the disk, and nothing was half written: the storage
+  /// stays usable and the call may be retried (``isRetryable``) once descriptors are free.
+  case descriptorsExhausted(operation: String, path: String, errno: Int32)
+
+  /// Whether the same call may succeed later without reopening the storage (descriptors ran out).
+  public var isRetryable: Bool {
+    if case .descriptorsExhausted = self { return true }
+    return false
+  }
 
   public var description: String {
     switch self {
@@ -164,6 +174,8 @@ public enum StorageError: Error, Sendable, Equatable, CustomStringConvertible {
     case .closed: return "storage closed"
     case .directoryLocked(let path): return "data directory \(path) is locked by another process"
     case .incompatible(let file, let reason): return "incompatible file \(file): \(reason)"
+    case .descriptorsExhausted(let op, let path, let code):
+      return "\(op) failed on \(path): out of file descriptors (errno \(code)); raise the open-file limit"
     }
   }
 }

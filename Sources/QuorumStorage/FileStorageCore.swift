@@ -34,6 +34,8 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
   /// file of the next instance opened on the same directory.
   private let instanceToken = UInt32.random(in: 0...UInt32.max)
   private let spare: SpareSegment?
+  /// Failures a test injects into the opens of log segments.
+  let openFaults = OpenFaults()
 
   // MARK: Request queue
 
@@ -320,6 +322,14 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
       }
       try flush(&pending, &pendingBytes)
       if !accepted.isEmpty { try syncAfterWrite() }
+    } catch .descriptorsExhausted(let operation, let path, let code) where pending.isEmpty {
+      // A new segment could not be opened (no descriptor left). The writes accepted so far were flushed and
+      // synced into the old segment, which stays active; the rest were not started. Nothing is damaged: they
+      // fail with an error that says so, and may be retried.
+      let error = StorageError.descriptorsExhausted(operation: operation, path: path, errno: code)
+      logger.warning("out of file descriptors; writes may be retried", ["error": "\(error)"])
+      let done = Set(accepted)
+      for slot in group.indices where outcomes[slot] == nil && !done.contains(slot) { outcomes[slot] = error }
     } catch {
       // Nothing in this group is known to be durable, including the writes already appended.
       poison(error)
@@ -413,9 +423,9 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
     let temporary = path + ".tmp"
     let file: PosixFile
     if let spare, spare.take(to: temporary) {
-      file = try PosixFile.open(temporary, flags: O_RDWR)
+      file = try PosixFile.open(temporary, flags: O_RDWR, faults: openFaults)
     } else {
-      file = try PosixFile.open(temporary, flags: O_RDWR | O_CREAT | O_TRUNC)
+      file = try PosixFile.open(temporary, flags: O_RDWR | O_CREAT | O_TRUNC, faults: openFaults)
       do throws(StorageError) {
         switch preallocation {
         case .zeroFilled: try file.writeZeros(0..<segmentBytes)
@@ -428,6 +438,7 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
       }
     }
     let (bytes, headerEnd) = checkpoint(sequence: sequence, reset: reset)
+    var renamed = false
     do throws(StorageError) {
       try file.write(bytes, at: 0)
       if syncsStructure {
@@ -435,9 +446,15 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
         syncCount += 1
       }
       try FileSystem.rename(temporary, path)
+      renamed = true
       if syncsStructure { try FileSystem.syncDirectory(walDirectory) }
     } catch {
       file.close()
+      if renamed, case .descriptorsExhausted(let operation, let failedPath, let code) = error {
+        // The segment is in place with a checkpoint of the current state: were writes to go on in the old
+        // segment, a recovery would replay this older checkpoint last. Not retryable: the storage fails.
+        throw ioError(operation, failedPath, code)
+      }
       throw error
     }
     spare?.prepare()
