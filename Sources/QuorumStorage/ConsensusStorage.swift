@@ -44,11 +44,17 @@ public struct StorageWrite<Entry: StorableEntry>: Sendable {
   public var hardState: [UInt8]?
   /// Entries in ascending position order.
   public var entries: [Entry]
+  /// Whether the write must be durable when the call returns even under ``FsyncPolicy/batch(interval:)``: it
+  /// carries a hard state that a message about to leave promises (a Raft term or vote, a Paxos promise). A
+  /// node that voted and forgot it after a power loss could vote twice in one term. Under
+  /// ``FsyncPolicy/never`` nothing is synced.
+  public var mustSync: Bool
 
   /// Creates a write.
-  public init(hardState: [UInt8]? = nil, entries: [Entry] = []) {
+  public init(hardState: [UInt8]? = nil, entries: [Entry] = [], mustSync: Bool = false) {
     self.hardState = hardState
     self.entries = entries
+    self.mustSync = mustSync
   }
 
   /// Whether there is nothing to write.
@@ -120,7 +126,8 @@ public enum FsyncPolicy: Sendable, Equatable, CustomStringConvertible {
   /// Every ``ConsensusStorage/write(_:)`` returns only after `fdatasync`: nothing acknowledged is lost.
   case always
   /// Writes return after reaching the operating system; a background sync runs every `interval`. A crash
-  /// (of the machine, not the process) can lose up to `interval` of acknowledged writes.
+  /// (of the machine, not the process) can lose up to `interval` of acknowledged writes — but never a vote,
+  /// a change of term or a promise: writes marked ``StorageWrite/mustSync`` are synced before they return.
   case batch(interval: Duration)
   /// Never sync; the operating system flushes when it likes. For tests and throw-away clusters only.
   case never

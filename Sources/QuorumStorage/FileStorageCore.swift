@@ -115,6 +115,13 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
   private var timer: (any DispatchSourceTimer)?
   /// `fdatasync` calls on the log made so far (for tests and benchmarks).
   private(set) var syncCount = 0
+  /// `fsync` calls on directories made so far by this core (for tests).
+  private(set) var directorySyncCount = 0
+
+  private func syncDirectory(_ path: String) throws(StorageError) {
+    try FileSystem.syncDirectory(path)
+    directorySyncCount += 1
+  }
 
   init(
     directory: String, mode: LogWriteMode, policy: FsyncPolicy, segmentBytes: Int, maxRecordBytes: Int,
@@ -291,6 +298,7 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
     var pending: [[UInt8]] = []
     var pendingBytes = 0
     var accepted: [Int] = []
+    var mustSync = false
     do throws(StorageError) {
       for (slot, (write, _)) in group.enumerated() {
         var resetPoint: UInt64?
@@ -318,10 +326,11 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
           segments[segments.count - 1].maxEntryIndex = max(segments[segments.count - 1].maxEntryIndex, range.upperBound)
         }
         if let newHardState = write.hardState { hardState = newHardState }
+        mustSync = mustSync || write.mustSync
         accepted.append(slot)
       }
       try flush(&pending, &pendingBytes)
-      if !accepted.isEmpty { try syncAfterWrite() }
+      if !accepted.isEmpty { try syncAfterWrite(mustSync: mustSync) }
     } catch .descriptorsExhausted(let operation, let path, let code) where pending.isEmpty {
       // A new segment could not be opened (no descriptor left). The writes accepted so far were flushed and
       // synced into the old segment, which stays active; the rest were not started. Nothing is damaged: they
@@ -373,10 +382,10 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
     try flush(&pending, &pendingBytes)
   }
 
-  private func syncAfterWrite() throws(StorageError) {
+  private func syncAfterWrite(mustSync: Bool) throws(StorageError) {
     switch policy {
     case .always: try syncActive()
-    case .batch: dirty = true
+    case .batch: if mustSync { try syncActive() } else { dirty = true }
     case .never: break
     }
   }
@@ -447,7 +456,7 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
       }
       try FileSystem.rename(temporary, path)
       renamed = true
-      if syncsStructure { try FileSystem.syncDirectory(walDirectory) }
+      if syncsStructure { try syncDirectory(walDirectory) }
     } catch {
       file.close()
       if renamed, case .descriptorsExhausted(let operation, let failedPath, let code) = error {
@@ -482,7 +491,7 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
       segments.removeFirst()
       deleted += 1
     }
-    if deleted > 0 && syncsStructure { try FileSystem.syncDirectory(walDirectory) }
+    if deleted > 0 && syncsStructure { try syncDirectory(walDirectory) }
   }
 
   // MARK: Snapshots and compaction (on `queue`)
@@ -640,9 +649,12 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
   }
 
   private func openAndReplay() throws(StorageError) -> RecoveredState<Entry> {
-    try FileSystem.makeDirectories(directory)
-    try FileSystem.makeDirectories(walDirectory)
-    try FileSystem.makeDirectories(snapshotDirectory)
+    // Directories created now are made durable in their parents before anything is written in them.
+    for path in [directory, walDirectory, snapshotDirectory] {
+      try FileSystem.makeDirectories(path, syncParents: syncsStructure) { parent throws(StorageError) in
+        try syncDirectory(parent)
+      }
+    }
     try lockDirectory()
     try removeLeftovers()
 

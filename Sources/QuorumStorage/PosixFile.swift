@@ -183,16 +183,32 @@ final class OpenFaults: Sendable {
 
 /// Directory-level operations.
 enum FileSystem {
-  /// Creates `path` and its missing parents.
-  static func makeDirectories(_ path: String) throws(StorageError) {
+  /// Creates `path` and its missing parents, and returns the directories it created. With `syncParents`, each
+  /// one created is made durable by syncing (`sync`) the directory that holds it, once, as it is created: a
+  /// directory that a crash forgets would take every file written in it along.
+  @discardableResult
+  static func makeDirectories(
+    _ path: String, syncParents: Bool,
+    sync: (String) throws(StorageError) -> Void = { path throws(StorageError) in
+      try FileSystem.syncDirectory(path)
+    }
+  ) throws(StorageError) -> [String] {
     var prefix = path.hasPrefix("/") ? "" : "."
+    var created: [String] = []
     for component in path.split(separator: "/") {
+      let parent = prefix.isEmpty ? "/" : prefix
       prefix += "/" + component
-      if mkdir(prefix, 0o755) != 0 && errno != EEXIST { throw ioError("mkdir", prefix) }
+      if mkdir(prefix, 0o755) == 0 {
+        created.append(prefix)
+        if syncParents { try sync(parent) }
+      } else if errno != EEXIST {
+        throw ioError("mkdir", prefix)
+      }
     }
     var info = stat()
     if stat(path, &info) != 0 { throw ioError("stat", path) }
     if info.st_mode & S_IFMT != S_IFDIR { throw ioError("mkdir", path, ENOTDIR) }
+    return created
   }
 
   /// The names in directory `path` (without `.` and `..`).

@@ -53,3 +53,57 @@ struct DescriptorExhaustionTests {
     }
   }
 }
+
+@Suite("FileStorage durability: hard states under batch sync, new directories")
+struct DurabilityTests {
+  @Test("under batch sync a write marked mustSync is synced before it returns; others wait for the timer")
+  func batchSyncsWhatMustBeDurable() async throws {
+    try await withTemporaryDirectory { directory in
+      let store = FileStorage<TestEntry>(
+        directory: directory, fsync: .batch(interval: .seconds(3600)), segmentBytes: 1 << 20, preallocation: .none,
+        logger: .disabled)
+      _ = try await store.recover()
+      let base = try await store.syncCount()
+      try await store.write(StorageWrite(entries: entries(1...3)))
+      try await store.write(StorageWrite(hardState: hardState("commit 3"), entries: entries(4...4)))
+      #expect(try await store.syncCount() == base, "entries and a commit index ride on the batch timer")
+      try await store.write(StorageWrite(hardState: hardState("term 2, vote n3"), mustSync: true))
+      #expect(try await store.syncCount() == base + 1, "a vote is on disk before the call returns")
+      try await store.close()
+    }
+  }
+
+  @Test("every directory the storage creates is synced in its parent, once; reopening creates and syncs none")
+  func newDirectoriesAreSynced() async throws {
+    try await withTemporaryDirectory { root in
+      let directory = "\(root)/a/b"
+      let store = FileStorage<TestEntry>(
+        directory: directory, segmentBytes: 4096, preallocation: .none, logger: .disabled)
+      _ = try await store.recover()
+      let core = store.core
+      // a, b, wal, snapshots (the temporary root is created too), then the first segment's rename in wal.
+      let created = try await core.perform { core.directorySyncCount }
+      #expect(created == 6, "\(created) directory syncs")
+      try await store.close()
+      let again = FileStorage<TestEntry>(
+        directory: directory, segmentBytes: 4096, preallocation: .none, logger: .disabled)
+      _ = try await again.recover()
+      let reopenedCore = again.core
+      #expect(try await reopenedCore.perform { reopenedCore.directorySyncCount } == 0)
+      try await again.close()
+    }
+  }
+
+  @Test("makeDirectories syncs the parent of each directory it creates, in order, and nothing when all exist")
+  func makeDirectoriesSyncsParents() throws {
+    let root = FileManager.default.temporaryDirectory.path + "/quorum-mkdir-" + UUID().uuidString
+    defer { try? FileManager.default.removeItem(atPath: root) }
+    var synced: [String] = []
+    let created = try FileSystem.makeDirectories("\(root)/x/y", syncParents: true) { synced.append($0) }
+    #expect(created == [root, "\(root)/x", "\(root)/x/y"])
+    #expect(synced == [(root as NSString).deletingLastPathComponent, root, "\(root)/x"])
+    synced = []
+    #expect(try FileSystem.makeDirectories("\(root)/x/y", syncParents: true) { synced.append($0) }.isEmpty)
+    #expect(synced.isEmpty)
+  }
+}
