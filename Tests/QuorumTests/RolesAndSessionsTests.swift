@@ -1,5 +1,6 @@
 import Foundation
 import Quorum
+import Synchronization
 import Testing
 
 @Suite("Roles and session ownership over authenticated TCP", .timeLimit(.minutes(3)))
@@ -120,5 +121,36 @@ func expectForbidden(
     #expect(error == .rejected(.forbidden(role: role, needed: needed)), sourceLocation: sourceLocation)
   } catch {
     Issue.record("unexpected error \(error)", sourceLocation: sourceLocation)
+  }
+}
+
+/// Keeps every record.
+final class RecordingSink: LogSink {
+  private let records = Mutex<[LogRecord]>([])
+  var minimumLevel: LogLevel { .debug }
+  func write(_ record: LogRecord) { records.withLock { $0.append(record) } }
+  var all: [LogRecord] { records.withLock { $0 } }
+}
+
+@Suite("Refused requests in the log")
+struct RefusalLogTests {
+  @Test("a refused request is logged with the client's bytes escaped and bounded")
+  func refusalIsLoggedSafely() async throws {
+    let sink = RecordingSink()
+    let cluster = try Cluster(id: "log") { Member("n1") }
+    let hostile = "kv\n\u{1b}[2Jerror quorum: FORGED" + String(repeating: "s", count: 5000)
+    try await withSingleMember(
+      cluster, settings: cluster.hostSettings, logger: QuorumLogger(label: "quorum", sink: sink)
+    ) { host, _ in
+      let request = HostRequest.command(
+        group: .default, ServiceCommand(service: hostile, payload: [1, 2]), request: nil, acknowledgedThrough: 0)
+      let reply = await host.handle(request, principal: "reader", role: .read)
+      #expect(reply == .failure(HostFailure(.forbidden(role: .read, needed: .write))))
+    }
+    let record = try #require(sink.all.first { $0.message.contains("refused a request") })
+    let logged = record.message + record.metadata.values.joined()
+    #expect(!logged.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F }, "\(logged)")
+    #expect(record.metadata["request"]?.contains("kv\\u{a}\\u{1b}[2Jerror quorum: FORGED") == true)
+    #expect(logged.count < 600, "\(logged.count) characters")
   }
 }
