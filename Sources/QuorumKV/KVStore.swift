@@ -128,7 +128,7 @@ public enum KVQueryResult: Sendable, Equatable {
 
 /// The replicated key-value store: a deterministic `StateMachine` of string keys and byte values.
 ///
-/// Keys are also kept in order (``SortedKeys``), so a prefix scan reads only what it returns: scans are bounded
+/// Keys are also kept in order (in chunks of a few hundred), so a prefix scan reads only what it returns: scans are bounded
 /// in entries and bytes and continue from a token, and never stall the node that answers them.
 public struct KVStore: StateMachine, Equatable {
   private struct Stored: Sendable, Equatable {
