@@ -91,6 +91,8 @@ public struct Cluster: Sendable {
   public var tcp: TCPTransportOptions
   /// How TCP members authenticate (`nil`: not said, which a TCP member refuses to start with).
   public var security: ClusterSecurity?
+  /// Each member's space quota in bytes (see ``QuorumHost/HostSettings/spaceQuotaBytes``); `nil`: none.
+  public var spaceQuotaBytes: Int?
   /// Where members log.
   public var logSink: any LogSink
 
@@ -107,6 +109,7 @@ public struct Cluster: Sendable {
     self.catalog = .standard
     self.tcp = TCPTransportOptions()
     self.security = nil
+    self.spaceQuotaBytes = nil
     self.logSink = StderrLogSink(minimumLevel: .warning)
     var errors: [ClusterConfigurationError] = []
     for setting in settings() {
@@ -197,7 +200,7 @@ public struct Cluster: Sendable {
   }
 
   /// The engine settings every group of this cluster uses.
-  public var hostSettings: HostSettings { HostSettings(raft: raft, paxos: paxos) }
+  public var hostSettings: HostSettings { HostSettings(raft: raft, paxos: paxos, spaceQuotaBytes: spaceQuotaBytes) }
 
   func storageProvider(for member: NodeID, override directory: String? = nil) -> any GroupStorageProvider {
     if let directory { return FileGroupStorage(root: directory, fsync: fsyncPolicy) }
@@ -260,9 +263,13 @@ public struct Cluster: Sendable {
       node: member, map: map, catalog: catalog, settings: hostSettings,
       storage: storageProvider(for: member, override: dataDirectory), joining: joiningGroups, logger: logger,
       addressOf: { transport.address(of: $0)?.description },
-      addressBook: { transport.addresses.mapValues(\.description) })
+      addressBook: { transport.addresses.mapValues(\.description) },
+      maxReplyBytes: options.maxFrameBytes - Self.replyFramingBytes)
     return ClusterMemberServer(id: member, host: host, transport: transport, logger: logger)
   }
+
+  /// Room left in a frame for the envelope around a reply (its header, the request id, the length).
+  static let replyFramingBytes = 256
 
   /// The transport's security, with its files read and checked.
   func transportSecurity() throws(ClusterConfigurationError) -> TCPSecurity {
@@ -475,7 +482,9 @@ public final class ClusterMemberServer: Sendable {
       var batch: [TCPRequest] = []
       while await requests.receive(into: &batch, limit: 256) {
         for request in batch {
-          group.addTask { request.respond(await host.handle(bytes: request.body)) }
+          group.addTask {
+            request.respond(await host.handle(bytes: request.body, principal: request.principal, role: request.role))
+          }
         }
         batch.removeAll(keepingCapacity: true)
       }
@@ -627,6 +636,25 @@ public struct Security: ClusterSetting {
       throw ClusterConfigurationError(setting: line, reason: "empty path")
     }
     cluster.security = security
+  }
+}
+
+/// A space quota for each member, as etcd has: `SpaceQuota(bytes: 8 << 30)`. Past it a member refuses writes
+/// with ``QuorumHost/HostError/spaceQuotaExceeded(usedBytes:quotaBytes:)`` while reads, deletes and lock releases
+/// go on; the alarm clears by itself once the member's storage is back under the quota (after deletes, the next
+/// snapshot and the compaction behind it). Usage is the disk allocated under the member's data directory,
+/// preallocated log segments included; in-memory storage has none to measure, so no quota applies to it.
+public struct SpaceQuota: ClusterSetting {
+  private let bytes: Int
+
+  /// A quota of `bytes` (at least 1 MiB).
+  public init(bytes: Int) { self.bytes = bytes }
+
+  public func apply(to cluster: inout Cluster) throws(ClusterConfigurationError) {
+    guard bytes >= 1 << 20 else {
+      throw ClusterConfigurationError(setting: "SpaceQuota(bytes: \(bytes))", reason: "less than 1 MiB")
+    }
+    cluster.spaceQuotaBytes = bytes
   }
 }
 

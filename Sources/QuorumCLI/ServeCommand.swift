@@ -2,6 +2,7 @@ import Dispatch
 import Foundation
 import Glibc
 import Quorum
+import Synchronization
 
 /// `quorum serve`: runs one member of a TCP cluster until SIGINT or SIGTERM.
 enum ServeCommand {
@@ -10,6 +11,7 @@ enum ServeCommand {
                         (--secret-file FILE [--credentials-file FILE] | --insecure)
                         [--cluster-id ID] [--data DIR] [--fsync always|batch|never] [--log-level LEVEL]
                         [--tick-ms 10] [--election-ms 150-300] [--heartbeat-ms 50] [--join [--groups a,b]]
+                        [--quota-bytes SIZE]
       --id            this member's node id
       --secret-file   the cluster secret every member proves to the others (HMAC-SHA-256 challenge-response,
                       then a code on every frame); the same file on every member, private to its owner:
@@ -32,10 +34,14 @@ enum ServeCommand {
       --join          start empty and wait to be added (quorum members add) instead of founding the
                       groups with the members of the file; --groups names the groups joined (default:
                       every group that lists this member, or the default group)
-      --fsync         always (default): every acknowledged write is on disk; batch: synced every 10 ms;
-                      never: for throw-away clusters
-    Recovers every group's storage first, then prints "listening on host:port" once it accepts connections. SIGINT/SIGTERM shut down gracefully:
-    stop accepting, answer requests in flight, sync and close storage.
+      --fsync         always (default): every acknowledged write is on disk; batch: synced every 10 ms
+                      (a vote or a change of term is still synced before it is answered); never: for
+                      throw-away clusters
+      --quota-bytes   the space quota (bytes, or with a suffix K, M, G): past it, writes are refused while
+                      reads, deletes and lock releases go on, until space returns (after the next snapshot)
+    Raises the soft open-file limit to the hard limit, recovers every group's storage, then prints
+    "listening on host:port" once it accepts connections. SIGINT/SIGTERM shut down gracefully: stop
+    accepting, answer requests in flight, sync and close storage; a second signal exits at once.
     """
 
   struct Settings {
@@ -51,6 +57,7 @@ enum ServeCommand {
     var heartbeat: Duration
     var join: Set<String>
     var security: ClusterSecurity
+    var quotaBytes: Int?
   }
 
   static func parse(_ arguments: [String]) throws -> Settings {
@@ -130,12 +137,31 @@ enum ServeCommand {
       throw CLIError.usage("--groups goes with --join")
     }
     let security = try parseSecurity(&options)
+    let quotaBytes = try options.value("--quota-bytes").map { text -> Int in
+      guard let bytes = parseSize(text), bytes >= 1 << 20 else {
+        throw CLIError.usage("--quota-bytes \(text): expected a size of at least 1M (bytes, or with K, M or G)")
+      }
+      return bytes
+    }
     try options.rejectUnknown()
     if let stray = options.words.first { throw CLIError.usage("unexpected argument '\(stray)'\n\(usage)") }
     return Settings(
       id: id, listen: listen, clusterFile: clusterFile, file: file, data: data,
       fsync: fsync, logLevel: logLevel, tick: tick, election: election, heartbeat: heartbeat, join: join,
-      security: security)
+      security: security, quotaBytes: quotaBytes)
+  }
+
+  /// `123`, `64K`, `512M`, `8G` (powers of 1024; `KiB`, `MiB`, `GiB` too).
+  static func parseSize(_ text: String) -> Int? {
+    let units: [(String, Int)] = [
+      ("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30),
+    ]
+    for (suffix, scale) in units where text.hasSuffix(suffix) {
+      guard let number = Int(text.dropLast(suffix.count)), number >= 0 else { return nil }
+      let (bytes, overflow) = number.multipliedReportingOverflow(by: scale)
+      return overflow ? nil : bytes
+    }
+    return Int(text)
   }
 
   /// `--secret-file FILE [--credentials-file FILE]` or `--insecure`: one of the two must be given.
@@ -169,6 +195,7 @@ enum ServeCommand {
           Security(clusterSecretFile: secret, credentialsFile: credentials)
         }
         Logging(StderrLogSink(minimumLevel: s.logLevel))
+        if let quota = s.quotaBytes { SpaceQuota(bytes: quota) }
         RaftSettings {
           TickInterval(s.tick)
           ElectionTimeout(s.election)
@@ -193,6 +220,10 @@ enum ServeCommand {
       return 0
     }
     signal(SIGPIPE, SIG_IGN)
+    // Peers, clients and storage all take descriptors; many systems start processes with a soft limit of 1024.
+    if let (before, after) = OpenFileLimit.raiseSoftLimitToHard(), after > before {
+      printError("quorum serve: raised the open-file limit from \(before) to \(after)")
+    }
     let settings: Settings
     let cluster: Cluster
     do {
@@ -221,11 +252,23 @@ enum ServeCommand {
     signal(SIGINT, SIG_IGN)
     signal(SIGTERM, SIG_IGN)
     let signalQueue = DispatchQueue(label: "quorum.signals")
+    let received = Atomic<Int>(0)
     let sources = [SIGINT, SIGTERM].map { number in
       let source = DispatchSource.makeSignalSource(signal: number, queue: signalQueue)
       source.setEventHandler {
-        printError("quorum serve: \(settings.id) received signal \(number), shutting down")
-        Task { await server.shutdown() }
+        // Signals that arrive together are delivered as one event with their count.
+        let count = max(1, Int(clamping: source.data))
+        let total = received.add(count, ordering: .relaxed).newValue
+        if total - count == 0 {
+          printError("quorum serve: \(settings.id) received signal \(number), shutting down (again to exit at once)")
+          Task { await server.shutdown() }
+        }
+        if total >= 2 {
+          // A graceful shutdown can wait for requests in flight (a long watch, a slow disk): a second signal
+          // means now. Written data is safe (the log recovers), only replies in flight are lost.
+          printError("quorum serve: \(settings.id) received a second signal, exiting at once")
+          _exit(128 + number)
+        }
       }
       source.resume()
       return source

@@ -57,13 +57,75 @@ public struct StderrLogSink: LogSink {
   public init(minimumLevel: LogLevel = .notice) { self.minimumLevel = minimumLevel }
 
   public func write(_ record: LogRecord) {
-    var line = "\(record.level) \(record.label): \(record.message)"
-    for key in record.metadata.keys.sorted() {
-      line += " \(key)=\(record.metadata[key] ?? "")"
-    }
-    line += "\n"
+    var line = Self.line(for: record)
     line.withUTF8 { buffer in _ = Glibc.write(2, buffer.baseAddress, buffer.count) }
   }
+
+  /// The longest message written, in characters; the rest is left out (and counted).
+  public static let maxMessageCharacters = 4096
+  /// The longest metadata key or value written, in characters.
+  public static let maxMetadataCharacters = 512
+
+  /// The line written for `record`, newline included: one line, whatever the record holds. Control
+  /// characters in the message, label or metadata (which may quote bytes a remote side chose) are escaped, and
+  /// each part is bounded, so no record can forge another line, drive a terminal or fill the log.
+  public static func line(for record: LogRecord) -> String {
+    var line = "\(record.level) \(logEscaped(record.label, limit: maxMetadataCharacters)): "
+    line += logEscaped(record.message, limit: maxMessageCharacters)
+    for key in record.metadata.keys.sorted() {
+      line += " \(logEscaped(key, limit: maxMetadataCharacters))="
+      line += logEscaped(record.metadata[key] ?? "", limit: maxMetadataCharacters)
+    }
+    line += "\n"
+    return line
+  }
+}
+
+/// `text` made safe to log: printable ASCII is kept (a backslash doubled), everything else is written as
+/// `\u{…}`, and at most `limit` characters are kept, so bytes chosen by a remote side cannot forge log lines,
+/// hide behind control characters or fill the log. For names and short strings a stranger sent.
+public func logSafe(_ text: some StringProtocol, limit: Int = 96) -> String {
+  var result = ""
+  var kept = 0
+  var omitted = 0
+  for scalar in text.unicodeScalars {
+    if kept >= limit {
+      omitted += 1
+      continue
+    }
+    kept += 1
+    switch scalar.value {
+    case 0x5C: result += "\\\\"
+    case 0x20...0x7E: result.unicodeScalars.append(scalar)
+    default: result += "\\u{\(String(scalar.value, radix: 16))}"
+    }
+  }
+  if omitted > 0 { result += "…(\(omitted) more)" }
+  return result
+}
+
+/// `text` with every control character (C0, DEL, C1, line and paragraph separators, bidirectional
+/// overrides) written as `\u{…}` and at most `limit` characters kept: readable text stays as it is, but a line
+/// stays one line. What log sinks apply to whole records.
+public func logEscaped(_ text: some StringProtocol, limit: Int) -> String {
+  var result = ""
+  var kept = 0
+  var omitted = 0
+  for scalar in text.unicodeScalars {
+    if kept >= limit {
+      omitted += 1
+      continue
+    }
+    kept += 1
+    switch scalar.value {
+    case 0x00...0x1F, 0x7F...0x9F, 0x2028, 0x2029, 0x202A...0x202E, 0x2066...0x2069:
+      result += "\\u{\(String(scalar.value, radix: 16))}"
+    default:
+      result.unicodeScalars.append(scalar)
+    }
+  }
+  if omitted > 0 { result += "…(\(omitted) more)" }
+  return result
 }
 
 /// Discards every record.

@@ -147,6 +147,12 @@ public enum ConsensusError: Error, Sendable, Equatable, CustomStringConvertible 
   case membershipChangeRejected(String)
   /// The command's size exceeds the engine's limit.
   case commandTooLarge(bytes: Int, limit: Int)
+  /// The request names a session that another principal registered; nothing was applied. Register a session
+  /// of your own.
+  case sessionNotOwned(UInt64)
+  /// The principal already holds as many sessions as ``SessionPolicy/maxSessionsPerPrincipal`` allows; close
+  /// or stop using some (idle ones expire after the session timeout) before registering more.
+  case sessionQuotaExceeded(limit: Int)
 
   public var description: String {
     switch self {
@@ -161,6 +167,8 @@ public enum ConsensusError: Error, Sendable, Equatable, CustomStringConvertible 
     case .leaseExpired: return "leader lease not valid"
     case .membershipChangeRejected(let why): return "membership change rejected: \(why)"
     case .commandTooLarge(let bytes, let limit): return "command of \(bytes) bytes exceeds the limit of \(limit)"
+    case .sessionNotOwned(let id): return "session \(id) belongs to another principal"
+    case .sessionQuotaExceeded(let limit): return "this principal already holds \(limit) sessions (its quota)"
     }
   }
 }

@@ -25,6 +25,15 @@ public protocol ReplicatedService: Sendable {
   /// The keys clients may watch for `notification` (for example `session/42` and `grant/orders/42` for a lock
   /// granted to session 42): a client waiting for something the log will produce later watches a key.
   static func notificationKeys(of notification: Machine.Notification) -> [String]
+
+  /// Whether `command` only removes or releases state (a delete, a lock release): a member past its space quota
+  /// still accepts it, so that space can be won back. The default says no.
+  static func reclaimsSpace(_ command: Machine.Command) -> Bool
+}
+
+extension ReplicatedService {
+  /// No command is known to reclaim space.
+  public static func reclaimsSpace(_ command: Machine.Command) -> Bool { false }
 }
 
 extension ReplicatedService where Machine.Notification == Never {

@@ -25,6 +25,8 @@ public struct ServiceDefinition: Sendable {
   let service: any ReplicatedService
   let commandKey: @Sendable ([UInt8]) -> RoutingKey
   let queryKey: @Sendable ([UInt8]) -> RoutingKey
+  /// Whether a command (encoded) only frees space, so a member past its space quota still accepts it.
+  let commandReclaimsSpace: @Sendable ([UInt8]) -> Bool
 
   /// Wraps `service`.
   public init<Service: ReplicatedService>(_ service: Service) {
@@ -43,6 +45,9 @@ public struct ServiceDefinition: Sendable {
       } catch {
         return .undecodable("\(error)")
       }
+    }
+    commandReclaimsSpace = { bytes in
+      (try? Service.Machine.Command(wireBytes: bytes)).map(Service.reclaimsSpace) ?? false
     }
   }
 }
@@ -120,6 +125,14 @@ public final class GroupHost: Sendable {
   private let addressBook: (@Sendable () -> [NodeID: String])?
   private let stopRequested = OnceSignal()
   private let recovered = OnceSignal()
+  private let storage: any GroupStorageProvider
+  private let spaceQuotaBytes: Int?
+  private let spaceCheckInterval: Duration
+  /// The storage's usage at the last measurement (-1: not measured yet, or the provider cannot tell).
+  private let usedBytes = Atomic<Int>(-1)
+  /// The longest encoded reply ``handle(bytes:principal:role:)`` sends; a longer one is replaced by
+  /// ``HostError/replyTooLarge(bytes:limit:)``.
+  public let maxReplyBytes: Int
   /// What the groups told waiting clients lately (lock grants, expiries), for ``HostRequest/watch(group:service:key:after:timeoutMillis:)``.
   public let notifications = NotificationHub()
 
@@ -140,6 +153,7 @@ public final class GroupHost: Sendable {
   ///   - addressBook: every member the transport knows, with its address (members added since the map was
   ///     written appear in the map clients are sent).
   ///   - observers: the simulator's checkers.
+  ///   - maxReplyBytes: the longest encoded reply sent (a transport passes its frame limit, less its framing).
   /// - Throws: ``ClusterMapError`` for an invalid map, ``QuorumCore/ConfigurationError`` for invalid settings,
   ///   or a storage error opening a group's storage.
   public init(
@@ -147,7 +161,8 @@ public final class GroupHost: Sendable {
     storage: any GroupStorageProvider, joining: Set<GroupID> = [], runtime: NodeRuntime = .system,
     seed: UInt64? = nil, logger: QuorumLogger = QuorumLogger(label: "quorum"),
     addressOf: @escaping @Sendable (NodeID) -> String? = { _ in nil },
-    addressBook: (@Sendable () -> [NodeID: String])? = nil, observers: HostObservers = HostObservers()
+    addressBook: (@Sendable () -> [NodeID: String])? = nil, observers: HostObservers = HostObservers(),
+    maxReplyBytes: Int = GroupHost.defaultMaxReplyBytes
   ) throws {
     try map.validate(knownServices: catalog.names)
     let hosted = map.groups.filter { $0.members.contains(node) || joining.contains($0.id) }
@@ -169,6 +184,10 @@ public final class GroupHost: Sendable {
     self.logger = logger
     self.addressOf = addressOf
     self.addressBook = addressBook
+    self.storage = storage
+    self.spaceQuotaBytes = settings.spaceQuotaBytes
+    self.spaceCheckInterval = settings.spaceCheckInterval
+    self.maxReplyBytes = max(64, maxReplyBytes)
     var groups: [GroupID: any HostedGroup] = [:]
     for spec in hosted {
       guard let services = catalog.services(named: spec.services) else {
@@ -230,6 +249,9 @@ public final class GroupHost: Sendable {
   /// The longest a watch is held (a client asking for more is answered at this point and watches again).
   static let maxWatchMillis: UInt64 = 30_000
 
+  /// The default reply limit: the TCP transport's default frame limit less room for its framing.
+  public static let defaultMaxReplyBytes = (16 << 20) - 1024
+
   /// The groups this process hosts, by id.
   public var hostedGroups: [GroupID] { order }
 
@@ -252,6 +274,10 @@ public final class GroupHost: Sendable {
       for group in groups { tasks.addTask { try await group.run() } }
       tasks.addTask {
         await ticker.run(every: interval, on: runtime)
+      }
+      if spaceQuotaBytes != nil {
+        measureUsage()  // Before the first request: a member that restarts past its quota refuses writes at once.
+        tasks.addTask { await self.watchSpace() }
       }
       do {
         for group in groups { try await group.waitUntilRecovered() }
@@ -297,10 +323,61 @@ public final class GroupHost: Sendable {
     stopRequested.finish()
   }
 
+  // MARK: - Space quota
+
+  /// Measures the storage's usage every ``HostSettings/spaceCheckInterval`` until cancelled.
+  private func watchSpace() async {
+    while !Task.isCancelled {
+      do {
+        try await runtime.clock.sleep(for: spaceCheckInterval)
+      } catch {
+        return
+      }
+      measureUsage()
+    }
+  }
+
+  private func measureUsage() {
+    guard let quota = spaceQuotaBytes else { return }
+    let used = storage.usedBytes() ?? -1
+    let before = usedBytes.exchange(used, ordering: .relaxed)
+    if used > quota && before <= quota {
+      logger.warning(
+        "space quota exceeded: refusing writes until space returns", ["used": "\(used)", "quota": "\(quota)"])
+    } else if used <= quota && before > quota {
+      logger.notice("space back under the quota: accepting writes", ["used": "\(used)", "quota": "\(quota)"])
+    }
+  }
+
+  /// The refusal of a command of `service` while the storage is past its quota, unless the command frees space.
+  private func spaceRefusal(service: String, payload: [UInt8]) -> HostError? {
+    guard let quota = spaceQuotaBytes else { return nil }
+    let used = usedBytes.load(ordering: .relaxed)
+    guard used > quota, catalog.definitions[service]?.commandReclaimsSpace(payload) != true else { return nil }
+    return .spaceQuotaExceeded(usedBytes: used, quotaBytes: quota)
+  }
+
   // MARK: - Requests
 
-  /// Answers one client request.
+  /// Answers one client request as an administrator with no authenticated principal (a client in this process).
   public func handle(_ request: HostRequest) async -> HostReply {
+    await handle(request, principal: nil, role: .admin)
+  }
+
+  /// Answers one client request from `principal` (`nil`: not authenticated) holding `role`: a request the role
+  /// does not allow (``HostRequest/neededRole``) is refused with ``HostError/forbidden(role:needed:)``, and
+  /// sessions are registered for, and commands proposed on behalf of, `principal`.
+  public func handle(_ request: HostRequest, principal: String?, role: ClientRole) async -> HostReply {
+    let needed = request.neededRole
+    guard role >= needed else {
+      logger.debug(
+        "refused a request: the role does not allow it",
+        [
+          "principal": logSafe(principal ?? "-", limit: 64), "role": "\(role)",
+          "request": logSafe(request.description, limit: 160),
+        ])
+      return .failure(HostFailure(.forbidden(role: role, needed: needed)))
+    }
     switch request {
     case .clusterMap:
       return .clusterMap(currentMap)
@@ -320,7 +397,7 @@ public final class GroupHost: Sendable {
     do {
       switch request {
       case .registerSession:
-        return .session(try await group.registerSession())
+        return .session(try await group.registerSession(principal: principal))
       case .command(_, let command, let request, let acknowledged):
         if let refusal = check(
           service: command.service, in: spec,
@@ -329,7 +406,11 @@ public final class GroupHost: Sendable {
         {
           return .failure(HostFailure(refusal))
         }
-        let answer = try await group.propose(command, request: request, acknowledgedThrough: acknowledged)
+        if let refusal = spaceRefusal(service: command.service, payload: command.payload) {
+          return .failure(HostFailure(refusal))
+        }
+        let answer = try await group.propose(
+          command, request: request, acknowledgedThrough: acknowledged, principal: principal)
         return reply(answer.value, index: answer.index, group: id)
       case .query(_, let service, let payload, let consistency, let atLeast):
         if let refusal = check(service: service, in: spec, key: catalog.definitions[service]?.queryKey(payload)) {
@@ -398,14 +479,24 @@ public final class GroupHost: Sendable {
     }
   }
 
-  /// Decodes a request, answers it, and encodes the reply (what a transport's request handler calls).
+  /// Decodes a request, answers it as an administrator with no principal (a client in this process), and encodes
+  /// the reply.
   public func handle(bytes: [UInt8]) async -> [UInt8] {
+    await handle(bytes: bytes, principal: nil, role: .admin)
+  }
+
+  /// Decodes a request from `principal` holding `role`, answers it (see ``handle(_:principal:role:)``), and
+  /// encodes the reply — what a transport's request handler calls with what the handshake authenticated. A reply
+  /// longer than ``maxReplyBytes`` is replaced by ``HostError/replyTooLarge(bytes:limit:)``.
+  public func handle(bytes: [UInt8], principal: String?, role: ClientRole) async -> [UInt8] {
     let reply: HostReply
     do {
-      reply = await handle(try HostRequest(wireBytes: bytes))
+      reply = await handle(try HostRequest(wireBytes: bytes), principal: principal, role: role)
     } catch {
       reply = .failure(HostFailure(.malformed("\(error)")))
     }
-    return reply.wireBytes(reservingCapacity: 64)
+    let encoded = reply.wireBytes(reservingCapacity: 64)
+    guard encoded.count > maxReplyBytes else { return encoded }
+    return HostReply.failure(HostFailure(.replyTooLarge(bytes: encoded.count, limit: maxReplyBytes))).wireBytes()
   }
 }

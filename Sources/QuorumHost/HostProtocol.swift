@@ -90,6 +90,18 @@ public enum HostRequest: Sendable, Equatable, WireCodable, CustomStringConvertib
     }
   }
 
+  /// The least role a client needs for this request: ``QuorumCore/ClientRole/read`` for the cluster map,
+  /// status, queries and watches; ``QuorumCore/ClientRole/write`` for sessions and service commands (puts,
+  /// deletes, locks, transactions); ``QuorumCore/ClientRole/admin`` for membership changes and leadership
+  /// transfer.
+  public var neededRole: ClientRole {
+    switch self {
+    case .clusterMap, .status, .query, .watch: return .read
+    case .registerSession, .command: return .write
+    case .membership, .transferLeadership: return .admin
+    }
+  }
+
   /// The group the request is for, if it is for one.
   public var group: GroupID? {
     switch self {
@@ -196,6 +208,13 @@ public enum HostError: Error, Sendable, Equatable, WireCodable, CustomStringConv
   case wrongGroup(key: String, service: String, owner: GroupID)
   /// The request could not be decoded, or its payload is not the service's.
   case malformed(String)
+  /// The client's role does not allow the request: it holds `role` and the request needs `needed`.
+  case forbidden(role: ClientRole, needed: ClientRole)
+  /// The member's storage occupies more than its space quota: writes are refused until space returns (delete
+  /// keys or release locks, which are still accepted; the next snapshot and compaction then free the space).
+  case spaceQuotaExceeded(usedBytes: Int, quotaBytes: Int)
+  /// The answer would not fit in one frame; ask for less (a scan with a smaller limit, then its continuation).
+  case replyTooLarge(bytes: Int, limit: Int)
 
   public var description: String {
     switch self {
@@ -207,6 +226,12 @@ public enum HostError: Error, Sendable, Equatable, WireCodable, CustomStringConv
     case .unknownService(let service, let group): return "group \(group) carries no service '\(service)'"
     case .wrongGroup(let key, let service, let owner): return "\(service) key '\(key)' belongs to group \(owner)"
     case .malformed(let why): return "malformed request: \(why)"
+    case .forbidden(let role, let needed):
+      return "forbidden: the request needs the \(needed) role, the client has \(role)"
+    case .spaceQuotaExceeded(let used, let quota):
+      return "space quota exceeded: the storage holds \(used) bytes of a \(quota)-byte quota; only reads, deletes "
+        + "and releases are accepted until space returns"
+    case .replyTooLarge(let bytes, let limit): return "the reply of \(bytes) bytes exceeds the \(limit)-byte limit"
     }
   }
 
@@ -234,6 +259,18 @@ public enum HostError: Error, Sendable, Equatable, WireCodable, CustomStringConv
     case .malformed(let why):
       writer.writeByte(5)
       writer.writeString(why)
+    case .forbidden(let role, let needed):
+      writer.writeByte(6)
+      writer.writeByte(role.rawValue)
+      writer.writeByte(needed.rawValue)
+    case .spaceQuotaExceeded(let used, let quota):
+      writer.writeByte(7)
+      writer.writeVarint(UInt64(max(0, used)))
+      writer.writeVarint(UInt64(max(0, quota)))
+    case .replyTooLarge(let bytes, let limit):
+      writer.writeByte(8)
+      writer.writeVarint(UInt64(max(0, bytes)))
+      writer.writeVarint(UInt64(max(0, limit)))
     }
   }
 
@@ -246,8 +283,26 @@ public enum HostError: Error, Sendable, Equatable, WireCodable, CustomStringConv
     case 3: self = .unknownService(try reader.readString(), group: try reader.read())
     case 4: self = .wrongGroup(key: try reader.readString(), service: try reader.readString(), owner: try reader.read())
     case 5: self = .malformed(try reader.readString())
+    case 6: self = .forbidden(role: try Self.readRole(&reader), needed: try Self.readRole(&reader))
+    case 7:
+      self = .spaceQuotaExceeded(
+        usedBytes: Int(clamping: try reader.readVarint()), quotaBytes: Int(clamping: try reader.readVarint()))
+    case 8:
+      self = .replyTooLarge(
+        bytes: Int(clamping: try reader.readVarint()), limit: Int(clamping: try reader.readVarint()))
     case let tag: throw WireError(.unknownTag(type: "HostError", tag: UInt64(tag)), at: at)
     }
+  }
+}
+
+extension HostError {
+  fileprivate static func readRole(_ reader: inout WireReader) throws(WireError) -> ClientRole {
+    let at = reader.position
+    let raw = try reader.readByte()
+    guard let role = ClientRole(rawValue: raw) else {
+      throw WireError(.unknownTag(type: "ClientRole", tag: UInt64(raw)), at: at)
+    }
+    return role
   }
 }
 

@@ -9,6 +9,15 @@ public protocol GroupStorageProvider: Sendable {
   /// The storage for `group`, whose engine writes `Entry`s in `mode`.
   func storage<Entry: StorableEntry>(for group: GroupSpec, mode: LogWriteMode, entry: Entry.Type) throws
     -> any ConsensusStorage<Entry>
+
+  /// The bytes every group's storage occupies now, for the space quota (``HostSettings/spaceQuotaBytes``);
+  /// `nil` when the provider cannot tell (then no quota applies). May block briefly (it reads file sizes).
+  func usedBytes() -> Int?
+}
+
+extension GroupStorageProvider {
+  /// Cannot tell.
+  public func usedBytes() -> Int? { nil }
 }
 
 /// Every group in memory: lost when the process ends (tests, demonstrations).
@@ -47,6 +56,10 @@ public struct FileGroupStorage: GroupStorageProvider {
     group.id == .default ? root : "\(root)/\(group.name)"
   }
 
+  /// The disk space allocated to every file under ``root`` (log segments, including preallocated ones, and
+  /// snapshots): what fills the disk.
+  public func usedBytes() -> Int? { FileSystemUsage.allocatedBytes(under: root) }
+
   public func storage<Entry: StorableEntry>(for group: GroupSpec, mode: LogWriteMode, entry: Entry.Type)
     -> any ConsensusStorage<Entry>
   {
@@ -62,11 +75,24 @@ public struct HostSettings: Sendable {
   public var raft: RaftConfiguration
   /// Multi-Paxos groups' settings.
   public var paxos: PaxosConfiguration
+  /// The space quota: once the groups' storage occupies more than this many bytes
+  /// (``GroupStorageProvider/usedBytes()``), the host refuses writes with
+  /// ``HostError/spaceQuotaExceeded(usedBytes:quotaBytes:)`` while reads, deletes and releases go on; the alarm
+  /// clears by itself once usage falls back under the quota (after deletes, a snapshot and the compaction behind
+  /// it). `nil`: no quota.
+  public var spaceQuotaBytes: Int?
+  /// How often the host measures the storage's usage while a quota is set.
+  public var spaceCheckInterval: Duration
 
   /// Creates settings; both engines must use the same tick interval (one timer ticks every group).
-  public init(raft: RaftConfiguration = RaftConfiguration(), paxos: PaxosConfiguration = PaxosConfiguration()) {
+  public init(
+    raft: RaftConfiguration = RaftConfiguration(), paxos: PaxosConfiguration = PaxosConfiguration(),
+    spaceQuotaBytes: Int? = nil, spaceCheckInterval: Duration = .seconds(1)
+  ) {
     self.raft = raft
     self.paxos = paxos
+    self.spaceQuotaBytes = spaceQuotaBytes
+    self.spaceCheckInterval = spaceCheckInterval
   }
 }
 
@@ -165,14 +191,15 @@ public protocol HostedGroup: Sendable {
   func waitUntilRecovered() async throws
   /// Stops the replica and waits for ``run()`` to return.
   func shutdown() async
-  /// Applies a service command through the log; returns the answer and the position it was applied at.
-  func propose(_ command: ServiceCommand, request: RequestID?, acknowledgedThrough: UInt64) async throws
-    -> IndexedRead<ServiceAnswer>
+  /// Applies a service command through the log on behalf of `principal` (`nil`: none authenticated); returns
+  /// the answer and the position it was applied at.
+  func propose(_ command: ServiceCommand, request: RequestID?, acknowledgedThrough: UInt64, principal: String?)
+    async throws -> IndexedRead<ServiceAnswer>
   /// Reads from a service.
   func read(_ query: ServiceQuery, consistency: ReadConsistency, atLeast: UInt64) async throws
     -> IndexedRead<ServiceAnswer>
-  /// Opens an exactly-once session.
-  func registerSession() async throws -> UInt64
+  /// Opens an exactly-once session owned by `principal`.
+  func registerSession(principal: String?) async throws -> UInt64
   /// Changes the membership.
   func changeMembership(_ change: MembershipChange) async throws
   /// Transfers leadership.
@@ -220,10 +247,10 @@ final class EngineGroup<Engine: HostedEngine>: HostedGroup {
 
   func shutdown() async { await node.shutdown() }
 
-  func propose(_ command: ServiceCommand, request: RequestID?, acknowledgedThrough: UInt64) async throws
-    -> IndexedRead<ServiceAnswer>
+  func propose(_ command: ServiceCommand, request: RequestID?, acknowledgedThrough: UInt64, principal: String?)
+    async throws -> IndexedRead<ServiceAnswer>
   {
-    try await node.propose(command, request: request, acknowledgedThrough: acknowledgedThrough, indexed: ())
+    try await node.propose(command, request: request, acknowledgedThrough: acknowledgedThrough, principal: principal)
   }
 
   func read(_ query: ServiceQuery, consistency: ReadConsistency, atLeast: UInt64) async throws
@@ -232,7 +259,9 @@ final class EngineGroup<Engine: HostedEngine>: HostedGroup {
     try await node.read(query, consistency: consistency, atLeast: atLeast)
   }
 
-  func registerSession() async throws -> UInt64 { try await node.registerSession() }
+  func registerSession(principal: String?) async throws -> UInt64 {
+    try await node.registerSession(principal: principal)
+  }
 
   func changeMembership(_ change: MembershipChange) async throws { try await node.changeMembership(change) }
 

@@ -110,17 +110,56 @@ public struct KeyValueClient: Sendable {
   }
 
   /// Up to `limit` keys starting with `prefix`, with their values, in key order, across every group.
+  ///
+  /// Each group is read page by page (``scanPage(prefix:after:limit:maxBytes:group:consistency:atLeast:deadline:)``),
+  /// so no reply holds more than a page however large the values: each page is read at `consistency` on its own,
+  /// from a state at least as new as the previous page's, so a scan that spans pages is not one snapshot of the
+  /// store.
   public func scan(
     prefix: String, limit: Int = 1000, consistency: ReadConsistency = .linearizable, deadline: Duration? = nil
   ) async throws -> [KVPair] {
     var all: [KVPair] = []
     for group in try await client.groups(carrying: KeyValueService.name) {
-      let (result, _) = try await read(
-        .scan(prefix: prefix, limit: limit), group: group, consistency: consistency, atLeast: 0, deadline: deadline)
-      guard case .entries(let pairs) = result else { throw QuorumClientError.badReply("scan answered with a value") }
-      all += pairs
+      var after: String?
+      var atLeast: UInt64 = 0
+      var pageBytes = Self.scanPageBytes
+      var collected = 0  // Each group may hold the first `limit` keys of the merged result.
+      while collected < limit {
+        let page: (pairs: [KVPair], next: String?, index: UInt64)
+        do {
+          page = try await scanPage(
+            prefix: prefix, after: after, limit: limit - collected, maxBytes: pageBytes, group: group,
+            consistency: consistency, atLeast: atLeast, deadline: deadline)
+        } catch QuorumClientError.rejected(.replyTooLarge) where pageBytes > 1 {
+          pageBytes /= 2  // The member's frame limit is smaller than our page: ask for less.
+          continue
+        }
+        all += page.pairs
+        collected += page.pairs.count
+        atLeast = max(atLeast, page.index)
+        guard let next = page.next else { break }
+        after = next
+      }
     }
     all.sort { $0.key < $1.key }
-    return Array(all.prefix(limit))
+    return Array(all.prefix(max(0, limit)))
+  }
+
+  /// The bytes of keys and values ``scan(prefix:limit:consistency:deadline:)`` asks for per page.
+  public static let scanPageBytes = 512 << 10
+
+  /// One page of the keys starting with `prefix` in `group`, after `after` (from the start when `nil`): at most
+  /// `limit` entries and about `maxBytes` of keys and values (the member caps both, see
+  /// ``QuorumKV/KVStore/maxScanEntries``), the token to pass as the next page's `after` (`nil` at the end), and
+  /// the log position the page reflects.
+  public func scanPage(
+    prefix: String, after: String?, limit: Int, maxBytes: Int = KeyValueClient.scanPageBytes, group: GroupID,
+    consistency: ReadConsistency = .linearizable, atLeast: UInt64 = 0, deadline: Duration? = nil
+  ) async throws -> (pairs: [KVPair], next: String?, index: UInt64) {
+    let (result, index) = try await read(
+      .scanPage(prefix: prefix, after: after, limit: limit, maxBytes: maxBytes), group: group,
+      consistency: consistency, atLeast: atLeast, deadline: deadline)
+    guard case .page(let pairs, let next) = result else { throw QuorumClientError.badReply("scan answered not a page") }
+    return (pairs, next, index)
   }
 }

@@ -155,7 +155,7 @@ public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
         case .sessionExpired:
           session = nil
           throw error
-        case .commandTooLarge:
+        case .commandTooLarge, .sessionNotOwned, .sessionQuotaExceeded:
           throw error
         case .stopped, .timeout, .dropped, .outcomeUnknown, .overloaded, .transferInProgress, .leaseExpired,
           .membershipChangeRejected:

@@ -90,8 +90,15 @@ public enum KVResponse: Sendable, Equatable, WireCodable {
 public enum KVQuery: Sendable, Equatable {
   /// The value of one key.
   case get(key: String)
-  /// Up to `limit` entries whose keys start with `prefix`, in key order.
+  /// Up to `limit` entries whose keys start with `prefix`, in key order, within the store's bounds
+  /// (``KVStore/maxScanEntries``, ``KVStore/maxScanBytes``): what lies past them is left out without notice.
+  /// Prefer ``scanPage(prefix:after:limit:maxBytes:)``, which says where to continue.
   case scan(prefix: String, limit: Int)
+  /// One page of a prefix scan: entries whose keys start with `prefix` and come after `after` (from the start
+  /// when `nil`), in key order, at most `limit` of them and about `maxBytes` of keys and values (always at least
+  /// one entry, so a scan makes progress), each bound capped by the store's. Answered with
+  /// ``KVQueryResult/page(_:next:)``, whose `next` continues the scan.
+  case scanPage(prefix: String, after: String?, limit: Int, maxBytes: Int)
   /// The number of keys.
   case count
 }
@@ -114,19 +121,34 @@ public enum KVQueryResult: Sendable, Equatable {
   case entries([KVPair])
   /// A count.
   case count(Int)
+  /// One page of a scan, and the continuation token: pass it as the next page's `after`; `nil` when the scan is
+  /// complete.
+  case page([KVPair], next: String?)
 }
 
 /// The replicated key-value store: a deterministic `StateMachine` of string keys and byte values.
+///
+/// Keys are also kept in order (in chunks of a few hundred), so a prefix scan reads only what it returns: scans are bounded
+/// in entries and bytes and continue from a token, and never stall the node that answers them.
 public struct KVStore: StateMachine, Equatable {
   private struct Stored: Sendable, Equatable {
     var value: [UInt8]
     var modifiedAt: UInt64
   }
 
+  /// The most entries one scan returns, whatever it asks for.
+  public static let maxScanEntries = 10_000
+  /// About the most bytes of keys and values one scan returns, whatever it asks for (one entry may pass it).
+  public static let maxScanBytes = 1 << 20
+
   private var data: [String: Stored] = [:]
+  private var order = SortedKeys()
 
   /// Creates an empty store.
   public init() {}
+
+  /// Two stores are equal when they hold the same keys with the same values and modification indexes.
+  public static func == (lhs: KVStore, rhs: KVStore) -> Bool { lhs.data == rhs.data }
 
   /// The number of keys.
   public var count: Int { data.count }
@@ -138,19 +160,50 @@ public struct KVStore: StateMachine, Equatable {
     switch command {
     case .put(let key, let value):
       let previous = data.updateValue(Stored(value: value, modifiedAt: context.index), forKey: key)
+      if previous == nil { order.insert(key) }
       return .done(previous: previous?.value)
     case .delete(let key):
-      return .done(previous: data.removeValue(forKey: key)?.value)
+      let previous = data.removeValue(forKey: key)
+      if previous != nil { order.remove(key) }
+      return .done(previous: previous?.value)
     case .compareAndSwap(let key, let expected, let new):
       let current = data[key]?.value
       guard current == expected else { return .swapped(false, current: current) }
       if let new {
-        data[key] = Stored(value: new, modifiedAt: context.index)
-      } else {
-        data[key] = nil
+        if data.updateValue(Stored(value: new, modifiedAt: context.index), forKey: key) == nil { order.insert(key) }
+      } else if data.removeValue(forKey: key) != nil {
+        order.remove(key)
       }
       return .swapped(true, current: new)
     }
+  }
+
+  /// Entries whose keys start with `prefix`, after `after`, in key order, within `limit` entries and about
+  /// `maxBytes` (at least one entry); and whether more may follow.
+  private func scan(prefix: String, after: String?, limit: Int, maxBytes: Int) -> (pairs: [KVPair], more: Bool) {
+    let limit = min(max(1, limit), Self.maxScanEntries)
+    let maxBytes = min(max(1, maxBytes), Self.maxScanBytes)
+    var pairs: [KVPair] = []
+    var bytes = 0
+    var more = false
+    let start = after.map { max($0, prefix) } ?? prefix
+    order.forEach(from: start, after: after != nil && start == after) { key in
+      guard key.hasPrefix(prefix) else {
+        // Keys with the prefix lie together in order; a key without it ends the range, unless it shares the
+        // prefix's scalars (canonically equivalent spellings may interleave).
+        return key.unicodeScalars.starts(with: prefix.unicodeScalars)
+      }
+      guard let stored = data[key] else { return true }  // The index holds exactly the dictionary's keys.
+      let size = key.utf8.count + stored.value.count + 16
+      if pairs.count == limit || (!pairs.isEmpty && bytes + size > maxBytes) {
+        more = true
+        return false
+      }
+      pairs.append(KVPair(key: key, value: stored.value, modifiedAt: stored.modifiedAt))
+      bytes += size
+      return true
+    }
+    return (pairs, more)
   }
 
   public func query(_ query: KVQuery) -> KVQueryResult {
@@ -160,9 +213,11 @@ public struct KVStore: StateMachine, Equatable {
     case .count:
       return .count(data.count)
     case .scan(let prefix, let limit):
-      let keys = data.keys.filter { $0.hasPrefix(prefix) }.sorted().prefix(max(0, limit))
-      return .entries(
-        keys.compactMap { key in data[key].map { KVPair(key: key, value: $0.value, modifiedAt: $0.modifiedAt) } })
+      guard limit > 0 else { return .entries([]) }
+      return .entries(scan(prefix: prefix, after: nil, limit: limit, maxBytes: Self.maxScanBytes).pairs)
+    case .scanPage(let prefix, let after, let limit, let maxBytes):
+      let (pairs, more) = scan(prefix: prefix, after: after, limit: limit, maxBytes: maxBytes)
+      return .page(pairs, next: more ? pairs.last?.key : nil)
     }
   }
 
@@ -170,7 +225,7 @@ public struct KVStore: StateMachine, Equatable {
     var w = WireWriter(reservingCapacity: 64 + data.count * 32)
     w.writeVarint(1)  // format version
     w.writeVarint(UInt64(data.count))
-    for key in data.keys.sorted() {
+    for key in order.all {
       guard let stored = data[key] else { continue }
       w.writeString(key)
       w.writeBytes(stored.value)
@@ -192,5 +247,6 @@ public struct KVStore: StateMachine, Equatable {
     }
     try r.expectEnd()
     data = restored
+    order = SortedKeys(restored.keys)
   }
 }

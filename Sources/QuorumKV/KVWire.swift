@@ -14,6 +14,12 @@ extension KVQuery: WireCodable {
       writer.writeVarint(UInt64(max(0, limit)))
     case .count:
       writer.writeByte(2)
+    case .scanPage(let prefix, let after, let limit, let maxBytes):
+      writer.writeByte(3)
+      writer.writeString(prefix)
+      writer.writeOptional(after)
+      writer.writeVarint(UInt64(max(0, limit)))
+      writer.writeVarint(UInt64(max(0, maxBytes)))
     }
   }
 
@@ -23,6 +29,10 @@ extension KVQuery: WireCodable {
     case 0: self = .get(key: try reader.readString())
     case 1: self = .scan(prefix: try reader.readString(), limit: Int(try reader.readVarint(as: UInt32.self)))
     case 2: self = .count
+    case 3:
+      self = .scanPage(
+        prefix: try reader.readString(), after: try reader.readOptional(String.self),
+        limit: Int(try reader.readVarint(as: UInt32.self)), maxBytes: Int(try reader.readVarint(as: UInt32.self)))
     case let tag: throw WireError(.unknownTag(type: "KVQuery", tag: UInt64(tag)), at: at)
     }
   }
@@ -36,12 +46,11 @@ extension KVQueryResult: WireCodable {
       writer.writeOptional(value)
     case .entries(let pairs):
       writer.writeByte(1)
-      writer.writeVarint(UInt64(pairs.count))
-      for pair in pairs {
-        writer.writeString(pair.key)
-        writer.writeBytes(pair.value)
-        writer.writeVarint(pair.modifiedAt)
-      }
+      Self.write(pairs, to: &writer)
+    case .page(let pairs, let next):
+      writer.writeByte(3)
+      Self.write(pairs, to: &writer)
+      writer.writeOptional(next)
     case .count(let count):
       writer.writeByte(2)
       writer.writeVarint(UInt64(max(0, count)))
@@ -52,18 +61,32 @@ extension KVQueryResult: WireCodable {
     let at = reader.position
     switch try reader.readByte() {
     case 0: self = .value(try reader.readOptional([UInt8].self))
-    case 1:
-      let count = try reader.readCount()
-      var pairs: [KVPair] = []
-      pairs.reserveCapacity(count)
-      for _ in 0..<count {
-        pairs.append(
-          KVPair(try reader.readString(), try reader.readBytes(), modifiedAt: try reader.readVarint()))
-      }
-      self = .entries(pairs)
+    case 1: self = .entries(try Self.readPairs(&reader))
     case 2: self = .count(Int(try reader.readVarint(as: UInt32.self)))
+    case 3: self = .page(try Self.readPairs(&reader), next: try reader.readOptional(String.self))
     case let tag: throw WireError(.unknownTag(type: "KVQueryResult", tag: UInt64(tag)), at: at)
     }
+  }
+}
+
+extension KVQueryResult {
+  fileprivate static func write(_ pairs: [KVPair], to writer: inout WireWriter) {
+    writer.writeVarint(UInt64(pairs.count))
+    for pair in pairs {
+      writer.writeString(pair.key)
+      writer.writeBytes(pair.value)
+      writer.writeVarint(pair.modifiedAt)
+    }
+  }
+
+  fileprivate static func readPairs(_ reader: inout WireReader) throws(WireError) -> [KVPair] {
+    let count = try reader.readCount()
+    var pairs: [KVPair] = []
+    pairs.reserveCapacity(count)
+    for _ in 0..<count {
+      pairs.append(KVPair(try reader.readString(), try reader.readBytes(), modifiedAt: try reader.readVarint()))
+    }
+    return pairs
   }
 }
 
@@ -81,6 +104,15 @@ public struct KeyValueService: ReplicatedService {
 
   /// The key a command writes.
   public static func routingKey(of command: KVCommand) -> String? { command.key }
+
+  /// Deletes, and compare-and-swaps that remove the key, free space: a member past its space quota accepts them.
+  public static func reclaimsSpace(_ command: KVCommand) -> Bool {
+    switch command {
+    case .delete: return true
+    case .compareAndSwap(_, _, let new): return new == nil
+    case .put: return false
+    }
+  }
 
   /// The key a `get` reads; scans and counts cover the group's own keys.
   public static func routingKey(of query: KVQuery) -> String? {

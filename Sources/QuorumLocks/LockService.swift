@@ -48,6 +48,15 @@ public struct LockService: ReplicatedService {
   /// The key watched for everything that happens to `session`.
   public static func sessionKey(_ session: LockSessionID) -> String { "session/\(session.rawValue)" }
 
+  /// Releasing, closing, cancelling a wait and keeping a session alive free space or hold it steady: a member
+  /// past its space quota accepts them (acquiring and opening sessions it refuses).
+  public static func reclaimsSpace(_ command: LockCommand) -> Bool {
+    switch command {
+    case .release, .closeSession, .cancelWait, .keepAlive, .advanceTime: return true
+    case .openSession, .acquire: return false
+    }
+  }
+
   /// The lock a query concerns, if any.
   public static func routingKey(of query: LockQuery) -> String? {
     if case .lock(let name) = query { return name }

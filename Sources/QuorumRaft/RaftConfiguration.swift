@@ -337,11 +337,15 @@ public struct RequestLimits: RaftSetting {
 /// Exactly-once session limits.
 public struct Sessions: RaftSetting {
   let policy: SessionPolicy
-  /// Sets the session policy.
-  public init(timeout: Duration = .seconds(300), maxSessions: Int = 100_000, maxResponsesPerSession: Int = 256) {
+  /// Sets the session policy (see ``QuorumCore/SessionPolicy``).
+  public init(
+    timeout: Duration = .seconds(300), maxSessions: Int = 100_000, maxResponsesPerSession: Int = 256,
+    maxSessionsPerPrincipal: Int = 4096, maxResponseBytesPerSession: Int = 1 << 20
+  ) {
     policy = SessionPolicy(
       timeoutMillis: timeout.nanoseconds / 1_000_000, maxSessions: maxSessions,
-      maxResponsesPerSession: maxResponsesPerSession)
+      maxResponsesPerSession: maxResponsesPerSession, maxSessionsPerPrincipal: maxSessionsPerPrincipal,
+      maxResponseBytesPerSession: maxResponseBytesPerSession)
   }
   public func apply(to c: inout RaftConfiguration) { c.sessions = policy }
 }

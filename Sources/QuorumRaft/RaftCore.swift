@@ -161,6 +161,9 @@ public struct RaftSnapshotRefusal: Sendable, Equatable, CustomStringConvertible 
 public struct RaftReady: Sendable {
   /// The hard state to persist, if it changed.
   public var hardState: HardState?
+  /// Whether ``hardState`` changes the term or the vote: then it must be durable before ``messages`` leave
+  /// whatever the fsync policy (a commit index alone may ride along unsynced; it is recomputed after a restart).
+  public var hardStateMustSync = false
   /// Entries to persist.
   public var entries: [LogEntry] = []
   /// A snapshot received from the leader, to persist and restore.
@@ -1299,6 +1302,7 @@ public struct RaftCore: Sendable {
       || (hs.commit != lastHardState.commit && (!ready.entries.isEmpty || ready.snapshot != nil))
     {
       ready.hardState = hs
+      ready.hardStateMustSync = termOrVoteChanged
       lastHardState = hs
     }
     let ss = softState

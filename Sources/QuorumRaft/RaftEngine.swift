@@ -178,11 +178,17 @@ public struct RaftEngine: ReplicaEngine {
 
   public var hasReady: Bool { core.hasReady }
 
+  /// The storage write of `rd`: synced before its messages leave whatever the fsync policy when it changes the
+  /// term or the vote.
+  static func outgoingWrite(_ rd: RaftReady) -> StorageWrite<LogEntry> {
+    StorageWrite(hardState: rd.hardState?.wireBytes(), entries: rd.entries, mustSync: rd.hardStateMustSync)
+  }
+
   public mutating func ready() -> ReplicaReady<RaftEngine> {
     let rd = core.ready()
     var out = ReplicaReady<RaftEngine>(raw: rd)
     out.eagerMessages = rd.eagerMessages.map { ReplicaOutgoing(to: $0.to, message: $0.message) }
-    out.write = StorageWrite(hardState: rd.hardState?.wireBytes(), entries: rd.entries)
+    out.write = Self.outgoingWrite(rd)
     if let snapshot = rd.snapshot {
       out.snapshot = ReplicaSnapshotInstall(
         stored: StoredSnapshot(

@@ -49,8 +49,8 @@ public protocol ReplicaObserver<Engine>: Sendable {
 /// (expiry of sessions and lock leases is decided from log time alone).
 public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   private enum Input: Sendable {
-    case propose(UInt64, Machine.Command, RequestID?, UInt64, UnsafeContinuation<IndexedResponse, any Error>)
-    case register(UInt64, UnsafeContinuation<UInt64, any Error>)
+    case propose(Proposal, UnsafeContinuation<IndexedResponse, any Error>)
+    case register(UInt64, String?, UnsafeContinuation<UInt64, any Error>)
     case read(UInt64, Machine.Query, ReadConsistency, UInt64, UnsafeContinuation<ReadAnswer, any Error>)
     case membership(UInt64, MembershipChange, UnsafeContinuation<UInt64, any Error>)
     case transfer(UInt64, NodeID, UnsafeContinuation<Void, any Error>)
@@ -58,6 +58,15 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     case stop
     /// The background snapshot task finished: the snapshot is stored, or the error that stopped it.
     case snapshotStored(Result<StoredSnapshot, any Error>)
+  }
+
+  /// A command waiting to be proposed, with its session information and principal.
+  private struct Proposal: Sendable {
+    var id: UInt64
+    var command: Machine.Command
+    var request: RequestID?
+    var acknowledged: UInt64
+    var principal: String?
   }
 
   private enum Waiter {
@@ -358,18 +367,19 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       stopped = true
     case .snapshotStored(let result):
       if let superseded = background.finished(result) {
-        logger.info("dropped a superseded snapshot: \(superseded)")
+        logger.info("dropped a snapshot (superseded, or not stored for want of descriptors): \(superseded)")
       }
     case .cancel(let requestID):
       cancelRequest(requestID)
-    case .propose(let requestID, let command, let request, let acknowledged, let continuation):
+    case .propose(let proposal, let continuation):
       let replicated = ReplicatedCommand(
-        timestampMillis: logClock.stamp(now: now, applied: machine.logTimeMillis), request: request,
-        acknowledgedThrough: acknowledged, body: .command(command))
-      propose(requestID, replicated, .response(continuation), now: now)
-    case .register(let requestID, let continuation):
+        timestampMillis: logClock.stamp(now: now, applied: machine.logTimeMillis), request: proposal.request,
+        acknowledgedThrough: proposal.acknowledged, principal: proposal.principal, body: .command(proposal.command))
+      propose(proposal.id, replicated, .response(continuation), now: now)
+    case .register(let requestID, let principal, let continuation):
       let replicated = ReplicatedCommand<Machine.Command>(
-        timestampMillis: logClock.stamp(now: now, applied: machine.logTimeMillis), body: .registerSession)
+        timestampMillis: logClock.stamp(now: now, applied: machine.logTimeMillis), principal: principal,
+        body: .registerSession)
       propose(requestID, replicated, .session(continuation), now: now)
     case .read(let requestID, let query, let consistency, let atLeast, let continuation):
       read(requestID, query, consistency, atLeast: atLeast, continuation, now: now)
@@ -532,8 +542,8 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     inputs.drainAvailable(into: &leftover)
     for input in leftover {
       switch input {
-      case .propose(_, _, _, _, let c): c.resume(throwing: error)
-      case .register(_, let c): c.resume(throwing: error)
+      case .propose(_, let c): c.resume(throwing: error)
+      case .register(_, _, let c): c.resume(throwing: error)
       case .read(_, _, _, _, let c): c.resume(throwing: error)
       case .membership(_, _, let c): c.resume(throwing: error)
       case .transfer(_, _, let c): c.resume(throwing: error)
@@ -591,7 +601,27 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       try await storage.saveSnapshot(install.stored, discardingLog: install.discardingLog)
       if let through = install.compactThrough { try await storage.compact(through: through) }
     }
-    if !rd.write.isEmpty { try await storage.write(rd.write) }
+    if !rd.write.isEmpty { try await writeRetryingDescriptors(rd.write) }
+  }
+
+  /// The most times a write that found no file descriptor is tried again before the node stops.
+  static var descriptorRetries: Int { 60 }
+
+  /// Writes `write`, trying again (pausing up to a second) while the storage reports that file descriptors ran
+  /// out: a retryable condition (connections come and go), not a failed disk. Messages that depend on the write
+  /// wait meanwhile, as for a slow disk. After ``descriptorRetries`` attempts the error stops the node.
+  private func writeRetryingDescriptors(_ write: StorageWrite<Engine.Entry>) async throws {
+    var pause = Duration.milliseconds(10)
+    for attempt in 0... {
+      do {
+        try await storage.write(write)
+        return
+      } catch let error as StorageError where error.isRetryable && attempt < Self.descriptorRetries {
+        logger.warning("a write found no file descriptor; trying again in \(pause)", ["error": "\(error)"])
+        try await runtime.clock.sleep(for: pause)
+        pause = min(pause * 2, .seconds(1))
+      }
+    }
   }
 
   private func install(_ rd: ReplicaReady<Engine>) throws {
@@ -644,8 +674,12 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
         c.resume(throwing: ConsensusError.sessionExpired(session))
       case (.response(let c), .responseForgotten?):
         c.resume(throwing: ConsensusError.outcomeUnknown)
+      case (.response(let c), .sessionNotOwned(let request)?):
+        c.resume(throwing: ConsensusError.sessionNotOwned(request.session))
       case (.session(let c), .sessionRegistered(let session)?):
         c.resume(returning: session)
+      case (.session(let c), .sessionQuotaExceeded(_, let limit)?):
+        c.resume(throwing: ConsensusError.sessionQuotaExceeded(limit: limit))
       case (.membership(let c), nil):
         c.resume(returning: entry.index)
       case (let waiter, _):
@@ -780,7 +814,20 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   public nonisolated func propose(
     _ command: Machine.Command, request: RequestID?, acknowledgedThrough: UInt64, indexed: Void
   ) async throws -> IndexedResponse {
-    try await submit { .propose($0, command, request, acknowledgedThrough, $1) }
+    try await propose(command, request: request, acknowledgedThrough: acknowledgedThrough, principal: nil)
+  }
+
+  /// Like ``propose(_:request:acknowledgedThrough:indexed:)`` on behalf of the authenticated `principal`: a
+  /// `request` whose session another principal registered is refused with
+  /// ``QuorumCore/ConsensusError/sessionNotOwned(_:)`` and nothing is applied.
+  public nonisolated func propose(
+    _ command: Machine.Command, request: RequestID?, acknowledgedThrough: UInt64, principal: String?
+  ) async throws -> IndexedResponse {
+    try await submit {
+      .propose(
+        Proposal(
+          id: $0, command: command, request: request, acknowledged: acknowledgedThrough, principal: principal), $1)
+    }
   }
 
   /// Answers `query` at the chosen consistency: `linearizable` (a read-index round confirmed by a quorum),
@@ -806,7 +853,15 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
 
   /// Opens an exactly-once session and returns its number.
   public nonisolated func registerSession() async throws -> UInt64 {
-    try await submit { .register($0, $1) }
+    try await registerSession(principal: nil)
+  }
+
+  /// Opens an exactly-once session owned by `principal` (`nil`: no authenticated principal) and returns its
+  /// number.
+  /// - Throws: ``QuorumCore/ConsensusError/sessionQuotaExceeded(limit:)`` when `principal` holds its quota of
+  ///   sessions, or any error of a proposal.
+  public nonisolated func registerSession(principal: String?) async throws -> UInt64 {
+    try await submit { .register($0, principal, $1) }
   }
 
   /// Applies a membership change through the log; returns once it is committed and applied here.

@@ -439,7 +439,7 @@ public final class PaxosSimulation {
       // retry succeeded elsewhere and the client moved on: the session refuses to apply it twice. The client
       // stopped waiting for this attempt long ago.
       reply(pending.client, pending.attempt, .retry)
-    case .keptAlive, .timeAdvanced, .sessionExpired, .undecodable:
+    case .keptAlive, .timeAdvanced, .sessionExpired, .undecodable, .sessionNotOwned, .sessionQuotaExceeded:
       throw SimulationFailure("unexpected apply outcome \(outcome) at \(entry.index) on \(node.id)")
     }
   }

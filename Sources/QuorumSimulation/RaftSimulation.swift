@@ -429,7 +429,8 @@ public final class RaftSimulation {
     switch outcome {
     case .applied(let response), .duplicate(let response, _): reply(pending.client, pending.attempt, .written(response))
     case .sessionRegistered(let id): reply(pending.client, pending.attempt, .registered(id))
-    case .keptAlive, .timeAdvanced, .sessionExpired, .responseForgotten, .undecodable:
+    case .keptAlive, .timeAdvanced, .sessionExpired, .responseForgotten, .undecodable, .sessionNotOwned,
+      .sessionQuotaExceeded:
       throw SimulationFailure("unexpected apply outcome \(outcome) at \(entry.index) on \(node.id)")
     }
   }

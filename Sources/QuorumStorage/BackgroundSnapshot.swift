@@ -39,7 +39,8 @@ package struct BackgroundSnapshot<Snapshot: Sendable> {
   }
 
   /// Records the task's outcome. A snapshot refused as older than the stored one (a leader's snapshot was
-  /// installed meanwhile) is dropped; returns the reason when that happened, for the log.
+  /// installed meanwhile), or not stored for a passing want of file descriptors, is dropped; returns the reason
+  /// when that happened, for the log.
   package mutating func finished(_ result: Result<Snapshot, any Error>) -> String? {
     task = nil
     switch result {
@@ -47,6 +48,9 @@ package struct BackgroundSnapshot<Snapshot: Sendable> {
       stored = snapshot
     case .failure(StorageError.invalidWrite(let reason)):
       return reason
+    case .failure(let error as StorageError) where error.isRetryable:
+      // Out of descriptors: nothing was stored or damaged; the node snapshots again at its next chance.
+      return "\(error)"
     case .failure(let error):
       failure = error
     }

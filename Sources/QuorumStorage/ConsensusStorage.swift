@@ -44,11 +44,17 @@ public struct StorageWrite<Entry: StorableEntry>: Sendable {
   public var hardState: [UInt8]?
   /// Entries in ascending position order.
   public var entries: [Entry]
+  /// Whether the write must be durable when the call returns even under ``FsyncPolicy/batch(interval:)``: it
+  /// carries a hard state that a message about to leave promises (a Raft term or vote, a Paxos promise). A
+  /// node that voted and forgot it after a power loss could vote twice in one term. Under
+  /// ``FsyncPolicy/never`` nothing is synced.
+  public var mustSync: Bool
 
   /// Creates a write.
-  public init(hardState: [UInt8]? = nil, entries: [Entry] = []) {
+  public init(hardState: [UInt8]? = nil, entries: [Entry] = [], mustSync: Bool = false) {
     self.hardState = hardState
     self.entries = entries
+    self.mustSync = mustSync
   }
 
   /// Whether there is nothing to write.
@@ -120,7 +126,8 @@ public enum FsyncPolicy: Sendable, Equatable, CustomStringConvertible {
   /// Every ``ConsensusStorage/write(_:)`` returns only after `fdatasync`: nothing acknowledged is lost.
   case always
   /// Writes return after reaching the operating system; a background sync runs every `interval`. A crash
-  /// (of the machine, not the process) can lose up to `interval` of acknowledged writes.
+  /// (of the machine, not the process) can lose up to `interval` of acknowledged writes — but never a vote,
+  /// a change of term or a promise: writes marked ``StorageWrite/mustSync`` are synced before they return.
   case batch(interval: Duration)
   /// Never sync; the operating system flushes when it likes. For tests and throw-away clusters only.
   case never
@@ -152,6 +159,16 @@ public enum StorageError: Error, Sendable, Equatable, CustomStringConvertible {
   case directoryLocked(path: String)
   /// A file was written in a format version this build does not read, or with another ``LogWriteMode``.
   case incompatible(file: String, reason: String)
+  /// Opening a file failed because the process (`EMFILE`) or the system (`ENFILE`) has no file descriptor left,
+  /// even after waiting a little. Nothing is wrong with the disk, and nothing was half written: the storage
+  /// stays usable and the call may be retried (``isRetryable``) once descriptors are free.
+  case descriptorsExhausted(operation: String, path: String, errno: Int32)
+
+  /// Whether the same call may succeed later without reopening the storage (descriptors ran out).
+  public var isRetryable: Bool {
+    if case .descriptorsExhausted = self { return true }
+    return false
+  }
 
   public var description: String {
     switch self {
@@ -164,6 +181,8 @@ public enum StorageError: Error, Sendable, Equatable, CustomStringConvertible {
     case .closed: return "storage closed"
     case .directoryLocked(let path): return "data directory \(path) is locked by another process"
     case .incompatible(let file, let reason): return "incompatible file \(file): \(reason)"
+    case .descriptorsExhausted(let op, let path, let code):
+      return "\(op) failed on \(path): out of file descriptors (errno \(code)); raise the open-file limit"
     }
   }
 }

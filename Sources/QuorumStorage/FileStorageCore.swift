@@ -34,6 +34,8 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
   /// file of the next instance opened on the same directory.
   private let instanceToken = UInt32.random(in: 0...UInt32.max)
   private let spare: SpareSegment?
+  /// Failures a test injects into the opens of log segments.
+  let openFaults = OpenFaults()
 
   // MARK: Request queue
 
@@ -113,6 +115,13 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
   private var timer: (any DispatchSourceTimer)?
   /// `fdatasync` calls on the log made so far (for tests and benchmarks).
   private(set) var syncCount = 0
+  /// `fsync` calls on directories made so far by this core (for tests).
+  private(set) var directorySyncCount = 0
+
+  private func syncDirectory(_ path: String) throws(StorageError) {
+    try FileSystem.syncDirectory(path)
+    directorySyncCount += 1
+  }
 
   init(
     directory: String, mode: LogWriteMode, policy: FsyncPolicy, segmentBytes: Int, maxRecordBytes: Int,
@@ -289,6 +298,7 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
     var pending: [[UInt8]] = []
     var pendingBytes = 0
     var accepted: [Int] = []
+    var mustSync = false
     do throws(StorageError) {
       for (slot, (write, _)) in group.enumerated() {
         var resetPoint: UInt64?
@@ -316,10 +326,19 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
           segments[segments.count - 1].maxEntryIndex = max(segments[segments.count - 1].maxEntryIndex, range.upperBound)
         }
         if let newHardState = write.hardState { hardState = newHardState }
+        mustSync = mustSync || write.mustSync
         accepted.append(slot)
       }
       try flush(&pending, &pendingBytes)
-      if !accepted.isEmpty { try syncAfterWrite() }
+      if !accepted.isEmpty { try syncAfterWrite(mustSync: mustSync) }
+    } catch .descriptorsExhausted(let operation, let path, let code) where pending.isEmpty {
+      // A new segment could not be opened (no descriptor left). The writes accepted so far were flushed and
+      // synced into the old segment, which stays active; the rest were not started. Nothing is damaged: they
+      // fail with an error that says so, and may be retried.
+      let error = StorageError.descriptorsExhausted(operation: operation, path: path, errno: code)
+      logger.warning("out of file descriptors; writes may be retried", ["error": "\(error)"])
+      let done = Set(accepted)
+      for slot in group.indices where outcomes[slot] == nil && !done.contains(slot) { outcomes[slot] = error }
     } catch {
       // Nothing in this group is known to be durable, including the writes already appended.
       poison(error)
@@ -363,10 +382,10 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
     try flush(&pending, &pendingBytes)
   }
 
-  private func syncAfterWrite() throws(StorageError) {
+  private func syncAfterWrite(mustSync: Bool) throws(StorageError) {
     switch policy {
     case .always: try syncActive()
-    case .batch: dirty = true
+    case .batch: if mustSync { try syncActive() } else { dirty = true }
     case .never: break
     }
   }
@@ -413,9 +432,9 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
     let temporary = path + ".tmp"
     let file: PosixFile
     if let spare, spare.take(to: temporary) {
-      file = try PosixFile.open(temporary, flags: O_RDWR)
+      file = try PosixFile.open(temporary, flags: O_RDWR, faults: openFaults)
     } else {
-      file = try PosixFile.open(temporary, flags: O_RDWR | O_CREAT | O_TRUNC)
+      file = try PosixFile.open(temporary, flags: O_RDWR | O_CREAT | O_TRUNC, faults: openFaults)
       do throws(StorageError) {
         switch preallocation {
         case .zeroFilled: try file.writeZeros(0..<segmentBytes)
@@ -428,6 +447,7 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
       }
     }
     let (bytes, headerEnd) = checkpoint(sequence: sequence, reset: reset)
+    var renamed = false
     do throws(StorageError) {
       try file.write(bytes, at: 0)
       if syncsStructure {
@@ -435,9 +455,15 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
         syncCount += 1
       }
       try FileSystem.rename(temporary, path)
-      if syncsStructure { try FileSystem.syncDirectory(walDirectory) }
+      renamed = true
+      if syncsStructure { try syncDirectory(walDirectory) }
     } catch {
       file.close()
+      if renamed, case .descriptorsExhausted(let operation, let failedPath, let code) = error {
+        // The segment is in place with a checkpoint of the current state: were writes to go on in the old
+        // segment, a recovery would replay this older checkpoint last. Not retryable: the storage fails.
+        throw ioError(operation, failedPath, code)
+      }
       throw error
     }
     spare?.prepare()
@@ -465,7 +491,7 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
       segments.removeFirst()
       deleted += 1
     }
-    if deleted > 0 && syncsStructure { try FileSystem.syncDirectory(walDirectory) }
+    if deleted > 0 && syncsStructure { try syncDirectory(walDirectory) }
   }
 
   // MARK: Snapshots and compaction (on `queue`)
@@ -623,9 +649,12 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
   }
 
   private func openAndReplay() throws(StorageError) -> RecoveredState<Entry> {
-    try FileSystem.makeDirectories(directory)
-    try FileSystem.makeDirectories(walDirectory)
-    try FileSystem.makeDirectories(snapshotDirectory)
+    // Directories created now are made durable in their parents before anything is written in them.
+    for path in [directory, walDirectory, snapshotDirectory] {
+      try FileSystem.makeDirectories(path, syncParents: syncsStructure) { parent throws(StorageError) in
+        try syncDirectory(parent)
+      }
+    }
     try lockDirectory()
     try removeLeftovers()
 

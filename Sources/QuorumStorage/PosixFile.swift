@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 
 /// A ``StorageError/io(operation:path:errno:)`` for a failed system call on `path`.
 func ioError(_ operation: String, _ path: String, _ code: Int32 = errno) -> StorageError {
@@ -14,12 +15,27 @@ struct PosixFile {
   /// The path it was opened with, for error messages.
   let path: String
 
-  /// Opens `path` with `flags` (`O_CLOEXEC` is always added).
-  static func open(_ path: String, flags: Int32, permissions: mode_t = 0o644) throws(StorageError) -> PosixFile {
+  /// How long ``open(_:flags:permissions:faults:)`` waits in all for a descriptor before giving up: the
+  /// pauses double from 1 ms (1 + 2 + … + 256 ms).
+  static let descriptorWaits = 9
+
+  /// Opens `path` with `flags` (`O_CLOEXEC` is always added). When the process or the system is out of file
+  /// descriptors (`EMFILE`, `ENFILE`: connections come and go) it waits a little and tries again, then throws
+  /// ``StorageError/descriptorsExhausted(operation:path:errno:)``, which callers treat as retryable rather than
+  /// as a failed disk. Blocks the calling thread while it waits: call it on a storage queue only.
+  static func open(
+    _ path: String, flags: Int32, permissions: mode_t = 0o644, faults: OpenFaults? = nil
+  ) throws(StorageError) -> PosixFile {
+    var waits = 0
     while true {
-      let fd = Glibc.open(path, flags | O_CLOEXEC, permissions)
+      let fd = faults?.injected() ?? Glibc.open(path, flags | O_CLOEXEC, permissions)
       if fd >= 0 { return PosixFile(fd: fd, path: path) }
-      if errno != EINTR { throw ioError("open", path) }
+      let code = errno
+      if code == EINTR { continue }
+      guard code == EMFILE || code == ENFILE else { throw ioError("open", path, code) }
+      guard waits < descriptorWaits else { throw .descriptorsExhausted(operation: "open", path: path, errno: code) }
+      usleep(1000 << UInt32(waits))
+      waits += 1
     }
   }
 
@@ -141,18 +157,58 @@ struct PosixFile {
   }
 }
 
+/// Failures a test injects into a storage's opens: the next `count` opens fail with `code`.
+final class OpenFaults: Sendable {
+  private let pending = Atomic<Int>(0)
+  private let code = Atomic<Int32>(EMFILE)
+
+  /// Makes the next `count` opens fail with `code`.
+  func failNext(_ count: Int, with code: Int32 = EMFILE) {
+    self.code.store(code, ordering: .relaxed)
+    pending.store(count, ordering: .releasing)
+  }
+
+  /// `-1` with `errno` set while failures are pending; `nil` otherwise (open for real).
+  func injected() -> Int32? {
+    while true {
+      let left = pending.load(ordering: .acquiring)
+      guard left > 0 else { return nil }
+      if pending.compareExchange(expected: left, desired: left - 1, ordering: .acquiringAndReleasing).exchanged {
+        errno = code.load(ordering: .relaxed)
+        return -1
+      }
+    }
+  }
+}
+
 /// Directory-level operations.
 enum FileSystem {
-  /// Creates `path` and its missing parents.
-  static func makeDirectories(_ path: String) throws(StorageError) {
+  /// Creates `path` and its missing parents, and returns the directories it created. With `syncParents`, each
+  /// one created is made durable by syncing (`sync`) the directory that holds it, once, as it is created: a
+  /// directory that a crash forgets would take every file written in it along.
+  @discardableResult
+  static func makeDirectories(
+    _ path: String, syncParents: Bool,
+    sync: (String) throws(StorageError) -> Void = { path throws(StorageError) in
+      try FileSystem.syncDirectory(path)
+    }
+  ) throws(StorageError) -> [String] {
     var prefix = path.hasPrefix("/") ? "" : "."
+    var created: [String] = []
     for component in path.split(separator: "/") {
+      let parent = prefix.isEmpty ? "/" : prefix
       prefix += "/" + component
-      if mkdir(prefix, 0o755) != 0 && errno != EEXIST { throw ioError("mkdir", prefix) }
+      if mkdir(prefix, 0o755) == 0 {
+        created.append(prefix)
+        if syncParents { try sync(parent) }
+      } else if errno != EEXIST {
+        throw ioError("mkdir", prefix)
+      }
     }
     var info = stat()
     if stat(path, &info) != 0 { throw ioError("stat", path) }
     if info.st_mode & S_IFMT != S_IFDIR { throw ioError("mkdir", path, ENOTDIR) }
+    return created
   }
 
   /// The names in directory `path` (without `.` and `..`).

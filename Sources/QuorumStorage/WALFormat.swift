@@ -111,6 +111,8 @@ enum WALFormat {
     var entryRange: ClosedRange<UInt64>?
     /// The hard state written, if any.
     var hardState: [UInt8]?
+    /// Whether it must be synced before it is acknowledged whatever the policy (``StorageWrite/mustSync``).
+    var mustSync = false
   }
 
   /// Encodes `write` into records (entries first, hard state last; see ``EncodedWrite``), checking its shape
@@ -139,7 +141,7 @@ enum WALFormat {
       appendRecord(.hardState, payload: hardState, to: &writer)
     }
     let range = count > 0 ? entries[0].index...entries[count - 1].index : nil
-    return EncodedWrite(bytes: writer.bytes, entryRange: range, hardState: write.hardState)
+    return EncodedWrite(bytes: writer.bytes, entryRange: range, hardState: write.hardState, mustSync: write.mustSync)
   }
 
   // MARK: Reading

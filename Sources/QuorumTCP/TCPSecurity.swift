@@ -315,26 +315,3 @@ func decodeHex(_ text: some StringProtocol) -> [UInt8]? {
 private func isBlank(_ byte: UInt8) -> Bool {
   byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\n") || byte == UInt8(ascii: "\r") || byte == UInt8(ascii: "\t")
 }
-
-/// `text` made safe to log: printable ASCII is kept (a backslash doubled), everything else is written as
-/// `\u{…}`, and at most `limit` characters are kept, so bytes chosen by a remote side cannot forge log lines,
-/// hide behind control characters or fill the log.
-public func logSafe(_ text: some StringProtocol, limit: Int = 96) -> String {
-  var result = ""
-  var kept = 0
-  var omitted = 0
-  for scalar in text.unicodeScalars {
-    if kept >= limit {
-      omitted += 1
-      continue
-    }
-    kept += 1
-    switch scalar.value {
-    case 0x5C: result += "\\\\"
-    case 0x20...0x7E: result.unicodeScalars.append(scalar)
-    default: result += "\\u{\(String(scalar.value, radix: 16))}"
-    }
-  }
-  if omitted > 0 { result += "…(\(omitted) more)" }
-  return result
-}

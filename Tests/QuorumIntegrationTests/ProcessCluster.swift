@@ -36,11 +36,18 @@ final class ServeProcess: @unchecked Sendable {
   let stdout = OutputBuffer()
   let stderrPath: String
 
-  init(id: NodeID, arguments: [String], stderrPath: String) throws {
+  /// Starts `quorum` with `arguments`, through `launcher` if given (a shell that sets limits, say: the quorum
+  /// executable and the arguments follow the launcher's own arguments).
+  init(id: NodeID, arguments: [String], stderrPath: String, launcher: [String] = []) throws {
     self.id = id
     self.stderrPath = stderrPath
-    process.executableURL = URL(fileURLWithPath: try quorumExecutable())
-    process.arguments = arguments
+    if let first = launcher.first {
+      process.executableURL = URL(fileURLWithPath: first)
+      process.arguments = Array(launcher.dropFirst()) + [try quorumExecutable()] + arguments
+    } else {
+      process.executableURL = URL(fileURLWithPath: try quorumExecutable())
+      process.arguments = arguments
+    }
     let pipe = Pipe()
     process.standardOutput = pipe
     _ = FileManager.default.createFile(atPath: stderrPath, contents: nil)

@@ -274,3 +274,32 @@ struct HandshakeTests {
     return (0...(haystack.count - needle.count)).contains { Array(haystack[$0..<($0 + needle.count)]) == needle }
   }
 }
+
+extension HandshakeTests {
+  @Test("a hostile principal name or cluster id reaches the log escaped and bounded, never as raw bytes")
+  func hostileNamesAreLoggedSafely() throws {
+    let hostile = "\u{1b}[2J\nwarning quorum: FORGED LINE \u{7}" + String(repeating: "x", count: 3000)
+    let cases: [(String, TCPHandshake)] = [
+      (
+        "principal",
+        TCPHandshake(
+          cluster: Self.cluster, role: .client, from: .none, to: 1, protocolNumber: WireProtocol.client,
+          mode: .hmacSHA256, principal: hostile, nonce: Self.random(42, count: 32))
+      ),
+      (
+        "cluster id",
+        TCPHandshake(
+          cluster: ClusterID(rawValue: hostile), role: .peer, from: 2, to: 1, protocolNumber: WireProtocol.test,
+          mode: .hmacSHA256, nonce: Self.random(43, count: 32))
+      ),
+    ]
+    for (name, hello) in cases {
+      let probe = try Self.probe(hello, proof: Self.attackerProof(hello, key: Self.aliceSecret.bytes))
+      let text = try #require(probe.reason, "\(name)").description
+      #expect(!text.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F }, "\(name): \(text)")
+      #expect(text.contains("\\u{1b}[2J\\u{a}warning quorum: FORGED LINE"), "\(name): \(text)")
+      #expect(text.count < 400, "\(name): \(text.count) characters")
+      #expect(text.contains("more)"), "\(name): the cut is said")
+    }
+  }
+}

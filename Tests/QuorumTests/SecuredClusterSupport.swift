@@ -2,21 +2,21 @@ import Foundation
 import Quorum
 import Testing
 
-/// A temporary directory with a cluster secret and a credentials file (principals `admin` and `reader`), each
-/// private to its owner, and the principals' own secret files.
+/// A temporary directory with a cluster secret and a credentials file (by default principals `admin` and
+/// `reader`), each private to its owner, and the principals' own secret files.
 struct TestSecrets {
   let directory: String
   var secretFile: String { "\(directory)/secret" }
   var credentialsFile: String { "\(directory)/credentials" }
 
-  init() throws {
+  init(principals: [(name: String, role: String)] = [("admin", "admin"), ("reader", "read")]) throws {
     directory =
       FileManager.default.temporaryDirectory.appendingPathComponent("quorum-secrets-\(UUID().uuidString)")
       .path
     try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     try Self.write("\(directory)/secret", Data(try SecureRandom.bytes(count: 32)))
     var lines = ""
-    for (name, role) in [("admin", "admin"), ("reader", "read")] {
+    for (name, role) in principals {
       let hex = try SecureRandom.bytes(count: 32).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
       try Self.write("\(directory)/\(name).key", Data(hex.utf8))
       lines += "\(name) \(role) \(hex)\n"
@@ -24,7 +24,7 @@ struct TestSecrets {
     try Self.write("\(directory)/credentials", Data(lines.utf8))
   }
 
-  /// The credential of `name` (`admin` or `reader`).
+  /// The credential of principal `name`.
   func credential(_ name: String) throws -> TCPClientCredential {
     try TCPClientCredential(name: name, secretFile: "\(directory)/\(name).key")
   }

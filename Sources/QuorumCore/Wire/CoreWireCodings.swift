@@ -45,6 +45,12 @@ extension ConsensusError: WireCodable {
       writer.writeByte(10)
       writer.writeVarint(UInt64(max(0, bytes)))
       writer.writeVarint(UInt64(max(0, limit)))
+    case .sessionNotOwned(let session):
+      writer.writeByte(11)
+      writer.writeVarint(session)
+    case .sessionQuotaExceeded(let limit):
+      writer.writeByte(12)
+      writer.writeVarint(UInt64(max(0, limit)))
     }
   }
 
@@ -64,6 +70,8 @@ extension ConsensusError: WireCodable {
     case 10:
       self = .commandTooLarge(
         bytes: Int(try reader.readVarint(as: UInt32.self)), limit: Int(try reader.readVarint(as: UInt32.self)))
+    case 11: self = .sessionNotOwned(try reader.readVarint())
+    case 12: self = .sessionQuotaExceeded(limit: Int(try reader.readVarint(as: UInt32.self)))
     case let tag: throw WireError(.unknownTag(type: "ConsensusError", tag: UInt64(tag)), at: at)
     }
   }

@@ -172,7 +172,9 @@ public struct MultiPaxosEngine: ReplicaEngine {
     let rd = core.ready()
     var out = ReplicaReady<MultiPaxosEngine>(raw: rd)
     out.eagerMessages = rd.eagerMessages.map { ReplicaOutgoing(to: $0.to, message: $0.message) }
-    out.write = StorageWrite(hardState: rd.hardState?.wireBytes(), entries: rd.entries)
+    // The hard state is the promise alone: a promise must be durable before the message that makes it leaves.
+    out.write = StorageWrite(
+      hardState: rd.hardState?.wireBytes(), entries: rd.entries, mustSync: rd.hardState != nil)
     if let snapshot = rd.snapshot {
       // Entries above the snapshot are accepted proposals the acceptor must not forget: keep them.
       out.snapshot = ReplicaSnapshotInstall(

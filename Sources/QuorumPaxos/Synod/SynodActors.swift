@@ -85,7 +85,7 @@ public actor PaxosAcceptor<Value: SynodValue> {
     // and it happens before any message of the turn is sent.
     var newest: AcceptorState<Value>?
     for case .persist(let state) in effects { newest = state }
-    if let newest { try await storage.write(StorageWrite(hardState: newest.wireBytes())) }
+    if let newest { try await storage.write(StorageWrite(hardState: newest.wireBytes(), mustSync: true)) }
     for case .send(let outgoing) in effects {
       do {
         try endpoint.send(outgoing.message, to: outgoing.to)
@@ -251,7 +251,7 @@ public actor PaxosProposer<Value: SynodValue> {
     for effect in effects {
       switch effect {
       case .persist(let state):
-        try await storage.write(StorageWrite(hardState: state.wireBytes()))
+        try await storage.write(StorageWrite(hardState: state.wireBytes(), mustSync: true))
       case .send(let outgoing):
         do {
           try endpoint.send(outgoing.message, to: outgoing.to)

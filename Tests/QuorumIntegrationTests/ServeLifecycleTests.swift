@@ -1,0 +1,66 @@
+import Foundation
+import Quorum
+import Testing
+
+@Suite("quorum serve: descriptors and signals", .serialized, .timeLimit(.minutes(3)))
+struct ServeLifecycleTests {
+  @Test("serve raises its soft open-file limit to the hard limit when it starts")
+  func raisesOpenFileLimit() async throws {
+    let hard = try #require(OpenFileLimit.current()?.hard)
+    try #require(hard > 256, "the hard limit (\(hard)) leaves nothing to raise")
+    let cluster = try ProcessCluster(name: "nofile", size: 1)
+    defer { cluster.removeFiles() }
+    let member = try ServeProcess(
+      id: 1,
+      arguments: [
+        "serve", "--id", "n1", "--listen", "127.0.0.1:0", "--peers", "", "--data", "\(cluster.directory)/d",
+        "--insecure",
+      ],
+      stderrPath: "\(cluster.directory)/n1.log",
+      launcher: ["/bin/sh", "-c", "ulimit -S -n 256 && exec \"$@\"", "sh"])
+    _ = try await member.listeningAddress()
+    let limits = try String(contentsOfFile: "/proc/\(member.process.processIdentifier)/limits", encoding: .utf8)
+    let line = try #require(limits.split(separator: "\n").first { $0.hasPrefix("Max open files") })
+    let numbers = line.split(separator: " ").compactMap { UInt64($0) }
+    #expect(numbers.count == 2 && numbers[0] == numbers[1] && numbers[1] == hard, "\(line)")
+    #expect(member.stderr.contains("raised the open-file limit from 256 to \(hard)"), "\(member.stderr)")
+    member.kill(SIGTERM)
+    #expect(await member.waitForExit(timeout: .seconds(10)))
+  }
+
+  @Test("the first SIGTERM shuts down gracefully (waiting for a watch in flight); a second one exits at once")
+  func secondSignalForcesExit() async throws {
+    let cluster = try ProcessCluster(name: "signals", size: 1)
+    defer { cluster.removeFiles() }
+    try await cluster.start()
+    let member = try #require(cluster.member(1))
+    let address = try #require(cluster.addresses[1])
+    let client = TCPRequestClient(cluster: cluster.name, credential: cluster.credential, logger: .disabled)
+    // A watch that nothing will answer for 30 s: a graceful shutdown answers the requests it took, so it waits.
+    let watch = HostRequest.watch(
+      group: .default, service: "locks", key: "never", after: 1 << 40, timeoutMillis: 30_000)
+    let held = Task { try? await client.request(watch.wireBytes(), to: address, timeout: .seconds(60)) }
+    // Requests on one connection are taken in order: once this one is answered, the watch has been taken.
+    _ = try await client.request(HostRequest.status(group: nil).wireBytes(), to: address, timeout: .seconds(30))
+
+    member.kill(SIGTERM)
+    let deadline = ContinuousClock.now.advanced(by: .seconds(30))
+    while !member.stderr.contains("shutting down"), ContinuousClock.now < deadline {
+      try await Task.sleep(for: .milliseconds(10))
+    }
+    #expect(member.stderr.contains("again to exit at once"), "\(member.stderr)")
+    member.kill(SIGTERM)
+    guard await member.waitForExit(timeout: .seconds(10)) else {
+      Issue.record("a second signal did not end the process: \(member.stderr)")
+      member.kill(SIGKILL)
+      _ = await member.waitForExit(timeout: .seconds(10))
+      held.cancel()
+      await client.close()
+      return
+    }
+    #expect(member.process.terminationStatus == 128 + SIGTERM, "\(member.stderr)")
+    #expect(member.stderr.contains("exiting at once"), "\(member.stderr)")
+    held.cancel()
+    await client.close()
+  }
+}

@@ -1,0 +1,164 @@
+import QuorumCore
+import Testing
+
+@testable import QuorumKV
+
+@Suite("Bounded prefix scans with continuation tokens")
+struct ScanTests {
+  func ctx(_ i: UInt64) -> ApplyContext { ApplyContext(index: i, timestampMillis: 0) }
+
+  /// Every page of a scan, following the tokens.
+  func pages(_ kv: KVStore, prefix: String, limit: Int, maxBytes: Int) throws -> [[KVPair]] {
+    var pages: [[KVPair]] = []
+    var after: String?
+    for _ in 0..<10_000 {
+      guard
+        case .page(let pairs, let next) = kv.query(
+          .scanPage(prefix: prefix, after: after, limit: limit, maxBytes: maxBytes))
+      else { throw ScanFailure("not a page") }
+      pages.append(pairs)
+      guard let next else { return pages }
+      #expect(next == pairs.last?.key, "the token is the last key returned")
+      after = next
+    }
+    throw ScanFailure("the scan did not end")
+  }
+
+  struct ScanFailure: Error {
+    let why: String
+    init(_ why: String) { self.why = why }
+  }
+
+  @Test("pages of a prefix scan cover its keys once, in order, within the page's count")
+  func pagingByCount() throws {
+    var kv = KVStore()
+    var index: UInt64 = 0
+    for name in ["user/", "users", "user", "usef/", "zzz", "a"] {
+      for n in 0..<7 {
+        index += 1
+        _ = kv.apply(.put(key: "\(name)\(n)", value: [UInt8(n)]), context: ctx(index))
+      }
+    }
+    let all = try pages(kv, prefix: "user/", limit: 3, maxBytes: 1 << 20)
+    #expect(all.map(\.count) == [3, 3, 1])
+    #expect(all.flatMap { $0 }.map(\.key) == (0..<7).map { "user/\($0)" })
+    #expect(try pages(kv, prefix: "user", limit: 5, maxBytes: 1 << 20).flatMap { $0 }.count == 21)
+    #expect(try pages(kv, prefix: "nothing", limit: 5, maxBytes: 1 << 20) == [[]])
+    // A token before the prefix starts at the prefix; one past it ends the scan.
+    guard case .page(let early, _) = kv.query(.scanPage(prefix: "user/", after: "a", limit: 2, maxBytes: 1 << 20)),
+      case .page(let late, let none) = kv.query(.scanPage(prefix: "user/", after: "user/9", limit: 2, maxBytes: 100))
+    else {
+      Issue.record("not pages")
+      return
+    }
+    #expect(early.map(\.key) == ["user/0", "user/1"])
+    #expect(late.isEmpty && none == nil)
+  }
+
+  @Test("pages are bounded in bytes, hold at least one entry, and the store caps what a scan asks for")
+  func pagingByBytes() throws {
+    var kv = KVStore()
+    for n in 10..<40 {
+      _ = kv.apply(.put(key: "big/\(n)", value: [UInt8](repeating: 1, count: 100_000)), context: ctx(UInt64(n + 1)))
+    }
+    let byBytes = try pages(kv, prefix: "big/", limit: 1000, maxBytes: 250_000)
+    #expect(byBytes.map(\.count) == Array(repeating: 2, count: 15))
+    let tiny = try pages(kv, prefix: "big/", limit: 1000, maxBytes: 1)
+    #expect(tiny.count == 30 && tiny.allSatisfy { $0.count == 1 }, "a page always makes progress")
+    // Asking for everything gets the store's byte cap (each entry counts its key, value and 16 bytes); the old
+    // unpaged scan is capped the same way.
+    let capped = try pages(kv, prefix: "big/", limit: 1000, maxBytes: Int(Int32.max))
+    #expect(capped[0].count == KVStore.maxScanBytes / 100_022)
+    #expect(capped.flatMap { $0 }.count == 30)
+    guard case .entries(let unpaged) = kv.query(.scan(prefix: "big/", limit: 1000)) else {
+      Issue.record("not entries")
+      return
+    }
+    #expect(unpaged.count == capped[0].count)
+
+    var many = KVStore()
+    for n in 0..<(KVStore.maxScanEntries + 5) {
+      _ = many.apply(.put(key: "k\(n)", value: []), context: ctx(UInt64(n + 1)))
+    }
+    guard
+      case .page(let first, let next) = many.query(
+        .scanPage(prefix: "k", after: nil, limit: Int(Int32.max), maxBytes: Int(Int32.max)))
+    else {
+      Issue.record("not a page")
+      return
+    }
+    #expect(first.count == KVStore.maxScanEntries && next != nil)
+  }
+
+  @Test("the key order stays that of the dictionary through puts, deletes, swaps and restores (seeded)")
+  func orderMatchesNaiveScan() throws {
+    var random = SeededRandom(seed: 42)
+    var kv = KVStore()
+    var keys = Set<String>()
+    for step in 1...6000 {
+      let key = "k\(random.next() % 1500)"
+      switch random.next() % 4 {
+      case 0, 1:
+        _ = kv.apply(.put(key: key, value: [1]), context: ctx(UInt64(step)))
+        keys.insert(key)
+      case 2:
+        _ = kv.apply(.delete(key: key), context: ctx(UInt64(step)))
+        keys.remove(key)
+      default:
+        let new: [UInt8]? = random.next() % 2 == 0 ? nil : [2]
+        let current = kv.value(key)
+        _ = kv.apply(.compareAndSwap(key: key, expected: current, new: new), context: ctx(UInt64(step)))
+        if new == nil { keys.remove(key) } else { keys.insert(key) }
+      }
+    }
+    let scanned = try pages(kv, prefix: "k", limit: 97, maxBytes: 1 << 20).flatMap { $0 }.map(\.key)
+    #expect(scanned == keys.sorted())
+    var restored = KVStore()
+    try restored.restore(from: kv.snapshot())
+    #expect(
+      try pages(restored, prefix: "k1", limit: 50, maxBytes: 1 << 20).flatMap { $0 }.map(\.key)
+        == keys.filter { $0.hasPrefix("k1") }.sorted())
+    #expect(restored == kv)
+  }
+
+  @Test("scan pages and their results round-trip through the wire format")
+  func wire() throws {
+    let queries: [KVQuery] = [
+      .scanPage(prefix: "p", after: nil, limit: 3, maxBytes: 10),
+      .scanPage(prefix: "", after: "x", limit: 0, maxBytes: 0),
+    ]
+    for query in queries { #expect(try KVQuery(wireBytes: query.wireBytes()) == query) }
+    let results: [KVQueryResult] = [
+      .page([KVPair("a", [1], modifiedAt: 4)], next: "a"), .page([], next: nil),
+    ]
+    for result in results { #expect(try KVQueryResult(wireBytes: result.wireBytes()) == result) }
+  }
+}
+
+@Suite("SortedKeys")
+struct SortedKeysTests {
+  @Test("inserts and removes keep every key once, in order, across chunk splits and empty chunks (seeded)")
+  func matchesASortedSet() {
+    var random = SeededRandom(seed: 7)
+    var keys = SortedKeys()
+    var model = Set<String>()
+    for _ in 0..<20_000 {
+      let key = String(random.next() % 3000)
+      if random.next() % 3 == 0 {
+        keys.remove(key)
+        model.remove(key)
+      } else {
+        keys.insert(key)
+        model.insert(key)
+      }
+    }
+    #expect(keys.all == model.sorted())
+    #expect(keys.count == model.count)
+    var after: [String] = []
+    keys.forEach(from: "2", after: true) { key in
+      after.append(key)
+      return after.count < 10
+    }
+    #expect(after == Array(model.sorted().filter { $0 > "2" }.prefix(10)))
+  }
+}

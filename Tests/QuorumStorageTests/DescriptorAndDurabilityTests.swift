@@ -1,0 +1,109 @@
+import Foundation
+import Glibc
+import QuorumCore
+import Testing
+
+@testable import QuorumStorage
+
+@Suite("FileStorage when descriptors run out")
+struct DescriptorExhaustionTests {
+  func storage(_ directory: String) -> FileStorage<TestEntry> {
+    FileStorage(directory: directory, segmentBytes: 4096, preallocation: .none, logger: .disabled)
+  }
+
+  /// An entry large enough that every write of one opens a new segment.
+  func big(_ index: UInt64) -> TestEntry {
+    TestEntry(index, payload: [UInt8](repeating: UInt8(index % 251), count: 3000))
+  }
+
+  @Test(
+    "EMFILE and ENFILE opening a segment are waited out, then typed and retryable; the storage stays usable",
+    arguments: [EMFILE, ENFILE])
+  func openFailuresAreRetryable(_ code: Int32) async throws {
+    try await withTemporaryDirectory { directory in
+      let store = storage(directory)
+      _ = try await store.recover()
+      try await store.write(StorageWrite(hardState: hardState("term 1"), entries: [big(1)]))
+      // A few failed opens are waited out in place.
+      store.core.openFaults.failNext(3, with: code)
+      for index in UInt64(2)...5 { try await store.write(StorageWrite(entries: [big(index)])) }
+      // More than the storage waits for: a typed error that says to retry, and nothing is poisoned.
+      store.core.openFaults.failNext(1000, with: code)
+      do {
+        try await store.write(StorageWrite(hardState: hardState("term 2"), entries: [big(6)]))
+        Issue.record("the write succeeded without a descriptor")
+      } catch let error as StorageError {
+        #expect(error.isRetryable, "\(error)")
+        guard case .descriptorsExhausted(_, _, let errno) = error else {
+          Issue.record("not typed as exhausted descriptors: \(error)")
+          return
+        }
+        #expect(errno == code)
+      }
+      store.core.openFaults.failNext(0)
+      try await store.write(StorageWrite(hardState: hardState("term 2"), entries: [big(6)]))
+      try await store.close()
+
+      let reopened = storage(directory)
+      let state = try await reopened.recover()
+      #expect(state.entries.map(\.index) == Array(1...6))
+      #expect(state.entries == (1...6).map(big))
+      #expect(state.hardState == hardState("term 2"))
+      try await reopened.close()
+    }
+  }
+}
+
+@Suite("FileStorage durability: hard states under batch sync, new directories")
+struct DurabilityTests {
+  @Test("under batch sync a write marked mustSync is synced before it returns; others wait for the timer")
+  func batchSyncsWhatMustBeDurable() async throws {
+    try await withTemporaryDirectory { directory in
+      let store = FileStorage<TestEntry>(
+        directory: directory, fsync: .batch(interval: .seconds(3600)), segmentBytes: 1 << 20, preallocation: .none,
+        logger: .disabled)
+      _ = try await store.recover()
+      let base = try await store.syncCount()
+      try await store.write(StorageWrite(entries: entries(1...3)))
+      try await store.write(StorageWrite(hardState: hardState("commit 3"), entries: entries(4...4)))
+      #expect(try await store.syncCount() == base, "entries and a commit index ride on the batch timer")
+      try await store.write(StorageWrite(hardState: hardState("term 2, vote n3"), mustSync: true))
+      #expect(try await store.syncCount() == base + 1, "a vote is on disk before the call returns")
+      try await store.close()
+    }
+  }
+
+  @Test("every directory the storage creates is synced in its parent, once; reopening creates and syncs none")
+  func newDirectoriesAreSynced() async throws {
+    try await withTemporaryDirectory { root in
+      let directory = "\(root)/a/b"
+      let store = FileStorage<TestEntry>(
+        directory: directory, segmentBytes: 4096, preallocation: .none, logger: .disabled)
+      _ = try await store.recover()
+      let core = store.core
+      // a, b, wal, snapshots (the temporary root is created too), then the first segment's rename in wal.
+      let created = try await core.perform { core.directorySyncCount }
+      #expect(created == 6, "\(created) directory syncs")
+      try await store.close()
+      let again = FileStorage<TestEntry>(
+        directory: directory, segmentBytes: 4096, preallocation: .none, logger: .disabled)
+      _ = try await again.recover()
+      let reopenedCore = again.core
+      #expect(try await reopenedCore.perform { reopenedCore.directorySyncCount } == 0)
+      try await again.close()
+    }
+  }
+
+  @Test("makeDirectories syncs the parent of each directory it creates, in order, and nothing when all exist")
+  func makeDirectoriesSyncsParents() throws {
+    let root = FileManager.default.temporaryDirectory.path + "/quorum-mkdir-" + UUID().uuidString
+    defer { try? FileManager.default.removeItem(atPath: root) }
+    var synced: [String] = []
+    let created = try FileSystem.makeDirectories("\(root)/x/y", syncParents: true) { synced.append($0) }
+    #expect(created == [root, "\(root)/x", "\(root)/x/y"])
+    #expect(synced == [(root as NSString).deletingLastPathComponent, root, "\(root)/x"])
+    synced = []
+    #expect(try FileSystem.makeDirectories("\(root)/x/y", syncParents: true) { synced.append($0) }.isEmpty)
+    #expect(synced.isEmpty)
+  }
+}
