@@ -196,6 +196,9 @@ public enum HostError: Error, Sendable, Equatable, WireCodable, CustomStringConv
   case wrongGroup(key: String, service: String, owner: GroupID)
   /// The request could not be decoded, or its payload is not the service's.
   case malformed(String)
+  /// No group of the cluster carries this service (a client finds this out from the cluster map, before sending
+  /// anything); `known` lists the services the cluster's groups do carry.
+  case serviceNotCarried(String, known: [String])
 
   public var description: String {
     switch self {
@@ -207,6 +210,8 @@ public enum HostError: Error, Sendable, Equatable, WireCodable, CustomStringConv
     case .unknownService(let service, let group): return "group \(group) carries no service '\(service)'"
     case .wrongGroup(let key, let service, let owner): return "\(service) key '\(key)' belongs to group \(owner)"
     case .malformed(let why): return "malformed request: \(why)"
+    case .serviceNotCarried(let service, let known):
+      return "no group of the cluster carries service '\(service)' (carried: \(known.joined(separator: ", ")))"
     }
   }
 
@@ -234,6 +239,10 @@ public enum HostError: Error, Sendable, Equatable, WireCodable, CustomStringConv
     case .malformed(let why):
       writer.writeByte(5)
       writer.writeString(why)
+    case .serviceNotCarried(let service, let known):
+      writer.writeByte(6)
+      writer.writeString(service)
+      writer.writeArray(known)
     }
   }
 
@@ -246,6 +255,7 @@ public enum HostError: Error, Sendable, Equatable, WireCodable, CustomStringConv
     case 3: self = .unknownService(try reader.readString(), group: try reader.read())
     case 4: self = .wrongGroup(key: try reader.readString(), service: try reader.readString(), owner: try reader.read())
     case 5: self = .malformed(try reader.readString())
+    case 6: self = .serviceNotCarried(try reader.readString(), known: try reader.readArray(String.self))
     case let tag: throw WireError(.unknownTag(type: "HostError", tag: UInt64(tag)), at: at)
     }
   }
