@@ -7,7 +7,9 @@ import Synchronization
 /// the same run (a process hosting one group; one group; Raft).
 ///
 /// `QUORUM_HOST_PARTS=idle`, `=groups` or `=engines` (or a comma-separated mix) runs only those parts;
-/// `QUORUM_HOST_IDLE_SECONDS` sets the idle measurement window (default 10).
+/// `QUORUM_HOST_IDLE_SECONDS` sets the idle measurement window (default 10), `QUORUM_HOST_GROUP_COUNTS` the group
+/// counts compared (default `1,4,16`; the first is the baseline) and `QUORUM_HOST_FSYNC` the servers' fsync policy
+/// (default `always`; `never` separates the disk's share from the CPU's).
 enum HostBenchmarks {
   static func run(_ report: BenchReport) async throws {
     signal(SIGPIPE, SIG_IGN)
@@ -203,7 +205,9 @@ enum HostBenchmarks {
   /// evenly), run twice in the order 1, 4, 16, 16, 4, 1 so both halves see the same machine.
   static func groupScaling(_ report: BenchReport, root: String) async throws {
     var results: [Int: [LoadResult]] = [:]
-    let counts = [1, 4, 16]
+    let counts = (ProcessInfo.processInfo.environment["QUORUM_HOST_GROUP_COUNTS"] ?? "1,4,16").split(separator: ",")
+      .compactMap { Int($0) }
+    guard let first = counts.first else { throw BenchFailure("QUORUM_HOST_GROUP_COUNTS names no count") }
     for (round, count) in (counts + counts.reversed()).enumerated() {
       let groups = (1...count).map { GroupLine(name: "g\($0)", id: UInt64($0), engine: .raft) }
       let cluster = try await GroupCluster.start(root: "\(root)/groups-\(round)", groups: groups)
@@ -214,16 +218,18 @@ enum HostBenchmarks {
       results[count, default: []].append(result)
       cluster.stop()
     }
-    let base = mean(results[1] ?? [], \.rate)
+    let base = mean(results[first] ?? [], \.rate)
     for count in counts {
       let runs = results[count] ?? []
       let rate = mean(runs, \.rate)
       report.add(
-        "host",
-        count == 1 ? "baseline: 1 Raft group, 256 clients, puts/s" : "\(count) Raft groups, 256 clients, puts/s",
+        "host", "\(count == first ? "baseline: " : "")\(count) Raft group\(count == 1 ? "" : "s"), 256 clients, puts/s",
         rate, "puts/s",
         note: String(
-          format: "%.2f × 1 group; p50 %.0f µs; runs %@; leaders %@", rate / base, mean(runs, \.p50),
+          format:
+            "%.2f × \(first) group\(first == 1 ? "" : "s"), fsync \(GroupCluster.fsync); p50 %.0f µs; "
+            + "CPU per put: servers %.0f µs, client %.0f µs; runs %@; leaders %@",
+          rate / base, mean(runs, \.p50), mean(runs, \.serverMicrosPerPut), mean(runs, \.clientMicrosPerPut),
           runs.map { String(format: "%.0f", $0.rate) }.joined(separator: ", "), runs.first?.note ?? ""))
     }
   }
@@ -250,13 +256,15 @@ enum HostBenchmarks {
       report.add(
         "host", "baseline: Raft, 1 group, \(clients) clients, puts/s", mean(raft, \.rate), "puts/s",
         note: String(
-          format: "p50 %.0f µs; runs %@", mean(raft, \.p50),
+          format: "p50 %.0f µs; CPU per put: servers %.0f µs, client %.0f µs; runs %@", mean(raft, \.p50),
+          mean(raft, \.serverMicrosPerPut), mean(raft, \.clientMicrosPerPut),
           raft.map { String(format: "%.0f", $0.rate) }.joined(separator: ", ")))
       report.add(
         "host", "Multi-Paxos, 1 group, \(clients) clients, puts/s", mean(paxos, \.rate), "puts/s",
         note: String(
-          format: "%.2f × Raft; p50 %.0f µs; runs %@", mean(paxos, \.rate) / max(mean(raft, \.rate), 1e-9),
-          mean(paxos, \.p50), paxos.map { String(format: "%.0f", $0.rate) }.joined(separator: ", ")))
+          format: "%.2f × Raft; p50 %.0f µs; CPU per put: servers %.0f µs, client %.0f µs; runs %@",
+          mean(paxos, \.rate) / max(mean(raft, \.rate), 1e-9), mean(paxos, \.p50), mean(paxos, \.serverMicrosPerPut),
+          mean(paxos, \.clientMicrosPerPut), paxos.map { String(format: "%.0f", $0.rate) }.joined(separator: ", ")))
     }
   }
 
@@ -270,6 +278,9 @@ struct LoadResult {
   var rate: Double
   var p50: Double
   var p99: Double
+  /// CPU time of the three servers together, and of the clients' process, per put (µs).
+  var serverMicrosPerPut: Double = 0
+  var clientMicrosPerPut: Double = 0
   var note = ""
 }
 
@@ -280,7 +291,8 @@ struct GroupLine {
   var engine: EngineKind
 }
 
-/// Three `quorum serve` processes (the release executable next to this one, fsync always, no authentication)
+/// Three `quorum serve` processes (the release executable next to this one, fsync always unless
+/// `QUORUM_HOST_FSYNC` says otherwise, no authentication)
 /// hosting the given groups, each on all three members.
 final class GroupCluster: @unchecked Sendable {
   // Safety of @unchecked Sendable: the processes are only started, queried and stopped; the rest is immutable.
@@ -293,6 +305,9 @@ final class GroupCluster: @unchecked Sendable {
     self.addresses = addresses
     self.groups = groups
   }
+
+  /// The servers' fsync policy (`QUORUM_HOST_FSYNC`, default `always`).
+  static var fsync: String { ProcessInfo.processInfo.environment["QUORUM_HOST_FSYNC"] ?? "always" }
 
   static func start(root: String, groups: [GroupLine]) async throws -> GroupCluster {
     try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
@@ -313,7 +328,7 @@ final class GroupCluster: @unchecked Sendable {
       process.executableURL = URL(fileURLWithPath: executable)
       process.arguments = [
         "serve", "--id", "n\(id)", "--listen", "127.0.0.1:0", "--cluster-file", file, "--data", "\(root)/n\(id)",
-        "--fsync", "always", "--log-level", "error", "--insecure",
+        "--fsync", fsync, "--log-level", "error", "--insecure",
       ]
       let pipe = Pipe()
       process.standardOutput = pipe
@@ -390,6 +405,16 @@ final class GroupCluster: @unchecked Sendable {
     let members = addresses
     let groupCount = groups.count
     let ready = ReadyCount()
+    let pids = processes.map(\.processIdentifier)
+    // CPU time of the servers and of this process (the clients) over the measured window.
+    async let cpu: (servers: Double, clients: Double) = {
+      while ready.value.load(ordering: .relaxed) < clients { try await Task.sleep(for: .milliseconds(1)) }
+      try await Task.sleep(for: .milliseconds(500))
+      let servers = pids.map(Self.cpuSeconds(of:)).reduce(0, +)
+      let own = HostBenchmarks.processCPU()
+      try await Task.sleep(for: duration)
+      return (pids.map(Self.cpuSeconds(of:)).reduce(0, +) - servers, HostBenchmarks.processCPU() - own)
+    }()
     let results = try await withThrowingTaskGroup(of: (Int, [Double]).self) { tasks in
       for index in 0..<clients {
         tasks.addTask {
@@ -433,8 +458,22 @@ final class GroupCluster: @unchecked Sendable {
       return (total, all)
     }
     let seconds = Double(duration.nanoseconds) / 1e9
+    let used = try await cpu
+    let puts = Double(max(1, results.0))
     return LoadResult(
-      rate: Double(results.0) / seconds, p50: percentile(results.1, 0.5), p99: percentile(results.1, 0.99))
+      rate: Double(results.0) / seconds, p50: percentile(results.1, 0.5), p99: percentile(results.1, 0.99),
+      serverMicrosPerPut: used.servers * 1e6 / puts, clientMicrosPerPut: used.clients * 1e6 / puts)
+  }
+
+  /// The CPU time (user + system, seconds) process `pid` has used, from `/proc/<pid>/stat`.
+  static func cpuSeconds(of pid: Int32) -> Double {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+      let close = text.lastIndex(of: ")")
+    else { return 0 }
+    // After the command name: state, ppid, …; utime and stime are the 12th and 13th fields from there.
+    let fields = text[text.index(after: close)...].split(separator: " ")
+    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
   }
 }
 
