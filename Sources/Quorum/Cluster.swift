@@ -378,7 +378,8 @@ public struct LocalMembers: Sendable {
   /// The cluster map.
   public let map: ClusterMap
 
-  /// Waits (at most `timeout`) for a member that leads `group` and has committed an entry of its term, and
+  /// Waits (at most `timeout`) for a member that leads `group` and has committed its whole log (for Raft, that
+  /// includes the entry of its term; a new Multi-Paxos leader of an empty log has nothing to commit), and
   /// returns it.
   /// - Throws: ``QuorumCore/ConsensusError/timeout`` if none does in time.
   public func leader(of group: GroupID? = nil, timeout: Duration = .seconds(10)) async throws -> NodeID {
@@ -388,7 +389,7 @@ public struct LocalMembers: Sendable {
       for id in hosts.keys.sorted() {
         guard let replica = hosts[id]?.group(target) else { continue }
         let status = await replica.status()
-        if status.isLeader && status.commitIndex >= status.lastIndex && status.commitIndex > 0 { return id }
+        if status.isLeader && status.commitIndex >= status.lastIndex { return id }
       }
       try await Task.sleep(for: .milliseconds(5))
     }

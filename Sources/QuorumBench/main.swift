@@ -10,7 +10,20 @@ let suites: [(name: String, run: (BenchReport) async throws -> Void)] = [
   ("raft", RaftBenchmarks.run),
   ("tcp", TCPBenchmarks.run),
   ("paxos", PaxosBenchmarks.run),
+  ("host", HostBenchmarks.run),
 ]
+
+// `host-member` is not a suite: the host suite runs this executable in that mode as the members of its
+// idle-groups cluster.
+if CommandLine.arguments.dropFirst().first == "host-member" {
+  do {
+    try await HostBenchmarks.member(Array(CommandLine.arguments.dropFirst(2)))
+    exit(0)
+  } catch {
+    FileHandle.standardError.write(Data("host-member: \(error)\n".utf8))
+    exit(1)
+  }
+}
 
 let requested = Set(CommandLine.arguments.dropFirst())
 let unknown = requested.subtracting(suites.map(\.name))

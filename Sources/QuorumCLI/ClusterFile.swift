@@ -63,21 +63,32 @@ struct ClusterFile: Equatable {
         throw CLIError.failed("bad cluster file \(path): member \(name): \(error)")
       }
     }
-    let text = String(decoding: data, as: UTF8.self)
+    let lines = text(of: data)
     var groups: [GroupSpec] = []
+    var searchFrom = lines.firstIndex { $0.contains("\"groups\"") } ?? 0
     for (position, group) in (raw.groups ?? []).enumerated() {
-      let line = lineNumber(of: group.name, in: text).map { "line \($0), " } ?? ""
-      func bad(_ reason: String) -> CLIError {
-        CLIError.failed("bad cluster file \(path): \(line)group \"\(group.name)\": \(reason)")
+      // The group's line: where its name is given, after the previous group's.
+      let groupLine = groupLineIndex(named: group.name, in: lines, from: searchFrom)
+      if let groupLine { searchFrom = groupLine + 1 }
+      /// The error for this group, naming the line of `field` (the first line from the group's own that holds
+      /// it, else the group's line).
+      func bad(_ reason: String, at field: String? = nil) -> CLIError {
+        let line = field.flatMap { lineIndex(of: $0, in: lines, from: groupLine ?? 0) } ?? groupLine
+        return CLIError.failed(
+          "bad cluster file \(path): \(line.map { "line \($0 + 1), " } ?? "")group \"\(group.name)\": \(reason)")
       }
       let engineText = group.engine ?? "raft"
       guard let engine = EngineKind(rawValue: engineText) else {
-        throw bad("engine \"\(engineText)\" (expected raft or multi-paxos)")
+        throw bad("engine \"\(engineText)\" (expected raft or multi-paxos)", at: "\"\(engineText)\"")
       }
       var groupMembers: [NodeID] = []
       for name in group.members ?? members.keys.sorted().map(\.description) {
-        guard let id = NodeID(name) else { throw bad("'\(name)' is not a node id") }
-        guard members[id] != nil else { throw bad("member \(name) is not in \"members\"") }
+        guard let id = NodeID(name) else { throw bad("'\(name)' is not a node id", at: "\"\(name)\"") }
+        guard members[id] != nil else {
+          throw bad(
+            "member \(name) is not in \"members\" (members: \(members.keys.sorted().map(\.description).joined(separator: ", ")))",
+            at: "\"\(name)\"")
+        }
         groupMembers.append(id)
       }
       var slots: [SlotRange] = []
@@ -86,7 +97,7 @@ struct ClusterFile: Equatable {
         guard (1...2).contains(bounds.count), part.split(separator: "-").count == bounds.count,
           bounds[0] <= bounds[bounds.count - 1]
         else {
-          throw bad("slots \"\(part)\" (expected ranges like 0-2047,3000-3100)")
+          throw bad("slots \"\(part)\" (expected ranges like 0-2047,3000-3100)", at: "\"slots\"")
         }
         slots.append(SlotRange(bounds[0], bounds[bounds.count - 1]))
       }
@@ -103,21 +114,31 @@ struct ClusterFile: Equatable {
           .validate(knownServices: ServiceCatalog.standard.names)
       } catch {
         let name = error.subject.hasPrefix("group ") ? String(error.subject.dropFirst(6)) : ""
-        let line = lineNumber(of: name, in: text).map { "line \($0): " } ?? ""
+        let line = groupLineIndex(named: name, in: lines, from: 0).map { "line \($0 + 1): " } ?? ""
         throw CLIError.failed("bad cluster file \(path): \(line)\(error)")
       }
     }
     return ClusterFile(cluster: ClusterID(rawValue: raw.cluster), members: members, groups: groups)
   }
 
-  /// The line (from 1) where `"name"` is first written, if it is.
-  private static func lineNumber(of name: String, in text: String) -> Int? {
-    guard !name.isEmpty else { return nil }
-    for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated()
-    where line.contains("\"\(name)\"") {
-      return index + 1
-    }
-    return nil
+  private static func text(of data: Data) -> [Substring] {
+    String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
+  }
+
+  /// The index of the line from `start` on that holds `needle`, if one does.
+  private static func lineIndex(of needle: String, in lines: [Substring], from start: Int) -> Int? {
+    guard start < lines.count else { return nil }
+    return lines[start...].firstIndex { $0.contains(needle) }
+  }
+
+  /// The index of the line, from `start` on, where a group's `"name"` is `name`: a line holding both `"name"`
+  /// and `"<name>"` (so that a group named like a member or a service is not found in their lines), else the
+  /// first line holding `"<name>"`.
+  private static func groupLineIndex(named name: String, in lines: [Substring], from start: Int) -> Int? {
+    guard !name.isEmpty, start < lines.count else { return nil }
+    let quoted = "\"\(name)\""
+    return lines[start...].firstIndex { $0.contains("\"name\"") && $0.contains(quoted) }
+      ?? lineIndex(of: quoted, in: lines, from: start)
   }
 
   /// Writes the file atomically (for tests and tools).

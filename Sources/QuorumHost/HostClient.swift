@@ -143,9 +143,9 @@ public actor HostClient {
 
   /// The group owning `key` for `service`.
   public func group(for key: String, service: String) async throws -> GroupID {
-    _ = try await clusterMap()
+    let map = try await clusterMap()
     guard let owner = placement?.owner(of: key, service: service) else {
-      throw QuorumClientError.rejected(.unknownService(service, group: .default))
+      throw QuorumClientError.rejected(.serviceNotCarried(service, known: Set(map.groups.flatMap(\.services)).sorted()))
     }
     return owner
   }

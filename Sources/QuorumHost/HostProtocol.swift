@@ -215,6 +215,9 @@ public enum HostError: Error, Sendable, Equatable, WireCodable, CustomStringConv
   case spaceQuotaExceeded(usedBytes: Int, quotaBytes: Int)
   /// The answer would not fit in one frame; ask for less (a scan with a smaller limit, then its continuation).
   case replyTooLarge(bytes: Int, limit: Int)
+  /// No group of the cluster carries this service (a client finds this out from the cluster map, before sending
+  /// anything); `known` lists the services the cluster's groups do carry.
+  case serviceNotCarried(String, known: [String])
 
   public var description: String {
     switch self {
@@ -232,6 +235,8 @@ public enum HostError: Error, Sendable, Equatable, WireCodable, CustomStringConv
       return "space quota exceeded: the storage holds \(used) bytes of a \(quota)-byte quota; only reads, deletes "
         + "and releases are accepted until space returns"
     case .replyTooLarge(let bytes, let limit): return "the reply of \(bytes) bytes exceeds the \(limit)-byte limit"
+    case .serviceNotCarried(let service, let known):
+      return "no group of the cluster carries service '\(service)' (carried: \(known.joined(separator: ", ")))"
     }
   }
 
@@ -271,6 +276,10 @@ public enum HostError: Error, Sendable, Equatable, WireCodable, CustomStringConv
       writer.writeByte(8)
       writer.writeVarint(UInt64(max(0, bytes)))
       writer.writeVarint(UInt64(max(0, limit)))
+    case .serviceNotCarried(let service, let known):
+      writer.writeByte(9)
+      writer.writeString(service)
+      writer.writeArray(known)
     }
   }
 
@@ -290,6 +299,7 @@ public enum HostError: Error, Sendable, Equatable, WireCodable, CustomStringConv
     case 8:
       self = .replyTooLarge(
         bytes: Int(clamping: try reader.readVarint()), limit: Int(clamping: try reader.readVarint()))
+    case 9: self = .serviceNotCarried(try reader.readString(), known: try reader.readArray(String.self))
     case let tag: throw WireError(.unknownTag(type: "HostError", tag: UInt64(tag)), at: at)
     }
   }

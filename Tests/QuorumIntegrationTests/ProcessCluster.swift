@@ -91,6 +91,19 @@ final class ServeProcess: @unchecked Sendable {
   }
 }
 
+/// One group of a ``ProcessCluster``'s cluster file (the `groups` array; none: the default group).
+struct ProcessGroup: Sendable {
+  var name: String
+  var id: UInt64
+  var engine: EngineKind
+  var services: [String] = ["kv"]
+
+  /// The group as a `GroupSpec` on `members`, for computing placement as the members do.
+  func spec(members: [NodeID]) -> GroupSpec {
+    GroupSpec(id: GroupID(rawValue: id), name: name, engine: engine, members: members, services: services)
+  }
+}
+
 /// A cluster of `quorum serve` processes on loopback, with a temporary directory for data, logs, the cluster
 /// file and the secrets: members authenticate with a cluster secret, and clients (``credential``, and the
 /// client commands run by ``runCLI(_:)``) as the principal `admin`. Ports are chosen by the members (port 0)
@@ -100,6 +113,8 @@ final class ProcessCluster: @unchecked Sendable {
   let name: ClusterID
   let directory: String
   let size: Int
+  /// The groups written into the cluster file, each on every member (empty: the default group).
+  let groups: [ProcessGroup]
   private let lock = Mutex<(members: [NodeID: ServeProcess], addresses: [NodeID: TCPAddress], listed: Set<NodeID>)>(
     ([:], [:], []))
 
@@ -110,9 +125,10 @@ final class ProcessCluster: @unchecked Sendable {
   /// The admin principal's credential.
   let credential: TCPClientCredential
 
-  init(name: ClusterID, size: Int) throws {
+  init(name: ClusterID, size: Int, groups: [ProcessGroup] = []) throws {
     self.name = name
     self.size = size
+    self.groups = groups
     let directory =
       FileManager.default.temporaryDirectory
       .appendingPathComponent("quorum-it-\(name)-\(UUID().uuidString)").path
@@ -139,7 +155,15 @@ final class ProcessCluster: @unchecked Sendable {
     var members: [String: String] = [:]
     let (known, listed) = lock.withLock { ($0.addresses, $0.listed) }
     for id in listed { members[id.description] = known[id]?.description ?? "127.0.0.1:0" }
-    let object: [String: Any] = ["cluster": name.rawValue, "members": members]
+    var object: [String: Any] = ["cluster": name.rawValue, "members": members]
+    if !groups.isEmpty {
+      object["groups"] = groups.map { group -> [String: Any] in
+        [
+          "name": group.name, "id": group.id, "engine": group.engine.rawValue, "services": group.services,
+          "members": ids.map(\.description),
+        ]
+      }
+    }
     let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
     try data.write(to: URL(fileURLWithPath: clusterFile), options: .atomic)
   }

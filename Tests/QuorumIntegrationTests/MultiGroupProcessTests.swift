@@ -1,0 +1,335 @@
+import Foundation
+import Quorum
+import QuorumSimulation
+import Synchronization
+import Testing
+
+/// The groups of the multi-group cluster: two Raft and two Multi-Paxos, each on all three members, splitting the
+/// key space of `kv` four ways.
+private let fourGroups = [
+  ProcessGroup(name: "ledger", id: 1, engine: .raft),
+  ProcessGroup(name: "orders", id: 2, engine: .multiPaxos),
+  ProcessGroup(name: "stock", id: 3, engine: .raft),
+  ProcessGroup(name: "audit", id: 4, engine: .multiPaxos),
+]
+
+/// Which group owns each key, as the members compute it.
+private struct KeyPlan: Sendable {
+  let placement: Placement
+  /// Keys checked for linearizability: two per group.
+  let shared: [String]
+
+  init(cluster: ProcessCluster) throws {
+    let map = ClusterMap(
+      cluster: cluster.name, members: Dictionary(uniqueKeysWithValues: cluster.ids.map { ($0, "") }),
+      groups: cluster.groups.map { $0.spec(members: cluster.ids) })
+    try map.validate(knownServices: ["kv", "locks"])
+    placement = Placement(map)
+    var shared: [String] = []
+    for group in cluster.groups {
+      let id = GroupID(rawValue: group.id)
+      let owned = (0..<10_000).lazy.map { "key-\($0)" }.filter { [placement] in
+        placement.owns(id, key: $0, service: "kv")
+      }
+      shared += owned.prefix(2)
+    }
+    guard shared.count == 2 * cluster.groups.count else { throw HarnessError("no keys for every group: \(shared)") }
+    self.shared = shared
+  }
+
+  func group(of key: String) -> GroupID {
+    // Every key has an owner: the map was validated to cover every slot.
+    placement.owner(of: key, service: "kv") ?? .default
+  }
+}
+
+/// Writes that were acknowledged, by key, to check after the crash that none is lost.
+private final class AcknowledgedWrites: Sendable {
+  private let values = Mutex<[String: String]>([:])
+  func record(_ key: String, _ value: String) { values.withLock { $0[key] = value } }
+  var all: [String: String] { values.withLock { $0 } }
+}
+
+/// Closed-loop clients over every group: puts, linearizable gets and compare-and-swaps on the shared keys
+/// (recorded for the linearizability checker), and puts of fresh keys (recorded when acknowledged).
+private enum MultiGroupWorkload {
+  static func run(
+    client index: Int, cluster: ProcessCluster, plan: KeyPlan, recorder: KVHistoryRecorder,
+    acknowledged: AcknowledgedWrites, stop: StopFlag
+  ) async -> Int {
+    let client = TCPKVClient(
+      cluster: cluster.name, members: cluster.ids.compactMap { cluster.addresses[$0] }, options: Workload.options(),
+      seed: UInt64(index + 1), credential: cluster.credential)
+    var random = SeededRandom(seed: UInt64(2000 + index))
+    var lastSeen: [String: String] = [:]
+    var completed = 0
+    var n = 0
+    while !stop.isSet {
+      try? await Task.sleep(for: .milliseconds(2))  // A modest load: the suite shares two cores.
+      n += 1
+      let key = plan.shared[Int(random.next() % UInt64(plan.shared.count))]
+      let value = "c\(index)-\(n)"
+      switch random.next() % 10 {
+      case 0..<3:
+        let op = recorder.invoke(client: index, .put(key: key, value: value))
+        do {
+          try await client.put(key, value)
+          recorder.complete(op, .ok)
+          lastSeen[key] = value
+          completed += 1
+        } catch {
+          recorder.markUnknown(op)
+        }
+      case 3..<6:
+        let op = recorder.invoke(client: index, .get(key: key))
+        do {
+          let read = try await client.get(key).map { String(decoding: $0, as: UTF8.self) }
+          recorder.complete(op, .value(read))
+          lastSeen[key] = read
+          completed += 1
+        } catch {
+          recorder.markFailed(op)
+        }
+      case 6..<8:
+        let expected = lastSeen[key]
+        let op = recorder.invoke(client: index, .compareAndSwap(key: key, expected: expected, new: value))
+        do {
+          let swapped = try await client.compareAndSwap(
+            key, expected: expected.map { Array($0.utf8) }, new: Array(value.utf8))
+          recorder.complete(op, .swapped(swapped))
+          if swapped { lastSeen[key] = value }
+          completed += 1
+        } catch {
+          recorder.markUnknown(op)
+        }
+      default:
+        let fresh = "ack-\(index)-\(n)"
+        do {
+          try await client.put(fresh, value)
+          acknowledged.record(fresh, value)
+          completed += 1
+        } catch {
+          // Not acknowledged: it may or may not be there, and is not checked.
+        }
+      }
+    }
+    await client.close()
+    return completed
+  }
+}
+
+@Suite("Multi-process clusters hosting several groups", .serialized, .timeLimit(.minutes(3)))
+struct MultiGroupProcessTests {
+  @Test(
+    "kill -9 one of 3 processes hosting 2 Raft + 2 Multi-Paxos groups under load: no acked write lost, linearizable"
+  )
+  func killOneProcessHostingFourGroups() async throws {
+    let cluster = try ProcessCluster(name: "groups", size: 3, groups: fourGroups)
+    var passed = false
+    defer { if passed { cluster.removeFiles() } }
+    do {
+      try await exercise(cluster)
+      let stubborn = await cluster.stopAll()
+      #expect(stubborn.isEmpty, "members that ignored SIGTERM: \(stubborn)")
+      passed = stubborn.isEmpty
+    } catch {
+      await cluster.stopAll()
+      Issue.record("\(error)\nlogs:\n\(cluster.logs.suffix(6000))")
+    }
+  }
+
+  private func exercise(_ cluster: ProcessCluster) async throws {
+    let plan = try KeyPlan(cluster: cluster)
+    try await cluster.start()
+    let admin = TCPClient(
+      cluster: cluster.name, members: cluster.ids.compactMap { cluster.addresses[$0] }, options: Workload.options(),
+      credential: cluster.credential)
+    defer { Task { await admin.close() } }
+    let groups = cluster.groups.map { GroupID(rawValue: $0.id) }
+    let map = try await admin.host.clusterMap()
+    #expect(map.groups.map(\.engine) == [.raft, .multiPaxos, .raft, .multiPaxos])
+    _ = try await leaders(of: groups, in: cluster, admin: admin)
+    try await checkBadRequests(cluster, plan: plan)
+
+    let recorder = KVHistoryRecorder()
+    let acknowledged = AcknowledgedWrites()
+    let stop = StopFlag()
+    let load = Task {
+      await withTaskGroup(of: Int.self) { tasks in
+        for index in 0..<6 {
+          tasks.addTask {
+            await MultiGroupWorkload.run(
+              client: index, cluster: cluster, plan: plan, recorder: recorder, acknowledged: acknowledged, stop: stop)
+          }
+        }
+        return await tasks.reduce(0, +)
+      }
+    }
+    // Answered operations on the shared keys of each group; each phase lasts until every group answered more.
+    func answered() -> [GroupID: Int] {
+      var counts: [GroupID: Int] = [:]
+      for op in recorder.history.operations where op.output != nil {
+        counts[plan.group(of: op.input.key), default: 0] += 1
+      }
+      return counts
+    }
+    func everyGroup(answeredMoreThan before: [GroupID: Int], by count: Int) -> Bool {
+      let now = answered()
+      return groups.allSatisfy { (now[$0] ?? 0) >= (before[$0] ?? 0) + count }
+    }
+    try await poll("every group to answer 40 operations before the crash", timeout: .seconds(60)) {
+      everyGroup(answeredMoreThan: [:], by: 40)
+    }
+
+    // Kill the process leading the most groups.
+    let before = try await leaders(of: groups, in: cluster, admin: admin)
+    let victim = try #require(
+      Dictionary(grouping: before.values, by: { $0 }).max { $0.value.count < $1.value.count }?.key)
+    let beforeCrash = answered()
+    let acknowledgedBeforeCrash = acknowledged.all.count
+    try await cluster.crash(victim)
+    let during = try await leaders(of: groups, in: cluster, admin: admin)
+    #expect(!during.values.contains(victim))
+    try await poll("every group to answer 30 operations with \(victim) down", timeout: .seconds(60)) {
+      everyGroup(answeredMoreThan: beforeCrash, by: 30)
+    }
+    let beforeRestart = answered()
+    try await cluster.restart(victim)
+    try await poll("every group to answer 30 operations after \(victim) restarted", timeout: .seconds(60)) {
+      everyGroup(answeredMoreThan: beforeRestart, by: 30)
+    }
+    stop.set()
+    let completed = await load.value
+
+    // Final linearizable reads of every shared key, part of the checked history.
+    let reader = TCPKVClient(
+      cluster: cluster.name, members: cluster.ids.compactMap { cluster.addresses[$0] }, options: Workload.options(),
+      seed: 99, credential: cluster.credential)
+    for key in plan.shared {
+      let op = recorder.invoke(client: 100, .get(key: key))
+      let value = try await reader.get(key).map { String(decoding: $0, as: UTF8.self) }
+      recorder.complete(op, .value(value))
+    }
+
+    // Every acknowledged fresh key is there, in every group (read linearizably from each group's leader).
+    let written = acknowledged.all
+    let stored = try await reader.scan(prefix: "ack-", limit: written.count + 1000)
+    var found: [String: String] = [:]
+    for pair in stored { found[pair.key] = String(decoding: pair.value, as: UTF8.self) }
+    let lost = written.filter { found[$0.key] != $0.value }
+    #expect(lost.isEmpty, "acknowledged writes lost: \(lost.sorted { $0.key < $1.key }.prefix(20))")
+    let writtenGroups = Set(written.keys.map(plan.group(of:)))
+    #expect(writtenGroups == Set(groups), "acknowledged fresh writes reached only \(writtenGroups.sorted())")
+    #expect(written.count > acknowledgedBeforeCrash, "no fresh write was acknowledged after the crash")
+    await reader.close()
+
+    let history = recorder.history
+    #expect(completed > 40, "only \(completed) operations completed")
+    let result = await checkOffThePool(history)
+    switch result.verdict {
+    case .linearizable: break
+    case .notLinearizable(let violation): Issue.record("not linearizable: \(violation)")
+    case .unknown(let partition): Issue.record("the checker ran out of budget on \(partition) (\(result.stats))")
+    }
+
+    // The restarted member catches up in every group.
+    for group in groups {
+      let leader = try #require(try await leaders(of: [group], in: cluster, admin: admin)[group])
+      let commit = try #require(try await status(of: group, at: leader, admin: admin)).commitIndex
+      try await poll("the restarted \(victim) to apply \(group) up to \(commit)") {
+        (try? await status(of: group, at: victim, admin: admin)).flatMap { $0 }.map { $0.appliedIndex >= commit }
+          ?? false
+      }
+    }
+
+    // `quorum status` shows every group with its engine and leader.
+    let shown = try await cluster.runCLI(["status", "--cluster-file", cluster.clusterFile])
+    #expect(shown.status == 0, "\(shown.output)")
+    #expect(shown.output.contains("3 members, 4 groups"), "\(shown.output)")
+    for group in cluster.groups {
+      #expect(
+        shown.output.contains("group \(group.name) (g\(group.id), \(group.engine), services kv): leader n"),
+        "\(shown.output)")
+    }
+  }
+
+  @Test(
+    "serve refuses a cluster file whose group names an unknown member, a bad engine or overlapping slots, naming the line",
+    arguments: [
+      (
+        "\"engine\": \"multi-paxos\", \"members\": [\"n1\", \"n9\"]", 6,
+        "group \"audit\": member n9 is not in \"members\" (members: n1, n2, n3)"
+      ),
+      ("\"engine\": \"viewstamped\"", 6, "group \"audit\": engine \"viewstamped\" (expected raft or multi-paxos)"),
+      ("\"slots\": \"0-100\"", 5, "group audit: slot 0 of service kv is also owned by group g1"),
+    ])
+  func badClusterFile(_ line: String, _ number: Int, _ message: String) async throws {
+    let cluster = try ProcessCluster(name: "badfile", size: 1)
+    defer { cluster.removeFiles() }
+    let path = "\(cluster.directory)/bad.json"
+    let text = """
+      { "cluster": "orders",
+        "members": { "n1": "127.0.0.1:7001", "n2": "127.0.0.1:7002", "n3": "127.0.0.1:7003" },
+        "groups": [
+          { "name": "n1", "engine": "raft", "services": ["kv"], "slots": "0-2047" },
+          { "name": "audit",
+            \(line) } ] }
+      """
+    try Data(text.utf8).write(to: URL(fileURLWithPath: path))
+    let serve = try await cluster.runCLI(["serve", "--id", "n1", "--cluster-file", path, "--insecure"])
+    #expect(serve.status == 2)
+    #expect(serve.output.contains("bad cluster file \(path): line \(number)"), "\(serve.output)")
+    #expect(serve.output.contains(message), "\(serve.output)")
+  }
+
+  /// Requests over TCP that members must refuse with a typed error: an unknown group, a service the group does
+  /// not carry, a key another group owns.
+  private func checkBadRequests(_ cluster: ProcessCluster, plan: KeyPlan) async throws {
+    let raw = TCPRequestClient(cluster: cluster.name, credential: cluster.credential, logger: .disabled)
+    defer { Task { await raw.close() } }
+    let address = try #require(cluster.addresses[1])
+    func failure(_ request: HostRequest) async throws -> HostError? {
+      let reply = try HostReply(
+        wireBytes: try await raw.request(request.wireBytes(), to: address, timeout: .seconds(10)))
+      guard case .failure(let failure) = reply else {
+        Issue.record("\(request) was answered \(reply)")
+        return nil
+      }
+      return failure.error
+    }
+    let key = try #require(plan.shared.first { plan.group(of: $0) == 2 })
+    let put = ServiceCommand(service: "kv", payload: KVCommand.put(key: key, value: [1]).wireBytes())
+    #expect(try await failure(.command(group: 9, put, request: nil, acknowledgedThrough: 0)) == .unknownGroup(9))
+    #expect(
+      try await failure(
+        .command(
+          group: 1, ServiceCommand(service: "locks", payload: []), request: nil,
+          acknowledgedThrough: 0)) == .unknownService("locks", group: 1))
+    #expect(
+      try await failure(.command(group: 1, put, request: nil, acknowledgedThrough: 0))
+        == .wrongGroup(key: key, service: "kv", owner: 2))
+  }
+
+  /// Waits until every group in `groups` has a leader that has committed its whole log, as that leader reports
+  /// it (a new Multi-Paxos leader of an empty log has nothing to commit).
+  private func leaders(of groups: [GroupID], in cluster: ProcessCluster, admin: TCPClient) async throws
+    -> [GroupID: NodeID]
+  {
+    var found: [GroupID: NodeID] = [:]
+    try await poll("a leader in every group", timeout: .seconds(60)) {
+      found = [:]
+      for id in cluster.ids where cluster.member(id)?.process.isRunning == true {
+        guard let statuses = try? await admin.host.statuses(of: id, deadline: .seconds(2)) else { continue }
+        for status in statuses where groups.contains(status.group) && status.isLeader && status.node == id {
+          if status.commitIndex >= status.lastIndex { found[status.group] = id }
+        }
+      }
+      return groups.allSatisfy { found[$0] != nil }
+    }
+    return found
+  }
+
+  private func status(of group: GroupID, at member: NodeID, admin: TCPClient) async throws -> GroupStatus? {
+    try await admin.host.statuses(of: member, deadline: .seconds(2)).first { $0.group == group }
+  }
+}
