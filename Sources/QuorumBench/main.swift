@@ -10,6 +10,7 @@ let suites: [(name: String, run: (BenchReport) async throws -> Void)] = [
   ("raft", RaftBenchmarks.run),
   ("tcp", TCPBenchmarks.run),
   ("paxos", PaxosBenchmarks.run),
+  ("locks", LockBenchmarks.run),
 ]
 
 let requested = Set(CommandLine.arguments.dropFirst())
