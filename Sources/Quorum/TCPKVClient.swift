@@ -4,7 +4,8 @@ public import QuorumKV
 public import QuorumTCP
 
 /// A client of a Quorum cluster over TCP: one ``QuorumHost/HostClient`` (redirects, retries, deadlines,
-/// exactly-once sessions per group) over TCP connections, with the key-value store ready to use.
+/// exactly-once sessions per group) over TCP connections, with the key-value store and the lock service ready
+/// to use.
 ///
 /// ```swift
 /// let client = TCPClient(
@@ -12,13 +13,23 @@ public import QuorumTCP
 ///   credential: try TCPClientCredential(name: "alice", secretFile: "alice.key"))
 /// try await client.kv.put("greeting", "hello")
 /// let value = try await client.kv.getString("greeting")
-/// await client.close()
+///
+/// let lease = try await client.locks.lock("orders", ttl: .seconds(10))
+/// try await ledger.append(entry, fencedBy: lease.token)   // the resource checks the token
+/// try await client.locks.unlock(lease)
+/// await client.close()                                    // also closes the lock sessions
 /// ```
+///
+/// The key-value store, the lock service and any further ``QuorumHost/LockClient`` made with
+/// ``makeLockClient(options:)`` share the connections and the exactly-once request sessions.
 public struct TCPClient: Sendable {
   /// The client underneath (status, membership, any service).
   public let host: HostClient
   /// The key-value store.
   public let kv: KeyValueClient
+  /// The lock service, with the default ``QuorumHost/LockClientOptions`` (a 10 s TTL). Its owner sessions (and
+  /// so every lock it holds) are closed by ``close()``.
+  public let locks: LockClient
   private let channel: TCPRequestChannel
 
   /// Creates a client.
@@ -38,10 +49,25 @@ public struct TCPClient: Sendable {
     channel = TCPRequestChannel(cluster: cluster, seeds: members, connection: connection, credential: credential)
     host = HostClient(channel: channel, members: channel.seedMembers, options: options, seed: seed)
     kv = KeyValueClient(host)
+    locks = LockClient(host)
   }
 
-  /// Closes the connections (if the client made them).
-  public func close() async { await channel.close() }
+  /// A further lock client over this client's connections, with its own settings and its own owner sessions
+  /// (``locks`` keeps its own). The caller closes it (``QuorumHost/LockClient/close()``) before ``close()``;
+  /// a lock client that is never closed leaves its sessions to expire after their TTL.
+  public func makeLockClient(options: LockClientOptions) -> LockClient { LockClient(host, options: options) }
+
+  /// Closes ``locks``' owner sessions (releasing the locks it holds at once, rather than when their TTL runs
+  /// out), then the connections (if the client made them).
+  public func close() async {
+    await locks.close()
+    await channel.close()
+  }
+
+  /// Closes the connections without closing ``locks``' owner sessions: the locks it holds stay held until their
+  /// TTL runs out in log time (nobody renews them any more). For a process that hands a lock on to a later one,
+  /// as `quorum lock acquire` does.
+  public func closeConnections() async { await channel.close() }
 }
 
 /// A key-value client over TCP: ``TCPClient``'s key-value store, kept under the name earlier releases used.
@@ -64,6 +90,9 @@ public struct TCPKVClient: Sendable {
 
   /// The key-value store.
   public var kv: KeyValueClient { client.kv }
+
+  /// The lock service over the same connections (see ``TCPClient/locks``).
+  public var locks: LockClient { client.locks }
 
   /// Sets `key` to `value`; returns the previous value.
   @discardableResult

@@ -11,6 +11,7 @@ let suites: [(name: String, run: (BenchReport) async throws -> Void)] = [
   ("tcp", TCPBenchmarks.run),
   ("paxos", PaxosBenchmarks.run),
   ("host", HostBenchmarks.run),
+  ("locks", LockBenchmarks.run),
 ]
 
 // `host-member` is not a suite: the host suite runs this executable in that mode as the members of its

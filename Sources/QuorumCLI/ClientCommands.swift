@@ -14,7 +14,8 @@ enum ClientCommands {
     usage: quorum status (--cluster host:port[,…] [--cluster-id ID] | --cluster-file FILE)
                          [--credential NAME:SECRET-FILE]
       Shows every group: its engine, leader and term, and every member's role, commit and applied index, and
-      the leader's per-peer lag.
+      the leader's per-peer lag; for a group carrying the lock service, how many locks, holders, waiters and
+      sessions it has, and its log time.
     """
 
   static let membersUsage = """
@@ -135,6 +136,9 @@ enum ClientCommands {
         }
         for peer in leader?.peers ?? [] where peer.note != nil {
           print("  \(peer.node): \(peer.note ?? "")")
+        }
+        if group.services.contains(LockService.name) {
+          print(await LockCommands.summary(group: group.id, host: connection.host))
         }
       }
       return 0

@@ -9,6 +9,7 @@ switch arguments.first {
 case "demo":
   try await RaftDemo.run(quick: arguments.contains("--quick"))
   try await PaxosDemo.run(quick: arguments.contains("--quick"))
+  try await LockDemo.run(quick: arguments.contains("--quick"))
 case "simulate":
   do {
     exit(try SimulateCommand.run(Array(arguments.dropFirst())))
@@ -20,6 +21,8 @@ case "serve":
   exit(await ServeCommand.run(Array(arguments.dropFirst())))
 case "kv":
   exit(await ClientCommands.kv(Array(arguments.dropFirst())))
+case "lock":
+  exit(await LockCommands.run(Array(arguments.dropFirst())))
 case "status":
   exit(await ClientCommands.status(Array(arguments.dropFirst())))
 case "members":
@@ -33,7 +36,8 @@ case nil, "help", "--help", "-h":
                 (quorum simulate --help)
       serve     run one member of a TCP cluster (quorum serve --help)
       kv        put, get, delete, cas against a running cluster
-      status    members, leader, term, commit index, per-peer lag
+      lock      acquire, release, status, list of the lock service (quorum lock --help)
+      status    members, leader, term, commit index, per-peer lag, lock counts
       members   add, promote, remove members
     """)
 default:

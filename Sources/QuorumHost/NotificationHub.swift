@@ -28,8 +28,35 @@ public final class NotificationHub: Sendable {
     var continuation: UnsafeContinuation<[Record], Never>
   }
 
+  /// A group's newest notifications in a circular buffer: appending never copies or shifts the older ones (the
+  /// hub publishes inside the apply path, for every entry that notifies).
+  private struct Ring {
+    var records: [Record] = []
+    /// Where the oldest record is, once the buffer is full.
+    var oldest = 0
+
+    mutating func append(_ record: Record, capacity: Int) {
+      guard records.count >= capacity else {
+        records.append(record)
+        return
+      }
+      records[oldest] = record
+      oldest = (oldest + 1) % records.count
+    }
+
+    /// The records after position `after` with `service` and `key`, oldest first.
+    func hits(after: UInt64, service: String, key: String) -> [Record] {
+      var hits: [Record] = []
+      for offset in 0..<records.count {
+        let record = records[(oldest + offset) % records.count]
+        if record.index > after && record.service == service && record.keys.contains(key) { hits.append(record) }
+      }
+      return hits
+    }
+  }
+
   private struct State {
-    var rings: [GroupID: [Record]] = [:]
+    var rings: [GroupID: Ring] = [:]
     var waiters: [UInt64: Waiter] = [:]
     var nextWaiter: UInt64 = 0
   }
@@ -45,10 +72,7 @@ public final class NotificationHub: Sendable {
   public func publish(group: GroupID, index: UInt64, _ notifications: [ServiceNotification]) {
     let records = notifications.map { Record(index: index, service: $0.service, keys: $0.keys, payload: $0.payload) }
     let woken = state.withLock { s -> [(UnsafeContinuation<[Record], Never>, [Record])] in
-      var ring = s.rings[group] ?? []
-      ring.append(contentsOf: records)
-      if ring.count > capacity { ring.removeFirst(ring.count - capacity) }
-      s.rings[group] = ring
+      for record in records { s.rings[group, default: Ring()].append(record, capacity: capacity) }
       var woken: [(UnsafeContinuation<[Record], Never>, [Record])] = []
       for id in s.waiters.keys.sorted() {
         guard let waiter = s.waiters[id], waiter.group == group else { continue }
@@ -75,9 +99,7 @@ public final class NotificationHub: Sendable {
       tasks.addTask {
         await withUnsafeContinuation { (continuation: UnsafeContinuation<[Record], Never>) in
           let held = self.state.withLock { s -> [Record]? in
-            let hits = (s.rings[group] ?? []).filter {
-              $0.index > after && $0.service == service && $0.keys.contains(key)
-            }
+            let hits = s.rings[group]?.hits(after: after, service: service, key: key) ?? []
             if !hits.isEmpty { return hits }
             s.waiters[id] = Waiter(group: group, service: service, key: key, continuation: continuation)
             return nil

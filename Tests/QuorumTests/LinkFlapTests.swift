@@ -94,6 +94,9 @@ struct LinkFlapTests {
       let majority = running.servers.keys.filter { $0 != member }
       var committed: UInt64 = 0
       do {
+        // One write of the test's own, so the majority commits during the cut even if the background writer is
+        // slow to get going on a loaded machine (its failure says why: the client's last attempt).
+        _ = try await client.put("cut-\(outage)", "written during the cut", deadline: .seconds(60))
         try await pollUntil("the majority to commit during the cut") {
           committed = 0
           for id in majority { committed = max(committed, await running.status(id)?.commitIndex ?? 0) }

@@ -1,0 +1,32 @@
+import Quorum
+import Testing
+
+@testable import QuorumHost
+
+@Suite("NotificationHub keeps the newest notifications of each group")
+struct NotificationHubTests {
+  static func note(_ key: String, _ byte: UInt8) -> ServiceNotification {
+    ServiceNotification(service: "locks", payload: [byte], keys: [key, "all"])
+  }
+
+  @Test("past its capacity the hub keeps the newest notifications, oldest first, across the wrap-around")
+  func wrapAround() async {
+    let hub = NotificationHub(capacity: 4)
+    for index in UInt64(1)...10 {
+      hub.publish(group: .default, index: index, [Self.note(index.isMultiple(of: 2) ? "even" : "odd", UInt8(index))])
+    }
+    let all = await hub.wait(
+      group: .default, service: "locks", key: "all", after: 0, timeout: .seconds(60), clock: SystemClock())
+    #expect(all.map(\.index) == [7, 8, 9, 10])
+    #expect(all.map(\.payload) == [[7], [8], [9], [10]])
+    let even = await hub.wait(
+      group: .default, service: "locks", key: "even", after: 8, timeout: .seconds(60), clock: SystemClock())
+    #expect(even.map(\.index) == [10])
+    // An entry with two notifications wraps the buffer in the middle; another group's ring is separate.
+    hub.publish(group: .default, index: 11, [Self.note("odd", 11), Self.note("odd", 12)])
+    hub.publish(group: GroupID(rawValue: 1), index: 1, [Self.note("odd", 99)])
+    let latest = await hub.wait(
+      group: .default, service: "locks", key: "all", after: 0, timeout: .seconds(60), clock: SystemClock())
+    #expect(latest.map(\.payload) == [[9], [10], [11], [12]])
+  }
+}
