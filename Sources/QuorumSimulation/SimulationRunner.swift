@@ -1,4 +1,5 @@
 import Dispatch
+import Glibc
 
 /// A bounded record of the most recent events of one simulated run, printed when the run fails.
 ///
@@ -129,7 +130,7 @@ public enum SimulationRunner {
   }
 
   /// Like ``run(seeds:traceCapacity:_:)``, for async callers with long runs: the seeds run on a Dispatch
-  /// thread outside Swift's cooperative pool, so a run of many seconds does not hold one of the pool's few
+  /// thread at a lower CPU priority, outside Swift's cooperative pool, so a run of many seconds does not hold one of the pool's few
   /// threads (one per core) and starve the tasks beside it — in a parallel test run, the tests that wait on
   /// real time.
   public static func runDetached(
@@ -137,9 +138,52 @@ public enum SimulationRunner {
     _ body: @escaping @Sendable (_ seed: UInt64, _ trace: SimulationTrace) throws -> Void
   ) async -> SimulationReport {
     await withCheckedContinuation { continuation in
-      DispatchQueue.global(qos: .userInitiated).async {
+      startLowPriorityThread {
         continuation.resume(returning: run(seeds: seeds, traceCapacity: traceCapacity, body))
       }
+    }
+  }
+
+  /// Runs `work` — one long simulated run, say — on a thread of its own at a lower CPU priority, outside
+  /// Swift's cooperative pool, and returns what it returns: the async form of a synchronous run, for the same
+  /// reason as ``runDetached(seeds:traceCapacity:_:)``.
+  /// - Throws: what `work` throws.
+  public static func offPool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+      startLowPriorityThread { continuation.resume(with: Result { try work() }) }
+    }
+  }
+
+  /// Runs `work` on a new thread of its own at a lower CPU priority (nice 10): a batch of seeds is throughput
+  /// work, and on a machine with few cores the tasks beside it that wait on real time (timeouts, heartbeats)
+  /// must still get the CPU when they need it. On Linux the nice value belongs to the thread (NPTL), so only
+  /// this thread is lowered; it ends when `work` returns.
+  private static func startLowPriorityThread(_ work: @escaping @Sendable () -> Void) {
+    final class Body: Sendable {
+      let work: @Sendable () -> Void
+      init(_ work: @escaping @Sendable () -> Void) { self.work = work }
+    }
+    var attributes = pthread_attr_t()
+    pthread_attr_init(&attributes)
+    defer { pthread_attr_destroy(&attributes) }
+    pthread_attr_setstacksize(&attributes, 16 << 20)
+    pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
+    let box = Unmanaged.passRetained(Body(work)).toOpaque()
+    var thread = pthread_t()
+    let started = pthread_create(
+      &thread, &attributes,
+      { raw in
+        // The pointer is the retained Body passed to pthread_create just below; it is never nil.
+        guard let raw else { return nil }
+        let body = Unmanaged<Body>.fromOpaque(raw).takeRetainedValue()
+        _ = nice(10)
+        body.work()
+        return nil
+      }, box)
+    if started != 0 {
+      // No thread (out of resources): run on a Dispatch worker at normal priority rather than not at all.
+      let body = Unmanaged<Body>.fromOpaque(box).takeRetainedValue()
+      DispatchQueue.global(qos: .userInitiated).async { body.work() }
     }
   }
 }

@@ -327,6 +327,9 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
         lastHeard &+= gap - options.liveness.pingInterval.nanoseconds
       }
       if connection.isPaused {
+        // Reading is paused by this side's own back-pressure: the peer cannot be heard, so its silence is
+        // counted from when reading resumes, not from the last frame before the pause.
+        lastHeard = now
         if now >= lastAcknowledged &+ options.liveness.pingInterval.nanoseconds { acknowledge() }
       } else if now >= lastHeard &+ 2 * options.liveness.timeout.nanoseconds {
         connection.readPending()

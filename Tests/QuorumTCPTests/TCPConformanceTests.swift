@@ -33,7 +33,11 @@ struct TCPConformanceTests {
 
   @Test("every check with tiny queues and mailboxes (back-pressure and stalls on every path)")
   func conformanceWithTinyQueues() async throws {
-    let options = TCPTransportOptions(maxQueuedFramesPerPeer: 8, maxQueuedBytesPerPeer: 4096, inboxCapacity: 4)
+    // Liveness has its own tests; a liveness timeout of seconds keeps this check about back-pressure on a loaded
+    // machine running debug builds, where one event loop can be held for longer than the default timeout.
+    let options = TCPTransportOptions(
+      maxQueuedFramesPerPeer: 8, maxQueuedBytesPerPeer: 4096, inboxCapacity: 4,
+      liveness: LinkLiveness(pingInterval: .milliseconds(100), timeout: .seconds(20)))
     let configuration = TransportConformance.Configuration(messagesPerLink: 3_000, messagesPerSender: 500)
     let sink = CapturingLogSink()
     let made = Transports()

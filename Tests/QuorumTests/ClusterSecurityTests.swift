@@ -50,8 +50,14 @@ struct ClusterSecurityTests {
   func keepsCommittingUnderAttack() async throws {
     let secrets = try TestSecrets()
     defer { secrets.remove() }
+    // The members' own links must survive the attack. Their liveness timeout is seconds, not the 500 ms a 50 ms
+    // heartbeat gives: on a loaded machine running every suite, an event loop can be held that long by the
+    // scheduler alone, and this check is about what the attack does.
+    var tcp = TCPTransportOptions()
+    tcp.liveness = LinkLiveness(pingInterval: .milliseconds(50), timeout: .seconds(5))
     let cluster = try fastCluster(
-      "guarded", security: Security(clusterSecretFile: secrets.secretFile, credentialsFile: secrets.credentialsFile))
+      "guarded", security: Security(clusterSecretFile: secrets.secretFile, credentialsFile: secrets.credentialsFile),
+      tcp: tcp)
     let running = try await RunningCluster.start(cluster)
     let leader = try await running.leader()
     let target = try #require(running.addresses[leader])

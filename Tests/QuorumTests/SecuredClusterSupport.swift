@@ -106,13 +106,15 @@ final class RunningCluster: Sendable {
 
 /// A 3-member TCP cluster description on loopback port 0 with fast timers.
 func fastCluster(
-  _ id: ClusterID, security: Security, heartbeat: Duration = .milliseconds(50), sink: any LogSink = NullLogSink()
+  _ id: ClusterID, security: Security, heartbeat: Duration = .milliseconds(50), sink: any LogSink = NullLogSink(),
+  tcp: TCPTransportOptions? = nil
 ) throws -> Cluster {
   try Cluster(id: id) {
     Member("n1", at: "127.0.0.1:0")
     Member("n2", at: "127.0.0.1:0")
     Member("n3", at: "127.0.0.1:0")
     security
+    if let tcp { TCPSettings(tcp) }
     Logging(sink)
     RaftSettings {
       TickInterval(.milliseconds(10))
