@@ -137,6 +137,7 @@ enum ClientCommands {
           print("  \(peer.node): \(peer.note ?? "")")
         }
       }
+      await TxnCommands.printStatusSection(connection.host, map: map)
       return 0
     } catch let error as CLIError {
       printError("quorum status: \(error)")

@@ -9,6 +9,7 @@ switch arguments.first {
 case "demo":
   try await RaftDemo.run(quick: arguments.contains("--quick"))
   try await PaxosDemo.run(quick: arguments.contains("--quick"))
+  try await TxnDemo.run(quick: arguments.contains("--quick"))
 case "simulate":
   do {
     exit(try SimulateCommand.run(Array(arguments.dropFirst())))
@@ -20,6 +21,8 @@ case "serve":
   exit(await ServeCommand.run(Array(arguments.dropFirst())))
 case "kv":
   exit(await ClientCommands.kv(Array(arguments.dropFirst())))
+case "txn":
+  exit(await TxnCommands.run(Array(arguments.dropFirst())))
 case "status":
   exit(await ClientCommands.status(Array(arguments.dropFirst())))
 case "members":
@@ -33,6 +36,7 @@ case nil, "help", "--help", "-h":
                 (quorum simulate --help)
       serve     run one member of a TCP cluster (quorum serve --help)
       kv        put, get, delete, cas against a running cluster
+      txn       transactions across groups: put, get, transfer, status, in-doubt (quorum txn --help)
       status    members, leader, term, commit index, per-peer lag
       members   add, promote, remove members
     """)

@@ -62,11 +62,17 @@ public struct HostSettings: Sendable {
   public var raft: RaftConfiguration
   /// Multi-Paxos groups' settings.
   public var paxos: PaxosConfiguration
+  /// How the leaders of groups carrying the `txn` service finish transactions their coordinators left in doubt.
+  public var transactionResolver: TransactionResolverOptions
 
   /// Creates settings; both engines must use the same tick interval (one timer ticks every group).
-  public init(raft: RaftConfiguration = RaftConfiguration(), paxos: PaxosConfiguration = PaxosConfiguration()) {
+  public init(
+    raft: RaftConfiguration = RaftConfiguration(), paxos: PaxosConfiguration = PaxosConfiguration(),
+    transactionResolver: TransactionResolverOptions = TransactionResolverOptions()
+  ) {
     self.raft = raft
     self.paxos = paxos
+    self.transactionResolver = transactionResolver
   }
 }
 
