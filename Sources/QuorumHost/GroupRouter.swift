@@ -4,10 +4,10 @@ public import QuorumRaft
 import Synchronization
 
 /// A message between two processes hosting groups: one engine's protocol message, or a host's request to another
-/// host and its reply (``PeerRequestChannel``). One transport connection per pair of processes carries every
-/// group's messages; the envelope's group id routes them, and the message's first byte — the engine's protocol
-/// number (``QuorumCore/WireProtocol/raft`` or ``QuorumCore/WireProtocol/paxos``), or a peer request's tag —
-/// says how to decode the rest.
+/// host and its reply (the peer requests that hosts' transaction housekeeping sends). One transport connection
+/// per pair of processes carries every group's messages; the envelope's group id routes them, and the message's
+/// first byte — the engine's protocol number (``QuorumCore/WireProtocol/raft`` or
+/// ``QuorumCore/WireProtocol/paxos``), or a peer request's tag — says how to decode the rest.
 public enum HostMessage: Sendable, WireCodable, CustomStringConvertible {
   /// A Raft group's message.
   case raft(RaftMessage)
