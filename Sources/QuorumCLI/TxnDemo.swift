@@ -56,7 +56,9 @@ enum TxnDemo {
     let moved = try await withThrowingTaskGroup(of: Int.self) { tasks in
       for c in 0..<clients {
         tasks.addTask {
-          let teller = ShardedTransactions(client: client, coordinator: NodeID(rawValue: 9_100 + UInt64(c)))
+          var patient = ShardedTransactionOptions(coordinator: NodeID(rawValue: 9_100 + UInt64(c)))
+          patient.maxAttempts = 50
+          let teller = ShardedTransactions(channel: HostTxnChannel(client), options: patient)
           var random = SeededRandom(seed: UInt64(c) + 1)
           var done = 0
           for _ in 0..<transfersEach {
@@ -75,7 +77,7 @@ enum TxnDemo {
     print(
       "-> \(clients) clients ran \(clients * transfersEach) transfers at once in \(elapsed), each reading both "
         + "balances under locks (no-wait: a conflict reruns the transaction after a pause): \(moved) moved money"
-        + (refused > 0 ? ", \(refused) found too little to move" : ""))
+        + (refused > 0 ? ", \(refused) found too little to move (or gave up after 50 conflicts)" : ""))
     try await printBalances(accounts, bank: bank, expected: opening * accounts.count)
 
     print("\n== A client dies in the middle of a commit")
@@ -100,8 +102,17 @@ enum TxnDemo {
     print("-> quorum txn status would say: \(first.id) \(outcomes[0]), \(second.id) \(outcomes[1])")
   }
 
-  /// Moves `amount` if `from` holds that much; whether it did.
+  /// Moves `amount` if `from` holds that much; whether it did. A transfer that keeps conflicting gives up,
+  /// having committed nothing.
   static func transfer(_ amount: Int, from: String, to: String, with db: ShardedTransactions) async throws -> Bool {
+    do {
+      return try await attempt(amount, from: from, to: to, with: db)
+    } catch ShardedTransactionError.conflict {
+      return false
+    }
+  }
+
+  static func attempt(_ amount: Int, from: String, to: String, with db: ShardedTransactions) async throws -> Bool {
     try await db.transaction { tx in
       let a = Int(try await tx.getString(from) ?? "0") ?? 0
       let b = Int(try await tx.getString(to) ?? "0") ?? 0

@@ -23,7 +23,10 @@ struct TransactionClusterTests {
       let moved = try await withThrowingTaskGroup(of: [String: Int].self) { tasks in
         for c in 0..<clients {
           tasks.addTask {
-            let db = cluster.db(coordinator: NodeID(rawValue: 200 + UInt64(c)))
+            // Patient under contention: a transfer that still gives up committed nothing, and is not counted.
+            var patient = ShardedTransactionOptions(coordinator: NodeID(rawValue: 200 + UInt64(c)))
+            patient.maxAttempts = 50
+            let db = ShardedTransactions(channel: cluster.channel, options: patient)
             var random = SeededRandom(seed: UInt64(c) + 7)
             var deltas: [String: Int] = [:]
             for _ in 0..<transfersEach {
@@ -32,13 +35,18 @@ struct TransactionClusterTests {
                 ? (east[Int(random.next() % 2)], west[Int(random.next() % 2)])
                 : (west[Int(random.next() % 2)], east[Int(random.next() % 2)])
               let amount = Int(random.next() % 30) + 1
-              let done = try await db.transaction { tx -> Bool in
-                let a = Int(try await tx.getString(from) ?? "") ?? -1_000_000
-                let b = Int(try await tx.getString(to) ?? "") ?? -1_000_000
-                guard a >= amount else { return false }
-                tx.put(from, String(a - amount))
-                tx.put(to, String(b + amount))
-                return true
+              let done: Bool
+              do {
+                done = try await db.transaction { tx -> Bool in
+                  let a = Int(try await tx.getString(from) ?? "") ?? -1_000_000
+                  let b = Int(try await tx.getString(to) ?? "") ?? -1_000_000
+                  guard a >= amount else { return false }
+                  tx.put(from, String(a - amount))
+                  tx.put(to, String(b + amount))
+                  return true
+                }
+              } catch ShardedTransactionError.conflict {
+                done = false
               }
               if done {
                 deltas[from, default: 0] -= amount
