@@ -47,6 +47,7 @@ let package = Package(
       name: "QuorumHost",
       dependencies: [
         "QuorumCore", "QuorumStorage", "QuorumReplica", "QuorumRaft", "QuorumPaxos", "QuorumKV", "QuorumLocks",
+        "QuorumTransactions",
       ],
       swiftSettings: settings),
     .target(name: "QuorumLocks", dependencies: ["QuorumCore"], swiftSettings: settings),
@@ -60,7 +61,7 @@ let package = Package(
       name: "Quorum",
       dependencies: [
         "QuorumCore", "QuorumStorage", "QuorumReplica", "QuorumRaft", "QuorumPaxos", "QuorumKV", "QuorumLocks",
-        "QuorumHost", "QuorumTCP",
+        "QuorumTransactions", "QuorumHost", "QuorumTCP",
       ],
       swiftSettings: settings),
     .target(

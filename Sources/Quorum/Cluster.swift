@@ -60,7 +60,7 @@ public enum ClusterSecurity: Sendable, Equatable {
 ///   Member("n3", at: "127.0.0.1:7003")
 ///   DataDirectory("/var/lib/orders", fsync: .always)
 ///   Security(clusterSecretFile: "/etc/orders/secret", credentialsFile: "/etc/orders/credentials")
-///   Group("accounts", engine: .raft) { KeyValue(); Locks() }
+///   Group("accounts", engine: .raft) { KeyValue(); Locks(); Transactions() }
 ///   Group("audit", engine: .multiPaxos, members: ["n1", "n2", "n3"]) { KeyValue() }
 /// }
 /// let server = try await cluster.start("n1")   // this process runs member n1 over TCP
@@ -68,7 +68,7 @@ public enum ClusterSecurity: Sendable, Equatable {
 /// ```
 ///
 /// A cluster with no `Group` line has one Raft group — the default group, id 0, on every member — carrying the
-/// key-value store and the lock table. Members without addresses make an in-process cluster, run whole with
+/// key-value store, the lock table and the transactional store. Members without addresses make an in-process cluster, run whole with
 /// ``withLocalMembers(_:)``. Validation runs when the DSL finishes and names the offending line: an unparsable
 /// or duplicated member, a bad address, a mix of in-process and TCP members, a group naming an unknown member
 /// or service, slots that overlap or leave a gap, invalid engine settings.
@@ -83,7 +83,7 @@ public struct Cluster: Sendable {
   public var raft: RaftConfiguration
   /// Multi-Paxos groups' settings (members come from each group).
   public var paxos: PaxosConfiguration
-  /// The groups (empty: one default Raft group on every member, carrying `kv` and `locks`).
+  /// The groups (empty: one default Raft group on every member, carrying `kv`, `locks` and `txn`).
   public var groups: [GroupSpec]
   /// The services members can run.
   public var catalog: ServiceCatalog
@@ -95,6 +95,8 @@ public struct Cluster: Sendable {
   public var spaceQuotaBytes: Int?
   /// Where members log.
   public var logSink: any LogSink
+  /// How group leaders finish transactions their coordinators (clients) left in doubt.
+  public var transactionResolver: TransactionResolverOptions
 
   /// Builds a cluster from DSL lines and validates it.
   public init(id: ClusterID, @ClusterBuilder _ settings: () -> [any ClusterSetting])
@@ -111,6 +113,7 @@ public struct Cluster: Sendable {
     self.security = nil
     self.spaceQuotaBytes = nil
     self.logSink = StderrLogSink(minimumLevel: .warning)
+    self.transactionResolver = TransactionResolverOptions()
     var errors: [ClusterConfigurationError] = []
     for setting in settings() {
       do throws(ClusterConfigurationError) {
@@ -123,8 +126,9 @@ public struct Cluster: Sendable {
     try validate()
   }
 
-  /// The default group of a cluster described without `Group` lines.
-  public static let defaultServices = [KeyValueService.name, LockService.name]
+  /// The services of the default group of a cluster described without `Group` lines (and of a cluster file's
+  /// groups that name none): the key-value store, the lock table and the transactional store.
+  public static let defaultServices = [KeyValueService.name, LockService.name, TxnShardService.name]
 
   /// Checks the whole description.
   public func validate() throws(ClusterConfigurationError) {
@@ -150,6 +154,11 @@ public struct Cluster: Sendable {
       try raft.validate()
     } catch {
       throw ClusterConfigurationError(setting: "RaftSettings { \(error.setting) }", reason: error.reason)
+    }
+    do {
+      try transactionResolver.validate()
+    } catch {
+      throw ClusterConfigurationError(setting: error.setting, reason: error.reason)
     }
     let engines = Set(map.groups.map(\.engine))
     guard engines.count < 2 || raft.tickInterval == paxos.tickInterval else {
@@ -200,7 +209,9 @@ public struct Cluster: Sendable {
   }
 
   /// The engine settings every group of this cluster uses.
-  public var hostSettings: HostSettings { HostSettings(raft: raft, paxos: paxos, spaceQuotaBytes: spaceQuotaBytes) }
+  public var hostSettings: HostSettings {
+    HostSettings(raft: raft, paxos: paxos, spaceQuotaBytes: spaceQuotaBytes, transactionResolver: transactionResolver)
+  }
 
   func storageProvider(for member: NodeID, override directory: String? = nil) -> any GroupStorageProvider {
     if let directory { return FileGroupStorage(root: directory, fsync: fsyncPolicy) }
@@ -406,6 +417,37 @@ public struct LocalMembers: Sendable {
   /// A key-value client of these members.
   public func kvClient(options: HostClientOptions = HostClientOptions(), seed: UInt64 = 1) -> KeyValueClient {
     KeyValueClient(client(options: options, seed: seed))
+  }
+
+  /// Serializable transactions over these members' `txn` service, this client acting as their coordinator.
+  ///
+  /// ```swift
+  /// let db = members.transactions()
+  /// try await db.transaction { tx in
+  ///   let a = try await tx.get("a")
+  ///   tx.put("b", a ?? [])
+  /// }
+  /// ```
+  ///
+  /// Keys of the `txn` service are their own key space: the key-value store (`kv`) does not see them.
+  /// - Parameters:
+  ///   - coordinator: this client's coordinator identity, distinct from other clients' (`nil`: a random one;
+  ///     see ``QuorumTransactions/ShardedTransactions/init(client:coordinator:seed:)`` on why long-lived
+  ///     applications should pass a stable one).
+  ///   - options: deadlines and back-off of the client underneath.
+  ///   - seed: seeds the choice of members and the back-off jitter.
+  public func transactions(
+    coordinator: NodeID? = nil, options: HostClientOptions = HostClientOptions(), seed: UInt64 = 1
+  ) -> ShardedTransactions {
+    ShardedTransactions(
+      client: client(options: options, seed: seed), coordinator: coordinator ?? .randomCoordinator(), seed: seed)
+  }
+}
+
+extension NodeID {
+  /// A random coordinator identity for a transactions client, far from any member's id.
+  static func randomCoordinator() -> NodeID {
+    NodeID(rawValue: 1 << 40 | UInt64.random(in: 0..<(1 << 39)))
   }
 }
 
@@ -713,6 +755,44 @@ public struct Locks: GroupService {
   /// Creates the line.
   public init() {}
   public var serviceName: String { LockService.name }
+}
+
+/// The sharded transactional key-value store (`txn`): serializable transactions across every group carrying it
+/// (see ``QuorumTransactions/ShardedTransactions``).
+public struct Transactions: GroupService {
+  /// Creates the line.
+  public init() {}
+  public var serviceName: String { TxnShardService.name }
+}
+
+/// How group leaders finish transactions their coordinators left in doubt:
+/// `TransactionResolver(interval: .seconds(1), minimumAge: .seconds(5))` (the defaults), or
+/// `TransactionResolver.disabled`.
+public struct TransactionResolver: ClusterSetting {
+  private let options: TransactionResolverOptions
+
+  /// Leaders look every `interval` for transactions prepared at least `minimumAge` ago and still undecided.
+  public init(interval: Duration = .seconds(1), minimumAge: Duration = .seconds(5)) {
+    options = TransactionResolverOptions(interval: interval, minimumAge: minimumAge)
+  }
+
+  private init(options: TransactionResolverOptions) { self.options = options }
+
+  /// No resolution by the leaders: transactions in doubt wait for a client to resolve them.
+  public static var disabled: TransactionResolver {
+    var options = TransactionResolverOptions()
+    options.enabled = false
+    return TransactionResolver(options: options)
+  }
+
+  public func apply(to cluster: inout Cluster) throws(ClusterConfigurationError) {
+    do {
+      try options.validate()
+    } catch {
+      throw ClusterConfigurationError(setting: "TransactionResolver", reason: error.reason)
+    }
+    cluster.transactionResolver = options
+  }
 }
 
 /// Collects a group's services.

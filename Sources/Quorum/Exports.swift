@@ -9,3 +9,4 @@
 @_exported public import QuorumReplica
 @_exported public import QuorumStorage
 @_exported public import QuorumTCP
+@_exported public import QuorumTransactions

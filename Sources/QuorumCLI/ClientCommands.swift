@@ -141,6 +141,7 @@ enum ClientCommands {
           print(await LockCommands.summary(group: group.id, host: connection.host))
         }
       }
+      await TxnCommands.printStatusSection(connection.host, map: map)
       return 0
     } catch let error as CLIError {
       printError("quorum status: \(error)")

@@ -7,12 +7,13 @@ import Quorum
 /// { "cluster": "orders",
 ///   "members": { "n1": "127.0.0.1:7001", "n2": "127.0.0.1:7002", "n3": "127.0.0.1:7003" },
 ///   "groups": [
-///     { "name": "accounts", "engine": "raft", "services": ["kv", "locks"], "slots": "0-2047" },
+///     { "name": "accounts", "engine": "raft", "services": ["kv", "locks", "txn"], "slots": "0-2047" },
 ///     { "name": "audit", "engine": "multi-paxos", "members": ["n1", "n2", "n3"], "services": ["kv"] } ] }
 /// ```
 ///
-/// Without `groups` the cluster has one Raft group on every member carrying `kv` and `locks`. A group's
-/// `members` default to every member, its `id` to its position (1, 2, …), its `slots` to an even share.
+/// Without `groups` the cluster has one Raft group on every member carrying `kv`, `locks` and `txn` (the
+/// transactional store), and so does a group that names no `services`. A group's `members` default to every
+/// member, its `id` to its position (1, 2, …), its `slots` to an even share.
 struct ClusterFile: Equatable {
   var cluster: ClusterID
   var members: [NodeID: TCPAddress]

@@ -9,11 +9,16 @@ import Synchronization
 /// `quorum simulate`: runs seeded whole-cluster simulations and reports the first failing seed.
 enum SimulateCommand {
   static let usage = """
-    usage: quorum simulate [--protocol raft|paxos|mixed|synod] [--level node|core] [--groups G] [--seeds N]
+    usage: quorum simulate [--protocol raft|paxos|mixed|synod|txn] [--level node|core] [--groups G] [--seeds N]
                            [--start S] [--seed S] [--nodes N] [--variant default|paper] [--quorums Q1,Q2]
                            [--chaos-ms MS] [--trace N] [--jobs J] [--digest [--print-trace]]
+                           [--workload list-append|bank]
       --protocol    raft (default): Raft groups with KV clients; paxos: Multi-Paxos groups; mixed: groups of
-                    both engines on the same nodes; synod: single-decree Paxos with three dueling proposers
+                    both engines on the same nodes; synod: single-decree Paxos with three dueling proposers;
+                    txn: sharded transactions (the unmodified client coordinator over shard machines) with lost
+                    requests and answers, clients dying mid-transaction and a resolver racing them; histories
+                    checked for serializability (list-append) or conservation (bank)
+      --workload    txn only: list-append, bank, or both (default: alternating by seed)
       --groups G    node level: G groups sharing the nodes (default 1; mixed: 2)
       --level       node (default): the production server hosts and clients on the seeded scheduler, with
                     drifting clocks, pauses, torn writes, disk faults and clients over the network; core: the
@@ -45,6 +50,7 @@ enum SimulateCommand {
     var chaos: UInt64?
     var traceCapacity = 200
     var jobs = ProcessInfo.processInfo.activeProcessorCount
+    var workload = "both"
     var i = 0
     func value() throws -> String {
       i += 1
@@ -64,11 +70,16 @@ enum SimulateCommand {
       case "--chaos-ms": chaos = try number(try value())
       case "--protocol":
         kind = try value()
-        guard ["raft", "paxos", "mixed", "synod"].contains(kind) else {
+        guard ["raft", "paxos", "mixed", "synod", "txn"].contains(kind) else {
           throw CLIError.usage("unknown protocol \(kind)")
         }
       case "--digest": printDigest = true
       case "--print-trace": printTrace = true
+      case "--workload":
+        workload = try value()
+        guard ["list-append", "bank", "both"].contains(workload) else {
+          throw CLIError.usage("unknown workload \(workload) (list-append, bank or both)")
+        }
       case "--groups": groupCount = Int(try number(try value()))
       case "--level":
         level = try value()
@@ -134,8 +145,23 @@ enum SimulateCommand {
     if let (q1, q2) = quorums { reproduceOptions += " --quorums \(q1),\(q2)" }
     if let chaos { reproduceOptions += " --chaos-ms \(chaos)" }
     if !variantArgument.isEmpty { reproduceOptions += " --variant \(variantArgument)" }
+    if kind == "txn" && workload != "both" { reproduceOptions += " --workload \(workload)" }
+    var txnOptions = ShardedTransactionSimulationOptions()
+    if let groupCount { txnOptions.groups = max(1, groupCount) }
+    let txnWorkload = workload
     let (chosenKind, paxosOptions, synodOptions) = (kind, paxos, synod)
+    let chosenTxnOptions = txnOptions
     let runOne: @Sendable (UInt64, SimulationTrace) throws -> String = { seed, trace in
+      if chosenKind == "txn" {
+        var options = chosenTxnOptions
+        switch txnWorkload {
+        case "bank": options.workload = .bank
+        case "list-append": options.workload = .listAppend
+        default: options.workload = seed % 2 == 0 ? .listAppend : .bank
+        }
+        let sim = ShardedTransactionSimulation(seed: seed, options: options, trace: trace)
+        return "\(options.workload): \(try sim.run())"
+      }
       if nodeLevel {
         if chosenKind == "synod" {
           let sim = SynodNodeSimulation(seed: seed, options: synodOptions, trace: trace)
@@ -215,8 +241,9 @@ enum SimulateCommand {
           of: "swift package simulate --seed", with: "swift package simulate\(reproduceOptions) --seed"))
       return 1
     }
+    let shape = kind == "txn" ? "\(txnOptions.groups) groups" : "\(options.voters) nodes"
     print(
-      "\(seeds) \(kind) seeds passed (\(options.voters) nodes, seeds \(start)..<\(start + seeds)) in "
+      "\(seeds) \(kind) seeds passed (\(shape), seeds \(start)..<\(start + seeds)) in "
         + String(format: "%.1f s", seconds))
     return 0
   }

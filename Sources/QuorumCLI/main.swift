@@ -10,6 +10,7 @@ case "demo":
   try await RaftDemo.run(quick: arguments.contains("--quick"))
   try await PaxosDemo.run(quick: arguments.contains("--quick"))
   try await LockDemo.run(quick: arguments.contains("--quick"))
+  try await TxnDemo.run(quick: arguments.contains("--quick"))
 case "simulate":
   do {
     exit(try SimulateCommand.run(Array(arguments.dropFirst())))
@@ -23,6 +24,8 @@ case "kv":
   exit(await ClientCommands.kv(Array(arguments.dropFirst())))
 case "lock":
   exit(await LockCommands.run(Array(arguments.dropFirst())))
+case "txn":
+  exit(await TxnCommands.run(Array(arguments.dropFirst())))
 case "status":
   exit(await ClientCommands.status(Array(arguments.dropFirst())))
 case "members":
@@ -36,8 +39,9 @@ case nil, "help", "--help", "-h":
                 (quorum simulate --help)
       serve     run one member of a TCP cluster (quorum serve --help)
       kv        put, get, delete, cas against a running cluster
-      lock      acquire, release, status, list of the lock service (quorum lock --help)
-      status    members, leader, term, commit index, per-peer lag, lock counts
+    lock      acquire, release, status, list of the lock service (quorum lock --help)
+    txn       transactions across groups: put, get, transfer, status, in-doubt (quorum txn --help)
+    status    members, leader, term, commit index, per-peer lag, lock and transaction counts
       members   add, promote, remove members
     """)
 default:

@@ -5,6 +5,7 @@ public import QuorumPaxos
 public import QuorumRaft
 public import QuorumReplica
 import QuorumStorage
+import QuorumTransactions
 import Synchronization
 
 /// A service a host can run, with its type erased: what the host needs to build a group's state machine and to
@@ -62,9 +63,12 @@ public struct ServiceCatalog: Sendable {
     for service in services { definitions[service.name] = service }
   }
 
-  /// The services Quorum ships: the key-value store (`kv`) and the lock table (`locks`).
+  /// The services Quorum ships: the key-value store (`kv`), the lock table (`locks`) and the sharded
+  /// transactional key-value store (`txn`).
   public static var standard: ServiceCatalog {
-    ServiceCatalog([ServiceDefinition(KeyValueService()), ServiceDefinition(LockService())])
+    ServiceCatalog([
+      ServiceDefinition(KeyValueService()), ServiceDefinition(LockService()), ServiceDefinition(HostedTxnService()),
+    ])
   }
 
   /// The names known.
@@ -133,6 +137,8 @@ public final class GroupHost: Sendable {
   /// The longest encoded reply ``handle(bytes:principal:role:)`` sends; a longer one is replaced by
   /// ``HostError/replyTooLarge(bytes:limit:)``.
   public let maxReplyBytes: Int
+  private let resolverOptions: TransactionResolverOptions
+  private let settled = SettledCount()
   /// What the groups told waiting clients lately (lock grants, expiries), for ``HostRequest/watch(group:service:key:after:timeoutMillis:)``.
   public let notifications = NotificationHub()
 
@@ -188,6 +194,8 @@ public final class GroupHost: Sendable {
     self.spaceQuotaBytes = settings.spaceQuotaBytes
     self.spaceCheckInterval = settings.spaceCheckInterval
     self.maxReplyBytes = max(64, maxReplyBytes)
+    try settings.transactionResolver.validate()
+    self.resolverOptions = settings.transactionResolver
     var groups: [GroupID: any HostedGroup] = [:]
     for spec in hosted {
       guard let services = catalog.services(named: spec.services) else {
@@ -258,6 +266,27 @@ public final class GroupHost: Sendable {
   /// The replica of `group` hosted here, if any.
   public func group(_ group: GroupID) -> (any HostedGroup)? { groups[group] }
 
+  /// How many transactions left in doubt by their coordinators this host's resolver has settled (see
+  /// ``TransactionResolverOptions``).
+  public var transactionsResolved: Int { settled.value }
+
+  /// The duties towards `txn` groups (their clock, their transactions in doubt), if this host has any.
+  private func makeHousekeeping() -> TransactionHousekeeping? {
+    let carrying = order.compactMap { groups[$0] }.filter { $0.spec.services.contains(HostedTxnService.name) }
+    guard !carrying.isEmpty else { return nil }
+    let channel = PeerRequestChannel(router: router, clock: runtime.clock) { [self] bytes in await handle(bytes: bytes)
+    }
+    var options = HostClientOptions()
+    options.deadline = .seconds(5)
+    options.attemptTimeout = .seconds(1)
+    let client = HostClient(
+      channel: channel, members: map.members.keys.sorted(), map: map, options: options, clock: runtime.clock,
+      seed: node.rawValue)
+    return TransactionHousekeeping(
+      node: node, groups: carrying, options: resolverOptions, client: client, clock: runtime.clock,
+      logger: logger.child("resolver"), settled: settled)
+  }
+
   // MARK: - Running
 
   /// Recovers every group, then calls `attach` for the transport endpoint (a TCP server opens its listener
@@ -292,6 +321,9 @@ public final class GroupHost: Sendable {
       recovered.finish()
       logger.notice("serving \(groups.count) groups", ["node": "\(node)"])
       tasks.addTask { await router.run() }
+      // Requests from other hosts (their resolvers); each task below runs until the host stops.
+      tasks.addTask { await router.peers.serve(router: router) { [self] bytes in await handle(bytes: bytes) } }
+      if let housekeeping = makeHousekeeping() { tasks.addTask { await housekeeping.run() } }
       tasks.addTask { await stop.wait() }
       var failure: (any Error)?
       do {

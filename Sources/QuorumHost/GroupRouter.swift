@@ -3,15 +3,25 @@ public import QuorumPaxos
 public import QuorumRaft
 import Synchronization
 
-/// A message between two processes hosting groups: one engine's protocol message. One transport connection per
-/// pair of processes carries every group's messages; the envelope's group id routes them, and the message's
+/// A message between two processes hosting groups: one engine's protocol message, or a host's request to another
+/// host and its reply (the peer requests that hosts' transaction housekeeping sends). One transport connection
+/// per pair of processes carries every group's messages; the envelope's group id routes them, and the message's
 /// first byte — the engine's protocol number (``QuorumCore/WireProtocol/raft`` or
-/// ``QuorumCore/WireProtocol/paxos``) — says how to decode the rest.
+/// ``QuorumCore/WireProtocol/paxos``), or a peer request's tag — says how to decode the rest.
 public enum HostMessage: Sendable, WireCodable, CustomStringConvertible {
   /// A Raft group's message.
   case raft(RaftMessage)
   /// A Multi-Paxos group's message.
   case paxos(PaxosMessage)
+  /// An encoded ``HostRequest`` from another host (its in-doubt transaction resolver), numbered by the sender.
+  case request(id: UInt64, body: [UInt8])
+  /// The encoded ``HostReply`` to the sender's request `id`.
+  case reply(id: UInt64, body: [UInt8])
+
+  /// The first byte of a peer request (far from the engines' protocol numbers).
+  static let requestTag: UInt8 = 0x40
+  /// The first byte of a peer reply.
+  static let replyTag: UInt8 = 0x41
 
   public func encode(to writer: inout WireWriter) {
     switch self {
@@ -21,6 +31,14 @@ public enum HostMessage: Sendable, WireCodable, CustomStringConvertible {
     case .paxos(let m):
       writer.writeByte(WireProtocol.paxos)
       m.encode(to: &writer)
+    case .request(let id, let body):
+      writer.writeByte(Self.requestTag)
+      writer.writeVarint(id)
+      writer.writeBytes(body)
+    case .reply(let id, let body):
+      writer.writeByte(Self.replyTag)
+      writer.writeVarint(id)
+      writer.writeBytes(body)
     }
   }
 
@@ -29,6 +47,8 @@ public enum HostMessage: Sendable, WireCodable, CustomStringConvertible {
     switch try reader.readByte() {
     case WireProtocol.raft: self = .raft(try reader.read())
     case WireProtocol.paxos: self = .paxos(try reader.read())
+    case Self.requestTag: self = .request(id: try reader.readVarint(), body: try reader.readBytes())
+    case Self.replyTag: self = .reply(id: try reader.readVarint(), body: try reader.readBytes())
     case let tag: throw WireError(.unknownTag(type: "protocol", tag: UInt64(tag)), at: at)
     }
   }
@@ -37,6 +57,8 @@ public enum HostMessage: Sendable, WireCodable, CustomStringConvertible {
     switch self {
     case .raft(let m): return "\(m)"
     case .paxos(let m): return "\(m)"
+    case .request(let id, let body): return "peer request \(id) (\(body.count) B)"
+    case .reply(let id, let body): return "peer reply \(id) (\(body.count) B)"
     }
   }
 }
@@ -55,6 +77,8 @@ public final class GroupRouter: Sendable {
 
   /// The process's node id.
   public let node: NodeID
+  /// Requests between hosts over this router's endpoint, and their replies.
+  let peers = PeerRequests()
   private let routes = Mutex<[GroupID: Route]>([:])
   private let outbound = Mutex<(any TransportEndpoint<HostMessage>)?>(nil)
   private let counters = DropCounters()
@@ -110,6 +134,16 @@ public final class GroupRouter: Sendable {
   public func deliver(_ envelopes: [Envelope<HostMessage>]) {
     let table = routes.withLock { $0 }
     for envelope in envelopes {
+      switch envelope.payload {
+      case .request(let id, let body):
+        peers.received(request: body, id: id, from: envelope.from, group: envelope.group)
+        continue
+      case .reply(let id, let body):
+        peers.received(reply: body, id: id, from: envelope.from)
+        continue
+      case .raft, .paxos:
+        break
+      }
       guard let route = table[envelope.group] else {
         counters.state.withLock { $0.unknownGroup += 1 }
         continue
@@ -133,6 +167,7 @@ public final class GroupRouter: Sendable {
       defer { e = nil }
       return e
     }
+    peers.close()
     await endpoint?.close()
   }
 }

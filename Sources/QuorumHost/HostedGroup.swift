@@ -83,16 +83,20 @@ public struct HostSettings: Sendable {
   public var spaceQuotaBytes: Int?
   /// How often the host measures the storage's usage while a quota is set.
   public var spaceCheckInterval: Duration
+  /// How the leaders of groups carrying the `txn` service finish transactions their coordinators left in doubt.
+  public var transactionResolver: TransactionResolverOptions
 
   /// Creates settings; both engines must use the same tick interval (one timer ticks every group).
   public init(
     raft: RaftConfiguration = RaftConfiguration(), paxos: PaxosConfiguration = PaxosConfiguration(),
-    spaceQuotaBytes: Int? = nil, spaceCheckInterval: Duration = .seconds(1)
+    spaceQuotaBytes: Int? = nil, spaceCheckInterval: Duration = .seconds(1),
+    transactionResolver: TransactionResolverOptions = TransactionResolverOptions()
   ) {
     self.raft = raft
     self.paxos = paxos
     self.spaceQuotaBytes = spaceQuotaBytes
     self.spaceCheckInterval = spaceCheckInterval
+    self.transactionResolver = transactionResolver
   }
 }
 

@@ -154,7 +154,7 @@ public enum SimulationRunner {
     }
   }
 
-  /// Runs `work` on a new thread of its own at a lower CPU priority (nice 10): a batch of seeds is throughput
+  /// Runs `work` on a new thread of its own at the lowest CPU priority (nice 19): a batch of seeds is throughput
   /// work, and on a machine with few cores the tasks beside it that wait on real time (timeouts, heartbeats)
   /// must still get the CPU when they need it. On Linux the nice value belongs to the thread (NPTL), so only
   /// this thread is lowered; it ends when `work` returns.
@@ -176,7 +176,7 @@ public enum SimulationRunner {
         // The pointer is the retained Body passed to pthread_create just below; it is never nil.
         guard let raw else { return nil }
         let body = Unmanaged<Body>.fromOpaque(raw).takeRetainedValue()
-        _ = nice(10)
+        _ = nice(19)
         body.work()
         return nil
       }, box)

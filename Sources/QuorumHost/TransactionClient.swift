@@ -1,0 +1,65 @@
+public import QuorumCore
+public import QuorumTransactions
+
+/// The `txn` service of a cluster of group hosts as a ``QuorumTransactions/TxnShardChannel``: keys are placed
+/// by the cluster map's slots for the `txn` service, commands are exactly-once (the ``HostClient``'s session per
+/// group), queries linearizable.
+///
+/// ``QuorumTransactions/ShardedTransactions`` runs on top of it:
+///
+/// ```swift
+/// let db = ShardedTransactions(client: hostClient, coordinator: 7001)
+/// try await db.transaction { tx in
+///   let a = try await tx.getString("a") ?? "0"
+///   tx.put("b", a)
+/// }
+/// ```
+public struct HostTxnChannel: TxnShardChannel {
+  /// The client underneath (shared with other services' clients).
+  public let client: HostClient
+
+  /// A channel over `client`.
+  public init(_ client: HostClient) { self.client = client }
+
+  public func group(for key: String) async throws -> GroupID {
+    try await client.group(for: key, service: TxnShardService.name)
+  }
+
+  public func command(_ command: TxnShardCommand, group: GroupID) async throws -> TxnShardResponse {
+    let bytes = try await client.command(command.wireBytes(), service: TxnShardService.name, group: group)
+    do {
+      return try TxnShardResponse(wireBytes: bytes)
+    } catch {
+      throw QuorumClientError.badReply("\(error)")
+    }
+  }
+
+  public func query(_ query: TxnShardQuery, group: GroupID) async throws -> TxnShardQueryResult {
+    let (bytes, _) = try await client.query(query.wireBytes(), service: TxnShardService.name, group: group)
+    do {
+      return try TxnShardQueryResult(wireBytes: bytes)
+    } catch {
+      throw QuorumClientError.badReply("\(error)")
+    }
+  }
+
+  /// The groups carrying the `txn` service.
+  public func groups() async throws -> [GroupID] { try await client.groups(carrying: TxnShardService.name) }
+}
+
+extension ShardedTransactions {
+  /// Transactions over the `txn` service of the cluster `client` talks to, this client acting as coordinator
+  /// `coordinator`.
+  ///
+  /// Transaction numbers are reserved durably in the cluster (per coordinator), so identifiers never repeat, even
+  /// across restarts; each coordinator identifier takes one entry of a record table's list of coordinators
+  /// (``QuorumTransactions/TransactionRecordLimits/maxCoordinators``), so long-lived applications should use a
+  /// stable identifier rather than a fresh one per process.
+  /// - Parameters:
+  ///   - client: the cluster's client (deadlines, retries, sessions).
+  ///   - coordinator: this client's identity as a coordinator, distinct from the other clients'.
+  ///   - seed: seeds the back-off jitter.
+  public init(client: HostClient, coordinator: NodeID, seed: UInt64 = 1) {
+    self.init(channel: HostTxnChannel(client), options: ShardedTransactionOptions(coordinator: coordinator), seed: seed)
+  }
+}
