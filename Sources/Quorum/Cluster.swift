@@ -399,6 +399,14 @@ public struct LocalMembers: Sendable {
   public func kvClient(options: HostClientOptions = HostClientOptions(), seed: UInt64 = 1) -> KeyValueClient {
     KeyValueClient(client(options: options, seed: seed))
   }
+
+  /// A lock client of these members, with `lockOptions` for its leases.
+  public func lockClient(
+    lockOptions: LockClientOptions = LockClientOptions(), options: HostClientOptions = HostClientOptions(),
+    seed: UInt64 = 1
+  ) -> LockClient {
+    LockClient(client(options: options, seed: seed), options: lockOptions)
+  }
 }
 
 /// One member of a TCP cluster running in this process: its groups, its client service and its transport.
