@@ -346,6 +346,86 @@ struct LockClientTests {
 
   // MARK: - Failures of the cluster
 
+  @Test("an acquire whose outcome is unknown leaves nothing held once the session's other leases are released",
+    arguments: engines)
+  func unknownOutcomeLeavesNothingHeld(_ engine: EngineKind) async throws {
+    try await Self.cluster(engine, "unknown").withLocalMembers { members in
+      _ = try await Self.awaitLeader(members)
+      let (locks, channel) = Self.gatedClient(members, options: LockClientOptions(), seed: 1)
+      let other = members.lockClient(lockOptions: Self.shortLeases, seed: 2)
+      try await closing([locks, other]) {
+        let kept = try await locks.lock("kept")  // Keeps the session renewed.
+        // The acquire is applied, its reply lost, and every retry fails: the caller cannot know it holds "orphan".
+        channel.loseNextReply(thenClose: true) { if case .acquire = $0 { true } else { false } }
+        await #expect(throws: QuorumClientError.self) { _ = try await locks.lock("orphan") }
+        channel.open()
+        #expect(try await other.status(of: "orphan")?.holders.map(\.session) == [kept.session])
+        let fresh = try await locks.lock("fresh")
+        #expect(fresh.session != kept.session, "new acquires use a new session")
+        #expect(try await locks.unlock(kept))
+        let orphan = try await other.lock("orphan", timeout: .seconds(30))
+        #expect(orphan.token > kept.token, "the orphaned grant went with the retired session")
+        #expect(fresh.isValid)
+        #expect(try await other.unlock(orphan))
+        #expect(try await locks.unlock(fresh))
+      }
+    }
+  }
+
+  @Test("a waiter whose watch fails at one member watches at another", arguments: engines)
+  func watchMovesOn(_ engine: EngineKind) async throws {
+    try await Self.cluster(engine, "watch").withLocalMembers { members in
+      let leader = try await Self.awaitLeader(members)
+      let holder = members.lockClient(lockOptions: Self.shortLeases, seed: 1)
+      var options = Self.shortLeases
+      options.ttl = .seconds(10)
+      let (waiter, channel) = Self.gatedClient(members, options: options, seed: 2)
+      try await closing([holder, waiter]) {
+        let held = try await holder.lock("watched")
+        let waiting = Task { try await waiter.lock("watched", timeout: .seconds(30)) }
+        _ = try await awaitValue("the waiter to queue") {
+          try await holder.status(of: "watched")?.waiters.count == 1 ? true : nil
+        }
+        #expect(try await Self.leader(members, excluding: []) == leader, "the waiter queued through \(leader)")
+        channel.cut(leader)  // The waiter can no longer reach the member it watches at.
+        #expect(try await holder.unlock(held))
+        let granted = try await waiting.value
+        #expect(granted.token > held.token)
+        channel.open()
+      }
+    }
+  }
+
+  @Test("a cancelled lock call leaves the queue, and the next waiter is granted", arguments: engines)
+  func cancelledWaitLeavesTheQueue(_ engine: EngineKind) async throws {
+    try await Self.cluster(engine, "cancel").withLocalMembers { members in
+      _ = try await Self.awaitLeader(members)
+      let clients = (1...3).map { members.lockClient(lockOptions: Self.shortLeases, seed: UInt64($0)) }
+      try await closing(clients) {
+        let held = try await clients[0].lock("cancel")
+        let impatientClient = clients[1]
+        let impatient = Task { try await impatientClient.lock("cancel") }
+        _ = try await awaitValue("the impatient waiter to queue") {
+          try await clients[0].status(of: "cancel")?.waiters.count == 1 ? true : nil
+        }
+        let patientClient = clients[2]
+        let patient = Task { try await patientClient.lock("cancel") }
+        _ = try await awaitValue("the patient waiter to queue") {
+          try await clients[0].status(of: "cancel")?.waiters.count == 2 ? true : nil
+        }
+        impatient.cancel()
+        _ = try await awaitValue("the cancelled waiter to leave the queue") {
+          try await clients[0].status(of: "cancel")?.waiters.count == 1 ? true : nil
+        }
+        await #expect(throws: CancellationError.self) { _ = try await impatient.value }
+        #expect(try await clients[0].unlock(held))
+        let granted = try await patient.value
+        #expect(granted.token > held.token)
+        #expect(try await clients[2].unlock(granted))
+      }
+    }
+  }
+
   @Test("tokens increase across a leadership transfer and across the leader stopping, with a waiter handed off",
     arguments: engines)
   func tokensAcrossLeaderChanges(_ engine: EngineKind) async throws {
@@ -480,7 +560,9 @@ func closing<T>(
 final class GatedChannel: RequestChannel {
   private struct State {
     var open = true
+    var cut: Set<NodeID> = []
     var loseReply: (@Sendable (LockCommand) -> Bool)?
+    var closeAfterLoss = false
     var repliesLost = 0
   }
 
@@ -493,25 +575,34 @@ final class GatedChannel: RequestChannel {
   func close() { state.withLock { $0.open = false } }
   /// Lets requests through again.
   func open() { state.withLock { $0.open = true } }
-  /// Loses the reply to the next lock command matching `matches` (the command itself is delivered).
-  func loseNextReply(_ matches: @escaping @Sendable (LockCommand) -> Bool) {
-    state.withLock { $0.loseReply = matches }
+  /// Cuts the client off from `member` only.
+  func cut(_ member: NodeID) { state.withLock { _ = $0.cut.insert(member) } }
+  /// Loses the reply to the next lock command matching `matches` (the command itself is delivered), and cuts the
+  /// client off from then on if `thenClose`.
+  func loseNextReply(thenClose: Bool = false, _ matches: @escaping @Sendable (LockCommand) -> Bool) {
+    state.withLock {
+      $0.loseReply = matches
+      $0.closeAfterLoss = thenClose
+    }
   }
   /// How many replies were lost.
   var repliesLost: Int { state.withLock { $0.repliesLost } }
 
   func send(_ request: [UInt8], to member: NodeID, timeout: Duration) async throws -> [UInt8] {
-    guard state.withLock({ $0.open }) else { throw RequestChannelError.unreachable(member, "cut off by the test") }
+    guard state.withLock({ $0.open && !$0.cut.contains(member) }) else {
+      throw RequestChannelError.unreachable(member, "cut off by the test")
+    }
     let reply = try await inner.send(request, to: member, timeout: timeout)
     var command: LockCommand?
     if case .command(_, let body, _, _)? = try? HostRequest(wireBytes: request), body.service == LockService.name {
       command = try? LockCommand(wireBytes: body.payload)
     }
     let lost = state.withLock { s -> Bool in
-      guard s.open else { return true }
+      guard s.open && !s.cut.contains(member) else { return true }
       guard let command, let matches = s.loseReply, matches(command) else { return false }
       s.loseReply = nil
       s.repliesLost += 1
+      if s.closeAfterLoss { s.open = false }
       return true
     }
     if lost { throw RequestChannelError.timeout(member) }
