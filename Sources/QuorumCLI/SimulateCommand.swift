@@ -11,7 +11,7 @@ enum SimulateCommand {
   static let usage = """
     usage: quorum simulate [--protocol raft|paxos|mixed|synod] [--level node|core] [--groups G] [--seeds N]
                            [--start S] [--seed S] [--nodes N] [--variant default|paper] [--quorums Q1,Q2]
-                           [--chaos-ms MS] [--trace N] [--jobs J] [--digest]
+                           [--chaos-ms MS] [--trace N] [--jobs J] [--digest] [--workload kv|locks|both]
       --protocol    raft (default): Raft groups with KV clients; paxos: Multi-Paxos groups; mixed: groups of
                     both engines on the same nodes; synod: single-decree Paxos with three dueling proposers
       --groups G    node level: G groups sharing the nodes (default 1; mixed: 2)
@@ -27,6 +27,9 @@ enum SimulateCommand {
       --chaos-ms    length of the fault phase in virtual milliseconds (default 3000)
       --trace N     events of trace to print for a failing seed (default 200)
       --jobs J      parallel workers (default: the number of cores)
+      --workload    node level: kv (default) key-value clients, checked for linearizability; locks: lock clients
+                    that contend, pause past their TTL and are fenced, checked for two owners, token order and
+                    permits; both: the two side by side
     """
 
   static func run(_ args: [String]) throws -> Int32 {
@@ -43,6 +46,7 @@ enum SimulateCommand {
     var chaos: UInt64?
     var traceCapacity = 200
     var jobs = ProcessInfo.processInfo.activeProcessorCount
+    var workload = "kv"
     var i = 0
     func value() throws -> String {
       i += 1
@@ -76,6 +80,9 @@ enum SimulateCommand {
         quorums = (Int(parts[0]), Int(parts[1]))
       case "--trace": traceCapacity = Int(try number(try value()))
       case "--jobs": jobs = max(1, Int(try number(try value())))
+      case "--workload":
+        workload = try value()
+        guard ["kv", "locks", "both"].contains(workload) else { throw CLIError.usage("unknown workload \(workload)") }
       case "--variant":
         variantArgument = try value()
         switch variantArgument {
@@ -122,6 +129,8 @@ enum SimulateCommand {
     nodeOptions.variant.raftPaper = variantArgument == "paper"
     if variantArgument == "paper" { nodeOptions.readConsistencies = [.linearizable, .stale] }
     nodeOptions.variant.paxosQuorums = quorums.map { (phase1: $0.0, phase2: $0.1) }
+    if workload != "kv" { nodeOptions.lockWorkload.clients = 4 }
+    if workload == "locks" { nodeOptions.clients = 0 }
     if groupCount != nil { reproduceGroups = " --groups \(groups)" }
     let nodeLevel = level == "node"
     let simulationOptions = nodeOptions
@@ -131,6 +140,7 @@ enum SimulateCommand {
     if let (q1, q2) = quorums { reproduceOptions += " --quorums \(q1),\(q2)" }
     if let chaos { reproduceOptions += " --chaos-ms \(chaos)" }
     if !variantArgument.isEmpty { reproduceOptions += " --variant \(variantArgument)" }
+    if workload != "kv" { reproduceOptions += " --workload \(workload)" }
     let (chosenKind, paxosOptions, synodOptions) = (kind, paxos, synod)
     let runOne: @Sendable (UInt64, SimulationTrace) throws -> String = { seed, trace in
       if nodeLevel {

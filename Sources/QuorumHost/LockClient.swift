@@ -207,7 +207,8 @@ public actor LockClient {
   /// The client underneath.
   public let host: HostClient
   private let options: LockClientOptions
-  private let clock: any NodeClock
+  private let runtime: NodeRuntime
+  private var clock: any NodeClock { runtime.clock }
   /// The session new acquires use, per group and TTL.
   private var sessions: [SessionKey: Session] = [:]
   /// Every session still renewed: the current ones and retiring ones that still hold leases.
@@ -218,9 +219,15 @@ public actor LockClient {
   public init(
     _ host: HostClient, options: LockClientOptions = LockClientOptions(), clock: any NodeClock = SystemClock()
   ) {
+    self.init(host, options: options, runtime: NodeRuntime(clock: clock))
+  }
+
+  /// Creates a lock client over `host` that measures leases on `runtime`'s clock and renews them in tasks on
+  /// `runtime`'s executor (a simulation's process).
+  public init(_ host: HostClient, options: LockClientOptions = LockClientOptions(), runtime: NodeRuntime) {
     self.host = host
     self.options = options
-    self.clock = clock
+    self.runtime = runtime
   }
 
   // MARK: - Locking
@@ -491,7 +498,7 @@ public actor LockClient {
     let ref = SessionRef(group: group, id: id)
     sessions[key] = session
     live[ref] = session
-    keepAlives[ref] = Task { [weak self] in await self?.keepAlive(session) }
+    keepAlives[ref] = runtime.detached { [weak self] in await self?.keepAlive(session) }
     return session
   }
 

@@ -65,7 +65,8 @@ struct LockClientTests {
 
   // MARK: - Fair hand-off
 
-  @Test("waiters are granted in arrival order, each with a larger token; re-entry returns the same token",
+  @Test(
+    "waiters are granted in arrival order, each with a larger token; re-entry returns the same token",
     arguments: engines)
   func fifoHandOff(_ engine: EngineKind) async throws {
     try await Self.cluster(engine, "fifo").withLocalMembers { members in
@@ -103,7 +104,8 @@ struct LockClientTests {
     }
   }
 
-  @Test("shared holders coexist; an exclusive request waits for them and a later shared one waits behind it",
+  @Test(
+    "shared holders coexist; an exclusive request waits for them and a later shared one waits behind it",
     arguments: engines)
   func sharedAndExclusive(_ engine: EngineKind) async throws {
     try await Self.cluster(engine, "shared").withLocalMembers { members in
@@ -140,7 +142,8 @@ struct LockClientTests {
 
   // MARK: - Leases
 
-  @Test("a holder whose keep-alives stop loses its lease before the next waiter is granted; the fence refuses it",
+  @Test(
+    "a holder whose keep-alives stop loses its lease before the next waiter is granted; the fence refuses it",
     arguments: engines)
   func pausedHolderIsFenced(_ engine: EngineKind) async throws {
     try await Self.cluster(engine, "paused").withLocalMembers { members in
@@ -209,7 +212,8 @@ struct LockClientTests {
     }
   }
 
-  @Test("a semaphore's permits are conserved and come back when a holder's session closes or expires",
+  @Test(
+    "a semaphore's permits are conserved and come back when a holder's session closes or expires",
     arguments: engines)
   func semaphorePermits(_ engine: EngineKind) async throws {
     try await Self.cluster(engine, "semaphore").withLocalMembers { members in
@@ -250,7 +254,8 @@ struct LockClientTests {
     }
   }
 
-  @Test("withLock runs the body with the token and unlocks after it, also when it throws or the lease is lost",
+  @Test(
+    "withLock runs the body with the token and unlocks after it, also when it throws or the lease is lost",
     arguments: engines)
   func withLockScopes(_ engine: EngineKind) async throws {
     try await Self.cluster(engine, "scoped").withLocalMembers { members in
@@ -346,7 +351,8 @@ struct LockClientTests {
 
   // MARK: - Failures of the cluster
 
-  @Test("an acquire whose outcome is unknown leaves nothing held once the session's other leases are released",
+  @Test(
+    "an acquire whose outcome is unknown leaves nothing held once the session's other leases are released",
     arguments: engines)
   func unknownOutcomeLeavesNothingHeld(_ engine: EngineKind) async throws {
     try await Self.cluster(engine, "unknown").withLocalMembers { members in
@@ -426,7 +432,8 @@ struct LockClientTests {
     }
   }
 
-  @Test("tokens increase across a leadership transfer and across the leader stopping, with a waiter handed off",
+  @Test(
+    "tokens increase across a leadership transfer and across the leader stopping, with a waiter handed off",
     arguments: engines)
   func tokensAcrossLeaderChanges(_ engine: EngineKind) async throws {
     try await Self.cluster(engine, "failover").withLocalMembers { members in
@@ -492,7 +499,8 @@ struct LockClientTests {
     }
   }
 
-  @Test("a lost reply does not lose the call: a retried acquire and a retried release take effect once",
+  @Test(
+    "a lost reply does not lose the call: a retried acquire and a retried release take effect once",
     arguments: engines)
   func lostReplies(_ engine: EngineKind) async throws {
     try await Self.cluster(engine, "replies").withLocalMembers { members in

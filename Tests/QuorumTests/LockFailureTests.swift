@@ -7,7 +7,8 @@ import Testing
 /// partition of the members' transport, and every member restarting from its data directory.
 @Suite("Lock service across partitions and restarts", .timeLimit(.minutes(3)))
 struct LockFailureTests {
-  @Test("the minority side of a partition grants nothing while the majority side grants the lock",
+  @Test(
+    "the minority side of a partition grants nothing while the majority side grants the lock",
     arguments: LockClientTests.engines)
   func minorityGrantsNothing(_ engine: EngineKind) async throws {
     try await LockHostHarness.with(try LockClientTests.cluster(engine, "partition")) { harness in
@@ -35,7 +36,8 @@ struct LockFailureTests {
     }
   }
 
-  @Test("tokens keep increasing after snapshots and a restart of every member; a held lock survives it",
+  @Test(
+    "tokens keep increasing after snapshots and a restart of every member; a held lock survives it",
     arguments: LockClientTests.engines)
   func tokensAcrossRestart(_ engine: EngineKind) async throws {
     try await LockHostHarness.with(try LockClientTests.cluster(engine, "restart", snapshotEvery: 5)) { harness in
@@ -65,6 +67,65 @@ struct LockFailureTests {
       }
     }
   }
+
+  @Test(
+    "a member whose clocks read an hour ahead takes the lead without shortening anyone's lease",
+    arguments: LockClientTests.engines)
+  func leaderClockAhead(_ engine: EngineKind) async throws {
+    let ahead: NodeID = 3
+    try await LockHostHarness.with(try LockClientTests.cluster(engine, "ahead"), clocks: [ahead: AheadClock()]) {
+      harness in
+      var leader = try await harness.awaitLeader()
+      let locks = harness.lockClient(reaching: nil, seed: 1, deadline: .seconds(10))
+      let follower = harness.lockClient(reaching: [ahead], seed: 2, deadline: .milliseconds(300))
+      try await closing([locks, follower]) {
+        if leader == ahead {
+          try await locks.host.transferLeadership(of: LockClientTests.group, to: 1)
+          leader = try await awaitValue("n1 to lead") {
+            let current = try await harness.awaitLeader()
+            return current == ahead ? nil : current
+          }
+        }
+        let held = try await locks.lock("held")
+        let before = try await Self.logTime(locks)
+        // A client that reaches only the member ahead: its proposals there are refused (not the leader).
+        _ = try? await follower.tryLock("poke")
+        try await locks.host.transferLeadership(of: LockClientTests.group, to: ahead)
+        _ = try await awaitValue("\(ahead) to lead") { try await harness.awaitLeader() == ahead ? true : nil }
+        let probe = try await locks.lock("probe")
+        #expect(try await locks.unlock(probe))
+        let after = try await Self.logTime(locks)
+        #expect(after >= before && after - before < 60_000, "log time went from \(before) to \(after) ms")
+        let status = try #require(try await locks.status(of: "held"))
+        #expect(status.holders.map(\.session) == [held.session], "the lease outlived the change of leader")
+        #expect(held.isValid)
+        #expect(try await locks.unlock(held))
+      }
+    }
+  }
+
+  /// The lock group's log time, read linearizably.
+  static func logTime(_ locks: LockClient) async throws -> UInt64 {
+    let (bytes, _) = try await locks.host.query(
+      LockQuery.counts.wireBytes(), service: LockService.name, group: LockClientTests.group)
+    guard case .counts(let counts) = try LockQueryResult(wireBytes: bytes) else {
+      throw LockClientError.unexpected("not counts")
+    }
+    return counts.logTimeMillis
+  }
+}
+
+/// The system's clocks, read an hour ahead: a machine whose monotonic clock started long before the others' (its
+/// origin is arbitrary) and whose wall clock was stepped.
+struct AheadClock: NodeClock {
+  let system = SystemClock()
+  let aheadNanos: UInt64 = 3_600_000_000_000
+
+  func monotonicNanos() -> UInt64 { system.monotonicNanos() + aheadNanos }
+  func wallClockMillis() -> UInt64 { system.wallClockMillis() + aheadNanos / 1_000_000 }
+  func sleep(untilNanos deadline: UInt64) async throws {
+    try await system.sleep(untilNanos: deadline > aheadNanos ? deadline - aheadNanos : 0)
+  }
 }
 
 /// The members of a cluster run one by one on an in-process transport the test holds, each with its data
@@ -73,18 +134,24 @@ final class LockHostHarness: Sendable {
   let cluster: Cluster
   let transport = InProcessTransport<HostMessage>()
   let directory: String
+  /// Each member's clock, if not the system's.
+  let clocks: [NodeID: any NodeClock]
   private let running = Mutex<[NodeID: (host: GroupHost, task: Task<Void, Never>)]>([:])
 
-  private init(cluster: Cluster, directory: String) {
+  private init(cluster: Cluster, directory: String, clocks: [NodeID: any NodeClock]) {
     self.cluster = cluster
     self.directory = directory
+    self.clocks = clocks
   }
 
-  /// Starts every member of `cluster` in a fresh directory, runs `body`, then stops them and removes it.
-  static func with<T: Sendable>(_ cluster: Cluster, _ body: (LockHostHarness) async throws -> T) async throws -> T {
+  /// Starts every member of `cluster` (on `clocks` where given) in a fresh directory, runs `body`, then stops them
+  /// and removes it.
+  static func with<T: Sendable>(
+    _ cluster: Cluster, clocks: [NodeID: any NodeClock] = [:], _ body: (LockHostHarness) async throws -> T
+  ) async throws -> T {
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent("quorum-locks-\(UUID())").path
     try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-    let harness = LockHostHarness(cluster: cluster, directory: directory)
+    let harness = LockHostHarness(cluster: cluster, directory: directory, clocks: clocks)
     defer { try? FileManager.default.removeItem(atPath: directory) }
     let outcome: Result<T, any Error>
     do {
@@ -103,7 +170,8 @@ final class LockHostHarness: Sendable {
   func start(_ member: NodeID) async throws {
     let host = try GroupHost(
       node: member, map: cluster.map, settings: cluster.hostSettings,
-      storage: FileGroupStorage(root: "\(directory)/\(member)", fsync: .never), logger: .disabled)
+      storage: FileGroupStorage(root: "\(directory)/\(member)", fsync: .never),
+      runtime: NodeRuntime(clock: clocks[member] ?? SystemClock()), logger: .disabled)
     let endpoint = try transport.bind(member)
     let task = Task { _ = try? await host.run(attach: { endpoint }) }
     running.withLock { $0[member] = (host, task) }
@@ -137,7 +205,9 @@ final class LockHostHarness: Sendable {
   func snapshotIndexes() async -> [UInt64] {
     var indexes: [UInt64] = []
     for member in members {
-      if let status = await host(member)?.group(LockClientTests.group)?.status() { indexes.append(status.snapshotIndex) }
+      if let status = await host(member)?.group(LockClientTests.group)?.status() {
+        indexes.append(status.snapshotIndex)
+      }
     }
     return indexes
   }
