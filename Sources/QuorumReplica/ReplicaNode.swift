@@ -321,7 +321,8 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       // The tick first: it measures time up to now, and messages stepped after it count from now.
       if ticked { tick(now: now) }
       for envelope in messages { engine?.step(envelope.payload, from: envelope.from) }
-      syncLogClock(now: now)  // A vote just won: the proposals below are stamped in the new term.
+      // A vote just won: the proposals below are stamped in the new term.
+      if !messages.isEmpty && !batch.isEmpty { syncLogClock(now: now) }
       for input in batch { handle(input, now: now) }
       messages.removeAll(keepingCapacity: true)
       batch.removeAll(keepingCapacity: true)

@@ -408,6 +408,7 @@ public final class ClusterSimulation: @unchecked Sendable {
       stats.lockLeasesLost += client.leasesLost
       stats.retries += client.failedCalls
       stats.stalls += client.pauses
+      stats.partitions += client.cuts
     }
     stats.lockWritesFenced = lockChecker.staleWritesFenced
     stats.lockLogEvents = lockChecker.logEventsChecked

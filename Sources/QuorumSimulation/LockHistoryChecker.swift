@@ -148,6 +148,7 @@ public final class LockHistoryChecker: @unchecked Sendable {
     }
     var end = at
     end.how = how
+    trace.record(at.time, "log: \(how) \(grant) at entry \(at.index)")
     ended[GrantKey(group: group, lock: grant.lock, session: grant.session, token: grant.token)] = end
   }
 

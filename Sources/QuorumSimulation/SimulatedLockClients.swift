@@ -12,9 +12,14 @@ public struct LockWorkloadOptions: Sendable {
   public var useInterval = DelayDistribution.uniform(.zero, .milliseconds(300))
   /// How long a client waits for a lock during the chaos (0: only if it is free).
   public var wait = DelayDistribution.uniform(.zero, .milliseconds(800))
-  /// The chance, before each use of a lease during the chaos, that the client's process pauses (a GC pause, a
-  /// frozen VM) for a while around the TTL, so that its session may expire under it.
-  public var pauseProbability = 0.08
+  /// The chance that a client holding a lock during the chaos pauses its process (a GC pause, a frozen VM) for
+  /// half a TTL to two, so that its session may expire under it.
+  public var pauseProbability = 0.25
+  /// The chance that a holder uses its lease every few milliseconds for up to two TTLs rather than a few times.
+  public var busyHoldProbability = 0.3
+  /// The chance that a client holding a lock during the chaos loses its network (nothing it sends arrives) for
+  /// half a TTL to two while it goes on using the lock, so that its session may expire while it watches.
+  public var cutProbability = 0.25
   /// Lock cycles each client must complete after the heal (liveness).
   public var freshCyclesAfterHeal = 2
 
@@ -26,11 +31,13 @@ public struct LockWorkloadOptions: Sendable {
 /// `lrw` (shared or exclusive) and `lsem` (a semaphore of 2 permits) — through the production `LockClient`, and
 /// reports what it holds and when it relies on it to the ``LockHistoryChecker``.
 ///
-/// It runs as its own process on the scheduler, with its own drifting clock. During the chaos it sometimes pauses
-/// its whole process past its TTL while holding a lock, then checks its lease (it must find it invalid if the
-/// session expired) and sometimes writes anyway, for the fencing check to refuse. Its lease margin covers the
-/// simulation's largest clock-rate difference between it and any leader (twice ``ClusterSimulationOptions/
-/// maxDriftPPM``), plus 50 ms.
+/// It runs as its own process on the scheduler, with its own drifting clock. During the chaos, while holding a
+/// lock, it sometimes pauses its whole process past its TTL, then checks its lease (it must find it invalid if
+/// the session expired) and sometimes writes anyway, for the fencing check to refuse; and it sometimes loses its
+/// network while it keeps using the lock every few milliseconds, which finds the last moment it trusts the lease.
+/// Its lease margin covers the simulation's largest clock-rate difference between it and any leader (both may
+/// drift by ``ClusterSimulationOptions/maxDriftPPM``, in opposite directions), plus 50 ms; with a margin of 1 ms
+/// the checker finds a lease relied on after its expiry within a few seeds.
 ///
 /// `@unchecked Sendable`: it runs as jobs of one simulation, one at a time on the scheduler's thread.
 final class SimulatedLockClient: @unchecked Sendable {
@@ -60,6 +67,10 @@ final class SimulatedLockClient: @unchecked Sendable {
   private(set) var failedCalls = 0
   /// Pauses of the client's process.
   private(set) var pauses = 0
+  /// Times the client lost its network.
+  private(set) var cuts = 0
+  /// Until when the client's network is cut.
+  private var cutUntil = VirtualTime.zero
 
   init(index: Int, node: NodeID, process: UInt32, context: Context) {
     self.index = index
@@ -88,7 +99,9 @@ final class SimulatedLockClient: @unchecked Sendable {
     var hostOptions = HostClientOptions()
     hostOptions.attemptTimeout = context.options.attemptTimeout.duration
     let host = HostClient(
-      channel: SimulatedRequestChannel(requests: context.requests, client: node),
+      channel: CuttableChannel(
+        inner: SimulatedRequestChannel(requests: context.requests, client: node), scheduler: scheduler,
+        isCut: { [unowned self] in scheduler.now < cutUntil }),
       members: context.map.members.keys.sorted(), map: context.map, options: hostOptions, clock: clock,
       seed: context.seed &+ 0x10C4 &+ UInt64(index))
     var lockOptions = LockClientOptions()
@@ -151,20 +164,45 @@ final class SimulatedLockClient: @unchecked Sendable {
     }
   }
 
-  /// Uses the lease a few times, checking it each time; during the chaos the process may pause before a use.
+  /// Holds the lease, checking it before each use: a few uses far apart, or (a busy holder) uses every few
+  /// milliseconds for up to two TTLs, which finds the last moment the client still trusts its lease — past the
+  /// log's expiry if the client's margin is too small. During the chaos the process may pause once, at a random
+  /// point of the hold, for half a TTL to two.
   private func hold(_ lease: LockLease, healed: Bool) async {
     let workload = context.options.lockWorkload
-    for _ in 0..<random({ Int.random(in: 1...4, using: &$0) }) {
-      try? await scheduler.sleep(for: random { workload.useInterval.sample(&$0) })
-      if !healed, random({ $0.chance(workload.pauseProbability) }) {
-        let length = VirtualDuration(
-          nanoseconds: random {
-            UInt64.random(in: workload.ttl.nanoseconds / 2...workload.ttl.nanoseconds * 2, using: &$0)
-          })
+    let ttl = workload.ttl.nanoseconds
+    let start = scheduler.now
+    let busyFor: VirtualDuration? =
+      random({ $0.chance(workload.busyHoldProbability) })
+      ? VirtualDuration(nanoseconds: random { UInt64.random(in: 0...2 * ttl, using: &$0) }) : nil
+    var usesLeft = random { Int.random(in: 1...4, using: &$0) }
+    var pauseAt: VirtualTime? =
+      !healed && random({ $0.chance(workload.pauseProbability) })
+      ? start + VirtualDuration(nanoseconds: random { UInt64.random(in: 0...ttl, using: &$0) }) : nil
+    var cutAt: VirtualTime? =
+      !healed && random({ $0.chance(workload.cutProbability) })
+      ? start + VirtualDuration(nanoseconds: random { UInt64.random(in: 0...ttl / 2, using: &$0) }) : nil
+    while busyFor.map({ scheduler.now < start + $0 }) ?? (usesLeft > 0) {
+      usesLeft -= 1
+      let interval =
+        busyFor == nil
+        ? random { workload.useInterval.sample(&$0) }
+        : .microseconds(random { UInt64.random(in: 2_000...20_000, using: &$0) })
+      try? await scheduler.sleep(for: interval)
+      if let at = pauseAt, scheduler.now >= at {
+        pauseAt = nil
+        let length = VirtualDuration(nanoseconds: random { UInt64.random(in: ttl / 2...ttl * 2, using: &$0) })
         pauses += 1
         context.trace.record(scheduler.now, "lock client \(index) pauses for \(length) holding \(lease)")
         scheduler.pause(process, until: scheduler.now + length)
         try? await scheduler.sleep(for: .microseconds(1))  // Runs again when the pause ends.
+      }
+      if let at = cutAt, scheduler.now >= at {
+        cutAt = nil
+        let length = VirtualDuration(nanoseconds: random { UInt64.random(in: ttl / 2...ttl * 2, using: &$0) })
+        cuts += 1
+        cutUntil = scheduler.now + length
+        context.trace.record(scheduler.now, "lock client \(index) loses its network for \(length) holding \(lease)")
       }
       guard lease.isValid else {
         leasesLost += 1
@@ -175,5 +213,23 @@ final class SimulatedLockClient: @unchecked Sendable {
       uses += 1
       context.checker.used(client: index, lease: lease, at: scheduler.now)
     }
+  }
+}
+
+/// A client's request channel that delivers nothing while the client's network is cut: a request then gets no
+/// answer, and the caller learns it at its timeout.
+struct CuttableChannel: RequestChannel {
+  let inner: SimulatedRequestChannel
+  let scheduler: SimulationScheduler
+  let isCut: @Sendable () -> Bool
+
+  func send(_ request: [UInt8], to member: NodeID, timeout: Duration) async throws -> [UInt8] {
+    if isCut() {
+      try await scheduler.sleep(for: VirtualDuration(nanoseconds: timeout.nanoseconds))
+      throw RequestChannelError.timeout(member)
+    }
+    let reply = try await inner.send(request, to: member, timeout: timeout)
+    if isCut() { throw RequestChannelError.timeout(member) }  // The reply did not arrive either.
+    return reply
   }
 }

@@ -44,6 +44,14 @@ struct LockClientTests {
     return options
   }
 
+  /// Leases that outlast a slow failover on a busy machine (10 s), renewed every half second.
+  static var steadyLeases: LockClientOptions {
+    var options = LockClientOptions()
+    options.renewFraction = 0.05
+    options.watchInterval = .seconds(1)
+    return options
+  }
+
   /// Calls that give up after a few seconds, so that a client cut off by a test does not hold it up for long.
   static var quickCalls: HostClientOptions {
     var options = HostClientOptions()
@@ -149,7 +157,7 @@ struct LockClientTests {
     try await Self.cluster(engine, "paused").withLocalMembers { members in
       _ = try await Self.awaitLeader(members)
       let (paused, gate) = Self.gatedClient(members, seed: 1)
-      let next = members.lockClient(lockOptions: Self.shortLeases, seed: 2)
+      let next = members.lockClient(lockOptions: Self.steadyLeases, seed: 2)
       try await closing([paused, next]) {
         let fence = FencingGuard()
         let stale = try await paused.lock("ledger")
@@ -181,9 +189,9 @@ struct LockClientTests {
   func expiredWaiterIsSkipped(_ engine: EngineKind) async throws {
     try await Self.cluster(engine, "skip").withLocalMembers { members in
       _ = try await Self.awaitLeader(members)
-      let holder = members.lockClient(lockOptions: Self.shortLeases, seed: 1)
+      let holder = members.lockClient(lockOptions: Self.steadyLeases, seed: 1)
       let (doomed, gate) = Self.gatedClient(members, seed: 2)
-      let live = members.lockClient(lockOptions: Self.shortLeases, seed: 3)
+      let live = members.lockClient(lockOptions: Self.steadyLeases, seed: 3)
       try await closing([holder, doomed, live]) {
         let held = try await holder.lock("queue")
         let doomedWait = Task { try await doomed.tryLock("queue", timeout: .seconds(3)) }
@@ -221,7 +229,7 @@ struct LockClientTests {
       let pool = LockMode.semaphore(permits: 2)
       let closer = members.lockClient(lockOptions: Self.shortLeases, seed: 1)
       let (dying, gate) = Self.gatedClient(members, seed: 2)
-      let waiters = (3...4).map { members.lockClient(lockOptions: Self.shortLeases, seed: UInt64($0)) }
+      let waiters = (3...4).map { members.lockClient(lockOptions: Self.steadyLeases, seed: UInt64($0)) }
       let observer = members.lockClient(seed: 5)
       try await closing([closer, dying, observer] + waiters) {
         let first = try await closer.lock("pool", mode: pool)
@@ -260,7 +268,7 @@ struct LockClientTests {
   func withLockScopes(_ engine: EngineKind) async throws {
     try await Self.cluster(engine, "scoped").withLocalMembers { members in
       _ = try await Self.awaitLeader(members)
-      let locks = members.lockClient(lockOptions: Self.shortLeases, seed: 1)
+      let locks = members.lockClient(lockOptions: Self.steadyLeases, seed: 1)
       let (losing, gate) = Self.gatedClient(members, seed: 2)
       try await closing([locks, losing]) {
         let observed = try await locks.withLock("scoped") { token in
@@ -358,7 +366,7 @@ struct LockClientTests {
     try await Self.cluster(engine, "unknown").withLocalMembers { members in
       _ = try await Self.awaitLeader(members)
       let (locks, channel) = Self.gatedClient(members, options: LockClientOptions(), seed: 1)
-      let other = members.lockClient(lockOptions: Self.shortLeases, seed: 2)
+      let other = members.lockClient(lockOptions: Self.steadyLeases, seed: 2)
       try await closing([locks, other]) {
         let kept = try await locks.lock("kept")  // Keeps the session renewed.
         // The acquire is applied, its reply lost, and every retry fails: the caller cannot know it holds "orphan".
@@ -382,10 +390,8 @@ struct LockClientTests {
   func watchMovesOn(_ engine: EngineKind) async throws {
     try await Self.cluster(engine, "watch").withLocalMembers { members in
       let leader = try await Self.awaitLeader(members)
-      let holder = members.lockClient(lockOptions: Self.shortLeases, seed: 1)
-      var options = Self.shortLeases
-      options.ttl = .seconds(10)
-      let (waiter, channel) = Self.gatedClient(members, options: options, seed: 2)
+      let holder = members.lockClient(lockOptions: Self.steadyLeases, seed: 1)
+      let (waiter, channel) = Self.gatedClient(members, options: Self.steadyLeases, seed: 2)
       try await closing([holder, waiter]) {
         let held = try await holder.lock("watched")
         let waiting = Task { try await waiter.lock("watched", timeout: .seconds(30)) }
@@ -406,7 +412,7 @@ struct LockClientTests {
   func cancelledWaitLeavesTheQueue(_ engine: EngineKind) async throws {
     try await Self.cluster(engine, "cancel").withLocalMembers { members in
       _ = try await Self.awaitLeader(members)
-      let clients = (1...3).map { members.lockClient(lockOptions: Self.shortLeases, seed: UInt64($0)) }
+      let clients = (1...3).map { members.lockClient(lockOptions: Self.steadyLeases, seed: UInt64($0)) }
       try await closing(clients) {
         let held = try await clients[0].lock("cancel")
         let impatientClient = clients[1]
@@ -438,8 +444,8 @@ struct LockClientTests {
   func tokensAcrossLeaderChanges(_ engine: EngineKind) async throws {
     try await Self.cluster(engine, "failover").withLocalMembers { members in
       let first = try await Self.awaitLeader(members)
-      let a = members.lockClient(lockOptions: Self.shortLeases, seed: 1)
-      let b = members.lockClient(lockOptions: Self.shortLeases, seed: 2)
+      let a = members.lockClient(lockOptions: Self.steadyLeases, seed: 1)
+      let b = members.lockClient(lockOptions: Self.steadyLeases, seed: 2)
       try await closing([a, b]) {
         let before = try await a.lock("leader")
         #expect(try await a.unlock(before))
@@ -467,8 +473,8 @@ struct LockClientTests {
   func membershipChangeWhileHeld(_ engine: EngineKind) async throws {
     try await Self.cluster(engine, "members").withLocalMembers { members in
       let leader = try await Self.awaitLeader(members)
-      let holder = members.lockClient(lockOptions: Self.shortLeases, seed: 1)
-      let waiter = members.lockClient(lockOptions: Self.shortLeases, seed: 2)
+      let holder = members.lockClient(lockOptions: Self.steadyLeases, seed: 1)
+      let waiter = members.lockClient(lockOptions: Self.steadyLeases, seed: 2)
       try await closing([holder, waiter]) {
         let held = try await holder.lock("config")
         let waiting = Task { try await waiter.lock("config") }

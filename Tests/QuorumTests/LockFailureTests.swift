@@ -221,7 +221,7 @@ final class LockHostHarness: Sendable {
     let host = HostClient(
       channel: channel, members: reaching.map { $0.sorted() } ?? members, map: cluster.map, options: options,
       seed: seed)
-    return LockClient(host, options: LockClientTests.shortLeases)
+    return LockClient(host, options: LockClientTests.steadyLeases)
   }
 }
 
