@@ -1,4 +1,5 @@
 public import QuorumCore
+import Synchronization
 
 /// The message the transport conformance suite sends: who sent it, its number on that sender's link, and
 /// payload bytes whose content the receiver verifies.
@@ -91,12 +92,16 @@ public enum TransportConformance {
     public var deliveryTimeout: Duration
     /// How many times one message is retried after `queueFull` before the check fails.
     public var queueFullRetryLimit: Int
+    /// Called when a wait times out, before the endpoints close: what it returns (the transport's internal
+    /// state, say) is added to the failure, so that a stall says where the messages stopped.
+    public var diagnostics: (@Sendable () async -> String)?
 
     /// Creates a configuration; the defaults suit in-process and loopback transports.
     public init(
       messagesPerLink: Int = 20_000, senderCount: Int = 6, messagesPerSender: Int = 5_000,
       largePayloadBytes: [Int] = [1 << 20, 4 << 20], backPressureBound: Int = 10_000_000,
-      deliveryTimeout: Duration = .seconds(30), queueFullRetryLimit: Int = 1_000_000
+      deliveryTimeout: Duration = .seconds(30), queueFullRetryLimit: Int = 1_000_000,
+      diagnostics: (@Sendable () async -> String)? = nil
     ) {
       precondition(messagesPerLink >= 1 && senderCount >= 1 && messagesPerSender >= 1, "counts must be positive")
       precondition(backPressureBound >= 1 && queueFullRetryLimit >= 1, "limits must be positive")
@@ -107,6 +112,7 @@ public enum TransportConformance {
       self.backPressureBound = backPressureBound
       self.deliveryTimeout = deliveryTimeout
       self.queueFullRetryLimit = queueFullRetryLimit
+      self.diagnostics = diagnostics
     }
 
     /// The default configuration.
@@ -352,10 +358,49 @@ public enum TransportConformance {
   }
 }
 
+/// What a check run has done so far, for the report of a wait that timed out.
+private final class ConformanceProgress: Sendable {
+  private let start = ContinuousClock.now
+  /// Messages the transport accepted, and messages received.
+  private let sent = Atomic<Int>(0)
+  private let received = Atomic<Int>(0)
+  /// When the last message was sent and received (nanoseconds since `start`).
+  private let lastSent = Atomic<Int64>(0)
+  private let lastReceived = Atomic<Int64>(0)
+  /// Describes each endpoint's `incoming` mailbox.
+  let mailboxes = Mutex<[@Sendable () -> String]>([])
+
+  private var elapsedNanos: Int64 {
+    let elapsed = ContinuousClock.now - start
+    return elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000
+  }
+
+  func noteSent() {
+    _ = sent.add(1, ordering: .relaxed)
+    lastSent.store(elapsedNanos, ordering: .relaxed)
+  }
+
+  func noteReceived() {
+    _ = received.add(1, ordering: .relaxed)
+    lastReceived.store(elapsedNanos, ordering: .relaxed)
+  }
+
+  var description: String {
+    let now = elapsedNanos
+    func ago(_ mark: borrowing Atomic<Int64>) -> String {
+      "\((now - mark.load(ordering: .relaxed)) / 1_000_000) ms ago"
+    }
+    let mailboxes = self.mailboxes.withLock { $0 }.map { $0() }.joined(separator: "; ")
+    return "\(sent.load(ordering: .relaxed)) messages sent (the last \(ago(lastSent))), "
+      + "\(received.load(ordering: .relaxed)) received (the last \(ago(lastReceived))); incoming: \(mailboxes)"
+  }
+}
+
 /// The state and helpers of one check run.
 private struct ConformanceRun: Sendable {
   let check: TransportConformance.Check
   let configuration: TransportConformance.Configuration
+  let progress = ConformanceProgress()
 
   func failure(_ detail: String) -> ConformanceFailure {
     ConformanceFailure(check: check.rawValue, detail: detail)
@@ -372,7 +417,16 @@ private struct ConformanceRun: Sendable {
     var outcome: ConformanceFailure?
     for node in 1...UInt64(count) {
       do {
-        endpoints.append(try await transport.bind(NodeID(node)))
+        let endpoint = try await transport.bind(NodeID(node))
+        endpoints.append(endpoint)
+        let incoming = endpoint.incoming
+        progress.mailboxes.withLock {
+          $0.append {
+            "\(endpoint.id) \(incoming.count)/\(incoming.capacity) queued, \(incoming.waitingSenderCount) senders "
+              + "waiting, receiver \(incoming.hasWaitingReceiver ? "waiting" : "not waiting")"
+              + (incoming.isClosed ? ", closed" : "")
+          }
+        }
       } catch {
         outcome = failure("binding n\(node) threw \(error)")
         break
@@ -407,7 +461,17 @@ private struct ConformanceRun: Sendable {
       defer { group.cancelAll() }
       return try await group.next() ?? true
     }
-    if timedOut { throw failure("timed out after \(timeout) waiting for \(awaited)") }
+    if timedOut {
+      // How long a new task waits for a thread shows whether the cooperative pool was starved.
+      let asked = ContinuousClock.now
+      await Task {}.value
+      let latency = ContinuousClock.now - asked
+      var report =
+        "timed out after \(timeout) waiting for \(awaited) (\(progress.description); a new task took "
+        + "\(latency) to run)"
+      if let diagnostics = configuration.diagnostics { report += "\nstate at the timeout:\n\(await diagnostics())" }
+      throw failure(report)
+    }
   }
 
   /// Sends `message`, retrying after `Task.yield()` while the transport reports `queueFull`.
@@ -418,6 +482,7 @@ private struct ConformanceRun: Sendable {
     while true {
       do {
         try sender.send(message, to: peer)
+        progress.noteSent()
         return
       } catch .queueFull(_, let capacity) {
         refusals += 1
@@ -465,6 +530,7 @@ private struct ConformanceRun: Sendable {
       try Task.checkCancellation()
       throw failure("\(endpoint.id).incoming ended while waiting for \(awaited())")
     }
+    progress.noteReceived()
     return envelope
   }
 

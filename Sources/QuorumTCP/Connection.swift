@@ -391,6 +391,24 @@ final class Connection: LoopHandler {
     }
   }
 
+  /// The connection's state in one line, for a failure report (loop thread).
+  var stateDescription: String {
+    if isClosed { return "closed" }
+    var reasons: [String] = []
+    if pauseReasons.contains(.receiver) { reasons.append("receiver") }
+    if pauseReasons.contains(.budget) { reasons.append("budget") }
+    if pauseReasons.contains(.replies) { reasons.append("replies") }
+    var events: [String] = []
+    if interest & CQ_EPOLLIN != 0 { events.append("in") }
+    if interest & CQ_EPOLLOUT != 0 { events.append("out") }
+    let silentMilliseconds = (monotonicNanos() &- lastReceived) / 1_000_000
+    return "paused=[\(reasons.joined(separator: ","))] registered=\(registered) "
+      + "interest=[\(events.joined(separator: ","))] connecting=\(isConnecting) read-buffer=\(readBuffer.count)B "
+      + "pending-write=\(pendingWriteBytes)B wants-write=\(wantsWrite) flush-scheduled=\(flushScheduled) "
+      + "received=\(bytesReceived)B written=\(bytesWritten)B writes=\(writeCalls) "
+      + "last-received-ms-ago=\(silentMilliseconds)"
+  }
+
   // MARK: Registration and close
 
   @discardableResult

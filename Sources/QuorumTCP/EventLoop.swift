@@ -53,7 +53,7 @@ func startDetachedThread(_ body: @escaping @Sendable () -> Void) -> Bool {
 /// Swift's cooperative pool is never blocked: the loop thread is a dedicated pthread, and tasks that wait
 /// for it suspend on continuations that the loop resumes.
 final class EventLoop: @unchecked Sendable {
-  // Safety of @unchecked Sendable: `commands`, `wakePending` and `stopped` are synchronised (Mutex/Atomic);
+  // Safety of @unchecked Sendable: `commands`, `wakePending`, `stopped` and `thread` are synchronised (Mutex/Atomic);
   // every other stored property is read and written only on the loop thread, from `run()` and from the
   // closures and handlers it calls. The file descriptors are immutable after init.
   private struct Timer {
@@ -67,6 +67,8 @@ final class EventLoop: @unchecked Sendable {
   private let commands = Mutex<[@Sendable () -> Void]>([])
   private let wakePending = Atomic<Bool>(false)
   private let stopped = Atomic<Bool>(false)
+  /// The loop's thread, once it runs.
+  private let thread = Atomic<UInt>(0)
   let logger: QuorumLogger
 
   private var handlers: [UInt64: any LoopHandler] = [:]
@@ -80,6 +82,8 @@ final class EventLoop: @unchecked Sendable {
   private let resolver = DispatchQueue(label: "quorum.tcp.resolver", qos: .utility, attributes: .concurrent)
   /// Work to do once per loop iteration, after all events (used to batch flushes).
   private var afterEvents: [() -> Void] = []
+  /// Passes through `epoll_wait`, for a failure report (a loop that stopped turning shows it).
+  private var iterations: UInt64 = 0
 
   /// Creates the epoll instance and the wake-up eventfd; the thread starts with ``start()``.
   init(logger: QuorumLogger) throws(TCPTransportError) {
@@ -210,12 +214,24 @@ final class EventLoop: @unchecked Sendable {
     afterEvents.append(action)
   }
 
+  /// The loop's state in one line, for a failure report (loop thread).
+  var stateDescription: String {
+    let queued = commands.withLock { $0.count }
+    return "iterations=\(iterations) handlers=\(handlers.count) timers=\(timers.count) commands-queued=\(queued) "
+      + "wake-pending=\(wakePending.load(ordering: .relaxed))"
+  }
+
   // MARK: The loop
 
+  /// Whether the caller runs on the loop's thread.
+  var isCurrentThread: Bool { pthread_equal(thread.load(ordering: .acquiring), pthread_self()) != 0 }
+
   private func run() {
+    thread.store(pthread_self(), ordering: .releasing)
     var tokens = [UInt64](repeating: 0, count: 256)
     var events = [UInt32](repeating: 0, count: 256)
     while running {
+      iterations &+= 1
       let timeout = nextTimeoutMillis()
       let count = tokens.withUnsafeMutableBufferPointer { t in
         events.withUnsafeMutableBufferPointer { e in
@@ -302,5 +318,21 @@ final class EventLoop: @unchecked Sendable {
     timers.removeAll()
     Glibc.close(epollFD)
     Glibc.close(wakeFD)
+  }
+}
+
+/// The loop is also a task executor: a task started with it as its executor preference (see
+/// ``InboundConnection``'s stalled deliveries) runs its jobs on the loop's thread, between events, so that a
+/// continuation resumed by another thread (a consumer making room in a mailbox) continues at once rather than
+/// waiting for a thread of the cooperative pool.
+extension EventLoop: TaskExecutor {
+  func enqueue(_ job: consuming ExecutorJob) {
+    let job = UnownedJob(job)
+    let executor = asUnownedTaskExecutor()
+    if execute({ job.runSynchronously(on: executor) }) { return }
+    // The loop has stopped: the job must still run (its task holds a mailbox sender or a continuation that
+    // someone awaits), so it runs on a Dispatch thread. Such a task only finishes: it finds the mailbox closed
+    // and its hand-back to the loop is refused.
+    DispatchQueue.global().async { job.runSynchronously(on: executor) }
   }
 }

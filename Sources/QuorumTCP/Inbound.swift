@@ -1,6 +1,7 @@
 import CQuorumSystem
 import Glibc
 public import QuorumCore
+import Synchronization
 
 /// A listening socket on the event loop; hands accepted sockets to its owner.
 final class Listener: LoopHandler {
@@ -142,6 +143,8 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
   private var session: TCPSession?
   private var batch: [Envelope<Sink.Message>] = []
   private var waitingForRoom = false
+  /// The latest delivery that waited for room in the mailbox (for a failure report).
+  private var stall: StallProgress?
   private var pendingRequest: TCPRequest?
   private var inflight = 0
   private var route: ReplyRoute?
@@ -397,12 +400,23 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
       connection.pauseReading()
       let back = LoopReference(self)
       let loop = sink.loop
-      Task {
+      let progress = StallProgress(waiting: rest.count)
+      stall = progress
+      // The task runs on this loop's thread, not on Swift's cooperative pool: a consumer that takes an
+      // element admits the next one and wakes the loop, which refills the mailbox while the consumer drains
+      // it. On the pool, every mailbox-full of frames would wait for a pool thread, and a busy pool (a
+      // parallel test run on two cores) slowed delivery to a few frames a second.
+      Task(executorPreference: loop) {
+        progress.stage.store(StallProgress.sending, ordering: .relaxed)
+        progress.note(onLoopThread: loop.isCurrentThread)
         var delivered = true
         for envelope in rest where delivered {
           delivered = (try? await mailbox.send(envelope)) != nil
+          _ = progress.delivered.add(1, ordering: .relaxed)
+          progress.note(onLoopThread: loop.isCurrentThread)
         }
         let outcome = delivered
+        progress.stage.store(StallProgress.handedBack, ordering: .relaxed)
         loop.execute { back.value?.stallResolved(delivered: outcome) }
       }
     } catch {
@@ -448,7 +462,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
       let requests = sink.requests
       let back = LoopReference(self)
       let loop = sink.loop
-      Task {
+      Task(executorPreference: loop) {  // on the loop's thread, as in deliverBatch()
         let delivered = (try? await requests.send(request)) != nil
         loop.execute { back.value?.stallResolved(delivered: delivered) }
       }
@@ -483,8 +497,25 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     }
   }
 
+  /// The latest delivery that waited for room, if any (loop thread).
+  var lastStall: TCPStallSnapshot? { stall?.snapshot }
+
+  /// The connection's state in one line, for a failure report (loop thread).
+  var stateDescription: String {
+    let phase: String
+    switch self.phase {
+    case .awaitingHandshake: phase = "awaiting handshake"
+    case .peer(let node): phase = "peer \(node)"
+    case .client: phase = "client"
+    }
+    return "inbound from \(connection.remote) (\(phase)): waiting-for-room=\(waitingForRoom) "
+      + "batch=\(batch.count) pending-request=\(pendingRequest != nil) inflight=\(inflight) "
+      + "frames=\(framesReceived) last-stall=(\(stall?.description ?? "none")); \(connection.stateDescription)"
+  }
+
   /// The delivery that paused this connection went through (or the mailbox closed): resume reading.
   func stallResolved(delivered: Bool) {
+    stall?.stage.store(StallProgress.resolved, ordering: .relaxed)
     if waitingForRoom {
       waitingForRoom = false
       if !delivered { _ = sink.environment.metrics.framesDropped.add(1, ordering: .relaxed) }
@@ -496,6 +527,62 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     guard !connection.isClosed else { return }
     if inflight < sink.environment.options.maxInflightRequestsPerConnection { connection.resumeReading() }
   }
+}
+
+/// How far the task delivering a stalled batch has got: shown in a failure report, so that a delivery that
+/// never finished says where it stopped.
+final class StallProgress: Sendable {
+  static let created = 0
+  static let sending = 1
+  static let handedBack = 2
+  static let resolved = 3
+
+  /// Frames the task had to deliver.
+  let waiting: Int
+  /// Frames it delivered (or failed to) so far.
+  let delivered = Atomic<Int>(0)
+  let stage = Atomic<Int>(StallProgress.created)
+  /// Steps of the task that ran on the event loop's thread, and elsewhere (on the cooperative pool, say).
+  let stepsOnLoop = Atomic<Int>(0)
+  let stepsElsewhere = Atomic<Int>(0)
+
+  init(waiting: Int) { self.waiting = waiting }
+
+  func note(onLoopThread: Bool) {
+    if onLoopThread {
+      _ = stepsOnLoop.add(1, ordering: .relaxed)
+    } else {
+      _ = stepsElsewhere.add(1, ordering: .relaxed)
+    }
+  }
+
+  var snapshot: TCPStallSnapshot {
+    TCPStallSnapshot(
+      waiting: waiting, delivered: delivered.load(ordering: .relaxed),
+      resolved: stage.load(ordering: .relaxed) == StallProgress.resolved,
+      stepsOnLoopThread: stepsOnLoop.load(ordering: .relaxed),
+      stepsElsewhere: stepsElsewhere.load(ordering: .relaxed))
+  }
+
+  var description: String {
+    let stages = ["task created", "task sending", "handed back to the loop", "resolved on the loop"]
+    let stage = self.stage.load(ordering: .relaxed)
+    let name = stages.indices.contains(stage) ? stages[stage] : "stage \(stage)"
+    return "\(name), \(delivered.load(ordering: .relaxed)) of \(waiting) frames delivered, steps on the loop "
+      + "thread \(stepsOnLoop.load(ordering: .relaxed)), elsewhere \(stepsElsewhere.load(ordering: .relaxed))"
+  }
+}
+
+/// The latest delivery of an inbound connection that waited for room in the endpoint's mailbox (for tests).
+package struct TCPStallSnapshot: Sendable, Equatable {
+  /// Frames it had to deliver, and frames delivered so far.
+  package var waiting: Int
+  package var delivered: Int
+  /// Whether reading resumed after it.
+  package var resolved: Bool
+  /// Steps of the delivering task that ran on the event loop's thread, and elsewhere.
+  package var stepsOnLoopThread: Int
+  package var stepsElsewhere: Int
 }
 
 /// A weak reference to a loop-thread object, carried through a task and dereferenced only back on the loop.

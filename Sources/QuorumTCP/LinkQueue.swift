@@ -94,6 +94,13 @@ final class LinkQueue: Sendable {
     }
   }
 
+  /// The queue's state in one line, for a failure report.
+  var stateDescription: String {
+    state.withLock { s in
+      "queued=\(s.frames.count) frames/\(s.bytes)B wake-up-pending=\(s.scheduled) closed=\(s.closed)"
+    }
+  }
+
   /// Refuses further frames and drops the queued ones.
   func close() {
     state.withLock { s in

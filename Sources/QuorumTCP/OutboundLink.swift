@@ -125,6 +125,14 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
     return min(bound, max(options.liveness.pingInterval * 4, .milliseconds(100)))
   }
 
+  /// The link's state in one line, for a failure report (loop thread).
+  var stateDescription: String {
+    let now = monotonicNanos()
+    return "link \(from)->\(to): phase=\(phase) \(queue.stateDescription) failures=\(consecutiveFailures) "
+      + "pings=\(pings) last-heard-ms-ago=\((now &- lastHeard) / 1_000_000); "
+      + (connection?.stateDescription ?? "no connection")
+  }
+
   /// Closes the link for good (the local endpoint closed).
   func shutDown() {
     phase = .closed

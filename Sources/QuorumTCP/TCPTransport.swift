@@ -177,6 +177,18 @@ public final class TCPTransport<Message: WireCodable & Sendable>: Transport, Sen
   /// The transport's counters.
   public var metrics: TCPTransportMetrics { environment.metrics.snapshot }
 
+  /// The state of every bound endpoint — its mailbox, inbound connections and outbound links — for a
+  /// failure report (a test that timed out says where the messages stopped).
+  package func stateReport() async -> String {
+    let all = endpoints.withLock { $0.values.sorted { $0.id.rawValue < $1.id.rawValue } }
+    var lines: [String] = []
+    for endpoint in all {
+      let core = endpoint.core
+      lines.append(await core.loop.submit { core.stateReport() } ?? "\(endpoint.id): the event loop has stopped")
+    }
+    return lines.joined(separator: "\n")
+  }
+
   /// Closes every endpoint still bound.
   public func shutdown() async {
     let all = endpoints.withLock { Array($0.values) }
@@ -226,6 +238,12 @@ public final class TCPEndpoint<Message: WireCodable & Sendable>: TransportEndpoi
     if try link.queue.enqueue(frame, peer: peer) {
       if !core.loop.execute({ link.service() }) { throw .closed }
     }
+  }
+
+  /// The latest delivery of each inbound peer connection that waited for room in ``incoming`` (for tests).
+  package func stalledDeliveries() async -> [TCPStallSnapshot] {
+    let core = self.core
+    return await core.loop.submit { core.stalledDeliveries() } ?? []
   }
 
   /// Stops accepting new connections; existing ones carry on. The first step of a graceful shutdown.
@@ -498,6 +516,22 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
       for link in links.withLock({ Array($0.values) }) { link.tick(now: now) }
       scheduleHousekeeping()
     }
+  }
+
+  /// The latest stalled delivery of each inbound connection that had one. Loop thread.
+  func stalledDeliveries() -> [TCPStallSnapshot] { inbound.values.compactMap(\.lastStall) }
+
+  /// The endpoint's state, one line per part, for a failure report. Loop thread.
+  func stateReport() -> String {
+    var lines = [
+      "\(id): mailbox \(mailbox.count)/\(mailbox.capacity) waiting-senders=\(mailbox.waitingSenderCount) "
+        + "waiting-receiver=\(mailbox.hasWaitingReceiver) closed=\(mailbox.isClosed); loop: \(loop.stateDescription)"
+    ]
+    for handler in inbound.values { lines.append("  " + handler.stateDescription) }
+    for link in links.withLock({ $0.values.sorted { $0.to.rawValue < $1.to.rawValue } }) {
+      lines.append("  " + link.stateDescription)
+    }
+    return lines.joined(separator: "\n")
   }
 
   /// Closes the listener. Loop thread.

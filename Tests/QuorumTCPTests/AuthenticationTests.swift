@@ -26,10 +26,12 @@ struct SecurePair {
   let seen = SeenPrincipals()
   let server: Task<Void, Never>
 
-  /// Options for these tests: the hand-driven peers never ping, so the listener must not give up on them
-  /// while a loaded machine runs the test slowly.
+  /// Options for these tests: the hand-driven peers never ping, and answer the handshake from a test task
+  /// (a parallel run on a loaded machine can keep that waiting for seconds), so the listener must not give up
+  /// on them while the test runs slowly: the liveness and handshake timeouts are not what these tests check.
   static func options() -> TCPTransportOptions {
-    TCPTransportOptions(liveness: LinkLiveness(pingInterval: .milliseconds(100), timeout: .seconds(120)))
+    TCPTransportOptions(
+      handshakeTimeout: .seconds(120), liveness: LinkLiveness(pingInterval: .milliseconds(100), timeout: .seconds(120)))
   }
 
   init(cluster: ClusterID = "orders-7f3a", options: TCPTransportOptions = SecurePair.options()) async throws {

@@ -38,9 +38,10 @@ struct TCPConformanceTests {
     let options = TCPTransportOptions(
       maxQueuedFramesPerPeer: 8, maxQueuedBytesPerPeer: 4096, inboxCapacity: 4,
       liveness: LinkLiveness(pingInterval: .milliseconds(100), timeout: .seconds(20)))
-    let configuration = TransportConformance.Configuration(messagesPerLink: 3_000, messagesPerSender: 500)
-    let sink = CapturingLogSink()
     let made = Transports()
+    let configuration = TransportConformance.Configuration(
+      messagesPerLink: 3_000, messagesPerSender: 500, diagnostics: { await made.stateReport() })
+    let sink = CapturingLogSink()
     do {
       try await TransportConformance.runAll(configuration: configuration) {
         made.add(loopbackTransport(options: options, logger: QuorumLogger(label: "tiny", sink: sink)))
@@ -59,4 +60,9 @@ final class Transports: Sendable {
     return transport
   }
   var metrics: String { all.withLock { $0.map { "\($0.metrics)" }.joined(separator: "\n") } }
+  /// The state of the latest transport's endpoints (the one a timed-out check is using).
+  func stateReport() async -> String {
+    guard let latest = all.withLock({ $0.last }) else { return "no transport was made" }
+    return await latest.stateReport()
+  }
 }

@@ -189,4 +189,26 @@ struct TCPTransportTests {
     await n1.close()
     await n2.close()
   }
+
+  @Test("a delivery that waits for room in a full mailbox goes on on the event loop's thread, not on the pool")
+  func stalledDeliveryRunsOnTheLoop() async throws {
+    // On Swift's cooperative pool, every mailbox-full of frames waited for a pool thread: in a parallel test run on
+    // two cores that slowed delivery behind back-pressure to a few frames a second. The loop's own thread resumes
+    // as soon as the consumer makes room.
+    let transport = loopbackTransport(options: TCPTransportOptions(inboxCapacity: 1))
+    let n1 = try await transport.bind(1)
+    let n2 = try await transport.bind(2)
+    for sequence: UInt64 in 0..<3 { try n2.send(ConformanceMessage(sender: 2, sequence: sequence), to: 1) }
+    // The first frame fills the mailbox; the second waits in a suspended send, reading paused.
+    try await waitUntil("a delivery to wait for room") { n1.incoming.waitingSenderCount == 1 }
+    for expected: UInt64 in 0..<3 { #expect(try await receive(n1.incoming).payload.sequence == expected) }
+    try await waitUntil("the stalled delivery to resolve") {
+      let stalls = await n1.stalledDeliveries()
+      return !stalls.isEmpty && stalls.allSatisfy(\.resolved)
+    }
+    let stalls = await n1.stalledDeliveries()
+    #expect(stalls.allSatisfy { $0.stepsElsewhere == 0 && $0.stepsOnLoopThread >= 2 }, "\(stalls)")
+    await n1.close()
+    await n2.close()
+  }
 }
