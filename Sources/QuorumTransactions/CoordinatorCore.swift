@@ -148,6 +148,24 @@ public struct CoordinatorCore: Sendable {
     return nil
   }
 
+  /// The core's state in one line, for failure messages: the clock, the wake-up heap, and every transaction in
+  /// progress with its phase and timers (at most the first 8, by identifier).
+  var stateSummary: String {
+    let heapMin = wakeups.min.map { "\($0.millis):\($0.id)" } ?? "none"
+    var parts = [
+      "now=\(now) wall=\(wallClockMillis) active=\(active.count) resolving=\(resolving.count) "
+        + "heap=\(wakeups.count) heapMin=\(heapMin)"
+    ]
+    for txn in active.keys.sorted().prefix(8) {
+      guard let transaction = active[txn] else { continue }
+      let queued = wakeups.items.contains { $0.id == txn && $0.millis == transaction.wakeTick }
+      parts.append(
+        "\(txn): \(transaction.phase) started=\(transaction.startedTick) wake=\(transaction.wakeTick) "
+          + "retry=\(transaction.retryInterval) queued=\(queued)")
+    }
+    return parts.joined(separator: "; ")
+  }
+
   /// Takes one input and returns what to do, in order.
   public mutating func step(_ input: CoordinatorInput) -> [CoordinatorEffect] {
     var effects: [CoordinatorEffect] = []

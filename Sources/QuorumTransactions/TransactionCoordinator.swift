@@ -42,6 +42,14 @@ public actor TransactionCoordinator {
   private var running = false
   private var stopped = false
   private var storeFailure: String?
+  /// Loop statistics for ``stateSummary``: turns taken, ticks seen, when ``run()`` started serving and last
+  /// ticked, and the longest time between two ticks (monotonic nanoseconds). The core counts ticks, so a loop
+  /// starved of ticks stretches every timeout: these tell a starved loop from a lost wake-up.
+  private var turns: UInt64 = 0
+  private var ticks: UInt64 = 0
+  private var servingSinceNanos: UInt64 = 0
+  private var lastTickNanos: UInt64 = 0
+  private var longestTickGapNanos: UInt64 = 0
 
   /// How many transaction numbers ``makeTransactionID()`` reserves at a time.
   public let numbersPerReservation: UInt64 = 1_024
@@ -79,6 +87,17 @@ public actor TransactionCoordinator {
   /// The number of transactions in progress.
   public var activeCount: Int { core.activeCount }
 
+  /// The coordinator's state in one line, for failure messages: how long it has served, how many turns and ticks
+  /// its loop took, the waiters, and the core's state (``CoordinatorCore/stateSummary``).
+  var stateSummary: String {
+    let now = runtime.clock.monotonicNanos()
+    let served = servingSinceNanos == 0 ? 0 : (now &- servingSinceNanos) / 1_000_000
+    let sinceTick = lastTickNanos == 0 ? 0 : (now &- lastTickNanos) / 1_000_000
+    return "running=\(isRunning) served=\(served)ms turns=\(turns) ticks=\(ticks) lastTick=\(sinceTick)ms ago "
+      + "longestTickGap=\(longestTickGapNanos / 1_000_000)ms waiters=\(waiters.keys.sorted()) inputs=\(inputs.count); "
+      + "core: \(core.stateSummary)"
+  }
+
   /// Recovers, then runs the protocol until ``shutdown()`` or cancellation.
   ///
   /// Recovery resumes phase 2 of every recorded, unfinished commit and, in non-blocking mode, aborts every
@@ -91,6 +110,7 @@ public actor TransactionCoordinator {
     try options.validate()
     let recovered = try await store.pendingRecords(of: id)
     isRunning = true
+    servingSinceNanos = runtime.clock.monotonicNanos()
     defer { isRunning = false }
     try await withThrowingDiscardingTaskGroup { group in
       carryOut(core.step(.recovered(recovered)), in: &group)
@@ -98,7 +118,12 @@ public actor TransactionCoordinator {
         incoming: endpoint.incoming, inputs: inputs, runtime: runtime, tick: options.tickInterval
       ) { ticked, messages, batch in
         var effects: [CoordinatorEffect] = []
+        turns &+= 1
         if ticked {
+          ticks &+= 1
+          let tickNanos = runtime.clock.monotonicNanos()
+          longestTickGapNanos = max(longestTickGapNanos, tickNanos &- max(lastTickNanos, servingSinceNanos))
+          lastTickNanos = tickNanos
           effects += core.step(.tick(wallClockMillis: runtime.clock.wallClockMillis()))
           expireWaiters()
         }

@@ -124,9 +124,11 @@ struct ActorTests {
     try bank.start()
     let coordinator = try #require(bank.coordinator)
     let id = try await coordinator.makeTransactionID()
-    let result = try await Transaction(id: id, participants: [2, 3], via: coordinator) {
-      await bank.stageTransfer(id, amount: 30)
-    }.execute()
+    let result = try await explained(coordinator) {
+      try await Transaction(id: id, participants: [2, 3], via: coordinator) {
+        await bank.stageTransfer(id, amount: 30)
+      }.execute()
+    }
     #expect(result == .committed)
     try await waitUntil("both accounts updated") { await bank.balances() == [70, 130] }
     try await waitUntil("the coordinator finished") { await coordinator.activeCount == 0 }
@@ -141,9 +143,11 @@ struct ActorTests {
     let coordinator = try #require(bank.coordinator)
     let id = try await coordinator.makeTransactionID()
     await bank.accounts[3]?.refuse(id)
-    let result = try await Transaction(id: id, participants: [2, 3], via: coordinator) {
-      await bank.stageTransfer(id, amount: 30)
-    }.execute()
+    let result = try await explained(coordinator) {
+      try await Transaction(id: id, participants: [2, 3], via: coordinator) {
+        await bank.stageTransfer(id, amount: 30)
+      }.execute()
+    }
     #expect(result == .aborted(.votedNo(3)))
     try await waitUntil("participant 2 rolled back") { await bank.accounts[2]?.prepared.isEmpty == true }
     #expect(await bank.balances() == [100, 100])
@@ -249,9 +253,11 @@ struct ActorTests {
     let coordinator = try #require(bank.coordinator)
     let id = try await coordinator.makeTransactionID()
     failing.failWrites(true)
-    let result = try await Transaction(id: id, participants: [2, 3], via: coordinator) {
-      await bank.stageTransfer(id, amount: 10)
-    }.execute()
+    let result = try await explained(coordinator) {
+      try await Transaction(id: id, participants: [2, 3], via: coordinator) {
+        await bank.stageTransfer(id, amount: 10)
+      }.execute()
+    }
     #expect(result.decision == .abort, "\(result)")
     let stopped = try #require(await bank.participantTasks[3]?.result)
     #expect(throws: TransactionStoreError.self) { try stopped.get() }

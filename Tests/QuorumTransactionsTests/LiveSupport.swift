@@ -23,6 +23,18 @@ func waitUntil(
   }
 }
 
+/// Runs `operation` and, if it throws, rethrows with the coordinator's state appended: what its loop and core
+/// were doing when the outcome did not come (a loop starved of ticks, or a transaction with no wake-up due).
+func explained<T>(
+  _ coordinator: TransactionCoordinator, _ operation: () async throws -> T
+) async throws -> T {
+  do {
+    return try await operation()
+  } catch {
+    throw TimedOut(description: "\(error); coordinator: \(await coordinator.stateSummary)")
+  }
+}
+
 /// Bank accounts as a transaction participant's resource. Balances and prepared intents stand for durable state
 /// (they survive ``crash()``); staged work does not. A prepare can be held at a gate until the test releases it.
 actor TestAccounts: TransactionParticipant {
