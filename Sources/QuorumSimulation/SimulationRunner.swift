@@ -130,7 +130,7 @@ public enum SimulationRunner {
   }
 
   /// Like ``run(seeds:traceCapacity:_:)``, for async callers with long runs: the seeds run on a Dispatch
-  /// thread at a lower CPU priority, outside Swift's cooperative pool, so a run of many seconds does not hold one of the pool's few
+  /// thread outside Swift's cooperative pool, so a run of many seconds does not hold one of the pool's few
   /// threads (one per core) and starve the tasks beside it — in a parallel test run, the tests that wait on
   /// real time.
   public static func runDetached(
@@ -138,27 +138,29 @@ public enum SimulationRunner {
     _ body: @escaping @Sendable (_ seed: UInt64, _ trace: SimulationTrace) throws -> Void
   ) async -> SimulationReport {
     await withCheckedContinuation { continuation in
-      startLowPriorityThread {
+      startThread {
         continuation.resume(returning: run(seeds: seeds, traceCapacity: traceCapacity, body))
       }
     }
   }
 
-  /// Runs `work` — one long simulated run, say — on a thread of its own at a lower CPU priority, outside
+  /// Runs `work` — one long simulated run, say — on a thread of its own, outside
   /// Swift's cooperative pool, and returns what it returns: the async form of a synchronous run, for the same
   /// reason as ``runDetached(seeds:traceCapacity:_:)``.
   /// - Throws: what `work` throws.
   public static func offPool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
     try await withCheckedThrowingContinuation { continuation in
-      startLowPriorityThread { continuation.resume(with: Result { try work() }) }
+      startThread { continuation.resume(with: Result { try work() }) }
     }
   }
 
-  /// Runs `work` on a new thread of its own at the lowest CPU priority (nice 19): a batch of seeds is throughput
-  /// work, and on a machine with few cores the tasks beside it that wait on real time (timeouts, heartbeats)
-  /// must still get the CPU when they need it. On Linux the nice value belongs to the thread (NPTL), so only
-  /// this thread is lowered; it ends when `work` returns.
-  private static func startLowPriorityThread(_ work: @escaping @Sendable () -> Void) {
+  /// Runs `work` on a new thread of its own, outside Swift's cooperative pool (which has one thread per core):
+  /// a batch of seeds is long synchronous work, and the tasks beside it that wait on real time (timeouts,
+  /// heartbeats) must still get a pool thread when they need one. The thread keeps the normal priority: a
+  /// lowered one can hold a lock that pool threads need (the test library records every thrown error under a
+  /// process-wide lock) and then make them wait behind every other thread of the machine. It ends when `work`
+  /// returns.
+  private static func startThread(_ work: @escaping @Sendable () -> Void) {
     final class Body: Sendable {
       let work: @Sendable () -> Void
       init(_ work: @escaping @Sendable () -> Void) { self.work = work }
@@ -176,7 +178,6 @@ public enum SimulationRunner {
         // The pointer is the retained Body passed to pthread_create just below; it is never nil.
         guard let raw else { return nil }
         let body = Unmanaged<Body>.fromOpaque(raw).takeRetainedValue()
-        _ = nice(19)
         body.work()
         return nil
       }, box)
