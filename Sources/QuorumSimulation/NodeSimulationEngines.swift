@@ -192,6 +192,8 @@ final class RaftChecker: ReplicaChecker<RaftEngine>, @unchecked Sendable {
 /// learnt somewhere, which is so when a node first learns the slot: the check runs then, and for every later
 /// acceptance.
 final class PaxosChecker: ReplicaChecker<MultiPaxosEngine>, @unchecked Sendable {
+  // Safety of @unchecked Sendable: as for its superclass, a checker belongs to one simulated run, whose
+  // scheduler runs every job on the one thread that drives it; nothing touches it concurrently.
   private struct Tally {
     var fingerprint: UInt64
     var acceptors: Set<NodeID>
