@@ -160,7 +160,28 @@ public enum SimulationRunner {
   /// lowered one can hold a lock that pool threads need (the test library records every thrown error under a
   /// process-wide lock) and then make them wait behind every other thread of the machine. It ends when `work`
   /// returns.
+  ///
+  /// Such threads take turns: at most ``concurrentThreads`` of them run at once (one fewer than the machine
+  /// has cores, at least one), and the others wait on their own threads. Off the pool is not off the CPU: ten
+  /// simulations running side by side on two cores would leave the pool's threads a sixth of a core each, and
+  /// the tasks beside them would starve as surely as if the simulations held the pool.
   private static func startThread(_ work: @escaping @Sendable () -> Void) {
+    let gate = cpuGate
+    let turn: @Sendable () -> Void = {
+      gate.wait()
+      defer { gate.signal() }
+      work()
+    }
+    startRawThread(turn)
+  }
+
+  /// How many off-pool simulation threads run at once in this process.
+  public static let concurrentThreads = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)) - 1)
+
+  /// The turns of ``startThread(_:)``: one process-wide gate, because the cores it shares are process-wide.
+  private static let cpuGate = DispatchSemaphore(value: concurrentThreads)
+
+  private static func startRawThread(_ work: @escaping @Sendable () -> Void) {
     final class Body: Sendable {
       let work: @Sendable () -> Void
       init(_ work: @escaping @Sendable () -> Void) { self.work = work }

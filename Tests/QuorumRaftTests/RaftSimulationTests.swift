@@ -57,28 +57,28 @@ struct RaftSimulationTests {
 
   @Test("3 nodes, every fault, many seeds")
   func threeNodes() async {
-    let (report, totals) = await Self.run(seeds: 0..<200, options: RaftSimulationOptions())
+    let (report, totals) = await Self.run(seeds: 0..<80, options: RaftSimulationOptions())
     #expect(report.passed, "\(report)")
-    #expect(report.seedsRun == 200 && totals.runs == 200, "\(report); \(totals)")
+    #expect(report.seedsRun == 80 && totals.runs == 80, "\(report); \(totals)")
     #expect(totals.fewestOperations > 0, "\(totals)")
     let sum = totals
-    #expect(sum.operationsCompleted > 20_000 && sum.leaderships > 400, "\(totals)")
-    #expect(sum.crashes > 100 && sum.partitions > 100, "\(totals)")
-    #expect(sum.membershipChanges > 50 && sum.transfers > 50, "\(totals)")
-    #expect(sum.snapshotsTaken > 100 && sum.snapshotsInstalled > 10, "\(totals)")
+    #expect(sum.operationsCompleted > 8_000 && sum.leaderships > 160, "\(totals)")
+    #expect(sum.crashes > 40 && sum.partitions > 40, "\(totals)")
+    #expect(sum.membershipChanges > 20 && sum.transfers > 20, "\(totals)")
+    #expect(sum.snapshotsTaken > 40 && sum.snapshotsInstalled > 4, "\(totals)")
   }
 
   @Test("5 nodes, every fault, many seeds")
   func fiveNodes() async {
     var options = RaftSimulationOptions()
     options.voters = 5
-    let (report, totals) = await Self.run(seeds: 10_000..<10_100, options: options)
+    let (report, totals) = await Self.run(seeds: 10_000..<10_040, options: options)
     #expect(report.passed, "\(report)")
-    #expect(report.seedsRun == 100 && totals.runs == 100, "\(report); \(totals)")
+    #expect(report.seedsRun == 40 && totals.runs == 40, "\(report); \(totals)")
     #expect(totals.fewestOperations > 0, "\(totals)")
     let sum = totals
-    #expect(sum.operationsCompleted > 10_000 && sum.leaderships > 200, "\(totals)")
-    #expect(sum.crashes > 50 && sum.partitions > 50 && sum.membershipChanges > 20, "\(totals)")
+    #expect(sum.operationsCompleted > 4_000 && sum.leaderships > 80, "\(totals)")
+    #expect(sum.crashes > 20 && sum.partitions > 20 && sum.membershipChanges > 8, "\(totals)")
   }
 }
 
@@ -91,13 +91,13 @@ extension RaftSimulationTests {
     options.core.leaseDurationNanos = 0
     options.readConsistencies = [.linearizable]
     options.nemesis = [.partition, .isolateLeader, .heal, .crash, .restart, .lossyNetwork]
-    let (report, totals) = await Self.run(seeds: 20_000..<20_150, options: options)
+    let (report, totals) = await Self.run(seeds: 20_000..<20_060, options: options)
     #expect(report.passed, "\(report)")
-    #expect(report.seedsRun == 150 && totals.runs == 150, "\(report); \(totals)")
+    #expect(report.seedsRun == 60 && totals.runs == 60, "\(report); \(totals)")
     #expect(totals.fewestOperations > 0, "\(totals)")
     let sum = totals
-    #expect(sum.operationsCompleted > 15_000 && sum.leaderships > 300, "\(totals)")
-    #expect(sum.crashes > 50 && sum.partitions > 50, "\(totals)")
+    #expect(sum.operationsCompleted > 6_000 && sum.leaderships > 120, "\(totals)")
+    #expect(sum.crashes > 20 && sum.partitions > 20, "\(totals)")
     #expect(sum.membershipChanges == 0 && sum.transfers == 0, "only the faults asked for: \(totals)")
   }
 }

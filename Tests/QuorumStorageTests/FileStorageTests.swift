@@ -225,9 +225,10 @@ struct FileStorageSegmentTests {
       try await storage.write(StorageWrite(entries: entries(1...10)))
       let big = StoredSnapshot(index: 10, term: 1, metadata: [1, 2], data: [UInt8](repeating: 7, count: 4 << 20))
       // Hold the snapshot thread: the snapshot waits there, and log writes must still complete meanwhile.
-      // (At most 30 s: log writes stuck behind the snapshot would complete after it and fail the check below.)
+      // (At most 120 s, a bound on failure only: log writes stuck behind the snapshot would complete after it and
+      // fail the check below; thirty fsynced writes can take many seconds in a full parallel run on two cores.)
       let hold = DispatchSemaphore(value: 0)
-      storage.core.snapshotQueue.async { _ = hold.wait(timeout: .now() + 30) }
+      storage.core.snapshotQueue.async { _ = hold.wait(timeout: .now() + 120) }
       let saving = storage
       let saved = Task { try await saving.saveSnapshot(big, discardingLog: false) }
       for index in UInt64(11)...40 { try await storage.write(StorageWrite(entries: entries(index...index))) }

