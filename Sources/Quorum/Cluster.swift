@@ -419,6 +419,14 @@ public struct LocalMembers: Sendable {
     KeyValueClient(client(options: options, seed: seed))
   }
 
+  /// A lock client of these members, with `lockOptions` for its leases.
+  public func lockClient(
+    lockOptions: LockClientOptions = LockClientOptions(), options: HostClientOptions = HostClientOptions(),
+    seed: UInt64 = 1
+  ) -> LockClient {
+    LockClient(client(options: options, seed: seed), options: lockOptions)
+  }
+
   /// Serializable transactions over these members' `txn` service, this client acting as their coordinator.
   ///
   /// ```swift

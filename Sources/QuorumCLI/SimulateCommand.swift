@@ -12,13 +12,14 @@ enum SimulateCommand {
     usage: quorum simulate [--protocol raft|paxos|mixed|synod|txn] [--level node|core] [--groups G] [--seeds N]
                            [--start S] [--seed S] [--nodes N] [--variant default|paper] [--quorums Q1,Q2]
                            [--chaos-ms MS] [--trace N] [--jobs J] [--digest [--print-trace]]
-                           [--workload list-append|bank]
+                           [--workload kv|locks|both|list-append|bank]
       --protocol    raft (default): Raft groups with KV clients; paxos: Multi-Paxos groups; mixed: groups of
                     both engines on the same nodes; synod: single-decree Paxos with three dueling proposers;
                     txn: sharded transactions (the unmodified client coordinator over shard machines) with lost
                     requests and answers, clients dying mid-transaction and a resolver racing them; histories
                     checked for serializability (list-append) or conservation (bank)
-      --workload    txn only: list-append, bank, or both (default: alternating by seed)
+      --workload    txn: list-append, bank, or both (default: alternating by seed); raft, paxos, mixed:
+                    see below
       --groups G    node level: G groups sharing the nodes (default 1; mixed: 2)
       --level       node (default): the production server hosts and clients on the seeded scheduler, with
                     drifting clocks, pauses, torn writes, disk faults and clients over the network; core: the
@@ -33,6 +34,9 @@ enum SimulateCommand {
       --chaos-ms    length of the fault phase in virtual milliseconds (default 3000)
       --trace N     events of trace to print for a failing seed (default 200)
       --jobs J      parallel workers (default: the number of cores)
+      --workload    node level of raft, paxos, mixed: kv (default) key-value clients, checked for linearizability; locks: lock clients
+                    that contend, pause past their TTL and are fenced, checked for two owners, token order and
+                    permits; both: the two side by side
     """
 
   static func run(_ args: [String]) throws -> Int32 {
@@ -50,7 +54,7 @@ enum SimulateCommand {
     var chaos: UInt64?
     var traceCapacity = 200
     var jobs = ProcessInfo.processInfo.activeProcessorCount
-    var workload = "both"
+    var workloadArgument: String?
     var i = 0
     func value() throws -> String {
       i += 1
@@ -75,11 +79,7 @@ enum SimulateCommand {
         }
       case "--digest": printDigest = true
       case "--print-trace": printTrace = true
-      case "--workload":
-        workload = try value()
-        guard ["list-append", "bank", "both"].contains(workload) else {
-          throw CLIError.usage("unknown workload \(workload) (list-append, bank or both)")
-        }
+      case "--workload": workloadArgument = try value()
       case "--groups": groupCount = Int(try number(try value()))
       case "--level":
         level = try value()
@@ -136,6 +136,13 @@ enum SimulateCommand {
     nodeOptions.variant.raftPaper = variantArgument == "paper"
     if variantArgument == "paper" { nodeOptions.readConsistencies = [.linearizable, .stale] }
     nodeOptions.variant.paxosQuorums = quorums.map { (phase1: $0.0, phase2: $0.1) }
+    let workload = workloadArgument ?? (kind == "txn" ? "both" : "kv")
+    let workloads = kind == "txn" ? ["list-append", "bank", "both"] : ["kv", "locks", "both"]
+    guard workloads.contains(workload) else {
+      throw CLIError.usage("unknown workload \(workload) for \(kind) (\(workloads.joined(separator: ", ")))")
+    }
+    if workload != "kv" && kind != "txn" { nodeOptions.lockWorkload.clients = 4 }
+    if workload == "locks" && kind != "txn" { nodeOptions.clients = 0 }
     if groupCount != nil { reproduceGroups = " --groups \(groups)" }
     let nodeLevel = level == "node"
     let simulationOptions = nodeOptions
@@ -145,7 +152,7 @@ enum SimulateCommand {
     if let (q1, q2) = quorums { reproduceOptions += " --quorums \(q1),\(q2)" }
     if let chaos { reproduceOptions += " --chaos-ms \(chaos)" }
     if !variantArgument.isEmpty { reproduceOptions += " --variant \(variantArgument)" }
-    if kind == "txn" && workload != "both" { reproduceOptions += " --workload \(workload)" }
+    if let workloadArgument { reproduceOptions += " --workload \(workloadArgument)" }
     var txnOptions = ShardedTransactionSimulationOptions()
     if let groupCount { txnOptions.groups = max(1, groupCount) }
     let txnWorkload = workload

@@ -28,11 +28,14 @@ public enum LockClientError: Error, Sendable, Equatable, CustomStringConvertible
 /// The client keeps the lease's session alive in the background. It considers the lease lost — ``isValid``
 /// becomes false and ``lost()`` returns — as soon as it can no longer be sure the session is alive: when a
 /// keep-alive sent at time *t* has not been answered by *t* + TTL − margin (measured on the client's monotonic
-/// clock, from when the request was *sent*), or when the server says the session expired. Log time, which decides
-/// expiry, never runs faster than the leader's monotonic clock, so this happens before any other client can be
-/// granted the lock — unless the clocks drift apart by more than the margin (``LockClientOptions/margin``).
-/// Protect the resource with the fencing token anyway (`FencingGuard`): a process paused at the wrong moment can
-/// still act on a lease it no longer holds.
+/// clock, from when the request was *sent*), or when the server says the session expired. ``isValid`` reads that
+/// deadline itself, so it turns false on time even if the task that renews the session runs late. Log time,
+/// which decides expiry, never runs faster than the leader's monotonic clock, so this happens before any other
+/// client can be granted the lock — unless the clocks drift apart by more than the margin
+/// (``LockClientOptions/margin``). Protect the resource with the fencing token anyway (`FencingGuard`): a process
+/// paused at the wrong moment can still act on a lease it no longer holds.
+///
+/// Acquiring a lock the session already holds (re-entry) returns the same lease object.
 public final class LockLease: Sendable, CustomStringConvertible {
   /// The lock.
   public let name: String
@@ -44,18 +47,21 @@ public final class LockLease: Sendable, CustomStringConvertible {
   public let session: LockSessionID
   /// The group holding the lock.
   public let group: GroupID
+  private let owner: LockClientSession
   private let state = Mutex<(valid: Bool, waiters: [UnsafeContinuation<Void, Never>])>((true, []))
 
-  init(grant: LockGrant, group: GroupID) {
+  init(grant: LockGrant, owner: LockClientSession) {
     name = grant.lock
     mode = grant.mode
     token = grant.token
     session = grant.session
-    self.group = group
+    group = owner.group
+    self.owner = owner
   }
 
-  /// Whether the holder may still act on the lease (see the type's discussion).
-  public var isValid: Bool { state.withLock { $0.valid } }
+  /// Whether the holder may still act on the lease: it was neither released nor given up, and the session's
+  /// deadline on the client's clock has not passed (see the type's discussion).
+  public var isValid: Bool { state.withLock { $0.valid } && owner.isWithinDeadline }
 
   /// Returns once the lease is lost (or released).
   public func lost() async {
@@ -79,6 +85,76 @@ public final class LockLease: Sendable, CustomStringConvertible {
   }
 
   public var description: String { "\(name) \(mode) \(token) (session \(session))" }
+}
+
+/// One owner session as a ``LockClient`` sees it: how long it can be sure the session lives, and its leases.
+final class LockClientSession: Sendable {
+  struct State {
+    /// The client's monotonic time until which the session is surely alive.
+    var validUntil: UInt64
+    /// The leases handed out, by lock name (a session holds a lock at most once).
+    var leases: [String: LockLease] = [:]
+    /// Given up: its leases are lost and it is no longer renewed.
+    var closed = false
+    /// A call on the session failed without a known outcome, so the session may hold or wait for a lock no lease
+    /// stands for. New acquires use another session, and this one is closed as soon as it has no lease left.
+    var retiring = false
+  }
+
+  let id: LockSessionID
+  let group: GroupID
+  let ttl: Duration
+  let clock: any NodeClock
+  let state: Mutex<State>
+
+  init(id: LockSessionID, group: GroupID, ttl: Duration, validUntil: UInt64, clock: any NodeClock) {
+    self.id = id
+    self.group = group
+    self.ttl = ttl
+    self.clock = clock
+    self.state = Mutex(State(validUntil: validUntil))
+  }
+
+  /// Whether the client's clock is still before the session's deadline.
+  var isWithinDeadline: Bool {
+    let validUntil = state.withLock { $0.validUntil }
+    return clock.monotonicNanos() < validUntil
+  }
+
+  var isClosed: Bool { state.withLock { $0.closed } }
+
+  /// Whether the session is retiring and holds no lease any more: it can be closed.
+  var isIdleAndRetiring: Bool { state.withLock { $0.retiring && $0.leases.isEmpty && !$0.closed } }
+
+  /// The lease for `grant`: the one already handed out for it (re-entry), or a new one.
+  func lease(for grant: LockGrant) -> LockLease {
+    let (lease, replaced, closed) = state.withLock { s -> (LockLease, LockLease?, Bool) in
+      if let existing = s.leases[grant.lock], existing.token == grant.token { return (existing, nil, s.closed) }
+      let lease = LockLease(grant: grant, owner: self)
+      guard !s.closed else { return (lease, nil, true) }
+      return (lease, s.leases.updateValue(lease, forKey: grant.lock), false)
+    }
+    replaced?.invalidate()  // An older grant of the same lock to this session is gone.
+    if closed { lease.invalidate() }
+    return lease
+  }
+
+  /// Forgets `lease` (it was released).
+  func remove(_ lease: LockLease) {
+    state.withLock { s in
+      if s.leases[lease.name] === lease { s.leases[lease.name] = nil }
+    }
+  }
+
+  /// Gives the session up: every lease is lost.
+  func lose() {
+    let leases = state.withLock { s -> [LockLease] in
+      s.closed = true
+      defer { s.leases = [:] }
+      return Array(s.leases.values)
+    }
+    for lease in leases { lease.invalidate() }
+  }
 }
 
 /// A lock client's settings.
@@ -121,50 +197,46 @@ public actor LockClient {
     var ttlMillis: UInt64
   }
 
-  private final class Session: Sendable {
-    let id: LockSessionID
-    let group: GroupID
-    let ttl: Duration
-    let state = Mutex<(validUntil: UInt64, leases: [FencingToken: LockLease], closed: Bool)>((0, [:], false))
-
-    init(id: LockSessionID, group: GroupID, ttl: Duration, validUntil: UInt64) {
-      self.id = id
-      self.group = group
-      self.ttl = ttl
-      state.withLock { $0.validUntil = validUntil }
-    }
-
-    func lose() {
-      let leases = state.withLock { s -> [LockLease] in
-        s.closed = true
-        defer { s.leases = [:] }
-        return Array(s.leases.values)
-      }
-      for lease in leases { lease.invalidate() }
-    }
+  private struct SessionRef: Hashable {
+    var group: GroupID
+    var id: LockSessionID
   }
+
+  private typealias Session = LockClientSession
 
   /// The client underneath.
   public let host: HostClient
   private let options: LockClientOptions
-  private let clock: any NodeClock
+  private let runtime: NodeRuntime
+  private var clock: any NodeClock { runtime.clock }
+  /// The session new acquires use, per group and TTL.
   private var sessions: [SessionKey: Session] = [:]
-  private var keepAlives: [SessionKey: Task<Void, Never>] = [:]
+  /// Every session still renewed: the current ones and retiring ones that still hold leases.
+  private var live: [SessionRef: Session] = [:]
+  private var keepAlives: [SessionRef: Task<Void, Never>] = [:]
 
   /// Creates a lock client over `host`, measuring leases on `clock` (the system's unless simulated).
   public init(
     _ host: HostClient, options: LockClientOptions = LockClientOptions(), clock: any NodeClock = SystemClock()
   ) {
+    self.init(host, options: options, runtime: NodeRuntime(clock: clock))
+  }
+
+  /// Creates a lock client over `host` that measures leases on `runtime`'s clock and renews them in tasks on
+  /// `runtime`'s executor (a simulation's process).
+  public init(_ host: HostClient, options: LockClientOptions = LockClientOptions(), runtime: NodeRuntime) {
     self.host = host
     self.options = options
-    self.clock = clock
+    self.runtime = runtime
   }
 
   // MARK: - Locking
 
   /// Acquires `name` in `mode`, waiting in FIFO order (at most `timeout`, or without limit).
-  /// - Throws: ``LockClientError/timedOut(lock:)`` when `timeout` passes, ``LockClientError/refused(_:)``, or a
-  ///   ``QuorumClientError``.
+  /// - Throws: ``LockClientError/timedOut(lock:)`` when `timeout` passes, ``LockClientError/refused(_:)``,
+  ///   `CancellationError`, or a ``QuorumClientError``. A call that throws holds nothing: a wait or grant its
+  ///   request may have left behind belongs to a session the client closes (or lets expire) once its other
+  ///   leases are released.
   public func lock(
     _ name: String, mode: LockMode = .exclusive, ttl: Duration? = nil, timeout: Duration? = nil
   ) async throws -> LockLease {
@@ -182,14 +254,23 @@ public actor LockClient {
 
   /// Releases `lease`; returns `false` if it was no longer held (its session expired and someone else may hold
   /// the lock now — the owner check keeps a late release from freeing the next holder's grant).
+  ///
+  /// The lease is invalid from the start of the call. If the release cannot be confirmed (the call throws),
+  /// the lease's session is retired: closed once its other leases are released, or left to expire.
   @discardableResult
   public func unlock(_ lease: LockLease) async throws -> Bool {
     lease.invalidate()
-    if let session = session(of: lease) {
-      session.state.withLock { _ = $0.leases.removeValue(forKey: lease.token) }
+    let session = live[SessionRef(group: lease.group, id: lease.session)]
+    session?.remove(lease)
+    let response: (value: LockResponse, index: UInt64)
+    do {
+      response = try await run(
+        .release(lock: lease.name, session: lease.session, token: lease.token), in: lease.group)
+    } catch {
+      if let session { await retire(session) }
+      throw error
     }
-    let response = try await run(
-      .release(lock: lease.name, session: lease.session, token: lease.token), in: lease.group)
+    if let session { await closeIfIdle(session) }
     guard case .released(let released) = response.value else {
       throw LockClientError.unexpected("\(response.value)")
     }
@@ -222,13 +303,16 @@ public actor LockClient {
 
   /// Closes every session (their locks are released at once) and stops renewing them.
   public func close() async {
-    for (key, session) in sessions {
-      keepAlives[key]?.cancel()
+    let all = live
+    live = [:]
+    sessions = [:]
+    for task in keepAlives.values { task.cancel() }
+    keepAlives = [:]
+    for ref in all.keys.sorted(by: { ($0.group, $0.id) < ($1.group, $1.id) }) {
+      guard let session = all[ref] else { continue }
       session.lose()
       _ = try? await run(.closeSession(session: session.id), in: session.group)
     }
-    sessions = [:]
-    keepAlives = [:]
   }
 
   /// The state of lock `name` (holders with their tokens, waiters in order), read linearizably.
@@ -242,10 +326,6 @@ public actor LockClient {
   }
 
   // MARK: - Internals
-
-  private func session(of lease: LockLease) -> Session? {
-    sessions.values.first { $0.id == lease.session && $0.group == lease.group }
-  }
 
   private func run(_ command: LockCommand, in group: GroupID, deadline: Duration? = nil) async throws
     -> (value: LockResponse, index: UInt64)
@@ -266,16 +346,27 @@ public actor LockClient {
     for _ in 0..<3 {
       let session = try await openSession(in: group, ttl: ttl)
       let waitMillis = UInt64(clamping: wait.nanoseconds / 1_000_000)
-      let response = try await run(
-        .acquire(lock: name, session: session.id, mode: mode, wait: waitMillis > 0, waitTimeoutMillis: waitMillis),
-        in: group)
+      let response: (value: LockResponse, index: UInt64)
+      do {
+        response = try await run(
+          .acquire(lock: name, session: session.id, mode: mode, wait: waitMillis > 0, waitTimeoutMillis: waitMillis),
+          in: group)
+      } catch {
+        await retire(session)  // The acquire may have been applied: the session may now hold or wait for the lock.
+        throw error
+      }
       switch response.value {
       case .granted(let grant):
-        return hold(grant, in: session)
+        return session.lease(for: grant)
       case .busy:
         return nil
       case .queued:
-        return try await awaitGrant(name, session: session, after: response.index, until: end)
+        do {
+          return try await awaitGrant(name, session: session, after: response.index, until: end)
+        } catch {
+          await retire(session)
+          throw error
+        }
       case .sessionExpired:
         forget(session)
         continue
@@ -290,36 +381,70 @@ public actor LockClient {
 
   /// Waits for the entry that grants `name` to `session` (or ends its wait), watching its key; checks the lock's
   /// state between watches, in case a notification was missed (a member restarted, the watch moved elsewhere).
+  /// A watch that fails moves to the next member of the group. Gives up at `end`, when the session is given up,
+  /// or when the task is cancelled.
   private func awaitGrant(_ name: String, session: Session, after: UInt64, until end: UInt64) async throws
     -> LockLease?
   {
     var after = after
+    var member: NodeID?
     let key = LockService.grantKey(lock: name, session: session.id)
     while true {
       let now = clock.monotonicNanos()
-      if now >= end || session.state.withLock({ $0.closed }) {
-        _ = try? await run(.cancelWait(lock: name, session: session.id), in: session.group)
-        // The grant may have come just before the cancel: a lock granted to us is ours to release.
-        if let grant = try await heldGrant(name, session: session) { return hold(grant, in: session) }
-        return nil
+      if now >= end || session.isClosed || Task.isCancelled {
+        return try await stopWaiting(name, session: session)
       }
       let remaining = Duration.nanoseconds(Int64(clamping: end - now))
-      let (payloads, index) = try await host.watch(
-        key, service: LockService.name, group: session.group, after: after,
-        timeout: min(remaining, options.watchInterval))
-      after = max(after, index)
-      for payload in payloads {
-        switch try LockEvent(wireBytes: payload) {
-        case .granted(let grant) where grant.lock == name && grant.session == session.id:
-          return hold(grant, in: session)
-        case .waitTimedOut(let lock, let waiter) where lock == name && waiter == session.id:
-          return nil
-        default:
-          continue
+      do {
+        let (payloads, index) = try await host.watch(
+          key, service: LockService.name, group: session.group, after: after, at: member,
+          timeout: min(remaining, options.watchInterval))
+        after = max(after, index)
+        for payload in payloads {
+          switch try LockEvent(wireBytes: payload) {
+          case .granted(let grant) where grant.lock == name && grant.session == session.id:
+            return session.lease(for: grant)
+          case .waitTimedOut(let lock, let waiter) where lock == name && waiter == session.id:
+            return nil
+          default:
+            continue
+          }
         }
+        if payloads.isEmpty, let grant = try await heldGrant(name, session: session) {
+          return session.lease(for: grant)
+        }
+      } catch {
+        member = await nextMember(after: member, in: session.group)
+        try? await clock.sleep(for: min(remaining, .milliseconds(50)))
       }
-      if payloads.isEmpty, let grant = try await heldGrant(name, session: session) { return hold(grant, in: session) }
     }
+  }
+
+  /// Leaves the queue of `name`. A lock granted just before the cancel is ours: it is returned, unless the task
+  /// was cancelled, in which case it is released and the call throws `CancellationError`.
+  private func stopWaiting(_ name: String, session: Session) async throws -> LockLease? {
+    let cancelled = try await run(.cancelWait(lock: name, session: session.id), in: session.group)
+    if case .waitCancelled(true) = cancelled.value {
+      if Task.isCancelled { throw CancellationError() }
+      return nil
+    }
+    guard let grant = try await heldGrant(name, session: session) else {
+      if Task.isCancelled { throw CancellationError() }
+      return nil
+    }
+    let lease = session.lease(for: grant)
+    if Task.isCancelled {
+      try await unlock(lease)
+      throw CancellationError()
+    }
+    return lease
+  }
+
+  /// The member after `member` in `group` (the first if `member` is `nil`), for a watch to move to.
+  private func nextMember(after member: NodeID?, in group: GroupID) async -> NodeID? {
+    guard let members = await host.map?.group(group)?.members, !members.isEmpty else { return nil }
+    guard let member, let i = members.firstIndex(of: member) else { return members.first }
+    return members[(i + 1) % members.count]
   }
 
   private func heldGrant(_ name: String, session: Session) async throws -> LockGrant? {
@@ -329,42 +454,51 @@ public actor LockClient {
     return status?.holds.first { $0.lock == name }
   }
 
-  private func hold(_ grant: LockGrant, in session: Session) -> LockLease {
-    let lease = LockLease(grant: grant, group: session.group)
-    let valid = session.state.withLock { s -> Bool in
-      guard !s.closed else { return false }
-      s.leases[grant.token] = lease
-      return true
-    }
-    if !valid { lease.invalidate() }
-    return lease
-  }
-
+  /// Stops renewing `session` and loses its leases.
   private func forget(_ session: Session) {
     let key = SessionKey(group: session.group, ttlMillis: UInt64(session.ttl.nanoseconds / 1_000_000))
-    if sessions[key] === session {
-      sessions[key] = nil
-      keepAlives.removeValue(forKey: key)?.cancel()
-    }
+    let ref = SessionRef(group: session.group, id: session.id)
+    if sessions[key] === session { sessions[key] = nil }
+    if live[ref] === session { live[ref] = nil }
+    keepAlives.removeValue(forKey: ref)?.cancel()
     session.lose()
+  }
+
+  /// Takes `session` out of use for new acquires after a call on it failed without a known outcome; closes it
+  /// once it holds no lease (which releases whatever the failed call left behind), or lets it expire.
+  private func retire(_ session: Session) async {
+    let key = SessionKey(group: session.group, ttlMillis: UInt64(session.ttl.nanoseconds / 1_000_000))
+    if sessions[key] === session { sessions[key] = nil }
+    session.state.withLock { $0.retiring = true }
+    await closeIfIdle(session)
+  }
+
+  private func closeIfIdle(_ session: Session) async {
+    guard session.isIdleAndRetiring else { return }
+    forget(session)
+    // If the cluster cannot be told, the session expires by itself one TTL after its last renewal.
+    _ = try? await run(.closeSession(session: session.id), in: session.group)
   }
 
   private func openSession(in group: GroupID, ttl: Duration) async throws -> Session {
     let key = SessionKey(group: group, ttlMillis: UInt64(ttl.nanoseconds / 1_000_000))
-    if let session = sessions[key], !session.state.withLock({ $0.closed }) { return session }
+    if let session = sessions[key], !session.isClosed { return session }
     let sentAt = clock.monotonicNanos()
     let response = try await run(.openSession(ttlMillis: key.ttlMillis), in: group)
     guard case .sessionOpened(let id, _) = response.value else {
       if case .failed(let error) = response.value { throw LockClientError.refused(error) }
       throw LockClientError.unexpected("\(response.value)")
     }
-    if let raced = sessions[key], !raced.state.withLock({ $0.closed }) {
+    if let raced = sessions[key], !raced.isClosed {
       // Another call opened one meanwhile; this one is left to expire.
       return raced
     }
-    let session = Session(id: id, group: group, ttl: ttl, validUntil: leaseDeadline(sentAt: sentAt, ttl: ttl))
+    let session = Session(
+      id: id, group: group, ttl: ttl, validUntil: leaseDeadline(sentAt: sentAt, ttl: ttl), clock: clock)
+    let ref = SessionRef(group: group, id: id)
     sessions[key] = session
-    keepAlives[key] = Task { [weak self] in await self?.keepAlive(session) }
+    live[ref] = session
+    keepAlives[ref] = runtime.detached { [weak self] in await self?.keepAlive(session) }
     return session
   }
 
@@ -384,8 +518,8 @@ public actor LockClient {
         return
       }
       try? await clock.sleep(untilNanos: min(validUntil, now &+ period))
-      guard !Task.isCancelled, !session.state.withLock({ $0.closed }) else { return }
-      guard clock.monotonicNanos() < session.state.withLock({ $0.validUntil }) else { continue }
+      guard !Task.isCancelled, !session.isClosed else { return }
+      guard session.isWithinDeadline else { continue }
       let sentAt = clock.monotonicNanos()
       let remaining = Duration.nanoseconds(Int64(clamping: session.state.withLock { $0.validUntil } &- sentAt))
       do {

@@ -330,6 +330,8 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       // The tick first: it measures time up to now, and messages stepped after it count from now.
       if ticked { tick(now: now) }
       for envelope in messages { engine?.step(envelope.payload, from: envelope.from) }
+      // A vote just won: the proposals below are stamped in the new term.
+      if !messages.isEmpty && !batch.isEmpty { syncLogClock(now: now) }
       for input in batch { handle(input, now: now) }
       messages.removeAll(keepingCapacity: true)
       batch.removeAll(keepingCapacity: true)
@@ -344,10 +346,22 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
 
   private func tick(now: UInt64) {
     engine?.tick(now: now)
+    syncLogClock(now: now)
     lastTickNanos = now
     ticks &+= 1
     if ticks % 8 == 0 { expireRequests(now: now) }
     proposeTimeAdvanceIfDue(now: now)
+  }
+
+  /// Starts the log clock when the engine has just come to lead — before anything is stamped in its term — and
+  /// stops it when the engine no longer leads.
+  private func syncLogClock(now: UInt64) {
+    let leading = engine?.isLeader == true
+    if leading && !logClock.isRunning {
+      logClock.becameLeader(now: now, applied: machine.logTimeMillis)
+    } else if !leading && logClock.isRunning {
+      logClock.stop()
+    }
   }
 
   /// A leader proposes a time-only entry once its log clock passes the state machine's next deadline (a lease
@@ -709,10 +723,8 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     guard let engine else { return }
     if rd.leadershipChanged {
       timeAdvanceIndex = nil
-      let now = runtime.clock.monotonicNanos()
-      if engine.isLeader {
-        logClock.becameLeader(now: now, applied: machine.logTimeMillis)
-      } else {
+      syncLogClock(now: runtime.clock.monotonicNanos())
+      if !engine.isLeader {
         // A deposed leader's waiting lease reads can no longer be answered safely.
         let failed = waitingReads
         waitingReads = []
@@ -922,30 +934,43 @@ public struct IndexedRead<Value: Sendable>: Sendable {
 }
 
 /// The time a leader stamps on the commands it proposes: it continues from the log time it has applied when
-/// it took over and advances with its monotonic clock, never going back, so no wall-clock jump anywhere moves
-/// a deadline kept in log time. Across a change of leader, log time runs slow by at most the time the change
-/// took (the new leader starts from what it has applied): leases in log time can last longer, never shorter.
+/// it took over and advances with its monotonic clock, so no wall-clock jump anywhere moves a deadline kept in
+/// log time. Across a change of leader, log time runs slow by at most the time the change took (the new leader
+/// starts from what it has applied): leases in log time can last longer, never shorter.
+///
+/// It runs only while the node leads, and each term of leadership starts afresh from the applied log time: a
+/// stamp from an earlier term, or one made while following (a proposal the engine then refuses), never carries
+/// over — either would make log time leap forward by the time since then (a follower's clock counts from an
+/// arbitrary origin) and expire every lease at once. A stopped clock stamps the applied log time.
 struct LogClock {
   private var baseLogMillis: UInt64 = 0
   private var baseNanos: UInt64 = 0
   private var last: UInt64 = 0
+  /// Whether a term of leadership is running.
+  private(set) var isRunning = false
 
   /// Starts a term of leadership at `now` (monotonic), continuing from `applied` log time.
   mutating func becameLeader(now: UInt64, applied: UInt64) {
-    baseLogMillis = max(applied, last)
+    baseLogMillis = applied
     baseNanos = now
+    last = applied
+    isRunning = true
   }
+
+  /// Ends the term of leadership.
+  mutating func stop() { isRunning = false }
 
   /// What ``stamp(now:applied:)`` would return, without moving the clock.
   func peek(now: UInt64, applied: UInt64) -> UInt64 {
+    guard isRunning else { return applied }
     let elapsed = now >= baseNanos ? (now - baseNanos) / 1_000_000 : 0
     return max(last, applied, baseLogMillis &+ elapsed)
   }
 
   /// The stamp for a command proposed at `now`.
   mutating func stamp(now: UInt64, applied: UInt64) -> UInt64 {
-    let elapsed = now >= baseNanos ? (now - baseNanos) / 1_000_000 : 0
-    last = max(last, applied, baseLogMillis &+ elapsed)
+    guard isRunning else { return applied }
+    last = peek(now: now, applied: applied)
     return last
   }
 }

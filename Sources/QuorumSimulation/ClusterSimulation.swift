@@ -62,6 +62,8 @@ public struct ClusterSimulationOptions: Sendable {
   public var retainEntries = 4
   /// Engine variant knobs.
   public var variant = NodeSimulationVariant()
+  /// Lock clients beside the key-value clients (none by default), checked by ``LockHistoryChecker``.
+  public var lockWorkload = LockWorkloadOptions()
 
   /// Defaults: one Raft group on 3 nodes, 2 spares, 4 clients on 6 keys, 3 s of chaos with every fault.
   public init() {}
@@ -153,6 +155,16 @@ public struct NodeSimulationStats: Sendable, CustomStringConvertible {
   public var entriesApplied: UInt64 = 0
   /// Virtual time at the end.
   public var endTime = VirtualTime.zero
+  /// Leases lock clients received.
+  public var lockGrants = 0
+  /// Times lock clients relied on a lease, each checked against the committed logs.
+  public var lockUses = 0
+  /// Leases lock clients found lost while holding them (their session expired under a pause).
+  public var lockLeasesLost = 0
+  /// Stale writes (under a lost lease) the fencing check refused.
+  public var lockWritesFenced = 0
+  /// Grants, releases and expiries checked in the committed logs.
+  public var lockLogEvents = 0
 
   /// Empty statistics.
   public init() {}
@@ -162,6 +174,10 @@ public struct NodeSimulationStats: Sendable, CustomStringConvertible {
       + "diskFaults=\(diskFaults) torn=\(tornRecords) membership=\(membershipChanges) transfers=\(transfers) "
       + "ops=\(operationsCompleted) unknown=\(unknownOutcomes) retries=\(retries) staleReads=\(staleReadsChecked) "
       + "writes=\(writeResponsesChecked) applied=\(entriesApplied) end=\(endTime)"
+      + (lockLogEvents == 0
+        ? ""
+        : " locks: grants=\(lockGrants) uses=\(lockUses) lost=\(lockLeasesLost) fenced=\(lockWritesFenced) "
+          + "logEvents=\(lockLogEvents)")
   }
 
   /// Adds `other` to these statistics.
@@ -181,6 +197,11 @@ public struct NodeSimulationStats: Sendable, CustomStringConvertible {
     staleReadsChecked += other.staleReadsChecked
     writeResponsesChecked += other.writeResponsesChecked
     entriesApplied += other.entriesApplied
+    lockGrants += other.lockGrants
+    lockUses += other.lockUses
+    lockLeasesLost += other.lockLeasesLost
+    lockWritesFenced += other.lockWritesFenced
+    lockLogEvents += other.lockLogEvents
   }
 }
 
@@ -243,6 +264,8 @@ public final class ClusterSimulation: @unchecked Sendable {
   private var converged = false
   private var failure: SimulationFailure?
   private var staleReads: [(group: GroupID, client: Int, key: String, value: [UInt8]?, index: UInt64)] = []
+  private let lockChecker: LockHistoryChecker
+  private var lockClients: [SimulatedLockClient] = []
 
   /// Prepares a run; nothing happens until ``run()``.
   public init(seed: UInt64, options: ClusterSimulationOptions = ClusterSimulationOptions(), trace: SimulationTrace) {
@@ -274,6 +297,7 @@ public final class ClusterSimulation: @unchecked Sendable {
     self.map = ClusterMap(cluster: "simulation", members: members, groups: groups)
     self.placement = Placement(map)
     self.settings = Self.settings(options)
+    self.lockChecker = LockHistoryChecker(trace: trace, now: { [scheduler] in scheduler.now })
   }
 
   static func settings(_ options: ClusterSimulationOptions) -> HostSettings {
@@ -335,6 +359,12 @@ public final class ClusterSimulation: @unchecked Sendable {
           founders: Membership(voters: Set(configuration.members)), trace: trace, now: { [scheduler] in scheduler.now })
       }
     }
+    for (id, checker) in checkers {
+      let lockChecker = self.lockChecker
+      checker.onCommittedNotifications = { index, notifications in
+        lockChecker.committed(group: id, index: index, notifications: notifications)
+      }
+    }
     for id in map.members.keys.sorted() {
       let drift = scheduler.random { Int64.random(in: -options.maxDriftPPM...options.maxDriftPPM, using: &$0) }
       let offset = scheduler.random { UInt64.random(in: 0...1_000_000_000_000, using: &$0) }
@@ -353,6 +383,7 @@ public final class ClusterSimulation: @unchecked Sendable {
       let client = c
       scheduler.spawn(on: clientProcess(c)) { [self] in await runClient(client) }
     }
+    startLockClients()
     scheduler.spawn(on: Self.nemesisProcess) { [self] in await runNemesis() }
     scheduler.schedule(at: VirtualTime.zero + options.chaosDuration) { [self] in heal() }
     let deadline = VirtualTime.zero + options.chaosDuration + options.healDeadline
@@ -362,6 +393,7 @@ public final class ClusterSimulation: @unchecked Sendable {
       afterEachJob: { [self] in
         if let failure { throw failure }
         for checker in checkers { if let failure = checker.failure { throw failure } }
+        if let failure = lockChecker.failure { throw failure }
       })
     stats.jobs = scheduler.jobsRun
     stats.endTime = scheduler.now
@@ -370,10 +402,20 @@ public final class ClusterSimulation: @unchecked Sendable {
       stats.entriesApplied += checker.referenceApplied
     }
     for node in nodes.values { stats.tornRecords += node.disks.tornRecords }
-    if let failure = failure ?? checkers.compactMap(\.failure).first { throw failure }
+    for client in lockClients {
+      stats.lockGrants += client.grants
+      stats.lockUses += client.uses
+      stats.lockLeasesLost += client.leasesLost
+      stats.retries += client.failedCalls
+      stats.stalls += client.pauses
+      stats.partitions += client.cuts
+    }
+    stats.lockWritesFenced = lockChecker.staleWritesFenced
+    stats.lockLogEvents = lockChecker.logEventsChecked
+    if let failure = failure ?? checkers.compactMap(\.failure).first ?? lockChecker.failure { throw failure }
     guard converged else {
       throw SimulationFailure(
-        "liveness: after healing, \(options.clients - clientsDone) clients unfinished and the replicas not "
+        "liveness: after healing, \(allClients - clientsDone) clients unfinished and the replicas not "
           + "converged by \(scheduler.now) (\(outcome)); \(describeNodes())")
     }
     try checkHistory()
@@ -383,6 +425,30 @@ public final class ClusterSimulation: @unchecked Sendable {
   private static var checkerProcess: UInt32 { 0xFFFF_FFF1 }
   private func clientProcess(_ c: Int) -> UInt32 { 0xFFFE_0000 | UInt32(c) }
   private func clientNode(_ c: Int) -> NodeID { NodeID(UInt64(1000 + c)) }
+  private func lockClientProcess(_ c: Int) -> UInt32 { 0xFFFD_0000 | UInt32(c) }
+  private func lockClientNode(_ c: Int) -> NodeID { NodeID(UInt64(2000 + c)) }
+  /// Key-value and lock clients: the convergence check starts when all are done.
+  private var allClients: Int { options.clients + options.lockWorkload.clients }
+
+  private func startLockClients() {
+    for c in 0..<options.lockWorkload.clients {
+      let context = SimulatedLockClient.Context(
+        scheduler: scheduler, requests: requests, map: map, options: options, checker: lockChecker, trace: trace,
+        seed: seed, isHealed: { [unowned self] in healed })
+      let client = SimulatedLockClient(
+        index: c, node: lockClientNode(c), process: lockClientProcess(c), context: context)
+      lockClients.append(client)
+      scheduler.spawn(on: client.process) { [self] in
+        await client.run()
+        clientFinished()
+      }
+    }
+  }
+
+  private func clientFinished() {
+    clientsDone += 1
+    if clientsDone == allClients { startConvergenceCheck() }
+  }
 
   private func describeNodes() -> String {
     nodes.keys.sorted().compactMap { nodes[$0] }.map { "\($0.id){\($0.up ? "up" : "down")}" }.joined(separator: " ")
@@ -485,9 +551,8 @@ public final class ClusterSimulation: @unchecked Sendable {
       }
       try? await scheduler.sleep(for: scheduler.random { options.thinkTime.sample(&$0) })
     }
-    clientsDone += 1
     trace.record(scheduler.now, "client \(c) done")
-    if clientsDone == options.clients { startConvergenceCheck() }
+    clientFinished()
   }
 
   /// One write; returns whether its outcome is known.
@@ -600,7 +665,7 @@ public final class ClusterSimulation: @unchecked Sendable {
     case .partition:
       var a: [NodeID] = []
       var b: [NodeID] = []
-      for id in ids + (0..<options.clients).map(clientNode) {
+      for id in ids + (0..<options.clients).map(clientNode) + (0..<options.lockWorkload.clients).map(lockClientNode) {
         if scheduler.random({ Bool.random(using: &$0) }) { a.append(id) } else { b.append(id) }
       }
       network.withNetwork {

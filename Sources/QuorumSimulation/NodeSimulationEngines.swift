@@ -1,6 +1,7 @@
 import QuorumCore
 import QuorumHost
 import QuorumKV
+import QuorumLocks
 import QuorumPaxos
 import QuorumRaft
 import QuorumReplica
@@ -15,6 +16,8 @@ protocol GroupChecker: AnyObject, Sendable {
   func fail(_ message: String)
   func becameDurable(_ node: NodeID, entries: [any StorableEntry], hardState: [UInt8]?)
   func kvValue(of key: String, at index: UInt64) -> [UInt8]?
+  /// Told what the reference replica's services notified at each committed entry (the lock checker's input).
+  var onCommittedNotifications: ((_ index: UInt64, _ notifications: [ServiceNotification]) -> Void)? { get set }
 }
 
 /// Checks one group of a simulated cluster while it runs: sees every ready and every apply of every replica
@@ -44,6 +47,8 @@ class ReplicaChecker<Engine: ReplicaEngine>: ReplicaObserver, GroupChecker, @unc
   private(set) var referenceApplied: UInt64 = 0
   private var waiting: [UInt64: (isCommand: Bool, data: [UInt8])] = [:]
   private var valuesByKey: [String: [(index: UInt64, value: [UInt8]?)]] = [:]
+  /// Told what the reference replica's services notified at each committed entry.
+  var onCommittedNotifications: ((_ index: UInt64, _ notifications: [ServiceNotification]) -> Void)?
 
   init(group: GroupSpec, sessions: SessionPolicy, trace: SimulationTrace, now: @escaping () -> VirtualTime) {
     self.group = group
@@ -90,7 +95,13 @@ class ReplicaChecker<Engine: ReplicaEngine>: ReplicaObserver, GroupChecker, @unc
     while let next = waiting.removeValue(forKey: referenceApplied + 1) {
       referenceApplied += 1
       guard next.isCommand else { continue }
-      _ = reference.apply(entry: next.data, at: referenceApplied)
+      let outcome = reference.apply(entry: next.data, at: referenceApplied)
+      trace.record(
+        now(),
+        "\(self.group.name) committed \(referenceApplied) at log time \(reference.logTimeMillis): \(Self.describe(next.data)) -> \(outcome)"
+      )
+      let notifications = reference.takeNotifications()  // Drained at every entry, as a host does.
+      if !notifications.isEmpty { onCommittedNotifications?(referenceApplied, notifications) }
       guard let command = try? ReplicatedCommand<ServiceCommand>(wireBytes: next.data),
         case .command(let body) = command.body, body.service == KeyValueService.name,
         let kv = try? KVCommand(wireBytes: body.payload)
@@ -114,6 +125,16 @@ class ReplicaChecker<Engine: ReplicaEngine>: ReplicaObserver, GroupChecker, @unc
   /// The value of key-value `key` after the committed prefix ending at `index`.
   func kvValue(of key: String, at index: UInt64) -> [UInt8]? {
     valuesByKey[key]?.last(where: { $0.index <= index })?.value ?? nil
+  }
+
+  /// A committed entry's command, for the trace.
+  static func describe(_ data: [UInt8]) -> String {
+    guard let command = try? ReplicatedCommand<ServiceCommand>(wireBytes: data) else { return "?" }
+    guard case .command(let body) = command.body else { return "\(command.body) @\(command.timestampMillis)" }
+    if body.service == "locks", let lock = try? LockCommand(wireBytes: body.payload) {
+      return "\(lock) @\(command.timestampMillis)"
+    }
+    return "\(body.service) @\(command.timestampMillis)"
   }
 
   /// The reference replica's whole encoded state.

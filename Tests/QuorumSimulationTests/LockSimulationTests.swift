@@ -1,0 +1,50 @@
+import QuorumCore
+import QuorumHost
+import QuorumSimulation
+import Synchronization
+import Testing
+
+/// The lock service under the nemesis: production hosts and production `LockClient`s on the seeded scheduler, with
+/// every fault plus lock clients that pause past their TTL while holding a lock. ``LockHistoryChecker`` checks
+/// the committed logs and the clients' use of their leases after every job; a failure names its seed.
+@Suite("Whole-node simulations with a lock workload")
+struct LockSimulationTests {
+  /// Lock clients only (no key-value clients), so that each seed is about the locks.
+  static func options(_ engine: EngineKind) -> ClusterSimulationOptions {
+    var options = ClusterSimulationOptions.single(engine)
+    options.clients = 0
+    options.lockWorkload.clients = 4
+    return options
+  }
+
+  static func run(seeds: Range<UInt64>, options: ClusterSimulationOptions) async -> (
+    SimulationReport, NodeSimulationStats
+  ) {
+    let total = Mutex(NodeSimulationStats())
+    let report = await SimulationRunner.runDetached(seeds: seeds) { seed, trace in
+      let simulation = ClusterSimulation(seed: seed, options: options, trace: trace)
+      defer {
+        let stats = simulation.stats
+        total.withLock { $0.add(stats) }
+      }
+      try simulation.run()
+    }
+    return (report, total.withLock { $0 })
+  }
+
+  @Test(
+    "lock clients under every fault: no two owners, tokens increase, permits conserved",
+    // A debug build beside every other suite: 48 seeds per engine here; CI runs 200 per engine in release.
+    arguments: [
+      (EngineKind.raft, UInt64(0)..<48), (EngineKind.multiPaxos, UInt64(10_000)..<10_048),
+    ])
+  func locks(_ engine: EngineKind, _ seeds: Range<UInt64>) async {
+    let (report, stats) = await Self.run(seeds: seeds, options: Self.options(engine))
+    #expect(report.passed, "\(report)")
+    #expect(report.seedsRun == seeds.count, "\(report)")
+    #expect(stats.lockGrants > 10 * seeds.count && stats.lockUses > 100 * seeds.count, "\(stats)")
+    #expect(stats.lockLeasesLost > seeds.count / 4, "holders paused past their TTL: \(stats)")
+    #expect(stats.lockWritesFenced > 0, "stale writes met the fence: \(stats)")
+    #expect(stats.crashes > 0 && stats.partitions > 0 && stats.leaderships > seeds.count, "\(stats)")
+  }
+}
