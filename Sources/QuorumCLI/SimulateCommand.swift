@@ -18,8 +18,10 @@ enum SimulateCommand {
                     txn: sharded transactions (the unmodified client coordinator over shard machines) with lost
                     requests and answers, clients dying mid-transaction and a resolver racing them; histories
                     checked for serializability (list-append) or conservation (bank)
-      --workload    txn: list-append, bank, or both (default: alternating by seed); raft, paxos, mixed:
-                    see below
+      --workload    raft, paxos, mixed (node level): kv (default) key-value clients, checked for
+                    linearizability; locks: lock clients that contend, pause past their TTL and are fenced,
+                    checked for two owners, token order and permits; both: the two side by side.
+                    txn: list-append, bank, or both (default: alternating by seed)
       --groups G    node level: G groups sharing the nodes (default 1; mixed: 2)
       --level       node (default): the production server hosts and clients on the seeded scheduler, with
                     drifting clocks, pauses, torn writes, disk faults and clients over the network; core: the
@@ -34,9 +36,6 @@ enum SimulateCommand {
       --chaos-ms    length of the fault phase in virtual milliseconds (default 3000)
       --trace N     events of trace to print for a failing seed (default 200)
       --jobs J      parallel workers (default: the number of cores)
-      --workload    node level of raft, paxos, mixed: kv (default) key-value clients, checked for linearizability; locks: lock clients
-                    that contend, pause past their TTL and are fenced, checked for two owners, token order and
-                    permits; both: the two side by side
     """
 
   static func run(_ args: [String]) throws -> Int32 {
@@ -140,6 +139,9 @@ enum SimulateCommand {
     let workloads = kind == "txn" ? ["list-append", "bank", "both"] : ["kv", "locks", "both"]
     guard workloads.contains(workload) else {
       throw CLIError.usage("unknown workload \(workload) for \(kind) (\(workloads.joined(separator: ", ")))")
+    }
+    if workload != "kv" && kind != "txn" && (kind == "synod" || level != "node") {
+      throw CLIError.usage("--workload \(workload) needs the node level of raft, paxos or mixed")
     }
     if workload != "kv" && kind != "txn" { nodeOptions.lockWorkload.clients = 4 }
     if workload == "locks" && kind != "txn" { nodeOptions.clients = 0 }

@@ -5,7 +5,9 @@ import Testing
 
 /// The lock service end to end: `LockClient`s against a lock group of three in-process members, on each engine.
 ///
-/// TTLs are the table's shortest (1 s) wherever a lease must run out, so the suite stays fast; every wait for
+/// A lease that must run out has a 3 s TTL (``mortalLeases``), so the suite stays fast; a lease that must last
+/// through a test's set-up has 10 s (``steadyLeases``): a full parallel run on two cores can delay a renewal by
+/// more than a second, and a shorter lease then expires before the step the test is about. Every wait for
 /// something to happen is a poll with a generous bound that only a broken run reaches.
 @Suite("Lock client against in-process clusters", .timeLimit(.minutes(3)))
 struct LockClientTests {
@@ -44,6 +46,15 @@ struct LockClientTests {
     return options
   }
 
+  /// Leases that run out 3 s after their keep-alives stop (for a client a test cuts off).
+  static var mortalLeases: LockClientOptions {
+    var options = LockClientOptions()
+    options.ttl = .seconds(3)
+    options.renewFraction = 0.2
+    options.watchInterval = .seconds(1)
+    return options
+  }
+
   /// Leases that outlast a slow failover on a busy machine (10 s), renewed every half second.
   static var steadyLeases: LockClientOptions {
     var options = LockClientOptions()
@@ -63,7 +74,7 @@ struct LockClientTests {
   /// A lock client whose traffic a test can cut (as a process pause or a partition does) and whose replies it
   /// can lose.
   static func gatedClient(
-    _ members: LocalMembers, options: LockClientOptions = shortLeases, seed: UInt64
+    _ members: LocalMembers, options: LockClientOptions = mortalLeases, seed: UInt64
   ) -> (LockClient, GatedChannel) {
     let channel = GatedChannel(InProcessRequestChannel(hosts: members.hosts))
     let host = HostClient(
@@ -227,7 +238,7 @@ struct LockClientTests {
     try await Self.cluster(engine, "semaphore").withLocalMembers { members in
       _ = try await Self.awaitLeader(members)
       let pool = LockMode.semaphore(permits: 2)
-      let closer = members.lockClient(lockOptions: Self.shortLeases, seed: 1)
+      let closer = members.lockClient(lockOptions: Self.steadyLeases, seed: 1)
       let (dying, gate) = Self.gatedClient(members, seed: 2)
       let waiters = (3...4).map { members.lockClient(lockOptions: Self.steadyLeases, seed: UInt64($0)) }
       let observer = members.lockClient(seed: 5)
