@@ -361,7 +361,7 @@ public struct Cluster: Sendable {
 ///   let leader = try await members.leader(timeout: .seconds(5))  // the first group has a leader that committed
 ///   let kv = members.kvClient()                                    // in-process, or over TCP to the addresses
 ///   try await kv.put("greeting", "hello")
-///   let status = try await members.hosts[leader]?.group(.default)?.status()
+///   let status = await members.hosts[leader]?.group(.default)?.status()
 /// }
 /// ```
 ///

@@ -131,6 +131,37 @@ struct ApplicationAPITests {
     }
   }
 
+  @Test("TCPClient and TCPKVClient take and give back strings, bytes and the application's own values")
+  func tcpValues() async throws {
+    let cluster = try Cluster(id: "tcp-values") {
+      Member("n1", at: "127.0.0.1:0")
+      Member("n2", at: "127.0.0.1:0")
+      Member("n3", at: "127.0.0.1:0")
+      Security.insecure
+      Logging(NullLogSink())
+      RaftSettings {
+        TickInterval(.milliseconds(5))
+        ElectionTimeout(Duration.milliseconds(300)...Duration.milliseconds(600))
+        HeartbeatInterval(.milliseconds(30))
+      }
+    }
+    try await cluster.withLocalMembers { members in
+      let addresses = members.addresses.keys.sorted().compactMap { members.addresses[$0] }
+      let client = TCPKVClient(cluster: "tcp-values", members: addresses, options: Self.patient)
+      #expect(try await client.put("name", "ada") == nil)
+      #expect(try await client.put("name", "grace") == "ada")
+      #expect(try await client.get("name", as: String.self) == "grace")
+      let swapped = try await client.compareAndSwap("name", expected: "grace", new: "hedy")
+      #expect(swapped.swapped && swapped.current == "hedy")
+      #expect(try await client.delete("name", as: String.self) == "hedy")
+      #expect(try await client.put("point", Point(x: 1, y: 2)) == nil)
+      #expect(try await client.get("point", as: Point.self) == Point(x: 1, y: 2))
+      #expect(try await client.get("point") == [1, 2])
+      #expect(try await client.kv.getString("point") == "\u{1}\u{2}")
+      await client.close()
+    }
+  }
+
   @Test("LocalMembers: wait for a leader, reach each member's groups, and watch leader changes as every subscriber")
   func localMembersAndEvents() async throws {
     let (first, second, before) = try await Self.localCluster("events").withLocalMembers { members in
