@@ -376,11 +376,24 @@ public struct Cluster: Sendable {
 ///
 /// ```swift
 /// try await cluster.withLocalMembers { members in
-///   _ = try await members.leader()            // waits until the default group has a leader
-///   let kv = members.kvClient()
+///   let leader = try await members.leader(timeout: .seconds(5))  // the first group has a leader that committed
+///   let kv = members.kvClient()                                    // in-process, or over TCP to the addresses
 ///   try await kv.put("greeting", "hello")
+///   let status = await members.hosts[leader]?.group(.default)?.status()
 /// }
 /// ```
+///
+/// - ``hosts``: each member's ``QuorumHost/GroupHost``, by node id (`members.hosts["n1"]`), to look at a group's
+///   replica (`host.group(id)`: its status and ``QuorumReplica/ReplicaNode/events``) or shut one member down.
+/// - ``leader(of:timeout:)``: waits until a group (the first by default) has a leader that committed an entry of
+///   its term, and returns it. Clients do not need it (they find the leader themselves), but a test that wants a
+///   settled cluster first, or wants to stop the leader, does.
+/// - ``kvClient(options:seed:)`` and ``client(options:seed:)``: clients of these members, with the same API as a
+///   ``TCPClient``'s (an in-process cluster's clients hand each request to the member's handler, as a network
+///   would).
+/// - ``addresses`` and ``map``: where each TCP member listens (port 0 resolved), and the cluster map.
+///
+/// The members stop when the body returns or throws: do not keep the clients or hosts beyond it.
 public struct LocalMembers: Sendable {
   /// Each member's host (its groups, its request handler).
   public let hosts: [NodeID: GroupHost]
@@ -820,32 +833,27 @@ public struct Group: ClusterSetting {
   private let name: String
   private let id: UInt64?
   private let engine: EngineKind
-  private let memberNames: [String]?
+  private let memberIDs: [NodeID]?
   private let slots: [ClosedRange<UInt16>]
   private let services: [any GroupService]
 
-  /// A group named `name` (its storage directory under each member's data directory).
+  /// A group named `name` (its storage directory under each member's data directory), on `members` (node ids,
+  /// written `["n1", "n2"]` or `[1, 2]`; every member of the cluster by default).
   public init(
-    _ name: String, id: UInt64? = nil, engine: EngineKind = .raft, members: [String]? = nil,
+    _ name: String, id: UInt64? = nil, engine: EngineKind = .raft, members: [NodeID]? = nil,
     slots: [ClosedRange<UInt16>] = [], @GroupServicesBuilder services: () -> [any GroupService]
   ) {
     self.name = name
     self.id = id
     self.engine = engine
-    self.memberNames = members
+    self.memberIDs = members
     self.slots = slots
     self.services = services()
   }
 
   public func apply(to cluster: inout Cluster) throws(ClusterConfigurationError) {
     let line = "Group(\"\(name)\")"
-    var members: [NodeID] = []
-    for text in memberNames ?? cluster.members.map(\.id.description) {
-      guard let node = NodeID(text) else {
-        throw ClusterConfigurationError(setting: line, reason: "'\(text)' is not a node id (n1, n2, … or 1, 2, …)")
-      }
-      members.append(node)
-    }
+    let members = memberIDs ?? cluster.members.map(\.id)
     let used = Set(cluster.groups.map(\.id))
     let assigned =
       id.map(GroupID.init(rawValue:)) ?? (1...).lazy.map(GroupID.init(rawValue:)).first { !used.contains($0) }

@@ -73,7 +73,8 @@ public struct TCPClient: Sendable {
 /// A key-value client over TCP: ``TCPClient``'s key-value store, kept under the name earlier releases used.
 ///
 /// Every write is exactly-once (a session per group), every key goes to the group owning it, every call has a
-/// deadline (the client's default, or the call's own).
+/// deadline (the client's default, or the call's own). Values are bytes, strings or any ``QuorumKV/KVValue``, as
+/// in ``QuorumHost/KeyValueClient``.
 public struct TCPKVClient: Sendable {
   /// The connection.
   public let client: TCPClient
@@ -94,37 +95,55 @@ public struct TCPKVClient: Sendable {
   /// The lock service over the same connections (see ``TCPClient/locks``).
   public var locks: LockClient { client.locks }
 
-  /// Sets `key` to `value`; returns the previous value.
+  /// Sets `key` to `value` (bytes, a string, or any ``QuorumKV/KVValue``); returns the previous value, as the
+  /// same type.
   @discardableResult
-  public func put(_ key: String, _ value: [UInt8], deadline: Duration? = nil) async throws -> [UInt8]? {
+  public func put<Value: KVValue>(_ key: String, _ value: Value, deadline: Duration? = nil) async throws -> Value? {
     try await kv.put(key, value, deadline: deadline)
   }
 
-  /// Sets `key` to a UTF-8 string; returns the previous value.
-  @discardableResult
-  public func put(_ key: String, _ value: String, deadline: Duration? = nil) async throws -> [UInt8]? {
-    try await kv.put(key, value, deadline: deadline)
-  }
-
-  /// Removes `key`; returns the previous value.
+  /// Removes `key`; returns the previous value's bytes.
   @discardableResult
   public func delete(_ key: String, deadline: Duration? = nil) async throws -> [UInt8]? {
     try await kv.delete(key, deadline: deadline)
   }
 
-  /// Sets `key` to `new` if its value is `expected` (`nil`: absent); returns whether it did.
+  /// Removes `key`; returns the previous value as a `Value` (`delete("greeting", as: String.self)`).
   @discardableResult
-  public func compareAndSwap(_ key: String, expected: [UInt8]?, new: [UInt8]?, deadline: Duration? = nil)
-    async throws -> Bool
+  public func delete<Value: KVValue>(_ key: String, as type: Value.Type, deadline: Duration? = nil) async throws
+    -> Value?
   {
-    try await kv.compareAndSwap(key, expected: expected, new: new, deadline: deadline).swapped
+    try await kv.delete(key, as: type, deadline: deadline)
   }
 
-  /// The value of `key` at `consistency` (at `member` only, if given).
+  /// Sets `key` to `new` (`nil` removes it) if its value is `expected` (`nil`: absent); returns whether it did,
+  /// and the value now stored. Values are bytes, strings or any ``QuorumKV/KVValue``.
+  public func compareAndSwap<Value: KVValue>(
+    _ key: String, expected: Value?, new: Value?, deadline: Duration? = nil
+  ) async throws -> (swapped: Bool, current: Value?) {
+    try await kv.compareAndSwap(key, expected: expected, new: new, deadline: deadline)
+  }
+
+  /// Compare-and-swap with bytes (the form to use when both values are `nil`).
+  public func compareAndSwap(_ key: String, expected: [UInt8]?, new: [UInt8]?, deadline: Duration? = nil)
+    async throws -> (swapped: Bool, current: [UInt8]?)
+  {
+    try await kv.compareAndSwap(key, expected: expected, new: new, deadline: deadline)
+  }
+
+  /// The value of `key` as bytes, at `consistency` (at `member` only, if given).
   public func get(
     _ key: String, consistency: ReadConsistency = .linearizable, at member: NodeID? = nil, deadline: Duration? = nil
   ) async throws -> [UInt8]? {
     try await kv.get(key, consistency: consistency, at: member, deadline: deadline)
+  }
+
+  /// The value of `key` as a `Value` (`get("greeting", as: String.self)`), at `consistency`.
+  public func get<Value: KVValue>(
+    _ key: String, as type: Value.Type, consistency: ReadConsistency = .linearizable, at member: NodeID? = nil,
+    deadline: Duration? = nil
+  ) async throws -> Value? {
+    try await kv.get(key, as: type, consistency: consistency, at: member, deadline: deadline)
   }
 
   /// The status of every group `member` hosts.

@@ -5,7 +5,7 @@ import Quorum
 enum ClientCommands {
   static let kvUsage = """
     usage: quorum kv put KEY VALUE | get KEY [--consistency linearizable|lease|stale] | delete KEY
-                   | cas KEY EXPECTED NEW      (write - for "absent")
+                   | cas KEY EXPECTED NEW      (values are UTF-8 text; write - for "absent")
            (--cluster host:port[,host:port…] [--cluster-id ID] | --cluster-file FILE) [--timeout-ms 5000]
            [--credential NAME:SECRET-FILE]   (for a cluster that authenticates its clients)
     """

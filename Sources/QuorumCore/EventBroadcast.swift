@@ -8,9 +8,16 @@ import Synchronization
 /// calls ``finish()``: every subscriber's `for await` loop ends after the buffered events, and a subscription
 /// made after that ends at once.
 public final class EventBroadcast<Event: Sendable>: Sendable {
+  /// One subscription: hands an event to its stream (transformed, for ``subscribe(_:)``), or ends it.
+  private struct Subscriber {
+    var id: UInt64
+    var deliver: @Sendable (Event) -> Void
+    var finish: @Sendable () -> Void
+  }
+
   private struct State {
     /// In subscription order, so delivery order (and a simulation's schedule) never depends on hashing.
-    var subscribers: [(id: UInt64, continuation: AsyncStream<Event>.Continuation)] = []
+    var subscribers: [Subscriber] = []
     var nextID: UInt64 = 0
     var finished = false
   }
@@ -26,12 +33,19 @@ public final class EventBroadcast<Event: Sendable>: Sendable {
   }
 
   /// A new subscription: every event published from now on, until ``finish()``.
-  public func subscribe() -> AsyncStream<Event> {
-    let (stream, continuation) = AsyncStream<Event>.makeStream(bufferingPolicy: .bufferingNewest(bufferLimit))
+  public func subscribe() -> AsyncStream<Event> { subscribe { $0 } }
+
+  /// A new subscription to the events `transform` turns into an `Output` (those it maps to `nil` are left out),
+  /// with the same buffer limit and policy as ``subscribe()``.
+  public func subscribe<Output: Sendable>(_ transform: @escaping @Sendable (Event) -> Output?) -> AsyncStream<Output> {
+    let (stream, continuation) = AsyncStream<Output>.makeStream(bufferingPolicy: .bufferingNewest(bufferLimit))
     let id: UInt64? = state.withLock { s in
       guard !s.finished else { return nil }
       s.nextID += 1
-      s.subscribers.append((s.nextID, continuation))
+      s.subscribers.append(
+        Subscriber(
+          id: s.nextID, deliver: { event in if let output = transform(event) { continuation.yield(output) } },
+          finish: { continuation.finish() }))
       return s.nextID
     }
     guard let id else {
@@ -49,17 +63,17 @@ public final class EventBroadcast<Event: Sendable>: Sendable {
 
   /// Delivers `event` to every subscriber.
   public func publish(_ event: Event) {
-    let targets = state.withLock { s in s.finished ? [] : s.subscribers.map(\.continuation) }
-    for target in targets { target.yield(event) }
+    let targets = state.withLock { s in s.finished ? [] : s.subscribers.map(\.deliver) }
+    for deliver in targets { deliver(event) }
   }
 
   /// Ends every subscription (after its buffered events) and refuses new ones.
   public func finish() {
-    let targets = state.withLock { s -> [AsyncStream<Event>.Continuation] in
+    let targets = state.withLock { s -> [@Sendable () -> Void] in
       s.finished = true
       defer { s.subscribers = [] }
-      return s.subscribers.map(\.continuation)
+      return s.subscribers.map(\.finish)
     }
-    for target in targets { target.finish() }
+    for finish in targets { finish() }
   }
 }

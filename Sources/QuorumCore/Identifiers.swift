@@ -3,8 +3,14 @@
 /// A node identifier is a non-zero 64-bit number. It prints as `n<number>` (for example `n3`) and parses from
 /// either `n3` or `3`, so configuration files and command lines can use the short form. Zero is reserved to
 /// mean "no node" on the wire and is rejected by every configuration validator.
+///
+/// In code a node id is written as an integer or a string literal, whichever reads better: `3`, `"n3"` and
+/// `"3"` are the same node, so `Members(1, 2, 3)` and `Member("n2")` name the same nodes, and
+/// `cluster.start("n1")` starts node 1. A string literal that is not a node id (`"n0"`, `"node-1"`) stops the
+/// program: it is a mistake in the source, not an input. Text read at run time goes through the failable
+/// ``init(_:)-(String)`` instead.
 public struct NodeID: RawRepresentable, Hashable, Comparable, Sendable, ExpressibleByIntegerLiteral,
-  LosslessStringConvertible
+  ExpressibleByStringLiteral, LosslessStringConvertible
 {
   /// The numeric value of the identifier.
   public var rawValue: UInt64
@@ -17,6 +23,16 @@ public struct NodeID: RawRepresentable, Hashable, Comparable, Sendable, Expressi
 
   /// Creates an identifier from an integer literal, as in `let leader: NodeID = 1`.
   public init(integerLiteral value: UInt64) { self.rawValue = value }
+
+  /// Creates an identifier from a string literal, as in `cluster.start("n1")`: `n<number>` or `<number>`.
+  ///
+  /// A literal that does not parse (`"n0"`, `"x"`) is a programming error and stops the program.
+  public init(stringLiteral value: String) {
+    guard let parsed = NodeID(value) else {
+      preconditionFailure("\"\(value)\" is not a node id: write n1, n2, … or 1, 2, … (zero is reserved)")
+    }
+    self = parsed
+  }
 
   /// Parses `n3` or `3`. Returns `nil` for anything else, including `n0`.
   public init?(_ description: String) {

@@ -100,6 +100,18 @@ public struct HostSettings: Sendable {
   }
 }
 
+/// Something that happened to a hosted group's replica, in the same words for every engine: what an application
+/// watches to follow leadership (see ``HostedGroup/events``).
+public enum GroupEvent: Sendable, Equatable {
+  /// The replica learned of a different leader, or lost track of one (`nil`). `epoch` is the leader's term
+  /// (Raft) or its ballot's round (Multi-Paxos), as in ``GroupStatus/epoch``.
+  case leaderChanged(NodeID?, epoch: UInt64)
+  /// The membership in force changed.
+  case membershipChanged(Membership)
+  /// The replica stopped: the last event of the stream.
+  case stopped
+}
+
 /// An engine a host can run a group on: how its messages travel in ``HostMessage``, how a group's description
 /// becomes its configuration, and how its status reads as a ``GroupStatus``.
 public protocol HostedEngine: ReplicaEngine where Entry: StorableEntry {
@@ -113,6 +125,8 @@ public protocol HostedEngine: ReplicaEngine where Entry: StorableEntry {
   static func unwrap(_ message: HostMessage) -> Message?
   /// The configuration of `group` (empty members for a member joining an existing group).
   static func configuration(for group: GroupSpec, settings: HostSettings, joining: Bool) -> Configuration
+  /// `event` in engine-neutral words, or `nil` for an event with no ``GroupEvent`` counterpart.
+  static func groupEvent(_ event: Event) -> GroupEvent?
   /// The status as a ``GroupStatus``.
   static func groupStatus(_ status: Status, group: GroupSpec) -> GroupStatus
   /// Whether the engine supports membership changes and leadership transfer.
@@ -134,6 +148,15 @@ extension RaftEngine: HostedEngine {
     c.members = joining ? [] : group.members
     c.learners = []
     return c
+  }
+
+  public static func groupEvent(_ event: RaftEvent) -> GroupEvent? {
+    switch event {
+    case .leaderChanged(let leader, let term): return .leaderChanged(leader, epoch: term)
+    case .membershipChanged(let membership): return .membershipChanged(membership)
+    case .stopped: return .stopped
+    case .roleChanged, .snapshotInstalled: return nil
+    }
   }
 
   public static func groupStatus(_ s: RaftStatus, group: GroupSpec) -> GroupStatus {
@@ -167,6 +190,15 @@ extension MultiPaxosEngine: HostedEngine {
     var c = settings.paxos
     c.members = joining ? [] : group.members
     return c
+  }
+
+  public static func groupEvent(_ event: PaxosEvent) -> GroupEvent? {
+    switch event {
+    case .leaderChanged(let leader, let ballot): return .leaderChanged(leader, epoch: ballot.round)
+    case .membershipChanged(let membership): return .membershipChanged(membership)
+    case .stopped: return .stopped
+    case .roleChanged, .snapshotInstalled: return nil
+    }
   }
 
   public static func groupStatus(_ s: MultiPaxosStatus, group: GroupSpec) -> GroupStatus {
@@ -210,6 +242,12 @@ public protocol HostedGroup: Sendable {
   func transferLeadership(to target: NodeID) async throws
   /// The replica's status.
   func status() async -> GroupStatus
+  /// Leader and membership changes as this replica sees them, then ``GroupEvent/stopped``.
+  ///
+  /// Each access is a new subscription that sees every event from that moment on (any number of subscribers
+  /// each see all of them); the stream finishes when the replica stops. A subscriber more than 256 events
+  /// behind loses its oldest undelivered ones: the replica never waits for a subscriber.
+  var events: AsyncStream<GroupEvent> { get }
   /// The applied position and the whole encoded state at it (for checking that replicas converge).
   func localState() async -> (applied: UInt64, snapshot: [UInt8])
 }
@@ -272,6 +310,8 @@ final class EngineGroup<Engine: HostedEngine>: HostedGroup {
   func transferLeadership(to target: NodeID) async throws { try await node.transferLeadership(to: target) }
 
   func localState() async -> (applied: UInt64, snapshot: [UInt8]) { await node.localState() }
+
+  var events: AsyncStream<GroupEvent> { node.events(Engine.groupEvent) }
 
   func status() async -> GroupStatus {
     guard let status = await node.currentStatus else {

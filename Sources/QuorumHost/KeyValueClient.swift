@@ -4,7 +4,9 @@ public import QuorumKV
 /// The key-value store of a cluster of group hosts: every key goes to the group that owns it, every write is
 /// exactly-once, every call has a deadline.
 ///
-/// Keys are strings; values are bytes, with `String` conveniences (UTF-8) on every operation.
+/// Keys are strings. Values are bytes, strings or any ``QuorumKV/KVValue``, the same on every operation: `put`
+/// and `compareAndSwap` give back values of the type they were given, and `get` and `delete` take the type to
+/// give back (`as: String.self`; bytes by default).
 public struct KeyValueClient: Sendable {
   /// The client underneath (shared with other services' clients).
   public let client: HostClient
@@ -37,63 +39,88 @@ public struct KeyValueClient: Sendable {
     }
   }
 
-  /// Sets `key` to `value`; returns the previous value.
+  /// Sets `key` to `value` (bytes, a string, or any ``QuorumKV/KVValue``); returns the previous value, as the
+  /// same type.
+  /// - Throws: ``QuorumClientError`` (`timeout` says whether the write may have happened), or a
+  ///   ``QuorumKV/KVValueError`` if `value` does not encode (nothing written) or the previous value does not
+  ///   decode (the write was applied).
   @discardableResult
-  public func put(_ key: String, _ value: [UInt8], deadline: Duration? = nil) async throws -> [UInt8]? {
-    guard case .done(let previous) = try await write(.put(key: key, value: value), deadline: deadline) else {
+  public func put<Value: KVValue>(_ key: String, _ value: Value, deadline: Duration? = nil) async throws -> Value? {
+    let bytes = try value.encoded(for: key)
+    guard case .done(let previous) = try await write(.put(key: key, value: bytes), deadline: deadline) else {
       throw QuorumClientError.badReply("put answered with a swap result")
     }
-    return previous
+    return try Value.decoded(previous, for: key, afterWrite: true)
   }
 
-  /// Sets `key` to the UTF-8 bytes of `value`; returns the previous value.
-  @discardableResult
-  public func put(_ key: String, _ value: String, deadline: Duration? = nil) async throws -> [UInt8]? {
-    try await put(key, Array(value.utf8), deadline: deadline)
-  }
-
-  /// Removes `key`; returns the previous value.
+  /// Removes `key`; returns the previous value's bytes.
   @discardableResult
   public func delete(_ key: String, deadline: Duration? = nil) async throws -> [UInt8]? {
+    try await delete(key, as: [UInt8].self, deadline: deadline)
+  }
+
+  /// Removes `key`; returns the previous value as a `Value` (`kv.delete("greeting", as: String.self)`).
+  @discardableResult
+  public func delete<Value: KVValue>(_ key: String, as type: Value.Type, deadline: Duration? = nil) async throws
+    -> Value?
+  {
     guard case .done(let previous) = try await write(.delete(key: key), deadline: deadline) else {
       throw QuorumClientError.badReply("delete answered with a swap result")
     }
-    return previous
+    return try Value.decoded(previous, for: key, afterWrite: true)
   }
 
-  /// Sets `key` to `new` (`nil` removes it) if its value is `expected` (`nil`: absent); returns whether it
-  /// did, and the value now stored.
+  /// Sets `key` to `new` (`nil` removes it) if its value is `expected` (`nil`: absent); returns whether it did,
+  /// and the value now stored (`new` if it swapped, the value that did not match if not).
+  ///
+  /// Values are bytes, strings or any ``QuorumKV/KVValue``:
+  /// `compareAndSwap("greeting", expected: "hello", new: "world")`.
+  public func compareAndSwap<Value: KVValue>(
+    _ key: String, expected: Value?, new: Value?, deadline: Duration? = nil
+  ) async throws -> (swapped: Bool, current: Value?) {
+    try await swap(key, expected: expected, new: new, deadline: deadline)
+  }
+
+  /// Compare-and-swap with bytes (the form to use when both values are `nil`).
   public func compareAndSwap(_ key: String, expected: [UInt8]?, new: [UInt8]?, deadline: Duration? = nil)
     async throws -> (swapped: Bool, current: [UInt8]?)
   {
-    guard
-      case .swapped(let swapped, let current) = try await write(
-        .compareAndSwap(key: key, expected: expected, new: new), deadline: deadline)
-    else { throw QuorumClientError.badReply("compare-and-swap answered with a put result") }
-    return (swapped, current)
+    try await swap(key, expected: expected, new: new, deadline: deadline)
   }
 
-  /// ``compareAndSwap(_:expected:new:deadline:)`` with UTF-8 strings.
-  public func compareAndSwap(_ key: String, expected: String?, new: String?, deadline: Duration? = nil)
-    async throws -> (swapped: Bool, current: String?)
+  private func swap<Value: KVValue>(_ key: String, expected: Value?, new: Value?, deadline: Duration?) async throws
+    -> (swapped: Bool, current: Value?)
   {
-    let (swapped, current) = try await compareAndSwap(
-      key, expected: expected.map { Array($0.utf8) }, new: new.map { Array($0.utf8) }, deadline: deadline)
-    return (swapped, current.map { String(decoding: $0, as: UTF8.self) })
+    let command = KVCommand.compareAndSwap(
+      key: key, expected: try expected?.encoded(for: key), new: try new?.encoded(for: key))
+    guard case .swapped(let swapped, let current) = try await write(command, deadline: deadline) else {
+      throw QuorumClientError.badReply("compare-and-swap answered with a put result")
+    }
+    return (swapped, try Value.decoded(current, for: key, afterWrite: true))
   }
 
-  /// The value of `key`, at `consistency` (at `member` only, if given: for a `stale` read of one replica).
+  /// The value of `key` as bytes, at `consistency` (at `member` only, if given: for a `stale` read of one
+  /// replica).
   public func get(
     _ key: String, consistency: ReadConsistency = .linearizable, at member: NodeID? = nil, deadline: Duration? = nil
   ) async throws -> [UInt8]? {
     try await getIndexed(key, consistency: consistency, at: member, deadline: deadline).value
   }
 
-  /// The value of `key` as a UTF-8 string, at `consistency`.
+  /// The value of `key` as a `Value` (`kv.get("greeting", as: String.self)`), at `consistency`.
+  public func get<Value: KVValue>(
+    _ key: String, as type: Value.Type, consistency: ReadConsistency = .linearizable, at member: NodeID? = nil,
+    deadline: Duration? = nil
+  ) async throws -> Value? {
+    let bytes = try await get(key, consistency: consistency, at: member, deadline: deadline)
+    return try Value.decoded(bytes, for: key, afterWrite: false)
+  }
+
+  /// The value of `key` as a UTF-8 string, at `consistency`: `get(key, as: String.self)`.
   public func getString(_ key: String, consistency: ReadConsistency = .linearizable, deadline: Duration? = nil)
     async throws -> String?
   {
-    try await get(key, consistency: consistency, deadline: deadline).map { String(decoding: $0, as: UTF8.self) }
+    try await get(key, as: String.self, consistency: consistency, deadline: deadline)
   }
 
   /// The value of `key` and the log position it reflects, from a state including at least `atLeast` (pass the

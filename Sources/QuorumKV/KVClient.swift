@@ -40,6 +40,10 @@ public enum KVClientError: Error, Sendable, Equatable, CustomStringConvertible {
 /// A key-value client for a replicated ``KVStore``: finds the leader, follows `notLeader` hints, retries
 /// with back-off, and makes every write exactly-once with a session, so a retried write is applied once.
 ///
+/// Keys are strings. Values are bytes, strings or any ``KVValue``, the same on every operation: `put` and
+/// `compareAndSwap` give back values of the type they were given, and `get` and `delete` take the type to give
+/// back (`as: String.self`; bytes by default).
+///
 /// One client issues one request at a time (it is an actor); use one client per concurrent task.
 public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
   private let members: [NodeID: Log]
@@ -64,35 +68,56 @@ public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
     self.random = SeededRandom(seed: seed)
   }
 
-  /// Sets `key` to `value`; returns the previous value.
+  /// Sets `key` to `value` (bytes, a string, or any ``KVValue``); returns the previous value, as the same type.
+  /// - Throws: ``KVClientError``, a ``QuorumCore/ConsensusError`` that retrying does not fix, or a
+  ///   ``KVValueError`` if `value` does not encode (nothing written) or the previous value does not decode (the
+  ///   write was applied).
   @discardableResult
-  public func put(_ key: String, _ value: [UInt8]) async throws -> [UInt8]? {
-    guard case .done(let previous) = try await write(.put(key: key, value: value)) else { return nil }
-    return previous
+  public func put<Value: KVValue>(_ key: String, _ value: Value) async throws -> Value? {
+    let bytes = try value.encoded(for: key)
+    guard case .done(let previous) = try await write(.put(key: key, value: bytes)) else { return nil }
+    return try Value.decoded(previous, for: key, afterWrite: true)
   }
 
-  /// Sets `key` to a UTF-8 string.
+  /// Removes `key`; returns the previous value's bytes.
   @discardableResult
-  public func put(_ key: String, _ value: String) async throws -> [UInt8]? { try await put(key, Array(value.utf8)) }
+  public func delete(_ key: String) async throws -> [UInt8]? { try await delete(key, as: [UInt8].self) }
 
-  /// Removes `key`; returns the previous value.
+  /// Removes `key`; returns the previous value as a `Value` (`kv.delete("greeting", as: String.self)`).
   @discardableResult
-  public func delete(_ key: String) async throws -> [UInt8]? {
+  public func delete<Value: KVValue>(_ key: String, as type: Value.Type) async throws -> Value? {
     guard case .done(let previous) = try await write(.delete(key: key)) else { return nil }
-    return previous
+    return try Value.decoded(previous, for: key, afterWrite: true)
   }
 
-  /// Sets `key` to `new` (or removes it) if its value is `expected` (`nil` meaning absent); returns whether it did.
-  public func compareAndSwap(_ key: String, expected: [UInt8]?, new: [UInt8]?) async throws -> Bool {
-    guard case .swapped(let swapped, _) = try await write(.compareAndSwap(key: key, expected: expected, new: new))
-    else {
-      return false
-    }
-    return swapped
+  /// Sets `key` to `new` (`nil` removes it) if its value is `expected` (`nil`: absent); returns whether it did,
+  /// and the value now stored (`new` if it swapped, the value that did not match if not).
+  ///
+  /// Values are bytes, strings or any ``KVValue``: `compareAndSwap("greeting", expected: "hello", new: "world")`.
+  public func compareAndSwap<Value: KVValue>(_ key: String, expected: Value?, new: Value?) async throws
+    -> (swapped: Bool, current: Value?)
+  {
+    try await swap(key, expected: expected, new: new)
   }
 
-  /// The value of `key` at the chosen consistency. Stale reads go to `node` if given (any member answers
-  /// them from its own replica); other reads go to the leader.
+  /// Compare-and-swap with bytes (the form to use when both values are `nil`).
+  public func compareAndSwap(_ key: String, expected: [UInt8]?, new: [UInt8]?) async throws
+    -> (swapped: Bool, current: [UInt8]?)
+  {
+    try await swap(key, expected: expected, new: new)
+  }
+
+  private func swap<Value: KVValue>(_ key: String, expected: Value?, new: Value?) async throws
+    -> (swapped: Bool, current: Value?)
+  {
+    let command = KVCommand.compareAndSwap(
+      key: key, expected: try expected?.encoded(for: key), new: try new?.encoded(for: key))
+    guard case .swapped(let swapped, let current) = try await write(command) else { return (false, nil) }
+    return (swapped, try Value.decoded(current, for: key, afterWrite: true))
+  }
+
+  /// The value of `key` at the chosen consistency, as bytes. Stale reads go to `node` if given (any member
+  /// answers them from its own replica); other reads go to the leader.
   public func get(_ key: String, consistency: ReadConsistency = .linearizable, at node: NodeID? = nil) async throws
     -> [UInt8]?
   {
@@ -100,6 +125,13 @@ public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
       return nil
     }
     return value
+  }
+
+  /// The value of `key` as a `Value` (`kv.get("greeting", as: String.self)`), at the chosen consistency.
+  public func get<Value: KVValue>(
+    _ key: String, as type: Value.Type, consistency: ReadConsistency = .linearizable, at node: NodeID? = nil
+  ) async throws -> Value? {
+    try Value.decoded(try await get(key, consistency: consistency, at: node), for: key, afterWrite: false)
   }
 
   /// Up to `limit` entries whose keys start with `prefix`, in key order.

@@ -261,6 +261,14 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// its oldest undelivered ones; the node never waits for a subscriber.
   public nonisolated var events: AsyncStream<Engine.Event> { broadcast.subscribe() }
 
+  /// A subscription to ``events`` as `transform` maps them (leaving out those it maps to `nil`), with the same
+  /// buffering and the same end.
+  public nonisolated func events<Output: Sendable>(_ transform: @escaping @Sendable (Engine.Event) -> Output?)
+    -> AsyncStream<Output>
+  {
+    broadcast.subscribe(transform)
+  }
+
   /// Waits for the snapshot being stored: the caller closes the storage once ``run()`` returns. The inputs
   /// close first, so the task cannot wait for room in them.
   private func finishSnapshotTask() async {

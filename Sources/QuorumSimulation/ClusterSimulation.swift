@@ -574,10 +574,10 @@ public final class ClusterSimulation: @unchecked Sendable {
       let output: KVOutput
       switch input {
       case .put(_, let value):
-        output = .previous(try await kv.put(key, value, deadline: deadline).map { String(decoding: $0, as: UTF8.self) })
+        output = .previous(try await kv.put(key, value, deadline: deadline))
         stats.writeResponsesChecked += 1
       case .delete:
-        output = .previous(try await kv.delete(key, deadline: deadline).map { String(decoding: $0, as: UTF8.self) })
+        output = .previous(try await kv.delete(key, as: String.self, deadline: deadline))
         stats.writeResponsesChecked += 1
       case .compareAndSwap(_, let expected, let new):
         output = .swapped(try await kv.compareAndSwap(key, expected: expected, new: new, deadline: deadline).swapped)

@@ -95,7 +95,8 @@ private enum MultiGroupWorkload {
         let op = recorder.invoke(client: index, .compareAndSwap(key: key, expected: expected, new: value))
         do {
           let swapped = try await client.compareAndSwap(
-            key, expected: expected.map { Array($0.utf8) }, new: Array(value.utf8))
+            key, expected: expected.map { Array($0.utf8) }, new: Array(value.utf8)
+          ).swapped
           recorder.complete(op, .swapped(swapped))
           if swapped { lastSeen[key] = value }
           completed += 1

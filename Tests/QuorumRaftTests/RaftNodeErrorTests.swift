@@ -139,7 +139,8 @@ struct RaftNodeErrorTests {
         if step == 10 { await cluster.stop(try await cluster.leader().id) }
         let next = value + 1
         let swapped = try await client.compareAndSwap(
-          "counter", expected: value == 0 ? nil : Array("\(value)".utf8), new: Array("\(next)".utf8))
+          "counter", expected: value == 0 ? nil : Array("\(value)".utf8), new: Array("\(next)".utf8)
+        ).swapped
         #expect(swapped, "step \(step)")
         value = next
       }

@@ -113,8 +113,8 @@ struct ClusterTests {
       let client = TCPKVClient(cluster: "tcp-test", members: [try #require(addresses[followerID])])
       #expect(try await client.put("greeting", "hello") == nil)
       #expect(try await client.get("greeting") == Array("hello".utf8))
-      #expect(try await client.compareAndSwap("greeting", expected: Array("hello".utf8), new: [1]))
-      #expect(try await client.compareAndSwap("greeting", expected: Array("hello".utf8), new: [2]) == false)
+      #expect(try await client.compareAndSwap("greeting", expected: Array("hello".utf8), new: [1]).swapped)
+      #expect(try await client.compareAndSwap("greeting", expected: Array("hello".utf8), new: [2]).swapped == false)
       #expect(try await client.delete("greeting") == [1])
       #expect(try await client.get("greeting", consistency: .lease) == nil)
       // The newest leader's view (leadership may have moved on a busy machine: whoever leads now answers).
