@@ -181,7 +181,7 @@ struct HostBadInputTests {
   @Test(
     "other bad group lines name the Group and what is wrong",
     arguments: [
-      ("member", "Group(\"g\")", "'x9' is not a node id"),
+      ("member", "Group(\"g\")", "member n9 is not a member of the cluster"),
       ("service", "Group(\"g\")", "a service is listed twice"),
       ("slots", "Group(\"b\")", "slot 100 of service kv is also owned by group g1"),
       ("gap", "service kv", "slot 0 is owned by no group"),
@@ -193,7 +193,7 @@ struct HostBadInputTests {
         Member("n1")
         switch kind {
         case "member":
-          Group("g", members: ["x9"]) { KeyValue() }
+          Group("g", members: ["n9"]) { KeyValue() }
         case "service":
           Group("g") {
             KeyValue()

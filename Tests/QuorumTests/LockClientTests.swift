@@ -9,7 +9,7 @@ import Testing
 /// through a test's set-up has 10 s (``steadyLeases``): a full parallel run on two cores can delay a renewal by
 /// more than a second, and a shorter lease then expires before the step the test is about. Every wait for
 /// something to happen is a poll with a generous bound that only a broken run reaches.
-@Suite("Lock client against in-process clusters", .timeLimit(.minutes(3)))
+@Suite("Lock client against in-process clusters", .serialized, .timeLimit(.minutes(5)))
 struct LockClientTests {
   static let engines: [EngineKind] = [.raft, .multiPaxos]
   /// The lock group (the only `Group` line of ``cluster(_:_:)``).
@@ -23,15 +23,15 @@ struct LockClientTests {
       Member("n3")
       Logging(NullLogSink())
       RaftSettings {
-        TickInterval(.milliseconds(5))
-        ElectionTimeout(Duration.milliseconds(60)...Duration.milliseconds(120))
-        HeartbeatInterval(.milliseconds(15))
+        TickInterval(.milliseconds(10))
+        ElectionTimeout(Duration.milliseconds(150)...Duration.milliseconds(300))
+        HeartbeatInterval(.milliseconds(30))
         if let snapshotEvery { Snapshots(every: snapshotEvery, retain: 2) }
       }
       PaxosSettings {
-        TickInterval(.milliseconds(5))
-        ElectionTimeout(Duration.milliseconds(60)...Duration.milliseconds(120))
-        HeartbeatInterval(.milliseconds(15))
+        TickInterval(.milliseconds(10))
+        ElectionTimeout(Duration.milliseconds(150)...Duration.milliseconds(300))
+        HeartbeatInterval(.milliseconds(30))
         if let snapshotEvery { Snapshots(every: snapshotEvery, retain: 2) }
       }
       Group("locks", engine: engine) { Locks() }

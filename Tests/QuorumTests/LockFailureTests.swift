@@ -5,7 +5,7 @@ import Testing
 
 /// The lock service through failures the in-process cluster of ``Cluster/withLocalMembers(_:)`` cannot stage: a
 /// partition of the members' transport, and every member restarting from its data directory.
-@Suite("Lock service across partitions and restarts", .timeLimit(.minutes(3)))
+@Suite("Lock service across partitions and restarts", .serialized, .timeLimit(.minutes(5)))
 struct LockFailureTests {
   @Test(
     "the minority side of a partition grants nothing while the majority side grants the lock",
@@ -14,7 +14,8 @@ struct LockFailureTests {
     try await LockHostHarness.with(try LockClientTests.cluster(engine, "partition")) { harness in
       let leader = try await harness.awaitLeader()
       let others = Set(harness.members).subtracting([leader])
-      let minority = harness.lockClient(reaching: [leader], seed: 1, deadline: .seconds(1))
+      // Calls of 5 s: long enough for the warm-up on a loaded machine, short enough to wait out on the isolated side.
+      let minority = harness.lockClient(reaching: [leader], seed: 1, deadline: .seconds(5))
       let majority = harness.lockClient(reaching: others, seed: 2)
       try await closing([minority, majority]) {
         // The minority's client has a session through the leader before the partition.
