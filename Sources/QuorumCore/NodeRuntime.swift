@@ -88,17 +88,36 @@ public struct NodeRuntime: Sendable {
 /// per missed period, so a loop that wakes after a stall sees one tick, measures the real time that passed
 /// with its monotonic clock, and never fires a burst of ticks that would shorten a timeout. Nothing is
 /// dropped silently either: unlike a tick sent through a full mailbox, the flag is always set.
+///
+/// A loop with nothing to do for a while can say so with ``quiet(until:)``: the signal then counts the periods
+/// that pass without waking the loop (``period``) until the given one, and the loop accounts for them the next
+/// time it runs. Idle consensus groups sleep through the ticks that would only advance their counters.
 public final class TickSignal: Sendable {
   private let pending = Atomic<Bool>(false)
+  private let periods = Atomic<UInt64>(0)
+  private let quietUntil = Atomic<UInt64>(0)
   private let doorbell: Doorbell
 
   /// Creates a signal that rings `doorbell` when it is raised.
   public init(ringing doorbell: Doorbell) { self.doorbell = doorbell }
 
-  /// Raises the signal and wakes the loop.
+  /// Counts one period and, unless the loop asked for quiet until a later one, raises the signal and wakes the
+  /// loop.
   public func raise() {
+    let period = periods.add(1, ordering: .acquiringAndReleasing).newValue
+    guard period >= quietUntil.load(ordering: .acquiring) else { return }
     pending.store(true, ordering: .releasing)
     doorbell.ring()
+  }
+
+  /// How many times the ticker has fired.
+  public var period: UInt64 { periods.load(ordering: .acquiring) }
+
+  /// Asks not to be woken by the ticker before its `period`-th firing (counted by ``period``). A period that
+  /// has already passed raises the signal at once (without ringing: the caller is running).
+  public func quiet(until period: UInt64) {
+    quietUntil.store(period, ordering: .releasing)
+    if periods.load(ordering: .acquiring) >= period { pending.store(true, ordering: .releasing) }
   }
 
   /// Whether the signal was raised since the last call (and lowers it).

@@ -496,6 +496,27 @@ public struct RaftCore: Sendable {
 
   private mutating func noteLeaderContact() { leaderContactNanos = now }
 
+  /// How many of the next ticks are certain to do nothing but advance counters: no message, no change of role,
+  /// nothing ready. A leader's next heartbeat, its check-quorum, a snapshot it resends and an election timeout
+  /// all end the quiet; a transfer in progress or pending work allows none. A shell may apply quiet ticks late
+  /// and in one go, before the next message, with the same result as one at a time.
+  public var quietTicks: Int {
+    guard !hasReady else { return 0 }
+    switch role {
+    case .leader:
+      guard transferee == nil else { return 0 }
+      var quiet = min(options.heartbeatTicks - heartbeatElapsed, options.electionTimeoutMinTicks - electionElapsed)
+      for peer in progress.values where peer.state == .snapshot {
+        quiet = min(quiet, options.electionTimeoutMinTicks - peer.snapshotIdleTicks)
+      }
+      return max(0, quiet - 1)
+    default:
+      // A learner never campaigns; its counters only free an abandoned snapshot, which needs no wake-up.
+      guard isPromotable else { return options.electionTimeoutMinTicks }
+      return max(0, randomizedElectionTimeout - electionElapsed - 1)
+    }
+  }
+
   private mutating func tickLeader() {
     heartbeatElapsed += 1
     electionElapsed += 1

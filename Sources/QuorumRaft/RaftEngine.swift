@@ -178,6 +178,8 @@ public struct RaftEngine: ReplicaEngine {
 
   public var hasReady: Bool { core.hasReady }
 
+  public var quietTicks: Int { core.quietTicks }
+
   /// The storage write of `rd`: synced before its messages leave whatever the fsync policy when it changes the
   /// term or the vote.
   static func outgoingWrite(_ rd: RaftReady) -> StorageWrite<LogEntry> {

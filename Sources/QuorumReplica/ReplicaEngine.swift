@@ -180,6 +180,11 @@ public protocol ReplicaEngine: Sendable {
   mutating func reportUnreachable(_ peer: NodeID)
   /// Whether there is work for the runtime.
   var hasReady: Bool { get }
+  /// How many of the next ticks are certain to change nothing but the engine's own counters — no message, no
+  /// change of role, nothing ready — whatever the clock says. The runtime may then apply them late, all at once,
+  /// before the next input, and not wake for each (idle groups cost little). 0, the default, when the next tick
+  /// may act.
+  var quietTicks: Int { get }
   /// Takes the work for this turn.
   mutating func ready() -> ReplicaReady<Self>
   /// Tells the engine the ready was carried out (written, sent, applied).
@@ -201,4 +206,9 @@ public protocol ReplicaEngine: Sendable {
   static func snapshotInstalledEvent(at index: UInt64) -> Event
   /// The event published when the node stops.
   static var stoppedEvent: Event { get }
+}
+
+extension ReplicaEngine {
+  /// Every tick may act: the runtime wakes for each.
+  public var quietTicks: Int { 0 }
 }

@@ -44,7 +44,10 @@ public protocol ReplicaObserver<Engine>: Sendable {
 ///
 /// Every deadline, lease and leader-contact measurement uses the runtime's monotonic clock. The timer raises a
 /// flag rather than queueing ticks, so a node that wakes after a stall sees one tick, never a burst that would
-/// shorten a timeout. Each command is stamped with *log time*: a new leader continues from the log time it has
+/// shorten a timeout. An idle node sleeps through the ticks its engine declares quiet (they would only advance
+/// counters: a follower's ticks until its election timeout, a leader's until its next heartbeat) and applies them
+/// when it next wakes, before anything else, so that a group with nothing to do costs a wake-up per heartbeat,
+/// not one per tick. Each command is stamped with *log time*: a new leader continues from the log time it has
 /// applied and advances it with its monotonic clock, so a wall-clock step on any machine moves no deadline
 /// (expiry of sessions and lock leases is decided from log time alone).
 public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
@@ -152,6 +155,10 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   private var ticks = 0
   private var stopped = false
   private var lastTickNanos: UInt64 = 0
+  /// The ticker period (``QuorumCore/TickSignal/period``) up to which ticks have been applied.
+  private var lastTickPeriod: UInt64 = 0
+  /// The ticks the node declared quiet after its last turn (see ``quietTicks()``), which it may apply late.
+  private var plannedQuiet: UInt64 = 0
   /// The position of the time-only entry this leader proposed and has not seen applied yet.
   private var timeAdvanceIndex: UInt64?
 
@@ -324,6 +331,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     batch.reserveCapacity(4096)
     messages.reserveCapacity(4096)
     while !stopped, !Task.isCancelled {
+      let period = tickSignal.period
       let ticked = tickSignal.take()
       let taken =
         endpoint.incoming.drainAvailable(into: &messages, limit: 4096)
@@ -335,8 +343,14 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       }
       let now = runtime.clock.monotonicNanos()
       engine?.advanceClock(to: now)
-      // The tick first: it measures time up to now, and messages stepped after it count from now.
-      if ticked { tick(now: now) }
+      // The ticks first: they measure time up to now, and messages stepped after them count from now. A node
+      // that slept through quiet ticks applies them now (they only advance counters); beyond those, one tick
+      // per wake-up at most, so a stall never turns into a burst that would shorten a timeout.
+      let elapsed = period &- lastTickPeriod
+      let owed = ticked ? max(1, min(elapsed, plannedQuiet &+ 1)) : min(elapsed, plannedQuiet)
+      for _ in 0..<owed { tick(now: now) }
+      // A raise between reading the period and taking the flag: its period is the one just applied.
+      lastTickPeriod = ticked && elapsed == 0 ? period &+ 1 : period
       for envelope in messages { engine?.step(envelope.payload, from: envelope.from) }
       // A vote just won: the proposals below are stamped in the new term.
       if !messages.isEmpty && !batch.isEmpty { syncLogClock(now: now) }
@@ -345,7 +359,19 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       batch.removeAll(keepingCapacity: true)
       try await recordStoredSnapshot()
       try await drainReady()
+      plannedQuiet = quietTicks()
+      tickSignal.quiet(until: lastTickPeriod &+ plannedQuiet &+ 1)
     }
+  }
+
+  /// How many ticks the node may sleep through: the engine's quiet ticks (``ReplicaEngine/quietTicks``), when
+  /// nothing the node itself times is waiting — no request, read or transfer (their deadlines are checked on
+  /// ticks), no time-only entry in flight, and, on a leader, no expiry of the state machine due (a leader writes
+  /// it when its log clock passes it). At most a thousand.
+  private func quietTicks() -> UInt64 {
+    guard let engine, pendingCount == 0, transfers.isEmpty, timeAdvanceIndex == nil else { return 0 }
+    if engine.isLeader && machine.nextDeadlineMillis != nil { return 0 }
+    return UInt64(min(max(0, engine.quietTicks), 1_000))
   }
 
   // MARK: - Inputs

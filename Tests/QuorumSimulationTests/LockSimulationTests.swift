@@ -1,7 +1,6 @@
 import QuorumCore
 import QuorumHost
 import QuorumSimulation
-import Synchronization
 import Testing
 
 /// The lock service under the nemesis: production hosts and production `LockClient`s on the seeded scheduler, with
@@ -20,21 +19,6 @@ struct LockSimulationTests {
     return options
   }
 
-  static func run(seeds: Range<UInt64>, options: ClusterSimulationOptions) async -> (
-    SimulationReport, NodeSimulationStats
-  ) {
-    let total = Mutex(NodeSimulationStats())
-    let report = await SimulationRunner.runDetached(seeds: seeds) { seed, trace in
-      let simulation = ClusterSimulation(seed: seed, options: options, trace: trace)
-      defer {
-        let stats = simulation.stats
-        total.withLock { $0.add(stats) }
-      }
-      try simulation.run()
-    }
-    return (report, total.withLock { $0 })
-  }
-
   @Test(
     "lock clients under every fault: no two owners, tokens increase, permits conserved",
     // A debug build beside every other suite: 16 seeds per engine here; CI runs 200 per engine in release.
@@ -42,7 +26,7 @@ struct LockSimulationTests {
       (EngineKind.raft, UInt64(0)..<16), (EngineKind.multiPaxos, UInt64(10_000)..<10_016),
     ])
   func locks(_ engine: EngineKind, _ seeds: Range<UInt64>) async {
-    let (report, stats) = await Self.run(seeds: seeds, options: Self.options(engine))
+    let (report, stats) = await NodeSimulationTests.run(seeds: seeds, options: Self.options(engine))
     #expect(report.passed, "\(report)")
     #expect(report.seedsRun == seeds.count, "\(report)")
     #expect(stats.lockGrants > 10 * seeds.count && stats.lockUses > 100 * seeds.count, "\(stats)")
