@@ -505,7 +505,9 @@ public struct RaftCore: Sendable {
     switch role {
     case .leader:
       guard transferee == nil else { return 0 }
-      var quiet = min(options.heartbeatTicks - heartbeatElapsed, options.electionTimeoutMinTicks - electionElapsed)
+      // A leader alone in its group sends its heartbeats to nobody: only its check-quorum tick is due.
+      let heartbeatDue = progress.isEmpty ? Int.max : options.heartbeatTicks - heartbeatElapsed
+      var quiet = min(heartbeatDue, options.electionTimeoutMinTicks - electionElapsed)
       for peer in progress.values where peer.state == .snapshot {
         quiet = min(quiet, options.electionTimeoutMinTicks - peer.snapshotIdleTicks)
       }
