@@ -214,12 +214,26 @@ enum ServeCommand {
     }
   }
 
+  /// For harnesses that start members as child processes (`QUORUM_EXIT_WITH_PARENT=1`): the member exits once
+  /// its parent has gone, so that a test process that crashed does not leave it running and serving. Checked
+  /// every 500 ms; `prctl(PR_SET_PDEATHSIG)` would follow the thread that spawned the member, not the process,
+  /// and a pool thread may end long before the test does.
+  static func exitWithParent() {
+    let parent = getppid()
+    Thread.detachNewThread {
+      while getppid() == parent { usleep(500_000) }
+      printError("quorum serve: the process that started this member is gone; exiting")
+      exit(1)
+    }
+  }
+
   static func run(_ arguments: [String]) async -> Int32 {
     if arguments.contains("--help") || arguments.contains("-h") {
       print(usage)
       return 0
     }
     signal(SIGPIPE, SIG_IGN)
+    if ProcessInfo.processInfo.environment["QUORUM_EXIT_WITH_PARENT"] == "1" { exitWithParent() }
     // Peers, clients and storage all take descriptors; many systems start processes with a soft limit of 1024.
     if let (before, after) = OpenFileLimit.raiseSoftLimitToHard(), after > before {
       printError("quorum serve: raised the open-file limit from \(before) to \(after)")

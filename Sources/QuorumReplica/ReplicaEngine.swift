@@ -211,4 +211,10 @@ public protocol ReplicaEngine: Sendable {
 extension ReplicaEngine {
   /// Every tick may act: the runtime wakes for each.
   public var quietTicks: Int { 0 }
+
+  /// Reads the engine where it is stored. The runtime keeps its engine in an optional, in code that is not
+  /// specialised for the engine type, where `engine?.isLeader` copies the whole engine (its log and peer
+  /// tables: a retain per field) to read one flag; `engine?.inspect { $0.isLeader }`, a mutating call through
+  /// optional chaining, reaches it in place instead.
+  mutating func inspect<T>(_ body: (Self) -> T) -> T { body(self) }
 }

@@ -348,7 +348,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       // per wake-up at most, so a stall never turns into a burst that would shorten a timeout.
       let elapsed = period &- lastTickPeriod
       let owed = ticked ? max(1, min(elapsed, plannedQuiet &+ 1)) : min(elapsed, plannedQuiet)
-      for _ in 0..<owed { tick(now: now) }
+      if owed > 0 { tick(now: now, count: owed) }
       // A raise between reading the period and taking the flag: its period is the one just applied.
       lastTickPeriod = ticked && elapsed == 0 ? period &+ 1 : period
       for envelope in messages { engine?.step(envelope.payload, from: envelope.from) }
@@ -369,28 +369,34 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// ticks), no time-only entry in flight, and, on a leader, no expiry of the state machine due (a leader writes
   /// it when its log clock passes it). At most a thousand.
   private func quietTicks() -> UInt64 {
-    guard let engine, pendingCount == 0, transfers.isEmpty, timeAdvanceIndex == nil else { return 0 }
-    if engine.isLeader && machine.nextDeadlineMillis != nil { return 0 }
-    return UInt64(min(max(0, engine.quietTicks), 1_000))
+    guard pendingCount == 0, transfers.isEmpty, timeAdvanceIndex == nil,
+      let (leading, quiet) = engine?.inspect({ ($0.isLeader, $0.quietTicks) })
+    else { return 0 }
+    if leading && machine.nextDeadlineMillis != nil { return 0 }
+    return UInt64(min(max(0, quiet), 1_000))
   }
 
   // MARK: - Inputs
 
   private var pendingCount: Int { proposals.count + reads.count + waitingReads.count }
 
-  private func tick(now: UInt64) {
-    engine?.tick(now: now)
+  /// Applies `count` ticks. All but the last are quiet ones the node slept through (they change no role), so
+  /// the log clock and a leader's time-only entry are looked at once, after them.
+  private func tick(now: UInt64, count: UInt64) {
+    for _ in 0..<count {
+      engine?.tick(now: now)
+      ticks &+= 1
+      if ticks % 8 == 0 { expireRequests(now: now) }
+    }
     syncLogClock(now: now)
     lastTickNanos = now
-    ticks &+= 1
-    if ticks % 8 == 0 { expireRequests(now: now) }
     proposeTimeAdvanceIfDue(now: now)
   }
 
   /// Starts the log clock when the engine has just come to lead — before anything is stamped in its term — and
   /// stops it when the engine no longer leads.
   private func syncLogClock(now: UInt64) {
-    let leading = engine?.isLeader == true
+    let leading = engine?.inspect { $0.isLeader } == true
     if leading && !logClock.isRunning {
       logClock.becameLeader(now: now, applied: machine.logTimeMillis)
     } else if !leading && logClock.isRunning {
@@ -401,7 +407,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// A leader proposes a time-only entry once its log clock passes the state machine's next deadline (a lease
   /// or session expiring), so expiry happens even when no client writes; one at a time.
   private func proposeTimeAdvanceIfDue(now: UInt64) {
-    guard timeAdvanceIndex == nil, engine?.isLeader == true, let deadline = machine.nextDeadlineMillis,
+    guard timeAdvanceIndex == nil, engine?.inspect({ $0.isLeader }) == true, let deadline = machine.nextDeadlineMillis,
       logClock.peek(now: now, applied: machine.logTimeMillis) >= deadline
     else { return }
     let command = ReplicatedCommand<Machine.Command>(
@@ -603,7 +609,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   // MARK: - Ready
 
   private func drainReady() async throws {
-    while engine?.hasReady == true {
+    while engine?.inspect({ $0.hasReady }) == true {
       guard let rd = engine?.ready() else { return }
       if let observer, let engine { observer.node(id, group: group, willCarryOut: rd, engine: engine) }
       send(rd.eagerMessages)
@@ -754,16 +760,16 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     for failure in rd.peerFailures {
       logger.error("stopped replicating to \(failure.peer): \(failure.reason)")
     }
-    guard let engine else { return }
+    guard let (leading, leader) = engine?.inspect({ ($0.isLeader, $0.leader) }) else { return }
     if rd.leadershipChanged {
       timeAdvanceIndex = nil
       syncLogClock(now: runtime.clock.monotonicNanos())
-      if !engine.isLeader {
+      if !leading {
         // A deposed leader's waiting lease reads can no longer be answered safely.
         let failed = waitingReads
         waitingReads = []
         for read in failed where read.index > applied {
-          read.continuation.resume(throwing: ConsensusError.notLeader(hint: engine.leader))
+          read.continuation.resume(throwing: ConsensusError.notLeader(hint: leader))
         }
         for read in failed where read.index <= applied {
           read.continuation.resume(returning: answer(read.query))
@@ -772,7 +778,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     }
     if !transfers.isEmpty {
       transfers.removeAll { transfer in
-        guard engine.transferCompleted(to: transfer.target) else { return false }
+        guard engine?.inspect({ $0.transferCompleted(to: transfer.target) }) == true else { return false }
         transfer.continuation.resume()
         return true
       }

@@ -48,6 +48,10 @@ final class ServeProcess: @unchecked Sendable {
       process.executableURL = URL(fileURLWithPath: try quorumExecutable())
       process.arguments = arguments
     }
+    // The member exits if this test process dies (a crash must not leave members running on the machine).
+    var environment = ProcessInfo.processInfo.environment
+    environment["QUORUM_EXIT_WITH_PARENT"] = "1"
+    process.environment = environment
     let pipe = Pipe()
     process.standardOutput = pipe
     _ = FileManager.default.createFile(atPath: stderrPath, contents: nil)
