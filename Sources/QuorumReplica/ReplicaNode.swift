@@ -154,7 +154,6 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   private var running = false
   private var ticks = 0
   private var stopped = false
-  private var lastTickNanos: UInt64 = 0
   /// The ticker period (``QuorumCore/TickSignal/period``) up to which ticks have been applied.
   private var lastTickPeriod: UInt64 = 0
   /// The ticks the node declared quiet after its last turn (see ``quietTicks()``), which it may apply late.
@@ -314,9 +313,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       lastSnapshotIndex = snapshot.index
     }
     self.engine = engine
-    let now = runtime.clock.monotonicNanos()
-    self.engine?.advanceClock(to: now)
-    lastTickNanos = now
+    self.engine?.advanceClock(to: runtime.clock.monotonicNanos())
     logger.notice("started", ["last": "\(recovered.entries.last?.index ?? snapshot?.index ?? 0)"])
   }
 
@@ -389,7 +386,6 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       if ticks % 8 == 0 { expireRequests(now: now) }
     }
     syncLogClock(now: now)
-    lastTickNanos = now
     proposeTimeAdvanceIfDue(now: now)
   }
 
