@@ -521,6 +521,12 @@ public final class ClusterMemberServer: Sendable {
       do {
         try await host.run(attach: {
           let bound = try await transport.bind(id)
+          // Commands and queries go from the network thread straight to their group's replica, whose loop
+          // sends the reply: no task per request. The rest waits in `requests` for `serve`.
+          bound.handleRequestsDirectly { request in
+            host.handleWithoutSuspending(
+              bytes: request.body, principal: request.principal, role: request.role, respond: request.respond)
+          }
           self.endpoint.withLock { $0 = bound }
           listening.finish()
           return bound

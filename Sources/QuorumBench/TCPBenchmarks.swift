@@ -40,8 +40,13 @@ enum TCPBenchmarks {
     guard parts.contains("cluster") else { return }
     let cluster = try await BenchCluster.start(root: root)
     defer { cluster.stop() }
-    for clients in [1, 16, 64, 256] {
-      let result = try await cluster.puts(clients: clients, duration: .seconds(3))
+    // QUORUM_TCP_CLIENTS=1,256 and QUORUM_TCP_SECONDS=10 choose the client counts and each window's length
+    // (for profiling one workload with `perf record`).
+    let environment = ProcessInfo.processInfo.environment
+    let counts = environment["QUORUM_TCP_CLIENTS"].map { $0.split(separator: ",").compactMap { Int($0) } } ?? []
+    let seconds = environment["QUORUM_TCP_SECONDS"].flatMap(Int.init) ?? 3
+    for clients in counts.isEmpty ? [1, 16, 64, 256] : counts {
+      let result = try await cluster.puts(clients: clients, duration: .seconds(seconds))
       report.add("tcp", "3 processes, fsync always: \(clients) clients, puts/s", result.rate, "puts/s")
       report.add(
         "tcp", "3 processes, fsync always: \(clients) clients, p50 / p99", result.p50, "µs",
@@ -359,6 +364,8 @@ final class BenchCluster: @unchecked Sendable {
   }
 
   static func executable() throws -> String {
+    // QUORUM_BENCH_SERVER names another `quorum` build to start (an older commit's, for a before/after run).
+    if let path = ProcessInfo.processInfo.environment["QUORUM_BENCH_SERVER"] { return path }
     let me = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
     let path = URL(fileURLWithPath: me).deletingLastPathComponent().appendingPathComponent("quorum").path
     guard FileManager.default.isExecutableFile(atPath: path) else {
@@ -386,7 +393,7 @@ final class BenchCluster: @unchecked Sendable {
       process.arguments =
         [
           "serve", "--id", "n\(id)", "--listen", "127.0.0.1:0", "--cluster-file", file, "--data", "\(root)/n\(id)",
-          "--fsync", "always", "--log-level", "error",
+          "--fsync", ProcessInfo.processInfo.environment["QUORUM_TCP_FSYNC"] ?? "always", "--log-level", "error",
         ] + security
       let pipe = Pipe()
       process.standardOutput = pipe

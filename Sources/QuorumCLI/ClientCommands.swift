@@ -4,7 +4,7 @@ import Quorum
 /// `quorum kv`, `quorum status` and `quorum members`: client commands against a running TCP cluster.
 enum ClientCommands {
   static let kvUsage = """
-    usage: quorum kv put KEY VALUE | get KEY [--consistency linearizable|lease|stale] | delete KEY
+    usage: quorum kv put KEY VALUE | get KEY [--consistency linearizable|lease|session|stale] | delete KEY
                    | cas KEY EXPECTED NEW      (values are UTF-8 text; write - for "absent")
            (--cluster host:port[,host:port…] [--cluster-id ID] | --cluster-file FILE) [--timeout-ms 5000]
            [--credential NAME:SECRET-FILE]   (for a cluster that authenticates its clients)
@@ -52,7 +52,7 @@ enum ClientCommands {
       let timeout = Duration.milliseconds(Int(try options.value("--timeout-ms") ?? "5000") ?? 5000)
       let consistencyText = try options.value("--consistency") ?? "linearizable"
       guard let consistency = ReadConsistency(rawValue: consistencyText) else {
-        throw CLIError.usage("--consistency \(consistencyText): expected linearizable, lease or stale")
+        throw CLIError.usage("--consistency \(consistencyText): expected linearizable, lease, session or stale")
       }
       try options.rejectUnknown()
       let words = options.words

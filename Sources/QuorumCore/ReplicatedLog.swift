@@ -10,6 +10,12 @@ public enum ReadConsistency: String, Sendable, Hashable, CaseIterable, CustomStr
   /// Served from the local replica's applied state, leader or not. Always available, possibly stale: it
   /// reflects some earlier committed prefix of the log.
   case stale
+  /// Session consistency: read-your-writes and monotonic reads for one client. Served by any replica, leader or
+  /// not, once it has applied everything the client has already seen in the group (the log position of its
+  /// last write or read there, which the client sends along); no round trip to the leader, so reads spread
+  /// over every replica. It may miss other clients' most recent writes. Available wherever a replica has
+  /// caught up with the client.
+  case session
 
   public var description: String { rawValue }
 }

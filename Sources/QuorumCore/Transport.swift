@@ -65,9 +65,19 @@ public protocol TransportEndpoint<Message>: Sendable {
 
   /// Detaches the endpoint: no further messages are sent or delivered, and ``incoming`` ends.
   func close() async
+
+  /// Asks the transport to hand arriving messages to `handler` on the thread that received them, in batches,
+  /// instead of queueing them in ``incoming`` for a consumer task to take: one thread wake-up fewer per batch
+  /// for a consumer that only routes messages on. `handler` must not block. Messages that arrived before the
+  /// call stay in ``incoming``, so the caller keeps draining it.
+  /// - Returns: `false` if this transport cannot (the default); then everything arrives in ``incoming``.
+  func deliverDirectly(to handler: @escaping @Sendable ([Envelope<Message>]) -> Void) -> Bool
 }
 
 extension TransportEndpoint {
+  /// Not supported: messages arrive in ``incoming``.
+  public func deliverDirectly(to handler: @escaping @Sendable ([Envelope<Message>]) -> Void) -> Bool { false }
+
   /// Sends `message` to `peer` in the default group.
   public func send(_ message: Message, to peer: NodeID) throws(TransportError) {
     try send(message, to: peer, group: .default)

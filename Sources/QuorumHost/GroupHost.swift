@@ -470,14 +470,69 @@ public final class GroupHost: Sendable {
           timeout: .milliseconds(Int64(clamping: min(timeout, Self.maxWatchMillis))), clock: runtime.clock)
         return .notifications(records.map(\.payload), index: records.last?.index ?? after)
       }
-    } catch let error as ConsensusError {
-      if case .notLeader(let hint?) = error {
-        return .failure(HostFailure(.consensus(error), leaderAddress: addressOf(hint)))
-      }
-      return .failure(HostFailure(.consensus(error)))
     } catch {
-      return .failure(HostFailure(.consensus(.stopped)))
+      return failure(error)
     }
+  }
+
+  /// The reply for a request that failed with `error`.
+  private func failure(_ error: any Error) -> HostReply {
+    guard let error = error as? ConsensusError else { return .failure(HostFailure(.consensus(.stopped))) }
+    if case .notLeader(let hint?) = error {
+      return .failure(HostFailure(.consensus(error), leaderAddress: addressOf(hint)))
+    }
+    return .failure(HostFailure(.consensus(error)))
+  }
+
+  /// Answers a command or a query without suspending: checks it as ``handle(_:principal:role:)`` does and hands
+  /// it to its group's replica, whose loop calls `respond` with the reply once it is applied or read. `false`
+  /// for every other request, which needs ``handle(_:principal:role:)``.
+  public func handleWithoutSuspending(
+    _ request: HostRequest, principal: String?, role: ClientRole, respond: @escaping @Sendable (HostReply) -> Void
+  ) -> Bool {
+    switch request {
+    case .command, .query: break
+    default: return false
+    }
+    guard role >= request.neededRole else { return false }  // Refused (and logged) by the general path.
+    guard let id = request.group, let spec = map.group(id) else {
+      respond(.failure(HostFailure(.unknownGroup(request.group ?? .default))))
+      return true
+    }
+    guard let group = groups[id] else {
+      respond(.failure(HostFailure(.notHosted(id, members: spec.members))))
+      return true
+    }
+    let answered: @Sendable (Result<IndexedRead<ServiceAnswer>, any Error>) -> Void = { [self] result in
+      switch result {
+      case .success(let answer): respond(reply(answer.value, index: answer.index, group: id))
+      case .failure(let error): respond(failure(error))
+      }
+    }
+    switch request {
+    case .command(_, let command, let request, let acknowledged):
+      if let refusal =
+        check(
+          service: command.service, in: spec, key: catalog.definitions[command.service]?.commandKey(command.payload))
+        ?? spaceRefusal(service: command.service, payload: command.payload)
+      {
+        respond(.failure(HostFailure(refusal)))
+        return true
+      }
+      group.propose(
+        command, request: request, acknowledgedThrough: acknowledged, principal: principal, completion: answered)
+    case .query(_, let service, let payload, let consistency, let atLeast):
+      if let refusal = check(service: service, in: spec, key: catalog.definitions[service]?.queryKey(payload)) {
+        respond(.failure(HostFailure(refusal)))
+        return true
+      }
+      group.read(
+        ServiceQuery(service: service, payload: payload), consistency: consistency, atLeast: atLeast,
+        completion: answered)
+    default:
+      return false
+    }
+    return true
   }
 
   /// The cluster map with every member's address as the transport knows it now (a member listening on port 0, a
@@ -527,6 +582,24 @@ public final class GroupHost: Sendable {
     } catch {
       reply = .failure(HostFailure(.malformed("\(error)")))
     }
+    return encode(reply)
+  }
+
+  /// Like ``handle(bytes:principal:role:)`` for the requests ``handleWithoutSuspending(_:principal:role:respond:)``
+  /// answers (commands and queries): decodes the request, hands it on and returns `true`; `respond` is called
+  /// with the encoded reply later, on the group's loop. `false` (nothing done) for any other request, and for
+  /// bytes that do not decode: ``handle(bytes:principal:role:)`` answers those.
+  public func handleWithoutSuspending(
+    bytes: [UInt8], principal: String?, role: ClientRole, respond: @escaping @Sendable ([UInt8]) -> Void
+  ) -> Bool {
+    guard let request = try? HostRequest(wireBytes: bytes) else { return false }
+    return handleWithoutSuspending(request, principal: principal, role: role) { [self] reply in
+      respond(encode(reply))
+    }
+  }
+
+  /// `reply` encoded, or ``HostError/replyTooLarge(bytes:limit:)`` if it is longer than ``maxReplyBytes``.
+  private func encode(_ reply: HostReply) -> [UInt8] {
     let encoded = reply.wireBytes(reservingCapacity: 64)
     guard encoded.count > maxReplyBytes else { return encoded }
     return HostReply.failure(HostFailure(.replyTooLarge(bytes: encoded.count, limit: maxReplyBytes))).wireBytes()

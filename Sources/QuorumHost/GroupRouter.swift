@@ -114,12 +114,16 @@ public final class GroupRouter: Sendable {
     return GroupEndpoint(id: node, group: group, incoming: mailbox, router: self, wrap: wrap)
   }
 
-  /// Attaches the process's transport endpoint: groups' sends go out through it from now on.
+  /// Attaches the process's transport endpoint: groups' sends go out through it from now on. Where the transport
+  /// can (``QuorumCore/TransportEndpoint/deliverDirectly(to:)``), arriving messages are routed on the thread that
+  /// received them, straight into their groups' mailboxes, with no routing task woken in between.
   public func attach(_ endpoint: any TransportEndpoint<HostMessage>) {
     outbound.withLock { $0 = endpoint }
+    _ = endpoint.deliverDirectly { [weak self] envelopes in self?.deliver(envelopes) }
   }
 
-  /// Hands every message arriving on the attached endpoint to its group until the endpoint closes.
+  /// Hands every message arriving on the attached endpoint's mailbox to its group until the endpoint closes
+  /// (with direct delivery, only what arrived before ``attach(_:)``).
   public func run() async {
     guard let endpoint = outbound.withLock({ $0 }) else { return }
     var batch: [Envelope<HostMessage>] = []

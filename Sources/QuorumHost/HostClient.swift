@@ -102,6 +102,8 @@ public actor HostClient {
   /// starting have addresses by now).
   private var mapStale = false
   private var sessions: [GroupID: Session] = [:]
+  /// The newest log position of each group this client has had an answer from (its writes and its reads).
+  private var seen: [GroupID: UInt64] = [:]
   private var random: SeededRandom
 
   /// Creates a client.
@@ -194,7 +196,16 @@ public actor HostClient {
       throw QuorumClientError.outcomeUnknown
     }
     guard case .answer(let bytes, let index) = reply else { throw QuorumClientError.badReply("expected an answer") }
+    noteSeen(index, in: group)
     return (bytes, index)
+  }
+
+  /// The newest log position of `group` this client has had an answer from: its last write's, or a later read's.
+  /// A ``QuorumCore/ReadConsistency/session`` read is answered from a state at least this far along.
+  public func lastSeenIndex(in group: GroupID) -> UInt64 { seen[group] ?? 0 }
+
+  private func noteSeen(_ index: UInt64, in group: GroupID) {
+    if index > seen[group] ?? 0 { seen[group] = index }
   }
 
   /// Waits at `member` (at most `timeout`) for notifications of `service` in `group` watched by `key`, produced
@@ -218,17 +229,24 @@ public actor HostClient {
 
   /// Reads `payload` as a query of `service` in `group`, at `consistency`, from a state including position
   /// `atLeast`; returns the answer and the position it reflects.
+  ///
+  /// A ``QuorumCore/ReadConsistency/session`` read goes to any member of the group (chosen at random, so reads
+  /// spread over the replicas) with this client's newest position in the group (``lastSeenIndex(in:)``) as its
+  /// floor: the client reads its own writes and never goes back in time, without asking the leader.
   /// - Throws: ``QuorumClientError``.
   public func query(
     _ payload: [UInt8], service: String, group: GroupID, consistency: ReadConsistency = .linearizable,
     atLeast: UInt64 = 0, at member: NodeID? = nil, deadline: Duration? = nil
   ) async throws -> (answer: [UInt8], index: UInt64) {
+    let floor = consistency == .session ? max(atLeast, seen[group] ?? 0) : atLeast
     let request = HostRequest.query(
-      group: group, service: service, payload: payload, consistency: consistency, atLeast: atLeast)
+      group: group, service: service, payload: payload, consistency: consistency, atLeast: floor)
+    if consistency == .session, member == nil { _ = try await clusterMap(deadline: deadline) }
     let reply = try await send(
       request, to: member.map { [$0] } ?? members(of: group), group: group, deadline: deadline ?? options.deadline,
-      isWrite: false, anyMember: consistency == .stale || member != nil)
+      isWrite: false, anyMember: consistency == .stale || consistency == .session || member != nil)
     guard case .answer(let bytes, let index) = reply else { throw QuorumClientError.badReply("expected an answer") }
+    noteSeen(index, in: group)
     return (bytes, index)
   }
 

@@ -234,6 +234,16 @@ public protocol HostedGroup: Sendable {
   /// Reads from a service.
   func read(_ query: ServiceQuery, consistency: ReadConsistency, atLeast: UInt64) async throws
     -> IndexedRead<ServiceAnswer>
+  /// Like ``propose(_:request:acknowledgedThrough:principal:)`` without suspending: `completion` receives the
+  /// outcome on the replica's loop (it must not block).
+  func propose(
+    _ command: ServiceCommand, request: RequestID?, acknowledgedThrough: UInt64, principal: String?,
+    completion: @escaping @Sendable (Result<IndexedRead<ServiceAnswer>, any Error>) -> Void)
+  /// Like ``read(_:consistency:atLeast:)`` without suspending: `completion` receives the outcome on the replica's
+  /// loop (it must not block).
+  func read(
+    _ query: ServiceQuery, consistency: ReadConsistency, atLeast: UInt64,
+    completion: @escaping @Sendable (Result<IndexedRead<ServiceAnswer>, any Error>) -> Void)
   /// Opens an exactly-once session owned by `principal`.
   func registerSession(principal: String?) async throws -> UInt64
   /// Changes the membership.
@@ -299,6 +309,21 @@ final class EngineGroup<Engine: HostedEngine>: HostedGroup {
     -> IndexedRead<ServiceAnswer>
   {
     try await node.read(query, consistency: consistency, atLeast: atLeast)
+  }
+
+  func propose(
+    _ command: ServiceCommand, request: RequestID?, acknowledgedThrough: UInt64, principal: String?,
+    completion: @escaping @Sendable (Result<IndexedRead<ServiceAnswer>, any Error>) -> Void
+  ) {
+    node.propose(
+      command, request: request, acknowledgedThrough: acknowledgedThrough, principal: principal, completion: completion)
+  }
+
+  func read(
+    _ query: ServiceQuery, consistency: ReadConsistency, atLeast: UInt64,
+    completion: @escaping @Sendable (Result<IndexedRead<ServiceAnswer>, any Error>) -> Void
+  ) {
+    node.read(query, consistency: consistency, atLeast: atLeast, completion: completion)
   }
 
   func registerSession(principal: String?) async throws -> UInt64 {

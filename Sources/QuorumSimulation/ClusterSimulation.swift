@@ -49,7 +49,7 @@ public struct ClusterSimulationOptions: Sendable {
   public var attemptTimeout = VirtualDuration.milliseconds(400)
   /// The consistency levels clients read at. Linearizable and lease reads go through the linearizability checker;
   /// stale reads are checked against the committed prefix they report, and never go back for one client.
-  public var readConsistencies: [ReadConsistency] = [.linearizable, .lease, .stale]
+  public var readConsistencies: [ReadConsistency] = [.linearizable, .lease, .session, .stale]
   /// The faults the nemesis may choose from.
   public var nemesis = Set(NodeNemesis.allCases)
   /// Time between nemesis actions.
@@ -602,10 +602,13 @@ public final class ClusterSimulation: @unchecked Sendable {
     _ c: Int, _ kv: KeyValueClient, key: String, consistency: ReadConsistency, deadline: Duration,
     lastIndex: inout [GroupID: UInt64]
   ) async {
-    let checked = consistency != .stale
+    let checked = consistency != .stale && consistency != .session
     let op = checked ? history.invoke(client: c, .get(key: key), at: scheduler.now.nanoseconds) : nil
     guard let group = placement.owner(of: key, service: "kv") else { return }
-    let seen = lastIndex[group] ?? 0
+    // A session read must reflect everything this client has seen in the group, its own writes included.
+    let seen =
+      consistency == .session
+      ? max(lastIndex[group] ?? 0, await kv.client.lastSeenIndex(in: group)) : lastIndex[group] ?? 0
     do {
       let (value, index) = try await kv.getIndexed(
         key, consistency: consistency, atLeast: consistency == .stale ? seen : 0, deadline: deadline)
@@ -614,7 +617,9 @@ public final class ClusterSimulation: @unchecked Sendable {
         history.complete(op, .value(value.map { String(decoding: $0, as: UTF8.self) }), at: scheduler.now.nanoseconds)
         stats.operationsCompleted += 1
       } else {
-        if index < seen { fail("stale read of \(key) by client \(c) went back from index \(seen) to \(index)") }
+        if index < seen {
+          fail("\(consistency) read of \(key) by client \(c) went back from index \(seen) to \(index)")
+        }
         staleReads.append((group, c, key, value, index))
       }
       lastIndex[group] = max(seen, index)

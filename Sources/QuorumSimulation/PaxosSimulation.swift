@@ -511,7 +511,7 @@ public final class PaxosSimulation {
         } else {
           reply(request.client, request.attempt, node.core.role == .leader ? .retry : .redirect(node.core.leader))
         }
-      case .stale:
+      case .stale, .session:
         reply(request.client, request.attempt, .read(node.machine.machine.value(key)))
       }
     }

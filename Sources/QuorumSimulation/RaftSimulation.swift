@@ -505,7 +505,7 @@ public final class RaftSimulation {
         } catch {
           reply(request.client, request.attempt, .redirect(node.core.leader))
         }
-      case .stale:
+      case .stale, .session:
         reply(request.client, request.attempt, .read(node.machine.machine.value(key)))
       }
     }

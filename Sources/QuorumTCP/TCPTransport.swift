@@ -240,6 +240,21 @@ public final class TCPEndpoint<Message: WireCodable & Sendable>: TransportEndpoi
     }
   }
 
+  /// Hands peer messages to `handler` on the event loop's thread as each read's frames are decoded, instead of
+  /// queueing them in ``incoming`` (see ``QuorumCore/TransportEndpoint/deliverDirectly(to:)``).
+  public func deliverDirectly(to handler: @escaping @Sendable ([Envelope<Message>]) -> Void) -> Bool {
+    core.directDelivery.withLock { $0 = Handler(handler) }
+    return true
+  }
+
+  /// Offers each client request to `handler` on the event loop's thread as it is decoded, before it is queued in
+  /// ``requests``: a handler that can answer without suspending (it hands the request on and calls
+  /// ``TCPRequest/respond(_:)`` later, from any thread) takes it and returns `true`, and no task is woken for
+  /// it; one that returns `false` leaves it to ``requests``. `handler` must not block.
+  public func handleRequestsDirectly(_ handler: @escaping @Sendable (TCPRequest) -> Bool) {
+    core.directRequests.withLock { $0 = Handler(handler) }
+  }
+
   /// The latest delivery of each inbound peer connection that waited for room in ``incoming`` (for tests).
   package func stalledDeliveries() async -> [TCPStallSnapshot] {
     let core = self.core
@@ -326,6 +341,10 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
   let environment: any LinkEnvironment
   let mailbox: Mailbox<Envelope<Message>>
   let requests: Mailbox<TCPRequest>
+  /// Where peer messages go instead of ``mailbox``, once set (``TCPEndpoint/deliverDirectly(to:)``).
+  let directDelivery = Mutex<Handler<[Envelope<Message>], Void>?>(nil)
+  /// Offered each client request before ``requests`` (``TCPEndpoint/handleRequestsDirectly(_:)``).
+  let directRequests = Mutex<Handler<TCPRequest, Bool>?>(nil)
   private let links = Mutex<[NodeID: OutboundLink]>([:])
   private let closed = Atomic<Bool>(false)
   private let logger: QuorumLogger
@@ -544,6 +563,8 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
   func shutDown() {
     guard !loopClosed else { return }
     loopClosed = true
+    directDelivery.withLock { $0 = nil }  // A closed endpoint delivers nothing more.
+    directRequests.withLock { $0 = nil }
     if let housekeepingTimer { loop.cancelTimer(housekeepingTimer) }
     listener?.close()
     listener = nil

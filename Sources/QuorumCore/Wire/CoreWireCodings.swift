@@ -6,6 +6,7 @@ extension ReadConsistency: WireCodable {
     case .linearizable: writer.writeByte(0)
     case .lease: writer.writeByte(1)
     case .stale: writer.writeByte(2)
+    case .session: writer.writeByte(3)
     }
   }
 
@@ -15,6 +16,7 @@ extension ReadConsistency: WireCodable {
     case 0: self = .linearizable
     case 1: self = .lease
     case 2: self = .stale
+    case 3: self = .session
     case let tag: throw WireError(.unknownTag(type: "ReadConsistency", tag: UInt64(tag)), at: at)
     }
   }
