@@ -575,7 +575,18 @@ public final class GroupHost: Sendable {
   /// Decodes a request from `principal` holding `role`, answers it (see ``handle(_:principal:role:)``), and
   /// encodes the reply — what a transport's request handler calls with what the handshake authenticated. A reply
   /// longer than ``maxReplyBytes`` is replaced by ``HostError/replyTooLarge(bytes:limit:)``.
+  ///
+  /// Commands and queries take the path of ``handleWithoutSuspending(bytes:principal:role:respond:)`` (the one
+  /// a TCP server takes from its network thread), so every caller — in-process clients, the simulator — runs it.
   public func handle(bytes: [UInt8], principal: String?, role: ClientRole) async -> [UInt8] {
+    let direct: [UInt8]? = await withUnsafeContinuation { continuation in
+      // The replica calls `respond` exactly once for a request it took (its answer, or the error that ended it).
+      let taken = handleWithoutSuspending(bytes: bytes, principal: principal, role: role) {
+        continuation.resume(returning: $0)
+      }
+      if !taken { continuation.resume(returning: nil) }
+    }
+    if let direct { return direct }
     let reply: HostReply
     do {
       reply = await handle(try HostRequest(wireBytes: bytes), principal: principal, role: role)
