@@ -6,20 +6,21 @@ import Synchronization
 /// Raft against Multi-Paxos serving the same workload over TCP. Every figure comes with the baseline measured in
 /// the same run (a process hosting one group; one group; Raft).
 ///
-/// `QUORUM_HOST_PARTS=idle`, `=groups` or `=engines` (or a comma-separated mix) runs only those parts;
+/// `QUORUM_HOST_PARTS=idle`, `=groups`, `=engines` or `=workloads` (or a comma-separated mix) runs only those parts;
 /// `QUORUM_HOST_IDLE_SECONDS` sets the idle measurement window (default 10), `QUORUM_HOST_GROUP_COUNTS` the group
 /// counts compared (default `1,4,16`; the first is the baseline) and `QUORUM_HOST_FSYNC` the servers' fsync policy
 /// (default `always`; `never` separates the disk's share from the CPU's).
 enum HostBenchmarks {
   static func run(_ report: BenchReport) async throws {
     signal(SIGPIPE, SIG_IGN)
-    let parts = ProcessInfo.processInfo.environment["QUORUM_HOST_PARTS"] ?? "idle,groups,engines"
+    let parts = ProcessInfo.processInfo.environment["QUORUM_HOST_PARTS"] ?? "idle,groups,engines,workloads"
     let root = FileManager.default.temporaryDirectory.appendingPathComponent("quorum-bench-host-\(getpid())").path
     try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(atPath: root) }
     if parts.contains("idle") { try await idle(report) }
     if parts.contains("groups") { try await groupScaling(report, root: root) }
     if parts.contains("engines") { try await engines(report, root: root) }
+    if parts.contains("workloads") { try await workloads(report, root: root) }
   }
 
   // MARK: - Idle groups
@@ -268,6 +269,36 @@ enum HostBenchmarks {
     }
   }
 
+  // MARK: - Reads, mixed workloads and value sizes
+
+  /// One group of each engine, 256 clients: gets at every consistency level, 90 % reads, and puts of 100 B,
+  /// 1 KiB and 16 KiB values, each next to the 100-byte put figure of the same cluster (the baseline).
+  static func workloads(_ report: BenchReport, root: String) async throws {
+    let seconds = Int(ProcessInfo.processInfo.environment["QUORUM_HOST_SECONDS"] ?? "") ?? 3
+    let workloads: [GroupCluster.Workload] = [
+      .gets(.linearizable), .gets(.lease), .gets(.session), .gets(.stale), .mixed(readPercent: 90, .linearizable),
+      .mixed(readPercent: 90, .session), .puts(valueBytes: 1024), .puts(valueBytes: 16 << 10),
+    ]
+    for engine in [EngineKind.raft, .multiPaxos] {
+      let cluster = try await GroupCluster.start(
+        root: "\(root)/workloads-\(engine)", groups: [GroupLine(name: "g1", id: 1, engine: engine)])
+      defer { cluster.stop() }
+      let base = try await cluster.load(clients: 256, duration: .seconds(seconds), workload: .puts(valueBytes: 100))
+      report.add(
+        "host", "baseline: \(engine), 256 clients, puts of 100 B", base.rate, "ops/s",
+        note: String(format: "p50 %.0f µs; servers' CPU per op %.0f µs", base.p50, base.serverMicrosPerPut))
+      for workload in workloads {
+        let result = try await cluster.load(clients: 256, duration: .seconds(seconds), workload: workload)
+        report.add(
+          "host", "\(engine), 256 clients, \(workload)", result.rate, "ops/s",
+          note: String(
+            format: "%.2f × puts; p50 %.0f µs, p99 %.0f µs; servers' CPU per op %.0f µs", result.rate / base.rate,
+            result.p50, result.p99, result.serverMicrosPerPut))
+      }
+      cluster.stop()
+    }
+  }
+
   static func mean(_ results: [LoadResult], _ field: KeyPath<LoadResult, Double>) -> Double {
     results.isEmpty ? 0 : results.map { $0[keyPath: field] }.reduce(0, +) / Double(results.count)
   }
@@ -399,9 +430,43 @@ final class GroupCluster: @unchecked Sendable {
   /// `clients` closed-loop clients putting 100-byte values on keys spread over every group. Each client first
   /// writes once to every group (opening its sessions) and only then does the measured window start.
   func puts(clients: Int, duration: Duration) async throws -> LoadResult {
+    try await load(clients: clients, duration: duration, workload: .puts(valueBytes: 100))
+  }
+
+  /// What each closed-loop client of ``load(clients:duration:workload:)`` does.
+  enum Workload: CustomStringConvertible {
+    /// Puts of values this long.
+    case puts(valueBytes: Int)
+    /// Gets at this consistency (of keys written before the window).
+    case gets(ReadConsistency)
+    /// `readPercent` % gets at this consistency, the rest 100-byte puts.
+    case mixed(readPercent: Int, ReadConsistency)
+
+    var description: String {
+      switch self {
+      case .puts(let bytes): return "puts of \(bytes) B"
+      case .gets(let consistency): return "\(consistency) gets"
+      case .mixed(let percent, let consistency): return "\(percent) % \(consistency) gets, the rest puts"
+      }
+    }
+  }
+
+  /// `clients` closed-loop clients running `workload` on keys spread over every group (64 keys per client for
+  /// reads, written before the window; 1,024 for puts). Each client first writes once to every group (opening its
+  /// sessions) and only then does the measured window start. The rate counts operations.
+  func load(clients: Int, duration: Duration, workload: Workload) async throws -> LoadResult {
     let connection = TCPRequestClient(cluster: "bench", logger: .disabled)
     defer { Task { await connection.close() } }
-    let value = [UInt8](repeating: 42, count: 100)
+    let valueBytes: Int
+    let readPercent: Int
+    let consistency: ReadConsistency
+    switch workload {
+    case .puts(let bytes): (valueBytes, readPercent, consistency) = (bytes, 0, .linearizable)
+    case .gets(let level): (valueBytes, readPercent, consistency) = (100, 100, level)
+    case .mixed(let percent, let level): (valueBytes, readPercent, consistency) = (100, percent, level)
+    }
+    let value = [UInt8](repeating: 42, count: valueBytes)
+    let keys = readPercent > 0 ? 64 : 1024
     let members = addresses
     let groupCount = groups.count
     let ready = ReadyCount()
@@ -428,6 +493,7 @@ final class GroupCluster: @unchecked Sendable {
             if touched.insert(group).inserted { try await client.put(key, value) }
             n += 1
           }
+          if readPercent > 0 { for k in 0..<keys { try await client.put("c\(index)-\(k)", value) } }
           ready.value.add(1, ordering: .relaxed)
           while ready.value.load(ordering: .relaxed) < clients { try await Task.sleep(for: .milliseconds(1)) }
           let start = nowNanos()
@@ -439,7 +505,12 @@ final class GroupCluster: @unchecked Sendable {
           while true {
             let t0 = nowNanos()
             if t0 >= end { break }
-            try await client.put("c\(index)-\(n & 1023)", value)
+            let key = "c\(index)-\(n % keys)"
+            if readPercent > 0 && (readPercent == 100 || (n &* 7 &+ index) % 100 < readPercent) {
+              _ = try await client.get(key, consistency: consistency)
+            } else {
+              try await client.put(key, value)
+            }
             n += 1
             if t0 >= warmUp {
               count += 1
