@@ -116,8 +116,9 @@ enum RaftDemo {
     let leader = try await cluster.leader()
     let isolated: NodeID = ids.first { $0 != leader } ?? 1
     let allNodes = await cluster.nodes
-    let fullClient = KVClient(members: allNodes)
-    try await fullClient.put("x", "before the partition")
+    // Written through the leader, remembering the log position: what a client's session carries to later reads.
+    let written = try await allNodes[leader]?.propose(
+      .put(key: "x", value: Array("before the partition".utf8)), request: nil, acknowledgedThrough: 0, indexed: ())
     try await Task.sleep(for: .milliseconds(100))
     cluster.transport.isolate(isolated)
     print("-> \(isolated) is cut off from the others (a minority of one)")
@@ -137,6 +138,12 @@ enum RaftDemo {
       print("!! the minority answered a linearizable read (this must not happen)")
     } catch {
       print("-> a linearizable read on \(isolated) is refused: \(error)   (consistency over availability)")
+    }
+    let session = try await minorityNode?.read(.get(key: "x"), consistency: .session, atLeast: written?.index ?? 0)
+    if case .value(let value)? = session?.value {
+      print(
+        "-> a session read on \(isolated) by the client that wrote x at index \(written?.index ?? 0) answers: "
+          + "x = \(text(value))   (its own writes, no leader needed)")
     }
     let stale = try await minorityNode?.read(.get(key: "x"), consistency: .stale)
     if case .value(let value)? = stale {
