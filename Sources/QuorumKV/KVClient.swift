@@ -117,7 +117,9 @@ public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
   }
 
   /// The value of `key` at the chosen consistency, as bytes. Stale reads go to `node` if given (any member
-  /// answers them from its own replica); other reads go to the leader.
+  /// answers them from its own replica); other reads go to the leader. This client keeps no log positions, so
+  /// it serves a ``QuorumCore/ReadConsistency/session`` read as a linearizable one, which gives more (the host
+  /// client, `KeyValueClient` in QuorumHost, is the one that spreads session reads over the replicas).
   public func get(_ key: String, consistency: ReadConsistency = .linearizable, at node: NodeID? = nil) async throws
     -> [UInt8]?
   {
@@ -144,7 +146,11 @@ public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
     return pairs
   }
 
-  private func read(_ query: KVQuery, consistency: ReadConsistency, at node: NodeID?) async throws -> KVQueryResult {
+  private func read(_ query: KVQuery, consistency requested: ReadConsistency, at node: NodeID?) async throws
+    -> KVQueryResult
+  {
+    // Without the client's position a replica could not honour a session read: linearizable is the safe stand-in.
+    let consistency = requested == .session ? ReadConsistency.linearizable : requested
     if consistency == .stale, let node, let member = members[node] {
       return try await member.read(query, consistency: .stale)
     }
