@@ -802,9 +802,10 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// apply) and the copy is encoded and stored by a background task, so replication does not wait for the
   /// encoding, the write and the sync. ``recordStoredSnapshot()`` finishes the job.
   private func maybeSnapshot() {
-    guard configuration.snapshotEvery > 0, !background.isBusy,
-      applied >= lastSnapshotIndex &+ UInt64(configuration.snapshotEvery),
-      appliedBytesSinceSnapshot >= lastSnapshotBytes / 2,
+    guard !background.isBusy,
+      SnapshotSchedule.isDue(
+        applied: applied, lastSnapshot: lastSnapshotIndex, every: configuration.snapshotEvery,
+        bytesSince: appliedBytesSinceSnapshot, lastSnapshotBytes: lastSnapshotBytes),
       let (term, metadata) = engine?.snapshotMetadata(at: applied)
     else { return }
     appliedBytesSinceSnapshot = 0
@@ -1099,4 +1100,16 @@ struct Completion<T: Sendable>: Sendable {
 
 extension Completion where T == Void {
   func resume() { resume(returning: ()) }
+}
+
+/// When a replica snapshots its state machine.
+package enum SnapshotSchedule {
+  /// Whether a snapshot is due at `applied`: `every` entries past the last snapshot (0: never), and entries of
+  /// at least half the last snapshot's size applied since it was started (`bytesSince`), so that a snapshot,
+  /// which rewrites the whole state, costs at most two bytes written per byte of log.
+  package static func isDue(
+    applied: UInt64, lastSnapshot: UInt64, every: Int, bytesSince: Int, lastSnapshotBytes: Int
+  ) -> Bool {
+    every > 0 && applied >= lastSnapshot &+ UInt64(every) && bytesSince >= lastSnapshotBytes / 2
+  }
 }

@@ -1,5 +1,6 @@
 import QuorumCore
 import QuorumRaft
+import QuorumReplica
 import QuorumStorage
 import Synchronization
 import Testing
@@ -111,5 +112,26 @@ struct BackgroundSnapshotTests {
     #expect(try await propose(0) == (1...30).reduce(0, +), "snapshot plus replayed entries")
     node.stop()
     try await task.value
+  }
+}
+
+@Suite("When a replica snapshots")
+struct SnapshotScheduleTests {
+  @Test("every N entries, once the log since the last snapshot is half its size")
+  func amortisedAgainstTheState() {
+    func due(_ applied: UInt64, every: Int = 10, bytesSince: Int, lastBytes: Int) -> Bool {
+      SnapshotSchedule.isDue(
+        applied: applied, lastSnapshot: 100, every: every, bytesSince: bytesSince, lastSnapshotBytes: lastBytes)
+    }
+    // A small state: the entry count decides.
+    #expect(!due(109, bytesSince: 500, lastBytes: 200))
+    #expect(due(110, bytesSince: 500, lastBytes: 200))
+    // A large state written by small entries: not until the log since is half the state.
+    #expect(!due(110, bytesSince: 499, lastBytes: 1_000))
+    #expect(!due(5_000, bytesSince: 12_999_999, lastBytes: 26_000_000))
+    #expect(due(5_000, bytesSince: 13_000_000, lastBytes: 26_000_000))
+    // The first snapshot (nothing stored yet) waits for the count only; 0 turns snapshots off.
+    #expect(due(110, bytesSince: 0, lastBytes: 0))
+    #expect(!due(1_000_000, every: 0, bytesSince: 1 << 30, lastBytes: 0))
   }
 }

@@ -67,6 +67,7 @@ struct ClusterTests {
         acknowledgedThrough: 3),
       .command(group: 0, ServiceCommand(service: "locks", payload: [9]), request: nil, acknowledgedThrough: 0),
       .query(group: 1, service: "kv", payload: KVQuery.get(key: "k").wireBytes(), consistency: .lease, atLeast: 7),
+      .query(group: 2, service: "kv", payload: KVQuery.get(key: "k").wireBytes(), consistency: .session, atLeast: 9),
       .status(group: nil), .status(group: 3), .membership(group: 1, .addLearner(4)),
       .transferLeadership(group: 1, to: 2), .clusterMap,
       .watch(group: 2, service: "locks", key: "grant/orders/5", after: 41, timeoutMillis: 5_000),
@@ -211,6 +212,41 @@ struct ClusterTests {
       let kv = members.kvClient(options: options)
       try await kv.put("k", "v")
       #expect(try await kv.get("k") == Array("v".utf8))
+    }
+  }
+
+  @Test("a session read answers from any replica with the client's own latest write, and never goes back")
+  func sessionReads() async throws {
+    let cluster = try Cluster(id: "session") {
+      Member("n1")
+      Member("n2")
+      Member("n3")
+      Logging(NullLogSink())
+      RaftSettings {
+        TickInterval(.milliseconds(5))
+        ElectionTimeout(Duration.milliseconds(60)...Duration.milliseconds(120))
+        HeartbeatInterval(.milliseconds(15))
+      }
+    }
+    try await cluster.withLocalMembers { members in
+      _ = try await members.leader(timeout: .seconds(60))
+      var options = HostClientOptions()
+      options.deadline = .seconds(60)
+      let kv = members.kvClient(options: options)
+      let group = try await kv.client.group(for: "k", service: "kv")
+      #expect(await kv.client.lastSeenIndex(in: group) == 0)
+      for round in 1...20 {
+        try await kv.put("k", "v\(round)")
+        let written = await kv.client.lastSeenIndex(in: group)
+        #expect(written > 0)
+        // Every replica, followers included, answers with this write: one that has not applied it yet waits.
+        for member in [NodeID("n1"), "n2", "n3"] {
+          let (value, index) = try await kv.getIndexed("k", consistency: .session, at: member)
+          #expect(value == Array("v\(round)".utf8), "round \(round) at \(member)")
+          #expect(index >= written)
+          #expect(await kv.client.lastSeenIndex(in: group) >= index)
+        }
+      }
     }
   }
 }
