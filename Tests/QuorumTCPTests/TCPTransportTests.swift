@@ -47,6 +47,28 @@ struct TCPTransportTests {
     await n2.close()
   }
 
+  @Test("with direct delivery, peer messages reach the handler on the loop in order, and none waits in incoming")
+  func directDelivery() async throws {
+    let a = TCPTransport<ConformanceMessage>(
+      cluster: "conformance", protocolNumber: WireProtocol.test, security: .insecure, logger: .disabled)
+    let n1 = try await a.bind(1)
+    let b = TCPTransport<ConformanceMessage>(
+      cluster: "conformance", protocolNumber: WireProtocol.test, addresses: [1: n1.address], security: .insecure,
+      logger: .disabled)
+    let n2 = try await b.bind(2)
+    a.setAddress(n2.address, for: 2)
+    let delivered = Mailbox<UInt64>(capacity: 1_000)
+    #expect(n1.deliverDirectly { batch in for envelope in batch { try? delivered.trySend(envelope.payload.sequence) } })
+    for sequence in UInt64(0)..<200 { try n2.send(ConformanceMessage(sender: 2, sequence: sequence), to: 1) }
+    var received: [UInt64] = []
+    while received.count < 200, let next = await delivered.receive() { received.append(next) }
+    #expect(received == Array(0..<200), "per link, in the order sent")
+    var queued: [Envelope<ConformanceMessage>] = []
+    #expect(n1.incoming.drainAvailable(into: &queued, limit: 1) == 0)
+    await n1.close()
+    await n2.close()
+  }
+
   @Test("a peer name that does not resolve closes the attempt with a typed, logged reason, and the link retries")
   func unresolvableName() async throws {
     let sink = CapturingLogSink()
