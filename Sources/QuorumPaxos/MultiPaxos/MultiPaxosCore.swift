@@ -622,6 +622,17 @@ public struct MultiPaxosCore: Sendable {
     leaderContactNanos = now
   }
 
+  /// How many of the next ticks are certain to do nothing but advance counters: no message, no change of role,
+  /// nothing ready. Only a follower has any: its election timeout ends them (a learner's ticks never campaign,
+  /// and only free an abandoned snapshot). A leader's accept retransmissions and a candidate's prepares are timed
+  /// tick by tick, so a leader or a candidate wakes for each. A shell may apply quiet ticks late and in one go,
+  /// before the next message, with the same result as one at a time.
+  public var quietTicks: Int {
+    guard !hasReady, role == .follower else { return 0 }
+    guard isPromotable else { return options.electionTimeoutMinTicks }
+    return max(0, randomizedElectionTimeout - electionElapsed - 1)
+  }
+
   private mutating func tickElection() {
     electionElapsed += 1
     if incomingSnapshot != nil, electionElapsed >= options.electionTimeoutMinTicks * 4 {

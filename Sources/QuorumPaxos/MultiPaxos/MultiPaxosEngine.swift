@@ -168,6 +168,8 @@ public struct MultiPaxosEngine: ReplicaEngine {
 
   public var hasReady: Bool { core.hasReady }
 
+  public var quietTicks: Int { core.quietTicks }
+
   public mutating func ready() -> ReplicaReady<MultiPaxosEngine> {
     let rd = core.ready()
     var out = ReplicaReady<MultiPaxosEngine>(raw: rd)

@@ -1,0 +1,66 @@
+import QuorumCore
+import Testing
+
+@testable import QuorumPaxos
+
+/// ``MultiPaxosCore/quietTicks`` lets an idle follower sleep through ticks and apply them later in one go; that
+/// is only sound if those ticks really do nothing but advance counters. This test ticks copies of cores through
+/// their quiet ticks in every state a seeded run of elections, crashes, lost messages and proposals reaches.
+@Suite("Multi-Paxos quiet ticks are quiet")
+struct PaxosQuietTicksTests {
+  /// Ticks a copy of `core` through its quiet ticks; returns why they were not quiet, if they were not.
+  static func loudness(of core: MultiPaxosCore) -> String? {
+    let quiet = core.quietTicks
+    guard quiet > 0 else { return nil }
+    var copy = core
+    let before = "\(copy.role) \(copy.leader.map { "\($0)" } ?? "-") \(copy.chosenThrough)"
+    for tick in 1...quiet {
+      copy.tick()
+      if copy.hasReady { return "tick \(tick) of \(quiet) quiet ones made a ready (\(before))" }
+      let after = "\(copy.role) \(copy.leader.map { "\($0)" } ?? "-") \(copy.chosenThrough)"
+      if after != before { return "tick \(tick) of \(quiet) quiet ones changed \(before) to \(after)" }
+    }
+    return nil
+  }
+
+  @Test("every node's quiet ticks produce nothing, in every state a faulty run reaches")
+  func quietTicksAreQuiet() {
+    var cluster = PaxosCluster(3, seed: 11)
+    var random = SeededRandom(seed: 5)
+    var checked = 0
+    var quietSeen = 0
+    for step in 0..<3_000 {
+      for id in cluster.members where !cluster.down.contains(id) {
+        let core = cluster[id]
+        if core.quietTicks > 0 { quietSeen += 1 }
+        if let problem = Self.loudness(of: core) {
+          Issue.record("step \(step), \(id) as \(core.role): \(problem)")
+          return
+        }
+        checked += 1
+      }
+      switch random.next() % 12 {
+      case 0:
+        // Crash one node for a while (its messages are lost meanwhile).
+        cluster.down = [NodeID(random.next() % 3 + 1)]
+      case 1:
+        for id in cluster.down { cluster.restart(id, seed: random.next()) }
+        cluster.down = []
+      case 2:
+        // Lose a tenth of the messages for a while.
+        var loss = SeededRandom(seed: random.next())
+        cluster.dropFilter = { _, _, _ in loss.next() % 10 == 0 }
+      case 3:
+        cluster.dropFilter = nil
+      case 4, 5:
+        if let leader = cluster.members.first(where: { !cluster.down.contains($0) && cluster[$0].role == .leader }) {
+          _ = try? cluster.propose("v\(step)", at: leader)
+        }
+      default: break
+      }
+      cluster.tickAll()
+    }
+    #expect(checked > 7_000)
+    #expect(quietSeen > 1_000, "the run spends time in quiet states: \(quietSeen) of \(checked)")
+  }
+}
