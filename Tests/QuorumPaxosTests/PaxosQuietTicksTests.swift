@@ -64,3 +64,32 @@ struct PaxosQuietTicksTests {
     #expect(quietSeen > 1_000, "the run spends time in quiet states: \(quietSeen) of \(checked)")
   }
 }
+
+@Suite("Multi-Paxos: who may be helped to campaign")
+struct PaxosCampaignHelpTests {
+  /// The probe answer `to` gives a candidate it does not know as a voter, whose first slot not known chosen is
+  /// `ahead` slots past its own.
+  static func answer(ahead: Slot) throws -> Bool {
+    var cluster = PaxosCluster(3)
+    cluster.elect(1)
+    for i in 0..<3 { try cluster.propose("v\(i)", at: 1) }
+    cluster.down = [1]  // The leader is gone; n2 may promise again once its lease has run out.
+    cluster.expireLeases()
+    cluster.queue.removeAll()
+    var n2 = cluster[2]
+    let fromSlot = n2.chosenThrough + 1 + ahead
+    n2.step(.probe(Prepare(ballot: Ballot(round: 50, node: 9), fromSlot: fromSlot)), from: 9)
+    let rd = n2.ready()
+    let answers = (rd.eagerMessages + rd.messages).compactMap { outgoing -> Bool? in
+      if case .probeResponse(let response) = outgoing.message, outgoing.to == 9 { return response.granted }
+      return nil
+    }
+    return try #require(answers.first)
+  }
+
+  @Test("a node that is no voter here is helped only if it knows more of the chosen log (it may be a newer voter)")
+  func unknownVoterAhead() throws {
+    #expect(try Self.answer(ahead: 0) == false, "a removed node, or a stranger, that knows no more is refused")
+    #expect(try Self.answer(ahead: 1) == true, "one that knows more chosen slots may have been added since")
+  }
+}

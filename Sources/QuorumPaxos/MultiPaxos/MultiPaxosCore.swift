@@ -747,6 +747,16 @@ public struct MultiPaxosCore: Sendable {
     return configurationsAboveChosen.contains { $0.isVoter(node) }
   }
 
+  /// Whether a candidate may be helped: a voter as far as this node knows, or one that knows more of the log
+  /// chosen (`fromSlot`, its first slot not known chosen, is past this node's) and so may know a configuration
+  /// that made it a voter. Without the second, a member that missed the slots adding a voter refuses that voter
+  /// for ever; when the others were removed meanwhile, no one could lead (found by the node simulation: n4
+  /// added, n3 and n1 removed while n2 was cut off, then n2 refused n4 and n1 refused n2). A removed node knows
+  /// no more than the members that saw its removal, so it still cannot disturb them.
+  private func mayHelpCampaign(_ node: NodeID, fromSlot: Slot) -> Bool {
+    mayCampaign(node) || fromSlot > log.chosenThrough + 1
+  }
+
   /// The voters a candidate asks first: those of the newest configuration known chosen and of every one held
   /// above it.
   private var campaignTargets: [NodeID] {
@@ -781,7 +791,8 @@ public struct MultiPaxosCore: Sendable {
   private mutating func handleProbe(_ m: Prepare, from: NodeID) {
     // Grant exactly when a prepare would be promised now; promise nothing.
     let granted =
-      m.ballot > promised && !refusesNewBallots && m.fromSlot > log.offset && role != .leader && mayCampaign(from)
+      m.ballot > promised && !refusesNewBallots && m.fromSlot > log.offset && role != .leader
+      && mayHelpCampaign(from, fromSlot: m.fromSlot)
     send(from, .probeResponse(ProbeResponse(ballot: m.ballot, granted: granted)))
   }
 
@@ -1117,7 +1128,7 @@ public struct MultiPaxosCore: Sendable {
   }
 
   private mutating func handlePrepare(_ m: Prepare, from: NodeID) {
-    guard mayCampaign(from) else { return }  // A removed node must not disturb the group.
+    guard mayHelpCampaign(from, fromSlot: m.fromSlot) else { return }  // A removed node must not disturb the group.
     if m.ballot < promised {
       send(from, .reject(Reject(ballot: m.ballot, promised: promised)))
       return
