@@ -191,9 +191,9 @@ struct ClusterTests {
     }
   }
 
-  @Test("an in-process cluster from the same DSL serves the in-process client")
-  func inProcessCluster() async throws {
-    let cluster = try Cluster(id: "local") {
+  /// Three in-process members on fast timers.
+  static func localCluster(_ id: ClusterID) throws -> Cluster {
+    try Cluster(id: id) {
       Member("n1")
       Member("n2")
       Member("n3")
@@ -204,6 +204,11 @@ struct ClusterTests {
         HeartbeatInterval(.milliseconds(15))
       }
     }
+  }
+
+  @Test("an in-process cluster from the same DSL serves the in-process client")
+  func inProcessCluster() async throws {
+    let cluster = try Self.localCluster("local")
     #expect(cluster.isInProcess)
     try await cluster.withLocalMembers { members in
       _ = try await members.leader(timeout: .seconds(60))
@@ -217,17 +222,7 @@ struct ClusterTests {
 
   @Test("a session read answers from any replica with the client's own latest write, and never goes back")
   func sessionReads() async throws {
-    let cluster = try Cluster(id: "session") {
-      Member("n1")
-      Member("n2")
-      Member("n3")
-      Logging(NullLogSink())
-      RaftSettings {
-        TickInterval(.milliseconds(5))
-        ElectionTimeout(Duration.milliseconds(60)...Duration.milliseconds(120))
-        HeartbeatInterval(.milliseconds(15))
-      }
-    }
+    let cluster = try Self.localCluster("session")
     try await cluster.withLocalMembers { members in
       _ = try await members.leader(timeout: .seconds(60))
       var options = HostClientOptions()
