@@ -431,21 +431,12 @@ public final class GroupHost: Sendable {
       case .registerSession:
         return .session(try await group.registerSession(principal: principal))
       case .command(_, let command, let request, let acknowledged):
-        if let refusal = check(
-          service: command.service, in: spec,
-          key: catalog.definitions[command.service]?
-            .commandKey(command.payload))
-        {
-          return .failure(HostFailure(refusal))
-        }
-        if let refusal = spaceRefusal(service: command.service, payload: command.payload) {
-          return .failure(HostFailure(refusal))
-        }
+        if let refusal = refusal(of: command, in: spec) { return .failure(HostFailure(refusal)) }
         let answer = try await group.propose(
           command, request: request, acknowledgedThrough: acknowledged, principal: principal)
         return reply(answer.value, index: answer.index, group: id)
       case .query(_, let service, let payload, let consistency, let atLeast):
-        if let refusal = check(service: service, in: spec, key: catalog.definitions[service]?.queryKey(payload)) {
+        if let refusal = refusal(ofQuery: payload, service: service, in: spec) {
           return .failure(HostFailure(refusal))
         }
         let answer = try await group.read(
@@ -511,18 +502,14 @@ public final class GroupHost: Sendable {
     }
     switch request {
     case .command(_, let command, let request, let acknowledged):
-      if let refusal =
-        check(
-          service: command.service, in: spec, key: catalog.definitions[command.service]?.commandKey(command.payload))
-        ?? spaceRefusal(service: command.service, payload: command.payload)
-      {
+      if let refusal = refusal(of: command, in: spec) {
         respond(.failure(HostFailure(refusal)))
         return true
       }
       group.propose(
         command, request: request, acknowledgedThrough: acknowledged, principal: principal, completion: answered)
     case .query(_, let service, let payload, let consistency, let atLeast):
-      if let refusal = check(service: service, in: spec, key: catalog.definitions[service]?.queryKey(payload)) {
+      if let refusal = refusal(ofQuery: payload, service: service, in: spec) {
         respond(.failure(HostFailure(refusal)))
         return true
       }
@@ -542,6 +529,18 @@ public final class GroupHost: Sendable {
     for id in map.members.keys { if let address = addressOf(id) { current.members[id] = address } }
     for (id, address) in addressBook?() ?? [:] { current.members[id] = address }
     return current
+  }
+
+  /// Why `command` must not go to `group`: an unknown service, a key of another group, a payload that does not
+  /// decode, or a full disk (unless the command frees space).
+  private func refusal(of command: ServiceCommand, in group: GroupSpec) -> HostError? {
+    check(service: command.service, in: group, key: catalog.definitions[command.service]?.commandKey(command.payload))
+      ?? spaceRefusal(service: command.service, payload: command.payload)
+  }
+
+  /// Why the query `payload` of `service` must not go to `group`.
+  private func refusal(ofQuery payload: [UInt8], service: String, in group: GroupSpec) -> HostError? {
+    check(service: service, in: group, key: catalog.definitions[service]?.queryKey(payload))
   }
 
   /// Why a request for `service` about `key` must not go to `group`, if it must not.

@@ -241,6 +241,7 @@ public actor HostClient {
     let floor = consistency == .session ? max(atLeast, seen[group] ?? 0) : atLeast
     let request = HostRequest.query(
       group: group, service: service, payload: payload, consistency: consistency, atLeast: floor)
+    // A session read goes to any of the group's members, which only the cluster map names.
     if consistency == .session, member == nil { _ = try await clusterMap(deadline: deadline) }
     let reply = try await send(
       request, to: member.map { [$0] } ?? members(of: group), group: group, deadline: deadline ?? options.deadline,

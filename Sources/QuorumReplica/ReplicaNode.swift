@@ -842,14 +842,9 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     let requestID = nextRequestID.add(1, ordering: .relaxed).newValue
     return try await withTaskCancellationHandler {
       try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<T, any Error>) in
-        do throws(MailboxError) {
-          try inputs.trySend(make(requestID, Completion(continuation)))
-          // A cancellation that came before the request was queued sent its cancel ahead of it: send another.
-          if Task.isCancelled { try? inputs.trySend(.cancel(requestID)) }
-        } catch .full {
-          continuation.resume(throwing: ConsensusError.overloaded(limit: inputs.capacity))
-        } catch {
-          continuation.resume(throwing: ConsensusError.stopped)
+        // A cancellation that came before the request was queued sent its cancel ahead of it: send another.
+        if enqueue(requestID, Completion(continuation), make), Task.isCancelled {
+          try? inputs.trySend(.cancel(requestID))
         }
       }
     } onCancel: {
@@ -861,14 +856,23 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   private nonisolated func submit<T>(
     _ completion: @escaping @Sendable (Result<T, any Error>) -> Void, _ make: (UInt64, Completion<T>) -> Input
   ) {
-    let requestID = nextRequestID.add(1, ordering: .relaxed).newValue
+    _ = enqueue(nextRequestID.add(1, ordering: .relaxed).newValue, Completion(completion), make)
+  }
+
+  /// Queues the input `make` builds; if the inputs are full or closed, ends `completion` with the reason.
+  /// Returns whether the input was queued.
+  private nonisolated func enqueue<T>(
+    _ requestID: UInt64, _ completion: Completion<T>, _ make: (UInt64, Completion<T>) -> Input
+  ) -> Bool {
     do throws(MailboxError) {
-      try inputs.trySend(make(requestID, Completion(completion)))
+      try inputs.trySend(make(requestID, completion))
+      return true
     } catch .full {
-      completion(.failure(ConsensusError.overloaded(limit: inputs.capacity)))
+      completion.resume(throwing: ConsensusError.overloaded(limit: inputs.capacity))
     } catch {
-      completion(.failure(ConsensusError.stopped))
+      completion.resume(throwing: ConsensusError.stopped)
     }
+    return false
   }
 
   /// Like ``propose(_:request:acknowledgedThrough:principal:)``, without suspending the caller: `completion`

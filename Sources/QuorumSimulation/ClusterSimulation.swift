@@ -220,7 +220,7 @@ public struct NodeSimulationStats: Sendable, CustomStringConvertible {
 /// history — including the values writes replaced — goes through the linearizability checker; stale reads are
 /// checked against the committed prefix at the index they report, and never go back for one client.
 ///
-/// `@unchecked Sendable`: the simulation's state is touched only by its scheduler's jobs, which run one at a time
+/// Safety of `@unchecked Sendable`: the simulation's state is touched only by its scheduler's jobs, which run one at a time
 /// on the thread that called ``run()``.
 public final class ClusterSimulation: @unchecked Sendable {
   private final class Node {

@@ -21,7 +21,7 @@ import QuorumLocks
 ///
 /// The first violation is kept in ``failure`` (with the state that shows it); the simulation stops there.
 ///
-/// `@unchecked Sendable`: a simulation runs every job on one thread, and the checker is only called from jobs.
+/// Safety of `@unchecked Sendable`: a simulation runs every job on one thread, and the checker is only called from jobs.
 public final class LockHistoryChecker: @unchecked Sendable {
   private struct LockKey: Hashable {
     var group: GroupID

@@ -28,7 +28,7 @@ protocol GroupChecker: AnyObject, Sendable {
 /// encoded state every replica must reach — and remembers each key-value key's values by position, so the
 /// simulation can check stale reads. Engine checkers add their own invariants.
 ///
-/// `@unchecked Sendable`: a simulation runs every job on one thread, and the observer is only called from jobs.
+/// Safety of `@unchecked Sendable`: a simulation runs every job on one thread, and the observer is only called from jobs.
 class ReplicaChecker<Engine: ReplicaEngine>: ReplicaObserver, GroupChecker, @unchecked Sendable {
   /// The group checked.
   let group: GroupSpec
@@ -145,6 +145,7 @@ class ReplicaChecker<Engine: ReplicaEngine>: ReplicaObserver, GroupChecker, @unc
 /// Leader Completeness (a new leader holds every committed entry), Log Matching (an index and term identify one
 /// entry and its predecessor's term) and that committed entries never change.
 final class RaftChecker: ReplicaChecker<RaftEngine>, @unchecked Sendable {
+  // Safety of @unchecked Sendable: as for ``ReplicaChecker``, only the simulation's jobs call it, one at a time.
   private var leaderOfTerm: [Term: NodeID] = [:]
   private var entryAt: [LogIndex: [Term: (data: UInt64, prevTerm: Term)]] = [:]
   private var committedTerm: [LogIndex: Term] = [:]

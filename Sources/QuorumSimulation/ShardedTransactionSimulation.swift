@@ -87,11 +87,11 @@ public struct ShardedTransactionSimulationStats: Sendable, CustomStringConvertib
 /// every committed read of the whole bank, the final one included, adds up to the opening total
 /// (``BankHistoryChecker``).
 ///
-/// `@unchecked Sendable`: touched only by the scheduler's jobs, one at a time, on the thread running ``run()``.
+/// Safety of `@unchecked Sendable`: touched only by the scheduler's jobs, one at a time, on the thread running ``run()``.
 public final class ShardedTransactionSimulation: @unchecked Sendable {
   /// The groups' state machines, applied in arrival order (one job at a time).
   final class Groups: @unchecked Sendable {
-    // @unchecked: only the scheduler's jobs touch it, one at a time.
+    // Safety of @unchecked Sendable: only the scheduler's jobs touch it, one at a time.
     var shards: [GroupID: TxnShard] = [:]
     var indexes: [GroupID: UInt64] = [:]
     let baseMillis: UInt64 = 1_767_225_600_000
@@ -133,7 +133,7 @@ public final class ShardedTransactionSimulation: @unchecked Sendable {
 
   /// One client incarnation's way to the groups: delays, losses, and its death after a number of requests.
   final class Channel: TxnShardChannel, @unchecked Sendable {
-    // @unchecked: only the scheduler's jobs touch it, one at a time.
+    // Safety of @unchecked Sendable: only the scheduler's jobs touch it, one at a time.
     let groups: Groups
     let simulation: ShardedTransactionSimulation
     var remaining: Int?

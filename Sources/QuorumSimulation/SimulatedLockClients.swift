@@ -39,7 +39,7 @@ public struct LockWorkloadOptions: Sendable {
 /// drift by ``ClusterSimulationOptions/maxDriftPPM``, in opposite directions), plus 50 ms; with a margin of 1 ms
 /// the checker finds a lease relied on after its expiry within a few seeds.
 ///
-/// `@unchecked Sendable`: it runs as jobs of one simulation, one at a time on the scheduler's thread.
+/// Safety of `@unchecked Sendable`: it runs as jobs of one simulation, one at a time on the scheduler's thread.
 final class SimulatedLockClient: @unchecked Sendable {
   /// What the client needs from its simulation.
   struct Context {

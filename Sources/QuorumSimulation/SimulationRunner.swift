@@ -7,7 +7,7 @@ import Glibc
 /// replays a failing seed with recording on, which reproduces the same run exactly because the run is a
 /// function of its seed.
 ///
-/// `@unchecked Sendable`: a trace belongs to one simulated run, and a run executes on one thread (a simulation's
+/// Safety of `@unchecked Sendable`: a trace belongs to one simulated run, and a run executes on one thread (a simulation's
 /// scheduler runs every job of the run on the thread that drives it), so it is never touched concurrently.
 public final class SimulationTrace: @unchecked Sendable {
   /// Whether events are being recorded.

@@ -35,7 +35,7 @@ public struct SynodNodeSimulationStats: Sendable, CustomStringConvertible {
 /// and that at most one value is ever chosen; every value a proposer returns or a learner learns must be that
 /// value. After healing, every proposer must return and every learner must learn.
 ///
-/// `@unchecked Sendable`: touched only by the scheduler's jobs, one at a time, on the thread running ``run()``.
+/// Safety of `@unchecked Sendable`: touched only by the scheduler's jobs, one at a time, on the thread running ``run()``.
 public final class SynodNodeSimulation: @unchecked Sendable {
   private typealias Value = UInt64
 

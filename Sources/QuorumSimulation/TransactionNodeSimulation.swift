@@ -68,7 +68,7 @@ public struct TransactionNodeSimulationStats: Sendable, CustomStringConvertible 
 /// and ledger of applied decisions are durable (they outlive a crash of the node) while staged work and the
 /// locks of unprepared work are not.
 ///
-/// `@unchecked Sendable`: touched only by the scheduler's jobs, one at a time.
+/// Safety of `@unchecked Sendable`: touched only by the scheduler's jobs, one at a time.
 final class SimulatedBranch: TransactionParticipant, @unchecked Sendable {
   struct Busy: Error {}
 
@@ -167,7 +167,7 @@ final class SimulatedBranch: TransactionParticipant, @unchecked Sendable {
 /// A replicated table of transaction records as a simulated consensus group: applied in arrival order after a
 /// delay, unavailable during outages, and sometimes losing the answer to a command it applied.
 ///
-/// `@unchecked Sendable`: touched only by the scheduler's jobs, one at a time.
+/// Safety of `@unchecked Sendable`: touched only by the scheduler's jobs, one at a time.
 final class SimulatedRecordLog: ReplicatedLog, @unchecked Sendable {
   typealias Machine = TransactionRecords
 
@@ -236,7 +236,7 @@ final class SimulatedRecordLog: ReplicatedLog, @unchecked Sendable {
 /// writers or at none, and a result the coordinator reported matches; the money adds up; and every committed
 /// whole-bank read, plus a final one, adds up to the opening total (``BankHistoryChecker``).
 ///
-/// `@unchecked Sendable`: touched only by the scheduler's jobs, one at a time, on the thread running ``run()``.
+/// Safety of `@unchecked Sendable`: touched only by the scheduler's jobs, one at a time, on the thread running ``run()``.
 public final class TransactionNodeSimulation: @unchecked Sendable {
   private final class Node {
     let id: NodeID
@@ -497,13 +497,13 @@ public final class TransactionNodeSimulation: @unchecked Sendable {
 
   /// Balances seen by a whole-bank read's body.
   private final class Observed: @unchecked Sendable {
-    // @unchecked: only the scheduler's jobs touch it, one at a time.
+    // Safety of @unchecked Sendable: only the scheduler's jobs touch it, one at a time.
     var balances: [String: Int] = [:]
   }
 
   /// A call's answer, filled in by the task that made it.
   private final class Answer: @unchecked Sendable {
-    // @unchecked: only the scheduler's jobs touch it, one at a time.
+    // Safety of @unchecked Sendable: only the scheduler's jobs touch it, one at a time.
     var done = false
     var result: TransactionResult?
   }

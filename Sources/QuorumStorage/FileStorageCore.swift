@@ -8,7 +8,7 @@ import Synchronization
 /// Requests are queued in ``inbox`` and drained by one block on ``queue``; consecutive writes found in the
 /// inbox are appended with one `pwrite` and made durable with one `fdatasync` (group commit).
 ///
-/// `@unchecked Sendable`: every stored `var` is read and written only by code running on ``queue`` (the
+/// Safety of `@unchecked Sendable`: every stored `var` is read and written only by code running on ``queue`` (the
 /// drain loop, the batch-sync timer whose source targets ``queue``, and `deinit`, which runs when nothing
 /// else holds a reference). The `let`s are immutable, and ``inbox`` and ``closedFlag`` are synchronized
 /// types.

@@ -86,7 +86,7 @@ struct LogPosition: Sendable, Equatable {
 /// copy — and positions in plain integers (``firstIndex`` when contiguous, ``positions`` in
 /// ``LogWriteMode/replace`` mode). The type is noncopyable, so the buffer has exactly one owner.
 ///
-/// `@unchecked Sendable`: the buffer is owned by this noncopyable value alone and travels with it.
+/// Safety of `@unchecked Sendable`: the buffer is owned by this noncopyable value alone and travels with it.
 struct EntryLog<Entry: StorableEntry>: ~Copyable, @unchecked Sendable {
   /// The overwrite rule.
   let mode: LogWriteMode

@@ -357,8 +357,7 @@ final class Connection: LoopHandler {
     while true {
       while writeOffset < writeBuffer.count {
         let written = writeBuffer.withUnsafeBytes { raw in
-          // The buffer is non-empty here, so its base address exists.
-          cq_send(fd, raw.baseAddress! + writeOffset, raw.count - writeOffset)
+          cq_send(fd, raw.baseAddress! + writeOffset, raw.count - writeOffset)  // safe: non-empty buffer
         }
         writeCalls += 1
         if written > 0 {
@@ -456,8 +455,7 @@ final class Connection: LoopHandler {
     guard !isClosed else { return }
     while writeOffset < writeBuffer.count {
       let written = writeBuffer.withUnsafeBytes { raw in
-        // The buffer is non-empty here, so its base address exists.
-        cq_send(fd, raw.baseAddress! + writeOffset, raw.count - writeOffset)
+        cq_send(fd, raw.baseAddress! + writeOffset, raw.count - writeOffset)  // safe: non-empty buffer
       }
       if written <= 0 { break }
       writeOffset += written

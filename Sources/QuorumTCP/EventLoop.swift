@@ -241,8 +241,7 @@ final class EventLoop: @unchecked Sendable {
       let timeout = nextTimeoutMillis()
       let count = tokens.withUnsafeMutableBufferPointer { t in
         events.withUnsafeMutableBufferPointer { e in
-          // Both buffers hold 256 elements, so their base addresses exist.
-          cq_epoll_wait(epollFD, t.baseAddress!, e.baseAddress!, 256, timeout)
+          cq_epoll_wait(epollFD, t.baseAddress!, e.baseAddress!, 256, timeout)  // safe: 256 elements each
         }
       }
       if count < 0 {
