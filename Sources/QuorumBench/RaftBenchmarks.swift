@@ -71,6 +71,46 @@ enum RaftBenchmarks {
     return percentile(samples, 0.5)
   }
 
+  /// What a commit's syncs cost when three nodes share one disk, as the 3-process benchmarks do: three threads
+  /// append 4 KiB and `fdatasync` their own files at the same moment, round after round; returns the p50 time
+  /// until the second of them is durable (a majority of three). On separate disks this would be
+  /// ``fsyncBaseline(root:)``; on one disk the syncs queue behind each other's device flushes.
+  static func contendedFsyncBaseline(root: String, writers: Int = 3, rounds: Int = 200) throws -> Double {
+    final class Writer: @unchecked Sendable {
+      // Safety of @unchecked Sendable: `file` is used only by the writer's own thread, between the semaphores
+      // that order it with the measuring thread; `finished` is written there and read after `done` is signalled.
+      let file: StorageBenchmarks.RawSyncFile
+      let go = DispatchSemaphore(value: 0)
+      var finished: UInt64 = 0
+      init(_ file: StorageBenchmarks.RawSyncFile) { self.file = file }
+    }
+    let writersList = try (0..<writers).map {
+      Writer(try StorageBenchmarks.RawSyncFile("\(root)/fsync-contended-\($0)", preallocatedBytes: 0))
+    }
+    defer { for writer in writersList { writer.file.close() } }
+    let done = DispatchSemaphore(value: 0)
+    let block = [UInt8](repeating: 7, count: 4096)
+    for writer in writersList {
+      Thread {
+        for _ in 0..<rounds {
+          writer.go.wait()
+          _ = try? writer.file.appendAndSync(block)
+          writer.finished = nowNanos()
+          done.signal()
+        }
+      }.start()
+    }
+    var samples: [Double] = []
+    for _ in 0..<rounds {
+      let start = nowNanos()
+      for writer in writersList { writer.go.signal() }
+      for _ in writersList { done.wait() }
+      let finishes = writersList.map(\.finished).sorted()
+      samples.append(Double(finishes[min(1, finishes.count - 1)] - start) / 1000)
+    }
+    return percentile(samples, 0.5)
+  }
+
   // MARK: Throughput
 
   enum StorageKind { case memory, file }

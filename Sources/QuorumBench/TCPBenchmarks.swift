@@ -38,6 +38,10 @@ enum TCPBenchmarks {
 
     if parts.contains("auth") { try await authenticationCost(report, root: root, fsync: fsync, rtt: rttP50) }
     guard parts.contains("cluster") else { return }
+    let shared = try RaftBenchmarks.contendedFsyncBaseline(root: root)
+    report.add(
+      "tcp", "baseline: 3 writers on this one disk, 4 KiB + fdatasync each, 2nd durable p50", shared, "µs",
+      note: String(format: "%.2f× the lone fsync", shared / fsync))
     let cluster = try await BenchCluster.start(root: root)
     defer { cluster.stop() }
     // QUORUM_TCP_CLIENTS=1,256 and QUORUM_TCP_SECONDS=10 choose the client counts and each window's length
@@ -51,7 +55,8 @@ enum TCPBenchmarks {
       report.add(
         "tcp", "3 processes, fsync always: \(clients) clients, p50 / p99", result.p50, "µs",
         note: String(
-          format: "p99 %.0f µs; p50 = fsync + %.1f round trips", result.p99, (result.p50 - fsync) / rttP50))
+          format: "p99 %.0f µs; p50 = fsync + %.1f round trips = shared-disk majority sync + %.1f round trips",
+          result.p99, (result.p50 - fsync) / rttP50, (result.p50 - shared) / rttP50))
     }
   }
 

@@ -615,9 +615,8 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       guard let rd = engine?.ready() else { return }
       if let observer, let engine { observer.node(id, group: group, willCarryOut: rd, engine: engine) }
       send(rd.eagerMessages)
-      try await persist(rd)
+      let sentWhenDurable = try await persist(rd)
       observer?.node(id, group: group, didPersist: rd)
-      send(rd.messages)
       self.engine?.advance(rd)
       try install(rd)
       apply(rd.committed)
@@ -635,6 +634,9 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
           throwing: ConsensusError.notLeader(hint: self.engine?.leader))
       }
       answerWaitingReads()
+      // After the answers: a leader's news of a commit to its followers can wait the few microseconds that
+      // applying takes; its client's reply should not.
+      if !sentWhenDurable { send(rd.messages) }
       report(rd)
       maybeSnapshot()
     }
@@ -652,12 +654,24 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     }
   }
 
-  private func persist(_ rd: ReplicaReady<Engine>) async throws {
+  /// Stores what `rd` must make durable. With a write, the messages that waited for it are sent by the storage
+  /// the moment the write is durable (on its I/O thread, for file storage), not after this task is scheduled
+  /// again: a follower's acknowledgement leaves one thread hand-off sooner. Returns whether they were sent;
+  /// otherwise the caller sends them.
+  private func persist(_ rd: ReplicaReady<Engine>) async throws -> Bool {
     if let install = rd.snapshot {
       try await storage.saveSnapshot(install.stored, discardingLog: install.discardingLog)
       if let through = install.compactThrough { try await storage.compact(through: through) }
     }
-    if !rd.write.isEmpty { try await writeRetryingDescriptors(rd.write) }
+    if rd.write.isEmpty { return false }
+    guard !rd.messages.isEmpty else {
+      try await writeRetryingDescriptors(rd.write, whenDurable: nil)
+      return true
+    }
+    let sender = DurableSender(endpoint: endpoint, group: group, messages: rd.messages)
+    try await writeRetryingDescriptors(rd.write, whenDurable: { sender.send() })
+    for peer in sender.refused { engine?.reportUnreachable(peer) }
+    return true
   }
 
   /// The most times a write that found no file descriptor is tried again before the node stops.
@@ -666,11 +680,17 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// Writes `write`, trying again (pausing up to a second) while the storage reports that file descriptors ran
   /// out: a retryable condition (connections come and go), not a failed disk. Messages that depend on the write
   /// wait meanwhile, as for a slow disk. After ``descriptorRetries`` attempts the error stops the node.
-  private func writeRetryingDescriptors(_ write: StorageWrite<Engine.Entry>) async throws {
+  private func writeRetryingDescriptors(
+    _ write: StorageWrite<Engine.Entry>, whenDurable: (@Sendable () -> Void)?
+  ) async throws {
     var pause = Duration.milliseconds(10)
     for attempt in 0... {
       do {
-        try await storage.write(write)
+        if let whenDurable {
+          try await storage.write(write, whenDurable: whenDurable)
+        } else {
+          try await storage.write(write)
+        }
         return
       } catch let error as StorageError where error.isRetryable && attempt < Self.descriptorRetries {
         logger.warning("a write found no file descriptor; trying again in \(pause)", ["error": "\(error)"])
@@ -1116,4 +1136,34 @@ package enum SnapshotSchedule {
   ) -> Bool {
     every > 0 && applied >= lastSnapshot &+ UInt64(every) && bytesSince >= lastSnapshotBytes / 2
   }
+}
+
+/// The messages of one ready that wait for its write, sent from whatever thread the storage reports durability
+/// on. Peers whose queue was full are remembered, so the node can tell its engine once it resumes.
+private final class DurableSender<Message: Sendable>: Sendable {
+  private let endpoint: any TransportEndpoint<Message>
+  private let group: GroupID
+  private let messages: [ReplicaOutgoing<Message>]
+  private let refusedPeers = Mutex<[NodeID]>([])
+
+  init(endpoint: any TransportEndpoint<Message>, group: GroupID, messages: [ReplicaOutgoing<Message>]) {
+    self.endpoint = endpoint
+    self.group = group
+    self.messages = messages
+  }
+
+  /// Sends every message; runs once, when the write is durable.
+  func send() {
+    for m in messages {
+      do {
+        try endpoint.send(m.message, to: m.to, group: group)
+      } catch {
+        // Lost like any message; a full queue is reported to the engine so that it stops streaming.
+        if case .queueFull = error { refusedPeers.withLock { $0.append(m.to) } }
+      }
+    }
+  }
+
+  /// The peers whose queue was full.
+  var refused: [NodeID] { refusedPeers.withLock { $0 } }
 }

@@ -208,6 +208,14 @@ public protocol ConsensusStorage<Entry>: Sendable {
   /// Writes a hard state and/or entries; returns once they are durable under the fsync policy.
   func write(_ write: StorageWrite<Entry>) async throws
 
+  /// Writes like ``write(_:)`` and runs `whenDurable` as soon as the write is durable, before returning.
+  ///
+  /// A storage that does its I/O on a thread of its own runs `whenDurable` on that thread, the moment the sync
+  /// returns: a node hands it the messages that had to wait for the write (a follower's acknowledgement), so
+  /// they leave without waiting for the node's own task to be scheduled again. `whenDurable` does not run if
+  /// the write fails. The default implementation awaits ``write(_:)`` and then runs it.
+  func write(_ write: StorageWrite<Entry>, whenDurable: @escaping @Sendable () -> Void) async throws
+
   /// Stores `snapshot` atomically. With `discardingLog`, every stored entry is dropped (a follower that
   /// installs a leader's snapshot); otherwise entries up to the snapshot's index become eligible for
   /// ``compact(through:)``.
@@ -218,4 +226,12 @@ public protocol ConsensusStorage<Entry>: Sendable {
 
   /// Flushes and releases resources; later calls throw ``StorageError/closed``.
   func close() async throws
+}
+
+extension ConsensusStorage {
+  /// Awaits ``write(_:)``, then runs `whenDurable`.
+  public func write(_ write: StorageWrite<Entry>, whenDurable: @escaping @Sendable () -> Void) async throws {
+    try await self.write(write)
+    whenDurable()
+  }
 }

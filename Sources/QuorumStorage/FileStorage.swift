@@ -171,6 +171,18 @@ public final class FileStorage<Entry: StorableEntry>: ConsensusStorage {
     try await core.write(encoded)
   }
 
+  /// Appends like ``write(_:)``; `whenDurable` runs on the storage's I/O thread right after the sync that made
+  /// the write durable (see ``ConsensusStorage/write(_:whenDurable:)``).
+  public func write(_ write: StorageWrite<Entry>, whenDurable: @escaping @Sendable () -> Void) async throws {
+    if write.isEmpty {
+      if core.closedFlag.load(ordering: .acquiring) { throw StorageError.closed }
+      whenDurable()
+      return
+    }
+    let encoded = try WALFormat.encode(write, mode: mode, maxRecordBytes: maxRecordBytes)
+    try await core.write(encoded, whenDurable: whenDurable)
+  }
+
   /// Writes `snapshot` atomically; keeps the newest two snapshot files.
   ///
   /// With `discardingLog`, the log continues in a new segment that starts with a reset to the snapshot's

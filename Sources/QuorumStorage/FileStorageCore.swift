@@ -40,8 +40,21 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
   // MARK: Request queue
 
   private enum Request: Sendable {
-    case write(WALFormat.EncodedWrite, CheckedContinuation<Void, any Error>)
+    case write(WALFormat.EncodedWrite, Durable)
     case task(@Sendable () -> Void)
+  }
+
+  /// Who waits for a write: the writer's continuation, and what runs on this queue once the write is durable.
+  private struct Durable: Sendable {
+    let continuation: CheckedContinuation<Void, any Error>
+    let then: (@Sendable () -> Void)?
+
+    func succeed() {
+      then?()
+      continuation.resume()
+    }
+
+    func fail(_ error: any Error) { continuation.resume(throwing: error) }
   }
 
   private struct Inbox: Sendable {
@@ -155,10 +168,12 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
   // MARK: Submitting requests
 
   /// Queues an encoded write; returns when it is durable under the fsync policy.
-  func write(_ write: WALFormat.EncodedWrite) async throws {
+  /// Queues an encoded write; returns when it is durable under the fsync policy. `whenDurable` runs on the I/O
+  /// queue as soon as it is, before the caller resumes.
+  func write(_ write: WALFormat.EncodedWrite, whenDurable: (@Sendable () -> Void)? = nil) async throws {
     if closedFlag.load(ordering: .acquiring) { throw StorageError.closed }
     try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-      enqueue(.write(write, continuation))
+      enqueue(.write(write, Durable(continuation: continuation, then: whenDurable)))
     }
   }
 
@@ -204,9 +219,9 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
           next += 1
           continue
         }
-        var group: [(WALFormat.EncodedWrite, CheckedContinuation<Void, any Error>)] = []
-        while next < requests.count, case .write(let write, let continuation) = requests[next] {
-          group.append((write, continuation))
+        var group: [(WALFormat.EncodedWrite, Durable)] = []
+        while next < requests.count, case .write(let write, let waiter) = requests[next] {
+          group.append((write, waiter))
           next += 1
         }
         appendWrites(group)
@@ -287,12 +302,12 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
 
   // MARK: Writing (on `queue`)
 
-  private func appendWrites(_ group: [(WALFormat.EncodedWrite, CheckedContinuation<Void, any Error>)]) {
+  private func appendWrites(_ group: [(WALFormat.EncodedWrite, Durable)]) {
     var outcomes = [StorageError?](repeating: nil, count: group.count)
     do throws(StorageError) {
       try ensureOpen()
     } catch {
-      for (_, continuation) in group { continuation.resume(throwing: error) }
+      for (_, waiter) in group { waiter.fail(error) }
       return
     }
     var pending: [[UInt8]] = []
@@ -344,11 +359,11 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
       poison(error)
       for slot in group.indices where outcomes[slot] == nil { outcomes[slot] = error }
     }
-    for (slot, (_, continuation)) in group.enumerated() {
+    for (slot, (_, waiter)) in group.enumerated() {
       if let error = outcomes[slot] {
-        continuation.resume(throwing: error)
+        waiter.fail(error)
       } else {
-        continuation.resume()
+        waiter.succeed()
       }
     }
   }

@@ -62,6 +62,9 @@ final class Connection: LoopHandler {
   var receiveBudget: ReceiveBudget? {
     didSet { oldValue?.release(self) }
   }
+  /// Runs once when the connection closes, before its descriptor is closed (so that other threads that write
+  /// to it can be stopped first).
+  var willClose: (() -> Void)?
 
   private var token: UInt64 = 0
   private(set) var isConnecting = false
@@ -480,6 +483,10 @@ final class Connection: LoopHandler {
       }
     }
     registered = false
+    if let willClose {
+      self.willClose = nil
+      willClose()
+    }
     Glibc.close(fd)
     receiveBudget?.release(self)
     readBuffer = []

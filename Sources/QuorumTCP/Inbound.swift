@@ -78,13 +78,13 @@ public struct TCPRequest: Sendable {
     self.route = route
   }
 
-  /// Sends `reply` to the client. Never blocks: the reply is queued to the event loop.
+  /// Sends `reply` to the client. Never blocks: when the connection is idle the reply is written to the socket
+  /// at once, from the caller's thread; otherwise it is queued to the event loop.
   public func respond(_ reply: [UInt8]) {
     let frame = TCPFrame.encode(
       Envelope(from: route.node, to: .none, payload: RPCPayload(id: id, body: reply)),
       protocolNumber: WireProtocol.client, reserving: reply.count + 32)
-    let route = self.route
-    route.loop.execute { route.target?.sendReply(frame) }
+    route.send(frame)
   }
 }
 
@@ -99,21 +99,58 @@ final class Handler<Input, Output>: Sendable {
 
 /// Where replies to a client connection go.
 protocol ReplyTarget: AnyObject {
-  func sendReply(_ frame: [UInt8])
+  /// Replies were queued in the route's ``ReplyRoute/queue``: write them.
+  func flushReplies()
 }
 
-/// The way back to a client connection.
+/// The way back to a client connection: a ``LinkQueue`` of replies that the responder writes to the idle
+/// socket itself, or that the loop drains.
 final class ReplyRoute: @unchecked Sendable {
   // Safety of @unchecked Sendable: `target` is read only on the event loop's thread (inside
-  // `loop.execute`), where the connection it points to lives; the other properties are immutable.
+  // `loop.execute`), where the connection it points to lives; `queue` and `directReplies` are synchronised;
+  // the other properties are immutable.
   let loop: EventLoop
   let node: NodeID
+  let writesFromResponders: Bool
+  let metrics: MetricsCounters
   weak var target: (any ReplyTarget)?
+  /// Replies not yet written. Not bounded here: a connection has at most
+  /// ``TCPTransportOptions/maxInflightRequestsPerConnection`` requests, so at most that many replies.
+  let queue = LinkQueue(maxFrames: .max, maxBytes: .max)
+  /// Replies written by responders since the loop last looked (each ends one request in flight).
+  let directReplies = Atomic<Int>(0)
 
-  init(loop: EventLoop, node: NodeID, target: any ReplyTarget) {
+  init(loop: EventLoop, node: NodeID, writesFromResponders: Bool, metrics: MetricsCounters, target: any ReplyTarget) {
     self.loop = loop
     self.node = node
+    self.writesFromResponders = writesFromResponders
+    self.metrics = metrics
     self.target = target
+  }
+
+  /// Writes `frame` to the idle socket, or queues it for the loop.
+  func send(_ frame: [UInt8]) {
+    let outcome: LinkQueue.Outcome
+    do {
+      outcome = try queue.send(frame, peer: .none, writeIfIdle: writesFromResponders)
+    } catch {
+      return  // The connection closed: the reply has nowhere to go.
+    }
+    switch outcome {
+    case .queued:
+      break
+    case .queuedWake:
+      loop.execute { [self] in target?.flushReplies() }
+    case .written:
+      directReplies.add(1, ordering: .relaxed)
+      metrics.framesWrittenBySenders.add(1, ordering: .relaxed)
+    case .cutShort(let wake):
+      // The loop writes the rest; the request ends here all the same.
+      directReplies.add(1, ordering: .relaxed)
+      metrics.framesWrittenBySenders.add(1, ordering: .relaxed)
+      metrics.senderWritesCutShort.add(1, ordering: .relaxed)
+      if wake { loop.execute { [self] in target?.flushReplies() } }
+    }
   }
 }
 
@@ -183,6 +220,11 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
 
   func connectionDidDrain(_ connection: Connection) {
     connection.resume(.replies)
+    guard let route, !connection.isClosed else { return }
+    // Replies queued meanwhile go next; with none, responders may write to the socket themselves again.
+    var taken = (frames: 0, bytes: 0)
+    connection.enqueue { buffer in taken = route.queue.take(into: &buffer, budget: 256 << 10) }
+    if taken.bytes > 0 { repliesTaken(taken.frames) }
   }
 
   func connection(_ connection: Connection, didCloseWith reason: TCPCloseReason) {
@@ -288,11 +330,20 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
         lastTick = lastHeard
       case .client(let principal, let role):
         phase = .client(principal: principal, role: role)
-        route = ReplyRoute(loop: sink.loop, node: sink.id, target: self)
         connection.receiveBudget = sink.clientReceiveBudget
         connection.writeStallTimeoutNanos = options.frameTimeout.nanoseconds
       }
       connection.enqueue(welcome)
+      if case .client = phase {
+        // Replies go through the route's queue, which seals them from here on. The welcome is in the loop's
+        // buffer, so no reply can pass it.
+        let route = ReplyRoute(
+          loop: sink.loop, node: sink.id, writesFromResponders: options.writesFromSenders,
+          metrics: sink.environment.metrics, target: self)
+        route.queue.attach(fd: connection.fd, sealer: session?.sealer)
+        connection.willClose = { [weak route] in route?.queue.close() }
+        self.route = route
+      }
       connection.flushSoon()
       return .proceed
     }
@@ -354,6 +405,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
         }
       }
     case .client:
+      settleDirectReplies()
       if inflight == 0, connection.pendingWriteBytes == 0,
         now >= connection.lastReceived &+ options.clientIdleTimeout.nanoseconds
       {
@@ -472,9 +524,10 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     let request = TCPRequest(
       body: envelope.payload.body, remote: connection.remote, principal: principal, role: role,
       id: envelope.payload.id, route: route)
+    settleDirectReplies()
     inflight += 1
     if let handler = sink.directRequests.withLock({ $0 }), handler.call(request) {
-      return inflight >= sink.environment.options.maxInflightRequestsPerConnection ? .pause : .proceed
+      return pauseIfFull()
     }
     do {
       try sink.requests.trySend(request)
@@ -492,17 +545,49 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
       inflight -= 1
       return .close(.localShutdown)
     }
-    return inflight >= sink.environment.options.maxInflightRequestsPerConnection ? .pause : .proceed
+    return pauseIfFull()
   }
 
-  /// Queues a reply. Replies waiting to be written count against the connection: past
-  /// ``TCPTransportOptions/replyPauseBytes`` no more requests are read until they drain, and past
+  /// Pauses reading at the in-flight limit. While paused, replies come through the loop (``flushReplies()``),
+  /// which resumes reading as they end requests.
+  private func pauseIfFull() -> FrameVerdict {
+    guard inflight >= sink.environment.options.maxInflightRequestsPerConnection else { return .proceed }
+    route?.queue.hold(true)
+    settleDirectReplies()
+    guard inflight >= sink.environment.options.maxInflightRequestsPerConnection else {
+      route?.queue.hold(false)
+      return .proceed
+    }
+    return .pause
+  }
+
+  /// Counts the replies responders wrote themselves as ended requests.
+  private func settleDirectReplies() {
+    guard let route else { return }
+    inflight -= route.directReplies.exchange(0, ordering: .relaxed)
+  }
+
+  /// Writes the queued replies (see ``ReplyRoute``).
+  func flushReplies() {
+    guard !connection.isClosed, let route else { return }
+    if connection.pendingWriteBytes > 0 {
+      // The loop is still writing earlier bytes: it takes the replies when they drain.
+      connection.flushSoon()
+      return
+    }
+    var taken = (frames: 0, bytes: 0)
+    connection.enqueue { buffer in taken = route.queue.take(into: &buffer, budget: 256 << 10) }
+    repliesTaken(taken.frames)
+  }
+
+  /// `count` replies moved into the write buffer. Replies waiting to be written count against the connection:
+  /// past ``TCPTransportOptions/replyPauseBytes`` no more requests are read until they drain, and past
   /// ``TCPTransportOptions/maxReplyBytesPerConnection`` the client is taken to have stopped reading and is
   /// disconnected.
-  func sendReply(_ frame: [UInt8]) {
+  private func repliesTaken(_ count: Int) {
     guard !connection.isClosed else { return }
-    inflight -= 1
-    transmit(frame)
+    settleDirectReplies()
+    inflight -= count
     let options = sink.environment.options
     let pending = connection.pendingWriteBytes
     let metrics = sink.environment.metrics
@@ -514,6 +599,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     if pending >= options.replyPauseBytes { connection.pause(.replies) }
     connection.flushSoon()
     if connection.isReadingPaused && !isStalled && inflight < options.maxInflightRequestsPerConnection {
+      route?.queue.hold(false)
       connection.resumeReading()
     }
   }
@@ -546,7 +632,11 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
       if !delivered { inflight -= 1 }
     }
     guard !connection.isClosed else { return }
-    if inflight < sink.environment.options.maxInflightRequestsPerConnection { connection.resumeReading() }
+    settleDirectReplies()
+    if inflight < sink.environment.options.maxInflightRequestsPerConnection {
+      route?.queue.hold(false)
+      connection.resumeReading()
+    }
   }
 }
 

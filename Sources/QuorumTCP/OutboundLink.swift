@@ -101,17 +101,9 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
     if now >= lastPing &+ liveness.pingInterval.nanoseconds {
       lastPing = now
       pings &+= 1
-      transmit(LinkControl.ping(pings).frame, on: connection)
+      // Through the queue, which seals it on an authenticated link and keeps it in order with senders' writes.
+      queue.enqueueControl(LinkControl.ping(pings).frame)
       connection.flushSoon()
-    }
-  }
-
-  /// Queues `frame` on `connection`, with its code on an authenticated connection.
-  private func transmit(_ frame: [UInt8], on connection: Connection) {
-    if session == nil {
-      connection.enqueue(frame)
-    } else {
-      connection.enqueue { buffer in session?.sealer.append(frame, to: &buffer) }
     }
   }
 
@@ -260,6 +252,9 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
     self.session = session
     connection.handshakeDeadline = nil
     connection.maxFrameBytes = 256 + (session == nil ? 0 : TCPFrame.tagBytes)  // only acknowledgements come back
+    // From here the queue seals and writes this link's frames (the loop's and, while idle, the senders').
+    queue.attach(fd: connection.fd, sealer: session?.sealer)
+    connection.willClose = { [queue] in queue.detach() }
     let now = monotonicNanos()
     lastHeard = now
     lastPing = now
@@ -297,15 +292,7 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
   func connectionDidDrain(_ connection: Connection) {
     guard phase == .established else { return }
     var taken = (frames: 0, bytes: 0)
-    if session == nil {
-      connection.enqueue { buffer in taken = queue.take(into: &buffer, budget: 256 << 10) }
-    } else {
-      let frames = queue.take(budget: 256 << 10)
-      connection.enqueue { buffer in
-        for frame in frames { session?.sealer.append(frame, to: &buffer) }
-      }
-      taken = (frames.count, frames.reduce(0) { $0 + $1.count + TCPFrame.tagBytes })
-    }
+    connection.enqueue { buffer in taken = queue.take(into: &buffer, budget: 256 << 10) }
     guard taken.frames > 0 else { return }
     let metrics = environment.metrics
     _ = metrics.framesSent.add(taken.frames, ordering: .relaxed)

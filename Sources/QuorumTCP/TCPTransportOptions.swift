@@ -137,6 +137,10 @@ public struct TCPTransportOptions: Sendable, Equatable {
   /// Bytes of partly received client frames one endpoint holds in all; past it, client connections in the
   /// middle of a frame stop being read until room is made (frames complete, or time out).
   public var maxClientReceiveBufferBytes: Int
+  /// Whether a sender writes a peer message to the socket itself when the link is idle (nothing queued, nothing
+  /// being written), rather than queueing it for the event loop: one thread hand-off less per message. When the
+  /// link is busy, messages queue and the loop writes them in batches either way.
+  public var writesFromSenders = true
 
   /// Creates options; the defaults suit a LAN cluster.
   public init(
@@ -215,6 +219,12 @@ public struct TCPTransportMetrics: Sendable, Equatable, CustomStringConvertible 
   /// Write batches: queued frames taken together and written with one `send` (more only when the socket's
   /// buffer fills mid-batch); `framesSent / writeCalls` shows how well writes are coalesced.
   public var writeCalls = 0
+  /// Frames (peer messages and replies) that the sending thread wrote to an idle socket itself, without waking
+  /// the event loop (see ``TCPTransportOptions/writesFromSenders``); counted in ``framesSent`` and
+  /// ``writeCalls`` too for peer messages.
+  public var framesWrittenBySenders = 0
+  /// Of those, the frames the socket took only part of (its send buffer was full): the loop wrote the rest.
+  public var senderWritesCutShort = 0
   /// Connections accepted by listeners.
   public var connectionsAccepted = 0
   /// Outbound connections that completed their handshake.
@@ -256,6 +266,8 @@ final class MetricsCounters: Sendable {
   let bytesSent = Atomic<Int>(0)
   let bytesReceived = Atomic<Int>(0)
   let writeCalls = Atomic<Int>(0)
+  let framesWrittenBySenders = Atomic<Int>(0)
+  let senderWritesCutShort = Atomic<Int>(0)
   let connectionsAccepted = Atomic<Int>(0)
   let connectionsEstablished = Atomic<Int>(0)
   let framesDropped = Atomic<Int>(0)
@@ -285,6 +297,8 @@ final class MetricsCounters: Sendable {
     m.bytesSent = bytesSent.load(ordering: .relaxed)
     m.bytesReceived = bytesReceived.load(ordering: .relaxed)
     m.writeCalls = writeCalls.load(ordering: .relaxed)
+    m.framesWrittenBySenders = framesWrittenBySenders.load(ordering: .relaxed)
+    m.senderWritesCutShort = senderWritesCutShort.load(ordering: .relaxed)
     m.connectionsAccepted = connectionsAccepted.load(ordering: .relaxed)
     m.connectionsEstablished = connectionsEstablished.load(ordering: .relaxed)
     m.framesDropped = framesDropped.load(ordering: .relaxed)

@@ -1,5 +1,6 @@
 import Foundation
 import QuorumCore
+import Synchronization
 import Testing
 
 @testable import QuorumStorage
@@ -516,6 +517,36 @@ struct FileStorageSnapshotTests {
         return
       }
       #expect(path == newest)
+    }
+  }
+}
+
+@Suite("FileStorage: work run when a write is durable")
+struct FileStorageWhenDurableTests {
+  @Test("it runs once, after the write's sync and before the writer resumes; a refused write never runs it")
+  func runsAfterTheSync() async throws {
+    try await withTemporaryDirectory { directory in
+      let storage = makeStorage(directory)
+      _ = try await storage.recover()
+      let before = try await storage.syncCount()
+      let runs = Mutex<[Int]>([])
+      try await storage.write(StorageWrite(entries: [TestEntry(1)])) {
+        // The hook runs on the storage's queue, where the sync count may be read: the write's own fdatasync
+        // has happened.
+        let syncs = storage.core.syncCount
+        runs.withLock { $0.append(syncs) }
+      }
+      #expect(runs.withLock { $0 } == [before + 1], "ran once, after the write's sync, before write returned")
+
+      // Index 5 after 1 leaves a gap: refused, and the hook does not run.
+      await #expect(throws: StorageError.self) {
+        try await storage.write(StorageWrite(entries: [TestEntry(5)])) { runs.withLock { $0.append(-2) } }
+      }
+      try await storage.close()
+      await #expect(throws: StorageError.self) {
+        try await storage.write(StorageWrite(entries: [TestEntry(2)])) { runs.withLock { $0.append(-3) } }
+      }
+      #expect(runs.withLock { $0 } == [before + 1])
     }
   }
 }

@@ -180,7 +180,10 @@ struct TCPTransportTests {
 
   @Test("frames queued together are written together (write coalescing)")
   func coalescing() async throws {
-    let transport = loopbackTransport()
+    // The loop's batching; a sender writing to an idle link itself is covered in SenderWriteTests.
+    var options = TCPTransportOptions()
+    options.writesFromSenders = false
+    let transport = loopbackTransport(options: options)
     let n1 = try await transport.bind(1)
     let n2 = try await transport.bind(2)
     let count = 20_000
