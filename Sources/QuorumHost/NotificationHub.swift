@@ -58,6 +58,8 @@ public final class NotificationHub: Sendable {
   private struct State {
     var rings: [GroupID: Ring] = [:]
     var waiters: [UInt64: Waiter] = [:]
+    /// Waits whose timeout fired before they registered (or after they ended): they must not register.
+    var timedOut: Set<UInt64> = []
     var nextWaiter: UInt64 = 0
   }
 
@@ -95,12 +97,15 @@ public final class NotificationHub: Sendable {
       s.nextWaiter += 1
       return s.nextWaiter
     }
+    // The two tasks below race: the timeout may fire before the wait has registered. Whichever comes second
+    // sees what the first left (a registered waiter, or the mark of a timeout), so the wait always ends.
+    defer { state.withLock { _ = $0.timedOut.remove(id) } }
     return await withTaskGroup(of: [Record]?.self) { tasks in
       tasks.addTask {
         await withUnsafeContinuation { (continuation: UnsafeContinuation<[Record], Never>) in
           let held = self.state.withLock { s -> [Record]? in
             let hits = s.rings[group]?.hits(after: after, service: service, key: key) ?? []
-            if !hits.isEmpty { return hits }
+            if !hits.isEmpty || s.timedOut.contains(id) { return hits }
             s.waiters[id] = Waiter(group: group, service: service, key: key, continuation: continuation)
             return nil
           }
@@ -109,7 +114,11 @@ public final class NotificationHub: Sendable {
       }
       tasks.addTask {
         try? await clock.sleep(for: timeout)
-        let waiter = self.state.withLock { $0.waiters.removeValue(forKey: id) }
+        let waiter = self.state.withLock { s -> Waiter? in
+          if let waiter = s.waiters.removeValue(forKey: id) { return waiter }
+          s.timedOut.insert(id)
+          return nil
+        }
         waiter?.continuation.resume(returning: [])
         return nil
       }

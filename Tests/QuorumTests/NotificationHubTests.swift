@@ -30,3 +30,28 @@ struct NotificationHubTests {
     #expect(latest.map(\.payload) == [[9], [10], [11], [12]])
   }
 }
+
+/// A clock whose timers have always already fired: a wait's timeout can come before the wait has registered.
+struct ExpiredClock: NodeClock {
+  func monotonicNanos() -> UInt64 { 0 }
+  func wallClockMillis() -> UInt64 { 0 }
+  func sleep(untilNanos deadline: UInt64) async throws {}
+}
+
+@Suite("NotificationHub waits end on time", .timeLimit(.minutes(1)))
+struct NotificationHubTimeoutTests {
+  @Test("a timeout that fires before the wait has registered still ends the wait, empty (2,000 waits)")
+  func timeoutBeforeRegistration() async {
+    let hub = NotificationHub()
+    for _ in 0..<2_000 {
+      let records = await hub.wait(
+        group: .default, service: "locks", key: "k", after: 0, timeout: .zero, clock: ExpiredClock())
+      #expect(records.isEmpty)
+    }
+    // And a notification published later is not handed to a wait that already ended.
+    hub.publish(group: .default, index: 1, [ServiceNotification(service: "locks", payload: [1], keys: ["k"])])
+    let later = await hub.wait(
+      group: .default, service: "locks", key: "k", after: 0, timeout: .seconds(30), clock: SystemClock())
+    #expect(later.map(\.index) == [1])
+  }
+}
