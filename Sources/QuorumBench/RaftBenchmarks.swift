@@ -39,18 +39,25 @@ enum RaftBenchmarks {
         "raft", "file+fsync: \(clients) clients, p50 / p99 latency", r.p50, "µs",
         note: String(format: "p99 %.0f µs; p50 = %.2f × fsync", r.p99, r.p50 / fsync))
     }
-    for (label, timeout, heartbeat, tick) in [
+    // An active group (leaders never idle), at two timeout settings; then an idle one with the default settings
+    // (IdleHeartbeatFactor 5), whose leader is crashed once it heartbeats five times less often.
+    for (label, timeout, heartbeat, tick, idleFactor) in [
       (
         "150–300 ms", Duration.milliseconds(150)...Duration.milliseconds(300), Duration.milliseconds(50),
-        Duration.milliseconds(10)
+        Duration.milliseconds(10), 1
       ),
       (
         "12–24 ms", Duration.milliseconds(12)...Duration.milliseconds(24), Duration.milliseconds(4),
-        Duration.milliseconds(1)
+        Duration.milliseconds(1), 1
+      ),
+      (
+        "150–300 ms, idle group (factor 5)", Duration.milliseconds(150)...Duration.milliseconds(300),
+        Duration.milliseconds(50), Duration.milliseconds(10), 5
       ),
     ] {
       let trials = ProcessInfo.processInfo.environment["QUORUM_FAILOVER_TRIALS"].flatMap(Int.init) ?? 100
-      let times = try await failover(trials: trials, timeout: timeout, heartbeat: heartbeat, tick: tick)
+      let times = try await failover(
+        trials: trials, timeout: timeout, heartbeat: heartbeat, tick: tick, idleFactor: idleFactor)
       report.add(
         "raft", "failover \(label): p50 until a new leader commits", percentile(times, 0.5), "ms",
         note: String(
@@ -226,13 +233,14 @@ enum RaftBenchmarks {
 
   // MARK: Failover
 
-  static func failover(trials: Int, timeout: ClosedRange<Duration>, heartbeat: Duration, tick: Duration) async throws
-    -> [Double]
-  {
+  static func failover(
+    trials: Int, timeout: ClosedRange<Duration>, heartbeat: Duration, tick: Duration, idleFactor: Int
+  ) async throws -> [Double] {
     let configuration = try RaftConfiguration {
       Members(1, 2, 3)
       ElectionTimeout(timeout)
       HeartbeatInterval(heartbeat)
+      IdleHeartbeatFactor(idleFactor)
       TickInterval(tick)
       LeaseReads(clockDriftBound: tick)
       RequestLimits(timeout: .milliseconds(200))
@@ -255,8 +263,9 @@ enum RaftBenchmarks {
     for trial in 0..<trials {
       let leader = try await Running(nodes: nodes, tasks: [], storages: []).leader()
       let leaderID = leader.id
-      // Let followers settle (heartbeats flowing) before the crash.
-      try await Task.sleep(for: heartbeat * 3)
+      // Let followers settle (heartbeats flowing) before the crash; an idle group, until its leader idles (a
+      // minimum election timeout without requests, then a heartbeat round, with margin).
+      try await Task.sleep(for: idleFactor == 1 ? heartbeat * 3 : timeout.upperBound + heartbeat * (idleFactor + 2))
       let crash = nowNanos()
       leader.stop()
       _ = await tasks[leaderID]?.result

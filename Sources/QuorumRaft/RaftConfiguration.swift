@@ -27,6 +27,13 @@ public struct RaftConfiguration: Sendable, Equatable {
   public var electionTimeout: ClosedRange<Duration> = .milliseconds(150)...(.milliseconds(300))
   /// How often a leader sends heartbeats.
   public var heartbeatInterval: Duration = .milliseconds(50)
+  /// How many times less often an idle leader sends heartbeats (see ``RaftCoreOptions/idleHeartbeatFactor``): a
+  /// group nobody writes to, reads from or changes for a minimum election timeout, whose followers all hold and
+  /// know the whole committed log, heartbeats this many times less often, and its followers wait as many times
+  /// longer before campaigning. With the default, 5, an idle group's heartbeats cost a fifth as much and a crashed
+  /// idle leader is replaced after 0.75–1.5 s instead of 150–300 ms (etcd's default election timeout is 1 s).
+  /// 1 turns idling off; at most ``RaftCore/maxIdleFactor``.
+  public var idleHeartbeatFactor = 5
   /// The clock granularity of the node: timeouts are counted in ticks of this length.
   public var tickInterval: Duration = .milliseconds(10)
   /// Probe with a pre-vote before campaigning (thesis §9.6).
@@ -70,7 +77,8 @@ public struct RaftConfiguration: Sendable, Equatable {
   /// Capacity of the node's input mailbox.
   public var inputCapacity = 65_536
 
-  /// The defaults: 150–300 ms elections, 50 ms heartbeats, 10 ms ticks, pre-vote, check-quorum, lease reads.
+  /// The defaults: 150–300 ms elections, 50 ms heartbeats (250 ms while idle), 10 ms ticks, pre-vote,
+  /// check-quorum, lease reads.
   public init() {}
 
   /// Builds a configuration from DSL settings and validates it.
@@ -127,6 +135,10 @@ public struct RaftConfiguration: Sendable, Equatable {
         "\(heartbeatInterval) is not well below the minimum election timeout \(electionTimeout.lowerBound) "
           + "(at most a third of it)")
     }
+    guard (1...RaftCore.maxIdleFactor).contains(idleHeartbeatFactor) else {
+      throw fail(
+        "IdleHeartbeatFactor", "must be 1 (no idling) ... \(RaftCore.maxIdleFactor), got \(idleHeartbeatFactor)")
+    }
     if leaseReads {
       guard checkQuorum else { throw fail("LeaseReads", "lease reads need CheckQuorum(true)") }
       guard clockDriftBound > .zero else {
@@ -160,6 +172,7 @@ public struct RaftConfiguration: Sendable, Equatable {
     o.electionTimeoutMinTicks = ticks(electionTimeout.lowerBound)
     o.electionTimeoutMaxTicks = max(o.electionTimeoutMinTicks + 1, ticks(electionTimeout.upperBound))
     o.heartbeatTicks = max(1, ticks(heartbeatInterval))
+    o.idleHeartbeatFactor = idleHeartbeatFactor
     o.preVote = preVote
     o.checkQuorum = checkQuorum
     o.maxEntriesBytesPerMessage = maxEntriesBytesPerMessage
@@ -230,6 +243,15 @@ public struct HeartbeatInterval: RaftSetting {
   /// Sets the interval.
   public init(_ interval: Duration) { self.interval = interval }
   public func apply(to c: inout RaftConfiguration) { c.heartbeatInterval = interval }
+}
+
+/// How many times less often an idle leader heartbeats (``RaftConfiguration/idleHeartbeatFactor``); 1 turns
+/// idling off.
+public struct IdleHeartbeatFactor: RaftSetting {
+  let factor: Int
+  /// Sets the factor.
+  public init(_ factor: Int) { self.factor = factor }
+  public func apply(to c: inout RaftConfiguration) { c.idleHeartbeatFactor = factor }
 }
 
 /// The node's clock granularity.

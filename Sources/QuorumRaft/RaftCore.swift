@@ -22,6 +22,16 @@ public struct RaftCoreOptions: Sendable, Equatable {
   public var electionTimeoutMaxTicks: Int = 20
   /// Ticks between heartbeats.
   public var heartbeatTicks: Int = 1
+  /// How many times less often an idle leader heartbeats; 1 (the default) keeps every leader active.
+  ///
+  /// A leader is idle once nothing was proposed, read or transferred for a minimum election timeout, and every
+  /// follower holds the whole log, knows it committed and answered the last heartbeat round. It then heartbeats
+  /// every `heartbeatTicks × idleHeartbeatFactor` ticks and says so in each heartbeat; its followers wait as many
+  /// times longer before they campaign or grant a vote, and it allows as many times longer for its quorum to
+  /// answer (check-quorum). A request or any message a follower starts ends the idle mode at once. The price is
+  /// failover: a crashed idle leader is replaced after `idleHeartbeatFactor` election timeouts. Leases are not
+  /// stretched (an idle leader's lapses, and a lease read then takes a round), so safety does not depend on it.
+  public var idleHeartbeatFactor: Int = 1
   /// Probe with a pre-vote before a real election, so a node that was partitioned away cannot disrupt the
   /// group when it returns (thesis §9.6).
   public var preVote: Bool = true
@@ -77,6 +87,9 @@ public struct RaftCoreOptions: Sendable, Equatable {
     }
     if electionTimeoutMinTicks < 1 { throw fail("electionTimeoutMinTicks", "must be at least 1") }
     if heartbeatTicks < 1 { throw fail("heartbeatTicks", "must be at least 1") }
+    if idleHeartbeatFactor < 1 || idleHeartbeatFactor > RaftCore.maxIdleFactor {
+      throw fail("idleHeartbeatFactor", "must be 1 ... \(RaftCore.maxIdleFactor), got \(idleHeartbeatFactor)")
+    }
     guard leaseDurationNanos > 0 else { return }
     guard checkQuorum else { throw fail("leaseDurationNanos", "lease reads need checkQuorum") }
     guard tickNanos > 0 else {
@@ -266,6 +279,18 @@ public struct RaftCore: Sendable {
   public private(set) var transferee: NodeID?
   private var uncommittedBytes = 0
   private var needsBroadcast = false
+  /// A leader heartbeating less often (``RaftCoreOptions/idleHeartbeatFactor``).
+  public private(set) var isIdle = false
+  /// Whether this leader may turn idle; the shell clears it while its state machine has a deadline coming (a
+  /// lease), so that a failover then takes an active group's election time. Clearing it wakes an idle leader.
+  public var idleAllowed = true {
+    didSet { if !idleAllowed { noteActivity() } }
+  }
+  /// A leader's ticks since the last request or follower-started message.
+  private var ticksSinceActivity = 0
+  /// A follower's leader is idle and heartbeats this many times less often: its timeouts stretch as much (1 when
+  /// its leader is active or unknown).
+  public private(set) var leaderIdleFactor = 1
 
   // ReadIndex and leases.
   private struct PendingRead: Sendable {
@@ -470,7 +495,7 @@ public struct RaftCore: Sendable {
     // A node within its refusal window does not campaign either: its own vote would count for a new leader
     // while the leader it acknowledged may still hold a lease. Ticks fired in a burst after a stall reach
     // the timeout early; the clock says whether the window has really passed.
-    if isPromotable && electionElapsed >= randomizedElectionTimeout && !inClockLeaseWindow {
+    if isPromotable && electionElapsed >= randomizedElectionTimeout * leaderIdleFactor && !inClockLeaseWindow {
       electionElapsed = 0
       startElection(options.preVote ? .preVote : .election)
     }
@@ -490,7 +515,12 @@ public struct RaftCore: Sendable {
   /// the lease rests on it). Either count suffices to refuse.
   private var refusesVotes: Bool {
     guard options.checkQuorum else { return false }
-    if (leader != nil || restartedRecently) && electionElapsed < options.electionTimeoutMinTicks { return true }
+    // A leader is its own recent contact. (An active one restarts its count every minimum election timeout, so
+    // the count below would always refuse; an idle one counts to a longer timeout, and must refuse as long.)
+    if role == .leader { return true }
+    if (leader != nil || restartedRecently) && electionElapsed < options.electionTimeoutMinTicks * leaderIdleFactor {
+      return true
+    }
     return inClockLeaseWindow
   }
 
@@ -505,9 +535,11 @@ public struct RaftCore: Sendable {
     switch role {
     case .leader:
       guard transferee == nil else { return 0 }
-      // A leader alone in its group sends its heartbeats to nobody: only its check-quorum tick is due.
-      let heartbeatDue = progress.isEmpty ? Int.max : options.heartbeatTicks - heartbeatElapsed
-      var quiet = min(heartbeatDue, options.electionTimeoutMinTicks - electionElapsed)
+      // A leader alone in its group sends its heartbeats to nobody: only its check-quorum tick is due. An active
+      // leader that would turn idle at its next heartbeat must tick each time: turning idle is decided then.
+      let factor = isIdle ? options.idleHeartbeatFactor : 1
+      let heartbeatDue = progress.isEmpty ? Int.max : options.heartbeatTicks * factor - heartbeatElapsed
+      var quiet = min(heartbeatDue, options.electionTimeoutMinTicks * factor - electionElapsed)
       for peer in progress.values where peer.state == .snapshot {
         quiet = min(quiet, options.electionTimeoutMinTicks - peer.snapshotIdleTicks)
       }
@@ -515,14 +547,16 @@ public struct RaftCore: Sendable {
     default:
       // A learner never campaigns; its counters only free an abandoned snapshot, which needs no wake-up.
       guard isPromotable else { return options.electionTimeoutMinTicks }
-      return max(0, randomizedElectionTimeout - electionElapsed - 1)
+      return max(0, randomizedElectionTimeout * leaderIdleFactor - electionElapsed - 1)
     }
   }
 
   private mutating func tickLeader() {
     heartbeatElapsed += 1
     electionElapsed += 1
-    if electionElapsed >= options.electionTimeoutMinTicks {
+    ticksSinceActivity += 1
+    let factor = isIdle ? options.idleHeartbeatFactor : 1
+    if electionElapsed >= options.electionTimeoutMinTicks * factor {
       electionElapsed = 0
       if options.checkQuorum && !quorumRecentlyActive() {
         becomeFollower(term: term, leader: nil)
@@ -531,11 +565,37 @@ public struct RaftCore: Sendable {
       if transferee != nil { transferee = nil }  // Abort a transfer that did not finish in time.
     }
     guard role == .leader else { return }
-    if heartbeatElapsed >= options.heartbeatTicks {
+    if heartbeatElapsed >= options.heartbeatTicks * factor {
       heartbeatElapsed = 0
+      if !isIdle && mayTurnIdle { isIdle = true }
       broadcastHeartbeat(newRound: true)
     }
     retryStalledSnapshots()
+  }
+
+  /// The largest idle factor a follower accepts from a heartbeat (a bound on how long it may wait).
+  public static let maxIdleFactor = 100
+
+  /// Whether this leader may heartbeat less often from now on: idle mode is on, nothing was asked of it for a
+  /// minimum election timeout, and every follower holds the whole log, knows it committed (the last heartbeat
+  /// round carried that commit index) and answered that round.
+  private var mayTurnIdle: Bool {
+    guard options.idleHeartbeatFactor > 1, idleAllowed, ticksSinceActivity >= options.electionTimeoutMinTicks,
+      transferee == nil, pendingReads.isEmpty, readsAwaitingCommit.isEmpty, !membership.isJoint,
+      log.committed == log.lastIndex, !progress.isEmpty
+    else { return false }
+    return progress.values.allSatisfy { pr in
+      pr.match == log.lastIndex && pr.state == .replicate && pr.ackedRound >= readRound
+    }
+  }
+
+  /// A request or a follower-started message: an idle leader heartbeats at the normal rate again.
+  private mutating func noteActivity() {
+    ticksSinceActivity = 0
+    guard isIdle else { return }
+    isIdle = false
+    // The next heartbeat tells the followers; appends or a read round may tell them sooner.
+    heartbeatElapsed = max(heartbeatElapsed, options.heartbeatTicks - 1)
   }
 
   private mutating func quorumRecentlyActive() -> Bool {
@@ -562,6 +622,8 @@ public struct RaftCore: Sendable {
     if case .requestVote = message, !membership.allMembers.isEmpty, !membership.allMembers.contains(from) {
       return  // A removed or unknown node must not disturb the group.
     }
+    // A member asking for votes lost touch with this leader: heartbeat at the normal rate again.
+    if role == .leader, case .requestVote = message { noteActivity() }
     let msgTerm = message.term
     if msgTerm > term {
       // A higher term and the vote-refusal window: a vote request inside the window is ignored and changes
@@ -637,6 +699,9 @@ public struct RaftCore: Sendable {
     leader = nil
     electionElapsed = 0
     heartbeatElapsed = 0
+    isIdle = false
+    ticksSinceActivity = 0
+    leaderIdleFactor = 1
     resetRandomizedElectionTimeout()
     votes = [:]
     transferee = nil
@@ -768,6 +833,7 @@ public struct RaftCore: Sendable {
     switch message {
     case .appendEntries(let m):
       electionElapsed = 0
+      leaderIdleFactor = 1
       leader = from
       noteLeaderContact()
       handleAppend(m, from: from)
@@ -778,6 +844,7 @@ public struct RaftCore: Sendable {
       handleHeartbeat(m, from: from)
     case .installSnapshot(let m):
       electionElapsed = 0
+      leaderIdleFactor = 1
       leader = from
       noteLeaderContact()
       handleSnapshotChunk(m, from: from)
@@ -809,6 +876,7 @@ public struct RaftCore: Sendable {
   }
 
   private mutating func handleHeartbeat(_ m: Heartbeat, from: NodeID) {
+    leaderIdleFactor = Int(clamping: min(max(1, m.idleFactor), UInt64(Self.maxIdleFactor)))
     commit(to: min(m.commit, log.lastIndex))
     send(from, .heartbeatResponse(HeartbeatResponse(term: term, round: m.round)))
   }
@@ -977,6 +1045,11 @@ public struct RaftCore: Sendable {
     guard var pr = progress[from] else { return }
     pr.recentActive = true
     switch message {
+    case .heartbeatResponse: break
+    case .appendResponse(let m) where !m.reject && m.index >= log.lastIndex: break
+    default: noteActivity()  // A follower behind, or asking for something: wake up.
+    }
+    switch message {
     case .appendResponse(let m):
       if m.reject {
         var hint = m.hintIndex
@@ -1144,7 +1217,12 @@ public struct RaftCore: Sendable {
     }
     for peer in progress.keys.sorted() {
       guard let pr = progress[peer] else { continue }
-      send(peer, .heartbeat(Heartbeat(term: term, commit: min(pr.match, log.committed), round: readRound)))
+      send(
+        peer,
+        .heartbeat(
+          Heartbeat(
+            term: term, commit: min(pr.match, log.committed), round: readRound,
+            idleFactor: UInt64(isIdle ? options.idleHeartbeatFactor : 1))))
     }
     confirmReads()  // A single-voter group confirms at once.
   }
@@ -1157,6 +1235,7 @@ public struct RaftCore: Sendable {
     index: LogIndex, term: Term
   ) {
     guard role == .leader else { throw .notLeader(hint: leader) }
+    noteActivity()
     guard transferee == nil else { throw .transferInProgress }
     let size = data.count + 16
     if uncommittedBytes > 0 && uncommittedBytes + size > options.maxUncommittedBytes { throw .overloaded }
@@ -1186,6 +1265,7 @@ public struct RaftCore: Sendable {
 
   @discardableResult
   private mutating func appendMembership(_ next: Membership) -> LogIndex {
+    noteActivity()
     let entry = LogEntry(index: log.lastIndex + 1, term: term, kind: .membership, data: next.wireBytes())
     log.appendOne(entry)
     uncommittedBytes += entry.byteSize  // Committing it subtracts it, as for every entry of this term.
@@ -1202,6 +1282,7 @@ public struct RaftCore: Sendable {
     guard membership.isVoter(target), progress[target] != nil else {
       throw .membershipChangeRejected("\(target) is not a voter")
     }
+    noteActivity()
     if transferee == target { return }
     transferee = target
     electionElapsed = 0
@@ -1218,6 +1299,7 @@ public struct RaftCore: Sendable {
   /// later ready (or the id in ``RaftReady/failedReads`` if leadership is lost first).
   public mutating func requestRead(id readID: UInt64) throws(RaftRequestError) {
     guard role == .leader else { throw .notLeader(hint: leader) }
+    noteActivity()
     if !hasCommittedInCurrentTerm {
       readsAwaitingCommit.append(readID)
       return

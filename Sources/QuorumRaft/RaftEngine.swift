@@ -179,6 +179,10 @@ public struct RaftEngine: ReplicaEngine {
   public var hasReady: Bool { core.hasReady }
 
   public var quietTicks: Int { core.quietTicks }
+  /// Sets ``RaftCore/idleAllowed``.
+  public mutating func allowIdling(_ allowed: Bool) {
+    if core.idleAllowed != allowed { core.idleAllowed = allowed }
+  }
 
   /// The storage write of `rd`: synced before its messages leave whatever the fsync policy when it changes the
   /// term or the vote.

@@ -112,7 +112,9 @@ public enum RaftMessage: Sendable, Equatable, WireCodable, CustomStringConvertib
       return m.reject
         ? "AppResp(t\(m.term) reject \(m.index) hint=\(m.hintIndex)@\(m.hintTerm))"
         : "AppResp(t\(m.term) ok \(m.index))"
-    case .heartbeat(let m): return "Heartbeat(t\(m.term) commit=\(m.commit) round=\(m.round))"
+    case .heartbeat(let m):
+      return
+        "Heartbeat(t\(m.term) commit=\(m.commit) round=\(m.round)\(m.idleFactor == 1 ? "" : " idle×\(m.idleFactor)"))"
     case .heartbeatResponse(let m): return "HeartbeatResp(t\(m.term) round=\(m.round))"
     case .installSnapshot(let m):
       return "Snap(t\(m.term) \(m.index)@\(m.snapshotTerm) off=\(m.offset)+\(m.chunk.count)/\(m.totalBytes))"
@@ -284,24 +286,31 @@ public struct Heartbeat: Sendable, Equatable, WireCodable {
   public var commit: LogIndex
   /// The read round this heartbeat confirms (ReadIndex); echoed in the response.
   public var round: UInt64
+  /// 1, or how many times less often an idle leader heartbeats (``RaftCoreOptions/idleHeartbeatFactor``): the
+  /// follower waits as many times longer before it campaigns or grants a vote.
+  public var idleFactor: UInt64
 
   /// Creates the message.
-  public init(term: Term, commit: LogIndex, round: UInt64) {
+  public init(term: Term, commit: LogIndex, round: UInt64, idleFactor: UInt64 = 1) {
     self.term = term
     self.commit = commit
     self.round = round
+    self.idleFactor = idleFactor
   }
 
   public func encode(to writer: inout WireWriter) {
     writer.writeVarint(term)
     writer.writeVarint(commit)
     writer.writeVarint(round)
+    if idleFactor != 1 { writer.writeVarint(idleFactor) }
   }
 
+  /// Reads a heartbeat; one without the idle factor (an active leader's, or an older version's) has factor 1.
   public init(from reader: inout WireReader) throws(WireError) {
     term = try reader.readVarint()
     commit = try reader.readVarint()
     round = try reader.readVarint()
+    idleFactor = reader.isAtEnd ? 1 : try reader.readVarint()
   }
 }
 

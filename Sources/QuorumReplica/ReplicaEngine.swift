@@ -185,6 +185,10 @@ public protocol ReplicaEngine: Sendable {
   /// before the next input, and not wake for each (idle groups cost little). 0, the default, when the next tick
   /// may act.
   var quietTicks: Int { get }
+  /// Whether a leader may heartbeat less often while nothing happens (Raft's ``QuorumRaft/RaftCoreOptions/idleHeartbeatFactor``).
+  /// The runtime forbids it while the state machine has a deadline (a lock's lease, a transaction's timeout), so
+  /// that a failover then takes an active group's election time. The default ignores it.
+  mutating func allowIdling(_ allowed: Bool)
   /// Takes the work for this turn.
   mutating func ready() -> ReplicaReady<Self>
   /// Tells the engine the ready was carried out (written, sent, applied).
@@ -211,6 +215,9 @@ public protocol ReplicaEngine: Sendable {
 extension ReplicaEngine {
   /// Every tick may act: the runtime wakes for each.
   public var quietTicks: Int { 0 }
+
+  /// The engine has no idle mode.
+  public mutating func allowIdling(_ allowed: Bool) {}
 
   /// Reads the engine where it is stored. The runtime keeps its engine in an optional, in code that is not
   /// specialised for the engine type, where `engine?.isLeader` copies the whole engine (its log and peer

@@ -345,6 +345,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       }
       let now = runtime.clock.monotonicNanos()
       engine?.advanceClock(to: now)
+      engine?.allowIdling(machine.nextDeadlineMillis == nil)
       // The ticks first: they measure time up to now, and messages stepped after them count from now. A node
       // that slept through quiet ticks applies them now (they only advance counters); beyond those, one tick
       // per wake-up at most, so a stall never turns into a burst that would shorten a timeout.

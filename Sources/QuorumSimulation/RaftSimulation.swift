@@ -67,6 +67,10 @@ public struct RaftSimulationOptions: Sendable {
   public var nemesis = Set(NemesisAction.allCases)
   /// Time between nemesis actions.
   public var nemesisInterval = DelayDistribution.uniform(.milliseconds(50), .milliseconds(400))
+  /// The idle-heartbeat factors runs choose from, by seed (`seed % count`): with the default, odd seeds run
+  /// leaders that idle (``QuorumRaft/RaftCoreOptions/idleHeartbeatFactor`` 3) and even ones leaders that never
+  /// do. Empty keeps ``core``'s own factor.
+  public var idleHeartbeatFactors = [1, 3]
   /// The pure core's options (election timeouts in ticks and so on).
   public var core: RaftCoreOptions = {
     var o = RaftCoreOptions()
@@ -98,6 +102,8 @@ public struct RaftSimulationStats: Sendable, CustomStringConvertible {
   public var membershipChanges = 0
   /// Leadership transfers requested.
   public var transfers = 0
+  /// Ticks of leaders heartbeating less often (``QuorumRaft/RaftCore/isIdle``).
+  public var idleLeaderTicks = 0
   /// Snapshots installed on followers.
   public var snapshotsInstalled = 0
   /// Snapshots taken in the background and recorded (compacting the log).
@@ -112,7 +118,7 @@ public struct RaftSimulationStats: Sendable, CustomStringConvertible {
   public var description: String {
     "events=\(events) leaderships=\(leaderships) crashes=\(crashes) partitions=\(partitions) "
       + "membership=\(membershipChanges) transfers=\(transfers) snapshots=\(snapshotsTaken)/\(snapshotsInstalled) "
-      + "ops=\(operationsCompleted) retries=\(retries) end=\(endTime)"
+      + "ops=\(operationsCompleted) retries=\(retries) idle-leader-ticks=\(idleLeaderTicks) end=\(endTime)"
   }
 }
 
@@ -220,6 +226,11 @@ public final class RaftSimulation {
   /// Prepares a run; nothing happens until ``run()``.
   public init(seed: UInt64, options: RaftSimulationOptions = RaftSimulationOptions(), trace: SimulationTrace) {
     self.seed = seed
+    var options = options
+    if !options.idleHeartbeatFactors.isEmpty {
+      options.core.idleHeartbeatFactor =
+        options.idleHeartbeatFactors[Int(seed % UInt64(options.idleHeartbeatFactors.count))]
+    }
     self.options = options
     self.trace = trace
     self.rng = SeededRandom(seed: seed)
@@ -336,7 +347,9 @@ public final class RaftSimulation {
     node.inbox = []
     for input in inputs {
       switch input {
-      case .tick: node.core.tick(now: now.nanoseconds)
+      case .tick:
+        node.core.tick(now: now.nanoseconds)
+        if node.core.isIdle { stats.idleLeaderTicks += 1 }
       case .message(let from, let message): node.core.step(message, from: from)
       case .request(let request): handleRequest(node, request)
       }

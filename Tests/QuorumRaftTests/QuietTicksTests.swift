@@ -23,12 +23,15 @@ struct QuietTicksTests {
     return nil
   }
 
-  @Test("every node's quiet ticks produce nothing, in every state a faulty run reaches", arguments: [false, true])
-  func quietTicksAreQuiet(checkQuorum: Bool) {
+  @Test(
+    "every node's quiet ticks produce nothing, in every state a faulty run reaches (leaders idling or not)",
+    arguments: [false, true], [1, 4])
+  func quietTicksAreQuiet(checkQuorum: Bool, idleFactor: Int) {
     var options = RaftCoreOptions.paper
     options.preVote = checkQuorum
     options.checkQuorum = checkQuorum
     options.heartbeatTicks = 3
+    options.idleHeartbeatFactor = idleFactor
     var cluster = TestCluster(3, options: options, seed: 11)
     var random = SeededRandom(seed: 5)
     var checked = 0

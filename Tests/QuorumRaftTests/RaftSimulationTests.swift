@@ -21,6 +21,7 @@ struct RaftSimulationTests {
     var transfers = 0
     var snapshotsTaken = 0
     var snapshotsInstalled = 0
+    var idleLeaderTicks = 0
 
     mutating func add(_ stats: RaftSimulationStats) {
       runs += 1
@@ -33,12 +34,14 @@ struct RaftSimulationTests {
       transfers += stats.transfers
       snapshotsTaken += stats.snapshotsTaken
       snapshotsInstalled += stats.snapshotsInstalled
+      idleLeaderTicks += stats.idleLeaderTicks
     }
 
     var description: String {
       "\(runs) runs (fewest operations in one: \(fewestOperations)): ops=\(operationsCompleted) "
         + "leaderships=\(leaderships) crashes=\(crashes) partitions=\(partitions) "
-        + "membership=\(membershipChanges) transfers=\(transfers) snapshots=\(snapshotsTaken)/\(snapshotsInstalled)"
+        + "membership=\(membershipChanges) transfers=\(transfers) snapshots=\(snapshotsTaken)/\(snapshotsInstalled) "
+        + "idle-leader-ticks=\(idleLeaderTicks)"
     }
   }
 
@@ -66,6 +69,7 @@ struct RaftSimulationTests {
     #expect(sum.crashes > 40 && sum.partitions > 40, "\(totals)")
     #expect(sum.membershipChanges > 20 && sum.transfers > 20, "\(totals)")
     #expect(sum.snapshotsTaken > 40 && sum.snapshotsInstalled > 4, "\(totals)")
+    #expect(sum.idleLeaderTicks > 100, "odd seeds' leaders idle between faults and requests: \(totals)")
   }
 
   @Test("5 nodes, every fault, many seeds")

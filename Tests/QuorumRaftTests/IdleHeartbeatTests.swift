@@ -1,0 +1,158 @@
+import QuorumCore
+import Testing
+
+@testable import QuorumRaft
+
+/// An idle leader heartbeats `idleHeartbeatFactor` times less often (RaftCoreOptions.idleHeartbeatFactor), and
+/// its followers wait as many times longer: what turns it on, what turns it off, and that failover still happens.
+@Suite("Idle leaders heartbeat less often")
+struct IdleHeartbeatTests {
+  static let factor = 5
+
+  static var options: RaftCoreOptions {
+    var o = RaftCoreOptions()  // pre-vote and check-quorum on, as in a node
+    o.idleHeartbeatFactor = factor
+    return o
+  }
+
+  /// A 3-node group with node 1 leading and one entry committed everywhere.
+  static func settledGroup() -> TestCluster {
+    var cluster = TestCluster(3, options: options)
+    cluster.campaign(1)
+    cluster.propose(1, "x")
+    return cluster
+  }
+
+  /// Ticks every node `ticks` times; returns the heartbeats the leader sent meanwhile.
+  static func heartbeats(in cluster: inout TestCluster, over ticks: Int) -> [Heartbeat] {
+    var sent: [Heartbeat] = []
+    for _ in 0..<ticks {
+      for id in cluster.nodes.keys.sorted() where !cluster.down.contains(id) { cluster.nodes[id]?.tick() }
+      cluster.processAll()
+      sent += cluster.queue.compactMap { if case .heartbeat(let h) = $0.message { h } else { nil } }
+      cluster.stabilize()
+    }
+    return sent
+  }
+
+  @Test("after a quiet election timeout the leader heartbeats factor times less often, and says so")
+  func turnsIdle() {
+    var cluster = Self.settledGroup()
+    #expect(!cluster[1].isIdle)
+    let busy = Self.heartbeats(in: &cluster, over: 10)
+    #expect(busy.count == 20, "one per tick to each of 2 followers while active: \(busy.count)")
+    _ = Self.heartbeats(in: &cluster, over: 20)
+    #expect(cluster[1].isIdle)
+    let idle = Self.heartbeats(in: &cluster, over: 50)
+    #expect(idle.count == 2 * 50 / Self.factor, "\(idle.count)")
+    #expect(idle.allSatisfy { $0.idleFactor == UInt64(Self.factor) })
+    #expect(cluster[2].leaderIdleFactor == Self.factor && cluster[3].leaderIdleFactor == Self.factor)
+    #expect(cluster.leaders == [1] && cluster[1].term == cluster[2].term, "no election meanwhile")
+  }
+
+  @Test("a proposal, a read or a transfer ends idling at once; appends tell the followers")
+  func requestsWakeTheLeader() throws {
+    for request in ["propose", "read", "transfer"] {
+      var cluster = Self.settledGroup()
+      _ = Self.heartbeats(in: &cluster, over: 30)
+      #expect(cluster[1].isIdle, "\(request)")
+      switch request {
+      case "propose": cluster.propose(1, "y")
+      case "read": try cluster.nodes[1]?.requestRead(id: 1)
+      default: try cluster.nodes[1]?.transferLeadership(to: 2)
+      }
+      #expect(cluster[1].isIdle == false, "\(request) woke the leader")
+      cluster.stabilize()
+      let next = Self.heartbeats(in: &cluster, over: 3)
+      if request != "transfer" {
+        #expect(next.count == 6 && next.allSatisfy { $0.idleFactor == 1 }, "\(request): \(next)")
+        #expect(cluster[2].leaderIdleFactor == 1 && cluster[3].leaderIdleFactor == 1, "\(request)")
+      }
+    }
+  }
+
+  @Test("a leader not allowed to idle (its state machine has a deadline coming) stays active, and wakes if idle")
+  func idlingForbidden() {
+    var cluster = Self.settledGroup()
+    cluster.nodes[1]?.idleAllowed = false
+    _ = Self.heartbeats(in: &cluster, over: 40)
+    #expect(!cluster[1].isIdle)
+    cluster.nodes[1]?.idleAllowed = true
+    _ = Self.heartbeats(in: &cluster, over: 30)
+    #expect(cluster[1].isIdle)
+    cluster.nodes[1]?.idleAllowed = false
+    #expect(!cluster[1].isIdle, "forbidding idling wakes the leader")
+    let next = Self.heartbeats(in: &cluster, over: 2)
+    #expect(next.count == 4 && next.allSatisfy { $0.idleFactor == 1 }, "\(next)")
+  }
+
+  @Test("the followers of a crashed idle leader wait factor election timeouts, then elect a new leader")
+  func failoverOfAnIdleGroup() throws {
+    var cluster = Self.settledGroup()
+    _ = Self.heartbeats(in: &cluster, over: 30)
+    #expect(cluster[1].isIdle)
+    cluster.down.insert(1)
+    let minimum = RaftCoreOptions().electionTimeoutMinTicks * Self.factor
+    let maximum = RaftCoreOptions().electionTimeoutMaxTicks * Self.factor
+    var elected: Int?
+    for tick in 1...(maximum + 40) {
+      cluster.tickAll()
+      if cluster.leaders.contains(where: { $0 != 1 }) {
+        elected = tick
+        break
+      }
+    }
+    let after = try #require(elected, "a new leader within \(maximum + 40) ticks")
+    #expect(after >= minimum - RaftCoreOptions().heartbeatTicks * Self.factor, "not before the idle timeout")
+    #expect(cluster[2].leaderIdleFactor == 1 || cluster[3].leaderIdleFactor == 1, "the new leader is active")
+  }
+
+  @Test("a follower that missed the idle heartbeat campaigns in vain and wakes the leader; the term stays")
+  func aFollowerThatMissedTheNewsDoesNotDisrupt() {
+    var cluster = Self.settledGroup()
+    let term = cluster[1].term
+    // Node 3 never hears an idle heartbeat: it keeps the normal timeouts and times out first.
+    cluster.dropFilter = { _, to, message in
+      if to == 3, case .heartbeat(let h) = message, h.idleFactor > 1 { return true }
+      return false
+    }
+    var woken = 0
+    for _ in 0..<400 {
+      let wasIdle = cluster[1].isIdle
+      cluster.tickAll()
+      if wasIdle && !cluster[1].isIdle { woken += 1 }
+    }
+    #expect(woken > 0, "node 3's pre-votes woke the idle leader")
+    #expect(cluster.leaders == [1] && cluster[1].term == term, "no leader change, no new term")
+  }
+
+  @Test("a heartbeat carries its idle factor on the wire; one without it (an active or older leader's) reads as 1")
+  func wire() throws {
+    let idle = RaftMessage.heartbeat(Heartbeat(term: 3, commit: 9, round: 4, idleFactor: 5))
+    #expect(try RaftMessage(wireBytes: idle.wireBytes()) == idle)
+    let active = RaftMessage.heartbeat(Heartbeat(term: 3, commit: 9, round: 4))
+    var old = WireWriter()
+    old.writeByte(5)
+    old.writeVarint(UInt64(3))
+    old.writeVarint(UInt64(9))
+    old.writeVarint(UInt64(4))
+    #expect(active.wireBytes() == old.bytes, "an active leader's heartbeat is encoded as before")
+    #expect(try RaftMessage(wireBytes: old.bytes) == active)
+  }
+
+  @Test("the factor is validated: 1 ... RaftCore.maxIdleFactor")
+  func validation() {
+    var o = RaftCoreOptions()
+    o.idleHeartbeatFactor = 0
+    #expect(throws: ConfigurationError.self) { try o.validate() }
+    o.idleHeartbeatFactor = RaftCore.maxIdleFactor + 1
+    #expect(throws: ConfigurationError.self) { try o.validate() }
+    #expect(throws: ConfigurationError.self) {
+      _ = try RaftConfiguration {
+        Members(1, 2, 3)
+        IdleHeartbeatFactor(0)
+      }
+    }
+    #expect(RaftConfiguration().coreOptions.idleHeartbeatFactor == 5)
+  }
+}
