@@ -23,16 +23,22 @@ struct PaxosQuietTicksTests {
     return nil
   }
 
-  @Test("every node's quiet ticks produce nothing, in every state a faulty run reaches")
-  func quietTicksAreQuiet() {
-    var cluster = PaxosCluster(3, seed: 11)
+  @Test(
+    "every node's quiet ticks produce nothing, in every state a faulty run reaches (leaders' too)",
+    arguments: [2, 5])
+  func quietTicksAreQuiet(heartbeatTicks: Int) {
+    var options = MultiPaxosOptions.testing(3)
+    options.heartbeatTicks = heartbeatTicks
+    var cluster = PaxosCluster(3, options: options, seed: 11)
     var random = SeededRandom(seed: 5)
     var checked = 0
     var quietSeen = 0
+    var quietLeaders = 0
     for step in 0..<3_000 {
       for id in cluster.members where !cluster.down.contains(id) {
         let core = cluster[id]
         if core.quietTicks > 0 { quietSeen += 1 }
+        if core.quietTicks > 0 && core.role == .leader { quietLeaders += 1 }
         if let problem = Self.loudness(of: core) {
           Issue.record("step \(step), \(id) as \(core.role): \(problem)")
           return
@@ -62,6 +68,7 @@ struct PaxosQuietTicksTests {
     }
     #expect(checked > 7_000)
     #expect(quietSeen > 1_000, "the run spends time in quiet states: \(quietSeen) of \(checked)")
+    #expect(quietLeaders > 100, "leaders sleep between heartbeats: \(quietLeaders)")
   }
 }
 

@@ -27,6 +27,9 @@ struct SenderWriteTests {
     // buffers fill, and a sender's write meets a full socket.
     var options = SecurePair.options()
     options.inboxCapacity = 4
+    // No pings: a ping queued on the link would make the sender queue behind it, and the loop (not the sender)
+    // would then meet the full socket. Without them the link stays idle until the sender's own write is cut.
+    options.liveness = LinkLiveness(pingInterval: .seconds(600), timeout: .seconds(1200))
     let pair = try await SecurePair(options: options)
     try await pair.healthyLinkDelivers(0)
     let count: UInt64 = 400
@@ -81,6 +84,14 @@ struct SenderWriteTests {
         }
       }
       try await group.waitForAll()
+    }
+    // Under load every reply above may have found the connection busy or held. One request at a time, the
+    // connection is idle when the reply is ready: the responder writes it (the loop may still be finishing the
+    // previous write at that moment, hence up to 100 tries).
+    var tries = 0
+    while pair.a.metrics.framesWrittenBySenders == 0 && tries < 100 {
+      tries += 1
+      #expect(try await client.request([7], to: pair.n1.address, timeout: .seconds(60)) == [7])
     }
     #expect(pair.a.metrics.framesWrittenBySenders >= 1, "\(pair.a.metrics)")
     #expect(pair.a.metrics.closes.isEmpty, "\(pair.a.metrics)")

@@ -623,14 +623,26 @@ public struct MultiPaxosCore: Sendable {
   }
 
   /// How many of the next ticks are certain to do nothing but advance counters: no message, no change of role,
-  /// nothing ready. Only a follower has any: its election timeout ends them (a learner's ticks never campaign,
-  /// and only free an abandoned snapshot). A leader's accept retransmissions and a candidate's prepares are timed
-  /// tick by tick, so a leader or a candidate wakes for each. A shell may apply quiet ticks late and in one go,
+  /// nothing ready. A follower's election timeout ends them (a learner's ticks never campaign, and only free an
+  /// abandoned snapshot). A leader has some when nothing it sent waits to be resent — no batch of accepts in
+  /// flight, no snapshot being sent, no transfer — until its next heartbeat or check-quorum. A candidate's
+  /// prepares are timed tick by tick, so it wakes for each. A shell may apply quiet ticks late and in one go,
   /// before the next message, with the same result as one at a time.
   public var quietTicks: Int {
-    guard !hasReady, role == .follower else { return 0 }
-    guard isPromotable else { return options.electionTimeoutMinTicks }
-    return max(0, randomizedElectionTimeout - electionElapsed - 1)
+    guard !hasReady else { return 0 }
+    switch role {
+    case .follower:
+      guard isPromotable else { return options.electionTimeoutMinTicks }
+      return max(0, randomizedElectionTimeout - electionElapsed - 1)
+    case .leader:
+      guard transferee == nil,
+        peerOrder.allSatisfy({ peers[$0].map { $0.inflight.isEmpty && $0.snapshotIndex == 0 } ?? true })
+      else { return 0 }
+      let heartbeatDue = peerOrder.isEmpty ? Int.max : options.heartbeatTicks - heartbeatElapsed
+      return max(0, min(heartbeatDue, options.electionTimeoutMinTicks - electionElapsed) - 1)
+    case .candidate, .preCandidate:
+      return 0
+    }
   }
 
   private mutating func tickElection() {
