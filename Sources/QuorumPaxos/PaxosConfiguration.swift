@@ -43,6 +43,10 @@ public struct PaxosConfiguration: Sendable, Equatable {
   public var electionTimeout: ClosedRange<Duration> = .milliseconds(150)...(.milliseconds(300))
   /// How often a leader sends heartbeats.
   public var heartbeatInterval: Duration = .milliseconds(50)
+  /// How many times less often an idle Multi-Paxos leader sends heartbeats (see
+  /// ``MultiPaxosOptions/idleHeartbeatFactor``); as in Raft, 5 by default (a crashed idle leader is replaced after
+  /// 0.75–1.5 s instead of 150–300 ms), 1 turns idling off, at most ``MultiPaxosCore/maxIdleFactor``.
+  public var idleHeartbeatFactor = 5
   /// The clock granularity: timeouts are counted in ticks of this length.
   public var tickInterval: Duration = .milliseconds(10)
   /// How long a proposer waits for answers before sending a prepare or accept again (same ballot).
@@ -165,6 +169,10 @@ public struct PaxosConfiguration: Sendable, Equatable {
     guard heartbeatInterval >= tickInterval else {
       throw fail("HeartbeatInterval", "\(heartbeatInterval) is shorter than one tick (\(tickInterval))")
     }
+    guard (1...MultiPaxosCore.maxIdleFactor).contains(idleHeartbeatFactor) else {
+      throw fail(
+        "IdleHeartbeatFactor", "must be 1 (no idling) ... \(MultiPaxosCore.maxIdleFactor), got \(idleHeartbeatFactor)")
+    }
     if heartbeatInterval * 3 > electionTimeout.lowerBound {
       throw fail(
         "HeartbeatInterval",
@@ -214,6 +222,7 @@ public struct PaxosConfiguration: Sendable, Equatable {
     o.electionTimeoutMinTicks = ticks(electionTimeout.lowerBound)
     o.electionTimeoutMaxTicks = max(o.electionTimeoutMinTicks + 1, ticks(electionTimeout.upperBound))
     o.heartbeatTicks = max(1, ticks(heartbeatInterval))
+    o.idleHeartbeatFactor = idleHeartbeatFactor
     o.retransmitTicks = max(1, ticks(retransmitInterval))
     o.maxEntriesBytesPerMessage = maxEntriesBytesPerMessage
     o.maxInflightMessages = maxInflightMessages
@@ -302,6 +311,15 @@ public struct HeartbeatInterval: PaxosSetting {
   /// Sets the interval.
   public init(_ interval: Duration) { self.interval = interval }
   public func apply(to c: inout PaxosConfiguration) { c.heartbeatInterval = interval }
+}
+
+/// How many times less often an idle Multi-Paxos leader heartbeats (``PaxosConfiguration/idleHeartbeatFactor``);
+/// 1 turns idling off.
+public struct IdleHeartbeatFactor: PaxosSetting {
+  let factor: Int
+  /// Sets the factor.
+  public init(_ factor: Int) { self.factor = factor }
+  public func apply(to c: inout PaxosConfiguration) { c.idleHeartbeatFactor = factor }
 }
 
 /// The clock granularity.

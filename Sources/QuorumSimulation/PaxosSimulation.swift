@@ -45,6 +45,10 @@ public struct PaxosSimulationOptions: Sendable {
   ]
   /// Time between nemesis actions.
   public var nemesisInterval = DelayDistribution.uniform(.milliseconds(50), .milliseconds(400))
+  /// The idle-heartbeat factors runs choose from, by seed (`seed % count`): with the default, odd seeds run
+  /// leaders that idle (``QuorumPaxos/MultiPaxosOptions/idleHeartbeatFactor`` 3) and even ones leaders that never
+  /// do. Empty keeps ``core``'s own factor.
+  public var idleHeartbeatFactors = [1, 3]
   /// The pure core's options (quorums are filled in from ``phase1Quorum``/``phase2Quorum``).
   public var core: MultiPaxosOptions = {
     var o = MultiPaxosOptions()
@@ -79,6 +83,8 @@ public struct PaxosSimulationStats: Sendable, CustomStringConvertible {
   public var events = 0
   /// Distinct leader ballots seen.
   public var leaderships = 0
+  /// Ticks of leaders heartbeating less often (``QuorumPaxos/MultiPaxosCore/isIdle``).
+  public var idleLeaderTicks = 0
   /// Crashes injected.
   public var crashes = 0
   /// Partitions and cuts injected.
@@ -102,7 +108,7 @@ public struct PaxosSimulationStats: Sendable, CustomStringConvertible {
   public var description: String {
     "events=\(events) leaderships=\(leaderships) crashes=\(crashes) partitions=\(partitions) "
       + "snapshots=\(snapshotsTaken)/\(snapshotsInstalled) chosen=\(slotsChosen) ops=\(operationsCompleted) retries=\(retries) "
-      + "end=\(endTime)"
+      + "idle-leader-ticks=\(idleLeaderTicks) end=\(endTime)"
   }
 }
 
@@ -224,6 +230,9 @@ public final class PaxosSimulation {
     self.rng = SeededRandom(seed: seed)
     var core = options.core
     (core.phase1Quorum, core.phase2Quorum) = options.quorums
+    if !options.idleHeartbeatFactors.isEmpty {
+      core.idleHeartbeatFactor = options.idleHeartbeatFactors[Int(seed % UInt64(options.idleHeartbeatFactors.count))]
+    }
     self.coreOptions = core
     self.members = (1...max(1, options.nodes)).map { NodeID(UInt64($0)) }
     self.network = SimulatedNetwork(defaultFaults: LinkFaults(delay: .uniform(.microseconds(100), .milliseconds(2))))
@@ -334,7 +343,9 @@ public final class PaxosSimulation {
     node.inbox = []
     for input in inputs {
       switch input {
-      case .tick: node.core.tick(now: now.nanoseconds)
+      case .tick:
+        node.core.tick(now: now.nanoseconds)
+        if node.core.isIdle { stats.idleLeaderTicks += 1 }
       case .message(let from, let message): node.core.step(message, from: from)
       case .request(let request): handleRequest(node, request)
       }

@@ -25,10 +25,11 @@ struct PaxosQuietTicksTests {
 
   @Test(
     "every node's quiet ticks produce nothing, in every state a faulty run reaches (leaders' too)",
-    arguments: [2, 5])
-  func quietTicksAreQuiet(heartbeatTicks: Int) {
+    arguments: [2, 5], [1, 4])
+  func quietTicksAreQuiet(heartbeatTicks: Int, idleFactor: Int) {
     var options = MultiPaxosOptions.testing(3)
     options.heartbeatTicks = heartbeatTicks
+    options.idleHeartbeatFactor = idleFactor
     var cluster = PaxosCluster(3, options: options, seed: 11)
     var random = SeededRandom(seed: 5)
     var checked = 0

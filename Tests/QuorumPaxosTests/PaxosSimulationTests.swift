@@ -26,6 +26,7 @@ struct PaxosTotals: Sendable, CustomStringConvertible {
     sum.slotsChosen += stats.slotsChosen
     sum.operationsCompleted += stats.operationsCompleted
     sum.retries += stats.retries
+    sum.idleLeaderTicks += stats.idleLeaderTicks
   }
 
   var description: String { "\(runs) runs (fewest operations in one: \(fewestOperations)): \(sum)" }
@@ -55,6 +56,7 @@ struct PaxosSimulationTests {
     #expect(totals.sum.operationsCompleted > 5_000 && totals.sum.slotsChosen > 3_500, "\(totals)")
     #expect(totals.sum.leaderships > 75 && totals.sum.crashes > 30 && totals.sum.partitions > 100, "\(totals)")
     #expect(totals.sum.snapshotsTaken > 250 && totals.sum.snapshotsInstalled > 25, "\(totals)")
+    #expect(totals.sum.idleLeaderTicks > 0, "odd seeds' leaders idle when every follower is caught up: \(totals)")
   }
 
   @Test("5 nodes, flexible quorums Q1=4, Q2=2")

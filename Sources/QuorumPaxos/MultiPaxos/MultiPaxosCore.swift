@@ -32,6 +32,12 @@ public struct MultiPaxosOptions: Sendable, Equatable {
   public var electionTimeoutMaxTicks = 20
   /// Ticks between heartbeats.
   public var heartbeatTicks = 1
+  /// How many times less often an idle leader heartbeats; 1 (the default) keeps every leader active. As in Raft
+  /// (``QuorumRaft``'s `RaftCoreOptions.idleHeartbeatFactor`): a leader nothing was asked of for a minimum
+  /// election timeout, with every slot it proposed chosen and every follower caught up and answering, heartbeats
+  /// this many times less often and says so; its followers wait as many times longer before they campaign or
+  /// promise another ballot. A request or a message a follower starts ends it. Leases are not stretched.
+  public var idleHeartbeatFactor = 1
   /// Ticks before an unanswered accept or prepare is sent again.
   public var retransmitTicks = 5
   /// The most entry bytes in one accept or promise (at least one entry is always sent).
@@ -117,6 +123,9 @@ public struct MultiPaxosOptions: Sendable, Equatable {
     }
     if electionTimeoutMinTicks < 1 { throw fail("electionTimeoutMinTicks", "must be at least 1") }
     if heartbeatTicks < 1 { throw fail("heartbeatTicks", "must be at least 1") }
+    if idleHeartbeatFactor < 1 || idleHeartbeatFactor > MultiPaxosCore.maxIdleFactor {
+      throw fail("idleHeartbeatFactor", "must be 1 ... \(MultiPaxosCore.maxIdleFactor), got \(idleHeartbeatFactor)")
+    }
     if retransmitTicks < 1 { throw fail("retransmitTicks", "must be at least 1") }
     guard leaseDurationNanos > 0 else { return }
     guard tickNanos > 0 else {
@@ -322,6 +331,20 @@ public struct MultiPaxosCore: Sendable {
   /// while this is below the minimum election timeout. Internal so tests can expire it.
   var sinceLeaderContact = 0
   private var randomizedElectionTimeout = 0
+  /// A leader heartbeating less often (``MultiPaxosOptions/idleHeartbeatFactor``).
+  public private(set) var isIdle = false
+  /// A leader's ticks since the last request or follower-started message.
+  private var ticksSinceActivity = 0
+  /// A follower's leader is idle and heartbeats this many times less often: its timeouts stretch as much (1 when
+  /// its leader is active or unknown).
+  public private(set) var leaderIdleFactor = 1
+  /// Whether this leader may turn idle; the shell clears it while its state machine has a deadline coming.
+  /// Clearing it wakes an idle leader.
+  public var idleAllowed = true {
+    didSet { if !idleAllowed { noteActivity() } }
+  }
+  /// The largest idle factor a follower accepts from a heartbeat (a bound on how long it may wait).
+  public static let maxIdleFactor = 100
   private var ticks: UInt64 = 0
   /// The shell's monotonic clock, as last given (never goes back).
   private var now: UInt64 = 0
@@ -614,7 +637,7 @@ public struct MultiPaxosCore: Sendable {
   /// (itself included) because it heard from that leader within a minimum election timeout, counted in ticks
   /// or measured on the monotonic clock. Either count suffices to refuse. The leases rest on it.
   private var refusesNewBallots: Bool {
-    sinceLeaderContact < options.electionTimeoutMinTicks || inClockLeaseWindow
+    sinceLeaderContact < options.electionTimeoutMinTicks * leaderIdleFactor || inClockLeaseWindow
   }
 
   private mutating func noteLeaderContact() {
@@ -633,13 +656,14 @@ public struct MultiPaxosCore: Sendable {
     switch role {
     case .follower:
       guard isPromotable else { return options.electionTimeoutMinTicks }
-      return max(0, randomizedElectionTimeout - electionElapsed - 1)
+      return max(0, randomizedElectionTimeout * leaderIdleFactor - electionElapsed - 1)
     case .leader:
       guard transferee == nil,
         peerOrder.allSatisfy({ peers[$0].map { $0.inflight.isEmpty && $0.snapshotIndex == 0 } ?? true })
       else { return 0 }
-      let heartbeatDue = peerOrder.isEmpty ? Int.max : options.heartbeatTicks - heartbeatElapsed
-      return max(0, min(heartbeatDue, options.electionTimeoutMinTicks - electionElapsed) - 1)
+      let factor = isIdle ? options.idleHeartbeatFactor : 1
+      let heartbeatDue = peerOrder.isEmpty ? Int.max : options.heartbeatTicks * factor - heartbeatElapsed
+      return max(0, min(heartbeatDue, options.electionTimeoutMinTicks * factor - electionElapsed) - 1)
     case .candidate, .preCandidate:
       return 0
     }
@@ -652,7 +676,7 @@ public struct MultiPaxosCore: Sendable {
     }
     // Ticks fired in a burst after a stall reach the timeout early: within the window measured on the clock
     // this node would promise itself a ballot while the leader it acknowledged may still hold a lease.
-    if electionElapsed >= randomizedElectionTimeout && !inClockLeaseWindow && isPromotable {
+    if electionElapsed >= randomizedElectionTimeout * leaderIdleFactor && !inClockLeaseWindow && isPromotable {
       startProbe()
     } else if role == .candidate {
       retransmitPrepares()
@@ -663,7 +687,9 @@ public struct MultiPaxosCore: Sendable {
     noteLeaderContact()  // A leader is in contact with itself: its own acceptor keeps the lease too.
     heartbeatElapsed += 1
     electionElapsed += 1
-    if electionElapsed >= options.electionTimeoutMinTicks {
+    ticksSinceActivity += 1
+    let factor = isIdle ? options.idleHeartbeatFactor : 1
+    if electionElapsed >= options.electionTimeoutMinTicks * factor {
       electionElapsed = 0
       var active: Set<NodeID> = [id]
       for peer in peerOrder where peers[peer]?.recentActive == true { active.insert(peer) }
@@ -682,14 +708,38 @@ public struct MultiPaxosCore: Sendable {
         transferee = nil
       }
     }
-    if heartbeatElapsed >= options.heartbeatTicks {
+    if heartbeatElapsed >= options.heartbeatTicks * factor {
       heartbeatElapsed = 0
+      if !isIdle && mayTurnIdle { isIdle = true }
       broadcastHeartbeat()
     }
     for peer in peerOrder {
       retransmitAccepts(to: peer)
       retrySnapshot(to: peer)
     }
+  }
+
+  /// Whether this leader may heartbeat less often from now on: idling is on and allowed, nothing was asked of it
+  /// for a minimum election timeout, every slot it proposed is chosen, no configuration change or transfer is
+  /// under way, and every follower has nothing in flight, knows the chosen point and answered the last round.
+  private var mayTurnIdle: Bool {
+    guard options.idleHeartbeatFactor > 1, idleAllowed, ticksSinceActivity >= options.electionTimeoutMinTicks,
+      transferee == nil, pendingConfigSlot == nil, held.isEmpty, pendingReads.isEmpty,
+      readsAwaitingRecovery.isEmpty, isRecovered, nextSlot == log.chosenThrough + 1, !peerOrder.isEmpty
+    else { return false }
+    return peerOrder.allSatisfy { id in
+      guard let peer = peers[id] else { return true }
+      return peer.inflight.isEmpty && peer.snapshotIndex == 0 && peer.chosen == log.chosenThrough
+        && peer.ackedRound >= readRound
+    }
+  }
+
+  /// A request or a follower-started message: an idle leader heartbeats at the normal rate again.
+  private mutating func noteActivity() {
+    ticksSinceActivity = 0
+    guard isIdle else { return }
+    isIdle = false
+    heartbeatElapsed = max(heartbeatElapsed, options.heartbeatTicks - 1)
   }
 
   private mutating func resetElectionTimeout() {
@@ -730,6 +780,8 @@ public struct MultiPaxosCore: Sendable {
     clearLeadership()
     role = .follower
     leader = newLeader
+    isIdle = false
+    leaderIdleFactor = 1
     electionElapsed = 0
     heartbeatElapsed = 0
     resetElectionTimeout()
@@ -921,6 +973,9 @@ public struct MultiPaxosCore: Sendable {
     candidacy = nil
     role = .leader
     leader = id
+    isIdle = false
+    ticksSinceActivity = 0
+    leaderIdleFactor = 1
     electionElapsed = 0
     heartbeatElapsed = 0
     noteLeaderContact()
@@ -1116,6 +1171,12 @@ public struct MultiPaxosCore: Sendable {
     // A probe response carries this node's own probe ballot, which nobody has promised.
     let ballot = message.ballot
     if ballot > highestSeen, !message.isProbeResponse { highestSeen = ballot }
+    if role == .leader {
+      switch message {
+      case .heartbeatResponse: break
+      default: noteActivity()  // Accepts being answered, or a follower asking for something: stay awake.
+      }
+    }
     switch message {
     case .prepare(let m): handlePrepare(m, from: from)
     case .promise(let m): handlePromise(m, from: from)
@@ -1224,6 +1285,7 @@ public struct MultiPaxosCore: Sendable {
       promised = ballot
     }
     electionElapsed = 0
+    leaderIdleFactor = 1  // A heartbeat sets it again.
     noteLeaderContact()
     return true
   }
@@ -1299,6 +1361,7 @@ public struct MultiPaxosCore: Sendable {
 
   private mutating func handleHeartbeat(_ m: Heartbeat, from: NodeID) {
     guard followLeader(m.ballot, from: from) else { return }
+    leaderIdleFactor = Int(clamping: min(max(1, m.idleFactor), UInt64(Self.maxIdleFactor)))
     learnChosen(through: m.chosenThrough, ballot: m.ballot)
     send(
       from,
@@ -1474,8 +1537,11 @@ public struct MultiPaxosCore: Sendable {
     readRound += 1
     roundSentAt.append((readRound, now))
     while roundSentAt.count > 256 { _ = roundSentAt.popFirst() }
+    let factor = UInt64(isIdle ? options.idleHeartbeatFactor : 1)
     for peer in peerOrder {
-      send(peer, .heartbeat(Heartbeat(ballot: promised, chosenThrough: log.chosenThrough, round: readRound)))
+      send(
+        peer,
+        .heartbeat(Heartbeat(ballot: promised, chosenThrough: log.chosenThrough, round: readRound, idleFactor: factor)))
     }
     confirmReads()  // A group where the leader alone is a phase-2 quorum confirms at once.
   }
@@ -1613,6 +1679,7 @@ public struct MultiPaxosCore: Sendable {
   /// takes a ready.
   public mutating func propose(_ data: [UInt8]) throws(PaxosRequestError) -> Slot {
     guard role == .leader else { throw .notLeader(hint: leader) }
+    noteActivity()
     // Handing over, or about to leave the group: the successor takes new commands.
     guard transferee == nil, membership.isVoter(id) else { throw .transferInProgress }
     let entry = PaxosEntry(index: nextSlot, ballot: promised, kind: .command, data: data)
@@ -1643,6 +1710,7 @@ public struct MultiPaxosCore: Sendable {
   ///   configuration; ``PaxosRequestError/transferInProgress`` during a hand-over.
   public mutating func proposeMembership(_ change: MembershipChange) throws(PaxosRequestError) -> Slot {
     guard role == .leader else { throw .notLeader(hint: leader) }
+    noteActivity()
     guard transferee == nil else { throw .transferInProgress }
     guard pendingConfigSlot == nil else {
       throw .membershipChangeRejected("a membership change is already in progress")
@@ -1691,6 +1759,7 @@ public struct MultiPaxosCore: Sendable {
   /// taken over within a minimum election timeout, the transfer is abandoned and proposals resume.
   public mutating func transferLeadership(to target: NodeID) throws(PaxosRequestError) {
     guard role == .leader else { throw .notLeader(hint: leader) }
+    noteActivity()
     guard target != id else { return }
     guard membership.isVoter(target), peers[target] != nil else {
       throw .membershipChangeRejected("\(target) is not a voter")
@@ -1707,6 +1776,7 @@ public struct MultiPaxosCore: Sendable {
   /// the id in ``PaxosReady/failedReads`` if leadership is lost first).
   public mutating func requestRead(id readID: UInt64) throws(PaxosRequestError) {
     guard role == .leader else { throw .notLeader(hint: leader) }
+    noteActivity()
     guard isRecovered else {
       readsAwaitingRecovery.append(readID)
       return

@@ -169,6 +169,10 @@ public struct MultiPaxosEngine: ReplicaEngine {
   public var hasReady: Bool { core.hasReady }
 
   public var quietTicks: Int { core.quietTicks }
+  /// Sets ``MultiPaxosCore/idleAllowed``.
+  public mutating func allowIdling(_ allowed: Bool) {
+    if core.idleAllowed != allowed { core.idleAllowed = allowed }
+  }
 
   public mutating func ready() -> ReplicaReady<MultiPaxosEngine> {
     let rd = core.ready()

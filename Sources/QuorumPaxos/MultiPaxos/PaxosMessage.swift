@@ -207,24 +207,31 @@ public struct Heartbeat: Sendable, Equatable, WireCodable {
   public var chosenThrough: Slot
   /// The read round.
   public var round: UInt64
+  /// 1, or how many times less often an idle leader heartbeats (``MultiPaxosOptions/idleHeartbeatFactor``): the
+  /// follower waits as many times longer before it campaigns or promises another ballot.
+  public var idleFactor: UInt64
 
   /// Creates a heartbeat.
-  public init(ballot: Ballot, chosenThrough: Slot, round: UInt64) {
+  public init(ballot: Ballot, chosenThrough: Slot, round: UInt64, idleFactor: UInt64 = 1) {
     self.ballot = ballot
     self.chosenThrough = chosenThrough
     self.round = round
+    self.idleFactor = idleFactor
   }
 
   public func encode(to writer: inout WireWriter) {
     ballot.encode(to: &writer)
     writer.writeVarint(chosenThrough)
     writer.writeVarint(round)
+    if idleFactor != 1 { writer.writeVarint(idleFactor) }
   }
 
+  /// Reads a heartbeat; one without the idle factor (an active leader's, or an older version's) has factor 1.
   public init(from reader: inout WireReader) throws(WireError) {
     ballot = try reader.read()
     chosenThrough = try reader.readVarint()
     round = try reader.readVarint()
+    idleFactor = reader.isAtEnd ? 1 : try reader.readVarint()
   }
 }
 

@@ -1,0 +1,136 @@
+import QuorumCore
+import Testing
+
+@testable import QuorumPaxos
+
+/// An idle Multi-Paxos leader heartbeats `idleHeartbeatFactor` times less often, and its followers wait as many
+/// times longer: what turns it on, what turns it off, and that failover still happens.
+@Suite("Idle Multi-Paxos leaders heartbeat less often")
+struct PaxosIdleHeartbeatTests {
+  static let factor = 4
+
+  static var options: MultiPaxosOptions {
+    var o = MultiPaxosOptions.testing(3)
+    o.idleHeartbeatFactor = factor
+    return o
+  }
+
+  /// A 3-node group with node 1 leading and one value chosen everywhere.
+  static func settledGroup() throws -> PaxosCluster {
+    var cluster = PaxosCluster(3, options: options)
+    cluster.elect(1)
+    try cluster.propose("x", at: 1)
+    return cluster
+  }
+
+  /// Ticks every running node `ticks` times; returns the heartbeats sent meanwhile.
+  static func heartbeats(in cluster: inout PaxosCluster, over ticks: Int) -> [Heartbeat] {
+    var sent: [Heartbeat] = []
+    for _ in 0..<ticks {
+      for id in cluster.members where !cluster.down.contains(id) { cluster.nodes[id]?.tick() }
+      cluster.processAll()
+      sent += cluster.queue.compactMap { if case .heartbeat(let h) = $0.message { h } else { nil } }
+      cluster.stabilize()
+    }
+    return sent
+  }
+
+  @Test("after a quiet election timeout the leader heartbeats factor times less often, and says so")
+  func turnsIdle() throws {
+    var cluster = try Self.settledGroup()
+    let heartbeatTicks = Self.options.heartbeatTicks
+    _ = Self.heartbeats(in: &cluster, over: 30)
+    #expect(cluster[1].isIdle)
+    let period = heartbeatTicks * Self.factor
+    let idle = Self.heartbeats(in: &cluster, over: period * 10)
+    #expect(idle.count == 2 * 10, "one per idle period to each of 2 followers: \(idle.count)")
+    #expect(idle.allSatisfy { $0.idleFactor == UInt64(Self.factor) })
+    #expect(cluster[2].leaderIdleFactor == Self.factor && cluster[3].leaderIdleFactor == Self.factor)
+    #expect(cluster[2].leader == 1 && cluster[3].leader == 1 && cluster[1].role == .leader)
+  }
+
+  @Test("a proposal, a read or a transfer ends idling at once; the next heartbeats are at the normal rate")
+  func requestsWakeTheLeader() throws {
+    for request in ["propose", "read", "transfer"] {
+      var cluster = try Self.settledGroup()
+      _ = Self.heartbeats(in: &cluster, over: 30)
+      #expect(cluster[1].isIdle, "\(request)")
+      switch request {
+      case "propose": try cluster.propose("y", at: 1)
+      case "read": try cluster.nodes[1]?.requestRead(id: 1)
+      default: try cluster.nodes[1]?.transferLeadership(to: 2)
+      }
+      #expect(cluster[1].isIdle == false, "\(request) woke the leader")
+      cluster.stabilize()
+      if request != "transfer" {
+        let next = Self.heartbeats(in: &cluster, over: Self.options.heartbeatTicks * 2)
+        #expect(!next.isEmpty && next.allSatisfy { $0.idleFactor == 1 }, "\(request): \(next)")
+      }
+    }
+  }
+
+  @Test("the followers of a crashed idle leader wait factor election timeouts, then elect a new leader")
+  func failoverOfAnIdleGroup() throws {
+    var cluster = try Self.settledGroup()
+    _ = Self.heartbeats(in: &cluster, over: 30)
+    #expect(cluster[1].isIdle)
+    cluster.down.insert(1)
+    let minimum = Self.options.electionTimeoutMinTicks * Self.factor
+    let maximum = Self.options.electionTimeoutMaxTicks * Self.factor
+    var elected: Int?
+    for tick in 1...(maximum + 60) {
+      cluster.tickAll()
+      if cluster[2].role == .leader || cluster[3].role == .leader {
+        elected = tick
+        break
+      }
+    }
+    let after = try #require(elected, "a new leader within \(maximum + 60) ticks")
+    #expect(after >= minimum - Self.options.heartbeatTicks * Self.factor, "not before the idle timeout: \(after)")
+  }
+
+  @Test("a follower that missed the idle heartbeat campaigns in vain and wakes the leader, who stays leader")
+  func aFollowerThatMissedTheNewsDoesNotDisrupt() throws {
+    var cluster = try Self.settledGroup()
+    let ballot = cluster[1].promised
+    cluster.dropFilter = { _, to, message in
+      if to == 3, case .heartbeat(let h) = message, h.idleFactor > 1 { return true }
+      return false
+    }
+    var woken = 0
+    for _ in 0..<400 {
+      let wasIdle = cluster[1].isIdle
+      cluster.tickAll()
+      if wasIdle && !cluster[1].isIdle { woken += 1 }
+    }
+    #expect(woken > 0, "node 3's campaign woke the idle leader")
+    #expect(cluster[1].role == .leader && cluster[1].promised == ballot, "no new ballot won")
+  }
+
+  @Test("a leader not allowed to idle stays active, and wakes when forbidden")
+  func idlingForbidden() throws {
+    var cluster = try Self.settledGroup()
+    cluster.nodes[1]?.idleAllowed = false
+    _ = Self.heartbeats(in: &cluster, over: 40)
+    #expect(!cluster[1].isIdle)
+    cluster.nodes[1]?.idleAllowed = true
+    _ = Self.heartbeats(in: &cluster, over: 40)
+    #expect(cluster[1].isIdle)
+    cluster.nodes[1]?.idleAllowed = false
+    #expect(!cluster[1].isIdle)
+  }
+
+  @Test("a heartbeat carries its idle factor on the wire; one without it reads as 1; the factor is validated")
+  func wireAndValidation() throws {
+    let idle = PaxosMessage.heartbeat(
+      Heartbeat(ballot: Ballot(round: 2, node: 1), chosenThrough: 9, round: 4, idleFactor: 5))
+    #expect(try PaxosMessage(wireBytes: idle.wireBytes()) == idle)
+    let active = PaxosMessage.heartbeat(Heartbeat(ballot: Ballot(round: 2, node: 1), chosenThrough: 9, round: 4))
+    #expect(try PaxosMessage(wireBytes: active.wireBytes()) == active)
+    #expect(active.wireBytes().count < idle.wireBytes().count, "an active leader's heartbeat is encoded as before")
+    var o = MultiPaxosOptions.testing(3)
+    o.idleHeartbeatFactor = 0
+    #expect(throws: ConfigurationError.self) { try o.validate(memberCount: 3) }
+    #expect(PaxosConfiguration().coreOptions.idleHeartbeatFactor == 5)
+  }
+}
