@@ -264,7 +264,7 @@ enum TCPBenchmarks {
       while sent < frames {
         let batch = min(perBuffer, frames - sent)
         // `chunk` holds at least one frame, so its base address exists.
-        guard chunk.withUnsafeBytes({ writeAll(fd, $0.baseAddress!, batch * frameBytes) }) else {  // safe: see above
+        guard chunk.withUnsafeBytes({ writeAll(fd, $0.baseAddress!, batch * frameBytes) }) else {  // safe: non-empty
           throw BenchFailure("stream write failed")
         }
         sent += batch

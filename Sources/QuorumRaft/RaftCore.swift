@@ -535,11 +535,10 @@ public struct RaftCore: Sendable {
     switch role {
     case .leader:
       guard transferee == nil else { return 0 }
-      // A leader alone in its group sends its heartbeats to nobody: only its check-quorum tick is due. An active
-      // leader that would turn idle at its next heartbeat must tick each time: turning idle is decided then.
-      let factor = isIdle ? options.idleHeartbeatFactor : 1
-      let heartbeatDue = progress.isEmpty ? Int.max : options.heartbeatTicks * factor - heartbeatElapsed
-      var quiet = min(heartbeatDue, options.electionTimeoutMinTicks * factor - electionElapsed)
+      // A leader alone in its group sends its heartbeats to nobody: only its check-quorum tick is due. An idle
+      // leader's heartbeat and check-quorum come `heartbeatScale` times later.
+      let heartbeatDue = progress.isEmpty ? Int.max : options.heartbeatTicks * heartbeatScale - heartbeatElapsed
+      var quiet = min(heartbeatDue, options.electionTimeoutMinTicks * heartbeatScale - electionElapsed)
       for peer in progress.values where peer.state == .snapshot {
         quiet = min(quiet, options.electionTimeoutMinTicks - peer.snapshotIdleTicks)
       }
@@ -555,8 +554,7 @@ public struct RaftCore: Sendable {
     heartbeatElapsed += 1
     electionElapsed += 1
     ticksSinceActivity += 1
-    let factor = isIdle ? options.idleHeartbeatFactor : 1
-    if electionElapsed >= options.electionTimeoutMinTicks * factor {
+    if electionElapsed >= options.electionTimeoutMinTicks * heartbeatScale {
       electionElapsed = 0
       if options.checkQuorum && !quorumRecentlyActive() {
         becomeFollower(term: term, leader: nil)
@@ -565,7 +563,7 @@ public struct RaftCore: Sendable {
       if transferee != nil { transferee = nil }  // Abort a transfer that did not finish in time.
     }
     guard role == .leader else { return }
-    if heartbeatElapsed >= options.heartbeatTicks * factor {
+    if heartbeatElapsed >= options.heartbeatTicks * heartbeatScale {
       heartbeatElapsed = 0
       if !isIdle && mayTurnIdle { isIdle = true }
       broadcastHeartbeat(newRound: true)
@@ -575,6 +573,10 @@ public struct RaftCore: Sendable {
 
   /// The largest idle factor a follower accepts from a heartbeat (a bound on how long it may wait).
   public static let maxIdleFactor = 100
+
+  /// How many times longer than normal this leader's heartbeat and check-quorum periods are: its idle factor
+  /// while idle, else 1.
+  private var heartbeatScale: Int { isIdle ? options.idleHeartbeatFactor : 1 }
 
   /// Whether this leader may heartbeat less often from now on: idle mode is on, nothing was asked of it for a
   /// minimum election timeout, and every follower holds the whole log, knows it committed (the last heartbeat
@@ -1222,7 +1224,7 @@ public struct RaftCore: Sendable {
         .heartbeat(
           Heartbeat(
             term: term, commit: min(pr.match, log.committed), round: readRound,
-            idleFactor: UInt64(isIdle ? options.idleHeartbeatFactor : 1))))
+            idleFactor: UInt64(heartbeatScale))))
     }
     confirmReads()  // A single-voter group confirms at once.
   }

@@ -163,20 +163,19 @@ public final class FileStorage<Entry: StorableEntry>: ConsensusStorage {
 
   /// Appends the hard state and entries; returns once they are durable under the fsync policy.
   public func write(_ write: StorageWrite<Entry>) async throws {
-    if write.isEmpty {
-      if core.closedFlag.load(ordering: .acquiring) { throw StorageError.closed }
-      return
-    }
-    let encoded = try WALFormat.encode(write, mode: mode, maxRecordBytes: maxRecordBytes)
-    try await core.write(encoded)
+    try await append(write, whenDurable: nil)
   }
 
   /// Appends like ``write(_:)``; `whenDurable` runs on the storage's I/O thread right after the sync that made
   /// the write durable (see ``ConsensusStorage/write(_:whenDurable:)``).
   public func write(_ write: StorageWrite<Entry>, whenDurable: @escaping @Sendable () -> Void) async throws {
+    try await append(write, whenDurable: whenDurable)
+  }
+
+  private func append(_ write: StorageWrite<Entry>, whenDurable: (@Sendable () -> Void)?) async throws {
     if write.isEmpty {
       if core.closedFlag.load(ordering: .acquiring) { throw StorageError.closed }
-      whenDurable()
+      whenDurable?()
       return
     }
     let encoded = try WALFormat.encode(write, mode: mode, maxRecordBytes: maxRecordBytes)

@@ -167,7 +167,6 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
 
   // MARK: Submitting requests
 
-  /// Queues an encoded write; returns when it is durable under the fsync policy.
   /// Queues an encoded write; returns when it is durable under the fsync policy. `whenDurable` runs on the I/O
   /// queue as soon as it is, before the caller resumes.
   func write(_ write: WALFormat.EncodedWrite, whenDurable: (@Sendable () -> Void)? = nil) async throws {

@@ -136,21 +136,10 @@ final class ReplyRoute: @unchecked Sendable {
     } catch {
       return  // The connection closed: the reply has nowhere to go.
     }
-    switch outcome {
-    case .queued:
-      break
-    case .queuedWake:
-      loop.execute { [self] in target?.flushReplies() }
-    case .written:
-      directReplies.add(1, ordering: .relaxed)
-      metrics.framesWrittenBySenders.add(1, ordering: .relaxed)
-    case .cutShort(let wake):
-      // The loop writes the rest; the request ends here all the same.
-      directReplies.add(1, ordering: .relaxed)
-      metrics.framesWrittenBySenders.add(1, ordering: .relaxed)
-      metrics.senderWritesCutShort.add(1, ordering: .relaxed)
-      if wake { loop.execute { [self] in target?.flushReplies() } }
-    }
+    metrics.recordSenderWrite(outcome, peerFrame: false)
+    // A reply cut short still ends its request here: the loop only writes the rest.
+    if outcome.writtenBySender { directReplies.add(1, ordering: .relaxed) }
+    if outcome.needsWake { loop.execute { [self] in target?.flushReplies() } }
   }
 }
 
@@ -220,11 +209,8 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
 
   func connectionDidDrain(_ connection: Connection) {
     connection.resume(.replies)
-    guard let route, !connection.isClosed else { return }
     // Replies queued meanwhile go next; with none, responders may write to the socket themselves again.
-    var taken = (frames: 0, bytes: 0)
-    connection.enqueue { buffer in taken = route.queue.take(into: &buffer, budget: 256 << 10) }
-    if taken.bytes > 0 { repliesTaken(taken.frames) }
+    takeReplies()
   }
 
   func connection(_ connection: Connection, didCloseWith reason: TCPCloseReason) {
@@ -569,15 +555,20 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
 
   /// Writes the queued replies (see ``ReplyRoute``).
   func flushReplies() {
-    guard !connection.isClosed, let route else { return }
     if connection.pendingWriteBytes > 0 {
       // The loop is still writing earlier bytes: it takes the replies when they drain.
       connection.flushSoon()
       return
     }
+    takeReplies()
+  }
+
+  /// Moves the queued replies into the (empty) write buffer.
+  private func takeReplies() {
+    guard !connection.isClosed, let route else { return }
     var taken = (frames: 0, bytes: 0)
     connection.enqueue { buffer in taken = route.queue.take(into: &buffer, budget: 256 << 10) }
-    repliesTaken(taken.frames)
+    if taken.bytes > 0 { repliesTaken(taken.frames) }
   }
 
   /// `count` replies moved into the write buffer. Replies waiting to be written count against the connection:

@@ -50,6 +50,22 @@ final class LinkQueue: Sendable {
     /// Partly written by the caller (the socket's buffer filled); the loop writes the rest. With `wake`, the
     /// caller must wake the loop for this link.
     case cutShort(wake: Bool)
+
+    /// Whether the caller must wake the loop for this link.
+    var needsWake: Bool {
+      switch self {
+      case .queuedWake, .cutShort(wake: true): return true
+      case .queued, .written, .cutShort(wake: false): return false
+      }
+    }
+
+    /// Whether the caller wrote the frame (or its start) itself.
+    var writtenBySender: Bool {
+      switch self {
+      case .written, .cutShort: return true
+      case .queued, .queuedWake: return false
+      }
+    }
   }
 
   private let state = Mutex(State())
@@ -59,14 +75,6 @@ final class LinkQueue: Sendable {
   init(maxFrames: Int, maxBytes: Int) {
     self.maxFrames = maxFrames
     self.maxBytes = maxBytes
-  }
-
-  /// Queues `frame`; returns whether the caller must wake the loop for this link.
-  func enqueue(_ frame: [UInt8], peer: NodeID) throws(TransportError) -> Bool {
-    switch try send(frame, peer: peer, writeIfIdle: false) {
-    case .queuedWake, .cutShort(wake: true): return true
-    case .queued, .written, .cutShort(wake: false): return false
-    }
   }
 
   /// Writes `frame` to the socket at once if the link is idle (see the type's notes) and `writeIfIdle`;
@@ -164,26 +172,21 @@ final class LinkQueue: Sendable {
   func take(into buffer: inout [UInt8], budget: Int) -> (frames: Int, bytes: Int) {
     state.withLock { s in
       s.scheduled = false
+      let start = buffer.count
+      buffer.append(contentsOf: s.remainder)
+      s.remainder = []
       var frames = 0
-      var bytes = 0
-      if !s.remainder.isEmpty {
-        buffer.append(contentsOf: s.remainder)
-        bytes += s.remainder.count
-        s.remainder = []
-      }
-      var queuedBytes = 0
-      while let first = s.frames.first, frames == 0 || bytes + first.count <= budget {
+      while let first = s.frames.first, frames == 0 || buffer.count - start + first.count <= budget {
         _ = s.frames.popFirst()
+        s.bytes -= first.count
         if s.socket?.sealer != nil {
           s.socket?.sealer?.append(first, to: &buffer)
         } else {
           buffer.append(contentsOf: first)
         }
         frames += 1
-        bytes += first.count
-        queuedBytes += first.count
       }
-      s.bytes -= queuedBytes
+      let bytes = buffer.count - start
       s.loopWriting = bytes > 0
       return (frames, bytes)
     }

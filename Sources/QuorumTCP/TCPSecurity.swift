@@ -272,7 +272,7 @@ func readSecretFile(_ path: String, maximumBytes: Int = TCPSecret.maximumFileByt
   var filled = 0
   while filled < bytes.count {
     let count = bytes.withUnsafeMutableBytes { raw in
-      Glibc.read(fd, raw.baseAddress! + filled, raw.count - filled)  // the buffer is non-empty: a base exists
+      Glibc.read(fd, raw.baseAddress! + filled, raw.count - filled)  // safe: the buffer is non-empty, so a base exists
     }
     if count > 0 {
       filled += count

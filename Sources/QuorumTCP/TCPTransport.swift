@@ -235,24 +235,9 @@ public final class TCPEndpoint<Message: WireCodable & Sendable>: TransportEndpoi
     if frame.count - TCPFrame.prefixBytes > limit {
       throw .messageTooLarge(bytes: frame.count - TCPFrame.prefixBytes, limit: limit)
     }
-    switch try link.queue.send(frame, peer: peer, writeIfIdle: core.environment.options.writesFromSenders) {
-    case .queued:
-      break
-    case .queuedWake:
-      if !core.loop.execute({ link.service() }) { throw .closed }
-    case .written(let bytes):
-      let metrics = core.environment.metrics
-      _ = metrics.framesSent.add(1, ordering: .relaxed)
-      _ = metrics.bytesSent.add(bytes, ordering: .relaxed)
-      _ = metrics.writeCalls.add(1, ordering: .relaxed)
-      _ = metrics.framesWrittenBySenders.add(1, ordering: .relaxed)
-    case .cutShort(let wake):
-      let metrics = core.environment.metrics
-      _ = metrics.framesSent.add(1, ordering: .relaxed)
-      _ = metrics.framesWrittenBySenders.add(1, ordering: .relaxed)
-      _ = metrics.senderWritesCutShort.add(1, ordering: .relaxed)
-      if wake, !core.loop.execute({ link.service() }) { throw .closed }
-    }
+    let outcome = try link.queue.send(frame, peer: peer, writeIfIdle: core.environment.options.writesFromSenders)
+    core.environment.metrics.recordSenderWrite(outcome, peerFrame: true)
+    if outcome.needsWake, !core.loop.execute({ link.service() }) { throw .closed }
   }
 
   /// Hands peer messages to `handler` on the event loop's thread as each read's frames are decoded, instead of

@@ -286,6 +286,20 @@ final class MetricsCounters: Sendable {
     }
   }
 
+  /// Counts a frame a sending thread wrote to the socket itself (all of it, or the start of it); with
+  /// `peerFrame`, also as a frame and bytes sent in one write call, as the loop counts its batches.
+  func recordSenderWrite(_ outcome: LinkQueue.Outcome, peerFrame: Bool) {
+    guard outcome.writtenBySender else { return }
+    _ = framesWrittenBySenders.add(1, ordering: .relaxed)
+    if case .cutShort = outcome { _ = senderWritesCutShort.add(1, ordering: .relaxed) }
+    guard peerFrame else { return }
+    _ = framesSent.add(1, ordering: .relaxed)
+    if case .written(let bytes) = outcome {
+      _ = bytesSent.add(bytes, ordering: .relaxed)
+      _ = writeCalls.add(1, ordering: .relaxed)
+    }
+  }
+
   func recordClose(_ reason: TCPCloseReason) {
     closes.withLock { $0[reason.name, default: 0] += 1 }
   }

@@ -661,9 +661,8 @@ public struct MultiPaxosCore: Sendable {
       guard transferee == nil,
         peerOrder.allSatisfy({ peers[$0].map { $0.inflight.isEmpty && $0.snapshotIndex == 0 } ?? true })
       else { return 0 }
-      let factor = isIdle ? options.idleHeartbeatFactor : 1
-      let heartbeatDue = peerOrder.isEmpty ? Int.max : options.heartbeatTicks * factor - heartbeatElapsed
-      return max(0, min(heartbeatDue, options.electionTimeoutMinTicks * factor - electionElapsed) - 1)
+      let heartbeatDue = peerOrder.isEmpty ? Int.max : options.heartbeatTicks * heartbeatScale - heartbeatElapsed
+      return max(0, min(heartbeatDue, options.electionTimeoutMinTicks * heartbeatScale - electionElapsed) - 1)
     case .candidate, .preCandidate:
       return 0
     }
@@ -688,8 +687,7 @@ public struct MultiPaxosCore: Sendable {
     heartbeatElapsed += 1
     electionElapsed += 1
     ticksSinceActivity += 1
-    let factor = isIdle ? options.idleHeartbeatFactor : 1
-    if electionElapsed >= options.electionTimeoutMinTicks * factor {
+    if electionElapsed >= options.electionTimeoutMinTicks * heartbeatScale {
       electionElapsed = 0
       var active: Set<NodeID> = [id]
       for peer in peerOrder where peers[peer]?.recentActive == true { active.insert(peer) }
@@ -708,7 +706,7 @@ public struct MultiPaxosCore: Sendable {
         transferee = nil
       }
     }
-    if heartbeatElapsed >= options.heartbeatTicks * factor {
+    if heartbeatElapsed >= options.heartbeatTicks * heartbeatScale {
       heartbeatElapsed = 0
       if !isIdle && mayTurnIdle { isIdle = true }
       broadcastHeartbeat()
@@ -733,6 +731,10 @@ public struct MultiPaxosCore: Sendable {
         && peer.ackedRound >= readRound
     }
   }
+
+  /// How many times longer than normal this leader's heartbeat and check-quorum periods are: its idle factor
+  /// while idle, else 1.
+  private var heartbeatScale: Int { isIdle ? options.idleHeartbeatFactor : 1 }
 
   /// A request or a follower-started message: an idle leader heartbeats at the normal rate again.
   private mutating func noteActivity() {
@@ -1537,7 +1539,7 @@ public struct MultiPaxosCore: Sendable {
     readRound += 1
     roundSentAt.append((readRound, now))
     while roundSentAt.count > 256 { _ = roundSentAt.popFirst() }
-    let factor = UInt64(isIdle ? options.idleHeartbeatFactor : 1)
+    let factor = UInt64(heartbeatScale)
     for peer in peerOrder {
       send(
         peer,
