@@ -270,8 +270,12 @@ public struct Cluster: Sendable {
     let transport = TCPTransport<HostMessage>(
       cluster: id, protocolNumber: WireProtocol.host, addresses: book, options: options,
       security: try transportSecurity(), logger: logger.child("tcp"))
+    // TCP links tell the groups when a peer's process is lost, so idle leaders may heartbeat less often.
+    var settings = hostSettings
+    settings.raft.idleHeartbeatFactor = raft.idleHeartbeatFactor ?? RaftConfiguration.detectedIdleHeartbeatFactor
+    settings.paxos.idleHeartbeatFactor = paxos.idleHeartbeatFactor ?? PaxosConfiguration.detectedIdleHeartbeatFactor
     let host = try GroupHost(
-      node: member, map: map, catalog: catalog, settings: hostSettings,
+      node: member, map: map, catalog: catalog, settings: settings,
       storage: storageProvider(for: member, override: dataDirectory), joining: joiningGroups, logger: logger,
       addressOf: { transport.address(of: $0)?.description },
       addressBook: { transport.addresses.mapValues(\.description) },

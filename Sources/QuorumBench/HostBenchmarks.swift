@@ -134,6 +134,7 @@ enum HostBenchmarks {
     else {
       throw BenchFailure("usage: quorum-bench host-member nK GROUPS raft|multi-paxos")
     }
+    let idleFactor = ProcessInfo.processInfo.environment["QUORUM_HOST_IDLE_FACTOR"].flatMap { Int($0) }
     let cluster = try Cluster(id: "idle") {
       Member("n1", at: "127.0.0.1:0")
       Member("n2", at: "127.0.0.1:0")
@@ -145,12 +146,14 @@ enum HostBenchmarks {
         ElectionTimeout(Duration.milliseconds(150)...Duration.milliseconds(300))
         HeartbeatInterval(.milliseconds(50))
         LeaseReads(clockDriftBound: .milliseconds(10))
+        if let factor = idleFactor { QuorumRaft.IdleHeartbeatFactor(factor) }
       }
       PaxosSettings {
         TickInterval(.milliseconds(10))
         ElectionTimeout(Duration.milliseconds(150)...Duration.milliseconds(300))
         HeartbeatInterval(.milliseconds(50))
         LeaseReads(clockDriftBound: .milliseconds(10))
+        if let factor = idleFactor { QuorumPaxos.IdleHeartbeatFactor(factor) }
       }
       for index in 1...count { Group("g\(index)", id: UInt64(index), engine: engine) { KeyValue() } }
     }

@@ -39,25 +39,32 @@ enum RaftBenchmarks {
         "raft", "file+fsync: \(clients) clients, p50 / p99 latency", r.p50, "µs",
         note: String(format: "p99 %.0f µs; p50 = %.2f × fsync", r.p99, r.p50 / fsync))
     }
-    // An active group (leaders never idle), at two timeout settings; then an idle one with the default settings
-    // (IdleHeartbeatFactor 5), whose leader is crashed once it heartbeats five times less often.
-    for (label, timeout, heartbeat, tick, idleFactor) in [
+    // An active group (leaders never idle), at two timeout settings; then idle ones, whose leader fails once it
+    // heartbeats `idleFactor` times less often: crashed (its endpoint closes, which the transport reports to the
+    // followers, as TCP reports a dead process), or cut off silently (a partition, which nothing reports).
+    for (label, timeout, heartbeat, tick, idleFactor, silent) in [
       (
         "150–300 ms", Duration.milliseconds(150)...Duration.milliseconds(300), Duration.milliseconds(50),
-        Duration.milliseconds(10), 1
+        Duration.milliseconds(10), 1, false
       ),
       (
         "12–24 ms", Duration.milliseconds(12)...Duration.milliseconds(24), Duration.milliseconds(4),
-        Duration.milliseconds(1), 1
+        Duration.milliseconds(1), 1, false
       ),
       (
-        "150–300 ms, idle group (factor 5)", Duration.milliseconds(150)...Duration.milliseconds(300),
-        Duration.milliseconds(50), Duration.milliseconds(10), 5
+        "150–300 ms, idle group (factor 5), leader cut off silently",
+        Duration.milliseconds(150)...Duration.milliseconds(300),
+        Duration.milliseconds(50), Duration.milliseconds(10), 5, true
+      ),
+      (
+        "150–300 ms, idle group (factor 20), leader crashed (reported)",
+        Duration.milliseconds(150)...Duration.milliseconds(300), Duration.milliseconds(50), Duration.milliseconds(10),
+        20, false
       ),
     ] {
       let trials = ProcessInfo.processInfo.environment["QUORUM_FAILOVER_TRIALS"].flatMap(Int.init) ?? 100
       let times = try await failover(
-        trials: trials, timeout: timeout, heartbeat: heartbeat, tick: tick, idleFactor: idleFactor)
+        trials: trials, timeout: timeout, heartbeat: heartbeat, tick: tick, idleFactor: idleFactor, silent: silent)
       report.add(
         "raft", "failover \(label): p50 until a new leader commits", percentile(times, 0.5), "ms",
         note: String(
@@ -234,7 +241,7 @@ enum RaftBenchmarks {
   // MARK: Failover
 
   static func failover(
-    trials: Int, timeout: ClosedRange<Duration>, heartbeat: Duration, tick: Duration, idleFactor: Int
+    trials: Int, timeout: ClosedRange<Duration>, heartbeat: Duration, tick: Duration, idleFactor: Int, silent: Bool
   ) async throws -> [Double] {
     let configuration = try RaftConfiguration {
       Members(1, 2, 3)
@@ -267,12 +274,16 @@ enum RaftBenchmarks {
       // minimum election timeout without requests, then a heartbeat round, with margin).
       try await Task.sleep(for: idleFactor == 1 ? heartbeat * 3 : timeout.upperBound + heartbeat * (idleFactor + 2))
       let crash = nowNanos()
-      leader.stop()
-      _ = await tasks[leaderID]?.result
-      nodes[leaderID] = nil
+      if silent {
+        transport.isolate(leaderID)
+      } else {
+        leader.stop()
+        _ = await tasks[leaderID]?.result
+        nodes[leaderID] = nil
+      }
       var committed = false
       while !committed {
-        for (_, node) in nodes {
+        for (id, node) in nodes where id != leaderID {
           if (try? await node.propose(.put(key: "trial", value: [UInt8(trial & 0xff)]))) != nil {
             committed = true
             break
@@ -281,7 +292,12 @@ enum RaftBenchmarks {
         if !committed { try await Task.sleep(for: .microseconds(200)) }
       }
       times.append(Double(nowNanos() - crash) / 1e6)
-      try launch(leaderID)
+      if silent {
+        transport.heal()  // The old leader rejoins as a follower: wait until it knows.
+        while await leader.status.role == .leader { try await Task.sleep(for: .milliseconds(1)) }
+      } else {
+        try launch(leaderID)
+      }
     }
     for node in nodes.values { node.stop() }
     for task in tasks.values { _ = await task.result }

@@ -14,6 +14,7 @@ public final class InProcessTransport<Message: Sendable>: Transport, Sendable {
   private struct Routes {
     var inboxes: [NodeID: Mailbox<Envelope<Message>>] = [:]
     var blocked: Set<Link> = []
+    var lostHandlers: [NodeID: @Sendable (NodeID) -> Void] = [:]
   }
 
   private let routes = Mutex(Routes())
@@ -60,10 +61,22 @@ public final class InProcessTransport<Message: Sendable>: Transport, Sendable {
   }
 
   func unbind(_ node: NodeID, inbox: Mailbox<Envelope<Message>>) {
-    routes.withLock { r in
-      if r.inboxes[node] === inbox { r.inboxes[node] = nil }
+    let handlers: [@Sendable (NodeID) -> Void] = routes.withLock { r in
+      guard r.inboxes[node] === inbox else { return [] }
+      r.inboxes[node] = nil
+      r.lostHandlers[node] = nil
+      return r.lostHandlers.keys.sorted().compactMap { r.lostHandlers[$0] }
     }
     inbox.close(discardingBuffered: true)
+    for handler in handlers { handler(node) }
+  }
+
+  func setLostHandler(
+    _ handler: @escaping @Sendable (NodeID) -> Void, for node: NodeID, inbox: Mailbox<Envelope<Message>>
+  ) {
+    routes.withLock { r in
+      if r.inboxes[node] === inbox { r.lostHandlers[node] = handler }
+    }
   }
 
   private func isBlocked(from: NodeID, to: NodeID) -> Bool {
@@ -123,6 +136,12 @@ public final class InProcessEndpoint<Message: Sendable>: TransportEndpoint, Send
   public func send(_ message: Message, to peer: NodeID, group: GroupID) throws(TransportError) {
     if closed.load(ordering: .relaxed) { throw .closed }
     try transport.deliver(Envelope(from: id, to: peer, group: group, payload: message))
+  }
+
+  /// Calls `handler` with a peer's id when the peer's endpoint closes (the node stopped or crashed). Cut links
+  /// (``InProcessTransport/partition(_:from:)``) are not reported: this transport detects no partition.
+  public func onPeerLost(_ handler: @escaping @Sendable (NodeID) -> Void) {
+    transport.setLostHandler(handler, for: id, inbox: incoming)
   }
 
   /// Unbinds the node; undelivered messages are discarded and nothing more arrives.

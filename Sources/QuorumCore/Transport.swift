@@ -72,11 +72,24 @@ public protocol TransportEndpoint<Message>: Sendable {
   /// call stay in ``incoming``, so the caller keeps draining it.
   /// - Returns: `false` if this transport cannot (the default); then everything arrives in ``incoming``.
   func deliverDirectly(to handler: @escaping @Sendable ([Envelope<Message>]) -> Void) -> Bool
+
+  /// Asks the transport to call `handler` with a peer's id whenever its failure detector concludes that the
+  /// peer, reached before, is gone: on TCP, an established link to it failed (the peer's process closed it,
+  /// or it stayed silent past the link's liveness timeout); in process, the peer's endpoint closed. `handler`
+  /// is called on the transport's thread and must not block. It is a hint, never a proof: a peer may be back
+  /// a moment later, and a transport without a failure detector (the default) never calls it.
+  ///
+  /// Consensus groups use it to stop waiting out an idle leader's stretched timeout when the leader's process
+  /// is known to be gone.
+  func onPeerLost(_ handler: @escaping @Sendable (NodeID) -> Void)
 }
 
 extension TransportEndpoint {
   /// Not supported: messages arrive in ``incoming``.
   public func deliverDirectly(to handler: @escaping @Sendable ([Envelope<Message>]) -> Void) -> Bool { false }
+
+  /// No failure detector: `handler` is never called.
+  public func onPeerLost(_ handler: @escaping @Sendable (NodeID) -> Void) {}
 
   /// Sends `message` to `peer` in the default group.
   public func send(_ message: Message, to peer: NodeID) throws(TransportError) {

@@ -73,6 +73,8 @@ public enum HostMessage: Sendable, WireCodable, CustomStringConvertible {
 public final class GroupRouter: Sendable {
   private struct Route {
     var deliver: @Sendable (Envelope<HostMessage>) -> Bool
+    /// The group's node's handler for a peer the transport lost (``GroupEndpoint/onPeerLost(_:)``).
+    var lost: (@Sendable (NodeID) -> Void)?
   }
 
   /// The process's node id.
@@ -120,6 +122,17 @@ public final class GroupRouter: Sendable {
   public func attach(_ endpoint: any TransportEndpoint<HostMessage>) {
     outbound.withLock { $0 = endpoint }
     _ = endpoint.deliverDirectly { [weak self] envelopes in self?.deliver(envelopes) }
+    endpoint.onPeerLost { [weak self] peer in self?.peerLost(peer) }
+  }
+
+  /// Tells every group that asked (``GroupEndpoint/onPeerLost(_:)``) that the transport lost `peer`.
+  func peerLost(_ peer: NodeID) {
+    let table = routes.withLock { $0 }
+    for group in table.keys.sorted() { table[group]?.lost?(peer) }
+  }
+
+  func setLostHandler(_ handler: @escaping @Sendable (NodeID) -> Void, for group: GroupID) {
+    routes.withLock { $0[group]?.lost = handler }
   }
 
   /// Hands every message arriving on the attached endpoint's mailbox to its group until the endpoint closes
@@ -208,6 +221,12 @@ public final class GroupEndpoint<Message: Sendable>: TransportEndpoint, Sendable
   public func send(_ message: Message, to peer: NodeID, group: GroupID) throws(TransportError) {
     if closed.load(ordering: .relaxed) { throw .closed }
     try router.send(wrap(message), to: peer, group: self.group)
+  }
+
+  /// Calls `handler` when the process's transport loses a peer process (see
+  /// ``QuorumCore/TransportEndpoint/onPeerLost(_:)``): every group hosted here hears of it.
+  public func onPeerLost(_ handler: @escaping @Sendable (NodeID) -> Void) {
+    router.setLostHandler(handler, for: group)
   }
 
   /// Stops this group's traffic; the process's endpoint stays open for the other groups.

@@ -44,9 +44,16 @@ public struct PaxosConfiguration: Sendable, Equatable {
   /// How often a leader sends heartbeats.
   public var heartbeatInterval: Duration = .milliseconds(50)
   /// How many times less often an idle Multi-Paxos leader sends heartbeats (see
-  /// ``MultiPaxosOptions/idleHeartbeatFactor``); as in Raft, 5 by default (a crashed idle leader is replaced after
-  /// 0.75–1.5 s instead of 150–300 ms), 1 turns idling off, at most ``MultiPaxosCore/maxIdleFactor``.
-  public var idleHeartbeatFactor = 5
+  /// ``MultiPaxosOptions/idleHeartbeatFactor``). As in Raft, `nil` (the default) lets the host choose:
+  /// ``defaultIdleHeartbeatFactor`` (5: a crashed idle leader is replaced after 0.75–1.5 s instead of 150–300 ms),
+  /// or ``detectedIdleHeartbeatFactor`` (20) for groups served over TCP, whose followers hear from their
+  /// transport when the leader's process is lost (``QuorumCore/TransportEndpoint/onPeerLost(_:)``) and then time
+  /// out as with an active leader. 1 turns idling off; at most ``MultiPaxosCore/maxIdleFactor``.
+  public var idleHeartbeatFactor: Int?
+  /// The idle factor of a group whose transport detects no lost peer: 5.
+  public static let defaultIdleHeartbeatFactor = 5
+  /// The idle factor of a group whose transport reports lost peers (TCP): 20.
+  public static let detectedIdleHeartbeatFactor = 20
   /// The clock granularity: timeouts are counted in ticks of this length.
   public var tickInterval: Duration = .milliseconds(10)
   /// How long a proposer waits for answers before sending a prepare or accept again (same ballot).
@@ -169,9 +176,8 @@ public struct PaxosConfiguration: Sendable, Equatable {
     guard heartbeatInterval >= tickInterval else {
       throw fail("HeartbeatInterval", "\(heartbeatInterval) is shorter than one tick (\(tickInterval))")
     }
-    guard (1...MultiPaxosCore.maxIdleFactor).contains(idleHeartbeatFactor) else {
-      throw fail(
-        "IdleHeartbeatFactor", "must be 1 (no idling) ... \(MultiPaxosCore.maxIdleFactor), got \(idleHeartbeatFactor)")
+    if let factor = idleHeartbeatFactor, !(1...MultiPaxosCore.maxIdleFactor).contains(factor) {
+      throw fail("IdleHeartbeatFactor", "must be 1 (no idling) ... \(MultiPaxosCore.maxIdleFactor), got \(factor)")
     }
     if heartbeatInterval * 3 > electionTimeout.lowerBound {
       throw fail(
@@ -222,7 +228,7 @@ public struct PaxosConfiguration: Sendable, Equatable {
     o.electionTimeoutMinTicks = ticks(electionTimeout.lowerBound)
     o.electionTimeoutMaxTicks = max(o.electionTimeoutMinTicks + 1, ticks(electionTimeout.upperBound))
     o.heartbeatTicks = max(1, ticks(heartbeatInterval))
-    o.idleHeartbeatFactor = idleHeartbeatFactor
+    o.idleHeartbeatFactor = idleHeartbeatFactor ?? Self.defaultIdleHeartbeatFactor
     o.retransmitTicks = max(1, ticks(retransmitInterval))
     o.maxEntriesBytesPerMessage = maxEntriesBytesPerMessage
     o.maxInflightMessages = maxInflightMessages

@@ -30,10 +30,19 @@ public struct RaftConfiguration: Sendable, Equatable {
   /// How many times less often an idle leader sends heartbeats (see ``RaftCoreOptions/idleHeartbeatFactor``): a
   /// group nobody writes to, reads from or changes for a minimum election timeout, whose followers all hold and
   /// know the whole committed log, heartbeats this many times less often, and its followers wait as many times
-  /// longer before campaigning. With the default, 5, an idle group's heartbeats cost a fifth as much and a crashed
-  /// idle leader is replaced after 0.75–1.5 s instead of 150–300 ms (etcd's default election timeout is 1 s).
-  /// 1 turns idling off; at most ``RaftCore/maxIdleFactor``.
-  public var idleHeartbeatFactor = 5
+  /// longer before campaigning — unless their transport reports the leader's process lost
+  /// (``QuorumCore/TransportEndpoint/onPeerLost(_:)``), when they time out as with an active leader.
+  ///
+  /// `nil` (the default) lets the host choose: ``defaultIdleHeartbeatFactor`` (5: idle heartbeats cost a fifth,
+  /// and a crashed idle leader is replaced after 0.75–1.5 s instead of 150–300 ms; etcd's default election
+  /// timeout is 1 s), or ``detectedIdleHeartbeatFactor`` (20) for groups served over TCP, whose links detect a
+  /// dead or cut-off process within their liveness timeout. 1 turns idling off; at most ``RaftCore/maxIdleFactor``.
+  public var idleHeartbeatFactor: Int?
+  /// The idle factor of a group whose transport detects no lost peer: 5.
+  public static let defaultIdleHeartbeatFactor = 5
+  /// The idle factor of a group whose transport reports lost peers (TCP): 20, one idle heartbeat a second with
+  /// the default 50 ms heartbeat.
+  public static let detectedIdleHeartbeatFactor = 20
   /// The clock granularity of the node: timeouts are counted in ticks of this length.
   public var tickInterval: Duration = .milliseconds(10)
   /// Probe with a pre-vote before campaigning (thesis §9.6).
@@ -135,9 +144,8 @@ public struct RaftConfiguration: Sendable, Equatable {
         "\(heartbeatInterval) is not well below the minimum election timeout \(electionTimeout.lowerBound) "
           + "(at most a third of it)")
     }
-    guard (1...RaftCore.maxIdleFactor).contains(idleHeartbeatFactor) else {
-      throw fail(
-        "IdleHeartbeatFactor", "must be 1 (no idling) ... \(RaftCore.maxIdleFactor), got \(idleHeartbeatFactor)")
+    if let factor = idleHeartbeatFactor, !(1...RaftCore.maxIdleFactor).contains(factor) {
+      throw fail("IdleHeartbeatFactor", "must be 1 (no idling) ... \(RaftCore.maxIdleFactor), got \(factor)")
     }
     if leaseReads {
       guard checkQuorum else { throw fail("LeaseReads", "lease reads need CheckQuorum(true)") }
@@ -172,7 +180,7 @@ public struct RaftConfiguration: Sendable, Equatable {
     o.electionTimeoutMinTicks = ticks(electionTimeout.lowerBound)
     o.electionTimeoutMaxTicks = max(o.electionTimeoutMinTicks + 1, ticks(electionTimeout.upperBound))
     o.heartbeatTicks = max(1, ticks(heartbeatInterval))
-    o.idleHeartbeatFactor = idleHeartbeatFactor
+    o.idleHeartbeatFactor = idleHeartbeatFactor ?? Self.defaultIdleHeartbeatFactor
     o.preVote = preVote
     o.checkQuorum = checkQuorum
     o.maxEntriesBytesPerMessage = maxEntriesBytesPerMessage

@@ -535,9 +535,10 @@ public struct RaftCore: Sendable {
     switch role {
     case .leader:
       guard transferee == nil else { return 0 }
-      // A leader alone in its group sends its heartbeats to nobody: only its check-quorum tick is due. An idle
-      // leader's heartbeat and check-quorum come `heartbeatScale` times later.
-      let heartbeatDue = progress.isEmpty ? Int.max : options.heartbeatTicks * heartbeatScale - heartbeatElapsed
+      // A leader alone in its group sends its heartbeats to nobody, and its check-quorum always finds itself: no
+      // tick of its does anything. An idle leader's heartbeat and check-quorum come `heartbeatScale` times later.
+      if progress.isEmpty { return Int.max }
+      let heartbeatDue = options.heartbeatTicks * heartbeatScale - heartbeatElapsed
       var quiet = min(heartbeatDue, options.electionTimeoutMinTicks * heartbeatScale - electionElapsed)
       for peer in progress.values where peer.state == .snapshot {
         quiet = min(quiet, options.electionTimeoutMinTicks - peer.snapshotIdleTicks)
@@ -1192,6 +1193,9 @@ public struct RaftCore: Sendable {
   }
 
   private mutating func retryStalledSnapshots() {
+    // Most ticks of most leaders have no snapshot in play: skip the sorted walks (an idle host ticks thousands
+    // of leaders).
+    guard progress.values.contains(where: { $0.refusedSnapshot > 0 || $0.state == .snapshot }) else { return }
     for peer in progress.keys.sorted() where (progress[peer]?.refusedSnapshot ?? 0) > 0 {
       progress[peer]?.refusedSnapshotTicks += 1
     }
@@ -1482,5 +1486,18 @@ public struct RaftCore: Sendable {
   public mutating func reportUnreachable(_ peer: NodeID) {
     guard role == .leader, progress[peer]?.state == .replicate else { return }
     progress[peer]?.becomeProbe()
+  }
+
+  /// The shell's failure detector (its transport) lost `peer`. A leader treats it as unreachable
+  /// (``reportUnreachable(_:)``); a follower whose leader it is drops the leader's idle factor, so it campaigns
+  /// and grants votes on an active leader's schedule, counted from the leader's last message, instead of
+  /// waiting out the stretched one. Safety does not rest on it: a wrong report at worst starts a pre-vote that
+  /// the leader's other followers refuse.
+  public mutating func peerLost(_ peer: NodeID) {
+    if role == .leader {
+      reportUnreachable(peer)
+    } else if peer == leader {
+      leaderIdleFactor = 1
+    }
   }
 }

@@ -176,6 +176,8 @@ public struct RaftEngine: ReplicaEngine {
 
   public mutating func reportUnreachable(_ peer: NodeID) { core.reportUnreachable(peer) }
 
+  public mutating func peerLost(_ peer: NodeID) { core.peerLost(peer) }
+
   public var hasReady: Bool { core.hasReady }
 
   public var quietTicks: Int { core.quietTicks }

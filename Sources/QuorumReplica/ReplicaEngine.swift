@@ -178,6 +178,9 @@ public protocol ReplicaEngine: Sendable {
   func leaseReadIndex(now nanos: UInt64) -> UInt64?
   /// The transport refused a message to `peer` (queue full): stop streaming to it for now.
   mutating func reportUnreachable(_ peer: NodeID)
+  /// The transport's failure detector lost `peer` (its process exited, or its link went silent): a follower
+  /// whose leader it is stops waiting out the leader's idle factor and times out as with an active leader.
+  mutating func peerLost(_ peer: NodeID)
   /// Whether there is work for the runtime.
   var hasReady: Bool { get }
   /// How many of the next ticks are certain to change nothing but the engine's own counters — no message, no

@@ -61,6 +61,8 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     case stop
     /// The background snapshot task finished: the snapshot is stored, or the error that stopped it.
     case snapshotStored(Result<StoredSnapshot, any Error>)
+    /// The transport's failure detector lost this peer (``QuorumCore/TransportEndpoint/onPeerLost(_:)``).
+    case peerLost(NodeID)
   }
 
   /// A command waiting to be proposed, with its session information and principal.
@@ -149,6 +151,9 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   private var appliedBytesSinceSnapshot = 0
   /// The snapshot being encoded and stored while the loop goes on.
   private var background = BackgroundSnapshot<StoredSnapshot>()
+  /// Whether the background task reported since ``recordStoredSnapshot()`` last looked (most turns it has not,
+  /// and an idle host runs thousands of turns a second).
+  private var snapshotReported = false
   private var proposals: [UInt64: Pending] = [:]
   private var proposalIndexByID: [UInt64: UInt64] = [:]
   private var reads: [UInt64: PendingRead] = [:]
@@ -328,6 +333,8 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   private func loop() async throws {
     inputs.attach(doorbell)
     endpoint.incoming.attach(doorbell)
+    // A hint, so a full mailbox may drop it: a node that busy is not waiting out an idle leader's timeout.
+    endpoint.onPeerLost { [inputs] peer in try? inputs.trySend(.peerLost(peer)) }
     var batch: [Input] = []
     var messages: [Envelope<Engine.Message>] = []
     batch.reserveCapacity(4096)
@@ -386,11 +393,14 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// Applies `count` ticks. All but the last are quiet ones the node slept through (they change no role), so
   /// the log clock and a leader's time-only entry are looked at once, after them.
   private func tick(now: UInt64, count: UInt64) {
+    var expiryDue = false
     for _ in 0..<count {
       engine?.tick(now: now)
       ticks &+= 1
-      if ticks % 8 == 0 { expireRequests(now: now) }
+      if ticks % 8 == 0 { expiryDue = true }
     }
+    // Deadlines are compared with `now`, the same for every tick of the batch: one look is enough.
+    if expiryDue { expireRequests(now: now) }
     syncLogClock(now: now)
     proposeTimeAdvanceIfDue(now: now)
   }
@@ -422,11 +432,14 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     case .stop:
       stopped = true
     case .snapshotStored(let result):
+      snapshotReported = true
       if let superseded = background.finished(result) {
         logger.info("dropped a snapshot (superseded, or not stored for want of descriptors): \(superseded)")
       }
     case .cancel(let requestID):
       cancelRequest(requestID)
+    case .peerLost(let peer):
+      engine?.peerLost(peer)
     case .propose(let proposal, let continuation):
       let replicated = ReplicatedCommand(
         timestampMillis: logClock.stamp(now: now, applied: machine.logTimeMillis), request: proposal.request,
@@ -561,6 +574,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// Fails every request past its deadline. Keys are visited in order, so the order in which waiting tasks
   /// resume (and a simulation's schedule) does not depend on hashing.
   private func expireRequests(now: UInt64) {
+    guard pendingCount > 0 || !transfers.isEmpty else { return }
     for index in proposals.keys.sorted() {
       guard let pending = proposals[index], pending.deadline <= now else { continue }
       proposals[index] = nil
@@ -604,7 +618,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       case .read(_, _, _, _, let c): c.resume(throwing: error)
       case .membership(_, _, let c): c.resume(throwing: error)
       case .transfer(_, _, let c): c.resume(throwing: error)
-      case .cancel, .stop, .snapshotStored: break
+      case .cancel, .stop, .snapshotStored, .peerLost: break
       }
     }
   }
@@ -843,6 +857,8 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// Records the snapshot the background task stored and compacts the log behind it, unless the log moved
   /// past it meanwhile (a snapshot from the leader was installed). Rethrows the task's storage failure.
   private func recordStoredSnapshot() async throws {
+    guard snapshotReported else { return }
+    snapshotReported = false
     guard let snapshot = try background.takeStored() else { return }
     guard
       let compactThrough = engine?.recordSnapshot(

@@ -37,6 +37,8 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
   let protocolNumber: UInt8
   private let environment: any LinkEnvironment
   private let logger: QuorumLogger
+  /// Told the peer's id when an established connection fails.
+  private let lost: @Sendable (NodeID) -> Void
 
   private var phase = Phase.idle
   private(set) var connection: Connection?
@@ -51,7 +53,11 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
   private var lastTick: UInt64 = 0
   private var pings: UInt64 = 0
 
-  init(from: NodeID, to: NodeID, loop: EventLoop, protocolNumber: UInt8, environment: any LinkEnvironment) {
+  init(
+    from: NodeID, to: NodeID, loop: EventLoop, protocolNumber: UInt8, environment: any LinkEnvironment,
+    lost: @escaping @Sendable (NodeID) -> Void = { _ in }
+  ) {
+    self.lost = lost
     self.from = from
     self.to = to
     self.loop = loop
@@ -186,6 +192,7 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
       let dropped = queue.discardAll()
       if dropped > 0 { _ = environment.metrics.framesDropped.add(dropped, ordering: .relaxed) }
     }
+    if wasEstablished { lost(to) }
     let jitter = 0.5 + Double(random.next() >> 11) * 0x1.0p-53 * 0.5
     let delay = backoff * jitter
     backoff = min(environment.options.reconnect.maxBackoff, backoff * 2)

@@ -247,6 +247,13 @@ public final class TCPEndpoint<Message: WireCodable & Sendable>: TransportEndpoi
     return true
   }
 
+  /// Calls `handler` on the event loop's thread with a peer's id each time an established link to it fails: the
+  /// peer closed it (its process exited or restarted), a socket call failed, or it stayed silent past the
+  /// liveness timeout (``LinkLiveness``). A link that never connected reports nothing.
+  public func onPeerLost(_ handler: @escaping @Sendable (NodeID) -> Void) {
+    core.peerLost.withLock { $0 = Handler(handler) }
+  }
+
   /// Offers each client request to `handler` on the event loop's thread as it is decoded, before it is queued in
   /// ``requests``: a handler that can answer without suspending (it hands the request on and calls
   /// ``TCPRequest/respond(_:)`` later, from any thread) takes it and returns `true`, and no task is woken for
@@ -345,6 +352,8 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
   let directDelivery = Mutex<Handler<[Envelope<Message>], Void>?>(nil)
   /// Offered each client request before ``requests`` (``TCPEndpoint/handleRequestsDirectly(_:)``).
   let directRequests = Mutex<Handler<TCPRequest, Bool>?>(nil)
+  /// Told of each peer whose established link failed (``TCPEndpoint/onPeerLost(_:)``).
+  let peerLost = Mutex<Handler<NodeID, Void>?>(nil)
   private let links = Mutex<[NodeID: OutboundLink]>([:])
   private let closed = Atomic<Bool>(false)
   private let logger: QuorumLogger
@@ -395,7 +404,8 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
       if closed.load(ordering: .acquiring) { throw .closed }
       guard environment.address(of: peer) != nil else { throw .unknownPeer(peer) }
       let link = OutboundLink(
-        from: id, to: peer, loop: loop, protocolNumber: protocolNumber, environment: environment)
+        from: id, to: peer, loop: loop, protocolNumber: protocolNumber, environment: environment,
+        lost: { [weak self] peer in self?.peerLost.withLock { $0 }?.call(peer) })
       table[peer] = link
       return link
     }

@@ -71,6 +71,25 @@ struct InProcessTransportTests {
     #expect(inbox(nodes[0]) == ["back"])
   }
 
+  @Test("a closed endpoint is reported lost to every other endpoint that asked, and a cut link is not")
+  func peerLost() async throws {
+    let (transport, nodes) = try cluster(3)
+    let lost = Mailbox<String>(capacity: 16)
+    nodes[0].onPeerLost { peer in try? lost.trySend("1 lost \(peer)") }
+    nodes[1].onPeerLost { peer in try? lost.trySend("2 lost \(peer)") }
+    transport.isolate(3)
+    var reports: [String] = []
+    #expect(lost.drainAvailable(into: &reports) == 0, "a partition is not detected")
+    await nodes[2].close()
+    await nodes[2].close()  // closing twice reports once
+    lost.drainAvailable(into: &reports)
+    #expect(reports == ["1 lost n3", "2 lost n3"])
+    await nodes[1].close()
+    reports = []
+    lost.drainAvailable(into: &reports)
+    #expect(reports == ["1 lost n2"], "a closed endpoint hears of nothing more")
+  }
+
   @Test("binding a bound node fails; after close the node can be bound again")
   func alreadyBound() async throws {
     let (transport, nodes) = try cluster(2)

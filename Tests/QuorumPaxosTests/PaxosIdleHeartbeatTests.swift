@@ -89,6 +89,40 @@ struct PaxosIdleHeartbeatTests {
     #expect(after >= minimum - Self.options.heartbeatTicks * Self.factor, "not before the idle timeout: \(after)")
   }
 
+  @Test("followers whose transport lost the idle leader elect on an active leader's schedule")
+  func lostLeaderIsReplacedOnTheActiveSchedule() throws {
+    var cluster = try Self.settledGroup()
+    _ = Self.heartbeats(in: &cluster, over: 30)
+    #expect(cluster[1].isIdle && cluster[2].leaderIdleFactor == Self.factor)
+    cluster.down.insert(1)
+    cluster.nodes[2]?.peerLost(1)
+    cluster.nodes[3]?.peerLost(1)
+    #expect(cluster[2].leaderIdleFactor == 1 && cluster[3].leaderIdleFactor == 1)
+    let active = Self.options.electionTimeoutMaxTicks
+    var elected: Int?
+    for tick in 1...(3 * active) {
+      cluster.tickAll()
+      if cluster[2].role == .leader || cluster[3].role == .leader {
+        elected = tick
+        break
+      }
+    }
+    let after = try #require(elected, "a new leader within three active election timeouts")
+    #expect(after < Self.options.electionTimeoutMinTicks * Self.factor, "\(after) ticks")
+  }
+
+  @Test("a lost-peer report about a live idle leader, or about a follower, changes no leader and no ballot")
+  func wrongLostReportDoesNotDisrupt() throws {
+    var cluster = try Self.settledGroup()
+    _ = Self.heartbeats(in: &cluster, over: 30)
+    let ballot = cluster[1].promised
+    cluster.nodes[3]?.peerLost(1)
+    cluster.nodes[2]?.peerLost(3)
+    #expect(cluster[2].leaderIdleFactor == Self.factor && cluster[3].leaderIdleFactor == 1)
+    _ = Self.heartbeats(in: &cluster, over: 300)
+    #expect(cluster[1].role == .leader && cluster[1].promised == ballot, "no leader change, no new ballot")
+  }
+
   @Test("a follower that missed the idle heartbeat campaigns in vain and wakes the leader, who stays leader")
   func aFollowerThatMissedTheNewsDoesNotDisrupt() throws {
     var cluster = try Self.settledGroup()

@@ -14,7 +14,7 @@ struct PaxosQuietTicksTests {
     guard quiet > 0 else { return nil }
     var copy = core
     let before = "\(copy.role) \(copy.leader.map { "\($0)" } ?? "-") \(copy.chosenThrough)"
-    for tick in 1...quiet {
+    for tick in 1...min(quiet, 10_000) {  // a leader alone has Int.max quiet ticks
       copy.tick()
       if copy.hasReady { return "tick \(tick) of \(quiet) quiet ones made a ready (\(before))" }
       let after = "\(copy.role) \(copy.leader.map { "\($0)" } ?? "-") \(copy.chosenThrough)"
@@ -70,6 +70,16 @@ struct PaxosQuietTicksTests {
     #expect(checked > 7_000)
     #expect(quietSeen > 1_000, "the run spends time in quiet states: \(quietSeen) of \(checked)")
     #expect(quietLeaders > 100, "leaders sleep between heartbeats: \(quietLeaders)")
+  }
+
+  @Test("a leader alone in its group sleeps through every tick: none of them does anything")
+  func aLeaderAloneSleeps() throws {
+    var cluster = PaxosCluster(1, options: MultiPaxosOptions.testing(1))
+    cluster.elect(1)
+    _ = try cluster.propose("x", at: 1)
+    #expect(cluster[1].role == .leader)
+    #expect(cluster[1].quietTicks == Int.max)
+    #expect(Self.loudness(of: cluster[1]) == nil)
   }
 }
 

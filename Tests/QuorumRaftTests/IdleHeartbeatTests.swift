@@ -107,6 +107,43 @@ struct IdleHeartbeatTests {
     #expect(cluster[2].leaderIdleFactor == 1 || cluster[3].leaderIdleFactor == 1, "the new leader is active")
   }
 
+  @Test("followers whose transport lost the idle leader elect on an active leader's schedule")
+  func lostLeaderIsReplacedOnTheActiveSchedule() throws {
+    var cluster = Self.settledGroup()
+    _ = Self.heartbeats(in: &cluster, over: 30)
+    #expect(cluster[1].isIdle && cluster[2].leaderIdleFactor == Self.factor)
+    cluster.down.insert(1)
+    cluster.nodes[2]?.peerLost(1)
+    cluster.nodes[3]?.peerLost(1)
+    #expect(cluster[2].leaderIdleFactor == 1 && cluster[3].leaderIdleFactor == 1)
+    // Without the report the followers wait at least electionTimeoutMinTicks × factor (failoverOfAnIdleGroup).
+    let active = RaftCoreOptions().electionTimeoutMaxTicks
+    #expect(cluster[2].quietTicks < active && cluster[3].quietTicks < active, "they wake on the active schedule")
+    var elected: Int?
+    for tick in 1...(2 * active) {
+      cluster.tickAll()
+      if cluster.leaders.contains(where: { $0 != 1 }) {
+        elected = tick
+        break
+      }
+    }
+    let after = try #require(elected, "a new leader within two active election timeouts")
+    #expect(after < RaftCoreOptions().electionTimeoutMinTicks * Self.factor, "\(after) ticks")
+  }
+
+  @Test("a lost-peer report about a live idle leader, or about a follower, changes no leader and no term")
+  func wrongLostReportDoesNotDisrupt() {
+    var cluster = Self.settledGroup()
+    _ = Self.heartbeats(in: &cluster, over: 30)
+    let term = cluster[1].term
+    cluster.nodes[3]?.peerLost(1)  // 1 is alive: its link to 3 flapped
+    cluster.nodes[2]?.peerLost(3)  // not 2's leader: nothing changes
+    #expect(cluster[2].leaderIdleFactor == Self.factor && cluster[3].leaderIdleFactor == 1)
+    cluster.nodes[1]?.peerLost(2)  // a leader treats it as unreachable
+    _ = Self.heartbeats(in: &cluster, over: 300)
+    #expect(cluster.leaders == [1] && cluster[1].term == term, "no leader change, no new term")
+  }
+
   @Test("a follower that missed the idle heartbeat campaigns in vain and wakes the leader; the term stays")
   func aFollowerThatMissedTheNewsDoesNotDisrupt() {
     var cluster = Self.settledGroup()

@@ -7,6 +7,22 @@ import Testing
 
 @Suite("TCPTransport behaviour", .timeLimit(.minutes(2)))
 struct TCPTransportTests {
+  /// Nodes 1 and 2 on two insecure transports (port 0) that know each other's addresses; returns node 1's
+  /// endpoint, node 2's transport and its endpoint.
+  static func twoNodes() async throws -> (
+    TCPEndpoint<ConformanceMessage>, TCPTransport<ConformanceMessage>, TCPEndpoint<ConformanceMessage>
+  ) {
+    let a = TCPTransport<ConformanceMessage>(
+      cluster: "conformance", protocolNumber: WireProtocol.test, security: .insecure, logger: .disabled)
+    let n1 = try await a.bind(1)
+    let b = TCPTransport<ConformanceMessage>(
+      cluster: "conformance", protocolNumber: WireProtocol.test, addresses: [1: n1.address], security: .insecure,
+      logger: .disabled)
+    let n2 = try await b.bind(2)
+    a.setAddress(n2.address, for: 2)
+    return (n1, b, n2)
+  }
+
   @Test("addresses parse and print, IPv6 in brackets; bad ones say why")
   func addresses() throws {
     #expect(TCPAddress("127.0.0.1:7001")?.port == 7001)
@@ -47,16 +63,36 @@ struct TCPTransportTests {
     await n2.close()
   }
 
+  @Test("a peer whose established link fails is reported lost, once per failure; an unreached peer is not")
+  func peerLost() async throws {
+    let (n1, b, n2) = try await Self.twoNodes()
+    let lost = Mailbox<NodeID>(capacity: 100)
+    n2.onPeerLost { peer in try? lost.trySend(peer) }
+    // n2 -> 1 is established once a message arrives.
+    try n2.send(ConformanceMessage(sender: 2, sequence: 1), to: 1)
+    #expect(try await receive(n1.incoming).payload.sequence == 1)
+    await n1.close()  // n1's process is gone: the listener and every connection close
+    let reported = try await withThrowingTaskGroup(of: NodeID?.self) { group in
+      group.addTask { await lost.receive() }
+      group.addTask {
+        try await Task.sleep(for: .seconds(60))  // bounds a broken test only
+        return nil
+      }
+      defer { group.cancelAll() }
+      return try await group.next() ?? nil
+    }
+    #expect(reported == 1)
+    // The link now redials in vain: failed attempts of a link that is not established are not reported again.
+    try? n2.send(ConformanceMessage(sender: 2, sequence: 2), to: 1)
+    try await waitUntil("a failed redial") { b.metrics.closes.values.reduce(0, +) >= 2 }
+    var more: [NodeID] = []
+    #expect(lost.drainAvailable(into: &more) == 0, "\(more)")
+    await n2.close()
+  }
+
   @Test("with direct delivery, peer messages reach the handler on the loop in order, and none waits in incoming")
   func directDelivery() async throws {
-    let a = TCPTransport<ConformanceMessage>(
-      cluster: "conformance", protocolNumber: WireProtocol.test, security: .insecure, logger: .disabled)
-    let n1 = try await a.bind(1)
-    let b = TCPTransport<ConformanceMessage>(
-      cluster: "conformance", protocolNumber: WireProtocol.test, addresses: [1: n1.address], security: .insecure,
-      logger: .disabled)
-    let n2 = try await b.bind(2)
-    a.setAddress(n2.address, for: 2)
+    let (n1, _, n2) = try await Self.twoNodes()
     let delivered = Mailbox<UInt64>(capacity: 1_000)
     #expect(n1.deliverDirectly { batch in for envelope in batch { try? delivered.trySend(envelope.payload.sequence) } })
     for sequence in UInt64(0)..<200 { try n2.send(ConformanceMessage(sender: 2, sequence: sequence), to: 1) }

@@ -624,6 +624,14 @@ public struct MultiPaxosCore: Sendable {
   /// Records the shell's monotonic clock without ticking; the same as ``advanceClock(to:)``.
   public mutating func observe(now: UInt64) { advanceClock(to: now) }
 
+  /// The shell's failure detector (its transport) lost `peer`. A follower whose leader it is drops the leader's
+  /// idle factor, so it probes and promises on an active leader's schedule, counted from the leader's last
+  /// message, instead of waiting out the stretched one. Safety does not rest on it: a wrong report at worst
+  /// starts a probe that the leader's other followers refuse.
+  public mutating func peerLost(_ peer: NodeID) {
+    if role != .leader && peer == leader { leaderIdleFactor = 1 }
+  }
+
   /// Whether this node heard from its leader (or led, or started) less than the promise-refusal window ago,
   /// by the monotonic clock; always `false` without ``MultiPaxosOptions/tickNanos``.
   private var inClockLeaseWindow: Bool {
@@ -661,7 +669,9 @@ public struct MultiPaxosCore: Sendable {
       guard transferee == nil,
         peerOrder.allSatisfy({ peers[$0].map { $0.inflight.isEmpty && $0.snapshotIndex == 0 } ?? true })
       else { return 0 }
-      let heartbeatDue = peerOrder.isEmpty ? Int.max : options.heartbeatTicks * heartbeatScale - heartbeatElapsed
+      // Alone, it heartbeats nobody and its check-quorum always finds itself: no tick of its does anything.
+      if peerOrder.isEmpty { return Int.max }
+      let heartbeatDue = options.heartbeatTicks * heartbeatScale - heartbeatElapsed
       return max(0, min(heartbeatDue, options.electionTimeoutMinTicks * heartbeatScale - electionElapsed) - 1)
     case .candidate, .preCandidate:
       return 0

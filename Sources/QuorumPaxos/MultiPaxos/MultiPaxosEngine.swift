@@ -166,6 +166,8 @@ public struct MultiPaxosEngine: ReplicaEngine {
 
   public mutating func reportUnreachable(_ peer: NodeID) {}
 
+  public mutating func peerLost(_ peer: NodeID) { core.peerLost(peer) }
+
   public var hasReady: Bool { core.hasReady }
 
   public var quietTicks: Int { core.quietTicks }
