@@ -25,6 +25,11 @@ enum HostBenchmarks {
 
   // MARK: - Idle groups
 
+  /// The idle factor the members run with: `QUORUM_HOST_IDLE_FACTOR`, or the TCP default.
+  static var idleFactorDescription: String {
+    ProcessInfo.processInfo.environment["QUORUM_HOST_IDLE_FACTOR"] ?? "20 (the TCP default)"
+  }
+
   static var idleSeconds: Int {
     Int(ProcessInfo.processInfo.environment["QUORUM_HOST_IDLE_SECONDS"] ?? "") ?? 10
   }
@@ -46,7 +51,7 @@ enum HostBenchmarks {
     for engine in [EngineKind.raft, .multiPaxos] {
       var baseline: Double?
       for count in [1, 100, 1000] {
-        let result = try await idleProcesses(groups: count, engine: engine, over: seconds)
+        let result = try await idleProcesses(groups: count, engine: engine, over: seconds, killing: count == 100)
         let mean = result.cpu.reduce(0, +) / Double(result.cpu.count)
         let name = count == 1 ? "baseline: 1 \(engine) group" : "\(count) idle \(engine) groups"
         report.add(
@@ -58,6 +63,14 @@ enum HostBenchmarks {
             baseline.map { String(format: "%.1f × the 1-group figure; ", mean / max($0, 1e-9)) } ?? "",
             result.leaderChanges))
         if count == 1 { baseline = mean }
+        if let failover = result.failover {
+          report.add(
+            "host", "\(count) idle \(engine) groups: kill -9 of a member, p50 until a group it led has a new leader",
+            failover.p50, "ms",
+            note: String(
+              format: "max %.0f ms over the %d groups it led; idle factor %@ (a silent failure waits 3–6 s at 20)",
+              failover.max, failover.led, idleFactorDescription))
+        }
       }
     }
   }
@@ -95,8 +108,8 @@ enum HostBenchmarks {
 
   /// Three member processes (this executable in `host-member` mode) hosting `groups` groups of `engine`, each
   /// on all three; once every group has a leader, each process measures its own CPU over `seconds`.
-  static func idleProcesses(groups: Int, engine: EngineKind, over seconds: Int) async throws
-    -> (cpu: [Double], leaderChanges: Int)
+  static func idleProcesses(groups: Int, engine: EngineKind, over seconds: Int, killing: Bool = false) async throws
+    -> (cpu: [Double], leaderChanges: Int, failover: (led: Int, p50: Double, max: Double)?)
   {
     let me = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
     var children: [ChildProcess] = []
@@ -122,7 +135,26 @@ enum HostBenchmarks {
       cpu.append(fraction)
       changes += changed
     }
-    return (cpu, changes)
+    guard killing else { return (cpu, changes, nil) }
+    // Member n1 dies as a process does (SIGKILL: its sockets are closed by the kernel); the others time the
+    // groups it led until each has another leader.
+    kill(children[0].process.processIdentifier, SIGKILL)
+    children[0].process.waitUntilExit()
+    for child in children.dropFirst() { try child.send("lost n1") }
+    var led = 0
+    var p50 = 0.0
+    var slowest = 0.0
+    for child in children.dropFirst() {
+      let words = try await child.expect("elected ", timeout: .seconds(90)).split(separator: " ")
+      guard words.count == 5, let count = Int(words[1]), let done = Int(words[2]), let median = Double(words[3]),
+        let most = Double(words[4])
+      else { throw BenchFailure("bad failover line: \(words)") }
+      guard done == count else { throw BenchFailure("\(count - done) of \(count) groups elected no new leader") }
+      led = max(led, count)
+      p50 = max(p50, median)
+      slowest = max(slowest, most)
+    }
+    return (cpu, changes, (led, p50, slowest))
   }
 
   /// `quorum-bench host-member nK GROUPS ENGINE`: runs member nK of a 3-member TCP cluster (port 0, memory
@@ -183,7 +215,28 @@ enum HostBenchmarks {
     let cpu = try await cpuOfThisProcess(over: seconds)
     let after = await leaders()
     say("cpu \(cpu) \(zip(before, after).filter { $0 != $1 }.count)")
-    _ = try? await readCommand("quit")
+    let next = try? await readCommand("")
+    if let next, next.hasPrefix("lost "), let lost = NodeID(String(next.dropFirst("lost ".count))) {
+      // The parent killed member `lost` just before saying so: time each group it led until this member sees
+      // another leader.
+      let start = nowNanos()
+      var waiting = Set(zip(groups.indices, after).filter { $0.1 == lost }.map(\.0))
+      let led = waiting.count
+      var times: [Double] = []
+      while !waiting.isEmpty, nowNanos() - start < 60_000_000_000 {
+        for index in waiting.sorted() {
+          if let leader = await groups[index].status().leader, leader != lost {
+            times.append(Double(nowNanos() - start) / 1e6)
+            waiting.remove(index)
+          }
+        }
+        try await Task.sleep(for: .milliseconds(2))
+      }
+      times.sort()
+      let p50 = times.isEmpty ? 0 : times[times.count / 2]
+      say("elected \(led) \(times.count) \(p50) \(times.last ?? 0)")
+      _ = try? await readCommand("quit")
+    }
     await server.shutdown()
     try await running.value
   }
