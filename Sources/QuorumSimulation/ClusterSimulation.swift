@@ -518,7 +518,11 @@ public final class ClusterSimulation: @unchecked Sendable {
     node.disks.crash()
     node.host = nil
     stats.crashes += 1
-    trace.record(scheduler.now, "crash \(id)")
+    // The other processes' links notice: at once when the kernel closes the sockets, or after the liveness
+    // timeout when the machine is gone.
+    let detection = VirtualDuration.milliseconds(UInt64(scheduler.random { Int.random(in: 0...500, using: &$0) }))
+    network.reportLost(id, after: detection)
+    trace.record(scheduler.now, "crash \(id) (reported lost after \(detection))")
   }
 
   // MARK: - Clients

@@ -42,6 +42,7 @@ public struct PaxosSimulationOptions: Sendable {
   /// The faults the nemesis may choose from (membership changes and transfers do not apply to Paxos).
   public var nemesis: Set<NemesisAction> = [
     .partition, .oneWayCut, .isolateLeader, .heal, .crash, .restart, .lossyNetwork, .perfectNetwork,
+    .lostPeerReport,
   ]
   /// Time between nemesis actions.
   public var nemesisInterval = DelayDistribution.uniform(.milliseconds(50), .milliseconds(400))
@@ -85,6 +86,8 @@ public struct PaxosSimulationStats: Sendable, CustomStringConvertible {
   public var leaderships = 0
   /// Ticks of leaders heartbeating less often (``QuorumPaxos/MultiPaxosCore/isIdle``).
   public var idleLeaderTicks = 0
+  /// Lost-peer reports the nemesis made (``NemesisAction/lostPeerReport``), crashes' included.
+  public var lostPeerReports = 0
   /// Crashes injected.
   public var crashes = 0
   /// Partitions and cuts injected.
@@ -108,7 +111,7 @@ public struct PaxosSimulationStats: Sendable, CustomStringConvertible {
   public var description: String {
     "events=\(events) leaderships=\(leaderships) crashes=\(crashes) partitions=\(partitions) "
       + "snapshots=\(snapshotsTaken)/\(snapshotsInstalled) chosen=\(slotsChosen) ops=\(operationsCompleted) retries=\(retries) "
-      + "idle-leader-ticks=\(idleLeaderTicks) end=\(endTime)"
+      + "idle-leader-ticks=\(idleLeaderTicks) lost-peer-reports=\(lostPeerReports) end=\(endTime)"
   }
 }
 
@@ -647,6 +650,15 @@ public final class PaxosSimulation {
       trace.record(now, "nemesis: perfect network")
     case .membershipChange, .transferLeadership:
       break
+    case .lostPeerReport:
+      guard
+        let (id, peer) = NemesisAction.lostPeerReport(
+          among: ids, isUp: { self.nodes[$0]?.up == true }, leaderOf: { self.nodes[$0]?.core.leader }, using: &rng),
+        let node = nodes[id]
+      else { return }
+      node.core.peerLost(peer)
+      stats.lostPeerReports += 1
+      trace.record(now, "nemesis: \(id) told it lost \(peer)")
     }
   }
 
@@ -667,6 +679,12 @@ public final class PaxosSimulation {
     network.setDown(id, true)
     stats.crashes += 1
     trace.record(now, "nemesis: crash \(id)")
+    if options.nemesis.contains(.lostPeerReport) {
+      for other in members where other != id && nodes[other]?.up == true {
+        nodes[other]?.core.peerLost(id)
+        stats.lostPeerReports += 1
+      }
+    }
   }
 
   private func restart(_ id: NodeID) {

@@ -24,6 +24,23 @@ public enum NemesisAction: String, Sendable, CaseIterable, Hashable {
   case membershipChange
   /// Ask the leader to transfer leadership to a random voter.
   case transferLeadership
+  /// Tell a running node that its failure detector lost a peer: its leader half the time (crashed, cut off, or
+  /// alive — a wrong report), else another node. Crashes are also reported to every running node, as a TCP link
+  /// reports a dead process.
+  case lostPeerReport
+
+  /// The node told of a lost peer and the peer (``lostPeerReport``), drawn from `ids`.
+  static func lostPeerReport(
+    among ids: [NodeID], isUp: (NodeID) -> Bool, leaderOf: (NodeID) -> NodeID?, using rng: inout SeededRandom
+  ) -> (node: NodeID, peer: NodeID)? {
+    let running = ids.filter(isUp)
+    guard !running.isEmpty, ids.count > 1 else { return nil }
+    let node = running[Int.random(in: 0..<running.count, using: &rng)]
+    let others = ids.filter { $0 != node }
+    let other = others[Int.random(in: 0..<others.count, using: &rng)]
+    let leader = leaderOf(node).flatMap { $0 == node ? nil : $0 }
+    return (node, Bool.random(using: &rng) ? leader ?? other : other)
+  }
 }
 
 /// The shape of one simulated Raft run.
@@ -104,6 +121,8 @@ public struct RaftSimulationStats: Sendable, CustomStringConvertible {
   public var transfers = 0
   /// Ticks of leaders heartbeating less often (``QuorumRaft/RaftCore/isIdle``).
   public var idleLeaderTicks = 0
+  /// Lost-peer reports the nemesis made (``NemesisAction/lostPeerReport``), crashes' included.
+  public var lostPeerReports = 0
   /// Snapshots installed on followers.
   public var snapshotsInstalled = 0
   /// Snapshots taken in the background and recorded (compacting the log).
@@ -118,7 +137,8 @@ public struct RaftSimulationStats: Sendable, CustomStringConvertible {
   public var description: String {
     "events=\(events) leaderships=\(leaderships) crashes=\(crashes) partitions=\(partitions) "
       + "membership=\(membershipChanges) transfers=\(transfers) snapshots=\(snapshotsTaken)/\(snapshotsInstalled) "
-      + "ops=\(operationsCompleted) retries=\(retries) idle-leader-ticks=\(idleLeaderTicks) end=\(endTime)"
+      + "ops=\(operationsCompleted) retries=\(retries) idle-leader-ticks=\(idleLeaderTicks) "
+      + "lost-peer-reports=\(lostPeerReports) end=\(endTime)"
   }
 }
 
@@ -666,6 +686,15 @@ public final class RaftSimulation {
         trace.record(now, "nemesis: transfer leadership \(leader) -> \(target)")
         try? startReady(node)
       }
+    case .lostPeerReport:
+      guard
+        let (id, peer) = NemesisAction.lostPeerReport(
+          among: ids, isUp: { self.nodes[$0]?.up == true }, leaderOf: { self.nodes[$0]?.core.leader }, using: &rng),
+        let node = nodes[id]
+      else { return }
+      node.core.peerLost(peer)
+      stats.lostPeerReports += 1
+      trace.record(now, "nemesis: \(id) told it lost \(peer)")
     }
   }
 
@@ -716,6 +745,12 @@ public final class RaftSimulation {
     network.setDown(id, true)
     stats.crashes += 1
     trace.record(now, "nemesis: crash \(id)")
+    if options.nemesis.contains(.lostPeerReport) {
+      for other in nodes.keys.sorted() where nodes[other]?.up == true {
+        nodes[other]?.core.peerLost(id)
+        stats.lostPeerReports += 1
+      }
+    }
   }
 
   private func restart(_ id: NodeID) {

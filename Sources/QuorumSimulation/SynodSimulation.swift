@@ -438,7 +438,7 @@ public final class SynodSimulation {
     case .perfectNetwork:
       network.defaultFaults = LinkFaults(delay: .uniform(.microseconds(100), .milliseconds(2)))
       trace.record(now, "nemesis: perfect network")
-    case .membershipChange, .transferLeadership:
+    case .membershipChange, .transferLeadership, .lostPeerReport:
       break
     }
   }

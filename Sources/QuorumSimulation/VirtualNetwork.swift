@@ -13,6 +13,8 @@ public final class VirtualNetwork<Message: Sendable>: Transport, Sendable {
   private struct State {
     var network: SimulatedNetwork
     var inboxes: [NodeID: Mailbox<Envelope<Message>>] = [:]
+    /// Each bound node's lost-peer handler (``VirtualEndpoint/onPeerLost(_:)``).
+    var lostHandlers: [NodeID: @Sendable (NodeID) -> Void] = [:]
     var sent = 0
     var delivered = 0
     var overflowDrops = 0
@@ -40,11 +42,34 @@ public final class VirtualNetwork<Message: Sendable>: Transport, Sendable {
   public func bind(_ node: NodeID) -> VirtualEndpoint<Message> {
     let inbox = Mailbox<Envelope<Message>>(capacity: inboxCapacity)
     let old = state.withLock { s in
-      defer { s.inboxes[node] = inbox }
+      defer {
+        s.inboxes[node] = inbox
+        s.lostHandlers[node] = nil
+      }
       return s.inboxes[node]
     }
     old?.close(discardingBuffered: true)
     return VirtualEndpoint(id: node, incoming: inbox, network: self)
+  }
+
+  /// Reports `node` lost to every other bound node that asked (``VirtualEndpoint/onPeerLost(_:)``) after `delay`
+  /// of virtual time, as a TCP link reports a dead process once the kernel closes its sockets or the link's
+  /// liveness timeout passes.
+  public func reportLost(_ node: NodeID, after delay: VirtualDuration) {
+    scheduler.schedule(at: scheduler.now + delay) { [self] in
+      let handlers = state.withLock { s in
+        s.lostHandlers.keys.sorted().filter { $0 != node }.compactMap { s.lostHandlers[$0] }
+      }
+      for handler in handlers { handler(node) }
+    }
+  }
+
+  func setLostHandler(
+    _ handler: @escaping @Sendable (NodeID) -> Void, for node: NodeID, inbox: Mailbox<Envelope<Message>>
+  ) {
+    state.withLock { s in
+      if s.inboxes[node] === inbox { s.lostHandlers[node] = handler }
+    }
   }
 
   /// Changes the network model (partitions, faults, nodes down).
@@ -95,7 +120,9 @@ public final class VirtualNetwork<Message: Sendable>: Transport, Sendable {
 
   func unbind(_ node: NodeID, inbox: Mailbox<Envelope<Message>>) {
     state.withLock { s in
-      if s.inboxes[node] === inbox { s.inboxes[node] = nil }
+      guard s.inboxes[node] === inbox else { return }
+      s.inboxes[node] = nil
+      s.lostHandlers[node] = nil
     }
     inbox.close(discardingBuffered: true)
   }
@@ -118,6 +145,11 @@ public final class VirtualEndpoint<Message: Sendable>: TransportEndpoint, Sendab
   /// Routes `message` through the simulated network.
   public func send(_ message: Message, to peer: NodeID, group: GroupID) throws(TransportError) {
     try network.route(Envelope(from: id, to: peer, group: group, payload: message), from: incoming)
+  }
+
+  /// Calls `handler` with a peer's id when the simulation reports it lost (``VirtualNetwork/reportLost(_:after:)``).
+  public func onPeerLost(_ handler: @escaping @Sendable (NodeID) -> Void) {
+    network.setLostHandler(handler, for: id, inbox: incoming)
   }
 
   /// Unbinds the node; nothing more is delivered or sent.

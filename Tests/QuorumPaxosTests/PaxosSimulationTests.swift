@@ -27,6 +27,7 @@ struct PaxosTotals: Sendable, CustomStringConvertible {
     sum.operationsCompleted += stats.operationsCompleted
     sum.retries += stats.retries
     sum.idleLeaderTicks += stats.idleLeaderTicks
+    sum.lostPeerReports += stats.lostPeerReports
   }
 
   var description: String { "\(runs) runs (fewest operations in one: \(fewestOperations)): \(sum)" }
@@ -57,6 +58,7 @@ struct PaxosSimulationTests {
     #expect(totals.sum.leaderships > 75 && totals.sum.crashes > 30 && totals.sum.partitions > 100, "\(totals)")
     #expect(totals.sum.snapshotsTaken > 250 && totals.sum.snapshotsInstalled > 25, "\(totals)")
     #expect(totals.sum.idleLeaderTicks > 0, "odd seeds' leaders idle when every follower is caught up: \(totals)")
+    #expect(totals.sum.lostPeerReports > 50, "lost-peer reports, right and wrong ones: \(totals)")
   }
 
   @Test("5 nodes, flexible quorums Q1=4, Q2=2")

@@ -22,6 +22,7 @@ struct RaftSimulationTests {
     var snapshotsTaken = 0
     var snapshotsInstalled = 0
     var idleLeaderTicks = 0
+    var lostPeerReports = 0
 
     mutating func add(_ stats: RaftSimulationStats) {
       runs += 1
@@ -35,13 +36,14 @@ struct RaftSimulationTests {
       snapshotsTaken += stats.snapshotsTaken
       snapshotsInstalled += stats.snapshotsInstalled
       idleLeaderTicks += stats.idleLeaderTicks
+      lostPeerReports += stats.lostPeerReports
     }
 
     var description: String {
       "\(runs) runs (fewest operations in one: \(fewestOperations)): ops=\(operationsCompleted) "
         + "leaderships=\(leaderships) crashes=\(crashes) partitions=\(partitions) "
         + "membership=\(membershipChanges) transfers=\(transfers) snapshots=\(snapshotsTaken)/\(snapshotsInstalled) "
-        + "idle-leader-ticks=\(idleLeaderTicks)"
+        + "idle-leader-ticks=\(idleLeaderTicks) lost-peer-reports=\(lostPeerReports)"
     }
   }
 
@@ -70,6 +72,7 @@ struct RaftSimulationTests {
     #expect(sum.membershipChanges > 20 && sum.transfers > 20, "\(totals)")
     #expect(sum.snapshotsTaken > 40 && sum.snapshotsInstalled > 4, "\(totals)")
     #expect(sum.idleLeaderTicks > 100, "odd seeds' leaders idle between faults and requests: \(totals)")
+    #expect(sum.lostPeerReports > 100, "lost-peer reports, right and wrong ones: \(totals)")
   }
 
   @Test("5 nodes, every fault, many seeds")

@@ -21,9 +21,12 @@ struct LockSimulationTests {
 
   @Test(
     "lock clients under every fault: no two owners, tokens increase, permits conserved",
-    // A debug build beside every other suite: 16 seeds per engine here; CI runs 200 per engine in release.
+    // A debug build beside every other suite: 16 seeds per engine here; CI runs 200 per engine in release. A stale
+    // write that meets the fence is rare (the holder must wake past its lease before its loss notice stops it):
+    // these ranges hold at least one such seed per engine. The fence itself is tested deterministically in the
+    // lock service's anomaly tests.
     arguments: [
-      (EngineKind.raft, UInt64(0)..<16), (EngineKind.multiPaxos, UInt64(10_000)..<10_016),
+      (EngineKind.raft, UInt64(16)..<32), (EngineKind.multiPaxos, UInt64(10_000)..<10_016),
     ])
   func locks(_ engine: EngineKind, _ seeds: Range<UInt64>) async {
     let (report, stats) = await NodeSimulationTests.run(seeds: seeds, options: Self.options(engine))
