@@ -42,6 +42,12 @@ public struct RaftStatus: Sendable, Equatable {
   public var peers: [NodeID: PeerProgress]
   /// Requests waiting for an answer.
   public var pendingRequests: Int
+  /// Whether this node leads and heartbeats less often, nothing having been asked of it
+  /// (``RaftConfiguration/idleHeartbeatFactor``).
+  public var isIdle = false
+  /// As a follower, how many times longer it waits for its leader than for an active one: the factor of the
+  /// leader's last heartbeat, or 1 once its transport reported the leader lost.
+  public var leaderIdleFactor = 1
 }
 
 /// A Raft node: the replica runtime (`ReplicaNode` in QuorumReplica) driving ``RaftCore`` through
@@ -249,7 +255,7 @@ public struct RaftEngine: ReplicaEngine {
       id: core.id, role: core.role, term: core.term, leader: core.leader, commitIndex: core.commitIndex,
       appliedIndex: applied, firstIndex: core.firstIndex, lastIndex: core.lastIndex,
       snapshotIndex: core.snapshot?.index ?? 0, membership: core.membership, peers: core.peerProgress,
-      pendingRequests: pendingRequests)
+      pendingRequests: pendingRequests, isIdle: core.isIdle, leaderIdleFactor: core.leaderIdleFactor)
   }
 
   public static func snapshotInstalledEvent(at index: UInt64) -> RaftEvent { .snapshotInstalled(index: index) }

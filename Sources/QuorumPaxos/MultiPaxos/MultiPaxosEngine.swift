@@ -43,6 +43,12 @@ public struct MultiPaxosStatus: Sendable, Equatable {
   public var peers: [NodeID: PaxosPeerProgress]
   /// Requests waiting for an answer.
   public var pendingRequests: Int
+  /// Whether this node leads and heartbeats less often, nothing having been asked of it
+  /// (``PaxosConfiguration/idleHeartbeatFactor``).
+  public var isIdle = false
+  /// As a follower, how many times longer it waits for its leader than for an active one: the factor of the
+  /// leader's last heartbeat, or 1 once its transport reported the leader lost.
+  public var leaderIdleFactor = 1
 }
 
 /// A Multi-Paxos replica: the replica runtime (``QuorumReplica/ReplicaNode``) driving ``MultiPaxosCore``
@@ -239,7 +245,7 @@ public struct MultiPaxosEngine: ReplicaEngine {
       id: core.id, role: core.role, ballot: core.promised, leader: core.leader, chosenThrough: core.chosenThrough,
       appliedThrough: applied, firstSlot: core.firstSlot, lastSlot: core.lastSlot,
       snapshotIndex: core.snapshot?.index ?? 0, membership: core.membership, peers: core.peerProgress,
-      pendingRequests: pendingRequests)
+      pendingRequests: pendingRequests, isIdle: core.isIdle, leaderIdleFactor: core.leaderIdleFactor)
   }
 
   public static func snapshotInstalledEvent(at index: UInt64) -> PaxosEvent { .snapshotInstalled(slot: index) }
