@@ -270,17 +270,23 @@ public struct Cluster: Sendable {
     let transport = TCPTransport<HostMessage>(
       cluster: id, protocolNumber: WireProtocol.host, addresses: book, options: options,
       security: try transportSecurity(), logger: logger.child("tcp"))
-    // TCP links tell the groups when a peer's process is lost, so idle leaders may heartbeat less often.
-    var settings = hostSettings
-    settings.raft.idleHeartbeatFactor = raft.idleHeartbeatFactor ?? RaftConfiguration.detectedIdleHeartbeatFactor
-    settings.paxos.idleHeartbeatFactor = paxos.idleHeartbeatFactor ?? PaxosConfiguration.detectedIdleHeartbeatFactor
     let host = try GroupHost(
-      node: member, map: map, catalog: catalog, settings: settings,
+      node: member, map: map, catalog: catalog, settings: servedSettings,
       storage: storageProvider(for: member, override: dataDirectory), joining: joiningGroups, logger: logger,
       addressOf: { transport.address(of: $0)?.description },
       addressBook: { transport.addresses.mapValues(\.description) },
       maxReplyBytes: options.maxFrameBytes - Self.replyFramingBytes)
     return ClusterMemberServer(id: member, host: host, transport: transport, logger: logger)
+  }
+
+  /// The settings of a member served over TCP: ``hostSettings``, with the idle heartbeat factor the cluster
+  /// leaves open (`nil`) set to the engines' `detectedIdleHeartbeatFactor`, since TCP links tell the groups when
+  /// a peer's process is lost and idle leaders may then heartbeat less often. A factor the cluster sets is kept.
+  var servedSettings: HostSettings {
+    var settings = hostSettings
+    settings.raft.idleHeartbeatFactor = raft.idleHeartbeatFactor ?? RaftConfiguration.detectedIdleHeartbeatFactor
+    settings.paxos.idleHeartbeatFactor = paxos.idleHeartbeatFactor ?? PaxosConfiguration.detectedIdleHeartbeatFactor
+    return settings
   }
 
   /// Room left in a frame for the envelope around a reply (its header, the request id, the length).

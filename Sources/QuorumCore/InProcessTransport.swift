@@ -139,7 +139,9 @@ public final class InProcessEndpoint<Message: Sendable>: TransportEndpoint, Send
   }
 
   /// Calls `handler` with a peer's id when the peer's endpoint closes (the node stopped or crashed). Cut links
-  /// (``InProcessTransport/partition(_:from:)``) are not reported: this transport detects no partition.
+  /// (``InProcessTransport/partition(_:from:)``) are not reported: this transport detects no partition. The
+  /// handlers run synchronously inside the closing endpoint's `close()`, on its caller's thread; a second call
+  /// replaces the handler.
   public func onPeerLost(_ handler: @escaping @Sendable (NodeID) -> Void) {
     transport.setLostHandler(handler, for: id, inbox: incoming)
   }

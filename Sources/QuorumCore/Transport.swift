@@ -77,7 +77,8 @@ public protocol TransportEndpoint<Message>: Sendable {
   /// peer, reached before, is gone: on TCP, an established link to it failed (the peer's process closed it,
   /// or it stayed silent past the link's liveness timeout); in process, the peer's endpoint closed. `handler`
   /// is called on the transport's thread and must not block. It is a hint, never a proof: a peer may be back
-  /// a moment later, and a transport without a failure detector (the default) never calls it.
+  /// a moment later, and a transport without a failure detector (the default) never calls it. A second call
+  /// replaces the handler set by the first.
   ///
   /// Consensus groups use it to stop waiting out an idle leader's stretched timeout when the leader's process
   /// is known to be gone.

@@ -49,6 +49,9 @@ public struct PaxosConfiguration: Sendable, Equatable {
   /// or ``detectedIdleHeartbeatFactor`` (20) for groups served over TCP, whose followers hear from their
   /// transport when the leader's process is lost (``QuorumCore/TransportEndpoint/onPeerLost(_:)``) and then time
   /// out as with an active leader. 1 turns idling off; at most ``MultiPaxosCore/maxIdleFactor``.
+  ///
+  /// - Note: An optional since the transport picks the default (it was an `Int` defaulting to 5): code that
+  ///   reads it for the factor in force reads `coreOptions.idleHeartbeatFactor` instead.
   public var idleHeartbeatFactor: Int?
   /// The idle factor of a group whose transport detects no lost peer: 5.
   public static let defaultIdleHeartbeatFactor = 5

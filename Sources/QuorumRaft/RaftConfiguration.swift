@@ -37,6 +37,9 @@ public struct RaftConfiguration: Sendable, Equatable {
   /// and a crashed idle leader is replaced after 0.75–1.5 s instead of 150–300 ms; etcd's default election
   /// timeout is 1 s), or ``detectedIdleHeartbeatFactor`` (20) for groups served over TCP, whose links detect a
   /// dead or cut-off process within their liveness timeout. 1 turns idling off; at most ``RaftCore/maxIdleFactor``.
+  ///
+  /// - Note: An optional since the transport picks the default (it was an `Int` defaulting to 5): code that
+  ///   reads it for the factor in force reads `coreOptions.idleHeartbeatFactor` instead.
   public var idleHeartbeatFactor: Int?
   /// The idle factor of a group whose transport detects no lost peer: 5.
   public static let defaultIdleHeartbeatFactor = 5

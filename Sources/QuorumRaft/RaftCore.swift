@@ -274,6 +274,9 @@ public struct RaftCore: Sendable {
   private var electionElapsed = 0
   private var heartbeatElapsed = 0
   private(set) var randomizedElectionTimeout = 0
+  /// Ticks a follower told its leader is lost still waits before it may campaign, by its rank among the
+  /// survivors (``peerLost(_:)``); 0 otherwise. Cleared by any word from a leader and by a change of role.
+  private(set) var campaignHold = 0
   private var rng: SeededRandom
   /// The target of a leadership transfer in progress.
   public private(set) var transferee: NodeID?
@@ -495,7 +498,10 @@ public struct RaftCore: Sendable {
     // A node within its refusal window does not campaign either: its own vote would count for a new leader
     // while the leader it acknowledged may still hold a lease. Ticks fired in a burst after a stall reach
     // the timeout early; the clock says whether the window has really passed.
-    if isPromotable && electionElapsed >= randomizedElectionTimeout * leaderIdleFactor && !inClockLeaseWindow {
+    if campaignHold > 0 { campaignHold -= 1 }
+    if isPromotable && electionElapsed >= randomizedElectionTimeout * leaderIdleFactor && campaignHold == 0
+      && !inClockLeaseWindow
+    {
       electionElapsed = 0
       startElection(options.preVote ? .preVote : .election)
     }
@@ -524,7 +530,10 @@ public struct RaftCore: Sendable {
     return inClockLeaseWindow
   }
 
-  private mutating func noteLeaderContact() { leaderContactNanos = now }
+  private mutating func noteLeaderContact() {
+    leaderContactNanos = now
+    campaignHold = 0
+  }
 
   /// How many of the next ticks are certain to do nothing but advance counters: no message, no change of role,
   /// nothing ready. A leader's next heartbeat, its check-quorum, a snapshot it resends and an election timeout
@@ -547,7 +556,7 @@ public struct RaftCore: Sendable {
     default:
       // A learner never campaigns; its counters only free an abandoned snapshot, which needs no wake-up.
       guard isPromotable else { return options.electionTimeoutMinTicks }
-      return max(0, randomizedElectionTimeout * leaderIdleFactor - electionElapsed - 1)
+      return max(0, max(randomizedElectionTimeout * leaderIdleFactor - electionElapsed, campaignHold) - 1)
     }
   }
 
@@ -705,6 +714,7 @@ public struct RaftCore: Sendable {
     isIdle = false
     ticksSinceActivity = 0
     leaderIdleFactor = 1
+    campaignHold = 0
     resetRandomizedElectionTimeout()
     votes = [:]
     transferee = nil
@@ -1099,6 +1109,9 @@ public struct RaftCore: Sendable {
       // If every AppendEntries in the window was lost, no acknowledgement will ever free it. The follower is
       // alive, so let one more through: it either fills the gap or is rejected, which sends us back to probing.
       if pr.state == .replicate && pr.inflights.isFull { pr.inflights.freeFirst() }
+      // A probed follower that already holds the whole log (a lost-peer report, or a rejection answered since)
+      // has nothing left to probe: stream to it again, so that an idle group can go quiet once more.
+      if pr.state == .probe && pr.match == log.lastIndex { pr.becomeReplicate() }
       progress[from] = pr
       if pr.match < log.lastIndex { sendAppend(to: from, sendIfEmpty: true) }
       confirmReads()
@@ -1489,15 +1502,32 @@ public struct RaftCore: Sendable {
   }
 
   /// The shell's failure detector (its transport) lost `peer`. A leader treats it as unreachable
-  /// (``reportUnreachable(_:)``); a follower whose leader it is drops the leader's idle factor, so it campaigns
-  /// and grants votes on an active leader's schedule, counted from the leader's last message, instead of
-  /// waiting out the stretched one. Safety does not rest on it: a wrong report at worst starts a pre-vote that
-  /// the leader's other followers refuse.
+  /// (``reportUnreachable(_:)``: it probes the peer until the peer answers again); a follower whose leader it is
+  /// drops the leader's idle factor, so it campaigns and grants votes on an active leader's schedule, counted
+  /// from the leader's last message, instead of waiting out the stretched one. Since every survivor hears of the
+  /// loss at about the same time, they campaign in turn, by rank among the surviving voters, half a heartbeat
+  /// apart, rather than all at the next tick and split the vote.
+  ///
+  /// Safety does not rest on it, but a wrong report is not free: the misinformed follower campaigns once an
+  /// active election timeout passes without a word from its leader. With pre-vote (the default) its pre-vote
+  /// wakes an idle leader and is refused by the followers that still hear it; without pre-vote it starts a real
+  /// election and bumps the term, as any follower cut off from its leader would.
   public mutating func peerLost(_ peer: NodeID) {
     if role == .leader {
       reportUnreachable(peer)
     } else if peer == leader {
       leaderIdleFactor = 1
+      // Every survivor hears of the loss at about the same moment, and an idle leader's survivors are usually
+      // all past their timeouts already: campaigning at the same tick, they would split the vote and wait a
+      // whole election timeout more. So they go in turn, by rank among the surviving voters, a couple of ticks
+      // apart — time enough for one election's round trips — unless their own timeouts come later anyway.
+      let survivors = membership.allVoters.subtracting([peer]).sorted()
+      if let rank = survivors.firstIndex(of: id) { campaignHold = rank * lostLeaderStaggerTicks }
     }
   }
+
+  /// Ticks between the campaigns of the survivors of a lost leader, by rank (``peerLost(_:)``): half a
+  /// heartbeat interval, at least 2 ticks — longer than a pre-vote and a vote take where heartbeats are sized
+  /// to the network.
+  var lostLeaderStaggerTicks: Int { max(2, options.heartbeatTicks / 2) }
 }

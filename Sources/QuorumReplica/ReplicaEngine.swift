@@ -179,7 +179,8 @@ public protocol ReplicaEngine: Sendable {
   /// The transport refused a message to `peer` (queue full): stop streaming to it for now.
   mutating func reportUnreachable(_ peer: NodeID)
   /// The transport's failure detector lost `peer` (its process exited, or its link went silent): a follower
-  /// whose leader it is stops waiting out the leader's idle factor and times out as with an active leader.
+  /// whose leader it is stops waiting out the leader's idle factor and times out as with an active leader. The
+  /// default ignores it.
   mutating func peerLost(_ peer: NodeID)
   /// Whether there is work for the runtime.
   var hasReady: Bool { get }
@@ -221,6 +222,9 @@ extension ReplicaEngine {
 
   /// The engine has no idle mode.
   public mutating func allowIdling(_ allowed: Bool) {}
+
+  /// The engine ignores the failure detector: it times out on its own schedule.
+  public mutating func peerLost(_ peer: NodeID) {}
 
   /// Reads the engine where it is stored. The runtime keeps its engine in an optional, in code that is not
   /// specialised for the engine type, where `engine?.isLeader` copies the whole engine (its log and peer

@@ -192,7 +192,6 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
       let dropped = queue.discardAll()
       if dropped > 0 { _ = environment.metrics.framesDropped.add(dropped, ordering: .relaxed) }
     }
-    if wasEstablished { lost(to) }
     let jitter = 0.5 + Double(random.next() >> 11) * 0x1.0p-53 * 0.5
     let delay = backoff * jitter
     backoff = min(environment.options.reconnect.maxBackoff, backoff * 2)
@@ -207,6 +206,8 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
         "cannot reach \(to): \(reason); retrying with back-off",
         ["failures": "\(consecutiveFailures)", "next-attempt-ms": "\(delay.nanoseconds / 1_000_000)"])
     }
+    // Last, once the link's own state is settled: the handler runs on this thread.
+    if wasEstablished { lost(to) }
   }
 
   // MARK: ConnectionDelegate

@@ -249,7 +249,8 @@ public final class TCPEndpoint<Message: WireCodable & Sendable>: TransportEndpoi
 
   /// Calls `handler` on the event loop's thread with a peer's id each time an established link to it fails: the
   /// peer closed it (its process exited or restarted), a socket call failed, or it stayed silent past the
-  /// liveness timeout (``LinkLiveness``). A link that never connected reports nothing.
+  /// liveness timeout (``LinkLiveness``). A link that never connected reports nothing. A second call replaces
+  /// the handler.
   public func onPeerLost(_ handler: @escaping @Sendable (NodeID) -> Void) {
     core.peerLost.withLock { $0 = Handler(handler) }
   }

@@ -9,14 +9,14 @@ import Testing
 struct TCPTransportTests {
   /// Nodes 1 and 2 on two insecure transports (port 0) that know each other's addresses; returns node 1's
   /// endpoint, node 2's transport and its endpoint.
-  static func twoNodes() async throws -> (
+  static func twoNodes(cluster: ClusterID = "conformance") async throws -> (
     TCPEndpoint<ConformanceMessage>, TCPTransport<ConformanceMessage>, TCPEndpoint<ConformanceMessage>
   ) {
     let a = TCPTransport<ConformanceMessage>(
-      cluster: "conformance", protocolNumber: WireProtocol.test, security: .insecure, logger: .disabled)
+      cluster: cluster, protocolNumber: WireProtocol.test, security: .insecure, logger: .disabled)
     let n1 = try await a.bind(1)
     let b = TCPTransport<ConformanceMessage>(
-      cluster: "conformance", protocolNumber: WireProtocol.test, addresses: [1: n1.address], security: .insecure,
+      cluster: cluster, protocolNumber: WireProtocol.test, addresses: [1: n1.address], security: .insecure,
       logger: .disabled)
     let n2 = try await b.bind(2)
     a.setAddress(n2.address, for: 2)
@@ -65,7 +65,10 @@ struct TCPTransportTests {
 
   @Test("a peer whose established link fails is reported lost, once per failure; an unreached peer is not")
   func peerLost() async throws {
-    let (n1, b, n2) = try await Self.twoNodes()
+    // A cluster id of its own: the redial below goes to a closed port that another test may bind meanwhile,
+    // whose listener then refuses the handshake instead of taking the message.
+    let (n1, b, n2) = try await Self.twoNodes(
+      cluster: ClusterID(rawValue: "peer-lost-\(UInt64.random(in: 0...UInt64.max))"))
     let lost = Mailbox<NodeID>(capacity: 100)
     n2.onPeerLost { peer in try? lost.trySend(peer) }
     // n2 -> 1 is established once a message arrives.

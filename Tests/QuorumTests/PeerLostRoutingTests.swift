@@ -1,8 +1,10 @@
-import Quorum
 import QuorumCore
+import QuorumHost
+import QuorumPaxos
+import QuorumRaft
 import Testing
 
-@testable import QuorumHost
+@testable import Quorum
 
 /// A process's transport tells its groups when it loses a peer process, so the followers of an idle leader on it
 /// stop waiting out the leader's stretched timeout (the engines' side is tested with their idle-heartbeat tests).
@@ -32,5 +34,28 @@ struct PeerLostRoutingTests {
     heard.drainAvailable(into: &reports)
     #expect(reports == ["g5 lost n2", "g5 lost n3"], "group 6 closed, group 7 did not ask")
     await router.close()
+  }
+
+  @Test("members served over TCP idle with the detected factor unless the cluster sets one; in process keeps 5")
+  func idleFactorFollowsTheTransport() throws {
+    let open = try Cluster(id: "factors") {
+      Member("n1", at: "127.0.0.1:0")
+      Security.insecure
+    }
+    #expect(open.servedSettings.raft.coreOptions.idleHeartbeatFactor == RaftConfiguration.detectedIdleHeartbeatFactor)
+    #expect(
+      open.servedSettings.paxos.coreOptions.idleHeartbeatFactor == PaxosConfiguration.detectedIdleHeartbeatFactor)
+    #expect(open.hostSettings.raft.coreOptions.idleHeartbeatFactor == RaftConfiguration.defaultIdleHeartbeatFactor)
+    #expect(open.hostSettings.paxos.coreOptions.idleHeartbeatFactor == PaxosConfiguration.defaultIdleHeartbeatFactor)
+    let set = try Cluster(id: "factors") {
+      Member("n1", at: "127.0.0.1:0")
+      Security.insecure
+      RaftSettings { QuorumRaft.IdleHeartbeatFactor(3) }
+      PaxosSettings { QuorumPaxos.IdleHeartbeatFactor(1) }
+    }
+    #expect(set.servedSettings.raft.coreOptions.idleHeartbeatFactor == 3, "kept as set")
+    #expect(set.servedSettings.paxos.coreOptions.idleHeartbeatFactor == 1, "kept as set: idling off")
+    let inProcess = try Cluster(id: "factors") { Member("n1") }
+    #expect(inProcess.hostSettings.raft.coreOptions.idleHeartbeatFactor == RaftConfiguration.defaultIdleHeartbeatFactor)
   }
 }
