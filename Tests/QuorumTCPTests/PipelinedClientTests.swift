@@ -1,0 +1,82 @@
+import QuorumCore
+import QuorumSimulation
+import QuorumTCP
+import Testing
+
+/// Many requests in flight on one pipelined client connection: replies match their requests, authenticated
+/// frames stay in sequence, and a connection that ends fails each waiting request once, with a typed error.
+@Suite("Pipelined client requests", .timeLimit(.minutes(3)))
+struct PipelinedClientTests {
+  /// An echo server on a fresh endpoint; `secure` makes it authenticate (the client then proves `alice`).
+  static func echoServer(secure: Bool) async throws -> (
+    TCPTransport<ConformanceMessage>, TCPEndpoint<ConformanceMessage>, Task<Void, Never>, TCPRequestClient
+  ) {
+    var options = SecurePair.options()
+    options.serveClients = true
+    let cluster = ClusterID(rawValue: "sender-writes-\(UInt64.random(in: 0...UInt64.max))")
+    let transport = TCPTransport<ConformanceMessage>(
+      cluster: cluster, protocolNumber: WireProtocol.test, options: options,
+      security: secure ? SecurePair.security : .insecure, logger: .disabled)
+    let endpoint = try await transport.bind(1)
+    let credential = secure ? try TCPClientCredential(name: "alice", secret: SecurePair.alice) : nil
+    let client = TCPRequestClient(cluster: cluster, credential: credential, logger: .disabled)
+    return (transport, endpoint, serveEcho(endpoint), client)
+  }
+
+  @Test(
+    "sequential and concurrent requests get their own replies, with and without authentication",
+    arguments: [false, true])
+  func repliesMatch(secure: Bool) async throws {
+    let (transport, endpoint, server, client) = try await Self.echoServer(secure: secure)
+    let address = endpoint.address
+    for index in 0..<50 {
+      let body = Array("request \(index)".utf8)
+      #expect(try await client.request(body, to: address, timeout: .seconds(60)) == body)
+    }
+    // Concurrent ones, of many sizes, coalesced into shared writes.
+    try await withThrowingTaskGroup(of: Void.self) { group in
+      for index in 0..<400 {
+        group.addTask {
+          let body = Array("concurrent \(index) ".utf8) + [UInt8](repeating: UInt8(index % 251), count: index * 37)
+          let reply = try await client.request(body, to: address, timeout: .seconds(60))
+          #expect(reply == body, "request \(index)")
+        }
+      }
+      try await group.waitForAll()
+    }
+    #expect(client.metrics.framesSent == 450)
+    #expect(client.metrics.framesReceived == 450)
+    #expect(transport.metrics.closes.isEmpty, "no frame out of sequence or malformed: \(transport.metrics.closes)")
+    await client.close()
+    server.cancel()
+    await endpoint.close()
+  }
+
+  @Test("requests sent once the server went away fail with a typed error, none hangs")
+  func connectionEnds() async throws {
+    let (_, endpoint, server, client) = try await Self.echoServer(secure: false)
+    let address = endpoint.address
+    #expect(try await client.request([1], to: address, timeout: .seconds(60)) == [1])
+    server.cancel()
+    await endpoint.close()
+    try await withThrowingTaskGroup(of: Void.self) { group in
+      for index in 0..<50 {
+        group.addTask {
+          do {
+            _ = try await client.request([UInt8(index)], to: address, timeout: .seconds(60))
+            Issue.record("request \(index) answered by a closed server")
+          } catch let error as TCPRequestError {
+            switch error {
+            case .connectionLost, .unreachable: break
+            default: Issue.record("request \(index): \(error)")
+            }
+          } catch {
+            Issue.record("request \(index): \(error)")
+          }
+        }
+      }
+      try await group.waitForAll()
+    }
+    await client.close()
+  }
+}
