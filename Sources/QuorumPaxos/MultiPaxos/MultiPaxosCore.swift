@@ -626,8 +626,11 @@ public struct MultiPaxosCore: Sendable {
 
   /// The shell's failure detector (its transport) lost `peer`. A follower whose leader it is drops the leader's
   /// idle factor, so it probes and promises on an active leader's schedule, counted from the leader's last
-  /// message, instead of waiting out the stretched one. Safety does not rest on it: a wrong report at worst
-  /// starts a probe that the leader's other followers refuse.
+  /// message, instead of waiting out the stretched one. Safety does not rest on it, but a wrong report is not
+  /// free: once an active election timeout passes without a word from the leader, the misinformed follower
+  /// probes (a pre-vote), forgetting its leader until the leader's next message; the probe wakes an idle
+  /// leader, and the followers that still hear the leader refuse it. The survivors of a real loss need no turns
+  /// (Raft's survivors take them): of two ballots the higher wins.
   public mutating func peerLost(_ peer: NodeID) {
     if role != .leader && peer == leader { leaderIdleFactor = 1 }
   }
