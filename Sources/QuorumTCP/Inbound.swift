@@ -137,8 +137,9 @@ final class ReplyRoute: @unchecked Sendable {
       return  // The connection closed: the reply has nowhere to go.
     }
     metrics.recordSenderWrite(outcome, peerFrame: false)
-    // A reply cut short still ends its request here: the loop only writes the rest.
-    if outcome.writtenBySender { directReplies.add(1, ordering: .relaxed) }
+    // A reply cut short still ends its request here: the loop only writes the rest. The replies other
+    // responders queued behind this one and this call wrote end theirs here too (the loop never takes them).
+    if outcome.writtenBySender { directReplies.add(outcome.framesWritten, ordering: .relaxed) }
     if outcome.needsWake { loop.execute { [self] in target?.flushReplies() } }
   }
 }

@@ -11,11 +11,17 @@ import Synchronization
 /// a refusal as a lost message and retransmits later.
 ///
 /// ## Writing from the sender
-/// While the link is idle — connected, nothing queued, nothing left in the loop's write buffer — a sender
-/// writes its frame to the socket itself, under the queue's lock, instead of queueing it and waking the loop:
-/// one thread hand-off less per message, which is most of a message's latency on a busy machine. Whatever the
-/// socket does not take (a full send buffer) is kept, already sealed, and written first by the loop. The loop
-/// detaches the socket before it closes it (``detach()``), so no sender writes to a closed descriptor.
+/// While the link is idle — connected, nothing queued, nothing left in the loop's write buffer, no other
+/// sender writing — a sender takes the writer's role and writes its frame to the socket itself instead of
+/// queueing it and waking the loop: one thread hand-off less per message, which is most of a message's latency
+/// on a busy machine. It writes outside the lock, so senders on other threads (other groups' replicas, other
+/// responders) do not spin while it is in the system call: they queue their frames behind it, and the writer,
+/// once done, takes what they queued and writes it too, in one call (a few rounds at most; then the loop takes
+/// over). Frames are sealed under the lock in queue order and only one writer — a sender or the loop — writes
+/// at a time, so the byte stream keeps that order. Whatever the socket does not take (a full send buffer) is
+/// kept, already sealed, and written first by the loop. The loop detaches the socket before it closes it
+/// (``detach()``, ``close()``), and waits for a writing sender to finish first, so no sender writes to a
+/// closed descriptor.
 final class LinkQueue: Sendable {
   /// The connected socket senders may write to, and the code added to each frame on it.
   private struct Socket {
@@ -37,36 +43,37 @@ final class LinkQueue: Sendable {
     var remainder: [UInt8] = []
     /// The loop wants to see every frame for now (it must act on each one): senders queue.
     var held = false
+    /// A sender holds the writer's role: it is writing to the socket outside the lock. Others queue.
+    var senderWriting = false
   }
 
   /// What became of a sent frame.
-  enum Outcome {
-    /// Queued; the loop is already due to write it.
-    case queued
-    /// Queued; the caller must wake the loop for this link.
-    case queuedWake
-    /// Written to the socket by the caller (`bytes` with the code, if any).
-    case written(bytes: Int)
-    /// Partly written by the caller (the socket's buffer filled); the loop writes the rest. With `wake`, the
-    /// caller must wake the loop for this link.
-    case cutShort(wake: Bool)
+  struct Outcome: Equatable {
+    /// Frames the caller wrote to the socket, its own and those other senders queued behind it (one cut short
+    /// included: the loop writes the rest of it).
+    var framesWritten = 0
+    /// Bytes of wholly written writes.
+    var bytesWritten = 0
+    /// Write system calls made.
+    var writeCalls = 0
+    /// The socket did not take the last write whole (its send buffer filled): the loop writes the rest.
+    var cutShort = false
+    /// The caller must wake the loop for this link.
+    var needsWake = false
 
-    /// Whether the caller must wake the loop for this link.
-    var needsWake: Bool {
-      switch self {
-      case .queuedWake, .cutShort(wake: true): return true
-      case .queued, .written, .cutShort(wake: false): return false
-      }
-    }
+    /// Queued; the loop is already due to write it (or a writing sender will).
+    static let queued = Outcome()
+    /// Queued; the caller must wake the loop for this link.
+    static let queuedWake = Outcome(needsWake: true)
 
     /// Whether the caller wrote the frame (or its start) itself.
-    var writtenBySender: Bool {
-      switch self {
-      case .written, .cutShort: return true
-      case .queued, .queuedWake: return false
-      }
-    }
+    var writtenBySender: Bool { framesWritten > 0 }
   }
+
+  /// How many times a writing sender takes the frames queued behind it before it leaves them to the loop.
+  static let maxWriterRounds = 8
+  /// How many bytes a writing sender takes in one round.
+  static let writerRoundBytes = 256 << 10
 
   private let state = Mutex(State())
   let maxFrames: Int
@@ -77,38 +84,99 @@ final class LinkQueue: Sendable {
     self.maxBytes = maxBytes
   }
 
-  /// Writes `frame` to the socket at once if the link is idle (see the type's notes) and `writeIfIdle`;
-  /// otherwise queues it.
+  /// Writes `frame` to the socket at once if the link is idle and `writeIfIdle`, with whatever other senders
+  /// queue meanwhile (see the type's notes); otherwise queues it.
   func send(_ frame: [UInt8], peer: NodeID, writeIfIdle: Bool) throws(TransportError) -> Outcome {
-    try state.withLock { (s: inout State) throws(TransportError) -> Outcome in
+    enum First {
+      case write(fd: Int32, bytes: [UInt8])
+      case queued(Outcome)
+    }
+    let first = try state.withLock { (s: inout State) throws(TransportError) -> First in
       if s.closed { throw .closed }
-      if writeIfIdle, var socket = s.socket, !s.loopWriting, !s.held, s.frames.isEmpty, s.remainder.isEmpty {
+      if writeIfIdle, var socket = s.socket, !s.loopWriting, !s.held, !s.senderWriting, s.frames.isEmpty,
+        s.remainder.isEmpty
+      {
         var sealed: [UInt8] = []
         if socket.sealer != nil {
           sealed.reserveCapacity(frame.count + TCPFrame.tagBytes)
           socket.sealer?.append(frame, to: &sealed)
           s.socket = socket
         }
-        let bytes = sealed.isEmpty ? frame : sealed
-        let written = Self.write(bytes, to: socket.fd)
-        if written == bytes.count { return .written(bytes: bytes.count) }
-        // The socket's buffer is full (or the connection failed, which the loop will find): the loop writes the
-        // rest, then everything queued after it.
-        s.remainder = Array(bytes[written...])
-        s.loopWriting = true
-        if s.scheduled { return .cutShort(wake: false) }
-        s.scheduled = true
-        return .cutShort(wake: true)
+        s.senderWriting = true
+        return .write(fd: socket.fd, bytes: sealed.isEmpty ? frame : sealed)
       }
       if s.frames.count >= maxFrames || (s.bytes + frame.count > maxBytes && !s.frames.isEmpty) {
         throw .queueFull(peer: peer, capacity: maxFrames)
       }
       s.frames.append(frame)
       s.bytes += frame.count
-      if s.scheduled { return .queued }
+      // A writing sender takes it when its write is done, or wakes the loop for it.
+      if s.senderWriting || s.scheduled { return .queued(.queued) }
       s.scheduled = true
-      return .queuedWake
+      return .queued(.queuedWake)
     }
+    switch first {
+    case .queued(let outcome): return outcome
+    case .write(let fd, let bytes): return write(bytes, to: fd)
+    }
+  }
+
+  /// The writer's role, held by the caller: writes `bytes` (one frame), then the frames queued meanwhile.
+  private func write(_ firstBytes: [UInt8], to fd: Int32) -> Outcome {
+    var outcome = Outcome()
+    var bytes = firstBytes
+    var frames = 1
+    var rounds = 0
+    while true {
+      let written = Self.write(bytes, to: fd)
+      outcome.writeCalls += 1
+      outcome.framesWritten += frames
+      rounds += 1
+      let next = state.withLock { s -> [UInt8]? in
+        if written < bytes.count {
+          // The socket's buffer is full (or the connection failed, which the loop will find): the loop writes the
+          // rest, then everything queued after it — unless the socket was detached meanwhile.
+          outcome.cutShort = true
+          if s.socket != nil {
+            s.remainder = Array(bytes[written...])
+            s.loopWriting = true
+          }
+        } else {
+          outcome.bytesWritten += bytes.count
+          if s.socket != nil, !s.held, !s.frames.isEmpty, rounds < Self.maxWriterRounds {
+            var buffer: [UInt8] = []
+            frames = Self.take(from: &s, into: &buffer, budget: Self.writerRoundBytes)
+            return buffer
+          }
+        }
+        s.senderWriting = false
+        if (s.loopWriting || !s.frames.isEmpty) && s.socket != nil && !s.scheduled {
+          s.scheduled = true
+          outcome.needsWake = true
+        }
+        return nil
+      }
+      guard let next else { return outcome }
+      bytes = next
+    }
+  }
+
+  /// Moves queued frames into `buffer` (sealed on an authenticated link), at least one and then as many as fit
+  /// in `budget` bytes; returns how many.
+  private static func take(from s: inout State, into buffer: inout [UInt8], budget: Int) -> Int {
+    let start = buffer.count
+    var frames = 0
+    while let first = s.frames.first, frames == 0 || buffer.count - start + first.count <= budget {
+      _ = s.frames.popFirst()
+      s.bytes -= first.count
+      if s.socket?.sealer != nil {
+        s.socket?.sealer?.append(first, to: &buffer)
+      } else {
+        buffer.append(contentsOf: first)
+      }
+      frames += 1
+    }
+    return frames
   }
 
   /// Writes as much of `bytes` as the non-blocking socket takes now; returns the count written.
@@ -158,11 +226,20 @@ final class LinkQueue: Sendable {
   /// The connection is closing: no sender may touch its socket from now on. Bytes left over from a sender's
   /// partial write are dropped with it (the frames still queued go out on the next connection). Loop thread.
   func detach() {
-    state.withLock { s in
+    let writing = state.withLock { s in
       s.socket = nil
       s.remainder = []
       s.loopWriting = false
+      return s.senderWriting
     }
+    if writing { awaitWriter() }
+  }
+
+  /// Waits until no sender writes to the socket (detached first, so none starts). A sender's write is one
+  /// non-blocking system call and a short locked step, so this is brief; it happens only when a connection
+  /// closes just as a sender writes. Loop thread.
+  private func awaitWriter() {
+    while state.withLock({ $0.senderWriting }) { sched_yield() }
   }
 
   /// Appends to `buffer` the rest of a sender's partial write, then queued frames (sealed on an authenticated
@@ -172,20 +249,12 @@ final class LinkQueue: Sendable {
   func take(into buffer: inout [UInt8], budget: Int) -> (frames: Int, bytes: Int) {
     state.withLock { s in
       s.scheduled = false
+      // A writing sender takes what is queued when its write is done, or wakes the loop again.
+      if s.senderWriting { return (0, 0) }
       let start = buffer.count
       buffer.append(contentsOf: s.remainder)
       s.remainder = []
-      var frames = 0
-      while let first = s.frames.first, frames == 0 || buffer.count - start + first.count <= budget {
-        _ = s.frames.popFirst()
-        s.bytes -= first.count
-        if s.socket?.sealer != nil {
-          s.socket?.sealer?.append(first, to: &buffer)
-        } else {
-          buffer.append(contentsOf: first)
-        }
-        frames += 1
-      }
+      let frames = Self.take(from: &s, into: &buffer, budget: budget)
       let bytes = buffer.count - start
       s.loopWriting = bytes > 0
       return (frames, bytes)
@@ -215,18 +284,21 @@ final class LinkQueue: Sendable {
   var stateDescription: String {
     state.withLock { s in
       "queued=\(s.frames.count) frames/\(s.bytes)B wake-up-pending=\(s.scheduled) closed=\(s.closed) "
-        + "attached=\(s.socket != nil) loop-writing=\(s.loopWriting) remainder=\(s.remainder.count)B"
+        + "attached=\(s.socket != nil) loop-writing=\(s.loopWriting) sender-writing=\(s.senderWriting) "
+        + "remainder=\(s.remainder.count)B"
     }
   }
 
   /// Refuses further frames and drops the queued ones.
   func close() {
-    state.withLock { s in
+    let writing = state.withLock { s in
       s.closed = true
       s.frames.removeAll()
       s.bytes = 0
       s.socket = nil
       s.remainder = []
+      return s.senderWriting
     }
+    if writing { awaitWriter() }
   }
 }

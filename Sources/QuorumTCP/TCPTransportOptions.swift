@@ -290,14 +290,12 @@ final class MetricsCounters: Sendable {
   /// `peerFrame`, also as a frame and bytes sent in one write call, as the loop counts its batches.
   func recordSenderWrite(_ outcome: LinkQueue.Outcome, peerFrame: Bool) {
     guard outcome.writtenBySender else { return }
-    _ = framesWrittenBySenders.add(1, ordering: .relaxed)
-    if case .cutShort = outcome { _ = senderWritesCutShort.add(1, ordering: .relaxed) }
+    _ = framesWrittenBySenders.add(outcome.framesWritten, ordering: .relaxed)
+    if outcome.cutShort { _ = senderWritesCutShort.add(1, ordering: .relaxed) }
     guard peerFrame else { return }
-    _ = framesSent.add(1, ordering: .relaxed)
-    if case .written(let bytes) = outcome {
-      _ = bytesSent.add(bytes, ordering: .relaxed)
-      _ = writeCalls.add(1, ordering: .relaxed)
-    }
+    _ = framesSent.add(outcome.framesWritten, ordering: .relaxed)
+    _ = bytesSent.add(outcome.bytesWritten, ordering: .relaxed)
+    _ = writeCalls.add(outcome.writeCalls - (outcome.cutShort ? 1 : 0), ordering: .relaxed)
   }
 
   func recordClose(_ reason: TCPCloseReason) {

@@ -99,9 +99,18 @@ struct LockClientTests {
         var waiters: [Task<LockLease, any Error>] = []
         for c in 1...3 {
           let client = clients[c]
-          waiters.append(Task { try await client.lock("orders") })
+          let failure = FailureBox()
+          waiters.append(
+            Task {
+              do { return try await client.lock("orders") } catch {
+                failure.record(error)
+                throw error
+              }
+            })
           _ = try await awaitValue("waiter \(c) to queue") {
-            try await clients[0].status(of: "orders")?.waiters.count == c ? true : nil
+            // A waiter whose call failed never queues: say why rather than wait out the bound.
+            if let error = failure.error { throw error }
+            return try await clients[0].status(of: "orders")?.waiters.count == c ? true : nil
           }
         }
         let queued = try #require(try await clients[0].status(of: "orders")).waiters.map(\.session)
@@ -684,4 +693,11 @@ final class ManualClientClock: NodeClock {
       sleeper?.continuation.resume(throwing: CancellationError())
     }
   }
+}
+
+/// The error a background call failed with, for a poll to report.
+final class FailureBox: Sendable {
+  private let state = Mutex<(any Error)?>(nil)
+  func record(_ error: any Error) { state.withLock { $0 = error } }
+  var error: (any Error)? { state.withLock { $0 } }
 }
