@@ -107,8 +107,8 @@ protocol ReplyTarget: AnyObject {
 /// socket itself, or that the loop drains.
 final class ReplyRoute: @unchecked Sendable {
   // Safety of @unchecked Sendable: `target` is read only on the event loop's thread (inside
-  // `loop.execute`), where the connection it points to lives; `queue` and `directReplies` are synchronised;
-  // the other properties are immutable.
+  // `loop.execute`), where the connection it points to lives; `queue` is synchronised; the other properties
+  // are immutable.
   let loop: EventLoop
   let node: NodeID
   let writesFromResponders: Bool
@@ -117,8 +117,6 @@ final class ReplyRoute: @unchecked Sendable {
   /// Replies not yet written. Not bounded here: a connection has at most
   /// ``TCPTransportOptions/maxInflightRequestsPerConnection`` requests, so at most that many replies.
   let queue = LinkQueue(maxFrames: .max, maxBytes: .max)
-  /// Replies written by responders since the loop last looked (each ends one request in flight).
-  let directReplies = Atomic<Int>(0)
 
   init(loop: EventLoop, node: NodeID, writesFromResponders: Bool, metrics: MetricsCounters, target: any ReplyTarget) {
     self.loop = loop
@@ -137,9 +135,8 @@ final class ReplyRoute: @unchecked Sendable {
       return  // The connection closed: the reply has nowhere to go.
     }
     metrics.recordSenderWrite(outcome, peerFrame: false)
-    // A reply cut short still ends its request here: the loop only writes the rest. The replies other
-    // responders queued behind this one and this call wrote end theirs here too (the loop never takes them).
-    if outcome.writtenBySender { directReplies.add(outcome.framesWritten, ordering: .relaxed) }
+    // The replies this call wrote (its own, cut short or not, and those other responders queued behind it) are
+    // counted in the queue, under its lock (``LinkQueue/takeWrittenBySenders()``): the loop never takes them.
     if outcome.needsWake { loop.execute { [self] in target?.flushReplies() } }
   }
 }
@@ -551,7 +548,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
   /// Counts the replies responders wrote themselves as ended requests.
   private func settleDirectReplies() {
     guard let route else { return }
-    inflight -= route.directReplies.exchange(0, ordering: .relaxed)
+    inflight -= route.queue.takeWrittenBySenders()
   }
 
   /// Writes the queued replies (see ``ReplyRoute``).

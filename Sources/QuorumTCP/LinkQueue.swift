@@ -45,6 +45,9 @@ final class LinkQueue: Sendable {
     var held = false
     /// A sender holds the writer's role: it is writing to the socket outside the lock. Others queue.
     var senderWriting = false
+    /// Frames senders wrote (their own and those they took from the queue) since the loop last asked
+    /// (``takeWrittenBySenders()``); counted under the lock before the writer's role ends.
+    var writtenBySenders = 0
   }
 
   /// What became of a sent frame.
@@ -52,7 +55,7 @@ final class LinkQueue: Sendable {
     /// Frames the caller wrote to the socket, its own and those other senders queued behind it (one cut short
     /// included: the loop writes the rest of it).
     var framesWritten = 0
-    /// Bytes of wholly written writes.
+    /// Bytes the caller wrote (of a write cut short, the part the socket took).
     var bytesWritten = 0
     /// Write system calls made.
     var writeCalls = 0
@@ -133,10 +136,12 @@ final class LinkQueue: Sendable {
       outcome.framesWritten += frames
       rounds += 1
       let next = state.withLock { s -> [UInt8]? in
+        s.writtenBySenders += frames
         if written < bytes.count {
           // The socket's buffer is full (or the connection failed, which the loop will find): the loop writes the
           // rest, then everything queued after it — unless the socket was detached meanwhile.
           outcome.cutShort = true
+          outcome.bytesWritten += written
           if s.socket != nil {
             s.remainder = Array(bytes[written...])
             s.loopWriting = true
@@ -218,9 +223,23 @@ final class LinkQueue: Sendable {
     }
   }
 
-  /// While `held`, senders queue every frame for the loop, even when the link is idle. Loop thread.
+  /// While `held`, senders queue every frame for the loop, even when the link is idle. Holding waits for a
+  /// writing sender to finish, so that afterwards ``takeWrittenBySenders()`` counts every frame a sender wrote
+  /// and the loop sees every other one. Loop thread.
   func hold(_ held: Bool) {
-    state.withLock { $0.held = held }
+    let writing = state.withLock { s in
+      s.held = held
+      return held && s.senderWriting
+    }
+    if writing { awaitWriter() }
+  }
+
+  /// How many frames senders wrote since the last call (each reply so written ends its request). Loop thread.
+  func takeWrittenBySenders() -> Int {
+    state.withLock { s in
+      defer { s.writtenBySenders = 0 }
+      return s.writtenBySenders
+    }
   }
 
   /// The connection is closing: no sender may touch its socket from now on. Bytes left over from a sender's
@@ -235,9 +254,9 @@ final class LinkQueue: Sendable {
     if writing { awaitWriter() }
   }
 
-  /// Waits until no sender writes to the socket (detached first, so none starts). A sender's write is one
-  /// non-blocking system call and a short locked step, so this is brief; it happens only when a connection
-  /// closes just as a sender writes. Loop thread.
+  /// Waits until no sender writes to the socket (detached or held first, so none starts and the writer takes
+  /// no more). A sender's write is one non-blocking system call and a short locked step, so this is brief; it
+  /// happens only when a connection closes, or a reply route is held, just as a sender writes. Loop thread.
   private func awaitWriter() {
     while state.withLock({ $0.senderWriting }) { sched_yield() }
   }

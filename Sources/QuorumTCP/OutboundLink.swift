@@ -301,7 +301,7 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
     guard phase == .established else { return }
     var taken = (frames: 0, bytes: 0)
     connection.enqueue { buffer in taken = queue.take(into: &buffer, budget: 256 << 10) }
-    guard taken.frames > 0 else { return }
+    guard taken.bytes > 0 else { return }  // A sender's remainder alone is bytes without a frame.
     let metrics = environment.metrics
     _ = metrics.framesSent.add(taken.frames, ordering: .relaxed)
     _ = metrics.bytesSent.add(taken.bytes, ordering: .relaxed)

@@ -219,11 +219,12 @@ public struct TCPTransportMetrics: Sendable, Equatable, CustomStringConvertible 
   /// Write batches: queued frames taken together and written with one `send` (more only when the socket's
   /// buffer fills mid-batch); `framesSent / writeCalls` shows how well writes are coalesced.
   public var writeCalls = 0
-  /// Frames (peer messages and replies) that the sending thread wrote to an idle socket itself, without waking
-  /// the event loop (see ``TCPTransportOptions/writesFromSenders``); counted in ``framesSent`` and
-  /// ``writeCalls`` too for peer messages.
+  /// Frames (peer messages and replies) that sending threads wrote to the socket themselves, without waking the
+  /// event loop (see ``TCPTransportOptions/writesFromSenders``): each its own frame, found the link idle, and
+  /// the frames other senders queued behind it meanwhile. Counted in ``framesSent`` and ``writeCalls`` too for
+  /// peer messages.
   public var framesWrittenBySenders = 0
-  /// Of those, the frames the socket took only part of (its send buffer was full): the loop wrote the rest.
+  /// Sender writes the socket took only part of (its send buffer was full): the loop wrote the rest.
   public var senderWritesCutShort = 0
   /// Connections accepted by listeners.
   public var connectionsAccepted = 0

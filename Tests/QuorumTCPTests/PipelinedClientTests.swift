@@ -79,4 +79,38 @@ struct PipelinedClientTests {
     }
     await client.close()
   }
+
+  @Test("at an in-flight limit of 1, replies written by responders on other threads never leave the connection paused")
+  func limitOfOne() async throws {
+    var options = SecurePair.options()
+    options.serveClients = true
+    options.maxInflightRequestsPerConnection = 1
+    let cluster = ClusterID(rawValue: "limit-one-\(UInt64.random(in: 0...UInt64.max))")
+    let transport = TCPTransport<ConformanceMessage>(
+      cluster: cluster, protocolNumber: WireProtocol.test, options: options, security: .insecure, logger: .disabled)
+    let endpoint = try await transport.bind(1)
+    // Each request is answered at once from a task of its own: the reply races the loop's pause at the limit.
+    endpoint.handleRequestsDirectly { request in
+      Task { request.respond(request.body) }
+      return true
+    }
+    let client = TCPRequestClient(cluster: cluster, logger: .disabled)
+    let address = endpoint.address
+    try await withThrowingTaskGroup(of: Void.self) { group in
+      for index in 0..<8 {
+        group.addTask {
+          for round in 0..<100 {
+            let body = Array("\(index)/\(round)".utf8)
+            // A connection left paused would answer nothing more: the timeout says so.
+            let reply = try await client.request(body, to: address, timeout: .seconds(30))
+            #expect(reply == body)
+          }
+        }
+      }
+      try await group.waitForAll()
+    }
+    #expect(client.metrics.framesReceived == 800)
+    await client.close()
+    await endpoint.close()
+  }
 }
