@@ -90,16 +90,22 @@ struct LockClientTests {
   func fifoHandOff(_ engine: EngineKind) async throws {
     try await Self.cluster(engine, "fifo").withLocalMembers { members in
       _ = try await Self.awaitLeader(members)
-      let clients = (1...4).map { members.lockClient(seed: UInt64($0)) }
+      // Patient calls: on a loaded machine a queued acquire's reply may take longer than the default deadline,
+      // and a waiter whose call gives up leaves the queue, which is not what this test is about.
+      var patient = HostClientOptions()
+      patient.deadline = .seconds(60)
+      let clients = (1...4).map { members.lockClient(options: patient, seed: UInt64($0)) }
       try await closing(clients) {
         let first = try await clients[0].lock("orders")
         let again = try await clients[0].lock("orders")
         #expect(again.token == first.token && again.session == first.session, "re-entry returns the same grant")
         #expect(try await clients[1].tryLock("orders") == nil, "a busy lock is not granted without waiting")
         var waiters: [Task<LockLease, any Error>] = []
+        var failures: [FailureBox] = []
         for c in 1...3 {
           let client = clients[c]
           let failure = FailureBox()
+          failures.append(failure)
           waiters.append(
             Task {
               do { return try await client.lock("orders") } catch {
@@ -107,13 +113,16 @@ struct LockClientTests {
                 throw error
               }
             })
-          _ = try await awaitValue("waiter \(c) to queue") {
-            // A waiter whose call failed never queues: say why rather than wait out the bound.
-            if let error = failure.error { throw error }
+          _ = try await awaitValue("waiter \(c) to queue") { [failures] in
+            // A waiter whose call failed leaves the queue (or never joins it): say why rather than wait out the
+            // bound.
+            if let error = failures.lazy.compactMap(\.error).first { throw error }
             return try await clients[0].status(of: "orders")?.waiters.count == c ? true : nil
           }
         }
         let queued = try #require(try await clients[0].status(of: "orders")).waiters.map(\.session)
+        if let error = failures.lazy.compactMap(\.error).first { throw error }
+        try #require(queued.count == 3, "every waiter still queued: \(queued)")
         var previous = first
         for (i, waiter) in waiters.enumerated() {
           #expect(try await clients[i].unlock(previous), "the holder's release takes effect")
