@@ -606,30 +606,15 @@ public final class PaxosSimulation {
     guard !actions.isEmpty else { return }
     let action = actions[Int.random(in: 0..<actions.count, using: &rng)]
     let ids = members
+    if let cut = action.applyToNetwork(
+      &network, members: ids, leader: { currentLeader() }, rng: &rng, trace: trace, now: now)
+    {
+      if cut { stats.partitions += 1 }
+      return
+    }
     switch action {
-    case .partition:
-      var a: [NodeID] = []
-      var b: [NodeID] = []
-      for id in ids { if Bool.random(using: &rng) { a.append(id) } else { b.append(id) } }
-      network.heal()
-      network.partition(a, b)
-      stats.partitions += 1
-      trace.record(now, "nemesis: partition \(a) | \(b)")
-    case .oneWayCut:
-      guard ids.count >= 2 else { return }
-      let from = ids[Int.random(in: 0..<ids.count, using: &rng)]
-      let to = ids.filter { $0 != from }[Int.random(in: 0..<(ids.count - 1), using: &rng)]
-      network.cutOneWay(from: from, to: to)
-      stats.partitions += 1
-      trace.record(now, "nemesis: cut \(from)->\(to)")
-    case .isolateLeader:
-      guard let leader = currentLeader() else { return }
-      network.partition([leader], ids.filter { $0 != leader })
-      stats.partitions += 1
-      trace.record(now, "nemesis: isolate leader \(leader)")
-    case .heal:
-      network.heal()
-      trace.record(now, "nemesis: heal network")
+    case .partition, .oneWayCut, .isolateLeader, .heal, .lossyNetwork, .perfectNetwork:
+      break  // Done above.
     case .crash:
       let running = ids.filter { nodes[$0]?.up == true }
       guard running.count > 1 else { return }
@@ -638,16 +623,6 @@ public final class PaxosSimulation {
       let down = ids.filter { nodes[$0]?.up == false }
       guard !down.isEmpty else { return }
       restart(down[Int.random(in: 0..<down.count, using: &rng)])
-    case .lossyNetwork:
-      network.defaultFaults = LinkFaults(
-        dropProbability: Double.random(in: 0.01...0.2, using: &rng),
-        duplicateProbability: Double.random(in: 0...0.1, using: &rng),
-        delay: .uniform(.microseconds(100), .milliseconds(UInt64.random(in: 2...30, using: &rng))),
-        reorderProbability: Double.random(in: 0...0.3, using: &rng), reorderWindow: .milliseconds(20))
-      trace.record(now, "nemesis: lossy network \(network.defaultFaults)")
-    case .perfectNetwork:
-      network.defaultFaults = LinkFaults(delay: .uniform(.microseconds(100), .milliseconds(2)))
-      trace.record(now, "nemesis: perfect network")
     case .membershipChange, .transferLeadership:
       break
     case .lostPeerReport:

@@ -94,7 +94,10 @@ struct LockClientTests {
       // and a waiter whose call gives up leaves the queue, which is not what this test is about.
       var patient = HostClientOptions()
       patient.deadline = .seconds(60)
-      let clients = (1...4).map { members.lockClient(options: patient, seed: UInt64($0)) }
+      // Steady leases: the holder's lease must outlast the queueing (a full parallel run can delay renewals).
+      let clients = (1...4).map {
+        members.lockClient(lockOptions: Self.steadyLeases, options: patient, seed: UInt64($0))
+      }
       try await closing(clients) {
         let first = try await clients[0].lock("orders")
         let again = try await clients[0].lock("orders")
@@ -120,9 +123,17 @@ struct LockClientTests {
             return try await clients[0].status(of: "orders")?.waiters.count == c ? true : nil
           }
         }
-        let queued = try #require(try await clients[0].status(of: "orders")).waiters.map(\.session)
+        let before = try #require(try await clients[0].status(of: "orders"))
+        let queued = before.waiters.map(\.session)
         if let error = failures.lazy.compactMap(\.error).first { throw error }
-        try #require(queued.count == 3, "every waiter still queued: \(queued)")
+        if queued.count != 3 {
+          // A waiter left: give a call that is failing the moment to say why, then report everything.
+          try await Task.sleep(for: .seconds(2))
+          let errors = failures.map { $0.error.map { "\($0)" } ?? "still waiting" }
+          let holder = "the first holder's lease \(first.session) token \(first.token) valid: \(first.isValid)"
+          Issue.record("a waiter left the queue: \(before); waiters' calls: \(errors); \(holder)")
+          return
+        }
         var previous = first
         for (i, waiter) in waiters.enumerated() {
           #expect(try await clients[i].unlock(previous), "the holder's release takes effect")
