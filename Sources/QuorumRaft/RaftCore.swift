@@ -1517,10 +1517,7 @@ public struct RaftCore: Sendable {
       reportUnreachable(peer)
     } else if peer == leader {
       leaderIdleFactor = 1
-      // Every survivor hears of the loss at about the same moment, and an idle leader's survivors are usually
-      // all past their timeouts already: campaigning at the same tick, they would split the vote and wait a
-      // whole election timeout more. So they go in turn, by rank among the surviving voters, a couple of ticks
-      // apart — time enough for one election's round trips — unless their own timeouts come later anyway.
+      // In turn, by rank, unless their own timeouts come later anyway (see above).
       let survivors = membership.allVoters.subtracting([peer]).sorted()
       if let rank = survivors.firstIndex(of: id) { campaignHold = rank * lostLeaderStaggerTicks }
     }

@@ -3,7 +3,8 @@ import QuorumCore
 extension NemesisAction {
   /// Carries out this action on `network` if it is one of the network's own faults — a random partition, a
   /// one-way cut, the leader cut off, healing, a lossy or a perfect network — and records it in `trace`. The
-  /// core simulations of both engines share it; it draws from `rng` in a fixed order, so a seed replays.
+  /// core simulations share it (Synod its partitions, cuts, heals and perfect network); it draws from `rng` in
+  /// a fixed order, so a seed replays.
   /// - Returns: `nil` for an action that is not the network's (a crash, a restart, a membership change…);
   ///   otherwise whether links were cut (a partition to count).
   func applyToNetwork(

@@ -396,30 +396,22 @@ public final class SynodSimulation {
     guard !actions.isEmpty else { return }
     let action = actions[Int.random(in: 0..<actions.count, using: &rng)]
     let ids = allIDs
+    // The faults the Raft and Multi-Paxos simulations share; Synod has its own leaderless isolation and a
+    // lossier network.
+    if [.partition, .oneWayCut, .heal, .perfectNetwork].contains(action),
+      let cut = action.applyToNetwork(&network, members: ids, leader: { nil }, rng: &rng, trace: trace, now: now)
+    {
+      if cut { stats.partitions += 1 }
+      return
+    }
     switch action {
-    case .partition:
-      var a: [NodeID] = []
-      var b: [NodeID] = []
-      for id in ids { if Bool.random(using: &rng) { a.append(id) } else { b.append(id) } }
-      network.heal()
-      network.partition(a, b)
-      stats.partitions += 1
-      trace.record(now, "nemesis: partition \(a) | \(b)")
-    case .oneWayCut:
-      let from = ids[Int.random(in: 0..<ids.count, using: &rng)]
-      let others = ids.filter { $0 != from }
-      let to = others[Int.random(in: 0..<others.count, using: &rng)]
-      network.cutOneWay(from: from, to: to)
-      stats.partitions += 1
-      trace.record(now, "nemesis: cut \(from)->\(to)")
+    case .partition, .oneWayCut, .heal, .perfectNetwork:
+      break  // Done above.
     case .isolateLeader:
       let proposer = proposerIDs[Int.random(in: 0..<proposerIDs.count, using: &rng)]
       network.partition([proposer], ids.filter { $0 != proposer })
       stats.partitions += 1
       trace.record(now, "nemesis: isolate proposer \(proposer)")
-    case .heal:
-      network.heal()
-      trace.record(now, "nemesis: heal network")
     case .crash:
       let running = ids.filter { nodes[$0]?.up == true }
       guard running.count > 1 else { return }
@@ -435,9 +427,6 @@ public final class SynodSimulation {
         delay: .uniform(.microseconds(100), .milliseconds(UInt64.random(in: 2...30, using: &rng))),
         reorderProbability: Double.random(in: 0...0.3, using: &rng), reorderWindow: .milliseconds(20))
       trace.record(now, "nemesis: lossy network \(network.defaultFaults)")
-    case .perfectNetwork:
-      network.defaultFaults = LinkFaults(delay: .uniform(.microseconds(100), .milliseconds(2)))
-      trace.record(now, "nemesis: perfect network")
     case .membershipChange, .transferLeadership, .lostPeerReport:
       break
     }
