@@ -22,7 +22,10 @@ enum TCPBenchmarks {
     // QUORUM_TCP_PARTS=stream, =cluster or =auth (or a comma-separated mix) runs only those parts.
     let parts = ProcessInfo.processInfo.environment["QUORUM_TCP_PARTS"] ?? "stream,cluster,auth"
     if parts.contains("auth") { macCosts(report) }
-    for frameBytes in [64, 1024, 16 << 10] where parts.contains("stream") {
+    // QUORUM_TCP_FRAME_SIZES=64,16384 streams only those frame sizes (for a profile of one).
+    let sizes = (ProcessInfo.processInfo.environment["QUORUM_TCP_FRAME_SIZES"] ?? "64,1024,16384")
+      .split(separator: ",").compactMap { Int($0) }
+    for frameBytes in sizes where parts.contains("stream") {
       let frames = frameBytes <= 64 ? 2_000_000 : (frameBytes <= 1024 ? 1_000_000 : 100_000)
       let raw = try await rawStream(frameBytes: frameBytes, frames: frames)
       report.add(
@@ -49,11 +52,12 @@ enum TCPBenchmarks {
     let environment = ProcessInfo.processInfo.environment
     let counts = environment["QUORUM_TCP_CLIENTS"].map { $0.split(separator: ",").compactMap { Int($0) } } ?? []
     let seconds = environment["QUORUM_TCP_SECONDS"].flatMap(Int.init) ?? 3
+    let policy = environment["QUORUM_TCP_FSYNC"] ?? "always"
     for clients in counts.isEmpty ? [1, 16, 64, 256] : counts {
       let result = try await cluster.puts(clients: clients, duration: .seconds(seconds))
-      report.add("tcp", "3 processes, fsync always: \(clients) clients, puts/s", result.rate, "puts/s")
+      report.add("tcp", "3 processes, fsync \(policy): \(clients) clients, puts/s", result.rate, "puts/s")
       report.add(
-        "tcp", "3 processes, fsync always: \(clients) clients, p50 / p99", result.p50, "µs",
+        "tcp", "3 processes, fsync \(policy): \(clients) clients, p50 / p99", result.p50, "µs",
         note: String(
           format: "p99 %.0f µs; p50 = fsync + %.1f round trips = shared-disk majority sync + %.1f round trips",
           result.p99, (result.p50 - fsync) / rttP50, (result.p50 - shared) / rttP50))

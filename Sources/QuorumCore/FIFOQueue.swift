@@ -33,6 +33,18 @@ public struct FIFOQueue<Element> {
     liveCount += 1
   }
 
+  /// Adds `elements` at the back, in order (one call for a batch: cheaper than an `append` each where the
+  /// element type is not specialised).
+  @inlinable public mutating func append(contentsOf elements: ArraySlice<Element>) {
+    while liveCount + elements.count > storage.count { grow() }
+    var offset = liveCount
+    for element in elements {
+      storage[slot(offset)] = element
+      offset += 1
+    }
+    liveCount = offset
+  }
+
   /// Doubles the ring (at least 16 slots), moving the live elements to its start in order.
   @inlinable mutating func grow() {
     let newCapacity = Swift.max(16, storage.count * 2)

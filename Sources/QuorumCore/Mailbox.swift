@@ -124,6 +124,34 @@ public final class Mailbox<Element: Sendable>: Sendable {
     }
   }
 
+  /// Queues the elements of `elements` in order while there is room, without suspending, under one lock and
+  /// with one wake-up of the consumer; returns how many were taken (always a prefix of `elements`).
+  ///
+  /// As ``trySend(_:)``, an element never overtakes a suspended sender's: while senders wait, nothing is taken.
+  /// - Throws: ``MailboxError/closed`` after close (nothing is taken).
+  @inlinable
+  public func trySend(contentsOf elements: ArraySlice<Element>) throws(MailboxError) -> Int {
+    let (taken, receiver, doorbell): (Int, ReceiverContinuation?, Doorbell?) = state.withLock { s in
+      if s.closed { return (-1, nil, nil) }
+      guard s.senders.isEmpty else { return (0, nil, nil) }
+      var index = elements.startIndex
+      // A waiting consumer gets the first element directly; the rest queue behind it.
+      let receiver = s.receiver
+      if receiver != nil, index < elements.endIndex {
+        s.receiver = nil
+        index += 1
+      }
+      let end = Swift.min(elements.endIndex, index + Swift.max(0, capacity - s.buffer.count))
+      guard end > index else { return (index - elements.startIndex, receiver, nil) }
+      s.buffer.append(contentsOf: elements[index..<end])
+      return (end - elements.startIndex, receiver, s.doorbell)
+    }
+    if taken < 0 { throw .closed }
+    if let receiver, taken > 0 { receiver.resume(returning: elements[elements.startIndex]) }
+    doorbell?.ring()
+    return taken
+  }
+
   /// The fast path of every send: hand `element` to a waiting consumer or queue it if there is room.
   @inlinable
   func offer(_ element: Element, assigningWaitID: Bool) -> SendOutcome {

@@ -116,9 +116,13 @@ final class ReplyRoute: @unchecked Sendable {
   weak var target: (any ReplyTarget)?
   /// Replies not yet written. Not bounded here: a connection has at most
   /// ``TCPTransportOptions/maxInflightRequestsPerConnection`` requests, so at most that many replies.
-  let queue = LinkQueue(maxFrames: .max, maxBytes: .max)
+  let queue: LinkQueue
 
-  init(loop: EventLoop, node: NodeID, writesFromResponders: Bool, metrics: MetricsCounters, target: any ReplyTarget) {
+  init(
+    loop: EventLoop, node: NodeID, writesFromResponders: Bool, quietNanos: UInt64, metrics: MetricsCounters,
+    target: any ReplyTarget
+  ) {
+    self.queue = LinkQueue(maxFrames: .max, maxBytes: .max, quietNanos: quietNanos)
     self.loop = loop
     self.node = node
     self.writesFromResponders = writesFromResponders
@@ -323,6 +327,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
         // buffer, so no reply can pass it.
         let route = ReplyRoute(
           loop: sink.loop, node: sink.id, writesFromResponders: options.writesFromSenders,
+          quietNanos: options.senderWriteQuietNanos,
           metrics: sink.environment.metrics, target: self)
         route.queue.attach(fd: connection.fd, sealer: session?.sealer)
         connection.willClose = { [weak route] in route?.queue.close() }
@@ -442,39 +447,36 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
       return
     }
     let mailbox = sink.mailbox
-    var index = 0
     do {
-      while index < batch.count {
-        try mailbox.trySend(batch[index])
-        index += 1
-      }
-    } catch .full {
-      let rest = Array(batch[index...])
-      waitingForRoom = true
-      connection.pauseReading()
-      let back = LoopReference(self)
-      let loop = sink.loop
-      let progress = StallProgress(waiting: rest.count)
-      stall = progress
-      // The task runs on this loop's thread, not on Swift's cooperative pool: a consumer that takes an
-      // element admits the next one and wakes the loop, which refills the mailbox while the consumer drains
-      // it. On the pool, every mailbox-full of frames would wait for a pool thread, and a busy pool (a
-      // parallel test run on two cores) slowed delivery to a few frames a second.
-      Task(executorPreference: loop) {
-        progress.stage.store(StallProgress.sending, ordering: .relaxed)
-        progress.note(onLoopThread: loop.isCurrentThread)
-        var delivered = true
-        for envelope in rest where delivered {
-          delivered = (try? await mailbox.send(envelope)) != nil
-          _ = progress.delivered.add(1, ordering: .relaxed)
+      let index = try mailbox.trySend(contentsOf: batch[...])
+      if index < batch.count {
+        let rest = Array(batch[index...])
+        waitingForRoom = true
+        connection.pauseReading()
+        let back = LoopReference(self)
+        let loop = sink.loop
+        let progress = StallProgress(waiting: rest.count)
+        stall = progress
+        // The task runs on this loop's thread, not on Swift's cooperative pool: a consumer that takes an
+        // element admits the next one and wakes the loop, which refills the mailbox while the consumer drains
+        // it. On the pool, every mailbox-full of frames would wait for a pool thread, and a busy pool (a
+        // parallel test run on two cores) slowed delivery to a few frames a second.
+        Task(executorPreference: loop) {
+          progress.stage.store(StallProgress.sending, ordering: .relaxed)
           progress.note(onLoopThread: loop.isCurrentThread)
+          var delivered = true
+          for envelope in rest where delivered {
+            delivered = (try? await mailbox.send(envelope)) != nil
+            _ = progress.delivered.add(1, ordering: .relaxed)
+            progress.note(onLoopThread: loop.isCurrentThread)
+          }
+          let outcome = delivered
+          progress.stage.store(StallProgress.handedBack, ordering: .relaxed)
+          loop.execute { back.value?.stallResolved(delivered: outcome) }
         }
-        let outcome = delivered
-        progress.stage.store(StallProgress.handedBack, ordering: .relaxed)
-        loop.execute { back.value?.stallResolved(delivered: outcome) }
       }
     } catch {
-      _ = sink.environment.metrics.framesDropped.add(batch.count - index, ordering: .relaxed)
+      _ = sink.environment.metrics.framesDropped.add(batch.count, ordering: .relaxed)
     }
     batch.removeAll(keepingCapacity: batch.capacity <= Self.maxBatch)
   }

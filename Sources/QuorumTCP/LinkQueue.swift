@@ -12,7 +12,9 @@ import Synchronization
 ///
 /// ## Writing from the sender
 /// While the link is idle — connected, nothing queued, nothing left in the loop's write buffer, no other
-/// sender writing — a sender takes the writer's role and writes its frame to the socket itself instead of
+/// sender writing, and no write begun on it for the quiet period (``TCPTransportOptions/senderWriteQuietPeriod``;
+/// a link written to a moment ago is streaming, and its frames are better batched by the loop than written one
+/// system call each) — a sender takes the writer's role and writes its frame to the socket itself instead of
 /// queueing it and waking the loop: one thread hand-off less per message, which is most of a message's latency
 /// on a busy machine. It writes outside the lock, so senders on other threads (other groups' replicas, other
 /// responders) do not spin while it is in the system call: they queue their frames behind it, and the writer,
@@ -48,6 +50,8 @@ final class LinkQueue: Sendable {
     /// Frames senders wrote (their own and those they took from the queue) since the loop last asked
     /// (``takeWrittenBySenders()``); counted under the lock before the writer's role ends.
     var writtenBySenders = 0
+    /// When a write on this link last began (a sender's, or the loop's batch), in monotonic nanoseconds.
+    var lastWriteNanos: UInt64 = 0
   }
 
   /// What became of a sent frame.
@@ -81,10 +85,14 @@ final class LinkQueue: Sendable {
   private let state = Mutex(State())
   let maxFrames: Int
   let maxBytes: Int
+  /// How long the link must have been quiet (no write begun) before a sender may write to it itself; 0 lets a
+  /// sender write whenever the link is idle.
+  let quietNanos: UInt64
 
-  init(maxFrames: Int, maxBytes: Int) {
+  init(maxFrames: Int, maxBytes: Int, quietNanos: UInt64 = 0) {
     self.maxFrames = maxFrames
     self.maxBytes = maxBytes
+    self.quietNanos = quietNanos
   }
 
   /// Writes `frame` to the socket at once if the link is idle and `writeIfIdle`, with whatever other senders
@@ -96,8 +104,11 @@ final class LinkQueue: Sendable {
     }
     let first = try state.withLock { (s: inout State) throws(TransportError) -> First in
       if s.closed { throw .closed }
+      // A link written to a moment ago is streaming: a sender writing each frame itself would make one system
+      // call (and wake the receiver once) per frame, so it queues and the loop writes the stream in batches.
       if writeIfIdle, var socket = s.socket, !s.loopWriting, !s.held, !s.senderWriting, s.frames.isEmpty,
-        s.remainder.isEmpty
+        s.remainder.isEmpty, case let now = quietNanos > 0 ? monotonicNanos() : 0,
+        now &- s.lastWriteNanos >= quietNanos
       {
         var sealed: [UInt8] = []
         if socket.sealer != nil {
@@ -106,6 +117,7 @@ final class LinkQueue: Sendable {
           s.socket = socket
         }
         s.senderWriting = true
+        s.lastWriteNanos = now
         return .write(fd: socket.fd, bytes: sealed.isEmpty ? frame : sealed)
       }
       if s.frames.count >= maxFrames || (s.bytes + frame.count > maxBytes && !s.frames.isEmpty) {
@@ -276,6 +288,7 @@ final class LinkQueue: Sendable {
       let frames = Self.take(from: &s, into: &buffer, budget: budget)
       let bytes = buffer.count - start
       s.loopWriting = bytes > 0
+      if bytes > 0 && quietNanos > 0 { s.lastWriteNanos = monotonicNanos() }
       return (frames, bytes)
     }
   }

@@ -64,7 +64,9 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
     self.protocolNumber = protocolNumber
     self.environment = environment
     let options = environment.options
-    self.queue = LinkQueue(maxFrames: options.maxQueuedFramesPerPeer, maxBytes: options.maxQueuedBytesPerPeer)
+    self.queue = LinkQueue(
+      maxFrames: options.maxQueuedFramesPerPeer, maxBytes: options.maxQueuedBytesPerPeer,
+      quietNanos: options.senderWriteQuietNanos)
     self.backoff = options.reconnect.initialBackoff
     self.random = SeededRandom(seed: options.reconnect.seed ^ (from.rawValue &* 0x9E37_79B9_7F4A_7C15) ^ to.rawValue)
     self.logger = loop.logger.child("\(from)->\(to)")

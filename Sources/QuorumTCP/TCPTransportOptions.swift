@@ -142,6 +142,15 @@ public struct TCPTransportOptions: Sendable, Equatable {
   /// link is busy, messages queue and the loop writes them in batches either way.
   public var writesFromSenders = true
 
+  /// How long a link must have been quiet — no write begun on it, by a sender or the event loop — before a
+  /// sender writes to it itself (with ``writesFromSenders``). A link written to more recently is streaming:
+  /// its frames queue and the loop writes them in batches, one system call for many frames instead of one
+  /// each. A single request or reply, the latency case, finds its link quiet and goes straight out. Zero lets a
+  /// sender write whenever the link is idle.
+  public var senderWriteQuietPeriod: Duration = .microseconds(20)
+
+  var senderWriteQuietNanos: UInt64 { senderWriteQuietPeriod.nanoseconds }
+
   /// Creates options; the defaults suit a LAN cluster.
   public init(
     listenHost: String = "127.0.0.1", maxFrameBytes: Int = 16 << 20, maxQueuedFramesPerPeer: Int = 65_536,

@@ -29,6 +29,38 @@ struct MailboxTests {
     #expect(MailboxError.full(capacity: 3).description == "mailbox full (capacity 3)")
   }
 
+  @Test("trySend(contentsOf:) takes the prefix that fits and hands the first to a waiting consumer")
+  func trySendBatch() async throws {
+    let mailbox = Mailbox<Int>(capacity: 4)
+    #expect(try mailbox.trySend(contentsOf: [0, 1, 2][...]) == 3)
+    #expect(try mailbox.trySend(contentsOf: [3, 4, 5][1...]) == 1, "only the room left: 4 of [4, 5]")
+    #expect(try mailbox.trySend(contentsOf: [6][...]) == 0, "full: nothing taken")
+    var taken: [Int] = []
+    mailbox.drainAvailable(into: &taken)
+    #expect(taken == [0, 1, 2, 4])
+    // A waiting consumer gets the first element directly; the rest queue, up to the capacity, in order.
+    let receiver = Task { await mailbox.receive() }
+    try await waitUntil("the receiver is suspended") { mailbox.hasWaitingReceiver }
+    #expect(try mailbox.trySend(contentsOf: Array(10..<20)[...]) == 5)
+    #expect(await receiver.value == 10)
+    taken = []
+    mailbox.drainAvailable(into: &taken)
+    #expect(taken == [11, 12, 13, 14])
+    // A suspended sender's element comes before a later batch.
+    for i in 0..<4 { try mailbox.trySend(i) }
+    let sender = Task { try await mailbox.send(99) }
+    try await waitUntil("the sender is suspended") { mailbox.waitingSenderCount == 1 }
+    #expect(try mailbox.trySend(contentsOf: [7][...]) == 0)
+    #expect(await mailbox.receive() == 0)
+    try await sender.value
+    #expect(try mailbox.trySend(contentsOf: [7, 8][...]) == 0, "the admitted sender took the room")
+    taken = []
+    mailbox.drainAvailable(into: &taken)
+    #expect(taken == [1, 2, 3, 99])
+    mailbox.close()
+    #expect(throws: MailboxError.closed) { try mailbox.trySend(contentsOf: [8][...]) }
+  }
+
   @Test("send suspends while full and completes only after the consumer receives")
   func sendSuspendsUntilRoom() async throws {
     let mailbox = Mailbox<Int>(capacity: 1)

@@ -12,12 +12,15 @@ struct ConcurrentSendersTests {
   func racingSenders(secure: Bool) async throws {
     let cluster = ClusterID(rawValue: "senders-\(UInt64.random(in: 0...UInt64.max))")
     let security: TCPSecurity = secure ? SecurePair.security : .insecure
+    // Senders may write whenever the link is idle, however recently it was written to: the race is the point.
+    var options = TCPTransportOptions.default
+    options.senderWriteQuietPeriod = .zero
     let a = TCPTransport<ConformanceMessage>(
-      cluster: cluster, protocolNumber: WireProtocol.test, security: security, logger: .disabled)
+      cluster: cluster, protocolNumber: WireProtocol.test, options: options, security: security, logger: .disabled)
     let n1 = try await a.bind(1)
     let b = TCPTransport<ConformanceMessage>(
-      cluster: cluster, protocolNumber: WireProtocol.test, addresses: [1: n1.address], security: security,
-      logger: .disabled)
+      cluster: cluster, protocolNumber: WireProtocol.test, addresses: [1: n1.address], options: options,
+      security: security, logger: .disabled)
     let n2 = try await b.bind(2)
     a.setAddress(n2.address, for: 2)
     let senders = 8
@@ -68,6 +71,56 @@ struct ConcurrentSendersTests {
     #expect(b.metrics.framesSent >= senders * perSender, "pings count too: \(b.metrics)")
     #expect(b.metrics.framesWrittenBySenders > 0, "\(b.metrics)")
     #expect(a.metrics.closes.isEmpty && b.metrics.closes.isEmpty, "\(a.metrics.closes) \(b.metrics.closes)")
+    await n2.close()
+    await n1.close()
+  }
+
+  @Test("a lone message on a quiet link goes out from its sender; a burst queues and the loop batches it")
+  func quietPeriod() async throws {
+    let cluster = ClusterID(rawValue: "quiet-\(UInt64.random(in: 0...UInt64.max))")
+    var options = TCPTransportOptions.default
+    options.senderWriteQuietPeriod = .milliseconds(20)
+    // No pings in the way: a ping the loop writes counts as a write on the link.
+    options.liveness = LinkLiveness(pingInterval: .seconds(30), timeout: .seconds(60))
+    let a = TCPTransport<ConformanceMessage>(
+      cluster: cluster, protocolNumber: WireProtocol.test, options: options, security: .insecure, logger: .disabled)
+    let n1 = try await a.bind(1)
+    let b = TCPTransport<ConformanceMessage>(
+      cluster: cluster, protocolNumber: WireProtocol.test, addresses: [1: n1.address], options: options,
+      security: .insecure, logger: .disabled)
+    let n2 = try await b.bind(2)
+    a.setAddress(n2.address, for: 2)
+    func message(_ sequence: UInt64) -> ConformanceMessage {
+      ConformanceMessage(sender: 2, sequence: sequence, payload: Self.payload(sequence))
+    }
+    // Connect: the first message waits in the queue for the connection, and the loop writes it.
+    try n2.send(message(0), to: 1)
+    #expect(try await receive(n1.incoming).payload.sequence == 0)
+    // Longer than the quiet period: the next message finds the link idle and quiet.
+    try await Task.sleep(for: .milliseconds(50))
+    let before = b.metrics.framesWrittenBySenders
+    try n2.send(message(1), to: 1)
+    #expect(b.metrics.framesWrittenBySenders == before + 1, "the lone message went out from its sender")
+    #expect(try await receive(n1.incoming).payload.sequence == 1)
+    // A burst right after it: the link was just written to, so the frames queue and the loop writes them in
+    // batches. Only a sender descheduled for a whole quiet period could write one itself.
+    let burst = 2_000
+    let directBefore = b.metrics.framesWrittenBySenders
+    for sequence in 2..<UInt64(2 + burst) {
+      while true {
+        do {
+          try n2.send(message(sequence), to: 1)
+          break
+        } catch {
+          await Task.yield()  // queueFull: the loop is behind; try again
+        }
+      }
+    }
+    for sequence in 2..<UInt64(2 + burst) {
+      #expect(try await receive(n1.incoming).payload.sequence == sequence)
+    }
+    let direct = b.metrics.framesWrittenBySenders - directBefore
+    #expect(direct < burst / 20, "\(direct) of \(burst) burst frames written by their sender")
     await n2.close()
     await n1.close()
   }
