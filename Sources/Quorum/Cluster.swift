@@ -522,33 +522,39 @@ public final class ClusterMemberServer: Sendable {
     let id = self.id
     let listening = self.listening
     let logger = self.logger
-    let outcome: Result<Void, any Error> = await withTaskGroup(of: Void.self) { tasks in
-      tasks.addTask {
-        guard await !listening.wait(), let requests = self.endpoint.withLock({ $0?.requests }) else { return }
-        await Self.serve(requests, host: host, logger: logger)
+    // The groups' tasks run on the transport's network thread (unless the options say otherwise); the executor
+    // lives until they have all finished.
+    let loopExecutor = transport.options.groupsOnNetworkThread ? try transport.makeLoopExecutor() : nil
+    defer { withExtendedLifetime(loopExecutor) {} }
+    let outcome: Result<Void, any Error> = await withTaskExecutorPreference(loopExecutor) {
+      await withTaskGroup(of: Void.self) { tasks in
+        tasks.addTask {
+          guard await !listening.wait(), let requests = self.endpoint.withLock({ $0?.requests }) else { return }
+          await Self.serve(requests, host: host, logger: logger)
+        }
+        let outcome: Result<Void, any Error>
+        do {
+          try await host.run(attach: {
+            let bound = try await transport.bind(id)
+            // Commands and queries go from the network thread straight to their group's replica, whose loop
+            // sends the reply: no task per request. The rest waits in `requests` for `serve`.
+            bound.handleRequestsDirectly { request in
+              host.handleWithoutSuspending(
+                bytes: request.body, principal: request.principal, role: request.role, respond: request.respond)
+            }
+            self.endpoint.withLock { $0 = bound }
+            listening.finish()
+            return bound
+          })
+          outcome = .success(())
+        } catch {
+          outcome = .failure(error)
+        }
+        listening.finish(failed: true)
+        endpoint.withLock { $0 }?.requests.close()  // The service answers what it took, then returns.
+        await tasks.waitForAll()
+        return outcome
       }
-      let outcome: Result<Void, any Error>
-      do {
-        try await host.run(attach: {
-          let bound = try await transport.bind(id)
-          // Commands and queries go from the network thread straight to their group's replica, whose loop
-          // sends the reply: no task per request. The rest waits in `requests` for `serve`.
-          bound.handleRequestsDirectly { request in
-            host.handleWithoutSuspending(
-              bytes: request.body, principal: request.principal, role: request.role, respond: request.respond)
-          }
-          self.endpoint.withLock { $0 = bound }
-          listening.finish()
-          return bound
-        })
-        outcome = .success(())
-      } catch {
-        outcome = .failure(error)
-      }
-      listening.finish(failed: true)
-      endpoint.withLock { $0 }?.requests.close()  // The service answers what it took, then returns.
-      await tasks.waitForAll()
-      return outcome
     }
     await endpoint.withLock { $0 }?.close()
     await transport.shutdown()

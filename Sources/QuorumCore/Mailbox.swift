@@ -141,7 +141,7 @@ public final class Mailbox<Element: Sendable>: Sendable {
         s.receiver = nil
         index += 1
       }
-      let end = Swift.min(elements.endIndex, index + Swift.max(0, capacity - s.buffer.count))
+      let end = index + Swift.min(Swift.max(0, capacity - s.buffer.count), elements.endIndex - index)
       guard end > index else { return (index - elements.startIndex, receiver, nil) }
       s.buffer.append(contentsOf: elements[index..<end])
       return (end - elements.startIndex, receiver, s.doorbell)

@@ -464,15 +464,16 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
         Task(executorPreference: loop) {
           progress.stage.store(StallProgress.sending, ordering: .relaxed)
           progress.note(onLoopThread: loop.isCurrentThread)
-          var delivered = true
-          for envelope in rest where delivered {
-            delivered = (try? await mailbox.send(envelope)) != nil
+          var sent = 0
+          for envelope in rest {
+            guard (try? await mailbox.send(envelope)) != nil else { break }
+            sent += 1
             _ = progress.delivered.add(1, ordering: .relaxed)
             progress.note(onLoopThread: loop.isCurrentThread)
           }
-          let outcome = delivered
+          let undelivered = rest.count - sent
           progress.stage.store(StallProgress.handedBack, ordering: .relaxed)
-          loop.execute { back.value?.stallResolved(delivered: outcome) }
+          loop.execute { back.value?.stallResolved(undelivered: undelivered) }
         }
       }
     } catch {
@@ -524,7 +525,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
       let loop = sink.loop
       Task(executorPreference: loop) {  // on the loop's thread, as in deliverBatch()
         let delivered = (try? await requests.send(request)) != nil
-        loop.execute { back.value?.stallResolved(delivered: delivered) }
+        loop.execute { back.value?.stallResolved(undelivered: delivered ? 0 : 1) }
       }
       return .pause
     } catch {
@@ -611,16 +612,17 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
       + "frames=\(framesReceived) last-stall=(\(stall?.description ?? "none")); \(connection.stateDescription)"
   }
 
-  /// The delivery that paused this connection went through (or the mailbox closed): resume reading.
-  func stallResolved(delivered: Bool) {
+  /// The delivery that paused this connection went through, or the mailbox closed with `undelivered` frames (or
+  /// the one request) not taken, which count as dropped: resume reading.
+  func stallResolved(undelivered: Int) {
     stall?.stage.store(StallProgress.resolved, ordering: .relaxed)
     if waitingForRoom {
       waitingForRoom = false
-      if !delivered { _ = sink.environment.metrics.framesDropped.add(1, ordering: .relaxed) }
+      if undelivered > 0 { _ = sink.environment.metrics.framesDropped.add(undelivered, ordering: .relaxed) }
     }
     if pendingRequest != nil {
       pendingRequest = nil
-      if !delivered { inflight -= 1 }
+      if undelivered > 0 { inflight -= 1 }
     }
     guard !connection.isClosed else { return }
     settleDirectReplies()
@@ -641,7 +643,7 @@ final class StallProgress: Sendable {
 
   /// Frames the task had to deliver.
   let waiting: Int
-  /// Frames it delivered (or failed to) so far.
+  /// Frames it delivered so far.
   let delivered = Atomic<Int>(0)
   let stage = Atomic<Int>(StallProgress.created)
   /// Steps of the task that ran on the event loop's thread, and elsewhere (on the cooperative pool, say).

@@ -163,6 +163,7 @@ final class LinkQueue: Sendable {
           if s.socket != nil, !s.held, !s.frames.isEmpty, rounds < Self.maxWriterRounds {
             var buffer: [UInt8] = []
             frames = Self.take(from: &s, into: &buffer, budget: Self.writerRoundBytes)
+            if quietNanos > 0 { s.lastWriteNanos = monotonicNanos() }
             return buffer
           }
         }

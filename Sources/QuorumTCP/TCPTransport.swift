@@ -194,6 +194,39 @@ public final class TCPTransport<Message: WireCodable & Sendable>: Transport, Sen
     let all = endpoints.withLock { Array($0.values) }
     for endpoint in all { await endpoint.close() }
   }
+
+  /// A task executor that runs its jobs on this transport's event-loop thread, between network events.
+  ///
+  /// A task that prefers it (`withTaskExecutorPreference`, or `Task(executorPreference:)`) runs its code, and
+  /// the code of default actors it calls, on the thread that reads and writes the sockets: a message the loop
+  /// delivers to such a task's mailbox resumes it on the same thread, with no wake-up of another thread. Work
+  /// that blocks or runs long must not prefer it: every connection of the transport waits meanwhile. The loop
+  /// keeps running while the executor exists, even after every endpoint has closed.
+  public func makeLoopExecutor() throws(TCPTransportError) -> TCPLoopExecutor {
+    TCPLoopExecutor(loop: try environment.acquireLoop(), environment: environment)
+  }
+}
+
+/// Runs jobs on a ``TCPTransport``'s event-loop thread (see ``TCPTransport/makeLoopExecutor()``).
+public final class TCPLoopExecutor: TaskExecutor, Sendable {
+  let loop: EventLoop
+  let environment: TransportEnvironment
+
+  init(loop: EventLoop, environment: TransportEnvironment) {
+    self.loop = loop
+    self.environment = environment
+  }
+
+  deinit { environment.releaseLoop() }
+
+  /// Runs `job` on the loop's thread after the events it is handling; on a Dispatch thread once the loop has
+  /// stopped (a job must still run: its task holds a continuation someone awaits).
+  public func enqueue(_ job: consuming ExecutorJob) {
+    let job = UnownedJob(job)
+    let executor = asUnownedTaskExecutor()
+    if loop.execute({ job.runSynchronously(on: executor) }) { return }
+    DispatchQueue.global().async { job.runSynchronously(on: executor) }
+  }
 }
 
 /// One node's endpoint on a ``TCPTransport``.

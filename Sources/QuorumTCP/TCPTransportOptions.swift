@@ -151,6 +151,14 @@ public struct TCPTransportOptions: Sendable, Equatable {
 
   var senderWriteQuietNanos: UInt64 { senderWriteQuietPeriod.nanoseconds }
 
+  /// Whether a cluster member served over this transport runs its groups — replicas, tickers, request handling —
+  /// on the transport's event-loop thread (``TCPTransport/makeLoopExecutor()``) rather than on Swift's shared
+  /// pool. On the loop, a message or request the loop reads resumes its replica on the same thread, with no
+  /// wake-up of another one: fewer thread hand-offs per commit, at the price of one thread doing a member's
+  /// network and consensus work (snapshots are still encoded on the pool). Read by the `Quorum` module's
+  /// member server; the transport itself does not use it.
+  public var groupsOnNetworkThread = true
+
   /// Creates options; the defaults suit a LAN cluster.
   public init(
     listenHost: String = "127.0.0.1", maxFrameBytes: Int = 16 << 20, maxQueuedFramesPerPeer: Int = 65_536,

@@ -8,13 +8,16 @@ import Testing
 /// message arrives once, each sender's in its order, and on an authenticated link every frame's code checks.
 @Suite("Concurrent senders on one link", .timeLimit(.minutes(3)))
 struct ConcurrentSendersTests {
-  @Test("senders racing on one link: every message arrives once, each sender's in order", arguments: [false, true])
-  func racingSenders(secure: Bool) async throws {
+  @Test(
+    "senders racing on one link: every message arrives once, each sender's in order",
+    arguments: [false, true], [Duration.zero, TCPTransportOptions.default.senderWriteQuietPeriod])
+  func racingSenders(secure: Bool, quiet: Duration) async throws {
     let cluster = ClusterID(rawValue: "senders-\(UInt64.random(in: 0...UInt64.max))")
     let security: TCPSecurity = secure ? SecurePair.security : .insecure
-    // Senders may write whenever the link is idle, however recently it was written to: the race is the point.
+    // With no quiet period senders write whenever the link is idle, however recently it was written to: the
+    // most racing; with the default, fewer direct writes, racing the loop's batches.
     var options = TCPTransportOptions.default
-    options.senderWriteQuietPeriod = .zero
+    options.senderWriteQuietPeriod = quiet
     let a = TCPTransport<ConformanceMessage>(
       cluster: cluster, protocolNumber: WireProtocol.test, options: options, security: security, logger: .disabled)
     let n1 = try await a.bind(1)
@@ -69,7 +72,7 @@ struct ConcurrentSendersTests {
     let problems = await receiver.value
     #expect(problems.isEmpty, "\(problems.prefix(5))")
     #expect(b.metrics.framesSent >= senders * perSender, "pings count too: \(b.metrics)")
-    #expect(b.metrics.framesWrittenBySenders > 0, "\(b.metrics)")
+    if quiet == .zero { #expect(b.metrics.framesWrittenBySenders > 0, "\(b.metrics)") }
     #expect(a.metrics.closes.isEmpty && b.metrics.closes.isEmpty, "\(a.metrics.closes) \(b.metrics.closes)")
     await n2.close()
     await n1.close()

@@ -30,6 +30,9 @@ struct SenderWriteTests {
     // No pings: a ping queued on the link would make the sender queue behind it, and the loop (not the sender)
     // would then meet the full socket. Without them the link stays idle until the sender's own write is cut.
     options.liveness = LinkLiveness(pingInterval: .seconds(600), timeout: .seconds(1200))
+    // Senders write whenever the link is idle: with a quiet period, a send right after the previous one would
+    // queue for the loop, and the loop rather than a sender might meet the full socket.
+    options.senderWriteQuietPeriod = .zero
     let pair = try await SecurePair(options: options)
     try await pair.healthyLinkDelivers(0)
     let count: UInt64 = 400
