@@ -522,9 +522,9 @@ public final class ClusterMemberServer: Sendable {
     let id = self.id
     let listening = self.listening
     let logger = self.logger
-    // The groups' tasks run on the transport's network thread (unless the options say otherwise); the executor
-    // lives until they have all finished.
-    let loopExecutor = transport.options.groupsOnNetworkThread ? try transport.makeLoopExecutor() : nil
+    // The groups' tasks run on the transport's network thread (unless the options say otherwise, or the loop
+    // cannot start — then the bind below fails and says why); the executor lives until they have all finished.
+    let loopExecutor = transport.options.groupsOnNetworkThread ? try? transport.makeLoopExecutor() : nil
     defer { withExtendedLifetime(loopExecutor) {} }
     let outcome: Result<Void, any Error> = await withTaskExecutorPreference(loopExecutor) {
       await withTaskGroup(of: Void.self) { tasks in

@@ -365,7 +365,8 @@ public final class GroupHost: Sendable {
       } catch {
         return
       }
-      measureUsage()
+      // A walk of every group's files: off the caller's executor, which may be the network thread.
+      await runtime.detached { [self] in measureUsage() }.value
     }
   }
 

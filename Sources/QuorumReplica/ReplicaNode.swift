@@ -633,7 +633,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       let sentWhenDurable = try await persist(rd)
       observer?.node(id, group: group, didPersist: rd)
       self.engine?.advance(rd)
-      try install(rd)
+      try await install(rd)
       apply(rd.committed)
       for state in rd.readStates {
         guard var read = reads.removeValue(forKey: state.id) else { continue }
@@ -715,9 +715,21 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     }
   }
 
-  private func install(_ rd: ReplicaReady<Engine>) throws {
+  private func install(_ rd: ReplicaReady<Engine>) async throws {
     guard let snapshot = rd.snapshot?.stored else { return }
-    try machine.restore(from: snapshot.data)
+    // Decoding a large state takes a while: it runs off this node's executor (which may be a network thread that
+    // serves other groups too) while the node waits for it.
+    let template = machine
+    let data = snapshot.data
+    machine = try await runtime.detached { () -> Result<ReplicatedStateMachine<Machine>, any Error> in
+      var restored = template
+      do {
+        try restored.restore(from: data)
+        return .success(restored)
+      } catch {
+        return .failure(error)
+      }
+    }.value.get()
     applied = snapshot.index
     lastSnapshotIndex = snapshot.index
     lastSnapshotBytes = snapshot.data.count

@@ -201,7 +201,9 @@ public final class TCPTransport<Message: WireCodable & Sendable>: Transport, Sen
   /// the code of default actors it calls, on the thread that reads and writes the sockets: a message the loop
   /// delivers to such a task's mailbox resumes it on the same thread, with no wake-up of another thread. Work
   /// that blocks or runs long must not prefer it: every connection of the transport waits meanwhile. The loop
-  /// keeps running while the executor exists, even after every endpoint has closed.
+  /// keeps running while the executor exists, even after every endpoint has closed. A default actor's job may
+  /// still run on another thread now and then: one that finds the actor idle while called from elsewhere runs
+  /// there.
   public func makeLoopExecutor() throws(TCPTransportError) -> TCPLoopExecutor {
     TCPLoopExecutor(loop: try environment.acquireLoop(), environment: environment)
   }
@@ -219,13 +221,13 @@ public final class TCPLoopExecutor: TaskExecutor, Sendable {
 
   deinit { environment.releaseLoop() }
 
-  /// Runs `job` on the loop's thread after the events it is handling; on a Dispatch thread once the loop has
-  /// stopped (a job must still run: its task holds a continuation someone awaits).
+  /// Runs `job` on the loop's thread after the events it is handling. The queued work holds the executor, so it
+  /// outlives every job enqueued on it. (The executor keeps the loop running, so the Dispatch thread below is only
+  /// a guard: a job must run, since its task holds a continuation someone awaits.)
   public func enqueue(_ job: consuming ExecutorJob) {
     let job = UnownedJob(job)
-    let executor = asUnownedTaskExecutor()
-    if loop.execute({ job.runSynchronously(on: executor) }) { return }
-    DispatchQueue.global().async { job.runSynchronously(on: executor) }
+    if loop.execute({ [self] in job.runSynchronously(on: asUnownedTaskExecutor()) }) { return }
+    DispatchQueue.global().async { [self] in job.runSynchronously(on: asUnownedTaskExecutor()) }
   }
 }
 

@@ -5,19 +5,26 @@ import Testing
 
 @Suite("Roles and session ownership over authenticated TCP", .timeLimit(.minutes(3)))
 struct RolesAndSessionsTests {
-  @Test("a read-role client reads and asks for status, but cannot write, open sessions or change membership")
-  func readRoleIsEnforced() async throws {
+  @Test(
+    "a read-role client reads and asks for status, but cannot write, open sessions or change membership",
+    arguments: [true, false])
+  func readRoleIsEnforced(groupsOnNetworkThread: Bool) async throws {
     let secrets = try TestSecrets(principals: [("admin", "admin"), ("reader", "read"), ("writer", "write")])
     defer { secrets.remove() }
+    // The members run their groups on their network threads (the default) or on the shared pool.
+    var tcp = TCPTransportOptions()
+    tcp.groupsOnNetworkThread = groupsOnNetworkThread
+    let id = ClusterID(rawValue: "roles-\(groupsOnNetworkThread ? "loop" : "pool")")
     let cluster = try fastCluster(
-      "roles", security: Security(clusterSecretFile: secrets.secretFile, credentialsFile: secrets.credentialsFile))
+      id, security: Security(clusterSecretFile: secrets.secretFile, credentialsFile: secrets.credentialsFile),
+      tcp: tcp)
     let running = try await RunningCluster.start(cluster)
     let leader = try await running.leader()
     let members = Array(running.addresses.values)
     func client(_ name: String) throws -> TCPKVClient {
       var options = HostClientOptions()
       options.deadline = .seconds(60)
-      return TCPKVClient(cluster: "roles", members: members, options: options, credential: try secrets.credential(name))
+      return TCPKVClient(cluster: id, members: members, options: options, credential: try secrets.credential(name))
     }
     let admin = try client("admin")
     let reader = try client("reader")
