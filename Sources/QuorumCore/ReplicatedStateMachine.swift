@@ -251,29 +251,33 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
       guard let request = command.request else {
         return .applied(machine.apply(body, context: context))
       }
-      guard var session = sessions[request.session] else { return .sessionExpired(request.session) }
+      // Taken out of the table while it changes, so that its remembered responses are changed in place rather
+      // than copied (a copy left in the table would share them); put back on every path.
+      guard var session = sessions.removeValue(forKey: request.session) else {
+        return .sessionExpired(request.session)
+      }
+      defer { sessions[request.session] = session }
       // Before anything about the session changes: a forged request must leave no trace in it.
       guard session.owner == command.principal else { return .sessionNotOwned(request) }
       session.lastActiveMillis = logTimeMillis
       if command.acknowledgedThrough > session.acknowledgedThrough {
         session.acknowledgedThrough = command.acknowledgedThrough
         session.dropResponses(through: command.acknowledgedThrough)
-        session.forgotten = session.forgotten.filter { $0 > command.acknowledgedThrough }
+        if !session.forgotten.isEmpty {
+          session.forgotten = session.forgotten.filter { $0 > command.acknowledgedThrough }
+        }
       }
       if let remembered = session.responses[request.sequence] {
-        sessions[request.session] = session
         return .duplicate(remembered.response, appliedAt: remembered.index)
       }
       // Applied requests are exactly those with a remembered response, those whose response the bounds
       // evicted (`forgotten`), and those at or below the acknowledged mark. A request pipelined out of order
       // is still applied once, in the order it commits.
       if request.sequence <= session.acknowledgedThrough || session.forgotten.contains(request.sequence) {
-        sessions[request.session] = session
         return .responseForgotten(request)
       }
       let response = machine.apply(body, context: context)
       remember(response, of: request.sequence, at: index, in: &session)
-      sessions[request.session] = session
       return .applied(response)
     }
   }

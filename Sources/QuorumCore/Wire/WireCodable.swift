@@ -78,9 +78,11 @@ extension String: WireCodable {
 
 extension Array: WireEncodable where Element: WireEncodable {
   public func encode(to writer: inout WireWriter) {
-    // Checking the element type first keeps the dynamic cast off the path of every other array.
-    if Element.self == UInt8.self, let bytes = self as? [UInt8] {
-      writer.writeBytes(bytes)
+    // Bytes are written in one piece. Not with `self as? [UInt8]`: where this code is not specialised (the
+    // element type comes from another module), that cast walks the array and casts each element dynamically.
+    if Element.self == UInt8.self {
+      // Safe: the check above makes `[Element]` and `[UInt8]` the same type, so the cast changes nothing.
+      writer.writeBytes(unsafeBitCast(self, to: [UInt8].self))
     } else {
       writer.writeArray(self)
     }
@@ -89,8 +91,9 @@ extension Array: WireEncodable where Element: WireEncodable {
 
 extension Array: WireDecodable where Element: WireDecodable {
   public init(from reader: inout WireReader) throws(WireError) {
-    if Element.self == UInt8.self, let bytes = try reader.readBytes() as? [Element] {
-      self = bytes
+    if Element.self == UInt8.self {
+      // Safe: `[UInt8]` and `[Element]` are the same type here (see `encode(to:)`); no element-wise cast.
+      self = unsafeBitCast(try reader.readBytes(), to: [Element].self)
     } else {
       self = try reader.readArray(Element.self)
     }
