@@ -65,6 +65,11 @@ public protocol StateMachine: Sendable {
   /// Serialises the whole state, for log compaction and for replicas that fell too far behind.
   func snapshot() -> [UInt8]
 
+  /// Writes the bytes of ``snapshot()`` to the end of `writer`. An enclosing snapshot (the sessions around the
+  /// machine, the services of a group) embeds the state this way, without a copy of it in an array of its own.
+  /// The default writes `snapshot()`; a machine with a large state writes itself.
+  func writeSnapshot(to writer: inout WireWriter)
+
   /// Replaces the state with a snapshot made by ``snapshot()``.
   mutating func restore(from snapshot: [UInt8]) throws
 
@@ -83,6 +88,11 @@ public protocol StateMachine: Sendable {
 
   /// Applies a time-only entry: log time moved to `context.timestampMillis`; expire what is due.
   mutating func advanceTime(context: ApplyContext)
+}
+
+extension StateMachine {
+  /// Writes `snapshot()`.
+  public func writeSnapshot(to writer: inout WireWriter) { writer.writeRaw(snapshot()) }
 }
 
 extension StateMachine where Notification == Never {

@@ -152,53 +152,15 @@ public struct SessionPolicy: Sendable, Equatable {
 /// The table is bounded by ``SessionPolicy``: sessions in all and per principal, responses per session in
 /// number and in bytes.
 public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
-  private struct Remembered: Sendable {
-    /// The index of the entry that applied the request.
-    var index: UInt64
-    var response: Machine.Response
-    /// The response's encoded size, counted against ``SessionPolicy/maxResponseBytesPerSession``.
-    var bytes: Int
-  }
-
-  private struct Session: Sendable {
-    /// The principal that registered the session (`nil`: none was authenticated).
-    var owner: String?
-    var lastActiveMillis: UInt64
-    var acknowledgedThrough: UInt64
-    /// Requests above ``acknowledgedThrough`` that were applied but whose responses the per-session bounds
-    /// evicted. Kept so that an earlier request pipelined out of order is still applied exactly once.
-    var forgotten: Set<UInt64> = []
-    /// The remembered responses by sequence.
-    var responses: [UInt64: Remembered] = [:]
-    /// The sum of the remembered responses' sizes.
-    var responseBytes = 0
-
-    /// Keeps only the responses above `sequence`.
-    mutating func dropResponses(through sequence: UInt64) {
-      responses = responses.filter { $0.key > sequence }
-      responseBytes = responses.values.reduce(0) { $0 + $1.bytes }
-    }
-
-    /// Forgets the response of the lowest sequence, remembering that it was applied.
-    mutating func forgetLowest() {
-      guard let lowest = responses.keys.min(), let removed = responses.removeValue(forKey: lowest) else { return }
-      responseBytes -= removed.bytes
-      forgotten.insert(lowest)
-    }
-  }
-
   /// The application's state machine.
   public private(set) var machine: Machine
   /// The session limits.
   public let policy: SessionPolicy
-  private var sessions: [UInt64: Session] = [:]
-  /// How many sessions each principal holds (derived from ``sessions``; never serialised).
-  private var sessionsByOwner: [String: Int] = [:]
+  private var sessions = SessionTable()
   /// The newest leader timestamp applied (log time).
   public private(set) var logTimeMillis: UInt64 = 0
   /// The index of the last applied entry.
   public private(set) var appliedIndex: UInt64 = 0
-  private var lastExpiryScanMillis: UInt64 = 0
 
   /// Wraps `machine`.
   public init(_ machine: Machine, policy: SessionPolicy = SessionPolicy()) {
@@ -210,10 +172,10 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
   public var sessionCount: Int { sessions.count }
 
   /// The number of live sessions `principal` registered.
-  public func sessionCount(of principal: String) -> Int { sessionsByOwner[principal] ?? 0 }
+  public func sessionCount(of principal: String) -> Int { sessions.count(of: principal) }
 
   /// The bytes of responses `session` remembers (0 for an unknown session).
-  public func rememberedResponseBytes(of session: UInt64) -> Int { sessions[session]?.responseBytes ?? 0 }
+  public func rememberedResponseBytes(of session: UInt64) -> Int { sessions.responseBytes(of: session) }
 
   /// Applies the entry at `index` whose payload is an encoded ``ReplicatedCommand``.
   public mutating func apply(entry bytes: [UInt8], at index: UInt64) -> ApplyOutcome<Machine.Response> {
@@ -233,118 +195,49 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
   > {
     appliedIndex = index
     logTimeMillis = max(logTimeMillis, command.timestampMillis)
-    expireIdleSessions()
+    sessions.expireIdle(now: logTimeMillis, policy: policy)
     let context = ApplyContext(index: index, timestampMillis: logTimeMillis)
     switch command.body {
     case .registerSession:
-      return register(at: index, owner: command.principal)
+      guard sessions.register(index, owner: command.principal, now: logTimeMillis, policy: policy) else {
+        return .sessionQuotaExceeded(principal: command.principal ?? "", limit: policy.maxSessionsPerPrincipal)
+      }
+      return .sessionRegistered(index)
     case .advanceTime:
       machine.advanceTime(context: context)
       return .timeAdvanced
     case .keepAlive:
       guard let request = command.request else { return .keptAlive }
-      guard let session = sessions[request.session] else { return .sessionExpired(request.session) }
-      guard session.owner == command.principal else { return .sessionNotOwned(request) }
-      sessions[request.session]?.lastActiveMillis = logTimeMillis
-      return .keptAlive
+      switch sessions.keepAlive(request.session, principal: command.principal, now: logTimeMillis) {
+      case .expired?: return .sessionExpired(request.session)
+      case .notOwned?: return .sessionNotOwned(request)
+      default: return .keptAlive
+      }
     case .command(let body):
       guard let request = command.request else {
         return .applied(machine.apply(body, context: context))
       }
-      // Taken out of the table while it changes, so that its remembered responses are changed in place rather
-      // than copied (a copy left in the table would share them); put back on every path.
-      guard var session = sessions.removeValue(forKey: request.session) else {
+      switch sessions.admit(
+        request, principal: command.principal, acknowledgedThrough: command.acknowledgedThrough, now: logTimeMillis)
+      {
+      case .apply(let session):
+        let response = machine.apply(body, context: context)
+        var writer = WireWriter(reservingCapacity: 64)
+        response.encode(to: &writer)
+        sessions.remember(writer.bytes, of: request, at: index, in: session, policy: policy)
+        return .applied(response)
+      case .duplicate(let encoded, let appliedAt):
+        // Our own encoding of a response of this type; were it ever unreadable, the request still must not
+        // apply twice, and its answer is as good as forgotten.
+        guard let response = try? Machine.Response(wireBytes: encoded) else { return .responseForgotten(request) }
+        return .duplicate(response, appliedAt: appliedAt)
+      case .forgotten:
+        return .responseForgotten(request)
+      case .notOwned:
+        return .sessionNotOwned(request)
+      case .expired:
         return .sessionExpired(request.session)
       }
-      defer { sessions[request.session] = session }
-      // Before anything about the session changes: a forged request must leave no trace in it.
-      guard session.owner == command.principal else { return .sessionNotOwned(request) }
-      session.lastActiveMillis = logTimeMillis
-      if command.acknowledgedThrough > session.acknowledgedThrough {
-        session.acknowledgedThrough = command.acknowledgedThrough
-        session.dropResponses(through: command.acknowledgedThrough)
-        if !session.forgotten.isEmpty {
-          session.forgotten = session.forgotten.filter { $0 > command.acknowledgedThrough }
-        }
-      }
-      if let remembered = session.responses[request.sequence] {
-        return .duplicate(remembered.response, appliedAt: remembered.index)
-      }
-      // Applied requests are exactly those with a remembered response, those whose response the bounds
-      // evicted (`forgotten`), and those at or below the acknowledged mark. A request pipelined out of order
-      // is still applied once, in the order it commits.
-      if request.sequence <= session.acknowledgedThrough || session.forgotten.contains(request.sequence) {
-        return .responseForgotten(request)
-      }
-      let response = machine.apply(body, context: context)
-      remember(response, of: request.sequence, at: index, in: &session)
-      return .applied(response)
-    }
-  }
-
-  private mutating func register(at index: UInt64, owner: String?) -> ApplyOutcome<Machine.Response> {
-    if let owner, sessionCount(of: owner) >= policy.maxSessionsPerPrincipal {
-      return .sessionQuotaExceeded(principal: owner, limit: policy.maxSessionsPerPrincipal)
-    }
-    if sessions.count >= policy.maxSessions, let oldest = sessions.min(by: { lessActive($0, $1) })?.key {
-      removeSession(oldest)
-    }
-    sessions[index] = Session(owner: owner, lastActiveMillis: logTimeMillis, acknowledgedThrough: 0)
-    if let owner { sessionsByOwner[owner, default: 0] += 1 }
-    return .sessionRegistered(index)
-  }
-
-  private mutating func removeSession(_ id: UInt64) {
-    guard let removed = sessions.removeValue(forKey: id), let owner = removed.owner else { return }
-    let left = (sessionsByOwner[owner] ?? 1) - 1
-    sessionsByOwner[owner] = left > 0 ? left : nil
-  }
-
-  /// Remembers `response` and enforces the per-session bounds on remembered responses.
-  private func remember(_ response: Machine.Response, of sequence: UInt64, at index: UInt64, in session: inout Session)
-  {
-    var writer = WireWriter(reservingCapacity: 64)
-    response.encode(to: &writer)
-    session.responses[sequence] = Remembered(index: index, response: response, bytes: writer.count)
-    session.responseBytes += writer.count
-    while session.responses.count > policy.maxResponsesPerSession
-      || (session.responseBytes > policy.maxResponseBytesPerSession && session.responses.count > 1)
-    {
-      session.forgetLowest()
-    }
-    if session.forgotten.count > policy.maxResponsesPerSession, let oldest = session.forgotten.min() {
-      // Bounded memory for a client that never acknowledges: treat everything up to the oldest forgotten
-      // request as acknowledged. A never-applied request below it would then be refused (never applied
-      // twice), which only a client with that many requests outstanding can meet.
-      session.acknowledgedThrough = max(session.acknowledgedThrough, oldest)
-      session.forgotten = session.forgotten.filter { $0 > oldest }
-      session.dropResponses(through: oldest)
-    }
-  }
-
-  private func lessActive(_ a: (key: UInt64, value: Session), _ b: (key: UInt64, value: Session)) -> Bool {
-    a.value.lastActiveMillis != b.value.lastActiveMillis
-      ? a.value.lastActiveMillis < b.value.lastActiveMillis : a.key < b.key
-  }
-
-  private mutating func expireIdleSessions() {
-    // Scan at most every tenth of the timeout: the table can be large and most entries expire nothing. Scans
-    // happen at the first entry of each period of log time, so they depend only on the entries' timestamps:
-    // a replica restored from a snapshot scans at the same entries as one that applied the whole log.
-    let period = max(1, policy.timeoutMillis / 10)
-    guard logTimeMillis / period > lastExpiryScanMillis / period else { return }
-    lastExpiryScanMillis = logTimeMillis
-    guard logTimeMillis > policy.timeoutMillis else { return }
-    let cutoff = logTimeMillis - policy.timeoutMillis
-    let before = sessions.count
-    sessions = sessions.filter { $0.value.lastActiveMillis >= cutoff }
-    if sessions.count != before { countOwners() }
-  }
-
-  private mutating func countOwners() {
-    sessionsByOwner = [:]
-    for session in sessions.values {
-      if let owner = session.owner { sessionsByOwner[owner, default: 0] += 1 }
     }
   }
 
@@ -367,23 +260,8 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
     w.writeVarint(Self.snapshotVersion)
     w.writeVarint(logTimeMillis)
     w.writeVarint(appliedIndex)
-    w.writeVarint(UInt64(sessions.count))
-    for id in sessions.keys.sorted() {
-      guard let s = sessions[id] else { continue }
-      w.writeVarint(id)
-      w.writeOptional(s.owner)
-      w.writeVarint(s.lastActiveMillis)
-      w.writeVarint(s.acknowledgedThrough)
-      w.writeArray(s.forgotten.sorted())
-      w.writeVarint(UInt64(s.responses.count))
-      for seq in s.responses.keys.sorted() {
-        guard let remembered = s.responses[seq] else { continue }  // The keys came from this dictionary.
-        w.writeVarint(seq)
-        w.writeVarint(remembered.index)
-        remembered.response.encode(to: &w)
-      }
-    }
-    w.writeBytes(machine.snapshot())
+    sessions.write(to: &w)
+    w.writeLengthPrefixed { machine.writeSnapshot(to: &$0) }
     return w.bytes
   }
 
@@ -397,30 +275,12 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
     }
     logTimeMillis = try r.readVarint()
     appliedIndex = try r.readVarint()
-    let count = try r.readCount()
-    var restored: [UInt64: Session] = [:]
-    for _ in 0..<count {
-      let id = try r.readVarint()
-      let owner = version >= 3 ? try r.readOptional(String.self) : nil
-      var s = Session(owner: owner, lastActiveMillis: try r.readVarint(), acknowledgedThrough: try r.readVarint())
-      s.forgotten = Set(try r.readArray(UInt64.self))
-      let n = try r.readCount()
-      for _ in 0..<n {
-        let seq = try r.readVarint()
-        let index = version >= 2 ? try r.readVarint() : 0
-        let start = r.position
-        let response = try Machine.Response(from: &r)
-        let size = r.position - start
-        s.responses[seq] = Remembered(index: index, response: response, bytes: size)
-        s.responseBytes += size
-      }
-      restored[id] = s
+    let restored = try SessionTable.read(from: &r, bytes: bytes, version: version, lastExpiryScan: logTimeMillis) {
+      (reader: inout WireReader) throws(WireError) in _ = try Machine.Response(from: &reader)
     }
     let machineBytes = try r.readBytes()
     try r.expectEnd()
     try machine.restore(from: machineBytes)
     sessions = restored
-    countOwners()
-    lastExpiryScanMillis = logTimeMillis
   }
 }

@@ -95,6 +95,7 @@ protocol ServiceState: Sendable {
   var nextDeadlineMillis: UInt64? { get }
   mutating func advanceTime(context: ApplyContext)
   func snapshot() -> [UInt8]
+  func writeSnapshot(to writer: inout WireWriter)
   mutating func restore(from bytes: [UInt8]) throws
 }
 
@@ -122,7 +123,10 @@ struct TypedServiceState<Service: ReplicatedService>: ServiceState {
   }
 
   mutating func takeNotifications() -> [(payload: [UInt8], keys: [String])] {
-    machine.takeNotifications().map { ($0.wireBytes(), Service.notificationKeys(of: $0)) }
+    let notifications = machine.takeNotifications()
+    // Most entries notify nothing: no array of tuples is made for them.
+    if notifications.isEmpty { return [] }
+    return notifications.map { ($0.wireBytes(), Service.notificationKeys(of: $0)) }
   }
 
   var nextDeadlineMillis: UInt64? { machine.nextDeadlineMillis }
@@ -130,6 +134,8 @@ struct TypedServiceState<Service: ReplicatedService>: ServiceState {
   mutating func advanceTime(context: ApplyContext) { machine.advanceTime(context: context) }
 
   func snapshot() -> [UInt8] { machine.snapshot() }
+
+  func writeSnapshot(to writer: inout WireWriter) { machine.writeSnapshot(to: &writer) }
 
   mutating func restore(from bytes: [UInt8]) throws { try machine.restore(from: bytes) }
 }
@@ -191,13 +197,18 @@ public struct ServiceMachine: StateMachine {
 
   public func snapshot() -> [UInt8] {
     var writer = WireWriter(reservingCapacity: 256)
+    writeSnapshot(to: &writer)
+    return writer.bytes
+  }
+
+  /// Writes each service's snapshot in place, not copied from an array of its own.
+  public func writeSnapshot(to writer: inout WireWriter) {
     writer.writeVarint(1)  // format version
     writer.writeVarint(UInt64(services.count))
     for service in services {
       writer.writeString(service.name)
-      writer.writeBytes(service.snapshot())
+      writer.writeLengthPrefixed { service.writeSnapshot(to: &$0) }
     }
-    return writer.bytes
   }
 
   public mutating func restore(from snapshot: [UInt8]) throws {

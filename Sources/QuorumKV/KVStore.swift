@@ -222,7 +222,23 @@ public struct KVStore: StateMachine, Equatable {
   }
 
   public func snapshot() -> [UInt8] {
-    var w = WireWriter(reservingCapacity: 64 + data.count * 32)
+    var w = WireWriter()
+    writeSnapshot(to: &w)
+    return w.bytes
+  }
+
+  /// Writes the snapshot in key order (so replicas holding the same data write the same bytes), into room
+  /// reserved for all of it at once: a large store is neither copied as its buffer grows nor copied again by
+  /// the snapshot that encloses it.
+  public func writeSnapshot(to w: inout WireWriter) {
+    var size = 2 * varintSize(UInt64(data.count))
+    for (key, stored) in data {
+      let keyBytes = key.utf8.count
+      let valueBytes = stored.value.count
+      size += varintSize(UInt64(keyBytes)) + keyBytes + varintSize(UInt64(valueBytes)) + valueBytes
+      size += varintSize(stored.modifiedAt)
+    }
+    w.bytes.reserveCapacity(w.count + size)
     w.writeVarint(1)  // format version
     w.writeVarint(UInt64(data.count))
     for key in order.all {
@@ -231,7 +247,6 @@ public struct KVStore: StateMachine, Equatable {
       w.writeBytes(stored.value)
       w.writeVarint(stored.modifiedAt)
     }
-    return w.bytes
   }
 
   public mutating func restore(from snapshot: [UInt8]) throws {

@@ -94,6 +94,6 @@ struct SortedKeys: Sendable {
     }
   }
 
-  /// Every key, in order.
-  var all: [String] { chunks.flatMap { $0 } }
+  /// Every key, in order (read from the chunks, not copied into an array of its own).
+  var all: FlattenSequence<[[String]]> { chunks.joined() }
 }

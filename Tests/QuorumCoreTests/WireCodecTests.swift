@@ -178,4 +178,24 @@ struct WireRoundTripTests {
       try WireEnvelope.decode(String.self, from: buffer, range: range, expectedProtocol: WireProtocol.paxos)
     }
   }
+
+  @Test(
+    "a length-prefixed part written in place is byte for byte a byte string",
+    arguments: [0, 1, 127, 128, 16_383, 16_384, 2_097_152])
+  func lengthPrefixedInPlace(length: Int) {
+    let part = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+    var copied = WireWriter()
+    copied.writeVarint(42)
+    copied.writeBytes(part)
+    copied.writeVarint(43)
+    var inPlace = WireWriter()
+    inPlace.writeVarint(42)
+    inPlace.writeLengthPrefixed { writer in
+      // Written in two pieces, so the body itself grows the buffer.
+      writer.writeRaw(part.prefix(length / 2))
+      writer.writeRaw(part.dropFirst(length / 2))
+    }
+    inPlace.writeVarint(43)
+    #expect(inPlace.bytes == copied.bytes)
+  }
 }

@@ -212,4 +212,51 @@ extension SessionTests {
     }
     #expect(m.machine.value("k2") == [1])
   }
+
+  @Test(
+    "acknowledging part of a pipeline forgets exactly those responses, out-of-order ones included, and a snapshot keeps the rest"
+  )
+  func partialAcknowledgement() throws {
+    var m = Machine(KVStore())
+    _ = m.apply(ReplicatedCommand(timestampMillis: 0, body: .registerSession), at: 1)
+    // Requests 1–5 commit in the order 3, 1, 5, 2, 4.
+    for (i, seq) in [UInt64(3), 1, 5, 2, 4].enumerated() {
+      let outcome = m.apply(
+        command(.put(key: "k\(seq)", value: [UInt8(seq)]), RequestID(session: 1, sequence: seq)), at: UInt64(2 + i))
+      guard case .applied = outcome else {
+        Issue.record("request \(seq) was not applied: \(outcome)")
+        return
+      }
+    }
+    let before = m.rememberedResponseBytes(of: 1)
+    // Request 6 acknowledges 1–3: their responses go; 4 and 5 are remembered still.
+    _ = m.apply(command(.delete(key: "k1"), RequestID(session: 1, sequence: 6), ack: 3), at: 7)
+    var restored = Machine(KVStore())
+    try restored.restore(from: m.snapshot())
+    #expect(restored.snapshot() == m.snapshot())
+    for machine in [m, restored] {
+      var machine = machine
+      #expect(machine.rememberedResponseBytes(of: 1) < before)
+      for seq in [UInt64(1), 2, 3] {
+        guard
+          case .responseForgotten = machine.apply(
+            command(.put(key: "x", value: []), RequestID(session: 1, sequence: seq)), at: 8)
+        else {
+          Issue.record("acknowledged request \(seq) was not refused")
+          return
+        }
+      }
+      for seq in [UInt64(4), 5, 6] {
+        guard
+          case .duplicate(_, let appliedAt) = machine.apply(
+            command(.put(key: "x", value: []), RequestID(session: 1, sequence: seq)), at: 9)
+        else {
+          Issue.record("unacknowledged request \(seq) was not answered from memory")
+          return
+        }
+        #expect(appliedAt == [UInt64(4): 6, 5: 4, 6: 7][seq])
+      }
+      #expect(machine.machine.value("x") == nil)
+    }
+  }
 }

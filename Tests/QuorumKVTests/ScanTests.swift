@@ -152,7 +152,7 @@ struct SortedKeysTests {
         model.insert(key)
       }
     }
-    #expect(keys.all == model.sorted())
+    #expect(Array(keys.all) == model.sorted())
     #expect(keys.count == model.count)
     var after: [String] = []
     keys.forEach(from: "2", after: true) { key in

@@ -158,10 +158,15 @@ public struct WireReader: Sendable {
   public mutating func readString() throws(WireError) -> String {
     let start = position
     let length = try readLength(limit: limits.maxBytesLength)
-    let slice = bytes[position..<(position + length)]
-    guard let string = String(validating: slice, as: UTF8.self) else {
-      throw WireError(.invalidUTF8, at: start)
+    let from = position
+    let string: String? = bytes.withUnsafeBufferPointer { all in
+      let utf8 = UnsafeBufferPointer(rebasing: all[from..<(from + length)])
+      // ASCII (keys, names) is valid as it stands and decodes on the concrete fast path; only other text goes
+      // through the generic validating initialiser.
+      if utf8.allSatisfy({ $0 < 0x80 }) { return String(decoding: utf8, as: UTF8.self) }
+      return String(validating: utf8, as: UTF8.self)
     }
+    guard let string else { throw WireError(.invalidUTF8, at: start) }
     position += length
     return string
   }

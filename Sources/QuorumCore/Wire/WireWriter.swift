@@ -83,6 +83,33 @@ public struct WireWriter: Sendable {
     for value in values { value.encode(to: &self) }
   }
 
+  /// Writes what `body` writes, prefixed by its length as a varint: the same bytes as ``writeBytes(_:)`` of
+  /// them, without first building them in an array of their own. An enclosing encoding (a snapshot that holds
+  /// another) so writes a large part once, where `writeBytes` would copy it into a second buffer.
+  public mutating func writeLengthPrefixed(_ body: (inout WireWriter) -> Void) {
+    let room = 10  // The longest varint.
+    let start = bytes.count
+    bytes.append(contentsOf: repeatElement(0, count: room))
+    body(&self)
+    let length = bytes.count - start - room
+    let prefix = varintSize(UInt64(length))
+    bytes.withUnsafeMutableBytes { buffer in
+      // Overlapping ranges: `copyMemory` is a memmove.
+      if length > 0, let base = buffer.baseAddress {
+        (base + start + prefix).copyMemory(from: base + start + room, byteCount: length)
+      }
+      var v = UInt64(length)
+      var at = start
+      while v >= 0x80 {
+        buffer[at] = UInt8(truncatingIfNeeded: v) | 0x80
+        v >>= 7
+        at += 1
+      }
+      buffer[at] = UInt8(v)
+    }
+    bytes.removeLast(room - prefix)
+  }
+
   /// Overwrites 4 bytes at `offset` with `value`, little-endian (for back-patched lengths and checksums).
   @inlinable public mutating func patchFixed32(_ value: UInt32, at offset: Int) {
     let v = value.littleEndian
