@@ -143,6 +143,9 @@ public struct KVStore: StateMachine, Equatable {
 
   private var data: [String: Stored] = [:]
   private var order = SortedKeys()
+  /// The bytes every entry takes in a snapshot (kept as entries change, so a snapshot reserves its room
+  /// without reading every value first).
+  private var entryBytes = 0
 
   /// Creates an empty store.
   public init() {}
@@ -159,23 +162,49 @@ public struct KVStore: StateMachine, Equatable {
   public mutating func apply(_ command: KVCommand, context: ApplyContext) -> KVResponse {
     switch command {
     case .put(let key, let value):
-      let previous = data.updateValue(Stored(value: value, modifiedAt: context.index), forKey: key)
-      if previous == nil { order.insert(key) }
-      return .done(previous: previous?.value)
+      return .done(previous: store(Stored(value: value, modifiedAt: context.index), at: key)?.value)
     case .delete(let key):
-      let previous = data.removeValue(forKey: key)
-      if previous != nil { order.remove(key) }
-      return .done(previous: previous?.value)
+      return .done(previous: remove(key)?.value)
     case .compareAndSwap(let key, let expected, let new):
       let current = data[key]?.value
       guard current == expected else { return .swapped(false, current: current) }
       if let new {
-        if data.updateValue(Stored(value: new, modifiedAt: context.index), forKey: key) == nil { order.insert(key) }
-      } else if data.removeValue(forKey: key) != nil {
-        order.remove(key)
+        store(Stored(value: new, modifiedAt: context.index), at: key)
+      } else {
+        remove(key)
       }
       return .swapped(true, current: new)
     }
+  }
+
+  /// The bytes `key` and `stored` take in a snapshot.
+  private static func entryBytes(_ key: String, _ stored: Stored) -> Int {
+    let keyBytes = key.utf8.count
+    let valueBytes = stored.value.count
+    return varintSize(UInt64(keyBytes)) + keyBytes + varintSize(UInt64(valueBytes)) + valueBytes
+      + varintSize(stored.modifiedAt)
+  }
+
+  /// Sets `key` to `stored`; returns what it replaced.
+  @discardableResult
+  private mutating func store(_ stored: Stored, at key: String) -> Stored? {
+    let previous = data.updateValue(stored, forKey: key)
+    if let previous {
+      entryBytes -= Self.entryBytes(key, previous)
+    } else {
+      order.insert(key)
+    }
+    entryBytes += Self.entryBytes(key, stored)
+    return previous
+  }
+
+  /// Removes `key`; returns what it held.
+  @discardableResult
+  private mutating func remove(_ key: String) -> Stored? {
+    guard let previous = data.removeValue(forKey: key) else { return nil }
+    order.remove(key)
+    entryBytes -= Self.entryBytes(key, previous)
+    return previous
   }
 
   /// Entries whose keys start with `prefix`, after `after`, in key order, within `limit` entries and about
@@ -231,14 +260,10 @@ public struct KVStore: StateMachine, Equatable {
   /// reserved for all of it at once: a large store is neither copied as its buffer grows nor copied again by
   /// the snapshot that encloses it.
   public func writeSnapshot(to w: inout WireWriter) {
-    var size = 2 * varintSize(UInt64(data.count))
-    for (key, stored) in data {
-      let keyBytes = key.utf8.count
-      let valueBytes = stored.value.count
-      size += varintSize(UInt64(keyBytes)) + keyBytes + varintSize(UInt64(valueBytes)) + valueBytes
-      size += varintSize(stored.modifiedAt)
-    }
-    w.bytes.reserveCapacity(w.count + size)
+    let size = 1 + varintSize(UInt64(data.count)) + entryBytes
+    let start = w.count
+    defer { assert(w.count - start == size, "the store's byte count drifted from its entries") }
+    w.bytes.reserveCapacity(start + size)
     w.writeVarint(1)  // format version
     w.writeVarint(UInt64(data.count))
     for key in order.all {
@@ -256,12 +281,16 @@ public struct KVStore: StateMachine, Equatable {
     let count = try r.readCount()
     var restored: [String: Stored] = [:]
     restored.reserveCapacity(count)
+    var bytes = 0
     for _ in 0..<count {
       let key = try r.readString()
-      restored[key] = Stored(value: try r.readBytes(), modifiedAt: try r.readVarint())
+      let stored = Stored(value: try r.readBytes(), modifiedAt: try r.readVarint())
+      if let replaced = restored.updateValue(stored, forKey: key) { bytes -= Self.entryBytes(key, replaced) }
+      bytes += Self.entryBytes(key, stored)
     }
     try r.expectEnd()
     data = restored
     order = SortedKeys(restored.keys)
+    entryBytes = bytes
   }
 }
