@@ -28,7 +28,9 @@ let package = Package(
     .executable(name: "quorum-bench", targets: ["QuorumBench"]),
   ],
   targets: [
-    .target(name: "QuorumCore", swiftSettings: settings),
+    // CRC-32C on the processor's instruction where there is one (the Swift table is the fallback).
+    .target(name: "CQuorumChecksum"),
+    .target(name: "QuorumCore", dependencies: ["CQuorumChecksum"], swiftSettings: settings),
     .target(
       name: "QuorumStorage", dependencies: ["QuorumCore"],
       // Storage calls run on the calling actor's executor (no hop): the blocking work is handed to the

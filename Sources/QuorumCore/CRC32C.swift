@@ -1,8 +1,14 @@
+import CQuorumChecksum
+
 /// CRC-32C (Castagnoli), the checksum guarding every write-ahead-log record and snapshot.
 ///
-/// Slice-by-8 over one flat table reached through a raw pointer: no per-call retains and no bounds checks
-/// in the inner loop, which matters when recovery checksums a million small records.
+/// On the processor's CRC-32C instruction where it has one (SSE 4.2 on x86-64: 2.5–3 × the table's speed).
+/// Elsewhere, slice-by-8 over one flat table reached through a raw pointer: no per-call retains and no bounds
+/// checks in the inner loop, which matters when recovery checksums a million small records.
 public enum CRC32C {
+  /// Whether this processor has the instruction (asked once).
+  private static let hardware = cq_crc32c_available() != 0
+
   /// 8 tables of 256 entries, table `k` at offset `256 * k`. Allocated once and never written afterwards.
   // nonisolated(unsafe): the pointer is written only by this initializer (run once, thread-safely, by the
   // runtime's lazy global initialization) and only read afterwards.
@@ -25,6 +31,12 @@ public enum CRC32C {
   /// The checksum of `bytes`, continuing from `crc` (pass the result of an earlier call to checksum data
   /// in pieces; start from 0).
   public static func checksum(_ bytes: UnsafeRawBufferPointer, continuing crc: UInt32 = 0) -> UInt32 {
+    guard let base = bytes.baseAddress else { return crc }
+    return hardware ? cq_crc32c(crc, base, bytes.count) : tableChecksum(bytes, continuing: crc)
+  }
+
+  /// The checksum computed from the table, whatever the processor has (the fallback, and the tests' witness).
+  package static func tableChecksum(_ bytes: UnsafeRawBufferPointer, continuing crc: UInt32 = 0) -> UInt32 {
     guard var pointer = bytes.baseAddress else { return crc }
     let t = table
     var remaining = bytes.count

@@ -101,10 +101,21 @@ protocol ServiceState: Sendable {
 
 struct TypedServiceState<Service: ReplicatedService>: ServiceState {
   var machine: Service.Machine
+  /// Whether the machine can notify at all (its `Notification` is not `Never`). Decided once: a service that
+  /// cannot is not asked after every entry, which in this unspecialised code costs runtime type lookups.
+  private let notifies: Bool
+  /// Whether the machine changed since its notifications were last taken.
+  private var changed = false
+
+  init(machine: Service.Machine) {
+    self.machine = machine
+    notifies = Service.Machine.Notification.self != Never.self
+  }
 
   var name: String { Service.name }
 
   mutating func apply(_ payload: [UInt8], context: ApplyContext) -> ServiceAnswer {
+    changed = true
     let command: Service.Machine.Command
     do {
       command = try Service.Machine.Command(wireBytes: payload)
@@ -123,6 +134,8 @@ struct TypedServiceState<Service: ReplicatedService>: ServiceState {
   }
 
   mutating func takeNotifications() -> [(payload: [UInt8], keys: [String])] {
+    guard notifies && changed else { return [] }
+    changed = false
     let notifications = machine.takeNotifications()
     // Most entries notify nothing: no array of tuples is made for them.
     if notifications.isEmpty { return [] }
@@ -131,13 +144,19 @@ struct TypedServiceState<Service: ReplicatedService>: ServiceState {
 
   var nextDeadlineMillis: UInt64? { machine.nextDeadlineMillis }
 
-  mutating func advanceTime(context: ApplyContext) { machine.advanceTime(context: context) }
+  mutating func advanceTime(context: ApplyContext) {
+    changed = true
+    machine.advanceTime(context: context)
+  }
 
   func snapshot() -> [UInt8] { machine.snapshot() }
 
   func writeSnapshot(to writer: inout WireWriter) { machine.writeSnapshot(to: &writer) }
 
-  mutating func restore(from bytes: [UInt8]) throws { try machine.restore(from: bytes) }
+  mutating func restore(from bytes: [UInt8]) throws {
+    changed = true
+    try machine.restore(from: bytes)
+  }
 }
 
 /// The state machine of a group whose log carries several services side by side.
