@@ -76,7 +76,7 @@ public struct PaxosConfiguration: Sendable, Equatable {
   /// margin for when the clock is read) less this bound.
   public var clockDriftBound: Duration = .milliseconds(15)
   /// Take a snapshot after this many applied slots, once the entries applied since the last snapshot
-  /// also add up to half its size, so a large state is not rewritten for every few writes (0 disables automatic
+  /// also add up to its size, so a large state is not rewritten for every few writes (0 disables automatic
   /// snapshots).
   public var snapshotEvery = 10_000
   /// Slots kept before a snapshot so that lagging replicas can catch up without it.

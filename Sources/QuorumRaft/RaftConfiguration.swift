@@ -60,7 +60,7 @@ public struct RaftConfiguration: Sendable, Equatable {
   /// clock is read) less this bound.
   public var clockDriftBound: Duration = .milliseconds(15)
   /// Take a snapshot after this many applied entries, once the entries applied since the last snapshot
-  /// also add up to half its size, so a large state is not rewritten for every few writes (0 disables automatic
+  /// also add up to its size, so a large state is not rewritten for every few writes (0 disables automatic
   /// snapshots).
   public var snapshotEvery = 10_000
   /// Entries kept before a snapshot so lagging followers can catch up without one.

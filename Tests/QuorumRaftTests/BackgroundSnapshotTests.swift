@@ -117,7 +117,7 @@ struct BackgroundSnapshotTests {
 
 @Suite("When a replica snapshots")
 struct SnapshotScheduleTests {
-  @Test("every N entries, once the log since the last snapshot is half its size")
+  @Test("every N entries, once the log since the last snapshot is as large as it")
   func amortisedAgainstTheState() {
     func due(_ applied: UInt64, every: Int = 10, bytesSince: Int, lastBytes: Int) -> Bool {
       SnapshotSchedule.isDue(
@@ -126,10 +126,10 @@ struct SnapshotScheduleTests {
     // A small state: the entry count decides.
     #expect(!due(109, bytesSince: 500, lastBytes: 200))
     #expect(due(110, bytesSince: 500, lastBytes: 200))
-    // A large state written by small entries: not until the log since is half the state.
-    #expect(!due(110, bytesSince: 499, lastBytes: 1_000))
-    #expect(!due(5_000, bytesSince: 12_999_999, lastBytes: 26_000_000))
-    #expect(due(5_000, bytesSince: 13_000_000, lastBytes: 26_000_000))
+    // A large state written by small entries: not until the log since is as large as the state.
+    #expect(!due(110, bytesSince: 999, lastBytes: 1_000))
+    #expect(!due(5_000, bytesSince: 25_999_999, lastBytes: 26_000_000))
+    #expect(due(5_000, bytesSince: 26_000_000, lastBytes: 26_000_000))
     // The first snapshot (nothing stored yet) waits for the count only; 0 turns snapshots off.
     #expect(due(110, bytesSince: 0, lastBytes: 0))
     #expect(!due(1_000_000, every: 0, bytesSince: 1 << 30, lastBytes: 0))
