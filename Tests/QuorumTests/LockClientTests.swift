@@ -94,9 +94,12 @@ struct LockClientTests {
       // and a waiter whose call gives up leaves the queue, which is not what this test is about.
       var patient = HostClientOptions()
       patient.deadline = .seconds(60)
-      // Steady leases: the holder's lease must outlast the queueing (a full parallel run can delay renewals).
+      // Leases as patient as the calls: a renewal is a call too, and on a machine loaded enough to hold a call
+      // for many seconds a 10 s lease can lapse; the lock then moves on out of the order this test checks.
+      var patientLeases = Self.steadyLeases
+      patientLeases.ttl = patient.deadline
       let clients = (1...4).map {
-        members.lockClient(lockOptions: Self.steadyLeases, options: patient, seed: UInt64($0))
+        members.lockClient(lockOptions: patientLeases, options: patient, seed: UInt64($0))
       }
       try await closing(clients) {
         let first = try await clients[0].lock("orders")

@@ -12,15 +12,25 @@ struct LockFailureTests {
     arguments: LockClientTests.engines)
   func minorityGrantsNothing(_ engine: EngineKind) async throws {
     try await LockHostHarness.with(try LockClientTests.cluster(engine, "partition")) { harness in
-      let leader = try await harness.awaitLeader()
-      let others = Set(harness.members).subtracting([leader])
+      _ = try await harness.awaitLeader()
+      // Each client reaches every member until the partition puts it on one side: on a loaded machine leadership
+      // can move between reading the leader and the warm-up, and a client confined to a former leader from the
+      // start could not even open its session.
+      let minoritySide = HarnessReach()
+      let majoritySide = HarnessReach()
       // Calls of 5 s: long enough for the warm-up on a loaded machine, short enough to wait out on the isolated side.
-      let minority = harness.lockClient(reaching: [leader], seed: 1, deadline: .seconds(5))
-      let majority = harness.lockClient(reaching: others, seed: 2)
+      let minority = harness.lockClient(reaching: minoritySide, seed: 1, deadline: .seconds(5))
+      // The majority's client is never cut off: its calls may wait out an election on a loaded machine.
+      let majority = harness.lockClient(reaching: majoritySide, seed: 2, deadline: .seconds(10))
       try await closing([minority, majority]) {
-        // The minority's client has a session through the leader before the partition.
+        // The minority's client has a session before the partition.
         let warm = try await minority.lock("warm-up")
         #expect(try await minority.unlock(warm))
+        // The partition isolates whoever leads now, with the minority's client on its side.
+        let leader = try await harness.awaitLeader()
+        let others = Set(harness.members).subtracting([leader])
+        minoritySide.confine(to: [leader])
+        majoritySide.confine(to: others)
         harness.transport.partition([leader], from: others)
         let attempt = try? await minority.tryLock("contended", timeout: .seconds(1))
         #expect(attempt == nil, "the isolated leader granted \(String(describing: attempt))")
@@ -216,23 +226,40 @@ final class LockHostHarness: Sendable {
   /// A lock client that reaches only `reaching` (every member if `nil`), whichever host runs each now, and
   /// gives a call up after `deadline`.
   func lockClient(reaching: Set<NodeID>?, seed: UInt64, deadline: Duration = .seconds(3)) -> LockClient {
+    lockClient(reaching: HarnessReach(reaching), seed: seed, deadline: deadline)
+  }
+
+  /// A lock client that reaches the members `reaching` allows at each call.
+  func lockClient(reaching: HarnessReach, seed: UInt64, deadline: Duration = .seconds(3)) -> LockClient {
     let channel = HarnessChannel(harness: self, reachable: reaching)
     var options = LockClientTests.quickCalls
     options.deadline = deadline
     let host = HostClient(
-      channel: channel, members: reaching.map { $0.sorted() } ?? members, map: cluster.map, options: options,
-      seed: seed)
+      channel: channel, members: reaching.members.map { $0.sorted() } ?? members, map: cluster.map,
+      options: options, seed: seed)
     return LockClient(host, options: LockClientTests.steadyLeases)
   }
+}
+
+/// The members a harness client reaches (every member if `nil`); a test confines it as a partition would.
+final class HarnessReach: Sendable {
+  private let reachable: Mutex<Set<NodeID>?>
+
+  init(_ members: Set<NodeID>? = nil) { reachable = Mutex(members) }
+
+  var members: Set<NodeID>? { reachable.withLock { $0 } }
+
+  /// From now on the client reaches only `members`.
+  func confine(to members: Set<NodeID>) { reachable.withLock { $0 = members } }
 }
 
 /// Hands each request to the host running the member now, if the client can reach it.
 struct HarnessChannel: RequestChannel {
   let harness: LockHostHarness
-  let reachable: Set<NodeID>?
+  let reachable: HarnessReach
 
   func send(_ request: [UInt8], to member: NodeID, timeout: Duration) async throws -> [UInt8] {
-    guard reachable?.contains(member) ?? true, let host = harness.host(member) else {
+    guard reachable.members?.contains(member) ?? true, let host = harness.host(member) else {
       throw RequestChannelError.unreachable(member, "not reachable from this client")
     }
     return await host.handle(bytes: request)
