@@ -220,11 +220,11 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
       switch sessions.admit(
         request, principal: command.principal, acknowledgedThrough: command.acknowledgedThrough, now: logTimeMillis)
       {
-      case .apply(let session):
+      case .apply(let position):
         let response = machine.apply(body, context: context)
         var writer = WireWriter(reservingCapacity: 64)
         response.encode(to: &writer)
-        sessions.remember(writer.bytes, of: request, at: index, in: session, policy: policy)
+        sessions.remember(writer.bytes, of: request, at: index, in: position, policy: policy)
         return .applied(response)
       case .duplicate(let encoded, let appliedAt):
         // Our own encoding of a response of this type; were it ever unreadable, the request still must not

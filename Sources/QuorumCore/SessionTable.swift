@@ -58,6 +58,12 @@ struct SessionTable: Sendable {
     mutating func dropResponses(through sequence: UInt64) {
       let end = sequence == .max ? responses.count : position(of: sequence + 1)
       guard end > 0 else { return }
+      if end == responses.count {
+        // Usually every remembered response is acknowledged at once: the array keeps its storage.
+        responses.removeAll(keepingCapacity: true)
+        responseBytes = 0
+        return
+      }
       for r in responses[..<end] { responseBytes -= r.size }
       responses.removeFirst(end)
     }
@@ -74,6 +80,46 @@ struct SessionTable: Sendable {
       responseBytes += remembered.size
     }
 
+    /// The table's decision on request `sequence`, keeping the session alive (see
+    /// ``SessionTable/admit(_:principal:acknowledgedThrough:now:)``); `position` is where the session is.
+    mutating func admit(
+      _ sequence: UInt64, acknowledgedThrough acknowledged: UInt64, now: UInt64,
+      at position: Dictionary<UInt64, Session>.Index
+    ) -> Admission {
+      lastActiveMillis = now
+      if acknowledged > acknowledgedThrough {
+        acknowledgedThrough = acknowledged
+        dropResponses(through: acknowledged)
+        if !forgotten.isEmpty { forgotten = forgotten.filter { $0 > acknowledged } }
+      }
+      // Applied requests are exactly those with a remembered response, those whose response the bounds
+      // evicted (`forgotten`), and those at or below the acknowledged mark. A request pipelined out of order
+      // is still applied once, in the order it commits.
+      if let remembered = remembered(sequence) {
+        return .duplicate(encoded: remembered.encoded, appliedAt: remembered.index)
+      }
+      if sequence <= acknowledgedThrough || forgotten.contains(sequence) { return .forgotten }
+      return .apply(position)
+    }
+
+    /// Remembers a response within the per-session bounds of `policy`.
+    mutating func remember(_ response: Remembered, policy: SessionPolicy) {
+      insert(response)
+      while responses.count > policy.maxResponsesPerSession
+        || (responseBytes > policy.maxResponseBytesPerSession && responses.count > 1)
+      {
+        forgetLowest()
+      }
+      if forgotten.count > policy.maxResponsesPerSession, let oldest = forgotten.min() {
+        // Bounded memory for a client that never acknowledges: treat everything up to the oldest forgotten
+        // request as acknowledged. A never-applied request below it would then be refused (never applied
+        // twice), which only a client with that many requests outstanding can meet.
+        acknowledgedThrough = max(acknowledgedThrough, oldest)
+        forgotten = forgotten.filter { $0 > oldest }
+        dropResponses(through: oldest)
+      }
+    }
+
     /// Forgets the response of the lowest sequence, remembering that it was applied.
     mutating func forgetLowest() {
       guard !responses.isEmpty else { return }
@@ -85,8 +131,8 @@ struct SessionTable: Sendable {
 
   /// What the table says about a request before the machine sees it.
   enum Admission {
-    /// Apply it, then ``remember(_:of:at:in:policy:)`` its response.
-    case apply(Session)
+    /// Apply it, then ``remember(_:of:at:in:policy:)`` its response in the session at this position.
+    case apply(Dictionary<UInt64, Session>.Index)
     case expired
     case notOwned
     /// Applied before, by the entry at `appliedAt`; this is its response, encoded.
@@ -125,60 +171,28 @@ struct SessionTable: Sendable {
     return nil
   }
 
-  /// Takes `request`'s session out of the table (so that it changes in place, not copied) if the request is
-  /// to be applied; ``remember(_:of:at:in:policy:)`` puts it back. Otherwise the session stays, changed only
-  /// when the request is its owner's.
+  /// Checks `request` against its session, which it keeps alive and whose acknowledged responses it drops
+  /// (only when the request is the owner's). The session changes in place, found once by its index: not taken
+  /// out of the table and put back, nor copied. With ``Admission/apply(_:)``, pass the index to
+  /// ``remember(_:of:at:in:policy:)`` once the machine has applied the request (nothing else may change the
+  /// table in between).
   mutating func admit(
     _ request: RequestID, principal: String?, acknowledgedThrough: UInt64, now: UInt64
   ) -> Admission {
-    guard var session = sessions.removeValue(forKey: request.session) else { return .expired }
+    guard let at = sessions.index(forKey: request.session) else { return .expired }
     // Before anything about the session changes: a forged request must leave no trace in it.
-    guard session.owner == principal else {
-      sessions[request.session] = session
-      return .notOwned
-    }
-    session.lastActiveMillis = now
-    if acknowledgedThrough > session.acknowledgedThrough {
-      session.acknowledgedThrough = acknowledgedThrough
-      session.dropResponses(through: acknowledgedThrough)
-      if !session.forgotten.isEmpty { session.forgotten = session.forgotten.filter { $0 > acknowledgedThrough } }
-    }
-    // Applied requests are exactly those with a remembered response, those whose response the bounds evicted
-    // (`forgotten`), and those at or below the acknowledged mark. A request pipelined out of order is still
-    // applied once, in the order it commits.
-    let verdict: Admission
-    if let remembered = session.remembered(request.sequence) {
-      verdict = .duplicate(encoded: remembered.encoded, appliedAt: remembered.index)
-    } else if request.sequence <= session.acknowledgedThrough || session.forgotten.contains(request.sequence) {
-      verdict = .forgotten
-    } else {
-      return .apply(session)
-    }
-    sessions[request.session] = session
-    return verdict
+    guard sessions.values[at].owner == principal else { return .notOwned }
+    return sessions.values[at].admit(request.sequence, acknowledgedThrough: acknowledgedThrough, now: now, at: at)
   }
 
-  /// Puts back the session ``admit(_:principal:acknowledgedThrough:now:)`` took out, remembering `encoded`
-  /// as the response to `request` within the per-session bounds.
+  /// Remembers `encoded` as the response to `request`, in the session ``admit(_:principal:acknowledgedThrough:now:)``
+  /// found at `position`, within the per-session bounds.
   mutating func remember(
-    _ encoded: [UInt8], of request: RequestID, at index: UInt64, in session: Session, policy: SessionPolicy
+    _ encoded: [UInt8], of request: RequestID, at index: UInt64, in position: Dictionary<UInt64, Session>.Index,
+    policy: SessionPolicy
   ) {
-    var session = session
-    session.insert(Remembered(sequence: request.sequence, index: index, encoded: encoded))
-    while session.responses.count > policy.maxResponsesPerSession
-      || (session.responseBytes > policy.maxResponseBytesPerSession && session.responses.count > 1)
-    {
-      session.forgetLowest()
-    }
-    if session.forgotten.count > policy.maxResponsesPerSession, let oldest = session.forgotten.min() {
-      // Bounded memory for a client that never acknowledges: treat everything up to the oldest forgotten
-      // request as acknowledged. A never-applied request below it would then be refused (never applied
-      // twice), which only a client with that many requests outstanding can meet.
-      session.acknowledgedThrough = max(session.acknowledgedThrough, oldest)
-      session.forgotten = session.forgotten.filter { $0 > oldest }
-      session.dropResponses(through: oldest)
-    }
-    sessions[request.session] = session
+    sessions.values[position].remember(
+      Remembered(sequence: request.sequence, index: index, encoded: encoded), policy: policy)
   }
 
   private static func lessActive(_ a: (key: UInt64, value: Session), _ b: (key: UInt64, value: Session)) -> Bool {
