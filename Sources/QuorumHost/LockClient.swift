@@ -10,6 +10,9 @@ public enum LockClientError: Error, Sendable, Equatable, CustomStringConvertible
   case refused(LockError)
   /// The lease was lost (its session expired) while the body of ``LockClient/withLock(_:mode:ttl:timeout:_:)`` ran.
   case leaseLost(lock: String, token: FencingToken)
+  /// The session the call waited in was lost (it could not be kept alive, so it expired or was about to) before
+  /// the lock was granted. Nothing is held; a new call waits again, at the back of the queue.
+  case sessionLost(lock: String)
   /// The answer did not make sense.
   case unexpected(String)
 
@@ -18,6 +21,7 @@ public enum LockClientError: Error, Sendable, Equatable, CustomStringConvertible
     case .timedOut(let lock): return "\(lock) was not granted in time"
     case .refused(let error): return "refused: \(error)"
     case .leaseLost(let lock, let token): return "the lease on \(lock) (token \(token)) was lost"
+    case .sessionLost(let lock): return "the session waiting for \(lock) was lost before it was granted"
     case .unexpected(let what): return "unexpected answer: \(what)"
     }
   }
@@ -233,8 +237,9 @@ public actor LockClient {
   // MARK: - Locking
 
   /// Acquires `name` in `mode`, waiting in FIFO order (at most `timeout`, or without limit).
-  /// - Throws: ``LockClientError/timedOut(lock:)`` when `timeout` passes, ``LockClientError/refused(_:)``,
-  ///   `CancellationError`, or a ``QuorumClientError``. A call that throws holds nothing: a wait or grant its
+  /// - Throws: ``LockClientError/timedOut(lock:)`` when `timeout` passes, ``LockClientError/sessionLost(lock:)``
+  ///   when the waiting session could not be kept alive, ``LockClientError/refused(_:)``, `CancellationError`,
+  ///   or a ``QuorumClientError``. A call that throws holds nothing: a wait or grant its
   ///   request may have left behind belongs to a session the client closes (or lets expire) once its other
   ///   leases are released.
   public func lock(
@@ -246,6 +251,7 @@ public actor LockClient {
   }
 
   /// Acquires `name` if it is granted within `timeout` (zero: only if it is free now); `nil` otherwise.
+  /// - Throws: as ``lock(_:mode:ttl:timeout:)``, except when the wait ends without a grant.
   public func tryLock(_ name: String, mode: LockMode = .exclusive, ttl: Duration? = nil, timeout: Duration = .zero)
     async throws -> LockLease?
   {
@@ -392,7 +398,13 @@ public actor LockClient {
     while true {
       let now = clock.monotonicNanos()
       if now >= end || session.isClosed || Task.isCancelled {
-        return try await stopWaiting(name, session: session)
+        let lost = session.isClosed && !Task.isCancelled
+        guard let lease = try await stopWaiting(name, session: session) else {
+          // Not the wait the caller allowed running out: the session it waited in is gone.
+          if lost { throw LockClientError.sessionLost(lock: name) }
+          return nil
+        }
+        return lease
       }
       let remaining = Duration.nanoseconds(Int64(clamping: end - now))
       do {

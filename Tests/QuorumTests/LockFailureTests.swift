@@ -48,6 +48,36 @@ struct LockFailureTests {
   }
 
   @Test(
+    "a waiter whose session could not be kept alive hears that it was lost, not that its wait timed out",
+    arguments: LockClientTests.engines)
+  func waiterSessionLost(_ engine: EngineKind) async throws {
+    try await LockHostHarness.with(try LockClientTests.cluster(engine, "lost-waiter")) { harness in
+      _ = try await harness.awaitLeader()
+      let holder = harness.lockClient(reaching: nil, seed: 1, deadline: .seconds(10))
+      let reach = HarnessReach()
+      // Patient calls: the waiter's cancel, sent once it gives its session up, must outlast the members'
+      // expiry of that session.
+      let waiter = harness.lockClient(reaching: reach, seed: 2, deadline: .seconds(30))
+      try await closing([holder, waiter]) {
+        let held = try await holder.lock("contended")
+        let waiting = Task { try await waiter.lock("contended", ttl: .seconds(1)) }
+        _ = try await awaitValue("the waiter queued") {
+          try await holder.status(of: "contended").flatMap { $0.waiters.isEmpty ? nil : true }
+        }
+        // The waiter's keep-alives stop arriving (a pause or a partition): the members expire its session.
+        reach.confine(to: [])
+        _ = try await awaitValue("the waiter's session expired") {
+          try await holder.status(of: "contended").flatMap { $0.waiters.isEmpty ? true : nil }
+        }
+        reach.confine(to: Set(harness.members))
+        await #expect(throws: LockClientError.sessionLost(lock: "contended")) { try await waiting.value }
+        #expect(held.isValid)
+        #expect(try await holder.unlock(held))
+      }
+    }
+  }
+
+  @Test(
     "tokens keep increasing after snapshots and a restart of every member; a held lock survives it",
     arguments: LockClientTests.engines)
   func tokensAcrossRestart(_ engine: EngineKind) async throws {
