@@ -275,7 +275,7 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
     }
     logTimeMillis = try r.readVarint()
     appliedIndex = try r.readVarint()
-    let restored = try SessionTable.read(from: &r, bytes: bytes, version: version, lastExpiryScan: logTimeMillis) {
+    let restored = try SessionTable.read(from: &r, version: version, lastExpiryScan: logTimeMillis) {
       (reader: inout WireReader) throws(WireError) in _ = try Machine.Response(from: &reader)
     }
     let machineBytes = try r.readBytes()

@@ -250,7 +250,7 @@ struct SessionTable: Sendable {
   /// Reads sessions written by ``write(to:)`` or by an older format `version`; `skipResponse` reads past one
   /// encoded response (the table cannot decode it, only find where it ends).
   static func read(
-    from r: inout WireReader, bytes: [UInt8], version: UInt64, lastExpiryScan: UInt64,
+    from r: inout WireReader, version: UInt64, lastExpiryScan: UInt64,
     skipResponse: (inout WireReader) throws(WireError) -> Void
   ) throws(WireError) -> SessionTable {
     let count = try r.readCount()
@@ -266,7 +266,7 @@ struct SessionTable: Sendable {
         let index = version >= 2 ? try r.readVarint() : 0
         let start = r.position
         try skipResponse(&r)
-        s.insert(Remembered(sequence: sequence, index: index, encoded: Array(bytes[start..<r.position])))
+        s.insert(Remembered(sequence: sequence, index: index, encoded: Array(r.bytes[start..<r.position])))
       }
       table.sessions[id] = s
     }

@@ -10,8 +10,9 @@ public enum LockClientError: Error, Sendable, Equatable, CustomStringConvertible
   case refused(LockError)
   /// The lease was lost (its session expired) while the body of ``LockClient/withLock(_:mode:ttl:timeout:_:)`` ran.
   case leaseLost(lock: String, token: FencingToken)
-  /// The session the call waited in was lost (it could not be kept alive, so it expired or was about to) before
-  /// the lock was granted. Nothing is held; a new call waits again, at the back of the queue.
+  /// The session the call waited in ended before the lock was granted: it could not be kept alive (it expired,
+  /// or was about to), or the client closed it (``LockClient/close()``, or after another call on the same
+  /// session failed with an unknown outcome). Nothing is held; a new call waits again, at the back of the queue.
   case sessionLost(lock: String)
   /// The answer did not make sense.
   case unexpected(String)
@@ -251,7 +252,8 @@ public actor LockClient {
   }
 
   /// Acquires `name` if it is granted within `timeout` (zero: only if it is free now); `nil` otherwise.
-  /// - Throws: as ``lock(_:mode:ttl:timeout:)``, except when the wait ends without a grant.
+  /// - Throws: as ``lock(_:mode:ttl:timeout:)``, except that a wait that runs out returns `nil` (a wait whose
+  ///   session ended first still throws ``LockClientError/sessionLost(lock:)``).
   public func tryLock(_ name: String, mode: LockMode = .exclusive, ttl: Duration? = nil, timeout: Duration = .zero)
     async throws -> LockLease?
   {

@@ -201,11 +201,17 @@ public struct KVStore: StateMachine, Equatable {
   /// Removes `key`; returns what it held.
   @discardableResult
   private mutating func remove(_ key: String) -> Stored? {
-    guard let previous = data.removeValue(forKey: key) else { return nil }
-    order.remove(key)
-    entryBytes -= Self.entryBytes(key, previous)
+    guard let i = data.index(forKey: key) else { return nil }
+    // Counted as stored: a canonically equivalent spelling of the key (the same key to the dictionary) may
+    // take other bytes.
+    let (storedKey, previous) = data.remove(at: i)
+    order.remove(storedKey)
+    entryBytes -= Self.entryBytes(storedKey, previous)
     return previous
   }
+
+  /// The bytes ``writeSnapshot(to:)`` writes: what it reserves.
+  var snapshotBytes: Int { 1 + varintSize(UInt64(data.count)) + entryBytes }
 
   /// Entries whose keys start with `prefix`, after `after`, in key order, within `limit` entries and about
   /// `maxBytes` (at least one entry); and whether more may follow.
@@ -260,7 +266,7 @@ public struct KVStore: StateMachine, Equatable {
   /// reserved for all of it at once: a large store is neither copied as its buffer grows nor copied again by
   /// the snapshot that encloses it.
   public func writeSnapshot(to w: inout WireWriter) {
-    let size = 1 + varintSize(UInt64(data.count)) + entryBytes
+    let size = snapshotBytes
     let start = w.count
     defer { assert(w.count - start == size, "the store's byte count drifted from its entries") }
     w.bytes.reserveCapacity(start + size)
@@ -281,16 +287,14 @@ public struct KVStore: StateMachine, Equatable {
     let count = try r.readCount()
     var restored: [String: Stored] = [:]
     restored.reserveCapacity(count)
-    var bytes = 0
     for _ in 0..<count {
       let key = try r.readString()
-      let stored = Stored(value: try r.readBytes(), modifiedAt: try r.readVarint())
-      if let replaced = restored.updateValue(stored, forKey: key) { bytes -= Self.entryBytes(key, replaced) }
-      bytes += Self.entryBytes(key, stored)
+      restored[key] = Stored(value: try r.readBytes(), modifiedAt: try r.readVarint())
     }
     try r.expectEnd()
     data = restored
     order = SortedKeys(restored.keys)
-    entryBytes = bytes
+    // From the entries as stored (a key repeated in another spelling keeps the first one's bytes).
+    entryBytes = restored.reduce(0) { $0 + Self.entryBytes($1.key, $1.value) }
   }
 }

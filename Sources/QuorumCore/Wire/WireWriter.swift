@@ -92,6 +92,7 @@ public struct WireWriter: Sendable {
     bytes.append(contentsOf: repeatElement(0, count: room))
     body(&self)
     let length = bytes.count - start - room
+    precondition(length >= 0, "a length-prefixed body removed bytes written before it")
     let prefix = varintSize(UInt64(length))
     bytes.withUnsafeMutableBytes { buffer in
       // Overlapping ranges: `copyMemory` is a memmove.
