@@ -74,8 +74,7 @@ final class Connection: LoopHandler {
   private var pauseReasons: PauseReasons = []
   private var wantsWrite = false
   private var readBuffer: [UInt8] = []
-  private var writeBuffer: [UInt8] = []
-  private var writeOffset = 0
+  private var writeBatch = WriteBatch()
   private var frameStarted: UInt64 = 0
   private var connectDeadline: UInt64?
   private var flushScheduled = false
@@ -327,20 +326,20 @@ final class Connection: LoopHandler {
   // MARK: Writing
 
   /// Bytes queued but not yet written.
-  var pendingWriteBytes: Int { writeBuffer.count - writeOffset }
+  var pendingWriteBytes: Int { writeBatch.count }
 
   /// Appends one encoded frame (length prefix included) to the write buffer; call ``flush()`` after.
   func enqueue(_ frame: [UInt8]) {
     guard !isClosed else { return }
-    if writeOffset == writeBuffer.count { lastWriteProgress = monotonicNanos() }
-    writeBuffer.append(contentsOf: frame)
+    if writeBatch.isEmpty { lastWriteProgress = monotonicNanos() }
+    writeBatch.append(frame: frame)
   }
 
-  /// Appends bytes with a closure that writes into the buffer directly (used to coalesce queued frames).
-  func enqueue(with fill: (inout [UInt8]) -> Void) {
+  /// Appends frames with a closure that adds them to the batch directly (used to take queued frames).
+  func enqueue(with fill: (inout WriteBatch) -> Void) {
     guard !isClosed else { return }
-    if writeOffset == writeBuffer.count { lastWriteProgress = monotonicNanos() }
-    fill(&writeBuffer)
+    if writeBatch.isEmpty { lastWriteProgress = monotonicNanos() }
+    fill(&writeBatch)
   }
 
   /// Flushes once the current batch of events is handled, so frames queued by several events go out in one
@@ -358,13 +357,10 @@ final class Connection: LoopHandler {
   func flush() {
     guard !isClosed, !isConnecting else { return }
     while true {
-      while writeOffset < writeBuffer.count {
-        let written = writeBuffer.withUnsafeBytes { raw in
-          cq_send(fd, raw.baseAddress! + writeOffset, raw.count - writeOffset)  // safe: non-empty buffer
-        }
+      while !writeBatch.isEmpty {
+        let written = writeBatch.write(to: fd)
         writeCalls += 1
         if written > 0 {
-          writeOffset += written
           bytesWritten += written
           lastWriteProgress = monotonicNanos()
           continue
@@ -381,11 +377,9 @@ final class Connection: LoopHandler {
         close(code == EPIPE || code == ECONNRESET ? .peerClosed : .ioError(operation: "send", errno: code))
         return
       }
-      writeBuffer.removeAll(keepingCapacity: writeBuffer.capacity <= 1 << 20)
-      writeOffset = 0
       guard let delegate else { break }
       delegate.connectionDidDrain(self)
-      if isClosed || writeBuffer.isEmpty { break }
+      if isClosed || writeBatch.isEmpty { break }
     }
     if wantsWrite && !isClosed {
       wantsWrite = false
@@ -456,12 +450,8 @@ final class Connection: LoopHandler {
   /// Writes what is buffered without waiting, then closes (used to send a refusal before hanging up).
   func flushAndClose(_ reason: TCPCloseReason) {
     guard !isClosed else { return }
-    while writeOffset < writeBuffer.count {
-      let written = writeBuffer.withUnsafeBytes { raw in
-        cq_send(fd, raw.baseAddress! + writeOffset, raw.count - writeOffset)  // safe: non-empty buffer
-      }
-      if written <= 0 { break }
-      writeOffset += written
+    while !writeBatch.isEmpty {
+      if writeBatch.write(to: fd) <= 0 { break }
     }
     _ = Glibc.shutdown(fd, Int32(SHUT_WR))
     close(reason)
@@ -490,8 +480,7 @@ final class Connection: LoopHandler {
     Glibc.close(fd)
     receiveBudget?.release(self)
     readBuffer = []
-    writeBuffer = []
-    writeOffset = 0
+    writeBatch = WriteBatch()
     if notify { delegate?.connection(self, didCloseWith: reason) }
   }
 }

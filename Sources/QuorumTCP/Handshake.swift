@@ -103,6 +103,27 @@ struct FrameSealer {
     }
   }
 
+  /// Appends `frame` (length prefix and body) to `batch`, sealed as into a buffer: a large
+  /// body is written from `frame` itself, between the new prefix and the code.
+  mutating func append(_ frame: [UInt8], to batch: inout WriteBatch) {
+    let bodyRange = TCPFrame.prefixBytes..<frame.count
+    guard bodyRange.count >= WriteBatch.ownPieceBytes else {
+      batch.appendBytes { append(frame, to: &$0) }
+      return
+    }
+    let length = UInt32(truncatingIfNeeded: bodyRange.count + TCPFrame.tagBytes)
+    batch.appendBytes { buffer in withUnsafeBytes(of: length.littleEndian) { buffer.append(contentsOf: $0) } }
+    batch.append(frame, range: bodyRange)
+    frame.withUnsafeBytes { raw in
+      let body = UnsafeRawBufferPointer(rebasing: raw[bodyRange])
+      withUnsafeTemporaryAllocation(byteCount: 32, alignment: 8) { code in
+        key.code(sequence: sequence, body: body, into: code)
+        batch.appendBytes { $0.append(contentsOf: UnsafeRawBufferPointer(rebasing: code[0..<TCPFrame.tagBytes])) }
+      }
+    }
+    sequence &+= 1
+  }
+
   /// Appends a frame holding `body` to `buffer`: length prefix (counting the code), body, code.
   mutating func append(body: UnsafeRawBufferPointer, to buffer: inout [UInt8]) {
     let length = UInt32(truncatingIfNeeded: body.count + TCPFrame.tagBytes)

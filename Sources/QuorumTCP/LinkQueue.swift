@@ -181,16 +181,16 @@ final class LinkQueue: Sendable {
 
   /// Moves queued frames into `buffer` (sealed on an authenticated link), at least one and then as many as fit
   /// in `budget` bytes; returns how many.
-  private static func take(from s: inout State, into buffer: inout [UInt8], budget: Int) -> Int {
-    let start = buffer.count
+  private static func take(from s: inout State, into sink: inout some FrameSink, budget: Int) -> Int {
+    let start = sink.count
     var frames = 0
-    while let first = s.frames.first, frames == 0 || buffer.count - start + first.count <= budget {
+    while let first = s.frames.first, frames == 0 || sink.count - start + first.count <= budget {
       _ = s.frames.popFirst()
       s.bytes -= first.count
       if s.socket?.sealer != nil {
-        s.socket?.sealer?.append(first, to: &buffer)
+        sink.add(first, sealer: &s.socket!.sealer)  // safe: checked just above, under the same lock
       } else {
-        buffer.append(contentsOf: first)
+        sink.add(first)
       }
       frames += 1
     }
@@ -278,16 +278,16 @@ final class LinkQueue: Sendable {
   /// link) until about `budget` bytes, and clears the wake-up flag; returns the frames and bytes taken. The loop
   /// calls it when its write buffer is empty: when nothing is left to take, senders may write to the socket
   /// themselves again.
-  func take(into buffer: inout [UInt8], budget: Int) -> (frames: Int, bytes: Int) {
+  func take(into batch: inout WriteBatch, budget: Int) -> (frames: Int, bytes: Int) {
     state.withLock { s in
       s.scheduled = false
       // A writing sender takes what is queued when its write is done, or wakes the loop again.
       if s.senderWriting { return (0, 0) }
-      let start = buffer.count
-      buffer.append(contentsOf: s.remainder)
+      let start = batch.count
+      batch.append(s.remainder, range: 0..<s.remainder.count)
       s.remainder = []
-      let frames = Self.take(from: &s, into: &buffer, budget: budget)
-      let bytes = buffer.count - start
+      let frames = Self.take(from: &s, into: &batch, budget: budget)
+      let bytes = batch.count - start
       s.loopWriting = bytes > 0
       if bytes > 0 && quietNanos > 0 { s.lastWriteNanos = monotonicNanos() }
       return (frames, bytes)
@@ -334,4 +334,24 @@ final class LinkQueue: Sendable {
     }
     if writing { awaitWriter() }
   }
+}
+
+/// Where taken frames go: a buffer they are copied into (a sender's write), or a connection's batch.
+protocol FrameSink {
+  /// The bytes added so far.
+  var count: Int { get }
+  /// Adds `frame` as it is.
+  mutating func add(_ frame: [UInt8])
+  /// Adds `frame` sealed by `sealer`.
+  mutating func add(_ frame: [UInt8], sealer: inout FrameSealer?)
+}
+
+extension [UInt8]: FrameSink {
+  mutating func add(_ frame: [UInt8]) { append(contentsOf: frame) }
+  mutating func add(_ frame: [UInt8], sealer: inout FrameSealer?) { sealer?.append(frame, to: &self) }
+}
+
+extension WriteBatch: FrameSink {
+  mutating func add(_ frame: [UInt8]) { append(frame: frame) }
+  mutating func add(_ frame: [UInt8], sealer: inout FrameSealer?) { sealer?.append(frame, to: &self) }
 }

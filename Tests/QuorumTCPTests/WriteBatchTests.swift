@@ -1,0 +1,96 @@
+import CQuorumSystem
+import Glibc
+import QuorumCore
+import Testing
+
+@testable import QuorumTCP
+
+/// ``WriteBatch``: small frames copied together, large ones written from their own arrays, in order, across the
+/// partial writes of a socket whose buffer fills.
+@Suite("Write batches")
+struct WriteBatchTests {
+  /// A connected pair of Unix stream sockets; the writing end is non-blocking with a small send buffer.
+  func socketPair() throws -> (writer: Int32, reader: Int32) {
+    var fds: [Int32] = [0, 0]
+    try #require(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+    var size: Int32 = 8192
+    setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+    try #require(fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK) == 0)
+    try #require(fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK) == 0)
+    return (fds[0], fds[1])
+  }
+
+  /// Writes `batch` to `fd`, reading the other end whenever the socket is full; returns what arrived.
+  func drain(_ batch: inout WriteBatch, writer: Int32, reader: Int32) -> (bytes: [UInt8], writes: Int) {
+    var received: [UInt8] = []
+    var writes = 0
+    var chunk = [UInt8](repeating: 0, count: 65_536)
+    func readAll() {
+      while true {
+        let n = chunk.withUnsafeMutableBytes { recv(reader, $0.baseAddress, $0.count, 0) }
+        if n <= 0 { return }
+        received.append(contentsOf: chunk[0..<n])
+      }
+    }
+    while !batch.isEmpty {
+      if batch.write(to: writer) > 0 { writes += 1 } else { readAll() }
+    }
+    readAll()
+    return (received, writes)
+  }
+
+  @Test("frames of every size arrive whole and in order, large ones written without a copy", arguments: [1, 2, 3])
+  func mixedSizes(seed: UInt64) throws {
+    let (writer, reader) = try socketPair()
+    defer {
+      close(writer)
+      close(reader)
+    }
+    var random = SeededRandom(seed: seed)
+    var batch = WriteBatch()
+    var expected: [UInt8] = []
+    for round in 0..<3 {
+      for _ in 0..<200 {
+        let size = [1, 64, 4_095, 4_096, 20_000][Int.random(in: 0..<5, using: &random)]
+        let frame = (0..<size).map { _ in UInt8.random(in: 0...255, using: &random) }
+        if Bool.random(using: &random) {
+          batch.append(frame: frame)
+          expected += frame
+        } else {
+          // A slice of a larger array, as a sealed frame's body is.
+          let padded = [0xEE] + frame + [0xEE]
+          batch.append(padded, range: 1..<(1 + size))
+          expected += frame
+        }
+      }
+      batch.appendBytes { $0.append(UInt8(round)) }
+      expected.append(UInt8(round))
+      let (bytes, writes) = drain(&batch, writer: writer, reader: reader)
+      #expect(bytes == expected, "round \(round)")
+      #expect(writes > 1, "the socket's small buffer cut the batch into several writes")
+      #expect(batch.count == 0)
+      expected = []
+    }
+  }
+
+  @Test("a large frame sealed into a batch is byte for byte the frame sealed into a buffer")
+  func sealedLargeFrame() throws {
+    let (writer, reader) = try socketPair()
+    defer {
+      close(writer)
+      close(reader)
+    }
+    let key = (0..<32).map { UInt8($0) }
+    var intoBuffer = FrameSealer(key: key)
+    var intoBatch = FrameSealer(key: key)
+    var expected: [UInt8] = []
+    var batch = WriteBatch()
+    for size in [10, 5_000, 100, 70_000, 4_096] {
+      var frame = TCPFrame.frame([UInt8](repeating: UInt8(size % 251), count: size))
+      frame[frame.count - 1] ^= 1
+      intoBuffer.append(frame, to: &expected)
+      intoBatch.append(frame, to: &batch)
+    }
+    #expect(drain(&batch, writer: writer, reader: reader).bytes == expected)
+  }
+}
