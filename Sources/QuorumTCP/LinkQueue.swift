@@ -179,7 +179,7 @@ final class LinkQueue: Sendable {
     }
   }
 
-  /// Moves queued frames into `buffer` (sealed on an authenticated link), at least one and then as many as fit
+  /// Moves queued frames into `sink` (sealed on an authenticated link), at least one and then as many as fit
   /// in `budget` bytes; returns how many.
   private static func take(from s: inout State, into sink: inout some FrameSink, budget: Int) -> Int {
     let start = sink.count

@@ -111,6 +111,8 @@ struct WriteBatch {
         return
       }
       left -= remaining
+      // A written frame's array is let go now, not when the batch next empties or compacts.
+      if pieces[first].fixedEnd != nil { pieces[first].bytes = [] }
       first += 1
     }
     if first == pieces.count {
