@@ -89,7 +89,9 @@ public struct ClusterID: RawRepresentable, Hashable, Sendable, ExpressibleByStri
 }
 
 /// A message addressed from one node to another within one group: the unit every ``Transport`` carries.
-public struct Envelope<Payload: Sendable>: Sendable {
+///
+/// An envelope is `Sendable` when its payload is; every transport's payload is.
+public struct Envelope<Payload> {
   /// The sending node.
   public var from: NodeID
   /// The receiving node.
@@ -100,6 +102,10 @@ public struct Envelope<Payload: Sendable>: Sendable {
   public var payload: Payload
 
   /// Creates an envelope.
+  ///
+  /// Inlinable so that code specialised for a payload type builds its envelopes without looking up the generic
+  /// type's metadata (see ``WireDecodable/decodeEnvelope(_:payloadFrom:appendingTo:)``).
+  @inlinable
   public init(from: NodeID, to: NodeID, group: GroupID = .default, payload: Payload) {
     self.from = from
     self.to = to
@@ -107,5 +113,7 @@ public struct Envelope<Payload: Sendable>: Sendable {
     self.payload = payload
   }
 }
+
+extension Envelope: Sendable where Payload: Sendable {}
 
 extension Envelope: Equatable where Payload: Equatable {}

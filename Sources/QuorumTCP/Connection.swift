@@ -241,6 +241,13 @@ final class Connection: LoopHandler {
       }
       recharge()
     }
+    // Loaded once per read, not per frame: a weak load is a call into the runtime, and the delegate's
+    // reference count is kept out of line (it is weakly referenced), so each copy of it costs a slow retain.
+    guard let delegate = self.delegate else {
+      // Nobody takes frames any more (the owner let go of this connection while it closes).
+      if !isClosed && pauseReasons.isEmpty && readBuffer.count >= TCPFrame.prefixBytes { close(.localShutdown) }
+      return
+    }
     while !isClosed && pauseReasons.isEmpty {
       let available = readBuffer.count - offset
       guard available >= TCPFrame.prefixBytes else { break }
@@ -258,10 +265,6 @@ final class Connection: LoopHandler {
         break
       }
       let start = offset + TCPFrame.prefixBytes
-      guard let delegate else {
-        close(.localShutdown)
-        return
-      }
       let verdict = delegate.connection(self, didReceive: readBuffer, range: start..<(start + length))
       offset = start + length
       switch verdict {
@@ -275,7 +278,7 @@ final class Connection: LoopHandler {
         return
       }
     }
-    if !isClosed { delegate?.connectionDidParse(self) }
+    if !isClosed { delegate.connectionDidParse(self) }
   }
 
   /// Charges the bytes held to the shared budget.

@@ -28,9 +28,18 @@ public enum TCPFrame {
   public static func encode<M: WireEncodable>(_ envelope: Envelope<M>, protocolNumber: UInt8, reserving: Int = 64)
     -> [UInt8]
   {
+    encode(
+      envelope.payload, from: envelope.from, to: envelope.to, group: envelope.group, protocolNumber: protocolNumber,
+      reserving: reserving)
+  }
+
+  /// Frames the envelope of `payload` from `from` to `to` in `group`, without building the ``QuorumCore/Envelope``.
+  public static func encode<M: WireEncodable>(
+    _ payload: M, from: NodeID, to: NodeID, group: GroupID, protocolNumber: UInt8, reserving: Int = 64
+  ) -> [UInt8] {
     var writer = WireWriter(reservingCapacity: reserving)
     writer.writeFixed32(0)
-    WireEnvelope.encode(envelope, protocolNumber: protocolNumber, into: &writer)
+    WireEnvelope.encode(payload, from: from, to: to, group: group, protocolNumber: protocolNumber, into: &writer)
     writer.patchFixed32(UInt32(truncatingIfNeeded: writer.count - prefixBytes), at: 0)
     return writer.bytes
   }

@@ -179,10 +179,17 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
   /// The remote host (without the port), the key of per-address budgets.
   let address: String
   private unowned let sink: Sink
+  /// The sink's node, protocol number and frame limit, copied here: a peer frame checks all three, and reading
+  /// them through the unowned `sink` costs a reference check each time.
+  private let localID: NodeID
+  private let peerProtocol: UInt8
+  private let peerLimits: WireLimits
   private(set) var phase = Phase.awaitingHandshake
   private var handshake: ListenerHandshake?
   private var session: TCPSession?
   private var batch: [Envelope<Sink.Message>] = []
+  /// `batch.count`, kept alongside: reading the generic array's count looks up its type's metadata each time.
+  private var batchCount = 0
   private var waitingForRoom = false
   /// The latest delivery that waited for room in the mailbox (for a failure report).
   private var stall: StallProgress?
@@ -201,6 +208,9 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     self.connection = connection
     self.address = hostPart(connection.remote)
     self.sink = sink
+    self.localID = sink.id
+    self.peerProtocol = sink.protocolNumber
+    self.peerLimits = WireLimits(maxBytesLength: sink.environment.options.maxFrameBytes)
   }
 
   var isStalled: Bool { waitingForRoom || pendingRequest != nil }
@@ -245,7 +255,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     switch phase {
     case .awaitingHandshake: return .close(.localShutdown)  // handled above
     case .peer(let node):
-      lastHeard = monotonicNanos()
+      lastHeard = connection.lastReceived  // when this read began: no clock read per frame
       framesReceived &+= 1
       if LinkControl.isControl(bytes, body) { return control(bytes, body) }
       return peerFrame(bytes, body, from: node)
@@ -405,29 +415,32 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
 
   // MARK: Peer frames
 
+  /// Decodes a peer's frame into the batch delivered at the end of this read (see ``connectionDidParse(_:)``).
+  /// The header is checked before the payload is read, and the payload is decoded and collected by the message
+  /// type's own specialised code (``QuorumCore/WireDecodable/decodeEnvelope(_:payloadFrom:appendingTo:)``).
   private func peerFrame(_ bytes: [UInt8], _ range: Range<Int>, from node: NodeID) -> FrameVerdict {
-    let envelope: Envelope<Sink.Message>
-    do {
-      let limits = WireLimits(maxBytesLength: sink.environment.options.maxFrameBytes)
-      envelope = try WireEnvelope.decode(
-        Sink.Message.self, from: bytes, range: range, expectedProtocol: sink.protocolNumber, limits: limits)
+    do throws(WireError) {
+      var reader = WireReader(bytes, range: range, limits: peerLimits)
+      let header = try WireEnvelope.decodeHeader(from: &reader)
+      guard header.protocolNumber == peerProtocol else {
+        // The protocol number is the fourth byte of the header.
+        throw WireError(
+          .unknownTag(type: "protocol", tag: UInt64(header.protocolNumber)), at: range.lowerBound + 3,
+          path: ["header"])
+      }
+      guard header.from == node else {
+        return .close(.malformedFrame("a frame from \(header.from) on the connection of \(node)"))
+      }
+      guard header.to == localID else {
+        return .close(.malformedFrame("a frame addressed to \(header.to) arrived at \(localID)"))
+      }
+      try Sink.Message.decodeEnvelope(header, payloadFrom: &reader, appendingTo: &batch)
+      batchCount += 1
     } catch {
       if case .unsupportedVersion(let version) = error.kind { return .close(.unsupportedVersion(version)) }
       return .close(.malformedFrame(logSafe("\(error)")))
     }
-    guard envelope.from == node else {
-      return .close(.malformedFrame("a frame from \(envelope.from) on the connection of \(node)"))
-    }
-    guard envelope.to == sink.id else {
-      return .close(.malformedFrame("a frame addressed to \(envelope.to) arrived at \(sink.id)"))
-    }
-    return deliver(envelope)
-  }
-
-  /// Collects `envelope` into the batch delivered at the end of this read (see ``connectionDidParse(_:)``).
-  private func deliver(_ envelope: Envelope<Sink.Message>) -> FrameVerdict {
-    batch.append(envelope)
-    guard batch.count >= Self.maxBatch else { return .proceed }
+    guard batchCount >= Self.maxBatch else { return .proceed }
     deliverBatch()
     return waitingForRoom ? .pause : .proceed
   }
@@ -440,7 +453,8 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
   /// waits in a suspended `Mailbox.send` (admitted exactly when the consumer makes room) with reading
   /// paused, so the senders' TCP windows and then their queues fill up: back-pressure, nothing dropped.
   private func deliverBatch() {
-    guard !batch.isEmpty else { return }
+    guard batchCount > 0 else { return }
+    batchCount = 0
     if let handler = sink.directDelivery.withLock({ $0 }) {
       handler.call(batch)
       batch.removeAll(keepingCapacity: batch.capacity <= Self.maxBatch)

@@ -278,20 +278,40 @@ final class LinkQueue: Sendable {
   /// link) until about `budget` bytes, and clears the wake-up flag; returns the frames and bytes taken. The loop
   /// calls it when its write buffer is empty: when nothing is left to take, senders may write to the socket
   /// themselves again.
+  ///
+  /// On a link without a sealer the frames are only moved out under the lock and copied into `batch` after it,
+  /// so that senders queueing meanwhile do not wait for the copy (the loop holds the writer's role by then, so
+  /// no sender writes to the socket before these bytes).
   func take(into batch: inout WriteBatch, budget: Int) -> (frames: Int, bytes: Int) {
-    state.withLock { s in
+    var moved: [[UInt8]] = []
+    let start = batch.count
+    let frames = state.withLock { s -> Int in
       s.scheduled = false
       // A writing sender takes what is queued when its write is done, or wakes the loop again.
-      if s.senderWriting { return (0, 0) }
-      let start = batch.count
+      if s.senderWriting { return 0 }
       batch.append(s.remainder, range: 0..<s.remainder.count)
       s.remainder = []
-      let frames = Self.take(from: &s, into: &batch, budget: budget)
-      let bytes = batch.count - start
+      var frames = 0
+      var bytes = batch.count - start
+      if s.socket?.sealer == nil {
+        moved.reserveCapacity(min(s.frames.count, 4096))
+        while let first = s.frames.first, frames == 0 || bytes + first.count <= budget {
+          _ = s.frames.popFirst()
+          s.bytes -= first.count
+          bytes += first.count
+          frames += 1
+          moved.append(first)
+        }
+      } else {
+        frames = Self.take(from: &s, into: &batch, budget: budget)
+        bytes = batch.count - start
+      }
       s.loopWriting = bytes > 0
       if bytes > 0 && quietNanos > 0 { s.lastWriteNanos = monotonicNanos() }
-      return (frames, bytes)
+      return frames
     }
+    for frame in moved { batch.append(frame: frame) }
+    return (frames, batch.count - start)
   }
 
   /// Clears the wake-up flag; returns whether frames are waiting.

@@ -263,8 +263,7 @@ public final class TCPEndpoint<Message: WireCodable & Sendable>: TransportEndpoi
     // Reserve what the previous frame needed, so a stream of similar messages encodes without regrowing.
     let hint = core.encodeHint.load(ordering: .relaxed)
     let frame = TCPFrame.encode(
-      Envelope(from: core.id, to: peer, group: group, payload: message), protocolNumber: core.protocolNumber,
-      reserving: hint)
+      message, from: core.id, to: peer, group: group, protocolNumber: core.protocolNumber, reserving: hint)
     if frame.count > hint || frame.count < hint / 4 { core.encodeHint.store(max(64, frame.count), ordering: .relaxed) }
     let limit = core.environment.options.maxFrameBytes
     if frame.count - TCPFrame.prefixBytes > limit {
@@ -272,7 +271,7 @@ public final class TCPEndpoint<Message: WireCodable & Sendable>: TransportEndpoi
     }
     let outcome = try link.queue.send(frame, peer: peer, writeIfIdle: core.environment.options.writesFromSenders)
     core.environment.metrics.recordSenderWrite(outcome, peerFrame: true)
-    if outcome.needsWake, !core.loop.execute({ link.service() }) { throw .closed }
+    if outcome.needsWake, !core.loop.execute({ link.link.service() }) { throw .closed }
   }
 
   /// Hands peer messages to `handler` on the event loop's thread as each read's frames are decoded, instead of
@@ -390,7 +389,7 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
   let directRequests = Mutex<Handler<TCPRequest, Bool>?>(nil)
   /// Told of each peer whose established link failed (``TCPEndpoint/onPeerLost(_:)``).
   let peerLost = Mutex<Handler<NodeID, Void>?>(nil)
-  private let links = Mutex<[NodeID: OutboundLink]>([:])
+  private let links = Mutex(LinkTable())
   private let closed = Atomic<Bool>(false)
   private let logger: QuorumLogger
   /// The size of the last encoded frame, reserved for the next one.
@@ -433,17 +432,18 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
   func markClosed() -> Bool { !closed.exchange(true, ordering: .acquiringAndReleasing) }
 
   /// The outbound link to `peer`, created on first use.
-  func link(to peer: NodeID) throws(TransportError) -> OutboundLink {
-    try links.withLock { (table: inout [NodeID: OutboundLink]) throws(TransportError) -> OutboundLink in
-      if let link = table[peer] { return link }
+  func link(to peer: NodeID) throws(TransportError) -> LinkHandle {
+    try links.withLock { (table: inout LinkTable) throws(TransportError) -> LinkHandle in
+      if let handle = table[peer] { return handle }
       // Checked under the lock that shutDown() takes, so no link is created after the endpoint closed.
       if closed.load(ordering: .acquiring) { throw .closed }
       guard environment.address(of: peer) != nil else { throw .unknownPeer(peer) }
       let link = OutboundLink(
         from: id, to: peer, loop: loop, protocolNumber: protocolNumber, environment: environment,
         lost: { [weak self] peer in self?.peerLost.withLock { $0 }?.call(peer) })
-      table[peer] = link
-      return link
+      let handle = LinkHandle(link)
+      table.add(handle, for: peer)
+      return handle
     }
   }
 
@@ -578,7 +578,7 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
         handler.connection.checkDeadlines(now: now)
         handler.tick(now: now)
       }
-      for link in links.withLock({ Array($0.values) }) { link.tick(now: now) }
+      for handle in links.withLock({ $0.handles }) { handle.link.tick(now: now) }
       scheduleHousekeeping()
     }
   }
@@ -593,8 +593,8 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
         + "waiting-receiver=\(mailbox.hasWaitingReceiver) closed=\(mailbox.isClosed); loop: \(loop.stateDescription)"
     ]
     for handler in inbound.values { lines.append("  " + handler.stateDescription) }
-    for link in links.withLock({ $0.values.sorted { $0.to.rawValue < $1.to.rawValue } }) {
-      lines.append("  " + link.stateDescription)
+    for handle in links.withLock({ $0.handles.sorted { $0.link.to.rawValue < $1.link.to.rawValue } }) {
+      lines.append("  " + handle.link.stateDescription)
     }
     return lines.joined(separator: "\n")
   }
@@ -618,11 +618,41 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
     for handler in Array(inbound.values) { handler.connection.flushAndClose(.localShutdown) }
     inbound = [:]
     let all = links.withLock { table -> [OutboundLink] in
-      let all = Array(table.values)
-      table = [:]
+      let all = table.handles.map(\.link)
+      table = LinkTable()
       return all
     }
     for link in all { link.shutDown() }
+  }
+}
+
+/// An outbound link and its queue, as the senders find them. A sender retains this, not the link: the link is
+/// a connection's (weak) delegate, so the runtime counts its references out of line, and retaining and releasing
+/// it on every send cost measurably more than this handle's inline count.
+final class LinkHandle: Sendable {
+  let link: OutboundLink
+  let queue: LinkQueue
+
+  init(_ link: OutboundLink) {
+    self.link = link
+    self.queue = link.queue
+  }
+}
+
+/// An endpoint's outbound links, found by a linear search: a node has a link per peer, a handful (at most the
+/// cluster's size), and comparing that many ids costs less than hashing one, which every send did.
+struct LinkTable {
+  private(set) var peers: [NodeID] = []
+  private(set) var handles: [LinkHandle] = []
+
+  subscript(peer: NodeID) -> LinkHandle? {
+    guard let index = peers.firstIndex(of: peer) else { return nil }
+    return handles[index]
+  }
+
+  mutating func add(_ handle: LinkHandle, for peer: NodeID) {
+    peers.append(peer)
+    handles.append(handle)
   }
 }
 

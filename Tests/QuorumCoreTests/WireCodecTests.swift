@@ -166,6 +166,31 @@ struct WireRoundTripTests {
     }
   }
 
+  @Test("decodeEnvelope collects what decode returns, and nothing from a payload that does not end the frame")
+  func decodeEnvelopeAppends() throws {
+    var batch: [Envelope<String>] = [Envelope(from: 9, to: 9, payload: "earlier")]
+    let envelope = Envelope(from: 1, to: 2, group: 3, payload: "payload")
+    let frame = WireEnvelope.encode(envelope, protocolNumber: WireProtocol.raft)
+    var reader = WireReader(frame)
+    let header = try WireEnvelope.decodeHeader(from: &reader)
+    try String.decodeEnvelope(header, payloadFrom: &reader, appendingTo: &batch)
+    #expect(batch.map(\.payload) == ["earlier", "payload"])
+    #expect(batch.last == (try WireEnvelope.decode(String.self, from: frame, expectedProtocol: WireProtocol.raft)))
+
+    // Trailing bytes after the payload: an error, and the batch is unchanged.
+    var trailing = WireReader(frame + [0])
+    let again = try WireEnvelope.decodeHeader(from: &trailing)
+    #expect(throws: WireError.self) { try String.decodeEnvelope(again, payloadFrom: &trailing, appendingTo: &batch) }
+    // A truncated payload: an error inside the payload, and the batch is unchanged.
+    var truncated = WireReader(Array(frame.dropLast()))
+    let header3 = try WireEnvelope.decodeHeader(from: &truncated)
+    let error = #expect(throws: WireError.self) {
+      try String.decodeEnvelope(header3, payloadFrom: &truncated, appendingTo: &batch)
+    }
+    #expect(error?.path.first == "payload")
+    #expect(batch.count == 2)
+  }
+
   @Test("an envelope decodes from a range inside a larger buffer")
   func envelopeInRange() throws {
     let envelope = Envelope(from: 1, to: 2, group: 3, payload: "payload")

@@ -8,6 +8,17 @@ public protocol WireEncodable {
 public protocol WireDecodable {
   /// Reads a value, throwing a ``WireError`` for malformed input.
   init(from reader: inout WireReader) throws(WireError)
+
+  /// Reads the rest of an envelope whose header is `header` — the payload, which must end the input — and
+  /// appends the envelope to `batch`.
+  ///
+  /// A transport's receive path calls this for every frame. Conforming types do not implement it: the default
+  /// is inlinable, so each conforming type's witness is a copy specialised for that type, and a generic caller
+  /// (a transport generic over its message) decodes and collects envelopes without the generic type lookups
+  /// (`swift_getGenericMetadata`) that unspecialised code pays on every use of `Envelope<Message>`.
+  static func decodeEnvelope(
+    _ header: WireEnvelopeHeader, payloadFrom reader: inout WireReader, appendingTo batch: inout [Envelope<Self>]
+  ) throws(WireError)
 }
 
 /// A value with a binary encoding in both directions.
@@ -23,6 +34,16 @@ extension WireEncodable {
 }
 
 extension WireDecodable {
+  @inlinable
+  public static func decodeEnvelope(
+    _ header: WireEnvelopeHeader, payloadFrom reader: inout WireReader, appendingTo batch: inout [Envelope<Self>]
+  ) throws(WireError) {
+    let payload: Self
+    do { payload = try Self(from: &reader) } catch { throw error.inside("payload") }
+    try reader.expectEnd()
+    batch.append(Envelope(from: header.from, to: header.to, group: header.group, payload: payload))
+  }
+
   /// Decodes a value that must occupy all of `bytes`.
   public init(wireBytes bytes: [UInt8], limits: WireLimits = .default) throws(WireError) {
     var reader = WireReader(bytes, limits: limits)

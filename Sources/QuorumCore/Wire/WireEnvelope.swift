@@ -53,13 +53,24 @@ public enum WireEnvelope {
   public static func encode<M: WireEncodable>(
     _ envelope: Envelope<M>, protocolNumber: UInt8, into writer: inout WireWriter
   ) {
+    encode(
+      envelope.payload, from: envelope.from, to: envelope.to, group: envelope.group, protocolNumber: protocolNumber,
+      into: &writer)
+  }
+
+  /// Encodes the envelope of `payload` from `from` to `to` in `group` behind a header for `protocolNumber`,
+  /// without building the ``Envelope`` (a transport generic over its message sends this way: no generic type
+  /// lookup per message).
+  public static func encode<M: WireEncodable>(
+    _ payload: M, from: NodeID, to: NodeID, group: GroupID, protocolNumber: UInt8, into writer: inout WireWriter
+  ) {
     writer.writeFixed32(
       UInt32(WireEnvelopeHeader.magic) | UInt32(WireEnvelopeHeader.currentVersion) << 16
         | UInt32(protocolNumber) << 24)
-    writer.writeVarint(envelope.group.rawValue)
-    writer.writeVarint(envelope.from.rawValue)
-    writer.writeVarint(envelope.to.rawValue)
-    envelope.payload.encode(to: &writer)
+    writer.writeVarint(group.rawValue)
+    writer.writeVarint(from.rawValue)
+    writer.writeVarint(to.rawValue)
+    payload.encode(to: &writer)
   }
 
   /// Encodes `envelope` behind a header for `protocolNumber` into a fresh buffer.
