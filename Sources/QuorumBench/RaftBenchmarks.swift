@@ -19,10 +19,11 @@ enum RaftBenchmarks {
     report.add("raft", "baseline: 4 KiB append + fdatasync p50", fsync, "µs")
 
     let only = ProcessInfo.processInfo.environment["QUORUM_RAFT_ONLY"]
-    if let only, let clients = Int(only) {
-      // Profiling aid: one memory-storage case only.
-      let r = try await puts(clients: clients, storage: .memory, root: root)
-      report.add("raft", "memory: \(clients) clients, puts/s", r.rate, "puts/s")
+    // Profiling aid: one case only, `QUORUM_RAFT_ONLY=256` (memory storage) or `=file:256` (file storage, fsync).
+    if let only, let clients = Int(only.hasPrefix("file:") ? String(only.dropFirst(5)) : only) {
+      let file = only.hasPrefix("file:")
+      let r = try await puts(clients: clients, storage: file ? .file : .memory, root: root)
+      report.add("raft", "\(file ? "file+fsync" : "memory"): \(clients) clients, puts/s", r.rate, "puts/s")
       return
     }
     for clients in [1, 16, 256] {

@@ -222,7 +222,8 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
       {
       case .apply(let position):
         let response = machine.apply(body, context: context)
-        var writer = WireWriter(reservingCapacity: 64)
+        // Remembered until acknowledged, so sized to the response (most are a few bytes), not a round 64.
+        var writer = WireWriter(reservingCapacity: 16)
         response.encode(to: &writer)
         sessions.remember(writer.bytes, of: request, at: index, in: position, policy: policy)
         return .applied(response)

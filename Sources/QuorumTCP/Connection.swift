@@ -331,7 +331,7 @@ final class Connection: LoopHandler {
   /// Bytes queued but not yet written.
   var pendingWriteBytes: Int { writeBatch.count }
 
-  /// Appends one encoded frame (length prefix included) to the write buffer; call ``flush()`` after.
+  /// Appends one encoded frame (length prefix included) to the write batch; call ``flush()`` after.
   func enqueue(_ frame: [UInt8]) {
     guard !isClosed else { return }
     if writeBatch.isEmpty { lastWriteProgress = monotonicNanos() }

@@ -578,7 +578,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     takeReplies()
   }
 
-  /// Moves the queued replies into the (empty) write buffer.
+  /// Moves the queued replies into the (empty) write batch.
   private func takeReplies() {
     guard !connection.isClosed, let route else { return }
     var taken = (frames: 0, bytes: 0)
@@ -586,7 +586,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     if taken.bytes > 0 { repliesTaken(taken.frames) }
   }
 
-  /// `count` replies moved into the write buffer. Replies waiting to be written count against the connection:
+  /// `count` replies moved into the write batch. Replies waiting to be written count against the connection:
   /// past ``TCPTransportOptions/replyPauseBytes`` no more requests are read until they drain, and past
   /// ``TCPTransportOptions/maxReplyBytesPerConnection`` the client is taken to have stopped reading and is
   /// disconnected.

@@ -11,7 +11,7 @@ import Synchronization
 /// a refusal as a lost message and retransmits later.
 ///
 /// ## Writing from the sender
-/// While the link is idle — connected, nothing queued, nothing left in the loop's write buffer, no other
+/// While the link is idle — connected, nothing queued, nothing left in the loop's write batch, no other
 /// sender writing, and no write begun on it for the quiet period (``TCPTransportOptions/senderWriteQuietPeriod``;
 /// a link written to a moment ago is streaming, and its frames are better batched by the loop than written one
 /// system call each) — a sender takes the writer's role and writes its frame to the socket itself instead of
@@ -276,7 +276,7 @@ final class LinkQueue: Sendable {
 
   /// Appends to `buffer` the rest of a sender's partial write, then queued frames (sealed on an authenticated
   /// link) until about `budget` bytes, and clears the wake-up flag; returns the frames and bytes taken. The loop
-  /// calls it when its write buffer is empty: when nothing is left to take, senders may write to the socket
+  /// calls it when its write batch is empty: when nothing is left to take, senders may write to the socket
   /// themselves again.
   ///
   /// On a link without a sealer the frames are only moved out under the lock and copied into `batch` after it,

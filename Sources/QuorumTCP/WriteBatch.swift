@@ -75,28 +75,29 @@ struct WriteBatch {
   /// the call's result (0 or negative) if it wrote nothing; `errno` then says why.
   mutating func write(to fd: Int32) -> Int {
     let end = min(pieces.count, first + Self.maxVectors)
-    var vectors: [iovec] = []
-    vectors.reserveCapacity(end - first)
-    let written = gather(from: first, to: end, into: &vectors, fd: fd)
+    // The I/O vector lives on the stack: no allocation per write.
+    let written = withUnsafeTemporaryAllocation(of: iovec.self, capacity: max(1, end - first)) { vectors in
+      gather(from: first, to: end, into: vectors, filled: 0, fd: fd)
+    }
     if written > 0 { consume(written) }
     return written
   }
 
-  /// Collects the buffers `from..<to` into `vectors` (each pointer valid only inside its own closure, hence the
-  /// recursion: the system call is made innermost, while all of them are), then sends them.
-  private func gather(from index: Int, to end: Int, into vectors: inout [iovec], fd: Int32) -> Int {
-    guard index < end else {
-      return vectors.withUnsafeBufferPointer { v in
-        cq_sendv(fd, v.baseAddress, Int32(v.count))
-      }
-    }
+  /// Fills `vectors` from `filled` on with the buffers `from..<to` (each pointer valid only inside its own
+  /// closure, hence the recursion: the system call is made innermost, while all of them are), then sends them.
+  private func gather(
+    from index: Int, to end: Int, into vectors: UnsafeMutableBufferPointer<iovec>, filled: Int, fd: Int32
+  ) -> Int {
+    guard index < end else { return cq_sendv(fd, vectors.baseAddress, Int32(filled)) }
     let piece = pieces[index]
     return piece.bytes.withUnsafeBytes { raw in
+      var filled = filled
       if let base = raw.baseAddress, piece.end > piece.start {
-        vectors.append(
-          iovec(iov_base: UnsafeMutableRawPointer(mutating: base + piece.start), iov_len: piece.end - piece.start))
+        vectors[filled] = iovec(
+          iov_base: UnsafeMutableRawPointer(mutating: base + piece.start), iov_len: piece.end - piece.start)
+        filled += 1
       }
-      return gather(from: index + 1, to: end, into: &vectors, fd: fd)
+      return gather(from: index + 1, to: end, into: vectors, filled: filled, fd: fd)
     }
   }
 

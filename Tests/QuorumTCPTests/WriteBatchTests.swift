@@ -99,5 +99,38 @@ struct WriteBatchTests {
       intoBatch.append(frame, to: &batch)
     }
     #expect(drain(&batch, writer: writer, reader: reader).bytes == expected)
+    #expect(intoBatch.sequence == intoBuffer.sequence)
+  }
+
+  @Test("frames appended between partial writes follow what was already queued", arguments: [4, 5, 6])
+  func appendsBetweenPartialWrites(seed: UInt64) throws {
+    let (writer, reader) = try socketPair()
+    defer {
+      close(writer)
+      close(reader)
+    }
+    var random = SeededRandom(seed: seed)
+    var batch = WriteBatch()
+    var expected: [UInt8] = []
+    var received: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 3_000)
+    var partial = 0
+    for _ in 0..<400 {
+      for _ in 0..<Int.random(in: 0...3, using: &random) {
+        let size = [3, 700, 4_096, 9_000][Int.random(in: 0..<4, using: &random)]
+        let frame = (0..<size).map { _ in UInt8.random(in: 0...255, using: &random) }
+        batch.append(frame: frame)
+        expected += frame
+      }
+      let before = batch.count
+      let written = batch.write(to: writer)
+      if written > 0 && written < before { partial += 1 }
+      // Read a little, so the socket takes some of the next write but rarely all of it.
+      let n = chunk.withUnsafeMutableBytes { recv(reader, $0.baseAddress, $0.count, 0) }
+      if n > 0 { received.append(contentsOf: chunk[0..<n]) }
+    }
+    received += drain(&batch, writer: writer, reader: reader).bytes
+    #expect(received == expected)
+    #expect(partial > 10, "writes were cut short while more frames were appended (\(partial))")
   }
 }
