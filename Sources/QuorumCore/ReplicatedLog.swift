@@ -88,6 +88,25 @@ public protocol StateMachine: Sendable {
 
   /// Applies a time-only entry: log time moved to `context.timestampMillis`; expire what is due.
   mutating func advanceTime(context: ApplyContext)
+
+  /// Applies the log entry `bytes` at `index` through `replicated` (its sessions, then this machine), as
+  /// ``ReplicatedStateMachine/apply(entry:at:)`` does.
+  ///
+  /// A replica generic over its machine calls this for every committed entry. Machines do not implement it: the
+  /// default is inlinable, so each machine type's witness is the apply path compiled for that type, and the
+  /// replica's generic code pays no generic type lookups (`swift_getGenericMetadata`) inside it.
+  static func applyEntry(
+    _ bytes: [UInt8], at index: UInt64, to replicated: inout ReplicatedStateMachine<Self>
+  ) -> ApplyOutcome<Response>
+}
+
+extension StateMachine {
+  @inlinable
+  public static func applyEntry(
+    _ bytes: [UInt8], at index: UInt64, to replicated: inout ReplicatedStateMachine<Self>
+  ) -> ApplyOutcome<Response> {
+    replicated.apply(entry: bytes, at: index)
+  }
 }
 
 extension StateMachine {

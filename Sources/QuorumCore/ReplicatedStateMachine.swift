@@ -42,7 +42,7 @@ public struct ReplicatedCommand<Command: WireCodable & Sendable>: Sendable, Wire
 
   /// Set in the body's tag when a principal follows it. Entries without a principal encode exactly as before
   /// principals existed, so logs written then still decode, and decode the same.
-  private static var principalFlag: UInt8 { 0x80 }
+  @usableFromInline static var principalFlag: UInt8 { 0x80 }
 
   public func encode(to writer: inout WireWriter) {
     writer.writeVarint(timestampMillis)
@@ -64,6 +64,8 @@ public struct ReplicatedCommand<Command: WireCodable & Sendable>: Sendable, Wire
     if case .command(let command) = body { command.encode(to: &writer) }
   }
 
+  /// Inlinable so that the apply path specialised for a machine decodes its commands specialised too.
+  @inlinable
   public init(from reader: inout WireReader) throws(WireError) {
     timestampMillis = try reader.readVarint()
     request = try reader.readOptional(RequestID.self)
@@ -153,18 +155,23 @@ public struct SessionPolicy: Sendable, Equatable {
 /// number and in bytes.
 public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
   /// The application's state machine.
-  public private(set) var machine: Machine
+  public var machine: Machine { _machine }
   /// The session limits.
   public let policy: SessionPolicy
-  private var sessions = SessionTable()
+  // Internal rather than private, with public getters beside them, so that the inlinable apply path (specialised
+  // for each machine type, see `StateMachine.applyEntry(_:at:to:)`) can change them.
+  @usableFromInline var _machine: Machine
+  @usableFromInline var sessions = SessionTable()
+  @usableFromInline var _logTimeMillis: UInt64 = 0
+  @usableFromInline var _appliedIndex: UInt64 = 0
   /// The newest leader timestamp applied (log time).
-  public private(set) var logTimeMillis: UInt64 = 0
+  public var logTimeMillis: UInt64 { _logTimeMillis }
   /// The index of the last applied entry.
-  public private(set) var appliedIndex: UInt64 = 0
+  public var appliedIndex: UInt64 { _appliedIndex }
 
   /// Wraps `machine`.
   public init(_ machine: Machine, policy: SessionPolicy = SessionPolicy()) {
-    self.machine = machine
+    self._machine = machine
     self.policy = policy
   }
 
@@ -178,11 +185,19 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
   public func rememberedResponseBytes(of session: UInt64) -> Int { sessions.responseBytes(of: session) }
 
   /// Applies the entry at `index` whose payload is an encoded ``ReplicatedCommand``.
+  ///
+  /// Inlinable, as is ``apply(_:at:)``: a replica generic over its machine applies through
+  /// ``StateMachine/applyEntry(_:at:to:)``, whose witness is this code compiled for the concrete machine.
+  @inlinable
   public mutating func apply(entry bytes: [UInt8], at index: UInt64) -> ApplyOutcome<Machine.Response> {
-    appliedIndex = index
+    _appliedIndex = index
     let command: ReplicatedCommand<Machine.Command>
     do {
-      command = try ReplicatedCommand<Machine.Command>(wireBytes: bytes)
+      // Decoded here rather than through `init(wireBytes:)`, which would reach the decoder through the generic
+      // witness: specialised, this calls the decoder compiled for the machine's command type.
+      var reader = WireReader(bytes)
+      command = try ReplicatedCommand<Machine.Command>(from: &reader)
+      try reader.expectEnd()
     } catch {
       return .undecodable(error)
     }
@@ -190,11 +205,13 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
   }
 
   /// Applies a decoded command at `index`.
+  @inlinable
   public mutating func apply(_ command: ReplicatedCommand<Machine.Command>, at index: UInt64) -> ApplyOutcome<
     Machine.Response
   > {
-    appliedIndex = index
-    logTimeMillis = max(logTimeMillis, command.timestampMillis)
+    _appliedIndex = index
+    _logTimeMillis = max(_logTimeMillis, command.timestampMillis)
+    let logTimeMillis = _logTimeMillis
     sessions.expireIdle(now: logTimeMillis, policy: policy)
     let context = ApplyContext(index: index, timestampMillis: logTimeMillis)
     switch command.body {
@@ -204,7 +221,7 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
       }
       return .sessionRegistered(index)
     case .advanceTime:
-      machine.advanceTime(context: context)
+      _machine.advanceTime(context: context)
       return .timeAdvanced
     case .keepAlive:
       guard let request = command.request else { return .keptAlive }
@@ -215,13 +232,13 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
       }
     case .command(let body):
       guard let request = command.request else {
-        return .applied(machine.apply(body, context: context))
+        return .applied(_machine.apply(body, context: context))
       }
       switch sessions.admit(
         request, principal: command.principal, acknowledgedThrough: command.acknowledgedThrough, now: logTimeMillis)
       {
       case .apply(let position):
-        let response = machine.apply(body, context: context)
+        let response = _machine.apply(body, context: context)
         // Remembered until acknowledged, so sized to the response (most are a few bytes), not a round 64.
         var writer = WireWriter(reservingCapacity: 16)
         response.encode(to: &writer)
@@ -246,7 +263,7 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
   public func query(_ query: Machine.Query) -> Machine.QueryResult { machine.query(query) }
 
   /// The notifications the machine produced since the last call.
-  public mutating func takeNotifications() -> [Machine.Notification] { machine.takeNotifications() }
+  public mutating func takeNotifications() -> [Machine.Notification] { _machine.takeNotifications() }
 
   /// The machine's next deadline in log time, if any.
   public var nextDeadlineMillis: UInt64? { machine.nextDeadlineMillis }
@@ -274,14 +291,14 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
     guard (1...Self.snapshotVersion).contains(version) else {
       throw WireError(.unsupportedVersion(UInt8(truncatingIfNeeded: version)), at: 0)
     }
-    logTimeMillis = try r.readVarint()
-    appliedIndex = try r.readVarint()
-    let restored = try SessionTable.read(from: &r, version: version, lastExpiryScan: logTimeMillis) {
+    _logTimeMillis = try r.readVarint()
+    _appliedIndex = try r.readVarint()
+    let restored = try SessionTable.read(from: &r, version: version, lastExpiryScan: _logTimeMillis) {
       (reader: inout WireReader) throws(WireError) in _ = try Machine.Response(from: &reader)
     }
     let machineBytes = try r.readBytes()
     try r.expectEnd()
-    try machine.restore(from: machineBytes)
+    try _machine.restore(from: machineBytes)
     sessions = restored
   }
 }

@@ -4,6 +4,7 @@
 /// table's work on every request (finding the session, dropping acknowledged responses, remembering the new
 /// one) runs as code compiled for these types, not through the runtime's generic metadata, whatever machine
 /// the replica runs; only a duplicate decodes its remembered response.
+@usableFromInline
 struct SessionTable: Sendable {
   /// A response remembered for a request applied but not yet acknowledged.
   struct Remembered: Sendable {
@@ -24,6 +25,7 @@ struct SessionTable: Sendable {
     }
   }
 
+  @usableFromInline
   struct Session: Sendable {
     /// The principal that registered the session (`nil`: none was authenticated).
     var owner: String?
@@ -130,6 +132,7 @@ struct SessionTable: Sendable {
   }
 
   /// What the table says about a request before the machine sees it.
+  @usableFromInline
   enum Admission {
     /// Apply it, then ``remember(_:of:at:in:policy:)`` its response in the session at this position.
     case apply(Dictionary<UInt64, Session>.Index)
@@ -153,6 +156,7 @@ struct SessionTable: Sendable {
   func responseBytes(of session: UInt64) -> Int { sessions[session]?.responseBytes ?? 0 }
 
   /// Opens session `id` for `owner`, or says why not.
+  @usableFromInline
   mutating func register(_ id: UInt64, owner: String?, now: UInt64, policy: SessionPolicy) -> Bool {
     if let owner, count(of: owner) >= policy.maxSessionsPerPrincipal { return false }
     if sessions.count >= policy.maxSessions, let oldest = sessions.min(by: Self.lessActive)?.key {
@@ -164,6 +168,7 @@ struct SessionTable: Sendable {
   }
 
   /// Keeps `request`'s session alive, or says why not.
+  @usableFromInline
   mutating func keepAlive(_ session: UInt64, principal: String?, now: UInt64) -> Admission? {
     guard sessions[session] != nil else { return .expired }
     guard sessions[session]?.owner == principal else { return .notOwned }
@@ -176,6 +181,7 @@ struct SessionTable: Sendable {
   /// out of the table and put back, nor copied. With ``Admission/apply(_:)``, pass the index to
   /// ``remember(_:of:at:in:policy:)`` once the machine has applied the request (nothing else may change the
   /// table in between).
+  @usableFromInline
   mutating func admit(
     _ request: RequestID, principal: String?, acknowledgedThrough: UInt64, now: UInt64
   ) -> Admission {
@@ -187,6 +193,7 @@ struct SessionTable: Sendable {
 
   /// Remembers `encoded` as the response to `request`, in the session ``admit(_:principal:acknowledgedThrough:now:)``
   /// found at `position`, within the per-session bounds.
+  @usableFromInline
   mutating func remember(
     _ encoded: [UInt8], of request: RequestID, at index: UInt64, in position: Dictionary<UInt64, Session>.Index,
     policy: SessionPolicy
@@ -207,6 +214,7 @@ struct SessionTable: Sendable {
   }
 
   /// Expires the sessions idle for longer than the policy's timeout at log time `now`.
+  @usableFromInline
   mutating func expireIdle(now: UInt64, policy: SessionPolicy) {
     // Scan at most every tenth of the timeout: the table can be large and most entries expire nothing. Scans
     // happen at the first entry of each period of log time, so they depend only on the entries' timestamps:

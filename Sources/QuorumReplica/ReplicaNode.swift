@@ -754,7 +754,8 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       appliedBytesSinceSnapshot &+= entry.data.count
       var outcome: ApplyOutcome<Machine.Response>?
       if entry.isCommand {
-        outcome = machine.apply(entry: entry.data, at: entry.index)
+        // Through the machine type's own witness: the apply path compiled for that type, not generic code.
+        outcome = Machine.applyEntry(entry.data, at: entry.index, to: &machine)
         if case .undecodable(let error)? = outcome {
           logger.error("could not decode the entry at \(entry.index): \(error)")
         }

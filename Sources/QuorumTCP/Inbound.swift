@@ -255,7 +255,9 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     switch phase {
     case .awaitingHandshake: return .close(.localShutdown)  // handled above
     case .peer(let node):
-      lastHeard = connection.lastReceived  // when this read began: no clock read per frame
+      // When the read that brought the frame began: no clock read per frame. Never backwards: frames left over
+      // from before a pause are parsed when reading resumes, after a tick has moved `lastHeard` past that read.
+      lastHeard = max(lastHeard, connection.lastReceived)
       framesReceived &+= 1
       if LinkControl.isControl(bytes, body) { return control(bytes, body) }
       return peerFrame(bytes, body, from: node)
@@ -437,6 +439,8 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
       try Sink.Message.decodeEnvelope(header, payloadFrom: &reader, appendingTo: &batch)
       batchCount += 1
     } catch {
+      // A message type's own decodeEnvelope that appended before it threw must not get its envelope delivered.
+      if batch.count > batchCount { batch.removeLast(batch.count - batchCount) }
       if case .unsupportedVersion(let version) = error.kind { return .close(.unsupportedVersion(version)) }
       return .close(.malformedFrame(logSafe("\(error)")))
     }

@@ -294,14 +294,17 @@ final class LinkQueue: Sendable {
       var frames = 0
       var bytes = batch.count - start
       if s.socket?.sealer == nil {
+        // The budget counts the frames alone, as `take(from:into:budget:)` does on a sealed link.
+        var taken = 0
         moved.reserveCapacity(min(s.frames.count, 4096))
-        while let first = s.frames.first, frames == 0 || bytes + first.count <= budget {
+        while let first = s.frames.first, frames == 0 || taken + first.count <= budget {
           _ = s.frames.popFirst()
           s.bytes -= first.count
-          bytes += first.count
+          taken += first.count
           frames += 1
           moved.append(first)
         }
+        bytes += taken
       } else {
         frames = Self.take(from: &s, into: &batch, budget: budget)
         bytes = batch.count - start
