@@ -98,6 +98,16 @@ public protocol StateMachine: Sendable {
   static func applyEntry(
     _ bytes: [UInt8], at index: UInt64, to replicated: inout ReplicatedStateMachine<Self>
   ) -> ApplyOutcome<Response>
+
+  /// The log entry for a client's `command`: the encoded ``ReplicatedCommand`` carrying it with the leader's
+  /// timestamp and the request's session information.
+  ///
+  /// As ``applyEntry(_:at:to:)``, a requirement only so that its witness is compiled for the conforming type:
+  /// machines do not implement it.
+  static func encodeEntry(
+    _ command: Command, timestampMillis: UInt64, request: RequestID?, acknowledgedThrough: UInt64,
+    principal: String?
+  ) -> [UInt8]
 }
 
 extension StateMachine {
@@ -106,6 +116,19 @@ extension StateMachine {
     _ bytes: [UInt8], at index: UInt64, to replicated: inout ReplicatedStateMachine<Self>
   ) -> ApplyOutcome<Response> {
     replicated.apply(entry: bytes, at: index)
+  }
+
+  @inlinable
+  public static func encodeEntry(
+    _ command: Command, timestampMillis: UInt64, request: RequestID?, acknowledgedThrough: UInt64,
+    principal: String?
+  ) -> [UInt8] {
+    let replicated = ReplicatedCommand(
+      timestampMillis: timestampMillis, request: request, acknowledgedThrough: acknowledgedThrough,
+      principal: principal, body: .command(command))
+    var writer = WireWriter(reservingCapacity: 128)
+    replicated.encode(to: &writer)
+    return writer.bytes
   }
 }
 

@@ -29,6 +29,7 @@ public struct ReplicatedCommand<Command: WireCodable & Sendable>: Sendable, Wire
   public var body: Body
 
   /// Creates a replicated command.
+  @inlinable
   public init(
     timestampMillis: UInt64, request: RequestID? = nil, acknowledgedThrough: UInt64 = 0, principal: String? = nil,
     body: Body
@@ -44,6 +45,7 @@ public struct ReplicatedCommand<Command: WireCodable & Sendable>: Sendable, Wire
   /// principals existed, so logs written then still decode, and decode the same.
   @usableFromInline static var principalFlag: UInt8 { 0x80 }
 
+  @inlinable
   public func encode(to writer: inout WireWriter) {
     writer.writeVarint(timestampMillis)
     writer.writeOptional(request)

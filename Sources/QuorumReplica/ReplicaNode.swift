@@ -441,15 +441,16 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     case .peerLost(let peer):
       engine?.peerLost(peer)
     case .propose(let proposal, let continuation):
-      let replicated = ReplicatedCommand(
-        timestampMillis: logClock.stamp(now: now, applied: machine.logTimeMillis), request: proposal.request,
-        acknowledgedThrough: proposal.acknowledged, principal: proposal.principal, body: .command(proposal.command))
-      propose(proposal.id, replicated, .response(continuation), now: now)
+      // Encoded by the machine type's own witness: code compiled for its command type, not generic code.
+      let entry = Machine.encodeEntry(
+        proposal.command, timestampMillis: logClock.stamp(now: now, applied: machine.logTimeMillis),
+        request: proposal.request, acknowledgedThrough: proposal.acknowledged, principal: proposal.principal)
+      propose(proposal.id, entry, .response(continuation), now: now)
     case .register(let requestID, let principal, let continuation):
       let replicated = ReplicatedCommand<Machine.Command>(
         timestampMillis: logClock.stamp(now: now, applied: machine.logTimeMillis), principal: principal,
         body: .registerSession)
-      propose(requestID, replicated, .session(continuation), now: now)
+      propose(requestID, replicated.wireBytes(reservingCapacity: 128), .session(continuation), now: now)
     case .read(let requestID, let query, let consistency, let atLeast, let continuation):
       read(requestID, query, consistency, atLeast: atLeast, continuation, now: now)
     case .membership(let requestID, let change, let continuation):
@@ -493,14 +494,12 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     proposalIndexByID[requestID] = ticket.index
   }
 
-  private func propose(
-    _ requestID: UInt64, _ command: ReplicatedCommand<Machine.Command>, _ waiter: Waiter, now: UInt64
-  ) {
+  /// Proposes the encoded ``QuorumCore/ReplicatedCommand`` `bytes`; `waiter` learns the outcome.
+  private func propose(_ requestID: UInt64, _ bytes: [UInt8], _ waiter: Waiter, now: UInt64) {
     guard pendingCount < configuration.maxPendingRequests else {
       waiter.fail(ConsensusError.overloaded(limit: configuration.maxPendingRequests))
       return
     }
-    let bytes = command.wireBytes(reservingCapacity: 128)
     guard bytes.count <= configuration.maxCommandBytes else {
       waiter.fail(ConsensusError.commandTooLarge(bytes: bytes.count, limit: configuration.maxCommandBytes))
       return
