@@ -407,45 +407,12 @@ final class GroupCluster: @unchecked Sendable {
   static var fsync: String { ProcessInfo.processInfo.environment["QUORUM_HOST_FSYNC"] ?? "always" }
 
   static func start(root: String, groups: [GroupLine]) async throws -> GroupCluster {
-    try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-    let executable = try BenchCluster.executable()
-    let file = "\(root)/cluster.json"
-    func write(_ members: [String: String]) throws {
-      let object: [String: Any] = [
-        "cluster": "bench", "members": members,
-        "groups": groups.map { ["name": $0.name, "id": $0.id, "engine": $0.engine.rawValue, "services": ["kv"]] },
-      ]
-      try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: file), options: .atomic)
-    }
-    try write(["n1": "127.0.0.1:0", "n2": "127.0.0.1:0", "n3": "127.0.0.1:0"])
-    var processes: [Process] = []
-    var outputs: [Pipe] = []
-    for id in 1...3 {
-      let process = Process()
-      process.executableURL = URL(fileURLWithPath: executable)
-      process.arguments = [
-        "serve", "--id", "n\(id)", "--listen", "127.0.0.1:0", "--cluster-file", file, "--data", "\(root)/n\(id)",
-        "--fsync", fsync, "--log-level", "error", "--insecure",
-      ]
-      let pipe = Pipe()
-      process.standardOutput = pipe
-      try process.run()
-      processes.append(process)
-      outputs.append(pipe)
-    }
-    var addresses: [TCPAddress] = []
-    for pipe in outputs {
-      let line = String(decoding: pipe.fileHandleForReading.availableData, as: UTF8.self)
-      guard let range = line.range(of: "listening on "),
-        let address = TCPAddress(String(line[range.upperBound...].prefix { $0 != " " }))
-      else {
-        for process in processes { process.terminate() }
-        throw BenchFailure("a member did not report its address: \(line)")
-      }
-      addresses.append(address)
-    }
-    try write(
-      Dictionary(uniqueKeysWithValues: addresses.enumerated().map { ("n\($0.offset + 1)", $0.element.description) }))
+    let (processes, addresses) = try BenchCluster.launch(
+      root: root,
+      fields: [
+        "groups": groups.map { ["name": $0.name, "id": $0.id, "engine": $0.engine.rawValue, "services": ["kv"]] }
+      ],
+      fsync: fsync, security: ["--insecure"])
     let cluster = GroupCluster(processes: processes, addresses: addresses, groups: groups)
     try await cluster.waitForLeaders()
     return cluster

@@ -383,15 +383,20 @@ final class BenchCluster: @unchecked Sendable {
     return path
   }
 
-  static func start(root: String, secrets: BenchSecrets? = nil) async throws -> BenchCluster {
+  /// Starts three `quorum serve` members (`n1`…`n3`) under `root` on loopback ports the system picks, then
+  /// rewrites the cluster file (`root/cluster.json`: the cluster `bench`, its members and `fields`) with the
+  /// addresses they report. Terminates them all if one does not report its address.
+  static func launch(
+    root: String, fields: [String: Any] = [:], fsync: String, security: [String]
+  ) throws -> (processes: [Process], addresses: [TCPAddress]) {
     try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
     let executable = try executable()
-    let security =
-      secrets.map { ["--secret-file", $0.secretFile, "--credentials-file", $0.credentialsFile] } ?? ["--insecure"]
     let file = "\(root)/cluster.json"
     func write(_ members: [String: String]) throws {
-      let data = try JSONSerialization.data(withJSONObject: ["cluster": "bench", "members": members])
-      try data.write(to: URL(fileURLWithPath: file), options: .atomic)
+      var object = fields
+      object["cluster"] = "bench"
+      object["members"] = members
+      try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: file), options: .atomic)
     }
     try write(["n1": "127.0.0.1:0", "n2": "127.0.0.1:0", "n3": "127.0.0.1:0"])
     var processes: [Process] = []
@@ -402,7 +407,7 @@ final class BenchCluster: @unchecked Sendable {
       process.arguments =
         [
           "serve", "--id", "n\(id)", "--listen", "127.0.0.1:0", "--cluster-file", file, "--data", "\(root)/n\(id)",
-          "--fsync", ProcessInfo.processInfo.environment["QUORUM_TCP_FSYNC"] ?? "always", "--log-level", "error",
+          "--fsync", fsync, "--log-level", "error",
         ] + security
       let pipe = Pipe()
       process.standardOutput = pipe
@@ -423,6 +428,14 @@ final class BenchCluster: @unchecked Sendable {
     }
     try write(
       Dictionary(uniqueKeysWithValues: addresses.enumerated().map { ("n\($0.offset + 1)", $0.element.description) }))
+    return (processes, addresses)
+  }
+
+  static func start(root: String, secrets: BenchSecrets? = nil) async throws -> BenchCluster {
+    let (processes, addresses) = try launch(
+      root: root, fsync: ProcessInfo.processInfo.environment["QUORUM_TCP_FSYNC"] ?? "always",
+      security: secrets.map { ["--secret-file", $0.secretFile, "--credentials-file", $0.credentialsFile] }
+        ?? ["--insecure"])
     let cluster = BenchCluster(processes: processes, addresses: addresses, credential: secrets?.credential)
     // Wait for a leader that has committed.
     var probeOptions = HostClientOptions()
