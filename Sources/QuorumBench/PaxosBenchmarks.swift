@@ -165,14 +165,9 @@ enum PaxosBenchmarks {
     let cluster = try RaftBenchmarks.start(
       configuration, storage: kind, root: root, transport: InProcessTransport(inboxCapacity: 1 << 16))
     do {
-      let leader = try await cluster.leader()
-      let value = [UInt8](repeating: 42, count: 100)
-      _ = try await RaftBenchmarks.drive(leader, clients: clients, duration: .milliseconds(300), value: value)
-      let (count, latencies, elapsed) = try await RaftBenchmarks.drive(
-        leader, clients: clients, duration: .seconds(2), value: value)
+      let result = try await RaftBenchmarks.measurePuts(on: try await cluster.leader(), clients: clients)
       try await cluster.stop()
-      return RaftBenchmarks.PutResult(
-        rate: Double(count) / elapsed, p50: percentile(latencies, 0.5), p99: percentile(latencies, 0.99))
+      return result
     } catch {
       try await cluster.stop()
       throw error
@@ -191,14 +186,9 @@ enum PaxosBenchmarks {
     let cluster = try start(
       configuration, storage: kind, root: root, transport: InProcessTransport(inboxCapacity: 1 << 16))
     do {
-      let leader = try await cluster.leader()
-      let value = [UInt8](repeating: 42, count: 100)
-      _ = try await RaftBenchmarks.drive(leader, clients: clients, duration: .milliseconds(300), value: value)
-      let (count, latencies, elapsed) = try await RaftBenchmarks.drive(
-        leader, clients: clients, duration: .seconds(2), value: value)
+      let result = try await RaftBenchmarks.measurePuts(on: try await cluster.leader(), clients: clients)
       try await cluster.stop()
-      return RaftBenchmarks.PutResult(
-        rate: Double(count) / elapsed, p50: percentile(latencies, 0.5), p99: percentile(latencies, 0.99))
+      return result
     } catch {
       try await cluster.stop()
       throw error

@@ -196,12 +196,18 @@ enum RaftBenchmarks {
     }
     let cluster = try start(
       configuration, storage: kind, root: root, transport: InProcessTransport(inboxCapacity: 1 << 16))
-    let leader = try await cluster.leader()
+    let result = try await measurePuts(on: try await cluster.leader(), clients: clients)
+    try await cluster.stop()
+    return result
+  }
+
+  /// The put workload on `leader` (a Raft or Multi-Paxos node): `clients` closed-loop clients putting 100-byte
+  /// values, warmed up for 300 ms, then measured for about two seconds.
+  static func measurePuts<Log: ReplicatedLog>(on leader: Log, clients: Int) async throws -> PutResult
+  where Log.Machine == KVStore {
     let value = [UInt8](repeating: 42, count: 100)
-    // Warm up, then measure for about two seconds.
     _ = try await drive(leader, clients: clients, duration: .milliseconds(300), value: value)
     let (count, latencies, elapsed) = try await drive(leader, clients: clients, duration: .seconds(2), value: value)
-    try await cluster.stop()
     return PutResult(rate: Double(count) / elapsed, p50: percentile(latencies, 0.5), p99: percentile(latencies, 0.99))
   }
 
