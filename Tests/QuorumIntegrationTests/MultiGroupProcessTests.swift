@@ -61,8 +61,7 @@ private enum MultiGroupWorkload {
       cluster: cluster.name, members: cluster.ids.compactMap { cluster.addresses[$0] }, options: Workload.options(),
       seed: UInt64(index + 1), credential: cluster.credential)
     var random = SeededRandom(seed: UInt64(2000 + index))
-    var lastSeen: [String: String] = [:]
-    var completed = 0
+    var operations = RecordedOperations(client: client, index: index, recorder: recorder)
     var n = 0
     while !stop.isSet {
       try? await Task.sleep(for: .milliseconds(2))  // A modest load: the suite shares two cores.
@@ -70,52 +69,22 @@ private enum MultiGroupWorkload {
       let key = plan.shared[Int(random.next() % UInt64(plan.shared.count))]
       let value = "c\(index)-\(n)"
       switch random.next() % 10 {
-      case 0..<3:
-        let op = recorder.invoke(client: index, .put(key: key, value: value))
-        do {
-          try await client.put(key, value)
-          recorder.complete(op, .ok)
-          lastSeen[key] = value
-          completed += 1
-        } catch {
-          recorder.markUnknown(op)
-        }
-      case 3..<6:
-        let op = recorder.invoke(client: index, .get(key: key))
-        do {
-          let read = try await client.get(key).map { String(decoding: $0, as: UTF8.self) }
-          recorder.complete(op, .value(read))
-          lastSeen[key] = read
-          completed += 1
-        } catch {
-          recorder.markFailed(op)
-        }
-      case 6..<8:
-        let expected = lastSeen[key]
-        let op = recorder.invoke(client: index, .compareAndSwap(key: key, expected: expected, new: value))
-        do {
-          let swapped = try await client.compareAndSwap(
-            key, expected: expected.map { Array($0.utf8) }, new: Array(value.utf8)
-          ).swapped
-          recorder.complete(op, .swapped(swapped))
-          if swapped { lastSeen[key] = value }
-          completed += 1
-        } catch {
-          recorder.markUnknown(op)
-        }
+      case 0..<3: await operations.put(key, value)
+      case 3..<6: await operations.get(key)
+      case 6..<8: await operations.compareAndSwap(key, new: value)
       default:
         let fresh = "ack-\(index)-\(n)"
         do {
           try await client.put(fresh, value)
           acknowledged.record(fresh, value)
-          completed += 1
+          operations.completed += 1
         } catch {
           // Not acknowledged: it may or may not be there, and is not checked.
         }
       }
     }
     await client.close()
-    return completed
+    return operations.completed
   }
 }
 

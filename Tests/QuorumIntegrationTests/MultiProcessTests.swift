@@ -32,8 +32,7 @@ enum Workload {
     let client = TCPKVClient(
       cluster: cluster, members: addresses, options: options(), seed: UInt64(index + 1), credential: credential)
     var random = SeededRandom(seed: UInt64(1000 + index))
-    var lastSeen: [String: String] = [:]
-    var completed = 0
+    var operations = RecordedOperations(client: client, index: index, recorder: recorder)
     var n = 0
     while !stop.isSet {
       // A short pause between operations keeps the load (and the history to check) modest: these tests
@@ -43,43 +42,64 @@ enum Workload {
       let key = keys[Int(random.next() % UInt64(keys.count))]
       let value = "c\(index)-\(n)"
       switch random.next() % 10 {
-      case 0..<4:
-        let op = recorder.invoke(client: index, .put(key: key, value: value))
-        do {
-          try await client.put(key, value)
-          recorder.complete(op, .ok)
-          lastSeen[key] = value
-          completed += 1
-        } catch {
-          recorder.markUnknown(op)
-        }
-      case 4..<8:
-        let op = recorder.invoke(client: index, .get(key: key))
-        do {
-          let read = try await client.get(key).map { String(decoding: $0, as: UTF8.self) }
-          recorder.complete(op, .value(read))
-          lastSeen[key] = read
-          completed += 1
-        } catch {
-          recorder.markFailed(op)
-        }
-      default:
-        let expected = lastSeen[key]
-        let op = recorder.invoke(client: index, .compareAndSwap(key: key, expected: expected, new: value))
-        do {
-          let swapped = try await client.compareAndSwap(
-            key, expected: expected.map { Array($0.utf8) }, new: Array(value.utf8)
-          ).swapped
-          recorder.complete(op, .swapped(swapped))
-          if swapped { lastSeen[key] = value }
-          completed += 1
-        } catch {
-          recorder.markUnknown(op)
-        }
+      case 0..<4: await operations.put(key, value)
+      case 4..<8: await operations.get(key)
+      default: await operations.compareAndSwap(key, new: value)
       }
     }
     await client.close()
-    return completed
+    return operations.completed
+  }
+}
+
+/// One client's puts, linearizable gets and compare-and-swaps, each recorded for the linearizability checker:
+/// a failed get as failed, a failed put or compare-and-swap as unknown (it may have taken effect).
+struct RecordedOperations {
+  let client: TCPKVClient
+  let index: Int
+  let recorder: KVHistoryRecorder
+  /// The value this client last wrote or read at each key: what its compare-and-swaps expect.
+  var lastSeen: [String: String] = [:]
+  /// How many operations completed with an answer.
+  var completed = 0
+
+  mutating func put(_ key: String, _ value: String) async {
+    let op = recorder.invoke(client: index, .put(key: key, value: value))
+    do {
+      try await client.put(key, value)
+      recorder.complete(op, .ok)
+      lastSeen[key] = value
+      completed += 1
+    } catch {
+      recorder.markUnknown(op)
+    }
+  }
+
+  mutating func get(_ key: String) async {
+    let op = recorder.invoke(client: index, .get(key: key))
+    do {
+      let read = try await client.get(key).map { String(decoding: $0, as: UTF8.self) }
+      recorder.complete(op, .value(read))
+      lastSeen[key] = read
+      completed += 1
+    } catch {
+      recorder.markFailed(op)
+    }
+  }
+
+  mutating func compareAndSwap(_ key: String, new value: String) async {
+    let expected = lastSeen[key]
+    let op = recorder.invoke(client: index, .compareAndSwap(key: key, expected: expected, new: value))
+    do {
+      let swapped = try await client.compareAndSwap(
+        key, expected: expected.map { Array($0.utf8) }, new: Array(value.utf8)
+      ).swapped
+      recorder.complete(op, .swapped(swapped))
+      if swapped { lastSeen[key] = value }
+      completed += 1
+    } catch {
+      recorder.markUnknown(op)
+    }
   }
 }
 
