@@ -441,6 +441,10 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     case .peerLost(let peer):
       engine?.peerLost(peer)
     case .propose(let proposal, let continuation):
+      guard pendingCount < configuration.maxPendingRequests else {  // before the work of encoding it
+        continuation.resume(throwing: ConsensusError.overloaded(limit: configuration.maxPendingRequests))
+        return
+      }
       // Encoded by the machine type's own witness: code compiled for its command type, not generic code.
       let entry = Machine.encodeEntry(
         proposal.command, timestampMillis: logClock.stamp(now: now, applied: machine.logTimeMillis),

@@ -21,11 +21,43 @@ struct LinkQueueStressTests {
     return TCPFrame.frame(body)
   }
 
+  /// What one run saw.
+  struct Outcome: Sendable {
+    var failures: [String] = []
+    var next: [UInt64] = []
+    var done = 0
+    var bySenders = 0
+    var byLoop = 0
+    var cutShort = 0
+  }
+
   @Test(
     "unsealed frames from 4 senders, written by them and by the loop, keep each sender's order", arguments: [0, 1, 2])
-  func ordering(round: Int) throws {
+  func ordering(round: Int) async throws {
+    // Every thread of the run spins while it waits, so none of them is one of the pool's: the test only awaits.
+    let outcome = try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Outcome, any Error>) in
+      DispatchQueue(label: "link-queue-stress-reader").async {
+        continuation.resume(with: Result { try Self.run(round: round) })
+      }
+    }
+    let senders = outcome.next.count
+    #expect(outcome.failures == [], "next=\(outcome.next) done=\(outcome.done)")
+    #expect(outcome.done == senders, "next=\(outcome.next)")
+    // Every frame was written once, by its sender or by the loop (which of them varies with the scheduling; a
+    // frame cut short counts as its sender's, and the loop writes the rest of it as bytes, not as a frame).
+    #expect(
+      outcome.bySenders + outcome.byLoop == senders * Int(Self.perSender),
+      "senders \(outcome.bySenders), loop \(outcome.byLoop), cut short \(outcome.cutShort)")
+  }
+
+  static let perSender: UInt64 = 2000
+
+  /// Runs senders, a loop and a reader (this thread) over one link queue; returns what the reader saw.
+  static func run(round: Int) throws -> Outcome {
     var fds: [Int32] = [0, 0]
-    try #require(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+    guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0 else {
+      throw TCPTransportError.system(operation: "socketpair", address: nil, errno: errno)
+    }
     for fd in fds { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
     var small: Int32 = Int32(16384 << round)
     _ = setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &small, socklen_t(MemoryLayout<Int32>.size))
@@ -34,7 +66,6 @@ struct LinkQueueStressTests {
     queue.attach(fd: fds[0], sealer: nil)
     let writeFD = fds[0]
     let senders = 4
-    let perSender: UInt64 = 2000
     let stop = Atomic<Bool>(false)
     let failures = Mutex<[String]>([])
     let direct = Atomic<Int>(0)
@@ -103,6 +134,11 @@ struct LinkQueueStressTests {
           Int(buffer[offset]) | Int(buffer[offset + 1]) << 8 | Int(buffer[offset + 2]) << 16
           | Int(buffer[offset + 3]) << 24
         guard buffer.count - offset >= 4 + length else { break }
+        guard length >= 9 else {  // Mixed-up bytes: not one of our frames (each has a sender and a sequence).
+          failures.withLock { $0.append("a frame of \(length) bytes") }
+          stop.store(true, ordering: .relaxed)
+          break
+        }
         let body = Array(buffer[(offset + 4)..<(offset + 4 + length)])
         offset += 4 + length
         let sender = Int(body[0])
@@ -130,13 +166,8 @@ struct LinkQueueStressTests {
     loopDone.wait()
     close(fds[0])
     close(fds[1])
-    #expect(failures.withLock { $0 } == [], "next=\(next) done=\(done)")
-    #expect(done == senders, "next=\(next)")
-    // Every frame was written once, by its sender or by the loop (which of them varies with the scheduling; a
-    // frame cut short counts as its sender's, and the loop writes the rest of it as bytes, not as a frame).
-    #expect(
-      direct.load(ordering: .relaxed) + byLoop.load(ordering: .relaxed) == senders * Int(perSender),
-      "senders \(direct.load(ordering: .relaxed)), loop \(byLoop.load(ordering: .relaxed)), cut short \(cut.load(ordering: .relaxed))"
-    )
+    return Outcome(
+      failures: failures.withLock { $0 }, next: next, done: done, bySenders: direct.load(ordering: .relaxed),
+      byLoop: byLoop.load(ordering: .relaxed), cutShort: cut.load(ordering: .relaxed))
   }
 }

@@ -10,7 +10,7 @@ public protocol WireDecodable {
   init(from reader: inout WireReader) throws(WireError)
 
   /// Reads the rest of an envelope whose header is `header` — the payload, which must end the input — and
-  /// appends the envelope to `batch`. Appends nothing if it throws.
+  /// appends the envelope to `batch`: exactly one envelope, or nothing if it throws.
   ///
   /// A transport's receive path calls this for every frame. Conforming types do not implement it: the default
   /// is inlinable, so each conforming type's witness is a copy specialised for that type, and a generic caller
