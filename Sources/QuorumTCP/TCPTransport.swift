@@ -389,7 +389,7 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
   let directRequests = Mutex<Handler<TCPRequest, Bool>?>(nil)
   /// Told of each peer whose established link failed (``TCPEndpoint/onPeerLost(_:)``).
   let peerLost = Mutex<Handler<NodeID, Void>?>(nil)
-  private let links = Mutex(LinkTable())
+  private let links = Mutex(LinkTable<LinkHandle>())
   private let closed = Atomic<Bool>(false)
   private let logger: QuorumLogger
   /// The size of the last encoded frame, reserved for the next one.
@@ -433,7 +433,7 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
 
   /// The outbound link to `peer`, created on first use.
   func link(to peer: NodeID) throws(TransportError) -> LinkHandle {
-    try links.withLock { (table: inout LinkTable) throws(TransportError) -> LinkHandle in
+    try links.withLock { (table: inout LinkTable<LinkHandle>) throws(TransportError) -> LinkHandle in
       if let handle = table[peer] { return handle }
       // Checked under the lock that shutDown() takes, so no link is created after the endpoint closed.
       if closed.load(ordering: .acquiring) { throw .closed }
@@ -619,7 +619,7 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
     inbound = [:]
     let all = links.withLock { table -> [OutboundLink] in
       let all = table.handles.map(\.link)
-      table = LinkTable()
+      table = LinkTable<LinkHandle>()
       return all
     }
     for link in all { link.shutDown() }
@@ -639,20 +639,35 @@ final class LinkHandle: Sendable {
   }
 }
 
-/// An endpoint's outbound links, found by a linear search: a node has a link per peer, a handful (at most the
-/// cluster's size), and comparing that many ids costs less than hashing one, which every send did.
-struct LinkTable {
-  private(set) var peers: [NodeID] = []
-  private(set) var handles: [LinkHandle] = []
+/// An endpoint's outbound links (or any values) by peer. Up to ``linearLimit`` of them are found by a linear
+/// search: a node has a link per peer, usually a handful, and comparing that many ids costs less than hashing one,
+/// which every send did. Past that (a large cluster) a dictionary of positions takes over.
+struct LinkTable<Value> {
+  /// The most entries searched linearly.
+  static var linearLimit: Int { 16 }
 
-  subscript(peer: NodeID) -> LinkHandle? {
-    guard let index = peers.firstIndex(of: peer) else { return nil }
-    return handles[index]
+  private(set) var peers: [NodeID] = []
+  private(set) var handles: [Value] = []
+  /// Each peer's position, kept once there are more than ``linearLimit`` entries.
+  private var positions: [NodeID: Int] = [:]
+
+  subscript(peer: NodeID) -> Value? {
+    if peers.count <= Self.linearLimit {
+      guard let index = peers.firstIndex(of: peer) else { return nil }
+      return handles[index]
+    }
+    return positions[peer].map { handles[$0] }
   }
 
-  mutating func add(_ handle: LinkHandle, for peer: NodeID) {
+  /// Adds `handle` for `peer`, which has none yet.
+  mutating func add(_ handle: Value, for peer: NodeID) {
     peers.append(peer)
     handles.append(handle)
+    if peers.count == Self.linearLimit + 1 {
+      for (index, known) in peers.enumerated() { positions[known] = index }
+    } else if peers.count > Self.linearLimit + 1 {
+      positions[peer] = peers.count - 1
+    }
   }
 }
 
