@@ -285,6 +285,19 @@ enum HostBenchmarks {
       results[count, default: []].append(result)
       cluster.stop()
     }
+    // What the syncs of `count` logs on this one disk cost against one log that carries all their writes: each
+    // group of a process writes and syncs a log of its own today.
+    for count in counts where count > 1 {
+      let share = 4096
+      let separate = try RaftBenchmarks.contendedFsyncBaseline(
+        root: root, writers: count, durableOf: count, blockBytes: share, preallocated: true)
+      let shared = try RaftBenchmarks.preallocatedFsync(root: root, blockBytes: count * share)
+      report.add(
+        "host", "baseline: \(count) logs, 4 KiB + fdatasync each at once, all durable p50", separate, "µs",
+        note: String(
+          format: "one log with the %d writes in one, synced once: %.0f µs (%.1f× less)", count, shared,
+          separate / shared))
+    }
     let base = mean(results[first] ?? [], \.rate)
     for count in counts {
       let runs = results[count] ?? []

@@ -90,7 +90,13 @@ enum RaftBenchmarks {
   /// append 4 KiB and `fdatasync` their own files at the same moment, round after round; returns the p50 time
   /// until the second of them is durable (a majority of three). On separate disks this would be
   /// ``fsyncBaseline(root:)``; on one disk the syncs queue behind each other's device flushes.
-  static func contendedFsyncBaseline(root: String, writers: Int = 3, rounds: Int = 200) throws -> Double {
+  ///
+  /// With `durableOf` it returns the time until that many are durable instead, with `blockBytes` per append, in
+  /// files first filled with zeros when `preallocated` (as the log's segments are).
+  static func contendedFsyncBaseline(
+    root: String, writers: Int = 3, rounds: Int = 200, durableOf: Int = 2, blockBytes: Int = 4096,
+    preallocated: Bool = false
+  ) throws -> Double {
     final class Writer: @unchecked Sendable {
       // Safety of @unchecked Sendable: `file` is used only by the writer's own thread, between the semaphores
       // that order it with the measuring thread; `finished` is written there and read after `done` is signalled.
@@ -100,11 +106,14 @@ enum RaftBenchmarks {
       init(_ file: StorageBenchmarks.RawSyncFile) { self.file = file }
     }
     let writersList = try (0..<writers).map {
-      Writer(try StorageBenchmarks.RawSyncFile("\(root)/fsync-contended-\($0)", preallocatedBytes: 0))
+      Writer(
+        try StorageBenchmarks.RawSyncFile(
+          "\(root)/fsync-contended-\($0)", preallocatedBytes: preallocated ? Self.roundUpToMiB(rounds * blockBytes) : 0)
+      )
     }
     defer { for writer in writersList { writer.file.close() } }
     let done = DispatchSemaphore(value: 0)
-    let block = [UInt8](repeating: 7, count: 4096)
+    let block = [UInt8](repeating: 7, count: blockBytes)
     for writer in writersList {
       Thread {
         for _ in 0..<rounds {
@@ -121,10 +130,25 @@ enum RaftBenchmarks {
       for writer in writersList { writer.go.signal() }
       for _ in writersList { done.wait() }
       let finishes = writersList.map(\.finished).sorted()
-      samples.append(Double(finishes[min(1, finishes.count - 1)] - start) / 1000)
+      samples.append(Double(finishes[min(max(1, durableOf) - 1, finishes.count - 1)] - start) / 1000)
     }
     return percentile(samples, 0.5)
   }
+
+  /// The p50 time to append `blockBytes` to one zero-filled file and `fdatasync` it, over `rounds` appends: what
+  /// one log shared by many writers would pay per turn for their writes together.
+  static func preallocatedFsync(root: String, blockBytes: Int, rounds: Int = 200) throws -> Double {
+    let file = try StorageBenchmarks.RawSyncFile(
+      "\(root)/fsync-shared", preallocatedBytes: roundUpToMiB(rounds * blockBytes))
+    defer { file.close() }
+    let block = [UInt8](repeating: 7, count: blockBytes)
+    var samples: [Double] = []
+    for _ in 0..<rounds { samples.append(try file.appendAndSync(block)) }
+    return percentile(samples, 0.5)
+  }
+
+  /// `bytes` rounded up to whole MiB, plus one (room for the file's zeros to cover every append).
+  static func roundUpToMiB(_ bytes: Int) -> Int { ((bytes >> 20) + 2) << 20 }
 
   // MARK: Throughput
 
