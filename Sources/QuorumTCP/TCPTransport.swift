@@ -259,7 +259,7 @@ public final class TCPEndpoint<Message: WireCodable & Sendable>: TransportEndpoi
   ///   ``QuorumCore/TransportError/queueFull(peer:capacity:)`` when the peer's queue is full.
   public func send(_ message: Message, to peer: NodeID, group: GroupID) throws(TransportError) {
     if core.isClosed { throw .closed }
-    let link = try core.link(to: peer)
+    let handle = try core.link(to: peer)
     // Reserve what the previous frame needed, so a stream of similar messages encodes without regrowing.
     let hint = core.encodeHint.load(ordering: .relaxed)
     let frame = TCPFrame.encode(
@@ -269,9 +269,9 @@ public final class TCPEndpoint<Message: WireCodable & Sendable>: TransportEndpoi
     if frame.count - TCPFrame.prefixBytes > limit {
       throw .messageTooLarge(bytes: frame.count - TCPFrame.prefixBytes, limit: limit)
     }
-    let outcome = try link.queue.send(frame, peer: peer, writeIfIdle: core.environment.options.writesFromSenders)
+    let outcome = try handle.queue.send(frame, peer: peer, writeIfIdle: core.environment.options.writesFromSenders)
     core.environment.metrics.recordSenderWrite(outcome, peerFrame: true)
-    if outcome.needsWake, !core.loop.execute({ link.link.service() }) { throw .closed }
+    if outcome.needsWake, !core.loop.execute({ handle.link.service() }) { throw .closed }
   }
 
   /// Hands peer messages to `handler` on the event loop's thread as each read's frames are decoded, instead of

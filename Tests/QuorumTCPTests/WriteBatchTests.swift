@@ -20,6 +20,9 @@ struct WriteBatchTests {
     return (fds[0], fds[1])
   }
 
+  /// Closes the descriptors of a pair.
+  func closeAll(_ descriptors: Int32...) { for fd in descriptors { close(fd) } }
+
   /// Writes `batch` to `fd`, reading the other end whenever the socket is full; returns what arrived.
   func drain(_ batch: inout WriteBatch, writer: Int32, reader: Int32) -> (bytes: [UInt8], writes: Int) {
     var received: [UInt8] = []
@@ -49,10 +52,7 @@ struct WriteBatchTests {
   @Test("frames of every size arrive whole and in order, large ones written without a copy", arguments: [1, 2, 3])
   func mixedSizes(seed: UInt64) throws {
     let (writer, reader) = try socketPair()
-    defer {
-      close(writer)
-      close(reader)
-    }
+    defer { closeAll(writer, reader) }
     var random = SeededRandom(seed: seed)
     var batch = WriteBatch()
     var expected: [UInt8] = []
@@ -83,10 +83,7 @@ struct WriteBatchTests {
   @Test("a large frame sealed into a batch is byte for byte the frame sealed into a buffer")
   func sealedLargeFrame() throws {
     let (writer, reader) = try socketPair()
-    defer {
-      close(writer)
-      close(reader)
-    }
+    defer { closeAll(writer, reader) }
     let key = (0..<32).map { UInt8($0) }
     var intoBuffer = FrameSealer(key: key)
     var intoBatch = FrameSealer(key: key)
@@ -105,10 +102,7 @@ struct WriteBatchTests {
   @Test("frames appended between partial writes follow what was already queued", arguments: [4, 5, 6])
   func appendsBetweenPartialWrites(seed: UInt64) throws {
     let (writer, reader) = try socketPair()
-    defer {
-      close(writer)
-      close(reader)
-    }
+    defer { closeAll(writer, reader) }
     var random = SeededRandom(seed: seed)
     var batch = WriteBatch()
     var expected: [UInt8] = []
