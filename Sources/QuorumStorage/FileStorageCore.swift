@@ -422,10 +422,7 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
 
   // MARK: Segments (on `queue`)
 
-  private func segmentPath(_ sequence: UInt64) -> String {
-    let digits = String(sequence)
-    return walDirectory + "/" + String(repeating: "0", count: max(0, 20 - digits.count)) + digits + ".wal"
-  }
+  private func segmentPath(_ sequence: UInt64) -> String { WALFiles.segmentPath(walDirectory, sequence) }
 
   /// The records every segment starts with: its header, then the state that deleting older segments must
   /// not lose (hard state, compaction point), then `reset` if given.
@@ -535,7 +532,7 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
       position.didReset(to: snapshot.index)
       try deleteSegments { $0.sequence < discardBefore }
     }
-    pruneSnapshots()
+    SnapshotFile.prune(snapshotDirectory, logger: logger)
   }
 
   /// Renames a snapshot written by ``saveSnapshotKeepingLog(_:)`` into place. A snapshot older than the
@@ -552,19 +549,7 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
     }
     try SnapshotFile.publish(temporary, index: index, directory: snapshotDirectory, sync: syncsStructure)
     position.snapshotIndex = index
-    pruneSnapshots()
-  }
-
-  /// Keeps the newest two snapshot files. A failure only leaves an extra file behind, so it is logged.
-  private func pruneSnapshots() {
-    do throws(StorageError) {
-      let indexes = try FileSystem.list(snapshotDirectory).compactMap { SnapshotFile.index(inFileName: $0) }
-      for index in indexes.sorted(by: >).dropFirst(2) {
-        try FileSystem.remove(snapshotDirectory + "/" + SnapshotFile.fileName(index: index))
-      }
-    } catch {
-      logger.warning("could not delete an old snapshot", ["error": "\(error)"])
-    }
+    SnapshotFile.prune(snapshotDirectory, logger: logger)
   }
 
   /// Discards entries up to `index` (see ``FileStorage/compact(through:)``).
@@ -592,26 +577,7 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
 
   private func lockDirectory() throws(StorageError) {
     if lockFile != nil { return }
-    let path = directory + "/LOCK"
-    let file = try PosixFile.open(path, flags: O_RDWR | O_CREAT)
-    // A flock belongs to the open file description, which a child process shares from the moment it is forked
-    // until it execs (O_CLOEXEC closes it only then). So a process that spawns a child just as a previous
-    // instance closes the directory can hold the lock for a moment after the close: try again for a little
-    // while before calling the directory locked.
-    var attempts = 0
-    while flock(file.fd, LOCK_EX | LOCK_NB) != 0 {
-      let code = errno
-      if code == EINTR { continue }
-      if code == EWOULDBLOCK && attempts < 20 {
-        attempts += 1
-        usleep(5_000)  // On the storage's own queue, never the cooperative pool; at most 100 ms in all.
-        continue
-      }
-      file.close()
-      if code == EWOULDBLOCK { throw .directoryLocked(path: directory) }
-      throw ioError("flock", path, code)
-    }
-    lockFile = file
+    lockFile = try WALFiles.lockDirectory(directory)
   }
 
   /// Removes temporary files a crash may have left.
@@ -627,41 +593,6 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
     }
   }
 
-  /// The newest valid snapshot, and the damaged newer ones passed over ("path: reason").
-  private func loadSnapshot() throws(StorageError) -> (SnapshotFile.Loaded?, [(path: String, reason: String)]) {
-    let indexes = try FileSystem.list(snapshotDirectory).compactMap { SnapshotFile.index(inFileName: $0) }
-    var rejected: [(path: String, reason: String)] = []
-    for index in indexes.sorted(by: >) {
-      let path = snapshotDirectory + "/" + SnapshotFile.fileName(index: index)
-      do throws(StorageError) {
-        return (try SnapshotFile.read(path, expectedIndex: index), rejected)
-      } catch {
-        guard case .corruptSnapshot(_, let reason) = error else { throw error }
-        logger.error("damaged snapshot file", ["file": path, "reason": reason])
-        rejected.append((path, reason))
-      }
-    }
-    return (nil, rejected)
-  }
-
-  /// The sequence numbers of the segment files, ascending; a missing number in between is corruption.
-  private func listSegments() throws(StorageError) -> [UInt64] {
-    var sequences: [UInt64] = []
-    for name in try FileSystem.list(walDirectory) where name.hasSuffix(".wal") {
-      let digits = name.dropLast(4)
-      if !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let sequence = UInt64(digits) {
-        sequences.append(sequence)
-      }
-    }
-    sequences.sort()
-    for (previous, next) in zip(sequences, sequences.dropFirst()) where next != previous + 1 {
-      throw .corruptRecord(
-        file: segmentPath(previous + 1), offset: 0,
-        reason: "segment file missing: found \(segmentPath(previous)) and \(segmentPath(next))")
-    }
-    return sequences
-  }
-
   private func openAndReplay() throws(StorageError) -> RecoveredState<Entry> {
     // Directories created now are made durable in their parents before anything is written in them.
     for path in [directory, walDirectory, snapshotDirectory] {
@@ -672,10 +603,10 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
     try lockDirectory()
     try removeLeftovers()
 
-    let (loaded, rejected) = try loadSnapshot()
+    let (loaded, rejected) = try SnapshotFile.loadNewest(in: snapshotDirectory, logger: logger)
     let snapshotIndex = loaded?.snapshot.index ?? 0
     let discardBefore = loaded?.discardBeforeSegment ?? 0
-    let sequences = try listSegments()
+    let sequences = try WALFiles.listSegments(walDirectory)
 
     var replay = WALReplay<Entry>(
       mode: mode, maxRecordBytes: maxRecordBytes, discardBeforeSegment: discardBefore, logger: logger)
@@ -703,30 +634,9 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
         segment: sequence, path: path, bytes: buffer, length: length, isLast: slot == sequences.count - 1)
     }
 
-    // Entries are only ever discarded once a snapshot covers them, so the compaction point never passes
-    // the snapshot. If it does, the snapshot that covered them is damaged or missing; falling back to an
-    // older one is only sound when the log still holds everything after it.
-    let base = max(snapshotIndex, replay.floor)
-    if replay.floor > snapshotIndex {
-      let newest = rejected.first
-      throw .corruptSnapshot(
-        file: newest?.path ?? snapshotDirectory,
-        reason: (newest.map { "\($0.reason); " } ?? "snapshot missing; ")
-          + "the log was compacted or reset through \(replay.floor) but the newest valid snapshot is "
-          + (loaded.map { "at \($0.snapshot.index)" } ?? "none"))
-    }
-    replay.log.removeThrough(base)
-    if mode == .truncateSuffix, let first = replay.log.firstPosition, first != base + 1 {
-      if let newest = rejected.first {
-        throw .corruptSnapshot(
-          file: newest.path,
-          reason: "\(newest.reason); the log resumes at \(first), so the entries after \(base) are lost")
-      }
-      let (file, offset) = replay.firstEntryLocation ?? (walDirectory, 0)
-      throw .corruptRecord(
-        file: file, offset: offset,
-        reason: "the log starts at entry \(first) but the snapshot/compaction point is \(base)")
-    }
+    try replay.settle(
+      snapshotIndex: snapshotIndex, loaded: loaded?.snapshot, rejected: rejected,
+      snapshotDirectory: snapshotDirectory, logDirectory: walDirectory)
 
     var report = replay.report
     segments = replay.segments.map { Segment(sequence: $0.sequence, maxEntryIndex: $0.maxEntryIndex) }
@@ -750,43 +660,19 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
   }
 
   /// Opens the last segment for appending after repairing a torn tail, or creates the first segment.
-  private func openActiveSegment(tail: WALReplay<Entry>.Tail?, report: inout RecoveryReport) throws(StorageError) {
+  private func openActiveSegment(tail: WALTail?, report: inout RecoveryReport) throws(StorageError) {
     guard let tail else {
       let sequence = segments.last.map { $0.sequence + 1 } ?? 1
       active = try createSegment(sequence, reset: nil)
       segments.append(Segment(sequence: sequence, maxEntryIndex: 0))
       return
     }
-    if let damage = tail.damage {
-      report.truncatedTailBytes = damage.bytes
-      report.truncatedFile = tail.path
-      report.truncatedOffset = tail.validEnd
-      report.truncatedAt = "\(tail.path) at byte \(tail.validEnd)"
-      logger.warning(
-        "truncated a torn write-ahead-log tail",
-        ["file": tail.path, "offset": "\(tail.validEnd)", "bytes": "\(damage.bytes)", "reason": damage.reason])
-    }
-    if tail.validEnd == 0 {
+    guard let file = try WALFiles.repair(tail, sync: syncsStructure, report: &report, logger: logger) else {
       // Not even the segment header survived: start the segment afresh.
-      try FileSystem.remove(tail.path)
       segments.removeLast()
       active = try createSegment(tail.sequence, reset: nil)
       segments.append(Segment(sequence: tail.sequence, maxEntryIndex: 0))
       return
-    }
-    let file = try PosixFile.open(tail.path, flags: O_RDWR)
-    do throws(StorageError) {
-      if let damage = tail.damage {
-        if tail.fileSize > damage.end {
-          try file.writeZeros(tail.validEnd..<damage.end)  // keep the preallocated zeros after it
-        } else {
-          try file.truncate(to: tail.validEnd)
-        }
-        if syncsStructure { try file.dataSync() }
-      }
-    } catch {
-      file.close()
-      throw error
     }
     active = ActiveSegment(file: file, offset: tail.validEnd, headerEnd: tail.headerEnd)
     if preallocation == .zeroFilled { spare?.prepare() }

@@ -13,6 +13,9 @@ enum WALRecordType: UInt8 {
   case floor = 4
   /// Reset point (varint): every entry held so far is dropped; the log continues after this position.
   case reset = 5
+  /// Only in a shared log (``SharedWriteAheadLog``): one group's records, as a group's own log holds them
+  /// (varint group number, then the records).
+  case groupChunk = 6
 }
 
 /// Encoding and decoding of write-ahead-log records (see ``FileStorage`` for the format).
@@ -65,10 +68,15 @@ enum WALFormat {
 
   /// Appends a segment header record.
   static func appendSegmentHeader(sequence: UInt64, mode: LogWriteMode, to writer: inout WireWriter) {
+    appendSegmentHeader(sequence: sequence, magic: segmentMagic, modeByte: modeByte(mode), to: &writer)
+  }
+
+  /// Appends a segment header record with the given magic and mode byte (a shared log writes its own).
+  static func appendSegmentHeader(sequence: UInt64, magic: UInt32, modeByte: UInt8, to writer: inout WireWriter) {
     let start = beginRecord(.segmentHeader, in: &writer)
-    writer.writeFixed32(segmentMagic)
+    writer.writeFixed32(magic)
     writer.writeByte(version)
-    writer.writeByte(modeByte(mode))
+    writer.writeByte(modeByte)
     writer.writeFixed64(sequence)
     finish(start, &writer)
   }

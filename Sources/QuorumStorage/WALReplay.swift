@@ -9,25 +9,9 @@ struct WALReplay<Entry: StorableEntry>: ~Copyable {
     var maxEntryIndex: UInt64
   }
 
-  /// Damage at the end of the last segment, with nothing valid after it.
-  struct Damage {
-    /// One past the last non-zero byte of the file.
-    var end: Int
-    /// The damaged bytes, from the end of the last valid record to ``end``.
-    var bytes: Int
-    /// Why the first damaged record was rejected.
-    var reason: String
-  }
+  typealias Damage = WALDamage
 
-  /// The last segment: where its valid records end, and any damage after them.
-  struct Tail {
-    var sequence: UInt64
-    var path: String
-    var validEnd: Int
-    var headerEnd: Int
-    var fileSize: Int
-    var damage: Damage?
-  }
+  typealias Tail = WALTail
 
   let mode: LogWriteMode
   let maxRecordBytes: Int
@@ -72,68 +56,118 @@ struct WALReplay<Entry: StorableEntry>: ~Copyable {
   private mutating func replay(
     _ raw: UnsafeRawBufferPointer, bytes: [UInt8], sequence: UInt64, path: String, isLast: Bool
   ) throws(StorageError) {
-    let lastNonZero = WALFormat.lastNonZeroOffset(raw)
     let discarded = sequence < discardBeforeSegment
     var summary = SegmentSummary(sequence: sequence, maxEntryIndex: 0)
-    var offset = 0
+    var cursor = WALCursor(raw, path: path, isLast: isLast, maxRecordBytes: maxRecordBytes)
     var headerEnd = 0
-    var damage: Damage?
-    scan: while true {
-      switch WALFormat.step(raw, at: offset, lastNonZero: lastNonZero, maxRecordBytes: maxRecordBytes) {
-      case .end:
-        break scan
-      case .bad(let reason):
-        guard isLast else {
-          throw .corruptRecord(file: path, offset: offset, reason: reason + " (not the last segment)")
-        }
-        if let next = WALFormat.nextValidRecord(
-          raw, after: offset, lastNonZero: lastNonZero, maxRecordBytes: maxRecordBytes)
-        {
-          throw .corruptRecord(file: path, offset: offset, reason: reason + "; a valid record follows at byte \(next)")
-        }
-        damage = Damage(end: lastNonZero + 1, bytes: lastNonZero + 1 - offset, reason: reason)
-        break scan
-      case .record(let type, let payload):
-        if offset == 0 {
-          try checkHeader(type: type, payload: payload, bytes: bytes, sequence: sequence, path: path)
-          headerEnd = payload.upperBound
-        } else {
-          switch WALRecordType(rawValue: type) {
-          case .entry:
-            let entry = try Self.decode(bytes, payload, limits: limits, path: path, offset: offset)
-            let index = entry.index
-            summary.maxEntryIndex = max(summary.maxEntryIndex, index)
-            if !discarded {
-              if log.count == 0 { firstEntryLocation = (path, offset) }
-              if !log.append(entry, at: index) {
-                throw .corruptRecord(
-                  file: path, offset: offset, reason: "entry \(index) leaves a gap after entry \(log.end)")
-              }
-            }
-          case .hardState:
-            hardState = Array(raw[payload])
-          case .floor:
-            floor = max(floor, try index(payload, bytes: bytes, path: path, offset: offset))
-          case .reset:
-            let point = try index(payload, bytes: bytes, path: path, offset: offset)
-            if !discarded {
-              log.reset(to: point)
-              floor = max(floor, point)
-            }
-          case .segmentHeader:
-            throw .corruptRecord(file: path, offset: offset, reason: "a second segment header")
-          case nil:
-            throw .incompatible(file: path, reason: "unknown record type \(type) at byte \(offset)")
-          }
-        }
-        report.recordsRead += 1
-        offset = payload.upperBound
+    while let (type, payload, offset) = try cursor.next() {
+      if offset == 0 {
+        try checkHeader(type: type, payload: payload, bytes: bytes, sequence: sequence, path: path)
+        headerEnd = payload.upperBound
+      } else {
+        try apply(
+          type: type, payload: payload, raw: raw, bytes: bytes, path: path, offset: offset, discarded: discarded,
+          maxEntryIndex: &summary.maxEntryIndex)
       }
+      report.recordsRead += 1
     }
     segments.append(summary)
     if isLast {
       tail = Tail(
-        sequence: sequence, path: path, validEnd: offset, headerEnd: headerEnd, fileSize: raw.count, damage: damage)
+        sequence: sequence, path: path, validEnd: cursor.offset, headerEnd: headerEnd, fileSize: raw.count,
+        damage: cursor.damage)
+    }
+  }
+
+  /// Replays one record that is not a segment header. `offset` is where it starts in `path`, for errors.
+  private mutating func apply(
+    type: UInt8, payload: Range<Int>, raw: UnsafeRawBufferPointer, bytes: [UInt8], path: String, offset: Int,
+    discarded: Bool, maxEntryIndex: inout UInt64
+  ) throws(StorageError) {
+    switch WALRecordType(rawValue: type) {
+    case .entry:
+      let entry = try Self.decode(bytes, payload, limits: limits, path: path, offset: offset)
+      let index = entry.index
+      maxEntryIndex = max(maxEntryIndex, index)
+      if !discarded {
+        if log.count == 0 { firstEntryLocation = (path, offset) }
+        if !log.append(entry, at: index) {
+          throw .corruptRecord(file: path, offset: offset, reason: "entry \(index) leaves a gap after entry \(log.end)")
+        }
+      }
+    case .hardState:
+      hardState = Array(raw[payload])
+    case .floor:
+      floor = max(floor, try index(payload, bytes: bytes, path: path, offset: offset))
+    case .reset:
+      let point = try index(payload, bytes: bytes, path: path, offset: offset)
+      if !discarded {
+        log.reset(to: point)
+        floor = max(floor, point)
+      }
+    case .segmentHeader:
+      throw .corruptRecord(file: path, offset: offset, reason: "a second segment header")
+    case .groupChunk:
+      throw .corruptRecord(file: path, offset: offset, reason: "a shared log's group record inside a group's records")
+    case nil:
+      throw .incompatible(file: path, reason: "unknown record type \(type) at byte \(offset)")
+    }
+  }
+
+  /// Replays the records of one group carried by a shared log's group record (see ``SharedWriteAheadLog``):
+  /// `bytes` are the records, which start at byte `fileOffset` of segment `sequence` (file `path`). Their
+  /// container's checksum was verified, so any damage among them is corruption. Returns the highest entry
+  /// position among them, or 0.
+  mutating func replayChunk(
+    _ bytes: [UInt8], sequence: UInt64, path: String, fileOffset: Int
+  ) throws(StorageError) -> UInt64 {
+    let discarded = sequence < discardBeforeSegment
+    var maxEntryIndex: UInt64 = 0
+    let result = bytes.withUnsafeBytes { raw in
+      Result { () throws(StorageError) in
+        var cursor = WALCursor(raw, path: path, isLast: false, maxRecordBytes: maxRecordBytes, baseOffset: fileOffset)
+        while let (type, payload, offset) = try cursor.next() {
+          try apply(
+            type: type, payload: payload, raw: raw, bytes: bytes, path: path, offset: offset, discarded: discarded,
+            maxEntryIndex: &maxEntryIndex)
+          report.recordsRead += 1
+        }
+      }
+    }
+    try result.get()
+    return maxEntryIndex
+  }
+
+  /// Checks what replay rebuilt against the snapshot recovery chose and drops the entries it covers: the
+  /// rules of ``FileStorage``'s recovery that come after the segments are read. `rejected` are the newer
+  /// snapshots found damaged ("path: reason"), newest first.
+  mutating func settle(
+    snapshotIndex: UInt64, loaded: StoredSnapshot?, rejected: [(path: String, reason: String)],
+    snapshotDirectory: String, logDirectory: String
+  ) throws(StorageError) {
+    // Entries are only ever discarded once a snapshot covers them, so the compaction point never passes
+    // the snapshot. If it does, the snapshot that covered them is damaged or missing; falling back to an
+    // older one is only sound when the log still holds everything after it.
+    let base = max(snapshotIndex, floor)
+    if floor > snapshotIndex {
+      let newest = rejected.first
+      throw .corruptSnapshot(
+        file: newest?.path ?? snapshotDirectory,
+        reason: (newest.map { "\($0.reason); " } ?? "snapshot missing; ")
+          + "the log was compacted or reset through \(floor) but the newest valid snapshot is "
+          + (loaded.map { "at \($0.index)" } ?? "none"))
+    }
+    log.removeThrough(base)
+    if mode == .truncateSuffix, let first = log.firstPosition, first != base + 1 {
+      if let newest = rejected.first {
+        throw .corruptSnapshot(
+          file: newest.path,
+          reason: "\(newest.reason); the log resumes at \(first), so the entries after \(base) are lost")
+      }
+      let (file, offset) = firstEntryLocation ?? (logDirectory, 0)
+      throw .corruptRecord(
+        file: file, offset: offset,
+        reason: "the log starts at entry \(first) but the snapshot/compaction point is \(base)")
     }
   }
 
@@ -193,4 +227,77 @@ struct WALReplay<Entry: StorableEntry>: ~Copyable {
       throw .corruptRecord(file: path, offset: offset, reason: "bad position record: \(error)")
     }
   }
+}
+
+/// Walks the records of a segment (or of a shared log's group record) in order, telling a torn tail from
+/// corruption: damage followed by nothing valid, at the end of the last segment, is a torn tail (``damage``);
+/// any other damage throws ``StorageError/corruptRecord(file:offset:reason:)``.
+struct WALCursor {
+  let raw: UnsafeRawBufferPointer
+  let path: String
+  let isLast: Bool
+  let maxRecordBytes: Int
+  let lastNonZero: Int
+  /// Added to offsets in `raw` to give offsets in the file, for errors.
+  let baseOffset: Int
+  /// Where the next record starts in `raw`: after the walk, the end of the last valid record.
+  private(set) var offset = 0
+  /// The torn tail found, if the walk stopped at one.
+  private(set) var damage: WALDamage?
+
+  init(_ raw: UnsafeRawBufferPointer, path: String, isLast: Bool, maxRecordBytes: Int, baseOffset: Int = 0) {
+    self.raw = raw
+    self.path = path
+    self.isLast = isLast
+    self.maxRecordBytes = maxRecordBytes
+    self.baseOffset = baseOffset
+    lastNonZero = WALFormat.lastNonZeroOffset(raw)
+  }
+
+  /// The next valid record: its type, its payload's range in `raw` and its file offset. `nil` at the clean
+  /// end or at a torn tail (then ``damage`` says where).
+  mutating func next() throws(StorageError) -> (type: UInt8, payload: Range<Int>, offset: Int)? {
+    switch WALFormat.step(raw, at: offset, lastNonZero: lastNonZero, maxRecordBytes: maxRecordBytes) {
+    case .end:
+      return nil
+    case .bad(let reason):
+      guard isLast else {
+        throw .corruptRecord(
+          file: path, offset: baseOffset + offset,
+          reason: reason + (baseOffset > 0 ? " (inside a group record)" : " (not the last segment)"))
+      }
+      if let next = WALFormat.nextValidRecord(
+        raw, after: offset, lastNonZero: lastNonZero, maxRecordBytes: maxRecordBytes)
+      {
+        throw .corruptRecord(
+          file: path, offset: baseOffset + offset, reason: reason + "; a valid record follows at byte \(next)")
+      }
+      damage = WALDamage(end: lastNonZero + 1, bytes: lastNonZero + 1 - offset, reason: reason)
+      return nil
+    case .record(let type, let payload):
+      let start = offset
+      offset = payload.upperBound
+      return (type, payload, baseOffset + start)
+    }
+  }
+}
+
+/// Damage at the end of the last segment, with nothing valid after it: what a crash mid-write leaves.
+struct WALDamage {
+  /// One past the last non-zero byte of the file.
+  var end: Int
+  /// The damaged bytes, from the end of the last valid record to ``end``.
+  var bytes: Int
+  /// Why the first damaged record was rejected.
+  var reason: String
+}
+
+/// The last segment of a log: where its valid records end, and any damage after them.
+struct WALTail {
+  var sequence: UInt64
+  var path: String
+  var validEnd: Int
+  var headerEnd: Int
+  var fileSize: Int
+  var damage: WALDamage?
 }

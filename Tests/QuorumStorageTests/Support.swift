@@ -51,6 +51,9 @@ enum Backend: String, CaseIterable, Sendable, CustomTestStringConvertible {
   case file
   /// File storage with zero-filled preallocated segments (small ones, so rotation happens).
   case preallocatedFile
+  /// One group's storage in a shared log (small segments, so rotation happens), beside a second group that
+  /// writes its own records between the tested group's.
+  case sharedLog
 
   var testDescription: String { rawValue }
 }
@@ -81,6 +84,9 @@ struct Harness {
     case .preallocatedFile:
       return FileStorage<TestEntry>(
         directory: directory, mode: mode, segmentBytes: 8192, preallocation: .zeroFilled, logger: .disabled)
+    case .sharedLog:
+      return SharedWriteAheadLog(directory: directory, segmentBytes: 4096, preallocation: .none, logger: .disabled)
+        .storage(for: 7, mode: mode)
     }
   }
 

@@ -1,0 +1,211 @@
+public import QuorumCore
+import Synchronization
+
+/// One write-ahead log shared by every consensus group of a process: each group's writes are records in the same
+/// segments, so the writes of all groups waiting together reach the disk with one `pwrite` and one `fdatasync`.
+///
+/// A process that hosts many groups, each with a ``FileStorage`` of its own, syncs one file per group: on a
+/// disk where every `fdatasync` is a round trip to the device, sixteen logs synced at once take several times as
+/// long as one log carrying their sixteen writes (the host benchmark measures both). A shared log makes the
+/// cost of durability per turn of the writer, not per group.
+///
+/// ``storage(for:mode:maxRecordBytes:entry:)`` gives each group a ``SharedLogStorage``: a
+/// ``ConsensusStorage`` with the same rules, the same recovery and the same errors as a ``FileStorage``. Each
+/// group chooses its own entry type and ``LogWriteMode`` (a Raft group and a Multi-Paxos group can share one
+/// log); snapshots stay one file per snapshot, in a directory per group.
+///
+/// ## Directory layout
+///
+/// ```
+/// <directory>/LOCK                                  flock'ed while any group is open: one process per directory
+/// <directory>/wal/00000000000000000007.wal          shared log segments, numbered consecutively
+/// <directory>/wal/spare.ready                       a zero-filled segment prepared in advance
+/// <directory>/snapshots/<group>/snapshot-….snap     each group's newest two snapshots
+/// ```
+///
+/// ## Records
+///
+/// The record framing is ``FileStorage``'s (`[u32 CRC-32C][u32 length][u8 type][payload]`). A segment starts
+/// with a segment header whose magic is `QSWL` (mode byte 255: each group has its own mode); every other record
+/// is a *group record* (type 6): a varint group number, then that group's records exactly as its own log would
+/// hold them (entries, hard state, compaction point, reset), each with its own CRC. The group record's CRC
+/// covers them all, so a group's write is kept whole or lost whole by a crash.
+///
+/// Every segment starts with a *checkpoint*: after its header, one group record per group with state to keep
+/// (its hard state and compaction point, and the reset of a group whose leader's snapshot discarded its log),
+/// so deleting older segments never loses a group's latest hard state.
+///
+/// ## Recovery
+///
+/// The first group to call ``SharedLogStorage/recover()`` locks the directory and reads every segment once,
+/// with ``FileStorage``'s rules for torn tails and corruption; each group's records are set aside for it. Each
+/// group then replays its own records with its own entry type when it recovers, exactly as a ``FileStorage``
+/// replays its log, so a group's entry that does not decode is reported to that group (with the file and
+/// offset). The torn tail of the log, if one was cut, appears in the report of every group.
+///
+/// ## Deleting segments
+///
+/// The oldest segment (never the active one) is deleted once every group with entries in it has compacted past
+/// them (or installed a leader's snapshot that discarded them), and no group whose records it holds is still to
+/// recover: a group that is never opened again keeps the segments that hold its records, and so every later
+/// one. ``pinningGroups()`` names the groups whose entries keep the oldest segment alive, so a host can ask
+/// them to snapshot.
+///
+/// A group installing a leader's snapshot (`saveSnapshot` with `discardingLog`) starts a new segment whose
+/// checkpoint resets that group's log: its snapshot file names the segment, and recovery ignores the group's
+/// entries before it, as in ``FileStorage``.
+///
+/// ## Threads
+///
+/// As ``FileStorage``: every blocking call runs on one serial dispatch queue; writes waiting together, from any
+/// group, are appended with one `pwrite` and synced with one `fdatasync`. A failed write or sync makes every
+/// group's storage refuse calls until the last of them is closed and they are reopened.
+public final class SharedWriteAheadLog: Sendable {
+  /// The data directory.
+  public let directory: String
+  /// When writes are synced.
+  public let fsyncPolicy: FsyncPolicy
+  /// The size at which segments are rotated.
+  public let segmentBytes: Int
+  let core: SharedLogCore
+
+  /// Creates the log in `directory` (created if missing). Nothing is opened until a group recovers.
+  ///
+  /// - Parameters:
+  ///   - directory: The data directory; one shared log (process-wide, across processes) at a time.
+  ///   - fsync: When writes are made durable (see ``FileStorage/init(directory:mode:fsync:segmentBytes:maxRecordBytes:preallocation:logger:)``).
+  ///   - segmentBytes: Segment size; at least 4 KiB.
+  ///   - preallocation: How segments reserve space.
+  ///   - logger: Where recovery reports and failures go.
+  public init(
+    directory: String, fsync: FsyncPolicy = .always, segmentBytes: Int = 64 << 20,
+    preallocation: WALPreallocation = .zeroFilled, logger: QuorumLogger = QuorumLogger(label: "quorum.storage")
+  ) {
+    precondition(segmentBytes >= 4096, "segmentBytes must be at least 4096, got \(segmentBytes)")
+    self.directory = directory
+    self.fsyncPolicy = fsync
+    self.segmentBytes = segmentBytes
+    core = SharedLogCore(
+      directory: directory, policy: fsync, segmentBytes: segmentBytes, preallocation: preallocation, logger: logger)
+  }
+
+  /// The storage of `group`, whose entries are `Entry`s written in `mode`. One storage per group at a time.
+  ///
+  /// - Parameters:
+  ///   - group: The group's number in this log; the same number must name the same group across restarts.
+  ///   - mode: How the group's overwrites are treated; recorded with its records by its entries' positions.
+  ///   - maxRecordBytes: The largest entry encoding or hard state accepted for the group.
+  public func storage<Entry: StorableEntry>(
+    for group: UInt64, mode: LogWriteMode = .truncateSuffix, maxRecordBytes: Int = 64 << 20,
+    entry: Entry.Type = Entry.self
+  ) -> SharedLogStorage<Entry> {
+    precondition(
+      maxRecordBytes > 0 && maxRecordBytes <= Int(UInt32.max),
+      "maxRecordBytes must fit in 32 bits, got \(maxRecordBytes)")
+    return SharedLogStorage(core: core, group: group, mode: mode, maxRecordBytes: maxRecordBytes)
+  }
+
+  /// The number of `fdatasync` calls made on the log so far; for tests and benchmarks.
+  public func syncCount() async throws -> Int {
+    let core = self.core
+    return try await core.perform { () throws(StorageError) in core.syncCount }
+  }
+
+  /// The sequence numbers of the segments on disk, oldest first (empty while no group is open).
+  public func segmentSequences() async throws -> [UInt64] {
+    let core = self.core
+    return try await core.perform { () throws(StorageError) in core.segmentSequences }
+  }
+
+  /// The groups whose entries keep the oldest segment on disk: each has entries in it above its compaction
+  /// point. A group among them that snapshots and compacts lets the segment go.
+  public func pinningGroups() async throws -> [UInt64] {
+    let core = self.core
+    return try await core.perform { () throws(StorageError) in core.pinningGroups() }
+  }
+}
+
+/// One group's storage in a ``SharedWriteAheadLog``: a ``ConsensusStorage`` with ``FileStorage``'s rules.
+///
+/// Differences from ``FileStorage``: ``recover()`` must come before any other call (a write before it throws
+/// ``StorageError/invalidWrite(_:)`` rather than recovering implicitly), and may be called once per storage.
+public final class SharedLogStorage<Entry: StorableEntry>: ConsensusStorage {
+  /// The group's number in the log.
+  public let group: UInt64
+  /// The group's overwrite rule.
+  public let mode: LogWriteMode
+  /// The largest record payload (entry encoding or hard state) accepted.
+  public let maxRecordBytes: Int
+  let core: SharedLogCore
+  /// Set by ``close()``; checked before queueing anything.
+  let closedFlag = Atomic<Bool>(false)
+
+  init(core: SharedLogCore, group: UInt64, mode: LogWriteMode, maxRecordBytes: Int) {
+    self.core = core
+    self.group = group
+    self.mode = mode
+    self.maxRecordBytes = maxRecordBytes
+  }
+
+  private func checkOpen() throws(StorageError) {
+    if closedFlag.load(ordering: .acquiring) { throw .closed }
+  }
+
+  /// Opens the log if no group has yet, and replays this group's records; see ``SharedWriteAheadLog``.
+  public func recover() async throws -> RecoveredState<Entry> {
+    try checkOpen()
+    let (core, group, mode, limit) = (self.core, self.group, self.mode, self.maxRecordBytes)
+    return try await core.perform { () throws(StorageError) in
+      try core.recover(group: group, mode: mode, maxRecordBytes: limit, as: Entry.self)
+    }
+  }
+
+  /// Appends the hard state and entries; returns once they are durable under the fsync policy.
+  public func write(_ write: StorageWrite<Entry>) async throws {
+    try await append(write, whenDurable: nil)
+  }
+
+  /// Appends like ``write(_:)``; `whenDurable` runs on the log's I/O thread right after the sync that made the
+  /// write durable (see ``ConsensusStorage/write(_:whenDurable:)``).
+  public func write(_ write: StorageWrite<Entry>, whenDurable: @escaping @Sendable () -> Void) async throws {
+    try await append(write, whenDurable: whenDurable)
+  }
+
+  private func append(_ write: StorageWrite<Entry>, whenDurable: (@Sendable () -> Void)?) async throws {
+    try checkOpen()
+    if write.isEmpty {
+      whenDurable?()
+      return
+    }
+    let encoded = try WALFormat.encode(write, mode: mode, maxRecordBytes: maxRecordBytes)
+    try await core.write(group: group, encoded, whenDurable: whenDurable)
+  }
+
+  /// Writes `snapshot` atomically into the group's snapshot directory; keeps its newest two. With
+  /// `discardingLog`, the log continues in a new segment whose checkpoint resets this group's log.
+  public func saveSnapshot(_ snapshot: StoredSnapshot, discardingLog: Bool) async throws {
+    try checkOpen()
+    let (core, group) = (self.core, self.group)
+    if !discardingLog {
+      try await core.saveSnapshotKeepingLog(
+        group: group, snapshot, closed: { self.closedFlag.load(ordering: .acquiring) })
+      return
+    }
+    try await core.perform { () throws(StorageError) in try core.saveSnapshotDiscardingLog(group: group, snapshot) }
+  }
+
+  /// Records the group's compaction point and deletes the oldest segments no group needs any more.
+  public func compact(through index: UInt64) async throws {
+    try checkOpen()
+    let (core, group) = (self.core, self.group)
+    try await core.perform { () throws(StorageError) in try core.compact(group: group, through: index) }
+  }
+
+  /// Syncs the log and closes this group's storage; the last group closed releases the files and the
+  /// directory lock. Later calls throw ``StorageError/closed``; closing twice is harmless.
+  public func close() async throws {
+    if closedFlag.exchange(true, ordering: .acquiringAndReleasing) { return }
+    let (core, group) = (self.core, self.group)
+    try await core.perform { () throws(StorageError) in try core.close(group: group) }
+  }
+}

@@ -1,0 +1,816 @@
+import Dispatch
+import Glibc
+import QuorumCore
+import Synchronization
+
+/// The engine behind ``SharedWriteAheadLog``: owns the files and every group's log state, and does every
+/// blocking call on one serial queue (see ``FileStorageCore``, whose request queue and group commit it shares
+/// in shape).
+///
+/// Safety of `@unchecked Sendable`: every stored `var` is read and written only by code running on ``queue`` (the
+/// drain loop, the batch-sync timer whose source targets ``queue``, and `deinit`, which runs when nothing
+/// else holds a reference). The `let`s are immutable, and ``inbox`` is a `Mutex`.
+final class SharedLogCore: @unchecked Sendable {
+  // MARK: Configuration
+
+  let directory: String
+  let walDirectory: String
+  let snapshotRoot: String
+  let policy: FsyncPolicy
+  let segmentBytes: Int
+  let preallocation: WALPreallocation
+  let logger: QuorumLogger
+  private let queue = DispatchQueue(label: "quorum.sharedlog.io", qos: .userInitiated)
+  /// Where snapshot files that keep the log are written, so that log writes on ``queue`` go on meanwhile.
+  private let snapshotQueue = DispatchQueue(label: "quorum.sharedlog.snapshot", qos: .utility)
+  private let snapshotSequence = Atomic<UInt64>(0)
+  /// Makes temporary snapshot names unique to this instance (see ``FileStorageCore``).
+  private let instanceToken = UInt32.random(in: 0...UInt32.max)
+  private let spare: SpareSegment?
+
+  /// "QSWL", little-endian: a shared log's segment.
+  static let segmentMagic: UInt32 = 0x4C57_5351
+  /// The mode byte of a shared segment header: each group has its own mode.
+  static let modeByte: UInt8 = 255
+  /// The largest group record believed during recovery (a group's write is one record).
+  static let maxChunkBytes = Int(UInt32.max) - WALFormat.headerBytes
+
+  // MARK: Request queue
+
+  private enum Request: Sendable {
+    case write(UInt64, WALFormat.EncodedWrite, Durable)
+    case task(@Sendable () -> Void)
+  }
+
+  private struct Durable: Sendable {
+    let continuation: CheckedContinuation<Void, any Error>
+    let then: (@Sendable () -> Void)?
+
+    func succeed() {
+      then?()
+      continuation.resume()
+    }
+
+    func fail(_ error: any Error) { continuation.resume(throwing: error) }
+  }
+
+  private struct Inbox: Sendable {
+    var requests: [Request] = []
+    var draining = false
+  }
+
+  private let inbox = Mutex(Inbox())
+
+  // MARK: State confined to `queue`
+
+  private enum Phase {
+    case initial
+    case open
+    case failed(StorageError)
+  }
+
+  /// A group's records in one segment, as recovery found them: the records after the group number.
+  private struct Chunk {
+    var sequence: UInt64
+    var path: String
+    /// Where the records start in the file.
+    var offset: Int
+    var bytes: [UInt8]
+  }
+
+  /// A recovered group's log state.
+  private struct Group {
+    var position: LogPosition
+    var hardState: [UInt8]?
+    /// Whether its storage is open (recovered and not closed).
+    var open: Bool
+  }
+
+  private struct Segment {
+    var sequence: UInt64
+    /// The highest entry position of each recovered group with live entries in the segment.
+    var maxEntryIndex: [UInt64: UInt64] = [:]
+    /// Groups with records in the segment that have not recovered yet: they keep it.
+    var unrecovered: Set<UInt64> = []
+  }
+
+  private struct ActiveSegment {
+    var file: PosixFile
+    var offset: Int
+    var headerEnd: Int
+  }
+
+  private var phase = Phase.initial
+  private var lockFile: PosixFile?
+  private var segments: [Segment] = []
+  private var active: ActiveSegment?
+  private var groups: [UInt64: Group] = [:]
+  /// Records of groups that have not recovered yet, from the scan.
+  private var pending: [UInt64: [Chunk]] = [:]
+  /// What the scan found and did (torn tail), copied into every group's report.
+  private var scanReport = RecoveryReport()
+  private var openGroups = 0
+  private var dirty = false
+  private var timer: (any DispatchSourceTimer)?
+  /// `fdatasync` calls on the log made so far.
+  private(set) var syncCount = 0
+
+  init(directory: String, policy: FsyncPolicy, segmentBytes: Int, preallocation: WALPreallocation, logger: QuorumLogger)
+  {
+    self.directory = directory
+    walDirectory = directory + "/wal"
+    snapshotRoot = directory + "/snapshots"
+    self.policy = policy
+    self.segmentBytes = segmentBytes
+    self.preallocation = preallocation
+    self.logger = logger
+    spare =
+      preallocation == .zeroFilled
+      ? SpareSegment(directory: walDirectory, bytes: segmentBytes, sync: policy != .never, logger: logger) : nil
+  }
+
+  deinit {
+    timer?.cancel()
+    active?.file.close()
+    lockFile?.close()
+    spare?.cancel()
+  }
+
+  private var syncsStructure: Bool { policy != .never }
+
+  var segmentSequences: [UInt64] { segments.map(\.sequence) }
+
+  func snapshotDirectory(_ group: UInt64) -> String { snapshotRoot + "/\(group)" }
+
+  // MARK: Submitting requests
+
+  func write(group: UInt64, _ write: WALFormat.EncodedWrite, whenDurable: (@Sendable () -> Void)?) async throws {
+    try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+      enqueue(.write(group, write, Durable(continuation: continuation, then: whenDurable)))
+    }
+  }
+
+  func perform<T: Sendable>(_ body: @escaping @Sendable () throws(StorageError) -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+      enqueue(
+        .task {
+          do throws(StorageError) {
+            continuation.resume(returning: try body())
+          } catch {
+            continuation.resume(throwing: error)
+          }
+        })
+    }
+  }
+
+  private func enqueue(_ request: Request) {
+    let startDrain = inbox.withLock { inbox in
+      inbox.requests.append(request)
+      if inbox.draining { return false }
+      inbox.draining = true
+      return true
+    }
+    if startDrain { queue.async { self.drain() } }
+  }
+
+  private func drain() {
+    while true {
+      let requests: [Request] = inbox.withLock { inbox in
+        if inbox.requests.isEmpty {
+          inbox.draining = false
+          return []
+        }
+        defer { inbox.requests = [] }
+        return inbox.requests
+      }
+      if requests.isEmpty { return }
+      var next = 0
+      while next < requests.count {
+        if case .task(let body) = requests[next] {
+          body()
+          next += 1
+          continue
+        }
+        var batch: [(UInt64, WALFormat.EncodedWrite, Durable)] = []
+        while next < requests.count, case .write(let group, let write, let waiter) = requests[next] {
+          batch.append((group, write, waiter))
+          next += 1
+        }
+        appendWrites(batch)
+      }
+    }
+  }
+
+  // MARK: Lifecycle (on `queue`)
+
+  private func ensureOpen() throws(StorageError) {
+    switch phase {
+    case .open: return
+    case .failed(let error): throw error
+    case .initial: try openAndScan()
+    }
+  }
+
+  /// The group's state, if its storage is open.
+  private func openGroup(_ group: UInt64) throws(StorageError) -> Group {
+    try ensureOpen()
+    guard let state = groups[group] else {
+      throw .invalidWrite("group \(group) of the shared log \(directory) has not recovered")
+    }
+    if !state.open { throw .closed }
+    return state
+  }
+
+  /// Closes `group`'s storage; the last one closed syncs and releases everything.
+  func close(group: UInt64) throws(StorageError) {
+    guard groups[group]?.open == true else { return }
+    groups[group]?.open = false
+    openGroups -= 1
+    var failure: StorageError?
+    if case .open = phase, syncsStructure, dirty || openGroups == 0, let active {
+      do throws(StorageError) {
+        try active.file.dataSync()
+        syncCount += 1
+        dirty = false
+      } catch {
+        failure = error
+        poison(error)
+      }
+    }
+    if openGroups == 0 {
+      // The next group to recover reads the files afresh.
+      snapshotQueue.sync {}
+      timer?.cancel()
+      timer = nil
+      active?.file.close()
+      active = nil
+      segments = []
+      groups = [:]
+      pending = [:]
+      scanReport = RecoveryReport()
+      spare?.cancel()
+      lockFile?.close()
+      lockFile = nil
+      phase = .initial
+    }
+    if let failure { throw failure }
+  }
+
+  private func poison(_ error: StorageError) {
+    logger.error("shared log failed; its groups must be reopened", ["error": "\(error)", "directory": directory])
+    phase = .failed(error)
+  }
+
+  // MARK: Writing (on `queue`)
+
+  private func appendWrites(_ batch: [(UInt64, WALFormat.EncodedWrite, Durable)]) {
+    var outcomes = [StorageError?](repeating: nil, count: batch.count)
+    do throws(StorageError) {
+      try ensureOpen()
+    } catch {
+      for (_, _, waiter) in batch { waiter.fail(error) }
+      return
+    }
+    var pendingChunks: [[UInt8]] = []
+    var pendingBytes = 0
+    var accepted: [Int] = []
+    var mustSync = false
+    do throws(StorageError) {
+      for (slot, (group, write, _)) in batch.enumerated() {
+        var state: Group
+        var resetPoint: UInt64?
+        do throws(StorageError) {
+          state = try openGroup(group)
+          if let range = write.entryRange {
+            resetPoint = try state.position.check(first: range.lowerBound, last: range.upperBound)
+          }
+        } catch {
+          outcomes[slot] = error
+          continue
+        }
+        let chunk = try Self.chunk(group: group, reset: resetPoint, records: write.bytes)
+        if needsRotation(adding: pendingBytes + chunk.count, pendingBytes: pendingBytes) {
+          try flush(&pendingChunks, &pendingBytes)
+          try rotate()
+        }
+        pendingChunks.append(chunk)
+        pendingBytes += chunk.count
+        if let resetPoint { state.position.didReset(to: resetPoint) }
+        if let range = write.entryRange {
+          state.position.didAppend(first: range.lowerBound, last: range.upperBound)
+          let last = segments.count - 1
+          segments[last].maxEntryIndex[group] = max(segments[last].maxEntryIndex[group] ?? 0, range.upperBound)
+        }
+        if let newHardState = write.hardState { state.hardState = newHardState }
+        groups[group] = state
+        mustSync = mustSync || write.mustSync
+        accepted.append(slot)
+      }
+      try flush(&pendingChunks, &pendingBytes)
+      if !accepted.isEmpty { try syncAfterWrite(mustSync: mustSync) }
+    } catch .descriptorsExhausted(let operation, let path, let code) where pendingChunks.isEmpty {
+      // As in FileStorageCore: a new segment could not be opened; what was accepted before is durable in the
+      // old segment, which stays active, and the rest may be retried.
+      let error = StorageError.descriptorsExhausted(operation: operation, path: path, errno: code)
+      logger.warning("out of file descriptors; writes may be retried", ["error": "\(error)"])
+      let done = Set(accepted)
+      for slot in batch.indices where outcomes[slot] == nil && !done.contains(slot) { outcomes[slot] = error }
+    } catch {
+      poison(error)
+      for slot in batch.indices where outcomes[slot] == nil { outcomes[slot] = error }
+    }
+    for (slot, (_, _, waiter)) in batch.enumerated() {
+      if let error = outcomes[slot] {
+        waiter.fail(error)
+      } else {
+        waiter.succeed()
+      }
+    }
+  }
+
+  /// A group record: the group number, a reset record when one is needed, then the group's records.
+  private static func chunk(group: UInt64, reset: UInt64?, records: [UInt8]) throws(StorageError) -> [UInt8] {
+    var writer = WireWriter(reservingCapacity: records.count + 32)
+    let start = WALFormat.beginRecord(.groupChunk, in: &writer)
+    writer.writeVarint(group)
+    if let reset { WALFormat.appendIndexRecord(.reset, reset, to: &writer) }  // Before the entries it makes room for.
+    writer.writeRaw(records)
+    try WALFormat.endRecord(at: start, in: &writer, limit: maxChunkBytes)
+    return writer.bytes
+  }
+
+  private func needsRotation(adding bytes: Int, pendingBytes: Int) -> Bool {
+    guard let active else { return false }
+    return active.offset + bytes > segmentBytes && active.offset + pendingBytes > active.headerEnd
+  }
+
+  private func flush(_ pending: inout [[UInt8]], _ pendingBytes: inout Int) throws(StorageError) {
+    guard !pending.isEmpty, var segment = active else { return }
+    var bytes = pending[0]
+    if pending.count > 1 {
+      bytes.reserveCapacity(pendingBytes)
+      for chunk in pending.dropFirst() { bytes.append(contentsOf: chunk) }
+    }
+    try segment.file.write(bytes, at: segment.offset)
+    segment.offset += bytes.count
+    active = segment
+    pending.removeAll(keepingCapacity: true)
+    pendingBytes = 0
+  }
+
+  /// Appends `bytes` (whole records) to the active segment, rotating first if they do not fit.
+  private func appendRecords(_ bytes: [UInt8]) throws(StorageError) {
+    if needsRotation(adding: bytes.count, pendingBytes: 0) { try rotate() }
+    var pending = [bytes]
+    var pendingBytes = bytes.count
+    try flush(&pending, &pendingBytes)
+  }
+
+  private func syncAfterWrite(mustSync: Bool) throws(StorageError) {
+    switch policy {
+    case .always: try syncActive()
+    case .batch: if mustSync { try syncActive() } else { dirty = true }
+    case .never: break
+    }
+  }
+
+  private func syncActive() throws(StorageError) {
+    guard let active else { return }
+    try active.file.dataSync()
+    syncCount += 1
+    dirty = false
+  }
+
+  private func batchSync() {
+    guard case .open = phase, dirty else { return }
+    do throws(StorageError) {
+      try syncActive()
+    } catch {
+      poison(error)
+    }
+  }
+
+  // MARK: Segments (on `queue`)
+
+  private func segmentPath(_ sequence: UInt64) -> String { WALFiles.segmentPath(walDirectory, sequence) }
+
+  /// The segment's header, then one group record per recovered group with state to keep (hard state,
+  /// compaction point), and the reset of `reset`'s group.
+  private func checkpoint(sequence: UInt64, reset: (group: UInt64, index: UInt64)?) throws(StorageError) -> (
+    bytes: [UInt8], headerEnd: Int
+  ) {
+    var writer = WireWriter(reservingCapacity: 64)
+    WALFormat.appendSegmentHeader(sequence: sequence, magic: Self.segmentMagic, modeByte: Self.modeByte, to: &writer)
+    let headerEnd = writer.count
+    var bytes = writer.bytes
+    for group in groups.keys.sorted() {
+      guard let state = groups[group] else { continue }
+      var records = WireWriter(reservingCapacity: 32 + (state.hardState?.count ?? 0))
+      if let hardState = state.hardState { WALFormat.appendRecord(.hardState, payload: hardState, to: &records) }
+      if state.position.floor > 0 { WALFormat.appendIndexRecord(.floor, state.position.floor, to: &records) }
+      let resetHere = reset?.group == group ? reset?.index : nil
+      if records.count == 0 && resetHere == nil { continue }
+      bytes.append(contentsOf: try Self.chunk(group: group, reset: resetHere, records: records.bytes))
+    }
+    return (bytes, headerEnd)
+  }
+
+  private func createSegment(_ sequence: UInt64, reset: (group: UInt64, index: UInt64)?) throws(StorageError)
+    -> ActiveSegment
+  {
+    let path = segmentPath(sequence)
+    let temporary = path + ".tmp"
+    let file: PosixFile
+    if let spare, spare.take(to: temporary) {
+      file = try PosixFile.open(temporary, flags: O_RDWR)
+    } else {
+      file = try PosixFile.open(temporary, flags: O_RDWR | O_CREAT | O_TRUNC)
+      do throws(StorageError) {
+        switch preallocation {
+        case .zeroFilled: try file.writeZeros(0..<segmentBytes)
+        case .allocated: try file.allocate(segmentBytes)
+        case .none: break
+        }
+      } catch {
+        file.close()
+        throw error
+      }
+    }
+    var renamed = false
+    do throws(StorageError) {
+      let (bytes, headerEnd) = try checkpoint(sequence: sequence, reset: reset)
+      try file.write(bytes, at: 0)
+      if syncsStructure {
+        try file.dataSync()
+        syncCount += 1
+      }
+      try FileSystem.rename(temporary, path)
+      renamed = true
+      if syncsStructure { try FileSystem.syncDirectory(walDirectory) }
+      spare?.prepare()
+      return ActiveSegment(file: file, offset: bytes.count, headerEnd: headerEnd)
+    } catch {
+      file.close()
+      if renamed, case .descriptorsExhausted(let operation, let failedPath, let code) = error {
+        // The segment is in place with a newer checkpoint: writes may not go on in the old one.
+        throw ioError(operation, failedPath, code)
+      }
+      throw error
+    }
+  }
+
+  private func rotate(reset: (group: UInt64, index: UInt64)? = nil) throws(StorageError) {
+    guard let old = active, let last = segments.last else {
+      preconditionFailure("rotate() without an active segment; phase \(phase)")
+    }
+    if syncsStructure { try syncActive() }
+    let next = try createSegment(last.sequence + 1, reset: reset)
+    old.file.close()
+    active = next
+    segments.append(Segment(sequence: last.sequence + 1))
+    dirty = false
+  }
+
+  /// Whether no group needs anything in `segment` any more.
+  private func isDead(_ segment: Segment) -> Bool {
+    guard segment.unrecovered.isEmpty else { return false }
+    for (group, index) in segment.maxEntryIndex where index > (groups[group]?.position.floor ?? 0) {
+      return false
+    }
+    return true
+  }
+
+  /// Deletes the oldest segments, except the active one, while no group needs them.
+  private func deleteDeadSegments() throws(StorageError) {
+    var deleted = 0
+    while segments.count > 1, isDead(segments[0]) {
+      try FileSystem.remove(segmentPath(segments[0].sequence))
+      segments.removeFirst()
+      deleted += 1
+    }
+    if deleted > 0 && syncsStructure { try FileSystem.syncDirectory(walDirectory) }
+  }
+
+  func pinningGroups() -> [UInt64] {
+    guard segments.count > 1 else { return [] }
+    let oldest = segments[0]
+    var pinning = oldest.maxEntryIndex.compactMap { group, index in
+      index > (groups[group]?.position.floor ?? 0) ? group : nil
+    }
+    pinning.append(contentsOf: oldest.unrecovered)
+    return pinning.sorted()
+  }
+
+  // MARK: Snapshots and compaction (on `queue`)
+
+  func saveSnapshotDiscardingLog(group: UInt64, _ snapshot: StoredSnapshot) throws(StorageError) {
+    var state = try openGroup(group)
+    if snapshot.index < state.position.snapshotIndex {
+      throw .invalidWrite(
+        "snapshot at \(snapshot.index) is older than the stored snapshot at \(state.position.snapshotIndex)")
+    }
+    guard let last = segments.last else { preconditionFailure("open shared log without segments; phase \(phase)") }
+    // As in FileStorage: the snapshot names the segment the group's log continues in, so a crash before that
+    // segment exists still discards the group's older entries.
+    let discardBefore = last.sequence + 1
+    let directory = snapshotDirectory(group)
+    try SnapshotFile.write(snapshot, discardBeforeSegment: discardBefore, directory: directory, sync: syncsStructure)
+    state.position.snapshotIndex = snapshot.index
+    groups[group] = state
+    do throws(StorageError) {
+      try rotate(reset: (group, snapshot.index))
+    } catch {
+      poison(error)
+      throw error
+    }
+    groups[group]?.position.didReset(to: snapshot.index)
+    for slot in segments.indices where segments[slot].sequence < discardBefore {
+      segments[slot].maxEntryIndex[group] = nil
+    }
+    try deleteDeadSegments()
+    SnapshotFile.prune(directory, logger: logger)
+  }
+
+  func saveSnapshotKeepingLog(group: UInt64, _ snapshot: StoredSnapshot, closed: @escaping @Sendable () -> Bool)
+    async throws
+  {
+    let directory = snapshotDirectory(group)
+    let sync = policy != .never
+    let suffix = ".\(instanceToken).\(snapshotSequence.add(1, ordering: .relaxed).newValue).tmp"
+    let temporary: String = try await withCheckedThrowingContinuation { continuation in
+      snapshotQueue.async {
+        continuation.resume(
+          with: Result { () throws(StorageError) -> String in
+            if closed() { throw .closed }
+            return try SnapshotFile.writeTemporary(
+              snapshot, discardBeforeSegment: 0, directory: directory, sync: sync, suffix: suffix)
+          })
+      }
+    }
+    try await perform { () throws(StorageError) in
+      do throws(StorageError) {
+        try self.publishSnapshot(group: group, temporary, index: snapshot.index)
+      } catch {
+        try? FileSystem.remove(temporary)
+        throw error
+      }
+    }
+  }
+
+  private func publishSnapshot(group: UInt64, _ temporary: String, index: UInt64) throws(StorageError) {
+    let state = try openGroup(group)
+    if index < state.position.snapshotIndex {
+      throw .invalidWrite("snapshot at \(index) is older than the stored snapshot at \(state.position.snapshotIndex)")
+    }
+    if index == state.position.snapshotIndex && index > 0 {
+      try? FileSystem.remove(temporary)
+      return
+    }
+    let directory = snapshotDirectory(group)
+    try SnapshotFile.publish(temporary, index: index, directory: directory, sync: syncsStructure)
+    groups[group]?.position.snapshotIndex = index
+    SnapshotFile.prune(directory, logger: logger)
+  }
+
+  func compact(group: UInt64, through index: UInt64) throws(StorageError) {
+    let state = try openGroup(group)
+    guard index > state.position.floor else { return }
+    if index > state.position.snapshotIndex {
+      throw .invalidWrite("compaction through \(index) passes the snapshot at \(state.position.snapshotIndex)")
+    }
+    do throws(StorageError) {
+      var records = WireWriter(reservingCapacity: 20)
+      WALFormat.appendIndexRecord(.floor, index, to: &records)
+      try appendRecords(try Self.chunk(group: group, reset: nil, records: records.bytes))
+      // The compaction point must be durable before the segments that held the entries disappear.
+      if syncsStructure { try syncActive() }
+    } catch {
+      poison(error)
+      throw error
+    }
+    groups[group]?.position.floor = index
+    try deleteDeadSegments()
+  }
+
+  // MARK: Recovery (on `queue`)
+
+  /// Locks the directory, reads every segment once, sets each group's records aside, repairs a torn tail and
+  /// opens the last segment for appending.
+  private func openAndScan() throws(StorageError) {
+    do throws(StorageError) {
+      for path in [directory, walDirectory, snapshotRoot] {
+        try FileSystem.makeDirectories(path, syncParents: syncsStructure) { parent throws(StorageError) in
+          try FileSystem.syncDirectory(parent)
+        }
+      }
+      if lockFile == nil { lockFile = try WALFiles.lockDirectory(directory) }
+      for name in try FileSystem.list(walDirectory) where name.hasSuffix(".tmp") || name == "spare.zeroing" {
+        try FileSystem.remove(walDirectory + "/" + name)
+      }
+      if let spare, let size = FileSystem.size(of: spare.readyPath), size < segmentBytes {
+        try FileSystem.remove(spare.readyPath)
+      }
+      var report = RecoveryReport()
+      let tail = try scan(report: &report)
+      try openActiveSegment(tail: tail, report: &report)
+      scanReport = report
+      phase = .open
+      if case .batch(let interval) = policy { startBatchTimer(interval) }
+      logger.info("opened shared log", ["directory": directory, "report": "\(report)", "groups": "\(pending.count)"])
+    } catch {
+      active?.file.close()
+      active = nil
+      segments = []
+      pending = [:]
+      lockFile?.close()
+      lockFile = nil
+      throw error
+    }
+  }
+
+  private func scan(report: inout RecoveryReport) throws(StorageError) -> WALTail? {
+    let sequences = try WALFiles.listSegments(walDirectory)
+    var buffer: [UInt8] = []
+    var tail: WALTail?
+    for (slot, sequence) in sequences.enumerated() {
+      let path = segmentPath(sequence)
+      let length = try Self.read(path, into: &buffer)
+      let isLast = slot == sequences.count - 1
+      var segment = Segment(sequence: sequence)
+      let result = buffer.withUnsafeBytes { raw in
+        Result { () throws(StorageError) -> WALTail in
+          var cursor = WALCursor(
+            UnsafeRawBufferPointer(rebasing: raw[0..<length]), path: path, isLast: isLast,
+            maxRecordBytes: Self.maxChunkBytes)
+          var headerEnd = 0
+          while let (type, payload, offset) = try cursor.next() {
+            if offset == 0 {
+              try Self.checkHeader(type: type, payload: payload, bytes: buffer, sequence: sequence, path: path)
+              headerEnd = payload.upperBound
+            } else {
+              guard type == WALRecordType.groupChunk.rawValue else {
+                throw .corruptRecord(
+                  file: path, offset: offset, reason: "record type \(type) where a shared log holds group records")
+              }
+              var reader = WireReader(buffer, range: payload)
+              let group: UInt64
+              do throws(WireError) {
+                group = try reader.readVarint()
+              } catch {
+                throw .corruptRecord(file: path, offset: offset, reason: "bad group number: \(error)")
+              }
+              let start = payload.upperBound - reader.remaining
+              pending[group, default: []].append(
+                Chunk(sequence: sequence, path: path, offset: start, bytes: Array(buffer[start..<payload.upperBound])))
+              segment.unrecovered.insert(group)
+            }
+            report.recordsRead += 1
+          }
+          return WALTail(
+            sequence: sequence, path: path, validEnd: cursor.offset, headerEnd: headerEnd, fileSize: length,
+            damage: cursor.damage)
+        }
+      }
+      let found = try result.get()
+      report.segmentsRead += 1
+      segments.append(segment)
+      if isLast { tail = found }
+    }
+    return tail
+  }
+
+  /// Reads the whole file at `path` into `buffer` (grown if needed); returns its length.
+  private static func read(_ path: String, into buffer: inout [UInt8]) throws(StorageError) -> Int {
+    let file = try PosixFile.open(path, flags: O_RDONLY)
+    defer { file.close() }
+    let length = try file.size()
+    if buffer.count < length { buffer = [UInt8](repeating: 0, count: length) }
+    let read = buffer.withUnsafeMutableBytes { raw in
+      Result { () throws(StorageError) in
+        try file.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<length]), at: 0)
+      }
+    }
+    if try read.get() != length { throw ioError("read (file shrank)", path, EIO) }
+    return length
+  }
+
+  private static func checkHeader(
+    type: UInt8, payload: Range<Int>, bytes: [UInt8], sequence: UInt64, path: String
+  ) throws(StorageError) {
+    guard type == WALRecordType.segmentHeader.rawValue, payload.count == WALFormat.segmentHeaderPayloadBytes else {
+      throw .corruptRecord(file: path, offset: 0, reason: "the segment does not start with a segment header")
+    }
+    var reader = WireReader(bytes, range: payload)
+    do {
+      let magic = try reader.readFixed32()
+      let version = try reader.readByte()
+      _ = try reader.readByte()
+      let found = try reader.readFixed64()
+      if magic == WALFormat.segmentMagic {
+        throw StorageError.incompatible(file: path, reason: "a group's own log segment, not a shared log segment")
+      }
+      if magic != segmentMagic { throw StorageError.corruptRecord(file: path, offset: 0, reason: "bad segment magic") }
+      if version != WALFormat.version {
+        throw StorageError.incompatible(file: path, reason: "log format version \(version)")
+      }
+      if found != sequence {
+        throw StorageError.corruptRecord(file: path, offset: 0, reason: "header says segment \(found)")
+      }
+    } catch let error as StorageError {
+      throw error
+    } catch {
+      throw .corruptRecord(file: path, offset: 0, reason: "unreadable segment header: \(error)")
+    }
+  }
+
+  private func openActiveSegment(tail: WALTail?, report: inout RecoveryReport) throws(StorageError) {
+    if let tail, let file = try WALFiles.repair(tail, sync: syncsStructure, report: &report, logger: logger) {
+      active = ActiveSegment(file: file, offset: tail.validEnd, headerEnd: tail.headerEnd)
+      if preallocation == .zeroFilled { spare?.prepare() }
+      return
+    }
+    // No segment yet, or not even the last one's header survived (then it held no group record either).
+    if tail != nil { segments.removeLast() }
+    let sequence = tail?.sequence ?? 1
+    active = try createSegment(sequence, reset: nil)
+    segments.append(Segment(sequence: sequence))
+  }
+
+  /// Replays `group`'s records with its entry type; see ``SharedWriteAheadLog``.
+  func recover<Entry: StorableEntry>(
+    group: UInt64, mode: LogWriteMode, maxRecordBytes: Int, as entry: Entry.Type
+  ) throws(StorageError) -> RecoveredState<Entry> {
+    try ensureOpen()
+    if let state = groups[group] {
+      throw .invalidWrite(
+        "group \(group) of the shared log \(directory) "
+          + (state.open ? "is already open" : "was closed; reopen the log to recover it again"))
+    }
+    let snapshotDirectory = snapshotDirectory(group)
+    try FileSystem.makeDirectories(snapshotDirectory, syncParents: syncsStructure) { parent throws(StorageError) in
+      try FileSystem.syncDirectory(parent)
+    }
+    for name in try FileSystem.list(snapshotDirectory) where name.hasSuffix(".tmp") {
+      try FileSystem.remove(snapshotDirectory + "/" + name)
+    }
+    let (loaded, rejected) = try SnapshotFile.loadNewest(in: snapshotDirectory, logger: logger)
+    let snapshotIndex = loaded?.snapshot.index ?? 0
+    let discardBefore = loaded?.discardBeforeSegment ?? 0
+
+    var replay = WALReplay<Entry>(
+      mode: mode, maxRecordBytes: maxRecordBytes, discardBeforeSegment: discardBefore, logger: logger)
+    var maxEntryIndex: [UInt64: UInt64] = [:]
+    for chunk in pending[group] ?? [] {
+      let highest = try replay.replayChunk(
+        chunk.bytes, sequence: chunk.sequence, path: chunk.path, fileOffset: chunk.offset)
+      if highest > 0 && chunk.sequence >= discardBefore {
+        maxEntryIndex[chunk.sequence] = max(maxEntryIndex[chunk.sequence] ?? 0, highest)
+      }
+    }
+    try replay.settle(
+      snapshotIndex: snapshotIndex, loaded: loaded?.snapshot, rejected: rejected,
+      snapshotDirectory: snapshotDirectory, logDirectory: walDirectory)
+
+    pending[group] = nil
+    for slot in segments.indices {
+      segments[slot].unrecovered.remove(group)
+      if let highest = maxEntryIndex[segments[slot].sequence] { segments[slot].maxEntryIndex[group] = highest }
+    }
+    groups[group] = Group(
+      position: LogPosition(mode: mode, snapshotIndex: snapshotIndex, floor: replay.floor, end: replay.log.end),
+      hardState: replay.hardState, open: true)
+    openGroups += 1
+    if let loaded, discardBefore > 0, let last = segments.last, last.sequence < discardBefore {
+      // A leader's snapshot was stored but the crash came before the segment that resets the log.
+      do throws(StorageError) {
+        try rotate(reset: (group, loaded.snapshot.index))
+      } catch {
+        poison(error)
+        throw error
+      }
+      groups[group]?.position.didReset(to: loaded.snapshot.index)
+    }
+    var report = scanReport
+    report.recordsRead = replay.report.recordsRead
+    for (path, reason) in rejected {
+      try FileSystem.rename(path, path + ".corrupt")
+      report.rejectedSnapshots.append("\(path): \(reason)")
+      logger.warning(
+        "set aside a damaged snapshot; recovering from an older one and the log",
+        ["file": path, "reason": reason, "snapshot": "\(snapshotIndex)"])
+    }
+    try deleteDeadSegments()
+    return RecoveredState(
+      hardState: replay.hardState, snapshot: loaded?.snapshot, entries: replay.log.takeEntries(), report: report)
+  }
+
+  private func startBatchTimer(_ interval: Duration) {
+    let (seconds, attoseconds) = interval.components
+    let nanoseconds = max(1_000_000, Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000))
+    let source = DispatchSource.makeTimerSource(queue: queue)
+    source.schedule(deadline: .now() + .nanoseconds(nanoseconds), repeating: .nanoseconds(nanoseconds))
+    source.setEventHandler { [weak self] in self?.batchSync() }
+    source.resume()
+    timer = source
+  }
+}

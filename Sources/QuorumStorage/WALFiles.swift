@@ -1,0 +1,128 @@
+import Glibc
+import QuorumCore
+
+/// File-level pieces every write-ahead log in this module shares: segment names, the segment listing and the
+/// directory lock.
+enum WALFiles {
+  /// The path of segment `sequence` in `directory`: zero-padded so names sort by number.
+  static func segmentPath(_ directory: String, _ sequence: UInt64) -> String {
+    let digits = String(sequence)
+    return directory + "/" + String(repeating: "0", count: max(0, 20 - digits.count)) + digits + ".wal"
+  }
+
+  /// The sequence numbers of the segment files in `directory`, ascending; a missing number in between is
+  /// corruption.
+  static func listSegments(_ directory: String) throws(StorageError) -> [UInt64] {
+    var sequences: [UInt64] = []
+    for name in try FileSystem.list(directory) where name.hasSuffix(".wal") {
+      let digits = name.dropLast(4)
+      if !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let sequence = UInt64(digits) {
+        sequences.append(sequence)
+      }
+    }
+    sequences.sort()
+    for (previous, next) in zip(sequences, sequences.dropFirst()) where next != previous + 1 {
+      throw .corruptRecord(
+        file: segmentPath(directory, previous + 1), offset: 0,
+        reason:
+          "segment file missing: found \(segmentPath(directory, previous)) and \(segmentPath(directory, next))")
+    }
+    return sequences
+  }
+
+  /// Locks `directory` (its `LOCK` file, `flock`ed) for this process; throws
+  /// ``StorageError/directoryLocked(path:)`` if another holder has it.
+  static func lockDirectory(_ directory: String) throws(StorageError) -> PosixFile {
+    let path = directory + "/LOCK"
+    let file = try PosixFile.open(path, flags: O_RDWR | O_CREAT)
+    // A flock belongs to the open file description, which a child process shares from the moment it is forked
+    // until it execs (O_CLOEXEC closes it only then). So a process that spawns a child just as a previous
+    // instance closes the directory can hold the lock for a moment after the close: try again for a little
+    // while before calling the directory locked.
+    var attempts = 0
+    while flock(file.fd, LOCK_EX | LOCK_NB) != 0 {
+      let code = errno
+      if code == EINTR { continue }
+      if code == EWOULDBLOCK && attempts < 20 {
+        attempts += 1
+        usleep(5_000)  // On the storage's own queue, never the cooperative pool; at most 100 ms in all.
+        continue
+      }
+      file.close()
+      if code == EWOULDBLOCK { throw .directoryLocked(path: directory) }
+      throw ioError("flock", path, code)
+    }
+    return file
+  }
+
+  /// Cuts a torn tail off the last segment (zeros over it where the file is preallocated past it, otherwise a
+  /// truncation), records it in `report`, and returns the segment open for appending; `nil` (with the file
+  /// removed) when not even its header survived.
+  static func repair(
+    _ tail: WALTail, sync: Bool, report: inout RecoveryReport, logger: QuorumLogger
+  ) throws(StorageError) -> PosixFile? {
+    if let damage = tail.damage {
+      report.truncatedTailBytes = damage.bytes
+      report.truncatedFile = tail.path
+      report.truncatedOffset = tail.validEnd
+      report.truncatedAt = "\(tail.path) at byte \(tail.validEnd)"
+      logger.warning(
+        "truncated a torn write-ahead-log tail",
+        ["file": tail.path, "offset": "\(tail.validEnd)", "bytes": "\(damage.bytes)", "reason": damage.reason])
+    }
+    if tail.validEnd == 0 {
+      try FileSystem.remove(tail.path)
+      return nil
+    }
+    let file = try PosixFile.open(tail.path, flags: O_RDWR)
+    do throws(StorageError) {
+      if let damage = tail.damage {
+        if tail.fileSize > damage.end {
+          try file.writeZeros(tail.validEnd..<damage.end)  // keep the preallocated zeros after it
+        } else {
+          try file.truncate(to: tail.validEnd)
+        }
+        if sync { try file.dataSync() }
+      }
+    } catch {
+      file.close()
+      throw error
+    }
+    return file
+  }
+}
+
+extension SnapshotFile {
+  /// The newest valid snapshot in `directory`, and the damaged newer ones passed over ("path: reason"),
+  /// newest first.
+  static func loadNewest(
+    in directory: String, logger: QuorumLogger
+  ) throws(StorageError) -> (Loaded?, [(path: String, reason: String)]) {
+    let indexes = try FileSystem.list(directory).compactMap { index(inFileName: $0) }
+    var rejected: [(path: String, reason: String)] = []
+    for index in indexes.sorted(by: >) {
+      let path = directory + "/" + fileName(index: index)
+      do throws(StorageError) {
+        return (try read(path, expectedIndex: index), rejected)
+      } catch {
+        guard case .corruptSnapshot(_, let reason) = error else { throw error }
+        logger.error("damaged snapshot file", ["file": path, "reason": reason])
+        rejected.append((path, reason))
+      }
+    }
+    return (nil, rejected)
+  }
+
+  /// Keeps the newest two snapshot files in `directory`. A failure only leaves an extra file behind, so it is
+  /// logged.
+  static func prune(_ directory: String, logger: QuorumLogger) {
+    do throws(StorageError) {
+      let indexes = try FileSystem.list(directory).compactMap { index(inFileName: $0) }
+      for index in indexes.sorted(by: >).dropFirst(2) {
+        try FileSystem.remove(directory + "/" + fileName(index: index))
+      }
+    } catch {
+      logger.warning("could not delete an old snapshot", ["error": "\(error)"])
+    }
+  }
+}
