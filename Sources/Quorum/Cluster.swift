@@ -79,6 +79,9 @@ public struct Cluster: Sendable {
   public var members: [ClusterMember]
   /// Where members keep durable state.
   public var storage: ClusterStorage
+  /// How a member's data directory lays out its groups' logs (`nil`: as the directory already does; a shared
+  /// log for a new one). See ``QuorumHost/GroupLogLayout``.
+  public var logLayout: GroupLogLayout?
   /// Raft groups' settings (members come from each group).
   public var raft: RaftConfiguration
   /// Multi-Paxos groups' settings (members come from each group).
@@ -105,6 +108,7 @@ public struct Cluster: Sendable {
     self.id = id
     self.members = []
     self.storage = .memory
+    self.logLayout = nil
     self.raft = RaftConfiguration()
     self.paxos = PaxosConfiguration()
     self.groups = []
@@ -214,10 +218,11 @@ public struct Cluster: Sendable {
   }
 
   func storageProvider(for member: NodeID, override directory: String? = nil) -> any GroupStorageProvider {
-    if let directory { return FileGroupStorage(root: directory, fsync: fsyncPolicy) }
+    if let directory { return FileGroupStorage(root: directory, fsync: fsyncPolicy, layout: logLayout) }
     switch storage {
     case .memory: return MemoryGroupStorage()
-    case .directory(let path, let fsync): return FileGroupStorage(root: "\(path)/\(member)", fsync: fsync)
+    case .directory(let path, let fsync):
+      return FileGroupStorage(root: "\(path)/\(member)", fsync: fsync, layout: logLayout)
     }
   }
 
@@ -643,16 +648,22 @@ public struct Member: ClusterSetting {
 public struct DataDirectory: ClusterSetting {
   private let path: String
   private let fsync: FsyncPolicy
+  private let layout: GroupLogLayout?
 
-  /// Keeps each member's log and snapshots under `path/<member>`.
-  public init(_ path: String, fsync: FsyncPolicy = .always) {
+  /// Keeps each member's logs and snapshots under `path/<member>`.
+  ///
+  /// - Parameter layout: One log shared by the member's groups, or one per group; `nil` (the default) keeps the
+  ///   layout a directory already has and gives a new one a shared log (``QuorumHost/GroupLogLayout``).
+  public init(_ path: String, fsync: FsyncPolicy = .always, layout: GroupLogLayout? = nil) {
     self.path = path
     self.fsync = fsync
+    self.layout = layout
   }
 
   public func apply(to cluster: inout Cluster) throws(ClusterConfigurationError) {
     guard !path.isEmpty else { throw ClusterConfigurationError(setting: "DataDirectory", reason: "empty path") }
     cluster.storage = .directory(path, fsync: fsync)
+    cluster.logLayout = layout
   }
 }
 

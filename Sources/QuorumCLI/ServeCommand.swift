@@ -11,7 +11,7 @@ enum ServeCommand {
                         (--secret-file FILE [--credentials-file FILE] | --insecure)
                         [--cluster-id ID] [--data DIR] [--fsync always|batch|never] [--log-level LEVEL]
                         [--tick-ms 10] [--election-ms 150-300] [--heartbeat-ms 50] [--join [--groups a,b]]
-                        [--quota-bytes SIZE]
+                        [--quota-bytes SIZE] [--log-layout shared|per-group]
       --id            this member's node id
       --secret-file   the cluster secret every member proves to the others (HMAC-SHA-256 challenge-response,
                       then a code on every frame); the same file on every member, private to its owner:
@@ -37,6 +37,8 @@ enum ServeCommand {
       --fsync         always (default): every acknowledged write is on disk; batch: synced every 10 ms
                       (a vote or a change of term is still synced before it is answered); never: for
                       throw-away clusters
+      --log-layout    shared: one write-ahead log for every group this member hosts, synced once for all of
+                      them; per-group: a log per group. Default: what the data directory holds, shared if new
       --quota-bytes   the space quota (bytes, or with a suffix K, M, G): past it, writes are refused while
                       reads, deletes and lock releases go on, until space returns (after the next snapshot)
     Raises the soft open-file limit to the hard limit, recovers every group's storage, then prints
@@ -58,6 +60,7 @@ enum ServeCommand {
     var join: Set<String>
     var security: ClusterSecurity
     var quotaBytes: Int?
+    var logLayout: GroupLogLayout?
   }
 
   static func parse(_ arguments: [String]) throws -> Settings {
@@ -143,12 +146,19 @@ enum ServeCommand {
       }
       return bytes
     }
+    let logLayout = try options.value("--log-layout").map { text -> GroupLogLayout in
+      switch text {
+      case "shared": return .shared
+      case "per-group": return .perGroup
+      default: throw CLIError.usage("--log-layout \(text): expected shared or per-group")
+      }
+    }
     try options.rejectUnknown()
     if let stray = options.words.first { throw CLIError.usage("unexpected argument '\(stray)'\n\(usage)") }
     return Settings(
       id: id, listen: listen, clusterFile: clusterFile, file: file, data: data,
       fsync: fsync, logLevel: logLevel, tick: tick, election: election, heartbeat: heartbeat, join: join,
-      security: security, quotaBytes: quotaBytes)
+      security: security, quotaBytes: quotaBytes, logLayout: logLayout)
   }
 
   /// `123`, `64K`, `512M`, `8G` (powers of 1024; `KiB`, `MiB`, `GiB` too).
@@ -188,7 +198,7 @@ enum ServeCommand {
       return try Cluster(id: s.file.cluster) {
         for (id, address) in members { Member(id, at: address.description) }
         Groups(s.file.groups)
-        DataDirectory(s.data, fsync: s.fsync)
+        DataDirectory(s.data, fsync: s.fsync, layout: s.logLayout)
         switch s.security {
         case .insecure: Security.insecure
         case .authenticated(let secret, let credentials):

@@ -306,8 +306,8 @@ public final class GroupHost: Sendable {
       }
       if spaceQuotaBytes != nil {
         measureUsage()  // Before the first request: a member that restarts past its quota refuses writes at once.
-        tasks.addTask { await self.watchSpace() }
       }
+      if spaceQuotaBytes != nil || storage.sharesLog { tasks.addTask { await self.watchSpace() } }
       do {
         for group in groups { try await group.waitUntilRecovered() }
         router.attach(try await attach())
@@ -357,7 +357,8 @@ public final class GroupHost: Sendable {
 
   // MARK: - Space quota
 
-  /// Measures the storage's usage every ``HostSettings/spaceCheckInterval`` until cancelled.
+  /// Every ``HostSettings/spaceCheckInterval`` until cancelled: measures the storage's usage (while a quota is
+  /// set), and asks the groups whose old entries keep a shared log's oldest segment on disk to release them.
   private func watchSpace() async {
     while !Task.isCancelled {
       do {
@@ -365,8 +366,13 @@ public final class GroupHost: Sendable {
       } catch {
         return
       }
+      for id in await storage.groupsPinningStorage() {
+        guard let group = groups[id] else { continue }
+        logger.info("asking a group to release the shared log's oldest segment", ["group": group.spec.name])
+        group.releaseStoredEntries()
+      }
       // A walk of every group's files: off the caller's executor, which may be the network thread.
-      await runtime.detached { [self] in measureUsage() }.value
+      if spaceQuotaBytes != nil { await runtime.detached { [self] in measureUsage() }.value }
     }
   }
 

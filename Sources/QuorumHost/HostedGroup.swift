@@ -13,11 +13,25 @@ public protocol GroupStorageProvider: Sendable {
   /// The bytes every group's storage occupies now, for the space quota (``HostSettings/spaceQuotaBytes``);
   /// `nil` when the provider cannot tell (then no quota applies). May block briefly (it reads file sizes).
   func usedBytes() -> Int?
+
+  /// The groups whose stored entries keep old log files on disk that the other groups no longer need (a log
+  /// shared by several groups is deleted oldest segment first). The host asks each of them to snapshot and
+  /// compact (``HostedGroup/releaseStoredEntries()``).
+  func groupsPinningStorage() async -> [GroupID]
+
+  /// Whether groups share a log, so that ``groupsPinningStorage()`` is worth asking.
+  var sharesLog: Bool { get }
 }
 
 extension GroupStorageProvider {
   /// Cannot tell.
   public func usedBytes() -> Int? { nil }
+
+  /// None: every group's log is its own.
+  public func groupsPinningStorage() async -> [GroupID] { [] }
+
+  /// No.
+  public var sharesLog: Bool { false }
 }
 
 /// Every group in memory: lost when the process ends (tests, demonstrations).
@@ -32,26 +46,68 @@ public struct MemoryGroupStorage: GroupStorageProvider {
   }
 }
 
-/// Each group's write-ahead log and snapshots in its own directory under a member's data directory: the default
-/// group (id 0) in the data directory itself — where a one-group server has always kept it — and every other
-/// group in a subdirectory named after it.
+/// How a member's data directory lays out its groups' write-ahead logs.
+public enum GroupLogLayout: String, Sendable, Equatable, CaseIterable {
+  /// One write-ahead log shared by every group, in `<root>/shared-log` (``QuorumStorage/SharedWriteAheadLog``):
+  /// the writes of all groups reach the disk with one `fdatasync` per turn of its writer, not one per group.
+  case shared
+  /// A log per group (``QuorumStorage/FileStorage``): the default group (id 0) in the data directory itself,
+  /// where a one-group server kept it before shared logs existed, and every other group in a subdirectory
+  /// named after it.
+  case perGroup
+}
+
+/// Each group's write-ahead log and snapshots under a member's data directory, laid out as ``layout`` says.
 public struct FileGroupStorage: GroupStorageProvider {
   /// The member's data directory.
   public var root: String
   /// When writes are synced.
   public var fsync: FsyncPolicy
-  /// The log segment size of groups other than the default one (smaller, so that a process hosting many groups
-  /// does not preallocate tens of megabytes for each).
+  /// The log segment size of groups other than the default one in the ``GroupLogLayout/perGroup`` layout
+  /// (smaller, so that a process hosting many groups does not preallocate tens of megabytes for each).
   public var segmentBytes: Int
+  /// The layout in use.
+  public let layout: GroupLogLayout
+  /// The shared log, in the ``GroupLogLayout/shared`` layout.
+  public let sharedLog: SharedWriteAheadLog?
 
   /// Creates the provider.
-  public init(root: String, fsync: FsyncPolicy, segmentBytes: Int = 8 << 20) {
+  ///
+  /// - Parameters:
+  ///   - layout: The layout; `nil` keeps the one the directory already holds, and makes a new directory's log
+  ///     ``GroupLogLayout/shared``. A layout that contradicts the directory's makes ``storage(for:mode:entry:)``
+  ///     throw ``QuorumStorage/StorageError/incompatible(file:reason:)``.
+  ///   - sharedSegmentBytes: The segment size of the shared log.
+  public init(
+    root: String, fsync: FsyncPolicy, segmentBytes: Int = 8 << 20, layout: GroupLogLayout? = nil,
+    sharedSegmentBytes: Int = 64 << 20
+  ) {
     self.root = root
     self.fsync = fsync
     self.segmentBytes = segmentBytes
+    let resolved = layout ?? Self.layoutOnDisk(root: root) ?? .shared
+    self.layout = resolved
+    sharedLog =
+      resolved == .shared
+      ? SharedWriteAheadLog(directory: root + "/" + Self.sharedLogName, fsync: fsync, segmentBytes: sharedSegmentBytes)
+      : nil
   }
 
-  /// The directory of `group`.
+  /// The name of the shared log's directory under the data directory.
+  public static let sharedLogName = "shared-log"
+
+  /// The layout the directory `root` already holds, if it holds one: a shared log's directory, or a log of its
+  /// own in `root` or in one of its subdirectories.
+  public static func layoutOnDisk(root: String) -> GroupLogLayout? {
+    if FileSystemUsage.isDirectory(root + "/" + sharedLogName) { return .shared }
+    if FileSystemUsage.isDirectory(root + "/wal") { return .perGroup }
+    for name in FileSystemUsage.entries(of: root) where FileSystemUsage.isDirectory("\(root)/\(name)/wal") {
+      return .perGroup
+    }
+    return nil
+  }
+
+  /// The directory of `group` in the ``GroupLogLayout/perGroup`` layout.
   public func directory(of group: GroupSpec) -> String {
     group.id == .default ? root : "\(root)/\(group.name)"
   }
@@ -60,12 +116,32 @@ public struct FileGroupStorage: GroupStorageProvider {
   /// snapshots): what fills the disk.
   public func usedBytes() -> Int? { FileSystemUsage.allocatedBytes(under: root) }
 
-  public func storage<Entry: StorableEntry>(for group: GroupSpec, mode: LogWriteMode, entry: Entry.Type)
+  public func storage<Entry: StorableEntry>(for group: GroupSpec, mode: LogWriteMode, entry: Entry.Type) throws
     -> any ConsensusStorage<Entry>
   {
-    FileStorage<Entry>(
+    if let onDisk = Self.layoutOnDisk(root: root), onDisk != layout {
+      throw StorageError.incompatible(
+        file: root,
+        reason: "the data directory holds a \(onDisk == .shared ? "shared log" : "log per group"), but the "
+          + "\(layout == .shared ? "shared" : "per-group") layout was asked for")
+    }
+    if let sharedLog {
+      return sharedLog.storage(for: group.id.rawValue, mode: mode, entry: Entry.self)
+    }
+    return FileStorage<Entry>(
       directory: directory(of: group), mode: mode, fsync: fsync,
       segmentBytes: group.id == .default ? 64 << 20 : max(4096, segmentBytes))
+  }
+
+  /// Whether the layout is ``GroupLogLayout/shared``.
+  public var sharesLog: Bool { sharedLog != nil }
+
+  /// The groups whose entries keep the shared log's oldest segment, once it holds more than two segments.
+  public func groupsPinningStorage() async -> [GroupID] {
+    guard let sharedLog, let sequences = try? await sharedLog.segmentSequences(), sequences.count > 2 else {
+      return []
+    }
+    return ((try? await sharedLog.pinningGroups()) ?? []).map(GroupID.init(rawValue:))
   }
 }
 
@@ -260,6 +336,14 @@ public protocol HostedGroup: Sendable {
   var events: AsyncStream<GroupEvent> { get }
   /// The applied position and the whole encoded state at it (for checking that replicas converge).
   func localState() async -> (applied: UInt64, snapshot: [UInt8])
+  /// Asks the replica to snapshot and compact its storage through the snapshot, so that its old entries stop
+  /// keeping a shared log's oldest segment on disk. Does not wait.
+  func releaseStoredEntries()
+}
+
+extension HostedGroup {
+  /// Does nothing.
+  public func releaseStoredEntries() {}
 }
 
 /// A hosted group on engine `Engine`.
@@ -298,6 +382,8 @@ final class EngineGroup<Engine: HostedEngine>: HostedGroup {
   func waitUntilRecovered() async throws { try await node.waitUntilRecovered() }
 
   func shutdown() async { await node.shutdown() }
+
+  func releaseStoredEntries() { node.releaseStoredEntries() }
 
   func propose(_ command: ServiceCommand, request: RequestID?, acknowledgedThrough: UInt64, principal: String?)
     async throws -> IndexedRead<ServiceAnswer>

@@ -63,6 +63,9 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     case snapshotStored(Result<StoredSnapshot, any Error>)
     /// The transport's failure detector lost this peer (``QuorumCore/TransportEndpoint/onPeerLost(_:)``).
     case peerLost(NodeID)
+    /// Free the storage's oldest entries: snapshot if anything was applied since the last snapshot, then
+    /// compact the storage through the snapshot (see ``releaseStoredEntries()``).
+    case releaseStoredEntries
   }
 
   /// A command waiting to be proposed, with its session information and principal.
@@ -154,6 +157,10 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// Whether the background task reported since ``recordStoredSnapshot()`` last looked (most turns it has not,
   /// and an idle host runs thousands of turns a second).
   private var snapshotReported = false
+  /// Whether ``releaseStoredEntries()`` asked to compact the storage through the newest snapshot.
+  private var releaseRequested = false
+  /// The storage's compaction point as this node last set it.
+  private var storageFloor: UInt64 = 0
   private var proposals: [UInt64: Pending] = [:]
   private var proposalIndexByID: [UInt64: UInt64] = [:]
   private var reads: [UInt64: PendingRead] = [:]
@@ -253,6 +260,14 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     } catch {
       inputs.close()
     }
+  }
+
+  /// Asks the node to let its storage drop every entry it can: it snapshots if anything was applied since its
+  /// last snapshot, then compacts the storage through that snapshot (the entries it keeps in memory for slow
+  /// followers stay there). A host whose groups share one log asks this of a group whose old entries keep the
+  /// log's oldest segment on disk. Does not wait; ignored if the node's inputs are full.
+  public nonisolated func releaseStoredEntries() {
+    try? inputs.trySend(.releaseStoredEntries)
   }
 
   /// Stops the node and waits until ``run()`` has returned (at once if it never ran or already returned).
@@ -368,6 +383,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       messages.removeAll(keepingCapacity: true)
       batch.removeAll(keepingCapacity: true)
       try await recordStoredSnapshot()
+      if releaseRequested && !background.isBusy { try await releaseStorage() }
       try await drainReady()
       plannedQuiet = quietTicks()
       tickSignal.quiet(until: lastTickPeriod &+ plannedQuiet &+ 1)
@@ -440,6 +456,9 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       cancelRequest(requestID)
     case .peerLost(let peer):
       engine?.peerLost(peer)
+    case .releaseStoredEntries:
+      releaseRequested = true
+      maybeSnapshot()
     case .propose(let proposal, let continuation):
       guard pendingCount < configuration.maxPendingRequests else {  // before the work of encoding it
         continuation.resume(throwing: ConsensusError.overloaded(limit: configuration.maxPendingRequests))
@@ -621,7 +640,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       case .read(_, _, _, _, let c): c.resume(throwing: error)
       case .membership(_, _, let c): c.resume(throwing: error)
       case .transfer(_, _, let c): c.resume(throwing: error)
-      case .cancel, .stop, .snapshotStored, .peerLost: break
+      case .cancel, .stop, .snapshotStored, .peerLost, .releaseStoredEntries: break
       }
     }
   }
@@ -855,9 +874,10 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// encoding, the write and the sync. ``recordStoredSnapshot()`` finishes the job.
   private func maybeSnapshot() {
     guard !background.isBusy,
-      SnapshotSchedule.isDue(
-        applied: applied, lastSnapshot: lastSnapshotIndex, every: configuration.snapshotEvery,
-        bytesSince: appliedBytesSinceSnapshot, lastSnapshotBytes: lastSnapshotBytes),
+      (releaseRequested && applied > lastSnapshotIndex)
+        || SnapshotSchedule.isDue(
+          applied: applied, lastSnapshot: lastSnapshotIndex, every: configuration.snapshotEvery,
+          bytesSince: appliedBytesSinceSnapshot, lastSnapshotBytes: lastSnapshotBytes),
       let (term, metadata) = engine?.snapshotMetadata(at: applied)
     else { return }
     appliedBytesSinceSnapshot = 0
@@ -883,9 +903,22 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     else { return }
     lastSnapshotIndex = snapshot.index
     lastSnapshotBytes = snapshot.data.count
-    if compactThrough > 0 { try await storage.compact(through: compactThrough) }
+    if compactThrough > storageFloor {
+      try await storage.compact(through: compactThrough)
+      storageFloor = compactThrough
+    }
     observer?.node(id, group: group, recordedSnapshotAt: snapshot.index, compactedThrough: compactThrough)
     logger.info("snapshot taken", ["index": "\(snapshot.index)", "bytes": "\(snapshot.data.count)"])
+  }
+  /// Answers ``releaseStoredEntries()`` once no snapshot is being stored: compacts the storage through the
+  /// newest snapshot, past the entries the engine keeps for slow followers (it keeps them in memory; only a
+  /// restart loses them, and a follower that needs them then gets the snapshot).
+  private func releaseStorage() async throws {
+    releaseRequested = false
+    guard lastSnapshotIndex > storageFloor else { return }
+    try await storage.compact(through: lastSnapshotIndex)
+    storageFloor = lastSnapshotIndex
+    logger.info("compacted the stored log to release storage", ["through": "\(lastSnapshotIndex)"])
   }
 
   // MARK: - Public API

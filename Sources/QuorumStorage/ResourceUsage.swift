@@ -10,6 +10,17 @@ public enum FileSystemUsage {
     return allocated(path, info, depth: 0)
   }
 
+  /// Whether `path` is a directory (following symbolic links).
+  public static func isDirectory(_ path: String) -> Bool {
+    var info = stat()
+    return stat(path, &info) == 0 && info.st_mode & S_IFMT == S_IFDIR
+  }
+
+  /// The names in the directory `path` (without `.` and `..`); empty if it cannot be read.
+  public static func entries(of path: String) -> [String] {
+    (try? FileSystem.list(path)) ?? []
+  }
+
   /// Directories nested deeper than this are not descended into (a data directory is two levels deep).
   static let maxDepth = 16
 

@@ -39,7 +39,14 @@ struct ServeLifecycleTests {
     // A watch that nothing will answer for 30 s: a graceful shutdown answers the requests it took, so it waits.
     let watch = HostRequest.watch(
       group: .default, service: "locks", key: "never", after: 1 << 40, timeoutMillis: 30_000)
+    // The connection first, so that the watch's frame is the next one the client sends.
+    _ = try await client.request(HostRequest.status(group: nil).wireBytes(), to: address, timeout: .seconds(30))
+    let sentBefore = client.metrics.framesSent
     let held = Task { try? await client.request(watch.wireBytes(), to: address, timeout: .seconds(60)) }
+    let sendDeadline = ContinuousClock.now.advanced(by: .seconds(30))
+    while client.metrics.framesSent == sentBefore, ContinuousClock.now < sendDeadline {
+      try await Task.sleep(for: .milliseconds(1))
+    }
     // Requests on one connection are taken in order: once this one is answered, the watch has been taken.
     _ = try await client.request(HostRequest.status(group: nil).wireBytes(), to: address, timeout: .seconds(30))
 

@@ -100,8 +100,10 @@ struct SpaceQuotaTests {
     }
   }
 
-  @Test("on disk: filling past a small quota refuses writes, and deletes plus a snapshot win the space back")
-  func onDisk() async throws {
+  @Test(
+    "on disk: filling past a small quota refuses writes, and deletes plus a snapshot win the space back",
+    arguments: GroupLogLayout.allCases)
+  func onDisk(layout: GroupLogLayout) async throws {
     let root = FileManager.default.temporaryDirectory.appendingPathComponent("quorum-quota-\(UUID().uuidString)").path
     defer { try? FileManager.default.removeItem(atPath: root) }
     let cluster = try Cluster(id: "disk") {
@@ -113,8 +115,10 @@ struct SpaceQuotaTests {
     var settings = cluster.hostSettings
     settings.spaceQuotaBytes = quota
     settings.spaceCheckInterval = .milliseconds(5)
-    // Groups other than the default one get small log segments: usage follows the log closely.
-    let storage = FileGroupStorage(root: root, fsync: .never, segmentBytes: 4096)
+    // Small log segments (for groups other than the default one, or the shared log): usage follows the log closely.
+    let storage = FileGroupStorage(
+      root: root, fsync: .never, segmentBytes: 4096, layout: layout, sharedSegmentBytes: 4096)
+    #expect(storage.layout == layout)
     let value = [UInt8](repeating: 0x5A, count: 3000)
     try await withSingleMember(cluster, storage: storage, settings: settings) { _, kv in
       var written = 0
