@@ -399,6 +399,8 @@ final class BenchCluster: @unchecked Sendable {
       try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: file), options: .atomic)
     }
     try write(["n1": "127.0.0.1:0", "n2": "127.0.0.1:0", "n3": "127.0.0.1:0"])
+    // QUORUM_LOG_LAYOUT=shared|per-group: the servers' log layout (default: theirs, a shared log).
+    let layout = ProcessInfo.processInfo.environment["QUORUM_LOG_LAYOUT"].map { ["--log-layout", $0] } ?? []
     var processes: [Process] = []
     var outputs: [Pipe] = []
     for id in 1...3 {
@@ -408,7 +410,7 @@ final class BenchCluster: @unchecked Sendable {
         [
           "serve", "--id", "n\(id)", "--listen", "127.0.0.1:0", "--cluster-file", file, "--data", "\(root)/n\(id)",
           "--fsync", fsync, "--log-level", "error",
-        ] + security
+        ] + security + layout
       let pipe = Pipe()
       process.standardOutput = pipe
       try process.run()

@@ -1,0 +1,80 @@
+import Foundation
+import Quorum
+import Testing
+
+@Suite("Groups sharing one write-ahead log", .timeLimit(.minutes(2)))
+struct SharedLogHostTests {
+  /// A key of `service` that `group` owns.
+  private func key(ownedBy group: GroupID, in map: ClusterMap, prefix: String) throws -> String {
+    let found = (0..<10_000).lazy.map { "\(prefix)-\($0)" }.first { map.owner(of: $0, service: "kv") == group }
+    return try #require(found, "a key of \(group)")
+  }
+
+  @Test("an idle group's few entries do not keep the shared log's old segments: the host has it snapshot and compact")
+  func anIdleGroupIsAskedToReleaseTheOldestSegment() async throws {
+    let root = FileManager.default.temporaryDirectory.appendingPathComponent("quorum-shared-\(UUID().uuidString)").path
+    defer { try? FileManager.default.removeItem(atPath: root) }
+    let cluster = try Cluster(id: "shared") {
+      Member("n1")
+      Group("idle") { KeyValue() }
+      Group("busy") { KeyValue() }
+      // The idle group never reaches a snapshot of its own.
+      RaftSettings { Snapshots(every: 200, retain: 0) }
+    }
+    var settings = cluster.hostSettings
+    settings.spaceCheckInterval = .milliseconds(20)
+    let storage = FileGroupStorage(root: root, fsync: .never, sharedSegmentBytes: 8192)
+    #expect(storage.layout == .shared, "a new data directory gets a shared log")
+    let log = try #require(storage.sharedLog)
+    let map = cluster.map
+    let idle = try #require(map.groups.first { $0.name == "idle" }?.id)
+    let busy = try #require(map.groups.first { $0.name == "busy" }?.id)
+    let idleKey = try key(ownedBy: idle, in: map, prefix: "idle")
+    let busyKey = try key(ownedBy: busy, in: map, prefix: "busy")
+    let value = [UInt8](repeating: 0x42, count: 500)
+    try await withSingleMember(cluster, storage: storage, settings: settings) { _, kv in
+      for round in 0..<3 { try await kv.put(idleKey, "idle \(round)") }
+      let first = try #require(try await log.segmentSequences().first)
+      // Enough for the busy group to fill many segments and snapshot several times.
+      for round in 0..<600 { try await kv.put("\(busyKey)", value + Array("\(round)".utf8)) }
+      // The idle group's entries are in the first segment; once asked, it snapshots and compacts them away.
+      try await pollUntil("the idle group to release the oldest segments") {
+        let sequences = try await log.segmentSequences()
+        return sequences.first.map { $0 > first } == true && sequences.count <= 3
+      }
+      #expect(try await kv.getString(idleKey) == "idle 2")
+    }
+    // Everything survives a restart on the compacted log.
+    let reopened = FileGroupStorage(root: root, fsync: .never, sharedSegmentBytes: 8192)
+    #expect(reopened.layout == .shared, "the layout on disk is kept")
+    try await withSingleMember(cluster, storage: reopened, settings: settings) {
+      (_: GroupHost, kv: KeyValueClient) async throws in
+      #expect(try await kv.getString(idleKey) == "idle 2")
+      #expect(try await kv.get(busyKey) == value + Array("599".utf8))
+    }
+  }
+
+  @Test("a data directory with a log per group refuses the shared layout, with a typed error naming it")
+  func aLayoutThatContradictsTheDirectoryIsRefused() async throws {
+    let root = FileManager.default.temporaryDirectory.appendingPathComponent("quorum-layout-\(UUID().uuidString)").path
+    defer { try? FileManager.default.removeItem(atPath: root) }
+    let cluster = try Cluster(id: "layout") {
+      Member("n1")
+      Group("g") { KeyValue() }
+    }
+    let perGroup = FileGroupStorage(root: root, fsync: .never, layout: .perGroup)
+    _ = try await withSingleMember(cluster, storage: perGroup, settings: cluster.hostSettings) { _, kv in
+      try await kv.put("a", "1")
+    }
+    #expect(FileGroupStorage(root: root, fsync: .never).layout == .perGroup, "the layout on disk is kept")
+    let shared = FileGroupStorage(root: root, fsync: .never, layout: .shared)
+    let spec = try #require(cluster.map.groups.first)
+    do {
+      _ = try shared.storage(for: spec, mode: .truncateSuffix, entry: LogEntry.self)
+      Issue.record("a shared log was opened over a data directory with a log per group")
+    } catch StorageError.incompatible(let file, let reason) {
+      #expect(file == root)
+      #expect(reason.contains("log per group"), "\(reason)")
+    }
+  }
+}
