@@ -61,6 +61,9 @@ final class SharedLogCore: @unchecked Sendable {
 
   private let inbox = Mutex(Inbox())
 
+  /// Requests queued and not yet taken by the drain loop; for tests that hold the queue to make a batch.
+  var queuedRequestCount: Int { inbox.withLock { $0.requests.count } }
+
   // MARK: State confined to `queue`
 
   private enum Phase {
