@@ -644,7 +644,7 @@ final class SharedLogCore: @unchecked Sendable {
         Result { () throws(StorageError) -> WALTail in
           var cursor = WALCursor(
             UnsafeRawBufferPointer(rebasing: raw[0..<length]), path: path, isLast: isLast,
-            maxRecordBytes: Self.maxChunkBytes)
+            maxRecordBytes: Self.maxChunkBytes, laterRecordType: WALRecordType.groupChunk.rawValue)
           var headerEnd = 0
           while let (type, payload, offset) = try cursor.next() {
             if offset == 0 {

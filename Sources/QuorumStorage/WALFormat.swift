@@ -196,15 +196,15 @@ enum WALFormat {
     return end - 1
   }
 
-  /// The offset of the first valid record that starts after `offset`, if any. Used to tell a torn tail
-  /// (nothing valid follows the damage) from damage in the middle of the log.
+  /// The offset of the first valid record that starts after `offset`, if any (of type `type` only, when given).
+  /// Used to tell a torn tail (nothing valid follows the damage) from damage in the middle of the log.
   static func nextValidRecord(
-    _ raw: UnsafeRawBufferPointer, after offset: Int, lastNonZero: Int, maxRecordBytes: Int
+    _ raw: UnsafeRawBufferPointer, after offset: Int, lastNonZero: Int, maxRecordBytes: Int, type: UInt8? = nil
   ) -> Int? {
     // A record's type byte is non-zero, so a record can only start at or before lastNonZero - 8.
     var candidate = offset + 1
     while candidate + 8 <= lastNonZero {
-      if raw[candidate + 8] != 0,
+      if raw[candidate + 8] != 0, type == nil || raw[candidate + 8] == type,
         case .record = step(raw, at: candidate, lastNonZero: lastNonZero, maxRecordBytes: maxRecordBytes)
       {
         return candidate

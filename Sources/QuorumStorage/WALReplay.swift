@@ -240,17 +240,25 @@ struct WALCursor {
   let lastNonZero: Int
   /// Added to offsets in `raw` to give offsets in the file, for errors.
   let baseOffset: Int
+  /// The only record type that, found valid after damage, makes the damage corruption rather than a torn tail
+  /// (`nil`: any type). A shared log's records are group records, each holding whole records of a group: a torn
+  /// group record's own records inside it are not records written after it.
+  let laterRecordType: UInt8?
   /// Where the next record starts in `raw`: after the walk, the end of the last valid record.
   private(set) var offset = 0
   /// The torn tail found, if the walk stopped at one.
   private(set) var damage: WALDamage?
 
-  init(_ raw: UnsafeRawBufferPointer, path: String, isLast: Bool, maxRecordBytes: Int, baseOffset: Int = 0) {
+  init(
+    _ raw: UnsafeRawBufferPointer, path: String, isLast: Bool, maxRecordBytes: Int, baseOffset: Int = 0,
+    laterRecordType: UInt8? = nil
+  ) {
     self.raw = raw
     self.path = path
     self.isLast = isLast
     self.maxRecordBytes = maxRecordBytes
     self.baseOffset = baseOffset
+    self.laterRecordType = laterRecordType
     lastNonZero = WALFormat.lastNonZeroOffset(raw)
   }
 
@@ -267,7 +275,7 @@ struct WALCursor {
           reason: reason + (baseOffset > 0 ? " (inside a group record)" : " (not the last segment)"))
       }
       if let next = WALFormat.nextValidRecord(
-        raw, after: offset, lastNonZero: lastNonZero, maxRecordBytes: maxRecordBytes)
+        raw, after: offset, lastNonZero: lastNonZero, maxRecordBytes: maxRecordBytes, type: laterRecordType)
       {
         throw .corruptRecord(
           file: path, offset: baseOffset + offset, reason: reason + "; a valid record follows at byte \(next)")
