@@ -197,6 +197,10 @@ struct WALReplay<Entry: StorableEntry>: ~Copyable {
       let version = try reader.readByte()
       let modeByte = try reader.readByte()
       let found = try reader.readFixed64()
+      if magic == SharedLogCore.segmentMagic {
+        throw StorageError.incompatible(
+          file: path, reason: "a shared log's segment (SharedWriteAheadLog), not a group's own log segment")
+      }
       if magic != WALFormat.segmentMagic {
         throw StorageError.corruptRecord(file: path, offset: 0, reason: "bad segment magic")
       }
