@@ -151,12 +151,28 @@ public final class SharedLogStorage<Entry: StorableEntry>: ConsensusStorage {
     if closedFlag.load(ordering: .acquiring) { throw .closed }
   }
 
+  /// This storage's identity in the log: another storage for the same group number is refused.
+  private var owner: ObjectIdentifier { ObjectIdentifier(self) }
+
+  /// Runs `body`; a call that raced with ``close()`` and found the group (or the whole log) gone throws
+  /// ``StorageError/closed``.
+  private func mappingClosed<T>(_ body: () async throws -> T) async throws -> T {
+    do {
+      return try await body()
+    } catch let error as StorageError {
+      if case .invalidWrite = error, closedFlag.load(ordering: .acquiring) { throw StorageError.closed }
+      throw error
+    }
+  }
+
   /// Opens the log if no group has yet, and replays this group's records; see ``SharedWriteAheadLog``.
   public func recover() async throws -> RecoveredState<Entry> {
     try checkOpen()
-    let (core, group, mode, limit) = (self.core, self.group, self.mode, self.maxRecordBytes)
-    return try await core.perform { () throws(StorageError) in
-      try core.recover(group: group, mode: mode, maxRecordBytes: limit, as: Entry.self)
+    let (core, group, owner, mode, limit) = (self.core, self.group, self.owner, self.mode, self.maxRecordBytes)
+    return try await mappingClosed {
+      try await core.perform { () throws(StorageError) in
+        try core.recover(group: group, owner: owner, mode: mode, maxRecordBytes: limit, as: Entry.self)
+      }
     }
   }
 
@@ -178,34 +194,40 @@ public final class SharedLogStorage<Entry: StorableEntry>: ConsensusStorage {
       return
     }
     let encoded = try WALFormat.encode(write, mode: mode, maxRecordBytes: maxRecordBytes)
-    try await core.write(group: group, encoded, whenDurable: whenDurable)
+    try await mappingClosed { try await core.write(group: group, owner: owner, encoded, whenDurable: whenDurable) }
   }
 
   /// Writes `snapshot` atomically into the group's snapshot directory; keeps its newest two. With
   /// `discardingLog`, the log continues in a new segment whose checkpoint resets this group's log.
   public func saveSnapshot(_ snapshot: StoredSnapshot, discardingLog: Bool) async throws {
     try checkOpen()
-    let (core, group) = (self.core, self.group)
-    if !discardingLog {
-      try await core.saveSnapshotKeepingLog(
-        group: group, snapshot, closed: { self.closedFlag.load(ordering: .acquiring) })
-      return
+    let (core, group, owner) = (self.core, self.group, self.owner)
+    try await mappingClosed {
+      if !discardingLog {
+        try await core.saveSnapshotKeepingLog(
+          group: group, owner: owner, snapshot, closed: { self.closedFlag.load(ordering: .acquiring) })
+        return
+      }
+      try await core.perform { () throws(StorageError) in
+        try core.saveSnapshotDiscardingLog(group: group, owner: owner, snapshot)
+      }
     }
-    try await core.perform { () throws(StorageError) in try core.saveSnapshotDiscardingLog(group: group, snapshot) }
   }
 
   /// Records the group's compaction point and deletes the oldest segments no group needs any more.
   public func compact(through index: UInt64) async throws {
     try checkOpen()
-    let (core, group) = (self.core, self.group)
-    try await core.perform { () throws(StorageError) in try core.compact(group: group, through: index) }
+    let (core, group, owner) = (self.core, self.group, self.owner)
+    try await mappingClosed {
+      try await core.perform { () throws(StorageError) in try core.compact(group: group, owner: owner, through: index) }
+    }
   }
 
   /// Syncs the log and closes this group's storage; the last group closed releases the files and the
   /// directory lock. Later calls throw ``StorageError/closed``; closing twice is harmless.
   public func close() async throws {
     if closedFlag.exchange(true, ordering: .acquiringAndReleasing) { return }
-    let (core, group) = (self.core, self.group)
-    try await core.perform { () throws(StorageError) in try core.close(group: group) }
+    let (core, group, owner) = (self.core, self.group, self.owner)
+    try await core.perform { () throws(StorageError) in try core.close(group: group, owner: owner) }
   }
 }

@@ -38,7 +38,7 @@ final class SharedLogCore: @unchecked Sendable {
   // MARK: Request queue
 
   private enum Request: Sendable {
-    case write(UInt64, WALFormat.EncodedWrite, Durable)
+    case write(UInt64, ObjectIdentifier, WALFormat.EncodedWrite, Durable)
     case task(@Sendable () -> Void)
   }
 
@@ -52,6 +52,13 @@ final class SharedLogCore: @unchecked Sendable {
     }
 
     func fail(_ error: any Error) { continuation.resume(throwing: error) }
+  }
+
+  private struct Write {
+    var group: UInt64
+    var owner: ObjectIdentifier
+    var write: WALFormat.EncodedWrite
+    var waiter: Durable
   }
 
   private struct Inbox: Sendable {
@@ -87,6 +94,8 @@ final class SharedLogCore: @unchecked Sendable {
     var hardState: [UInt8]?
     /// Whether its storage is open (recovered and not closed).
     var open: Bool
+    /// The storage that recovered it: the only one whose calls it takes.
+    var owner: ObjectIdentifier
   }
 
   private struct Segment {
@@ -147,9 +156,11 @@ final class SharedLogCore: @unchecked Sendable {
 
   // MARK: Submitting requests
 
-  func write(group: UInt64, _ write: WALFormat.EncodedWrite, whenDurable: (@Sendable () -> Void)?) async throws {
+  func write(
+    group: UInt64, owner: ObjectIdentifier, _ write: WALFormat.EncodedWrite, whenDurable: (@Sendable () -> Void)?
+  ) async throws {
     try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-      enqueue(.write(group, write, Durable(continuation: continuation, then: whenDurable)))
+      enqueue(.write(group, owner, write, Durable(continuation: continuation, then: whenDurable)))
     }
   }
 
@@ -194,9 +205,9 @@ final class SharedLogCore: @unchecked Sendable {
           next += 1
           continue
         }
-        var batch: [(UInt64, WALFormat.EncodedWrite, Durable)] = []
-        while next < requests.count, case .write(let group, let write, let waiter) = requests[next] {
-          batch.append((group, write, waiter))
+        var batch: [Write] = []
+        while next < requests.count, case .write(let group, let owner, let write, let waiter) = requests[next] {
+          batch.append(Write(group: group, owner: owner, write: write, waiter: waiter))
           next += 1
         }
         appendWrites(batch)
@@ -214,49 +225,65 @@ final class SharedLogCore: @unchecked Sendable {
     }
   }
 
-  /// The group's state, if its storage is open.
-  private func openGroup(_ group: UInt64) throws(StorageError) -> Group {
-    try ensureOpen()
+  /// The group's state, if `owner` recovered it and has not closed it. Only ``recover(group:owner:mode:maxRecordBytes:as:)``
+  /// opens the log: a call before it (or after the last group closed) throws, and leaves the directory alone.
+  private func openGroup(_ group: UInt64, owner: ObjectIdentifier) throws(StorageError) -> Group {
+    switch phase {
+    case .open: break
+    case .failed(let error): throw error
+    case .initial: throw .invalidWrite("group \(group) of the shared log \(directory) has not recovered")
+    }
     guard let state = groups[group] else {
       throw .invalidWrite("group \(group) of the shared log \(directory) has not recovered")
+    }
+    guard state.owner == owner else {
+      throw .invalidWrite("group \(group) of the shared log \(directory) is open in another storage")
     }
     if !state.open { throw .closed }
     return state
   }
 
-  /// Closes `group`'s storage; the last one closed syncs and releases everything.
-  func close(group: UInt64) throws(StorageError) {
-    guard groups[group]?.open == true else { return }
-    groups[group]?.open = false
-    openGroups -= 1
+  /// Closes `group`'s storage (if `owner` recovered it); the last one closed syncs and releases everything,
+  /// as does closing a storage whose recovery failed while no group is open.
+  func close(group: UInt64, owner: ObjectIdentifier) throws(StorageError) {
     var failure: StorageError?
-    if case .open = phase, syncsStructure, dirty || openGroups == 0, let active {
-      do throws(StorageError) {
-        try active.file.dataSync()
-        syncCount += 1
-        dirty = false
-      } catch {
-        failure = error
-        poison(error)
+    if let state = groups[group], state.open, state.owner == owner {
+      groups[group]?.open = false
+      openGroups -= 1
+      if case .open = phase, syncsStructure, dirty || openGroups == 0, let active {
+        do throws(StorageError) {
+          try active.file.dataSync()
+          syncCount += 1
+          dirty = false
+        } catch {
+          failure = error
+          poison(error)
+        }
       }
     }
-    if openGroups == 0 {
-      // The next group to recover reads the files afresh.
-      snapshotQueue.sync {}
-      timer?.cancel()
-      timer = nil
-      active?.file.close()
-      active = nil
-      segments = []
-      groups = [:]
-      pending = [:]
-      scanReport = RecoveryReport()
-      spare?.cancel()
-      lockFile?.close()
-      lockFile = nil
-      phase = .initial
-    }
+    if openGroups == 0 { release() }
     if let failure { throw failure }
+  }
+
+  /// Releases the files and the directory lock, and forgets every group: the next group to recover reads the
+  /// files afresh.
+  private func release() {
+    if case .initial = phase, lockFile == nil { return }
+    snapshotQueue.sync {}
+    timer?.cancel()
+    timer = nil
+    active?.file.close()
+    active = nil
+    segments = []
+    groups = [:]
+    pending = [:]
+    scanReport = RecoveryReport()
+    openGroups = 0
+    dirty = false
+    spare?.cancel()
+    lockFile?.close()
+    lockFile = nil
+    phase = .initial
   }
 
   private func poison(_ error: StorageError) {
@@ -266,24 +293,19 @@ final class SharedLogCore: @unchecked Sendable {
 
   // MARK: Writing (on `queue`)
 
-  private func appendWrites(_ batch: [(UInt64, WALFormat.EncodedWrite, Durable)]) {
+  private func appendWrites(_ batch: [Write]) {
     var outcomes = [StorageError?](repeating: nil, count: batch.count)
-    do throws(StorageError) {
-      try ensureOpen()
-    } catch {
-      for (_, _, waiter) in batch { waiter.fail(error) }
-      return
-    }
     var pendingChunks: [[UInt8]] = []
     var pendingBytes = 0
     var accepted: [Int] = []
     var mustSync = false
     do throws(StorageError) {
-      for (slot, (group, write, _)) in batch.enumerated() {
+      for (slot, request) in batch.enumerated() {
+        let (group, write) = (request.group, request.write)
         var state: Group
         var resetPoint: UInt64?
         do throws(StorageError) {
-          state = try openGroup(group)
+          state = try openGroup(group, owner: request.owner)
           if let range = write.entryRange {
             resetPoint = try state.position.check(first: range.lowerBound, last: range.upperBound)
           }
@@ -298,7 +320,11 @@ final class SharedLogCore: @unchecked Sendable {
         }
         pendingChunks.append(chunk)
         pendingBytes += chunk.count
-        if let resetPoint { state.position.didReset(to: resetPoint) }
+        if let resetPoint {
+          state.position.didReset(to: resetPoint)
+          // The reset dropped every entry the group had stored: none of them keeps a segment any more.
+          for index in segments.indices { segments[index].maxEntryIndex[group] = nil }
+        }
         if let range = write.entryRange {
           state.position.didAppend(first: range.lowerBound, last: range.upperBound)
           let last = segments.count - 1
@@ -322,11 +348,11 @@ final class SharedLogCore: @unchecked Sendable {
       poison(error)
       for slot in batch.indices where outcomes[slot] == nil { outcomes[slot] = error }
     }
-    for (slot, (_, _, waiter)) in batch.enumerated() {
+    for (slot, request) in batch.enumerated() {
       if let error = outcomes[slot] {
-        waiter.fail(error)
+        request.waiter.fail(error)
       } else {
-        waiter.succeed()
+        request.waiter.succeed()
       }
     }
   }
@@ -408,14 +434,20 @@ final class SharedLogCore: @unchecked Sendable {
     var bytes = writer.bytes
     for group in groups.keys.sorted() {
       guard let state = groups[group] else { continue }
-      var records = WireWriter(reservingCapacity: 32 + (state.hardState?.count ?? 0))
-      if let hardState = state.hardState { WALFormat.appendRecord(.hardState, payload: hardState, to: &records) }
-      if state.position.floor > 0 { WALFormat.appendIndexRecord(.floor, state.position.floor, to: &records) }
+      let records = Self.stateRecords(state)
       let resetHere = reset?.group == group ? reset?.index : nil
-      if records.count == 0 && resetHere == nil { continue }
-      bytes.append(contentsOf: try Self.chunk(group: group, reset: resetHere, records: records.bytes))
+      if records.isEmpty && resetHere == nil { continue }
+      bytes.append(contentsOf: try Self.chunk(group: group, reset: resetHere, records: records))
     }
     return (bytes, headerEnd)
+  }
+
+  /// The records that restore a group's state without its entries: its hard state and compaction point.
+  private static func stateRecords(_ state: Group) -> [UInt8] {
+    var records = WireWriter(reservingCapacity: 32 + (state.hardState?.count ?? 0))
+    if let hardState = state.hardState { WALFormat.appendRecord(.hardState, payload: hardState, to: &records) }
+    if state.position.floor > 0 { WALFormat.appendIndexRecord(.floor, state.position.floor, to: &records) }
+    return records.bytes
   }
 
   private func createSegment(_ sequence: UInt64, reset: (group: UInt64, index: UInt64)?) throws(StorageError)
@@ -487,6 +519,16 @@ final class SharedLogCore: @unchecked Sendable {
   private func deleteDeadSegments() throws(StorageError) {
     var deleted = 0
     while segments.count > 1, isDead(segments[0]) {
+      if deleted == 0, dirty, syncsStructure {
+        // Copies of a recovered group's state appended since the last sync (see recover) must be durable before
+        // the records they copy go.
+        do throws(StorageError) {
+          try syncActive()
+        } catch {
+          poison(error)
+          throw error
+        }
+      }
       try FileSystem.remove(segmentPath(segments[0].sequence))
       segments.removeFirst()
       deleted += 1
@@ -506,8 +548,10 @@ final class SharedLogCore: @unchecked Sendable {
 
   // MARK: Snapshots and compaction (on `queue`)
 
-  func saveSnapshotDiscardingLog(group: UInt64, _ snapshot: StoredSnapshot) throws(StorageError) {
-    var state = try openGroup(group)
+  func saveSnapshotDiscardingLog(group: UInt64, owner: ObjectIdentifier, _ snapshot: StoredSnapshot)
+    throws(StorageError)
+  {
+    var state = try openGroup(group, owner: owner)
     if snapshot.index < state.position.snapshotIndex {
       throw .invalidWrite(
         "snapshot at \(snapshot.index) is older than the stored snapshot at \(state.position.snapshotIndex)")
@@ -534,9 +578,9 @@ final class SharedLogCore: @unchecked Sendable {
     SnapshotFile.prune(directory, logger: logger)
   }
 
-  func saveSnapshotKeepingLog(group: UInt64, _ snapshot: StoredSnapshot, closed: @escaping @Sendable () -> Bool)
-    async throws
-  {
+  func saveSnapshotKeepingLog(
+    group: UInt64, owner: ObjectIdentifier, _ snapshot: StoredSnapshot, closed: @escaping @Sendable () -> Bool
+  ) async throws {
     let directory = snapshotDirectory(group)
     let sync = policy != .never
     let suffix = ".\(instanceToken).\(snapshotSequence.add(1, ordering: .relaxed).newValue).tmp"
@@ -552,7 +596,7 @@ final class SharedLogCore: @unchecked Sendable {
     }
     try await perform { () throws(StorageError) in
       do throws(StorageError) {
-        try self.publishSnapshot(group: group, temporary, index: snapshot.index)
+        try self.publishSnapshot(group: group, owner: owner, temporary, index: snapshot.index)
       } catch {
         try? FileSystem.remove(temporary)
         throw error
@@ -560,8 +604,10 @@ final class SharedLogCore: @unchecked Sendable {
     }
   }
 
-  private func publishSnapshot(group: UInt64, _ temporary: String, index: UInt64) throws(StorageError) {
-    let state = try openGroup(group)
+  private func publishSnapshot(group: UInt64, owner: ObjectIdentifier, _ temporary: String, index: UInt64)
+    throws(StorageError)
+  {
+    let state = try openGroup(group, owner: owner)
     if index < state.position.snapshotIndex {
       throw .invalidWrite("snapshot at \(index) is older than the stored snapshot at \(state.position.snapshotIndex)")
     }
@@ -575,8 +621,8 @@ final class SharedLogCore: @unchecked Sendable {
     SnapshotFile.prune(directory, logger: logger)
   }
 
-  func compact(group: UInt64, through index: UInt64) throws(StorageError) {
-    let state = try openGroup(group)
+  func compact(group: UInt64, owner: ObjectIdentifier, through index: UInt64) throws(StorageError) {
+    let state = try openGroup(group, owner: owner)
     guard index > state.position.floor else { return }
     if index > state.position.snapshotIndex {
       throw .invalidWrite("compaction through \(index) passes the snapshot at \(state.position.snapshotIndex)")
@@ -739,11 +785,26 @@ final class SharedLogCore: @unchecked Sendable {
     segments.append(Segment(sequence: sequence))
   }
 
-  /// Replays `group`'s records with its entry type; see ``SharedWriteAheadLog``.
+  /// Replays `group`'s records with its entry type; see ``SharedWriteAheadLog``. A failure before the group is
+  /// registered leaves nothing changed (and, when no group is open, the directory released, as ``FileStorage``
+  /// does); a failure after it (a new segment or a deletion that failed) poisons the log or leaves the group open,
+  /// to be closed.
   func recover<Entry: StorableEntry>(
-    group: UInt64, mode: LogWriteMode, maxRecordBytes: Int, as entry: Entry.Type
+    group: UInt64, owner: ObjectIdentifier, mode: LogWriteMode, maxRecordBytes: Int, as entry: Entry.Type
   ) throws(StorageError) -> RecoveredState<Entry> {
     try ensureOpen()
+    do throws(StorageError) {
+      return try replayAndRegister(
+        group: group, owner: owner, mode: mode, maxRecordBytes: maxRecordBytes, as: entry)
+    } catch {
+      if openGroups == 0 { release() }
+      throw error
+    }
+  }
+
+  private func replayAndRegister<Entry: StorableEntry>(
+    group: UInt64, owner: ObjectIdentifier, mode: LogWriteMode, maxRecordBytes: Int, as entry: Entry.Type
+  ) throws(StorageError) -> RecoveredState<Entry> {
     if let state = groups[group] {
       throw .invalidWrite(
         "group \(group) of the shared log \(directory) "
@@ -763,9 +824,13 @@ final class SharedLogCore: @unchecked Sendable {
     var replay = WALReplay<Entry>(
       mode: mode, maxRecordBytes: maxRecordBytes, discardBeforeSegment: discardBefore, logger: logger)
     var maxEntryIndex: [UInt64: UInt64] = [:]
-    for chunk in pending[group] ?? [] {
+    let chunks = pending[group] ?? []
+    for chunk in chunks {
+      let resets = replay.resets
       let highest = try replay.replayChunk(
         chunk.bytes, sequence: chunk.sequence, path: chunk.path, fileOffset: chunk.offset)
+      // A reset (first in its group record) drops every entry read before it: they keep no segment.
+      if replay.resets != resets { maxEntryIndex = [:] }
       if highest > 0 && chunk.sequence >= discardBefore {
         maxEntryIndex[chunk.sequence] = max(maxEntryIndex[chunk.sequence] ?? 0, highest)
       }
@@ -773,26 +838,6 @@ final class SharedLogCore: @unchecked Sendable {
     try replay.settle(
       snapshotIndex: snapshotIndex, loaded: loaded?.snapshot, rejected: rejected,
       snapshotDirectory: snapshotDirectory, logDirectory: walDirectory)
-
-    pending[group] = nil
-    for slot in segments.indices {
-      segments[slot].unrecovered.remove(group)
-      if let highest = maxEntryIndex[segments[slot].sequence] { segments[slot].maxEntryIndex[group] = highest }
-    }
-    groups[group] = Group(
-      position: LogPosition(mode: mode, snapshotIndex: snapshotIndex, floor: replay.floor, end: replay.log.end),
-      hardState: replay.hardState, open: true)
-    openGroups += 1
-    if let loaded, discardBefore > 0, let last = segments.last, last.sequence < discardBefore {
-      // A leader's snapshot was stored but the crash came before the segment that resets the log.
-      do throws(StorageError) {
-        try rotate(reset: (group, loaded.snapshot.index))
-      } catch {
-        poison(error)
-        throw error
-      }
-      groups[group]?.position.didReset(to: loaded.snapshot.index)
-    }
     var report = scanReport
     report.recordsRead = replay.report.recordsRead
     for (path, reason) in rejected {
@@ -802,6 +847,48 @@ final class SharedLogCore: @unchecked Sendable {
         "set aside a damaged snapshot; recovering from an older one and the log",
         ["file": path, "reason": reason, "snapshot": "\(snapshotIndex)"])
     }
+
+    // Registered from here on: what follows changes the log.
+    pending[group] = nil
+    for slot in segments.indices {
+      segments[slot].unrecovered.remove(group)
+      if let highest = maxEntryIndex[segments[slot].sequence] { segments[slot].maxEntryIndex[group] = highest }
+    }
+    let state = Group(
+      position: LogPosition(mode: mode, snapshotIndex: snapshotIndex, floor: replay.floor, end: replay.log.end),
+      hardState: replay.hardState, open: true, owner: owner)
+    groups[group] = state
+    openGroups += 1
+    guard let first = segments.first, let last = segments.last else {
+      preconditionFailure("open shared log without segments; phase \(phase)")
+    }
+    // A leader's snapshot discarded the group's entries before segment `discardBefore`, but no reset of the
+    // group's log follows them: the crash came before that segment was written, or it was written by another
+    // group's run, while this group was not open. A later snapshot that keeps the log names no segment, so the
+    // reset must be in the log before the old entries can be read again.
+    let reset: UInt64? =
+      if let loaded, discardBefore > 0, replay.resets == 0, first.sequence < discardBefore {
+        loaded.snapshot.index
+      } else {
+        nil
+      }
+    // The group's hard state and compaction point are only in checkpoints of segments written while it was open
+    // and in its own records: if none of them is in the active segment, the segments that hold them could be
+    // deleted (they are dead once this group is open) and its state with them. Copy it into the active segment;
+    // it is synced before any segment is deleted.
+    let stateElsewhere = (state.hardState != nil || state.position.floor > 0) && chunks.last?.sequence != last.sequence
+    do throws(StorageError) {
+      if let reset, last.sequence < discardBefore {
+        try rotate(reset: (group, reset))
+      } else if reset != nil || stateElsewhere {
+        try appendRecords(try Self.chunk(group: group, reset: reset, records: Self.stateRecords(state)))
+        dirty = true
+      }
+    } catch {
+      poison(error)
+      throw error
+    }
+    if let reset { groups[group]?.position.didReset(to: reset) }
     try deleteDeadSegments()
     return RecoveredState(
       hardState: replay.hardState, snapshot: loaded?.snapshot, entries: replay.log.takeEntries(), report: report)

@@ -23,6 +23,8 @@ struct WALReplay<Entry: StorableEntry>: ~Copyable {
   var log: EntryLog<Entry>
   var hardState: [UInt8]?
   var floor: UInt64 = 0
+  /// Reset records applied (not in discarded segments): each drops every entry read before it.
+  var resets = 0
   var report = RecoveryReport()
   var segments: [SegmentSummary] = []
   var tail: Tail?
@@ -104,6 +106,7 @@ struct WALReplay<Entry: StorableEntry>: ~Copyable {
       if !discarded {
         log.reset(to: point)
         floor = max(floor, point)
+        resets += 1
       }
     case .segmentHeader:
       throw .corruptRecord(file: path, offset: offset, reason: "a second segment header")
