@@ -48,12 +48,16 @@ import Synchronization
 /// The oldest segment (never the active one) is deleted once every group with entries in it has compacted past
 /// them (or installed a leader's snapshot that discarded them), and no group whose records it holds is still to
 /// recover: a group that is never opened again keeps the segments that hold its records, and so every later
-/// one. ``pinningGroups()`` names the groups whose entries keep the oldest segment alive, so a host can ask
+/// one. A group that recovers when its last record is in an older segment (it was not open when the active one
+/// began) gets a copy of its hard state and compaction point in the active segment, synced before any segment
+/// is deleted, so its state outlives the segments it was written in. ``pinningGroups()`` names the groups whose entries keep the oldest segment alive, so a host can ask
 /// them to snapshot.
 ///
 /// A group installing a leader's snapshot (`saveSnapshot` with `discardingLog`) starts a new segment whose
 /// checkpoint resets that group's log: its snapshot file names the segment, and recovery ignores the group's
-/// entries before it, as in ``FileStorage``.
+/// entries before it, as in ``FileStorage``. If a crash came before that segment was written, the group's
+/// recovery writes the reset (a later snapshot that keeps the log names no segment, so the reset must be in
+/// the log while older segments hold the discarded entries).
 ///
 /// ## Threads
 ///
