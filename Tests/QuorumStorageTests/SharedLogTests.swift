@@ -1,0 +1,696 @@
+import Dispatch
+import Foundation
+import QuorumCore
+import Synchronization
+import Testing
+
+@testable import QuorumStorage
+
+private func makeLog(_ directory: String, fsync: FsyncPolicy = .always, segmentBytes: Int = 4096)
+  -> SharedWriteAheadLog
+{
+  SharedWriteAheadLog(
+    directory: directory, fsync: fsync, segmentBytes: segmentBytes, preallocation: .none, logger: .disabled)
+}
+
+/// An entry type that reads only a position: a `TestEntry`'s records do not decode as one.
+private struct ShortEntry: StorableEntry, Equatable {
+  var index: UInt64
+
+  func encode(to writer: inout WireWriter) { writer.writeVarint(index) }
+
+  init(from reader: inout WireReader) throws(WireError) { index = try reader.readVarint() }
+}
+
+/// A padded entry, so that a few writes fill a 4 KiB segment.
+private func bigEntries(_ positions: ClosedRange<UInt64>, term: UInt64 = 1) -> [TestEntry] {
+  positions.map { TestEntry($0, term: term, payload: [UInt8](repeating: UInt8(truncatingIfNeeded: $0), count: 100)) }
+}
+
+/// Blocks a thread until opened; for holding the log's queue while requests pile up behind it.
+private final class Gate: @unchecked Sendable {
+  private let semaphore = DispatchSemaphore(value: 0)
+  let entered = Atomic<Bool>(false)
+
+  func pass() {
+    entered.store(true, ordering: .releasing)
+    semaphore.wait()
+  }
+
+  func open() { semaphore.signal() }
+}
+
+/// Waits (polling) until `condition` holds; fails the test after ten seconds.
+private func waitUntil(_ what: Comment, _ condition: () async throws -> Bool) async throws {
+  let deadline = ContinuousClock.now + .seconds(10)
+  while try await !condition() {
+    if ContinuousClock.now > deadline {
+      Issue.record("timed out waiting: \(what)")
+      return
+    }
+    try await Task.sleep(for: .milliseconds(1))
+  }
+}
+
+/// Writes `write` into both the storage and its in-memory model.
+private func write(
+  _ write: StorageWrite<TestEntry>, _ storage: SharedLogStorage<TestEntry>, _ model: MemoryStorage<TestEntry>
+) async throws {
+  try await storage.write(write)
+  try await model.write(write)
+}
+
+@Suite("Shared write-ahead log: groups, segments, recovery")
+struct SharedLogTests {
+  @Test func groupsInterleaveAndEachRecoversItsOwn() async throws {
+    try await withTemporaryDirectory { directory in
+      let log = makeLog(directory)
+      let modes: [LogWriteMode] = [.truncateSuffix, .replace, .truncateSuffix]
+      let stores = modes.enumerated().map {
+        log.storage(for: UInt64($0.offset + 1), mode: $0.element, entry: TestEntry.self)
+      }
+      let models = modes.map { MemoryStorage<TestEntry>(mode: $0) }
+      for (store, model) in zip(stores, models) {
+        _ = try await store.recover()
+        _ = try await model.recover()
+      }
+      for round in UInt64(0)..<60 {
+        // Group 1 appends one entry a round; group 2 (replace mode) writes sparse slots and now and then
+        // replaces an older one; group 3 appends three and sometimes overwrites its suffix with a new term.
+        async let one: Void = write(
+          StorageWrite(hardState: hardState("one \(round)"), entries: bigEntries((round + 1)...(round + 1))),
+          stores[0], models[0])
+        var slots = [TestEntry(1000 + 2 * round, term: 1)]
+        if round % 5 == 4 { slots.insert(TestEntry(1000 + round, term: 2), at: 0) }
+        async let two: Void = write(
+          StorageWrite(hardState: round % 3 == 0 ? hardState("two \(round)") : nil, entries: slots), stores[1],
+          models[1])
+        let start = round * 3 + 1
+        async let three: Void = write(StorageWrite(entries: entries(start...(start + 2))), stores[2], models[2])
+        _ = try await (one, two, three)
+        if round % 7 == 6 {
+          try await write(
+            StorageWrite(hardState: hardState("three \(round)"), entries: entries((start + 1)...(start + 2), term: 2)),
+            stores[2], models[2])
+        }
+      }
+      #expect(try await log.segmentSequences().count > 2)
+      for store in stores { try await store.close() }
+
+      let reopened = makeLog(directory)
+      for (slot, mode) in modes.enumerated() {
+        let state = try await reopened.storage(for: UInt64(slot + 1), mode: mode, entry: TestEntry.self).recover()
+        let expected = try await models[slot].recover()
+        #expect(state.entries == expected.entries, "group \(slot + 1)")
+        #expect(state.hardState == expected.hardState, "group \(slot + 1)")
+        #expect(state.report.truncatedTailBytes == 0)
+      }
+    }
+  }
+
+  @Test func concurrentWritesOfManyGroupsShareOneSync() async throws {
+    try await withTemporaryDirectory { directory in
+      let log = makeLog(directory, segmentBytes: 1 << 20)
+      let stores = (UInt64(1)...32).map { log.storage(for: $0, entry: TestEntry.self) }
+      for store in stores { _ = try await store.recover() }
+      let syncsBefore = try await log.syncCount()
+
+      // Hold the log's queue, queue one write from each group behind it, then let them all go: they are one
+      // batch, appended together and synced once.
+      let gate = Gate()
+      let core = log.core
+      let holder = Task { try await core.perform { () throws(StorageError) in gate.pass() } }
+      try await waitUntil("the queue is held") { gate.entered.load(ordering: .acquiring) }
+      try await withThrowingTaskGroup(of: Void.self) { tasks in
+        for store in stores {
+          tasks.addTask {
+            try await store.write(StorageWrite(hardState: hardState("g\(store.group)"), entries: entries(1...2)))
+          }
+        }
+        try await waitUntil("32 writes are queued") { core.queuedRequestCount == stores.count }
+        gate.open()
+        try await tasks.waitForAll()
+      }
+      try await holder.value
+      #expect(try await log.syncCount() - syncsBefore == 1)
+      for store in stores { try await store.close() }
+
+      let reopened = makeLog(directory, segmentBytes: 1 << 20)
+      for group in UInt64(1)...32 {
+        let state = try await reopened.storage(for: group, entry: TestEntry.self).recover()
+        #expect(state.entries == entries(1...2))
+        #expect(state.hardState == hardState("g\(group)"))
+      }
+    }
+  }
+
+  @Test func batchPolicySyncsOnItsTimer() async throws {
+    try await withTemporaryDirectory { directory in
+      let log = makeLog(directory, fsync: .batch(interval: .milliseconds(5)))
+      let store = log.storage(for: 1, entry: TestEntry.self)
+      _ = try await store.recover()
+      let before = try await log.syncCount()
+      try await store.write(StorageWrite(entries: entries(1...3)))
+      try await waitUntil("the timer syncs") { try await log.syncCount() > before }
+      try await store.close()
+    }
+  }
+
+  @Test func aGroupWithEntriesInTheOldestSegmentPinsItUntilItCompacts() async throws {
+    try await withTemporaryDirectory { directory in
+      let log = makeLog(directory)
+      let a = log.storage(for: 1, entry: TestEntry.self)
+      let b = log.storage(for: 2, entry: TestEntry.self)
+      _ = try await a.recover()
+      _ = try await b.recover()
+      // B's hard state is written once, in the first segment: after it goes, only checkpoints hold it.
+      try await b.write(StorageWrite(hardState: hardState("b"), entries: entries(1...3)))
+      for start in stride(from: UInt64(1), through: 196, by: 5) {
+        try await a.write(StorageWrite(hardState: hardState("a \(start)"), entries: bigEntries(start...(start + 4))))
+      }
+      let before = try await log.segmentSequences()
+      #expect(before.count > 4)
+      #expect(before.first == 1)
+
+      try await a.saveSnapshot(StoredSnapshot(index: 200, term: 1, data: [1]), discardingLog: false)
+      try await a.compact(through: 200)
+      #expect(try await log.pinningGroups() == [2])
+      #expect(try await log.segmentSequences() == before)
+
+      try await b.saveSnapshot(StoredSnapshot(index: 3, term: 1, data: [2]), discardingLog: false)
+      try await b.compact(through: 3)
+      let after = try await log.segmentSequences()
+      #expect(after == [before.last!])
+      #expect(try segmentFiles(directory).count == 1)
+      #expect(try await log.pinningGroups() == [])
+      try await a.close()
+      try await b.close()
+
+      let reopened = makeLog(directory)
+      let stateA = try await reopened.storage(for: 1, entry: TestEntry.self).recover()
+      #expect(stateA.entries == [])
+      #expect(stateA.snapshot?.index == 200)
+      #expect(stateA.hardState == hardState("a 196"))
+      let reopenedB = reopened.storage(for: 2, entry: TestEntry.self)
+      let stateB = try await reopenedB.recover()
+      #expect(stateB.entries == [])
+      #expect(stateB.snapshot?.index == 3)
+      #expect(stateB.hardState == hardState("b"))
+      // The compaction points survived too: writing below them is refused, after them accepted.
+      await #expect(throws: StorageError.self) { try await reopenedB.write(StorageWrite(entries: entries(3...3))) }
+      try await reopenedB.write(StorageWrite(entries: entries(4...4)))
+    }
+  }
+
+  @Test func aGroupNotOpenedThisRunPinsItsSegments() async throws {
+    try await withTemporaryDirectory { directory in
+      var log = makeLog(directory)
+      var a = log.storage(for: 1, entry: TestEntry.self)
+      var b = log.storage(for: 2, entry: TestEntry.self)
+      _ = try await a.recover()
+      _ = try await b.recover()
+      try await b.write(StorageWrite(hardState: hardState("b"), entries: entries(1...3)))
+      try await a.write(StorageWrite(entries: bigEntries(1...5)))
+      try await a.close()
+      try await b.close()
+
+      // Only A this time: B's records keep the first segment, and so every later one.
+      log = makeLog(directory)
+      a = log.storage(for: 1, entry: TestEntry.self)
+      _ = try await a.recover()
+      for start in stride(from: UInt64(6), through: 196, by: 5) {
+        try await a.write(StorageWrite(entries: bigEntries(start...(start + 4))))
+      }
+      try await a.saveSnapshot(StoredSnapshot(index: 200, term: 1, data: [1]), discardingLog: false)
+      try await a.compact(through: 200)
+      let pinned = try await log.segmentSequences()
+      #expect(pinned.first == 1)
+      #expect(pinned.count > 4)
+      #expect(try await log.pinningGroups() == [2])
+      try await a.close()
+
+      log = makeLog(directory)
+      a = log.storage(for: 1, entry: TestEntry.self)
+      b = log.storage(for: 2, entry: TestEntry.self)
+      #expect(try await a.recover().snapshot?.index == 200)
+      let stateB = try await b.recover()
+      #expect(stateB.entries == entries(1...3))
+      #expect(stateB.hardState == hardState("b"))
+      try await b.saveSnapshot(StoredSnapshot(index: 3, term: 1, data: [2]), discardingLog: false)
+      try await b.compact(through: 3)
+      #expect(try await log.segmentSequences() == [pinned.last!])
+      try await a.close()
+      try await b.close()
+    }
+  }
+
+  /// A group whose only records are in segments written before this run: when it recovers they are dead (its
+  /// entries compacted), so they go, and its hard state and compaction point must not go with them.
+  @Test func aGroupsStateOutlivesTheSegmentsItWasWrittenIn() async throws {
+    try await withTemporaryDirectory { directory in
+      var log = makeLog(directory)
+      var a = log.storage(for: 1, entry: TestEntry.self)
+      var b = log.storage(for: 2, entry: TestEntry.self)
+      _ = try await a.recover()
+      _ = try await b.recover()
+      try await b.write(StorageWrite(hardState: hardState("b"), entries: entries(1...3)))
+      try await b.saveSnapshot(StoredSnapshot(index: 3, term: 1, data: [3]), discardingLog: false)
+      try await b.compact(through: 3)
+      try await a.close()
+      try await b.close()
+
+      log = makeLog(directory)
+      a = log.storage(for: 1, entry: TestEntry.self)
+      _ = try await a.recover()
+      for start in stride(from: UInt64(1), through: 96, by: 5) {
+        try await a.write(StorageWrite(entries: bigEntries(start...(start + 4))))
+      }
+      try await a.saveSnapshot(StoredSnapshot(index: 100, term: 1, data: [1]), discardingLog: false)
+      try await a.compact(through: 100)
+      #expect(try await log.pinningGroups() == [2])
+      try await a.close()
+
+      log = makeLog(directory)
+      a = log.storage(for: 1, entry: TestEntry.self)
+      b = log.storage(for: 2, entry: TestEntry.self)
+      _ = try await a.recover()
+      #expect(try await b.recover().hardState == hardState("b"))
+      #expect(try await log.segmentSequences().count == 1)
+      try await a.close()
+      try await b.close()
+
+      log = makeLog(directory)
+      b = log.storage(for: 2, entry: TestEntry.self)
+      let state = try await b.recover()
+      #expect(state.hardState == hardState("b"))
+      #expect(state.snapshot?.index == 3)
+      await #expect(throws: StorageError.self) { try await b.write(StorageWrite(entries: entries(3...3))) }
+      try await b.write(StorageWrite(entries: entries(4...4)))
+      try await b.close()
+    }
+  }
+
+  @Test func aLeadersSnapshotInOneGroupLeavesTheOthersAlone() async throws {
+    try await withTemporaryDirectory { directory in
+      var log = makeLog(directory)
+      var a = log.storage(for: 1, entry: TestEntry.self)
+      var b = log.storage(for: 2, entry: TestEntry.self)
+      _ = try await a.recover()
+      _ = try await b.recover()
+      for round in UInt64(0)..<20 {
+        try await a.write(
+          StorageWrite(hardState: hardState("a \(round)"), entries: bigEntries((round + 1)...(round + 1))))
+        try await b.write(
+          StorageWrite(hardState: hardState("b \(round)"), entries: bigEntries((round + 1)...(round + 1))))
+      }
+      try await b.saveSnapshot(StoredSnapshot(index: 50, term: 3, data: [5]), discardingLog: true)
+      try await b.write(StorageWrite(entries: entries(51...53, term: 3)))
+      try await a.write(StorageWrite(entries: bigEntries(21...21)))
+      try await a.close()
+      try await b.close()
+
+      log = makeLog(directory)
+      a = log.storage(for: 1, entry: TestEntry.self)
+      b = log.storage(for: 2, entry: TestEntry.self)
+      let stateA = try await a.recover()
+      #expect(stateA.entries == bigEntries(1...21))
+      #expect(stateA.hardState == hardState("a 19"))
+      let stateB = try await b.recover()
+      #expect(stateB.snapshot?.index == 50)
+      #expect(stateB.entries == entries(51...53, term: 3))
+      #expect(stateB.hardState == hardState("b 19"))
+      // A's entries hold the old segments; once A compacts they go, B's discarded entries with them.
+      try await a.saveSnapshot(StoredSnapshot(index: 21, term: 1, data: [1]), discardingLog: false)
+      try await a.compact(through: 21)
+      #expect(try await log.pinningGroups() == [])
+      #expect(try await log.segmentSequences().count == 1)
+      try await a.close()
+      try await b.close()
+    }
+  }
+
+  /// A leader's snapshot whose file was written, with the crash before the segment that resets the group's log:
+  /// the group's entries in the older segments stay discarded. `othersFirst`: another group's run moves the log
+  /// past the named segment before the group recovers.
+  @Test(arguments: [false, true])
+  func aCrashBetweenALeadersSnapshotAndItsSegment(othersFirst: Bool) async throws {
+    try await withTemporaryDirectory { directory in
+      var log = makeLog(directory)
+      var a = log.storage(for: 1, entry: TestEntry.self)
+      var g = log.storage(for: 2, mode: .replace, entry: TestEntry.self)
+      _ = try await a.recover()
+      _ = try await g.recover()
+      try await g.write(StorageWrite(hardState: hardState("g"), entries: entries(1...10)))
+      try await a.write(StorageWrite(entries: bigEntries(1...3)))
+      let next = try await log.segmentSequences().last! + 1
+      try await a.close()
+      try await g.close()
+      // What saveSnapshot(discardingLog: true) writes before it rotates.
+      try SnapshotFile.write(
+        StoredSnapshot(index: 5, term: 2, data: [5]), discardBeforeSegment: next,
+        directory: directory + "/snapshots/2", sync: true)
+
+      if othersFirst {
+        log = makeLog(directory)
+        a = log.storage(for: 1, entry: TestEntry.self)
+        _ = try await a.recover()
+        // A's entries keep the older segments (and G's discarded entries in them) on disk.
+        for start in stride(from: UInt64(4), through: 39, by: 5) {
+          try await a.write(StorageWrite(entries: bigEntries(start...(start + 4))))
+        }
+        #expect(try await log.segmentSequences().last! >= next)
+        try await a.close()
+      }
+
+      log = makeLog(directory)
+      a = log.storage(for: 1, entry: TestEntry.self)
+      g = log.storage(for: 2, mode: .replace, entry: TestEntry.self)
+      _ = try await a.recover()
+      var state = try await g.recover()
+      #expect(state.snapshot?.index == 5)
+      #expect(state.entries == [])
+      #expect(state.hardState == hardState("g"))
+      try await g.write(StorageWrite(entries: entries(6...7, term: 2)))
+      // A later snapshot that keeps the log names no segment: the reset must be in the log.
+      try await g.saveSnapshot(StoredSnapshot(index: 6, term: 2, data: [6]), discardingLog: false)
+      try await a.close()
+      try await g.close()
+
+      log = makeLog(directory)
+      g = log.storage(for: 2, mode: .replace, entry: TestEntry.self)
+      state = try await g.recover()
+      #expect(state.snapshot?.index == 6)
+      #expect(state.entries == entries(7...7, term: 2))
+      #expect(state.hardState == hardState("g"))
+      try await g.close()
+    }
+  }
+
+  /// After a leader's snapshot and a later one that keeps the log, a restart must not count the group's
+  /// discarded entries as live: they would keep the old segments for as long as the group's log stays below them.
+  @Test func discardedEntriesDoNotPinSegmentsAfterARestart() async throws {
+    try await withTemporaryDirectory { directory in
+      var log = makeLog(directory)
+      var a = log.storage(for: 1, entry: TestEntry.self)
+      var g = log.storage(for: 2, entry: TestEntry.self)
+      _ = try await a.recover()
+      _ = try await g.recover()
+      for start in stride(from: UInt64(1), through: 91, by: 10) {
+        try await g.write(StorageWrite(entries: bigEntries(start...(start + 9))))
+        try await a.write(StorageWrite(entries: entries(start...(start + 9))))
+      }
+      try await g.saveSnapshot(StoredSnapshot(index: 50, term: 2, data: [5]), discardingLog: true)
+      let reset = try await log.segmentSequences().last!
+      try await g.write(StorageWrite(entries: entries(51...55, term: 2)))
+      try await g.saveSnapshot(StoredSnapshot(index: 55, term: 2, data: [5]), discardingLog: false)
+      try await g.compact(through: 55)
+      try await a.close()
+      try await g.close()
+
+      log = makeLog(directory)
+      a = log.storage(for: 1, entry: TestEntry.self)
+      g = log.storage(for: 2, entry: TestEntry.self)
+      _ = try await a.recover()
+      #expect(try await g.recover().entries == [])
+      try await a.saveSnapshot(StoredSnapshot(index: 100, term: 1, data: [1]), discardingLog: false)
+      try await a.compact(through: 100)
+      #expect(try await log.pinningGroups() == [])
+      #expect(try await log.segmentSequences().first! >= reset)
+      try await a.close()
+      try await g.close()
+    }
+  }
+
+  enum TailDamage: String, CaseIterable, Sendable {
+    case truncated
+    case flipped
+  }
+
+  @Test(arguments: TailDamage.allCases)
+  func aTornTailIsCutAndReportedToEveryGroup(_ damage: TailDamage) async throws {
+    try await withTemporaryDirectory { directory in
+      var log = makeLog(directory)
+      var stores = (UInt64(1)...3).map { log.storage(for: $0, entry: TestEntry.self) }
+      for store in stores { _ = try await store.recover() }
+      for store in stores {
+        try await store.write(StorageWrite(hardState: hardState("h \(store.group)"), entries: entries(1...5)))
+      }
+      // Group 2's write is the log's last record.
+      try await stores[1].write(StorageWrite(hardState: hardState("lost"), entries: entries(6...7)))
+      for store in stores { try await store.close() }
+
+      let path = try segmentFiles(directory).last!
+      var bytes = try readFile(path)
+      let (starts, end) = recordOffsets(bytes)
+      #expect(end == bytes.count)
+      let last = starts.last!
+      switch damage {
+      case .truncated: bytes.removeLast((end - last) / 2)
+      case .flipped: bytes[end - 2] ^= 0x40
+      }
+      try writeFile(path, bytes)
+
+      log = makeLog(directory)
+      stores = (UInt64(1)...3).map { log.storage(for: $0, entry: TestEntry.self) }
+      for store in stores {
+        let state = try await store.recover()
+        #expect(state.report.truncatedTailBytes > 0 && state.report.truncatedTailBytes <= bytes.count - last)
+        #expect(state.report.truncatedFile == path)
+        #expect(state.report.truncatedOffset == last)
+        #expect(state.entries == entries(1...5))
+        #expect(state.hardState == hardState("h \(store.group)"))
+      }
+      // The log goes on after the cut.
+      try await stores[1].write(StorageWrite(entries: entries(6...6, term: 2)))
+      for store in stores { try await store.close() }
+      log = makeLog(directory)
+      let state = try await log.storage(for: 2, entry: TestEntry.self).recover()
+      #expect(state.entries == entries(1...5) + entries(6...6, term: 2))
+      #expect(state.report.truncatedTailBytes == 0)
+    }
+  }
+
+  /// A crash may keep any prefix of the last write: a group record cut anywhere is a torn tail (its own
+  /// records inside it, whole or not, are not "valid records after the damage"), and the write is lost whole.
+  @Test func aGroupRecordCutAtEveryByteIsLostWhole() async throws {
+    try await withTemporaryDirectory { directory in
+      let log = makeLog(directory, segmentBytes: 1 << 16)
+      let a = log.storage(for: 1, entry: TestEntry.self)
+      let b = log.storage(for: 2, entry: TestEntry.self)
+      _ = try await a.recover()
+      _ = try await b.recover()
+      try await a.write(StorageWrite(hardState: hardState("a"), entries: entries(1...2)))
+      try await b.write(StorageWrite(hardState: hardState("b1"), entries: entries(1...2)))
+      try await b.write(StorageWrite(hardState: hardState("b2"), entries: entries(3...5, term: 2)))
+      try await a.close()
+      try await b.close()
+      let path = try segmentFiles(directory).last!
+      let pristine = try readFile(path)
+      let (starts, end) = recordOffsets(pristine)
+      for cut in (starts.last! + 1)..<end {
+        try writeFile(path, Array(pristine[..<cut]))
+        let reopened = makeLog(directory, segmentBytes: 1 << 16)
+        let reopenedA = reopened.storage(for: 1, entry: TestEntry.self)
+        let reopenedB = reopened.storage(for: 2, entry: TestEntry.self)
+        let stateA = try await reopenedA.recover()
+        let stateB = try await reopenedB.recover()
+        #expect(stateA.entries == entries(1...2), "cut at \(cut)")
+        #expect(stateB.entries == entries(1...2), "cut at \(cut)")
+        #expect(stateB.hardState == hardState("b1"), "cut at \(cut)")
+        #expect(stateB.report.truncatedOffset == starts.last!, "cut at \(cut)")
+        try await reopenedA.close()
+        try await reopenedB.close()
+      }
+    }
+  }
+
+  @Test(arguments: [false, true])
+  func damageBeforeTheTailIsCorruption(inOlderSegment: Bool) async throws {
+    try await withTemporaryDirectory { directory in
+      let log = makeLog(directory)
+      let a = log.storage(for: 1, entry: TestEntry.self)
+      let b = log.storage(for: 2, entry: TestEntry.self)
+      _ = try await a.recover()
+      _ = try await b.recover()
+      for start in stride(from: UInt64(1), through: 91, by: 10) {
+        try await a.write(StorageWrite(entries: bigEntries(start...(start + 9))))
+        try await b.write(StorageWrite(entries: entries(start...(start + 9))))
+      }
+      try await a.close()
+      try await b.close()
+      let files = try segmentFiles(directory)
+      #expect(files.count >= 2)
+      let path = inOlderSegment ? files[0] : files.last!
+      var bytes = try readFile(path)
+      let (starts, _) = recordOffsets(bytes)
+      #expect(starts.count >= 3)
+      bytes[starts[1] + 12] ^= 0x01  // Inside a record that valid records follow.
+      try writeFile(path, bytes)
+
+      let reopened = makeLog(directory)
+      let error = await #expect(throws: StorageError.self) {
+        _ = try await reopened.storage(for: 1, entry: TestEntry.self).recover()
+      }
+      guard case .corruptRecord(let file, let offset, _) = error else {
+        Issue.record("expected corruptRecord, got \(String(describing: error))")
+        return
+      }
+      #expect(file == path)
+      #expect(offset == starts[1])
+    }
+  }
+
+  @Test func aGroupWhoseEntriesDoNotDecodeFailsAlone() async throws {
+    try await withTemporaryDirectory { directory in
+      var log = makeLog(directory)
+      let stores = (UInt64(1)...3).map { log.storage(for: $0, entry: TestEntry.self) }
+      for store in stores { _ = try await store.recover() }
+      for store in stores { try await store.write(StorageWrite(hardState: hardState("h"), entries: entries(1...4))) }
+      for store in stores { try await store.close() }
+
+      log = makeLog(directory)
+      let one = log.storage(for: 1, entry: TestEntry.self)
+      let two = log.storage(for: 2, entry: ShortEntry.self)
+      let three = log.storage(for: 3, entry: TestEntry.self)
+      #expect(try await one.recover().entries == entries(1...4))
+      let error = await #expect(throws: StorageError.self) { _ = try await two.recover() }
+      guard case .corruptRecord(let file, _, let reason) = error else {
+        Issue.record("expected corruptRecord, got \(String(describing: error))")
+        return
+      }
+      #expect(file == (try segmentFiles(directory)).last!)
+      #expect(reason.contains("does not decode"))
+      #expect(try await three.recover().entries == entries(1...4))
+      try await one.write(StorageWrite(entries: entries(5...5)))
+      // The failure changed nothing: the group recovers with the right entry type, beside the others.
+      try await two.close()
+      let twoAgain = log.storage(for: 2, entry: TestEntry.self)
+      #expect(try await twoAgain.recover().entries == entries(1...4))
+      try await twoAgain.close()
+      try await one.close()
+      try await three.close()
+    }
+  }
+
+  @Test func aGroupsOwnLogIsNotASharedLogNorTheOtherWayRound() async throws {
+    try await withTemporaryDirectory { directory in
+      let own = FileStorage<TestEntry>(
+        directory: directory, segmentBytes: 4096, preallocation: .none, logger: .disabled)
+      _ = try await own.recover()
+      try await own.write(StorageWrite(entries: entries(1...3)))
+      try await own.close()
+      let shared = makeLog(directory).storage(for: 1, entry: TestEntry.self)
+      let error = await #expect(throws: StorageError.self) { _ = try await shared.recover() }
+      guard case .incompatible = error else {
+        Issue.record("expected incompatible, got \(String(describing: error))")
+        return
+      }
+      try await shared.close()
+    }
+    try await withTemporaryDirectory { directory in
+      let shared = makeLog(directory).storage(for: 1, entry: TestEntry.self)
+      _ = try await shared.recover()
+      try await shared.write(StorageWrite(entries: entries(1...3)))
+      try await shared.close()
+      let own = FileStorage<TestEntry>(
+        directory: directory, segmentBytes: 4096, preallocation: .none, logger: .disabled)
+      let error = await #expect(throws: StorageError.self) { _ = try await own.recover() }
+      guard case .incompatible = error else {
+        Issue.record("expected incompatible, got \(String(describing: error))")
+        return
+      }
+      try await own.close()
+    }
+  }
+
+  @Test func closingGroupsOneByOne() async throws {
+    try await withTemporaryDirectory { directory in
+      let log = makeLog(directory)
+      let a = log.storage(for: 1, entry: TestEntry.self)
+      let b = log.storage(for: 2, entry: TestEntry.self)
+      _ = try await a.recover()
+      _ = try await b.recover()
+      await #expect(throws: StorageError.self) { _ = try await a.recover() }
+      await #expect(throws: StorageError.directoryLocked(path: directory)) {
+        _ = try await makeLog(directory).storage(for: 3, entry: TestEntry.self).recover()
+      }
+      try await a.write(StorageWrite(entries: entries(1...2)))
+      try await a.close()
+      try await a.close()
+
+      try await b.write(StorageWrite(hardState: hardState("b"), entries: entries(1...3)))
+      try await b.saveSnapshot(StoredSnapshot(index: 2, term: 1, data: [2]), discardingLog: false)
+      try await b.compact(through: 2)
+      await #expect(throws: StorageError.closed) { try await a.write(StorageWrite(entries: entries(3...3))) }
+      await #expect(throws: StorageError.closed) { try await a.compact(through: 1) }
+      await #expect(throws: StorageError.closed) {
+        try await a.saveSnapshot(StoredSnapshot(index: 2, term: 1, data: []), discardingLog: false)
+      }
+      await #expect(throws: StorageError.closed) {
+        try await a.saveSnapshot(StoredSnapshot(index: 2, term: 1, data: []), discardingLog: true)
+      }
+      await #expect(throws: StorageError.closed) { _ = try await a.recover() }
+      // A group closed while the log is open cannot recover again until every group has closed.
+      await #expect(throws: StorageError.self) { _ = try await log.storage(for: 1, entry: TestEntry.self).recover() }
+      try await b.close()
+
+      // The last close released the directory: another log opens it while this one still exists.
+      let second = makeLog(directory)
+      let stateA = try await second.storage(for: 1, entry: TestEntry.self).recover()
+      #expect(stateA.entries == entries(1...2))
+      let stateB = try await second.storage(for: 2, entry: TestEntry.self).recover()
+      #expect(stateB.entries == entries(3...3))
+      #expect(stateB.hardState == hardState("b"))
+      _ = log.directory
+    }
+  }
+
+  @Test func aSecondStorageForAnOpenGroupCannotTouchIt() async throws {
+    try await withTemporaryDirectory { directory in
+      let log = makeLog(directory)
+      let first = log.storage(for: 1, entry: TestEntry.self)
+      let second = log.storage(for: 1, entry: TestEntry.self)
+      _ = try await first.recover()
+      await #expect(throws: StorageError.self) { _ = try await second.recover() }
+      await #expect(throws: StorageError.self) { try await second.write(StorageWrite(entries: entries(1...1))) }
+      try await second.close()
+      try await first.write(StorageWrite(entries: entries(1...2)))
+      try await first.close()
+      #expect(try await makeLog(directory).storage(for: 1, entry: TestEntry.self).recover().entries == entries(1...2))
+    }
+  }
+
+  @Test func aWriteBeforeRecoveryNeitherOpensTheLogNorHoldsTheDirectory() async throws {
+    try await withTemporaryDirectory { directory in
+      let log = makeLog(directory)
+      let early = log.storage(for: 1, entry: TestEntry.self)
+      await #expect(throws: StorageError.self) { try await early.write(StorageWrite(entries: entries(1...1))) }
+      await #expect(throws: StorageError.self) { try await early.compact(through: 1) }
+      #expect(try await log.segmentSequences() == [])
+
+      let other = makeLog(directory).storage(for: 1, entry: TestEntry.self)
+      _ = try await other.recover()
+      try await other.close()
+      _ = log.directory
+    }
+  }
+
+  @Test func aGroupThatFailedToRecoverReleasesTheDirectoryWhenClosed() async throws {
+    try await withTemporaryDirectory { directory in
+      let first = makeLog(directory).storage(for: 1, entry: TestEntry.self)
+      _ = try await first.recover()
+      try await first.write(StorageWrite(entries: entries(1...2)))
+      try await first.close()
+
+      let log = makeLog(directory)
+      let wrongType = log.storage(for: 1, entry: ShortEntry.self)
+      await #expect(throws: StorageError.self) { _ = try await wrongType.recover() }
+      try await wrongType.close()
+
+      let other = makeLog(directory).storage(for: 1, entry: TestEntry.self)
+      #expect(try await other.recover().entries == entries(1...2))
+      try await other.close()
+      _ = log.directory
+    }
+  }
+}
