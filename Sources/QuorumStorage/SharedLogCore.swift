@@ -109,6 +109,8 @@ final class SharedLogCore: @unchecked Sendable {
   private struct ActiveSegment {
     var file: PosixFile
     var offset: Int
+    /// Where its header and checkpoint end (its header alone for the segment reopened by recovery): a segment
+    /// holding nothing past it is never rotated away.
     var headerEnd: Int
   }
 
@@ -370,7 +372,9 @@ final class SharedLogCore: @unchecked Sendable {
 
   private func needsRotation(adding bytes: Int, pendingBytes: Int) -> Bool {
     guard let active else { return false }
-    return active.offset + bytes > segmentBytes && active.offset + pendingBytes > active.headerEnd
+    // A segment whose checkpoint fills more than half of it (many groups) still takes half a segment of records.
+    let limit = max(segmentBytes, active.headerEnd + segmentBytes / 2)
+    return active.offset + bytes > limit && active.offset + pendingBytes > active.headerEnd
   }
 
   private func flush(_ pending: inout [[UInt8]], _ pendingBytes: inout Int) throws(StorageError) {
@@ -425,12 +429,9 @@ final class SharedLogCore: @unchecked Sendable {
 
   /// The segment's header, then one group record per recovered group with state to keep (hard state,
   /// compaction point), and the reset of `reset`'s group.
-  private func checkpoint(sequence: UInt64, reset: (group: UInt64, index: UInt64)?) throws(StorageError) -> (
-    bytes: [UInt8], headerEnd: Int
-  ) {
+  private func checkpoint(sequence: UInt64, reset: (group: UInt64, index: UInt64)?) throws(StorageError) -> [UInt8] {
     var writer = WireWriter(reservingCapacity: 64)
     WALFormat.appendSegmentHeader(sequence: sequence, magic: Self.segmentMagic, modeByte: Self.modeByte, to: &writer)
-    let headerEnd = writer.count
     var bytes = writer.bytes
     for group in groups.keys.sorted() {
       guard let state = groups[group] else { continue }
@@ -439,7 +440,7 @@ final class SharedLogCore: @unchecked Sendable {
       if records.isEmpty && resetHere == nil { continue }
       bytes.append(contentsOf: try Self.chunk(group: group, reset: resetHere, records: records))
     }
-    return (bytes, headerEnd)
+    return bytes
   }
 
   /// The records that restore a group's state without its entries: its hard state and compaction point.
@@ -473,7 +474,7 @@ final class SharedLogCore: @unchecked Sendable {
     }
     var renamed = false
     do throws(StorageError) {
-      let (bytes, headerEnd) = try checkpoint(sequence: sequence, reset: reset)
+      let bytes = try checkpoint(sequence: sequence, reset: reset)
       try file.write(bytes, at: 0)
       if syncsStructure {
         try file.dataSync()
@@ -483,7 +484,9 @@ final class SharedLogCore: @unchecked Sendable {
       renamed = true
       if syncsStructure { try FileSystem.syncDirectory(walDirectory) }
       spare?.prepare()
-      return ActiveSegment(file: file, offset: bytes.count, headerEnd: headerEnd)
+      // The checkpoint counts as the header (see needsRotation): with many groups it can outgrow the segment
+      // size, and every write would start a new segment.
+      return ActiveSegment(file: file, offset: bytes.count, headerEnd: bytes.count)
     } catch {
       file.close()
       if renamed, case .descriptorsExhausted(let operation, let failedPath, let code) = error {
