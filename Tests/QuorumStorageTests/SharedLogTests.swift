@@ -290,6 +290,25 @@ struct SharedLogTests {
     }
   }
 
+  /// With many groups a checkpoint can outgrow a segment: a segment holding nothing past its checkpoint must
+  /// not be rotated away again, or every write would start a new segment.
+  @Test func aCheckpointLargerThanASegmentDoesNotRotateEveryWrite() async throws {
+    try await withTemporaryDirectory { directory in
+      let log = makeLog(directory)
+      let stores = (UInt64(1)...150).map { log.storage(for: $0, entry: TestEntry.self) }
+      for store in stores {
+        _ = try await store.recover()
+        try await store.write(StorageWrite(hardState: [UInt8](repeating: 7, count: 40)))
+      }
+      let before = try await log.segmentSequences().last!
+      for index in UInt64(1)...20 { try await stores[0].write(StorageWrite(entries: entries(index...index))) }
+      #expect(try await log.segmentSequences().last! - before <= 1)
+      for store in stores { try await store.close() }
+      let state = try await makeLog(directory).storage(for: 1, entry: TestEntry.self).recover()
+      #expect(state.entries == entries(1...20))
+    }
+  }
+
   @Test func aLeadersSnapshotInOneGroupLeavesTheOthersAlone() async throws {
     try await withTemporaryDirectory { directory in
       var log = makeLog(directory)
