@@ -27,6 +27,8 @@ final class SharedLogCore: @unchecked Sendable {
   /// Makes temporary snapshot names unique to this instance (see ``FileStorageCore``).
   private let instanceToken = UInt32.random(in: 0...UInt32.max)
   private let spare: SpareSegment?
+  /// Failures tests inject into the opens of new segments.
+  let openFaults = OpenFaults()
 
   /// "QSWL", little-endian: a shared log's segment.
   static let segmentMagic: UInt32 = 0x4C57_5351
@@ -458,9 +460,9 @@ final class SharedLogCore: @unchecked Sendable {
     let temporary = path + ".tmp"
     let file: PosixFile
     if let spare, spare.take(to: temporary) {
-      file = try PosixFile.open(temporary, flags: O_RDWR)
+      file = try PosixFile.open(temporary, flags: O_RDWR, faults: openFaults)
     } else {
-      file = try PosixFile.open(temporary, flags: O_RDWR | O_CREAT | O_TRUNC)
+      file = try PosixFile.open(temporary, flags: O_RDWR | O_CREAT | O_TRUNC, faults: openFaults)
       do throws(StorageError) {
         switch preallocation {
         case .zeroFilled: try file.writeZeros(0..<segmentBytes)
