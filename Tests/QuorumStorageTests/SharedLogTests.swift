@@ -679,6 +679,71 @@ struct SharedLogTests {
     }
   }
 
+  /// A write that needs a new segment when no descriptor is left fails alone, retryably; the log goes on.
+  @Test func runningOutOfDescriptorsForANewSegmentFailsOnlyTheWritesThatNeedIt() async throws {
+    try await withTemporaryDirectory { directory in
+      let log = makeLog(directory)
+      let a = log.storage(for: 1, entry: TestEntry.self)
+      let b = log.storage(for: 2, entry: TestEntry.self)
+      _ = try await a.recover()
+      _ = try await b.recover()
+      let big = { (index: UInt64) in TestEntry(index, payload: [UInt8](repeating: 9, count: 3000)) }
+      try await a.write(StorageWrite(entries: [big(1)]))
+      log.core.openFaults.failNext(1000)
+      let error = await #expect(throws: StorageError.self) { try await a.write(StorageWrite(entries: [big(2)])) }
+      #expect(error?.isRetryable == true)
+      try await b.write(StorageWrite(hardState: hardState("b"), entries: entries(1...2)))
+      log.core.openFaults.failNext(0)
+      try await a.write(StorageWrite(entries: [big(2)]))
+      try await a.close()
+      try await b.close()
+
+      let reopened = makeLog(directory)
+      #expect(try await reopened.storage(for: 1, entry: TestEntry.self).recover().entries == [big(1), big(2)])
+      #expect(try await reopened.storage(for: 2, entry: TestEntry.self).recover().entries == entries(1...2))
+    }
+  }
+
+  /// A leader's snapshot whose new segment cannot be created poisons the log: every group's calls fail until all
+  /// are closed; reopened, the snapshot's discard is finished.
+  @Test func aFailedRotationPoisonsEveryGroupUntilReopened() async throws {
+    try await withTemporaryDirectory { directory in
+      var log = makeLog(directory)
+      var a = log.storage(for: 1, entry: TestEntry.self)
+      var g = log.storage(for: 2, entry: TestEntry.self)
+      _ = try await a.recover()
+      _ = try await g.recover()
+      try await g.write(StorageWrite(hardState: hardState("g"), entries: entries(1...10)))
+      try await a.write(StorageWrite(hardState: hardState("a"), entries: entries(1...3)))
+      log.core.openFaults.failNext(1000)
+      await #expect(throws: StorageError.self) {
+        try await g.saveSnapshot(StoredSnapshot(index: 5, term: 2, data: [5]), discardingLog: true)
+      }
+      log.core.openFaults.failNext(0)
+      await #expect(throws: StorageError.self) { try await a.write(StorageWrite(entries: entries(4...4))) }
+      await #expect(throws: StorageError.self) { try await a.compact(through: 1) }
+      await #expect(throws: StorageError.self) { try await g.write(StorageWrite(entries: entries(6...6))) }
+      // A group that was not open cannot join a poisoned log either.
+      await #expect(throws: StorageError.self) { _ = try await log.storage(for: 3, entry: TestEntry.self).recover() }
+      try await a.close()
+      try await g.close()
+
+      log = makeLog(directory)
+      a = log.storage(for: 1, entry: TestEntry.self)
+      g = log.storage(for: 2, entry: TestEntry.self)
+      let stateA = try await a.recover()
+      #expect(stateA.entries == entries(1...3))
+      #expect(stateA.hardState == hardState("a"))
+      let stateG = try await g.recover()
+      #expect(stateG.snapshot?.index == 5)
+      #expect(stateG.entries == [])
+      #expect(stateG.hardState == hardState("g"))
+      try await g.write(StorageWrite(entries: entries(6...6, term: 2)))
+      try await a.close()
+      try await g.close()
+    }
+  }
+
   @Test func aWriteBeforeRecoveryNeitherOpensTheLogNorHoldsTheDirectory() async throws {
     try await withTemporaryDirectory { directory in
       let log = makeLog(directory)
