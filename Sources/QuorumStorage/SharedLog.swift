@@ -132,7 +132,9 @@ public final class SharedWriteAheadLog: Sendable {
 /// One group's storage in a ``SharedWriteAheadLog``: a ``ConsensusStorage`` with ``FileStorage``'s rules.
 ///
 /// Differences from ``FileStorage``: ``recover()`` must come before any other call (a write before it throws
-/// ``StorageError/invalidWrite(_:)`` rather than recovering implicitly), and may be called once per storage.
+/// ``StorageError/invalidWrite(_:)`` rather than recovering implicitly, and opens nothing), and may be called
+/// once per storage. While a group is open, another storage for the same group number is refused
+/// (``StorageError/invalidWrite(_:)``), and closing it leaves the open one alone.
 public final class SharedLogStorage<Entry: StorableEntry>: ConsensusStorage {
   /// The group's number in the log.
   public let group: UInt64
