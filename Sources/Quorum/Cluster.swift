@@ -652,8 +652,11 @@ public struct DataDirectory: ClusterSetting {
 
   /// Keeps each member's logs and snapshots under `path/<member>`.
   ///
-  /// - Parameter layout: One log shared by the member's groups, or one per group; `nil` (the default) keeps the
-  ///   layout a directory already has and gives a new one a shared log (``QuorumHost/GroupLogLayout``).
+  /// - Parameters:
+  ///   - path: The directory holding every member's subdirectory.
+  ///   - fsync: When writes are synced.
+  ///   - layout: One log shared by the member's groups, or one per group; `nil` (the default) keeps the layout a
+  ///     directory already has and gives a new one a shared log (``QuorumHost/GroupLogLayout``).
   public init(_ path: String, fsync: FsyncPolicy = .always, layout: GroupLogLayout? = nil) {
     self.path = path
     self.fsync = fsync

@@ -74,6 +74,9 @@ public struct FileGroupStorage: GroupStorageProvider {
   /// Creates the provider.
   ///
   /// - Parameters:
+  ///   - root: The member's data directory.
+  ///   - fsync: When writes are synced.
+  ///   - segmentBytes: The segment size of groups other than the default one in the per-group layout.
   ///   - layout: The layout; `nil` keeps the one the directory already holds, and makes a new directory's log
   ///     ``GroupLogLayout/shared``. A layout that contradicts the directory's makes ``storage(for:mode:entry:)``
   ///     throw ``QuorumStorage/StorageError/incompatible(file:reason:)``.

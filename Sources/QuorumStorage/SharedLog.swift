@@ -97,8 +97,10 @@ public final class SharedWriteAheadLog: Sendable {
   ///
   /// - Parameters:
   ///   - group: The group's number in this log; the same number must name the same group across restarts.
-  ///   - mode: How the group's overwrites are treated; recorded with its records by its entries' positions.
+  ///   - mode: How the group's overwrites are treated; recorded beside the group's snapshots the first time it
+  ///     recovers, and reopening it in the other mode throws ``StorageError/incompatible(file:reason:)``.
   ///   - maxRecordBytes: The largest entry encoding or hard state accepted for the group.
+  ///   - entry: The group's entry type.
   public func storage<Entry: StorableEntry>(
     for group: UInt64, mode: LogWriteMode = .truncateSuffix, maxRecordBytes: Int = 64 << 20,
     entry: Entry.Type = Entry.self

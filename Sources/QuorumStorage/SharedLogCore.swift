@@ -807,6 +807,43 @@ final class SharedLogCore: @unchecked Sendable {
     }
   }
 
+  /// Records `mode` for `group` the first time it recovers (a `MODE` file beside its snapshots, written
+  /// atomically), and refuses another mode later with ``StorageError/incompatible(file:reason:)``, as a
+  /// ``FileStorage`` opened in the other mode does: replaying a log in the wrong mode would rebuild another log.
+  private func checkMode(_ mode: LogWriteMode, group: UInt64, in directory: String) throws(StorageError) {
+    let path = directory + "/MODE"
+    let name = Array((mode == .truncateSuffix ? "truncateSuffix" : "replace").utf8)
+    if FileSystem.size(of: path) != nil {
+      let file = try PosixFile.open(path, flags: O_RDONLY)
+      defer { file.close() }
+      let length = min(try file.size(), 64)
+      var stored = [UInt8](repeating: 0, count: length)
+      let read = stored.withUnsafeMutableBytes { raw in
+        Result { () throws(StorageError) in try file.read(into: raw, at: 0) }
+      }
+      stored.removeLast(length - (try read.get()))
+      guard stored == name else {
+        throw .incompatible(
+          file: path,
+          reason:
+            "group \(group) was written in \(String(decoding: stored, as: UTF8.self)) mode; opened in \(mode) mode")
+      }
+      return
+    }
+    let temporary = path + ".tmp"
+    let file = try PosixFile.open(temporary, flags: O_RDWR | O_CREAT | O_TRUNC)
+    do throws(StorageError) {
+      try file.write(name, at: 0)
+      if syncsStructure { try file.dataSync() }
+      file.close()
+    } catch {
+      file.close()
+      throw error
+    }
+    try FileSystem.rename(temporary, path)
+    if syncsStructure { try FileSystem.syncDirectory(directory) }
+  }
+
   private func replayAndRegister<Entry: StorableEntry>(
     group: UInt64, owner: ObjectIdentifier, mode: LogWriteMode, maxRecordBytes: Int, as entry: Entry.Type
   ) throws(StorageError) -> RecoveredState<Entry> {
@@ -822,6 +859,7 @@ final class SharedLogCore: @unchecked Sendable {
     for name in try FileSystem.list(snapshotDirectory) where name.hasSuffix(".tmp") {
       try FileSystem.remove(snapshotDirectory + "/" + name)
     }
+    try checkMode(mode, group: group, in: snapshotDirectory)
     let (loaded, rejected) = try SnapshotFile.loadNewest(in: snapshotDirectory, logger: logger)
     let snapshotIndex = loaded?.snapshot.index ?? 0
     let discardBefore = loaded?.discardBeforeSegment ?? 0

@@ -622,6 +622,37 @@ struct SharedLogTests {
     }
   }
 
+  @Test("a group reopened in the other write mode is refused, as a FileStorage is; another group is not disturbed")
+  func aGroupReopenedInTheOtherModeIsRefused() async throws {
+    try await withTemporaryDirectory { directory in
+      var log = makeLog(directory)
+      let first = log.storage(for: 1, mode: .truncateSuffix, entry: TestEntry.self)
+      let second = log.storage(for: 2, mode: .replace, entry: TestEntry.self)
+      _ = try await first.recover()
+      _ = try await second.recover()
+      try await first.write(StorageWrite(entries: entries(1...3)))
+      try await second.write(StorageWrite(entries: [TestEntry(5)]))
+      try await first.close()
+      try await second.close()
+
+      log = makeLog(directory)
+      let wrong = log.storage(for: 1, mode: .replace, entry: TestEntry.self)
+      let error = await #expect(throws: StorageError.self) { _ = try await wrong.recover() }
+      guard case .incompatible(_, let reason) = error else {
+        Issue.record("expected incompatible, got \(String(describing: error))")
+        return
+      }
+      #expect(reason.contains("truncateSuffix"), "\(reason)")
+      let other = log.storage(for: 2, mode: .replace, entry: TestEntry.self)
+      #expect(try await other.recover().entries == [TestEntry(5)])
+      let right = log.storage(for: 1, mode: .truncateSuffix, entry: TestEntry.self)
+      #expect(try await right.recover().entries == entries(1...3))
+      try await other.close()
+      try await right.close()
+      try await wrong.close()
+    }
+  }
+
   @Test func closingGroupsOneByOne() async throws {
     try await withTemporaryDirectory { directory in
       let log = makeLog(directory)
