@@ -190,14 +190,14 @@ enum HostBenchmarks {
         ElectionTimeout(Duration.milliseconds(150)...Duration.milliseconds(300))
         HeartbeatInterval(.milliseconds(50))
         LeaseReads(clockDriftBound: .milliseconds(10))
-        if let factor = idleFactor { QuorumRaft.IdleHeartbeatFactor(factor) }
+        if let factor = idleFactor { IdleHeartbeatFactor(factor) }
       }
       PaxosSettings {
         TickInterval(.milliseconds(10))
         ElectionTimeout(Duration.milliseconds(150)...Duration.milliseconds(300))
         HeartbeatInterval(.milliseconds(50))
         LeaseReads(clockDriftBound: .milliseconds(10))
-        if let factor = idleFactor { QuorumPaxos.IdleHeartbeatFactor(factor) }
+        if let factor = idleFactor { IdleHeartbeatFactor(factor) }
       }
       for index in 1...count { Group("g\(index)", id: UInt64(index), engine: engine) { KeyValue() } }
     }

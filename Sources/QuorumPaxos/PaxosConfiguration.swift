@@ -1,4 +1,5 @@
 public import QuorumCore
+public import QuorumReplica
 
 /// Settings of a Paxos group — single-decree (``Synod``) or Multi-Paxos (``MultiPaxosNode``) — in real
 /// units, validated as a whole.
@@ -266,6 +267,8 @@ public protocol PaxosSetting: Sendable {
 public enum PaxosConfigurationBuilder {
   /// One setting.
   public static func buildExpression(_ setting: any PaxosSetting) -> [any PaxosSetting] { [setting] }
+  /// A line both engines take (``QuorumReplica/Snapshots``, ``QuorumReplica/LeaseReads``, …).
+  public static func buildExpression(_ setting: any ReplicaSetting) -> [any PaxosSetting] { [SharedSetting(setting)] }
   /// A block of settings.
   public static func buildBlock(_ parts: [any PaxosSetting]...) -> [any PaxosSetting] { parts.flatMap { $0 } }
   /// An `if` without `else`.
@@ -276,16 +279,6 @@ public enum PaxosConfigurationBuilder {
   public static func buildEither(second: [any PaxosSetting]) -> [any PaxosSetting] { second }
   /// A `for` loop.
   public static func buildArray(_ parts: [[any PaxosSetting]]) -> [any PaxosSetting] { parts.flatMap { $0 } }
-}
-
-/// The acceptors of the group (in Multi-Paxos, every member plays every role).
-public struct Members: PaxosSetting {
-  let ids: [NodeID]
-  /// Lists the members.
-  public init(_ ids: NodeID...) { self.ids = ids }
-  /// Lists the members.
-  public init(_ ids: [NodeID]) { self.ids = ids }
-  public func apply(to c: inout PaxosConfiguration) { c.members = ids }
 }
 
 /// The phase-1 and phase-2 quorum sizes (Flexible Paxos: any sizes with |Q1| + |Q2| > N).
@@ -304,39 +297,6 @@ public struct Quorums: PaxosSetting {
     c.phase1Quorum = phase1
     c.phase2Quorum = phase2
   }
-}
-
-/// The range election timeouts are drawn from.
-public struct ElectionTimeout: PaxosSetting {
-  let range: ClosedRange<Duration>
-  /// Sets the range.
-  public init(_ range: ClosedRange<Duration>) { self.range = range }
-  public func apply(to c: inout PaxosConfiguration) { c.electionTimeout = range }
-}
-
-/// How often a leader sends heartbeats.
-public struct HeartbeatInterval: PaxosSetting {
-  let interval: Duration
-  /// Sets the interval.
-  public init(_ interval: Duration) { self.interval = interval }
-  public func apply(to c: inout PaxosConfiguration) { c.heartbeatInterval = interval }
-}
-
-/// How many times less often an idle Multi-Paxos leader heartbeats (``PaxosConfiguration/idleHeartbeatFactor``);
-/// 1 turns idling off.
-public struct IdleHeartbeatFactor: PaxosSetting {
-  let factor: Int
-  /// Sets the factor.
-  public init(_ factor: Int) { self.factor = factor }
-  public func apply(to c: inout PaxosConfiguration) { c.idleHeartbeatFactor = factor }
-}
-
-/// The clock granularity.
-public struct TickInterval: PaxosSetting {
-  let interval: Duration
-  /// Sets the tick length.
-  public init(_ interval: Duration) { self.interval = interval }
-  public func apply(to c: inout PaxosConfiguration) { c.tickInterval = interval }
 }
 
 /// How long a proposer waits before resending a prepare or accept with the same ballot.
@@ -371,92 +331,11 @@ public struct DistinguishedProposer: PaxosSetting {
   public func apply(to c: inout PaxosConfiguration) { c.distinguishedProposer = id }
 }
 
-/// Lease reads and the clock-drift bound they rely on.
-public struct LeaseReads: PaxosSetting {
-  let enabled: Bool
-  let drift: Duration?
-  /// Enables lease reads with the given clock-drift bound.
-  public init(clockDriftBound: Duration) {
-    enabled = true
-    drift = clockDriftBound
-  }
-  /// Enables or disables lease reads.
-  public init(_ enabled: Bool) {
-    self.enabled = enabled
-    drift = nil
-  }
-  public func apply(to c: inout PaxosConfiguration) {
-    c.leaseReads = enabled
-    if let drift { c.clockDriftBound = drift }
-  }
-}
+extension PaxosConfiguration: ReplicaConfigurationFields {}
 
-/// Automatic snapshots and log compaction.
-public struct Snapshots: PaxosSetting {
-  let every: Int
-  let retain: Int
-  let chunkBytes: Int?
-  /// Snapshot every `every` applied slots, keeping `retain` slots before each snapshot.
-  public init(every: Int, retain: Int = 1_000, chunkBytes: Int? = nil) {
-    self.every = every
-    self.retain = retain
-    self.chunkBytes = chunkBytes
-  }
-  public func apply(to c: inout PaxosConfiguration) {
-    c.snapshotEvery = every
-    c.snapshotRetainEntries = retain
-    if let chunkBytes { c.snapshotChunkBytes = chunkBytes }
-  }
-}
-
-/// Batching and pipelining limits of phase 2.
-public struct FlowControl: PaxosSetting {
-  let messageBytes: Int?
-  let inflightMessages: Int?
-  let uncommittedBytes: Int?
-  /// Sets any of the flow-control limits; `nil` keeps the default.
-  public init(maxEntriesBytesPerMessage: Int? = nil, maxInflightMessages: Int? = nil, maxUncommittedBytes: Int? = nil) {
-    messageBytes = maxEntriesBytesPerMessage
-    inflightMessages = maxInflightMessages
-    uncommittedBytes = maxUncommittedBytes
-  }
-  public func apply(to c: inout PaxosConfiguration) {
-    if let messageBytes { c.maxEntriesBytesPerMessage = messageBytes }
-    if let inflightMessages { c.maxInflightMessages = inflightMessages }
-    if let uncommittedBytes { c.maxUncommittedBytes = uncommittedBytes }
-  }
-}
-
-/// Limits on client requests.
-public struct RequestLimits: PaxosSetting {
-  let timeout: Duration?
-  let pending: Int?
-  let commandBytes: Int?
-  /// Sets any of the request limits; `nil` keeps the default.
-  public init(timeout: Duration? = nil, maxPending: Int? = nil, maxCommandBytes: Int? = nil) {
-    self.timeout = timeout
-    self.pending = maxPending
-    self.commandBytes = maxCommandBytes
-  }
-  public func apply(to c: inout PaxosConfiguration) {
-    if let timeout { c.requestTimeout = timeout }
-    if let pending { c.maxPendingRequests = pending }
-    if let commandBytes { c.maxCommandBytes = commandBytes }
-  }
-}
-
-/// Exactly-once session limits.
-public struct Sessions: PaxosSetting {
-  let policy: SessionPolicy
-  /// Sets the session policy (see ``QuorumCore/SessionPolicy``).
-  public init(
-    timeout: Duration = .seconds(300), maxSessions: Int = 100_000, maxResponsesPerSession: Int = 256,
-    maxSessionsPerPrincipal: Int = 4096, maxResponseBytesPerSession: Int = 1 << 20
-  ) {
-    policy = SessionPolicy(
-      timeoutMillis: timeout.nanoseconds / 1_000_000, maxSessions: maxSessions,
-      maxResponsesPerSession: maxResponsesPerSession, maxSessionsPerPrincipal: maxSessionsPerPrincipal,
-      maxResponseBytesPerSession: maxResponseBytesPerSession)
-  }
-  public func apply(to c: inout PaxosConfiguration) { c.sessions = policy }
+/// A line both engines take, as a line of this engine's DSL.
+struct SharedSetting: PaxosSetting {
+  let setting: any ReplicaSetting
+  init(_ setting: any ReplicaSetting) { self.setting = setting }
+  func apply(to configuration: inout PaxosConfiguration) { setting.apply(to: &configuration) }
 }

@@ -1,4 +1,5 @@
 public import QuorumCore
+public import QuorumReplica
 
 /// Settings of a Raft node, in real units, validated as a whole.
 ///
@@ -215,21 +216,13 @@ public protocol RaftSetting: Sendable {
 @resultBuilder
 public enum RaftConfigurationBuilder {
   public static func buildExpression(_ setting: any RaftSetting) -> [any RaftSetting] { [setting] }
+  /// A line both engines take (``QuorumReplica/Snapshots``, ``QuorumReplica/LeaseReads``, …).
+  public static func buildExpression(_ setting: any ReplicaSetting) -> [any RaftSetting] { [SharedSetting(setting)] }
   public static func buildBlock(_ parts: [any RaftSetting]...) -> [any RaftSetting] { parts.flatMap { $0 } }
   public static func buildOptional(_ part: [any RaftSetting]?) -> [any RaftSetting] { part ?? [] }
   public static func buildEither(first: [any RaftSetting]) -> [any RaftSetting] { first }
   public static func buildEither(second: [any RaftSetting]) -> [any RaftSetting] { second }
   public static func buildArray(_ parts: [[any RaftSetting]]) -> [any RaftSetting] { parts.flatMap { $0 } }
-}
-
-/// The founding voters of a new group.
-public struct Members: RaftSetting {
-  let ids: [NodeID]
-  /// Lists the founding voters.
-  public init(_ ids: NodeID...) { self.ids = ids }
-  /// Lists the founding voters.
-  public init(_ ids: [NodeID]) { self.ids = ids }
-  public func apply(to c: inout RaftConfiguration) { c.members = ids }
 }
 
 /// Founding non-voting members.
@@ -240,37 +233,12 @@ public struct Learners: RaftSetting {
   public func apply(to c: inout RaftConfiguration) { c.learners = ids }
 }
 
-/// The range election timeouts are drawn from.
-public struct ElectionTimeout: RaftSetting {
-  let range: ClosedRange<Duration>
-  /// Sets the range.
-  public init(_ range: ClosedRange<Duration>) { self.range = range }
-  public func apply(to c: inout RaftConfiguration) { c.electionTimeout = range }
-}
-
-/// How often a leader sends heartbeats.
-public struct HeartbeatInterval: RaftSetting {
-  let interval: Duration
-  /// Sets the interval.
-  public init(_ interval: Duration) { self.interval = interval }
-  public func apply(to c: inout RaftConfiguration) { c.heartbeatInterval = interval }
-}
-
-/// How many times less often an idle leader heartbeats (``RaftConfiguration/idleHeartbeatFactor``); 1 turns
-/// idling off.
-public struct IdleHeartbeatFactor: RaftSetting {
-  let factor: Int
-  /// Sets the factor.
-  public init(_ factor: Int) { self.factor = factor }
-  public func apply(to c: inout RaftConfiguration) { c.idleHeartbeatFactor = factor }
-}
-
-/// The node's clock granularity.
-public struct TickInterval: RaftSetting {
-  let interval: Duration
-  /// Sets the tick length.
-  public init(_ interval: Duration) { self.interval = interval }
-  public func apply(to c: inout RaftConfiguration) { c.tickInterval = interval }
+/// The most entry bytes in flight to one follower (Raft's flow control beyond ``QuorumReplica/FlowControl``).
+public struct InflightBytes: RaftSetting {
+  let bytes: Int
+  /// Sets the limit.
+  public init(_ bytes: Int) { self.bytes = bytes }
+  public func apply(to c: inout RaftConfiguration) { c.maxInflightBytes = bytes }
 }
 
 /// Turns pre-vote on or off.
@@ -289,98 +257,11 @@ public struct CheckQuorum: RaftSetting {
   public func apply(to c: inout RaftConfiguration) { c.checkQuorum = enabled }
 }
 
-/// Lease reads and the clock-drift bound they rely on.
-public struct LeaseReads: RaftSetting {
-  let enabled: Bool
-  let drift: Duration?
-  /// Enables lease reads with the given clock-drift bound.
-  public init(clockDriftBound: Duration) {
-    enabled = true
-    drift = clockDriftBound
-  }
-  /// Enables or disables lease reads.
-  public init(_ enabled: Bool) {
-    self.enabled = enabled
-    drift = nil
-  }
-  public func apply(to c: inout RaftConfiguration) {
-    c.leaseReads = enabled
-    if let drift { c.clockDriftBound = drift }
-  }
-}
+extension RaftConfiguration: ReplicaConfigurationFields {}
 
-/// Automatic snapshots.
-public struct Snapshots: RaftSetting {
-  let every: Int
-  let retain: Int
-  let chunkBytes: Int?
-  /// Snapshot every `every` applied entries, keeping `retain` entries before each snapshot.
-  public init(every: Int, retain: Int = 1_000, chunkBytes: Int? = nil) {
-    self.every = every
-    self.retain = retain
-    self.chunkBytes = chunkBytes
-  }
-  public func apply(to c: inout RaftConfiguration) {
-    c.snapshotEvery = every
-    c.snapshotRetainEntries = retain
-    if let chunkBytes { c.snapshotChunkBytes = chunkBytes }
-  }
-}
-
-/// Replication flow control.
-public struct FlowControl: RaftSetting {
-  let messageBytes: Int?
-  let inflightMessages: Int?
-  let inflightBytes: Int?
-  let uncommittedBytes: Int?
-  /// Sets any of the flow-control limits; `nil` keeps the default.
-  public init(
-    maxEntriesBytesPerMessage: Int? = nil, maxInflightMessages: Int? = nil, maxInflightBytes: Int? = nil,
-    maxUncommittedBytes: Int? = nil
-  ) {
-    messageBytes = maxEntriesBytesPerMessage
-    inflightMessages = maxInflightMessages
-    inflightBytes = maxInflightBytes
-    uncommittedBytes = maxUncommittedBytes
-  }
-  public func apply(to c: inout RaftConfiguration) {
-    if let messageBytes { c.maxEntriesBytesPerMessage = messageBytes }
-    if let inflightMessages { c.maxInflightMessages = inflightMessages }
-    if let inflightBytes { c.maxInflightBytes = inflightBytes }
-    if let uncommittedBytes { c.maxUncommittedBytes = uncommittedBytes }
-  }
-}
-
-/// Limits on client requests.
-public struct RequestLimits: RaftSetting {
-  let timeout: Duration?
-  let pending: Int?
-  let commandBytes: Int?
-  /// Sets any of the request limits; `nil` keeps the default.
-  public init(timeout: Duration? = nil, maxPending: Int? = nil, maxCommandBytes: Int? = nil) {
-    self.timeout = timeout
-    self.pending = maxPending
-    self.commandBytes = maxCommandBytes
-  }
-  public func apply(to c: inout RaftConfiguration) {
-    if let timeout { c.requestTimeout = timeout }
-    if let pending { c.maxPendingRequests = pending }
-    if let commandBytes { c.maxCommandBytes = commandBytes }
-  }
-}
-
-/// Exactly-once session limits.
-public struct Sessions: RaftSetting {
-  let policy: SessionPolicy
-  /// Sets the session policy (see ``QuorumCore/SessionPolicy``).
-  public init(
-    timeout: Duration = .seconds(300), maxSessions: Int = 100_000, maxResponsesPerSession: Int = 256,
-    maxSessionsPerPrincipal: Int = 4096, maxResponseBytesPerSession: Int = 1 << 20
-  ) {
-    policy = SessionPolicy(
-      timeoutMillis: timeout.nanoseconds / 1_000_000, maxSessions: maxSessions,
-      maxResponsesPerSession: maxResponsesPerSession, maxSessionsPerPrincipal: maxSessionsPerPrincipal,
-      maxResponseBytesPerSession: maxResponseBytesPerSession)
-  }
-  public func apply(to c: inout RaftConfiguration) { c.sessions = policy }
+/// A line both engines take, as a line of this engine's DSL.
+struct SharedSetting: RaftSetting {
+  let setting: any ReplicaSetting
+  init(_ setting: any ReplicaSetting) { self.setting = setting }
+  func apply(to configuration: inout RaftConfiguration) { setting.apply(to: &configuration) }
 }

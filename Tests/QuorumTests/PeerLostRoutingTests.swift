@@ -50,8 +50,8 @@ struct PeerLostRoutingTests {
     let set = try Cluster(id: "factors") {
       Member("n1", at: "127.0.0.1:0")
       Security.insecure
-      RaftSettings { QuorumRaft.IdleHeartbeatFactor(3) }
-      PaxosSettings { QuorumPaxos.IdleHeartbeatFactor(1) }
+      RaftSettings { IdleHeartbeatFactor(3) }
+      PaxosSettings { IdleHeartbeatFactor(1) }
     }
     #expect(set.servedSettings.raft.coreOptions.idleHeartbeatFactor == 3, "kept as set")
     #expect(set.servedSettings.paxos.coreOptions.idleHeartbeatFactor == 1, "kept as set: idling off")
