@@ -39,30 +39,7 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
 
   // MARK: Request queue
 
-  private enum Request: Sendable {
-    case write(WALFormat.EncodedWrite, Durable)
-    case task(@Sendable () -> Void)
-  }
-
-  /// Who waits for a write: the writer's continuation, and what runs on this queue once the write is durable.
-  private struct Durable: Sendable {
-    let continuation: CheckedContinuation<Void, any Error>
-    let then: (@Sendable () -> Void)?
-
-    func succeed() {
-      then?()
-      continuation.resume()
-    }
-
-    func fail(_ error: any Error) { continuation.resume(throwing: error) }
-  }
-
-  private struct Inbox: Sendable {
-    var requests: [Request] = []
-    var draining = false
-  }
-
-  private let inbox = Mutex(Inbox())
+  private let inbox = WALInbox<WALFormat.EncodedWrite>()
   /// Set once ``close()`` has run, so calls can fail fast without queueing.
   let closedFlag = Atomic<Bool>(false)
 
@@ -110,20 +87,12 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
     var maxEntryIndex: UInt64
   }
 
-  private struct ActiveSegment {
-    var file: PosixFile
-    /// Where the next record goes.
-    var offset: Int
-    /// The end of the segment's header record: a segment holding nothing past it is never rotated away.
-    var headerEnd: Int
-  }
-
   private var phase = Phase.initial
   private var lockFile: PosixFile?
   private var position: LogPosition
   private var hardState: [UInt8]?
   private var segments: [Segment] = []
-  private var active: ActiveSegment?
+  private var active: WALActiveSegment?
   private var dirty = false
   private var timer: (any DispatchSourceTimer)?
   /// `fdatasync` calls on the log made so far (for tests and benchmarks).
@@ -172,60 +141,19 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
   func write(_ write: WALFormat.EncodedWrite, whenDurable: (@Sendable () -> Void)? = nil) async throws {
     if closedFlag.load(ordering: .acquiring) { throw StorageError.closed }
     try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-      enqueue(.write(write, Durable(continuation: continuation, then: whenDurable)))
+      enqueue(.write(write, WALWaiter(continuation: continuation, then: whenDurable)))
     }
   }
 
   /// Runs `body` on the I/O queue, in order with every other request, and returns its result.
   func perform<T: Sendable>(_ body: @escaping @Sendable () throws(StorageError) -> T) async throws -> T {
     try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
-      enqueue(
-        .task {
-          do throws(StorageError) {
-            continuation.resume(returning: try body())
-          } catch {
-            continuation.resume(throwing: error)
-          }
-        })
+      enqueue(WALInbox.task(body, resuming: continuation))
     }
   }
 
-  private func enqueue(_ request: Request) {
-    let startDrain = inbox.withLock { inbox in
-      inbox.requests.append(request)
-      if inbox.draining { return false }
-      inbox.draining = true
-      return true
-    }
-    if startDrain { queue.async { self.drain() } }
-  }
-
-  private func drain() {
-    while true {
-      let requests: [Request] = inbox.withLock { inbox in
-        if inbox.requests.isEmpty {
-          inbox.draining = false
-          return []
-        }
-        defer { inbox.requests = [] }
-        return inbox.requests
-      }
-      if requests.isEmpty { return }
-      var next = 0
-      while next < requests.count {
-        if case .task(let body) = requests[next] {
-          body()
-          next += 1
-          continue
-        }
-        var group: [(WALFormat.EncodedWrite, Durable)] = []
-        while next < requests.count, case .write(let write, let waiter) = requests[next] {
-          group.append((write, waiter))
-          next += 1
-        }
-        appendWrites(group)
-      }
-    }
+  private func enqueue(_ request: WALInbox<WALFormat.EncodedWrite>.Request) {
+    if inbox.enqueue(request) { queue.async { self.inbox.drain(self.appendWrites) } }
   }
 
   // MARK: Lifecycle (on `queue`)
@@ -301,7 +229,7 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
 
   // MARK: Writing (on `queue`)
 
-  private func appendWrites(_ group: [(WALFormat.EncodedWrite, Durable)]) {
+  private func appendWrites(_ group: [(WALFormat.EncodedWrite, WALWaiter)]) {
     var outcomes = [StorageError?](repeating: nil, count: group.count)
     do throws(StorageError) {
       try ensureOpen()
@@ -369,23 +297,13 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
 
   /// Whether `bytes` more do not fit in the active segment, which holds more than its header.
   private func needsRotation(adding bytes: Int, pendingBytes: Int) -> Bool {
-    guard let active else { return false }
-    return active.offset + bytes > segmentBytes && active.offset + pendingBytes > active.headerEnd
+    active?.needsRotation(adding: bytes, pendingBytes: pendingBytes, segmentBytes: segmentBytes) ?? false
   }
 
   /// Appends the pending chunks to the active segment with one `pwrite`.
   private func flush(_ pending: inout [[UInt8]], _ pendingBytes: inout Int) throws(StorageError) {
-    guard !pending.isEmpty, var segment = active else { return }
-    var bytes = pending[0]
-    if pending.count > 1 {
-      bytes.reserveCapacity(pendingBytes)
-      for chunk in pending.dropFirst() { bytes.append(contentsOf: chunk) }
-    }
-    try segment.file.write(bytes, at: segment.offset)
-    segment.offset += bytes.count
-    active = segment
-    pending.removeAll(keepingCapacity: true)
-    pendingBytes = 0
+    guard !pending.isEmpty, active != nil else { return }
+    try active?.flush(&pending, &pendingBytes)
   }
 
   /// Appends records (not entries) to the active segment, rotating first if they do not fit.
@@ -438,47 +356,12 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
 
   /// Creates segment `sequence` atomically (temporary name, preallocated, checkpoint written and synced,
   /// renamed, directory synced) and returns it open for appending.
-  private func createSegment(_ sequence: UInt64, reset: UInt64?) throws(StorageError) -> ActiveSegment {
-    let path = segmentPath(sequence)
-    let temporary = path + ".tmp"
-    let file: PosixFile
-    if let spare, spare.take(to: temporary) {
-      file = try PosixFile.open(temporary, flags: O_RDWR, faults: openFaults)
-    } else {
-      file = try PosixFile.open(temporary, flags: O_RDWR | O_CREAT | O_TRUNC, faults: openFaults)
-      do throws(StorageError) {
-        switch preallocation {
-        case .zeroFilled: try file.writeZeros(0..<segmentBytes)
-        case .allocated: try file.allocate(segmentBytes)
-        case .none: break
-        }
-      } catch {
-        file.close()
-        throw error
-      }
-    }
+  private func createSegment(_ sequence: UInt64, reset: UInt64?) throws(StorageError) -> WALActiveSegment {
     let (bytes, headerEnd) = checkpoint(sequence: sequence, reset: reset)
-    var renamed = false
-    do throws(StorageError) {
-      try file.write(bytes, at: 0)
-      if syncsStructure {
-        try file.dataSync()
-        syncCount += 1
-      }
-      try FileSystem.rename(temporary, path)
-      renamed = true
-      if syncsStructure { try syncDirectory(walDirectory) }
-    } catch {
-      file.close()
-      if renamed, case .descriptorsExhausted(let operation, let failedPath, let code) = error {
-        // The segment is in place with a checkpoint of the current state: were writes to go on in the old
-        // segment, a recovery would replay this older checkpoint last. Not retryable: the storage fails.
-        throw ioError(operation, failedPath, code)
-      }
-      throw error
-    }
-    spare?.prepare()
-    return ActiveSegment(file: file, offset: bytes.count, headerEnd: headerEnd)
+    return try WALFiles.createSegment(
+      segmentPath(sequence), checkpoint: bytes, headerEnd: headerEnd, spare: spare, preallocation: preallocation,
+      segmentBytes: segmentBytes, faults: openFaults, sync: syncsStructure, onDataSync: { syncCount += 1 },
+      syncDirectory: { () throws(StorageError) in try syncDirectory(walDirectory) })
   }
 
   /// Finishes the active segment (synced unless the policy is `.never`) and starts the next one.
@@ -674,7 +557,7 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
       segments.append(Segment(sequence: tail.sequence, maxEntryIndex: 0))
       return
     }
-    active = ActiveSegment(file: file, offset: tail.validEnd, headerEnd: tail.headerEnd)
+    active = WALActiveSegment(file: file, offset: tail.validEnd, headerEnd: tail.headerEnd)
     if preallocation == .zeroFilled { spare?.prepare() }
   }
 
@@ -693,12 +576,7 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
   }
 
   private func startBatchTimer(_ interval: Duration) {
-    let (seconds, attoseconds) = interval.components
-    let nanoseconds = max(1_000_000, Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000))
-    let source = DispatchSource.makeTimerSource(queue: queue)
-    source.schedule(deadline: .now() + .nanoseconds(nanoseconds), repeating: .nanoseconds(nanoseconds))
-    source.setEventHandler { [weak self] in self?.batchSync() }
-    source.resume()
-    timer = source
+    timer = WALFiles.batchTimer(every: interval, on: queue) { [weak self] in self?.batchSync() }
   }
+
 }

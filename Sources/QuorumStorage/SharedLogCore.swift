@@ -9,7 +9,7 @@ import Synchronization
 ///
 /// Safety of `@unchecked Sendable`: every stored `var` is read and written only by code running on ``queue`` (the
 /// drain loop, the batch-sync timer whose source targets ``queue``, and `deinit`, which runs when nothing
-/// else holds a reference). The `let`s are immutable, and ``inbox`` is a `Mutex`.
+/// else holds a reference). The `let`s are immutable, and ``inbox`` is a `WALInbox`, which locks its own state.
 final class SharedLogCore: @unchecked Sendable {
   // MARK: Configuration
 
@@ -39,39 +39,17 @@ final class SharedLogCore: @unchecked Sendable {
 
   // MARK: Request queue
 
-  private enum Request: Sendable {
-    case write(UInt64, ObjectIdentifier, WALFormat.EncodedWrite, Durable)
-    case task(@Sendable () -> Void)
-  }
-
-  private struct Durable: Sendable {
-    let continuation: CheckedContinuation<Void, any Error>
-    let then: (@Sendable () -> Void)?
-
-    func succeed() {
-      then?()
-      continuation.resume()
-    }
-
-    func fail(_ error: any Error) { continuation.resume(throwing: error) }
-  }
-
-  private struct Write {
+  /// One group's write, as queued.
+  private struct Write: Sendable {
     var group: UInt64
     var owner: ObjectIdentifier
     var write: WALFormat.EncodedWrite
-    var waiter: Durable
   }
 
-  private struct Inbox: Sendable {
-    var requests: [Request] = []
-    var draining = false
-  }
-
-  private let inbox = Mutex(Inbox())
+  private let inbox = WALInbox<Write>()
 
   /// Requests queued and not yet taken by the drain loop; for tests that hold the queue to make a batch.
-  var queuedRequestCount: Int { inbox.withLock { $0.requests.count } }
+  var queuedRequestCount: Int { inbox.count }
 
   // MARK: State confined to `queue`
 
@@ -108,18 +86,10 @@ final class SharedLogCore: @unchecked Sendable {
     var unrecovered: Set<UInt64> = []
   }
 
-  private struct ActiveSegment {
-    var file: PosixFile
-    var offset: Int
-    /// Where its header and checkpoint end (its header alone for the segment reopened by recovery): a segment
-    /// holding nothing past it is never rotated away.
-    var headerEnd: Int
-  }
-
   private var phase = Phase.initial
   private var lockFile: PosixFile?
   private var segments: [Segment] = []
-  private var active: ActiveSegment?
+  private var active: WALActiveSegment?
   private var groups: [UInt64: Group] = [:]
   /// Records of groups that have not recovered yet, from the scan.
   private var pending: [UInt64: [Chunk]] = [:]
@@ -164,59 +134,21 @@ final class SharedLogCore: @unchecked Sendable {
     group: UInt64, owner: ObjectIdentifier, _ write: WALFormat.EncodedWrite, whenDurable: (@Sendable () -> Void)?
   ) async throws {
     try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-      enqueue(.write(group, owner, write, Durable(continuation: continuation, then: whenDurable)))
+      enqueue(
+        .write(
+          Write(group: group, owner: owner, write: write),
+          WALWaiter(continuation: continuation, then: whenDurable)))
     }
   }
 
   func perform<T: Sendable>(_ body: @escaping @Sendable () throws(StorageError) -> T) async throws -> T {
     try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
-      enqueue(
-        .task {
-          do throws(StorageError) {
-            continuation.resume(returning: try body())
-          } catch {
-            continuation.resume(throwing: error)
-          }
-        })
+      enqueue(WALInbox.task(body, resuming: continuation))
     }
   }
 
-  private func enqueue(_ request: Request) {
-    let startDrain = inbox.withLock { inbox in
-      inbox.requests.append(request)
-      if inbox.draining { return false }
-      inbox.draining = true
-      return true
-    }
-    if startDrain { queue.async { self.drain() } }
-  }
-
-  private func drain() {
-    while true {
-      let requests: [Request] = inbox.withLock { inbox in
-        if inbox.requests.isEmpty {
-          inbox.draining = false
-          return []
-        }
-        defer { inbox.requests = [] }
-        return inbox.requests
-      }
-      if requests.isEmpty { return }
-      var next = 0
-      while next < requests.count {
-        if case .task(let body) = requests[next] {
-          body()
-          next += 1
-          continue
-        }
-        var batch: [Write] = []
-        while next < requests.count, case .write(let group, let owner, let write, let waiter) = requests[next] {
-          batch.append(Write(group: group, owner: owner, write: write, waiter: waiter))
-          next += 1
-        }
-        appendWrites(batch)
-      }
-    }
+  private func enqueue(_ request: WALInbox<Write>.Request) {
+    if inbox.enqueue(request) { queue.async { self.inbox.drain(self.appendWrites) } }
   }
 
   // MARK: Lifecycle (on `queue`)
@@ -297,14 +229,14 @@ final class SharedLogCore: @unchecked Sendable {
 
   // MARK: Writing (on `queue`)
 
-  private func appendWrites(_ batch: [Write]) {
+  private func appendWrites(_ batch: [(Write, WALWaiter)]) {
     var outcomes = [StorageError?](repeating: nil, count: batch.count)
     var pendingChunks: [[UInt8]] = []
     var pendingBytes = 0
     var accepted: [Int] = []
     var mustSync = false
     do throws(StorageError) {
-      for (slot, request) in batch.enumerated() {
+      for (slot, (request, _)) in batch.enumerated() {
         let (group, write) = (request.group, request.write)
         var state: Group
         var resetPoint: UInt64?
@@ -352,11 +284,11 @@ final class SharedLogCore: @unchecked Sendable {
       poison(error)
       for slot in batch.indices where outcomes[slot] == nil { outcomes[slot] = error }
     }
-    for (slot, request) in batch.enumerated() {
+    for (slot, (_, waiter)) in batch.enumerated() {
       if let error = outcomes[slot] {
-        request.waiter.fail(error)
+        waiter.fail(error)
       } else {
-        request.waiter.succeed()
+        waiter.succeed()
       }
     }
   }
@@ -373,24 +305,12 @@ final class SharedLogCore: @unchecked Sendable {
   }
 
   private func needsRotation(adding bytes: Int, pendingBytes: Int) -> Bool {
-    guard let active else { return false }
-    // A segment whose checkpoint fills more than half of it (many groups) still takes half a segment of records.
-    let limit = max(segmentBytes, active.headerEnd + segmentBytes / 2)
-    return active.offset + bytes > limit && active.offset + pendingBytes > active.headerEnd
+    active?.needsRotation(adding: bytes, pendingBytes: pendingBytes, segmentBytes: segmentBytes) ?? false
   }
 
   private func flush(_ pending: inout [[UInt8]], _ pendingBytes: inout Int) throws(StorageError) {
-    guard !pending.isEmpty, var segment = active else { return }
-    var bytes = pending[0]
-    if pending.count > 1 {
-      bytes.reserveCapacity(pendingBytes)
-      for chunk in pending.dropFirst() { bytes.append(contentsOf: chunk) }
-    }
-    try segment.file.write(bytes, at: segment.offset)
-    segment.offset += bytes.count
-    active = segment
-    pending.removeAll(keepingCapacity: true)
-    pendingBytes = 0
+    guard !pending.isEmpty, active != nil else { return }
+    try active?.flush(&pending, &pendingBytes)
   }
 
   /// Appends `bytes` (whole records) to the active segment, rotating first if they do not fit.
@@ -454,49 +374,15 @@ final class SharedLogCore: @unchecked Sendable {
   }
 
   private func createSegment(_ sequence: UInt64, reset: (group: UInt64, index: UInt64)?) throws(StorageError)
-    -> ActiveSegment
+    -> WALActiveSegment
   {
-    let path = segmentPath(sequence)
-    let temporary = path + ".tmp"
-    let file: PosixFile
-    if let spare, spare.take(to: temporary) {
-      file = try PosixFile.open(temporary, flags: O_RDWR, faults: openFaults)
-    } else {
-      file = try PosixFile.open(temporary, flags: O_RDWR | O_CREAT | O_TRUNC, faults: openFaults)
-      do throws(StorageError) {
-        switch preallocation {
-        case .zeroFilled: try file.writeZeros(0..<segmentBytes)
-        case .allocated: try file.allocate(segmentBytes)
-        case .none: break
-        }
-      } catch {
-        file.close()
-        throw error
-      }
-    }
-    var renamed = false
-    do throws(StorageError) {
-      let bytes = try checkpoint(sequence: sequence, reset: reset)
-      try file.write(bytes, at: 0)
-      if syncsStructure {
-        try file.dataSync()
-        syncCount += 1
-      }
-      try FileSystem.rename(temporary, path)
-      renamed = true
-      if syncsStructure { try FileSystem.syncDirectory(walDirectory) }
-      spare?.prepare()
-      // The checkpoint counts as the header (see needsRotation): with many groups it can outgrow the segment
-      // size, and every write would start a new segment.
-      return ActiveSegment(file: file, offset: bytes.count, headerEnd: bytes.count)
-    } catch {
-      file.close()
-      if renamed, case .descriptorsExhausted(let operation, let failedPath, let code) = error {
-        // The segment is in place with a newer checkpoint: writes may not go on in the old one.
-        throw ioError(operation, failedPath, code)
-      }
-      throw error
-    }
+    let bytes = try checkpoint(sequence: sequence, reset: reset)
+    // The checkpoint counts as the header (see needsRotation): with many groups it can outgrow the segment
+    // size, and every write would start a new segment.
+    return try WALFiles.createSegment(
+      segmentPath(sequence), checkpoint: bytes, headerEnd: bytes.count, spare: spare, preallocation: preallocation,
+      segmentBytes: segmentBytes, faults: openFaults, sync: syncsStructure, onDataSync: { syncCount += 1 },
+      syncDirectory: { () throws(StorageError) in try FileSystem.syncDirectory(walDirectory) })
   }
 
   private func rotate(reset: (group: UInt64, index: UInt64)? = nil) throws(StorageError) {
@@ -779,7 +665,7 @@ final class SharedLogCore: @unchecked Sendable {
 
   private func openActiveSegment(tail: WALTail?, report: inout RecoveryReport) throws(StorageError) {
     if let tail, let file = try WALFiles.repair(tail, sync: syncsStructure, report: &report, logger: logger) {
-      active = ActiveSegment(file: file, offset: tail.validEnd, headerEnd: tail.headerEnd)
+      active = WALActiveSegment(file: file, offset: tail.validEnd, headerEnd: tail.headerEnd)
       if preallocation == .zeroFilled { spare?.prepare() }
       return
     }
@@ -938,12 +824,7 @@ final class SharedLogCore: @unchecked Sendable {
   }
 
   private func startBatchTimer(_ interval: Duration) {
-    let (seconds, attoseconds) = interval.components
-    let nanoseconds = max(1_000_000, Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000))
-    let source = DispatchSource.makeTimerSource(queue: queue)
-    source.schedule(deadline: .now() + .nanoseconds(nanoseconds), repeating: .nanoseconds(nanoseconds))
-    source.setEventHandler { [weak self] in self?.batchSync() }
-    source.resume()
-    timer = source
+    timer = WALFiles.batchTimer(every: interval, on: queue) { [weak self] in self?.batchSync() }
   }
+
 }

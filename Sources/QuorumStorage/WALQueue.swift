@@ -1,0 +1,186 @@
+import Dispatch
+import Glibc
+import QuorumCore
+import Synchronization
+
+/// Who waits for a write: the writer's continuation, and what runs on the log's I/O queue once the write is
+/// durable (before the writer resumes).
+struct WALWaiter: Sendable {
+  let continuation: CheckedContinuation<Void, any Error>
+  let then: (@Sendable () -> Void)?
+
+  func succeed() {
+    then?()
+    continuation.resume()
+  }
+
+  func fail(_ error: any Error) { continuation.resume(throwing: error) }
+}
+
+/// The requests of a write-ahead log (``FileStorage``'s and the shared log's alike), queued by any thread and
+/// drained in order by one block at a time on the log's serial I/O queue. Consecutive writes are handed over
+/// together, to be appended with one `pwrite` and made durable with one sync (group commit).
+final class WALInbox<Write: Sendable>: Sendable {
+  enum Request: Sendable {
+    case write(Write, WALWaiter)
+    case task(@Sendable () -> Void)
+  }
+
+  private struct State: Sendable {
+    var requests: [Request] = []
+    var draining = false
+  }
+
+  private let state = Mutex(State())
+
+  /// Requests queued and not yet taken by the drain.
+  var count: Int { state.withLock { $0.requests.count } }
+
+  /// Queues `request`; returns whether the caller must start a drain on the I/O queue (none is running).
+  func enqueue(_ request: Request) -> Bool {
+    state.withLock { state in
+      state.requests.append(request)
+      if state.draining { return false }
+      state.draining = true
+      return true
+    }
+  }
+
+  /// Runs on the I/O queue until nothing is queued: tasks in order, and each run of consecutive writes handed to
+  /// `appendWrites` at once.
+  func drain(_ appendWrites: ([(Write, WALWaiter)]) -> Void) {
+    while true {
+      let requests: [Request] = state.withLock { state in
+        if state.requests.isEmpty {
+          state.draining = false
+          return []
+        }
+        defer { state.requests = [] }
+        return state.requests
+      }
+      if requests.isEmpty { return }
+      var next = 0
+      while next < requests.count {
+        if case .task(let body) = requests[next] {
+          body()
+          next += 1
+          continue
+        }
+        var batch: [(Write, WALWaiter)] = []
+        while next < requests.count, case .write(let write, let waiter) = requests[next] {
+          batch.append((write, waiter))
+          next += 1
+        }
+        appendWrites(batch)
+      }
+    }
+  }
+
+  /// A task that runs `body` and resumes `continuation` with its result.
+  static func task<T: Sendable>(
+    _ body: @escaping @Sendable () throws(StorageError) -> T, resuming continuation: CheckedContinuation<T, any Error>
+  ) -> Request {
+    .task {
+      do throws(StorageError) {
+        continuation.resume(returning: try body())
+      } catch {
+        continuation.resume(throwing: error)
+      }
+    }
+  }
+}
+
+/// The segment a log appends to.
+struct WALActiveSegment {
+  var file: PosixFile
+  /// Where the next record goes.
+  var offset: Int
+  /// The end of the segment's header (or checkpoint): a segment holding nothing past it is never rotated away.
+  var headerEnd: Int
+
+  /// Whether `bytes` more do not fit in a segment of `segmentBytes`, which holds more than its header.
+  func needsRotation(adding bytes: Int, pendingBytes: Int, segmentBytes: Int) -> Bool {
+    // A segment whose header fills more than half of it (a shared log's checkpoint, with many groups) still
+    // takes half a segment of records; a group's own log has a header of a few bytes, so this is its size.
+    let limit = max(segmentBytes, headerEnd + segmentBytes / 2)
+    return offset + bytes > limit && offset + pendingBytes > headerEnd
+  }
+
+  /// Appends the pending chunks with one `pwrite` and empties them.
+  mutating func flush(_ pending: inout [[UInt8]], _ pendingBytes: inout Int) throws(StorageError) {
+    guard !pending.isEmpty else { return }
+    var bytes = pending[0]
+    if pending.count > 1 {
+      bytes.reserveCapacity(pendingBytes)
+      for chunk in pending.dropFirst() { bytes.append(contentsOf: chunk) }
+    }
+    try file.write(bytes, at: offset)
+    offset += bytes.count
+    pending.removeAll(keepingCapacity: true)
+    pendingBytes = 0
+  }
+}
+
+extension WALFiles {
+  /// Creates segment file `path` atomically: a temporary file (the spare segment when one is ready, otherwise a
+  /// new one reserved as `preallocation` says), `checkpoint` written at its start and synced (`onDataSync` counts
+  /// it), renamed into place, the directory synced. Returns it open for appending after the checkpoint, whose
+  /// first `headerEnd` bytes count as the segment's header.
+  static func createSegment(
+    _ path: String, checkpoint: [UInt8], headerEnd: Int, spare: SpareSegment?, preallocation: WALPreallocation,
+    segmentBytes: Int, faults: OpenFaults, sync: Bool, onDataSync: () -> Void,
+    syncDirectory: () throws(StorageError) -> Void
+  ) throws(StorageError) -> WALActiveSegment {
+    let temporary = path + ".tmp"
+    let file: PosixFile
+    if let spare, spare.take(to: temporary) {
+      file = try PosixFile.open(temporary, flags: O_RDWR, faults: faults)
+    } else {
+      file = try PosixFile.open(temporary, flags: O_RDWR | O_CREAT | O_TRUNC, faults: faults)
+      do throws(StorageError) {
+        switch preallocation {
+        case .zeroFilled: try file.writeZeros(0..<segmentBytes)
+        case .allocated: try file.allocate(segmentBytes)
+        case .none: break
+        }
+      } catch {
+        file.close()
+        throw error
+      }
+    }
+    var renamed = false
+    do throws(StorageError) {
+      try file.write(checkpoint, at: 0)
+      if sync {
+        try file.dataSync()
+        onDataSync()
+      }
+      try FileSystem.rename(temporary, path)
+      renamed = true
+      if sync { try syncDirectory() }
+    } catch {
+      file.close()
+      if renamed, case .descriptorsExhausted(let operation, let failedPath, let code) = error {
+        // The segment is in place with a checkpoint of the current state: were writes to go on in the old
+        // segment, a recovery would replay this older checkpoint last. Not retryable: the log fails.
+        throw ioError(operation, failedPath, code)
+      }
+      throw error
+    }
+    spare?.prepare()
+    return WALActiveSegment(file: file, offset: checkpoint.count, headerEnd: headerEnd)
+  }
+
+  /// A timer on `queue` that calls `handler` every `interval` (at least 1 ms): the batch policy's sync.
+  static func batchTimer(
+    every interval: Duration, on queue: DispatchQueue, _ handler: @escaping @Sendable () -> Void
+  ) -> any DispatchSourceTimer {
+    let (seconds, attoseconds) = interval.components
+    let nanoseconds = max(1_000_000, Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000))
+    let source = DispatchSource.makeTimerSource(queue: queue)
+    source.schedule(deadline: .now() + .nanoseconds(nanoseconds), repeating: .nanoseconds(nanoseconds))
+    source.setEventHandler(handler: handler)
+    source.resume()
+    return source
+  }
+}
