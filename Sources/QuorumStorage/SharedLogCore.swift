@@ -585,7 +585,9 @@ final class SharedLogCore: @unchecked Sendable {
           var headerEnd = 0
           while let (type, payload, offset) = try cursor.next() {
             if offset == 0 {
-              try Self.checkHeader(type: type, payload: payload, bytes: buffer, sequence: sequence, path: path)
+              try WALFormat.checkSegmentHeader(
+                type: type, payload: payload, bytes: buffer, sequence: sequence, path: path, shared: true,
+                modeByte: nil)
               headerEnd = payload.upperBound
             } else {
               guard type == WALRecordType.groupChunk.rawValue else {
@@ -632,35 +634,6 @@ final class SharedLogCore: @unchecked Sendable {
     }
     if try read.get() != length { throw ioError("read (file shrank)", path, EIO) }
     return length
-  }
-
-  private static func checkHeader(
-    type: UInt8, payload: Range<Int>, bytes: [UInt8], sequence: UInt64, path: String
-  ) throws(StorageError) {
-    guard type == WALRecordType.segmentHeader.rawValue, payload.count == WALFormat.segmentHeaderPayloadBytes else {
-      throw .corruptRecord(file: path, offset: 0, reason: "the segment does not start with a segment header")
-    }
-    var reader = WireReader(bytes, range: payload)
-    do {
-      let magic = try reader.readFixed32()
-      let version = try reader.readByte()
-      _ = try reader.readByte()
-      let found = try reader.readFixed64()
-      if magic == WALFormat.segmentMagic {
-        throw StorageError.incompatible(file: path, reason: "a group's own log segment, not a shared log segment")
-      }
-      if magic != segmentMagic { throw StorageError.corruptRecord(file: path, offset: 0, reason: "bad segment magic") }
-      if version != WALFormat.version {
-        throw StorageError.incompatible(file: path, reason: "log format version \(version)")
-      }
-      if found != sequence {
-        throw StorageError.corruptRecord(file: path, offset: 0, reason: "header says segment \(found)")
-      }
-    } catch let error as StorageError {
-      throw error
-    } catch {
-      throw .corruptRecord(file: path, offset: 0, reason: "unreadable segment header: \(error)")
-    }
   }
 
   private func openActiveSegment(tail: WALTail?, report: inout RecoveryReport) throws(StorageError) {

@@ -88,6 +88,49 @@ enum WALFormat {
     return writer.bytes
   }
 
+  /// Checks that the record at the start of segment `sequence` (file `path`) is its header: a group's own log
+  /// segment (`shared` false) written with `modeByte`, or a shared log's segment (``SharedWriteAheadLog``), in
+  /// this build's format. The other kind of segment, another version or mode throw
+  /// ``StorageError/incompatible(file:reason:)``; anything else is ``StorageError/corruptRecord(file:offset:reason:)``.
+  static func checkSegmentHeader(
+    type: UInt8, payload: Range<Int>, bytes: [UInt8], sequence: UInt64, path: String, shared: Bool,
+    modeByte expected: UInt8?
+  ) throws(StorageError) {
+    guard type == WALRecordType.segmentHeader.rawValue, payload.count == segmentHeaderPayloadBytes else {
+      throw .corruptRecord(file: path, offset: 0, reason: "the segment does not start with a segment header")
+    }
+    var reader = WireReader(bytes, range: payload)
+    let magic: UInt32
+    let version: UInt8
+    let mode: UInt8
+    let found: UInt64
+    do throws(WireError) {
+      magic = try reader.readFixed32()
+      version = try reader.readByte()
+      mode = try reader.readByte()
+      found = try reader.readFixed64()
+    } catch {
+      throw .corruptRecord(file: path, offset: 0, reason: "unreadable segment header: \(error)")
+    }
+    let (own, other) = shared ? (SharedLogCore.segmentMagic, segmentMagic) : (segmentMagic, SharedLogCore.segmentMagic)
+    if magic == other {
+      throw .incompatible(
+        file: path,
+        reason: shared
+          ? "a group's own log segment, not a shared log segment"
+          : "a shared log's segment (SharedWriteAheadLog), not a group's own log segment")
+    }
+    if magic != own { throw .corruptRecord(file: path, offset: 0, reason: "bad segment magic") }
+    if version != self.version { throw .incompatible(file: path, reason: "log format version \(version)") }
+    if let expected, mode != expected {
+      throw .incompatible(
+        file: path,
+        reason: "written in the other log write mode (byte \(mode)); opened in "
+          + (expected == modeByte(.truncateSuffix) ? "truncateSuffix" : "replace") + " mode")
+    }
+    if found != sequence { throw .corruptRecord(file: path, offset: 0, reason: "header says segment \(found)") }
+  }
+
   /// The byte recorded for `mode` in segment headers.
   static func modeByte(_ mode: LogWriteMode) -> UInt8 {
     switch mode {

@@ -64,7 +64,9 @@ struct WALReplay<Entry: StorableEntry>: ~Copyable {
     var headerEnd = 0
     while let (type, payload, offset) = try cursor.next() {
       if offset == 0 {
-        try checkHeader(type: type, payload: payload, bytes: bytes, sequence: sequence, path: path)
+        try WALFormat.checkSegmentHeader(
+          type: type, payload: payload, bytes: bytes, sequence: sequence, path: path, shared: false,
+          modeByte: WALFormat.modeByte(mode))
         headerEnd = payload.upperBound
       } else {
         try apply(
@@ -185,42 +187,6 @@ struct WALReplay<Entry: StorableEntry>: ~Copyable {
       return entry
     } catch {
       throw .corruptRecord(file: path, offset: offset, reason: "entry does not decode: \(error)")
-    }
-  }
-
-  private func checkHeader(
-    type: UInt8, payload: Range<Int>, bytes: [UInt8], sequence: UInt64, path: String
-  ) throws(StorageError) {
-    guard type == WALRecordType.segmentHeader.rawValue, payload.count == WALFormat.segmentHeaderPayloadBytes else {
-      throw .corruptRecord(file: path, offset: 0, reason: "the segment does not start with a segment header")
-    }
-    var reader = WireReader(bytes, range: payload)
-    do {
-      let magic = try reader.readFixed32()
-      let version = try reader.readByte()
-      let modeByte = try reader.readByte()
-      let found = try reader.readFixed64()
-      if magic == SharedLogCore.segmentMagic {
-        throw StorageError.incompatible(
-          file: path, reason: "a shared log's segment (SharedWriteAheadLog), not a group's own log segment")
-      }
-      if magic != WALFormat.segmentMagic {
-        throw StorageError.corruptRecord(file: path, offset: 0, reason: "bad segment magic")
-      }
-      if version != WALFormat.version {
-        throw StorageError.incompatible(file: path, reason: "log format version \(version)")
-      }
-      if modeByte != WALFormat.modeByte(mode) {
-        throw StorageError.incompatible(
-          file: path, reason: "written in the other log write mode (byte \(modeByte)); opened in \(mode) mode")
-      }
-      if found != sequence {
-        throw StorageError.corruptRecord(file: path, offset: 0, reason: "header says segment \(found)")
-      }
-    } catch let error as StorageError {
-      throw error
-    } catch {
-      throw .corruptRecord(file: path, offset: 0, reason: "unreadable segment header: \(error)")
     }
   }
 
