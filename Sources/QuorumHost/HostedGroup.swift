@@ -99,15 +99,18 @@ public struct FileGroupStorage: GroupStorageProvider {
   /// The name of the shared log's directory under the data directory.
   public static let sharedLogName = "shared-log"
 
-  /// The layout the directory `root` already holds, if it holds one: a shared log's directory, or a log of its
-  /// own in `root` or in one of its subdirectories.
+  /// The layout the directory `root` already holds, if it holds one: a log of a group's own in `root` or in one
+  /// of its subdirectories, or a shared log's directory. A group named like the shared log's directory keeps its
+  /// own log there in the per-group layout: the segments in it tell which it is.
   public static func layoutOnDisk(root: String) -> GroupLogLayout? {
-    if FileSystemUsage.isDirectory(root + "/" + sharedLogName) { return .shared }
     if FileSystemUsage.isDirectory(root + "/wal") { return .perGroup }
-    for name in FileSystemUsage.entries(of: root) where FileSystemUsage.isDirectory("\(root)/\(name)/wal") {
+    for name in FileSystemUsage.entries(of: root)
+    where name != sharedLogName && FileSystemUsage.isDirectory("\(root)/\(name)/wal") {
       return .perGroup
     }
-    return nil
+    let shared = root + "/" + sharedLogName
+    guard FileSystemUsage.isDirectory(shared) else { return nil }
+    return SharedWriteAheadLog.holdsSharedLog(directory: shared) == false ? .perGroup : .shared
   }
 
   /// The directory of `group` in the ``GroupLogLayout/perGroup`` layout.

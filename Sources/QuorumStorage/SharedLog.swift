@@ -1,3 +1,4 @@
+import Glibc
 public import QuorumCore
 import Synchronization
 
@@ -109,6 +110,31 @@ public final class SharedWriteAheadLog: Sendable {
       maxRecordBytes > 0 && maxRecordBytes <= Int(UInt32.max),
       "maxRecordBytes must fit in 32 bits, got \(maxRecordBytes)")
     return SharedLogStorage(core: core, group: group, mode: mode, maxRecordBytes: maxRecordBytes)
+  }
+
+  /// Whether `directory` holds a shared log (`true`) or one group's own log, a ``FileStorage``'s (`false`), as
+  /// the magic of its oldest readable segment says; `nil` when it holds no segment. Both keep their segments in
+  /// `directory/wal`, so only their contents tell them apart.
+  public static func holdsSharedLog(directory: String) -> Bool? {
+    let walDirectory = directory + "/wal"
+    guard let names = try? FileSystem.list(walDirectory) else { return nil }
+    let segments = names.filter { name in
+      name.hasSuffix(".wal") && name.count > 4 && name.dropLast(4).allSatisfy { $0.isASCII && $0.isNumber }
+    }
+    for name in segments.sorted() {
+      guard let file = try? PosixFile.open(walDirectory + "/" + name, flags: O_RDONLY) else { continue }
+      defer { file.close() }
+      // The segment header record: CRC, length and type, then the magic.
+      var header = [UInt8](repeating: 0, count: WALFormat.headerBytes + 4)
+      let read = header.withUnsafeMutableBytes { raw in
+        Result { () throws(StorageError) in try file.read(into: raw, at: 0) }
+      }
+      guard (try? read.get()) == header.count else { continue }
+      let magic = header[WALFormat.headerBytes...].reversed().reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+      if magic == SharedLogCore.segmentMagic { return true }
+      if magic == WALFormat.segmentMagic { return false }
+    }
+    return nil
   }
 
   /// The number of `fdatasync` calls made on the log so far; for tests and benchmarks.

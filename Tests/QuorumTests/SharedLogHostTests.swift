@@ -77,4 +77,25 @@ struct SharedLogHostTests {
       #expect(reason.contains("log per group"), "\(reason)")
     }
   }
+
+  @Test("a log per group in which a group is named like the shared log's directory is still a log per group")
+  func aGroupNamedLikeTheSharedLogKeepsItsLayout() async throws {
+    let root = FileManager.default.temporaryDirectory.appendingPathComponent("quorum-layout-\(UUID().uuidString)").path
+    defer { try? FileManager.default.removeItem(atPath: root) }
+    // A valid group name, and a per-group data directory keeps that group's log in `<root>/shared-log`.
+    let spec = GroupSpec(
+      id: GroupID(rawValue: 3), name: FileGroupStorage.sharedLogName, members: ["n1"], services: ["kv"])
+    let first = try FileGroupStorage(root: root, fsync: .never, layout: .perGroup)
+      .storage(for: spec, mode: .truncateSuffix, entry: LogEntry.self)
+    _ = try await first.recover()
+    try await first.write(StorageWrite(hardState: [7]))
+    try await first.close()
+
+    #expect(FileGroupStorage.layoutOnDisk(root: root) == .perGroup)
+    #expect(FileGroupStorage(root: root, fsync: .never).layout == .perGroup, "the layout on disk is kept")
+    let again = try FileGroupStorage(root: root, fsync: .never, layout: .perGroup)
+      .storage(for: spec, mode: .truncateSuffix, entry: LogEntry.self)
+    #expect(try await again.recover().hardState == [7])
+    try await again.close()
+  }
 }
