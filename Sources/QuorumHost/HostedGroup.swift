@@ -163,7 +163,8 @@ public struct HostSettings: Sendable {
   /// clears by itself once usage falls back under the quota (after deletes, a snapshot and the compaction behind
   /// it). `nil`: no quota.
   public var spaceQuotaBytes: Int?
-  /// How often the host measures the storage's usage while a quota is set.
+  /// How often the host measures the storage's usage while a quota is set, and, when its groups share a log,
+  /// asks the groups whose entries keep the log's oldest segment on disk to release them.
   public var spaceCheckInterval: Duration
   /// How the leaders of groups carrying the `txn` service finish transactions their coordinators left in doubt.
   public var transactionResolver: TransactionResolverOptions

@@ -51,8 +51,8 @@ enum Backend: String, CaseIterable, Sendable, CustomTestStringConvertible {
   case file
   /// File storage with zero-filled preallocated segments (small ones, so rotation happens).
   case preallocatedFile
-  /// One group's storage in a shared log (small segments, so rotation happens), beside a second group that
-  /// writes its own records between the tested group's.
+  /// One group's storage in a shared log (small segments, so rotation happens). Groups interleaving in one log
+  /// are SharedLogTests' and SharedLogRandomTests' subject.
   case sharedLog
 
   var testDescription: String { rawValue }
