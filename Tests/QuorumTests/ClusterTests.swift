@@ -22,6 +22,22 @@ struct ClusterTests {
     #expect(!cluster.isInProcess)
   }
 
+  @Test("DataDirectory carries the log layout asked for; without one the data directory's own is kept")
+  func dataDirectoryLayout() throws {
+    for layout in GroupLogLayout.allCases {
+      let cluster = try Cluster(id: "layout") {
+        Member("n1")
+        DataDirectory("/tmp/layout", layout: layout)
+      }
+      #expect(cluster.logLayout == layout)
+    }
+    let unset = try Cluster(id: "layout") {
+      Member("n1")
+      DataDirectory("/tmp/layout")
+    }
+    #expect(unset.logLayout == nil)
+  }
+
   @Test(
     "invalid descriptions name the offending line",
     arguments: [
