@@ -522,12 +522,15 @@ final class SharedLogCore: @unchecked Sendable {
       var records = WireWriter(reservingCapacity: 20)
       WALFormat.appendIndexRecord(.floor, index, to: &records)
       try appendRecords(try Self.chunk(group: group, reset: nil, records: records.bytes))
-      // The compaction point must be durable before the segments that held the entries disappear.
-      if syncsStructure { try syncActive() }
     } catch {
       poison(error)
       throw error
     }
+    // The compaction point must be durable before the segments that held the entries disappear:
+    // deleteDeadSegments syncs first when something is unsynced. Until then a lost compaction point only brings
+    // back entries the snapshot covers, which recovery drops. No sync per compaction: every group's writes would
+    // wait behind it, and a host asks many groups to compact at once.
+    dirty = true
     groups[group]?.position.floor = index
     try deleteDeadSegments()
   }

@@ -244,6 +244,47 @@ struct SharedLogTests {
     }
   }
 
+  /// A compaction that frees no segment makes no sync of its own: groups asked to release their entries at once
+  /// would otherwise each hold every group's writes behind an `fdatasync`. The compaction points are synced
+  /// once, before the segments a compaction frees are deleted, and survive a restart.
+  @Test func compactionSyncsOnlyBeforeDeletingSegments() async throws {
+    try await withTemporaryDirectory { directory in
+      var log = makeLog(directory)
+      var a = log.storage(for: 1, entry: TestEntry.self)
+      var b = log.storage(for: 2, entry: TestEntry.self)
+      _ = try await a.recover()
+      _ = try await b.recover()
+      try await b.write(StorageWrite(entries: entries(1...3)))  // B's entries keep the first segment.
+      for start in stride(from: UInt64(1), through: 96, by: 5) {
+        try await a.write(StorageWrite(entries: bigEntries(start...(start + 4))))
+      }
+      try await a.saveSnapshot(StoredSnapshot(index: 100, term: 1, data: [1]), discardingLog: false)
+      try await b.saveSnapshot(StoredSnapshot(index: 3, term: 1, data: [2]), discardingLog: false)
+      let segments = try await log.segmentSequences()
+      #expect(segments.count > 2)
+      let before = try await log.syncCount()
+      try await a.compact(through: 100)
+      #expect(try await log.segmentSequences() == segments, "B still keeps the first segment")
+      #expect(try await log.syncCount() == before, "a compaction that frees nothing does not sync")
+      try await b.compact(through: 3)
+      #expect(try await log.segmentSequences() == [segments.last!])
+      #expect(try await log.syncCount() == before + 1, "one sync before the deletions")
+      try await a.close()
+      try await b.close()
+
+      log = makeLog(directory)
+      a = log.storage(for: 1, entry: TestEntry.self)
+      b = log.storage(for: 2, entry: TestEntry.self)
+      #expect(try await a.recover().entries.isEmpty)
+      #expect(try await b.recover().entries.isEmpty)
+      await #expect(throws: StorageError.self) { try await a.write(StorageWrite(entries: entries(100...100))) }
+      try await a.write(StorageWrite(entries: entries(101...101)))
+      try await b.write(StorageWrite(entries: entries(4...4)))
+      try await a.close()
+      try await b.close()
+    }
+  }
+
   /// A group whose only records are in segments written before this run: when it recovers they are dead (its
   /// entries compacted), so they go, and its hard state and compaction point must not go with them.
   @Test func aGroupsStateOutlivesTheSegmentsItWasWrittenIn() async throws {
