@@ -360,16 +360,25 @@ public final class GroupHost: Sendable {
   /// Every ``HostSettings/spaceCheckInterval`` until cancelled: measures the storage's usage (while a quota is
   /// set), and asks the groups whose old entries keep a shared log's oldest segment on disk to release them.
   private func watchSpace() async {
+    var warnedPins: Set<GroupID> = []
     while !Task.isCancelled {
       do {
         try await runtime.clock.sleep(for: spaceCheckInterval)
       } catch {
         return
       }
-      for id in await storage.groupsPinningStorage() {
-        guard let group = groups[id] else { continue }
-        logger.info("asking a group to release the shared log's oldest segment", ["group": group.spec.name])
-        group.releaseStoredEntries()
+      let pins = await storage.groupsPinningStorage()
+      for id in pins.groups {
+        guard let group = groups[id] else {
+          // Removed from this member: nothing here will ever compact its entries.
+          if warnedPins.insert(id).inserted {
+            logger.warning(
+              "a group this member no longer runs keeps the shared log's oldest segment on disk", ["group": "\(id)"])
+          }
+          continue
+        }
+        logger.debug("asking a group to release the shared log's oldest segment", ["group": group.spec.name])
+        group.releaseStoredEntries(snapshotBudgetBytes: pins.heldBytes)
       }
       // A walk of every group's files: off the caller's executor, which may be the network thread.
       if spaceQuotaBytes != nil { await runtime.detached { [self] in measureUsage() }.value }

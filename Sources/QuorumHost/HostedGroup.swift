@@ -15,12 +15,26 @@ public protocol GroupStorageProvider: Sendable {
   func usedBytes() -> Int?
 
   /// The groups whose stored entries keep old log files on disk that the other groups no longer need (a log
-  /// shared by several groups is deleted oldest segment first). The host asks each of them to snapshot and
-  /// compact (``HostedGroup/releaseStoredEntries()``).
-  func groupsPinningStorage() async -> [GroupID]
+  /// shared by several groups is deleted oldest segment first), and the bytes those files hold. The host asks
+  /// each of the groups to snapshot and compact (``HostedGroup/releaseStoredEntries(snapshotBudgetBytes:)``).
+  func groupsPinningStorage() async -> StoragePins
 
   /// Whether groups share a log, so that ``groupsPinningStorage()`` is worth asking.
   var sharesLog: Bool { get }
+}
+
+/// Groups whose stored entries keep old log files on disk (see ``GroupStorageProvider/groupsPinningStorage()``).
+public struct StoragePins: Sendable, Equatable {
+  /// The groups.
+  public var groups: [GroupID]
+  /// The bytes of the log files they keep that no other group needs.
+  public var heldBytes: Int
+
+  /// Creates the report.
+  public init(groups: [GroupID], heldBytes: Int) {
+    self.groups = groups
+    self.heldBytes = heldBytes
+  }
 }
 
 extension GroupStorageProvider {
@@ -28,7 +42,7 @@ extension GroupStorageProvider {
   public func usedBytes() -> Int? { nil }
 
   /// None: every group's log is its own.
-  public func groupsPinningStorage() async -> [GroupID] { [] }
+  public func groupsPinningStorage() async -> StoragePins { StoragePins(groups: [], heldBytes: 0) }
 
   /// No.
   public var sharesLog: Bool { false }
@@ -142,12 +156,14 @@ public struct FileGroupStorage: GroupStorageProvider {
   /// Whether the layout is ``GroupLogLayout/shared``.
   public var sharesLog: Bool { sharedLog != nil }
 
-  /// The groups whose entries keep the shared log's oldest segment, once it holds more than two segments.
-  public func groupsPinningStorage() async -> [GroupID] {
+  /// The groups whose entries keep the shared log's oldest segment, once it holds more than two segments, and
+  /// the bytes of the segments before the active one.
+  public func groupsPinningStorage() async -> StoragePins {
     guard let sharedLog, let sequences = try? await sharedLog.segmentSequences(), sequences.count > 2 else {
-      return []
+      return StoragePins(groups: [], heldBytes: 0)
     }
-    return ((try? await sharedLog.pinningGroups()) ?? []).map(GroupID.init(rawValue:))
+    let groups = ((try? await sharedLog.pinningGroups()) ?? []).map(GroupID.init(rawValue:))
+    return StoragePins(groups: groups, heldBytes: (sequences.count - 1) * sharedLog.segmentBytes)
   }
 }
 
@@ -343,14 +359,15 @@ public protocol HostedGroup: Sendable {
   var events: AsyncStream<GroupEvent> { get }
   /// The applied position and the whole encoded state at it (for checking that replicas converge).
   func localState() async -> (applied: UInt64, snapshot: [UInt8])
-  /// Asks the replica to snapshot and compact its storage through the snapshot, so that its old entries stop
-  /// keeping a shared log's oldest segment on disk. Does not wait.
-  func releaseStoredEntries()
+  /// Asks the replica to snapshot (if its last snapshot was at most `snapshotBudgetBytes`) and compact its
+  /// storage through the snapshot, so that its old entries stop keeping a shared log's oldest segment on disk.
+  /// Does not wait.
+  func releaseStoredEntries(snapshotBudgetBytes: Int)
 }
 
 extension HostedGroup {
   /// Does nothing.
-  public func releaseStoredEntries() {}
+  public func releaseStoredEntries(snapshotBudgetBytes: Int) {}
 }
 
 /// A hosted group on engine `Engine`.
@@ -390,7 +407,9 @@ final class EngineGroup<Engine: HostedEngine>: HostedGroup {
 
   func shutdown() async { await node.shutdown() }
 
-  func releaseStoredEntries() { node.releaseStoredEntries() }
+  func releaseStoredEntries(snapshotBudgetBytes: Int) {
+    node.releaseStoredEntries(snapshotBudgetBytes: snapshotBudgetBytes)
+  }
 
   func propose(_ command: ServiceCommand, request: RequestID?, acknowledgedThrough: UInt64, principal: String?)
     async throws -> IndexedRead<ServiceAnswer>

@@ -63,9 +63,10 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     case snapshotStored(Result<StoredSnapshot, any Error>)
     /// The transport's failure detector lost this peer (``QuorumCore/TransportEndpoint/onPeerLost(_:)``).
     case peerLost(NodeID)
-    /// Free the storage's oldest entries: snapshot if anything was applied since the last snapshot, then
-    /// compact the storage through the snapshot (see ``releaseStoredEntries()``).
-    case releaseStoredEntries
+    /// Free the storage's oldest entries: snapshot if anything was applied since the last snapshot (and the
+    /// last snapshot was no larger than the budget), then compact the storage through the snapshot (see
+    /// ``releaseStoredEntries(snapshotBudgetBytes:)``).
+    case releaseStoredEntries(Int)
   }
 
   /// A command waiting to be proposed, with its session information and principal.
@@ -157,8 +158,9 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// Whether the background task reported since ``recordStoredSnapshot()`` last looked (most turns it has not,
   /// and an idle host runs thousands of turns a second).
   private var snapshotReported = false
-  /// Whether ``releaseStoredEntries()`` asked to compact the storage through the newest snapshot.
-  private var releaseRequested = false
+  /// The budget of the ``releaseStoredEntries(snapshotBudgetBytes:)`` request waiting to be answered, if one
+  /// is: the storage is then compacted through the newest snapshot.
+  private var releaseBudget: Int?
   /// The storage's compaction point as this node last set it.
   private var storageFloor: UInt64 = 0
   private var proposals: [UInt64: Pending] = [:]
@@ -266,8 +268,13 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// last snapshot, then compacts the storage through that snapshot (the entries it keeps in memory for slow
   /// followers stay there). A host whose groups share one log asks this of a group whose old entries keep the
   /// log's oldest segment on disk. Does not wait; ignored if the node's inputs are full.
-  public nonisolated func releaseStoredEntries() {
-    try? inputs.trySend(.releaseStoredEntries)
+  ///
+  /// A snapshot rewrites the whole state, so the node takes one early only if its last snapshot was at most
+  /// `snapshotBudgetBytes` (the log space the release would help free): a group with a large state waits for
+  /// its own schedule, which writes at most one byte of snapshot per byte of log. Compacting through a snapshot
+  /// already taken costs nothing and is always done.
+  public nonisolated func releaseStoredEntries(snapshotBudgetBytes: Int) {
+    try? inputs.trySend(.releaseStoredEntries(snapshotBudgetBytes))
   }
 
   /// Stops the node and waits until ``run()`` has returned (at once if it never ran or already returned).
@@ -383,7 +390,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       messages.removeAll(keepingCapacity: true)
       batch.removeAll(keepingCapacity: true)
       try await recordStoredSnapshot()
-      if releaseRequested && !background.isBusy { try await releaseStorage() }
+      if releaseBudget != nil && !background.isBusy { try await releaseStorage() }
       try await drainReady()
       plannedQuiet = quietTicks()
       tickSignal.quiet(until: lastTickPeriod &+ plannedQuiet &+ 1)
@@ -456,8 +463,8 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       cancelRequest(requestID)
     case .peerLost(let peer):
       engine?.peerLost(peer)
-    case .releaseStoredEntries:
-      releaseRequested = true
+    case .releaseStoredEntries(let budget):
+      releaseBudget = budget
       maybeSnapshot()
     case .propose(let proposal, let continuation):
       guard pendingCount < configuration.maxPendingRequests else {  // before the work of encoding it
@@ -640,7 +647,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       case .read(_, _, _, _, let c): c.resume(throwing: error)
       case .membership(_, _, let c): c.resume(throwing: error)
       case .transfer(_, _, let c): c.resume(throwing: error)
-      case .cancel, .stop, .snapshotStored, .peerLost, .releaseStoredEntries: break
+      case .cancel, .stop, .snapshotStored, .peerLost, .releaseStoredEntries(_): break
       }
     }
   }
@@ -873,8 +880,14 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// apply) and the copy is encoded and stored by a background task, so replication does not wait for the
   /// encoding, the write and the sync. ``recordStoredSnapshot()`` finishes the job.
   private func maybeSnapshot() {
+    let early =
+      releaseBudget.map { budget in
+        SnapshotSchedule.mayTakeEarly(
+          applied: applied, lastSnapshot: lastSnapshotIndex, lastSnapshotBytes: lastSnapshotBytes,
+          budgetBytes: budget)
+      } ?? false
     guard !background.isBusy,
-      (releaseRequested && applied > lastSnapshotIndex)
+      early
         || SnapshotSchedule.isDue(
           applied: applied, lastSnapshot: lastSnapshotIndex, every: configuration.snapshotEvery,
           bytesSince: appliedBytesSinceSnapshot, lastSnapshotBytes: lastSnapshotBytes),
@@ -910,11 +923,12 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     observer?.node(id, group: group, recordedSnapshotAt: snapshot.index, compactedThrough: compactThrough)
     logger.info("snapshot taken", ["index": "\(snapshot.index)", "bytes": "\(snapshot.data.count)"])
   }
-  /// Answers ``releaseStoredEntries()`` once no snapshot is being stored: compacts the storage through the
+
+  /// Answers ``releaseStoredEntries(snapshotBudgetBytes:)`` once no snapshot is being stored: compacts the storage through the
   /// newest snapshot, past the entries the engine keeps for slow followers (it keeps them in memory; only a
   /// restart loses them, and a follower that needs them then gets the snapshot).
   private func releaseStorage() async throws {
-    releaseRequested = false
+    releaseBudget = nil
     guard lastSnapshotIndex > storageFloor else { return }
     try await storage.compact(through: lastSnapshotIndex)
     storageFloor = lastSnapshotIndex
@@ -1202,6 +1216,16 @@ package enum SnapshotSchedule {
     applied: UInt64, lastSnapshot: UInt64, every: Int, bytesSince: Int, lastSnapshotBytes: Int
   ) -> Bool {
     every > 0 && applied >= lastSnapshot &+ UInt64(every) && bytesSince >= lastSnapshotBytes
+  }
+
+  /// Whether a request to release stored entries (``ReplicaNode/releaseStoredEntries(snapshotBudgetBytes:)``)
+  /// may start a snapshot before the schedule would: something was applied since the last snapshot, and the
+  /// last snapshot — what the next one will cost, about — is no larger than `budgetBytes`, the log space the
+  /// release would help free.
+  package static func mayTakeEarly(applied: UInt64, lastSnapshot: UInt64, lastSnapshotBytes: Int, budgetBytes: Int)
+    -> Bool
+  {
+    applied > lastSnapshot && lastSnapshotBytes <= budgetBytes
   }
 }
 

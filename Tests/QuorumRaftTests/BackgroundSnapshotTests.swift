@@ -134,4 +134,16 @@ struct SnapshotScheduleTests {
     #expect(due(110, bytesSince: 0, lastBytes: 0))
     #expect(!due(1_000_000, every: 0, bytesSince: 1 << 30, lastBytes: 0))
   }
+
+  @Test("early, for a request to release stored entries, only when the last snapshot fits the log it would free")
+  func earlyForAReleaseWithinItsBudget() {
+    func early(_ applied: UInt64, lastBytes: Int, budget: Int) -> Bool {
+      SnapshotSchedule.mayTakeEarly(
+        applied: applied, lastSnapshot: 100, lastSnapshotBytes: lastBytes, budgetBytes: budget)
+    }
+    #expect(early(101, lastBytes: 0, budget: 0), "a group that never snapshotted")
+    #expect(early(101, lastBytes: 64 << 20, budget: 128 << 20))
+    #expect(!early(101, lastBytes: 100 << 20, budget: 64 << 20), "a large state waits for its own schedule")
+    #expect(!early(100, lastBytes: 0, budget: 1 << 30), "nothing applied since the last snapshot: compaction alone")
+  }
 }
