@@ -84,6 +84,9 @@ public struct FileGroupStorage: GroupStorageProvider {
   public let layout: GroupLogLayout
   /// The shared log, in the ``GroupLogLayout/shared`` layout.
   public let sharedLog: SharedWriteAheadLog?
+  /// The layout the directory held when the provider was made (read once: listing the directory for every
+  /// group would cost as much as the groups).
+  private let foundOnDisk: GroupLogLayout?
 
   /// Creates the provider.
   ///
@@ -102,7 +105,9 @@ public struct FileGroupStorage: GroupStorageProvider {
     self.root = root
     self.fsync = fsync
     self.segmentBytes = segmentBytes
-    let resolved = layout ?? Self.layoutOnDisk(root: root) ?? .shared
+    let found = Self.layoutOnDisk(root: root)
+    foundOnDisk = found
+    let resolved = layout ?? found ?? .shared
     self.layout = resolved
     sharedLog =
       resolved == .shared
@@ -139,7 +144,7 @@ public struct FileGroupStorage: GroupStorageProvider {
   public func storage<Entry: StorableEntry>(for group: GroupSpec, mode: LogWriteMode, entry: Entry.Type) throws
     -> any ConsensusStorage<Entry>
   {
-    if let onDisk = Self.layoutOnDisk(root: root), onDisk != layout {
+    if let onDisk = foundOnDisk, onDisk != layout {
       throw StorageError.incompatible(
         file: root,
         reason: "the data directory holds a \(onDisk == .shared ? "shared log" : "log per group"), but the "
