@@ -70,4 +70,25 @@ struct ServeLifecycleTests {
     held.cancel()
     await client.close()
   }
+
+  @Test("serve keeps its groups in a shared log by default, refuses the other layout on that directory, and says why")
+  func logLayoutIsChosenAndKept() async throws {
+    let cluster = try ProcessCluster(name: "layout", size: 1)
+    defer { cluster.removeFiles() }
+    try await cluster.start()
+    let data = "\(cluster.directory)/n1"
+    _ = await cluster.stopAll()
+    #expect(FileManager.default.fileExists(atPath: "\(data)/shared-log/wal"), "a new data directory gets a shared log")
+    #expect(!FileManager.default.fileExists(atPath: "\(data)/wal"))
+    let serve = [
+      "serve", "--id", "n1", "--listen", "127.0.0.1:0", "--cluster-file", cluster.clusterFile, "--data", data,
+      "--secret-file", cluster.secretFile,
+    ]
+    let refused = try await cluster.runCLI(serve + ["--log-layout", "per-group"])
+    #expect(refused.status != 0)
+    #expect(refused.output.contains("shared log"), "\(refused.output)")
+    let unknown = try await cluster.runCLI(serve + ["--log-layout", "sideways"])
+    #expect(unknown.status != 0)
+    #expect(unknown.output.contains("--log-layout sideways: expected shared or per-group"), "\(unknown.output)")
+  }
 }
