@@ -159,10 +159,11 @@ struct FileStorageSegmentTests {
       try await storage.close()
       storage = makeStorage(directory, mode: .replace)
       let error = await #expect(throws: StorageError.self) { _ = try await storage.recover() }
-      guard case .incompatible = error else {
+      guard case .incompatible(_, let reason) = error else {
         Issue.record("expected incompatible, got \(String(describing: error))")
         return
       }
+      #expect(reason == "written in the other log write mode (byte 0); opened in replace mode")
       try await storage.close()
     }
   }

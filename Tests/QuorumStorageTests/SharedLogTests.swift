@@ -641,10 +641,11 @@ struct SharedLogTests {
       try await own.close()
       let shared = makeLog(directory).storage(for: 1, entry: TestEntry.self)
       let error = await #expect(throws: StorageError.self) { _ = try await shared.recover() }
-      guard case .incompatible = error else {
+      guard case .incompatible(_, let reason) = error else {
         Issue.record("expected incompatible, got \(String(describing: error))")
         return
       }
+      #expect(reason == "a group's own log segment, not a shared log segment")
       try await shared.close()
     }
     try await withTemporaryDirectory { directory in
@@ -655,10 +656,11 @@ struct SharedLogTests {
       let own = FileStorage<TestEntry>(
         directory: directory, segmentBytes: 4096, preallocation: .none, logger: .disabled)
       let error = await #expect(throws: StorageError.self) { _ = try await own.recover() }
-      guard case .incompatible = error else {
+      guard case .incompatible(_, let reason) = error else {
         Issue.record("expected incompatible, got \(String(describing: error))")
         return
       }
+      #expect(reason == "a shared log's segment (SharedWriteAheadLog), not a group's own log segment")
       try await own.close()
     }
   }
