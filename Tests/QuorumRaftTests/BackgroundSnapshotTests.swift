@@ -115,6 +115,61 @@ struct BackgroundSnapshotTests {
   }
 }
 
+extension BackgroundSnapshotTests {
+  @Test("a release snapshots early within its budget and compacts only through a stored snapshot")
+  func aReleaseRequestSnapshotsWithinItsBudget() async throws {
+    let transport = InProcessTransport<RaftMessage>()
+    let storage = GatedSnapshotStorage()
+    var configuration = try RaftConfiguration {
+      Members([1])
+      TickInterval(.milliseconds(5))
+      ElectionTimeout(Duration.milliseconds(30)...Duration.milliseconds(60))
+      HeartbeatInterval(.milliseconds(10))
+      RequestLimits(timeout: .seconds(60))
+    }
+    // No snapshot of its own schedule, and one that keeps every entry: only a release compacts the storage.
+    configuration.snapshotEvery = 1_000
+    configuration.snapshotRetainEntries = 1_000
+    let node = RaftNode(
+      id: 1, configuration: configuration, endpoint: try transport.bind(1), storage: storage,
+      machine: RunningSum(), seed: 1, logger: QuorumLogger(label: "raft", sink: NullLogSink()))
+    let task = Task { try await node.run() }
+    func propose(_ amount: UInt64) async throws {
+      _ = try await awaitValue("node 1 to lead and apply \(amount)") {
+        do {
+          return try await node.propose(amount)
+        } catch ConsensusError.notLeader {
+          return nil
+        }
+      }
+    }
+    func firstStored() async throws -> UInt64? { try await storage.inner.recover().entries.first?.index }
+    for amount in UInt64(1)...10 { try await propose(amount) }
+    let last = try #require(try await storage.inner.recover().entries.last?.index)
+    // Never snapshotted: the release snapshots at once, and waits for that snapshot before compacting.
+    node.releaseStoredEntries(snapshotBudgetBytes: 1 << 20)
+    try await eventually("the release's snapshot to reach the gate") { storage.started == 1 }
+    try await propose(11)
+    #expect(try await firstStored() == 1, "nothing compacted before the snapshot is stored")
+    storage.release()
+    try await eventually("the snapshot to be recorded") { await node.status.snapshotIndex >= last }
+    let snapshotIndex = await node.status.snapshotIndex
+    try await eventually("the storage to be compacted through it") {
+      try await firstStored() == snapshotIndex + 1
+    }
+    // The last snapshot (a few bytes) exceeds a budget of none: no snapshot, though entries were applied.
+    try await propose(12)
+    node.releaseStoredEntries(snapshotBudgetBytes: 0)
+    try await propose(13)  // after the request, in the same inputs
+    try await Task.sleep(for: .milliseconds(100))
+    #expect(storage.started == 1)
+    #expect(await node.status.snapshotIndex == snapshotIndex)
+    #expect(try await firstStored() == snapshotIndex + 1)
+    node.stop()
+    try await task.value
+  }
+}
+
 @Suite("When a replica snapshots")
 struct SnapshotScheduleTests {
   @Test("every N entries, once the log since the last snapshot is as large as it")
