@@ -590,7 +590,7 @@ final class SharedLogCore: @unchecked Sendable {
             if offset == 0 {
               try WALFormat.checkSegmentHeader(
                 type: type, payload: payload, bytes: buffer, sequence: sequence, path: path, shared: true,
-                modeByte: nil)
+                mode: nil)
               headerEnd = payload.upperBound
             } else {
               guard type == WALRecordType.groupChunk.rawValue else {

@@ -89,12 +89,12 @@ enum WALFormat {
   }
 
   /// Checks that the record at the start of segment `sequence` (file `path`) is its header: a group's own log
-  /// segment (`shared` false) written with `modeByte`, or a shared log's segment (``SharedWriteAheadLog``), in
+  /// segment (`shared` false) written in `mode`, or a shared log's segment (``SharedWriteAheadLog``), in
   /// this build's format. The other kind of segment, another version or mode throw
   /// ``StorageError/incompatible(file:reason:)``; anything else is ``StorageError/corruptRecord(file:offset:reason:)``.
   static func checkSegmentHeader(
     type: UInt8, payload: Range<Int>, bytes: [UInt8], sequence: UInt64, path: String, shared: Bool,
-    modeByte expected: UInt8?
+    mode expected: LogWriteMode?
   ) throws(StorageError) {
     guard type == WALRecordType.segmentHeader.rawValue, payload.count == segmentHeaderPayloadBytes else {
       throw .corruptRecord(file: path, offset: 0, reason: "the segment does not start with a segment header")
@@ -122,11 +122,9 @@ enum WALFormat {
     }
     if magic != own { throw .corruptRecord(file: path, offset: 0, reason: "bad segment magic") }
     if version != self.version { throw .incompatible(file: path, reason: "log format version \(version)") }
-    if let expected, mode != expected {
+    if let expected, mode != modeByte(expected) {
       throw .incompatible(
-        file: path,
-        reason: "written in the other log write mode (byte \(mode)); opened in "
-          + (expected == modeByte(.truncateSuffix) ? "truncateSuffix" : "replace") + " mode")
+        file: path, reason: "written in the other log write mode (byte \(mode)); opened in \(expected) mode")
     }
     if found != sequence { throw .corruptRecord(file: path, offset: 0, reason: "header says segment \(found)") }
   }

@@ -66,7 +66,7 @@ struct WALReplay<Entry: StorableEntry>: ~Copyable {
       if offset == 0 {
         try WALFormat.checkSegmentHeader(
           type: type, payload: payload, bytes: bytes, sequence: sequence, path: path, shared: false,
-          modeByte: WALFormat.modeByte(mode))
+          mode: mode)
         headerEnd = payload.upperBound
       } else {
         try apply(
