@@ -647,7 +647,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       case .read(_, _, _, _, let c): c.resume(throwing: error)
       case .membership(_, _, let c): c.resume(throwing: error)
       case .transfer(_, _, let c): c.resume(throwing: error)
-      case .cancel, .stop, .snapshotStored, .peerLost, .releaseStoredEntries(_): break
+      case .cancel, .stop, .snapshotStored, .peerLost, .releaseStoredEntries: break
       }
     }
   }
@@ -924,9 +924,9 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     logger.info("snapshot taken", ["index": "\(snapshot.index)", "bytes": "\(snapshot.data.count)"])
   }
 
-  /// Answers ``releaseStoredEntries(snapshotBudgetBytes:)`` once no snapshot is being stored: compacts the storage through the
-  /// newest snapshot, past the entries the engine keeps for slow followers (it keeps them in memory; only a
-  /// restart loses them, and a follower that needs them then gets the snapshot).
+  /// Answers ``releaseStoredEntries(snapshotBudgetBytes:)`` once no snapshot is being stored: compacts the storage
+  /// through the newest snapshot, past the entries the engine keeps for slow followers (it keeps them in memory;
+  /// only a restart loses them, and a follower that needs them then gets the snapshot).
   private func releaseStorage() async throws {
     releaseBudget = nil
     guard lastSnapshotIndex > storageFloor else { return }

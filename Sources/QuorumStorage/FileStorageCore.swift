@@ -578,5 +578,4 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
   private func startBatchTimer(_ interval: Duration) {
     timer = WALFiles.batchTimer(every: interval, on: queue) { [weak self] in self?.batchSync() }
   }
-
 }

@@ -802,5 +802,4 @@ final class SharedLogCore: @unchecked Sendable {
   private func startBatchTimer(_ interval: Duration) {
     timer = WALFiles.batchTimer(every: interval, on: queue) { [weak self] in self?.batchSync() }
   }
-
 }
