@@ -27,7 +27,8 @@ public protocol GroupStorageProvider: Sendable {
 public struct StoragePins: Sendable, Equatable {
   /// The groups.
   public var groups: [GroupID]
-  /// The bytes of the log files they keep that no other group needs.
+  /// About the bytes of the old log files (those before the one being written): the most that releasing the
+  /// groups' entries could free, which is each group's budget for an early snapshot.
   public var heldBytes: Int
 
   /// Creates the report.
