@@ -378,7 +378,8 @@ public final class GroupHost: Sendable {
           continue
         }
         logger.debug("asking a group to release the shared log's oldest segment", ["group": group.spec.name])
-        group.releaseStoredEntries(snapshotBudgetBytes: pins.heldBytes)
+        // The budget is shared: together the groups asked write at most the log they would free.
+        group.releaseStoredEntries(snapshotBudgetBytes: pins.heldBytes / max(1, pins.groups.count))
       }
       // A walk of every group's files: off the caller's executor, which may be the network thread.
       if spaceQuotaBytes != nil { await runtime.detached { [self] in measureUsage() }.value }

@@ -75,9 +75,9 @@ public enum GroupLogLayout: String, Sendable, Equatable, CaseIterable {
 /// Each group's write-ahead log and snapshots under a member's data directory, laid out as ``layout`` says.
 public struct FileGroupStorage: GroupStorageProvider {
   /// The member's data directory.
-  public var root: String
+  public let root: String
   /// When writes are synced.
-  public var fsync: FsyncPolicy
+  public let fsync: FsyncPolicy
   /// The log segment size of groups other than the default one in the ``GroupLogLayout/perGroup`` layout
   /// (smaller, so that a process hosting many groups does not preallocate tens of megabytes for each).
   public var segmentBytes: Int

@@ -464,6 +464,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     case .peerLost(let peer):
       engine?.peerLost(peer)
     case .releaseStoredEntries(let budget):
+      guard !stopped else { break }  // A snapshot started now would only delay the shutdown.
       releaseBudget = budget
       maybeSnapshot()
     case .propose(let proposal, let continuation):
