@@ -39,8 +39,9 @@ import Synchronization
 /// ## Recovery
 ///
 /// The first group to call ``SharedLogStorage/recover()`` locks the directory and reads every segment once,
-/// with ``FileStorage``'s rules for torn tails and corruption; each group's records are set aside for it. Each
-/// group then replays its own records with its own entry type when it recovers, exactly as a ``FileStorage``
+/// with ``FileStorage``'s rules for torn tails and corruption, noting where each group's records are (not the
+/// records themselves, so memory does not grow with the log). Each group then reads back and replays its own
+/// records with its own entry type when it recovers, exactly as a ``FileStorage``
 /// replays its log, so a group's entry that does not decode is reported to that group (with the file and
 /// offset). The torn tail of the log, if one was cut, appears in the report of every group.
 ///

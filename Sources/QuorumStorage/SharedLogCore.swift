@@ -59,13 +59,41 @@ final class SharedLogCore: @unchecked Sendable {
     case failed(StorageError)
   }
 
-  /// A group's records in one segment, as recovery found them: the records after the group number.
+  /// Where a group's records are in one segment, as the scan found them: the records after the group number.
+  /// Only their place is kept, not the bytes (read again when the group recovers), so a log with many groups
+  /// does not sit in memory until they all have. The segment cannot go meanwhile: a group still to recover
+  /// keeps every segment holding its records.
   private struct Chunk {
     var sequence: UInt64
     var path: String
     /// Where the records start in the file.
     var offset: Int
-    var bytes: [UInt8]
+    var length: Int
+  }
+
+  /// Reads chunks back from their segments, keeping the last segment open (a group's chunks come in segment
+  /// order).
+  private struct ChunkReader {
+    private var open: (path: String, file: PosixFile)?
+
+    mutating func read(_ chunk: Chunk) throws(StorageError) -> [UInt8] {
+      if open?.path != chunk.path {
+        close()
+        open = (chunk.path, try PosixFile.open(chunk.path, flags: O_RDONLY))
+      }
+      guard let file = open?.file else { preconditionFailure("opened just above") }
+      var bytes = [UInt8](repeating: 0, count: chunk.length)
+      let read = bytes.withUnsafeMutableBytes { raw in
+        Result { () throws(StorageError) in try file.read(into: raw, at: chunk.offset) }
+      }
+      if try read.get() != chunk.length { throw ioError("read (file shrank)", chunk.path, EIO) }
+      return bytes
+    }
+
+    mutating func close() {
+      open?.file.close()
+      open = nil
+    }
   }
 
   /// A recovered group's log state.
@@ -606,7 +634,7 @@ final class SharedLogCore: @unchecked Sendable {
               }
               let start = payload.upperBound - reader.remaining
               pending[group, default: []].append(
-                Chunk(sequence: sequence, path: path, offset: start, bytes: Array(buffer[start..<payload.upperBound])))
+                Chunk(sequence: sequence, path: path, offset: start, length: payload.upperBound - start))
               segment.unrecovered.insert(group)
             }
             report.recordsRead += 1
@@ -730,10 +758,13 @@ final class SharedLogCore: @unchecked Sendable {
       mode: mode, maxRecordBytes: maxRecordBytes, discardBeforeSegment: discardBefore, logger: logger)
     var maxEntryIndex: [UInt64: UInt64] = [:]
     let chunks = pending[group] ?? []
+    var reader = ChunkReader()
+    defer { reader.close() }
     for chunk in chunks {
       let resets = replay.resets
+      let bytes = try reader.read(chunk)
       let highest = try replay.replayChunk(
-        chunk.bytes, sequence: chunk.sequence, path: chunk.path, fileOffset: chunk.offset)
+        bytes, sequence: chunk.sequence, path: chunk.path, fileOffset: chunk.offset)
       // A reset (first in its group record) drops every entry read before it: they keep no segment.
       if replay.resets != resets { maxEntryIndex = [:] }
       if highest > 0 && chunk.sequence >= discardBefore {
