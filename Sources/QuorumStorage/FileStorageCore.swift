@@ -302,7 +302,6 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
 
   /// Appends the pending chunks to the active segment with one `pwrite`.
   private func flush(_ pending: inout [[UInt8]], _ pendingBytes: inout Int) throws(StorageError) {
-    guard !pending.isEmpty, active != nil else { return }
     try active?.flush(&pending, &pendingBytes)
   }
 

@@ -337,7 +337,6 @@ final class SharedLogCore: @unchecked Sendable {
   }
 
   private func flush(_ pending: inout [[UInt8]], _ pendingBytes: inout Int) throws(StorageError) {
-    guard !pending.isEmpty, active != nil else { return }
     try active?.flush(&pending, &pendingBytes)
   }
 

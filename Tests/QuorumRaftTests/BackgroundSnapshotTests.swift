@@ -61,38 +61,53 @@ struct RunningSum: StateMachine {
   }
 }
 
+/// A one-node Raft group with short timeouts, whose requests wait up to a minute.
+private func oneNode(snapshotEvery: Int, retain: Int) throws -> RaftConfiguration {
+  var configuration = try RaftConfiguration {
+    Members([1])
+    TickInterval(.milliseconds(5))
+    ElectionTimeout(Duration.milliseconds(30)...Duration.milliseconds(60))
+    HeartbeatInterval(.milliseconds(10))
+    RequestLimits(timeout: .seconds(60))
+  }
+  configuration.snapshotEvery = snapshotEvery
+  configuration.snapshotRetainEntries = retain
+  return configuration
+}
+
+/// Node 1 of `transport`, keeping a running sum in `storage`.
+private func makeNode(
+  _ configuration: RaftConfiguration, transport: InProcessTransport<RaftMessage>, storage: GatedSnapshotStorage
+) throws -> RaftNode<RunningSum> {
+  RaftNode(
+    id: 1, configuration: configuration, endpoint: try transport.bind(1), storage: storage, machine: RunningSum(),
+    seed: 1, logger: QuorumLogger(label: "raft", sink: NullLogSink()))
+}
+
+/// Proposes `amount` once the single node has elected itself (it refuses until then); returns the sum.
+private func proposeOnceLeading(_ node: RaftNode<RunningSum>, _ amount: UInt64) async throws -> UInt64 {
+  try await awaitValue("node 1 to lead and apply \(amount)") {
+    do {
+      return try await node.propose(amount)
+    } catch ConsensusError.notLeader {
+      return nil
+    }
+  }
+}
+
 @Suite("RaftNode snapshots in the background", .timeLimit(.minutes(2)))
 struct BackgroundSnapshotTests {
   @Test("proposals commit while a snapshot is being stored, and a restart replays onto it exactly")
   func proposalsGoOnDuringASnapshot() async throws {
     let transport = InProcessTransport<RaftMessage>()
     let storage = GatedSnapshotStorage()
-    var configuration = try RaftConfiguration {
-      Members([1])
-      TickInterval(.milliseconds(5))
-      ElectionTimeout(Duration.milliseconds(30)...Duration.milliseconds(60))
-      HeartbeatInterval(.milliseconds(10))
-      RequestLimits(timeout: .seconds(60))
-    }
-    configuration.snapshotEvery = 5
-    configuration.snapshotRetainEntries = 0
+    let configuration = try oneNode(snapshotEvery: 5, retain: 0)
     func start() throws -> (RaftNode<RunningSum>, Task<Void, any Error>) {
-      let node = RaftNode(
-        id: 1, configuration: configuration, endpoint: try transport.bind(1), storage: storage,
-        machine: RunningSum(), seed: 1, logger: QuorumLogger(label: "raft", sink: NullLogSink()))
+      let node = try makeNode(configuration, transport: transport, storage: storage)
       return (node, Task { try await node.run() })
     }
     var (node, task) = try start()
-    func propose(_ amount: UInt64) async throws -> UInt64 {
-      // The single node refuses until it has elected itself.
-      try await awaitValue("node 1 to lead and apply \(amount)") {
-        do {
-          return try await node.propose(amount)
-        } catch ConsensusError.notLeader {
-          return nil
-        }
-      }
-    }
+    func propose(_ amount: UInt64) async throws -> UInt64 { try await proposeOnceLeading(node, amount) }
     for amount in UInt64(1)...10 { _ = try await propose(amount) }
     // The first snapshot reaches the gate and waits there; the node goes on committing meanwhile.
     try await eventually("the first snapshot to reach the gate") { storage.started > 0 }
@@ -120,29 +135,10 @@ extension BackgroundSnapshotTests {
   func aReleaseRequestSnapshotsWithinItsBudget() async throws {
     let transport = InProcessTransport<RaftMessage>()
     let storage = GatedSnapshotStorage()
-    var configuration = try RaftConfiguration {
-      Members([1])
-      TickInterval(.milliseconds(5))
-      ElectionTimeout(Duration.milliseconds(30)...Duration.milliseconds(60))
-      HeartbeatInterval(.milliseconds(10))
-      RequestLimits(timeout: .seconds(60))
-    }
     // No snapshot of its own schedule, and one that keeps every entry: only a release compacts the storage.
-    configuration.snapshotEvery = 1_000
-    configuration.snapshotRetainEntries = 1_000
-    let node = RaftNode(
-      id: 1, configuration: configuration, endpoint: try transport.bind(1), storage: storage,
-      machine: RunningSum(), seed: 1, logger: QuorumLogger(label: "raft", sink: NullLogSink()))
+    let node = try makeNode(try oneNode(snapshotEvery: 1_000, retain: 1_000), transport: transport, storage: storage)
     let task = Task { try await node.run() }
-    func propose(_ amount: UInt64) async throws {
-      _ = try await awaitValue("node 1 to lead and apply \(amount)") {
-        do {
-          return try await node.propose(amount)
-        } catch ConsensusError.notLeader {
-          return nil
-        }
-      }
-    }
+    func propose(_ amount: UInt64) async throws { _ = try await proposeOnceLeading(node, amount) }
     func firstStored() async throws -> UInt64? { try await storage.inner.recover().entries.first?.index }
     for amount in UInt64(1)...10 { try await propose(amount) }
     let last = try #require(try await storage.inner.recover().entries.last?.index)
@@ -157,14 +153,21 @@ extension BackgroundSnapshotTests {
     try await eventually("the storage to be compacted through it") {
       try await firstStored() == snapshotIndex + 1
     }
-    // The last snapshot (a few bytes) exceeds a budget of none: no snapshot, though entries were applied.
+    // The last snapshot (a few bytes) exceeds a budget of none: no snapshot, though entries were applied. A
+    // release with room then snapshots at the newest entry; had the first one started a snapshot, that one would
+    // be recorded at an older index, or the second would find it running and take none.
     try await propose(12)
     node.releaseStoredEntries(snapshotBudgetBytes: 0)
     try await propose(13)  // after the request, in the same inputs
-    try await Task.sleep(for: .milliseconds(100))
-    #expect(storage.started == 1)
-    #expect(await node.status.snapshotIndex == snapshotIndex)
-    #expect(try await firstStored() == snapshotIndex + 1)
+    let newest = try #require(try await storage.inner.recover().entries.last?.index)
+    node.releaseStoredEntries(snapshotBudgetBytes: 1 << 20)
+    try await eventually("the second release's snapshot to be recorded") {
+      await node.status.snapshotIndex > snapshotIndex
+    }
+    #expect(await node.status.snapshotIndex == newest)
+    #expect(storage.started == 2, "the release without budget took no snapshot")
+    // Compacted through the newest entry, the storage holds none.
+    try await eventually("the storage to be compacted through it") { try await firstStored() == nil }
     node.stop()
     try await task.value
   }
