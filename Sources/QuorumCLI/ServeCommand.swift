@@ -99,13 +99,7 @@ enum ServeCommand {
       throw CLIError.usage("\(id) is not in the cluster file; add it or give --listen")
     }
     if let listen { file.members[id] = listen }
-    let fsync: FsyncPolicy
-    switch try options.value("--fsync") ?? "always" {
-    case "always": fsync = .always
-    case "batch": fsync = .batch(interval: .milliseconds(10))
-    case "never": fsync = .never
-    case let other: throw CLIError.usage("--fsync \(other): expected always, batch or never")
-    }
+    let fsync = try fsyncPolicy(try options.value("--fsync") ?? "always")
     let levelText = try options.value("--log-level") ?? "notice"
     guard let logLevel = LogLevel.allCases.first(where: { $0.description == levelText }) else {
       throw CLIError.usage("--log-level \(levelText): expected trace, debug, info, notice, warning or error")
@@ -234,6 +228,16 @@ enum ServeCommand {
       while getppid() == parent { usleep(500_000) }
       printError("quorum serve: the process that started this member is gone; exiting")
       exit(1)
+    }
+  }
+
+  /// The policy `--fsync` names.
+  static func fsyncPolicy(_ text: String) throws -> FsyncPolicy {
+    switch text {
+    case "always": return .always
+    case "batch": return .batch(interval: .milliseconds(10))
+    case "never": return .never
+    case let other: throw CLIError.usage("--fsync \(other): expected always, batch or never")
     }
   }
 

@@ -30,6 +30,8 @@ case "status":
   exit(await ClientCommands.status(Array(arguments.dropFirst())))
 case "members":
   exit(await ClientCommands.members(Array(arguments.dropFirst())))
+case "forget-group":
+  exit(await ForgetGroupCommand.run(Array(arguments.dropFirst())))
 case nil, "help", "--help", "-h":
   print(
     """
@@ -39,10 +41,12 @@ case nil, "help", "--help", "-h":
                 (quorum simulate --help)
       serve     run one member of a TCP cluster (quorum serve --help)
       kv        put, get, delete, cas against a running cluster
-    lock      acquire, release, status, list of the lock service (quorum lock --help)
-    txn       transactions across groups: put, get, transfer, status, in-doubt (quorum txn --help)
-    status    members, leader, term, commit index, per-peer lag, lock and transaction counts
+      lock      acquire, release, status, list of the lock service (quorum lock --help)
+      txn       transactions across groups: put, get, transfer, status, in-doubt (quorum txn --help)
+      status    members, leader, term, commit index, per-peer lag, lock and transaction counts
       members   add, promote, remove members
+      forget-group  erase a group this member no longer runs from its shared log, offline
+                (quorum forget-group --help)
     """)
 default:
   print("quorum: unknown command '\(arguments[0])'; try `quorum help`")

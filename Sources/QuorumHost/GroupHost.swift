@@ -368,12 +368,16 @@ public final class GroupHost: Sendable {
         return
       }
       let pins = await storage.groupsPinningStorage()
-      for id in pins.groups {
+      // Past two old segments, or past one while over the quota: with writes refused, the groups' own snapshot
+      // schedule (counted in applied entries) might never free the space.
+      let ask = pins.oldFiles >= 2 || (pins.oldFiles >= 1 && quotaExceeded)
+      for id in pins.groups where ask {
         guard let group = groups[id] else {
           // Removed from this member: nothing here will ever compact its entries.
           if warnedPins.insert(id).inserted {
             logger.warning(
-              "a group this member no longer runs keeps the shared log's oldest segment on disk", ["group": "\(id)"])
+              "a group this member no longer runs keeps the shared log's oldest segment on disk; once the member is "
+                + "out of the group's configuration, stop it and run quorum forget-group", ["group": "\(id)"])
           }
           continue
         }
@@ -396,6 +400,12 @@ public final class GroupHost: Sendable {
     } else if used <= quota && before > quota {
       logger.notice("space back under the quota: accepting writes", ["used": "\(used)", "quota": "\(quota)"])
     }
+  }
+
+  /// Whether the last measurement found the storage past its quota.
+  private var quotaExceeded: Bool {
+    guard let quota = spaceQuotaBytes else { return false }
+    return usedBytes.load(ordering: .relaxed) > quota
   }
 
   /// The refusal of a command of `service` while the storage is past its quota, unless the command frees space.

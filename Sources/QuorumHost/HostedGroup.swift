@@ -30,11 +30,14 @@ public struct StoragePins: Sendable, Equatable {
   /// About the bytes of the old log files (those before the one being written): the most that releasing the
   /// groups' entries could free, which is each group's budget for an early snapshot.
   public var heldBytes: Int
+  /// The old log files (those before the one being written).
+  public var oldFiles: Int
 
   /// Creates the report.
-  public init(groups: [GroupID], heldBytes: Int) {
+  public init(groups: [GroupID], heldBytes: Int, oldFiles: Int = 0) {
     self.groups = groups
     self.heldBytes = heldBytes
+    self.oldFiles = oldFiles
   }
 }
 
@@ -162,14 +165,15 @@ public struct FileGroupStorage: GroupStorageProvider {
   /// Whether the layout is ``GroupLogLayout/shared``.
   public var sharesLog: Bool { sharedLog != nil }
 
-  /// The groups whose entries keep the shared log's oldest segment, once it holds more than two segments, and
-  /// the bytes of the segments before the active one.
+  /// The groups whose entries keep the shared log's oldest segment, once it holds a segment before the active
+  /// one, and the bytes of the segments before the active one.
   public func groupsPinningStorage() async -> StoragePins {
-    guard let sharedLog, let sequences = try? await sharedLog.segmentSequences(), sequences.count > 2 else {
+    guard let sharedLog, let sequences = try? await sharedLog.segmentSequences(), sequences.count > 1 else {
       return StoragePins(groups: [], heldBytes: 0)
     }
     let groups = ((try? await sharedLog.pinningGroups()) ?? []).map(GroupID.init(rawValue:))
-    return StoragePins(groups: groups, heldBytes: (sequences.count - 1) * sharedLog.segmentBytes)
+    let old = sequences.count - 1
+    return StoragePins(groups: groups, heldBytes: old * sharedLog.segmentBytes, oldFiles: old)
   }
 }
 

@@ -246,6 +246,17 @@ enum FileSystem {
     if unlink(path) != 0 && errno != ENOENT { throw ioError("unlink", path) }
   }
 
+  /// Removes the empty directory at `path`; a missing one is not an error.
+  static func removeDirectory(_ path: String) throws(StorageError) {
+    if rmdir(path) != 0 && errno != ENOENT { throw ioError("rmdir", path) }
+  }
+
+  /// Whether `path` names a directory.
+  static func isDirectory(_ path: String) -> Bool {
+    var info = stat()
+    return stat(path, &info) == 0 && info.st_mode & S_IFMT == S_IFDIR
+  }
+
   /// The size of the file at `path`, or `nil` if there is none.
   static func size(of path: String) -> Int? {
     var info = stat()

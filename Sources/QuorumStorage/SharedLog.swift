@@ -30,7 +30,8 @@ import Synchronization
 /// with a segment header whose magic is `QSWL` (mode byte 255: each group has its own mode); every other record
 /// is a *group record* (type 6): a varint group number, then that group's records exactly as its own log would
 /// hold them (entries, hard state, compaction point, reset), each with its own CRC. The group record's CRC
-/// covers them all, so a group's write is kept whole or lost whole by a crash.
+/// covers them all, so a group's write is kept whole or lost whole by a crash. A group record holding a
+/// *forget* record (type 7) alone voids every earlier record of its group (``forget(group:)``).
 ///
 /// Every segment starts with a *checkpoint*: after its header, one group record per group with state to keep
 /// (its hard state and compaction point, and the reset of a group whose leader's snapshot discarded its log),
@@ -50,10 +51,10 @@ import Synchronization
 /// The oldest segment (never the active one) is deleted once every group with entries in it has compacted past
 /// them (or installed a leader's snapshot that discarded them), and no group whose records it holds is still to
 /// recover: a group that is never opened again keeps the segments that hold its records, and so every later
-/// one. A group that recovers when its last record is in an older segment (it was not open when the active one
-/// began) gets a copy of its hard state and compaction point in the active segment, synced before any segment
-/// is deleted, so its state outlives the segments it was written in. ``pinningGroups()`` names the groups whose entries keep the oldest segment alive, so a host can ask
-/// them to snapshot.
+/// one, until ``forget(group:)`` erases it. A group that recovers when its last record is in an older segment
+/// (it was not open when the active one began) gets a copy of its hard state and compaction point in the active
+/// segment, synced before any segment is deleted, so its state outlives the segments it was written in.
+/// ``pinningGroups()`` names the groups that keep the oldest segment alive, so a host can ask them to snapshot.
 ///
 /// A group installing a leader's snapshot (`saveSnapshot` with `discardingLog`) starts a new segment whose
 /// checkpoint resets that group's log: its snapshot file names the segment, and recovery ignores the group's
@@ -151,10 +152,32 @@ public final class SharedWriteAheadLog: Sendable {
   }
 
   /// The groups whose entries keep the oldest segment on disk: each has entries in it above its compaction
-  /// point. A group among them that snapshots and compacts lets the segment go.
+  /// point, or has not recovered since the log was opened (a group this process does not run is one). A group
+  /// among the first that snapshots and compacts lets the segment go; one among the second, only
+  /// ``forget(group:)``.
   public func pinningGroups() async throws -> [UInt64] {
     let core = self.core
     return try await core.perform { () throws(StorageError) in core.pinningGroups() }
+  }
+
+  /// Erases `group` from the log: a durable *forget* record makes every earlier record of the group void, its
+  /// snapshot directory is deleted, and the segments it kept on disk can go. For a group this process no
+  /// longer runs (removed from this member); afterwards the group is as if it had never written here.
+  ///
+  /// Forgetting a group deletes this member's replica of it. Do it only once the member has been removed from
+  /// the group's configuration: a replica that forgets its log and its vote and then takes part again under
+  /// the same node could vote twice in one term.
+  ///
+  /// The group must not have been recovered since the log was opened (otherwise
+  /// ``StorageError/invalidWrite(_:)``). Opens the log if no group has it open, and releases it again after; a
+  /// directory locked by another process throws as ``SharedLogStorage/recover()`` does. A crash after the forget
+  /// record is durable and before the snapshots are deleted is finished the next time the log is opened.
+  ///
+  /// - Returns: Whether the log or the snapshot directory held anything of the group.
+  @discardableResult
+  public func forget(group: UInt64) async throws -> Bool {
+    let core = self.core
+    return try await core.perform { () throws(StorageError) in try core.forget(group: group) }
   }
 }
 

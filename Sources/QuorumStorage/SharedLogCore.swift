@@ -29,6 +29,8 @@ final class SharedLogCore: @unchecked Sendable {
   private let spare: SpareSegment?
   /// Failures tests inject into the opens of new segments.
   let openFaults = OpenFaults()
+  /// The largest group record a write may make: ``maxChunkBytes``, lowered by tests.
+  let writeChunkLimit = Atomic<Int>(maxChunkBytes)
 
   /// "QSWL", little-endian: a shared log's segment.
   static let segmentMagic: UInt32 = 0x4C57_5351
@@ -268,16 +270,19 @@ final class SharedLogCore: @unchecked Sendable {
         let (group, write) = (request.group, request.write)
         var state: Group
         var resetPoint: UInt64?
+        let chunk: [UInt8]
         do throws(StorageError) {
           state = try openGroup(group, owner: request.owner)
           if let range = write.entryRange {
             resetPoint = try state.position.check(first: range.lowerBound, last: range.upperBound)
           }
+          // A write too large for one group record is that group's error (nothing of it is written), not the log's.
+          chunk = try Self.chunk(
+            group: group, reset: resetPoint, records: write.bytes, limit: writeChunkLimit.load(ordering: .relaxed))
         } catch {
           outcomes[slot] = error
           continue
         }
-        let chunk = try Self.chunk(group: group, reset: resetPoint, records: write.bytes)
         if needsRotation(adding: pendingBytes + chunk.count, pendingBytes: pendingBytes) {
           try flush(&pendingChunks, &pendingBytes)
           try rotate()
@@ -322,14 +327,29 @@ final class SharedLogCore: @unchecked Sendable {
   }
 
   /// A group record: the group number, a reset record when one is needed, then the group's records.
-  private static func chunk(group: UInt64, reset: UInt64?, records: [UInt8]) throws(StorageError) -> [UInt8] {
+  private static func chunk(group: UInt64, reset: UInt64?, records: [UInt8], limit: Int = maxChunkBytes)
+    throws(StorageError) -> [UInt8]
+  {
     var writer = WireWriter(reservingCapacity: records.count + 32)
     let start = WALFormat.beginRecord(.groupChunk, in: &writer)
     writer.writeVarint(group)
     if let reset { WALFormat.appendIndexRecord(.reset, reset, to: &writer) }  // Before the entries it makes room for.
     writer.writeRaw(records)
-    try WALFormat.endRecord(at: start, in: &writer, limit: maxChunkBytes)
+    try WALFormat.endRecord(at: start, in: &writer, limit: limit)
     return writer.bytes
+  }
+
+  /// The group record that forgets `group`: a forget record alone.
+  private static func forgetChunk(group: UInt64) throws(StorageError) -> [UInt8] {
+    var records = WireWriter(reservingCapacity: WALFormat.headerBytes)
+    WALFormat.appendRecord(.forget, payload: [], to: &records)
+    return try chunk(group: group, reset: nil, records: records.bytes)
+  }
+
+  /// Whether the records of a group record, at `records` in `bytes`, are a forget record alone (the group
+  /// record's checksum covers them).
+  private static func isForget(_ bytes: [UInt8], _ records: Range<Int>) -> Bool {
+    records.count == WALFormat.headerBytes && bytes[records.lowerBound + 8] == WALRecordType.forget.rawValue
   }
 
   private func needsRotation(adding bytes: Int, pendingBytes: Int) -> Bool {
@@ -452,6 +472,48 @@ final class SharedLogCore: @unchecked Sendable {
       deleted += 1
     }
     if deleted > 0 && syncsStructure { try FileSystem.syncDirectory(walDirectory) }
+  }
+
+  /// Forgets `group`: its records in the log become void and its snapshots are deleted, so that the segments
+  /// holding its records can go (see ``SharedWriteAheadLog/forget(group:)``). Opens the log if no group has,
+  /// and releases it again after. Returns whether the log or the snapshots held anything of the group.
+  func forget(group: UInt64) throws(StorageError) -> Bool {
+    try ensureOpen()
+    defer { if openGroups == 0 { release() } }
+    if let state = groups[group] {
+      throw .invalidWrite(
+        "group \(group) of the shared log \(directory) "
+          + (state.open ? "is open" : "was recovered by this process")
+          + "; only a group no storage has recovered since the log was opened can be forgotten")
+    }
+    let held = pending[group] != nil
+    if held {
+      // The forget record is the commit point: durable before anything else goes.
+      do throws(StorageError) {
+        try appendRecords(try Self.forgetChunk(group: group))
+        if syncsStructure { try syncActive() }
+      } catch {
+        poison(error)
+        throw error
+      }
+      pending[group] = nil
+      for slot in segments.indices { segments[slot].unrecovered.remove(group) }
+    }
+    let hadSnapshots = try removeSnapshots(of: group)
+    if held { try deleteDeadSegments() }
+    return held || hadSnapshots
+  }
+
+  /// Deletes `group`'s snapshot directory (its snapshots and recorded write mode), if there is one; returns
+  /// whether there was.
+  @discardableResult
+  private func removeSnapshots(of group: UInt64) throws(StorageError) -> Bool {
+    let path = snapshotDirectory(group)
+    guard FileSystem.isDirectory(path) else { return false }
+    for name in try FileSystem.list(path) { try FileSystem.remove(path + "/" + name) }
+    try FileSystem.removeDirectory(path)
+    if syncsStructure { try FileSystem.syncDirectory(snapshotRoot) }
+    return true
   }
 
   func pinningGroups() -> [UInt64] {
@@ -581,8 +643,12 @@ final class SharedLogCore: @unchecked Sendable {
         try FileSystem.remove(spare.readyPath)
       }
       var report = RecoveryReport()
-      let tail = try scan(report: &report)
+      var forgotten: Set<UInt64> = []
+      let tail = try scan(report: &report, forgotten: &forgotten)
       try openActiveSegment(tail: tail, report: &report)
+      // A forget whose snapshots were not all removed before a crash: finished now, before the group could be
+      // opened again and find them.
+      for group in forgotten.sorted() { try removeSnapshots(of: group) }
       scanReport = report
       phase = .open
       if case .batch(let interval) = policy { startBatchTimer(interval) }
@@ -598,7 +664,9 @@ final class SharedLogCore: @unchecked Sendable {
     }
   }
 
-  private func scan(report: inout RecoveryReport) throws(StorageError) -> WALTail? {
+  /// Reads every segment, noting where each group's records are; returns the last segment's tail. Groups whose
+  /// last group record is a forget record go into `forgotten`.
+  private func scan(report: inout RecoveryReport, forgotten: inout Set<UInt64>) throws(StorageError) -> WALTail? {
     let sequences = try WALFiles.listSegments(walDirectory)
     var buffer: [UInt8] = []
     var tail: WALTail?
@@ -632,9 +700,18 @@ final class SharedLogCore: @unchecked Sendable {
                 throw .corruptRecord(file: path, offset: offset, reason: "bad group number: \(error)")
               }
               let start = payload.upperBound - reader.remaining
-              pending[group, default: []].append(
-                Chunk(sequence: sequence, path: path, offset: start, length: payload.upperBound - start))
-              segment.unrecovered.insert(group)
+              if Self.isForget(buffer, start..<payload.upperBound) {
+                // Everything the group wrote before is void: it keeps no segment and has nothing to replay.
+                pending[group] = nil
+                for slot in segments.indices { segments[slot].unrecovered.remove(group) }
+                segment.unrecovered.remove(group)
+                forgotten.insert(group)
+              } else {
+                pending[group, default: []].append(
+                  Chunk(sequence: sequence, path: path, offset: start, length: payload.upperBound - start))
+                segment.unrecovered.insert(group)
+                forgotten.remove(group)
+              }
             }
             report.recordsRead += 1
           }

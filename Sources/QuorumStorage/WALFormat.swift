@@ -16,6 +16,9 @@ enum WALRecordType: UInt8 {
   /// Only in a shared log (``SharedWriteAheadLog``): one group's records, as a group's own log holds them
   /// (varint group number, then the records).
   case groupChunk = 6
+  /// Only in a shared log, alone in a group record (empty payload): every earlier record of the group is void,
+  /// as if the group had never written (``SharedWriteAheadLog/forget(group:)``).
+  case forget = 7
 }
 
 /// Encoding and decoding of write-ahead-log records (see ``FileStorage`` for the format).

@@ -114,6 +114,9 @@ struct WALReplay<Entry: StorableEntry>: ~Copyable {
       throw .corruptRecord(file: path, offset: offset, reason: "a second segment header")
     case .groupChunk:
       throw .corruptRecord(file: path, offset: offset, reason: "a shared log's group record inside a group's records")
+    case .forget:
+      // The scan of a shared log takes a group record holding a forget record alone; anywhere else it is damage.
+      throw .corruptRecord(file: path, offset: offset, reason: "a forget record among a group's records")
     case nil:
       throw .incompatible(file: path, reason: "unknown record type \(type) at byte \(offset)")
     }

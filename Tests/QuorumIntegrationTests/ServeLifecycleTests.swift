@@ -77,6 +77,9 @@ struct ServeLifecycleTests {
     defer { cluster.removeFiles() }
     try await cluster.start()
     let data = "\(cluster.directory)/n1"
+    // While the member serves, its directory is locked: forget-group refuses to touch it.
+    let locked = try await cluster.runCLI(["forget-group", "--data", data, "--group", "0"])
+    #expect(locked.status == 1, "\(locked.output)")
     _ = await cluster.stopAll()
     #expect(FileManager.default.fileExists(atPath: "\(data)/shared-log/wal"), "a new data directory gets a shared log")
     #expect(!FileManager.default.fileExists(atPath: "\(data)/wal"))
@@ -90,5 +93,14 @@ struct ServeLifecycleTests {
     let unknown = try await cluster.runCLI(serve + ["--log-layout", "sideways"])
     #expect(unknown.status != 0)
     #expect(unknown.output.contains("--log-layout sideways: expected shared or per-group"), "\(unknown.output)")
+
+    // Offline, a group's records and snapshots can be erased from the shared log (here the only group, at the
+    // end of the test); a second time there is nothing left of it.
+    let usage = try await cluster.runCLI(["forget-group", "--data", data, "--group", "first"])
+    #expect(usage.status == 2 && usage.output.contains("expected a group number"), "\(usage.output)")
+    let forgot = try await cluster.runCLI(["forget-group", "--data", data, "--group", "0"])
+    #expect(forgot.status == 0 && forgot.output.contains("forgot group 0"), "\(forgot.output)")
+    let again = try await cluster.runCLI(["forget-group", "--data", data, "--group", "0"])
+    #expect(again.status == 0 && again.output.contains("group 0 has nothing"), "\(again.output)")
   }
 }

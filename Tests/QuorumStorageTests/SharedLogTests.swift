@@ -244,6 +244,136 @@ struct SharedLogTests {
     }
   }
 
+  /// A group this process no longer runs is forgotten: its segments go, its snapshots are deleted, and the group
+  /// starts empty if it is ever opened again; the other group keeps everything.
+  @Test func aForgottenGroupNoLongerPinsSegments() async throws {
+    try await withTemporaryDirectory { directory in
+      var log = makeLog(directory)
+      var a = log.storage(for: 1, entry: TestEntry.self)
+      var b = log.storage(for: 2, entry: TestEntry.self)
+      _ = try await a.recover()
+      _ = try await b.recover()
+      try await b.write(StorageWrite(hardState: hardState("b"), entries: entries(1...3)))
+      try await b.saveSnapshot(StoredSnapshot(index: 2, term: 1, data: [9]), discardingLog: false)
+      try await a.write(StorageWrite(entries: bigEntries(1...5)))
+      try await a.close()
+      try await b.close()
+      let snapshotsOfB = directory + "/snapshots/2"
+      #expect(FileManager.default.fileExists(atPath: snapshotsOfB))
+
+      log = makeLog(directory)
+      a = log.storage(for: 1, entry: TestEntry.self)
+      _ = try await a.recover()
+      for start in stride(from: UInt64(6), through: 196, by: 5) {
+        try await a.write(StorageWrite(entries: bigEntries(start...(start + 4))))
+      }
+      try await a.saveSnapshot(StoredSnapshot(index: 200, term: 1, data: [1]), discardingLog: false)
+      try await a.compact(through: 200)
+      let pinned = try await log.segmentSequences()
+      #expect(pinned.count > 4)
+      #expect(try await log.pinningGroups() == [2])
+
+      #expect(try await log.forget(group: 2))
+      #expect(try await log.segmentSequences() == [try #require(pinned.last)])
+      #expect(try await log.pinningGroups() == [])
+      #expect(!FileManager.default.fileExists(atPath: snapshotsOfB))
+      #expect(try await log.forget(group: 2) == false)  // Nothing left of it.
+      // A's log and its state are untouched; B, opened again, starts empty.
+      try await a.write(StorageWrite(hardState: hardState("a"), entries: bigEntries(201...202)))
+      b = log.storage(for: 2, entry: TestEntry.self)
+      let fresh = try await b.recover()
+      #expect(fresh.entries.isEmpty && fresh.hardState == nil && fresh.snapshot == nil)
+      try await b.write(StorageWrite(hardState: hardState("b again"), entries: entries(1...1)))
+      try await a.close()
+      try await b.close()
+
+      // After a restart the forget still holds: B's old records are void, its new ones are read.
+      log = makeLog(directory)
+      a = log.storage(for: 1, entry: TestEntry.self)
+      b = log.storage(for: 2, entry: TestEntry.self)
+      let stateA = try await a.recover()
+      #expect(stateA.snapshot?.index == 200)
+      #expect(stateA.entries == bigEntries(201...202))
+      #expect(stateA.hardState == hardState("a"))
+      let stateB = try await b.recover()
+      #expect(stateB.entries == entries(1...1))
+      #expect(stateB.hardState == hardState("b again"))
+      #expect(stateB.snapshot == nil)
+      try await a.close()
+      try await b.close()
+    }
+  }
+
+  /// Forgetting needs no group open (the log is opened for it and released after), and refuses a group
+  /// recovered in this run. A crash after the forget record and before the snapshots were deleted is finished
+  /// when the log is next opened, before the group could find them.
+  @Test func forgettingOfflineRefusingAnOpenGroupAndFinishingAfterACrash() async throws {
+    try await withTemporaryDirectory { directory in
+      var log = makeLog(directory)
+      let a = log.storage(for: 1, entry: TestEntry.self)
+      var b = log.storage(for: 2, entry: TestEntry.self)
+      _ = try await a.recover()
+      _ = try await b.recover()
+      try await a.write(StorageWrite(hardState: hardState("a"), entries: entries(1...2)))
+      try await b.write(StorageWrite(hardState: hardState("b"), entries: entries(1...2)))
+      await #expect(throws: StorageError.self) { try await log.forget(group: 2) }
+      try await a.close()
+      try await b.close()
+
+      log = makeLog(directory)
+      #expect(try await log.forget(group: 2))
+      // Released: another log object (another process) can open the directory.
+      log = makeLog(directory)
+      // As if the crash came before the snapshots were deleted.
+      let leftover = directory + "/snapshots/2"
+      try FileManager.default.createDirectory(atPath: leftover, withIntermediateDirectories: true)
+      let stale = try #require(FileManager.default.contents(atPath: directory + "/snapshots/1/MODE"))
+      #expect(FileManager.default.createFile(atPath: leftover + "/MODE", contents: stale))
+      #expect(FileManager.default.createFile(atPath: leftover + "/snapshot-stale.snap", contents: Data([1, 2, 3])))
+      let reopenedA = log.storage(for: 1, entry: TestEntry.self)
+      #expect(try await reopenedA.recover().entries == entries(1...2))
+      #expect(!FileManager.default.fileExists(atPath: leftover))
+      b = log.storage(for: 2, entry: TestEntry.self)
+      let stateB = try await b.recover()
+      #expect(stateB.entries.isEmpty && stateB.hardState == nil)
+      try await reopenedA.close()
+      try await b.close()
+    }
+  }
+
+  /// A write too large for one group record fails alone with `recordTooLarge`: nothing of it is written, the
+  /// log is not poisoned, and both groups write on.
+  @Test func aWriteTooLargeForAGroupRecordFailsAlone() async throws {
+    try await withTemporaryDirectory { directory in
+      var log = makeLog(directory, segmentBytes: 1 << 20)
+      let a = log.storage(for: 1, entry: TestEntry.self)
+      let b = log.storage(for: 2, entry: TestEntry.self)
+      _ = try await a.recover()
+      _ = try await b.recover()
+      log.core.writeChunkLimit.store(4096, ordering: .relaxed)
+      await #expect {
+        try await a.write(StorageWrite(entries: bigEntries(1...100)))
+      } throws: { error in
+        guard case .recordTooLarge? = error as? StorageError else { return false }
+        return true
+      }
+      try await a.write(StorageWrite(hardState: hardState("a"), entries: bigEntries(1...2)))
+      try await b.write(StorageWrite(entries: entries(1...3)))
+      try await a.close()
+      try await b.close()
+
+      log = makeLog(directory, segmentBytes: 1 << 20)
+      let reopenedA = log.storage(for: 1, entry: TestEntry.self)
+      let reopenedB = log.storage(for: 2, entry: TestEntry.self)
+      let stateA = try await reopenedA.recover()
+      #expect(stateA.entries == bigEntries(1...2))
+      #expect(stateA.hardState == hardState("a"))
+      #expect(try await reopenedB.recover().entries == entries(1...3))
+      try await reopenedA.close()
+      try await reopenedB.close()
+    }
+  }
+
   /// A compaction that frees no segment makes no sync of its own: groups asked to release their entries at once
   /// would otherwise each hold every group's writes behind an `fdatasync`. The compaction points are synced
   /// once, before the segments a compaction frees are deleted, and survive a restart.

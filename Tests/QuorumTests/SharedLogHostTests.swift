@@ -54,6 +54,50 @@ struct SharedLogHostTests {
     }
   }
 
+  @Test("over the quota, one old segment is enough for the host to ask its groups to release it: writes resume")
+  func overTheQuotaOneOldSegmentIsReleased() async throws {
+    let root = FileManager.default.temporaryDirectory.appendingPathComponent("quorum-shared-\(UUID().uuidString)").path
+    defer { try? FileManager.default.removeItem(atPath: root) }
+    let cluster = try Cluster(id: "shared") {
+      Member("n1")
+      Group("g") { KeyValue() }
+      RaftSettings { Snapshots(every: 10_000, retain: 0) }  // No snapshot of the group's own.
+    }
+    var settings = cluster.hostSettings
+    settings.spaceCheckInterval = .milliseconds(20)
+    let segmentBytes = 64 << 10
+    let value = [UInt8](repeating: 0x42, count: 500)
+    // First run: the log grows to exactly two segments (one old, one being written).
+    let storage = FileGroupStorage(root: root, fsync: .never, sharedSegmentBytes: segmentBytes)
+    let log = try #require(storage.sharedLog)
+    try await withSingleMember(cluster, storage: storage, settings: settings) { _, kv in
+      var round = 0
+      while try await log.segmentSequences().count < 2 {
+        try await kv.put("k\(round % 8)", value)
+        round += 1
+      }
+    }
+    // Second run with a quota the directory already exceeds by half a segment: below the old rule's two old
+    // segments, nothing would ever free the space.
+    let used = try #require(FileSystemUsage.allocatedBytes(under: root))
+    settings.spaceQuotaBytes = used - segmentBytes / 2
+    let reopened = FileGroupStorage(root: root, fsync: .never, sharedSegmentBytes: segmentBytes)
+    let reopenedLog = try #require(reopened.sharedLog)
+    try await withSingleMember(cluster, storage: reopened, settings: settings) { _, kv in
+      let first = try #require(try await reopenedLog.segmentSequences().first)
+      try await pollUntil("the old segment to be released and writes accepted again") {
+        guard try await reopenedLog.segmentSequences().first.map({ $0 > first }) == true else { return false }
+        do {
+          try await kv.put("after", "quota")
+          return true
+        } catch  where isSpaceRefusal(error) {
+          return false
+        }
+      }
+      #expect(try await kv.get("k0") == value)
+    }
+  }
+
   @Test("a data directory with a log per group refuses the shared layout, with a typed error naming it")
   func aLayoutThatContradictsTheDirectoryIsRefused() async throws {
     let root = FileManager.default.temporaryDirectory.appendingPathComponent("quorum-layout-\(UUID().uuidString)").path
