@@ -29,6 +29,8 @@ final class SharedLogCore: @unchecked Sendable {
   private let spare: SpareSegment?
   /// Failures tests inject into the opens of new segments.
   let openFaults = OpenFaults()
+  /// Failures tests inject into the deletions of a forgotten group's snapshot files.
+  let snapshotRemovalFaults = OpenFaults()
   /// The largest group record a write may make: ``maxChunkBytes``, lowered by tests.
   let writeChunkLimit = Atomic<Int>(maxChunkBytes)
 
@@ -499,7 +501,17 @@ final class SharedLogCore: @unchecked Sendable {
       pending[group] = nil
       for slot in segments.indices { segments[slot].unrecovered.remove(group) }
     }
-    let hadSnapshots = try removeSnapshots(of: group)
+    let hadSnapshots: Bool
+    do throws(StorageError) {
+      hadSnapshots = try removeSnapshots(of: group)
+    } catch {
+      // The forget record is durable, but some of the forgotten replica's snapshots may be left: the group,
+      // recovered again in this run, would start from them, and the record that tells the next open to delete
+      // them could go with its segment meanwhile. Refuse everything until the log is reopened, which finishes
+      // the deletion (as after a crash).
+      if held { poison(error) }
+      throw error
+    }
     if held { try deleteDeadSegments() }
     return held || hadSnapshots
   }
@@ -510,7 +522,10 @@ final class SharedLogCore: @unchecked Sendable {
   private func removeSnapshots(of group: UInt64) throws(StorageError) -> Bool {
     let path = snapshotDirectory(group)
     guard FileSystem.isDirectory(path) else { return false }
-    for name in try FileSystem.list(path) { try FileSystem.remove(path + "/" + name) }
+    for name in try FileSystem.list(path) {
+      if snapshotRemovalFaults.injected() != nil { throw ioError("unlink", path + "/" + name) }
+      try FileSystem.remove(path + "/" + name)
+    }
     try FileSystem.removeDirectory(path)
     if syncsStructure { try FileSystem.syncDirectory(snapshotRoot) }
     return true

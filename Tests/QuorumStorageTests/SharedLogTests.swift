@@ -341,6 +341,37 @@ struct SharedLogTests {
     }
   }
 
+  /// A forget whose snapshot deletion fails after its record is durable leaves the log refusing every call
+  /// until it is reopened: the forgotten group, recovered again in the same run, must not start from the
+  /// forgotten replica's snapshot; the reopen finishes the deletion.
+  @Test func aForgetWhoseSnapshotDeletionFailsIsFinishedByTheReopen() async throws {
+    try await withTemporaryDirectory { directory in
+      var log = makeLog(directory)
+      var b = log.storage(for: 2, entry: TestEntry.self)
+      _ = try await b.recover()
+      try await b.write(StorageWrite(hardState: hardState("b"), entries: entries(1...3)))
+      try await b.saveSnapshot(StoredSnapshot(index: 2, term: 1, data: [9]), discardingLog: false)
+      try await b.close()
+
+      log = makeLog(directory)
+      let a = log.storage(for: 1, entry: TestEntry.self)
+      _ = try await a.recover()
+      log.core.snapshotRemovalFaults.failNext(1, with: EIO)
+      await #expect(throws: StorageError.self) { try await log.forget(group: 2) }
+      b = log.storage(for: 2, entry: TestEntry.self)
+      // Before the fix the group recovered here from the forgotten replica's snapshot at 2.
+      await #expect(throws: StorageError.self) { try await b.recover() }
+      try? await a.close()
+      try? await b.close()
+
+      log = makeLog(directory)
+      b = log.storage(for: 2, entry: TestEntry.self)
+      let fresh = try await b.recover()
+      #expect(fresh.snapshot == nil && fresh.entries.isEmpty && fresh.hardState == nil)
+      try await b.close()
+    }
+  }
+
   /// A write too large for one group record fails alone with `recordTooLarge`: nothing of it is written, the
   /// log is not poisoned, and both groups write on.
   @Test func aWriteTooLargeForAGroupRecordFailsAlone() async throws {
