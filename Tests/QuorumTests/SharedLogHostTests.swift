@@ -76,6 +76,11 @@ struct SharedLogHostTests {
         try await kv.put("k\(round % 8)", value)
         round += 1
       }
+      // The spare segment made after the rotation, counted in the usage below: one still being zeroed at the
+      // shutdown is deleted, and the second run's, made again, would take the space the release frees.
+      try await pollUntil("the spare segment to be ready") {
+        FileManager.default.fileExists(atPath: root + "/shared-log/wal/spare.ready")
+      }
     }
     // Second run with a quota the directory already exceeds by half a segment: below the old rule's two old
     // segments, nothing would ever free the space.
