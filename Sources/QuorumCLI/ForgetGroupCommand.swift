@@ -8,8 +8,9 @@ enum ForgetGroupCommand {
   static let usage = """
     usage: quorum forget-group --data DIR --group ID [--fsync always|batch|never]
       --data    the member's data directory (quorum serve's --data)
-      --group   the group's number (the "id" of its entry in the cluster file, or its position from 1; the
-                warning "a group this member no longer runs keeps the shared log's oldest segment" names it)
+      --group   the group's number: the "id" of its entry in the cluster file, or its position from 1 (0 for
+                the one group of a cluster file without groups); the warning "a group this member no longer
+                runs keeps the shared log's oldest segment" names it
       --fsync   as the member was served with (default always)
     Erases the group's records from the shared log and deletes its snapshots, so that the log segments it
     kept on disk can go. Run it with the member stopped (the data directory is locked while it serves),

@@ -368,7 +368,7 @@ public final class GroupHost: Sendable {
         return
       }
       let pins = await storage.groupsPinningStorage()
-      // Past two old segments, or past one while over the quota: with writes refused, the groups' own snapshot
+      // At two old segments or more, or one while over the quota: with writes refused, the groups' own snapshot
       // schedule (counted in applied entries) might never free the space.
       let ask = pins.oldFiles >= 2 || (pins.oldFiles >= 1 && quotaExceeded)
       for id in pins.groups where ask {

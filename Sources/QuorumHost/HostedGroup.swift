@@ -15,8 +15,9 @@ public protocol GroupStorageProvider: Sendable {
   func usedBytes() -> Int?
 
   /// The groups whose stored entries keep old log files on disk that the other groups no longer need (a log
-  /// shared by several groups is deleted oldest segment first), and the bytes those files hold. The host asks
-  /// each of the groups to snapshot and compact (``HostedGroup/releaseStoredEntries(snapshotBudgetBytes:)``).
+  /// shared by several groups is deleted oldest segment first), the bytes those files hold, and how many they
+  /// are. Once they are two or more (one, while the space quota is exceeded), the host asks each of the groups
+  /// to snapshot and compact (``HostedGroup/releaseStoredEntries(snapshotBudgetBytes:)``).
   func groupsPinningStorage() async -> StoragePins
 
   /// Whether groups share a log, so that ``groupsPinningStorage()`` is worth asking.
@@ -34,7 +35,7 @@ public struct StoragePins: Sendable, Equatable {
   public var oldFiles: Int
 
   /// Creates the report.
-  public init(groups: [GroupID], heldBytes: Int, oldFiles: Int = 0) {
+  public init(groups: [GroupID], heldBytes: Int, oldFiles: Int) {
     self.groups = groups
     self.heldBytes = heldBytes
     self.oldFiles = oldFiles
@@ -46,7 +47,7 @@ extension GroupStorageProvider {
   public func usedBytes() -> Int? { nil }
 
   /// None: every group's log is its own.
-  public func groupsPinningStorage() async -> StoragePins { StoragePins(groups: [], heldBytes: 0) }
+  public func groupsPinningStorage() async -> StoragePins { StoragePins(groups: [], heldBytes: 0, oldFiles: 0) }
 
   /// No.
   public var sharesLog: Bool { false }
@@ -169,7 +170,7 @@ public struct FileGroupStorage: GroupStorageProvider {
   /// one, and the bytes of the segments before the active one.
   public func groupsPinningStorage() async -> StoragePins {
     guard let sharedLog, let sequences = try? await sharedLog.segmentSequences(), sequences.count > 1 else {
-      return StoragePins(groups: [], heldBytes: 0)
+      return StoragePins(groups: [], heldBytes: 0, oldFiles: 0)
     }
     let groups = ((try? await sharedLog.pinningGroups()) ?? []).map(GroupID.init(rawValue:))
     let old = sequences.count - 1

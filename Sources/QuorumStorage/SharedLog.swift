@@ -170,7 +170,8 @@ public final class SharedWriteAheadLog: Sendable {
   ///
   /// The group must not have been recovered since the log was opened (otherwise
   /// ``StorageError/invalidWrite(_:)``). Opens the log if no group has it open, and releases it again after; a
-  /// directory locked by another process throws as ``SharedLogStorage/recover()`` does. A crash after the forget
+  /// directory locked by another process throws as ``SharedLogStorage/recover()`` does, and a directory with no
+  /// log is left as it is. The forget record is synced whatever the ``fsyncPolicy``. A crash after the forget
   /// record is durable and before the snapshots are deleted is finished the next time the log is opened; so is a
   /// deletion that fails, after which every group's storage refuses calls until the log is reopened.
   ///

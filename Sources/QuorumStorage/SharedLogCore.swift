@@ -480,6 +480,8 @@ final class SharedLogCore: @unchecked Sendable {
   /// holding its records can go (see ``SharedWriteAheadLog/forget(group:)``). Opens the log if no group has,
   /// and releases it again after. Returns whether the log or the snapshots held anything of the group.
   func forget(group: UInt64) throws(StorageError) -> Bool {
+    // No log here: nothing to forget, and no empty log to leave behind.
+    if case .initial = phase, !FileSystem.isDirectory(walDirectory) { return false }
     try ensureOpen()
     defer { if openGroups == 0 { release() } }
     if let state = groups[group] {
@@ -493,7 +495,7 @@ final class SharedLogCore: @unchecked Sendable {
       // The forget record is the commit point: durable before anything else goes.
       do throws(StorageError) {
         try appendRecords(try Self.forgetChunk(group: group))
-        if syncsStructure { try syncActive() }
+        try syncActive()  // Whatever the policy: snapshots and segments are deleted next.
       } catch {
         poison(error)
         throw error

@@ -320,6 +320,11 @@ struct SharedLogTests {
       try await a.close()
       try await b.close()
 
+      // A directory without a log is left alone: no empty log is made to forget nothing in.
+      let elsewhere = directory + "/no-log-here"
+      #expect(try await makeLog(elsewhere).forget(group: 2) == false)
+      #expect(!FileManager.default.fileExists(atPath: elsewhere))
+
       log = makeLog(directory)
       #expect(try await log.forget(group: 2))
       // Released: another log object (another process) can open the directory.
