@@ -502,15 +502,14 @@ public final class GroupHost: Sendable {
     return .failure(HostFailure(.consensus(error)))
   }
 
-  /// Answers a command, a query or a watch without suspending: checks it as ``handle(_:principal:role:)`` does
-  /// and hands it to its group's replica, whose loop calls `respond` with the reply once it is applied or read
-  /// (a watch: to the notification hub, which calls `respond` when the group publishes what it waits for, or at
-  /// its timeout). `false` for every other request, which needs ``handle(_:principal:role:)``.
+  /// Answers a command or a query without suspending: checks it as ``handle(_:principal:role:)`` does and hands
+  /// it to its group's replica, whose loop calls `respond` with the reply once it is applied or read. `false`
+  /// for every other request, which needs ``handle(_:principal:role:)``.
   public func handleWithoutSuspending(
     _ request: HostRequest, principal: String?, role: ClientRole, respond: @escaping @Sendable (HostReply) -> Void
   ) -> Bool {
     switch request {
-    case .command, .query, .watch: break
+    case .command, .query: break
     default: return false
     }
     guard role >= request.neededRole else { return false }  // Refused (and logged) by the general path.
@@ -544,18 +543,6 @@ public final class GroupHost: Sendable {
       group.read(
         ServiceQuery(service: service, payload: payload), consistency: consistency, atLeast: atLeast,
         completion: answered)
-    case .watch(_, let service, let key, let after, let timeout):
-      guard spec.services.contains(service) else {
-        respond(.failure(HostFailure(.unknownService(service, group: id))))
-        return true
-      }
-      // Answered from the apply path that publishes the notification (or by the timer), not by a task.
-      notifications.watch(
-        group: id, service: service, key: key, after: after,
-        timeout: .milliseconds(Int64(clamping: min(timeout, Self.maxWatchMillis))), clock: runtime.clock
-      ) { records in
-        respond(.notifications(records.map(\.payload), index: records.last?.index ?? after))
-      }
     default:
       return false
     }
@@ -615,7 +602,7 @@ public final class GroupHost: Sendable {
   /// encodes the reply — what a transport's request handler calls with what the handshake authenticated. A reply
   /// longer than ``maxReplyBytes`` is replaced by ``HostError/replyTooLarge(bytes:limit:)``.
   ///
-  /// Commands, queries and watches take the path of ``handleWithoutSuspending(bytes:principal:role:respond:)`` (the one
+  /// Commands and queries take the path of ``handleWithoutSuspending(bytes:principal:role:respond:)`` (the one
   /// a TCP server takes from its network thread), so every caller — in-process clients, the simulator — runs it.
   public func handle(bytes: [UInt8], principal: String?, role: ClientRole) async -> [UInt8] {
     let direct: [UInt8]? = await withUnsafeContinuation { continuation in
@@ -636,7 +623,7 @@ public final class GroupHost: Sendable {
   }
 
   /// Like ``handle(bytes:principal:role:)`` for the requests ``handleWithoutSuspending(_:principal:role:respond:)``
-  /// answers (commands, queries and watches): decodes the request, hands it on and returns `true`; `respond` is called
+  /// answers (commands and queries): decodes the request, hands it on and returns `true`; `respond` is called
   /// with the encoded reply later, on the group's loop. `false` (nothing done) for any other request, and for
   /// bytes that do not decode: ``handle(bytes:principal:role:)`` answers those.
   public func handleWithoutSuspending(

@@ -25,9 +25,7 @@ public final class NotificationHub: Sendable {
     var group: GroupID
     var service: String
     var key: String
-    var deliver: @Sendable ([Record]) -> Void
-    /// Ends the wait, empty, at its timeout; cancelled when the wait ends otherwise.
-    var timer: Task<Void, Never>?
+    var continuation: UnsafeContinuation<[Record], Never>
   }
 
   /// A group's newest notifications in a circular buffer: appending never copies or shifts the older ones (the
@@ -66,6 +64,8 @@ public final class NotificationHub: Sendable {
   private struct State {
     var rings: [GroupID: Ring] = [:]
     var waiters: [UInt64: Waiter] = [:]
+    /// Waits whose timeout fired before they registered (or after they ended): they must not register.
+    var timedOut: Set<UInt64> = []
     var nextWaiter: UInt64 = 0
   }
 
@@ -79,107 +79,63 @@ public final class NotificationHub: Sendable {
   /// Records what `group` produced applying the entry at `index`, and wakes the clients watching its keys.
   public func publish(group: GroupID, index: UInt64, _ notifications: [ServiceNotification]) {
     let records = notifications.map { Record(index: index, service: $0.service, keys: $0.keys, payload: $0.payload) }
-    let woken = state.withLock { s -> [(Waiter, [Record])] in
+    let woken = state.withLock { s -> [(UnsafeContinuation<[Record], Never>, [Record])] in
       for record in records { s.rings[group, default: Ring()].append(record, capacity: capacity) }
-      var woken: [(Waiter, [Record])] = []
+      var woken: [(UnsafeContinuation<[Record], Never>, [Record])] = []
       for id in s.waiters.keys.sorted() {
         guard let waiter = s.waiters[id], waiter.group == group else { continue }
         let hits = records.filter { $0.service == waiter.service && $0.keys.contains(waiter.key) }
         guard !hits.isEmpty else { continue }
         s.waiters[id] = nil
-        woken.append((waiter, hits))
+        woken.append((waiter.continuation, hits))
       }
       return woken
     }
-    for (waiter, hits) in woken {
-      waiter.timer?.cancel()
-      waiter.deliver(hits)
-    }
-  }
-
-  /// Hands `deliver`, exactly once, the notifications of `service` in `group` with `key` produced after position
-  /// `after`: those the hub already holds at once (on the caller's thread), otherwise the next ones to come (on
-  /// the thread that publishes them: the group's apply path), or none once `timeout` of `clock`'s time has
-  /// passed. Nothing waits meanwhile but a sleeping timer task, so a host answers a watch the moment the entry
-  /// it waits for is applied, with no task to wake on the way. Returns the wait's identifier for ``end(_:)`` (0
-  /// if it ended at once).
-  @discardableResult
-  public func watch(
-    group: GroupID, service: String, key: String, after: UInt64, timeout: Duration, clock: any NodeClock,
-    deliver: @escaping @Sendable ([Record]) -> Void
-  ) -> UInt64 {
-    let registered = state.withLock { s -> (id: UInt64, held: [Record]?) in
-      let hits = s.rings[group]?.hits(after: after, service: service, key: key) ?? []
-      if !hits.isEmpty { return (0, hits) }
-      s.nextWaiter += 1
-      s.waiters[s.nextWaiter] = Waiter(group: group, service: service, key: key, deliver: deliver)
-      return (s.nextWaiter, nil)
-    }
-    if let held = registered.held {
-      deliver(held)
-      return 0
-    }
-    let id = registered.id
-    // A timer that fires before it is stored here finds the wait and ends it; one stored after the wait ended is
-    // cancelled at once. Either way the wait ends once.
-    let timer = Task { [self] in
-      try? await clock.sleep(for: timeout)
-      end(id)
-    }
-    let ended = state.withLock { s -> Bool in
-      guard s.waiters[id] != nil else { return true }
-      s.waiters[id]?.timer = timer
-      return false
-    }
-    if ended { timer.cancel() }
-    return id
-  }
-
-  /// Ends the wait `id` (from ``watch(group:service:key:after:timeout:clock:deliver:)``) now, with no
-  /// notifications, if it still waits.
-  public func end(_ id: UInt64) {
-    let waiter = state.withLock { $0.waiters.removeValue(forKey: id) }
-    waiter?.timer?.cancel()
-    waiter?.deliver([])
+    for (continuation, hits) in woken { continuation.resume(returning: hits) }
   }
 
   /// The notifications of `service` in `group` with `key` produced after position `after`: those the hub already
-  /// holds at once, otherwise the next ones to come, or none after `timeout` of `clock`'s time (or once the task
-  /// is cancelled).
+  /// holds at once, otherwise the next ones to come, or none after `timeout` of `clock`'s time.
   public func wait(
     group: GroupID, service: String, key: String, after: UInt64, timeout: Duration, clock: any NodeClock
   ) async -> [Record] {
-    let cancellation = WaitCancellation()
-    return await withTaskCancellationHandler {
-      await withUnsafeContinuation { (continuation: UnsafeContinuation<[Record], Never>) in
-        let id = watch(group: group, service: service, key: key, after: after, timeout: timeout, clock: clock) {
-          continuation.resume(returning: $0)
+    let id = state.withLock { s -> UInt64 in
+      s.nextWaiter += 1
+      return s.nextWaiter
+    }
+    // The two tasks below race: the timeout may fire before the wait has registered. Whichever comes second
+    // sees what the first left (a registered waiter, or the mark of a timeout), so the wait always ends.
+    defer { state.withLock { _ = $0.timedOut.remove(id) } }
+    return await withTaskGroup(of: [Record]?.self) { tasks in
+      tasks.addTask {
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<[Record], Never>) in
+          let held = self.state.withLock { s -> [Record]? in
+            let hits = s.rings[group]?.hits(after: after, service: service, key: key) ?? []
+            if !hits.isEmpty || s.timedOut.contains(id) { return hits }
+            s.waiters[id] = Waiter(group: group, service: service, key: key, continuation: continuation)
+            return nil
+          }
+          if let held { continuation.resume(returning: held) }
         }
-        if cancellation.register(id) { end(id) }
       }
-    } onCancel: {
-      if let id = cancellation.cancel() { end(id) }
-    }
-  }
-
-  /// The wait a cancelled task must end: whichever of registering and cancelling comes second ends it.
-  private final class WaitCancellation: Sendable {
-    private let state = Mutex<(id: UInt64?, cancelled: Bool)>((nil, false))
-
-    /// Records the wait; returns whether the task was already cancelled.
-    func register(_ id: UInt64) -> Bool {
-      state.withLock { s in
-        s.id = id
-        return s.cancelled
+      tasks.addTask {
+        try? await clock.sleep(for: timeout)
+        let waiter = self.state.withLock { s -> Waiter? in
+          if let waiter = s.waiters.removeValue(forKey: id) { return waiter }
+          s.timedOut.insert(id)
+          return nil
+        }
+        waiter?.continuation.resume(returning: [])
+        return nil
       }
-    }
-
-    /// Marks the task cancelled; returns the wait to end, if it registered.
-    func cancel() -> UInt64? {
-      state.withLock { s in
-        s.cancelled = true
-        return s.id
+      var result: [Record] = []
+      while let next = await tasks.next() {
+        if let records = next {
+          result = records
+          tasks.cancelAll()
+        }
       }
+      return result
     }
   }
 }

@@ -26,7 +26,7 @@ struct LockSimulationTests {
     // these ranges hold at least one such seed per engine. The fence itself is tested deterministically in the
     // lock service's anomaly tests.
     arguments: [
-      (EngineKind.raft, UInt64(16)..<32), (EngineKind.multiPaxos, UInt64(10_016)..<10_032),
+      (EngineKind.raft, UInt64(16)..<32), (EngineKind.multiPaxos, UInt64(10_000)..<10_016),
     ])
   func locks(_ engine: EngineKind, _ seeds: Range<UInt64>) async {
     let (report, stats) = await NodeSimulationTests.run(seeds: seeds, options: Self.options(engine))
