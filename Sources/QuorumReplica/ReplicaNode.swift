@@ -15,7 +15,9 @@ public protocol ReplicaObserver<Engine>: Sendable {
   func node(_ node: NodeID, group: GroupID, didPersist ready: ReplicaReady<Engine>)
   /// The node applied the committed `entry` to its state machine.
   func node(_ node: NodeID, group: GroupID, applied entry: Engine.Entry)
-  /// The node recorded a snapshot it stored itself and compacted its log up to `compactedThrough`.
+  /// The node recorded a snapshot it stored itself and its engine compacted the log it keeps in memory up to
+  /// `compactedThrough` (its storage is compacted at least that far: a release of stored entries may have taken it
+  /// further already).
   func node(_ node: NodeID, group: GroupID, recordedSnapshotAt index: UInt64, compactedThrough: UInt64)
 }
 

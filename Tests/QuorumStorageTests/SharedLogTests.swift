@@ -52,6 +52,46 @@ private func waitUntil(_ what: Comment, _ condition: () async throws -> Bool) as
   }
 }
 
+/// Groups 1 and 2 of `log`, recovered.
+private func openTwo(_ log: SharedWriteAheadLog) async throws -> (
+  SharedLogStorage<TestEntry>, SharedLogStorage<TestEntry>
+) {
+  let a = log.storage(for: 1, entry: TestEntry.self)
+  let b = log.storage(for: 2, entry: TestEntry.self)
+  _ = try await a.recover()
+  _ = try await b.recover()
+  return (a, b)
+}
+
+/// A log whose first segment only group 2 keeps: group 2 writes three entries (and, with `snapshotOfB`, a
+/// snapshot at 2), group 1 five; then, with only group 1 open, group 1 fills segments and compacts them all.
+/// Returns the log and group 1's storage, open, and the segments on disk.
+private func pinnedByAnAbsentGroup(_ directory: String, snapshotOfB: Bool = false) async throws
+  -> (SharedWriteAheadLog, SharedLogStorage<TestEntry>, [UInt64])
+{
+  let first = makeLog(directory)
+  let (a, b) = try await openTwo(first)
+  try await b.write(StorageWrite(hardState: hardState("b"), entries: entries(1...3)))
+  if snapshotOfB { try await b.saveSnapshot(StoredSnapshot(index: 2, term: 1, data: [9]), discardingLog: false) }
+  try await a.write(StorageWrite(entries: bigEntries(1...5)))
+  try await a.close()
+  try await b.close()
+
+  // Only group 1 this time: group 2's records keep the first segment, and so every later one.
+  let log = makeLog(directory)
+  let reopened = log.storage(for: 1, entry: TestEntry.self)
+  _ = try await reopened.recover()
+  for start in stride(from: UInt64(6), through: 196, by: 5) {
+    try await reopened.write(StorageWrite(entries: bigEntries(start...(start + 4))))
+  }
+  try await reopened.saveSnapshot(StoredSnapshot(index: 200, term: 1, data: [1]), discardingLog: false)
+  try await reopened.compact(through: 200)
+  let pinned = try await log.segmentSequences()
+  #expect(pinned.count > 4)
+  #expect(try await log.pinningGroups() == [2])
+  return (log, reopened, pinned)
+}
+
 /// Writes `write` into both the storage and its in-memory model.
 private func write(
   _ write: StorageWrite<TestEntry>, _ storage: SharedLogStorage<TestEntry>, _ model: MemoryStorage<TestEntry>
@@ -159,10 +199,7 @@ struct SharedLogTests {
   @Test func aGroupWithEntriesInTheOldestSegmentPinsItUntilItCompacts() async throws {
     try await withTemporaryDirectory { directory in
       let log = makeLog(directory)
-      let a = log.storage(for: 1, entry: TestEntry.self)
-      let b = log.storage(for: 2, entry: TestEntry.self)
-      _ = try await a.recover()
-      _ = try await b.recover()
+      let (a, b) = try await openTwo(log)
       // B's hard state is written once, in the first segment: after it goes, only checkpoints hold it.
       try await b.write(StorageWrite(hardState: hardState("b"), entries: entries(1...3)))
       for start in stride(from: UInt64(1), through: 196, by: 5) {
@@ -204,34 +241,13 @@ struct SharedLogTests {
 
   @Test func aGroupNotOpenedThisRunPinsItsSegments() async throws {
     try await withTemporaryDirectory { directory in
-      var log = makeLog(directory)
-      var a = log.storage(for: 1, entry: TestEntry.self)
-      var b = log.storage(for: 2, entry: TestEntry.self)
-      _ = try await a.recover()
-      _ = try await b.recover()
-      try await b.write(StorageWrite(hardState: hardState("b"), entries: entries(1...3)))
-      try await a.write(StorageWrite(entries: bigEntries(1...5)))
-      try await a.close()
-      try await b.close()
-
-      // Only A this time: B's records keep the first segment, and so every later one.
-      log = makeLog(directory)
-      a = log.storage(for: 1, entry: TestEntry.self)
-      _ = try await a.recover()
-      for start in stride(from: UInt64(6), through: 196, by: 5) {
-        try await a.write(StorageWrite(entries: bigEntries(start...(start + 4))))
-      }
-      try await a.saveSnapshot(StoredSnapshot(index: 200, term: 1, data: [1]), discardingLog: false)
-      try await a.compact(through: 200)
-      let pinned = try await log.segmentSequences()
+      var (log, a, pinned) = try await pinnedByAnAbsentGroup(directory)
       #expect(pinned.first == 1)
-      #expect(pinned.count > 4)
-      #expect(try await log.pinningGroups() == [2])
       try await a.close()
 
       log = makeLog(directory)
       a = log.storage(for: 1, entry: TestEntry.self)
-      b = log.storage(for: 2, entry: TestEntry.self)
+      let b = log.storage(for: 2, entry: TestEntry.self)
       #expect(try await a.recover().snapshot?.index == 200)
       let stateB = try await b.recover()
       #expect(stateB.entries == entries(1...3))
@@ -248,30 +264,9 @@ struct SharedLogTests {
   /// starts empty if it is ever opened again; the other group keeps everything.
   @Test func aForgottenGroupNoLongerPinsSegments() async throws {
     try await withTemporaryDirectory { directory in
-      var log = makeLog(directory)
-      var a = log.storage(for: 1, entry: TestEntry.self)
-      var b = log.storage(for: 2, entry: TestEntry.self)
-      _ = try await a.recover()
-      _ = try await b.recover()
-      try await b.write(StorageWrite(hardState: hardState("b"), entries: entries(1...3)))
-      try await b.saveSnapshot(StoredSnapshot(index: 2, term: 1, data: [9]), discardingLog: false)
-      try await a.write(StorageWrite(entries: bigEntries(1...5)))
-      try await a.close()
-      try await b.close()
+      var (log, a, pinned) = try await pinnedByAnAbsentGroup(directory, snapshotOfB: true)
       let snapshotsOfB = directory + "/snapshots/2"
       #expect(FileManager.default.fileExists(atPath: snapshotsOfB))
-
-      log = makeLog(directory)
-      a = log.storage(for: 1, entry: TestEntry.self)
-      _ = try await a.recover()
-      for start in stride(from: UInt64(6), through: 196, by: 5) {
-        try await a.write(StorageWrite(entries: bigEntries(start...(start + 4))))
-      }
-      try await a.saveSnapshot(StoredSnapshot(index: 200, term: 1, data: [1]), discardingLog: false)
-      try await a.compact(through: 200)
-      let pinned = try await log.segmentSequences()
-      #expect(pinned.count > 4)
-      #expect(try await log.pinningGroups() == [2])
 
       #expect(try await log.forget(group: 2))
       #expect(try await log.segmentSequences() == [try #require(pinned.last)])
@@ -280,7 +275,7 @@ struct SharedLogTests {
       #expect(try await log.forget(group: 2) == false)  // Nothing left of it.
       // A's log and its state are untouched; B, opened again, starts empty.
       try await a.write(StorageWrite(hardState: hardState("a"), entries: bigEntries(201...202)))
-      b = log.storage(for: 2, entry: TestEntry.self)
+      var b = log.storage(for: 2, entry: TestEntry.self)
       let fresh = try await b.recover()
       #expect(fresh.entries.isEmpty && fresh.hardState == nil && fresh.snapshot == nil)
       try await b.write(StorageWrite(hardState: hardState("b again"), entries: entries(1...1)))
@@ -382,10 +377,7 @@ struct SharedLogTests {
   @Test func aWriteTooLargeForAGroupRecordFailsAlone() async throws {
     try await withTemporaryDirectory { directory in
       var log = makeLog(directory, segmentBytes: 1 << 20)
-      let a = log.storage(for: 1, entry: TestEntry.self)
-      let b = log.storage(for: 2, entry: TestEntry.self)
-      _ = try await a.recover()
-      _ = try await b.recover()
+      let (a, b) = try await openTwo(log)
       log.core.writeChunkLimit.store(4096, ordering: .relaxed)
       await #expect {
         try await a.write(StorageWrite(entries: bigEntries(1...100)))
@@ -416,10 +408,7 @@ struct SharedLogTests {
   @Test func compactionSyncsOnlyBeforeDeletingSegments() async throws {
     try await withTemporaryDirectory { directory in
       var log = makeLog(directory)
-      var a = log.storage(for: 1, entry: TestEntry.self)
-      var b = log.storage(for: 2, entry: TestEntry.self)
-      _ = try await a.recover()
-      _ = try await b.recover()
+      var (a, b) = try await openTwo(log)
       try await b.write(StorageWrite(entries: entries(1...3)))  // B's entries keep the first segment.
       for start in stride(from: UInt64(1), through: 96, by: 5) {
         try await a.write(StorageWrite(entries: bigEntries(start...(start + 4))))
@@ -456,10 +445,7 @@ struct SharedLogTests {
   @Test func aGroupsStateOutlivesTheSegmentsItWasWrittenIn() async throws {
     try await withTemporaryDirectory { directory in
       var log = makeLog(directory)
-      var a = log.storage(for: 1, entry: TestEntry.self)
-      var b = log.storage(for: 2, entry: TestEntry.self)
-      _ = try await a.recover()
-      _ = try await b.recover()
+      var (a, b) = try await openTwo(log)
       try await b.write(StorageWrite(hardState: hardState("b"), entries: entries(1...3)))
       try await b.saveSnapshot(StoredSnapshot(index: 3, term: 1, data: [3]), discardingLog: false)
       try await b.compact(through: 3)
@@ -519,10 +505,7 @@ struct SharedLogTests {
   @Test func aLeadersSnapshotInOneGroupLeavesTheOthersAlone() async throws {
     try await withTemporaryDirectory { directory in
       var log = makeLog(directory)
-      var a = log.storage(for: 1, entry: TestEntry.self)
-      var b = log.storage(for: 2, entry: TestEntry.self)
-      _ = try await a.recover()
-      _ = try await b.recover()
+      var (a, b) = try await openTwo(log)
       for round in UInt64(0)..<20 {
         try await a.write(
           StorageWrite(hardState: hardState("a \(round)"), entries: bigEntries((round + 1)...(round + 1))))
@@ -701,10 +684,7 @@ struct SharedLogTests {
   @Test func aGroupRecordCutAtEveryByteIsLostWhole() async throws {
     try await withTemporaryDirectory { directory in
       let log = makeLog(directory, segmentBytes: 1 << 16)
-      let a = log.storage(for: 1, entry: TestEntry.self)
-      let b = log.storage(for: 2, entry: TestEntry.self)
-      _ = try await a.recover()
-      _ = try await b.recover()
+      let (a, b) = try await openTwo(log)
       try await a.write(StorageWrite(hardState: hardState("a"), entries: entries(1...2)))
       try await b.write(StorageWrite(hardState: hardState("b1"), entries: entries(1...2)))
       try await b.write(StorageWrite(hardState: hardState("b2"), entries: entries(3...5, term: 2)))
@@ -734,10 +714,7 @@ struct SharedLogTests {
   func damageBeforeTheTailIsCorruption(inOlderSegment: Bool) async throws {
     try await withTemporaryDirectory { directory in
       let log = makeLog(directory)
-      let a = log.storage(for: 1, entry: TestEntry.self)
-      let b = log.storage(for: 2, entry: TestEntry.self)
-      _ = try await a.recover()
-      _ = try await b.recover()
+      let (a, b) = try await openTwo(log)
       for start in stride(from: UInt64(1), through: 91, by: 10) {
         try await a.write(StorageWrite(entries: bigEntries(start...(start + 9))))
         try await b.write(StorageWrite(entries: entries(start...(start + 9))))
@@ -865,10 +842,7 @@ struct SharedLogTests {
   @Test func closingGroupsOneByOne() async throws {
     try await withTemporaryDirectory { directory in
       let log = makeLog(directory)
-      let a = log.storage(for: 1, entry: TestEntry.self)
-      let b = log.storage(for: 2, entry: TestEntry.self)
-      _ = try await a.recover()
-      _ = try await b.recover()
+      let (a, b) = try await openTwo(log)
       await #expect(throws: StorageError.self) { _ = try await a.recover() }
       await #expect(throws: StorageError.directoryLocked(path: directory)) {
         _ = try await makeLog(directory).storage(for: 3, entry: TestEntry.self).recover()
@@ -923,10 +897,7 @@ struct SharedLogTests {
   @Test func runningOutOfDescriptorsForANewSegmentFailsOnlyTheWritesThatNeedIt() async throws {
     try await withTemporaryDirectory { directory in
       let log = makeLog(directory)
-      let a = log.storage(for: 1, entry: TestEntry.self)
-      let b = log.storage(for: 2, entry: TestEntry.self)
-      _ = try await a.recover()
-      _ = try await b.recover()
+      let (a, b) = try await openTwo(log)
       let big = { (index: UInt64) in TestEntry(index, payload: [UInt8](repeating: 9, count: 3000)) }
       try await a.write(StorageWrite(entries: [big(1)]))
       log.core.openFaults.failNext(1000)
