@@ -54,6 +54,8 @@ final class SharedLogCore: @unchecked Sendable {
 
   /// Requests queued and not yet taken by the drain loop; for tests that hold the queue to make a batch.
   var queuedRequestCount: Int { inbox.count }
+  /// Whether the drain loop runs; for tests that need the writer idle.
+  var isDraining: Bool { inbox.isDraining }
 
   // MARK: State confined to `queue`
 
@@ -179,8 +181,14 @@ final class SharedLogCore: @unchecked Sendable {
     }
   }
 
+  /// Queues `request`; the first one queued while the writer is idle wakes it, at the end of the caller's pass
+  /// (``QuorumCore/ThreadBatch``) if it runs in one: the groups taking their turns on one event loop then reach the
+  /// writer together, and one `fdatasync` makes all their writes durable, rather than one for the first group's
+  /// write and another for the rest.
   private func enqueue(_ request: WALInbox<Write>.Request) {
-    if inbox.enqueue(request) { queue.async { self.inbox.drain(self.appendWrites) } }
+    guard inbox.enqueue(request) else { return }
+    let wake = { [self] in queue.async { self.inbox.drain(self.appendWrites) } }
+    if !ThreadBatch.deferUntilEnd(wake) { wake() }
   }
 
   // MARK: Lifecycle (on `queue`)

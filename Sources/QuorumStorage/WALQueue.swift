@@ -36,6 +36,9 @@ final class WALInbox<Write: Sendable>: Sendable {
   /// Requests queued and not yet taken by the drain.
   var count: Int { state.withLock { $0.requests.count } }
 
+  /// Whether a drain runs (or is due to): a request queued now is taken by it, without starting another.
+  var isDraining: Bool { state.withLock { $0.draining } }
+
   /// Queues `request`; returns whether the caller must start a drain on the I/O queue (none is running).
   func enqueue(_ request: Request) -> Bool {
     state.withLock { state in

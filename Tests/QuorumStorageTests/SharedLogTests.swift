@@ -40,6 +40,36 @@ private final class Gate: @unchecked Sendable {
   func open() { semaphore.signal() }
 }
 
+/// A task executor that runs the jobs queued on it only when told, all in one pass (``ThreadBatch``) on the
+/// caller's thread: as an event loop runs the turns of the replicas on it.
+private final class PassExecutor: TaskExecutor, Sendable {
+  private let jobs = Mutex<[UnownedJob]>([])
+
+  var waiting: Int { jobs.withLock { $0.count } }
+
+  func enqueue(_ job: consuming ExecutorJob) {
+    let job = UnownedJob(job)
+    jobs.withLock { $0.append(job) }
+  }
+
+  /// Runs the queued jobs in one pass, and those they queue, until none is left (as the loop runs what its own
+  /// jobs hand it before it waits again); `atEnd` runs inside the pass, after them, before its deferred work.
+  func runPass<T>(_ atEnd: () -> T) -> T {
+    var result: T?
+    ThreadBatch.run {
+      while case let taken = jobs.withLock({ queued -> [UnownedJob] in
+        defer { queued = [] }
+        return queued
+      }), !taken.isEmpty {
+        for job in taken { job.runSynchronously(on: asUnownedTaskExecutor()) }
+      }
+      result = atEnd()
+    }
+    // Set inside the pass just above.
+    return result!
+  }
+}
+
 /// Waits (polling) until `condition` holds; fails the test after ten seconds.
 private func waitUntil(_ what: Comment, _ condition: () async throws -> Bool) async throws {
   let deadline = ContinuousClock.now + .seconds(10)
@@ -181,6 +211,45 @@ struct SharedLogTests {
         #expect(state.entries == entries(1...2))
         #expect(state.hardState == hardState("g\(group)"))
       }
+    }
+  }
+
+  /// Groups taking their turns in one pass of a thread (as replicas on one event loop do) wake the writer once,
+  /// at the end of the pass: every write of the pass is queued when it wakes, and one sync makes them durable.
+  @Test func writesQueuedInOnePassWakeTheWriterOnce() async throws {
+    try await withTemporaryDirectory { directory in
+      let log = makeLog(directory, segmentBytes: 1 << 20)
+      let stores = (UInt64(1)...8).map { log.storage(for: $0, entry: TestEntry.self) }
+      for store in stores { _ = try await store.recover() }
+      let syncsBefore = try await log.syncCount()
+      let executor = PassExecutor()
+      let writes = stores.map { store in
+        Task(executorPreference: executor) {
+          try await store.write(StorageWrite(hardState: hardState("g\(store.group)"), entries: entries(1...2)))
+        }
+      }
+      try await waitUntil("every write task waits for the pass") { executor.waiting == stores.count }
+      // The writer idle, so that the pass's first write is the one that must wake it (a drain still running from
+      // the calls above would take the writes itself).
+      try await waitUntil("the writer is idle") { !log.core.isDraining }
+      let queuedAtEnd = executor.runPass {
+        // A long pass (other groups' turns): a writer woken by the first write would have taken them all by now.
+        usleep(20_000)
+        return log.core.queuedRequestCount
+      }
+      #expect(queuedAtEnd == stores.count, "no write went to the writer before the pass ended")
+      // The writes resume on the executor once durable: passes until they are done.
+      let finished = Task {
+        for write in writes { try await write.value }
+      }
+      try await waitUntil("the writes finish") {
+        _ = executor.runPass { 0 }
+        let synced = try await log.syncCount() != syncsBefore
+        return synced && executor.waiting == 0 && log.core.queuedRequestCount == 0
+      }
+      try await finished.value
+      #expect(try await log.syncCount() - syncsBefore == 1)
+      for store in stores { try await store.close() }
     }
   }
 
