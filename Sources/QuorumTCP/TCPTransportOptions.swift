@@ -139,7 +139,8 @@ public struct TCPTransportOptions: Sendable, Equatable {
   public var maxClientReceiveBufferBytes: Int
   /// Whether a sender writes a peer message to the socket itself when the link is idle (nothing queued, nothing
   /// being written), rather than queueing it for the event loop: one thread hand-off less per message. When the
-  /// link is busy, messages queue and the loop writes them in batches either way.
+  /// link is busy, messages queue and the loop writes them in batches either way, and a sender on the loop's own
+  /// thread always queues (the loop writes its pass's frames to a peer together, with no hand-off to save).
   public var writesFromSenders = true
 
   /// How long a link must have been quiet — no write begun on it, by a sender or the event loop — before a

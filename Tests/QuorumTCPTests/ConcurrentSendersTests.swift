@@ -137,6 +137,53 @@ struct ConcurrentSendersTests {
     await n1.close()
   }
 
+  @Test("a sender on the loop's own thread queues, even on an idle link: the loop writes the pass's frames at once")
+  func loopThreadSendersQueue() async throws {
+    let cluster = ClusterID(rawValue: "loop-\(UInt64.random(in: 0...UInt64.max))")
+    var options = TCPTransportOptions.default
+    options.senderWriteQuietPeriod = .zero  // Any idle link: a sender elsewhere writes itself (checked below).
+    options.liveness = LinkLiveness(pingInterval: .seconds(30), timeout: .seconds(60))
+    let a = TCPTransport<ConformanceMessage>(
+      cluster: cluster, protocolNumber: WireProtocol.test, options: options, security: .insecure, logger: .disabled)
+    let n1 = try await a.bind(1)
+    let b = TCPTransport<ConformanceMessage>(
+      cluster: cluster, protocolNumber: WireProtocol.test, addresses: [1: n1.address], options: options,
+      security: .insecure, logger: .disabled)
+    let n2 = try await b.bind(2)
+    a.setAddress(n2.address, for: 2)
+    func message(_ sequence: UInt64) -> ConformanceMessage {
+      ConformanceMessage(sender: 2, sequence: sequence, payload: Self.payload(sequence))
+    }
+    try n2.send(message(0), to: 1)
+    #expect(try await receive(n1.incoming).payload.sequence == 0)
+    // From a task off the loop, an idle link is written by its sender (the link may still be finishing the
+    // loop's last write on a loaded machine: a few tries).
+    var fromSender = false
+    var sequence: UInt64 = 1
+    while !fromSender && sequence <= 20 {
+      try await Task.sleep(for: .milliseconds(20))
+      let before = b.metrics.framesWrittenBySenders
+      try n2.send(message(sequence), to: 1)
+      fromSender = b.metrics.framesWrittenBySenders == before + 1
+      #expect(try await receive(n1.incoming).payload.sequence == sequence)
+      sequence += 1
+    }
+    #expect(fromSender)
+    // From the loop's thread, never: each message is queued and written by the loop.
+    let executor = try b.makeLoopExecutor()
+    let before = b.metrics.framesWrittenBySenders
+    for _ in 0..<5 {
+      try await Task.sleep(for: .milliseconds(20))
+      let next = sequence
+      try await Task(executorPreference: executor) { try n2.send(message(next), to: 1) }.value
+      #expect(try await receive(n1.incoming).payload.sequence == next)
+      sequence += 1
+    }
+    #expect(b.metrics.framesWrittenBySenders == before, "\(b.metrics)")
+    await n2.close()
+    await n1.close()
+  }
+
   /// A payload whose size and content follow from the sequence number (0 to 600 bytes).
   static func payload(_ sequence: UInt64) -> [UInt8] {
     (0..<Int(sequence % 601)).map { UInt8(truncatingIfNeeded: Int(sequence) &+ $0) }
