@@ -7,7 +7,9 @@ import Glibc
 /// after every turn of the pass, and finds all their work together.
 ///
 /// Deferred work runs on the same thread, in the order deferred, right after the pass; it must not block. On a
-/// thread outside any pass, ``deferUntilEnd(_:)`` declines, and the caller does its work at once.
+/// thread outside any pass, ``deferUntilEnd(_:)`` declines, and the caller does its work at once. A pass must not
+/// wait for what its deferred work starts (a write to the shared log, say, whose writer it has not woken yet):
+/// it would wait forever. It should not run long either: whatever waits for that work waits for the whole pass.
 public enum ThreadBatch {
   /// The pass running on this thread, if any.
   private final class Pass {
