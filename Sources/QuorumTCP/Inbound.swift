@@ -130,11 +130,13 @@ final class ReplyRoute: @unchecked Sendable {
     self.target = target
   }
 
-  /// Writes `frame` to the idle socket, or queues it for the loop.
+  /// Writes `frame` to the idle socket, or queues it for the loop. A responder on the loop's own thread (a replica
+  /// answering in its turn) always queues: the loop writes the replies every turn of its pass made on this
+  /// connection (one client process's many requests) with one system call, after them.
   func send(_ frame: [UInt8]) {
     let outcome: LinkQueue.Outcome
     do {
-      outcome = try queue.send(frame, peer: .none, writeIfIdle: writesFromResponders)
+      outcome = try queue.send(frame, peer: .none, writeIfIdle: writesFromResponders && !loop.isCurrentThread)
     } catch {
       return  // The connection closed: the reply has nowhere to go.
     }

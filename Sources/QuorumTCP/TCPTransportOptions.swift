@@ -141,6 +141,7 @@ public struct TCPTransportOptions: Sendable, Equatable {
   /// being written), rather than queueing it for the event loop: one thread hand-off less per message. When the
   /// link is busy, messages queue and the loop writes them in batches either way, and a sender on the loop's own
   /// thread always queues (the loop writes its pass's frames to a peer together, with no hand-off to save).
+  /// Replies to clients follow the same rules.
   public var writesFromSenders = true
 
   /// How long a link must have been quiet — no write begun on it, by a sender or the event loop — before a

@@ -80,6 +80,51 @@ struct PipelinedClientTests {
     await client.close()
   }
 
+  @Test("a reply made on the loop's own thread is queued for the loop, even on an idle connection; elsewhere it is not")
+  func loopThreadRepliesQueue() async throws {
+    var options = SecurePair.options()
+    options.serveClients = true
+    options.senderWriteQuietPeriod = .zero  // Any idle connection: a responder elsewhere writes itself.
+    let cluster = ClusterID(rawValue: "loop-replies-\(UInt64.random(in: 0...UInt64.max))")
+    let transport = TCPTransport<ConformanceMessage>(
+      cluster: cluster, protocolNumber: WireProtocol.test, options: options, security: .insecure, logger: .disabled)
+    let endpoint = try await transport.bind(1)
+    // Requests whose body starts with "loop" are answered at once, on the loop's thread (the handler runs there);
+    // the others from a task of their own.
+    endpoint.handleRequestsDirectly { request in
+      if request.body.starts(with: Array("loop".utf8)) {
+        request.respond(request.body)
+      } else {
+        Task { request.respond(request.body) }
+      }
+      return true
+    }
+    let client = TCPRequestClient(cluster: cluster, logger: .disabled)
+    let address = endpoint.address
+    // One at a time, so that each reply finds its connection idle.
+    func ask(_ text: String) async throws {
+      let body = Array(text.utf8)
+      #expect(try await client.request(body, to: address, timeout: .seconds(30)) == body)
+    }
+    try await ask("warm-up")
+    var fromTask = false
+    for round in 0..<20 where !fromTask {
+      try await Task.sleep(for: .milliseconds(10))
+      let before = transport.metrics.framesWrittenBySenders
+      try await ask("task \(round)")
+      fromTask = transport.metrics.framesWrittenBySenders > before
+    }
+    #expect(fromTask, "a reply from a task found its connection idle and was written by its responder")
+    let before = transport.metrics.framesWrittenBySenders
+    for round in 0..<5 {
+      try await Task.sleep(for: .milliseconds(10))
+      try await ask("loop \(round)")
+    }
+    #expect(transport.metrics.framesWrittenBySenders == before, "\(transport.metrics)")
+    await client.close()
+    await endpoint.close()
+  }
+
   @Test("at an in-flight limit of 1, replies written by responders on other threads never leave the connection paused")
   func limitOfOne() async throws {
     var options = SecurePair.options()
