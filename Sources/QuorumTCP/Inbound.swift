@@ -79,7 +79,8 @@ public struct TCPRequest: Sendable {
   }
 
   /// Sends `reply` to the client. Never blocks: when the connection is idle the reply is written to the socket
-  /// at once, from the caller's thread; otherwise it is queued to the event loop.
+  /// at once, from the caller's thread; otherwise — or when the caller runs on the event loop's own thread — it
+  /// is queued to the event loop.
   public func respond(_ reply: [UInt8]) {
     let frame = TCPFrame.encode(
       Envelope(from: route.node, to: .none, payload: RPCPayload(id: id, body: reply)),
