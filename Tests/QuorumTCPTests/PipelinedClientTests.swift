@@ -158,4 +158,45 @@ struct PipelinedClientTests {
     await client.close()
     await endpoint.close()
   }
+
+  @Test(
+    "at an in-flight limit of 1 or 2, replies made on the loop's thread inside the handler (mixed with replies from tasks) never leave the connection paused",
+    arguments: [1, 2])
+  func loopRepliesAtLimit(limit: Int) async throws {
+    var options = SecurePair.options()
+    options.serveClients = true
+    options.maxInflightRequestsPerConnection = limit
+    options.senderWriteQuietPeriod = .zero
+    let cluster = ClusterID(rawValue: "limit-loop-\(UInt64.random(in: 0...UInt64.max))")
+    let transport = TCPTransport<ConformanceMessage>(
+      cluster: cluster, protocolNumber: WireProtocol.test, options: options, security: .insecure, logger: .disabled)
+    let endpoint = try await transport.bind(1)
+    // Even first bytes are answered at once, inside the handler on the loop's thread, while the loop parses the
+    // connection's frames; odd ones from a task of their own.
+    endpoint.handleRequestsDirectly { request in
+      if request.body.first.map({ $0 % 2 == 0 }) ?? true {
+        request.respond(request.body)
+      } else {
+        Task { request.respond(request.body) }
+      }
+      return true
+    }
+    let client = TCPRequestClient(cluster: cluster, logger: .disabled)
+    let address = endpoint.address
+    try await withThrowingTaskGroup(of: Void.self) { group in
+      for index in 0..<8 {
+        group.addTask {
+          for round in 0..<200 {
+            let body = [UInt8((index + round) % 256)] + Array("\(index)/\(round)".utf8)
+            let reply = try await client.request(body, to: address, timeout: .seconds(30))
+            #expect(reply == body)
+          }
+        }
+      }
+      try await group.waitForAll()
+    }
+    #expect(client.metrics.framesReceived == 1600)
+    await client.close()
+    await endpoint.close()
+  }
 }
