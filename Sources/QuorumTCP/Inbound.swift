@@ -133,7 +133,7 @@ final class ReplyRoute: @unchecked Sendable {
 
   /// Writes `frame` to the idle socket, or queues it for the loop. A responder on the loop's own thread (a replica
   /// answering in its turn) always queues: the loop writes the replies every turn of its pass made on this
-  /// connection (one client process's many requests) with one system call, after them.
+  /// connection (one client process's many requests) together, after them.
   func send(_ frame: [UInt8]) {
     let outcome: LinkQueue.Outcome
     do {

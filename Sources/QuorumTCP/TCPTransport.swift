@@ -270,7 +270,7 @@ public final class TCPEndpoint<Message: WireCodable & Sendable>: TransportEndpoi
       throw .messageTooLarge(bytes: frame.count - TCPFrame.prefixBytes, limit: limit)
     }
     // A sender on the loop's own thread (a replica taking its turn there) queues: the loop writes what every turn
-    // of its pass sent to this peer with one system call, after them, rather than the first frame alone at once.
+    // of its pass sent to this peer together, after them, rather than the first frame alone at once.
     let writeIfIdle = core.environment.options.writesFromSenders && !core.loop.isCurrentThread
     let outcome = try handle.queue.send(frame, peer: peer, writeIfIdle: writeIfIdle)
     core.environment.metrics.recordSenderWrite(outcome, peerFrame: true)
