@@ -374,10 +374,8 @@ struct SharedLogTests {
   @Test func forgettingOfflineRefusingAnOpenGroupAndFinishingAfterACrash() async throws {
     try await withTemporaryDirectory { directory in
       var log = makeLog(directory)
-      let a = log.storage(for: 1, entry: TestEntry.self)
-      var b = log.storage(for: 2, entry: TestEntry.self)
-      _ = try await a.recover()
-      _ = try await b.recover()
+      let (a, first) = try await openTwo(log)
+      var b = first
       try await a.write(StorageWrite(hardState: hardState("a"), entries: entries(1...2)))
       try await b.write(StorageWrite(hardState: hardState("b"), entries: entries(1...2)))
       await #expect(throws: StorageError.self) { try await log.forget(group: 2) }

@@ -80,38 +80,9 @@ struct ConcurrentSendersTests {
 
   @Test("a lone message on a quiet link goes out from its sender; a burst queues and the loop batches it")
   func quietPeriod() async throws {
-    let cluster = ClusterID(rawValue: "quiet-\(UInt64.random(in: 0...UInt64.max))")
-    var options = TCPTransportOptions.default
-    options.senderWriteQuietPeriod = .milliseconds(20)
-    // No pings in the way: a ping the loop writes counts as a write on the link.
-    options.liveness = LinkLiveness(pingInterval: .seconds(30), timeout: .seconds(60))
-    let a = TCPTransport<ConformanceMessage>(
-      cluster: cluster, protocolNumber: WireProtocol.test, options: options, security: .insecure, logger: .disabled)
-    let n1 = try await a.bind(1)
-    let b = TCPTransport<ConformanceMessage>(
-      cluster: cluster, protocolNumber: WireProtocol.test, addresses: [1: n1.address], options: options,
-      security: .insecure, logger: .disabled)
-    let n2 = try await b.bind(2)
-    a.setAddress(n2.address, for: 2)
-    func message(_ sequence: UInt64) -> ConformanceMessage {
-      ConformanceMessage(sender: 2, sequence: sequence, payload: Self.payload(sequence))
-    }
-    // Connect: the first message waits in the queue for the connection, and the loop writes it.
-    try n2.send(message(0), to: 1)
-    #expect(try await receive(n1.incoming).payload.sequence == 0)
-    // After more than the quiet period the next message finds the link idle and quiet. (A loaded machine may
-    // hold the loop from finishing its last write for that long: then the message queues, and the next one, after
-    // another pause, is the test.)
-    var fromSender = false
-    var sequence: UInt64 = 1
-    while !fromSender && sequence <= 20 {
-      try await Task.sleep(for: .milliseconds(50))
-      let before = b.metrics.framesWrittenBySenders
-      try n2.send(message(sequence), to: 1)
-      fromSender = b.metrics.framesWrittenBySenders == before + 1
-      #expect(try await receive(n1.incoming).payload.sequence == sequence)
-      sequence += 1
-    }
+    let (b, n1, n2) = try await Self.connectedPair("quiet", quietPeriod: .milliseconds(20))
+    // After more than the quiet period the next message finds the link idle and quiet.
+    let (fromSender, sequence) = try await Self.sendUntilASenderWrites(b, n1, n2, pause: .milliseconds(50))
     #expect(fromSender, "a lone message on a quiet link went out from its sender")
     // A burst right after it: the link was just written to, so the frames queue and the loop writes them in
     // batches. Only a sender descheduled for a whole quiet period could write one itself.
@@ -121,7 +92,7 @@ struct ConcurrentSendersTests {
     for sequence in first..<first + UInt64(burst) {
       while true {
         do {
-          try n2.send(message(sequence), to: 1)
+          try n2.send(Self.message(sequence), to: 1)
           break
         } catch {
           await Task.yield()  // queueFull: the loop is behind; try again
@@ -139,9 +110,33 @@ struct ConcurrentSendersTests {
 
   @Test("a sender on the loop's own thread queues, even on an idle link: the loop writes the pass's frames at once")
   func loopThreadSendersQueue() async throws {
-    let cluster = ClusterID(rawValue: "loop-\(UInt64.random(in: 0...UInt64.max))")
+    // Any idle link: a sender elsewhere writes itself (checked first).
+    let (b, n1, n2) = try await Self.connectedPair("loop", quietPeriod: .zero)
+    var (fromSender, sequence) = try await Self.sendUntilASenderWrites(b, n1, n2, pause: .milliseconds(20))
+    #expect(fromSender)
+    // From the loop's thread, never: each message is queued and written by the loop.
+    let executor = try b.makeLoopExecutor()
+    let before = b.metrics.framesWrittenBySenders
+    for _ in 0..<5 {
+      try await Task.sleep(for: .milliseconds(20))
+      let next = sequence
+      try await Task(executorPreference: executor) { try n2.send(Self.message(next), to: 1) }.value
+      #expect(try await receive(n1.incoming).payload.sequence == next)
+      sequence += 1
+    }
+    #expect(b.metrics.framesWrittenBySenders == before, "\(b.metrics)")
+    await n2.close()
+    await n1.close()
+  }
+
+  /// Node 2 (on transport `b`) connected to node 1, with `quietPeriod` and no pings (a ping the loop writes
+  /// counts as a write on the link); the first message, which waited for the connection, is delivered.
+  static func connectedPair(_ name: String, quietPeriod: Duration) async throws
+    -> (TCPTransport<ConformanceMessage>, TCPEndpoint<ConformanceMessage>, TCPEndpoint<ConformanceMessage>)
+  {
+    let cluster = ClusterID(rawValue: "\(name)-\(UInt64.random(in: 0...UInt64.max))")
     var options = TCPTransportOptions.default
-    options.senderWriteQuietPeriod = .zero  // Any idle link: a sender elsewhere writes itself (checked below).
+    options.senderWriteQuietPeriod = quietPeriod
     options.liveness = LinkLiveness(pingInterval: .seconds(30), timeout: .seconds(60))
     let a = TCPTransport<ConformanceMessage>(
       cluster: cluster, protocolNumber: WireProtocol.test, options: options, security: .insecure, logger: .disabled)
@@ -151,37 +146,34 @@ struct ConcurrentSendersTests {
       security: .insecure, logger: .disabled)
     let n2 = try await b.bind(2)
     a.setAddress(n2.address, for: 2)
-    func message(_ sequence: UInt64) -> ConformanceMessage {
-      ConformanceMessage(sender: 2, sequence: sequence, payload: Self.payload(sequence))
-    }
     try n2.send(message(0), to: 1)
     #expect(try await receive(n1.incoming).payload.sequence == 0)
-    // From a task off the loop, an idle link is written by its sender (the link may still be finishing the
-    // loop's last write on a loaded machine: a few tries).
+    return (b, n1, n2)
+  }
+
+  /// Message `sequence` from node 2.
+  static func message(_ sequence: UInt64) -> ConformanceMessage {
+    ConformanceMessage(sender: 2, sequence: sequence, payload: payload(sequence))
+  }
+
+  /// Sends messages 1, 2, … from node 2 after a `pause` each, until one is written by its sender (a loaded
+  /// machine may hold the loop from finishing its last write for that long: then the message queues, and the
+  /// next one is the test); at most 20. Returns whether one was, and the next sequence number.
+  static func sendUntilASenderWrites(
+    _ b: TCPTransport<ConformanceMessage>, _ n1: TCPEndpoint<ConformanceMessage>,
+    _ n2: TCPEndpoint<ConformanceMessage>, pause: Duration
+  ) async throws -> (Bool, UInt64) {
     var fromSender = false
     var sequence: UInt64 = 1
     while !fromSender && sequence <= 20 {
-      try await Task.sleep(for: .milliseconds(20))
+      try await Task.sleep(for: pause)
       let before = b.metrics.framesWrittenBySenders
       try n2.send(message(sequence), to: 1)
       fromSender = b.metrics.framesWrittenBySenders == before + 1
       #expect(try await receive(n1.incoming).payload.sequence == sequence)
       sequence += 1
     }
-    #expect(fromSender)
-    // From the loop's thread, never: each message is queued and written by the loop.
-    let executor = try b.makeLoopExecutor()
-    let before = b.metrics.framesWrittenBySenders
-    for _ in 0..<5 {
-      try await Task.sleep(for: .milliseconds(20))
-      let next = sequence
-      try await Task(executorPreference: executor) { try n2.send(message(next), to: 1) }.value
-      #expect(try await receive(n1.incoming).payload.sequence == next)
-      sequence += 1
-    }
-    #expect(b.metrics.framesWrittenBySenders == before, "\(b.metrics)")
-    await n2.close()
-    await n1.close()
+    return (fromSender, sequence)
   }
 
   /// A payload whose size and content follow from the sequence number (0 to 600 bytes).

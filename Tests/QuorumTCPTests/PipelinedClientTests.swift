@@ -82,24 +82,11 @@ struct PipelinedClientTests {
 
   @Test("a reply made on the loop's own thread is queued for the loop, even on an idle connection; elsewhere it is not")
   func loopThreadRepliesQueue() async throws {
-    var options = SecurePair.options()
-    options.serveClients = true
-    options.senderWriteQuietPeriod = .zero  // Any idle connection: a responder elsewhere writes itself.
-    let cluster = ClusterID(rawValue: "loop-replies-\(UInt64.random(in: 0...UInt64.max))")
-    let transport = TCPTransport<ConformanceMessage>(
-      cluster: cluster, protocolNumber: WireProtocol.test, options: options, security: .insecure, logger: .disabled)
-    let endpoint = try await transport.bind(1)
-    // Requests whose body starts with "loop" are answered at once, on the loop's thread (the handler runs there);
-    // the others from a task of their own.
-    endpoint.handleRequestsDirectly { request in
-      if request.body.starts(with: Array("loop".utf8)) {
-        request.respond(request.body)
-      } else {
-        Task { request.respond(request.body) }
-      }
-      return true
+    // Any idle connection: a responder elsewhere writes itself. Requests whose body starts with "loop" are
+    // answered at once, on the loop's thread (the handler runs there); the others from a task of their own.
+    let (transport, endpoint, client) = try await Self.echoServer("loop-replies", quietPeriod: .zero) { body in
+      body.starts(with: Array("loop".utf8))
     }
-    let client = TCPRequestClient(cluster: cluster, logger: .disabled)
     let address = endpoint.address
     // One at a time, so that each reply finds its connection idle.
     func ask(_ text: String) async throws {
@@ -127,32 +114,10 @@ struct PipelinedClientTests {
 
   @Test("at an in-flight limit of 1, replies written by responders on other threads never leave the connection paused")
   func limitOfOne() async throws {
-    var options = SecurePair.options()
-    options.serveClients = true
-    options.maxInflightRequestsPerConnection = 1
-    let cluster = ClusterID(rawValue: "limit-one-\(UInt64.random(in: 0...UInt64.max))")
-    let transport = TCPTransport<ConformanceMessage>(
-      cluster: cluster, protocolNumber: WireProtocol.test, options: options, security: .insecure, logger: .disabled)
-    let endpoint = try await transport.bind(1)
     // Each request is answered at once from a task of its own: the reply races the loop's pause at the limit.
-    endpoint.handleRequestsDirectly { request in
-      Task { request.respond(request.body) }
-      return true
-    }
-    let client = TCPRequestClient(cluster: cluster, logger: .disabled)
-    let address = endpoint.address
-    try await withThrowingTaskGroup(of: Void.self) { group in
-      for index in 0..<8 {
-        group.addTask {
-          for round in 0..<100 {
-            let body = Array("\(index)/\(round)".utf8)
-            // A connection left paused would answer nothing more: the timeout says so.
-            let reply = try await client.request(body, to: address, timeout: .seconds(30))
-            #expect(reply == body)
-          }
-        }
-      }
-      try await group.waitForAll()
+    let (_, endpoint, client) = try await Self.echoServer("limit-one", inflightLimit: 1) { _ in false }
+    try await Self.askFromEightTasks(client, endpoint.address, rounds: 100) { index, round in
+      Array("\(index)/\(round)".utf8)
     }
     #expect(client.metrics.framesReceived == 800)
     await client.close()
@@ -163,40 +128,61 @@ struct PipelinedClientTests {
     "at an in-flight limit of 1 or 2, replies made on the loop's thread inside the handler (mixed with replies from tasks) never leave the connection paused",
     arguments: [1, 2])
   func loopRepliesAtLimit(limit: Int) async throws {
+    // Even first bytes are answered at once, inside the handler on the loop's thread, while the loop parses the
+    // connection's frames; odd ones from a task of their own.
+    let (_, endpoint, client) = try await Self.echoServer(
+      "limit-loop", quietPeriod: .zero, inflightLimit: limit
+    ) { body in body.first.map { $0 % 2 == 0 } ?? true }
+    try await Self.askFromEightTasks(client, endpoint.address, rounds: 200) { index, round in
+      [UInt8((index + round) % 256)] + Array("\(index)/\(round)".utf8)
+    }
+    #expect(client.metrics.framesReceived == 1600)
+    await client.close()
+    await endpoint.close()
+  }
+
+  /// A client-serving endpoint that echoes each request: on the loop's thread, inside the handler, when
+  /// `onLoop` says so for its body, otherwise from a task of its own; and a client for it.
+  static func echoServer(
+    _ name: String, quietPeriod: Duration? = nil, inflightLimit: Int? = nil,
+    onLoop: @escaping @Sendable ([UInt8]) -> Bool
+  ) async throws -> (TCPTransport<ConformanceMessage>, TCPEndpoint<ConformanceMessage>, TCPRequestClient) {
     var options = SecurePair.options()
     options.serveClients = true
-    options.maxInflightRequestsPerConnection = limit
-    options.senderWriteQuietPeriod = .zero
-    let cluster = ClusterID(rawValue: "limit-loop-\(UInt64.random(in: 0...UInt64.max))")
+    if let quietPeriod { options.senderWriteQuietPeriod = quietPeriod }
+    if let inflightLimit { options.maxInflightRequestsPerConnection = inflightLimit }
+    let cluster = ClusterID(rawValue: "\(name)-\(UInt64.random(in: 0...UInt64.max))")
     let transport = TCPTransport<ConformanceMessage>(
       cluster: cluster, protocolNumber: WireProtocol.test, options: options, security: .insecure, logger: .disabled)
     let endpoint = try await transport.bind(1)
-    // Even first bytes are answered at once, inside the handler on the loop's thread, while the loop parses the
-    // connection's frames; odd ones from a task of their own.
     endpoint.handleRequestsDirectly { request in
-      if request.body.first.map({ $0 % 2 == 0 }) ?? true {
+      if onLoop(request.body) {
         request.respond(request.body)
       } else {
         Task { request.respond(request.body) }
       }
       return true
     }
-    let client = TCPRequestClient(cluster: cluster, logger: .disabled)
-    let address = endpoint.address
+    return (transport, endpoint, TCPRequestClient(cluster: cluster, logger: .disabled))
+  }
+
+  /// Eight tasks each send `rounds` requests in turn on the one connection and check each echo. A connection left
+  /// paused would answer nothing more: the timeout says so.
+  static func askFromEightTasks(
+    _ client: TCPRequestClient, _ address: TCPAddress, rounds: Int,
+    body: @escaping @Sendable (_ task: Int, _ round: Int) -> [UInt8]
+  ) async throws {
     try await withThrowingTaskGroup(of: Void.self) { group in
       for index in 0..<8 {
         group.addTask {
-          for round in 0..<200 {
-            let body = [UInt8((index + round) % 256)] + Array("\(index)/\(round)".utf8)
-            let reply = try await client.request(body, to: address, timeout: .seconds(30))
-            #expect(reply == body)
+          for round in 0..<rounds {
+            let request = body(index, round)
+            let reply = try await client.request(request, to: address, timeout: .seconds(30))
+            #expect(reply == request)
           }
         }
       }
       try await group.waitForAll()
     }
-    #expect(client.metrics.framesReceived == 1600)
-    await client.close()
-    await endpoint.close()
   }
 }
