@@ -44,6 +44,20 @@ public enum TCPFrame {
     return writer.bytes
   }
 
+  /// Appends the frame of `payload`'s envelope to `buffer`, as ``encode(_:from:to:group:protocolNumber:reserving:)``
+  /// makes it.
+  public static func append<M: WireEncodable>(
+    _ payload: M, from: NodeID, to: NodeID, group: GroupID, protocolNumber: UInt8, to buffer: inout [UInt8]
+  ) {
+    var writer = WireWriter()
+    swap(&writer.bytes, &buffer)
+    let start = writer.count
+    writer.writeFixed32(0)
+    WireEnvelope.encode(payload, from: from, to: to, group: group, protocolNumber: protocolNumber, into: &writer)
+    writer.patchFixed32(UInt32(truncatingIfNeeded: writer.count - start - prefixBytes), at: start)
+    swap(&writer.bytes, &buffer)
+  }
+
   /// Frames an already encoded body.
   public static func frame(_ body: [UInt8]) -> [UInt8] {
     var writer = WireWriter(reservingCapacity: body.count + prefixBytes)

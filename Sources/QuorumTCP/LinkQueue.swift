@@ -32,8 +32,24 @@ final class LinkQueue: Sendable {
   }
 
   private struct State {
-    var frames = FIFOQueue<[UInt8]>()
+    /// The queued frames, unsealed and back to back (each its length prefix and body), in chunks of about
+    /// ``LinkQueue/chunkBytes``: the full chunks, oldest first from `fullHead` on, then `open`, the chunk senders
+    /// encode their frames into. A frame costs no allocation of its own, and taking a stream of frames is a
+    /// swap of buffers rather than a step per frame; a backlog is a list of chunks, never one buffer regrown.
+    var full: [[UInt8]] = []
+    /// How many frames each full chunk still holds.
+    var fullFrames: [Int] = []
+    var fullHead = 0
+    var open: [UInt8] = []
+    var openFrames = 0
+    /// Where the first frame not yet taken starts in the front chunk (an authenticated link seals frames a
+    /// budget at a time, so it can take part of a chunk).
+    var frontStart = 0
+    /// How many frames are queued, and their bytes.
+    var frames = 0
     var bytes = 0
+    /// An empty buffer with storage, to become the next open chunk.
+    var spare: [UInt8] = []
     /// A wake-up for this link is pending on the loop; further sends need not wake it again.
     var scheduled = false
     var closed = false
@@ -41,8 +57,10 @@ final class LinkQueue: Sendable {
     var socket: Socket?
     /// The loop holds bytes of this link it has not finished writing; senders must queue behind them.
     var loopWriting = false
-    /// Sealed bytes of a sender's frame that the socket did not take: written first by the loop.
+    /// Sealed bytes of a sender's write that the socket did not take, from `remainderStart` on: written first
+    /// by the loop.
     var remainder: [UInt8] = []
+    var remainderStart = 0
     /// The loop wants to see every frame for now (it must act on each one): senders queue.
     var held = false
     /// A sender holds the writer's role: it is writing to the socket outside the lock. Others queue.
@@ -52,6 +70,148 @@ final class LinkQueue: Sendable {
     var writtenBySenders = 0
     /// When a write on this link last began (a sender's, or the loop's batch), in monotonic nanoseconds.
     var lastWriteNanos: UInt64 = 0
+
+    /// Appends the frame `encode` writes to the open chunk (closing it first if it is full); returns its size.
+    /// The frame is not counted until ``commit(_:)``; ``uncommit(_:)`` takes it back.
+    mutating func append(_ encode: (inout [UInt8]) -> Void) -> Int {
+      if open.count >= LinkQueue.chunkBytes {
+        full.append([])
+        swap(&full[full.count - 1], &open)
+        fullFrames.append(openFrames)
+        openFrames = 0
+        swap(&open, &spare)
+        // A stream fills chunk after chunk: the next one gets its room at once rather than by regrowing.
+        if open.capacity < LinkQueue.chunkBytes {
+          open.reserveCapacity(LinkQueue.chunkBytes + LinkQueue.chunkBytes / 4)
+        }
+      }
+      let start = open.count
+      encode(&open)
+      return open.count - start
+    }
+
+    mutating func commit(_ size: Int) {
+      frames += 1
+      openFrames += 1
+      bytes += size
+    }
+
+    mutating func uncommit(_ size: Int) {
+      open.removeLast(size)
+      if frames == 0 { settle() }
+    }
+
+    /// Once no frame is queued: empties the chunks, letting go of a buffer grown past
+    /// ``LinkQueue/keptBufferBytes``.
+    mutating func settle() {
+      guard frames == 0 else { return }
+      full.removeAll(keepingCapacity: full.capacity <= 64)
+      fullFrames.removeAll(keepingCapacity: fullFrames.capacity <= 64)
+      fullHead = 0
+      if open.capacity > LinkQueue.keptBufferBytes {
+        open = []
+      } else {
+        open.removeAll(keepingCapacity: true)
+      }
+      openFrames = 0
+      frontStart = 0
+      bytes = 0
+    }
+
+    /// Keeps `buffer`'s storage as the spare, if there is none and it is not too large.
+    mutating func recycle(_ buffer: inout [UInt8]) {
+      guard spare.capacity == 0, buffer.capacity <= LinkQueue.keptBufferBytes else { return }
+      buffer.removeAll(keepingCapacity: true)
+      swap(&spare, &buffer)
+    }
+
+    /// Moves queued frames into `out` (empty) and returns how many: on an unsealed link the front chunk whole,
+    /// by swapping buffers; on a sealed link frames sealed one by one, at least one and then as many as fit in
+    /// `budget` bytes.
+    mutating func take(into out: inout [UInt8], budget: Int) -> Int {
+      guard frames > 0 else { return 0 }
+      let taken = socket?.sealer == nil ? takeFront(into: &out) : takeSealed(into: &out, budget: budget)
+      if frames == 0 { settle() }
+      return taken
+    }
+
+    private mutating func takeFront(into out: inout [UInt8]) -> Int {
+      let count: Int
+      if fullHead < full.count {
+        swap(&out, &full[fullHead])
+        // The storage `out` brought becomes the spare, for the next open chunk.
+        var brought: [UInt8] = []
+        swap(&brought, &full[fullHead])
+        recycle(&brought)
+        count = fullFrames[fullHead]
+        dropFullFront()
+      } else {
+        // `open` keeps the storage `out` brought (or the spare's), for the next frames.
+        swap(&out, &open)
+        if open.capacity < spare.capacity { swap(&open, &spare) }
+        count = openFrames
+        openFrames = 0
+      }
+      if frontStart > 0 {
+        out.removeFirst(frontStart)
+        frontStart = 0
+      }
+      frames -= count
+      bytes -= out.count
+      return count
+    }
+
+    private mutating func dropFullFront() {
+      fullHead += 1
+      if fullHead == full.count {
+        full.removeAll(keepingCapacity: full.capacity <= 64)
+        fullFrames.removeAll(keepingCapacity: fullFrames.capacity <= 64)
+        fullHead = 0
+      } else if fullHead >= 32 {
+        full.removeFirst(fullHead)
+        fullFrames.removeFirst(fullHead)
+        fullHead = 0
+      }
+    }
+
+    private mutating func takeSealed(into out: inout [UInt8], budget: Int) -> Int {
+      var sealer = socket?.sealer
+      var taken = 0
+      while frames > 0 {
+        let inFull = fullHead < full.count
+        let sealed = (inFull ? full[fullHead] : open).withUnsafeBytes { raw -> Int? in
+          let length = LinkQueue.length(raw, at: frontStart)
+          if taken > 0 && out.count + TCPFrame.prefixBytes + length > budget { return nil }
+          let end = frontStart + TCPFrame.prefixBytes + length
+          sealer?.append(
+            body: UnsafeRawBufferPointer(rebasing: raw[(frontStart + TCPFrame.prefixBytes)..<end]), to: &out)
+          return end
+        }
+        guard let end = sealed else { break }
+        bytes -= end - frontStart
+        frames -= 1
+        taken += 1
+        frontStart = end
+        if inFull {
+          fullFrames[fullHead] -= 1
+          if fullFrames[fullHead] == 0 {
+            var chunk: [UInt8] = []
+            swap(&chunk, &full[fullHead])
+            recycle(&chunk)
+            dropFullFront()
+            frontStart = 0
+          }
+        } else {
+          openFrames -= 1
+          if openFrames == 0 {
+            open.removeAll(keepingCapacity: true)
+            frontStart = 0
+          }
+        }
+      }
+      socket?.sealer = sealer
+      return taken
+    }
   }
 
   /// What became of a sent frame.
@@ -79,8 +239,12 @@ final class LinkQueue: Sendable {
 
   /// How many times a writing sender takes the frames queued behind it before it leaves them to the loop.
   static let maxWriterRounds = 8
-  /// How many bytes a writing sender takes in one round.
+  /// How many bytes a writing sender seals in one round on an authenticated link.
   static let writerRoundBytes = 256 << 10
+  /// The size from which the chunk frames are encoded into is full, and the next frame starts a new one.
+  static let chunkBytes = 256 << 10
+  /// The largest buffer a link keeps for reuse once it is empty; a larger one (grown by a large frame) is let go.
+  static let keptBufferBytes = 512 << 10
 
   private let state = Mutex(State())
   let maxFrames: Int
@@ -95,36 +259,59 @@ final class LinkQueue: Sendable {
     self.quietNanos = quietNanos
   }
 
-  /// Writes `frame` to the socket at once if the link is idle and `writeIfIdle`, with whatever other senders
-  /// queue meanwhile (see the type's notes); otherwise queues it.
+  /// The body length in the prefix of the frame at `offset` of `raw`.
+  static func length(_ raw: UnsafeRawBufferPointer, at offset: Int) -> Int {
+    Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
+  }
+
+  /// Sends an already encoded frame (length prefix and body); see ``send(peer:writeIfIdle:maxBody:encode:)``.
   func send(_ frame: [UInt8], peer: NodeID, writeIfIdle: Bool) throws(TransportError) -> Outcome {
+    try send(peer: peer, writeIfIdle: writeIfIdle) { $0.append(contentsOf: frame) }
+  }
+
+  /// Sends the frame `encode` appends (its length prefix and body) to the buffer it is given: writes it to the
+  /// socket at once if the link is idle and `writeIfIdle`, with whatever other senders queue meanwhile (see the
+  /// type's notes); otherwise queues it. `encode` runs under the link's lock, straight into the queue's buffer,
+  /// so it must only encode.
+  /// - Throws: ``QuorumCore/TransportError/messageTooLarge(bytes:limit:)`` for a body over `maxBody` and
+  ///   ``QuorumCore/TransportError/queueFull(peer:capacity:)`` (nothing is queued), or
+  ///   ``QuorumCore/TransportError/closed``.
+  func send(
+    peer: NodeID, writeIfIdle: Bool, maxBody: Int = .max, encode: (inout [UInt8]) -> Void
+  ) throws(TransportError) -> Outcome {
     enum First {
       case write(fd: Int32, bytes: [UInt8])
       case queued(Outcome)
     }
     let first = try state.withLock { (s: inout State) throws(TransportError) -> First in
       if s.closed { throw .closed }
+      if s.frames >= maxFrames { throw .queueFull(peer: peer, capacity: maxFrames) }
+      let size = s.append(encode)
+      if size - TCPFrame.prefixBytes > maxBody {
+        s.uncommit(size)
+        throw .messageTooLarge(bytes: size - TCPFrame.prefixBytes, limit: maxBody)
+      }
       // A link written to a moment ago is streaming: a sender writing each frame itself would make one system
       // call (and wake the receiver once) per frame, so it queues and the loop writes the stream in batches.
-      if writeIfIdle, var socket = s.socket, !s.loopWriting, !s.held, !s.senderWriting, s.frames.isEmpty,
+      if writeIfIdle, s.socket != nil, !s.loopWriting, !s.held, !s.senderWriting, s.frames == 0,
         s.remainder.isEmpty, case let now = quietNanos > 0 ? monotonicNanos() : 0,
-        now &- s.lastWriteNanos >= quietNanos
+        now &- s.lastWriteNanos >= quietNanos, let fd = s.socket?.fd
       {
-        var sealed: [UInt8] = []
-        if socket.sealer != nil {
-          sealed.reserveCapacity(frame.count + TCPFrame.tagBytes)
-          socket.sealer?.append(frame, to: &sealed)
-          s.socket = socket
-        }
+        // The queue was empty, so the open chunk holds this frame alone: it is taken (sealed on an
+        // authenticated link) and written from there.
+        s.commit(size)
+        var out: [UInt8] = []
+        swap(&out, &s.spare)
+        _ = s.take(into: &out, budget: .max)
         s.senderWriting = true
         s.lastWriteNanos = now
-        return .write(fd: socket.fd, bytes: sealed.isEmpty ? frame : sealed)
+        return .write(fd: fd, bytes: out)
       }
-      if s.frames.count >= maxFrames || (s.bytes + frame.count > maxBytes && !s.frames.isEmpty) {
+      if s.bytes + size > maxBytes && s.frames > 0 {
+        s.uncommit(size)
         throw .queueFull(peer: peer, capacity: maxFrames)
       }
-      s.frames.append(frame)
-      s.bytes += frame.count
+      s.commit(size)
       // A writing sender takes it when its write is done, or wakes the loop for it.
       if s.senderWriting || s.scheduled { return .queued(.queued) }
       s.scheduled = true
@@ -147,7 +334,7 @@ final class LinkQueue: Sendable {
       outcome.writeCalls += 1
       outcome.framesWritten += frames
       rounds += 1
-      let next = state.withLock { s -> [UInt8]? in
+      let more = state.withLock { s -> Bool in
         s.writtenBySenders += frames
         if written < bytes.count {
           // The socket's buffer is full (or the connection failed, which the loop will find): the loop writes the
@@ -155,46 +342,29 @@ final class LinkQueue: Sendable {
           outcome.cutShort = true
           outcome.bytesWritten += written
           if s.socket != nil {
-            s.remainder = Array(bytes[written...])
+            s.remainder = bytes
+            s.remainderStart = written
             s.loopWriting = true
           }
         } else {
           outcome.bytesWritten += bytes.count
-          if s.socket != nil, !s.held, !s.frames.isEmpty, rounds < Self.maxWriterRounds {
-            var buffer: [UInt8] = []
-            frames = Self.take(from: &s, into: &buffer, budget: Self.writerRoundBytes)
+          if s.socket != nil, !s.held, s.frames > 0, rounds < Self.maxWriterRounds {
+            bytes.removeAll(keepingCapacity: true)
+            frames = s.take(into: &bytes, budget: Self.writerRoundBytes)
             if quietNanos > 0 { s.lastWriteNanos = monotonicNanos() }
-            return buffer
+            return true
           }
+          s.recycle(&bytes)
         }
         s.senderWriting = false
-        if (s.loopWriting || !s.frames.isEmpty) && s.socket != nil && !s.scheduled {
+        if (s.loopWriting || s.frames > 0) && s.socket != nil && !s.scheduled {
           s.scheduled = true
           outcome.needsWake = true
         }
-        return nil
+        return false
       }
-      guard let next else { return outcome }
-      bytes = next
+      guard more else { return outcome }
     }
-  }
-
-  /// Moves queued frames into `sink` (sealed on an authenticated link), at least one and then as many as fit
-  /// in `budget` bytes; returns how many.
-  private static func take(from s: inout State, into sink: inout some FrameSink, budget: Int) -> Int {
-    let start = sink.count
-    var frames = 0
-    while let first = s.frames.first, frames == 0 || sink.count - start + first.count <= budget {
-      _ = s.frames.popFirst()
-      s.bytes -= first.count
-      if s.socket?.sealer != nil {
-        sink.add(first, sealer: &s.socket!.sealer)  // safe: checked just above, under the same lock
-      } else {
-        sink.add(first)
-      }
-      frames += 1
-    }
-    return frames
   }
 
   /// Writes as much of `bytes` as the non-blocking socket takes now; returns the count written.
@@ -220,8 +390,7 @@ final class LinkQueue: Sendable {
   func enqueueControl(_ frame: [UInt8]) {
     state.withLock { s in
       guard !s.closed else { return }
-      s.frames.append(frame)
-      s.bytes += frame.count
+      s.commit(s.append { $0.append(contentsOf: frame) })
     }
   }
 
@@ -231,6 +400,7 @@ final class LinkQueue: Sendable {
     state.withLock { s in
       s.socket = Socket(fd: fd, sealer: sealer)
       s.remainder = []
+      s.remainderStart = 0
       // Until the loop has drained what is queued.
       s.loopWriting = true
     }
@@ -261,6 +431,7 @@ final class LinkQueue: Sendable {
     let writing = state.withLock { s in
       s.socket = nil
       s.remainder = []
+      s.remainderStart = 0
       s.loopWriting = false
       return s.senderWriting
     }
@@ -274,46 +445,35 @@ final class LinkQueue: Sendable {
     while state.withLock({ $0.senderWriting }) { sched_yield() }
   }
 
-  /// Appends to `buffer` the rest of a sender's partial write, then queued frames (sealed on an authenticated
-  /// link) until about `budget` bytes, and clears the wake-up flag; returns the frames and bytes taken. The loop
-  /// calls it when its write batch is empty: when nothing is left to take, senders may write to the socket
-  /// themselves again.
-  ///
-  /// On a link without a sealer the frames are only moved out under the lock and copied into `batch` after it,
-  /// so that senders queueing meanwhile do not wait for the copy (the loop holds the writer's role by then, so
-  /// no sender writes to the socket before these bytes).
+  /// Appends to `batch` the rest of a sender's partial write, then queued frames — the oldest chunk of them on
+  /// an unsealed link (a swap of buffers), on an authenticated one sealed until about `budget` bytes — and clears
+  /// the wake-up flag; returns the frames and bytes taken. The loop calls it when its write batch is empty: when
+  /// nothing is left to take, senders may write to the socket themselves again. The buffers go into the batch
+  /// after the lock is released, and come back for reuse once written (``WriteBatch/takeRecycled()``).
   func take(into batch: inout WriteBatch, budget: Int) -> (frames: Int, bytes: Int) {
-    var moved: [[UInt8]] = []
-    let start = batch.count
+    var out = batch.takeRecycled()
+    var remainder: [UInt8] = []
+    var remainderStart = 0
     let frames = state.withLock { s -> Int in
       s.scheduled = false
       // A writing sender takes what is queued when its write is done, or wakes the loop again.
-      if s.senderWriting { return 0 }
-      batch.append(s.remainder, range: 0..<s.remainder.count)
-      s.remainder = []
-      var frames = 0
-      var bytes = batch.count - start
-      if s.socket?.sealer == nil {
-        // The budget counts the frames alone, as `take(from:into:budget:)` does on a sealed link.
-        var taken = 0
-        moved.reserveCapacity(min(s.frames.count, 4096))
-        while let first = s.frames.first, frames == 0 || taken + first.count <= budget {
-          _ = s.frames.popFirst()
-          s.bytes -= first.count
-          taken += first.count
-          frames += 1
-          moved.append(first)
-        }
-        bytes += taken
-      } else {
-        frames = Self.take(from: &s, into: &batch, budget: budget)
-        bytes = batch.count - start
+      if s.senderWriting {
+        s.recycle(&out)
+        return 0
       }
+      swap(&remainder, &s.remainder)
+      remainderStart = s.remainderStart
+      s.remainderStart = 0
+      let frames = s.take(into: &out, budget: budget)
+      if out.isEmpty { s.recycle(&out) }
+      let bytes = remainder.count - remainderStart + out.count
       s.loopWriting = bytes > 0
       if bytes > 0 && quietNanos > 0 { s.lastWriteNanos = monotonicNanos() }
       return frames
     }
-    for frame in moved { batch.append(frame: frame) }
+    let start = batch.count
+    if remainder.count > remainderStart { batch.append(owned: &remainder, from: remainderStart) }
+    if !out.isEmpty { batch.append(owned: &out, from: 0) }
     return (frames, batch.count - start)
   }
 
@@ -321,7 +481,7 @@ final class LinkQueue: Sendable {
   func acknowledgeWakeUp() -> Bool {
     state.withLock { s in
       s.scheduled = false
-      return !s.frames.isEmpty
+      return s.frames > 0
     }
   }
 
@@ -329,9 +489,9 @@ final class LinkQueue: Sendable {
   @discardableResult
   func discardAll() -> Int {
     state.withLock { s in
-      let count = s.frames.count
-      s.frames.removeAll()
-      s.bytes = 0
+      let count = s.frames
+      s.frames = 0
+      s.settle()
       return count
     }
   }
@@ -339,9 +499,9 @@ final class LinkQueue: Sendable {
   /// The queue's state in one line, for a failure report.
   var stateDescription: String {
     state.withLock { s in
-      "queued=\(s.frames.count) frames/\(s.bytes)B wake-up-pending=\(s.scheduled) closed=\(s.closed) "
+      "queued=\(s.frames) frames/\(s.bytes)B wake-up-pending=\(s.scheduled) closed=\(s.closed) "
         + "attached=\(s.socket != nil) loop-writing=\(s.loopWriting) sender-writing=\(s.senderWriting) "
-        + "remainder=\(s.remainder.count)B"
+        + "remainder=\(s.remainder.count - s.remainderStart)B"
     }
   }
 
@@ -349,32 +509,13 @@ final class LinkQueue: Sendable {
   func close() {
     let writing = state.withLock { s in
       s.closed = true
-      s.frames.removeAll()
-      s.bytes = 0
+      s.frames = 0
+      s.settle()
       s.socket = nil
       s.remainder = []
+      s.remainderStart = 0
       return s.senderWriting
     }
     if writing { awaitWriter() }
   }
-}
-
-/// Where taken frames go: a buffer they are copied into (a sender's write), or a connection's batch.
-protocol FrameSink {
-  /// The bytes added so far.
-  var count: Int { get }
-  /// Adds `frame` as it is.
-  mutating func add(_ frame: [UInt8])
-  /// Adds `frame` sealed by `sealer`.
-  mutating func add(_ frame: [UInt8], sealer: inout FrameSealer?)
-}
-
-extension [UInt8]: FrameSink {
-  mutating func add(_ frame: [UInt8]) { append(contentsOf: frame) }
-  mutating func add(_ frame: [UInt8], sealer: inout FrameSealer?) { sealer?.append(frame, to: &self) }
-}
-
-extension WriteBatch: FrameSink {
-  mutating func add(_ frame: [UInt8]) { append(frame: frame) }
-  mutating func add(_ frame: [UInt8], sealer: inout FrameSealer?) { sealer?.append(frame, to: &self) }
 }

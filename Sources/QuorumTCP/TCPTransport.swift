@@ -260,19 +260,16 @@ public final class TCPEndpoint<Message: WireCodable & Sendable>: TransportEndpoi
   public func send(_ message: Message, to peer: NodeID, group: GroupID) throws(TransportError) {
     if core.isClosed { throw .closed }
     let handle = try core.link(to: peer)
-    // Reserve what the previous frame needed, so a stream of similar messages encodes without regrowing.
-    let hint = core.encodeHint.load(ordering: .relaxed)
-    let frame = TCPFrame.encode(
-      message, from: core.id, to: peer, group: group, protocolNumber: core.protocolNumber, reserving: hint)
-    if frame.count > hint || frame.count < hint / 4 { core.encodeHint.store(max(64, frame.count), ordering: .relaxed) }
-    let limit = core.environment.options.maxFrameBytes
-    if frame.count - TCPFrame.prefixBytes > limit {
-      throw .messageTooLarge(bytes: frame.count - TCPFrame.prefixBytes, limit: limit)
-    }
     // A sender on the loop's own thread (a replica taking its turn there) queues: the loop writes what every turn
     // of its pass sent to this peer together, after them, rather than the first frame alone at once.
     let writeIfIdle = core.environment.options.writesFromSenders && !core.loop.isCurrentThread
-    let outcome = try handle.queue.send(frame, peer: peer, writeIfIdle: writeIfIdle)
+    // The frame is encoded straight into the link's queue, under its lock: no buffer of its own.
+    let (id, protocolNumber) = (core.id, core.protocolNumber)
+    let outcome = try handle.queue.send(
+      peer: peer, writeIfIdle: writeIfIdle, maxBody: core.environment.options.maxFrameBytes
+    ) { buffer in
+      TCPFrame.append(message, from: id, to: peer, group: group, protocolNumber: protocolNumber, to: &buffer)
+    }
     core.environment.metrics.recordSenderWrite(outcome, peerFrame: true)
     if outcome.needsWake, !core.loop.execute({ handle.link.service() }) { throw .closed }
   }
@@ -396,7 +393,6 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
   private let closed = Atomic<Bool>(false)
   private let logger: QuorumLogger
   /// The size of the last encoded frame, reserved for the next one.
-  let encodeHint = Atomic<Int>(64)
 
   private var listener: Listener?
   private var inbound: [ObjectIdentifier: InboundConnection<EndpointCore>] = [:]

@@ -17,6 +17,8 @@ struct WriteBatch {
     var start: Int
     /// The end of the piece's range, or `nil` for a shared buffer (which ends where its bytes end, and grows).
     var fixedEnd: Int?
+    /// The batch was given the buffer (``WriteBatch/append(owned:from:)``): once written it is kept for reuse.
+    var owned = false
 
     var end: Int { fixedEnd ?? bytes.count }
   }
@@ -26,6 +28,9 @@ struct WriteBatch {
   private var first = 0
   /// A shared buffer kept from the last batch, for the next one's small frames.
   private var spare: [UInt8] = []
+  /// A buffer the batch was given and has written, emptied and kept for its giver's reuse
+  /// (``takeRecycled()``).
+  private var recycled: [UInt8] = []
   /// The bytes not yet written.
   private(set) var count = 0
 
@@ -52,6 +57,34 @@ struct WriteBatch {
         bytes.withUnsafeBytes { buffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: $0[range])) }
       }
     }
+  }
+
+  /// Appends `buffer[start...]`, taking the buffer (`buffer` is left empty): a large range is written from it,
+  /// and then the buffer is kept for ``takeRecycled()``; a small one is copied and the buffer kept at once.
+  mutating func append(owned buffer: inout [UInt8], from start: Int) {
+    var bytes: [UInt8] = []
+    swap(&bytes, &buffer)
+    if bytes.count - start < Self.ownPieceBytes {
+      append(bytes, range: start..<bytes.count)
+      recycle(&bytes)
+    } else {
+      pieces.append(Piece(bytes: bytes, start: start, fixedEnd: bytes.count, owned: true))
+      count += bytes.count - start
+    }
+  }
+
+  /// An empty buffer with storage, from a buffer given to the batch and written, or an empty array.
+  mutating func takeRecycled() -> [UInt8] {
+    var buffer: [UInt8] = []
+    swap(&buffer, &recycled)
+    return buffer
+  }
+
+  /// Keeps `bytes`' storage for ``takeRecycled()`` if it is larger than the one kept, up to 1 MiB.
+  private mutating func recycle(_ bytes: inout [UInt8]) {
+    guard bytes.capacity > recycled.capacity, bytes.capacity <= 1 << 20 else { return }
+    bytes.removeAll(keepingCapacity: true)
+    swap(&recycled, &bytes)
   }
 
   /// Appends what `fill` writes at the end of a shared buffer.
@@ -113,7 +146,11 @@ struct WriteBatch {
       }
       left -= remaining
       // A written frame's array is let go now, not when the batch next empties or compacts.
-      if pieces[first].fixedEnd != nil { pieces[first].bytes = [] }
+      if pieces[first].fixedEnd != nil {
+        var bytes: [UInt8] = []
+        swap(&bytes, &pieces[first].bytes)
+        if pieces[first].owned { recycle(&bytes) }
+      }
       first += 1
     }
     if first == pieces.count {
