@@ -33,6 +33,21 @@ public struct FIFOQueue<Element> {
     liveCount += 1
   }
 
+  /// Moves the elements of `elements` after its first `prefix` to the back, in order, leaving `elements` with
+  /// its first `prefix` alone. The elements are moved, not copied: no reference count is touched.
+  @inlinable public mutating func append(movingFrom elements: inout [Element], after prefix: Int) {
+    let moved = elements.count - prefix
+    guard moved > 0 else { return }
+    while liveCount + moved > storage.count { grow() }
+    // Taken from the back (`removeLast` moves an element out), so placed from the last slot down.
+    var offset = liveCount + moved
+    while elements.count > prefix {
+      offset -= 1
+      storage[slot(offset)] = elements.removeLast()
+    }
+    liveCount += moved
+  }
+
   /// Adds `elements` at the back, in order (one call for a batch: cheaper than an `append` each where the
   /// element type is not specialised).
   @inlinable public mutating func append(contentsOf elements: ArraySlice<Element>) {

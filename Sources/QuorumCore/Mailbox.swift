@@ -152,6 +152,45 @@ public final class Mailbox<Element: Sendable>: Sendable {
     return taken
   }
 
+  /// As ``trySend(contentsOf:)``, moving the elements: those taken (a prefix) are removed from `elements`, which
+  /// keeps the rest in order and its storage. When all of them fit, none is copied — no reference count is
+  /// touched on the way in, and none on emptying `elements`.
+  ///
+  /// `move` does the moving (``FIFOQueue/append(movingFrom:after:)``): a caller generic over the element passes
+  /// code specialised for it (``WireDecodable/moveEnvelopes(_:to:after:)``), since a generic per-element loop
+  /// costs more than the copies it saves.
+  /// - Throws: ``MailboxError/closed`` after close (nothing is taken).
+  @inlinable
+  package func trySend(
+    movingFrom elements: inout [Element],
+    using move: (inout [Element], inout FIFOQueue<Element>, Int) -> Void = { $1.append(movingFrom: &$0, after: $2) }
+  ) throws(MailboxError) -> Int {
+    var first: Element? = nil
+    let count = elements.count
+    let (taken, receiver, doorbell): (Int, ReceiverContinuation?, Doorbell?) = state.withLock { s in
+      if s.closed { return (-1, nil, nil) }
+      guard s.senders.isEmpty, count > 0 else { return (0, nil, nil) }
+      // A waiting consumer gets the first element directly; the rest queue behind it.
+      let receiver = s.receiver
+      let direct = receiver == nil ? 0 : 1
+      if receiver != nil { s.receiver = nil }
+      let queued = Swift.min(Swift.max(0, capacity - s.buffer.count), count - direct)
+      if direct + queued == count {
+        move(&elements, &s.buffer, direct)
+        if direct == 1 { first = elements.removeLast() }
+      } else {
+        s.buffer.append(contentsOf: elements[direct..<(direct + queued)])
+        if direct == 1 { first = elements[0] }
+        elements.removeFirst(direct + queued)
+      }
+      return (direct + queued, receiver, queued > 0 ? s.doorbell : nil)
+    }
+    if taken < 0 { throw .closed }
+    if let receiver, let first { receiver.resume(returning: first) }
+    doorbell?.ring()
+    return taken
+  }
+
   /// The fast path of every send: hand `element` to a waiting consumer or queue it if there is room.
   @inlinable
   func offer(_ element: Element, assigningWaitID: Bool) -> SendOutcome {

@@ -469,9 +469,10 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     }
     let mailbox = sink.mailbox
     do {
-      let index = try mailbox.trySend(contentsOf: batch[...])
-      if index < batch.count {
-        let rest = Array(batch[index...])
+      // Moved, not copied: what the mailbox takes leaves `batch`, and what is left is the rest, in order.
+      _ = try mailbox.trySend(movingFrom: &batch, using: Sink.Message.moveEnvelopes)
+      if !batch.isEmpty {
+        let rest = batch
         waitingForRoom = true
         connection.pauseReading()
         let back = LoopReference(self)

@@ -61,6 +61,40 @@ struct MailboxTests {
     #expect(throws: MailboxError.closed) { try mailbox.trySend(contentsOf: [8][...]) }
   }
 
+  @Test("trySend(movingFrom:) moves what fits out of the array, leaves the rest in order, and keeps no reference")
+  func trySendMoving() async throws {
+    final class Box: Sendable {
+      let value: Int
+      init(_ value: Int) { self.value = value }
+    }
+    let mailbox = Mailbox<Box>(capacity: 4)
+    var batch = (0..<3).map(Box.init)
+    #expect(try mailbox.trySend(movingFrom: &batch) == 3)
+    #expect(batch.isEmpty)
+    batch = [Box(3), Box(4)]
+    #expect(try mailbox.trySend(movingFrom: &batch) == 1, "only the room left")
+    #expect(batch.map(\.value) == [4], "what did not fit stays, in order")
+    var taken: [Box] = []
+    mailbox.drainAvailable(into: &taken)
+    #expect(taken.map(\.value) == [0, 1, 2, 3])
+    // No reference is left behind: the consumer holds the only one to each element the mailbox took.
+    #expect(taken.indices.allSatisfy { isKnownUniquelyReferenced(&taken[$0]) })
+    // A waiting consumer gets the first element directly; the rest queue behind it, in order.
+    let receiver = Task { await mailbox.receive()?.value }
+    try await waitUntil("the receiver is suspended") { mailbox.hasWaitingReceiver }
+    batch = (10..<16).map(Box.init)
+    #expect(try mailbox.trySend(movingFrom: &batch) == 5)
+    #expect(batch.map(\.value) == [15])
+    #expect(await receiver.value == 10)
+    taken = []
+    mailbox.drainAvailable(into: &taken)
+    #expect(taken.map(\.value) == [11, 12, 13, 14])
+    batch = [Box(20)]
+    mailbox.close()
+    #expect(throws: MailboxError.closed) { try mailbox.trySend(movingFrom: &batch) }
+    #expect(batch.map(\.value) == [20], "nothing is taken after close")
+  }
+
   @Test("send suspends while full and completes only after the consumer receives")
   func sendSuspendsUntilRoom() async throws {
     let mailbox = Mailbox<Int>(capacity: 1)

@@ -19,6 +19,15 @@ public protocol WireDecodable {
   static func decodeEnvelope(
     _ header: WireEnvelopeHeader, payloadFrom reader: inout WireReader, appendingTo batch: inout [Envelope<Self>]
   ) throws(WireError)
+
+  /// Moves the envelopes of `batch` after its first `prefix` to the back of `queue`, in order, leaving `batch`
+  /// with its first `prefix` alone (``FIFOQueue/append(movingFrom:after:)``).
+  ///
+  /// A transport's receive path calls this (through ``Mailbox``) for each read's batch. Conforming types do not
+  /// implement it: as with ``decodeEnvelope(_:payloadFrom:appendingTo:)``, the default is inlinable, so the
+  /// per-envelope loop runs specialised for the message type.
+  static func moveEnvelopes(
+    _ batch: inout [Envelope<Self>], to queue: inout FIFOQueue<Envelope<Self>>, after prefix: Int)
 }
 
 /// A value with a binary encoding in both directions.
@@ -42,6 +51,13 @@ extension WireDecodable {
     do { payload = try Self(from: &reader) } catch { throw error.inside("payload") }
     try reader.expectEnd()
     batch.append(Envelope(from: header.from, to: header.to, group: header.group, payload: payload))
+  }
+
+  @inlinable
+  public static func moveEnvelopes(
+    _ batch: inout [Envelope<Self>], to queue: inout FIFOQueue<Envelope<Self>>, after prefix: Int
+  ) {
+    queue.append(movingFrom: &batch, after: prefix)
   }
 
   /// Decodes a value that must occupy all of `bytes`.
