@@ -392,7 +392,6 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
   private let links = Mutex(LinkTable<LinkHandle>())
   private let closed = Atomic<Bool>(false)
   private let logger: QuorumLogger
-  /// The size of the last encoded frame, reserved for the next one.
 
   private var listener: Listener?
   private var inbound: [ObjectIdentifier: InboundConnection<EndpointCore>] = [:]

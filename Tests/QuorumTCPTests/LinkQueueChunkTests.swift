@@ -7,7 +7,7 @@ import Testing
 
 /// ``LinkQueue`` keeps its frames back to back in chunks: a backlog spanning many chunks goes out whole and in
 /// order, sealed or not, whatever the budget of each take; a refused frame leaves the queue as it was.
-@Suite("Link queue chunks")
+@Suite("Link queue chunks", .timeLimit(.minutes(1)))
 struct LinkQueueChunkTests {
   /// A frame (length prefix and body) whose body of `size` bytes starts with its index.
   static func frame(_ index: Int, size: Int) -> [UInt8] {
