@@ -82,10 +82,13 @@ public struct TCPRequest: Sendable {
   /// at once, from the caller's thread; otherwise — or when the caller runs on the event loop's own thread — it
   /// is queued to the event loop.
   public func respond(_ reply: [UInt8]) {
-    let frame = TCPFrame.encode(
-      Envelope(from: route.node, to: .none, payload: RPCPayload(id: id, body: reply)),
-      protocolNumber: WireProtocol.client, reserving: reply.count + 32)
-    route.send(frame)
+    let (node, id) = (route.node, id)
+    // Encoded straight into the connection's reply queue: no frame buffer of its own.
+    route.send { buffer in
+      TCPFrame.append(
+        RPCPayload(id: id, body: reply), from: node, to: .none, group: .default, protocolNumber: WireProtocol.client,
+        to: &buffer)
+    }
   }
 }
 
@@ -131,13 +134,15 @@ final class ReplyRoute: @unchecked Sendable {
     self.target = target
   }
 
-  /// Writes `frame` to the idle socket, or queues it for the loop. A responder on the loop's own thread (a replica
+  /// Writes the frame `encode` appends (length prefix included) to the idle socket, or queues it for the loop
+  /// (``LinkQueue/send(peer:writeIfIdle:maxBody:encode:)``). A responder on the loop's own thread (a replica
   /// answering in its turn) always queues: the loop writes the replies every turn of its pass made on this
   /// connection (one client process's many requests) together, after them.
-  func send(_ frame: [UInt8]) {
+  func send(encode: (inout [UInt8]) -> Void) {
     let outcome: LinkQueue.Outcome
     do {
-      outcome = try queue.send(frame, peer: .none, writeIfIdle: writesFromResponders && !loop.isCurrentThread)
+      outcome = try queue.send(
+        peer: .none, writeIfIdle: writesFromResponders && !loop.isCurrentThread, encode: encode)
     } catch {
       return  // The connection closed: the reply has nowhere to go.
     }

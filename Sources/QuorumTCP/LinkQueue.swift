@@ -280,13 +280,22 @@ final class LinkQueue: Sendable {
     peer: NodeID, writeIfIdle: Bool, maxBody: Int = .max, encode: (inout [UInt8]) -> Void
   ) throws(TransportError) -> Outcome {
     enum First {
-      case write(fd: Int32, bytes: [UInt8])
+      case write(fd: Int32)
       case queued(Outcome)
     }
+    // What a sender writes itself, taken under the lock; held here alone, so its storage can be reused.
+    var out: [UInt8] = []
     let first = try state.withLock { (s: inout State) throws(TransportError) -> First in
       if s.closed { throw .closed }
       if s.frames >= maxFrames { throw .queueFull(peer: peer, capacity: maxFrames) }
       let size = s.append(encode)
+      // Frames are found by their length prefixes (to seal them, and by the reader): one that disagreed with its
+      // bytes would corrupt the stream. The encoders are this module's own, so it cannot happen short of a bug.
+      let frameStart = s.open.count - size
+      precondition(
+        size >= TCPFrame.prefixBytes
+          && s.open.withUnsafeBytes { LinkQueue.length($0, at: frameStart) } == size - TCPFrame.prefixBytes,
+        "a frame's length prefix does not match its bytes")
       if size - TCPFrame.prefixBytes > maxBody {
         s.uncommit(size)
         throw .messageTooLarge(bytes: size - TCPFrame.prefixBytes, limit: maxBody)
@@ -300,12 +309,11 @@ final class LinkQueue: Sendable {
         // The queue was empty, so the open chunk holds this frame alone: it is taken (sealed on an
         // authenticated link) and written from there.
         s.commit(size)
-        var out: [UInt8] = []
         swap(&out, &s.spare)
         _ = s.take(into: &out, budget: .max)
         s.senderWriting = true
         s.lastWriteNanos = now
-        return .write(fd: fd, bytes: out)
+        return .write(fd: fd)
       }
       if s.bytes + size > maxBytes && s.frames > 0 {
         s.uncommit(size)
@@ -319,14 +327,13 @@ final class LinkQueue: Sendable {
     }
     switch first {
     case .queued(let outcome): return outcome
-    case .write(let fd, let bytes): return write(bytes, to: fd)
+    case .write(let fd): return write(&out, to: fd)
     }
   }
 
   /// The writer's role, held by the caller: writes `bytes` (one frame), then the frames queued meanwhile.
-  private func write(_ firstBytes: [UInt8], to fd: Int32) -> Outcome {
+  private func write(_ bytes: inout [UInt8], to fd: Int32) -> Outcome {
     var outcome = Outcome()
-    var bytes = firstBytes
     var frames = 1
     var rounds = 0
     while true {
@@ -342,7 +349,7 @@ final class LinkQueue: Sendable {
           outcome.cutShort = true
           outcome.bytesWritten += written
           if s.socket != nil {
-            s.remainder = bytes
+            swap(&s.remainder, &bytes)
             s.remainderStart = written
             s.loopWriting = true
           }

@@ -7,8 +7,8 @@ import Testing
 
 @testable import QuorumTCP
 
-/// Several senders (writing to the idle socket themselves) and a loop that takes unsealed frames into a write
-/// batch, over a socket pair with a small send buffer (partial writes everywhere). The reader checks that every
+/// Several senders (writing to the idle socket themselves) and a loop that takes frames, sealed or not, into a
+/// write batch, over a socket pair with a small send buffer (partial writes everywhere). The reader checks that every
 /// sender's frames arrive whole and in order. Frame sizes come from seeded generators; the threads' interleaving
 /// is the machine's.
 @Suite("Link queues under concurrent senders", .timeLimit(.minutes(3)))
@@ -32,12 +32,13 @@ struct LinkQueueStressTests {
   }
 
   @Test(
-    "unsealed frames from 4 senders, written by them and by the loop, keep each sender's order", arguments: [0, 1, 2])
-  func ordering(round: Int) async throws {
+    "frames from 4 senders, written by them and by the loop, keep each sender's order, sealed or not",
+    arguments: [0, 1, 2], [false, true])
+  func ordering(round: Int, sealed: Bool) async throws {
     // Every thread of the run spins while it waits, so none of them is one of the pool's: the test only awaits.
     let outcome = try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Outcome, any Error>) in
       DispatchQueue(label: "link-queue-stress-reader").async {
-        continuation.resume(with: Result { try Self.run(round: round) })
+        continuation.resume(with: Result { try Self.run(round: round, sealed: sealed) })
       }
     }
     let senders = outcome.next.count
@@ -53,7 +54,7 @@ struct LinkQueueStressTests {
   static let perSender: UInt64 = 2000
 
   /// Runs senders, a loop and a reader (this thread) over one link queue; returns what the reader saw.
-  static func run(round: Int) throws -> Outcome {
+  static func run(round: Int, sealed: Bool) throws -> Outcome {
     var fds: [Int32] = [0, 0]
     guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0 else {
       throw TCPTransportError.system(operation: "socketpair", address: nil, errno: errno)
@@ -63,7 +64,10 @@ struct LinkQueueStressTests {
     _ = setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &small, socklen_t(MemoryLayout<Int32>.size))
     _ = setsockopt(fds[1], SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
     let queue = LinkQueue(maxFrames: 256, maxBytes: 1 << 20)
-    queue.attach(fd: fds[0], sealer: nil)
+    let key = [UInt8](repeating: 5, count: 32)
+    queue.attach(fd: fds[0], sealer: sealed ? FrameSealer(key: key) : nil)
+    var opener = FrameOpener(key: key)
+    let tagBytes = sealed ? TCPFrame.tagBytes : 0
     let writeFD = fds[0]
     let senders = 4
     let stop = Atomic<Bool>(false)
@@ -134,18 +138,26 @@ struct LinkQueueStressTests {
           Int(buffer[offset]) | Int(buffer[offset + 1]) << 8 | Int(buffer[offset + 2]) << 16
           | Int(buffer[offset + 3]) << 24
         guard buffer.count - offset >= 4 + length else { break }
-        guard length >= 9 else {  // Mixed-up bytes: not one of our frames (each has a sender and a sequence).
+        // Mixed-up bytes: not one of our frames (each has a sender and a sequence).
+        guard length >= 9 + tagBytes else {
           failures.withLock { $0.append("a frame of \(length) bytes") }
           stop.store(true, ordering: .relaxed)
           break
         }
-        let body = Array(buffer[(offset + 4)..<(offset + 4 + length)])
+        let frame = (offset + 4)..<(offset + 4 + length)
+        guard let opened = sealed ? opener.open(buffer, range: frame) : frame else {
+          failures.withLock { $0.append("frame \(opener.sequence) fails its code") }
+          stop.store(true, ordering: .relaxed)
+          break
+        }
+        let body = Array(buffer[opened])
         offset += 4 + length
         let sender = Int(body[0])
         var seq: UInt64 = 0
         for i in 0..<8 { seq |= UInt64(body[1 + i]) << (8 * UInt64(i)) }
-        let size = length - 9
-        let lastOK = size == 0 || body[length - 1] == UInt8(truncatingIfNeeded: Int(seq) &+ (size - 1) &* 7 &+ sender)
+        let size = body.count - 9
+        let lastOK =
+          size == 0 || body[body.count - 1] == UInt8(truncatingIfNeeded: Int(seq) &+ (size - 1) &* 7 &+ sender)
         let firstOK = size == 0 || body[9] == UInt8(truncatingIfNeeded: Int(seq) &+ sender)
         if sender >= senders || !lastOK || !firstOK || seq != next[sender] {
           failures.withLock {

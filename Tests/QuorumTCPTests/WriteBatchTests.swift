@@ -127,4 +127,29 @@ struct WriteBatchTests {
     #expect(received == expected)
     #expect(partial > 10, "writes were cut short while more frames were appended (\(partial))")
   }
+
+  @Test("a buffer given to the batch is written from its start offset and handed back empty, storage kept")
+  func ownedBuffersComeBack() throws {
+    let (writer, reader) = try socketPair()
+    defer { closeAll(writer, reader) }
+    var batch = WriteBatch()
+    #expect(batch.takeRecycled().capacity == 0, "nothing given yet")
+    var large = (0..<50_000).map { UInt8(truncatingIfNeeded: $0) }
+    let capacity = large.capacity
+    let expectedLarge = Array(large[10...])
+    batch.append(owned: &large, from: 10)
+    #expect(large.isEmpty, "the batch took the buffer")
+    #expect(batch.takeRecycled().capacity == 0, "not written yet, so not handed back")
+    #expect(drain(&batch, writer: writer, reader: reader).bytes == expectedLarge)
+    let recycled = batch.takeRecycled()
+    #expect(recycled.isEmpty && recycled.capacity >= capacity)
+    #expect(batch.takeRecycled().capacity == 0, "handed back once")
+    // A small one is copied at once, and its buffer handed back at once.
+    var small = [UInt8](repeating: 7, count: 100)
+    small.reserveCapacity(2_000)
+    batch.append(owned: &small, from: 0)
+    let back = batch.takeRecycled()
+    #expect(back.isEmpty && back.capacity >= 2_000)
+    #expect(drain(&batch, writer: writer, reader: reader).bytes == [UInt8](repeating: 7, count: 100))
+  }
 }
