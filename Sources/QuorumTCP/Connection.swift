@@ -180,9 +180,13 @@ final class Connection: LoopHandler {
   // MARK: Reading
 
   private func readAvailable() {
+    // The loop's scratch buffer, taken for this read: frames are parsed from it where they arrived, and only a
+    // partial frame left at its end is copied into the connection's own buffer (no copy of every byte read).
+    var scratch = loop.takeReadScratch()
+    defer { loop.returnReadScratch(&scratch) }
     var budget = 4 << 20  // bytes per wake-up, so one busy connection cannot starve the others
     while !isClosed && pauseReasons.isEmpty && budget > 0 {
-      var chunk = loop.readScratch.count
+      var chunk = scratch.count
       if let receiveBudget, receiveBudget.isSpent {
         // Over the shared budget: a partly received frame waits for room; a connection between frames may read
         // a little, so small requests still pass.
@@ -193,15 +197,41 @@ final class Connection: LoopHandler {
         }
         chunk = min(chunk, 64 << 10)
       }
-      let count = Glibc.read(fd, loop.readScratch.baseAddress, chunk)
+      // A partial frame held from the last read (most reads end inside a frame) moves to the scratch's start and
+      // the read lands after it, unless it is too large: then the read is appended to it, a copy of every byte.
+      let held = readBuffer.count
+      let inScratch = held <= scratch.count / 2
+      if inScratch && held > 0 {
+        scratch.withUnsafeMutableBytes { target in
+          readBuffer.withUnsafeBytes { target.baseAddress?.copyMemory(from: $0.baseAddress!, byteCount: held) }  // safe: held > 0
+        }
+      }
+      let base = inScratch ? held : 0
+      let count = scratch.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + base, min(chunk, $0.count - base)) }  // safe: 256 KiB
       if count > 0 {
         let now = monotonicNanos()
-        if readBuffer.isEmpty { frameStarted = now }
-        readBuffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: loop.readScratch[0..<count]))
         bytesReceived += count
         budget -= count
         lastReceived = now
-        parseFrames()
+        if inScratch {
+          let end = held + count
+          let parsed = parseFrames(in: scratch, count: end)
+          if !isClosed {
+            readBuffer.removeAll(keepingCapacity: readBuffer.capacity <= (receiveBudget == nil ? 1 << 20 : 64 << 10))
+            if parsed < end {
+              // A frame begun in this read, or the one held still unfinished (its start time stands).
+              if parsed > 0 || held == 0 { frameStarted = now }
+              scratch.withUnsafeBytes {
+                readBuffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: $0[parsed..<end]))
+              }
+              reserveAnnouncedFrame()
+            }
+            recharge()
+          }
+        } else {
+          scratch.withUnsafeBytes { readBuffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
+          parseFrames()
+        }
         continue
       }
       if count == 0 {
@@ -223,62 +253,75 @@ final class Connection: LoopHandler {
     }
   }
 
-  private func readLength(at offset: Int) -> UInt32 {
-    UInt32(readBuffer[offset]) | UInt32(readBuffer[offset + 1]) << 8 | UInt32(readBuffer[offset + 2]) << 16
-      | UInt32(readBuffer[offset + 3]) << 24
+  private func readLength(at offset: Int) -> UInt32 { Self.readLength(readBuffer, at: offset) }
+
+  private static func readLength(_ bytes: [UInt8], at offset: Int) -> UInt32 {
+    UInt32(bytes[offset]) | UInt32(bytes[offset + 1]) << 8 | UInt32(bytes[offset + 2]) << 16
+      | UInt32(bytes[offset + 3]) << 24
   }
 
+  /// Makes room at once for the whole of a large frame whose start is buffered, when the delegate asks for it.
+  private func reserveAnnouncedFrame() {
+    guard reservesAnnouncedFrames, readBuffer.count >= TCPFrame.prefixBytes else { return }
+    readBuffer.reserveCapacity(TCPFrame.prefixBytes + Int(readLength(at: 0)))
+  }
+
+  /// Delivers the whole frames buffered in the connection's own buffer, then keeps what is left (a partial frame,
+  /// or frames not yet delivered while reading is paused).
   private func parseFrames() {
-    var offset = 0
-    defer {
-      if offset > 0 && !isClosed {
-        if offset == readBuffer.count {
-          readBuffer.removeAll(keepingCapacity: readBuffer.capacity <= (receiveBudget == nil ? 1 << 20 : 64 << 10))
-        } else {
-          readBuffer.removeFirst(offset)
-          frameStarted = monotonicNanos()
-        }
+    let offset = parseFrames(in: readBuffer, count: readBuffer.count)
+    if offset > 0 && !isClosed {
+      if offset == readBuffer.count {
+        readBuffer.removeAll(keepingCapacity: readBuffer.capacity <= (receiveBudget == nil ? 1 << 20 : 64 << 10))
+      } else {
+        readBuffer.removeFirst(offset)
+        frameStarted = monotonicNanos()
+        reserveAnnouncedFrame()
       }
-      recharge()
     }
+    recharge()
+  }
+
+  /// Delivers the whole frames of `bytes[0..<count]` to the delegate, until reading is paused or the connection
+  /// closes; returns where the first frame not delivered starts.
+  private func parseFrames(in bytes: [UInt8], count: Int) -> Int {
+    var offset = 0
     // Loaded once per read, not per frame: a weak load is a call into the runtime, and the delegate's
     // reference count is kept out of line (it is weakly referenced), so each copy of it costs a slow retain.
     guard let delegate = self.delegate else {
       // Nobody takes frames any more (the owner let go of this connection while it closes).
-      if !isClosed && pauseReasons.isEmpty && readBuffer.count >= TCPFrame.prefixBytes { close(.localShutdown) }
-      return
+      if !isClosed && pauseReasons.isEmpty && count >= TCPFrame.prefixBytes { close(.localShutdown) }
+      return 0
     }
     while !isClosed && pauseReasons.isEmpty {
-      let available = readBuffer.count - offset
+      let available = count - offset
       guard available >= TCPFrame.prefixBytes else { break }
-      let length = Int(readLength(at: offset))
+      let length = Int(Self.readLength(bytes, at: offset))
       guard length > 0 else {
         close(.malformedFrame("zero-length frame"))
-        return
+        return offset
       }
       guard length <= maxFrameBytes else {
         close(.frameTooLarge(bytes: length, limit: maxFrameBytes))
-        return
+        return offset
       }
-      guard available >= TCPFrame.prefixBytes + length else {
-        if reservesAnnouncedFrames { readBuffer.reserveCapacity(offset + TCPFrame.prefixBytes + length) }
-        break
-      }
+      guard available >= TCPFrame.prefixBytes + length else { break }
       let start = offset + TCPFrame.prefixBytes
-      let verdict = delegate.connection(self, didReceive: readBuffer, range: start..<(start + length))
+      let verdict = delegate.connection(self, didReceive: bytes, range: start..<(start + length))
       offset = start + length
       switch verdict {
       case .proceed: continue
       case .pause:
         pause(.receiver)
         delegate.connectionDidParse(self)
-        return
+        return offset
       case .close(let reason):
         close(reason)
-        return
+        return offset
       }
     }
     if !isClosed { delegate.connectionDidParse(self) }
+    return offset
   }
 
   /// Charges the bytes held to the shared budget.

@@ -76,8 +76,9 @@ final class EventLoop: @unchecked Sendable {
   private var timers: [Timer] = []
   private var nextTimerID: UInt64 = 1
   private var running = true
-  /// Scratch space for reads, shared by every connection of this loop (one thread reads at a time).
-  let readScratch: UnsafeMutableRawBufferPointer
+  /// Scratch space for reads, shared by every connection of this loop (one thread reads at a time): taken for a
+  /// read (``takeReadScratch()``) and given back after it. Loop thread only.
+  private var readScratch: [UInt8] = []
   /// Where host names are resolved (the system resolver blocks), so the loop never waits for DNS.
   private let resolver = DispatchQueue(label: "quorum.tcp.resolver", qos: .utility, attributes: .concurrent)
   /// Work to do once per loop iteration, after all events (used to batch flushes).
@@ -104,11 +105,20 @@ final class EventLoop: @unchecked Sendable {
     self.epollFD = epollFD
     self.wakeFD = wakeFD
     self.logger = logger
-    self.readScratch = .allocate(byteCount: 256 << 10, alignment: 16)
   }
 
-  deinit {
-    readScratch.deallocate()
+  /// The read scratch buffer (256 KiB), taken from the loop until ``returnReadScratch(_:)``; a fresh one if it is
+  /// already taken (a read inside another's delivery). Loop thread only.
+  func takeReadScratch() -> [UInt8] {
+    var scratch: [UInt8] = []
+    swap(&scratch, &readScratch)
+    if scratch.isEmpty { scratch = [UInt8](repeating: 0, count: 256 << 10) }
+    return scratch
+  }
+
+  /// Gives the read scratch buffer back, for the next read. Loop thread only.
+  func returnReadScratch(_ scratch: inout [UInt8]) {
+    swap(&scratch, &readScratch)
   }
 
   /// Starts the loop thread.
