@@ -289,6 +289,12 @@ final class LinkQueue: Sendable {
       if s.closed { throw .closed }
       if s.frames >= maxFrames { throw .queueFull(peer: peer, capacity: maxFrames) }
       let size = s.append(encode)
+      // Refused before its prefix is checked: a body of 4 GiB or more, whose prefix (a u32) cannot say its length,
+      // is too large for any link, and the sender hears so rather than the process stopping.
+      if size - TCPFrame.prefixBytes > maxBody {
+        s.uncommit(size)
+        throw .messageTooLarge(bytes: size - TCPFrame.prefixBytes, limit: maxBody)
+      }
       // Frames are found by their length prefixes (to seal them, and by the reader): one that disagreed with its
       // bytes would corrupt the stream. The encoders are this module's own, so it cannot happen short of a bug.
       let frameStart = s.open.count - size
@@ -296,10 +302,6 @@ final class LinkQueue: Sendable {
         size >= TCPFrame.prefixBytes
           && s.open.withUnsafeBytes { LinkQueue.length($0, at: frameStart) } == size - TCPFrame.prefixBytes,
         "a frame's length prefix does not match its bytes")
-      if size - TCPFrame.prefixBytes > maxBody {
-        s.uncommit(size)
-        throw .messageTooLarge(bytes: size - TCPFrame.prefixBytes, limit: maxBody)
-      }
       // A link written to a moment ago is streaming: a sender writing each frame itself would make one system
       // call (and wake the receiver once) per frame, so it queues and the loop writes the stream in batches.
       if writeIfIdle, s.socket != nil, !s.loopWriting, !s.held, !s.senderWriting, s.frames == 0,

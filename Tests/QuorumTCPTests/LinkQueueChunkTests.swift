@@ -143,6 +143,21 @@ struct LinkQueueChunkTests {
     #expect(bytes == expected)
   }
 
+  @Test("a frame over the limit whose length prefix cannot say its size (4 GiB or more) is refused, not a trap")
+  func oversizedFrameWithTruncatedPrefix() throws {
+    let queue = LinkQueue(maxFrames: 1_000, maxBytes: 1 << 20)
+    // TCPFrame truncates a length to its u32 prefix: a body of 4 GiB + 100 bytes would say 100. The same
+    // mismatch, in small.
+    var frame = Self.frame(7, size: 5_000)
+    withUnsafeBytes(of: UInt32(100).littleEndian) { frame.replaceSubrange(0..<4, with: $0) }
+    #expect(throws: TransportError.messageTooLarge(bytes: 5_000, limit: 4_096)) {
+      _ = try queue.send(peer: NodeID(rawValue: 1), writeIfIdle: true, maxBody: 4_096) {
+        $0.append(contentsOf: frame)
+      }
+    }
+    #expect(queue.stateDescription.hasPrefix("queued=0 frames/0B"))
+  }
+
   @Test("an idle link's sender writes its frame itself, one after another")
   func idleSenderWrites() throws {
     let queue = LinkQueue(maxFrames: 1_000, maxBytes: 1 << 20)
