@@ -81,6 +81,38 @@ struct FIFOQueueTests {
     #expect(queue.count == 1)
   }
 
+  @Test(
+    "append(movingFrom:after:) moves the suffix in order behind a head anywhere in the ring, growing and wrapping it")
+  func appendMoving() {
+    final class Tagged {
+      let value: Int
+      init(_ value: Int) { self.value = value }
+    }
+    for head in [0, 5, 15] {
+      for before in [0, 3, 10] {
+        for moved in [0, 1, 6, 20] {
+          for prefix in [0, 2] {
+            var queue = FIFOQueue<Tagged>()
+            // Puts the head at `head` of a 16-slot ring.
+            for i in 0..<head { queue.append(Tagged(-100 - i)) }
+            for _ in 0..<head { _ = queue.popFirst() }
+            for i in 0..<before { queue.append(Tagged(1000 + i)) }
+            var elements = (0..<prefix).map { Tagged(-1 - $0) } + (0..<moved).map(Tagged.init)
+            queue.append(movingFrom: &elements, after: prefix)
+            let label = "head \(head), before \(before), moved \(moved), prefix \(prefix)"
+            #expect(elements.map(\.value) == (0..<prefix).map { -1 - $0 }, "\(label): the prefix stays")
+            #expect(queue.count == before + moved, "\(label)")
+            var drained: [Tagged] = []
+            _ = queue.drain(into: &drained, limit: .max)
+            #expect(drained.map(\.value) == Array(1000..<(1000 + before)) + Array(0..<moved), "\(label)")
+            // Moved, not copied: the drained array holds the only reference to each.
+            #expect(drained.indices.allSatisfy { isKnownUniquelyReferenced(&drained[$0]) }, "\(label)")
+          }
+        }
+      }
+    }
+  }
+
   @Test("removeAll(where:) that throws leaves the queue unchanged")
   func throwingPredicate() {
     struct Stop: Error {}

@@ -95,6 +95,34 @@ struct MailboxTests {
     #expect(batch.map(\.value) == [20], "nothing is taken after close")
   }
 
+  @Test("trySend(movingFrom:) hands the first to a waiting consumer when all fit, and takes nothing behind a sender")
+  func trySendMovingAllFit() async throws {
+    let mailbox = Mailbox<Int>(capacity: 4)
+    for count in [1, 3] {
+      let receiver = Task { await mailbox.receive() }
+      try await waitUntil("the receiver is suspended") { mailbox.hasWaitingReceiver }
+      var batch = Array(10..<(10 + count))
+      #expect(try mailbox.trySend(movingFrom: &batch) == count)
+      #expect(batch.isEmpty)
+      #expect(await receiver.value == 10)
+      var taken: [Int] = []
+      mailbox.drainAvailable(into: &taken)
+      #expect(taken == Array(11..<(10 + count)))
+    }
+    // A suspended sender's element comes before a later batch: nothing is taken.
+    for i in 0..<4 { try mailbox.trySend(i) }
+    let sender = Task { try await mailbox.send(99) }
+    try await waitUntil("the sender is suspended") { mailbox.waitingSenderCount == 1 }
+    var batch = [7, 8]
+    #expect(try mailbox.trySend(movingFrom: &batch) == 0)
+    #expect(batch == [7, 8])
+    #expect(await mailbox.receive() == 0)
+    try await sender.value
+    var taken: [Int] = []
+    mailbox.drainAvailable(into: &taken)
+    #expect(taken == [1, 2, 3, 99])
+  }
+
   @Test("send suspends while full and completes only after the consumer receives")
   func sendSuspendsUntilRoom() async throws {
     let mailbox = Mailbox<Int>(capacity: 1)
