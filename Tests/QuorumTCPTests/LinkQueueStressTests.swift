@@ -33,7 +33,7 @@ struct LinkQueueStressTests {
 
   @Test(
     "frames from 4 senders, written by them and by the loop, keep each sender's order, sealed or not",
-    arguments: [0, 1, 2], [false, true])
+    arguments: zip([0, 1, 2, 2], [false, true, false, true]))
   func ordering(round: Int, sealed: Bool) async throws {
     // Every thread of the run spins while it waits, so none of them is one of the pool's: the test only awaits.
     let outcome = try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Outcome, any Error>) in
