@@ -252,7 +252,8 @@ public final class TCPEndpoint<Message: WireCodable & Sendable>: TransportEndpoi
     self.transport = transport
   }
 
-  /// Encodes `message` and queues it for `peer` without blocking.
+  /// Encodes `message` and queues it for `peer` without blocking. The message is encoded straight into the peer's
+  /// queue, under its lock: its `encode(to:)` must only encode (one that sent on this endpoint would deadlock).
   /// - Throws: ``QuorumCore/TransportError/closed`` after ``close()``,
   ///   ``QuorumCore/TransportError/unknownPeer(_:)`` if `peer` has no address,
   ///   ``QuorumCore/TransportError/messageTooLarge(bytes:limit:)`` over the frame limit,
