@@ -203,11 +203,13 @@ final class Connection: LoopHandler {
       let inScratch = held <= scratch.count / 2
       if inScratch && held > 0 {
         scratch.withUnsafeMutableBytes { target in
-          readBuffer.withUnsafeBytes { target.baseAddress?.copyMemory(from: $0.baseAddress!, byteCount: held) }  // safe: held > 0
+          // `readBuffer` holds `held` > 0 bytes, so its base address exists.
+          readBuffer.withUnsafeBytes { target.baseAddress?.copyMemory(from: $0.baseAddress!, byteCount: held) }
         }
       }
       let base = inScratch ? held : 0
-      let count = scratch.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + base, min(chunk, $0.count - base)) }  // safe: 256 KiB
+      // The scratch buffer holds 256 KiB, so its base address exists.
+      let count = scratch.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + base, min(chunk, $0.count - base)) }
       if count > 0 {
         let now = monotonicNanos()
         bytesReceived += count
