@@ -491,14 +491,21 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
         Task(executorPreference: loop) {
           progress.stage.store(StallProgress.sending, ordering: .relaxed)
           progress.note(onLoopThread: loop.isCurrentThread)
-          var sent = 0
-          for envelope in rest {
-            guard (try? await mailbox.send(envelope)) != nil else { break }
-            sent += 1
-            _ = progress.delivered.add(1, ordering: .relaxed)
+          // The first frame waits for room; the ones after it go in with it, as many as that room holds (moved,
+          // under one lock), so a consumer that takes a batch at a time lets in a batch at a time, not one frame
+          // per suspension.
+          var pending = rest
+          while let first = pending.first {
+            guard (try? await mailbox.send(first)) != nil else { break }
+            pending.removeFirst()
+            var admitted = 1
+            if let more = try? mailbox.trySend(movingFrom: &pending, using: Sink.Message.moveEnvelopes) {
+              admitted += more
+            }
+            _ = progress.delivered.add(admitted, ordering: .relaxed)
             progress.note(onLoopThread: loop.isCurrentThread)
           }
-          let undelivered = rest.count - sent
+          let undelivered = pending.count
           progress.stage.store(StallProgress.handedBack, ordering: .relaxed)
           loop.execute { back.value?.stallResolved(undelivered: undelivered) }
         }

@@ -275,4 +275,32 @@ struct TCPTransportTests {
     await n1.close()
     await n2.close()
   }
+
+  @Test("frames that wait for room go in as many at a time as the room holds, in order, none lost")
+  func stalledDeliveryAdmitsBatches() async throws {
+    let transport = loopbackTransport(options: TCPTransportOptions(inboxCapacity: 16))
+    let n1 = try await transport.bind(1)
+    let n2 = try await transport.bind(2)
+    let count: UInt64 = 400
+    for sequence: UInt64 in 0..<count { try n2.send(ConformanceMessage(sender: 2, sequence: sequence), to: 1) }
+    try await waitUntil("a delivery to wait for room") { n1.incoming.waitingSenderCount == 1 }
+    // The consumer takes whatever is queued at once; each time, the waiting delivery refills the mailbox.
+    var received: [UInt64] = []
+    var batch: [Envelope<ConformanceMessage>] = []
+    while received.count < Int(count) {
+      guard await n1.incoming.receive(into: &batch) else { break }
+      received += batch.map(\.payload.sequence)
+      batch.removeAll(keepingCapacity: true)
+    }
+    #expect(received == Array(0..<count))
+    try await waitUntil("the stalled deliveries to resolve") {
+      let stalls = await n1.stalledDeliveries()
+      return !stalls.isEmpty && stalls.allSatisfy(\.resolved)
+    }
+    // One step per admission, not per frame: a frame admitted alone would take as many steps as frames waited.
+    let stalls = await n1.stalledDeliveries()
+    #expect(stalls.allSatisfy { $0.delivered == $0.waiting && $0.stepsOnLoopThread * 2 <= $0.waiting + 2 }, "\(stalls)")
+    await n1.close()
+    await n2.close()
+  }
 }
