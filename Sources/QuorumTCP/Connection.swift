@@ -219,7 +219,10 @@ final class Connection: LoopHandler {
           let end = held + count
           let parsed = parseFrames(in: scratch, count: end)
           if !isClosed {
-            readBuffer.removeAll(keepingCapacity: readBuffer.capacity <= (receiveBudget == nil ? 1 << 20 : 64 << 10))
+            // Kept while a frame is unfinished (as the room reserved for an announced frame must be), freed if
+            // large once none is.
+            readBuffer.removeAll(
+              keepingCapacity: parsed < end || readBuffer.capacity <= (receiveBudget == nil ? 1 << 20 : 64 << 10))
             if parsed < end {
               // A frame begun in this read, or the one held still unfinished (its start time stands).
               if parsed > 0 || held == 0 { frameStarted = now }
