@@ -241,7 +241,7 @@ final class LinkQueue: Sendable {
   static let maxWriterRounds = 8
   /// How many bytes a writing sender seals in one round on an authenticated link.
   static let writerRoundBytes = 256 << 10
-  /// The size from which the chunk frames are encoded into is full, and the next frame starts a new one.
+  /// The size at which the chunk senders encode into counts as full: the next frame starts a new chunk.
   static let chunkBytes = 256 << 10
   /// The largest buffer a link keeps for reuse once it is empty; a larger one (grown by a large frame) is let go.
   static let keptBufferBytes = 512 << 10
