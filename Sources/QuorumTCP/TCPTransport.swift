@@ -263,15 +263,15 @@ public final class TCPEndpoint<Message: WireCodable & Sendable>: TransportEndpoi
     let handle = try core.link(to: peer)
     // A sender on the loop's own thread (a replica taking its turn there) queues: the loop writes what every turn
     // of its pass sent to this peer together, after them, rather than the first frame alone at once.
-    let writeIfIdle = core.environment.options.writesFromSenders && !core.loop.isCurrentThread
+    let writeIfIdle = core.writesFromSenders && !core.loop.isCurrentThread
     // The frame is encoded straight into the link's queue, under its lock: no buffer of its own.
     let (id, protocolNumber) = (core.id, core.protocolNumber)
     let outcome = try handle.queue.send(
-      peer: peer, writeIfIdle: writeIfIdle, maxBody: core.environment.options.maxFrameBytes
+      peer: peer, writeIfIdle: writeIfIdle, maxBody: core.maxFrameBytes
     ) { buffer in
       TCPFrame.append(message, from: id, to: peer, group: group, protocolNumber: protocolNumber, to: &buffer)
     }
-    core.environment.metrics.recordSenderWrite(outcome, peerFrame: true)
+    core.metrics.recordSenderWrite(outcome, peerFrame: true)
     if outcome.needsWake, !core.loop.execute({ handle.link.service() }) { throw .closed }
   }
 
@@ -409,6 +409,10 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
   /// Refusals logged recently, so a flood makes a few log lines a second, not one per socket.
   private var floodLog = FloodLog()
   let clientReceiveBudget: ReceiveBudget
+  /// What every send reads, kept here: reading an option through `environment` copies all of them.
+  let writesFromSenders: Bool
+  let maxFrameBytes: Int
+  let metrics: MetricsCounters
 
   /// Connections that have not completed the handshake (loop thread; for tests).
   var unauthenticatedCount: Int { unauthenticated.count }
@@ -423,6 +427,9 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
     self.logger = loop.logger.child(id.description)
     self.clientReceiveBudget = ReceiveBudget(
       limit: environment.options.maxClientReceiveBufferBytes, metrics: environment.metrics)
+    self.writesFromSenders = environment.options.writesFromSenders
+    self.maxFrameBytes = environment.options.maxFrameBytes
+    self.metrics = environment.metrics
   }
 
   var isClosed: Bool { closed.load(ordering: .relaxed) }
