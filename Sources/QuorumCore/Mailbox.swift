@@ -131,25 +131,8 @@ public final class Mailbox<Element: Sendable>: Sendable {
   /// - Throws: ``MailboxError/closed`` after close (nothing is taken).
   @inlinable
   public func trySend(contentsOf elements: ArraySlice<Element>) throws(MailboxError) -> Int {
-    let (taken, receiver, doorbell): (Int, ReceiverContinuation?, Doorbell?) = state.withLock { s in
-      if s.closed { return (-1, nil, nil) }
-      guard s.senders.isEmpty else { return (0, nil, nil) }
-      var index = elements.startIndex
-      // A waiting consumer gets the first element directly; the rest queue behind it.
-      let receiver = s.receiver
-      if receiver != nil, index < elements.endIndex {
-        s.receiver = nil
-        index += 1
-      }
-      let end = index + Swift.min(Swift.max(0, capacity - s.buffer.count), elements.endIndex - index)
-      guard end > index else { return (index - elements.startIndex, receiver, nil) }
-      s.buffer.append(contentsOf: elements[index..<end])
-      return (end - elements.startIndex, receiver, s.doorbell)
-    }
-    if taken < 0 { throw .closed }
-    if let receiver, taken > 0 { receiver.resume(returning: elements[elements.startIndex]) }
-    doorbell?.ring()
-    return taken
+    var copies = Array(elements)
+    return try trySend(movingFrom: &copies)
   }
 
   /// As ``trySend(contentsOf:)``, moving the elements: those taken (a prefix) are removed from `elements`, which

@@ -203,13 +203,13 @@ final class Connection: LoopHandler {
       let inScratch = held <= scratch.count / 2
       if inScratch && held > 0 {
         scratch.withUnsafeMutableBytes { target in
-          // `readBuffer` holds `held` > 0 bytes, so its base address exists.
-          readBuffer.withUnsafeBytes { target.baseAddress?.copyMemory(from: $0.baseAddress!, byteCount: held) }
+          readBuffer.withUnsafeBytes { target.copyMemory(from: $0) }
         }
       }
       let base = inScratch ? held : 0
-      // The scratch buffer holds 256 KiB, so its base address exists.
-      let count = scratch.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + base, min(chunk, $0.count - base)) }
+      let count = scratch.withUnsafeMutableBytes {
+        Glibc.read(fd, $0.baseAddress.map { $0 + base }, min(chunk, $0.count - base))
+      }
       if count > 0 {
         let now = monotonicNanos()
         bytesReceived += count
