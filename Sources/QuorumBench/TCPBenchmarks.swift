@@ -33,12 +33,17 @@ enum TCPBenchmarks {
       report.add(
         "tcp", "baseline: raw socket stream, \(frameBytes) B frames", raw, "frames/s",
         note: String(format: "%.0f MB/s, 256 KiB writes", raw * Double(frameBytes) / 1e6))
+      // The process's CPU time per frame (both endpoints and the consumer) is steadier than the rate on a shared
+      // machine: an A/B of the transport's own cost.
+      let cpuBefore = HostBenchmarks.processCPU()
       let transport = try await transportStream(frameBytes: frameBytes, frames: frames)
+      let cpuPerFrame = (HostBenchmarks.processCPU() - cpuBefore) / Double(frames) * 1e9
       report.add(
         "tcp", "TCPTransport stream, \(frameBytes) B frames", transport.rate, "frames/s",
         note: String(
-          format: "%.0f MB/s = %.0f%% of raw; %.0f frames per write", transport.rate * Double(frameBytes) / 1e6,
-          transport.rate / raw * 100, transport.framesPerWrite))
+          format: "%.0f MB/s = %.0f%% of raw; %.0f frames per write; %.0f ns of CPU per frame",
+          transport.rate * Double(frameBytes) / 1e6, transport.rate / raw * 100, transport.framesPerWrite,
+          cpuPerFrame))
     }
 
     if parts.contains("auth") { try await authenticationCost(report, root: root, fsync: fsync, rtt: rttP50) }

@@ -18,12 +18,76 @@ protocol ConnectionDelegate: AnyObject {
   func connectionDidConnect(_ connection: Connection)
   /// A complete frame arrived: its body is `bytes[range]` (without the length prefix).
   func connection(_ connection: Connection, didReceive bytes: [UInt8], range: Range<Int>) -> FrameVerdict
+  /// A read brought `frames`: take whole frames from its front (``FrameCursor/next(limit:)``) and say what to do
+  /// after the last one taken. `.proceed` means every frame that could be taken was, unless the connection was
+  /// paused or closed meanwhile. The default takes them one at a time through
+  /// ``connection(_:didReceive:range:)``; a delegate with a cheaper loop of its own may replace it.
+  func connection(_ connection: Connection, didReceive frames: inout FrameCursor) -> FrameVerdict
   /// Everything queued was written; the owner may queue more (and call ``Connection/flush()``).
   func connectionDidDrain(_ connection: Connection)
   /// The frames received so far have all been handed over (a batch boundary: deliver what was collected).
   func connectionDidParse(_ connection: Connection)
   /// The connection closed; it is unregistered and its descriptor closed.
   func connection(_ connection: Connection, didCloseWith reason: TCPCloseReason)
+}
+
+extension ConnectionDelegate {
+  func connection(_ connection: Connection, didReceive frames: inout FrameCursor) -> FrameVerdict {
+    receiveEach(connection, &frames)
+  }
+
+  /// Hands `frames` to ``connection(_:didReceive:range:)`` one at a time, until one is not `.proceed` or the
+  /// connection pauses or closes.
+  func receiveEach(_ connection: Connection, _ frames: inout FrameCursor) -> FrameVerdict {
+    // The limit is read per frame: a handshake completed by one frame raises it for the next.
+    while !connection.isClosed && !connection.isPaused, let range = frames.next(limit: connection.maxFrameBytes) {
+      let verdict = self.connection(connection, didReceive: frames.bytes, range: range)
+      guard case .proceed = verdict else { return verdict }
+    }
+    return .proceed
+  }
+}
+
+/// The frames of one read, taken from the front: each ``next(limit:)`` gives the body of the next whole frame.
+struct FrameCursor {
+  /// The bytes read: frames back to back, each after its 4-byte length prefix, and maybe the start of one more.
+  let bytes: [UInt8]
+  /// Where the bytes read end.
+  let end: Int
+  /// Where the first frame not taken starts.
+  private(set) var offset: Int
+  /// Why the frame at ``offset`` cannot be taken (its length is zero or over the limit), once found.
+  private(set) var failure: TCPCloseReason?
+  /// How many frames were taken.
+  private(set) var taken = 0
+
+  /// The frames of `bytes[start..<end]`.
+  init(bytes: [UInt8], start: Int = 0, end: Int) {
+    self.bytes = bytes
+    self.end = end
+    self.offset = start
+  }
+
+  /// The body of the next frame (without its prefix), or `nil` when no whole frame is left or its length is bad
+  /// (then ``failure`` says why).
+  mutating func next(limit maxFrameBytes: Int) -> Range<Int>? {
+    let available = end - offset
+    guard available >= TCPFrame.prefixBytes else { return nil }
+    let length = Int(Connection.readLength(bytes, at: offset))
+    guard length > 0 else {
+      failure = .malformedFrame("zero-length frame")
+      return nil
+    }
+    guard length <= maxFrameBytes else {
+      failure = .frameTooLarge(bytes: length, limit: maxFrameBytes)
+      return nil
+    }
+    guard available >= TCPFrame.prefixBytes + length else { return nil }
+    let start = offset + TCPFrame.prefixBytes
+    offset = start + length
+    taken += 1
+    return start..<offset
+  }
 }
 
 /// One non-blocking TCP socket on an ``EventLoop``: frame parsing on the way in, a coalescing write
@@ -260,7 +324,7 @@ final class Connection: LoopHandler {
 
   private func readLength(at offset: Int) -> UInt32 { Self.readLength(readBuffer, at: offset) }
 
-  private static func readLength(_ bytes: [UInt8], at offset: Int) -> UInt32 {
+  static func readLength(_ bytes: [UInt8], at offset: Int) -> UInt32 {
     UInt32(bytes[offset]) | UInt32(bytes[offset + 1]) << 8 | UInt32(bytes[offset + 2]) << 16
       | UInt32(bytes[offset + 3]) << 24
   }
@@ -290,7 +354,6 @@ final class Connection: LoopHandler {
   /// Delivers the whole frames of `bytes[0..<count]` to the delegate, until reading is paused or the connection
   /// closes; returns where the first frame not delivered starts.
   private func parseFrames(in bytes: [UInt8], count: Int) -> Int {
-    var offset = 0
     // Loaded once per read, not per frame: a weak load is a call into the runtime, and the delegate's
     // reference count is kept out of line (it is weakly referenced), so each copy of it costs a slow retain.
     guard let delegate = self.delegate else {
@@ -298,35 +361,25 @@ final class Connection: LoopHandler {
       if !isClosed && pauseReasons.isEmpty && count >= TCPFrame.prefixBytes { close(.localShutdown) }
       return 0
     }
-    while !isClosed && pauseReasons.isEmpty {
-      let available = count - offset
-      guard available >= TCPFrame.prefixBytes else { break }
-      let length = Int(Self.readLength(bytes, at: offset))
-      guard length > 0 else {
-        close(.malformedFrame("zero-length frame"))
-        return offset
-      }
-      guard length <= maxFrameBytes else {
-        close(.frameTooLarge(bytes: length, limit: maxFrameBytes))
-        return offset
-      }
-      guard available >= TCPFrame.prefixBytes + length else { break }
-      let start = offset + TCPFrame.prefixBytes
-      let verdict = delegate.connection(self, didReceive: bytes, range: start..<(start + length))
-      offset = start + length
-      switch verdict {
-      case .proceed: continue
+    var frames = FrameCursor(bytes: bytes, end: count)
+    if !isClosed && pauseReasons.isEmpty {
+      switch delegate.connection(self, didReceive: &frames) {
+      case .proceed:
+        if let failure = frames.failure, !isClosed {
+          close(failure)
+          return frames.offset
+        }
       case .pause:
         pause(.receiver)
-        delegate.connectionDidParse(self)
-        return offset
+        if !isClosed { delegate.connectionDidParse(self) }
+        return frames.offset
       case .close(let reason):
         close(reason)
-        return offset
+        return frames.offset
       }
     }
     if !isClosed { delegate.connectionDidParse(self) }
-    return offset
+    return frames.offset
   }
 
   /// Charges the bytes held to the shared budget.

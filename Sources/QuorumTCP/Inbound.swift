@@ -249,28 +249,68 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     framesSinceReport += 1
     bytesSinceReport += range.count + TCPFrame.prefixBytes
     if framesSinceReport >= 256 { reportCounts() }
-    if phase == .awaitingHandshake { return handshakeFrame(bytes, range) }
-    let body: Range<Int>
-    if session == nil {
-      body = range
-    } else {
-      let sequence = session?.opener.sequence ?? 0
-      guard let opened = session?.opener.open(bytes, range: range) else {
-        return .close(.frameAuthenticationFailed(sequence: sequence))
-      }
-      body = opened
-    }
     switch phase {
-    case .awaitingHandshake: return .close(.localShutdown)  // handled above
+    case .awaitingHandshake: return handshakeFrame(bytes, range)
     case .peer(let node):
-      // When the read that brought the frame began: no clock read per frame. Never backwards: frames left over
-      // from before a pause are parsed when reading resumes, after a tick has moved `lastHeard` past that read.
-      lastHeard = max(lastHeard, connection.lastReceived)
-      framesReceived &+= 1
-      if LinkControl.isControl(bytes, body) { return control(bytes, body) }
-      return peerFrame(bytes, body, from: node)
-    case .client(let principal, let role): return clientFrame(bytes, body, principal: principal, role: role)
+      // A peer frame in the same read as the handshake's last: the one frame, taken as a read's are.
+      var frame = FrameCursor(bytes: bytes, start: range.lowerBound - TCPFrame.prefixBytes, end: range.upperBound)
+      return peerFrames(&frame, from: node)
+    case .client(let principal, let role):
+      let body: Range<Int>
+      if session == nil {
+        body = range
+      } else {
+        let sequence = session?.opener.sequence ?? 0
+        guard let opened = session?.opener.open(bytes, range: range) else {
+          return .close(.frameAuthenticationFailed(sequence: sequence))
+        }
+        body = opened
+      }
+      return clientFrame(bytes, body, principal: principal, role: role)
     }
+  }
+
+  /// A peer's frames, in one loop over the read: what does not change from frame to frame is read once per
+  /// read, and no frame goes through the delegate's witness. Other phases take their frames one at a time.
+  func connection(_ connection: Connection, didReceive frames: inout FrameCursor) -> FrameVerdict {
+    guard case .peer(let node) = phase else { return receiveEach(connection, &frames) }
+    let start = frames.offset
+    let verdict = peerFrames(&frames, from: node)
+    framesSinceReport += frames.taken
+    bytesSinceReport += frames.offset - start
+    if framesSinceReport >= 256 { reportCounts() }
+    return verdict
+  }
+
+  /// Decodes a peer's frames into the batch, delivering it whenever it fills. The batch and its count are held
+  /// in locals for the loop (each access to them as properties is checked for exclusivity at run time).
+  private func peerFrames(_ frames: inout FrameCursor, from node: NodeID) -> FrameVerdict {
+    let limit = connection.maxFrameBytes  // fixed once the handshake is done
+    // When the read that brought the frames began: no clock read per frame. Never backwards: frames left over
+    // from before a pause are parsed when reading resumes, after a tick has moved `lastHeard` past that read.
+    lastHeard = max(lastHeard, connection.lastReceived)
+    var batch: [Envelope<Sink.Message>] = []
+    swap(&batch, &self.batch)
+    var count = batchCount
+    var verdict = FrameVerdict.proceed
+    while let range = frames.next(limit: limit) {
+      verdict = peerFrame(frames.bytes, sealed: range, from: node, into: &batch, count: &count)
+      guard case .proceed = verdict else { break }
+      if count >= Self.maxBatch {
+        swap(&batch, &self.batch)
+        batchCount = count
+        deliverBatch()
+        swap(&batch, &self.batch)
+        count = batchCount
+        if waitingForRoom {
+          verdict = .pause
+          break
+        }
+      }
+    }
+    swap(&batch, &self.batch)
+    batchCount = count
+    return verdict
   }
 
   private func reportCounts() {
@@ -428,7 +468,31 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
   /// Decodes a peer's frame into the batch delivered at the end of this read (see ``connectionDidParse(_:)``).
   /// The header is checked before the payload is read, and the payload is decoded and collected by the message
   /// type's own specialised code (``QuorumCore/WireDecodable/decodeEnvelope(_:payloadFrom:appendingTo:)``).
-  private func peerFrame(_ bytes: [UInt8], _ range: Range<Int>, from node: NodeID) -> FrameVerdict {
+  private func peerFrame(
+    _ bytes: [UInt8], sealed: Range<Int>, from node: NodeID, into batch: inout [Envelope<Sink.Message>],
+    count: inout Int
+  ) -> FrameVerdict {
+    let range: Range<Int>
+    if session == nil {
+      range = sealed
+    } else {
+      let sequence = session?.opener.sequence ?? 0
+      guard let opened = session?.opener.open(bytes, range: sealed) else {
+        return .close(.frameAuthenticationFailed(sequence: sequence))
+      }
+      range = opened
+    }
+    framesReceived &+= 1
+    if LinkControl.isControl(bytes, range) {
+      // Acknowledging writes at once, and a failed write closes the connection, which delivers the batch: it is
+      // put back where the close finds it.
+      swap(&batch, &self.batch)
+      batchCount = count
+      let verdict = control(bytes, range)
+      count = batchCount
+      swap(&batch, &self.batch)
+      return connection.isClosed ? .pause : verdict
+    }
     do throws(WireError) {
       var reader = WireReader(bytes, range: range, limits: peerLimits)
       let header = try WireEnvelope.decodeHeader(from: &reader)
@@ -445,16 +509,14 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
         return .close(.malformedFrame("a frame addressed to \(header.to) arrived at \(localID)"))
       }
       try Sink.Message.decodeEnvelope(header, payloadFrom: &reader, appendingTo: &batch)
-      batchCount += 1
+      count += 1
     } catch {
       // A message type's own decodeEnvelope that appended before it threw must not get its envelope delivered.
-      if batch.count > batchCount { batch.removeLast(batch.count - batchCount) }
+      if batch.count > count { batch.removeLast(batch.count - count) }
       if case .unsupportedVersion(let version) = error.kind { return .close(.unsupportedVersion(version)) }
       return .close(.malformedFrame(logSafe("\(error)")))
     }
-    guard batchCount >= Self.maxBatch else { return .proceed }
-    deliverBatch()
-    return waitingForRoom ? .pause : .proceed
+    return .proceed
   }
 
   /// Frames delivered to the mailbox at once, at most.

@@ -64,12 +64,32 @@ public enum WireEnvelope {
   public static func encode<M: WireEncodable>(
     _ payload: M, from: NodeID, to: NodeID, group: GroupID, protocolNumber: UInt8, into writer: inout WireWriter
   ) {
-    writer.writeFixed32(
-      UInt32(WireEnvelopeHeader.magic) | UInt32(WireEnvelopeHeader.currentVersion) << 16
-        | UInt32(protocolNumber) << 24)
-    writer.writeVarint(group.rawValue)
-    writer.writeVarint(from.rawValue)
-    writer.writeVarint(to.rawValue)
+    // The header is built on the stack and appended at once: one append (and one uniqueness and capacity check)
+    // instead of one per byte of its varints.
+    withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4 + 3 * 10) { header in
+      let word =
+        UInt32(WireEnvelopeHeader.magic) | UInt32(WireEnvelopeHeader.currentVersion) << 16
+        | UInt32(protocolNumber) << 24
+      var count = 0
+      for shift in stride(from: 0, to: 32, by: 8) {
+        header[count] = UInt8(truncatingIfNeeded: word >> UInt32(shift))
+        count += 1
+      }
+      func put(_ value: UInt64) {
+        var v = value
+        while v >= 0x80 {
+          header[count] = UInt8(truncatingIfNeeded: v) | 0x80
+          count += 1
+          v >>= 7
+        }
+        header[count] = UInt8(v)
+        count += 1
+      }
+      put(group.rawValue)
+      put(from.rawValue)
+      put(to.rawValue)
+      writer.writeRaw(UnsafeBufferPointer(rebasing: header[0..<count]))
+    }
     payload.encode(to: &writer)
   }
 
