@@ -354,10 +354,12 @@ enum HostBenchmarks {
   /// 1 KiB and 16 KiB values, each next to the 100-byte put figure of the same cluster (the baseline).
   static func workloads(_ report: BenchReport, root: String) async throws {
     let seconds = Int(ProcessInfo.processInfo.environment["QUORUM_HOST_SECONDS"] ?? "") ?? 3
+    // QUORUM_HOST_WORKLOAD=16384 (say) runs only the workloads whose name contains it (for a profile of one).
+    let only = ProcessInfo.processInfo.environment["QUORUM_HOST_WORKLOAD"]
     let workloads: [GroupCluster.Workload] = [
       .gets(.linearizable), .gets(.lease), .gets(.session), .gets(.stale), .mixed(readPercent: 90, .linearizable),
       .mixed(readPercent: 90, .session), .puts(valueBytes: 1024), .puts(valueBytes: 16 << 10),
-    ]
+    ].filter { only == nil || "\($0)".contains(only ?? "") }
     for engine in [EngineKind.raft, .multiPaxos] {
       let cluster = try await GroupCluster.start(
         root: "\(root)/workloads-\(engine)", groups: [GroupLine(name: "g1", id: 1, engine: engine)])

@@ -408,6 +408,8 @@ final class BenchCluster: @unchecked Sendable {
     try write(["n1": "127.0.0.1:0", "n2": "127.0.0.1:0", "n3": "127.0.0.1:0"])
     // QUORUM_LOG_LAYOUT=shared|per-group: the servers' log layout (default: theirs, a shared log).
     let layout = ProcessInfo.processInfo.environment["QUORUM_LOG_LAYOUT"].map { ["--log-layout", $0] } ?? []
+    // QUORUM_SERVER_LOG_LEVEL=info (say) shows the servers' own logs: snapshots, releases of the shared log.
+    let level = ProcessInfo.processInfo.environment["QUORUM_SERVER_LOG_LEVEL"] ?? "error"
     var processes: [Process] = []
     var outputs: [Pipe] = []
     for id in 1...3 {
@@ -416,7 +418,7 @@ final class BenchCluster: @unchecked Sendable {
       process.arguments =
         [
           "serve", "--id", "n\(id)", "--listen", "127.0.0.1:0", "--cluster-file", file, "--data", "\(root)/n\(id)",
-          "--fsync", fsync, "--log-level", "error",
+          "--fsync", fsync, "--log-level", level,
         ] + security + layout
       let pipe = Pipe()
       process.standardOutput = pipe
