@@ -256,16 +256,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
       var frame = FrameCursor(bytes: bytes, start: range.lowerBound - TCPFrame.prefixBytes, end: range.upperBound)
       return peerFrames(&frame, from: node)
     case .client(let principal, let role):
-      let body: Range<Int>
-      if session == nil {
-        body = range
-      } else {
-        let sequence = session?.opener.sequence ?? 0
-        guard let opened = session?.opener.open(bytes, range: range) else {
-          return .close(.frameAuthenticationFailed(sequence: sequence))
-        }
-        body = opened
-      }
+      guard let body = open(bytes, range) else { return .close(authenticationFailure) }
       return clientFrame(bytes, body, principal: principal, role: role)
     }
   }
@@ -311,6 +302,19 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     swap(&batch, &self.batch)
     batchCount = count
     return verdict
+  }
+
+  /// The body of a received frame: the frame itself, or on an authenticated connection the frame without its
+  /// code, once the code is checked; `nil` if it is not the sender's (then ``authenticationFailure`` says which).
+  private func open(_ bytes: [UInt8], _ sealed: Range<Int>) -> Range<Int>? {
+    guard session != nil else { return sealed }
+    return session?.opener.open(bytes, range: sealed)
+  }
+
+  /// Why the frame ``open(_:_:)`` refused closes the connection: its sequence number (the opener's count of frames
+  /// opened, which a failed frame does not advance).
+  private var authenticationFailure: TCPCloseReason {
+    .frameAuthenticationFailed(sequence: session?.opener.sequence ?? 0)
   }
 
   private func reportCounts() {
@@ -472,16 +476,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     _ bytes: [UInt8], sealed: Range<Int>, from node: NodeID, into batch: inout [Envelope<Sink.Message>],
     count: inout Int
   ) -> FrameVerdict {
-    let range: Range<Int>
-    if session == nil {
-      range = sealed
-    } else {
-      let sequence = session?.opener.sequence ?? 0
-      guard let opened = session?.opener.open(bytes, range: sealed) else {
-        return .close(.frameAuthenticationFailed(sequence: sequence))
-      }
-      range = opened
-    }
+    guard let range = open(bytes, sealed) else { return .close(authenticationFailure) }
     framesReceived &+= 1
     if LinkControl.isControl(bytes, range) {
       // Acknowledging writes at once, and a failed write closes the connection, which delivers the batch: it is
