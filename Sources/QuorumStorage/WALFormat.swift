@@ -187,6 +187,8 @@ enum WALFormat {
       let start = beginRecord(.entry, in: &writer)
       entries[slot].encode(to: &writer)
       try endRecord(at: start, in: &writer, limit: maxRecordBytes)
+      // The room reserved above guessed small entries; the first one says how large they are.
+      if slot == 0 && count > 1 { writer.reserveForMore(count - 1, like: writer.count - start) }
       slot += 1
     }
     if StorageWrite<Entry>.hardStateRecordGoesLast, let hardState = write.hardState {

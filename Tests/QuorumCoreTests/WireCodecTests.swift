@@ -223,4 +223,19 @@ struct WireRoundTripTests {
     inPlace.writeVarint(43)
     #expect(inPlace.bytes == copied.bytes)
   }
+
+  @Test("an array of large values is written into room made once, with the same bytes as one by one")
+  func arrayOfLargeValues() throws {
+    let values = (0..<10).map { [UInt8](repeating: UInt8($0), count: 16 << 10) }
+    var writer = WireWriter()
+    writer.writeArray(values)
+    var oneByOne = WireWriter()
+    oneByOne.writeVarint(UInt64(values.count))
+    for value in values { value.encode(to: &oneByOne) }
+    #expect(writer.bytes == oneByOne.bytes)
+    // Room for the nine after the first, and an eighth more: not the next doubling of a buffer grown from empty.
+    #expect(writer.bytes.capacity < writer.count + writer.count / 4, "capacity \(writer.bytes.capacity)")
+    var reader = WireReader(writer.bytes)
+    #expect(try reader.readArray([UInt8].self) == values)
+  }
 }

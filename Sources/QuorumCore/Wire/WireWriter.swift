@@ -79,8 +79,25 @@ public struct WireWriter: Sendable {
 
   /// Writes a count-prefixed sequence of values.
   @inlinable public mutating func writeArray<C: Collection>(_ values: C) where C.Element: WireEncodable {
-    writeVarint(UInt64(values.count))
-    for value in values { value.encode(to: &self) }
+    let count = values.count
+    writeVarint(UInt64(count))
+    var written = 0
+    for value in values {
+      let start = bytes.count
+      value.encode(to: &self)
+      written += 1
+      if written == 1 && count > 1 { reserveForMore(count - 1, like: bytes.count - start) }
+    }
+  }
+
+  /// Makes room at once for `count` more values of about `size` bytes each (the values of a sequence are often
+  /// alike): large values (log entries of a few KiB) then cost one allocation of the whole, not a copy into a
+  /// new buffer at each doubling, each on fresh pages the kernel must zero. Does nothing when the room is there.
+  @inlinable public mutating func reserveForMore(_ count: Int, like size: Int) {
+    let (more, overflow) = count.multipliedReportingOverflow(by: size)
+    guard !overflow, more < 1 << 48 else { return }  // no such buffer: leave it to the appends to fail
+    let needed = bytes.count + more + more / 8
+    if needed > bytes.capacity { bytes.reserveCapacity(needed) }
   }
 
   /// Writes what `body` writes, prefixed by its length as a varint: the same bytes as ``writeBytes(_:)`` of
