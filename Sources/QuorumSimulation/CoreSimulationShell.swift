@@ -157,6 +157,10 @@ protocol CoreSimulationDriver: AnyObject {
   associatedtype Options: CoreSimulationOptions
   /// The simulation's statistics.
   associatedtype Stats: CoreSimulationStatistics
+  /// The shell that drives the cores.
+  typealias Shell = CoreSimulationShell<Self>
+  /// The run's options.
+  var options: Options { get }
   /// The founding members, in order.
   var foundingMembers: [NodeID] { get }
   /// Whether a lease read the lease cannot serve falls back to a linearizable read (as `RaftNode` does)
@@ -170,26 +174,28 @@ protocol CoreSimulationDriver: AnyObject {
   /// A founding member's core.
   func foundingCore(_ id: NodeID, random: SeededRandom) -> Core
   /// The core of a node restarting from `durable`.
-  func restartedCore(_ id: NodeID, from durable: Durable, random: SeededRandom, in shell: CoreSimulationShell<Self>)
+  func restartedCore(_ id: NodeID, from durable: Durable, random: SeededRandom, in shell: Shell)
     -> Core
   /// A short account of `durable` for the trace.
   func describe(_ durable: Durable) -> String
   /// A short account of `node` for the trace and failures.
-  func describe(_ node: CoreSimulationShell<Self>.Node) -> String
+  func describe(_ node: Shell.Node) -> String
   /// Checks a ready as the core hands it out.
-  func checkReady(_ ready: Core.Ready, of node: CoreSimulationShell<Self>.Node, in shell: CoreSimulationShell<Self>)
+  func checkReady(_ ready: Core.Ready, of node: Shell.Node, in shell: Shell)
     throws
   /// Checks a ready once it is durable, before its messages leave.
   func readyPersisted(
-    _ ready: Core.Ready, of node: CoreSimulationShell<Self>.Node, in shell: CoreSimulationShell<Self>) throws
+    _ ready: Core.Ready, of node: Shell.Node, in shell: Shell) throws
   /// Checks an entry as `node` applies it.
-  func checkApplied(_ entry: Core.Ready.Entry, by node: CoreSimulationShell<Self>.Node) throws
+  func checkApplied(_ entry: Core.Ready.Entry, by node: Shell.Node) throws
   /// A snapshot of `node`'s applied state to store in the background, if the core can take one now.
-  func snapshot(of node: CoreSimulationShell<Self>.Node) -> Core.Ready.Snapshot?
+  func snapshot(of node: Shell.Node) -> Core.Ready.Snapshot?
   /// Whether a stored snapshot may still be recorded in `core` (beyond the shell's own guards).
   func canRecord(_ snapshot: Core.Ready.Snapshot, in core: Core) -> Bool
+  /// Adds the protocol's own counts to `stats`.
+  func addCounts(to stats: inout Stats)
   /// Carries out a fault the shell does not know (a membership change, a leadership transfer).
-  func nemesis(_ action: NemesisAction, in shell: CoreSimulationShell<Self>)
+  func nemesis(_ action: NemesisAction, in shell: Shell)
 }
 
 /// The options the core-level simulations share, under the same names in ``RaftSimulationOptions`` and
@@ -345,8 +351,8 @@ final class CoreSimulationShell<Driver: CoreSimulationDriver> {
   let driver: Driver
   /// The run's options.
   let settings: Driver.Options
-  /// What the run did, as far as the shell counts (the driver counts its protocol's own).
-  private(set) var stats = Driver.Stats()
+  /// What the run did, as far as the shell counts (see ``statistics``).
+  private var stats = Driver.Stats()
   /// The trace of the run.
   let trace: SimulationTrace
   /// Every random choice of the run.
@@ -362,10 +368,17 @@ final class CoreSimulationShell<Driver: CoreSimulationDriver> {
   private var healed = false
   private var nextReadID: UInt64 = 0
 
+  /// What the run did: the shell's counts and the driver's.
+  var statistics: Driver.Stats {
+    var statistics = stats
+    driver.addCounts(to: &statistics)
+    return statistics
+  }
+
   /// Prepares a run of `driver`'s protocol; nothing happens until ``run()``.
-  init(driver: Driver, settings: Driver.Options, seed: UInt64, trace: SimulationTrace) {
+  init(driver: Driver, seed: UInt64, trace: SimulationTrace) {
     self.driver = driver
-    self.settings = settings
+    self.settings = driver.options
     self.trace = trace
     self.rng = SeededRandom(seed: seed)
     self.network = SimulatedNetwork(defaultFaults: LinkFaults(delay: .uniform(.microseconds(100), .milliseconds(2))))

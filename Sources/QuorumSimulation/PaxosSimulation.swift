@@ -137,30 +137,17 @@ public final class PaxosSimulation {
   /// The run's options.
   public let options: PaxosSimulationOptions
   /// What the run did.
-  public var stats: PaxosSimulationStats {
-    var stats = shell.stats
-    stats.leaderships = driver.leaderships
-    stats.slotsChosen = driver.slotsChosen
-    return stats
-  }
+  public var stats: PaxosSimulationStats { shell.statistics }
   /// The client history (filled as the run goes).
   public var history: KVHistory { shell.clients.history }
 
   private let shell: CoreSimulationShell<PaxosDriver>
-  private var driver: PaxosDriver { shell.driver }
 
   /// Prepares a run; nothing happens until ``run()``.
   public init(seed: UInt64, options: PaxosSimulationOptions = PaxosSimulationOptions(), trace: SimulationTrace) {
     self.seed = seed
     self.options = options
-    var core = options.core
-    (core.phase1Quorum, core.phase2Quorum) = options.quorums
-    if !options.idleHeartbeatFactors.isEmpty {
-      core.idleHeartbeatFactor = options.idleHeartbeatFactors[Int(seed % UInt64(options.idleHeartbeatFactors.count))]
-    }
-    let members = (1...max(1, options.nodes)).map { NodeID(UInt64($0)) }
-    self.shell = CoreSimulationShell(
-      driver: PaxosDriver(coreOptions: core, members: members), settings: options, seed: seed, trace: trace)
+    self.shell = CoreSimulationShell(driver: PaxosDriver(options: options, seed: seed), seed: seed, trace: trace)
   }
 
   /// Runs the chaos phase, then the healed phase, checking invariants throughout.
@@ -173,9 +160,6 @@ public final class PaxosSimulation {
 /// Multi-Paxos's part of a ``PaxosSimulation``: its cores and the oracle that knows which value each slot
 /// chose.
 private final class PaxosDriver: CoreSimulationDriver {
-  typealias Shell = CoreSimulationShell<PaxosDriver>
-  typealias Options = PaxosSimulationOptions
-  typealias Stats = PaxosSimulationStats
 
   /// What a Multi-Paxos node keeps on disk.
   struct Durable: SimulatedDurable {
@@ -203,6 +187,8 @@ private final class PaxosDriver: CoreSimulationDriver {
     var acceptors: Set<NodeID>
   }
 
+  let options: PaxosSimulationOptions
+  /// The cores' options, with the quorums and the idle-heartbeat factor in force.
   let coreOptions: MultiPaxosOptions
   let foundingMembers: [NodeID]
   let leaseFallsBackToReadIndex = false
@@ -218,9 +204,15 @@ private final class PaxosDriver: CoreSimulationDriver {
   /// Slots known chosen by the oracle.
   var slotsChosen: Int { chosen.count }
 
-  init(coreOptions: MultiPaxosOptions, members: [NodeID]) {
-    self.coreOptions = coreOptions
-    self.foundingMembers = members
+  init(options: PaxosSimulationOptions, seed: UInt64) {
+    self.options = options
+    var core = options.core
+    (core.phase1Quorum, core.phase2Quorum) = options.quorums
+    if !options.idleHeartbeatFactors.isEmpty {
+      core.idleHeartbeatFactor = options.idleHeartbeatFactors[Int(seed % UInt64(options.idleHeartbeatFactors.count))]
+    }
+    self.coreOptions = core
+    self.foundingMembers = (1...max(1, options.nodes)).map { NodeID(UInt64($0)) }
   }
 
   func foundingCore(_ id: NodeID, random: SeededRandom) -> MultiPaxosCore {
@@ -258,6 +250,11 @@ private final class PaxosDriver: CoreSimulationDriver {
   func canRecord(_ snapshot: PaxosSnapshot, in core: MultiPaxosCore) -> Bool { true }
 
   func nemesis(_ action: NemesisAction, in shell: Shell) {}  // Membership changes and transfers are Raft's.
+
+  func addCounts(to stats: inout PaxosSimulationStats) {
+    stats.leaderships = leaderships
+    stats.slotsChosen = slotsChosen
+  }
 
   // MARK: - Oracle and invariants
 

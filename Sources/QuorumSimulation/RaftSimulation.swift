@@ -160,18 +160,11 @@ public final class RaftSimulation {
   /// The run's options.
   public let options: RaftSimulationOptions
   /// What the run did.
-  public var stats: RaftSimulationStats {
-    var stats = shell.stats
-    stats.leaderships = driver.leaderships
-    stats.membershipChanges = driver.membershipChanges
-    stats.transfers = driver.transfers
-    return stats
-  }
+  public var stats: RaftSimulationStats { shell.statistics }
   /// The client history (filled as the run goes).
   public var history: KVHistory { shell.clients.history }
 
   private let shell: CoreSimulationShell<RaftDriver>
-  private var driver: RaftDriver { shell.driver }
 
   /// Prepares a run; nothing happens until ``run()``.
   public init(seed: UInt64, options: RaftSimulationOptions = RaftSimulationOptions(), trace: SimulationTrace) {
@@ -182,7 +175,7 @@ public final class RaftSimulation {
         options.idleHeartbeatFactors[Int(seed % UInt64(options.idleHeartbeatFactors.count))]
     }
     self.options = options
-    self.shell = CoreSimulationShell(driver: RaftDriver(options: options), settings: options, seed: seed, trace: trace)
+    self.shell = CoreSimulationShell(driver: RaftDriver(options: options), seed: seed, trace: trace)
   }
 
   /// Runs the chaos phase, then the healed phase, checking invariants throughout.
@@ -195,9 +188,6 @@ public final class RaftSimulation {
 /// Raft's part of a ``RaftSimulation``: its cores, its invariant checks (Election Safety, Log Matching, Leader
 /// Completeness, State Machine Safety) and the faults only Raft has (membership changes, leadership transfers).
 private final class RaftDriver: CoreSimulationDriver {
-  typealias Shell = CoreSimulationShell<RaftDriver>
-  typealias Options = RaftSimulationOptions
-  typealias Stats = RaftSimulationStats
 
   /// What a Raft node keeps on disk.
   struct Durable: SimulatedDurable {
@@ -280,6 +270,12 @@ private final class RaftDriver: CoreSimulationDriver {
 
   func canRecord(_ snapshot: RaftSnapshot, in core: RaftCore) -> Bool {
     core.term(at: snapshot.index) == snapshot.term
+  }
+
+  func addCounts(to stats: inout RaftSimulationStats) {
+    stats.leaderships = leaderships
+    stats.membershipChanges = membershipChanges
+    stats.transfers = transfers
   }
 
   // MARK: - Invariants
