@@ -174,18 +174,15 @@ protocol CoreSimulationDriver: AnyObject {
   /// A founding member's core.
   func foundingCore(_ id: NodeID, random: SeededRandom) -> Core
   /// The core of a node restarting from `durable`.
-  func restartedCore(_ id: NodeID, from durable: Durable, random: SeededRandom, in shell: Shell)
-    -> Core
+  func restartedCore(_ id: NodeID, from durable: Durable, random: SeededRandom, in shell: Shell) -> Core
   /// A short account of `durable` for the trace.
   func describe(_ durable: Durable) -> String
   /// A short account of `node` for the trace and failures.
   func describe(_ node: Shell.Node) -> String
   /// Checks a ready as the core hands it out.
-  func checkReady(_ ready: Core.Ready, of node: Shell.Node, in shell: Shell)
-    throws
+  func checkReady(_ ready: Core.Ready, of node: Shell.Node, in shell: Shell) throws
   /// Checks a ready once it is durable, before its messages leave.
-  func readyPersisted(
-    _ ready: Core.Ready, of node: Shell.Node, in shell: Shell) throws
+  func readyPersisted(_ ready: Core.Ready, of node: Shell.Node, in shell: Shell) throws
   /// Checks an entry as `node` applies it.
   func checkApplied(_ entry: Core.Ready.Entry, by node: Shell.Node) throws
   /// A snapshot of `node`'s applied state to store in the background, if the core can take one now.

@@ -160,7 +160,6 @@ public final class PaxosSimulation {
 /// Multi-Paxos's part of a ``PaxosSimulation``: its cores and the oracle that knows which value each slot
 /// chose.
 private final class PaxosDriver: CoreSimulationDriver {
-
   /// What a Multi-Paxos node keeps on disk.
   struct Durable: SimulatedDurable {
     var hardState = PaxosHardState()

@@ -188,7 +188,6 @@ public final class RaftSimulation {
 /// Raft's part of a ``RaftSimulation``: its cores, its invariant checks (Election Safety, Log Matching, Leader
 /// Completeness, State Machine Safety) and the faults only Raft has (membership changes, leadership transfers).
 private final class RaftDriver: CoreSimulationDriver {
-
   /// What a Raft node keeps on disk.
   struct Durable: SimulatedDurable {
     var hardState = HardState()
