@@ -269,7 +269,8 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     let verdict = peerFrames(&frames, from: node)
     framesSinceReport += frames.taken
     bytesSinceReport += frames.offset - start
-    if framesSinceReport >= 256 { reportCounts() }
+    // A close inside the loop (a failed acknowledgement) reported the counts before these were added.
+    if framesSinceReport >= 256 || connection.isClosed { reportCounts() }
     return verdict
   }
 
