@@ -75,19 +75,9 @@ public enum WireEnvelope {
         header[count] = UInt8(truncatingIfNeeded: word >> UInt32(shift))
         count += 1
       }
-      func put(_ value: UInt64) {
-        var v = value
-        while v >= 0x80 {
-          header[count] = UInt8(truncatingIfNeeded: v) | 0x80
-          count += 1
-          v >>= 7
-        }
-        header[count] = UInt8(v)
-        count += 1
-      }
-      put(group.rawValue)
-      put(from.rawValue)
-      put(to.rawValue)
+      count = WireWriter.storeVarint(group.rawValue, in: header, at: count)
+      count = WireWriter.storeVarint(from.rawValue, in: header, at: count)
+      count = WireWriter.storeVarint(to.rawValue, in: header, at: count)
       writer.writeRaw(UnsafeBufferPointer(rebasing: header[0..<count]))
     }
     payload.encode(to: &writer)

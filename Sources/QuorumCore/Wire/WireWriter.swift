@@ -92,10 +92,12 @@ public struct WireWriter: Sendable {
 
   /// Makes room at once for `count` more values of about `size` bytes each (the values of a sequence are often
   /// alike): large values (log entries of a few KiB) then cost one allocation of the whole, not a copy into a
-  /// new buffer at each doubling, each on fresh pages the kernel must zero. Does nothing when the room is there.
+  /// new buffer at each doubling, each on fresh pages the kernel must zero. Does nothing when the room is there, or for less than 4 KiB.
   @inlinable public mutating func reserveForMore(_ count: Int, like size: Int) {
     let (more, overflow) = count.multipliedReportingOverflow(by: size)
-    guard !overflow, more < 1 << 48 else { return }  // no such buffer: leave it to the appends to fail
+    // Small values grow the buffer cheaply by doubling, and a buffer made to measure would regrow for whatever is
+    // written after them. Past 2^48 bytes no such buffer exists: the appends fail as they would have.
+    guard !overflow, more >= 4096, more < 1 << 48 else { return }
     let needed = bytes.count + more + more / 8
     if needed > bytes.capacity { bytes.reserveCapacity(needed) }
   }
@@ -111,21 +113,32 @@ public struct WireWriter: Sendable {
     let length = bytes.count - start - room
     precondition(length >= 0, "a length-prefixed body removed bytes written before it")
     let prefix = varintSize(UInt64(length))
-    bytes.withUnsafeMutableBytes { buffer in
-      // Overlapping ranges: `copyMemory` is a memmove.
+    bytes.withUnsafeMutableBufferPointer { buffer in
+      // Overlapping ranges: `update(from:count:)` is a memmove.
       if length > 0, let base = buffer.baseAddress {
-        (base + start + prefix).copyMemory(from: base + start + room, byteCount: length)
+        (base + start + prefix).update(from: base + start + room, count: length)
       }
-      var v = UInt64(length)
-      var at = start
-      while v >= 0x80 {
-        buffer[at] = UInt8(truncatingIfNeeded: v) | 0x80
-        v >>= 7
-        at += 1
-      }
-      buffer[at] = UInt8(v)
+      _ = Self.storeVarint(UInt64(length), in: buffer, at: start)
     }
     bytes.removeLast(room - prefix)
+  }
+
+  /// Stores `value` as a varint in `buffer` from `offset` (which must have room for ``varintSize(_:)`` bytes);
+  /// returns the offset after it. For encodings built in a buffer of their own before one append.
+  @inlinable public static func storeVarint(
+    _ value: UInt64, in buffer: UnsafeMutableBufferPointer<UInt8>, at offset: Int
+  )
+    -> Int
+  {
+    var v = value
+    var at = offset
+    while v >= 0x80 {
+      buffer[at] = UInt8(truncatingIfNeeded: v) | 0x80
+      v >>= 7
+      at += 1
+    }
+    buffer[at] = UInt8(v)
+    return at + 1
   }
 
   /// Overwrites 4 bytes at `offset` with `value`, little-endian (for back-patched lengths and checksums).
