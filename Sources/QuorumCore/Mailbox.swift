@@ -108,7 +108,7 @@ public final class Mailbox<Element: Sendable>: Sendable {
   public var hasWaitingReceiver: Bool { state.withLock { $0.receiver != nil } }
 
   /// Whether ``close(discardingBuffered:)`` has been called.
-  public var isClosed: Bool { state.withLock { $0.closed } }
+  @inlinable public var isClosed: Bool { state.withLock { $0.closed } }
 
   /// Queues `element` if there is room, without suspending.
   ///

@@ -157,7 +157,7 @@ public struct SessionPolicy: Sendable, Equatable {
 /// number and in bytes.
 public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
   /// The application's state machine.
-  public var machine: Machine { _machine }
+  @inlinable public var machine: Machine { _machine }
   /// The session limits.
   public let policy: SessionPolicy
   // Internal rather than private, with public getters beside them, so that the inlinable apply path (specialised
@@ -262,13 +262,13 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
   }
 
   /// Answers a query from the machine's current state.
-  public func query(_ query: Machine.Query) -> Machine.QueryResult { machine.query(query) }
+  @inlinable public func query(_ query: Machine.Query) -> Machine.QueryResult { machine.query(query) }
 
   /// The notifications the machine produced since the last call.
-  public mutating func takeNotifications() -> [Machine.Notification] { _machine.takeNotifications() }
+  @inlinable public mutating func takeNotifications() -> [Machine.Notification] { _machine.takeNotifications() }
 
   /// The machine's next deadline in log time, if any.
-  public var nextDeadlineMillis: UInt64? { machine.nextDeadlineMillis }
+  @inlinable public var nextDeadlineMillis: UInt64? { machine.nextDeadlineMillis }
 
   /// The snapshot format written: 3 records each session's owner (2 added the apply indexes of remembered
   /// responses; 1 had neither). Every older format is still read.

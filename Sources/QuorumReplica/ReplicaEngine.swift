@@ -83,7 +83,7 @@ public struct ReplicaReady<Engine: ReplicaEngine>: Sendable {
   public var raw: Engine.Raw
 
   /// Creates a ready around the engine's own.
-  public init(raw: Engine.Raw) { self.raw = raw }
+  @inlinable public init(raw: Engine.Raw) { self.raw = raw }
 }
 
 /// Where a pending proposal sits in the log, and how to tell at apply time whether it is the entry there.
@@ -230,5 +230,5 @@ extension ReplicaEngine {
   /// specialised for the engine type, where `engine?.isLeader` copies the whole engine (its log and peer
   /// tables: a retain per field) to read one flag; `engine?.inspect { $0.isLeader }`, a mutating call through
   /// optional chaining, reaches it in place instead.
-  mutating func inspect<T>(_ body: (Self) -> T) -> T { body(self) }
+  @inlinable mutating func inspect<T>(_ body: (Self) -> T) -> T { body(self) }
 }

@@ -1,6 +1,6 @@
 public import QuorumCore
 public import QuorumStorage
-import Synchronization
+public import Synchronization
 
 /// Sees what a node does, as it does it: the simulator's invariant checkers plug in here.
 ///
@@ -52,8 +52,13 @@ public protocol ReplicaObserver<Engine>: Sendable {
 /// not one per tick. Each command is stamped with *log time*: a new leader continues from the log time it has
 /// applied and advances it with its monotonic clock, so a wall-clock step on any machine moves no deadline
 /// (expiry of sessions and lock leases is decided from log time alone).
-public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
-  private enum Input: Sendable {
+public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
+  // Final, with its body `@inlinable` and its state `@usableFromInline` (internal rather than private): each
+  // application compiles the node for its engine and machine. Unspecialised, the loop looked up every generic
+  // type it touched at run time — a fifth of a put's CPU in process — and an actor that is not final is not
+  // specialised across modules even when inlinable. The host makes its groups where the engine type is known for
+  // the same reason (`EngineGroup`).
+  @usableFromInline enum Input: Sendable {
     case propose(Proposal, Completion<IndexedResponse>)
     case register(UInt64, String?, Completion<UInt64>)
     case read(UInt64, Machine.Query, ReadConsistency, UInt64, Completion<ReadAnswer>)
@@ -72,20 +77,29 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   }
 
   /// A command waiting to be proposed, with its session information and principal.
-  private struct Proposal: Sendable {
-    var id: UInt64
-    var command: Machine.Command
-    var request: RequestID?
-    var acknowledged: UInt64
-    var principal: String?
+  @usableFromInline struct Proposal: Sendable {
+    @usableFromInline var id: UInt64
+    @usableFromInline var command: Machine.Command
+    @usableFromInline var request: RequestID?
+    @usableFromInline var acknowledged: UInt64
+    @usableFromInline var principal: String?
+
+    @inlinable init(id: UInt64, command: Machine.Command, request: RequestID?, acknowledged: UInt64, principal: String?)
+    {
+      self.id = id
+      self.command = command
+      self.request = request
+      self.acknowledged = acknowledged
+      self.principal = principal
+    }
   }
 
-  private enum Waiter {
+  @usableFromInline enum Waiter {
     case response(Completion<IndexedResponse>)
     case session(Completion<UInt64>)
     case membership(Completion<UInt64>)
 
-    func fail(_ error: any Error) {
+    @inlinable func fail(_ error: any Error) {
       switch self {
       case .response(let c): c.resume(throwing: error)
       case .session(let c): c.resume(throwing: error)
@@ -94,31 +108,55 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     }
   }
 
-  private struct Pending {
-    var id: UInt64
-    var ticket: Engine.Ticket
-    var waiter: Waiter
-    var deadline: UInt64
+  @usableFromInline struct Pending {
+    @usableFromInline var id: UInt64
+    @usableFromInline var ticket: Engine.Ticket
+    @usableFromInline var waiter: Waiter
+    @usableFromInline var deadline: UInt64
+
+    @inlinable init(id: UInt64, ticket: Engine.Ticket, waiter: Waiter, deadline: UInt64) {
+      self.id = id
+      self.ticket = ticket
+      self.waiter = waiter
+      self.deadline = deadline
+    }
   }
 
   /// A read's answer and the index it was read at.
-  typealias ReadAnswer = IndexedRead<Machine.QueryResult>
+  @usableFromInline typealias ReadAnswer = IndexedRead<Machine.QueryResult>
   /// A command's response and the index it was applied at.
   public typealias IndexedResponse = IndexedRead<Machine.Response>
 
-  private struct PendingRead {
-    var id: UInt64
-    var query: Machine.Query
-    var continuation: Completion<ReadAnswer>
-    var index: UInt64
-    var deadline: UInt64
+  @usableFromInline struct PendingRead {
+    @usableFromInline var id: UInt64
+    @usableFromInline var query: Machine.Query
+    @usableFromInline var continuation: Completion<ReadAnswer>
+    @usableFromInline var index: UInt64
+    @usableFromInline var deadline: UInt64
+
+    @inlinable init(
+      id: UInt64, query: Machine.Query, continuation: Completion<ReadAnswer>, index: UInt64, deadline: UInt64
+    ) {
+      self.id = id
+      self.query = query
+      self.continuation = continuation
+      self.index = index
+      self.deadline = deadline
+    }
   }
 
-  private struct PendingTransfer {
-    var id: UInt64
-    var target: NodeID
-    var continuation: Completion<Void>
-    var deadline: UInt64
+  @usableFromInline struct PendingTransfer {
+    @usableFromInline var id: UInt64
+    @usableFromInline var target: NodeID
+    @usableFromInline var continuation: Completion<Void>
+    @usableFromInline var deadline: UInt64
+
+    @inlinable init(id: UInt64, target: NodeID, continuation: Completion<Void>, deadline: UInt64) {
+      self.id = id
+      self.target = target
+      self.continuation = continuation
+      self.deadline = deadline
+    }
   }
 
   /// This node.
@@ -130,56 +168,56 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// The clock and executor the node runs on.
   public nonisolated let runtime: NodeRuntime
 
-  private let broadcast = EventBroadcast<Engine.Event>()
-  private let inputs: Mailbox<Input>
-  private let doorbell = Doorbell()
-  private let tickSignal: TickSignal
-  private let endpoint: any TransportEndpoint<Engine.Message>
-  private let storage: any ConsensusStorage<Engine.Entry>
-  private let logger: QuorumLogger
-  private let observer: (any ReplicaObserver<Engine>)?
-  private let onNotifications: (@Sendable (UInt64, [Machine.Notification]) -> Void)?
-  private let sharedTicker: SharedTicker?
-  private let recoveredSignal = OnceSignal()
-  private let nextRequestID = Atomic<UInt64>(0)
-  private let completion = OnceSignal()
-  private let started = Atomic<Bool>(false)
-  private let seed: UInt64
+  @usableFromInline let broadcast = EventBroadcast<Engine.Event>()
+  @usableFromInline let inputs: Mailbox<Input>
+  @usableFromInline let doorbell = Doorbell()
+  @usableFromInline let tickSignal: TickSignal
+  @usableFromInline let endpoint: any TransportEndpoint<Engine.Message>
+  @usableFromInline let storage: any ConsensusStorage<Engine.Entry>
+  @usableFromInline let logger: QuorumLogger
+  @usableFromInline let observer: (any ReplicaObserver<Engine>)?
+  @usableFromInline let onNotifications: (@Sendable (UInt64, [Machine.Notification]) -> Void)?
+  @usableFromInline let sharedTicker: SharedTicker?
+  @usableFromInline let recoveredSignal = OnceSignal()
+  @usableFromInline let nextRequestID = Atomic<UInt64>(0)
+  @usableFromInline let completion = OnceSignal()
+  @usableFromInline let started = Atomic<Bool>(false)
+  @usableFromInline let seed: UInt64
 
   /// The protocol engine; `nil` until recovery. Mutated in place only: copying it would copy the log.
-  private var engine: Engine?
-  private var machine: ReplicatedStateMachine<Machine>
-  private var applied: UInt64 = 0
-  private var lastSnapshotIndex: UInt64 = 0
+  @usableFromInline var engine: Engine?
+  @usableFromInline var machine: ReplicatedStateMachine<Machine>
+  @usableFromInline var applied: UInt64 = 0
+  @usableFromInline var lastSnapshotIndex: UInt64 = 0
   /// The size of the newest snapshot taken, restored or installed (its encoded state).
-  private var lastSnapshotBytes = 0
+  @usableFromInline var lastSnapshotBytes = 0
   /// The bytes of the entries applied since the newest snapshot was started.
-  private var appliedBytesSinceSnapshot = 0
+  @usableFromInline var appliedBytesSinceSnapshot = 0
   /// The snapshot being encoded and stored while the loop goes on.
-  private var background = BackgroundSnapshot<StoredSnapshot>()
+  @usableFromInline var background = BackgroundSnapshot<StoredSnapshot>()
   /// Whether the background task reported since ``recordStoredSnapshot()`` last looked (most turns it has not,
   /// and an idle host runs thousands of turns a second).
-  private var snapshotReported = false
+  @usableFromInline var snapshotReported = false
   /// The budget of the ``releaseStoredEntries(snapshotBudgetBytes:)`` request waiting to be answered, if one
   /// is: the storage is then compacted through the newest snapshot.
-  private var releaseBudget: Int?
+  @usableFromInline var releaseBudget: Int?
   /// The storage's compaction point as this node last set it.
-  private var storageFloor: UInt64 = 0
-  private var proposals: [UInt64: Pending] = [:]
-  private var proposalIndexByID: [UInt64: UInt64] = [:]
-  private var reads: [UInt64: PendingRead] = [:]
-  private var waitingReads: [PendingRead] = []
-  private var transfers: [PendingTransfer] = []
-  private var logClock = LogClock()
-  private var running = false
-  private var ticks = 0
-  private var stopped = false
+  @usableFromInline var storageFloor: UInt64 = 0
+  @usableFromInline var proposals: [UInt64: Pending] = [:]
+  @usableFromInline var proposalIndexByID: [UInt64: UInt64] = [:]
+  @usableFromInline var reads: [UInt64: PendingRead] = [:]
+  @usableFromInline var waitingReads: [PendingRead] = []
+  @usableFromInline var transfers: [PendingTransfer] = []
+  @usableFromInline var logClock = LogClock()
+  @usableFromInline var running = false
+  @usableFromInline var ticks = 0
+  @usableFromInline var stopped = false
   /// The ticker period (``QuorumCore/TickSignal/period``) up to which ticks have been applied.
-  private var lastTickPeriod: UInt64 = 0
+  @usableFromInline var lastTickPeriod: UInt64 = 0
   /// The ticks the node declared quiet after its last turn (see ``quietTicks()``), which it may apply late.
-  private var plannedQuiet: UInt64 = 0
+  @usableFromInline var plannedQuiet: UInt64 = 0
   /// The position of the time-only entry this leader proposed and has not seen applied yet.
-  private var timeAdvanceIndex: UInt64?
+  @usableFromInline var timeAdvanceIndex: UInt64?
 
   /// Creates a node; nothing happens until ``run()``.
   ///
@@ -229,7 +267,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// cancelled.
   /// - Throws: ``QuorumCore/ConfigurationError`` for an invalid configuration, a ``QuorumStorage/StorageError``
   ///   if recovery or a write fails (the node stops rather than continue without durability).
-  public func run() async throws {
+  @inlinable public func run() async throws {
     precondition(!running, "ReplicaNode.run() called twice")
     running = true
     started.store(true, ordering: .releasing)
@@ -258,7 +296,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   }
 
   /// Asks the node to stop: ``run()`` finishes the write in progress and returns. Does not wait.
-  public nonisolated func stop() {
+  @inlinable public nonisolated func stop() {
     do {
       try inputs.trySend(.stop)
     } catch {
@@ -275,13 +313,13 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// `snapshotBudgetBytes` (the log space the release would help free): a group with a large state waits for
   /// its own schedule, which writes at most one byte of snapshot per byte of log. Compacting through a snapshot
   /// already taken costs nothing and is always done.
-  public nonisolated func releaseStoredEntries(snapshotBudgetBytes: Int) {
+  @inlinable public nonisolated func releaseStoredEntries(snapshotBudgetBytes: Int) {
     try? inputs.trySend(.releaseStoredEntries(snapshotBudgetBytes))
   }
 
   /// Stops the node and waits until ``run()`` has returned (at once if it never ran or already returned).
   /// Requests in flight are answered (`stopped` for those not yet applied); the storage may be closed after.
-  public nonisolated func shutdown() async {
+  @inlinable public nonisolated func shutdown() async {
     stop()
     guard started.load(ordering: .acquiring) else { return }
     await completion.wait()
@@ -289,7 +327,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
 
   /// Waits until ``run()`` has recovered the node's durable state (a server opens its listener only then).
   /// - Throws: ``QuorumCore/ConsensusError/stopped`` if the node stopped before it recovered.
-  public nonisolated func waitUntilRecovered() async throws {
+  @inlinable public nonisolated func waitUntilRecovered() async throws {
     if await recoveredSignal.wait() { throw ConsensusError.stopped }
   }
 
@@ -302,7 +340,9 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
 
   /// A subscription to ``events`` as `transform` maps them (leaving out those it maps to `nil`), with the same
   /// buffering and the same end.
-  public nonisolated func events<Output: Sendable>(_ transform: @escaping @Sendable (Engine.Event) -> Output?)
+  @inlinable public nonisolated func events<Output: Sendable>(
+    _ transform: @escaping @Sendable (Engine.Event) -> Output?
+  )
     -> AsyncStream<Output>
   {
     broadcast.subscribe(transform)
@@ -310,13 +350,13 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
 
   /// Waits for the snapshot being stored: the caller closes the storage once ``run()`` returns. The inputs
   /// close first, so the task cannot wait for room in them.
-  private func finishSnapshotTask() async {
+  @inlinable func finishSnapshotTask() async {
     guard let task = background.detachTask() else { return }
     inputs.close(discardingBuffered: false)
     await task.value
   }
 
-  private func runLoopWithTicker() async throws {
+  @inlinable func runLoopWithTicker() async throws {
     if let sharedTicker {
       let registration = sharedTicker.register(tickSignal)
       defer { sharedTicker.unregister(registration) }
@@ -333,7 +373,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     }
   }
 
-  private func recover() async throws {
+  @inlinable func recover() async throws {
     let recovered = try await storage.recover()
     if recovered.report.truncatedTailBytes > 0 {
       logger.warning("storage recovery truncated a torn tail", ["report": recovered.report.description])
@@ -354,7 +394,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// The run loop: take everything that arrived (peer messages straight from the transport's mailbox, local
   /// requests from the node's own, the timer's flag), step the engine, carry out the ready, repeat. One doorbell
   /// rung by all three wakes it, so no forwarding task sits between the transport and the node.
-  private func loop() async throws {
+  @inlinable func loop() async throws {
     inputs.attach(doorbell)
     endpoint.incoming.attach(doorbell)
     // A hint, so a full mailbox may drop it: a node that busy is not waiting out an idle leader's timeout.
@@ -403,7 +443,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// nothing the node itself times is waiting — no request, read or transfer (their deadlines are checked on
   /// ticks), no time-only entry in flight, and, on a leader, no expiry of the state machine due (a leader writes
   /// it when its log clock passes it). At most a thousand.
-  private func quietTicks() -> UInt64 {
+  @inlinable func quietTicks() -> UInt64 {
     guard pendingCount == 0, transfers.isEmpty, timeAdvanceIndex == nil,
       let (leading, quiet) = engine?.inspect({ ($0.isLeader, $0.quietTicks) })
     else { return 0 }
@@ -413,11 +453,11 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
 
   // MARK: - Inputs
 
-  private var pendingCount: Int { proposals.count + reads.count + waitingReads.count }
+  @usableFromInline var pendingCount: Int { proposals.count + reads.count + waitingReads.count }
 
   /// Applies `count` ticks. All but the last are quiet ones the node slept through (they change no role), so
   /// the log clock and a leader's time-only entry are looked at once, after them.
-  private func tick(now: UInt64, count: UInt64) {
+  @inlinable func tick(now: UInt64, count: UInt64) {
     var expiryDue = false
     for _ in 0..<count {
       engine?.tick(now: now)
@@ -432,7 +472,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
 
   /// Starts the log clock when the engine has just come to lead — before anything is stamped in its term — and
   /// stops it when the engine no longer leads.
-  private func syncLogClock(now: UInt64) {
+  @inlinable func syncLogClock(now: UInt64) {
     let leading = engine?.inspect { $0.isLeader } == true
     if leading && !logClock.isRunning {
       logClock.becameLeader(now: now, applied: machine.logTimeMillis)
@@ -443,7 +483,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
 
   /// A leader proposes a time-only entry once its log clock passes the state machine's next deadline (a lease
   /// or session expiring), so expiry happens even when no client writes; one at a time.
-  private func proposeTimeAdvanceIfDue(now: UInt64) {
+  @inlinable func proposeTimeAdvanceIfDue(now: UInt64) {
     guard timeAdvanceIndex == nil, engine?.inspect({ $0.isLeader }) == true, let deadline = machine.nextDeadlineMillis,
       logClock.peek(now: now, applied: machine.logTimeMillis) >= deadline
     else { return }
@@ -452,7 +492,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     timeAdvanceIndex = try? engine?.propose(command.wireBytes(reservingCapacity: 16)).index
   }
 
-  private func handle(_ input: Input, now: UInt64) {
+  @inlinable func handle(_ input: Input, now: UInt64) {
     switch input {
     case .stop:
       stopped = true
@@ -515,7 +555,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     }
   }
 
-  private func track(_ requestID: UInt64, ticket: Engine.Ticket, waiter: Waiter, now: UInt64) {
+  @inlinable func track(_ requestID: UInt64, ticket: Engine.Ticket, waiter: Waiter, now: UInt64) {
     if let old = proposals.removeValue(forKey: ticket.index) {
       // A new proposal landed where an older, still-waiting one was (a deposed leader's entry, discarded
       // before it was applied here): the older one is definitely not at that position any more.
@@ -528,7 +568,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   }
 
   /// Proposes the encoded ``QuorumCore/ReplicatedCommand`` `bytes`; `waiter` learns the outcome.
-  private func propose(_ requestID: UInt64, _ bytes: [UInt8], _ waiter: Waiter, now: UInt64) {
+  @inlinable func propose(_ requestID: UInt64, _ bytes: [UInt8], _ waiter: Waiter, now: UInt64) {
     guard pendingCount < configuration.maxPendingRequests else {
       waiter.fail(ConsensusError.overloaded(limit: configuration.maxPendingRequests))
       return
@@ -545,7 +585,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     }
   }
 
-  private func read(
+  @inlinable func read(
     _ requestID: UInt64, _ query: Machine.Query, _ consistency: ReadConsistency, atLeast: UInt64,
     _ continuation: Completion<ReadAnswer>, now: UInt64
   ) {
@@ -589,7 +629,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     }
   }
 
-  private func cancelRequest(_ requestID: UInt64) {
+  @inlinable func cancelRequest(_ requestID: UInt64) {
     if let index = proposalIndexByID.removeValue(forKey: requestID), let pending = proposals.removeValue(forKey: index)
     {
       pending.waiter.fail(CancellationError())
@@ -605,7 +645,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
 
   /// Fails every request past its deadline. Keys are visited in order, so the order in which waiting tasks
   /// resume (and a simulation's schedule) does not depend on hashing.
-  private func expireRequests(now: UInt64) {
+  @inlinable func expireRequests(now: UInt64) {
     guard pendingCount > 0 || !transfers.isEmpty else { return }
     for index in proposals.keys.sorted() {
       guard let pending = proposals[index], pending.deadline <= now else { continue }
@@ -630,7 +670,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     }
   }
 
-  private func failAll(_ error: any Error) {
+  @inlinable func failAll(_ error: any Error) {
     for index in proposals.keys.sorted() { proposals[index]?.waiter.fail(error) }
     proposals = [:]
     proposalIndexByID = [:]
@@ -657,7 +697,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
 
   // MARK: - Ready
 
-  private func drainReady() async throws {
+  @inlinable func drainReady() async throws {
     while engine?.inspect({ $0.hasReady }) == true {
       guard let rd = engine?.ready() else { return }
       if let observer, let engine { observer.node(id, group: group, willCarryOut: rd, engine: engine) }
@@ -689,7 +729,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     }
   }
 
-  private func send(_ messages: [ReplicaOutgoing<Engine.Message>]) {
+  @inlinable func send(_ messages: [ReplicaOutgoing<Engine.Message>]) {
     for m in messages {
       do {
         try endpoint.send(m.message, to: m.to, group: group)
@@ -705,7 +745,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// the moment the write is durable (on its I/O thread, for file storage), not after this task is scheduled
   /// again: a follower's acknowledgement leaves one thread hand-off sooner. Returns whether they were sent;
   /// otherwise the caller sends them.
-  private func persist(_ rd: ReplicaReady<Engine>) async throws -> Bool {
+  @inlinable func persist(_ rd: ReplicaReady<Engine>) async throws -> Bool {
     if let install = rd.snapshot {
       try await storage.saveSnapshot(install.stored, discardingLog: install.discardingLog)
       if let through = install.compactThrough { try await storage.compact(through: through) }
@@ -722,12 +762,12 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   }
 
   /// The most times a write that found no file descriptor is tried again before the node stops.
-  static var descriptorRetries: Int { 60 }
+  @usableFromInline static var descriptorRetries: Int { 60 }
 
   /// Writes `write`, trying again (pausing up to a second) while the storage reports that file descriptors ran
   /// out: a retryable condition (connections come and go), not a failed disk. Messages that depend on the write
   /// wait meanwhile, as for a slow disk. After ``descriptorRetries`` attempts the error stops the node.
-  private func writeRetryingDescriptors(
+  @inlinable func writeRetryingDescriptors(
     _ write: StorageWrite<Engine.Entry>, whenDurable: (@Sendable () -> Void)?
   ) async throws {
     var pause = Duration.milliseconds(10)
@@ -747,7 +787,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     }
   }
 
-  private func install(_ rd: ReplicaReady<Engine>) async throws {
+  @inlinable func install(_ rd: ReplicaReady<Engine>) async throws {
     guard let snapshot = rd.snapshot?.stored else { return }
     // Decoding a large state takes a while: it runs off this node's executor (which may be a network thread that
     // serves other groups too) while the node waits for it.
@@ -777,7 +817,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     }
   }
 
-  private func apply(_ entries: [Engine.Entry]) {
+  @inlinable func apply(_ entries: [Engine.Entry]) {
     defer {
       if let index = timeAdvanceIndex, index <= applied { timeAdvanceIndex = nil }
     }
@@ -827,11 +867,11 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     }
   }
 
-  private func answer(_ query: Machine.Query) -> ReadAnswer {
+  @inlinable func answer(_ query: Machine.Query) -> ReadAnswer {
     IndexedRead(value: machine.query(query), index: applied)
   }
 
-  private func answerWaitingReads() {
+  @inlinable func answerWaitingReads() {
     guard !waitingReads.isEmpty else { return }
     waitingReads.removeAll { read in
       guard read.index <= applied else { return false }
@@ -840,7 +880,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     }
   }
 
-  private func report(_ rd: ReplicaReady<Engine>) {
+  @inlinable func report(_ rd: ReplicaReady<Engine>) {
     for event in rd.events { broadcast.publish(event) }
     for failure in rd.peerFailures {
       logger.error("stopped replicating to \(failure.peer): \(failure.reason)")
@@ -882,7 +922,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// The state machine is copied (a copy-on-write value: the loop pays for one copy of the state at its next
   /// apply) and the copy is encoded and stored by a background task, so replication does not wait for the
   /// encoding, the write and the sync. ``recordStoredSnapshot()`` finishes the job.
-  private func maybeSnapshot() {
+  @inlinable func maybeSnapshot() {
     let early =
       releaseBudget.map { budget in
         SnapshotSchedule.mayTakeEarly(
@@ -909,7 +949,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
 
   /// Records the snapshot the background task stored and compacts the log behind it, unless the log moved
   /// past it meanwhile (a snapshot from the leader was installed). Rethrows the task's storage failure.
-  private func recordStoredSnapshot() async throws {
+  @inlinable func recordStoredSnapshot() async throws {
     guard snapshotReported else { return }
     snapshotReported = false
     guard let snapshot = try background.takeStored() else { return }
@@ -930,7 +970,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// Answers ``releaseStoredEntries(snapshotBudgetBytes:)`` once no snapshot is being stored: compacts the storage
   /// through the newest snapshot, past the entries the engine keeps for slow followers (it keeps them in memory;
   /// only a restart loses them, and a follower that needs them then gets the snapshot).
-  private func releaseStorage() async throws {
+  @inlinable func releaseStorage() async throws {
     releaseBudget = nil
     guard lastSnapshotIndex > storageFloor else { return }
     try await storage.compact(through: lastSnapshotIndex)
@@ -942,7 +982,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
 
   /// Queues a request for the run loop and waits for its answer. Nonisolated: it touches only the mailbox and
   /// an atomic counter, so a caller never waits for the actor (which is busy running the loop).
-  private nonisolated func submit<T>(_ make: (UInt64, Completion<T>) -> Input) async throws -> T {
+  @inlinable nonisolated func submit<T>(_ make: (UInt64, Completion<T>) -> Input) async throws -> T {
     let requestID = nextRequestID.add(1, ordering: .relaxed).newValue
     return try await withTaskCancellationHandler {
       try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<T, any Error>) in
@@ -957,7 +997,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   }
 
   /// Queues a request for the run loop without suspending; `completion` gets its outcome, on the loop.
-  private nonisolated func submit<T>(
+  @inlinable nonisolated func submit<T>(
     _ completion: @escaping @Sendable (Result<T, any Error>) -> Void, _ make: (UInt64, Completion<T>) -> Input
   ) {
     _ = enqueue(nextRequestID.add(1, ordering: .relaxed).newValue, Completion(completion), make)
@@ -965,7 +1005,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
 
   /// Queues the input `make` builds; if the inputs are full or closed, ends `completion` with the reason.
   /// Returns whether the input was queued.
-  private nonisolated func enqueue<T>(
+  @inlinable nonisolated func enqueue<T>(
     _ requestID: UInt64, _ completion: Completion<T>, _ make: (UInt64, Completion<T>) -> Input
   ) -> Bool {
     do throws(MailboxError) {
@@ -983,7 +1023,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// receives the outcome, on the node's loop (it must not block). For a server that answers requests straight
   /// from its network threads, with no task per request. A request passed this way cannot be cancelled; it ends
   /// with its answer or the request timeout.
-  public nonisolated func propose(
+  @inlinable public nonisolated func propose(
     _ command: Machine.Command, request: RequestID?, acknowledgedThrough: UInt64, principal: String?,
     completion: @escaping @Sendable (Result<IndexedResponse, any Error>) -> Void
   ) {
@@ -996,7 +1036,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
 
   /// Like ``read(_:consistency:atLeast:)``, without suspending the caller: `completion` receives the outcome, on
   /// the node's loop (it must not block).
-  public nonisolated func read(
+  @inlinable public nonisolated func read(
     _ query: Machine.Query, consistency: ReadConsistency, atLeast: UInt64,
     completion: @escaping @Sendable (Result<IndexedRead<Machine.QueryResult>, any Error>) -> Void
   ) {
@@ -1009,7 +1049,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// at most once however often it is retried.
   /// - Throws: ``QuorumCore/ConsensusError``: `notLeader` on a follower, `timeout`, `dropped` or
   ///   `outcomeUnknown` if leadership changed while it was in flight, `overloaded`, `commandTooLarge`.
-  public nonisolated func propose(_ command: Machine.Command, request: RequestID? = nil) async throws
+  @inlinable public nonisolated func propose(_ command: Machine.Command, request: RequestID? = nil) async throws
     -> Machine.Response
   {
     try await propose(command, request: request, acknowledgedThrough: 0)
@@ -1017,7 +1057,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
 
   /// Like ``propose(_:request:)``, also telling the session that every response up to
   /// `acknowledgedThrough` has been received and may be forgotten.
-  public nonisolated func propose(
+  @inlinable public nonisolated func propose(
     _ command: Machine.Command, request: RequestID?, acknowledgedThrough: UInt64
   ) async throws -> Machine.Response {
     try await propose(command, request: request, acknowledgedThrough: acknowledgedThrough, indexed: ()).value
@@ -1025,7 +1065,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
 
   /// Like ``propose(_:request:acknowledgedThrough:)``, also returning the log position the command was applied
   /// at (a client passes it to a later read's `atLeast` for read-your-writes on any replica).
-  public nonisolated func propose(
+  @inlinable public nonisolated func propose(
     _ command: Machine.Command, request: RequestID?, acknowledgedThrough: UInt64, indexed: Void
   ) async throws -> IndexedResponse {
     try await propose(command, request: request, acknowledgedThrough: acknowledgedThrough, principal: nil)
@@ -1034,7 +1074,7 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// Like ``propose(_:request:acknowledgedThrough:indexed:)`` on behalf of the authenticated `principal`: a
   /// `request` whose session another principal registered is refused with
   /// ``QuorumCore/ConsensusError/sessionNotOwned(_:)`` and nothing is applied.
-  public nonisolated func propose(
+  @inlinable public nonisolated func propose(
     _ command: Machine.Command, request: RequestID?, acknowledgedThrough: UInt64, principal: String?
   ) async throws -> IndexedResponse {
     try await submit {
@@ -1047,7 +1087,8 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// Answers `query` at the chosen consistency: `linearizable` (a read-index round confirmed by a quorum),
   /// `lease` (the leader lease, falling back to a read-index round when it is not valid) or `stale` (this
   /// replica's applied state, on any node).
-  public nonisolated func read(_ query: Machine.Query, consistency: ReadConsistency = .linearizable) async throws
+  @inlinable public nonisolated func read(_ query: Machine.Query, consistency: ReadConsistency = .linearizable)
+    async throws
     -> Machine.QueryResult
   {
     try await read(query, consistency: consistency, atLeast: 0).value
@@ -1059,14 +1100,15 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// Passing the index of the last answer a client saw (from any replica) gives that client read-your-writes
   /// and monotonic reads even at `stale` consistency: a replica that is behind waits until it has applied that
   /// far (or the request times out) instead of answering from an older state.
-  public nonisolated func read(_ query: Machine.Query, consistency: ReadConsistency, atLeast: UInt64) async throws
+  @inlinable public nonisolated func read(_ query: Machine.Query, consistency: ReadConsistency, atLeast: UInt64)
+    async throws
     -> IndexedRead<Machine.QueryResult>
   {
     try await submit { .read($0, query, consistency, atLeast, $1) }
   }
 
   /// Opens an exactly-once session and returns its number.
-  public nonisolated func registerSession() async throws -> UInt64 {
+  @inlinable public nonisolated func registerSession() async throws -> UInt64 {
     try await registerSession(principal: nil)
   }
 
@@ -1074,32 +1116,32 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// number.
   /// - Throws: ``QuorumCore/ConsensusError/sessionQuotaExceeded(limit:)`` when `principal` holds its quota of
   ///   sessions, or any error of a proposal.
-  public nonisolated func registerSession(principal: String?) async throws -> UInt64 {
+  @inlinable public nonisolated func registerSession(principal: String?) async throws -> UInt64 {
     try await submit { .register($0, principal, $1) }
   }
 
   /// Applies a membership change through the log; returns once it is committed and applied here.
-  public nonisolated func changeMembership(_ change: MembershipChange) async throws {
+  @inlinable public nonisolated func changeMembership(_ change: MembershipChange) async throws {
     _ = try await submit { .membership($0, change, $1) }
   }
 
   /// Adds `node` as a learner: it receives the log but does not vote.
-  public nonisolated func addLearner(_ node: NodeID) async throws {
+  @inlinable public nonisolated func addLearner(_ node: NodeID) async throws {
     try await changeMembership(.change([.addLearner(node)]))
   }
 
   /// Adds `node` as a voter (or promotes a learner).
-  public nonisolated func addVoter(_ node: NodeID) async throws {
+  @inlinable public nonisolated func addVoter(_ node: NodeID) async throws {
     try await changeMembership(.change([.addVoter(node)]))
   }
 
   /// Removes `node` from the group (it may be the leader itself, which then hands over and steps down).
-  public nonisolated func removeMember(_ node: NodeID) async throws {
+  @inlinable public nonisolated func removeMember(_ node: NodeID) async throws {
     try await changeMembership(.change([.remove(node)]))
   }
 
   /// Transfers leadership to `target`; returns once this node has seen `target` lead.
-  public nonisolated func transferLeadership(to target: NodeID) async throws {
+  @inlinable public nonisolated func transferLeadership(to target: NodeID) async throws {
     try await submit { .transfer($0, target, $1) }
   }
 
@@ -1109,11 +1151,11 @@ public actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   }
 
   /// Queries the local state machine directly (a stale read without going through the node's queue).
-  public func localQuery(_ query: Machine.Query) -> Machine.QueryResult { machine.query(query) }
+  @inlinable public func localQuery(_ query: Machine.Query) -> Machine.QueryResult { machine.query(query) }
 
   /// The applied position and the full encoded state (sessions and machine) at it: replicas that applied the
   /// same position hold byte-identical states (the simulator checks that they converge).
-  public func localState() -> (applied: UInt64, snapshot: [UInt8]) { (applied, machine.snapshot()) }
+  @inlinable public func localState() -> (applied: UInt64, snapshot: [UInt8]) { (applied, machine.snapshot()) }
 
   /// The newest log time applied here (milliseconds on the group's log clock).
   public var appliedLogTimeMillis: UInt64 { machine.logTimeMillis }
@@ -1144,15 +1186,15 @@ public struct IndexedRead<Value: Sendable>: Sendable {
 /// stamp from an earlier term, or one made while following (a proposal the engine then refuses), never carries
 /// over — either would make log time leap forward by the time since then (a follower's clock counts from an
 /// arbitrary origin) and expire every lease at once. A stopped clock stamps the applied log time.
-struct LogClock {
-  private var baseLogMillis: UInt64 = 0
-  private var baseNanos: UInt64 = 0
-  private var last: UInt64 = 0
+@usableFromInline struct LogClock {
+  @usableFromInline var baseLogMillis: UInt64 = 0
+  @usableFromInline var baseNanos: UInt64 = 0
+  @usableFromInline var last: UInt64 = 0
   /// Whether a term of leadership is running.
-  private(set) var isRunning = false
+  @usableFromInline private(set) var isRunning = false
 
   /// Starts a term of leadership at `now` (monotonic), continuing from `applied` log time.
-  mutating func becameLeader(now: UInt64, applied: UInt64) {
+  @inlinable mutating func becameLeader(now: UInt64, applied: UInt64) {
     baseLogMillis = applied
     baseNanos = now
     last = applied
@@ -1160,17 +1202,17 @@ struct LogClock {
   }
 
   /// Ends the term of leadership.
-  mutating func stop() { isRunning = false }
+  @inlinable mutating func stop() { isRunning = false }
 
   /// What ``stamp(now:applied:)`` would return, without moving the clock.
-  func peek(now: UInt64, applied: UInt64) -> UInt64 {
+  @inlinable func peek(now: UInt64, applied: UInt64) -> UInt64 {
     guard isRunning else { return applied }
     let elapsed = now >= baseNanos ? (now - baseNanos) / 1_000_000 : 0
     return max(last, applied, baseLogMillis &+ elapsed)
   }
 
   /// The stamp for a command proposed at `now`.
-  mutating func stamp(now: UInt64, applied: UInt64) -> UInt64 {
+  @inlinable mutating func stamp(now: UInt64, applied: UInt64) -> UInt64 {
     guard isRunning else { return applied }
     last = peek(now: now, applied: applied)
     return last
@@ -1179,26 +1221,26 @@ struct LogClock {
 
 /// Where a request's outcome goes: the continuation of a caller suspended in an `async` method, or a callback
 /// run on the node's loop (the non-suspending entry points).
-struct Completion<T: Sendable>: Sendable {
-  private enum Target: Sendable {
+@usableFromInline struct Completion<T: Sendable>: Sendable {
+  @usableFromInline enum Target: Sendable {
     case continuation(UnsafeContinuation<T, any Error>)
     case callback(@Sendable (Result<T, any Error>) -> Void)
   }
 
-  private let target: Target
+  @usableFromInline let target: Target
 
-  init(_ continuation: UnsafeContinuation<T, any Error>) { target = .continuation(continuation) }
+  @inlinable init(_ continuation: UnsafeContinuation<T, any Error>) { target = .continuation(continuation) }
 
-  init(_ callback: @escaping @Sendable (Result<T, any Error>) -> Void) { target = .callback(callback) }
+  @inlinable init(_ callback: @escaping @Sendable (Result<T, any Error>) -> Void) { target = .callback(callback) }
 
-  func resume(returning value: T) {
+  @inlinable func resume(returning value: T) {
     switch target {
     case .continuation(let c): c.resume(returning: value)
     case .callback(let f): f(.success(value))
     }
   }
 
-  func resume(throwing error: any Error) {
+  @inlinable func resume(throwing error: any Error) {
     switch target {
     case .continuation(let c): c.resume(throwing: error)
     case .callback(let f): f(.failure(error))
@@ -1207,15 +1249,15 @@ struct Completion<T: Sendable>: Sendable {
 }
 
 extension Completion where T == Void {
-  func resume() { resume(returning: ()) }
+  @inlinable func resume() { resume(returning: ()) }
 }
 
 /// When a replica snapshots its state machine.
-package enum SnapshotSchedule {
+@usableFromInline package enum SnapshotSchedule {
   /// Whether a snapshot is due at `applied`: `every` entries past the last snapshot (0: never), and entries of
   /// at least the last snapshot's size applied since it was started (`bytesSince`), so that a snapshot, which
   /// rewrites the whole state, costs at most one byte written per byte of log.
-  package static func isDue(
+  @inlinable package static func isDue(
     applied: UInt64, lastSnapshot: UInt64, every: Int, bytesSince: Int, lastSnapshotBytes: Int
   ) -> Bool {
     every > 0 && applied >= lastSnapshot &+ UInt64(every) && bytesSince >= lastSnapshotBytes
@@ -1225,7 +1267,9 @@ package enum SnapshotSchedule {
   /// may start a snapshot before the schedule would: something was applied since the last snapshot, and the
   /// last snapshot — what the next one will cost, about — is no larger than `budgetBytes`, the log space the
   /// release would help free.
-  package static func mayTakeEarly(applied: UInt64, lastSnapshot: UInt64, lastSnapshotBytes: Int, budgetBytes: Int)
+  @inlinable package static func mayTakeEarly(
+    applied: UInt64, lastSnapshot: UInt64, lastSnapshotBytes: Int, budgetBytes: Int
+  )
     -> Bool
   {
     applied > lastSnapshot && lastSnapshotBytes <= budgetBytes
@@ -1234,20 +1278,20 @@ package enum SnapshotSchedule {
 
 /// The messages of one ready that wait for its write, sent from whatever thread the storage reports durability
 /// on. Peers whose queue was full are remembered, so the node can tell its engine once it resumes.
-private final class DurableSender<Message: Sendable>: Sendable {
-  private let endpoint: any TransportEndpoint<Message>
-  private let group: GroupID
-  private let messages: [ReplicaOutgoing<Message>]
-  private let refusedPeers = Mutex<[NodeID]>([])
+@usableFromInline final class DurableSender<Message: Sendable>: Sendable {
+  @usableFromInline let endpoint: any TransportEndpoint<Message>
+  @usableFromInline let group: GroupID
+  @usableFromInline let messages: [ReplicaOutgoing<Message>]
+  @usableFromInline let refusedPeers = Mutex<[NodeID]>([])
 
-  init(endpoint: any TransportEndpoint<Message>, group: GroupID, messages: [ReplicaOutgoing<Message>]) {
+  @inlinable init(endpoint: any TransportEndpoint<Message>, group: GroupID, messages: [ReplicaOutgoing<Message>]) {
     self.endpoint = endpoint
     self.group = group
     self.messages = messages
   }
 
   /// Sends every message; runs once, when the write is durable.
-  func send() {
+  @inlinable func send() {
     for m in messages {
       do {
         try endpoint.send(m.message, to: m.to, group: group)
@@ -1259,5 +1303,5 @@ private final class DurableSender<Message: Sendable>: Sendable {
   }
 
   /// The peers whose queue was full.
-  var refused: [NodeID] { refusedPeers.withLock { $0 } }
+  @inlinable var refused: [NodeID] { refusedPeers.withLock { $0 } }
 }

@@ -1,4 +1,4 @@
-package import QuorumCore
+public import QuorumCore
 
 /// The bookkeeping of a node that encodes and stores its snapshots in the background: at most one snapshot
 /// in flight, its result handed back to the node's run loop, and the task awaited before the node stops.
@@ -9,18 +9,18 @@ package import QuorumCore
 /// own inputs (`report`), the loop passes it to ``finished(_:)``, and ``takeStored()`` later hands the
 /// stored snapshot over for compaction — or rethrows the storage failure, which stops the node like any
 /// other failed write.
-package struct BackgroundSnapshot<Snapshot: Sendable> {
-  private var task: Task<Void, Never>?
-  private var stored: Snapshot?
-  private var failure: (any Error)?
+@usableFromInline package struct BackgroundSnapshot<Snapshot: Sendable> {
+  @usableFromInline var task: Task<Void, Never>?
+  @usableFromInline var stored: Snapshot?
+  @usableFromInline var failure: (any Error)?
 
-  package init() {}
+  @inlinable package init() {}
 
   /// Whether a snapshot is being made or waits to be recorded.
-  package var isBusy: Bool { task != nil || stored != nil }
+  @inlinable package var isBusy: Bool { task != nil || stored != nil }
 
   /// Starts a task that encodes a snapshot (`encode`), stores it (keeping the log) and reports the outcome.
-  package mutating func start<Entry>(
+  @usableFromInline package mutating func start<Entry>(
     on runtime: NodeRuntime, storing stored: @escaping @Sendable (Snapshot) -> StoredSnapshot,
     to storage: any ConsensusStorage<Entry>,
     encode: @escaping @Sendable () -> Snapshot,
@@ -41,7 +41,7 @@ package struct BackgroundSnapshot<Snapshot: Sendable> {
   /// Records the task's outcome. A snapshot refused as older than the stored one (a leader's snapshot was
   /// installed meanwhile), or not stored for a passing want of file descriptors, is dropped; returns the reason
   /// when that happened, for the log.
-  package mutating func finished(_ result: Result<Snapshot, any Error>) -> String? {
+  @usableFromInline package mutating func finished(_ result: Result<Snapshot, any Error>) -> String? {
     task = nil
     switch result {
     case .success(let snapshot):
@@ -58,7 +58,7 @@ package struct BackgroundSnapshot<Snapshot: Sendable> {
   }
 
   /// The stored snapshot waiting to be recorded, if any; throws the task's storage failure.
-  package mutating func takeStored() throws -> Snapshot? {
+  @inlinable package mutating func takeStored() throws -> Snapshot? {
     if let failure { throw failure }
     defer { stored = nil }
     return stored
@@ -66,7 +66,7 @@ package struct BackgroundSnapshot<Snapshot: Sendable> {
 
   /// Hands over the running task, for the node to await before its storage is closed. The node closes
   /// its inputs first, so a task waiting for room there to report is released.
-  package mutating func detachTask() -> Task<Void, Never>? {
+  @usableFromInline package mutating func detachTask() -> Task<Void, Never>? {
     defer { task = nil }
     return task
   }
