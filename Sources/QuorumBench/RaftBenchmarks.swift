@@ -23,7 +23,12 @@ enum RaftBenchmarks {
     if let only, let clients = Int(only.hasPrefix("file:") ? String(only.dropFirst(5)) : only) {
       let file = only.hasPrefix("file:")
       let r = try await puts(clients: clients, storage: file ? .file : .memory, root: root)
-      report.add("raft", "\(file ? "file+fsync" : "memory"): \(clients) clients, puts/s", r.rate, "puts/s")
+      let kind = file ? "file+fsync" : "memory"
+      report.add("raft", "\(kind): \(clients) clients, puts/s", r.rate, "puts/s")
+      report.add(
+        "raft", "\(kind): \(clients) clients, p50 / p99 latency", r.p50, "µs",
+        note: String(
+          format: "p99 %.0f µs; p50 = %.1f mailbox round trips, %.2f × fsync", r.p99, r.p50 / roundTrip, r.p50 / fsync))
       return
     }
     for clients in [1, 16, 256] {

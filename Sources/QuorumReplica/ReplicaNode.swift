@@ -453,7 +453,7 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
 
   // MARK: - Inputs
 
-  @usableFromInline var pendingCount: Int { proposals.count + reads.count + waitingReads.count }
+  @inlinable var pendingCount: Int { proposals.count + reads.count + waitingReads.count }
 
   /// Applies `count` ticks. All but the last are quiet ones the node slept through (they change no role), so
   /// the log clock and a leader's time-only entry are looked at once, after them.
