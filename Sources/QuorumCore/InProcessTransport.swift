@@ -1,4 +1,4 @@
-import Synchronization
+public import Synchronization
 
 /// A transport between nodes in one process: messages are passed by value into the receiver's mailbox.
 ///
@@ -6,18 +6,27 @@ import Synchronization
 /// tests it can also cut links: ``partition(_:from:)``, ``block(from:to:)``, ``isolate(_:)`` and ``heal()``
 /// make the network drop messages silently, exactly as a real partition would.
 public final class InProcessTransport<Message: Sendable>: Transport, Sendable {
-  private struct Link: Hashable {
-    var from: NodeID
-    var to: NodeID
+  @usableFromInline struct Link: Hashable {
+    @usableFromInline var from: NodeID
+    @usableFromInline var to: NodeID
+
+    @inlinable init(from: NodeID, to: NodeID) {
+      self.from = from
+      self.to = to
+    }
   }
 
-  private struct Routes {
-    var inboxes: [NodeID: Mailbox<Envelope<Message>>] = [:]
-    var blocked: Set<Link> = []
-    var lostHandlers: [NodeID: @Sendable (NodeID) -> Void] = [:]
+  @usableFromInline struct Routes {
+    @usableFromInline var inboxes: [NodeID: Mailbox<Envelope<Message>>] = [:]
+    @usableFromInline var blocked: Set<Link> = []
+    @usableFromInline var lostHandlers: [NodeID: @Sendable (NodeID) -> Void] = [:]
+
+    @inlinable init() {}
   }
 
-  private let routes = Mutex(Routes())
+  // Inlinable with the send path below: a replica sends through an in-process endpoint directly, in code
+  // compiled for its message type (see `InProcessEndpoint.send`).
+  @usableFromInline let routes = Mutex(Routes())
 
   /// The capacity of each node's incoming mailbox.
   public let inboxCapacity: Int
@@ -39,6 +48,7 @@ public final class InProcessTransport<Message: Sendable>: Transport, Sendable {
     return InProcessEndpoint(id: node, incoming: inbox, transport: self)
   }
 
+  @inlinable
   func deliver(_ envelope: Envelope<Message>) throws(TransportError) {
     let inbox: Mailbox<Envelope<Message>>? = routes.withLock { r in
       if !r.blocked.isEmpty && r.blocked.contains(Link(from: envelope.from, to: envelope.to)) {
@@ -79,7 +89,7 @@ public final class InProcessTransport<Message: Sendable>: Transport, Sendable {
     }
   }
 
-  private func isBlocked(from: NodeID, to: NodeID) -> Bool {
+  @usableFromInline func isBlocked(from: NodeID, to: NodeID) -> Bool {
     routes.withLock { $0.blocked.contains(Link(from: from, to: to)) }
   }
 
@@ -123,8 +133,8 @@ public final class InProcessEndpoint<Message: Sendable>: TransportEndpoint, Send
   public let id: NodeID
   /// Messages addressed to this node.
   public let incoming: Mailbox<Envelope<Message>>
-  private let transport: InProcessTransport<Message>
-  private let closed = Atomic<Bool>(false)
+  @usableFromInline let transport: InProcessTransport<Message>
+  @usableFromInline let closed = Atomic<Bool>(false)
 
   init(id: NodeID, incoming: Mailbox<Envelope<Message>>, transport: InProcessTransport<Message>) {
     self.id = id
@@ -133,6 +143,10 @@ public final class InProcessEndpoint<Message: Sendable>: TransportEndpoint, Send
   }
 
   /// Queues `message` in `peer`'s mailbox (or drops it silently if the link is cut).
+  ///
+  /// Inlinable: a replica holding this endpoint calls it directly, so that the send is compiled for the
+  /// replica's message type rather than run generic, looking up the types it touches at run time.
+  @inlinable
   public func send(_ message: Message, to peer: NodeID, group: GroupID) throws(TransportError) {
     if closed.load(ordering: .relaxed) { throw .closed }
     try transport.deliver(Envelope(from: id, to: peer, group: group, payload: message))
