@@ -9,6 +9,9 @@ public import QuorumCore
 /// own inputs (`report`), the loop passes it to ``finished(_:)``, and ``takeStored()`` later hands the
 /// stored snapshot over for compaction — or rethrows the storage failure, which stops the node like any
 /// other failed write.
+///
+/// Usable from inlinable code, with its state internal rather than private: the replica, whose body is inlinable
+/// so that each application compiles it for its engine and machine, checks it on every turn.
 @usableFromInline package struct BackgroundSnapshot<Snapshot: Sendable> {
   @usableFromInline var task: Task<Void, Never>?
   @usableFromInline var stored: Snapshot?
