@@ -27,8 +27,10 @@ struct PaxosLostLeaderFailoverTests {
       let took = ContinuousClock.now - crash
       #expect(next.id != leader.id)
       // Unreported, the first campaign comes 8 s after the leader's last heartbeat, which was at most
-      // 100 heartbeats (1.5 s) before the crash: at least 6.5 s after it. Reported, one election timeout.
-      #expect(took < .seconds(3), "a new leader well before the stretched timeout: \(took)")
+      // 100 heartbeats (1.5 s) before the crash: at least 6.5 s after it. Reported, one election timeout; the
+      // bound leaves room for a loaded machine (a CI run beside two busy processes took 3.5 s) and still tells
+      // the two apart.
+      #expect(took < .seconds(6), "a new leader before the stretched timeout: \(took)")
     }
   }
 }
