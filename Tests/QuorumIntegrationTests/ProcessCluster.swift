@@ -93,6 +93,27 @@ final class ServeProcess: @unchecked Sendable {
     while process.isRunning && ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(10)) }
     return !process.isRunning
   }
+
+  /// Waits until the process is dead, at most `timeout`; returns whether it is. Dead means reaped, or a zombie
+  /// waiting to be: Foundation's notice of an exit can lag on a loaded machine, while a zombie already holds no
+  /// port, file or lock. Unlike after ``waitForExit(timeout:)``, the exit status may not be readable yet.
+  func waitUntilDead(timeout: Duration) async -> Bool {
+    let deadline = ContinuousClock.now.advanced(by: timeout)
+    while !isDead && ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(10)) }
+    return isDead
+  }
+
+  /// Whether the process is reaped, or a zombie (Linux's `/proc/<pid>/stat` state `Z` or `X`).
+  private var isDead: Bool {
+    guard process.isRunning else { return true }
+    guard let stat = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8) else {
+      return true  // Reaped between the two checks.
+    }
+    // The state follows the command's name, which is in parentheses and may hold spaces or parentheses itself.
+    guard let close = stat.lastIndex(of: ")") else { return false }
+    let state = stat[stat.index(after: close)...].first { $0 != " " }
+    return state == "Z" || state == "X"
+  }
 }
 
 /// One group of a ``ProcessCluster``'s cluster file (the `groups` array; none: the default group).
@@ -211,7 +232,8 @@ final class ProcessCluster: @unchecked Sendable {
   func crash(_ id: NodeID) async throws {
     guard let process = member(id) else { return }
     process.kill(SIGKILL)
-    guard await process.waitForExit(timeout: .seconds(10)) else { throw HarnessError("\(id) survived SIGKILL") }
+    // Dead, not necessarily reaped: a restart needs only its port and data directory, which a zombie has let go.
+    guard await process.waitUntilDead(timeout: .seconds(30)) else { throw HarnessError("\(id) survived SIGKILL") }
   }
 
   /// Restarts `id` on its old port (or a fresh one if that is taken, publishing it).
