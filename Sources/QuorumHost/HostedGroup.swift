@@ -390,7 +390,7 @@ final class EngineGroup<Engine: HostedEngine>: HostedGroup {
   /// The node's run loop and its two request entry points, as closures made here. The host calls this group
   /// through ``HostedGroup``, whose witnesses are compiled once for every engine; these closures are compiled for
   /// the engine the group was made with (the host makes each group where its engine type is known), so the node's
-  /// loop runs specialised, not looking up its generic types at run time (a fifth of a put's CPU).
+  /// loop runs specialised, not looking up its generic types at run time.
   private let runNode: @Sendable () async throws -> Void
   private let proposeNow: @Sendable (ServiceCommand, RequestID?, UInt64, String?, @escaping Completion) -> Void
   private let readNow: @Sendable (ServiceQuery, ReadConsistency, UInt64, @escaping Completion) -> Void
