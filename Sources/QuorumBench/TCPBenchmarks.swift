@@ -34,16 +34,22 @@ enum TCPBenchmarks {
         "tcp", "baseline: raw socket stream, \(frameBytes) B frames", raw, "frames/s",
         note: String(format: "%.0f MB/s, 256 KiB writes", raw * Double(frameBytes) / 1e6))
       // The process's CPU time per frame (both endpoints and the consumer) is steadier than the rate on a shared
-      // machine: an A/B of the transport's own cost.
-      let cpuBefore = HostBenchmarks.processCPU()
-      let transport = try await transportStream(frameBytes: frameBytes, frames: frames)
-      let cpuPerFrame = (HostBenchmarks.processCPU() - cpuBefore) / Double(frames) * 1e9
-      report.add(
-        "tcp", "TCPTransport stream, \(frameBytes) B frames", transport.rate, "frames/s",
-        note: String(
-          format: "%.0f MB/s = %.0f%% of raw; %.0f frames per write; %.0f ns of CPU per frame",
-          transport.rate * Double(frameBytes) / 1e6, transport.rate / raw * 100, transport.framesPerWrite,
-          cpuPerFrame))
+      // machine: an A/B of the transport's own cost. Measured twice: the producer and the consumer on Swift's
+      // pool, as an application's tasks; and each on its transport's network thread, as a server's groups run
+      // (`groupsOnNetworkThread`, the default): a turn's sends are queued and written together after it.
+      for onNetworkThreads in [false, true] {
+        let cpuBefore = HostBenchmarks.processCPU()
+        let transport = try await transportStream(
+          frameBytes: frameBytes, frames: frames, onNetworkThreads: onNetworkThreads)
+        let cpuPerFrame = (HostBenchmarks.processCPU() - cpuBefore) / Double(frames) * 1e9
+        report.add(
+          "tcp", "TCPTransport stream, \(frameBytes) B frames\(onNetworkThreads ? ", on the network threads" : "")",
+          transport.rate, "frames/s",
+          note: String(
+            format: "%.0f MB/s = %.0f%% of raw; %.0f frames per write; %.0f ns of CPU per frame",
+            transport.rate * Double(frameBytes) / 1e6, transport.rate / raw * 100, transport.framesPerWrite,
+            cpuPerFrame))
+      }
     }
 
     if parts.contains("auth") { try await authenticationCost(report, root: root, fsync: fsync, rtt: rttP50) }
@@ -297,7 +303,12 @@ enum TCPBenchmarks {
 
   /// Frames per second from one endpoint to another over loopback, each endpoint on its own transport
   /// (its own event-loop thread, as in two processes). The frame size counts the length prefix and header.
-  static func transportStream(frameBytes: Int, frames: Int) async throws -> (rate: Double, framesPerWrite: Double) {
+  /// With `onNetworkThreads`, the producer runs on the sending transport's network thread and sends in turns of
+  /// 256 frames (yielding to the loop between them, as a group's turn ends), and the consumer runs on the
+  /// receiving transport's network thread.
+  static func transportStream(
+    frameBytes: Int, frames: Int, onNetworkThreads: Bool
+  ) async throws -> (rate: Double, framesPerWrite: Double) {
     let overhead = 4 + 4 + 3 + 3  // length prefix, magic/version/protocol, group/from/to varints, bytes length
     let payload = [UInt8](repeating: 0x5A, count: max(0, frameBytes - overhead))
     let receiverSide = TCPTransport<Blob>(
@@ -308,10 +319,12 @@ enum TCPBenchmarks {
       logger: .disabled)
     let sender = try await senderSide.bind(2)
     receiverSide.setAddress(sender.address, for: 2)
+    let senderLoop = onNetworkThreads ? try senderSide.makeLoopExecutor() : nil
+    let receiverLoop = onNetworkThreads ? try receiverSide.makeLoopExecutor() : nil
     let start = nowNanos()
-    let producer = Task {
+    let producer = Task(executorPreference: senderLoop) {
       let message = Blob(bytes: payload)
-      for _ in 0..<frames {
+      for sent in 0..<frames {
         while true {
           do {
             try sender.send(message, to: 1)
@@ -321,21 +334,26 @@ enum TCPBenchmarks {
             try? await Task.sleep(for: .microseconds(200))
           }
         }
+        if onNetworkThreads && sent % 256 == 255 { await Task.yield() }
       }
     }
-    var received = 0
-    var batch: [Envelope<Blob>] = []
-    batch.reserveCapacity(4096)
-    while received < frames {
-      guard await receiver.incoming.receive(into: &batch, limit: 4096) else { break }
-      received += batch.count
-      batch.removeAll(keepingCapacity: true)
+    let received = await withTaskExecutorPreference(receiverLoop) {
+      var received = 0
+      var batch: [Envelope<Blob>] = []
+      batch.reserveCapacity(4096)
+      while received < frames {
+        guard await receiver.incoming.receive(into: &batch, limit: 4096) else { break }
+        received += batch.count
+        batch.removeAll(keepingCapacity: true)
+      }
+      return received
     }
     let elapsed = nowNanos() - start
     await producer.value
     let metrics = senderSide.metrics
     await sender.close()
     await receiver.close()
+    withExtendedLifetime((senderLoop, receiverLoop)) {}  // they keep the loops running until the end
     guard received == frames else { throw BenchFailure("transport stream received \(received) of \(frames)") }
     return (Double(frames) * 1e9 / Double(elapsed), Double(metrics.framesSent) / Double(max(1, metrics.writeCalls)))
   }
