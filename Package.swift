@@ -117,7 +117,10 @@ let package = Package(
     .testTarget(
       name: "QuorumIntegrationTests", dependencies: ["Quorum", "QuorumSimulation"], swiftSettings: settings),
     .testTarget(
-      name: "QuorumSimulationTests", dependencies: ["QuorumSimulation", "QuorumCore", "QuorumHost"],
+      name: "QuorumSimulationTests",
+      dependencies: [
+        "QuorumSimulation", "QuorumCore", "QuorumHost", "QuorumKV", "QuorumLocks", "QuorumTransactions",
+      ],
       swiftSettings: settings),
   ]
 )

@@ -62,7 +62,13 @@ extension KVQueryResult: WireCodable {
     switch try reader.readByte() {
     case 0: self = .value(try reader.readOptional([UInt8].self))
     case 1: self = .entries(try Self.readPairs(&reader))
-    case 2: self = .count(Int(try reader.readVarint(as: UInt32.self)))
+    case 2:
+      // Any count the encoder writes (a non-negative `Int`), not only those that fit in 32 bits.
+      let start = reader.position
+      guard let count = Int(exactly: try reader.readVarint()) else {
+        throw WireError(.invalidValue("a count over \(Int.max)"), at: start)
+      }
+      self = .count(count)
     case 3: self = .page(try Self.readPairs(&reader), next: try reader.readOptional(String.self))
     case let tag: throw WireError(.unknownTag(type: "KVQueryResult", tag: UInt64(tag)), at: at)
     }

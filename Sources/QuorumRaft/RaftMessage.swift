@@ -229,12 +229,14 @@ public struct AppendEntries: Sendable, Equatable, WireCodable {
     prevLogTerm = try reader.readVarint()
     commit = try reader.readVarint()
     entries = try reader.read([LogEntry].self, field: "entries")
+    // Checked as it counts: a previous index at the top of the range must be refused, not overflow.
     var expected = prevLogIndex
     for entry in entries {
-      expected += 1
-      guard entry.index == expected else {
-        throw reader.error(.invalidValue("entry index \(entry.index) where \(expected) was expected"))
+      let (next, overflow) = expected.addingReportingOverflow(1)
+      guard !overflow, entry.index == next else {
+        throw reader.error(.invalidValue("entry index \(entry.index) after \(expected)"))
       }
+      expected = next
     }
   }
 }
@@ -390,7 +392,9 @@ public struct InstallSnapshot: Sendable, Equatable, WireCodable {
     totalBytes = try reader.readVarint()
     offset = try reader.readVarint()
     chunk = try reader.readBytes()
-    guard offset + UInt64(chunk.count) <= totalBytes else {
+    // Checked: an offset near the top of the range must be refused, not overflow.
+    let (end, overflow) = offset.addingReportingOverflow(UInt64(chunk.count))
+    guard !overflow, end <= totalBytes else {
       throw reader.error(.invalidValue("chunk ends past the snapshot's total size"))
     }
   }

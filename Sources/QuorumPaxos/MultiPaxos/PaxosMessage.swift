@@ -312,6 +312,11 @@ public struct SnapshotChunk: Sendable, Equatable, WireCodable {
     totalBytes = try reader.readVarint()
     offset = try reader.readVarint()
     chunk = try reader.readBytes()
+    // As Raft's: a chunk that ends past its snapshot's size (or whose end overflows) is malformed.
+    let (end, overflow) = offset.addingReportingOverflow(UInt64(chunk.count))
+    guard !overflow, end <= totalBytes else {
+      throw reader.error(.invalidValue("chunk ends past the snapshot's total size"))
+    }
   }
 }
 
