@@ -85,6 +85,18 @@ struct PaxosWireFuzzTests {
     }
   }
 
+  @Test("a snapshot chunk ending past its size, or past 2^64, is refused at decoding")
+  func chunksPastTheirSnapshot() {
+    let ballot = Ballot(round: 3, node: 1)
+    for (offset, total): (UInt64, UInt64) in [(.max - 1, .max), (10, 12)] {
+      let chunk = PaxosMessage.snapshot(
+        SnapshotChunk(ballot: ballot, index: 5, totalBytes: total, offset: offset, chunk: [1, 2, 3]))
+      #expect(throws: WireError.self, "offset \(offset) of \(total)") {
+        try PaxosMessage(wireBytes: chunk.wireBytes())
+      }
+    }
+  }
+
   @Test("a stored hard state, damaged, decodes or is refused with a WireError")
   func hardStates() {
     let samples = [

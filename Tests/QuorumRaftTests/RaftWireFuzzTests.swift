@@ -70,6 +70,22 @@ struct RaftWireFuzzTests {
     }
   }
 
+  @Test("positions at the top of the range are refused, not overflowed (found by the fuzzer)")
+  func positionsThatWouldOverflow() {
+    // An append whose previous index is the largest: its first entry's index cannot follow it.
+    let append = RaftMessage.appendEntries(
+      AppendEntries(
+        term: 1, prevLogIndex: .max, prevLogTerm: 1, entries: [LogEntry(index: 0, term: 1)], commit: 0))
+    // A snapshot chunk whose end lies past 2^64.
+    let chunk = RaftMessage.installSnapshot(
+      InstallSnapshot(
+        term: 1, index: 5, snapshotTerm: 1, membership: .empty, totalBytes: .max, offset: .max - 1,
+        chunk: [1, 2, 3]))
+    for message in [append, chunk] {
+      #expect(throws: WireError.self, "\(message)") { try RaftMessage(wireBytes: message.wireBytes()) }
+    }
+  }
+
   @Test("a stored hard state, damaged, decodes or is refused with a WireError")
   func hardStates() {
     let samples = [
