@@ -52,8 +52,16 @@ public final class TCPRequestChannel: RequestChannel, Sendable {
     } catch .timeout {
       throw RequestChannelError.timeout(member)
     } catch {
+      // Turned away for good (a credential, another cluster): the client stops asking this member.
+      if error.isPermanentRefusal { throw RequestChannelError.refused(member, "\(error)") }
       throw RequestChannelError.unreachable(member, "\(error)")
     }
+  }
+
+  /// A member's id, or for a seed not yet known by its id, "the seed at" its address.
+  public func describe(_ member: NodeID) -> String {
+    guard member.rawValue >= Self.seedBase else { return "\(member)" }
+    return addresses.withLock { $0[member] }.map { "the seed at \($0)" } ?? "a seed"
   }
 
   /// Closes the connections (if the channel made them).

@@ -109,7 +109,7 @@ enum ClientCommands {
         return 1
       }
       let statuses = try await connection.host.statuses()
-      print("cluster \(map.cluster): \(map.members.count) members, \(map.groups.count) groups")
+      print("cluster \(map.cluster): \(counted(map.members.count, "member")), \(counted(map.groups.count, "group"))")
       for group in map.groups {
         let reports = statuses.filter { $0.group == group.id }
         let leader = reports.filter(\.isLeader).max { $0.epoch < $1.epoch }

@@ -274,7 +274,7 @@ enum ServeCommand {
       guard let address = try? await server.waitUntilListening() else { return }
       printOut(
         "quorum serve: \(settings.id) listening on \(address) (cluster \(cluster.id), "
-          + "\(server.host.hostedGroups.count) groups)")
+          + "\(counted(server.host.hostedGroups.count, "group")))")
     }
 
     signal(SIGINT, SIG_IGN)

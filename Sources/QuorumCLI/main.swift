@@ -7,6 +7,15 @@ import QuorumSimulation
 let arguments = Array(CommandLine.arguments.dropFirst())
 switch arguments.first {
 case "demo":
+  let options = Array(arguments.dropFirst())
+  if options.contains(where: { $0 == "--help" || $0 == "-h" }) {
+    print("usage: quorum demo [--quick]\n  a narrated tour of Raft, Multi-Paxos, locks and transactions, in process")
+    exit(0)
+  }
+  if let unknown = options.first(where: { $0 != "--quick" }) {
+    print("quorum demo: unknown option \(unknown) (usage: quorum demo [--quick])")
+    exit(2)
+  }
   try await RaftDemo.run(quick: arguments.contains("--quick"))
   try await PaxosDemo.run(quick: arguments.contains("--quick"))
   try await LockDemo.run(quick: arguments.contains("--quick"))

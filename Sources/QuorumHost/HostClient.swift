@@ -10,11 +10,17 @@ public protocol RequestChannel: Sendable {
 
   /// Learns the members' addresses from a cluster map (a channel that needs none ignores it).
   func learn(_ map: ClusterMap)
+
+  /// How `member` is named in errors (a channel that stands in for members it knows only by address says so).
+  func describe(_ member: NodeID) -> String
 }
 
 extension RequestChannel {
   /// Ignores the map.
   public func learn(_ map: ClusterMap) {}
+
+  /// The member's id.
+  public func describe(_ member: NodeID) -> String { "\(member)" }
 }
 
 /// Why a request did not reach a member or get an answer.
@@ -23,11 +29,15 @@ public enum RequestChannelError: Error, Sendable, Equatable, CustomStringConvert
   case unreachable(NodeID, String)
   /// No answer in time.
   case timeout(NodeID)
+  /// The member turned the client away for a reason that retrying does not fix: its credential (none, an
+  /// unknown one, or a wrong secret), another cluster, or a member that serves no clients.
+  case refused(NodeID, String)
 
   public var description: String {
     switch self {
     case .unreachable(let node, let why): return "\(node) unreachable: \(why)"
     case .timeout(let node): return "\(node) did not answer in time"
+    case .refused(let node, let why): return "\(node) refused the client: \(why)"
     }
   }
 }
@@ -45,9 +55,13 @@ public enum QuorumClientError: Error, Sendable, Equatable, CustomStringConvertib
   case rejected(HostError)
   /// The answer did not decode.
   case badReply(String)
+  /// Every member the call could ask turned the client away for a reason that retrying does not fix (see
+  /// ``RequestChannelError/refused(_:_:)``): the call failed at once rather than at its deadline.
+  case refused(String)
 
   public var description: String {
     switch self {
+    case .refused(let why): return "refused by the cluster: \(why)"
     case .timeout(let unknown, let last):
       return "deadline passed" + (unknown ? " (the write may or may not have happened)" : "")
         + (last.map { "; last attempt: \($0)" } ?? "")
@@ -319,6 +333,8 @@ public actor HostClient {
     var sent = false
     var target = (anyMember ? nil : group.flatMap { leaders[$0] }) ?? pick(from: candidates)
     var lastFailure: String?
+    /// Members that turned the client away for good: not asked again in this call.
+    var refusedBy: Set<NodeID> = []
     while true {
       let now = clock.monotonicNanos()
       guard now < end, let member = target else {
@@ -365,9 +381,25 @@ public actor HostClient {
         }
       } catch let error as QuorumClientError {
         throw error
+      } catch RequestChannelError.refused(_, let why) {
+        // Nothing was sent that could apply. Ask the members that have not refused; once all have, stop.
+        refusedBy.insert(member)
+        lastFailure = "\(channel.describe(member)): \(why)"
+        let left = candidates.filter { !refusedBy.contains($0) }
+        guard !left.isEmpty else { throw QuorumClientError.refused(lastFailure ?? why) }
+        target = pick(from: left)
+        continue
       } catch {
         // Unreachable or silent: the request may have been applied; the session makes a retry safe.
-        lastFailure = "\(error)"
+        if let channelError = error as? RequestChannelError {
+          switch channelError {
+          case .unreachable(let node, let why): lastFailure = "\(channel.describe(node)) unreachable: \(why)"
+          case .timeout(let node): lastFailure = "\(channel.describe(node)) did not answer in time"
+          case .refused: lastFailure = "\(error)"  // Handled above.
+          }
+        } else {
+          lastFailure = "\(error)"
+        }
         if case RequestChannelError.unreachable(_, "no address")? = error as? RequestChannelError,
           request != .clusterMap
         {

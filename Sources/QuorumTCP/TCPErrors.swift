@@ -110,6 +110,24 @@ public enum TCPCloseReason: Error, Sendable, Equatable, CustomStringConvertible 
     }
   }
 
+  /// Whether the other side turned this connection away for a reason that dialling again does not fix: the
+  /// credential or secret did not authenticate, the cluster id or the format version differs, or the node does
+  /// not serve clients. A client should stop asking that node rather than retry until its deadline. A listener
+  /// tells an unauthenticated dialler only "authentication failed" (or, running insecure, the public reason),
+  /// which arrives here as ``rejected(_:)``.
+  public var isPermanentRefusal: Bool {
+    switch self {
+    case .clusterMismatch, .unsupportedVersion, .authenticationFailed, .clientsNotServed:
+      return true
+    case .rejected(let detail):
+      return detail == ListenerHandshake.authenticationFailed
+        || detail == TCPCloseReason.clusterMismatch(local: "", remote: "").publicDescription
+        || detail.hasPrefix("unsupported format version") || detail == TCPCloseReason.clientsNotServed.description
+    default:
+      return false
+    }
+  }
+
   /// A short stable name for metrics and tests, such as `cluster-mismatch`.
   public var name: String {
     switch self {
@@ -198,6 +216,14 @@ public enum TCPRequestError: Error, Sendable, Equatable, CustomStringConvertible
   case overloaded(limit: Int)
   /// The client's event loop could not be started (out of threads or descriptors).
   case cannotStart(String)
+
+  /// Whether the node turned the client away for good (see ``TCPCloseReason/isPermanentRefusal``).
+  public var isPermanentRefusal: Bool {
+    switch self {
+    case .unreachable(_, let reason), .connectionLost(_, let reason): return reason.isPermanentRefusal
+    case .timeout, .tooLarge, .closed, .overloaded, .cannotStart: return false
+    }
+  }
 
   public var description: String {
     switch self {

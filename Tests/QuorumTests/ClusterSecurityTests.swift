@@ -116,6 +116,58 @@ struct ClusterSecurityTests {
   }
 }
 
+extension ClusterSecurityTests {
+  @Test(
+    "a client the cluster turns away (no credential, a wrong secret, another cluster) fails with .refused, not at its deadline"
+  )
+  func refusedClientsFailAtOnce() async throws {
+    let secrets = try TestSecrets()
+    defer { secrets.remove() }
+    let cluster = try fastCluster(
+      "guarded", security: Security(clusterSecretFile: secrets.secretFile, credentialsFile: secrets.credentialsFile))
+    let running = try await RunningCluster.start(cluster)
+    _ = try await running.leader()
+    let members = Array(running.addresses.values)
+    let wrongFile = "\(secrets.directory)/wrong.key"
+    try TestSecrets.write(wrongFile, Data(repeating: 7, count: 32))
+    // A deadline no run reaches: a client that retried until it would fail with .timeout instead.
+    var patient = HostClientOptions()
+    patient.deadline = .seconds(120)
+    let clients = [
+      ("no credential", TCPKVClient(cluster: "guarded", members: members, options: patient)),
+      (
+        "a wrong secret",
+        TCPKVClient(
+          cluster: "guarded", members: members, options: patient,
+          credential: try TCPClientCredential(name: "admin", secretFile: wrongFile))
+      ),
+      (
+        "another cluster",
+        TCPKVClient(
+          cluster: "elsewhere", members: members, options: patient, credential: try secrets.credential("admin"))
+      ),
+    ]
+    for (what, client) in clients {
+      do {
+        try await client.put("k", "v")
+        Issue.record("\(what): the write was accepted")
+      } catch QuorumClientError.refused(let why) {
+        #expect(why.contains("the seed at 127.0.0.1:"), "\(what): \(why)")
+        #expect(why.contains("authentication failed") || why.contains("cluster id mismatch"), "\(what): \(why)")
+      } catch {
+        Issue.record("\(what): \(error)")
+      }
+      await client.close()
+    }
+    let admin = TCPKVClient(
+      cluster: "guarded", members: members, options: patient, credential: try secrets.credential("admin"))
+    try await admin.put("k", "v")
+    #expect(try await admin.get("k") == Array("v".utf8))
+    await admin.close()
+    await running.stop()
+  }
+}
+
 /// A non-blocking TCP connection to `address` from the loopback address `source` (the connect may still be in
 /// progress when this returns).
 func rawConnect(to address: TCPAddress, from source: String) throws -> Int32 {
