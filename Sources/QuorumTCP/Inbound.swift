@@ -201,6 +201,9 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
   private var waitingForRoom = false
   /// The latest delivery that waited for room in the mailbox (for a failure report).
   private var stall: StallProgress?
+  /// The task delivering what waited for room; cancelled when the connection closes (see
+  /// ``connection(_:didCloseWith:)``).
+  private var stallTask: Task<Void, Never>?
   private var pendingRequest: TCPRequest?
   private var inflight = 0
   private var route: ReplyRoute?
@@ -234,8 +237,11 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
   }
 
   func connection(_ connection: Connection, didCloseWith reason: TCPCloseReason) {
-    // Frames that arrived before the close still count: deliver them.
+    // Frames that arrived before the close still count: deliver what fits. What waits for room is dropped, as
+    // if lost with the connection: the peer's next connection delivers newer frames, and these must not be
+    // admitted after them (a peer's messages arrive in the order sent, or not at all).
     deliverBatch()
+    stallTask?.cancel()
     reportCounts()
     var reason = reason
     if let abandoned = handshake?.reasonIfAbandoned, reason == .peerClosed || reason.name == "bad-handshake" {
@@ -546,14 +552,15 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
         // element admits the next one and wakes the loop, which refills the mailbox while the consumer drains
         // it. On the pool, every mailbox-full of frames would wait for a pool thread, and a busy pool (a
         // parallel test run on two cores) slowed delivery to a few frames a second.
-        Task(executorPreference: loop) {
+        stallTask = Task(executorPreference: loop) {
           progress.stage.store(StallProgress.sending, ordering: .relaxed)
           progress.note(onLoopThread: loop.isCurrentThread)
           // The first frame waits for room; the ones after it go in with it, as many as that room holds (moved,
           // under one lock), so a consumer that takes a batch at a time lets in a batch at a time, not one frame
-          // per suspension.
+          // per suspension. A cancelled delivery (its connection closed) stops before its next frame, and a
+          // frame waiting for room is withdrawn.
           var pending = rest
-          while let first = pending.first {
+          while let first = pending.first, !Task.isCancelled {
             guard (try? await mailbox.send(first)) != nil else { break }
             pending.removeFirst()
             var admitted = 1
@@ -708,6 +715,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
   /// the one request) not taken, which count as dropped: resume reading.
   func stallResolved(undelivered: Int) {
     stall?.stage.store(StallProgress.resolved, ordering: .relaxed)
+    stallTask = nil
     if waitingForRoom {
       waitingForRoom = false
       if undelivered > 0 { _ = sink.environment.metrics.framesDropped.add(undelivered, ordering: .relaxed) }
