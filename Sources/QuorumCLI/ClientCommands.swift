@@ -120,8 +120,15 @@ enum ClientCommands {
             + ((leader?.learners.isEmpty ?? true)
               ? "" : ", learners \(leader?.learners.map(\.description).joined(separator: ",") ?? "")"))
         print(row(["member", "address", "role", "term", "commit", "applied", "last", "lag"]))
+        // With a leader, its configuration says who is in the group: a founding member removed since is listed
+        // as removed (its replica may still run until the group is forgotten there).
+        let configured = leader.map { Set($0.voters + $0.learners) }
         for member in Set(group.members + (leader?.voters ?? []) + (leader?.learners ?? [])).sorted() {
           let address = map.members[member] ?? "?"
+          if let configured, !configured.contains(member) {
+            print(row(["\(member)", address, "removed", "", "", "", "", "-"]))
+            continue
+          }
           guard let s = reports.first(where: { $0.node == member }) else {
             let lag = leader?.peers.first { $0.node == member }.map { "\($0.lag)" } ?? "?"
             print(row(["\(member)", address, "unreachable", "", "", "", "", lag]))

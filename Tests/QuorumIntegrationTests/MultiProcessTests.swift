@@ -245,6 +245,9 @@ struct MultiProcessTests {
       try await admin.put("after", "removal")
       let status = try await cluster.runCLI(["status", "--cluster-file", file])
       #expect(status.status == 0 && status.output.contains("voters n2,n3,n4"), "\(status.output)")
+      // The removed founder is shown as removed, not as a follower whose lag is unknown.
+      let n1Rows = status.output.split(separator: "\n").filter { $0.hasPrefix("n1 ") }
+      #expect(n1Rows.count == 1 && n1Rows.allSatisfy { $0.contains("removed") }, "\(status.output)")
       await admin.close()
       let stubborn = await cluster.stopAll()
       #expect(stubborn.isEmpty)
