@@ -97,6 +97,25 @@ struct PaxosWireFuzzTests {
     }
   }
 
+  @Test("single-decree messages and an acceptor's stored state, damaged, decode or are refused with a WireError")
+  func synod() {
+    let low = Ballot(round: 1, node: 11)
+    let high = Ballot(round: 7, node: 12)
+    let messages: [SynodMessage<String>] = [
+      .prepare(low), .promise(high, accepted: nil),
+      .promise(high, accepted: AcceptedProposal(ballot: low, value: "blue")),
+      .accept(high, "green"), .accepted(high, "grün, ü"), .rejected(low, promised: high), .chosen(""), .query,
+    ]
+    let states = [
+      AcceptorState<String>(), AcceptorState(promised: high, accepted: AcceptedProposal(ballot: low, value: "blue")),
+    ]
+    let reports = [
+      WireFuzzer.check(samples: messages, inputs: 10_000, seed: 21),
+      WireFuzzer.check(samples: states, inputs: 5_000, seed: 22),
+    ]
+    for report in reports { #expect(report.problems.isEmpty, "\(report)") }
+  }
+
   @Test("a stored hard state, damaged, decodes or is refused with a WireError")
   func hardStates() {
     let samples = [

@@ -130,6 +130,18 @@ struct HostWireFuzzTests {
     #expect(report.problems.isEmpty, "\(report)")
   }
 
+  @Test("two-phase-commit messages between coordinators and participants, damaged, decode or are refused")
+  func transactionMessages() {
+    let id = TxnID(coordinator: 2, sequence: 9, startedAtMillis: 1_700_000_000_000)
+    let messages: [TransactionMessage] = [
+      .prepare(id, participants: [1, 2, 3], recordStore: 7), .prepare(id, participants: [], recordStore: nil),
+      .commitOnePhase(id), .vote(id, .yes), .vote(id, .no), .decision(id, .commit), .decision(id, .abort), .ack(id),
+      .decisionRequest(id), .outcome(id, .abort),
+    ]
+    let report = WireFuzzer.check(samples: messages, inputs: 10_000, seed: 12)
+    #expect(report.problems.isEmpty, "\(report)")
+  }
+
   @Test("key-value queries and their results, damaged, decode or are refused with a WireError")
   func queries() {
     let queries: [KVQuery] = [
