@@ -200,6 +200,11 @@ public actor ShardedTransactions {
       } catch let retry as Retry {
         last = retry.why
         await abandon(tx)
+      } catch ShardedTransactionError.outcomeUnknown(let id, let groups) where groups.count > 1 {
+        // The commit may be recorded: the groups' prepared state is all that carries it to them, so it must not be
+        // aborted here (a resolver applies whatever the record holds). A one-group commit needs no such care: an
+        // abort after it applied changes nothing there.
+        throw ShardedTransactionError.outcomeUnknown(id, groups: groups)
       } catch {
         await abandon(tx)
         throw error

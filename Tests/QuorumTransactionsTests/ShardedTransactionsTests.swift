@@ -1,0 +1,101 @@
+import QuorumCore
+import Synchronization
+import Testing
+
+@testable import QuorumTransactions
+
+/// A clock that stands still and never waits: the client's transaction starts and pauses in these tests.
+struct FrozenClock: NodeClock {
+  var wallMillis: UInt64 = 1_000_000
+
+  func monotonicNanos() -> UInt64 { 0 }
+  func wallClockMillis() -> UInt64 { wallMillis }
+  func sleep(untilNanos deadline: UInt64) async throws {}
+}
+
+/// Shards in memory behind a ``TxnShardChannel``: `a…` keys live in group 1, `b…` keys in group 2, records and
+/// numbers in group 1. `losesAnswer` decides which commands are applied but answered with an error.
+final class InMemoryShards: TxnShardChannel {
+  struct Lost: Error {}
+
+  private struct State {
+    var shards: [GroupID: TxnShard]
+    var index: UInt64 = 0
+    var millis: UInt64
+  }
+
+  private let state: Mutex<State>
+  private let losesAnswer: @Sendable (TxnShardCommand, GroupID) -> Bool
+
+  init(
+    startMillis: UInt64 = 1_000_000,
+    losesAnswer: @escaping @Sendable (TxnShardCommand, GroupID) -> Bool = { _, _ in false }
+  ) {
+    state = Mutex(State(shards: [1: TxnShard(), 2: TxnShard()], millis: startMillis))
+    self.losesAnswer = losesAnswer
+  }
+
+  func group(for key: String) async throws -> GroupID { key.hasPrefix("b") ? 2 : 1 }
+
+  func command(_ command: TxnShardCommand, group: GroupID) async throws -> TxnShardResponse {
+    let answer = state.withLock { s -> TxnShardResponse? in
+      s.index += 1
+      s.millis += 1
+      return s.shards[group]?.apply(command, context: ApplyContext(index: s.index, timestampMillis: s.millis))
+    }
+    guard let answer, !losesAnswer(command, group) else { throw Lost() }
+    return answer
+  }
+
+  func query(_ query: TxnShardQuery, group: GroupID) async throws -> TxnShardQueryResult {
+    guard let result = state.withLock({ $0.shards[group]?.query(query) }) else { throw Lost() }
+    return result
+  }
+
+  func value(of key: String) -> String? {
+    state.withLock { s in s.shards[key.hasPrefix("b") ? 2 : 1]?.value(of: key) }.map {
+      String(decoding: $0, as: UTF8.self)
+    }
+  }
+}
+
+@Suite("ShardedTransactions: the client coordinator over shards in memory")
+struct ShardedTransactionsTests {
+  func client(_ channel: InMemoryShards, coordinator: NodeID = 7) -> ShardedTransactions {
+    var options = ShardedTransactionOptions(coordinator: coordinator)
+    options.commandRetries = 1
+    options.maxAttempts = 1
+    return ShardedTransactions(channel: channel, options: options, clock: FrozenClock())
+  }
+
+  @Test("a commit recorded but unanswered is not aborted in the groups it read: every group commits")
+  func unknownOutcomeKeepsPreparedGroups() async throws {
+    let channel = InMemoryShards { command, _ in
+      if case .records(.decide(let id, .commit, _, _)) = command, id.coordinator == 7 { return true }
+      return false
+    }
+    let setup = client(channel, coordinator: 6)
+    try await setup.transaction { tx in
+      tx.put("alice", "10")
+      tx.put("bob", "0")
+    }
+    let db = client(channel)
+    let moved = Mutex<TxnID?>(nil)
+    await #expect(throws: ShardedTransactionError.self) {
+      try await db.transaction { tx in
+        moved.withLock { $0 = tx.id }
+        let alice = try await tx.getString("alice") ?? "?"
+        let bob = try await tx.getString("bob") ?? "?"
+        tx.put("alice", "0")
+        tx.put("bob", String((Int(bob) ?? 0) + (Int(alice) ?? 0)))
+      }
+    }
+    let id = try #require(moved.withLock { $0 })
+    // The commit is recorded: whoever asks is told committed, so every group must end up committing it.
+    #expect(try await db.outcome(of: id, groups: [1, 2]) == .committed)
+    let resolver = client(channel, coordinator: 8)
+    _ = try await resolver.resolveInDoubt(minimumAgeMillis: 0, groups: [1, 2])
+    #expect(channel.value(of: "alice") == "0")
+    #expect(channel.value(of: "bob") == "10")
+  }
+}
