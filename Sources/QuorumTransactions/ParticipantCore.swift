@@ -104,6 +104,10 @@ public struct ParticipantCore: Sendable {
     case voting(onePhase: Bool, pendingAbort: Bool)
     /// The application voted yes; the prepared record is being written.
     case recordingPrepared(pendingAbort: Bool)
+    /// The prepared record could not be written, so the vote is no; the write may have landed all the same, so
+    /// the record is being ended (`inFlight`, or at the next wake-up) before the application rolls back: until
+    /// then a restart that finds it restores the transaction as prepared, and the application must still be.
+    case withdrawing(inFlight: Bool)
     /// A one-phase commit's decision is being recorded (`inFlight`), or will be at the next wake-up.
     case recordingCommit(inFlight: Bool)
     /// Checking the record before answering a one-phase request that may repeat a forgotten one.
@@ -214,6 +218,13 @@ public struct ParticipantCore: Sendable {
     case .lookedUp(let txn, let record): lookedUp(txn, record, &effects)
     case .applied(let txn): applied(txn, &effects)
     case .finishRecorded(let txn):
+      if case .withdrawing? = tracked[txn]?.phase {
+        // No restart can find it prepared now, and this node never votes yes to it again: the abort is certain.
+        tracked[txn]?.recorded = false
+        tracked[txn]?.abortIsCertain = true
+        startApplying(txn, .abort, &effects)
+        break
+      }
       guard let transaction = tracked[txn], case .finishing(let decision, _) = transaction.phase else { break }
       end(txn, decision == .commit ? .committed : .aborted(certain: true))
       if decision == .commit && !transaction.onePhase {
@@ -271,6 +282,8 @@ public struct ParticipantCore: Sendable {
         effects.append(.prepare(txn))
       case .prepared, .resolving:
         effects.append(vote(.yes))  // the vote may have been lost
+      case .withdrawing:
+        effects.append(vote(.no))
       default:
         return
       }
@@ -365,6 +378,8 @@ public struct ParticipantCore: Sendable {
       if decision == .abort && !onePhase { tracked[txn]?.phase = .voting(onePhase: false, pendingAbort: true) }
     case .recordingPrepared:
       if decision == .abort { tracked[txn]?.phase = .recordingPrepared(pendingAbort: true) }
+    case .withdrawing:
+      if decision == .abort { tracked[txn]?.abortIsCertain = true }  // rolled back once the record is ended
     case .prepared, .resolving:
       tracked[txn]?.abortIsCertain = true
       startApplying(txn, decision, &effects)
@@ -385,6 +400,8 @@ public struct ParticipantCore: Sendable {
         reply(.abort)
       case .applying(let decision), .finishing(let decision, _):
         if decision == .commit || transaction.abortIsCertain { reply(decision) }
+      case .withdrawing:
+        if transaction.abortIsCertain { reply(.abort) }  // learned; its own no is not final before a restart
       default:
         return
       }
@@ -490,13 +507,19 @@ public struct ParticipantCore: Sendable {
   private mutating func recordFailed(_ txn: TxnID, _ effects: inout [ParticipantEffect]) {
     guard let transaction = tracked[txn] else { return }
     switch transaction.phase {
-    case .recordingPrepared:
-      // Not durable, so no yes: vote no and roll back. The write may have landed all the same; the record is
-      // ended after the rollback (and a restart that finds it asks and learns abort).
+    case .recordingPrepared(let pendingAbort):
+      // Not durable, so no yes: vote no. The write may have landed all the same, and a restart that found it
+      // would restore the transaction as prepared and vote yes to a repeated prepare: the record is ended first,
+      // and only then does the application roll back.
       tracked[txn]?.recorded = true
-      tracked[txn]?.abortIsCertain = true
-      startApplying(txn, .abort, &effects)
+      tracked[txn]?.abortIsCertain = pendingAbort
+      tracked[txn]?.phase = .withdrawing(inFlight: true)
+      tracked[txn]?.retryInterval = options.inquiry.initialTicks
+      effects.append(.recordFinished(txn))
       effects.append(.send(TransactionOutgoing(to: txn.coordinator, .vote(txn, .no))))
+    case .withdrawing:
+      tracked[txn]?.phase = .withdrawing(inFlight: false)
+      backOff(txn)
     case .recordingCommit:
       // The commit may or may not be recorded: ask again (the compare-and-set returns what holds).
       tracked[txn]?.phase = .recordingCommit(inFlight: false)
@@ -625,6 +648,11 @@ public struct ParticipantCore: Sendable {
     case .finishing(let decision, let inFlight):
       guard !inFlight else { return 0 }
       tracked[txn]?.phase = .finishing(decision, inFlight: true)
+      effects.append(.recordFinished(txn))
+      return 1
+    case .withdrawing(let inFlight):
+      guard !inFlight else { return 0 }
+      tracked[txn]?.phase = .withdrawing(inFlight: true)
       effects.append(.recordFinished(txn))
       return 1
     case .voting, .recordingPrepared, .lookingUp, .resolving, .applying:

@@ -59,8 +59,37 @@ struct ParticipantCoreTests {
     var p = ParticipantCore(id: 2, options: quickParticipantOptions())
     _ = p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: nil)))
     _ = p.step(.voted(t, .yes))
-    #expect(p.step(.recordFailed(t)) == [.apply(t, .abort), psend(1, .vote(t, .no))])
-    #expect(p.step(.applied(t)) == [.recordFinished(t)], "the write may have landed: end it")
+    #expect(
+      p.step(.recordFailed(t)) == [.recordFinished(t), psend(1, .vote(t, .no))],
+      "the write may have landed: end it before rolling back")
+    #expect(
+      p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: nil))) == [psend(1, .vote(t, .no))])
+    #expect(p.step(.finishRecorded(t)) == [.apply(t, .abort)])
+    #expect(p.step(.applied(t)) == [])
+    #expect(p.trackedCount == 0)
+    #expect(p.status(of: t) == .aborted)
+  }
+
+  @Test("a yes that could not be made durable is not rolled back before its record is ended")
+  func preparedRecordFailsThenCrash() {
+    var p = ParticipantCore(id: 2, options: quickParticipantOptions(), recordStore: 9)
+    _ = p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: 9)))
+    _ = p.step(.voted(t, .yes))
+    var effects = p.step(.recordFailed(t))
+    #expect(effects.contains(psend(1, .vote(t, .no))))
+    effects += p.ticks(30)
+    // The prepared record landed after all, and the node crashes before it is ended: the restart finds it and
+    // restores the transaction as prepared, and answers the coordinator's next prepare (the no was lost) yes.
+    let landed = TransactionRecordSummary(
+      id: t, decision: nil, participants: [2, 3], pending: [2, 3], createdAtMillis: 1_000, decidedAtMillis: nil,
+      ageMillis: 0)
+    var restarted = ParticipantCore(id: 2, options: quickParticipantOptions(), recordStore: 9)
+    _ = restarted.step(.recovered([landed]))
+    let vote = restarted.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: 9)))
+    #expect(vote == [psend(1, .vote(t, .yes))])
+    #expect(
+      !effects.contains(.apply(t, .abort)),
+      "the resource rolled back, and then the node voted yes: the coordinator may commit what this branch undid")
   }
 
   @Test("duplicate and reordered messages are harmless")
