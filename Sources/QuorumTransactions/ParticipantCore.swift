@@ -226,7 +226,7 @@ public struct ParticipantCore: Sendable {
         break
       }
       guard let transaction = tracked[txn], case .finishing(let decision, _) = transaction.phase else { break }
-      end(txn, decision == .commit ? .committed : .aborted(certain: true))
+      end(txn, decision == .commit ? .committed : .aborted(certain: transaction.abortIsCertain))
       if decision == .commit && !transaction.onePhase {
         effects.append(.send(TransactionOutgoing(to: txn.coordinator, .ack(txn))))
       }
@@ -282,8 +282,8 @@ public struct ParticipantCore: Sendable {
         effects.append(.prepare(txn))
       case .prepared, .resolving:
         effects.append(vote(.yes))  // the vote may have been lost
-      case .withdrawing:
-        effects.append(vote(.no))
+      case .withdrawing, .finishing(.abort, _):
+        effects.append(vote(.no))  // as once it has ended
       default:
         return
       }
@@ -312,6 +312,11 @@ public struct ParticipantCore: Sendable {
 
   private mutating func commitOnePhase(_ txn: TxnID, _ effects: inout [ParticipantEffect]) {
     if let transaction = tracked[txn] {
+      if case .finishing(let decision, _) = transaction.phase {
+        // Decided and applied here; only the record is still being ended.
+        effects.append(.send(TransactionOutgoing(to: txn.coordinator, .outcome(txn, decision))))
+        return
+      }
       guard case .working = transaction.phase else { return }  // in progress: answered when done
       tracked[txn]?.phase = .voting(onePhase: true, pendingAbort: false)
       tracked[txn]?.onePhase = true
@@ -568,12 +573,9 @@ public struct ParticipantCore: Sendable {
       end(txn, outcome)
       return
     }
-    if decision == .abort || transaction.onePhase {
-      // Nobody waits for this record to end: an abort is not acknowledged, a one-phase answer is already out.
-      end(txn, outcome)
-      effects.append(.recordFinished(txn))
-      return
-    }
+    // The record is ended before the transaction is: nobody waits for that of an abort (not acknowledged) or of a
+    // one-phase commit (answered already), but a failed write is retried all the same, or the record would stay
+    // pending on this participant — never forgotten — until it restarts.
     tracked[txn]?.phase = .finishing(decision, inFlight: true)
     tracked[txn]?.retryInterval = options.inquiry.initialTicks
     effects.append(.recordFinished(txn))

@@ -36,7 +36,34 @@ struct ParticipantCoreTests {
     var q = prepared()
     #expect(q.step(.message(from: 1, .decision(t, .abort))) == [.apply(t, .abort)])
     #expect(q.step(.applied(t)) == [.recordFinished(t)])
+    #expect(q.step(.finishRecorded(t)) == [], "an abort is not acknowledged")
     #expect(q.trackedCount == 0)
+  }
+
+  @Test("a record whose end fails is ended again: after an abort, and after a one-phase commit")
+  func finishRetried() {
+    var q = prepared(recordStore: 9, prepareStore: 9)
+    #expect(q.step(.message(from: 1, .decision(t, .abort))) == [.apply(t, .abort)])
+    #expect(q.step(.applied(t)) == [.recordFinished(t)])
+    _ = q.step(.recordFailed(t))
+    #expect(
+      q.ticks(30).contains(.recordFinished(t)),
+      "otherwise the shared record stays pending on this participant, and is never forgotten")
+    #expect(q.step(.finishRecorded(t)) == [], "an abort is not acknowledged")
+    #expect(q.trackedCount == 0)
+    #expect(q.status(of: t) == .aborted)
+
+    var p = ParticipantCore(id: 2, options: quickParticipantOptions(), recordStore: 9)
+    _ = p.step(.message(from: 1, .commitOnePhase(t)))
+    _ = p.step(.voted(t, .yes))
+    _ = p.step(.decisionRecorded(t, .commit))
+    #expect(p.step(.applied(t)) == [psend(1, .outcome(t, .commit)), .recordFinished(t)])
+    _ = p.step(.recordFailed(t))
+    #expect(p.step(.message(from: 1, .commitOnePhase(t))) == [psend(1, .outcome(t, .commit))], "a copy")
+    #expect(p.ticks(30).contains(.recordFinished(t)))
+    #expect(p.step(.finishRecorded(t)) == [], "a one-phase commit was answered already")
+    #expect(p.trackedCount == 0)
+    #expect(p.status(of: t) == .committed)
   }
 
   @Test("a no vote rolls back; a read-only vote ends the transaction here")
@@ -207,6 +234,7 @@ struct ParticipantCoreTests {
       _ = p.step(.voted(id, .yes))
       _ = p.step(.decisionRecorded(id, .commit))
       _ = p.step(.applied(id))
+      _ = p.step(.finishRecorded(id))
     }
     #expect(p.step(.message(from: 1, .commitOnePhase(txn(1)))) == [.lookUp(txn(1))])
     let record = TransactionRecordSummary(
