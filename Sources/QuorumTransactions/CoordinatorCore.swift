@@ -15,8 +15,11 @@ public enum CoordinatorInput: Sendable, Hashable {
   /// The shell carried out ``CoordinatorEffect/recordDecision(_:_:participants:)``: `decision` is now durable
   /// for `id` — the one asked for, or the one the record already held.
   case decisionRecorded(TxnID, TransactionDecision)
-  /// The shell could not record the decision (the store was unavailable); the core retries after a back-off.
+  /// The shell could not record the decision, or the end of a commit (the store was unavailable); the core
+  /// retries after a back-off.
   case recordFailed(TxnID)
+  /// The shell carried out ``CoordinatorEffect/recordFinished(_:)``: the coordinator is done with `id`.
+  case finishRecorded(TxnID)
   /// The records this coordinator left before it restarted (``TransactionRecordStore/pendingRecords(of:)``).
   case recovered([TransactionRecordSummary])
 }
@@ -37,8 +40,9 @@ public enum CoordinatorEffect: Sendable, Hashable, CustomStringConvertible {
   /// The coordinator gave up waiting for a one-phase commit's answer at the horizon: the outcome is unknown
   /// here (the participant's record has it).
   case expired(TxnID)
-  /// Every participant acknowledged the commit: record that this coordinator is done with `id` (need not be
-  /// waited for).
+  /// Every participant acknowledged the commit: record that this coordinator is done with `id`, then answer
+  /// ``CoordinatorInput/finishRecorded(_:)``, or ``CoordinatorInput/recordFailed(_:)`` (the core writes it again
+  /// after a back-off: until it lands, the record is kept for this coordinator).
   case recordFinished(TxnID)
 
   public var description: String {
@@ -91,6 +95,9 @@ public struct CoordinatorCore: Sendable {
     case recording(TransactionDecision, targets: [NodeID], inFlight: Bool)
     /// Phase 2 of a commit.
     case completing(unacked: Set<NodeID>)
+    /// Every participant acknowledged the commit; the end of its record is being written (`inFlight`), or will be
+    /// at the next wake-up.
+    case finishing(inFlight: Bool)
   }
 
   struct Active: Hashable, Sendable {
@@ -139,7 +146,7 @@ public struct CoordinatorCore: Sendable {
   public func status(of id: TxnID) -> TransactionStatus? {
     if let transaction = active[id] {
       switch transaction.phase {
-      case .completing: return .committed
+      case .completing, .finishing: return .committed
       case .collecting, .onePhase, .recording: return .inProgress
       }
     }
@@ -182,12 +189,21 @@ public struct CoordinatorCore: Sendable {
     case .decisionRecorded(let txn, let decision): recorded(txn, decision, &effects)
     case .recordFailed(let txn):
       resolving[txn] = nil
+      if case .finishing? = active[txn]?.phase {
+        active[txn]?.phase = .finishing(inFlight: false)
+        backOff(txn)
+        break
+      }
       guard var transaction = active[txn], case .recording(let decision, let targets, _) = transaction.phase else {
         break
       }
       transaction.phase = .recording(decision, targets: targets, inFlight: false)
       active[txn] = transaction
       backOff(txn)
+    case .finishRecorded(let txn):
+      guard case .finishing? = active[txn]?.phase else { break }
+      active[txn] = nil
+      outcomes.remember(txn, .commit)
     case .recovered(let records): recover(records)
     }
     return effects
@@ -249,8 +265,9 @@ public struct CoordinatorCore: Sendable {
         unacked.remove(from) != nil
       else { return }
       if unacked.isEmpty {
-        active[txn] = nil
-        outcomes.remember(txn, .commit)
+        transaction.phase = .finishing(inFlight: true)
+        transaction.retryInterval = options.retry.initialTicks
+        active[txn] = transaction
         effects.append(.recordFinished(txn))
       } else {
         transaction.phase = .completing(unacked: unacked)
@@ -258,8 +275,9 @@ public struct CoordinatorCore: Sendable {
       }
     case .decisionRequest(let txn):
       if let transaction = active[txn] {
-        if case .completing = transaction.phase {
-          effects.append(.send(TransactionOutgoing(to: from, .decision(txn, .commit))))
+        switch transaction.phase {
+        case .completing, .finishing: effects.append(.send(TransactionOutgoing(to: from, .decision(txn, .commit))))
+        case .collecting, .onePhase, .recording: break
         }
         return  // undecided: the participant asks again later
       }
@@ -300,6 +318,8 @@ public struct CoordinatorCore: Sendable {
       if vote == .yes, unacked.contains(from) {
         effects.append(.send(TransactionOutgoing(to: from, .decision(txn, .commit))))
       }
+    case .finishing:
+      if vote == .yes { effects.append(.send(TransactionOutgoing(to: from, .decision(txn, .commit)))) }
     case .onePhase, .recording:
       return
     }
@@ -451,6 +471,11 @@ public struct CoordinatorCore: Sendable {
         effects.append(.send(TransactionOutgoing(to: participant, .decision(txn, .commit))))
       }
       backOff(txn)
+      return 1
+    case .finishing(let inFlight):
+      guard !inFlight else { return 0 }
+      active[txn]?.phase = .finishing(inFlight: true)
+      effects.append(.recordFinished(txn))
       return 1
     }
   }

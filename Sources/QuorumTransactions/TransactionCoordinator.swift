@@ -211,13 +211,16 @@ public actor TransactionCoordinator {
       case .recordFinished(let txn):
         let (store, inputs, node) = (self.store, self.inputs, self.id)
         group.addTask {
+          let answer: Input
           do {
             try await store.recordFinished(txn, by: node)
+            answer = .core(.finishRecorded(txn))
           } catch TransactionStoreError.unusable(let why) {
-            try? await inputs.send(.storeFailed(why))
+            answer = .storeFailed(why)
           } catch {
-            // The record stays: a restart resumes phase 2 and finishes it then.
+            answer = .core(.recordFailed(txn))  // written again after a back-off
           }
+          try? await inputs.send(answer)
         }
       }
     }

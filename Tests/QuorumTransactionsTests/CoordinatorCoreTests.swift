@@ -24,6 +24,27 @@ struct CoordinatorCoreTests {
       ])
     #expect(c.step(.message(from: 2, .ack(t))) == [])
     #expect(c.step(.message(from: 3, .ack(t))) == [.recordFinished(t)])
+    #expect(c.step(.finishRecorded(t)) == [])
+    #expect(c.activeCount == 0)
+    #expect(c.status(of: t) == .committed)
+  }
+
+  @Test("the end of a commit record that fails is written again, so that the shared record can be forgotten")
+  func finishRetried() {
+    var c = CoordinatorCore(id: 1, options: quickCoordinatorOptions(), recordStore: 9)
+    _ = c.step(.begin(t, participants: [2, 3]))
+    _ = c.step(.message(from: 2, .vote(t, .yes)))
+    _ = c.step(.message(from: 3, .vote(t, .yes)))
+    _ = c.step(.decisionRecorded(t, .commit))
+    _ = c.step(.message(from: 2, .ack(t)))
+    #expect(c.step(.message(from: 3, .ack(t))) == [.recordFinished(t)])
+    _ = c.step(.recordFailed(t))
+    #expect(c.status(of: t) == .committed)
+    #expect(
+      c.ticks(30).contains(.recordFinished(t)),
+      "otherwise the record stays pending on this coordinator until it restarts")
+    #expect(c.step(.message(from: 3, .decisionRequest(t))) == [send(3, .decision(t, .commit))])
+    #expect(c.step(.finishRecorded(t)) == [])
     #expect(c.activeCount == 0)
     #expect(c.status(of: t) == .committed)
   }

@@ -290,6 +290,7 @@ final class CoreWorld {
         if let holding, alive { queue.append(.coordinatorInput(inc, .decisionRecorded(id, holding))) }
       case .recordFinished(let id):
         _ = stores[key]?.apply(.finished(id, node: coordinatorID), at: wall)
+        if alive { queue.append(.coordinatorInput(inc, .finishRecorded(id))) }
       default: break
       }
     case .coordinatorInput(let inc, let input):
