@@ -6,7 +6,8 @@ public enum CoordinatorInput: Sendable, Hashable {
   /// there is one participant).
   case begin(TxnID, participants: [NodeID])
   /// The application gave up on `id` before asking to commit (its body failed): tell the participants to roll
-  /// back. Nothing is recorded (presumed abort).
+  /// back. Nothing is recorded (presumed abort). Ignored for a transaction in progress or known to have
+  /// committed.
   case abandon(TxnID, participants: [NodeID])
   /// A message from a participant.
   case message(from: NodeID, TransactionMessage)
@@ -179,7 +180,8 @@ public struct CoordinatorCore: Sendable {
     switch input {
     case .begin(let txn, let participants): begin(txn, participants, &effects)
     case .abandon(let txn, let participants):
-      guard active[txn] == nil else { break }
+      // In progress, being looked up, or committed already: not the application's to undo.
+      guard active[txn] == nil, resolving[txn] == nil, outcomes[txn] != .commit else { break }
       for participant in participants where participant != id {
         effects.append(.send(TransactionOutgoing(to: participant, .decision(txn, .abort))))
       }

@@ -266,7 +266,7 @@ public actor TransactionCoordinator {
   }
 
   /// Gives up on `id` before committing (its work failed): the participants are told to roll back. Nothing is
-  /// recorded; a transaction whose commit is already in progress is not affected.
+  /// recorded; a transaction whose commit is already in progress, or known to have committed, is not affected.
   public func abandon(_ id: TxnID, participants: [NodeID]) {
     try? inputs.trySend(.abandon(id, participants))
   }

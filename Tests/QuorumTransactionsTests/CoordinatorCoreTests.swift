@@ -49,6 +49,20 @@ struct CoordinatorCoreTests {
     #expect(c.status(of: t) == .committed)
   }
 
+  @Test("abandoning a transaction that already committed changes nothing: it is still reported committed")
+  func abandonAfterCommit() {
+    var c = CoordinatorCore(id: 1, options: quickCoordinatorOptions())
+    _ = c.step(.begin(t, participants: [2]))
+    #expect(c.step(.message(from: 2, .outcome(t, .commit))) == [.finished(t, .committed)])
+    #expect(c.step(.abandon(t, participants: [2])) == [], "nothing to roll back")
+    #expect(c.status(of: t) == .committed)
+    #expect(c.step(.message(from: 2, .vote(t, .yes))) == [send(2, .decision(t, .commit))], "a late copy")
+    let u = txn(8)
+    #expect(
+      c.step(.abandon(u, participants: [2, 3])) == [send(2, .decision(u, .abort)), send(3, .decision(u, .abort))])
+    #expect(c.status(of: u) == .aborted)
+  }
+
   @Test("a no vote aborts at once: nothing is recorded, the others are told, the no voter is not")
   func noVoteAborts() {
     var c = CoordinatorCore(id: 1, options: quickCoordinatorOptions())
