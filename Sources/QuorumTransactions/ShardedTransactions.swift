@@ -331,7 +331,9 @@ public actor ShardedTransactions {
         await abort(id, in: groups)
         throw Retry(why: "the record group refused the decision: \(decision)")
       }
-      throw ShardedTransactionError.badAnswer("\(decision) to a decision")
+      // The record group applied something, and what it holds now cannot be read from this answer: the commit
+      // may be recorded, so the prepared groups are left to the resolver, as for a lost answer.
+      throw ShardedTransactionError.outcomeUnknown(id, groups: groups)
     }
     guard holding == .commit else {
       await abort(id, in: groups)

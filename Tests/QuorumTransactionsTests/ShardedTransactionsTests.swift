@@ -27,15 +27,18 @@ final class InMemoryShards: TxnShardChannel {
   private let state: Mutex<State>
   private let losesAnswer: @Sendable (TxnShardCommand, GroupID) -> Bool
   private let losesRequest: @Sendable (TxnShardCommand, GroupID) -> Bool
+  private let garblesAnswer: @Sendable (TxnShardCommand, GroupID) -> Bool
 
   init(
     startMillis: UInt64 = 1_000_000,
     losesRequest: @escaping @Sendable (TxnShardCommand, GroupID) -> Bool = { _, _ in false },
-    losesAnswer: @escaping @Sendable (TxnShardCommand, GroupID) -> Bool = { _, _ in false }
+    losesAnswer: @escaping @Sendable (TxnShardCommand, GroupID) -> Bool = { _, _ in false },
+    garblesAnswer: @escaping @Sendable (TxnShardCommand, GroupID) -> Bool = { _, _ in false }
   ) {
     state = Mutex(State(shards: [1: TxnShard(), 2: TxnShard()], millis: startMillis))
     self.losesRequest = losesRequest
     self.losesAnswer = losesAnswer
+    self.garblesAnswer = garblesAnswer
   }
 
   func group(for key: String) async throws -> GroupID { key.hasPrefix("b") ? 2 : 1 }
@@ -48,6 +51,8 @@ final class InMemoryShards: TxnShardChannel {
       return s.shards[group]?.apply(command, context: ApplyContext(index: s.index, timestampMillis: s.millis))
     }
     guard let answer, !losesAnswer(command, group) else { throw Lost() }
+    // An answer of the wrong kind for the command (as a confused server might give).
+    if garblesAnswer(command, group) { return .value(nil) }
     return answer
   }
 
@@ -109,6 +114,36 @@ struct ShardedTransactionsTests {
     }
     let id = try #require(moved.withLock { $0 })
     // The commit is recorded: whoever asks is told committed, so every group must end up committing it.
+    #expect(try await db.outcome(of: id, groups: [1, 2]) == .committed)
+    let resolver = client(channel, coordinator: 8)
+    _ = try await resolver.resolveInDoubt(minimumAgeMillis: 0, groups: [1, 2])
+    #expect(channel.value(of: "alice") == "0")
+    #expect(channel.value(of: "bob") == "10")
+  }
+
+  @Test("a commit recorded but answered with something unexpected is not aborted either: every group commits")
+  func unexpectedDecisionAnswerKeepsPreparedGroups() async throws {
+    let channel = InMemoryShards(garblesAnswer: { command, _ in
+      if case .records(.decide(let id, .commit, _, _)) = command, id.coordinator == 7 { return true }
+      return false
+    })
+    let setup = client(channel, coordinator: 6)
+    try await setup.transaction { tx in
+      tx.put("alice", "10")
+      tx.put("bob", "0")
+    }
+    let db = client(channel)
+    let moved = Mutex<TxnID?>(nil)
+    await #expect(throws: ShardedTransactionError.self) {
+      try await db.transaction { tx in
+        moved.withLock { $0 = tx.id }
+        let alice = try await tx.getString("alice") ?? "?"
+        let bob = try await tx.getString("bob") ?? "?"
+        tx.put("alice", "0")
+        tx.put("bob", String((Int(bob) ?? 0) + (Int(alice) ?? 0)))
+      }
+    }
+    let id = try #require(moved.withLock { $0 })
     #expect(try await db.outcome(of: id, groups: [1, 2]) == .committed)
     let resolver = client(channel, coordinator: 8)
     _ = try await resolver.resolveInDoubt(minimumAgeMillis: 0, groups: [1, 2])
