@@ -29,11 +29,18 @@ public protocol ReplicatedService: Sendable {
   /// Whether `command` only removes or releases state (a delete, a lock release): a member past its space quota
   /// still accepts it, so that space can be won back. The default says no.
   static func reclaimsSpace(_ command: Machine.Command) -> Bool
+
+  /// Whether a client may send `command` (by default, every command). A service whose machine also takes
+  /// commands that only the host itself proposes, such as a leader's clock entry, refuses those from clients.
+  static func acceptsFromClients(_ command: Machine.Command) -> Bool
 }
 
 extension ReplicatedService {
   /// No command is known to reclaim space.
   public static func reclaimsSpace(_ command: Machine.Command) -> Bool { false }
+
+  /// Every command may come from a client.
+  public static func acceptsFromClients(_ command: Machine.Command) -> Bool { true }
 }
 
 extension ReplicatedService where Machine.Notification == Never {

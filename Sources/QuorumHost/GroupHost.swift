@@ -19,6 +19,8 @@ public struct ServiceDefinition: Sendable {
     case unkeyed
     /// The payload is not the service's.
     case undecodable(String)
+    /// A command the service takes only from the host itself, never from a client.
+    case notFromClients(String)
   }
 
   /// The service's name.
@@ -35,7 +37,9 @@ public struct ServiceDefinition: Sendable {
     self.service = service
     commandKey = { bytes in
       do {
-        return Service.routingKey(of: try Service.Machine.Command(wireBytes: bytes)).map(RoutingKey.key) ?? .unkeyed
+        let command = try Service.Machine.Command(wireBytes: bytes)
+        guard Service.acceptsFromClients(command) else { return .notFromClients("\(command)") }
+        return Service.routingKey(of: command).map(RoutingKey.key) ?? .unkeyed
       } catch {
         return .undecodable("\(error)")
       }
@@ -578,6 +582,8 @@ public final class GroupHost: Sendable {
       return nil
     case .undecodable(let why):
       return .malformed("\(service) payload: \(why)")
+    case .notFromClients(let command):
+      return .malformed("\(service): '\(command)' is proposed by the group's leader, never by a client")
     case .key(let key):
       guard let owner = placement.owner(of: key, service: service), owner != group.id else { return nil }
       return .wrongGroup(key: key, service: service, owner: owner)

@@ -44,6 +44,13 @@ public struct HostedTxnService: ReplicatedService {
   }
 
   public static func routingKey(of query: TxnShardQuery) -> String? { TxnShardService.routingKey(of: query) }
+
+  /// A clock entry comes only from the group's leader: from a client it could move transaction time ahead for
+  /// good, and every later transaction would be refused as started in the past.
+  public static func acceptsFromClients(_ command: HostedTxnCommand) -> Bool {
+    if case .clock = command { return false }
+    return true
+  }
 }
 
 /// A command of the hosted `txn` service: a client's ``QuorumTransactions/TxnShardCommand`` (same bytes), or a
@@ -101,7 +108,9 @@ public struct HostedTxnShard: StateMachine {
   public init(shard: TxnShard) { self.shard = shard }
 
   private func context(_ context: ApplyContext) -> ApplyContext {
-    ApplyContext(index: context.index, timestampMillis: context.timestampMillis.addingReportingOverflow(offsetMillis).0)
+    // Saturated: transaction time past 2^64 ms stays at the end rather than wrapping to the start.
+    let (time, overflow) = context.timestampMillis.addingReportingOverflow(offsetMillis)
+    return ApplyContext(index: context.index, timestampMillis: overflow ? .max : time)
   }
 
   public mutating func apply(_ command: HostedTxnCommand, context: ApplyContext) -> TxnShardResponse {

@@ -8,6 +8,29 @@ import Testing
 struct TransactionClusterTests {
   static let engines: [EngineKind] = [.raft, .multiPaxos]
 
+  @Test("a client cannot write the leader's clock entry: transaction time stays where the leaders put it")
+  func clockEntriesAreRefusedFromClients() async throws {
+    try await TxnTestCluster.run(engine: .raft) { cluster in
+      let group = try #require(cluster.groups.first)
+      // A clock entry a decade ahead would make every later transaction look started in the past.
+      let ahead = HostedTxnCommand.clock(wallMillis: UInt64(Date().timeIntervalSince1970 * 1000) + 315_360_000_000)
+      let request = HostRequest.command(
+        group: group, ServiceCommand(service: HostedTxnService.name, payload: ahead.wireBytes()), request: nil,
+        acknowledgedThrough: 0)
+      for host in cluster.hosts.values {
+        let reply = try HostReply(wireBytes: await host.handle(bytes: request.wireBytes()))
+        guard case .failure(let failure) = reply, case .malformed(let why) = failure.error else {
+          Issue.record("a client's clock entry was not refused: \(reply)")
+          continue
+        }
+        #expect(why.contains("proposed by the group's leader"), "\(why)")
+      }
+      // Transactions still commit.
+      let key = try await cluster.keys(in: 0, count: 1, prefix: "k")
+      try await cluster.db(coordinator: 100).transaction { tx in tx.put(key[0], "v") }
+    }
+  }
+
   @Test("serializable transfers across two groups conserve the total and lose no update", arguments: engines)
   func transfersConserveTheTotal(engine: EngineKind) async throws {
     try await TxnTestCluster.run(engine: engine) { cluster in
