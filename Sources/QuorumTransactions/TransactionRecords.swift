@@ -219,29 +219,23 @@ public struct TransactionRecords: StateMachine {
       }
       return page(oldestFirst, limit: limit)
     case .unfinished(let minimumAge, let limit):
-      return unfinished(minimumAgeMillis: minimumAge, limit: limit, now: logTimeMillis)
+      let ids = records.compactMap { id, record -> TxnID? in
+        guard record.decision == .commit, !record.pending.isEmpty, let decided = record.decidedAtMillis else {
+          return nil
+        }
+        return logTimeMillis >= decided.addingSaturated(minimumAge) ? id : nil
+      }
+      let oldestFirst = ids.sorted { a, b in
+        let (da, db) = (records[a]?.decidedAtMillis ?? 0, records[b]?.decidedAtMillis ?? 0)
+        return da != db ? da < db : a < b
+      }
+      return page(oldestFirst, limit: limit)
     case .counts:
       return .counts(
         TransactionRecordCounts(
           records: records.count, undecided: records.values.filter { $0.decision == nil }.count,
           coordinators: floors.count, logTimeMillis: logTimeMillis))
     }
-  }
-
-  /// The answer to ``TransactionRecordQuery/unfinished(minimumAgeMillis:limit:)`` with ages measured at `now` (a
-  /// ``TxnShard``'s log time runs ahead of its table's, which moves only with record commands).
-  func unfinished(minimumAgeMillis minimumAge: UInt64, limit: Int, now: UInt64) -> TransactionRecordQueryResult {
-    let ids = records.compactMap { id, record -> TxnID? in
-      guard record.decision == .commit, !record.pending.isEmpty, let decided = record.decidedAtMillis else {
-        return nil
-      }
-      return now >= decided.addingSaturated(minimumAge) ? id : nil
-    }
-    let oldestFirst = ids.sorted { a, b in
-      let (da, db) = (records[a]?.decidedAtMillis ?? 0, records[b]?.decidedAtMillis ?? 0)
-      return da != db ? da < db : a < b
-    }
-    return page(oldestFirst, limit: limit)
   }
 
   private func page(_ ids: [TxnID], limit: Int) -> TransactionRecordQueryResult {
