@@ -137,8 +137,8 @@ final class TransactionHousekeeping: Sendable {
         counts.prepared > 0 || counts.records > 0
       else { return }
       // The shard's time moves only with its own entries: in a quiet group, write one, so that the age of what is
-      // prepared there grows (unfinished records need no such haste: they age with the leader's clock entries).
-      if counts.prepared > 0, lastLogTime[id] == counts.logTimeMillis {
+      // prepared there grows.
+      if lastLogTime[id] == counts.logTimeMillis {
         _ = try await group.propose(
           ServiceCommand(service: HostedTxnService.name, payload: TxnShardCommand.advanceTime.wireBytes()),
           request: nil, acknowledgedThrough: 0, principal: nil)
