@@ -132,10 +132,7 @@ final class TransactionHousekeeping: Sendable {
   private func resolve(in group: any HostedGroup, lastLogTime: inout [GroupID: UInt64]) async {
     let id = group.spec.id
     do {
-      // Prepared transactions to settle, or commit records whose coordinator may have left them unfinished.
-      guard case .counts(let counts) = try await localQuery(.counts, in: group),
-        counts.prepared > 0 || counts.records > 0
-      else { return }
+      guard case .counts(let counts) = try await localQuery(.counts, in: group), counts.prepared > 0 else { return }
       // The shard's time moves only with its own entries: in a quiet group, write one, so that the age of what is
       // prepared there grows.
       if lastLogTime[id] == counts.logTimeMillis {

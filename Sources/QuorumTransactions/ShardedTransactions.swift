@@ -414,10 +414,6 @@ public actor ShardedTransactions {
   /// their decision is settled in their record group — abort, unless a commit is recorded first — and applied in
   /// every group of the transaction. Any client, or the servers, may run it: the compare-and-set makes racing
   /// resolvers and a live coordinator agree. Returns how many transactions it settled.
-  ///
-  /// It also ends the commit records of `groups` that their coordinator left unfinished for at least
-  /// `minimumAgeMillis` (it died, or lost the answers of phase 2, after the commit was applied): once no group of
-  /// the transaction still holds it prepared, the record is finished, so that it is forgotten in time.
   public func resolveInDoubt(minimumAgeMillis: UInt64, groups: [GroupID], limit: Int = 256) async throws -> Int {
     var settled = 0
     for group in groups {
@@ -426,30 +422,8 @@ public actor ShardedTransactions {
         throw ShardedTransactionError.badAnswer("\(answer) to an in-doubt query")
       }
       for entry in doubtful where try await resolve(entry) { settled += 1 }
-      try await finishUnfinished(in: group, minimumAgeMillis: minimumAgeMillis, limit: limit)
     }
     return settled
-  }
-
-  /// Finishes the commit records kept in `group` whose transaction is no longer prepared in any of its groups.
-  private func finishUnfinished(in group: GroupID, minimumAgeMillis: UInt64, limit: Int) async throws {
-    let answer = try await channel.query(
-      .records(.unfinished(minimumAgeMillis: minimumAgeMillis, limit: limit)), group: group)
-    guard case .records(.records(let unfinished, _)) = answer else {
-      throw ShardedTransactionError.badAnswer("\(answer) to an unfinished-records query")
-    }
-    // Only records that nobody but their coordinator is pending on: the sharded protocol's (its groups never
-    // record themselves), or a non-blocking two-phase commit's whose participants all finished.
-    records: for record in unfinished where record.decision == .commit && record.pending == [record.id.coordinator] {
-      // A commit is recorded only once every group prepared it, and a group forgets a prepared transaction only
-      // by applying its decision: none prepared means every group applied the commit.
-      for party in record.participants {
-        let state = try? await channel.query(.status(record.id), group: GroupID(rawValue: party.rawValue))
-        guard case .status(let held, _)? = state else { continue records }  // cannot tell: later
-        if case .prepared = held { continue records }  // the in-doubt pass of that group applies it
-      }
-      _ = try await channel.command(.records(.finished(record.id, node: record.id.coordinator)), group: group)
-    }
   }
 
   private func resolve(_ entry: TxnInDoubt) async throws -> Bool {

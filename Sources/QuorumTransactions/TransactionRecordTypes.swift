@@ -315,10 +315,6 @@ public enum TransactionRecordQuery: Hashable, Sendable, WireCodable {
   case inDoubt(minimumAgeMillis: UInt64, limit: Int)
   /// Table counters.
   case counts
-  /// Committed records that some node is still pending on, decided at least `minimumAgeMillis` ago: commits
-  /// whose finisher may have died (or lost its answers) after applying them, oldest decision first, at most
-  /// `limit`.
-  case unfinished(minimumAgeMillis: UInt64, limit: Int)
 
   public func encode(to writer: inout WireWriter) {
     switch self {
@@ -335,10 +331,6 @@ public enum TransactionRecordQuery: Hashable, Sendable, WireCodable {
       writer.writeVarint(age)
       writer.write(limit)
     case .counts: writer.writeByte(3)
-    case .unfinished(let age, let limit):
-      writer.writeByte(4)
-      writer.writeVarint(age)
-      writer.write(limit)
     }
   }
 
@@ -349,7 +341,6 @@ public enum TransactionRecordQuery: Hashable, Sendable, WireCodable {
     case 1: self = .involving(try reader.read(), after: try reader.readOptional(), limit: try reader.read())
     case 2: self = .inDoubt(minimumAgeMillis: try reader.readVarint(), limit: try reader.read())
     case 3: self = .counts
-    case 4: self = .unfinished(minimumAgeMillis: try reader.readVarint(), limit: try reader.read())
     case let tag: throw WireError(.unknownTag(type: "TransactionRecordQuery", tag: UInt64(tag)), at: at)
     }
   }

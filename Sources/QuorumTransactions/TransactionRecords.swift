@@ -218,18 +218,6 @@ public struct TransactionRecords: StateMachine {
         return ca != cb ? ca < cb : a < b
       }
       return page(oldestFirst, limit: limit)
-    case .unfinished(let minimumAge, let limit):
-      let ids = records.compactMap { id, record -> TxnID? in
-        guard record.decision == .commit, !record.pending.isEmpty, let decided = record.decidedAtMillis else {
-          return nil
-        }
-        return logTimeMillis >= decided.addingSaturated(minimumAge) ? id : nil
-      }
-      let oldestFirst = ids.sorted { a, b in
-        let (da, db) = (records[a]?.decidedAtMillis ?? 0, records[b]?.decidedAtMillis ?? 0)
-        return da != db ? da < db : a < b
-      }
-      return page(oldestFirst, limit: limit)
     case .counts:
       return .counts(
         TransactionRecordCounts(

@@ -36,7 +36,6 @@ final class InMemoryShards: TxnShardChannel {
     garblesAnswer: @escaping @Sendable (TxnShardCommand, GroupID) -> Bool = { _, _ in false }
   ) {
     state = Mutex(State(shards: [1: TxnShard(), 2: TxnShard()], millis: startMillis))
-    self.losesRequest = losesRequest
     self.losesAnswer = losesAnswer
     self.garblesAnswer = garblesAnswer
   }
@@ -44,7 +43,6 @@ final class InMemoryShards: TxnShardChannel {
   func group(for key: String) async throws -> GroupID { key.hasPrefix("b") ? 2 : 1 }
 
   func command(_ command: TxnShardCommand, group: GroupID) async throws -> TxnShardResponse {
-    guard !losesRequest(command, group) else { throw Lost() }
     let answer = state.withLock { s -> TxnShardResponse? in
       s.index += 1
       s.millis += 1
@@ -60,19 +58,6 @@ final class InMemoryShards: TxnShardChannel {
     guard let result = state.withLock({ $0.shards[group]?.query(query) }) else { throw Lost() }
     return result
   }
-
-  /// Moves every shard's log time forward by `millis` with a time-only entry.
-  func advance(byMillis millis: UInt64) {
-    state.withLock { s in
-      s.millis += millis
-      for group in s.shards.keys.sorted() {
-        s.index += 1
-        s.shards[group]?.advanceTime(context: ApplyContext(index: s.index, timestampMillis: s.millis))
-      }
-    }
-  }
-
-  func records(in group: GroupID) -> Int { state.withLock { $0.shards[group]?.records.count ?? 0 } }
 
   func value(of key: String) -> String? {
     state.withLock { s in s.shards[key.hasPrefix("b") ? 2 : 1]?.value(of: key) }.map {
@@ -92,10 +77,10 @@ struct ShardedTransactionsTests {
 
   @Test("a commit recorded but unanswered is not aborted in the groups it read: every group commits")
   func unknownOutcomeKeepsPreparedGroups() async throws {
-    let channel = InMemoryShards(losesAnswer: { command, _ in
+    let channel = InMemoryShards { command, _ in
       if case .records(.decide(let id, .commit, _, _)) = command, id.coordinator == 7 { return true }
       return false
-    })
+    }
     let setup = client(channel, coordinator: 6)
     try await setup.transaction { tx in
       tx.put("alice", "10")
@@ -149,50 +134,5 @@ struct ShardedTransactionsTests {
     _ = try await resolver.resolveInDoubt(minimumAgeMillis: 0, groups: [1, 2])
     #expect(channel.value(of: "alice") == "0")
     #expect(channel.value(of: "bob") == "10")
-  }
-
-  @Test("a commit whose phase-2 answer was lost still has its record finished, and forgotten in time")
-  func lostPhase2AnswerLeavesNoRecordForever() async throws {
-    let channel = InMemoryShards(losesAnswer: { command, group in
-      if case .commit(let id) = command, id.coordinator == 7, group == 2 { return true }
-      return false
-    })
-    let db = client(channel)
-    let id = try await db.transaction { tx in
-      tx.put("alice", "1")
-      tx.put("bob", "1")
-      return tx.id
-    }
-    #expect(channel.value(of: "alice") == "1" && channel.value(of: "bob") == "1")
-    #expect(try await db.outcome(of: id) == .committed)
-    // Nothing is prepared anywhere: the servers' resolver runs all the same.
-    let resolver = client(channel, coordinator: 8)
-    _ = try await resolver.resolveInDoubt(minimumAgeMillis: 0, groups: [1, 2])
-    channel.advance(byMillis: 3_600_000)
-    #expect(channel.records(in: 1) == 0, "a commit record pending on its coordinator is never forgotten")
-  }
-
-  @Test("a commit record is not finished while a group still holds the transaction prepared")
-  func unfinishedRecordKeptWhilePrepared() async throws {
-    let cut = Mutex(true)
-    let channel = InMemoryShards(losesRequest: { command, group in
-      if case .commit = command, group == 2 { return cut.withLock { $0 } }
-      return false
-    })
-    let db = client(channel)
-    _ = try await db.transaction { tx in
-      tx.put("alice", "1")
-      tx.put("bob", "1")
-    }
-    #expect(channel.value(of: "bob") == nil, "group 2 is still prepared")
-    let resolver = client(channel, coordinator: 8)
-    _ = try await resolver.resolveInDoubt(minimumAgeMillis: 0, groups: [1])
-    channel.advance(byMillis: 3_600_000)
-    #expect(channel.records(in: 1) == 1, "forgotten, the commit record could no longer win over a late abort")
-    cut.withLock { $0 = false }
-    _ = try await resolver.resolveInDoubt(minimumAgeMillis: 0, groups: [2])
-    #expect(channel.value(of: "bob") == "1")
-    channel.advance(byMillis: 3_600_000)
-    #expect(channel.records(in: 1) == 0)
   }
 }
