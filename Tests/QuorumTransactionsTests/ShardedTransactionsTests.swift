@@ -26,12 +26,10 @@ final class InMemoryShards: TxnShardChannel {
 
   private let state: Mutex<State>
   private let losesAnswer: @Sendable (TxnShardCommand, GroupID) -> Bool
-  private let losesRequest: @Sendable (TxnShardCommand, GroupID) -> Bool
   private let garblesAnswer: @Sendable (TxnShardCommand, GroupID) -> Bool
 
   init(
     startMillis: UInt64 = 1_000_000,
-    losesRequest: @escaping @Sendable (TxnShardCommand, GroupID) -> Bool = { _, _ in false },
     losesAnswer: @escaping @Sendable (TxnShardCommand, GroupID) -> Bool = { _, _ in false },
     garblesAnswer: @escaping @Sendable (TxnShardCommand, GroupID) -> Bool = { _, _ in false }
   ) {
