@@ -247,10 +247,10 @@ func printError(_ text: String) {
   FileHandle.standardError.write(Data((text + "\n").utf8))
 }
 
-/// Writes a line to standard output at once (unbuffered), so a parent process sees it immediately.
 /// `count` and `noun`, the noun in the plural unless the count is one ("1 group", "3 groups").
 func counted(_ count: Int, _ noun: String) -> String { "\(count) \(noun)\(count == 1 ? "" : "s")" }
 
+/// Writes a line to standard output at once (unbuffered), so a parent process sees it immediately.
 func printOut(_ text: String) {
   FileHandle.standardOutput.write(Data((text + "\n").utf8))
 }

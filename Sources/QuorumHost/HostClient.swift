@@ -48,7 +48,8 @@ public enum QuorumClientError: Error, Sendable, Equatable, CustomStringConvertib
   /// take effect (a retry with the same session is safe; look the value up to know). `lastFailure` says why the
   /// last attempt failed, if one did.
   case timeout(outcomeUnknown: Bool, lastFailure: String?)
-  /// A write whose outcome cannot be known (its session expired before an answer came).
+  /// A write whose outcome cannot be known: its session expired before an answer came, or, after an attempt
+  /// reached a member, every member turned the client away (see ``refused(_:)``).
   case outcomeUnknown
   /// The server refused the request (unknown group or service, a key of another group, a malformed request, or
   /// an engine error that retrying does not fix).
@@ -333,8 +334,10 @@ public actor HostClient {
     var sent = false
     var target = (anyMember ? nil : group.flatMap { leaders[$0] }) ?? pick(from: candidates)
     var lastFailure: String?
-    /// Members that turned the client away for good: not asked again in this call.
+    /// Members that turned the client away for good: not asked again in this call (no pick, no redirect).
     var refusedBy: Set<NodeID> = []
+    /// Whether an attempt reached a member that did not refuse: a write may then have been applied.
+    var reached = false
     while true {
       let now = clock.monotonicNanos()
       guard now < end, let member = target else {
@@ -345,6 +348,7 @@ public actor HostClient {
       do {
         sent = true
         let replyBytes = try await channel.send(bytes, to: member, timeout: .nanoseconds(Int64(attempt)))
+        reached = true
         let reply: HostReply
         do {
           reply = try HostReply(wireBytes: replyBytes)
@@ -359,36 +363,41 @@ public actor HostClient {
         switch failure.error {
         case .consensus(.notLeader(let hint)):
           if let group { leaders[group] = hint }
-          if let hint, hint != member {
+          if let hint, hint != member, !refusedBy.contains(hint) {
             target = hint
             redirected = true
           } else {
-            target = pick(from: candidates, avoiding: member)
+            // No hint, or one to a member that refused this client: another member, after the back-off.
+            target = pick(from: candidates, avoiding: member, refused: refusedBy)
           }
         case .consensus(.timeout), .consensus(.stopped), .consensus(.overloaded), .consensus(.dropped),
           .consensus(.transferInProgress), .consensus(.leaseExpired):
-          target = pick(from: candidates, avoiding: member)
+          target = pick(from: candidates, avoiding: member, refused: refusedBy)
         case .consensus(.outcomeUnknown):
           // With a session the retry is exactly-once; without one it could apply twice.
           guard case .command(_, _, let id?, _) = request, id.session != 0 else {
             throw QuorumClientError.outcomeUnknown
           }
-          target = pick(from: candidates, avoiding: member)
+          target = pick(from: candidates, avoiding: member, refused: refusedBy)
         case .notHosted(_, let members):
-          target = pick(from: members.isEmpty ? candidates : members, avoiding: member)
+          target = pick(from: members.isEmpty ? candidates : members, avoiding: member, refused: refusedBy)
         default:
           throw QuorumClientError.rejected(failure.error)
         }
       } catch let error as QuorumClientError {
         throw error
       } catch RequestChannelError.refused(_, let why) {
-        // Nothing was sent that could apply. Ask the members that have not refused; once all have, stop.
+        // Nothing reached this member. Ask the members that have not refused, after the back-off; once all have,
+        // stop. If an earlier attempt of a write reached a member, the write may have been applied: its outcome
+        // is unknown.
         refusedBy.insert(member)
         lastFailure = "\(channel.describe(member)): \(why)"
-        let left = candidates.filter { !refusedBy.contains($0) }
-        guard !left.isEmpty else { throw QuorumClientError.refused(lastFailure ?? why) }
-        target = pick(from: left)
-        continue
+        if let group, leaders[group] == member { leaders[group] = nil }
+        target = pick(from: candidates, refused: refusedBy)
+        if target == nil {
+          if isWrite && reached { throw QuorumClientError.outcomeUnknown }
+          throw QuorumClientError.refused(lastFailure ?? why)
+        }
       } catch {
         // Unreachable or silent: the request may have been applied; the session makes a retry safe.
         if let channelError = error as? RequestChannelError {
@@ -408,7 +417,7 @@ public actor HostClient {
           _ = try? await clusterMap(deadline: options.attemptTimeout)
         }
         if let group, leaders[group] == member { leaders[group] = nil }
-        target = pick(from: candidates, avoiding: member)
+        target = pick(from: candidates, avoiding: member, refused: refusedBy)
       }
       if !redirected {
         let jitter = Double(random.next() % 1000) / 1000 + 0.5
@@ -419,8 +428,11 @@ public actor HostClient {
     }
   }
 
-  private func pick(from candidates: [NodeID], avoiding: NodeID? = nil) -> NodeID? {
-    let choices = candidates.count > 1 ? candidates.filter { $0 != avoiding } : candidates
+  /// A random member of `candidates` that has not `refused` the client, other than `avoiding` when there is
+  /// another; `nil` when every candidate refused.
+  private func pick(from candidates: [NodeID], avoiding: NodeID? = nil, refused: Set<NodeID> = []) -> NodeID? {
+    let open = refused.isEmpty ? candidates : candidates.filter { !refused.contains($0) }
+    let choices = open.count > 1 ? open.filter { $0 != avoiding } : open
     guard !choices.isEmpty else { return nil }
     return choices[Int(random.next() % UInt64(choices.count))]
   }

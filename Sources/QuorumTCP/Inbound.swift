@@ -564,7 +564,9 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
             guard (try? await mailbox.send(first)) != nil else { break }
             pending.removeFirst()
             var admitted = 1
-            if let more = try? mailbox.trySend(movingFrom: &pending, using: Sink.Message.moveEnvelopes) {
+            if !Task.isCancelled,
+              let more = try? mailbox.trySend(movingFrom: &pending, using: Sink.Message.moveEnvelopes)
+            {
               admitted += more
             }
             _ = progress.delivered.add(admitted, ordering: .relaxed)
