@@ -107,19 +107,8 @@ public enum WireFuzzer {
   public static func check<T: WireCodable>(
     samples: [T], inputs: Int, seed: UInt64, limits: WireLimits = .default
   ) -> Report {
-    var report = Report()
-    let corpus = samples.map { $0.wireBytes() }
-    guard !corpus.isEmpty else {
-      report.note("no samples")
-      return report
-    }
-    var random = SeededRandom(seed: seed)
-    for _ in 0..<inputs {
-      let original = corpus[Int.random(in: 0..<corpus.count, using: &random)]
-      let mutation = Mutation.allCases[Int.random(in: 0..<Mutation.allCases.count, using: &random)]
-      let input = mutate(original, mutation, using: &random)
-      report.inputs += 1
-      do {
+    run(corpus: samples.map { $0.wireBytes() }, inputs: inputs, seed: seed) { input, original, mutation, report in
+      do throws(WireError) {
         let value = try T(wireBytes: input, limits: limits)
         report.decoded += 1
         let encoded = value.wireBytes()
@@ -140,7 +129,6 @@ public enum WireFuzzer {
         if mutation == .unchanged { report.note("\(T.self): a valid encoding was refused: \(error)") }
       }
     }
-    return report
   }
 
   /// Restores a state machine from `inputs` seeded mutations of the sample snapshots with `restore`, which
@@ -150,24 +138,14 @@ public enum WireFuzzer {
   public static func checkSnapshots(
     samples: [[UInt8]], inputs: Int, seed: UInt64, restore: ([UInt8]) throws -> [UInt8]
   ) -> Report {
-    var report = Report()
-    guard !samples.isEmpty else {
-      report.note("no samples")
-      return report
-    }
-    var random = SeededRandom(seed: seed)
-    for _ in 0..<inputs {
-      let original = samples[Int.random(in: 0..<samples.count, using: &random)]
-      let mutation = Mutation.allCases[Int.random(in: 0..<Mutation.allCases.count, using: &random)]
-      let input = mutate(original, mutation, using: &random)
-      report.inputs += 1
+    run(corpus: samples, inputs: inputs, seed: seed) { input, original, mutation, report in
       let restored: [UInt8]
       do {
         restored = try restore(input)
       } catch {
         report.refusals[String(describing: type(of: error)), default: 0] += 1
         if mutation == .unchanged { report.note("a valid snapshot was refused: \(error)") }
-        continue
+        return
       }
       report.decoded += 1
       if mutation == .unchanged && restored != original {
@@ -179,6 +157,27 @@ public enum WireFuzzer {
       } catch {
         report.note("a restored machine's own snapshot was refused: \(error)")
       }
+    }
+  }
+
+  /// Hands `body` `inputs` seeded mutations of the corpus's encodings, each with the encoding it came from and
+  /// the mutation, counting them in the report.
+  private static func run(
+    corpus: [[UInt8]], inputs: Int, seed: UInt64,
+    _ body: (_ input: [UInt8], _ original: [UInt8], _ mutation: Mutation, _ report: inout Report) -> Void
+  ) -> Report {
+    var report = Report()
+    guard !corpus.isEmpty else {
+      report.note("no samples")
+      return report
+    }
+    var random = SeededRandom(seed: seed)
+    for _ in 0..<inputs {
+      let original = corpus[Int.random(in: 0..<corpus.count, using: &random)]
+      let mutation = Mutation.allCases[Int.random(in: 0..<Mutation.allCases.count, using: &random)]
+      let input = mutate(original, mutation, using: &random)
+      report.inputs += 1
+      body(input, original, mutation, &report)
     }
     return report
   }

@@ -75,10 +75,26 @@ struct ShardedTransactionsTests {
 
   @Test("a commit recorded but unanswered is not aborted in the groups it read: every group commits")
   func unknownOutcomeKeepsPreparedGroups() async throws {
-    let channel = InMemoryShards { command, _ in
-      if case .records(.decide(let id, .commit, _, _)) = command, id.coordinator == 7 { return true }
-      return false
-    }
+    try await recordedCommitReachesEveryGroup(
+      InMemoryShards(losesAnswer: { command, _ in Self.isTransfersDecision(command) }))
+  }
+
+  @Test("a commit recorded but answered with something unexpected is not aborted either: every group commits")
+  func unexpectedDecisionAnswerKeepsPreparedGroups() async throws {
+    try await recordedCommitReachesEveryGroup(
+      InMemoryShards(garblesAnswer: { command, _ in Self.isTransfersDecision(command) }))
+  }
+
+  /// The commit decision of coordinator 7's transaction.
+  static func isTransfersDecision(_ command: TxnShardCommand) -> Bool {
+    if case .records(.decide(let id, .commit, _, _)) = command, id.coordinator == 7 { return true }
+    return false
+  }
+
+  /// Coordinator 7 moves alice's 10 to bob across the two groups, through `channel`, which spoils the answer to
+  /// its commit decision: the call fails, the record holds the commit, and once a resolver has run both groups
+  /// hold it (aborting the groups that read would have lost the update or half the transfer).
+  func recordedCommitReachesEveryGroup(_ channel: InMemoryShards) async throws {
     let setup = client(channel, coordinator: 6)
     try await setup.transaction { tx in
       tx.put("alice", "10")
@@ -97,36 +113,6 @@ struct ShardedTransactionsTests {
     }
     let id = try #require(moved.withLock { $0 })
     // The commit is recorded: whoever asks is told committed, so every group must end up committing it.
-    #expect(try await db.outcome(of: id, groups: [1, 2]) == .committed)
-    let resolver = client(channel, coordinator: 8)
-    _ = try await resolver.resolveInDoubt(minimumAgeMillis: 0, groups: [1, 2])
-    #expect(channel.value(of: "alice") == "0")
-    #expect(channel.value(of: "bob") == "10")
-  }
-
-  @Test("a commit recorded but answered with something unexpected is not aborted either: every group commits")
-  func unexpectedDecisionAnswerKeepsPreparedGroups() async throws {
-    let channel = InMemoryShards(garblesAnswer: { command, _ in
-      if case .records(.decide(let id, .commit, _, _)) = command, id.coordinator == 7 { return true }
-      return false
-    })
-    let setup = client(channel, coordinator: 6)
-    try await setup.transaction { tx in
-      tx.put("alice", "10")
-      tx.put("bob", "0")
-    }
-    let db = client(channel)
-    let moved = Mutex<TxnID?>(nil)
-    await #expect(throws: ShardedTransactionError.self) {
-      try await db.transaction { tx in
-        moved.withLock { $0 = tx.id }
-        let alice = try await tx.getString("alice") ?? "?"
-        let bob = try await tx.getString("bob") ?? "?"
-        tx.put("alice", "0")
-        tx.put("bob", String((Int(bob) ?? 0) + (Int(alice) ?? 0)))
-      }
-    }
-    let id = try #require(moved.withLock { $0 })
     #expect(try await db.outcome(of: id, groups: [1, 2]) == .committed)
     let resolver = client(channel, coordinator: 8)
     _ = try await resolver.resolveInDoubt(minimumAgeMillis: 0, groups: [1, 2])
