@@ -16,10 +16,11 @@ case "demo":
     print("quorum demo: unknown option \(unknown) (usage: quorum demo [--quick])")
     exit(2)
   }
-  try await RaftDemo.run(quick: arguments.contains("--quick"))
-  try await PaxosDemo.run(quick: arguments.contains("--quick"))
-  try await LockDemo.run(quick: arguments.contains("--quick"))
-  try await TxnDemo.run(quick: arguments.contains("--quick"))
+  let quick = options.contains("--quick")
+  try await RaftDemo.run(quick: quick)
+  try await PaxosDemo.run(quick: quick)
+  try await LockDemo.run(quick: quick)
+  try await TxnDemo.run(quick: quick)
 case "simulate":
   do {
     exit(try SimulateCommand.run(Array(arguments.dropFirst())))

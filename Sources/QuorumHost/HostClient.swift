@@ -400,14 +400,10 @@ public actor HostClient {
         }
       } catch {
         // Unreachable or silent: the request may have been applied; the session makes a retry safe.
-        if let channelError = error as? RequestChannelError {
-          switch channelError {
-          case .unreachable(let node, let why): lastFailure = "\(channel.describe(node)) unreachable: \(why)"
-          case .timeout(let node): lastFailure = "\(channel.describe(node)) did not answer in time"
-          case .refused: lastFailure = "\(error)"  // Handled above.
-          }
-        } else {
-          lastFailure = "\(error)"
+        switch error as? RequestChannelError {
+        case .unreachable(let node, let why)?: lastFailure = "\(channel.describe(node)) unreachable: \(why)"
+        case .timeout(let node)?: lastFailure = "\(channel.describe(node)) did not answer in time"
+        default: lastFailure = "\(error)"
         }
         if case RequestChannelError.unreachable(_, "no address")? = error as? RequestChannelError,
           request != .clusterMap
