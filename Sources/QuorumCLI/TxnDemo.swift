@@ -167,7 +167,7 @@ enum TxnDemo {
     }
     if recordCommit {
       let decide = TxnShardCommand.records(
-        .decide(id, .commit, participants: groups.map(TxnShard.party), finisher: coordinator))
+        .decide(id, .commit, participants: groups.map(TxnShard.party), finisher: coordinator, kind: .groups))
       let answer = try await channel.command(decide, group: recordGroup)
       guard answer == .record(.decided(.commit)) else {
         throw CLIError.failed("recording the commit of \(id) answered \(answer)")

@@ -132,10 +132,13 @@ final class TransactionHousekeeping: Sendable {
   private func resolve(in group: any HostedGroup, lastLogTime: inout [GroupID: UInt64]) async {
     let id = group.spec.id
     do {
-      guard case .counts(let counts) = try await localQuery(.counts, in: group), counts.prepared > 0 else { return }
+      // Prepared transactions to settle, or commit records whose coordinator may have left them unfinished.
+      guard case .counts(let counts) = try await localQuery(.counts, in: group),
+        counts.prepared > 0 || counts.records > 0
+      else { return }
       // The shard's time moves only with its own entries: in a quiet group, write one, so that the age of what is
-      // prepared there grows.
-      if lastLogTime[id] == counts.logTimeMillis {
+      // prepared there grows (unfinished records need no such haste: they age with the leader's clock entries).
+      if counts.prepared > 0, lastLogTime[id] == counts.logTimeMillis {
         _ = try await group.propose(
           ServiceCommand(service: HostedTxnService.name, payload: TxnShardCommand.advanceTime.wireBytes()),
           request: nil, acknowledgedThrough: 0, principal: nil)

@@ -439,7 +439,9 @@ public final class ShardedTransactionSimulation: @unchecked Sendable {
     }
     let loud = groups.shards.sorted(by: { $0.key < $1.key }).filter { !$0.value.isQuiet }
     guard loud.isEmpty else {
-      fail("still busy \(options.healDeadline) after healing: \(loud.map { "\($0.key): \($0.value.query(.counts))" })")
+      fail(
+        "still busy \(options.healDeadline) after healing: "
+          + "\(loud.map { "\($0.key): \($0.value.query(.counts)), unfinished: \($0.value.unfinishedRecords)" })")
       return
     }
     await finalRead(resolver)
@@ -494,12 +496,20 @@ public final class ShardedTransactionSimulation: @unchecked Sendable {
 }
 
 extension TxnShard {
-  /// Nothing in progress: no transaction active or prepared, no lock held, no record undecided.
+  /// Nothing in progress: no transaction active or prepared, no lock held, no record undecided or left
+  /// unfinished by its coordinator.
   var isQuiet: Bool {
     guard case .counts(let counts) = query(.counts), counts.active == 0, counts.prepared == 0,
       counts.lockedKeys == 0
     else { return false }
-    guard case .records(.counts(let records)) = query(.records(.counts)) else { return false }
-    return records.undecided == 0
+    guard case .records(.counts(let records)) = query(.records(.counts)), records.undecided == 0 else { return false }
+    return unfinishedRecords.isEmpty
+  }
+
+  /// The commit records of sharded transactions that their coordinator has not finished (a few of them).
+  var unfinishedRecords: [TransactionRecordSummary] {
+    guard case .records(.records(let unfinished, _)) = query(.records(.unfinished(minimumAgeMillis: 0, limit: 4)))
+    else { return [] }
+    return unfinished
   }
 }

@@ -322,7 +322,8 @@ public actor ShardedTransactions {
     }
     // The decision: a compare-and-set in the record group, which a resolver may have won with an abort.
     let parties = groups.map(TxnShard.party)
-    let decide = TxnShardCommand.records(.decide(id, .commit, participants: parties, finisher: options.coordinator))
+    let decide = TxnShardCommand.records(
+      .decide(id, .commit, participants: parties, finisher: options.coordinator, kind: .groups))
     guard let decision = await retrying({ try await channel.command(decide, group: recordGroup) }) else {
       throw ShardedTransactionError.outcomeUnknown(id, groups: groups)
     }
@@ -414,6 +415,10 @@ public actor ShardedTransactions {
   /// their decision is settled in their record group — abort, unless a commit is recorded first — and applied in
   /// every group of the transaction. Any client, or the servers, may run it: the compare-and-set makes racing
   /// resolvers and a live coordinator agree. Returns how many transactions it settled.
+  ///
+  /// It also ends the commit records of `groups` that their coordinator left unfinished for at least
+  /// `minimumAgeMillis` (it died, or lost the answers of phase 2, after the commit was applied): once no group of
+  /// the transaction still holds it prepared, the record is finished, so that it is forgotten in time.
   public func resolveInDoubt(minimumAgeMillis: UInt64, groups: [GroupID], limit: Int = 256) async throws -> Int {
     var settled = 0
     for group in groups {
@@ -422,8 +427,31 @@ public actor ShardedTransactions {
         throw ShardedTransactionError.badAnswer("\(answer) to an in-doubt query")
       }
       for entry in doubtful where try await resolve(entry) { settled += 1 }
+      await finishUnfinished(in: group, minimumAgeMillis: minimumAgeMillis, limit: limit)
     }
     return settled
+  }
+
+  /// Finishes the commit records kept in `group` whose transaction is no longer prepared in any of its groups.
+  /// A record it cannot finish now (a group that does not answer, or still holds the transaction prepared) is
+  /// left to a later call: a failure here must not hide what the in-doubt pass settled.
+  private func finishUnfinished(in group: GroupID, minimumAgeMillis: UInt64, limit: Int) async {
+    let answer = try? await channel.query(
+      .records(.unfinished(minimumAgeMillis: minimumAgeMillis, limit: limit)), group: group)
+    guard case .records(.records(let unfinished, _))? = answer else { return }
+    // The query lists sharded transactions' records only (two-phase commit's have nodes for participants, and a
+    // coordinator that finishes them itself when it recovers); their groups never record themselves, so the
+    // coordinator is the one pending.
+    records: for record in unfinished where record.decision == .commit && record.pending == [record.id.coordinator] {
+      // A commit is recorded only once every group prepared it, and a group forgets a prepared transaction only
+      // by applying its decision: none prepared means every group applied the commit.
+      for party in record.participants {
+        let state = try? await channel.query(.status(record.id), group: GroupID(rawValue: party.rawValue))
+        guard case .status(let held, _)? = state else { continue records }  // cannot tell: later
+        if case .prepared = held { continue records }  // the in-doubt pass of that group applies it
+      }
+      _ = try? await channel.command(.records(.finished(record.id, node: record.id.coordinator)), group: group)
+    }
   }
 
   private func resolve(_ entry: TxnInDoubt) async throws -> Bool {

@@ -113,6 +113,16 @@ public enum TransactionRecordError: Error, Hashable, Sendable, CustomStringConve
 
 extension TransactionRecordError: WireCodable {}
 
+/// What the participants of a transaction record are.
+public enum TransactionRecordKind: Hashable, Sendable {
+  /// Nodes (two-phase commit's participants), each of which records ``TransactionRecordCommand/finished(_:node:)``
+  /// for itself.
+  case nodes
+  /// The groups of a sharded transaction (``TxnShard/party(_:)``). They never record anything in the record; only
+  /// its coordinator (the finisher) does, once every group applied the commit.
+  case groups
+}
+
 /// A state-changing request to ``TransactionRecords``, written to the log (or to a node's local record log).
 public enum TransactionRecordCommand: Hashable, Sendable, WireCodable, CustomStringConvertible {
   /// `participant` has made its prepared state durable for `id`, whose participants are `participants`; it
@@ -121,8 +131,12 @@ public enum TransactionRecordCommand: Hashable, Sendable, WireCodable, CustomStr
   case prepared(TxnID, participant: NodeID, participants: [NodeID])
   /// Decide `id` as `decision` unless it is already decided (a compare-and-set): the answer is the decision that
   /// holds. A commit with a `finisher` keeps the record until that node records ``finished(_:node:)`` (the
-  /// coordinator, once every participant acknowledged).
-  case decide(TxnID, TransactionDecision, participants: [NodeID], finisher: NodeID?)
+  /// coordinator, once every participant acknowledged). `kind` says what the participants are: nodes that record
+  /// their own part (two-phase commit's records), or the groups of a sharded transaction, which never do, so that
+  /// a resolver may finish such a commit for a coordinator that left it unfinished
+  /// (``TransactionRecordQuery/unfinished(minimumAgeMillis:limit:)``).
+  case decide(
+    TxnID, TransactionDecision, participants: [NodeID], finisher: NodeID?, kind: TransactionRecordKind = .nodes)
   /// `node` is done with `id` (a participant applied the decision, or the coordinator finished phase 2).
   case finished(TxnID, node: NodeID)
   /// Reserve `count` transaction numbers for `coordinator`; the answer is the first.
@@ -133,8 +147,9 @@ public enum TransactionRecordCommand: Hashable, Sendable, WireCodable, CustomStr
   public var description: String {
     switch self {
     case .prepared(let id, let participant, _): return "prepared \(id) by \(participant)"
-    case .decide(let id, let decision, _, let finisher):
+    case .decide(let id, let decision, _, let finisher, let kind):
       return "decide \(id) \(decision)" + (finisher.map { " finisher \($0)" } ?? "")
+        + (kind == .groups ? " (groups)" : "")
     case .finished(let id, let node): return "finished \(id) by \(node)"
     case .reserve(let coordinator, let count): return "reserve \(count) for \(coordinator)"
     case .advanceTime: return "advance-time"
@@ -148,8 +163,10 @@ public enum TransactionRecordCommand: Hashable, Sendable, WireCodable, CustomStr
       writer.write(id)
       writer.write(participant)
       writer.writeArray(participants)
-    case .decide(let id, let decision, let participants, let finisher):
-      writer.writeByte(1)
+    case .decide(let id, let decision, let participants, let finisher, let kind):
+      // Tag 1 is the decision of two-phase commit's records, as every earlier version wrote it; 5 is a sharded
+      // transaction's, with the same fields.
+      writer.writeByte(kind == .groups ? 5 : 1)
       writer.write(id)
       writer.write(decision)
       writer.writeArray(participants)
@@ -172,9 +189,10 @@ public enum TransactionRecordCommand: Hashable, Sendable, WireCodable, CustomStr
     switch try reader.readByte() {
     case 0:
       self = .prepared(try reader.read(), participant: try reader.read(), participants: try reader.readArray())
-    case 1:
+    case let tag where tag == 1 || tag == 5:
       self = .decide(
-        try reader.read(), try reader.read(), participants: try reader.readArray(), finisher: try reader.readOptional())
+        try reader.read(), try reader.read(), participants: try reader.readArray(), finisher: try reader.readOptional(),
+        kind: tag == 5 ? .groups : .nodes)
     case 2: self = .finished(try reader.read(), node: try reader.read())
     case 3: self = .reserve(coordinator: try reader.read(), count: try reader.readVarint())
     case 4: self = .advanceTime
@@ -315,6 +333,11 @@ public enum TransactionRecordQuery: Hashable, Sendable, WireCodable {
   case inDoubt(minimumAgeMillis: UInt64, limit: Int)
   /// Table counters.
   case counts
+  /// Sharded transactions' commit records (``TransactionRecordKind/groups``) that their coordinator has not
+  /// finished, decided at least `minimumAgeMillis` ago: commits whose coordinator may have died (or lost its
+  /// answers) after applying them, oldest decision first, at most `limit`. Two-phase commit's records are never
+  /// listed: their coordinator finishes them when it recovers.
+  case unfinished(minimumAgeMillis: UInt64, limit: Int)
 
   public func encode(to writer: inout WireWriter) {
     switch self {
@@ -331,6 +354,10 @@ public enum TransactionRecordQuery: Hashable, Sendable, WireCodable {
       writer.writeVarint(age)
       writer.write(limit)
     case .counts: writer.writeByte(3)
+    case .unfinished(let age, let limit):
+      writer.writeByte(4)
+      writer.writeVarint(age)
+      writer.write(limit)
     }
   }
 
@@ -341,6 +368,7 @@ public enum TransactionRecordQuery: Hashable, Sendable, WireCodable {
     case 1: self = .involving(try reader.read(), after: try reader.readOptional(), limit: try reader.read())
     case 2: self = .inDoubt(minimumAgeMillis: try reader.readVarint(), limit: try reader.read())
     case 3: self = .counts
+    case 4: self = .unfinished(minimumAgeMillis: try reader.readVarint(), limit: try reader.read())
     case let tag: throw WireError(.unknownTag(type: "TransactionRecordQuery", tag: UInt64(tag)), at: at)
     }
   }

@@ -1,8 +1,9 @@
 import QuorumCore
 
 extension TransactionRecords {
-  /// The snapshot format this build writes and reads.
-  static let snapshotVersion: UInt64 = 1
+  /// The snapshot format this build writes. It reads version 1 too (before records had a kind: all of them are
+  /// ``TransactionRecordKind/nodes`` then, as the commands that made them were).
+  static let snapshotVersion: UInt64 = 2
 
   /// Serialises the table deterministically: records by identifier (pending nodes sorted), reservations by
   /// coordinator. The expiry heap is derived and rebuilt by ``restore(from:)``.
@@ -20,6 +21,7 @@ extension TransactionRecords {
       w.writeArray(record.pending.sorted())
       w.writeVarint(record.createdAtMillis)
       w.writeOptional(record.decidedAtMillis)
+      w.writeByte(record.kind == .groups ? 1 : 0)
     }
     w.writeVarint(UInt64(floors.count))
     for node in floors.keys.sorted() {
@@ -37,7 +39,7 @@ extension TransactionRecords {
   public mutating func restore(from snapshot: [UInt8]) throws {
     var r = WireReader(snapshot)
     let version = try r.readVarint()
-    guard version == Self.snapshotVersion else {
+    guard version == 1 || version == Self.snapshotVersion else {
       throw WireError(.unsupportedVersion(UInt8(truncatingIfNeeded: version)), at: 0)
     }
     var table = self
@@ -53,9 +55,17 @@ extension TransactionRecords {
         throw WireError(.invalidValue("record \(id) out of order"), at: at)
       }
       previous = id
-      let record = Record(
+      var record = Record(
         decision: try r.readOptional(), participants: try r.readArray(), pending: Set(try r.readArray(NodeID.self)),
         createdAtMillis: try r.readVarint(), decidedAtMillis: try r.readOptional())
+      if version >= 2 {
+        let kindAt = r.position
+        switch try r.readByte() {
+        case 0: record.kind = .nodes
+        case 1: record.kind = .groups
+        case let tag: throw WireError(.unknownTag(type: "TransactionRecordKind", tag: UInt64(tag)), at: kindAt)
+        }
+      }
       guard record.decision != nil || !record.pending.isEmpty else {
         throw WireError(.invalidValue("undecided record \(id) with nobody pending"), at: at)
       }

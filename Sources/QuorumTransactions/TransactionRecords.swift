@@ -38,6 +38,7 @@ public struct TransactionRecords: StateMachine {
     var pending: Set<NodeID>
     var createdAtMillis: UInt64
     var decidedAtMillis: UInt64?
+    var kind: TransactionRecordKind = .nodes
   }
 
   /// The bounds and time rules.
@@ -95,12 +96,15 @@ public struct TransactionRecords: StateMachine {
       records[id] = Record(
         decision: nil, participants: participants, pending: [participant], createdAtMillis: logTimeMillis)
       return .undecided
-    case .decide(let id, let decision, let participants, let finisher):
+    case .decide(let id, let decision, let participants, let finisher, let kind):
       if let record = records[id] {
         if let existing = record.decision { return .decided(existing) }
         records[id]?.decision = decision
         records[id]?.decidedAtMillis = logTimeMillis
-        if record.participants.isEmpty { records[id]?.participants = participants }
+        if record.participants.isEmpty {
+          records[id]?.participants = participants
+          records[id]?.kind = kind
+        }
         if decision == .commit, let finisher { records[id]?.pending.insert(finisher) }
         scheduleExpiryIfDone(id)
         return .decided(decision)
@@ -109,7 +113,7 @@ public struct TransactionRecords: StateMachine {
       records[id] = Record(
         decision: decision, participants: participants,
         pending: decision == .commit ? Set(finisher.map { [$0] } ?? []) : [], createdAtMillis: logTimeMillis,
-        decidedAtMillis: logTimeMillis)
+        decidedAtMillis: logTimeMillis, kind: kind)
       scheduleExpiryIfDone(id)
       return .decided(decision)
     case .finished(let id, let node):
@@ -218,12 +222,32 @@ public struct TransactionRecords: StateMachine {
         return ca != cb ? ca < cb : a < b
       }
       return page(oldestFirst, limit: limit)
+    case .unfinished(let minimumAge, let limit):
+      return unfinished(minimumAgeMillis: minimumAge, limit: limit, now: logTimeMillis)
     case .counts:
       return .counts(
         TransactionRecordCounts(
           records: records.count, undecided: records.values.filter { $0.decision == nil }.count,
           coordinators: floors.count, logTimeMillis: logTimeMillis))
     }
+  }
+
+  /// The answer to ``TransactionRecordQuery/unfinished(minimumAgeMillis:limit:)`` with ages measured at `now` (a
+  /// ``TxnShard``'s log time runs ahead of its table's, which moves only with record commands).
+  func unfinished(minimumAgeMillis minimumAge: UInt64, limit: Int, now: UInt64) -> TransactionRecordQueryResult {
+    let ids = records.compactMap { id, record -> TxnID? in
+      guard record.kind == .groups, record.decision == .commit, !record.pending.isEmpty,
+        let decided = record.decidedAtMillis
+      else {
+        return nil
+      }
+      return now >= decided.addingSaturated(minimumAge) ? id : nil
+    }
+    let oldestFirst = ids.sorted { a, b in
+      let (da, db) = (records[a]?.decidedAtMillis ?? 0, records[b]?.decidedAtMillis ?? 0)
+      return da != db ? da < db : a < b
+    }
+    return page(oldestFirst, limit: limit)
   }
 
   private func page(_ ids: [TxnID], limit: Int) -> TransactionRecordQueryResult {

@@ -350,6 +350,9 @@ public struct TxnShard: StateMachine {
           ageMillis: logTimeMillis - prepared.preparedAtMillis, keys: prepared.writes.map(\.key))
       }
       return .inDoubt(page, hasMore: doubtful.count > size)
+    case .records(.unfinished(let minimumAge, let limit)):
+      let now = Swift.max(logTimeMillis, records.logTimeMillis)
+      return .records(records.unfinished(minimumAgeMillis: minimumAge, limit: limit, now: now))
     case .records(let recordQuery):
       return .records(records.query(recordQuery))
     case .counts:

@@ -41,7 +41,7 @@ public struct TxnShardService: ReplicatedService {
   /// The key a record command concerns.
   public static func routingKey(of command: TransactionRecordCommand) -> String? {
     switch command {
-    case .prepared(let id, _, _), .decide(let id, _, _, _), .finished(let id, _): return recordKey(for: id)
+    case .prepared(let id, _, _), .decide(let id, _, _, _, _), .finished(let id, _): return recordKey(for: id)
     case .reserve(let coordinator, _): return numbersKey(for: coordinator)
     case .advanceTime: return nil
     }

@@ -87,6 +87,7 @@ struct SnapshotFuzzTests {
     var shard = TxnShard()
     let id = TxnID(coordinator: 2, sequence: 9, startedAtMillis: 1_700_000_000_000)
     let other = TxnID(coordinator: 3, sequence: 1, startedAtMillis: 1_700_000_000_100)
+    let third = TxnID(coordinator: 9, sequence: 1, startedAtMillis: 1_700_000_000_200)
     var index: UInt64 = 0
     for command: TxnShardCommand in [
       .commitLocal(other, reads: [], writes: [TxnWrite(key: "carol", value: [5])]),
@@ -113,7 +114,7 @@ struct SnapshotFuzzTests {
     for command: TransactionRecordCommand in [
       .reserve(coordinator: 2, count: 16), .prepared(id, participant: 1, participants: [1, 2]),
       .decide(id, .commit, participants: [1, 2], finisher: 2), .decide(other, .abort, participants: [3], finisher: nil),
-      .finished(id, node: 1),
+      .finished(id, node: 1), .decide(third, .commit, participants: [5, 6], finisher: 9, kind: .groups),
     ] {
       index += 1
       _ = records.apply(command, context: Self.context(index))

@@ -14,7 +14,8 @@ struct FrozenClock: NodeClock {
 }
 
 /// Shards in memory behind a ``TxnShardChannel``: `a…` keys live in group 1, `b…` keys in group 2, records and
-/// numbers in group 1. `losesAnswer` decides which commands are applied but answered with an error.
+/// numbers in group 1. `losesRequest` decides which commands are lost before they are applied, `losesAnswer` which
+/// are applied but answered with an error.
 final class InMemoryShards: TxnShardChannel {
   struct Lost: Error {}
 
@@ -25,15 +26,18 @@ final class InMemoryShards: TxnShardChannel {
   }
 
   private let state: Mutex<State>
+  private let losesRequest: @Sendable (TxnShardCommand, GroupID) -> Bool
   private let losesAnswer: @Sendable (TxnShardCommand, GroupID) -> Bool
   private let garblesAnswer: @Sendable (TxnShardCommand, GroupID) -> Bool
 
   init(
     startMillis: UInt64 = 1_000_000,
+    losesRequest: @escaping @Sendable (TxnShardCommand, GroupID) -> Bool = { _, _ in false },
     losesAnswer: @escaping @Sendable (TxnShardCommand, GroupID) -> Bool = { _, _ in false },
     garblesAnswer: @escaping @Sendable (TxnShardCommand, GroupID) -> Bool = { _, _ in false }
   ) {
     state = Mutex(State(shards: [1: TxnShard(), 2: TxnShard()], millis: startMillis))
+    self.losesRequest = losesRequest
     self.losesAnswer = losesAnswer
     self.garblesAnswer = garblesAnswer
   }
@@ -41,6 +45,7 @@ final class InMemoryShards: TxnShardChannel {
   func group(for key: String) async throws -> GroupID { key.hasPrefix("b") ? 2 : 1 }
 
   func command(_ command: TxnShardCommand, group: GroupID) async throws -> TxnShardResponse {
+    guard !losesRequest(command, group) else { throw Lost() }
     let answer = state.withLock { s -> TxnShardResponse? in
       s.index += 1
       s.millis += 1
@@ -56,6 +61,19 @@ final class InMemoryShards: TxnShardChannel {
     guard let result = state.withLock({ $0.shards[group]?.query(query) }) else { throw Lost() }
     return result
   }
+
+  /// Moves every shard's log time forward by `millis` with a time-only entry.
+  func advance(byMillis millis: UInt64) {
+    state.withLock { s in
+      s.millis += millis
+      for group in s.shards.keys.sorted() {
+        s.index += 1
+        s.shards[group]?.advanceTime(context: ApplyContext(index: s.index, timestampMillis: s.millis))
+      }
+    }
+  }
+
+  func records(in group: GroupID) -> Int { state.withLock { $0.shards[group]?.records.count ?? 0 } }
 
   func value(of key: String) -> String? {
     state.withLock { s in s.shards[key.hasPrefix("b") ? 2 : 1]?.value(of: key) }.map {
@@ -87,7 +105,7 @@ struct ShardedTransactionsTests {
 
   /// The commit decision of coordinator 7's transaction.
   static func isTransfersDecision(_ command: TxnShardCommand) -> Bool {
-    if case .records(.decide(let id, .commit, _, _)) = command, id.coordinator == 7 { return true }
+    if case .records(.decide(let id, .commit, _, _, _)) = command, id.coordinator == 7 { return true }
     return false
   }
 
@@ -118,5 +136,54 @@ struct ShardedTransactionsTests {
     _ = try await resolver.resolveInDoubt(minimumAgeMillis: 0, groups: [1, 2])
     #expect(channel.value(of: "alice") == "0")
     #expect(channel.value(of: "bob") == "10")
+  }
+
+  @Test("a commit whose phase-2 answer was lost still has its record finished, and forgotten in time")
+  func lostPhase2AnswerLeavesNoRecordForever() async throws {
+    let channel = InMemoryShards(losesAnswer: { command, group in
+      if case .commit(let id) = command, id.coordinator == 7, group == 2 { return true }
+      return false
+    })
+    let db = client(channel)
+    let id = try await db.transaction { tx in
+      tx.put("alice", "1")
+      tx.put("bob", "1")
+      return tx.id
+    }
+    #expect(channel.value(of: "alice") == "1" && channel.value(of: "bob") == "1")
+    #expect(try await db.outcome(of: id) == .committed)
+    // Nothing is prepared anywhere: the servers' resolver runs all the same, once the record is old enough (in the
+    // shard's time: the record table's own moves only with record commands).
+    let resolver = client(channel, coordinator: 8)
+    _ = try await resolver.resolveInDoubt(minimumAgeMillis: 5_000, groups: [1, 2])
+    #expect(channel.records(in: 1) == 1, "too young: its coordinator may still be finishing it")
+    channel.advance(byMillis: 10_000)
+    _ = try await resolver.resolveInDoubt(minimumAgeMillis: 5_000, groups: [1, 2])
+    channel.advance(byMillis: 3_600_000)
+    #expect(channel.records(in: 1) == 0, "a commit record pending on its coordinator is never forgotten")
+  }
+
+  @Test("a commit record is not finished while a group still holds the transaction prepared")
+  func unfinishedRecordKeptWhilePrepared() async throws {
+    let cut = Mutex(true)
+    let channel = InMemoryShards(losesRequest: { command, group in
+      if case .commit = command, group == 2 { return cut.withLock { $0 } }
+      return false
+    })
+    let db = client(channel)
+    _ = try await db.transaction { tx in
+      tx.put("alice", "1")
+      tx.put("bob", "1")
+    }
+    #expect(channel.value(of: "bob") == nil, "group 2 is still prepared")
+    let resolver = client(channel, coordinator: 8)
+    _ = try await resolver.resolveInDoubt(minimumAgeMillis: 0, groups: [1])
+    channel.advance(byMillis: 3_600_000)
+    #expect(channel.records(in: 1) == 1, "forgotten, the commit record could no longer win over a late abort")
+    cut.withLock { $0 = false }
+    _ = try await resolver.resolveInDoubt(minimumAgeMillis: 0, groups: [2])
+    #expect(channel.value(of: "bob") == "1")
+    channel.advance(byMillis: 3_600_000)
+    #expect(channel.records(in: 1) == 0)
   }
 }

@@ -109,7 +109,7 @@ struct TransactionRecordsTests {
     var r = try TransactionRecords(limits: limits())
     _ = r.apply(1, at: 1_000, .prepared(txn(2), participant: 3, participants: [2, 3]))
     _ = r.apply(2, at: 1_100, .prepared(txn(1), participant: 2, participants: [2, 3]))
-    _ = r.apply(3, at: 1_200, .decide(txn(3), .commit, participants: [4], finisher: 1))
+    _ = r.apply(3, at: 1_200, .decide(txn(3), .commit, participants: [4], finisher: 1, kind: .groups))
     guard case .records(let mine, false) = r.query(.involving(2, after: nil, limit: 10)) else {
       Issue.record("expected a page")
       return
@@ -120,9 +120,69 @@ struct TransactionRecordsTests {
       return
     }
     #expect(doubt.map(\.id) == [txn(2)] && more == false, "txn 1 is only 100 ms old")
+    _ = r.apply(4, at: 1_300, .decide(txn(4), .commit, participants: [4], finisher: 1, kind: .groups))
+    guard case .records(let unfinished, false) = r.query(.unfinished(minimumAgeMillis: 100, limit: 10)) else {
+      Issue.record("expected a page")
+      return
+    }
+    #expect(unfinished.map(\.id) == [txn(3)], "txn 4 was decided too recently")
+    let query = TransactionRecordQuery.unfinished(minimumAgeMillis: 100, limit: 10)
+    #expect(try TransactionRecordQuery(wireBytes: query.wireBytes()) == query)
+    _ = r.apply(5, at: 1_300, .finished(txn(3), node: 1))
     #expect(
       r.query(.counts)
-        == .counts(TransactionRecordCounts(records: 3, undecided: 2, coordinators: 0, logTimeMillis: 1_200)))
+        == .counts(TransactionRecordCounts(records: 4, undecided: 2, coordinators: 0, logTimeMillis: 1_300)))
+  }
+
+  @Test("two-phase commit's records are never listed as unfinished: only a sharded transaction's are")
+  func unfinishedListsOnlyGroupRecords() throws {
+    var r = try TransactionRecords(limits: limits())
+    // A classic coordinator's commit, its participants done, pending on the coordinator alone: it finishes the
+    // record itself when it recovers, and its participants are nodes, not groups to ask.
+    _ = r.apply(1, at: 1_000, .prepared(txn(1), participant: 2, participants: [2]))
+    _ = r.apply(2, at: 1_000, .decide(txn(1), .commit, participants: [2], finisher: 1))
+    _ = r.apply(3, at: 1_000, .finished(txn(1), node: 2))
+    _ = r.apply(4, at: 1_000, .decide(txn(2), .commit, participants: [7, 8], finisher: 1, kind: .groups))
+    #expect(r.summary(of: txn(1))?.pending == [1])
+    guard case .records(let unfinished, false) = r.query(.unfinished(minimumAgeMillis: 0, limit: 10)) else {
+      Issue.record("expected a page")
+      return
+    }
+    #expect(unfinished.map(\.id) == [txn(2)])
+    // The kind survives a snapshot, and the command's encoding.
+    var b = try TransactionRecords(limits: limits())
+    try b.restore(from: r.snapshot())
+    #expect(
+      b.query(.unfinished(minimumAgeMillis: 0, limit: 10)) == r.query(.unfinished(minimumAgeMillis: 0, limit: 10)))
+    for command: TransactionRecordCommand in [
+      .decide(txn(2), .commit, participants: [7, 8], finisher: 1, kind: .groups),
+      .decide(txn(2), .commit, participants: [7, 8], finisher: 1),
+    ] {
+      #expect(try TransactionRecordCommand(wireBytes: command.wireBytes()) == command)
+    }
+  }
+
+  @Test("a snapshot of the first format (no record kinds) restores, every record a two-phase commit's")
+  func versionOneSnapshot() throws {
+    var w = WireWriter()
+    w.writeVarint(1)  // version
+    w.writeVarint(1_000)  // log time
+    w.writeVarint(3)  // applied index
+    w.writeVarint(1)  // one record
+    w.write(txn(1))
+    w.writeOptional(TransactionDecision.commit)
+    w.writeArray([NodeID(2)])
+    w.writeArray([NodeID(1)])
+    w.writeVarint(1_000)
+    w.writeOptional(UInt64?.some(1_000))
+    w.writeVarint(0)  // no reservations
+    var r = try TransactionRecords(limits: limits())
+    try r.restore(from: w.bytes)
+    #expect(r.summary(of: txn(1))?.pending == [1])
+    #expect(r.query(.unfinished(minimumAgeMillis: 0, limit: 10)) == .records([], hasMore: false))
+    var again = try TransactionRecords(limits: limits())
+    try again.restore(from: r.snapshot())
+    #expect(again.snapshot() == r.snapshot(), "rewritten in the current format")
   }
 
   @Test("snapshots are deterministic and restore to the same table, expiries included")
