@@ -5,7 +5,7 @@ public import QuorumCore
 ///
 /// It is what makes two-phase commit non-blocking when it runs in a replicated group (behind a
 /// ``ReplicatedTransactionRecordStore``): the coordinator records its commit with a compare-and-set
-/// (``TransactionRecordCommand/decide(_:_:participants:finisher:)``), and a prepared participant that cannot
+/// (``TransactionRecordCommand/decide(_:_:participants:finisher:kind:)``), and a prepared participant that cannot
 /// reach the coordinator records an abort the same way; whichever entry comes first in the log wins, and the
 /// other learns it from the answer. No single crash blocks a transaction then: the group survives it, and any
 /// participant can finish. The same table, in a node's own log (``LocalTransactionRecordStore``), is the classic
