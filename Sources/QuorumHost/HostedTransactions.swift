@@ -118,7 +118,10 @@ public struct HostedTxnShard: StateMachine {
     case .shard(let command):
       return shard.apply(command, context: self.context(context))
     case .clock(let wall):
+      let before = offsetMillis
       if wall > context.timestampMillis { offsetMillis = max(offsetMillis, wall - context.timestampMillis) }
+      // The offset's growth is no time that transactions waited here.
+      shard.discountJump(ofMillis: offsetMillis - before, before: self.context(context))
       return shard.apply(.advanceTime, context: self.context(context))
     }
   }

@@ -124,6 +124,29 @@ public struct TxnShard: StateMachine {
   /// A time-only entry: expires idle transactions, forgets old ones, and expires records.
   public mutating func advanceTime(context: ApplyContext) { _ = apply(.advanceTime, context: context) }
 
+  /// Before an entry at `context` whose time jumped ahead by `jumpMillis` (a clock set forward, as a host's
+  /// transaction time is by a new leader's wall clock): moves each transaction's last activity and prepare time
+  /// forward by the jump (at most by how far the shard's time moves), so that a jump is not counted as time a
+  /// transaction waited here. Otherwise a jump would expire every idle transaction at once and make every
+  /// prepared one look in doubt to a resolver, which would abort live transactions. Horizons are untouched: they
+  /// compare transactions' starts with the shard's time, and a jump brings that closer to clients' clocks.
+  public mutating func discountJump(ofMillis jumpMillis: UInt64, before context: ApplyContext) {
+    let move = context.timestampMillis > logTimeMillis ? context.timestampMillis - logTimeMillis : 0
+    let shift = Swift.min(jumpMillis, move)
+    guard shift > 0 else { return }
+    for id in txns.keys.sorted() {
+      guard var transaction = txns[id] else { continue }
+      transaction.lastActivityMillis = transaction.lastActivityMillis.addingSaturated(shift)
+      if let preparedAt = transaction.prepared?.preparedAtMillis {
+        transaction.prepared?.preparedAtMillis = preparedAt.addingSaturated(shift)
+      }
+      txns[id] = transaction
+      if transaction.prepared == nil {
+        idleDeadlines.push(transaction.lastActivityMillis.addingSaturated(limits.idleTimeoutMillis), id)
+      }
+    }
+  }
+
   // MARK: - Commands
 
   private mutating func execute(_ command: TxnShardCommand) -> TxnShardResponse {

@@ -33,6 +33,42 @@ struct HostedTxnShardTests {
     #expect(try counts(shard).logTimeMillis == wall + 300)
   }
 
+  @Test("a clock entry's jump is not time waited: idle transactions do not expire and prepared ones do not age")
+  func jumpIsNotWaiting() throws {
+    var shard = HostedTxnService().makeMachine()
+    // A new group: bare log time, until its first leader's clock entry. Clients on wall clocks start a
+    // transaction there and prepare another (a shard admits starts ahead of its time; only decisions wait).
+    let reader = TxnID(coordinator: 1, sequence: 1, startedAtMillis: wall - 50)
+    let writer = TxnID(coordinator: 1, sequence: 2, startedAtMillis: wall - 50)
+    #expect(shard.apply(.shard(.read(reader, key: "r")), context: at(1, log: 1_000)) == .value(nil))
+    let prepare = TxnShardCommand.prepare(
+      writer, writes: [TxnWrite(key: "w", value: [1])], participants: [1, 2], recordGroup: 1)
+    #expect(shard.apply(.shard(prepare), context: at(2, log: 1_000)) == .prepared)
+    // The leader's clock entry moves transaction time decades ahead, 100 ms of log time later.
+    _ = shard.apply(.clock(wallMillis: wall), context: at(3, log: 1_100))
+    #expect(try counts(shard).logTimeMillis == wall)
+    guard case .status(.active(let idle), _) = shard.query(.status(reader)),
+      case .status(.prepared(let age), _) = shard.query(.status(writer))
+    else {
+      Issue.record("the reader expired or the writer is not prepared: \(shard.query(.status(reader)))")
+      return
+    }
+    #expect(idle == 100 && age == 100, "only the 100 ms of log time count")
+    guard case .inDoubt(let doubtful, _) = shard.query(.inDoubt(minimumAgeMillis: 5_000, limit: 10)) else {
+      Issue.record("no in-doubt page")
+      return
+    }
+    #expect(doubtful.isEmpty, "a resolver would abort a live transaction")
+    // Later log time counts as before.
+    let idleTimeout = TxnShardLimits().idleTimeoutMillis
+    shard.advanceTime(context: at(4, log: 1_000 + idleTimeout))
+    guard case .status(let state, _) = shard.query(.status(reader)) else {
+      Issue.record("no status")
+      return
+    }
+    #expect(state == .aborted, "idle \(idleTimeout) ms of log time: expired")
+  }
+
   @Test("the shard's deadlines reach the log in log time, and a snapshot keeps the offset")
   func deadlinesAndSnapshots() throws {
     var shard = HostedTxnService().makeMachine()
