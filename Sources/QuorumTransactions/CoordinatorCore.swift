@@ -23,6 +23,12 @@ public enum CoordinatorInput: Sendable, Hashable {
   case finishRecorded(TxnID)
   /// The records this coordinator left before it restarted (``TransactionRecordStore/pendingRecords(of:)``).
   case recovered([TransactionRecordSummary])
+  /// The shell answered a lookup of `id`, one of this coordinator's transactions that the core does not track,
+  /// with `decision` as the record store settled it (``TransactionCoordinator/outcome(of:)``: abort unless a
+  /// commit is recorded, and in classic mode nothing is written for an abort). The core remembers it, so that
+  /// ``begin(_:participants:)`` of `id` is refused from now on (``TransactionRejection/duplicateID``): a presumed
+  /// abort, once told, is final. Ignored for a transaction the core tracks or already remembers.
+  case settled(TxnID, TransactionDecision)
 }
 
 /// What a ``CoordinatorCore`` asks its shell to do, in order.
@@ -207,6 +213,9 @@ public struct CoordinatorCore: Sendable {
       active[txn] = nil
       outcomes.remember(txn, .commit)
     case .recovered(let records): recover(records)
+    case .settled(let txn, let decision):
+      guard active[txn] == nil, resolving[txn] == nil, outcomes[txn] == nil else { break }
+      outcomes.remember(txn, decision)
     }
     return effects
   }

@@ -276,6 +276,10 @@ public actor TransactionCoordinator {
   /// compare-and-set in non-blocking mode, so the answer cannot be overtaken by a late commit).
   /// ``TransactionStatus/unknown`` for a transaction older than ``CoordinatorOptions/retainDecisionsMillis``
   /// without a record, or another coordinator's.
+  ///
+  /// An abort settled here is final: a later ``commit(_:participants:deadline:)`` of `id` is refused with
+  /// ``TransactionRejection/duplicateID`` (while the coordinator remembers the outcome, see
+  /// ``CoordinatorOptions/rememberedOutcomes``), since whoever asked may already have rolled back.
   /// - Throws: the store's error.
   public func outcome(of id: TxnID) async throws -> TransactionStatus {
     if let known = core.status(of: id) { return known }
@@ -286,7 +290,11 @@ public actor TransactionCoordinator {
       return .unknown
     }
     let settled = try await store.decideIfUndecided(id, .abort, participants: [], finisher: nil)
-    return core.status(of: id) ?? TransactionStatus(settled)
+    if let known = core.status(of: id) { return known }
+    // Told to the core before it is answered: in classic mode nothing was written (presumed abort), so only the
+    // core can refuse a commit of `id` that would contradict this answer. The input has no effects.
+    _ = core.step(.settled(id, settled))
+    return TransactionStatus(settled)
   }
 
   /// Asks the coordinator to stop: it stops taking requests, and ``run()`` returns; callers still waiting get

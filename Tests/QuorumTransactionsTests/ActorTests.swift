@@ -244,6 +244,28 @@ struct ActorTests {
     await bank.stopAll()
   }
 
+  @Test("classic: a transaction looked up as aborted before its commit is refused, not committed")
+  func presumedAbortIsFinal() async throws {
+    let bank = try await LiveBank.classic()
+    try bank.start()
+    let coordinator = try #require(bank.coordinator)
+    let id = try await coordinator.makeTransactionID()
+    await bank.stageTransfer(id, amount: 10)
+    // No record and nothing in progress: presumed abort. Whoever asked (a participant's application, say) may
+    // already have rolled back on that answer.
+    #expect(try await coordinator.outcome(of: id) == .aborted)
+    await #expect(throws: TransactionError.rejected(id, .duplicateID)) {
+      _ = try await coordinator.commit(id, participants: [2, 3])
+    }
+    try await waitUntil("nothing in progress") {
+      guard await coordinator.activeCount == 0 else { return false }
+      return await bank.settled()
+    }
+    #expect(try await coordinator.outcome(of: id) == .aborted)
+    #expect(await bank.balances() == [100, 100], "a transaction answered as aborted must not commit")
+    await bank.stopAll()
+  }
+
   @Test("a participant whose prepare fails on disk stops; the transfer aborts, and after a restart nothing remains")
   func prepareFailsOnDisk() async throws {
     let failing = FailingStorage()

@@ -260,4 +260,15 @@ struct CoordinatorCoreTests {
     _ = c.ticks(1, wall: 1_000_000)
     #expect(c.step(.begin(txn(2), participants: [2])) == [.rejected(txn(2), .expired)])
   }
+
+  @Test("an outcome settled by a lookup is remembered: the transaction cannot begin after it")
+  func settledIsFinal() {
+    var c = CoordinatorCore(id: 1, options: quickCoordinatorOptions())
+    #expect(c.step(.settled(t, .abort)) == [])
+    #expect(c.status(of: t) == .aborted)
+    #expect(c.step(.begin(t, participants: [2, 3])) == [.rejected(t, .duplicateID)])
+    _ = c.step(.begin(txn(2), participants: [2, 3]))
+    #expect(c.step(.settled(txn(2), .abort)) == [], "in progress: not the lookup's to settle")
+    #expect(c.status(of: txn(2)) == .inProgress)
+  }
 }
