@@ -41,9 +41,10 @@ public enum ParticipantEffect: Sendable, Hashable, CustomStringConvertible {
   /// vote waits for it.
   case recordPrepared(TxnID, participants: [NodeID])
   /// Record `decision` for `id` unless one is recorded (``TransactionRecordStore/decideIfUndecided(_:_:participants:finisher:)``,
-  /// with this participant as the finisher of a commit): its own one-phase commit, or an abort that resolves a
-  /// transaction in doubt in non-blocking mode. Answer ``ParticipantInput/decisionRecorded(_:_:)`` with the
-  /// decision that holds, or ``ParticipantInput/recordFailed(_:)``.
+  /// with this participant as the finisher of a commit): its own one-phase commit, an abort that resolves a
+  /// transaction in doubt in non-blocking mode, or the abort of a yes withdrawn because its prepared record could
+  /// not be written. Answer ``ParticipantInput/decisionRecorded(_:_:)`` with the decision that holds, or
+  /// ``ParticipantInput/recordFailed(_:)``.
   case recordDecision(TxnID, TransactionDecision)
   /// Read the record of `id` (``TransactionRecordStore/outcome(of:)``); answer ``ParticipantInput/lookedUp(_:_:)``.
   case lookUp(TxnID)
@@ -107,7 +108,11 @@ public struct ParticipantCore: Sendable {
     /// The prepared record could not be written, so the vote is no; the write may have landed all the same, so
     /// the record is being ended (`inFlight`, or at the next wake-up) before the application rolls back: until
     /// then a restart that finds it restores the transaction as prepared, and the application must still be.
-    case withdrawing(inFlight: Bool)
+    /// The write may also land *later*, after anything written since (a replicated store applies a delayed
+    /// request when it arrives), so the abort is recorded first (`decided` once it is): a prepared record that
+    /// lands after it records nothing, instead of a record pending on this participant, kept for good and
+    /// restored as prepared at its next start.
+    case withdrawing(decided: Bool, inFlight: Bool)
     /// A one-phase commit's decision is being recorded (`inFlight`), or will be at the next wake-up.
     case recordingCommit(inFlight: Bool)
     /// Checking the record before answering a one-phase request that may repeat a forgotten one.
@@ -218,7 +223,7 @@ public struct ParticipantCore: Sendable {
     case .lookedUp(let txn, let record): lookedUp(txn, record, &effects)
     case .applied(let txn): applied(txn, &effects)
     case .finishRecorded(let txn):
-      if case .withdrawing? = tracked[txn]?.phase {
+      if case .withdrawing(decided: true, _)? = tracked[txn]?.phase {
         // No restart can find it prepared now, and this node never votes yes to it again: the abort is certain.
         tracked[txn]?.recorded = false
         tracked[txn]?.abortIsCertain = true
@@ -504,6 +509,17 @@ public struct ParticipantCore: Sendable {
     case .resolving:
       tracked[txn]?.abortIsCertain = true
       startApplying(txn, decision, &effects)
+    case .withdrawing(decided: false, _):
+      guard decision == .abort else {
+        // Not without this participant's yes, which it never sent; but the record is what every other party
+        // follows, and the application is still prepared: follow it too.
+        tracked[txn]?.abortIsCertain = true
+        startApplying(txn, decision, &effects)
+        return
+      }
+      tracked[txn]?.phase = .withdrawing(decided: true, inFlight: true)
+      tracked[txn]?.retryInterval = options.inquiry.initialTicks
+      effects.append(.recordFinished(txn))
     default:
       return
     }
@@ -514,16 +530,17 @@ public struct ParticipantCore: Sendable {
     switch transaction.phase {
     case .recordingPrepared(let pendingAbort):
       // Not durable, so no yes: vote no. The write may have landed all the same, and a restart that found it
-      // would restore the transaction as prepared and vote yes to a repeated prepare: the record is ended first,
-      // and only then does the application roll back.
+      // would restore the transaction as prepared and vote yes to a repeated prepare: the abort is recorded (so
+      // that a write landing later records nothing) and the record ended first, and only then does the
+      // application roll back.
       tracked[txn]?.recorded = true
       tracked[txn]?.abortIsCertain = pendingAbort
-      tracked[txn]?.phase = .withdrawing(inFlight: true)
+      tracked[txn]?.phase = .withdrawing(decided: false, inFlight: true)
       tracked[txn]?.retryInterval = options.inquiry.initialTicks
-      effects.append(.recordFinished(txn))
+      effects.append(.recordDecision(txn, .abort))
       effects.append(.send(TransactionOutgoing(to: txn.coordinator, .vote(txn, .no))))
-    case .withdrawing:
-      tracked[txn]?.phase = .withdrawing(inFlight: false)
+    case .withdrawing(let decided, _):
+      tracked[txn]?.phase = .withdrawing(decided: decided, inFlight: false)
       backOff(txn)
     case .recordingCommit:
       // The commit may or may not be recorded: ask again (the compare-and-set returns what holds).
@@ -652,10 +669,10 @@ public struct ParticipantCore: Sendable {
       tracked[txn]?.phase = .finishing(decision, inFlight: true)
       effects.append(.recordFinished(txn))
       return 1
-    case .withdrawing(let inFlight):
+    case .withdrawing(let decided, let inFlight):
       guard !inFlight else { return 0 }
-      tracked[txn]?.phase = .withdrawing(inFlight: true)
-      effects.append(.recordFinished(txn))
+      tracked[txn]?.phase = .withdrawing(decided: decided, inFlight: true)
+      effects.append(decided ? .recordFinished(txn) : .recordDecision(txn, .abort))
       return 1
     case .voting, .recordingPrepared, .lookingUp, .resolving, .applying:
       return 0

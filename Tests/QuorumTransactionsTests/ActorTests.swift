@@ -297,4 +297,42 @@ struct ActorTests {
     #expect(await bank.balances() == [100, 100])
     await bank.stopAll()
   }
+
+  @Test("non-blocking: a prepared record that lands after it was withdrawn leaves nothing pending or prepared")
+  func latePreparedRecord() async throws {
+    let log = try InMemoryRecordLog()
+    let bank = LiveBank.nonBlocking(log: log)
+    let channel = DelayingRecordChannel(log: log)
+    bank.participantStores[2] = ReplicatedTransactionRecordStore(channel: channel, identity: 42)
+    try bank.start()
+    let coordinator = try #require(bank.coordinator)
+    let id = try await coordinator.makeTransactionID()
+    await channel.holdPrepared()
+    let result = try await explained(coordinator) {
+      try await Transaction(id: id, participants: [2, 3], via: coordinator) {
+        await bank.stageTransfer(id, amount: 10)
+      }.execute()
+    }
+    #expect(result.decision == .abort, "\(result)")
+    try await waitUntil("participant 2 withdrew its yes and rolled back") {
+      await bank.accounts[2]?.rolledBack.contains(id) == true
+    }
+    try await waitUntil("nothing prepared or in doubt") { await bank.settled() }
+    // The write that seemed lost lands now, after participant 2 ended its record and rolled back.
+    #expect(await channel.held.count == 1)
+    try await channel.land()
+    let record = await log.machine.summary(of: id)
+    #expect(
+      record?.pending.contains(2) != true,
+      "pending on a participant that is done with it: kept, and in doubt, until that participant restarts: \(String(describing: record))"
+    )
+    _ = await bank.stopParticipant(2)
+    try bank.startParticipant(2)
+    try await waitUntil("participant 2 recovered") { await bank.accounts[2]?.recoveredWith.isEmpty == false }
+    #expect(
+      await bank.accounts[2]?.recoveredWith == [[]], "a restart must not restore as prepared what was rolled back")
+    try await waitUntil("nothing prepared or in doubt") { await bank.settled() }
+    #expect(await bank.balances() == [100, 100])
+    await bank.stopAll()
+  }
 }

@@ -178,3 +178,37 @@ func liveParticipantOptions() -> ParticipantOptions {
   options.inquiry = RetrySchedule(initialTicks: 5, maxTicks: 50)
   return options
 }
+
+/// A channel to an ``InMemoryRecordLog`` that can hold back participants' prepared records: such a write seems to
+/// fail (no answer), and lands later, when the test says — after whatever was written in between, as a request
+/// delayed in the network lands in a replicated group.
+actor DelayingRecordChannel: TransactionRecordChannel {
+  private let inner: ReplicatedLogRecordChannel
+  private var holding = false
+  private(set) var held: [TransactionRecordCommand] = []
+
+  init(log: InMemoryRecordLog) { inner = ReplicatedLogRecordChannel(log: log) }
+
+  /// Holds back every prepared record from now on.
+  func holdPrepared() { holding = true }
+
+  /// Applies the held-back writes now, and holds back nothing more.
+  func land() async throws {
+    let late = held
+    held = []
+    holding = false
+    for command in late { _ = try await inner.submit(command) }
+  }
+
+  func submit(_ command: TransactionRecordCommand) async throws -> TransactionRecordResponse {
+    if holding, case .prepared = command {
+      held.append(command)
+      throw ConsensusError.timeout
+    }
+    return try await inner.submit(command)
+  }
+
+  func read(_ query: TransactionRecordQuery) async throws -> TransactionRecordQueryResult {
+    try await inner.read(query)
+  }
+}

@@ -87,14 +87,28 @@ struct ParticipantCoreTests {
     _ = p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: nil)))
     _ = p.step(.voted(t, .yes))
     #expect(
-      p.step(.recordFailed(t)) == [.recordFinished(t), psend(1, .vote(t, .no))],
-      "the write may have landed: end it before rolling back")
+      p.step(.recordFailed(t)) == [.recordDecision(t, .abort), psend(1, .vote(t, .no))],
+      "the write may land later: record the abort, so that it records nothing then")
     #expect(
       p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: nil))) == [psend(1, .vote(t, .no))])
+    #expect(p.step(.finishRecorded(t)) == [], "not asked for yet")
+    #expect(p.step(.recordFailed(t)) == [])
+    #expect(p.ticks(30).filter { $0 == .recordDecision(t, .abort) }.count == 1, "written again after a back-off")
+    #expect(
+      p.step(.decisionRecorded(t, .abort)) == [.recordFinished(t)],
+      "the write may have landed: end it before rolling back")
     #expect(p.step(.finishRecorded(t)) == [.apply(t, .abort)])
     #expect(p.step(.applied(t)) == [])
     #expect(p.trackedCount == 0)
     #expect(p.status(of: t) == .aborted)
+
+    // A commit cannot be recorded without this participant's yes; should the record hold one all the same, the
+    // application (still prepared) follows it, as every other party does.
+    var q = ParticipantCore(id: 2, options: quickParticipantOptions(), recordStore: 9)
+    _ = q.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: 9)))
+    _ = q.step(.voted(t, .yes))
+    _ = q.step(.recordFailed(t))
+    #expect(q.step(.decisionRecorded(t, .commit)) == [.apply(t, .commit)])
   }
 
   @Test("a yes that could not be made durable is not rolled back before its record is ended")
