@@ -47,8 +47,10 @@ public struct TransactionRecordLimits: Sendable, Equatable {
     }
   }
 
-  /// How long past its start a decided record is kept.
-  var retentionMillis: UInt64 { Swift.max(transactionHorizonMillis, retainDecisionsMillis) }
+  /// How long past its start a decided record is kept: past the horizon even when ``retainDecisionsMillis`` equals
+  /// it, since at the start plus the horizon a command without a record is not yet answered abort, and a commit
+  /// could then be recorded over an abort just forgotten.
+  var retentionMillis: UInt64 { Swift.max(transactionHorizonMillis.addingSaturated(1), retainDecisionsMillis) }
 }
 
 /// Why a ``TransactionRecords`` command was refused (it changed nothing).

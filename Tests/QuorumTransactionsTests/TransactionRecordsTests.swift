@@ -65,6 +65,21 @@ struct TransactionRecordsTests {
     #expect(r.apply(5, at: 15_001, .decide(u, .commit, participants: [2, 3], finisher: 1)) == .decided(.abort))
   }
 
+  @Test("decisions kept for exactly the horizon: an abort is forgotten only once a commit can no longer win")
+  func retentionEqualToHorizon() throws {
+    var limits = limits()
+    limits.retainDecisionsMillis = limits.transactionHorizonMillis
+    var r = try TransactionRecords(limits: limits)
+    let t = txn(1, started: 10_000)
+    _ = r.apply(1, at: 10_100, .decide(t, .abort, participants: [], finisher: nil))
+    // Log time 11,000 is the transaction's start plus the horizon: not past it, so a command without a record
+    // could still record a commit, and the abort must still be there to win.
+    #expect(r.apply(2, at: 11_000, .decide(t, .commit, participants: [2, 3], finisher: 1)) == .decided(.abort))
+    _ = r.apply(3, at: 11_001, .advanceTime)
+    #expect(r.summary(of: t) == nil, "forgotten once past the horizon")
+    #expect(r.apply(4, at: 11_002, .decide(t, .commit, participants: [2, 3], finisher: 1)) == .decided(.abort))
+  }
+
   @Test("a present undecided record may still be decided after the horizon (the compare-and-set holds)")
   func presentPastHorizon() throws {
     var r = try TransactionRecords(limits: limits())
