@@ -105,6 +105,8 @@ final class Handler<Input, Output>: Sendable {
 protocol ReplyTarget: AnyObject {
   /// Replies were queued in the route's ``ReplyRoute/queue``: write them.
   func flushReplies()
+  /// A reply did not fit in the route's queue: the client is not reading its replies.
+  func repliesOverflowed()
 }
 
 /// The way back to a client connection: a ``LinkQueue`` of replies that the responder writes to the idle
@@ -118,15 +120,16 @@ final class ReplyRoute: @unchecked Sendable {
   let writesFromResponders: Bool
   let metrics: MetricsCounters
   weak var target: (any ReplyTarget)?
-  /// Replies not yet written. Not bounded here: a connection has at most
-  /// ``TCPTransportOptions/maxInflightRequestsPerConnection`` requests, so at most that many replies.
+  /// Replies not yet written: at most ``TCPTransportOptions/maxInflightRequestsPerConnection`` of them (one per
+  /// request), and at most `maxBytes` bytes (a reply larger than that alone excepted). In-flight requests alone
+  /// would not bound the bytes: a client may pipeline a thousand reads of large values and read nothing.
   let queue: LinkQueue
 
   init(
-    loop: EventLoop, node: NodeID, writesFromResponders: Bool, quietNanos: UInt64, metrics: MetricsCounters,
-    target: any ReplyTarget
+    loop: EventLoop, node: NodeID, writesFromResponders: Bool, quietNanos: UInt64, maxBytes: Int,
+    metrics: MetricsCounters, target: any ReplyTarget
   ) {
-    self.queue = LinkQueue(maxFrames: .max, maxBytes: .max, quietNanos: quietNanos)
+    self.queue = LinkQueue(maxFrames: .max, maxBytes: maxBytes, quietNanos: quietNanos)
     self.loop = loop
     self.node = node
     self.writesFromResponders = writesFromResponders
@@ -143,6 +146,11 @@ final class ReplyRoute: @unchecked Sendable {
     do {
       outcome = try queue.send(
         peer: .none, writeIfIdle: writesFromResponders && !loop.isCurrentThread, encode: encode)
+    } catch .queueFull {
+      // Past the connection's reply budget: the client stopped reading. It is disconnected (as by
+      // ``TCPCloseReason/slowReader(pendingBytes:)``), which ends its requests; the reply is dropped with it.
+      loop.execute { [self] in target?.repliesOverflowed() }
+      return
     } catch {
       return  // The connection closed: the reply has nowhere to go.
     }
@@ -398,7 +406,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
         // buffer, so no reply can pass it.
         let route = ReplyRoute(
           loop: sink.loop, node: sink.id, writesFromResponders: options.writesFromSenders,
-          quietNanos: options.senderWriteQuietNanos,
+          quietNanos: options.senderWriteQuietNanos, maxBytes: options.replyCloseBytes,
           metrics: sink.environment.metrics, target: self)
         route.queue.attach(fd: connection.fd, sealer: session?.sealer)
         connection.willClose = { [weak route] in route?.queue.close() }
@@ -682,7 +690,8 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     settleDirectReplies()
     inflight -= count
     let options = sink.environment.options
-    let pending = connection.pendingWriteBytes
+    // What waits to be written: the write batch, and the replies still queued behind it.
+    let pending = connection.pendingWriteBytes + (route?.queue.queuedBytes ?? 0)
     let metrics = sink.environment.metrics
     metrics.raise(metrics.largestReplyBacklog, to: pending)
     if pending >= options.replyCloseBytes {
@@ -695,6 +704,16 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
       route?.queue.hold(false)
       connection.resumeReading()
     }
+  }
+
+  /// A reply found the route's queue full (``TCPTransportOptions/maxReplyBytesPerConnection``): the client stopped
+  /// reading its replies, and is disconnected.
+  func repliesOverflowed() {
+    guard !connection.isClosed else { return }
+    let pending = connection.pendingWriteBytes + (route?.queue.queuedBytes ?? 0)
+    let metrics = sink.environment.metrics
+    metrics.raise(metrics.largestReplyBacklog, to: pending)
+    connection.close(.slowReader(pendingBytes: pending))
   }
 
   /// The latest delivery that waited for room, if any (loop thread).

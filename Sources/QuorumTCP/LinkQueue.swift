@@ -426,6 +426,9 @@ final class LinkQueue: Sendable {
     if writing { awaitWriter() }
   }
 
+  /// The bytes queued and not yet taken.
+  var queuedBytes: Int { state.withLock { $0.bytes } }
+
   /// How many frames senders wrote since the last call (each reply so written ends its request). Loop thread.
   func takeWrittenBySenders() -> Int {
     state.withLock { s in

@@ -161,6 +161,36 @@ struct HostileNetworkTests {
     await pair.close()
   }
 
+  @Test("a client pipelining a thousand large reads at once, reading nothing: its queued replies stay bounded")
+  func clientThatPipelinesMoreThanItReads() async throws {
+    // The default in-flight limit (1,024) times 1 MiB replies: a gigabyte if queued replies were bounded only by
+    // the number of requests in flight.
+    var options = SecurePair.options()
+    options.maxFrameBytes = 1 << 20
+    options.replyPauseBytes = 1 << 20
+    options.maxReplyBytesPerConnection = 8 << 20
+    let pair = try await SecurePair(options: options)
+    let greedy = try await HandDriven(
+      to: pair.n1.address, cluster: pair.cluster, role: .client, protocolNumber: WireProtocol.client,
+      principal: "reader", key: SecurePair.reader.bytes)
+    try #require(greedy.failure == nil)
+    var requests: [UInt8] = []
+    for id in 1...1024 { requests += greedy.seal(requestFrame(id: UInt64(id), body: Array("big 1000000".utf8))) }
+    var offset = 0
+    try await waitUntil("the greedy client to be closed (\(pair.a.metrics))") {
+      if offset < requests.count {
+        offset += (try? greedy.socket.sendSome(requests[offset...])) ?? 0
+      }
+      return pair.a.metrics.closes("slow-reader") == 1
+    }
+    let limit = options.replyCloseBytes + options.maxFrameBytes
+    #expect(pair.a.metrics.largestReplyBacklog <= limit, "backlog \(pair.a.metrics.largestReplyBacklog)")
+    let alice = try pair.client("alice", SecurePair.alice)
+    #expect(try await alice.request([3], to: pair.n1.address, timeout: .seconds(60)) == [3])
+    await alice.close()
+    await pair.close()
+  }
+
   @Test("a client connection idle past the idle timeout is closed; new clients are served")
   func idleClients() async throws {
     var options = SecurePair.options()
