@@ -40,9 +40,15 @@ public struct SlotRange: Sendable, Hashable, WireCodable, CustomStringConvertibl
     writer.writeVarint(UInt64(upper))
   }
 
+  /// Decodes a range; one that is empty or reaches past the last slot is refused (a map from the wire resolves
+  /// slots by these bounds).
   public init(from reader: inout WireReader) throws(WireError) {
+    let at = reader.position
     lower = try reader.readVarint(as: UInt16.self)
     upper = try reader.readVarint(as: UInt16.self)
+    guard lower <= upper, upper < ClusterMap.slotCount else {
+      throw WireError(.invalidValue("slot range \(lower)-\(upper) (slots are 0-\(ClusterMap.slotCount - 1))"), at: at)
+    }
   }
 
   /// `lower-upper`.

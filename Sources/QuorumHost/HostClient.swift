@@ -152,6 +152,12 @@ public actor HostClient {
     let candidates = seeds + (map?.members.keys.sorted() ?? [])
     let reply = try await send(.clusterMap, to: candidates, deadline: deadline ?? options.deadline, isWrite: false)
     guard case .clusterMap(let fetched) = reply else { throw QuorumClientError.badReply("expected a cluster map") }
+    // Checked before it routes anything: a member's map is taken on trust no more than any other reply.
+    do {
+      try fetched.validate(knownServices: Set(fetched.groups.flatMap(\.services)))
+    } catch {
+      throw QuorumClientError.badReply("an invalid cluster map: \(error)")
+    }
     map = fetched
     placement = Placement(fetched)
     channel.learn(fetched)
