@@ -260,6 +260,8 @@ public final class GroupHost: Sendable {
 
   /// The longest a watch is held (a client asking for more is answered at this point and watches again).
   static let maxWatchMillis: UInt64 = 30_000
+  /// The longest key a client may watch: a wait holds its key for up to ``maxWatchMillis``.
+  static let maxWatchKeyBytes = 4096
 
   /// The default reply limit: the TCP transport's default frame limit less room for its framing.
   public static let defaultMaxReplyBytes = (16 << 20) - 1024
@@ -487,7 +489,11 @@ public final class GroupHost: Sendable {
         guard spec.services.contains(service) else {
           return .failure(HostFailure(.unknownService(service, group: id)))
         }
-        let records = await notifications.wait(
+        guard key.utf8.count <= Self.maxWatchKeyBytes else {
+          return .failure(
+            HostFailure(.malformed("a watched key of \(key.utf8.count) bytes (at most \(Self.maxWatchKeyBytes))")))
+        }
+        let records = try await notifications.wait(
           group: id, service: service, key: key, after: after,
           timeout: .milliseconds(Int64(clamping: min(timeout, Self.maxWatchMillis))), clock: runtime.clock)
         return .notifications(records.map(\.payload), index: records.last?.index ?? after)

@@ -61,32 +61,70 @@ public final class NotificationHub: Sendable {
     }
   }
 
+  /// What a waiter watches: its waiters are found by it, so a notification costs the waits on its own keys.
+  private struct Watched: Hashable {
+    var group: GroupID
+    var service: String
+    var key: String
+  }
+
   private struct State {
     var rings: [GroupID: Ring] = [:]
     var waiters: [UInt64: Waiter] = [:]
+    /// The registered waiters of each watched key.
+    var byKey: [Watched: Set<UInt64>] = [:]
     /// Waits whose timeout fired before they registered (or after they ended): they must not register.
     var timedOut: Set<UInt64> = []
     var nextWaiter: UInt64 = 0
+    /// Waits begun and not yet ended (registered or not): at most ``NotificationHub/maxWaits``.
+    var waits = 0
+
+    mutating func register(_ id: UInt64, _ waiter: Waiter) {
+      waiters[id] = waiter
+      byKey[Watched(group: waiter.group, service: waiter.service, key: waiter.key), default: []].insert(id)
+    }
+
+    mutating func unregister(_ id: UInt64) -> Waiter? {
+      guard let waiter = waiters.removeValue(forKey: id) else { return nil }
+      let watched = Watched(group: waiter.group, service: waiter.service, key: waiter.key)
+      byKey[watched]?.remove(id)
+      if byKey[watched]?.isEmpty == true { byKey[watched] = nil }
+      return waiter
+    }
   }
 
   private let state = Mutex(State())
   /// The most notifications kept per group.
   public let capacity: Int
+  /// The most waits at once; past it a wait is refused (``QuorumCore/ConsensusError/overloaded(limit:)``).
+  public let maxWaits: Int
 
-  /// Creates a hub keeping the newest `capacity` notifications of each group.
-  public init(capacity: Int = 4096) { self.capacity = max(1, capacity) }
+  /// Creates a hub keeping the newest `capacity` notifications of each group, with at most `maxWaits` waits at
+  /// once.
+  public init(capacity: Int = 4096, maxWaits: Int = 65_536) {
+    self.capacity = max(1, capacity)
+    self.maxWaits = max(1, maxWaits)
+  }
+
+  /// The waits under way (begun and not yet ended).
+  var waitsUnderWay: Int { state.withLock { $0.waits } }
 
   /// Records what `group` produced applying the entry at `index`, and wakes the clients watching its keys.
   public func publish(group: GroupID, index: UInt64, _ notifications: [ServiceNotification]) {
     let records = notifications.map { Record(index: index, service: $0.service, keys: $0.keys, payload: $0.payload) }
     let woken = state.withLock { s -> [(UnsafeContinuation<[Record], Never>, [Record])] in
       for record in records { s.rings[group, default: Ring()].append(record, capacity: capacity) }
+      var matched: Set<UInt64> = []
+      for record in records {
+        for key in record.keys {
+          if let ids = s.byKey[Watched(group: group, service: record.service, key: key)] { matched.formUnion(ids) }
+        }
+      }
+      guard !matched.isEmpty else { return [] }
       var woken: [(UnsafeContinuation<[Record], Never>, [Record])] = []
-      for id in s.waiters.keys.sorted() {
-        guard let waiter = s.waiters[id], waiter.group == group else { continue }
+      for id in matched.sorted() {
+        guard let waiter = s.unregister(id) else { continue }
         let hits = records.filter { $0.service == waiter.service && $0.keys.contains(waiter.key) }
-        guard !hits.isEmpty else { continue }
-        s.waiters[id] = nil
         woken.append((waiter.continuation, hits))
       }
       return woken
@@ -96,23 +134,32 @@ public final class NotificationHub: Sendable {
 
   /// The notifications of `service` in `group` with `key` produced after position `after`: those the hub already
   /// holds at once, otherwise the next ones to come, or none after `timeout` of `clock`'s time.
+  /// - Throws: ``QuorumCore/ConsensusError/overloaded(limit:)`` when ``maxWaits`` waits are already under way.
   public func wait(
     group: GroupID, service: String, key: String, after: UInt64, timeout: Duration, clock: any NodeClock
-  ) async -> [Record] {
-    let id = state.withLock { s -> UInt64 in
+  ) async throws(ConsensusError) -> [Record] {
+    let id = state.withLock { s -> UInt64? in
+      guard s.waits < maxWaits else { return nil }
+      s.waits += 1
       s.nextWaiter += 1
       return s.nextWaiter
     }
+    guard let id else { throw .overloaded(limit: maxWaits) }
     // The two tasks below race: the timeout may fire before the wait has registered. Whichever comes second
     // sees what the first left (a registered waiter, or the mark of a timeout), so the wait always ends.
-    defer { state.withLock { _ = $0.timedOut.remove(id) } }
+    defer {
+      state.withLock { s in
+        _ = s.timedOut.remove(id)
+        s.waits -= 1
+      }
+    }
     return await withTaskGroup(of: [Record]?.self) { tasks in
       tasks.addTask {
         await withUnsafeContinuation { (continuation: UnsafeContinuation<[Record], Never>) in
           let held = self.state.withLock { s -> [Record]? in
             let hits = s.rings[group]?.hits(after: after, service: service, key: key) ?? []
             if !hits.isEmpty || s.timedOut.contains(id) { return hits }
-            s.waiters[id] = Waiter(group: group, service: service, key: key, continuation: continuation)
+            s.register(id, Waiter(group: group, service: service, key: key, continuation: continuation))
             return nil
           }
           if let held { continuation.resume(returning: held) }
@@ -121,7 +168,7 @@ public final class NotificationHub: Sendable {
       tasks.addTask {
         try? await clock.sleep(for: timeout)
         let waiter = self.state.withLock { s -> Waiter? in
-          if let waiter = s.waiters.removeValue(forKey: id) { return waiter }
+          if let waiter = s.unregister(id) { return waiter }
           s.timedOut.insert(id)
           return nil
         }

@@ -38,6 +38,17 @@ struct HostBadInputTests {
     return failure
   }
 
+  @Test("a watch of a key longer than 4 KiB is refused as malformed, before it waits")
+  func watchedKeyTooLong() async throws {
+    try await Self.cluster().withLocalMembers { members in
+      let host = try #require(members.hosts[1])
+      let long = String(repeating: "k", count: 4097)
+      let failure = Self.failure(
+        await host.handle(.watch(group: 1, service: "locks", key: long, after: 0, timeoutMillis: 60_000)))
+      #expect(failure?.error == .malformed("a watched key of 4097 bytes (at most 4096)"))
+    }
+  }
+
   @Test("a request for a group the cluster does not have is answered unknownGroup, naming the group")
   func unknownGroup() async throws {
     try await Self.cluster().withLocalMembers { members in

@@ -10,24 +10,53 @@ struct NotificationHubTests {
   }
 
   @Test("past its capacity the hub keeps the newest notifications, oldest first, across the wrap-around")
-  func wrapAround() async {
+  func wrapAround() async throws {
     let hub = NotificationHub(capacity: 4)
     for index in UInt64(1)...10 {
       hub.publish(group: .default, index: index, [Self.note(index.isMultiple(of: 2) ? "even" : "odd", UInt8(index))])
     }
-    let all = await hub.wait(
+    let all = try await hub.wait(
       group: .default, service: "locks", key: "all", after: 0, timeout: .seconds(60), clock: SystemClock())
     #expect(all.map(\.index) == [7, 8, 9, 10])
     #expect(all.map(\.payload) == [[7], [8], [9], [10]])
-    let even = await hub.wait(
+    let even = try await hub.wait(
       group: .default, service: "locks", key: "even", after: 8, timeout: .seconds(60), clock: SystemClock())
     #expect(even.map(\.index) == [10])
     // An entry with two notifications wraps the buffer in the middle; another group's ring is separate.
     hub.publish(group: .default, index: 11, [Self.note("odd", 11), Self.note("odd", 12)])
     hub.publish(group: GroupID(rawValue: 1), index: 1, [Self.note("odd", 99)])
-    let latest = await hub.wait(
+    let latest = try await hub.wait(
       group: .default, service: "locks", key: "all", after: 0, timeout: .seconds(60), clock: SystemClock())
     #expect(latest.map(\.payload) == [[9], [10], [11], [12]])
+  }
+}
+
+@Suite("NotificationHub bounds its waits")
+struct NotificationHubBoundTests {
+  @Test("past maxWaits a wait is refused as overloaded; a notification wakes only the waits on its keys")
+  func boundedAndIndexed() async throws {
+    let hub = NotificationHub(maxWaits: 3)
+    let clock = SystemClock()
+    let waits = (0..<3).map { n in
+      Task {
+        try await hub.wait(
+          group: .default, service: "locks", key: "k\(n)", after: 0, timeout: .seconds(60), clock: clock)
+      }
+    }
+    _ = try await awaitValue("three waits under way") { hub.waitsUnderWay == 3 ? true : nil }
+    await #expect(throws: ConsensusError.overloaded(limit: 3)) {
+      try await hub.wait(group: .default, service: "locks", key: "other", after: 0, timeout: .zero, clock: clock)
+    }
+    hub.publish(
+      group: .default, index: 1, [ServiceNotification(service: "locks", payload: [1], keys: ["k1", "elsewhere"])])
+    #expect(try await waits[1].value.map(\.payload) == [[1]])
+    // The others still wait; ended, each makes room again.
+    hub.publish(group: .default, index: 2, [ServiceNotification(service: "locks", payload: [2], keys: ["k0", "k2"])])
+    #expect(try await waits[0].value.map(\.index) == [2])
+    #expect(try await waits[2].value.map(\.index) == [2])
+    let next = try await hub.wait(
+      group: .default, service: "locks", key: "k0", after: 0, timeout: .seconds(60), clock: clock)
+    #expect(next.map(\.index) == [2])
   }
 }
 
@@ -43,16 +72,16 @@ struct ExpiredClock: NodeClock {
 @Suite("NotificationHub waits end on time", .timeLimit(.minutes(3)))
 struct NotificationHubTimeoutTests {
   @Test("a timeout that fires before the wait has registered still ends the wait, empty (2,000 waits)")
-  func timeoutBeforeRegistration() async {
+  func timeoutBeforeRegistration() async throws {
     let hub = NotificationHub()
     for _ in 0..<2_000 {
-      let records = await hub.wait(
+      let records = try await hub.wait(
         group: .default, service: "locks", key: "k", after: 0, timeout: .zero, clock: ExpiredClock())
       #expect(records.isEmpty)
     }
     // And a notification published later is not handed to a wait that already ended.
     hub.publish(group: .default, index: 1, [ServiceNotification(service: "locks", payload: [1], keys: ["k"])])
-    let later = await hub.wait(
+    let later = try await hub.wait(
       group: .default, service: "locks", key: "k", after: 0, timeout: .seconds(30), clock: SystemClock())
     #expect(later.map(\.index) == [1])
   }
