@@ -28,11 +28,17 @@ public struct ApplyContext: Sendable, Hashable {
   /// it (never their own clocks) for anything time-based, such as lock TTLs and session expiry, so apply
   /// stays deterministic.
   public var timestampMillis: UInt64
+  /// The authenticated principal whose request the entry carries, or `nil` (a client in the same process, a
+  /// node without authentication, or an entry the host or the engine wrote itself). It is in the log entry, so
+  /// every replica sees the same: a machine may check that a resource it keeps belongs to the principal naming
+  /// it (as the lock table does for its sessions).
+  public var principal: String?
 
   /// Creates an apply context.
-  public init(index: UInt64, timestampMillis: UInt64) {
+  public init(index: UInt64, timestampMillis: UInt64, principal: String? = nil) {
     self.index = index
     self.timestampMillis = timestampMillis
+    self.principal = principal
   }
 }
 

@@ -215,7 +215,7 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
     _logTimeMillis = max(_logTimeMillis, command.timestampMillis)
     let logTimeMillis = _logTimeMillis
     sessions.expireIdle(now: logTimeMillis, policy: policy)
-    let context = ApplyContext(index: index, timestampMillis: logTimeMillis)
+    let context = ApplyContext(index: index, timestampMillis: logTimeMillis, principal: command.principal)
     switch command.body {
     case .registerSession:
       guard sessions.register(index, owner: command.principal, now: logTimeMillis, policy: policy) else {

@@ -110,7 +110,7 @@ public struct HostedTxnShard: StateMachine {
   private func context(_ context: ApplyContext) -> ApplyContext {
     // Saturated: transaction time past 2^64 ms stays at the end rather than wrapping to the start.
     let (time, overflow) = context.timestampMillis.addingReportingOverflow(offsetMillis)
-    return ApplyContext(index: context.index, timestampMillis: overflow ? .max : time)
+    return ApplyContext(index: context.index, timestampMillis: overflow ? .max : time, principal: context.principal)
   }
 
   public mutating func apply(_ command: HostedTxnCommand, context: ApplyContext) -> TxnShardResponse {

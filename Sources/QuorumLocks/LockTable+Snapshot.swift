@@ -1,8 +1,9 @@
 import QuorumCore
 
 extension LockTable {
-  /// The snapshot format this build writes and reads.
-  static let snapshotVersion: UInt64 = 1
+  /// The snapshot format this build writes. It reads version 1 too, whose sessions have no recorded owner (any
+  /// principal may use them, as before owners were checked).
+  static let snapshotVersion: UInt64 = 2
 
   /// Serialises the table deterministically: sessions by identifier, locks by name, holders by session,
   /// waiters in queue order. Derived indexes (each session's holds and waits, the deadline heaps) are not
@@ -18,6 +19,15 @@ extension LockTable {
       w.write(id)
       w.writeVarint(session.ttlMillis)
       w.writeVarint(session.expiresAtMillis)
+      // Owner: 0 none (no principal), 1 a principal's name follows, 2 unknown (restored from version 1).
+      if session.ownerUnknown {
+        w.writeByte(2)
+      } else if let owner = session.owner {
+        w.writeByte(1)
+        w.writeString(owner)
+      } else {
+        w.writeByte(0)
+      }
     }
     w.writeVarint(UInt64(locks.count))
     for name in locks.keys.sorted() {
@@ -53,14 +63,14 @@ extension LockTable {
   public mutating func restore(from snapshot: [UInt8]) throws {
     var r = WireReader(snapshot)
     let version = try r.readVarint()
-    guard version == Self.snapshotVersion else {
+    guard version == 1 || version == Self.snapshotVersion else {
       throw WireError(.unsupportedVersion(UInt8(truncatingIfNeeded: version)), at: 0)
     }
     var table = self
     table.events = []
     table.logTimeMillis = try r.readVarint()
     table.appliedIndex = try r.readVarint()
-    table.sessions = try Self.readSessions(&r, appliedIndex: table.appliedIndex)
+    table.sessions = try Self.readSessions(&r, appliedIndex: table.appliedIndex, version: version)
     table.locks = [:]
     table.timedWaiters = [:]
     let lockCount = try r.readCount()
@@ -85,7 +95,7 @@ extension LockTable {
     self = table
   }
 
-  private static func readSessions(_ r: inout WireReader, appliedIndex: UInt64) throws(WireError)
+  private static func readSessions(_ r: inout WireReader, appliedIndex: UInt64, version: UInt64) throws(WireError)
     -> [LockSessionID: Session]
   {
     let count = try r.readCount()
@@ -99,7 +109,19 @@ extension LockTable {
         throw WireError(.invalidValue("session \(id) out of order or beyond applied index \(appliedIndex)"), at: at)
       }
       previous = id
-      sessions[id] = Session(ttlMillis: try r.readVarint(), expiresAtMillis: try r.readVarint())
+      var session = Session(ttlMillis: try r.readVarint(), expiresAtMillis: try r.readVarint())
+      if version >= 2 {
+        let ownerAt = r.position
+        switch try r.readByte() {
+        case 0: break
+        case 1: session.owner = try r.readString()
+        case 2: session.ownerUnknown = true
+        case let tag: throw WireError(.unknownTag(type: "session owner", tag: UInt64(tag)), at: ownerAt)
+        }
+      } else {
+        session.ownerUnknown = true
+      }
+      sessions[id] = session
     }
     return sessions
   }

@@ -39,6 +39,10 @@ public struct LockTable: StateMachine {
   struct Session: Hashable, Sendable {
     var ttlMillis: UInt64
     var expiresAtMillis: UInt64
+    /// The principal whose request opened it (``QuorumCore/ApplyContext/principal``): the only one that may use it.
+    var owner: String?
+    /// Restored from a snapshot of the first format, which did not record owners: any principal may use it.
+    var ownerUnknown = false
     /// Names of the locks held. Derived from the locks (rebuilt on restore).
     var holds: Set<String> = []
     /// Names of the locks waited for. Derived from the locks (rebuilt on restore).
@@ -153,7 +157,7 @@ public struct LockTable: StateMachine {
     expireSessions()
     expireWaits()
     forgetFreeLocks()
-    var response = execute(command)
+    var response = refusal(of: command, by: context.principal) ?? execute(command, principal: context.principal)
     grantTouchedLocks()
     if case .queued = response, case .acquire(let lock, let session, _, _, _) = command {
       // Waiters ahead may have left in this entry's expiry phase; report where the request ended up.
@@ -216,10 +220,23 @@ public struct LockTable: StateMachine {
 
   // MARK: - Commands
 
-  private mutating func execute(_ command: LockCommand) -> LockResponse {
+  /// The refusal of a command that names a session `principal` does not own, if it is one.
+  private func refusal(of command: LockCommand, by principal: String?) -> LockResponse? {
+    let named: LockSessionID
+    switch command {
+    case .keepAlive(let id), .closeSession(let id): named = id
+    case .acquire(_, let id, _, _, _), .release(_, let id, _), .cancelWait(_, let id): named = id
+    case .openSession, .advanceTime: return nil
+    }
+    // An unknown session is each command's own answer (expired).
+    guard let session = sessions[named], !session.ownerUnknown, session.owner != principal else { return nil }
+    return .failed(.sessionNotOwned(named))
+  }
+
+  private mutating func execute(_ command: LockCommand, principal: String?) -> LockResponse {
     switch command {
     case .openSession(let ttl):
-      return openSession(ttlMillis: ttl)
+      return openSession(ttlMillis: ttl, owner: principal)
     case .keepAlive(let id):
       return keepAlive(id)
     case .closeSession(let id):
@@ -240,7 +257,7 @@ public struct LockTable: StateMachine {
     }
   }
 
-  private mutating func openSession(ttlMillis ttl: UInt64) -> LockResponse {
+  private mutating func openSession(ttlMillis ttl: UInt64, owner: String?) -> LockResponse {
     guard ttl >= limits.minTTLMillis, ttl <= limits.maxTTLMillis else {
       return .failed(
         .ttlOutOfRange(requestedMillis: ttl, minMillis: limits.minTTLMillis, maxMillis: limits.maxTTLMillis))
@@ -249,7 +266,7 @@ public struct LockTable: StateMachine {
     let id = LockSessionID(appliedIndex)
     precondition(sessions[id] == nil, "LockTable: session \(id) opened twice (applied index \(appliedIndex))")
     let expires = logTimeMillis.addingSaturated(ttl)
-    sessions[id] = Session(ttlMillis: ttl, expiresAtMillis: expires)
+    sessions[id] = Session(ttlMillis: ttl, expiresAtMillis: expires, owner: owner)
     sessionExpiries.push(Deadline(millis: expires, id: id.rawValue))
     return .sessionOpened(id, expiresAtMillis: expires)
   }

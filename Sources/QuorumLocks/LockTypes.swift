@@ -199,6 +199,9 @@ public enum LockError: Error, Hashable, Sendable, WireCodable, CustomStringConve
   /// The session already holds or waits for this lock in another mode (no upgrade or downgrade in place:
   /// release first).
   case conflictingReentry(lock: String, existing: LockMode, requested: LockMode)
+  /// The session belongs to another principal (the one whose request opened it): only its owner may keep it
+  /// alive, close it, or acquire, release or stop waiting for locks with it.
+  case sessionNotOwned(LockSessionID)
 
   public var description: String {
     switch self {
@@ -217,6 +220,7 @@ public enum LockError: Error, Hashable, Sendable, WireCodable, CustomStringConve
       return "\(lock) is a semaphore of \(existing) permits, not \(requested)"
     case .conflictingReentry(let lock, let existing, let requested):
       return "the session already has \(lock) as \(existing); cannot acquire it as \(requested)"
+    case .sessionNotOwned(let session): return "session \(session) belongs to another principal"
     }
   }
 
@@ -264,6 +268,9 @@ public enum LockError: Error, Hashable, Sendable, WireCodable, CustomStringConve
       writer.writeString(lock)
       writer.write(existing)
       writer.write(requested)
+    case .sessionNotOwned(let session):
+      writer.writeByte(10)
+      writer.write(session)
     }
   }
 
@@ -287,6 +294,7 @@ public enum LockError: Error, Hashable, Sendable, WireCodable, CustomStringConve
     case 9:
       self = .conflictingReentry(
         lock: try reader.readString(), existing: try reader.read(), requested: try reader.read())
+    case 10: self = .sessionNotOwned(try reader.read())
     case let tag: throw WireError(.unknownTag(type: "LockError", tag: UInt64(tag)), at: at)
     }
   }

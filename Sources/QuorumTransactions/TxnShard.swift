@@ -113,7 +113,7 @@ public struct TxnShard: StateMachine {
   public mutating func apply(_ command: TxnShardCommand, context: ApplyContext) -> TxnShardResponse {
     appliedIndex = Swift.max(appliedIndex, context.index)
     logTimeMillis = Swift.max(logTimeMillis, context.timestampMillis)
-    let now = ApplyContext(index: context.index, timestampMillis: logTimeMillis)
+    let now = ApplyContext(index: context.index, timestampMillis: logTimeMillis, principal: context.principal)
     expireIdle()
     forgetEnded()
     if case .records(let recordCommand) = command { return .record(records.apply(recordCommand, context: now)) }

@@ -107,8 +107,8 @@ struct LockTableBoundsAndSnapshotTests {
     let good = table.snapshot()
     #expect(throws: WireError.self) { try table.restore(from: Array(good.dropLast(2))) }
     var versioned = good
-    versioned[0] = 2
-    #expect(throws: WireError(.unsupportedVersion(2), at: 0)) { try table.restore(from: versioned) }
+    versioned[0] = 3
+    #expect(throws: WireError(.unsupportedVersion(3), at: 0)) { try table.restore(from: versioned) }
     // Decodes, but a holder belongs to no session.
     var w = WireWriter()
     for value: UInt64 in [1, 0, 10, 0, 1] { w.writeVarint(value) }  // version, time, index, 0 sessions, 1 lock

@@ -40,9 +40,10 @@ extension LockTable {
   /// Applies `command` as log entry `index` stamped `millis`, and checks every invariant and index afterwards.
   @discardableResult
   mutating func apply(
-    _ index: UInt64, at millis: UInt64, _ command: LockCommand, sourceLocation: SourceLocation = #_sourceLocation
+    _ index: UInt64, at millis: UInt64, _ command: LockCommand, by principal: String? = nil,
+    sourceLocation: SourceLocation = #_sourceLocation
   ) -> LockResponse {
-    let response = apply(command, context: ApplyContext(index: index, timestampMillis: millis))
+    let response = apply(command, context: ApplyContext(index: index, timestampMillis: millis, principal: principal))
     let problems = invariantViolations()
     #expect(problems.isEmpty, "after entry \(index) (\(command)): \(problems)", sourceLocation: sourceLocation)
     return response
