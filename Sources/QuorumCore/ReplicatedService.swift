@@ -19,6 +19,10 @@ public protocol ReplicatedService: Sendable {
   /// The key a command concerns, for placement across groups; `nil` when the command is not about one key.
   static func routingKey(of command: Machine.Command) -> String?
 
+  /// Every key a command concerns, each of which its group must own (a transaction's prepare carries several);
+  /// the default is the key of `routingKey(of:)` alone.
+  static func routingKeys(of command: Machine.Command) -> [String]
+
   /// The key a query concerns; `nil` when it is not about one key (a scan covers the group's own keys).
   static func routingKey(of query: Machine.Query) -> String?
 
@@ -36,6 +40,11 @@ public protocol ReplicatedService: Sendable {
 }
 
 extension ReplicatedService {
+  /// The key `routingKey(of:)` names for the command, if any.
+  public static func routingKeys(of command: Machine.Command) -> [String] {
+    routingKey(of: command).map { [$0] } ?? []
+  }
+
   /// No command is known to reclaim space.
   public static func reclaimsSpace(_ command: Machine.Command) -> Bool { false }
 

@@ -13,8 +13,8 @@ import Synchronization
 public struct ServiceDefinition: Sendable {
   /// The key a request is about, as far as placement is concerned.
   public enum RoutingKey: Sendable, Equatable {
-    /// About this key: it must belong to the group.
-    case key(String)
+    /// About these keys (one or more): each must belong to the group.
+    case keys([String])
     /// Not about one key (sessions, scans).
     case unkeyed
     /// The payload is not the service's.
@@ -39,14 +39,15 @@ public struct ServiceDefinition: Sendable {
       do {
         let command = try Service.Machine.Command(wireBytes: bytes)
         guard Service.acceptsFromClients(command) else { return .notFromClients("\(command)") }
-        return Service.routingKey(of: command).map(RoutingKey.key) ?? .unkeyed
+        let keys = Service.routingKeys(of: command)
+        return keys.isEmpty ? .unkeyed : .keys(keys)
       } catch {
         return .undecodable("\(error)")
       }
     }
     queryKey = { bytes in
       do {
-        return Service.routingKey(of: try Service.Machine.Query(wireBytes: bytes)).map(RoutingKey.key) ?? .unkeyed
+        return Service.routingKey(of: try Service.Machine.Query(wireBytes: bytes)).map { .keys([$0]) } ?? .unkeyed
       } catch {
         return .undecodable("\(error)")
       }
@@ -590,9 +591,13 @@ public final class GroupHost: Sendable {
       return .malformed("\(service) payload: \(why)")
     case .notFromClients(let command):
       return .malformed("\(service): '\(command)' is proposed by the group's leader, never by a client")
-    case .key(let key):
-      guard let owner = placement.owner(of: key, service: service), owner != group.id else { return nil }
-      return .wrongGroup(key: key, service: service, owner: owner)
+    case .keys(let keys):
+      for key in keys {
+        if let owner = placement.owner(of: key, service: service), owner != group.id {
+          return .wrongGroup(key: key, service: service, owner: owner)
+        }
+      }
+      return nil
     }
   }
 

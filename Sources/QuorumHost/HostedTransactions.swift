@@ -43,6 +43,13 @@ public struct HostedTxnService: ReplicatedService {
     }
   }
 
+  public static func routingKeys(of command: HostedTxnCommand) -> [String] {
+    switch command {
+    case .shard(let command): return TxnShardService.routingKeys(of: command)
+    case .clock: return []
+    }
+  }
+
   public static func routingKey(of query: TxnShardQuery) -> String? { TxnShardService.routingKey(of: query) }
 
   /// A clock entry comes only from the group's leader: from a client it could move transaction time ahead for

@@ -38,6 +38,16 @@ public struct TxnShardService: ReplicatedService {
     }
   }
 
+  /// Every key a command concerns: all of a prepare's writes, and a one-group commit's writes and reads, must
+  /// belong to the group it is sent to.
+  public static func routingKeys(of command: TxnShardCommand) -> [String] {
+    switch command {
+    case .prepare(_, let writes, _, _): return writes.map(\.key)
+    case .commitLocal(_, let reads, let writes): return writes.map(\.key) + reads
+    default: return routingKey(of: command).map { [$0] } ?? []
+    }
+  }
+
   /// The key a record command concerns.
   public static func routingKey(of command: TransactionRecordCommand) -> String? {
     switch command {

@@ -185,6 +185,34 @@ struct TransactionClusterTests {
     }
   }
 
+  @Test("a prepare or a one-group commit carrying a key of another group is refused as wrongGroup, naming it")
+  func everyKeyIsRouted() async throws {
+    try await TxnTestCluster.run(engine: .raft) { cluster in
+      let east = try await cluster.keys(in: 0, count: 1, prefix: "route")[0]
+      let west = try await cluster.keys(in: 1, count: 1, prefix: "route")[0]
+      let (eastGroup, westGroup) = (cluster.groups[0], cluster.groups[1])
+      let host = try #require(cluster.hosts[1])
+      let id = TxnID(coordinator: 500, sequence: 1, startedAtMillis: 1)
+      let commands: [TxnShardCommand] = [
+        .prepare(
+          id, writes: [TxnWrite(key: east, value: [1]), TxnWrite(key: west, value: [2])],
+          participants: [eastGroup], recordGroup: eastGroup),
+        .commitLocal(id, reads: [west], writes: [TxnWrite(key: east, value: [1])]),
+      ]
+      for command in commands {
+        let reply = await host.handle(
+          .command(
+            group: eastGroup, ServiceCommand(service: "txn", payload: command.wireBytes()), request: nil,
+            acknowledgedThrough: 0))
+        guard case .failure(let failure) = reply else {
+          Issue.record("\(command) was taken: \(reply)")
+          continue
+        }
+        #expect(failure.error == .wrongGroup(key: west, service: "txn", owner: westGroup), "\(command)")
+      }
+    }
+  }
+
   @Test("a transaction's outcome is looked up by its identifier alone", arguments: engines)
   func outcomeByIdentifier(engine: EngineKind) async throws {
     try await TxnTestCluster.run(engine: engine) { cluster in
