@@ -279,12 +279,16 @@ public actor ShardedTransactions {
   private func commitLocal(_ id: TxnID, group: GroupID, writes: [TxnWrite]) async throws {
     // Applied twice, a one-shot commit answers the second time from the shard's memory of it: retrying is safe.
     guard
-      let answer = await retrying({
+      let (answer, afterLoss) = await retryingNotingLoss({
         try await channel.command(.commitLocal(id, reads: [], writes: writes), group: group)
       })
     else { throw ShardedTransactionError.outcomeUnknown(id, groups: [group]) }
     switch answer {
     case .committedLocal, .committed: return
+    case _ where afterLoss:
+      // An unanswered attempt may still commit after this refusal: running the transaction again could apply
+      // it twice.
+      throw ShardedTransactionError.outcomeUnknown(id, groups: [group])
     case .conflict(let held): throw Retry(why: "\(held)")
     case .aborted: throw Retry(why: "\(id) aborted in \(group)")
     case .failed(let error): throw ShardedTransactionError.refused(error)
@@ -324,11 +328,15 @@ public actor ShardedTransactions {
     let parties = groups.map(TxnShard.party)
     let decide = TxnShardCommand.records(
       .decide(id, .commit, participants: parties, finisher: options.coordinator, kind: .groups))
-    guard let decision = await retrying({ try await channel.command(decide, group: recordGroup) }) else {
+    guard
+      let (decision, afterLoss) = await retryingNotingLoss({ try await channel.command(decide, group: recordGroup) })
+    else {
       throw ShardedTransactionError.outcomeUnknown(id, groups: groups)
     }
     guard case .record(.decided(let holding)) = decision else {
-      if case .record(.refused) = decision {
+      // A refusal is final only if no unanswered attempt could still record the commit after it; otherwise the
+      // prepared groups are left to the resolver, whose abort and that attempt are ordered by the record group.
+      if case .record(.refused) = decision, !afterLoss {
         await abort(id, in: groups)
         throw Retry(why: "the record group refused the decision: \(decision)")
       }
@@ -381,8 +389,17 @@ public actor ShardedTransactions {
   private nonisolated func retrying(_ operation: @Sendable () async throws -> TxnShardResponse) async
     -> TxnShardResponse?
   {
-    for _ in 0...max(0, options.commandRetries) {
-      if let answer = try? await operation() { return answer }
+    await retryingNotingLoss(operation)?.answer
+  }
+
+  /// The first answer `operation` gets within the retries, and whether an earlier attempt went unanswered. Such
+  /// an attempt is a request of its own that may still be applied later, after the one answered: a refusal
+  /// answered then does not mean that nothing will be applied.
+  private nonisolated func retryingNotingLoss(_ operation: @Sendable () async throws -> TxnShardResponse) async
+    -> (answer: TxnShardResponse, afterLoss: Bool)?
+  {
+    for attempt in 0...max(0, options.commandRetries) {
+      if let answer = try? await operation() { return (answer, attempt > 0) }
     }
     return nil
   }

@@ -187,3 +187,84 @@ struct ShardedTransactionsTests {
     #expect(channel.records(in: 1) == 0)
   }
 }
+
+/// Shards in memory whose first one-shot commit (or commit decision) is lost before it is applied and whose
+/// second is answered with a refusal, as a copy overtaken by its retry would leave it: the first may still land.
+final class OvertakenShards: TxnShardChannel {
+  let shards = InMemoryShards()
+  let calls = Mutex(0)
+  let refusal: TxnShardResponse
+  let isTarget: @Sendable (TxnShardCommand) -> Bool
+
+  init(refusal: TxnShardResponse, isTarget: @escaping @Sendable (TxnShardCommand) -> Bool) {
+    self.refusal = refusal
+    self.isTarget = isTarget
+  }
+
+  func group(for key: String) async throws -> GroupID { try await shards.group(for: key) }
+
+  func command(_ command: TxnShardCommand, group: GroupID) async throws -> TxnShardResponse {
+    if isTarget(command) {
+      let call = calls.withLock { n -> Int in
+        n += 1
+        return n
+      }
+      if call == 1 { throw InMemoryShards.Lost() }
+      if call == 2 { return refusal }
+    }
+    return try await shards.command(command, group: group)
+  }
+
+  func query(_ query: TxnShardQuery, group: GroupID) async throws -> TxnShardQueryResult {
+    try await shards.query(query, group: group)
+  }
+}
+
+@Suite("ShardedTransactions: a refusal that follows an unanswered attempt")
+struct OvertakenAttemptTests {
+  func client(_ channel: OvertakenShards) -> ShardedTransactions {
+    var options = ShardedTransactionOptions(coordinator: 7)
+    options.commandRetries = 1
+    options.maxAttempts = 1
+    return ShardedTransactions(channel: channel, options: options, clock: FrozenClock())
+  }
+
+  @Test("a one-shot commit refused after a lost attempt has an unknown outcome: running it again could apply it twice")
+  func oneShotCommit() async throws {
+    let unknown = OvertakenShards(refusal: .aborted) { if case .commitLocal = $0 { true } else { false } }
+    do {
+      try await client(unknown).transaction { tx in tx.put("a", "1") }
+      Issue.record("the transaction succeeded")
+    } catch ShardedTransactionError.outcomeUnknown {
+    } catch {
+      Issue.record("expected outcomeUnknown, got \(error)")
+    }
+  }
+
+  @Test("a commit decision refused after a lost attempt leaves the prepared groups to the resolver")
+  func decision() async throws {
+    let channel = OvertakenShards(refusal: .record(.refused(.tooManyRecords(limit: 1)))) {
+      if case .records(.decide(_, .commit, _, _, _)) = $0 { true } else { false }
+    }
+    do {
+      try await client(channel).transaction { tx in
+        tx.put("a", "1")
+        tx.put("b", "1")
+      }
+      Issue.record("the transaction succeeded")
+    } catch ShardedTransactionError.outcomeUnknown {
+    } catch {
+      Issue.record("expected outcomeUnknown, got \(error)")
+    }
+    // Both groups still hold it prepared: not aborted by the client.
+    for group: GroupID in [1, 2] {
+      guard
+        case .inDoubt(let doubtful, _) = try await channel.query(.inDoubt(minimumAgeMillis: 0, limit: 4), group: group)
+      else {
+        Issue.record("no in-doubt page")
+        continue
+      }
+      #expect(doubtful.count == 1, "group \(group)")
+    }
+  }
+}
