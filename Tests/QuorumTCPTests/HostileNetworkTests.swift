@@ -132,21 +132,10 @@ struct HostileNetworkTests {
     options.maxReplyBytesPerConnection = 8 << 20
     let pair = try await SecurePair(options: options)
     let before = try residentBytes()
-    let greedy = try await HandDriven(
-      to: pair.n1.address, cluster: pair.cluster, role: .client, protocolNumber: WireProtocol.client,
-      principal: "reader", key: SecurePair.reader.bytes)
-    try #require(greedy.failure == nil)
-    // 2,000 requests for 256 KiB each: 500 MiB of replies if they were all buffered.
-    var requests: [UInt8] = []
-    for id in 1...2000 { requests += greedy.seal(requestFrame(id: UInt64(id), body: Array("big 262144".utf8))) }
-    var offset = 0
     var peak = 0
-    try await waitUntil("the greedy client to be closed (\(pair.a.metrics))") {
-      if offset < requests.count {
-        offset += (try? greedy.socket.sendSome(requests[offset...])) ?? 0
-      }
+    // 2,000 requests for 256 KiB each: 500 MiB of replies if they were all buffered.
+    try await pipelineWithoutReading(pair, count: 2000, body: "big 262144") {
       peak = max(peak, try residentBytes() - before)
-      return pair.a.metrics.closes("slow-reader") == 1
     }
     #expect(pair.a.metrics.largestReplyBacklog < 8 << 20 + 300_000, "backlog \(pair.a.metrics.largestReplyBacklog)")
     #expect(peak < 1 << 30, "the resident set grew by up to \(peak >> 20) MiB")
@@ -170,25 +159,34 @@ struct HostileNetworkTests {
     options.replyPauseBytes = 1 << 20
     options.maxReplyBytesPerConnection = 8 << 20
     let pair = try await SecurePair(options: options)
-    let greedy = try await HandDriven(
-      to: pair.n1.address, cluster: pair.cluster, role: .client, protocolNumber: WireProtocol.client,
-      principal: "reader", key: SecurePair.reader.bytes)
-    try #require(greedy.failure == nil)
-    var requests: [UInt8] = []
-    for id in 1...1024 { requests += greedy.seal(requestFrame(id: UInt64(id), body: Array("big 1000000".utf8))) }
-    var offset = 0
-    try await waitUntil("the greedy client to be closed (\(pair.a.metrics))") {
-      if offset < requests.count {
-        offset += (try? greedy.socket.sendSome(requests[offset...])) ?? 0
-      }
-      return pair.a.metrics.closes("slow-reader") == 1
-    }
+    try await pipelineWithoutReading(pair, count: 1024, body: "big 1000000")
     let limit = options.replyCloseBytes + options.maxFrameBytes
     #expect(pair.a.metrics.largestReplyBacklog <= limit, "backlog \(pair.a.metrics.largestReplyBacklog)")
     let alice = try pair.client("alice", SecurePair.alice)
     #expect(try await alice.request([3], to: pair.n1.address, timeout: .seconds(60)) == [3])
     await alice.close()
     await pair.close()
+  }
+
+  /// Connects to `pair`'s n1 as `reader`, pipelines `count` requests with `body` and reads no reply, until n1
+  /// closes the connection as a slow reader; `observe` runs at each poll.
+  func pipelineWithoutReading(
+    _ pair: SecurePair, count: Int, body: String, observe: () throws -> Void = {}
+  ) async throws {
+    let greedy = try await HandDriven(
+      to: pair.n1.address, cluster: pair.cluster, role: .client, protocolNumber: WireProtocol.client,
+      principal: "reader", key: SecurePair.reader.bytes)
+    try #require(greedy.failure == nil)
+    var requests: [UInt8] = []
+    for id in 1...count { requests += greedy.seal(requestFrame(id: UInt64(id), body: Array(body.utf8))) }
+    var offset = 0
+    try await waitUntil("the greedy client to be closed (\(pair.a.metrics))") {
+      if offset < requests.count {
+        offset += (try? greedy.socket.sendSome(requests[offset...])) ?? 0
+      }
+      try observe()
+      return pair.a.metrics.closes("slow-reader") == 1
+    }
   }
 
   @Test("a client connection idle past the idle timeout is closed; new clients are served")
