@@ -406,7 +406,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
         // buffer, so no reply can pass it.
         let route = ReplyRoute(
           loop: sink.loop, node: sink.id, writesFromResponders: options.writesFromSenders,
-          quietNanos: options.senderWriteQuietNanos, maxBytes: options.replyCloseBytes,
+          quietNanos: options.senderWriteQuietNanos, maxBytes: options.replyQueueBytes,
           metrics: sink.environment.metrics, target: self)
         route.queue.attach(fd: connection.fd, sealer: session?.sealer)
         connection.willClose = { [weak route] in route?.queue.close() }
@@ -690,15 +690,18 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     settleDirectReplies()
     inflight -= count
     let options = sink.environment.options
-    // What waits to be written: the write batch, and the replies still queued behind it.
-    let pending = connection.pendingWriteBytes + (route?.queue.queuedBytes ?? 0)
+    // What waits to be written: the write batch (past the close limit, the client has stopped reading it), and
+    // the replies still queued behind it (bounded more loosely: a burst of replies is queued before any is
+    // written).
+    let batch = connection.pendingWriteBytes
+    let pending = batch + (route?.queue.queuedBytes ?? 0)
     let metrics = sink.environment.metrics
     metrics.raise(metrics.largestReplyBacklog, to: pending)
-    if pending >= options.replyCloseBytes {
+    if batch >= options.replyCloseBytes || pending >= options.replyQueueBytes {
       connection.close(.slowReader(pendingBytes: pending))
       return
     }
-    if pending >= options.replyPauseBytes { connection.pause(.replies) }
+    if batch >= options.replyPauseBytes { connection.pause(.replies) }
     connection.flushSoon()
     if connection.isReadingPaused && !isStalled && inflight < options.maxInflightRequestsPerConnection {
       route?.queue.hold(false)
@@ -706,8 +709,8 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     }
   }
 
-  /// A reply found the route's queue full (``TCPTransportOptions/maxReplyBytesPerConnection``): the client stopped
-  /// reading its replies, and is disconnected.
+  /// A reply found the route's queue full (four times ``TCPTransportOptions/maxReplyBytesPerConnection``): the
+  /// client is disconnected as a slow reader.
   func repliesOverflowed() {
     guard !connection.isClosed else { return }
     let pending = connection.pendingWriteBytes + (route?.queue.queuedBytes ?? 0)

@@ -221,6 +221,15 @@ public struct TCPTransportOptions: Sendable, Equatable {
     max(maxReplyBytesPerConnection, replyPauseBytes + maxFrameBytes + TCPFrame.prefixBytes + TCPFrame.tagBytes)
   }
 
+  /// The most reply bytes one client connection holds, queued and in its write batch, before it is closed as a
+  /// slow reader: four times ``replyCloseBytes``. A client pipelining reads may get more replies in one turn than
+  /// ``replyCloseBytes`` before the loop has written any, while it reads as fast as they come; past this it is
+  /// closed whether or not it reads, so that memory stays bounded.
+  var replyQueueBytes: Int {
+    let (bytes, overflow) = replyCloseBytes.multipliedReportingOverflow(by: 4)
+    return overflow ? .max : bytes
+  }
+
   /// The defaults.
   public static let `default` = TCPTransportOptions()
 }
