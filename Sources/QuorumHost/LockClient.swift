@@ -10,9 +10,10 @@ public enum LockClientError: Error, Sendable, Equatable, CustomStringConvertible
   case refused(LockError)
   /// The lease was lost (its session expired) while the body of ``LockClient/withLock(_:mode:ttl:timeout:_:)`` ran.
   case leaseLost(lock: String, token: FencingToken)
-  /// The session the call waited in ended before the lock was granted: it could not be kept alive (it expired,
-  /// or was about to), or the client closed it (``LockClient/close()``, or after another call on the same
-  /// session failed with an unknown outcome). Nothing is held; a new call waits again, at the back of the queue.
+  /// The session the call waited in ended before the lock was granted, or before the grant reached the client: it
+  /// could not be kept alive (it expired, or was about to), or the client closed it (``LockClient/close()``, or
+  /// after another call on the same session failed with an unknown outcome). Nothing is held (a grant that came
+  /// too late is handed back); a new call waits again, at the back of the queue.
   case sessionLost(lock: String)
   /// The answer did not make sense.
   case unexpected(String)
@@ -365,7 +366,7 @@ public actor LockClient {
       }
       switch response.value {
       case .granted(let grant):
-        return session.lease(for: grant)
+        return try await deliver(grant, in: session)
       case .busy:
         return nil
       case .queued:
@@ -409,29 +410,43 @@ public actor LockClient {
         return lease
       }
       let remaining = Duration.nanoseconds(Int64(clamping: end - now))
+      let outcome: LockEvent?
       do {
-        let (payloads, index) = try await host.watch(
-          key, service: LockService.name, group: session.group, after: after, at: member,
-          timeout: min(remaining, options.watchInterval))
-        after = max(after, index)
-        for payload in payloads {
-          switch try LockEvent(wireBytes: payload) {
-          case .granted(let grant) where grant.lock == name && grant.session == session.id:
-            return session.lease(for: grant)
-          case .waitTimedOut(let lock, let waiter) where lock == name && waiter == session.id:
-            return nil
-          default:
-            continue
-          }
-        }
-        if payloads.isEmpty, let grant = try await heldGrant(name, session: session) {
-          return session.lease(for: grant)
-        }
+        outcome = try await watchForGrant(name, session: session, key: key, after: &after, at: member, remaining)
       } catch {
         member = await nextMember(after: member, in: session.group)
         try? await clock.sleep(for: min(remaining, .milliseconds(50)))
+        continue
+      }
+      switch outcome {
+      case .granted(let grant)?: return try await deliver(grant, in: session)
+      case .waitTimedOut?: return nil
+      default: continue
       }
     }
+  }
+
+  /// One watch for the end of `session`'s wait for `name`: its grant (from the watch, or from the lock's state
+  /// when the watch saw nothing), its timeout, or nil when neither came.
+  private func watchForGrant(
+    _ name: String, session: Session, key: String, after: inout UInt64, at member: NodeID?, _ remaining: Duration
+  ) async throws -> LockEvent? {
+    let (payloads, index) = try await host.watch(
+      key, service: LockService.name, group: session.group, after: after, at: member,
+      timeout: min(remaining, options.watchInterval))
+    after = max(after, index)
+    for payload in payloads {
+      switch try LockEvent(wireBytes: payload) {
+      case .granted(let grant) where grant.lock == name && grant.session == session.id:
+        return .granted(grant)
+      case let event where event == .waitTimedOut(lock: name, session: session.id):
+        return event
+      default:
+        continue
+      }
+    }
+    if payloads.isEmpty, let grant = try await heldGrant(name, session: session) { return .granted(grant) }
+    return nil
   }
 
   /// Leaves the queue of `name`. A lock granted just before the cancel is ours: it is returned, unless the task
@@ -446,12 +461,24 @@ public actor LockClient {
       if Task.isCancelled { throw CancellationError() }
       return nil
     }
-    let lease = session.lease(for: grant)
     if Task.isCancelled {
-      try await unlock(lease)
+      try await unlock(session.lease(for: grant))
       throw CancellationError()
     }
-    return lease
+    return try await deliver(grant, in: session)
+  }
+
+  /// The lease for `grant`, unless the client has given `session` up meanwhile (its deadline passed, or it was
+  /// closed): such a lease could not be relied on for a moment, and nothing renews the session any more. The
+  /// session is then closed at the members, which hands the lock on at once rather than when the session expires,
+  /// and the call throws ``LockClientError/sessionLost(lock:)``.
+  private func deliver(_ grant: LockGrant, in session: Session) async throws -> LockLease {
+    let lease = session.lease(for: grant)
+    guard session.isClosed else { return lease }
+    // The client already counts every lease of the session as lost. If the members cannot be told, the session
+    // expires by itself.
+    _ = try? await run(.closeSession(session: session.id), in: session.group)
+    throw LockClientError.sessionLost(lock: grant.lock)
   }
 
   /// The member after `member` in `group` (the first if `member` is `nil`), for a watch to move to.

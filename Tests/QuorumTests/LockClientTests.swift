@@ -400,6 +400,42 @@ struct LockClientTests {
     }
   }
 
+  @Test(
+    "a grant that reaches a waiter after its client gave the session up is handed back, and the call says so",
+    arguments: engines)
+  func grantAfterSessionGivenUp(_ engine: EngineKind) async throws {
+    try await Self.cluster(engine, "late-grant").withLocalMembers { members in
+      _ = try await Self.awaitLeader(members)
+      let holder = members.lockClient(lockOptions: Self.steadyLeases, seed: 1)
+      let clock = ManualClientClock()
+      var options = LockClientOptions()
+      options.ttl = .seconds(60)  // The members keep the session throughout the test without a renewal.
+      options.watchInterval = .seconds(60)  // The waiter's watch is still waiting when the grant comes.
+      let waiter = LockClient(members.client(seed: 2), options: options, clock: clock)
+      try await closing([holder, waiter]) {
+        let held = try await holder.lock("late")
+        let other = try await waiter.lock("other")  // A lease of the session the waiter waits in.
+        let waiting = Task { try await waiter.lock("late") }
+        _ = try await awaitValue("the waiter to queue") {
+          try await holder.status(of: "late")?.waiters.map(\.session) == [other.session] ? true : nil
+        }
+        // The client's clock passes the session's deadline: the client gives the session up (its lease of
+        // "other" is lost), while the members, whose clocks hardly moved, keep it.
+        clock.advance(by: options.ttl)
+        clock.wakeSleepers()
+        try await awaitLost(other)
+        #expect(try await holder.unlock(held))  // Grants "late" to the session the waiter gave up.
+        await #expect(throws: LockClientError.sessionLost(lock: "late")) {
+          let lease = try await waiting.value
+          Issue.record("the call returned \(lease), valid: \(lease.isValid)")
+        }
+        let status = try await holder.status(of: "late")
+        #expect(
+          status == nil, "the grant went back at once, not when the session expires: \(String(describing: status))")
+      }
+    }
+  }
+
   // MARK: - Failures of the cluster
 
   @Test(
