@@ -56,8 +56,8 @@ extension LockTable {
   /// Replaces the state with a snapshot made by ``snapshot()``, rebuilding every index; pending events are
   /// dropped. The limits stay this table's own.
   ///
-  /// The snapshot is checked as well as decoded (sorted and unique identifiers, holders and waiters of known
-  /// sessions, modes that fit their lock, no more holders than the lock admits, tokens not above the applied
+  /// The snapshot is checked as well as decoded (sorted and unique identifiers, sessions with a TTL, holders and
+  /// waiters of known sessions, modes that fit their lock, no more holders than the lock admits, tokens not above the applied
   /// index), so a snapshot that decodes but breaks the table's invariants is refused rather than trapping later.
   /// - Throws: ``QuorumCore/WireError``; the table is unchanged when it throws.
   public mutating func restore(from snapshot: [UInt8]) throws {
@@ -103,13 +103,18 @@ extension LockTable {
     sessions.reserveCapacity(count)
     var previous: LockSessionID?
     for _ in 0..<count {
-      let at = r.position
+      var at = r.position
       let id = try r.read(LockSessionID.self)
       guard previous.map({ $0 < id }) ?? true, id.rawValue > 0, id.rawValue <= appliedIndex else {
         throw WireError(.invalidValue("session \(id) out of order or beyond applied index \(appliedIndex)"), at: at)
       }
       previous = id
-      var session = Session(ttlMillis: try r.readVarint(), expiresAtMillis: try r.readVarint())
+      at = r.position
+      let ttl = try r.readVarint()
+      // A session opened with no TTL (never accepted by openSession) would be due in the entry renewing it, and a
+      // waiter granted in that entry trips the grant's check that its session outlives the entry.
+      guard ttl > 0 else { throw WireError(.invalidValue("session \(id) has a TTL of 0 ms"), at: at) }
+      var session = Session(ttlMillis: ttl, expiresAtMillis: try r.readVarint())
       if version >= 2 {
         let ownerAt = r.position
         switch try r.readByte() {

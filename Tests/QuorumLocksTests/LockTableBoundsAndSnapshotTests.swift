@@ -124,6 +124,25 @@ struct LockTableBoundsAndSnapshotTests {
     #expect(table.snapshot() == good)
   }
 
+  @Test("a snapshot with a session of zero TTL is refused: its keep-alive would leave it due in the entry granting it")
+  func zeroTTLSnapshotRefused() throws {
+    var table = LockTable()
+    table.apply(1, at: 1_000, .openSession(ttlMillis: 5_000))
+    table.apply(2, at: 1_000, .openSession(ttlMillis: 9_000))
+    table.apply(3, at: 1_000, acquire("x", s(1)))
+    #expect(table.apply(4, at: 1_000, acquire("x", s(2))) == .queued(position: 0))
+    // Restored as it is, s2 renewed in the entry where s1 expires (6000) would expire at 6000 and be granted x
+    // in that entry: the grant's check that the holder's session outlives the entry traps.
+    var hostile = table
+    hostile.sessions[s(2)]?.ttlMillis = 0
+    var restored = LockTable()
+    #expect(throws: WireError.self) { try restored.restore(from: hostile.snapshot()) }
+    #expect(restored.snapshot() == LockTable().snapshot(), "the table is unchanged")
+    try restored.restore(from: table.snapshot())
+    #expect(restored.apply(5, at: 6_000, .keepAlive(session: s(2))) == .keptAlive(expiresAtMillis: 15_000))
+    #expect(restored.holders("x") == [grant("x", s(2), t(5))])
+  }
+
   @Test("random corruption of a snapshot never traps: it is refused, or restores a table that applies cleanly")
   func corruptedSnapshotsNeverTrap() {
     let good = Self.busyTable().snapshot()
