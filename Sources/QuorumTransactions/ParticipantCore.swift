@@ -18,6 +18,11 @@ public enum ParticipantInput: Sendable, Hashable {
   case decisionRecorded(TxnID, TransactionDecision)
   /// A record effect (prepared, decision or finished) could not be carried out.
   case recordFailed(TxnID)
+  /// A record effect was refused by the record table (``TransactionStoreError/refused(_:)``: a full table, a
+  /// clock too far ahead): nothing was recorded, and that request will not be applied later. For a prepared
+  /// record this ends the yes at once (there is nothing to withdraw); otherwise it is taken as
+  /// ``recordFailed(_:)``.
+  case recordRefused(TxnID)
   /// ``ParticipantEffect/lookUp(_:)``: the record of `id` in this participant's store, if any.
   case lookedUp(TxnID, TransactionRecordSummary?)
   /// The application finished ``ParticipantEffect/apply(_:_:)``.
@@ -220,6 +225,16 @@ public struct ParticipantCore: Sendable {
     case .preparedRecorded(let txn, let decided): preparedRecorded(txn, decided, &effects)
     case .decisionRecorded(let txn, let decision): decisionRecorded(txn, decision, &effects)
     case .recordFailed(let txn): recordFailed(txn, &effects)
+    case .recordRefused(let txn):
+      guard case .recordingPrepared? = tracked[txn]?.phase else {
+        recordFailed(txn, &effects)
+        break
+      }
+      // Nothing was written and nothing will land: no record to withdraw; vote no and roll back now.
+      tracked[txn]?.recorded = false
+      tracked[txn]?.abortIsCertain = true
+      effects.append(.send(TransactionOutgoing(to: txn.coordinator, .vote(txn, .no))))
+      startApplying(txn, .abort, &effects)
     case .lookedUp(let txn, let record): lookedUp(txn, record, &effects)
     case .applied(let txn): applied(txn, &effects)
     case .finishRecorded(let txn):

@@ -183,6 +183,8 @@ public actor TransactionParticipantNode {
           answer = .core(try await operation())
         } catch TransactionStoreError.unusable(let why) {
           answer = .storeFailed(why)
+        } catch TransactionStoreError.refused {
+          answer = .core(.recordRefused(txn))
         } catch {
           answer = .core(.recordFailed(txn))
         }

@@ -111,6 +111,19 @@ struct ParticipantCoreTests {
     #expect(q.step(.decisionRecorded(t, .commit)) == [.apply(t, .commit)])
   }
 
+  @Test("a prepared record the table refused ends the yes at once: nothing to withdraw, nothing to wait for")
+  func preparedRecordRefused() {
+    var p = ParticipantCore(id: 2, options: quickParticipantOptions(), recordStore: 9)
+    _ = p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: 9)))
+    _ = p.step(.voted(t, .yes))
+    // Recording the abort first (as for a write that may land late) would be refused the same way, for as long
+    // as the table is full, with the resource held prepared meanwhile.
+    #expect(p.step(.recordRefused(t)) == [psend(1, .vote(t, .no)), .apply(t, .abort)])
+    #expect(p.step(.applied(t)) == [])
+    #expect(p.trackedCount == 0)
+    #expect(p.status(of: t) == .aborted)
+  }
+
   @Test("a yes that could not be made durable is not rolled back before its record is ended")
   func preparedRecordFailsThenCrash() {
     var p = ParticipantCore(id: 2, options: quickParticipantOptions(), recordStore: 9)
