@@ -500,8 +500,20 @@ public final class GroupHost: Sendable {
         return .notifications(records.map(\.payload), index: records.last?.index ?? after)
       }
     } catch {
-      return failure(error)
+      return await redirectingIfRemoved(failure(error), group: group, id: id)
     }
+  }
+
+  /// `reply`, unless it says that `group`'s leader is unknown here and this member is no longer in the group's
+  /// configuration: then the members that are (``HostError/notHosted(_:members:)``). A removed member hears
+  /// nothing more from its group, and a client's map may list only the members the group started with: once
+  /// every one of them has been replaced, this is how clients find the group.
+  private func redirectingIfRemoved(_ reply: HostReply, group: any HostedGroup, id: GroupID) async -> HostReply {
+    guard case .failure(let failure) = reply, case .consensus(.notLeader(nil)) = failure.error else { return reply }
+    let status = await group.status()
+    let configured = status.voters + status.learners
+    guard !configured.isEmpty, !configured.contains(node) else { return reply }
+    return .failure(HostFailure(.notHosted(id, members: configured)))
   }
 
   /// The reply for a request that failed with `error`.
@@ -535,7 +547,14 @@ public final class GroupHost: Sendable {
     let answered: @Sendable (Result<IndexedRead<ServiceAnswer>, any Error>) -> Void = { [self] result in
       switch result {
       case .success(let answer): respond(reply(answer.value, index: answer.index, group: id))
-      case .failure(let error): respond(failure(error))
+      case .failure(let error):
+        let answer = failure(error)
+        guard case .failure(let failure) = answer, case .consensus(.notLeader(nil)) = failure.error else {
+          respond(answer)
+          return
+        }
+        // Rare (no leader known here): the configuration is asked for off the replica's loop.
+        Task { respond(await redirectingIfRemoved(answer, group: group, id: id)) }
       }
     }
     switch request {
