@@ -235,8 +235,13 @@ enum LockCommands {
     let answer = try await host.command(
       LockCommand.release(lock: name, session: session, token: held).wireBytes(), service: LockService.name,
       group: group)
-    guard case .released(let released) = try LockResponse(wireBytes: answer) else {
-      throw CLIError.failed("unexpected answer to a release")
+    let response = try LockResponse(wireBytes: answer)
+    if case .failed(let error) = response {
+      // Another principal's session, say: only the principal that opened it may release with it.
+      throw CLIError.failed("not released: \(error)")
+    }
+    guard case .released(let released) = response else {
+      throw CLIError.failed("unexpected answer to a release: \(response)")
     }
     if released {
       print("released \(name) (session \(session), token \(held))")
