@@ -554,7 +554,7 @@ public final class GroupHost: Sendable {
           return
         }
         // Rare (no leader known here): the configuration is asked for off the replica's loop.
-        Task { respond(await redirectingIfRemoved(answer, group: group, id: id)) }
+        runtime.detached { respond(await self.redirectingIfRemoved(answer, group: group, id: id)) }
       }
     }
     switch request {
