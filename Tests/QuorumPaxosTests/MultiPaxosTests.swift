@@ -130,6 +130,25 @@ struct MultiPaxosLeaderChangeTests {
     #expect(!c.appliedTexts(2).contains("late"))
   }
 
+  @Test("a candidate whose first unknown slot a minority compacted leads on the others' promises")
+  func behindSnapshotOfAMinority() {
+    // Seed 41000749: the only acceptor ahead was one that removed itself from the group, and never campaigned.
+    var candidate = MultiPaxosCore(id: 1, members: ids(3), options: .testing(3), random: SeededRandom(seed: 1))
+    candidate.sinceLeaderContact = 100
+    let started = candidate.campaign()
+    #expect(started)
+    _ = candidate.readMessages()
+    let ballot = candidate.promised
+    candidate.step(
+      .reject(Reject(ballot: ballot, promised: .zero, reason: .behindSnapshot, snapshotIndex: 10)), from: 2)
+    #expect(candidate.role == .candidate, "nodes 1 and 3 are still a phase-1 quorum")
+    candidate.step(
+      .promise(Promise(ballot: ballot, fromSlot: 1, entries: [], coveredThrough: 0, lastSlot: 0, chosenThrough: 0)),
+      from: 3)
+    _ = candidate.ready()
+    #expect(candidate.role == .leader)
+  }
+
   @Test("a candidate whose first unknown slot an acceptor has compacted is refused and waits")
   func behindSnapshotRefused() {
     var acceptor = MultiPaxosCore(
@@ -149,8 +168,12 @@ struct MultiPaxosLeaderChangeTests {
     let started = candidate.campaign()
     #expect(started)
     _ = candidate.readMessages()
-    candidate.step(
-      .reject(Reject(ballot: candidate.promised, promised: .zero, reason: .behindSnapshot, snapshotIndex: 10)), from: 2)
+    for acceptor: NodeID in [2, 3] {
+      candidate.step(
+        .reject(Reject(ballot: candidate.promised, promised: .zero, reason: .behindSnapshot, snapshotIndex: 10)),
+        from: acceptor)
+    }
+    // With both others refusing, no phase-1 quorum is left to report the compacted slots.
     #expect(candidate.role == .follower)
     #expect(candidate.currentElectionTimeout > candidate.options.electionTimeoutMaxTicks, "it waits longer")
   }

@@ -291,8 +291,8 @@ public struct PaxosPeerProgress: Sendable, Equatable {
 ///   restarts the window; any other (a prepare or probe refused inside the window, a reject) neither restarts
 ///   nor ends it.
 /// - **Compaction.** ``takeSnapshot(at:data:retainEntries:)`` drops applied slots; a candidate whose first
-///   unknown slot an acceptor has compacted is refused (``RejectReason/behindSnapshot``) and waits for a
-///   leader to send it the snapshot.
+///   unknown slot an acceptor has compacted is refused (``RejectReason/behindSnapshot``); it goes on while a
+///   phase-1 quorum of the others can still answer, and otherwise waits for a leader to send it the snapshot.
 /// - **Membership changes.** A configuration is a log entry (``PaxosEntryKind/membership``) carrying the
 ///   whole resulting ``QuorumCore/Membership``; it governs every slot after its own, and travels in snapshots.
 ///   Learners receive everything but count in no quorum. The rule that keeps quorums intersecting:
@@ -379,6 +379,8 @@ public struct MultiPaxosCore: Sendable {
     var configSlots: Set<Slot> = []
     var maxSlot: Slot = 0
     var selfDurable = false
+    /// The acceptors that refused because they compacted slots this candidate lacks (``RejectReason/behindSnapshot``).
+    var behind: Set<NodeID> = []
   }
   private var candidacy: Candidacy?
   private var probeBallot: Ballot = .zero
@@ -1272,9 +1274,20 @@ public struct MultiPaxosCore: Sendable {
     highestSeen = max(highestSeen, m.promised)
     switch role {
     case .candidate:
-      guard let c = candidacy, m.ballot == c.ballot else { return }
+      guard var c = candidacy, m.ballot == c.ballot else { return }
       if m.reason == .behindSnapshot {
-        // This node cannot lead until it has the compacted slots; let an up-to-date node lead and send
+        // The others' reports hold every chosen value this node lacks as long as a phase-1 quorum of every
+        // configuration it needs can still answer without the acceptors that compacted them: it goes on. (The
+        // up-to-date acceptor may not campaign at all: one removed from the group by the entries it holds.)
+        c.behind.insert(from)
+        let reachable = requiredConfigurations(c).allSatisfy { configuration in
+          isQuorum(configuration.allVoters.subtracting(c.behind), of: configuration, phase1: true)
+        }
+        if reachable {
+          candidacy = c
+          return
+        }
+        // Otherwise this node cannot lead until it has the compacted slots; let an up-to-date node lead and send
         // them. Wait longer than the others before trying again.
         becomeFollower(leader: nil)
         randomizedElectionTimeout += options.electionTimeoutMaxTicks
