@@ -509,11 +509,17 @@ public final class GroupHost: Sendable {
   /// nothing more from its group, and a client's map may list only the members the group started with: once
   /// every one of them has been replaced, this is how clients find the group.
   private func redirectingIfRemoved(_ reply: HostReply, group: any HostedGroup, id: GroupID) async -> HostReply {
-    guard case .failure(let failure) = reply, case .consensus(.notLeader(nil)) = failure.error else { return reply }
+    guard Self.knowsNoLeader(reply) else { return reply }
     let status = await group.status()
     let configured = status.voters + status.learners
     guard !configured.isEmpty, !configured.contains(node) else { return reply }
     return .failure(HostFailure(.notHosted(id, members: configured)))
+  }
+
+  /// Whether `reply` says that the member knows no leader of the group.
+  private static func knowsNoLeader(_ reply: HostReply) -> Bool {
+    guard case .failure(let failure) = reply, case .consensus(.notLeader(nil)) = failure.error else { return false }
+    return true
   }
 
   /// The reply for a request that failed with `error`.
@@ -549,7 +555,7 @@ public final class GroupHost: Sendable {
       case .success(let answer): respond(reply(answer.value, index: answer.index, group: id))
       case .failure(let error):
         let answer = failure(error)
-        guard case .failure(let failure) = answer, case .consensus(.notLeader(nil)) = failure.error else {
+        guard Self.knowsNoLeader(answer) else {
           respond(answer)
           return
         }

@@ -57,8 +57,9 @@ extension LockTable {
   /// dropped. The limits stay this table's own.
   ///
   /// The snapshot is checked as well as decoded (sorted and unique identifiers, sessions with a TTL, holders and
-  /// waiters of known sessions, modes that fit their lock, no more holders than the lock admits, tokens not above the applied
-  /// index), so a snapshot that decodes but breaks the table's invariants is refused rather than trapping later.
+  /// waiters of known sessions, modes that fit their lock, no more holders than the lock admits, tokens not above the
+  /// applied index), so a snapshot that decodes but breaks the table's invariants is refused rather than trapping
+  /// later.
   /// - Throws: ``QuorumCore/WireError``; the table is unchanged when it throws.
   public mutating func restore(from snapshot: [UInt8]) throws {
     var r = WireReader(snapshot)

@@ -690,13 +690,10 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     settleDirectReplies()
     inflight -= count
     let options = sink.environment.options
-    // What waits to be written: the write batch (past the close limit, the client has stopped reading it), and
-    // the replies still queued behind it (bounded more loosely: a burst of replies is queued before any is
-    // written).
+    // The write batch past the close limit: the client has stopped reading it. The replies queued behind it are
+    // bounded more loosely (a burst of replies is queued before any is written).
     let batch = connection.pendingWriteBytes
-    let pending = batch + (route?.queue.queuedBytes ?? 0)
-    let metrics = sink.environment.metrics
-    metrics.raise(metrics.largestReplyBacklog, to: pending)
+    let pending = measuredReplyBacklog()
     if batch >= options.replyCloseBytes || pending >= options.replyQueueBytes {
       connection.close(.slowReader(pendingBytes: pending))
       return
@@ -713,10 +710,15 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
   /// client is disconnected as a slow reader.
   func repliesOverflowed() {
     guard !connection.isClosed else { return }
-    let pending = connection.pendingWriteBytes + (route?.queue.queuedBytes ?? 0)
+    connection.close(.slowReader(pendingBytes: measuredReplyBacklog()))
+  }
+
+  /// The reply bytes waiting to be written, in the write batch and queued behind it, recorded in the metrics.
+  private func measuredReplyBacklog() -> Int {
+    let backlog = connection.pendingWriteBytes + (route?.queue.queuedBytes ?? 0)
     let metrics = sink.environment.metrics
-    metrics.raise(metrics.largestReplyBacklog, to: pending)
-    connection.close(.slowReader(pendingBytes: pending))
+    metrics.raise(metrics.largestReplyBacklog, to: backlog)
+    return backlog
   }
 
   /// The latest delivery that waited for room, if any (loop thread).

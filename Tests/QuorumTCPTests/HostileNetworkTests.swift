@@ -125,18 +125,11 @@ struct HostileNetworkTests {
 
   @Test("a client pipelining large reads without reading the replies is paused, then closed; memory stays bounded")
   func clientThatStopsReading() async throws {
-    var options = SecurePair.options()
-    options.maxFrameBytes = 1 << 20
+    var options = Self.replyLimitedOptions()
     options.maxInflightRequestsPerConnection = 64
-    options.replyPauseBytes = 1 << 20
-    options.maxReplyBytesPerConnection = 8 << 20
     let pair = try await SecurePair(options: options)
-    let before = try residentBytes()
-    var peak = 0
     // 2,000 requests for 256 KiB each: 500 MiB of replies if they were all buffered.
-    try await pipelineWithoutReading(pair, count: 2000, body: "big 262144") {
-      peak = max(peak, try residentBytes() - before)
-    }
+    let peak = try await pipelineWithoutReading(pair, count: 2000, body: "big 262144")
     // The backlog counts the replies queued behind the write batch too, bounded at four times the close limit.
     let limit = options.replyQueueBytes + options.maxFrameBytes
     #expect(pair.a.metrics.largestReplyBacklog <= limit, "backlog \(pair.a.metrics.largestReplyBacklog)")
@@ -156,16 +149,9 @@ struct HostileNetworkTests {
   func clientThatPipelinesMoreThanItReads() async throws {
     // The default in-flight limit (1,024) times 1 MiB replies: a gigabyte if queued replies were bounded only by
     // the number of requests in flight. They are bounded at four times the close limit (9 MiB here).
-    var options = SecurePair.options()
-    options.maxFrameBytes = 1 << 20
-    options.replyPauseBytes = 1 << 20
-    options.maxReplyBytesPerConnection = 8 << 20
+    let options = Self.replyLimitedOptions()
     let pair = try await SecurePair(options: options)
-    let before = try residentBytes()
-    var peak = 0
-    try await pipelineWithoutReading(pair, count: 1024, body: "big 1000000") {
-      peak = max(peak, try residentBytes() - before)
-    }
+    let peak = try await pipelineWithoutReading(pair, count: 1024, body: "big 1000000")
     let limit = options.replyQueueBytes + options.maxFrameBytes
     #expect(pair.a.metrics.largestReplyBacklog <= limit, "backlog \(pair.a.metrics.largestReplyBacklog)")
     // Unbounded, the queue held most of the gigabyte until the write-stall timeout closed the connection.
@@ -176,11 +162,20 @@ struct HostileNetworkTests {
     await pair.close()
   }
 
+  /// Options with 1 MiB frames, pausing a client's reading at 1 MiB of replies and closing it at 8 MiB.
+  static func replyLimitedOptions() -> TCPTransportOptions {
+    var options = SecurePair.options()
+    options.maxFrameBytes = 1 << 20
+    options.replyPauseBytes = 1 << 20
+    options.maxReplyBytesPerConnection = 8 << 20
+    return options
+  }
+
   /// Connects to `pair`'s n1 as `reader`, pipelines `count` requests with `body` and reads no reply, until n1
-  /// closes the connection as a slow reader; `observe` runs at each poll.
-  func pipelineWithoutReading(
-    _ pair: SecurePair, count: Int, body: String, observe: () throws -> Void = {}
-  ) async throws {
+  /// closes the connection as a slow reader; returns how far this process's resident set grew meanwhile, at most.
+  func pipelineWithoutReading(_ pair: SecurePair, count: Int, body: String) async throws -> Int {
+    let before = try residentBytes()
+    var peak = 0
     let greedy = try await HandDriven(
       to: pair.n1.address, cluster: pair.cluster, role: .client, protocolNumber: WireProtocol.client,
       principal: "reader", key: SecurePair.reader.bytes)
@@ -192,9 +187,10 @@ struct HostileNetworkTests {
       if offset < requests.count {
         offset += (try? greedy.socket.sendSome(requests[offset...])) ?? 0
       }
-      try observe()
+      peak = max(peak, try residentBytes() - before)
       return pair.a.metrics.closes("slow-reader") == 1
     }
+    return peak
   }
 
   @Test("a client connection idle past the idle timeout is closed; new clients are served")
