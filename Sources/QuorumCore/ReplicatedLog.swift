@@ -217,6 +217,11 @@ public enum ConsensusError: Error, Sendable, Equatable, CustomStringConvertible 
   /// The principal already holds as many sessions as ``SessionPolicy/maxSessionsPerPrincipal`` allows; close
   /// or stop using some (idle ones expire after the session timeout) before registering more.
   case sessionQuotaExceeded(limit: Int)
+  /// The request was applied before (or refused as if it had been, being below the session's acknowledged
+  /// mark), and its response is no longer remembered: the client acknowledged it, or the session's bounds
+  /// evicted it. It was not applied again, and a retry under the same identifier gets this same answer: the
+  /// outcome is unknown to the client, for good.
+  case responseForgotten(RequestID)
 
   public var description: String {
     switch self {
@@ -233,6 +238,8 @@ public enum ConsensusError: Error, Sendable, Equatable, CustomStringConvertible 
     case .commandTooLarge(let bytes, let limit): return "command of \(bytes) bytes exceeds the limit of \(limit)"
     case .sessionNotOwned(let id): return "session \(id) belongs to another principal"
     case .sessionQuotaExceeded(let limit): return "this principal already holds \(limit) sessions (its quota)"
+    case .responseForgotten(let request):
+      return "request \(request) was applied before and its response is no longer kept; its outcome is unknown"
     }
   }
 }

@@ -48,8 +48,9 @@ public enum QuorumClientError: Error, Sendable, Equatable, CustomStringConvertib
   /// take effect (a retry with the same session is safe; look the value up to know). `lastFailure` says why the
   /// last attempt failed, if one did.
   case timeout(outcomeUnknown: Bool, lastFailure: String?)
-  /// A write whose outcome cannot be known: its session expired before an answer came, or, after an attempt
-  /// reached a member, every member turned the client away (see ``refused(_:)``).
+  /// A write whose outcome cannot be known: its session expired before an answer came; or the group no longer
+  /// remembers its answer (``QuorumCore/ConsensusError/responseForgotten(_:)``); or, after an attempt reached a
+  /// member, every member turned the client away (see ``refused(_:)``).
   case outcomeUnknown
   /// The server refused the request (unknown group or service, a key of another group, a malformed request, or
   /// an engine error that retrying does not fix).
@@ -387,6 +388,10 @@ public actor HostClient {
           target = pick(from: candidates, avoiding: member, refused: refusedBy)
         case .notHosted(_, let members):
           target = pick(from: members.isEmpty ? candidates : members, avoiding: member, refused: refusedBy)
+        case .consensus(.responseForgotten):
+          // An earlier attempt was applied (or the request fell below the session's acknowledged mark) and its
+          // answer is gone: every retry would hear the same.
+          throw QuorumClientError.outcomeUnknown
         default:
           throw QuorumClientError.rejected(failure.error)
         }

@@ -193,7 +193,7 @@ public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
         case .sessionExpired:
           session = nil
           throw error
-        case .commandTooLarge, .sessionNotOwned, .sessionQuotaExceeded:
+        case .commandTooLarge, .sessionNotOwned, .sessionQuotaExceeded, .responseForgotten:
           throw error
         case .stopped, .timeout, .dropped, .outcomeUnknown, .overloaded, .transferInProgress, .leaseExpired,
           .membershipChangeRejected:

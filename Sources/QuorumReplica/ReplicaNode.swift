@@ -853,8 +853,9 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
         c.resume(returning: IndexedResponse(value: response, index: appliedAt == 0 ? entry.index : appliedAt))
       case (.response(let c), .sessionExpired(let session)?):
         c.resume(throwing: ConsensusError.sessionExpired(session))
-      case (.response(let c), .responseForgotten?):
-        c.resume(throwing: ConsensusError.outcomeUnknown)
+      case (.response(let c), .responseForgotten(let request)?):
+        // Not `outcomeUnknown`, which invites a retry under the session: the retry would get this same answer.
+        c.resume(throwing: ConsensusError.responseForgotten(request))
       case (.response(let c), .sessionNotOwned(let request)?):
         c.resume(throwing: ConsensusError.sessionNotOwned(request.session))
       case (.session(let c), .sessionRegistered(let session)?):

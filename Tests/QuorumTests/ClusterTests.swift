@@ -193,6 +193,9 @@ struct ClusterTests {
       let second = try #require(try await answer(cas(2, sequence: 2)))
       #expect(second.0 == .swapped(false, current: [1]))
       #expect(second.index > first.index)
+      // Request 2 acknowledged request 1, so its answer is gone: a retry hears so, and is not applied again.
+      let gone = try await send(cas(3, sequence: 1))
+      #expect(gone == .failure(HostFailure(.consensus(.responseForgotten(RequestID(session: session, sequence: 1))))))
       await raw.close()
 
       // A client of another cluster is refused at the handshake; its call fails by its deadline.

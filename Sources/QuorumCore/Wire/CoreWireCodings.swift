@@ -53,6 +53,9 @@ extension ConsensusError: WireCodable {
     case .sessionQuotaExceeded(let limit):
       writer.writeByte(12)
       writer.writeVarint(UInt64(max(0, limit)))
+    case .responseForgotten(let request):
+      writer.writeByte(13)
+      request.encode(to: &writer)
     }
   }
 
@@ -74,6 +77,7 @@ extension ConsensusError: WireCodable {
         bytes: Int(try reader.readVarint(as: UInt32.self)), limit: Int(try reader.readVarint(as: UInt32.self)))
     case 11: self = .sessionNotOwned(try reader.readVarint())
     case 12: self = .sessionQuotaExceeded(limit: Int(try reader.readVarint(as: UInt32.self)))
+    case 13: self = .responseForgotten(try RequestID(from: &reader))
     case let tag: throw WireError(.unknownTag(type: "ConsensusError", tag: UInt64(tag)), at: at)
     }
   }
