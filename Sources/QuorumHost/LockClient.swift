@@ -105,6 +105,12 @@ final class LockClientSession: Sendable {
     /// A call on the session failed without a known outcome, so the session may hold or wait for a lock no lease
     /// stands for. New acquires use another session, and this one is closed as soon as it has no lease left.
     var retiring = false
+    /// How many acquires of each lock are in flight on the session.
+    var acquiring: [String: Int] = [:]
+    /// The newest token of each lock released while an acquire of it was in flight: a re-entry answer that
+    /// arrives after the release carries that token (or an older one) and stands for nothing. Kept only while an
+    /// acquire of the lock is in flight, so it holds at most one entry per concurrent acquire.
+    var released: [String: FencingToken] = [:]
   }
 
   let id: LockSessionID
@@ -132,23 +138,40 @@ final class LockClientSession: Sendable {
   /// Whether the session is retiring and holds no lease any more: it can be closed.
   var isIdleAndRetiring: Bool { state.withLock { $0.retiring && $0.leases.isEmpty && !$0.closed } }
 
-  /// The lease for `grant`: the one already handed out for it (re-entry), or a new one.
-  func lease(for grant: LockGrant) -> LockLease {
-    let (lease, replaced, closed) = state.withLock { s -> (LockLease, LockLease?, Bool) in
+  /// Notes an acquire of `lock` starting on the session; pair with ``stopAcquiring(_:)``.
+  func startAcquiring(_ lock: String) { state.withLock { $0.acquiring[lock, default: 0] += 1 } }
+
+  /// Notes an acquire of `lock` ending (however it ended).
+  func stopAcquiring(_ lock: String) {
+    state.withLock { s in
+      let left = (s.acquiring[lock] ?? 1) - 1
+      s.acquiring[lock] = left > 0 ? left : nil
+      if left <= 0 { s.released[lock] = nil }
+    }
+  }
+
+  /// The lease for `grant`: the one already handed out for it (re-entry), or a new one; `nil` if this client has
+  /// released the grant since (a re-entry answered before the release, delivered after it).
+  func lease(for grant: LockGrant) -> LockLease? {
+    let (lease, replaced, closed) = state.withLock { s -> (LockLease?, LockLease?, Bool) in
       if let existing = s.leases[grant.lock], existing.token == grant.token { return (existing, nil, s.closed) }
+      if let released = s.released[grant.lock], grant.token <= released { return (nil, nil, s.closed) }
       let lease = LockLease(grant: grant, owner: self)
       guard !s.closed else { return (lease, nil, true) }
       return (lease, s.leases.updateValue(lease, forKey: grant.lock), false)
     }
     replaced?.invalidate()  // An older grant of the same lock to this session is gone.
-    if closed { lease.invalidate() }
+    if closed { lease?.invalidate() }
     return lease
   }
 
-  /// Forgets `lease` (it was released).
+  /// Forgets `lease` (it is being released).
   func remove(_ lease: LockLease) {
     state.withLock { s in
       if s.leases[lease.name] === lease { s.leases[lease.name] = nil }
+      if s.acquiring[lease.name] != nil {
+        s.released[lease.name] = max(s.released[lease.name] ?? lease.token, lease.token)
+      }
     }
   }
 
@@ -354,6 +377,8 @@ public actor LockClient {
     let end = started &+ wait.nanoseconds
     for _ in 0..<3 {
       let session = try await openSession(in: group, ttl: ttl)
+      session.startAcquiring(name)
+      defer { session.stopAcquiring(name) }
       let waitMillis = UInt64(clamping: wait.nanoseconds / 1_000_000)
       let response: (value: LockResponse, index: UInt64)
       do {
@@ -366,7 +391,9 @@ public actor LockClient {
       }
       switch response.value {
       case .granted(let grant):
-        return try await deliver(grant, in: session)
+        // No lease: a re-entry answered just before this client released the lock. Acquire it afresh.
+        guard let lease = try await deliver(grant, in: session) else { continue }
+        return lease
       case .busy:
         return nil
       case .queued:
@@ -385,7 +412,7 @@ public actor LockClient {
         throw LockClientError.unexpected("\(response.value)")
       }
     }
-    throw LockClientError.unexpected("the session expired three times in a row")
+    throw LockClientError.unexpected("the session expired, or the lock was released, three times in a row")
   }
 
   /// Waits for the entry that grants `name` to `session` (or ends its wait), watching its key; checks the lock's
@@ -419,7 +446,10 @@ public actor LockClient {
         continue
       }
       switch outcome {
-      case .granted(let grant)?: return try await deliver(grant, in: session)
+      case .granted(let grant)?:
+        // A grant that ended a wait is newer than any release this client made before the wait.
+        guard let lease = try await deliver(grant, in: session) else { continue }
+        return lease
       case .waitTimedOut?: return nil
       default: continue
       }
@@ -462,7 +492,7 @@ public actor LockClient {
       return nil
     }
     if Task.isCancelled {
-      try await unlock(session.lease(for: grant))
+      if let lease = session.lease(for: grant) { _ = try await unlock(lease) }
       throw CancellationError()
     }
     return try await deliver(grant, in: session)
@@ -472,8 +502,9 @@ public actor LockClient {
   /// closed): such a lease could not be relied on for a moment, and nothing renews the session any more. The
   /// session is then closed at the members, which hands the lock on at once rather than when the session expires,
   /// and the call throws ``LockClientError/sessionLost(lock:)``.
-  private func deliver(_ grant: LockGrant, in session: Session) async throws -> LockLease {
-    let lease = session.lease(for: grant)
+  /// `nil` if this client has released `grant` since it was answered.
+  private func deliver(_ grant: LockGrant, in session: Session) async throws -> LockLease? {
+    guard let lease = session.lease(for: grant) else { return nil }
     guard session.isClosed else { return lease }
     // The client already counts every lease of the session as lost. If the members cannot be told, the session
     // expires by itself.

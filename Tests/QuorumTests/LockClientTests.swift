@@ -381,6 +381,33 @@ struct LockClientTests {
     }
   }
 
+  @Test(
+    "a re-entry answered before the lock's release but delivered after it acquires the lock afresh",
+    arguments: engines)
+  func lateReentryAnswerIsNotALease(_ engine: EngineKind) async throws {
+    try await Self.cluster(engine, "late-reentry").withLocalMembers { members in
+      _ = try await Self.awaitLeader(members)
+      let channel = HoldingChannel(InProcessRequestChannel(hosts: members.hosts))
+      let client = LockClient(
+        HostClient(channel: channel, members: members.hosts.keys.sorted(), map: members.map, seed: 1),
+        options: Self.steadyLeases)
+      try await closing([client]) {
+        let first = try await client.lock("orders")
+        channel.holdNextReply { if case .acquire(let lock, _, _, _, _) = $0 { lock == "orders" } else { false } }
+        let reentry = Task { try await client.lock("orders") }
+        _ = try await awaitValue("the re-entry to be applied, its answer held") { channel.isHolding ? true : nil }
+        #expect(try await client.unlock(first), "the release takes effect")
+        channel.releaseHeld()
+        let lease = try await reentry.value
+        #expect(lease.token > first.token, "the released grant \(first.token) was handed out again as \(lease)")
+        #expect(lease.isValid)
+        let status = try #require(try await client.status(of: "orders"))
+        #expect(status.holders.map(\.token) == [lease.token], "the lease stands for the lock's holder: \(status)")
+        #expect(try await client.unlock(lease))
+      }
+    }
+  }
+
   @Test("a lease is invalid once its deadline passes on the client's clock, before the renewal task notices")
   func validityFollowsTheClock() async throws {
     try await Self.cluster(.raft, "clock").withLocalMembers { members in
@@ -759,4 +786,51 @@ final class FailureBox: Sendable {
   private let state = Mutex<(any Error)?>(nil)
   func record(_ error: any Error) { state.withLock { $0 = error } }
   var error: (any Error)? { state.withLock { $0 } }
+}
+
+/// A request channel that can hold back the reply to one chosen lock command (the command itself is applied)
+/// until the test lets it through.
+final class HoldingChannel: RequestChannel {
+  private struct State {
+    var matches: (@Sendable (LockCommand) -> Bool)?
+    var held: CheckedContinuation<Void, Never>?
+    var released = false
+  }
+
+  private let inner: any RequestChannel
+  private let state = Mutex(State())
+
+  init(_ inner: any RequestChannel) { self.inner = inner }
+
+  /// Holds the reply to the next lock command matching `matches`.
+  func holdNextReply(_ matches: @escaping @Sendable (LockCommand) -> Bool) { state.withLock { $0.matches = matches } }
+  /// Whether a reply is being held.
+  var isHolding: Bool { state.withLock { $0.held != nil } }
+  /// Lets the held reply through (or the next one, if none is held yet).
+  func releaseHeld() {
+    let held = state.withLock { s -> CheckedContinuation<Void, Never>? in
+      s.released = true
+      defer { s.held = nil }
+      return s.held
+    }
+    held?.resume()
+  }
+
+  func send(_ request: [UInt8], to member: NodeID, timeout: Duration) async throws -> [UInt8] {
+    let reply = try await inner.send(request, to: member, timeout: timeout)
+    guard case .command(_, let body, _, _)? = try? HostRequest(wireBytes: request), body.service == LockService.name,
+      let command = try? LockCommand(wireBytes: body.payload),
+      state.withLock({ s in s.matches.map { $0(command) } ?? false })
+    else { return reply }
+    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+      let go = state.withLock { s -> Bool in
+        s.matches = nil
+        if s.released { return true }
+        s.held = continuation
+        return false
+      }
+      if go { continuation.resume() }
+    }
+    return reply
+  }
 }
