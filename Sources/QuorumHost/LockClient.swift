@@ -135,8 +135,10 @@ final class LockClientSession: Sendable {
 
   var isClosed: Bool { state.withLock { $0.closed } }
 
-  /// Whether the session is retiring and holds no lease any more: it can be closed.
-  var isIdleAndRetiring: Bool { state.withLock { $0.retiring && $0.leases.isEmpty && !$0.closed } }
+  /// Whether the session is retiring, holds no lease any more and has no acquire in flight: it can be closed.
+  var isIdleAndRetiring: Bool {
+    state.withLock { $0.retiring && $0.leases.isEmpty && $0.acquiring.isEmpty && !$0.closed }
+  }
 
   /// Notes an acquire of `lock` starting on the session; pair with ``stopAcquiring(_:)``.
   func startAcquiring(_ lock: String) { state.withLock { $0.acquiring[lock, default: 0] += 1 } }
@@ -299,7 +301,10 @@ public actor LockClient {
       response = try await run(
         .release(lock: lease.name, session: lease.session, token: lease.token), in: lease.group)
     } catch {
-      if let session { await retire(session) }
+      if let session {
+        retire(session)
+        await closeIfIdle(session)
+      }
       throw error
     }
     if let session { await closeIfIdle(session) }
@@ -378,41 +383,68 @@ public actor LockClient {
     for _ in 0..<3 {
       let session = try await openSession(in: group, ttl: ttl)
       session.startAcquiring(name)
-      defer { session.stopAcquiring(name) }
-      let waitMillis = UInt64(clamping: wait.nanoseconds / 1_000_000)
-      let response: (value: LockResponse, index: UInt64)
+      let attempt: Result<AcquireStep, any Error>
       do {
-        response = try await run(
-          .acquire(lock: name, session: session.id, mode: mode, wait: waitMillis > 0, waitTimeoutMillis: waitMillis),
-          in: group)
+        attempt = .success(try await acquire(name, mode: mode, wait: wait, until: end, in: session))
       } catch {
-        await retire(session)  // The acquire may have been applied: the session may now hold or wait for the lock.
-        throw error
+        attempt = .failure(error)
       }
-      switch response.value {
-      case .granted(let grant):
-        // No lease: a re-entry answered just before this client released the lock. Acquire it afresh.
-        guard let lease = try await deliver(grant, in: session) else { continue }
-        return lease
-      case .busy:
-        return nil
-      case .queued:
-        do {
-          return try await awaitGrant(name, session: session, after: response.index, until: end)
-        } catch {
-          await retire(session)
-          throw error
-        }
-      case .sessionExpired:
-        forget(session)
-        continue
-      case .failed(let error):
-        throw LockClientError.refused(error)
-      default:
-        throw LockClientError.unexpected("\(response.value)")
+      session.stopAcquiring(name)
+      // A session a failed call retired is closed only once no acquire is in flight in it: closing it sooner would
+      // end the other calls' waits there (for other locks, or this one) with `sessionLost`.
+      await closeIfIdle(session)
+      switch attempt {
+      case .success(.done(let lease)): return lease
+      case .success(.again): continue
+      case .failure(let error): throw error
       }
     }
     throw LockClientError.unexpected("the session expired, or the lock was released, three times in a row")
+  }
+
+  /// How one attempt at acquiring a lock in a session ended.
+  private enum AcquireStep {
+    /// With this lease, or with none (busy, or the wait ran out).
+    case done(LockLease?)
+    /// The session expired, or the answer was a grant this client has released since: try again.
+    case again
+  }
+
+  private func acquire(_ name: String, mode: LockMode, wait: Duration, until end: UInt64, in session: Session)
+    async throws -> AcquireStep
+  {
+    let waitMillis = UInt64(clamping: wait.nanoseconds / 1_000_000)
+    let response: (value: LockResponse, index: UInt64)
+    do {
+      response = try await run(
+        .acquire(lock: name, session: session.id, mode: mode, wait: waitMillis > 0, waitTimeoutMillis: waitMillis),
+        in: session.group)
+    } catch {
+      retire(session)  // The acquire may have been applied: the session may now hold or wait for the lock.
+      throw error
+    }
+    switch response.value {
+    case .granted(let grant):
+      // No lease: a re-entry answered just before this client released the lock. Acquire it afresh.
+      guard let lease = try await deliver(grant, in: session) else { return .again }
+      return .done(lease)
+    case .busy:
+      return .done(nil)
+    case .queued:
+      do {
+        return .done(try await awaitGrant(name, session: session, after: response.index, until: end))
+      } catch {
+        retire(session)
+        throw error
+      }
+    case .sessionExpired:
+      forget(session)
+      return .again
+    case .failed(let error):
+      throw LockClientError.refused(error)
+    default:
+      throw LockClientError.unexpected("\(response.value)")
+    }
   }
 
   /// Waits for the entry that grants `name` to `session` (or ends its wait), watching its key; checks the lock's
@@ -536,13 +568,13 @@ public actor LockClient {
     session.lose()
   }
 
-  /// Takes `session` out of use for new acquires after a call on it failed without a known outcome; closes it
-  /// once it holds no lease (which releases whatever the failed call left behind), or lets it expire.
-  private func retire(_ session: Session) async {
+  /// Takes `session` out of use for new acquires after a call on it failed without a known outcome; the session is
+  /// closed once it holds no lease and no acquire is in flight in it (which releases whatever the failed call left
+  /// behind), or left to expire (see ``closeIfIdle(_:)``).
+  private func retire(_ session: Session) {
     let key = SessionKey(group: session.group, ttlMillis: UInt64(session.ttl.nanoseconds / 1_000_000))
     if sessions[key] === session { sessions[key] = nil }
     session.state.withLock { $0.retiring = true }
-    await closeIfIdle(session)
   }
 
   private func closeIfIdle(_ session: Session) async {

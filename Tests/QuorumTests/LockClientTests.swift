@@ -408,6 +408,34 @@ struct LockClientTests {
     }
   }
 
+  @Test(
+    "a call that fails in a session leaves the other calls waiting in it alone: a cancelled wait ends only its own",
+    arguments: engines)
+  func failedCallSparesConcurrentWaits(_ engine: EngineKind) async throws {
+    try await Self.cluster(engine, "spare-waits").withLocalMembers { members in
+      _ = try await Self.awaitLeader(members)
+      let holder = members.lockClient(lockOptions: Self.steadyLeases, seed: 1)
+      let waiter = members.lockClient(lockOptions: Self.steadyLeases, seed: 2)
+      try await closing([holder, waiter]) {
+        let a = try await holder.lock("a")
+        _ = try await holder.lock("b")
+        let waitA = Task { try await waiter.lock("a") }
+        let waitB = Task { try await waiter.lock("b") }
+        _ = try await awaitValue("the waiter to queue for both") {
+          let a = try await holder.status(of: "a")?.waiters.count
+          let b = try await holder.status(of: "b")?.waiters.count
+          return a == 1 && b == 1 ? true : nil
+        }
+        waitB.cancel()
+        await #expect(throws: CancellationError.self) { try await waitB.value }
+        #expect(try await holder.status(of: "b")?.waiters.isEmpty == true, "the cancelled wait left the queue")
+        #expect(try await holder.unlock(a))
+        let lease = try await waitA.value
+        #expect(lease.isValid && lease.token > a.token, "the other wait in the session was granted: \(lease)")
+      }
+    }
+  }
+
   @Test("a lease is invalid once its deadline passes on the client's clock, before the renewal task notices")
   func validityFollowsTheClock() async throws {
     try await Self.cluster(.raft, "clock").withLocalMembers { members in
