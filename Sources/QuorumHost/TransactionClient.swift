@@ -52,9 +52,10 @@ extension ShardedTransactions {
   /// `coordinator`.
   ///
   /// Transaction numbers are reserved durably in the cluster (per coordinator), so identifiers never repeat, even
-  /// across restarts; each coordinator identifier takes one entry of a record table's list of coordinators
-  /// (``QuorumTransactions/TransactionRecordLimits/maxCoordinators``), so long-lived applications should use a
-  /// stable identifier rather than a fresh one per process.
+  /// across restarts. A record table remembers the numbers of at most
+  /// ``QuorumTransactions/TransactionRecordLimits/maxCoordinators`` coordinators and forgets the least used past
+  /// that, safely (a forgotten coordinator continues above every number it forgot), so a fresh identifier per
+  /// process is fine.
   /// - Parameters:
   ///   - client: the cluster's client (deadlines, retries, sessions).
   ///   - coordinator: this client's identity as a coordinator, distinct from the other clients'.

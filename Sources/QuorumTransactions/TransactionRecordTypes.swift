@@ -16,7 +16,9 @@ public struct TransactionRecordLimits: Sendable, Equatable {
   /// A command for a transaction that starts more than this after the current log time is refused: its
   /// coordinator's clock is too far ahead (its record would be kept for too long).
   public var maxClockAheadMillis: UInt64 = 60_000
-  /// The most coordinators with reserved transaction numbers.
+  /// The most coordinators whose next transaction number the table remembers; past it the table forgets those with
+  /// the lowest numbers, which then continue from above every number forgotten (see ``TransactionRecords``), so
+  /// reservations are never refused for it.
   public var maxCoordinators: Int = 100_000
   /// The most transaction numbers one reservation may take.
   public var maxReservation: UInt64 = 1 << 20
@@ -63,7 +65,8 @@ public enum TransactionRecordError: Error, Hashable, Sendable, CustomStringConve
   case clockAhead(startedAtMillis: UInt64, logTimeMillis: UInt64)
   /// A reservation of 0 or of more than the maximum.
   case invalidReservation(count: UInt64, max: UInt64)
-  /// The table holds reservations for its maximum of coordinators.
+  /// The table holds reservations for its maximum of coordinators. Answered by older versions only: this one
+  /// forgets the coordinators with the lowest numbers instead (see ``TransactionRecords``).
   case tooManyCoordinators(limit: Int)
 
   public var description: String {

@@ -1,9 +1,10 @@
 import QuorumCore
 
 extension TransactionRecords {
-  /// The snapshot format this build writes. It reads version 1 too (before records had a kind: all of them are
-  /// ``TransactionRecordKind/nodes`` then, as the commands that made them were).
-  static let snapshotVersion: UInt64 = 2
+  /// The snapshot format this build writes. It reads versions 1 and 2 too: 1 before records had a kind (all of them
+  /// are ``TransactionRecordKind/nodes`` then, as the commands that made them were), 2 before forgotten
+  /// coordinators' numbers were tracked (none had been forgotten then).
+  static let snapshotVersion: UInt64 = 3
 
   /// Serialises the table deterministically: records by identifier (pending nodes sorted), reservations by
   /// coordinator. The expiry heap is derived and rebuilt by ``restore(from:)``.
@@ -28,6 +29,7 @@ extension TransactionRecords {
       w.write(node)
       w.writeVarint(floors[node] ?? 0)
     }
+    w.writeVarint(retiredFloor)
     return w.bytes
   }
 
@@ -39,7 +41,7 @@ extension TransactionRecords {
   public mutating func restore(from snapshot: [UInt8]) throws {
     var r = WireReader(snapshot)
     let version = try r.readVarint()
-    guard version == 1 || version == Self.snapshotVersion else {
+    guard (1...Self.snapshotVersion).contains(version) else {
       throw WireError(.unsupportedVersion(UInt8(truncatingIfNeeded: version)), at: 0)
     }
     var table = self
@@ -83,6 +85,7 @@ extension TransactionRecords {
       previousNode = node
       table.floors[node] = try r.readVarint()
     }
+    table.retiredFloor = version >= 3 ? max(1, try r.readVarint()) : 1
     try r.expectEnd()
     table.rebuildExpiries()
     self = table

@@ -27,7 +27,12 @@ public import QuorumCore
 /// (``TransactionRecordError/clockAhead(startedAtMillis:logTimeMillis:)``).
 ///
 /// **Numbers.** ``TransactionRecordCommand/reserve(coordinator:count:)`` hands out blocks of transaction numbers
-/// per coordinator, so a restarted coordinator never reuses an identifier.
+/// per coordinator, so a restarted coordinator never reuses an identifier. The table remembers the next free
+/// number of at most ``TransactionRecordLimits/maxCoordinators`` coordinators. When one more comes, it forgets the
+/// sixteenth of them with the lowest numbers (clients that reserved once and went away, mostly), and remembers
+/// the highest number it forgot: a coordinator it no longer knows is handed numbers from there on. Every
+/// coordinator's numbers thus still only grow, so no identifier repeats, and a cluster serving an endless stream of
+/// short-lived clients, each with a fresh coordinator identifier, never runs out of room.
 ///
 /// Log time is the largest ``QuorumCore/ApplyContext/timestampMillis`` seen; records past their retention are
 /// forgotten at the first entry at or after it (``nextDeadlineMillis`` tells the leader when to write one).
@@ -51,6 +56,9 @@ public struct TransactionRecords: StateMachine {
   var records: [TxnID: Record] = [:]
   /// The next free number per coordinator.
   var floors: [NodeID: UInt64] = [:]
+  /// The highest next free number of a coordinator forgotten from ``floors``: where numbers start for a coordinator
+  /// not in it.
+  var retiredFloor: UInt64 = 1
   /// When each decided record that nobody is pending on may be forgotten (plus stale entries).
   var expiries = TimeHeap<TxnID>()
 
@@ -128,14 +136,23 @@ public struct TransactionRecords: StateMachine {
       guard count >= 1, count <= limits.maxReservation else {
         return .refused(.invalidReservation(count: count, max: limits.maxReservation))
       }
-      guard floors[coordinator] != nil || floors.count < limits.maxCoordinators else {
-        return .refused(.tooManyCoordinators(limit: limits.maxCoordinators))
-      }
-      let first = floors[coordinator] ?? 1
+      if floors[coordinator] == nil, floors.count >= limits.maxCoordinators { retireFloors() }
+      let first = floors[coordinator] ?? retiredFloor
       floors[coordinator] = first.addingSaturated(count)
       return .reserved(first: first, count: count)
     case .advanceTime:
       return .timeAdvanced
+    }
+  }
+
+  /// Forgets the sixteenth of ``floors`` with the lowest numbers (at least one), raising ``retiredFloor`` to the
+  /// highest of them: those coordinators' next numbers start there, above every number they were handed.
+  private mutating func retireFloors() {
+    let lowest = floors.sorted { a, b in a.value != b.value ? a.value < b.value : a.key < b.key }
+      .prefix(max(1, floors.count / 16))
+    for (node, floor) in lowest {
+      floors[node] = nil
+      retiredFloor = max(retiredFloor, floor)
     }
   }
 

@@ -119,6 +119,41 @@ struct TransactionRecordsTests {
     )
   }
 
+  @Test("an endless stream of new coordinators is served, and no coordinator is handed a number twice")
+  func coordinatorChurn() throws {
+    var limits = limits()
+    limits.maxCoordinators = 32
+    var r = try TransactionRecords(limits: limits)
+    var handedOut: [NodeID: [ClosedRange<UInt64>]] = [:]
+    var index: UInt64 = 0
+    func reserve(_ coordinator: NodeID, _ count: UInt64) -> Bool {
+      index += 1
+      guard
+        case .reserved(let first, let n) = r.apply(index, at: 1_000, .reserve(coordinator: coordinator, count: count))
+      else { return false }
+      let block = first...(first + n - 1)
+      let overlapping = handedOut[coordinator, default: []].filter { $0.overlaps(block) }
+      #expect(overlapping.isEmpty, "\(coordinator) was handed \(block) after \(overlapping)")
+      handedOut[coordinator, default: []].append(block)
+      return true
+    }
+    // A thousand short-lived clients reserve once each; three long-lived ones reserve now and then, and a few of
+    // the short-lived ones come back after the table has forgotten them.
+    for client in 1...1_000 {
+      #expect(reserve(NodeID(UInt64(10_000 + client)), UInt64(1 + client % 7)), "client \(client) was refused")
+      if client % 50 == 0 {
+        for steady in 1...3 { #expect(reserve(NodeID(UInt64(steady)), 100)) }
+      }
+      if client % 97 == 0 { #expect(reserve(NodeID(UInt64(10_001)), 3), "the first client came back") }
+    }
+    #expect(r.floors.count <= 32, "\(r.floors.count) coordinators remembered")
+    // The forgotten coordinators' high mark survives a snapshot.
+    var b = try TransactionRecords(limits: limits)
+    try b.restore(from: r.snapshot())
+    #expect(b.snapshot() == r.snapshot())
+    #expect(b.retiredFloor == r.retiredFloor && r.retiredFloor > 1)
+  }
+
   @Test("queries: a node's records, transactions in doubt oldest first, counts")
   func queries() throws {
     var r = try TransactionRecords(limits: limits())
