@@ -381,9 +381,13 @@ public actor HostClient {
           .consensus(.transferInProgress), .consensus(.leaseExpired):
           target = pick(from: candidates, avoiding: member, refused: refusedBy)
         case .consensus(.outcomeUnknown):
-          // With a session the retry is exactly-once; without one it could apply twice.
-          guard case .command(_, _, let id?, _) = request, id.session != 0 else {
-            throw QuorumClientError.outcomeUnknown
+          // With a session the retry is exactly-once; without one it could apply twice. A registration is
+          // asked again: a session it may have opened goes unused and expires.
+          if case .registerSession = request {
+          } else {
+            guard case .command(_, _, let id?, _) = request, id.session != 0 else {
+              throw QuorumClientError.outcomeUnknown
+            }
           }
           target = pick(from: candidates, avoiding: member, refused: refusedBy)
         case .notHosted(_, let members):

@@ -244,7 +244,10 @@ public struct RaftEngine: ReplicaEngine {
     return core.firstIndex - 1
   }
 
-  public func isProposal(_ ticket: Ticket, committedAs entry: LogEntry) -> Bool { ticket.term == entry.term }
+  public func match(_ ticket: Ticket, committedAs entry: LogEntry) -> ProposalMatch {
+    // One leader per term, which appends one entry per index.
+    ticket.term == entry.term ? .proposal : .another
+  }
 
   public var leader: NodeID? { core.leader }
 

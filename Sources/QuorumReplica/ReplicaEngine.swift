@@ -87,6 +87,18 @@ public struct ReplicaReady<Engine: ReplicaEngine>: Sendable {
 }
 
 /// Where a pending proposal sits in the log, and how to tell at apply time whether it is the entry there.
+/// Whether a committed entry is the proposal a pending request's ticket stood for.
+public enum ProposalMatch: Sendable, Equatable {
+  /// It is: the request was committed at that position.
+  case proposal
+  /// It is another leader's: the request was not committed.
+  case another
+  /// It carries the same value, but another leader may have proposed the same bytes (two registrations of a
+  /// session stamped in the same millisecond are identical): the request may or may not have been committed,
+  /// and the entry's outcome may be another client's.
+  case sameValue
+}
+
 public protocol ProposalTicket: Sendable {
   /// The log position (index or slot) the proposal was appended at.
   var index: UInt64 { get }
@@ -203,7 +215,7 @@ public protocol ReplicaEngine: Sendable {
   /// when the log moved past it meanwhile (a leader's snapshot) and it must be dropped.
   mutating func recordSnapshot(_ snapshot: StoredSnapshot, lastRecorded: UInt64, retainEntries: Int) -> UInt64?
   /// Whether the committed `entry` is the proposal `ticket` stood for (not another leader's at that position).
-  func isProposal(_ ticket: Ticket, committedAs entry: Entry) -> Bool
+  func match(_ ticket: Ticket, committedAs entry: Entry) -> ProposalMatch
   /// The leader this node knows of.
   var leader: NodeID? { get }
   /// Whether this node leads.

@@ -841,7 +841,14 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       }
       guard let pending = proposals.removeValue(forKey: entry.index) else { continue }
       proposalIndexByID[pending.id] = nil
-      guard engine?.isProposal(pending.ticket, committedAs: entry) == true else {
+      switch engine?.match(pending.ticket, committedAs: entry) {
+      case .proposal?: break
+      case .sameValue?:
+        // Perhaps this request, perhaps another leader's identical one, whose outcome (a session number) must
+        // not be handed to this caller too. A command retried under its session is applied once.
+        pending.waiter.fail(ConsensusError.outcomeUnknown)
+        continue
+      default:
         pending.waiter.fail(ConsensusError.dropped)
         continue
       }

@@ -90,9 +90,12 @@ public struct MultiPaxosEngine: ReplicaEngine {
   /// `multi-paxos`.
   public static var name: String { "multi-paxos" }
 
-  /// A pending proposal: its slot, kind and bytes (the slot chosen with another value is another leader's).
+  /// A pending proposal: its slot, ballot, kind and bytes (the slot chosen with another value is another
+  /// leader's).
   public struct Ticket: ProposalTicket {
     public var index: UInt64
+    /// The ballot the proposal was made in.
+    public var ballot: Ballot
     /// What the proposal carries (a command or a configuration).
     public var kind: PaxosEntryKind
     /// The proposed value.
@@ -134,7 +137,8 @@ public struct MultiPaxosEngine: ReplicaEngine {
 
   public mutating func propose(_ command: [UInt8]) throws(ConsensusError) -> Ticket {
     do {
-      return Ticket(index: try core.propose(command), kind: .command, data: command)
+      let slot = try core.propose(command)
+      return Ticket(index: slot, ballot: core.entry(at: slot)?.ballot ?? core.promised, kind: .command, data: command)
     } catch {
       throw Self.translate(error, options: core.options)
     }
@@ -143,7 +147,8 @@ public struct MultiPaxosEngine: ReplicaEngine {
   public mutating func changeMembership(_ change: MembershipChange) throws(ConsensusError) -> Ticket {
     do {
       let slot = try core.proposeMembership(change)
-      return Ticket(index: slot, kind: .membership, data: core.entry(at: slot)?.data ?? [])
+      let entry = core.entry(at: slot)
+      return Ticket(index: slot, ballot: entry?.ballot ?? core.promised, kind: .membership, data: entry?.data ?? [])
     } catch {
       throw Self.translate(error, options: core.options)
     }
@@ -230,10 +235,16 @@ public struct MultiPaxosEngine: ReplicaEngine {
     return core.firstSlot - 1
   }
 
-  public func isProposal(_ ticket: Ticket, committedAs entry: PaxosEntry) -> Bool {
+  public func match(_ ticket: Ticket, committedAs entry: PaxosEntry) -> ProposalMatch {
     // The slot may have been chosen with another leader's proposal: then this one was not chosen at all (a
     // proposal only ever competes for its own slot).
-    entry.kind == ticket.kind && entry.data == ticket.data
+    guard entry.kind == ticket.kind && entry.data == ticket.data else { return .another }
+    // The same bytes in the ballot it was proposed in are this proposal (a ballot has one leader, which proposes
+    // one value per slot). In a later ballot they are this value taken over by a later leader, or another
+    // leader's value that happens to be byte for byte the same: a session registration carries nothing of its
+    // client, and two leaders stamping theirs in the same millisecond of log time propose identical entries.
+    // Taking those for this proposal handed two clients one session (paxos seed 41004590).
+    return entry.ballot == ticket.ballot ? .proposal : .sameValue
   }
 
   public var leader: NodeID? { core.leader }
