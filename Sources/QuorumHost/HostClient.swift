@@ -381,13 +381,10 @@ public actor HostClient {
           .consensus(.transferInProgress), .consensus(.leaseExpired):
           target = pick(from: candidates, avoiding: member, refused: refusedBy)
         case .consensus(.outcomeUnknown):
-          // With a session the retry is exactly-once; without one it could apply twice. A registration is
-          // asked again: a session it may have opened goes unused and expires.
-          if case .registerSession = request {
-          } else {
-            guard case .command(_, _, let id?, _) = request, id.session != 0 else {
-              throw QuorumClientError.outcomeUnknown
-            }
+          switch request {
+          case .command(_, _, let id?, _) where id.session != 0: break  // Under a session a retry applies once.
+          case .registerSession: break  // A session the registration may have opened goes unused and expires.
+          default: throw QuorumClientError.outcomeUnknown  // Without a session a retry could apply twice.
           }
           target = pick(from: candidates, avoiding: member, refused: refusedBy)
         case .notHosted(_, let members):

@@ -86,7 +86,6 @@ public struct ReplicaReady<Engine: ReplicaEngine>: Sendable {
   @inlinable public init(raw: Engine.Raw) { self.raw = raw }
 }
 
-/// Where a pending proposal sits in the log, and how to tell at apply time whether it is the entry there.
 /// Whether a committed entry is the proposal a pending request's ticket stood for.
 public enum ProposalMatch: Sendable, Equatable {
   /// It is: the request was committed at that position.
@@ -99,6 +98,7 @@ public enum ProposalMatch: Sendable, Equatable {
   case sameValue
 }
 
+/// Where a pending proposal sits in the log, and how to tell at apply time whether it is the entry there.
 public protocol ProposalTicket: Sendable {
   /// The log position (index or slot) the proposal was appended at.
   var index: UInt64 { get }
