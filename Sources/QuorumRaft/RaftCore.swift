@@ -687,9 +687,14 @@ public struct RaftCore: Sendable {
   }
 
   private mutating func handleVoteRequest(_ m: RequestVote, from: NodeID) {
+    // The window holds in this term too: a response from another node (a pre-vote refused by a candidate of the
+    // new term, say) can move this node into the candidate's term without a leader or a vote, and the leader it
+    // last heard may still count on it for its lease. Only a repeat of the vote already given, or a transfer's
+    // request, passes.
+    let withinWindow = vote != from && !m.transfer && refusesVotes
     let canVote =
       vote == from || (vote == .none && leader == nil) || (m.preVote && m.term > term)
-    if canVote && log.isUpToDate(lastIndex: m.lastLogIndex, lastTerm: m.lastLogTerm) {
+    if canVote && !withinWindow && log.isUpToDate(lastIndex: m.lastLogIndex, lastTerm: m.lastLogTerm) {
       // A granted pre-vote answers in the asked term so the pre-candidate can count it.
       send(from, .voteResponse(VoteResponse(term: m.term, granted: true, preVote: m.preVote)))
       if !m.preVote {

@@ -106,6 +106,30 @@ struct RaftLeaseWindowTests {
     #expect(granted12)
   }
 
+  @Test(
+    "a vote request in a term a response moved this node to is refused inside the window too (and a pre-vote request)"
+  )
+  func sameTermVoteInsideTheWindow() throws {
+    var follower = makeCore(2, peers: ids(5), options: try nodeOptions())
+    follower.advanceClock(to: 1_000 * ms)
+    follower.step(.heartbeat(Heartbeat(term: 4, commit: 0, round: 1)), from: 1)
+    _ = follower.readMessages()
+    follower.advanceClock(to: 1_010 * ms)
+    // Node 4, a candidate of term 5, refuses this node's pre-vote: the refusal moves it to term 5, no leader, no vote.
+    follower.step(.voteResponse(VoteResponse(term: 5, granted: false, preVote: true)), from: 4)
+    #expect(follower.term == 5 && follower.leader == nil)
+    // Node 3's request for term 5, delayed in the network, now arrives in this node's own term.
+    let granted13 = follower.grants(3, term: 5, preVote: false)
+    #expect(!granted13, "10 ms after leader 1's heartbeat: leader 1's lease still counts on this node")
+    let granted14 = follower.grants(3, term: 5, preVote: true)
+    #expect(!granted14, "a pre-vote in the window either")
+    follower.advanceClock(to: 1_150 * ms)
+    let granted15 = follower.grants(3, term: 5, preVote: false)
+    #expect(granted15, "the window has passed")
+    let granted16 = follower.grants(3, term: 5, preVote: false)
+    #expect(granted16, "a repeated request gets the vote already given")
+  }
+
   @Test("a higher-term heartbeat comes from that term's leader: it restarts the window")
   func higherTermLeaderRestartsTheWindow() throws {
     var follower = makeCore(2, peers: ids(3), options: try nodeOptions())
