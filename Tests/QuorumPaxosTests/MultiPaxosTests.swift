@@ -298,6 +298,50 @@ struct MultiPaxosPhase2Tests {
   }
 
   @Test(
+    "duplicated snapshot acknowledgements and a late duplicate of the first chunk neither multiply the chunk streams nor restart the transfer"
+  )
+  func duplicateSnapshotAcksDoNotMultiplyChunks() throws {
+    var options = MultiPaxosOptions.testing(3)
+    options.snapshotChunkBytes = 3
+    var c = PaxosCluster(3, options: options)
+    c.down = [3]
+    c.elect(1)
+    for i in 0..<6 { try c.propose("v\(i)", at: 1) }
+    let data = [UInt8](repeating: 7, count: 60)  // 20 chunks
+    var leader = c[1]
+    leader.takeSnapshot(at: 6, data: data, retainEntries: 0)
+    c[1] = leader
+    c.down = []
+    for _ in 0..<c.options.heartbeatTicks { c.nodes[1]?.tick() }
+    c.processAll()
+    var chunks = 0
+    var duplicatedAcks = 0
+    var firstChunk: PaxosMessage?
+    while !c.queue.isEmpty {
+      let (from, to, message) = c.queue.removeFirst()
+      var copies = 1
+      if case .snapshot(let chunk) = message {
+        chunks += 1
+        if chunk.offset == 0 { firstChunk = message }
+        if chunk.offset == 30, let firstChunk {
+          c.nodes[to]?.step(firstChunk, from: from)  // the network delivers the first chunk again, late
+          c.processAll()
+        }
+      }
+      if case .snapshotAck = message, duplicatedAcks < 3 {
+        duplicatedAcks += 1
+        copies = 2  // the network delivers this acknowledgement twice
+      }
+      for _ in 0..<copies {
+        c.nodes[to]?.step(message, from: from)
+        c.processAll()
+      }
+    }
+    #expect(c[3].snapshot?.data == data, "the transfer completed")
+    #expect(chunks <= 20 + duplicatedAcks + 1, "\(chunks) chunks sent for a 20-chunk snapshot")
+  }
+
+  @Test(
     "a chosen slot resent in a new ballot is acknowledged but not written again (found by the node simulation)"
   )
   func chosenSlotsAreNotRewritten() throws {

@@ -474,6 +474,7 @@ public struct MultiPaxosCore: Sendable {
   // A snapshot being received.
   private struct IncomingSnapshot: Sendable {
     var from: NodeID
+    var ballot: Ballot
     var index: Slot
     var membership: Membership
     var totalBytes: UInt64
@@ -1630,9 +1631,17 @@ public struct MultiPaxosCore: Sendable {
       ack(0, reject: true)
       return
     }
-    if m.offset == 0 {
+    // A chunk 0 of the transfer already under way (a duplicate, or the leader starting the same snapshot over)
+    // keeps what has arrived: the leader moves on from the offset acknowledged below.
+    if m.offset == 0,
+      incomingSnapshot.map({
+        $0.from != from || $0.ballot != m.ballot || $0.index != m.index || $0.totalBytes != m.totalBytes
+      }) ?? true
+    {
+      var data: [UInt8] = []
+      data.reserveCapacity(Int(m.totalBytes))  // At most maxSnapshotBytes (checked above).
       incomingSnapshot = IncomingSnapshot(
-        from: from, index: m.index, membership: m.membership, totalBytes: m.totalBytes, data: [])
+        from: from, ballot: m.ballot, index: m.index, membership: m.membership, totalBytes: m.totalBytes, data: data)
     }
     guard var incoming = incomingSnapshot, incoming.index == m.index, incoming.from == from,
       UInt64(incoming.data.count) == m.offset
@@ -1640,13 +1649,13 @@ public struct MultiPaxosCore: Sendable {
       ack(UInt64(incomingSnapshot.map { $0.index == m.index ? $0.data.count : 0 } ?? 0), reject: false)
       return
     }
+    incomingSnapshot = nil  // The only reference to the buffer: appending does not copy what has arrived.
     incoming.data.append(contentsOf: m.chunk)
     if UInt64(incoming.data.count) < incoming.totalBytes {
       incomingSnapshot = incoming
       ack(UInt64(incoming.data.count), reject: false)
       return
     }
-    incomingSnapshot = nil
     let configuration = incoming.membership.allMembers.isEmpty ? nil : incoming.membership
     let snapshot = PaxosSnapshot(index: incoming.index, membership: configuration, data: incoming.data)
     log.install(snapshot)
@@ -1694,6 +1703,13 @@ public struct MultiPaxosCore: Sendable {
       }
       peers[from] = peer
       sendAccepts(to: from)
+      return
+    }
+    // One chunk at a time: follow the replica's progress, or its restart from 0. A duplicated or late
+    // acknowledgement would otherwise start another chain of chunks lasting until the transfer ends; a lost
+    // chunk is resent by the stall timer.
+    guard m.nextOffset > peer.snapshotOffset || (m.nextOffset == 0 && peer.snapshotOffset > 0) else {
+      peers[from] = peer
       return
     }
     peer.snapshotOffset = m.nextOffset
