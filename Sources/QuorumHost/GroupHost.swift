@@ -496,7 +496,8 @@ public final class GroupHost: Sendable {
         }
         let records = try await notifications.wait(
           group: id, service: service, key: key, after: after,
-          timeout: .milliseconds(Int64(clamping: min(timeout, Self.maxWatchMillis))), clock: runtime.clock)
+          timeout: .milliseconds(Int64(clamping: min(timeout, Self.maxWatchMillis))), clock: runtime.clock,
+          principal: principal)
         return .notifications(records.map(\.payload), index: records.last?.index ?? after)
       }
     } catch {

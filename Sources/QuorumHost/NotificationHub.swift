@@ -78,6 +78,8 @@ public final class NotificationHub: Sendable {
     var nextWaiter: UInt64 = 0
     /// Waits begun and not yet ended (registered or not): at most ``NotificationHub/maxWaits``.
     var waits = 0
+    /// The waits under way of each authenticated principal: at most ``NotificationHub/maxWaitsPerPrincipal``.
+    var waitsByPrincipal: [String: Int] = [:]
 
     mutating func register(_ id: UInt64, _ waiter: Waiter) {
       waiters[id] = waiter
@@ -98,12 +100,17 @@ public final class NotificationHub: Sendable {
   public let capacity: Int
   /// The most waits at once; past it a wait is refused (``QuorumCore/ConsensusError/overloaded(limit:)``).
   public let maxWaits: Int
+  /// The most waits one authenticated principal may have under way at once, so that one client cannot take every
+  /// slot and leave the others' lock waits refused. Unauthenticated waits count only against ``maxWaits``:
+  /// nothing tells their owners apart.
+  public let maxWaitsPerPrincipal: Int
 
   /// Creates a hub keeping the newest `capacity` notifications of each group, with at most `maxWaits` waits at
-  /// once.
-  public init(capacity: Int = 4096, maxWaits: Int = 65_536) {
+  /// once, and at most `maxWaitsPerPrincipal` (an eighth of `maxWaits` by default) of one principal.
+  public init(capacity: Int = 4096, maxWaits: Int = 65_536, maxWaitsPerPrincipal: Int? = nil) {
     self.capacity = max(1, capacity)
     self.maxWaits = max(1, maxWaits)
+    self.maxWaitsPerPrincipal = max(1, min(self.maxWaits, maxWaitsPerPrincipal ?? self.maxWaits / 8))
   }
 
   /// The waits under way (begun and not yet ended).
@@ -134,23 +141,35 @@ public final class NotificationHub: Sendable {
 
   /// The notifications of `service` in `group` with `key` produced after position `after`: those the hub already
   /// holds at once, otherwise the next ones to come, or none after `timeout` of `clock`'s time.
-  /// - Throws: ``QuorumCore/ConsensusError/overloaded(limit:)`` when ``maxWaits`` waits are already under way.
+  /// - Throws: ``QuorumCore/ConsensusError/overloaded(limit:)`` when ``maxWaits`` waits are already under way, or
+  ///   ``maxWaitsPerPrincipal`` of `principal`'s (the limit named is the one reached).
   public func wait(
-    group: GroupID, service: String, key: String, after: UInt64, timeout: Duration, clock: any NodeClock
+    group: GroupID, service: String, key: String, after: UInt64, timeout: Duration, clock: any NodeClock,
+    principal: String? = nil
   ) async throws(ConsensusError) -> [Record] {
-    let id = state.withLock { s -> UInt64? in
-      guard s.waits < maxWaits else { return nil }
+    let begun = state.withLock { s -> Result<UInt64, ConsensusError> in
+      guard s.waits < maxWaits else { return .failure(.overloaded(limit: maxWaits)) }
+      if let principal {
+        guard s.waitsByPrincipal[principal, default: 0] < maxWaitsPerPrincipal else {
+          return .failure(.overloaded(limit: maxWaitsPerPrincipal))
+        }
+        s.waitsByPrincipal[principal, default: 0] += 1
+      }
       s.waits += 1
       s.nextWaiter += 1
-      return s.nextWaiter
+      return .success(s.nextWaiter)
     }
-    guard let id else { throw .overloaded(limit: maxWaits) }
+    let id = try begun.get()
     // The two tasks below race: the timeout may fire before the wait has registered. Whichever comes second
     // sees what the first left (a registered waiter, or the mark of a timeout), so the wait always ends.
     defer {
       state.withLock { s in
         _ = s.timedOut.remove(id)
         s.waits -= 1
+        if let principal {
+          let left = s.waitsByPrincipal[principal, default: 1] - 1
+          s.waitsByPrincipal[principal] = left > 0 ? left : nil
+        }
       }
     }
     return await withTaskGroup(of: [Record]?.self) { tasks in

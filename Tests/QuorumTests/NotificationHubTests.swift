@@ -60,6 +60,39 @@ struct NotificationHubBoundTests {
   }
 }
 
+@Suite("NotificationHub shares its waits among principals")
+struct NotificationHubShareTests {
+  @Test("one principal's waits stop at its share; another's and unauthenticated ones still begin")
+  func perPrincipalShare() async throws {
+    let hub = NotificationHub(maxWaits: 6, maxWaitsPerPrincipal: 2)
+    let clock = SystemClock()
+    func wait(_ key: String, as principal: String?) -> Task<[NotificationHub.Record], any Error> {
+      Task {
+        try await hub.wait(
+          group: .default, service: "locks", key: key, after: 0, timeout: .seconds(60), clock: clock,
+          principal: principal)
+      }
+    }
+    let mallory = [wait("m0", as: "mallory"), wait("m1", as: "mallory")]
+    _ = try await awaitValue("mallory's two waits under way") { hub.waitsUnderWay == 2 ? true : nil }
+    await #expect(throws: ConsensusError.overloaded(limit: 2)) {
+      try await hub.wait(
+        group: .default, service: "locks", key: "m2", after: 0, timeout: .zero, clock: clock, principal: "mallory")
+    }
+    let others = [wait("a", as: "alice"), wait("x", as: nil)]
+    _ = try await awaitValue("alice's and an unauthenticated wait under way") { hub.waitsUnderWay == 4 ? true : nil }
+    // An ended wait gives its principal's slot back.
+    hub.publish(
+      group: .default, index: 1, [ServiceNotification(service: "locks", payload: [1], keys: ["m0", "a", "x"])])
+    #expect(try await mallory[0].value.map(\.index) == [1])
+    for wait in others { #expect(try await wait.value.map(\.index) == [1]) }
+    let again = wait("m0", as: "mallory")
+    #expect(try await again.value.map(\.index) == [1], "its first wait ended: mallory may wait again")
+    hub.publish(group: .default, index: 2, [ServiceNotification(service: "locks", payload: [2], keys: ["m1"])])
+    #expect(try await mallory[1].value.map(\.index) == [2])
+  }
+}
+
 /// A clock whose timers have always already fired: a wait's timeout can come before the wait has registered.
 struct ExpiredClock: NodeClock {
   func monotonicNanos() -> UInt64 { 0 }
