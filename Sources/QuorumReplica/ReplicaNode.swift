@@ -133,15 +133,19 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     @usableFromInline var continuation: Completion<ReadAnswer>
     @usableFromInline var index: UInt64
     @usableFromInline var deadline: UInt64
+    /// A `session` or `stale` read, waiting only for this replica to apply `index`: leadership does not matter.
+    @usableFromInline var isLocal: Bool
 
     @inlinable init(
-      id: UInt64, query: Machine.Query, continuation: Completion<ReadAnswer>, index: UInt64, deadline: UInt64
+      id: UInt64, query: Machine.Query, continuation: Completion<ReadAnswer>, index: UInt64, deadline: UInt64,
+      isLocal: Bool = false
     ) {
       self.id = id
       self.query = query
       self.continuation = continuation
       self.index = index
       self.deadline = deadline
+      self.isLocal = isLocal
     }
   }
 
@@ -602,7 +606,8 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       } else {
         // This replica has not applied what the client already saw elsewhere: wait until it has.
         waitingReads.append(
-          PendingRead(id: requestID, query: query, continuation: continuation, index: atLeast, deadline: deadline))
+          PendingRead(
+            id: requestID, query: query, continuation: continuation, index: atLeast, deadline: deadline, isLocal: true))
       }
     case .lease, .linearizable:
       guard pendingCount < configuration.maxPendingRequests else {
@@ -900,9 +905,10 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       timeAdvanceIndex = nil
       syncLogClock(now: runtime.clock.monotonicNanos())
       if !leading {
-        // A deposed leader's waiting lease reads can no longer be answered safely.
-        let failed = waitingReads
-        waitingReads = []
+        // A deposed leader's waiting lease reads can no longer be answered safely. Session and stale reads wait
+        // on: they only need this replica to catch up.
+        let failed = waitingReads.filter { !$0.isLocal }
+        waitingReads.removeAll { !$0.isLocal }
         for read in failed where read.index > applied {
           read.continuation.resume(throwing: ConsensusError.notLeader(hint: leader))
         }

@@ -77,8 +77,9 @@ public struct RaftSimulationOptions: Sendable {
   public var retainEntries = 4
   /// A client retries a request that got no answer for this long.
   public var requestTimeout = VirtualDuration.milliseconds(400)
-  /// The consistency levels clients read at (each read picks one at random). Stale reads are not recorded
-  /// in the history: they are allowed to be stale.
+  /// The consistency levels clients read at (each read picks one at random). Every read is recorded and checked
+  /// as linearizable, so only `.linearizable` and `.lease` belong here: session and stale reads are checked by the
+  /// node-level simulation, against a reference replica at the position they report.
   public var readConsistencies: [ReadConsistency] = [.linearizable, .lease]
   /// The faults the nemesis may choose from.
   public var nemesis = Set(NemesisAction.allCases)

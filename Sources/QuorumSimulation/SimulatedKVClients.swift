@@ -193,7 +193,9 @@ struct SimulatedKVClients {
       let output: KVOutput
       switch (input, response) {
       case (.compareAndSwap, .swapped(let swapped, _)): output = .swapped(swapped)
-      case (.put, .done), (.delete, .done): output = .ok
+      // The value replaced is checked: a write applied twice would report its own value.
+      case (.put, .done(let previous)), (.delete, .done(let previous)):
+        output = .previous(previous.map { String(decoding: $0, as: UTF8.self) })
       default:
         output = .ok
       }

@@ -50,6 +50,33 @@ struct RaftNodeTests {
     }
   }
 
+  @Test("a session read waiting for a position on a leader that is deposed waits on, and is answered once applied")
+  func sessionReadSurvivesDeposition() async throws {
+    try await withLiveCluster(try LiveCluster.fast(members: [1, 2, 3]), start: [1, 2, 3]) { cluster in
+      let written = try await withLeader(cluster) {
+        try await $0.propose(.put(key: "k", value: [1]), request: nil, acknowledgedThrough: 0, indexed: ())
+      }
+      let old = try await cluster.leader()
+      // A client that has seen three entries more than anyone has written yet.
+      let waiting = Task { try await old.node.read(.get(key: "k"), consistency: .session, atLeast: written.index + 3) }
+      let target = try await cluster.node(otherThan: old.id).id
+      try await eventually("leadership to move to \(target)") {
+        do {
+          try await old.node.transferLeadership(to: target)
+        } catch {
+          return false
+        }
+        return try await cluster.leader().id == target
+      }
+      for i in 2...4 {
+        _ = try await withLeader(cluster) { try await $0.propose(.put(key: "k", value: [UInt8(i)])) }
+      }
+      let answer = try await waiting.value
+      #expect(answer.index >= written.index + 3, "answered from position \(answer.index)")
+      #expect(answer.value != .value(nil) && answer.value != .value([1]), "answered \(answer.value)")
+    }
+  }
+
   @Test("when the leader fails, another is elected and no acknowledged write is lost")
   func failover() async throws {
     try await withLiveCluster(try LiveCluster.fast(members: [1, 2, 3]), start: [1, 2, 3]) { cluster in
