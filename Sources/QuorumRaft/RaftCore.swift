@@ -305,6 +305,10 @@ public struct RaftCore: Sendable {
   private var needsReadRound = false
   private var pendingReads = FIFOQueue<PendingRead>()
   private var readsAwaitingCommit: [UInt64] = []
+  /// The most reads a leader keeps waiting for confirmation; past it the oldest is reported failed.
+  static let maxUnconfirmedReads = 65_536
+  /// The reads waiting for confirmation (at most ``maxUnconfirmedReads``).
+  var unconfirmedReads: Int { pendingReads.count + readsAwaitingCommit.count }
   private var roundSentAt = FIFOQueue<(round: UInt64, at: UInt64)>()
   private var leaseStart: UInt64?
   /// A transfer was started in this term: its TimeoutNow may still arrive (the network may delay it without
@@ -1324,6 +1328,15 @@ public struct RaftCore: Sendable {
   public mutating func requestRead(id readID: UInt64) throws(RaftRequestError) {
     guard role == .leader else { throw .notLeader(hint: leader) }
     noteActivity()
+    if unconfirmedReads >= Self.maxUnconfirmedReads {
+      // The shell gives up on a read at its deadline without telling the core; a leader that hears from no quorum
+      // and never steps down (check-quorum off) would keep every such id. The oldest goes, reported failed.
+      if readsAwaitingCommit.isEmpty {
+        if let oldest = pendingReads.popFirst() { failedReads.append(oldest.id) }
+      } else {
+        failedReads.append(readsAwaitingCommit.removeFirst())
+      }
+    }
     if !hasCommittedInCurrentTerm {
       readsAwaitingCommit.append(readID)
       return

@@ -468,6 +468,10 @@ public struct MultiPaxosCore: Sendable {
   private var needsReadRound = false
   private var pendingReads = FIFOQueue<PendingRead>()
   private var readsAwaitingRecovery: [UInt64] = []
+  /// The most reads a leader keeps waiting for confirmation; past it the oldest is reported failed.
+  static let maxUnconfirmedReads = 65_536
+  /// The reads waiting for confirmation (at most ``maxUnconfirmedReads``).
+  var unconfirmedReads: Int { pendingReads.count + readsAwaitingRecovery.count }
   private var roundSentAt = FIFOQueue<(round: UInt64, at: UInt64)>()
   private var leaseStart: UInt64?
 
@@ -1821,6 +1825,15 @@ public struct MultiPaxosCore: Sendable {
   public mutating func requestRead(id readID: UInt64) throws(PaxosRequestError) {
     guard role == .leader else { throw .notLeader(hint: leader) }
     noteActivity()
+    if unconfirmedReads >= Self.maxUnconfirmedReads {
+      // The shell gives up on a read at its deadline without telling the core; a leader that hears from no quorum
+      // for long would keep every such id. The oldest goes, reported failed.
+      if readsAwaitingRecovery.isEmpty {
+        if let oldest = pendingReads.popFirst() { failedReads.append(oldest.id) }
+      } else {
+        failedReads.append(readsAwaitingRecovery.removeFirst())
+      }
+    }
     guard isRecovered else {
       readsAwaitingRecovery.append(readID)
       return
