@@ -157,7 +157,8 @@ public enum StorageError: Error, Sendable, Equatable, CustomStringConvertible {
   case closed
   /// Another process holds the data directory.
   case directoryLocked(path: String)
-  /// A file was written in a format version this build does not read, or with another ``LogWriteMode``.
+  /// A file was written in a format version this build does not read, with another ``LogWriteMode``, or with
+  /// records larger than the `maxRecordBytes` it is opened with (raise the limit to read them).
   case incompatible(file: String, reason: String)
   /// Opening a file failed because the process (`EMFILE`) or the system (`ENFILE`) has no file descriptor left,
   /// even after waiting a little. Nothing is wrong with the disk, and nothing was half written: the storage

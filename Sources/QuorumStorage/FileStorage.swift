@@ -130,7 +130,9 @@ public final class FileStorage<Entry: StorableEntry>: ConsensusStorage {
   ///     snapshots, compaction) are not synced either, so a machine crash may leave a log that does not
   ///     recover.
   ///   - segmentBytes: Segment size; at least 4 KiB.
-  ///   - maxRecordBytes: The largest record payload accepted, and the largest believed during recovery.
+  ///   - maxRecordBytes: The largest record payload accepted, and the largest read back during recovery: a
+  ///     record written under a larger limit makes recovery throw ``StorageError/incompatible(file:reason:)``
+  ///     (it is never taken for damage), so lower the limit only for a new directory.
   ///   - preallocation: How segments reserve space.
   ///   - logger: Where recovery reports and failures go.
   public init(

@@ -212,8 +212,12 @@ enum WALFormat {
 
   /// Reads the record at `offset` of `raw`. `lastNonZero` is the offset of the last non-zero byte of `raw`
   /// (-1 if none).
+  ///
+  /// A record's length is bounded only by the bytes present, not by the configured `maxRecordBytes`: a record
+  /// written under a larger limit is still a valid record (its CRC says so), and the reader refuses it as such
+  /// (``WALCursor``) rather than take it for damage and cut it off as a torn tail.
   @inline(__always)
-  static func step(_ raw: UnsafeRawBufferPointer, at offset: Int, lastNonZero: Int, maxRecordBytes: Int) -> Step {
+  static func step(_ raw: UnsafeRawBufferPointer, at offset: Int, lastNonZero: Int) -> Step {
     if offset > lastNonZero { return .end }
     let available = raw.count - offset
     if available < headerBytes { return .bad("partial record header (\(available) of \(headerBytes) bytes)") }
@@ -221,7 +225,6 @@ enum WALFormat {
     let length = Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self)))
     let type = raw[offset + 8]
     if type == 0 { return .bad("record type 0 (zeros followed by non-zero bytes)") }
-    if length > maxRecordBytes { return .bad("record length \(length) exceeds the limit of \(maxRecordBytes)") }
     if length > available - headerBytes {
       return .bad("partial record: \(length) payload bytes declared, \(available - headerBytes) present")
     }
@@ -245,13 +248,13 @@ enum WALFormat {
   /// The offset of the first valid record that starts after `offset`, if any (of type `type` only, when given).
   /// Used to tell a torn tail (nothing valid follows the damage) from damage in the middle of the log.
   static func nextValidRecord(
-    _ raw: UnsafeRawBufferPointer, after offset: Int, lastNonZero: Int, maxRecordBytes: Int, type: UInt8? = nil
+    _ raw: UnsafeRawBufferPointer, after offset: Int, lastNonZero: Int, type: UInt8? = nil
   ) -> Int? {
     // A record's type byte is non-zero, so a record can only start at or before lastNonZero - 8.
     var candidate = offset + 1
     while candidate + 8 <= lastNonZero {
       if raw[candidate + 8] != 0, type == nil || raw[candidate + 8] == type,
-        case .record = step(raw, at: candidate, lastNonZero: lastNonZero, maxRecordBytes: maxRecordBytes)
+        case .record = step(raw, at: candidate, lastNonZero: lastNonZero)
       {
         return candidate
       }

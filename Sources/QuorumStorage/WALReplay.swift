@@ -207,7 +207,8 @@ struct WALReplay<Entry: StorableEntry>: ~Copyable {
 
 /// Walks the records of a segment (or of a shared log's group record) in order, telling a torn tail from
 /// corruption: damage followed by nothing valid, at the end of the last segment, is a torn tail (``damage``);
-/// any other damage throws ``StorageError/corruptRecord(file:offset:reason:)``.
+/// any other damage throws ``StorageError/corruptRecord(file:offset:reason:)``. A valid record larger than
+/// `maxRecordBytes` throws ``StorageError/incompatible(file:reason:)``.
 struct WALCursor {
   let raw: UnsafeRawBufferPointer
   let path: String
@@ -241,7 +242,7 @@ struct WALCursor {
   /// The next valid record: its type, its payload's range in `raw` and its file offset. `nil` at the clean
   /// end or at a torn tail (then ``damage`` says where).
   mutating func next() throws(StorageError) -> (type: UInt8, payload: Range<Int>, offset: Int)? {
-    switch WALFormat.step(raw, at: offset, lastNonZero: lastNonZero, maxRecordBytes: maxRecordBytes) {
+    switch WALFormat.step(raw, at: offset, lastNonZero: lastNonZero) {
     case .end:
       return nil
     case .bad(let reason):
@@ -250,15 +251,23 @@ struct WALCursor {
           file: path, offset: baseOffset + offset,
           reason: reason + (baseOffset > 0 ? " (inside a group record)" : " (not the last segment)"))
       }
-      if let next = WALFormat.nextValidRecord(
-        raw, after: offset, lastNonZero: lastNonZero, maxRecordBytes: maxRecordBytes, type: laterRecordType)
-      {
+      if let next = WALFormat.nextValidRecord(raw, after: offset, lastNonZero: lastNonZero, type: laterRecordType) {
         throw .corruptRecord(
           file: path, offset: baseOffset + offset, reason: reason + "; a valid record follows at byte \(next)")
       }
       damage = WALDamage(end: lastNonZero + 1, bytes: lastNonZero + 1 - offset, reason: reason)
       return nil
     case .record(let type, let payload):
+      // A valid record over the limit was written under a larger one (the limit was lowered between runs): it
+      // may hold an acknowledged entry, so it is neither damage to cut nor a record to believe silently.
+      if payload.count > maxRecordBytes {
+        throw .incompatible(
+          file: path,
+          reason:
+            "the record at byte \(baseOffset + offset) holds \(payload.count) bytes, over maxRecordBytes "
+            + "(\(maxRecordBytes)); it was written under a larger limit: reopen with maxRecordBytes of at least "
+            + "\(payload.count)")
+      }
       let start = offset
       offset = payload.upperBound
       return (type, payload, baseOffset + start)

@@ -424,6 +424,39 @@ struct FileStorageRecoveryTests {
     }
   }
 
+  /// An acknowledged record written under a larger `maxRecordBytes` is the last of the log; reopening with a
+  /// smaller limit must refuse it as such, not take it for a torn tail and cut it off.
+  @Test(arguments: [WALPreallocation.none, .zeroFilled])
+  func aRecordOverALoweredLimitIsRefusedNotCut(_ preallocation: WALPreallocation) async throws {
+    try await withTemporaryDirectory { directory in
+      let big = TestEntry(3, payload: (0..<(2 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) })
+      let storage = makeStorage(directory, segmentBytes: 1 << 16, preallocation: preallocation, maxRecordBytes: 4 << 20)
+      _ = try await storage.recover()
+      try await storage.write(StorageWrite(hardState: hardState("hs"), entries: entries(1...2)))
+      try await storage.write(StorageWrite(entries: [big]))
+      try await storage.close()
+      let segment = try #require(try segmentFiles(directory).last)
+      let pristine = try readFile(segment)
+
+      let lowered = makeStorage(directory, segmentBytes: 1 << 16, preallocation: preallocation, maxRecordBytes: 1 << 20)
+      let error = await #expect(throws: StorageError.self) { _ = try await lowered.recover() }
+      guard case .incompatible(let file, let reason) = error else {
+        Issue.record("expected incompatible, got \(String(describing: error))")
+        return
+      }
+      #expect(file == segment)
+      #expect(reason.contains("\(1 << 20)") && reason.contains("at least"), "\(reason)")
+      try await lowered.close()
+      #expect(try readFile(segment) == pristine, "the segment is left as it was")
+
+      let raised = makeStorage(directory, segmentBytes: 1 << 16, preallocation: preallocation, maxRecordBytes: 4 << 20)
+      let state = try await raised.recover()
+      #expect(state.entries == entries(1...2) + [big])
+      #expect(state.report.truncatedTailBytes == 0)
+      try await raised.close()
+    }
+  }
+
   @Test func aGapBetweenEntriesIsCorruption() async throws {
     try await withTemporaryDirectory { directory in
       try await writeOneByOne(directory, count: 5, preallocation: .none)

@@ -102,7 +102,7 @@ struct LogModelTests {
       let lastNonZero = WALFormat.lastNonZeroOffset(raw)
       var offset = 0
       while true {
-        switch WALFormat.step(raw, at: offset, lastNonZero: lastNonZero, maxRecordBytes: 1000) {
+        switch WALFormat.step(raw, at: offset, lastNonZero: lastNonZero) {
         case .record(let type, let payload):
           types.append(type)
           offset = payload.upperBound
