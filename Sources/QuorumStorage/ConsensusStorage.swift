@@ -83,6 +83,9 @@ public struct RecoveryReport: Sendable, Equatable, CustomStringConvertible {
   /// Snapshot files found damaged and set aside (renamed with a `.corrupt` suffix) because an older valid
   /// snapshot plus the log still covered everything; each is "path: reason".
   public var rejectedSnapshots: [String] = []
+  /// Bytes checksummed while making sure that nothing valid follows a torn tail (for tests: the search must
+  /// stay within a small multiple of the segment's size).
+  var damageScanBytes = 0
 
   /// Creates an empty report.
   public init() {}

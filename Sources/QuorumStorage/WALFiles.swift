@@ -63,6 +63,7 @@ enum WALFiles {
   ) throws(StorageError) -> PosixFile? {
     if let damage = tail.damage {
       report.truncatedTailBytes = damage.bytes
+      report.damageScanBytes = damage.scannedBytes
       report.truncatedFile = tail.path
       report.truncatedOffset = tail.validEnd
       report.truncatedAt = "\(tail.path) at byte \(tail.validEnd)"

@@ -245,21 +245,149 @@ enum WALFormat {
     return end - 1
   }
 
-  /// The offset of the first valid record that starts after `offset`, if any (of type `type` only, when given).
-  /// Used to tell a torn tail (nothing valid follows the damage) from damage in the middle of the log.
+  /// What a search for a valid record after damage found (``nextValidRecord(_:after:lastNonZero:type:budget:work:)``).
+  enum LaterRecord: Equatable {
+    /// A valid record starts at this offset.
+    case at(Int)
+    /// No valid record starts after the damage.
+    case none
+    /// The search ran out of its budget before it could tell.
+    case undecided
+  }
+
+  /// The checksum work a search after damage may do in a file of `size` bytes before it gives up: one pass
+  /// over the file, and a little for each candidate, fit well within it.
+  static func scanBudget(forFileOf size: Int) -> Int { 4 * size + (4 << 20) }
+
+  /// Looks for the first valid record that starts after `offset` (of type `type` only, when given; otherwise of
+  /// any known type). Used to tell a torn tail (nothing valid follows the damage) from damage in the middle of
+  /// the log. Adds the bytes checksummed to `work`.
+  ///
+  /// Damage may be megabytes of high-entropy bytes (a torn record of incompressible data), and every offset
+  /// there holding a known type byte and a length that fits is a candidate. Checksumming each candidate's
+  /// span would cost the number of candidates times their length (hundreds of GiB for a few MiB of damage in
+  /// a 64 MiB segment), so the search checksums the rest of the file once, keeping the running checksum at
+  /// every ``RecordSpans/stride`` bytes, and derives each candidate's checksum from those in a few hundred
+  /// bytes of work (``RecordSpans``). Past `budget` bytes of checksum work it answers
+  /// ``LaterRecord/undecided``, which the caller must treat as corruption: keeping damage is recoverable,
+  /// cutting a valid record is not.
   static func nextValidRecord(
-    _ raw: UnsafeRawBufferPointer, after offset: Int, lastNonZero: Int, type: UInt8? = nil
-  ) -> Int? {
+    _ raw: UnsafeRawBufferPointer, after offset: Int, lastNonZero: Int, type: UInt8? = nil, budget: Int? = nil,
+    work: inout Int
+  ) -> LaterRecord {
+    let budget = budget ?? scanBudget(forFileOf: raw.count)
+    var spans: RecordSpans?
     // A record's type byte is non-zero, so a record can only start at or before lastNonZero - 8.
     var candidate = offset + 1
     while candidate + 8 <= lastNonZero {
-      if raw[candidate + 8] != 0, type == nil || raw[candidate + 8] == type,
-        case .record = step(raw, at: candidate, lastNonZero: lastNonZero)
-      {
-        return candidate
+      let candidateType = raw[candidate + 8]
+      if let type, candidateType != type {
+        candidate += 1
+        continue
+      }
+      if type == nil && WALRecordType(rawValue: candidateType) == nil {
+        candidate += 1
+        continue
+      }
+      let length = Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: candidate + 4, as: UInt32.self)))
+      if length <= raw.count - candidate - headerBytes {
+        if spans == nil { spans = RecordSpans(raw, from: offset + 1, work: &work) }
+        if work > budget { return .undecided }
+        let stored = UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: candidate, as: UInt32.self))
+        // `spans` was set just above.
+        if spans?.checksum(of: (candidate + 4)..<(candidate + headerBytes + length), work: &work) == stored {
+          return .at(candidate)
+        }
       }
       candidate += 1
     }
-    return nil
+    return .none
   }
+}
+
+/// The CRC-32C of any span of a buffer's tail in bounded work: the running checksum is kept every ``stride``
+/// bytes from a base, so the checksum of the bytes before any offset costs at most ``stride`` bytes, and that
+/// of a span follows from the two at its ends (CRC-32C is linear: crc(A + B) = crc(A) · x^(8|B|) + crc(B)).
+struct RecordSpans {
+  /// Bytes between kept checksums.
+  static let stride = 256
+  private let raw: UnsafeRawBufferPointer
+  private let base: Int
+  /// `prefixes[k]` is the checksum of `raw[base ..< base + k * stride]`.
+  private var prefixes: [UInt32] = []
+
+  /// Checksums `raw[base...]` once (adding its length to `work`).
+  init(_ raw: UnsafeRawBufferPointer, from base: Int, work: inout Int) {
+    self.raw = raw
+    self.base = base
+    prefixes.reserveCapacity((raw.count - base) / Self.stride + 1)
+    var crc: UInt32 = 0
+    var start = base
+    prefixes.append(crc)
+    while start + Self.stride <= raw.count {
+      crc = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[start..<(start + Self.stride)]), continuing: crc)
+      prefixes.append(crc)
+      start += Self.stride
+    }
+    work += start - base
+  }
+
+  /// The checksum of `raw[base ..< end]`.
+  private func prefix(_ end: Int, work: inout Int) -> UInt32 {
+    let slot = (end - base) / Self.stride
+    let start = base + slot * Self.stride
+    work += end - start
+    return CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[start..<end]), continuing: prefixes[slot])
+  }
+
+  /// The checksum of `raw[span]`; `span` lies within `raw[base...]`.
+  func checksum(of span: Range<Int>, work: inout Int) -> UInt32 {
+    let before = prefix(span.lowerBound, work: &work)
+    let through = prefix(span.upperBound, work: &work)
+    return through ^ CRC32CShift.shift(before, bytes: span.count)
+  }
+}
+
+/// CRC-32C arithmetic modulo its polynomial (bit-reflected, as the checksum is), after zlib's `crc32_combine`.
+enum CRC32CShift {
+  private static let polynomial: UInt32 = 0x82F6_3B78
+
+  /// x^(2^k) modulo the polynomial, k in 0..<64.
+  private static let powers: [UInt32] = {
+    var table: [UInt32] = []
+    var power: UInt32 = 1 << 30  // x^1
+    for _ in 0..<64 {
+      table.append(power)
+      power = multiply(power, power)
+    }
+    return table
+  }()
+
+  /// `a · b` modulo the polynomial.
+  static func multiply(_ a: UInt32, _ b: UInt32) -> UInt32 {
+    var product: UInt32 = 0
+    var b = b
+    var bit: UInt32 = 1 << 31  // x^0
+    while bit != 0 {
+      if a & bit != 0 { product ^= b }
+      b = b & 1 != 0 ? (b >> 1) ^ polynomial : b >> 1
+      bit >>= 1
+    }
+    return product
+  }
+
+  /// The checksum `crc` of some bytes, as it contributes to the checksum of those bytes followed by `bytes`
+  /// more: crc(A + B) = shift(crc(A), |B|) ^ crc(B).
+  static func shift(_ crc: UInt32, bytes: Int) -> UInt32 {
+    var factor: UInt32 = 1 << 31  // x^0
+    var remaining = UInt64(bytes) * 8
+    var k = 0
+    while remaining != 0 {
+      if remaining & 1 != 0 { factor = multiply(powers[k], factor) }
+      remaining >>= 1
+      k += 1
+    }
+    return multiply(factor, crc)
+  }
+
 }

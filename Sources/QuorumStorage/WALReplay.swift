@@ -251,12 +251,21 @@ struct WALCursor {
           file: path, offset: baseOffset + offset,
           reason: reason + (baseOffset > 0 ? " (inside a group record)" : " (not the last segment)"))
       }
-      if let next = WALFormat.nextValidRecord(raw, after: offset, lastNonZero: lastNonZero, type: laterRecordType) {
+      var work = 0
+      switch WALFormat.nextValidRecord(raw, after: offset, lastNonZero: lastNonZero, type: laterRecordType, work: &work)
+      {
+      case .at(let next):
         throw .corruptRecord(
           file: path, offset: baseOffset + offset, reason: reason + "; a valid record follows at byte \(next)")
+      case .undecided:
+        throw .corruptRecord(
+          file: path, offset: baseOffset + offset,
+          reason: reason + "; whether a valid record follows could not be settled within \(work) bytes of checksums")
+      case .none:
+        damage = WALDamage(
+          end: lastNonZero + 1, bytes: lastNonZero + 1 - offset, reason: reason, scannedBytes: work)
+        return nil
       }
-      damage = WALDamage(end: lastNonZero + 1, bytes: lastNonZero + 1 - offset, reason: reason)
-      return nil
     case .record(let type, let payload):
       // A valid record over the limit was written under a larger one (the limit was lowered between runs): it
       // may hold an acknowledged entry, so it is neither damage to cut nor a record to believe silently.
@@ -283,6 +292,8 @@ struct WALDamage {
   var bytes: Int
   /// Why the first damaged record was rejected.
   var reason: String
+  /// Bytes checksummed to make sure no valid record follows the damage.
+  var scannedBytes = 0
 }
 
 /// The last segment of a log: where its valid records end, and any damage after them.

@@ -457,6 +457,42 @@ struct FileStorageRecoveryTests {
     }
   }
 
+  /// A torn record of a few MiB of incompressible bytes in a large zero-filled segment: each offset there with
+  /// a known type byte and a length that fits is a candidate record after the damage. Recovery must still cut
+  /// it as a torn tail, checksumming the segment about once rather than every candidate's span.
+  @Test func aTornRecordOfRandomBytesIsCutInBoundedWork() async throws {
+    try await withTemporaryDirectory { directory in
+      let segmentBytes = 16 << 20
+      var random = SeededRandom(seed: 51)
+      let payload = (0..<(3 << 20)).map { _ in UInt8.random(in: 0...255, using: &random) }
+      let storage = makeStorage(
+        directory, segmentBytes: segmentBytes, preallocation: .zeroFilled, maxRecordBytes: 8 << 20)
+      _ = try await storage.recover()
+      try await storage.write(StorageWrite(hardState: hardState("hs"), entries: entries(1...2)))
+      try await storage.write(StorageWrite(entries: [TestEntry(3, payload: payload)]))
+      try await storage.close()
+      let segment = try #require(try segmentFiles(directory).last)
+      var bytes = try readFile(segment)
+      #expect(bytes.count == segmentBytes)
+      let (starts, end) = recordOffsets(bytes)
+      let last = try #require(starts.last)
+      for offset in (end - (1 << 20))..<end { bytes[offset] = 0 }  // the last MiB never reached the disk
+      try writeFile(segment, bytes)
+
+      let reopened = makeStorage(
+        directory, segmentBytes: segmentBytes, preallocation: .zeroFilled, maxRecordBytes: 8 << 20)
+      let state = try await reopened.recover()
+      #expect(state.entries == entries(1...2))
+      #expect(state.hardState == hardState("hs"))
+      #expect(state.report.truncatedOffset == last)
+      #expect(state.report.damageScanBytes > 0)
+      #expect(
+        state.report.damageScanBytes <= 2 * segmentBytes,
+        "checksummed \(state.report.damageScanBytes) bytes looking past the damage")
+      try await reopened.close()
+    }
+  }
+
   @Test func aGapBetweenEntriesIsCorruption() async throws {
     try await withTemporaryDirectory { directory in
       try await writeOneByOne(directory, count: 5, preallocation: .none)

@@ -118,4 +118,41 @@ struct LogModelTests {
     #expect(types == [1, 3, 2, 2])
     #expect(encoded.entryRange == 1...2)
   }
+
+  @Test func checksumsOfSpansFollowFromRunningChecksums() {
+    var random = SeededRandom(seed: 7)
+    let bytes = (0..<5000).map { _ in UInt8.random(in: 0...255, using: &random) }
+    bytes.withUnsafeBytes { raw in
+      var work = 0
+      let spans = RecordSpans(raw, from: 3, work: &work)
+      #expect(work == (5000 - 3) / RecordSpans.stride * RecordSpans.stride)
+      for _ in 0..<200 {
+        let lower = Int.random(in: 3...5000, using: &random)
+        let upper = Int.random(in: lower...5000, using: &random)
+        #expect(spans.checksum(of: lower..<upper, work: &work) == CRC32C.checksum(Array(bytes[lower..<upper])))
+      }
+    }
+  }
+
+  @Test func theSearchAfterDamageFindsAValidRecordAndGivesUpPastItsBudget() {
+    var random = SeededRandom(seed: 8)
+    var bytes = (0..<(1 << 20)).map { _ in UInt8.random(in: 0...255, using: &random) }
+    var writer = WireWriter()
+    WALFormat.appendRecord(.hardState, payload: [1, 2, 3, 0, 0], to: &writer)
+    let at = 700_001
+    bytes.replaceSubrange(at..<(at + writer.count), with: writer.bytes)
+    bytes += [UInt8](repeating: 0, count: 1 << 20)
+    bytes.withUnsafeBytes { raw in
+      let lastNonZero = WALFormat.lastNonZeroOffset(raw)
+      var work = 0
+      #expect(WALFormat.nextValidRecord(raw, after: 10, lastNonZero: lastNonZero, work: &work) == .at(at))
+      #expect(work <= 2 * raw.count)
+      work = 0
+      #expect(WALFormat.nextValidRecord(raw, after: at, lastNonZero: lastNonZero, work: &work) == .none)
+      work = 0
+      #expect(
+        WALFormat.nextValidRecord(raw, after: 10, lastNonZero: lastNonZero, budget: 1 << 20, work: &work)
+          == .undecided)
+    }
+  }
 }
