@@ -221,10 +221,14 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
   }
 
   /// After a failed write or sync nothing in the page cache can be trusted: refuse everything until the
-  /// storage is reopened.
-  private func poison(_ error: StorageError) {
-    logger.error("storage failed; it must be reopened", ["error": "\(error)", "directory": directory])
-    phase = .failed(error)
+  /// storage is reopened. Returns the error the storage now reports, which callers throw: a retryable one (descriptors ran out) becomes
+  /// a non-retryable ``StorageError/io(operation:path:errno:)``, since only reopening can help.
+  @discardableResult
+  private func poison(_ error: StorageError) -> StorageError {
+    let failure = error.poisoning
+    logger.error("storage failed; it must be reopened", ["error": "\(failure)", "directory": directory])
+    phase = .failed(failure)
+    return failure
   }
 
   // MARK: Writing (on `queue`)
@@ -283,8 +287,8 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
       for slot in group.indices where outcomes[slot] == nil && !done.contains(slot) { outcomes[slot] = error }
     } catch {
       // Nothing in this group is known to be durable, including the writes already appended.
-      poison(error)
-      for slot in group.indices where outcomes[slot] == nil { outcomes[slot] = error }
+      let failure = poison(error)
+      for slot in group.indices where outcomes[slot] == nil { outcomes[slot] = failure }
     }
     for (slot, (_, waiter)) in group.enumerated() {
       if let error = outcomes[slot] {
@@ -408,8 +412,7 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
       do throws(StorageError) {
         try rotate(reset: snapshot.index)
       } catch {
-        poison(error)
-        throw error
+        throw poison(error)
       }
       position.didReset(to: snapshot.index)
       try deleteSegments { $0.sequence < discardBefore }
@@ -448,8 +451,7 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
       // The compaction point must be durable before the segments that held the entries disappear.
       if syncsStructure { try syncActive() }
     } catch {
-      poison(error)
-      throw error
+      throw poison(error)
     }
     position.floor = index
     try deleteSegments { $0.maxEntryIndex <= index }
@@ -576,5 +578,16 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
 
   private func startBatchTimer(_ interval: Duration) {
     timer = WALFiles.batchTimer(every: interval, on: queue) { [weak self] in self?.batchSync() }
+  }
+}
+
+extension StorageError {
+  /// The error a storage that `self` poisoned reports from then on: `self`, except that a retryable error
+  /// becomes ``io(operation:path:errno:)``. Retrying cannot help a poisoned storage (a node would retry a
+  /// call that can never succeed); only reopening it can.
+  var poisoning: StorageError {
+    guard case .descriptorsExhausted(let operation, let path, let code) = self else { return self }
+    return .io(
+      operation: operation + " (out of file descriptors; the storage must be reopened)", path: path, errno: code)
   }
 }

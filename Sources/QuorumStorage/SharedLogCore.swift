@@ -232,8 +232,7 @@ final class SharedLogCore: @unchecked Sendable {
           syncCount += 1
           dirty = false
         } catch {
-          failure = error
-          poison(error)
+          failure = poison(error)
         }
       }
     }
@@ -262,9 +261,14 @@ final class SharedLogCore: @unchecked Sendable {
     phase = .initial
   }
 
-  private func poison(_ error: StorageError) {
-    logger.error("shared log failed; its groups must be reopened", ["error": "\(error)", "directory": directory])
-    phase = .failed(error)
+  /// Returns the error the storage now reports, which callers throw: a retryable one (descriptors ran out) becomes
+  /// a non-retryable ``StorageError/io(operation:path:errno:)``, since only reopening can help.
+  @discardableResult
+  private func poison(_ error: StorageError) -> StorageError {
+    let failure = error.poisoning
+    logger.error("shared log failed; its groups must be reopened", ["error": "\(failure)", "directory": directory])
+    phase = .failed(failure)
+    return failure
   }
 
   // MARK: Writing (on `queue`)
@@ -324,8 +328,8 @@ final class SharedLogCore: @unchecked Sendable {
       let done = Set(accepted)
       for slot in batch.indices where outcomes[slot] == nil && !done.contains(slot) { outcomes[slot] = error }
     } catch {
-      poison(error)
-      for slot in batch.indices where outcomes[slot] == nil { outcomes[slot] = error }
+      let failure = poison(error)
+      for slot in batch.indices where outcomes[slot] == nil { outcomes[slot] = failure }
     }
     for (slot, (_, waiter)) in batch.enumerated() {
       if let error = outcomes[slot] {
@@ -473,8 +477,7 @@ final class SharedLogCore: @unchecked Sendable {
         do throws(StorageError) {
           try syncActive()
         } catch {
-          poison(error)
-          throw error
+          throw poison(error)
         }
       }
       try FileSystem.remove(segmentPath(segments[0].sequence))
@@ -505,8 +508,7 @@ final class SharedLogCore: @unchecked Sendable {
         try appendRecords(try Self.forgetChunk(group: group))
         try syncActive()  // Whatever the policy: snapshots and segments are deleted next.
       } catch {
-        poison(error)
-        throw error
+        throw poison(error)
       }
       pending[group] = nil
       for slot in segments.indices { segments[slot].unrecovered.remove(group) }
@@ -519,8 +521,7 @@ final class SharedLogCore: @unchecked Sendable {
       // recovered again in this run, would start from them, and the record that tells the next open to delete
       // them could go with its segment meanwhile. Refuse everything until the log is reopened, which finishes
       // the deletion (as after a crash).
-      if held { poison(error) }
-      throw error
+      throw held ? poison(error) : error
     }
     if held { try deleteDeadSegments() }
     return held || hadSnapshots
@@ -572,8 +573,7 @@ final class SharedLogCore: @unchecked Sendable {
     do throws(StorageError) {
       try rotate(reset: (group, snapshot.index))
     } catch {
-      poison(error)
-      throw error
+      throw poison(error)
     }
     groups[group]?.position.didReset(to: snapshot.index)
     for slot in segments.indices where segments[slot].sequence < discardBefore {
@@ -637,8 +637,7 @@ final class SharedLogCore: @unchecked Sendable {
       WALFormat.appendIndexRecord(.floor, index, to: &records)
       try appendRecords(try Self.chunk(group: group, reset: nil, records: records.bytes))
     } catch {
-      poison(error)
-      throw error
+      throw poison(error)
     }
     // The compaction point must be durable before the segments that held the entries disappear:
     // deleteDeadSegments syncs first when something is unsynced. Until then a lost compaction point only brings
@@ -922,8 +921,7 @@ final class SharedLogCore: @unchecked Sendable {
         dirty = true
       }
     } catch {
-      poison(error)
-      throw error
+      throw poison(error)
     }
     if let reset { groups[group]?.position.didReset(to: reset) }
     try deleteDeadSegments()

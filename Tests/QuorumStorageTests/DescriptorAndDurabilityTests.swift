@@ -52,6 +52,41 @@ struct DescriptorExhaustionTests {
       try await reopened.close()
     }
   }
+
+  @Test("once a failure to open a segment has poisoned the storage, it is reported as not retryable")
+  func aPoisonedStorageIsNotRetryable() async throws {
+    try await withTemporaryDirectory { directory in
+      let store = storage(directory)
+      _ = try await store.recover()
+      try await store.write(StorageWrite(hardState: hardState("term 1"), entries: [big(1)]))
+      // A leader's snapshot discards the log and must start a new segment; with no descriptor for it, the
+      // snapshot is stored but the log is not where it should be, so the storage refuses everything.
+      store.core.openFaults.failNext(1000)
+      let snapshot = StoredSnapshot(index: 1, term: 1, data: [7])
+      let error = await #expect(throws: StorageError.self) {
+        try await store.saveSnapshot(snapshot, discardingLog: true)
+      }
+      #expect(error?.isRetryable == false, "\(String(describing: error))")
+      guard case .io(_, _, let errno) = error else {
+        Issue.record("expected io, got \(String(describing: error))")
+        return
+      }
+      #expect(errno == EMFILE)
+      store.core.openFaults.failNext(0)
+      // Descriptors are back, but only reopening helps: a node must not retry.
+      let later = await #expect(throws: StorageError.self) {
+        try await store.write(StorageWrite(entries: [big(2)]))
+      }
+      #expect(later?.isRetryable == false, "\(String(describing: later))")
+      try? await store.close()
+
+      let reopened = storage(directory)
+      let state = try await reopened.recover()
+      #expect(state.snapshot?.index == 1)
+      #expect(state.entries.isEmpty)
+      try await reopened.close()
+    }
+  }
 }
 
 @Suite("FileStorage durability: hard states under batch sync, new directories")
