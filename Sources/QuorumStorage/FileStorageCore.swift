@@ -221,8 +221,9 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
   }
 
   /// After a failed write or sync nothing in the page cache can be trusted: refuse everything until the
-  /// storage is reopened. Returns the error the storage now reports, which callers throw: a retryable one (descriptors ran out) becomes
-  /// a non-retryable ``StorageError/io(operation:path:errno:)``, since only reopening can help.
+  /// storage is reopened. Returns the error the storage now reports, which callers throw: a retryable one
+  /// (descriptors ran out) becomes a non-retryable ``StorageError/io(operation:path:errno:)``, since only
+  /// reopening can help.
   @discardableResult
   private func poison(_ error: StorageError) -> StorageError {
     let failure = error.poisoning
