@@ -23,8 +23,8 @@ extension TCPClient {
   /// ``QuorumTransactions/ShardedTransactionError/outcomeUnknown(_:groups:)``; look it up with
   /// ``QuorumTransactions/ShardedTransactions/outcome(of:groups:)``.
   /// - Parameters:
-  ///   - coordinator: this client's coordinator identity, distinct from other clients' (`nil`: a random one;
-  ///     long-lived applications should pass a stable one, see
+  ///   - coordinator: this client's coordinator identity, distinct from other clients' (`nil`: a random one; the
+  ///     record tables forget the numbers of coordinators gone quiet, safely, see
   ///     ``QuorumTransactions/ShardedTransactions/init(client:coordinator:seed:)``).
   ///   - seed: seeds the back-off jitter.
   public func transactions(coordinator: NodeID? = nil, seed: UInt64 = 1) -> ShardedTransactions {
