@@ -24,7 +24,7 @@ extension TCPClient {
   /// ``QuorumTransactions/ShardedTransactions/outcome(of:groups:)``.
   /// - Parameters:
   ///   - coordinator: this client's coordinator identity, distinct from other clients' (`nil`: a random one; the
-  ///     record tables forget the numbers of coordinators gone quiet, safely, see
+  ///     record tables remember a bounded number of coordinators and forget the others safely, see
   ///     ``QuorumTransactions/ShardedTransactions/init(client:coordinator:seed:)``).
   ///   - seed: seeds the back-off jitter.
   public func transactions(coordinator: NodeID? = nil, seed: UInt64 = 1) -> ShardedTransactions {
