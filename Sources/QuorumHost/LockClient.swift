@@ -109,7 +109,8 @@ final class LockClientSession: Sendable {
     var acquiring: [String: Int] = [:]
     /// The newest token of each lock released while an acquire of it was in flight: a re-entry answer that
     /// arrives after the release carries that token (or an older one) and stands for nothing. Kept only while an
-    /// acquire of the lock is in flight, so it holds at most one entry per concurrent acquire.
+    /// acquire of the lock is in flight, so it holds at most one entry per concurrent acquire. (An acquire that
+    /// starts while a release of its lock is in flight waits for the release: ``LockClient``.)
     var released: [String: FencingToken] = [:]
   }
 
@@ -231,6 +232,14 @@ public actor LockClient {
   private struct SessionRef: Hashable {
     var group: GroupID
     var id: LockSessionID
+
+    func lock(_ name: String) -> LockInSession { LockInSession(session: self, lock: name) }
+  }
+
+  /// One lock as one session holds it.
+  private struct LockInSession: Hashable {
+    var session: SessionRef
+    var lock: String
   }
 
   private typealias Session = LockClientSession
@@ -245,6 +254,8 @@ public actor LockClient {
   /// Every session still renewed: the current ones and retiring ones that still hold leases.
   private var live: [SessionRef: Session] = [:]
   private var keepAlives: [SessionRef: Task<Void, Never>] = [:]
+  /// The releases in flight, each with the acquires of its lock in its session waiting for it to end.
+  private var releases: [LockInSession: [CheckedContinuation<Void, Never>]] = [:]
 
   /// Creates a lock client over `host`, measuring leases on `clock` (the system's unless simulated).
   public init(
@@ -296,6 +307,12 @@ public actor LockClient {
     lease.invalidate()
     let session = live[SessionRef(group: lease.group, id: lease.session)]
     session?.remove(lease)
+    let releasing = SessionRef(group: lease.group, id: lease.session).lock(lease.name)
+    if releases[releasing] == nil { releases[releasing] = [] }
+    defer {
+      // Acquires of the lock that waited for this release go on (their re-entry would now be answered after it).
+      for waiter in releases.removeValue(forKey: releasing) ?? [] { waiter.resume() }
+    }
     let response: (value: LockResponse, index: UInt64)
     do {
       response = try await run(
@@ -382,6 +399,10 @@ public actor LockClient {
     let end = started &+ wait.nanoseconds
     for _ in 0..<3 {
       let session = try await openSession(in: group, ttl: ttl)
+      // A release of this lock in flight in the session might be applied after this acquire, which would then be
+      // answered as a re-entry of a grant about to end: wait for it.
+      let key = SessionRef(group: group, id: session.id).lock(name)
+      while releases[key] != nil { await withCheckedContinuation { releases[key, default: []].append($0) } }
       session.startAcquiring(name)
       let attempt: Result<AcquireStep, any Error>
       do {

@@ -409,6 +409,38 @@ struct LockClientTests {
   }
 
   @Test(
+    "an acquire made while a release of the same lock is in flight waits for it, and acquires afresh",
+    arguments: engines)
+  func acquireWaitsForARelease(_ engine: EngineKind) async throws {
+    try await Self.cluster(engine, "reentry-during-release").withLocalMembers { members in
+      _ = try await Self.awaitLeader(members)
+      let channel = HoldingChannel(InProcessRequestChannel(hosts: members.hosts))
+      let client = LockClient(
+        HostClient(channel: channel, members: members.hosts.keys.sorted(), map: members.map, seed: 1),
+        options: Self.steadyLeases)
+      try await closing([client]) {
+        let first = try await client.lock("orders")
+        channel.holdNextRequest { if case .release = $0 { true } else { false } }
+        let unlocking = Task { try await client.unlock(first) }
+        _ = try await awaitValue("the release to be held before it is sent") { channel.isHolding ? true : nil }
+        let second = Task { try await client.lock("orders") }
+        // Without the wait the acquire is sent at once, applied before the held release, and answered as a
+        // re-entry of the grant the release then ends. A bounded look for it (it must not come).
+        for _ in 0..<30 where !channel.sent.contains(where: { if case .acquire = $0 { true } else { false } }) {
+          try await Task.sleep(for: .milliseconds(10))
+        }
+        channel.releaseHeld()
+        #expect(try await unlocking.value, "the release takes effect")
+        let lease = try await second.value
+        #expect(lease.token > first.token, "the grant being released, \(first.token), was handed out as \(lease)")
+        let status = try #require(try await client.status(of: "orders"))
+        #expect(status.holders.map(\.token) == [lease.token], "the lease stands for the lock's holder: \(status)")
+        #expect(try await client.unlock(lease))
+      }
+    }
+  }
+
+  @Test(
     "a call that fails in a session leaves the other calls waiting in it alone: a cancelled wait ends only its own",
     arguments: engines)
   func failedCallSparesConcurrentWaits(_ engine: EngineKind) async throws {
@@ -821,8 +853,10 @@ final class FailureBox: Sendable {
 final class HoldingChannel: RequestChannel {
   private struct State {
     var matches: (@Sendable (LockCommand) -> Bool)?
+    var holdsRequest = false
     var held: CheckedContinuation<Void, Never>?
     var released = false
+    var sent: [LockCommand] = []
   }
 
   private let inner: any RequestChannel
@@ -832,6 +866,15 @@ final class HoldingChannel: RequestChannel {
 
   /// Holds the reply to the next lock command matching `matches`.
   func holdNextReply(_ matches: @escaping @Sendable (LockCommand) -> Bool) { state.withLock { $0.matches = matches } }
+  /// Holds the next lock command matching `matches` itself, before it reaches the member.
+  func holdNextRequest(_ matches: @escaping @Sendable (LockCommand) -> Bool) {
+    state.withLock {
+      $0.matches = matches
+      $0.holdsRequest = true
+    }
+  }
+  /// The lock commands sent to members so far.
+  var sent: [LockCommand] { state.withLock { $0.sent } }
   /// Whether a reply is being held.
   var isHolding: Bool { state.withLock { $0.held != nil } }
   /// Lets the held reply through (or the next one, if none is held yet).
@@ -845,11 +888,26 @@ final class HoldingChannel: RequestChannel {
   }
 
   func send(_ request: [UInt8], to member: NodeID, timeout: Duration) async throws -> [UInt8] {
+    var command: LockCommand?
+    if case .command(_, let body, _, _)? = try? HostRequest(wireBytes: request), body.service == LockService.name {
+      command = try? LockCommand(wireBytes: body.payload)
+    }
+    let holdsRequest = state.withLock { s in
+      guard let command, s.holdsRequest, s.matches.map({ $0(command) }) ?? false else { return false }
+      s.holdsRequest = false
+      return true
+    }
+    if holdsRequest { await hold() }
+    if let command { state.withLock { $0.sent.append(command) } }
     let reply = try await inner.send(request, to: member, timeout: timeout)
-    guard case .command(_, let body, _, _)? = try? HostRequest(wireBytes: request), body.service == LockService.name,
-      let command = try? LockCommand(wireBytes: body.payload),
-      state.withLock({ s in s.matches.map { $0(command) } ?? false })
-    else { return reply }
+    guard !holdsRequest, let command, state.withLock({ s in s.matches.map { $0(command) } ?? false }) else {
+      return reply
+    }
+    await hold()
+    return reply
+  }
+
+  private func hold() async {
     await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
       let go = state.withLock { s -> Bool in
         s.matches = nil
@@ -859,6 +917,5 @@ final class HoldingChannel: RequestChannel {
       }
       if go { continuation.resume() }
     }
-    return reply
   }
 }
