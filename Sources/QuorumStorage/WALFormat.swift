@@ -255,9 +255,10 @@ enum WALFormat {
     case undecided
   }
 
-  /// The checksum work a search after damage may do in a file of `size` bytes before it gives up: one pass
-  /// over the file, and a little for each candidate, fit well within it.
-  static func scanBudget(forFileOf size: Int) -> Int { 4 * size + (4 << 20) }
+  /// The checksum work a search after damage may do in a file of `size` bytes before it gives up: one pass over
+  /// the file, and at most 2 × ``RecordSpans/stride`` bytes for each candidate, fit within it even when a candidate
+  /// starts every four bytes (dense little integers in a torn record): seconds at most, in the software checksum.
+  static func scanBudget(forFileOf size: Int) -> Int { 40 * size + (64 << 20) }
 
   /// Looks for the first valid record that starts after `offset` (of type `type` only, when given; otherwise of
   /// any known type). Used to tell a torn tail (nothing valid follows the damage) from damage in the middle of
@@ -294,10 +295,16 @@ enum WALFormat {
         if spans == nil { spans = RecordSpans(raw, from: offset + 1, work: &work) }
         if work > budget { return .undecided }
         let stored = UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: candidate, as: UInt32.self))
-        // `spans` was set just above.
-        if spans?.checksum(of: (candidate + 4)..<(candidate + headerBytes + length), work: &work) == stored {
-          return .at(candidate)
+        let span = (candidate + 4)..<(candidate + headerBytes + length)
+        let crc: UInt32?
+        if span.count <= 2 * RecordSpans.stride {
+          // Short: checksummed directly, cheaper than from the kept checksums.
+          work += span.count
+          crc = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[span]))
+        } else {
+          crc = spans?.checksum(of: span, work: &work)  // `spans` was set just above.
         }
+        if crc == stored { return .at(candidate) }
       }
       candidate += 1
     }
@@ -310,7 +317,7 @@ enum WALFormat {
 /// of a span follows from the two at its ends (CRC-32C is linear: crc(A + B) = crc(A) · x^(8|B|) + crc(B)).
 struct RecordSpans {
   /// Bytes between kept checksums.
-  static let stride = 256
+  static let stride = 64
   private let raw: UnsafeRawBufferPointer
   private let base: Int
   /// `prefixes[k]` is the checksum of `raw[base ..< base + k * stride]`.
