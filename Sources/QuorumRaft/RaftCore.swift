@@ -1149,8 +1149,11 @@ public struct RaftCore: Sendable {
       }
       // One chunk at a time: follow the follower's progress, or its restart from 0. A duplicated or reordered
       // answer would otherwise start another chain of chunks that lasts until the transfer ends; a lost
-      // chunk is resent by the stall timer.
+      // chunk is resent by the stall timer. An answer below the chunk last sent moves the resend point back
+      // without sending: a stale answer may have moved it past what the follower holds, and a follower that
+      // answers the same offset to every chunk would otherwise stall the transfer for good.
       guard m.nextOffset > pr.snapshotOffset || (m.nextOffset == 0 && pr.snapshotOffset > 0) else {
+        if m.nextOffset < pr.snapshotOffset { pr.snapshotOffset = m.nextOffset }
         progress[from] = pr
         return
       }

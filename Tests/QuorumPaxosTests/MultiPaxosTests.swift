@@ -341,6 +341,44 @@ struct MultiPaxosPhase2Tests {
     #expect(chunks <= 20 + duplicatedAcks + 1, "\(chunks) chunks sent for a 20-chunk snapshot")
   }
 
+  @Test("a stale acknowledgement past what the replica holds, after a lost chunk, does not stall the transfer")
+  func staleSnapshotAckAfterALostChunk() throws {
+    var options = MultiPaxosOptions.testing(3)
+    options.snapshotChunkBytes = 3
+    var c = PaxosCluster(3, options: options)
+    c.down = [3]
+    c.elect(1)
+    for i in 0..<6 { try c.propose("v\(i)", at: 1) }
+    let data = [UInt8](repeating: 7, count: 30)  // 10 chunks
+    var leader = c[1]
+    leader.takeSnapshot(at: 6, data: data, retainEntries: 0)
+    c[1] = leader
+    c.down = []
+    for _ in 0..<c.options.heartbeatTicks { c.nodes[1]?.tick() }
+    c.processAll()
+    var lostOne = false
+    for _ in 0..<500 where c[3].snapshot?.data != data {
+      guard !c.queue.isEmpty else {
+        c.nodes[1]?.tick()  // the stall timer resends
+        c.processAll()
+        continue
+      }
+      let (from, to, message) = c.queue.removeFirst()
+      if case .snapshot(let chunk) = message, chunk.offset == 3, !lostOne {
+        lostOne = true
+        // The chunk at 3 is lost, and an old acknowledgement of 6 (from an earlier transfer, say) arrives.
+        c.nodes[1]?.step(
+          .snapshotAck(SnapshotAck(ballot: chunk.ballot, index: chunk.index, nextOffset: 6, reject: false)), from: 3)
+        c.processAll()
+        continue
+      }
+      c.nodes[to]?.step(message, from: from)
+      c.processAll()
+    }
+    #expect(lostOne)
+    #expect(c[3].snapshot?.data == data, "the transfer never finished")
+  }
+
   @Test(
     "a chosen slot resent in a new ballot is acknowledged but not written again (found by the node simulation)"
   )

@@ -1711,8 +1711,11 @@ public struct MultiPaxosCore: Sendable {
     }
     // One chunk at a time: follow the replica's progress, or its restart from 0. A duplicated or late
     // acknowledgement would otherwise start another chain of chunks lasting until the transfer ends; a lost
-    // chunk is resent by the stall timer.
+    // chunk is resent by the stall timer. An answer below the chunk last sent moves the resend point back
+    // without sending: a stale acknowledgement may have moved it past what the replica holds, and a replica
+    // that answers the same offset to every chunk would otherwise stall the transfer for good.
     guard m.nextOffset > peer.snapshotOffset || (m.nextOffset == 0 && peer.snapshotOffset > 0) else {
+      if m.nextOffset < peer.snapshotOffset { peer.snapshotOffset = m.nextOffset }
       peers[from] = peer
       return
     }
