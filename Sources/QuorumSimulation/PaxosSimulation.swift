@@ -321,9 +321,10 @@ extension MultiPaxosCore: SimulatedCore {
   var isLeader: Bool { role == .leader }
   var firstIndex: Slot { firstSlot }
 
-  mutating func proposeCommand(_ data: [UInt8]) -> SimulatedProposal<[UInt8]> {
+  mutating func proposeCommand(_ data: [UInt8]) -> SimulatedProposal<PaxosProposalTag> {
     do {
-      return .accepted(index: try propose(data), tag: data)
+      let slot = try propose(data)
+      return .accepted(index: slot, tag: PaxosProposalTag(ballot: entry(at: slot)?.ballot ?? promised, data: data))
     } catch .notLeader(let hint) {
       return .redirect(hint)
     } catch {
@@ -331,7 +332,18 @@ extension MultiPaxosCore: SimulatedCore {
     }
   }
 
-  static func proposal(_ data: [UInt8], matches entry: PaxosEntry) -> Bool { data == entry.data }
+  /// As `MultiPaxosEngine` matches: the same bytes in the ballot they were proposed in. The same bytes chosen in a
+  /// later ballot may be another leader's identical entry (two session registrations stamped in the same
+  /// millisecond), whose answer is not this client's: the client retries.
+  static func proposal(_ tag: PaxosProposalTag, matches entry: PaxosEntry) -> Bool {
+    tag.ballot == entry.ballot && tag.data == entry.data
+  }
+}
+
+/// What a simulated Multi-Paxos proposal is recognised by when its slot is chosen.
+struct PaxosProposalTag: Sendable {
+  var ballot: Ballot
+  var data: [UInt8]
 }
 
 extension PaxosReady: SimulatedReady {
