@@ -145,7 +145,7 @@ public final class GroupHost: Sendable {
   private let resolverOptions: TransactionResolverOptions
   private let settled = SettledCount()
   /// What the groups told waiting clients lately (lock grants, expiries), for ``HostRequest/watch(group:service:key:after:timeoutMillis:)``.
-  public let notifications = NotificationHub()
+  public let notifications: NotificationHub
 
   /// Builds this node's replicas; nothing runs until ``run(attach:)``.
   ///
@@ -198,6 +198,7 @@ public final class GroupHost: Sendable {
     self.storage = storage
     self.spaceQuotaBytes = settings.spaceQuotaBytes
     self.spaceCheckInterval = settings.spaceCheckInterval
+    self.notifications = NotificationHub(maxWaitsPerPrincipal: settings.watchesPerPrincipal)
     self.maxReplyBytes = max(64, maxReplyBytes)
     try settings.transactionResolver.validate()
     self.resolverOptions = settings.transactionResolver

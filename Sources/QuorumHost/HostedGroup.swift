@@ -195,18 +195,23 @@ public struct HostSettings: Sendable {
   public var spaceCheckInterval: Duration
   /// How the leaders of groups carrying the `txn` service finish transactions their coordinators left in doubt.
   public var transactionResolver: TransactionResolverOptions
+  /// The most watches one authenticated principal may have waiting at once on this host (of the host's 65,536):
+  /// an eighth by default, so that one client cannot leave the others' lock waits refused. Raise it when every
+  /// client of the cluster shares one principal (see ``NotificationHub/maxWaitsPerPrincipal``).
+  public var watchesPerPrincipal: Int
 
   /// Creates settings; both engines must use the same tick interval (one timer ticks every group).
   public init(
     raft: RaftConfiguration = RaftConfiguration(), paxos: PaxosConfiguration = PaxosConfiguration(),
     spaceQuotaBytes: Int? = nil, spaceCheckInterval: Duration = .seconds(1),
-    transactionResolver: TransactionResolverOptions = TransactionResolverOptions()
+    transactionResolver: TransactionResolverOptions = TransactionResolverOptions(), watchesPerPrincipal: Int = 8_192
   ) {
     self.raft = raft
     self.paxos = paxos
     self.spaceQuotaBytes = spaceQuotaBytes
     self.spaceCheckInterval = spaceCheckInterval
     self.transactionResolver = transactionResolver
+    self.watchesPerPrincipal = watchesPerPrincipal
   }
 }
 
