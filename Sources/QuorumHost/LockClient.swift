@@ -254,8 +254,13 @@ public actor LockClient {
   /// Every session still renewed: the current ones and retiring ones that still hold leases.
   private var live: [SessionRef: Session] = [:]
   private var keepAlives: [SessionRef: Task<Void, Never>] = [:]
-  /// The releases in flight, each with the acquires of its lock in its session waiting for it to end.
-  private var releases: [LockInSession: [CheckedContinuation<Void, Never>]] = [:]
+  /// The releases in flight of each lock in each session, with the acquires waiting for them to end.
+  private var releases: [LockInSession: ReleasesInFlight] = [:]
+
+  private struct ReleasesInFlight {
+    var count = 0
+    var waiters: [CheckedContinuation<Void, Never>] = []
+  }
 
   /// Creates a lock client over `host`, measuring leases on `clock` (the system's unless simulated).
   public init(
@@ -308,10 +313,14 @@ public actor LockClient {
     let session = live[SessionRef(group: lease.group, id: lease.session)]
     session?.remove(lease)
     let releasing = SessionRef(group: lease.group, id: lease.session).lock(lease.name)
-    if releases[releasing] == nil { releases[releasing] = [] }
+    releases[releasing, default: ReleasesInFlight()].count += 1
     defer {
-      // Acquires of the lock that waited for this release go on (their re-entry would now be answered after it).
-      for waiter in releases.removeValue(forKey: releasing) ?? [] { waiter.resume() }
+      // Once no release of the lock is in flight in the session, the acquires that waited go on (their re-entry
+      // would now be answered after every release).
+      releases[releasing]?.count -= 1
+      if releases[releasing]?.count == 0, let ended = releases.removeValue(forKey: releasing) {
+        for waiter in ended.waiters { waiter.resume() }
+      }
     }
     let response: (value: LockResponse, index: UInt64)
     do {
@@ -398,11 +407,17 @@ public actor LockClient {
     let started = clock.monotonicNanos()
     let end = started &+ wait.nanoseconds
     for _ in 0..<3 {
-      let session = try await openSession(in: group, ttl: ttl)
+      var session = try await openSession(in: group, ttl: ttl)
       // A release of this lock in flight in the session might be applied after this acquire, which would then be
-      // answered as a re-entry of a grant about to end: wait for it.
-      let key = SessionRef(group: group, id: session.id).lock(name)
-      while releases[key] != nil { await withCheckedContinuation { releases[key, default: []].append($0) } }
+      // answered as a re-entry of a grant about to end: wait for it. Then take the session again: a release that
+      // failed retired it (the release may still be applied late).
+      while releases[SessionRef(group: group, id: session.id).lock(name)] != nil {
+        let key = SessionRef(group: group, id: session.id).lock(name)
+        await withCheckedContinuation { (waiter: CheckedContinuation<Void, Never>) in
+          if releases[key] == nil { waiter.resume() } else { releases[key]?.waiters.append(waiter) }
+        }
+        session = try await openSession(in: group, ttl: ttl)
+      }
       session.startAcquiring(name)
       let attempt: Result<AcquireStep, any Error>
       do {
