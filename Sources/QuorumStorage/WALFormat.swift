@@ -256,8 +256,11 @@ enum WALFormat {
   }
 
   /// The checksum work a search after damage may do in a file of `size` bytes before it gives up: one pass over
-  /// the file, and at most 2 × ``RecordSpans/stride`` bytes for each candidate, fit within it even when a candidate
-  /// starts every four bytes (dense little integers in a torn record): seconds at most, in the software checksum.
+  /// the file, and for each candidate at most 2 × ``RecordSpans/stride`` bytes plus the multiplications of its
+  /// shift (counted as ``RecordSpans/multiplyWork`` bytes each; a shift's factor is reused for spans of the same
+  /// length). Short candidates every four bytes (dense little integers in a torn record) fit within it; only
+  /// megabytes of long candidates of ever different lengths exhaust it, and the damage is then refused, never
+  /// cut. About a second of work for a 64 MiB segment.
   static func scanBudget(forFileOf size: Int) -> Int { 40 * size + (64 << 20) }
 
   /// Looks for the first valid record that starts after `offset` (of type `type` only, when given; otherwise of
@@ -322,6 +325,13 @@ struct RecordSpans {
   private let base: Int
   /// `prefixes[k]` is the checksum of `raw[base ..< base + k * stride]`.
   private var prefixes: [UInt32] = []
+  /// The shift factor of each span length met (at most ``maxFactors``): records after damage in data with a
+  /// repeating pattern tend to share lengths.
+  private var factors: [Int: UInt32] = [:]
+  static let maxFactors = 4096
+  /// The checksum work a multiplication modulo the polynomial is counted as (32 steps of a few instructions each,
+  /// as many cycles as checksumming a few hundred bytes takes).
+  static let multiplyWork = 256
 
   /// Checksums `raw[base...]` once (adding its length to `work`).
   init(_ raw: UnsafeRawBufferPointer, from base: Int, work: inout Int) {
@@ -347,11 +357,22 @@ struct RecordSpans {
     return CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[start..<end]), continuing: prefixes[slot])
   }
 
-  /// The checksum of `raw[span]`; `span` lies within `raw[base...]`.
-  func checksum(of span: Range<Int>, work: inout Int) -> UInt32 {
+  /// The checksum of `raw[span]`; `span` lies within `raw[base...]`. The shift is counted in `work` too, unless
+  /// its factor is known from a span of the same length.
+  mutating func checksum(of span: Range<Int>, work: inout Int) -> UInt32 {
     let before = prefix(span.lowerBound, work: &work)
     let through = prefix(span.upperBound, work: &work)
-    return through ^ CRC32CShift.shift(before, bytes: span.count)
+    let factor: UInt32
+    if let known = factors[span.count] {
+      factor = known
+    } else {
+      let (computed, multiplications) = CRC32CShift.factor(bytes: span.count)
+      work += multiplications * Self.multiplyWork
+      factor = computed
+      if factors.count < Self.maxFactors { factors[span.count] = computed }
+    }
+    work += Self.multiplyWork
+    return through ^ CRC32CShift.multiply(factor, before)
   }
 }
 
@@ -383,18 +404,23 @@ enum CRC32CShift {
     return product
   }
 
-  /// The checksum `crc` of some bytes, as it contributes to the checksum of those bytes followed by `bytes`
-  /// more: crc(A + B) = shift(crc(A), |B|) ^ crc(B).
-  static func shift(_ crc: UInt32, bytes: Int) -> UInt32 {
+  /// x^(8 · bytes) modulo the polynomial, and the multiplications it took. The checksum `crc` of some bytes
+  /// contributes `multiply(factor, crc)` to the checksum of those bytes followed by `bytes` more:
+  /// crc(A + B) = multiply(x^(8|B|), crc(A)) ^ crc(B).
+  static func factor(bytes: Int) -> (factor: UInt32, multiplications: Int) {
     var factor: UInt32 = 1 << 31  // x^0
+    var multiplications = 0
     var remaining = UInt64(bytes) * 8
     var k = 0
     while remaining != 0 {
-      if remaining & 1 != 0 { factor = multiply(powers[k], factor) }
+      if remaining & 1 != 0 {
+        factor = multiply(powers[k], factor)
+        multiplications += 1
+      }
       remaining >>= 1
       k += 1
     }
-    return multiply(factor, crc)
+    return (factor, multiplications)
   }
 
 }

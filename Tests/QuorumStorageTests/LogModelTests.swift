@@ -124,12 +124,18 @@ struct LogModelTests {
     let bytes = (0..<5000).map { _ in UInt8.random(in: 0...255, using: &random) }
     bytes.withUnsafeBytes { raw in
       var work = 0
-      let spans = RecordSpans(raw, from: 3, work: &work)
+      var spans = RecordSpans(raw, from: 3, work: &work)
       #expect(work == (5000 - 3) / RecordSpans.stride * RecordSpans.stride)
       for _ in 0..<200 {
         let lower = Int.random(in: 3...5000, using: &random)
         let upper = Int.random(in: lower...5000, using: &random)
         #expect(spans.checksum(of: lower..<upper, work: &work) == CRC32C.checksum(Array(bytes[lower..<upper])))
+      }
+      // Spans of one length reuse their shift's factor.
+      for lower in stride(from: 3, to: 4000, by: 97) {
+        #expect(
+          spans.checksum(of: lower..<(lower + 700), work: &work) == CRC32C.checksum(Array(bytes[lower..<(lower + 700)]))
+        )
       }
     }
   }
