@@ -297,23 +297,30 @@ struct MultiPaxosPhase2Tests {
     #expect(c.appliedTexts(3) == ["after"], "applied after the snapshot")
   }
 
-  @Test(
-    "duplicated snapshot acknowledgements and a late duplicate of the first chunk neither multiply the chunk streams nor restart the transfer"
-  )
-  func duplicateSnapshotAcksDoNotMultiplyChunks() throws {
+  /// A leader that compacted past replica 3 (down meanwhile) has just begun sending it a snapshot of `chunks`
+  /// chunks of 3 bytes: the first chunk is in the queue. Returns the cluster and the snapshot's bytes.
+  static func sendingSnapshot(chunks: Int) throws -> (PaxosCluster, [UInt8]) {
     var options = MultiPaxosOptions.testing(3)
     options.snapshotChunkBytes = 3
     var c = PaxosCluster(3, options: options)
     c.down = [3]
     c.elect(1)
     for i in 0..<6 { try c.propose("v\(i)", at: 1) }
-    let data = [UInt8](repeating: 7, count: 60)  // 20 chunks
+    let data = [UInt8](repeating: 7, count: 3 * chunks)
     var leader = c[1]
     leader.takeSnapshot(at: 6, data: data, retainEntries: 0)
     c[1] = leader
     c.down = []
     for _ in 0..<c.options.heartbeatTicks { c.nodes[1]?.tick() }
     c.processAll()
+    return (c, data)
+  }
+
+  @Test(
+    "duplicated snapshot acknowledgements and a late duplicate of the first chunk neither multiply the chunk streams nor restart the transfer"
+  )
+  func duplicateSnapshotAcksDoNotMultiplyChunks() throws {
+    var (c, data) = try Self.sendingSnapshot(chunks: 20)
     var chunks = 0
     var duplicatedAcks = 0
     var firstChunk: PaxosMessage?
@@ -343,19 +350,7 @@ struct MultiPaxosPhase2Tests {
 
   @Test("a stale acknowledgement past what the replica holds, after a lost chunk, does not stall the transfer")
   func staleSnapshotAckAfterALostChunk() throws {
-    var options = MultiPaxosOptions.testing(3)
-    options.snapshotChunkBytes = 3
-    var c = PaxosCluster(3, options: options)
-    c.down = [3]
-    c.elect(1)
-    for i in 0..<6 { try c.propose("v\(i)", at: 1) }
-    let data = [UInt8](repeating: 7, count: 30)  // 10 chunks
-    var leader = c[1]
-    leader.takeSnapshot(at: 6, data: data, retainEntries: 0)
-    c[1] = leader
-    c.down = []
-    for _ in 0..<c.options.heartbeatTicks { c.nodes[1]?.tick() }
-    c.processAll()
+    var (c, data) = try Self.sendingSnapshot(chunks: 10)
     var lostOne = false
     for _ in 0..<500 where c[3].snapshot?.data != data {
       guard !c.queue.isEmpty else {

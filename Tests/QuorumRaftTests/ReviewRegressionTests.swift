@@ -133,17 +133,7 @@ struct ReviewRegressionTests {
 
   @Test("duplicated snapshot acknowledgements do not multiply the chunks in flight")
   func duplicateSnapshotResponsesDoNotMultiplyChunks() {
-    var o = RaftCoreOptions.defaults
-    o.snapshotChunkBytes = 4
-    var c = TestCluster(3, options: o)
-    c.campaign(1)
-    c.isolate(3)
-    for i in 0..<5 { c.propose(1, "v\(i)") }
-    let data = [UInt8](repeating: 7, count: 80)  // 20 chunks
-    c.nodes[1]!.takeSnapshot(at: c[1].appliedIndex, data: data)
-    c.heal()
-    c.nodes[1]!.tick()  // a heartbeat; 3's answer sends it the snapshot
-    c.process(1)
+    var (c, data) = sendingSnapshot(chunks: 20)
     var chunks = 0
     var duplicated = 0
     while let m = c.queue.first {
@@ -166,17 +156,7 @@ struct ReviewRegressionTests {
   @Test(
     "a stale snapshot acknowledgement past what the follower holds, after a lost chunk, does not stall the transfer")
   func staleSnapshotResponseAfterALostChunk() {
-    var o = RaftCoreOptions.defaults
-    o.snapshotChunkBytes = 4
-    var c = TestCluster(3, options: o)
-    c.campaign(1)
-    c.isolate(3)
-    for i in 0..<5 { c.propose(1, "v\(i)") }
-    let data = [UInt8](repeating: 7, count: 40)  // 10 chunks
-    c.nodes[1]!.takeSnapshot(at: c[1].appliedIndex, data: data)
-    c.heal()
-    c.nodes[1]!.tick()  // a heartbeat; 3's answer sends it the snapshot
-    c.process(1)
+    var (c, data) = sendingSnapshot(chunks: 10)
     var lostOne = false
     for _ in 0..<2_000 where c.durable[3]?.snapshot?.data != data {
       guard let m = c.queue.first else {
@@ -216,4 +196,22 @@ struct ReviewRegressionTests {
     let rd = r.persistReady()
     #expect(rd.snapshot == nil, "installed \(String(decoding: rd.snapshot?.data ?? [], as: UTF8.self))")
   }
+}
+
+/// A leader that compacted past follower 3 (cut off meanwhile) is about to send it a snapshot of `chunks` chunks
+/// of 4 bytes. Returns the cluster and the snapshot's bytes.
+private func sendingSnapshot(chunks: Int) -> (TestCluster, [UInt8]) {
+  var o = RaftCoreOptions.defaults
+  o.snapshotChunkBytes = 4
+  var c = TestCluster(3, options: o)
+  c.campaign(1)
+  c.isolate(3)
+  for i in 0..<5 { c.propose(1, "v\(i)") }
+  let data = [UInt8](repeating: 7, count: 4 * chunks)
+  let applied = c[1].appliedIndex
+  c.nodes[1]?.takeSnapshot(at: applied, data: data)
+  c.heal()
+  c.nodes[1]?.tick()  // a heartbeat; 3's answer sends it the snapshot
+  c.process(1)
+  return (c, data)
 }

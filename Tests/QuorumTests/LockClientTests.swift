@@ -381,24 +381,21 @@ struct LockClientTests {
     }
   }
 
-  @Test(
-    "a re-entry answered before the lock's release but delivered after it acquires the lock afresh",
-    arguments: engines)
-  func lateReentryAnswerIsNotALease(_ engine: EngineKind) async throws {
-    try await Self.cluster(engine, "late-reentry").withLocalMembers { members in
-      _ = try await Self.awaitLeader(members)
+  /// Runs `body` with a lock client whose channel can hold one request or reply, holding lock `orders`; `body`
+  /// returns the lease a second `lock("orders")` got, which must be a fresh grant standing for the lock's holder.
+  static func raceWithRelease(
+    _ engine: EngineKind, _ name: String,
+    _ body: @escaping @Sendable (LockClient, HoldingChannel, LockLease) async throws -> LockLease
+  ) async throws {
+    try await cluster(engine, name).withLocalMembers { members in
+      _ = try await awaitLeader(members)
       let channel = HoldingChannel(InProcessRequestChannel(hosts: members.hosts))
       let client = LockClient(
         HostClient(channel: channel, members: members.hosts.keys.sorted(), map: members.map, seed: 1),
-        options: Self.steadyLeases)
+        options: steadyLeases)
       try await closing([client]) {
         let first = try await client.lock("orders")
-        channel.holdNextReply { if case .acquire(let lock, _, _, _, _) = $0 { lock == "orders" } else { false } }
-        let reentry = Task { try await client.lock("orders") }
-        _ = try await awaitValue("the re-entry to be applied, its answer held") { channel.isHolding ? true : nil }
-        #expect(try await client.unlock(first), "the release takes effect")
-        channel.releaseHeld()
-        let lease = try await reentry.value
+        let lease = try await body(client, channel, first)
         #expect(lease.token > first.token, "the released grant \(first.token) was handed out again as \(lease)")
         #expect(lease.isValid)
         let status = try #require(try await client.status(of: "orders"))
@@ -409,34 +406,36 @@ struct LockClientTests {
   }
 
   @Test(
+    "a re-entry answered before the lock's release but delivered after it acquires the lock afresh",
+    arguments: engines)
+  func lateReentryAnswerIsNotALease(_ engine: EngineKind) async throws {
+    try await Self.raceWithRelease(engine, "late-reentry") { client, channel, first in
+      channel.holdNextReply { if case .acquire(let lock, _, _, _, _) = $0 { lock == "orders" } else { false } }
+      let reentry = Task { try await client.lock("orders") }
+      _ = try await awaitValue("the re-entry to be applied, its answer held") { channel.isHolding ? true : nil }
+      #expect(try await client.unlock(first), "the release takes effect")
+      channel.releaseHeld()
+      return try await reentry.value
+    }
+  }
+
+  @Test(
     "an acquire made while a release of the same lock is in flight waits for it, and acquires afresh",
     arguments: engines)
   func acquireWaitsForARelease(_ engine: EngineKind) async throws {
-    try await Self.cluster(engine, "reentry-during-release").withLocalMembers { members in
-      _ = try await Self.awaitLeader(members)
-      let channel = HoldingChannel(InProcessRequestChannel(hosts: members.hosts))
-      let client = LockClient(
-        HostClient(channel: channel, members: members.hosts.keys.sorted(), map: members.map, seed: 1),
-        options: Self.steadyLeases)
-      try await closing([client]) {
-        let first = try await client.lock("orders")
-        channel.holdNextRequest { if case .release = $0 { true } else { false } }
-        let unlocking = Task { try await client.unlock(first) }
-        _ = try await awaitValue("the release to be held before it is sent") { channel.isHolding ? true : nil }
-        let second = Task { try await client.lock("orders") }
-        // Without the wait the acquire is sent at once, applied before the held release, and answered as a
-        // re-entry of the grant the release then ends. A bounded look for it (it must not come).
-        for _ in 0..<30 where !channel.sent.contains(where: { if case .acquire = $0 { true } else { false } }) {
-          try await Task.sleep(for: .milliseconds(10))
-        }
-        channel.releaseHeld()
-        #expect(try await unlocking.value, "the release takes effect")
-        let lease = try await second.value
-        #expect(lease.token > first.token, "the grant being released, \(first.token), was handed out as \(lease)")
-        let status = try #require(try await client.status(of: "orders"))
-        #expect(status.holders.map(\.token) == [lease.token], "the lease stands for the lock's holder: \(status)")
-        #expect(try await client.unlock(lease))
+    try await Self.raceWithRelease(engine, "reentry-during-release") { client, channel, first in
+      channel.holdNextRequest { if case .release = $0 { true } else { false } }
+      let unlocking = Task { try await client.unlock(first) }
+      _ = try await awaitValue("the release to be held before it is sent") { channel.isHolding ? true : nil }
+      let second = Task { try await client.lock("orders") }
+      // Without the wait the acquire is sent at once, applied before the held release, and answered as a
+      // re-entry of the grant the release then ends. A bounded look for it (it must not come).
+      for _ in 0..<30 where !channel.sent.contains(where: { if case .acquire = $0 { true } else { false } }) {
+        try await Task.sleep(for: .milliseconds(10))
       }
+      channel.releaseHeld()
+      #expect(try await unlocking.value, "the release takes effect")
+      return try await second.value
     }
   }
 
