@@ -408,16 +408,8 @@ public actor LockClient {
     let end = started &+ wait.nanoseconds
     for _ in 0..<3 {
       var session = try await openSession(in: group, ttl: ttl)
-      // A release of this lock in flight in the session might be applied after this acquire, which would then be
-      // answered as a re-entry of a grant about to end: wait for it. Then take the session again: a release that
-      // failed retired it (the release may still be applied late).
-      while releases[SessionRef(group: group, id: session.id).lock(name)] != nil {
-        let key = SessionRef(group: group, id: session.id).lock(name)
-        await withCheckedContinuation { (waiter: CheckedContinuation<Void, Never>) in
-          if releases[key] == nil { waiter.resume() } else { releases[key]?.waiters.append(waiter) }
-        }
-        session = try await openSession(in: group, ttl: ttl)
-      }
+      // Then take the session again: a release that failed retired it (the release may still be applied late).
+      while await waitedForReleases(of: name, in: session) { session = try await openSession(in: group, ttl: ttl) }
       session.startAcquiring(name)
       let attempt: Result<AcquireStep, any Error>
       do {
@@ -436,6 +428,17 @@ public actor LockClient {
       }
     }
     throw LockClientError.unexpected("the session expired, or the lock was released, three times in a row")
+  }
+
+  /// Waits until no release of `name` is in flight in `session`; returns whether there was one. An acquire sent
+  /// meanwhile might be applied before the release, and be answered as a re-entry of the grant it ends.
+  private func waitedForReleases(of name: String, in session: Session) async -> Bool {
+    let key = SessionRef(group: session.group, id: session.id).lock(name)
+    guard releases[key] != nil else { return false }
+    await withCheckedContinuation { (waiter: CheckedContinuation<Void, Never>) in
+      if releases[key] == nil { waiter.resume() } else { releases[key]?.waiters.append(waiter) }
+    }
+    return true
   }
 
   /// How one attempt at acquiring a lock in a session ended.
@@ -569,8 +572,8 @@ public actor LockClient {
   /// The lease for `grant`, unless the client has given `session` up meanwhile (its deadline passed, or it was
   /// closed): such a lease could not be relied on for a moment, and nothing renews the session any more. The
   /// session is then closed at the members, which hands the lock on at once rather than when the session expires,
-  /// and the call throws ``LockClientError/sessionLost(lock:)``.
-  /// `nil` if this client has released `grant` since it was answered.
+  /// and the call throws ``LockClientError/sessionLost(lock:)``. Returns `nil` if this client has released `grant`
+  /// since it was answered.
   private func deliver(_ grant: LockGrant, in session: Session) async throws -> LockLease? {
     guard let lease = session.lease(for: grant) else { return nil }
     guard session.isClosed else { return lease }

@@ -214,7 +214,8 @@ public protocol ReplicaEngine: Sendable {
   /// Records a snapshot the node stored itself; returns the position storage may compact through, or `nil`
   /// when the log moved past it meanwhile (a leader's snapshot) and it must be dropped.
   mutating func recordSnapshot(_ snapshot: StoredSnapshot, lastRecorded: UInt64, retainEntries: Int) -> UInt64?
-  /// Whether the committed `entry` is the proposal `ticket` stood for (not another leader's at that position).
+  /// Whether the committed `entry` is the proposal `ticket` stood for, another leader's at that position, or the
+  /// same value whose proposer cannot be told (``ProposalMatch``).
   func match(_ ticket: Ticket, committedAs entry: Entry) -> ProposalMatch
   /// The leader this node knows of.
   var leader: NodeID? { get }
