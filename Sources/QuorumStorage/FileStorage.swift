@@ -35,11 +35,17 @@ public enum WALPreallocation: Sendable, Equatable {
 ///
 /// | type | record | payload |
 /// |---|---|---|
-/// | 1 | segment header (always first) | magic `QWAL` (u32), version (u8, 1), write mode (u8: 0 truncateSuffix, 1 replace), segment number (u64) |
+/// | 1 | segment header (always first) | magic `QWAL` (u32), version (u8: 2, or 1 from an older build), write mode (u8: 0 truncateSuffix, 1 replace), segment number (u64) |
 /// | 2 | entry | the entry's `WireCodable` encoding |
 /// | 3 | hard state | the opaque bytes; the last one replayed wins |
 /// | 4 | compaction point | varint position: entries up to it are gone |
 /// | 5 | reset | varint position: every entry held so far is dropped; the log continues after it |
+/// | 8 | sync marker (version 2) | varint offset: every byte of the segment before it had been synced when this was written |
+///
+/// A sync marker starts an append when the log was synced since the last marker (so at most one per
+/// `fdatasync`; none under ``FsyncPolicy/never``). A version 1 segment, written by an older build, is read and
+/// appended to without markers until it is rotated away; an older build refuses a version 2 segment with
+/// ``StorageError/incompatible(file:reason:)``.
 ///
 /// Type 0 does not exist, so zeros — the unwritten rest of a preallocated segment — never parse as a record.
 ///
@@ -80,10 +86,16 @@ public enum WALPreallocation: Sendable, Equatable {
 ///   what a crash leaves mid-write. It is cut off (overwritten with zeros, or the file truncated), reported in
 ///   ``RecoveryReport`` (``RecoveryReport/truncatedTailBytes``, file, offset) and logged; new records go
 ///   right after the last valid one.
-/// - **Corruption.** A damaged record followed by a valid one, damage in any segment but the last, a record
-///   with a valid CRC that does not decode, a missing segment number, or (in ``LogWriteMode/truncateSuffix``
-///   mode) a gap between entries throws ``StorageError/corruptRecord(file:offset:reason:)``. Nothing is
-///   skipped silently.
+/// - **Torn write of several pages.** The page cache writes an append's pages back in any order, so a crash
+///   may keep a later page of it and lose an earlier one, which reads back as zeros: valid records then follow
+///   the damage. In a version 2 segment such damage is cut as a torn tail too (everything from the damaged
+///   record on) when it holds a 512-byte-aligned sector of zeros and no valid sync marker follows it. No
+///   marker after it means no sync came after the damaged bytes were written, so nothing from there on was
+///   durable, nor acknowledged under ``FsyncPolicy/always``.
+/// - **Corruption.** A damaged record followed by a valid one (other than in a torn write of several pages),
+///   damage in any segment but the last, a record with a valid CRC that does not decode, a missing segment
+///   number, or (in ``LogWriteMode/truncateSuffix`` mode) a gap between entries throws
+///   ``StorageError/corruptRecord(file:offset:reason:)``. Nothing is skipped silently.
 /// - **Snapshots.** The newest valid snapshot is used. A damaged newer snapshot is set aside (renamed
 ///   `….corrupt`, listed in ``RecoveryReport/rejectedSnapshots``) only if the log still holds every entry
 ///   after the older snapshot (no compaction or reset past it); otherwise recovery throws

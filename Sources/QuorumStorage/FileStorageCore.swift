@@ -327,8 +327,9 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
   }
 
   private func syncActive() throws(StorageError) {
-    guard let active else { return }
-    try active.file.dataSync()
+    guard let file = active?.file else { return }
+    try file.dataSync()
+    active?.didSync()
     syncCount += 1
     dirty = false
   }
@@ -559,7 +560,8 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
       segments.append(Segment(sequence: tail.sequence, maxEntryIndex: 0))
       return
     }
-    active = WALActiveSegment(file: file, offset: tail.validEnd, headerEnd: tail.headerEnd)
+    active = WALActiveSegment(
+      file: file, offset: tail.validEnd, headerEnd: tail.headerEnd, marksSyncs: tail.version >= 2)
     if preallocation == .zeroFilled { spare?.prepare() }
   }
 

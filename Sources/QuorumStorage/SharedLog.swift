@@ -28,7 +28,8 @@ import Synchronization
 ///
 /// The record framing is ``FileStorage``'s (`[u32 CRC-32C][u32 length][u8 type][payload]`). A segment starts
 /// with a segment header whose magic is `QSWL` (mode byte 255: each group has its own mode); every other record
-/// is a *group record* (type 6): a varint group number, then that group's records exactly as its own log would
+/// is a sync marker (type 8, as ``FileStorage`` writes them, between group records and never in one) or a
+/// *group record* (type 6): a varint group number, then that group's records exactly as its own log would
 /// hold them (entries, hard state, compaction point, reset), each with its own CRC. The group record's CRC
 /// covers them all, so a group's write is kept whole or lost whole by a crash. A group record holding a
 /// *forget* record (type 7) alone voids every earlier record of its group (``forget(group:)``).

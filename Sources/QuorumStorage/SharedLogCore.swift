@@ -391,8 +391,9 @@ final class SharedLogCore: @unchecked Sendable {
   }
 
   private func syncActive() throws(StorageError) {
-    guard let active else { return }
-    try active.file.dataSync()
+    guard let file = active?.file else { return }
+    try file.dataSync()
+    active?.didSync()
     syncCount += 1
     dirty = false
   }
@@ -705,12 +706,16 @@ final class SharedLogCore: @unchecked Sendable {
             UnsafeRawBufferPointer(rebasing: raw[0..<length]), path: path, isLast: isLast,
             maxRecordBytes: Self.maxChunkBytes, laterRecordType: WALRecordType.groupChunk.rawValue)
           var headerEnd = 0
+          var version: UInt8 = 0
           while let (type, payload, offset) = try cursor.next() {
             if offset == 0 {
-              try WALFormat.checkSegmentHeader(
+              version = try WALFormat.checkSegmentHeader(
                 type: type, payload: payload, bytes: buffer, sequence: sequence, path: path, shared: true,
                 mode: nil)
               headerEnd = payload.upperBound
+              cursor.marksSyncs = version >= 2
+            } else if type == WALRecordType.syncMarker.rawValue {
+              // Read by the cursor when it meets damage; nothing to replay.
             } else {
               guard type == WALRecordType.groupChunk.rawValue else {
                 throw .corruptRecord(
@@ -741,7 +746,7 @@ final class SharedLogCore: @unchecked Sendable {
           }
           return WALTail(
             sequence: sequence, path: path, validEnd: cursor.offset, headerEnd: headerEnd, fileSize: length,
-            damage: cursor.damage)
+            damage: cursor.damage, version: version)
         }
       }
       let found = try result.get()
@@ -769,7 +774,8 @@ final class SharedLogCore: @unchecked Sendable {
 
   private func openActiveSegment(tail: WALTail?, report: inout RecoveryReport) throws(StorageError) {
     if let tail, let file = try WALFiles.repair(tail, sync: syncsStructure, report: &report, logger: logger) {
-      active = WALActiveSegment(file: file, offset: tail.validEnd, headerEnd: tail.headerEnd)
+      active = WALActiveSegment(
+        file: file, offset: tail.validEnd, headerEnd: tail.headerEnd, marksSyncs: tail.version >= 2)
       if preallocation == .zeroFilled { spare?.prepare() }
       return
     }

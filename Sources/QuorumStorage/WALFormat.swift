@@ -19,6 +19,11 @@ enum WALRecordType: UInt8 {
   /// Only in a shared log, alone in a group record (empty payload): every earlier record of the group is void,
   /// as if the group had never written (``SharedWriteAheadLog/forget(group:)``).
   case forget = 7
+  /// Sync marker (format version 2; varint file offset): every byte of the segment before that offset was made
+  /// durable (`fdatasync`) before this record was written. Written at the start of an append when the synced
+  /// point moved since the last marker; replay skips it. Recovery reads it to tell a torn write, whose
+  /// surviving pages may follow the damage, from damage to bytes already synced (``WALCursor``).
+  case syncMarker = 8
 }
 
 /// Encoding and decoding of write-ahead-log records (see ``FileStorage`` for the format).
@@ -27,8 +32,11 @@ enum WALFormat {
   static let headerBytes = 9
   /// "QWAL", little-endian.
   static let segmentMagic: UInt32 = 0x4C41_5751
-  /// The segment format version this build writes and reads.
-  static let version: UInt8 = 1
+  /// The segment format version this build writes. Version 2 added sync markers (``WALRecordType/syncMarker``).
+  static let version: UInt8 = 2
+  /// The oldest segment format version this build reads: a version 1 segment has no sync markers, and recovery
+  /// holds it to the stricter rule that any valid record after damage makes the damage corruption.
+  static let oldestReadableVersion: UInt8 = 1
   /// The segment header record's payload size.
   static let segmentHeaderPayloadBytes = 14
 
@@ -95,10 +103,11 @@ enum WALFormat {
   /// segment (`shared` false) written in `mode`, or a shared log's segment (``SharedWriteAheadLog``), in
   /// this build's format. The other kind of segment, another version or mode throw
   /// ``StorageError/incompatible(file:reason:)``; anything else is ``StorageError/corruptRecord(file:offset:reason:)``.
+  /// Returns the segment's format version.
   static func checkSegmentHeader(
     type: UInt8, payload: Range<Int>, bytes: [UInt8], sequence: UInt64, path: String, shared: Bool,
     mode expected: LogWriteMode?
-  ) throws(StorageError) {
+  ) throws(StorageError) -> UInt8 {
     guard type == WALRecordType.segmentHeader.rawValue, payload.count == segmentHeaderPayloadBytes else {
       throw .corruptRecord(file: path, offset: 0, reason: "the segment does not start with a segment header")
     }
@@ -124,12 +133,15 @@ enum WALFormat {
           : "a shared log's segment (SharedWriteAheadLog), not a group's own log segment")
     }
     if magic != own { throw .corruptRecord(file: path, offset: 0, reason: "bad segment magic") }
-    if version != self.version { throw .incompatible(file: path, reason: "log format version \(version)") }
+    if !(oldestReadableVersion...self.version).contains(version) {
+      throw .incompatible(file: path, reason: "log format version \(version)")
+    }
     if let expected, mode != modeByte(expected) {
       throw .incompatible(
         file: path, reason: "written in the other log write mode (byte \(mode)); opened in \(expected) mode")
     }
     if found != sequence { throw .corruptRecord(file: path, offset: 0, reason: "header says segment \(found)") }
+    return version
   }
 
   /// The byte recorded for `mode` in segment headers.
@@ -243,6 +255,23 @@ enum WALFormat {
     }
     while end > 0 && raw[end - 1] == 0 { end -= 1 }
     return end - 1
+  }
+
+  /// The smallest unit a torn write loses whole. A page the crash kept from the disk reads back as zeros (the
+  /// file's unwritten extent, or the preallocated zeros), and a page holds whole sectors of at least this size.
+  static let sectorBytes = 512
+
+  /// Whether `raw[range]` holds a ``sectorBytes``-aligned run of ``sectorBytes`` zeros (offsets in `raw` are
+  /// file offsets): what a page lost by a torn write leaves in a record.
+  static func holdsZeroSector(_ raw: UnsafeRawBufferPointer, in range: Range<Int>) -> Bool {
+    var sector = (range.lowerBound + sectorBytes - 1) / sectorBytes * sectorBytes
+    while sector + sectorBytes <= range.upperBound {
+      var word = sector
+      while word < sector + sectorBytes, raw.loadUnaligned(fromByteOffset: word, as: UInt64.self) == 0 { word += 8 }
+      if word == sector + sectorBytes { return true }
+      sector += sectorBytes
+    }
+    return false
   }
 
   /// What a search for a valid record after damage found (``nextValidRecord(_:after:lastNonZero:type:budget:work:)``).

@@ -100,6 +100,28 @@ struct WALActiveSegment {
   var offset: Int
   /// The end of the segment's header (or checkpoint): a segment holding nothing past it is never rotated away.
   var headerEnd: Int
+  /// Whether appends carry sync markers (``WALRecordType/syncMarker``): a segment of format version 2 or later.
+  /// A version 1 segment from an older build goes on without them until it is rotated away.
+  let marksSyncs: Bool
+  /// Every byte before this offset is durable: where the segment ended at its last `fdatasync`.
+  private(set) var syncedEnd: Int
+  /// The synced end the last sync marker recorded (or, before the first, what needs no marker).
+  private var markedEnd: Int
+
+  /// A segment to append to at `offset`. The bytes before it need no sync marker: a new segment's checkpoint
+  /// (synced as it was created, unless the policy never syncs), or the records a recovery found. The first
+  /// marker follows the first sync from here on.
+  init(file: PosixFile, offset: Int, headerEnd: Int, marksSyncs: Bool) {
+    self.file = file
+    self.offset = offset
+    self.headerEnd = headerEnd
+    self.marksSyncs = marksSyncs
+    syncedEnd = offset
+    markedEnd = offset
+  }
+
+  /// Records that every byte appended so far is durable (after an `fdatasync` of ``file``).
+  mutating func didSync() { syncedEnd = offset }
 
   /// Whether `bytes` more do not fit in a segment of `segmentBytes`, which holds more than its header.
   func needsRotation(adding bytes: Int, pendingBytes: Int, segmentBytes: Int) -> Bool {
@@ -109,16 +131,30 @@ struct WALActiveSegment {
     return offset + bytes > limit && offset + pendingBytes > headerEnd
   }
 
-  /// Appends the pending chunks with one `pwrite` and empties them.
+  /// Appends the pending chunks with one `pwrite` and empties them; a sync marker goes first when a sync moved
+  /// the synced point since the last one.
+  ///
+  /// Recovery relies on this rule: a valid marker after damage means the damaged bytes were synced. A marker
+  /// is written only when a sync came after the last marker; if that sync came before the damaged bytes were
+  /// written, the append that wrote them carried a marker recording it, and no later one would.
   mutating func flush(_ pending: inout [[UInt8]], _ pendingBytes: inout Int) throws(StorageError) {
     guard !pending.isEmpty else { return }
-    var bytes = pending[0]
-    if pending.count > 1 {
-      bytes.reserveCapacity(pendingBytes)
-      for chunk in pending.dropFirst() { bytes.append(contentsOf: chunk) }
+    var bytes: [UInt8]
+    if marksSyncs && syncedEnd > markedEnd {
+      var writer = WireWriter(reservingCapacity: pendingBytes + 24)
+      WALFormat.appendIndexRecord(.syncMarker, UInt64(syncedEnd), to: &writer)
+      for chunk in pending { writer.writeRaw(chunk) }
+      bytes = writer.bytes
+    } else {
+      bytes = pending[0]
+      if pending.count > 1 {
+        bytes.reserveCapacity(pendingBytes)
+        for chunk in pending.dropFirst() { bytes.append(contentsOf: chunk) }
+      }
     }
     try file.write(bytes, at: offset)
     offset += bytes.count
+    markedEnd = syncedEnd
     pending.removeAll(keepingCapacity: true)
     pendingBytes = 0
   }
@@ -171,7 +207,7 @@ extension WALFiles {
       throw error
     }
     spare?.prepare()
-    return WALActiveSegment(file: file, offset: checkpoint.count, headerEnd: headerEnd)
+    return WALActiveSegment(file: file, offset: checkpoint.count, headerEnd: headerEnd, marksSyncs: true)
   }
 
   /// A timer on `queue` that calls `handler` every `interval` (at least 1 ms): the batch policy's sync.

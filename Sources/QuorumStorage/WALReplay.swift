@@ -62,12 +62,14 @@ struct WALReplay<Entry: StorableEntry>: ~Copyable {
     var summary = SegmentSummary(sequence: sequence, maxEntryIndex: 0)
     var cursor = WALCursor(raw, path: path, isLast: isLast, maxRecordBytes: maxRecordBytes)
     var headerEnd = 0
+    var version: UInt8 = 0
     while let (type, payload, offset) = try cursor.next() {
       if offset == 0 {
-        try WALFormat.checkSegmentHeader(
+        version = try WALFormat.checkSegmentHeader(
           type: type, payload: payload, bytes: bytes, sequence: sequence, path: path, shared: false,
           mode: mode)
         headerEnd = payload.upperBound
+        cursor.marksSyncs = version >= 2
       } else {
         try apply(
           type: type, payload: payload, raw: raw, bytes: bytes, path: path, offset: offset, discarded: discarded,
@@ -79,14 +81,14 @@ struct WALReplay<Entry: StorableEntry>: ~Copyable {
     if isLast {
       tail = Tail(
         sequence: sequence, path: path, validEnd: cursor.offset, headerEnd: headerEnd, fileSize: raw.count,
-        damage: cursor.damage)
+        damage: cursor.damage, version: version)
     }
   }
 
   /// Replays one record that is not a segment header. `offset` is where it starts in `path`, for errors.
   private mutating func apply(
     type: UInt8, payload: Range<Int>, raw: UnsafeRawBufferPointer, bytes: [UInt8], path: String, offset: Int,
-    discarded: Bool, maxEntryIndex: inout UInt64
+    discarded: Bool, inGroupRecord: Bool = false, maxEntryIndex: inout UInt64
   ) throws(StorageError) {
     switch WALRecordType(rawValue: type) {
     case .entry:
@@ -117,6 +119,11 @@ struct WALReplay<Entry: StorableEntry>: ~Copyable {
     case .forget:
       // The scan of a shared log takes a group record holding a forget record alone; anywhere else it is damage.
       throw .corruptRecord(file: path, offset: offset, reason: "a forget record among a group's records")
+    case .syncMarker:
+      // Read by the cursor when it meets damage; a shared log writes them between group records, never in one.
+      if inGroupRecord {
+        throw .corruptRecord(file: path, offset: offset, reason: "a sync marker inside a group record")
+      }
     case nil:
       throw .incompatible(file: path, reason: "unknown record type \(type) at byte \(offset)")
     }
@@ -137,7 +144,7 @@ struct WALReplay<Entry: StorableEntry>: ~Copyable {
         while let (type, payload, offset) = try cursor.next() {
           try apply(
             type: type, payload: payload, raw: raw, bytes: bytes, path: path, offset: offset, discarded: discarded,
-            maxEntryIndex: &maxEntryIndex)
+            inGroupRecord: true, maxEntryIndex: &maxEntryIndex)
           report.recordsRead += 1
         }
       }
@@ -206,8 +213,15 @@ struct WALReplay<Entry: StorableEntry>: ~Copyable {
 }
 
 /// Walks the records of a segment (or of a shared log's group record) in order, telling a torn tail from
-/// corruption: damage followed by nothing valid, at the end of the last segment, is a torn tail (``damage``);
-/// any other damage throws ``StorageError/corruptRecord(file:offset:reason:)``. A valid record larger than
+/// corruption. Damage in the last segment is a torn tail (``damage``), cut with everything after it, when
+///
+/// - no valid record follows it: what a crash leaves mid-append; or
+/// - (segments with sync markers, ``marksSyncs``) valid records follow, but the damage holds a sector of zeros
+///   and no sync marker follows it: what a crash leaves when an append of several pages reached the disk out of
+///   order. A lost page reads back as zeros, and with no marker after the damage, no sync followed the bytes
+///   it hit (see ``WALActiveSegment/flush(_:_:)``), so nothing from there on was ever durable.
+///
+/// Any other damage throws ``StorageError/corruptRecord(file:offset:reason:)``. A valid record larger than
 /// `maxRecordBytes` throws ``StorageError/incompatible(file:reason:)``.
 struct WALCursor {
   let raw: UnsafeRawBufferPointer
@@ -221,6 +235,9 @@ struct WALCursor {
   /// (`nil`: any type). A shared log's records are group records, each holding whole records of a group: a torn
   /// group record's own records inside it are not records written after it.
   let laterRecordType: UInt8?
+  /// Whether the segment carries sync markers (format version 2 or later), read from its header once the
+  /// walk has passed it.
+  var marksSyncs = false
   /// Where the next record starts in `raw`: after the walk, the end of the last valid record.
   private(set) var offset = 0
   /// The torn tail found, if the walk stopped at one.
@@ -252,18 +269,37 @@ struct WALCursor {
           reason: reason + (baseOffset > 0 ? " (inside a group record)" : " (not the last segment)"))
       }
       var work = 0
+      let (file, fileOffset) = (path, baseOffset + offset)
+      let fail = { (clause: String) -> StorageError in
+        .corruptRecord(file: file, offset: fileOffset, reason: reason + clause)
+      }
       switch WALFormat.nextValidRecord(raw, after: offset, lastNonZero: lastNonZero, type: laterRecordType, work: &work)
       {
-      case .at(let next):
-        throw .corruptRecord(
-          file: path, offset: baseOffset + offset, reason: reason + "; a valid record follows at byte \(next)")
       case .undecided:
-        throw .corruptRecord(
-          file: path, offset: baseOffset + offset,
-          reason: reason + "; whether a valid record follows could not be settled within \(work) bytes of checksums")
+        throw fail("; whether a valid record follows could not be settled within \(work) bytes of checksums")
       case .none:
+        // A shared log's search looked for group records only: a sync marker after the damage still says the
+        // damaged bytes had been synced.
+        if marksSyncs && laterRecordType != nil, let notTorn = syncMarkerAfterDamage(work: &work) {
+          throw fail(notTorn)
+        }
         damage = WALDamage(
           end: lastNonZero + 1, bytes: lastNonZero + 1 - offset, reason: reason, scannedBytes: work)
+        return nil
+      case .at(let next):
+        guard marksSyncs else { throw fail("; a valid record follows at byte \(next)") }
+        guard WALFormat.holdsZeroSector(raw, in: offset..<next) else {
+          throw fail(
+            "; a valid record follows at byte \(next), and the damage holds no sector of zeros, as a page a torn "
+              + "write lost would")
+        }
+        if let notTorn = syncMarkerAfterDamage(work: &work) {
+          throw fail("; a valid record follows at byte \(next)" + notTorn)
+        }
+        damage = WALDamage(
+          end: lastNonZero + 1, bytes: lastNonZero + 1 - offset,
+          reason: reason + "; a torn write: the valid records from byte \(next) on were never synced",
+          scannedBytes: work)
         return nil
       }
     case .record(let type, let payload):
@@ -282,9 +318,21 @@ struct WALCursor {
       return (type, payload, baseOffset + start)
     }
   }
+
+  /// Why the damage at ``offset`` is not a torn write, as a clause for the error, if a valid sync marker follows
+  /// it (the damaged bytes had been synced: see ``WALActiveSegment/flush(_:_:)``); `nil` if none does.
+  private func syncMarkerAfterDamage(work: inout Int) -> String? {
+    let marker = WALFormat.nextValidRecord(
+      raw, after: offset, lastNonZero: lastNonZero, type: WALRecordType.syncMarker.rawValue, work: &work)
+    switch marker {
+    case .none: return nil
+    case .at(let at): return ", and a sync marker at byte \(at) says the damaged bytes had been synced"
+    case .undecided: return ", and whether a sync marker follows could not be settled within \(work) bytes of checksums"
+    }
+  }
 }
 
-/// Damage at the end of the last segment, with nothing valid after it: what a crash mid-write leaves.
+/// Damage at the end of the last segment that recovery cuts: what a crash mid-write leaves.
 struct WALDamage {
   /// One past the last non-zero byte of the file.
   var end: Int
@@ -304,4 +352,6 @@ struct WALTail {
   var headerEnd: Int
   var fileSize: Int
   var damage: WALDamage?
+  /// The segment's format version (0 if its header did not survive).
+  var version: UInt8
 }

@@ -477,13 +477,16 @@ struct SharedLogTests {
       var log = makeLog(directory)
       var (a, b) = try await openTwo(log)
       try await b.write(StorageWrite(entries: entries(1...3)))  // B's entries keep the first segment.
-      for start in stride(from: UInt64(1), through: 96, by: 5) {
-        try await a.write(StorageWrite(entries: bigEntries(start...(start + 4))))
+      for start in stride(from: UInt64(1), through: 97, by: 4) {  // Leaves room in the last segment (below).
+        try await a.write(StorageWrite(entries: bigEntries(start...(start + 3))))
       }
       try await a.saveSnapshot(StoredSnapshot(index: 100, term: 1, data: [1]), discardingLog: false)
       try await b.saveSnapshot(StoredSnapshot(index: 3, term: 1, data: [2]), discardingLog: false)
       let segments = try await log.segmentSequences()
       #expect(segments.count > 2)
+      // The compaction records must fit in the last segment, or the rotation they cause syncs.
+      let lastSegment = try #require(try segmentFiles(directory).last)
+      #expect(try readFile(lastSegment).count < 4096 - 256, "the writes leave room in the last segment")
       let before = try await log.syncCount()
       try await a.compact(through: 100)
       #expect(try await log.segmentSequences() == segments, "B still keeps the first segment")
@@ -774,6 +777,89 @@ struct SharedLogTests {
         try await reopenedA.close()
         try await reopenedB.close()
       }
+    }
+  }
+
+  /// One append carrying a large write of group 1 and a small one of group 2 (group commit) loses a page of
+  /// group 1's record and keeps group 2's: a torn write, since no sync marker follows the damage. Both writes
+  /// are cut; what each group had synced before stays.
+  @Test func anAppendOfTwoGroupsThatLostAPageIsATornWrite() async throws {
+    try await withTemporaryDirectory { directory in
+      var log = makeLog(directory, segmentBytes: 1 << 20)
+      var (a, b) = try await openTwo(log)
+      try await a.write(StorageWrite(hardState: hardState("a"), entries: entries(1...2)))
+      try await b.write(StorageWrite(hardState: hardState("b"), entries: entries(1...2)))
+      let path = try #require(try segmentFiles(directory).last)
+      let syncedEnd = try readFile(path).count
+
+      // Hold the log's queue and queue the two writes behind it, group 1's first: one append.
+      let gate = Gate()
+      let core = log.core
+      let holder = Task { try await core.perform { () throws(StorageError) in gate.pass() } }
+      try await waitUntil("the queue is held") { gate.entered.load(ordering: .acquiring) }
+      let (heldA, heldB) = (a, b)
+      let big = Task { try await heldA.write(StorageWrite(hardState: hardState("a2"), entries: pageEntries(3...14))) }
+      try await waitUntil("group 1's write is queued") { core.queuedRequestCount == 1 }
+      let small = Task { try await heldB.write(StorageWrite(hardState: hardState("b2"), entries: entries(3...3))) }
+      try await waitUntil("group 2's write is queued") { core.queuedRequestCount == 2 }
+      gate.open()
+      try await big.value
+      try await small.value
+      try await holder.value
+      try await a.close()
+      try await b.close()
+
+      var bytes = try readFile(path)
+      let appended = recordOffsets(bytes).starts.filter { $0 >= syncedEnd }
+      #expect(appended.count == 2, "one group record per write")
+      let page = losePage(after: appended[0], in: &bytes)
+      #expect(page + 4096 <= appended[1], "the lost page lies in group 1's record")
+      try writeFile(path, bytes)
+
+      log = makeLog(directory, segmentBytes: 1 << 20)
+      (a, b) = (log.storage(for: 1, entry: TestEntry.self), log.storage(for: 2, entry: TestEntry.self))
+      let stateA = try await a.recover()
+      let stateB = try await b.recover()
+      #expect(stateA.entries == entries(1...2))
+      #expect(stateA.hardState == hardState("a"))
+      #expect(stateB.entries == entries(1...2))
+      #expect(stateB.hardState == hardState("b"))
+      #expect(stateB.report.truncatedOffset == appended[0])
+      try await a.close()
+      try await b.close()
+    }
+  }
+
+  /// A shared log looks for valid group records after damage; a sync marker after it says the damaged bytes
+  /// had been synced even when the group records after it are damaged too, and makes it corruption.
+  @Test func damageToSyncedRecordsIsCorruptionWhenTheRecordsAfterAreDamagedToo() async throws {
+    try await withTemporaryDirectory { directory in
+      let log = makeLog(directory, segmentBytes: 1 << 20)
+      let (a, b) = try await openTwo(log)
+      try await a.write(StorageWrite(hardState: hardState("a"), entries: pageEntries(1...12)))
+      try await b.write(StorageWrite(hardState: hardState("b"), entries: entries(1...2)))
+      try await a.close()
+      try await b.close()
+      let path = try #require(try segmentFiles(directory).last)
+      var bytes = try readFile(path)
+      let starts = recordOffsets(bytes).starts
+      #expect(starts.count == 3, "the header, then one group record per write")
+      let page = losePage(after: starts[1], in: &bytes)
+      #expect(page + 4096 <= starts[2], "the lost page lies in group 1's record")
+      bytes[starts[2] + 12] ^= 0x01
+
+      try writeFile(path, bytes)
+      let reopened = makeLog(directory, segmentBytes: 1 << 20)
+      let error = await #expect(throws: StorageError.self) {
+        _ = try await reopened.storage(for: 1, entry: TestEntry.self).recover()
+      }
+      guard case .corruptRecord(let file, let offset, let reason) = error else {
+        Issue.record("expected corruptRecord, got \(String(describing: error))")
+        return
+      }
+      #expect(file == path)
+      #expect(offset == starts[1])
+      #expect(reason.contains("sync marker"), "\(reason)")
     }
   }
 

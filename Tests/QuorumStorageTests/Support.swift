@@ -140,16 +140,40 @@ func writeFile(_ path: String, _ bytes: [UInt8]) throws {
   try Data(bytes).write(to: URL(fileURLWithPath: path))
 }
 
+/// The type byte of a sync marker record, which a log writes at the start of an append after a sync.
+let syncMarkerType: UInt8 = 8
+
 /// The start offsets of the records in a segment file's bytes, and the end of the last one (walking the
-/// `[u32 CRC][u32 length][u8 type]` headers; stops at zeros).
-func recordOffsets(_ bytes: [UInt8]) -> (starts: [Int], end: Int) {
+/// `[u32 CRC][u32 length][u8 type]` headers; stops at zeros). Sync markers are left out of `starts` unless
+/// `markers` is true.
+func recordOffsets(_ bytes: [UInt8], markers: Bool = false) -> (starts: [Int], end: Int) {
   var starts: [Int] = []
   var offset = 0
   while offset + 9 <= bytes.count, bytes[offset + 8] != 0 {
-    starts.append(offset)
+    if markers || bytes[offset + 8] != syncMarkerType { starts.append(offset) }
     let length =
       Int(bytes[offset + 4]) | Int(bytes[offset + 5]) << 8 | Int(bytes[offset + 6]) << 16 | Int(bytes[offset + 7]) << 24
     offset += 9 + length
   }
   return (starts, offset)
+}
+
+/// Entries of about 1 KiB of non-zero bytes each: a write of a dozen spans several pages.
+func pageEntries(_ positions: ClosedRange<UInt64>, term: UInt64 = 1) -> [TestEntry] {
+  positions.map { index in
+    TestEntry(index, term: term, payload: (0..<1000).map { UInt8(truncatingIfNeeded: $0 &+ Int(index)) | 1 })
+  }
+}
+
+/// Zeroes the first whole page (4 KiB) that starts after `offset` in a segment's bytes, as a crash leaves an
+/// append of several pages when a later page reached the disk and this one did not; returns its offset.
+func losePage(after offset: Int, in bytes: inout [UInt8]) -> Int {
+  let page = (offset / 4096 + 1) * 4096
+  for at in page..<(page + 4096) { bytes[at] = 0 }
+  return page
+}
+
+/// The start of the record a lost page at `page` damages: the last record starting at or before it.
+func damagedRecord(_ starts: [Int], page: Int) -> Int {
+  starts.last { $0 <= page } ?? 0
 }
