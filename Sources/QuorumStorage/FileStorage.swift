@@ -89,9 +89,14 @@ public enum WALPreallocation: Sendable, Equatable {
 /// - **Torn write of several pages.** The page cache writes an append's pages back in any order, so a crash
 ///   may keep a later page of it and lose an earlier one, which reads back as zeros: valid records then follow
 ///   the damage. In a version 2 segment such damage is cut as a torn tail too (everything from the damaged
-///   record on) when it holds a 512-byte-aligned sector of zeros and no valid sync marker follows it. No
-///   marker after it means no sync came after the damaged bytes were written, so nothing from there on was
-///   durable, nor acknowledged under ``FsyncPolicy/always``.
+///   record on) when it shows a lost sector (a 512-byte-aligned sector of zeros, or zeros from the damaged
+///   record to the end of its sector) and no valid sync marker follows it. A torn write only damages bytes
+///   not yet synced, and a marker after damaged bytes says they had been (the first append after each sync
+///   starts with one, as does the first after opening): such damage is corruption. With no marker after it,
+///   recovery cannot tell a torn write from media damage that zeroed a sector of the appends made since the
+///   last append that followed a sync (under ``FsyncPolicy/always``, the last append). It takes it for the
+///   torn write, by far the likelier, and cuts it, as it cuts damage at the very end of the log; the report and
+///   the log say what was cut.
 /// - **Corruption.** A damaged record followed by a valid one (other than in a torn write of several pages),
 ///   damage in any segment but the last, a record with a valid CRC that does not decode, a missing segment
 ///   number, or (in ``LogWriteMode/truncateSuffix`` mode) a gap between entries throws

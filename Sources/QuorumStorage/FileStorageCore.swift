@@ -561,7 +561,8 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
       return
     }
     active = WALActiveSegment(
-      file: file, offset: tail.validEnd, headerEnd: tail.headerEnd, marksSyncs: tail.version >= 2)
+      file: file, offset: tail.validEnd, headerEnd: tail.headerEnd, marksSyncs: tail.version >= 2,
+      synced: syncsStructure)
     if preallocation == .zeroFilled { spare?.prepare() }
   }
 

@@ -226,11 +226,9 @@ final class SharedLogCore: @unchecked Sendable {
     if let state = groups[group], state.open, state.owner == owner {
       groups[group]?.open = false
       openGroups -= 1
-      if case .open = phase, syncsStructure, dirty || openGroups == 0, let active {
+      if case .open = phase, syncsStructure, dirty || openGroups == 0, active != nil {
         do throws(StorageError) {
-          try active.file.dataSync()
-          syncCount += 1
-          dirty = false
+          try syncActive()
         } catch {
           failure = poison(error)
         }
@@ -775,7 +773,8 @@ final class SharedLogCore: @unchecked Sendable {
   private func openActiveSegment(tail: WALTail?, report: inout RecoveryReport) throws(StorageError) {
     if let tail, let file = try WALFiles.repair(tail, sync: syncsStructure, report: &report, logger: logger) {
       active = WALActiveSegment(
-        file: file, offset: tail.validEnd, headerEnd: tail.headerEnd, marksSyncs: tail.version >= 2)
+        file: file, offset: tail.validEnd, headerEnd: tail.headerEnd, marksSyncs: tail.version >= 2,
+        synced: syncsStructure)
       if preallocation == .zeroFilled { spare?.prepare() }
       return
     }

@@ -56,8 +56,12 @@ enum WALFiles {
   }
 
   /// Cuts a torn tail off the last segment (zeros over it where the file is preallocated past it, otherwise a
-  /// truncation), records it in `report`, and returns the segment open for appending; `nil` (with the file
-  /// removed) when not even its header survived.
+  /// truncation), records it in `report`, and returns the segment open for appending, synced if `sync`;
+  /// `nil` (with the file removed) when not even its header survived.
+  ///
+  /// The records recovery read may have been only in the page cache (after a process crash, or a failed sync
+  /// before a reopen). Syncing them before anything is appended after them makes the sync marker that starts
+  /// the first append (``WALActiveSegment``) true.
   static func repair(
     _ tail: WALTail, sync: Bool, report: inout RecoveryReport, logger: QuorumLogger
   ) throws(StorageError) -> PosixFile? {
@@ -83,8 +87,8 @@ enum WALFiles {
         } else {
           try file.truncate(to: tail.validEnd)
         }
-        if sync { try file.dataSync() }
       }
+      if sync { try file.dataSync() }
     } catch {
       file.close()
       throw error

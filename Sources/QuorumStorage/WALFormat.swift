@@ -261,17 +261,36 @@ enum WALFormat {
   /// file's unwritten extent, or the preallocated zeros), and a page holds whole sectors of at least this size.
   static let sectorBytes = 512
 
-  /// Whether `raw[range]` holds a ``sectorBytes``-aligned run of ``sectorBytes`` zeros (offsets in `raw` are
-  /// file offsets): what a page lost by a torn write leaves in a record.
-  static func holdsZeroSector(_ raw: UnsafeRawBufferPointer, in range: Range<Int>) -> Bool {
+  /// Whether damage spanning `raw[range]` (offsets in `raw` are file offsets) shows what a sector lost by a torn
+  /// write leaves: a ``sectorBytes``-aligned sector of zeros within it, or zeros from its start to the end of
+  /// the sector it starts in. The second is the first page of an append whose start shared that page with
+  /// records synced before: lost, the page reads back as those records and then zeros.
+  static func showsALostSector(_ raw: UnsafeRawBufferPointer, in range: Range<Int>) -> Bool {
+    let firstBoundary = (range.lowerBound / sectorBytes + 1) * sectorBytes
+    if range.lowerBound % sectorBytes != 0 && firstBoundary <= range.upperBound
+      && allZero(raw, range.lowerBound..<firstBoundary)
+    {
+      return true
+    }
     var sector = (range.lowerBound + sectorBytes - 1) / sectorBytes * sectorBytes
     while sector + sectorBytes <= range.upperBound {
-      var word = sector
-      while word < sector + sectorBytes, raw.loadUnaligned(fromByteOffset: word, as: UInt64.self) == 0 { word += 8 }
-      if word == sector + sectorBytes { return true }
+      if allZero(raw, sector..<(sector + sectorBytes)) { return true }
       sector += sectorBytes
     }
     return false
+  }
+
+  private static func allZero(_ raw: UnsafeRawBufferPointer, _ range: Range<Int>) -> Bool {
+    var at = range.lowerBound
+    while at + 8 <= range.upperBound {
+      if raw.loadUnaligned(fromByteOffset: at, as: UInt64.self) != 0 { return false }
+      at += 8
+    }
+    while at < range.upperBound {
+      if raw[at] != 0 { return false }
+      at += 1
+    }
+    return true
   }
 
   /// What a search for a valid record after damage found (``nextValidRecord(_:after:lastNonZero:type:budget:work:)``).

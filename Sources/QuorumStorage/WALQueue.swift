@@ -107,18 +107,24 @@ struct WALActiveSegment {
   private(set) var syncedEnd: Int
   /// The synced end the last sync marker recorded (or, before the first, what needs no marker).
   private var markedEnd: Int
+  /// The most bytes a sync marker takes: its header and a varint of up to ten bytes.
+  static let maxMarkerBytes = WALFormat.headerBytes + 10
 
-  /// A segment to append to at `offset`. The bytes before it need no sync marker: a new segment's checkpoint
-  /// (synced as it was created, unless the policy never syncs), or the records a recovery found. The first
-  /// marker follows the first sync from here on.
-  init(file: PosixFile, offset: Int, headerEnd: Int, marksSyncs: Bool) {
+  /// A segment to append to at `offset`, whose bytes before it are durable if `synced` (a new segment's
+  /// checkpoint, synced as it was created, or a reopened segment's records, synced as it was opened): the first
+  /// append then starts with a marker saying so. Otherwise (a policy that never syncs) the first marker follows
+  /// the first sync.
+  init(file: PosixFile, offset: Int, headerEnd: Int, marksSyncs: Bool, synced: Bool) {
     self.file = file
     self.offset = offset
     self.headerEnd = headerEnd
     self.marksSyncs = marksSyncs
     syncedEnd = offset
-    markedEnd = offset
+    markedEnd = synced ? 0 : offset
   }
+
+  /// Whether the next append starts with a sync marker.
+  private var marksNextAppend: Bool { marksSyncs && syncedEnd > markedEnd }
 
   /// Records that every byte appended so far is durable (after an `fdatasync` of ``file``).
   mutating func didSync() { syncedEnd = offset }
@@ -128,7 +134,8 @@ struct WALActiveSegment {
     // A segment whose header fills more than half of it (a shared log's checkpoint, with many groups) still
     // takes half a segment of records; a group's own log has a header of a few bytes, so this is its size.
     let limit = max(segmentBytes, headerEnd + segmentBytes / 2)
-    return offset + bytes > limit && offset + pendingBytes > headerEnd
+    let marker = marksNextAppend ? Self.maxMarkerBytes : 0
+    return offset + marker + bytes > limit && offset + pendingBytes > headerEnd
   }
 
   /// Appends the pending chunks with one `pwrite` and empties them; a sync marker goes first when a sync moved
@@ -140,7 +147,7 @@ struct WALActiveSegment {
   mutating func flush(_ pending: inout [[UInt8]], _ pendingBytes: inout Int) throws(StorageError) {
     guard !pending.isEmpty else { return }
     var bytes: [UInt8]
-    if marksSyncs && syncedEnd > markedEnd {
+    if marksNextAppend {
       var writer = WireWriter(reservingCapacity: pendingBytes + 24)
       WALFormat.appendIndexRecord(.syncMarker, UInt64(syncedEnd), to: &writer)
       for chunk in pending { writer.writeRaw(chunk) }
@@ -207,7 +214,7 @@ extension WALFiles {
       throw error
     }
     spare?.prepare()
-    return WALActiveSegment(file: file, offset: checkpoint.count, headerEnd: headerEnd, marksSyncs: true)
+    return WALActiveSegment(file: file, offset: checkpoint.count, headerEnd: headerEnd, marksSyncs: true, synced: sync)
   }
 
   /// A timer on `queue` that calls `handler` every `interval` (at least 1 ms): the batch policy's sync.

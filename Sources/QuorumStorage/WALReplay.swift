@@ -216,10 +216,12 @@ struct WALReplay<Entry: StorableEntry>: ~Copyable {
 /// corruption. Damage in the last segment is a torn tail (``damage``), cut with everything after it, when
 ///
 /// - no valid record follows it: what a crash leaves mid-append; or
-/// - (segments with sync markers, ``marksSyncs``) valid records follow, but the damage holds a sector of zeros
-///   and no sync marker follows it: what a crash leaves when an append of several pages reached the disk out of
-///   order. A lost page reads back as zeros, and with no marker after the damage, no sync followed the bytes
-///   it hit (see ``WALActiveSegment/flush(_:_:)``), so nothing from there on was ever durable.
+/// - (segments with sync markers, ``marksSyncs``) valid records follow, but the damage shows a lost sector
+///   (``WALFormat/showsALostSector(_:in:)``) and no sync marker follows it: what a crash leaves when an append
+///   of several pages reached the disk out of order. A torn write only damages bytes not yet synced; a marker
+///   after the damage says the bytes were synced (see ``WALActiveSegment/flush(_:_:)``), so the damage is then
+///   corruption. Without one, it may be a torn write, and is taken for one (``FileStorage`` says what that
+///   cannot tell apart).
 ///
 /// Any other damage throws ``StorageError/corruptRecord(file:offset:reason:)``. A valid record larger than
 /// `maxRecordBytes` throws ``StorageError/incompatible(file:reason:)``.
@@ -288,9 +290,9 @@ struct WALCursor {
         return nil
       case .at(let next):
         guard marksSyncs else { throw fail("; a valid record follows at byte \(next)") }
-        guard WALFormat.holdsZeroSector(raw, in: offset..<next) else {
+        guard WALFormat.showsALostSector(raw, in: offset..<next) else {
           throw fail(
-            "; a valid record follows at byte \(next), and the damage holds no sector of zeros, as a page a torn "
+            "; a valid record follows at byte \(next), and the damage shows no sector of zeros, as a page a torn "
               + "write lost would")
         }
         if let notTorn = syncMarkerAfterDamage(work: &work) {
