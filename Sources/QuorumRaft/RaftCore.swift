@@ -304,7 +304,7 @@ public struct RaftCore: Sendable {
   private var readRound: UInt64 = 0
   private var needsReadRound = false
   private var pendingReads = FIFOQueue<PendingRead>()
-  private var readsAwaitingCommit: [UInt64] = []
+  private var readsAwaitingCommit = FIFOQueue<UInt64>()
   /// The most reads a leader keeps waiting for confirmation; past it the oldest is reported failed.
   static let maxUnconfirmedReads = 65_536
   /// The reads waiting for confirmation (at most ``maxUnconfirmedReads``).
@@ -739,8 +739,8 @@ public struct RaftCore: Sendable {
 
   private mutating func failPendingReads() {
     while let read = pendingReads.popFirst() { failedReads.append(read.id) }
-    failedReads.append(contentsOf: readsAwaitingCommit)
-    readsAwaitingCommit = []
+    failedReads.append(contentsOf: readsAwaitingCommit.elements)
+    readsAwaitingCommit.removeAll()
   }
 
   private mutating func resetRandomizedElectionTimeout() {
@@ -968,9 +968,7 @@ public struct RaftCore: Sendable {
       }
       uncommittedBytes = max(0, uncommittedBytes)
       if !readsAwaitingCommit.isEmpty && hasCommittedInCurrentTerm {
-        let waiting = readsAwaitingCommit
-        readsAwaitingCommit = []
-        for read in waiting { queueRead(read) }
+        while let read = readsAwaitingCommit.popFirst() { queueRead(read) }
       }
       if membershipIndex > old && membershipIndex <= index { membershipCommitted() }
     }
@@ -1334,10 +1332,10 @@ public struct RaftCore: Sendable {
     if unconfirmedReads >= Self.maxUnconfirmedReads {
       // The shell gives up on a read at its deadline without telling the core; a leader that hears from no quorum
       // and never steps down (check-quorum off) would keep every such id. The oldest goes, reported failed.
-      if readsAwaitingCommit.isEmpty {
-        if let oldest = pendingReads.popFirst() { failedReads.append(oldest.id) }
-      } else {
-        failedReads.append(readsAwaitingCommit.removeFirst())
+      if let oldest = readsAwaitingCommit.popFirst() {
+        failedReads.append(oldest)
+      } else if let oldest = pendingReads.popFirst() {
+        failedReads.append(oldest.id)
       }
     }
     if !hasCommittedInCurrentTerm {

@@ -92,11 +92,13 @@ public enum WALPreallocation: Sendable, Equatable {
 ///   record on) when it shows a lost sector (a 512-byte-aligned sector of zeros, or zeros from the damaged
 ///   record to the end of its sector) and no valid sync marker follows it. A torn write only damages bytes
 ///   not yet synced, and a marker after damaged bytes says they had been (the first append after each sync
-///   starts with one, as does the first after opening): such damage is corruption. With no marker after it,
-///   recovery cannot tell a torn write from media damage that zeroed a sector of the appends made since the
-///   last append that followed a sync (under ``FsyncPolicy/always``, the last append). It takes it for the
-///   torn write, by far the likelier, and cuts it, as it cuts damage at the very end of the log; the report and
-///   the log say what was cut.
+///   starts with one, as does the first after opening unless the policy is ``FsyncPolicy/never``): such damage
+///   is corruption. A marker records its own offset, so bytes inside an entry that happen to form one do not
+///   count. With no marker after it, recovery cannot tell a torn write from media damage that zeroed a sector
+///   of the appends made since the last append that followed a sync (under ``FsyncPolicy/always``, the last
+///   append), or damage that began earlier and wiped out every marker after it. It takes it for the torn
+///   write, by far the likelier, and cuts it, as it cuts damage at the very end of the log; the report and the
+///   log say what was cut.
 /// - **Corruption.** A damaged record followed by a valid one (other than in a torn write of several pages),
 ///   damage in any segment but the last, a record with a valid CRC that does not decode, a missing segment
 ///   number, or (in ``LogWriteMode/truncateSuffix`` mode) a gap between entries throws

@@ -553,7 +553,10 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
       segments.append(Segment(sequence: sequence, maxEntryIndex: 0))
       return
     }
-    guard let file = try WALFiles.repair(tail, sync: syncsStructure, report: &report, logger: logger) else {
+    guard
+      let file = try WALFiles.repair(
+        tail, sync: syncsStructure, report: &report, logger: logger, onDataSync: { syncCount += 1 })
+    else {
       // Not even the segment header survived: start the segment afresh.
       segments.removeLast()
       active = try createSegment(tail.sequence, reset: nil)

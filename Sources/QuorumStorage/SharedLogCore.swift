@@ -771,7 +771,10 @@ final class SharedLogCore: @unchecked Sendable {
   }
 
   private func openActiveSegment(tail: WALTail?, report: inout RecoveryReport) throws(StorageError) {
-    if let tail, let file = try WALFiles.repair(tail, sync: syncsStructure, report: &report, logger: logger) {
+    if let tail,
+      let file = try WALFiles.repair(
+        tail, sync: syncsStructure, report: &report, logger: logger, onDataSync: { syncCount += 1 })
+    {
       active = WALActiveSegment(
         file: file, offset: tail.validEnd, headerEnd: tail.headerEnd, marksSyncs: tail.version >= 2,
         synced: syncsStructure)

@@ -59,11 +59,13 @@ enum WALFiles {
   /// truncation), records it in `report`, and returns the segment open for appending, synced if `sync`;
   /// `nil` (with the file removed) when not even its header survived.
   ///
-  /// The records recovery read may have been only in the page cache (after a process crash, or a failed sync
-  /// before a reopen). Syncing them before anything is appended after them makes the sync marker that starts
-  /// the first append (``WALActiveSegment``) true.
+  /// The records recovery read may have been only in the page cache, after a process crash: syncing them before
+  /// anything is appended after them makes the sync marker that starts the first append (``WALActiveSegment``)
+  /// true. (After a failed sync, Linux may have marked pages clean that never reached the disk, and no later
+  /// sync writes them; the marker then overstates, which can only make a recovery refuse the damage, never
+  /// cut it.) `onDataSync` counts the sync.
   static func repair(
-    _ tail: WALTail, sync: Bool, report: inout RecoveryReport, logger: QuorumLogger
+    _ tail: WALTail, sync: Bool, report: inout RecoveryReport, logger: QuorumLogger, onDataSync: () -> Void
   ) throws(StorageError) -> PosixFile? {
     if let damage = tail.damage {
       report.truncatedTailBytes = damage.bytes
@@ -88,7 +90,10 @@ enum WALFiles {
           try file.truncate(to: tail.validEnd)
         }
       }
-      if sync { try file.dataSync() }
+      if sync {
+        try file.dataSync()
+        onDataSync()
+      }
     } catch {
       file.close()
       throw error

@@ -19,10 +19,10 @@ enum WALRecordType: UInt8 {
   /// Only in a shared log, alone in a group record (empty payload): every earlier record of the group is void,
   /// as if the group had never written (``SharedWriteAheadLog/forget(group:)``).
   case forget = 7
-  /// Sync marker (format version 2; varint file offset): every byte of the segment before that offset was made
-  /// durable (`fdatasync`) before this record was written. Written at the start of an append when the synced
-  /// point moved since the last marker; replay skips it. Recovery reads it to tell a torn write, whose
-  /// surviving pages may follow the damage, from damage to bytes already synced (``WALCursor``).
+  /// Sync marker (format version 2; varint file offset, its own): every byte of the segment before it was made
+  /// durable (`fdatasync`) before it was written. It starts the first append after each sync, and the first
+  /// after the segment was created or reopened synced; replay skips it. Recovery reads it to tell a torn write,
+  /// whose surviving pages may follow the damage, from damage to bytes already synced (``WALCursor``).
   case syncMarker = 8
 }
 
@@ -257,18 +257,39 @@ enum WALFormat {
     return end - 1
   }
 
+  /// The offset a sync marker record at `offset` of `raw` (with a valid checksum) records, or `nil` if its
+  /// payload is not exactly one varint.
+  static func syncMarkerValue(_ raw: UnsafeRawBufferPointer, at offset: Int) -> UInt64? {
+    let length = Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self)))
+    var value: UInt64 = 0
+    var shift: UInt64 = 0
+    var at = offset + headerBytes
+    let end = at + length
+    while at < end && shift < 64 {
+      let byte = raw[at]
+      value |= UInt64(byte & 0x7F) << shift
+      at += 1
+      if byte & 0x80 == 0 { return at == end ? value : nil }
+      shift += 7
+    }
+    return nil
+  }
+
   /// The smallest unit a torn write loses whole. A page the crash kept from the disk reads back as zeros (the
   /// file's unwritten extent, or the preallocated zeros), and a page holds whole sectors of at least this size.
   static let sectorBytes = 512
 
   /// Whether damage spanning `raw[range]` (offsets in `raw` are file offsets) shows what a sector lost by a torn
   /// write leaves: a ``sectorBytes``-aligned sector of zeros within it, or zeros from its start to the end of
-  /// the sector it starts in. The second is the first page of an append whose start shared that page with
-  /// records synced before: lost, the page reads back as those records and then zeros.
+  /// the sector it starts in, at least a record header's worth. The second is the first page of an append whose
+  /// start shared that page with records synced before: lost, the page reads back as those records and then
+  /// zeros.
   static func showsALostSector(_ raw: UnsafeRawBufferPointer, in range: Range<Int>) -> Bool {
+    // A written record's header is never all zeros (its type byte is not 0), so zeros through a whole header
+    // are evidence; fewer could be a checksum's zero bytes.
     let firstBoundary = (range.lowerBound / sectorBytes + 1) * sectorBytes
-    if range.lowerBound % sectorBytes != 0 && firstBoundary <= range.upperBound
-      && allZero(raw, range.lowerBound..<firstBoundary)
+    if range.lowerBound % sectorBytes != 0 && firstBoundary - range.lowerBound >= headerBytes
+      && firstBoundary <= range.upperBound && allZero(raw, range.lowerBound..<firstBoundary)
     {
       return true
     }

@@ -290,7 +290,29 @@ struct WALCursor {
         return nil
       case .at(let next):
         guard marksSyncs else { throw fail("; a valid record follows at byte \(next)") }
-        guard WALFormat.showsALostSector(raw, in: offset..<next) else {
+        // The lost sector lies before the first valid record after it. When the damaged record's header
+        // survived (its bytes are there, since a record follows), the valid record found may lie inside the
+        // record's span (an entry's bytes that form a valid record), before the lost page: the first valid
+        // record after that span bounds it then.
+        var lostSectorEnd = next
+        let declaredEnd =
+          offset + WALFormat.headerBytes
+          + Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self)))
+        if declaredEnd > next {
+          if declaredEnd > lastNonZero {
+            lostSectorEnd = lastNonZero + 1
+          } else {
+            switch WALFormat.nextValidRecord(
+              raw, after: declaredEnd - 1, lastNonZero: lastNonZero, type: laterRecordType, work: &work)
+            {
+            case .at(let later): lostSectorEnd = later
+            case .none: lostSectorEnd = lastNonZero + 1
+            case .undecided:
+              throw fail("; whether a valid record follows could not be settled within \(work) bytes of checksums")
+            }
+          }
+        }
+        guard WALFormat.showsALostSector(raw, in: offset..<lostSectorEnd) else {
           throw fail(
             "; a valid record follows at byte \(next), and the damage shows no sector of zeros, as a page a torn "
               + "write lost would")
@@ -324,12 +346,23 @@ struct WALCursor {
   /// Why the damage at ``offset`` is not a torn write, as a clause for the error, if a valid sync marker follows
   /// it (the damaged bytes had been synced: see ``WALActiveSegment/flush(_:_:)``); `nil` if none does.
   private func syncMarkerAfterDamage(work: inout Int) -> String? {
-    let marker = WALFormat.nextValidRecord(
-      raw, after: offset, lastNonZero: lastNonZero, type: WALRecordType.syncMarker.rawValue, work: &work)
-    switch marker {
-    case .none: return nil
-    case .at(let at): return ", and a sync marker at byte \(at) says the damaged bytes had been synced"
-    case .undecided: return ", and whether a sync marker follows could not be settled within \(work) bytes of checksums"
+    var searchFrom = offset
+    while true {
+      let found = WALFormat.nextValidRecord(
+        raw, after: searchFrom, lastNonZero: lastNonZero, type: WALRecordType.syncMarker.rawValue, work: &work)
+      switch found {
+      case .none:
+        return nil
+      case .undecided:
+        return ", and whether a sync marker follows could not be settled within \(work) bytes of checksums"
+      case .at(let at):
+        // A marker records its own offset: bytes inside an entry that happen to form a valid marker record (a
+        // copy of a log segment stored as a value) do not.
+        if WALFormat.syncMarkerValue(raw, at: at) == UInt64(baseOffset + at) {
+          return ", and a sync marker at byte \(baseOffset + at) says the damaged bytes had been synced"
+        }
+        searchFrom = at
+      }
     }
   }
 }

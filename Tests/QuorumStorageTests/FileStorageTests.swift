@@ -620,7 +620,7 @@ struct FileStorageRecoveryTests {
       }
       #expect(file == segment)
       #expect(offset == cut)
-      #expect(reason.contains("sync marker"), "\(reason)")
+      #expect(reason.contains("says the damaged bytes had been synced"), "\(reason)")
     }
   }
 
@@ -632,6 +632,7 @@ struct FileStorageRecoveryTests {
       let (segment, _, _, appendStart) = try await writeAMultiPageAppend(directory)
       let storage = makeStorage(directory, segmentBytes: 1 << 20)
       _ = try await storage.recover()
+      #expect(try await storage.syncCount() == 1, "the reopened segment is synced")
       try await storage.write(StorageWrite(entries: [TestEntry(17)]))
       try await storage.close()
       var bytes = try readFile(segment)
@@ -644,7 +645,7 @@ struct FileStorageRecoveryTests {
         return
       }
       #expect(offset == cut)
-      #expect(reason.contains("sync marker"), "\(reason)")
+      #expect(reason.contains("says the damaged bytes had been synced"), "\(reason)")
     }
   }
 
@@ -675,6 +676,38 @@ struct FileStorageRecoveryTests {
       let state = try await reopened.recover()
       #expect(state.entries == entries(1...(index - 1)))
       #expect(state.report.truncatedOffset == syncedEnd)
+      try await reopened.close()
+    }
+  }
+
+  /// Entries may hold bytes that form a valid sync marker record (a copy of a log segment stored as a value).
+  /// Such a record does not record its own offset, so it does not make a torn write before it corruption.
+  @Test func bytesFormingASyncMarkerInsideEntriesDoNotCount() async throws {
+    try await withTemporaryDirectory { directory in
+      var fake = WireWriter()
+      fake.writeFixed32(0)
+      fake.writeFixed32(2)
+      fake.writeByte(syncMarkerType)
+      fake.writeVarint(12_345)
+      var record = fake.bytes
+      let crc = CRC32C.checksum(record[4...])
+      for shift in 0..<4 { record[shift] = UInt8(truncatingIfNeeded: crc >> (8 * UInt32(shift))) }
+      let storage = makeStorage(directory, segmentBytes: 1 << 20)
+      _ = try await storage.recover()
+      try await storage.write(StorageWrite(entries: entries(1...4), mustSync: true))
+      let copies = (UInt64(5)...16).map { TestEntry($0, payload: Array(repeating: record, count: 90).flatMap { $0 }) }
+      try await storage.write(StorageWrite(entries: copies))
+      try await storage.close()
+      let segment = try #require(try segmentFiles(directory).first)
+      var bytes = try readFile(segment)
+      let starts = recordOffsets(bytes).starts
+      let cut = damagedRecord(starts, page: losePage(after: starts[5], in: &bytes))
+      try writeFile(segment, bytes)
+
+      let reopened = makeStorage(directory, segmentBytes: 1 << 20)
+      let state = try await reopened.recover()
+      #expect(state.report.truncatedOffset == cut)
+      #expect(state.entries == entries(1...4) + copies.prefix(starts.firstIndex(of: cut)! - 5))
       try await reopened.close()
     }
   }

@@ -859,7 +859,7 @@ struct SharedLogTests {
       }
       #expect(file == path)
       #expect(offset == starts[1])
-      #expect(reason.contains("sync marker"), "\(reason)")
+      #expect(reason.contains("says the damaged bytes had been synced"), "\(reason)")
     }
   }
 

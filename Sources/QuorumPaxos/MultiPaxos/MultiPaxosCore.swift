@@ -467,7 +467,7 @@ public struct MultiPaxosCore: Sendable {
   private var readRound: UInt64 = 0
   private var needsReadRound = false
   private var pendingReads = FIFOQueue<PendingRead>()
-  private var readsAwaitingRecovery: [UInt64] = []
+  private var readsAwaitingRecovery = FIFOQueue<UInt64>()
   /// The most reads a leader keeps waiting for confirmation; past it the oldest is reported failed.
   static let maxUnconfirmedReads = 65_536
   /// The reads waiting for confirmation (at most ``maxUnconfirmedReads``).
@@ -780,8 +780,8 @@ public struct MultiPaxosCore: Sendable {
     leaseStart = nil
     roundSentAt.removeAll()
     while let read = pendingReads.popFirst() { failedReads.append(read.id) }
-    failedReads.append(contentsOf: readsAwaitingRecovery)
-    readsAwaitingRecovery = []
+    failedReads.append(contentsOf: readsAwaitingRecovery.elements)
+    readsAwaitingRecovery.removeAll()
     uncommittedBytes = 0
     recoveryEnd = 0
     candidacy = nil
@@ -1831,10 +1831,10 @@ public struct MultiPaxosCore: Sendable {
     if unconfirmedReads >= Self.maxUnconfirmedReads {
       // The shell gives up on a read at its deadline without telling the core; a leader that hears from no quorum
       // for long would keep every such id. The oldest goes, reported failed.
-      if readsAwaitingRecovery.isEmpty {
-        if let oldest = pendingReads.popFirst() { failedReads.append(oldest.id) }
-      } else {
-        failedReads.append(readsAwaitingRecovery.removeFirst())
+      if let oldest = readsAwaitingRecovery.popFirst() {
+        failedReads.append(oldest)
+      } else if let oldest = pendingReads.popFirst() {
+        failedReads.append(oldest.id)
       }
     }
     guard isRecovered else {
@@ -1851,9 +1851,7 @@ public struct MultiPaxosCore: Sendable {
 
   private mutating func confirmRecoveredReads() {
     guard isRecovered, !readsAwaitingRecovery.isEmpty else { return }
-    let waiting = readsAwaitingRecovery
-    readsAwaitingRecovery = []
-    for read in waiting { queueRead(read) }
+    while let read = readsAwaitingRecovery.popFirst() { queueRead(read) }
   }
 
   /// The newest read round acknowledged by a phase-2 quorum (the leader acknowledges every round itself).
