@@ -73,6 +73,11 @@ public final class ShardTransaction: Sendable {
     var order: [String] = []
     var reads: [String: [UInt8]?] = [:]
     var readGroups: Set<GroupID> = []
+    /// Groups a read was sent to whose answer did not come back as a value: a lost or late read may still take
+    /// a shared lock there, so an abandoned attempt aborts there too.
+    var unansweredGroups: Set<GroupID> = []
+    /// The first read that failed: the attempt cannot commit, even if the body carried on past the error.
+    var failedRead: (any Error)?
   }
 
   /// The attempt's transaction identifier.
@@ -95,12 +100,21 @@ public final class ShardTransaction: Sendable {
       return .none
     }
     if let known { return known }
-    let (value, group) = try await client.read(key, in: id)
-    state.withLock { s in
-      s.reads[key] = value
-      s.readGroups.insert(group)
+    do {
+      let (value, group) = try await client.read(key, in: id) { group in
+        state.withLock { _ = $0.unansweredGroups.insert(group) }
+      }
+      state.withLock { s in
+        s.reads[key] = value
+        s.readGroups.insert(group)
+      }
+      return value
+    } catch {
+      // A body that swallows the error (`try?`) and writes on what it assumed must not commit: the read took no
+      // lock, so a writer may have changed the key since.
+      state.withLock { s in if s.failedRead == nil { s.failedRead = error } }
+      throw error
     }
-    return value
   }
 
   /// The value of `key` as a UTF-8 string.
@@ -129,6 +143,12 @@ public final class ShardTransaction: Sendable {
       (s.order.map { TxnWrite(key: $0, value: s.writes[$0] ?? nil) }, s.readGroups)
     }
   }
+
+  /// The error of the first read that failed, if one did.
+  var failedRead: (any Error)? { state.withLock { $0.failedRead } }
+
+  /// Every group a read was sent to: those that answered with a value and those that did not.
+  var groupsReadOrTried: Set<GroupID> { state.withLock { $0.readGroups.union($0.unansweredGroups) } }
 }
 
 /// Serializable transactions over the `txn` service of a cluster's groups, this client acting as the
@@ -237,8 +257,11 @@ public actor ShardedTransactions {
   // MARK: - Reads
 
   /// Reads `key` for `id` in the group that owns it, retrying a conflict with a prepared writer a few times.
-  nonisolated func read(_ key: String, in id: TxnID) async throws -> ([UInt8]?, GroupID) {
+  nonisolated func read(
+    _ key: String, in id: TxnID, sending: @Sendable (GroupID) -> Void
+  ) async throws -> ([UInt8]?, GroupID) {
     let group = try await channel.group(for: key)
+    sending(group)
     var conflict = ""
     for attempt in 0...max(0, options.readRetries) {
       if attempt > 0 { try await clock.sleep(for: options.readRetryPause) }
@@ -266,6 +289,7 @@ public actor ShardedTransactions {
   }
 
   private func commit(_ tx: ShardTransaction) async throws {
+    if let failure = tx.failedRead { throw failure }
     let (writes, readGroups) = tx.footprint
     let byGroup = try await groups(of: writes)
     let groups = readGroups.union(byGroup.keys).sorted()
@@ -383,7 +407,7 @@ public actor ShardedTransactions {
   /// Releases what an attempt that will not commit holds: its read locks (its writes were never sent, or were
   /// aborted already).
   private func abandon(_ tx: ShardTransaction) async {
-    await abort(tx.id, in: tx.footprint.readGroups.sorted())
+    await abort(tx.id, in: tx.groupsReadOrTried.sorted())
   }
 
   private nonisolated func retrying(_ operation: @Sendable () async throws -> TxnShardResponse) async

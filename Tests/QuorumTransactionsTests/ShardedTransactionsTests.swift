@@ -91,6 +91,40 @@ struct ShardedTransactionsTests {
     return ShardedTransactions(channel: channel, options: options, clock: FrozenClock())
   }
 
+  @Test("an attempt whose read failed does not commit, even when the body swallowed the error and wrote on")
+  func aSwallowedReadFailureEndsTheAttempt() async throws {
+    let channel = InMemoryShards(losesRequest: { command, _ in
+      if case .read(let id, _) = command, id.coordinator == 7 { return true }
+      return false
+    })
+    try await client(channel, coordinator: 6).transaction { tx in tx.put("a1", "x") }
+    let db = client(channel)
+    await #expect(throws: ShardedTransactionError.self) {
+      try await db.transaction { tx in
+        // No lock was taken on a1: a writer may change it before this commits.
+        let seen = (try? await tx.getString("a1")) ?? "nothing"
+        tx.put("a1", seen + "+1")
+      }
+    }
+    #expect(channel.value(of: "a1") == "x", "the write made on a failed read was not committed")
+  }
+
+  @Test("an abandoned attempt aborts where its read went unanswered: the lock the read took there is released")
+  func anUnansweredReadsLockIsReleased() async throws {
+    let channel = InMemoryShards(losesAnswer: { command, _ in
+      if case .read(let id, _) = command, id.coordinator == 7 { return true }
+      return false
+    })
+    try await client(channel, coordinator: 6).transaction { tx in tx.put("a1", "x") }
+    await #expect(throws: ShardedTransactionError.self) {
+      try await client(channel).transaction { tx in _ = try await tx.get("a1") }
+    }
+    // The read was applied and took a shared lock; without the abort a writer would conflict until the idle
+    // timeout.
+    try await client(channel, coordinator: 8).transaction { tx in tx.put("a1", "y") }
+    #expect(channel.value(of: "a1") == "y")
+  }
+
   @Test("a commit recorded but unanswered is not aborted in the groups it read: every group commits")
   func unknownOutcomeKeepsPreparedGroups() async throws {
     try await recordedCommitReachesEveryGroup(
