@@ -343,7 +343,7 @@ public final class TransactionNodeSimulation: @unchecked Sendable {
       try await store.open()
       return store
     case .nonBlocking:
-      return ReplicatedTransactionRecordStore(log: recordLog, identity: 42)
+      return ReplicatedTransactionRecordStore(log: recordLog, identity: 42, clock: node.clock)
     }
   }
 

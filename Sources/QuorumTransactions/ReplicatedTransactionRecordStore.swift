@@ -17,15 +17,48 @@ public protocol TransactionRecordChannel: Sendable {
 
 /// A ``TransactionRecordChannel`` over a ``QuorumCore/ReplicatedLog`` of ``TransactionRecords``, with an
 /// exactly-once session so that a retried command is applied once.
+///
+/// A node's log time starts at zero with its group, while transactions' starts are wall clock readings: before
+/// its first command, and then at least every ``clockInterval``, the channel writes its wall clock into the log
+/// (``TransactionRecordCommand/clock(wallMillis:)``), which moves the table's time forward to it. A command
+/// refused because its transaction starts ahead of the table's time is retried once after a fresh reading.
+/// Keep the clocks of the table's users synchronized: the table follows the one furthest ahead.
 public actor ReplicatedLogRecordChannel: TransactionRecordChannel {
   private let log: any ReplicatedLog<TransactionRecords>
+  private let clock: any NodeClock
   private var session: UInt64?
   private var sequence: UInt64 = 0
+  /// The wall clock this channel last wrote, and when (monotonic).
+  private var lastClock: (wallMillis: UInt64, atNanos: UInt64)?
 
-  /// Creates a channel over `log`.
-  public init(log: any ReplicatedLog<TransactionRecords>) { self.log = log }
+  /// How often the channel writes its wall clock into the log while it is used.
+  public static let clockInterval: Duration = .seconds(60)
+
+  /// Creates a channel over `log`, whose wall clock readings come from `clock`.
+  public init(log: any ReplicatedLog<TransactionRecords>, clock: any NodeClock = SystemClock()) {
+    self.log = log
+    self.clock = clock
+  }
 
   public func submit(_ command: TransactionRecordCommand) async throws -> TransactionRecordResponse {
+    let now = clock.monotonicNanos()
+    if lastClock.map({ now &- $0.atNanos >= Self.clockInterval.nanoseconds }) ?? true {
+      try await writeClock()
+    }
+    let answer = try await submitOnce(command)
+    guard case .refused(.clockAhead) = answer else { return answer }
+    try await writeClock()
+    return try await submitOnce(command)
+  }
+
+  /// Writes this channel's wall clock into the log.
+  private func writeClock() async throws {
+    let reading = (wallMillis: clock.wallClockMillis(), atNanos: clock.monotonicNanos())
+    _ = try await submitOnce(.clock(wallMillis: reading.wallMillis))
+    lastClock = reading
+  }
+
+  private func submitOnce(_ command: TransactionRecordCommand) async throws -> TransactionRecordResponse {
     for attempt in 0..<2 {
       let id = try await currentSession()
       sequence += 1
@@ -74,9 +107,10 @@ public struct ReplicatedTransactionRecordStore: TransactionRecordStore {
     self.sharedIdentity = identity
   }
 
-  /// Creates a handle on the table replicated by `log`, named `identity`.
-  public init(log: any ReplicatedLog<TransactionRecords>, identity: UInt64) {
-    self.init(channel: ReplicatedLogRecordChannel(log: log), identity: identity)
+  /// Creates a handle on the table replicated by `log`, named `identity`, whose wall clock readings (written
+  /// into the log: see ``ReplicatedLogRecordChannel``) come from `clock`.
+  public init(log: any ReplicatedLog<TransactionRecords>, identity: UInt64, clock: any NodeClock = SystemClock()) {
+    self.init(channel: ReplicatedLogRecordChannel(log: log, clock: clock), identity: identity)
   }
 
   private func submit(_ command: TransactionRecordCommand) async throws -> TransactionRecordResponse {

@@ -148,6 +148,12 @@ public enum TransactionRecordCommand: Hashable, Sendable, WireCodable, CustomStr
   case reserve(coordinator: NodeID, count: UInt64)
   /// Move log time forward so that finished records past their retention are forgotten.
   case advanceTime
+  /// A wall clock reading (milliseconds since 1970): the table's time moves forward to it if it is behind, and
+  /// never back (see ``TransactionRecords``). Written by ``ReplicatedLogRecordChannel`` so that a table in a group
+  /// whose log time starts at zero (a ``QuorumCore/ReplicatedLog`` of a Raft or Multi-Paxos node) compares
+  /// transactions' starts with a wall clock. A sharded transaction's shard ignores it (its table follows the
+  /// shard's own time).
+  case clock(wallMillis: UInt64)
 
   public var description: String {
     switch self {
@@ -158,6 +164,7 @@ public enum TransactionRecordCommand: Hashable, Sendable, WireCodable, CustomStr
     case .finished(let id, let node): return "finished \(id) by \(node)"
     case .reserve(let coordinator, let count): return "reserve \(count) for \(coordinator)"
     case .advanceTime: return "advance-time"
+    case .clock(let wall): return "clock \(wall) ms"
     }
   }
 
@@ -186,6 +193,9 @@ public enum TransactionRecordCommand: Hashable, Sendable, WireCodable, CustomStr
       writer.writeVarint(count)
     case .advanceTime:
       writer.writeByte(4)
+    case .clock(let wall):
+      writer.writeByte(6)
+      writer.writeVarint(wall)
     }
   }
 
@@ -201,6 +211,7 @@ public enum TransactionRecordCommand: Hashable, Sendable, WireCodable, CustomStr
     case 2: self = .finished(try reader.read(), node: try reader.read())
     case 3: self = .reserve(coordinator: try reader.read(), count: try reader.readVarint())
     case 4: self = .advanceTime
+    case 6: self = .clock(wallMillis: try reader.readVarint())
     case let tag: throw WireError(.unknownTag(type: "TransactionRecordCommand", tag: UInt64(tag)), at: at)
     }
   }

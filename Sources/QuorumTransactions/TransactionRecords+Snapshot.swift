@@ -1,10 +1,10 @@
 import QuorumCore
 
 extension TransactionRecords {
-  /// The snapshot format this build writes. It reads versions 1 and 2 too: 1 before records had a kind (all of them
+  /// The snapshot format this build writes. It reads versions 1 to 3 too: 1 before records had a kind (all of them
   /// are ``TransactionRecordKind/nodes`` then, as the commands that made them were), 2 before forgotten
-  /// coordinators' numbers were tracked (none had been forgotten then).
-  static let snapshotVersion: UInt64 = 3
+  /// coordinators' numbers were tracked (none had been forgotten then), 3 before clock entries (offset zero).
+  static let snapshotVersion: UInt64 = 4
 
   /// Serialises the table deterministically: records by identifier (pending nodes sorted), reservations by
   /// coordinator. The expiry heap is derived and rebuilt by ``restore(from:)``.
@@ -30,6 +30,7 @@ extension TransactionRecords {
       w.writeVarint(floors[node] ?? 0)
     }
     w.writeVarint(retiredFloor)
+    w.writeVarint(clockOffsetMillis)
     return w.bytes
   }
 
@@ -86,6 +87,7 @@ extension TransactionRecords {
       table.floors[node] = try r.readVarint()
     }
     table.retiredFloor = version >= 3 ? max(1, try r.readVarint()) : 1
+    table.clockOffsetMillis = version >= 4 ? try r.readVarint() : 0
     try r.expectEnd()
     table.rebuildExpiries()
     self = table

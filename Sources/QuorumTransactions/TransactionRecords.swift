@@ -34,8 +34,13 @@ public import QuorumCore
 /// coordinator's numbers thus still only grow, so no identifier repeats, and a cluster serving an endless stream of
 /// short-lived clients, each with a fresh coordinator identifier, never runs out of room.
 ///
-/// Log time is the largest ``QuorumCore/ApplyContext/timestampMillis`` seen; records past their retention are
-/// forgotten at the first entry at or after it (``nextDeadlineMillis`` tells the leader when to write one).
+/// **Time.** The table's time is the largest ``QuorumCore/ApplyContext/timestampMillis`` seen plus an offset
+/// that only grows: a ``TransactionRecordCommand/clock(wallMillis:)`` entry moves it forward to a wall clock
+/// reading when it is behind. A node's log time starts at zero with its group, while transactions' starts are
+/// wall clock readings; ``ReplicatedLogRecordChannel`` writes such entries, so a table in a Raft or Multi-Paxos
+/// group follows the wall clocks of those that use it (and never goes back). Records past their retention are
+/// forgotten at the first entry at or after it (``nextDeadlineMillis`` tells the leader when to write one, in log
+/// time).
 public struct TransactionRecords: StateMachine {
   struct Record: Hashable, Sendable {
     var decision: TransactionDecision?
@@ -48,8 +53,10 @@ public struct TransactionRecords: StateMachine {
 
   /// The bounds and time rules.
   public let limits: TransactionRecordLimits
-  /// The log time of the last applied entry.
+  /// The table's time at the last applied entry: its log time plus ``clockOffsetMillis``.
   public internal(set) var logTimeMillis: UInt64 = 0
+  /// What ``TransactionRecordCommand/clock(wallMillis:)`` entries added to log time (only grows).
+  public internal(set) var clockOffsetMillis: UInt64 = 0
   /// The log index of the last applied entry.
   public internal(set) var appliedIndex: UInt64 = 0
 
@@ -76,11 +83,16 @@ public struct TransactionRecords: StateMachine {
   public var count: Int { records.count }
 
   /// The earliest log time at which a record is forgotten, if any.
-  public var nextDeadlineMillis: UInt64? { expiries.min?.millis }
+  public var nextDeadlineMillis: UInt64? {
+    expiries.min.map { $0.millis > clockOffsetMillis ? $0.millis - clockOffsetMillis : 0 }
+  }
 
   public mutating func apply(_ command: TransactionRecordCommand, context: ApplyContext) -> TransactionRecordResponse {
     appliedIndex = Swift.max(appliedIndex, context.index)
-    logTimeMillis = Swift.max(logTimeMillis, context.timestampMillis)
+    if case .clock(let wall) = command, wall > context.timestampMillis {
+      clockOffsetMillis = Swift.max(clockOffsetMillis, wall - context.timestampMillis)
+    }
+    logTimeMillis = Swift.max(logTimeMillis, context.timestampMillis.addingSaturated(clockOffsetMillis))
     forgetExpired()
     let response = execute(command)
     dropStaleExpiries()
@@ -140,7 +152,7 @@ public struct TransactionRecords: StateMachine {
       let first = floors[coordinator] ?? retiredFloor
       floors[coordinator] = first.addingSaturated(count)
       return .reserved(first: first, count: count)
-    case .advanceTime:
+    case .advanceTime, .clock:
       return .timeAdvanced
     }
   }

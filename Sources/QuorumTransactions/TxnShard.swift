@@ -116,7 +116,11 @@ public struct TxnShard: StateMachine {
     let now = ApplyContext(index: context.index, timestampMillis: logTimeMillis, principal: context.principal)
     expireIdle()
     forgetEnded()
-    if case .records(let recordCommand) = command { return .record(records.apply(recordCommand, context: now)) }
+    if case .records(let recordCommand) = command {
+      // The shard's table follows the shard's time: a clock entry from a client must not move it.
+      if case .clock = recordCommand { return .record(records.apply(.advanceTime, context: now)) }
+      return .record(records.apply(recordCommand, context: now))
+    }
     if let due = records.nextDeadlineMillis, due <= logTimeMillis { records.advanceTime(context: now) }
     return execute(command)
   }

@@ -53,7 +53,7 @@ public struct TxnShardService: ReplicatedService {
     switch command {
     case .prepared(let id, _, _), .decide(let id, _, _, _, _), .finished(let id, _): return recordKey(for: id)
     case .reserve(let coordinator, _): return numbersKey(for: coordinator)
-    case .advanceTime: return nil
+    case .advanceTime, .clock: return nil
     }
   }
 

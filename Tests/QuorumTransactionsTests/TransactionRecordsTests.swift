@@ -250,4 +250,37 @@ struct TransactionRecordsTests {
     #expect(b.snapshot() == a.snapshot())
     #expect(throws: WireError.self) { try b.restore(from: Array(a.snapshot().dropLast())) }
   }
+
+  @Test("clock entries move the table's time forward to a wall clock, never back; deadlines stay in log time")
+  func clockEntries() throws {
+    var r = try TransactionRecords(limits: limits())
+    // Log time starts at zero (a node's group), transactions at the wall clock.
+    let wall: UInt64 = 1_000_000
+    let t = TxnID(coordinator: 1, sequence: 1, startedAtMillis: wall)
+    guard case .refused(.clockAhead) = r.apply(1, at: 10, .prepared(t, participant: 2, participants: [2])) else {
+      Issue.record("a transaction started far ahead of log time must be refused")
+      return
+    }
+    #expect(r.apply(2, at: 20, .clock(wallMillis: wall)) == .timeAdvanced)
+    #expect(r.logTimeMillis == wall)
+    #expect(r.apply(3, at: 30, .decide(t, .abort, participants: [], finisher: nil)) == .decided(.abort))
+    #expect(r.logTimeMillis == wall + 10, "log time goes on from the offset")
+    #expect(r.apply(4, at: 40, .clock(wallMillis: 5)) == .timeAdvanced)
+    #expect(r.logTimeMillis == wall + 20, "a clock behind moves nothing back")
+    // The abort is forgotten once the table's time passes its start plus the retention, 5 s: at log time 5 s
+    // after the offset.
+    #expect(r.nextDeadlineMillis == wall + 5_000 - (wall - 20))
+    var restored = try TransactionRecords(limits: limits())
+    try restored.restore(from: r.snapshot())
+    #expect(restored.clockOffsetMillis == r.clockOffsetMillis)
+    #expect(restored.snapshot() == r.snapshot())
+  }
+
+  @Test("a sharded transaction's shard ignores a clock entry for its table: a client cannot move its time")
+  func shardsIgnoreClockEntries() {
+    var shard = TxnShard()
+    _ = shard.apply(.records(.clock(wallMillis: 1 << 50)), context: ApplyContext(index: 1, timestampMillis: 1_000))
+    #expect(shard.records.clockOffsetMillis == 0)
+    #expect(shard.records.logTimeMillis == 1_000)
+  }
 }
