@@ -79,8 +79,10 @@ public enum CoordinatorEffect: Sendable, Hashable, CustomStringConvertible {
 ///   with an abort; the core then aborts.
 /// - **Phase 2.** The commit goes to every `yes` voter and is resent, backing off, until each acknowledges;
 ///   then the core records that it is finished. Aborts are not acknowledged.
-/// - **One participant** commits in one phase: ``TransactionMessage/commitOnePhase(_:)``, and the participant
-///   decides.
+/// - **One participant** commits in one phase in non-blocking mode: ``TransactionMessage/commitOnePhase(_:)``,
+///   and the participant decides through the shared table (a compare-and-set, so ``TransactionCoordinator``'s
+///   `outcome(of:)` cannot presume abort over its commit). In classic mode it goes through both phases: the
+///   participant would decide in its own log, where this coordinator cannot see it.
 /// - **Idempotence.** Duplicate and late votes, acknowledgements and questions change nothing; a question
 ///   about a transaction the core no longer tracks is answered from the record
 ///   (``CoordinatorEffect/recordDecision(_:_:participants:)`` with `abort`: the stored decision if there is
@@ -228,7 +230,11 @@ public struct CoordinatorCore: Sendable {
       return
     }
     let interval = options.retry.initialTicks
-    if participants.count == 1 {
+    // One phase needs the participant to decide where this coordinator's answers come from: in a shared table (a
+    // compare-and-set that a presumed abort here cannot contradict). In classic mode the participant would decide
+    // in its own log, and this coordinator, with no record of it after a restart or a lost answer, would presume
+    // abort for a transaction that committed.
+    if participants.count == 1 && recordStore != nil {
       active[txn] = Active(
         participants: participants, phase: .onePhase, startedTick: now, wakeTick: now, retryInterval: interval)
       effects.append(.send(TransactionOutgoing(to: participants[0], .commitOnePhase(txn))))

@@ -240,7 +240,8 @@ public actor TransactionCoordinator {
     return TxnID(coordinator: id, sequence: sequence, startedAtMillis: runtime.clock.wallClockMillis())
   }
 
-  /// Runs two-phase commit (or one-phase with one participant) for `id` over `participants`, and returns once
+  /// Runs two-phase commit (one-phase with one participant in non-blocking mode) for `id` over `participants`,
+  /// and returns once
   /// the outcome is decided: ``TransactionResult/committed`` once the commit is recorded (the participants
   /// apply it in the background), or ``TransactionResult/aborted(_:)``.
   ///

@@ -156,9 +156,9 @@ struct ActorTests {
     await bank.stopAll()
   }
 
-  @Test("one participant commits in one phase; a failing body rolls the work back")
+  @Test("one participant commits in one phase (non-blocking); a failing body rolls the work back")
   func onePhaseAndBodyFailure() async throws {
-    let bank = try await LiveBank.classic()
+    let bank = LiveBank.nonBlocking(log: try InMemoryRecordLog())
     try bank.start()
     let coordinator = try #require(bank.coordinator)
     let one = try await coordinator.makeTransactionID()

@@ -51,7 +51,7 @@ struct CoordinatorCoreTests {
 
   @Test("abandoning a transaction that already committed changes nothing: it is still reported committed")
   func abandonAfterCommit() {
-    var c = CoordinatorCore(id: 1, options: quickCoordinatorOptions())
+    var c = CoordinatorCore(id: 1, options: quickCoordinatorOptions(), recordStore: 9)
     _ = c.step(.begin(t, participants: [2]))
     #expect(c.step(.message(from: 2, .outcome(t, .commit))) == [.finished(t, .committed)])
     #expect(c.step(.abandon(t, participants: [2])) == [], "nothing to roll back")
@@ -89,9 +89,9 @@ struct CoordinatorCoreTests {
     #expect(c.step(.message(from: 3, .vote(u, .readOnly))) == [.finished(u, .committed)])
   }
 
-  @Test("one participant commits in one phase and the participant's outcome is the result")
+  @Test("one participant commits in one phase (non-blocking mode) and the participant's outcome is the result")
   func onePhase() {
-    var c = CoordinatorCore(id: 1, options: quickCoordinatorOptions())
+    var c = CoordinatorCore(id: 1, options: quickCoordinatorOptions(), recordStore: 9)
     #expect(c.step(.begin(t, participants: [2])) == [send(2, .commitOnePhase(t))])
     #expect(c.ticks(2) == [send(2, .commitOnePhase(t))], "resent after the first retry interval")
     #expect(c.step(.message(from: 2, .outcome(t, .commit))) == [.finished(t, .committed)])
@@ -99,6 +99,17 @@ struct CoordinatorCoreTests {
     let u = txn(8)
     _ = c.step(.begin(u, participants: [2]))
     #expect(c.step(.message(from: 2, .outcome(u, .abort))) == [.finished(u, .aborted(.participantAborted(2)))])
+  }
+
+  /// In classic mode a one-phase participant would decide in its own log: a coordinator that restarted, or lost
+  /// the answer, finds no record and presumes abort for a transaction that committed. Both phases put the
+  /// decision in the coordinator's own record.
+  @Test("in classic mode one participant goes through both phases, the decision recorded by the coordinator")
+  func classicSingleParticipantUsesTwoPhases() {
+    var c = CoordinatorCore(id: 1, options: quickCoordinatorOptions())
+    #expect(c.step(.begin(t, participants: [2])) == [send(2, .prepare(t, participants: [2], recordStore: nil))])
+    #expect(c.step(.message(from: 2, .vote(t, .yes))) == [.recordDecision(t, .commit, participants: [2])])
+    #expect(c.step(.decisionRecorded(t, .commit)) == [send(2, .decision(t, .commit)), .finished(t, .committed)])
   }
 
   @Test("duplicate and reordered votes, acks and questions change nothing")
