@@ -111,8 +111,12 @@ public struct HostedTxnShard: StateMachine {
   /// Transaction time minus log time.
   public private(set) var offsetMillis: UInt64 = 0
 
-  /// Wraps `shard`, at offset zero.
-  public init(shard: TxnShard) { self.shard = shard }
+  /// Wraps `shard`, at offset zero. Until the first clock entry the shard's time is the log's, from zero, so it
+  /// refuses no transaction as starting ahead (``QuorumTransactions/TxnShard/refusesStartsAhead``).
+  public init(shard: TxnShard) {
+    self.shard = shard
+    self.shard.refusesStartsAhead = false
+  }
 
   private func context(_ context: ApplyContext) -> ApplyContext {
     // Saturated: transaction time past 2^64 ms stays at the end rather than wrapping to the start.
@@ -127,6 +131,7 @@ public struct HostedTxnShard: StateMachine {
     case .clock(let wall):
       let before = offsetMillis
       if wall > context.timestampMillis { offsetMillis = max(offsetMillis, wall - context.timestampMillis) }
+      shard.refusesStartsAhead = offsetMillis > 0
       // The offset's growth is no time that transactions waited here.
       shard.discountJump(ofMillis: offsetMillis - before, before: self.context(context))
       return shard.apply(.advanceTime, context: self.context(context))
@@ -159,6 +164,7 @@ public struct HostedTxnShard: StateMachine {
     try restored.restore(from: try reader.readBytes())
     try reader.expectEnd()
     offsetMillis = offset
+    restored.refusesStartsAhead = offset > 0
     shard = restored
   }
 }

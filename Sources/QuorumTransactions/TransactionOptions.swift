@@ -94,7 +94,11 @@ public struct ParticipantOptions: Sendable, Equatable {
   public var inquiry = RetrySchedule(initialTicks: 20, maxTicks: 400)
   /// After this many unanswered questions to the coordinator, a prepared participant also asks the other
   /// participants (classic mode) or resolves the transaction through the replicated record (non-blocking mode).
-  public var escalateAfterInquiries: Int = 2
+  /// The coordinator does not answer while it collects votes, so the questions up to the escalation should take
+  /// longer than its ``CoordinatorOptions/voteTimeoutTicks``: otherwise a participant aborts a transaction whose
+  /// last vote is merely slow. With the defaults the escalation comes after 20 + 40 + 80 + 160 ticks (3 s), past
+  /// the coordinator's 2 s.
+  public var escalateAfterInquiries: Int = 3
   /// The most questions (and record retries) sent per tick, over all transactions.
   public var retriesPerTick: Int = 256
   /// The most transactions tracked at once (those beyond are refused: a prepare gets a no vote).
@@ -106,7 +110,7 @@ public struct ParticipantOptions: Sendable, Equatable {
   /// Capacity of the actor's input mailbox.
   public var inputCapacity: Int = 65_536
 
-  /// The defaults: 10 ms ticks, 5 s unprepared timeout, questions from 200 ms to 4 s, escalation after 2.
+  /// The defaults: 10 ms ticks, 5 s unprepared timeout, questions from 200 ms to 4 s, escalation after 3.
   public init() {}
 
   /// Checks that the settings are usable.

@@ -63,6 +63,12 @@ public struct TxnShard: StateMachine {
   public internal(set) var logTimeMillis: UInt64 = 0
   /// The log index of the last applied entry.
   public internal(set) var appliedIndex: UInt64 = 0
+  /// Whether a transaction that starts further after the shard's time than
+  /// ``TransactionRecordLimits/maxClockAheadMillis`` (of ``TxnShardLimits/records``) is refused
+  /// (``TxnShardError/startsAhead(_:shardMillis:)``). Off while the shard's time does not yet follow a wall clock:
+  /// a hosted shard before its leader's first clock entry, whose time is the log's, from zero. Not part of the
+  /// snapshot: whoever wraps the shard says.
+  public var refusesStartsAhead = true
 
   var data: [String: [UInt8]] = [:]
   var locks: [String: KeyLock] = [:]
@@ -282,11 +288,17 @@ public struct TxnShard: StateMachine {
   /// Whether a transaction unknown here may start now.
   private func isAdmissible(_ txn: TxnID) -> Bool {
     !txn.isPastHorizon(logTimeMillis, horizonMillis: limits.transactionHorizonMillis)
-      && txn.startedAtMillis > watermarkMillis
+      && txn.startedAtMillis > watermarkMillis && !startsTooFarAhead(txn)
+  }
+
+  /// Whether `txn` starts further after the shard's time than its clock may run ahead.
+  private func startsTooFarAhead(_ txn: TxnID) -> Bool {
+    refusesStartsAhead && txn.startedAtMillis > logTimeMillis.addingSaturated(limits.records.maxClockAheadMillis)
   }
 
   /// Starts tracking `txn`, or returns why not.
   private mutating func admit(_ txn: TxnID) -> TxnShardResponse? {
+    if startsTooFarAhead(txn) { return .failed(.startsAhead(txn, shardMillis: logTimeMillis)) }
     guard isAdmissible(txn) else { return .aborted }
     guard txns.count < limits.maxTransactions else {
       return .failed(.tooManyTransactions(limit: limits.maxTransactions))

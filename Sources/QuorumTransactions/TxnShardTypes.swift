@@ -142,6 +142,11 @@ public enum TxnShardError: Error, Hashable, Sendable, WireCodable, CustomStringC
   case unknownTransaction(TxnID)
   /// A read of a transaction that already ended here.
   case alreadyEnded(TxnID)
+  /// A transaction that starts further after the shard's time than
+  /// ``TransactionRecordLimits/maxClockAheadMillis`` (of ``TxnShardLimits/records``): its client's clock runs
+  /// ahead. Admitted, it would be remembered as ended until the shard's time passed its start, crowding out
+  /// others.
+  case startsAhead(TxnID, shardMillis: UInt64)
 
   public var description: String {
     switch self {
@@ -154,6 +159,9 @@ public enum TxnShardError: Error, Hashable, Sendable, WireCodable, CustomStringC
     case .notPrepared(let id): return "\(id) is not prepared here"
     case .unknownTransaction(let id): return "\(id) is not known here"
     case .alreadyEnded(let id): return "\(id) already ended here"
+    case .startsAhead(let id, let shard):
+      return
+        "\(id) starts at \(id.startedAtMillis) ms, too far after the shard's time, \(shard) ms (is its clock ahead?)"
     }
   }
 
@@ -189,6 +197,10 @@ public enum TxnShardError: Error, Hashable, Sendable, WireCodable, CustomStringC
     case .alreadyEnded(let id):
       writer.writeByte(8)
       writer.write(id)
+    case .startsAhead(let id, let shard):
+      writer.writeByte(9)
+      writer.write(id)
+      writer.writeVarint(shard)
     }
   }
 
@@ -204,6 +216,7 @@ public enum TxnShardError: Error, Hashable, Sendable, WireCodable, CustomStringC
     case 6: self = .notPrepared(try reader.read())
     case 7: self = .unknownTransaction(try reader.read())
     case 8: self = .alreadyEnded(try reader.read())
+    case 9: self = .startsAhead(try reader.read(), shardMillis: try reader.readVarint())
     case let tag: throw WireError(.unknownTag(type: "TxnShardError", tag: UInt64(tag)), at: at)
     }
   }

@@ -33,6 +33,21 @@ struct HostedTxnShardTests {
     #expect(try counts(shard).logTimeMillis == wall + 300)
   }
 
+  @Test("once a clock entry set transaction time, a transaction starting far ahead of it is refused, snapshots too")
+  func startsAheadAreRefusedOnceTimeIsSet() throws {
+    var shard = HostedTxnService().makeMachine()
+    let ahead = TxnID(coordinator: 1, sequence: 1, startedAtMillis: wall + 3_600_000)
+    // Before the first clock entry the shard's time is the log's: it cannot tell a start ahead.
+    #expect(shard.apply(.shard(.read(ahead, key: "r")), context: at(1, log: 500)) == .value(nil))
+    _ = shard.apply(.clock(wallMillis: wall), context: at(2, log: 600))
+    let later = TxnID(coordinator: 1, sequence: 2, startedAtMillis: wall + 3_600_000)
+    let refused = TxnShardResponse.failed(.startsAhead(later, shardMillis: wall + 100))
+    #expect(shard.apply(.shard(.read(later, key: "r")), context: at(3, log: 700)) == refused)
+    var restored = HostedTxnService().makeMachine()
+    try restored.restore(from: shard.snapshot())
+    #expect(restored.apply(.shard(.read(later, key: "r")), context: at(3, log: 700)) == refused)
+  }
+
   @Test("a clock entry's jump is not time waited: idle transactions do not expire and prepared ones do not age")
   func jumpIsNotWaiting() throws {
     var shard = HostedTxnService().makeMachine()

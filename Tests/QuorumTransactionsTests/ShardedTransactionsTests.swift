@@ -75,6 +75,9 @@ final class InMemoryShards: TxnShardChannel {
 
   func records(in group: GroupID) -> Int { state.withLock { $0.shards[group]?.records.count ?? 0 } }
 
+  /// Ended transactions the shards remember, in all.
+  var endedCount: Int { state.withLock { $0.shards.values.reduce(0) { $0 + $1.ended.count } } }
+
   func value(of key: String) -> String? {
     state.withLock { s in s.shards[key.hasPrefix("b") ? 2 : 1]?.value(of: key) }.map {
       String(decoding: $0, as: UTF8.self)
@@ -123,6 +126,26 @@ struct ShardedTransactionsTests {
     // timeout.
     try await client(channel, coordinator: 8).transaction { tx in tx.put("a1", "y") }
     #expect(channel.value(of: "a1") == "y")
+  }
+
+  @Test("a client whose clock runs far ahead is refused with a typed error, and the shards remember nothing of it")
+  func aClientClockFarAheadIsRefused() async throws {
+    let channel = InMemoryShards()
+    var options = ShardedTransactionOptions(coordinator: 7)
+    options.maxAttempts = 3
+    let hoursAhead = ShardedTransactions(
+      channel: channel, options: options, clock: FrozenClock(wallMillis: 1_000_000 + 10 * 3_600_000))
+    let error = await #expect(throws: ShardedTransactionError.self) {
+      try await hoursAhead.transaction { tx in
+        _ = try await tx.get("a1")
+        tx.put("b1", "x")
+      }
+    }
+    guard case .refused(.startsAhead) = error else {
+      Issue.record("expected a refusal naming the clock, got \(String(describing: error))")
+      return
+    }
+    #expect(channel.endedCount == 0, "nothing future-dated is remembered to crowd out others")
   }
 
   @Test("a commit recorded but unanswered is not aborted in the groups it read: every group commits")
