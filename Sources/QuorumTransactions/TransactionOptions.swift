@@ -48,10 +48,12 @@ public struct CoordinatorOptions: Sendable, Equatable {
   /// The transaction horizon: a transaction must be decided within this much of its start; the same value as
   /// the record table's ``TransactionRecordLimits/transactionHorizonMillis``.
   public var transactionHorizonMillis: UInt64 = 60_000
-  /// How long past its start a decision stays in the record store (the table's
-  /// ``TransactionRecordLimits/retainDecisionsMillis``, or less): after it, a lookup of a transaction without a
-  /// record answers ``TransactionStatus/unknown``.
-  public var retainDecisionsMillis: UInt64 = 600_000
+  /// How long past its start a decision is sure to be in the record store: after it, a lookup of a transaction
+  /// without a record answers ``TransactionStatus/unknown``, where before it presumes abort. Keep it below the
+  /// table's ``TransactionRecordLimits/retainDecisionsMillis`` by more than the table's time may run ahead of this
+  /// coordinator's wall clock (a clock stepped back, a table following a faster clock): a commit forgotten by the
+  /// table would otherwise be reported aborted. The default, 9 minutes, leaves a minute below the table's 10.
+  public var retainDecisionsMillis: UInt64 = 540_000
   /// How long ``TransactionCoordinator/commit(_:participants:deadline:)`` waits by default before throwing
   /// ``TransactionError/outcomeUnknown(_:)``.
   public var commitDeadline: Duration = .seconds(10)
