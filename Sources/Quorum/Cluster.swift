@@ -160,6 +160,11 @@ public struct Cluster: Sendable {
       throw ClusterConfigurationError(setting: "RaftSettings { \(error.setting) }", reason: error.reason)
     }
     do {
+      try tcp.validate()
+    } catch {
+      throw ClusterConfigurationError(setting: "TCPSettings { \(error.setting) }", reason: error.reason)
+    }
+    do {
       try transactionResolver.validate()
     } catch {
       throw ClusterConfigurationError(setting: error.setting, reason: error.reason)

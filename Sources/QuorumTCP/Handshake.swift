@@ -111,6 +111,7 @@ struct FrameSealer {
       batch.appendBytes { append(frame, to: &$0) }
       return
     }
+    // Fits: a body is at most maxFrameBytes, which validation keeps tagBytes below UInt32.max.
     let length = UInt32(truncatingIfNeeded: bodyRange.count + TCPFrame.tagBytes)
     batch.appendBytes { buffer in withUnsafeBytes(of: length.littleEndian) { buffer.append(contentsOf: $0) } }
     batch.append(frame, range: bodyRange)
@@ -126,6 +127,7 @@ struct FrameSealer {
 
   /// Appends a frame holding `body` to `buffer`: length prefix (counting the code), body, code.
   mutating func append(body: UnsafeRawBufferPointer, to buffer: inout [UInt8]) {
+    // Fits: a body is at most maxFrameBytes, which validation keeps tagBytes below UInt32.max.
     let length = UInt32(truncatingIfNeeded: body.count + TCPFrame.tagBytes)
     withUnsafeBytes(of: length.littleEndian) { buffer.append(contentsOf: $0) }
     buffer.append(contentsOf: body)

@@ -458,9 +458,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
       // Time this loop did not run is not the peer's silence (see OutboundLink.tick).
       let gap = now &- lastTick
       lastTick = now
-      if gap > options.liveness.timeout.nanoseconds / 2 {
-        lastHeard &+= gap - options.liveness.pingInterval.nanoseconds
-      }
+      lastHeard &+= options.liveness.stallCreditNanos(gapNanos: gap)
       if connection.isPaused {
         // Reading is paused by this side's own back-pressure: the peer cannot be heard, so its silence is
         // counted from when reading resumes, not from the last frame before the pause.

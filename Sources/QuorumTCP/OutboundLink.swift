@@ -94,10 +94,10 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
     let liveness = environment.options.liveness
     // Silence that this loop caused by not running (an overloaded machine, a long batch of work, or — in one
     // process — the peer's listener on this same loop) is not the peer's: credit it.
-    // Only long stalls are credited (half the timeout): ordinary scheduling delays still count.
+    // Only long stalls are credited (see LinkLiveness.stallCreditNanos): ordinary scheduling delays still count.
     let gap = now &- lastTick
     lastTick = now
-    if gap > liveness.timeout.nanoseconds / 2 { lastHeard &+= gap - liveness.pingInterval.nanoseconds }
+    lastHeard &+= liveness.stallCreditNanos(gapNanos: gap)
     if now >= lastHeard &+ liveness.timeout.nanoseconds {
       connection.readPending()  // This loop may have been too busy to read an acknowledgement that is waiting.
       guard !connection.isClosed, phase == .established else { return }

@@ -38,6 +38,8 @@ public final class TCPRequestClient: Sendable {
     cluster: ClusterID, options: TCPTransportOptions = .default, credential: TCPClientCredential? = nil,
     logger: QuorumLogger = QuorumLogger(label: "quorum.tcp.client")
   ) {
+    // The initializer of the options checked them, but their fields may have been set since.
+    do { try options.validate() } catch { preconditionFailure("TCP client options: \(error)") }
     self.cluster = cluster
     self.options = options
     self.credential = credential
@@ -199,7 +201,9 @@ final class ClientConnection: ConnectionDelegate, @unchecked Sendable {
   private var ready = false
   private var ever = false
   private var resolving = false
-  private var held: [[UInt8]] = []
+  /// Requests submitted before the handshake completed, sent when it does: those whose waiter is gone by then
+  /// (timed out or cancelled) are not sent. At most ``TCPTransportOptions/maxInflightRequestsPerConnection``.
+  private var held: [(id: UInt64, frame: [UInt8])] = []
   private var waiters: [UInt64: ClientCore.Waiter] = [:]
   private var handshake: DiallerHandshake?
   private var session: TCPSession?
@@ -249,7 +253,10 @@ final class ClientConnection: ConnectionDelegate, @unchecked Sendable {
       connection.flushSoon()
       _ = core.metrics.framesSent.add(1, ordering: .relaxed)
     } else {
-      held.append(frame)
+      // Requests that timed out during a slow handshake leave their frames behind: drop those before the list
+      // outgrows the waiters (it then holds fewer than the in-flight limit, the new waiter included).
+      if held.count >= core.options.maxInflightRequestsPerConnection { held.removeAll { waiters[$0.id] == nil } }
+      held.append((id, frame))
     }
   }
 
@@ -338,9 +345,11 @@ final class ClientConnection: ConnectionDelegate, @unchecked Sendable {
         ever = true
         connection.handshakeDeadline = nil
         connection.maxFrameBytes = core.options.maxFrameBytes + (session == nil ? 0 : TCPFrame.tagBytes)
-        for frame in held { transmit(frame, on: connection) }
-        _ = core.metrics.framesSent.add(held.count, ordering: .relaxed)
+        // A request that timed out or was cancelled meanwhile has no one to answer: not sent.
+        let live = held.filter { waiters[$0.id] != nil }
         held = []
+        for request in live { transmit(request.frame, on: connection) }
+        _ = core.metrics.framesSent.add(live.count, ordering: .relaxed)
         connection.flushSoon()
         return .proceed
       }

@@ -337,6 +337,8 @@ final class TransportEnvironment: LinkEnvironment {
     cluster: ClusterID, options: TCPTransportOptions, security: TCPSecurity, addresses: [NodeID: TCPAddress],
     logger: QuorumLogger
   ) {
+    // The initializer of the options checked them, but their fields may have been set since.
+    do { try options.validate() } catch { preconditionFailure("TCP transport options: \(error)") }
     self.cluster = cluster
     self.options = options
     self.security = security

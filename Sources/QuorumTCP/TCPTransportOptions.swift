@@ -1,4 +1,4 @@
-import QuorumCore
+public import QuorumCore
 import Synchronization
 
 /// How a ``TCPTransport`` reconnects to a peer after a failed or lost connection.
@@ -60,6 +60,17 @@ public struct LinkLiveness: Sendable, Equatable {
 
   /// 100 ms pings, 2 s timeout.
   public static let `default` = LinkLiveness()
+
+  /// How much of a gap of `gapNanos` between two housekeeping ticks is credited to a link's silence clock: time
+  /// the local loop did not run is not the peer's silence. Only long stalls (over half the timeout) are credited,
+  /// less one ping interval (a ping was due in it anyway), so ordinary scheduling delays still count. Never
+  /// negative: the timeout may be less than twice the ping interval, so a stall over half the timeout can be
+  /// shorter than the interval.
+  func stallCreditNanos(gapNanos: UInt64) -> UInt64 {
+    let interval = pingInterval.nanoseconds
+    guard gapNanos > timeout.nanoseconds / 2, gapNanos > interval else { return 0 }
+    return gapNanos - interval
+  }
 }
 
 /// Limits and timeouts of a ``TCPTransport``. Every queue and frame is bounded.
@@ -73,8 +84,9 @@ public struct LinkLiveness: Sendable, Equatable {
 public struct TCPTransportOptions: Sendable, Equatable {
   /// The host a node with no address in the address book listens on (with port 0: any free port).
   public var listenHost: String
-  /// The largest frame body accepted or sent, in bytes. A peer announcing a larger frame is disconnected;
-  /// a local send of a larger message throws ``QuorumCore/TransportError/messageTooLarge(bytes:limit:)``.
+  /// The largest frame body accepted or sent, in bytes: 64 to ``maxFrameBytesLimit``. A peer announcing a larger
+  /// frame is disconnected; a local send of a larger message throws
+  /// ``QuorumCore/TransportError/messageTooLarge(bytes:limit:)``.
   public var maxFrameBytes: Int
   /// The most frames queued towards one peer (not yet written to its socket).
   public var maxQueuedFramesPerPeer: Int
@@ -88,7 +100,9 @@ public struct TCPTransportOptions: Sendable, Equatable {
   public var connectTimeout: Duration
   /// How long a new connection may take to complete its handshake.
   public var handshakeTimeout: Duration
-  /// How long a partly received frame may go without progress before the connection is closed.
+  /// How long a frame may take to arrive, counted from its first byte (or from when reading resumed after the
+  /// receiver behind the connection paused it), not from the last progress: a frame still incomplete this long
+  /// after it began closes the connection, however steadily its bytes come.
   public var frameTimeout: Duration
   /// TCP keep-alive: idle time before the first probe (zero disables keep-alive).
   public var keepaliveIdle: Duration
@@ -177,7 +191,8 @@ public struct TCPTransportOptions: Sendable, Equatable {
     replyPauseBytes: Int = 4 << 20, maxReplyBytesPerConnection: Int = 32 << 20,
     maxClientReceiveBufferBytes: Int = 128 << 20
   ) {
-    precondition(maxFrameBytes >= 64 && maxFrameBytes <= Int(UInt32.max), "maxFrameBytes must be 64 ... 2^32-1")
+    precondition(
+      (64...Self.maxFrameBytesLimit).contains(maxFrameBytes), "maxFrameBytes must be 64 ... \(Self.maxFrameBytesLimit)")
     precondition(maxQueuedFramesPerPeer >= 1 && maxQueuedBytesPerPeer >= 1, "peer queues must hold something")
     precondition(inboxCapacity >= 1 && requestQueueCapacity >= 1, "queues must hold something")
     precondition(maxConnectionsPerEndpoint >= 1 && maxInflightRequestsPerConnection >= 1, "limits must be positive")
@@ -213,6 +228,19 @@ public struct TCPTransportOptions: Sendable, Equatable {
     self.replyPauseBytes = replyPauseBytes
     self.maxReplyBytesPerConnection = maxReplyBytesPerConnection
     self.maxClientReceiveBufferBytes = maxClientReceiveBufferBytes
+  }
+
+  /// The largest ``maxFrameBytes``: a frame's length prefix is 32 bits, and on an authenticated connection it
+  /// counts the frame's code too (``TCPFrame/tagBytes``), so a larger body's sealed length would wrap.
+  public static let maxFrameBytesLimit = Int(UInt32.max) - TCPFrame.tagBytes
+
+  /// Checks the settings the initializer cannot see: options are values, and their fields can be set later.
+  /// - Throws: ``QuorumCore/ConfigurationError`` naming the first unusable setting.
+  public func validate() throws(ConfigurationError) {
+    guard (64...Self.maxFrameBytesLimit).contains(maxFrameBytes) else {
+      throw ConfigurationError(
+        setting: "maxFrameBytes", reason: "must be 64 ... \(Self.maxFrameBytesLimit) (got \(maxFrameBytes))")
+    }
   }
 
   /// The reply backlog at which a client connection is closed: ``maxReplyBytesPerConnection``, raised if

@@ -82,6 +82,9 @@ final class RawSocket: Sendable {
     }
   }
 
+  /// Takes over `fd`, a non-blocking socket (for example one a test's own listener accepted).
+  init(adopting fd: Int32) { self.fd = fd }
+
   deinit { Glibc.close(fd) }
 
   /// Writes all of `bytes` (the socket buffer takes small writes at once).

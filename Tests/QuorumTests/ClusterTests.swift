@@ -73,6 +73,20 @@ struct ClusterTests {
     #expect(error?.description.contains(reason) == true, "\(String(describing: error))")
   }
 
+  @Test("a frame limit whose sealed length would not fit 32 bits is refused, naming the setting")
+  func frameLimitTooLarge() {
+    var options = TCPTransportOptions()
+    options.maxFrameBytes = Int(UInt32.max)
+    let tcp = options
+    let error = #expect(throws: ClusterConfigurationError.self) {
+      _ = try Cluster(id: "x") {
+        Member("n1", at: "127.0.0.1:0")
+        TCPSettings(tcp)
+      }
+    }
+    #expect(error?.setting == "TCPSettings { maxFrameBytes }", "\(String(describing: error))")
+  }
+
   @Test("client requests and replies round-trip through the wire format")
   func clientProtocolCodec() throws {
     let kv = KVCommand.put(key: "k", value: [1, 2]).wireBytes()

@@ -1,0 +1,41 @@
+import QuorumCore
+import Testing
+
+@testable import QuorumTCP
+
+/// Settings the transport accepts must never make its arithmetic wrap or trap.
+@Suite("Liveness stall credit and frame-length limits")
+struct LivenessAndLimitsTests {
+  @Test("a stall over half the timeout but shorter than a ping interval credits nothing (it used to underflow)")
+  func shortStallWithTightTimeout() {
+    // Valid (timeout > ping interval), and half the timeout is below one interval.
+    let liveness = LinkLiveness(pingInterval: .seconds(1), timeout: .milliseconds(1500))
+    #expect(liveness.stallCreditNanos(gapNanos: 800_000_000) == 0)
+    #expect(liveness.stallCreditNanos(gapNanos: 1_000_000_000) == 0)
+    #expect(liveness.stallCreditNanos(gapNanos: 1_200_000_000) == 200_000_000)
+  }
+
+  @Test("ordinary delays are not credited; long stalls are, less one ping interval")
+  func defaultSettings() {
+    let liveness = LinkLiveness.default  // 100 ms pings, 2 s timeout
+    #expect(liveness.stallCreditNanos(gapNanos: 50_000_000) == 0)
+    #expect(liveness.stallCreditNanos(gapNanos: 1_000_000_000) == 0)
+    #expect(liveness.stallCreditNanos(gapNanos: 3_000_000_000) == 2_900_000_000)
+  }
+
+  @Test("maxFrameBytes must leave room for a sealed frame's code in the 32-bit length")
+  func frameLimitLeavesRoomForTheCode() throws {
+    var options = TCPTransportOptions()
+    try options.validate()
+    options.maxFrameBytes = Int(UInt32.max)
+    let error = #expect(throws: ConfigurationError.self) { try options.validate() }
+    #expect(error?.setting == "maxFrameBytes")
+    options.maxFrameBytes = Int(UInt32.max) - TCPFrame.tagBytes + 1
+    #expect(throws: ConfigurationError.self) { try options.validate() }
+    options.maxFrameBytes = Int(UInt32.max) - TCPFrame.tagBytes
+    try options.validate()
+    #expect(TCPTransportOptions.maxFrameBytesLimit == Int(UInt32.max) - TCPFrame.tagBytes)
+    options.maxFrameBytes = 63
+    #expect(throws: ConfigurationError.self) { try options.validate() }
+  }
+}
