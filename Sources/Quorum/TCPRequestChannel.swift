@@ -54,6 +54,8 @@ public final class TCPRequestChannel: RequestChannel, Sendable {
     } catch {
       // Turned away for good (a credential, another cluster): the client stops asking this member.
       if error.isPermanentRefusal { throw RequestChannelError.refused(member, "\(error)") }
+      // Lost after the request may have gone out: a write without a session must not be retried blindly.
+      if case .connectionLost = error { throw RequestChannelError.connectionLost(member, "\(error)") }
       throw RequestChannelError.unreachable(member, "\(error)")
     }
   }

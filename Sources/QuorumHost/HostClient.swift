@@ -25,9 +25,11 @@ extension RequestChannel {
 
 /// Why a request did not reach a member or get an answer.
 public enum RequestChannelError: Error, Sendable, Equatable, CustomStringConvertible {
-  /// The member could not be reached (no address, connection refused, connection lost).
+  /// The member could not be reached (no address, connection refused): the request was not delivered.
   case unreachable(NodeID, String)
-  /// No answer in time.
+  /// The connection was lost after the request may have been delivered: it may or may not have been carried out.
+  case connectionLost(NodeID, String)
+  /// No answer in time; the request may or may not have been carried out.
   case timeout(NodeID)
   /// The member turned the client away for a reason that retrying does not fix: its credential (none, an
   /// unknown one, or a wrong secret), another cluster, or a member that serves no clients.
@@ -36,6 +38,7 @@ public enum RequestChannelError: Error, Sendable, Equatable, CustomStringConvert
   public var description: String {
     switch self {
     case .unreachable(let node, let why): return "\(node) unreachable: \(why)"
+    case .connectionLost(let node, let why): return "\(node): connection lost: \(why)"
     case .timeout(let node): return "\(node) did not answer in time"
     case .refused(let node, let why): return "\(node) refused the client: \(why)"
     }
@@ -50,7 +53,8 @@ public enum QuorumClientError: Error, Sendable, Equatable, CustomStringConvertib
   case timeout(outcomeUnknown: Bool, lastFailure: String?)
   /// A write whose outcome cannot be known: its session expired before an answer came; or the group no longer
   /// remembers its answer (``QuorumCore/ConsensusError/responseForgotten(_:)``); or, after an attempt reached a
-  /// member, every member turned the client away (see ``refused(_:)``).
+  /// member, every member turned the client away (see ``refused(_:)``); or a write without a session (a
+  /// membership change) got no answer that says whether it was carried out, and a retry could apply it twice.
   case outcomeUnknown
   /// The server refused the request (unknown group or service, a key of another group, a malformed request, or
   /// an engine error that retrying does not fix).
@@ -205,7 +209,9 @@ public actor HostClient {
     let sequence = session.next
     session.outstanding.insert(sequence)
     sessions[group] = session
-    defer { sessions[group]?.outstanding.remove(sequence) }
+    // Only while the group's session is still this one: after it expired, another call may have registered a new
+    // session, whose own requests use the same sequence numbers.
+    defer { if sessions[group]?.id == session.id { sessions[group]?.outstanding.remove(sequence) } }
     let remaining = limit - .nanoseconds(Int64(clock.monotonicNanos() &- started))
     let request = HostRequest.command(
       group: group, ServiceCommand(service: service, payload: payload),
@@ -214,7 +220,8 @@ public actor HostClient {
     do {
       reply = try await send(request, to: members(of: group), group: group, deadline: remaining, isWrite: true)
     } catch QuorumClientError.rejected(.consensus(.sessionExpired)) {
-      sessions[group] = nil
+      // Another call that used the same session may have dropped it and registered a new one already: keep that.
+      if sessions[group]?.id == session.id { sessions[group] = nil }
       throw QuorumClientError.outcomeUnknown
     }
     guard case .answer(let bytes, let index) = reply else { throw QuorumClientError.badReply("expected an answer") }
@@ -339,6 +346,13 @@ public actor HostClient {
     let bytes = request.wireBytes(reservingCapacity: 64)
     var backoff = options.minBackoff
     var sent = false
+    /// A write without a session (a membership change): applied twice, or applied and then refused by a retry
+    /// ("already a member"), it must not be retried once an attempt may have been carried out.
+    let retryMayApplyTwice: Bool
+    switch request {
+    case .command(_, _, let id?, _) where id.session != 0: retryMayApplyTwice = false
+    default: retryMayApplyTwice = isWrite
+    }
     var target = (anyMember ? nil : group.flatMap { leaders[$0] }) ?? pick(from: candidates)
     var lastFailure: String?
     /// Members that turned the client away for good: not asked again in this call (no pick, no redirect).
@@ -377,15 +391,17 @@ public actor HostClient {
             // No hint, or one to a member that refused this client: another member, after the back-off.
             target = pick(from: candidates, avoiding: member, refused: refusedBy)
           }
-        case .consensus(.timeout), .consensus(.stopped), .consensus(.overloaded), .consensus(.dropped),
-          .consensus(.transferInProgress), .consensus(.leaseExpired):
+        case .consensus(.timeout), .consensus(.stopped):
+          // Perhaps proposed, and committed later (or before the node stopped). Under a session a retry applies
+          // once; a registration's possible session goes unused and expires.
+          if retryMayApplyTwice { throw QuorumClientError.outcomeUnknown }
+          target = pick(from: candidates, avoiding: member, refused: refusedBy)
+        case .consensus(.overloaded), .consensus(.dropped), .consensus(.transferInProgress), .consensus(.leaseExpired):
+          // Refused before it was proposed, or its entry was replaced: certainly not applied.
           target = pick(from: candidates, avoiding: member, refused: refusedBy)
         case .consensus(.outcomeUnknown):
-          switch request {
-          case .command(_, _, let id?, _) where id.session != 0: break  // Under a session a retry applies once.
-          case .registerSession: break  // A session the registration may have opened goes unused and expires.
-          default: throw QuorumClientError.outcomeUnknown  // Without a session a retry could apply twice.
-          }
+          // Under a session a retry applies once; a session a registration may have opened goes unused and expires.
+          if retryMayApplyTwice { throw QuorumClientError.outcomeUnknown }
           target = pick(from: candidates, avoiding: member, refused: refusedBy)
         case .notHosted(_, let members):
           target = pick(from: members.isEmpty ? candidates : members, avoiding: member, refused: refusedBy)
@@ -411,11 +427,16 @@ public actor HostClient {
           throw QuorumClientError.refused(lastFailure ?? why)
         }
       } catch {
-        // Unreachable or silent: the request may have been applied; the session makes a retry safe.
+        // Silent or cut off: the request may have been applied; the session makes a retry safe, and nothing else
+        // does. Only a member that could not be reached certainly did not get it.
         switch error as? RequestChannelError {
         case .unreachable(let node, let why)?: lastFailure = "\(channel.describe(node)) unreachable: \(why)"
+        case .connectionLost(let node, let why)?: lastFailure = "\(channel.describe(node)): connection lost: \(why)"
         case .timeout(let node)?: lastFailure = "\(channel.describe(node)) did not answer in time"
         default: lastFailure = "\(error)"
+        }
+        if retryMayApplyTwice {
+          guard case .unreachable? = error as? RequestChannelError else { throw QuorumClientError.outcomeUnknown }
         }
         if case RequestChannelError.unreachable(_, "no address")? = error as? RequestChannelError,
           request != .clusterMap

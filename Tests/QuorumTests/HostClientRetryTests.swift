@@ -1,0 +1,176 @@
+import Quorum
+import Synchronization
+import Testing
+
+/// A one-member group whose commands wait until the test answers them; registrations open sessions 1, 2, ….
+final class HeldCommandsChannel: RequestChannel {
+  private struct Held {
+    var request: RequestID
+    var acknowledged: UInt64
+    var answer: CheckedContinuation<[UInt8], Never>
+  }
+  private let state = Mutex<(sessions: UInt64, held: [Held])>((0, []))
+  /// Each command as it arrives.
+  let arrivals: AsyncStream<RequestID>
+  private let arrived: AsyncStream<RequestID>.Continuation
+
+  init() { (arrivals, arrived) = AsyncStream.makeStream() }
+
+  func send(_ request: [UInt8], to member: NodeID, timeout: Duration) async throws -> [UInt8] {
+    switch try HostRequest(wireBytes: request) {
+    case .registerSession:
+      return HostReply.session(
+        state.withLock {
+          $0.sessions += 1
+          return $0.sessions
+        }
+      ).wireBytes()
+    case .command(_, _, let id?, let acknowledged):
+      return await withCheckedContinuation { continuation in
+        state.withLock { $0.held.append(Held(request: id, acknowledged: acknowledged, answer: continuation)) }
+        arrived.yield(id)
+      }
+    default: return HostReply.failure(HostFailure(.consensus(.stopped))).wireBytes()
+    }
+  }
+
+  /// The acknowledged mark `request` carried.
+  func acknowledged(by request: RequestID) -> UInt64? {
+    state.withLock { $0.held.first { $0.request == request }?.acknowledged }
+  }
+
+  /// Answers the waiting `request` with `reply`.
+  func answer(_ request: RequestID, with reply: HostReply) {
+    let held = state.withLock { state -> Held? in
+      guard let index = state.held.firstIndex(where: { $0.request == request }) else { return nil }
+      return state.held.remove(at: index)
+    }
+    held?.answer.resume(returning: reply.wireBytes())
+  }
+}
+
+/// A group of members 1, 2, 3 whose answers to membership changes (and commands) follow a script, one step per
+/// attempt; sessions are always granted.
+final class ScriptedMembershipChannel: RequestChannel {
+  enum Step: Sendable, CustomStringConvertible {
+    case reply(HostReply)
+    case fail(RequestChannelError)
+
+    var description: String {
+      switch self {
+      case .reply(let reply): return "\(reply)"
+      case .fail(let error): return "\(error)"
+      }
+    }
+  }
+  private let script: Mutex<[Step]>
+  let attempts = Mutex(0)
+
+  init(_ script: [Step]) { self.script = Mutex(script) }
+
+  func send(_ request: [UInt8], to member: NodeID, timeout: Duration) async throws -> [UInt8] {
+    if case .registerSession = try HostRequest(wireBytes: request) { return HostReply.session(1).wireBytes() }
+    attempts.withLock { $0 += 1 }
+    switch script.withLock({ $0.isEmpty ? Step.reply(.done) : $0.removeFirst() }) {
+    case .reply(let reply): return reply.wireBytes()
+    case .fail(let error): throw error
+    }
+  }
+}
+
+@Suite("Host client retries and sessions", .timeLimit(.minutes(1)))
+struct HostClientRetryTests {
+  static let map = ClusterMap(
+    cluster: "scripted", members: [1: "", 2: "", 3: ""],
+    groups: [GroupSpec(id: .default, name: "main", members: [1, 2, 3], services: ["kv"])])
+
+  static func failure(_ error: ConsensusError) -> ScriptedMembershipChannel.Step {
+    .reply(.failure(HostFailure(.consensus(error))))
+  }
+
+  @Test("a command whose session expired leaves alone the session another call registered since")
+  func expiredSessionKeepsItsSuccessor() async throws {
+    let channel = HeldCommandsChannel()
+    let map = ClusterMap(
+      cluster: "held", members: [1: ""], groups: [GroupSpec(id: .default, name: "main", members: [1], services: ["kv"])]
+    )
+    var options = HostClientOptions()
+    options.deadline = .seconds(30)
+    options.attemptTimeout = .seconds(30)
+    let client = HostClient(channel: channel, members: [1], map: map, options: options)
+    func command(_ byte: UInt8) -> Task<[UInt8], any Error> {
+      Task { try await client.command([byte], service: "kv", group: .default) }
+    }
+    var arrivals = channel.arrivals.makeAsyncIterator()
+    let expired = HostReply.failure(HostFailure(.consensus(.sessionExpired(1))))
+
+    // X and Y in flight under session 1, which expires.
+    let x = command(1)
+    #expect(await arrivals.next() == RequestID(session: 1, sequence: 1))
+    let y = command(2)
+    #expect(await arrivals.next() == RequestID(session: 1, sequence: 2))
+    channel.answer(RequestID(session: 1, sequence: 1), with: expired)
+    await #expect(throws: QuorumClientError.outcomeUnknown) { try await x.value }
+    // Z registers session 2; W follows under it.
+    let z = command(3)
+    #expect(await arrivals.next() == RequestID(session: 2, sequence: 1))
+    let w = command(4)
+    #expect(await arrivals.next() == RequestID(session: 2, sequence: 2))
+    // Y learns that session 1 expired: session 2, and W's place in it, stand.
+    channel.answer(RequestID(session: 1, sequence: 2), with: expired)
+    await #expect(throws: QuorumClientError.outcomeUnknown) { try await y.value }
+    channel.answer(RequestID(session: 2, sequence: 1), with: .answer([30], index: 5))
+    #expect(try await z.value == [30])
+
+    let v = command(5)
+    let next = await arrivals.next()
+    #expect(next == RequestID(session: 2, sequence: 3), "a new session was registered, or the sequence reused")
+    #expect(
+      channel.acknowledged(by: RequestID(session: 2, sequence: 3)) == 1,
+      "acknowledged request 2#2, whose answer has not come")
+    channel.answer(RequestID(session: 2, sequence: 2), with: .answer([40], index: 6))
+    if let next { channel.answer(next, with: .answer([50], index: 7)) }
+    #expect(try await w.value == [40])
+    #expect(try await v.value == [50])
+  }
+
+  @Test(
+    "a membership change that may have been carried out is not retried: its outcome is unknown",
+    arguments: [
+      ScriptedMembershipChannel.Step.fail(.timeout(1)), .fail(.connectionLost(1, "reset by peer")), failure(.timeout),
+      failure(.stopped), failure(.outcomeUnknown),
+    ])
+  func membershipChangeNotRetriedBlindly(_ first: ScriptedMembershipChannel.Step) async throws {
+    let channel = ScriptedMembershipChannel([first])
+    let client = HostClient(channel: channel, members: [1, 2, 3], map: Self.map)
+    await #expect(throws: QuorumClientError.outcomeUnknown) {
+      try await client.changeMembership(.addVoter(4), group: .default)
+    }
+    #expect(channel.attempts.withLock { $0 } == 1)
+  }
+
+  @Test(
+    "a membership change certainly not carried out is retried",
+    arguments: [
+      failure(.notLeader(hint: 2)), failure(.notLeader(hint: nil)), failure(.dropped), failure(.overloaded(limit: 1)),
+      failure(.transferInProgress), ScriptedMembershipChannel.Step.fail(.unreachable(1, "connection refused")),
+    ])
+  func membershipChangeRetriedWhenNotApplied(_ first: ScriptedMembershipChannel.Step) async throws {
+    let channel = ScriptedMembershipChannel([first])
+    let client = HostClient(channel: channel, members: [1, 2, 3], map: Self.map)
+    try await client.changeMembership(.addVoter(4), group: .default)
+    #expect(channel.attempts.withLock { $0 } == 2)
+  }
+
+  @Test(
+    "a command under a session is retried after the same failures",
+    arguments: [
+      ScriptedMembershipChannel.Step.fail(.timeout(1)), .fail(.connectionLost(1, "reset by peer")), failure(.timeout),
+    ])
+  func sessionCommandRetried(_ first: ScriptedMembershipChannel.Step) async throws {
+    let channel = ScriptedMembershipChannel([first, .reply(.answer([1], index: 3))])
+    let client = HostClient(channel: channel, members: [1, 2, 3], map: Self.map)
+    #expect(try await client.command([9], service: "kv", group: .default) == [1])
+    #expect(channel.attempts.withLock { $0 } == 2)
+  }
+}
