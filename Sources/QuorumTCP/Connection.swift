@@ -143,15 +143,8 @@ final class Connection: LoopHandler {
   private var connectDeadline: UInt64?
   private var flushScheduled = false
   private var lastWriteProgress: UInt64 = 0
-  /// Bytes charged to `receiveBudget`: those of `readBuffer`, or the whole announced length of the frame being
-  /// received once it was admitted (``reserves``).
+  /// Bytes of `readBuffer` charged to `receiveBudget`.
   fileprivate(set) var charged = 0
-  /// Whether `charged` reserves the whole frame being received: the budget admitted it, and it is read to its end
-  /// whatever the budget's state, so frames in progress always finish and waiting happens before a frame's body.
-  fileprivate(set) var reserves = false
-  /// Whether the budget lets this connection read on (false: its frame's header arrived and the budget has no
-  /// room for the frame yet).
-  private var budgetAdmits = true
   /// When bytes last arrived (monotonic nanoseconds).
   private(set) var lastReceived: UInt64 = 0
   /// Bytes received and written, for metrics.
@@ -258,16 +251,15 @@ final class Connection: LoopHandler {
     var budget = 4 << 20  // bytes per wake-up, so one busy connection cannot starve the others
     while !isClosed && pauseReasons.isEmpty && budget > 0 {
       var chunk = scratch.count
-      if let receiveBudget {
-        // A frame the budget has no room for waits before its body, until admitted frames finish. Over the budget,
-        // a connection between frames may read a little, so small requests still pass.
-        if !budgetAdmits { recharge() }  // Room may have been made since the last charge.
-        guard budgetAdmits else {
+      if let receiveBudget, receiveBudget.isSpent {
+        // Over the shared budget: a partly received frame waits for room; a connection between frames may read
+        // a little, so small requests still pass.
+        guard readBuffer.isEmpty else {
           pause(.budget)
           receiveBudget.wait(self)
           return
         }
-        if receiveBudget.isSpent && !reserves { chunk = min(chunk, 64 << 10) }
+        chunk = min(chunk, 64 << 10)
       }
       // A partial frame held from the last read (most reads end inside a frame) moves to the scratch's start and
       // the read lands after it, unless it is too large: then the read is appended to it, a copy of every byte.
@@ -390,12 +382,10 @@ final class Connection: LoopHandler {
     return frames.offset
   }
 
-  /// Charges the bytes held, or the whole frame being received if the budget admits it, to the shared budget.
+  /// Charges the bytes held to the shared budget.
   private func recharge() {
     guard let receiveBudget, !isClosed else { return }
-    // The frame being received, once its header is here (a frame too large was refused when parsed).
-    let frame = readBuffer.count >= TCPFrame.prefixBytes ? TCPFrame.prefixBytes + Int(readLength(at: 0)) : 0
-    budgetAdmits = receiveBudget.charge(self, bytes: readBuffer.count, frameBytes: frame)
+    receiveBudget.charge(self, bytes: readBuffer.count)
   }
 
   /// Reads whatever is waiting on the socket now (unless reading is paused): used before concluding that the
@@ -642,17 +632,9 @@ func hostPart(_ remote: String) -> String {
 
 /// The bytes of partly received frames held by a group of connections (an endpoint's clients), and the
 /// connections waiting for room. Loop thread only.
-///
-/// A frame is admitted when its header arrives if its whole announced length fits (or if no other admitted frame
-/// is in progress, so that a frame larger than the budget still passes, alone); it is then charged in full and
-/// read to its end. A frame not admitted waits before its body, holding only the bytes already read. Admitted
-/// frames never wait for one another, so they always finish and make room: charging bytes as they arrived and
-/// pausing frames midway instead let every connection stop mid-frame with none able to finish.
 final class ReceiveBudget {
   let limit: Int
   private(set) var used = 0
-  /// Connections whose charge reserves an admitted frame.
-  private var reserving = 0
   private var waiting: [ObjectIdentifier: Connection] = [:]
   private let metrics: MetricsCounters?
 
@@ -663,28 +645,13 @@ final class ReceiveBudget {
 
   var isSpent: Bool { used >= limit }
 
-  /// Records that `connection` now holds `bytes`, of which the frame it is receiving needs `frameBytes` in all
-  /// (zero before its header); returns whether it may read on.
-  func charge(_ connection: Connection, bytes: Int, frameBytes: Int) -> Bool {
-    let others = used - connection.charged
-    let othersReserving = reserving - (connection.reserves ? 1 : 0)
-    let reserve: Bool
-    if frameBytes <= bytes {
-      reserve = false  // Nothing announced beyond what is held.
-    } else if connection.reserves && frameBytes <= connection.charged {
-      reserve = true  // Admitted already (or the next frame fits in what was).
-    } else {
-      reserve = others + frameBytes <= limit || othersReserving == 0
-    }
-    let amount = reserve ? frameBytes : bytes
-    used = others + amount
-    if amount > connection.charged, let metrics { metrics.raise(metrics.largestClientReceiveBuffer, to: used) }
-    let freed = amount < connection.charged || (connection.reserves && !reserve)
-    reserving = othersReserving + (reserve ? 1 : 0)
-    connection.charged = amount
-    connection.reserves = reserve
+  /// Records that `connection` now holds `bytes`.
+  func charge(_ connection: Connection, bytes: Int) {
+    used += bytes - connection.charged
+    if bytes > connection.charged, let metrics { metrics.raise(metrics.largestClientReceiveBuffer, to: used) }
+    let freed = bytes < connection.charged
+    connection.charged = bytes
     if freed { wake() }
-    return reserve || frameBytes <= bytes
   }
 
   /// Pauses `connection` until there is room.
@@ -693,20 +660,14 @@ final class ReceiveBudget {
   /// Forgets `connection` (closed or moved to another budget), returning what it held.
   func release(_ connection: Connection) {
     waiting[ObjectIdentifier(connection)] = nil
-    if connection.reserves {
-      reserving -= 1
-      connection.reserves = false
-    }
     guard connection.charged != 0 else { return }
     used -= connection.charged
     connection.charged = 0
     wake()
   }
 
-  /// Lets the waiting connections try again (each is admitted or waits anew), when there may be room: under the
-  /// limit, or no admitted frame left (a frame larger than the budget then passes alone).
   private func wake() {
-    guard !isSpent || reserving == 0, !waiting.isEmpty else { return }
+    guard !isSpent, !waiting.isEmpty else { return }
     let woken = waiting
     waiting = [:]
     for connection in woken.values { connection.resume(.budget) }

@@ -148,10 +148,8 @@ public struct TCPTransportOptions: Sendable, Equatable {
   /// Reply bytes waiting for one client at which its connection is closed
   /// (``TCPCloseReason/slowReader(pendingBytes:)``); at least ``replyPauseBytes`` plus one largest frame.
   public var maxReplyBytesPerConnection: Int
-  /// Bytes of partly received client frames one endpoint holds in all. A client frame's body is read only once
-  /// its whole announced length fits (a frame larger than this, only while no other is being read); a frame that
-  /// does not fit waits after its header until frames being read complete (or time out), so the frames being read
-  /// always can. Past it, connections between frames still read a little, so small requests pass.
+  /// Bytes of partly received client frames one endpoint holds in all; past it, client connections in the
+  /// middle of a frame stop being read until room is made (frames complete, or time out).
   public var maxClientReceiveBufferBytes: Int
   /// Whether a sender writes a peer message to the socket itself when the link is idle (nothing queued, nothing
   /// being written), rather than queueing it for the event loop: one thread hand-off less per message. When the
@@ -299,9 +297,8 @@ public struct TCPTransportMetrics: Sendable, Equatable, CustomStringConvertible 
   /// The most reply bytes that waited to be written to one client connection (the close comes at
   /// ``TCPTransportOptions/maxReplyBytesPerConnection``, plus one reply).
   public var largestReplyBacklog = 0
-  /// The most bytes of partly received client frames an endpoint held at once, counting a frame being read at its
-  /// whole announced length (about ``TCPTransportOptions/maxClientReceiveBufferBytes``, or one frame if larger,
-  /// plus one read per client connection).
+  /// The most bytes of partly received client frames an endpoint held at once (about
+  /// ``TCPTransportOptions/maxClientReceiveBufferBytes``, plus one read per client connection).
   public var largestClientReceiveBuffer = 0
 
   /// Creates empty metrics.

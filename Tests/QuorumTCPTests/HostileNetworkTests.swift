@@ -108,16 +108,12 @@ struct HostileNetworkTests {
     // A healthy client is still served while the budget is spent: it is between frames.
     let alice = try pair.client("alice", SecurePair.alice)
     #expect(try await alice.request([1], to: pair.n1.address, timeout: .seconds(60)) == [1])
-    // Then a byte at a time: progress does not keep a frame alive past the frame timeout. The budget admits one
-    // giant frame at a time and reads it as it comes: if it has not timed out yet, its last byte completes it, and
-    // its code fails.
-    try await waitUntil("every giant frame to end (\(pair.a.metrics))") {
+    // Then a byte at a time: progress does not keep a frame alive past the frame timeout.
+    try await waitUntil("every giant frame to time out (\(pair.a.metrics))") {
       for attacker in attackers where !attacker.socket.isClosedByPeer { _ = try? attacker.socket.sendSome([0xEE][...]) }
       peak = max(peak, try residentBytes() - before)
-      let metrics = pair.a.metrics
-      return metrics.closes("truncated-frame") + metrics.closes("frame-authentication-failed") == attackers.count
+      return pair.a.metrics.closes("truncated-frame") == attackers.count
     }
-    #expect(pair.a.metrics.closes("truncated-frame") >= attackers.count - 1, "\(pair.a.metrics)")
     #expect(pair.a.metrics.largestClientReceiveBuffer <= bound, "\(pair.a.metrics.largestClientReceiveBuffer) bytes")
     #expect(peak < 1 << 30, "the resident set grew by up to \(peak >> 20) MiB")
     #expect(pair.sink.contains("truncated frame"), "\(pair.sink.lines)")
