@@ -49,7 +49,7 @@ enum ClientCommands {
     var options = Options(arguments)
     do {
       let target = try ClusterTarget.parse(&options)
-      let timeout = Duration.milliseconds(Int(try options.value("--timeout-ms") ?? "5000") ?? 5000)
+      let timeout = try options.milliseconds("--timeout-ms", default: 5000)
       let consistencyText = try options.value("--consistency") ?? "linearizable"
       guard let consistency = ReadConsistency(rawValue: consistencyText) else {
         throw CLIError.usage("--consistency \(consistencyText): expected linearizable, lease, session or stale")

@@ -229,6 +229,16 @@ struct Options {
     return value
   }
 
+  /// Removes `--name MS` and returns it as a duration (`defaultMillis` if absent); a value that is not a positive
+  /// number of milliseconds is a usage error.
+  mutating func milliseconds(_ name: String, default defaultMillis: Int) throws -> Duration {
+    guard let text = try value(name) else { return .milliseconds(defaultMillis) }
+    guard let millis = Int(text), millis > 0 else {
+      throw CLIError.usage("\(name) \(text): expected a positive number of milliseconds")
+    }
+    return .milliseconds(millis)
+  }
+
   /// Removes a flag and returns whether it was present.
   mutating func flag(_ name: String) -> Bool {
     guard let index = words.firstIndex(of: name) else { return false }

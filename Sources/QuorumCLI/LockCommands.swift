@@ -42,7 +42,7 @@ enum LockCommands {
     var options = Options(arguments)
     do {
       let target = try ClusterTarget.parse(&options)
-      let timeout = Duration.milliseconds(Int(try options.value("--timeout-ms") ?? "5000") ?? 5000)
+      let timeout = try options.milliseconds("--timeout-ms", default: 5000)
       switch options.words.first {
       case "acquire":
         let request = try parseAcquire(&options)

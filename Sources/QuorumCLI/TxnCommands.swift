@@ -38,11 +38,7 @@ enum TxnCommands {
     var options = Options(arguments)
     do {
       let target = try ClusterTarget.parse(&options)
-      let timeoutText = try options.value("--timeout-ms") ?? "10000"
-      guard let timeoutMillis = Int(timeoutText), timeoutMillis > 0 else {
-        throw CLIError.usage("--timeout-ms \(timeoutText): expected a positive number of milliseconds")
-      }
-      let timeout = Duration.milliseconds(timeoutMillis)
+      let timeout = try options.milliseconds("--timeout-ms", default: 10_000)
       let minimumAge = try options.value("--min-age-ms").map { text -> UInt64 in
         guard let value = UInt64(text) else { throw CLIError.usage("--min-age-ms \(text): expected milliseconds") }
         return value

@@ -706,7 +706,9 @@ public struct ParticipantCore: Sendable {
         }
         continue
       }
-      let onePhase = record.participants == [id] && txn.coordinator != id
+      // A one-phase participant records a decision; a prepared one (a classic transaction with this participant
+      // alone goes through both phases) records none.
+      let onePhase = record.decision != nil && record.participants == [id] && txn.coordinator != id
       var transaction = Tracked(
         phase: .prepared(inquiries: 0), participants: record.participants, recordStore: recordStore,
         onePhase: onePhase, recorded: true, abortIsCertain: true, startedTick: now, wakeTick: now,

@@ -19,43 +19,55 @@ public protocol TransactionRecordChannel: Sendable {
 /// exactly-once session so that a retried command is applied once.
 ///
 /// A node's log time starts at zero with its group, while transactions' starts are wall clock readings: before
-/// its first command, and then at least every ``clockInterval``, the channel writes its wall clock into the log
-/// (``TransactionRecordCommand/clock(wallMillis:)``), which moves the table's time forward to it. A command
-/// refused because its transaction starts ahead of the table's time is retried once after a fresh reading.
-/// Keep the clocks of the table's users synchronized: the table follows the one furthest ahead.
+/// its first command, and then before a command at least ``clockInterval`` after the last, the channel writes
+/// its wall clock less `clockMargin` into the log (``TransactionRecordCommand/clock(wallMillis:)``), which moves
+/// the table's time forward to it, never back. The table thus follows the clock furthest ahead among its users,
+/// less the margin: a user whose clock runs ahead of the others by more than the margin plus the transaction
+/// horizon leaves them no time to finish their transactions, which then abort — keep the clocks synchronized.
+/// The margin keeps a user's own transactions within the table's
+/// ``TransactionRecordLimits/maxClockAheadMillis`` (keep it below that limit), and one whose clock is further
+/// ahead than that is refused (``TransactionRecordError/clockAhead(startedAtMillis:logTimeMillis:)``) rather than
+/// allowed to push the table's time ahead for everyone.
 public actor ReplicatedLogRecordChannel: TransactionRecordChannel {
   private let log: any ReplicatedLog<TransactionRecords>
   private let clock: any NodeClock
+  private let clockMarginMillis: UInt64
   private var session: UInt64?
   private var sequence: UInt64 = 0
-  /// The wall clock this channel last wrote, and when (monotonic).
-  private var lastClock: (wallMillis: UInt64, atNanos: UInt64)?
+  /// When (monotonic) this channel last wrote its wall clock into the log.
+  private var lastClockNanos: UInt64?
 
   /// How often the channel writes its wall clock into the log while it is used.
   public static let clockInterval: Duration = .seconds(60)
 
-  /// Creates a channel over `log`, whose wall clock readings come from `clock`.
-  public init(log: any ReplicatedLog<TransactionRecords>, clock: any NodeClock = SystemClock()) {
+  /// Creates a channel over `log`, whose wall clock readings come from `clock` (the clock its transactions'
+  /// starts come from) and are written `clockMargin` behind.
+  public init(
+    log: any ReplicatedLog<TransactionRecords>, clock: any NodeClock = SystemClock(),
+    clockMargin: Duration = .seconds(30)
+  ) {
     self.log = log
     self.clock = clock
+    self.clockMarginMillis = UInt64(max(0, clockMargin.nanoseconds / 1_000_000))
   }
 
   public func submit(_ command: TransactionRecordCommand) async throws -> TransactionRecordResponse {
     let now = clock.monotonicNanos()
-    if lastClock.map({ now &- $0.atNanos >= Self.clockInterval.nanoseconds }) ?? true {
-      try await writeClock()
-    }
-    let answer = try await submitOnce(command)
-    guard case .refused(.clockAhead) = answer else { return answer }
-    try await writeClock()
+    if lastClockNanos.map({ now &- $0 >= Self.clockInterval.nanoseconds }) ?? true { await writeClock() }
     return try await submitOnce(command)
   }
 
-  /// Writes this channel's wall clock into the log.
-  private func writeClock() async throws {
-    let reading = (wallMillis: clock.wallClockMillis(), atNanos: clock.monotonicNanos())
-    _ = try await submitOnce(.clock(wallMillis: reading.wallMillis))
-    lastClock = reading
+  /// Writes this channel's wall clock, less the margin, into the log. A failure is not the command's to report:
+  /// the clock is written again before the next command.
+  private func writeClock() async {
+    let at = clock.monotonicNanos()
+    let wall = clock.wallClockMillis()
+    do {
+      _ = try await submitOnce(.clock(wallMillis: wall > clockMarginMillis ? wall - clockMarginMillis : 0))
+      lastClockNanos = at
+    } catch {
+      lastClockNanos = nil
+    }
   }
 
   private func submitOnce(_ command: TransactionRecordCommand) async throws -> TransactionRecordResponse {

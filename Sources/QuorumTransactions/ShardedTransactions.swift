@@ -73,8 +73,8 @@ public final class ShardTransaction: Sendable {
     var order: [String] = []
     var reads: [String: [UInt8]?] = [:]
     var readGroups: Set<GroupID> = []
-    /// Groups a read was sent to whose answer did not come back as a value: a lost or late read may still take
-    /// a shared lock there, so an abandoned attempt aborts there too.
+    /// Every group a read was sent to (answered or not): a lost or late read may still take a shared lock there,
+    /// so an abandoned attempt aborts there too.
     var unansweredGroups: Set<GroupID> = []
     /// The first read that failed: the attempt cannot commit, even if the body carried on past the error.
     var failedRead: (any Error)?
@@ -93,6 +93,7 @@ public final class ShardTransaction: Sendable {
   /// The value of `key` as this transaction sees it: its own write if it wrote the key, otherwise the committed
   /// value, read under a shared lock held until the transaction ends.
   /// - Throws: a conflict or an abort ends the attempt (``ShardedTransactions/transaction(_:)`` runs the body again).
+  ///   The attempt ends even if the body catches the error: it cannot commit on a value read under no lock.
   public func get(_ key: String) async throws -> [UInt8]? {
     let known = state.withLock { s -> [UInt8]?? in
       if let written = s.writes[key] { return .some(written) }
@@ -202,6 +203,15 @@ public actor ShardedTransactions {
 
   private struct Retry: Error {
     var why: String
+    /// Set when a shard refused the transaction as starting ahead of its time: retried (a hosted shard's time
+    /// lags until a new leader writes its clock), and reported as that refusal if every attempt gets it.
+    var startsAhead: TxnShardError?
+  }
+
+  /// The error for a shard's refusal `error`: a ``TxnShardError/startsAhead(_:shardMillis:)`` is retried.
+  private nonisolated func shardRefusal(_ error: TxnShardError) -> any Error {
+    if case .startsAhead = error { return Retry(why: error.description, startsAhead: error) }
+    return ShardedTransactionError.refused(error)
   }
 
   /// Runs `body` as a serializable transaction and commits it, running it again (as a new transaction) after a
@@ -211,6 +221,7 @@ public actor ShardedTransactions {
   public func transaction<T: Sendable>(_ body: (ShardTransaction) async throws -> T) async throws -> T {
     var backoff = options.minBackoff
     var last = ""
+    var startsAhead: TxnShardError?
     for attempt in 1...max(1, options.maxAttempts) {
       let tx = ShardTransaction(id: try await nextID(), client: self)
       do {
@@ -219,6 +230,7 @@ public actor ShardedTransactions {
         return value
       } catch let retry as Retry {
         last = retry.why
+        startsAhead = retry.startsAhead
         await abandon(tx)
       } catch ShardedTransactionError.outcomeUnknown(let id, let groups) where groups.count > 1 {
         // The commit may be recorded: the groups' prepared state is all that carries it to them, so it must not be
@@ -234,6 +246,7 @@ public actor ShardedTransactions {
       try await clock.sleep(for: backoff * jitter)
       backoff = min(options.maxBackoff, backoff * 2)
     }
+    if let startsAhead { throw ShardedTransactionError.refused(startsAhead) }
     throw ShardedTransactionError.conflict(attempts: options.maxAttempts, last: last)
   }
 
@@ -273,7 +286,7 @@ public actor ShardedTransactions {
       case .value(let value): return (value, group)
       case .conflict(let held): conflict = "\(held)"
       case .aborted: throw Retry(why: "\(id) expired in \(group)")
-      case .failed(let error): throw ShardedTransactionError.refused(error)
+      case .failed(let error): throw shardRefusal(error)
       case let other: throw ShardedTransactionError.badAnswer("\(other) to a read")
       }
     }
@@ -315,7 +328,7 @@ public actor ShardedTransactions {
       throw ShardedTransactionError.outcomeUnknown(id, groups: [group])
     case .conflict(let held): throw Retry(why: "\(held)")
     case .aborted: throw Retry(why: "\(id) aborted in \(group)")
-    case .failed(let error): throw ShardedTransactionError.refused(error)
+    case .failed(let error): throw shardRefusal(error)
     case let other: throw ShardedTransactionError.badAnswer("\(other) to a one-shot commit")
     }
   }
@@ -340,7 +353,7 @@ public actor ShardedTransactions {
       case .prepared?, .readOnly?: continue
       case .failed(let error)?:
         await abort(id, in: groups)
-        throw ShardedTransactionError.refused(error)
+        throw shardRefusal(error)
       case let other: refusal = refusal ?? "\(group): \(other.map(\.description) ?? "no answer")"
       }
     }

@@ -90,7 +90,12 @@ extension TxnShard {
       guard shard.txns[id] == nil else { throw WireError(.invalidValue("\(id) both in progress and ended"), at: at) }
       shard.ended[id] = try r.read(TransactionDecision.self)
     }
+    let recordsAt = r.position
     try shard.records.restore(from: try r.readBytes())
+    // The shard's table follows the shard's time: no clock entry ever moves it (see `apply`).
+    guard shard.records.clockOffsetMillis == 0 else {
+      throw WireError(.invalidValue("the shard's record table has a clock offset"), at: recordsAt)
+    }
     try r.expectEnd()
     shard.endedByStart.rebuild(shard.ended.keys.map { .init(millis: $0.startedAtMillis, id: $0) })
     shard.idleDeadlines.rebuild(

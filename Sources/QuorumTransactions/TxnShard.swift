@@ -66,9 +66,10 @@ public struct TxnShard: StateMachine {
   /// Whether a transaction that starts further after the shard's time than
   /// ``TransactionRecordLimits/maxClockAheadMillis`` (of ``TxnShardLimits/records``) is refused
   /// (``TxnShardError/startsAhead(_:shardMillis:)``). Off while the shard's time does not yet follow a wall clock:
-  /// a hosted shard before its leader's first clock entry, whose time is the log's, from zero. Not part of the
-  /// snapshot: whoever wraps the shard says.
-  public var refusesStartsAhead = true
+  /// a hosted shard before its leader's first clock entry, whose time is the log's, from zero — and off by
+  /// default, since a bare shard on a node's log has that time. Whoever wraps the shard on a wall clock's time turns
+  /// it on (``QuorumHost``'s `HostedTxnShard`, after a clock entry). Not part of the snapshot.
+  public var refusesStartsAhead = false
 
   var data: [String: [UInt8]] = [:]
   var locks: [String: KeyLock] = [:]

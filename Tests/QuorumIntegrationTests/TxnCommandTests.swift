@@ -2,7 +2,7 @@ import Foundation
 import Quorum
 import Testing
 
-@Suite("quorum txn's arguments", .timeLimit(.minutes(1)))
+@Suite("quorum txn's arguments, and every client command's --timeout-ms", .timeLimit(.minutes(1)))
 struct TxnCommandTests {
   @Test("quorum txn refuses a malformed option with a usage error, before contacting anyone")
   func usageErrors() async throws {
@@ -14,6 +14,8 @@ struct TxnCommandTests {
       (["txn", "get", "k", "--timeout-ms", "soon"], "--timeout-ms soon"),
       (["txn", "get", "k", "--timeout-ms", "0"], "expected a positive number"),
       (["txn", "in-doubt", "--min-age-ms", "old", "--timeout-ms", "200"], "--min-age-ms old"),
+      (["kv", "get", "k", "--timeout-ms", "soon"], "--timeout-ms soon"),
+      (["lock", "status", "x", "--timeout-ms", "-5"], "--timeout-ms -5"),
     ]
     for (arguments, says) in cases {
       let result = try await cluster.runCLI(arguments + target)

@@ -289,6 +289,18 @@ struct ParticipantCoreTests {
     #expect(p.step(.finishRecorded(txn(2))) == [psend(1, .ack(txn(2)))])
   }
 
+  @Test("a restarted participant prepared alone in a classic transaction acknowledges the commit (it is not one-phase)")
+  func recoveredSoleParticipantIsTwoPhase() {
+    var p = ParticipantCore(id: 2, options: quickParticipantOptions())
+    let prepared = TransactionRecordSummary(
+      id: txn(1), decision: nil, participants: [2], pending: [2], createdAtMillis: 1_000, decidedAtMillis: nil,
+      ageMillis: 0)
+    _ = p.step(.recovered([prepared]))
+    #expect(p.step(.message(from: 1, .decision(txn(1), .commit))) == [.apply(txn(1), .commit)])
+    #expect(p.step(.applied(txn(1))) == [.recordFinished(txn(1))])
+    #expect(p.step(.finishRecorded(txn(1))) == [psend(1, .ack(txn(1)))], "an ack, not a one-phase outcome")
+  }
+
   @Test("an unknown commit is acknowledged (it was applied and forgotten); past the horizon a prepare gets no")
   func unknownAndLate() {
     var p = ParticipantCore(id: 2, options: quickParticipantOptions())

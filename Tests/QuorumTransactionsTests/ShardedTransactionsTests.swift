@@ -36,7 +36,10 @@ final class InMemoryShards: TxnShardChannel {
     losesAnswer: @escaping @Sendable (TxnShardCommand, GroupID) -> Bool = { _, _ in false },
     garblesAnswer: @escaping @Sendable (TxnShardCommand, GroupID) -> Bool = { _, _ in false }
   ) {
-    state = Mutex(State(shards: [1: TxnShard(), 2: TxnShard()], millis: startMillis))
+    // The shards' time is a wall clock here (the client's frozen one, and onwards).
+    var shard = TxnShard()
+    shard.refusesStartsAhead = true
+    state = Mutex(State(shards: [1: shard, 2: shard], millis: startMillis))
     self.losesRequest = losesRequest
     self.losesAnswer = losesAnswer
     self.garblesAnswer = garblesAnswer
