@@ -261,15 +261,23 @@ final class ClientConnection: ConnectionDelegate, @unchecked Sendable {
   }
 
   func fail(id: UInt64, with error: TCPRequestError) {
-    waiters.removeValue(forKey: id)?.continuation.resume(returning: .failure(error))
+    waiters.removeValue(forKey: id)?.continuation.resume(returning: .failure(unsentIfHeld(error)))
   }
 
   func expire(now: UInt64) {
     for (id, waiter) in waiters where waiter.deadline <= now {
       waiters[id] = nil
-      waiter.continuation.resume(returning: .failure(.timeout(address)))
+      waiter.continuation.resume(returning: .failure(unsentIfHeld(.timeout(address))))
     }
     connection?.checkDeadlines(now: now)
+  }
+
+  /// `error`, or ``TCPRequestError/unreachable(_:reason:)`` if the connection is not ready: every waiter's request
+  /// is then still held, never sent (a lost connection fails its waiters at once), so the caller may send it
+  /// elsewhere without risking a second execution.
+  private func unsentIfHeld(_ error: TCPRequestError) -> TCPRequestError {
+    guard !ready, case .timeout = error else { return error }
+    return .unreachable(address, reason: .connectTimeout)
   }
 
   func shutDown() {

@@ -234,7 +234,8 @@ public struct TCPTransportOptions: Sendable, Equatable {
   /// counts the frame's code too (``TCPFrame/tagBytes``), so a larger body's sealed length would wrap.
   public static let maxFrameBytesLimit = Int(UInt32.max) - TCPFrame.tagBytes
 
-  /// Checks the settings the initializer cannot see: options are values, and their fields can be set later.
+  /// Checks ``maxFrameBytes`` against ``maxFrameBytesLimit`` (options are values, and the field can be set after
+  /// the initializer checked it). The other fields set later are not checked here.
   /// - Throws: ``QuorumCore/ConfigurationError`` naming the first unusable setting.
   public func validate() throws(ConfigurationError) {
     guard (64...Self.maxFrameBytesLimit).contains(maxFrameBytes) else {
