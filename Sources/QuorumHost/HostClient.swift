@@ -88,8 +88,13 @@ public struct HostClientOptions: Sendable {
   public var minBackoff: Duration = .milliseconds(5)
   /// The largest retry back-off.
   public var maxBackoff: Duration = .milliseconds(200)
+  /// A group's exactly-once session left unused this long is replaced by a fresh one before the next command.
+  /// Servers expire idle sessions (after 5 minutes of log time by default), and a command under an expired
+  /// session is refused with an outcome the client cannot tell (an earlier attempt of it may have been applied
+  /// first): keep this well below the servers' session timeout.
+  public var sessionIdleRenewal: Duration = .seconds(60)
 
-  /// The defaults: 10 s deadline, 2 s per attempt, back-off 5–200 ms.
+  /// The defaults: 10 s deadline, 2 s per attempt, back-off 5–200 ms, sessions renewed after a minute idle.
   public init() {}
 }
 
@@ -103,6 +108,8 @@ public actor HostClient {
   private struct Session {
     var id: UInt64
     var next: UInt64 = 0
+    /// When (monotonic) a command last went out under it.
+    var lastUsedNanos: UInt64
     /// Sequence numbers sent and not yet answered (or abandoned).
     var outstanding: Set<UInt64> = []
 
@@ -206,6 +213,7 @@ public actor HostClient {
     let started = clock.monotonicNanos()
     var session = try await session(for: group, deadline: limit)
     session.next += 1
+    session.lastUsedNanos = clock.monotonicNanos()
     let sequence = session.next
     session.outstanding.insert(sequence)
     sessions[group] = session
@@ -322,13 +330,19 @@ public actor HostClient {
   }
 
   private func session(for group: GroupID, deadline: Duration) async throws -> Session {
-    if let session = sessions[group] { return session }
+    if let session = sessions[group] {
+      let idle = clock.monotonicNanos() &- session.lastUsedNanos
+      // Idle too long, the server may have expired it: a fresh one costs a round trip, a command refused under an
+      // expired one an unknown outcome. (One in use is kept: its commands' answers are still to come.)
+      guard session.outstanding.isEmpty, idle >= options.sessionIdleRenewal.nanoseconds else { return session }
+      sessions[group] = nil
+    }
     _ = try await clusterMap(deadline: deadline)
     let reply = try await send(
       .registerSession(group: group), to: members(of: group), group: group, deadline: deadline, isWrite: false)
     guard case .session(let id) = reply else { throw QuorumClientError.badReply("expected a session") }
     if let existing = sessions[group] { return existing }  // Another call registered one meanwhile.
-    let session = Session(id: id)
+    let session = Session(id: id, lastUsedNanos: clock.monotonicNanos())
     sessions[group] = session
     return session
   }

@@ -134,6 +134,39 @@ struct HostClientRetryTests {
     #expect(try await v.value == [50])
   }
 
+  /// A clock whose monotonic time the test moves.
+  final class SteppedClock: NodeClock {
+    private let nanos = Mutex<UInt64>(1)
+    func advance(by duration: Duration) { nanos.withLock { $0 += UInt64(duration.components.seconds) * 1_000_000_000 } }
+    func monotonicNanos() -> UInt64 { nanos.withLock { $0 } }
+    func wallClockMillis() -> UInt64 { 1_796_000_000_000 + monotonicNanos() / 1_000_000 }
+    func sleep(untilNanos deadline: UInt64) async throws { try await Task.sleep(for: .milliseconds(1)) }
+  }
+
+  @Test("a session idle for longer than the renewal interval is replaced before the next command")
+  func idleSessionIsRenewed() async throws {
+    let channel = HeldCommandsChannel()
+    let map = ClusterMap(
+      cluster: "held", members: [1: ""], groups: [GroupSpec(id: .default, name: "main", members: [1], services: ["kv"])]
+    )
+    let clock = SteppedClock()
+    let client = HostClient(channel: channel, members: [1], map: map, clock: clock)
+    var arrivals = channel.arrivals.makeAsyncIterator()
+    func command(expecting id: RequestID) async throws {
+      let call = Task { try await client.command([1], service: "kv", group: .default) }
+      let arrived = await arrivals.next()
+      #expect(arrived == id)
+      if let arrived { channel.answer(arrived, with: .answer([1], index: 1)) }
+      _ = try await call.value
+    }
+    try await command(expecting: RequestID(session: 1, sequence: 1))
+    clock.advance(by: .seconds(30))
+    try await command(expecting: RequestID(session: 1, sequence: 2))
+    // Idle past the renewal: the server may have expired session 1, which would leave the command's outcome unknown.
+    clock.advance(by: .seconds(61))
+    try await command(expecting: RequestID(session: 2, sequence: 1))
+  }
+
   @Test(
     "a membership change that may have been carried out is not retried: its outcome is unknown",
     arguments: [
