@@ -3,6 +3,10 @@ public import QuorumCore
 // The wire encodings of queries and their results, so they can cross the network to a server.
 
 extension KVQuery: WireCodable {
+  /// A count as the wire carries it (32 bits): larger ones (`Int.max` for "all") are sent as the largest, which
+  /// the store caps anyway.
+  static func clampedCount(_ count: Int) -> UInt64 { UInt64(min(max(0, count), Int(UInt32.max))) }
+
   public func encode(to writer: inout WireWriter) {
     switch self {
     case .get(let key):
@@ -11,15 +15,15 @@ extension KVQuery: WireCodable {
     case .scan(let prefix, let limit):
       writer.writeByte(1)
       writer.writeString(prefix)
-      writer.writeVarint(UInt64(max(0, limit)))
+      writer.writeVarint(Self.clampedCount(limit))
     case .count:
       writer.writeByte(2)
     case .scanPage(let prefix, let after, let limit, let maxBytes):
       writer.writeByte(3)
       writer.writeString(prefix)
       writer.writeOptional(after)
-      writer.writeVarint(UInt64(max(0, limit)))
-      writer.writeVarint(UInt64(max(0, maxBytes)))
+      writer.writeVarint(Self.clampedCount(limit))
+      writer.writeVarint(Self.clampedCount(maxBytes))
     }
   }
 

@@ -133,6 +133,17 @@ struct ScanTests {
     ]
     for result in results { #expect(try KVQueryResult(wireBytes: result.wireBytes()) == result) }
   }
+
+  @Test("a scan asking for everything (Int.max) is sent as the largest count the wire carries, not refused")
+  func unboundedLimitsAreClamped() throws {
+    let everything = KVQuery.scanPage(prefix: "p", after: nil, limit: .max, maxBytes: .max)
+    let largest = Int(UInt32.max)
+    #expect(
+      try KVQuery(wireBytes: everything.wireBytes())
+        == .scanPage(prefix: "p", after: nil, limit: largest, maxBytes: largest))
+    #expect(
+      try KVQuery(wireBytes: KVQuery.scan(prefix: "", limit: .max).wireBytes()) == .scan(prefix: "", limit: largest))
+  }
 }
 
 @Suite("SortedKeys")
