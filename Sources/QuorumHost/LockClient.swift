@@ -41,7 +41,8 @@ public enum LockClientError: Error, Sendable, Equatable, CustomStringConvertible
 /// (``LockClientOptions/margin``). Protect the resource with the fencing token anyway (`FencingGuard`): a process
 /// paused at the wrong moment can still act on a lease it no longer holds.
 ///
-/// Acquiring a lock the session already holds (re-entry) returns the same lease object.
+/// Every acquire gets a hold of its own: a lease is never shared between two calls, and the client is not
+/// reentrant (see ``LockClient``).
 public final class LockLease: Sendable, CustomStringConvertible {
   /// The lock.
   public let name: String
@@ -93,7 +94,8 @@ public final class LockLease: Sendable, CustomStringConvertible {
   public var description: String { "\(name) \(mode) \(token) (session \(session))" }
 }
 
-/// One owner session as a ``LockClient`` sees it: how long it can be sure the session lives, and its leases.
+/// One owner session as a ``LockClient`` sees it: how long it can be sure the session lives, its leases, and the
+/// locks a call is in flight for.
 final class LockClientSession: Sendable {
   struct State {
     /// The client's monotonic time until which the session is surely alive.
@@ -103,15 +105,12 @@ final class LockClientSession: Sendable {
     /// Given up: its leases are lost and it is no longer renewed.
     var closed = false
     /// A call on the session failed without a known outcome, so the session may hold or wait for a lock no lease
-    /// stands for. New acquires use another session, and this one is closed as soon as it has no lease left.
+    /// stands for. New acquires use another session, and this one is closed as soon as it is idle.
     var retiring = false
-    /// How many acquires of each lock are in flight on the session.
-    var acquiring: [String: Int] = [:]
-    /// The newest token of each lock released while an acquire of it was in flight: a re-entry answer that
-    /// arrives after the release carries that token (or an older one) and stands for nothing. Kept only while an
-    /// acquire of the lock is in flight, so it holds at most one entry per concurrent acquire. (An acquire that
-    /// starts while a release of its lock is in flight waits for the release: ``LockClient``.)
-    var released: [String: FencingToken] = [:]
+    /// How many calls about each lock are in flight in the session: an acquire, a release, or a clean-up after
+    /// one of them failed. A lock with a lease or a call in flight is taken by its caller: another acquire of it
+    /// uses another session (``reserve(_:)``).
+    var busy: [String: Int] = [:]
   }
 
   let id: LockSessionID
@@ -136,35 +135,42 @@ final class LockClientSession: Sendable {
 
   var isClosed: Bool { state.withLock { $0.closed } }
 
-  /// Whether the session is retiring, holds no lease any more and has no acquire in flight: it can be closed.
-  var isIdleAndRetiring: Bool {
-    state.withLock { $0.retiring && $0.leases.isEmpty && $0.acquiring.isEmpty && !$0.closed }
-  }
+  var isRetiring: Bool { state.withLock { $0.retiring } }
 
-  /// Notes an acquire of `lock` starting on the session; pair with ``stopAcquiring(_:)``.
-  func startAcquiring(_ lock: String) { state.withLock { $0.acquiring[lock, default: 0] += 1 } }
+  /// Whether the session holds no lease and has no call in flight (and is still open): it can be closed.
+  var isIdle: Bool { state.withLock { $0.leases.isEmpty && $0.busy.isEmpty && !$0.closed } }
 
-  /// Notes an acquire of `lock` ending (however it ended).
-  func stopAcquiring(_ lock: String) {
+  /// Takes `lock` for an acquire if the session neither holds it nor has a call about it in flight; returns
+  /// whether it did. Pair a `true` with ``end(_:)``.
+  func reserve(_ lock: String) -> Bool {
     state.withLock { s in
-      let left = (s.acquiring[lock] ?? 1) - 1
-      s.acquiring[lock] = left > 0 ? left : nil
-      if left <= 0 { s.released[lock] = nil }
+      guard !s.closed, !s.retiring, s.leases[lock] == nil, s.busy[lock] == nil else { return false }
+      s.busy[lock] = 1
+      return true
     }
   }
 
-  /// The lease for `grant`: the one already handed out for it (re-entry), or a new one; `nil` if this client has
-  /// released the grant since (a re-entry answered before the release, delivered after it).
-  func lease(for grant: LockGrant) -> LockLease? {
-    let (lease, replaced, closed) = state.withLock { s -> (LockLease?, LockLease?, Bool) in
-      if let existing = s.leases[grant.lock], existing.token == grant.token { return (existing, nil, s.closed) }
-      if let released = s.released[grant.lock], grant.token <= released { return (nil, nil, s.closed) }
+  /// Notes a call about `lock` starting in the session (a release or a clean-up); pair with ``end(_:)``.
+  func begin(_ lock: String) { state.withLock { $0.busy[lock, default: 0] += 1 } }
+
+  /// Notes a call about `lock` ending (however it ended).
+  func end(_ lock: String) {
+    state.withLock { s in
+      let left = (s.busy[lock] ?? 1) - 1
+      s.busy[lock] = left > 0 ? left : nil
+    }
+  }
+
+  /// A new lease for `grant`, recorded as the session's lease of its lock (invalid at once if the session was
+  /// given up).
+  func lease(for grant: LockGrant) -> LockLease {
+    let (lease, replaced, closed) = state.withLock { s -> (LockLease, LockLease?, Bool) in
       let lease = LockLease(grant: grant, owner: self)
       guard !s.closed else { return (lease, nil, true) }
       return (lease, s.leases.updateValue(lease, forKey: grant.lock), false)
     }
-    replaced?.invalidate()  // An older grant of the same lock to this session is gone.
-    if closed { lease?.invalidate() }
+    replaced?.invalidate()  // Not expected (one call per lock and session), but an older grant is gone.
+    if closed { lease.invalidate() }
     return lease
   }
 
@@ -172,9 +178,6 @@ final class LockClientSession: Sendable {
   func remove(_ lease: LockLease) {
     state.withLock { s in
       if s.leases[lease.name] === lease { s.leases[lease.name] = nil }
-      if s.acquiring[lease.name] != nil {
-        s.released[lease.name] = max(s.released[lease.name] ?? lease.token, lease.token)
-      }
     }
   }
 
@@ -220,9 +223,18 @@ public struct LockClientOptions: Sendable {
 /// try await locks.withLock("orders") { token in … }          // unlocks on return; cancelled if the lease is lost
 /// ```
 ///
-/// Every lock lives in the group that owns its name. A client opens one session per group (and TTL) the first
-/// time it needs one and renews it until ``close()``; a waiter is granted by the very log entry that frees the lock
+/// Every lock lives in the group that owns its name. A client opens a session per group (and TTL) the first time
+/// it needs one and renews it until ``close()``; a waiter is granted by the very log entry that frees the lock
 /// (a release or an expiry), and the client learns it by watching the grant's key, so nobody polls.
+///
+/// Each call gets a hold of its own, so concurrent callers of one client exclude each other exactly as callers of
+/// different clients do: an exclusive lock held by one task makes another task of the same client wait (in FIFO
+/// order, within its timeout, until cancelled), and each semaphore acquire takes a permit of its own. A call uses
+/// a session in which its lock is neither held nor being acquired or released, and opens another one when every
+/// session of the group is taken for that lock; such extra sessions are closed as soon as they hold nothing, so a
+/// client keeps at most one session per concurrent call on its busiest lock, plus its first one. The client is
+/// therefore **not reentrant**: a task that locks a lock it already holds exclusively waits for itself (until its
+/// timeout).
 public actor LockClient {
   private struct SessionKey: Hashable {
     var group: GroupID
@@ -232,14 +244,6 @@ public actor LockClient {
   private struct SessionRef: Hashable {
     var group: GroupID
     var id: LockSessionID
-
-    func lock(_ name: String) -> LockInSession { LockInSession(session: self, lock: name) }
-  }
-
-  /// One lock as one session holds it.
-  private struct LockInSession: Hashable {
-    var session: SessionRef
-    var lock: String
   }
 
   private typealias Session = LockClientSession
@@ -249,18 +253,21 @@ public actor LockClient {
   private let options: LockClientOptions
   private let runtime: NodeRuntime
   private var clock: any NodeClock { runtime.clock }
-  /// The session new acquires use, per group and TTL.
-  private var sessions: [SessionKey: Session] = [:]
+  /// The sessions new acquires use, per group and TTL, oldest first: the first stays open while the client does;
+  /// the others are closed as soon as they are idle.
+  private var sessions: [SessionKey: [Session]] = [:]
   /// Every session still renewed: the current ones and retiring ones that still hold leases.
   private var live: [SessionRef: Session] = [:]
   private var keepAlives: [SessionRef: Task<Void, Never>] = [:]
-  /// The releases in flight of each lock in each session, with the acquires waiting for them to end.
-  private var releases: [LockInSession: ReleasesInFlight] = [:]
+  /// The session being opened, per group and TTL (calls that need a new session meanwhile wait for it).
+  private var opening: [SessionKey: Task<Result<Session, any Error>, Never>] = [:]
+  /// The clean-ups in flight after a call failed with an unknown outcome (``cleanUp(_:in:token:)``).
+  private var cleanUps: [UInt64: Task<Void, Never>] = [:]
+  private var nextCleanUp: UInt64 = 0
 
-  private struct ReleasesInFlight {
-    var count = 0
-    var waiters: [CheckedContinuation<Void, Never>] = []
-  }
+  /// How many times a clean-up tries before it retires its session, and how long it waits between tries at most.
+  private static let cleanUpAttempts = 8
+  private static let cleanUpMaxBackOff = Duration.seconds(5)
 
   /// Creates a lock client over `host`, measuring leases on `clock` (the system's unless simulated).
   public init(
@@ -282,9 +289,9 @@ public actor LockClient {
   /// Acquires `name` in `mode`, waiting in FIFO order (at most `timeout`, or without limit).
   /// - Throws: ``LockClientError/timedOut(lock:)`` when `timeout` passes, ``LockClientError/sessionLost(lock:)``
   ///   when the waiting session could not be kept alive, ``LockClientError/refused(_:)``, `CancellationError`,
-  ///   or a ``QuorumClientError``. A call that throws holds nothing: a wait or grant its
-  ///   request may have left behind belongs to a session the client closes (or lets expire) once its other
-  ///   leases are released.
+  ///   or a ``QuorumClientError``. A call that throws holds nothing: a wait or grant its request may have left
+  ///   behind is cleaned up in the background, or belongs to a session the client closes (or lets expire) once
+  ///   its other leases are released.
   public func lock(
     _ name: String, mode: LockMode = .exclusive, ttl: Duration? = nil, timeout: Duration? = nil
   ) async throws -> LockLease {
@@ -305,35 +312,32 @@ public actor LockClient {
   /// Releases `lease`; returns `false` if it was no longer held (its session expired and someone else may hold
   /// the lock now — the owner check keeps a late release from freeing the next holder's grant).
   ///
-  /// The lease is invalid from the start of the call. If the release cannot be confirmed (the call throws),
-  /// the lease's session is retired: closed once its other leases are released, or left to expire.
+  /// The lease is invalid from the start of the call. If the release cannot be confirmed (the call throws), the
+  /// client keeps retrying it in the background (a bounded number of times, then it retires the session: closed
+  /// once it is idle, or left to expire).
   @discardableResult
   public func unlock(_ lease: LockLease) async throws -> Bool {
     lease.invalidate()
     let session = live[SessionRef(group: lease.group, id: lease.session)]
     session?.remove(lease)
-    let releasing = SessionRef(group: lease.group, id: lease.session).lock(lease.name)
-    releases[releasing, default: ReleasesInFlight()].count += 1
-    defer {
-      // Once no release of the lock is in flight in the session, the acquires that waited go on (their re-entry
-      // would now be answered after every release).
-      releases[releasing]?.count -= 1
-      if releases[releasing]?.count == 0, let ended = releases.removeValue(forKey: releasing) {
-        for waiter in ended.waiters { waiter.resume() }
-      }
-    }
+    // Until the release is answered, another acquire of the lock uses another session: one sent in this session
+    // meanwhile could be applied before the release and answered with the grant the release then ends.
+    session?.begin(lease.name)
     let response: (value: LockResponse, index: UInt64)
     do {
       response = try await run(
         .release(lock: lease.name, session: lease.session, token: lease.token), in: lease.group)
     } catch {
       if let session {
-        retire(session)
-        await closeIfIdle(session)
+        cleanUp(lease.name, in: session, token: lease.token)
+        session.end(lease.name)
       }
       throw error
     }
-    if let session { await closeIfIdle(session) }
+    if let session {
+      session.end(lease.name)
+      await closeIfIdle(session)
+    }
     guard case .released(let released) = response.value else {
       throw LockClientError.unexpected("\(response.value)")
     }
@@ -371,6 +375,8 @@ public actor LockClient {
     sessions = [:]
     for task in keepAlives.values { task.cancel() }
     keepAlives = [:]
+    for task in cleanUps.values { task.cancel() }  // Closing the sessions ends their waits and holds.
+    cleanUps = [:]
     for ref in all.keys.sorted(by: { ($0.group, $0.id) < ($1.group, $1.id) }) {
       guard let session = all[ref] else { continue }
       session.lose()
@@ -407,19 +413,14 @@ public actor LockClient {
     let started = clock.monotonicNanos()
     let end = started &+ wait.nanoseconds
     for _ in 0..<3 {
-      var session = try await openSession(in: group, ttl: ttl)
-      // Then take the session again: a release that failed retired it (the release may still be applied late).
-      while await waitedForReleases(of: name, in: session) { session = try await openSession(in: group, ttl: ttl) }
-      session.startAcquiring(name)
+      let session = try await session(toAcquire: name, in: group, ttl: ttl)
       let attempt: Result<AcquireStep, any Error>
       do {
         attempt = .success(try await acquire(name, mode: mode, wait: wait, until: end, in: session))
       } catch {
         attempt = .failure(error)
       }
-      session.stopAcquiring(name)
-      // A session a failed call retired is closed only once no acquire is in flight in it: closing it sooner would
-      // end the other calls' waits there (for other locks, or this one) with `sessionLost`.
+      session.end(name)
       await closeIfIdle(session)
       switch attempt {
       case .success(.done(let lease)): return lease
@@ -427,25 +428,14 @@ public actor LockClient {
       case .failure(let error): throw error
       }
     }
-    throw LockClientError.unexpected("the session expired, or the lock was released, three times in a row")
-  }
-
-  /// Waits until no release of `name` is in flight in `session`; returns whether there was one. An acquire sent
-  /// meanwhile might be applied before the release, and be answered as a re-entry of the grant it ends.
-  private func waitedForReleases(of name: String, in session: Session) async -> Bool {
-    let key = SessionRef(group: session.group, id: session.id).lock(name)
-    guard releases[key] != nil else { return false }
-    await withCheckedContinuation { (waiter: CheckedContinuation<Void, Never>) in
-      if releases[key] == nil { waiter.resume() } else { releases[key]?.waiters.append(waiter) }
-    }
-    return true
+    throw LockClientError.unexpected("the session expired three times in a row")
   }
 
   /// How one attempt at acquiring a lock in a session ended.
   private enum AcquireStep {
     /// With this lease, or with none (busy, or the wait ran out).
     case done(LockLease?)
-    /// The session expired, or the answer was a grant this client has released since: try again.
+    /// The session expired: try again.
     case again
   }
 
@@ -464,18 +454,12 @@ public actor LockClient {
     }
     switch response.value {
     case .granted(let grant):
-      // No lease: a re-entry answered just before this client released the lock. Acquire it afresh.
-      guard let lease = try await deliver(grant, in: session) else { return .again }
-      return .done(lease)
+      return .done(try await deliver(grant, in: session))
     case .busy:
       return .done(nil)
     case .queued:
-      do {
-        return .done(try await awaitGrant(name, session: session, after: response.index, until: end))
-      } catch {
-        retire(session)
-        throw error
-      }
+      // A failure to leave the queue is cleaned up by `stopWaiting`; every other failure ends the wait.
+      return .done(try await awaitGrant(name, session: session, after: response.index, until: end))
     case .sessionExpired:
       forget(session)
       return .again
@@ -486,10 +470,20 @@ public actor LockClient {
     }
   }
 
-  /// Waits for the entry that grants `name` to `session` (or ends its wait), watching its key; checks the lock's
-  /// state between watches, in case a notification was missed (a member restarted, the watch moved elsewhere).
-  /// A watch that fails moves to the next member of the group. Gives up at `end`, when the session is given up,
-  /// or when the task is cancelled.
+  /// How one watch for the end of a wait ended.
+  private enum WaitOutcome {
+    /// The lock was granted.
+    case granted(LockGrant)
+    /// The members ended the wait without a grant: its timeout (in log time) passed.
+    case timedOut
+    /// The session is gone at the members (it expired or was closed).
+    case sessionGone
+  }
+
+  /// Waits for the entry that grants `name` to `session` (or ends its wait), watching its key; checks the session's
+  /// state between watches, in case a notification was missed (a member restarted, the watch moved elsewhere), and
+  /// ends the wait if the session no longer waits for the lock. A watch that fails moves to the next member of the
+  /// group. Gives up at `end`, when the session is given up, or when the task is cancelled.
   private func awaitGrant(_ name: String, session: Session, after: UInt64, until end: UInt64) async throws
     -> LockLease?
   {
@@ -508,7 +502,7 @@ public actor LockClient {
         return lease
       }
       let remaining = Duration.nanoseconds(Int64(clamping: end - now))
-      let outcome: LockEvent?
+      let outcome: WaitOutcome?
       do {
         outcome = try await watchForGrant(name, session: session, key: key, after: &after, at: member, remaining)
       } catch {
@@ -517,21 +511,19 @@ public actor LockClient {
         continue
       }
       switch outcome {
-      case .granted(let grant)?:
-        // A grant that ended a wait is newer than any release this client made before the wait.
-        guard let lease = try await deliver(grant, in: session) else { continue }
-        return lease
-      case .waitTimedOut?: return nil
-      default: continue
+      case .granted(let grant)?: return try await deliver(grant, in: session)
+      case .timedOut?: return nil
+      case .sessionGone?: throw LockClientError.sessionLost(lock: name)
+      case nil: continue
       }
     }
   }
 
-  /// One watch for the end of `session`'s wait for `name`: its grant (from the watch, or from the lock's state
-  /// when the watch saw nothing), its timeout, or nil when neither came.
+  /// One watch for the end of `session`'s wait for `name`: its grant (from the watch, or from the session's state
+  /// when the watch saw nothing), its end without a grant, or nil when nothing came.
   private func watchForGrant(
     _ name: String, session: Session, key: String, after: inout UInt64, at member: NodeID?, _ remaining: Duration
-  ) async throws -> LockEvent? {
+  ) async throws -> WaitOutcome? {
     let (payloads, index) = try await host.watch(
       key, service: LockService.name, group: session.group, after: after, at: member,
       timeout: min(remaining, options.watchInterval))
@@ -541,29 +533,42 @@ public actor LockClient {
       case .granted(let grant) where grant.lock == name && grant.session == session.id:
         return .granted(grant)
       case let event where event == .waitTimedOut(lock: name, session: session.id):
-        return event
+        return .timedOut
       default:
         continue
       }
     }
-    if payloads.isEmpty, let grant = try await heldGrant(name, session: session) { return .granted(grant) }
+    guard payloads.isEmpty else { return nil }
+    guard let status = try await sessionStatus(session) else { return .sessionGone }
+    if let grant = status.holds.first(where: { $0.lock == name }) { return .granted(grant) }
+    // Only this call waits for the lock in the session, so a wait that is gone ended by its own timeout.
+    guard status.waits.contains(where: { $0.lock == name }) else { return .timedOut }
     return nil
   }
 
   /// Leaves the queue of `name`. A lock granted just before the cancel is ours: it is returned, unless the task
-  /// was cancelled, in which case it is released and the call throws `CancellationError`.
+  /// was cancelled, in which case it is released and the call throws `CancellationError`. If the cluster cannot
+  /// be asked, the session may still wait for the lock (or be granted it): a clean-up in the background sees to
+  /// it (``cleanUp(_:in:token:)``).
   private func stopWaiting(_ name: String, session: Session) async throws -> LockLease? {
-    let cancelled = try await run(.cancelWait(lock: name, session: session.id), in: session.group)
-    if case .waitCancelled(true) = cancelled.value {
-      if Task.isCancelled { throw CancellationError() }
-      return nil
+    let grant: LockGrant?
+    do {
+      let cancelled = try await run(.cancelWait(lock: name, session: session.id), in: session.group)
+      if case .waitCancelled(true) = cancelled.value {
+        grant = nil
+      } else {
+        grant = try await sessionStatus(session)?.holds.first { $0.lock == name }
+      }
+    } catch {
+      cleanUp(name, in: session, token: nil)
+      throw error
     }
-    guard let grant = try await heldGrant(name, session: session) else {
+    guard let grant else {
       if Task.isCancelled { throw CancellationError() }
       return nil
     }
     if Task.isCancelled {
-      if let lease = session.lease(for: grant) { _ = try await unlock(lease) }
+      _ = try await unlock(session.lease(for: grant))
       throw CancellationError()
     }
     return try await deliver(grant, in: session)
@@ -572,10 +577,9 @@ public actor LockClient {
   /// The lease for `grant`, unless the client has given `session` up meanwhile (its deadline passed, or it was
   /// closed): such a lease could not be relied on for a moment, and nothing renews the session any more. The
   /// session is then closed at the members, which hands the lock on at once rather than when the session expires,
-  /// and the call throws ``LockClientError/sessionLost(lock:)``. Returns `nil` if this client has released `grant`
-  /// since it was answered.
-  private func deliver(_ grant: LockGrant, in session: Session) async throws -> LockLease? {
-    guard let lease = session.lease(for: grant) else { return nil }
+  /// and the call throws ``LockClientError/sessionLost(lock:)``.
+  private func deliver(_ grant: LockGrant, in session: Session) async throws -> LockLease {
+    let lease = session.lease(for: grant)
     guard session.isClosed else { return lease }
     // The client already counts every lease of the session as lost. If the members cannot be told, the session
     // expires by itself.
@@ -590,56 +594,128 @@ public actor LockClient {
     return members[(i + 1) % members.count]
   }
 
-  private func heldGrant(_ name: String, session: Session) async throws -> LockGrant? {
+  /// `session`'s holds and waits at the members; nil if it is gone there.
+  private func sessionStatus(_ session: Session) async throws -> LockSessionStatus? {
     let (bytes, _) = try await host.query(
       LockQuery.session(session.id).wireBytes(), service: LockService.name, group: session.group)
-    guard case .session(let status) = try LockQueryResult(wireBytes: bytes) else { return nil }
-    return status?.holds.first { $0.lock == name }
+    guard case .session(let status) = try LockQueryResult(wireBytes: bytes) else {
+      throw LockClientError.unexpected("not a session status")
+    }
+    return status
   }
+
+  // MARK: - Clean-up after unknown outcomes
+
+  /// Makes sure, in the background, that `session` neither waits for nor holds `name` after a call about it failed
+  /// without a known outcome (a cancelled wait or a release during a leader election, say). With `token` it
+  /// retries the release of that grant; without, it leaves the queue and releases whatever grant of `name` the
+  /// session holds (no lease stands for it: the lock is taken for the clean-up meanwhile, so no other call of the
+  /// client acquires it in this session). Both are owner- and token-checked at the members, so a retry that comes
+  /// after the first one was applied changes nothing. Gives up after a few tries with growing pauses, and then
+  /// retires the session (closed once idle, or left to expire).
+  private func cleanUp(_ name: String, in session: Session, token: FencingToken?) {
+    session.begin(name)
+    let id = nextCleanUp
+    nextCleanUp += 1
+    cleanUps[id] = runtime.detached { [weak self] in
+      await self?.runCleanUp(name, in: session, token: token, id: id)
+    }
+  }
+
+  private func runCleanUp(_ name: String, in session: Session, token: FencingToken?, id: UInt64) async {
+    var pause = Duration.milliseconds(100)
+    var done = false
+    for attempt in 0..<Self.cleanUpAttempts where !done && !session.isClosed && !Task.isCancelled {
+      if attempt > 0 {
+        try? await clock.sleep(for: pause)
+        pause = min(pause * 2, Self.cleanUpMaxBackOff)
+      }
+      done = (try? await cleanUpOnce(name, in: session, token: token)) != nil
+    }
+    cleanUps[id] = nil
+    session.end(name)
+    if !done && !session.isClosed { retire(session) }
+    await closeIfIdle(session)
+  }
+
+  private func cleanUpOnce(_ name: String, in session: Session, token: FencingToken?) async throws {
+    if let token {
+      _ = try await run(.release(lock: name, session: session.id, token: token), in: session.group)
+      return
+    }
+    let cancelled = try await run(.cancelWait(lock: name, session: session.id), in: session.group)
+    if case .waitCancelled(true) = cancelled.value { return }
+    guard let hold = try await sessionStatus(session)?.holds.first(where: { $0.lock == name }) else { return }
+    _ = try await run(.release(lock: name, session: session.id, token: hold.token), in: session.group)
+  }
+
+  // MARK: - Sessions
 
   /// Stops renewing `session` and loses its leases.
   private func forget(_ session: Session) {
     let key = SessionKey(group: session.group, ttlMillis: UInt64(session.ttl.nanoseconds / 1_000_000))
     let ref = SessionRef(group: session.group, id: session.id)
-    if sessions[key] === session { sessions[key] = nil }
+    sessions[key]?.removeAll { $0 === session }
+    if sessions[key]?.isEmpty == true { sessions[key] = nil }
     if live[ref] === session { live[ref] = nil }
     keepAlives.removeValue(forKey: ref)?.cancel()
     session.lose()
   }
 
   /// Takes `session` out of use for new acquires after a call on it failed without a known outcome; the session is
-  /// closed once it holds no lease and no acquire is in flight in it (which releases whatever the failed call left
-  /// behind), or left to expire (see ``closeIfIdle(_:)``).
+  /// closed once it is idle (which releases whatever the failed call left behind), or left to expire (see
+  /// ``closeIfIdle(_:)``).
   private func retire(_ session: Session) {
     let key = SessionKey(group: session.group, ttlMillis: UInt64(session.ttl.nanoseconds / 1_000_000))
-    if sessions[key] === session { sessions[key] = nil }
+    sessions[key]?.removeAll { $0 === session }
+    if sessions[key]?.isEmpty == true { sessions[key] = nil }
     session.state.withLock { $0.retiring = true }
   }
 
+  /// Closes `session` if it is idle and either retiring or not the first session of its group: a session that
+  /// only served a concurrent call is not kept.
   private func closeIfIdle(_ session: Session) async {
-    guard session.isIdleAndRetiring else { return }
+    let key = SessionKey(group: session.group, ttlMillis: UInt64(session.ttl.nanoseconds / 1_000_000))
+    guard session.isIdle, session.isRetiring || sessions[key]?.first !== session else { return }
     forget(session)
     // If the cluster cannot be told, the session expires by itself one TTL after its last renewal.
     _ = try? await run(.closeSession(session: session.id), in: session.group)
   }
 
-  private func openSession(in group: GroupID, ttl: Duration) async throws -> Session {
+  /// A session for an acquire of `name`, with `name` reserved in it (pair with ``LockClientSession/end(_:)``): the
+  /// oldest in which `name` is neither held nor has a call in flight, or a new one. Calls that find none while a
+  /// session is being opened wait for that one, so that concurrent first calls share a session.
+  private func session(toAcquire name: String, in group: GroupID, ttl: Duration) async throws -> Session {
     let key = SessionKey(group: group, ttlMillis: UInt64(ttl.nanoseconds / 1_000_000))
-    if let session = sessions[key], !session.isClosed { return session }
+    while true {
+      if let free = sessions[key]?.first(where: { $0.reserve(name) }) { return free }
+      if let pending = opening[key] {
+        _ = await pending.value  // If it failed, the next turn opens one itself.
+        continue
+      }
+      let task = runtime.detached { [self] () async -> Result<Session, any Error> in
+        do { return .success(try await openSession(key, in: group, ttl: ttl)) } catch { return .failure(error) }
+      }
+      opening[key] = task
+      let opened = await task.value
+      opening[key] = nil
+      // Another call waiting for the same session may have reserved `name` in it first: then look again.
+      if try opened.get().reserve(name) { return try opened.get() }
+    }
+  }
+
+  /// Opens a session and adds it to the sessions new acquires use.
+  private func openSession(_ key: SessionKey, in group: GroupID, ttl: Duration) async throws -> Session {
     let sentAt = clock.monotonicNanos()
     let response = try await run(.openSession(ttlMillis: key.ttlMillis), in: group)
     guard case .sessionOpened(let id, _) = response.value else {
       if case .failed(let error) = response.value { throw LockClientError.refused(error) }
       throw LockClientError.unexpected("\(response.value)")
     }
-    if let raced = sessions[key], !raced.isClosed {
-      // Another call opened one meanwhile; this one is left to expire.
-      return raced
-    }
     let session = Session(
       id: id, group: group, ttl: ttl, validUntil: leaseDeadline(sentAt: sentAt, ttl: ttl), clock: clock)
     let ref = SessionRef(group: group, id: id)
-    sessions[key] = session
+    sessions[key, default: []].append(session)
     live[ref] = session
     keepAlives[ref] = runtime.detached { [weak self] in await self?.keepAlive(session) }
     return session
