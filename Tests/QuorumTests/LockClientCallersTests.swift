@@ -112,6 +112,33 @@ extension LockClientTests {
     }
   }
 
+  @Test("a call whose wait the members ended without a word stops waiting at the next check", arguments: engines)
+  func vanishedWaitEnds(_ engine: EngineKind) async throws {
+    try await Self.cluster(engine, "vanished").withLocalMembers { members in
+      _ = try await Self.awaitLeader(members)
+      let holder = members.lockClient(lockOptions: Self.steadyLeases, seed: 1)
+      let waiter = members.lockClient(lockOptions: Self.steadyLeases, seed: 2)
+      try await closing([holder, waiter]) {
+        let held = try await holder.lock("x")
+        let outcome = FailureBox()
+        let waiting = Task {
+          do { _ = try await waiter.lock("x", timeout: .seconds(600)) } catch { outcome.record(error) }
+        }
+        let session = try await awaitValue("the waiter to queue") {
+          try await holder.status(of: "x")?.waiters.first?.session
+        }
+        // The session's wait is taken away (as a stale cancel of another call once did): no event says so.
+        _ = try await waiter.host.command(
+          LockCommand.cancelWait(lock: "x", session: session).wireBytes(), service: LockService.name,
+          group: Self.group)
+        let error = try await awaitValue("the call to end", within: .seconds(20)) { outcome.error }
+        #expect(error as? LockClientError == .timedOut(lock: "x"), "\(error)")
+        await waiting.value
+        #expect(try await holder.unlock(held))
+      }
+    }
+  }
+
   @Test(
     "a wait whose cancel failed leaves the queue in the background, though its session holds another lease",
     arguments: engines)
