@@ -232,9 +232,11 @@ public struct LockClientOptions: Sendable {
 /// order, within its timeout, until cancelled), and each semaphore acquire takes a permit of its own. A call uses
 /// a session in which its lock is neither held nor being acquired or released, and opens another one when every
 /// session of the group is taken for that lock; such extra sessions are closed as soon as they hold nothing, so a
-/// client keeps at most one session per concurrent call on its busiest lock, plus its first one. The client is
-/// therefore **not reentrant**: a task that locks a lock it already holds exclusively waits for itself (until its
-/// timeout).
+/// client keeps about one session per concurrent call on its busiest lock, plus its first one. A call that failed
+/// with an unknown outcome (an acquire, a wait given up, a release) is undone in the background for that lock alone,
+/// which keeps the lock taken in its session for up to a minute and a half while the members cannot be reached:
+/// calls meanwhile use other sessions. The client is therefore **not reentrant**: a task that locks a lock it
+/// already holds exclusively waits for itself (until its timeout).
 public actor LockClient {
   private struct SessionKey: Hashable {
     var group: GroupID
@@ -449,7 +451,10 @@ public actor LockClient {
         .acquire(lock: name, session: session.id, mode: mode, wait: waitMillis > 0, waitTimeoutMillis: waitMillis),
         in: session.group)
     } catch {
-      retire(session)  // The acquire may have been applied: the session may now hold or wait for the lock.
+      // The acquire may have been applied: the session may now wait for or hold the lock, for no call. Undo that
+      // for this lock alone; retiring the session would leave it to be granted, and kept, while the session's other
+      // leases live.
+      cleanUp(name, in: session, token: nil)
       throw error
     }
     switch response.value {

@@ -522,7 +522,7 @@ struct LockClientTests {
   // MARK: - Failures of the cluster
 
   @Test(
-    "an acquire whose outcome is unknown leaves nothing held once the session's other leases are released",
+    "an acquire whose outcome is unknown is undone in the background: nothing held, and the session's other leases live on",
     arguments: engines)
   func unknownOutcomeLeavesNothingHeld(_ engine: EngineKind) async throws {
     try await Self.cluster(engine, "unknown").withLocalMembers { members in
@@ -535,15 +535,12 @@ struct LockClientTests {
         channel.loseNextReply(thenClose: true) { if case .acquire = $0 { true } else { false } }
         await #expect(throws: QuorumClientError.self) { _ = try await locks.lock("orphan") }
         channel.open()
-        #expect(try await other.status(of: "orphan")?.holders.map(\.session) == [kept.session])
-        let fresh = try await locks.lock("fresh")
-        #expect(fresh.session != kept.session, "new acquires use a new session")
-        #expect(try await locks.unlock(kept))
-        let orphan = try await other.lock("orphan", timeout: .seconds(30))
-        #expect(orphan.token > kept.token, "the orphaned grant went with the retired session")
-        #expect(fresh.isValid)
+        // The clean-up releases the orphaned grant in the background; the session and its other lease live on.
+        let orphan = try await other.lock("orphan", timeout: .seconds(20))
+        #expect(orphan.token > kept.token, "granted after the orphaned grant")
+        #expect(kept.isValid, "the session was not given up")
         #expect(try await other.unlock(orphan))
-        #expect(try await locks.unlock(fresh))
+        #expect(try await locks.unlock(kept))
       }
     }
   }
