@@ -17,6 +17,8 @@ public enum LockClientError: Error, Sendable, Equatable, CustomStringConvertible
   case sessionLost(lock: String)
   /// The answer did not make sense.
   case unexpected(String)
+  /// The client was closed (``LockClient/close()``): it takes no more calls.
+  case closed
 
   public var description: String {
     switch self {
@@ -25,6 +27,7 @@ public enum LockClientError: Error, Sendable, Equatable, CustomStringConvertible
     case .leaseLost(let lock, let token): return "the lease on \(lock) (token \(token)) was lost"
     case .sessionLost(let lock): return "the session waiting for \(lock) was lost before it was granted"
     case .unexpected(let what): return "unexpected answer: \(what)"
+    case .closed: return "the lock client was closed"
     }
   }
 }
@@ -263,6 +266,8 @@ public actor LockClient {
   private var keepAlives: [SessionRef: Task<Void, Never>] = [:]
   /// The session being opened, per group and TTL (calls that need a new session meanwhile wait for it).
   private var opening: [SessionKey: Task<Result<Session, any Error>, Never>] = [:]
+  /// Set by ``close()``.
+  private var closed = false
   /// The clean-ups in flight after a call failed with an unknown outcome (``cleanUp(_:in:token:)``).
   private var cleanUps: [UInt64: Task<Void, Never>] = [:]
   private var nextCleanUp: UInt64 = 0
@@ -370,8 +375,10 @@ public actor LockClient {
     return try outcome.get()
   }
 
-  /// Closes every session (their locks are released at once) and stops renewing them.
+  /// Closes every session (their locks are released at once) and stops renewing them. Later calls throw
+  /// ``LockClientError/closed``; a session being opened meanwhile is closed as soon as it is.
   public func close() async {
+    closed = true
     let all = live
     live = [:]
     sessions = [:]
@@ -693,6 +700,7 @@ public actor LockClient {
   private func session(toAcquire name: String, in group: GroupID, ttl: Duration) async throws -> Session {
     let key = SessionKey(group: group, ttlMillis: UInt64(ttl.nanoseconds / 1_000_000))
     while true {
+      if closed { throw LockClientError.closed }
       if let free = sessions[key]?.first(where: { $0.reserve(name) }) { return free }
       if let pending = opening[key] {
         _ = await pending.value  // If it failed, the next turn opens one itself.
@@ -716,6 +724,11 @@ public actor LockClient {
     guard case .sessionOpened(let id, _) = response.value else {
       if case .failed(let error) = response.value { throw LockClientError.refused(error) }
       throw LockClientError.unexpected("\(response.value)")
+    }
+    if closed {
+      // Closed while this session was being opened: it would be renewed, and keep the client alive, for ever.
+      _ = try? await run(.closeSession(session: id), in: group)
+      throw LockClientError.closed
     }
     let session = Session(
       id: id, group: group, ttl: ttl, validUntil: leaseDeadline(sentAt: sentAt, ttl: ttl), clock: clock)

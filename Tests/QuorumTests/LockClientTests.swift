@@ -545,6 +545,23 @@ struct LockClientTests {
     }
   }
 
+  @Test("a closed client releases what it held and refuses later calls (it opens no session nobody would close)")
+  func closedClientRefusesCalls() async throws {
+    try await Self.cluster(.raft, "closed").withLocalMembers { members in
+      _ = try await Self.awaitLeader(members)
+      let locks = members.lockClient(lockOptions: Self.steadyLeases, seed: 1)
+      let other = members.lockClient(lockOptions: Self.steadyLeases, seed: 2)
+      try await closing([other]) {
+        _ = try await locks.lock("held")
+        await locks.close()
+        await #expect(throws: LockClientError.closed) { _ = try await locks.lock("later") }
+        #expect(try await other.status(of: "later") == nil, "nothing was acquired after the close")
+        let taken = try await other.lock("held", timeout: .seconds(20))
+        #expect(try await other.unlock(taken))
+      }
+    }
+  }
+
   @Test("a waiter whose watch fails at one member watches at another", arguments: engines)
   func watchMovesOn(_ engine: EngineKind) async throws {
     try await Self.cluster(engine, "watch").withLocalMembers { members in
