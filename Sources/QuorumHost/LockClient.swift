@@ -17,7 +17,7 @@ public enum LockClientError: Error, Sendable, Equatable, CustomStringConvertible
   case sessionLost(lock: String)
   /// The answer did not make sense.
   case unexpected(String)
-  /// The client was closed (``LockClient/close()``): it takes no more calls.
+  /// The client was closed (``LockClient/close()``) while the call was opening a session.
   case closed
 
   public var description: String {
@@ -266,8 +266,8 @@ public actor LockClient {
   private var keepAlives: [SessionRef: Task<Void, Never>] = [:]
   /// The session being opened, per group and TTL (calls that need a new session meanwhile wait for it).
   private var opening: [SessionKey: Task<Result<Session, any Error>, Never>] = [:]
-  /// Set by ``close()``.
-  private var closed = false
+  /// How many times ``close()`` was called: a session opened across one is closed at once.
+  private var closes: UInt64 = 0
   /// The clean-ups in flight after a call failed with an unknown outcome (``cleanUp(_:in:token:)``).
   private var cleanUps: [UInt64: Task<Void, Never>] = [:]
   private var nextCleanUp: UInt64 = 0
@@ -375,10 +375,11 @@ public actor LockClient {
     return try outcome.get()
   }
 
-  /// Closes every session (their locks are released at once) and stops renewing them. Later calls throw
-  /// ``LockClientError/closed``; a session being opened meanwhile is closed as soon as it is.
+  /// Closes every session (their locks are released at once) and stops renewing them. A call still opening a
+  /// session then closes that session as soon as it is open, and throws ``LockClientError/closed``; later calls
+  /// open new sessions.
   public func close() async {
-    closed = true
+    closes += 1
     let all = live
     live = [:]
     sessions = [:]
@@ -700,7 +701,6 @@ public actor LockClient {
   private func session(toAcquire name: String, in group: GroupID, ttl: Duration) async throws -> Session {
     let key = SessionKey(group: group, ttlMillis: UInt64(ttl.nanoseconds / 1_000_000))
     while true {
-      if closed { throw LockClientError.closed }
       if let free = sessions[key]?.first(where: { $0.reserve(name) }) { return free }
       if let pending = opening[key] {
         _ = await pending.value  // If it failed, the next turn opens one itself.
@@ -720,13 +720,15 @@ public actor LockClient {
   /// Opens a session and adds it to the sessions new acquires use.
   private func openSession(_ key: SessionKey, in group: GroupID, ttl: Duration) async throws -> Session {
     let sentAt = clock.monotonicNanos()
+    let closesBefore = closes
     let response = try await run(.openSession(ttlMillis: key.ttlMillis), in: group)
     guard case .sessionOpened(let id, _) = response.value else {
       if case .failed(let error) = response.value { throw LockClientError.refused(error) }
       throw LockClientError.unexpected("\(response.value)")
     }
-    if closed {
-      // Closed while this session was being opened: it would be renewed, and keep the client alive, for ever.
+    if closes != closesBefore {
+      // Closed while this session was being opened: registered now, it would be renewed (and keep the client
+      // alive) with nobody to close it.
       _ = try? await run(.closeSession(session: id), in: group)
       throw LockClientError.closed
     }

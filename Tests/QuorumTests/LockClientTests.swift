@@ -545,19 +545,22 @@ struct LockClientTests {
     }
   }
 
-  @Test("a closed client releases what it held and refuses later calls (it opens no session nobody would close)")
-  func closedClientRefusesCalls() async throws {
+  @Test("a session that finishes opening after close() is closed at once, and the call that opened it fails")
+  func sessionOpenedAcrossCloseIsClosed() async throws {
     try await Self.cluster(.raft, "closed").withLocalMembers { members in
       _ = try await Self.awaitLeader(members)
-      let locks = members.lockClient(lockOptions: Self.steadyLeases, seed: 1)
+      let (locks, channel) = Self.gatedClient(members, options: Self.steadyLeases, seed: 1)
       let other = members.lockClient(lockOptions: Self.steadyLeases, seed: 2)
-      try await closing([other]) {
-        _ = try await locks.lock("held")
+      try await closing([locks, other]) {
+        channel.holdNextReply { if case .openSession = $0 { true } else { false } }
+        let call = Task { try await locks.lock("x") }
+        _ = try await awaitValue("the session's opening to be held") { channel.isHolding ? true : nil }
         await locks.close()
-        await #expect(throws: LockClientError.closed) { _ = try await locks.lock("later") }
-        #expect(try await other.status(of: "later") == nil, "nothing was acquired after the close")
-        let taken = try await other.lock("held", timeout: .seconds(20))
-        #expect(try await other.unlock(taken))
+        channel.releaseHeld()
+        await #expect(throws: LockClientError.closed) { _ = try await call.value }
+        #expect(try await other.status(of: "x") == nil, "nothing was acquired in a session nobody would close")
+        let later = try await locks.lock("x")  // A later call opens a new session.
+        #expect(try await locks.unlock(later))
       }
     }
   }
@@ -754,6 +757,8 @@ final class GatedChannel: RequestChannel {
     var loseReply: (@Sendable (LockCommand) -> Bool)?
     var closeAfterLoss = false
     var repliesLost = 0
+    var holdReply: (@Sendable (LockCommand) -> Bool)?
+    var held: CheckedContinuation<Void, Never>?
   }
 
   private let inner: any RequestChannel
@@ -777,6 +782,18 @@ final class GatedChannel: RequestChannel {
   }
   /// How many replies were lost.
   var repliesLost: Int { state.withLock { $0.repliesLost } }
+  /// Holds the reply to the next lock command matching `matches` (the command itself is applied) until
+  /// ``releaseHeld()``.
+  func holdNextReply(_ matches: @escaping @Sendable (LockCommand) -> Bool) { state.withLock { $0.holdReply = matches } }
+  /// Whether a reply is being held.
+  var isHolding: Bool { state.withLock { $0.held != nil } }
+  /// Lets the held reply through.
+  func releaseHeld() {
+    state.withLock { s in
+      defer { s.held = nil }
+      return s.held
+    }?.resume()
+  }
 
   func send(_ request: [UInt8], to member: NodeID, timeout: Duration) async throws -> [UInt8] {
     guard state.withLock({ $0.open && !$0.cut.contains(member) }) else {
@@ -796,6 +813,12 @@ final class GatedChannel: RequestChannel {
       return true
     }
     if lost { throw RequestChannelError.timeout(member) }
+    let hold = state.withLock { s -> Bool in
+      guard let command, let matches = s.holdReply, matches(command) else { return false }
+      s.holdReply = nil
+      return true
+    }
+    if hold { await withCheckedContinuation { continuation in state.withLock { $0.held = continuation } } }
     return reply
   }
 }
