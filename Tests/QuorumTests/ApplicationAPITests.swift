@@ -101,18 +101,7 @@ struct ApplicationAPITests {
 
   @Test("the in-process KVClient takes and gives back the same value types")
   func kvClientValues() async throws {
-    let transport = InProcessTransport<RaftMessage>()
-    let configuration = try RaftConfiguration {
-      Members(1)
-      TickInterval(.milliseconds(5))
-      ElectionTimeout(Duration.milliseconds(30)...Duration.milliseconds(60))
-      HeartbeatInterval(.milliseconds(10))
-    }
-    let node = RaftNode(
-      id: 1, configuration: configuration, endpoint: try transport.bind(1), storage: MemoryStorage<LogEntry>(),
-      machine: KVStore(), logger: .disabled)
-    try await withThrowingTaskGroup(of: Void.self) { group in
-      group.addTask { try await node.run() }
+    try await withOneRaftNode(KVStore()) { node in
       let kv = KVClient(members: [1: node], retry: RetryPolicy(maxAttempts: 2_000))
       #expect(try await kv.put("name", "ada") == nil)
       #expect(try await kv.put("name", "grace") == "ada")
@@ -126,8 +115,6 @@ struct ApplicationAPITests {
       #expect(try await kv.compareAndSwap("raw", expected: [7], new: nil).swapped)
       #expect(try await kv.put("point", Point(x: 1, y: 2)) == nil)
       #expect(try await kv.get("point", as: Point.self) == Point(x: 1, y: 2))
-      await node.shutdown()
-      try await group.waitForAll()
     }
   }
 

@@ -1,24 +1,36 @@
 import Quorum
 import Testing
 
+/// A single-member Raft group of `machine` over the in-process transport, quick to elect itself, and run while
+/// `body` uses it.
+func withOneRaftNode<Machine: StateMachine>(
+  _ machine: Machine, _ body: (RaftNode<Machine>) async throws -> Void
+) async throws {
+  let transport = InProcessTransport<RaftMessage>()
+  let configuration = try RaftConfiguration {
+    Members(1)
+    TickInterval(.milliseconds(5))
+    ElectionTimeout(Duration.milliseconds(30)...Duration.milliseconds(60))
+    HeartbeatInterval(.milliseconds(10))
+  }
+  let node = RaftNode(
+    id: 1, configuration: configuration, endpoint: try transport.bind(1), storage: MemoryStorage<LogEntry>(),
+    machine: machine, logger: .disabled)
+  try await withThrowingTaskGroup(of: Void.self) { group in
+    group.addTask { try await node.run() }
+    try await body(node)
+    await node.shutdown()
+    try await group.waitForAll()
+  }
+}
+
 /// Non-blocking two-phase commit's record table in a real Raft group (``ReplicatedTransactionRecordStore`` over
 /// a ``RaftNode``), whose log time starts at zero while transactions start on the wall clock.
 @Suite("Transaction records in a Raft group")
 struct RecordTableOnRaftTests {
   @Test("records of transactions started now are created, decided and read back: the table follows the wall clock")
   func recordsOnARaftNode() async throws {
-    let transport = InProcessTransport<RaftMessage>()
-    let configuration = try RaftConfiguration {
-      Members(1)
-      TickInterval(.milliseconds(5))
-      ElectionTimeout(Duration.milliseconds(30)...Duration.milliseconds(60))
-      HeartbeatInterval(.milliseconds(10))
-    }
-    let node = RaftNode(
-      id: 1, configuration: configuration, endpoint: try transport.bind(1), storage: MemoryStorage<LogEntry>(),
-      machine: TransactionRecords(), logger: .disabled)
-    try await withThrowingTaskGroup(of: Void.self) { group in
-      group.addTask { try await node.run() }
+    try await withOneRaftNode(TransactionRecords()) { node in
       let clock = SystemClock()
       let coordinator = ReplicatedTransactionRecordStore(log: node, identity: 9, clock: clock)
       let participant = ReplicatedTransactionRecordStore(log: node, identity: 9, clock: clock)
@@ -34,8 +46,6 @@ struct RecordTableOnRaftTests {
       }
       let id = try #require(committed)
       #expect(try await coordinator.outcome(of: id)?.status == .committed)
-      await node.shutdown()
-      try await group.waitForAll()
     }
   }
 }
