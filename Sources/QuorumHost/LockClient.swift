@@ -265,7 +265,8 @@ public actor LockClient {
   private var live: [SessionRef: Session] = [:]
   private var keepAlives: [SessionRef: Task<Void, Never>] = [:]
   /// The session being opened, per group and TTL (calls that need a new session meanwhile wait for it).
-  private var opening: [SessionKey: Task<Result<Session, any Error>, Never>] = [:]
+  private var opening: [SessionKey: (number: UInt64, task: Task<Result<Session, any Error>, Never>)] = [:]
+  private var nextOpening: UInt64 = 0
   /// How many times ``close()`` was called: a session opened across one is closed at once.
   private var closes: UInt64 = 0
   /// The clean-ups in flight after a call failed with an unknown outcome (``cleanUp(_:in:token:)``).
@@ -702,19 +703,30 @@ public actor LockClient {
     let key = SessionKey(group: group, ttlMillis: UInt64(ttl.nanoseconds / 1_000_000))
     while true {
       if let free = sessions[key]?.first(where: { $0.reserve(name) }) { return free }
-      if let pending = opening[key] {
-        _ = await pending.value  // If it failed, the next turn opens one itself.
+      if let pending = opening[key]?.task {
+        // The task leaves `opening` before it finishes, so this loop cannot spin on a finished task (which would
+        // hold the actor, and with it the opener, for ever). If it failed, the next turn opens one itself.
+        _ = await pending.value
         continue
       }
+      let number = nextOpening
+      nextOpening += 1
       let task = runtime.detached { [self] () async -> Result<Session, any Error> in
-        do { return .success(try await openSession(key, in: group, ttl: ttl)) } catch { return .failure(error) }
+        let result: Result<Session, any Error>
+        do { result = .success(try await openSession(key, in: group, ttl: ttl)) } catch { result = .failure(error) }
+        await openingEnded(key, number: number)
+        return result
       }
-      opening[key] = task
+      opening[key] = (number, task)
       let opened = await task.value
-      opening[key] = nil
       // Another call waiting for the same session may have reserved `name` in it first: then look again.
       if try opened.get().reserve(name) { return try opened.get() }
     }
+  }
+
+  /// Notes that opening `number` for `key` ended (before its task finishes).
+  private func openingEnded(_ key: SessionKey, number: UInt64) {
+    if opening[key]?.number == number { opening[key] = nil }
   }
 
   /// Opens a session and adds it to the sessions new acquires use.
