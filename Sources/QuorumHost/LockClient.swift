@@ -376,9 +376,9 @@ public actor LockClient {
     return try outcome.get()
   }
 
-  /// Closes every session (their locks are released at once) and stops renewing them. A call still opening a
-  /// session then closes that session as soon as it is open, and throws ``LockClientError/closed``; later calls
-  /// open new sessions.
+  /// Closes every session (their locks are released at once) and stops renewing them. A session still being
+  /// opened is closed as soon as it is open, and the call that was opening it throws ``LockClientError/closed``
+  /// (calls that were waiting for that session open a new one); later calls open new sessions.
   public func close() async {
     closes += 1
     let all = live
