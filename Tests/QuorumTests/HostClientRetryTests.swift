@@ -84,6 +84,15 @@ struct HostClientRetryTests {
     cluster: "scripted", members: [1: "", 2: "", 3: ""],
     groups: [GroupSpec(id: .default, name: "main", members: [1, 2, 3], services: ["kv"])])
 
+  /// A scripted channel answers at once, so the only waits are back-offs: the deadlines are generous because the
+  /// whole suite starts at once on a loaded machine, where a client's task may not run for many seconds.
+  static var patient: HostClientOptions {
+    var options = HostClientOptions()
+    options.deadline = .seconds(120)
+    options.attemptTimeout = .seconds(60)
+    return options
+  }
+
   static func failure(_ error: ConsensusError) -> ScriptedMembershipChannel.Step {
     .reply(.failure(HostFailure(.consensus(error))))
   }
@@ -175,7 +184,7 @@ struct HostClientRetryTests {
     ])
   func membershipChangeNotRetriedBlindly(_ first: ScriptedMembershipChannel.Step) async throws {
     let channel = ScriptedMembershipChannel([first])
-    let client = HostClient(channel: channel, members: [1, 2, 3], map: Self.map)
+    let client = HostClient(channel: channel, members: [1, 2, 3], map: Self.map, options: Self.patient)
     await #expect(throws: QuorumClientError.outcomeUnknown) {
       try await client.changeMembership(.addVoter(4), group: .default)
     }
@@ -190,7 +199,7 @@ struct HostClientRetryTests {
     ])
   func membershipChangeRetriedWhenNotApplied(_ first: ScriptedMembershipChannel.Step) async throws {
     let channel = ScriptedMembershipChannel([first])
-    let client = HostClient(channel: channel, members: [1, 2, 3], map: Self.map)
+    let client = HostClient(channel: channel, members: [1, 2, 3], map: Self.map, options: Self.patient)
     try await client.changeMembership(.addVoter(4), group: .default)
     #expect(channel.attempts.withLock { $0 } == 2)
   }
@@ -202,7 +211,7 @@ struct HostClientRetryTests {
     ])
   func sessionCommandRetried(_ first: ScriptedMembershipChannel.Step) async throws {
     let channel = ScriptedMembershipChannel([first, .reply(.answer([1], index: 3))])
-    let client = HostClient(channel: channel, members: [1, 2, 3], map: Self.map)
+    let client = HostClient(channel: channel, members: [1, 2, 3], map: Self.map, options: Self.patient)
     #expect(try await client.command([9], service: "kv", group: .default) == [1])
     #expect(channel.attempts.withLock { $0 } == 2)
   }
