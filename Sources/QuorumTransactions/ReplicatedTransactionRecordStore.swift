@@ -48,7 +48,7 @@ public actor ReplicatedLogRecordChannel: TransactionRecordChannel {
   ) {
     self.log = log
     self.clock = clock
-    self.clockMarginMillis = UInt64(max(0, clockMargin.nanoseconds / 1_000_000))
+    self.clockMarginMillis = clockMargin.nanoseconds / 1_000_000
   }
 
   public func submit(_ command: TransactionRecordCommand) async throws -> TransactionRecordResponse {

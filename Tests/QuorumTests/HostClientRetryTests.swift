@@ -93,6 +93,10 @@ struct HostClientRetryTests {
     return options
   }
 
+  /// The one-member group that ``HeldCommandsChannel`` plays.
+  static let oneMember = ClusterMap(
+    cluster: "held", members: [1: ""], groups: [GroupSpec(id: .default, name: "main", members: [1], services: ["kv"])])
+
   static func failure(_ error: ConsensusError) -> ScriptedMembershipChannel.Step {
     .reply(.failure(HostFailure(.consensus(error))))
   }
@@ -100,13 +104,10 @@ struct HostClientRetryTests {
   @Test("a command whose session expired leaves alone the session another call registered since")
   func expiredSessionKeepsItsSuccessor() async throws {
     let channel = HeldCommandsChannel()
-    let map = ClusterMap(
-      cluster: "held", members: [1: ""], groups: [GroupSpec(id: .default, name: "main", members: [1], services: ["kv"])]
-    )
     var options = HostClientOptions()
     options.deadline = .seconds(30)
     options.attemptTimeout = .seconds(30)
-    let client = HostClient(channel: channel, members: [1], map: map, options: options)
+    let client = HostClient(channel: channel, members: [1], map: Self.oneMember, options: options)
     func command(_ byte: UInt8) -> Task<[UInt8], any Error> {
       Task { try await client.command([byte], service: "kv", group: .default) }
     }
@@ -155,11 +156,8 @@ struct HostClientRetryTests {
   @Test("a session idle for longer than the renewal interval is replaced before the next command")
   func idleSessionIsRenewed() async throws {
     let channel = HeldCommandsChannel()
-    let map = ClusterMap(
-      cluster: "held", members: [1: ""], groups: [GroupSpec(id: .default, name: "main", members: [1], services: ["kv"])]
-    )
     let clock = SteppedClock()
-    let client = HostClient(channel: channel, members: [1], map: map, clock: clock)
+    let client = HostClient(channel: channel, members: [1], map: Self.oneMember, clock: clock)
     var arrivals = channel.arrivals.makeAsyncIterator()
     func command(expecting id: RequestID) async throws {
       let call = Task { try await client.command([1], service: "kv", group: .default) }

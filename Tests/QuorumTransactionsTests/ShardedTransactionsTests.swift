@@ -97,12 +97,15 @@ struct ShardedTransactionsTests {
     return ShardedTransactions(channel: channel, options: options, clock: FrozenClock())
   }
 
+  /// A read of coordinator 7's transaction, in any group.
+  static func isReadOfCoordinator7(_ command: TxnShardCommand, _ group: GroupID) -> Bool {
+    if case .read(let id, _) = command, id.coordinator == 7 { return true }
+    return false
+  }
+
   @Test("an attempt whose read failed does not commit, even when the body swallowed the error and wrote on")
   func aSwallowedReadFailureEndsTheAttempt() async throws {
-    let channel = InMemoryShards(losesRequest: { command, _ in
-      if case .read(let id, _) = command, id.coordinator == 7 { return true }
-      return false
-    })
+    let channel = InMemoryShards(losesRequest: Self.isReadOfCoordinator7)
     try await client(channel, coordinator: 6).transaction { tx in tx.put("a1", "x") }
     let db = client(channel)
     await #expect(throws: ShardedTransactionError.self) {
@@ -117,10 +120,7 @@ struct ShardedTransactionsTests {
 
   @Test("an abandoned attempt aborts where its read went unanswered: the lock the read took there is released")
   func anUnansweredReadsLockIsReleased() async throws {
-    let channel = InMemoryShards(losesAnswer: { command, _ in
-      if case .read(let id, _) = command, id.coordinator == 7 { return true }
-      return false
-    })
+    let channel = InMemoryShards(losesAnswer: Self.isReadOfCoordinator7)
     try await client(channel, coordinator: 6).transaction { tx in tx.put("a1", "x") }
     await #expect(throws: ShardedTransactionError.self) {
       try await client(channel).transaction { tx in _ = try await tx.get("a1") }
