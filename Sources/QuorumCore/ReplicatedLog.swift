@@ -260,6 +260,14 @@ public protocol ReplicatedLog<Machine>: Sendable {
   /// - Throws: ``ConsensusError``.
   func propose(_ command: Machine.Command, request: RequestID?) async throws -> Machine.Response
 
+  /// Like ``propose(_:request:)``, also telling the request's session that the client has received every response
+  /// through sequence number `acknowledgedThrough`, so the session may forget them (a retry of one of them then
+  /// gets ``ConsensusError/responseForgotten(_:)``).
+  ///
+  /// A log that keeps no session bounds may ignore the mark: the default does, calling ``propose(_:request:)``.
+  func propose(_ command: Machine.Command, request: RequestID?, acknowledgedThrough: UInt64) async throws
+    -> Machine.Response
+
   /// Answers `query` from replicated state at the given consistency.
   /// - Throws: ``ConsensusError``.
   func read(_ query: Machine.Query, consistency: ReadConsistency) async throws -> Machine.QueryResult
@@ -272,5 +280,12 @@ extension ReplicatedLog {
   /// Appends `command` with no session.
   public func propose(_ command: Machine.Command) async throws -> Machine.Response {
     try await propose(command, request: nil)
+  }
+
+  /// Calls ``propose(_:request:)``, ignoring the acknowledgement mark.
+  public func propose(_ command: Machine.Command, request: RequestID?, acknowledgedThrough: UInt64) async throws
+    -> Machine.Response
+  {
+    try await propose(command, request: request)
   }
 }

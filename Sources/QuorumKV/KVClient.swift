@@ -44,6 +44,12 @@ public enum KVClientError: Error, Sendable, Equatable, CustomStringConvertible {
 /// `compareAndSwap` give back values of the type they were given, and `get` and `delete` take the type to give
 /// back (`as: String.self`; bytes by default).
 ///
+/// Each write tells the replicas which answers the client has received, so its session forgets them (a write
+/// still in flight is never covered, even when calls overlap). A session unused for longer than the replicas'
+/// session timeout expires: a write refused for that before any attempt of uncertain outcome is sent again,
+/// once, under a new session; one refused after an attempt that timed out or was cut off throws
+/// ``QuorumCore/ConsensusError/outcomeUnknown``, since the earlier attempt may have been applied.
+///
 /// One client issues one request at a time (it is an actor); use one client per concurrent task.
 public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
   private let members: [NodeID: Log]
@@ -52,7 +58,8 @@ public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
   private var leader: NodeID?
   private var session: UInt64?
   private var sequence: UInt64 = 0
-  private var acknowledged: UInt64 = 0
+  /// Sequence numbers of the writes in flight (calls on one client may overlap at their suspension points).
+  private var outstanding: Set<UInt64> = []
   private var random: SeededRandom
 
   /// Creates a client for the group whose members are given.
@@ -154,19 +161,55 @@ public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
     if consistency == .stale, let node, let member = members[node] {
       return try await member.read(query, consistency: .stale)
     }
-    return try await withRetries { member in try await member.read(query, consistency: consistency) }
+    var uncertain = false
+    return try await withRetries(uncertain: &uncertain) { member, _ in
+      try await member.read(query, consistency: consistency)
+    }
   }
 
   private func write(_ command: KVCommand) async throws -> KVResponse {
-    if session == nil {
-      session = try await withRetries { member in try await member.registerSession() }
+    var renewed = false
+    while true {
+      let session = try await currentSession()
+      sequence += 1
+      let mine = sequence
+      outstanding.insert(mine)
+      defer { outstanding.remove(mine) }
+      let request = RequestID(session: session, sequence: mine)
+      var uncertain = false
+      do {
+        return try await withRetries(uncertain: &uncertain) { member, acknowledged in
+          try await member.propose(command, request: request, acknowledgedThrough: acknowledged)
+        }
+      } catch ConsensusError.sessionExpired(let expired) {
+        // Another call may have registered a new session meanwhile: keep that one.
+        if self.session == expired { self.session = nil }
+        // An earlier attempt that timed out or was cut off may have been applied before the session expired; a
+        // new session would apply the command again.
+        if uncertain { throw ConsensusError.outcomeUnknown }
+        // Every attempt was refused or certainly not applied (a session idle for longer than the replicas'
+        // session timeout is expired on its next use): the command goes again, once, under a new session.
+        if renewed { throw ConsensusError.sessionExpired(expired) }
+        renewed = true
+      }
     }
-    guard let session else { throw KVClientError.unavailable(attempts: 0, last: .stopped) }
-    sequence += 1
-    let request = RequestID(session: session, sequence: sequence)
-    let response = try await withRetries { member in try await member.propose(command, request: request) }
-    acknowledged = sequence
-    return response
+  }
+
+  /// The client's session, registered first if it has none.
+  private func currentSession() async throws -> UInt64 {
+    if let session { return session }
+    var uncertain = false
+    let registered = try await withRetries(uncertain: &uncertain) { member, _ in try await member.registerSession() }
+    // Another call may have registered one meanwhile: one session serves both (the other expires unused).
+    if let session { return session }
+    session = registered
+    return registered
+  }
+
+  /// The highest sequence number below which every request of this client has had its answer (or was given up):
+  /// the replicas may forget those responses. A request still in flight, perhaps to be retried, is never covered.
+  private var acknowledgedThrough: UInt64 {
+    outstanding.min().map { $0 - 1 } ?? sequence
   }
 
   private func target() -> NodeID {
@@ -174,14 +217,19 @@ public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
     return order[Int.random(in: 0..<order.count, using: &random)]
   }
 
-  private func withRetries<T: Sendable>(_ body: (Log) async throws -> T) async throws -> T {
+  /// Runs `body` on a member (with the acknowledgement mark current at each attempt) until it succeeds, the error
+  /// is one retrying cannot fix, or the policy's attempts are spent. `uncertain` is set once an attempt ended in
+  /// a way that leaves open whether its command was applied (timed out, stopped, outcome unknown).
+  private func withRetries<T: Sendable>(uncertain: inout Bool, _ body: (Log, UInt64) async throws -> T)
+    async throws -> T
+  {
     var backoff = retry.initialBackoff
     var last = ConsensusError.timeout
     for attempt in 1...retry.maxAttempts {
       let id = target()
       guard let member = members[id] else { continue }
       do {
-        let result = try await body(member)
+        let result = try await body(member, acknowledgedThrough)
         leader = id
         return result
       } catch let error as ConsensusError {
@@ -190,13 +238,12 @@ public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
         case .notLeader(let hint):
           leader = hint.flatMap { members[$0] != nil ? $0 : nil }
           if leader != nil && attempt == 1 { continue }  // Follow a fresh hint at once.
-        case .sessionExpired:
-          session = nil
+        case .sessionExpired, .commandTooLarge, .sessionNotOwned, .sessionQuotaExceeded, .responseForgotten:
           throw error
-        case .commandTooLarge, .sessionNotOwned, .sessionQuotaExceeded, .responseForgotten:
-          throw error
-        case .stopped, .timeout, .dropped, .outcomeUnknown, .overloaded, .transferInProgress, .leaseExpired,
-          .membershipChangeRejected:
+        case .stopped, .timeout, .outcomeUnknown:
+          uncertain = true
+          leader = nil
+        case .dropped, .overloaded, .transferInProgress, .leaseExpired, .membershipChangeRejected:
           leader = nil
         }
       }
