@@ -243,7 +243,8 @@ public struct Cluster: Sendable {
   /// only then listens on the member's address (or `listen`).
   /// - Parameters:
   ///   - member: the member this process runs.
-  ///   - listen: where to listen, if not the member's address (port 0 picks a free port).
+  ///   - listen: where to listen, if not the member's address (port 0 picks a free port). A member listening on
+  ///     every interface (`0.0.0.0:7001`) still tells clients its address in the cluster.
   ///   - dataDirectory: the member's data directory, if not the cluster's `DataDirectory/<member>`.
   ///   - joining: names of groups this member joins as a new member (it starts empty in them and waits to be
   ///     added with `quorum members add`), rather than founds.
@@ -268,6 +269,13 @@ public struct Cluster: Sendable {
     }
     var book = addressBook
     if let listen { book[member] = listen }
+    // What clients are told: a member listening on every interface (0.0.0.0) is reached at the cluster's address
+    // for it (with the port it bound, if that address leaves the port open), not at its listening address.
+    let configured = addressBook[member].flatMap { $0.isUnspecified ? nil : $0 }
+    let advertise: @Sendable (NodeID, TCPAddress) -> String = { node, address in
+      guard node == member, address.isUnspecified, let configured else { return address.description }
+      return (configured.port == 0 ? configured.withPort(address.port) : configured).description
+    }
     var options = tcp
     options.serveClients = true
     if options.liveness == .default && options.reconnect.maxBackoff == ReconnectPolicy().maxBackoff {
@@ -283,8 +291,12 @@ public struct Cluster: Sendable {
     let host = try GroupHost(
       node: member, map: map, catalog: catalog, settings: servedSettings,
       storage: storageProvider(for: member, override: dataDirectory), joining: joiningGroups, logger: logger,
-      addressOf: { transport.address(of: $0)?.description },
-      addressBook: { transport.addresses.mapValues(\.description) },
+      addressOf: { node in transport.address(of: node).map { advertise(node, $0) } },
+      addressBook: {
+        var book: [NodeID: String] = [:]
+        for (node, address) in transport.addresses { book[node] = advertise(node, address) }
+        return book
+      },
       maxReplyBytes: options.maxFrameBytes - Self.replyFramingBytes)
     return ClusterMemberServer(id: member, host: host, transport: transport, logger: logger)
   }

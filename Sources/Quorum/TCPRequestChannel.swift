@@ -37,8 +37,9 @@ public final class TCPRequestChannel: RequestChannel, Sendable {
   public func learn(_ map: ClusterMap) {
     addresses.withLock { book in
       for (id, text) in map.members {
-        // Port 0 means "not known yet" (a member still starting): keep what the channel knows.
-        if let address = TCPAddress(text), address.port != 0 { book[id] = address }
+        // Port 0 means "not known yet" (a member still starting), and an unspecified host (0.0.0.0) is where a
+        // member listens, not where it can be reached: keep what the channel knows.
+        if let address = TCPAddress(text), address.port != 0, !address.isUnspecified { book[id] = address }
       }
     }
   }

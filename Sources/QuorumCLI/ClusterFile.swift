@@ -94,8 +94,10 @@ struct ClusterFile: Equatable {
       }
       var slots: [SlotRange] = []
       for part in (group.slots ?? "").split(separator: ",") {
-        let bounds = part.split(separator: "-").compactMap { UInt16($0.trimmingCharacters(in: .whitespaces)) }
-        guard (1...2).contains(bounds.count), part.split(separator: "-").count == bounds.count,
+        // Empty bounds kept, so that "2048-" or "-5" is refused rather than read as one slot.
+        let texts = part.split(separator: "-", omittingEmptySubsequences: false)
+        let bounds = texts.compactMap { UInt16($0.trimmingCharacters(in: .whitespaces)) }
+        guard (1...2).contains(bounds.count), texts.count == bounds.count,
           bounds[0] <= bounds[bounds.count - 1]
         else {
           throw bad("slots \"\(part)\" (expected ranges like 0-2047,3000-3100)", at: "\"slots\"")

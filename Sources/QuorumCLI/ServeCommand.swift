@@ -98,7 +98,8 @@ enum ServeCommand {
     guard file.members[id] != nil || listen != nil else {
       throw CLIError.usage("\(id) is not in the cluster file; add it or give --listen")
     }
-    if let listen { file.members[id] = listen }
+    // A listener on every interface (0.0.0.0) keeps the file's address as the one clients are told.
+    if let listen, file.members[id] == nil || !listen.isUnspecified { file.members[id] = listen }
     let fsync = try fsyncPolicy(try options.value("--fsync") ?? "always")
     let levelText = try options.value("--log-level") ?? "notice"
     guard let logLevel = LogLevel.allCases.first(where: { $0.description == levelText }) else {

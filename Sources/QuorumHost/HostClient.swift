@@ -373,6 +373,9 @@ public actor HostClient {
     var refusedBy: Set<NodeID> = []
     /// Whether an attempt reached a member that did not refuse: a write may then have been applied.
     var reached = false
+    /// Whether an attempt ended without saying if it was carried out (silent, cut off, timed out, or its outcome
+    /// unknown): a later definite refusal then says nothing about that attempt.
+    var uncertain = false
     while true {
       let now = clock.monotonicNanos()
       guard now < end, let member = target else {
@@ -409,6 +412,7 @@ public actor HostClient {
           // Perhaps proposed, and committed later (or before the node stopped). Under a session a retry applies
           // once; a registration's possible session goes unused and expires.
           if retryMayApplyTwice { throw QuorumClientError.outcomeUnknown }
+          uncertain = true
           target = pick(from: candidates, avoiding: member, refused: refusedBy)
         case .consensus(.overloaded), .consensus(.dropped), .consensus(.transferInProgress), .consensus(.leaseExpired):
           // Refused before it was proposed, or its entry was replaced: certainly not applied.
@@ -416,6 +420,7 @@ public actor HostClient {
         case .consensus(.outcomeUnknown):
           // Under a session a retry applies once; a session a registration may have opened goes unused and expires.
           if retryMayApplyTwice { throw QuorumClientError.outcomeUnknown }
+          uncertain = true
           target = pick(from: candidates, avoiding: member, refused: refusedBy)
         case .notHosted(_, let members):
           target = pick(from: members.isEmpty ? candidates : members, avoiding: member, refused: refusedBy)
@@ -424,6 +429,9 @@ public actor HostClient {
           // answer is gone: every retry would hear the same.
           throw QuorumClientError.outcomeUnknown
         default:
+          // A refusal before the log (a space quota, say) hides the answer the session remembers for an earlier
+          // attempt that was applied: after an uncertain attempt, a write's outcome is unknown.
+          if isWrite && uncertain { throw QuorumClientError.outcomeUnknown }
           throw QuorumClientError.rejected(failure.error)
         }
       } catch let error as QuorumClientError {
@@ -449,8 +457,11 @@ public actor HostClient {
         case .timeout(let node)?: lastFailure = "\(channel.describe(node)) did not answer in time"
         default: lastFailure = "\(error)"
         }
-        if retryMayApplyTwice {
-          guard case .unreachable? = error as? RequestChannelError else { throw QuorumClientError.outcomeUnknown }
+        var unreachable = false
+        if case .unreachable? = error as? RequestChannelError { unreachable = true }
+        if !unreachable {
+          if retryMayApplyTwice { throw QuorumClientError.outcomeUnknown }
+          uncertain = true
         }
         if case RequestChannelError.unreachable(_, "no address")? = error as? RequestChannelError,
           request != .clusterMap

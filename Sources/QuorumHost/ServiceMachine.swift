@@ -97,18 +97,23 @@ protocol ServiceState: Sendable {
   func snapshot() -> [UInt8]
   func writeSnapshot(to writer: inout WireWriter)
   mutating func restore(from bytes: [UInt8]) throws
+  /// Starts the service afresh, as a new group's (its state at the start of the log).
+  mutating func reset()
 }
 
 struct TypedServiceState<Service: ReplicatedService>: ServiceState {
   var machine: Service.Machine
+  /// The service, which makes a fresh machine on ``reset()``.
+  private let service: Service
   /// Whether the machine can notify at all (its `Notification` is not `Never`). Decided once: a service that
   /// cannot is not asked after every entry, which in this unspecialised code costs runtime type lookups.
   private let notifies: Bool
   /// Whether the machine changed since its notifications were last taken.
   private var changed = false
 
-  init(machine: Service.Machine) {
-    self.machine = machine
+  init(service: Service) {
+    self.service = service
+    self.machine = service.makeMachine()
     notifies = Service.Machine.Notification.self != Never.self
   }
 
@@ -157,6 +162,11 @@ struct TypedServiceState<Service: ReplicatedService>: ServiceState {
     changed = true
     try machine.restore(from: bytes)
   }
+
+  mutating func reset() {
+    changed = true
+    machine = service.makeMachine()
+  }
 }
 
 /// The state machine of a group whose log carries several services side by side.
@@ -180,7 +190,7 @@ public struct ServiceMachine: StateMachine {
   }
 
   private static func state<S: ReplicatedService>(for service: S) -> any ServiceState {
-    TypedServiceState<S>(machine: service.makeMachine())
+    TypedServiceState<S>(service: service)
   }
 
   /// The names of the services, sorted.
@@ -235,13 +245,21 @@ public struct ServiceMachine: StateMachine {
     let version = try reader.readVarint()
     guard version == 1 else { throw WireError(.unsupportedVersion(UInt8(truncatingIfNeeded: version)), at: 0) }
     let count = try reader.readCount()
+    // Every service starts afresh and takes its state from the snapshot: one the snapshot does not hold (it was
+    // taken before the service joined the group) has the state of a new group's, never what this replica had
+    // applied (a mix of two points in the log).
     var restored = services
+    for i in restored.indices { restored[i].reset() }
+    var seen: Set<String> = []
     for _ in 0..<count {
       let at = reader.position
       let name = try reader.readString()
       let bytes = try reader.readBytes()
       guard let i = restored.firstIndex(where: { $0.name == name }) else {
         throw WireError(.invalidValue("snapshot holds service \(name), which this group does not run"), at: at)
+      }
+      guard seen.insert(name).inserted else {
+        throw WireError(.invalidValue("snapshot holds service \(name) twice"), at: at)
       }
       try restored[i].restore(from: bytes)
     }

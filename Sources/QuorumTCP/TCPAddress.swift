@@ -30,6 +30,10 @@ public struct TCPAddress: Sendable, Hashable, CustomStringConvertible, LosslessS
   /// Whether the host is a numeric address, used without resolving.
   public var isNumeric: Bool { cq_address_family(host) != 0 }
 
+  /// Whether the host is the unspecified address (`0.0.0.0` or `::`): a listener's "every interface", which no
+  /// one can connect to from elsewhere.
+  public var isUnspecified: Bool { isNumeric && host.allSatisfy { $0 == "0" || $0 == "." || $0 == ":" } }
+
   /// Whether `text` is a host name in the syntax of RFC 1123.
   static func isHostName(_ text: String) -> Bool {
     var bytes = Array(text.utf8)

@@ -232,6 +232,8 @@ struct MultiGroupProcessTests {
       ),
       ("\"engine\": \"viewstamped\"", 6, "group \"audit\": engine \"viewstamped\" (expected raft or multi-paxos)"),
       ("\"slots\": \"0-100\"", 5, "group audit: slot 0 of service kv is also owned by group g1"),
+      ("\"slots\": \"2048-\"", 6, "group \"audit\": slots \"2048-\" (expected ranges like"),
+      ("\"slots\": \"-5\"", 6, "group \"audit\": slots \"-5\" (expected ranges like"),
     ])
   func badClusterFile(_ line: String, _ number: Int, _ message: String) async throws {
     let cluster = try ProcessCluster(name: "badfile", size: 1)

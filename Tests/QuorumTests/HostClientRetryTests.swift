@@ -214,3 +214,32 @@ struct HostClientRetryTests {
     #expect(channel.attempts.withLock { $0 } == 2)
   }
 }
+
+extension HostClientRetryTests {
+  @Test(
+    "a command refused before the log after an attempt that may have been applied has an unknown outcome",
+    arguments: [
+      ScriptedMembershipChannel.Step.fail(.timeout(1)), .fail(.connectionLost(1, "reset by peer")), failure(.timeout),
+      failure(.outcomeUnknown),
+    ])
+  func refusalAfterUncertainAttempt(_ first: ScriptedMembershipChannel.Step) async throws {
+    let quota = ScriptedMembershipChannel.Step.reply(
+      .failure(HostFailure(.spaceQuotaExceeded(usedBytes: 2, quotaBytes: 1))))
+    let channel = ScriptedMembershipChannel([first, quota])
+    let client = HostClient(channel: channel, members: [1, 2, 3], map: Self.map, options: Self.patient)
+    await #expect(throws: QuorumClientError.outcomeUnknown) {
+      try await client.command([9], service: "kv", group: .default)
+    }
+    #expect(channel.attempts.withLock { $0 } == 2)
+  }
+
+  @Test("a command refused before the log with no uncertain attempt before is rejected")
+  func refusalFirst() async throws {
+    let quota = HostError.spaceQuotaExceeded(usedBytes: 2, quotaBytes: 1)
+    let channel = ScriptedMembershipChannel([Self.failure(.notLeader(hint: 2)), .reply(.failure(HostFailure(quota)))])
+    let client = HostClient(channel: channel, members: [1, 2, 3], map: Self.map, options: Self.patient)
+    await #expect(throws: QuorumClientError.rejected(quota)) {
+      try await client.command([9], service: "kv", group: .default)
+    }
+  }
+}
