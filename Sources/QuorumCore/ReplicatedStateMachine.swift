@@ -113,6 +113,10 @@ public enum ApplyOutcome<Response: Sendable>: Sendable {
 }
 
 /// Limits of the exactly-once session table.
+///
+/// Every replica of a group must use the same policy: which sessions expire, which registration is refused and
+/// which answers are forgotten all depend on it, so replicas with different policies would apply the same log
+/// differently. A policy is changed by stopping every replica of the group, not one at a time.
 public struct SessionPolicy: Sendable, Equatable {
   /// A session with no request for this long (in log time) expires.
   public var timeoutMillis: UInt64

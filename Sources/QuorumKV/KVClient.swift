@@ -50,7 +50,8 @@ public enum KVClientError: Error, Sendable, Equatable, CustomStringConvertible {
 /// once, under a new session; one refused after an attempt that timed out or was cut off throws
 /// ``QuorumCore/ConsensusError/outcomeUnknown``, since the earlier attempt may have been applied.
 ///
-/// One client issues one request at a time (it is an actor); use one client per concurrent task.
+/// Calls on one client may overlap: they interleave at their suspension points (it is an actor) and share its
+/// session. For many requests side by side, use one client per concurrent task.
 public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
   private let members: [NodeID: Log]
   private let order: [NodeID]
