@@ -230,9 +230,13 @@ protocol CoreSimulationOptions {
   var nemesis: Set<NemesisAction> { get }
   /// Time between nemesis actions.
   var nemesisInterval: DelayDistribution { get }
+  /// A planted bug, for the tests of the shell's own checks (see ``RaftSimulationOptions``).
+  var damagesInstalledSnapshots: Bool { get }
 }
 
 extension CoreSimulationOptions {
+  var damagesInstalledSnapshots: Bool { false }
+
   /// The clients' settings.
   var clientSettings: SimulatedKVClients.Settings {
     .init(
@@ -364,6 +368,13 @@ final class CoreSimulationShell<Driver: CoreSimulationDriver> {
   private(set) var clients: SimulatedKVClients
   private var healed = false
   private var nextReadID: UInt64 = 0
+  /// The entries applied, in order (entry `i` at position `i - 1`), as the first node to apply each did; the
+  /// protocol's checks make every node apply the same ones.
+  private var appliedLog: [Entry] = []
+  /// A state machine fed from ``appliedLog``: what every replica's state must be at its applied index, however
+  /// it got there (entries, a leader's snapshot, a restart from its own).
+  private var reference = ReplicatedStateMachine(KVStore())
+  private var referenceApplied: UInt64 = 0
 
   /// What the run did: the shell's counts and the driver's.
   var statistics: Driver.Stats {
@@ -418,6 +429,35 @@ final class CoreSimulationShell<Driver: CoreSimulationDriver> {
     if !result.isLinearizable {
       throw SimulationFailure("linearizability check did not finish: \(result)")
     }
+    // Every replica's state, not only what clients saw from leaders: a follower damaged by a snapshot or a
+    // restart shows here even if it never led.
+    for node in nodes.values.filter(\.up).sorted(by: { ($0.applied, $0.id) < ($1.applied, $1.id) }) {
+      try checkState(of: node, what: "at the end")
+    }
+  }
+
+  /// Checks that `node`'s replicated state (sessions and store) is the reference's at the node's applied index.
+  private func checkState(of node: Node, what: String) throws {
+    let index = node.applied
+    guard index <= UInt64(appliedLog.count) else {
+      throw SimulationFailure(
+        "\(node.id) \(what) is at index \(index), beyond every entry applied anywhere (\(appliedLog.count))")
+    }
+    if referenceApplied > index {
+      reference = ReplicatedStateMachine(KVStore())
+      referenceApplied = 0
+    }
+    while referenceApplied < index {
+      let entry = appliedLog[Int(referenceApplied)]
+      if entry.isCommand { _ = reference.apply(entry: entry.data, at: entry.index) }
+      referenceApplied += 1
+    }
+    guard node.machine.snapshot() == reference.snapshot() else {
+      throw SimulationFailure(
+        "State Machine Safety: \(node.id) \(what) holds a state that the entries through \(index) do not make "
+          + "(\(node.machine.machine.count) keys, \(node.machine.sessionCount) sessions; expected "
+          + "\(reference.machine.count) keys, \(reference.sessionCount) sessions)")
+    }
   }
 
   /// Adds a node running `core` (a founder or one joining), ticking from a random phase.
@@ -467,10 +507,10 @@ final class CoreSimulationShell<Driver: CoreSimulationDriver> {
       }
     case .nemesis:
       guard !healed else { return }
-      nemesis()
+      try nemesis()
       queue.schedule(.nemesis, at: now + settings.nemesisInterval.sample(&rng))
     case .heal:
-      heal()
+      try heal()
     }
   }
 
@@ -529,6 +569,11 @@ final class CoreSimulationShell<Driver: CoreSimulationDriver> {
       }
       node.applied = snapshot.index
       node.lastSnapshotIndex = snapshot.index
+      if settings.damagesInstalledSnapshots {
+        let planted = ReplicatedCommand<KVCommand>(timestampMillis: 0, body: .command(.put(key: "planted", value: [1])))
+        _ = node.machine.apply(planted, at: snapshot.index)
+      }
+      try checkState(of: node, what: "after installing the snapshot at \(snapshot.index)")
       stats.snapshotsInstalled += 1
       if driver.tracesLearning { trace.record(now, "\(node.id) installed snapshot at \(snapshot.index)") }
       for index in node.proposals.keys.sorted() where index <= snapshot.index {
@@ -557,6 +602,7 @@ final class CoreSimulationShell<Driver: CoreSimulationDriver> {
     precondition(entry.index == node.applied + 1, "\(node.id) applying \(entry.index) after \(node.applied)")
     node.applied = entry.index
     try driver.checkApplied(entry, by: node)
+    if appliedLog.count == entry.index - 1 { appliedLog.append(entry) }
     var outcome: ApplyOutcome<KVResponse>?
     if entry.isCommand { outcome = node.machine.apply(entry: entry.data, at: entry.index) }
     if driver.tracesLearning {
@@ -689,7 +735,7 @@ final class CoreSimulationShell<Driver: CoreSimulationDriver> {
 
   // MARK: - Nemesis
 
-  private func nemesis() {
+  private func nemesis() throws {
     let actions = NemesisAction.allCases.filter { settings.nemesis.contains($0) }
     guard !actions.isEmpty else { return }
     let action = actions[Int.random(in: 0..<actions.count, using: &rng)]
@@ -710,7 +756,7 @@ final class CoreSimulationShell<Driver: CoreSimulationDriver> {
     case .restart:
       let down = ids.filter { nodes[$0]?.up == false }
       guard !down.isEmpty else { return }
-      restart(down[Int.random(in: 0..<down.count, using: &rng)])
+      try restart(down[Int.random(in: 0..<down.count, using: &rng)])
     case .membershipChange, .transferLeadership:
       driver.nemesis(action, in: self)
     case .lostPeerReport:
@@ -751,7 +797,7 @@ final class CoreSimulationShell<Driver: CoreSimulationDriver> {
     }
   }
 
-  private func restart(_ id: NodeID) {
+  private func restart(_ id: NodeID) throws {
     guard let node = nodes[id], !node.up else { return }
     let durable = node.disk.durable
     node.core = driver.restartedCore(id, from: durable, random: rng.fork(), in: self)
@@ -765,6 +811,7 @@ final class CoreSimulationShell<Driver: CoreSimulationDriver> {
         preconditionFailure("\(id): durable snapshot does not restore: \(error)")
       }
     }
+    try checkState(of: node, what: "restarted from its snapshot")
     node.proposals = [:]
     node.reads = [:]
     node.waitingReads = []
@@ -780,11 +827,11 @@ final class CoreSimulationShell<Driver: CoreSimulationDriver> {
     do { try startReady(node) } catch { preconditionFailure("\(error)") }
   }
 
-  private func heal() {
+  private func heal() throws {
     healed = true
     network.heal()
     network.defaultFaults = LinkFaults(delay: .uniform(.microseconds(100), .milliseconds(2)))
-    for id in nodes.keys.sorted() where nodes[id]?.up == false { restart(id) }
+    for id in nodes.keys.sorted() where nodes[id]?.up == false { try restart(id) }
     trace.record(now, "healed: \(describeNodes())")
   }
 }

@@ -47,6 +47,9 @@ public enum NemesisAction: String, Sendable, CaseIterable, Hashable {
 public struct RaftSimulationOptions: Sendable {
   /// Founding voters.
   public var voters = 3
+  /// A planted bug, for the tests of the simulation's own checks: a node that installs a leader's snapshot
+  /// writes one key of its own into its state.
+  var damagesInstalledSnapshots = false
   /// Extra node identifiers the nemesis may add as members.
   public var spareNodes = 2
   /// Concurrent clients.

@@ -342,12 +342,16 @@ public final class ShardedTransactionSimulation: @unchecked Sendable {
       history.commit(id, operations: operations, at: scheduler.now)
       stats.committed += 1
       stats.readsChecked += operations.filter { if case .read = $0 { true } else { false } }.count
-    } catch ShardedTransactionError.outcomeUnknown {
-      history.markUnknown(id)
-      stats.unknown += 1
-    } catch {
+    } catch ShardedTransactionError.badAnswer(let what) {
+      // A reply the protocol does not give: a bug, not an abort (and the commit may have been applied).
+      fail("list-append transaction \(id) got an unexpected answer: \(what)")
+    } catch ShardedTransactionError.conflict, ShardedTransactionError.refused {
       history.abort(id, at: scheduler.now)
       stats.aborted += 1
+    } catch {
+      // Anything else may have happened after the commit went out: only "unknown" is sound.
+      history.markUnknown(id)
+      stats.unknown += 1
     }
   }
 
@@ -378,16 +382,22 @@ public final class ShardedTransactionSimulation: @unchecked Sendable {
         }
       }
       stats.committed += 1
-    } catch ShardedTransactionError.outcomeUnknown {
-      stats.unknown += 1
-    } catch {
+    } catch ShardedTransactionError.badAnswer(let what) {
+      fail("bank transaction got an unexpected answer: \(what)")
+    } catch ShardedTransactionError.conflict, ShardedTransactionError.refused {
       stats.aborted += 1
+    } catch {
+      stats.unknown += 1
     }
   }
 
+  /// The list stored under a key; an element that does not parse stays in it as -1, a value no client appends,
+  /// so the checker sees a read of garbage rather than a shorter, plausible list.
   static func decode(_ bytes: [UInt8]?) -> [Int] {
     guard let bytes, !bytes.isEmpty else { return [] }
-    return String(decoding: bytes, as: UTF8.self).split(separator: ",").compactMap { Int($0) }
+    return String(decoding: bytes, as: UTF8.self).split(separator: ",", omittingEmptySubsequences: false).map {
+      Int($0) ?? -1
+    }
   }
 
   static func encode(_ list: [Int]) -> [UInt8] { Array(list.map(String.init).joined(separator: ",").utf8) }

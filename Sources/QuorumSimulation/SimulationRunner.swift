@@ -120,7 +120,13 @@ public enum SimulationRunner {
           try body(seed, trace)
           message += " (the replay with tracing on passed: the run is not a pure function of its seed)"
         } catch {
-          message = "\(error)"
+          let replayed = "\(error)"
+          if replayed != message {
+            // Tracing changed the run: both failures matter, and the run is not a pure function of its seed.
+            message +=
+              " (the replay with tracing on failed otherwise, so the run is not a pure function of its "
+              + "seed: \(replayed))"
+          }
         }
         return SimulationReport(
           seedsRun: count, failure: .init(seed: seed, message: message, trace: trace.events))

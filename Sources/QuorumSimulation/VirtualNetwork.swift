@@ -6,9 +6,13 @@ import Synchronization
 ///
 /// Each send is routed through the network model (partitions, one-way cuts, drops, duplicates, delays,
 /// reordering, nodes that are down) with the scheduler's seeded generator, and delivered by a timer at its
-/// arrival time into the receiver's mailbox — if the receiver is still the same incarnation and up. A full
-/// mailbox drops the message, as an overflowing socket buffer would. Rebinding a node (a restart) gives it a new
-/// mailbox; messages addressed to the old one are lost.
+/// arrival time into the receiver's mailbox, if the receiver is up then. A full mailbox drops the message, as an
+/// overflowing socket buffer would. Two departures from TCP, both more hostile than it:
+/// - Rebinding a node (a restart) gives it a new mailbox, and a message still in flight reaches the new
+///   incarnation (over TCP it would die with the old connection): a restarted node must cope with messages its
+///   previous life's peers sent it.
+/// - Partitions and cuts are decided when a message is sent, so a message already in flight crosses a partition
+///   made after it left.
 public final class VirtualNetwork<Message: Sendable>: Transport, Sendable {
   private struct State {
     var network: SimulatedNetwork
