@@ -48,20 +48,27 @@ public struct CrashableStore<Value> {
 }
 
 extension CrashableStore {
-  /// Stores `snapshot` in the value's `snapshot` field and syncs, as a node's background task writes a
-  /// snapshot file; refused (returning `false`, nothing written) when the value already holds a snapshot at
-  /// the same or a later index, as storage refuses an older snapshot.
+  /// Applies `change` to the current and the durable value at once, leaving the queued updates unsynced: a
+  /// write synced on its own (a snapshot file, a compaction), which makes no other write durable.
+  private mutating func applyDurably(_ change: (inout Value) -> Void) {
+    change(&current)
+    change(&durable)
+  }
+
+  /// Stores `snapshot` in the value's `snapshot` field durably, as a node's background task writes and syncs a
+  /// snapshot file (the log's unsynced writes stay unsynced); refused (returning `false`, nothing written) when
+  /// the value already holds a snapshot at the same or a later index, as storage refuses an older snapshot.
   mutating func storeSnapshot<Snapshot>(
     _ snapshot: Snapshot, in field: WritableKeyPath<Value, Snapshot?>, index: (Snapshot) -> UInt64
   ) -> Bool {
     guard index(snapshot) > current[keyPath: field].map(index) ?? 0 else { return false }
-    update { $0[keyPath: field] = snapshot }
-    sync()
+    applyDurably { $0[keyPath: field] = snapshot }
     return true
   }
 
-  /// Drops what lies below `firstKept` (with `drop`) and syncs, as storage compacts its log; throws if that
-  /// would pass the snapshot in the value's `snapshot` field, which storage refuses.
+  /// Drops what lies below `firstKept` (with `drop`) durably, as storage compacts its log (the log's unsynced
+  /// writes stay unsynced); throws if that would pass the snapshot in the value's `snapshot` field, which
+  /// storage refuses.
   mutating func compact<Snapshot>(
     below firstKept: UInt64, snapshot field: KeyPath<Value, Snapshot?>, index: (Snapshot) -> UInt64,
     node: NodeID, drop: @escaping (inout Value) -> Void
@@ -70,7 +77,6 @@ extension CrashableStore {
     guard firstKept - 1 <= stored else {
       throw SimulationFailure("\(node) compacts through \(firstKept - 1), past its stored snapshot at \(stored)")
     }
-    update(drop)
-    sync()
+    applyDurably(drop)
   }
 }
