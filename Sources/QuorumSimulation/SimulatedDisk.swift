@@ -22,6 +22,9 @@ public final class SimulatedDisk<Entry: StorableEntry>: Sendable {
   enum Record {
     case entry(Entry)
     case hardState([UInt8])
+    /// An entry a snapshot that discarded the log superseded before it was synced: it takes its place in the
+    /// queue (so a write's count of its own records stays right) and writes nothing.
+    case superseded
   }
 
   struct Image {
@@ -33,6 +36,8 @@ public final class SimulatedDisk<Entry: StorableEntry>: Sendable {
       switch record {
       case .hardState(let bytes):
         hardState = bytes
+      case .superseded:
+        break
       case .entry(let entry):
         let position = lowerBound(entry.index)
         switch mode {
@@ -111,6 +116,7 @@ public final class SimulatedDisk<Entry: StorableEntry>: Sendable {
       switch record {
       case .entry(let entry): entries.append(entry)
       case .hardState(let bytes): hardState = bytes
+      case .superseded: break
       }
     }
     if !entries.isEmpty || hardState != nil { onDurable(entries, hardState) }
@@ -218,8 +224,9 @@ public final class SimulatedDisk<Entry: StorableEntry>: Sendable {
         throw .io(operation: "snapshot (machine crashed)", path: "simulated", errno: EIO)
       }
       if discardingLog {
-        // The log's records queued before the discard are superseded by it.
-        s.pending.removeAll()
+        // The log's entries queued before the discard are superseded by it; a hard state queued with them is not
+        // (nor is the place of any record in the queue, which a write in progress counts on).
+        s.pending = s.pending.map { if case .entry = $0 { .superseded } else { $0 } }
       }
       s.durable.store(snapshot, discardingLog: discardingLog)
     }
