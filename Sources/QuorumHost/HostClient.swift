@@ -51,10 +51,12 @@ public enum QuorumClientError: Error, Sendable, Equatable, CustomStringConvertib
   /// take effect (a retry with the same session is safe; look the value up to know). `lastFailure` says why the
   /// last attempt failed, if one did.
   case timeout(outcomeUnknown: Bool, lastFailure: String?)
-  /// A write whose outcome cannot be known: its session expired before an answer came; or the group no longer
-  /// remembers its answer (``QuorumCore/ConsensusError/responseForgotten(_:)``); or, after an attempt reached a
-  /// member, every member turned the client away (see ``refused(_:)``); or a write without a session (a
-  /// membership change) got no answer that says whether it was carried out, and a retry could apply it twice.
+  /// A write whose outcome cannot be known: an attempt may have been carried out (it timed out, was cut off, or
+  /// reached a member) and a later one was refused before it could find out: its session had expired, every
+  /// member turned the client away (see ``refused(_:)``), or the group refused it before its log (a space quota,
+  /// a slot that moved); or the group no longer remembers its answer
+  /// (``QuorumCore/ConsensusError/responseForgotten(_:)``); or a write without a session (a membership change)
+  /// got no answer that says whether it was carried out, and a retry could apply it twice.
   case outcomeUnknown
   /// The server refused the request (unknown group or service, a key of another group, a malformed request, or
   /// an engine error that retrying does not fix).
@@ -211,30 +213,37 @@ public actor HostClient {
   {
     let limit = deadline ?? options.deadline
     let started = clock.monotonicNanos()
-    var session = try await session(for: group, deadline: limit)
-    session.next += 1
-    session.lastUsedNanos = clock.monotonicNanos()
-    let sequence = session.next
-    session.outstanding.insert(sequence)
-    sessions[group] = session
-    // Only while the group's session is still this one: after it expired, another call may have registered a new
-    // session, whose own requests use the same sequence numbers.
-    defer { if sessions[group]?.id == session.id { sessions[group]?.outstanding.remove(sequence) } }
-    let remaining = limit - .nanoseconds(Int64(clock.monotonicNanos() &- started))
-    let request = HostRequest.command(
-      group: group, ServiceCommand(service: service, payload: payload),
-      request: RequestID(session: session.id, sequence: sequence), acknowledgedThrough: session.acknowledged)
-    let reply: HostReply
-    do {
-      reply = try await send(request, to: members(of: group), group: group, deadline: remaining, isWrite: true)
-    } catch QuorumClientError.rejected(.consensus(.sessionExpired)) {
-      // Another call that used the same session may have dropped it and registered a new one already: keep that.
-      if sessions[group]?.id == session.id { sessions[group] = nil }
-      throw QuorumClientError.outcomeUnknown
+    var renewed = false
+    while true {
+      var session = try await session(for: group, deadline: limit)
+      session.next += 1
+      session.lastUsedNanos = clock.monotonicNanos()
+      let sequence = session.next
+      session.outstanding.insert(sequence)
+      sessions[group] = session
+      // Only while the group's session is still this one: after it expired, another call may have registered a
+      // new session, whose own requests use the same sequence numbers.
+      defer { if sessions[group]?.id == session.id { sessions[group]?.outstanding.remove(sequence) } }
+      let remaining = limit - .nanoseconds(Int64(clock.monotonicNanos() &- started))
+      let request = HostRequest.command(
+        group: group, ServiceCommand(service: service, payload: payload),
+        request: RequestID(session: session.id, sequence: sequence), acknowledgedThrough: session.acknowledged)
+      let reply: HostReply
+      do {
+        reply = try await send(request, to: members(of: group), group: group, deadline: remaining, isWrite: true)
+      } catch QuorumClientError.rejected(.consensus(.sessionExpired)) {
+        // Another call that used the same session may have dropped it and registered a new one already: keep that.
+        if sessions[group]?.id == session.id { sessions[group] = nil }
+        // `send` reports the expiry as a refusal only when no attempt may have been carried out (else the outcome
+        // is unknown): the command goes again, once, under a new session.
+        if renewed { throw QuorumClientError.outcomeUnknown }
+        renewed = true
+        continue
+      }
+      guard case .answer(let bytes, let index) = reply else { throw QuorumClientError.badReply("expected an answer") }
+      noteSeen(index, in: group)
+      return (bytes, index)
     }
-    guard case .answer(let bytes, let index) = reply else { throw QuorumClientError.badReply("expected an answer") }
-    noteSeen(index, in: group)
-    return (bytes, index)
   }
 
   /// The newest log position of `group` this client has had an answer from: its last write's, or a later read's.
@@ -428,9 +437,14 @@ public actor HostClient {
           // An earlier attempt was applied (or the request fell below the session's acknowledged mark) and its
           // answer is gone: every retry would hear the same.
           throw QuorumClientError.outcomeUnknown
+        case .consensus(.commandTooLarge), .consensus(.sessionNotOwned), .malformed, .unknownService,
+          .serviceNotCarried:
+          // The request itself (or whose session it names) is refused: every attempt was, the first too.
+          throw QuorumClientError.rejected(failure.error)
         default:
-          // A refusal before the log (a space quota, say) hides the answer the session remembers for an earlier
-          // attempt that was applied: after an uncertain attempt, a write's outcome is unknown.
+          // A refusal before the log (a space quota, a slot that moved, an expired session) hides the answer the
+          // session remembers for an earlier attempt that was applied: after an uncertain attempt, a write's
+          // outcome is unknown.
           if isWrite && uncertain { throw QuorumClientError.outcomeUnknown }
           throw QuorumClientError.rejected(failure.error)
         }
@@ -445,7 +459,7 @@ public actor HostClient {
         if let group, leaders[group] == member { leaders[group] = nil }
         target = pick(from: candidates, refused: refusedBy)
         if target == nil {
-          if isWrite && reached { throw QuorumClientError.outcomeUnknown }
+          if isWrite && (reached || uncertain) { throw QuorumClientError.outcomeUnknown }
           throw QuorumClientError.refused(lastFailure ?? why)
         }
       } catch {

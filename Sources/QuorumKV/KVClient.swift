@@ -61,6 +61,8 @@ public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
   private var sequence: UInt64 = 0
   /// Sequence numbers of the writes in flight (calls on one client may overlap at their suspension points).
   private var outstanding: Set<UInt64> = []
+  /// The registration in progress, if any.
+  private var registering: Task<UInt64, any Error>?
   private var random: SeededRandom
 
   /// Creates a client for the group whose members are given.
@@ -196,12 +198,18 @@ public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
     }
   }
 
-  /// The client's session, registered first if it has none.
+  /// The client's session, registered first if it has none. Calls that find none while one is being registered
+  /// wait for that one, so overlapping calls open one session, not one each.
   private func currentSession() async throws -> UInt64 {
     if let session { return session }
-    var uncertain = false
-    let registered = try await withRetries(uncertain: &uncertain) { member, _ in try await member.registerSession() }
-    // Another call may have registered one meanwhile: one session serves both (the other expires unused).
+    if let registering { return try await registering.value }
+    let task = Task { () async throws -> UInt64 in
+      var uncertain = false
+      return try await withRetries(uncertain: &uncertain) { member, _ in try await member.registerSession() }
+    }
+    registering = task
+    defer { registering = nil }
+    let registered = try await task.value
     if let session { return session }
     session = registered
     return registered

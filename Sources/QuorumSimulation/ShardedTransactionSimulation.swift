@@ -345,13 +345,12 @@ public final class ShardedTransactionSimulation: @unchecked Sendable {
     } catch ShardedTransactionError.badAnswer(let what) {
       // A reply the protocol does not give: a bug, not an abort (and the commit may have been applied).
       fail("list-append transaction \(id) got an unexpected answer: \(what)")
-    } catch ShardedTransactionError.conflict, ShardedTransactionError.refused {
+    } catch {
+      // Gave up, refused, or failed before any commit went out: the client's commit path turns every lost answer
+      // into `outcomeUnknown`, and what else it throws (a crashed client's lost reservation or read, say) comes
+      // first. Aborted, so a later commit of one of its attempts shows as a read of an aborted write.
       history.abort(id, at: scheduler.now)
       stats.aborted += 1
-    } catch {
-      // Anything else may have happened after the commit went out: only "unknown" is sound.
-      history.markUnknown(id)
-      stats.unknown += 1
     }
   }
 
@@ -384,10 +383,8 @@ public final class ShardedTransactionSimulation: @unchecked Sendable {
       stats.committed += 1
     } catch ShardedTransactionError.badAnswer(let what) {
       fail("bank transaction got an unexpected answer: \(what)")
-    } catch ShardedTransactionError.conflict, ShardedTransactionError.refused {
-      stats.aborted += 1
     } catch {
-      stats.unknown += 1
+      stats.aborted += 1
     }
   }
 

@@ -154,7 +154,7 @@ public final class SimulatedDisk<Entry: StorableEntry>: Sendable {
     let kept = state.withLock { s -> [Record] in
       let kept = s.pending.isEmpty ? 0 : survivors % (s.pending.count + 1)
       for record in s.pending.prefix(kept) { s.durable.apply(record, mode: mode) }
-      s.tornRecords += s.pending.count - kept
+      s.tornRecords += s.pending.dropFirst(kept).filter { if case .superseded = $0 { false } else { true } }.count
       defer { s.pending.removeAll() }
       s.incarnation += 1
       return Array(s.pending.prefix(kept))

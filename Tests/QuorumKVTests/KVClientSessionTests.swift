@@ -18,6 +18,9 @@ private actor ScriptedLog: ReplicatedLog {
   /// Sequence numbers whose proposal waits until ``release(_:)``.
   private var held: Set<UInt64>
   private var parked: [UInt64: CheckedContinuation<Void, Never>] = [:]
+  /// Registrations wait until ``release(_:)`` of sequence 0 while this is set.
+  private var holdsRegistrations = false
+  private var heldRegistrations: [CheckedContinuation<Void, Never>] = []
   private let arrivals: AsyncStream<UInt64>.Continuation
 
   init(
@@ -47,6 +50,11 @@ private actor ScriptedLog: ReplicatedLog {
   func release(_ sequence: UInt64) {
     held.remove(sequence)
     parked.removeValue(forKey: sequence)?.resume()
+    if sequence == 0 {
+      holdsRegistrations = false
+      for registration in heldRegistrations { registration.resume() }
+      heldRegistrations = []
+    }
   }
 
   func read(_ query: KVQuery, consistency: ReadConsistency) async throws -> KVQueryResult {
@@ -55,11 +63,18 @@ private actor ScriptedLog: ReplicatedLog {
 
   func registerSession() async throws -> UInt64 {
     registrations += 1
-    return registrations * 100
+    let number = registrations
+    if holdsRegistrations {
+      arrivals.yield(0)
+      await withCheckedContinuation { heldRegistrations.append($0) }
+    }
+    return number * 100
   }
+
+  func holdRegistrations() { holdsRegistrations = true }
 }
 
-@Suite("KVClient sessions")
+@Suite("KVClient sessions", .timeLimit(.minutes(1)))
 struct KVClientSessionTests {
   private let quick = RetryPolicy(maxAttempts: 5, initialBackoff: .microseconds(10), maxBackoff: .microseconds(10))
 
@@ -96,6 +111,25 @@ struct KVClientSessionTests {
     let kv = client(log)
     await #expect(throws: ConsensusError.sessionExpired(200)) { try await kv.put("k", [UInt8]([1])) }
     #expect(await log.registrations == 2)
+  }
+
+  @Test("overlapping writes that find no session open one between them")
+  func overlappingWritesShareARegistration() async throws {
+    let (stream, arrivals) = AsyncStream<UInt64>.makeStream()
+    let log = ScriptedLog([], arrivals: arrivals)
+    await log.holdRegistrations()
+    let kv = client(log)
+    var seen = stream.makeAsyncIterator()
+    let first = Task { try await kv.put("a", [UInt8]([1])) }
+    #expect(await seen.next() == 0)  // its registration, held
+    let second = Task { try await kv.put("b", [UInt8]([2])) }
+    // The second write reaches the client while the registration is held: give it the actor, then release.
+    for _ in 0..<100 { await Task.yield() }
+    await log.release(0)
+    _ = try await first.value
+    _ = try await second.value
+    #expect(await log.registrations == 1)
+    #expect(Set(await log.sent.compactMap { $0.request?.session }) == [100])
   }
 
   @Test("writes acknowledge the answers received, never a write still in flight")

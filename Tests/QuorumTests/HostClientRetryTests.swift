@@ -101,7 +101,7 @@ struct HostClientRetryTests {
     .reply(.failure(HostFailure(.consensus(error))))
   }
 
-  @Test("a command whose session expired leaves alone the session another call registered since")
+  @Test("an expired session's command goes again under a new one, leaving alone a session another call made")
   func expiredSessionKeepsItsSuccessor() async throws {
     let channel = HeldCommandsChannel()
     var options = HostClientOptions()
@@ -119,27 +119,27 @@ struct HostClientRetryTests {
     #expect(await arrivals.next() == RequestID(session: 1, sequence: 1))
     let y = command(2)
     #expect(await arrivals.next() == RequestID(session: 1, sequence: 2))
+    // X was refused before it was applied: it registers session 2 and goes again under it.
     channel.answer(RequestID(session: 1, sequence: 1), with: expired)
-    await #expect(throws: QuorumClientError.outcomeUnknown) { try await x.value }
-    // Z registers session 2; W follows under it.
-    let z = command(3)
     #expect(await arrivals.next() == RequestID(session: 2, sequence: 1))
     let w = command(4)
     #expect(await arrivals.next() == RequestID(session: 2, sequence: 2))
-    // Y learns that session 1 expired: session 2, and W's place in it, stand.
+    // Y learns that session 1 expired: session 2, and W's place in it, stand, and Y goes again under it.
     channel.answer(RequestID(session: 1, sequence: 2), with: expired)
-    await #expect(throws: QuorumClientError.outcomeUnknown) { try await y.value }
-    channel.answer(RequestID(session: 2, sequence: 1), with: .answer([30], index: 5))
-    #expect(try await z.value == [30])
+    #expect(await arrivals.next() == RequestID(session: 2, sequence: 3))
+    channel.answer(RequestID(session: 2, sequence: 1), with: .answer([10], index: 5))
+    #expect(try await x.value == [10])
+    channel.answer(RequestID(session: 2, sequence: 3), with: .answer([20], index: 6))
+    #expect(try await y.value == [20])
 
     let v = command(5)
     let next = await arrivals.next()
-    #expect(next == RequestID(session: 2, sequence: 3), "a new session was registered, or the sequence reused")
+    #expect(next == RequestID(session: 2, sequence: 4), "a new session was registered, or the sequence reused")
     #expect(
-      channel.acknowledged(by: RequestID(session: 2, sequence: 3)) == 1,
+      channel.acknowledged(by: RequestID(session: 2, sequence: 4)) == 1,
       "acknowledged request 2#2, whose answer has not come")
-    channel.answer(RequestID(session: 2, sequence: 2), with: .answer([40], index: 6))
-    if let next { channel.answer(next, with: .answer([50], index: 7)) }
+    channel.answer(RequestID(session: 2, sequence: 2), with: .answer([40], index: 7))
+    if let next { channel.answer(next, with: .answer([50], index: 8)) }
     #expect(try await w.value == [40])
     #expect(try await v.value == [50])
   }
@@ -231,6 +231,38 @@ extension HostClientRetryTests {
       try await client.command([9], service: "kv", group: .default)
     }
     #expect(channel.attempts.withLock { $0 } == 2)
+  }
+
+  @Test("a command whose session expired after an attempt that may have been applied has an unknown outcome")
+  func expiredAfterUncertainAttempt() async throws {
+    let channel = ScriptedMembershipChannel([.fail(.timeout(1)), Self.failure(.sessionExpired(1))])
+    let client = HostClient(channel: channel, members: [1, 2, 3], map: Self.map, options: Self.patient)
+    await #expect(throws: QuorumClientError.outcomeUnknown) {
+      try await client.command([9], service: "kv", group: .default)
+    }
+    #expect(channel.attempts.withLock { $0 } == 2)
+  }
+
+  @Test("a write that may have been applied and is then turned away by every member has an unknown outcome")
+  func refusedByAllAfterUncertainAttempt() async throws {
+    let channel = ScriptedMembershipChannel([
+      .fail(.timeout(1)), .fail(.refused(1, "bad credential")), .fail(.refused(2, "bad credential")),
+      .fail(.refused(3, "bad credential")),
+    ])
+    let client = HostClient(channel: channel, members: [1, 2, 3], map: Self.map, options: Self.patient)
+    await #expect(throws: QuorumClientError.outcomeUnknown) {
+      try await client.command([9], service: "kv", group: .default)
+    }
+  }
+
+  @Test("a command refused for what it is, after an attempt that may have been applied, is still rejected")
+  func requestRefusalAfterUncertainAttempt() async throws {
+    let unknown = HostError.unknownService("kv", group: .default)
+    let channel = ScriptedMembershipChannel([.fail(.timeout(1)), .reply(.failure(HostFailure(unknown)))])
+    let client = HostClient(channel: channel, members: [1, 2, 3], map: Self.map, options: Self.patient)
+    await #expect(throws: QuorumClientError.rejected(unknown)) {
+      try await client.command([9], service: "kv", group: .default)
+    }
   }
 
   @Test("a command refused before the log with no uncertain attempt before is rejected")

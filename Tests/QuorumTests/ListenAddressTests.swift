@@ -21,28 +21,33 @@ struct ListenAddressTests {
     }
     let server = try await cluster.start(1, listen: try TCPAddress.parse("0.0.0.0:0"))
     let run = Task { try? await server.run() }
-    let listening = try await server.waitUntilListening()
-    #expect(listening.isUnspecified)
-    guard case .clusterMap(let map) = await server.host.handle(.clusterMap) else {
-      Issue.record("no cluster map")
-      return
-    }
-    #expect(map.members[1] == "127.0.0.1:\(listening.port)")
-
-    // A client told 0.0.0.0 (by an older member, say) keeps the address it reached the member at.
     let channel = TCPRequestChannel(cluster: "wildcard", seeds: [])
-    channel.learn(map)
-    var told = map
-    told.members[1] = "0.0.0.0:1"
-    channel.learn(told)
-    let reply = try HostReply(
-      wireBytes: try await channel.send(HostRequest.clusterMap.wireBytes(), to: 1, timeout: .seconds(60)))
-    guard case .clusterMap = reply else {
-      Issue.record("answered \(reply)")
-      return
+    do {
+      let listening = try await server.waitUntilListening()
+      #expect(listening.isUnspecified)
+      guard case .clusterMap(let map) = await server.host.handle(.clusterMap) else {
+        throw TestFailure("no cluster map")
+      }
+      #expect(map.members[1] == "127.0.0.1:\(listening.port)")
+
+      // A client told 0.0.0.0 (by an older member, say) keeps the address it reached the member at.
+      channel.learn(map)
+      var told = map
+      told.members[1] = "0.0.0.0:1"
+      channel.learn(told)
+      let reply = try HostReply(
+        wireBytes: try await channel.send(HostRequest.clusterMap.wireBytes(), to: 1, timeout: .seconds(60)))
+      guard case .clusterMap = reply else { throw TestFailure("answered \(reply)") }
+    } catch {
+      Issue.record(error)
     }
     await channel.close()
     await server.shutdown()
     await run.value
   }
+}
+
+private struct TestFailure: Error, CustomStringConvertible {
+  let description: String
+  init(_ description: String) { self.description = description }
 }
