@@ -123,7 +123,7 @@ final class Connection: LoopHandler {
   /// (``TCPCloseReason/slowReader(pendingBytes:)``).
   var writeStallTimeoutNanos: UInt64?
   /// The shared budget that bytes of partly received frames are charged to (client connections).
-  var receiveBudget: ReceiveBudget? {
+  var receiveBudget: ReceiveBudget<Connection>? {
     didSet { oldValue?.release(self) }
   }
   /// Runs once when the connection closes, before its descriptor is closed (so that other threads that write
@@ -143,8 +143,8 @@ final class Connection: LoopHandler {
   private var connectDeadline: UInt64?
   private var flushScheduled = false
   private var lastWriteProgress: UInt64 = 0
-  /// Bytes of `readBuffer` charged to `receiveBudget`.
-  fileprivate(set) var charged = 0
+  /// Bytes of `readBuffer` charged to `receiveBudget` (kept by the budget).
+  var charged = 0
   /// When bytes last arrived (monotonic nanoseconds).
   private(set) var lastReceived: UInt64 = 0
   /// Bytes received and written, for metrics.
@@ -251,15 +251,23 @@ final class Connection: LoopHandler {
     var budget = 4 << 20  // bytes per wake-up, so one busy connection cannot starve the others
     while !isClosed && pauseReasons.isEmpty && budget > 0 {
       var chunk = scratch.count
-      if let receiveBudget, receiveBudget.isSpent {
-        // Over the shared budget: a partly received frame waits for room; a connection between frames may read
-        // a little, so small requests still pass.
-        guard readBuffer.isEmpty else {
+      if let receiveBudget {
+        let room = receiveBudget.limit - receiveBudget.used
+        if room > 0 {
+          // A read crosses the shared budget's limit by 64 KiB at most.
+          chunk = min(chunk, max(room, 64 << 10))
+        } else if readBuffer.isEmpty {
+          // Over the budget, a connection between frames may read a little, so small requests still pass.
+          chunk = min(chunk, 64 << 10)
+        } else if receiveBudget.mayOverdraw(self) {
+          // In the middle of a frame, with the budget's overdraft: read to the frame's end and no further, so that
+          // it completes, frees what it holds, and the overdraft passes on with nothing held past the limit.
+          chunk = min(chunk, bytesToFrameEnd)
+        } else {
+          // In the middle of a frame: wait in the budget's queue for room or the overdraft.
           pause(.budget)
-          receiveBudget.wait(self)
           return
         }
-        chunk = min(chunk, 64 << 10)
       }
       // A partial frame held from the last read (most reads end inside a frame) moves to the scratch's start and
       // the read lands after it, unless it is too large: then the read is appended to it, a copy of every byte.
@@ -295,7 +303,7 @@ final class Connection: LoopHandler {
               }
               reserveAnnouncedFrame()
             }
-            recharge()
+            recharge(frameEnded: parsed > 0)
           }
         } else {
           scratch.withUnsafeBytes { readBuffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
@@ -324,6 +332,15 @@ final class Connection: LoopHandler {
 
   private func readLength(at offset: Int) -> UInt32 { Self.readLength(readBuffer, at: offset) }
 
+  /// The bytes still to come of the frame begun in the read buffer: to the end of its length prefix while that
+  /// is incomplete, then to the end of its body (the length was checked against ``maxFrameBytes`` when the prefix
+  /// was parsed; clamped here all the same). At least one, as a read of none would look like the end of stream.
+  private var bytesToFrameEnd: Int {
+    guard readBuffer.count >= TCPFrame.prefixBytes else { return TCPFrame.prefixBytes - readBuffer.count }
+    let length = min(Int(readLength(at: 0)), maxFrameBytes)
+    return max(1, TCPFrame.prefixBytes + length - readBuffer.count)
+  }
+
   static func readLength(_ bytes: [UInt8], at offset: Int) -> UInt32 {
     UInt32(bytes[offset]) | UInt32(bytes[offset + 1]) << 8 | UInt32(bytes[offset + 2]) << 16
       | UInt32(bytes[offset + 3]) << 24
@@ -348,7 +365,7 @@ final class Connection: LoopHandler {
         reserveAnnouncedFrame()
       }
     }
-    recharge()
+    recharge(frameEnded: offset > 0)
   }
 
   /// Delivers the whole frames of `bytes[0..<count]` to the delegate, until reading is paused or the connection
@@ -382,10 +399,11 @@ final class Connection: LoopHandler {
     return frames.offset
   }
 
-  /// Charges the bytes held to the shared budget.
-  private func recharge() {
+  /// Charges the bytes held to the shared budget; `frameEnded` says that a frame was completed (delivered) since
+  /// the last charge.
+  private func recharge(frameEnded: Bool) {
     guard let receiveBudget, !isClosed else { return }
-    receiveBudget.charge(self, bytes: readBuffer.count)
+    receiveBudget.charge(self, bytes: readBuffer.count, frameEnded: frameEnded)
   }
 
   /// Reads whatever is waiting on the socket now (unless reading is paused): used before concluding that the
@@ -630,46 +648,6 @@ func hostPart(_ remote: String) -> String {
   return String(remote[..<colon])
 }
 
-/// The bytes of partly received frames held by a group of connections (an endpoint's clients), and the
-/// connections waiting for room. Loop thread only.
-final class ReceiveBudget {
-  let limit: Int
-  private(set) var used = 0
-  private var waiting: [ObjectIdentifier: Connection] = [:]
-  private let metrics: MetricsCounters?
-
-  init(limit: Int, metrics: MetricsCounters? = nil) {
-    self.limit = limit
-    self.metrics = metrics
-  }
-
-  var isSpent: Bool { used >= limit }
-
-  /// Records that `connection` now holds `bytes`.
-  func charge(_ connection: Connection, bytes: Int) {
-    used += bytes - connection.charged
-    if bytes > connection.charged, let metrics { metrics.raise(metrics.largestClientReceiveBuffer, to: used) }
-    let freed = bytes < connection.charged
-    connection.charged = bytes
-    if freed { wake() }
-  }
-
-  /// Pauses `connection` until there is room.
-  func wait(_ connection: Connection) { waiting[ObjectIdentifier(connection)] = connection }
-
-  /// Forgets `connection` (closed or moved to another budget), returning what it held.
-  func release(_ connection: Connection) {
-    waiting[ObjectIdentifier(connection)] = nil
-    guard connection.charged != 0 else { return }
-    used -= connection.charged
-    connection.charged = 0
-    wake()
-  }
-
-  private func wake() {
-    guard !isSpent, !waiting.isEmpty else { return }
-    let woken = waiting
-    waiting = [:]
-    for connection in woken.values { connection.resume(.budget) }
-  }
+extension Connection: ReceiveBudgetMember {
+  func budgetAdmits() { resume(.budget) }
 }

@@ -175,7 +175,7 @@ protocol InboundSink: AnyObject, SendableMetatype {
   var directRequests: Mutex<Handler<TCPRequest, Bool>?> { get }
   var requests: Mailbox<TCPRequest> { get }
   /// The budget client connections charge their partly received frames to.
-  var clientReceiveBudget: ReceiveBudget { get }
+  var clientReceiveBudget: ReceiveBudget<Connection> { get }
   /// Admits a connection that proved `identity` (moving it to that budget), or says why not.
   func admit(_ handler: InboundConnection<Self>, as identity: RemoteIdentity) -> TCPCloseReason?
   func inboundClosed(_ handler: InboundConnection<Self>, reason: TCPCloseReason)

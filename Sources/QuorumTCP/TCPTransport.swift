@@ -410,7 +410,7 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
   private var peers: [NodeID: ObjectIdentifier] = [:]
   /// Refusals logged recently, so a flood makes a few log lines a second, not one per socket.
   private var floodLog = FloodLog()
-  let clientReceiveBudget: ReceiveBudget
+  let clientReceiveBudget: ReceiveBudget<Connection>
   /// What every send reads, kept here: reading an option through `environment` copies all of them.
   let writesFromSenders: Bool
   let maxFrameBytes: Int

@@ -148,8 +148,15 @@ public struct TCPTransportOptions: Sendable, Equatable {
   /// Reply bytes waiting for one client at which its connection is closed
   /// (``TCPCloseReason/slowReader(pendingBytes:)``); at least ``replyPauseBytes`` plus one largest frame.
   public var maxReplyBytesPerConnection: Int
-  /// Bytes of partly received client frames one endpoint holds in all; past it, client connections in the
-  /// middle of a frame stop being read until room is made (frames complete, or time out).
+  /// Bytes of partly received client frames one endpoint holds in all, charged as they arrive (a frame's
+  /// announced length reserves nothing). Past it, a client connection between frames may still read a small
+  /// request (64 KiB at a time), and the connections in the middle of a frame wait — all but one: the one that
+  /// has waited longest reads past the limit to the end of its frame, then the next one does, in the order they
+  /// began to wait. So frames in progress always complete, and an endpoint holds at most this much plus one
+  /// largest frame (``maxFrameBytes``), plus 64 KiB per client connection and 64 KiB more. A client that stops
+  /// sending while its frame is the one read past the limit holds up the others' waiting frames until its own
+  /// times out (``frameTimeout``, which runs while a frame waits for this budget); requests smaller than 64 KiB
+  /// still pass.
   public var maxClientReceiveBufferBytes: Int
   /// Whether a sender writes a peer message to the socket itself when the link is idle (nothing queued, nothing
   /// being written), rather than queueing it for the event loop: one thread hand-off less per message. When the
@@ -298,8 +305,9 @@ public struct TCPTransportMetrics: Sendable, Equatable, CustomStringConvertible 
   /// The most reply bytes that waited to be written to one client connection (the close comes at
   /// ``TCPTransportOptions/maxReplyBytesPerConnection``, plus one reply).
   public var largestReplyBacklog = 0
-  /// The most bytes of partly received client frames an endpoint held at once (about
-  /// ``TCPTransportOptions/maxClientReceiveBufferBytes``, plus one read per client connection).
+  /// The most bytes of partly received client frames an endpoint held at once (at most
+  /// ``TCPTransportOptions/maxClientReceiveBufferBytes`` plus one largest frame, plus 64 KiB per client connection
+  /// and one more).
   public var largestClientReceiveBuffer = 0
 
   /// Creates empty metrics.
