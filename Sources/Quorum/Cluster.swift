@@ -278,6 +278,9 @@ public struct Cluster: Sendable {
     }
     var options = tcp
     options.serveClients = true
+    // Members whose group tables differ refuse each other at the handshake: a peer message names its group by
+    // number alone.
+    options.groupTableDigest = map.groupTableDigest
     if options.liveness == .default && options.reconnect.maxBackoff == ReconnectPolicy().maxBackoff {
       // Links ping every heartbeat and redial at most a heartbeat after a failure: a member rejoins about one
       // heartbeat plus one connect after a partition heals.
@@ -881,7 +884,9 @@ public enum GroupServicesBuilder {
 ///
 /// Members default to every member of the cluster; the id to the next free one (1, 2, …); the slots to an even
 /// share of the key space among the groups carrying the same service that name none (see
-/// ``QuorumHost/ClusterMap``).
+/// ``QuorumHost/ClusterMap``). A member records each group's id, name, engine, services and slots beside its data
+/// and refuses to start a group whose record differs, and members whose group lists differ refuse each other: give
+/// the ids explicitly once a group is removed or the groups are reordered (see ``QuorumHost/GroupIdentity``).
 public struct Group: ClusterSetting {
   private let name: String
   private let id: UInt64?

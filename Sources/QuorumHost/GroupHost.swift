@@ -166,7 +166,8 @@ public final class GroupHost: Sendable {
   ///   - observers: the simulator's checkers.
   ///   - maxReplyBytes: the longest encoded reply sent (a transport passes its frame limit, less its framing).
   /// - Throws: ``ClusterMapError`` for an invalid map, ``QuorumCore/ConfigurationError`` for invalid settings,
-  ///   or a storage error opening a group's storage.
+  ///   or a storage error opening a group's storage: ``QuorumStorage/StorageError/incompatible(file:reason:)``
+  ///   when the storage recorded another identity for a group (see ``GroupStorageProvider/checkIdentity(_:)``).
   public init(
     node: NodeID, map: ClusterMap, catalog: ServiceCatalog = .standard, settings: HostSettings,
     storage: any GroupStorageProvider, joining: Set<GroupID> = [], runtime: NodeRuntime = .system,
@@ -212,12 +213,14 @@ public final class GroupHost: Sendable {
       switch spec.engine {
       case .raft:
         groups[spec.id] = try Self.makeGroup(
-          RaftEngine.self, spec: spec, services: services, settings: settings, storage: storage, joining: isJoining,
+          RaftEngine.self, spec: spec, identity: GroupIdentity(spec, in: map), services: services, settings: settings,
+          storage: storage, joining: isJoining,
           router: router, ticker: ticker, runtime: runtime, seed: groupSeed, logger: logger,
           observer: observers.raft?(spec), hub: notifications)
       case .multiPaxos:
         groups[spec.id] = try Self.makeGroup(
-          MultiPaxosEngine.self, spec: spec, services: services, settings: settings, storage: storage,
+          MultiPaxosEngine.self, spec: spec, identity: GroupIdentity(spec, in: map), services: services,
+          settings: settings, storage: storage,
           joining: isJoining, router: router, ticker: ticker, runtime: runtime, seed: groupSeed, logger: logger,
           observer: observers.paxos?(spec), hub: notifications)
       }
@@ -227,12 +230,14 @@ public final class GroupHost: Sendable {
   }
 
   private static func makeGroup<Engine: HostedEngine>(
-    _ engine: Engine.Type, spec: GroupSpec, services: [any ReplicatedService], settings: HostSettings,
-    storage: any GroupStorageProvider, joining: Bool, router: GroupRouter, ticker: SharedTicker, runtime: NodeRuntime,
+    _ engine: Engine.Type, spec: GroupSpec, identity: GroupIdentity, services: [any ReplicatedService],
+    settings: HostSettings, storage: any GroupStorageProvider, joining: Bool, router: GroupRouter, ticker: SharedTicker,
+    runtime: NodeRuntime,
     seed: UInt64?, logger: QuorumLogger, observer: (any ReplicaObserver<Engine>)?, hub: NotificationHub
   ) throws -> EngineGroup<Engine> {
     let configuration = Engine.configuration(for: spec, settings: settings, joining: joining)
     try configuration.validate()
+    try storage.checkIdentity(identity)
     let groupStorage = try storage.storage(for: spec, mode: Engine.hostLogWriteMode, entry: Engine.Entry.self)
     let endpoint = router.endpoint(
       for: spec.id, capacity: configuration.inputCapacity, wrap: Engine.wrap, unwrap: Engine.unwrap)

@@ -22,6 +22,13 @@ public protocol GroupStorageProvider: Sendable {
 
   /// Whether groups share a log, so that ``groupsPinningStorage()`` is worth asking.
   var sharesLog: Bool { get }
+
+  /// Checks that the stored state of group `identity.id` was made for the group `identity` describes, before
+  /// the host opens it: records the identity beside the group's storage the first time (a new group, or data
+  /// kept before identities were recorded), and throws if the record describes another group (another name,
+  /// number, engine, services or slots). A host calls it for each of its groups before
+  /// ``storage(for:mode:entry:)``.
+  func checkIdentity(_ identity: GroupIdentity) throws
 }
 
 /// Groups whose stored entries keep old log files on disk (see ``GroupStorageProvider/groupsPinningStorage()``).
@@ -51,6 +58,9 @@ extension GroupStorageProvider {
 
   /// No.
   public var sharesLog: Bool { false }
+
+  /// Nothing to check: the provider keeps nothing across processes.
+  public func checkIdentity(_ identity: GroupIdentity) throws {}
 }
 
 /// Every group in memory: lost when the process ends (tests, demonstrations).
@@ -149,12 +159,7 @@ public struct FileGroupStorage: GroupStorageProvider {
   public func storage<Entry: StorableEntry>(for group: GroupSpec, mode: LogWriteMode, entry: Entry.Type) throws
     -> any ConsensusStorage<Entry>
   {
-    if let onDisk = foundOnDisk, onDisk != layout {
-      throw StorageError.incompatible(
-        file: root,
-        reason: "the data directory holds a \(onDisk == .shared ? "shared log" : "log per group"), but the "
-          + "\(layout == .shared ? "shared" : "per-group") layout was asked for")
-    }
+    try checkLayout()
     if let sharedLog {
       return sharedLog.storage(for: group.id.rawValue, mode: mode, entry: Entry.self)
     }
@@ -165,6 +170,38 @@ public struct FileGroupStorage: GroupStorageProvider {
 
   /// Whether the layout is ``GroupLogLayout/shared``.
   public var sharesLog: Bool { sharedLog != nil }
+
+  private func checkLayout() throws(StorageError) {
+    if let onDisk = foundOnDisk, onDisk != layout {
+      throw StorageError.incompatible(
+        file: root,
+        reason: "the data directory holds a \(onDisk == .shared ? "shared log" : "log per group"), but the "
+          + "\(layout == .shared ? "shared" : "per-group") layout was asked for")
+    }
+  }
+
+  /// The path of the file recording which group the stored state of group `id`, named `name`, was made for:
+  /// `GROUP` beside the group's snapshots (in the shared log's directory of the group, deleted with the group by
+  /// `quorum forget-group`; or in the group's own directory).
+  public func identityPath(of id: GroupID, name: String) -> String {
+    let directory =
+      sharedLog?.sideFileDirectory(group: id.rawValue)
+      ?? SideFile.directory(perGroup: id == .default ? root : "\(root)/\(name)")
+    return directory + "/" + GroupIdentityFile.name
+  }
+
+  /// Records `identity` in the file ``identityPath(of:name:)`` names if there is none (a new group, or a
+  /// directory written before identities were recorded: it adopts the group as configured now), or throws
+  /// ``QuorumStorage/StorageError/incompatible(file:reason:)`` naming the group and what differs if the file
+  /// records another identity. In the shared layout the group's number finds its records, so a group whose number
+  /// now names another group (groups removed or reordered without explicit ids) is refused; in the per-group
+  /// layout its name finds its directory, so a group whose number, engine, services or slots changed is refused.
+  public func checkIdentity(_ identity: GroupIdentity) throws {
+    try checkLayout()
+    let path = identityPath(of: identity.id, name: identity.name)
+    let directory = String(path.dropLast(GroupIdentityFile.name.count + 1))
+    try GroupIdentityFile.check(identity, in: directory, sync: fsync != .never)
+  }
 
   /// The groups whose entries keep the shared log's oldest segment, once it holds a segment before the active
   /// one, and the bytes of the segments before the active one.

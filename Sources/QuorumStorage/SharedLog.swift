@@ -100,7 +100,8 @@ public final class SharedWriteAheadLog: Sendable {
   /// The storage of `group`, whose entries are `Entry`s written in `mode`. One storage per group at a time.
   ///
   /// - Parameters:
-  ///   - group: The group's number in this log; the same number must name the same group across restarts.
+  ///   - group: The group's number in this log; the same number must name the same group across restarts (a
+  ///     `QuorumHost` member checks it against the identity it records in ``sideFileDirectory(group:)``).
   ///   - mode: How the group's overwrites are treated; recorded beside the group's snapshots the first time it
   ///     recovers, and reopening it in the other mode throws ``StorageError/incompatible(file:reason:)``.
   ///   - maxRecordBytes: The largest entry encoding or hard state accepted for the group.

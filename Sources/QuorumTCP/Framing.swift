@@ -72,8 +72,10 @@ public enum TCPFrame {
 /// Layout (version 2): magic `QRHI` (fixed32), handshake version (u8), security mode (u8: 0 none, 1
 /// HMAC-SHA-256), role (u8: 1 peer, 2 client), cluster id (string), sender node (varint; 0 for a client), the
 /// node the dialler expects to reach (varint; 0 for any), the protocol number of the frames that follow (u8),
-/// the client's principal name (string; empty for a peer or without authentication) and the dialler's nonce
-/// (bytes: 32 fresh random bytes with authentication, empty without).
+/// the client's principal name (string; empty for a peer or without authentication), the dialler's nonce
+/// (bytes: 32 fresh random bytes with authentication, empty without) and, only when the dialler is a peer with a
+/// ``TCPTransportOptions/groupTableDigest``, that digest (bytes; absent when empty, so that a client's hello is
+/// what it was before the field existed).
 ///
 /// Without authentication the listener answers with a ``TCPHandshakeReply`` that accepts or refuses, and
 /// frames follow. With authentication the exchange has four messages: this hello, the listener's reply with
@@ -127,11 +129,13 @@ public struct TCPHandshake: Sendable, Equatable, WireCodable {
   public var principal: String
   /// The dialler's nonce (``nonceByteCount`` bytes with authentication, empty without).
   public var nonce: [UInt8]
+  /// A peer's ``TCPTransportOptions/groupTableDigest`` (empty for a client, or a peer without one).
+  public var groupTableDigest: [UInt8]
 
   /// Creates a handshake for the current version.
   public init(
     cluster: ClusterID, role: Role, from: NodeID, to: NodeID, protocolNumber: UInt8, mode: Mode = .none,
-    principal: String = "", nonce: [UInt8] = []
+    principal: String = "", nonce: [UInt8] = [], groupTableDigest: [UInt8] = []
   ) {
     self.version = Self.currentVersion
     self.mode = mode
@@ -142,6 +146,7 @@ public struct TCPHandshake: Sendable, Equatable, WireCodable {
     self.protocolNumber = protocolNumber
     self.principal = principal
     self.nonce = nonce
+    self.groupTableDigest = groupTableDigest
   }
 
   public func encode(to writer: inout WireWriter) {
@@ -155,6 +160,7 @@ public struct TCPHandshake: Sendable, Equatable, WireCodable {
     writer.writeByte(protocolNumber)
     writer.writeString(principal)
     writer.writeBytes(nonce)
+    if !groupTableDigest.isEmpty { writer.writeBytes(groupTableDigest) }
   }
 
   public init(from reader: inout WireReader) throws(WireError) {
@@ -181,6 +187,7 @@ public struct TCPHandshake: Sendable, Equatable, WireCodable {
     protocolNumber = try reader.readByte()
     principal = try reader.readString()
     nonce = try reader.readBytes()
+    groupTableDigest = reader.isAtEnd ? [] : try reader.readBytes()
     try reader.expectEnd()
   }
 }

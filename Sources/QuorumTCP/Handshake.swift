@@ -2,8 +2,9 @@ import CQuorumSystem
 import QuorumCore
 
 /// The bytes both sides prove knowledge of the key over: every field of the hello, the node that answered,
-/// and both nonces, each length-delimited, behind a label naming the protocol. The cluster id is each side's
-/// own (not the one the hello claims), so sides of different clusters cannot prove anything to each other.
+/// and both nonces, each length-delimited (then a peer's group table digest, when it has one), behind a label
+/// naming the protocol. The cluster id is each side's own (not the one the hello claims), so sides of different
+/// clusters cannot prove anything to each other.
 struct HandshakeTranscript {
   let bytes: [UInt8]
 
@@ -21,6 +22,8 @@ struct HandshakeTranscript {
     writer.writeString(hello.principal)
     writer.writeBytes(hello.nonce)
     writer.writeBytes(listenerNonce)
+    // Only when present: the transcript of a hello without it (a client's) is what it was before it existed.
+    if !hello.groupTableDigest.isEmpty { writer.writeBytes(hello.groupTableDigest) }
     bytes = writer.bytes
   }
 
@@ -213,14 +216,16 @@ struct DiallerHandshake {
   /// - Parameters:
   ///   - key: the shared key (cluster secret or the client's secret), or `nil` without authentication.
   ///   - nonce: 32 fresh random bytes (ignored without authentication).
+  ///   - groupTableDigest: a peer's ``TCPTransportOptions/groupTableDigest`` (ignored for a client).
   init(
     cluster: ClusterID, role: TCPHandshake.Role, from: NodeID, to: NodeID, protocolNumber: UInt8,
-    principal: String, key: [UInt8]?, nonce: [UInt8]
+    principal: String, key: [UInt8]?, nonce: [UInt8], groupTableDigest: [UInt8] = []
   ) {
     self.key = key
     hello = TCPHandshake(
       cluster: cluster, role: role, from: from, to: to, protocolNumber: protocolNumber,
-      mode: key == nil ? .none : .hmacSHA256, principal: key == nil ? "" : principal, nonce: key == nil ? [] : nonce)
+      mode: key == nil ? .none : .hmacSHA256, principal: key == nil ? "" : principal, nonce: key == nil ? [] : nonce,
+      groupTableDigest: role == .peer ? groupTableDigest : [])
   }
 
   /// The first frame.
@@ -299,6 +304,8 @@ struct ListenerPolicy {
   var security: TCPSecurity
   /// Whether a peer claiming `node` may connect (in the address book, or unknown peers accepted).
   var admitsPeer: (NodeID) -> Bool
+  /// The group table digest a peer must present (``TCPTransportOptions/groupTableDigest``).
+  var groupTableDigest: [UInt8] = []
 }
 
 /// The listening side of the handshake, as a pure state machine.
@@ -323,7 +330,10 @@ struct ListenerHandshake {
 
   private enum State {
     case awaitingHello
-    case awaitingProof(transcript: HandshakeTranscript, key: [UInt8], identity: RemoteIdentity, doom: TCPCloseReason?)
+    /// `afterProof`: why a dialler that proves itself is refused all the same (it may be told why).
+    case awaitingProof(
+      transcript: HandshakeTranscript, key: [UInt8], identity: RemoteIdentity, doom: TCPCloseReason?,
+      afterProof: TCPCloseReason?)
     case verified(TCPSession?)
     case done
   }
@@ -345,8 +355,9 @@ struct ListenerHandshake {
   mutating func receive(_ bytes: [UInt8], _ range: Range<Int>) -> Step {
     switch state {
     case .awaitingHello: return hello(bytes, range)
-    case .awaitingProof(let transcript, let key, let identity, let doom):
-      return proof(bytes, range, transcript: transcript, key: key, identity: identity, doom: doom)
+    case .awaitingProof(let transcript, let key, let identity, let doom, let afterProof):
+      return proof(
+        bytes, range, transcript: transcript, key: key, identity: identity, doom: doom, afterProof: afterProof)
     case .verified, .done:
       state = .done
       return .refuse([], .malformedFrame("a frame during the handshake after it ended"))
@@ -357,7 +368,7 @@ struct ListenerHandshake {
   /// this node's proof does not verify for it (another secret or cluster id), and a hopeless hello's reason is
   /// known already. `nil` if the dialler was not waiting on a challenge.
   var reasonIfAbandoned: TCPCloseReason? {
-    guard case .awaitingProof(_, _, let identity, let doom) = state else { return nil }
+    guard case .awaitingProof(_, _, let identity, let doom, _) = state else { return nil }
     if let doom { return doom }
     let whose: String
     switch identity {
@@ -442,13 +453,24 @@ struct ListenerHandshake {
     return nil
   }
 
+  /// Why a peer's hello is refused once the peer is known to be who it claims: its group table differs.
+  private func groupTableRefusal(of hello: TCPHandshake) -> TCPCloseReason? {
+    guard hello.role == .peer, hello.groupTableDigest != policy.groupTableDigest else { return nil }
+    func hex(_ bytes: [UInt8]) -> String {
+      bytes.isEmpty ? "(none)" : bytes.prefix(8).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+    }
+    return .groupTableMismatch(local: hex(policy.groupTableDigest), remote: hex(hello.groupTableDigest))
+  }
+
   private mutating func insecureHello(_ hello: TCPHandshake) -> Step {
     guard hello.mode == .none else {
       return refuse(
         "this node runs without authentication",
         .authenticationFailed("the dialler offered authentication, but this node runs insecure"))
     }
-    if let reason = doom(of: hello) { return refuse(reason.publicDescription, reason) }
+    if let reason = doom(of: hello) ?? groupTableRefusal(of: hello) {
+      return refuse(reason.publicDescription, reason)
+    }
     state = .verified(nil)
     switch hello.role {
     case .peer: return .verified(.peer(hello.from))
@@ -480,14 +502,16 @@ struct ListenerHandshake {
     if doom != nil { key = decoy }
     let transcript = HandshakeTranscript(
       hello: hello, cluster: policy.cluster, listener: policy.node, listenerNonce: nonce)
-    state = .awaitingProof(transcript: transcript, key: key, identity: identity, doom: doom)
+    state = .awaitingProof(
+      transcript: transcript, key: key, identity: identity, doom: doom,
+      afterProof: doom == nil ? groupTableRefusal(of: hello) : nil)
     let challenge = reply(refusal: nil, nonce: nonce, proof: transcript.proof(by: .listener, key: key))
     return .send(TCPFrame.frame(challenge.wireBytes()))
   }
 
   private mutating func proof(
     _ bytes: [UInt8], _ range: Range<Int>, transcript: HandshakeTranscript, key: [UInt8], identity: RemoteIdentity,
-    doom: TCPCloseReason?
+    doom: TCPCloseReason?, afterProof: TCPCloseReason?
   ) -> Step {
     state = .done
     let refusal = TCPFrame.frame(TCPHandshakeVerdict(refusal: Self.authenticationFailed).wireBytes())
@@ -506,6 +530,10 @@ struct ListenerHandshake {
       case .client(let principal, _): whose = "principal '\(logSafe(principal ?? "", limit: 64))'"
       }
       return .refuse(refusal, .authenticationFailed("the proof of \(whose) did not verify: a wrong secret"))
+    }
+    if let afterProof {
+      // The dialler proved it holds the cluster secret: it may know why it is turned away.
+      return .refuse(TCPFrame.frame(TCPHandshakeVerdict(refusal: afterProof.publicDescription).wireBytes()), afterProof)
     }
     let keys = transcript.sessionKeys(key: key)
     state = .verified(

@@ -366,7 +366,8 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
       let policy = ListenerPolicy(
         cluster: environment.cluster, node: sink.id, peerProtocol: sink.protocolNumber,
         serveClients: environment.options.serveClients, security: environment.security,
-        admitsPeer: { node in environment.options.acceptUnknownPeers || environment.address(of: node) != nil })
+        admitsPeer: { node in environment.options.acceptUnknownPeers || environment.address(of: node) != nil },
+        groupTableDigest: environment.options.groupTableDigest)
       handshake = ListenerHandshake(policy: policy, random: random)
     }
     guard var handshake else { return .close(.localShutdown) }

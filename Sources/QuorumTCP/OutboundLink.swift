@@ -229,7 +229,7 @@ final class OutboundLink: ConnectionDelegate, @unchecked Sendable {
     }
     let handshake = DiallerHandshake(
       cluster: environment.cluster, role: .peer, from: from, to: to, protocolNumber: protocolNumber, principal: "",
-      key: key, nonce: nonce)
+      key: key, nonce: nonce, groupTableDigest: environment.options.groupTableDigest)
     self.handshake = handshake
     connection.handshakeDeadline = monotonicNanos() &+ attemptTimeout.nanoseconds
     connection.enqueue(handshake.helloFrame)

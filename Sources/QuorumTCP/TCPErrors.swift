@@ -46,6 +46,10 @@ public enum TCPConnectionBudget: String, Sendable, Equatable, CustomStringConver
 public enum TCPCloseReason: Error, Sendable, Equatable, CustomStringConvertible {
   /// The remote side belongs to another cluster.
   case clusterMismatch(local: ClusterID, remote: ClusterID)
+  /// The remote peer's group table differs from this node's (their ``TCPTransportOptions/groupTableDigest``s,
+  /// shown as their first bytes in hexadecimal, differ): the members run different group lists (numbers, names,
+  /// engines, services or slots), and one group's messages would reach another group with the same number.
+  case groupTableMismatch(local: String, remote: String)
   /// The remote side introduced itself as a node that is not in the address book.
   case unknownNode(NodeID)
   /// The remote side dialled `expected`, but this listener is `actual` (a stale address).
@@ -101,8 +105,8 @@ public enum TCPCloseReason: Error, Sendable, Equatable, CustomStringConvertible 
   /// Whether the close was the remote side breaking the protocol (as opposed to ordinary churn).
   public var isProtocolViolation: Bool {
     switch self {
-    case .clusterMismatch, .unknownNode, .wrongNode, .unsupportedVersion, .frameTooLarge, .truncatedFrame,
-      .malformedFrame, .badHandshake, .authenticationFailed, .frameAuthenticationFailed:
+    case .clusterMismatch, .groupTableMismatch, .unknownNode, .wrongNode, .unsupportedVersion, .frameTooLarge,
+      .truncatedFrame, .malformedFrame, .badHandshake, .authenticationFailed, .frameAuthenticationFailed:
       return true
     case .rejected, .peerClosed, .ioError, .connectTimeout, .tooManyConnections, .localShutdown, .clientsNotServed,
       .unresolvable, .linkStalled, .replaced, .evicted, .connectionBudget, .idleTimeout, .slowReader:
@@ -132,6 +136,7 @@ public enum TCPCloseReason: Error, Sendable, Equatable, CustomStringConvertible 
   public var name: String {
     switch self {
     case .clusterMismatch: return "cluster-mismatch"
+    case .groupTableMismatch: return "group-table-mismatch"
     case .unknownNode: return "unknown-node"
     case .wrongNode: return "wrong-node"
     case .unsupportedVersion: return "unsupported-version"
@@ -162,6 +167,9 @@ public enum TCPCloseReason: Error, Sendable, Equatable, CustomStringConvertible 
   public var publicDescription: String {
     switch self {
     case .clusterMismatch: return "cluster id mismatch"
+    case .groupTableMismatch:
+      return "the group lists differ: every member must run the same groups (numbers, names, engines, services, "
+        + "slots)"
     case .authenticationFailed, .frameAuthenticationFailed: return "authentication failed"
     default: return description
     }
@@ -171,6 +179,10 @@ public enum TCPCloseReason: Error, Sendable, Equatable, CustomStringConvertible 
     switch self {
     case .clusterMismatch(let local, let remote):
       return "cluster id mismatch: this node is in '\(local)', the remote side claims '\(logSafe(remote.rawValue))'"
+    case .groupTableMismatch(let local, let remote):
+      return "the group lists differ (group table digest \(local) here, \(logSafe(remote, limit: 64)) on the peer): "
+        + "every member must run the same groups (numbers, names, engines, services, slots); stop every member to "
+        + "change them"
     case .unknownNode(let node): return "unknown node \(node) (not in the address book)"
     case .wrongNode(let expected, let actual): return "dialled \(expected) but reached \(actual)"
     case .unsupportedVersion(let version): return "unsupported format version \(version)"

@@ -182,6 +182,17 @@ public struct TCPTransportOptions: Sendable, Equatable {
   /// member server; the transport itself does not use it.
   public var groupsOnNetworkThread = true
 
+  /// What every peer must present identically in its handshake, beyond the cluster id. A cluster member served
+  /// by the `Quorum` module puts its cluster map's group table digest here (`ClusterMap.groupTableDigest`:
+  /// every group's number, name, engine, services and slots), so that members whose group lists differ refuse
+  /// each other (``TCPCloseReason/groupTableMismatch(local:remote:)``) rather than deliver one group's messages
+  /// to another group that has the same number on the other member. Empty (the default): this node presents
+  /// nothing, and admits only peers that present nothing. At most ``maxGroupTableDigestBytes`` bytes.
+  public var groupTableDigest: [UInt8] = []
+
+  /// The longest ``groupTableDigest``.
+  public static let maxGroupTableDigestBytes = 64
+
   /// Creates options; the defaults suit a LAN cluster.
   public init(
     listenHost: String = "127.0.0.1", maxFrameBytes: Int = 16 << 20, maxQueuedFramesPerPeer: Int = 65_536,
@@ -241,13 +252,19 @@ public struct TCPTransportOptions: Sendable, Equatable {
   /// counts the frame's code too (``TCPFrame/tagBytes``), so a larger body's sealed length would wrap.
   public static let maxFrameBytesLimit = Int(UInt32.max) - TCPFrame.tagBytes
 
-  /// Checks ``maxFrameBytes`` against ``maxFrameBytesLimit`` (options are values, and the field can be set after
-  /// the initializer checked it). The other fields set later are not checked here.
+  /// Checks ``maxFrameBytes`` against ``maxFrameBytesLimit`` and the length of ``groupTableDigest`` (options are
+  /// values, and the fields can be set after the initializer checked them). The other fields set later are not
+  /// checked here.
   /// - Throws: ``QuorumCore/ConfigurationError`` naming the first unusable setting.
   public func validate() throws(ConfigurationError) {
     guard (64...Self.maxFrameBytesLimit).contains(maxFrameBytes) else {
       throw ConfigurationError(
         setting: "maxFrameBytes", reason: "must be 64 ... \(Self.maxFrameBytesLimit) (got \(maxFrameBytes))")
+    }
+    guard groupTableDigest.count <= Self.maxGroupTableDigestBytes else {
+      throw ConfigurationError(
+        setting: "groupTableDigest",
+        reason: "at most \(Self.maxGroupTableDigestBytes) bytes (got \(groupTableDigest.count))")
     }
   }
 
