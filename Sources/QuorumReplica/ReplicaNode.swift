@@ -563,10 +563,14 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
 
   @inlinable func track(_ requestID: UInt64, ticket: Engine.Ticket, waiter: Waiter, now: UInt64) {
     if let old = proposals.removeValue(forKey: ticket.index) {
-      // A new proposal landed where an older, still-waiting one was (a deposed leader's entry, discarded
-      // before it was applied here): the older one is definitely not at that position any more.
+      // A new proposal landed where an older, still-waiting one was: this node's log lost the older entry (a
+      // later leader's truncated it) and this node leads again. The older entry is no longer in this log, but
+      // a node that still holds it may yet win an election and commit it (Raft: the leader of term 1 appends X
+      // at 10 and replicates it to one follower only; the leader of term 2 truncates it here; this node wins
+      // term 3 and appends at 10; that follower wins term 4 and commits X). So not `dropped`, which promises
+      // that it was not committed: a caller without a session would apply it twice by retrying.
       proposalIndexByID[old.id] = nil
-      old.waiter.fail(ConsensusError.dropped)
+      old.waiter.fail(ConsensusError.outcomeUnknown)
     }
     proposals[ticket.index] = Pending(
       id: requestID, ticket: ticket, waiter: waiter, deadline: now &+ configuration.requestTimeout.nanoseconds)

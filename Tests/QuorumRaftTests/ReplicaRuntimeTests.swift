@@ -1,0 +1,31 @@
+import QuorumCore
+import QuorumRaft
+import QuorumReplica
+import Synchronization
+import Testing
+
+/// The replica runtime (`ReplicaNode`) on a scripted engine: paths a real engine reaches only in rare schedules.
+@Suite("Replica runtime on a scripted engine", .timeLimit(.minutes(2)))
+struct ReplicaRuntimeTests {
+  @Test("a waiting proposal displaced at its index by a newer one ends outcomeUnknown, never dropped")
+  func displacedProposalIsOfUnknownOutcome() async throws {
+    // Raft: a leader's entry, replicated to one follower, is truncated by the next leader; the first leader wins
+    // again and appends a new proposal at that index. The follower holding the old entry may still win later and
+    // commit it, so the old proposal's caller may not be told it was certainly not committed.
+    let node = try scriptedNode(EngineScript(sameIndex: true))
+    try await whileRunning(node) {
+      let first = Task { try await node.propose(1) }
+      try await eventually("the first proposal to wait") { await node.currentStatus?.pendingRequests == 1 }
+      let second = Task { try await node.propose(2) }
+      switch await first.result {
+      case .failure(let error as ConsensusError):
+        #expect(error == .outcomeUnknown)
+      case let other:
+        Issue.record("expected outcomeUnknown, got \(other)")
+      }
+      try await eventually("the second proposal to wait") { await node.currentStatus?.pendingRequests == 1 }
+      second.cancel()
+      _ = await second.result
+    }
+  }
+}
