@@ -844,10 +844,10 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
         }
       }
       observer?.node(id, group: group, applied: entry)
-      if let onNotifications {
-        let notifications = machine.takeNotifications()
-        if !notifications.isEmpty { onNotifications(entry.index, notifications) }
-      }
+      // Taken even with nobody to tell: left in the machine, they would pile up for ever (and be copied into
+      // every snapshot's copy of the machine).
+      let notifications = machine.takeNotifications()
+      if let onNotifications, !notifications.isEmpty { onNotifications(entry.index, notifications) }
       guard let pending = proposals.removeValue(forKey: entry.index) else { continue }
       proposalIndexByID[pending.id] = nil
       switch engine?.match(pending.ticket, committedAs: entry) {

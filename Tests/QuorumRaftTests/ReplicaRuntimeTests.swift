@@ -28,4 +28,31 @@ struct ReplicaRuntimeTests {
       _ = await second.result
     }
   }
+
+  @Test("a node without a notification callback does not keep its machine's notifications")
+  func notificationsWithoutCallbackAreDropped() async throws {
+    let node = try scriptedNode(EngineScript(commitOnPropose: true))
+    try await whileRunning(node) {
+      for command in UInt64(1)...5 {
+        let response = try await node.propose(command)
+        #expect(response == command)
+      }
+      #expect(await node.localQuery(.untold) == 0, "every notification is taken, and dropped, as it is made")
+    }
+  }
+
+  @Test("a node with a notification callback hands it every notification")
+  func notificationsReachTheCallback() async throws {
+    let told = Mutex<[UInt64]>([])
+    let node = try scriptedNode(
+      EngineScript(commitOnPropose: true),
+      onNotifications: { _, n in
+        told.withLock { $0 += n }
+      })
+    try await whileRunning(node) {
+      for command in UInt64(1)...3 { _ = try await node.propose(command) }
+      #expect(await node.localQuery(.untold) == 0)
+    }
+    #expect(told.withLock { $0 } == [1, 2, 3])
+  }
 }
