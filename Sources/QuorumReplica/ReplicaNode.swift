@@ -187,6 +187,8 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   @usableFromInline let nextRequestID = Atomic<UInt64>(0)
   @usableFromInline let completion = OnceSignal()
   @usableFromInline let started = Atomic<Bool>(false)
+  /// Set by ``stop()`` when its stop input did not fit in the full inputs: the loop ends at its next turn.
+  @usableFromInline let stopRequested = Atomic<Bool>(false)
   @usableFromInline let seed: UInt64
 
   /// The protocol engine; `nil` until recovery. Mutated in place only: copying it would copy the log.
@@ -306,6 +308,10 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     do {
       try inputs.trySend(.stop)
     } catch {
+      // The inputs are full (or closed): the loop stops at its next turn, not once it has handled (proposed)
+      // everything buffered, which a steady flow of peer messages could put off indefinitely. What is buffered
+      // then fails with `stopped`.
+      stopRequested.store(true, ordering: .releasing)
       inputs.close()
     }
   }
@@ -409,7 +415,7 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     var messages: [Envelope<Engine.Message>] = []
     batch.reserveCapacity(4096)
     messages.reserveCapacity(4096)
-    while !stopped, !Task.isCancelled {
+    while !stopped, !Task.isCancelled, !stopRequested.load(ordering: .acquiring) {
       let period = tickSignal.period
       let ticked = tickSignal.take()
       let taken =

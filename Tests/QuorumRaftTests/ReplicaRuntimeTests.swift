@@ -55,4 +55,31 @@ struct ReplicaRuntimeTests {
     }
     #expect(told.withLock { $0 } == [1, 2, 3])
   }
+
+  @Test("stop with a full input mailbox stops at the next turn: a request still queued ends stopped, unproposed")
+  func stopWithFullMailbox() async throws {
+    let storage = GatedStorage()
+    storage.closeGate()
+    let node = try scriptedNode(EngineScript(commitOnPropose: true), storage: storage) { $0.inputCapacity = 1 }
+    let running = Task { try await node.run() }
+    let first = Task { try await node.propose(1) }
+    // The loop is held in the write of the first proposal's entry, its inputs empty.
+    try await eventually("the first write to wait") { storage.waitingWrites == 1 }
+    let (queued, answer) = AsyncStream.makeStream(of: Result<UInt64, any Error>.self)
+    node.propose(2, request: nil, acknowledgedThrough: 0, principal: nil) {
+      (result: Result<ScriptedNode.IndexedResponse, any Error>) in _ = answer.yield(result.map { $0.value })
+    }
+    node.stop()  // the inputs are full: the stop does not fit
+    storage.openGate()
+    try await running.value
+    #expect(try await first.value == 1, "the write in progress was finished and applied")
+    var answers = queued.makeAsyncIterator()
+    switch await answers.next() {
+    case .failure(let error as ConsensusError)?:
+      #expect(error == .stopped)
+    case let other:
+      Issue.record("expected the queued proposal to end stopped, got \(String(describing: other))")
+    }
+    #expect(try await storage.inner.recover().entries.count == 1, "nothing queued after the stop was proposed")
+  }
 }
