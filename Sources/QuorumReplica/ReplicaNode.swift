@@ -456,7 +456,7 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// ticks), no time-only entry in flight, and, on a leader, no expiry of the state machine due (a leader writes
   /// it when its log clock passes it). At most a thousand.
   @inlinable func quietTicks() -> UInt64 {
-    guard pendingCount == 0, transfers.isEmpty, timeAdvanceIndex == nil,
+    guard pendingCount == 0, timeAdvanceIndex == nil,
       let (leading, quiet) = engine?.inspect({ ($0.isLeader, $0.quietTicks) })
     else { return 0 }
     if leading && machine.nextDeadlineMillis != nil { return 0 }
@@ -465,7 +465,7 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
 
   // MARK: - Inputs
 
-  @inlinable var pendingCount: Int { proposals.count + reads.count + waitingReads.count }
+  @inlinable var pendingCount: Int { proposals.count + reads.count + waitingReads.count + transfers.count }
 
   /// Applies `count` ticks. All but the last are quiet ones the node slept through (they change no role), so
   /// the log clock and a leader's time-only entry are looked at once, after them.
@@ -550,6 +550,10 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
         continuation.resume(throwing: error)
       }
     case .transfer(let requestID, let target, let continuation):
+      guard pendingCount < configuration.maxPendingRequests else {
+        continuation.resume(throwing: ConsensusError.overloaded(limit: configuration.maxPendingRequests))
+        return
+      }
       do {
         switch try engine?.transferLeadership(to: target) {
         case nil:
@@ -663,7 +667,7 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// Fails every request past its deadline. Keys are visited in order, so the order in which waiting tasks
   /// resume (and a simulation's schedule) does not depend on hashing.
   @inlinable func expireRequests(now: UInt64) {
-    guard pendingCount > 0 || !transfers.isEmpty else { return }
+    guard pendingCount > 0 else { return }
     for index in proposals.keys.sorted() {
       guard let pending = proposals[index], pending.deadline <= now else { continue }
       proposals[index] = nil

@@ -82,4 +82,38 @@ struct ReplicaRuntimeTests {
     }
     #expect(try await storage.inner.recover().entries.count == 1, "nothing queued after the stop was proposed")
   }
+
+  @Test("leadership-transfer waiters count as pending requests and are refused beyond the limit")
+  func transferWaitersAreBounded() async throws {
+    let script = EngineScript()
+    let node = try scriptedNode(script) {
+      $0.maxPendingRequests = 2
+      // The transfers wait twice the election timeout: longer than the test.
+      $0.electionTimeout = Duration.seconds(300)...Duration.seconds(600)
+    }
+    let refused = try await whileRunning(node) {
+      let waiting = (0..<2).map { _ in Task { try await node.transferLeadership(to: 2) } }
+      try await eventually("two transfers to wait") { script.transferCalls.load(ordering: .relaxed) == 2 }
+      #expect(await node.currentStatus?.pendingRequests == 2)
+      let done = Counter()
+      let third = Task {
+        defer { done.increment() }
+        try await node.transferLeadership(to: 2)
+      }
+      try await eventually("the third transfer to be answered or started") {
+        done.value == 1 || script.transferCalls.load(ordering: .relaxed) > 2
+      }
+      third.cancel()  // a no-op once it was refused
+      for task in waiting { task.cancel() }
+      for task in waiting { _ = await task.result }
+      return await third.result
+    }
+    switch refused {
+    case .failure(let error as ConsensusError):
+      #expect(error == .overloaded(limit: 2))
+    case let other:
+      Issue.record("expected overloaded, got \(other)")
+    }
+    #expect(script.transferCalls.load(ordering: .relaxed) == 2, "the refused transfer never reached the engine")
+  }
 }
