@@ -174,6 +174,8 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
 
   @usableFromInline let broadcast = EventBroadcast<Engine.Event>()
   @usableFromInline let inputs: Mailbox<Input>
+  /// Requests their callers cancelled, for the loop to end at its next turn (see ``cancel(_:)``).
+  @usableFromInline let cancellations: CancelledRequests
   @usableFromInline let doorbell = Doorbell()
   @usableFromInline let tickSignal: TickSignal
   @usableFromInline let endpoint: any TransportEndpoint<Engine.Message>
@@ -264,6 +266,8 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     self.sharedTicker = ticker
     self.onNotifications = onNotifications
     self.inputs = Mailbox(capacity: max(1, configuration.inputCapacity))
+    self.cancellations = CancelledRequests(
+      limit: max(1, configuration.inputCapacity) + configuration.maxPendingRequests)
     self.tickSignal = TickSignal(ringing: doorbell)
     let entropy = runtime.clock.wallClockMillis() ^ runtime.clock.monotonicNanos()
     self.seed = seed ?? (id.rawValue &* 0x9E37_79B9_7F4A_7C15 ^ group.rawValue &* 0xBF58_476D_1CE4_E5B9 ^ entropy)
@@ -418,10 +422,12 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     while !stopped, !Task.isCancelled, !stopRequested.load(ordering: .acquiring) {
       let period = tickSignal.period
       let ticked = tickSignal.take()
+      // Before the inputs: a cancel recorded after its request was queued finds it in this batch or earlier.
+      let cancelled = cancellations.take()
       let taken =
         endpoint.incoming.drainAvailable(into: &messages, limit: 4096)
         + inputs.drainAvailable(into: &batch, limit: 4096)
-      if taken == 0 && !ticked {
+      if taken == 0 && !ticked && cancelled.isEmpty {
         if inputs.isClosed { break }
         await doorbell.wait()
         continue
@@ -441,6 +447,7 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       // A vote just won: the proposals below are stamped in the new term.
       if !messages.isEmpty && !batch.isEmpty { syncLogClock(now: now) }
       for input in batch { handle(input, now: now) }
+      for requestID in cancelled { cancelRequest(requestID) }
       messages.removeAll(keepingCapacity: true)
       batch.removeAll(keepingCapacity: true)
       try await recordStoredSnapshot()
@@ -1017,11 +1024,22 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     return try await withTaskCancellationHandler {
       try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<T, any Error>) in
         // A cancellation that came before the request was queued sent its cancel ahead of it: send another.
-        if enqueue(requestID, Completion(continuation), make), Task.isCancelled {
-          try? inputs.trySend(.cancel(requestID))
-        }
+        if enqueue(requestID, Completion(continuation), make), Task.isCancelled { cancel(requestID) }
       }
     } onCancel: {
+      cancel(requestID)
+    }
+  }
+
+  /// Tells the loop that the caller of request `requestID` cancelled it. Not through the inputs, which refuse
+  /// it when full and would leave the request waiting out its whole timeout: through ``cancellations``, which
+  /// the loop empties every turn, and the inputs only if an improbable `inputCapacity + maxPendingRequests`
+  /// cancels are waiting already (a caller records one only while its request is in flight: queued, waiting
+  /// here, or just answered).
+  @inlinable nonisolated func cancel(_ requestID: UInt64) {
+    if cancellations.record(requestID) {
+      doorbell.ring()
+    } else {
       try? inputs.trySend(.cancel(requestID))
     }
   }
@@ -1303,6 +1321,40 @@ extension Completion where T == Void {
     -> Bool
   {
     applied > lastSnapshot && lastSnapshotBytes <= budgetBytes
+  }
+}
+
+/// The requests whose callers cancelled them, recorded from any thread and taken by the node's loop each turn.
+/// Bounded by `limit` ids.
+@usableFromInline final class CancelledRequests: Sendable {
+  @usableFromInline let ids = Mutex<[UInt64]>([])
+  /// Whether ``ids`` may hold any: the loop reads it every turn, and takes the lock only when it is set.
+  @usableFromInline let recorded = Atomic<Bool>(false)
+  @usableFromInline let limit: Int
+
+  @inlinable init(limit: Int) { self.limit = limit }
+
+  /// Records that request `id` was cancelled; `false` (and nothing recorded) when `limit` ids are waiting.
+  @inlinable func record(_ id: UInt64) -> Bool {
+    let added = ids.withLock { ids in
+      guard ids.count < limit else { return false }
+      ids.append(id)
+      return true
+    }
+    // After the append: the loop that sees the flag finds the id.
+    if added { recorded.store(true, ordering: .releasing) }
+    return added
+  }
+
+  /// Takes every recorded id (none, without the lock, when nothing was recorded since the last take).
+  @inlinable func take() -> [UInt64] {
+    guard recorded.load(ordering: .acquiring) else { return [] }
+    // Cleared before the ids are taken: an id recorded meanwhile is taken now, or sets the flag again.
+    recorded.store(false, ordering: .relaxed)
+    return ids.withLock { ids in
+      defer { ids = [] }
+      return ids
+    }
   }
 }
 

@@ -116,4 +116,33 @@ struct ReplicaRuntimeTests {
     }
     #expect(script.transferCalls.load(ordering: .relaxed) == 2, "the refused transfer never reached the engine")
   }
+
+  @Test("a request cancelled while the node's inputs are full ends at once, not at its timeout")
+  func cancelWithFullMailbox() async throws {
+    let storage = GatedStorage()
+    storage.closeGate()
+    let node = try scriptedNode(EngineScript(), storage: storage) {
+      $0.inputCapacity = 1
+      $0.requestTimeout = .seconds(60)
+    }
+    try await whileRunning(node) {
+      let waiting = Task { try await node.propose(1) }
+      // The loop is held in the write of the proposal's entry (which never commits), its inputs empty.
+      try await eventually("the write to wait") { storage.waitingWrites == 1 }
+      let (queued, answer) = AsyncStream.makeStream(of: Result<UInt64, any Error>.self)
+      node.propose(2, request: nil, acknowledgedThrough: 0, principal: nil) {
+        (result: Result<ScriptedNode.IndexedResponse, any Error>) in _ = answer.yield(result.map { $0.value })
+      }
+      waiting.cancel()  // the inputs are full: a cancel queued there would be refused
+      storage.openGate()
+      switch await waiting.result {
+      case .failure(let error):
+        // Not timeout, which a cancel lost to the full inputs would end it with, 60 s later.
+        #expect(error is CancellationError, "\(error)")
+      case .success:
+        Issue.record("a proposal that never commits succeeded")
+      }
+      _ = queued
+    }
+  }
 }
