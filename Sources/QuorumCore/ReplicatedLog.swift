@@ -24,9 +24,14 @@ public enum ReadConsistency: String, Sendable, Hashable, CaseIterable, CustomStr
 public struct ApplyContext: Sendable, Hashable {
   /// The log position (Raft index or Paxos slot).
   public var index: UInt64
-  /// The leader's wall-clock time in milliseconds since 1970 when it proposed the command. Replicas use
-  /// it (never their own clocks) for anything time-based, such as lock TTLs and session expiry, so apply
-  /// stays deterministic.
+  /// The log time at this position, in milliseconds. Replicas use it (never their own clocks) for anything
+  /// time-based, such as lock TTLs and session expiry, so apply stays deterministic.
+  ///
+  /// Log time measures elapsed time, not a date. In a consensus group it is the largest leader's stamp
+  /// (``ReplicatedCommand/timestampMillis``) applied so far: it starts at 0 with the group, and each leader
+  /// stamps from the log time it had applied when it took over, advanced by its monotonic clock, so no
+  /// wall-clock step moves it and a change of leader only slows it (by at most the time the change took). A log
+  /// that is not replicated may define its own (the local transaction record store uses the node's wall clock).
   public var timestampMillis: UInt64
   /// The authenticated principal whose request the entry carries, or `nil` (a client in the same process, a
   /// node without authentication, or an entry the host or the engine wrote itself). It is in the log entry, so

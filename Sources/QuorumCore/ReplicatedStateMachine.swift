@@ -14,8 +14,10 @@ public struct ReplicatedCommand<Command: WireCodable & Sendable>: Sendable, Wire
     case advanceTime
   }
 
-  /// The leader's wall clock in milliseconds when it proposed the command; replicas use it for every
-  /// time-based decision so that applying stays deterministic.
+  /// The leader's log time in milliseconds when it proposed the command — not a wall-clock date: the log time
+  /// the leader had applied when it took over (0 in a new group), advanced by its monotonic clock since. Replicas
+  /// apply the largest stamp seen so far as the group's log time (``ApplyContext/timestampMillis``) and use it
+  /// for every time-based decision, so that applying stays deterministic.
   public var timestampMillis: UInt64
   /// The client's session and sequence number, for exactly-once execution.
   public var request: RequestID?
