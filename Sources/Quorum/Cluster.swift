@@ -278,9 +278,9 @@ public struct Cluster: Sendable {
     }
     var options = tcp
     options.serveClients = true
-    // Members whose group tables differ refuse each other at the handshake: a peer message names its group by
-    // number alone.
-    options.groupTableDigest = map.groupTableDigest
+    // Members whose group tables or session policies differ refuse each other at the handshake: a peer message
+    // names its group by number alone, and replicas must apply its log alike.
+    options.groupTableDigest = map.replicationDigest(raftSessions: raft.sessions, paxosSessions: paxos.sessions)
     if options.liveness == .default && options.reconnect.maxBackoff == ReconnectPolicy().maxBackoff {
       // Links ping every heartbeat and redial at most a heartbeat after a failure: a member rejoins about one
       // heartbeat plus one connect after a partition heals.

@@ -190,4 +190,25 @@ extension ClusterMap {
     for group in sorted { GroupIdentity(group, in: self).encode(to: &writer) }
     return Array(SHA256.hash(writer.bytes))
   }
+
+  /// ``groupTableDigest``, also covering the settings every replica of a group must share to apply its log
+  /// alike: the exactly-once session policy of each engine (``QuorumCore/SessionPolicy``), on which session
+  /// expiry, refused registrations and forgotten answers depend. Members whose digests differ refuse each other,
+  /// so a rolling restart into another session policy cuts the restarted member off instead of letting replicas
+  /// apply the same entries differently.
+  public func replicationDigest(raftSessions: SessionPolicy, paxosSessions: SessionPolicy) -> [UInt8] {
+    var writer = WireWriter(reservingCapacity: 128)
+    writer.writeString("quorum replication v1")
+    writer.writeBytes(groupTableDigest)
+    for policy in [raftSessions, paxosSessions] {
+      writer.writeVarint(policy.timeoutMillis)
+      for limit in [
+        policy.maxSessions, policy.maxResponsesPerSession, policy.maxSessionsPerPrincipal,
+        policy.maxResponseBytesPerSession,
+      ] {
+        writer.writeVarint(UInt64(clamping: limit))
+      }
+    }
+    return Array(SHA256.hash(writer.bytes))
+  }
 }

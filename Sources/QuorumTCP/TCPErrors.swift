@@ -169,7 +169,7 @@ public enum TCPCloseReason: Error, Sendable, Equatable, CustomStringConvertible 
     case .clusterMismatch: return "cluster id mismatch"
     case .groupTableMismatch:
       return "the group lists differ: every member must run the same groups (numbers, names, engines, services, "
-        + "slots)"
+        + "slots) and session policies"
     case .authenticationFailed, .frameAuthenticationFailed: return "authentication failed"
     default: return description
     }
@@ -181,8 +181,8 @@ public enum TCPCloseReason: Error, Sendable, Equatable, CustomStringConvertible 
       return "cluster id mismatch: this node is in '\(local)', the remote side claims '\(logSafe(remote.rawValue))'"
     case .groupTableMismatch(let local, let remote):
       return "the group lists differ (group table digest \(local) here, \(logSafe(remote, limit: 64)) on the peer): "
-        + "every member must run the same groups (numbers, names, engines, services, slots); stop every member to "
-        + "change them"
+        + "every member must run the same groups (numbers, names, engines, services, slots) and session policies; "
+        + "stop every member to change them"
     case .unknownNode(let node): return "unknown node \(node) (not in the address book)"
     case .wrongNode(let expected, let actual): return "dialled \(expected) but reached \(actual)"
     case .unsupportedVersion(let version): return "unsupported format version \(version)"

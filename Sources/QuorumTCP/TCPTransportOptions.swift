@@ -183,9 +183,9 @@ public struct TCPTransportOptions: Sendable, Equatable {
   public var groupsOnNetworkThread = true
 
   /// What every peer must present identically in its handshake, beyond the cluster id. A cluster member served
-  /// by the `Quorum` module puts its cluster map's group table digest here (`ClusterMap.groupTableDigest`:
-  /// every group's number, name, engine, services and slots), so that members whose group lists differ refuse
-  /// each other (``TCPCloseReason/groupTableMismatch(local:remote:)``) rather than deliver one group's messages
+  /// by the `Quorum` module puts a digest of its cluster map's group table and session policies here
+  /// (`ClusterMap.replicationDigest`: every group's number, name, engine, services and slots, and each engine's
+  /// session policy), so that members whose group lists or session policies differ refuse each other (``TCPCloseReason/groupTableMismatch(local:remote:)``) rather than deliver one group's messages
   /// to another group that has the same number on the other member. Empty (the default): this node presents
   /// nothing, and admits only peers that present nothing. At most ``maxGroupTableDigestBytes`` bytes.
   public var groupTableDigest: [UInt8] = []

@@ -241,7 +241,7 @@ struct GroupIdentityTests {
   }
 
   /// A two-member TCP cluster whose members run `groups` (members listen on port 0).
-  private static func tcpCluster(withAudit: Bool) throws -> Cluster {
+  private static func tcpCluster(withAudit: Bool, sessionTimeout: Duration = .seconds(300)) throws -> Cluster {
     try Cluster(id: "tables") {
       Member("n1", at: "127.0.0.1:0")
       Member("n2", at: "127.0.0.1:0")
@@ -251,6 +251,7 @@ struct GroupIdentityTests {
         TickInterval(.milliseconds(5))
         ElectionTimeout(Duration.milliseconds(300)...Duration.milliseconds(600))
         HeartbeatInterval(.milliseconds(30))
+        Sessions(timeout: sessionTimeout)
       }
       Group("accounts") { KeyValue() }
       if withAudit { Group("audit") { Locks() } }
@@ -284,6 +285,18 @@ struct GroupIdentityTests {
       await n2.shutdown()
       try await group.waitForAll()
       try outcome.get()
+    }
+  }
+
+  @Test("TCP members whose session policies differ refuse each other: their replicas would apply a log unalike")
+  func tcpMembersWithDifferentSessionPoliciesRefuseEachOther() async throws {
+    try await Self.withMembers(
+      try Self.tcpCluster(withAudit: false), try Self.tcpCluster(withAudit: false, sessionTimeout: .seconds(60))
+    ) { n1, n2 in
+      try await pollUntil("both members to refuse the other's session policy", within: .seconds(60)) {
+        n1.transport.metrics.closes("group-table-mismatch") >= 1
+          && n2.transport.metrics.closes("group-table-mismatch") >= 1
+      }
     }
   }
 
