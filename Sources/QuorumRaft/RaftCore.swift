@@ -266,6 +266,8 @@ public struct RaftCore: Sendable {
   public private(set) var membership: Membership
   /// The index of the entry (or snapshot) that set ``membership``; 0 if it was given at creation.
   public private(set) var membershipIndex: LogIndex = 0
+  /// Whether this node was a voter of the membership before ``membershipIndex``'s (set by `adopt`).
+  private var votedBeforeMembership = false
   private let initialMembership: Membership
 
   var log: RaftLog
@@ -434,8 +436,12 @@ public struct RaftCore: Sendable {
   public var hardState: HardState { HardState(term: term, vote: vote, commit: log.committed) }
   /// The volatile state.
   public var softState: SoftState { SoftState(role: role, leader: leader, term: term) }
-  /// Whether this node may campaign (a voter of the current membership).
-  public var isPromotable: Bool { membership.isVoter(id) }
+  /// Whether this node may campaign: a voter of its latest membership, or, while that membership is not known
+  /// to be committed, a voter of the one before it (thesis §4.2.2: a server the uncommitted configuration leaves
+  /// out may be needed to elect a leader until it commits; its own vote then does not count).
+  public var isPromotable: Bool {
+    membership.isVoter(id) || (votedBeforeMembership && membershipIndex > log.committed)
+  }
   /// Whether this node is a learner.
   public var isLearner: Bool { membership.learners.contains(id) || membership.learnersNext.contains(id) }
   /// The entry at `index`, if held in memory.
@@ -622,12 +628,12 @@ public struct RaftCore: Sendable {
     return active == 1
   }
 
-  /// Starts an election now (as if the election timeout had elapsed), if this node is a voter and not within
-  /// its vote-refusal window by the monotonic clock (see ``RaftCoreOptions/tickNanos``). Returns whether it
-  /// started one.
+  /// Starts an election now (as if the election timeout had elapsed), if this node is not the leader, may
+  /// campaign (``isPromotable``) and is not within its vote-refusal window by the monotonic clock (see
+  /// ``RaftCoreOptions/tickNanos``). Returns whether it started one.
   @discardableResult
   public mutating func campaign() -> Bool {
-    guard isPromotable, !inClockLeaseWindow else { return false }
+    guard role != .leader, isPromotable, !inClockLeaseWindow else { return false }
     startElection(options.preVote ? .preVote : .election)
     return true
   }
@@ -1024,6 +1030,8 @@ public struct RaftCore: Sendable {
   private mutating func adopt(_ next: Membership, at index: LogIndex) {
     membership = next
     membershipIndex = index
+    // A membership from a snapshot or the bootstrap is committed: the one before it no longer matters.
+    votedBeforeMembership = index > log.offset && (self.membership(at: index - 1)?.isVoter(id) ?? false)
     guard role == .leader else { return }
     for peer in membership.allMembers where peer != id {
       if progress[peer] == nil {
@@ -1129,7 +1137,9 @@ public struct RaftCore: Sendable {
       }
       if m.reject {
         // The follower refused the snapshot as too large: sending it again would loop forever, one chunk per
-        // round. Stop until something changes (see RaftSnapshotRefusal), and say so once.
+        // round. Stop until something changes (see RaftSnapshotRefusal), and say so once. The probe starts after
+        // what the follower holds, not after the snapshot it refused.
+        pr.pendingSnapshot = 0
         pr.becomeProbe()
         let bytes = log.snapshot?.data.count ?? 0
         let reason =

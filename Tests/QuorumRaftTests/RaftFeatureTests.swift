@@ -488,3 +488,61 @@ struct RaftWireTests {
     }
   }
 }
+
+@Suite("Raft: a voter the uncommitted configuration leaves out still campaigns")
+struct RaftOutgoingVoterTests {
+  /// Drops `from`'s appends to `targets` that carry a membership entry leaving a joint configuration.
+  static func dropLeaving(from: NodeID, to targets: Set<NodeID>) -> (NodeID, NodeID, RaftMessage) -> Bool {
+    { source, target, message in
+      guard source == from, targets.contains(target), case .appendEntries(let append) = message else { return false }
+      return append.entries.contains { entry in
+        entry.kind == .membership && (try? Membership(wireBytes: entry.data))?.isJoint == false
+      }
+    }
+  }
+
+  /// The leaders among the nodes that are up (a node taken down keeps the role it had).
+  func live(_ c: TestCluster) -> [NodeID] { c.leaders.filter { !c.down.contains($0) } }
+
+  @Test("a voter demoted to learner, alone in holding the new configuration, is elected and hands over")
+  func demotedVoterElected() throws {
+    var c = TestCluster(4, options: .defaults)
+    c.campaign(1)
+    c.dropFilter = Self.dropLeaving(from: 1, to: [2, 3])
+    _ = try c.nodes[1]!.proposeMembership(.change([.addLearner(4)]))
+    c.stabilize()
+    #expect(!c[4].membership.isJoint && c[4].membership.learners == [4], "\(c[4].membership)")
+    #expect(c[2].membership.isJoint && c[3].membership.isJoint)
+    // The old leader is lost. 2 and 3 need 4's vote (old majority of 1-4), and 4's log is ahead of theirs.
+    c.down.insert(1)
+    c.dropFilter = nil
+    c.tickAll(500)
+    #expect(!live(c).isEmpty, "no leader: \(c[2].membership), \(c[4].membership)")
+    #expect(live(c).allSatisfy { $0 == 2 || $0 == 3 }, "the learner hands over once the configuration commits")
+  }
+
+  @Test("a removed leader that alone with one follower holds the new configuration lets the others elect")
+  func removedLeaderRestarted() throws {
+    var c = TestCluster(4, options: .defaults)
+    c.campaign(1)
+    c.dropFilter = Self.dropLeaving(from: 1, to: [3, 4])
+    _ = try c.nodes[1]!.proposeMembership(.change([.remove(1)]))
+    c.stabilize()
+    #expect(!c[2].membership.isJoint && c[3].membership.isJoint && c[4].membership.isJoint)
+    // 1 restarts as a follower, 2 is lost: 3 and 4 need 1's vote for the old majority, and 1 is ahead of them.
+    c.restart(1)
+    c.down.insert(2)
+    c.dropFilter = nil
+    c.tickAll(500)
+    #expect(!live(c).isEmpty, "no leader: \(c[1].membership), \(c[3].membership)")
+  }
+
+  @Test("campaign() on a leader does nothing")
+  func campaignOnLeader() {
+    var c = TestCluster(3, options: .defaults)
+    c.campaign(1)
+    let term = c[1].term
+    #expect(c.nodes[1]!.campaign() == false)
+    #expect(c[1].role == .leader && c[1].term == term)
+  }
+}
