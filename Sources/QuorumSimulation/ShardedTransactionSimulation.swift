@@ -345,6 +345,9 @@ public final class ShardedTransactionSimulation: @unchecked Sendable {
     } catch ShardedTransactionError.badAnswer(let what) {
       // A reply the protocol does not give: a bug, not an abort (and the commit may have been applied).
       fail("list-append transaction \(id) got an unexpected answer: \(what)")
+    } catch ShardedTransactionError.outcomeUnknown {
+      history.markUnknown(id)
+      stats.unknown += 1
     } catch {
       // Gave up, refused, or failed before any commit went out: the client's commit path turns every lost answer
       // into `outcomeUnknown`, and what else it throws (a crashed client's lost reservation or read, say) comes
@@ -383,6 +386,8 @@ public final class ShardedTransactionSimulation: @unchecked Sendable {
       stats.committed += 1
     } catch ShardedTransactionError.badAnswer(let what) {
       fail("bank transaction got an unexpected answer: \(what)")
+    } catch ShardedTransactionError.outcomeUnknown {
+      stats.unknown += 1
     } catch {
       stats.aborted += 1
     }
