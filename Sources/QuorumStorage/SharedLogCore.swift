@@ -811,15 +811,7 @@ final class SharedLogCore: @unchecked Sendable {
   private func checkMode(_ mode: LogWriteMode, group: UInt64, in directory: String) throws(StorageError) {
     let path = directory + "/MODE"
     let name = Array((mode == .truncateSuffix ? "truncateSuffix" : "replace").utf8)
-    if FileSystem.size(of: path) != nil {
-      let file = try PosixFile.open(path, flags: O_RDONLY)
-      defer { file.close() }
-      let length = min(try file.size(), 64)
-      var stored = [UInt8](repeating: 0, count: length)
-      let read = stored.withUnsafeMutableBytes { raw in
-        Result { () throws(StorageError) in try file.read(into: raw, at: 0) }
-      }
-      stored.removeLast(length - (try read.get()))
+    if let stored = try SideFile.read(path, maxBytes: 64) {
       guard stored == name else {
         throw .incompatible(
           file: path,
@@ -828,18 +820,7 @@ final class SharedLogCore: @unchecked Sendable {
       }
       return
     }
-    let temporary = path + ".tmp"
-    let file = try PosixFile.open(temporary, flags: O_RDWR | O_CREAT | O_TRUNC)
-    do throws(StorageError) {
-      try file.write(name, at: 0)
-      if syncsStructure { try file.dataSync() }
-      file.close()
-    } catch {
-      file.close()
-      throw error
-    }
-    try FileSystem.rename(temporary, path)
-    if syncsStructure { try FileSystem.syncDirectory(directory) }
+    try SideFile.write(name, to: path, sync: syncsStructure)
   }
 
   private func replayAndRegister<Entry: StorableEntry>(
