@@ -13,10 +13,10 @@ enum ForgetGroupCommand {
                 runs keeps the shared log's oldest segment" names it
       --fsync   as the member was served with (default always)
     Erases the group's records from the shared log and deletes its snapshots and its recorded identity (GROUP),
-    so that the log segments it kept on disk can go. Run it with the member stopped (the data directory is locked while it serves),
-    and only for a group this member has been removed from (quorum members remove): the member's replica of
-    the group is gone afterwards, and a replica that lost its log and its vote must not take part in the
-    group again as the same node. A directory with a log per group (--log-layout per-group) keeps each
+    so that the log segments it kept on disk can go. Run it with the member stopped (the data directory is
+    locked while it serves), and only for a group this member has been removed from (quorum members remove):
+    the member's replica of the group is gone afterwards, and a replica that lost its log and its vote must
+    not take part in the group again as the same node. A directory with a log per group (--log-layout per-group) keeps each
     group in a directory of its own, to be deleted instead.
     """
 

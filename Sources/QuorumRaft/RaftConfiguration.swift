@@ -80,7 +80,8 @@ public struct RaftConfiguration: Sendable, Equatable {
   public var maxUncommittedBytes = 64 << 20
   /// The largest command accepted.
   public var maxCommandBytes = 4 << 20
-  /// The most requests waiting in a node (proposals and reads); beyond it requests fail with
+  /// The most requests waiting in a node (proposals, reads, membership changes and leadership transfers);
+  /// beyond it requests fail with
   /// ``QuorumCore/ConsensusError/overloaded(limit:)``.
   public var maxPendingRequests = 65_536
   /// How long a request may wait before failing with ``QuorumCore/ConsensusError/timeout``.

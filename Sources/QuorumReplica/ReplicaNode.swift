@@ -407,6 +407,9 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     logger.notice("started", ["last": "\(recovered.entries.last?.index ?? snapshot?.index ?? 0)"])
   }
 
+  /// The most peer messages, and the most local inputs, one turn of the loop takes.
+  @inlinable static var inputsPerTurn: Int { 4096 }
+
   /// The run loop: take everything that arrived (peer messages straight from the transport's mailbox, local
   /// requests from the node's own, the timer's flag), step the engine, carry out the ready, repeat. One doorbell
   /// rung by all three wakes it, so no forwarding task sits between the transport and the node.
@@ -417,16 +420,23 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     endpoint.onPeerLost { [inputs] peer in try? inputs.trySend(.peerLost(peer)) }
     var batch: [Input] = []
     var messages: [Envelope<Engine.Message>] = []
-    batch.reserveCapacity(4096)
-    messages.reserveCapacity(4096)
+    batch.reserveCapacity(Self.inputsPerTurn)
+    messages.reserveCapacity(Self.inputsPerTurn)
+    /// Cancels whose request was not found while more inputs were queued than one turn takes: it may be among
+    /// them, so they are tried again next turn.
+    var unresolved: [UInt64] = []
     while !stopped, !Task.isCancelled, !stopRequested.load(ordering: .acquiring) {
       let period = tickSignal.period
       let ticked = tickSignal.take()
       // Before the inputs: a cancel recorded after its request was queued finds it in this batch or earlier.
-      let cancelled = cancellations.take()
-      let taken =
-        endpoint.incoming.drainAvailable(into: &messages, limit: 4096)
-        + inputs.drainAvailable(into: &batch, limit: 4096)
+      var cancelled = cancellations.take()
+      if !unresolved.isEmpty {
+        cancelled = unresolved + cancelled
+        unresolved = []
+      }
+      let messagesTaken = endpoint.incoming.drainAvailable(into: &messages, limit: Self.inputsPerTurn)
+      let inputsTaken = inputs.drainAvailable(into: &batch, limit: Self.inputsPerTurn)
+      let taken = messagesTaken + inputsTaken
       if taken == 0 && !ticked && cancelled.isEmpty {
         if inputs.isClosed { break }
         await doorbell.wait()
@@ -447,7 +457,9 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       // A vote just won: the proposals below are stamped in the new term.
       if !messages.isEmpty && !batch.isEmpty { syncLogClock(now: now) }
       for input in batch { handle(input, now: now) }
-      for requestID in cancelled { cancelRequest(requestID) }
+      for requestID in cancelled {
+        if !cancelRequest(requestID) && inputsTaken == Self.inputsPerTurn { unresolved.append(requestID) }
+      }
       messages.removeAll(keepingCapacity: true)
       batch.removeAll(keepingCapacity: true)
       try await recordStoredSnapshot()
@@ -657,18 +669,27 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     }
   }
 
-  @inlinable func cancelRequest(_ requestID: UInt64) {
+  /// Fails the request `requestID` with `CancellationError`; returns whether it was waiting here.
+  @discardableResult
+  @inlinable func cancelRequest(_ requestID: UInt64) -> Bool {
     if let index = proposalIndexByID.removeValue(forKey: requestID), let pending = proposals.removeValue(forKey: index)
     {
       pending.waiter.fail(CancellationError())
+      return true
     }
-    if let read = reads.removeValue(forKey: requestID) { read.continuation.resume(throwing: CancellationError()) }
+    if let read = reads.removeValue(forKey: requestID) {
+      read.continuation.resume(throwing: CancellationError())
+      return true
+    }
     if let i = waitingReads.firstIndex(where: { $0.id == requestID }) {
       waitingReads.remove(at: i).continuation.resume(throwing: CancellationError())
+      return true
     }
     if let i = transfers.firstIndex(where: { $0.id == requestID }) {
       transfers.remove(at: i).continuation.resume(throwing: CancellationError())
+      return true
     }
+    return false
   }
 
   /// Fails every request past its deadline. Keys are visited in order, so the order in which waiting tasks

@@ -37,7 +37,9 @@ public enum SideFile {
     let directory = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
     let parent = directory.isEmpty ? (path.hasPrefix("/") ? "/" : ".") : directory
     try FileSystem.makeDirectories(parent, syncParents: sync)
-    let temporary = path + ".tmp"
+    // Named for this process: two processes started on one directory by mistake (side files are written before
+    // the directory's lock is taken) never write into one temporary file.
+    let temporary = path + ".\(getpid()).tmp"
     let file = try PosixFile.open(temporary, flags: O_RDWR | O_CREAT | O_TRUNC)
     do throws(StorageError) {
       try file.write(bytes, at: 0)

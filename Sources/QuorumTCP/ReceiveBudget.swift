@@ -21,7 +21,8 @@ protocol ReceiveBudgetMember: AnyObject {
 ///
 /// Bound: the overdraft passes on only when its holder's frame ends (or the holder closes), and that frame's
 /// length was checked against the largest frame when its header was parsed, so the members hold at most the
-/// limit plus one largest frame, plus 64 KiB per member and 64 KiB more (the small reads between frames, and
+/// limit plus one largest frame (with its length prefix and authentication code), plus 64 KiB per member and
+/// 64 KiB more (the small reads between frames, and
 /// the read that crosses the limit; see ``Connection``'s reading). A holder whose reading pauses for another
 /// reason (its replies are not being read) keeps the overdraft: passing it on would let a second frame past the
 /// limit while the first still holds its bytes. (It cannot pause for a full receiver in the middle of the frame:

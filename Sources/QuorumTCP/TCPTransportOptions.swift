@@ -153,10 +153,12 @@ public struct TCPTransportOptions: Sendable, Equatable {
   /// request (64 KiB at a time), and the connections in the middle of a frame wait — all but one: the one that
   /// has waited longest reads past the limit to the end of its frame, then the next one does, in the order they
   /// began to wait. So frames in progress always complete, and an endpoint holds at most this much plus one
-  /// largest frame (``maxFrameBytes``), plus 64 KiB per client connection and 64 KiB more. A client that stops
-  /// sending while its frame is the one read past the limit holds up the others' waiting frames until its own
-  /// times out (``frameTimeout``, which runs while a frame waits for this budget); requests smaller than 64 KiB
-  /// still pass.
+  /// largest frame (``maxFrameBytes``, with its length prefix and, on an authenticated connection, its code),
+  /// plus 64 KiB per client connection and 64 KiB more. A client that stops sending while its frame is the one
+  /// read past the limit holds up the others' waiting frames until its own times out (``frameTimeout``); since
+  /// that timeout also runs while a frame waits in line for this budget, several such clients queued one after
+  /// the other can make an honest large frame behind them time out too. Requests smaller than 64 KiB still
+  /// pass.
   public var maxClientReceiveBufferBytes: Int
   /// Whether a sender writes a peer message to the socket itself when the link is idle (nothing queued, nothing
   /// being written), rather than queueing it for the event loop: one thread hand-off less per message. When the
@@ -185,8 +187,9 @@ public struct TCPTransportOptions: Sendable, Equatable {
   /// What every peer must present identically in its handshake, beyond the cluster id. A cluster member served
   /// by the `Quorum` module puts a digest of its cluster map's group table and session policies here
   /// (`ClusterMap.replicationDigest`: every group's number, name, engine, services and slots, and each engine's
-  /// session policy), so that members whose group lists or session policies differ refuse each other (``TCPCloseReason/groupTableMismatch(local:remote:)``) rather than deliver one group's messages
-  /// to another group that has the same number on the other member. Empty (the default): this node presents
+  /// session policy), so that members whose group lists or session policies differ refuse each other
+  /// (``TCPCloseReason/groupTableMismatch(local:remote:)``) rather than deliver one group's messages to another
+  /// group that has the same number on the other member. Empty (the default): this node presents
   /// nothing, and admits only peers that present nothing. At most ``maxGroupTableDigestBytes`` bytes.
   public var groupTableDigest: [UInt8] = []
 

@@ -1,8 +1,9 @@
 import QuorumCore
 import QuorumRaft
-import QuorumReplica
 import Synchronization
 import Testing
+
+@testable import QuorumReplica
 
 /// The replica runtime (`ReplicaNode`) on a scripted engine: paths a real engine reaches only in rare schedules.
 @Suite("Replica runtime on a scripted engine", .timeLimit(.minutes(2)))
@@ -143,6 +144,37 @@ struct ReplicaRuntimeTests {
         Issue.record("a proposal that never commits succeeded")
       }
       _ = queued
+    }
+  }
+
+  @Test("a request cancelled behind more queued inputs than one turn takes ends at once, not at its timeout")
+  func cancelDeepInTheQueue() async throws {
+    let storage = GatedStorage()
+    storage.closeGate()
+    let node = try scriptedNode(EngineScript(), storage: storage) { $0.requestTimeout = .seconds(60) }
+    try await whileRunning(node) {
+      let first = Task { try await node.propose(1) }
+      // The loop is held in the write of the first proposal's entry (which never commits).
+      try await eventually("the write to wait") { storage.waitingWrites == 1 }
+      // More than one turn's worth of inputs queued ahead of the request to cancel.
+      for command in UInt64(2)...5_000 {
+        node.propose(command, request: nil, acknowledgedThrough: 0, principal: nil) {
+          (_: Result<ScriptedNode.IndexedResponse, any Error>) in
+        }
+      }
+      let waiting = Task { try await node.propose(5_001) }
+      try await eventually("the last proposal to be queued") { await node.inputs.count >= 5_000 }
+      waiting.cancel()
+      storage.openGate()
+      switch await waiting.result {
+      case .failure(let error):
+        // Not timeout, which a cancel tried before its request was taken from the queue would end it with.
+        #expect(error is CancellationError, "\(error)")
+      case .success:
+        Issue.record("a proposal that never commits succeeded")
+      }
+      first.cancel()
+      _ = await first.result
     }
   }
 }
