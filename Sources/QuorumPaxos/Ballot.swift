@@ -26,7 +26,18 @@ public struct Ballot: Sendable, Hashable, Comparable, WireCodable, CustomStringC
   /// Whether this is ``zero``.
   public var isZero: Bool { self == .zero }
 
-  /// The smallest ballot owned by `node` that is higher than `other`.
+  /// The highest round a ballot from a peer may carry (2^63 − 1); a message or stored state with a higher one is
+  /// refused. Rounds grow by one per election attempt, so an honest group needs centuries at a million attempts a
+  /// second to reach it, while a ballot near `UInt64.max` from a faulty peer would leave no higher ballot for
+  /// anyone (``next(above:for:)`` would overflow). The bound leaves 2^63 rounds of head room above any ballot
+  /// accepted.
+  public static let maxRound: UInt64 = .max / 2
+
+  /// Why this ballot cannot come from an honest peer (its round is above ``maxRound``), or `nil`.
+  var malformation: String? { round > Self.maxRound ? "ballot round \(round) above \(Self.maxRound)" : nil }
+
+  /// The smallest ballot owned by `node` that is higher than `other`, whose round must be below `UInt64.max`
+  /// (every ballot a node accepts has a round of at most ``maxRound``).
   public static func next(above other: Ballot, for node: NodeID) -> Ballot {
     let candidate = Ballot(round: other.round, node: node)
     return candidate > other ? candidate : Ballot(round: other.round + 1, node: node)
@@ -42,8 +53,10 @@ public struct Ballot: Sendable, Hashable, Comparable, WireCodable, CustomStringC
   }
 
   public init(from reader: inout WireReader) throws(WireError) {
+    let at = reader.position
     round = try reader.readVarint()
     node = NodeID(rawValue: try reader.readVarint())
+    if let problem = malformation { throw WireError(.invalidValue(problem), at: at) }
   }
 
   /// `b<round>.<node>`, for example `b3.2`.

@@ -261,6 +261,9 @@ public struct RaftCore: Sendable {
   public private(set) var role: RaftRole = .follower
   /// The known leader of ``term``.
   public private(set) var leader: NodeID?
+  /// Peer messages dropped unread because no honest peer sends them (``RaftMessage/malformation``: a term above
+  /// ``RaftMessage/maxTerm``). A count that grows points at a faulty or version-skewed member.
+  public private(set) var refusedMessages: UInt64 = 0
   /// The membership in force: the newest membership entry in the log, committed or not (§6), else the
   /// snapshot's, else the one given at creation.
   public private(set) var membership: Membership
@@ -641,6 +644,12 @@ public struct RaftCore: Sendable {
   /// Handles a message from a peer.
   public mutating func step(_ message: RaftMessage, from: NodeID) {
     guard from != id, from != .none else { return }
+    // A message no honest peer sends (its decoder refuses it; this one may not have been encoded) is dropped
+    // before it touches anything: a term near the top would leave no next term to campaign in.
+    guard message.malformation == nil else {
+      refusedMessages &+= 1
+      return
+    }
     if case .requestVote = message, !membership.allMembers.isEmpty, !membership.allMembers.contains(from) {
       return  // A removed or unknown node must not disturb the group.
     }

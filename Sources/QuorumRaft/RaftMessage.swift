@@ -36,6 +36,16 @@ public enum RaftMessage: Sendable, Equatable, WireCodable, CustomStringConvertib
     }
   }
 
+  /// The highest term a message may carry (2^63 − 1); a message with a higher one is refused. Terms grow by one
+  /// per election, so an honest group needs centuries at a million elections a second to reach it, while a term
+  /// near `UInt64.max` from a faulty peer would leave no term to campaign in (the next election's `term + 1`
+  /// would overflow) and leave 2^63 terms of head room.
+  public static let maxTerm: Term = .max / 2
+
+  /// Why no honest peer sends this message, or `nil`: its term is above ``maxTerm``. Its decoder refuses such a
+  /// message, and ``RaftCore`` drops one that was never encoded.
+  public var malformation: String? { term > Self.maxTerm ? "term \(term) above \(Self.maxTerm)" : nil }
+
   /// Bytes the message counts for in flow control.
   public var byteSize: Int {
     switch self {
@@ -93,6 +103,7 @@ public enum RaftMessage: Sendable, Equatable, WireCodable, CustomStringConvertib
       case 9: self = .timeoutNow(term: try reader.readVarint())
       default: throw WireError(.unknownTag(type: "RaftMessage", tag: UInt64(tag)), at: at)
       }
+      if let problem = malformation { throw WireError(.invalidValue(problem), at: at) }
     } catch {
       throw error.inside("RaftMessage")
     }

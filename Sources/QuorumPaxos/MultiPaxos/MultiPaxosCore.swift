@@ -322,6 +322,10 @@ public struct MultiPaxosCore: Sendable {
   public private(set) var leader: NodeID?
   /// The highest ballot seen anywhere.
   public private(set) var highestSeen: Ballot
+  /// Peer messages dropped unread because no honest peer sends them: malformed
+  /// (``PaxosMessage/malformation``), or naming slots further beyond this node's log than a leader or acceptor
+  /// can reach (``acceptReach``). A count that grows points at a faulty or version-skewed member.
+  public private(set) var refusedMessages: UInt64 = 0
 
   var log: PaxosLog
   private var random: SeededRandom
@@ -590,6 +594,27 @@ public struct MultiPaxosCore: Sendable {
     var found = configurations[0]
     for configuration in configurations.dropFirst() where configuration.slot < slot { found = configuration }
     return found
+  }
+
+  /// How many slots past its own chosen point an acceptor stores a leader's proposals, and past its own last slot
+  /// a candidate takes an acceptor's report: what the leader's pipeline spans (``MultiPaxosOptions/maxInflightMessages``
+  /// accepts of at most ``MultiPaxosOptions/maxEntriesBytesPerMessage`` bytes, each entry at least 24), but at
+  /// least 2^16 and at most 2^20 slots. Every slot up to there costs memory even when empty (a gap is held as
+  /// empty records), so an accept or promise naming a slot further away is dropped (``refusedMessages``) rather
+  /// than stored: a faulty leader's slot 2^62 would take the memory of 2^62 records. An honest leader that far
+  /// ahead (this acceptor missed a great many slots) has its accepts treated as lost, and its repair, which
+  /// starts after this acceptor's chosen point, brings it up; an honest candidate that far behind leaves the
+  /// election to a node that is not.
+  public var acceptReach: Slot {
+    let perMessage = max(1, options.maxEntriesBytesPerMessage / PaxosEntry(index: 0, ballot: .zero).byteSize)
+    let (window, overflow) = max(1, options.maxInflightMessages).multipliedReportingOverflow(by: perMessage)
+    return Slot(min(max(overflow ? Int.max : window, 1 << 16), 1 << 20))
+  }
+
+  /// `slot` plus ``acceptReach``, or `Slot.max` past it.
+  private func reach(from slot: Slot) -> Slot {
+    let (limit, overflow) = slot.addingReportingOverflow(acceptReach)
+    return overflow ? .max : limit
   }
 
   /// Whether `members` hold a phase-1 (or phase-2) quorum of `membership`'s voters.
@@ -954,6 +979,13 @@ public struct MultiPaxosCore: Sendable {
     guard role == .candidate, var c = candidacy, m.ballot == c.ballot, let expected = c.cursor[from],
       m.fromSlot == expected, !c.complete.contains(from)
     else { return }
+    // A report reaching far past this node's log would have it propose (at least a no-op) in every slot up to
+    // there: drop it (see acceptReach). Its entries lie inside fromSlot...coveredThrough (malformation).
+    let limit = reach(from: max(log.lastSlot, c.fromSlot - 1))
+    guard m.coveredThrough <= limit, m.lastSlot <= limit else {
+      refusedMessages &+= 1
+      return
+    }
     for entry in m.entries { merge(entry, chosen: entry.index <= m.chosenThrough, into: &c) }
     c.cursor[from] = max(m.coveredThrough + 1, expected)
     if m.isComplete {
@@ -1190,6 +1222,12 @@ public struct MultiPaxosCore: Sendable {
   /// Handles a message from a peer.
   public mutating func step(_ message: PaxosMessage, from: NodeID) {
     guard from != id, from != .none else { return }
+    // A message no honest peer sends (its decoder refuses it; this one may not have been encoded) is dropped
+    // before it touches anything: an absurd ballot would leave no higher one, an absurd slot overflow.
+    guard message.malformation == nil else {
+      refusedMessages &+= 1
+      return
+    }
     // A probe response carries this node's own probe ballot, which nobody has promised.
     let ballot = message.ballot
     if ballot > highestSeen, !message.isProbeResponse { highestSeen = ballot }
@@ -1329,6 +1367,14 @@ public struct MultiPaxosCore: Sendable {
       commitBallot = m.ballot
       commitThrough = 0
     }
+    // Proposals far past this acceptor's chosen point would be stored behind a gap of empty records: the accept
+    // is treated as lost (see acceptReach); the leader's repair resends from the chosen point on. Its entries are
+    // consecutive (malformation), so the last is the furthest.
+    if let furthest = m.entries.last?.index, furthest > reach(from: log.chosenThrough) {
+      refusedMessages &+= 1
+      learnChosen(through: m.chosenThrough, ballot: m.ballot)
+      return
+    }
     var first: Slot = 0
     var last: Slot = 0
     for entry in m.entries {
@@ -1407,7 +1453,7 @@ public struct MultiPaxosCore: Sendable {
     guard role == .leader, m.ballot == promised, var peer = peers[from] else { return }
     peer.recentActive = true
     peer.lastHeard = ticks
-    peer.chosen = max(peer.chosen, m.chosenThrough)
+    peer.chosen = max(peer.chosen, plausibleChosen(m.chosenThrough))
     if let i = peer.inflight.firstIndex(where: { $0.last == m.lastSlot && $0.first == m.firstSlot }) {
       peer.newestAckedSentAt = max(peer.newestAckedSentAt, peer.inflight[i].sentAt)
       peer.inflight.remove(at: i)
@@ -1415,8 +1461,10 @@ public struct MultiPaxosCore: Sendable {
     let bit = peer.bit
     peers[from] = peer
     if m.firstSlot > 0 {
+      // Only this leader's own proposals count: a range past them (from a faulty acceptor) is cut to them.
       var slot = max(m.firstSlot, log.chosenThrough + 1)
-      while slot <= m.lastSlot {
+      let last = min(m.lastSlot, releasedThrough)
+      while slot <= last {
         countAcceptance(slot, bit: bit)
         slot += 1
       }
@@ -1462,9 +1510,9 @@ public struct MultiPaxosCore: Sendable {
     // that restarted has forgotten which slots were chosen (that knowledge is not durable) and must be repaired
     // from where it really is, or it never catches up. Older rounds' answers only ever raise it.
     if m.round >= peer.ackedRound {
-      peer.chosen = m.chosenThrough
+      peer.chosen = plausibleChosen(m.chosenThrough)
     } else {
-      peer.chosen = max(peer.chosen, m.chosenThrough)
+      peer.chosen = max(peer.chosen, plausibleChosen(m.chosenThrough))
     }
     peer.ackedRound = max(peer.ackedRound, m.round)
     peers[from] = peer
@@ -1478,6 +1526,11 @@ public struct MultiPaxosCore: Sendable {
     confirmReads()
     if from == transferee { tryTransfer() }
   }
+
+  /// A member's reported chosen point, capped at the last slot this leader proposes in: no slot beyond it is
+  /// chosen (phase 1 recovered every chosen slot, and later ones are this leader's), so only a faulty member
+  /// reports more. (A member may honestly be ahead of a new leader's own chosen point, so that is no cap.)
+  private func plausibleChosen(_ reported: Slot) -> Slot { min(reported, nextSlot - 1) }
 
   /// Resends the slots after the peer's chosen point, as accepts in this ballot, or the snapshot if those
   /// slots are compacted.

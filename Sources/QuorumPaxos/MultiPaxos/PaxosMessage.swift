@@ -30,6 +30,12 @@ public struct Prepare: Sendable, Equatable, WireCodable {
     ballot = try reader.read()
     fromSlot = try reader.readVarint()
     handoff = try reader.read()
+    if let problem = malformation { throw reader.error(.invalidValue(problem)) }
+  }
+
+  /// Why no honest node sends this prepare (or probe), or `nil`.
+  var malformation: String? {
+    ballot.malformation ?? handoff.malformation ?? PaxosMessage.slotProblem(fromSlot, "fromSlot")
   }
 }
 
@@ -83,6 +89,26 @@ public struct Promise: Sendable, Equatable, WireCodable {
     coveredThrough = try reader.readVarint()
     lastSlot = try reader.readVarint()
     chosenThrough = try reader.readVarint()
+    if let problem = malformation { throw reader.error(.invalidValue(problem)) }
+  }
+
+  /// Why no honest acceptor sends this promise, or `nil`: the entries must ascend strictly inside
+  /// ``fromSlot``…``coveredThrough`` (an acceptor reports each slot once, and only the slots it covers).
+  var malformation: String? {
+    if let problem = ballot.malformation { return problem }
+    for (slot, name) in [(fromSlot, "fromSlot"), (coveredThrough, "coveredThrough"), (lastSlot, "lastSlot")] {
+      if let problem = PaxosMessage.slotProblem(slot, name) { return problem }
+    }
+    if let problem = PaxosMessage.slotProblem(chosenThrough, "chosenThrough") { return problem }
+    var previous: Slot?
+    for entry in entries {
+      guard entry.index >= fromSlot, entry.index <= coveredThrough else {
+        return "promise entry \(entry.index) outside the reported \(fromSlot)...\(coveredThrough)"
+      }
+      if let previous, entry.index <= previous { return "promise entry \(entry.index) after \(previous)" }
+      previous = entry.index
+    }
+    return nil
   }
 }
 
@@ -131,6 +157,12 @@ public struct Reject: Sendable, Equatable, WireCodable {
     }
     self.reason = reason
     snapshotIndex = try reader.readVarint()
+    if let problem = malformation { throw reader.error(.invalidValue(problem)) }
+  }
+
+  /// Why no honest acceptor sends this refusal, or `nil`.
+  var malformation: String? {
+    ballot.malformation ?? promised.malformation ?? PaxosMessage.slotProblem(snapshotIndex, "snapshotIndex")
   }
 }
 
@@ -161,6 +193,26 @@ public struct Accept: Sendable, Equatable, WireCodable {
     ballot = try reader.read()
     entries = try reader.readArray(PaxosEntry.self)
     chosenThrough = try reader.readVarint()
+    if let problem = malformation { throw reader.error(.invalidValue(problem)) }
+  }
+
+  /// Why no honest leader sends this accept, or `nil`: its entries are for consecutive slots from 1 on (as
+  /// Raft's `AppendEntries`, checked as it counts so that the top of the range cannot overflow).
+  var malformation: String? {
+    if let problem = ballot.malformation ?? PaxosMessage.slotProblem(chosenThrough, "chosenThrough") {
+      return problem
+    }
+    guard let first = entries.first?.index else { return nil }
+    guard first > 0 else { return "accept entry at slot 0" }
+    var expected = first
+    for entry in entries {
+      guard entry.index == expected else { return "accept entry \(entry.index) where \(expected) was due" }
+      if let problem = PaxosMessage.slotProblem(entry.index, "entry") { return problem }
+      let (next, overflow) = expected.addingReportingOverflow(1)
+      if overflow { return "accept entry \(entry.index) at the top of the slot range" }
+      expected = next
+    }
+    return nil
   }
 }
 
@@ -195,6 +247,16 @@ public struct Accepted: Sendable, Equatable, WireCodable {
     firstSlot = try reader.readVarint()
     lastSlot = try reader.readVarint()
     chosenThrough = try reader.readVarint()
+    if let problem = malformation { throw reader.error(.invalidValue(problem)) }
+  }
+
+  /// Why no honest acceptor sends this acknowledgement, or `nil`: it names the non-empty range of one accept.
+  var malformation: String? {
+    if let problem = ballot.malformation { return problem }
+    for (slot, name) in [(firstSlot, "firstSlot"), (lastSlot, "lastSlot"), (chosenThrough, "chosenThrough")] {
+      if let problem = PaxosMessage.slotProblem(slot, name) { return problem }
+    }
+    return firstSlot <= lastSlot ? nil : "accepted range \(firstSlot)...\(lastSlot) is empty"
   }
 }
 
@@ -232,7 +294,11 @@ public struct Heartbeat: Sendable, Equatable, WireCodable {
     chosenThrough = try reader.readVarint()
     round = try reader.readVarint()
     idleFactor = reader.isAtEnd ? 1 : try reader.readVarint()
+    if let problem = malformation { throw reader.error(.invalidValue(problem)) }
   }
+
+  /// Why no honest leader sends this heartbeat, or `nil`.
+  var malformation: String? { ballot.malformation ?? PaxosMessage.slotProblem(chosenThrough, "chosenThrough") }
 }
 
 /// The answer to a heartbeat.
@@ -266,6 +332,13 @@ public struct HeartbeatResponse: Sendable, Equatable, WireCodable {
     round = try reader.readVarint()
     leaderChosenThrough = try reader.readVarint()
     chosenThrough = try reader.readVarint()
+    if let problem = malformation { throw reader.error(.invalidValue(problem)) }
+  }
+
+  /// Why no honest follower sends this response, or `nil`.
+  var malformation: String? {
+    ballot.malformation ?? PaxosMessage.slotProblem(leaderChosenThrough, "leaderChosenThrough")
+      ?? PaxosMessage.slotProblem(chosenThrough, "chosenThrough")
   }
 }
 
@@ -317,7 +390,11 @@ public struct SnapshotChunk: Sendable, Equatable, WireCodable {
     guard !overflow, end <= totalBytes else {
       throw reader.error(.invalidValue("chunk ends past the snapshot's total size"))
     }
+    if let problem = malformation { throw reader.error(.invalidValue(problem)) }
   }
+
+  /// Why no honest leader sends this chunk, or `nil` (the size check is the decoder's).
+  var malformation: String? { ballot.malformation ?? PaxosMessage.slotProblem(index, "index") }
 }
 
 /// The answer to a snapshot chunk.
@@ -351,7 +428,11 @@ public struct SnapshotAck: Sendable, Equatable, WireCodable {
     index = try reader.readVarint()
     nextOffset = try reader.readVarint()
     reject = try reader.readBool()
+    if let problem = malformation { throw reader.error(.invalidValue(problem)) }
   }
+
+  /// Why no honest replica sends this acknowledgement, or `nil`.
+  var malformation: String? { ballot.malformation ?? PaxosMessage.slotProblem(index, "index") }
 }
 
 /// The answer to a probe: whether the acceptor would promise the ballot now.
@@ -422,6 +503,35 @@ public enum PaxosMessage: Sendable, Equatable, WireCodable, CustomStringConverti
   case probeResponse(ProbeResponse)
   /// Start phase 1 now: the leader hands over.
   case campaignNow(CampaignNow)
+
+  /// The highest slot a message may name (2^63 − 1); a message naming a higher one is refused. A group choosing
+  /// a billion slots a second needs centuries to reach it, and every slot a node accepts stays far enough below
+  /// `UInt64.max` that counting past it cannot overflow.
+  public static let maxSlot: Slot = .max / 2
+
+  static func slotProblem(_ slot: Slot, _ name: String) -> String? {
+    slot > maxSlot ? "\(name) \(slot) above \(maxSlot)" : nil
+  }
+
+  /// Why no honest peer sends this message, or `nil`: what its decoder refuses (a ballot round above
+  /// ``Ballot/maxRound``, a slot above ``maxSlot``, an accept's slots not consecutive, a promise's entries out
+  /// of order or outside the range it reports, an acknowledged range that is empty). ``MultiPaxosCore`` drops
+  /// such a message even when it was never encoded (an in-process transport).
+  public var malformation: String? {
+    switch self {
+    case .prepare(let m), .probe(let m): return m.malformation
+    case .promise(let m): return m.malformation
+    case .reject(let m): return m.malformation
+    case .accept(let m): return m.malformation
+    case .accepted(let m): return m.malformation
+    case .heartbeat(let m): return m.malformation
+    case .heartbeatResponse(let m): return m.malformation
+    case .snapshot(let m): return m.malformation
+    case .snapshotAck(let m): return m.malformation
+    case .probeResponse(let m): return m.ballot.malformation
+    case .campaignNow(let m): return m.ballot.malformation
+    }
+  }
 
   /// The ballot the message is about.
   public var ballot: Ballot {

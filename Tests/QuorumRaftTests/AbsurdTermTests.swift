@@ -1,0 +1,62 @@
+import QuorumCore
+import Testing
+
+@testable import QuorumRaft
+
+/// Messages with a term no honest peer reaches (from a buggy, version-skewed or compromised member): a term at
+/// the top of the range used to become the node's own, and its next election's `term + 1` trapped. Now the
+/// decoder refuses them and the core drops (and counts) one that was never encoded.
+@Suite("Raft cores under absurd terms")
+struct AbsurdTermTests {
+  @Test("a message with term 2^64-1 is dropped, and the node's later elections do not trap")
+  func termAtTheTop() {
+    let messages: [RaftMessage] = [
+      .heartbeat(Heartbeat(term: .max, commit: 0, round: 1)),
+      .appendResponse(AppendResponse(term: .max, reject: true, index: 0)),
+      .requestVote(RequestVote(term: .max, lastLogIndex: 0, lastLogTerm: 0, preVote: false, transfer: false)),
+      .timeoutNow(term: .max),
+    ]
+    for options in [RaftCoreOptions.paper, .defaults] {
+      for message in messages {
+        var node = makeCore(1, peers: ids(3), options: options)
+        node.step(message, from: 2)
+        #expect(node.term < RaftMessage.maxTerm, "\(message)")
+        #expect(node.refusedMessages == 1, "\(message)")
+        // Its election timeouts expire, again and again: it campaigns each time.
+        for _ in 0..<100 {
+          node.tick()
+          _ = node.readMessages()
+        }
+        #expect(node.role != .follower, "\(message)")
+      }
+    }
+  }
+
+  @Test("the decoder refuses a term past the bound")
+  func decoderRefusesImpossibleTerms() {
+    let refused: [RaftMessage] = [
+      .heartbeat(Heartbeat(term: .max, commit: 0, round: 1)),
+      .heartbeat(Heartbeat(term: 1 << 63, commit: 0, round: 1)),
+      .timeoutNow(term: .max),
+      .appendEntries(
+        AppendEntries(term: .max, prevLogIndex: 4, prevLogTerm: 2, entries: [LogEntry(index: 5, term: 2)], commit: 4)),
+      .requestVote(RequestVote(term: .max, lastLogIndex: 0, lastLogTerm: 0, preVote: true, transfer: false)),
+    ]
+    for message in refused {
+      #expect(message.malformation != nil, "\(message)")
+      #expect(throws: WireError.self, "\(message)") { try RaftMessage(wireBytes: message.wireBytes()) }
+    }
+    let accepted: [RaftMessage] = [
+      .heartbeat(Heartbeat(term: RaftMessage.maxTerm, commit: 0, round: 1)),
+      .appendEntries(
+        AppendEntries(
+          term: 3, prevLogIndex: 4, prevLogTerm: 2,
+          entries: [LogEntry(index: 5, term: 2), LogEntry(index: 6, term: 3)],
+          commit: 4)),
+    ]
+    for message in accepted {
+      #expect(message.malformation == nil, "\(message)")
+      #expect((try? RaftMessage(wireBytes: message.wireBytes())) == message, "\(message)")
+    }
+  }
+}
