@@ -261,8 +261,9 @@ public struct RaftCore: Sendable {
   public private(set) var role: RaftRole = .follower
   /// The known leader of ``term``.
   public private(set) var leader: NodeID?
-  /// Peer messages dropped unread because no honest peer sends them (``RaftMessage/malformation``: a term above
-  /// ``RaftMessage/maxTerm``). A count that grows points at a faulty or version-skewed member.
+  /// Peer messages dropped unread because no honest peer sends them: malformed (``RaftMessage/malformation``: a
+  /// term above ``RaftMessage/maxTerm``), or an append response about entries beyond the leader's log. A count that
+  /// grows points at a faulty or version-skewed member.
   public private(set) var refusedMessages: UInt64 = 0
   /// The membership in force: the newest membership entry in the log, committed or not (§6), else the
   /// snapshot's, else the one given at creation.
@@ -1088,8 +1089,15 @@ public struct RaftCore: Sendable {
     }
     switch message {
     case .appendResponse(let m):
+      // A follower answers about entries this leader sent it: at most this leader's last index (a leader's log
+      // only grows), and a rejection's hint is at most the rejected index. A faulty member's index or hint near the top
+      // would overflow the progress arithmetic (`index + 1`), or mark entries replicated that do not exist.
+      guard m.index <= log.lastIndex else {
+        refusedMessages &+= 1
+        return
+      }
       if m.reject {
-        var hint = m.hintIndex
+        var hint = min(m.hintIndex, m.index)
         if m.hintTerm > 0 { hint = log.findConflictByTerm(m.hintIndex, m.hintTerm).index }
         if pr.maybeDecrease(rejected: m.index, hint: hint) {
           if pr.state == .replicate { pr.becomeProbe() }

@@ -32,6 +32,28 @@ struct AbsurdTermTests {
     }
   }
 
+  @Test("a leader drops an append response about entries past its log instead of trapping on its index or hint")
+  func appendResponsePastTheLog() {
+    for index: LogIndex in [.max, 1 << 62] {
+      var leader = makeCore(1, peers: ids(3))
+      leader.forceLeader()
+      let term = leader.term
+      leader.step(.appendResponse(AppendResponse(term: term, reject: false, index: index)), from: 2)
+      #expect((leader.progress[2]?.match ?? .max) <= leader.lastIndex, "index \(index)")
+      #expect((leader.progress[2]?.next ?? .max) <= leader.lastIndex + 1, "index \(index)")
+      #expect(leader.refusedMessages == 1, "index \(index)")
+      _ = leader.readMessages()
+    }
+    // A rejection of the probe just sent, with a hint at the top: the next probe stays inside the log.
+    var leader = makeCore(1, peers: ids(3))
+    leader.forceLeader()
+    let probed = (leader.progress[3]?.next ?? 1) - 1
+    let reject = AppendResponse(term: leader.term, reject: true, index: probed, hintIndex: .max, hintTerm: 0)
+    leader.step(.appendResponse(reject), from: 3)
+    #expect((leader.progress[3]?.next ?? .max) <= leader.lastIndex + 1)
+    #expect(leader.role == .leader)
+  }
+
   @Test("the decoder refuses a term past the bound")
   func decoderRefusesImpossibleTerms() {
     let refused: [RaftMessage] = [
