@@ -192,15 +192,20 @@ extension ClusterMap {
   }
 
   /// ``groupTableDigest``, also covering the settings every replica of a group must share to apply its log
-  /// alike: the exactly-once session policy of each engine (``QuorumCore/SessionPolicy``), on which session
-  /// expiry, refused registrations and forgotten answers depend. Members whose digests differ refuse each other,
-  /// so a rolling restart into another session policy cuts the restarted member off instead of letting replicas
-  /// apply the same entries differently.
+  /// alike: the exactly-once session policy (``QuorumCore/SessionPolicy``) of each engine some group runs, on
+  /// which session expiry, refused registrations and forgotten answers depend. Members whose digests differ
+  /// refuse each other, so a rolling restart into another session policy cuts the restarted member off instead
+  /// of letting replicas apply the same entries differently.
   public func replicationDigest(raftSessions: SessionPolicy, paxosSessions: SessionPolicy) -> [UInt8] {
     var writer = WireWriter(reservingCapacity: 128)
     writer.writeString("quorum replication v1")
     writer.writeBytes(groupTableDigest)
-    for policy in [raftSessions, paxosSessions] {
+    // An engine no group runs applies nothing: its policy does not matter.
+    let engines = Set(groups.map(\.engine))
+    var policies: [SessionPolicy] = []
+    if engines.contains(.raft) { policies.append(raftSessions) }
+    if engines.contains(.multiPaxos) { policies.append(paxosSessions) }
+    for policy in policies {
       writer.writeVarint(policy.timeoutMillis)
       for limit in [
         policy.maxSessions, policy.maxResponsesPerSession, policy.maxSessionsPerPrincipal,

@@ -201,6 +201,20 @@ struct GroupIdentityTests {
     #expect(refused.reason.contains("unreadable (wrong checksum)"), "\(refused.reason)")
   }
 
+  @Test("the replication digest covers the session policy of each engine some group runs, and only those")
+  func replicationDigest() {
+    let raftOnly = ClusterMap(
+      cluster: "c", members: [1: ""], groups: [GroupSpec(id: 1, name: "accounts", members: [1], services: ["kv"])])
+    let standard = SessionPolicy()
+    let shorter = SessionPolicy(timeoutMillis: 60_000)
+    let reference = raftOnly.replicationDigest(raftSessions: standard, paxosSessions: standard)
+    #expect(raftOnly.replicationDigest(raftSessions: shorter, paxosSessions: standard) != reference)
+    #expect(
+      raftOnly.replicationDigest(raftSessions: standard, paxosSessions: shorter) == reference,
+      "no group runs Multi-Paxos: its policy does not matter")
+    #expect(reference != raftOnly.groupTableDigest)
+  }
+
   @Test("the group table digest covers numbers, names, engines, services and slots, not members")
   func groupTableDigest() throws {
     func digest(_ groups: [GroupSpec]) -> [UInt8] {
