@@ -48,6 +48,28 @@ struct AbsurdMessageTests {
     #expect(sent.contains { if case .accepted = $0.message { true } else { false } })
   }
 
+  @Test("an acceptor stores accepts in order however far they run past its chosen point")
+  func acceptsInOrderPastTheReach() throws {
+    let c = try Self.ledCluster()
+    var follower = c[2]
+    let ballot = follower.promised
+    let reach = follower.acceptReach
+    // The leader pipelines far ahead of what is chosen (a burst of small commands, say): every accept continues
+    // the acceptor's log, so it opens no gap, and the chosen point they carry stays behind.
+    var next = follower.lastSlot + 1
+    let stop = follower.chosenThrough + reach + 1_000
+    while next <= stop {
+      let entries = (next..<min(next + 4_096, stop + 1)).map {
+        PaxosEntry(index: $0, ballot: ballot, kind: .command, data: [1])
+      }
+      follower.step(.accept(Accept(ballot: ballot, entries: entries, chosenThrough: 0)), from: 1)
+      _ = follower.readMessages()
+      next += Slot(entries.count)
+    }
+    #expect(follower.lastSlot == stop)
+    #expect(follower.refusedMessages == 0)
+  }
+
   @Test("a leader stepping an acknowledgement of slots 1...2^64-1 (or 1...2^62) returns at once")
   func acceptedHugeRange() throws {
     for last: Slot in [.max, 1 << 62] {

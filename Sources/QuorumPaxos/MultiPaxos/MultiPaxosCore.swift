@@ -596,15 +596,16 @@ public struct MultiPaxosCore: Sendable {
     return found
   }
 
-  /// How many slots past its own chosen point an acceptor stores a leader's proposals, and past its own last slot
-  /// a candidate takes an acceptor's report: what the leader's pipeline spans (``MultiPaxosOptions/maxInflightMessages``
-  /// accepts of at most ``MultiPaxosOptions/maxEntriesBytesPerMessage`` bytes, each entry at least 24), but at
-  /// least 2^16 and at most 2^20 slots. Every slot up to there costs memory even when empty (a gap is held as
-  /// empty records), so an accept or promise naming a slot further away is dropped (``refusedMessages``) rather
-  /// than stored: a faulty leader's slot 2^62 would take the memory of 2^62 records. An honest leader that far
-  /// ahead (this acceptor missed a great many slots) has its accepts treated as lost, and its repair, which
-  /// starts after this acceptor's chosen point, brings it up; an honest candidate that far behind leaves the
-  /// election to a node that is not.
+  /// How many slots past the end of what it holds (its last slot, or its chosen point if that is further) an
+  /// acceptor stores a leader's proposals, and past its own last slot a candidate takes an acceptor's report:
+  /// ``MultiPaxosOptions/maxInflightMessages`` accepts of at most ``MultiPaxosOptions/maxEntriesBytesPerMessage``
+  /// bytes, each entry at least 24, but at least 2^16 and at most 2^20 slots. Every slot up to there costs memory
+  /// even when empty (a gap is held as empty records), so an accept or promise naming a slot further away is
+  /// dropped (``refusedMessages``) rather than stored: a faulty leader's slot 2^62 would take the memory of 2^62
+  /// records. Accepts in order open no gap and are never dropped; an honest leader whose accepts would open a
+  /// gap that wide (this acceptor missed a great many slots, or restarted far behind) has them treated as lost,
+  /// and its repair, which starts after this acceptor's chosen point, brings it up; an honest candidate that far
+  /// behind leaves the election to a node that is not.
   public var acceptReach: Slot {
     let perMessage = max(1, options.maxEntriesBytesPerMessage / PaxosEntry(index: 0, ballot: .zero).byteSize)
     let (window, overflow) = max(1, options.maxInflightMessages).multipliedReportingOverflow(by: perMessage)
@@ -1367,10 +1368,10 @@ public struct MultiPaxosCore: Sendable {
       commitBallot = m.ballot
       commitThrough = 0
     }
-    // Proposals far past this acceptor's chosen point would be stored behind a gap of empty records: the accept
-    // is treated as lost (see acceptReach); the leader's repair resends from the chosen point on. Its entries are
-    // consecutive (malformation), so the last is the furthest.
-    if let furthest = m.entries.last?.index, furthest > reach(from: log.chosenThrough) {
+    // Proposals far past what this acceptor holds would be stored behind a gap of empty records: the accept is
+    // treated as lost (see acceptReach); the leader's repair resends from the chosen point on. Its entries are
+    // consecutive (malformation), so the last is the furthest, and accepts in order open no gap.
+    if let furthest = m.entries.last?.index, furthest > reach(from: max(log.chosenThrough, log.lastSlot)) {
       refusedMessages &+= 1
       learnChosen(through: m.chosenThrough, ballot: m.ballot)
       return
