@@ -153,6 +153,23 @@ struct AbsurdMessageTests {
     }
   }
 
+  @Test("a node following a ballot at the highest round never promises one above it, so it can restart")
+  func ballotAtTheBound() throws {
+    var node = PaxosCluster(3)[1]
+    let top = Ballot(round: Ballot.maxRound, node: 3)
+    node.step(.heartbeat(Heartbeat(ballot: top, chosenThrough: 0, round: 1)), from: 3)
+    _ = node.readMessages()
+    #expect(node.promised == top)
+    // The leader hands over: the next ballot of node 1 would be above the highest round.
+    node.step(.campaignNow(CampaignNow(ballot: top)), from: 3)
+    for _ in 0..<100 {
+      node.tick()
+      _ = node.readMessages()
+    }
+    #expect(node.promised.round <= Ballot.maxRound)
+    #expect((try? PaxosHardState(wireBytes: node.hardState.wireBytes())) != nil, "the promise loads after a restart")
+  }
+
   @Test("the decoder refuses messages no honest peer sends, with a WireError")
   func decoderRefusesImpossibleMessages() {
     let ballot = Ballot(round: 3, node: 1)

@@ -920,6 +920,15 @@ public struct MultiPaxosCore: Sendable {
     clearLeadership()
     let floor = max(promised, highestSeen)
     let ballot = probeBallot > floor ? probeBallot : Ballot.next(above: floor, for: id)
+    guard ballot.malformation == nil else {
+      // Above the highest round a peer accepts (a faulty peer's ballot at the bound left none higher): every
+      // member would refuse it, and a promise of it would not even load again after a restart. Never promised.
+      role = .follower
+      leader = nil
+      electionElapsed = 0
+      resetElectionTimeout()
+      return
+    }
     promised = ballot
     highestSeen = ballot
     role = .candidate
