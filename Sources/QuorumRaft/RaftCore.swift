@@ -263,7 +263,7 @@ public struct RaftCore: Sendable {
   public private(set) var leader: NodeID?
   /// Peer messages dropped unread because no honest peer sends them: malformed (``RaftMessage/malformation``: a
   /// term above ``RaftMessage/maxTerm``), or an append response about entries beyond the leader's log. A count that
-  /// grows points at a faulty or version-skewed member.
+  /// grows points at a faulty or version-skewed member; the node's status shows it (``RaftStatus/refusedMessages``).
   public private(set) var refusedMessages: UInt64 = 0
   /// The membership in force: the newest membership entry in the log, committed or not (§6), else the
   /// snapshot's, else the one given at creation.

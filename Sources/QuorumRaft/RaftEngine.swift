@@ -48,6 +48,9 @@ public struct RaftStatus: Sendable, Equatable {
   /// As a follower, how many times longer it waits for its leader than for an active one: the factor of the
   /// leader's last heartbeat, or 1 once its transport reported the leader lost.
   public var leaderIdleFactor = 1
+  /// Messages from peers dropped as impossible from an honest peer (``RaftCore/refusedMessages``): a count that
+  /// grows points at a faulty or incompatible member.
+  public var refusedMessages: UInt64 = 0
 }
 
 /// A Raft node: the replica runtime (`ReplicaNode` in QuorumReplica) driving ``RaftCore`` through
@@ -258,7 +261,8 @@ public struct RaftEngine: ReplicaEngine {
       id: core.id, role: core.role, term: core.term, leader: core.leader, commitIndex: core.commitIndex,
       appliedIndex: applied, firstIndex: core.firstIndex, lastIndex: core.lastIndex,
       snapshotIndex: core.snapshot?.index ?? 0, membership: core.membership, peers: core.peerProgress,
-      pendingRequests: pendingRequests, isIdle: core.isIdle, leaderIdleFactor: core.leaderIdleFactor)
+      pendingRequests: pendingRequests, isIdle: core.isIdle, leaderIdleFactor: core.leaderIdleFactor,
+      refusedMessages: core.refusedMessages)
   }
 
   public static func snapshotInstalledEvent(at index: UInt64) -> RaftEvent { .snapshotInstalled(index: index) }

@@ -48,6 +48,14 @@ struct AbsurdMessageTests {
     #expect(sent.contains { if case .accepted = $0.message { true } else { false } })
   }
 
+  @Test("the refused messages show in the node's status")
+  func refusedMessagesInStatus() throws {
+    var follower = try Self.ledCluster()[2]
+    let entry = PaxosEntry(index: 1 << 62, ballot: follower.promised, kind: .command, data: [1])
+    follower.step(.accept(Accept(ballot: follower.promised, entries: [entry], chosenThrough: 0)), from: 1)
+    #expect(MultiPaxosEngine(core: follower).status(applied: 0, pendingRequests: 0).refusedMessages == 1)
+  }
+
   @Test("an acceptor stores accepts in order however far they run past its chosen point")
   func acceptsInOrderPastTheReach() throws {
     let c = try Self.ledCluster()

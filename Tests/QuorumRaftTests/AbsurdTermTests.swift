@@ -8,6 +8,13 @@ import Testing
 /// decoder refuses them and the core drops (and counts) one that was never encoded.
 @Suite("Raft cores under absurd terms")
 struct AbsurdTermTests {
+  @Test("the refused messages show in the node's status")
+  func refusedMessagesInStatus() {
+    var node = makeCore(1, peers: ids(3), options: .defaults)
+    node.step(.heartbeat(Heartbeat(term: .max, commit: 0, round: 1)), from: 2)
+    #expect(RaftEngine(core: node).status(applied: 0, pendingRequests: 0).refusedMessages == 1)
+  }
+
   @Test("a message with term 2^64-1 is dropped, and the node's later elections do not trap")
   func termAtTheTop() {
     let messages: [RaftMessage] = [

@@ -324,7 +324,8 @@ public struct MultiPaxosCore: Sendable {
   public private(set) var highestSeen: Ballot
   /// Peer messages dropped unread because no honest peer sends them: malformed
   /// (``PaxosMessage/malformation``), or naming slots further beyond this node's log than a leader or acceptor
-  /// can reach (``acceptReach``). A count that grows points at a faulty or version-skewed member.
+  /// can reach (``acceptReach``). A count that grows points at a faulty or version-skewed member; the node's
+  /// status shows it (``MultiPaxosStatus/refusedMessages``).
   public private(set) var refusedMessages: UInt64 = 0
 
   var log: PaxosLog

@@ -49,6 +49,9 @@ public struct MultiPaxosStatus: Sendable, Equatable {
   /// As a follower, how many times longer it waits for its leader than for an active one: the factor of the
   /// leader's last heartbeat, or 1 once its transport reported the leader lost.
   public var leaderIdleFactor = 1
+  /// Messages from peers dropped as impossible from an honest peer (``MultiPaxosCore/refusedMessages``): a count
+  /// that grows points at a faulty or incompatible member.
+  public var refusedMessages: UInt64 = 0
 }
 
 /// A Multi-Paxos replica: the replica runtime (``QuorumReplica/ReplicaNode``) driving ``MultiPaxosCore``
@@ -256,7 +259,8 @@ public struct MultiPaxosEngine: ReplicaEngine {
       id: core.id, role: core.role, ballot: core.promised, leader: core.leader, chosenThrough: core.chosenThrough,
       appliedThrough: applied, firstSlot: core.firstSlot, lastSlot: core.lastSlot,
       snapshotIndex: core.snapshot?.index ?? 0, membership: core.membership, peers: core.peerProgress,
-      pendingRequests: pendingRequests, isIdle: core.isIdle, leaderIdleFactor: core.leaderIdleFactor)
+      pendingRequests: pendingRequests, isIdle: core.isIdle, leaderIdleFactor: core.leaderIdleFactor,
+      refusedMessages: core.refusedMessages)
   }
 
   public static func snapshotInstalledEvent(at index: UInt64) -> PaxosEvent { .snapshotInstalled(slot: index) }
