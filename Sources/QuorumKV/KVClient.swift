@@ -63,6 +63,8 @@ public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
   private var outstanding: Set<UInt64> = []
   /// The registration in progress, if any.
   private var registering: Task<UInt64, any Error>?
+  /// Calls waiting for ``registering`` (what a test waits on to know a call shares the registration).
+  private(set) var waitingForRegistration = 0
   private var random: SeededRandom
 
   /// Creates a client for the group whose members are given.
@@ -202,7 +204,11 @@ public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
   /// wait for that one, so overlapping calls open one session, not one each.
   private func currentSession() async throws -> UInt64 {
     if let session { return session }
-    if let registering { return try await registering.value }
+    if let registering {
+      waitingForRegistration += 1
+      defer { waitingForRegistration -= 1 }
+      return try await registering.value
+    }
     let task = Task { () async throws -> UInt64 in
       var uncertain = false
       return try await withRetries(uncertain: &uncertain) { member, _ in try await member.registerSession() }

@@ -1,6 +1,7 @@
 import QuorumCore
-import QuorumKV
 import Testing
+
+@testable import QuorumKV
 
 /// A replicated log that answers proposals from a script and records what it was sent: the in-process client's
 /// session handling, without a cluster.
@@ -123,8 +124,9 @@ struct KVClientSessionTests {
     let first = Task { try await kv.put("a", [UInt8]([1])) }
     #expect(await seen.next() == 0)  // its registration, held
     let second = Task { try await kv.put("b", [UInt8]([2])) }
-    // The second write reaches the client while the registration is held: give it the actor, then release.
-    for _ in 0..<100 { await Task.yield() }
+    // The registration is held until the second write waits for it (or, were it to register its own, until that
+    // one arrives too).
+    while await kv.waitingForRegistration == 0, await log.registrations < 2 { await Task.yield() }
     await log.release(0)
     _ = try await first.value
     _ = try await second.value

@@ -118,6 +118,14 @@ struct ReplicaRuntimeTests {
     #expect(script.transferCalls.load(ordering: .relaxed) == 2, "the refused transfer never reached the engine")
   }
 
+  /// Expects the proposal `waiting` (which never commits) to end cancelled.
+  static func expectCancelled(_ waiting: Task<UInt64, any Error>) async {
+    switch await waiting.result {
+    case .failure(let error): #expect(error is CancellationError, "\(error)")
+    case .success: Issue.record("a proposal that never commits succeeded")
+    }
+  }
+
   @Test("a request cancelled while the node's inputs are full ends at once, not at its timeout")
   func cancelWithFullMailbox() async throws {
     let storage = GatedStorage()
@@ -136,13 +144,8 @@ struct ReplicaRuntimeTests {
       }
       waiting.cancel()  // the inputs are full: a cancel queued there would be refused
       storage.openGate()
-      switch await waiting.result {
-      case .failure(let error):
-        // Not timeout, which a cancel lost to the full inputs would end it with, 60 s later.
-        #expect(error is CancellationError, "\(error)")
-      case .success:
-        Issue.record("a proposal that never commits succeeded")
-      }
+      // Not timeout, which a cancel lost to the full inputs would end it with, 60 s later.
+      await Self.expectCancelled(waiting)
       _ = queued
     }
   }
@@ -166,13 +169,8 @@ struct ReplicaRuntimeTests {
       try await eventually("the last proposal to be queued") { await node.inputs.count >= 5_000 }
       waiting.cancel()
       storage.openGate()
-      switch await waiting.result {
-      case .failure(let error):
-        // Not timeout, which a cancel tried before its request was taken from the queue would end it with.
-        #expect(error is CancellationError, "\(error)")
-      case .success:
-        Issue.record("a proposal that never commits succeeded")
-      }
+      // Not timeout, which a cancel tried before its request was taken from the queue would end it with.
+      await Self.expectCancelled(waiting)
       first.cancel()
       _ = await first.result
     }
