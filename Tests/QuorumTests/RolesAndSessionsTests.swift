@@ -24,6 +24,9 @@ struct RolesAndSessionsTests {
     func client(_ name: String) throws -> TCPKVClient {
       var options = HostClientOptions()
       options.deadline = .seconds(60)
+      // One attempt may take seconds while the whole suite runs on 2 cores; a membership change that timed out
+      // ends outcomeUnknown (it is never retried), where the test expects the member's refusal.
+      options.attemptTimeout = .seconds(30)
       return TCPKVClient(cluster: id, members: members, options: options, credential: try secrets.credential(name))
     }
     let admin = try client("admin")
