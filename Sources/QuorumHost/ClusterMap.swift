@@ -53,6 +53,20 @@ public struct SlotRange: Sendable, Hashable, WireCodable, CustomStringConvertibl
 
   /// `lower-upper`.
   public var description: String { lower == upper ? "\(lower)" : "\(lower)-\(upper)" }
+
+  /// `ranges` sorted by their first slot, with overlapping and adjacent ranges merged: the same slots always
+  /// come out as the same ranges (`0-99,100-199`, `100-199,0-99` and `0-199` all become `0-199`).
+  public static func normalized(_ ranges: [SlotRange]) -> [SlotRange] {
+    var merged: [SlotRange] = []
+    for range in ranges.sorted(by: { ($0.lower, $0.upper) < ($1.lower, $1.upper) }) {
+      if let last = merged.last, Int(range.lower) <= Int(last.upper) + 1 {
+        merged[merged.count - 1].upper = max(last.upper, range.upper)
+      } else {
+        merged.append(range)
+      }
+    }
+    return merged
+  }
 }
 
 /// One consensus group of a cluster: who replicates it, with which engine, which services its log carries, and

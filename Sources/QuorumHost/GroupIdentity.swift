@@ -23,10 +23,12 @@ public struct GroupIdentity: Sendable, Equatable, WireCodable, CustomStringConve
   /// them by name).
   public var services: [String]
   /// The slots the group owns for each service, in the order of ``services``, after defaults are applied (see
-  /// ``ClusterMap/slots(of:service:)``): all of them for a service no other group carries.
+  /// ``ClusterMap/slots(of:service:)``): all of them for a service no other group carries. Each service's ranges
+  /// are normalised (``SlotRange/normalized(_:)``), so that slots written as `0-99,100-199` on one member and
+  /// `0-199` on another are the same identity, with the same digest.
   public var slots: [[SlotRange]]
 
-  /// Creates an identity; `services` is sorted, with `slots` kept beside each service.
+  /// Creates an identity; `services` is sorted, with `slots` kept beside each service and normalised.
   public init(id: GroupID, name: String, engine: EngineKind, services: [String], slots: [[SlotRange]]) {
     let paired = zip(services, slots + Array(repeating: [], count: max(0, services.count - slots.count)))
       .sorted { $0.0 < $1.0 }
@@ -34,7 +36,7 @@ public struct GroupIdentity: Sendable, Equatable, WireCodable, CustomStringConve
     self.name = name
     self.engine = engine
     self.services = paired.map(\.0)
-    self.slots = paired.map(\.1)
+    self.slots = paired.map { SlotRange.normalized($0.1) }
   }
 
   /// The identity of `group` in `map` (whose other groups decide which slots it owns by default).
@@ -64,7 +66,9 @@ public struct GroupIdentity: Sendable, Equatable, WireCodable, CustomStringConve
       throw WireError(.invalidValue("slots for \(count) services, but \(services.count) services"), at: at)
     }
     var slots: [[SlotRange]] = []
-    for _ in 0..<count { slots.append(try reader.readArray(SlotRange.self)) }
+    // Normalised as ``init(id:name:engine:services:slots:)`` does: a record written before identities were
+    // normalised still equals the identity configured now.
+    for _ in 0..<count { slots.append(SlotRange.normalized(try reader.readArray(SlotRange.self))) }
     self.slots = slots
   }
 

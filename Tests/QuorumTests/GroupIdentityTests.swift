@@ -254,6 +254,38 @@ struct GroupIdentityTests {
     for variant in variants { #expect(digest(variant) != reference, "\(variant)") }
   }
 
+  @Test("slots written split, unsorted or overlapping digest as the same slots merged: such members agree")
+  func slotRangesAreNormalisedBeforeDigesting() {
+    func map(_ first: [SlotRange], _ second: [SlotRange]) -> ClusterMap {
+      ClusterMap(
+        cluster: "c", members: [1: ""],
+        groups: [
+          GroupSpec(id: 1, name: "accounts", members: [1], services: ["kv"], slots: first),
+          GroupSpec(id: 2, name: "orders", members: [1], services: ["kv"], slots: second),
+        ])
+    }
+    let whole = map([SlotRange(0, 199)], [SlotRange(200, 4095)])
+    let spellings = [
+      map([SlotRange(0, 99), SlotRange(100, 199)], [SlotRange(200, 4095)]),
+      map([SlotRange(100, 199), SlotRange(0, 99)], [SlotRange(200, 2047), SlotRange(2048, 4095)]),
+      map([SlotRange(0, 150), SlotRange(50, 199)], [SlotRange(3000, 4095), SlotRange(200, 2999)]),
+    ]
+    let policy = SessionPolicy()
+    for spelling in spellings {
+      #expect(spelling.groupTableDigest == whole.groupTableDigest, "\(spelling.groups.map(\.slots))")
+      #expect(
+        spelling.replicationDigest(raftSessions: policy, paxosSessions: policy)
+          == whole.replicationDigest(raftSessions: policy, paxosSessions: policy))
+      #expect(GroupIdentity(spelling.groups[0], in: spelling) == GroupIdentity(whole.groups[0], in: whole))
+    }
+    #expect(
+      map([SlotRange(0, 99), SlotRange(101, 199)], [SlotRange(100, 100), SlotRange(200, 4095)]).groupTableDigest
+        != whole.groupTableDigest, "other slots still digest otherwise")
+    #expect(
+      SlotRange.normalized([SlotRange(7, 9), SlotRange(0, 3), SlotRange(4, 5), SlotRange(2, 2)])
+        == [SlotRange(0, 5), SlotRange(7, 9)])
+  }
+
   /// A two-member TCP cluster whose members run `groups` (members listen on port 0).
   private static func tcpCluster(withAudit: Bool, sessionTimeout: Duration = .seconds(300)) throws -> Cluster {
     try Cluster(id: "tables") {
