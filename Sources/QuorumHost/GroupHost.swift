@@ -167,7 +167,9 @@ public final class GroupHost: Sendable {
   ///   - maxReplyBytes: the longest encoded reply sent (a transport passes its frame limit, less its framing).
   /// - Throws: ``ClusterMapError`` for an invalid map, ``QuorumCore/ConfigurationError`` for invalid settings,
   ///   or a storage error opening a group's storage: ``QuorumStorage/StorageError/incompatible(file:reason:)``
-  ///   when the storage recorded another identity for a group (see ``GroupStorageProvider/checkIdentity(_:)``).
+  ///   when the storage recorded another identity for a group (see ``GroupStorageProvider/checkIdentity(_:)``), and
+  ///   ``QuorumStorage/StorageError/directoryLocked(path:)`` when another process runs on a ``FileGroupStorage``'s
+  ///   data directory (nothing in it is read or written then).
   public init(
     node: NodeID, map: ClusterMap, catalog: ServiceCatalog = .standard, settings: HostSettings,
     storage: any GroupStorageProvider, joining: Set<GroupID> = [], runtime: NodeRuntime = .system,

@@ -148,9 +148,9 @@ public struct FileGroupStorage: GroupStorageProvider {
   }
 
   /// The directory of `group` in the ``GroupLogLayout/perGroup`` layout.
-  public func directory(of group: GroupSpec) -> String {
-    group.id == .default ? root : "\(root)/\(group.name)"
-  }
+  public func directory(of group: GroupSpec) -> String { directory(id: group.id, name: group.name) }
+
+  private func directory(id: GroupID, name: String) -> String { id == .default ? root : "\(root)/\(name)" }
 
   /// The disk space allocated to every file under ``root`` (log segments, including preallocated ones, and
   /// snapshots): what fills the disk.
@@ -196,11 +196,19 @@ public struct FileGroupStorage: GroupStorageProvider {
   /// records another identity. In the shared layout the group's number finds its records, so a group whose number
   /// now names another group (groups removed or reordered without explicit ids) is refused; in the per-group
   /// layout its name finds its directory, so a group whose number, engine, services or slots changed is refused.
+  ///
+  /// The file is read and written only under the lock the group's log takes when it opens (the shared log's
+  /// directory, or the group's own; ``QuorumStorage/SideFile/withDirectoryLock(_:sync:_:)``): a second process
+  /// started on a data directory a member is running in fails here with
+  /// ``QuorumStorage/StorageError/directoryLocked(path:)``, before it reads the record or writes one.
   public func checkIdentity(_ identity: GroupIdentity) throws {
     try checkLayout()
     let path = identityPath(of: identity.id, name: identity.name)
     let directory = String(path.dropLast(GroupIdentityFile.name.count + 1))
-    try GroupIdentityFile.check(identity, in: directory, sync: fsync != .never)
+    let logDirectory = sharedLog?.directory ?? self.directory(id: identity.id, name: identity.name)
+    try SideFile.withDirectoryLock(logDirectory, sync: fsync != .never) {
+      try GroupIdentityFile.check(identity, in: directory, sync: fsync != .never)
+    }
   }
 
   /// The groups whose entries keep the shared log's oldest segment, once it holds a segment before the active

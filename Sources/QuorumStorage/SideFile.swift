@@ -30,6 +30,21 @@ public enum SideFile {
     return bytes
   }
 
+  /// Runs `body` holding the lock of the data directory `directory`: the `LOCK` file a ``FileStorage`` or a
+  /// ``SharedWriteAheadLog`` kept in `directory` holds while it is open, so that a side file is read and written
+  /// only by the process the directory belongs to. The directory and its missing parents are created first (each
+  /// made durable with `sync`); the lock is released when `body` returns. It blocks the calling thread: for a
+  /// moment when the lock is free, up to 100 ms while a process that just closed the directory lets it go.
+  ///
+  /// - Throws: ``StorageError/directoryLocked(path:)`` if another holder has the lock (another process running on
+  ///   the directory, or a storage of this process open in it), before `body` runs; or what `body` throws.
+  public static func withDirectoryLock<T>(_ directory: String, sync: Bool, _ body: () throws -> T) throws -> T {
+    _ = try FileSystem.makeDirectories(directory, syncParents: sync)
+    let lock = try WALFiles.lockDirectory(directory)
+    defer { lock.close() }
+    return try body()
+  }
+
   /// Replaces the file at `path` with `bytes` atomically: written under a temporary name, synced, renamed into
   /// place and the directory synced (the syncs only with `sync`), creating the directory and its missing
   /// parents (each made durable with `sync`). A crash leaves the old file or the new one, never a mix.
@@ -37,8 +52,8 @@ public enum SideFile {
     let directory = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
     let parent = directory.isEmpty ? (path.hasPrefix("/") ? "/" : ".") : directory
     try FileSystem.makeDirectories(parent, syncParents: sync)
-    // Named for this process: two processes started on one directory by mistake (side files are written before
-    // the directory's lock is taken) never write into one temporary file.
+    // Named for this process: two processes started on one directory by mistake never write into one temporary
+    // file, even where a side file is written without the directory's lock (see withDirectoryLock).
     let temporary = path + ".\(getpid()).tmp"
     let file = try PosixFile.open(temporary, flags: O_RDWR | O_CREAT | O_TRUNC)
     do throws(StorageError) {

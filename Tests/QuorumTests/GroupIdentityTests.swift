@@ -183,6 +183,50 @@ struct GroupIdentityTests {
     }
   }
 
+  @Test("a second host on a data directory a running member holds fails with the lock error and leaves the records")
+  func lockedDirectoryIsLeftAlone() async throws {
+    for layout in [GroupLogLayout.shared, .perGroup] {
+      let root = Self.temporaryRoot()
+      defer { try? FileManager.default.removeItem(atPath: root) }
+      let running = try Cluster(id: "identity") {
+        Member("n1")
+        Group("accounts") { KeyValue() }
+      }
+      let storage = FileGroupStorage(root: root, fsync: .never, layout: layout)
+      let accounts = storage.identityPath(of: 1, name: "accounts")
+      let lockedDirectory = layout == .shared ? root + "/" + FileGroupStorage.sharedLogName : root + "/accounts"
+      try await withSingleMember(running, storage: storage, settings: running.hostSettings) { _, kv in
+        _ = try await kv.put("alice", "100")
+        let recorded = try Data(contentsOf: URL(fileURLWithPath: accounts))
+        // Started by mistake on the same directory: one configured with a group the running member does not have
+        // (its record would be written while the member runs), and one whose group the record says is another.
+        let added = try Cluster(id: "identity") {
+          Member("n1")
+          Group("accounts") { KeyValue() }
+          Group("orders") { Locks() }
+        }
+        let renamed = try Cluster(id: "identity") {
+          Member("n1")
+          Group("ledger", id: 1) { KeyValue() }
+        }
+        // In the per-group layout a renamed group has a directory of its own, which nothing holds.
+        for second in layout == .shared ? [added, renamed] : [added] {
+          do {
+            _ = try Self.host(second, root: root, layout: layout)
+            Issue.record("\(layout): a second host started on a locked directory")
+          } catch let error as StorageError {
+            #expect(error == .directoryLocked(path: lockedDirectory), "\(layout): \(error)")
+          }
+        }
+        let orders = FileGroupStorage(root: root, fsync: .never, layout: layout).identityPath(of: 2, name: "orders")
+        if layout == .shared {
+          #expect(!FileManager.default.fileExists(atPath: orders), "\(layout): the second host recorded a group")
+        }
+        #expect(try Data(contentsOf: URL(fileURLWithPath: accounts)) == recorded, "\(layout): the record changed")
+      }
+    }
+  }
+
   @Test("a damaged identity file is refused with a typed error, not overwritten")
   func damagedIdentityIsRefused() throws {
     let root = Self.temporaryRoot()
