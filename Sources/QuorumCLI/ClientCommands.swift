@@ -119,7 +119,9 @@ enum ClientCommands {
             + "voters \((leader?.voters ?? group.members).map(\.description).joined(separator: ","))"
             + ((leader?.learners.isEmpty ?? true)
               ? "" : ", learners \(leader?.learners.map(\.description).joined(separator: ",") ?? "")"))
-        print(row(["member", "address", "role", "term", "commit", "applied", "last", "lag"]))
+        // `refused`: peer messages the member dropped as impossible from an honest peer (a faulty or
+        // incompatible member sends them).
+        print(row(["member", "address", "role", "term", "commit", "applied", "last", "lag", "refused"]))
         // With a leader, its configuration says who is in the group: a founding member removed since is listed
         // as removed (its replica may still run until the group is forgotten there).
         let configured = leader.map { Set($0.voters + $0.learners) }
@@ -138,7 +140,7 @@ enum ClientCommands {
           print(
             row([
               "\(s.node)", address, s.role, "\(s.epoch)", "\(s.commitIndex)", "\(s.appliedIndex)", "\(s.lastIndex)",
-              lag,
+              lag, "\(s.refusedMessages)",
             ]))
         }
         for peer in leader?.peers ?? [] where peer.note != nil {
@@ -160,7 +162,7 @@ enum ClientCommands {
   }
 
   static func row(_ cells: [String]) -> String {
-    let widths = [7, 22, 10, 6, 9, 9, 9, 6]
+    let widths = [7, 22, 10, 6, 9, 9, 9, 6, 7]
     return cells.enumerated().map { index, cell in
       index < widths.count - 1 && cell.count < widths[index]
         ? cell + String(repeating: " ", count: widths[index] - cell.count) : cell + " "

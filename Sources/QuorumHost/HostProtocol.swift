@@ -420,12 +420,16 @@ public struct GroupStatus: Sendable, Equatable, WireCodable {
   public var peers: [PeerLag]
   /// Requests waiting for an answer.
   public var pendingRequests: Int
+  /// Messages from the group's peers the member dropped as impossible from an honest peer (Raft's
+  /// `RaftStatus.refusedMessages`, Multi-Paxos's `MultiPaxosStatus.refusedMessages`) since it started: a count
+  /// that grows points at a faulty or incompatible member.
+  public var refusedMessages: UInt64
 
   /// Creates a status record.
   public init(
     group: GroupID, name: String, engine: EngineKind, node: NodeID, role: String, epoch: UInt64, leader: NodeID?,
     commitIndex: UInt64, appliedIndex: UInt64, lastIndex: UInt64, snapshotIndex: UInt64, voters: [NodeID],
-    learners: [NodeID], peers: [PeerLag], pendingRequests: Int
+    learners: [NodeID], peers: [PeerLag], pendingRequests: Int, refusedMessages: UInt64 = 0
   ) {
     self.group = group
     self.name = name
@@ -442,6 +446,7 @@ public struct GroupStatus: Sendable, Equatable, WireCodable {
     self.learners = learners
     self.peers = peers
     self.pendingRequests = pendingRequests
+    self.refusedMessages = refusedMessages
   }
 
   public func encode(to writer: inout WireWriter) {
@@ -460,6 +465,7 @@ public struct GroupStatus: Sendable, Equatable, WireCodable {
     writer.writeArray(learners)
     writer.writeArray(peers)
     writer.writeVarint(UInt64(max(0, pendingRequests)))
+    writer.writeVarint(refusedMessages)
   }
 
   public init(from reader: inout WireReader) throws(WireError) {
@@ -478,6 +484,7 @@ public struct GroupStatus: Sendable, Equatable, WireCodable {
     learners = try reader.readArray(NodeID.self)
     peers = try reader.readArray(PeerLag.self)
     pendingRequests = Int(try reader.readVarint(as: UInt32.self))
+    refusedMessages = try reader.readVarint()
   }
 
   /// Whether the member leads the group.

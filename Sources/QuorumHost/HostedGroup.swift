@@ -330,7 +330,7 @@ extension RaftEngine: HostedEngine {
       group: group.id, name: group.name, engine: .raft, node: s.id, role: s.role.rawValue, epoch: s.term,
       leader: s.leader, commitIndex: s.commitIndex, appliedIndex: s.appliedIndex, lastIndex: s.lastIndex,
       snapshotIndex: s.snapshotIndex, voters: s.membership.allVoters.sorted(), learners: s.membership.learners.sorted(),
-      peers: peers, pendingRequests: s.pendingRequests)
+      peers: peers, pendingRequests: s.pendingRequests, refusedMessages: s.refusedMessages)
   }
 }
 
@@ -372,8 +372,7 @@ extension MultiPaxosEngine: HostedEngine {
       group: group.id, name: group.name, engine: .multiPaxos, node: s.id, role: s.role.rawValue, epoch: s.ballot.round,
       leader: s.leader, commitIndex: s.chosenThrough, appliedIndex: s.appliedThrough, lastIndex: s.lastSlot,
       snapshotIndex: s.snapshotIndex, voters: s.membership.allVoters.sorted(), learners: s.membership.learners.sorted(),
-      peers: peers,
-      pendingRequests: s.pendingRequests)
+      peers: peers, pendingRequests: s.pendingRequests, refusedMessages: s.refusedMessages)
   }
 }
 

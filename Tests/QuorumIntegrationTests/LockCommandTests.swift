@@ -68,6 +68,12 @@ struct LockCommandTests {
       #expect(
         overview.status == 0 && overview.output.contains("locks: 1 held or waited for, 1 holders, 0 waiters"),
         "\(overview.output)")
+      // Each member's row ends in the peer messages it refused as impossible from an honest peer: none here.
+      #expect(overview.output.contains("lag   refused"), "\(overview.output)")
+      let leaderRow = overview.output.split(separator: "\n").first {
+        $0.split(separator: " ").dropFirst(2).first == "leader"
+      }
+      #expect(leaderRow?.split(separator: " ").last == "0", "\(overview.output)")
 
       // A release with another token, or by another session, is refused and changes nothing.
       let wrongToken = try await lock(

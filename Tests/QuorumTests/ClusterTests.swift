@@ -107,7 +107,7 @@ struct ClusterTests {
       group: 1, name: "accounts", engine: .multiPaxos, node: 1, role: "leader", epoch: 3, leader: 1, commitIndex: 10,
       appliedIndex: 10, lastIndex: 11, snapshotIndex: 4, voters: [1, 2], learners: [3],
       peers: [PeerLag(node: 2, match: 9, lag: 2, isLearner: false, recentlyActive: true, note: "refused")],
-      pendingRequests: 2)
+      pendingRequests: 2, refusedMessages: 5)
     let map = ClusterMap(
       cluster: "orders", members: [1: "127.0.0.1:1", 2: "[::1]:2"],
       groups: [GroupSpec(id: 1, name: "a", members: [1, 2], services: ["kv"], slots: [SlotRange(0, 9)])])
@@ -120,6 +120,37 @@ struct ClusterTests {
       .failure(HostFailure(.unknownGroup(9))), .failure(HostFailure(.malformed("why"))),
     ]
     for reply in replies { #expect(try HostReply(wireBytes: reply.wireBytes()) == reply) }
+  }
+
+  @Test("a member's group status carries the peer messages it refused, over the status protocol, for either engine")
+  func refusedMessagesInGroupStatus() throws {
+    var raftConfiguration = RaftConfiguration()
+    raftConfiguration.members = [1, 2, 3]
+    var raft = try RaftEngine.recover(
+      id: 1, configuration: raftConfiguration, state: RecoveredState<LogEntry>(), random: SeededRandom(seed: 1)
+    ).engine
+    // A term no honest peer reaches.
+    raft.step(.heartbeat(Heartbeat(term: .max, commit: 0, round: 1)), from: 2)
+    var paxosConfiguration = PaxosConfiguration()
+    paxosConfiguration.members = [1, 2, 3]
+    var paxos = try MultiPaxosEngine.recover(
+      id: 1, configuration: paxosConfiguration, state: RecoveredState<PaxosEntry>(), random: SeededRandom(seed: 1)
+    ).engine
+    // A ballot round above any a node reaches, twice.
+    for _ in 0..<2 { paxos.step(.prepare(Prepare(ballot: Ballot(round: .max, node: 2), fromSlot: 1)), from: 2) }
+    let group = GroupSpec(id: 1, name: "accounts", members: [1, 2, 3], services: ["kv"])
+    let statuses = [
+      RaftEngine.groupStatus(raft.status(applied: 0, pendingRequests: 0), group: group),
+      MultiPaxosEngine.groupStatus(paxos.status(applied: 0, pendingRequests: 0), group: group),
+    ]
+    #expect(statuses.map(\.refusedMessages) == [1, 2])
+    let reply = try HostReply(wireBytes: HostReply.statuses(statuses).wireBytes())
+    guard case .statuses(let decoded) = reply else {
+      Issue.record("decoded \(reply)")
+      return
+    }
+    #expect(decoded.map(\.refusedMessages) == [1, 2])
+    #expect(decoded == statuses)
   }
 
   @Test("a 3-member TCP cluster on loopback serves a client that follows redirects, exactly once")
