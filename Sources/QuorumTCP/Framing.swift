@@ -69,29 +69,42 @@ public enum TCPFrame {
 
 /// The first frame on every connection, sent by the side that connects.
 ///
-/// Layout (version 2): magic `QRHI` (fixed32), handshake version (u8), security mode (u8: 0 none, 1
-/// HMAC-SHA-256), role (u8: 1 peer, 2 client), cluster id (string), sender node (varint; 0 for a client), the
-/// node the dialler expects to reach (varint; 0 for any), the protocol number of the frames that follow (u8),
-/// the client's principal name (string; empty for a peer or without authentication), the dialler's nonce
-/// (bytes: 32 fresh random bytes with authentication, empty without) and, only when the dialler is a peer with a
-/// ``TCPTransportOptions/groupTableDigest``, that digest (bytes; absent when empty, so that a client's hello is
-/// what it was before the field existed).
+/// Layout (protocol version 3 and later): magic `QRHI` (fixed32), the lowest and the highest protocol version the
+/// dialler speaks (u8 each), security mode (u8: 0 none, 1 HMAC-SHA-256), role (u8: 1 peer, 2 client), cluster id
+/// (string), sender node (varint; 0 for a client), the node the dialler expects to reach (varint; 0 for any), the
+/// protocol number of the frames that follow (u8), the client's principal name (string; empty for a peer or
+/// without authentication), the dialler's nonce (bytes: 32 fresh random bytes with authentication, empty
+/// without), its ``TCPTransportOptions/groupTableDigest`` (bytes; empty for a client or a peer without one), and
+/// then the fields later versions add (``extensions``): each a tag (varint) and a value (bytes).
+///
+/// **Versions.** The listener answers (``TCPHandshakeReply``) with the version both use: the highest that both
+/// ranges hold. A dialler and a listener with none in common close with
+/// ``TCPCloseReason/noCommonVersion(local:remote:)``, each naming both ranges. The compatibility rule: a later
+/// version keeps this layout and only appends fields, so a listener reads any hello, decodes the appended fields
+/// it does not know (to check their framing) and ignores them. It ignores them only in meaning: an authenticated
+/// handshake's transcript binds them, so nobody on the path can add, drop or change one. The authentication
+/// messages themselves (the reply's nonce and proof, ``TCPHandshakeProof``, ``TCPHandshakeVerdict``) are read
+/// exactly, in the agreed version's layout, and refused with anything more. Handshake versions 1 and 2 had a
+/// single version byte where this layout has the lowest version, and no negotiation: a dialler of either is
+/// refused, in the layout it reads, with the versions this node speaks.
 ///
 /// Without authentication the listener answers with a ``TCPHandshakeReply`` that accepts or refuses, and
 /// frames follow. With authentication the exchange has four messages: this hello, the listener's reply with
 /// its own nonce and proof (``TCPHandshakeReply``), the dialler's proof (``TCPHandshakeProof``), and the
 /// listener's verdict (``TCPHandshakeVerdict``). A proof is HMAC-SHA-256 under the shared key (the cluster
-/// secret for a peer, the principal's secret for a client) of a transcript binding both nonces, the cluster
-/// id, the role, both node ids, the protocol number, the principal's name and which side proves; then each
-/// direction has its own session key (HKDF-SHA-256 over the key and the transcript), and every frame carries
-/// a code under it and an implicit sequence number (see ``TCPFrame``).
-///
-/// A listener hears only version 2; a version 1 dialler gets a refusal in the version 1 layout saying so.
+/// secret for a peer, the principal's secret for a client) of a transcript binding both nonces, the agreed
+/// version and both sides' ranges, the cluster id, the role, both node ids, the protocol number, the principal's
+/// name, the group table digest, the appended fields and which side proves; then each direction has its own
+/// session key (HKDF-SHA-256 over the key and the transcript), and every frame carries a code under it and an
+/// implicit sequence number (see ``TCPFrame``).
 public struct TCPHandshake: Sendable, Equatable, WireCodable {
   /// The handshake's magic number, "QRHI" read little-endian.
   public static let magic: UInt32 = 0x4948_5251
-  /// The handshake version this build speaks.
-  public static let currentVersion: UInt8 = 2
+  /// The protocol versions this build speaks.
+  public static let supportedVersions: ClosedRange<UInt8> = 3...3
+  /// The handshake versions from before versions were negotiated, whose hello has its one version byte where
+  /// this layout has the lowest version; a listener of them answers any other hello with a version 1 refusal.
+  public static let legacyVersions: ClosedRange<UInt8> = 1...2
   /// The bytes of each side's nonce.
   public static let nonceByteCount = 32
 
@@ -111,8 +124,8 @@ public struct TCPHandshake: Sendable, Equatable, WireCodable {
     case hmacSHA256 = 1
   }
 
-  /// The handshake version.
-  public var version: UInt8
+  /// The protocol versions the dialler speaks.
+  public var versions: ClosedRange<UInt8>
   /// How the connection is authenticated.
   public var mode: Mode
   /// The cluster the dialler belongs to.
@@ -131,13 +144,17 @@ public struct TCPHandshake: Sendable, Equatable, WireCodable {
   public var nonce: [UInt8]
   /// A peer's ``TCPTransportOptions/groupTableDigest`` (empty for a client, or a peer without one).
   public var groupTableDigest: [UInt8]
+  /// The fields a later version appended, as they were sent: each a tag (varint) and a value (bytes). This build
+  /// sends none and ignores those it receives, but an authenticated handshake's transcript binds them.
+  public var extensions: [UInt8]
 
-  /// Creates a handshake for the current version.
+  /// Creates a hello offering `versions` (this build's, ``supportedVersions``, unless it stands in for another).
   public init(
     cluster: ClusterID, role: Role, from: NodeID, to: NodeID, protocolNumber: UInt8, mode: Mode = .none,
-    principal: String = "", nonce: [UInt8] = [], groupTableDigest: [UInt8] = []
+    principal: String = "", nonce: [UInt8] = [], groupTableDigest: [UInt8] = [],
+    versions: ClosedRange<UInt8> = TCPHandshake.supportedVersions, extensions: [UInt8] = []
   ) {
-    self.version = Self.currentVersion
+    self.versions = versions
     self.mode = mode
     self.cluster = cluster
     self.role = role
@@ -147,11 +164,28 @@ public struct TCPHandshake: Sendable, Equatable, WireCodable {
     self.principal = principal
     self.nonce = nonce
     self.groupTableDigest = groupTableDigest
+    self.extensions = extensions
+  }
+
+  /// The highest version both `a` and `b` hold, or `nil` if they hold none in common.
+  public static func highestCommonVersion(_ a: ClosedRange<UInt8>, _ b: ClosedRange<UInt8>) -> UInt8? {
+    a.overlaps(b) ? min(a.upperBound, b.upperBound) : nil
+  }
+
+  /// The versions the hello in `bytes[range]` offers, read from its start alone (a hello of a legacy version
+  /// offers that version), or `nil` if it does not start like a hello.
+  static func offeredVersions(_ bytes: [UInt8], _ range: Range<Int>) -> ClosedRange<UInt8>? {
+    var reader = WireReader(bytes, range: range)
+    guard (try? reader.readFixed32()) == magic, let lowest = try? reader.readByte() else { return nil }
+    if lowest <= legacyVersions.upperBound { return lowest...lowest }
+    guard let highest = try? reader.readByte(), highest >= lowest else { return nil }
+    return lowest...highest
   }
 
   public func encode(to writer: inout WireWriter) {
     writer.writeFixed32(Self.magic)
-    writer.writeByte(version)
+    writer.writeByte(versions.lowerBound)
+    writer.writeByte(versions.upperBound)
     writer.writeByte(mode.rawValue)
     writer.writeByte(role.rawValue)
     writer.writeString(cluster.rawValue)
@@ -160,15 +194,23 @@ public struct TCPHandshake: Sendable, Equatable, WireCodable {
     writer.writeByte(protocolNumber)
     writer.writeString(principal)
     writer.writeBytes(nonce)
-    if !groupTableDigest.isEmpty { writer.writeBytes(groupTableDigest) }
+    writer.writeBytes(groupTableDigest)
+    writer.writeRaw(extensions)
   }
 
+  /// Decodes a hello; one of a legacy version (``legacyVersions``) throws
+  /// ``QuorumCore/WireError/Kind/unsupportedVersion(_:)``.
   public init(from reader: inout WireReader) throws(WireError) {
     let start = reader.position
     let magic = try reader.readFixed32()
     guard magic == Self.magic else { throw WireError(.badMagic(UInt16(truncatingIfNeeded: magic)), at: start) }
-    version = try reader.readByte()
-    guard version == Self.currentVersion else { throw WireError(.unsupportedVersion(version), at: start + 4) }
+    let lowest = try reader.readByte()
+    guard lowest > Self.legacyVersions.upperBound else { throw WireError(.unsupportedVersion(lowest), at: start + 4) }
+    let highest = try reader.readByte()
+    guard highest >= lowest else {
+      throw WireError(.invalidValue("protocol versions \(lowest) to \(highest)"), at: start + 5)
+    }
+    versions = lowest...highest
     let modeAt = reader.position
     let rawMode = try reader.readByte()
     guard let mode = Mode(rawValue: rawMode) else {
@@ -187,21 +229,34 @@ public struct TCPHandshake: Sendable, Equatable, WireCodable {
     protocolNumber = try reader.readByte()
     principal = try reader.readString()
     nonce = try reader.readBytes()
-    groupTableDigest = reader.isAtEnd ? [] : try reader.readBytes()
-    try reader.expectEnd()
+    groupTableDigest = try reader.readBytes()
+    // Fields of later versions: decoded to check their framing, kept as sent for the transcript, ignored.
+    let appended = reader.position
+    while !reader.isAtEnd {
+      _ = try reader.readVarint()
+      _ = try reader.readBytes()
+    }
+    extensions = Array(reader.bytes[appended..<reader.position])
   }
 }
 
 /// The listener's answer to a ``TCPHandshake``.
 ///
-/// Layout (version 2): magic `QRHA` (fixed32), handshake version (u8), the listener's node (varint), the
-/// refusal (optional string: absent when the handshake goes on), the listener's nonce and its proof (bytes;
-/// empty without authentication). A refusal names no cluster id and, with authentication, says only
-/// "authentication failed"; the listener logs the detail.
+/// Layout: magic `QRHA` (fixed32), the protocol version agreed (u8: the highest both sides speak; 0 when they
+/// have none in common), the lowest and the highest version the listener speaks (u8 each), the listener's node
+/// (varint) and the refusal (optional string: absent when the handshake goes on) — the same in every version
+/// from 3 on, so that a dialler reads a refusal whichever versions the listener speaks — then, in version 3, the
+/// listener's nonce and its proof (bytes; empty without authentication); nothing more with version 0. A refusal
+/// names no cluster id and, with authentication, says only "authentication failed"; the listener logs the
+/// detail.
 public struct TCPHandshakeReply: Sendable, Equatable, WireCodable {
   /// The reply's magic number, "QRHA" read little-endian.
   public static let magic: UInt32 = 0x4148_5251
 
+  /// The protocol version the rest of the connection uses; 0 when the two sides speak none in common.
+  public var version: UInt8
+  /// The protocol versions the listener speaks.
+  public var listenerVersions: ClosedRange<UInt8>
   /// The listening node.
   public var node: NodeID
   /// `nil` if the handshake goes on, otherwise why not.
@@ -211,8 +266,14 @@ public struct TCPHandshakeReply: Sendable, Equatable, WireCodable {
   /// The listener's proof (empty without authentication).
   public var proof: [UInt8]
 
-  /// Creates a reply.
-  public init(node: NodeID, refusal: String?, nonce: [UInt8] = [], proof: [UInt8] = []) {
+  /// Creates a reply; a listener of this build agrees on version 3, the only one it speaks.
+  public init(
+    node: NodeID, refusal: String?, nonce: [UInt8] = [], proof: [UInt8] = [],
+    version: UInt8 = TCPHandshake.supportedVersions.upperBound,
+    listenerVersions: ClosedRange<UInt8> = TCPHandshake.supportedVersions
+  ) {
+    self.version = version
+    self.listenerVersions = listenerVersions
     self.node = node
     self.refusal = refusal
     self.nonce = nonce
@@ -221,34 +282,60 @@ public struct TCPHandshakeReply: Sendable, Equatable, WireCodable {
 
   public func encode(to writer: inout WireWriter) {
     writer.writeFixed32(Self.magic)
-    writer.writeByte(TCPHandshake.currentVersion)
+    writer.writeByte(version)
+    writer.writeByte(listenerVersions.lowerBound)
+    writer.writeByte(listenerVersions.upperBound)
     writer.writeVarint(node.rawValue)
     writer.writeOptional(refusal)
+    guard version != 0 else { return }
     writer.writeBytes(nonce)
     writer.writeBytes(proof)
   }
 
+  /// Decodes a reply; one in a legacy layout (``TCPHandshake/legacyVersions``), or agreeing on a version this
+  /// build does not speak, throws ``QuorumCore/WireError/Kind/unsupportedVersion(_:)``.
   public init(from reader: inout WireReader) throws(WireError) {
     let start = reader.position
     let magic = try reader.readFixed32()
     guard magic == Self.magic else { throw WireError(.badMagic(UInt16(truncatingIfNeeded: magic)), at: start) }
-    let version = try reader.readByte()
-    guard version == TCPHandshake.currentVersion else { throw WireError(.unsupportedVersion(version), at: start + 4) }
+    version = try reader.readByte()
+    guard version == 0 || version > TCPHandshake.legacyVersions.upperBound else {
+      throw WireError(.unsupportedVersion(version), at: start + 4)
+    }
+    let lowest = try reader.readByte()
+    let highest = try reader.readByte()
+    guard lowest > TCPHandshake.legacyVersions.upperBound, highest >= lowest else {
+      throw WireError(.invalidValue("listener versions \(lowest) to \(highest)"), at: start + 5)
+    }
+    listenerVersions = lowest...highest
     node = NodeID(rawValue: try reader.readVarint())
     refusal = try reader.readOptional(String.self)
-    nonce = try reader.readBytes()
-    proof = try reader.readBytes()
+    if version == 0 {
+      nonce = []
+      proof = []
+    } else {
+      guard TCPHandshake.supportedVersions.contains(version) else {
+        throw WireError(.unsupportedVersion(version), at: start + 4)
+      }
+      nonce = try reader.readBytes()
+      proof = try reader.readBytes()
+    }
     try reader.expectEnd()
   }
 
-  /// A refusal in the layout of handshake version 1 (magic, version 1, node, refusal), which a version 1
-  /// dialler can read.
-  static func legacyRefusal(node: NodeID, text: String) -> [UInt8] {
+  /// A refusal a dialler of legacy handshake `version` reads: in the layout of version 2 (magic, version 2, node,
+  /// refusal, empty nonce and proof) for a version 2 dialler, otherwise in that of version 1 (magic, version 1,
+  /// node, refusal), which is what a version 2 listener sent a dialler of any other version.
+  static func legacyRefusal(node: NodeID, text: String, version: UInt8) -> [UInt8] {
     var writer = WireWriter(reservingCapacity: 64)
     writer.writeFixed32(magic)
-    writer.writeByte(1)
+    writer.writeByte(version == 2 ? 2 : 1)
     writer.writeVarint(node.rawValue)
     writer.writeOptional(text)
+    if version == 2 {
+      writer.writeBytes([UInt8]())
+      writer.writeBytes([UInt8]())
+    }
     return writer.bytes
   }
 }

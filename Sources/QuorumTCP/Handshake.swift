@@ -1,17 +1,25 @@
 import CQuorumSystem
 import QuorumCore
 
-/// The bytes both sides prove knowledge of the key over: every field of the hello, the node that answered,
-/// and both nonces, each length-delimited (then a peer's group table digest, when it has one), behind a label
-/// naming the protocol. The cluster id is each side's own (not the one the hello claims), so sides of different
-/// clusters cannot prove anything to each other.
+/// The bytes both sides prove knowledge of the key over: the protocol version agreed and both sides' ranges, every
+/// field of the hello (the fields a later version appended included, as sent), the node that answered, and both
+/// nonces, each length-delimited, behind a label naming the protocol. The cluster id is each side's own (not the
+/// one the hello claims), so sides of different clusters cannot prove anything to each other; the versions are
+/// bound so that nobody on the path can talk the two sides down to an older version than both speak.
 struct HandshakeTranscript {
   let bytes: [UInt8]
 
-  init(hello: TCPHandshake, cluster: ClusterID, listener: NodeID, listenerNonce: [UInt8]) {
-    var writer = WireWriter(reservingCapacity: 160)
-    writer.writeString("QuorumTCP handshake v2")
-    writer.writeByte(hello.version)
+  init(
+    hello: TCPHandshake, cluster: ClusterID, listener: NodeID, listenerNonce: [UInt8], version: UInt8,
+    listenerVersions: ClosedRange<UInt8>
+  ) {
+    var writer = WireWriter(reservingCapacity: 192)
+    writer.writeString("QuorumTCP handshake v3")
+    writer.writeByte(version)
+    writer.writeByte(hello.versions.lowerBound)
+    writer.writeByte(hello.versions.upperBound)
+    writer.writeByte(listenerVersions.lowerBound)
+    writer.writeByte(listenerVersions.upperBound)
     writer.writeByte(hello.mode.rawValue)
     writer.writeByte(hello.role.rawValue)
     writer.writeString(cluster.rawValue)
@@ -22,8 +30,8 @@ struct HandshakeTranscript {
     writer.writeString(hello.principal)
     writer.writeBytes(hello.nonce)
     writer.writeBytes(listenerNonce)
-    // Only when present: the transcript of a hello without it (a client's) is what it was before it existed.
-    if !hello.groupTableDigest.isEmpty { writer.writeBytes(hello.groupTableDigest) }
+    writer.writeBytes(hello.groupTableDigest)
+    writer.writeBytes(hello.extensions)
     bytes = writer.bytes
   }
 
@@ -58,7 +66,7 @@ struct HandshakeTranscript {
       else { preconditionFailure("HKDF-SHA-256 refused a 32-byte expansion of a 32-byte key") }
       return key
     }
-    return (expand("QuorumTCP v2 dialler to listener"), expand("QuorumTCP v2 listener to dialler"))
+    return (expand("QuorumTCP v3 dialler to listener"), expand("QuorumTCP v3 listener to dialler"))
   }
 }
 
@@ -212,20 +220,24 @@ struct DiallerHandshake {
   let hello: TCPHandshake
   private let key: [UInt8]?
   private var state = State.awaitingReply
+  /// The protocol version agreed with the listener, once its reply said (`nil` before).
+  private(set) var version: UInt8?
 
   /// - Parameters:
   ///   - key: the shared key (cluster secret or the client's secret), or `nil` without authentication.
   ///   - nonce: 32 fresh random bytes (ignored without authentication).
   ///   - groupTableDigest: a peer's ``TCPTransportOptions/groupTableDigest`` (ignored for a client).
+  ///   - versions, extensions: what the hello offers and appends (another build's, in tests).
   init(
     cluster: ClusterID, role: TCPHandshake.Role, from: NodeID, to: NodeID, protocolNumber: UInt8,
-    principal: String, key: [UInt8]?, nonce: [UInt8], groupTableDigest: [UInt8] = []
+    principal: String, key: [UInt8]?, nonce: [UInt8], groupTableDigest: [UInt8] = [],
+    versions: ClosedRange<UInt8> = TCPHandshake.supportedVersions, extensions: [UInt8] = []
   ) {
     self.key = key
     hello = TCPHandshake(
       cluster: cluster, role: role, from: from, to: to, protocolNumber: protocolNumber,
       mode: key == nil ? .none : .hmacSHA256, principal: key == nil ? "" : principal, nonce: key == nil ? [] : nonce,
-      groupTableDigest: role == .peer ? groupTableDigest : [])
+      groupTableDigest: role == .peer ? groupTableDigest : [], versions: versions, extensions: extensions)
   }
 
   /// The first frame.
@@ -246,10 +258,27 @@ struct DiallerHandshake {
       var reader = WireReader(bytes, range: range)
       reply = try TCPHandshakeReply(from: &reader)
     } catch {
-      if case .unsupportedVersion(let version) = error.kind { return .failed(.unsupportedVersion(version)) }
+      if case .unsupportedVersion(let version) = error.kind {
+        // A listener from before versions were negotiated refuses every hello of this layout, in its own layout.
+        if TCPHandshake.legacyVersions.contains(version) {
+          return .failed(.noCommonVersion(local: hello.versions, remote: TCPHandshake.legacyVersions))
+        }
+        return .failed(.unsupportedVersion(version))
+      }
       return .failed(.badHandshake("unreadable handshake reply: \(logSafe("\(error)"))"))
     }
+    if reply.version == 0 {
+      return .failed(.noCommonVersion(local: hello.versions, remote: reply.listenerVersions))
+    }
     if let refusal = reply.refusal { return .failed(.rejected(logSafe(refusal))) }
+    let agreed = TCPHandshake.highestCommonVersion(hello.versions, reply.listenerVersions)
+    guard reply.version == agreed else {
+      return .failed(
+        .badHandshake(
+          "the listener chose protocol version \(reply.version), but the highest both sides speak is "
+            + "\(agreed.map { "\($0)" } ?? "none")"))
+    }
+    version = reply.version
     if hello.to != .none && reply.node != hello.to {
       return .failed(.wrongNode(expected: hello.to, actual: reply.node))
     }
@@ -263,7 +292,8 @@ struct DiallerHandshake {
       return .failed(.authenticationFailed("the listener did not authenticate itself (does it run insecure?)"))
     }
     let transcript = HandshakeTranscript(
-      hello: hello, cluster: hello.cluster, listener: reply.node, listenerNonce: reply.nonce)
+      hello: hello, cluster: hello.cluster, listener: reply.node, listenerNonce: reply.nonce, version: reply.version,
+      listenerVersions: reply.listenerVersions)
     guard transcript.verify(reply.proof, by: .listener, key: key) else {
       return .failed(
         .authenticationFailed("the listener's proof did not verify: it holds another secret or is in another cluster"))
@@ -306,6 +336,8 @@ struct ListenerPolicy {
   var admitsPeer: (NodeID) -> Bool
   /// The group table digest a peer must present (``TCPTransportOptions/groupTableDigest``).
   var groupTableDigest: [UInt8] = []
+  /// The protocol versions this node speaks (another build's, in tests).
+  var versions: ClosedRange<UInt8> = TCPHandshake.supportedVersions
 }
 
 /// The listening side of the handshake, as a pure state machine.
@@ -342,6 +374,8 @@ struct ListenerHandshake {
   private let nonce: [UInt8]
   private let decoy: [UInt8]
   private var state = State.awaitingHello
+  /// The protocol version agreed with the dialler, once its hello was read (`nil` before).
+  private(set) var version: UInt8?
 
   /// - Parameter random: 64 fresh random bytes: the listener's nonce and a decoy key for hopeless hellos.
   init(policy: ListenerPolicy, random: [UInt8]) {
@@ -401,7 +435,9 @@ struct ListenerHandshake {
   }
 
   private func reply(refusal: String?, nonce: [UInt8] = [], proof: [UInt8] = []) -> TCPHandshakeReply {
-    TCPHandshakeReply(node: policy.node, refusal: refusal, nonce: nonce, proof: proof)
+    TCPHandshakeReply(
+      node: policy.node, refusal: refusal, nonce: nonce, proof: proof, version: version ?? policy.versions.upperBound,
+      listenerVersions: policy.versions)
   }
 
   private mutating func refuse(_ text: String, _ reason: TCPCloseReason) -> Step {
@@ -410,17 +446,29 @@ struct ListenerHandshake {
   }
 
   private mutating func hello(_ bytes: [UInt8], _ range: Range<Int>) -> Step {
+    // The versions first: without one in common, the rest of the hello need not even be readable.
+    if let offered = TCPHandshake.offeredVersions(bytes, range) {
+      guard let agreed = TCPHandshake.highestCommonVersion(offered, policy.versions) else {
+        state = .done
+        let reason = TCPCloseReason.noCommonVersion(local: policy.versions, remote: offered)
+        let text =
+          "no protocol version in common: this node speaks \(TCPCloseReason.versionsText(policy.versions)), the "
+          + "dialler \(TCPCloseReason.versionsText(offered))"
+        if offered.upperBound <= TCPHandshake.legacyVersions.upperBound {
+          return .refuse(
+            TCPFrame.frame(TCPHandshakeReply.legacyRefusal(node: policy.node, text: text, version: offered.lowerBound)),
+            reason)
+        }
+        let refusal = TCPHandshakeReply(node: policy.node, refusal: text, version: 0, listenerVersions: policy.versions)
+        return .refuse(TCPFrame.frame(refusal.wireBytes()), reason)
+      }
+      version = agreed
+    }
     let hello: TCPHandshake
     do {
       var reader = WireReader(bytes, range: range, limits: WireLimits(maxBytesLength: TCPFrame.maxHandshakeFrameBytes))
       hello = try TCPHandshake(from: &reader)
     } catch {
-      if case .unsupportedVersion(let version) = error.kind {
-        state = .done
-        let text = "unsupported handshake version \(version); this node speaks \(TCPHandshake.currentVersion)"
-        return .refuse(
-          TCPFrame.frame(TCPHandshakeReply.legacyRefusal(node: policy.node, text: text)), .unsupportedVersion(version))
-      }
       let reason = TCPCloseReason.badHandshake(logSafe("\(error)"))
       return refuse(policy.security.isAuthenticated ? Self.authenticationFailed : "bad handshake", reason)
     }
@@ -501,7 +549,8 @@ struct ListenerHandshake {
     }
     if doom != nil { key = decoy }
     let transcript = HandshakeTranscript(
-      hello: hello, cluster: policy.cluster, listener: policy.node, listenerNonce: nonce)
+      hello: hello, cluster: policy.cluster, listener: policy.node, listenerNonce: nonce,
+      version: version ?? policy.versions.upperBound, listenerVersions: policy.versions)
     state = .awaitingProof(
       transcript: transcript, key: key, identity: identity, doom: doom,
       afterProof: doom == nil ? groupTableRefusal(of: hello) : nil)

@@ -56,6 +56,10 @@ public enum TCPCloseReason: Error, Sendable, Equatable, CustomStringConvertible 
   case wrongNode(expected: NodeID, actual: NodeID)
   /// The handshake or a frame uses a format version this build does not speak.
   case unsupportedVersion(UInt8)
+  /// The two sides of a handshake speak no protocol version in common: this side speaks `local`, the other side
+  /// `remote` (see ``TCPHandshake``; a listener from before versions were negotiated is taken to speak
+  /// ``TCPHandshake/legacyVersions``).
+  case noCommonVersion(local: ClosedRange<UInt8>, remote: ClosedRange<UInt8>)
   /// A length prefix announced a frame larger than the limit.
   case frameTooLarge(bytes: Int, limit: Int)
   /// The connection ended (or stalled past the frame timeout) in the middle of a frame.
@@ -105,8 +109,9 @@ public enum TCPCloseReason: Error, Sendable, Equatable, CustomStringConvertible 
   /// Whether the close was the remote side breaking the protocol (as opposed to ordinary churn).
   public var isProtocolViolation: Bool {
     switch self {
-    case .clusterMismatch, .groupTableMismatch, .unknownNode, .wrongNode, .unsupportedVersion, .frameTooLarge,
-      .truncatedFrame, .malformedFrame, .badHandshake, .authenticationFailed, .frameAuthenticationFailed:
+    case .clusterMismatch, .groupTableMismatch, .unknownNode, .wrongNode, .unsupportedVersion, .noCommonVersion,
+      .frameTooLarge, .truncatedFrame, .malformedFrame, .badHandshake, .authenticationFailed,
+      .frameAuthenticationFailed:
       return true
     case .rejected, .peerClosed, .ioError, .connectTimeout, .tooManyConnections, .localShutdown, .clientsNotServed,
       .unresolvable, .linkStalled, .replaced, .evicted, .connectionBudget, .idleTimeout, .slowReader:
@@ -121,12 +126,13 @@ public enum TCPCloseReason: Error, Sendable, Equatable, CustomStringConvertible 
   /// which arrives here as ``rejected(_:)``.
   public var isPermanentRefusal: Bool {
     switch self {
-    case .clusterMismatch, .unsupportedVersion, .authenticationFailed, .clientsNotServed:
+    case .clusterMismatch, .unsupportedVersion, .noCommonVersion, .authenticationFailed, .clientsNotServed:
       return true
     case .rejected(let detail):
       return detail == ListenerHandshake.authenticationFailed
         || detail == TCPCloseReason.clusterMismatch(local: "", remote: "").publicDescription
-        || detail.hasPrefix("unsupported format version") || detail == TCPCloseReason.clientsNotServed.description
+        || detail.hasPrefix("unsupported format version") || detail.hasPrefix("no protocol version in common")
+        || detail == TCPCloseReason.clientsNotServed.description
     default:
       return false
     }
@@ -140,6 +146,7 @@ public enum TCPCloseReason: Error, Sendable, Equatable, CustomStringConvertible 
     case .unknownNode: return "unknown-node"
     case .wrongNode: return "wrong-node"
     case .unsupportedVersion: return "unsupported-version"
+    case .noCommonVersion: return "no-common-version"
     case .frameTooLarge: return "frame-too-large"
     case .truncatedFrame: return "truncated-frame"
     case .malformedFrame: return "malformed-frame"
@@ -186,6 +193,9 @@ public enum TCPCloseReason: Error, Sendable, Equatable, CustomStringConvertible 
     case .unknownNode(let node): return "unknown node \(node) (not in the address book)"
     case .wrongNode(let expected, let actual): return "dialled \(expected) but reached \(actual)"
     case .unsupportedVersion(let version): return "unsupported format version \(version)"
+    case .noCommonVersion(let local, let remote):
+      return "no protocol version in common: this side speaks \(Self.versionsText(local)), the other side "
+        + Self.versionsText(remote)
     case .frameTooLarge(let bytes, let limit): return "frame of \(bytes) bytes exceeds the \(limit)-byte limit"
     case .truncatedFrame(let received, let expected):
       return "truncated frame: \(received) of \(expected) bytes arrived"
@@ -209,6 +219,14 @@ public enum TCPCloseReason: Error, Sendable, Equatable, CustomStringConvertible 
     case .idleTimeout: return "idle for too long"
     case .slowReader(let pending): return "the client stopped reading its replies (\(pending) bytes waiting)"
     }
+  }
+}
+
+extension TCPCloseReason {
+  /// `version 3`, or `versions 3 to 5`.
+  static func versionsText(_ versions: ClosedRange<UInt8>) -> String {
+    versions.lowerBound == versions.upperBound
+      ? "version \(versions.lowerBound)" : "versions \(versions.lowerBound) to \(versions.upperBound)"
   }
 }
 

@@ -11,7 +11,7 @@ enum BadInput: String, CaseIterable, Sendable, CustomTestStringConvertible {
   case stalledFrame = "a frame that stops arriving half-way"
   case wrongClusterID = "a wrong cluster id"
   case unknownNode = "an unknown node id"
-  case unsupportedVersion = "an unsupported handshake version"
+  case unsupportedVersion = "a handshake offering only versions this node does not speak"
   case halfOpenConnection = "a half-open connection that never speaks"
   case garbageAfterHandshake = "garbage after a valid handshake"
   case spoofedSender = "a frame claiming another sender"
@@ -42,7 +42,9 @@ enum BadInput: String, CaseIterable, Sendable, CustomTestStringConvertible {
       return (handshakeFrame(cluster: Self.cluster, from: 99, to: listener, protocolNumber: WireProtocol.test), false)
     case .unsupportedVersion:
       var hello = handshakeFrame(cluster: Self.cluster, from: 3, to: listener, protocolNumber: WireProtocol.test)
-      hello[8] = 9  // the version byte follows the 4-byte length and the 4-byte magic
+      // The lowest and highest versions offered follow the 4-byte length and the 4-byte magic.
+      hello[8] = 9
+      hello[9] = 9
       return (hello, false)
     case .halfOpenConnection: return ([], false)
     case .garbageAfterHandshake: return (valid + [8, 0, 0, 0] + [UInt8](repeating: 0xAB, count: 8), false)
@@ -63,7 +65,10 @@ enum BadInput: String, CaseIterable, Sendable, CustomTestStringConvertible {
     case .stalledFrame: return ("truncated-frame", "truncated frame: 10 of 100 bytes")
     case .wrongClusterID: return ("cluster-mismatch", "cluster id mismatch")
     case .unknownNode: return ("unknown-node", "unknown node n99")
-    case .unsupportedVersion: return ("unsupported-version", "unsupported format version 9")
+    case .unsupportedVersion:
+      return (
+        "no-common-version", "no protocol version in common: this side speaks version 3, the other side version 9"
+      )
     case .halfOpenConnection: return ("bad-handshake", "no handshake within the timeout")
     case .garbageAfterHandshake: return ("malformed-frame", "malformed frame")
     case .spoofedSender: return ("malformed-frame", "a frame from n2 on the connection of n3")

@@ -4,7 +4,7 @@ import Testing
 @testable import QuorumTCP
 
 /// The handshake's two state machines driven against each other in memory, frame by frame.
-@Suite("Handshake version 2: mutual HMAC-SHA-256 challenge-response, in memory")
+@Suite("The handshake: mutual HMAC-SHA-256 challenge-response, in memory")
 struct HandshakeTests {
   static let cluster: ClusterID = "vault-7"
   static let secret = testSecret(seed: 11)
@@ -32,6 +32,8 @@ struct HandshakeTests {
     var listener: TCPCloseReason?
     var identity: RemoteIdentity?
     var sessions: (dialler: TCPSession, listener: TCPSession)?
+    /// The protocol version each side agreed on.
+    var versions: (dialler: UInt8?, listener: UInt8?) = (nil, nil)
   }
 
   /// Runs a whole handshake between an honest dialler and the listener.
@@ -43,7 +45,7 @@ struct HandshakeTests {
     var outcome = Outcome()
     var listenerSession: TCPSession?
     var toListener = dialler.helloFrame
-    while true {
+    exchanging: while true {
       let body = Array(toListener.dropFirst(TCPFrame.prefixBytes))
       let toDialler: [UInt8]
       switch listener.receive(body, 0..<body.count) {
@@ -58,16 +60,18 @@ struct HandshakeTests {
       let replyBody = Array(toDialler.dropFirst(TCPFrame.prefixBytes))
       switch dialler.receive(replyBody, 0..<replyBody.count) {
       case .send(let next):
-        guard outcome.listener == nil else { return outcome }
+        guard outcome.listener == nil else { break exchanging }
         toListener = next
       case .established(let session):
         if let session, let listenerSession { outcome.sessions = (session, listenerSession) }
-        return outcome
+        break exchanging
       case .failed(let reason):
         outcome.dialler = reason
-        return outcome
+        break exchanging
       }
     }
+    outcome.versions = (dialler.version, listener.version)
+    return outcome
   }
 
   /// What an attacker sees when it ignores the listener's proof and answers with `proof(transcript)`.
@@ -103,18 +107,20 @@ struct HandshakeTests {
   static func attackerProof(_ hello: TCPHandshake, key: [UInt8]) -> (TCPHandshakeReply) -> [UInt8] {
     { challenge in
       HandshakeTranscript(
-        hello: hello, cluster: hello.cluster, listener: challenge.node, listenerNonce: challenge.nonce
+        hello: hello, cluster: hello.cluster, listener: challenge.node, listenerNonce: challenge.nonce,
+        version: challenge.version, listenerVersions: challenge.listenerVersions
       )
       .proof(by: .dialler, key: key)
     }
   }
 
-  static func peerDialler(key: [UInt8]? = secret.bytes, cluster: ClusterID = cluster, from: NodeID = 2)
-    -> DiallerHandshake
-  {
+  static func peerDialler(
+    key: [UInt8]? = secret.bytes, cluster: ClusterID = cluster, from: NodeID = 2,
+    versions: ClosedRange<UInt8> = TCPHandshake.supportedVersions, extensions: [UInt8] = []
+  ) -> DiallerHandshake {
     DiallerHandshake(
       cluster: cluster, role: .peer, from: from, to: 1, protocolNumber: WireProtocol.test, principal: "", key: key,
-      nonce: random(99, count: 32))
+      nonce: random(99, count: 32), versions: versions, extensions: extensions)
   }
 
   static func clientDialler(name: String = "alice", key: [UInt8] = aliceSecret.bytes) -> DiallerHandshake {
@@ -214,7 +220,7 @@ struct HandshakeTests {
     #expect(replayed.identity == nil && replayed.reason?.name == "authentication-failed")
   }
 
-  @Test("a version 1 hello gets a refusal in the version 1 layout, saying which version this node speaks")
+  @Test("a version 1 hello gets a refusal in the version 1 layout, saying which versions this node speaks")
   func oldVersion() throws {
     var writer = WireWriter()
     writer.writeFixed32(TCPHandshake.magic)
@@ -229,13 +235,14 @@ struct HandshakeTests {
       Issue.record("a version 1 hello was not refused")
       return
     }
-    #expect(reason == .unsupportedVersion(1))
+    #expect(reason == .noCommonVersion(local: 3...3, remote: 1...1))
     var reader = WireReader(Array(frame.dropFirst(4)))
     #expect(try reader.readFixed32() == TCPHandshakeReply.magic)
     #expect(try reader.readByte() == 1)
     #expect(try reader.readVarint() == 1)
     let text = try #require(try reader.readOptional(String.self))
-    #expect(text == "unsupported handshake version 1; this node speaks 2")
+    #expect(text == "no protocol version in common: this node speaks version 3, the dialler version 1")
+    try reader.expectEnd()
   }
 
   @Test("an insecure dialler is refused by an authenticating listener, and the other way round")

@@ -65,12 +65,14 @@ final class HandDriven {
   init(
     to address: TCPAddress, from source: String? = nil, cluster: ClusterID, role: TCPHandshake.Role = .peer,
     node: NodeID = .none, expecting: NodeID = .none, protocolNumber: UInt8 = WireProtocol.test,
-    principal: String = "", key: [UInt8]?
+    principal: String = "", key: [UInt8]?, versions: ClosedRange<UInt8> = TCPHandshake.supportedVersions,
+    extensions: [UInt8] = []
   ) async throws {
     socket = try await RawSocket(connectingTo: address, from: source)
     var handshake = DiallerHandshake(
       cluster: cluster, role: role, from: node, to: expecting, protocolNumber: protocolNumber, principal: principal,
-      key: key, nonce: try SecureRandom.bytes(count: TCPHandshake.nonceByteCount))
+      key: key, nonce: try SecureRandom.bytes(count: TCPHandshake.nonceByteCount), versions: versions,
+      extensions: extensions)
     try socket.send(handshake.helloFrame)
     while true {
       guard let body = try await reader.next(from: socket) else {
