@@ -323,9 +323,9 @@ public struct MultiPaxosCore: Sendable {
   /// The highest ballot seen anywhere.
   public private(set) var highestSeen: Ballot
   /// Peer messages dropped unread because no honest peer sends them: malformed
-  /// (``PaxosMessage/malformation``), or naming slots further beyond this node's log than a leader or acceptor
-  /// can reach (``acceptReach``). A count that grows points at a faulty or version-skewed member; the node's
-  /// status shows it (``MultiPaxosStatus/refusedMessages``).
+  /// (``PaxosMessage/malformation``), naming slots further beyond this node's log than a leader or acceptor can
+  /// reach (``acceptReach``), or answering a read round this leader has not started. A count that grows points
+  /// at a faulty or version-skewed member; the node's status shows it (``MultiPaxosStatus/refusedMessages``).
   public private(set) var refusedMessages: UInt64 = 0
 
   var log: PaxosLog
@@ -384,7 +384,8 @@ public struct MultiPaxosCore: Sendable {
     var configSlots: Set<Slot> = []
     var maxSlot: Slot = 0
     var selfDurable = false
-    /// The acceptors that refused because they compacted slots this candidate lacks (``RejectReason/behindSnapshot``).
+    /// The acceptors whose report this candidate cannot use, being too far behind them: they compacted slots it
+    /// lacks (``RejectReason/behindSnapshot``), or they hold slots beyond its reach (``acceptReach``).
     var behind: Set<NodeID> = []
   }
   private var candidacy: Candidacy?
@@ -513,7 +514,8 @@ public struct MultiPaxosCore: Sendable {
   ///   - options: quorums, timeouts and limits.
   ///   - hardState: the recovered promise.
   ///   - snapshot: the recovered snapshot, if any (without a recorded configuration: the founding members').
-  ///   - entries: the recovered accepted proposals above the snapshot.
+  ///   - entries: the recovered accepted proposals above the snapshot, as ``validateRecovered(snapshot:entries:)``
+  ///     accepts them.
   ///   - random: the seeded generator for election timeouts.
   public init(
     id: NodeID, members: [NodeID], options: MultiPaxosOptions = MultiPaxosOptions(),
@@ -610,7 +612,31 @@ public struct MultiPaxosCore: Sendable {
   public var acceptReach: Slot {
     let perMessage = max(1, options.maxEntriesBytesPerMessage / PaxosEntry(index: 0, ballot: .zero).byteSize)
     let (window, overflow) = max(1, options.maxInflightMessages).multipliedReportingOverflow(by: perMessage)
-    return Slot(min(max(overflow ? Int.max : window, 1 << 16), 1 << 20))
+    return min(Slot(max(overflow ? Int.max : window, 1 << 16)), Self.maxAcceptReach)
+  }
+
+  /// The largest ``acceptReach`` under any options: 2^20 slots.
+  public static let maxAcceptReach: Slot = 1 << 20
+
+  /// Checks recovered entries before a node restarts from them; the shell calls it with what it read from
+  /// storage, before ``init(id:members:options:hardState:snapshot:entries:random:)`` (which holds a record for
+  /// every slot from the snapshot to the last entry, empty ones included).
+  ///
+  /// An acceptor stores a proposal at most ``acceptReach`` slots past the end of what it holds, and a leader
+  /// proposes in order, so in a log it wrote every entry lies at most ``maxAcceptReach`` slots (the most under
+  /// any options, which may have changed since) past the snapshot and the entries before it. The memory a
+  /// recovered log takes is then bounded by what its entries take, times at most that reach.
+  ///
+  /// - Throws: ``PaxosRecoveryError/slotBeyondReach(slot:after:reach:)`` for the first entry further away.
+  public static func validateRecovered(snapshot: PaxosSnapshot?, entries: [PaxosEntry]) throws(PaxosRecoveryError) {
+    var end = snapshot?.index ?? 0
+    for entry in entries {
+      let (limit, overflow) = end.addingReportingOverflow(maxAcceptReach)
+      if !overflow && entry.index > limit {
+        throw .slotBeyondReach(slot: entry.index, after: end, reach: maxAcceptReach)
+      }
+      end = max(end, entry.index)
+    }
   }
 
   /// `slot` plus ``acceptReach``, or `Slot.max` past it.
@@ -948,7 +974,7 @@ public struct MultiPaxosCore: Sendable {
 
   private mutating func retransmitPrepares() {
     guard let c = candidacy, electionElapsed > 0, electionElapsed % options.retransmitTicks == 0 else { return }
-    for member in c.cursor.keys.sorted() where !c.complete.contains(member) {
+    for member in c.cursor.keys.sorted() where !c.complete.contains(member) && !c.behind.contains(member) {
       send(member, .prepare(Prepare(ballot: c.ballot, fromSlot: c.cursor[member] ?? c.fromSlot, handoff: c.handoff)))
     }
   }
@@ -995,6 +1021,9 @@ public struct MultiPaxosCore: Sendable {
     let limit = reach(from: max(log.lastSlot, c.fromSlot - 1))
     guard m.coveredThrough <= limit, m.lastSlot <= limit else {
       refusedMessages &+= 1
+      // An honest acceptor this far ahead (this node restarted with an old log, or was cut off for long) holds
+      // slots this candidate cannot take: it goes on without it if it can, and otherwise makes way.
+      setAside(from, in: c)
       return
     }
     for entry in m.entries { merge(entry, chosen: entry.index <= m.chosenThrough, into: &c) }
@@ -1328,23 +1357,9 @@ public struct MultiPaxosCore: Sendable {
     highestSeen = max(highestSeen, m.promised)
     switch role {
     case .candidate:
-      guard var c = candidacy, m.ballot == c.ballot else { return }
+      guard let c = candidacy, m.ballot == c.ballot else { return }
       if m.reason == .behindSnapshot {
-        // The others' reports hold every chosen value this node lacks as long as a phase-1 quorum of every
-        // configuration it needs can still answer without the acceptors that compacted them: it goes on. (The
-        // up-to-date acceptor may not campaign at all: one removed from the group by the entries it holds.)
-        c.behind.insert(from)
-        let reachable = requiredConfigurations(c).allSatisfy { configuration in
-          isQuorum(configuration.allVoters.subtracting(c.behind), of: configuration, phase1: true)
-        }
-        if reachable {
-          candidacy = c
-          return
-        }
-        // Otherwise this node cannot lead until it has the compacted slots; let an up-to-date node lead and send
-        // them. Wait longer than the others before trying again.
-        becomeFollower(leader: nil)
-        randomizedElectionTimeout += options.electionTimeoutMaxTicks
+        setAside(from, in: c)
       } else if m.promised > c.ballot {
         becomeFollower(leader: nil)
       }
@@ -1353,6 +1368,28 @@ public struct MultiPaxosCore: Sendable {
     case .follower, .preCandidate:
       break
     }
+  }
+
+  /// A candidate cannot use `from`'s report: `from` compacted slots this candidate lacks, or holds slots beyond
+  /// its reach. The others' reports hold every chosen value this node lacks as long as a phase-1 quorum of every
+  /// configuration it needs can still answer without the acceptors it is that far behind: it goes on. (The
+  /// up-to-date acceptor may not campaign at all: one removed from the group by the entries it holds.)
+  /// Otherwise this node cannot lead until it has those slots: it makes way for an up-to-date node, which will
+  /// lead and send them, waiting longer than the others before it tries again. Without the wait, a node far
+  /// behind that timed out first would start election after election, each resetting the timers of the nodes
+  /// that could lead, and delay the failover by as many duels.
+  private mutating func setAside(_ from: NodeID, in candidacy: Candidacy) {
+    var c = candidacy
+    c.behind.insert(from)
+    let reachable = requiredConfigurations(c).allSatisfy { configuration in
+      isQuorum(configuration.allVoters.subtracting(c.behind), of: configuration, phase1: true)
+    }
+    if reachable {
+      self.candidacy = c
+      return
+    }
+    becomeFollower(leader: nil)
+    randomizedElectionTimeout += options.electionTimeoutMaxTicks
   }
 
   /// Adopts a leader's ballot `ballot` (≥ promised) and resets the election timer. Returns `false` if the
@@ -1516,6 +1553,13 @@ public struct MultiPaxosCore: Sendable {
 
   private mutating func handleHeartbeatResponse(_ m: HeartbeatResponse, from: NodeID) {
     guard role == .leader, m.ballot == promised, var peer = peers[from] else { return }
+    // An answer to a read round this leader has not started yet comes from no honest member (it echoes the round
+    // of a heartbeat of this ballot). Counted, it would acknowledge every round up to it in advance: later reads
+    // and leases would be confirmed without this member hearing of them, by this leader alone in a group of three.
+    guard m.round <= readRound else {
+      refusedMessages &+= 1
+      return
+    }
     peer.recentActive = true
     // The newest round's answer is the follower's chosen point now, even if it is lower than before: a follower
     // that restarted has forgotten which slots were chosen (that knowledge is not durable) and must be repaired

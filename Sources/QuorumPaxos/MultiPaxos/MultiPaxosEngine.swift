@@ -120,12 +120,16 @@ public struct MultiPaxosEngine: ReplicaEngine {
   /// group and learns its configuration from the leader (a configuration entry, or a snapshot). A restarted
   /// node takes its configuration from its snapshot's metadata and its log (the founding members govern the
   /// slots before the first configuration entry, so a node restarted with them, or without, recovers the same).
+  /// A stored state that does not decode, or a log with a slot no acceptor would have stored
+  /// (``PaxosRecoveryError``), is refused.
   public static func recover(
     id: NodeID, configuration: PaxosConfiguration, state: RecoveredState<PaxosEntry>, random: SeededRandom
   ) throws -> (engine: MultiPaxosEngine, snapshot: StoredSnapshot?) {
     var random = random
     let hardState = try state.hardState.map { try PaxosHardState(wireBytes: $0) } ?? PaxosHardState()
     let snapshot = try state.snapshot.map { try PaxosSnapshot(stored: $0) }
+    // A slot far past the rest (a damaged file) would take memory for every slot in between: refuse to start.
+    try MultiPaxosCore.validateRecovered(snapshot: snapshot, entries: state.entries)
     let core = MultiPaxosCore(
       id: id, members: configuration.members, options: configuration.coreOptions, hardState: hardState,
       snapshot: snapshot, entries: state.entries, random: random.fork())

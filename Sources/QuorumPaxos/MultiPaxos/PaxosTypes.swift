@@ -137,3 +137,22 @@ public struct PaxosSnapshot: Sendable, Equatable {
     data = stored.data
   }
 }
+
+/// Why a Multi-Paxos node's recovered durable state cannot be loaded. The node must not start; an operator has
+/// to look at (or replace) its data directory.
+public enum PaxosRecoveryError: Error, Sendable, Equatable, CustomStringConvertible {
+  /// A recovered entry lies further past the entries (or snapshot) before it than any acceptor stores a
+  /// proposal (``MultiPaxosCore/maxAcceptReach`` slots past what it holds): the storage is damaged, or was
+  /// written by something else. Loading it would hold an empty record for every slot in between (slot 2^40 would
+  /// take terabytes).
+  case slotBeyondReach(slot: Slot, after: Slot, reach: Slot)
+
+  public var description: String {
+    switch self {
+    case .slotBeyondReach(let slot, let after, let reach):
+      return
+        "the recovered log holds slot \(slot) after slot \(after), more than the \(reach) slots past what it holds "
+        + "that an acceptor ever stores"
+    }
+  }
+}

@@ -1,0 +1,178 @@
+import Foundation
+import QuorumCore
+import QuorumStorage
+import Testing
+
+@testable import QuorumPaxos
+
+/// Counts what a cluster's filter sees; a class because the filter is a stored closure.
+private final class PrepareLog: @unchecked Sendable {
+  // Safety of `@unchecked Sendable`: used by one test on one task, never shared.
+  var ballots: Set<Ballot> = []
+}
+
+/// Nodes far behind the others (restarted with an old log, cut off for long) and logs far apart: elections
+/// converge, recovery refuses what no acceptor stores, and read rounds count only when started.
+@Suite("Multi-Paxos: nodes far behind, far slots, read rounds")
+struct PaxosFarBehindTests {
+  /// Options whose reach (``MultiPaxosCore/acceptReach``) is its floor, 2^16 slots.
+  static var options: MultiPaxosOptions {
+    var o = MultiPaxosOptions.testing(3)
+    o.maxInflightMessages = 1
+    return o
+  }
+
+  /// Three nodes: 2 and 3 hold `far` slots accepted in one ballot, 1 (restarted with an old log) the first ten.
+  /// Every accept is dropped, so the test measures the election alone.
+  static func cluster(seed: UInt64, far: Slot) -> PaxosCluster {
+    var c = PaxosCluster(3, options: options, seed: seed)
+    let ballot = Ballot(round: 1, node: 2)
+    let log = (1...far).map { PaxosEntry(index: $0, ballot: ballot, kind: .command, data: []) }
+    for id in c.members {
+      c.nodes[id] = MultiPaxosCore(
+        id: id, members: c.members, options: options, hardState: PaxosHardState(promised: ballot),
+        entries: id == 1 ? Array(log.prefix(10)) : log, random: SeededRandom(seed: seed &+ id.rawValue))
+    }
+    c.expireLeases()
+    return c
+  }
+
+  @Test("a candidate far behind the others makes way at once: the node holding the slots leads within two timeouts")
+  func farBehindCandidateMakesWay() {
+    let far: Slot = 66_000  // Past node 1's reach (10 + 2^16), inside the others'.
+    var measured = 0
+    var seed: UInt64 = 0
+    while measured < 8 {
+      seed += 1
+      // The far-behind node times out first (its timeout is drawn from the seed, whatever its log).
+      let plain = PaxosCluster(3, options: Self.options, seed: seed)
+      let timeouts = plain.members.map { plain[$0].currentElectionTimeout }
+      guard timeouts[0] < min(timeouts[1], timeouts[2]) else { continue }
+      measured += 1
+      var c = Self.cluster(seed: seed, far: far)
+      #expect(c.members.map { c[$0].currentElectionTimeout } == timeouts)
+      #expect(c[1].lastSlot + c[1].acceptReach < far)
+      let prepares = PrepareLog()
+      c.dropFilter = { from, _, message in
+        switch message {
+        case .prepare(let m):
+          if from == 1 { prepares.ballots.insert(m.ballot) }
+          return false
+        case .accept: return true
+        default: return false
+        }
+      }
+      var ticks = 0
+      while ticks < 400 && !c.members.contains(where: { c[$0].role == .leader }) {
+        c.tickAll()
+        ticks += 1
+      }
+      let leader = c.members.first { c[$0].role == .leader }
+      // Node 1 drops both up-to-date promises (it cannot take their slots), steps down and waits longer than
+      // the others: one of them leads in its first timeout after node 1's prepare reset it. Before, node 1 kept
+      // its candidacy and started another at its next timeout, resetting theirs, until one timed out first.
+      #expect(leader == 2 || leader == 3, "seed \(seed): leader \(leader.map(\.description) ?? "none")")
+      #expect(prepares.ballots.count == 1, "seed \(seed): node 1 campaigned \(prepares.ballots.count) times")
+      #expect(
+        ticks <= 2 * Self.options.electionTimeoutMaxTicks,
+        "seed \(seed): \(ticks) ticks to elect a leader, node 1 campaigning \(prepares.ballots.count) times")
+    }
+  }
+
+  @Test("a candidate goes on without an acceptor far ahead while a quorum of the others can answer")
+  func farAheadAcceptorSetAside() {
+    var c = Self.cluster(seed: 1, far: 66_000)
+    // Node 3 restarted with the old log too: 1 and 3 make a quorum without 2.
+    c.nodes[3] = c[1].withID(3, seed: 3)
+    c.expireLeases()
+    c.dropFilter = { _, _, message in if case .accept = message { true } else { false } }
+    c.elect(1)
+    #expect(c[1].role == .leader)
+    #expect(c[1].refusedMessages >= 1, "node 2's promise is still dropped")
+  }
+
+  /// What a file storage holding `slots` recovers.
+  static func stored(_ slots: [Slot], ballot: Ballot) async throws -> RecoveredState<PaxosEntry> {
+    let root = tempDirectory("paxos-far-slot")
+    defer { try? FileManager.default.removeItem(atPath: root) }
+    let storage = FileStorage<PaxosEntry>(directory: root, mode: .replace)
+    try await storage.write(
+      StorageWrite(
+        hardState: PaxosHardState(promised: ballot).wireBytes(),
+        entries: slots.map { PaxosEntry(index: $0, ballot: ballot, kind: .command, data: [1]) }))
+    try await storage.close()
+    let reopened = FileStorage<PaxosEntry>(directory: root, mode: .replace)
+    let state = try await reopened.recover()
+    try await reopened.close()
+    #expect(state.entries.map(\.index) == slots)
+    return state
+  }
+
+  @Test("recovery refuses a stored slot far past the rest, naming it, instead of holding every slot before it")
+  func recoveryRefusesFarSlot() async throws {
+    let configuration = try PaxosConfiguration { Members(1, 2, 3) }
+    let ballot = Ballot(round: 1, node: 1)
+    let reach = MultiPaxosCore.maxAcceptReach
+    // Just past the largest reach first: loading it would cost a million empty records, not all the memory.
+    for far in [2 + reach + 1, 1 << 40] {
+      let state = try await Self.stored([1, 2, far], ballot: ballot)
+      try #require(throws: PaxosRecoveryError.slotBeyondReach(slot: far, after: 2, reach: reach)) {
+        _ = try MultiPaxosEngine.recover(
+          id: 1, configuration: configuration, state: state, random: SeededRandom(seed: 1))
+      }
+    }
+    // A log an acceptor could have written passes: gaps of the largest reach, above a snapshot.
+    let snapshot = PaxosSnapshot(index: 100, data: [])
+    let honest = [101, 100 + reach, 100 + 2 * reach].map { PaxosEntry(index: $0, ballot: ballot) }
+    try MultiPaxosCore.validateRecovered(snapshot: snapshot, entries: honest)
+    #expect(throws: PaxosRecoveryError.slotBeyondReach(slot: 101 + reach, after: 100, reach: reach)) {
+      try MultiPaxosCore.validateRecovered(
+        snapshot: snapshot, entries: [PaxosEntry(index: 101 + reach, ballot: ballot)])
+    }
+  }
+
+  @Test("a leader counts no answer to a read round it has not started: a faulty member confirms no later read")
+  func readRoundNotStarted() throws {
+    var c = PaxosCluster(3)
+    c.elect(1)
+    try c.propose("a", at: 1)
+    var leader = c[1]
+    _ = leader.readMessages()
+    // A faulty member answers a round far ahead of the leader's.
+    let response = HeartbeatResponse(
+      ballot: leader.promised, round: 1 << 40, leaderChosenThrough: leader.chosenThrough,
+      chosenThrough: leader.chosenThrough)
+    leader.step(.heartbeatResponse(response), from: 2)
+    #expect(leader.refusedMessages == 1)
+    // The leader is then cut off from both: a read must not be confirmed by its own acknowledgement and the
+    // faulty one's advance answer.
+    try leader.requestRead(id: 7)
+    var confirmed: [PaxosReadState] = []
+    var rounds: [UInt64] = []
+    for _ in 0..<3 {
+      let ready = leader.ready()
+      leader.advance(ready)
+      confirmed += ready.readStates
+      for case .heartbeat(let m) in (ready.eagerMessages + ready.messages).map(\.message) { rounds.append(m.round) }
+      leader.tick()
+    }
+    #expect(confirmed.isEmpty, "a read confirmed by no member but the leader")
+    // An honest answer to a round sent since confirms it.
+    let round = try #require(rounds.max())
+    leader.step(
+      .heartbeatResponse(
+        HeartbeatResponse(
+          ballot: leader.promised, round: round, leaderChosenThrough: leader.chosenThrough,
+          chosenThrough: leader.chosenThrough)), from: 3)
+    #expect(leader.ready().readStates.map(\.id) == [7])
+  }
+}
+
+extension MultiPaxosCore {
+  /// The same durable state restarted as node `id`.
+  fileprivate func withID(_ id: NodeID, seed: UInt64) -> MultiPaxosCore {
+    MultiPaxosCore(
+      id: id, members: members, options: options, hardState: hardState, snapshot: snapshot,
+      entries: log.entries(from: firstSlot, through: lastSlot), random: SeededRandom(seed: seed))
+  }
+}
