@@ -283,6 +283,22 @@ public struct RaftCore: Sendable {
   /// Ticks a follower told its leader is lost still waits before it may campaign, by its rank among the
   /// survivors (``peerLost(_:)``); 0 otherwise. Cleared by any word from a leader and by a change of role.
   private(set) var campaignHold = 0
+  /// Consecutive campaigns (pre-votes, or elections without them) this node started on a timeout while its newest
+  /// configuration leaves it out of the voters it moves to (a joint configuration removing it, or one without
+  /// it not known committed, ``isPromotable``), and that ended in its next timeout without a single message from
+  /// any peer. A node removed from the group that never learns the removal committed keeps campaigning so (the
+  /// leader stops replicating to it once it appends the configuration without it), and the members, which hold
+  /// the new configuration, drop its requests unanswered. From ``silentCampaignsBeforeBackoff`` on its election
+  /// timeout doubles with each (``campaignBackoff``), so it disturbs the network less; any message resets it. A
+  /// voter the configuration keeps, cut off from everyone, is not slowed: it cannot tell that from a group that
+  /// lost its leader, and it must not come back late.
+  private(set) var silentCampaigns = 0
+  /// Whether a peer's message arrived since this node last campaigned on a timeout.
+  private var heardSinceCampaign = true
+  /// Silent campaigns a node makes at its normal election timeout before it backs off.
+  static let silentCampaignsBeforeBackoff = 3
+  /// The most a node's election timeout stretches after silent campaigns.
+  static let maxCampaignBackoff = 8
   private var rng: SeededRandom
   /// The target of a leadership transfer in progress.
   public private(set) var transferee: NodeID?
@@ -513,12 +529,26 @@ public struct RaftCore: Sendable {
     // while the leader it acknowledged may still hold a lease. Ticks fired in a burst after a stall reach
     // the timeout early; the clock says whether the window has really passed.
     if campaignHold > 0 { campaignHold -= 1 }
-    if isPromotable && electionElapsed >= randomizedElectionTimeout * leaderIdleFactor && campaignHold == 0
-      && !inClockLeaseWindow
+    if isPromotable && electionElapsed >= randomizedElectionTimeout * leaderIdleFactor * campaignBackoff
+      && campaignHold == 0 && !inClockLeaseWindow
     {
+      // The campaign this timeout ends was answered by no one (a member would have answered, granted or not).
+      if role != .follower && !heardSinceCampaign && !membership.voters.contains(id) {
+        silentCampaigns = min(silentCampaigns + 1, 64)
+      }
+      heardSinceCampaign = false
       electionElapsed = 0
       startElection(options.preVote ? .preVote : .election)
     }
+  }
+
+  /// How many times longer than drawn this node waits before campaigning: 1 until ``silentCampaignsBeforeBackoff``
+  /// silent campaigns in a row (``silentCampaigns``), then 2, 4, and so on up to ``maxCampaignBackoff``.
+  /// Deterministic: it stretches the drawn timeout, drawing nothing more.
+  var campaignBackoff: Int {
+    let excess = silentCampaigns - Self.silentCampaignsBeforeBackoff + 1
+    guard excess > 0 else { return 1 }
+    return min(1 << min(excess, 16), Self.maxCampaignBackoff)
   }
 
   /// Whether this node heard from a leader (or restarted) less than the vote-refusal window ago, by the
@@ -570,7 +600,8 @@ public struct RaftCore: Sendable {
     default:
       // A learner never campaigns; its counters only free an abandoned snapshot, which needs no wake-up.
       guard isPromotable else { return options.electionTimeoutMinTicks }
-      return max(0, max(randomizedElectionTimeout * leaderIdleFactor - electionElapsed, campaignHold) - 1)
+      let timeout = randomizedElectionTimeout * leaderIdleFactor * campaignBackoff
+      return max(0, max(timeout - electionElapsed, campaignHold) - 1)
     }
   }
 
@@ -651,6 +682,9 @@ public struct RaftCore: Sendable {
       refusedMessages &+= 1
       return
     }
+    // Someone answers: this node is not cut off, nor removed without knowing it. Campaign on the drawn timeouts.
+    heardSinceCampaign = true
+    silentCampaigns = 0
     if case .requestVote = message, !membership.allMembers.isEmpty, !membership.allMembers.contains(from) {
       return  // A removed or unknown node must not disturb the group.
     }
