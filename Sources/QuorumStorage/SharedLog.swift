@@ -66,7 +66,10 @@ import Synchronization
 /// ## Threads
 ///
 /// As ``FileStorage``: every blocking call runs on one serial dispatch queue; writes waiting together, from any
-/// group, are appended with one `pwrite` and synced with one `fdatasync`. A failed write or sync makes every
+/// group, are appended with one `pwrite` and synced with one `fdatasync`. Snapshot files are the exception:
+/// their bodies are written and synced on a queue of their own, so a group saving or installing a large
+/// snapshot holds up no other group's writes; the log's queue then only adds a snapshot's header (for an
+/// installed one: the segment it names), renames it into place and, for an install, starts the new segment. A failed write or sync makes every
 /// group's storage refuse calls until the last of them is closed and they are reopened.
 public final class SharedWriteAheadLog: Sendable {
   /// The data directory.
@@ -265,13 +268,11 @@ public final class SharedLogStorage<Entry: StorableEntry>: ConsensusStorage {
     try checkOpen()
     let (core, group, owner) = (self.core, self.group, self.owner)
     try await mappingClosed {
-      if !discardingLog {
-        try await core.saveSnapshotKeepingLog(
-          group: group, owner: owner, snapshot, closed: { self.closedFlag.load(ordering: .acquiring) })
-        return
-      }
-      try await core.perform { () throws(StorageError) in
-        try core.saveSnapshotDiscardingLog(group: group, owner: owner, snapshot)
+      let closed: @Sendable () -> Bool = { self.closedFlag.load(ordering: .acquiring) }
+      if discardingLog {
+        try await core.saveSnapshotDiscardingLog(group: group, owner: owner, snapshot, closed: closed)
+      } else {
+        try await core.saveSnapshotKeepingLog(group: group, owner: owner, snapshot, closed: closed)
       }
     }
   }

@@ -31,6 +31,8 @@ final class SharedLogCore: @unchecked Sendable {
   let openFaults = OpenFaults()
   /// Failures tests inject into the deletions of a forgotten group's snapshot files.
   let snapshotRemovalFaults = OpenFaults()
+  /// Runs where an installed snapshot's body is about to be written (on the snapshot queue); tests hold it there.
+  let snapshotBodyHook = Mutex<(@Sendable () -> Void)?>(nil)
   /// The largest group record a write may make: ``maxChunkBytes``, lowered by tests.
   let writeChunkLimit = Atomic<Int>(maxChunkBytes)
 
@@ -553,28 +555,60 @@ final class SharedLogCore: @unchecked Sendable {
 
   // MARK: Snapshots and compaction (on `queue`)
 
-  func saveSnapshotDiscardingLog(group: UInt64, owner: ObjectIdentifier, _ snapshot: StoredSnapshot)
+  /// Installs a leader's snapshot, discarding the group's log. The snapshot's body is written and synced on the
+  /// snapshot queue, off the writer every group shares, so a large snapshot does not hold up the other groups'
+  /// writes (and with them their replicas' turns: a leader waiting on the log sends no heartbeat); the writer
+  /// then adds the header, which names the segment the group's log continues in, renames the file into place
+  /// and starts that segment.
+  func saveSnapshotDiscardingLog(
+    group: UInt64, owner: ObjectIdentifier, _ snapshot: StoredSnapshot, closed: @escaping @Sendable () -> Bool
+  ) async throws {
+    let directory = snapshotDirectory(group)
+    let sync = policy != .never
+    let suffix = ".\(instanceToken).\(snapshotSequence.add(1, ordering: .relaxed).newValue).tmp"
+    let body: SnapshotFile.PreparedBody = try await withCheckedThrowingContinuation { continuation in
+      snapshotQueue.async {
+        continuation.resume(
+          with: Result { () throws(StorageError) -> SnapshotFile.PreparedBody in
+            self.snapshotBodyHook.withLock { $0 }?()
+            if closed() { throw .closed }
+            return try SnapshotFile.writeBody(snapshot, directory: directory, sync: sync, suffix: suffix)
+          })
+      }
+    }
+    try await perform { () throws(StorageError) in
+      do throws(StorageError) {
+        try self.installSnapshot(group: group, owner: owner, body)
+      } catch {
+        try? FileSystem.remove(body.temporary)
+        throw error
+      }
+    }
+  }
+
+  private func installSnapshot(group: UInt64, owner: ObjectIdentifier, _ body: SnapshotFile.PreparedBody)
     throws(StorageError)
   {
     var state = try openGroup(group, owner: owner)
-    if snapshot.index < state.position.snapshotIndex {
+    if body.index < state.position.snapshotIndex {
       throw .invalidWrite(
-        "snapshot at \(snapshot.index) is older than the stored snapshot at \(state.position.snapshotIndex)")
+        "snapshot at \(body.index) is older than the stored snapshot at \(state.position.snapshotIndex)")
     }
     guard let last = segments.last else { preconditionFailure("open shared log without segments; phase \(phase)") }
     // As in FileStorage: the snapshot names the segment the group's log continues in, so a crash before that
     // segment exists still discards the group's older entries.
     let discardBefore = last.sequence + 1
     let directory = snapshotDirectory(group)
-    try SnapshotFile.write(snapshot, discardBeforeSegment: discardBefore, directory: directory, sync: syncsStructure)
-    state.position.snapshotIndex = snapshot.index
+    try SnapshotFile.finish(body, discardBeforeSegment: discardBefore, sync: syncsStructure)
+    try SnapshotFile.publish(body.temporary, index: body.index, directory: directory, sync: syncsStructure)
+    state.position.snapshotIndex = body.index
     groups[group] = state
     do throws(StorageError) {
-      try rotate(reset: (group, snapshot.index))
+      try rotate(reset: (group, body.index))
     } catch {
       throw poison(error)
     }
-    groups[group]?.position.didReset(to: snapshot.index)
+    groups[group]?.position.didReset(to: body.index)
     for slot in segments.indices where segments[slot].sequence < discardBefore {
       segments[slot].maxEntryIndex[group] = nil
     }

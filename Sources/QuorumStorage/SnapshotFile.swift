@@ -81,6 +81,73 @@ enum SnapshotFile {
     return temporary
   }
 
+  /// A snapshot's temporary file holding its body (metadata and data) but not yet its header: what
+  /// ``writeBody(_:directory:sync:suffix:)`` writes off the shared log's writer thread, so that a large snapshot
+  /// never holds up the other groups' writes. ``finish(_:discardBeforeSegment:sync:)`` adds the header, which
+  /// holds the one field known only on the writer (the segment the group's log continues in).
+  struct PreparedBody {
+    let temporary: String
+    let index: UInt64
+    let term: UInt64
+    let metadataBytes: Int
+    let dataBytes: Int
+    /// The checksum of the metadata followed by the data, alone.
+    let bodyChecksum: UInt32
+  }
+
+  /// Writes `snapshot`'s metadata and data at their places in a new temporary file (named as in
+  /// ``writeTemporary(_:discardBeforeSegment:directory:sync:suffix:)``), leaving the header zero, and (with
+  /// `sync`) syncs it. On failure nothing is left behind.
+  static func writeBody(_ snapshot: StoredSnapshot, directory: String, sync: Bool, suffix: String)
+    throws(StorageError) -> PreparedBody
+  {
+    let temporary = directory + "/" + fileName(index: snapshot.index) + suffix
+    let checksum = CRC32C.checksum(snapshot.data, continuing: CRC32C.checksum(snapshot.metadata))
+    let file = try PosixFile.open(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC)
+    do {
+      try file.write([UInt8](repeating: 0, count: headerBytes), at: 0)
+      try file.write(snapshot.metadata, at: headerBytes)
+      try file.write(snapshot.data, at: headerBytes + snapshot.metadata.count)
+      if sync { try file.fullSync() }
+      file.close()
+    } catch {
+      file.close()
+      try? FileSystem.remove(temporary)
+      throw error
+    }
+    return PreparedBody(
+      temporary: temporary, index: snapshot.index, term: snapshot.term, metadataBytes: snapshot.metadata.count,
+      dataBytes: snapshot.data.count, bodyChecksum: checksum)
+  }
+
+  /// Writes the header of a body from ``writeBody(_:directory:sync:suffix:)`` and (with `sync`) syncs it: one
+  /// small write, whose checksum over the whole file comes from the body's own checksum without reading the body
+  /// again (crc(A + B) = x^(8|B|) · crc(A) ⊕ crc(B)). The file is then a complete temporary snapshot, for
+  /// ``publish(_:index:directory:sync:)``. On failure the file is removed.
+  static func finish(_ body: PreparedBody, discardBeforeSegment: UInt64, sync: Bool) throws(StorageError) {
+    var header = WireWriter(reservingCapacity: headerBytes)
+    header.writeFixed32(magic)
+    header.writeFixed32(UInt32(version))
+    header.writeFixed32(0)  // CRC, patched below
+    header.writeFixed64(body.index)
+    header.writeFixed64(body.term)
+    header.writeFixed64(discardBeforeSegment)
+    header.writeFixed64(UInt64(body.metadataBytes))
+    header.writeFixed64(UInt64(body.dataBytes))
+    let shift = CRC32CShift.factor(bytes: body.metadataBytes + body.dataBytes).factor
+    let crc = CRC32CShift.multiply(shift, CRC32C.checksum(header.bytes[12...])) ^ body.bodyChecksum
+    header.patchFixed32(crc, at: 8)
+    do {
+      let file = try PosixFile.open(body.temporary, flags: O_WRONLY)
+      defer { file.close() }
+      try file.write(header.bytes, at: 0)
+      if sync { try file.dataSync() }
+    } catch {
+      try? FileSystem.remove(body.temporary)
+      throw error
+    }
+  }
+
   /// The second half: renames the temporary file into place as the snapshot at `index`, then (with
   /// `sync`) syncs the directory so the new name survives a crash. Returns the final path.
   @discardableResult

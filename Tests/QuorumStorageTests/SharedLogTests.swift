@@ -608,6 +608,55 @@ struct SharedLogTests {
     }
   }
 
+  /// A leader's snapshot is written off the log's queue: while one group's install is still writing its body
+  /// (held here), another group's write is appended, synced and answered.
+  @Test func aLeadersSnapshotBeingWrittenHoldsUpNoOtherGroup() async throws {
+    try await withTemporaryDirectory { directory in
+      var log = makeLog(directory)
+      var (a, b) = try await openTwo(log)
+      try await a.write(StorageWrite(hardState: hardState("a"), entries: bigEntries(1...3)))
+      try await b.write(StorageWrite(hardState: hardState("b"), entries: bigEntries(1...3)))
+      let gate = Gate()
+      log.core.snapshotBodyHook.withLock { $0 = { gate.pass() } }
+      let data = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+      let install = Task { [b] in
+        try await b.saveSnapshot(StoredSnapshot(index: 50, term: 3, metadata: [9, 9], data: data), discardingLog: true)
+      }
+      try await waitUntil("the snapshot's body is being written") { gate.entered.load(ordering: .acquiring) }
+      let written = try await withThrowingTaskGroup(of: Bool.self) { tasks in
+        tasks.addTask { [a] in
+          try await a.write(StorageWrite(entries: bigEntries(4...4)))
+          return true
+        }
+        tasks.addTask {
+          try await Task.sleep(for: .seconds(60))
+          return false
+        }
+        let first = try await tasks.next() ?? false
+        // Lets the snapshot go on, and with it (if it held the writer) the write, so that the group can end.
+        gate.open()
+        tasks.cancelAll()
+        return first
+      }
+      #expect(written, "another group's write waited for a snapshot's body")
+      try await install.value
+      try await b.write(StorageWrite(entries: entries(51...52, term: 3)))
+      try await a.close()
+      try await b.close()
+
+      log = makeLog(directory)
+      a = log.storage(for: 1, entry: TestEntry.self)
+      b = log.storage(for: 2, entry: TestEntry.self)
+      #expect(try await a.recover().entries == bigEntries(1...4))
+      let stateB = try await b.recover()
+      #expect(stateB.snapshot == StoredSnapshot(index: 50, term: 3, metadata: [9, 9], data: data))
+      #expect(stateB.entries == entries(51...52, term: 3))
+      #expect(stateB.hardState == hardState("b"))
+      try await a.close()
+      try await b.close()
+    }
+  }
+
   /// A leader's snapshot whose file was written, with the crash before the segment that resets the group's log:
   /// the group's entries in the older segments stay discarded. `othersFirst`: another group's run moves the log
   /// past the named segment before the group recovers.
