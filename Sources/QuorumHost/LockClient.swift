@@ -19,6 +19,15 @@ public enum LockClientError: Error, Sendable, Equatable, CustomStringConvertible
   case unexpected(String)
   /// The client was closed (``LockClient/close()``) while the call was opening a session.
   case closed
+  /// The calling task already holds `lock` in `held` mode through an enclosing
+  /// ``LockClient/withLock(_:mode:ttl:timeout:_:)`` of a client on the same ``HostClient``, and asked for it in
+  /// `requested` mode where one of the two is exclusive: the call could only wait for its own caller to release
+  /// it. Refused at once; nothing was sent.
+  case reentrant(lock: String, held: LockMode, requested: LockMode)
+  /// The call needed a new session, but the client already has ``LockClientOptions/maxSessions`` sessions open in
+  /// the lock's group for that TTL (each taken for this lock by a lease, a call, or a clean-up after a failure).
+  /// Nothing was sent; try again once some are released.
+  case tooManySessions(limit: Int)
 
   public var description: String {
     switch self {
@@ -28,6 +37,9 @@ public enum LockClientError: Error, Sendable, Equatable, CustomStringConvertible
     case .sessionLost(let lock): return "the session waiting for \(lock) was lost before it was granted"
     case .unexpected(let what): return "unexpected answer: \(what)"
     case .closed: return "the lock client was closed"
+    case .reentrant(let lock, let held, let requested):
+      return "the task already holds \(lock) as \(held) and would wait for itself to get it as \(requested)"
+    case .tooManySessions(let limit): return "the client has \(limit) lock sessions open for the group (its limit)"
     }
   }
 }
@@ -206,6 +218,13 @@ public struct LockClientOptions: Sendable {
   public var renewFraction: Double = 1.0 / 3.0
   /// The longest one watch for a grant is held before the client checks the lock's state and watches again.
   public var watchInterval: Duration = .seconds(5)
+  /// The most sessions the client keeps open per group and TTL (default 64; at least 1). A call needs a session in
+  /// which its lock is neither held nor being acquired or released, so concurrent calls on one lock take a session
+  /// each, and while the members cannot be reached each background clean-up after a failed call keeps its lock taken
+  /// in its session for up to a minute and a half. A call that needs a new session at the limit fails at once with
+  /// ``LockClientError/tooManySessions(limit:)`` instead of opening one more, so an outage cannot make the sessions
+  /// grow with the call rate.
+  public var maxSessions: Int = 64
 
   /// The defaults: a 10 s TTL, renewed every third of it.
   public init() {}
@@ -238,8 +257,17 @@ public struct LockClientOptions: Sendable {
 /// client keeps about one session per concurrent call on its busiest lock, plus its first one. A call that failed
 /// with an unknown outcome (an acquire, a wait given up, a release) is undone in the background for that lock alone,
 /// which keeps the lock taken in its session for up to a minute and a half while the members cannot be reached:
-/// calls meanwhile use other sessions. The client is therefore **not reentrant**: a task that locks a lock it
-/// already holds exclusively waits for itself (until its timeout).
+/// calls meanwhile use other sessions, up to ``LockClientOptions/maxSessions`` per group and TTL
+/// (``LockClientError/tooManySessions(limit:)`` beyond).
+///
+/// The client is **not reentrant**: a lock call never returns a hold its caller already has. Inside the body of
+/// ``withLock(_:mode:ttl:timeout:_:)`` (and in the tasks the body starts, which inherit its task-local values), a
+/// call for the same lock through a client on the same ``HostClient`` where the enclosing hold or the new request
+/// is exclusive fails at once with ``LockClientError/reentrant(lock:held:requested:)``, rather than waiting for its
+/// own caller until its timeout; a shared or semaphore request while holding the same mode takes a hold of its own
+/// (it may wait behind a queued writer, or for a free permit). The client cannot tell which task holds a lease
+/// returned by ``lock(_:mode:ttl:timeout:)``, so a task that calls `lock` again for a lock it holds that way waits
+/// like any other caller: use `withLock` for nested locking.
 public actor LockClient {
   private struct SessionKey: Hashable {
     var group: GroupID
@@ -252,6 +280,15 @@ public actor LockClient {
   }
 
   private typealias Session = LockClientSession
+
+  /// A hold of an enclosing ``withLock(_:mode:ttl:timeout:_:)`` and the host client it was made through.
+  private struct EnclosingLease: Sendable {
+    var host: ObjectIdentifier
+    var lease: LockLease
+  }
+
+  /// The holds of the `withLock` calls whose bodies the current task runs in (or was started from).
+  @TaskLocal private static var enclosingLeases: [EnclosingLease] = []
 
   /// The client underneath.
   public let host: HostClient
@@ -269,7 +306,7 @@ public actor LockClient {
   private var nextOpening: UInt64 = 0
   /// How many times ``close()`` was called: a session opened across one is closed at once.
   private var closes: UInt64 = 0
-  /// The clean-ups in flight after a call failed with an unknown outcome (``cleanUp(_:in:token:)``).
+  /// The clean-ups in flight after a call failed with an unknown outcome (``cleanUp(_:in:token:queuedAt:)``).
   private var cleanUps: [UInt64: Task<Void, Never>] = [:]
   private var nextCleanUp: UInt64 = 0
 
@@ -359,9 +396,14 @@ public actor LockClient {
     _ body: @escaping @Sendable (FencingToken) async throws -> T
   ) async throws -> T {
     let lease = try await lock(name, mode: mode, ttl: ttl, timeout: timeout)
+    let enclosing = Self.enclosingLeases + [EnclosingLease(host: ObjectIdentifier(host), lease: lease)]
     let outcome: Result<T, any Error> = await withTaskGroup(of: Result<T, any Error>?.self) { group in
       group.addTask {
-        do { return .success(try await body(lease.token)) } catch { return .failure(error) }
+        do {
+          return .success(try await Self.$enclosingLeases.withValue(enclosing) { try await body(lease.token) })
+        } catch {
+          return .failure(error)
+        }
       }
       group.addTask {
         await lease.lost()
@@ -397,12 +439,7 @@ public actor LockClient {
 
   /// The state of lock `name` (holders with their tokens, waiters in order), read linearizably.
   public func status(of name: String) async throws -> LockStatus? {
-    let group = try await host.group(for: name, service: LockService.name)
-    let (bytes, _) = try await host.query(LockQuery.lock(name).wireBytes(), service: LockService.name, group: group)
-    guard case .lock(let status) = try LockQueryResult(wireBytes: bytes) else {
-      throw LockClientError.unexpected("not a lock status")
-    }
-    return status
+    try await lockStatus(name, in: try await host.group(for: name, service: LockService.name))
   }
 
   // MARK: - Internals
@@ -420,6 +457,13 @@ public actor LockClient {
   }
 
   private func acquire(_ name: String, mode: LockMode, ttl: Duration, wait: Duration) async throws -> LockLease? {
+    let hostID = ObjectIdentifier(host)
+    if let held = Self.enclosingLeases.last(where: {
+      $0.host == hostID && $0.lease.name == name && $0.lease.isValid
+        && ($0.lease.mode == .exclusive || mode == .exclusive)
+    }) {
+      throw LockClientError.reentrant(lock: name, held: held.lease.mode, requested: mode)
+    }
     let group = try await host.group(for: name, service: LockService.name)
     let started = clock.monotonicNanos()
     let end = started &+ wait.nanoseconds
@@ -473,7 +517,9 @@ public actor LockClient {
       return .done(nil)
     case .queued:
       // A failure to leave the queue is cleaned up by `stopWaiting`; every other failure ends the wait.
-      return .done(try await awaitGrant(name, session: session, after: response.index, until: end))
+      // The acquire's entry queued the wait: its index names the wait for a cancel.
+      return .done(
+        try await awaitGrant(name, session: session, queuedAt: response.index, after: response.index, until: end))
     case .sessionExpired:
       forget(session)
       return .again
@@ -498,8 +544,8 @@ public actor LockClient {
   /// state between watches, in case a notification was missed (a member restarted, the watch moved elsewhere), and
   /// ends the wait if the session no longer waits for the lock. A watch that fails moves to the next member of the
   /// group. Gives up at `end`, when the session is given up, or when the task is cancelled.
-  private func awaitGrant(_ name: String, session: Session, after: UInt64, until end: UInt64) async throws
-    -> LockLease?
+  private func awaitGrant(_ name: String, session: Session, queuedAt: UInt64, after: UInt64, until end: UInt64)
+    async throws -> LockLease?
   {
     var after = after
     var member: NodeID?
@@ -508,7 +554,7 @@ public actor LockClient {
       let now = clock.monotonicNanos()
       if now >= end || session.isClosed || Task.isCancelled {
         let lost = session.isClosed && !Task.isCancelled
-        guard let lease = try await stopWaiting(name, session: session) else {
+        guard let lease = try await stopWaiting(name, session: session, queuedAt: queuedAt) else {
           // Not the wait the caller allowed running out: the session it waited in is gone.
           if lost { throw LockClientError.sessionLost(lock: name) }
           return nil
@@ -560,21 +606,24 @@ public actor LockClient {
     return nil
   }
 
-  /// Leaves the queue of `name`. A lock granted just before the cancel is ours: it is returned, unless the task
-  /// was cancelled, in which case it is released and the call throws `CancellationError`. If the cluster cannot
-  /// be asked, the session may still wait for the lock (or be granted it): a clean-up in the background sees to
-  /// it (``cleanUp(_:in:token:)``).
-  private func stopWaiting(_ name: String, session: Session) async throws -> LockLease? {
+  /// Leaves the queue of `name`: the wait queued by entry `queuedAt`, and no later one (a cancel that reaches the
+  /// members late, after another call of the client queued for the lock in the session, leaves that wait alone).
+  /// A lock granted just before the cancel is ours: it is returned, unless the task was cancelled, in which case it
+  /// is released and the call throws `CancellationError`. If the cluster cannot be asked, the session may still
+  /// wait for the lock (or be granted it): a clean-up in the background sees to it
+  /// (``cleanUp(_:in:token:queuedAt:)``).
+  private func stopWaiting(_ name: String, session: Session, queuedAt: UInt64) async throws -> LockLease? {
     let grant: LockGrant?
     do {
-      let cancelled = try await run(.cancelWait(lock: name, session: session.id), in: session.group)
+      let cancelled = try await run(
+        .cancelWait(lock: name, session: session.id, queuedAt: queuedAt), in: session.group)
       if case .waitCancelled(true) = cancelled.value {
         grant = nil
       } else {
         grant = try await sessionStatus(session)?.holds.first { $0.lock == name }
       }
     } catch {
-      cleanUp(name, in: session, token: nil)
+      cleanUp(name, in: session, token: nil, queuedAt: queuedAt)
       throw error
     }
     guard let grant else {
@@ -608,6 +657,15 @@ public actor LockClient {
     return members[(i + 1) % members.count]
   }
 
+  /// The state of lock `name` in `group`; nil if it has neither holders nor waiters.
+  private func lockStatus(_ name: String, in group: GroupID) async throws -> LockStatus? {
+    let (bytes, _) = try await host.query(LockQuery.lock(name).wireBytes(), service: LockService.name, group: group)
+    guard case .lock(let status) = try LockQueryResult(wireBytes: bytes) else {
+      throw LockClientError.unexpected("not a lock status")
+    }
+    return status
+  }
+
   /// `session`'s holds and waits at the members; nil if it is gone there.
   private func sessionStatus(_ session: Session) async throws -> LockSessionStatus? {
     let (bytes, _) = try await host.query(
@@ -622,21 +680,24 @@ public actor LockClient {
 
   /// Makes sure, in the background, that `session` neither waits for nor holds `name` after a call about it failed
   /// without a known outcome (a cancelled wait or a release during a leader election, say). With `token` it
-  /// retries the release of that grant; without, it leaves the queue and releases whatever grant of `name` the
+  /// retries the release of that grant; without, it leaves the queue (the wait queued by entry `queuedAt`, or
+  /// if that is unknown the session's wait the lock's status shows) and releases whatever grant of `name` the
   /// session holds (no lease stands for it: the lock is taken for the clean-up meanwhile, so no other call of the
-  /// client acquires it in this session). Both are owner- and token-checked at the members, so a retry that comes
-  /// after the first one was applied changes nothing. Gives up after a few tries with growing pauses, and then
-  /// retires the session (closed once idle, or left to expire).
-  private func cleanUp(_ name: String, in session: Session, token: FencingToken?) {
+  /// client acquires it in this session). All are owner-, token- or entry-checked at the members, so a retry that
+  /// comes after the first one was applied, even once another call waits in the session, changes nothing. Gives up
+  /// after a few tries with growing pauses, and then retires the session (closed once idle, or left to expire).
+  private func cleanUp(_ name: String, in session: Session, token: FencingToken?, queuedAt: UInt64? = nil) {
     session.begin(name)
     let id = nextCleanUp
     nextCleanUp += 1
     cleanUps[id] = runtime.detached { [weak self] in
-      await self?.runCleanUp(name, in: session, token: token, id: id)
+      await self?.runCleanUp(name, in: session, token: token, queuedAt: queuedAt, id: id)
     }
   }
 
-  private func runCleanUp(_ name: String, in session: Session, token: FencingToken?, id: UInt64) async {
+  private func runCleanUp(_ name: String, in session: Session, token: FencingToken?, queuedAt: UInt64?, id: UInt64)
+    async
+  {
     var pause = Duration.milliseconds(100)
     var done = false
     for attempt in 0..<Self.cleanUpAttempts where !done && !session.isClosed && !Task.isCancelled {
@@ -644,7 +705,7 @@ public actor LockClient {
         try? await clock.sleep(for: pause)
         pause = min(pause * 2, Self.cleanUpMaxBackOff)
       }
-      done = (try? await cleanUpOnce(name, in: session, token: token)) != nil
+      done = (try? await cleanUpOnce(name, in: session, token: token, queuedAt: queuedAt)) != nil
     }
     cleanUps[id] = nil
     session.end(name)
@@ -652,13 +713,23 @@ public actor LockClient {
     await closeIfIdle(session)
   }
 
-  private func cleanUpOnce(_ name: String, in session: Session, token: FencingToken?) async throws {
+  private func cleanUpOnce(_ name: String, in session: Session, token: FencingToken?, queuedAt: UInt64?)
+    async throws
+  {
     if let token {
       _ = try await run(.release(lock: name, session: session.id, token: token), in: session.group)
       return
     }
-    let cancelled = try await run(.cancelWait(lock: name, session: session.id), in: session.group)
-    if case .waitCancelled(true) = cancelled.value { return }
+    // The lock is taken in the session for this clean-up, so a wait of the session for it is the failed call's.
+    var wait = queuedAt
+    if wait == nil {
+      wait = try await lockStatus(name, in: session.group)?.waiters.first { $0.session == session.id }?.queuedAt
+    }
+    if let wait {
+      let cancelled = try await run(
+        .cancelWait(lock: name, session: session.id, queuedAt: wait), in: session.group)
+      if case .waitCancelled(true) = cancelled.value { return }
+    }
     guard let hold = try await sessionStatus(session)?.holds.first(where: { $0.lock == name }) else { return }
     _ = try await run(.release(lock: name, session: session.id, token: hold.token), in: session.group)
   }
@@ -709,6 +780,11 @@ public actor LockClient {
         _ = await pending.value
         continue
       }
+      // Every open session of the group and TTL is taken for `name` (by a lease, a call, or a clean-up): at the
+      // limit, refuse rather than open more (an outage would otherwise grow them with the call rate).
+      let open = live.values.count { $0.group == group && UInt64($0.ttl.nanoseconds / 1_000_000) == key.ttlMillis }
+      let limit = max(1, options.maxSessions)
+      guard open < limit else { throw LockClientError.tooManySessions(limit: limit) }
       let number = nextOpening
       nextOpening += 1
       let task = runtime.detached { [self] () async -> Result<Session, any Error> in

@@ -16,7 +16,13 @@ public enum LockCommand: Hashable, Sendable, WireCodable, CustomStringConvertibl
   /// Release `lock` if `session` holds it with `token`; otherwise change nothing.
   case release(lock: String, session: LockSessionID, token: FencingToken)
   /// Leave the queue of `lock` if `session` waits there (a client that gave up waiting).
-  case cancelWait(lock: String, session: LockSessionID)
+  ///
+  /// With `queuedAt`, only the wait queued by that entry is cancelled (the index of the acquire that queued it, as
+  /// ``LockWaiterStatus/queuedAt`` shows): a cancel that arrives late, after its own wait ended and the session
+  /// queued again for the lock, leaves the newer wait alone and answers ``LockResponse/waitCancelled(_:)`` `false`.
+  /// Without it (`nil`, the form of entries written before it existed), whatever wait the session has for the lock
+  /// is cancelled.
+  case cancelWait(lock: String, session: LockSessionID, queuedAt: UInt64? = nil)
   /// Do nothing but move log time forward, so that due expiries and wait timeouts happen. The leader
   /// proposes it at ``LockTable/nextDeadlineMillis`` when no other command is going to the log.
   case advanceTime
@@ -30,7 +36,8 @@ public enum LockCommand: Hashable, Sendable, WireCodable, CustomStringConvertibl
       let waiting = wait ? " wait" + (timeout.map { "<=\($0)ms" } ?? "") : ""
       return "acquire \(lock) \(mode) by \(session)\(waiting)"
     case .release(let lock, let session, let token): return "release \(lock) by \(session) \(token)"
-    case .cancelWait(let lock, let session): return "cancel-wait \(lock) by \(session)"
+    case .cancelWait(let lock, let session, let queuedAt):
+      return "cancel-wait \(lock) by \(session)" + (queuedAt.map { " queued at \($0)" } ?? "")
     case .advanceTime: return "advance-time"
     }
   }
@@ -58,10 +65,16 @@ public enum LockCommand: Hashable, Sendable, WireCodable, CustomStringConvertibl
       writer.writeString(lock)
       writer.write(session)
       writer.write(token)
-    case .cancelWait(let lock, let session):
+    case .cancelWait(let lock, let session, nil):
+      // The original form (tag 5), kept byte for byte: entries in existing logs decode and apply as they did.
       writer.writeByte(5)
       writer.writeString(lock)
       writer.write(session)
+    case .cancelWait(let lock, let session, let queuedAt?):
+      writer.writeByte(7)
+      writer.writeString(lock)
+      writer.write(session)
+      writer.writeVarint(queuedAt)
     case .advanceTime:
       writer.writeByte(6)
     }
@@ -80,6 +93,8 @@ public enum LockCommand: Hashable, Sendable, WireCodable, CustomStringConvertibl
     case 4: self = .release(lock: try reader.readString(), session: try reader.read(), token: try reader.read())
     case 5: self = .cancelWait(lock: try reader.readString(), session: try reader.read())
     case 6: self = .advanceTime
+    case 7:
+      self = .cancelWait(lock: try reader.readString(), session: try reader.read(), queuedAt: try reader.readVarint())
     case let tag: throw WireError(.unknownTag(type: "LockCommand", tag: UInt64(tag)), at: at)
     }
   }

@@ -22,7 +22,7 @@ public struct LockService: ReplicatedService {
   /// The lock a command concerns, if any.
   public static func routingKey(of command: LockCommand) -> String? {
     switch command {
-    case .acquire(let lock, _, _, _, _), .release(let lock, _, _), .cancelWait(let lock, _): return lock
+    case .acquire(let lock, _, _, _, _), .release(let lock, _, _), .cancelWait(let lock, _, _): return lock
     case .openSession, .keepAlive, .closeSession, .advanceTime: return nil
     }
   }

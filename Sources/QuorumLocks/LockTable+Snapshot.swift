@@ -180,8 +180,11 @@ extension LockTable {
     guard !lock.holders.isEmpty || !lock.waiters.isEmpty else {
       throw WireError(.invalidValue("lock with neither holders nor waiters"), at: r.position)
     }
-    // After every apply the first waiter is one the holders do not admit (or it would have been granted).
-    if let head = lock.waiters.first, lock.admits(head.mode) {
+    // After every apply the first waiter is one the holders do not admit (or it would have been granted), unless
+    // its session is due and waits to be ended.
+    if let head = lock.waiters.first, lock.admits(head.mode),
+      (sessions[head.session]?.expiresAtMillis ?? 0) > logTimeMillis
+    {
       throw WireError(.invalidValue("first waiter \(head.session) could have been granted"), at: r.position)
     }
     return lock
@@ -219,7 +222,7 @@ extension LockTable {
       if case .semaphore(let permits) = lock.kind, lock.holders.count > Int(permits) {
         problems.append("\(name) has \(lock.holders.count) holders of \(permits) permits")
       }
-      if let head = lock.waiters.first, lock.admits(head.mode) {
+      if let head = lock.waiters.first, lock.admits(head.mode), sessions[head.session].map(isDue) != true {
         problems.append("\(name)'s first waiter \(head.session) could be granted")
       }
       for (id, holder) in lock.holders {
@@ -243,7 +246,6 @@ extension LockTable {
       if session.waits != waits[id] ?? [] {
         problems.append("\(id) waits \(session.waits) but locks say \(waits[id] ?? [])")
       }
-      if session.expiresAtMillis <= logTimeMillis { problems.append("\(id) alive past its expiry") }
       if !sessionExpiries.items.contains(Deadline(millis: session.expiresAtMillis, id: id.rawValue)) {
         problems.append("\(id) missing from the expiry heap")
       }

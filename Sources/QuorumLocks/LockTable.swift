@@ -23,8 +23,12 @@ public import QuorumCore
 ///
 /// **Time** is the log's: ``QuorumCore/ApplyContext/timestampMillis``, made monotonic by
 /// ``QuorumCore/ReplicatedStateMachine`` (and again here). Each apply first ends the sessions whose expiry is at
-/// or before the entry's log time and the waits whose timeout has passed, then applies the command, then
-/// grants the waiters that those changes let through, once per lock. So a waiter whose session has expired is
+/// or before the entry's log time (at most ``LockTableLimits/maxExpiriesPerEntry`` of them; the rest in the
+/// following entries) and the waits whose timeout has passed, then applies the command, then grants the waiters
+/// that those changes let through, once per lock. A session is over from the first entry at or after its expiry
+/// even while the work of ending it waits: commands naming it are answered as for an expired session, a query
+/// finds no such session, and none of its waits is granted (a queue whose head is such a waiter waits until its
+/// session is ended). So a waiter whose session has expired is
 /// never granted, and an exclusive holder's token is never reused within an entry. Due sessions and waits are
 /// found through heaps ordered by (deadline, identifier): an entry with nothing due costs O(1) for time, and
 /// every command costs O(log n) in the number of sessions and locks, plus the length of one lock's queue
@@ -169,15 +173,29 @@ public struct LockTable: StateMachine {
 
   // MARK: - Time
 
+  /// Ends at most ``LockTableLimits/maxExpiriesPerEntry`` of the sessions that are due, earliest deadline first
+  /// (then lowest identifier): the rest stay due, over for every command (``liveSession(_:)``), and are ended by the
+  /// following entries.
   private mutating func expireSessions() {
     let now = logTimeMillis
-    while let top = sessionExpiries.min, top.millis <= now {
+    var ended = 0
+    while ended < limits.maxExpiriesPerEntry, let top = sessionExpiries.min, top.millis <= now {
       sessionExpiries.popMin()
       let id = LockSessionID(top.id)
       guard sessions[id]?.expiresAtMillis == top.millis else { continue }  // renewed or closed since
       let lost = dropSession(id)
       events.append(.expired(session: id, lost: lost))
+      ended += 1
     }
+  }
+
+  /// Whether `session`'s expiry has come: it is over, though the work of ending it may wait for a later entry.
+  func isDue(_ session: Session) -> Bool { session.expiresAtMillis <= logTimeMillis }
+
+  /// The session `id` if it is open and not due: a due session is answered as an expired one.
+  func liveSession(_ id: LockSessionID) -> Session? {
+    guard let session = sessions[id], !isDue(session) else { return nil }
+    return session
   }
 
   private mutating func expireWaits() {
@@ -225,11 +243,11 @@ public struct LockTable: StateMachine {
     let named: LockSessionID
     switch command {
     case .keepAlive(let id), .closeSession(let id): named = id
-    case .acquire(_, let id, _, _, _), .release(_, let id, _), .cancelWait(_, let id): named = id
+    case .acquire(_, let id, _, _, _), .release(_, let id, _), .cancelWait(_, let id, _): named = id
     case .openSession, .advanceTime: return nil
     }
     // An unknown session is each command's own answer (expired).
-    guard let session = sessions[named], !session.ownerUnknown, session.owner != principal else { return nil }
+    guard let session = liveSession(named), !session.ownerUnknown, session.owner != principal else { return nil }
     return .failed(.sessionNotOwned(named))
   }
 
@@ -240,7 +258,7 @@ public struct LockTable: StateMachine {
     case .keepAlive(let id):
       return keepAlive(id)
     case .closeSession(let id):
-      guard sessions[id] != nil else { return .sessionExpired(id) }
+      guard liveSession(id) != nil else { return .sessionExpired(id) }
       let released = dropSession(id)
       for grant in released { events.append(.released(grant)) }
       return .sessionClosed(releasedLocks: released.count)
@@ -248,8 +266,13 @@ public struct LockTable: StateMachine {
       return acquire(lock, session: session, mode: mode, wait: wait, waitTimeoutMillis: timeout)
     case .release(let lock, let session, let token):
       return release(lock, session: session, token: token)
-    case .cancelWait(let lock, let session):
-      guard sessions[session]?.waits.contains(lock) == true else { return .waitCancelled(false) }
+    case .cancelWait(let lock, let session, let queuedAt):
+      guard liveSession(session)?.waits.contains(lock) == true else { return .waitCancelled(false) }
+      if let queuedAt,
+        locks[lock]?.waiters.contains(where: { $0.session == session && $0.queuedAt == queuedAt }) != true
+      {
+        return .waitCancelled(false)  // A late cancel of a wait that ended: the session's newer wait stays.
+      }
       removeWaiter(session, from: lock)
       return .waitCancelled(true)
     case .advanceTime:
@@ -272,6 +295,7 @@ public struct LockTable: StateMachine {
   }
 
   private mutating func keepAlive(_ id: LockSessionID) -> LockResponse {
+    guard liveSession(id) != nil else { return .sessionExpired(id) }
     let now = logTimeMillis
     let renewal = sessions.modify(id) { session -> (expires: UInt64, changed: Bool) in
       let expires = now.addingSaturated(session.ttlMillis)
@@ -318,7 +342,7 @@ public struct LockTable: StateMachine {
   private func decideAcquire(_ name: String, session id: LockSessionID, mode: LockMode, wait: Bool)
     -> AcquireDecision
   {
-    guard let session = sessions[id] else { return .respond(.sessionExpired(id)) }
+    guard let session = liveSession(id) else { return .respond(.sessionExpired(id)) }
     let bytes = name.utf8.count
     guard bytes > 0, bytes <= limits.maxNameBytes else {
       return .respond(.failed(.invalidName(bytes: bytes, maxBytes: limits.maxNameBytes)))
@@ -390,7 +414,9 @@ public struct LockTable: StateMachine {
   }
 
   private mutating func release(_ name: String, session id: LockSessionID, token: FencingToken) -> LockResponse {
-    guard let holder = locks[name]?.holders[id], holder.token == token else { return .released(false) }
+    guard liveSession(id) != nil, let holder = locks[name]?.holders[id], holder.token == token else {
+      return .released(false)
+    }
     locks.modify(name) { _ = $0.holders.removeValue(forKey: id) }
     sessions.modify(id) { _ = $0.holds.remove(name) }
     touched.insert(name)
@@ -449,22 +475,32 @@ public struct LockTable: StateMachine {
     }
   }
 
+  /// Grants the waiters at the head of `name`'s queue that the holders admit, stopping at the first waiter whose
+  /// session is due (it is never granted; ending its session takes it out of the queue and touches the lock again).
   private mutating func grantWaiters(of name: String) {
     let token = FencingToken(appliedIndex)
-    let outcome = locks.modify(name) { lock -> (granted: [Waiter], previous: FencingToken) in
-      var count = 0
-      while count < lock.waiters.count, lock.admits(lock.waiters[count].mode) {
-        let waiter = lock.waiters[count]
-        lock.holders[waiter.session] = Holder(mode: waiter.mode, token: token)
-        count += 1
+    let now = logTimeMillis
+    let outcome: (granted: [Waiter], previous: FencingToken)?
+    do {
+      // A reference to the sessions for the closure, not a copy; it ends with this block, before they are changed.
+      let current = sessions
+      outcome = locks.modify(name) { lock -> (granted: [Waiter], previous: FencingToken) in
+        var count = 0
+        while count < lock.waiters.count, lock.admits(lock.waiters[count].mode),
+          (current[lock.waiters[count].session]?.expiresAtMillis ?? 0) > now
+        {
+          let waiter = lock.waiters[count]
+          lock.holders[waiter.session] = Holder(mode: waiter.mode, token: token)
+          count += 1
+        }
+        let previous = lock.lastToken
+        let granted = Array(lock.waiters[..<count])
+        if count > 0 {
+          lock.waiters.removeFirst(count)
+          lock.lastToken = token
+        }
+        return (granted, previous)
       }
-      let previous = lock.lastToken
-      let granted = Array(lock.waiters[..<count])
-      if count > 0 {
-        lock.waiters.removeFirst(count)
-        lock.lastToken = token
-      }
-      return (granted, previous)
     }
     guard let outcome, !outcome.granted.isEmpty else { return }
     // A lock is granted from its queue at most once per entry, and never in the entry of a direct grant (which
@@ -472,7 +508,6 @@ public struct LockTable: StateMachine {
     precondition(
       outcome.previous < token,
       "LockTable: queued grants of \(name) at \(token) after the lock's \(outcome.previous)")
-    let now = logTimeMillis
     for waiter in outcome.granted {
       let expires = sessions.modify(waiter.session) { session -> UInt64 in
         session.waits.remove(name)
@@ -506,7 +541,7 @@ public struct LockTable: StateMachine {
     case .lock(let name):
       return .lock(locks[name].map { status(of: name, $0) })
     case .session(let id):
-      return .session(sessions[id].map { status(of: id, $0) })
+      return .session(liveSession(id).map { status(of: id, $0) })
     case .list(let prefix, let after, let limit):
       let pageSize = Swift.min(Swift.max(0, limit), limits.maxListCount)
       var names = locks.keys.filter { name in name.hasPrefix(prefix) && after.map { name > $0 } ?? true }

@@ -325,12 +325,18 @@ public struct LockTableLimits: Hashable, Sendable {
   public var maxSemaphorePermits: UInt32
   /// The most entries one listing query returns. Default 1,000.
   public var maxListCount: Int
+  /// The most sessions one entry ends for their expiry. Default 64: each releases up to
+  /// ``maxHoldsPerSession`` locks, so this bounds an entry's work when a burst of sessions is due at once (a
+  /// client fleet cut off together). A session is over at its expiry whatever this says: the commands naming it
+  /// are answered as for an expired session and none of its waits is granted; releasing what it holds waits for
+  /// the following entries (``LockTable/nextDeadlineMillis`` stays due, so the leader writes them at once).
+  public var maxExpiriesPerEntry: Int
 
   /// Creates limits; every argument defaults to the value documented on its property.
   public init(
     maxSessions: Int = 100_000, maxLocks: Int = 100_000, maxWaitersPerLock: Int = 1_024, maxNameBytes: Int = 256,
     maxHoldsPerSession: Int = 1_024, minTTLMillis: UInt64 = 1_000, maxTTLMillis: UInt64 = 600_000,
-    maxSemaphorePermits: UInt32 = 10_000, maxListCount: Int = 1_000
+    maxSemaphorePermits: UInt32 = 10_000, maxListCount: Int = 1_000, maxExpiriesPerEntry: Int = 64
   ) {
     self.maxSessions = maxSessions
     self.maxLocks = maxLocks
@@ -341,6 +347,7 @@ public struct LockTableLimits: Hashable, Sendable {
     self.maxTTLMillis = maxTTLMillis
     self.maxSemaphorePermits = maxSemaphorePermits
     self.maxListCount = maxListCount
+    self.maxExpiriesPerEntry = maxExpiriesPerEntry
   }
 
   /// Checks that every limit is usable.
@@ -355,6 +362,7 @@ public struct LockTableLimits: Hashable, Sendable {
     try positive(maxNameBytes, "LockLimits.maxNameBytes")
     try positive(maxHoldsPerSession, "LockLimits.maxHoldsPerSession")
     try positive(maxListCount, "LockLimits.maxListCount")
+    try positive(maxExpiriesPerEntry, "LockLimits.maxExpiriesPerEntry")
     guard minTTLMillis > 0 else {
       throw ConfigurationError(setting: "LockLimits.minTTLMillis", reason: "must be positive")
     }

@@ -176,7 +176,8 @@ struct LockTableBoundsAndSnapshotTests {
     let commands: [LockCommand] = [
       .openSession(ttlMillis: 5_000), .keepAlive(session: s(2)), .closeSession(session: s(3)),
       acquire("é/x", s(4), .shared, wait: true, timeout: 70), acquire("b", s(5), .semaphore(permits: 2), wait: false),
-      .release(lock: "c", session: s(6), token: t(7)), .cancelWait(lock: "d", session: s(8)), .advanceTime,
+      .release(lock: "c", session: s(6), token: t(7)), .cancelWait(lock: "d", session: s(8)),
+      .cancelWait(lock: "d", session: s(8), queuedAt: 9), .advanceTime,
     ]
     for c in commands { #expect(try LockCommand(wireBytes: c.wireBytes()) == c) }
     let errors: [LockError] = [
@@ -209,7 +210,7 @@ struct LockTableBoundsAndSnapshotTests {
       .granted(g), .released(g), .expired(session: s(1), lost: [g, g]), .waitTimedOut(lock: "a", session: s(2)),
     ]
     for e in events { #expect(try LockEvent(wireBytes: e.wireBytes()) == e) }
-    #expect(throws: WireError(.unknownTag(type: "LockCommand", tag: 7), at: 0)) { try LockCommand(wireBytes: [7]) }
+    #expect(throws: WireError(.unknownTag(type: "LockCommand", tag: 8), at: 0)) { try LockCommand(wireBytes: [8]) }
     #expect(throws: WireError.self) { try LockResponse(wireBytes: [4, 1, 0x61]) }
     // Every truncation of every encoding is an error, never a trap.
     for bytes in commands.map({ $0.wireBytes() }) {

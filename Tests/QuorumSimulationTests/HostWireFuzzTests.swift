@@ -40,7 +40,8 @@ struct HostWireFuzzTests {
       .acquire(lock: "pool", session: session, mode: .semaphore(permits: 4), wait: false, waitTimeoutMillis: nil),
       .acquire(lock: "doc", session: session, mode: .shared, wait: true, waitTimeoutMillis: nil),
       .release(lock: "orders", session: session, token: FencingToken(rawValue: 1234)),
-      .cancelWait(lock: "orders", session: session), .advanceTime,
+      .cancelWait(lock: "orders", session: session), .cancelWait(lock: "orders", session: session, queuedAt: 90),
+      .advanceTime,
     ]
   }
 
