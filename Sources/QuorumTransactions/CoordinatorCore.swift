@@ -79,10 +79,11 @@ public enum CoordinatorEffect: Sendable, Hashable, CustomStringConvertible {
 ///   with an abort; the core then aborts.
 /// - **Phase 2.** The commit goes to every `yes` voter and is resent, backing off, until each acknowledges;
 ///   then the core records that it is finished. Aborts are not acknowledged.
-/// - **One participant** commits in one phase in non-blocking mode: ``TransactionMessage/commitOnePhase(_:)``,
+/// - **One participant** commits in one phase in non-blocking mode: ``TransactionMessage/commitOnePhase(_:recordStore:)``,
 ///   and the participant decides through the shared table (a compare-and-set, so ``TransactionCoordinator``'s
-///   `outcome(of:)` cannot presume abort over its commit). In classic mode it goes through both phases: the
-///   participant would decide in its own log, where this coordinator cannot see it.
+///   `outcome(of:)` cannot presume abort over its commit). A participant that writes to another store answers
+///   with a vote instead, and the transaction goes on in two phases. In classic mode it goes through both phases
+///   from the start: the participant would decide in its own log, where this coordinator cannot see it.
 /// - **Idempotence.** Duplicate and late votes, acknowledgements and questions change nothing; a question
 ///   about a transaction the core no longer tracks is answered from the record
 ///   (``CoordinatorEffect/recordDecision(_:_:participants:)`` with `abort`: the stored decision if there is
@@ -237,7 +238,7 @@ public struct CoordinatorCore: Sendable {
     if participants.count == 1 && recordStore != nil {
       active[txn] = Active(
         participants: participants, phase: .onePhase, startedTick: now, wakeTick: now, retryInterval: interval)
-      effects.append(.send(TransactionOutgoing(to: participants[0], .commitOnePhase(txn))))
+      effects.append(.send(TransactionOutgoing(to: participants[0], .commitOnePhase(txn, recordStore: recordStore))))
     } else {
       active[txn] = Active(
         participants: participants, phase: .collecting(votes: [:]), startedTick: now, wakeTick: now,
@@ -337,7 +338,14 @@ public struct CoordinatorCore: Sendable {
       }
     case .finishing:
       if vote == .yes { effects.append(.send(TransactionOutgoing(to: from, .decision(txn, .commit)))) }
-    case .onePhase, .recording:
+    case .onePhase:
+      // The participant does not write to this coordinator's store, so it cannot decide where this coordinator
+      // looks (a presumed abort here would contradict a commit in its own log): it prepared instead, and the
+      // transaction goes on in two phases, the decision recorded here.
+      guard transaction.participants == [from] else { return }
+      active[txn]?.phase = .collecting(votes: [:])
+      receiveVote(txn, vote, from: from, &effects)
+    case .recording:
       return
     }
   }
@@ -475,7 +483,8 @@ public struct CoordinatorCore: Sendable {
         effects.append(.expired(txn))
         return 1
       }
-      effects.append(.send(TransactionOutgoing(to: transaction.participants[0], .commitOnePhase(txn))))
+      effects.append(
+        .send(TransactionOutgoing(to: transaction.participants[0], .commitOnePhase(txn, recordStore: recordStore))))
       backOff(txn)
       return 1
     case .recording(let decision, let targets, let inFlight):

@@ -77,8 +77,10 @@ public enum ParticipantEffect: Sendable, Hashable, CustomStringConvertible {
 /// - **Voting.** A prepare asks the application (``ParticipantEffect/prepare(_:)``). A `yes` is made durable
 ///   (``ParticipantEffect/recordPrepared(_:participants:)``) before it is sent; a `no` rolls back; a read-only
 ///   vote ends the transaction here (no phase 2). A failed durable write turns the yes into a no.
-/// - **One phase.** ``TransactionMessage/commitOnePhase(_:)`` makes this participant the decider: it records its
-///   own commit durably, then commits and answers ``TransactionMessage/outcome(_:_:)``.
+/// - **One phase.** ``TransactionMessage/commitOnePhase(_:recordStore:)`` over this participant's own shared store
+///   makes it the decider: it records its own commit durably there, then commits and answers
+///   ``TransactionMessage/outcome(_:_:)``. Over another store (or from a coordinator when this participant's
+///   store is local) it is taken as a prepare with this participant alone, and answered with a vote.
 /// - **Before preparing** the participant may abort on its own: a transaction that began here
 ///   (``ParticipantInput/begin(_:)``) and sees no prepare within ``ParticipantOptions/unpreparedTimeoutTicks``
 ///   rolls back, and so does one whose peers ask about it (cooperative termination: it has not voted, so it can
@@ -273,7 +275,18 @@ public struct ParticipantCore: Sendable {
   private mutating func receive(_ message: TransactionMessage, from: NodeID, _ effects: inout [ParticipantEffect]) {
     switch message {
     case .prepare(let txn, let participants, let store): prepare(txn, participants, store, &effects)
-    case .commitOnePhase(let txn): commitOnePhase(txn, &effects)
+    case .commitOnePhase(let txn, let store):
+      // One phase only where the coordinator looks for the decision: this participant's own store. Otherwise it
+      // would decide in a log the coordinator cannot see, and a coordinator that lost the answer would presume
+      // abort over its commit. It answers as to a prepare (a vote, and a no from a shared store that is not the
+      // coordinator's), and the coordinator records the decision. A coordinator too old to say (`nil`) only sends
+      // one phase from a shared store: taken as this one if this participant's is shared (as before the field).
+      let sameStore = store.map { $0 == recordStore } ?? (recordStore != nil)
+      if sameStore {
+        commitOnePhase(txn, &effects)
+      } else {
+        prepare(txn, [id], store, &effects)
+      }
     case .decision(let txn, let decision): learn(txn, decision, &effects)
     case .decisionRequest(let txn): answer(txn, asker: from, &effects)
     case .vote, .ack, .outcome:

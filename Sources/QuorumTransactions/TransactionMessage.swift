@@ -12,8 +12,12 @@ public enum TransactionMessage: Hashable, Sendable, WireCodable, CustomStringCon
   /// non-blocking mode (``TransactionRecordStore/sharedIdentity``), or is `nil` in classic mode.
   case prepare(TxnID, participants: [NodeID], recordStore: UInt64?)
   /// Coordinator → the only participant: prepare and commit at once (one-phase commit); the participant
-  /// decides and answers with ``outcome(_:_:)``.
-  case commitOnePhase(TxnID)
+  /// decides and answers with ``outcome(_:_:)``. `recordStore` identifies the shared record store where the
+  /// coordinator looks for the decision (``TransactionRecordStore/sharedIdentity``): a participant decides in one
+  /// phase only if it writes to that same store, and otherwise answers as to a prepare (a vote), so that the
+  /// coordinator records the decision itself. `nil` only from a coordinator older than this field (wire tag 1),
+  /// which did not say.
+  case commitOnePhase(TxnID, recordStore: UInt64?)
   /// Participant → coordinator: the vote on `prepare`.
   case vote(TxnID, TransactionVote)
   /// The decision: from the coordinator in phase 2, or from a participant (or the coordinator) answering
@@ -24,13 +28,13 @@ public enum TransactionMessage: Hashable, Sendable, WireCodable, CustomStringCon
   /// A prepared participant asks for the decision: first the coordinator, then (cooperative termination) the
   /// other participants.
   case decisionRequest(TxnID)
-  /// The only participant → coordinator: what it decided on ``commitOnePhase(_:)``.
+  /// The only participant → coordinator: what it decided on ``commitOnePhase(_:recordStore:)``.
   case outcome(TxnID, TransactionDecision)
 
   /// The transaction the message is about.
   public var transaction: TxnID {
     switch self {
-    case .prepare(let id, _, _), .commitOnePhase(let id), .vote(let id, _), .decision(let id, _), .ack(let id),
+    case .prepare(let id, _, _), .commitOnePhase(let id, _), .vote(let id, _), .decision(let id, _), .ack(let id),
       .decisionRequest(let id), .outcome(let id, _):
       return id
     }
@@ -41,7 +45,8 @@ public enum TransactionMessage: Hashable, Sendable, WireCodable, CustomStringCon
     case .prepare(let id, let participants, let store):
       return "prepare \(id) \(participants.map(\.description).joined(separator: ","))"
         + (store.map { " record-store=\($0)" } ?? "")
-    case .commitOnePhase(let id): return "commit-one-phase \(id)"
+    case .commitOnePhase(let id, let store):
+      return "commit-one-phase \(id)" + (store.map { " record-store=\($0)" } ?? "")
     case .vote(let id, let vote): return "vote \(id) \(vote)"
     case .decision(let id, let decision): return "\(decision) \(id)"
     case .ack(let id): return "ack \(id)"
@@ -57,7 +62,12 @@ public enum TransactionMessage: Hashable, Sendable, WireCodable, CustomStringCon
       writer.write(id)
       writer.writeArray(participants)
       writer.writeOptional(store)
-    case .commitOnePhase(let id):
+    case .commitOnePhase(let id, let store?):
+      // Tag 7 (tag 1 without the store is what coordinators sent before the field existed; it still decodes).
+      writer.writeByte(7)
+      writer.write(id)
+      writer.write(store)
+    case .commitOnePhase(let id, nil):
       writer.writeByte(1)
       writer.write(id)
     case .vote(let id, let vote):
@@ -87,12 +97,13 @@ public enum TransactionMessage: Hashable, Sendable, WireCodable, CustomStringCon
     case 0:
       self = .prepare(
         try reader.read(), participants: try reader.readArray(NodeID.self), recordStore: try reader.readOptional())
-    case 1: self = .commitOnePhase(try reader.read())
+    case 1: self = .commitOnePhase(try reader.read(), recordStore: nil)
     case 2: self = .vote(try reader.read(), try reader.read())
     case 3: self = .decision(try reader.read(), try reader.read())
     case 4: self = .ack(try reader.read())
     case 5: self = .decisionRequest(try reader.read())
     case 6: self = .outcome(try reader.read(), try reader.read())
+    case 7: self = .commitOnePhase(try reader.read(), recordStore: try reader.read() as UInt64)
     case let tag: throw WireError(.unknownTag(type: "TransactionMessage", tag: UInt64(tag)), at: at)
     }
   }

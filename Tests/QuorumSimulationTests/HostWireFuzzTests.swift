@@ -136,7 +136,8 @@ struct HostWireFuzzTests {
     let id = TxnID(coordinator: 2, sequence: 9, startedAtMillis: 1_700_000_000_000)
     let messages: [TransactionMessage] = [
       .prepare(id, participants: [1, 2, 3], recordStore: 7), .prepare(id, participants: [], recordStore: nil),
-      .commitOnePhase(id), .vote(id, .yes), .vote(id, .no), .decision(id, .commit), .decision(id, .abort), .ack(id),
+      .commitOnePhase(id, recordStore: nil), .commitOnePhase(id, recordStore: 7), .vote(id, .yes), .vote(id, .no),
+      .decision(id, .commit), .decision(id, .abort), .ack(id),
       .decisionRequest(id), .outcome(id, .abort),
     ]
     let report = WireFuzzer.check(samples: messages, inputs: 10_000, seed: 12)

@@ -92,13 +92,26 @@ struct CoordinatorCoreTests {
   @Test("one participant commits in one phase (non-blocking mode) and the participant's outcome is the result")
   func onePhase() {
     var c = CoordinatorCore(id: 1, options: quickCoordinatorOptions(), recordStore: 9)
-    #expect(c.step(.begin(t, participants: [2])) == [send(2, .commitOnePhase(t))])
-    #expect(c.ticks(2) == [send(2, .commitOnePhase(t))], "resent after the first retry interval")
+    #expect(c.step(.begin(t, participants: [2])) == [send(2, .commitOnePhase(t, recordStore: 9))])
+    #expect(c.ticks(2) == [send(2, .commitOnePhase(t, recordStore: 9))], "resent after the first retry interval")
     #expect(c.step(.message(from: 2, .outcome(t, .commit))) == [.finished(t, .committed)])
     #expect(c.step(.message(from: 2, .outcome(t, .commit))) == [], "a duplicate outcome changes nothing")
     let u = txn(8)
     _ = c.step(.begin(u, participants: [2]))
     #expect(c.step(.message(from: 2, .outcome(u, .abort))) == [.finished(u, .aborted(.participantAborted(2)))])
+  }
+
+  @Test("a one-phase participant that answers with a vote (another store) goes on in two phases, decided here")
+  func onePhaseAnsweredWithAVote() {
+    var c = CoordinatorCore(id: 1, options: quickCoordinatorOptions(), recordStore: 9)
+    _ = c.step(.begin(t, participants: [2]))
+    #expect(c.step(.message(from: 3, .vote(t, .yes))) == [], "not the participant")
+    #expect(c.step(.message(from: 2, .vote(t, .yes))) == [.recordDecision(t, .commit, participants: [2])])
+    #expect(c.step(.decisionRecorded(t, .commit)) == [send(2, .decision(t, .commit)), .finished(t, .committed)])
+    #expect(c.step(.message(from: 2, .ack(t))) == [.recordFinished(t)])
+    let u = txn(8)
+    _ = c.step(.begin(u, participants: [2]))
+    #expect(c.step(.message(from: 2, .vote(u, .no))) == [.finished(u, .aborted(.votedNo(2)))])
   }
 
   /// In classic mode a one-phase participant would decide in its own log: a coordinator that restarted, or lost

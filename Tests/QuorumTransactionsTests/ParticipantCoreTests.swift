@@ -54,12 +54,12 @@ struct ParticipantCoreTests {
     #expect(q.status(of: t) == .aborted)
 
     var p = ParticipantCore(id: 2, options: quickParticipantOptions(), recordStore: 9)
-    _ = p.step(.message(from: 1, .commitOnePhase(t)))
+    _ = p.step(.message(from: 1, .commitOnePhase(t, recordStore: 9)))
     _ = p.step(.voted(t, .yes))
     _ = p.step(.decisionRecorded(t, .commit))
     #expect(p.step(.applied(t)) == [psend(1, .outcome(t, .commit)), .recordFinished(t)])
     _ = p.step(.recordFailed(t))
-    #expect(p.step(.message(from: 1, .commitOnePhase(t))) == [psend(1, .outcome(t, .commit))], "a copy")
+    #expect(p.step(.message(from: 1, .commitOnePhase(t, recordStore: 9))) == [psend(1, .outcome(t, .commit))], "a copy")
     #expect(p.ticks(30).contains(.recordFinished(t)))
     #expect(p.step(.finishRecorded(t)) == [], "a one-phase commit was answered already")
     #expect(p.trackedCount == 0)
@@ -241,35 +241,37 @@ struct ParticipantCoreTests {
 
   @Test("one phase: the participant records its own commit, applies it, answers, and answers copies the same")
   func onePhase() {
-    var p = ParticipantCore(id: 2, options: quickParticipantOptions())
-    #expect(p.step(.message(from: 1, .commitOnePhase(t))) == [.prepare(t)])
+    var p = ParticipantCore(id: 2, options: quickParticipantOptions(), recordStore: 9)
+    #expect(p.step(.message(from: 1, .commitOnePhase(t, recordStore: 9))) == [.prepare(t)])
     #expect(p.step(.voted(t, .yes)) == [.recordDecision(t, .commit)])
-    #expect(p.step(.message(from: 1, .commitOnePhase(t))) == [], "in progress")
+    #expect(p.step(.message(from: 1, .commitOnePhase(t, recordStore: 9))) == [], "in progress")
     #expect(p.step(.decisionRecorded(t, .commit)) == [.apply(t, .commit)])
     #expect(p.step(.applied(t)) == [psend(1, .outcome(t, .commit)), .recordFinished(t)])
-    #expect(p.step(.message(from: 1, .commitOnePhase(t))) == [psend(1, .outcome(t, .commit))])
+    #expect(p.step(.message(from: 1, .commitOnePhase(t, recordStore: 9))) == [psend(1, .outcome(t, .commit))])
   }
 
   @Test("one phase: a copy that may repeat a forgotten request is checked against the record")
   func onePhaseForgotten() {
     var options = quickParticipantOptions()
     options.rememberedOutcomes = 1
-    var p = ParticipantCore(id: 2, options: options)
+    var p = ParticipantCore(id: 2, options: options, recordStore: 9)
     for n in 1...2 as ClosedRange<UInt64> {
       let id = txn(n)
-      _ = p.step(.message(from: 1, .commitOnePhase(id)))
+      _ = p.step(.message(from: 1, .commitOnePhase(id, recordStore: 9)))
       _ = p.step(.voted(id, .yes))
       _ = p.step(.decisionRecorded(id, .commit))
       _ = p.step(.applied(id))
       _ = p.step(.finishRecorded(id))
     }
-    #expect(p.step(.message(from: 1, .commitOnePhase(txn(1)))) == [.lookUp(txn(1))])
+    #expect(p.step(.message(from: 1, .commitOnePhase(txn(1), recordStore: 9))) == [.lookUp(txn(1))])
     let record = TransactionRecordSummary(
       id: txn(1), decision: .commit, participants: [2], pending: [], createdAtMillis: 1_000, decidedAtMillis: 1_000,
       ageMillis: 0)
     #expect(p.step(.lookedUp(txn(1), record)) == [psend(1, .outcome(txn(1), .commit))])
     #expect(
-      p.step(.message(from: 1, .commitOnePhase(txn(3, started: 5_000)))) == [.prepare(txn(3, started: 5_000))],
+      p.step(.message(from: 1, .commitOnePhase(txn(3, started: 5_000), recordStore: 9))) == [
+        .prepare(txn(3, started: 5_000))
+      ],
       "a transaction started after everything forgotten is new: no read")
   }
 
@@ -308,6 +310,39 @@ struct ParticipantCoreTests {
     _ = p.ticks(1, wall: 1_000_000)
     #expect(
       p.step(.message(from: 1, .prepare(t, participants: [2, 3], recordStore: nil))) == [psend(1, .vote(t, .no))])
-    #expect(p.step(.message(from: 1, .commitOnePhase(txn(9)))) == [], "too late to answer truthfully")
+    var shared = ParticipantCore(id: 2, options: quickParticipantOptions(), recordStore: 9)
+    _ = shared.ticks(1, wall: 1_000_000)
+    #expect(
+      shared.step(.message(from: 1, .commitOnePhase(txn(9), recordStore: 9))) == [], "too late to answer truthfully")
+  }
+
+  /// A participant deciding a one-phase commit in a store the coordinator does not read would commit where the
+  /// coordinator cannot see it: a coordinator that lost the answer presumes abort in its own store and tells the
+  /// application so, over a commit.
+  @Test("a one-phase commit over another store than the participant's is answered as a prepare, with a vote")
+  func onePhaseOverAnotherStore() {
+    var local = ParticipantCore(id: 2, options: quickParticipantOptions())
+    #expect(local.step(.message(from: 1, .commitOnePhase(t, recordStore: 9))) == [.prepare(t)])
+    #expect(local.step(.voted(t, .yes)) == [.recordPrepared(t, participants: [2])], "prepared, not decided here")
+    #expect(local.step(.preparedRecorded(t, decided: nil)) == [psend(1, .vote(t, .yes))])
+    #expect(
+      local.step(.message(from: 1, .commitOnePhase(t, recordStore: 9))) == [psend(1, .vote(t, .yes))], "a copy")
+    #expect(local.step(.message(from: 1, .decision(t, .commit))) == [.apply(t, .commit)])
+    #expect(local.step(.applied(t)) == [.recordFinished(t)])
+    #expect(local.step(.finishRecorded(t)) == [psend(1, .ack(t))], "acknowledged as in two phases")
+
+    var other = ParticipantCore(id: 2, options: quickParticipantOptions(), recordStore: 8)
+    #expect(
+      other.step(.message(from: 1, .commitOnePhase(t, recordStore: 9))) == [psend(1, .vote(t, .no))],
+      "a shared store takes part only in transactions over itself")
+    #expect(
+      other.step(.message(from: 1, .commitOnePhase(txn(8), recordStore: nil))) == [.prepare(txn(8))],
+      "a coordinator too old to name its store: one phase, as before")
+    #expect(other.step(.voted(txn(8), .yes)) == [.recordDecision(txn(8), .commit)])
+    #expect(
+      local.step(.message(from: 1, .commitOnePhase(txn(8), recordStore: nil))) == [.prepare(txn(8))])
+    #expect(
+      local.step(.voted(txn(8), .yes)) == [.recordPrepared(txn(8), participants: [2])],
+      "a local store is never the coordinator's shared one")
   }
 }

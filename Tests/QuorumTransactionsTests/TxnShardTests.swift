@@ -242,10 +242,16 @@ struct TxnShardTests {
     ]
     for response in responses { #expect(try TxnShardResponse(wireBytes: response.wireBytes()) == response) }
     let messages: [TransactionMessage] = [
-      .prepare(t1, participants: [2, 3], recordStore: 7), .commitOnePhase(t1), .vote(t1, .readOnly),
+      .prepare(t1, participants: [2, 3], recordStore: 7), .commitOnePhase(t1, recordStore: 7),
+      .commitOnePhase(t1, recordStore: nil), .vote(t1, .readOnly),
       .decision(t1, .abort), .ack(t1), .decisionRequest(t1), .outcome(t1, .commit),
     ]
     for message in messages { #expect(try TransactionMessage(wireBytes: message.wireBytes()) == message) }
+    // A one-phase commit from a coordinator that predates its store field (tag 1, the identifier alone) decodes.
+    var legacy = WireWriter()
+    legacy.writeByte(1)
+    legacy.write(t1)
+    #expect(try TransactionMessage(wireBytes: legacy.bytes) == .commitOnePhase(t1, recordStore: nil))
     #expect(TxnID(t1.description) == t1)
     #expect(
       TxnShardService.routingKey(of: .records(.decide(t1, .commit, participants: [], finisher: nil)))
