@@ -25,8 +25,18 @@ public struct HostTxnChannel: TxnShardChannel {
     try await client.group(for: key, service: TxnShardService.name)
   }
 
+  /// - Throws: ``QuorumTransactions/TxnShardRejection`` for a command the group certainly did not apply and would
+  ///   refuse again (``QuorumClientError/rejected(_:)`` and ``QuorumClientError/refused(_:)``); the client's other
+  ///   errors as they are.
   public func command(_ command: TxnShardCommand, group: GroupID) async throws -> TxnShardResponse {
-    let bytes = try await client.command(command.wireBytes(), service: TxnShardService.name, group: group)
+    let bytes: [UInt8]
+    do {
+      bytes = try await client.command(command.wireBytes(), service: TxnShardService.name, group: group)
+    } catch QuorumClientError.rejected(let error) {
+      throw TxnShardRejection("\(error)")
+    } catch QuorumClientError.refused(let why) {
+      throw TxnShardRejection(why)
+    }
     do {
       return try TxnShardResponse(wireBytes: bytes)
     } catch {

@@ -10,11 +10,26 @@ public protocol TxnShardChannel: Sendable {
   func group(for key: String) async throws -> GroupID
 
   /// Applies `command` to the ``TxnShard`` of `group`, exactly once, and returns its answer.
-  /// - Throws: when no answer comes; the command may or may not have been applied.
+  /// - Throws: ``TxnShardRejection`` when the group certainly did not apply it and would refuse it again (too
+  ///   large, malformed, forbidden, over a quota); anything else when no answer comes: the command may or may not
+  ///   have been applied.
   func command(_ command: TxnShardCommand, group: GroupID) async throws -> TxnShardResponse
 
   /// Answers `query` from the ``TxnShard`` of `group`, linearizably.
   func query(_ query: TxnShardQuery, group: GroupID) async throws -> TxnShardQueryResult
+}
+
+/// What a ``TxnShardChannel`` throws for a command the group certainly did not apply and would refuse again if
+/// asked the same (too large for its log, malformed, forbidden, over a quota): unlike a lost answer, nothing of
+/// it can be applied later, so the client need neither retry it nor report the outcome unknown.
+public struct TxnShardRejection: Error, Sendable, Equatable, CustomStringConvertible {
+  /// Why, as the group said it.
+  public var reason: String
+
+  /// A rejection for `reason`.
+  public init(_ reason: String) { self.reason = reason }
+
+  public var description: String { reason }
 }
 
 /// Why a sharded transaction failed.
@@ -26,6 +41,9 @@ public enum ShardedTransactionError: Error, Sendable, Equatable, CustomStringCon
   case outcomeUnknown(TxnID, groups: [GroupID])
   /// A shard refused a command (a bound was exceeded); nothing was committed.
   case refused(TxnShardError)
+  /// A group turned a command away before its log (``TxnShardRejection``: too large, malformed, forbidden, over a
+  /// quota), as it would again; nothing was committed.
+  case rejected(String)
   /// A group answered something this build does not expect.
   case badAnswer(String)
 
@@ -34,6 +52,7 @@ public enum ShardedTransactionError: Error, Sendable, Equatable, CustomStringCon
     case .conflict(let attempts, let last): return "gave up after \(attempts) attempts; last: \(last)"
     case .outcomeUnknown(let id, let groups): return "the outcome of \(id) (groups \(groups)) is unknown"
     case .refused(let error): return "refused: \(error)"
+    case .rejected(let why): return "rejected by the group: \(why)"
     case .badAnswer(let what): return "unexpected answer: \(what)"
     }
   }
@@ -279,7 +298,7 @@ public actor ShardedTransactions {
     for attempt in 0...max(0, options.readRetries) {
       if attempt > 0 { try await clock.sleep(for: options.readRetryPause) }
       // A read applied twice takes the same lock twice: retrying one whose answer was lost is safe.
-      guard let answer = await retrying({ try await channel.command(.read(id, key: key), group: group) }) else {
+      guard let answer = try await retrying({ try await channel.command(.read(id, key: key), group: group) }) else {
         throw Retry(why: "no answer to a read of \(key) from \(group)")
       }
       switch answer {
@@ -315,11 +334,17 @@ public actor ShardedTransactions {
 
   private func commitLocal(_ id: TxnID, group: GroupID, writes: [TxnWrite]) async throws {
     // Applied twice, a one-shot commit answers the second time from the shard's memory of it: retrying is safe.
-    guard
-      let (answer, afterLoss) = await retryingNotingLoss({
+    let attempt: (answer: TxnShardResponse, afterLoss: Bool)?
+    do {
+      attempt = try await retryingNotingLoss({
         try await channel.command(.commitLocal(id, reads: [], writes: writes), group: group)
       })
-    else { throw ShardedTransactionError.outcomeUnknown(id, groups: [group]) }
+    } catch let rejection as Rejected {
+      // After an unanswered attempt, which may still commit, a rejection of the next says nothing of it.
+      guard !rejection.afterLoss else { throw ShardedTransactionError.outcomeUnknown(id, groups: [group]) }
+      throw ShardedTransactionError.rejected("\(group): \(rejection.rejection)")
+    }
+    guard let (answer, afterLoss) = attempt else { throw ShardedTransactionError.outcomeUnknown(id, groups: [group]) }
     switch answer {
     case .committedLocal, .committed: return
     case _ where afterLoss:
@@ -337,15 +362,33 @@ public actor ShardedTransactions {
     let recordGroup = try await channel.group(for: TxnShardService.recordKey(for: id))
     let channel = self.channel
     // Phase 1, all groups at once. An answer lost is a vote lost: abort (nothing is recorded yet).
-    let votes = await withTaskGroup(of: (GroupID, TxnShardResponse?).self) { tasks in
+    // A rejected prepare (turned away before the group's log: too large, say) is a certain no, reported as such.
+    let (votes, rejection) = await withTaskGroup(of: (GroupID, TxnShardResponse?, TxnShardRejection?).self) {
+      tasks in
       for group in groups {
         let command = TxnShardCommand.prepare(
           id, writes: writes[group] ?? [], participants: groups, recordGroup: recordGroup)
-        tasks.addTask { (group, try? await channel.command(command, group: group)) }
+        tasks.addTask {
+          do {
+            return (group, try await channel.command(command, group: group), nil)
+          } catch let rejection as TxnShardRejection {
+            return (group, nil, rejection)
+          } catch {
+            return (group, nil, nil)
+          }
+        }
       }
       var votes: [GroupID: TxnShardResponse?] = [:]
-      for await (group, vote) in tasks { votes[group] = vote }
-      return votes
+      var rejection: (GroupID, TxnShardRejection)?
+      for await (group, vote, rejected) in tasks {
+        votes[group] = vote
+        if let rejected, rejection.map({ group < $0.0 }) ?? true { rejection = (group, rejected) }
+      }
+      return (votes, rejection)
+    }
+    if let (group, rejected) = rejection {
+      await abort(id, in: groups)
+      throw ShardedTransactionError.rejected("\(group): \(rejected)")
     }
     var refusal: String?
     for group in groups {
@@ -365,9 +408,16 @@ public actor ShardedTransactions {
     let parties = groups.map(TxnShard.party)
     let decide = TxnShardCommand.records(
       .decide(id, .commit, participants: parties, finisher: options.coordinator, kind: .groups))
-    guard
-      let (decision, afterLoss) = await retryingNotingLoss({ try await channel.command(decide, group: recordGroup) })
-    else {
+    let decided: (answer: TxnShardResponse, afterLoss: Bool)?
+    do {
+      decided = try await retryingNotingLoss({ try await channel.command(decide, group: recordGroup) })
+    } catch let rejection as Rejected {
+      // Turned away before the record group's log: nothing recorded, unless an unanswered attempt lands later.
+      guard !rejection.afterLoss else { throw ShardedTransactionError.outcomeUnknown(id, groups: groups) }
+      await abort(id, in: groups)
+      throw ShardedTransactionError.rejected("\(recordGroup): \(rejection.rejection)")
+    }
+    guard let (decision, afterLoss) = decided else {
       throw ShardedTransactionError.outcomeUnknown(id, groups: groups)
     }
     guard case .record(.decided(let holding)) = decision else {
@@ -390,7 +440,7 @@ public actor ShardedTransactions {
     let prepared = groups.filter { if case .prepared? = votes[$0] ?? nil { true } else { false } }
     let applied = await send(.commit(id), to: prepared)
     if applied {
-      _ = await retrying({
+      _ = try? await retrying({
         try await channel.command(.records(.finished(id, node: self.options.coordinator)), group: recordGroup)
       })
     }
@@ -423,20 +473,40 @@ public actor ShardedTransactions {
     await abort(tx.id, in: tx.groupsReadOrTried.sorted())
   }
 
-  private nonisolated func retrying(_ operation: @Sendable () async throws -> TxnShardResponse) async
+  /// A command turned away by its group (``TxnShardRejection``), and whether an earlier attempt went unanswered.
+  private struct Rejected: Error {
+    var rejection: TxnShardRejection
+    var afterLoss: Bool
+  }
+
+  /// The first answer `operation` gets within the retries, or `nil`.
+  /// - Throws: ``ShardedTransactionError/rejected(_:)`` if the group turned it away (retrying would not help).
+  private nonisolated func retrying(_ operation: @Sendable () async throws -> TxnShardResponse) async throws
     -> TxnShardResponse?
   {
-    await retryingNotingLoss(operation)?.answer
+    do {
+      return try await retryingNotingLoss(operation)?.answer
+    } catch let rejected as Rejected {
+      throw ShardedTransactionError.rejected(rejected.rejection.reason)
+    }
   }
 
   /// The first answer `operation` gets within the retries, and whether an earlier attempt went unanswered. Such
   /// an attempt is a request of its own that may still be applied later, after the one answered: a refusal
   /// answered then does not mean that nothing will be applied.
-  private nonisolated func retryingNotingLoss(_ operation: @Sendable () async throws -> TxnShardResponse) async
+  /// - Throws: ``Rejected`` at once if the group turned the command away: it would again, and nothing of that
+  ///   attempt will be applied (an earlier unanswered one still may: `afterLoss`).
+  private nonisolated func retryingNotingLoss(_ operation: @Sendable () async throws -> TxnShardResponse) async throws
     -> (answer: TxnShardResponse, afterLoss: Bool)?
   {
     for attempt in 0...max(0, options.commandRetries) {
-      if let answer = try? await operation() { return (answer, attempt > 0) }
+      do {
+        return (try await operation(), attempt > 0)
+      } catch let rejection as TxnShardRejection {
+        throw Rejected(rejection: rejection, afterLoss: attempt > 0)
+      } catch {
+        continue
+      }
     }
     return nil
   }

@@ -15,7 +15,7 @@ struct FrozenClock: NodeClock {
 
 /// Shards in memory behind a ``TxnShardChannel``: `a…` keys live in group 1, `b…` keys in group 2, records and
 /// numbers in group 1. `losesRequest` decides which commands are lost before they are applied, `losesAnswer` which
-/// are applied but answered with an error.
+/// are applied but answered with an error, `rejects` which are turned away before the log (``TxnShardRejection``).
 final class InMemoryShards: TxnShardChannel {
   struct Lost: Error {}
 
@@ -29,12 +29,16 @@ final class InMemoryShards: TxnShardChannel {
   private let losesRequest: @Sendable (TxnShardCommand, GroupID) -> Bool
   private let losesAnswer: @Sendable (TxnShardCommand, GroupID) -> Bool
   private let garblesAnswer: @Sendable (TxnShardCommand, GroupID) -> Bool
+  private let rejects: @Sendable (TxnShardCommand, GroupID) -> Bool
+  /// How many commands reached the channel, rejected or not.
+  let commandsSent = Atomic<Int>(0)
 
   init(
     startMillis: UInt64 = 1_000_000,
     losesRequest: @escaping @Sendable (TxnShardCommand, GroupID) -> Bool = { _, _ in false },
     losesAnswer: @escaping @Sendable (TxnShardCommand, GroupID) -> Bool = { _, _ in false },
-    garblesAnswer: @escaping @Sendable (TxnShardCommand, GroupID) -> Bool = { _, _ in false }
+    garblesAnswer: @escaping @Sendable (TxnShardCommand, GroupID) -> Bool = { _, _ in false },
+    rejects: @escaping @Sendable (TxnShardCommand, GroupID) -> Bool = { _, _ in false }
   ) {
     // The shards' time is a wall clock here (the client's frozen one, and onwards).
     var shard = TxnShard()
@@ -43,11 +47,14 @@ final class InMemoryShards: TxnShardChannel {
     self.losesRequest = losesRequest
     self.losesAnswer = losesAnswer
     self.garblesAnswer = garblesAnswer
+    self.rejects = rejects
   }
 
   func group(for key: String) async throws -> GroupID { key.hasPrefix("b") ? 2 : 1 }
 
   func command(_ command: TxnShardCommand, group: GroupID) async throws -> TxnShardResponse {
+    commandsSent.add(1, ordering: .relaxed)
+    guard !rejects(command, group) else { throw TxnShardRejection("command too large") }
     guard !losesRequest(command, group) else { throw Lost() }
     let answer = state.withLock { s -> TxnShardResponse? in
       s.index += 1
@@ -116,6 +123,46 @@ struct ShardedTransactionsTests {
       }
     }
     #expect(channel.value(of: "a1") == "x", "the write made on a failed read was not committed")
+  }
+
+  /// A command turned away before the log (too large for it, say) is certainly not applied and would be turned
+  /// away again: neither an unknown outcome nor a conflict to run again.
+  @Test("a command a group rejects ends the transaction at once with a typed error, not as an answer lost")
+  func rejectedCommandsAreNotLosses() async throws {
+    var options = ShardedTransactionOptions(coordinator: 7)
+    options.commandRetries = 5
+    options.maxAttempts = 10
+    let isCommit: @Sendable (TxnShardCommand, GroupID) -> Bool = { command, _ in
+      switch command {
+      case .commitLocal: true
+      case .prepare(_, let writes, _, _): !writes.isEmpty
+      default: false
+      }
+    }
+    let channel = InMemoryShards(rejects: isCommit)
+    let db = ShardedTransactions(channel: channel, options: options, clock: FrozenClock())
+    let runs = Atomic<Int>(0)
+    await #expect(throws: ShardedTransactionError.rejected("g1: command too large")) {
+      try await db.transaction { tx in
+        runs.add(1, ordering: .relaxed)
+        tx.put("a1", "big")
+      }
+    }
+    #expect(runs.load(ordering: .relaxed) == 1, "not run again")
+    #expect(channel.commandsSent.load(ordering: .relaxed) == 2, "a reservation, one commit: not retried")
+    await #expect(throws: ShardedTransactionError.rejected("g2: command too large")) {
+      try await db.transaction { tx in
+        runs.add(1, ordering: .relaxed)
+        tx.put("b1", "big")
+        _ = try await tx.get("a1")
+      }
+    }
+    #expect(runs.load(ordering: .relaxed) == 2, "a rejected prepare is no conflict: not run again")
+    #expect(channel.value(of: "a1") == nil && channel.value(of: "b1") == nil)
+    try await db.transaction { tx in
+      _ = try await tx.get("a1")
+      _ = try await tx.get("b1")
+    }  // the rejected transaction's read lock on a1 was released
   }
 
   @Test("an abandoned attempt aborts where its read went unanswered: the lock the read took there is released")
