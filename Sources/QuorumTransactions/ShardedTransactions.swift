@@ -194,8 +194,11 @@ public final class ShardTransaction: Sendable {
 /// — run by any client or by the servers — aborts what was never decided (the compare-and-set loses to a
 /// commit recorded first) and applies whatever was.
 ///
-/// **Answers lost.** A commit whose outcome cannot be known throws ``ShardedTransactionError/outcomeUnknown(_:groups:)``;
-/// ``outcome(of:groups:)`` tells later.
+/// **Answers lost.** A one-group commit whose answers are lost is settled by an abort in its group, which its log
+/// orders after the commit: committed, or aborted for good (the body runs again). A commit whose outcome still
+/// cannot be known throws ``ShardedTransactionError/outcomeUnknown(_:groups:)``; ``outcome(of:groups:)`` tells
+/// later — for a one-group transaction, which leaves no record, only while its group remembers it (until
+/// ``TxnShardLimits/transactionHorizonMillis`` after its start).
 public actor ShardedTransactions {
   private let channel: any TxnShardChannel
   /// The settings.
@@ -254,7 +257,7 @@ public actor ShardedTransactions {
       } catch ShardedTransactionError.outcomeUnknown(let id, let groups) where groups.count > 1 {
         // The commit may be recorded: the groups' prepared state is all that carries it to them, so it must not be
         // aborted here (a resolver applies whatever the record holds). A one-group commit needs no such care: an
-        // abort after it applied changes nothing there.
+        // abort after it applied changes nothing there (and its group was sent one already, see `settleLocal`).
         throw ShardedTransactionError.outcomeUnknown(id, groups: groups)
       } catch {
         await abandon(tx)
@@ -341,20 +344,36 @@ public actor ShardedTransactions {
       })
     } catch let rejection as Rejected {
       // After an unanswered attempt, which may still commit, a rejection of the next says nothing of it.
-      guard !rejection.afterLoss else { throw ShardedTransactionError.outcomeUnknown(id, groups: [group]) }
+      guard !rejection.afterLoss else { return try await settleLocal(id, group: group) }
       throw ShardedTransactionError.rejected("\(group): \(rejection.rejection)")
     }
-    guard let (answer, afterLoss) = attempt else { throw ShardedTransactionError.outcomeUnknown(id, groups: [group]) }
+    guard let (answer, afterLoss) = attempt else { return try await settleLocal(id, group: group) }
     switch answer {
     case .committedLocal, .committed: return
     case _ where afterLoss:
       // An unanswered attempt may still commit after this refusal: running the transaction again could apply
-      // it twice.
-      throw ShardedTransactionError.outcomeUnknown(id, groups: [group])
+      // it twice, unless the group settles it first.
+      try await settleLocal(id, group: group)
     case .conflict(let held): throw Retry(why: "\(held)")
     case .aborted: throw Retry(why: "\(id) aborted in \(group)")
     case .failed(let error): throw shardRefusal(error)
     case let other: throw ShardedTransactionError.badAnswer("\(other) to a one-shot commit")
+    }
+  }
+
+  /// Settles a one-shot commit of `id` whose outcome its answers did not tell (an attempt went unanswered): an
+  /// abort in its group, ordered by the group's log after every attempt that reached it. If one committed, the
+  /// abort answers so; otherwise the group remembers the abort, and a late attempt is refused (past the
+  /// transaction's horizon the group admits nothing of it anyway). A one-shot commit leaves no record: without
+  /// this, nothing would fence a late attempt, and a lookup after the group forgot it could not tell.
+  /// - Throws: ``Retry`` if it will never commit (the body runs again); ``ShardedTransactionError/outcomeUnknown(_:groups:)``
+  ///   if the abort got no answer either.
+  private func settleLocal(_ id: TxnID, group: GroupID) async throws {
+    let answer = try? await retrying({ try await self.channel.command(.abort(id), group: group) })
+    switch answer {
+    case .committed?: return
+    case .aborted?: throw Retry(why: "\(id): answers lost in \(group), settled as aborted there")
+    default: throw ShardedTransactionError.outcomeUnknown(id, groups: [group])
     }
   }
 

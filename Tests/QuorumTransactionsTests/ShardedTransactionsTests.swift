@@ -165,6 +165,40 @@ struct ShardedTransactionsTests {
     }  // the rejected transaction's read lock on a1 was released
   }
 
+  /// A one-group commit leaves no record: with its answers lost, only an abort in its group (which the group's log
+  /// orders after every attempt) makes the outcome final, and fences an attempt still on its way.
+  @Test("a one-group commit whose answers are all lost is settled in its group: committed if an attempt applied")
+  func lostOneGroupCommitIsSettled() async throws {
+    let applied = InMemoryShards(losesAnswer: { command, _ in
+      if case .commitLocal = command { true } else { false }
+    })
+    try await client(applied).transaction { tx in tx.put("a1", "x") }
+    #expect(applied.value(of: "a1") == "x")
+
+    let first = Mutex<TxnID?>(nil)
+    let lost = InMemoryShards(losesRequest: { command, _ in
+      if case .commitLocal(let id, _, _) = command { return first.withLock { $0 == id } }
+      return false
+    })
+    var options = ShardedTransactionOptions(coordinator: 7)
+    options.commandRetries = 1
+    options.maxAttempts = 2
+    let db = ShardedTransactions(channel: lost, options: options, clock: FrozenClock())
+    let runs = Atomic<Int>(0)
+    try await db.transaction { tx in
+      let run = runs.add(1, ordering: .relaxed).newValue
+      if run == 1 { first.withLock { $0 = tx.id } }
+      tx.put("a1", "run \(run)")
+    }
+    #expect(runs.load(ordering: .relaxed) == 2, "the first attempt, settled as aborted, ran again")
+    let id = try #require(first.withLock { $0 })
+    #expect(try await db.outcome(of: id, groups: [1]) == .aborted)
+    first.withLock { $0 = nil }
+    let late = TxnShardCommand.commitLocal(id, reads: [], writes: [TxnWrite(key: "a1", value: Array("run 1".utf8))])
+    #expect(try await lost.command(late, group: 1) == .aborted, "a late copy of the first attempt cannot commit")
+    #expect(lost.value(of: "a1") == "run 2")
+  }
+
   @Test("an abandoned attempt aborts where its read went unanswered: the lock the read took there is released")
   func anUnansweredReadsLockIsReleased() async throws {
     let channel = InMemoryShards(losesAnswer: Self.isReadOfCoordinator7)
@@ -336,16 +370,23 @@ struct OvertakenAttemptTests {
     return ShardedTransactions(channel: channel, options: options, clock: FrozenClock())
   }
 
-  @Test("a one-shot commit refused after a lost attempt has an unknown outcome: running it again could apply it twice")
+  @Test("a one-shot commit refused after a lost attempt is settled by an abort in its group, which fences the lost one")
   func oneShotCommit() async throws {
-    let unknown = OvertakenShards(refusal: .aborted) { if case .commitLocal = $0 { true } else { false } }
-    do {
-      try await client(unknown).transaction { tx in tx.put("a", "1") }
-      Issue.record("the transaction succeeded")
-    } catch ShardedTransactionError.outcomeUnknown {
-    } catch {
-      Issue.record("expected outcomeUnknown, got \(error)")
+    let channel = OvertakenShards(refusal: .aborted) { if case .commitLocal = $0 { true } else { false } }
+    let attempt = Mutex<TxnID?>(nil)
+    await #expect(throws: ShardedTransactionError.self) {
+      try await client(channel).transaction { tx in
+        attempt.withLock { $0 = tx.id }
+        tx.put("a", "1")
+      }
     }
+    let id = try #require(attempt.withLock { $0 })
+    // The lost attempt arrives late: the group's log has the abort first.
+    #expect(
+      try await channel.shards.command(.commitLocal(id, reads: [], writes: [TxnWrite(key: "a", value: [1])]), group: 1)
+        == .aborted)
+    #expect(channel.shards.value(of: "a") == nil)
+    #expect(try await client(channel).outcome(of: id, groups: [1]) == .aborted)
   }
 
   @Test("a commit decision refused after a lost attempt leaves the prepared groups to the resolver")
