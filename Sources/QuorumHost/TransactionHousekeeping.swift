@@ -85,34 +85,56 @@ final class TransactionHousekeeping: Sendable {
     self.settled = settled
   }
 
-  /// Runs until the task is cancelled.
+  /// Runs until the task is cancelled: the clock entries of every group in one loop, and each group's resolution
+  /// in a loop of its own, so that a pass that waits on an unreachable group (a record group without a majority,
+  /// say, for minutes) holds up neither the other groups' resolution nor the clock entry of a group this host
+  /// has just come to lead.
   func run() async {
+    await withDiscardingTaskGroup { tasks in
+      tasks.addTask { await self.keepClocks() }
+      guard options.enabled else { return }
+      for group in groups { tasks.addTask { await self.keepResolving(group) } }
+    }
+  }
+
+  /// Writes a clock entry in each group this host leads when it takes over and every ``clockInterval`` after.
+  private func keepClocks() async {
     var clockWritten: [GroupID: UInt64] = [:]
-    var lastLogTime: [GroupID: UInt64] = [:]
-    var nextResolution = clock.monotonicNanos() &+ options.interval.nanoseconds
-    let tick = min(Self.leadershipCheck, options.interval)
     while !Task.isCancelled {
       do {
-        try await clock.sleep(for: tick)
+        try await clock.sleep(for: Self.leadershipCheck)
       } catch {
         return
       }
       let now = clock.monotonicNanos()
-      let resolving = options.enabled && now >= nextResolution
-      if resolving { nextResolution = now &+ options.interval.nanoseconds }
       for group in groups {
         if Task.isCancelled { return }
         let id = group.spec.id
         guard await group.status().isLeader else {
           clockWritten[id] = nil
-          lastLogTime[id] = nil
           continue
         }
         if clockWritten[id].map({ now &- $0 >= Self.clockInterval.nanoseconds }) ?? true {
           if await writeClock(in: group) { clockWritten[id] = now }
         }
-        if resolving { await resolve(in: group, lastLogTime: &lastLogTime) }
       }
+    }
+  }
+
+  /// Settles what is in doubt in `group` every ``TransactionResolverOptions/interval`` while this host leads it.
+  private func keepResolving(_ group: any HostedGroup) async {
+    var lastLogTime: [GroupID: UInt64] = [:]
+    while !Task.isCancelled {
+      do {
+        try await clock.sleep(for: options.interval)
+      } catch {
+        return
+      }
+      guard await group.status().isLeader else {
+        lastLogTime = [:]
+        continue
+      }
+      await resolve(in: group, lastLogTime: &lastLogTime)
     }
   }
 

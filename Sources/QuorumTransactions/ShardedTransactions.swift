@@ -562,14 +562,28 @@ public actor ShardedTransactions {
   /// It also ends the commit records of `groups` that their coordinator left unfinished for at least
   /// `minimumAgeMillis` (it died, or lost the answers of phase 2, after the commit was applied): once no group of
   /// the transaction still holds it prepared, the record is finished, so that it is forgotten in time.
+  ///
+  /// One transaction that cannot be settled now (its record group does not answer) does not hold up the others: it
+  /// is left to a later call, and so are the others of that record group in this call (one that just failed to
+  /// answer would most likely keep each waiting for its deadline).
+  /// - Throws: only if a group in `groups` cannot be asked what it holds in doubt.
   public func resolveInDoubt(minimumAgeMillis: UInt64, groups: [GroupID], limit: Int = 256) async throws -> Int {
     var settled = 0
+    var unreachable: Set<GroupID> = []
     for group in groups {
       let answer = try await channel.query(.inDoubt(minimumAgeMillis: minimumAgeMillis, limit: limit), group: group)
       guard case .inDoubt(let doubtful, _) = answer else {
         throw ShardedTransactionError.badAnswer("\(answer) to an in-doubt query")
       }
-      for entry in doubtful where try await resolve(entry) { settled += 1 }
+      for entry in doubtful where !unreachable.contains(entry.recordGroup) {
+        do {
+          if try await resolve(entry) { settled += 1 }
+        } catch is CancellationError {
+          throw CancellationError()
+        } catch {
+          unreachable.insert(entry.recordGroup)
+        }
+      }
       await finishUnfinished(in: group, minimumAgeMillis: minimumAgeMillis, limit: limit)
     }
     return settled

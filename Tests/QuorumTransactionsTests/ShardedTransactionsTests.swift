@@ -30,6 +30,7 @@ final class InMemoryShards: TxnShardChannel {
   private let losesAnswer: @Sendable (TxnShardCommand, GroupID) -> Bool
   private let garblesAnswer: @Sendable (TxnShardCommand, GroupID) -> Bool
   private let rejects: @Sendable (TxnShardCommand, GroupID) -> Bool
+  private let places: @Sendable (String) -> GroupID?
   /// How many commands reached the channel, rejected or not.
   let commandsSent = Atomic<Int>(0)
 
@@ -38,7 +39,8 @@ final class InMemoryShards: TxnShardChannel {
     losesRequest: @escaping @Sendable (TxnShardCommand, GroupID) -> Bool = { _, _ in false },
     losesAnswer: @escaping @Sendable (TxnShardCommand, GroupID) -> Bool = { _, _ in false },
     garblesAnswer: @escaping @Sendable (TxnShardCommand, GroupID) -> Bool = { _, _ in false },
-    rejects: @escaping @Sendable (TxnShardCommand, GroupID) -> Bool = { _, _ in false }
+    rejects: @escaping @Sendable (TxnShardCommand, GroupID) -> Bool = { _, _ in false },
+    places: @escaping @Sendable (String) -> GroupID? = { _ in nil }
   ) {
     // The shards' time is a wall clock here (the client's frozen one, and onwards).
     var shard = TxnShard()
@@ -48,9 +50,10 @@ final class InMemoryShards: TxnShardChannel {
     self.losesAnswer = losesAnswer
     self.garblesAnswer = garblesAnswer
     self.rejects = rejects
+    self.places = places
   }
 
-  func group(for key: String) async throws -> GroupID { key.hasPrefix("b") ? 2 : 1 }
+  func group(for key: String) async throws -> GroupID { places(key) ?? (key.hasPrefix("b") ? 2 : 1) }
 
   func command(_ command: TxnShardCommand, group: GroupID) async throws -> TxnShardResponse {
     commandsSent.add(1, ordering: .relaxed)
@@ -197,6 +200,42 @@ struct ShardedTransactionsTests {
     let late = TxnShardCommand.commitLocal(id, reads: [], writes: [TxnWrite(key: "a1", value: Array("run 1".utf8))])
     #expect(try await lost.command(late, group: 1) == .aborted, "a late copy of the first attempt cannot commit")
     #expect(lost.value(of: "a1") == "run 2")
+  }
+
+  /// The resolver settles the oldest first: one whose record group is down must not keep the others' locks held.
+  @Test("a transaction whose record group does not answer does not hold up the settling of the others")
+  func resolverGoesOnPastAnUnreachableRecordGroup() async throws {
+    let first = Mutex<TxnID?>(nil)
+    let clientAlive = Mutex(true)
+    // The first transaction's record lives in group 1, the others' in group 2.
+    let channel = InMemoryShards(
+      losesRequest: { command, group in
+        // The client dies before deciding; then group 1 stops answering record commands.
+        guard case .records(.decide) = command else { return false }
+        return clientAlive.withLock { $0 } || group == 1
+      },
+      places: { key in
+        guard key.hasPrefix("txn-record/") else { return nil }
+        return first.withLock { $0.map { TxnShardService.recordKey(for: $0) == key } ?? true } ? 1 : 2
+      })
+    let db = client(channel)
+    for n in 1...2 {
+      await #expect(throws: ShardedTransactionError.self) {
+        try await db.transaction { tx in
+          if n == 1 { first.withLock { $0 = tx.id } }
+          tx.put("a\(n)", "x")
+          tx.put("b\(n)", "x")
+        }
+      }
+    }
+    clientAlive.withLock { $0 = false }
+    let resolver = client(channel, coordinator: 8)
+    #expect(try await resolver.resolveInDoubt(minimumAgeMillis: 0, groups: [1, 2]) == 1, "the second is settled")
+    try await client(channel, coordinator: 9).transaction { tx in
+      tx.put("a2", "y")
+      tx.put("b2", "y")
+    }  // its locks are free
+    #expect(channel.value(of: "a2") == "y")
   }
 
   @Test("an abandoned attempt aborts where its read went unanswered: the lock the read took there is released")
