@@ -44,6 +44,10 @@ public enum ShardedTransactionError: Error, Sendable, Equatable, CustomStringCon
   /// A group turned a command away before its log (``TxnShardRejection``: too large, malformed, forbidden, over a
   /// quota), as it would again; nothing was committed.
   case rejected(String)
+  /// The record group refused to record the commit, for a reason retrying soon does not fix: its table is full
+  /// (``TransactionRecordError/tooManyRecords(limit:)``: too many transactions decided there within the records'
+  /// retention — an overload) or the transaction has too many groups. Nothing was committed.
+  case recordRefused(TransactionRecordError)
   /// A group answered something this build does not expect.
   case badAnswer(String)
 
@@ -53,6 +57,7 @@ public enum ShardedTransactionError: Error, Sendable, Equatable, CustomStringCon
     case .outcomeUnknown(let id, let groups): return "the outcome of \(id) (groups \(groups)) is unknown"
     case .refused(let error): return "refused: \(error)"
     case .rejected(let why): return "rejected by the group: \(why)"
+    case .recordRefused(let why): return "the record group refused the commit: \(why)"
     case .badAnswer(let what): return "unexpected answer: \(what)"
     }
   }
@@ -423,6 +428,14 @@ public actor ShardedTransactions {
       await abort(id, in: groups)
       throw Retry(why: refusal)
     }
+    // Nothing written anywhere: the reads are consistent now that every group holds its locks, and no group waits
+    // on a decision. Release the locks; a record would only fill the record table (a lost release is settled by a
+    // resolver, as an abort, which for a read-only transaction is the same).
+    if writes.values.allSatisfy(\.isEmpty) {
+      let prepared = groups.filter { if case .prepared? = votes[$0] ?? nil { true } else { false } }
+      _ = await send(.commit(id), to: prepared)
+      return
+    }
     // The decision: a compare-and-set in the record group, which a resolver may have won with an abort.
     let parties = groups.map(TxnShard.party)
     let decide = TxnShardCommand.records(
@@ -442,9 +455,12 @@ public actor ShardedTransactions {
     guard case .record(.decided(let holding)) = decision else {
       // A refusal is final only if no unanswered attempt could still record the commit after it; otherwise the
       // prepared groups are left to the resolver, whose abort and that attempt are ordered by the record group.
-      if case .record(.refused) = decision, !afterLoss {
+      if case .record(.refused(let why)) = decision, !afterLoss {
         await abort(id, in: groups)
-        throw Retry(why: "the record group refused the decision: \(decision)")
+        // A clock ahead of the record group's may be only a group whose time lags (a new leader writes its clock):
+        // run again. A full table or too many groups would refuse the next attempt too.
+        if case .clockAhead = why { throw Retry(why: "the record group refused the decision: \(decision)") }
+        throw ShardedTransactionError.recordRefused(why)
       }
       // The record group applied something, and what it holds now cannot be read from this answer: the commit
       // may be recorded, so the prepared groups are left to the resolver, as for a lost answer.

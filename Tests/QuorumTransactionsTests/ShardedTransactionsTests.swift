@@ -238,6 +238,49 @@ struct ShardedTransactionsTests {
     #expect(channel.value(of: "a2") == "y")
   }
 
+  /// A record per read-only transaction would fill the record table for nothing: it decides nothing any group waits on.
+  @Test("a read-only transaction across groups commits without a decision record, and releases its locks")
+  func readOnlyAcrossGroupsRecordsNothing() async throws {
+    let channel = InMemoryShards()
+    let db = client(channel)
+    try await db.transaction { tx in
+      tx.put("a1", "x")
+      tx.put("b1", "y")
+    }
+    #expect(channel.records(in: 1) == 1)
+    let seen = try await db.transaction { tx in
+      [try await tx.getString("a1"), try await tx.getString("b1")]
+    }
+    #expect(seen == ["x", "y"])
+    #expect(channel.records(in: 1) == 1, "no record for the read-only one")
+    try await client(channel, coordinator: 9).transaction { tx in
+      tx.put("a1", "x2")
+      tx.put("b1", "y2")
+    }  // the reader's locks are free
+    #expect(channel.value(of: "b1") == "y2")
+  }
+
+  /// A full record table refuses at once; running the body ten more times only loads it further.
+  @Test("a decision the record table refuses for good (full) ends the transaction with a typed error, not a conflict")
+  func fullRecordTableIsTyped() async throws {
+    let channel = RefusingRecords(refusal: .tooManyRecords(limit: 100_000))
+    var options = ShardedTransactionOptions(coordinator: 7)
+    options.maxAttempts = 10
+    let db = ShardedTransactions(channel: channel, options: options, clock: FrozenClock())
+    let runs = Atomic<Int>(0)
+    await #expect(throws: ShardedTransactionError.recordRefused(.tooManyRecords(limit: 100_000))) {
+      try await db.transaction { tx in
+        runs.add(1, ordering: .relaxed)
+        tx.put("a1", "x")
+        tx.put("b1", "y")
+      }
+    }
+    #expect(runs.load(ordering: .relaxed) == 1)
+    #expect(channel.shards.value(of: "a1") == nil && channel.shards.value(of: "b1") == nil)
+    let unused = try await channel.query(.inDoubt(minimumAgeMillis: 0, limit: 4), group: 2)
+    #expect(unused == .inDoubt([], hasMore: false), "aborted in the groups it prepared")
+  }
+
   @Test("an abandoned attempt aborts where its read went unanswered: the lock the read took there is released")
   func anUnansweredReadsLockIsReleased() async throws {
     let channel = InMemoryShards(losesAnswer: Self.isReadOfCoordinator7)
@@ -392,6 +435,25 @@ final class OvertakenShards: TxnShardChannel {
       if call == 1 { throw InMemoryShards.Lost() }
       if call == 2 { return refusal }
     }
+    return try await shards.command(command, group: group)
+  }
+
+  func query(_ query: TxnShardQuery, group: GroupID) async throws -> TxnShardQueryResult {
+    try await shards.query(query, group: group)
+  }
+}
+
+/// Shards in memory whose record table refuses every commit decision with `refusal`.
+final class RefusingRecords: TxnShardChannel {
+  let shards = InMemoryShards()
+  let refusal: TransactionRecordError
+
+  init(refusal: TransactionRecordError) { self.refusal = refusal }
+
+  func group(for key: String) async throws -> GroupID { try await shards.group(for: key) }
+
+  func command(_ command: TxnShardCommand, group: GroupID) async throws -> TxnShardResponse {
+    if case .records(.decide(_, .commit, _, _, _)) = command { return .record(.refused(refusal)) }
     return try await shards.command(command, group: group)
   }
 
