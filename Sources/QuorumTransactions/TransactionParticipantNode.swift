@@ -8,25 +8,25 @@ public import QuorumCore
 ///
 /// ```swift
 /// actor Accounts: TransactionParticipant {
-///   var balances: [String: Int] = [:]
-///   var staged: [TxnID: [String: Int]] = [:]     // work in progress (lost in a crash)
-///   var prepared: [TxnID: [String: Int]] = [:]   // must survive a crash once prepare said yes
+///   let store: any AccountStore                  // survives a crash (a file, a table): yours to provide
+///   var staged: [TxnID: [String: Int]] = [:]     // work in progress (lost in a crash: never voted yes)
 ///
 ///   func prepare(_ id: TxnID) async throws -> TransactionVote {
 ///     guard let changes = staged.removeValue(forKey: id) else { return .no }  // unknown: never yes
 ///     if changes.isEmpty { return .readOnly }
-///     prepared[id] = changes                     // make this durable before returning yes
+///     try await store.savePrepared(id, changes)  // durable before the yes: after a crash the commit still applies
 ///     return .yes
 ///   }
 ///   func commit(_ id: TxnID) async {
-///     for (account, delta) in prepared.removeValue(forKey: id) ?? [:] { balances[account, default: 0] += delta }
+///     await store.applyPrepared(id)  // adds the changes to the balances and drops them, in one durable step
 ///   }
 ///   func rollback(_ id: TxnID) async {
 ///     staged[id] = nil
-///     prepared[id] = nil
+///     await store.dropPrepared(id)
 ///   }
 ///   func recover(prepared ids: [TxnID]) async {
-///     prepared = prepared.filter { ids.contains($0.key) }  // prepared but never recorded: presumed abort
+///     // Kept prepared for the decision to come, except what the node never recorded: presumed abort.
+///     for id in await store.preparedIDs() where !ids.contains(id) { await store.dropPrepared(id) }
 ///   }
 /// }
 /// ```

@@ -352,8 +352,10 @@ public enum TxnShardResponse: Hashable, Sendable, WireCodable, CustomStringConve
   /// Aborted here: by an abort, a conflict, its idle timeout, its horizon, or an earlier decision. A read or
   /// prepare answered so must not go on: the transaction aborts.
   case aborted
-  /// A lock could not be granted (no-wait); the transaction is aborted here and its locks released. The
-  /// client aborts it everywhere and may retry it as a new transaction.
+  /// A lock could not be granted (no-wait). A prepare (or a one-shot commit of a transaction that read here)
+  /// answered so aborted the transaction here and released its locks; a read, or a one-shot commit of a
+  /// transaction that had read nothing here, changed nothing (locks it took here earlier are still held). Either
+  /// way the client aborts it everywhere and may retry it as a new transaction.
   case conflict(TxnConflict)
   /// The answer of the group's record table.
   case record(TransactionRecordResponse)
