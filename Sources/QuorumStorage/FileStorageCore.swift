@@ -269,6 +269,11 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
         pendingBytes += bytes.count
         if let resetPoint { position.didReset(to: resetPoint) }
         if let range = write.entryRange {
+          if mode == .truncateSuffix && range.lowerBound <= position.end {
+            // The entries from the write's first position on are superseded: no segment needs to be kept for
+            // them any more (replay drops them again when it meets this write).
+            Self.clampMaxima(&segments, below: range.lowerBound)
+          }
           position.didAppend(first: range.lowerBound, last: range.upperBound)
           segments[segments.count - 1].maxEntryIndex = max(segments[segments.count - 1].maxEntryIndex, range.upperBound)
         }
@@ -297,6 +302,14 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
       } else {
         waiter.succeed()
       }
+    }
+  }
+
+  /// Lowers every segment's highest live entry position to below `first`, where a truncating write replaces the
+  /// entries from `first` on.
+  private static func clampMaxima(_ segments: inout [Segment], below first: UInt64) {
+    for index in segments.indices where segments[index].maxEntryIndex >= first {
+      segments[index].maxEntryIndex = first - 1
     }
   }
 

@@ -309,6 +309,15 @@ final class SharedLogCore: @unchecked Sendable {
           for index in segments.indices { segments[index].maxEntryIndex[group] = nil }
         }
         if let range = write.entryRange {
+          if state.position.mode == .truncateSuffix && range.lowerBound <= state.position.end {
+            // The group's entries from the write's first position on are superseded: no segment needs to be
+            // kept for them any more (replay drops them again when it meets this write).
+            for index in segments.indices {
+              if let highest = segments[index].maxEntryIndex[group], highest >= range.lowerBound {
+                segments[index].maxEntryIndex[group] = range.lowerBound - 1
+              }
+            }
+          }
           state.position.didAppend(first: range.lowerBound, last: range.upperBound)
           let last = segments.count - 1
           segments[last].maxEntryIndex[group] = max(segments[last].maxEntryIndex[group] ?? 0, range.upperBound)
@@ -886,10 +895,17 @@ final class SharedLogCore: @unchecked Sendable {
     for chunk in chunks {
       let resets = replay.resets
       let bytes = try reader.read(chunk)
-      let highest = try replay.replayChunk(
+      let (highest, supersededFrom) = try replay.replayChunk(
         bytes, sequence: chunk.sequence, path: chunk.path, fileOffset: chunk.offset)
       // A reset (first in its group record) drops every entry read before it: they keep no segment.
       if replay.resets != resets { maxEntryIndex = [:] }
+      // An entry that truncated the log replaced every entry read before it from its position on: they keep no
+      // segment either (as appendWrites records).
+      if let supersededFrom {
+        for (sequence, index) in maxEntryIndex where index >= supersededFrom {
+          maxEntryIndex[sequence] = supersededFrom - 1
+        }
+      }
       if highest > 0 && chunk.sequence >= discardBefore {
         maxEntryIndex[chunk.sequence] = max(maxEntryIndex[chunk.sequence] ?? 0, highest)
       }

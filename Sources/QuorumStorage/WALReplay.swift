@@ -28,6 +28,9 @@ struct WALReplay<Entry: StorableEntry>: ~Copyable {
   var report = RecoveryReport()
   var segments: [SegmentSummary] = []
   var tail: Tail?
+  /// The lowest position a truncating entry replayed by the last ``replayChunk(_:sequence:path:fileOffset:)``
+  /// call wrote at (the entries read before from there on are superseded), or `nil`.
+  var supersededFrom: UInt64?
   /// Where the first entry now held was read, for error messages.
   var firstEntryLocation: (file: String, offset: Int)?
 
@@ -94,6 +97,14 @@ struct WALReplay<Entry: StorableEntry>: ~Copyable {
     case .entry:
       let entry = try Self.decode(bytes, payload, limits: limits, path: path, offset: offset)
       let index = entry.index
+      if !discarded && mode == .truncateSuffix && log.count > 0 && index > 0 && index <= log.end {
+        // A truncating write: the entries read before from `index` on are superseded and keep no segment.
+        supersededFrom = min(supersededFrom ?? index, index)
+        maxEntryIndex = min(maxEntryIndex, index - 1)
+        for slot in segments.indices where segments[slot].maxEntryIndex >= index {
+          segments[slot].maxEntryIndex = index - 1
+        }
+      }
       maxEntryIndex = max(maxEntryIndex, index)
       if !discarded {
         if log.count == 0 { firstEntryLocation = (path, offset) }
@@ -131,13 +142,15 @@ struct WALReplay<Entry: StorableEntry>: ~Copyable {
 
   /// Replays the records of one group carried by a shared log's group record (see ``SharedWriteAheadLog``):
   /// `bytes` are the records, which start at byte `fileOffset` of segment `sequence` (file `path`). Their
-  /// container's checksum was verified, so any damage among them is corruption. Returns the highest entry
-  /// position among them, or 0.
+  /// container's checksum was verified, so any damage among them is corruption. Returns the highest live entry
+  /// position among them (or 0), and the lowest position a truncating entry among them wrote at: entries read
+  /// before from there on are superseded.
   mutating func replayChunk(
     _ bytes: [UInt8], sequence: UInt64, path: String, fileOffset: Int
-  ) throws(StorageError) -> UInt64 {
+  ) throws(StorageError) -> (highest: UInt64, supersededFrom: UInt64?) {
     let discarded = sequence < discardBeforeSegment
     var maxEntryIndex: UInt64 = 0
+    supersededFrom = nil
     let result = bytes.withUnsafeBytes { raw in
       Result { () throws(StorageError) in
         var cursor = WALCursor(raw, path: path, isLast: false, maxRecordBytes: maxRecordBytes, baseOffset: fileOffset)
@@ -150,7 +163,7 @@ struct WALReplay<Entry: StorableEntry>: ~Copyable {
       }
     }
     try result.get()
-    return maxEntryIndex
+    return (maxEntryIndex, supersededFrom)
   }
 
   /// Checks what replay rebuilt against the snapshot recovery chose and drops the entries it covers: the

@@ -194,6 +194,31 @@ struct StorageBehaviourTests {
     }
   }
 
+  /// Entries overwritten by a truncating write keep no segment: once the log is compacted past the overwrite's
+  /// start, the segments that held only older entries go, even though they held positions far beyond the
+  /// compaction point (a deposed leader's uncommitted run). Also after a restart, whose replay finds the maxima
+  /// again.
+  @Test(arguments: [Backend.file, .preallocatedFile, .sharedLog], [false, true])
+  func segmentsOfOverwrittenEntriesGoWithCompaction(_ backend: Backend, restartFirst: Bool) async throws {
+    try await withHarness(backend) { harness in
+      var (storage, _) = try await harness.open()
+      for start in stride(from: UInt64(1), through: 991, by: 10) {
+        try await storage.write(StorageWrite(entries: entries(start...(start + 9))))
+      }
+      try await storage.write(StorageWrite(entries: entries(50...60, term: 2)))
+      #expect(try segmentFiles(harness.directory).count >= 3)
+      if restartFirst { (storage, _) = try await harness.restart(storage) }
+      try await storage.saveSnapshot(StoredSnapshot(index: 60, term: 2, data: [6]), discardingLog: false)
+      try await storage.compact(through: 60)
+      #expect(try segmentFiles(harness.directory).count == 1, "only the segment with the overwrite is left")
+      let (reopened, state) = try await harness.restart(storage)
+      #expect(state.entries.isEmpty)
+      #expect(state.snapshot?.index == 60)
+      try await reopened.write(StorageWrite(entries: entries(61...61, term: 2)))
+      try await harness.finish(reopened)
+    }
+  }
+
   @Test(arguments: Backend.allCases)
   func concurrentWritersAllLand(_ backend: Backend) async throws {
     try await withHarness(backend, mode: .replace) { harness in
