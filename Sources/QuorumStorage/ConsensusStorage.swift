@@ -80,6 +80,11 @@ public struct RecoveryReport: Sendable, Equatable, CustomStringConvertible {
   public var truncatedFile: String?
   /// The byte offset in ``truncatedFile`` where the cut was made (the end of the last valid record).
   public var truncatedOffset: Int?
+  /// A last segment file without a valid header that recovery removed, if it did: only under
+  /// ``FsyncPolicy/never``, whose crash can leave a new segment renamed into place before its header reached
+  /// the disk. (Under a policy that syncs, a segment without a valid header is
+  /// ``StorageError/corruptRecord(file:offset:reason:)``.)
+  public var removedUnfinishedSegment: String?
   /// Snapshot files found damaged and set aside (renamed with a `.corrupt` suffix) because an older valid
   /// snapshot plus the log still covered everything; each is "path: reason".
   public var rejectedSnapshots: [String] = []
@@ -95,6 +100,7 @@ public struct RecoveryReport: Sendable, Equatable, CustomStringConvertible {
     if truncatedTailBytes > 0 {
       text += "; torn tail of \(truncatedTailBytes) bytes truncated at \(truncatedAt ?? "?")"
     }
+    if let removedUnfinishedSegment { text += "; unfinished segment removed: \(removedUnfinishedSegment)" }
     if !rejectedSnapshots.isEmpty { text += "; rejected snapshots: \(rejectedSnapshots.joined(separator: ", "))" }
     return text
   }

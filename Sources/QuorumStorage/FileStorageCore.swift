@@ -570,7 +570,8 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
       let file = try WALFiles.repair(
         tail, sync: syncsStructure, report: &report, logger: logger, onDataSync: { syncCount += 1 })
     else {
-      // Not even the segment header survived: start the segment afresh.
+      // The segment's creation was unfinished (no header; only under the policy that never syncs): start it
+      // afresh.
       segments.removeLast()
       active = try createSegment(tail.sequence, reset: nil)
       segments.append(Segment(sequence: tail.sequence, maxEntryIndex: 0))

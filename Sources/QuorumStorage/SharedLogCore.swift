@@ -785,6 +785,8 @@ final class SharedLogCore: @unchecked Sendable {
             }
             report.recordsRead += 1
           }
+          // The last segment's missing header is judged by WALFiles.repair, which knows the policy.
+          if headerEnd == 0 && !isLast { throw WALFiles.missingHeader(path, lastSegment: false) }
           return WALTail(
             sequence: sequence, path: path, validEnd: cursor.offset, headerEnd: headerEnd, fileSize: length,
             damage: cursor.damage, version: version)
@@ -824,7 +826,8 @@ final class SharedLogCore: @unchecked Sendable {
       if preallocation == .zeroFilled { spare?.prepare() }
       return
     }
-    // No segment yet, or not even the last one's header survived (then it held no group record either).
+    // No segment yet, or (under the policy that never syncs) the last one's creation was unfinished: no header,
+    // so no group record either.
     if tail != nil { segments.removeLast() }
     let sequence = tail?.sequence ?? 1
     active = try createSegment(sequence, reset: nil)

@@ -55,9 +55,27 @@ enum WALFiles {
     return file
   }
 
+  /// The error for segment `path`, which holds no valid segment header (it is empty, all zeros, or its header
+  /// is damaged with nothing valid after it). Every segment is created with its header synced before it is
+  /// renamed into place (under a policy that syncs), so a segment without one lost synced data: a disk or file
+  /// system fault, or a file truncated by hand.
+  static func missingHeader(_ path: String, lastSegment: Bool) -> StorageError {
+    .corruptRecord(
+      file: path, offset: 0,
+      reason:
+        "no valid segment header (the file is empty, all zeros, or its header is damaged); segments are created "
+        + "with their header synced, so data the log had synced was lost (disk or file-system fault): rebuild this "
+        + "node's storage from its replicas"
+        + (lastSegment
+          ? ". If the log was last written under the fsync policy never, a crash can leave its newest segment "
+            + "unfinished: open it once under that policy, which removes the segment" : ""))
+  }
+
   /// Cuts a torn tail off the last segment (zeros over it where the file is preallocated past it, otherwise a
-  /// truncation), records it in `report`, and returns the segment open for appending, synced if `sync`;
-  /// `nil` (with the file removed) when not even its header survived.
+  /// truncation), records it in `report`, and returns the segment open for appending, synced if `sync`.
+  /// A segment without a valid header is corruption if `sync` (see ``missingHeader(_:lastSegment:)``); otherwise
+  /// (a policy that never syncs, whose crash can leave a segment's creation unfinished) it is removed, recorded
+  /// in `report` and logged, and the result is `nil`.
   ///
   /// The records recovery read may have been only in the page cache, after a process crash: syncing them before
   /// anything is appended after them makes the sync marker that starts the first append (``WALActiveSegment``)
@@ -78,6 +96,14 @@ enum WALFiles {
         ["file": tail.path, "offset": "\(tail.validEnd)", "bytes": "\(damage.bytes)", "reason": damage.reason])
     }
     if tail.validEnd == 0 {
+      // No valid segment header. A segment is renamed into place only after its header was written, and synced
+      // unless the policy never syncs: only then can a crash leave it without one (the rename reached the disk,
+      // the header did not). Under a syncing policy synced data was lost.
+      if sync { throw missingHeader(tail.path, lastSegment: true) }
+      report.removedUnfinishedSegment = tail.path
+      logger.warning(
+        "removed a last segment without a valid header: its creation was unfinished when the process stopped",
+        ["file": tail.path, "bytes": "\(tail.damage?.bytes ?? 0)"])
       try FileSystem.remove(tail.path)
       return nil
     }

@@ -80,6 +80,8 @@ struct WALReplay<Entry: StorableEntry>: ~Copyable {
       }
       report.recordsRead += 1
     }
+    // The last segment's missing header is judged by WALFiles.repair, which knows the policy.
+    if headerEnd == 0 && !isLast { throw WALFiles.missingHeader(path, lastSegment: false) }
     segments.append(summary)
     if isLast {
       tail = Tail(

@@ -424,6 +424,63 @@ struct FileStorageRecoveryTests {
     }
   }
 
+  /// A segment is renamed into place only after its header was written and synced: one found empty or all zeros
+  /// (a disk or file-system fault, or a file truncated by hand) lost synced entries and votes. That is corruption
+  /// in any segment, the last one included, not an empty segment to replay or an unfinished one to remove.
+  @Test(arguments: [false, true])
+  func aSegmentWithoutAHeaderIsCorruption(_ lastSegment: Bool) async throws {
+    try await withTemporaryDirectory { directory in
+      let storage = makeStorage(directory, segmentBytes: 4096)
+      _ = try await storage.recover()
+      for start in stride(from: UInt64(1), through: 291, by: 10) {
+        try await storage.write(
+          StorageWrite(hardState: hardState("at \(start)"), entries: entries(start...(start + 9))))
+      }
+      try await storage.close()
+      let segments = try segmentFiles(directory)
+      #expect(segments.count >= 3)
+      let target = lastSegment ? segments[segments.count - 1] : segments[1]
+      let pristine = try readFile(target)
+      for emptied in [true, false] {
+        try writeFile(target, emptied ? [] : [UInt8](repeating: 0, count: pristine.count))
+        let reopened = makeStorage(directory, segmentBytes: 4096)
+        let error = await #expect(throws: StorageError.self) { _ = try await reopened.recover() }
+        guard case .corruptRecord(let file, let offset, let reason) = error else {
+          Issue.record("expected corruptRecord, got \(String(describing: error))")
+          return
+        }
+        #expect(file == target && offset == 0, "emptied: \(emptied)")
+        #expect(reason.contains("no valid segment header"))
+        try await reopened.close()
+        #expect(try segmentFiles(directory) == segments, "nothing removed")
+      }
+    }
+  }
+
+  /// Under the policy that never syncs, a crash can leave the newest segment renamed into place before its
+  /// header reached the disk: that one is removed, and recovery says so.
+  @Test func anUnfinishedLastSegmentIsRemovedUnderNeverSync() async throws {
+    try await withTemporaryDirectory { directory in
+      let storage = makeStorage(directory, fsync: .never, segmentBytes: 4096)
+      _ = try await storage.recover()
+      try await storage.write(StorageWrite(entries: entries(1...5)))
+      try await storage.close()
+      let segment = try #require(try segmentFiles(directory).first)
+      #expect(segment == WALFiles.segmentPath(directory + "/wal", 1))
+      let next = WALFiles.segmentPath(directory + "/wal", 2)
+      try writeFile(next, [])
+      let reopened = makeStorage(directory, fsync: .never, segmentBytes: 4096)
+      let state = try await reopened.recover()
+      #expect(state.entries == entries(1...5))
+      #expect(state.report.removedUnfinishedSegment == next)
+      try await reopened.write(StorageWrite(entries: entries(6...6)))
+      try await reopened.close()
+      let again = makeStorage(directory, fsync: .never, segmentBytes: 4096)
+      #expect(try await again.recover().entries == entries(1...6))
+      try await again.close()
+    }
+  }
+
   /// An acknowledged record written under a larger `maxRecordBytes` is the last of the log; reopening with a
   /// smaller limit must refuse it as such, not take it for a torn tail and cut it off.
   @Test(arguments: [WALPreallocation.none, .zeroFilled])

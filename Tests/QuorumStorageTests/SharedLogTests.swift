@@ -977,6 +977,36 @@ struct SharedLogTests {
     }
   }
 
+  /// As in a group's own log: a segment found empty or all zeros lost synced records (every group's), whether it
+  /// is the last one or not.
+  @Test(arguments: [false, true])
+  func aSegmentWithoutAHeaderIsCorruption(_ lastSegment: Bool) async throws {
+    try await withTemporaryDirectory { directory in
+      var log = makeLog(directory)
+      let (a, b) = try await openTwo(log)
+      for start in stride(from: UInt64(1), through: 41, by: 10) {
+        try await a.write(StorageWrite(hardState: hardState("a"), entries: bigEntries(start...(start + 9))))
+        try await b.write(StorageWrite(hardState: hardState("b"), entries: bigEntries(start...(start + 9))))
+      }
+      try await a.close()
+      try await b.close()
+      let segments = try segmentFiles(directory)
+      #expect(segments.count >= 3)
+      let target = lastSegment ? segments[segments.count - 1] : segments[1]
+      try writeFile(target, [UInt8](repeating: 0, count: try readFile(target).count))
+      log = makeLog(directory)
+      let store = log.storage(for: 1, entry: TestEntry.self)
+      let error = await #expect(throws: StorageError.self) { _ = try await store.recover() }
+      guard case .corruptRecord(let file, let offset, _) = error else {
+        Issue.record("expected corruptRecord, got \(String(describing: error))")
+        return
+      }
+      #expect(file == target && offset == 0)
+      try await store.close()
+      #expect(try segmentFiles(directory) == segments, "nothing removed")
+    }
+  }
+
   @Test func aGroupsOwnLogIsNotASharedLogNorTheOtherWayRound() async throws {
     try await withTemporaryDirectory { directory in
       let own = FileStorage<TestEntry>(
