@@ -195,10 +195,11 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
     // A snapshot file still being written finishes before the directory lock is released.
     snapshotQueue.sync {}
     var failure: StorageError?
-    if case .open = phase, syncsStructure, let active {
+    if case .open = phase, syncsStructure, active != nil {
       do throws(StorageError) {
-        try active.file.dataSync()
-        syncCount += 1
+        try syncActive()
+        // A marker after the last append: damage found in it later is corruption, not a torn write.
+        if try active?.appendSyncMarker() == true { try syncActive() }
       } catch {
         failure = error
       }

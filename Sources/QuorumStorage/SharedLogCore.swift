@@ -231,6 +231,9 @@ final class SharedLogCore: @unchecked Sendable {
       if case .open = phase, syncsStructure, dirty || openGroups == 0, active != nil {
         do throws(StorageError) {
           try syncActive()
+          // The log closes: a marker after the last append, so that damage found in it later is corruption, not
+          // a torn write.
+          if openGroups == 0, try active?.appendSyncMarker() == true { try syncActive() }
         } catch {
           failure = poison(error)
         }

@@ -138,6 +138,20 @@ struct WALActiveSegment {
     return offset + marker + bytes > limit && offset + pendingBytes > headerEnd
   }
 
+  /// Appends a sync marker saying every byte before it is durable, if one is due (call it right after a sync):
+  /// the last record of a clean close. Without it the last append is the only one no marker follows, and damage
+  /// found in it later would be taken for a torn write and cut, though it was synced. Returns whether it wrote
+  /// one, for the caller to sync.
+  mutating func appendSyncMarker() throws(StorageError) -> Bool {
+    guard marksNextAppend, syncedEnd == offset else { return false }
+    var writer = WireWriter(reservingCapacity: Self.maxMarkerBytes)
+    WALFormat.appendIndexRecord(.syncMarker, UInt64(syncedEnd), to: &writer)
+    try file.write(writer.bytes, at: offset)
+    offset += writer.count
+    markedEnd = syncedEnd
+    return true
+  }
+
   /// Appends the pending chunks with one `pwrite` and empties them; a sync marker goes first when a sync moved
   /// the synced point since the last one.
   ///

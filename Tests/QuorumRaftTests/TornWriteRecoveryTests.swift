@@ -23,7 +23,8 @@ struct TornWriteRecoveryTests {
       logger: .disabled)
   }
 
-  /// The offset where each record of a segment starts, and the end of the last (see FileStorage's format).
+  /// The offset where each record of a segment starts, and the end of the last (see FileStorage's format). A
+  /// clean close's sync marker (type 8), last, is left out: a crash leaves none after the last write.
   private func recordStarts(_ bytes: [UInt8]) -> (starts: [Int], end: Int) {
     var starts: [Int] = []
     var offset = 0
@@ -34,6 +35,7 @@ struct TornWriteRecoveryTests {
         | Int(bytes[offset + 7]) << 24
       offset += 9 + length
     }
+    if let last = starts.last, bytes[last + 8] == 8 { return (starts.dropLast(), last) }
     return (starts, offset)
   }
 

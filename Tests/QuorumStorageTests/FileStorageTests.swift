@@ -295,7 +295,7 @@ struct FileStorageRecoveryTests {
       try await storage.write(StorageWrite(hardState: hardState("new"), entries: [TestEntry(5, term: 2)]))
       try await storage.close()
       let segment = try #require(try segmentFiles(directory).first)
-      let pristine = try readFile(segment)
+      let pristine = withoutCloseMarker(try readFile(segment))
       let (starts, end) = recordOffsets(pristine)
       let entryStart = starts[starts.count - 2]
       let hardStateStart = starts[starts.count - 1]
@@ -334,12 +334,13 @@ struct FileStorageRecoveryTests {
     }
   }
 
+  /// A crash's last append (no sync marker after it) with a flipped bit is a torn tail, cut.
   @Test(arguments: [WALPreallocation.none, .zeroFilled])
   func aFlippedBitInTheLastRecordIsATornTail(_ preallocation: WALPreallocation) async throws {
     try await withTemporaryDirectory { directory in
       try await writeOneByOne(directory, count: 5, preallocation: preallocation)
       let segment = try #require(try segmentFiles(directory).first)
-      var bytes = try readFile(segment)
+      var bytes = withoutCloseMarker(try readFile(segment))
       let (starts, end) = recordOffsets(bytes)
       let last = try #require(starts.last)
       bytes[end - 3] ^= 0x10
@@ -353,12 +354,37 @@ struct FileStorageRecoveryTests {
     }
   }
 
+  /// A clean close ends the log with a sync marker: a flipped bit in the last acknowledged record is then
+  /// corruption, not a torn write to cut.
+  @Test(arguments: [WALPreallocation.none, .zeroFilled])
+  func aFlippedBitInTheLastRecordBeforeACleanCloseIsCorruption(_ preallocation: WALPreallocation) async throws {
+    try await withTemporaryDirectory { directory in
+      try await writeOneByOne(directory, count: 5, preallocation: preallocation)
+      let segment = try #require(try segmentFiles(directory).first)
+      var bytes = try readFile(segment)
+      let (starts, end) = recordOffsets(bytes, markers: true)
+      #expect(bytes[starts[starts.count - 1] + 8] == syncMarkerType, "a clean close's marker is last")
+      let last = starts[starts.count - 2]
+      bytes[end - 20] ^= 0x10
+      #expect(end - 20 > last)
+      try writeFile(segment, bytes)
+      let storage = makeStorage(directory, segmentBytes: 1 << 20, preallocation: preallocation)
+      let error = await #expect(throws: StorageError.self) { _ = try await storage.recover() }
+      guard case .corruptRecord(let file, let offset, _) = error else {
+        Issue.record("expected corruptRecord, got \(String(describing: error))")
+        return
+      }
+      #expect(file == segment && offset == last)
+      try await storage.close()
+    }
+  }
+
   @Test(arguments: [WALPreallocation.none, .zeroFilled])
   func aFlippedBitInAMiddleRecordIsCorruption(_ preallocation: WALPreallocation) async throws {
     try await withTemporaryDirectory { directory in
       try await writeOneByOne(directory, count: 5, preallocation: preallocation)
       let segment = try #require(try segmentFiles(directory).first)
-      let pristine = try readFile(segment)
+      let pristine = withoutCloseMarker(try readFile(segment))
       let (starts, _) = recordOffsets(pristine)
       let third = starts[3]  // header, then entries 1, 2, 3...
       // Single flipped bits in the CRC, the length, the type and the payload; then the whole record zeroed,
@@ -392,7 +418,7 @@ struct FileStorageRecoveryTests {
       }
       try await storage.close()
       let first = try #require(try segmentFiles(directory).first)
-      var bytes = try readFile(first)
+      var bytes = withoutCloseMarker(try readFile(first))
       bytes[bytes.count - 2] ^= 0x40
       try writeFile(first, bytes)
       let reopened = makeStorage(directory, segmentBytes: 4096)
@@ -551,7 +577,7 @@ struct FileStorageRecoveryTests {
       try await storage.write(StorageWrite(entries: [TestEntry(3, payload: payload)]))
       try await storage.close()
       let segment = try #require(try segmentFiles(directory).last)
-      var bytes = try readFile(segment)
+      var bytes = withoutCloseMarker(try readFile(segment))
       #expect(bytes.count == segmentBytes)
       let (starts, end) = recordOffsets(bytes)
       let last = try #require(starts.last)
@@ -580,7 +606,7 @@ struct FileStorageRecoveryTests {
     try await withTemporaryDirectory { directory in
       try await writeOneByOne(directory, count: 5, preallocation: .none)
       let segment = try #require(try segmentFiles(directory).first)
-      let bytes = try readFile(segment)
+      let bytes = withoutCloseMarker(try readFile(segment))
       let (starts, end) = recordOffsets(bytes)
       // Remove entry 3's record: the records stay valid, but 4 does not follow 2.
       let damaged = Array(bytes[..<starts[3]]) + Array(bytes[starts[4]..<end])
@@ -608,7 +634,7 @@ struct FileStorageRecoveryTests {
     for slot in 0..<UInt64(after) { try await storage.write(StorageWrite(entries: [TestEntry(17 + slot)])) }
     try await storage.close()
     let segment = try #require(try segmentFiles(directory).first)
-    let bytes = try readFile(segment)
+    let bytes = withoutCloseMarker(try readFile(segment))
     let (starts, _) = recordOffsets(bytes)
     return (segment, bytes, starts, starts[6])  // the header, entries 1...4, hard state, then the big append's
   }
@@ -692,7 +718,7 @@ struct FileStorageRecoveryTests {
       #expect(try await storage.syncCount() == 1, "the reopened segment is synced")
       try await storage.write(StorageWrite(entries: [TestEntry(17)]))
       try await storage.close()
-      var bytes = try readFile(segment)
+      var bytes = withoutCloseMarker(try readFile(segment))
       let cut = damagedRecord(recordOffsets(bytes).starts, page: losePage(after: appendStart, in: &bytes))
       try writeFile(segment, bytes)
       let reopened = makeStorage(directory, segmentBytes: 1 << 20)
@@ -723,7 +749,7 @@ struct FileStorageRecoveryTests {
       let syncedEnd = try readFile(segment).count
       try await storage.write(StorageWrite(entries: pageEntries(index...(index + 11))))
       try await storage.close()
-      var bytes = try readFile(segment)
+      var bytes = withoutCloseMarker(try readFile(segment))
       let page = syncedEnd / 4096 * 4096
       #expect(recordOffsets(bytes).starts.last! > page + 4096, "valid records follow the lost page")
       for at in syncedEnd..<(page + 4096) { bytes[at] = 0 }  // the page as the disk held it before the append
@@ -756,7 +782,7 @@ struct FileStorageRecoveryTests {
       try await storage.write(StorageWrite(entries: copies))
       try await storage.close()
       let segment = try #require(try segmentFiles(directory).first)
-      var bytes = try readFile(segment)
+      var bytes = withoutCloseMarker(try readFile(segment))
       let starts = recordOffsets(bytes).starts
       let cut = damagedRecord(starts, page: losePage(after: starts[5], in: &bytes))
       try writeFile(segment, bytes)
@@ -811,7 +837,7 @@ struct FileStorageRecoveryTests {
       _ = try await storage.recover()
       for index in UInt64(17)...19 { try await storage.write(StorageWrite(entries: [TestEntry(index)])) }
       try await storage.close()
-      let appended = try readFile(segment)
+      let appended = withoutCloseMarker(try readFile(segment))
       #expect(
         recordOffsets(appended, markers: true).starts == recordOffsets(appended).starts,
         "no sync marker is appended to a version 1 segment")

@@ -768,7 +768,7 @@ struct SharedLogTests {
       for store in stores { try await store.close() }
 
       let path = try segmentFiles(directory).last!
-      var bytes = try readFile(path)
+      var bytes = withoutCloseMarker(try readFile(path))
       let (starts, end) = recordOffsets(bytes)
       #expect(end == bytes.count)
       let last = starts.last!
@@ -798,6 +798,34 @@ struct SharedLogTests {
     }
   }
 
+  /// As in a group's own log: the last group to close ends the log with a sync marker, so a flipped bit in the
+  /// last acknowledged group record is corruption, not a torn tail to cut.
+  @Test func aFlippedBitInTheLastRecordBeforeACleanCloseIsCorruption() async throws {
+    try await withTemporaryDirectory { directory in
+      var log = makeLog(directory)
+      let (a, b) = try await openTwo(log)
+      try await a.write(StorageWrite(hardState: hardState("a"), entries: entries(1...3)))
+      try await b.write(StorageWrite(hardState: hardState("b"), entries: entries(1...3)))
+      try await a.close()
+      try await b.close()
+      let path = try #require(try segmentFiles(directory).last)
+      var bytes = try readFile(path)
+      let lastRecord = try #require(recordOffsets(bytes).starts.last)
+      #expect(recordOffsets(bytes, markers: true).starts.last != lastRecord, "a marker follows the last group record")
+      bytes[lastRecord + 12] ^= 0x10
+      try writeFile(path, bytes)
+      log = makeLog(directory)
+      let store = log.storage(for: 2, entry: TestEntry.self)
+      let error = await #expect(throws: StorageError.self) { _ = try await store.recover() }
+      guard case .corruptRecord(let file, let offset, _) = error else {
+        Issue.record("expected corruptRecord, got \(String(describing: error))")
+        return
+      }
+      #expect(file == path && offset == lastRecord)
+      try await store.close()
+    }
+  }
+
   /// A crash may keep any prefix of the last write: a group record cut anywhere is a torn tail (its own
   /// records inside it, whole or not, are not "valid records after the damage"), and the write is lost whole.
   @Test func aGroupRecordCutAtEveryByteIsLostWhole() async throws {
@@ -810,7 +838,7 @@ struct SharedLogTests {
       try await a.close()
       try await b.close()
       let path = try segmentFiles(directory).last!
-      let pristine = try readFile(path)
+      let pristine = withoutCloseMarker(try readFile(path))
       let (starts, end) = recordOffsets(pristine)
       for cut in (starts.last! + 1)..<end {
         try writeFile(path, Array(pristine[..<cut]))
@@ -858,7 +886,7 @@ struct SharedLogTests {
       try await a.close()
       try await b.close()
 
-      var bytes = try readFile(path)
+      var bytes = withoutCloseMarker(try readFile(path))
       let appended = recordOffsets(bytes).starts.filter { $0 >= syncedEnd }
       #expect(appended.count == 2, "one group record per write")
       let page = losePage(after: appended[0], in: &bytes)
@@ -890,7 +918,7 @@ struct SharedLogTests {
       try await a.close()
       try await b.close()
       let path = try #require(try segmentFiles(directory).last)
-      var bytes = try readFile(path)
+      var bytes = withoutCloseMarker(try readFile(path))
       let starts = recordOffsets(bytes).starts
       #expect(starts.count == 3, "the header, then one group record per write")
       let page = losePage(after: starts[1], in: &bytes)
@@ -926,7 +954,7 @@ struct SharedLogTests {
       let files = try segmentFiles(directory)
       #expect(files.count >= 2)
       let path = inOlderSegment ? files[0] : files.last!
-      var bytes = try readFile(path)
+      var bytes = withoutCloseMarker(try readFile(path))
       let (starts, _) = recordOffsets(bytes)
       #expect(starts.count >= 3)
       bytes[starts[1] + 12] ^= 0x01  // Inside a record that valid records follow.

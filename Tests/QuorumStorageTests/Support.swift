@@ -177,3 +177,17 @@ func losePage(after offset: Int, in bytes: inout [UInt8]) -> Int {
 func damagedRecord(_ starts: [Int], page: Int) -> Int {
   starts.last { $0 <= page } ?? 0
 }
+
+/// A cleanly closed segment's bytes as a crash would have left them: without the sync marker a clean close
+/// appends last (zeroed where the file goes on past it, as a preallocated segment does; cut off otherwise).
+func withoutCloseMarker(_ bytes: [UInt8]) -> [UInt8] {
+  let (starts, end) = recordOffsets(bytes, markers: true)
+  guard let last = starts.last, bytes[last + 8] == syncMarkerType else { return bytes }
+  var result = bytes
+  if end < bytes.count {
+    for at in last..<end { result[at] = 0 }
+  } else {
+    result.removeSubrange(last...)
+  }
+  return result
+}

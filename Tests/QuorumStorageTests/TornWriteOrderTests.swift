@@ -46,7 +46,7 @@ struct TornWriteOrderTests {
       try await storage.close()
 
       let segment = try #require(try segmentFiles(directory).first)
-      let pristine = try readFile(segment)
+      let pristine = withoutCloseMarker(try readFile(segment))
       let (starts, end) = recordOffsets(pristine)
       let lastWriteStart = starts[starts.count - 4]  // Three entries and a hard state.
       var cutsKeepingNewHardState = 0
@@ -79,7 +79,7 @@ struct TornWriteOrderTests {
       try await storage.close()
 
       let segment = try #require(try segmentFiles(directory).last)
-      let pristine = try readFile(segment)
+      let pristine = withoutCloseMarker(try readFile(segment))
       let (starts, end) = recordOffsets(pristine)
       let lastWriteStart = starts[starts.count - 5]  // A reset, three entries and a hard state.
       var cutsKeepingNewHardState = 0
