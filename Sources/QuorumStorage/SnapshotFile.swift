@@ -163,7 +163,10 @@ enum SnapshotFile {
   /// Reads and verifies the snapshot at `path`, whose name says it is at `expectedIndex`.
   ///
   /// Throws ``StorageError/corruptSnapshot(file:reason:)`` for damage, ``StorageError/incompatible(file:reason:)``
-  /// for an unknown version, ``StorageError/io(operation:path:errno:)`` when it cannot be read.
+  /// for an unknown version, ``StorageError/io(operation:path:errno:)`` when it cannot be read. The version field
+  /// is not covered by the checksum: an unknown version whose file is otherwise a valid snapshot of this version
+  /// (sizes and checksum agree) is a damaged version field, so corruption, which lets recovery fall back to an
+  /// older snapshot; any other unknown version is incompatible.
   static func read(_ path: String, expectedIndex: UInt64) throws(StorageError) -> Loaded {
     let file = try PosixFile.open(path, flags: O_RDONLY)
     defer { file.close() }
@@ -178,10 +181,11 @@ enum SnapshotFile {
       if foundMagic != magic {
         throw StorageError.corruptSnapshot(file: path, reason: "bad magic 0x\(String(foundMagic, radix: 16))")
       }
+      // The version field is outside the checksum: an unknown version is judged after the rest is read as this
+      // version's layout (below), so that a damaged version field is not taken for a newer format.
       let foundVersion = try reader.readFixed32()
-      if foundVersion != UInt32(version) {
-        throw StorageError.incompatible(file: path, reason: "snapshot format version \(foundVersion)")
-      }
+      let knownVersion = foundVersion == UInt32(version)
+      let incompatible = StorageError.incompatible(file: path, reason: "snapshot format version \(foundVersion)")
       let storedCRC = try reader.readFixed32()
       let index = try reader.readFixed64()
       let term = try reader.readFixed64()
@@ -191,6 +195,7 @@ enum SnapshotFile {
       let expectedSize = UInt64(headerBytes).addingReportingOverflow(metadataLength)
       let total = expectedSize.partialValue.addingReportingOverflow(dataLength)
       if expectedSize.overflow || total.overflow || total.partialValue != UInt64(size) {
+        if !knownVersion { throw incompatible }
         throw StorageError.corruptSnapshot(
           file: path,
           reason: "header declares \(metadataLength) + \(dataLength) bytes but the file holds \(size - headerBytes)")
@@ -204,7 +209,14 @@ enum SnapshotFile {
       crc = CRC32C.checksum(metadata, continuing: crc)
       crc = CRC32C.checksum(data, continuing: crc)
       if crc != storedCRC {
+        if !knownVersion { throw incompatible }
         throw StorageError.corruptSnapshot(file: path, reason: "CRC mismatch (stored \(storedCRC), computed \(crc))")
+      }
+      if !knownVersion {
+        // Everything else checks out as this version's snapshot: the version field itself is damaged.
+        throw StorageError.corruptSnapshot(
+          file: path,
+          reason: "damaged version field (\(foundVersion)); the rest is a valid version \(version) snapshot")
       }
       if index != expectedIndex {
         throw StorageError.corruptSnapshot(file: path, reason: "holds index \(index), its name says \(expectedIndex)")

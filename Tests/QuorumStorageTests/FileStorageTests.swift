@@ -913,6 +913,48 @@ struct FileStorageSnapshotTests {
     }
   }
 
+  /// The version field (bytes 4-7) is outside the checksum. A flipped bit there, the rest of the file intact, is
+  /// damage: recovery falls back to the older snapshot, as for any other damage. A file whose rest does not
+  /// check out as this version's snapshot is a format this build does not know: incompatible.
+  @Test func aDamagedVersionFieldIsDamageNotANewerFormat() async throws {
+    try await withTemporaryDirectory { directory in
+      var storage = makeStorage(directory)
+      try await storage.write(StorageWrite(entries: entries(1...30)))
+      try await storage.saveSnapshot(StoredSnapshot(index: 10, term: 1, data: [10]), discardingLog: false)
+      try await storage.compact(through: 10)
+      try await storage.saveSnapshot(StoredSnapshot(index: 20, term: 1, data: [20]), discardingLog: false)
+      try await storage.close()
+      let newest = directory + "/snapshots/" + (try #require(try snapshotFiles(directory).last))
+      let pristine = try readFile(newest)
+
+      var bytes = pristine
+      bytes[5] ^= 0x01  // version 1 reads as 257
+      try writeFile(newest, bytes)
+      storage = makeStorage(directory)
+      let state = try await storage.recover()
+      #expect(state.snapshot == StoredSnapshot(index: 10, term: 1, data: [10]))
+      #expect(state.entries == entries(11...30))
+      #expect(state.report.rejectedSnapshots.count == 1)
+      #expect(state.report.rejectedSnapshots.first?.contains("version") == true)
+      try await storage.close()
+
+      // A newer format: another version, and the rest is not a version 1 snapshot (here: another checksum).
+      try FileManager.default.removeItem(atPath: newest + ".corrupt")
+      bytes = pristine
+      bytes[4] = 2
+      bytes[8] ^= 0x01
+      try writeFile(newest, bytes)
+      storage = makeStorage(directory)
+      let error = await #expect(throws: StorageError.self) { _ = try await storage.recover() }
+      guard case .incompatible(let file, let reason) = error else {
+        Issue.record("expected incompatible, got \(String(describing: error))")
+        return
+      }
+      #expect(file == newest && reason == "snapshot format version 2")
+      try await storage.close()
+    }
+  }
+
   @Test func aDamagedLogDiscardingSnapshotIsAnError() async throws {
     try await withTemporaryDirectory { directory in
       var storage = makeStorage(directory)
