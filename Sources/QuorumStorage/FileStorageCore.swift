@@ -545,13 +545,8 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
     try openActiveSegment(tail: replay.tail, report: &report)
     if let loaded, discardBefore > 0 { try finishDiscard(loaded.snapshot.index, before: discardBefore) }
 
-    for (path, reason) in rejected {
-      try FileSystem.rename(path, path + ".corrupt")
-      report.rejectedSnapshots.append("\(path): \(reason)")
-      logger.warning(
-        "set aside a damaged snapshot; recovering from an older one and the log",
-        ["file": path, "reason": reason, "snapshot": "\(snapshotIndex)"])
-    }
+    try SnapshotFile.setAside(
+      rejected, in: snapshotDirectory, recoveredAt: snapshotIndex, report: &report, logger: logger)
     if case .batch(let interval) = policy { startBatchTimer(interval) }
     logger.info(
       "recovered", ["directory": directory, "report": "\(report)", "entries": "\(replay.log.count)"])

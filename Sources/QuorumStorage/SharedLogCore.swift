@@ -921,13 +921,8 @@ final class SharedLogCore: @unchecked Sendable {
       snapshotDirectory: snapshotDirectory, logDirectory: walDirectory)
     var report = scanReport
     report.recordsRead = replay.report.recordsRead
-    for (path, reason) in rejected {
-      try FileSystem.rename(path, path + ".corrupt")
-      report.rejectedSnapshots.append("\(path): \(reason)")
-      logger.warning(
-        "set aside a damaged snapshot; recovering from an older one and the log",
-        ["file": path, "reason": reason, "snapshot": "\(snapshotIndex)"])
-    }
+    try SnapshotFile.setAside(
+      rejected, in: snapshotDirectory, recoveredAt: snapshotIndex, report: &report, logger: logger)
 
     // Registered from here on: what follows changes the log.
     pending[group] = nil

@@ -149,8 +149,8 @@ extension SnapshotFile {
     return (nil, rejected)
   }
 
-  /// Keeps the newest two snapshot files in `directory`. A failure only leaves an extra file behind, so it is
-  /// logged.
+  /// Keeps the newest two snapshot files in `directory`, and prunes the damaged ones set aside
+  /// (``pruneSetAside(_:logger:)``). A failure only leaves an extra file behind, so it is logged.
   static func prune(_ directory: String, logger: QuorumLogger) {
     do throws(StorageError) {
       let indexes = try FileSystem.list(directory).compactMap { index(inFileName: $0) }
@@ -159,6 +159,48 @@ extension SnapshotFile {
       }
     } catch {
       logger.warning("could not delete an old snapshot", ["error": "\(error)"])
+    }
+    pruneSetAside(directory, logger: logger)
+  }
+
+  /// What a damaged snapshot set aside by recovery is renamed with (after its `.snap`).
+  static let setAsideSuffix = ".corrupt"
+
+  /// Sets the damaged snapshots `rejected` aside (renamed with ``setAsideSuffix``, for an operator to inspect),
+  /// records them in `report` and logs them, then prunes the set-aside files (``pruneSetAside(_:logger:)``).
+  static func setAside(
+    _ rejected: [(path: String, reason: String)], in directory: String, recoveredAt snapshotIndex: UInt64,
+    report: inout RecoveryReport, logger: QuorumLogger
+  ) throws(StorageError) {
+    for (path, reason) in rejected {
+      try FileSystem.rename(path, path + setAsideSuffix)
+      report.rejectedSnapshots.append("\(path): \(reason)")
+      logger.warning(
+        "set aside a damaged snapshot; recovering from an older one and the log",
+        ["file": path, "reason": reason, "snapshot": "\(snapshotIndex)"])
+    }
+    if !rejected.isEmpty { pruneSetAside(directory, logger: logger) }
+  }
+
+  /// Deletes the damaged snapshots set aside in `directory` that no longer need keeping: each is a whole copy of
+  /// the state, and counts against a space quota. Only the newest is kept, and only until a snapshot at or past
+  /// its index is stored. A failure only leaves an extra file behind, so it is logged.
+  static func pruneSetAside(_ directory: String, logger: QuorumLogger) {
+    do throws(StorageError) {
+      let names = try FileSystem.list(directory)
+      let newestStored = names.compactMap { index(inFileName: $0) }.max() ?? 0
+      let setAside = names.compactMap { name -> (name: String, index: UInt64)? in
+        guard name.hasSuffix(setAsideSuffix) else { return nil }
+        return index(inFileName: String(name.dropLast(setAsideSuffix.count))).map { (name, $0) }
+      }.sorted { $0.index > $1.index }
+      for (slot, file) in setAside.enumerated() where slot > 0 || file.index <= newestStored {
+        try FileSystem.remove(directory + "/" + file.name)
+        logger.info(
+          "deleted a damaged snapshot set aside earlier",
+          ["file": directory + "/" + file.name, "newest snapshot": "\(newestStored)"])
+      }
+    } catch {
+      logger.warning("could not delete a damaged snapshot set aside", ["error": "\(error)"])
     }
   }
 }

@@ -913,6 +913,37 @@ struct FileStorageSnapshotTests {
     }
   }
 
+  /// A damaged snapshot set aside is a whole copy of the state: only the newest is kept, and only until a
+  /// snapshot at or past its index is stored.
+  @Test func setAsideSnapshotsAreDeletedOnceANewerOneIsStored() async throws {
+    try await withTemporaryDirectory { directory in
+      var storage = makeStorage(directory)
+      try await storage.write(StorageWrite(entries: entries(1...30)))
+      try await storage.saveSnapshot(StoredSnapshot(index: 10, term: 1, data: [10]), discardingLog: false)
+      try await storage.compact(through: 10)
+      try await storage.saveSnapshot(StoredSnapshot(index: 20, term: 1, data: [20]), discardingLog: false)
+      try await storage.close()
+      let names = try snapshotFiles(directory)
+      let newest = directory + "/snapshots/" + (try #require(names.last))
+      try corrupt(newest)
+      // One set aside by an earlier recovery.
+      let older = directory + "/snapshots/snapshot-00000000000000000015.snap.corrupt"
+      try writeFile(older, try readFile(newest))
+
+      storage = makeStorage(directory)
+      let state = try await storage.recover()
+      #expect(state.snapshot?.index == 10)
+      #expect(state.report.rejectedSnapshots.count == 1)
+      #expect(
+        try snapshotFiles(directory).filter { $0.hasSuffix(".corrupt") } == [names.last! + ".corrupt"],
+        "only the newest set-aside file is kept")
+      try await storage.saveSnapshot(StoredSnapshot(index: 25, term: 1, data: [25]), discardingLog: false)
+      let after = try snapshotFiles(directory)
+      #expect(!after.contains { $0.hasSuffix(".corrupt") }, "\(after)")
+      try await storage.close()
+    }
+  }
+
   /// The version field (bytes 4-7) is outside the checksum. A flipped bit there, the rest of the file intact, is
   /// damage: recovery falls back to the older snapshot, as for any other damage. A file whose rest does not
   /// check out as this version's snapshot is a format this build does not know: incompatible.
