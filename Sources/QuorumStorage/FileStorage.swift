@@ -35,17 +35,21 @@ public enum WALPreallocation: Sendable, Equatable {
 ///
 /// | type | record | payload |
 /// |---|---|---|
-/// | 1 | segment header (always first) | magic `QWAL` (u32), version (u8: 2, or 1 from an older build), write mode (u8: 0 truncateSuffix, 1 replace), segment number (u64) |
+/// | 1 | segment header (always first) | magic `QWAL` (u32), version (u8: 3, or 2 or 1 from an older build), write mode (u8: 0 truncateSuffix, 1 replace), segment number (u64) |
 /// | 2 | entry | the entry's `WireCodable` encoding |
 /// | 3 | hard state | the opaque bytes; the last one replayed wins |
 /// | 4 | compaction point | varint position: entries up to it are gone |
 /// | 5 | reset | varint position: every entry held so far is dropped; the log continues after it |
 /// | 8 | sync marker (version 2) | varint offset: every byte of the segment before it had been synced when this was written |
+/// | 9 | filler (version 3) | empty: ends an append (or a checkpoint) that would otherwise end in the last 8 bytes of a 512-byte sector; skipped |
 ///
 /// A sync marker starts an append when the log was synced since the last marker (so at most one per
 /// `fdatasync`; none under ``FsyncPolicy/never``). A version 1 segment, written by an older build, is read and
 /// appended to without markers until it is rotated away; an older build refuses a version 2 segment with
-/// ``StorageError/incompatible(file:reason:)``.
+/// ``StorageError/incompatible(file:reason:)``. Likewise a version 2 segment goes on without fillers until it is
+/// rotated away, and a build that reads only versions 1 and 2 refuses a version 3 segment as incompatible. A filler
+/// keeps the next append from starting where a lost first sector could not be told from corruption (recovery
+/// needs zeros through at least a record header, 9 bytes, from the damaged record to the end of its sector).
 ///
 /// Type 0 does not exist, so zeros — the unwritten rest of a preallocated segment — never parse as a record.
 ///

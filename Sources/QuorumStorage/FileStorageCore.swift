@@ -563,7 +563,7 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
       return
     }
     guard
-      let file = try WALFiles.repair(
+      let repaired = try WALFiles.repair(
         tail, sync: syncsStructure, report: &report, logger: logger, onDataSync: { syncCount += 1 })
     else {
       // The segment's creation was unfinished (no header; only under the policy that never syncs): start it
@@ -574,7 +574,7 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
       return
     }
     active = WALActiveSegment(
-      file: file, offset: tail.validEnd, headerEnd: tail.headerEnd, marksSyncs: tail.version >= 2,
+      file: repaired.file, offset: repaired.end, headerEnd: tail.headerEnd, version: tail.version,
       synced: syncsStructure)
     if preallocation == .zeroFilled { spare?.prepare() }
   }

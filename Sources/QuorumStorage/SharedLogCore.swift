@@ -758,8 +758,8 @@ final class SharedLogCore: @unchecked Sendable {
                 mode: nil)
               headerEnd = payload.upperBound
               cursor.marksSyncs = version >= 2
-            } else if type == WALRecordType.syncMarker.rawValue {
-              // Read by the cursor when it meets damage; nothing to replay.
+            } else if type == WALRecordType.syncMarker.rawValue || type == WALRecordType.filler.rawValue {
+              // A marker is read by the cursor when it meets damage; nothing to replay in either.
             } else {
               guard type == WALRecordType.groupChunk.rawValue else {
                 throw .corruptRecord(
@@ -820,11 +820,11 @@ final class SharedLogCore: @unchecked Sendable {
 
   private func openActiveSegment(tail: WALTail?, report: inout RecoveryReport) throws(StorageError) {
     if let tail,
-      let file = try WALFiles.repair(
+      let repaired = try WALFiles.repair(
         tail, sync: syncsStructure, report: &report, logger: logger, onDataSync: { syncCount += 1 })
     {
       active = WALActiveSegment(
-        file: file, offset: tail.validEnd, headerEnd: tail.headerEnd, marksSyncs: tail.version >= 2,
+        file: repaired.file, offset: repaired.end, headerEnd: tail.headerEnd, version: tail.version,
         synced: syncsStructure)
       if preallocation == .zeroFilled { spare?.prepare() }
       return

@@ -72,7 +72,9 @@ enum WALFiles {
   }
 
   /// Cuts a torn tail off the last segment (zeros over it where the file is preallocated past it, otherwise a
-  /// truncation), records it in `report`, and returns the segment open for appending, synced if `sync`.
+  /// truncation), records it in `report`, and returns the segment open for appending, synced if `sync`, with
+  /// where the next append goes (after a filler record when the valid records end in the last bytes of a sector:
+  /// ``WALFormat/needsFiller(endingAt:)``).
   /// A segment without a valid header is corruption if `sync` (see ``missingHeader(_:lastSegment:)``); otherwise
   /// (a policy that never syncs, whose crash can leave a segment's creation unfinished) it is removed, recorded
   /// in `report` and logged, and the result is `nil`.
@@ -84,7 +86,7 @@ enum WALFiles {
   /// cut it.) `onDataSync` counts the sync.
   static func repair(
     _ tail: WALTail, sync: Bool, report: inout RecoveryReport, logger: QuorumLogger, onDataSync: () -> Void
-  ) throws(StorageError) -> PosixFile? {
+  ) throws(StorageError) -> (file: PosixFile, end: Int)? {
     if let damage = tail.damage {
       report.truncatedTailBytes = damage.bytes
       report.damageScanBytes = damage.scannedBytes
@@ -108,6 +110,7 @@ enum WALFiles {
       return nil
     }
     let file = try PosixFile.open(tail.path, flags: O_RDWR)
+    var end = tail.validEnd
     do throws(StorageError) {
       if let damage = tail.damage {
         if tail.fileSize > damage.end {
@@ -115,6 +118,11 @@ enum WALFiles {
         } else {
           try file.truncate(to: tail.validEnd)
         }
+      }
+      // The next append starts here: never in the last bytes of a sector (a segment that pads them).
+      if tail.version >= 3 && WALFormat.needsFiller(endingAt: end) {
+        try file.write(WALFormat.fillerRecord, at: end)
+        end += WALFormat.fillerRecord.count
       }
       if sync {
         try file.dataSync()
@@ -124,7 +132,7 @@ enum WALFiles {
       file.close()
       throw error
     }
-    return file
+    return (file, end)
   }
 }
 

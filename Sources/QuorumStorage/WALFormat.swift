@@ -24,6 +24,10 @@ enum WALRecordType: UInt8 {
   /// after the segment was created or reopened synced; replay skips it. Recovery reads it to tell a torn write,
   /// whose surviving pages may follow the damage, from damage to bytes already synced (``WALCursor``).
   case syncMarker = 8
+  /// Filler (format version 3; empty payload, so always the same 9 bytes): ends an append that would otherwise
+  /// end in the last ``WALFormat/headerBytes`` − 1 bytes of a sector (``WALFormat/needsFiller(endingAt:)``);
+  /// replay skips it. It is never a sync marker and says nothing about what was synced.
+  case filler = 9
 }
 
 /// Encoding and decoding of write-ahead-log records (see ``FileStorage`` for the format).
@@ -32,8 +36,9 @@ enum WALFormat {
   static let headerBytes = 9
   /// "QWAL", little-endian.
   static let segmentMagic: UInt32 = 0x4C41_5751
-  /// The segment format version this build writes. Version 2 added sync markers (``WALRecordType/syncMarker``).
-  static let version: UInt8 = 2
+  /// The segment format version this build writes. Version 2 added sync markers (``WALRecordType/syncMarker``),
+  /// version 3 filler records (``WALRecordType/filler``).
+  static let version: UInt8 = 3
   /// The oldest segment format version this build reads: a version 1 segment has no sync markers, and recovery
   /// holds it to the stricter rule that any valid record after damage makes the damage corruption.
   static let oldestReadableVersion: UInt8 = 1
@@ -90,6 +95,24 @@ enum WALFormat {
     writer.writeByte(modeByte)
     writer.writeFixed64(sequence)
     finish(start, &writer)
+  }
+
+  /// The filler record (``WALRecordType/filler``): 9 bytes, the same every time.
+  static let fillerRecord: [UInt8] = {
+    var writer = WireWriter(reservingCapacity: headerBytes)
+    appendRecord(.filler, payload: [], to: &writer)
+    return writer.bytes
+  }()
+
+  /// Whether an append (or a segment's checkpoint) ending at `end` must be followed by a filler record before
+  /// the next append may start there. Recovery takes damage for a torn write's lost first sector only when
+  /// zeros run from the damaged record to the end of its sector for at least a record header
+  /// (``showsALostSector(_:in:)``); an append starting in the last 8 bytes of a sector could never show that,
+  /// and its first sector lost (a power failure, the later sectors written) would be refused as corruption.
+  /// The filler, written with the append before it (and synced with it), moves the next start into the next
+  /// sector.
+  static func needsFiller(endingAt end: Int) -> Bool {
+    end % sectorBytes > sectorBytes - headerBytes
   }
 
   /// A reset record on its own.

@@ -103,6 +103,10 @@ struct WALActiveSegment {
   /// Whether appends carry sync markers (``WALRecordType/syncMarker``): a segment of format version 2 or later.
   /// A version 1 segment from an older build goes on without them until it is rotated away.
   let marksSyncs: Bool
+  /// Whether appends that would end in the last bytes of a sector get a filler record
+  /// (``WALFormat/needsFiller(endingAt:)``): a segment of format version 3 or later. An older build's segment
+  /// goes on without them until it is rotated away.
+  let padsSectors: Bool
   /// Every byte before this offset is durable: where the segment ended at its last `fdatasync`.
   private(set) var syncedEnd: Int
   /// The synced end the last sync marker recorded (or, before the first, what needs no marker).
@@ -114,11 +118,12 @@ struct WALActiveSegment {
   /// checkpoint, synced as it was created, or a reopened segment's records, synced as it was opened): the first
   /// append then starts with a marker saying so. Otherwise (a policy that never syncs) the first marker follows
   /// the first sync.
-  init(file: PosixFile, offset: Int, headerEnd: Int, marksSyncs: Bool, synced: Bool) {
+  init(file: PosixFile, offset: Int, headerEnd: Int, version: UInt8, synced: Bool) {
     self.file = file
     self.offset = offset
     self.headerEnd = headerEnd
-    self.marksSyncs = marksSyncs
+    marksSyncs = version >= 2
+    padsSectors = version >= 3
     syncedEnd = offset
     markedEnd = synced ? 0 : offset
   }
@@ -144,8 +149,11 @@ struct WALActiveSegment {
   /// one, for the caller to sync.
   mutating func appendSyncMarker() throws(StorageError) -> Bool {
     guard marksNextAppend, syncedEnd == offset else { return false }
-    var writer = WireWriter(reservingCapacity: Self.maxMarkerBytes)
+    var writer = WireWriter(reservingCapacity: Self.maxMarkerBytes + WALFormat.headerBytes)
     WALFormat.appendIndexRecord(.syncMarker, UInt64(syncedEnd), to: &writer)
+    if padsSectors && WALFormat.needsFiller(endingAt: offset + writer.count) {
+      writer.writeRaw(WALFormat.fillerRecord)
+    }
     try file.write(writer.bytes, at: offset)
     offset += writer.count
     markedEnd = syncedEnd
@@ -162,16 +170,20 @@ struct WALActiveSegment {
     guard !pending.isEmpty else { return }
     var bytes: [UInt8]
     if marksNextAppend {
-      var writer = WireWriter(reservingCapacity: pendingBytes + 24)
+      var writer = WireWriter(reservingCapacity: pendingBytes + 24 + WALFormat.headerBytes)
       WALFormat.appendIndexRecord(.syncMarker, UInt64(syncedEnd), to: &writer)
       for chunk in pending { writer.writeRaw(chunk) }
       bytes = writer.bytes
     } else {
       bytes = pending[0]
       if pending.count > 1 {
-        bytes.reserveCapacity(pendingBytes)
+        bytes.reserveCapacity(pendingBytes + WALFormat.headerBytes)
         for chunk in pending.dropFirst() { bytes.append(contentsOf: chunk) }
       }
+    }
+    // The next append starts where this one ends: never in the last bytes of a sector.
+    if padsSectors && WALFormat.needsFiller(endingAt: offset + bytes.count) {
+      bytes.append(contentsOf: WALFormat.fillerRecord)
     }
     try file.write(bytes, at: offset)
     offset += bytes.count
@@ -208,6 +220,9 @@ extension WALFiles {
         throw error
       }
     }
+    // The first append starts where the checkpoint ends: never in the last bytes of a sector.
+    let checkpoint =
+      WALFormat.needsFiller(endingAt: checkpoint.count) ? checkpoint + WALFormat.fillerRecord : checkpoint
     var renamed = false
     do throws(StorageError) {
       try file.write(checkpoint, at: 0)
@@ -228,7 +243,8 @@ extension WALFiles {
       throw error
     }
     spare?.prepare()
-    return WALActiveSegment(file: file, offset: checkpoint.count, headerEnd: headerEnd, marksSyncs: true, synced: sync)
+    return WALActiveSegment(
+      file: file, offset: checkpoint.count, headerEnd: headerEnd, version: WALFormat.version, synced: sync)
   }
 
   /// A timer on `queue` that calls `handler` every `interval` (at least 1 ms): the batch policy's sync.

@@ -137,6 +137,11 @@ struct WALReplay<Entry: StorableEntry>: ~Copyable {
       if inGroupRecord {
         throw .corruptRecord(file: path, offset: offset, reason: "a sync marker inside a group record")
       }
+    case .filler:
+      // Nothing to replay; a shared log writes them between group records, never in one.
+      if inGroupRecord {
+        throw .corruptRecord(file: path, offset: offset, reason: "a filler record inside a group record")
+      }
     case nil:
       throw .incompatible(file: path, reason: "unknown record type \(type) at byte \(offset)")
     }

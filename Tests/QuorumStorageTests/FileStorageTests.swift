@@ -813,6 +813,47 @@ struct FileStorageRecoveryTests {
     }
   }
 
+  /// An append never ends in the last 8 bytes of a sector (a filler record follows it there): the next append
+  /// then starts at least a record header before the sector's end, so when a power failure loses its first
+  /// sector (the disk wrote the later ones), the zeros after the synced records show the lost sector, and the
+  /// unacknowledged append is cut, not refused as corruption.
+  @Test func anAppendStartingNearASectorsEndThatLostItsFirstSectorIsATornWrite() async throws {
+    try await withTemporaryDirectory { directory in
+      let storage = makeStorage(directory, segmentBytes: 1 << 20)
+      _ = try await storage.recover()
+      let segment = try #require(try segmentFiles(directory).first)
+      var written: [TestEntry] = []
+      // Appends of growing size until one would have ended in a sector's last 8 bytes (and ends in a filler);
+      // every one synced (fsync always), so the next append starts at the synced end.
+      var syncedEnd = 0
+      for index in UInt64(1)...600 {
+        let entry = TestEntry(
+          index, payload: [UInt8](repeating: UInt8(truncatingIfNeeded: index) | 1, count: Int(index)))
+        try await storage.write(StorageWrite(entries: [entry]))
+        written.append(entry)
+        let bytes = try readFile(segment)
+        syncedEnd = bytes.count
+        #expect(syncedEnd % 512 < 504, "an append ends at \(syncedEnd), in the last bytes of a sector")
+        let starts = recordOffsets(bytes, markers: true).starts
+        if syncedEnd % 512 >= 504 || bytes[starts[starts.count - 1] + 8] == fillerType { break }
+      }
+      let next = UInt64(written.count) + 1
+      try await storage.write(StorageWrite(entries: pageEntries(next...(next + 11))))
+      try await storage.close()
+      var bytes = withoutCloseMarker(try readFile(segment))
+      let boundary = (syncedEnd / 512 + 1) * 512
+      #expect(recordOffsets(bytes).starts.last! > boundary, "valid records follow the lost sector")
+      for at in syncedEnd..<boundary { bytes[at] = 0 }  // the sector as the disk held it before the append
+      try writeFile(segment, bytes)
+
+      let reopened = makeStorage(directory, segmentBytes: 1 << 20)
+      let state = try await reopened.recover()
+      #expect(state.entries == written)
+      #expect(state.report.truncatedOffset == syncedEnd)
+      try await reopened.close()
+    }
+  }
+
   /// A segment of format version 1, written before sync markers, keeps the old rule: any valid record after
   /// damage makes it corruption. Appends to it carry no markers, so the rule stays sound for it.
   @Test func aVersionOneSegmentKeepsTheStricterRule() async throws {
@@ -822,7 +863,8 @@ struct FileStorageRecoveryTests {
       // type (1), magic (4), version (1), ...).
       let (all, end) = recordOffsets(bytes, markers: true)
       var oldFormat: [UInt8] = []
-      for (start, next) in zip(all, all.dropFirst() + [end]) where bytes[start + 8] != syncMarkerType {
+      for (start, next) in zip(all, all.dropFirst() + [end])
+      where bytes[start + 8] != syncMarkerType && bytes[start + 8] != fillerType {
         oldFormat += bytes[start..<next]
       }
       oldFormat[13] = 1

@@ -143,14 +143,17 @@ func writeFile(_ path: String, _ bytes: [UInt8]) throws {
 /// The type byte of a sync marker record, which a log writes at the start of an append after a sync.
 let syncMarkerType: UInt8 = 8
 
+/// The type byte of a filler record, which ends an append that would otherwise end in a sector's last bytes.
+let fillerType: UInt8 = 9
+
 /// The start offsets of the records in a segment file's bytes, and the end of the last one (walking the
-/// `[u32 CRC][u32 length][u8 type]` headers; stops at zeros). Sync markers are left out of `starts` unless
-/// `markers` is true.
+/// `[u32 CRC][u32 length][u8 type]` headers; stops at zeros). Sync markers and fillers are left out of `starts`
+/// unless `markers` is true.
 func recordOffsets(_ bytes: [UInt8], markers: Bool = false) -> (starts: [Int], end: Int) {
   var starts: [Int] = []
   var offset = 0
   while offset + 9 <= bytes.count, bytes[offset + 8] != 0 {
-    if markers || bytes[offset + 8] != syncMarkerType { starts.append(offset) }
+    if markers || (bytes[offset + 8] != syncMarkerType && bytes[offset + 8] != fillerType) { starts.append(offset) }
     let length =
       Int(bytes[offset + 4]) | Int(bytes[offset + 5]) << 8 | Int(bytes[offset + 6]) << 16 | Int(bytes[offset + 7]) << 24
     offset += 9 + length
@@ -179,10 +182,14 @@ func damagedRecord(_ starts: [Int], page: Int) -> Int {
 }
 
 /// A cleanly closed segment's bytes as a crash would have left them: without the sync marker a clean close
-/// appends last (zeroed where the file goes on past it, as a preallocated segment does; cut off otherwise).
+/// appends last, nor any filler record at the end (zeroed where the file goes on past them, as a preallocated
+/// segment does; cut off otherwise). The last record is then the last write's own.
 func withoutCloseMarker(_ bytes: [UInt8]) -> [UInt8] {
   let (starts, end) = recordOffsets(bytes, markers: true)
-  guard let last = starts.last, bytes[last + 8] == syncMarkerType else { return bytes }
+  guard
+    let last = starts.last(where: { bytes[$0 + 8] != syncMarkerType && bytes[$0 + 8] != fillerType })
+      .flatMap({ keep in starts.first { $0 > keep } })
+  else { return bytes }
   var result = bytes
   if end < bytes.count {
     for at in last..<end { result[at] = 0 }
