@@ -1018,8 +1018,7 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     lastSnapshotIndex = snapshot.index
     lastSnapshotBytes = snapshot.data.count
     if compactThrough > storageFloor {
-      try await storage.compact(through: compactThrough)
-      storageFloor = compactThrough
+      if try await compactSkippingStarved(through: compactThrough) { storageFloor = compactThrough }
     }
     observer?.node(id, group: group, recordedSnapshotAt: snapshot.index, compactedThrough: compactThrough)
     logger.info("snapshot taken", ["index": "\(snapshot.index)", "bytes": "\(snapshot.data.count)"])
@@ -1031,9 +1030,25 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   @inlinable func releaseStorage() async throws {
     releaseBudget = nil
     guard lastSnapshotIndex > storageFloor else { return }
-    try await storage.compact(through: lastSnapshotIndex)
+    guard try await compactSkippingStarved(through: lastSnapshotIndex) else { return }
     storageFloor = lastSnapshotIndex
     logger.info("compacted the stored log to release storage", ["through": "\(lastSnapshotIndex)"])
+  }
+
+  /// Compacts the storage through `index`; returns `false` when it found no file descriptor (the compaction
+  /// point needed a new segment, or a directory sync after deleting segments found none): a retryable condition
+  /// that leaves the storage usable, so the compaction is left for the next snapshot or release rather than
+  /// stopping the node. Other failures are thrown.
+  @inlinable func compactSkippingStarved(through index: UInt64) async throws -> Bool {
+    do {
+      try await storage.compact(through: index)
+      return true
+    } catch let error as StorageError where error.isRetryable {
+      logger.warning(
+        "a compaction found no file descriptor; left for the next snapshot",
+        ["error": "\(error)", "through": "\(index)"])
+      return false
+    }
   }
 
   // MARK: - Public API

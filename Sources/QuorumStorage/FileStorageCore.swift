@@ -221,6 +221,13 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
     dirty = false
   }
 
+  /// The retryable error for a new segment that could not be opened before anything was written, logged.
+  private func descriptorsRanOut(_ operation: String, _ path: String, _ code: Int32) -> StorageError {
+    let error = StorageError.descriptorsExhausted(operation: operation, path: path, errno: code)
+    logger.warning("out of file descriptors; the compaction may be retried", ["error": "\(error)"])
+    return error
+  }
+
   /// After a failed write or sync nothing in the page cache can be trusted: refuse everything until the
   /// storage is reopened. Returns the error the storage now reports, which callers throw: a retryable one
   /// (descriptors ran out) becomes a non-retryable ``StorageError/io(operation:path:errno:)``, since only
@@ -466,6 +473,10 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
       try appendRecords(writer.bytes)
       // The compaction point must be durable before the segments that held the entries disappear.
       if syncsStructure { try syncActive() }
+    } catch .descriptorsExhausted(let operation, let path, let code) {
+      // As in appendWrites: the compaction point needed a new segment, which could not be opened. Nothing was
+      // written and the old segment stays active: the compaction may be retried.
+      throw descriptorsRanOut(operation, path, code)
     } catch {
       throw poison(error)
     }

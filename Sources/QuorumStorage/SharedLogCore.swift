@@ -681,6 +681,12 @@ final class SharedLogCore: @unchecked Sendable {
       var records = WireWriter(reservingCapacity: 20)
       WALFormat.appendIndexRecord(.floor, index, to: &records)
       try appendRecords(try Self.chunk(group: group, reset: nil, records: records.bytes))
+    } catch .descriptorsExhausted(let operation, let path, let code) {
+      // As in appendWrites: the compaction point needed a new segment, which could not be opened. Nothing was
+      // written and the old segment stays active: the compaction may be retried.
+      let error = StorageError.descriptorsExhausted(operation: operation, path: path, errno: code)
+      logger.warning("out of file descriptors; the compaction may be retried", ["error": "\(error)"])
+      throw error
     } catch {
       throw poison(error)
     }

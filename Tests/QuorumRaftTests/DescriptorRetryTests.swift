@@ -10,6 +10,10 @@ final class DescriptorStarvedStorage: ConsensusStorage, Sendable {
   let inner = MemoryStorage<LogEntry>()
   let failures = Atomic<Int>(0)
   let refused = Atomic<Int>(0)
+  /// Compactions still to refuse, refused, and done.
+  let compactFailures = Atomic<Int>(0)
+  let compactRefused = Atomic<Int>(0)
+  let compacted = Atomic<Int>(0)
 
   func recover() async throws -> RecoveredState<LogEntry> { try await inner.recover() }
   func write(_ write: StorageWrite<LogEntry>) async throws {
@@ -23,7 +27,15 @@ final class DescriptorStarvedStorage: ConsensusStorage, Sendable {
   func saveSnapshot(_ snapshot: StoredSnapshot, discardingLog: Bool) async throws {
     try await inner.saveSnapshot(snapshot, discardingLog: discardingLog)
   }
-  func compact(through index: UInt64) async throws { try await inner.compact(through: index) }
+  func compact(through index: UInt64) async throws {
+    if compactFailures.load(ordering: .relaxed) > 0 {
+      compactFailures.subtract(1, ordering: .relaxed)
+      compactRefused.add(1, ordering: .relaxed)
+      throw StorageError.descriptorsExhausted(operation: "open", path: "test", errno: 24)
+    }
+    try await inner.compact(through: index)
+    compacted.add(1, ordering: .relaxed)
+  }
   func close() async throws { try await inner.close() }
 }
 
@@ -43,6 +55,32 @@ struct DescriptorRetryTests {
     _ = try await node.propose(.put(key: "during", value: [2]))
     #expect(storage.refused.load(ordering: .relaxed) == 4, "the write was refused, then retried")
     #expect(await node.localQuery(.get(key: "during")) == .value([2]))
+    await node.shutdown()
+    try await running.value
+  }
+
+  @Test("a compaction that finds no descriptor is skipped: the node keeps running and compacts after a later snapshot")
+  func nodeSkipsStarvedCompactions() async throws {
+    let storage = DescriptorStarvedStorage()
+    storage.compactFailures.store(1, ordering: .relaxed)
+    let transport = InProcessTransport<RaftMessage>()
+    let configuration = try LiveCluster.fast(members: [1]) {
+      $0.snapshotEvery = 4
+      $0.snapshotRetainEntries = 0
+    }
+    let node = RaftNode(
+      id: 1, configuration: configuration, endpoint: try transport.bind(1), storage: storage, machine: KVStore(),
+      logger: QuorumLogger(label: "test", sink: NullLogSink()))
+    let running = Task { try await node.run() }
+    try await eventually("the single node to lead") { await node.status.role == .leader }
+    var key = 0
+    try await eventually("a compaction after the refused one") {
+      key += 1
+      _ = try await node.propose(.put(key: "k\(key)", value: [1]))
+      return storage.compacted.load(ordering: .relaxed) > 0
+    }
+    #expect(storage.compactRefused.load(ordering: .relaxed) == 1)
+    #expect(await node.localQuery(.get(key: "k\(key)")) == .value([1]))
     await node.shutdown()
     try await running.value
   }

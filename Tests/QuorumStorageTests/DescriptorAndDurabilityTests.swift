@@ -53,6 +53,44 @@ struct DescriptorExhaustionTests {
     }
   }
 
+  @Test("a compaction whose record needs a new segment that cannot be opened is retryable; nothing is poisoned")
+  func aCompactionThatFindsNoDescriptorIsRetryable() async throws {
+    try await withTemporaryDirectory { directory in
+      let store = storage(directory)
+      _ = try await store.recover()
+      // Small appends until a compaction record (with the sync marker before it) no longer fits in the segment.
+      var index: UInt64 = 0
+      while index < 1000 {
+        let segment = try #require(try segmentFiles(directory).last)
+        let room = 4096 - (FileSystem.size(of: segment) ?? 0)
+        if room < 30 { break }
+        index += 1
+        let payload = room >= 100 ? 40 : max(0, room - 35)
+        try await store.write(StorageWrite(entries: [TestEntry(index, payload: [UInt8](repeating: 7, count: payload))]))
+      }
+      try await store.saveSnapshot(StoredSnapshot(index: index, term: 1, data: [1]), discardingLog: false)
+      let segments = try segmentFiles(directory)
+      store.core.openFaults.failNext(1000)
+      do {
+        try await store.compact(through: index)
+        Issue.record("the compaction succeeded without a descriptor")
+      } catch let error as StorageError {
+        #expect(error.isRetryable, "\(error)")
+      }
+      store.core.openFaults.failNext(0)
+      #expect(try segmentFiles(directory) == segments, "nothing was deleted")
+      try await store.write(StorageWrite(entries: [TestEntry(index + 1)]))
+      try await store.compact(through: index)
+      try await store.close()
+
+      let reopened = storage(directory)
+      let state = try await reopened.recover()
+      #expect(state.snapshot?.index == index)
+      #expect(state.entries == [TestEntry(index + 1)])
+      try await reopened.close()
+    }
+  }
+
   @Test("once a failure to open a segment has poisoned the storage, it is reported as not retryable")
   func aPoisonedStorageIsNotRetryable() async throws {
     try await withTemporaryDirectory { directory in

@@ -1154,6 +1154,36 @@ struct SharedLogTests {
   }
 
   /// A write that needs a new segment when no descriptor is left fails alone, retryably; the log goes on.
+  /// As in a group's own log: a compaction record that needs a new segment which cannot be opened writes
+  /// nothing, and fails retryably without poisoning the log.
+  @Test func aCompactionThatFindsNoDescriptorIsRetryable() async throws {
+    try await withTemporaryDirectory { directory in
+      let log = makeLog(directory)
+      let (a, b) = try await openTwo(log)
+      var index: UInt64 = 0
+      while index < 1000 {
+        let room = 4096 - (FileSystem.size(of: try #require(try segmentFiles(directory).last)) ?? 0)
+        if room < 40 { break }
+        index += 1
+        let payload = room >= 120 ? 40 : max(0, room - 45)
+        try await a.write(StorageWrite(entries: [TestEntry(index, payload: [UInt8](repeating: 7, count: payload))]))
+      }
+      try await a.saveSnapshot(StoredSnapshot(index: index, term: 1, data: [1]), discardingLog: false)
+      log.core.openFaults.failNext(1000)
+      let error = await #expect(throws: StorageError.self) { try await a.compact(through: index) }
+      #expect(error?.isRetryable == true, "\(String(describing: error))")
+      log.core.openFaults.failNext(0)
+      try await b.write(StorageWrite(hardState: hardState("b"), entries: entries(1...2)))
+      try await a.compact(through: index)
+      try await a.close()
+      try await b.close()
+
+      let reopened = makeLog(directory)
+      #expect(try await reopened.storage(for: 1, entry: TestEntry.self).recover().snapshot?.index == index)
+      #expect(try await reopened.storage(for: 2, entry: TestEntry.self).recover().entries == entries(1...2))
+    }
+  }
+
   @Test func runningOutOfDescriptorsForANewSegmentFailsOnlyTheWritesThatNeedIt() async throws {
     try await withTemporaryDirectory { directory in
       let log = makeLog(directory)
