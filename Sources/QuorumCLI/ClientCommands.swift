@@ -161,12 +161,16 @@ enum ClientCommands {
     }
   }
 
+  /// A table row: each cell padded to its column (one space after a cell as wide or wider), without trailing
+  /// spaces (a row with fewer cells, or empty last cells, ends at its last text).
   static func row(_ cells: [String]) -> String {
     let widths = [7, 22, 10, 6, 9, 9, 9, 6, 7]
-    return cells.enumerated().map { index, cell in
-      index < widths.count - 1 && cell.count < widths[index]
+    var line = cells.enumerated().map { index, cell in
+      index < widths.count && cell.count < widths[index]
         ? cell + String(repeating: " ", count: widths[index] - cell.count) : cell + " "
     }.joined()
+    while line.hasSuffix(" ") { line.removeLast() }
+    return line
   }
 
   static func members(_ arguments: [String]) async -> Int32 {

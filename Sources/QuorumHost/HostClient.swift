@@ -298,14 +298,26 @@ public actor HostClient {
   }
 
   /// The status of every group as each of its members reports it (members that do not answer are left out).
+  /// - Throws: ``QuorumClientError/badReply(_:)`` if a member answers with a reply this build cannot read (say, a
+  ///   member of an incompatible build): it is not left out as if it had not answered.
   public func statuses(deadline: Duration? = nil) async throws -> [GroupStatus] {
     let map = try await clusterMap(deadline: deadline)
     var all: [GroupStatus] = []
     for member in map.members.keys.sorted() {
-      let reply = try? await send(
-        .status(group: nil), to: [member], deadline: min(deadline ?? options.deadline, options.attemptTimeout),
-        isWrite: false, anyMember: true)
-      if case .statuses(let statuses)? = reply { all += statuses }
+      let reply: HostReply
+      do {
+        reply = try await send(
+          .status(group: nil), to: [member], deadline: min(deadline ?? options.deadline, options.attemptTimeout),
+          isWrite: false, anyMember: true)
+      } catch QuorumClientError.badReply(let why) {
+        throw QuorumClientError.badReply("unreadable status reply from \(member): \(why)")
+      } catch {
+        continue
+      }
+      guard case .statuses(let statuses) = reply else {
+        throw QuorumClientError.badReply("unreadable status reply from \(member): expected statuses")
+      }
+      all += statuses
     }
     return all
   }

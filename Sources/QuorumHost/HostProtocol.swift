@@ -389,6 +389,9 @@ public struct PeerLag: Sendable, Equatable, WireCodable {
 }
 
 /// One member's view of one group, as `quorum status` prints it.
+///
+/// On the wire a record is length-prefixed, and a reader ignores the bytes after the fields it knows: a later
+/// build appends its new fields to the record, and this one still reads the rest of a status reply.
 public struct GroupStatus: Sendable, Equatable, WireCodable {
   /// The group.
   public var group: GroupID
@@ -450,6 +453,10 @@ public struct GroupStatus: Sendable, Equatable, WireCodable {
   }
 
   public func encode(to writer: inout WireWriter) {
+    writer.writeLengthPrefixed { encodeFields(to: &$0) }
+  }
+
+  private func encodeFields(to writer: inout WireWriter) {
     group.encode(to: &writer)
     writer.writeString(name)
     engine.encode(to: &writer)
@@ -468,7 +475,9 @@ public struct GroupStatus: Sendable, Equatable, WireCodable {
     writer.writeVarint(refusedMessages)
   }
 
-  public init(from reader: inout WireReader) throws(WireError) {
+  public init(from outer: inout WireReader) throws(WireError) {
+    let length = try outer.readLength(limit: outer.limits.maxBytesLength)
+    var reader = WireReader(outer.bytes, range: outer.position..<(outer.position + length), limits: outer.limits)
     group = try reader.read()
     name = try reader.readString()
     engine = try reader.read()
@@ -485,6 +494,8 @@ public struct GroupStatus: Sendable, Equatable, WireCodable {
     peers = try reader.readArray(PeerLag.self)
     pendingRequests = Int(try reader.readVarint(as: UInt32.self))
     refusedMessages = try reader.readVarint()
+    // What remains of the record are fields a later build appended: skipped, not refused.
+    try outer.skip(length)
   }
 
   /// Whether the member leads the group.
