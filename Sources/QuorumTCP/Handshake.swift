@@ -268,6 +268,15 @@ struct DiallerHandshake {
       return .failed(.badHandshake("unreadable handshake reply: \(logSafe("\(error)"))"))
     }
     if reply.version == 0 {
+      // A refusal for good: only believed when the ranges really are disjoint (otherwise someone on the path
+      // forged it, or the listener is broken: worth another try, not giving up on the node).
+      if let common = TCPHandshake.highestCommonVersion(hello.versions, reply.listenerVersions) {
+        return .failed(
+          .badHandshake(
+            "the listener said no protocol version is in common, but both sides speak version \(common) (this side "
+              + "\(TCPCloseReason.versionsText(hello.versions)), the listener "
+              + "\(TCPCloseReason.versionsText(reply.listenerVersions)))"))
+      }
       return .failed(.noCommonVersion(local: hello.versions, remote: reply.listenerVersions))
     }
     if let refusal = reply.refusal { return .failed(.rejected(logSafe(refusal))) }

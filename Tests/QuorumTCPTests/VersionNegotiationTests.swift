@@ -172,6 +172,34 @@ struct VersionNegotiationTests {
     #expect(reason.name == "bad-handshake" && reason.description.contains("the highest both sides speak is 4"))
   }
 
+  @Test("a 'no version in common' reply whose range overlaps the offer is a bad handshake, not a refusal for good")
+  func forgedNoCommonVersionIsNotPermanent() {
+    for (offer, listenerRange) in [(3...3, 3...3), (3...4, 2...3), (3...4, 4...6)]
+      as [(ClosedRange<UInt8>, ClosedRange<UInt8>)]
+    {
+      var dialler = HandshakeTests.peerDialler(versions: offer)
+      let reply = TCPHandshakeReply(
+        node: 1, refusal: "no protocol version in common", version: 0, listenerVersions: listenerRange
+      ).wireBytes()
+      guard case .failed(let reason) = dialler.receive(reply, 0..<reply.count) else {
+        Issue.record("the dialler accepted a refusal")
+        continue
+      }
+      #expect(reason.name == "bad-handshake", "\(offer) against \(listenerRange): \(reason)")
+      #expect(!reason.isPermanentRefusal, "\(reason)")
+    }
+    // Disjoint ranges: a refusal for good.
+    var dialler = HandshakeTests.peerDialler(versions: 3...3)
+    let reply = TCPHandshakeReply(
+      node: 1, refusal: "no protocol version in common", version: 0, listenerVersions: 4...5
+    ).wireBytes()
+    guard case .failed(let reason) = dialler.receive(reply, 0..<reply.count) else {
+      Issue.record("the dialler accepted a refusal")
+      return
+    }
+    #expect(reason == .noCommonVersion(local: 3...3, remote: 4...5) && reason.isPermanentRefusal)
+  }
+
   @Test("the authentication messages are read exactly: a reply, proof or verdict with bytes appended is refused")
   func authenticationMessagesAreExact() {
     let messages: [(String, [UInt8])] = [
