@@ -464,8 +464,14 @@ struct ListenerHandshake {
           "no protocol version in common: this node speaks \(TCPCloseReason.versionsText(policy.versions)), the "
           + "dialler \(TCPCloseReason.versionsText(offered))"
         if offered.upperBound <= TCPHandshake.legacyVersions.upperBound {
+          // A legacy client gives up on the node at once only for a refusal starting "unsupported format
+          // version" (its `isPermanentRefusal`); any other text it retries until its deadline.
+          let legacyText =
+            "unsupported format version \(offered.lowerBound): no protocol version in common, this node speaks "
+            + TCPCloseReason.versionsText(policy.versions)
           return .refuse(
-            TCPFrame.frame(TCPHandshakeReply.legacyRefusal(node: policy.node, text: text, version: offered.lowerBound)),
+            TCPFrame.frame(
+              TCPHandshakeReply.legacyRefusal(node: policy.node, text: legacyText, version: offered.lowerBound)),
             reason)
         }
         let refusal = TCPHandshakeReply(node: policy.node, refusal: text, version: 0, listenerVersions: policy.versions)

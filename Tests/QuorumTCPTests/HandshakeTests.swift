@@ -241,7 +241,7 @@ struct HandshakeTests {
     #expect(try reader.readByte() == 1)
     #expect(try reader.readVarint() == 1)
     let text = try #require(try reader.readOptional(String.self))
-    #expect(text == "no protocol version in common: this node speaks version 3, the dialler version 1")
+    #expect(text == "unsupported format version 1: no protocol version in common, this node speaks version 3")
     try reader.expectEnd()
   }
 

@@ -145,7 +145,10 @@ struct VersionNegotiationTests {
     #expect(try reader.readFixed32() == TCPHandshakeReply.magic)
     #expect(try reader.readByte() == 2)
     #expect(try reader.readVarint() == 1)
-    #expect(try reader.readOptional(String.self)?.hasPrefix("no protocol version in common") == true)
+    let text = try #require(try reader.readOptional(String.self))
+    // What a version 2 client takes for a refusal for good (its isPermanentRefusal): only this prefix.
+    #expect(text.hasPrefix("unsupported format version"), "\(text)")
+    #expect(text == "unsupported format version 2: no protocol version in common, this node speaks version 3")
     #expect(try reader.readBytes().isEmpty && reader.readBytes().isEmpty)
     try reader.expectEnd()
 
