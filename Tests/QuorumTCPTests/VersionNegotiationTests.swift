@@ -175,6 +175,38 @@ struct VersionNegotiationTests {
     #expect(reason.name == "bad-handshake" && reason.description.contains("the highest both sides speak is 4"))
   }
 
+  @Test("with authentication, a downgrade on the path (both ranges rewritten to the older version) fails the proofs")
+  func authenticatedDowngradeIsRefused() throws {
+    var policy = HandshakeTests.policy()
+    policy.versions = 3...4
+    // A dialler that really offers only 3 is admitted at 3 (so what fails below is the rewriting alone).
+    let honest = HandshakeTests.exchange(HandshakeTests.peerDialler(versions: 3...3), listener: policy)
+    #expect(honest.dialler == nil && honest.listener == nil && honest.sessions != nil)
+    #expect(honest.versions.dialler == 3 && honest.versions.listener == 3)
+
+    // The attacker rewrites the hello to offer 3 only, and the reply to say the listener speaks 3 only: each
+    // side then sees a consistent agreement on 3.
+    var dialler = HandshakeTests.peerDialler(versions: 3...4)
+    var hello = dialler.hello
+    hello.versions = 3...3
+    let forgedHello = hello.wireBytes()
+    var listener = ListenerHandshake(policy: policy, random: HandshakeTests.random(9))
+    guard case .send(let challenge) = listener.receive(forgedHello, 0..<forgedHello.count) else {
+      Issue.record("the rewritten hello got no challenge")
+      return
+    }
+    #expect(listener.version == 3)
+    var reply = try TCPHandshakeReply(wireBytes: Array(challenge.dropFirst(TCPFrame.prefixBytes)))
+    #expect(reply.version == 3 && reply.listenerVersions == 3...4)
+    reply.listenerVersions = 3...3
+    let forgedReply = reply.wireBytes()
+    guard case .failed(let reason) = dialler.receive(forgedReply, 0..<forgedReply.count) else {
+      Issue.record("the dialler accepted a handshake downgraded to version 3")
+      return
+    }
+    #expect(reason.name == "authentication-failed", "\(reason)")
+  }
+
   @Test("a 'no version in common' reply whose range overlaps the offer is a bad handshake, not a refusal for good")
   func forgedNoCommonVersionIsNotPermanent() {
     for (offer, listenerRange) in [(3...3, 3...3), (3...4, 2...3), (3...4, 4...6)]
@@ -210,13 +242,21 @@ struct VersionNegotiationTests {
       ("proof", TCPHandshakeProof(proof: [1, 2]).wireBytes()),
       ("verdict", TCPHandshakeVerdict(refusal: nil).wireBytes()),
     ]
-    for (name, bytes) in messages {
-      let extended = bytes + Self.appendedField(tag: 9, [1])
+    // As the handshake reads them: init(from:) on a reader over the frame's range of a larger buffer (bytes
+    // before and after the range are not the message's).
+    func decode(_ name: String, _ message: [UInt8]) throws {
+      let buffer = [0xAA, 0xBB] + message + [0xCC]
+      var reader = WireReader(buffer, range: 2..<(2 + message.count))
       switch name {
-      case "reply": #expect(throws: WireError.self, "\(name)") { try TCPHandshakeReply(wireBytes: extended) }
-      case "proof": #expect(throws: WireError.self, "\(name)") { try TCPHandshakeProof(wireBytes: extended) }
-      default: #expect(throws: WireError.self, "\(name)") { try TCPHandshakeVerdict(wireBytes: extended) }
+      case "reply": _ = try TCPHandshakeReply(from: &reader)
+      case "proof": _ = try TCPHandshakeProof(from: &reader)
+      default: _ = try TCPHandshakeVerdict(from: &reader)
       }
+    }
+    for (name, bytes) in messages {
+      #expect(throws: Never.self, "\(name)") { try decode(name, bytes) }
+      let extended = bytes + Self.appendedField(tag: 9, [1])
+      #expect(throws: WireError.self, "\(name)") { try decode(name, extended) }
     }
   }
 
