@@ -169,7 +169,8 @@ public final class GroupHost: Sendable {
   ///   or a storage error opening a group's storage: ``QuorumStorage/StorageError/incompatible(file:reason:)``
   ///   when the storage recorded another identity for a group (see ``GroupStorageProvider/checkIdentity(_:)``), and
   ///   ``QuorumStorage/StorageError/directoryLocked(path:)`` when another process runs on a ``FileGroupStorage``'s
-  ///   data directory (nothing in it is read or written then).
+  ///   data directory (checked for every group before any group's identity record is read or written; see
+  ///   ``FileGroupStorage/checkIdentities(_:)`` for the moment it does not cover).
   public init(
     node: NodeID, map: ClusterMap, catalog: ServiceCatalog = .standard, settings: HostSettings,
     storage: any GroupStorageProvider, joining: Set<GroupID> = [], runtime: NodeRuntime = .system,
@@ -205,6 +206,7 @@ public final class GroupHost: Sendable {
     self.maxReplyBytes = max(64, maxReplyBytes)
     try settings.transactionResolver.validate()
     self.resolverOptions = settings.transactionResolver
+    try storage.checkIdentities(hosted.map { GroupIdentity($0, in: map) })
     var groups: [GroupID: any HostedGroup] = [:]
     for spec in hosted {
       guard let services = catalog.services(named: spec.services) else {
@@ -215,13 +217,13 @@ public final class GroupHost: Sendable {
       switch spec.engine {
       case .raft:
         groups[spec.id] = try Self.makeGroup(
-          RaftEngine.self, spec: spec, identity: GroupIdentity(spec, in: map), services: services, settings: settings,
+          RaftEngine.self, spec: spec, services: services, settings: settings,
           storage: storage, joining: isJoining,
           router: router, ticker: ticker, runtime: runtime, seed: groupSeed, logger: logger,
           observer: observers.raft?(spec), hub: notifications)
       case .multiPaxos:
         groups[spec.id] = try Self.makeGroup(
-          MultiPaxosEngine.self, spec: spec, identity: GroupIdentity(spec, in: map), services: services,
+          MultiPaxosEngine.self, spec: spec, services: services,
           settings: settings, storage: storage,
           joining: isJoining, router: router, ticker: ticker, runtime: runtime, seed: groupSeed, logger: logger,
           observer: observers.paxos?(spec), hub: notifications)
@@ -232,14 +234,13 @@ public final class GroupHost: Sendable {
   }
 
   private static func makeGroup<Engine: HostedEngine>(
-    _ engine: Engine.Type, spec: GroupSpec, identity: GroupIdentity, services: [any ReplicatedService],
+    _ engine: Engine.Type, spec: GroupSpec, services: [any ReplicatedService],
     settings: HostSettings, storage: any GroupStorageProvider, joining: Bool, router: GroupRouter, ticker: SharedTicker,
     runtime: NodeRuntime,
     seed: UInt64?, logger: QuorumLogger, observer: (any ReplicaObserver<Engine>)?, hub: NotificationHub
   ) throws -> EngineGroup<Engine> {
     let configuration = Engine.configuration(for: spec, settings: settings, joining: joining)
     try configuration.validate()
-    try storage.checkIdentity(identity)
     let groupStorage = try storage.storage(for: spec, mode: Engine.hostLogWriteMode, entry: Engine.Entry.self)
     let endpoint = router.endpoint(
       for: spec.id, capacity: configuration.inputCapacity, wrap: Engine.wrap, unwrap: Engine.unwrap)

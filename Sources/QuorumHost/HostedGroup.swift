@@ -26,9 +26,13 @@ public protocol GroupStorageProvider: Sendable {
   /// Checks that the stored state of group `identity.id` was made for the group `identity` describes, before
   /// the host opens it: records the identity beside the group's storage the first time (a new group, or data
   /// kept before identities were recorded), and throws if the record describes another group (another name,
-  /// number, engine, services or slots). A host calls it for each of its groups before
-  /// ``storage(for:mode:entry:)``.
+  /// number, engine, services or slots).
   func checkIdentity(_ identity: GroupIdentity) throws
+
+  /// ``checkIdentity(_:)`` for every group of a host at once, before any group's storage opens: a provider that
+  /// locks its storage checks that it can lock every group's before it reads or writes any group's record. A host
+  /// calls it with all its groups before ``storage(for:mode:entry:)``.
+  func checkIdentities(_ identities: [GroupIdentity]) throws
 }
 
 /// Groups whose stored entries keep old log files on disk (see ``GroupStorageProvider/groupsPinningStorage()``).
@@ -61,6 +65,11 @@ extension GroupStorageProvider {
 
   /// Nothing to check: the provider keeps nothing across processes.
   public func checkIdentity(_ identity: GroupIdentity) throws {}
+
+  /// ``checkIdentity(_:)`` for each, in order.
+  public func checkIdentities(_ identities: [GroupIdentity]) throws {
+    for identity in identities { try checkIdentity(identity) }
+  }
 }
 
 /// Every group in memory: lost when the process ends (tests, demonstrations).
@@ -202,13 +211,34 @@ public struct FileGroupStorage: GroupStorageProvider {
   /// started on a data directory a member is running in fails here with
   /// ``QuorumStorage/StorageError/directoryLocked(path:)``, before it reads the record or writes one.
   public func checkIdentity(_ identity: GroupIdentity) throws {
+    try checkIdentities([identity])
+  }
+
+  /// ``checkIdentity(_:)`` for every group of a host, under the locks of all their logs at once (taken in the
+  /// order of their paths): if one group's log is locked, the check fails with
+  /// ``QuorumStorage/StorageError/directoryLocked(path:)`` before any group's record is read or written (the
+  /// log directories locked before it, and their `LOCK` files, may have been created).
+  ///
+  /// The locks are released when the check ends and taken again by each group's log when it opens: a second
+  /// process that checks in between (its groups' logs not open yet) can still record an identity for a group
+  /// this process does not have before its own storage finds the directory locked.
+  public func checkIdentities(_ identities: [GroupIdentity]) throws {
     try checkLayout()
-    let path = identityPath(of: identity.id, name: identity.name)
-    let directory = String(path.dropLast(GroupIdentityFile.name.count + 1))
-    let logDirectory = sharedLog?.directory ?? self.directory(id: identity.id, name: identity.name)
-    try SideFile.withDirectoryLock(logDirectory, sync: fsync != .never) {
-      try GroupIdentityFile.check(identity, in: directory, sync: fsync != .never)
+    let sync = fsync != .never
+    let logDirectories = Set(
+      identities.map { sharedLog?.directory ?? self.directory(id: $0.id, name: $0.name) }
+    ).sorted()
+    func underLocks(_ directories: ArraySlice<String>) throws {
+      guard let first = directories.first else {
+        for identity in identities {
+          let path = identityPath(of: identity.id, name: identity.name)
+          try GroupIdentityFile.check(identity, in: String(path.dropLast(GroupIdentityFile.name.count + 1)), sync: sync)
+        }
+        return
+      }
+      try SideFile.withDirectoryLock(first, sync: sync) { try underLocks(directories.dropFirst()) }
     }
+    try underLocks(logDirectories[...])
   }
 
   /// The groups whose entries keep the shared log's oldest segment, once it holds a segment before the active

@@ -209,8 +209,14 @@ struct GroupIdentityTests {
           Member("n1")
           Group("ledger", id: 1) { KeyValue() }
         }
+        // One listing its other group first: in the per-group layout that group's directory is not locked.
+        let ordersFirst = try Cluster(id: "identity") {
+          Member("n1")
+          Group("orders") { Locks() }
+          Group("accounts") { KeyValue() }
+        }
         // In the per-group layout a renamed group has a directory of its own, which nothing holds.
-        for second in layout == .shared ? [added, renamed] : [added] {
+        for second in layout == .shared ? [added, renamed, ordersFirst] : [added, ordersFirst] {
           do {
             _ = try Self.host(second, root: root, layout: layout)
             Issue.record("\(layout): a second host started on a locked directory")
@@ -219,9 +225,7 @@ struct GroupIdentityTests {
           }
         }
         let orders = FileGroupStorage(root: root, fsync: .never, layout: layout).identityPath(of: 2, name: "orders")
-        if layout == .shared {
-          #expect(!FileManager.default.fileExists(atPath: orders), "\(layout): the second host recorded a group")
-        }
+        #expect(!FileManager.default.fileExists(atPath: orders), "\(layout): the second host recorded a group")
         #expect(try Data(contentsOf: URL(fileURLWithPath: accounts)) == recorded, "\(layout): the record changed")
       }
     }
