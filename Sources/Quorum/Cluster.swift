@@ -1,3 +1,4 @@
+import Dispatch
 import Synchronization
 
 /// Why a ``Cluster`` description was refused: which line, and what is wrong with it.
@@ -291,16 +292,20 @@ public struct Cluster: Sendable {
     let transport = TCPTransport<HostMessage>(
       cluster: id, protocolNumber: WireProtocol.host, addresses: book, options: options,
       security: try transportSecurity(), logger: logger.child("tcp"))
-    let host = try GroupHost(
-      node: member, map: map, catalog: catalog, settings: servedSettings,
-      storage: storageProvider(for: member, override: dataDirectory), joining: joiningGroups, logger: logger,
-      addressOf: { node in transport.address(of: node).map { advertise(node, $0) } },
-      addressBook: {
-        var book: [NodeID: String] = [:]
-        for (node, address) in transport.addresses { book[node] = advertise(node, address) }
-        return book
-      },
-      maxReplyBytes: options.maxFrameBytes - Self.replyFramingBytes)
+    let (catalog, settings, storage) = (catalog, servedSettings, storageProvider(for: member, override: dataDirectory))
+    let maxReplyBytes = options.maxFrameBytes - Self.replyFramingBytes
+    let joining = joiningGroups
+    let host = try await offCooperativePool {
+      try GroupHost(
+        node: member, map: map, catalog: catalog, settings: settings, storage: storage, joining: joining,
+        logger: logger, addressOf: { node in transport.address(of: node).map { advertise(node, $0) } },
+        addressBook: {
+          var book: [NodeID: String] = [:]
+          for (node, address) in transport.addresses { book[node] = advertise(node, address) }
+          return book
+        },
+        maxReplyBytes: maxReplyBytes)
+    }
     return ClusterMemberServer(id: member, host: host, transport: transport, logger: logger)
   }
 
@@ -347,9 +352,11 @@ public struct Cluster: Sendable {
       let logger = QuorumLogger(label: "quorum", sink: logSink)
       var hosts: [NodeID: GroupHost] = [:]
       for member in members {
-        hosts[member.id] = try GroupHost(
-          node: member.id, map: map, catalog: catalog, settings: hostSettings,
-          storage: storageProvider(for: member.id), logger: logger)
+        let (map, catalog, settings, storage) = (map, catalog, hostSettings, storageProvider(for: member.id))
+        hosts[member.id] = try await offCooperativePool {
+          try GroupHost(
+            node: member.id, map: map, catalog: catalog, settings: settings, storage: storage, logger: logger)
+        }
       }
       let running = hosts
       let endpoints = try members.map { ($0.id, try transport.bind($0.id)) }
@@ -921,5 +928,14 @@ public struct Group: ClusterSetting {
       GroupSpec(
         id: groupID, name: name, engine: engine, members: members, services: services.map(\.serviceName),
         slots: slots.map { SlotRange($0.lowerBound, $0.upperBound) }))
+  }
+}
+
+/// Runs `body` on a Dispatch thread and waits for it without holding a thread of the cooperative pool, for work
+/// that may block: making a ``QuorumHost/GroupHost`` checks its groups' identities under their logs' directory
+/// locks, and waits up to 100 ms for a lock another holder is just releasing.
+func offCooperativePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+  try await withCheckedThrowingContinuation { continuation in
+    DispatchQueue.global(qos: .userInitiated).async { continuation.resume(with: Result(catching: body)) }
   }
 }

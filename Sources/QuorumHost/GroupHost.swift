@@ -149,6 +149,9 @@ public final class GroupHost: Sendable {
 
   /// Builds this node's replicas; nothing runs until ``run(attach:)``.
   ///
+  /// With a ``FileGroupStorage`` this blocks while it checks the groups' identities, waiting up to 100 ms for a
+  /// directory lock another holder is just releasing: from async code, call it off the cooperative pool.
+  ///
   /// - Parameters:
   ///   - node: this process's node.
   ///   - map: the cluster map (validated against `catalog`).

@@ -45,7 +45,9 @@ enum WALFiles {
       if code == EINTR { continue }
       if code == EWOULDBLOCK && attempts < 20 {
         attempts += 1
-        usleep(5_000)  // On the storage's own queue, never the cooperative pool; at most 100 ms in all.
+        // At most 100 ms in all: on the storage's own queue, or making a GroupHost (its identity check), which the
+        // Quorum module does off the cooperative pool.
+        usleep(5_000)
         continue
       }
       file.close()
