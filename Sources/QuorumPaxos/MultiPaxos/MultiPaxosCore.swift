@@ -324,8 +324,9 @@ public struct MultiPaxosCore: Sendable {
   public private(set) var highestSeen: Ballot
   /// Peer messages dropped unread because no honest peer sends them: malformed
   /// (``PaxosMessage/malformation``), naming slots further beyond this node's log than a leader or acceptor can
-  /// reach (``acceptReach``), or answering a read round this leader has not started. A count that grows points
-  /// at a faulty or version-skewed member; the node's status shows it (``MultiPaxosStatus/refusedMessages``).
+  /// reach (``acceptReach``; ``maxAcceptReach`` for the promises a candidate takes), or answering a read round
+  /// this leader has not started. A count that grows points at a faulty or version-skewed member; the node's
+  /// status shows it (``MultiPaxosStatus/refusedMessages``).
   public private(set) var refusedMessages: UInt64 = 0
 
   var log: PaxosLog
@@ -385,7 +386,7 @@ public struct MultiPaxosCore: Sendable {
     var maxSlot: Slot = 0
     var selfDurable = false
     /// The acceptors whose report this candidate cannot use, being too far behind them: they compacted slots it
-    /// lacks (``RejectReason/behindSnapshot``), or they hold slots beyond its reach (``acceptReach``).
+    /// lacks (``RejectReason/behindSnapshot``), or they hold slots more than ``maxAcceptReach`` past its last.
     var behind: Set<NodeID> = []
   }
   private var candidacy: Candidacy?
@@ -600,15 +601,16 @@ public struct MultiPaxosCore: Sendable {
   }
 
   /// How many slots past the end of what it holds (its last slot, or its chosen point if that is further) an
-  /// acceptor stores a leader's proposals, and past its own last slot a candidate takes an acceptor's report:
+  /// acceptor stores a leader's proposals (a candidate takes an acceptor's report up to ``maxAcceptReach`` past
+  /// its own last slot, what an acceptor may hold under any options):
   /// ``MultiPaxosOptions/maxInflightMessages`` accepts of at most ``MultiPaxosOptions/maxEntriesBytesPerMessage``
   /// bytes, each entry at least 24, but at least 2^16 and at most 2^20 slots. Every slot up to there costs memory
-  /// even when empty (a gap is held as empty records), so an accept or promise naming a slot further away is
-  /// dropped (``refusedMessages``) rather than stored: a faulty leader's slot 2^62 would take the memory of 2^62
-  /// records. Accepts in order open no gap and are never dropped; an honest leader whose accepts would open a
-  /// gap that wide (this acceptor missed a great many slots, or restarted far behind) has them treated as lost,
-  /// and its repair, which starts after this acceptor's chosen point, brings it up; an honest candidate that far
-  /// behind leaves the election to a node that is not.
+  /// even when empty (a gap is held as empty records), so an accept naming a slot further away (a promise, one
+  /// further than ``maxAcceptReach``) is dropped (``refusedMessages``) rather than stored: a faulty leader's slot
+  /// 2^62 would take the memory of 2^62 records. Accepts in order open no gap and are never dropped; an honest
+  /// leader whose accepts would open a gap that wide (this acceptor missed a great many slots, or restarted far
+  /// behind) has them treated as lost, and its repair, which starts after this acceptor's chosen point, brings
+  /// it up; an honest candidate more than ``maxAcceptReach`` behind leaves the election to a node that is not.
   public var acceptReach: Slot {
     let perMessage = max(1, options.maxEntriesBytesPerMessage / PaxosEntry(index: 0, ballot: .zero).byteSize)
     let (window, overflow) = max(1, options.maxInflightMessages).multipliedReportingOverflow(by: perMessage)
@@ -1017,9 +1019,13 @@ public struct MultiPaxosCore: Sendable {
       m.fromSlot == expected, !c.complete.contains(from)
     else { return }
     // A report reaching far past this node's log would have it propose (at least a no-op) in every slot up to
-    // there: drop it (see acceptReach). Its entries lie inside fromSlot...coveredThrough (malformation).
-    let limit = reach(from: max(log.lastSlot, c.fromSlot - 1))
-    guard m.coveredThrough <= limit, m.lastSlot <= limit else {
+    // there: drop it. Its entries lie inside fromSlot...coveredThrough (malformation). The limit is the largest
+    // reach under any options (what recovery accepts too), not this node's own: an acceptor that stored a leader's
+    // proposals under wider options than this node's may hold more, and a node whose own limit dropped it while
+    // that acceptor, behind this node's snapshot, could not lead either would leave two live nodes blocking each
+    // other until a third came back.
+    let (limit, overflow) = max(log.lastSlot, c.fromSlot - 1).addingReportingOverflow(Self.maxAcceptReach)
+    guard overflow || (m.coveredThrough <= limit && m.lastSlot <= limit) else {
       refusedMessages &+= 1
       // An honest acceptor this far ahead (this node restarted with an old log, or was cut off for long) holds
       // slots this candidate cannot take: it goes on without it if it can, and otherwise makes way.
