@@ -119,7 +119,7 @@ let package = Package(
     .testTarget(
       name: "QuorumSimulationTests",
       dependencies: [
-        "QuorumSimulation", "QuorumCore", "QuorumHost", "QuorumKV", "QuorumLocks", "QuorumTransactions",
+        "QuorumSimulation", "QuorumCore", "QuorumHost", "QuorumKV", "QuorumLocks", "QuorumPaxos", "QuorumTransactions",
       ],
       swiftSettings: settings),
   ]

@@ -174,7 +174,10 @@ protocol CoreSimulationDriver: AnyObject {
   /// A founding member's core.
   func foundingCore(_ id: NodeID, random: SeededRandom) -> Core
   /// The core of a node restarting from `durable`.
-  func restartedCore(_ id: NodeID, from durable: Durable, random: SeededRandom, in shell: Shell) -> Core
+  ///
+  /// - Throws: ``SimulationFailure`` when `durable` is not what a node may restart from (the engine's own
+  ///   recovery checks refuse it).
+  func restartedCore(_ id: NodeID, from durable: Durable, random: SeededRandom, in shell: Shell) throws -> Core
   /// A short account of `durable` for the trace.
   func describe(_ durable: Durable) -> String
   /// A short account of `node` for the trace and failures.
@@ -800,7 +803,7 @@ final class CoreSimulationShell<Driver: CoreSimulationDriver> {
   private func restart(_ id: NodeID) throws {
     guard let node = nodes[id], !node.up else { return }
     let durable = node.disk.durable
-    node.core = driver.restartedCore(id, from: durable, random: rng.fork(), in: self)
+    node.core = try driver.restartedCore(id, from: durable, random: rng.fork(), in: self)
     node.machine = ReplicatedStateMachine(KVStore())
     node.applied = durable.snapshot?.index ?? 0
     node.lastSnapshotIndex = node.applied

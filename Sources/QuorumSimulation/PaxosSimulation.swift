@@ -159,7 +159,7 @@ public final class PaxosSimulation {
 
 /// Multi-Paxos's part of a ``PaxosSimulation``: its cores and the oracle that knows which value each slot
 /// chose.
-private final class PaxosDriver: CoreSimulationDriver {
+final class PaxosDriver: CoreSimulationDriver {
   /// What a Multi-Paxos node keeps on disk.
   struct Durable: SimulatedDurable {
     var hardState = PaxosHardState()
@@ -218,18 +218,25 @@ private final class PaxosDriver: CoreSimulationDriver {
     MultiPaxosCore(id: id, members: foundingMembers, options: coreOptions, random: random)
   }
 
-  func restartedCore(_ id: NodeID, from durable: Durable, random: SeededRandom, in shell: Shell) -> MultiPaxosCore {
+  func restartedCore(
+    _ id: NodeID, from durable: Durable, random: SeededRandom, in shell: Shell
+  ) throws -> MultiPaxosCore {
     // Whatever survived the crash was accepted, even if the node never said so.
     for slot in durable.entries.keys.sorted() {
-      if let entry = durable.entries[slot] {
-        do { try recordAcceptance(entry, by: id, in: shell) } catch { preconditionFailure("\(error)") }
-      }
+      if let entry = durable.entries[slot] { try recordAcceptance(entry, by: id, in: shell) }
     }
     durablePromise[id] = max(durablePromise[id] ?? .zero, durable.hardState.promised)
+    let entries = durable.entries.keys.sorted().compactMap { durable.entries[$0] }
+    // What MultiPaxosEngine.recover checks before a node starts: an honest log never holds a slot further past
+    // the ones before it than any acceptor stores (the crash histories here test that claim).
+    do {
+      try MultiPaxosCore.validateRecovered(snapshot: durable.snapshot, entries: entries)
+    } catch {
+      throw SimulationFailure("\(id) cannot restart from its durable log: \(error)")
+    }
     return MultiPaxosCore(
       id: id, members: foundingMembers, options: coreOptions, hardState: durable.hardState,
-      snapshot: durable.snapshot, entries: durable.entries.keys.sorted().compactMap { durable.entries[$0] },
-      random: random)
+      snapshot: durable.snapshot, entries: entries, random: random)
   }
 
   func describe(_ durable: Durable) -> String {
