@@ -284,16 +284,18 @@ public struct RaftCore: Sendable {
   /// survivors (``peerLost(_:)``); 0 otherwise. Cleared by any word from a leader and by a change of role.
   private(set) var campaignHold = 0
   /// Consecutive campaigns (pre-votes, or elections without them) this node started on a timeout while its newest
-  /// configuration leaves it out of the voters it moves to (a joint configuration removing it, or one without
-  /// it not known committed, ``isPromotable``), and that ended in its next timeout without a single message from
-  /// any peer. A node removed from the group that never learns the removal committed keeps campaigning so (the
-  /// leader stops replicating to it once it appends the configuration without it), and the members, which hold
-  /// the new configuration, drop its requests unanswered. From ``silentCampaignsBeforeBackoff`` on its election
-  /// timeout doubles with each (``campaignBackoff``), so it disturbs the network less; any message resets it. A
-  /// voter the configuration keeps, cut off from everyone, is not slowed: it cannot tell that from a group that
-  /// lost its leader, and it must not come back late.
+  /// configuration leaves it out of the voters it moves to (a joint configuration removing it, or one without it not
+  /// known committed, ``isPromotable``), and that ended in its next timeout without a single message from any voter of
+  /// that configuration. A node removed from the group that never learns the removal committed keeps campaigning so
+  /// (the leader stops replicating to it once it appends the configuration without it), and the members, which hold the
+  /// new configuration, drop its requests unanswered. From ``silentCampaignsBeforeBackoff`` on its election timeout
+  /// doubles with each (``campaignBackoff``), so it disturbs the network less; a message from a voter of its newest
+  /// configuration resets it (not one from another node removed with it, which answers its requests). A voter the
+  /// configuration keeps, cut off from everyone, is not slowed: it cannot tell that from a group that lost its leader,
+  /// and it must not come back late.
   private(set) var silentCampaigns = 0
-  /// Whether a peer's message arrived since this node last campaigned on a timeout.
+  /// Whether a message from a voter of the newest configuration arrived since this node last campaigned on a
+  /// timeout.
   private var heardSinceCampaign = true
   /// Silent campaigns a node makes at its normal election timeout before it backs off.
   static let silentCampaignsBeforeBackoff = 3
@@ -532,7 +534,7 @@ public struct RaftCore: Sendable {
     if isPromotable && electionElapsed >= randomizedElectionTimeout * leaderIdleFactor * campaignBackoff
       && campaignHold == 0 && !inClockLeaseWindow
     {
-      // The campaign this timeout ends was answered by no one (a member would have answered, granted or not).
+      // The campaign this timeout ends was answered by no voter (a member would have answered, granted or not).
       if role != .follower && !heardSinceCampaign && !membership.voters.contains(id) {
         silentCampaigns = min(silentCampaigns + 1, 64)
       }
@@ -682,9 +684,14 @@ public struct RaftCore: Sendable {
       refusedMessages &+= 1
       return
     }
-    // Someone answers: this node is not cut off, nor removed without knowing it. Campaign on the drawn timeouts.
-    heardSinceCampaign = true
-    silentCampaigns = 0
+    // A voter of the newest configuration answers: this node is not cut off, nor removed without knowing it.
+    // Campaign on the drawn timeouts. A message from anyone else proves neither: two nodes removed together,
+    // each holding the configuration that removes both, answer each other's campaigns, and counting those
+    // they would never back off.
+    if membership.voters.contains(from) {
+      heardSinceCampaign = true
+      silentCampaigns = 0
+    }
     if case .requestVote = message, !membership.allMembers.isEmpty, !membership.allMembers.contains(from) {
       return  // A removed or unknown node must not disturb the group.
     }

@@ -45,10 +45,41 @@ struct RemovedNodeBackoffTests {
     #expect(requests.rounds >= 4)
     #expect(c[4].campaignBackoff == RaftCore.maxCampaignBackoff)
     #expect(c.leaders == [1], "the members never noticed")
-    // A word from anyone, and it campaigns on its drawn timeouts again.
+    // A word from a member, and it campaigns on its drawn timeouts again.
     let term = c[1].term
     c.nodes[4]?.step(.heartbeat(Heartbeat(term: term, commit: 0, round: 0)), from: 1)
     #expect(c[4].campaignBackoff == 1)
+  }
+
+  @Test(
+    "two nodes removed together, answering each other's campaigns, back off as one does alone",
+    arguments: [true, false])
+  func twoRemovedNodesBackOff(preVote: Bool) throws {
+    var options = RaftCoreOptions.defaults
+    options.preVote = preVote
+    var c = TestCluster(5, options: options)
+    c.campaign(1)
+    #expect(c.leaders == [1])
+    let joint = try c.nodes[1]!.proposeMembership(.change([.remove(4), .remove(5)]))  // Tests only: node 1 exists.
+    c.stabilize()
+    #expect(c[1].membership == Membership(voters: [1, 2, 3]))
+    for removed: NodeID in [4, 5] {
+      #expect(c[removed].membership.isJoint && !c[removed].membership.voters.contains(removed))
+      #expect(c[removed].commitIndex <= joint, "node \(removed) never learns its removal committed")
+    }
+    let requests = VoteRequestLog()
+    c.dropFilter = { from, to, message in
+      if from == 4, to == 1, case .requestVote = message { requests.rounds += 1 }
+      return false
+    }
+    let ticks = 2_000
+    c.tickAll(ticks)
+    // Nodes 4 and 5 answer each other (both hold the joint configuration, which has both as voters); only the
+    // members' silence counts. Before, each answer reset the other's backoff: 100 rounds or more.
+    #expect(requests.rounds <= 32, "node 4 campaigned \(requests.rounds) times in \(ticks) ticks")
+    #expect(c[4].campaignBackoff == RaftCore.maxCampaignBackoff)
+    #expect(c[5].campaignBackoff == RaftCore.maxCampaignBackoff)
+    #expect(c.leaders == [1], "the members never noticed")
   }
 
   @Test("a voter cut off from everyone keeps campaigning on its drawn timeouts")
