@@ -11,6 +11,12 @@ private final class PrepareLog: @unchecked Sendable {
   var ballots: Set<Ballot> = []
 }
 
+/// Counts the prepares each node receives from node 1; a class because the filter is a stored closure.
+private final class PrepareCounts: @unchecked Sendable {
+  // Safety of `@unchecked Sendable`: used by one test on one task, never shared.
+  var to: [NodeID: Int] = [:]
+}
+
 /// Nodes far behind the others (restarted with an old log, cut off for long) and logs far apart: elections
 /// converge, recovery refuses what no acceptor stores, and read rounds count only when started.
 @Suite("Multi-Paxos: nodes far behind, far slots, read rounds")
@@ -131,6 +137,44 @@ struct PaxosFarBehindTests {
     }
     #expect(c[2].role == .leader, "no leader after \(ticks) ticks")
     #expect(c[1].role != .leader)
+  }
+
+  @Test("a candidate retransmits no prepare to an acceptor it set aside, only to those that have not answered")
+  func noPrepareRetransmittedToSetAside() {
+    let options = MultiPaxosOptions.testing(5)
+    var c = PaxosCluster(5, options: options, seed: 1)
+    // Node 2 holds slots past node 1's largest reach; nodes 4 and 5 never answer, so node 1 stays a candidate
+    // (1, 3 and either of them would make a quorum without 2).
+    let ballot = Ballot(round: 1, node: 2)
+    c.nodes[2] = MultiPaxosCore(
+      id: 2, members: c.members, options: options, hardState: PaxosHardState(promised: ballot),
+      entries: (Array(1...10) + [Self.far - 1, Self.far]).map { PaxosEntry(index: $0, ballot: ballot) },
+      random: SeededRandom(seed: 2))
+    // Node 1 restarted with an old log, promised in node 2's ballot: node 2 does not reject its next one.
+    c.nodes[1] = MultiPaxosCore(
+      id: 1, members: c.members, options: options, hardState: PaxosHardState(promised: ballot),
+      random: SeededRandom(seed: 1))
+    c.expireLeases()
+    let prepares = PrepareCounts()
+    c.dropFilter = { from, to, message in
+      if from == 1, case .prepare = message { prepares.to[to, default: 0] += 1 }
+      return [4, 5].contains(from) || [4, 5].contains(to)
+    }
+    c.nodes[1]?.campaign()
+    c.stabilize()
+    #expect(c[1].role == .candidate)
+    #expect(c[1].refusedMessages == 1, "node 2's promise is dropped and node 2 set aside")
+    // Node 1 alone ticks, up to just before its election timeout: several retransmission rounds.
+    let ticks = c[1].currentElectionTimeout - 1
+    #expect(ticks >= 3 * options.retransmitTicks)
+    for _ in 0..<ticks {
+      c.nodes[1]?.tick()
+      c.stabilize()
+    }
+    #expect(c[1].role == .candidate)
+    #expect(prepares.to[4] ?? 0 >= 3 && prepares.to[5] ?? 0 >= 3, "retransmitted to the silent acceptors")
+    #expect(prepares.to[2] == 1, "node 2 was sent \(prepares.to[2] ?? 0) prepares")
+    #expect(prepares.to[3] == 1, "node 3 answered in full")
   }
 
   /// What a file storage holding `slots` recovers.
