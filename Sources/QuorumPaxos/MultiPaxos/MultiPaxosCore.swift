@@ -629,6 +629,11 @@ public struct MultiPaxosCore: Sendable {
   /// any options, which may have changed since) past the snapshot and the entries before it. The memory a
   /// recovered log takes is then bounded by what its entries take, times at most that reach.
   ///
+  /// A log written by a build from before this check (before 2026-12-07), whose acceptors stored proposals at
+  /// any distance, may hold wider gaps and is refused too: such a node cannot restart from its log. Restore
+  /// its data directory from a snapshot of a member of the group, or remove it from the group and add it back
+  /// as a new member with an empty data directory (it then receives a snapshot).
+  ///
   /// - Throws: ``PaxosRecoveryError/slotBeyondReach(slot:after:reach:)`` for the first entry further away.
   public static func validateRecovered(snapshot: PaxosSnapshot?, entries: [PaxosEntry]) throws(PaxosRecoveryError) {
     var end = snapshot?.index ?? 0

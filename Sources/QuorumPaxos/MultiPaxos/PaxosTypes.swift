@@ -142,9 +142,12 @@ public struct PaxosSnapshot: Sendable, Equatable {
 /// to look at (or replace) its data directory.
 public enum PaxosRecoveryError: Error, Sendable, Equatable, CustomStringConvertible {
   /// A recovered entry lies further past the entries (or snapshot) before it than any acceptor stores a
-  /// proposal (``MultiPaxosCore/maxAcceptReach`` slots past what it holds): the storage is damaged, or was
-  /// written by something else. Loading it would hold an empty record for every slot in between (slot 2^40 would
-  /// take terabytes).
+  /// proposal (``MultiPaxosCore/maxAcceptReach`` slots past what it holds): the storage is damaged, was written
+  /// by something else, or was written by a build from before this check (before 2026-12-07), whose acceptors
+  /// stored proposals at any distance and so could leave gaps wider than the reach. Loading it would hold an
+  /// empty record for every slot in between (slot 2^40 would take terabytes). Such a node cannot restart from
+  /// its log: restore its data directory from a snapshot of a member of the group, or remove it from the group
+  /// and add it back as a new member with an empty data directory (it then receives a snapshot).
   case slotBeyondReach(slot: Slot, after: Slot, reach: Slot)
 
   public var description: String {
@@ -152,7 +155,10 @@ public enum PaxosRecoveryError: Error, Sendable, Equatable, CustomStringConverti
     case .slotBeyondReach(let slot, let after, let reach):
       return
         "the recovered log holds slot \(slot) after slot \(after), more than the \(reach) slots past what it holds "
-        + "that an acceptor ever stores"
+        + "that an acceptor ever stores (the storage is damaged, or was written by a build from before 2026-12-07, "
+        + "which could leave gaps that wide); this node cannot restart from it: restore its data directory from "
+        + "a snapshot of a group member, or remove it from the group and add it back as a new member with an "
+        + "empty data directory"
     }
   }
 }
