@@ -247,6 +247,18 @@ final class SharedLogCore: @unchecked Sendable {
   /// files afresh.
   private func release() {
     if case .initial = phase, lockFile == nil { return }
+    if case .open = phase, syncsStructure, active != nil {
+      // Every path that ends the log (the last close, a forget or a failed recovery with no group open) leaves
+      // a marker after its last append, so that damage found in it later is corruption, not a torn write that
+      // replay would cut (a cut forget record would bring the forgotten group's records back).
+      do throws(StorageError) {
+        if dirty { try syncActive() }
+        if try active?.appendSyncMarker() == true { try syncActive() }
+      } catch {
+        logger.error(
+          "shared log: the closing sync marker failed", ["error": "\(error)", "directory": directory])
+      }
+    }
     snapshotQueue.sync {}
     timer?.cancel()
     timer = nil

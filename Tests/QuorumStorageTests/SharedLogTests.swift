@@ -826,6 +826,37 @@ struct SharedLogTests {
     }
   }
 
+  /// A forget with no group open ends the log too (it is opened for the forget and released after): a marker
+  /// follows the forget record, so a flipped bit in it is corruption, not a torn tail whose cut would bring the
+  /// forgotten group's records back.
+  @Test func aFlippedBitInAForgetRecordWrittenWithNoGroupOpenIsCorruption() async throws {
+    try await withTemporaryDirectory { directory in
+      var log = makeLog(directory)
+      let (a, b) = try await openTwo(log)
+      try await a.write(StorageWrite(hardState: hardState("a"), entries: entries(1...3)))
+      try await b.write(StorageWrite(hardState: hardState("b"), entries: entries(1...3)))
+      try await a.close()
+      try await b.close()
+      log = makeLog(directory)
+      #expect(try await log.forget(group: 2))
+      let path = try #require(try segmentFiles(directory).last)
+      var bytes = try readFile(path)
+      let forgetRecord = try #require(recordOffsets(bytes).starts.last)
+      #expect(recordOffsets(bytes, markers: true).starts.last != forgetRecord, "a marker follows the forget record")
+      bytes[forgetRecord + 9] ^= 0x10
+      try writeFile(path, bytes)
+      log = makeLog(directory)
+      let store = log.storage(for: 2, entry: TestEntry.self)
+      let error = await #expect(throws: StorageError.self) { _ = try await store.recover() }
+      guard case .corruptRecord(let file, let offset, _) = error else {
+        Issue.record("expected corruptRecord, got \(String(describing: error))")
+        return
+      }
+      #expect(file == path && offset == forgetRecord)
+      try await store.close()
+    }
+  }
+
   /// A crash may keep any prefix of the last write: a group record cut anywhere is a torn tail (its own
   /// records inside it, whole or not, are not "valid records after the damage"), and the write is lost whole.
   @Test func aGroupRecordCutAtEveryByteIsLostWhole() async throws {
