@@ -221,8 +221,12 @@ extension WALFiles {
       }
     }
     // The first append starts where the checkpoint ends: never in the last bytes of a sector.
-    let checkpoint =
+    let padded =
       WALFormat.needsFiller(endingAt: checkpoint.count) ? checkpoint + WALFormat.fillerRecord : checkpoint
+    // A header that is the whole checkpoint (a shared log's) takes in its filler: a segment that holds nothing
+    // else holds no more than its header (see WALActiveSegment.needsRotation).
+    let headerEnd = headerEnd >= checkpoint.count ? padded.count : headerEnd
+    let checkpoint = padded
     var renamed = false
     do throws(StorageError) {
       try file.write(checkpoint, at: 0)

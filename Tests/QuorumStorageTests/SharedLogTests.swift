@@ -857,6 +857,41 @@ struct SharedLogTests {
     }
   }
 
+  /// A segment's checkpoint that ends in the last bytes of a sector is followed by a filler, which is part of its
+  /// header: a segment holding only the two holds no records, so a write too large for it is appended there
+  /// rather than starting yet another segment (one made by a snapshot's reset).
+  @Test func aFreshSegmentWhoseCheckpointNeedsAFillerTakesALargeWrite() async throws {
+    try await withTemporaryDirectory { directory in
+      let log = makeLog(directory)
+      let store = log.storage(for: 1, entry: TestEntry.self)
+      _ = try await store.recover()
+      var next: UInt64 = 1
+      var stateBytes = 100
+      var checkpointEnd = 0
+      var bytes: [UInt8] = []
+      // The checkpoint grows with the group's hard state: adjust it until the checkpoint needs a filler.
+      for _ in 0..<4 {
+        try await store.write(
+          StorageWrite(
+            hardState: [UInt8](repeating: 7, count: stateBytes), entries: bigEntries(next...(next + 2))))
+        next += 3
+        try await store.saveSnapshot(StoredSnapshot(index: next - 1, term: 1, data: [1]), discardingLog: true)
+        bytes = try readFile(try #require(try segmentFiles(directory).last))
+        let last = try #require(recordOffsets(bytes, markers: true).starts.last)
+        checkpointEnd = bytes[last + 8] == fillerType ? last : bytes.count
+        if checkpointEnd % 512 > 503 { break }
+        stateBytes += (507 - checkpointEnd % 512 + 512) % 512
+      }
+      try #require(checkpointEnd % 512 > 503, "the checkpoint needs a filler")
+      #expect(bytes.count == checkpointEnd + 9, "the segment holds its checkpoint and a filler")
+      let segments = try await log.segmentSequences()
+      try await store.write(StorageWrite(entries: bigEntries(next...(next + 35))))
+      #expect(try await log.segmentSequences() == segments)
+      #expect(try readFile(try #require(try segmentFiles(directory).last)).count > 4096 - 512)
+      try await store.close()
+    }
+  }
+
   /// A crash may keep any prefix of the last write: a group record cut anywhere is a torn tail (its own
   /// records inside it, whole or not, are not "valid records after the damage"), and the write is lost whole.
   @Test func aGroupRecordCutAtEveryByteIsLostWhole() async throws {
