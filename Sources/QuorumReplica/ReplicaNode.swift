@@ -15,9 +15,10 @@ public protocol ReplicaObserver<Engine>: Sendable {
   func node(_ node: NodeID, group: GroupID, didPersist ready: ReplicaReady<Engine>)
   /// The node applied the committed `entry` to its state machine.
   func node(_ node: NodeID, group: GroupID, applied entry: Engine.Entry)
-  /// The node recorded a snapshot it stored itself and its engine compacted the log it keeps in memory up to
-  /// `compactedThrough` (its storage is compacted at least that far: a release of stored entries may have taken it
-  /// further already).
+  /// The node recorded a snapshot it stored itself and compacted its log: its storage is compacted at least through
+  /// `compactedThrough` (a release of stored entries may have taken it further already), which is where its engine
+  /// compacted the log it keeps in memory unless the storage's compaction was skipped for want of file descriptors
+  /// (then it is where the storage was compacted before; the compaction is left for the next snapshot or release).
   func node(_ node: NodeID, group: GroupID, recordedSnapshotAt index: UInt64, compactedThrough: UInt64)
 }
 
@@ -1020,7 +1021,9 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     if compactThrough > storageFloor {
       if try await compactSkippingStarved(through: compactThrough) { storageFloor = compactThrough }
     }
-    observer?.node(id, group: group, recordedSnapshotAt: snapshot.index, compactedThrough: compactThrough)
+    // What the storage holds: a compaction skipped for want of descriptors is reported as not done.
+    observer?.node(
+      id, group: group, recordedSnapshotAt: snapshot.index, compactedThrough: min(compactThrough, storageFloor))
     logger.info("snapshot taken", ["index": "\(snapshot.index)", "bytes": "\(snapshot.data.count)"])
   }
 

@@ -1,6 +1,7 @@
 import QuorumCore
 import QuorumKV
 import QuorumRaft
+import QuorumReplica
 import QuorumStorage
 import Synchronization
 import Testing
@@ -39,6 +40,18 @@ final class DescriptorStarvedStorage: ConsensusStorage, Sendable {
   func close() async throws { try await inner.close() }
 }
 
+/// Records how far each recorded snapshot's report says the storage is compacted.
+final class CompactionReports: ReplicaObserver, Sendable {
+  let reports = Mutex<[UInt64]>([])
+
+  func node(_ node: NodeID, group: GroupID, willCarryOut ready: ReplicaReady<RaftEngine>, engine: RaftEngine) {}
+  func node(_ node: NodeID, group: GroupID, didPersist ready: ReplicaReady<RaftEngine>) {}
+  func node(_ node: NodeID, group: GroupID, applied entry: LogEntry) {}
+  func node(_ node: NodeID, group: GroupID, recordedSnapshotAt index: UInt64, compactedThrough: UInt64) {
+    reports.withLock { $0.append(compactedThrough) }
+  }
+}
+
 @Suite("Running out of file descriptors", .timeLimit(.minutes(1)))
 struct DescriptorRetryTests {
   @Test("a write that finds no descriptor is retried: the node keeps running and commits once descriptors return")
@@ -63,6 +76,7 @@ struct DescriptorRetryTests {
   func nodeSkipsStarvedCompactions() async throws {
     let storage = DescriptorStarvedStorage()
     storage.compactFailures.store(1, ordering: .relaxed)
+    let observer = CompactionReports()
     let transport = InProcessTransport<RaftMessage>()
     let configuration = try LiveCluster.fast(members: [1]) {
       $0.snapshotEvery = 4
@@ -70,7 +84,7 @@ struct DescriptorRetryTests {
     }
     let node = RaftNode(
       id: 1, configuration: configuration, endpoint: try transport.bind(1), storage: storage, machine: KVStore(),
-      logger: QuorumLogger(label: "test", sink: NullLogSink()))
+      logger: QuorumLogger(label: "test", sink: NullLogSink()), observer: observer)
     let running = Task { try await node.run() }
     try await eventually("the single node to lead") { await node.status.role == .leader }
     var key = 0
@@ -80,6 +94,8 @@ struct DescriptorRetryTests {
       return storage.compacted.load(ordering: .relaxed) > 0
     }
     #expect(storage.compactRefused.load(ordering: .relaxed) == 1)
+    // The first snapshot's compaction was refused: its report says nothing was compacted.
+    #expect(observer.reports.withLock { $0.first } == 0)
     #expect(await node.localQuery(.get(key: "k\(key)")) == .value([1]))
     await node.shutdown()
     try await running.value
