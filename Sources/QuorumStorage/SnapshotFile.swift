@@ -164,9 +164,10 @@ enum SnapshotFile {
   ///
   /// Throws ``StorageError/corruptSnapshot(file:reason:)`` for damage, ``StorageError/incompatible(file:reason:)``
   /// for an unknown version, ``StorageError/io(operation:path:errno:)`` when it cannot be read. The version field
-  /// is not covered by the checksum: an unknown version whose file is otherwise a valid snapshot of this version
-  /// (sizes and checksum agree) is a damaged version field, so corruption, which lets recovery fall back to an
-  /// older snapshot; any other unknown version is incompatible.
+  /// is not covered by the checksum: an unknown version that differs from this one by a single flipped bit, in a
+  /// file that is otherwise a valid snapshot of this version (sizes and checksum agree), is a damaged version
+  /// field, so corruption, which lets recovery fall back to an older snapshot; any other unknown version is
+  /// incompatible.
   static func read(_ path: String, expectedIndex: UInt64) throws(StorageError) -> Loaded {
     let file = try PosixFile.open(path, flags: O_RDONLY)
     defer { file.close() }
@@ -186,6 +187,9 @@ enum SnapshotFile {
       let foundVersion = try reader.readFixed32()
       let knownVersion = foundVersion == UInt32(version)
       let incompatible = StorageError.incompatible(file: path, reason: "snapshot format version \(foundVersion)")
+      // Only a version a single flipped bit away from this one can be a damaged version field; any other is a
+      // format this build does not know, whatever the rest of the file holds.
+      if !knownVersion && (foundVersion ^ UInt32(version)).nonzeroBitCount != 1 { throw incompatible }
       let storedCRC = try reader.readFixed32()
       let index = try reader.readFixed64()
       let term = try reader.readFixed64()

@@ -988,7 +988,8 @@ struct FileStorageSnapshotTests {
 
   /// The version field (bytes 4-7) is outside the checksum. A flipped bit there, the rest of the file intact, is
   /// damage: recovery falls back to the older snapshot, as for any other damage. A file whose rest does not
-  /// check out as this version's snapshot is a format this build does not know: incompatible.
+  /// check out as this version's snapshot is a format this build does not know: incompatible; so is a version
+  /// more than one bit away from this one, even when the rest checks out as this version's snapshot.
   @Test func aDamagedVersionFieldIsDamageNotANewerFormat() async throws {
     try await withTemporaryDirectory { directory in
       var storage = makeStorage(directory)
@@ -1024,6 +1025,19 @@ struct FileStorageSnapshotTests {
         return
       }
       #expect(file == newest && reason == "snapshot format version 2")
+      try await storage.close()
+
+      // Version 2 (two bits away from 1) with the rest a valid version 1 snapshot: a newer format all the same.
+      bytes = pristine
+      bytes[4] = 2
+      try writeFile(newest, bytes)
+      storage = makeStorage(directory)
+      let newer = await #expect(throws: StorageError.self) { _ = try await storage.recover() }
+      guard case .incompatible(let newerFile, let newerReason) = newer else {
+        Issue.record("expected incompatible, got \(String(describing: newer))")
+        return
+      }
+      #expect(newerFile == newest && newerReason == "snapshot format version 2")
       try await storage.close()
     }
   }
