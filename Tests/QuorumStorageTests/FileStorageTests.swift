@@ -813,35 +813,68 @@ struct FileStorageRecoveryTests {
     }
   }
 
+  enum AppendStart: String, CaseIterable, Sendable {
+    /// After an append that would have ended in a sector's last 8 bytes, so ends in a filler.
+    case afterAFiller
+    /// At byte 503 of a sector: the last start that needs no filler (a record header fills the sector exactly).
+    case atByte503
+  }
+
   /// An append never ends in the last 8 bytes of a sector (a filler record follows it there): the next append
   /// then starts at least a record header before the sector's end, so when a power failure loses its first
   /// sector (the disk wrote the later ones), the zeros after the synced records show the lost sector, and the
   /// unacknowledged append is cut, not refused as corruption.
-  @Test func anAppendStartingNearASectorsEndThatLostItsFirstSectorIsATornWrite() async throws {
+  @Test(arguments: AppendStart.allCases)
+  func anAppendStartingNearASectorsEndThatLostItsFirstSectorIsATornWrite(_ start: AppendStart) async throws {
     try await withTemporaryDirectory { directory in
       let storage = makeStorage(directory, segmentBytes: 1 << 20)
       _ = try await storage.recover()
       let segment = try #require(try segmentFiles(directory).first)
       var written: [TestEntry] = []
-      // Appends of growing size until one would have ended in a sector's last 8 bytes (and ends in a filler);
-      // every one synced (fsync always), so the next append starts at the synced end.
-      var syncedEnd = 0
-      for index in UInt64(1)...600 {
+      // Every append synced (fsync always), so the next append starts at the synced end.
+      var syncedEnd = try readFile(segment).count
+      func append(payload: Int) async throws -> [UInt8] {
+        let index = UInt64(written.count) + 1
         let entry = TestEntry(
-          index, payload: [UInt8](repeating: UInt8(truncatingIfNeeded: index) | 1, count: Int(index)))
+          index, payload: [UInt8](repeating: UInt8(truncatingIfNeeded: index) | 1, count: payload))
         try await storage.write(StorageWrite(entries: [entry]))
         written.append(entry)
         let bytes = try readFile(segment)
         syncedEnd = bytes.count
         #expect(syncedEnd % 512 < 504, "an append ends at \(syncedEnd), in the last bytes of a sector")
-        let starts = recordOffsets(bytes, markers: true).starts
-        if syncedEnd % 512 >= 504 || bytes[starts[starts.count - 1] + 8] == fillerType { break }
+        return bytes
+      }
+      switch start {
+      case .afterAFiller:
+        // Appends of growing size until one would have ended in a sector's last 8 bytes (and ends in a filler).
+        var sawFiller = false
+        for payload in 1...600 {
+          let bytes = try await append(payload: payload)
+          let starts = recordOffsets(bytes, markers: true).starts
+          if bytes[starts[starts.count - 1] + 8] == fillerType {
+            sawFiller = true
+            break
+          }
+        }
+        #expect(sawFiller, "no append ended in a filler")
+      case .atByte503:
+        // An append (after one: from the second on, an append starts with a sync marker) measures what an
+        // append adds to its payload; the next ends exactly at byte 503 of a sector.
+        _ = try await append(payload: 200)
+        let before = syncedEnd
+        _ = try await append(payload: 200)
+        let overhead = syncedEnd - before - 200
+        var target = (syncedEnd / 512) * 512 + 503
+        while target - syncedEnd - overhead < 200 { target += 512 }
+        _ = try await append(payload: target - syncedEnd - overhead)
+        try #require(syncedEnd % 512 == 503, "the append ends at \(syncedEnd)")
       }
       let next = UInt64(written.count) + 1
       try await storage.write(StorageWrite(entries: pageEntries(next...(next + 11))))
       try await storage.close()
       var bytes = withoutCloseMarker(try readFile(segment))
       let boundary = (syncedEnd / 512 + 1) * 512
+      #expect(boundary - syncedEnd >= 9, "a record header fits before the sector's end")
       #expect(recordOffsets(bytes).starts.last! > boundary, "valid records follow the lost sector")
       for at in syncedEnd..<boundary { bytes[at] = 0 }  // the sector as the disk held it before the append
       try writeFile(segment, bytes)
