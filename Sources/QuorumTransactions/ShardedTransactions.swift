@@ -200,8 +200,9 @@ public final class ShardTransaction: Sendable {
 /// commit recorded first) and applies whatever was.
 ///
 /// **Answers lost.** A one-group commit whose answers are lost is settled by an abort in its group, which its log
-/// orders after the commit: committed, or aborted for good (the body runs again). A commit whose outcome still
-/// cannot be known throws ``ShardedTransactionError/outcomeUnknown(_:groups:)``; ``outcome(of:groups:)`` tells
+/// orders after the commit: committed, or aborted for good — the group remembers the abort, as a status query then
+/// confirms — and the body runs again. A commit whose outcome still cannot be known (the abort unanswered, or not
+/// remembered: the group may have forgotten a commit past the horizon) throws ``ShardedTransactionError/outcomeUnknown(_:groups:)``; ``outcome(of:groups:)`` tells
 /// later — for a one-group transaction, which leaves no record, only while its group remembers it (until
 /// ``TxnShardLimits/transactionHorizonMillis`` after its start).
 public actor ShardedTransactions {
@@ -341,7 +342,8 @@ public actor ShardedTransactions {
   }
 
   private func commitLocal(_ id: TxnID, group: GroupID, writes: [TxnWrite]) async throws {
-    // Applied twice, a one-shot commit answers the second time from the shard's memory of it: retrying is safe.
+    // Applied twice, a one-shot commit answers the second time from the shard's memory of it, while the shard
+    // remembers it; once forgotten, the repeat is refused, and `settleLocal` tells whether it committed.
     let attempt: (answer: TxnShardResponse, afterLoss: Bool)?
     do {
       attempt = try await retryingNotingLoss({
@@ -367,17 +369,27 @@ public actor ShardedTransactions {
   }
 
   /// Settles a one-shot commit of `id` whose outcome its answers did not tell (an attempt went unanswered): an
-  /// abort in its group, ordered by the group's log after every attempt that reached it. If one committed, the
-  /// abort answers so; otherwise the group remembers the abort, and a late attempt is refused (past the
-  /// transaction's horizon the group admits nothing of it anyway). A one-shot commit leaves no record: without
-  /// this, nothing would fence a late attempt, and a lookup after the group forgot it could not tell.
+  /// abort in its group, ordered by the group's log after every attempt that reached it. If one committed and the
+  /// group still remembers it, the abort answers so. An abort answered `aborted` proves nothing by itself: the
+  /// group answers so also when it records nothing — the transaction is past its horizon or its watermark (a
+  /// commit applied there may have been forgotten since), or starts too far ahead of the group's time (an attempt
+  /// still on its way may commit once that time catches up). So a linearizable status query, after the abort,
+  /// must find the abort remembered: then no attempt committed before it, and none can after (the group forgets it
+  /// only past the horizon or below its watermark, where it admits nothing of the transaction). A one-shot commit
+  /// leaves no record: without this, nothing would fence a late attempt.
   /// - Throws: ``Retry`` if it will never commit (the body runs again); ``ShardedTransactionError/outcomeUnknown(_:groups:)``
-  ///   if the abort got no answer either.
+  ///   if the group cannot tell (no answer, or the abort not remembered): running the body again could apply the
+  ///   transaction twice.
   private func settleLocal(_ id: TxnID, group: GroupID) async throws {
     let answer = try? await retrying({ try await self.channel.command(.abort(id), group: group) })
     switch answer {
     case .committed?: return
-    case .aborted?: throw Retry(why: "\(id): answers lost in \(group), settled as aborted there")
+    case .aborted?:
+      switch try? await channel.query(.status(id), group: group) {
+      case .status(.committed, _)?: return
+      case .status(.aborted, _)?: throw Retry(why: "\(id): answers lost in \(group), settled as aborted there")
+      default: throw ShardedTransactionError.outcomeUnknown(id, groups: [group])
+      }
     default: throw ShardedTransactionError.outcomeUnknown(id, groups: [group])
     }
   }

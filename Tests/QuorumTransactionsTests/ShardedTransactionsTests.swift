@@ -13,6 +13,16 @@ struct FrozenClock: NodeClock {
   func sleep(untilNanos deadline: UInt64) async throws {}
 }
 
+/// A clock that never waits and moves only when told: the client's transaction starts in these tests.
+final class MovableClock: NodeClock {
+  private let millis = Atomic<UInt64>(1_000_000)
+
+  func advance(byMillis delta: UInt64) { millis.add(delta, ordering: .relaxed) }
+  func monotonicNanos() -> UInt64 { 0 }
+  func wallClockMillis() -> UInt64 { millis.load(ordering: .relaxed) }
+  func sleep(untilNanos deadline: UInt64) async throws {}
+}
+
 /// Shards in memory behind a ``TxnShardChannel``: `a…` keys live in group 1, `b…` keys in group 2, records and
 /// numbers in group 1. `losesRequest` decides which commands are lost before they are applied, `losesAnswer` which
 /// are applied but answered with an error, `rejects` which are turned away before the log (``TxnShardRejection``).
@@ -200,6 +210,44 @@ struct ShardedTransactionsTests {
     let late = TxnShardCommand.commitLocal(id, reads: [], writes: [TxnWrite(key: "a1", value: Array("run 1".utf8))])
     #expect(try await lost.command(late, group: 1) == .aborted, "a late copy of the first attempt cannot commit")
     #expect(lost.value(of: "a1") == "run 2")
+  }
+
+  /// The group answers an abort `aborted` even when it records nothing, as for a transaction past its horizon: a
+  /// commit it applied and forgot since cannot be told from one that never came. Settling must then not run the
+  /// body again.
+  @Test("a one-group commit whose group forgot it before the settling abort is reported unknown, not run again")
+  func forgottenOneGroupCommitIsNotRunAgain() async throws {
+    let clock = MovableClock()
+    let shards = Mutex<InMemoryShards?>(nil)
+    let moved = Atomic<Bool>(false)
+    let channel = InMemoryShards(
+      losesRequest: { command, _ in
+        // The client is cut off past the horizon before its abort lands: the group forgets the commit meanwhile.
+        if case .abort = command, !moved.exchange(true, ordering: .relaxed) {
+          clock.advance(byMillis: 31_000)
+          shards.withLock { $0 }?.advance(byMillis: 31_000)
+        }
+        return false
+      },
+      losesAnswer: { command, _ in
+        if case .commitLocal = command { true } else { false }
+      })
+    shards.withLock { $0 = channel }
+    var options = ShardedTransactionOptions(coordinator: 7)
+    options.commandRetries = 1
+    options.maxAttempts = 2
+    let db = ShardedTransactions(channel: channel, options: options, clock: clock)
+    let runs = Atomic<Int>(0)
+    await #expect(throws: ShardedTransactionError.self) {
+      try await db.transaction { tx in
+        let count = Int(try await tx.getString("a1") ?? "0") ?? 0
+        runs.add(1, ordering: .relaxed)
+        tx.put("a1", String(count + 1))
+      }
+    }
+    #expect(channel.value(of: "a1") == "1", "applied once")
+    #expect(runs.load(ordering: .relaxed) == 1, "the body did not run again")
+    shards.withLock { $0 = nil }
   }
 
   /// The resolver settles the oldest first: one whose record group is down must not keep the others' locks held.
