@@ -27,12 +27,13 @@ public struct HostTxnChannel: TxnShardChannel {
 
   /// - Throws: ``QuorumTransactions/TxnShardRejection`` for a command the group certainly did not apply and would
   ///   refuse again (``QuorumClientError/rejected(_:)`` and ``QuorumClientError/refused(_:)``); the client's other
-  ///   errors as they are.
+  ///   errors as they are — among them ``HostError/replyTooLarge(bytes:limit:)``, a reply replaced after the
+  ///   command was applied: its effect is unknown to the client, as for a lost answer.
   public func command(_ command: TxnShardCommand, group: GroupID) async throws -> TxnShardResponse {
     let bytes: [UInt8]
     do {
       bytes = try await client.command(command.wireBytes(), service: TxnShardService.name, group: group)
-    } catch QuorumClientError.rejected(let error) {
+    } catch QuorumClientError.rejected(let error) where !Self.isAfterApplying(error) {
       throw TxnShardRejection("\(error)")
     } catch QuorumClientError.refused(let why) {
       throw TxnShardRejection(why)
@@ -42,6 +43,12 @@ public struct HostTxnChannel: TxnShardChannel {
     } catch {
       throw QuorumClientError.badReply("\(error)")
     }
+  }
+
+  /// Whether the group produced `error` after applying the command: the command took effect.
+  static func isAfterApplying(_ error: HostError) -> Bool {
+    if case .replyTooLarge = error { return true }
+    return false
   }
 
   public func query(_ query: TxnShardQuery, group: GroupID) async throws -> TxnShardQueryResult {

@@ -279,12 +279,20 @@ public actor ShardedTransactions {
   }
 
   /// A fresh transaction identifier of this client, started now.
+  /// - Throws: ``ShardedTransactionError/rejected(_:)`` if the group keeping this client's numbers turns the
+  ///   reservation away, ``ShardedTransactionError/badAnswer(_:)`` for an unexpected answer, and the channel's
+  ///   errors when no answer comes.
   public func nextID() async throws -> TxnID {
     if numbers.isEmpty {
       let coordinator = options.coordinator
       let group = try await channel.group(for: TxnShardService.numbersKey(for: coordinator))
-      let answer = try await channel.command(
-        .records(.reserve(coordinator: coordinator, count: options.numbersPerReservation)), group: group)
+      let answer: TxnShardResponse
+      do {
+        answer = try await channel.command(
+          .records(.reserve(coordinator: coordinator, count: options.numbersPerReservation)), group: group)
+      } catch let rejection as TxnShardRejection {
+        throw ShardedTransactionError.rejected("\(group): \(rejection)")
+      }
       guard case .record(.reserved(let first, let count)) = answer else {
         throw ShardedTransactionError.badAnswer("\(answer) to a reservation")
       }
@@ -307,9 +315,13 @@ public actor ShardedTransactions {
     for attempt in 0...max(0, options.readRetries) {
       if attempt > 0 { try await clock.sleep(for: options.readRetryPause) }
       // A read applied twice takes the same lock twice: retrying one whose answer was lost is safe.
-      guard let answer = try await retrying({ try await channel.command(.read(id, key: key), group: group) }) else {
-        throw Retry(why: "no answer to a read of \(key) from \(group)")
+      let reply: TxnShardResponse?
+      do {
+        reply = try await retrying({ try await channel.command(.read(id, key: key), group: group) })
+      } catch ShardedTransactionError.rejected(let why) {
+        throw ShardedTransactionError.rejected("\(group): \(why)")
       }
+      guard let answer = reply else { throw Retry(why: "no answer to a read of \(key) from \(group)") }
       switch answer {
       case .value(let value): return (value, group)
       case .conflict(let held): conflict = "\(held)"

@@ -33,6 +33,39 @@ struct BoundedRepliesTests {
     }
   }
 
+  /// The member replaces a reply too long for it after applying the command: a transaction read so answered took
+  /// its lock, and a commit so answered committed. The `txn` channel must not report it as a rejection (a command
+  /// certainly not applied), which the client would take for a final no.
+  @Test("a txn command whose reply is too large is not reported as turned away: it was applied")
+  func txnReplyTooLargeIsNoRejection() async throws {
+    let cluster = try Cluster(id: "replies-txn") {
+      Member("n1")
+      Group("g") { Transactions() }
+    }
+    try await withSingleMember(cluster, settings: cluster.hostSettings, maxReplyBytes: 4096) { _, kv in
+      let channel = HostTxnChannel(kv.client)
+      let db = ShardedTransactions(channel: channel, options: ShardedTransactionOptions(coordinator: 5))
+      try await db.transaction { tx in tx.put("big", [UInt8](repeating: 1, count: 10_000)) }
+      let id = try await db.nextID()
+      let group = try await channel.group(for: "big")
+      do {
+        _ = try await channel.command(.read(id, key: "big"), group: group)
+        Issue.record("a 10 kB value came back under a 4 kB limit")
+      } catch let rejection as TxnShardRejection {
+        Issue.record("an applied read reported as turned away: \(rejection)")
+      } catch let error as QuorumClientError {
+        guard case .rejected(.replyTooLarge) = error else {
+          Issue.record("unexpected \(error)")
+          return
+        }
+      }
+      guard case .status(.active, _) = try await channel.query(.status(id), group: group) else {
+        Issue.record("the read applied: its lock is held")
+        return
+      }
+    }
+  }
+
   @Test("over TCP with 1 MiB frames, a scan of 2.4 MB of values arrives whole, page by page")
   func scanLargerThanAFrame() async throws {
     var options = TCPTransportOptions()
