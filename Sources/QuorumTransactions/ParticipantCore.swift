@@ -80,7 +80,9 @@ public enum ParticipantEffect: Sendable, Hashable, CustomStringConvertible {
 /// - **One phase.** ``TransactionMessage/commitOnePhase(_:recordStore:)`` over this participant's own shared store
 ///   makes it the decider: it records its own commit durably there, then commits and answers
 ///   ``TransactionMessage/outcome(_:_:)``. Over another store (or from a coordinator when this participant's
-///   store is local) it is taken as a prepare with this participant alone, and answered with a vote.
+///   store is local) it is taken as a prepare with this participant alone, and answered with a vote. From a
+///   coordinator too old to name a store, to a participant whose store is local, it is refused: rolled back and
+///   answered with the outcome abort (that coordinator ignores votes in one phase).
 /// - **Before preparing** the participant may abort on its own: a transaction that began here
 ///   (``ParticipantInput/begin(_:)``) and sees no prepare within ``ParticipantOptions/unpreparedTimeoutTicks``
 ///   rolls back, and so does one whose peers ask about it (cooperative termination: it has not voted, so it can
@@ -281,8 +283,11 @@ public struct ParticipantCore: Sendable {
       // abort over its commit. It answers as to a prepare (a vote, and a no from a shared store that is not the
       // coordinator's), and the coordinator records the decision. A coordinator too old to say (`nil`) only sends
       // one phase from a shared store: taken as this one if this participant's is shared (as before the field).
-      let sameStore = store.map { $0 == recordStore } ?? (recordStore != nil)
-      if sameStore {
+      // To a participant with a local store, such a coordinator expects it to decide alone, which it no longer
+      // does; and it ignores a vote in one phase, so a prepare would hold locks until its horizon. It is refused.
+      if store == nil && recordStore == nil {
+        refuseOnePhase(txn, &effects)
+      } else if store.map({ $0 == recordStore }) ?? true {
         commitOnePhase(txn, &effects)
       } else {
         prepare(txn, [id], store, &effects)
@@ -341,6 +346,38 @@ public struct ParticipantCore: Sendable {
           startedTick: now, wakeTick: now, retryInterval: options.inquiry.initialTicks))
       effects.append(.prepare(txn))
     }
+  }
+
+  /// Refuses a one-phase commit from a coordinator older than ``TransactionMessage/commitOnePhase(_:recordStore:)``'s
+  /// store (wire tag 1) to this participant, whose store is local: it rolls back what the transaction did here and
+  /// answers ``TransactionMessage/outcome(_:_:)`` abort, which that coordinator understands (the transaction fails
+  /// at once instead of at its horizon). A transaction that ended here is answered from memory; one this
+  /// participant may have forgotten, or past its horizon, is not answered (it may have committed under an older
+  /// build), as for a one-phase commit.
+  private mutating func refuseOnePhase(_ txn: TxnID, _ effects: inout [ParticipantEffect]) {
+    if let transaction = tracked[txn] {
+      guard case .working = transaction.phase else { return }  // prepared by a prepare, or ending: not this
+      tracked[txn]?.onePhase = true
+      refuseWork(txn, &effects)  // applied, then answered with the outcome (abort)
+      return
+    }
+    if let outcome = ended[txn] {
+      let decision: TransactionDecision =
+        outcome == .aborted(certain: true) || outcome == .aborted(certain: false) ? .abort : .commit
+      effects.append(.send(TransactionOutgoing(to: txn.coordinator, .outcome(txn, decision))))
+      return
+    }
+    guard !ended.mayHaveForgotten(txn),
+      !txn.isPastHorizon(wallClockMillis, horizonMillis: options.transactionHorizonMillis),
+      tracked.count < options.maxTransactions
+    else { return }
+    // Unknown here: the application rolls back whatever it holds of it (nothing, most likely), then the answer.
+    track(
+      txn,
+      Tracked(
+        phase: .working, participants: [id], onePhase: true, startedTick: now, wakeTick: now,
+        retryInterval: options.inquiry.initialTicks))
+    refuseWork(txn, &effects)
   }
 
   private mutating func commitOnePhase(_ txn: TxnID, _ effects: inout [ParticipantEffect]) {

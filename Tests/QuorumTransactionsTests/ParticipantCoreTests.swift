@@ -339,10 +339,23 @@ struct ParticipantCoreTests {
       other.step(.message(from: 1, .commitOnePhase(txn(8), recordStore: nil))) == [.prepare(txn(8))],
       "a coordinator too old to name its store: one phase, as before")
     #expect(other.step(.voted(txn(8), .yes)) == [.recordDecision(txn(8), .commit)])
+  }
+
+  /// A coordinator older than the store field (wire tag 1) expects a participant with a local store to decide alone,
+  /// and ignores a vote in one phase: a prepare would hold the participant's locks until that coordinator's horizon.
+  @Test("a one-phase commit from a coordinator too old to name its store is refused by a local store, at once")
+  func oldOnePhaseRefusedByALocalStore() {
+    var local = ParticipantCore(id: 2, options: quickParticipantOptions())
+    _ = local.step(.begin(t))
+    #expect(local.step(.message(from: 1, .commitOnePhase(t, recordStore: nil))) == [.apply(t, .abort)])
+    #expect(local.step(.applied(t)) == [psend(1, .outcome(t, .abort))], "an outcome that coordinator understands")
+    #expect(local.status(of: t) == .aborted)
+    #expect(local.trackedCount == 0)
     #expect(
-      local.step(.message(from: 1, .commitOnePhase(txn(8), recordStore: nil))) == [.prepare(txn(8))])
+      local.step(.message(from: 1, .commitOnePhase(t, recordStore: nil))) == [psend(1, .outcome(t, .abort))], "a copy")
     #expect(
-      local.step(.voted(txn(8), .yes)) == [.recordPrepared(txn(8), participants: [2])],
-      "a local store is never the coordinator's shared one")
+      local.step(.message(from: 1, .commitOnePhase(txn(8), recordStore: nil))) == [.apply(txn(8), .abort)],
+      "unknown here: whatever the application holds of it is rolled back")
+    #expect(local.step(.applied(txn(8))) == [psend(1, .outcome(txn(8), .abort))])
   }
 }
