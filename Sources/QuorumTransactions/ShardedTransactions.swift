@@ -507,20 +507,25 @@ public actor ShardedTransactions {
 
   /// Sends `command` to every group (retrying lost answers); whether every group answered.
   private func send(_ command: TxnShardCommand, to groups: [GroupID]) async -> Bool {
+    await silentGroups(sending: command, to: groups).isEmpty
+  }
+
+  /// Sends `command` to every group (retrying lost answers); the groups that never answered.
+  private func silentGroups(sending command: TxnShardCommand, to groups: [GroupID]) async -> Set<GroupID> {
     let channel = self.channel
     let retries = options.commandRetries
-    return await withTaskGroup(of: Bool.self) { tasks in
+    return await withTaskGroup(of: GroupID?.self) { tasks in
       for group in groups {
         tasks.addTask {
           for _ in 0...max(0, retries) {
-            if (try? await channel.command(command, group: group)) != nil { return true }
+            if (try? await channel.command(command, group: group)) != nil { return nil }
           }
-          return false
+          return group
         }
       }
-      var all = true
-      for await answered in tasks { all = all && answered }
-      return all
+      var silent: Set<GroupID> = []
+      for await group in tasks { if let group { silent.insert(group) } }
+      return silent
     }
   }
 
@@ -605,26 +610,31 @@ public actor ShardedTransactions {
   ///
   /// One transaction that cannot be settled now (its record group does not answer) does not hold up the others: it
   /// is left to a later call, and so are the others of that record group in this call (one that just failed to
-  /// answer would most likely keep each waiting for its deadline).
+  /// answer would most likely keep each waiting for its deadline). Likewise a participant group that does not
+  /// answer the decision is not sent any other in this call: the decision is recorded, and that group's own
+  /// resolver applies it when it returns (its prepared transactions are in doubt there).
   /// - Throws: only if a group in `groups` cannot be asked what it holds in doubt.
   public func resolveInDoubt(minimumAgeMillis: UInt64, groups: [GroupID], limit: Int = 256) async throws -> Int {
     var settled = 0
+    // Record groups that did not answer a decision, and groups that did not answer a decision sent to them or a
+    // question (the latter are not asked to record one either).
     var unreachable: Set<GroupID> = []
+    var silent: Set<GroupID> = []
     for group in groups {
       let answer = try await channel.query(.inDoubt(minimumAgeMillis: minimumAgeMillis, limit: limit), group: group)
       guard case .inDoubt(let doubtful, _) = answer else {
         throw ShardedTransactionError.badAnswer("\(answer) to an in-doubt query")
       }
-      for entry in doubtful where !unreachable.contains(entry.recordGroup) {
+      for entry in doubtful where !unreachable.contains(entry.recordGroup) && !silent.contains(entry.recordGroup) {
         do {
-          if try await resolve(entry) { settled += 1 }
+          if try await resolve(entry, skipping: &silent) { settled += 1 }
         } catch is CancellationError {
           throw CancellationError()
         } catch {
           unreachable.insert(entry.recordGroup)
         }
       }
-      await finishUnfinished(in: group, minimumAgeMillis: minimumAgeMillis, limit: limit)
+      await finishUnfinished(in: group, minimumAgeMillis: minimumAgeMillis, limit: limit, skipping: &silent)
     }
     return settled
   }
@@ -632,7 +642,10 @@ public actor ShardedTransactions {
   /// Finishes the commit records kept in `group` whose transaction is no longer prepared in any of its groups.
   /// A record it cannot finish now (a group that does not answer, or still holds the transaction prepared) is
   /// left to a later call: a failure here must not hide what the in-doubt pass settled.
-  private func finishUnfinished(in group: GroupID, minimumAgeMillis: UInt64, limit: Int) async {
+  /// A group in `silent` is not asked (the record waits for a later call), and one that does not answer joins it.
+  private func finishUnfinished(
+    in group: GroupID, minimumAgeMillis: UInt64, limit: Int, skipping silent: inout Set<GroupID>
+  ) async {
     let answer = try? await channel.query(
       .records(.unfinished(minimumAgeMillis: minimumAgeMillis, limit: limit)), group: group)
     guard case .records(.records(let unfinished, _))? = answer else { return }
@@ -643,20 +656,31 @@ public actor ShardedTransactions {
       // A commit is recorded only once every group prepared it, and a group forgets a prepared transaction only
       // by applying its decision: none prepared means every group applied the commit.
       for party in record.participants {
-        let state = try? await channel.query(.status(record.id), group: GroupID(rawValue: party.rawValue))
-        guard case .status(let held, _)? = state else { continue records }  // cannot tell: later
+        let participant = GroupID(rawValue: party.rawValue)
+        guard !silent.contains(participant) else { continue records }
+        let state = try? await channel.query(.status(record.id), group: participant)
+        guard case .status(let held, _)? = state else {
+          silent.insert(participant)
+          continue records  // cannot tell: later
+        }
         if case .prepared = held { continue records }  // the in-doubt pass of that group applies it
       }
       _ = try? await channel.command(.records(.finished(record.id, node: record.id.coordinator)), group: group)
     }
   }
 
-  private func resolve(_ entry: TxnInDoubt) async throws -> Bool {
+  /// Settles `entry` in its record group and sends the decision to its groups but those in `silent`, adding those
+  /// that do not answer; whether every group of the transaction applied it.
+  private func resolve(_ entry: TxnInDoubt, skipping silent: inout Set<GroupID>) async throws -> Bool {
     let settle = TxnShardCommand.records(.decide(entry.id, .abort, participants: [], finisher: nil))
     guard case .record(.decided(let decision)) = try await channel.command(settle, group: entry.recordGroup) else {
       return false
     }
-    let applied = await send(decision == .commit ? .commit(entry.id) : .abort(entry.id), to: entry.participants)
+    let reachable = entry.participants.filter { !silent.contains($0) }
+    let unanswered = await silentGroups(
+      sending: decision == .commit ? .commit(entry.id) : .abort(entry.id), to: reachable)
+    silent.formUnion(unanswered)
+    let applied = unanswered.isEmpty && reachable.count == entry.participants.count
     if applied && decision == .commit {
       _ = try? await channel.command(
         .records(.finished(entry.id, node: entry.id.coordinator)), group: entry.recordGroup)

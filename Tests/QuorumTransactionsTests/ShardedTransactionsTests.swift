@@ -286,6 +286,42 @@ struct ShardedTransactionsTests {
     #expect(channel.value(of: "a2") == "y")
   }
 
+  /// Each decision sent to a group that does not answer waits out every retry (seconds each, over hosts): a pass
+  /// over many transactions prepared with a dead group would take minutes, holding the others' locks meanwhile.
+  @Test("a resolver pass sends no more decisions to a participant group that did not answer one")
+  func resolverSkipsASilentParticipant() async throws {
+    let clientAlive = Mutex(true)
+    let groupTwoDown = Mutex(false)
+    let sentToDownGroup = Atomic<Int>(0)
+    let channel = InMemoryShards(losesRequest: { command, group in
+      if case .records(.decide) = command, clientAlive.withLock({ $0 }) { return true }  // the client dies
+      guard group == 2, groupTwoDown.withLock({ $0 }) else { return false }
+      sentToDownGroup.add(1, ordering: .relaxed)
+      return true
+    })
+    let db = client(channel)
+    for n in 1...3 {
+      await #expect(throws: ShardedTransactionError.self) {
+        try await db.transaction { tx in
+          tx.put("a\(n)", "x")
+          tx.put("b\(n)", "x")
+        }
+      }
+    }
+    clientAlive.withLock { $0 = false }
+    groupTwoDown.withLock { $0 = true }
+    let resolver = client(channel, coordinator: 8)  // one retry: two sends per decision
+    #expect(try await resolver.resolveInDoubt(minimumAgeMillis: 0, groups: [1]) == 0, "none applied everywhere")
+    #expect(sentToDownGroup.load(ordering: .relaxed) == 2, "only the first decision went to the silent group")
+    // Every abort is recorded, and group 1's locks are free.
+    try await client(channel, coordinator: 9).transaction { tx in
+      for n in 1...3 { tx.put("a\(n)", "y") }
+    }
+    // Back, group 2's own resolver applies the recorded decisions.
+    groupTwoDown.withLock { $0 = false }
+    #expect(try await resolver.resolveInDoubt(minimumAgeMillis: 0, groups: [2]) == 3)
+  }
+
   /// A record per read-only transaction would fill the record table for nothing: it decides nothing any group waits on.
   @Test("a read-only transaction across groups commits without a decision record, and releases its locks")
   func readOnlyAcrossGroupsRecordsNothing() async throws {
