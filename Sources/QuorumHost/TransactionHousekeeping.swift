@@ -85,38 +85,34 @@ final class TransactionHousekeeping: Sendable {
     self.settled = settled
   }
 
-  /// Runs until the task is cancelled: the clock entries of every group in one loop, and each group's resolution
-  /// in a loop of its own, so that a pass that waits on an unreachable group (a record group without a majority,
-  /// say, for minutes) holds up neither the other groups' resolution nor the clock entry of a group this host
-  /// has just come to lead.
+  /// Runs until the task is cancelled: each group's clock entries and each group's resolution in loops of their
+  /// own, so that a group that waits (a pass on an unreachable record group, or a clock entry in a group this host
+  /// leads without a majority, for minutes) holds up neither the other groups' resolution nor the clock entry of
+  /// another group this host has just come to lead (its record table refuses decisions until then).
   func run() async {
     await withDiscardingTaskGroup { tasks in
-      tasks.addTask { await self.keepClocks() }
+      for group in groups { tasks.addTask { await self.keepClock(group) } }
       guard options.enabled else { return }
       for group in groups { tasks.addTask { await self.keepResolving(group) } }
     }
   }
 
-  /// Writes a clock entry in each group this host leads when it takes over and every ``clockInterval`` after.
-  private func keepClocks() async {
-    var clockWritten: [GroupID: UInt64] = [:]
+  /// Writes a clock entry in `group` when this host takes over its leadership and every ``clockInterval`` after.
+  private func keepClock(_ group: any HostedGroup) async {
+    var clockWritten: UInt64?
     while !Task.isCancelled {
       do {
         try await clock.sleep(for: Self.leadershipCheck)
       } catch {
         return
       }
+      guard await group.status().isLeader else {
+        clockWritten = nil
+        continue
+      }
       let now = clock.monotonicNanos()
-      for group in groups {
-        if Task.isCancelled { return }
-        let id = group.spec.id
-        guard await group.status().isLeader else {
-          clockWritten[id] = nil
-          continue
-        }
-        if clockWritten[id].map({ now &- $0 >= Self.clockInterval.nanoseconds }) ?? true {
-          if await writeClock(in: group) { clockWritten[id] = now }
-        }
+      if clockWritten.map({ now &- $0 >= Self.clockInterval.nanoseconds }) ?? true {
+        if await writeClock(in: group) { clockWritten = now }
       }
     }
   }
