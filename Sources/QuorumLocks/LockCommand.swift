@@ -66,7 +66,8 @@ public enum LockCommand: Hashable, Sendable, WireCodable, CustomStringConvertibl
       writer.write(session)
       writer.write(token)
     case .cancelWait(let lock, let session, nil):
-      // The original form (tag 5), kept byte for byte: entries in existing logs decode and apply as they did.
+      // The original form (tag 5), kept byte for byte: entries in existing logs still decode to it. (They apply as
+      // they did only with the default, unlimited LockTableLimits.maxExpiriesPerEntry.)
       writer.writeByte(5)
       writer.writeString(lock)
       writer.write(session)

@@ -325,18 +325,30 @@ public struct LockTableLimits: Hashable, Sendable {
   public var maxSemaphorePermits: UInt32
   /// The most entries one listing query returns. Default 1,000.
   public var maxListCount: Int
-  /// The most sessions one entry ends for their expiry. Default 64: each releases up to
-  /// ``maxHoldsPerSession`` locks, so this bounds an entry's work when a burst of sessions is due at once (a
-  /// client fleet cut off together). A session is over at its expiry whatever this says: the commands naming it
-  /// are answered as for an expired session and none of its waits is granted; releasing what it holds waits for
-  /// the following entries (``LockTable/nextDeadlineMillis`` stays due, so the leader writes them at once).
+  /// The most sessions one entry ends for their expiry. Default `Int.max`: unlimited, every due session is ended
+  /// in the first entry at or after its expiry, exactly as before this limit existed.
+  ///
+  /// A bounded value (an opt-in) bounds an entry's work when a burst of sessions is due at once (a client fleet cut
+  /// off together), since each releases up to ``maxHoldsPerSession`` locks. A session is over at its expiry whatever
+  /// this says: the commands naming it are answered as for an expired session and none of its waits is granted;
+  /// releasing what it holds waits for the following entries (``LockTable/nextDeadlineMillis`` stays due, so the
+  /// leader proposes them as time-only entries, one at a time at its ticks: about `maxExpiriesPerEntry` sessions
+  /// per tick when nothing else is written). Meanwhile the due sessions still count towards ``maxSessions``,
+  /// ``maxLocks`` and ``maxWaitersPerLock``, and a lock whose only holder is one answers a no-wait acquire `busy`.
+  ///
+  /// This is replicated behaviour, not a local tuning knob: it decides in which entry a session's locks are
+  /// released, and so which waiter is granted with which fencing token. Every member of a group must use the same
+  /// value from the group's first entry on (like the engine's session policy). Changing it on a group with
+  /// history makes replicas diverge: a member that re-applies old entries with another value (after restoring an
+  /// older snapshot, or during a rolling restart) ends a different set of sessions in them than the members that
+  /// applied them first.
   public var maxExpiriesPerEntry: Int
 
   /// Creates limits; every argument defaults to the value documented on its property.
   public init(
     maxSessions: Int = 100_000, maxLocks: Int = 100_000, maxWaitersPerLock: Int = 1_024, maxNameBytes: Int = 256,
     maxHoldsPerSession: Int = 1_024, minTTLMillis: UInt64 = 1_000, maxTTLMillis: UInt64 = 600_000,
-    maxSemaphorePermits: UInt32 = 10_000, maxListCount: Int = 1_000, maxExpiriesPerEntry: Int = 64
+    maxSemaphorePermits: UInt32 = 10_000, maxListCount: Int = 1_000, maxExpiriesPerEntry: Int = .max
   ) {
     self.maxSessions = maxSessions
     self.maxLocks = maxLocks

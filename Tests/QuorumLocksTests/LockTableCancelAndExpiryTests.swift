@@ -131,6 +131,30 @@ struct LockTableCancelAndExpiryTests {
     #expect(copy.snapshot() == table.snapshot())
   }
 
+  @Test("by default an entry ends every due session, however many, as before the bound existed (replayed logs agree)")
+  func defaultEndsEveryDueSession() {
+    var table = LockTable()
+    #expect(table.limits.maxExpiriesPerEntry == .max)
+    let count: UInt64 = 100
+    for i in 1...count { table.apply(i, at: 0, .openSession(ttlMillis: 1_000)) }
+    table.apply(count + 1, at: 0, .openSession(ttlMillis: 10_000))
+    for i in 1...count {
+      #expect(table.apply(count + 1 + i, at: 0, acquire("k\(i)", s(i))) == granted("k\(i)", s(i), t(count + 1 + i)))
+    }
+    #expect(table.apply(2 * count + 2, at: 0, acquire("k\(count)", s(count + 1))) == .queued(position: 0))
+    _ = table.takeEvents()
+    table.apply(2 * count + 3, at: 1_000, .advanceTime)
+    let events = table.takeEvents()
+    #expect(Self.expired(events).count == Int(count), "all 100 due sessions end in the one entry")
+    #expect(events.last == .granted(grant("k\(count)", s(count + 1), t(2 * count + 3))))
+    #expect(table.nextDeadlineMillis == 10_000)
+    #expect(
+      table.query(.counts)
+        == .counts(
+          LockTableCounts(
+            sessions: 1, locks: 1, holds: 1, waiters: 0, logTimeMillis: 1_000, appliedIndex: 2 * count + 3)))
+  }
+
   @Test("the expiry bound must be positive")
   func expiryBoundValidated() {
     #expect(throws: ConfigurationError.self) { _ = try LockTable(limits: LockTableLimits(maxExpiriesPerEntry: 0)) }
