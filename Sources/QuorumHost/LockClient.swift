@@ -25,8 +25,9 @@ public enum LockClientError: Error, Sendable, Equatable, CustomStringConvertible
   /// it. Refused at once; nothing was sent.
   case reentrant(lock: String, held: LockMode, requested: LockMode)
   /// The call needed a new session, but the client already has ``LockClientOptions/maxSessions`` sessions open in
-  /// the lock's group for that TTL (each taken for this lock by a lease, a call, or a clean-up after a failure).
-  /// Nothing was sent; try again once some are released.
+  /// the lock's group for that TTL that are stuck after failed calls (a clean-up in the background still works in
+  /// them, or they are retiring after one gave up), as happens while the members cannot be reached. Nothing was sent;
+  /// try again once the clean-ups are done.
   case tooManySessions(limit: Int)
 
   public var description: String {
@@ -218,12 +219,14 @@ public struct LockClientOptions: Sendable {
   public var renewFraction: Double = 1.0 / 3.0
   /// The longest one watch for a grant is held before the client checks the lock's state and watches again.
   public var watchInterval: Duration = .seconds(5)
-  /// The most sessions the client keeps open per group and TTL (default 64; at least 1). A call needs a session in
-  /// which its lock is neither held nor being acquired or released, so concurrent calls on one lock take a session
-  /// each, and while the members cannot be reached each background clean-up after a failed call keeps its lock taken
-  /// in its session for up to a minute and a half. A call that needs a new session at the limit fails at once with
-  /// ``LockClientError/tooManySessions(limit:)`` instead of opening one more, so an outage cannot make the sessions
-  /// grow with the call rate.
+  /// The most sessions stuck after failed calls that the client keeps open per group and TTL (default 64; at least
+  /// 1). A call needs a session in which its lock is neither held nor being acquired or released, so concurrent calls
+  /// on one lock take a session each; those are the caller's own concurrency and are not counted (it is bounded by the
+  /// lock table's own `maxSessions`). But while the members cannot be reached, each background clean-up after a
+  /// failed call keeps its lock taken in its session for up to a minute and a half, and a session whose clean-up gave
+  /// up is retired until it holds nothing. A call that needs a new session while this many sessions of the group and
+  /// TTL are in that state fails at once with ``LockClientError/tooManySessions(limit:)`` instead of opening one more,
+  /// so an outage cannot make the sessions grow with the call rate.
   public var maxSessions: Int = 64
 
   /// The defaults: a 10 s TTL, renewed every third of it.
@@ -257,8 +260,8 @@ public struct LockClientOptions: Sendable {
 /// client keeps about one session per concurrent call on its busiest lock, plus its first one. A call that failed
 /// with an unknown outcome (an acquire, a wait given up, a release) is undone in the background for that lock alone,
 /// which keeps the lock taken in its session for up to a minute and a half while the members cannot be reached:
-/// calls meanwhile use other sessions, up to ``LockClientOptions/maxSessions`` per group and TTL
-/// (``LockClientError/tooManySessions(limit:)`` beyond).
+/// calls meanwhile use other sessions, as long as fewer than ``LockClientOptions/maxSessions`` sessions of the group
+/// and TTL are stuck that way (``LockClientError/tooManySessions(limit:)`` beyond).
 ///
 /// The client is **not reentrant**: a lock call never returns a hold its caller already has. Inside the body of
 /// ``withLock(_:mode:ttl:timeout:_:)`` (and in the tasks the body starts, which inherit its task-local values), a
@@ -308,6 +311,8 @@ public actor LockClient {
   private var closes: UInt64 = 0
   /// The clean-ups in flight after a call failed with an unknown outcome (``cleanUp(_:in:token:queuedAt:)``).
   private var cleanUps: [UInt64: Task<Void, Never>] = [:]
+  /// The session each clean-up in ``cleanUps`` works in.
+  private var cleanUpSessions: [UInt64: SessionRef] = [:]
   private var nextCleanUp: UInt64 = 0
 
   /// How many times a clean-up tries before it retires its session, and how long it waits between tries at most.
@@ -430,6 +435,7 @@ public actor LockClient {
     keepAlives = [:]
     for task in cleanUps.values { task.cancel() }  // Closing the sessions ends their waits and holds.
     cleanUps = [:]
+    cleanUpSessions = [:]
     for ref in all.keys.sorted(by: { ($0.group, $0.id) < ($1.group, $1.id) }) {
       guard let session = all[ref] else { continue }
       session.lose()
@@ -690,6 +696,7 @@ public actor LockClient {
     session.begin(name)
     let id = nextCleanUp
     nextCleanUp += 1
+    cleanUpSessions[id] = SessionRef(group: session.group, id: session.id)
     cleanUps[id] = runtime.detached { [weak self] in
       await self?.runCleanUp(name, in: session, token: token, queuedAt: queuedAt, id: id)
     }
@@ -708,6 +715,7 @@ public actor LockClient {
       done = (try? await cleanUpOnce(name, in: session, token: token, queuedAt: queuedAt)) != nil
     }
     cleanUps[id] = nil
+    cleanUpSessions[id] = nil
     session.end(name)
     if !done && !session.isClosed { retire(session) }
     await closeIfIdle(session)
@@ -780,11 +788,17 @@ public actor LockClient {
         _ = await pending.value
         continue
       }
-      // Every open session of the group and TTL is taken for `name` (by a lease, a call, or a clean-up): at the
-      // limit, refuse rather than open more (an outage would otherwise grow them with the call rate).
-      let open = live.values.count { $0.group == group && UInt64($0.ttl.nanoseconds / 1_000_000) == key.ttlMillis }
+      // Every open session of the group and TTL is taken for `name` (by a lease, a call, or a clean-up). Sessions
+      // taken by leases and calls in flight are the caller's own concurrency, which is not refused; but at the limit
+      // of sessions stuck with a clean-up (or retiring after one gave up), refuse rather than open more: an outage
+      // would otherwise grow them with the call rate.
+      let stuck = Set(cleanUpSessions.values)
+      let blocked = live.values.count {
+        $0.group == group && UInt64($0.ttl.nanoseconds / 1_000_000) == key.ttlMillis
+          && ($0.isRetiring || stuck.contains(SessionRef(group: $0.group, id: $0.id)))
+      }
       let limit = max(1, options.maxSessions)
-      guard open < limit else { throw LockClientError.tooManySessions(limit: limit) }
+      guard blocked < limit else { throw LockClientError.tooManySessions(limit: limit) }
       let number = nextOpening
       nextOpening += 1
       let task = runtime.detached { [self] () async -> Result<Session, any Error> in

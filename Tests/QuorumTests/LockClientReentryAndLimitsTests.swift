@@ -44,33 +44,75 @@ extension LockClientTests {
   }
 
   @Test(
-    "a call that needs a session beyond the client's limit fails at once instead of opening one more",
+    "a hundred concurrent shared holds of one lock through one client are all granted with the default options",
     arguments: engines)
-  func sessionsAreBounded(_ engine: EngineKind) async throws {
+  func concurrencyIsNotRefused(_ engine: EngineKind) async throws {
+    try await Self.cluster(engine, "many-shared").withLocalMembers { members in
+      _ = try await Self.awaitLeader(members)
+      var patient = HostClientOptions()
+      patient.deadline = .seconds(60)
+      let locks = members.lockClient(lockOptions: Self.steadyLeases, options: patient, seed: 1)
+      let observer = members.lockClient(seed: 2)
+      try await closing([locks, observer]) {
+        let count = 100
+        // Each hold takes a session of its own (a session holds a lock once): more than the default 64.
+        let leases = try await withThrowingTaskGroup(of: LockLease.self) { group in
+          for _ in 0..<count { group.addTask { try await locks.lock("r", mode: .shared, timeout: .seconds(60)) } }
+          var leases: [LockLease] = []
+          for try await lease in group { leases.append(lease) }
+          return leases
+        }
+        #expect(Set(leases.map(\.session)).count == count)
+        #expect(try await observer.status(of: "r")?.holders.count == count)
+        for lease in leases { #expect(try await locks.unlock(lease)) }
+        #expect(try await observer.status(of: "r") == nil)
+      }
+    }
+  }
+
+  @Test(
+    "sessions stuck with clean-ups after failed calls are bounded: at the limit a call needing one more fails at once",
+    arguments: engines)
+  func stuckSessionsAreBounded(_ engine: EngineKind) async throws {
     try await Self.cluster(engine, "session-cap").withLocalMembers { members in
       _ = try await Self.awaitLeader(members)
       var options = Self.steadyLeases
       options.maxSessions = 2
-      let locks = members.lockClient(lockOptions: options, seed: 1)
+      let (locks, gate) = Self.gatedClient(members, options: options, seed: 1)
       let observer = members.lockClient(seed: 2)
       try await closing([locks, observer]) {
-        let held = try await locks.lock("a")
-        let waiting = Task { try await locks.lock("a", timeout: .seconds(60)) }
-        _ = try await awaitValue("the second call to queue in a second session") {
-          try await observer.status(of: "a")?.waiters.count == 1 ? true : nil
+        let warm = try await locks.lock("other")
+        #expect(try await locks.unlock(warm))
+        // Every command about "doomed" is applied but its answer lost, and no query is answered: each call fails with
+        // an unknown outcome and leaves a clean-up that keeps "doomed" taken in its session, so the next call needs
+        // another session.
+        gate.loseEveryReply { command in
+          switch command {
+          case .acquire("doomed", _, _, _, _), .release("doomed", _, _), .cancelWait("doomed", _, _): return true
+          default: return false
+          }
         }
-        // Both sessions are taken for "a": a third call may not open another.
+        for _ in 0..<2 {
+          await #expect(throws: (any Error).self) { _ = try await locks.lock("doomed", timeout: .seconds(60)) }
+        }
+        let status = try #require(try await observer.status(of: "doomed"))
+        #expect(Set(status.holders.map(\.session) + status.waiters.map(\.session)).count == 2)
+        // Two sessions are stuck: a third call may not open another.
         await #expect(throws: LockClientError.tooManySessions(limit: 2)) {
-          _ = try await locks.lock("a", timeout: .seconds(5))
+          _ = try await locks.lock("doomed", timeout: .seconds(5))
         }
-        #expect(try await observer.status(of: "a")?.waiters.count == 1, "nothing was sent")
+        let after = try #require(try await observer.status(of: "doomed"))
+        #expect(after.lastToken == status.lastToken && after.waiters == status.waiters, "nothing was sent")
         // Another lock still fits in the sessions already open.
-        let other = try await locks.lock("b", timeout: .seconds(30))
+        let other = try await locks.lock("other", timeout: .seconds(30))
         #expect(try await locks.unlock(other))
-        #expect(try await locks.unlock(held))
-        let next = try await waiting.value
-        #expect(next.token > held.token)
-        #expect(try await locks.unlock(next))
+        // Once the members answer again the clean-ups finish, and the lock can be taken.
+        gate.stopLosing()
+        let lease = try await awaitValue("the clean-ups to finish") {
+          try? await locks.tryLock("doomed", timeout: .seconds(5))
+        }
+        #expect(lease.token > status.lastToken)
+        #expect(try await locks.unlock(lease))
       }
     }
   }

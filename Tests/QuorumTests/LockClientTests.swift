@@ -755,6 +755,8 @@ final class GatedChannel: RequestChannel {
     var open = true
     var cut: Set<NodeID> = []
     var loseReply: (@Sendable (LockCommand) -> Bool)?
+    var keepLosing = false
+    var failQueries = false
     var closeAfterLoss = false
     var repliesLost = 0
     var holdReply: (@Sendable (LockCommand) -> Bool)?
@@ -780,6 +782,23 @@ final class GatedChannel: RequestChannel {
       $0.closeAfterLoss = thenClose
     }
   }
+  /// Loses the reply to every lock command matching `matches` (the commands themselves are delivered), and fails
+  /// every query, until ``stopLosing()``.
+  func loseEveryReply(_ matches: @escaping @Sendable (LockCommand) -> Bool) {
+    state.withLock {
+      $0.loseReply = matches
+      $0.keepLosing = true
+      $0.failQueries = true
+    }
+  }
+  /// Stops losing replies and failing queries.
+  func stopLosing() {
+    state.withLock {
+      $0.loseReply = nil
+      $0.keepLosing = false
+      $0.failQueries = false
+    }
+  }
   /// How many replies were lost.
   var repliesLost: Int { state.withLock { $0.repliesLost } }
   /// Holds the reply to the next lock command matching `matches` (the command itself is applied) until
@@ -799,6 +818,9 @@ final class GatedChannel: RequestChannel {
     guard state.withLock({ $0.open && !$0.cut.contains(member) }) else {
       throw RequestChannelError.unreachable(member, "cut off by the test")
     }
+    if state.withLock({ $0.failQueries }), case .query? = try? HostRequest(wireBytes: request) {
+      throw RequestChannelError.unreachable(member, "queries cut off by the test")
+    }
     let reply = try await inner.send(request, to: member, timeout: timeout)
     var command: LockCommand?
     if case .command(_, let body, _, _)? = try? HostRequest(wireBytes: request), body.service == LockService.name {
@@ -807,7 +829,7 @@ final class GatedChannel: RequestChannel {
     let lost = state.withLock { s -> Bool in
       guard s.open && !s.cut.contains(member) else { return true }
       guard let command, let matches = s.loseReply, matches(command) else { return false }
-      s.loseReply = nil
+      if !s.keepLosing { s.loseReply = nil }
       s.repliesLost += 1
       if s.closeAfterLoss { s.open = false }
       return true
