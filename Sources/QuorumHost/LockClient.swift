@@ -318,6 +318,8 @@ public actor LockClient {
   /// How many times a clean-up tries before it retires its session, and how long it waits between tries at most.
   private static let cleanUpAttempts = 8
   private static let cleanUpMaxBackOff = Duration.seconds(5)
+  /// How many cancels (or releases) one call, or one try of a clean-up, sends before it gives up on leaving a lock.
+  private static let leaveQueueTries = 4
 
   /// Creates a lock client over `host`, measuring leases on `clock` (the system's unless simulated).
   public init(
@@ -621,14 +623,9 @@ public actor LockClient {
   private func stopWaiting(_ name: String, session: Session, queuedAt: UInt64) async throws -> LockLease? {
     let grant: LockGrant?
     do {
-      let cancelled = try await run(
-        .cancelWait(lock: name, session: session.id, queuedAt: queuedAt), in: session.group)
-      if case .waitCancelled(true) = cancelled.value {
-        grant = nil
-      } else {
-        grant = try await sessionStatus(session)?.holds.first { $0.lock == name }
-      }
+      grant = try await leaveQueue(name, session: session, queuedAt: queuedAt)
     } catch {
+      // The wait may be another entry's than `queuedAt` (see `leaveQueue`): the clean-up finds it either way.
       cleanUp(name, in: session, token: nil, queuedAt: queuedAt)
       throw error
     }
@@ -641,6 +638,30 @@ public actor LockClient {
       throw CancellationError()
     }
     return try await deliver(grant, in: session)
+  }
+
+  /// Cancels `session`'s wait for `name`, queued by entry `queuedAt`; returns the grant of `name` the session holds
+  /// if the wait ended in one first. If the cancel finds no such wait but the session still waits for the lock, that
+  /// wait is this call's all the same (the lock is reserved to it in the session): the entry that queued it was not
+  /// the acquire's answer index (a duplicate answered from a snapshot that did not remember indexes, or an acquire
+  /// that found a wait of the session already queued, left by a call whose outcome was unknown). It is cancelled by
+  /// the entry the lock's status shows, a few times at most.
+  /// - Throws: when the members cannot be asked, or the session still waits after those tries.
+  private func leaveQueue(_ name: String, session: Session, queuedAt: UInt64) async throws -> LockGrant? {
+    var wait = queuedAt
+    for _ in 0..<Self.leaveQueueTries {
+      let cancelled = try await run(.cancelWait(lock: name, session: session.id, queuedAt: wait), in: session.group)
+      if case .waitCancelled(true) = cancelled.value { return nil }
+      guard let status = try await sessionStatus(session) else { return nil }
+      if let grant = status.holds.first(where: { $0.lock == name }) { return grant }
+      guard status.waits.contains(where: { $0.lock == name }) else { return nil }
+      guard
+        let shown = try await lockStatus(name, in: session.group)?.waiters.first(where: { $0.session == session.id })
+      else { continue }
+      wait = shown.queuedAt
+    }
+    throw LockClientError.unexpected(
+      "session \(session.id) still waits for \(name) after \(Self.leaveQueueTries) cancels")
   }
 
   /// The lease for `grant`, unless the client has given `session` up meanwhile (its deadline passed, or it was
@@ -728,18 +749,26 @@ public actor LockClient {
       _ = try await run(.release(lock: name, session: session.id, token: token), in: session.group)
       return
     }
-    // The lock is taken in the session for this clean-up, so a wait of the session for it is the failed call's.
+    // The lock is taken in the session for this clean-up, so a wait of the session for it is the failed call's,
+    // whichever entry queued it (`queuedAt` may not be that entry: see `leaveQueue`). Done only once the session
+    // neither waits for nor holds the lock (an acquire of unknown outcome may be applied after a status was read).
     var wait = queuedAt
-    if wait == nil {
+    for _ in 0..<Self.leaveQueueTries {
+      if let queued = wait {
+        let cancelled = try await run(
+          .cancelWait(lock: name, session: session.id, queuedAt: queued), in: session.group)
+        wait = nil
+        if case .waitCancelled(true) = cancelled.value { continue }  // Checked again in the next turn.
+      }
+      guard let status = try await sessionStatus(session) else { return }  // Gone, with its waits and holds.
+      if let hold = status.holds.first(where: { $0.lock == name }) {
+        _ = try await run(.release(lock: name, session: session.id, token: hold.token), in: session.group)
+        continue
+      }
+      guard status.waits.contains(where: { $0.lock == name }) else { return }
       wait = try await lockStatus(name, in: session.group)?.waiters.first { $0.session == session.id }?.queuedAt
     }
-    if let wait {
-      let cancelled = try await run(
-        .cancelWait(lock: name, session: session.id, queuedAt: wait), in: session.group)
-      if case .waitCancelled(true) = cancelled.value { return }
-    }
-    guard let hold = try await sessionStatus(session)?.holds.first(where: { $0.lock == name }) else { return }
-    _ = try await run(.release(lock: name, session: session.id, token: hold.token), in: session.group)
+    throw LockClientError.unexpected("session \(session.id) still has \(name) after \(Self.leaveQueueTries) tries")
   }
 
   // MARK: - Sessions

@@ -156,3 +156,51 @@ extension LockClientTests {
     }
   }
 }
+
+/// Leaving a queue whose wait was queued by another entry than the acquire's answer names.
+extension LockClientTests {
+  /// Queues `session` for `name` by hand, as a call of unknown outcome can leave it: a wait no call stands for.
+  static func orphanWait(_ name: String, session: LockSessionID, through client: LockClient) async throws -> UInt64 {
+    let bytes = try await client.host.command(
+      LockCommand.acquire(lock: name, session: session, mode: .exclusive, wait: true, waitTimeoutMillis: nil)
+        .wireBytes(), service: LockService.name, group: Self.group)
+    #expect(try LockResponse(wireBytes: bytes) == .queued(position: 0))
+    let status = try #require(try await client.status(of: name))
+    return try #require(status.waiters.first { $0.session == session }?.queuedAt)
+  }
+
+  @Test(
+    "a call that gives up its wait leaves the queue even when its wait was queued by an earlier entry",
+    arguments: engines)
+  func leavesOrphanedWait(_ engine: EngineKind) async throws {
+    try await Self.cluster(engine, "orphan-wait").withLocalMembers { members in
+      _ = try await Self.awaitLeader(members)
+      let (locks, gate) = Self.gatedClient(members, options: Self.steadyLeases, seed: 1)
+      let holder = members.lockClient(lockOptions: Self.steadyLeases, seed: 2)
+      try await closing([locks, holder]) {
+        let warm = try await locks.lock("warm-up")
+        let session = warm.session
+        #expect(try await locks.unlock(warm))
+        let x = try await holder.lock("x")
+        let y = try await holder.lock("y")
+        // The client's session already waits for "x"; its call re-enters that wait, and the answer's index is the
+        // call's own entry, not the one that queued the wait.
+        let orphan = try await Self.orphanWait("x", session: session, through: holder)
+        #expect(try await locks.tryLock("x", timeout: .seconds(2)) == nil)
+        #expect(try await holder.status(of: "x")?.waiters == [], "the wait of entry \(orphan) is left behind")
+        // The same when the call's cancel goes unanswered and a background clean-up takes over.
+        _ = try await Self.orphanWait("y", session: session, through: holder)
+        gate.loseEveryReply { if case .cancelWait("y", _, _) = $0 { true } else { false } }
+        await #expect(throws: (any Error).self) { _ = try await locks.tryLock("y", timeout: .seconds(2)) }
+        gate.stopLosing()
+        _ = try await awaitValue("the clean-up to leave the queue of y") {
+          try await holder.status(of: "y")?.waiters.isEmpty == true ? true : nil
+        }
+        #expect(try await holder.unlock(x))
+        #expect(try await holder.unlock(y))
+        #expect(try await holder.status(of: "x") == nil, "nobody was granted")
+        #expect(try await holder.status(of: "y") == nil, "nobody was granted")
+      }
+    }
+  }
+}
