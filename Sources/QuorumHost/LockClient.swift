@@ -21,8 +21,9 @@ public enum LockClientError: Error, Sendable, Equatable, CustomStringConvertible
   case closed
   /// The calling task already holds `lock` in `held` mode through an enclosing
   /// ``LockClient/withLock(_:mode:ttl:timeout:_:)`` of a client on the same ``HostClient``, and asked for it in
-  /// `requested` mode where one of the two is exclusive: the call could only wait for its own caller to release
-  /// it. Refused at once; nothing was sent.
+  /// `requested` mode where one of the two is exclusive, or asked for a permit of a semaphore whose every permit the
+  /// enclosing calls hold (its only one, for a semaphore of one permit): the call could only wait for its own caller
+  /// to release it. Refused at once; nothing was sent.
   case reentrant(lock: String, held: LockMode, requested: LockMode)
   /// The call needed a new session, but the client already has ``LockClientOptions/maxSessions`` sessions open in
   /// the lock's group for that TTL that are stuck after failed calls (a clean-up in the background still works in
@@ -266,11 +267,19 @@ public struct LockClientOptions: Sendable {
 /// The client is **not reentrant**: a lock call never returns a hold its caller already has. Inside the body of
 /// ``withLock(_:mode:ttl:timeout:_:)`` (and in the tasks the body starts, which inherit its task-local values), a
 /// call for the same lock through a client on the same ``HostClient`` where the enclosing hold or the new request
-/// is exclusive fails at once with ``LockClientError/reentrant(lock:held:requested:)``, rather than waiting for its
-/// own caller until its timeout; a shared or semaphore request while holding the same mode takes a hold of its own
-/// (it may wait behind a queued writer, or for a free permit). The client cannot tell which task holds a lease
-/// returned by ``lock(_:mode:ttl:timeout:)``, so a task that calls `lock` again for a lock it holds that way waits
-/// like any other caller: use `withLock` for nested locking.
+/// is exclusive, or a semaphore request while the enclosing calls hold every permit (the only one, for a semaphore
+/// of one permit), fails at once with ``LockClientError/reentrant(lock:held:requested:)``, rather than waiting for
+/// its own caller until its timeout. A semaphore request while holding fewer permits takes one of its own, and may
+/// wait for another caller to free one. A shared request while holding the lock shared also takes a hold of its
+/// own, and it is granted at once only while no writer waits: queues are first in, first out, so once another
+/// caller's exclusive request waits for the outer shared hold, the inner request queues behind that writer, which
+/// waits for the outer hold, which waits for the inner request. That deadlock lasts until the inner call's timeout
+/// (a day by default for ``lock(_:mode:ttl:timeout:)``): nest shared holds only with a timeout, or take the lock
+/// once. (The client does not refuse shared-in-shared: without a waiting writer it is granted at once, and a
+/// refusal would break nested readers that never meet one.)
+///
+/// The client cannot tell which task holds a lease returned by ``lock(_:mode:ttl:timeout:)``, so a task that calls
+/// `lock` again for a lock it holds that way waits like any other caller: use `withLock` for nested locking.
 public actor LockClient {
   private struct SessionKey: Hashable {
     var group: GroupID
@@ -466,10 +475,14 @@ public actor LockClient {
 
   private func acquire(_ name: String, mode: LockMode, ttl: Duration, wait: Duration) async throws -> LockLease? {
     let hostID = ObjectIdentifier(host)
-    if let held = Self.enclosingLeases.last(where: {
-      $0.host == hostID && $0.lease.name == name && $0.lease.isValid
-        && ($0.lease.mode == .exclusive || mode == .exclusive)
-    }) {
+    let enclosing = Self.enclosingLeases.filter { $0.host == hostID && $0.lease.name == name && $0.lease.isValid }
+    if let held = enclosing.last(where: { $0.lease.mode == .exclusive || mode == .exclusive }) {
+      throw LockClientError.reentrant(lock: name, held: held.lease.mode, requested: mode)
+    }
+    // A permit inside holds of every permit (one, for a semaphore of one) could only wait for its own callers.
+    if case .semaphore(let permits) = mode, let held = enclosing.last,
+      enclosing.count(where: { $0.lease.mode == mode }) >= Int(permits)
+    {
       throw LockClientError.reentrant(lock: name, held: held.lease.mode, requested: mode)
     }
     let group = try await host.group(for: name, service: LockService.name)

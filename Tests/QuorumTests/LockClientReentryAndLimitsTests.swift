@@ -44,6 +44,36 @@ extension LockClientTests {
   }
 
   @Test(
+    "a permit inside holds of every permit of the semaphore fails at once as reentrant; inside fewer it is granted",
+    arguments: engines)
+  func permitInEveryPermitIsRefused(_ engine: EngineKind) async throws {
+    try await Self.cluster(engine, "reentry-permits").withLocalMembers { members in
+      _ = try await Self.awaitLeader(members)
+      let locks = members.lockClient(lockOptions: Self.steadyLeases, seed: 1)
+      try await closing([locks]) {
+        let one = LockMode.semaphore(permits: 1)
+        _ = try await locks.withLock("s1", mode: one) { _ in
+          // Without the check this would wait out its timeout and throw timedOut.
+          await #expect(throws: LockClientError.reentrant(lock: "s1", held: one, requested: one)) {
+            _ = try await locks.lock("s1", mode: one, timeout: .seconds(5))
+          }
+        }
+        let two = LockMode.semaphore(permits: 2)
+        _ = try await locks.withLock("s2", mode: two) { _ in
+          // One of two permits held: the second is free, and granted.
+          try await locks.withLock("s2", mode: two) { _ in
+            await #expect(throws: LockClientError.reentrant(lock: "s2", held: two, requested: two)) {
+              _ = try await locks.lock("s2", mode: two, timeout: .seconds(5))
+            }
+          }
+        }
+        #expect(try await locks.status(of: "s1") == nil)
+        #expect(try await locks.status(of: "s2") == nil)
+      }
+    }
+  }
+
+  @Test(
     "a hundred concurrent shared holds of one lock through one client are all granted with the default options",
     arguments: engines)
   func concurrencyIsNotRefused(_ engine: EngineKind) async throws {
