@@ -278,6 +278,13 @@ public struct LockClientOptions: Sendable {
 /// once. (The client does not refuse shared-in-shared: without a waiting writer it is granted at once, and a
 /// refusal would break nested readers that never meet one.)
 ///
+/// "The tasks the body starts" includes `Task {}`, which inherits task-local values: such a task that reaches an
+/// acquire of the lock while the enclosing hold is still valid is refused, even if it meant to wait for the body to
+/// finish. A task that should wait for the lock like any other caller must be started with `Task.detached`, which
+/// inherits nothing. A zero-timeout ``tryLock(_:mode:ttl:timeout:)`` inside its own hold is refused the same way
+/// (it throws ``LockClientError/reentrant(lock:held:requested:)`` rather than returning `nil`): it could only find
+/// the lock taken by its own caller.
+///
 /// The client cannot tell which task holds a lease returned by ``lock(_:mode:ttl:timeout:)``, so a task that calls
 /// `lock` again for a lock it holds that way waits like any other caller: use `withLock` for nested locking.
 public actor LockClient {
