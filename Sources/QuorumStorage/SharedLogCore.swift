@@ -579,6 +579,15 @@ final class SharedLogCore: @unchecked Sendable {
 
   // MARK: Snapshots and compaction (on `queue`)
 
+  /// Runs `body` on the snapshot queue, where snapshot files are written while the log's queue goes on.
+  private func onSnapshotQueue<T: Sendable>(_ body: @escaping @Sendable () throws(StorageError) -> T) async throws
+    -> T
+  {
+    try await withCheckedThrowingContinuation { continuation in
+      snapshotQueue.async { continuation.resume(with: Result { () throws(StorageError) -> T in try body() }) }
+    }
+  }
+
   /// Installs a leader's snapshot, discarding the group's log. The snapshot's body is written and synced on the
   /// snapshot queue, off the writer every group shares, so a large snapshot does not hold up the other groups'
   /// writes (and with them their replicas' turns: a leader waiting on the log sends no heartbeat); the writer
@@ -590,15 +599,10 @@ final class SharedLogCore: @unchecked Sendable {
     let directory = snapshotDirectory(group)
     let sync = policy != .never
     let suffix = ".\(instanceToken).\(snapshotSequence.add(1, ordering: .relaxed).newValue).tmp"
-    let body: SnapshotFile.PreparedBody = try await withCheckedThrowingContinuation { continuation in
-      snapshotQueue.async {
-        continuation.resume(
-          with: Result { () throws(StorageError) -> SnapshotFile.PreparedBody in
-            self.snapshotBodyHook.withLock { $0 }?()
-            if closed() { throw .closed }
-            return try SnapshotFile.writeBody(snapshot, directory: directory, sync: sync, suffix: suffix)
-          })
-      }
+    let body = try await onSnapshotQueue { () throws(StorageError) in
+      self.snapshotBodyHook.withLock { $0 }?()
+      if closed() { throw .closed }
+      return try SnapshotFile.writeBody(snapshot, directory: directory, sync: sync, suffix: suffix)
     }
     try await perform { () throws(StorageError) in
       do throws(StorageError) {
@@ -646,15 +650,10 @@ final class SharedLogCore: @unchecked Sendable {
     let directory = snapshotDirectory(group)
     let sync = policy != .never
     let suffix = ".\(instanceToken).\(snapshotSequence.add(1, ordering: .relaxed).newValue).tmp"
-    let temporary: String = try await withCheckedThrowingContinuation { continuation in
-      snapshotQueue.async {
-        continuation.resume(
-          with: Result { () throws(StorageError) -> String in
-            if closed() { throw .closed }
-            return try SnapshotFile.writeTemporary(
-              snapshot, discardBeforeSegment: 0, directory: directory, sync: sync, suffix: suffix)
-          })
-      }
+    let temporary = try await onSnapshotQueue { () throws(StorageError) in
+      if closed() { throw .closed }
+      return try SnapshotFile.writeTemporary(
+        snapshot, discardBeforeSegment: 0, directory: directory, sync: sync, suffix: suffix)
     }
     try await perform { () throws(StorageError) in
       do throws(StorageError) {

@@ -51,34 +51,10 @@ enum SnapshotFile {
   static func writeTemporary(
     _ snapshot: StoredSnapshot, discardBeforeSegment: UInt64, directory: String, sync: Bool, suffix: String
   ) throws(StorageError) -> String {
-    let temporary = directory + "/" + fileName(index: snapshot.index) + suffix
-    var header = WireWriter(reservingCapacity: headerBytes)
-    header.writeFixed32(magic)
-    header.writeFixed32(UInt32(version))
-    header.writeFixed32(0)  // CRC, patched below
-    header.writeFixed64(snapshot.index)
-    header.writeFixed64(snapshot.term)
-    header.writeFixed64(discardBeforeSegment)
-    header.writeFixed64(UInt64(snapshot.metadata.count))
-    header.writeFixed64(UInt64(snapshot.data.count))
-    var crc = CRC32C.checksum(header.bytes[12...])
-    crc = CRC32C.checksum(snapshot.metadata, continuing: crc)
-    crc = CRC32C.checksum(snapshot.data, continuing: crc)
-    header.patchFixed32(crc, at: 8)
-
-    let file = try PosixFile.open(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC)
-    do {
-      try file.write(header.bytes, at: 0)
-      try file.write(snapshot.metadata, at: headerBytes)
-      try file.write(snapshot.data, at: headerBytes + snapshot.metadata.count)
-      if sync { try file.fullSync() }
-      file.close()
-    } catch {
-      file.close()
-      try? FileSystem.remove(temporary)
-      throw error
-    }
-    return temporary
+    // The body unsynced, then the header: its sync makes the whole file durable (one sync, as for one write).
+    let body = try writeBody(snapshot, directory: directory, sync: false, suffix: suffix)
+    try finish(body, discardBeforeSegment: discardBeforeSegment, sync: sync)
+    return body.temporary
   }
 
   /// A snapshot's temporary file holding its body (metadata and data) but not yet its header: what
@@ -122,7 +98,8 @@ enum SnapshotFile {
 
   /// Writes the header of a body from ``writeBody(_:directory:sync:suffix:)`` and (with `sync`) syncs it: one
   /// small write, whose checksum over the whole file comes from the body's own checksum without reading the body
-  /// again (crc(A + B) = x^(8|B|) · crc(A) ⊕ crc(B)). The file is then a complete temporary snapshot, for
+  /// again (crc(A + B) = x^(8|B|) · crc(A) ⊕ crc(B)); its sync also makes an unsynced body durable (`fdatasync`
+  /// writes the file's data and the size needed to read it). The file is then a complete temporary snapshot, for
   /// ``publish(_:index:directory:sync:)``. On failure the file is removed.
   static func finish(_ body: PreparedBody, discardBeforeSegment: UInt64, sync: Bool) throws(StorageError) {
     var header = WireWriter(reservingCapacity: headerBytes)
