@@ -42,8 +42,9 @@ import Synchronization
 ///
 /// The first group to call ``SharedLogStorage/recover()`` locks the directory and reads every segment once,
 /// with ``FileStorage``'s rules for torn tails and corruption, noting where each group's records are (not the
-/// records themselves, so memory does not grow with the log). Each group then reads back and replays its own
-/// records with its own entry type when it recovers, exactly as a ``FileStorage``
+/// records themselves: a few dozen bytes per record of a group not yet recovered, so a log of many small
+/// writes still costs memory in proportion to its length until its groups recover). Each group then reads back
+/// and replays its own records with its own entry type when it recovers, exactly as a ``FileStorage``
 /// replays its log, so a group's entry that does not decode is reported to that group (with the file and
 /// offset). The torn tail of the log, if one was cut, appears in the report of every group.
 ///
