@@ -1177,6 +1177,13 @@ public struct RaftCore: Sendable {
         progress[from] = pr
       }
     case .heartbeatResponse(let m):
+      // A follower echoes the round of a heartbeat this leader sent it, so no honest answer names a round this
+      // leader has not started. Counted, such an answer would acknowledge every later round in advance: reads and
+      // leases would be confirmed without that member hearing of them (by this leader alone, in a group of three).
+      guard m.round <= readRound else {
+        refusedMessages &+= 1
+        return
+      }
       pr.probeSent = false
       pr.ackedRound = max(pr.ackedRound, m.round)
       // If every AppendEntries in the window was lost, no acknowledgement will ever free it. The follower is

@@ -61,6 +61,24 @@ struct AbsurdTermTests {
     #expect(leader.role == .leader)
   }
 
+  @Test("a leader drops a heartbeat answer naming a read round it never started, and confirms no read with it")
+  func heartbeatAnswerToAnUnstartedRound() throws {
+    var leader = makeCore(1, peers: ids(3))
+    leader.forceLeader()
+    // Its no-op commits, so reads are served from now on.
+    leader.step(.appendResponse(AppendResponse(term: leader.term, reject: false, index: leader.lastIndex)), from: 2)
+    _ = leader.readMessages()
+    // Node 2 answers a round far ahead of any heartbeat sent: it is refused.
+    leader.step(.heartbeatResponse(HeartbeatResponse(term: leader.term, round: 1_000_000)), from: 2)
+    #expect(leader.refusedMessages == 1)
+    // The read's round starts; neither that nor an old answer from node 2 may confirm it: node 2 has not heard
+    // of the round, and node 3 has not answered, so only the leader itself vouches for it.
+    try leader.requestRead(id: 1)
+    #expect(leader.persistReady().readStates.isEmpty)
+    leader.step(.heartbeatResponse(HeartbeatResponse(term: leader.term, round: 0)), from: 2)
+    #expect(leader.persistReady().readStates.isEmpty)
+  }
+
   @Test("the decoder refuses a term past the bound")
   func decoderRefusesImpossibleTerms() {
     let refused: [RaftMessage] = [
