@@ -25,7 +25,11 @@ extension NodeClock {
   }
 }
 
-/// The operating system's clocks: `CLOCK_MONOTONIC` (through `ContinuousClock`) and `CLOCK_REALTIME`.
+/// The operating system's clocks: `ContinuousClock` (on Linux `CLOCK_BOOTTIME`) and `CLOCK_REALTIME`.
+///
+/// Leases need a clock that keeps counting while the machine is suspended, as `CLOCK_BOOTTIME` does:
+/// with `CLOCK_MONOTONIC`, which stops during a suspend, a leader resumed from a suspended VM would believe its
+/// lease still held after its followers had elected another leader, and serve stale lease reads.
 public struct SystemClock: NodeClock {
   private let origin = ContinuousClock.now
 

@@ -274,6 +274,10 @@ public protocol ReplicatedLog<Machine>: Sendable {
     -> Machine.Response
 
   /// Answers `query` from replicated state at the given consistency.
+  ///
+  /// This call carries no client position, so a log serves ``ReadConsistency/session`` as
+  /// ``ReadConsistency/linearizable``: answering from whatever a replica has applied would break the session's
+  /// read-your-writes promise.
   /// - Throws: ``ConsensusError``.
   func read(_ query: Machine.Query, consistency: ReadConsistency) async throws -> Machine.QueryResult
 

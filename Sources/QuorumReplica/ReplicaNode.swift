@@ -1174,11 +1174,15 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// Answers `query` at the chosen consistency: `linearizable` (a read-index round confirmed by a quorum),
   /// `lease` (the leader lease, falling back to a read-index round when it is not valid) or `stale` (this
   /// replica's applied state, on any node).
+  ///
+  /// `session` needs the client's position, which this call does not carry: it is served as `linearizable`,
+  /// which keeps the promise of read-your-writes. Pass the position to ``read(_:consistency:atLeast:)`` to
+  /// have a session read answered by any replica that has applied it.
   @inlinable public nonisolated func read(_ query: Machine.Query, consistency: ReadConsistency = .linearizable)
     async throws
     -> Machine.QueryResult
   {
-    try await read(query, consistency: consistency, atLeast: 0).value
+    try await read(query, consistency: consistency == .session ? .linearizable : consistency, atLeast: 0).value
   }
 
   /// Answers `query` at the chosen consistency, from a state that includes at least log position `atLeast`,

@@ -43,6 +43,11 @@ struct RaftNodeTests {
       try await expectFollowerRefuses(cluster, "a linearizable read") {
         _ = try await $0.read(.get(key: "k1"), consistency: .linearizable)
       }
+      // A session read through the call that carries no position is served as linearizable, not from what a
+      // follower has applied (which may be older than the client's own last write).
+      try await expectFollowerRefuses(cluster, "a session read without a position") {
+        _ = try await $0.read(.get(key: "k1"), consistency: .session)
+      }
       let latest = try await linearizableRead(cluster, "k19")
       #expect(latest.value == .value(bytes("v19")))
       let follower = try await cluster.node(otherThan: try await cluster.leader().id)
