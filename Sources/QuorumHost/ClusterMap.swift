@@ -173,9 +173,23 @@ public struct ClusterMap: Sendable, Equatable, WireCodable {
     self.groups = groups.sorted { $0.id < $1.id }
   }
 
-  /// The hash slot of `key`.
+  /// The hash slot of `key`: CRC-32C of the UTF-8 bytes of its canonical composition (NFC), modulo
+  /// ``slotCount``.
+  ///
+  /// Swift strings that are canonically equivalent are equal (`"caf\u{E9}" == "cafe\u{301}"`), and so are the
+  /// key-value store's keys. Hashing the bytes as spelled would place two spellings of one key on two groups,
+  /// each holding its own value; hashing the NFC form places every spelling of a key where the store finds it.
+  /// Keys already in NFC (all ASCII keys among them) hash exactly as their bytes.
   public static func slot(of key: String) -> UInt16 {
-    UInt16(CRC32C.checksum(Array(key.utf8)) % UInt32(slotCount))
+    var key = key
+    let ascii = key.withUTF8 { bytes -> UInt32? in
+      for byte in bytes where byte >= 0x80 { return nil }
+      return CRC32C.checksum(UnsafeRawBufferPointer(bytes))
+    }
+    // `_nfcCodeUnits` is the standard library's own normalisation, the one its string comparison and hashing
+    // use, so the slot follows `==` exactly; it is public (underscored) API, as Foundation uses it.
+    let crc = ascii ?? CRC32C.checksum(key._nfcCodeUnits)
+    return UInt16(crc % UInt32(slotCount))
   }
 
   /// The group with id `id`.
