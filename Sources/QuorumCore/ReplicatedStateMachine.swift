@@ -294,7 +294,7 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
   /// Replaces sessions and machine state with a snapshot made by ``snapshot()`` (of this format or an older
   /// one: sessions from a snapshot without owners belong to no principal).
   public mutating func restore(from bytes: [UInt8]) throws {
-    var r = WireReader(bytes)
+    var r = WireReader(bytes, limits: .snapshot(bytes))
     let version = try r.readVarint()
     guard (1...Self.snapshotVersion).contains(version) else {
       throw WireError(.unsupportedVersion(UInt8(truncatingIfNeeded: version)), at: 0)

@@ -156,7 +156,7 @@ public struct HostedTxnShard: StateMachine {
   }
 
   public mutating func restore(from snapshot: [UInt8]) throws {
-    var reader = WireReader(snapshot)
+    var reader = WireReader(snapshot, limits: .snapshot(snapshot))
     let version = try reader.readVarint()
     guard version == 1 else { throw WireError(.unsupportedVersion(UInt8(truncatingIfNeeded: version)), at: 0) }
     let offset = try reader.readVarint()

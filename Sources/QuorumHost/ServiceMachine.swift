@@ -241,7 +241,7 @@ public struct ServiceMachine: StateMachine {
   }
 
   public mutating func restore(from snapshot: [UInt8]) throws {
-    var reader = WireReader(snapshot)
+    var reader = WireReader(snapshot, limits: .snapshot(snapshot))
     let version = try reader.readVarint()
     guard version == 1 else { throw WireError(.unsupportedVersion(UInt8(truncatingIfNeeded: version)), at: 0) }
     let count = try reader.readCount()

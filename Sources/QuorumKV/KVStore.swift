@@ -281,7 +281,7 @@ public struct KVStore: StateMachine, Equatable {
   }
 
   public mutating func restore(from snapshot: [UInt8]) throws {
-    var r = WireReader(snapshot)
+    var r = WireReader(snapshot, limits: .snapshot(snapshot))
     let version = try r.readVarint()
     guard version == 1 else { throw WireError(.unsupportedVersion(UInt8(truncatingIfNeeded: version)), at: 0) }
     let count = try r.readCount()

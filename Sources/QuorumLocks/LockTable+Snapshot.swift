@@ -62,7 +62,7 @@ extension LockTable {
   /// later.
   /// - Throws: ``QuorumCore/WireError``; the table is unchanged when it throws.
   public mutating func restore(from snapshot: [UInt8]) throws {
-    var r = WireReader(snapshot)
+    var r = WireReader(snapshot, limits: .snapshot(snapshot))
     let version = try r.readVarint()
     guard version == 1 || version == Self.snapshotVersion else {
       throw WireError(.unsupportedVersion(UInt8(truncatingIfNeeded: version)), at: 0)

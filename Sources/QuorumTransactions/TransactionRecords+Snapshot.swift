@@ -40,7 +40,7 @@ extension TransactionRecords {
   /// those that do not), so a snapshot that decodes but breaks the table's invariants is refused.
   /// - Throws: ``QuorumCore/WireError``; the table is unchanged when it throws.
   public mutating func restore(from snapshot: [UInt8]) throws {
-    var r = WireReader(snapshot)
+    var r = WireReader(snapshot, limits: .snapshot(snapshot))
     let version = try r.readVarint()
     guard (1...Self.snapshotVersion).contains(version) else {
       throw WireError(.unsupportedVersion(UInt8(truncatingIfNeeded: version)), at: 0)

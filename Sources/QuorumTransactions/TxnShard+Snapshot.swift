@@ -46,7 +46,7 @@ extension TxnShard {
   /// writers of a key, or a writer and another reader) is refused.
   /// - Throws: ``QuorumCore/WireError``; the shard is unchanged when it throws.
   public mutating func restore(from snapshot: [UInt8]) throws {
-    var r = WireReader(snapshot)
+    var r = WireReader(snapshot, limits: .snapshot(snapshot))
     let version = try r.readVarint()
     guard version == Self.snapshotVersion else {
       throw WireError(.unsupportedVersion(UInt8(truncatingIfNeeded: version)), at: 0)

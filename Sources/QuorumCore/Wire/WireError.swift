@@ -82,4 +82,16 @@ public struct WireLimits: Sendable, Equatable {
 
   /// 64 MiB per byte string, about a million elements per collection.
   public static let `default` = WireLimits()
+
+  /// Limits for a snapshot of a group's state: no byte string longer than `bytes`, no collection with more
+  /// elements than `bytes` has bytes.
+  ///
+  /// The defaults bound what one message may make the decoder allocate; a group's state is bounded by other means
+  /// (the storage's space quota, the size of what was applied) and may hold far more than 64 MiB or a million
+  /// keys. Decoding a snapshot with the defaults would refuse the group's own state once it grew past them, after
+  /// the log behind the snapshot was compacted: no restart, and no follower catching up, would succeed. Limits
+  /// taken from the snapshot's own size still never allocate more than a small multiple of what is present.
+  public static func snapshot(_ bytes: [UInt8]) -> WireLimits {
+    WireLimits(maxBytesLength: bytes.count, maxCollectionCount: bytes.count)
+  }
 }
