@@ -168,7 +168,7 @@ public struct KeyValueClient: Sendable {
         after = next
       }
     }
-    all.sort { $0.key < $1.key }
+    all.sort { KeyOrder.precedes($0.key, $1.key) }
     return Array(all.prefix(max(0, limit)))
   }
 

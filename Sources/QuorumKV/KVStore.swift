@@ -221,12 +221,17 @@ public struct KVStore: StateMachine, Equatable {
     var pairs: [KVPair] = []
     var bytes = 0
     var more = false
-    let start = after.map { max($0, prefix) } ?? prefix
+    let start = after.map { KeyOrder.max($0, prefix) } ?? prefix
+    // Keys are in key order (``KeyOrder``: the bytes of their canonical composition, NFC), so the keys whose NFC
+    // starts with the prefix's NFC lie together from `start` on. The keys with the prefix (whole
+    // characters, canonically equivalent) are among them, but not all of them are such keys: "\u{E9}\u{300}"
+    // starts with the scalars of "\u{E9}" yet is one character. A key without the prefix ends the range only once
+    // its NFC leaves the prefix's; comparing the spellings as given would end it early when either is not in NFC.
+    var prefixNFC: [UInt8]? = nil
     order.forEach(from: start, after: after != nil && start == after) { key in
       guard key.hasPrefix(prefix) else {
-        // Keys with the prefix lie together in order; a key without it ends the range, unless it shares the
-        // prefix's scalars (canonically equivalent spellings may interleave).
-        return key.unicodeScalars.starts(with: prefix.unicodeScalars)
+        if prefixNFC == nil { prefixNFC = prefix._nfcCodeUnits }
+        return key._nfcCodeUnits.starts(with: prefixNFC ?? [])
       }
       guard let stored = data[key] else { return true }  // The index holds exactly the dictionary's keys.
       let size = key.utf8.count + stored.value.count + 16

@@ -1,9 +1,12 @@
+import QuorumCore
+
 /// The keys of a store in order, kept in chunks of at most ``chunkCapacity`` keys: inserting or removing a key
 /// moves the keys of one chunk (and, when a chunk splits or empties, the list of chunks), and reading in order
 /// from any key starts with two binary searches. A scan then costs what it returns, not the size of the store.
 ///
-/// Keys compare as Swift strings (canonical equivalence), exactly as the store's dictionary does, so the two
-/// never disagree about whether a key is present. A value type; a copy shares the chunks until one is changed.
+/// Keys are ordered by ``QuorumCore/KeyOrder`` (their NFC bytes), which agrees with the dictionary's `==` (canonical
+/// equivalence), so the two never disagree about whether a key is present; Swift's own `<` on strings is not a
+/// total order for keys spelled in different normal forms, and lost or repeated keys here. A value type; a copy shares the chunks until one is changed.
 struct SortedKeys: Sendable {
   /// The most keys in one chunk; a fuller chunk splits in two.
   static let chunkCapacity = 512
@@ -17,7 +20,7 @@ struct SortedKeys: Sendable {
 
   /// The given keys (in any order, without duplicates).
   init(_ keys: some Sequence<String>) {
-    let sorted = keys.sorted()
+    let sorted = KeyOrder.sorted(keys)
     count = sorted.count
     var start = 0
     while start < sorted.count {
@@ -33,7 +36,7 @@ struct SortedKeys: Sendable {
     var high = chunks.count
     while high - low > 1 {
       let middle = (low + high) / 2
-      if chunks[middle][0] <= key { low = middle } else { high = middle }
+      if !KeyOrder.precedes(key, chunks[middle][0]) { low = middle } else { high = middle }
     }
     return low
   }
@@ -44,7 +47,11 @@ struct SortedKeys: Sendable {
     var high = keys.count
     while low < high {
       let middle = (low + high) / 2
-      if keys[middle] < key || (after && keys[middle] == key) { low = middle + 1 } else { high = middle }
+      if KeyOrder.precedes(keys[middle], key) || (after && keys[middle] == key) {
+        low = middle + 1
+      } else {
+        high = middle
+      }
     }
     return low
   }
