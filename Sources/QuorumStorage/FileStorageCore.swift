@@ -36,6 +36,8 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
   private let spare: SpareSegment?
   /// Failures a test injects into the opens of log segments.
   let openFaults = OpenFaults()
+  /// Failures a test injects into the directory syncs that follow a snapshot's rename into place.
+  let snapshotSyncFaults = OpenFaults()
 
   // MARK: Request queue
 
@@ -426,10 +428,13 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
     guard let last = segments.last else { preconditionFailure("open storage without segments; phase \(phase)") }
     // The snapshot names the segment its log continues in, so a crash between writing it and writing that
     // segment still discards the old entries (recovery finishes the job). A failure here leaves the log as
-    // it was.
+    // it was; a failure after the snapshot is renamed into place (its directory sync) poisons the storage, as
+    // the disk is then ahead of the log's state (a reopen finishes the job).
     let discardBefore = discardingLog ? last.sequence + 1 : 0
     try SnapshotFile.write(
-      snapshot, discardBeforeSegment: discardBefore, directory: snapshotDirectory, sync: syncsStructure)
+      snapshot, discardBeforeSegment: discardBefore, directory: snapshotDirectory, sync: syncsStructure,
+      faults: snapshotSyncFaults
+    ) { poison($0) }
     position.snapshotIndex = snapshot.index
     if discardingLog {
       do throws(StorageError) {
@@ -455,7 +460,10 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
       try? FileSystem.remove(temporary)
       return
     }
-    try SnapshotFile.publish(temporary, index: index, directory: snapshotDirectory, sync: syncsStructure)
+    // A directory sync that fails after the rename poisons the storage, as every failed sync does.
+    try SnapshotFile.publish(
+      temporary, index: index, directory: snapshotDirectory, sync: syncsStructure, faults: snapshotSyncFaults
+    ) { poison($0) }
     position.snapshotIndex = index
     SnapshotFile.prune(snapshotDirectory, logger: logger)
   }

@@ -31,6 +31,8 @@ final class SharedLogCore: @unchecked Sendable {
   let openFaults = OpenFaults()
   /// Failures tests inject into the deletions of a forgotten group's snapshot files.
   let snapshotRemovalFaults = OpenFaults()
+  /// Failures tests inject into the directory syncs that follow a snapshot's rename into place.
+  let snapshotSyncFaults = OpenFaults()
   /// Runs where an installed snapshot's body is about to be written (on the snapshot queue); tests hold it there.
   let snapshotBodyHook = Mutex<(@Sendable () -> Void)?>(nil)
   /// The largest group record a write may make: ``maxChunkBytes``, lowered by tests.
@@ -628,7 +630,11 @@ final class SharedLogCore: @unchecked Sendable {
     let discardBefore = last.sequence + 1
     let directory = snapshotDirectory(group)
     try SnapshotFile.finish(body, discardBeforeSegment: discardBefore, sync: syncsStructure)
-    try SnapshotFile.publish(body.temporary, index: body.index, directory: directory, sync: syncsStructure)
+    // Once the snapshot is renamed into place it names a segment not yet started: a failure from here on leaves
+    // the disk ahead of the log's state, so it poisons the log (a reopen finishes the install from the disk).
+    try SnapshotFile.publish(
+      body.temporary, index: body.index, directory: directory, sync: syncsStructure, faults: snapshotSyncFaults
+    ) { poison($0) }
     state.position.snapshotIndex = body.index
     groups[group] = state
     do throws(StorageError) {
@@ -677,7 +683,10 @@ final class SharedLogCore: @unchecked Sendable {
       return
     }
     let directory = snapshotDirectory(group)
-    try SnapshotFile.publish(temporary, index: index, directory: directory, sync: syncsStructure)
+    // A directory sync that fails after the rename poisons the log, as every failed sync does.
+    try SnapshotFile.publish(
+      temporary, index: index, directory: directory, sync: syncsStructure, faults: snapshotSyncFaults
+    ) { poison($0) }
     groups[group]?.position.snapshotIndex = index
     SnapshotFile.prune(directory, logger: logger)
   }

@@ -35,14 +35,17 @@ enum SnapshotFile {
   }
 
   /// Writes `snapshot` into `directory` atomically: a temporary file, synced (unless `sync` is false),
-  /// renamed into place, then the directory synced. Returns the final path.
+  /// renamed into place, then the directory synced. Returns the final path. A failure after the rename goes
+  /// through `afterRename` (see ``publish(_:index:directory:sync:faults:afterRename:)``).
   @discardableResult
   static func write(
-    _ snapshot: StoredSnapshot, discardBeforeSegment: UInt64, directory: String, sync: Bool
+    _ snapshot: StoredSnapshot, discardBeforeSegment: UInt64, directory: String, sync: Bool,
+    faults: OpenFaults? = nil, afterRename: (StorageError) -> StorageError
   ) throws(StorageError) -> String {
     let temporary = try writeTemporary(
       snapshot, discardBeforeSegment: discardBeforeSegment, directory: directory, sync: sync, suffix: ".tmp")
-    return try publish(temporary, index: snapshot.index, directory: directory, sync: sync)
+    return try publish(
+      temporary, index: snapshot.index, directory: directory, sync: sync, faults: faults, afterRename: afterRename)
   }
 
   /// The first half of ``write(_:discardBeforeSegment:directory:sync:)``: writes and (with `sync`) syncs
@@ -127,13 +130,27 @@ enum SnapshotFile {
 
   /// The second half: renames the temporary file into place as the snapshot at `index`, then (with
   /// `sync`) syncs the directory so the new name survives a crash. Returns the final path.
+  ///
+  /// A failure before the rename changed nothing on disk and is thrown as it is. Once the rename is done the
+  /// snapshot is the group's newest on disk (and a leader's names the segment its log continues in), whether or
+  /// not the directory sync after it succeeds: a failure there is passed through `afterRename` (the storage
+  /// poisons itself, so that nothing goes on in memory as if the snapshot were not there) and its result thrown.
+  /// `faults` makes the directory sync fail with the injected error, for tests.
   @discardableResult
-  static func publish(_ temporary: String, index: UInt64, directory: String, sync: Bool) throws(StorageError)
-    -> String
-  {
+  static func publish(
+    _ temporary: String, index: UInt64, directory: String, sync: Bool, faults: OpenFaults? = nil,
+    afterRename: (StorageError) -> StorageError
+  ) throws(StorageError) -> String {
     let path = directory + "/" + fileName(index: index)
     try FileSystem.rename(temporary, path)
-    if sync { try FileSystem.syncDirectory(directory) }
+    do throws(StorageError) {
+      if sync {
+        if faults?.injected() != nil { throw ioError("fsync", directory) }
+        try FileSystem.syncDirectory(directory)
+      }
+    } catch {
+      throw afterRename(error)
+    }
     return path
   }
 

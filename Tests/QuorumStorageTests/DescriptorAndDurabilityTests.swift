@@ -129,6 +129,38 @@ struct DescriptorExhaustionTests {
 
 @Suite("FileStorage durability: hard states under batch sync, new directories")
 struct DurabilityTests {
+  @Test("a leader's snapshot whose directory sync fails after its rename poisons the storage; a reopen finishes it")
+  func anInstallWhoseDirectorySyncFailsPoisons() async throws {
+    try await withTemporaryDirectory { directory in
+      let open = {
+        FileStorage<TestEntry>(directory: directory, segmentBytes: 4096, preallocation: .none, logger: .disabled)
+      }
+      let store = open()
+      _ = try await store.recover()
+      try await store.write(StorageWrite(hardState: hardState("term 1"), entries: entries(1...3)))
+      store.core.snapshotSyncFaults.failNext(1, with: EIO)
+      let error = await #expect(throws: StorageError.self) {
+        try await store.saveSnapshot(StoredSnapshot(index: 10, term: 2, data: [10]), discardingLog: true)
+      }
+      #expect(error?.isRetryable == false, "\(String(describing: error))")
+      // The snapshot is in place and names a segment not yet started, so an entry appended to the old segment
+      // would be discarded by the next recovery: before the fix this write was acknowledged and then lost.
+      await #expect(throws: StorageError.self) { try await store.write(StorageWrite(entries: entries(4...5))) }
+      try? await store.close()
+
+      let reopened = open()
+      let state = try await reopened.recover()
+      #expect(state.snapshot?.index == 10)
+      #expect(state.entries.isEmpty)
+      #expect(state.hardState == hardState("term 1"))
+      try await reopened.write(StorageWrite(entries: entries(11...12, term: 2)))
+      try await reopened.close()
+      let again = open()
+      #expect(try await again.recover().entries == entries(11...12, term: 2))
+      try await again.close()
+    }
+  }
+
   @Test("under batch sync a write marked mustSync is synced before it returns; others wait for the timer")
   func batchSyncsWhatMustBeDurable() async throws {
     try await withTemporaryDirectory { directory in

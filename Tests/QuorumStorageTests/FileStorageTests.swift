@@ -264,7 +264,8 @@ struct FileStorageSegmentTests {
       let segments = try segmentFiles(directory)
       _ = try SnapshotFile.write(
         StoredSnapshot(index: 20, term: 4, data: [20]), discardBeforeSegment: UInt64(segments.count + 1),
-        directory: directory + "/snapshots", sync: false)
+        directory: directory + "/snapshots", sync: false
+      ) { $0 }
       storage = makeStorage(directory)
       var state = try await storage.recover()
       #expect(state.snapshot?.index == 20)

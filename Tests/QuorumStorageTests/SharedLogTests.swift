@@ -676,7 +676,8 @@ struct SharedLogTests {
       // What saveSnapshot(discardingLog: true) writes before it rotates.
       try SnapshotFile.write(
         StoredSnapshot(index: 5, term: 2, data: [5]), discardBeforeSegment: next,
-        directory: directory + "/snapshots/2", sync: true)
+        directory: directory + "/snapshots/2", sync: true
+      ) { $0 }
 
       if othersFirst {
         log = makeLog(directory)
@@ -1216,6 +1217,46 @@ struct SharedLogTests {
       try await first.write(StorageWrite(entries: entries(1...2)))
       try await first.close()
       #expect(try await makeLog(directory).storage(for: 1, entry: TestEntry.self).recover().entries == entries(1...2))
+    }
+  }
+
+  /// A leader's snapshot whose directory sync fails after the rename poisons the log: the snapshot on disk names a
+  /// segment not yet started, so a write the group appended to the old segment would be acknowledged and then
+  /// discarded by the next recovery (as it was before the fix). The reopen finishes the install from the disk.
+  @Test func anInstallWhoseDirectorySyncFailsAfterTheRenamePoisonsTheLog() async throws {
+    try await withTemporaryDirectory { directory in
+      let log = makeLog(directory)
+      let (a, b) = try await openTwo(log)
+      try await a.write(StorageWrite(hardState: hardState("a"), entries: entries(1...3)))
+      try await b.write(StorageWrite(hardState: hardState("b"), entries: entries(1...2)))
+      log.core.snapshotSyncFaults.failNext(1, with: EIO)
+      let error = await #expect(throws: StorageError.self) {
+        try await a.saveSnapshot(StoredSnapshot(index: 10, term: 2, data: [10]), discardingLog: true)
+      }
+      #expect(error?.isRetryable == false, "\(String(describing: error))")
+      await #expect(throws: StorageError.self) { try await a.write(StorageWrite(entries: entries(4...5))) }
+      await #expect(throws: StorageError.self) { try await b.write(StorageWrite(entries: entries(3...3))) }
+      try? await a.close()
+      try? await b.close()
+
+      let reopened = makeLog(directory)
+      let a2 = reopened.storage(for: 1, entry: TestEntry.self)
+      let b2 = reopened.storage(for: 2, entry: TestEntry.self)
+      let recoveredA = try await a2.recover()
+      let recoveredB = try await b2.recover()
+      #expect(recoveredA.snapshot?.index == 10)
+      #expect(recoveredA.entries.isEmpty)
+      #expect(recoveredA.hardState == hardState("a"))
+      #expect(recoveredB.entries == entries(1...2))
+      #expect(recoveredB.hardState == hardState("b"))
+      try await a2.write(StorageWrite(entries: entries(11...12, term: 2)))
+      try await a2.close()
+      try await b2.close()
+
+      let third = makeLog(directory)
+      let a3 = third.storage(for: 1, entry: TestEntry.self)
+      #expect(try await a3.recover().entries == entries(11...12, term: 2))
+      try await a3.close()
     }
   }
 
