@@ -223,13 +223,6 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
     dirty = false
   }
 
-  /// The retryable error for a new segment that could not be opened before anything was written, logged.
-  private func descriptorsRanOut(_ operation: String, _ path: String, _ code: Int32) -> StorageError {
-    let error = StorageError.descriptorsExhausted(operation: operation, path: path, errno: code)
-    logger.warning("out of file descriptors; the compaction may be retried", ["error": "\(error)"])
-    return error
-  }
-
   /// After a failed write or sync nothing in the page cache can be trusted: refuse everything until the
   /// storage is reopened. Returns the error the storage now reports, which callers throw: a retryable one
   /// (descriptors ran out) becomes a non-retryable ``StorageError/io(operation:path:errno:)``, since only
@@ -382,25 +375,44 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
     return (writer.bytes, headerEnd)
   }
 
-  /// Creates segment `sequence` atomically (temporary name, preallocated, checkpoint written and synced,
-  /// renamed, directory synced) and returns it open for appending.
-  private func createSegment(_ sequence: UInt64, reset: UInt64?) throws(StorageError) -> WALActiveSegment {
+  /// Prepares segment `sequence` (temporary name, preallocated, checkpoint written and synced, directory opened):
+  /// see ``WALPreparedSegment``.
+  private func prepareSegment(_ sequence: UInt64, reset: UInt64?) throws(StorageError) -> WALPreparedSegment {
     let (bytes, headerEnd) = checkpoint(sequence: sequence, reset: reset)
-    return try WALFiles.createSegment(
+    return try WALFiles.prepareSegment(
       segmentPath(sequence), checkpoint: bytes, headerEnd: headerEnd, spare: spare, preallocation: preallocation,
-      segmentBytes: segmentBytes, faults: openFaults, sync: syncsStructure, onDataSync: { syncCount += 1 },
-      syncDirectory: { () throws(StorageError) in try syncDirectory(walDirectory) })
+      segmentBytes: segmentBytes, faults: openFaults, sync: syncsStructure, onDataSync: { syncCount += 1 })
+  }
+
+  /// Creates segment `sequence` atomically (prepared, renamed, directory synced) and returns it open for appending.
+  private func createSegment(_ sequence: UInt64, reset: UInt64?) throws(StorageError) -> WALActiveSegment {
+    try prepareSegment(sequence, reset: reset).commit { directorySyncCount += 1 }
   }
 
   /// Finishes the active segment (synced unless the policy is `.never`) and starts the next one.
   private func rotate(reset: UInt64? = nil) throws(StorageError) {
-    guard let old = active, let last = segments.last else {
+    try finishRotation(try prepareRotation(reset: reset))
+  }
+
+  /// The first half of ``rotate(reset:)``: syncs the active segment and prepares the next. Running out of
+  /// descriptors here changes nothing on disk (retryable).
+  private func prepareRotation(reset: UInt64?) throws(StorageError) -> WALPreparedSegment {
+    guard active != nil, let last = segments.last else {
       preconditionFailure("rotate() without an active segment; phase \(phase)")
     }
     if syncsStructure { try syncActive() }
-    let next = try createSegment(last.sequence + 1, reset: reset)
+    return try prepareSegment(last.sequence + 1, reset: reset)
+  }
+
+  /// The second half of ``rotate(reset:)``: puts the prepared segment in place and makes it the active one. A
+  /// failure here is not retryable (``WALPreparedSegment/commit(onDirectorySync:)``).
+  private func finishRotation(_ next: WALPreparedSegment) throws(StorageError) {
+    guard let old = active, let last = segments.last else {
+      preconditionFailure("rotate() without an active segment; phase \(phase)")
+    }
+    let segment = try next.commit { directorySyncCount += 1 }
     old.file.close()
-    active = next
+    active = segment
     segments.append(Segment(sequence: last.sequence + 1, maxEntryIndex: 0))
     dirty = false
   }
@@ -427,18 +439,40 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
     }
     guard let last = segments.last else { preconditionFailure("open storage without segments; phase \(phase)") }
     // The snapshot names the segment its log continues in, so a crash between writing it and writing that
-    // segment still discards the old entries (recovery finishes the job). A failure here leaves the log as
-    // it was; a failure after the snapshot is renamed into place (its directory sync) poisons the storage, as
-    // the disk is then ahead of the log's state (a reopen finishes the job).
+    // segment still discards the old entries (recovery finishes the job).
     let discardBefore = discardingLog ? last.sequence + 1 : 0
-    try SnapshotFile.write(
+    let temporary = try SnapshotFile.writeTemporary(
       snapshot, discardBeforeSegment: discardBefore, directory: snapshotDirectory, sync: syncsStructure,
-      faults: snapshotSyncFaults
-    ) { poison($0) }
+      suffix: ".tmp")
+    // Everything that needs a file descriptor comes before the snapshot's rename (the commit point): the next
+    // segment is prepared, and the directories opened, while nothing has changed, so running out of descriptors
+    // leaves the log as it was and may be retried. A failed sync of the active segment poisons, as always.
+    var next: WALPreparedSegment?
+    do throws(StorageError) {
+      if discardingLog { next = try prepareRotation(reset: snapshot.index) }
+    } catch .descriptorsExhausted(let operation, let path, let code) {
+      try? FileSystem.remove(temporary)
+      throw descriptorsRanOut(operation, path, code, logger: logger)
+    } catch {
+      try? FileSystem.remove(temporary)
+      throw poison(error)
+    }
+    // A failure after the rename (its directory sync) poisons the storage, as the disk is then ahead of the
+    // log's state (a reopen finishes the job); one before it leaves the log as it was.
+    do throws(StorageError) {
+      try SnapshotFile.publish(
+        temporary, index: snapshot.index, directory: snapshotDirectory, sync: syncsStructure,
+        faults: snapshotSyncFaults
+      ) { poison($0) }
+    } catch {
+      next?.abandon()
+      try? FileSystem.remove(temporary)
+      throw error
+    }
     position.snapshotIndex = snapshot.index
-    if discardingLog {
+    if let next {
       do throws(StorageError) {
-        try rotate(reset: snapshot.index)
+        try finishRotation(next)
       } catch {
         throw poison(error)
       }
@@ -484,7 +518,7 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
     } catch .descriptorsExhausted(let operation, let path, let code) {
       // As in appendWrites: the compaction point needed a new segment, which could not be opened. Nothing was
       // written and the old segment stays active: the compaction may be retried.
-      throw descriptorsRanOut(operation, path, code)
+      throw descriptorsRanOut(operation, path, code, logger: logger)
     } catch {
       throw poison(error)
     }
@@ -626,4 +660,11 @@ extension StorageError {
     return .io(
       operation: operation + " (out of file descriptors; the storage must be reopened)", path: path, errno: code)
   }
+}
+
+/// The retryable error for a call that found no file descriptor before it wrote anything, logged on `logger`.
+func descriptorsRanOut(_ operation: String, _ path: String, _ code: Int32, logger: QuorumLogger) -> StorageError {
+  let error = StorageError.descriptorsExhausted(operation: operation, path: path, errno: code)
+  logger.warning("out of file descriptors; nothing was written, the call may be retried", ["error": "\(error)"])
+  return error
 }

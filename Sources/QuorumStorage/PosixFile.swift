@@ -157,19 +157,26 @@ struct PosixFile {
   }
 }
 
-/// Failures a test injects into a storage's opens: the next `count` opens fail with `code`.
+/// Failures a test injects into a storage's opens: after `skipping` more, the next `count` opens fail with `code`.
 final class OpenFaults: Sendable {
   private let pending = Atomic<Int>(0)
+  private let skipping = Atomic<Int>(0)
   private let code = Atomic<Int32>(EMFILE)
 
-  /// Makes the next `count` opens fail with `code`.
-  func failNext(_ count: Int, with code: Int32 = EMFILE) {
+  /// Makes the next `count` opens fail with `code`, once `skipping` more have gone through.
+  func failNext(_ count: Int, with code: Int32 = EMFILE, skipping: Int = 0) {
     self.code.store(code, ordering: .relaxed)
+    self.skipping.store(skipping, ordering: .relaxed)
     pending.store(count, ordering: .releasing)
   }
 
   /// `-1` with `errno` set while failures are pending; `nil` otherwise (open for real).
   func injected() -> Int32? {
+    while pending.load(ordering: .acquiring) > 0 {
+      let skip = skipping.load(ordering: .relaxed)
+      guard skip > 0 else { break }
+      if skipping.compareExchange(expected: skip, desired: skip - 1, ordering: .relaxed).exchanged { return nil }
+    }
     while true {
       let left = pending.load(ordering: .acquiring)
       guard left > 0 else { return nil }

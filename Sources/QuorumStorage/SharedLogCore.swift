@@ -461,26 +461,47 @@ final class SharedLogCore: @unchecked Sendable {
     return records.bytes
   }
 
-  private func createSegment(_ sequence: UInt64, reset: (group: UInt64, index: UInt64)?) throws(StorageError)
-    -> WALActiveSegment
+  /// Prepares segment `sequence` (see ``WALPreparedSegment``).
+  private func prepareSegment(_ sequence: UInt64, reset: (group: UInt64, index: UInt64)?) throws(StorageError)
+    -> WALPreparedSegment
   {
     let bytes = try checkpoint(sequence: sequence, reset: reset)
     // The checkpoint counts as the header (see needsRotation): with many groups it can outgrow the segment
     // size, and every write would start a new segment.
-    return try WALFiles.createSegment(
+    return try WALFiles.prepareSegment(
       segmentPath(sequence), checkpoint: bytes, headerEnd: bytes.count, spare: spare, preallocation: preallocation,
-      segmentBytes: segmentBytes, faults: openFaults, sync: syncsStructure, onDataSync: { syncCount += 1 },
-      syncDirectory: { () throws(StorageError) in try FileSystem.syncDirectory(walDirectory) })
+      segmentBytes: segmentBytes, faults: openFaults, sync: syncsStructure, onDataSync: { syncCount += 1 })
+  }
+
+  private func createSegment(_ sequence: UInt64, reset: (group: UInt64, index: UInt64)?) throws(StorageError)
+    -> WALActiveSegment
+  {
+    try prepareSegment(sequence, reset: reset).commit {}
   }
 
   private func rotate(reset: (group: UInt64, index: UInt64)? = nil) throws(StorageError) {
-    guard let old = active, let last = segments.last else {
+    try finishRotation(try prepareRotation(reset: reset))
+  }
+
+  /// The first half of ``rotate(reset:)``: syncs the active segment and prepares the next. Running out of
+  /// descriptors here changes nothing on disk (retryable).
+  private func prepareRotation(reset: (group: UInt64, index: UInt64)?) throws(StorageError) -> WALPreparedSegment {
+    guard active != nil, let last = segments.last else {
       preconditionFailure("rotate() without an active segment; phase \(phase)")
     }
     if syncsStructure { try syncActive() }
-    let next = try createSegment(last.sequence + 1, reset: reset)
+    return try prepareSegment(last.sequence + 1, reset: reset)
+  }
+
+  /// The second half of ``rotate(reset:)``: puts the prepared segment in place and makes it the active one. A
+  /// failure here is not retryable (``WALPreparedSegment/commit(onDirectorySync:)``).
+  private func finishRotation(_ next: WALPreparedSegment) throws(StorageError) {
+    guard let old = active, let last = segments.last else {
+      preconditionFailure("rotate() without an active segment; phase \(phase)")
+    }
+    let segment = try next.commit {}
     old.file.close()
-    active = next
+    active = segment
     segments.append(Segment(sequence: last.sequence + 1))
     dirty = false
   }
@@ -630,15 +651,32 @@ final class SharedLogCore: @unchecked Sendable {
     let discardBefore = last.sequence + 1
     let directory = snapshotDirectory(group)
     try SnapshotFile.finish(body, discardBeforeSegment: discardBefore, sync: syncsStructure)
+    // Everything that needs a file descriptor comes before the snapshot's rename (the commit point): the next
+    // segment is prepared, and the directories opened, while nothing has changed, so running out of descriptors
+    // leaves the log as it was and may be retried (the caller removes the temporary snapshot). A failed sync of
+    // the active segment poisons, as always.
+    let next: WALPreparedSegment
+    do throws(StorageError) {
+      next = try prepareRotation(reset: (group, body.index))
+    } catch .descriptorsExhausted(let operation, let path, let code) {
+      throw descriptorsRanOut(operation, path, code, logger: logger)
+    } catch {
+      throw poison(error)
+    }
     // Once the snapshot is renamed into place it names a segment not yet started: a failure from here on leaves
     // the disk ahead of the log's state, so it poisons the log (a reopen finishes the install from the disk).
-    try SnapshotFile.publish(
-      body.temporary, index: body.index, directory: directory, sync: syncsStructure, faults: snapshotSyncFaults
-    ) { poison($0) }
+    do throws(StorageError) {
+      try SnapshotFile.publish(
+        body.temporary, index: body.index, directory: directory, sync: syncsStructure, faults: snapshotSyncFaults
+      ) { poison($0) }
+    } catch {
+      next.abandon()
+      throw error
+    }
     state.position.snapshotIndex = body.index
     groups[group] = state
     do throws(StorageError) {
-      try rotate(reset: (group, body.index))
+      try finishRotation(next)
     } catch {
       throw poison(error)
     }
@@ -704,9 +742,7 @@ final class SharedLogCore: @unchecked Sendable {
     } catch .descriptorsExhausted(let operation, let path, let code) {
       // As in appendWrites: the compaction point needed a new segment, which could not be opened. Nothing was
       // written and the old segment stays active: the compaction may be retried.
-      let error = StorageError.descriptorsExhausted(operation: operation, path: path, errno: code)
-      logger.warning("out of file descriptors; the compaction may be retried", ["error": "\(error)"])
-      throw error
+      throw descriptorsRanOut(operation, path, code, logger: logger)
     } catch {
       throw poison(error)
     }

@@ -131,7 +131,8 @@ enum SnapshotFile {
   /// The second half: renames the temporary file into place as the snapshot at `index`, then (with
   /// `sync`) syncs the directory so the new name survives a crash. Returns the final path.
   ///
-  /// A failure before the rename changed nothing on disk and is thrown as it is. Once the rename is done the
+  /// The directory is opened before the rename, so that running out of file descriptors for its sync fails while
+  /// nothing has changed. A failure before the rename is thrown as it is. Once the rename is done the
   /// snapshot is the group's newest on disk (and a leader's names the segment its log continues in), whether or
   /// not the directory sync after it succeeds: a failure there is passed through `afterRename` (the storage
   /// poisons itself, so that nothing goes on in memory as if the snapshot were not there) and its result thrown.
@@ -142,11 +143,13 @@ enum SnapshotFile {
     afterRename: (StorageError) -> StorageError
   ) throws(StorageError) -> String {
     let path = directory + "/" + fileName(index: index)
+    let handle = sync ? try PosixFile.open(directory, flags: O_RDONLY | O_DIRECTORY) : nil
+    defer { handle?.close() }
     try FileSystem.rename(temporary, path)
     do throws(StorageError) {
-      if sync {
+      if let handle {
         if faults?.injected() != nil { throw ioError("fsync", directory) }
-        try FileSystem.syncDirectory(directory)
+        try handle.fullSync()
       }
     } catch {
       throw afterRename(error)

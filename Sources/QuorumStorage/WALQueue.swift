@@ -193,32 +193,70 @@ struct WALActiveSegment {
   }
 }
 
+/// A new segment written (and synced) under its temporary name, with the directory open for the sync that follows
+/// its rename: everything a rotation needs a file descriptor for, done before anything changed on disk. Running
+/// out of descriptors while preparing one is retryable; once ``commit(onDirectorySync:)`` has renamed it into
+/// place, a failure is not (see there).
+struct WALPreparedSegment {
+  let file: PosixFile
+  let temporary: String
+  let path: String
+  /// The directory, open for its sync after the rename (`nil` when the policy never syncs).
+  let directory: PosixFile?
+  let offset: Int
+  let headerEnd: Int
+  let spare: SpareSegment?
+
+  /// Renames the segment into place and syncs the directory; returns it open for appending. Once the segment is
+  /// in place it holds a checkpoint of the current state, whether or not the directory sync after it succeeds:
+  /// were writes to go on in the old segment, a recovery would replay this older checkpoint last. So a failure
+  /// here is never retryable (the directory is open already: no descriptor can run out) and the caller poisons
+  /// the log.
+  func commit(onDirectorySync: () -> Void) throws(StorageError) -> WALActiveSegment {
+    defer { directory?.close() }
+    do throws(StorageError) {
+      try FileSystem.rename(temporary, path)
+      if let directory {
+        try directory.fullSync()
+        onDirectorySync()
+      }
+    } catch {
+      file.close()
+      throw error
+    }
+    spare?.prepare()
+    return WALActiveSegment(
+      file: file, offset: offset, headerEnd: headerEnd, version: WALFormat.version, synced: directory != nil)
+  }
+
+  /// Closes the files and removes the temporary segment: the rotation is not carried out.
+  func abandon() {
+    directory?.close()
+    file.close()
+    try? FileSystem.remove(temporary)
+    spare?.prepare()
+  }
+}
+
 extension WALFiles {
-  /// Creates segment file `path` atomically: a temporary file (the spare segment when one is ready, otherwise a
-  /// new one reserved as `preallocation` says), `checkpoint` written at its start and synced (`onDataSync` counts
-  /// it), renamed into place, the directory synced. Returns it open for appending after the checkpoint, whose
-  /// first `headerEnd` bytes count as the segment's header.
-  static func createSegment(
+  /// Prepares segment file `path` (see ``WALPreparedSegment``): a temporary file (the spare segment when one is
+  /// ready, otherwise a new one reserved as `preallocation` says), `checkpoint` written at its start and synced
+  /// (`onDataSync` counts it), and (with `sync`) the directory opened for the sync after the rename. The first
+  /// `headerEnd` bytes of the checkpoint count as the segment's header. `faults` fails the opens, for tests. On
+  /// failure nothing is left open and the temporary file is removed: nothing changed on disk, so running out of
+  /// descriptors is retryable.
+  static func prepareSegment(
     _ path: String, checkpoint: [UInt8], headerEnd: Int, spare: SpareSegment?, preallocation: WALPreallocation,
-    segmentBytes: Int, faults: OpenFaults, sync: Bool, onDataSync: () -> Void,
-    syncDirectory: () throws(StorageError) -> Void
-  ) throws(StorageError) -> WALActiveSegment {
+    segmentBytes: Int, faults: OpenFaults, sync: Bool, onDataSync: () -> Void
+  ) throws(StorageError) -> WALPreparedSegment {
     let temporary = path + ".tmp"
     let file: PosixFile
-    if let spare, spare.take(to: temporary) {
-      file = try PosixFile.open(temporary, flags: O_RDWR, faults: faults)
-    } else {
-      file = try PosixFile.open(temporary, flags: O_RDWR | O_CREAT | O_TRUNC, faults: faults)
-      do throws(StorageError) {
-        switch preallocation {
-        case .zeroFilled: try file.writeZeros(0..<segmentBytes)
-        case .allocated: try file.allocate(segmentBytes)
-        case .none: break
-        }
-      } catch {
-        file.close()
-        throw error
-      }
+    let fromSpare = spare?.take(to: temporary) ?? false
+    do throws(StorageError) {
+      file = try PosixFile.open(temporary, flags: fromSpare ? O_RDWR : O_RDWR | O_CREAT | O_TRUNC, faults: faults)
+    } catch {
+      try? FileSystem.remove(temporary)
+      throw error
     }
     // The first append starts where the checkpoint ends: never in the last bytes of a sector.
     let padded =
@@ -226,29 +264,43 @@ extension WALFiles {
     // A header that is the whole checkpoint (a shared log's) takes in its filler: a segment that holds nothing
     // else holds no more than its header (see WALActiveSegment.needsRotation).
     let headerEnd = headerEnd >= checkpoint.count ? padded.count : headerEnd
-    let checkpoint = padded
-    var renamed = false
     do throws(StorageError) {
-      try file.write(checkpoint, at: 0)
+      if !fromSpare {
+        switch preallocation {
+        case .zeroFilled: try file.writeZeros(0..<segmentBytes)
+        case .allocated: try file.allocate(segmentBytes)
+        case .none: break
+        }
+      }
+      try file.write(padded, at: 0)
       if sync {
         try file.dataSync()
         onDataSync()
       }
-      try FileSystem.rename(temporary, path)
-      renamed = true
-      if sync { try syncDirectory() }
+      // Opened before the rename: a directory that cannot be opened for want of a descriptor fails the rotation
+      // while nothing has changed.
+      let parent = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
+      let directory = sync ? try PosixFile.open(parent, flags: O_RDONLY | O_DIRECTORY, faults: faults) : nil
+      return WALPreparedSegment(
+        file: file, temporary: temporary, path: path, directory: directory, offset: padded.count,
+        headerEnd: headerEnd, spare: spare)
     } catch {
       file.close()
-      if renamed, case .descriptorsExhausted(let operation, let failedPath, let code) = error {
-        // The segment is in place with a checkpoint of the current state: were writes to go on in the old
-        // segment, a recovery would replay this older checkpoint last. Not retryable: the log fails.
-        throw ioError(operation, failedPath, code)
-      }
+      try? FileSystem.remove(temporary)
       throw error
     }
-    spare?.prepare()
-    return WALActiveSegment(
-      file: file, offset: checkpoint.count, headerEnd: headerEnd, version: WALFormat.version, synced: sync)
+  }
+
+  /// Creates segment file `path` atomically: ``prepareSegment(_:checkpoint:headerEnd:spare:preallocation:segmentBytes:faults:sync:onDataSync:)``,
+  /// then ``WALPreparedSegment/commit(onDirectorySync:)``. Returns it open for appending after the checkpoint.
+  static func createSegment(
+    _ path: String, checkpoint: [UInt8], headerEnd: Int, spare: SpareSegment?, preallocation: WALPreallocation,
+    segmentBytes: Int, faults: OpenFaults, sync: Bool, onDataSync: () -> Void, onDirectorySync: () -> Void
+  ) throws(StorageError) -> WALActiveSegment {
+    let prepared = try prepareSegment(
+      path, checkpoint: checkpoint, headerEnd: headerEnd, spare: spare, preallocation: preallocation,
+      segmentBytes: segmentBytes, faults: faults, sync: sync, onDataSync: onDataSync)
+    return try prepared.commit(onDirectorySync: onDirectorySync)
   }
 
   /// A timer on `queue` that calls `handler` every `interval` (at least 1 ms): the batch policy's sync.

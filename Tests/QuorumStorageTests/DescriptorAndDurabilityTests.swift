@@ -91,37 +91,56 @@ struct DescriptorExhaustionTests {
     }
   }
 
-  @Test("once a failure to open a segment has poisoned the storage, it is reported as not retryable")
-  func aPoisonedStorageIsNotRetryable() async throws {
+  @Test(
+    "a leader's snapshot that finds no descriptor for its new segment or a directory is retryable: nothing is stored",
+    arguments: [0, 1])
+  func anInstallThatFindsNoDescriptorIsRetryable(_ skipping: Int) async throws {
     try await withTemporaryDirectory { directory in
       let store = storage(directory)
       _ = try await store.recover()
       try await store.write(StorageWrite(hardState: hardState("term 1"), entries: [big(1)]))
-      // A leader's snapshot discards the log and must start a new segment; with no descriptor for it, the
-      // snapshot is stored but the log is not where it should be, so the storage refuses everything.
-      store.core.openFaults.failNext(1000)
+      // The new segment is prepared before the snapshot is renamed into place: its file (skipping 0) or the log's
+      // directory, opened for the sync after its rename (skipping 1), finds no descriptor while nothing changed.
+      store.core.openFaults.failNext(1000, skipping: skipping)
       let snapshot = StoredSnapshot(index: 1, term: 1, data: [7])
       let error = await #expect(throws: StorageError.self) {
         try await store.saveSnapshot(snapshot, discardingLog: true)
       }
-      #expect(error?.isRetryable == false, "\(String(describing: error))")
-      guard case .io(_, _, let errno) = error else {
-        Issue.record("expected io, got \(String(describing: error))")
-        return
-      }
-      #expect(errno == EMFILE)
+      #expect(error?.isRetryable == true, "\(String(describing: error))")
       store.core.openFaults.failNext(0)
-      // Descriptors are back, but only reopening helps: a node must not retry.
-      let later = await #expect(throws: StorageError.self) {
-        try await store.write(StorageWrite(entries: [big(2)]))
-      }
-      #expect(later?.isRetryable == false, "\(String(describing: later))")
-      try? await store.close()
+      #expect(try FileSystem.list(directory + "/snapshots").isEmpty, "no snapshot file is left")
+      #expect(try FileSystem.list(directory + "/wal").allSatisfy { !$0.hasSuffix(".tmp") })
+      // The storage goes on, and the install may be retried.
+      try await store.write(StorageWrite(hardState: hardState("term 2")))
+      try await store.saveSnapshot(snapshot, discardingLog: true)
+      try await store.write(StorageWrite(entries: [big(2)]))
+      try await store.close()
 
       let reopened = storage(directory)
       let state = try await reopened.recover()
       #expect(state.snapshot?.index == 1)
-      #expect(state.entries.isEmpty)
+      #expect(state.entries == [big(2)])
+      #expect(state.hardState == hardState("term 2"))
+      try await reopened.close()
+    }
+  }
+
+  @Test("a rotation whose directory finds no descriptor for its sync is retryable; nothing is poisoned")
+  func aRotationWhoseDirectorySyncFindsNoDescriptorIsRetryable() async throws {
+    try await withTemporaryDirectory { directory in
+      let store = storage(directory)
+      _ = try await store.recover()
+      try await store.write(StorageWrite(hardState: hardState("term 1"), entries: [big(1)]))
+      // The segment file opens; the directory, opened for the sync after its rename, does not.
+      store.core.openFaults.failNext(1000, skipping: 1)
+      let error = await #expect(throws: StorageError.self) { try await store.write(StorageWrite(entries: [big(2)])) }
+      #expect(error?.isRetryable == true, "\(String(describing: error))")
+      store.core.openFaults.failNext(0)
+      try await store.write(StorageWrite(entries: [big(2)]))
+      try await store.close()
+
+      let reopened = storage(directory)
+      #expect(try await reopened.recover().entries == [big(1), big(2)])
       try await reopened.close()
     }
   }

@@ -112,13 +112,13 @@ struct SharedLogRandomTests {
             try await store.saveSnapshot(snapshot, discardingLog: true)
             try await model.saveSnapshot(snapshot, discardingLog: true)
           case 9 where random.below(3) == 0:
-            // A leader's snapshot whose new segment cannot be made: the snapshot file is written, the log is
-            // poisoned; the next run must finish the discard.
+            // A leader's snapshot whose directory sync fails after its rename: the snapshot file is in place,
+            // its new segment not made, the log is poisoned; the next run must finish the discard.
             let index = max(base, end) + random.below(5)
             guard index > 0 else { continue }
             snapshotData &+= 1
             let snapshot = StoredSnapshot(index: index, term: term, data: [snapshotData])
-            log.core.openFaults.failNext(1, with: EIO)
+            log.core.snapshotSyncFaults.failNext(1, with: EIO)
             await #expect(throws: StorageError.self) { try await store.saveSnapshot(snapshot, discardingLog: true) }
             try await model.saveSnapshot(snapshot, discardingLog: true)
             poisoned = true

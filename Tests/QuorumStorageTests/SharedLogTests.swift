@@ -1263,6 +1263,35 @@ struct SharedLogTests {
   /// A write that needs a new segment when no descriptor is left fails alone, retryably; the log goes on.
   /// As in a group's own log: a compaction record that needs a new segment which cannot be opened writes
   /// nothing, and fails retryably without poisoning the log.
+  /// A leader's snapshot prepares its new segment (and opens the directories) before the snapshot is renamed into
+  /// place: a want of descriptors for any of them writes nothing and fails retryably, without poisoning the log.
+  @Test(arguments: [0, 1])
+  func anInstallThatFindsNoDescriptorIsRetryable(_ skipping: Int) async throws {
+    try await withTemporaryDirectory { directory in
+      let log = makeLog(directory)
+      let (a, b) = try await openTwo(log)
+      try await a.write(StorageWrite(hardState: hardState("a"), entries: entries(1...3)))
+      log.core.openFaults.failNext(1000, skipping: skipping)
+      let snapshot = StoredSnapshot(index: 10, term: 2, data: [10])
+      let error = await #expect(throws: StorageError.self) { try await a.saveSnapshot(snapshot, discardingLog: true) }
+      #expect(error?.isRetryable == true, "\(String(describing: error))")
+      log.core.openFaults.failNext(0)
+      #expect(try FileSystem.list(directory + "/snapshots/1").allSatisfy { !$0.hasSuffix(".snap") })
+      try await b.write(StorageWrite(hardState: hardState("b"), entries: entries(1...2)))
+      try await a.write(StorageWrite(entries: entries(4...4)))
+      try await a.saveSnapshot(snapshot, discardingLog: true)
+      try await a.write(StorageWrite(entries: entries(11...11, term: 2)))
+      try await a.close()
+      try await b.close()
+
+      let reopened = makeLog(directory)
+      let stateA = try await reopened.storage(for: 1, entry: TestEntry.self).recover()
+      #expect(stateA.snapshot?.index == 10)
+      #expect(stateA.entries == entries(11...11, term: 2))
+      #expect(try await reopened.storage(for: 2, entry: TestEntry.self).recover().entries == entries(1...2))
+    }
+  }
+
   @Test func aCompactionThatFindsNoDescriptorIsRetryable() async throws {
     try await withTemporaryDirectory { directory in
       let log = makeLog(directory)
@@ -1312,8 +1341,10 @@ struct SharedLogTests {
     }
   }
 
-  /// A leader's snapshot whose new segment cannot be created poisons the log: every group's calls fail until all
-  /// are closed; reopened, the snapshot's discard is finished.
+  /// A leader's snapshot whose new segment cannot be created (an I/O error, not a want of descriptors) poisons the
+  /// log: every group's calls fail until all are closed. The segment is prepared before the snapshot is renamed
+  /// into place, so reopened, the group is as before the install (a failure after the rename is
+  /// anInstallWhoseDirectorySyncFailsAfterTheRenamePoisonsTheLog).
   @Test func aFailedRotationPoisonsEveryGroupUntilReopened() async throws {
     try await withTemporaryDirectory { directory in
       var log = makeLog(directory)
@@ -1323,7 +1354,7 @@ struct SharedLogTests {
       _ = try await g.recover()
       try await g.write(StorageWrite(hardState: hardState("g"), entries: entries(1...10)))
       try await a.write(StorageWrite(hardState: hardState("a"), entries: entries(1...3)))
-      log.core.openFaults.failNext(1000)
+      log.core.openFaults.failNext(1, with: EIO)
       await #expect(throws: StorageError.self) {
         try await g.saveSnapshot(StoredSnapshot(index: 5, term: 2, data: [5]), discardingLog: true)
       }
@@ -1343,9 +1374,10 @@ struct SharedLogTests {
       #expect(stateA.entries == entries(1...3))
       #expect(stateA.hardState == hardState("a"))
       let stateG = try await g.recover()
-      #expect(stateG.snapshot?.index == 5)
-      #expect(stateG.entries == [])
+      #expect(stateG.snapshot == nil)
+      #expect(stateG.entries == entries(1...10))
       #expect(stateG.hardState == hardState("g"))
+      try await g.saveSnapshot(StoredSnapshot(index: 5, term: 2, data: [5]), discardingLog: true)
       try await g.write(StorageWrite(entries: entries(6...6, term: 2)))
       try await a.close()
       try await g.close()
