@@ -631,6 +631,7 @@ final class SharedLogCore: @unchecked Sendable {
       do throws(StorageError) {
         try self.installSnapshot(group: group, owner: owner, body)
       } catch {
+        // installSnapshot closed the body's file (finished or discarded it).
         try? FileSystem.remove(body.temporary)
         throw error
       }
@@ -640,10 +641,16 @@ final class SharedLogCore: @unchecked Sendable {
   private func installSnapshot(group: UInt64, owner: ObjectIdentifier, _ body: SnapshotFile.PreparedBody)
     throws(StorageError)
   {
-    var state = try openGroup(group, owner: owner)
-    if body.index < state.position.snapshotIndex {
-      throw .invalidWrite(
-        "snapshot at \(body.index) is older than the stored snapshot at \(state.position.snapshotIndex)")
+    var state: Group
+    do throws(StorageError) {
+      state = try openGroup(group, owner: owner)
+      if body.index < state.position.snapshotIndex {
+        throw .invalidWrite(
+          "snapshot at \(body.index) is older than the stored snapshot at \(state.position.snapshotIndex)")
+      }
+    } catch {
+      body.discard()
+      throw error
     }
     guard let last = segments.last else { preconditionFailure("open shared log without segments; phase \(phase)") }
     // As in FileStorage: the snapshot names the segment the group's log continues in, so a crash before that

@@ -54,7 +54,8 @@ enum SnapshotFile {
   static func writeTemporary(
     _ snapshot: StoredSnapshot, discardBeforeSegment: UInt64, directory: String, sync: Bool, suffix: String
   ) throws(StorageError) -> String {
-    // The body unsynced, then the header: its sync makes the whole file durable (one sync, as for one write).
+    // The body unsynced, then the header on the same descriptor: its sync makes the whole file durable (one
+    // sync, as for one write), and reports a writeback error of the body too.
     let body = try writeBody(snapshot, directory: directory, sync: false, suffix: suffix)
     try finish(body, discardBeforeSegment: discardBeforeSegment, sync: sync)
     return body.temporary
@@ -65,6 +66,10 @@ enum SnapshotFile {
   /// never holds up the other groups' writes. ``finish(_:discardBeforeSegment:sync:)`` adds the header, which
   /// holds the one field known only on the writer (the segment the group's log continues in).
   struct PreparedBody {
+    /// The temporary file, still open: ``finish(_:discardBeforeSegment:sync:)`` writes the header and syncs on this
+    /// same descriptor (so a writeback error of the body is reported to the sync, which a kernel before 4.16 reports
+    /// only on the descriptor open when it happened), then closes it; ``discard()`` when it is not finished.
+    let file: PosixFile
     let temporary: String
     let index: UInt64
     let term: UInt64
@@ -72,11 +77,18 @@ enum SnapshotFile {
     let dataBytes: Int
     /// The checksum of the metadata followed by the data, alone.
     let bodyChecksum: UInt32
+
+    /// Closes and removes the file, for a body that is not to be finished.
+    func discard() {
+      file.close()
+      try? FileSystem.remove(temporary)
+    }
   }
 
   /// Writes `snapshot`'s metadata and data at their places in a new temporary file (named as in
   /// ``writeTemporary(_:discardBeforeSegment:directory:sync:suffix:)``), leaving the header zero, and (with
-  /// `sync`) syncs it. On failure nothing is left behind.
+  /// `sync`) syncs it. Returns it open: the caller must ``finish(_:discardBeforeSegment:sync:)`` or
+  /// ``PreparedBody/discard()`` it. On failure nothing is left behind.
   static func writeBody(_ snapshot: StoredSnapshot, directory: String, sync: Bool, suffix: String)
     throws(StorageError) -> PreparedBody
   {
@@ -88,14 +100,14 @@ enum SnapshotFile {
       try file.write(snapshot.metadata, at: headerBytes)
       try file.write(snapshot.data, at: headerBytes + snapshot.metadata.count)
       if sync { try file.fullSync() }
-      file.close()
     } catch {
       file.close()
       try? FileSystem.remove(temporary)
       throw error
     }
     return PreparedBody(
-      temporary: temporary, index: snapshot.index, term: snapshot.term, metadataBytes: snapshot.metadata.count,
+      file: file, temporary: temporary, index: snapshot.index, term: snapshot.term,
+      metadataBytes: snapshot.metadata.count,
       dataBytes: snapshot.data.count, bodyChecksum: checksum)
   }
 
@@ -103,7 +115,8 @@ enum SnapshotFile {
   /// small write, whose checksum over the whole file comes from the body's own checksum without reading the body
   /// again (crc(A + B) = x^(8|B|) · crc(A) ⊕ crc(B)); its sync also makes an unsynced body durable (`fdatasync`
   /// writes the file's data and the size needed to read it). The file is then a complete temporary snapshot, for
-  /// ``publish(_:index:directory:sync:)``. On failure the file is removed.
+  /// ``publish(_:index:directory:sync:)``. Writes and syncs on the body's own descriptor, and closes it; on failure
+  /// the file is removed.
   static func finish(_ body: PreparedBody, discardBeforeSegment: UInt64, sync: Bool) throws(StorageError) {
     var header = WireWriter(reservingCapacity: headerBytes)
     header.writeFixed32(magic)
@@ -117,11 +130,10 @@ enum SnapshotFile {
     let shift = CRC32CShift.factor(bytes: body.metadataBytes + body.dataBytes).factor
     let crc = CRC32CShift.multiply(shift, CRC32C.checksum(header.bytes[12...])) ^ body.bodyChecksum
     header.patchFixed32(crc, at: 8)
+    defer { body.file.close() }
     do {
-      let file = try PosixFile.open(body.temporary, flags: O_WRONLY)
-      defer { file.close() }
-      try file.write(header.bytes, at: 0)
-      if sync { try file.dataSync() }
+      try body.file.write(header.bytes, at: 0)
+      if sync { try body.file.dataSync() }
     } catch {
       try? FileSystem.remove(body.temporary)
       throw error
