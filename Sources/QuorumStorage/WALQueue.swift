@@ -255,7 +255,12 @@ extension WALFiles {
     do throws(StorageError) {
       file = try PosixFile.open(temporary, flags: fromSpare ? O_RDWR : O_RDWR | O_CREAT | O_TRUNC, faults: faults)
     } catch {
-      try? FileSystem.remove(temporary)
+      // A spare taken is still all zeros: it goes back, for the next try.
+      if fromSpare, let spare {
+        try? FileSystem.rename(temporary, spare.readyPath)
+      } else {
+        try? FileSystem.remove(temporary)
+      }
       throw error
     }
     // The first append starts where the checkpoint ends: never in the last bytes of a sector.
@@ -287,6 +292,7 @@ extension WALFiles {
     } catch {
       file.close()
       try? FileSystem.remove(temporary)
+      if fromSpare { spare?.prepare() }
       throw error
     }
   }

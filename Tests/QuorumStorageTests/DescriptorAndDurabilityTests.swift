@@ -125,6 +125,30 @@ struct DescriptorExhaustionTests {
     }
   }
 
+  @Test("a rotation that took the spare segment and found no descriptor for it gives the spare back")
+  func aRotationThatFindsNoDescriptorKeepsTheSpare() async throws {
+    try await withTemporaryDirectory { directory in
+      let store = FileStorage<TestEntry>(
+        directory: directory, segmentBytes: 4096, preallocation: .zeroFilled, logger: .disabled)
+      _ = try await store.recover()
+      try await store.write(StorageWrite(hardState: hardState("term 1"), entries: [big(1)]))
+      let spare = directory + "/wal/spare.ready"
+      let deadline = ContinuousClock.now + .seconds(60)
+      while FileSystem.size(of: spare) != 4096 && ContinuousClock.now < deadline {
+        try await Task.sleep(for: .milliseconds(5))
+      }
+      #expect(FileSystem.size(of: spare) == 4096, "a spare is ready")
+      store.core.openFaults.failNext(1000)
+      let error = await #expect(throws: StorageError.self) { try await store.write(StorageWrite(entries: [big(2)])) }
+      #expect(error?.isRetryable == true, "\(String(describing: error))")
+      store.core.openFaults.failNext(0)
+      // Given back, not deleted: the next rotation need not write a segment of zeros on the writer.
+      #expect(FileSystem.size(of: spare) == 4096)
+      try await store.write(StorageWrite(entries: [big(2)]))
+      try await store.close()
+    }
+  }
+
   @Test("a rotation whose directory finds no descriptor for its sync is retryable; nothing is poisoned")
   func aRotationWhoseDirectorySyncFindsNoDescriptorIsRetryable() async throws {
     try await withTemporaryDirectory { directory in
