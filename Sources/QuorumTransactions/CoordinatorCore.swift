@@ -19,6 +19,15 @@ public enum CoordinatorInput: Sendable, Hashable {
   /// The shell could not record the decision, or the end of a commit (the store was unavailable); the core
   /// retries after a back-off.
   case recordFailed(TxnID)
+  /// The store certainly did not record the decision, and would refuse it again
+  /// (``TransactionStoreError/refused(_:)``: a full table, too many participants; or
+  /// ``TransactionStoreError/rejected(_:)``: turned away before the group's log). A commit of a transaction none of
+  /// whose earlier writes went unanswered ends at once: nothing can record it any more, so it aborts
+  /// (``TransactionAbortReason/recordRefused(_:)``) and the participants are told. A commit refused because the
+  /// table's time lags (``TransactionRecordError/clockAhead(startedAtMillis:logTimeMillis:)``) is retried until the
+  /// horizon, and then aborts (``TransactionAbortReason/expired``). After an unanswered write, which may still
+  /// land, and for an abort, it is retried as after ``recordFailed(_:)``.
+  case recordRefused(TxnID, TransactionStoreError)
   /// The shell carried out ``CoordinatorEffect/recordFinished(_:)``: the coordinator is done with `id`.
   case finishRecorded(TxnID)
   /// The records this coordinator left before it restarted (``TransactionRecordStore/pendingRecords(of:)``).
@@ -116,6 +125,9 @@ public struct CoordinatorCore: Sendable {
     var startedTick: UInt64
     var wakeTick: UInt64
     var retryInterval: UInt64
+    /// Whether a write of the decision went unanswered: it may have been recorded, or may still be, so only the
+    /// record can tell the outcome from then on.
+    var decisionMayHaveLanded = false
   }
 
   /// This coordinator.
@@ -209,8 +221,10 @@ public struct CoordinatorCore: Sendable {
         break
       }
       transaction.phase = .recording(decision, targets: targets, inFlight: false)
+      transaction.decisionMayHaveLanded = true
       active[txn] = transaction
       backOff(txn)
+    case .recordRefused(let txn, let error): refused(txn, error, &effects)
     case .finishRecorded(let txn):
       guard case .finishing? = active[txn]?.phase else { break }
       active[txn] = nil
@@ -420,6 +434,28 @@ public struct CoordinatorCore: Sendable {
       outcomes.remember(txn, .abort)
       effects.append(.finished(txn, .aborted(.resolvedAbort)))
     }
+  }
+
+  /// A write of the decision of `txn` that the store certainly did not apply (see
+  /// ``CoordinatorInput/recordRefused(_:_:)``).
+  private mutating func refused(_ txn: TxnID, _ error: TransactionStoreError, _ effects: inout [CoordinatorEffect]) {
+    resolving[txn] = nil  // a lookup: the askers ask again
+    guard var transaction = active[txn], case .recording(let decision, let targets, _) = transaction.phase else {
+      return
+    }
+    let retryable: Bool
+    if case .refused(.clockAhead) = error { retryable = true } else { retryable = false }
+    let pastHorizon = txn.isPastHorizon(wallClockMillis, horizonMillis: options.transactionHorizonMillis)
+    // Only a commit that nothing may still record ends early: an earlier unanswered write may land after this
+    // refusal (a replicated group applies a delayed request when it arrives), and then the commit holds.
+    if decision == .commit, !transaction.decisionMayHaveLanded, !retryable || pastHorizon {
+      for target in targets { effects.append(.send(TransactionOutgoing(to: target, .decision(txn, .abort)))) }
+      finish(txn, .aborted(retryable ? .expired : .recordRefused(error)), &effects)
+      return
+    }
+    transaction.phase = .recording(decision, targets: targets, inFlight: false)
+    active[txn] = transaction
+    backOff(txn)
   }
 
   // MARK: - Time

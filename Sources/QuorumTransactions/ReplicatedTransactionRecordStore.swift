@@ -107,7 +107,10 @@ public actor ReplicatedLogRecordChannel: TransactionRecordChannel {
 ///
 /// Every handle on the same table must be created with the same `identity` (any number naming the table, such
 /// as its group's): participants compare it with the one in each prepare before resolving through the record.
-/// Failures of the group come back as ``TransactionStoreError/unavailable(_:)``; every operation may be retried.
+/// Failures of the group come back as ``TransactionStoreError/unavailable(_:)``; every operation may be retried. A
+/// command the group turns away before its log (``QuorumCore/ConsensusError/commandTooLarge(bytes:limit:)``,
+/// ``QuorumCore/ConsensusError/sessionQuotaExceeded(limit:)``) comes back as ``TransactionStoreError/rejected(_:)``:
+/// certainly not applied.
 public struct ReplicatedTransactionRecordStore: TransactionRecordStore {
   /// The table's identity.
   public let sharedIdentity: UInt64?
@@ -130,6 +133,8 @@ public struct ReplicatedTransactionRecordStore: TransactionRecordStore {
       return try await channel.submit(command)
     } catch let error as TransactionStoreError {
       throw error
+    } catch let error as ConsensusError where error.isRejectionBeforeTheLog {
+      throw TransactionStoreError.rejected("\(command): \(error)")
     } catch {
       throw TransactionStoreError.unavailable("\(command): \(error)")
     }
@@ -183,6 +188,16 @@ public struct ReplicatedTransactionRecordStore: TransactionRecordStore {
     case .reserved(let first, let count): return first..<first.addingSaturated(count)
     case .refused(let error): throw TransactionStoreError.refused(error)
     case let other: throw TransactionStoreError.badAnswer("\(other) to \(command)")
+    }
+  }
+}
+
+extension ConsensusError {
+  /// Whether the group certainly did not apply the command, and would turn it away again.
+  var isRejectionBeforeTheLog: Bool {
+    switch self {
+    case .commandTooLarge, .sessionQuotaExceeded: return true
+    default: return false
     }
   }
 }

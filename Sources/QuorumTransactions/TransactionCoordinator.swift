@@ -197,6 +197,11 @@ public actor TransactionCoordinator {
             answer = .core(.decisionRecorded(txn, holding))
           } catch TransactionStoreError.unusable(let why) {
             answer = .storeFailed(why)
+          } catch let error as TransactionStoreError {
+            switch error {
+            case .refused, .rejected: answer = .core(.recordRefused(txn, error))  // certainly not recorded
+            case .unavailable, .badAnswer, .unusable: answer = .core(.recordFailed(txn))
+            }
           } catch {
             answer = .core(.recordFailed(txn))
           }

@@ -183,7 +183,7 @@ public actor TransactionParticipantNode {
           answer = .core(try await operation())
         } catch TransactionStoreError.unusable(let why) {
           answer = .storeFailed(why)
-        } catch TransactionStoreError.refused {
+        } catch TransactionStoreError.refused, TransactionStoreError.rejected {
           answer = .core(.recordRefused(txn))
         } catch {
           answer = .core(.recordFailed(txn))

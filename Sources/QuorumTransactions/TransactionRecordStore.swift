@@ -50,7 +50,7 @@ extension TransactionRecordStore {
 }
 
 /// Why a record store operation failed.
-public enum TransactionStoreError: Error, Sendable, Equatable, CustomStringConvertible {
+public enum TransactionStoreError: Error, Sendable, Hashable, CustomStringConvertible {
   /// The local store could not write and refuses everything from now on: the node must stop and restart
   /// (recovery reads what reached the disk).
   case unusable(String)
@@ -58,6 +58,9 @@ public enum TransactionStoreError: Error, Sendable, Equatable, CustomStringConve
   case refused(TransactionRecordError)
   /// The replicated group did not answer: the operation may or may not have taken effect. Retrying is safe.
   case unavailable(String)
+  /// The replicated group turned the command away before its log (too large for it, say): it was certainly not
+  /// applied, and would be turned away again.
+  case rejected(String)
   /// The store answered something this build does not expect.
   case badAnswer(String)
 
@@ -66,6 +69,7 @@ public enum TransactionStoreError: Error, Sendable, Equatable, CustomStringConve
     case .unusable(let why): return "the record store is unusable: \(why)"
     case .refused(let error): return "the record table refused: \(error)"
     case .unavailable(let why): return "the record group did not answer: \(why)"
+    case .rejected(let why): return "the record group turned the command away: \(why)"
     case .badAnswer(let why): return "unexpected answer from the record store: \(why)"
     }
   }

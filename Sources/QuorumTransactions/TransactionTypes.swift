@@ -129,6 +129,9 @@ public enum TransactionAbortReason: Hashable, Sendable, CustomStringConvertible 
   case bodyFailed(String)
   /// The transaction passed its horizon (``TxnID/startedAtMillis`` plus the horizon) before it could commit.
   case expired
+  /// The record store refused the commit for good (a full record table, say): nothing recorded it, and nothing
+  /// will, so it aborted at once rather than being retried until its horizon.
+  case recordRefused(TransactionStoreError)
 
   public var description: String {
     switch self {
@@ -138,6 +141,7 @@ public enum TransactionAbortReason: Hashable, Sendable, CustomStringConvertible 
     case .participantAborted(let node): return "\(node) aborted the one-phase commit"
     case .bodyFailed(let why): return "the transaction body failed: \(why)"
     case .expired: return "the transaction passed its horizon"
+    case .recordRefused(let why): return "the commit could not be recorded: \(why)"
     }
   }
 }

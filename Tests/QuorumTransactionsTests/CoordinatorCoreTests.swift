@@ -243,6 +243,64 @@ struct CoordinatorCoreTests {
     #expect(c.ticks(20) == [], "in flight: no second write")
   }
 
+  @Test("a commit the record table refuses for good aborts at once, the participants told, not retried to the horizon")
+  func refusedCommitAbortsAtOnce() {
+    var c = CoordinatorCore(id: 1, options: quickCoordinatorOptions(), recordStore: 77)
+    _ = c.step(.begin(t, participants: [2, 3]))
+    _ = c.step(.message(from: 2, .vote(t, .yes)))
+    #expect(c.step(.message(from: 3, .vote(t, .yes))) == [.recordDecision(t, .commit, participants: [2, 3])])
+    let full = TransactionStoreError.refused(.tooManyRecords(limit: 10))
+    #expect(
+      c.step(.recordRefused(t, full)) == [
+        send(2, .decision(t, .abort)), send(3, .decision(t, .abort)), .finished(t, .aborted(.recordRefused(full))),
+      ])
+    #expect(c.activeCount == 0)
+    #expect(c.status(of: t) == .aborted)
+    #expect(c.ticks(50) == [], "nothing written again")
+    #expect(c.step(.message(from: 2, .decisionRequest(t))) == [send(2, .decision(t, .abort))])
+    // Turned away before the log (too large for it): the same.
+    let u = txn(8)
+    _ = c.step(.begin(u, participants: [2, 3]))
+    _ = c.step(.message(from: 2, .vote(u, .yes)))
+    _ = c.step(.message(from: 3, .vote(u, .yes)))
+    let large = TransactionStoreError.rejected("command of 900 bytes exceeds the limit of 512")
+    #expect(c.step(.recordRefused(u, large)).last == .finished(u, .aborted(.recordRefused(large))))
+  }
+
+  @Test("a refusal after an unanswered write of the commit is retried: that write may still land")
+  func refusalAfterLostWriteRetried() {
+    var c = CoordinatorCore(id: 1, options: quickCoordinatorOptions(), recordStore: 77)
+    _ = c.step(.begin(t, participants: [2, 3]))
+    _ = c.step(.message(from: 2, .vote(t, .yes)))
+    _ = c.step(.message(from: 3, .vote(t, .yes)))
+    #expect(c.step(.recordFailed(t)) == [])
+    #expect(c.ticks(4) == [.recordDecision(t, .commit, participants: [2, 3])])
+    #expect(c.step(.recordRefused(t, .refused(.tooManyRecords(limit: 10)))) == [])
+    #expect(c.status(of: t) == .inProgress)
+    #expect(c.ticks(10).contains(.recordDecision(t, .commit, participants: [2, 3])))
+    #expect(c.step(.decisionRecorded(t, .commit)).last == .finished(t, .committed), "the lost write had landed")
+  }
+
+  @Test("a commit refused because the table's time lags is retried, and aborts once past its horizon")
+  func clockAheadRetriedUntilHorizon() {
+    var options = quickCoordinatorOptions()
+    options.transactionHorizonMillis = 1_000
+    var c = CoordinatorCore(id: 1, options: options, recordStore: 77)
+    let start = txn(9, started: 10_000)
+    _ = c.step(.tick(wallClockMillis: 10_000))
+    _ = c.step(.begin(start, participants: [2, 3]))
+    _ = c.step(.message(from: 2, .vote(start, .yes)))
+    _ = c.step(.message(from: 3, .vote(start, .yes)))
+    let lagging = TransactionStoreError.refused(.clockAhead(startedAtMillis: 10_000, logTimeMillis: 0))
+    #expect(c.step(.recordRefused(start, lagging)) == [])
+    #expect(c.ticks(10).contains(.recordDecision(start, .commit, participants: [2, 3])), "written again")
+    _ = c.step(.tick(wallClockMillis: 11_001))
+    #expect(
+      c.step(.recordRefused(start, lagging)) == [
+        send(2, .decision(start, .abort)), send(3, .decision(start, .abort)), .finished(start, .aborted(.expired)),
+      ])
+  }
+
   @Test("a restarted coordinator resumes phase 2 of unfinished commits and aborts undecided logged ones")
   func recovery() {
     var c = CoordinatorCore(id: 1, options: quickCoordinatorOptions(), recordStore: 77)
