@@ -222,7 +222,9 @@ extension LockTable {
       if case .semaphore(let permits) = lock.kind, lock.holders.count > Int(permits) {
         problems.append("\(name) has \(lock.holders.count) holders of \(permits) permits")
       }
-      if let head = lock.waiters.first, lock.admits(head.mode), sessions[head.session].map(isDue) != true {
+      if let head = lock.waiters.first, lock.admits(head.mode), sessions[head.session].map({ isDue($0) }) != true,
+        !isDue(head)
+      {
         problems.append("\(name)'s first waiter \(head.session) could be granted")
       }
       for (id, holder) in lock.holders {
@@ -234,7 +236,10 @@ extension LockTable {
         waits[waiter.session, default: []].insert(name)
         if let timeout = waiter.timeoutAtMillis {
           timed[waiter.queuedAt] = WaiterRef(lock: name, session: waiter.session)
-          if timeout <= logTimeMillis { problems.append("\(name) waiter \(waiter.session) past its timeout") }
+          // Left for a later entry only by a bound on wait timeouts per entry.
+          if timeout <= logTimeMillis && limits.maxWaitTimeoutsPerEntry == .max {
+            problems.append("\(name) waiter \(waiter.session) past its timeout")
+          }
           note(timeout)
         }
       }

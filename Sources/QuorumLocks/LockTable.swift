@@ -24,7 +24,8 @@ public import QuorumCore
 /// **Time** is the log's: ``QuorumCore/ApplyContext/timestampMillis``, made monotonic by
 /// ``QuorumCore/ReplicatedStateMachine`` (and again here). Each apply first ends the sessions whose expiry is at
 /// or before the entry's log time (at most ``LockTableLimits/maxExpiriesPerEntry`` of them; the rest in the
-/// following entries) and the waits whose timeout has passed, then applies the command, then grants the waiters
+/// following entries) and the waits whose timeout has passed (at most ``LockTableLimits/maxWaitTimeoutsPerEntry``;
+/// a due wait left for later is never granted), then applies the command, then grants the waiters
 /// that those changes let through, once per lock. A session is over from the first entry at or after its expiry
 /// even while the work of ending it waits: commands naming it are answered as for an expired session, a query
 /// finds no such session, and none of its waits is granted (a queue whose head is such a waiter waits until its
@@ -198,14 +199,36 @@ public struct LockTable: StateMachine {
     return session
   }
 
+  /// Ends at most ``LockTableLimits/maxWaitTimeoutsPerEntry`` of the waits whose timeout has passed, earliest
+  /// timeout first (then earliest queued): the rest stay due, never granted (``grantWaiters(of:)``), and are ended by
+  /// the following entries, or first by an acquire or a cancel of their session for their lock
+  /// (``endDueWait(of:on:)``).
   private mutating func expireWaits() {
     let now = logTimeMillis
-    while let top = waiterTimeouts.min, top.millis <= now {
+    var ended = 0
+    while ended < limits.maxWaitTimeoutsPerEntry, let top = waiterTimeouts.min, top.millis <= now {
       waiterTimeouts.popMin()
       guard let waiter = timedWaiters[top.id] else { continue }  // granted or gone since
       removeWaiter(waiter.session, from: waiter.lock)
       events.append(.waitTimedOut(lock: waiter.lock, session: waiter.session))
+      ended += 1
     }
+  }
+
+  /// Whether `waiter`'s timeout has come: it is over, though taking it out of its queue may wait for a later entry.
+  func isDue(_ waiter: Waiter) -> Bool { waiter.timeoutAtMillis.map { $0 <= logTimeMillis } ?? false }
+
+  /// Ends the wait of `session` for `name` if its timeout has passed (left by the bound on wait timeouts per
+  /// entry), as the start of the entry would have without the bound: an acquire or a cancel then finds no wait.
+  /// Returns whether it did.
+  @discardableResult
+  private mutating func endDueWait(of session: LockSessionID, on name: String) -> Bool {
+    guard liveSession(session)?.waits.contains(name) == true,
+      let waiter = locks[name]?.waiters.first(where: { $0.session == session }), isDue(waiter)
+    else { return false }
+    removeWaiter(session, from: name)
+    events.append(.waitTimedOut(lock: name, session: session))
+    return true
   }
 
   /// Pops stale entries off both heaps so that their tops are live (making ``nextDeadlineMillis`` exact), and
@@ -263,10 +286,12 @@ public struct LockTable: StateMachine {
       for grant in released { events.append(.released(grant)) }
       return .sessionClosed(releasedLocks: released.count)
     case .acquire(let lock, let session, let mode, let wait, let timeout):
+      if endDueWait(of: session, on: lock) { forgetFreeLocks() }  // the lock may be free now
       return acquire(lock, session: session, mode: mode, wait: wait, waitTimeoutMillis: timeout)
     case .release(let lock, let session, let token):
       return release(lock, session: session, token: token)
     case .cancelWait(let lock, let session, let queuedAt):
+      endDueWait(of: session, on: lock)  // then a wait that timed out is not there to cancel
       guard liveSession(session)?.waits.contains(lock) == true else { return .waitCancelled(false) }
       if let queuedAt,
         locks[lock]?.waiters.contains(where: { $0.session == session && $0.queuedAt == queuedAt }) != true
@@ -476,7 +501,8 @@ public struct LockTable: StateMachine {
   }
 
   /// Grants the waiters at the head of `name`'s queue that the holders admit, stopping at the first waiter whose
-  /// session is due (it is never granted; ending its session takes it out of the queue and touches the lock again).
+  /// session or wait timeout is due (it is never granted; ending its session or its wait takes it out of the queue
+  /// and touches the lock again).
   private mutating func grantWaiters(of name: String) {
     let token = FencingToken(appliedIndex)
     let now = logTimeMillis
@@ -487,7 +513,8 @@ public struct LockTable: StateMachine {
       outcome = locks.modify(name) { lock -> (granted: [Waiter], previous: FencingToken) in
         var count = 0
         while count < lock.waiters.count, lock.admits(lock.waiters[count].mode),
-          (current[lock.waiters[count].session]?.expiresAtMillis ?? 0) > now
+          (current[lock.waiters[count].session]?.expiresAtMillis ?? 0) > now,
+          (lock.waiters[count].timeoutAtMillis ?? .max) > now
         {
           let waiter = lock.waiters[count]
           lock.holders[waiter.session] = Holder(mode: waiter.mode, token: token)

@@ -343,12 +343,28 @@ public struct LockTableLimits: Hashable, Sendable {
   /// older snapshot, or during a rolling restart) ends a different set of sessions in them than the members that
   /// applied them first.
   public var maxExpiriesPerEntry: Int
+  /// The most waits one entry ends because their timeout passed. Default `Int.max`: unlimited, every wait whose
+  /// timeout has passed is ended in the first entry at or after it, exactly as before this limit existed.
+  ///
+  /// A bounded value (an opt-in) bounds an entry's work when many waits time out together (each takes its waiter
+  /// out of a queue of up to ``maxWaitersPerLock``). Those ended are the earliest timeouts first (then the earliest
+  /// queued). A wait is over at its timeout whatever this says: it is never granted (a queue whose first waiter is
+  /// such a wait waits for it to be ended), and an acquire or a cancel of its session for its lock ends it first, as
+  /// the unbounded table would have at the start of the entry. The others are ended by the following entries
+  /// (``LockTable/nextDeadlineMillis`` stays due, so the leader proposes them as time-only entries, one at a time at
+  /// its ticks). Meanwhile a status read may still list such a waiter, with its timeout in the past.
+  ///
+  /// Like ``maxExpiriesPerEntry``, this is replicated behaviour, not a local tuning knob: it decides in which entry
+  /// a wait ends, and so which waiter is granted with which fencing token. Every member of a group must use the same
+  /// value from the group's first entry on; changing it on a group with history makes replicas diverge.
+  public var maxWaitTimeoutsPerEntry: Int
 
   /// Creates limits; every argument defaults to the value documented on its property.
   public init(
     maxSessions: Int = 100_000, maxLocks: Int = 100_000, maxWaitersPerLock: Int = 1_024, maxNameBytes: Int = 256,
     maxHoldsPerSession: Int = 1_024, minTTLMillis: UInt64 = 1_000, maxTTLMillis: UInt64 = 600_000,
-    maxSemaphorePermits: UInt32 = 10_000, maxListCount: Int = 1_000, maxExpiriesPerEntry: Int = .max
+    maxSemaphorePermits: UInt32 = 10_000, maxListCount: Int = 1_000, maxExpiriesPerEntry: Int = .max,
+    maxWaitTimeoutsPerEntry: Int = .max
   ) {
     self.maxSessions = maxSessions
     self.maxLocks = maxLocks
@@ -360,6 +376,7 @@ public struct LockTableLimits: Hashable, Sendable {
     self.maxSemaphorePermits = maxSemaphorePermits
     self.maxListCount = maxListCount
     self.maxExpiriesPerEntry = maxExpiriesPerEntry
+    self.maxWaitTimeoutsPerEntry = maxWaitTimeoutsPerEntry
   }
 
   /// Checks that every limit is usable.
@@ -375,6 +392,7 @@ public struct LockTableLimits: Hashable, Sendable {
     try positive(maxHoldsPerSession, "LockLimits.maxHoldsPerSession")
     try positive(maxListCount, "LockLimits.maxListCount")
     try positive(maxExpiriesPerEntry, "LockLimits.maxExpiriesPerEntry")
+    try positive(maxWaitTimeoutsPerEntry, "LockLimits.maxWaitTimeoutsPerEntry")
     guard minTTLMillis > 0 else {
       throw ConfigurationError(setting: "LockLimits.minTTLMillis", reason: "must be positive")
     }

@@ -26,6 +26,15 @@ struct LockTablePropertyTests {
     try Self.randomWorkload(seed: seed, limits: limits)
   }
 
+  @Test(
+    "the same with one wait timeout per entry: due waits are never granted, identically after a restore",
+    arguments: [9, 10, 11] as [UInt64])
+  func randomWorkloadWithDeferredWaitTimeouts(seed: UInt64) throws {
+    var limits = Self.limits
+    limits.maxWaitTimeoutsPerEntry = 1
+    try Self.randomWorkload(seed: seed, limits: limits)
+  }
+
   static func randomWorkload(seed: UInt64, limits: LockTableLimits) throws {
     var random = SeededRandom(seed: seed)
     var table = try LockTable(limits: limits)
