@@ -162,6 +162,7 @@ public struct LockTable: StateMachine {
     expireSessions()
     expireWaits()
     forgetFreeLocks()
+    makeRoom(for: command)
     var response = refusal(of: command, by: context.principal) ?? execute(command, principal: context.principal)
     grantTouchedLocks()
     if case .queued = response, case .acquire(let lock, let session, _, _, _) = command {
@@ -178,15 +179,72 @@ public struct LockTable: StateMachine {
   /// (then lowest identifier): the rest stay due, over for every command (``liveSession(_:)``), and are ended by the
   /// following entries.
   private mutating func expireSessions() {
-    let now = logTimeMillis
     var ended = 0
-    while ended < limits.maxExpiriesPerEntry, let top = sessionExpiries.min, top.millis <= now {
+    while ended < limits.maxExpiriesPerEntry, endEarliestDueSession() { ended += 1 }
+  }
+
+  /// Ends the due session with the earliest deadline (then the lowest identifier); returns whether there was one.
+  private mutating func endEarliestDueSession() -> Bool {
+    let now = logTimeMillis
+    while let top = sessionExpiries.min, top.millis <= now {
       sessionExpiries.popMin()
       let id = LockSessionID(top.id)
       guard sessions[id]?.expiresAtMillis == top.millis else { continue }  // renewed or closed since
-      let lost = dropSession(id)
-      events.append(.expired(session: id, lost: lost))
-      ended += 1
+      endExpiredSession(id)
+      return true
+    }
+    return false
+  }
+
+  /// Ends session `id` for its expiry: releases its holds and ends its waits (its heap entry goes stale).
+  private mutating func endExpiredSession(_ id: LockSessionID) {
+    let lost = dropSession(id)
+    events.append(.expired(session: id, lost: lost))
+  }
+
+  /// Makes room for `command` when it would find a limit reached while sessions or waits are due but not yet ended
+  /// (left by a bound on ``LockTableLimits/maxExpiriesPerEntry`` or ``LockTableLimits/maxWaitTimeoutsPerEntry``):
+  /// those are over, and must not refuse live clients. An open that finds ``LockTableLimits/maxSessions`` sessions
+  /// ends due sessions, earliest deadline first; an acquire of a new lock that finds ``LockTableLimits/maxLocks``
+  /// locks does the same until a lock is freed; an acquire that would queue behind a full queue
+  /// (``LockTableLimits/maxWaitersPerLock``) ends the waits of that queue that are due, and the due sessions of its
+  /// waiters, first in line first. Each within a budget of the same bound again, so an entry's work stays bounded.
+  /// "Due" is judged by the entry's log time, so every replica ends the same. Without a bound nothing is left due
+  /// once the entry's expiries ran, and this changes nothing.
+  private mutating func makeRoom(for command: LockCommand) {
+    switch command {
+    case .openSession:
+      var budget = limits.maxExpiriesPerEntry
+      while sessions.count >= limits.maxSessions, budget > 0, endEarliestDueSession() { budget -= 1 }
+    case .acquire(let name, let id, _, _, _):
+      guard liveSession(id) != nil else { return }
+      guard let lock = locks[name] else {
+        var budget = limits.maxExpiriesPerEntry
+        while locks.count >= limits.maxLocks, budget > 0, endEarliestDueSession() {
+          budget -= 1
+          forgetFreeLocks()
+        }
+        return
+      }
+      guard lock.waiters.count >= limits.maxWaitersPerLock, lock.holders[id] == nil,
+        !lock.waiters.contains(where: { $0.session == id })
+      else { return }
+      var sessionBudget = limits.maxExpiriesPerEntry
+      var waitBudget = limits.maxWaitTimeoutsPerEntry
+      for waiter in lock.waiters {
+        guard (locks[name]?.waiters.count ?? 0) >= limits.maxWaitersPerLock else { break }
+        if isDue(waiter), waitBudget > 0 {
+          removeWaiter(waiter.session, from: name)
+          events.append(.waitTimedOut(lock: name, session: waiter.session))
+          waitBudget -= 1
+        } else if let session = sessions[waiter.session], isDue(session), sessionBudget > 0 {
+          endExpiredSession(waiter.session)
+          sessionBudget -= 1
+        }
+      }
+      forgetFreeLocks()
+    case .keepAlive, .closeSession, .release, .cancelWait, .advanceTime:
+      return
     }
   }
 

@@ -333,8 +333,11 @@ public struct LockTableLimits: Hashable, Sendable {
   /// this says: the commands naming it are answered as for an expired session and none of its waits is granted;
   /// releasing what it holds waits for the following entries (``LockTable/nextDeadlineMillis`` stays due, so the
   /// leader proposes them as time-only entries, one at a time at its ticks: about `maxExpiriesPerEntry` sessions
-  /// per tick when nothing else is written). Meanwhile the due sessions still count towards ``maxSessions``,
-  /// ``maxLocks`` and ``maxWaitersPerLock``, and a lock whose only holder is one answers a no-wait acquire `busy`.
+  /// per tick when nothing else is written). Due sessions do not refuse live clients: an open that finds
+  /// ``maxSessions`` sessions, an acquire of a new lock that finds ``maxLocks`` locks, and an acquire that would queue
+  /// behind ``maxWaitersPerLock`` waiters first end due sessions (and due waits of that queue), within another
+  /// budget of this bound, and are refused only if that leaves no room. A lock whose only holder is a due session
+  /// still answers a no-wait acquire `busy` until the session is ended.
   ///
   /// This is replicated behaviour, not a local tuning knob: it decides in which entry a session's locks are
   /// released, and so which waiter is granted with which fencing token. Every member of a group must use the same
@@ -342,6 +345,11 @@ public struct LockTableLimits: Hashable, Sendable {
   /// history makes replicas diverge: a member that re-applies old entries with another value (after restoring an
   /// older snapshot, or during a rolling restart) ends a different set of sessions in them than the members that
   /// applied them first.
+  ///
+  /// Builds before the one that let full limits end due sessions applied such an entry differently (they refused
+  /// the command). A group that set a bound under such a build must upgrade every member at the same applied index
+  /// (all caught up, a snapshot taken on each): a member that re-applies, with this build, entries the older one
+  /// applied would diverge from the others.
   public var maxExpiriesPerEntry: Int
   /// The most waits one entry ends because their timeout passed. Default `Int.max`: unlimited, every wait whose
   /// timeout has passed is ended in the first entry at or after it, exactly as before this limit existed.
