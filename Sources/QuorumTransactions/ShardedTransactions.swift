@@ -46,7 +46,10 @@ public enum ShardedTransactionError: Error, Sendable, Equatable, CustomStringCon
   case rejected(String)
   /// The record group refused to record the commit, for a reason retrying soon does not fix: its table is full
   /// (``TransactionRecordError/tooManyRecords(limit:)``: too many transactions decided there within the records'
-  /// retention — an overload) or the transaction has too many groups. Nothing was committed.
+  /// retention — an overload), the transaction has too many groups, or the group's time stayed behind the
+  /// transaction's start through every retry (``TransactionRecordError/clockAhead(startedAtMillis:logTimeMillis:)``,
+  /// see ``ShardedTransactionOptions/clockRetries``: this client's clock runs ahead, or the group's leader has not
+  /// written its clock). Nothing was committed.
   case recordRefused(TransactionRecordError)
   /// A group answered something this build does not expect.
   case badAnswer(String)
@@ -84,6 +87,15 @@ public struct ShardedTransactionOptions: Sendable, Equatable {
   public var commandRetries: Int = 5
   /// How many transaction numbers are reserved at a time.
   public var numbersPerReservation: UInt64 = 1_024
+  /// How many times a commit the record group refuses as starting ahead of its time
+  /// (``TransactionRecordError/clockAhead(startedAtMillis:logTimeMillis:)``) is sent again, after
+  /// ``clockRetryPause``, before the transaction ends with ``ShardedTransactionError/recordRefused(_:)``. A new
+  /// group's time is its bare log time until its first leader writes its wall clock into the log (within a fraction
+  /// of a second of taking over): meanwhile it refuses every decision so, and waiting for it costs less than running
+  /// the body again. Default 50, with the pause about 5 s.
+  public var clockRetries: Int = 50
+  /// The pause before a commit refused as starting ahead of the record group's time is sent again.
+  public var clockRetryPause: Duration = .milliseconds(100)
 
   /// Defaults for a client acting as coordinator `coordinator`.
   public init(coordinator: NodeID) { self.coordinator = coordinator }
@@ -464,26 +476,38 @@ public actor ShardedTransactions {
     let parties = groups.map(TxnShard.party)
     let decide = TxnShardCommand.records(
       .decide(id, .commit, participants: parties, finisher: options.coordinator, kind: .groups))
-    let decided: (answer: TxnShardResponse, afterLoss: Bool)?
-    do {
-      decided = try await retryingNotingLoss({ try await channel.command(decide, group: recordGroup) })
-    } catch let rejection as Rejected {
-      // Turned away before the record group's log: nothing recorded, unless an unanswered attempt lands later.
-      guard !rejection.afterLoss else { throw ShardedTransactionError.outcomeUnknown(id, groups: groups) }
-      await abort(id, in: groups)
-      throw ShardedTransactionError.rejected("\(recordGroup): \(rejection.rejection)")
+    var decided: (answer: TxnShardResponse, afterLoss: Bool)?
+    var lost = false
+    for retry in 0...max(0, options.clockRetries) {
+      do {
+        decided = try await retryingNotingLoss({ try await channel.command(decide, group: recordGroup) })
+      } catch let rejection as Rejected {
+        // Turned away before the record group's log: nothing recorded, unless an unanswered attempt lands later.
+        guard !rejection.afterLoss && !lost else { throw ShardedTransactionError.outcomeUnknown(id, groups: groups) }
+        await abort(id, in: groups)
+        throw ShardedTransactionError.rejected("\(recordGroup): \(rejection.rejection)")
+      }
+      lost = lost || (decided?.afterLoss ?? true)
+      // A group whose time lags this transaction's start (a new group before its leader's first clock entry) refuses
+      // the decision, certainly without recording it: send it again after a pause, the groups' locks still held.
+      guard case .record(.refused(.clockAhead))? = decided?.answer, !lost, retry < options.clockRetries else { break }
+      do {
+        try await clock.sleep(for: options.clockRetryPause)
+      } catch {
+        await abort(id, in: groups)  // nothing was recorded: every attempt was refused
+        throw error
+      }
     }
-    guard let (decision, afterLoss) = decided else {
+    guard let (decision, _) = decided else {
       throw ShardedTransactionError.outcomeUnknown(id, groups: groups)
     }
+    let afterLoss = lost
     guard case .record(.decided(let holding)) = decision else {
       // A refusal is final only if no unanswered attempt could still record the commit after it; otherwise the
       // prepared groups are left to the resolver, whose abort and that attempt are ordered by the record group.
       if case .record(.refused(let why)) = decision, !afterLoss {
+        // A full table or too many groups would refuse the next attempt too; a clock ahead was retried above.
         await abort(id, in: groups)
-        // A clock ahead of the record group's may be only a group whose time lags (a new leader writes its clock):
-        // run again. A full table or too many groups would refuse the next attempt too.
-        if case .clockAhead = why { throw Retry(why: "the record group refused the decision: \(decision)") }
         throw ShardedTransactionError.recordRefused(why)
       }
       // The record group applied something, and what it holds now cannot be read from this answer: the commit

@@ -601,3 +601,72 @@ struct OvertakenAttemptTests {
     }
   }
 }
+
+/// Shards whose record group refuses the first `lagging` decisions as starting ahead of its time, as a new group does
+/// until its leader's first clock entry.
+final class LaggingRecords: TxnShardChannel {
+  let shards = InMemoryShards()
+  let lagging: Int
+  let decisions = Atomic<Int>(0)
+
+  init(lagging: Int) { self.lagging = lagging }
+
+  func group(for key: String) async throws -> GroupID { try await shards.group(for: key) }
+
+  func command(_ command: TxnShardCommand, group: GroupID) async throws -> TxnShardResponse {
+    if case .records(.decide(let id, .commit, _, _, _)) = command,
+      decisions.add(1, ordering: .relaxed).newValue <= lagging
+    {
+      return .record(.refused(.clockAhead(startedAtMillis: id.startedAtMillis, logTimeMillis: 500)))
+    }
+    return try await shards.command(command, group: group)
+  }
+
+  func query(_ query: TxnShardQuery, group: GroupID) async throws -> TxnShardQueryResult {
+    try await shards.query(query, group: group)
+  }
+}
+
+@Suite("ShardedTransactions: a record group whose time lags (before its leader's first clock entry)")
+struct LaggingRecordGroupTests {
+  func client(_ channel: LaggingRecords, clockRetries: Int = 50) -> ShardedTransactions {
+    var options = ShardedTransactionOptions(coordinator: 7)
+    options.clockRetries = clockRetries
+    return ShardedTransactions(channel: channel, options: options, clock: FrozenClock())
+  }
+
+  @Test("the decision is sent again until the group's time catches up; the body runs once")
+  func decisionWaitsForTheClock() async throws {
+    let channel = LaggingRecords(lagging: 5)
+    let runs = Atomic<Int>(0)
+    try await client(channel).transaction { tx in
+      runs.add(1, ordering: .relaxed)
+      tx.put("a1", "x")
+      tx.put("b1", "y")
+    }
+    #expect(runs.load(ordering: .relaxed) == 1, "not run again for a clock that lags")
+    #expect(channel.decisions.load(ordering: .relaxed) == 6)
+    #expect(channel.shards.value(of: "a1") == "x" && channel.shards.value(of: "b1") == "y")
+  }
+
+  @Test("a group whose time stays behind through every retry ends the transaction with a typed refusal")
+  func boundedRetries() async throws {
+    let channel = LaggingRecords(lagging: .max)
+    let runs = Atomic<Int>(0)
+    let error = await #expect(throws: ShardedTransactionError.self) {
+      try await client(channel, clockRetries: 3).transaction { tx in
+        runs.add(1, ordering: .relaxed)
+        tx.put("a1", "x")
+        tx.put("b1", "y")
+      }
+    }
+    guard case .recordRefused(.clockAhead)? = error else {
+      Issue.record("expected recordRefused(clockAhead), got \(String(describing: error))")
+      return
+    }
+    #expect(runs.load(ordering: .relaxed) == 1)
+    #expect(channel.decisions.load(ordering: .relaxed) == 4)
+    let left = try await channel.query(.inDoubt(minimumAgeMillis: 0, limit: 4), group: 2)
+    #expect(left == .inDoubt([], hasMore: false), "aborted in the groups it prepared")
+  }
+}
