@@ -53,6 +53,9 @@ public enum ShardedTransactionError: Error, Sendable, Equatable, CustomStringCon
   case recordRefused(TransactionRecordError)
   /// A group answered something this build does not expect.
   case badAnswer(String)
+  /// The command for `group` would exceed ``ShardedTransactionOptions/maxCommandBytes``: found before sending it,
+  /// so nothing was sent or committed. Split the transaction.
+  case commandTooLarge(group: GroupID, bytes: Int, limit: Int)
 
   public var description: String {
     switch self {
@@ -62,6 +65,8 @@ public enum ShardedTransactionError: Error, Sendable, Equatable, CustomStringCon
     case .rejected(let why): return "rejected by the group: \(why)"
     case .recordRefused(let why): return "the record group refused the commit: \(why)"
     case .badAnswer(let what): return "unexpected answer: \(what)"
+    case .commandTooLarge(let group, let bytes, let limit):
+      return "the command for \(group) would take \(bytes) bytes, over the limit of \(limit)"
     }
   }
 }
@@ -97,8 +102,24 @@ public struct ShardedTransactionOptions: Sendable, Equatable {
   /// The pause before a commit refused as starting ahead of the record group's time is sent again.
   public var clockRetryPause: Duration = .milliseconds(100)
 
+  /// The limits the groups' shards enforce (keys per transaction, key and value sizes), checked here before a
+  /// commit is sent so that a transaction they would refuse fails at once, with the same typed
+  /// ``ShardedTransactionError/refused(_:)``. Set it to the servers' limits (the defaults are the servers').
+  public var shardLimits = TxnShardLimits()
+  /// The largest command the groups accept (their consensus engines' `maxCommandBytes`, 4 MiB by default): a
+  /// prepare or a one-group commit that would need more, with ``TxnShardLimits/commandFramingBytes`` to spare,
+  /// fails before it is sent with ``ShardedTransactionError/commandTooLarge(group:bytes:limit:)``.
+  public var maxCommandBytes = 4 << 20
+
   /// Defaults for a client acting as coordinator `coordinator`.
   public init(coordinator: NodeID) { self.coordinator = coordinator }
+
+  /// Checks that the settings are usable: ``shardLimits`` must be valid and admit no write that a command of
+  /// ``maxCommandBytes`` cannot carry (``TxnShardLimits/validate(maxCommandBytes:)``).
+  /// - Throws: ``QuorumCore/ConfigurationError`` naming the first unusable setting.
+  public func validate() throws(ConfigurationError) {
+    try shardLimits.validate(maxCommandBytes: maxCommandBytes)
+  }
 }
 
 /// One attempt of a transaction, as the body sees it: reads go to the shards (taking shared locks), writes are
@@ -109,6 +130,8 @@ public final class ShardTransaction: Sendable {
     var order: [String] = []
     var reads: [String: [UInt8]?] = [:]
     var readGroups: Set<GroupID> = []
+    /// The keys read, by group: they count towards the group's keys per transaction.
+    var keysRead: [GroupID: Set<String>] = [:]
     /// Every group a read was sent to (answered or not): a lost or late read may still take a shared lock there,
     /// so an abandoned attempt aborts there too.
     var unansweredGroups: Set<GroupID> = []
@@ -144,6 +167,7 @@ public final class ShardTransaction: Sendable {
       state.withLock { s in
         s.reads[key] = value
         s.readGroups.insert(group)
+        s.keysRead[group, default: []].insert(key)
       }
       return value
     } catch {
@@ -174,10 +198,10 @@ public final class ShardTransaction: Sendable {
     }
   }
 
-  /// The buffered writes in the order first written, and the groups read.
-  var footprint: (writes: [TxnWrite], readGroups: Set<GroupID>) {
+  /// The buffered writes in the order first written, the groups read, and the keys read in each.
+  var footprint: (writes: [TxnWrite], readGroups: Set<GroupID>, keysRead: [GroupID: Set<String>]) {
     state.withLock { s in
-      (s.order.map { TxnWrite(key: $0, value: s.writes[$0] ?? nil) }, s.readGroups)
+      (s.order.map { TxnWrite(key: $0, value: s.writes[$0] ?? nil) }, s.readGroups, s.keysRead)
     }
   }
 
@@ -257,8 +281,10 @@ public actor ShardedTransactions {
   /// Runs `body` as a serializable transaction and commits it, running it again (as a new transaction) after a
   /// conflict; returns what the committed attempt's body returned. The body may run several times: it must do
   /// nothing outside the transaction that cannot be repeated.
-  /// - Throws: ``ShardedTransactionError``, or what the body throws (the attempt is then aborted).
+  /// - Throws: ``ShardedTransactionError``, or what the body throws (the attempt is then aborted);
+  ///   ``QuorumCore/ConfigurationError`` if the options are unusable (``ShardedTransactionOptions/validate()``).
   public func transaction<T: Sendable>(_ body: (ShardTransaction) async throws -> T) async throws -> T {
+    try options.validate()
     var backoff = options.minBackoff
     var last = ""
     var startsAhead: TxnShardError?
@@ -321,6 +347,7 @@ public actor ShardedTransactions {
   nonisolated func read(
     _ key: String, in id: TxnID, sending: @Sendable (GroupID) -> Void
   ) async throws -> ([UInt8]?, GroupID) {
+    if let error = options.shardLimits.check(key: key) { throw ShardedTransactionError.refused(error) }
     let group = try await channel.group(for: key)
     sending(group)
     var conflict = ""
@@ -355,9 +382,15 @@ public actor ShardedTransactions {
 
   private func commit(_ tx: ShardTransaction) async throws {
     if let failure = tx.failedRead { throw failure }
-    let (writes, readGroups) = tx.footprint
+    let (writes, readGroups, keysRead) = tx.footprint
     let byGroup = try await groups(of: writes)
     let groups = readGroups.union(byGroup.keys).sorted()
+    // What a shard would refuse after a round trip is refused here, before anything is sent.
+    for group in groups {
+      if let error = options.shardLimits.check(byGroup[group] ?? [], reading: keysRead[group] ?? []) {
+        throw ShardedTransactionError.refused(error)
+      }
+    }
     switch groups.count {
     case 0: return
     case 1: try await commitLocal(tx.id, group: groups[0], writes: byGroup[groups[0]] ?? [])
@@ -368,11 +401,11 @@ public actor ShardedTransactions {
   private func commitLocal(_ id: TxnID, group: GroupID, writes: [TxnWrite]) async throws {
     // Applied twice, a one-shot commit answers the second time from the shard's memory of it, while the shard
     // remembers it; once forgotten, the repeat is refused, and `settleLocal` tells whether it committed.
+    let command = TxnShardCommand.commitLocal(id, reads: [], writes: writes)
+    try checkSize(of: command, group: group)
     let attempt: (answer: TxnShardResponse, afterLoss: Bool)?
     do {
-      attempt = try await retryingNotingLoss({
-        try await channel.command(.commitLocal(id, reads: [], writes: writes), group: group)
-      })
+      attempt = try await retryingNotingLoss({ try await channel.command(command, group: group) })
     } catch let rejection as Rejected {
       // After an unanswered attempt, which may still commit, a rejection of the next says nothing of it.
       guard !rejection.afterLoss else { return try await settleLocal(id, group: group) }
@@ -420,6 +453,10 @@ public actor ShardedTransactions {
 
   private func commitDistributed(_ id: TxnID, groups: [GroupID], writes: [GroupID: [TxnWrite]]) async throws {
     let recordGroup = try await channel.group(for: TxnShardService.recordKey(for: id))
+    for group in groups {
+      try checkSize(
+        of: .prepare(id, writes: writes[group] ?? [], participants: groups, recordGroup: recordGroup), group: group)
+    }
     let channel = self.channel
     // Phase 1, all groups at once. An answer lost is a vote lost: abort (nothing is recorded yet).
     // A rejected prepare (turned away before the group's log: too large, say) is a certain no, reported as such.
@@ -526,6 +563,15 @@ public actor ShardedTransactions {
       _ = try? await retrying({
         try await channel.command(.records(.finished(id, node: self.options.coordinator)), group: recordGroup)
       })
+    }
+  }
+
+  /// Throws ``ShardedTransactionError/commandTooLarge(group:bytes:limit:)`` if `command`, with the group's framing,
+  /// would exceed ``ShardedTransactionOptions/maxCommandBytes``.
+  private func checkSize(of command: TxnShardCommand, group: GroupID) throws {
+    let bytes = command.wireBytes().count + TxnShardLimits.commandFramingBytes
+    guard bytes <= options.maxCommandBytes else {
+      throw ShardedTransactionError.commandTooLarge(group: group, bytes: bytes, limit: options.maxCommandBytes)
     }
   }
 

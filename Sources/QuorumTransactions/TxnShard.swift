@@ -246,27 +246,10 @@ public struct TxnShard: StateMachine {
 
   // MARK: - Rules
 
-  private func check(key: String) -> TxnShardError? {
-    let bytes = key.utf8.count
-    guard bytes >= 1, bytes <= limits.maxKeyBytes else { return .invalidKey(bytes: bytes, limit: limits.maxKeyBytes) }
-    return nil
-  }
+  private func check(key: String) -> TxnShardError? { limits.check(key: key) }
 
   private func check(_ writes: [TxnWrite], reading: Set<String>) -> TxnShardError? {
-    var keys = reading
-    var written: Set<String> = []
-    for write in writes {
-      if let error = check(key: write.key) { return error }
-      guard written.insert(write.key).inserted else { return .duplicateKey(write.key) }
-      if let value = write.value, value.count > limits.maxValueBytes {
-        return .valueTooLarge(bytes: value.count, limit: limits.maxValueBytes)
-      }
-      keys.insert(write.key)
-    }
-    guard keys.count <= limits.maxKeysPerTransaction else {
-      return .tooManyKeys(count: keys.count, limit: limits.maxKeysPerTransaction)
-    }
-    return nil
+    limits.check(writes, reading: reading)
   }
 
   /// The first lock `txn` cannot get: shared on `reading`, exclusive on `writing` (no-wait).

@@ -120,6 +120,53 @@ public struct TxnShardLimits: Sendable, Equatable {
     }
     try records.validate()
   }
+
+  /// The bytes a command may need besides its keys and values (tags, the transaction's identifier, the lengths, the
+  /// participants, and the group's own framing: service name, session, principal). 4 KiB.
+  public static let commandFramingBytes = 4_096
+
+  /// Checks the limits, and that the largest write they admit — a key of ``maxKeyBytes`` with a value of
+  /// ``maxValueBytes`` — fits in a command of `maxCommandBytes` (the group's consensus limit, 4 MiB by default) with
+  /// ``commandFramingBytes`` to spare: otherwise the shard admits a write no command can carry to it.
+  /// - Throws: ``QuorumCore/ConfigurationError`` naming the first unusable limit.
+  public func validate(maxCommandBytes: Int) throws(ConfigurationError) {
+    try validate()
+    let largest = maxKeyBytes.addingReportingOverflow(maxValueBytes)
+    let needed = largest.partialValue.addingReportingOverflow(Self.commandFramingBytes)
+    guard !largest.overflow, !needed.overflow, needed.partialValue <= maxCommandBytes else {
+      throw ConfigurationError(
+        setting: "maxValueBytes",
+        reason:
+          "a key of \(maxKeyBytes) bytes with a value of \(maxValueBytes) bytes does not fit in a command of "
+          + "\(maxCommandBytes) bytes (with \(Self.commandFramingBytes) bytes of framing)")
+    }
+  }
+
+  /// The refusal of a key, if it is empty or longer than ``maxKeyBytes``.
+  public func check(key: String) -> TxnShardError? {
+    let bytes = key.utf8.count
+    guard bytes >= 1, bytes <= maxKeyBytes else { return .invalidKey(bytes: bytes, limit: maxKeyBytes) }
+    return nil
+  }
+
+  /// The refusal of a transaction's `writes` in one group that also read `reading` there, if any: the shard's
+  /// rules, which a client checks too before sending them (``ShardedTransactions``).
+  public func check(_ writes: [TxnWrite], reading: Set<String>) -> TxnShardError? {
+    var keys = reading
+    var written: Set<String> = []
+    for write in writes {
+      if let error = check(key: write.key) { return error }
+      guard written.insert(write.key).inserted else { return .duplicateKey(write.key) }
+      if let value = write.value, value.count > maxValueBytes {
+        return .valueTooLarge(bytes: value.count, limit: maxValueBytes)
+      }
+      keys.insert(write.key)
+    }
+    guard keys.count <= maxKeysPerTransaction else {
+      return .tooManyKeys(count: keys.count, limit: maxKeysPerTransaction)
+    }
+    return nil
+  }
 }
 
 /// Why a ``TxnShard`` command was refused.

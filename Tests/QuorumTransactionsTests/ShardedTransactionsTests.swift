@@ -670,3 +670,65 @@ struct LaggingRecordGroupTests {
     #expect(left == .inDoubt([], hasMore: false), "aborted in the groups it prepared")
   }
 }
+
+@Suite("ShardedTransactions: the shards' limits are checked before sending")
+struct ShardLimitsOnTheClientTests {
+  /// A value a shard refuses (over 1 MiB) fails at once with the shard's own typed refusal, nothing sent for it.
+  @Test("a write the shard would refuse fails before it is sent, with the shard's typed refusal")
+  func refusedWriteIsNotSent() async throws {
+    let channel = InMemoryShards()
+    let db = ShardedTransactions(
+      channel: channel, options: ShardedTransactionOptions(coordinator: 7), clock: FrozenClock())
+    let big = [UInt8](repeating: 1, count: (1 << 20) + 1)
+    await #expect(throws: ShardedTransactionError.refused(.valueTooLarge(bytes: big.count, limit: 1 << 20))) {
+      try await db.transaction { tx in tx.put("a1", big) }
+    }
+    #expect(channel.commandsSent.load(ordering: .relaxed) == 1, "only the reservation of numbers")
+    let long = String(repeating: "k", count: 1_025)
+    await #expect(throws: ShardedTransactionError.refused(.invalidKey(bytes: 1_025, limit: 1_024))) {
+      try await db.transaction { tx in _ = try await tx.get(long) }
+    }
+    #expect(channel.commandsSent.load(ordering: .relaxed) == 1)
+  }
+
+  @Test("a commit over the groups' command size fails before it is sent, one group or several")
+  func commandOverTheLimitIsNotSent() async throws {
+    let channel = InMemoryShards()
+    var options = ShardedTransactionOptions(coordinator: 7)
+    options.maxCommandBytes = 64 << 10
+    options.shardLimits.maxValueBytes = 32 << 10
+    let db = ShardedTransactions(channel: channel, options: options, clock: FrozenClock())
+    let value = [UInt8](repeating: 2, count: 30 << 10)
+    let error = await #expect(throws: ShardedTransactionError.self) {
+      try await db.transaction { tx in for i in 0..<4 { tx.put("a\(i)", value) } }
+    }
+    guard case .commandTooLarge(group: 1, let bytes, limit: 64 << 10)? = error else {
+      Issue.record("expected commandTooLarge for group 1, got \(String(describing: error))")
+      return
+    }
+    #expect(bytes > 120 << 10)
+    await #expect(throws: ShardedTransactionError.self) {
+      try await db.transaction { tx in
+        tx.put("b1", "x")
+        for i in 0..<4 { tx.put("a\(i)", value) }
+      }
+    }
+    #expect(channel.commandsSent.load(ordering: .relaxed) == 1, "only the reservation of numbers")
+    #expect(channel.value(of: "b1") == nil)
+    try await db.transaction { tx in tx.put("a1", value) }
+    #expect(channel.value(of: "a1") != nil, "one value fits")
+  }
+
+  @Test("limits a command cannot carry are a configuration error, not a refusal after a round trip")
+  func inconsistentLimitsAreAConfigurationError() async throws {
+    var options = ShardedTransactionOptions(coordinator: 7)
+    options.maxCommandBytes = 1 << 20  // the shards' default values are up to 1 MiB
+    #expect(throws: ConfigurationError.self) { try options.validate() }
+    let channel = InMemoryShards()
+    let db = ShardedTransactions(channel: channel, options: options, clock: FrozenClock())
+    await #expect(throws: ConfigurationError.self) { try await db.transaction { tx in tx.put("a1", "x") } }
+    #expect(channel.commandsSent.load(ordering: .relaxed) == 0)
+    #expect(throws: ConfigurationError.self) { try TxnShardLimits().validate(maxCommandBytes: 1 << 20) }
+    #expect(throws: Never.self) { try TxnShardLimits().validate(maxCommandBytes: 4 << 20) }
+  }
+}
