@@ -404,6 +404,9 @@ public actor HostClient {
       }
       let attempt = min((attemptTimeout ?? options.attemptTimeout).nanoseconds, end - now)
       var redirected = false
+      /// The member turned the client away: the next one is asked at once. (No spin: each member refuses a call
+      /// once at most, and is not asked again in it.)
+      var refused = false
       do {
         sent = true
         let replyBytes = try await channel.send(bytes, to: member, timeout: .nanoseconds(Int64(attempt)))
@@ -463,10 +466,12 @@ public actor HostClient {
       } catch let error as QuorumClientError {
         throw error
       } catch RequestChannelError.refused(_, let why) {
-        // Nothing reached this member. Ask the members that have not refused, after the back-off; once all have,
+        // Nothing reached this member. Ask the members that have not refused, at once (a refusal is not a busy
+        // member, and waiting out back-offs is what a loaded machine stretches towards the deadline); once all have,
         // stop. If an earlier attempt of a write reached a member, the write may have been applied: its outcome
         // is unknown.
         refusedBy.insert(member)
+        refused = true
         lastFailure = "\(channel.describe(member)): \(why)"
         if let group, leaders[group] == member { leaders[group] = nil }
         target = pick(from: candidates, refused: refusedBy)
@@ -499,7 +504,7 @@ public actor HostClient {
         if let group, leaders[group] == member { leaders[group] = nil }
         target = pick(from: candidates, avoiding: member, refused: refusedBy)
       }
-      if !redirected {
+      if !redirected && !refused {
         let jitter = Double(random.next() % 1000) / 1000 + 0.5
         let pause = min(backoff * jitter, .nanoseconds(Int64(end &- min(end, clock.monotonicNanos()))))
         if pause > .zero { try await clock.sleep(for: pause) }

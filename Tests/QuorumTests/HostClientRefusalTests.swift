@@ -21,6 +21,25 @@ final class ScriptedChannel: RequestChannel {
   }
 }
 
+/// A clock whose time moves only when the client sleeps: a sleep returns at once, having moved the time to its end.
+/// A deadline then passes only if the client waits (backs off, or retries) that long, never because a loaded machine
+/// was slow to run it.
+final class SteppingClock: NodeClock {
+  private let now = Mutex<UInt64>(0)
+  /// The sleeps asked for, in nanoseconds.
+  let sleeps = Mutex<[UInt64]>([])
+
+  func monotonicNanos() -> UInt64 { now.withLock { $0 } }
+  func wallClockMillis() -> UInt64 { monotonicNanos() / 1_000_000 }
+  func sleep(untilNanos deadline: UInt64) async throws {
+    try Task.checkCancellation()
+    now.withLock { now in
+      sleeps.withLock { $0.append(deadline &- min(deadline, now)) }
+      now = max(now, deadline)
+    }
+  }
+}
+
 @Suite("A client some members refuse")
 struct HostClientRefusalTests {
   static let map = ClusterMap(
@@ -49,7 +68,11 @@ struct HostClientRefusalTests {
     let channel = ScriptedChannel(refusing: [1, 2, 3], hint: nil)
     var options = HostClientOptions()
     options.deadline = .seconds(120)
-    let client = HostClient(channel: channel, members: [1, 2, 3], map: Self.map, options: options)
+    // On the stepping clock the deadline cannot pass while the call waits for a thread (under load the call once
+    // took its whole 120 s, backing off between refusals on the system clock): only the client's own waiting
+    // counts.
+    let clock = SteppingClock()
+    let client = HostClient(channel: channel, members: [1, 2, 3], map: Self.map, options: options, clock: clock)
     do {
       _ = try await KeyValueClient(client).get("k")
       Issue.record("the read succeeded")
@@ -57,5 +80,7 @@ struct HostClientRefusalTests {
       #expect(why.contains("authentication failed"), "\(why)")
     }
     #expect(Set(channel.attempts.withLock { $0 }) == [1, 2, 3])
+    // Refusals are not back-pressure: the next member is asked at once, with no back-off in between.
+    #expect(clock.sleeps.withLock { $0 } == [])
   }
 }
