@@ -26,18 +26,26 @@ public struct Ballot: Sendable, Hashable, Comparable, WireCodable, CustomStringC
   /// Whether this is ``zero``.
   public var isZero: Bool { self == .zero }
 
-  /// The highest round a ballot from a peer may carry (2^63 − 1); a message or stored state with a higher one is
-  /// refused. Rounds grow by one per election attempt, so an honest group needs centuries at a million attempts a
-  /// second to reach it, while a ballot near `UInt64.max` from a faulty peer would leave no higher ballot for
-  /// anyone (``next(above:for:)`` would overflow). The bound leaves 2^63 rounds of head room above any ballot
-  /// accepted.
+  /// The bound on rounds (2^63 − 1). A peer's ballot must lie below it: a message with a
+  /// ballot at or above it is refused, so no peer can push a node to a ballot that leaves no higher one for the
+  /// others. Were a ballot at the bound accepted, a faulty peer sending one (with the highest node identifier)
+  /// would leave every honest next ballot above the bound, refused by everyone, and the group could never elect
+  /// again. A stored ballot may reach the bound (one written before 2026-12-07, when the bound itself was
+  /// accepted from peers); above it, it is refused as damaged. Rounds grow by one per election attempt, so an
+  /// honest group needs centuries at a million attempts a second to come near it; a faulty peer can still send
+  /// a ballot just below it, as it can disturb the group in many other ways: Paxos tolerates crashes, not lies.
   public static let maxRound: UInt64 = .max / 2
 
-  /// Why this ballot cannot come from an honest peer (its round is above ``maxRound``), or `nil`.
+  /// Why this ballot cannot be stored (its round is above ``maxRound``), or `nil`.
   var malformation: String? { round > Self.maxRound ? "ballot round \(round) above \(Self.maxRound)" : nil }
 
+  /// Why this ballot cannot come from an honest peer (its round is at or above ``maxRound``), or `nil`.
+  var peerMalformation: String? {
+    round >= Self.maxRound ? "ballot round \(round) at or above the bound \(Self.maxRound)" : nil
+  }
+
   /// The smallest ballot owned by `node` that is higher than `other`, whose round must be below `UInt64.max`
-  /// (every ballot a node accepts has a round of at most ``maxRound``).
+  /// (every ballot a node stores has a round of at most ``maxRound``).
   public static func next(above other: Ballot, for node: NodeID) -> Ballot {
     let candidate = Ballot(round: other.round, node: node)
     return candidate > other ? candidate : Ballot(round: other.round + 1, node: node)

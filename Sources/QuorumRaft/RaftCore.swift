@@ -262,7 +262,7 @@ public struct RaftCore: Sendable {
   /// The known leader of ``term``.
   public private(set) var leader: NodeID?
   /// Peer messages dropped unread because no honest peer sends them: malformed (``RaftMessage/malformation``: a
-  /// term above ``RaftMessage/maxTerm``), or an append response about entries beyond the leader's log. A count that
+  /// term at or above ``RaftMessage/maxTerm``), or an append response about entries beyond the leader's log. A count that
   /// grows points at a faulty or version-skewed member; the node's status shows it (``RaftStatus/refusedMessages``).
   public private(set) var refusedMessages: UInt64 = 0
   /// The membership in force: the newest membership entry in the log, committed or not (§6), else the
@@ -822,6 +822,12 @@ public struct RaftCore: Sendable {
   }
 
   private mutating func startElection(_ kind: ElectionKind) {
+    guard term + 1 < RaftMessage.maxTerm else {
+      // Every member would refuse the next term (a stored term near the bound leaves none): never campaigned in.
+      electionElapsed = 0
+      resetRandomizedElectionTimeout()
+      return
+    }
     if kind == .preVote {
       role = .preCandidate
       votes = [:]

@@ -36,15 +36,20 @@ public enum RaftMessage: Sendable, Equatable, WireCodable, CustomStringConvertib
     }
   }
 
-  /// The highest term a message may carry (2^63 − 1); a message with a higher one is refused. Terms grow by one
-  /// per election, so an honest group needs centuries at a million elections a second to reach it, while a term
-  /// near `UInt64.max` from a faulty peer would leave no term to campaign in (the next election's `term + 1`
-  /// would overflow) and leave 2^63 terms of head room.
+  /// The bound on terms (2^63 − 1): a message's term must lie below it, and one at or above it is refused. Terms
+  /// grow by one per election, so an honest group needs centuries at a million elections a second to come near
+  /// it. Without a bound a term near `UInt64.max` from a faulty peer would leave no term to campaign in (the next
+  /// election's `term + 1` would overflow); and were a term at the bound accepted, a faulty peer sending one would
+  /// leave every honest node's next term above the bound, refused by everyone, so the group could never elect
+  /// again. A faulty peer can still send a term just below it, as it can disturb the group in many other ways:
+  /// Raft tolerates crashes, not lies.
   public static let maxTerm: Term = .max / 2
 
-  /// Why no honest peer sends this message, or `nil`: its term is above ``maxTerm``. Its decoder refuses such a
-  /// message, and ``RaftCore`` drops one that was never encoded.
-  public var malformation: String? { term > Self.maxTerm ? "term \(term) above \(Self.maxTerm)" : nil }
+  /// Why no honest peer sends this message, or `nil`: its term is at or above ``maxTerm``. Its decoder refuses
+  /// such a message, and ``RaftCore`` drops one that was never encoded.
+  public var malformation: String? {
+    term >= Self.maxTerm ? "term \(term) at or above the bound \(Self.maxTerm)" : nil
+  }
 
   /// Bytes the message counts for in flow control.
   public var byteSize: Int {

@@ -161,21 +161,52 @@ struct AbsurdMessageTests {
     }
   }
 
-  @Test("a node following a ballot at the highest round never promises one above it, so it can restart")
+  @Test("a node following a ballot just below the bound never promises one at it, so it can restart")
   func ballotAtTheBound() throws {
     var node = PaxosCluster(3)[1]
-    let top = Ballot(round: Ballot.maxRound, node: 3)
+    let top = Ballot(round: Ballot.maxRound - 1, node: 3)
     node.step(.heartbeat(Heartbeat(ballot: top, chosenThrough: 0, round: 1)), from: 3)
     _ = node.readMessages()
     #expect(node.promised == top)
-    // The leader hands over: the next ballot of node 1 would be above the highest round.
+    // The leader hands over: the next ballot of node 1 would be at the bound, which every peer refuses.
     node.step(.campaignNow(CampaignNow(ballot: top)), from: 3)
     for _ in 0..<100 {
       node.tick()
       _ = node.readMessages()
     }
-    #expect(node.promised.round <= Ballot.maxRound)
+    #expect(node.promised.round < Ballot.maxRound)
     #expect((try? PaxosHardState(wireBytes: node.hardState.wireBytes())) != nil, "the promise loads after a restart")
+  }
+
+  @Test("a faulty peer's ballot at exactly the bound is refused: the others still elect a leader without it")
+  func faultyBallotAtTheBoundDoesNotWedge() {
+    // Node 3 has the highest identifier: a ballot at the bound from it would leave nodes 1 and 2 no higher one.
+    var c = PaxosCluster(3)
+    let top = Ballot(round: Ballot.maxRound, node: 3)
+    let messages: [PaxosMessage] = [
+      .heartbeat(Heartbeat(ballot: top, chosenThrough: 0, round: 1)),
+      .prepare(Prepare(ballot: top, fromSlot: 1)),
+      .reject(Reject(ballot: Ballot(round: 1, node: 1), promised: top)),
+    ]
+    for message in messages {
+      for id: NodeID in [1, 2] { c[id].step(message, from: 3) }
+      #expect(message.malformation != nil, "\(message)")
+      #expect(throws: WireError.self, "\(message)") { try PaxosMessage(wireBytes: message.wireBytes()) }
+    }
+    c.down = [3]
+    for id: NodeID in [1, 2] {
+      #expect(c[id].refusedMessages == UInt64(messages.count))
+      #expect(c[id].promised.round < Ballot.maxRound && c[id].highestSeen.round < Ballot.maxRound)
+    }
+    var ticks = 0
+    while ticks < 20 * c.options.electionTimeoutMaxTicks && ![1, 2].contains(where: { c[$0].role == .leader }) {
+      c.tickAll()
+      ticks += 1
+    }
+    // Before, both followed node 3's ballot, and neither could promise itself one above it.
+    #expect([1, 2].contains { c[$0].role == .leader }, "no leader after \(ticks) ticks")
+    // A stored promise at the bound (written by a build that accepted it from peers) still loads.
+    #expect((try? PaxosHardState(wireBytes: PaxosHardState(promised: top).wireBytes())) != nil)
   }
 
   @Test("the decoder refuses messages no honest peer sends, with a WireError")
@@ -217,6 +248,10 @@ struct AbsurdMessageTests {
         "heartbeat, top ballot", .heartbeat(Heartbeat(ballot: Ballot(round: .max, node: 2), chosenThrough: 0, round: 1))
       ),
       (
+        "heartbeat, ballot at the bound",
+        .heartbeat(Heartbeat(ballot: Ballot(round: Ballot.maxRound, node: 2), chosenThrough: 0, round: 1))
+      ),
+      (
         "heartbeat, ballot past the bound",
         .heartbeat(Heartbeat(ballot: Ballot(round: 1 << 63, node: 2), chosenThrough: 0, round: 1))
       ),
@@ -243,7 +278,7 @@ struct AbsurdMessageTests {
       .promise(Promise(ballot: ballot, fromSlot: 8, entries: [], coveredThrough: 7, lastSlot: 5, chosenThrough: 5)),
       .accepted(Accepted(ballot: ballot, firstSlot: 5, lastSlot: 5, chosenThrough: 4)),
       .heartbeat(
-        Heartbeat(ballot: Ballot(round: Ballot.maxRound, node: 2), chosenThrough: PaxosMessage.maxSlot, round: 1)),
+        Heartbeat(ballot: Ballot(round: Ballot.maxRound - 1, node: 2), chosenThrough: PaxosMessage.maxSlot, round: 1)),
     ]
     for message in accepted {
       #expect(message.malformation == nil, "\(message)")

@@ -39,6 +39,43 @@ struct AbsurdTermTests {
     }
   }
 
+  @Test("a faulty peer's term at exactly the bound is refused: the others still elect a leader without it")
+  func faultyTermAtTheBoundDoesNotWedge() {
+    var c = TestCluster(3)
+    let messages: [RaftMessage] = [
+      .heartbeat(Heartbeat(term: RaftMessage.maxTerm, commit: 0, round: 1)),
+      .requestVote(
+        RequestVote(term: RaftMessage.maxTerm, lastLogIndex: 0, lastLogTerm: 0, preVote: false, transfer: false)),
+    ]
+    for message in messages {
+      for id: NodeID in [1, 2] { c[id].step(message, from: 3) }
+    }
+    c.down = [3]
+    for id: NodeID in [1, 2] {
+      #expect(c[id].term < RaftMessage.maxTerm - 1 && c[id].refusedMessages == UInt64(messages.count))
+    }
+    var ticks = 0
+    while ticks < 50 * c.options.electionTimeoutMaxTicks && ![1, 2].contains(where: { c[$0].role == .leader }) {
+      c.tickAll()
+      ticks += 1
+    }
+    // Before, both took the bound as their term, and every campaign's next term was refused by the other.
+    #expect([1, 2].contains { c[$0].role == .leader }, "no leader after \(ticks) ticks")
+  }
+
+  @Test("a node at the term just below the bound never campaigns past it")
+  func termJustBelowTheBound() {
+    var node = makeCore(1, peers: ids(3))
+    node.step(.heartbeat(Heartbeat(term: RaftMessage.maxTerm - 1, commit: 0, round: 1)), from: 2)
+    _ = node.readMessages()
+    #expect(node.term == RaftMessage.maxTerm - 1)
+    for _ in 0..<100 {
+      node.tick()
+      for out in node.readMessages() { #expect(out.message.malformation == nil, "\(out.message)") }
+    }
+    #expect(node.term == RaftMessage.maxTerm - 1 && node.role == .follower)
+  }
+
   @Test("a leader drops an append response about entries past its log instead of trapping on its index or hint")
   func appendResponsePastTheLog() {
     for index: LogIndex in [.max, 1 << 62] {
@@ -84,6 +121,7 @@ struct AbsurdTermTests {
     let refused: [RaftMessage] = [
       .heartbeat(Heartbeat(term: .max, commit: 0, round: 1)),
       .heartbeat(Heartbeat(term: 1 << 63, commit: 0, round: 1)),
+      .heartbeat(Heartbeat(term: RaftMessage.maxTerm, commit: 0, round: 1)),
       .timeoutNow(term: .max),
       .appendEntries(
         AppendEntries(term: .max, prevLogIndex: 4, prevLogTerm: 2, entries: [LogEntry(index: 5, term: 2)], commit: 4)),
@@ -94,7 +132,7 @@ struct AbsurdTermTests {
       #expect(throws: WireError.self, "\(message)") { try RaftMessage(wireBytes: message.wireBytes()) }
     }
     let accepted: [RaftMessage] = [
-      .heartbeat(Heartbeat(term: RaftMessage.maxTerm, commit: 0, round: 1)),
+      .heartbeat(Heartbeat(term: RaftMessage.maxTerm - 1, commit: 0, round: 1)),
       .appendEntries(
         AppendEntries(
           term: 3, prevLogIndex: 4, prevLogTerm: 2,

@@ -954,9 +954,9 @@ public struct MultiPaxosCore: Sendable {
     clearLeadership()
     let floor = max(promised, highestSeen)
     let ballot = probeBallot > floor ? probeBallot : Ballot.next(above: floor, for: id)
-    guard ballot.malformation == nil else {
-      // Above the highest round a peer accepts (a faulty peer's ballot at the bound left none higher): every
-      // member would refuse it, and a promise of it would not even load again after a restart. Never promised.
+    guard ballot.peerMalformation == nil else {
+      // At or above the bound on rounds (a peer's ballot just below it, with a higher node identifier, left none
+      // lower): every member would refuse it. Never promised.
       role = .follower
       leader = nil
       electionElapsed = 0

@@ -35,7 +35,7 @@ public struct Prepare: Sendable, Equatable, WireCodable {
 
   /// Why no honest node sends this prepare (or probe), or `nil`.
   var malformation: String? {
-    ballot.malformation ?? handoff.malformation ?? PaxosMessage.slotProblem(fromSlot, "fromSlot")
+    ballot.peerMalformation ?? handoff.peerMalformation ?? PaxosMessage.slotProblem(fromSlot, "fromSlot")
   }
 }
 
@@ -95,7 +95,7 @@ public struct Promise: Sendable, Equatable, WireCodable {
   /// Why no honest acceptor sends this promise, or `nil`: the entries must ascend strictly inside
   /// ``fromSlot``…``coveredThrough`` (an acceptor reports each slot once, and only the slots it covers).
   var malformation: String? {
-    if let problem = ballot.malformation { return problem }
+    if let problem = ballot.peerMalformation { return problem }
     for (slot, name) in [(fromSlot, "fromSlot"), (coveredThrough, "coveredThrough"), (lastSlot, "lastSlot")] {
       if let problem = PaxosMessage.slotProblem(slot, name) { return problem }
     }
@@ -162,7 +162,7 @@ public struct Reject: Sendable, Equatable, WireCodable {
 
   /// Why no honest acceptor sends this refusal, or `nil`.
   var malformation: String? {
-    ballot.malformation ?? promised.malformation ?? PaxosMessage.slotProblem(snapshotIndex, "snapshotIndex")
+    ballot.peerMalformation ?? promised.peerMalformation ?? PaxosMessage.slotProblem(snapshotIndex, "snapshotIndex")
   }
 }
 
@@ -199,7 +199,7 @@ public struct Accept: Sendable, Equatable, WireCodable {
   /// Why no honest leader sends this accept, or `nil`: its entries are for consecutive slots from 1 on (as
   /// Raft's `AppendEntries`, checked as it counts so that the top of the range cannot overflow).
   var malformation: String? {
-    if let problem = ballot.malformation ?? PaxosMessage.slotProblem(chosenThrough, "chosenThrough") {
+    if let problem = ballot.peerMalformation ?? PaxosMessage.slotProblem(chosenThrough, "chosenThrough") {
       return problem
     }
     guard let first = entries.first?.index else { return nil }
@@ -252,7 +252,7 @@ public struct Accepted: Sendable, Equatable, WireCodable {
 
   /// Why no honest acceptor sends this acknowledgement, or `nil`: it names the non-empty range of one accept.
   var malformation: String? {
-    if let problem = ballot.malformation { return problem }
+    if let problem = ballot.peerMalformation { return problem }
     for (slot, name) in [(firstSlot, "firstSlot"), (lastSlot, "lastSlot"), (chosenThrough, "chosenThrough")] {
       if let problem = PaxosMessage.slotProblem(slot, name) { return problem }
     }
@@ -298,7 +298,7 @@ public struct Heartbeat: Sendable, Equatable, WireCodable {
   }
 
   /// Why no honest leader sends this heartbeat, or `nil`.
-  var malformation: String? { ballot.malformation ?? PaxosMessage.slotProblem(chosenThrough, "chosenThrough") }
+  var malformation: String? { ballot.peerMalformation ?? PaxosMessage.slotProblem(chosenThrough, "chosenThrough") }
 }
 
 /// The answer to a heartbeat.
@@ -337,7 +337,7 @@ public struct HeartbeatResponse: Sendable, Equatable, WireCodable {
 
   /// Why no honest follower sends this response, or `nil`.
   var malformation: String? {
-    ballot.malformation ?? PaxosMessage.slotProblem(leaderChosenThrough, "leaderChosenThrough")
+    ballot.peerMalformation ?? PaxosMessage.slotProblem(leaderChosenThrough, "leaderChosenThrough")
       ?? PaxosMessage.slotProblem(chosenThrough, "chosenThrough")
   }
 }
@@ -394,7 +394,7 @@ public struct SnapshotChunk: Sendable, Equatable, WireCodable {
   }
 
   /// Why no honest leader sends this chunk, or `nil` (the size check is the decoder's).
-  var malformation: String? { ballot.malformation ?? PaxosMessage.slotProblem(index, "index") }
+  var malformation: String? { ballot.peerMalformation ?? PaxosMessage.slotProblem(index, "index") }
 }
 
 /// The answer to a snapshot chunk.
@@ -432,7 +432,7 @@ public struct SnapshotAck: Sendable, Equatable, WireCodable {
   }
 
   /// Why no honest replica sends this acknowledgement, or `nil`.
-  var malformation: String? { ballot.malformation ?? PaxosMessage.slotProblem(index, "index") }
+  var malformation: String? { ballot.peerMalformation ?? PaxosMessage.slotProblem(index, "index") }
 }
 
 /// The answer to a probe: whether the acceptor would promise the ballot now.
@@ -513,7 +513,7 @@ public enum PaxosMessage: Sendable, Equatable, WireCodable, CustomStringConverti
     slot > maxSlot ? "\(name) \(slot) above \(maxSlot)" : nil
   }
 
-  /// Why no honest peer sends this message, or `nil`: what its decoder refuses (a ballot round above
+  /// Why no honest peer sends this message, or `nil`: what its decoder refuses (a ballot round at or above
   /// ``Ballot/maxRound``, a slot above ``maxSlot``, an accept's slots not consecutive, a promise's entries out
   /// of order or outside the range it reports, an acknowledged range that is empty). ``MultiPaxosCore`` drops
   /// such a message even when it was never encoded (an in-process transport).
@@ -528,8 +528,8 @@ public enum PaxosMessage: Sendable, Equatable, WireCodable, CustomStringConverti
     case .heartbeatResponse(let m): return m.malformation
     case .snapshot(let m): return m.malformation
     case .snapshotAck(let m): return m.malformation
-    case .probeResponse(let m): return m.ballot.malformation
-    case .campaignNow(let m): return m.ballot.malformation
+    case .probeResponse(let m): return m.ballot.peerMalformation
+    case .campaignNow(let m): return m.ballot.peerMalformation
     }
   }
 
