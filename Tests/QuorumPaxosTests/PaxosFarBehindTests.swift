@@ -217,6 +217,33 @@ struct PaxosFarBehindTests {
     }
   }
 
+  @Test("recovery refuses a chain of entries each a reach apart, instead of holding every slot it spans")
+  func recoveryRefusesChainOfFarSlots() async throws {
+    let configuration = try PaxosConfiguration { Members(1, 2, 3) }
+    let ballot = Ballot(round: 1, node: 1)
+    let reach = MultiPaxosCore.maxAcceptReach
+    let bound = MultiPaxosCore.maxRecoveredGapSlots
+    // Every gap is the largest reach, so no entry is beyond the one before it; five gaps leave more empty slots
+    // than the bound (loading them would cost five million empty records; a longer chain, any number).
+    let chain = (0...5).map { 1 + Slot($0) * reach }
+    let state = try await Self.stored(chain, ballot: ballot)
+    let empty = 5 * (reach - 1)
+    #expect(empty > bound && 4 * (reach - 1) <= bound)
+    try #require(throws: PaxosRecoveryError.tooManyEmptySlots(slot: chain[5], empty: empty, bound: bound)) {
+      _ = try MultiPaxosEngine.recover(id: 1, configuration: configuration, state: state, random: SeededRandom(seed: 1))
+    }
+    // Above a snapshot, counted from it; four such gaps pass.
+    let snapshot = PaxosSnapshot(index: 100, data: [])
+    let four = (1...4).map { PaxosEntry(index: 100 + Slot($0) * reach, ballot: ballot) }
+    try MultiPaxosCore.validateRecovered(snapshot: snapshot, entries: four)
+    #expect(throws: PaxosRecoveryError.tooManyEmptySlots(slot: 100 + 5 * reach, empty: 5 * (reach - 1), bound: bound)) {
+      try MultiPaxosCore.validateRecovered(
+        snapshot: snapshot, entries: four + [PaxosEntry(index: 100 + 5 * reach, ballot: ballot)])
+    }
+    #expect(
+      PaxosRecoveryError.tooManyEmptySlots(slot: 9, empty: 8, bound: 7).description.contains("restore its data"))
+  }
+
   @Test("a leader counts no answer to a read round it has not started: a faulty member confirms no later read")
   func readRoundNotStarted() throws {
     var c = PaxosCluster(3)

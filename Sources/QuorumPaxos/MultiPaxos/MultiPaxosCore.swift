@@ -620,29 +620,50 @@ public struct MultiPaxosCore: Sendable {
   /// The largest ``acceptReach`` under any options: 2^20 slots.
   public static let maxAcceptReach: Slot = 1 << 20
 
+  /// The most empty slots a recovered log may hold in all, between its snapshot and its last entry:
+  /// 4 × ``maxAcceptReach`` (about four million). The node holds an empty record for each (some 60 bytes), and a
+  /// leader fills each with a no-op, so this bounds the memory a recovered log takes beyond its entries.
+  public static let maxRecoveredGapSlots: Slot = 4 * maxAcceptReach
+
   /// Checks recovered entries before a node restarts from them; the shell calls it with what it read from
   /// storage, before ``init(id:members:options:hardState:snapshot:entries:random:)`` (which holds a record for
   /// every slot from the snapshot to the last entry, empty ones included).
   ///
   /// An acceptor stores a proposal at most ``acceptReach`` slots past the end of what it holds, and a leader
   /// proposes in order, so in a log it wrote every entry lies at most ``maxAcceptReach`` slots (the most under
-  /// any options, which may have changed since) past the snapshot and the entries before it. The memory a
-  /// recovered log takes is then bounded by what its entries take, times at most that reach.
+  /// any options, which may have changed since) past the snapshot and the entries before it. And the slots it
+  /// lacks lie in the window of accepts a leader has in flight to it (at most ``maxAcceptReach`` slots), or below
+  /// a new leader's first slot until that leader's repair fills them: a few such windows at most, so the empty
+  /// slots in all are bounded too (``maxRecoveredGapSlots``). Without that bound a chain of entries each
+  /// ``maxAcceptReach`` past the one before (a damaged or crafted log whose checksums hold) took memory for every
+  /// slot it skipped: a thousand entries, a billion empty records. The memory a recovered log takes is its
+  /// entries' plus at most ``maxRecoveredGapSlots`` empty records.
   ///
   /// A log written by a build from before this check (before 2026-12-07), whose acceptors stored proposals at
   /// any distance, may hold wider gaps and is refused too: such a node cannot restart from its log. Restore
   /// its data directory from a snapshot of a member of the group, or remove it from the group and add it back
   /// as a new member with an empty data directory (it then receives a snapshot).
   ///
-  /// - Throws: ``PaxosRecoveryError/slotBeyondReach(slot:after:reach:)`` for the first entry further away.
+  /// - Throws: ``PaxosRecoveryError/slotBeyondReach(slot:after:reach:)`` for the first entry further away;
+  ///   ``PaxosRecoveryError/tooManyEmptySlots(slot:empty:bound:)`` for the first entry after which more than
+  ///   ``maxRecoveredGapSlots`` slots are empty.
   public static func validateRecovered(snapshot: PaxosSnapshot?, entries: [PaxosEntry]) throws(PaxosRecoveryError) {
     var end = snapshot?.index ?? 0
+    var empty: Slot = 0
     for entry in entries {
       let (limit, overflow) = end.addingReportingOverflow(maxAcceptReach)
       if !overflow && entry.index > limit {
         throw .slotBeyondReach(slot: entry.index, after: end, reach: maxAcceptReach)
       }
-      end = max(end, entry.index)
+      if entry.index > end {
+        // At most maxAcceptReach per entry (checked above; past an overflowing end, below it), and the sum
+        // stops at the bound: no overflow.
+        empty += entry.index - end - 1
+        if empty > maxRecoveredGapSlots {
+          throw .tooManyEmptySlots(slot: entry.index, empty: empty, bound: maxRecoveredGapSlots)
+        }
+        end = entry.index
+      }
     }
   }
 

@@ -149,6 +149,12 @@ public enum PaxosRecoveryError: Error, Sendable, Equatable, CustomStringConverti
   /// its log: restore its data directory from a snapshot of a member of the group, or remove it from the group
   /// and add it back as a new member with an empty data directory (it then receives a snapshot).
   case slotBeyondReach(slot: Slot, after: Slot, reach: Slot)
+  /// The recovered log leaves more slots empty between its snapshot and its entries, in all, than an acceptor's
+  /// log ever does (``MultiPaxosCore/maxRecoveredGapSlots``): `empty` slots up to `slot`. Each gap may be within
+  /// the reach, but loading them would still hold an empty record for every one (a chain of entries each a reach
+  /// apart, from damaged or crafted storage, would take memory for every slot it spans). The remedy is the same as
+  /// for ``slotBeyondReach(slot:after:reach:)``.
+  case tooManyEmptySlots(slot: Slot, empty: Slot, bound: Slot)
 
   public var description: String {
     switch self {
@@ -159,6 +165,12 @@ public enum PaxosRecoveryError: Error, Sendable, Equatable, CustomStringConverti
         + "which could leave gaps that wide); this node cannot restart from it: restore its data directory from "
         + "a snapshot of a group member, or remove it from the group and add it back as a new member with an "
         + "empty data directory"
+    case .tooManyEmptySlots(let slot, let empty, let bound):
+      return
+        "the recovered log leaves \(empty) slots empty up to slot \(slot), more than the \(bound) an acceptor's log "
+        + "ever does (the storage is damaged or was written by something else); this node cannot restart from it: "
+        + "restore its data directory from a snapshot of a group member, or remove it from the group and add it "
+        + "back as a new member with an empty data directory"
     }
   }
 }
