@@ -177,6 +177,69 @@ struct PaxosFarBehindTests {
     #expect(prepares.to[3] == 1, "node 3 answered in full")
   }
 
+  @Test(
+    "two live nodes converge when one is behind the other's snapshot and holds slots past its reach: the acceptor sends the candidate its snapshot"
+  )
+  func behindSnapshotAndBeyondLargestReach() {
+    // Node 3 led and is down. Node 1 accepted its proposals further past node 2's log than any acceptor reaches,
+    // but learnt none of them chosen; node 2 missed them and holds a snapshot past node 1's chosen point.
+    var options = Self.options
+    options.snapshotChunkBytes = 1_000
+    let ballot = Ballot(round: 1, node: 3)
+    let snapshotIndex: Slot = 10
+    let reach = MultiPaxosCore.maxAcceptReach
+    let far = snapshotIndex + reach + 2
+    let state = (0..<4_500).map { UInt8(truncatingIfNeeded: $0) }
+    var c = PaxosCluster(3, options: options, seed: 1)
+    c.nodes[1] = MultiPaxosCore(
+      id: 1, members: c.members, options: options, hardState: PaxosHardState(promised: ballot),
+      entries: (Array(1...5) + [5 + reach, far]).map { PaxosEntry(index: $0, ballot: ballot, kind: .command) },
+      random: SeededRandom(seed: 1))
+    c.nodes[2] = MultiPaxosCore(
+      id: 2, members: c.members, options: options, hardState: PaxosHardState(promised: ballot),
+      snapshot: PaxosSnapshot(index: snapshotIndex, data: state), random: SeededRandom(seed: 2))
+    c.down = [3]
+    c.expireLeases()
+    #expect(c[2].lastSlot + reach < c[1].lastSlot, "node 2 cannot take node 1's report")
+    #expect(c[1].chosenThrough < snapshotIndex, "node 2 refuses node 1's candidacy")
+    // The election alone: a leader's accepts (a million slots re-proposed) are dropped.
+    c.dropFilter = { _, _, message in if case .accept = message { true } else { false } }
+    var ticks = 0
+    while ticks < 20 * options.electionTimeoutMaxTicks && !c.members.contains(where: { c[$0].role == .leader }) {
+      c.tickAll()
+      ticks += 1
+    }
+    // Before, node 2 refused node 1's probes and set node 1 aside in its own elections, until node 3 came back.
+    #expect(c[1].role == .leader, "no leader after \(ticks) ticks")
+    #expect(c[1].snapshot?.index == snapshotIndex && c[1].snapshot?.data == state, "node 1 installed the snapshot")
+    #expect(c.durable[1]?.snapshot?.data == state)
+    #expect(c[1].chosenThrough >= snapshotIndex)
+  }
+
+  @Test("a snapshot offered by an acceptor is installed by a node following no one, and changes no promise")
+  func offeredSnapshotInstalledWithoutFollowing() {
+    var c = PaxosCluster(3, seed: 1)
+    var node = c[1]
+    let promised = node.promised
+    let chunk = SnapshotChunk(
+      ballot: .zero, index: 7, membership: Membership(voters: Set(c.members)), totalBytes: 3, offset: 0,
+      chunk: [1, 2, 3])
+    node.step(.snapshot(chunk), from: 2)
+    #expect(node.chosenThrough == 7 && node.snapshot?.data == [1, 2, 3])
+    #expect(node.leader == nil && node.role == .follower && node.promised == promised)
+    let acks = node.readMessages().compactMap { out -> SnapshotAck? in
+      if case .snapshot = out.message { return nil }
+      if case .snapshotAck(let ack) = out.message { return ack }
+      return nil
+    }
+    #expect(acks == [SnapshotAck(ballot: .zero, index: 7, nextOffset: 3, reject: false)])
+    // A leader ignores an offer (it refuses it as not needed).
+    c.elect(1)
+    var leader = c[1]
+    leader.step(.snapshot(SnapshotChunk(ballot: .zero, index: 50, totalBytes: 1, offset: 0, chunk: [9])), from: 2)
+    #expect(leader.chosenThrough < 50 && leader.role == .leader)
+  }
+
   /// What a file storage holding `slots` recovers.
   static func stored(_ slots: [Slot], ballot: Ballot) async throws -> RecoveredState<PaxosEntry> {
     let root = tempDirectory("paxos-far-slot")

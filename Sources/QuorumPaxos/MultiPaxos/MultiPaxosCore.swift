@@ -293,6 +293,8 @@ public struct PaxosPeerProgress: Sendable, Equatable {
 /// - **Compaction.** ``takeSnapshot(at:data:retainEntries:)`` drops applied slots; a candidate whose first
 ///   unknown slot an acceptor has compacted is refused (``RejectReason/behindSnapshot``); it goes on while a
 ///   phase-1 quorum of the others can still answer, and otherwise waits for a leader to send it the snapshot.
+///   The acceptor that refused it sends it its snapshot too, unless it follows a live leader (ballot zero: the
+///   receiver follows no one), so two live nodes far apart do not wait for a third.
 /// - **Membership changes.** A configuration is a log entry (``PaxosEntryKind/membership``) carrying the
 ///   whole resulting ``QuorumCore/Membership``; it governs every slot after its own, and travels in snapshots.
 ///   Learners receive everything but count in no quorum. The rule that keeps quorums intersecting:
@@ -494,6 +496,21 @@ public struct MultiPaxosCore: Sendable {
   private var incomingSnapshot: IncomingSnapshot?
   private var pendingSnapshot: PaxosSnapshot?
 
+  // Snapshots offered to candidates this acceptor refused as behind it (not as a leader: ballot zero).
+  private struct Offer: Sendable {
+    /// The snapshot offered, and the offset of the chunk last sent.
+    var index: Slot
+    var offset: UInt64
+    /// When the chunk was last sent, and when the candidate last acknowledged progress.
+    var sentAt: UInt64
+    var progressAt: UInt64
+    /// The candidate refused the snapshot as too large (at `sentAt`): not offered again before the back-off.
+    var refused = false
+  }
+  private var offers: [NodeID: Offer] = [:]
+  /// The most candidates offered a snapshot at once.
+  static let maxOffers = 8
+
   // Outputs accumulated for the next ready.
   private var outbox: [PaxosOutgoing] = []
   private var eagerOutbox: [PaxosOutgoing] = []
@@ -690,6 +707,7 @@ public struct MultiPaxosCore: Sendable {
     advanceClock(to: now)
     ticks &+= 1
     sinceLeaderContact += 1
+    if !offers.isEmpty { tickOffers() }
     switch role {
     case .leader: tickLeader()
     case .candidate, .preCandidate, .follower: tickElection()
@@ -751,7 +769,7 @@ public struct MultiPaxosCore: Sendable {
   /// prepares are timed tick by tick, so it wakes for each. A shell may apply quiet ticks late and in one go,
   /// before the next message, with the same result as one at a time.
   public var quietTicks: Int {
-    guard !hasReady else { return 0 }
+    guard !hasReady, !offering else { return 0 }
     switch role {
     case .follower:
       guard isPromotable else { return options.electionTimeoutMinTicks }
@@ -961,6 +979,7 @@ public struct MultiPaxosCore: Sendable {
       m.ballot > promised && !refusesNewBallots && m.fromSlot > log.offset && role != .leader
       && mayHelpCampaign(from, fromSlot: m.fromSlot)
     send(from, .probeResponse(ProbeResponse(ballot: m.ballot, granted: granted)))
+    if m.fromSlot <= log.offset && mayHelpCampaign(from, fromSlot: m.fromSlot) { offerSnapshot(to: from) }
   }
 
   private mutating func handleProbeResponse(_ m: ProbeResponse, from: NodeID) {
@@ -1350,6 +1369,7 @@ public struct MultiPaxosCore: Sendable {
           from,
           .reject(
             Reject(ballot: m.ballot, promised: promised, reason: .behindSnapshot, snapshotIndex: log.offset)))
+        offerSnapshot(to: from)
         return
       }
       becomeFollower(leader: nil)
@@ -1359,6 +1379,7 @@ public struct MultiPaxosCore: Sendable {
       send(
         from,
         .reject(Reject(ballot: m.ballot, promised: promised, reason: .behindSnapshot, snapshotIndex: log.offset)))
+      offerSnapshot(to: from)
       return
     }
     // Report what was accepted from `fromSlot` on, bounded in bytes.
@@ -1762,8 +1783,107 @@ public struct MultiPaxosCore: Sendable {
     sendSnapshotChunk(to: id)
   }
 
+  // MARK: - Snapshots offered by an acceptor
+
+  /// Sends this acceptor's snapshot to `candidate`, which it refused because the candidate lacks slots it
+  /// compacted (``RejectReason/behindSnapshot``). The snapshot holds only chosen slots, so any node may send it
+  /// and any may install it; it travels in the leader's chunks with ballot zero (``offerBallot``), which make
+  /// the receiver follow no one. Without it a candidate further behind than an acceptor reaches
+  /// (``maxAcceptReach``) and that acceptor, when the others are down, blocked each other: the acceptor refused
+  /// the candidate, and could not lead itself, the candidate's slots lying past its reach. A leader catches its
+  /// followers up itself; an acceptor that follows a live leader leaves it to that leader.
+  private mutating func offerSnapshot(to candidate: NodeID) {
+    guard role != .leader, !refusesNewBallots, let snapshot = log.snapshot else { return }
+    if let offer = offers[candidate], offer.index == snapshot.index { return }  // Under way, or refused.
+    guard offers[candidate] != nil || offers.count < Self.maxOffers else { return }
+    offers[candidate] = Offer(index: snapshot.index, offset: 0, sentAt: ticks, progressAt: ticks)
+    sendOfferChunk(to: candidate)
+  }
+
+  /// The ballot of a snapshot chunk (and its acknowledgement) that an acceptor offers rather than a leader
+  /// sends: below every ballot in use.
+  static let offerBallot = Ballot.zero
+
+  private mutating func sendOfferChunk(to candidate: NodeID) {
+    guard var offer = offers[candidate], !offer.refused else { return }
+    guard let snapshot = log.snapshot else {
+      offers[candidate] = nil
+      return
+    }
+    if snapshot.index != offer.index {
+      offer.index = snapshot.index  // A newer snapshot replaced it; start over.
+      offer.offset = 0
+    }
+    let total = snapshot.data.count
+    let offset = Int(min(offer.offset, UInt64(total)))
+    let end = min(total, offset + max(1, options.snapshotChunkBytes))
+    offer.sentAt = ticks
+    offers[candidate] = offer
+    send(
+      candidate,
+      .snapshot(
+        SnapshotChunk(
+          ballot: Self.offerBallot, index: snapshot.index, membership: snapshot.membership ?? .empty,
+          totalBytes: UInt64(total), offset: UInt64(offset),
+          chunk: offset < end ? Array(snapshot.data[offset..<end]) : [])))
+  }
+
+  /// Resends a chunk not acknowledged in time; gives up on a candidate silent for four maximum election
+  /// timeouts, and forgets a refusal after the back-off.
+  private mutating func tickOffers() {
+    for candidate in offers.keys.sorted() {
+      guard let offer = offers[candidate] else { continue }
+      if offer.refused {
+        if ticks &- offer.sentAt >= UInt64(max(0, options.snapshotRefusalBackoffTicks)) { offers[candidate] = nil }
+      } else if role == .leader || ticks &- offer.progressAt >= UInt64(options.electionTimeoutMaxTicks * 4) {
+        offers[candidate] = nil  // Leading (its own machinery catches members up), or the candidate is gone.
+      } else if ticks &- offer.sentAt >= UInt64(options.retransmitTicks) {
+        sendOfferChunk(to: candidate)
+      }
+    }
+  }
+
+  /// Whether an offered snapshot is being sent (its chunks are resent tick by tick).
+  private var offering: Bool { offers.values.contains { !$0.refused } }
+
+  private mutating func handleOfferAck(_ m: SnapshotAck, from: NodeID) {
+    guard var offer = offers[from], !offer.refused, offer.index == m.index else { return }
+    let total = UInt64(log.snapshot?.data.count ?? 0)
+    if m.reject && m.nextOffset == 0 && total > 0 {
+      offer.refused = true  // Too large for it: not offered again before the back-off.
+      offer.sentAt = ticks
+      offers[from] = offer
+      return
+    }
+    if m.reject || m.nextOffset >= total {
+      offers[from] = nil  // Installed, or not needed.
+      return
+    }
+    // One chunk at a time, following the candidate's progress (as a leader's transfer does).
+    guard m.nextOffset > offer.offset || (m.nextOffset == 0 && offer.offset > 0) else {
+      if m.nextOffset < offer.offset { offer.offset = m.nextOffset }
+      offers[from] = offer
+      return
+    }
+    offer.offset = m.nextOffset
+    offer.progressAt = ticks
+    offers[from] = offer
+    sendOfferChunk(to: from)
+  }
+
   private mutating func handleSnapshot(_ m: SnapshotChunk, from: NodeID) {
-    guard followLeader(m.ballot, from: from) else { return }
+    if m.ballot == Self.offerBallot {
+      // Offered by an acceptor that refused this node's candidacy as behind it: installed by a node following
+      // no leader and not running for one (a candidate that went on without that acceptor needs none).
+      guard role == .follower && leader == nil || role == .preCandidate else {
+        send(
+          from,
+          .snapshotAck(SnapshotAck(ballot: m.ballot, index: m.index, nextOffset: m.totalBytes, reject: true)))
+        return
+      }
+    } else {
+      guard followLeader(m.ballot, from: from) else { return }
+    }
     func ack(_ next: UInt64, reject: Bool) {
       send(from, .snapshotAck(SnapshotAck(ballot: m.ballot, index: m.index, nextOffset: next, reject: reject)))
     }
@@ -1810,6 +1930,10 @@ public struct MultiPaxosCore: Sendable {
   }
 
   private mutating func handleSnapshotAck(_ m: SnapshotAck, from: NodeID) {
+    if m.ballot == Self.offerBallot {
+      handleOfferAck(m, from: from)
+      return
+    }
     guard role == .leader, m.ballot == promised, var peer = peers[from], peer.snapshotIndex == m.index else {
       return
     }

@@ -344,7 +344,10 @@ public struct HeartbeatResponse: Sendable, Equatable, WireCodable {
 
 /// One chunk of a snapshot sent by the leader to a replica that needs slots the leader has compacted.
 public struct SnapshotChunk: Sendable, Equatable, WireCodable {
-  /// The leader's ballot.
+  /// The leader's ballot, or ``Ballot/zero`` for a snapshot offered by an acceptor to a candidate it refused as
+  /// behind its snapshot (``RejectReason/behindSnapshot``): the receiver installs it without following the sender.
+  /// (A build from before such offers, 2026-12-07, answers one with a refusal, or follows the sender if it promised
+  /// nothing yet.)
   public var ballot: Ballot
   /// The last slot the snapshot covers.
   public var index: Slot
@@ -399,7 +402,7 @@ public struct SnapshotChunk: Sendable, Equatable, WireCodable {
 
 /// The answer to a snapshot chunk.
 public struct SnapshotAck: Sendable, Equatable, WireCodable {
-  /// The leader's ballot.
+  /// The chunk's ballot: the leader's, or ``Ballot/zero`` for a snapshot an acceptor offered.
   public var ballot: Ballot
   /// The snapshot's index.
   public var index: Slot
