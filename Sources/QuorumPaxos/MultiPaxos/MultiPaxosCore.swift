@@ -1762,18 +1762,31 @@ public struct MultiPaxosCore: Sendable {
       peer.snapshotIndex = snapshot.index  // A newer snapshot replaced it; start over.
       peer.snapshotOffset = 0
     }
-    let total = snapshot.data.count
-    let offset = Int(peer.snapshotOffset)
-    let end = min(total, offset + max(1, options.snapshotChunkBytes))
     peer.snapshotSentAt = ticks
     peers[id] = peer
-    send(
-      id,
-      .snapshot(
-        SnapshotChunk(
-          ballot: promised, index: snapshot.index, membership: snapshot.membership ?? .empty,
-          totalBytes: UInt64(total), offset: UInt64(offset),
-          chunk: offset < end ? Array(snapshot.data[offset..<end]) : [])))
+    send(id, .snapshot(chunk(of: snapshot, at: peer.snapshotOffset, ballot: promised)))
+  }
+
+  /// The chunk of `snapshot` from `offset` (at most ``MultiPaxosOptions/snapshotChunkBytes``), in `ballot`.
+  private func chunk(of snapshot: PaxosSnapshot, at offset: UInt64, ballot: Ballot) -> SnapshotChunk {
+    let total = snapshot.data.count
+    let start = Int(min(offset, UInt64(total)))
+    let end = min(total, start + max(1, options.snapshotChunkBytes))
+    return SnapshotChunk(
+      ballot: ballot, index: snapshot.index, membership: snapshot.membership ?? .empty, totalBytes: UInt64(total),
+      offset: UInt64(start), chunk: start < end ? Array(snapshot.data[start..<end]) : [])
+  }
+
+  /// How a sender of snapshot chunks (a leader, or an acceptor offering one) follows an acknowledgement that the
+  /// receiver wants byte `acked` next, having last sent the chunk at `sent`: one chunk at a time, following the
+  /// receiver's progress or its restart from 0. A duplicated or late acknowledgement would otherwise start another
+  /// chain of chunks lasting until the transfer ends; a lost chunk is resent by the stall timer. An answer below
+  /// the chunk last sent moves the resend point back without sending: a stale acknowledgement may have moved it
+  /// past what the receiver holds, and a receiver that answers the same offset to every chunk would otherwise stall
+  /// the transfer for good. Returns the new resend point and whether to send the chunk there now.
+  private static func followChunkAck(_ acked: UInt64, sent: UInt64) -> (offset: UInt64, send: Bool) {
+    if acked > sent || (acked == 0 && sent > 0) { return (acked, true) }
+    return (min(acked, sent), false)
   }
 
   private mutating func retrySnapshot(to id: NodeID) {
@@ -1814,18 +1827,9 @@ public struct MultiPaxosCore: Sendable {
       offer.index = snapshot.index  // A newer snapshot replaced it; start over.
       offer.offset = 0
     }
-    let total = snapshot.data.count
-    let offset = Int(min(offer.offset, UInt64(total)))
-    let end = min(total, offset + max(1, options.snapshotChunkBytes))
     offer.sentAt = ticks
     offers[candidate] = offer
-    send(
-      candidate,
-      .snapshot(
-        SnapshotChunk(
-          ballot: Self.offerBallot, index: snapshot.index, membership: snapshot.membership ?? .empty,
-          totalBytes: UInt64(total), offset: UInt64(offset),
-          chunk: offset < end ? Array(snapshot.data[offset..<end]) : [])))
+    send(candidate, .snapshot(chunk(of: snapshot, at: offer.offset, ballot: Self.offerBallot)))
   }
 
   /// Resends a chunk not acknowledged in time; gives up on a candidate silent for four maximum election
@@ -1859,16 +1863,11 @@ public struct MultiPaxosCore: Sendable {
       offers[from] = nil  // Installed, or not needed.
       return
     }
-    // One chunk at a time, following the candidate's progress (as a leader's transfer does).
-    guard m.nextOffset > offer.offset || (m.nextOffset == 0 && offer.offset > 0) else {
-      if m.nextOffset < offer.offset { offer.offset = m.nextOffset }
-      offers[from] = offer
-      return
-    }
-    offer.offset = m.nextOffset
-    offer.progressAt = ticks
+    let (next, sendNow) = Self.followChunkAck(m.nextOffset, sent: offer.offset)
+    offer.offset = next
+    if sendNow { offer.progressAt = ticks }
     offers[from] = offer
-    sendOfferChunk(to: from)
+    if sendNow { sendOfferChunk(to: from) }
   }
 
   private mutating func handleSnapshot(_ m: SnapshotChunk, from: NodeID) {
@@ -1973,19 +1972,10 @@ public struct MultiPaxosCore: Sendable {
       sendAccepts(to: from)
       return
     }
-    // One chunk at a time: follow the replica's progress, or its restart from 0. A duplicated or late
-    // acknowledgement would otherwise start another chain of chunks lasting until the transfer ends; a lost
-    // chunk is resent by the stall timer. An answer below the chunk last sent moves the resend point back
-    // without sending: a stale acknowledgement may have moved it past what the replica holds, and a replica
-    // that answers the same offset to every chunk would otherwise stall the transfer for good.
-    guard m.nextOffset > peer.snapshotOffset || (m.nextOffset == 0 && peer.snapshotOffset > 0) else {
-      if m.nextOffset < peer.snapshotOffset { peer.snapshotOffset = m.nextOffset }
-      peers[from] = peer
-      return
-    }
-    peer.snapshotOffset = m.nextOffset
+    let (next, sendNow) = Self.followChunkAck(m.nextOffset, sent: peer.snapshotOffset)
+    peer.snapshotOffset = next
     peers[from] = peer
-    sendSnapshotChunk(to: from)
+    if sendNow { sendSnapshotChunk(to: from) }
   }
 
   // MARK: - Local requests
