@@ -30,7 +30,7 @@ extension LockTable {
       }
     }
     w.writeVarint(UInt64(locks.count))
-    for name in locks.keys.sorted() {
+    for name in KeyOrder.sorted(locks.keys) {
       guard let lock = locks[name] else { continue }
       w.writeString(name)
       w.write(lock.kind)
@@ -76,14 +76,14 @@ extension LockTable {
     table.timedWaiters = [:]
     let lockCount = try r.readCount()
     table.locks.reserveCapacity(lockCount)
-    var previousName: String?
     for _ in 0..<lockCount {
       let at = r.position
       let name = try r.readString()
-      guard !name.isEmpty, previousName.map({ $0 < name }) ?? true else {
-        throw WireError(.invalidValue("lock name \"\(name)\" empty or out of order"), at: at)
+      // Written in key order by this build; a build before 2026-12-07 sorted by Swift's `<`, which is no total
+      // order for names spelled in different normal forms (see `KeyOrder`), so only a repeated name is refused.
+      guard !name.isEmpty, table.locks[name] == nil else {
+        throw WireError(.invalidValue("lock name \"\(name)\" empty or repeated"), at: at)
       }
-      previousName = name
       do {
         let lock = try table.readLock(&r)
         table.locks[name] = lock

@@ -514,7 +514,7 @@ public struct LockTable: StateMachine {
     for name in session.waits { removeWaiter(id, from: name) }
     var released: [LockGrant] = []
     released.reserveCapacity(session.holds.count)
-    for name in session.holds.sorted() {
+    for name in KeyOrder.sorted(session.holds) {
       guard let holder = locks.modify(name, { $0.holders.removeValue(forKey: id) }) ?? nil else {
         preconditionFailure("LockTable: session \(id) lists \(name) among its holds but does not hold it")
       }
@@ -550,7 +550,7 @@ public struct LockTable: StateMachine {
 
   private mutating func grantTouchedLocks() {
     guard !touched.isEmpty else { return }
-    let names = touched.sorted()
+    let names = KeyOrder.sorted(touched)
     touched.removeAll(keepingCapacity: true)
     for name in names {
       grantWaiters(of: name)
@@ -629,8 +629,10 @@ public struct LockTable: StateMachine {
       return .session(liveSession(id).map { status(of: id, $0) })
     case .list(let prefix, let after, let limit):
       let pageSize = Swift.min(Swift.max(0, limit), limits.maxListCount)
-      var names = locks.keys.filter { name in name.hasPrefix(prefix) && after.map { name > $0 } ?? true }
-      names.sort()
+      var names = locks.keys.filter { name in
+        name.hasPrefix(prefix) && after.map { KeyOrder.precedes($0, name) } ?? true
+      }
+      names.sort(by: KeyOrder.precedes)
       let page = names.prefix(pageSize).compactMap { name in
         locks[name].map {
           LockSummary(
@@ -666,10 +668,10 @@ public struct LockTable: StateMachine {
   }
 
   private func status(of id: LockSessionID, _ session: Session) -> LockSessionStatus {
-    let holds = session.holds.sorted().compactMap { name in
+    let holds = KeyOrder.sorted(session.holds).compactMap { name in
       locks[name]?.holders[id].map { LockGrant(lock: name, session: id, mode: $0.mode, token: $0.token) }
     }
-    let waits = session.waits.sorted().compactMap { name -> LockWaitStatus? in
+    let waits = KeyOrder.sorted(session.waits).compactMap { name -> LockWaitStatus? in
       guard let lock = locks[name], let position = lock.waiters.firstIndex(where: { $0.session == id }) else {
         return nil
       }

@@ -13,7 +13,7 @@ extension TxnShard {
     w.writeVarint(appliedIndex)
     w.writeVarint(watermarkMillis)
     w.writeVarint(UInt64(data.count))
-    for key in data.keys.sorted() {
+    for key in KeyOrder.sorted(data.keys) {
       w.writeString(key)
       w.writeBytes(data[key] ?? [])
     }
@@ -21,7 +21,7 @@ extension TxnShard {
     for id in txns.keys.sorted() {
       guard let transaction = txns[id] else { continue }
       w.write(id)
-      w.writeArray(transaction.readKeys.sorted())
+      w.writeArray(KeyOrder.sorted(transaction.readKeys))
       w.writeVarint(transaction.lastActivityMillis)
       w.writeBool(transaction.prepared != nil)
       if let prepared = transaction.prepared {
@@ -56,14 +56,12 @@ extension TxnShard {
     shard.appliedIndex = try r.readVarint()
     shard.watermarkMillis = try r.readVarint()
     shard.data = [:]
-    var previousKey: String?
     for _ in 0..<(try r.readCount()) {
       let at = r.position
       let key = try r.readString()
-      guard previousKey.map({ $0 < key }) ?? true else {
-        throw WireError(.invalidValue("key \(key) out of order"), at: at)
-      }
-      previousKey = key
+      // Written in key order by this build; a build before 2026-12-07 sorted by Swift's `<`, which is no total
+      // order for keys spelled in different normal forms (see `KeyOrder`), so only a repeated key is refused.
+      guard shard.data[key] == nil else { throw WireError(.invalidValue("key \(key) repeated"), at: at) }
       shard.data[key] = try r.readBytes()
     }
     shard.txns = [:]

@@ -101,6 +101,31 @@ struct LockTableBoundsAndSnapshotTests {
     #expect(newToken > lastToken ?? .zero)
   }
 
+  @Test("locks named in different normal forms snapshot and restore (Swift's < orders no such pair)")
+  func namesInMixedNormalForms() throws {
+    // "\u{E9}e" and "e\u{301}" are different names, yet Swift's `<` holds neither before the other.
+    let names = ["\u{E9}e", "e\u{301}", "e\u{301}e\u{301}", "\u{E9}", "x"]
+    var table = LockTable()
+    table.apply(1, at: 0, .openSession(ttlMillis: 10_000))
+    for (i, name) in names.enumerated() { table.apply(UInt64(2 + i), at: 0, acquire(name, s(1))) }
+    #expect(table.locks.count == 4)  // "e\u{301}" and "\u{E9}" are one name.
+    var restored = LockTable()
+    try restored.restore(from: table.snapshot())
+    #expect(restored.snapshot() == table.snapshot())
+    #expect(restored.invariantViolations() == [])
+    // A repeated name is still refused.
+    var w = WireWriter()
+    for value: UInt64 in [1, 0, 10, 0, 2] { w.writeVarint(value) }  // version, time, index, 0 sessions, 2 locks
+    for _ in 0..<2 {
+      w.writeString("x")
+      w.write(LockKind.readWrite)
+      w.write(t(0))
+      w.writeVarint(0)
+      w.writeVarint(0)
+    }
+    #expect(throws: WireError.self) { try restored.restore(from: w.bytes) }
+  }
+
   @Test("a truncated, re-versioned or inconsistent snapshot is a WireError and leaves the table as it was")
   func badSnapshots() throws {
     var table = Self.busyTable()
