@@ -19,23 +19,12 @@ struct ClusterFile: Equatable {
   var members: [NodeID: TCPAddress]
   var groups: [GroupSpec] = []
 
-  private struct RawGroup: Decodable {
-    var name: String
-    var id: UInt64?
-    var engine: String?
-    var members: [String]?
-    var services: [String]?
-    var slots: String?
-  }
-
-  private struct Raw: Decodable {
-    var cluster: String
-    var members: [String: String]
-    var groups: [RawGroup]?
-  }
-
-  /// Reads and validates `path`; every problem is a `CLIError.failed` naming the file (and the line of a bad
-  /// group).
+  /// Reads and validates `path`; every problem is a `CLIError.failed` naming the file and the line.
+  ///
+  /// The file is read strictly: a field that is not one of the known ones (a misspelling would otherwise fall
+  /// back to a default that the group's identity then fixes), a name given twice in one object, two spellings of
+  /// one member (`"n1"` and `"n01"`) and two members at one address (other than port 0, "not known yet") are
+  /// refused.
   static func load(_ path: String) throws -> ClusterFile {
     let data: Data
     do {
@@ -43,105 +32,86 @@ struct ClusterFile: Equatable {
     } catch {
       throw CLIError.failed("cannot read the cluster file \(path): \(error.localizedDescription)")
     }
-    let raw: Raw
+    let root: PositionedJSON
     do {
-      raw = try JSONDecoder().decode(Raw.self, from: data)
+      root = try PositionedJSON.parse(data)
     } catch {
-      throw CLIError.failed(
-        "bad cluster file \(path): expected {\"cluster\": \"name\", \"members\": {\"n1\": \"host:port\", …}} (\(error))"
-      )
+      throw CLIError.failed("bad cluster file \(path): \(error)")
     }
-    guard !raw.cluster.isEmpty else { throw CLIError.failed("bad cluster file \(path): empty cluster id") }
-    guard !raw.members.isEmpty else { throw CLIError.failed("bad cluster file \(path): no members") }
+    let file = FileReader(path: path)
+    let top = try file.fields(of: root, in: nil, known: ["cluster", "members", "groups"])
+    guard let clusterField = top["cluster"] else {
+      throw file.bad(
+        root.line, nil, "no \"cluster\" (expected {\"cluster\": \"name\", \"members\": {\"n1\": \"host:port\", …}})")
+    }
+    let cluster = try file.string(clusterField, in: nil)
+    guard !cluster.isEmpty else { throw file.bad(clusterField.line, nil, "empty cluster id") }
+    guard let membersField = top["members"] else {
+      throw file.bad(root.line, nil, "no \"members\" (expected \"members\": {\"n1\": \"host:port\", …})")
+    }
+    guard case .object(let entries) = membersField.value.value else {
+      throw file.bad(membersField.value.line, nil, "\"members\" must be an object, not \(membersField.value.kind)")
+    }
+    guard !entries.isEmpty else { throw file.bad(membersField.line, nil, "no members") }
     var members: [NodeID: TCPAddress] = [:]
-    for (name, text) in raw.members {
-      guard let id = NodeID(name) else {
-        throw CLIError.failed("bad cluster file \(path): '\(name)' is not a node id (n1, n2, …)")
+    var spellings: [NodeID: PositionedJSON.Field] = [:]
+    var holders: [TCPAddress: NodeID] = [:]
+    for entry in entries {
+      guard let id = NodeID(entry.name) else {
+        throw file.bad(entry.line, nil, "'\(entry.name)' is not a node id (n1, n2, …)")
       }
+      if let first = spellings[id] {
+        throw file.bad(
+          entry.line, nil,
+          "members \"\(first.name)\" (line \(first.line)) and \"\(entry.name)\" are the same node \(id); list it once")
+      }
+      spellings[id] = entry
+      let address: TCPAddress
       do {
-        members[id] = try TCPAddress.parse(text)
+        address = try TCPAddress.parse(try file.string(entry, in: nil))
+      } catch let error as CLIError {
+        throw error
       } catch {
-        throw CLIError.failed("bad cluster file \(path): member \(name): \(error)")
+        throw file.bad(entry.value.line, nil, "member \(entry.name): \(error)")
       }
+      if address.port != 0, let holder = holders[address] {
+        throw file.bad(entry.value.line, nil, "members \(holder) and \(id) have the same address \(address)")
+      }
+      holders[address] = id
+      members[id] = address
     }
-    let lines = text(of: data)
+    var groupsList: [PositionedJSON] = []
+    if let groupsField = top["groups"] {
+      guard case .array(let elements) = groupsField.value.value else {
+        throw file.bad(
+          groupsField.value.line, nil, "\"groups\" must be a list of objects, not \(groupsField.value.kind)")
+      }
+      groupsList = elements
+    }
     var groups: [GroupSpec] = []
-    var searchFrom = lines.firstIndex { $0.contains("\"groups\"") } ?? 0
-    for (position, group) in (raw.groups ?? []).enumerated() {
-      // The group's line: where its name is given, after the previous group's.
-      let groupLine = groupLineIndex(named: group.name, in: lines, from: searchFrom)
-      if let groupLine { searchFrom = groupLine + 1 }
-      /// The error for this group, naming the line of `field` (the first line from the group's own that holds
-      /// it, else the group's line).
-      func bad(_ reason: String, at field: String? = nil) -> CLIError {
-        let line = field.flatMap { lineIndex(of: $0, in: lines, from: groupLine ?? 0) } ?? groupLine
-        return CLIError.failed(
-          "bad cluster file \(path): \(line.map { "line \($0 + 1), " } ?? "")group \"\(group.name)\": \(reason)")
+    // Each group's line (where its name is given) by name, for the errors found when validating the whole map.
+    var groupLines: [String: Int] = [:]
+    for (position, node) in groupsList.enumerated() {
+      let (group, line) = try file.group(node, position: position, members: members)
+      if let first = groupLines[group.name] {
+        throw file.bad(line, "group \"\(group.name)\"", "the name is used twice (first on line \(first))")
       }
-      let engineText = group.engine ?? "raft"
-      guard let engine = EngineKind(rawValue: engineText) else {
-        throw bad("engine \"\(engineText)\" (expected raft or multi-paxos)", at: "\"\(engineText)\"")
-      }
-      var groupMembers: [NodeID] = []
-      for name in group.members ?? members.keys.sorted().map(\.description) {
-        guard let id = NodeID(name) else { throw bad("'\(name)' is not a node id", at: "\"\(name)\"") }
-        guard members[id] != nil else {
-          throw bad(
-            "member \(name) is not in \"members\" (members: \(members.keys.sorted().map(\.description).joined(separator: ", ")))",
-            at: "\"\(name)\"")
-        }
-        groupMembers.append(id)
-      }
-      var slots: [SlotRange] = []
-      for part in (group.slots ?? "").split(separator: ",") {
-        // Empty bounds kept, so that "2048-" or "-5" is refused rather than read as one slot.
-        let texts = part.split(separator: "-", omittingEmptySubsequences: false)
-        let bounds = texts.compactMap { UInt16($0.trimmingCharacters(in: .whitespaces)) }
-        guard (1...2).contains(bounds.count), texts.count == bounds.count,
-          bounds[0] <= bounds[bounds.count - 1]
-        else {
-          throw bad("slots \"\(part)\" (expected ranges like 0-2047,3000-3100)", at: "\"slots\"")
-        }
-        slots.append(SlotRange(bounds[0], bounds[bounds.count - 1]))
-      }
-      groups.append(
-        GroupSpec(
-          id: GroupID(rawValue: group.id ?? UInt64(position + 1)), name: group.name, engine: engine,
-          members: groupMembers, services: group.services ?? Cluster.defaultServices, slots: slots))
+      groupLines[group.name] = line
+      groups.append(group)
     }
     var addresses: [NodeID: String] = [:]
     for (id, address) in members { addresses[id] = address.description }
     if !groups.isEmpty {
       do {
-        try ClusterMap(cluster: ClusterID(rawValue: raw.cluster), members: addresses, groups: groups)
+        try ClusterMap(cluster: ClusterID(rawValue: cluster), members: addresses, groups: groups)
           .validate(knownServices: ServiceCatalog.standard.names)
       } catch {
         let name = error.subject.hasPrefix("group ") ? String(error.subject.dropFirst(6)) : ""
-        let line = groupLineIndex(named: name, in: lines, from: 0).map { "line \($0 + 1): " } ?? ""
+        let line = groupLines[name].map { "line \($0): " } ?? ""
         throw CLIError.failed("bad cluster file \(path): \(line)\(error)")
       }
     }
-    return ClusterFile(cluster: ClusterID(rawValue: raw.cluster), members: members, groups: groups)
-  }
-
-  private static func text(of data: Data) -> [Substring] {
-    String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
-  }
-
-  /// The index of the line from `start` on that holds `needle`, if one does.
-  private static func lineIndex(of needle: String, in lines: [Substring], from start: Int) -> Int? {
-    guard start < lines.count else { return nil }
-    return lines[start...].firstIndex { $0.contains(needle) }
-  }
-
-  /// The index of the line, from `start` on, where a group's `"name"` is `name`: a line holding both `"name"`
-  /// and `"<name>"` (so that a group named like a member or a service is not found in their lines), else the
-  /// first line holding `"<name>"`.
-  private static func groupLineIndex(named name: String, in lines: [Substring], from start: Int) -> Int? {
-    guard !name.isEmpty, start < lines.count else { return nil }
-    let quoted = "\"\(name)\""
-    return lines[start...].firstIndex { $0.contains("\"name\"") && $0.contains(quoted) }
-      ?? lineIndex(of: quoted, in: lines, from: start)
+    return ClusterFile(cluster: ClusterID(rawValue: cluster), members: members, groups: groups)
   }
 
   /// Writes the file atomically (for tests and tools).
@@ -162,6 +132,128 @@ struct ClusterFile: Equatable {
     let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
     try data.write(to: URL(fileURLWithPath: path), options: .atomic)
   }
+}
+
+/// Turns a cluster file's JSON into typed values, every error naming the file and the line.
+private struct FileReader {
+  var path: String
+
+  /// The error `reason` at `line`, about `context` (a group) if given.
+  func bad(_ line: Int, _ context: String?, _ reason: String) -> CLIError {
+    .failed("bad cluster file \(path): line \(line)\(context.map { ", \($0)" } ?? ""): \(reason)")
+  }
+
+  /// The fields of `node`, which must be an object, by name; a field not in `known` is refused, with the closest
+  /// known name as a suggestion.
+  func fields(of node: PositionedJSON, in context: String?, known: [String]) throws -> [String: PositionedJSON.Field] {
+    guard case .object(let list) = node.value else {
+      throw bad(node.line, context, "expected an object {…}, not \(node.kind)")
+    }
+    var fields: [String: PositionedJSON.Field] = [:]
+    for field in list {
+      guard known.contains(field.name) else {
+        let closest = known.min { editDistance(field.name, $0) < editDistance(field.name, $1) }
+        let hint =
+          closest.flatMap { editDistance(field.name, $0) <= 2 ? "did you mean \"\($0)\"?" : nil }
+          ?? "known fields: \(known.joined(separator: ", "))"
+        throw bad(field.line, context, "unknown field \"\(field.name)\" (\(hint))")
+      }
+      fields[field.name] = field
+    }
+    return fields
+  }
+
+  func string(_ field: PositionedJSON.Field, in context: String?) throws -> String {
+    guard case .string(let text) = field.value.value else {
+      throw bad(field.value.line, context, "\"\(field.name)\" must be a string, not \(field.value.kind)")
+    }
+    return text
+  }
+
+  /// A list of strings, each with its line.
+  func strings(_ field: PositionedJSON.Field, in context: String?) throws -> [(text: String, line: Int)] {
+    guard case .array(let elements) = field.value.value else {
+      throw bad(field.value.line, context, "\"\(field.name)\" must be a list of strings, not \(field.value.kind)")
+    }
+    return try elements.map { element in
+      guard case .string(let text) = element.value else {
+        throw bad(element.line, context, "\"\(field.name)\" must list strings, not \(element.kind)")
+      }
+      return (text: text, line: element.line)
+    }
+  }
+
+  /// The group at `position` in `"groups"` and the line to name for it (where its name is given).
+  func group(_ node: PositionedJSON, position: Int, members: [NodeID: TCPAddress]) throws -> (GroupSpec, Int) {
+    // The group is named by its name in errors when it has one, else by its position.
+    var context = "group \(position + 1)"
+    if case .object(let list) = node.value, let field = list.first(where: { $0.name == "name" }),
+      case .string(let name) = field.value.value
+    {
+      context = "group \"\(name)\""
+    }
+    let fields = try fields(of: node, in: context, known: ["name", "id", "engine", "members", "services", "slots"])
+    guard let nameField = fields["name"] else { throw bad(node.line, context, "no \"name\"") }
+    let name = try string(nameField, in: context)
+    var id = GroupID(rawValue: UInt64(position + 1))
+    if let field = fields["id"] {
+      guard case .number(let text) = field.value.value, let value = UInt64(text) else {
+        throw bad(field.value.line, context, "\"id\" must be a whole number from 0 to \(UInt64.max)")
+      }
+      id = GroupID(rawValue: value)
+    }
+    var engine = EngineKind.raft
+    if let field = fields["engine"] {
+      let text = try string(field, in: context)
+      guard let kind = EngineKind(rawValue: text) else {
+        throw bad(field.value.line, context, "engine \"\(text)\" (expected raft or multi-paxos)")
+      }
+      engine = kind
+    }
+    var groupMembers = members.keys.sorted()
+    if let field = fields["members"] {
+      groupMembers = []
+      for (text, line) in try strings(field, in: context) {
+        guard let id = NodeID(text) else { throw bad(line, context, "'\(text)' is not a node id") }
+        guard members[id] != nil else {
+          let known = members.keys.sorted().map(\.description).joined(separator: ", ")
+          throw bad(line, context, "member \(text) is not in \"members\" (members: \(known))")
+        }
+        groupMembers.append(id)
+      }
+    }
+    let services = try fields["services"].map { try strings($0, in: context).map(\.text) } ?? Cluster.defaultServices
+    var slots: [SlotRange] = []
+    if let field = fields["slots"] {
+      for part in try string(field, in: context).split(separator: ",") {
+        // Empty bounds kept, so that "2048-" or "-5" is refused rather than read as one slot.
+        let texts = part.split(separator: "-", omittingEmptySubsequences: false)
+        let bounds = texts.compactMap { UInt16($0.trimmingCharacters(in: .whitespaces)) }
+        guard (1...2).contains(bounds.count), texts.count == bounds.count, bounds[0] <= bounds[bounds.count - 1]
+        else {
+          throw bad(field.value.line, context, "slots \"\(part)\" (expected ranges like 0-2047,3000-3100)")
+        }
+        slots.append(SlotRange(bounds[0], bounds[bounds.count - 1]))
+      }
+    }
+    let spec = GroupSpec(id: id, name: name, engine: engine, members: groupMembers, services: services, slots: slots)
+    return (spec, nameField.line)
+  }
+}
+
+/// The Levenshtein distance between two strings, in characters (for "did you mean" hints on short names).
+func editDistance(_ a: String, _ b: String) -> Int {
+  let a = Array(a)
+  let b = Array(b)
+  var previous = Array(0...b.count)
+  for (i, character) in a.enumerated() {
+    var current = [i + 1]
+    for (j, other) in b.enumerated() {
+      current.append(min(previous[j + 1] + 1, current[j] + 1, previous[j] + (character == other ? 0 : 1)))
+    }
+    previous = current
+  }
+  return previous[b.count]
 }
 
 /// Where a client command finds the cluster: `--cluster host:port,…` or `--cluster-file FILE`, plus

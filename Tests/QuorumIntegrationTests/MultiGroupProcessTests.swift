@@ -224,7 +224,7 @@ struct MultiGroupProcessTests {
   }
 
   @Test(
-    "serve refuses a cluster file whose group names an unknown member, a bad engine or overlapping slots, naming the line",
+    "serve refuses a cluster file whose group names an unknown member, a bad engine, overlapping slots or an unknown field, naming the line",
     arguments: [
       (
         "\"engine\": \"multi-paxos\", \"members\": [\"n1\", \"n9\"]", 6,
@@ -234,11 +234,14 @@ struct MultiGroupProcessTests {
       ("\"slots\": \"0-100\"", 5, "group audit: slot 0 of service kv is also owned by group g1"),
       ("\"slots\": \"2048-\"", 6, "group \"audit\": slots \"2048-\" (expected ranges like"),
       ("\"slots\": \"-5\"", 6, "group \"audit\": slots \"-5\" (expected ranges like"),
+      // Misspelled fields would fall back to defaults that the group's identity then fixes.
+      ("\"servces\": [\"kv\"]", 6, "group \"audit\": unknown field \"servces\" (did you mean \"services\"?)"),
+      ("\"engin\": \"multi-paxos\"", 6, "group \"audit\": unknown field \"engin\" (did you mean \"engine\"?)"),
+      ("\"slot\": \"2048-4095\"", 6, "group \"audit\": unknown field \"slot\" (did you mean \"slots\"?)"),
+      ("\"slots\": 5", 6, "group \"audit\": \"slots\" must be a string, not a number"),
+      ("\"name\": \"audit2\"", 6, "\"name\" is given twice in one object (first on line 5)"),
     ])
   func badClusterFile(_ line: String, _ number: Int, _ message: String) async throws {
-    let cluster = try ProcessCluster(name: "badfile", size: 1)
-    defer { cluster.removeFiles() }
-    let path = "\(cluster.directory)/bad.json"
     let text = """
       { "cluster": "orders",
         "members": { "n1": "127.0.0.1:7001", "n2": "127.0.0.1:7002", "n3": "127.0.0.1:7003" },
@@ -247,10 +250,80 @@ struct MultiGroupProcessTests {
           { "name": "audit",
             \(line) } ] }
       """
+    try await expectBadClusterFile(text, line: number, message)
+  }
+
+  @Test(
+    "serve refuses a cluster file that is not JSON, misspells a field, names a member twice or has a bad value, naming the line",
+    arguments: [
+      // Missing comma: reported where the comma belongs.
+      (
+        "{ \"cluster\": \"c\",\n  \"members\": { \"n1\": \"127.0.0.1:0\",\n    \"n2\": \"127.0.0.1:0\"\n    \"n3\": \"127.0.0.1:0\" } }",
+        3, "column 24: expected ',' or '}' after the value of \"n2\""
+      ),
+      ("{ \"cluster\": \"c\",\n  \"members\": [\"n1\"] }", 2, "\"members\" must be an object, not a list"),
+      // One node spelled two ways: which address won used to depend on the process's hash seed.
+      (
+        "{ \"cluster\": \"c\",\n  \"members\": { \"n1\": \"127.0.0.1:0\",\n    \"n01\": \"127.0.0.2:0\" } }", 3,
+        "members \"n1\" (line 2) and \"n01\" are the same node n1"
+      ),
+      (
+        "{ \"cluster\": \"c\",\n  \"members\": { \"n1\": \"127.0.0.1:0\",\n    \"1\": \"127.0.0.2:0\" } }", 3,
+        "members \"n1\" (line 2) and \"1\" are the same node n1"
+      ),
+      (
+        "{ \"cluster\": \"c\",\n  \"members\": { \"n1\": \"127.0.0.1:0\",\n    \"n1\": \"127.0.0.2:0\" } }", 3,
+        "\"n1\" is given twice in one object (first on line 2)"
+      ),
+      (
+        "{ \"cluster\": \"c\",\n  \"members\": { \"n1\": \"127.0.0.1:7001\",\n    \"n2\": \"localhost:7001\" } }", 3,
+        "members n1 and n2 have the same address 127.0.0.1:7001"
+      ),
+      (
+        "{ \"cluster\": \"c\",\n  \"members\": { \"n1\": \"127.0.0.1:0\",\n    \"n3\": \"127.0.0.1:notaport\" } }", 3,
+        "member n3: "
+      ),
+      (
+        "{ \"cluster\": \"c\",\n  \"members\": { \"n1\": \"127.0.0.1:0\" },\n  \"group\": [] }", 3,
+        "unknown field \"group\" (did you mean \"groups\"?)"
+      ),
+      // "slots" before "name": the line of this group's slots, not the next group's.
+      (
+        clusterFileWithGroups(
+          "{ \"slots\": \"0-2047-\",\n  \"name\": \"a\" },\n{ \"name\": \"b\", \"slots\": \"2048-4095\" }"), 4,
+        "group \"a\": slots \"0-2047-\""
+      ),
+      (
+        clusterFileWithGroups(
+          "{ \"engine\": \"paxos\",\n  \"name\": \"a\" },\n{ \"name\": \"b\", \"engine\": \"paxos\" }"), 4,
+        "group \"a\": engine \"paxos\""
+      ),
+      // A duplicate name: the line of the second group, not the first.
+      (
+        clusterFileWithGroups("{ \"name\": \"a\" },\n{ \"name\": \"a\" }"), 5,
+        "group \"a\": the name is used twice (first on line 4)"
+      ),
+      (clusterFileWithGroups("{ \"name\": \"a\" },\n{ \"engine\": \"raft\" }"), 5, "group 2: no \"name\""),
+      (
+        clusterFileWithGroups("{ \"name\": \"a\" },\n{ \"name\": \"b\", \"id\": -1 }"), 5,
+        "group \"b\": \"id\" must be a whole number"
+      ),
+    ])
+  func badClusterFileText(_ text: String, _ number: Int, _ message: String) async throws {
+    try await expectBadClusterFile(text, line: number, message)
+  }
+
+  /// Runs `quorum serve` on a cluster file holding `text` and expects it to refuse the file, naming `line` and
+  /// saying `message`. The member is one the file does not list, so that a file wrongly accepted fails at once
+  /// rather than starting a server.
+  private func expectBadClusterFile(_ text: String, line: Int, _ message: String) async throws {
+    let cluster = try ProcessCluster(name: "badfile", size: 1)
+    defer { cluster.removeFiles() }
+    let path = "\(cluster.directory)/bad.json"
     try Data(text.utf8).write(to: URL(fileURLWithPath: path))
-    let serve = try await cluster.runCLI(["serve", "--id", "n1", "--cluster-file", path, "--insecure"])
+    let serve = try await cluster.runCLI(["serve", "--id", "n9", "--cluster-file", path, "--insecure"])
     #expect(serve.status == 2)
-    #expect(serve.output.contains("bad cluster file \(path): line \(number)"), "\(serve.output)")
+    #expect(serve.output.contains("bad cluster file \(path): line \(line)"), "\(serve.output)")
     #expect(serve.output.contains(message), "\(serve.output)")
   }
 
@@ -304,4 +377,9 @@ struct MultiGroupProcessTests {
   private func status(of group: GroupID, at member: NodeID, admin: TCPClient) async throws -> GroupStatus? {
     try await admin.host.statuses(of: member, deadline: .seconds(2)).first { $0.group == group }
   }
+}
+
+/// A cluster file with one member and, from line 4 on, the groups `list`.
+private func clusterFileWithGroups(_ list: String) -> String {
+  "{ \"cluster\": \"c\",\n  \"members\": { \"n1\": \"127.0.0.1:0\" },\n  \"groups\": [\n\(list) ] }"
 }
