@@ -17,10 +17,16 @@ case "demo":
     exit(2)
   }
   let quick = options.contains("--quick")
-  try await RaftDemo.run(quick: quick)
-  try await PaxosDemo.run(quick: quick)
-  try await LockDemo.run(quick: quick)
-  try await TxnDemo.run(quick: quick)
+  do {
+    try await RaftDemo.run(quick: quick)
+    try await PaxosDemo.run(quick: quick)
+    try await LockDemo.run(quick: quick)
+    try await TxnDemo.run(quick: quick)
+  } catch {
+    // An error (a timeout on a heavily loaded machine, say) is reported, not a trap at top level.
+    print("quorum demo: \(error)")
+    exit(1)
+  }
 case "simulate":
   do {
     exit(try SimulateCommand.run(Array(arguments.dropFirst())))
