@@ -26,31 +26,6 @@ struct LargeSnapshotTests {
     #expect(try KVQueryResult(wireBytes: bytes) == .value(value))
   }
 
-  @Test("a store holding more keys than a message's collection limit restores its snapshot")
-  func moreKeysThanAMessage() throws {
-    // Written as the store writes its snapshot (format 1: count, then key, value and modification index per key,
-    // in key order), rather than by applying a million puts, which takes most of a minute in a debug build.
-    let keys = WireLimits.default.maxCollectionCount + 10
-    // Zero-padded to one width, so numeric order is key order.
-    let names = (0..<keys).map {
-      let digits = String($0)
-      return String(repeating: "0", count: 8 - digits.count) + digits
-    }
-    var snapshot = WireWriter()
-    snapshot.writeVarint(1)
-    snapshot.writeVarint(UInt64(keys))
-    for name in names {
-      snapshot.writeString(name)
-      snapshot.writeBytes([UInt8]())
-      snapshot.writeVarint(1)
-    }
-    var replica = KVStore()
-    try replica.restore(from: snapshot.bytes)
-    #expect(replica.snapshot() == snapshot.bytes)
-    #expect(replica.query(.get(key: names[keys - 1])) == .value([]))
-    #expect(replica.query(.count) == .count(keys))
-  }
-
   @Test("a snapshot's limits still refuse a length or count the snapshot cannot hold")
   func limitsFollowTheSnapshot() {
     // A count of 2^40 elements in a 5-byte input, and a byte string claiming 1 MiB in 4 bytes.
