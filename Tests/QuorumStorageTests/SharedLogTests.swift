@@ -803,27 +803,13 @@ struct SharedLogTests {
   /// last acknowledged group record is corruption, not a torn tail to cut.
   @Test func aFlippedBitInTheLastRecordBeforeACleanCloseIsCorruption() async throws {
     try await withTemporaryDirectory { directory in
-      var log = makeLog(directory)
+      let log = makeLog(directory)
       let (a, b) = try await openTwo(log)
       try await a.write(StorageWrite(hardState: hardState("a"), entries: entries(1...3)))
       try await b.write(StorageWrite(hardState: hardState("b"), entries: entries(1...3)))
       try await a.close()
       try await b.close()
-      let path = try #require(try segmentFiles(directory).last)
-      var bytes = try readFile(path)
-      let lastRecord = try #require(recordOffsets(bytes).starts.last)
-      #expect(recordOffsets(bytes, markers: true).starts.last != lastRecord, "a marker follows the last group record")
-      bytes[lastRecord + 12] ^= 0x10
-      try writeFile(path, bytes)
-      log = makeLog(directory)
-      let store = log.storage(for: 2, entry: TestEntry.self)
-      let error = await #expect(throws: StorageError.self) { _ = try await store.recover() }
-      guard case .corruptRecord(let file, let offset, _) = error else {
-        Issue.record("expected corruptRecord, got \(String(describing: error))")
-        return
-      }
-      #expect(file == path && offset == lastRecord)
-      try await store.close()
+      try await expectFlippedBitInLastRecordIsCorruption(directory, at: 12, "the last group record")
     }
   }
 
@@ -840,22 +826,33 @@ struct SharedLogTests {
       try await b.close()
       log = makeLog(directory)
       #expect(try await log.forget(group: 2))
-      let path = try #require(try segmentFiles(directory).last)
-      var bytes = try readFile(path)
-      let forgetRecord = try #require(recordOffsets(bytes).starts.last)
-      #expect(recordOffsets(bytes, markers: true).starts.last != forgetRecord, "a marker follows the forget record")
-      bytes[forgetRecord + 9] ^= 0x10
-      try writeFile(path, bytes)
-      log = makeLog(directory)
-      let store = log.storage(for: 2, entry: TestEntry.self)
-      let error = await #expect(throws: StorageError.self) { _ = try await store.recover() }
-      guard case .corruptRecord(let file, let offset, _) = error else {
-        Issue.record("expected corruptRecord, got \(String(describing: error))")
-        return
-      }
-      #expect(file == path && offset == forgetRecord)
-      try await store.close()
+      try await expectFlippedBitInLastRecordIsCorruption(directory, at: 9, "the forget record")
     }
+  }
+
+  /// Flips a bit `byte` bytes into the last record of the newest segment (which a sync marker must follow), and
+  /// expects recovering group 2 to report that record as corrupt rather than cut it as a torn tail.
+  private func expectFlippedBitInLastRecordIsCorruption(
+    _ directory: String, at byte: Int, _ what: String, sourceLocation: SourceLocation = #_sourceLocation
+  ) async throws {
+    let path = try #require(try segmentFiles(directory).last, sourceLocation: sourceLocation)
+    var bytes = try readFile(path)
+    let last = try #require(recordOffsets(bytes).starts.last, sourceLocation: sourceLocation)
+    #expect(
+      recordOffsets(bytes, markers: true).starts.last != last, "a marker follows \(what)",
+      sourceLocation: sourceLocation)
+    bytes[last + byte] ^= 0x10
+    try writeFile(path, bytes)
+    let store = makeLog(directory).storage(for: 2, entry: TestEntry.self)
+    let error = await #expect(throws: StorageError.self, sourceLocation: sourceLocation) {
+      _ = try await store.recover()
+    }
+    guard case .corruptRecord(let file, let offset, _) = error else {
+      Issue.record("expected corruptRecord, got \(String(describing: error))", sourceLocation: sourceLocation)
+      return
+    }
+    #expect(file == path && offset == last, sourceLocation: sourceLocation)
+    try await store.close()
   }
 
   /// A segment's checkpoint that ends in the last bytes of a sector is followed by a filler, which is part of its
