@@ -96,29 +96,49 @@ let package = Package(
       name: "BenchmarkPlugin",
       capability: .command(
         intent: .custom(verb: "benchmark", description: "Run the benchmark suites in release mode"))),
-    .testTarget(name: "QuorumCoreTests", dependencies: ["QuorumCore", "QuorumSimulation"], swiftSettings: settings),
+    // The traits the test targets share (not a product: only test bundles link it).
+    .target(
+      name: "QuorumTestSupport", dependencies: ["QuorumSimulation", "CQuorumTestSupport"],
+      path: "Tests/QuorumTestSupport", swiftSettings: settings),
+    // Caps how many tests run at once in the test bundle (see parallel_width.c).
+    .target(name: "CQuorumTestSupport", path: "Tests/CQuorumTestSupport"),
     .testTarget(
-      name: "QuorumRaftTests", dependencies: ["QuorumRaft", "QuorumCore", "QuorumSimulation"], swiftSettings: settings),
+      name: "QuorumCoreTests", dependencies: ["QuorumCore", "QuorumSimulation", "QuorumTestSupport"],
+      swiftSettings: settings),
+    .testTarget(
+      name: "QuorumRaftTests", dependencies: ["QuorumTestSupport", "QuorumRaft", "QuorumCore", "QuorumSimulation"],
+      swiftSettings: settings),
     .testTarget(
       name: "QuorumPaxosTests",
-      dependencies: ["QuorumPaxos", "QuorumCore", "QuorumStorage", "QuorumKV", "QuorumSimulation"],
+      dependencies: [
+        "QuorumTestSupport", "QuorumPaxos", "QuorumCore", "QuorumStorage", "QuorumKV", "QuorumSimulation",
+      ],
       swiftSettings: settings),
-    .testTarget(name: "QuorumKVTests", dependencies: ["QuorumKV", "QuorumCore"], swiftSettings: settings),
-    .testTarget(name: "QuorumLocksTests", dependencies: ["QuorumLocks", "QuorumCore"], swiftSettings: settings),
+    .testTarget(
+      name: "QuorumKVTests", dependencies: ["QuorumTestSupport", "QuorumKV", "QuorumCore"], swiftSettings: settings),
+    .testTarget(
+      name: "QuorumLocksTests", dependencies: ["QuorumTestSupport", "QuorumLocks", "QuorumCore"],
+      swiftSettings: settings),
     .testTarget(
       name: "QuorumTransactionsTests",
-      dependencies: ["QuorumTransactions", "QuorumCore", "QuorumStorage", "QuorumSimulation"], swiftSettings: settings),
-    .testTarget(name: "QuorumStorageTests", dependencies: ["QuorumStorage", "QuorumCore"], swiftSettings: settings),
-    .testTarget(
-      name: "QuorumTCPTests", dependencies: ["QuorumTCP", "QuorumCore", "QuorumSimulation", "CQuorumSystem"],
+      dependencies: ["QuorumTestSupport", "QuorumTransactions", "QuorumCore", "QuorumStorage", "QuorumSimulation"],
       swiftSettings: settings),
-    .testTarget(name: "QuorumTests", dependencies: ["Quorum"], swiftSettings: settings),
+    .testTarget(
+      name: "QuorumStorageTests", dependencies: ["QuorumTestSupport", "QuorumStorage", "QuorumCore"],
+      swiftSettings: settings),
+    .testTarget(
+      name: "QuorumTCPTests",
+      dependencies: ["QuorumTestSupport", "QuorumTCP", "QuorumCore", "QuorumSimulation", "CQuorumSystem"],
+      swiftSettings: settings),
+    .testTarget(name: "QuorumTests", dependencies: ["QuorumTestSupport", "Quorum"], swiftSettings: settings),
     // Spawns the `quorum` executable (built next to the test bundle by `swift build --build-tests`).
     .testTarget(
-      name: "QuorumIntegrationTests", dependencies: ["Quorum", "QuorumSimulation"], swiftSettings: settings),
+      name: "QuorumIntegrationTests", dependencies: ["QuorumTestSupport", "Quorum", "QuorumSimulation"],
+      swiftSettings: settings),
     .testTarget(
       name: "QuorumSimulationTests",
       dependencies: [
+        "QuorumTestSupport",
         "QuorumSimulation", "QuorumCore", "QuorumHost", "QuorumKV", "QuorumLocks", "QuorumPaxos", "QuorumTransactions",
       ],
       swiftSettings: settings),

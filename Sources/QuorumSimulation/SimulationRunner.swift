@@ -181,6 +181,11 @@ public enum SimulationRunner {
     startRawThread(turn)
   }
 
+  /// Starts a thread of ``HeavyLane``, which runs for the life of the process.
+  static func startLaneThread(_ work: @escaping @Sendable () -> Void) {
+    startRawThread(work)
+  }
+
   /// How many off-pool simulation threads run at once in this process.
   public static let concurrentThreads = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)) - 1)
 

@@ -1,4 +1,5 @@
 import QuorumCore
+import QuorumTestSupport
 import Testing
 
 /// The bytes written as `hex` (two digits per byte, no separators), or nil if it is not valid hexadecimal.
@@ -88,7 +89,7 @@ struct SHA256Tests {
     #expect(Array(SHA256.hash(ascii(message))) == expectedBytes)
   }
 
-  @Test("one million repetitions of 'a', hashed at once and in 1000 updates of 1000 bytes")
+  @Test("one million repetitions of 'a', hashed at once and in 1000 updates of 1000 bytes", .heavy)
   func millionA() {
     let expected = "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"
     let chunk = [UInt8](repeating: UInt8(ascii: "a"), count: 1_000)
@@ -105,7 +106,7 @@ struct SHA256Tests {
     #expect(referenceSHA256([]) == bytes(hex: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"))
   }
 
-  @Test("every message length 0...200 hashes as the naive reference does")
+  @Test("every message length 0...200 hashes as the naive reference does", .heavy)
   func everyLengthMatchesReference() {
     var rng = SeededRandom(seed: 256)
     let message = (0..<200).map { _ in UInt8.random(in: 0...255, using: &rng) }

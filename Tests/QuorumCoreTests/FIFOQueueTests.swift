@@ -1,9 +1,10 @@
 import QuorumCore
+import QuorumTestSupport
 import Testing
 
 @Suite("FIFOQueue")
 struct FIFOQueueTests {
-  @Test("behaves like an array under random operations", arguments: [1, 2, 3, 4, 5, 6, 7, 8] as [UInt64])
+  @Test("behaves like an array under random operations", .heavy, arguments: [1, 2, 3, 4, 5, 6, 7, 8] as [UInt64])
   func matchesNaiveModel(seed: UInt64) {
     var rng = SeededRandom(seed: seed)
     var queue = FIFOQueue<Int>()

@@ -1,4 +1,5 @@
 import QuorumCore
+import QuorumTestSupport
 import Testing
 
 /// Encodes with `write` and reads back with `read`, requiring every byte to be consumed.
@@ -96,7 +97,7 @@ struct WireRoundTripTests {
     #expect(reader.isAtEnd && reader.remaining == 0)
   }
 
-  @Test("strings, non-ASCII included, and byte strings of random content", arguments: seeds)
+  @Test("strings, non-ASCII included, and byte strings of random content", .heavy, arguments: seeds)
   func stringsAndBytes(seed: UInt64) throws {
     var rng = SeededRandom(seed: seed)
     let fixed = ["", "a", "héllo", "日本語", "🙂👍🏽", "\u{0}", String(repeating: "x", count: 300)]
@@ -143,7 +144,7 @@ struct WireRoundTripTests {
     #expect(NodeID(300).wireBytes() == [0xAC, 0x02])
   }
 
-  @Test("whole messages and envelopes round-trip, header fields included", arguments: seeds)
+  @Test("whole messages and envelopes round-trip, header fields included", .heavy, arguments: seeds)
   func envelopes(seed: UInt64) throws {
     var rng = SeededRandom(seed: seed)
     for _ in 0..<1_000 {
@@ -205,7 +206,7 @@ struct WireRoundTripTests {
   }
 
   @Test(
-    "a length-prefixed part written in place is byte for byte a byte string",
+    "a length-prefixed part written in place is byte for byte a byte string", .heavy,
     arguments: [0, 1, 127, 128, 16_383, 16_384, 2_097_152])
   func lengthPrefixedInPlace(length: Int) {
     let part = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }

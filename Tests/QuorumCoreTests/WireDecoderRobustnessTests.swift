@@ -1,4 +1,5 @@
 import QuorumCore
+import QuorumTestSupport
 import Testing
 
 /// Hostile input: random and mutated byte strings must decode to a value or a typed `WireError`, never a
@@ -68,7 +69,7 @@ struct WireDecoderRobustnessTests {
     return bytes
   }
 
-  @Test("random and mutated frames decode to a message or a WireError", arguments: seeds)
+  @Test("random and mutated frames decode to a message or a WireError", .heavy, arguments: seeds)
   func fuzzEnvelopes(seed: UInt64) {
     var rng = SeededRandom(seed: seed)
     let frames = Self.frames(&rng, count: 200)
@@ -101,7 +102,7 @@ struct WireDecoderRobustnessTests {
     }
   }
 
-  @Test("the primitive readers survive random bytes at every position", arguments: seeds)
+  @Test("the primitive readers survive random bytes at every position", .heavy, arguments: seeds)
   func fuzzPrimitiveReaders(seed: UInt64) {
     var rng = SeededRandom(seed: seed)
     let limits = WireLimits(maxBytesLength: 64, maxCollectionCount: 16)

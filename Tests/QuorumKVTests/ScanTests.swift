@@ -1,4 +1,5 @@
 import QuorumCore
+import QuorumTestSupport
 import Testing
 
 @testable import QuorumKV
@@ -210,7 +211,7 @@ struct SortedKeysTests {
 
 @Suite("Key order")
 struct KeyOrderTests {
-  @Test("key order is a strict total order that agrees with ==, where Swift's < on strings is not")
+  @Test("key order is a strict total order that agrees with ==, where Swift's < on strings is not", .heavy)
   func strictTotalOrderAgreeingWithEquality() {
     let alphabet = [
       "e", "\u{E9}", "e\u{301}", "\u{300}", "\u{301}", "\u{3B1}", "a", "\u{1100}", "\u{1161}", "\u{AC00}",

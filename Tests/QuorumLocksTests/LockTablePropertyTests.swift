@@ -1,4 +1,5 @@
 import QuorumCore
+import QuorumTestSupport
 import Testing
 
 @testable import QuorumLocks
@@ -11,14 +12,14 @@ struct LockTablePropertyTests {
   static let names = ["a", "b", "c", "s", "t"]
 
   @Test(
-    "random commands at random log times keep every safety invariant, and a restored copy answers identically",
+    "random commands at random log times keep every safety invariant, and a restored copy answers identically", .heavy,
     arguments: [1, 2, 3, 4, 5] as [UInt64])
   func randomWorkload(seed: UInt64) throws {
     try Self.randomWorkload(seed: seed, limits: Self.limits)
   }
 
   @Test(
-    "the same with one expiry per entry: due sessions wait to be ended, safely and identically after a restore",
+    "the same with one expiry per entry: due sessions wait to be ended, safely and identically after a restore", .heavy,
     arguments: [6, 7, 8] as [UInt64])
   func randomWorkloadWithDeferredExpiries(seed: UInt64) throws {
     var limits = Self.limits
@@ -27,7 +28,7 @@ struct LockTablePropertyTests {
   }
 
   @Test(
-    "the same with one wait timeout per entry: due waits are never granted, identically after a restore",
+    "the same with one wait timeout per entry: due waits are never granted, identically after a restore", .heavy,
     arguments: [9, 10, 11] as [UInt64])
   func randomWorkloadWithDeferredWaitTimeouts(seed: UInt64) throws {
     var limits = Self.limits

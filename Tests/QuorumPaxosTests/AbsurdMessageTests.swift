@@ -1,4 +1,5 @@
 import QuorumCore
+import QuorumTestSupport
 import Testing
 
 @testable import QuorumPaxos
@@ -56,7 +57,7 @@ struct AbsurdMessageTests {
     #expect(MultiPaxosEngine(core: follower).status(applied: 0, pendingRequests: 0).refusedMessages == 1)
   }
 
-  @Test("an acceptor stores accepts in order however far they run past its chosen point")
+  @Test("an acceptor stores accepts in order however far they run past its chosen point", .heavy)
   func acceptsInOrderPastTheReach() throws {
     let c = try Self.ledCluster()
     var follower = c[2]

@@ -1,6 +1,7 @@
 import Foundation
 import QuorumCore
 import QuorumStorage
+import QuorumTestSupport
 import Testing
 
 @testable import QuorumPaxos
@@ -47,7 +48,8 @@ struct PaxosFarBehindTests {
     return c
   }
 
-  @Test("a candidate far behind the others makes way at once: the node holding the slots leads within two timeouts")
+  @Test(
+    "a candidate far behind the others makes way at once: the node holding the slots leads within two timeouts", .heavy)
   func farBehindCandidateMakesWay() {
     let far = Self.far
     var measured = 0
@@ -90,7 +92,7 @@ struct PaxosFarBehindTests {
     }
   }
 
-  @Test("a candidate goes on without an acceptor far ahead while a quorum of the others can answer")
+  @Test("a candidate goes on without an acceptor far ahead while a quorum of the others can answer", .heavy)
   func farAheadAcceptorSetAside() {
     var c = Self.cluster(seed: 1)
     // Node 3 restarted with the old log too: 1 and 3 make a quorum without 2.
@@ -103,7 +105,8 @@ struct PaxosFarBehindTests {
   }
 
   @Test(
-    "two live nodes do not block each other: one behind the other's snapshot, the other holding slots past its reach"
+    "two live nodes do not block each other: one behind the other's snapshot, the other holding slots past its reach",
+    .heavy
   )
   func behindSnapshotAndBeyondOwnReach() {
     // Node 3 led under options of the largest reach and is down. Node 1 accepted its proposals far ahead but
@@ -178,7 +181,8 @@ struct PaxosFarBehindTests {
   }
 
   @Test(
-    "two live nodes converge when one is behind the other's snapshot and holds slots past its reach: the acceptor sends the candidate its snapshot"
+    "two live nodes converge when one is behind the other's snapshot and holds slots past its reach: the acceptor sends the candidate its snapshot",
+    .heavy
   )
   func behindSnapshotAndBeyondLargestReach() {
     // Node 3 led and is down. Node 1 accepted its proposals further past node 2's log than any acceptor reaches,

@@ -1,4 +1,5 @@
 import QuorumCore
+import QuorumTestSupport
 import Testing
 
 @testable import QuorumPaxos
@@ -24,7 +25,7 @@ struct PaxosQuietTicksTests {
   }
 
   @Test(
-    "every node's quiet ticks produce nothing, in every state a faulty run reaches (leaders' too)",
+    "every node's quiet ticks produce nothing, in every state a faulty run reaches (leaders' too)", .heavy,
     arguments: [2, 5], [1, 4])
   func quietTicksAreQuiet(heartbeatTicks: Int, idleFactor: Int) {
     var options = MultiPaxosOptions.testing(3)

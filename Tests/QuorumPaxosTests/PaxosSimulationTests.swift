@@ -1,6 +1,7 @@
 import QuorumCore
 import QuorumPaxos
 import QuorumSimulation
+import QuorumTestSupport
 import Synchronization
 import Testing
 
@@ -89,7 +90,7 @@ struct PaxosSimulationTests {
     #expect(totals.sum.crashes > 10 && totals.sum.partitions > 30 && totals.sum.snapshotsInstalled > 5, "\(totals)")
   }
 
-  @Test("a run does real work: leaders change, slots are chosen, faults happen, snapshots are installed")
+  @Test("a run does real work: leaders change, slots are chosen, faults happen, snapshots are installed", .heavy)
   func runsDoWork() throws {
     var totals = PaxosSimulationStats()
     for seed: UInt64 in 0..<10 {
@@ -179,7 +180,7 @@ struct SynodSimulationTests {
     #expect(totals.ballots > 225 && totals.crashes > 75 && totals.partitions > 225, "\(totals)")
   }
 
-  @Test("proposers really duel: some runs need several ballots")
+  @Test("proposers really duel: some runs need several ballots", .heavy)
   func duels() throws {
     var most = 0
     for seed: UInt64 in 0..<50 {

@@ -1,6 +1,7 @@
 import QuorumCore
 import QuorumPaxos
 import QuorumSimulation
+import QuorumTestSupport
 import Testing
 
 /// Hostile input for Multi-Paxos's wire formats: every message a cluster of cores exchanged (an election,
@@ -72,7 +73,8 @@ struct PaxosWireFuzzTests {
     }
   }
 
-  @Test("every message kind exchanged, damaged, decodes to a value that re-encodes or is refused with a WireError")
+  @Test(
+    "every message kind exchanged, damaged, decodes to a value that re-encodes or is refused with a WireError", .heavy)
   func messages() throws {
     let messages = try Self.exchangedMessages()
     let kinds = Set(messages.map(Self.kind))
@@ -97,7 +99,8 @@ struct PaxosWireFuzzTests {
     }
   }
 
-  @Test("single-decree messages and an acceptor's stored state, damaged, decode or are refused with a WireError")
+  @Test(
+    "single-decree messages and an acceptor's stored state, damaged, decode or are refused with a WireError", .heavy)
   func synod() {
     let low = Ballot(round: 1, node: 11)
     let high = Ballot(round: 7, node: 12)

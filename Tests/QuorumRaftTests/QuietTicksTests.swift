@@ -1,4 +1,5 @@
 import QuorumCore
+import QuorumTestSupport
 import Testing
 
 @testable import QuorumRaft
@@ -24,7 +25,7 @@ struct QuietTicksTests {
   }
 
   @Test(
-    "every node's quiet ticks produce nothing, in every state a faulty run reaches (leaders idling or not)",
+    "every node's quiet ticks produce nothing, in every state a faulty run reaches (leaders idling or not)", .heavy,
     arguments: [false, true], [1, 4])
   func quietTicksAreQuiet(checkQuorum: Bool, idleFactor: Int) {
     var options = RaftCoreOptions.paper

@@ -1,6 +1,7 @@
 import QuorumCore
 import QuorumRaft
 import QuorumSimulation
+import QuorumTestSupport
 import Testing
 
 /// Hostile input for Raft's wire formats: every message a cluster of cores exchanged (an election, appends of
@@ -43,7 +44,7 @@ struct RaftWireFuzzTests {
     return tap.messages
   }
 
-  @Test("every message kind, damaged, decodes to a value that re-encodes or is refused with a WireError")
+  @Test("every message kind, damaged, decodes to a value that re-encodes or is refused with a WireError", .heavy)
   func messages() throws {
     let messages = try Self.exchangedMessages()
     // The run covers the protocol: a missing kind means the script no longer exercises it.

@@ -1,4 +1,5 @@
 import QuorumCore
+import QuorumTestSupport
 import Testing
 
 @testable import QuorumRaft
@@ -29,7 +30,7 @@ struct RemovedNodeBackoffTests {
     return c
   }
 
-  @Test("its campaigns, which the members drop unanswered, come at most every eight election timeouts")
+  @Test("its campaigns, which the members drop unanswered, come at most every eight election timeouts", .heavy)
   func removedNodeBacksOff() throws {
     var c = try Self.removedWithoutCommit()
     let requests = VoteRequestLog()
@@ -52,7 +53,7 @@ struct RemovedNodeBackoffTests {
   }
 
   @Test(
-    "two nodes removed together, answering each other's campaigns, back off as one does alone",
+    "two nodes removed together, answering each other's campaigns, back off as one does alone", .heavy,
     arguments: [true, false])
   func twoRemovedNodesBackOff(preVote: Bool) throws {
     var options = RaftCoreOptions.defaults

@@ -3,6 +3,7 @@ import QuorumHost
 import QuorumKV
 import QuorumLocks
 import QuorumSimulation
+import QuorumTestSupport
 import QuorumTransactions
 import Testing
 
@@ -101,7 +102,7 @@ struct HostWireFuzzTests {
     ]
   }
 
-  @Test("client requests and the service commands in them, damaged, decode or are refused with a WireError")
+  @Test("client requests and the service commands in them, damaged, decode or are refused with a WireError", .heavy)
   func requestsAndCommands() {
     for (seed, report) in [
       (1, WireFuzzer.check(samples: Self.requests, inputs: 30_000, seed: 1)),
@@ -114,7 +115,7 @@ struct HostWireFuzzTests {
     }
   }
 
-  @Test("replies and cluster maps, damaged, decode or are refused with a WireError")
+  @Test("replies and cluster maps, damaged, decode or are refused with a WireError", .heavy)
   func replies() {
     let replies = WireFuzzer.check(samples: Self.replies, inputs: 20_000, seed: 5)
     #expect(replies.problems.isEmpty, "\(replies)")
@@ -122,7 +123,7 @@ struct HostWireFuzzTests {
     #expect(maps.problems.isEmpty, "\(maps)")
   }
 
-  @Test("peer frames carrying requests and replies between members, damaged, decode or are refused")
+  @Test("peer frames carrying requests and replies between members, damaged, decode or are refused", .heavy)
   func peerFrames() {
     var frames: [HostMessage] = []
     for (i, request) in Self.requests.enumerated() { frames.append(.request(id: UInt64(i), body: request.wireBytes())) }
@@ -131,7 +132,7 @@ struct HostWireFuzzTests {
     #expect(report.problems.isEmpty, "\(report)")
   }
 
-  @Test("two-phase-commit messages between coordinators and participants, damaged, decode or are refused")
+  @Test("two-phase-commit messages between coordinators and participants, damaged, decode or are refused", .heavy)
   func transactionMessages() {
     let id = TxnID(coordinator: 2, sequence: 9, startedAtMillis: 1_700_000_000_000)
     let messages: [TransactionMessage] = [
@@ -144,7 +145,7 @@ struct HostWireFuzzTests {
     #expect(report.problems.isEmpty, "\(report)")
   }
 
-  @Test("key-value queries and their results, damaged, decode or are refused with a WireError")
+  @Test("key-value queries and their results, damaged, decode or are refused with a WireError", .heavy)
   func queries() {
     let queries: [KVQuery] = [
       .get(key: "greeting"), .scan(prefix: "k/", limit: 10),

@@ -1,5 +1,6 @@
 import QuorumCore
 import QuorumSimulation
+import QuorumTestSupport
 import Testing
 
 /// The naive definition, for comparison with the checker: try every order of the operations that respects
@@ -140,7 +141,7 @@ private enum SmallHistories {
 
 @Suite("Linearizability: checker against brute force")
 struct LinearizabilityOracleTests {
-  @Test(arguments: [UInt64(10_000), 20_000, 30_000, 40_000])
+  @Test(.heavy, arguments: [UInt64(10_000), 20_000, 30_000, 40_000])
   func agreesWithBruteForce(firstSeed: UInt64) {
     let count: UInt64 = 1_500
     var linearizable = 0
@@ -168,7 +169,7 @@ struct LinearizabilityOracleTests {
 
 @Suite("Linearizability: large generated histories")
 struct LinearizabilityLargeHistoryTests {
-  @Test(arguments: [UInt64(42), 7])
+  @Test(.heavy, arguments: [UInt64(42), 7])
   func acceptsGeneratedHistory(seed: UInt64) {
     let history = KVHistoryGenerator(seed: seed).generate()
     #expect(history.count == 10_000)
@@ -201,7 +202,7 @@ struct LinearizabilityLargeHistoryTests {
     #expect(violation.partition == read.input.key)
   }
 
-  @Test(arguments: [UInt64(42), 7, 99])
+  @Test(.heavy, arguments: [UInt64(42), 7, 99])
   func rejectsStaleRead(seed: UInt64) throws {
     var history = KVHistoryGenerator(seed: seed).generate()
     let (read, stale) = try #require(Self.staleReadCorruption(history), "seed \(seed): no candidate")

@@ -1,5 +1,6 @@
 import QuorumCore
 import QuorumSimulation
+import QuorumTestSupport
 import Testing
 
 /// Shorthands so hand-written histories read like a table: client, input, invoked, returned, output.
@@ -431,7 +432,7 @@ struct LinearizabilityHandMadeTests {
   /// Twenty writes with unknown outcome stay pending for the whole history; one of them is read only at the end,
   /// after fifty completed writes. The eager order alone would try the pending writes in every combination
   /// before the fifty; the checker must still answer, both ways, well within its budget.
-  @Test(arguments: [false, true])
+  @Test(.heavy, arguments: [false, true])
   func manyPendingUnknownWritesOneObservedLate(violated: Bool) {
     var history = KVHistory()
     for i in 0..<20 { history.lost(100 + i, put("x", "u\(i)"), UInt64(i)) }

@@ -1,6 +1,7 @@
 import QuorumCore
 import QuorumHost
 import QuorumSimulation
+import QuorumTestSupport
 import Synchronization
 import Testing
 
@@ -106,7 +107,7 @@ struct NodeSimulationTests {
     #expect(crashes.withLock { $0 } > 10)
   }
 
-  @Test("a seed replays exactly: the same trace, job for job")
+  @Test("a seed replays exactly: the same trace, job for job", .heavy)
   func replay() throws {
     let first = SimulationTrace(enabled: true, capacity: 10)
     let second = SimulationTrace(enabled: true, capacity: 10)

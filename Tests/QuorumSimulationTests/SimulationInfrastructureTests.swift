@@ -1,5 +1,6 @@
 import QuorumCore
 import QuorumSimulation
+import QuorumTestSupport
 import Testing
 
 // MARK: - Virtual time and the event queue
@@ -18,7 +19,8 @@ struct EventQueueTests {
     #expect(VirtualDuration.milliseconds(1).duration == .milliseconds(1))
   }
 
-  @Test("pops in time order, ties in insertion order, against a naive sort", arguments: [1, 2, 3, 4, 5] as [UInt64])
+  @Test(
+    "pops in time order, ties in insertion order, against a naive sort", .heavy, arguments: [1, 2, 3, 4, 5] as [UInt64])
   func ordersLikeANaiveSort(seed: UInt64) {
     var rng = SeededRandom(seed: seed)
     var queue = EventQueue<Int>()

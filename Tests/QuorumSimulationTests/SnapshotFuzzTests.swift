@@ -2,6 +2,7 @@ import QuorumCore
 import QuorumKV
 import QuorumLocks
 import QuorumSimulation
+import QuorumTestSupport
 import QuorumTransactions
 import Testing
 
@@ -14,7 +15,7 @@ struct SnapshotFuzzTests {
     ApplyContext(index: index, timestampMillis: 1_700_000_000_000 + index * 10)
   }
 
-  @Test("a key-value store's snapshot, and the session table around it")
+  @Test("a key-value store's snapshot, and the session table around it", .heavy)
   func keyValue() {
     var store = KVStore()
     var index: UInt64 = 0
@@ -50,7 +51,7 @@ struct SnapshotFuzzTests {
     #expect(sessions.problems.isEmpty, "\(sessions)")
   }
 
-  @Test("a lock table's snapshot: sessions, holders, waiters and semaphores")
+  @Test("a lock table's snapshot: sessions, holders, waiters and semaphores", .heavy)
   func locks() {
     var table = LockTable()
     var index: UInt64 = 0
@@ -82,7 +83,7 @@ struct SnapshotFuzzTests {
     #expect(report.problems.isEmpty, "\(report)")
   }
 
-  @Test("a transaction shard's snapshot, and the decision records'")
+  @Test("a transaction shard's snapshot, and the decision records'", .heavy)
   func transactions() {
     var shard = TxnShard()
     let id = TxnID(coordinator: 2, sequence: 9, startedAtMillis: 1_700_000_000_000)

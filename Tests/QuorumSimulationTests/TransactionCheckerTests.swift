@@ -1,4 +1,5 @@
 import QuorumCore
+import QuorumTestSupport
 import Testing
 
 @testable import QuorumSimulation
@@ -430,7 +431,7 @@ struct TransactionIsolationTests {
 
 @Suite("Transaction checker: generated histories")
 struct TransactionGeneratedHistoryTests {
-  @Test("histories of a correct store pass the strictest check", arguments: 0..<12)
+  @Test("histories of a correct store pass the strictest check", .heavy, arguments: 0..<12)
   func correctStorePasses(seed: UInt64) {
     let generator = ListAppendHistoryGenerator(
       seed: seed, transactionCount: 400, keyCount: 6, clientCount: 6, abortProbability: 0.1,
@@ -445,7 +446,7 @@ struct TransactionGeneratedHistoryTests {
     }
   }
 
-  @Test("a dropped append is always detected, as an incompatible order of its key")
+  @Test("a dropped append is always detected, as an incompatible order of its key", .heavy)
   func droppedAppendDetected() {
     var injected = 0
     var detected = 0
@@ -466,7 +467,7 @@ struct TransactionGeneratedHistoryTests {
     #expect(detected == injected)
   }
 
-  @Test("a stale read is always detected with real-time or process order, as a cycle through the reader")
+  @Test("a stale read is always detected with real-time or process order, as a cycle through the reader", .heavy)
   func staleReadDetected() {
     var injected = 0
     var detected = 0
@@ -577,7 +578,7 @@ struct TransactionBruteForceTests {
   }
 
   @Test(
-    "the checker rejects exactly the small mutated histories that have no (strictly) serial order",
+    "the checker rejects exactly the small mutated histories that have no (strictly) serial order", .heavy,
     arguments: [false, true])
   func soundAgainstBruteForce(strict: Bool) {
     var notSerializable = 0
@@ -615,7 +616,8 @@ struct TransactionCycleSearchTests {
     return cycles
   }
 
-  @Test("in each component the search finds G0 and G1c exactly when they exist, else the strongest class present")
+  @Test(
+    "in each component the search finds G0 and G1c exactly when they exist, else the strongest class present", .heavy)
   func againstEnumeration() {
     var rng = SeededRandom(seed: 42)
     var componentsChecked: [TransactionAnomaly.Kind: Int] = [:]

@@ -1,4 +1,5 @@
 import QuorumCore
+import QuorumTestSupport
 import Testing
 
 @testable import QuorumStorage
@@ -140,7 +141,7 @@ struct LogModelTests {
     }
   }
 
-  @Test func theSearchAfterDamageFindsAValidRecordAndGivesUpPastItsBudget() {
+  @Test(.heavy) func theSearchAfterDamageFindsAValidRecordAndGivesUpPastItsBudget() {
     var random = SeededRandom(seed: 8)
     var bytes = (0..<(1 << 20)).map { _ in UInt8.random(in: 0...255, using: &random) }
     var writer = WireWriter()

@@ -1,12 +1,13 @@
 import CQuorumSystem
 import QuorumCore
+import QuorumTestSupport
 import Testing
 
 @testable import QuorumTCP
 
 @Suite("Frame codes in C equal QuorumCore's HMAC-SHA-256")
 struct FrameCodeTests {
-  @Test("a frame's code is HMAC-SHA-256 of its sequence number and body, with and without the SHA extensions")
+  @Test("a frame's code is HMAC-SHA-256 of its sequence number and body, with and without the SHA extensions", .heavy)
   func codesMatchTheSwiftImplementation() {
     defer { _ = cq_sha256_use_accelerated(1) }
     var generator = SeededRandom(seed: 4231)

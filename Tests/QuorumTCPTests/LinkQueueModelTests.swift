@@ -1,6 +1,7 @@
 import CQuorumSystem
 import Glibc
 import QuorumCore
+import QuorumTestSupport
 import Testing
 
 @testable import QuorumTCP
@@ -9,9 +10,9 @@ import Testing
 /// size limit, some refused as full), takes with budgets from 1 byte to 256 KiB, and six connections, each sealed
 /// or not at random, with frames left queued across them. After every step the queue's counts match the model's;
 /// at the end every body arrived once, in order (sealed ones opened in sequence), and the frames reported match.
-@Suite("Link queue against a model", .timeLimit(.minutes(1)))
+@Suite("Link queue against a model", .timeLimit(.minutes(5)))
 struct LinkQueueModelTests {
-  @Test("sends, refusals and takes of every budget keep the queue equal to its model", arguments: Array(0..<8))
+  @Test("sends, refusals and takes of every budget keep the queue equal to its model", .heavy, arguments: Array(0..<8))
   func model(seed: Int) throws {
     var random = SeededRandom(seed: UInt64(seed) &+ 1000)
     let maxFrames = [5, 50, 10_000][seed % 3]

@@ -1,6 +1,7 @@
 import CQuorumSystem
 import Glibc
 import QuorumCore
+import QuorumTestSupport
 import Testing
 
 @testable import QuorumTCP
@@ -49,7 +50,8 @@ struct WriteBatchTests {
     return (received, writes)
   }
 
-  @Test("frames of every size arrive whole and in order, large ones written without a copy", arguments: [1, 2, 3])
+  @Test(
+    "frames of every size arrive whole and in order, large ones written without a copy", .heavy, arguments: [1, 2, 3])
   func mixedSizes(seed: UInt64) throws {
     let (writer, reader) = try socketPair()
     defer { closeAll(writer, reader) }
@@ -99,7 +101,7 @@ struct WriteBatchTests {
     #expect(intoBatch.sequence == intoBuffer.sequence)
   }
 
-  @Test("frames appended between partial writes follow what was already queued", arguments: [4, 5, 6])
+  @Test("frames appended between partial writes follow what was already queued", .heavy, arguments: [4, 5, 6])
   func appendsBetweenPartialWrites(seed: UInt64) throws {
     let (writer, reader) = try socketPair()
     defer { closeAll(writer, reader) }

@@ -1,11 +1,12 @@
 import Quorum
+import QuorumTestSupport
 import Testing
 
 /// A group's state may outgrow what one message may carry: its snapshots must still restore, or a restart (or a
 /// follower catching up) fails for good once the log behind the snapshot is compacted.
 @Suite("Snapshots larger than one message's limits restore")
 struct LargeSnapshotTests {
-  @Test("a group holding 70 values of 1 MiB (over the 64 MiB a message may carry) restores its snapshot")
+  @Test("a group holding 70 values of 1 MiB (over the 64 MiB a message may carry) restores its snapshot", .heavy)
   func moreBytesThanAMessage() throws {
     var machine = ServiceMachine([KeyValueService(), LockService()])
     let value = [UInt8](repeating: 7, count: 1 << 20)
