@@ -94,6 +94,11 @@ struct AuthenticationTests {
     } catch {
       #expect(error == .unreachable(pair.n1.address, reason: .rejected("authentication failed")))
     }
+    // The listener writes its refusal before it closes and counts the close: the client can read the refusal
+    // first.
+    try await waitUntil("the listener to count the refused handshake's close") {
+      pair.a.metrics.closes("authentication-failed") >= 1
+    }
     #expect(pair.a.metrics.closes("authentication-failed") == 1)
     #expect(pair.b.metrics.closes.isEmpty, "\(pair.b.metrics)")
     await alice.close()
