@@ -25,7 +25,9 @@ public import QuorumCore
 /// ``QuorumCore/ReplicatedStateMachine`` (and again here). Each apply first ends the sessions whose expiry is at
 /// or before the entry's log time (at most ``LockTableLimits/maxExpiriesPerEntry`` of them; the rest in the
 /// following entries) and the waits whose timeout has passed (at most ``LockTableLimits/maxWaitTimeoutsPerEntry``;
-/// a due wait left for later is never granted), then applies the command, then grants the waiters
+/// a due wait left for later is never granted), then, only under the opt-in ``LockTableLimits/endDueAtFullLimits``,
+/// ends more of what is due and in the way of a command that would find a limit reached, then applies the command,
+/// then grants the waiters
 /// that those changes let through, once per lock. A session is over from the first entry at or after its expiry
 /// even while the work of ending it waits: commands naming it are answered as for an expired session, a query
 /// finds no such session, and none of its waits is granted (a queue whose head is such a waiter waits until its
@@ -162,8 +164,10 @@ public struct LockTable: StateMachine {
     expireSessions()
     expireWaits()
     forgetFreeLocks()
-    makeRoom(for: command)
-    var response = refusal(of: command, by: context.principal) ?? execute(command, principal: context.principal)
+    let refused = refusal(of: command, by: context.principal)
+    // Opt-in, replicated: a group created without it applies as builds before it did (they always refused).
+    if refused == nil, limits.endDueAtFullLimits { makeRoom(for: command) }
+    var response = refused ?? execute(command, principal: context.principal)
     grantTouchedLocks()
     if case .queued = response, case .acquire(let lock, let session, _, _, _) = command {
       // Waiters ahead may have left in this entry's expiry phase; report where the request ended up.
@@ -210,7 +214,9 @@ public struct LockTable: StateMachine {
   /// (``LockTableLimits/maxWaitersPerLock``) ends the waits of that queue that are due, and the due sessions of its
   /// waiters, first in line first. Each within a budget of the same bound again, so an entry's work stays bounded.
   /// "Due" is judged by the entry's log time, so every replica ends the same. Without a bound nothing is left due
-  /// once the entry's expiries ran, and this changes nothing.
+  /// once the entry's expiries ran, and this changes nothing. Runs only under ``LockTableLimits/endDueAtFullLimits``,
+  /// and after `refusal(of:by:)` (which ending due sessions cannot change: it already treats them as over). The
+  /// open branch is a guard: the entry's own expiries end a due session whenever one is due, so it never acts.
   private mutating func makeRoom(for command: LockCommand) {
     switch command {
     case .openSession:

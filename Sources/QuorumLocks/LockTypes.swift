@@ -333,11 +333,9 @@ public struct LockTableLimits: Hashable, Sendable {
   /// this says: the commands naming it are answered as for an expired session and none of its waits is granted;
   /// releasing what it holds waits for the following entries (``LockTable/nextDeadlineMillis`` stays due, so the
   /// leader proposes them as time-only entries, one at a time at its ticks: about `maxExpiriesPerEntry` sessions
-  /// per tick when nothing else is written). Due sessions do not refuse live clients: an open that finds
-  /// ``maxSessions`` sessions, an acquire of a new lock that finds ``maxLocks`` locks, and an acquire that would queue
-  /// behind ``maxWaitersPerLock`` waiters first end due sessions (and due waits of that queue), within another
-  /// budget of this bound, and are refused only if that leaves no room. A lock whose only holder is a due session
-  /// still answers a no-wait acquire `busy` until the session is ended.
+  /// per tick when nothing else is written). Meanwhile due sessions still count towards ``maxSessions``, ``maxLocks``
+  /// and ``maxWaitersPerLock`` unless ``endDueAtFullLimits`` is set. A lock whose only holder is a due session still
+  /// answers a no-wait acquire `busy` until the session is ended.
   ///
   /// This is replicated behaviour, not a local tuning knob: it decides in which entry a session's locks are
   /// released, and so which waiter is granted with which fencing token. Every member of a group must use the same
@@ -345,11 +343,7 @@ public struct LockTableLimits: Hashable, Sendable {
   /// history makes replicas diverge: a member that re-applies old entries with another value (after restoring an
   /// older snapshot, or during a rolling restart) ends a different set of sessions in them than the members that
   /// applied them first.
-  ///
-  /// Builds before the one that let full limits end due sessions applied such an entry differently (they refused
-  /// the command). A group that set a bound under such a build must upgrade every member at the same applied index
-  /// (all caught up, a snapshot taken on each): a member that re-applies, with this build, entries the older one
-  /// applied would diverge from the others.
+
   public var maxExpiriesPerEntry: Int
   /// The most waits one entry ends because their timeout passed. Default `Int.max`: unlimited, every wait whose
   /// timeout has passed is ended in the first entry at or after it, exactly as before this limit existed.
@@ -366,13 +360,32 @@ public struct LockTableLimits: Hashable, Sendable {
   /// a wait ends, and so which waiter is granted with which fencing token. Every member of a group must use the same
   /// value from the group's first entry on; changing it on a group with history makes replicas diverge.
   public var maxWaitTimeoutsPerEntry: Int
+  /// Whether a command that finds a limit reached first ends the sessions and waits that are due but were left for
+  /// later entries by ``maxExpiriesPerEntry`` or ``maxWaitTimeoutsPerEntry``. Default `false`: such sessions and
+  /// waits count towards the limits until an entry ends them, and the command is refused.
+  ///
+  /// When set (an opt-in), due sessions and waits do not refuse live clients: an acquire of a new lock that finds
+  /// ``maxLocks`` locks ends due sessions, earliest deadline first, until one is freed; an acquire that would queue
+  /// behind ``maxWaitersPerLock`` waiters ends that queue's due waits and the due sessions of its waiters, first in
+  /// line first (an open never finds ``maxSessions`` sessions with one of them due, since the entry's own expiries
+  /// have ended one). Each within another budget of the bound, judged by the entry's log time so that every replica
+  /// ends the same; the command is refused only if that leaves no room. It runs only for a command the table would
+  /// not refuse for naming another principal's session. With both bounds unlimited nothing is ever left due and this
+  /// changes nothing.
+  ///
+  /// Like the bounds, this is replicated behaviour, not a local tuning knob: it decides whether an entry grants or
+  /// refuses, which sessions it ends, and so which waiter is granted with which fencing token. Every member of a
+  /// group must use the same value from the group's first entry on; changing it on a group with history makes
+  /// replicas diverge. Builds before this setting always refused such a command, so a group keeps that behaviour,
+  /// on every build, until it is created with this set.
+  public var endDueAtFullLimits: Bool
 
   /// Creates limits; every argument defaults to the value documented on its property.
   public init(
     maxSessions: Int = 100_000, maxLocks: Int = 100_000, maxWaitersPerLock: Int = 1_024, maxNameBytes: Int = 256,
     maxHoldsPerSession: Int = 1_024, minTTLMillis: UInt64 = 1_000, maxTTLMillis: UInt64 = 600_000,
     maxSemaphorePermits: UInt32 = 10_000, maxListCount: Int = 1_000, maxExpiriesPerEntry: Int = .max,
-    maxWaitTimeoutsPerEntry: Int = .max
+    maxWaitTimeoutsPerEntry: Int = .max, endDueAtFullLimits: Bool = false
   ) {
     self.maxSessions = maxSessions
     self.maxLocks = maxLocks
@@ -385,6 +398,7 @@ public struct LockTableLimits: Hashable, Sendable {
     self.maxListCount = maxListCount
     self.maxExpiriesPerEntry = maxExpiriesPerEntry
     self.maxWaitTimeoutsPerEntry = maxWaitTimeoutsPerEntry
+    self.endDueAtFullLimits = endDueAtFullLimits
   }
 
   /// Checks that every limit is usable.
