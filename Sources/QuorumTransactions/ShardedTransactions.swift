@@ -114,11 +114,28 @@ public struct ShardedTransactionOptions: Sendable, Equatable {
   /// Defaults for a client acting as coordinator `coordinator`.
   public init(coordinator: NodeID) { self.coordinator = coordinator }
 
+  /// The most ``clockRetries`` accepted: 10,000 (over 15 minutes at the default pause, far past any new group's
+  /// first leader).
+  public static let maxClockRetries = 10_000
+  /// The longest ``clockRetryPause`` accepted: one minute (prepared locks are held across the pause).
+  public static let maxClockRetryPause: Duration = .seconds(60)
+
   /// Checks that the settings are usable: ``shardLimits`` must be valid and admit no write that a command of
-  /// ``maxCommandBytes`` cannot carry (``TxnShardLimits/validate(maxCommandBytes:)``).
+  /// ``maxCommandBytes`` cannot carry (``TxnShardLimits/validate(maxCommandBytes:)``); ``clockRetries`` must be
+  /// between 0 and ``maxClockRetries``, and ``clockRetryPause`` positive and at most ``maxClockRetryPause``.
   /// - Throws: ``QuorumCore/ConfigurationError`` naming the first unusable setting.
   public func validate() throws(ConfigurationError) {
     try shardLimits.validate(maxCommandBytes: maxCommandBytes)
+    guard (0...Self.maxClockRetries).contains(clockRetries) else {
+      throw ConfigurationError(
+        setting: "ShardedTransactionOptions.clockRetries",
+        reason: "must be between 0 and \(Self.maxClockRetries), not \(clockRetries)")
+    }
+    guard clockRetryPause > .zero, clockRetryPause <= Self.maxClockRetryPause else {
+      throw ConfigurationError(
+        setting: "ShardedTransactionOptions.clockRetryPause",
+        reason: "must be positive and at most \(Self.maxClockRetryPause), not \(clockRetryPause)")
+    }
   }
 }
 

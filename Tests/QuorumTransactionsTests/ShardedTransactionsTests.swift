@@ -731,4 +731,32 @@ struct ShardLimitsOnTheClientTests {
     #expect(throws: ConfigurationError.self) { try TxnShardLimits().validate(maxCommandBytes: 1 << 20) }
     #expect(throws: Never.self) { try TxnShardLimits().validate(maxCommandBytes: 4 << 20) }
   }
+
+  @Test("clock retries and their pause are validated: negative, zero or absurd values are a configuration error")
+  func clockRetrySettingsAreValidated() async throws {
+    let base = ShardedTransactionOptions(coordinator: 7)
+    #expect(throws: Never.self) { try base.validate() }
+    var zeroRetries = base
+    zeroRetries.clockRetries = 0
+    #expect(throws: Never.self) { try zeroRetries.validate() }
+    var bad: [ShardedTransactionOptions] = []
+    for retries in [-1, ShardedTransactionOptions.maxClockRetries + 1] {
+      var options = base
+      options.clockRetries = retries
+      bad.append(options)
+    }
+    for pause: Duration in [.zero, .milliseconds(-5), .seconds(3_600)] {
+      var options = base
+      options.clockRetryPause = pause
+      bad.append(options)
+    }
+    for options in bad {
+      let error = #expect(throws: ConfigurationError.self) { try options.validate() }
+      #expect(error?.setting.hasPrefix("ShardedTransactionOptions.clockRetr") == true)
+      let channel = InMemoryShards()
+      let db = ShardedTransactions(channel: channel, options: options, clock: FrozenClock())
+      await #expect(throws: ConfigurationError.self) { try await db.transaction { tx in tx.put("a1", "x") } }
+      #expect(channel.commandsSent.load(ordering: .relaxed) == 0)
+    }
+  }
 }
