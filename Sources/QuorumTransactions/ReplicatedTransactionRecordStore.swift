@@ -8,7 +8,10 @@ public import QuorumCore
 /// the table) conforms in a few lines.
 public protocol TransactionRecordChannel: Sendable {
   /// Appends `command` to the group's log and returns the table's answer.
-  /// - Throws: when the group does not answer; the command may or may not have been applied.
+  /// - Throws: when the group does not answer; the command may or may not have been applied. An implementation
+  ///   may throw ``TransactionStoreError/rejected(_:)`` (or ``QuorumCore/ConsensusError/commandTooLarge(bytes:limit:)``,
+  ///   which the store maps to it) only when no attempt of this submit can have been applied, and none would be:
+  ///   the store then takes the command as refused for good.
   func submit(_ command: TransactionRecordCommand) async throws -> TransactionRecordResponse
 
   /// Answers `query` from the table, linearizably.
@@ -108,9 +111,10 @@ public actor ReplicatedLogRecordChannel: TransactionRecordChannel {
 /// Every handle on the same table must be created with the same `identity` (any number naming the table, such
 /// as its group's): participants compare it with the one in each prepare before resolving through the record.
 /// Failures of the group come back as ``TransactionStoreError/unavailable(_:)``; every operation may be retried. A
-/// command the group turns away before its log (``QuorumCore/ConsensusError/commandTooLarge(bytes:limit:)``,
-/// ``QuorumCore/ConsensusError/sessionQuotaExceeded(limit:)``) comes back as ``TransactionStoreError/rejected(_:)``:
-/// certainly not applied.
+/// command the group turns away before its log for good (``QuorumCore/ConsensusError/commandTooLarge(bytes:limit:)``)
+/// comes back as ``TransactionStoreError/rejected(_:)``: certainly not applied. A full session quota
+/// (``QuorumCore/ConsensusError/sessionQuotaExceeded(limit:)``) is temporary and comes back as
+/// ``TransactionStoreError/unavailable(_:)``.
 public struct ReplicatedTransactionRecordStore: TransactionRecordStore {
   /// The table's identity.
   public let sharedIdentity: UInt64?
@@ -193,10 +197,11 @@ public struct ReplicatedTransactionRecordStore: TransactionRecordStore {
 }
 
 extension ConsensusError {
-  /// Whether the group certainly did not apply the command, and would turn it away again.
+  /// Whether the group certainly did not apply the command, and would turn it away again. A session quota is not
+  /// such a refusal: it frees up as idle sessions expire, so it is taken as a group that did not answer.
   var isRejectionBeforeTheLog: Bool {
     switch self {
-    case .commandTooLarge, .sessionQuotaExceeded: return true
+    case .commandTooLarge: return true
     default: return false
     }
   }

@@ -105,3 +105,35 @@ extension MemoryStorage {
   /// The stored snapshot's index (0 if none).
   func snapshotIndexForTests() async -> UInt64 { (try? await recover().snapshot?.index) ?? 0 }
 }
+
+@Suite("ReplicatedTransactionRecordStore: which group failures are refusals for good")
+struct RecordStoreRejectionTests {
+  /// A channel whose every submit throws `error`.
+  struct FailingChannel: TransactionRecordChannel {
+    let error: ConsensusError
+    func submit(_ command: TransactionRecordCommand) async throws -> TransactionRecordResponse { throw error }
+    func read(_ query: TransactionRecordQuery) async throws -> TransactionRecordQueryResult { throw error }
+  }
+
+  @Test("a full session quota is temporary: unavailable, not rejected; a command too large is rejected")
+  func sessionQuotaIsNotARejection() async {
+    let quota = ReplicatedTransactionRecordStore(
+      channel: FailingChannel(error: .sessionQuotaExceeded(limit: 1)), identity: 1)
+    let quotaError = await #expect(throws: TransactionStoreError.self) {
+      _ = try await quota.reserveSequenceNumbers(for: 1, count: 1)
+    }
+    guard case .unavailable? = quotaError else {
+      Issue.record("expected unavailable, got \(String(describing: quotaError))")
+      return
+    }
+    let large = ReplicatedTransactionRecordStore(
+      channel: FailingChannel(error: .commandTooLarge(bytes: 900, limit: 512)), identity: 1)
+    let largeError = await #expect(throws: TransactionStoreError.self) {
+      _ = try await large.reserveSequenceNumbers(for: 1, count: 1)
+    }
+    guard case .rejected? = largeError else {
+      Issue.record("expected rejected, got \(String(describing: largeError))")
+      return
+    }
+  }
+}
