@@ -26,7 +26,9 @@ public enum CoordinatorInput: Sendable, Hashable {
   /// (``TransactionAbortReason/recordRefused(_:)``) and the participants are told. A commit refused because the
   /// table's time lags (``TransactionRecordError/clockAhead(startedAtMillis:logTimeMillis:)``) is retried until the
   /// horizon, and then aborts (``TransactionAbortReason/expired``). After an unanswered write, which may still
-  /// land, and for an abort, it is retried as after ``recordFailed(_:)``.
+  /// land, and for an abort, it is retried as after ``recordFailed(_:)``; except that a commit turned away before
+  /// the log after an unanswered write is not resent: an abort with no participants is written instead, and the
+  /// table answers with the decision that holds (the commit, if the unanswered write landed).
   case recordRefused(TxnID, TransactionStoreError)
   /// The shell carried out ``CoordinatorEffect/recordFinished(_:)``: the coordinator is done with `id`.
   case finishRecorded(TxnID)
@@ -451,6 +453,15 @@ public struct CoordinatorCore: Sendable {
     if decision == .commit, !transaction.decisionMayHaveLanded, !retryable || pastHorizon {
       for target in targets { effects.append(.send(TransactionOutgoing(to: target, .decision(txn, .abort)))) }
       finish(txn, .aborted(retryable ? .expired : .recordRefused(error)), &effects)
+      return
+    }
+    if decision == .commit, case .rejected = error {
+      // Turned away before the log (too large for it): resending it would never end, and the table's horizon never
+      // sees it. Write an abort with no participants instead, a small compare-and-set: the table answers whichever
+      // decision holds, the earlier commit if that unanswered write landed, otherwise this abort.
+      transaction.phase = .recording(.abort, targets: targets, inFlight: false)
+      active[txn] = transaction
+      backOff(txn)
       return
     }
     transaction.phase = .recording(decision, targets: targets, inFlight: false)

@@ -281,6 +281,31 @@ struct CoordinatorCoreTests {
     #expect(c.step(.decisionRecorded(t, .commit)).last == .finished(t, .committed), "the lost write had landed")
   }
 
+  @Test("a commit turned away before the log after an unanswered write is not resent: an abort is written instead")
+  func rejectionAfterLostWriteWritesAnAbort() {
+    let large = TransactionStoreError.rejected("command of 900 bytes exceeds the limit of 512")
+    for lostWriteLanded in [false, true] {
+      var c = CoordinatorCore(id: 1, options: quickCoordinatorOptions(), recordStore: 77)
+      _ = c.step(.begin(t, participants: [2, 3]))
+      _ = c.step(.message(from: 2, .vote(t, .yes)))
+      _ = c.step(.message(from: 3, .vote(t, .yes)))
+      #expect(c.step(.recordFailed(t)) == [])
+      #expect(c.ticks(4) == [.recordDecision(t, .commit, participants: [2, 3])])
+      #expect(c.step(.recordRefused(t, large)) == [], "that unanswered write may still land: not aborted yet")
+      #expect(c.status(of: t) == .inProgress)
+      let writes = c.ticks(10).filter { if case .recordDecision = $0 { true } else { false } }
+      #expect(writes == [.recordDecision(t, .abort, participants: [])], "the commit is not resent")
+      if lostWriteLanded {
+        #expect(c.step(.decisionRecorded(t, .commit)).last == .finished(t, .committed))
+      } else {
+        #expect(
+          c.step(.decisionRecorded(t, .abort)) == [
+            send(2, .decision(t, .abort)), send(3, .decision(t, .abort)), .finished(t, .aborted(.resolvedAbort)),
+          ])
+      }
+    }
+  }
+
   @Test("a commit refused because the table's time lags is retried, and aborts once past its horizon")
   func clockAheadRetriedUntilHorizon() {
     var options = quickCoordinatorOptions()
