@@ -19,7 +19,8 @@ public enum ParticipantInput: Sendable, Hashable {
   /// A record effect (prepared, decision or finished) could not be carried out.
   case recordFailed(TxnID)
   /// A record effect was refused by the record table (``TransactionStoreError/refused(_:)``: a full table, a
-  /// clock too far ahead): nothing was recorded, and that request will not be applied later. For a prepared
+  /// clock too far ahead) or turned away before the record group's log (``TransactionStoreError/rejected(_:)``: too
+  /// large for it): nothing was recorded, and that request will not be applied later. For a prepared
   /// record this ends the yes at once (there is nothing to withdraw); otherwise it is taken as
   /// ``recordFailed(_:)``.
   case recordRefused(TxnID)
