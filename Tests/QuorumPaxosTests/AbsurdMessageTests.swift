@@ -173,10 +173,30 @@ struct AbsurdMessageTests {
     node.step(.campaignNow(CampaignNow(ballot: top)), from: 3)
     for _ in 0..<100 {
       node.tick()
-      _ = node.readMessages()
+      for out in node.readMessages() { #expect(out.message.malformation == nil, "\(out.message)") }
     }
     #expect(node.promised.round < Ballot.maxRound)
     #expect((try? PaxosHardState(wireBytes: node.hardState.wireBytes())) != nil, "the promise loads after a restart")
+  }
+
+  @Test("a node following a ballot just below the bound sends no probe at the bound when its leader goes quiet")
+  func noProbeAtTheBound() {
+    var node = PaxosCluster(3)[1]
+    let top = Ballot(round: Ballot.maxRound - 1, node: 3)
+    node.step(.heartbeat(Heartbeat(ballot: top, chosenThrough: 0, round: 1)), from: 3)
+    _ = node.readMessages()
+    // Before, each election timeout sent a probe at (maxRound, 1), which every peer dropped as malformed and
+    // counted against this honest node.
+    var sent = 0
+    for _ in 0..<200 {
+      node.tick()
+      for out in node.readMessages() {
+        sent += 1
+        #expect(out.message.malformation == nil, "\(out.message)")
+      }
+    }
+    #expect(node.role == .follower && node.promised == top)
+    #expect(sent == 0)
   }
 
   @Test("a faulty peer's ballot at exactly the bound is refused: the others still elect a leader without it")

@@ -955,11 +955,18 @@ public struct MultiPaxosCore: Sendable {
   /// starts only once a phase-1 quorum (this node included) of each configuration it knows says yes.
   private mutating func startProbe() {
     clearLeadership()
-    role = .preCandidate
     leader = nil
     electionElapsed = 0
     resetElectionTimeout()
-    probeBallot = Ballot.next(above: max(promised, highestSeen), for: id)
+    let ballot = Ballot.next(above: max(promised, highestSeen), for: id)
+    guard ballot.peerMalformation == nil else {
+      // At the bound on rounds, as in startCandidacy: every peer would drop the probe and count it against this
+      // node in refusedMessages.
+      role = .follower
+      return
+    }
+    role = .preCandidate
+    probeBallot = ballot
     probeGrants = [id]
     if probeSucceeded {
       startCandidacy()
