@@ -822,8 +822,9 @@ public struct RaftCore: Sendable {
   }
 
   private mutating func startElection(_ kind: ElectionKind) {
-    guard term + 1 < RaftMessage.maxTerm else {
+    guard term < RaftMessage.maxTerm - 1 else {
       // Every member would refuse the next term (a stored term near the bound leaves none): never campaigned in.
+      // Written so that a damaged stored term of 2^64 − 1 idles the node instead of trapping on `term + 1`.
       electionElapsed = 0
       resetRandomizedElectionTimeout()
       return

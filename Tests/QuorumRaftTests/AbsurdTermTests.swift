@@ -76,6 +76,16 @@ struct AbsurdTermTests {
     #expect(node.term == RaftMessage.maxTerm - 1 && node.role == .follower)
   }
 
+  @Test("a node restarted with a damaged stored term of 2^64 - 1 idles instead of trapping when it times out")
+  func storedTermAtTheTop() {
+    var node = makeCore(1, peers: ids(3), hardState: HardState(term: .max))
+    for _ in 0..<100 {
+      node.tick()
+      for out in node.readMessages() { #expect(out.message.malformation == nil, "\(out.message)") }
+    }
+    #expect(node.term == .max && node.role == .follower)
+  }
+
   @Test("a leader drops an append response about entries past its log instead of trapping on its index or hint")
   func appendResponsePastTheLog() {
     for index: LogIndex in [.max, 1 << 62] {
