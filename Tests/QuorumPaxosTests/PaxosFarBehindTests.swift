@@ -284,6 +284,18 @@ struct PaxosFarBehindTests {
     }
   }
 
+  @Test("both recovery refusals of far slots name the older build as a cause, and the remedy")
+  func farSlotErrorsNameTheOlderBuild() {
+    let errors: [PaxosRecoveryError] = [
+      .slotBeyondReach(slot: 1 << 30, after: 2, reach: 1 << 20),
+      .tooManyEmptySlots(slot: 1 << 30, empty: 1 << 23, bound: 1 << 22),
+    ]
+    for error in errors {
+      #expect(error.description.contains("written by a build from before 2026-12-07"), "\(error)")
+      #expect(error.description.contains("empty data directory"), "\(error)")
+    }
+  }
+
   @Test("recovery refuses a chain of entries each a reach apart, instead of holding every slot it spans")
   func recoveryRefusesChainOfFarSlots() async throws {
     let configuration = try PaxosConfiguration { Members(1, 2, 3) }

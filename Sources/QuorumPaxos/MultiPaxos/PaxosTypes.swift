@@ -168,7 +168,8 @@ public enum PaxosRecoveryError: Error, Sendable, Equatable, CustomStringConverti
     case .tooManyEmptySlots(let slot, let empty, let bound):
       return
         "the recovered log leaves \(empty) slots empty up to slot \(slot), more than the \(bound) an acceptor's log "
-        + "ever does (the storage is damaged or was written by something else); this node cannot restart from it: "
+        + "ever does (the storage is damaged, or was written by a build from before 2026-12-07, which could leave "
+        + "that many); this node cannot restart from it: "
         + "restore its data directory from a snapshot of a group member, or remove it from the group and add it "
         + "back as a new member with an empty data directory"
     }
