@@ -117,8 +117,12 @@ final class Connection: LoopHandler {
   /// When the handshake must have completed (monotonic nanoseconds), or `nil` once it has.
   var handshakeDeadline: UInt64?
   /// How long a partially received frame may take, from its first byte (time paused for back-pressure from
-  /// the receiver does not count).
+  /// the receiver, or waiting in line for the shared receive budget, does not count).
   let frameTimeoutNanos: UInt64
+  /// If set, how long in all a frame may wait in line for ``receiveBudget`` before the connection is closed
+  /// (``TCPCloseReason/truncatedFrame(received:expected:)``): the frame timeout does not run while it waits, and
+  /// this bounds the wait.
+  var budgetWaitTimeoutNanos: UInt64?
   /// If set, replies waiting this long without any of them being written close the connection
   /// (``TCPCloseReason/slowReader(pendingBytes:)``).
   var writeStallTimeoutNanos: UInt64?
@@ -140,6 +144,9 @@ final class Connection: LoopHandler {
   private var readBuffer: [UInt8] = []
   private var writeBatch = WriteBatch()
   private var frameStarted: UInt64 = 0
+  /// When reading last paused for the receive budget, and how long the current frame waited for it before that.
+  private var budgetPausedAt: UInt64 = 0
+  private var budgetWaited: UInt64 = 0
   private var connectDeadline: UInt64?
   private var flushScheduled = false
   private var lastWriteProgress: UInt64 = 0
@@ -214,7 +221,16 @@ final class Connection: LoopHandler {
         readBuffer.isEmpty
         ? "no handshake within the timeout" : "incomplete handshake (\(readBuffer.count) bytes) within the timeout"
       close(.badHandshake(detail))
-    } else if !readBuffer.isEmpty, !pauseReasons.contains(.receiver), now >= frameStarted &+ frameTimeoutNanos {
+    } else if !readBuffer.isEmpty, pauseReasons.isDisjoint(with: [.receiver, .budget]),
+      now >= frameStarted &+ frameTimeoutNanos
+    {
+      // The frame's time runs only while its bytes are up to the peer: not while this side stopped reading for a
+      // full receiver, nor while the frame waits in line for the receive budget (behind other clients' frames).
+      close(.truncatedFrame(received: max(0, readBuffer.count - TCPFrame.prefixBytes), expected: pendingFrameLength))
+    } else if pauseReasons.contains(.budget), let bound = budgetWaitTimeoutNanos,
+      budgetWaited &+ (now &- budgetPausedAt) >= bound
+    {
+      // The wait for the budget is bounded on its own, so that no frame waits forever.
       close(.truncatedFrame(received: max(0, readBuffer.count - TCPFrame.prefixBytes), expected: pendingFrameLength))
     } else if let stall = writeStallTimeoutNanos, pendingWriteBytes > 0, now >= lastWriteProgress &+ stall {
       close(.slowReader(pendingBytes: pendingWriteBytes))
@@ -297,7 +313,7 @@ final class Connection: LoopHandler {
               keepingCapacity: parsed < end || readBuffer.capacity <= (receiveBudget == nil ? 1 << 20 : 64 << 10))
             if parsed < end {
               // A frame begun in this read, or the one held still unfinished (its start time stands).
-              if parsed > 0 || held == 0 { frameStarted = now }
+              if parsed > 0 || held == 0 { beginFrame(at: now) }
               scratch.withUnsafeBytes {
                 readBuffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: $0[parsed..<end]))
               }
@@ -328,6 +344,12 @@ final class Connection: LoopHandler {
       close(code == ECONNRESET ? .peerClosed : .ioError(operation: "read", errno: code))
       return
     }
+  }
+
+  /// A frame begins in the read buffer at `now`: its timeout starts, and it has not waited for the budget.
+  private func beginFrame(at now: UInt64) {
+    frameStarted = now
+    budgetWaited = 0
   }
 
   private func readLength(at offset: Int) -> UInt32 { Self.readLength(readBuffer, at: offset) }
@@ -361,7 +383,7 @@ final class Connection: LoopHandler {
         readBuffer.removeAll(keepingCapacity: readBuffer.capacity <= (receiveBudget == nil ? 1 << 20 : 64 << 10))
       } else {
         readBuffer.removeFirst(offset)
-        frameStarted = monotonicNanos()
+        beginFrame(at: monotonicNanos())
         reserveAnnouncedFrame()
       }
     }
@@ -417,6 +439,7 @@ final class Connection: LoopHandler {
   func pause(_ reason: PauseReasons) {
     guard !isClosed, !pauseReasons.contains(reason) else { return }
     pauseReasons.insert(reason)
+    if reason == .budget { budgetPausedAt = monotonicNanos() }
     _ = updateInterest()
   }
 
@@ -425,6 +448,12 @@ final class Connection: LoopHandler {
   func resume(_ reason: PauseReasons) {
     guard !isClosed, pauseReasons.contains(reason) else { return }
     pauseReasons.remove(reason)
+    if reason == .budget {
+      // The wait in line is not the peer's slowness: the frame's timeout resumes where it stopped.
+      let waited = monotonicNanos() &- budgetPausedAt
+      frameStarted &+= waited
+      budgetWaited &+= waited
+    }
     guard pauseReasons.isEmpty else { return }
     if reason == .receiver && !readBuffer.isEmpty { frameStarted = monotonicNanos() }
     parseFrames()

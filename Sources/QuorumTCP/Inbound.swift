@@ -399,6 +399,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
       case .client(let principal, let role):
         phase = .client(principal: principal, role: role)
         connection.receiveBudget = sink.clientReceiveBudget
+        connection.budgetWaitTimeoutNanos = options.maxReceiveBudgetWait.nanoseconds
         connection.writeStallTimeoutNanos = options.frameTimeout.nanoseconds
       }
       connection.enqueue(welcome)

@@ -31,8 +31,10 @@ protocol ReceiveBudgetMember: AnyObject {
 /// Order: a member keeps its place in the queue from the first time it waits inside a frame until that frame
 /// ends, also when it is woken because room was made and finds the budget spent again; newcomers queue behind
 /// it. A holder of the overdraft that stops sending holds up the others' waiting frames until its own frame
-/// times out (``TCPTransportOptions/frameTimeout``, which runs while a frame waits for the budget or for its
-/// replies to be read), as any slow client holding part of a frame could; then the overdraft passes on.
+/// times out (``TCPTransportOptions/frameTimeout``, which runs while its frame is being read or waits for its
+/// replies to be read, but not while it waits in line here), as any slow client holding part of a frame could;
+/// then the overdraft passes on. A frame's wait in line is bounded on its own
+/// (``TCPTransportOptions/maxReceiveBudgetWait``).
 final class ReceiveBudget<Member: ReceiveBudgetMember> {
   /// A queued member, and whether it is paused waiting (not yet woken).
   private struct Waiter {

@@ -102,7 +102,9 @@ public struct TCPTransportOptions: Sendable, Equatable {
   public var handshakeTimeout: Duration
   /// How long a frame may take to arrive, counted from its first byte (or from when reading resumed after the
   /// receiver behind the connection paused it), not from the last progress: a frame still incomplete this long
-  /// after it began closes the connection, however steadily its bytes come.
+  /// after it began closes the connection, however steadily its bytes come. Time a client's frame spends waiting
+  /// in line for ``maxClientReceiveBufferBytes`` does not count (the wait is bounded by
+  /// ``maxReceiveBudgetWait``): the timeout measures the peer's slowness, not other clients'.
   public var frameTimeout: Duration
   /// TCP keep-alive: idle time before the first probe (zero disables keep-alive).
   public var keepaliveIdle: Duration
@@ -155,11 +157,17 @@ public struct TCPTransportOptions: Sendable, Equatable {
   /// began to wait. So frames in progress always complete, and an endpoint holds at most this much plus one
   /// largest frame (``maxFrameBytes``, with its length prefix and, on an authenticated connection, its code),
   /// plus 64 KiB per client connection and 64 KiB more. A client that stops sending while its frame is the one
-  /// read past the limit holds up the others' waiting frames until its own times out (``frameTimeout``); since
-  /// that timeout also runs while a frame waits in line for this budget, several such clients queued one after
-  /// the other can make an honest large frame behind them time out too. Requests smaller than 64 KiB still
-  /// pass.
+  /// read past the limit holds up the others' waiting frames until its own times out (``frameTimeout``). A
+  /// frame's timeout does not run while it waits in line for this budget, so several such clients queued one
+  /// after the other delay an honest large frame behind them but do not make it time out; the wait itself is
+  /// bounded by ``maxReceiveBudgetWait``. Requests smaller than 64 KiB still pass.
   public var maxClientReceiveBufferBytes: Int
+
+  /// How long in all a client's frame may wait in line for ``maxClientReceiveBufferBytes`` (its reading paused,
+  /// behind other clients' frames) before the connection is closed
+  /// (``TCPCloseReason/truncatedFrame(received:expected:)``). The frame's own ``frameTimeout`` does not run
+  /// while it waits, so this is what keeps a frame from waiting forever behind a long line of slow clients.
+  public var maxReceiveBudgetWait: Duration = .seconds(300)
   /// Whether a sender writes a peer message to the socket itself when the link is idle (nothing queued, nothing
   /// being written), rather than queueing it for the event loop: one thread hand-off less per message. When the
   /// link is busy, messages queue and the loop writes them in batches either way, and a sender on the loop's own
