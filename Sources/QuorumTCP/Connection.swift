@@ -102,6 +102,8 @@ final class Connection: LoopHandler {
     static let budget = PauseReasons(rawValue: 2)
     /// Too many replies wait to be written (the remote side is not reading).
     static let replies = PauseReasons(rawValue: 4)
+    /// The endpoint's replies to all its clients fill half their budget, and this one holds at least its share.
+    static let sharedReplies = PauseReasons(rawValue: 8)
   }
 
   let loop: EventLoop
@@ -545,6 +547,7 @@ final class Connection: LoopHandler {
     if pauseReasons.contains(.receiver) { reasons.append("receiver") }
     if pauseReasons.contains(.budget) { reasons.append("budget") }
     if pauseReasons.contains(.replies) { reasons.append("replies") }
+    if pauseReasons.contains(.sharedReplies) { reasons.append("shared-replies") }
     var events: [String] = []
     if interest & CQ_EPOLLIN != 0 { events.append("in") }
     if interest & CQ_EPOLLOUT != 0 { events.append("out") }

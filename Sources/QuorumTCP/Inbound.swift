@@ -101,6 +101,59 @@ final class Handler<Input, Output>: Sendable {
   init(_ call: @escaping @Sendable (Input) -> Output) { self.call = call }
 }
 
+/// The reply bytes queued for all of an endpoint's client connections (``TCPTransportOptions/maxClientReplyBytes``):
+/// each connection's reply queue charges it as responders queue replies (any thread), and gives back what the event
+/// loop takes to write or what is dropped with a closed connection.
+final class SharedReplyBudget: Sendable {
+  /// A reply this small to a connection with nothing queued is admitted past the limit: a client that reads its
+  /// replies is not cut off by the backlog of others. So the total is at most the limit plus this much per client.
+  static let alwaysAdmittedBytes = 64 << 10
+
+  let limit: Int
+  private let used = Atomic<Int>(0)
+  /// The client connections charging it.
+  let members = Atomic<Int>(0)
+  private let metrics: MetricsCounters?
+
+  init(limit: Int, metrics: MetricsCounters? = nil) {
+    self.limit = max(1, limit)
+    self.metrics = metrics
+  }
+
+  /// The bytes queued now.
+  var bytes: Int { used.load(ordering: .relaxed) }
+
+  /// Charges `size` bytes if the total stays within the limit, or `always`; returns whether it did.
+  func charge(_ size: Int, always: Bool) -> Bool {
+    var current = used.load(ordering: .relaxed)
+    while true {
+      if !always && size > limit - current { return false }
+      let (exchanged, original) = used.compareExchange(
+        expected: current, desired: current + size, ordering: .relaxed)
+      if exchanged {
+        if let metrics { metrics.raise(metrics.largestQueuedClientReplies, to: current + size) }
+        return true
+      }
+      current = original
+    }
+  }
+
+  /// Gives back `size` bytes charged earlier.
+  func credit(_ size: Int) {
+    if size > 0 { _ = used.subtract(size, ordering: .relaxed) }
+  }
+
+  /// Whether `queued` bytes of replies (one connection's) should stop its requests being read: half the limit or
+  /// more is queued in all, and this connection holds at least the average of the clients'.
+  func holdsBack(queued: Int) -> Bool {
+    guard queued > 0 else { return false }
+    let total = bytes
+    guard total >= limit / 2 else { return false }
+    let (product, overflow) = queued.multipliedReportingOverflow(by: max(1, members.load(ordering: .relaxed)))
+    return overflow || product >= total
+  }
+}
+
 /// Where replies to a client connection go.
 protocol ReplyTarget: AnyObject {
   /// Replies were queued in the route's ``ReplyRoute/queue``: write them.
@@ -127,9 +180,9 @@ final class ReplyRoute: @unchecked Sendable {
 
   init(
     loop: EventLoop, node: NodeID, writesFromResponders: Bool, quietNanos: UInt64, maxBytes: Int,
-    metrics: MetricsCounters, target: any ReplyTarget
+    metrics: MetricsCounters, shared: SharedReplyBudget? = nil, target: any ReplyTarget
   ) {
-    self.queue = LinkQueue(maxFrames: .max, maxBytes: maxBytes, quietNanos: quietNanos)
+    self.queue = LinkQueue(maxFrames: .max, maxBytes: maxBytes, quietNanos: quietNanos, shared: shared)
     self.loop = loop
     self.node = node
     self.writesFromResponders = writesFromResponders
@@ -147,8 +200,9 @@ final class ReplyRoute: @unchecked Sendable {
       outcome = try queue.send(
         peer: .none, writeIfIdle: writesFromResponders && !loop.isCurrentThread, encode: encode)
     } catch .queueFull {
-      // Past the connection's reply budget: the client stopped reading. It is disconnected (as by
-      // ``TCPCloseReason/slowReader(pendingBytes:)``), which ends its requests; the reply is dropped with it.
+      // Past the connection's reply budget, or the endpoint's (``SharedReplyBudget``): the client stopped reading,
+      // or others did. It is disconnected (as by ``TCPCloseReason/slowReader(pendingBytes:)``), which ends its
+      // requests; the reply is dropped with it, so the client sees a lost connection, not a missing answer.
       loop.execute { [self] in target?.repliesOverflowed() }
       return
     } catch {
@@ -176,6 +230,8 @@ protocol InboundSink: AnyObject, SendableMetatype {
   var requests: Mailbox<TCPRequest> { get }
   /// The budget client connections charge their partly received frames to.
   var clientReceiveBudget: ReceiveBudget<Connection> { get }
+  /// The budget client connections charge their queued replies to.
+  var clientReplyBudget: SharedReplyBudget { get }
   /// Admits a connection that proved `identity` (moving it to that budget), or says why not.
   func admit(_ handler: InboundConnection<Self>, as identity: RemoteIdentity) -> TCPCloseReason?
   func inboundClosed(_ handler: InboundConnection<Self>, reason: TCPCloseReason)
@@ -242,6 +298,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     connection.resume(.replies)
     // Replies queued meanwhile go next; with none, responders may write to the socket themselves again.
     takeReplies()
+    applySharedReplyBudget()
   }
 
   func connection(_ connection: Connection, didCloseWith reason: TCPCloseReason) {
@@ -409,9 +466,15 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
         let route = ReplyRoute(
           loop: sink.loop, node: sink.id, writesFromResponders: options.writesFromSenders,
           quietNanos: options.senderWriteQuietNanos, maxBytes: options.replyQueueBytes,
-          metrics: sink.environment.metrics, target: self)
+          metrics: sink.environment.metrics, shared: sink.clientReplyBudget, target: self)
         route.queue.attach(fd: connection.fd, sealer: session?.sealer)
-        connection.willClose = { [weak route] in route?.queue.close() }
+        let shared = sink.clientReplyBudget
+        _ = shared.members.add(1, ordering: .relaxed)
+        connection.willClose = { [weak route] in
+          // Closing the queue gives back what it held.
+          route?.queue.close()
+          _ = shared.members.subtract(1, ordering: .relaxed)
+        }
         self.route = route
       }
       connection.flushSoon()
@@ -668,9 +731,22 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
     if connection.pendingWriteBytes > 0 {
       // The loop is still writing earlier bytes: it takes the replies when they drain.
       connection.flushSoon()
+      applySharedReplyBudget()
       return
     }
     takeReplies()
+  }
+
+  /// Back-pressure from the endpoint's reply budget (``TCPTransportOptions/maxClientReplyBytes``): once half of it is
+  /// queued, a client whose queued replies are at least the average of all clients' is not read from (its further
+  /// requests would only add to them) until they drain, it falls under the average, or the total under half.
+  private func applySharedReplyBudget() {
+    guard !connection.isClosed, let route else { return }
+    if sink.clientReplyBudget.holdsBack(queued: route.queue.queuedBytes) {
+      connection.pause(.sharedReplies)
+    } else {
+      connection.resume(.sharedReplies)
+    }
   }
 
   /// Moves the queued replies into the (empty) write batch.
@@ -699,6 +775,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
       return
     }
     if batch >= options.replyPauseBytes { connection.pause(.replies) }
+    applySharedReplyBudget()
     connection.flushSoon()
     if connection.isReadingPaused && !isStalled && inflight < options.maxInflightRequestsPerConnection {
       route?.queue.hold(false)

@@ -253,10 +253,15 @@ final class LinkQueue: Sendable {
   /// sender write whenever the link is idle.
   let quietNanos: UInt64
 
-  init(maxFrames: Int, maxBytes: Int, quietNanos: UInt64 = 0) {
+  /// The budget this queue's bytes are also charged to, shared with other queues (a client connection's replies:
+  /// ``SharedReplyBudget``); `nil` for none.
+  let shared: SharedReplyBudget?
+
+  init(maxFrames: Int, maxBytes: Int, quietNanos: UInt64 = 0, shared: SharedReplyBudget? = nil) {
     self.maxFrames = maxFrames
     self.maxBytes = maxBytes
     self.quietNanos = quietNanos
+    self.shared = shared
   }
 
   /// The body length in the prefix of the frame at `offset` of `raw`.
@@ -321,6 +326,11 @@ final class LinkQueue: Sendable {
         s.uncommit(size)
         throw .queueFull(peer: peer, capacity: maxFrames)
       }
+      // Charged under this queue's lock, so that what it gives back (also under it) never passes what it charged.
+      if let shared, !shared.charge(size, always: s.frames == 0 && size <= SharedReplyBudget.alwaysAdmittedBytes) {
+        s.uncommit(size)
+        throw .queueFull(peer: peer, capacity: maxFrames)
+      }
       s.commit(size)
       // A writing sender takes it when its write is done, or wakes the loop for it.
       if s.senderWriting || s.scheduled { return .queued(.queued) }
@@ -359,7 +369,9 @@ final class LinkQueue: Sendable {
           outcome.bytesWritten += bytes.count
           if s.socket != nil, !s.held, s.frames > 0, rounds < Self.maxWriterRounds {
             bytes.removeAll(keepingCapacity: true)
+            let queued = s.bytes
             frames = s.take(into: &bytes, budget: Self.writerRoundBytes)
+            shared?.credit(queued - s.bytes)
             if quietNanos > 0 { s.lastWriteNanos = monotonicNanos() }
             return true
           }
@@ -399,7 +411,9 @@ final class LinkQueue: Sendable {
   func enqueueControl(_ frame: [UInt8]) {
     state.withLock { s in
       guard !s.closed else { return }
-      s.commit(s.append { $0.append(contentsOf: frame) })
+      let size = s.append { $0.append(contentsOf: frame) }
+      _ = shared?.charge(size, always: true)
+      s.commit(size)
     }
   }
 
@@ -476,7 +490,9 @@ final class LinkQueue: Sendable {
       swap(&remainder, &s.remainder)
       remainderStart = s.remainderStart
       s.remainderStart = 0
+      let queued = s.bytes
       let frames = s.take(into: &out, budget: budget)
+      shared?.credit(queued - s.bytes)
       if out.isEmpty { s.recycle(&out) }
       let bytes = remainder.count - remainderStart + out.count
       s.loopWriting = bytes > 0
@@ -502,6 +518,7 @@ final class LinkQueue: Sendable {
   func discardAll() -> Int {
     state.withLock { s in
       let count = s.frames
+      shared?.credit(s.bytes)
       s.frames = 0
       s.settle()
       return count
@@ -521,6 +538,7 @@ final class LinkQueue: Sendable {
   func close() {
     let writing = state.withLock { s in
       s.closed = true
+      shared?.credit(s.bytes)
       s.frames = 0
       s.settle()
       s.socket = nil

@@ -411,6 +411,7 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
   /// Refusals logged recently, so a flood makes a few log lines a second, not one per socket.
   private var floodLog = FloodLog()
   let clientReceiveBudget: ReceiveBudget<Connection>
+  let clientReplyBudget: SharedReplyBudget
   /// What every send reads, kept here: reading an option through `environment` copies all of them.
   let writesFromSenders: Bool
   let maxFrameBytes: Int
@@ -429,6 +430,8 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
     self.logger = loop.logger.child(id.description)
     self.clientReceiveBudget = ReceiveBudget(
       limit: environment.options.maxClientReceiveBufferBytes, metrics: environment.metrics)
+    self.clientReplyBudget = SharedReplyBudget(
+      limit: environment.options.maxClientReplyBytes, metrics: environment.metrics)
     self.writesFromSenders = environment.options.writesFromSenders
     self.maxFrameBytes = environment.options.maxFrameBytes
     self.metrics = environment.metrics

@@ -168,6 +168,22 @@ public struct TCPTransportOptions: Sendable, Equatable {
   /// (``TCPCloseReason/truncatedFrame(received:expected:)``). The frame's own ``frameTimeout`` does not run
   /// while it waits, so this is what keeps a frame from waiting forever behind a long line of slow clients.
   public var maxReceiveBudgetWait: Duration = .seconds(300)
+  /// Reply bytes queued for all of an endpoint's client connections together, at most: replies answered but not yet
+  /// taken by the event loop for writing, whoever queued them (1 byte at least). Each connection's own bounds
+  /// (``replyPauseBytes``, ``maxReplyBytesPerConnection``) hold too; this one bounds their sum, which they do not
+  /// (a thousand clients that stop reading would otherwise each hold their own limit).
+  ///
+  /// Once half of it is queued, the event loop stops reading requests from every client whose queued replies are
+  /// at least the average of all clients' (back-pressure: a client that does not read its replies stops being
+  /// served, while one that reads them goes on), until its replies drain or it falls back under the average or
+  /// the total under half. When a reply would take the total past the limit it is not queued and its connection is
+  /// closed (``TCPCloseReason/slowReader(pendingBytes:)``): the client sees a lost connection, so the outcome of
+  /// its requests in flight is unknown to it — never a silently missing answer to a write that was applied. A reply
+  /// of at most 64 KiB to a connection with nothing queued is always admitted, so that a client that reads its
+  /// replies is not cut off by others' backlog: the total is at most this plus 64 KiB per client connection. (The
+  /// loop's write buffer of each connection, one chunk of replies or one largest reply, comes on top.)
+  public var maxClientReplyBytes: Int = 256 << 20
+
   /// Whether a sender writes a peer message to the socket itself when the link is idle (nothing queued, nothing
   /// being written), rather than queueing it for the event loop: one thread hand-off less per message. When the
   /// link is busy, messages queue and the loop writes them in batches either way, and a sender on the loop's own
@@ -333,6 +349,9 @@ public struct TCPTransportMetrics: Sendable, Equatable, CustomStringConvertible 
   /// The most reply bytes that waited to be written to one client connection (the close comes at
   /// ``TCPTransportOptions/maxReplyBytesPerConnection``, plus one reply).
   public var largestReplyBacklog = 0
+  /// The most reply bytes queued for an endpoint's client connections together at once (at most
+  /// ``TCPTransportOptions/maxClientReplyBytes`` plus 64 KiB per client connection).
+  public var largestQueuedClientReplies = 0
   /// The most bytes of partly received client frames an endpoint held at once (at most
   /// ``TCPTransportOptions/maxClientReceiveBufferBytes`` plus one largest frame, plus 64 KiB per client connection
   /// and one more).
@@ -368,6 +387,7 @@ final class MetricsCounters: Sendable {
   let largestUnauthenticatedCount = Atomic<Int>(0)
   let largestReplyBacklog = Atomic<Int>(0)
   let largestClientReceiveBuffer = Atomic<Int>(0)
+  let largestQueuedClientReplies = Atomic<Int>(0)
   private let closes = Mutex<[String: Int]>([:])
 
   /// Raises `mark` to `value` if it is higher.
@@ -410,6 +430,7 @@ final class MetricsCounters: Sendable {
     m.framesDropped = framesDropped.load(ordering: .relaxed)
     m.largestUnauthenticatedCount = largestUnauthenticatedCount.load(ordering: .relaxed)
     m.largestReplyBacklog = largestReplyBacklog.load(ordering: .relaxed)
+    m.largestQueuedClientReplies = largestQueuedClientReplies.load(ordering: .relaxed)
     m.largestClientReceiveBuffer = largestClientReceiveBuffer.load(ordering: .relaxed)
     m.closes = closes.withLock { $0 }
     return m

@@ -203,6 +203,61 @@ struct HostileNetworkTests {
     return peak
   }
 
+  @Test("clients that stop reading cannot make the endpoint queue more replies than its budget; others are served")
+  func repliesBoundedPerEndpoint() async throws {
+    var options = Self.replyLimitedOptions()
+    // Each connection's own bounds allow 128 MiB of queued replies, and the write-stall timeout outlasts the test:
+    // only the endpoint's budget bounds what the clients below make it hold.
+    options.maxReplyBytesPerConnection = 32 << 20
+    options.frameTimeout = .seconds(120)
+    options.maxClientReplyBytes = 8 << 20
+    let pair = try await SecurePair(options: options)
+    // Four clients pipeline 40 reads of 1 MB each and read nothing: 160 MB of replies if their sum were unbounded.
+    var greedy: [HandDriven] = []
+    for _ in 0..<4 {
+      let client = try await HandDriven(
+        to: pair.n1.address, cluster: pair.cluster, role: .client, protocolNumber: WireProtocol.client,
+        principal: "reader", key: SecurePair.reader.bytes)
+      try #require(client.failure == nil)
+      var requests: [UInt8] = []
+      for id in 1...40 { requests += client.seal(requestFrame(id: UInt64(id), body: Array("big 1000000".utf8))) }
+      try client.socket.send(requests)
+      greedy.append(client)
+    }
+    let alice = try pair.client("alice", SecurePair.alice)
+    #expect(try await alice.request([1], to: pair.n1.address, timeout: .seconds(60)) == [1])
+    // A reply that does not fit is not dropped on its own: its connection is closed, so the client sees the loss.
+    try await waitUntil("the clients that stopped reading to be closed (\(pair.a.metrics))") {
+      pair.a.metrics.closes("slow-reader") == greedy.count
+    }
+    let queued = pair.a.metrics.largestQueuedClientReplies
+    #expect(
+      queued > 0 && queued <= options.maxClientReplyBytes + 5 * SharedReplyBudget.alwaysAdmittedBytes, "\(queued)")
+    #expect(try await alice.request([2], to: pair.n1.address, timeout: .seconds(60)) == [2])
+    await alice.close()
+    await pair.close()
+  }
+
+  @Test("the endpoint's reply budget holds back the clients with the most queued replies, and lets them go on")
+  func sharedReplyBudgetHoldsBackTheLargest() {
+    let budget = SharedReplyBudget(limit: 1000)
+    _ = budget.members.add(4, ordering: .relaxed)
+    #expect(budget.charge(300, always: false))
+    // Under half the limit in all: nobody is held back.
+    #expect(!budget.holdsBack(queued: 300))
+    #expect(budget.charge(300, always: false))
+    // 600 of 1000 queued, 150 on average over four clients: one holding 300 is held back, one holding 100 is not.
+    #expect(budget.holdsBack(queued: 300))
+    #expect(!budget.holdsBack(queued: 100))
+    #expect(!budget.holdsBack(queued: 0))
+    // Past the limit nothing is charged, except a small reply into an empty queue.
+    #expect(!budget.charge(401, always: false))
+    #expect(budget.charge(400, always: false))
+    #expect(budget.charge(64, always: true) && budget.bytes == 1064)
+    budget.credit(1064)
+    #expect(budget.bytes == 0 && !budget.holdsBack(queued: 300))
+  }
+
   @Test("a client connection idle past the idle timeout is closed; new clients are served")
   func idleClients() async throws {
     var options = SecurePair.options()
