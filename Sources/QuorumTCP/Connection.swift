@@ -135,6 +135,8 @@ final class Connection: LoopHandler {
   /// Runs once when the connection closes, before its descriptor is closed (so that other threads that write
   /// to it can be stopped first).
   var willClose: (() -> Void)?
+  /// The monotonic clock (nanoseconds) that the connection's own deadlines are measured on; tests set a fake one.
+  var clock: () -> UInt64 = monotonicNanos
 
   private var token: UInt64 = 0
   private(set) var isConnecting = false
@@ -172,7 +174,7 @@ final class Connection: LoopHandler {
 
   /// Registers an accepted (already connected) socket for reading.
   func start() -> Bool {
-    lastReceived = monotonicNanos()
+    lastReceived = clock()
     return updateInterest()
   }
 
@@ -180,7 +182,7 @@ final class Connection: LoopHandler {
   func startConnecting(inProgress: Bool, timeout: Duration) -> Bool {
     if inProgress {
       isConnecting = true
-      connectDeadline = monotonicNanos() &+ timeout.nanoseconds
+      connectDeadline = clock() &+ timeout.nanoseconds
       wantsWrite = true
       return updateInterest()
     }
@@ -254,7 +256,7 @@ final class Connection: LoopHandler {
     isConnecting = false
     connectDeadline = nil
     wantsWrite = false
-    lastReceived = monotonicNanos()
+    lastReceived = clock()
     guard updateInterest() else { return }
     delegate?.connectionDidConnect(self)
   }
@@ -301,7 +303,7 @@ final class Connection: LoopHandler {
         Glibc.read(fd, $0.baseAddress.map { $0 + base }, min(chunk, $0.count - base))
       }
       if count > 0 {
-        let now = monotonicNanos()
+        let now = clock()
         bytesReceived += count
         budget -= count
         lastReceived = now
@@ -385,7 +387,7 @@ final class Connection: LoopHandler {
         readBuffer.removeAll(keepingCapacity: readBuffer.capacity <= (receiveBudget == nil ? 1 << 20 : 64 << 10))
       } else {
         readBuffer.removeFirst(offset)
-        beginFrame(at: monotonicNanos())
+        beginFrame(at: clock())
         reserveAnnouncedFrame()
       }
     }
@@ -441,7 +443,7 @@ final class Connection: LoopHandler {
   func pause(_ reason: PauseReasons) {
     guard !isClosed, !pauseReasons.contains(reason) else { return }
     pauseReasons.insert(reason)
-    if reason == .budget { budgetPausedAt = monotonicNanos() }
+    if reason == .budget { budgetPausedAt = clock() }
     _ = updateInterest()
   }
 
@@ -452,12 +454,12 @@ final class Connection: LoopHandler {
     pauseReasons.remove(reason)
     if reason == .budget {
       // The wait in line is not the peer's slowness: the frame's timeout resumes where it stopped.
-      let waited = monotonicNanos() &- budgetPausedAt
+      let waited = clock() &- budgetPausedAt
       frameStarted &+= waited
       budgetWaited &+= waited
     }
     guard pauseReasons.isEmpty else { return }
-    if reason == .receiver && !readBuffer.isEmpty { frameStarted = monotonicNanos() }
+    if reason == .receiver && !readBuffer.isEmpty { frameStarted = clock() }
     parseFrames()
     guard !isClosed, pauseReasons.isEmpty else { return }
     guard updateInterest() else { return }
@@ -473,6 +475,9 @@ final class Connection: LoopHandler {
   /// Whether reading is paused for back-pressure from the receiver.
   var isReadingPaused: Bool { pauseReasons.contains(.receiver) }
 
+  /// Whether reading is paused for `reason` (among others, perhaps).
+  func isReadingPaused(for reason: PauseReasons) -> Bool { pauseReasons.contains(reason) }
+
   /// Whether reading is paused for any reason.
   var isPaused: Bool { !pauseReasons.isEmpty }
 
@@ -484,14 +489,14 @@ final class Connection: LoopHandler {
   /// Appends one encoded frame (length prefix included) to the write batch; call ``flush()`` after.
   func enqueue(_ frame: [UInt8]) {
     guard !isClosed else { return }
-    if writeBatch.isEmpty { lastWriteProgress = monotonicNanos() }
+    if writeBatch.isEmpty { lastWriteProgress = clock() }
     writeBatch.append(frame: frame)
   }
 
   /// Appends frames with a closure that adds them to the batch directly (used to take queued frames).
   func enqueue(with fill: (inout WriteBatch) -> Void) {
     guard !isClosed else { return }
-    if writeBatch.isEmpty { lastWriteProgress = monotonicNanos() }
+    if writeBatch.isEmpty { lastWriteProgress = clock() }
     fill(&writeBatch)
   }
 
@@ -515,7 +520,7 @@ final class Connection: LoopHandler {
         writeCalls += 1
         if written > 0 {
           bytesWritten += written
-          lastWriteProgress = monotonicNanos()
+          lastWriteProgress = clock()
           continue
         }
         let code = errno
@@ -551,7 +556,7 @@ final class Connection: LoopHandler {
     var events: [String] = []
     if interest & CQ_EPOLLIN != 0 { events.append("in") }
     if interest & CQ_EPOLLOUT != 0 { events.append("out") }
-    let silentMilliseconds = (monotonicNanos() &- lastReceived) / 1_000_000
+    let silentMilliseconds = (clock() &- lastReceived) / 1_000_000
     return "paused=[\(reasons.joined(separator: ","))] registered=\(registered) "
       + "interest=[\(events.joined(separator: ","))] connecting=\(isConnecting) read-buffer=\(readBuffer.count)B "
       + "pending-write=\(pendingWriteBytes)B wants-write=\(wantsWrite) flush-scheduled=\(flushScheduled) "

@@ -456,7 +456,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
       case .client(let principal, let role):
         phase = .client(principal: principal, role: role)
         connection.receiveBudget = sink.clientReceiveBudget
-        connection.budgetWaitTimeoutNanos = options.maxReceiveBudgetWait.nanoseconds
+        connection.budgetWaitTimeoutNanos = options.receiveBudgetWait.nanoseconds
         connection.writeStallTimeoutNanos = options.frameTimeout.nanoseconds
       }
       connection.enqueue(welcome)
@@ -742,7 +742,10 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
   /// requests would only add to them) until they drain, it falls under the average, or the total under half.
   private func applySharedReplyBudget() {
     guard !connection.isClosed, let route else { return }
-    if sink.clientReplyBudget.holdsBack(queued: route.queue.queuedBytes) {
+    // The common case first, with no lock: under half the budget queued and this connection not paused for it.
+    let budget = sink.clientReplyBudget
+    guard budget.bytes >= budget.limit / 2 || connection.isReadingPaused(for: .sharedReplies) else { return }
+    if budget.holdsBack(queued: route.queue.queuedBytes) {
       connection.pause(.sharedReplies)
     } else {
       connection.resume(.sharedReplies)

@@ -431,7 +431,7 @@ final class EndpointCore<Message: WireCodable & Sendable>: InboundSink, @uncheck
     self.clientReceiveBudget = ReceiveBudget(
       limit: environment.options.maxClientReceiveBufferBytes, metrics: environment.metrics)
     self.clientReplyBudget = SharedReplyBudget(
-      limit: environment.options.maxClientReplyBytes, metrics: environment.metrics)
+      limit: environment.options.clientReplyLimit, metrics: environment.metrics)
     self.writesFromSenders = environment.options.writesFromSenders
     self.maxFrameBytes = environment.options.maxFrameBytes
     self.metrics = environment.metrics

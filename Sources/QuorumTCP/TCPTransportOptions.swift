@@ -165,9 +165,16 @@ public struct TCPTransportOptions: Sendable, Equatable {
 
   /// How long in all a client's frame may wait in line for ``maxClientReceiveBufferBytes`` (its reading paused,
   /// behind other clients' frames) before the connection is closed
-  /// (``TCPCloseReason/truncatedFrame(received:expected:)``). The frame's own ``frameTimeout`` does not run
-  /// while it waits, so this is what keeps a frame from waiting forever behind a long line of slow clients.
-  public var maxReceiveBudgetWait: Duration = .seconds(300)
+  /// (``TCPCloseReason/truncatedFrame(received:expected:)``); `nil` (the default) means twice ``frameTimeout``.
+  /// The frame's own ``frameTimeout`` does not run while it waits, so this is what keeps a frame from waiting
+  /// forever behind a long line of slow clients. The trade-off: a frame waiting in line keeps what it has
+  /// charged, so slow clients queued one after the other keep the budget spent until each times out in turn,
+  /// for at most about this long plus one ``frameTimeout``; an honest large frame gets through if at most
+  /// this divided by ``frameTimeout`` slow holders are ahead of it (two by default), and is closed otherwise.
+  public var maxReceiveBudgetWait: Duration? = nil
+
+  /// ``maxReceiveBudgetWait``, or twice ``frameTimeout`` when it is not set.
+  var receiveBudgetWait: Duration { maxReceiveBudgetWait ?? frameTimeout * 2 }
   /// Reply bytes queued for all of an endpoint's client connections together, at most: replies answered but not yet
   /// taken by the event loop for writing, whoever queued them (1 byte at least). Each connection's own bounds
   /// (``replyPauseBytes``, ``maxReplyBytesPerConnection``) hold too; this one bounds their sum, which they do not
@@ -181,7 +188,8 @@ public struct TCPTransportOptions: Sendable, Equatable {
   /// its requests in flight is unknown to it — never a silently missing answer to a write that was applied. A reply
   /// of at most 64 KiB to a connection with nothing queued is always admitted, so that a client that reads its
   /// replies is not cut off by others' backlog: the total is at most this plus 64 KiB per client connection. (The
-  /// loop's write buffer of each connection, one chunk of replies or one largest reply, comes on top.)
+  /// loop's write buffer of each connection, one chunk of replies or one largest reply, comes on top.) Set below two
+  /// largest replies (twice ``maxFrameBytes``, with prefix and code), it is raised to that.
   public var maxClientReplyBytes: Int = 256 << 20
 
   /// Whether a sender writes a peer message to the socket itself when the link is idle (nothing queued, nothing
@@ -293,6 +301,14 @@ public struct TCPTransportOptions: Sendable, Equatable {
         setting: "groupTableDigest",
         reason: "at most \(Self.maxGroupTableDigestBytes) bytes (got \(groupTableDigest.count))")
     }
+  }
+
+  /// The endpoint's reply budget in effect: ``maxClientReplyBytes``, raised if needed to hold two largest replies
+  /// (otherwise every read of a large value could close its connection, every time).
+  var clientReplyLimit: Int {
+    let largest = maxFrameBytes + TCPFrame.prefixBytes + TCPFrame.tagBytes
+    let (twice, overflow) = largest.multipliedReportingOverflow(by: 2)
+    return overflow ? .max : max(maxClientReplyBytes, twice)
   }
 
   /// The reply backlog at which a client connection is closed: ``maxReplyBytesPerConnection``, raised if

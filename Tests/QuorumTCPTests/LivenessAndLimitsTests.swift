@@ -38,4 +38,25 @@ struct LivenessAndLimitsTests {
     options.maxFrameBytes = 63
     #expect(throws: ConfigurationError.self) { try options.validate() }
   }
+
+  @Test("the wait in line for the receive budget is twice the frame timeout unless set")
+  func receiveBudgetWaitDefault() {
+    var options = TCPTransportOptions()
+    #expect(options.receiveBudgetWait == .seconds(60))
+    options.frameTimeout = .seconds(3)
+    #expect(options.receiveBudgetWait == .seconds(6))
+    options.maxReceiveBudgetWait = .seconds(1)
+    #expect(options.receiveBudgetWait == .seconds(1))
+  }
+
+  @Test("the endpoint's reply budget holds two largest replies at least")
+  func replyBudgetHoldsLargestReplies() {
+    var options = TCPTransportOptions()
+    #expect(options.clientReplyLimit == 256 << 20)
+    options.maxClientReplyBytes = 1
+    #expect(options.clientReplyLimit == 2 * ((16 << 20) + TCPFrame.prefixBytes + TCPFrame.tagBytes))
+    options.maxFrameBytes = TCPTransportOptions.maxFrameBytesLimit
+    options.maxClientReplyBytes = 256 << 20
+    #expect(options.clientReplyLimit > 2 * TCPTransportOptions.maxFrameBytesLimit)
+  }
 }
