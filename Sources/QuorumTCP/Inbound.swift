@@ -106,7 +106,8 @@ final class Handler<Input, Output>: Sendable {
 /// loop takes to write or what is dropped with a closed connection.
 final class SharedReplyBudget: Sendable {
   /// A reply this small to a connection with nothing queued is admitted past the limit: a client that reads its
-  /// replies is not cut off by the backlog of others. So the total is at most the limit plus this much per client.
+  /// replies is not cut off by the backlog of others. So the total is at most twice the limit (see
+  /// ``withinFairShare(_:)``) plus this much per client.
   static let alwaysAdmittedBytes = 64 << 10
 
   let limit: Int
@@ -123,11 +124,13 @@ final class SharedReplyBudget: Sendable {
   /// The bytes queued now.
   var bytes: Int { used.load(ordering: .relaxed) }
 
-  /// Charges `size` bytes if the total stays within the limit, or `always`; returns whether it did.
-  func charge(_ size: Int, always: Bool) -> Bool {
+  /// Charges `size` bytes to a connection that holds `queued` already, if the total stays within the limit, or the
+  /// connection's own stays within its fair share (``withinFairShare(_:)``), or `always`; returns whether it did.
+  func charge(_ size: Int, queued: Int = 0, always: Bool) -> Bool {
+    let admitted = always || withinFairShare(queued + size)
     var current = used.load(ordering: .relaxed)
     while true {
-      if !always && size > limit - current { return false }
+      if !admitted && size > limit - current { return false }
       let (exchanged, original) = used.compareExchange(
         expected: current, desired: current + size, ordering: .relaxed)
       if exchanged {
@@ -136,6 +139,17 @@ final class SharedReplyBudget: Sendable {
       }
       current = original
     }
+  }
+
+  /// Whether `bytes` of replies queued for one connection are within its fair share of the limit (the limit divided
+  /// by the endpoint's client connections). Such a connection is admitted past the limit, so that when the budget
+  /// is full the refusal (a close) falls on the connections holding more than their share, not on one that happens
+  /// to get a reply next: a few clients that stop reading cannot get the others, which read their replies,
+  /// disconnected. What all connections hold within their shares is at most the limit, so the total stays under
+  /// twice the limit (plus ``alwaysAdmittedBytes`` per connection).
+  func withinFairShare(_ bytes: Int) -> Bool {
+    let (product, overflow) = bytes.multipliedReportingOverflow(by: max(1, members.load(ordering: .relaxed)))
+    return !overflow && product <= limit
   }
 
   /// Gives back `size` bytes charged earlier.

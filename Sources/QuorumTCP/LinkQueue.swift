@@ -327,7 +327,10 @@ final class LinkQueue: Sendable {
         throw .queueFull(peer: peer, capacity: maxFrames)
       }
       // Charged under this queue's lock, so that what it gives back (also under it) never passes what it charged.
-      if let shared, !shared.charge(size, always: s.frames == 0 && size <= SharedReplyBudget.alwaysAdmittedBytes) {
+      if let shared,
+        !shared.charge(
+          size, queued: s.bytes, always: s.frames == 0 && size <= SharedReplyBudget.alwaysAdmittedBytes)
+      {
         s.uncommit(size)
         throw .queueFull(peer: peer, capacity: maxFrames)
       }

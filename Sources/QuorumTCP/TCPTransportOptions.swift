@@ -186,8 +186,10 @@ public struct TCPTransportOptions: Sendable, Equatable {
   /// the total under half. When a reply would take the total past the limit it is not queued and its connection is
   /// closed (``TCPCloseReason/slowReader(pendingBytes:)``): the client sees a lost connection, so the outcome of
   /// its requests in flight is unknown to it — never a silently missing answer to a write that was applied. A reply
-  /// of at most 64 KiB to a connection with nothing queued is always admitted, so that a client that reads its
-  /// replies is not cut off by others' backlog: the total is at most this plus 64 KiB per client connection. (The
+  /// is still admitted past the limit to a connection whose queue stays within its fair share (this divided by the
+  /// endpoint's client connections), so that the close falls on the clients holding more than their share, not on
+  /// whichever client's reply comes next; and a reply of at most 64 KiB to a connection with nothing queued is
+  /// always admitted. The total is at most twice this plus 64 KiB per client connection. (The
   /// loop's write buffer of each connection, one chunk of replies or one largest reply, comes on top.) Set below two
   /// largest replies (twice ``maxFrameBytes``, with prefix and code), it is raised to that.
   public var maxClientReplyBytes: Int = 256 << 20
@@ -366,7 +368,7 @@ public struct TCPTransportMetrics: Sendable, Equatable, CustomStringConvertible 
   /// ``TCPTransportOptions/maxReplyBytesPerConnection``, plus one reply).
   public var largestReplyBacklog = 0
   /// The most reply bytes queued for an endpoint's client connections together at once (at most
-  /// ``TCPTransportOptions/maxClientReplyBytes`` plus 64 KiB per client connection).
+  /// twice ``TCPTransportOptions/maxClientReplyBytes`` plus 64 KiB per client connection).
   public var largestQueuedClientReplies = 0
   /// The most bytes of partly received client frames an endpoint held at once (at most
   /// ``TCPTransportOptions/maxClientReceiveBufferBytes`` plus one largest frame, plus 64 KiB per client connection

@@ -228,8 +228,9 @@ struct HostileNetworkTests {
       pair.a.metrics.closes("slow-reader") == greedy.count
     }
     let queued = pair.a.metrics.largestQueuedClientReplies
+    // Past the budget, each connection may still be admitted up to its fair share of it: twice the budget in all.
     #expect(
-      queued > 0 && queued <= options.maxClientReplyBytes + 5 * SharedReplyBudget.alwaysAdmittedBytes, "\(queued)")
+      queued > 0 && queued <= 2 * options.maxClientReplyBytes + 5 * SharedReplyBudget.alwaysAdmittedBytes, "\(queued)")
     #expect(try await alice.request([2], to: pair.n1.address, timeout: .seconds(60)) == [2])
     await alice.close()
     await pair.close()
@@ -253,6 +254,23 @@ struct HostileNetworkTests {
     #expect(budget.charge(64, always: true) && budget.bytes == 1064)
     budget.credit(1064)
     #expect(budget.bytes == 0 && !budget.holdsBack(queued: 300))
+  }
+
+  @Test("when the reply budget is full, a connection within its fair share is admitted and the largest holders refused")
+  func fullReplyBudgetRefusesTheLargest() {
+    let budget = SharedReplyBudget(limit: 1000)
+    _ = budget.members.add(10, ordering: .relaxed)
+    // Two clients that stopped reading hold 990 of 1000 (495 each; the fair share is 100).
+    #expect(budget.charge(495, always: false) && budget.charge(495, queued: 0, always: false))
+    // An honest client pipelining replies of 30 bytes: the second, third and fourth are admitted past the limit
+    // (its queue stays within 100), the fifth would take it past its share and is refused.
+    #expect(budget.charge(30, queued: 0, always: false))
+    #expect(budget.charge(30, queued: 30, always: false))
+    #expect(budget.charge(30, queued: 60, always: false))
+    #expect(!budget.charge(30, queued: 90, always: false))
+    // A hog's next reply is refused (its connection is the one closed).
+    #expect(!budget.charge(10, queued: 495, always: false))
+    #expect(budget.bytes == 1080)
   }
 
   @Test("a client connection idle past the idle timeout is closed; new clients are served")
