@@ -125,12 +125,18 @@ final class SharedReplyBudget: Sendable {
   var bytes: Int { used.load(ordering: .relaxed) }
 
   /// Charges `size` bytes to a connection that holds `queued` already, if the total stays within the limit, or the
-  /// connection's own stays within its fair share (``withinFairShare(_:)``), or `always`; returns whether it did.
+  /// connection's own stays within its fair share (``withinFairShare(_:)``) and the total within twice the limit,
+  /// or `always`; returns whether it did.
   func charge(_ size: Int, queued: Int = 0, always: Bool) -> Bool {
-    let admitted = always || withinFairShare(queued + size)
+    let fair = !always && withinFairShare(queued + size)
+    // A fair share is admitted past the limit, up to twice the limit: shares are judged against the connections of
+    // the moment, so connections that join one by one, each filling its share, would otherwise reach about
+    // limit × ln(connections).
+    let twice = limit.multipliedReportingOverflow(by: 2)
+    let ceiling = always ? Int.max : (fair ? (twice.overflow ? Int.max : twice.partialValue) : limit)
     var current = used.load(ordering: .relaxed)
     while true {
-      if !admitted && size > limit - current { return false }
+      if size > ceiling &- current { return false }
       let (exchanged, original) = used.compareExchange(
         expected: current, desired: current + size, ordering: .relaxed)
       if exchanged {
@@ -145,8 +151,8 @@ final class SharedReplyBudget: Sendable {
   /// by the endpoint's client connections). Such a connection is admitted past the limit, so that when the budget
   /// is full the refusal (a close) falls on the connections holding more than their share, not on one that happens
   /// to get a reply next: a few clients that stop reading cannot get the others, which read their replies,
-  /// disconnected. What all connections hold within their shares is at most the limit, so the total stays under
-  /// twice the limit (plus ``alwaysAdmittedBytes`` per connection).
+  /// disconnected. Such admissions stop at twice the limit (``charge(_:queued:always:)``), so the total stays under
+  /// twice the limit plus ``alwaysAdmittedBytes`` per connection.
   func withinFairShare(_ bytes: Int) -> Bool {
     let (product, overflow) = bytes.multipliedReportingOverflow(by: max(1, members.load(ordering: .relaxed)))
     return !overflow && product <= limit

@@ -289,9 +289,9 @@ public struct TCPTransportOptions: Sendable, Equatable {
   /// counts the frame's code too (``TCPFrame/tagBytes``), so a larger body's sealed length would wrap.
   public static let maxFrameBytesLimit = Int(UInt32.max) - TCPFrame.tagBytes
 
-  /// Checks ``maxFrameBytes`` against ``maxFrameBytesLimit`` and the length of ``groupTableDigest`` (options are
-  /// values, and the fields can be set after the initializer checked them). The other fields set later are not
-  /// checked here.
+  /// Checks ``maxFrameBytes`` against ``maxFrameBytesLimit``, the length of ``groupTableDigest`` and that
+  /// ``maxReceiveBudgetWait``, when set, is positive (options are values, and the fields can be set after the
+  /// initializer checked them). The other fields set later are not checked here.
   /// - Throws: ``QuorumCore/ConfigurationError`` naming the first unusable setting.
   public func validate() throws(ConfigurationError) {
     guard (64...Self.maxFrameBytesLimit).contains(maxFrameBytes) else {
@@ -302,6 +302,10 @@ public struct TCPTransportOptions: Sendable, Equatable {
       throw ConfigurationError(
         setting: "groupTableDigest",
         reason: "at most \(Self.maxGroupTableDigestBytes) bytes (got \(groupTableDigest.count))")
+    }
+    if let wait = maxReceiveBudgetWait, wait <= .zero {
+      // Zero would close every client whose frame waits for the receive budget at all, without a word.
+      throw ConfigurationError(setting: "maxReceiveBudgetWait", reason: "must be positive (got \(wait))")
     }
   }
 

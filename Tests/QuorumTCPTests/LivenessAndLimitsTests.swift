@@ -39,6 +39,18 @@ struct LivenessAndLimitsTests {
     #expect(throws: ConfigurationError.self) { try options.validate() }
   }
 
+  @Test("a receive-budget wait bound, when set, must be positive")
+  func receiveBudgetWaitMustBePositive() throws {
+    var options = TCPTransportOptions()
+    for wait in [Duration.zero, .seconds(-1)] {
+      options.maxReceiveBudgetWait = wait
+      let error = #expect(throws: ConfigurationError.self) { try options.validate() }
+      #expect(error?.setting == "maxReceiveBudgetWait")
+    }
+    options.maxReceiveBudgetWait = .milliseconds(1)
+    try options.validate()
+  }
+
   @Test("the wait in line for the receive budget is twice the frame timeout unless set")
   func receiveBudgetWaitDefault() {
     var options = TCPTransportOptions()
