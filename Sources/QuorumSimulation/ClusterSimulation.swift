@@ -151,6 +151,16 @@ public struct NodeSimulationStats: Sendable, CustomStringConvertible {
   public var staleReadsChecked = 0
   /// Write results (previous values) checked by the linearizability checker.
   public var writeResponsesChecked = 0
+  /// Linearizable reads that answered (each checked by the linearizability checker).
+  public var linearizableReads = 0
+  /// Lease reads that answered (each checked by the linearizability checker).
+  public var leaseReads = 0
+  /// Session reads that answered (each checked for read-your-writes and monotonic reads).
+  public var sessionReads = 0
+  /// Compare-and-swaps that answered that they swapped.
+  public var swaps = 0
+  /// Calls the cluster refused with a consensus error that retrying does not fix (an expired session, say).
+  public var consensusRefusals = 0
   /// Entries the reference replicas applied, over all groups.
   public var entriesApplied: UInt64 = 0
   /// Virtual time at the end.
@@ -173,7 +183,8 @@ public struct NodeSimulationStats: Sendable, CustomStringConvertible {
     "jobs=\(jobs) leaderships=\(leaderships) crashes=\(crashes) partitions=\(partitions) stalls=\(stalls) "
       + "diskFaults=\(diskFaults) torn=\(tornRecords) membership=\(membershipChanges) transfers=\(transfers) "
       + "ops=\(operationsCompleted) unknown=\(unknownOutcomes) retries=\(retries) staleReads=\(staleReadsChecked) "
-      + "writes=\(writeResponsesChecked) applied=\(entriesApplied) end=\(endTime)"
+      + "writes=\(writeResponsesChecked) reads(lin/lease/session)=\(linearizableReads)/\(leaseReads)/\(sessionReads) "
+      + "swaps=\(swaps) refusals=\(consensusRefusals) applied=\(entriesApplied) end=\(endTime)"
       + (lockLogEvents == 0
         ? ""
         : " locks: grants=\(lockGrants) uses=\(lockUses) lost=\(lockLeasesLost) fenced=\(lockWritesFenced) "
@@ -196,6 +207,11 @@ public struct NodeSimulationStats: Sendable, CustomStringConvertible {
     retries += other.retries
     staleReadsChecked += other.staleReadsChecked
     writeResponsesChecked += other.writeResponsesChecked
+    linearizableReads += other.linearizableReads
+    leaseReads += other.leaseReads
+    sessionReads += other.sessionReads
+    swaps += other.swaps
+    consensusRefusals += other.consensusRefusals
     entriesApplied += other.entriesApplied
     lockGrants += other.lockGrants
     lockUses += other.lockUses
@@ -584,7 +600,9 @@ public final class ClusterSimulation: @unchecked Sendable {
         output = .previous(try await kv.delete(key, as: String.self, deadline: deadline))
         stats.writeResponsesChecked += 1
       case .compareAndSwap(_, let expected, let new):
-        output = .swapped(try await kv.compareAndSwap(key, expected: expected, new: new, deadline: deadline).swapped)
+        let swapped = try await kv.compareAndSwap(key, expected: expected, new: new, deadline: deadline).swapped
+        if swapped { stats.swaps += 1 }
+        output = .swapped(swapped)
       case .get:
         output = .ok
       }
@@ -593,6 +611,7 @@ public final class ClusterSimulation: @unchecked Sendable {
       stats.operationsCompleted += 1
       return true
     } catch {
+      noteFailure(error, of: "client \(c) \(input)")
       // The deadline passed (or the session expired): the write may or may not have happened, now or later.
       history.markUnknown(op)
       trace.record(scheduler.now, "client \(c) \(input) -> unknown (\(error))")
@@ -617,6 +636,12 @@ public final class ClusterSimulation: @unchecked Sendable {
       let (value, index) = try await kv.getIndexed(
         key, consistency: consistency, atLeast: consistency == .stale ? seen : 0, deadline: deadline)
       trace.record(scheduler.now, "client \(c) get \(key) (\(consistency)) -> \(value?.count ?? -1)B at \(index)")
+      switch consistency {
+      case .linearizable: stats.linearizableReads += 1
+      case .lease: stats.leaseReads += 1
+      case .session: stats.sessionReads += 1
+      case .stale: break
+      }
       if let op {
         history.complete(op, .value(value.map { String(decoding: $0, as: UTF8.self) }), at: scheduler.now.nanoseconds)
         stats.operationsCompleted += 1
@@ -628,8 +653,41 @@ public final class ClusterSimulation: @unchecked Sendable {
       }
       lastIndex[group] = max(seen, index)
     } catch {
+      noteFailure(error, of: "client \(c) get \(key) (\(consistency))")
       if let op { history.markFailed(op) }  // A read that never answered changed nothing.
       stats.retries += 1
+    }
+  }
+
+  /// Fails the run for an error a correct cluster never gives this simulation's clients, which send only
+  /// well-formed requests, for keys of their groups, without credentials, to a cluster they configured: a reply
+  /// that does not decode, a refusal of the request itself, a session taken or over its quota. Only a deadline, an
+  /// unknown outcome, or a consensus refusal of the retryable kind (an expired session, say) is part of a faulty
+  /// network's life. Without this, a bug that made every read of one kind fail would take those reads out of the
+  /// checked history and pass.
+  private func noteFailure(_ error: any Error, of call: @autoclosure () -> String) {
+    guard let reason = Self.unexpectedFailure(error) else {
+      if case QuorumClientError.rejected(.consensus) = error { stats.consensusRefusals += 1 }
+      return
+    }
+    fail("\(call()) failed with an error a correct cluster never gives it: \(reason)")
+  }
+
+  /// Why `error` is not one a simulated client may meet, or `nil` when it may.
+  static func unexpectedFailure(_ error: any Error) -> String? {
+    if error is CancellationError { return nil }
+    guard let error = error as? QuorumClientError else { return "\(type(of: error)): \(error)" }
+    switch error {
+    case .timeout, .outcomeUnknown: return nil
+    case .rejected(.consensus(let reason)):
+      switch reason {
+      case .commandTooLarge, .sessionNotOwned, .sessionQuotaExceeded, .membershipChangeRejected:
+        return "\(error)"
+      case .notLeader, .timeout, .dropped, .outcomeUnknown, .stopped, .overloaded, .transferInProgress,
+        .sessionExpired, .leaseExpired, .responseForgotten:
+        return nil
+      }
+    case .rejected, .badReply, .refused: return "\(error)"
     }
   }
 

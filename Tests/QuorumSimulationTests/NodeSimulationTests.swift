@@ -35,6 +35,9 @@ struct NodeSimulationTests {
     #expect(stats.leaderships > 20, "\(stats)")
     #expect(stats.operationsCompleted > 1_000 && stats.unknownOutcomes > 0, "\(stats)")
     #expect(stats.staleReadsChecked > 50 && stats.writeResponsesChecked > 500, "\(stats)")
+    // Each kind of call is checked on more than a handful: an error of one kind is no longer lost quietly.
+    #expect(stats.linearizableReads > 50 && stats.leaseReads > 50 && stats.sessionReads > 50, "\(stats)")
+    #expect(stats.swaps > 20, "\(stats)")
   }
 
   @Test("Raft nodes, 5 voters")
@@ -63,6 +66,7 @@ struct NodeSimulationTests {
     #expect(report.seedsRun == 15, "\(report)")
     #expect(stats.crashes > 0 && stats.partitions > 0 && stats.stalls > 0 && stats.diskFaults > 0, "\(stats)")
     #expect(stats.operationsCompleted > 750 && stats.writeResponsesChecked > 400, "\(stats)")
+    #expect(stats.linearizableReads > 30 && stats.leaseReads > 30 && stats.sessionReads > 30, "\(stats)")
   }
 
   @Test("Multi-Paxos nodes, 5 acceptors with flexible quorums 4 and 2")
