@@ -104,6 +104,9 @@ final class Connection: LoopHandler {
     static let replies = PauseReasons(rawValue: 4)
     /// The endpoint's replies to all its clients fill half their budget, and this one holds at least its share.
     static let sharedReplies = PauseReasons(rawValue: 8)
+    /// The pauses that make a partly received frame wait for the endpoint, not for its peer: the frame's timeout
+    /// stops while one holds, and the time waited is bounded on its own (``Connection/budgetWaitTimeoutNanos``).
+    static let waitingForTheEndpoint: PauseReasons = [.budget, .sharedReplies]
   }
 
   let loop: EventLoop
@@ -148,7 +151,8 @@ final class Connection: LoopHandler {
   private var readBuffer: [UInt8] = []
   private var writeBatch = WriteBatch()
   private var frameStarted: UInt64 = 0
-  /// When reading last paused for the receive budget, and how long the current frame waited for it before that.
+  /// When reading last paused for the endpoint (``PauseReasons/waitingForTheEndpoint``), and how long the current
+  /// frame waited for it before that.
   private var budgetPausedAt: UInt64 = 0
   private var budgetWaited: UInt64 = 0
   private var connectDeadline: UInt64?
@@ -225,14 +229,16 @@ final class Connection: LoopHandler {
         readBuffer.isEmpty
         ? "no handshake within the timeout" : "incomplete handshake (\(readBuffer.count) bytes) within the timeout"
       close(.badHandshake(detail))
-    } else if !readBuffer.isEmpty, pauseReasons.isDisjoint(with: [.receiver, .budget]),
+    } else if !readBuffer.isEmpty, pauseReasons.isDisjoint(with: PauseReasons.waitingForTheEndpoint.union(.receiver)),
       now >= frameStarted &+ frameTimeoutNanos
     {
       // The frame's time runs only while its bytes are up to the peer: not while this side stopped reading for a
-      // full receiver, nor while the frame waits in line for the receive budget (behind other clients' frames).
+      // full receiver, nor while the frame waits in line for the receive budget (behind other clients' frames) or
+      // for the endpoint's replies to drain.
       close(.truncatedFrame(received: max(0, readBuffer.count - TCPFrame.prefixBytes), expected: pendingFrameLength))
-    } else if pauseReasons.contains(.budget), let bound = budgetWaitTimeoutNanos,
-      budgetWaited &+ (now &- budgetPausedAt) >= bound
+    } else if !readBuffer.isEmpty, !pauseReasons.isDisjoint(with: .waitingForTheEndpoint),
+      let bound = budgetWaitTimeoutNanos,
+      budgetWaited &+ (now > budgetPausedAt ? now &- budgetPausedAt : 0) >= bound
     {
       // The wait for the budget is bounded on its own, so that no frame waits forever.
       close(.truncatedFrame(received: max(0, readBuffer.count - TCPFrame.prefixBytes), expected: pendingFrameLength))
@@ -442,8 +448,9 @@ final class Connection: LoopHandler {
   /// Stops reading for `reason` until ``resume(_:)`` lifts it.
   func pause(_ reason: PauseReasons) {
     guard !isClosed, !pauseReasons.contains(reason) else { return }
+    let wasWaiting = !pauseReasons.isDisjoint(with: .waitingForTheEndpoint)
     pauseReasons.insert(reason)
-    if reason == .budget { budgetPausedAt = clock() }
+    if !wasWaiting && PauseReasons.waitingForTheEndpoint.contains(reason) { budgetPausedAt = clock() }
     _ = updateInterest()
   }
 
@@ -452,9 +459,10 @@ final class Connection: LoopHandler {
   func resume(_ reason: PauseReasons) {
     guard !isClosed, pauseReasons.contains(reason) else { return }
     pauseReasons.remove(reason)
-    if reason == .budget {
-      // The wait in line is not the peer's slowness: the frame's timeout resumes where it stopped.
-      let waited = clock() &- budgetPausedAt
+    if PauseReasons.waitingForTheEndpoint.contains(reason) && pauseReasons.isDisjoint(with: .waitingForTheEndpoint) {
+      // The wait for the endpoint is not the peer's slowness: the frame's timeout resumes where it stopped.
+      let now = clock()
+      let waited = now > budgetPausedAt ? now &- budgetPausedAt : 0
       frameStarted &+= waited
       budgetWaited &+= waited
     }

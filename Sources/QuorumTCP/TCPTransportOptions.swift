@@ -103,8 +103,9 @@ public struct TCPTransportOptions: Sendable, Equatable {
   /// How long a frame may take to arrive, counted from its first byte (or from when reading resumed after the
   /// receiver behind the connection paused it), not from the last progress: a frame still incomplete this long
   /// after it began closes the connection, however steadily its bytes come. Time a client's frame spends waiting
-  /// in line for ``maxClientReceiveBufferBytes`` does not count (the wait is bounded by
-  /// ``maxReceiveBudgetWait``): the timeout measures the peer's slowness, not other clients'.
+  /// in line for ``maxClientReceiveBufferBytes``, or with reading paused because the endpoint's replies fill half of
+  /// ``maxClientReplyBytes``, does not count (the wait is bounded by ``maxReceiveBudgetWait``): the timeout measures
+  /// the peer's slowness, not other clients'.
   public var frameTimeout: Duration
   /// TCP keep-alive: idle time before the first probe (zero disables keep-alive).
   public var keepaliveIdle: Duration
@@ -164,7 +165,7 @@ public struct TCPTransportOptions: Sendable, Equatable {
   public var maxClientReceiveBufferBytes: Int
 
   /// How long in all a client's frame may wait in line for ``maxClientReceiveBufferBytes`` (its reading paused,
-  /// behind other clients' frames) before the connection is closed
+  /// behind other clients' frames), or for the endpoint's replies to drain, before the connection is closed
   /// (``TCPCloseReason/truncatedFrame(received:expected:)``); `nil` (the default) means twice ``frameTimeout``.
   /// The frame's own ``frameTimeout`` does not run while it waits, so this is what keeps a frame from waiting
   /// forever behind a long line of slow clients. The trade-off: a frame waiting in line keeps what it has

@@ -141,4 +141,40 @@ struct ConnectionDeadlineTests {
     }
     #expect(outcome.openAfter == [true, true, false])
   }
+
+  @Test(
+    "a frame waiting for the endpoint's replies to drain does not run its timeout either; the waits share one bound")
+  func sharedRepliesWaitDoesNotCount() async throws {
+    let (second, timeout, start) = (Self.second, Self.timeout, Self.start)
+    let outcome = try await run(waitBound: 10 * timeout) { connection, setNow, check in
+      setNow(start + second)
+      connection.pause(.sharedReplies)
+      check(start + timeout + second)
+      setNow(start + second + 2 * timeout)
+      connection.resume(.sharedReplies)
+      check(start + 3 * timeout - 1)
+      check(start + 3 * timeout)
+    }
+    #expect(outcome.openAfter == [true, true, false])
+    #expect(outcome.reason == .truncatedFrame(received: 1_000, expected: 100_000))
+  }
+
+  @Test("overlapping waits for the budget and for the replies count once towards the wait bound")
+  func overlappingWaitsShareTheBound() async throws {
+    let (second, timeout, start) = (Self.second, Self.timeout, Self.start)
+    let bound = 2 * timeout
+    let outcome = try await run(waitBound: bound) { connection, setNow, check in
+      // Waiting from 1 s (budget, then replies too from 10 s, budget lifted at 30 s): one wait, which reaches the
+      // bound (60 s) at 61 s, while the replies still hold it.
+      setNow(start + second)
+      connection.pause(.budget)
+      setNow(start + 10 * second)
+      connection.pause(.sharedReplies)
+      setNow(start + 30 * second)
+      connection.resume(.budget)
+      check(start + 61 * second - 1)
+      check(start + 61 * second)
+    }
+    #expect(outcome.openAfter == [true, false])
+  }
 }
