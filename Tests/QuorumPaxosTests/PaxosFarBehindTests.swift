@@ -244,6 +244,40 @@ struct PaxosFarBehindTests {
     #expect(leader.chosenThrough < 50 && leader.role == .leader)
   }
 
+  @Test(
+    "an acceptor offering its snapshot to a candidate that acknowledges nothing pauses, longer each time",
+    arguments: [false, true])
+  func offerToSilentCandidatePauses(olderBuild: Bool) {
+    let options = MultiPaxosOptions.testing(3)
+    var acceptor = MultiPaxosCore(
+      id: 2, members: ids(3), options: options,
+      snapshot: PaxosSnapshot(index: 10, data: Array(repeating: 7, count: 10_000)), random: SeededRandom(seed: 2))
+    acceptor.sinceLeaderContact = 100
+    let ticks = 2000
+    var chunks = 0
+    for t in 0..<ticks {
+      // Node 1, behind the snapshot, probes every 15 ticks and is refused, which starts an offer.
+      if t % 15 == 0 {
+        acceptor.step(.probe(Prepare(ballot: Ballot(round: UInt64(t + 1), node: 1), fromSlot: 3)), from: 1)
+      }
+      acceptor.tick()
+      for out in acceptor.readMessages() {
+        guard case .snapshot(let chunk) = out.message else { continue }
+        #expect(out.to == 1 && chunk.ballot == .zero)
+        chunks += 1
+        // An older build refuses the chunk as a leader's below its promise; otherwise it never arrives.
+        if olderBuild {
+          acceptor.step(.reject(Reject(ballot: .zero, promised: Ballot(round: 1, node: 3))), from: 1)
+        }
+      }
+    }
+    // Before, a chunk every retransmit period (over 600); now at most three per pause, the first 80 ticks long.
+    let perOffer = olderBuild ? 1 : 1 + MultiPaxosCore.maxUnacknowledgedOfferResends
+    #expect(chunks >= perOffer && chunks <= perOffer * (ticks / options.electionTimeoutMaxTicks / 4 + 1))
+    #expect(acceptor.offerPauseTicks(silences: 1) == 80 && acceptor.offerPauseTicks(silences: 2) == 160)
+    #expect(acceptor.offerPauseTicks(silences: 3) == 200 && acceptor.offerPauseTicks(silences: .max) == 200)
+  }
+
   /// What a file storage holding `slots` recovers.
   static func stored(_ slots: [Slot], ballot: Ballot) async throws -> RecoveredState<PaxosEntry> {
     let root = tempDirectory("paxos-far-slot")

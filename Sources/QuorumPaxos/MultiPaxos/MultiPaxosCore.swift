@@ -504,12 +504,23 @@ public struct MultiPaxosCore: Sendable {
     /// When the chunk was last sent, and when the candidate last acknowledged progress.
     var sentAt: UInt64
     var progressAt: UInt64
-    /// The candidate refused the snapshot as too large (at `sentAt`): not offered again before the back-off.
+    /// Offering is paused until this tick (nil: chunks are being sent). The candidate refused the snapshot as too
+    /// large (`refused`), or left it unacknowledged (`silences` times in a row).
+    var pausedUntil: UInt64?
     var refused = false
+    /// Chunks resent since the candidate last acknowledged progress.
+    var resends = 0
+    /// Offers in a row the candidate left unacknowledged: each pause is twice as long as the one before.
+    var silences = 0
   }
   private var offers: [NodeID: Offer] = [:]
   /// The most candidates offered a snapshot at once.
   static let maxOffers = 8
+  /// The most chunks an acceptor resends of a snapshot it offers a candidate (ballot zero) while the candidate
+  /// acknowledges none; it then offers none for a pause of four maximum election timeouts, doubling with each offer
+  /// in a row left unacknowledged, at most `snapshotRefusalBackoffTicks` if that is longer. A build from before
+  /// 2026-12-07 refuses the first chunk, which pauses the offer at once.
+  public static let maxUnacknowledgedOfferResends = 2
 
   // Outputs accumulated for the next ready.
   private var outbox: [PaxosOutgoing] = []
@@ -1415,6 +1426,12 @@ public struct MultiPaxosCore: Sendable {
 
   private mutating func handleReject(_ m: Reject, from: NodeID) {
     highestSeen = max(highestSeen, m.promised)
+    if m.ballot == Self.offerBallot {
+      // A build from before 2026-12-07 refuses an offered snapshot's chunk as a leader's at a ballot below its
+      // promise: it cannot take offers.
+      pauseOffer(to: from)
+      return
+    }
     switch role {
     case .candidate:
       guard let c = candidacy, m.ballot == c.ballot else { return }
@@ -1812,12 +1829,47 @@ public struct MultiPaxosCore: Sendable {
   /// (``maxAcceptReach``) and that acceptor, when the others are down, blocked each other: the acceptor refused
   /// the candidate, and could not lead itself, the candidate's slots lying past its reach. A leader catches its
   /// followers up itself; an acceptor that follows a live leader leaves it to that leader.
+  ///
+  /// A candidate that acknowledges nothing (a build from before 2026-12-07, which refuses the chunks, or a link
+  /// that carries only its messages) gets the first chunk and ``maxUnacknowledgedOfferResends`` resends, then
+  /// none for a pause (``offerPauseTicks``) that doubles with each offer in a row it leaves unacknowledged. Without
+  /// it such a candidate got a chunk every retransmit period for as long as it stayed behind, and an older build
+  /// following no ballot took each chunk for a leader's and refused other candidates while they came.
   private mutating func offerSnapshot(to candidate: NodeID) {
     guard role != .leader, !refusesNewBallots, let snapshot = log.snapshot else { return }
-    if let offer = offers[candidate], offer.index == snapshot.index { return }  // Under way, or refused.
-    guard offers[candidate] != nil || offers.count < Self.maxOffers else { return }
-    offers[candidate] = Offer(index: snapshot.index, offset: 0, sentAt: ticks, progressAt: ticks)
+    var offer = Offer(index: snapshot.index, offset: 0, sentAt: ticks, progressAt: ticks)
+    if let previous = offers[candidate] {
+      if let until = previous.pausedUntil {
+        // Refused as too large: a newer snapshot is offered at once. Left unacknowledged: nothing before the end.
+        if ticks < until && (!previous.refused || previous.index == snapshot.index) { return }
+      } else if previous.index == snapshot.index {
+        return  // Under way.
+      }
+      offer.silences = previous.silences
+      if previous.index == snapshot.index && !previous.refused { offer.offset = previous.offset }
+    } else if offers.count >= Self.maxOffers {
+      return
+    }
+    offers[candidate] = offer
     sendOfferChunk(to: candidate)
+  }
+
+  /// Ticks an offer pauses after the candidate left `silences` offers in a row unacknowledged: four maximum
+  /// election timeouts (longer than a candidate's leader stickiness), doubling, at most the refusal back-off
+  /// (``MultiPaxosOptions/snapshotRefusalBackoffTicks``) if that is longer.
+  func offerPauseTicks(silences: Int) -> UInt64 {
+    let base = UInt64(max(1, options.electionTimeoutMaxTicks)) &* 4
+    let most = max(base, UInt64(max(0, options.snapshotRefusalBackoffTicks)))
+    return min(most, base << UInt64(min(max(0, silences - 1), 20)))
+  }
+
+  /// Pauses the offer to `candidate`: it left the chunks unacknowledged, or refused them as an older build does.
+  private mutating func pauseOffer(to candidate: NodeID) {
+    guard var offer = offers[candidate], offer.pausedUntil == nil else { return }
+    offer.silences += 1
+    offer.resends = 0
+    offer.pausedUntil = ticks &+ offerPauseTicks(silences: offer.silences)
+    offers[candidate] = offer
   }
 
   /// The ballot of a snapshot chunk (and its acknowledgement) that an acceptor offers rather than a leader
@@ -1825,7 +1877,7 @@ public struct MultiPaxosCore: Sendable {
   static let offerBallot = Ballot.zero
 
   private mutating func sendOfferChunk(to candidate: NodeID) {
-    guard var offer = offers[candidate], !offer.refused else { return }
+    guard var offer = offers[candidate], offer.pausedUntil == nil else { return }
     guard let snapshot = log.snapshot else {
       offers[candidate] = nil
       return
@@ -1839,30 +1891,36 @@ public struct MultiPaxosCore: Sendable {
     send(candidate, .snapshot(chunk(of: snapshot, at: offer.offset, ballot: Self.offerBallot)))
   }
 
-  /// Resends a chunk not acknowledged in time; gives up on a candidate silent for four maximum election
-  /// timeouts, and forgets a refusal after the back-off.
+  /// Resends a chunk not acknowledged in time, pausing after ``maxUnacknowledgedOfferResends``; gives up on a
+  /// candidate silent for four maximum election timeouts, and forgets a pause one longest pause after its end.
   private mutating func tickOffers() {
     for candidate in offers.keys.sorted() {
       guard let offer = offers[candidate] else { continue }
-      if offer.refused {
-        if ticks &- offer.sentAt >= UInt64(max(0, options.snapshotRefusalBackoffTicks)) { offers[candidate] = nil }
+      if let until = offer.pausedUntil {
+        if ticks >= until && ticks &- until >= offerPauseTicks(silences: .max) { offers[candidate] = nil }
       } else if role == .leader || ticks &- offer.progressAt >= UInt64(options.electionTimeoutMaxTicks * 4) {
         offers[candidate] = nil  // Leading (its own machinery catches members up), or the candidate is gone.
       } else if ticks &- offer.sentAt >= UInt64(options.retransmitTicks) {
-        sendOfferChunk(to: candidate)
+        if offer.resends >= Self.maxUnacknowledgedOfferResends {
+          pauseOffer(to: candidate)
+        } else {
+          offers[candidate]?.resends += 1
+          sendOfferChunk(to: candidate)
+        }
       }
     }
   }
 
   /// Whether an offered snapshot is being sent (its chunks are resent tick by tick).
-  private var offering: Bool { offers.values.contains { !$0.refused } }
+  private var offering: Bool { offers.values.contains { $0.pausedUntil == nil } }
 
   private mutating func handleOfferAck(_ m: SnapshotAck, from: NodeID) {
-    guard var offer = offers[from], !offer.refused, offer.index == m.index else { return }
+    guard var offer = offers[from], offer.pausedUntil == nil, offer.index == m.index else { return }
+    offer.silences = 0  // It answers offers.
     let total = UInt64(log.snapshot?.data.count ?? 0)
     if m.reject && m.nextOffset == 0 && total > 0 {
       offer.refused = true  // Too large for it: not offered again before the back-off.
-      offer.sentAt = ticks
+      offer.pausedUntil = ticks &+ UInt64(max(0, options.snapshotRefusalBackoffTicks))
       offers[from] = offer
       return
     }
@@ -1872,7 +1930,10 @@ public struct MultiPaxosCore: Sendable {
     }
     let (next, sendNow) = Self.followChunkAck(m.nextOffset, sent: offer.offset)
     offer.offset = next
-    if sendNow { offer.progressAt = ticks }
+    if sendNow {
+      offer.progressAt = ticks
+      offer.resends = 0
+    }
     offers[from] = offer
     if sendNow { sendOfferChunk(to: from) }
   }

@@ -347,7 +347,7 @@ public struct SnapshotChunk: Sendable, Equatable, WireCodable {
   /// The leader's ballot, or ``Ballot/zero`` for a snapshot offered by an acceptor to a candidate it refused as
   /// behind its snapshot (``RejectReason/behindSnapshot``): the receiver installs it without following the sender.
   /// (A build from before such offers, 2026-12-07, answers one with a refusal, or follows the sender if it promised
-  /// nothing yet.)
+  /// nothing yet; the sender then pauses its offer, see ``MultiPaxosCore/maxUnacknowledgedOfferResends``.)
   public var ballot: Ballot
   /// The last slot the snapshot covers.
   public var index: Slot
