@@ -278,6 +278,41 @@ struct PaxosFarBehindTests {
     #expect(acceptor.offerPauseTicks(silences: 3) == 200 && acceptor.offerPauseTicks(silences: .max) == 200)
   }
 
+  @Test("a candidate that acknowledges each chunk after the resends ran out still gets the whole snapshot")
+  func offerToSlowCandidateCompletes() {
+    var options = MultiPaxosOptions.testing(3)
+    options.snapshotChunkBytes = 1_000
+    var acceptor = MultiPaxosCore(
+      id: 2, members: ids(3), options: options,
+      snapshot: PaxosSnapshot(index: 10, data: Array(repeating: 7, count: 10_000)), random: SeededRandom(seed: 2))
+    acceptor.sinceLeaderContact = 100
+    // Each acknowledgement arrives four retransmit periods after its chunk: after the offer's resends ran out.
+    let delay = 4 * options.retransmitTicks
+    var pending: [(due: Int, ack: SnapshotAck)] = []
+    var acknowledged: UInt64 = 0
+    var installedAt: Int?
+    for t in 0..<3_000 where installedAt == nil {
+      if t % 15 == 0 {
+        acceptor.step(.probe(Prepare(ballot: Ballot(round: UInt64(t + 1), node: 1), fromSlot: 3)), from: 1)
+      }
+      while let first = pending.first, first.due <= t {
+        pending.removeFirst()
+        acceptor.step(.snapshotAck(first.ack), from: 1)
+      }
+      acceptor.tick()
+      for out in acceptor.readMessages() {
+        guard case .snapshot(let chunk) = out.message, out.to == 1 else { continue }
+        let next = chunk.offset + UInt64(chunk.chunk.count)
+        if chunk.offset == acknowledged {
+          acknowledged = next
+          if next == chunk.totalBytes { installedAt = t }
+        }
+        pending.append((t + delay, SnapshotAck(ballot: .zero, index: chunk.index, nextOffset: next, reject: false)))
+      }
+    }
+    #expect(installedAt != nil, "the candidate got \(acknowledged) of 10,000 bytes in 3,000 ticks")
+  }
+
   /// What a file storage holding `slots` recovers.
   static func stored(_ slots: [Slot], ballot: Ballot) async throws -> RecoveredState<PaxosEntry> {
     let root = tempDirectory("paxos-far-slot")

@@ -505,7 +505,8 @@ public struct MultiPaxosCore: Sendable {
     var sentAt: UInt64
     var progressAt: UInt64
     /// Offering is paused until this tick (nil: chunks are being sent). The candidate refused the snapshot as too
-    /// large (`refused`), or left it unacknowledged (`silences` times in a row).
+    /// large (`refused`), or left it unacknowledged (`silences` times in a row; its next acknowledgement of progress
+    /// ends such a pause).
     var pausedUntil: UInt64?
     var refused = false
     /// Chunks resent since the candidate last acknowledged progress.
@@ -1915,7 +1916,11 @@ public struct MultiPaxosCore: Sendable {
   private var offering: Bool { offers.values.contains { $0.pausedUntil == nil } }
 
   private mutating func handleOfferAck(_ m: SnapshotAck, from: NodeID) {
-    guard var offer = offers[from], offer.pausedUntil == nil, offer.index == m.index else { return }
+    // An offer paused because the candidate was silent takes its answer still: a candidate that acknowledges more
+    // slowly than the resends run (a large chunk on a slow link, a slow disk) answers during the pause, and if the
+    // answer were dropped it would be offered the same chunk after each pause, never getting past it. One refused
+    // as too large waits out its back-off.
+    guard var offer = offers[from], !offer.refused, offer.index == m.index else { return }
     offer.silences = 0  // It answers offers.
     let total = UInt64(log.snapshot?.data.count ?? 0)
     if m.reject && m.nextOffset == 0 && total > 0 {
@@ -1933,6 +1938,7 @@ public struct MultiPaxosCore: Sendable {
     if sendNow {
       offer.progressAt = ticks
       offer.resends = 0
+      offer.pausedUntil = nil
     }
     offers[from] = offer
     if sendNow { sendOfferChunk(to: from) }
