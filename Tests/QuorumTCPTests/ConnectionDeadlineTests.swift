@@ -82,17 +82,19 @@ struct ConnectionDeadlineTests {
     return try #require(outcome)
   }
 
-  @Test("the time a frame waits in line does not count against its timeout: it resumes where it stopped")
-  func waitDoesNotCount() async throws {
+  @Test(
+    "the time a frame waits in line, or for the endpoint's replies to drain, does not count against its timeout",
+    arguments: [Connection.PauseReasons.budget, .sharedReplies])
+  func waitDoesNotCount(reason: Connection.PauseReasons) async throws {
     let (second, timeout, start) = (Self.second, Self.timeout, Self.start)
     let outcome = try await run(waitBound: 10 * timeout) { connection, setNow, check in
       // One second of the frame's own time, then it waits in line for twice its timeout.
       setNow(start + second)
-      connection.pause(.budget)
+      connection.pause(reason)
       // Past the timeout counted from the frame's first byte, while it waits: still open.
       check(start + timeout + second)
       setNow(start + second + 2 * timeout)
-      connection.resume(.budget)
+      connection.resume(reason)
       // Let in, the frame has its timeout less the one second it took before: open just before, closed at it.
       check(start + 3 * timeout - 1)
       check(start + 3 * timeout)
@@ -140,23 +142,6 @@ struct ConnectionDeadlineTests {
       check(start + 90 * second)
     }
     #expect(outcome.openAfter == [true, true, false])
-  }
-
-  @Test(
-    "a frame waiting for the endpoint's replies to drain does not run its timeout either; the waits share one bound")
-  func sharedRepliesWaitDoesNotCount() async throws {
-    let (second, timeout, start) = (Self.second, Self.timeout, Self.start)
-    let outcome = try await run(waitBound: 10 * timeout) { connection, setNow, check in
-      setNow(start + second)
-      connection.pause(.sharedReplies)
-      check(start + timeout + second)
-      setNow(start + second + 2 * timeout)
-      connection.resume(.sharedReplies)
-      check(start + 3 * timeout - 1)
-      check(start + 3 * timeout)
-    }
-    #expect(outcome.openAfter == [true, true, false])
-    #expect(outcome.reason == .truncatedFrame(received: 1_000, expected: 100_000))
   }
 
   @Test("overlapping waits for the budget and for the replies count once towards the wait bound")
