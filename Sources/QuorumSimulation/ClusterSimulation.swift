@@ -127,6 +127,9 @@ public struct NodeSimulationStats: Sendable, CustomStringConvertible {
   public var jobs: UInt64 = 0
   /// Distinct leaderships (terms or ballots led, over all groups).
   public var leaderships = 0
+  /// Raft messages checked against their sender's disk, and Raft commits checked against its voters' disks
+  /// ("acknowledged ⇒ durable").
+  public var durabilityChecks = 0
   /// Crashes injected (including hosts stopped by disk faults).
   public var crashes = 0
   /// Partitions and cuts injected.
@@ -180,7 +183,7 @@ public struct NodeSimulationStats: Sendable, CustomStringConvertible {
   public init() {}
 
   public var description: String {
-    "jobs=\(jobs) leaderships=\(leaderships) crashes=\(crashes) partitions=\(partitions) stalls=\(stalls) "
+    "jobs=\(jobs) leaderships=\(leaderships) durabilityChecks=\(durabilityChecks) crashes=\(crashes) partitions=\(partitions) stalls=\(stalls) "
       + "diskFaults=\(diskFaults) torn=\(tornRecords) membership=\(membershipChanges) transfers=\(transfers) "
       + "ops=\(operationsCompleted) unknown=\(unknownOutcomes) retries=\(retries) staleReads=\(staleReadsChecked) "
       + "writes=\(writeResponsesChecked) reads(lin/lease/session)=\(linearizableReads)/\(leaseReads)/\(sessionReads) "
@@ -195,6 +198,7 @@ public struct NodeSimulationStats: Sendable, CustomStringConvertible {
   public mutating func add(_ other: NodeSimulationStats) {
     jobs += other.jobs
     leaderships += other.leaderships
+    durabilityChecks += other.durabilityChecks
     crashes += other.crashes
     partitions += other.partitions
     stalls += other.stalls
@@ -394,6 +398,15 @@ public final class ClusterSimulation: @unchecked Sendable {
       nodes[id] = Node(
         id: id, disks: disks, clock: SimulatedClock(scheduler: scheduler, driftPPM: drift, offsetNanos: offset))
     }
+    let disks = nodes.mapValues(\.disks)
+    for (group, checker) in checkers {
+      (checker as? RaftChecker)?.durableImage = { disks[$0]?.durableImage(of: group, as: LogEntry.self) }
+    }
+    network.auditSends { [checkers] envelope in
+      guard case .raft(let message) = envelope.payload, let checker = checkers[envelope.group] as? RaftChecker
+      else { return }
+      checker.sent(message, from: envelope.from, to: envelope.to)
+    }
     for id in nodes.keys.sorted() where !map.groups(of: id).isEmpty { start(id) }
     for c in 0..<options.clients {
       let client = c
@@ -416,6 +429,7 @@ public final class ClusterSimulation: @unchecked Sendable {
     for checker in checkers {
       stats.leaderships += checker.leaderships
       stats.entriesApplied += checker.referenceApplied
+      stats.durabilityChecks += (checker as? RaftChecker)?.durabilityChecks ?? 0
     }
     for node in nodes.values { stats.tornRecords += node.disks.tornRecords }
     for client in lockClients {

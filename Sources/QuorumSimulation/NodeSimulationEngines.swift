@@ -144,16 +144,67 @@ class ReplicaChecker<Engine: ReplicaEngine>: ReplicaObserver, GroupChecker, @unc
 /// Raft's invariants (§5.2–§5.4), checked at every ready of every node: Election Safety (one leader per term),
 /// Leader Completeness (a new leader holds every committed entry), Log Matching (an index and term identify one
 /// entry and its predecessor's term) and that committed entries never change.
+///
+/// And "acknowledged ⇒ durable" (``RaftDurability``), against each node's disk: every message a node sends
+/// promises only what its disk holds (``sent(_:from:to:)``, fed by the network), only a leader's replication
+/// leaves before a ready's write, and every entry a leader commits is durable on a quorum of its voters.
 final class RaftChecker: ReplicaChecker<RaftEngine>, @unchecked Sendable {
   // Safety of @unchecked Sendable: as for ``ReplicaChecker``, only the simulation's jobs call it, one at a time.
   private var leaderOfTerm: [Term: NodeID] = [:]
   private var entryAt: [LogIndex: [Term: (data: UInt64, prevTerm: Term)]] = [:]
   private var committedTerm: [LogIndex: Term] = [:]
   private var maxCommitted: LogIndex = 0
+  /// Each node's membership at its previous ready: a leader's commit was counted in it or in the current one.
+  private var membershipBefore: [NodeID: Membership] = [:]
+  /// What each node's disk for this group holds durably now (set by the simulation once its machines exist);
+  /// nil for a node without a disk for the group.
+  var durableImage: (NodeID) -> SimulatedDisk<LogEntry>.Image? = { _ in nil }
+  /// Messages checked against their sender's disk, and commits against the voters' disks.
+  private(set) var durabilityChecks = 0
+
+  private func durable(_ node: NodeID) -> RaftDurability.Durable? {
+    durableImage(node).flatMap(RaftDurability.Durable.init)
+  }
+
+  /// Checks a message `sender` sends now against what its disk holds.
+  func sent(_ message: RaftMessage, from sender: NodeID, to receiver: NodeID) {
+    guard let image = durableImage(sender) else {
+      fail("\(group.name): \(sender) sent \(message) with no disk for the group")
+      return
+    }
+    guard let durable = RaftDurability.Durable(image) else {
+      fail("\(group.name): \(sender) has an undecodable durable hard state")
+      return
+    }
+    durabilityChecks += 1
+    if let violation = RaftDurability.violation(of: message, from: sender, to: receiver, durable: durable) {
+      fail("\(group.name): acknowledged before durable: \(violation)")
+    }
+  }
 
   override func willCarryOut(_ node: NodeID, ready: ReplicaReady<RaftEngine>, engine: RaftEngine) {
     let core = engine.core
     let rd = ready.raw
+    defer {
+      // After the leadership checks below, so a leader elected in this ready may replicate at once.
+      if let violation = RaftDurability.eagerViolation(
+        rd.eagerMessages, term: core.term, ledTerm: leaderOfTerm[core.term] == node)
+      {
+        fail("\(group.name): \(node) \(violation)")
+      }
+      membershipBefore[node] = core.membership
+    }
+    if core.role == .leader, let last = rd.committedEntries.last {
+      durabilityChecks += 1
+      let memberships = [core.membership] + (membershipBefore[node].map { [$0] } ?? [])
+      if !memberships.contains(where: {
+        RaftDurability.durableQuorum(last.index, term: last.term, membership: $0, durable: durable)
+      }) {
+        fail(
+          "\(group.name): \(node), leader of term \(core.term), committed \(last.index)@\(last.term), which no quorum of \(core.membership) holds durably"
+        )
+      }
+    }
     if let soft = rd.softState, soft.role == .leader {
       if let other = leaderOfTerm[soft.term], other != node {
         fail("\(group.name): Election Safety: \(other) and \(node) both leaders of term \(soft.term)")

@@ -316,6 +316,12 @@ private final class RaftDriver: CoreSimulationDriver {
         }
       }
     }
+    // Only a leader's replication may leave before the ready's write ("acknowledged ⇒ durable").
+    if let violation = RaftDurability.eagerViolation(
+      rd.eagerMessages, term: core.term, ledTerm: leaderOfTerm[core.term] == node.id)
+    {
+      throw SimulationFailure("\(node.id) \(violation)")
+    }
     // Log Matching, incrementally: an (index, term) pair identifies one entry and one predecessor term.
     for entry in rd.entries {
       let prevTerm =

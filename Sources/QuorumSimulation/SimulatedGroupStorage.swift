@@ -62,6 +62,12 @@ public final class SimulatedGroupStorage: GroupStorageProvider, Sendable {
     }
   }
 
+  /// What a restart would find on `group`'s disk now; nil when the machine has no disk for the group yet (or one
+  /// of another entry type).
+  func durableImage<Entry: StorableEntry>(of group: GroupID, as: Entry.Type) -> SimulatedDisk<Entry>.Image? {
+    (disks.withLock { $0[group] } as? SimulatedDisk<Entry>)?.durableImage
+  }
+
   /// Queued records lost to crashes, over every disk.
   public var tornRecords: Int {
     disks.withLock { table in table.values.reduce(0) { $0 + $1.counters.tornRecords } }

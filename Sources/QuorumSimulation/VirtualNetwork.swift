@@ -29,6 +29,7 @@ public final class VirtualNetwork<Message: Sendable>: Transport, Sendable {
   /// Capacity of each node's incoming mailbox.
   public let inboxCapacity: Int
   private let observe: (@Sendable (VirtualTime, Envelope<Message>) -> Void)?
+  private let sendAudit = Mutex<(@Sendable (Envelope<Message>) -> Void)?>(nil)
 
   /// Creates a network with `faults` on every link; `observe` sees every delivery (for traces).
   public init(
@@ -76,6 +77,12 @@ public final class VirtualNetwork<Message: Sendable>: Transport, Sendable {
     }
   }
 
+  /// Shows `audit` every message a node sends, at the moment it sends it — before the network decides its fate, so
+  /// a message the network then loses is seen too (a checker of what a sender may promise, for example).
+  public func auditSends(_ audit: @escaping @Sendable (Envelope<Message>) -> Void) {
+    sendAudit.withLock { $0 = audit }
+  }
+
   /// Changes the network model (partitions, faults, nodes down).
   public func withNetwork<R>(_ body: (inout SimulatedNetwork) -> R) -> R {
     state.withLock { body(&$0.network) }
@@ -102,6 +109,7 @@ public final class VirtualNetwork<Message: Sendable>: Transport, Sendable {
       let network = s.network
       return scheduler.random { rng in network.route(Link(from: envelope.from, to: envelope.to), at: now, using: &rng) }
     }
+    sendAudit.withLock { $0 }?(envelope)
     for time in times {
       scheduler.schedule(at: time) { [self] in deliver(envelope) }
     }

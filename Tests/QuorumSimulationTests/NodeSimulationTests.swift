@@ -38,6 +38,8 @@ struct NodeSimulationTests {
     // Each kind of call is checked on more than a handful: an error of one kind is no longer lost quietly.
     #expect(stats.linearizableReads > 50 && stats.leaseReads > 50 && stats.sessionReads > 50, "\(stats)")
     #expect(stats.swaps > 20, "\(stats)")
+    // Every Raft message and commit is held against the disks ("acknowledged ⇒ durable").
+    #expect(stats.durabilityChecks > 10_000, "\(stats)")
   }
 
   @Test("Raft nodes, 5 voters")
