@@ -24,13 +24,22 @@ struct ClusterFile: Equatable {
   /// The file is read strictly: a field that is not one of the known ones (a misspelling would otherwise fall
   /// back to a default that the group's identity then fixes), a name given twice in one object, two spellings of
   /// one member (`"n1"` and `"n01"`) and two members at one address (other than port 0, "not known yet") are
-  /// refused.
+  /// refused. `null` in an optional field means "absent"; a file over ``maxBytes`` is refused unread.
+  /// The largest cluster file read (1 MiB): thousands of members and groups fit many times over.
+  static let maxBytes = 1 << 20
+
   static func load(_ path: String) throws -> ClusterFile {
     let data: Data
     do {
-      data = try Data(contentsOf: URL(fileURLWithPath: path))
+      // At most one byte past the cap, so that /dev/zero or a runaway generator is refused, not read for ever.
+      let handle = try FileHandle(forReadingFrom: URL(fileURLWithPath: path))
+      defer { try? handle.close() }
+      data = try handle.read(upToCount: maxBytes + 1) ?? Data()
     } catch {
       throw CLIError.failed("cannot read the cluster file \(path): \(error.localizedDescription)")
+    }
+    guard data.count <= maxBytes else {
+      throw CLIError.failed("bad cluster file \(path): larger than \(maxBytes / 1024 / 1024) MiB")
     }
     let root: PositionedJSON
     do {
@@ -39,7 +48,7 @@ struct ClusterFile: Equatable {
       throw CLIError.failed("bad cluster file \(path): \(error)")
     }
     let file = FileReader(path: path)
-    let top = try file.fields(of: root, in: nil, known: ["cluster", "members", "groups"])
+    let top = try file.fields(of: root, in: nil, known: ["cluster", "members", "groups"], optional: ["groups"])
     guard let clusterField = top["cluster"] else {
       throw file.bad(
         root.line, nil, "no \"cluster\" (expected {\"cluster\": \"name\", \"members\": {\"n1\": \"host:port\", …}})")
@@ -75,12 +84,16 @@ struct ClusterFile: Equatable {
         throw file.bad(entry.value.line, nil, "member \(entry.name): \(error)")
       }
       if address.port != 0, let holder = holders[address] {
-        throw file.bad(entry.value.line, nil, "members \(holder) and \(id) have the same address \(address)")
+        throw file.bad(
+          entry.value.line, nil,
+          "members \(holder) and \(id) have the same address \(address) (if \(id) replaces \(holder), remove "
+            + "\(holder)'s line first: nothing needs a dead member's address)")
       }
       holders[address] = id
       members[id] = address
     }
     var groupsList: [PositionedJSON] = []
+    let groupsLine = top["groups"]?.line
     if let groupsField = top["groups"] {
       guard case .array(let elements) = groupsField.value.value else {
         throw file.bad(
@@ -89,14 +102,15 @@ struct ClusterFile: Equatable {
       groupsList = elements
     }
     var groups: [GroupSpec] = []
-    // Each group's line (where its name is given) by name, for the errors found when validating the whole map.
-    var groupLines: [String: Int] = [:]
+    // Each group's lines by name (where its name is given, and each field), for the errors found when validating
+    // the whole map.
+    var groupLines: [String: (name: Int, fields: [String: Int])] = [:]
     for (position, node) in groupsList.enumerated() {
-      let (group, line) = try file.group(node, position: position, members: members)
+      let (group, lines) = try file.group(node, position: position, members: members)
       if let first = groupLines[group.name] {
-        throw file.bad(line, "group \"\(group.name)\"", "the name is used twice (first on line \(first))")
+        throw file.bad(lines.name, "group \"\(group.name)\"", "the name is used twice (first on line \(first.name))")
       }
-      groupLines[group.name] = line
+      groupLines[group.name] = lines
       groups.append(group)
     }
     var addresses: [NodeID: String] = [:]
@@ -106,9 +120,18 @@ struct ClusterFile: Equatable {
         try ClusterMap(cluster: ClusterID(rawValue: cluster), members: addresses, groups: groups)
           .validate(knownServices: ServiceCatalog.standard.names)
       } catch {
-        let name = error.subject.hasPrefix("group ") ? String(error.subject.dropFirst(6)) : ""
-        let line = groupLines[name].map { "line \($0): " } ?? ""
-        throw CLIError.failed("bad cluster file \(path): \(line)\(error)")
+        // The line of the field at fault: of the group's field, else where the group is named. A service's slot
+        // gap names the "slots" of the first group carrying it that lists slots, else the "groups" line.
+        var line: Int?
+        if error.subject.hasPrefix("group "), let lines = groupLines[String(error.subject.dropFirst(6))] {
+          line = error.field.flatMap { lines.fields[$0] } ?? lines.name
+        } else if error.subject.hasPrefix("service ") {
+          let service = String(error.subject.dropFirst(8))
+          line =
+            groups.lazy.filter { $0.services.contains(service) }.compactMap { groupLines[$0.name]?.fields["slots"] }
+            .first ?? groupsLine
+        }
+        throw CLIError.failed("bad cluster file \(path): \(line.map { "line \($0): " } ?? "")\(error)")
       }
     }
     return ClusterFile(cluster: ClusterID(rawValue: cluster), members: members, groups: groups)
@@ -138,6 +161,9 @@ struct ClusterFile: Equatable {
 private struct FileReader {
   var path: String
 
+  /// A name from the file as an error message shows it: at most 64 characters.
+  static func shown(_ name: String) -> String { name.count <= 64 ? name : name.prefix(64) + "…" }
+
   /// The error `reason` at `line`, about `context` (a group) if given.
   func bad(_ line: Int, _ context: String?, _ reason: String) -> CLIError {
     .failed("bad cluster file \(path): line \(line)\(context.map { ", \($0)" } ?? ""): \(reason)")
@@ -145,19 +171,25 @@ private struct FileReader {
 
   /// The fields of `node`, which must be an object, by name; a field not in `known` is refused, with the closest
   /// known name as a suggestion.
-  func fields(of node: PositionedJSON, in context: String?, known: [String]) throws -> [String: PositionedJSON.Field] {
+  func fields(of node: PositionedJSON, in context: String?, known: [String], optional: Set<String> = [])
+    throws -> [String: PositionedJSON.Field]
+  {
     guard case .object(let list) = node.value else {
       throw bad(node.line, context, "expected an object {…}, not \(node.kind)")
     }
     var fields: [String: PositionedJSON.Field] = [:]
     for field in list {
       guard known.contains(field.name) else {
-        let closest = known.min { editDistance(field.name, $0) < editDistance(field.name, $1) }
+        // A hint only for a name near a known one in length: the distance costs the product of the lengths.
+        let near = field.name.count <= 64 ? known.filter { abs($0.count - field.name.count) <= 2 } : []
+        let closest = near.map { (name: $0, distance: editDistance(field.name, $0)) }.min { $0.distance < $1.distance }
         let hint =
-          closest.flatMap { editDistance(field.name, $0) <= 2 ? "did you mean \"\($0)\"?" : nil }
+          closest.flatMap { $0.distance <= 2 ? "did you mean \"\($0.name)\"?" : nil }
           ?? "known fields: \(known.joined(separator: ", "))"
-        throw bad(field.line, context, "unknown field \"\(field.name)\" (\(hint))")
+        throw bad(field.line, context, "unknown field \"\(Self.shown(field.name))\" (\(hint))")
       }
+      // `null` for an optional field means "absent", as JSON generators write it; `optional` lists them.
+      if case .null = field.value.value, optional.contains(field.name) { continue }
       fields[field.name] = field
     }
     return fields
@@ -183,8 +215,12 @@ private struct FileReader {
     }
   }
 
-  /// The group at `position` in `"groups"` and the line to name for it (where its name is given).
-  func group(_ node: PositionedJSON, position: Int, members: [NodeID: TCPAddress]) throws -> (GroupSpec, Int) {
+  /// The group at `position` in `"groups"` and the lines to name for it: where its name is given, and where each
+  /// field's value starts (for a list of services, the first service the map refuses is named by the list's
+  /// line).
+  func group(_ node: PositionedJSON, position: Int, members: [NodeID: TCPAddress]) throws -> (
+    GroupSpec, (name: Int, fields: [String: Int])
+  ) {
     // The group is named by its name in errors when it has one, else by its position.
     var context = "group \(position + 1)"
     if case .object(let list) = node.value, let field = list.first(where: { $0.name == "name" }),
@@ -192,12 +228,17 @@ private struct FileReader {
     {
       context = "group \"\(name)\""
     }
-    let fields = try fields(of: node, in: context, known: ["name", "id", "engine", "members", "services", "slots"])
+    let fields = try fields(
+      of: node, in: context, known: ["name", "id", "engine", "members", "services", "slots"],
+      optional: ["id", "engine", "members", "services", "slots"])
     guard let nameField = fields["name"] else { throw bad(node.line, context, "no \"name\"") }
     let name = try string(nameField, in: context)
     var id = GroupID(rawValue: UInt64(position + 1))
     if let field = fields["id"] {
-      guard case .number(let text) = field.value.value, let value = UInt64(text) else {
+      // Digits only: `UInt64` would also take "-0" and "+2".
+      guard case .number(let text) = field.value.value, text.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+        let value = UInt64(text)
+      else {
         throw bad(field.value.line, context, "\"id\" must be a whole number from 0 to \(UInt64.max)")
       }
       id = GroupID(rawValue: value)
@@ -237,7 +278,9 @@ private struct FileReader {
       }
     }
     let spec = GroupSpec(id: id, name: name, engine: engine, members: groupMembers, services: services, slots: slots)
-    return (spec, nameField.line)
+    var lines: [String: Int] = [:]
+    for (field, value) in fields { lines[field] = value.value.line }
+    return (spec, (nameField.line, lines))
   }
 }
 

@@ -130,11 +130,20 @@ public struct ClusterMapError: Error, Sendable, Equatable, CustomStringConvertib
   public var subject: String
   /// What is wrong.
   public var reason: String
+  /// The field of the group at fault (`id`, `name`, `members`, `services` or `slots`), when one field is; a
+  /// cluster file names that field's line.
+  public var field: String?
 
   /// Creates an error.
   public init(_ subject: String, _ reason: String) {
+    self.init(subject, reason, field: nil)
+  }
+
+  /// Creates an error about one field of a group.
+  public init(_ subject: String, _ reason: String, field: String?) {
     self.subject = subject
     self.reason = reason
+    self.field = field
   }
 
   public var description: String { "\(subject): \(reason)" }
@@ -249,32 +258,36 @@ public struct ClusterMap: Sendable, Equatable, WireCodable {
     var names = Set<String>()
     for group in groups {
       let subject = "group \(group.name)"
-      guard ids.insert(group.id).inserted else { throw ClusterMapError(subject, "group id \(group.id) is used twice") }
+      guard ids.insert(group.id).inserted else {
+        throw ClusterMapError(subject, "group id \(group.id) is used twice", field: "id")
+      }
       guard !group.name.isEmpty, names.insert(group.name).inserted else {
-        throw ClusterMapError(subject, "the name is empty or used twice")
+        throw ClusterMapError(subject, "the name is empty or used twice", field: "name")
       }
       guard group.name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == "." }),
         group.name.first != "."
       else {
-        throw ClusterMapError(subject, "names use letters, digits, '-', '_' and '.' (it names a directory)")
+        throw ClusterMapError(
+          subject, "names use letters, digits, '-', '_' and '.' (it names a directory)", field: "name")
       }
-      guard !group.members.isEmpty else { throw ClusterMapError(subject, "no members") }
+      guard !group.members.isEmpty else { throw ClusterMapError(subject, "no members", field: "members") }
       guard Set(group.members).count == group.members.count else {
-        throw ClusterMapError(subject, "a member is listed twice")
+        throw ClusterMapError(subject, "a member is listed twice", field: "members")
       }
       for member in group.members where members[member] == nil {
-        throw ClusterMapError(subject, "member \(member) is not a member of the cluster")
+        throw ClusterMapError(subject, "member \(member) is not a member of the cluster", field: "members")
       }
-      guard !group.services.isEmpty else { throw ClusterMapError(subject, "no services") }
+      guard !group.services.isEmpty else { throw ClusterMapError(subject, "no services", field: "services") }
       guard Set(group.services).count == group.services.count else {
-        throw ClusterMapError(subject, "a service is listed twice")
+        throw ClusterMapError(subject, "a service is listed twice", field: "services")
       }
       for service in group.services where !knownServices.contains(service) {
         throw ClusterMapError(
-          subject, "unknown service '\(service)' (known: \(knownServices.sorted().joined(separator: ", ")))")
+          subject, "unknown service '\(service)' (known: \(knownServices.sorted().joined(separator: ", ")))",
+          field: "services")
       }
       for range in group.slots where range.lower > range.upper || range.upper >= Self.slotCount {
-        throw ClusterMapError(subject, "slots \(range) are not within 0-\(Self.slotCount - 1)")
+        throw ClusterMapError(subject, "slots \(range) are not within 0-\(Self.slotCount - 1)", field: "slots")
       }
     }
     for service in Set(groups.flatMap(\.services)).sorted() {
@@ -286,14 +299,15 @@ public struct ClusterMap: Sendable, Equatable, WireCodable {
           for slot in range.lower...range.upper {
             if let other = owner[Int(slot)] {
               throw ClusterMapError(
-                "group \(group.name)", "slot \(slot) of service \(service) is also owned by group \(other)")
+                "group \(group.name)", "slot \(slot) of service \(service) is also owned by group \(other)",
+                field: "slots")
             }
             owner[Int(slot)] = group.id
           }
         }
       }
       if let gap = owner.firstIndex(where: { $0 == nil }) {
-        throw ClusterMapError("service \(service)", "slot \(gap) is owned by no group")
+        throw ClusterMapError("service \(service)", "slot \(gap) is owned by no group", field: "slots")
       }
     }
   }

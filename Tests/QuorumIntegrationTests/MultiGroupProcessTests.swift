@@ -231,7 +231,8 @@ struct MultiGroupProcessTests {
         "group \"audit\": member n9 is not in \"members\" (members: n1, n2, n3)"
       ),
       ("\"engine\": \"viewstamped\"", 6, "group \"audit\": engine \"viewstamped\" (expected raft or multi-paxos)"),
-      ("\"slots\": \"0-100\"", 5, "group audit: slot 0 of service kv is also owned by group g1"),
+      // The line of the field at fault, not of the group's name (review 111 R1).
+      ("\"slots\": \"0-100\"", 6, "group audit: slot 0 of service kv is also owned by group g1"),
       ("\"slots\": \"2048-\"", 6, "group \"audit\": slots \"2048-\" (expected ranges like"),
       ("\"slots\": \"-5\"", 6, "group \"audit\": slots \"-5\" (expected ranges like"),
       // Misspelled fields would fall back to defaults that the group's identity then fixes.
@@ -308,9 +309,55 @@ struct MultiGroupProcessTests {
         clusterFileWithGroups("{ \"name\": \"a\" },\n{ \"name\": \"b\", \"id\": -1 }"), 5,
         "group \"b\": \"id\" must be a whole number"
       ),
+      // "-0" and "+2" are not ids either, although `UInt64` reads them.
+      (
+        clusterFileWithGroups("{ \"name\": \"a\" },\n{ \"name\": \"b\", \"id\": -0 }"), 5,
+        "group \"b\": \"id\" must be a whole number"
+      ),
+      // Errors found when checking the whole map name the line of the field at fault (review 111 R1).
+      (
+        clusterFileWithGroups("{ \"name\": \"a\",\n  \"services\": [\"kvv\"] }"), 5,
+        "group a: unknown service 'kvv'"
+      ),
+      (
+        clusterFileWithGroups("{ \"name\": \"a\", \"id\": 3 },\n{ \"name\": \"b\",\n  \"id\": 3 }"), 6,
+        "group b: group id"
+      ),
+      (
+        clusterFileWithGroups(
+          "{ \"name\": \"a\", \"services\": [\"kv\"],\n  \"slots\": \"0-100\" },\n"
+            + "{ \"name\": \"b\", \"services\": [\"kv\"], \"slots\": \"200-4095\" }"), 5,
+        "service kv: slot 101 is owned by no group"
+      ),
+      // `null` in an optional field is "absent", as before the strict reader (review 111 R2): the file gets as
+      // far as the next group's duplicate name.
+      (
+        clusterFileWithGroups(
+          "{ \"name\": \"a\", \"id\": null, \"engine\": null, \"members\": null, \"services\": null,"
+            + " \"slots\": null },\n{ \"name\": \"a\" }"), 5,
+        "group \"a\": the name is used twice (first on line 4)"
+      ),
+      // A long unknown name is refused at once and shown cut (review 111 R4): a 100 kB name used to take
+      // seconds of "did you mean" and come back whole.
+      (
+        "{ \"cluster\": \"c\",\n  \"members\": { \"n1\": \"127.0.0.1:0\" },\n  \""
+          + String(repeating: "x", count: 100_000) + "\": 1 }", 3,
+        "unknown field \"" + String(repeating: "x", count: 64) + "…\" (known fields: cluster, members, groups)"
+      ),
     ])
   func badClusterFileText(_ text: String, _ number: Int, _ message: String) async throws {
     try await expectBadClusterFile(text, line: number, message)
+  }
+
+  @Test("serve refuses a cluster file larger than 1 MiB without reading all of it")
+  func oversizedClusterFile() async throws {
+    let cluster = try ProcessCluster(name: "bigfile", size: 1)
+    defer { cluster.removeFiles() }
+    let path = "\(cluster.directory)/big.json"
+    try Data(repeating: UInt8(ascii: " "), count: (1 << 20) + 1).write(to: URL(fileURLWithPath: path))
+    let serve = try await cluster.runCLI(["serve", "--id", "n9", "--cluster-file", path, "--insecure"])
+    #expect(serve.status == 2)
+    #expect(serve.output.contains("bad cluster file \(path): larger than 1 MiB"), "\(serve.output)")
   }
 
   /// Runs `quorum serve` on a cluster file holding `text` and expects it to refuse the file, naming `line` and

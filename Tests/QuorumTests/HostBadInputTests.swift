@@ -180,7 +180,7 @@ struct HostBadInputTests {
     let map = ClusterMap(
       cluster: "x", members: [1: "", 2: ""],
       groups: [GroupSpec(id: 1, name: "audit", members: [1, 9], services: ["kv"])])
-    #expect(throws: ClusterMapError("group audit", "member n9 is not a member of the cluster")) {
+    #expect(throws: ClusterMapError("group audit", "member n9 is not a member of the cluster", field: "members")) {
       try map.validate(knownServices: ["kv"])
     }
     #expect(throws: ClusterMapError.self) {
