@@ -138,6 +138,9 @@ final class Connection: LoopHandler {
   /// Runs once when the connection closes, before its descriptor is closed (so that other threads that write
   /// to it can be stopped first).
   var willClose: (() -> Void)?
+  /// Runs after a ``flush()`` wrote bytes (before the delegate is asked for more), with the bytes the write batch
+  /// still holds: a client connection gives back what was written to the endpoint's reply budget.
+  var didWrite: ((_ pending: Int) -> Void)?
   /// The monotonic clock (nanoseconds) that the connection's own deadlines are measured on; tests set a fake one.
   var clock: () -> UInt64 = monotonicNanos
 
@@ -519,20 +522,24 @@ final class Connection: LoopHandler {
     }
   }
 
-  /// Writes as much as the socket takes; asks the delegate for more whenever the buffer empties.
+  /// Writes as much as the socket takes (reporting it to ``didWrite``); asks the delegate for more whenever the
+  /// buffer empties.
   func flush() {
     guard !isClosed, !isConnecting else { return }
     while true {
+      var wrote = false
       while !writeBatch.isEmpty {
         let written = writeBatch.write(to: fd)
         writeCalls += 1
         if written > 0 {
           bytesWritten += written
           lastWriteProgress = clock()
+          wrote = true
           continue
         }
         let code = errno
         if written < 0 && (code == EAGAIN || code == EWOULDBLOCK) {
+          if wrote, let didWrite { didWrite(writeBatch.count) }
           if !wantsWrite {
             wantsWrite = true
             _ = updateInterest()
@@ -543,6 +550,7 @@ final class Connection: LoopHandler {
         close(code == EPIPE || code == ECONNRESET ? .peerClosed : .ioError(operation: "send", errno: code))
         return
       }
+      if wrote, let didWrite { didWrite(writeBatch.count) }
       guard let delegate else { break }
       delegate.connectionDidDrain(self)
       if isClosed || writeBatch.isEmpty { break }
@@ -640,6 +648,7 @@ final class Connection: LoopHandler {
       }
     }
     registered = false
+    didWrite = nil
     if let willClose {
       self.willClose = nil
       willClose()

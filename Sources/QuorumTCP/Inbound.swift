@@ -101,13 +101,15 @@ final class Handler<Input, Output>: Sendable {
   init(_ call: @escaping @Sendable (Input) -> Output) { self.call = call }
 }
 
-/// The reply bytes queued for all of an endpoint's client connections (``TCPTransportOptions/maxClientReplyBytes``):
-/// each connection's reply queue charges it as responders queue replies (any thread), and gives back what the event
-/// loop takes to write or what is dropped with a closed connection.
+/// The reply bytes not yet written to all of an endpoint's client connections
+/// (``TCPTransportOptions/maxClientReplyBytes``): each connection's reply queue charges it as responders queue
+/// replies (any thread), and keeps them charged in the event loop's write batch, or as the rest of a responder's
+/// partial write, until they are written to the socket or dropped with a closed connection.
 final class SharedReplyBudget: Sendable {
   /// A reply this small to a connection with nothing queued is admitted past the limit: a client that reads its
   /// replies is not cut off by the backlog of others. So the total is at most twice the limit (see
-  /// ``withinFairShare(_:)``) plus this much per client.
+  /// ``withinFairShare(_:)``) plus twice this much per client (one such reply queued, one in the loop's write batch
+  /// or left over from a responder's own write), and the codes added as replies are sealed.
   static let alwaysAdmittedBytes = 64 << 10
 
   let limit: Int
@@ -152,7 +154,7 @@ final class SharedReplyBudget: Sendable {
   /// is full the refusal (a close) falls on the connections holding more than their share, not on one that happens
   /// to get a reply next: a few clients that stop reading cannot get the others, which read their replies,
   /// disconnected. Such admissions stop at twice the limit (``charge(_:queued:always:)``), so the total stays under
-  /// twice the limit plus ``alwaysAdmittedBytes`` per connection.
+  /// twice the limit plus twice ``alwaysAdmittedBytes`` per connection.
   func withinFairShare(_ bytes: Int) -> Bool {
     let (product, overflow) = bytes.multipliedReportingOverflow(by: max(1, members.load(ordering: .relaxed)))
     return !overflow && product <= limit
@@ -161,6 +163,16 @@ final class SharedReplyBudget: Sendable {
   /// Gives back `size` bytes charged earlier.
   func credit(_ size: Int) {
     if size > 0 { _ = used.subtract(size, ordering: .relaxed) }
+  }
+
+  /// Turns a charge of `old` bytes into one of `new`: what they became (sealed, or partly written). Growth is
+  /// charged whatever the total, as the bytes exist already.
+  func recharge(from old: Int, to new: Int) {
+    if new > old {
+      _ = charge(new - old, always: true)
+    } else {
+      credit(old - new)
+    }
   }
 
   /// Whether `queued` bytes of replies (one connection's) should stop its requests being read: half the limit or
@@ -232,6 +244,29 @@ final class ReplyRoute: @unchecked Sendable {
     // The replies this call wrote (its own, cut short or not, and those other responders queued behind it) are
     // counted in the queue, under its lock (``LinkQueue/takeWrittenBySenders()``): the loop never takes them.
     if outcome.needsWake { loop.execute { [self] in target?.flushReplies() } }
+  }
+
+  /// Makes `connection` the route's way out: responders write to its socket while it is idle (sealing with
+  /// `sealer`), and the loop moves the queued replies into its write batch (``take(into:)``). Replies stay charged to
+  /// the shared budget until written to the socket: in the batch until the connection reports them written, and
+  /// whatever is left when it closes is given back as the queue closes with it; then `closed` runs. Loop thread.
+  func bind(to connection: Connection, sealer: FrameSealer?, closed: @escaping () -> Void) {
+    let queue = self.queue
+    queue.attach(fd: connection.fd, sealer: sealer)
+    connection.didWrite = { pending in queue.loopBatchHolds(pending) }
+    connection.willClose = {
+      queue.close()
+      closed()
+    }
+  }
+
+  /// Moves queued replies (about 256 KiB, or one larger reply) into `connection`'s write batch, which must hold
+  /// nothing else after them that is not charged to the shared budget (see ``bind(to:sealer:closed:)``); returns
+  /// the frames and bytes moved. Loop thread.
+  func take(into connection: Connection) -> (frames: Int, bytes: Int) {
+    var taken = (frames: 0, bytes: 0)
+    connection.enqueue { buffer in taken = queue.take(into: &buffer, budget: 256 << 10) }
+    return taken
   }
 }
 
@@ -487,14 +522,9 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
           loop: sink.loop, node: sink.id, writesFromResponders: options.writesFromSenders,
           quietNanos: options.senderWriteQuietNanos, maxBytes: options.replyQueueBytes,
           metrics: sink.environment.metrics, shared: sink.clientReplyBudget, target: self)
-        route.queue.attach(fd: connection.fd, sealer: session?.sealer)
         let shared = sink.clientReplyBudget
         _ = shared.members.add(1, ordering: .relaxed)
-        connection.willClose = { [weak route] in
-          // Closing the queue gives back what it held.
-          route?.queue.close()
-          _ = shared.members.subtract(1, ordering: .relaxed)
-        }
+        route.bind(to: connection, sealer: session?.sealer) { _ = shared.members.subtract(1, ordering: .relaxed) }
         self.route = route
       }
       connection.flushSoon()
@@ -758,14 +788,15 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
   }
 
   /// Back-pressure from the endpoint's reply budget (``TCPTransportOptions/maxClientReplyBytes``): once half of it is
-  /// queued, a client whose queued replies are at least the average of all clients' is not read from (its further
-  /// requests would only add to them) until they drain, it falls under the average, or the total under half.
+  /// held, a client whose replies not yet written (queued, or in the loop's write batch) are at least the average of
+  /// all clients' is not read from (its further requests would only add to them) until they drain, it falls under
+  /// the average, or the total under half.
   private func applySharedReplyBudget() {
     guard !connection.isClosed, let route else { return }
     // The common case first, with no lock: under half the budget queued and this connection not paused for it.
     let budget = sink.clientReplyBudget
     guard budget.bytes >= budget.limit / 2 || connection.isReadingPaused(for: .sharedReplies) else { return }
-    if budget.holdsBack(queued: route.queue.queuedBytes) {
+    if budget.holdsBack(queued: route.queue.chargedBytes) {
       connection.pause(.sharedReplies)
     } else {
       connection.resume(.sharedReplies)
@@ -775,8 +806,7 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
   /// Moves the queued replies into the (empty) write batch.
   private func takeReplies() {
     guard !connection.isClosed, let route else { return }
-    var taken = (frames: 0, bytes: 0)
-    connection.enqueue { buffer in taken = route.queue.take(into: &buffer, budget: 256 << 10) }
+    let taken = route.take(into: connection)
     if taken.bytes > 0 { repliesTaken(taken.frames) }
   }
 

@@ -61,6 +61,10 @@ final class LinkQueue: Sendable {
     /// by the loop.
     var remainder: [UInt8] = []
     var remainderStart = 0
+    /// With a shared budget: bytes the loop took into its write batch (``LinkQueue/take(into:budget:)``), still
+    /// charged to it until written (``LinkQueue/loopBatchHolds(_:)``) or dropped with the connection. They are the
+    /// batch's last bytes.
+    var lent = 0
     /// The loop wants to see every frame for now (it must act on each one): senders queue.
     var held = false
     /// A sender holds the writer's role: it is writing to the socket outside the lock. Others queue.
@@ -117,6 +121,13 @@ final class LinkQueue: Sendable {
       frontStart = 0
       bytes = 0
     }
+
+    /// The bytes of a sender's partial write the loop has not taken yet.
+    var remainderBytes: Int { remainder.count - remainderStart }
+
+    /// The bytes of this link that a shared budget holds charged (with one, and a sender's write in progress
+    /// aside): queued, left over from a sender's partial write, and in the loop's write batch.
+    var chargedBytes: Int { bytes + remainderBytes + lent }
 
     /// Keeps `buffer`'s storage as the spare, if there is none and it is not too large.
     mutating func recycle(_ buffer: inout [UInt8]) {
@@ -285,7 +296,8 @@ final class LinkQueue: Sendable {
     peer: NodeID, writeIfIdle: Bool, maxBody: Int = .max, encode: (inout [UInt8]) -> Void
   ) throws(TransportError) -> Outcome {
     enum First {
-      case write(fd: Int32)
+      /// Write `out` to `fd`, with `charged` of its bytes charged to the shared budget.
+      case write(fd: Int32, charged: Int)
       case queued(Outcome)
     }
     // What a sender writes itself, taken under the lock; held here alone, so its storage can be reused.
@@ -313,14 +325,23 @@ final class LinkQueue: Sendable {
         s.remainder.isEmpty, case let now = quietNanos > 0 ? monotonicNanos() : 0,
         now &- s.lastWriteNanos >= quietNanos, let fd = s.socket?.fd
       {
+        // A large reply is charged to the shared budget while it is written, as if queued (and refused as a queued
+        // one would be), so that what the socket does not take stays charged (``write(_:to:charged:)``). A small one
+        // would be admitted anyway (nothing is queued): it is charged only if the socket does not take it all.
+        let charged = shared != nil && size > SharedReplyBudget.alwaysAdmittedBytes
+        if charged, let shared, !shared.charge(size, queued: s.chargedBytes, always: false) {
+          s.uncommit(size)
+          throw .queueFull(peer: peer, capacity: maxFrames)
+        }
         // The queue was empty, so the open chunk holds this frame alone: it is taken (sealed on an
         // authenticated link) and written from there.
         s.commit(size)
         swap(&out, &s.spare)
         _ = s.take(into: &out, budget: .max)
+        if charged { shared?.recharge(from: size, to: out.count) }
         s.senderWriting = true
         s.lastWriteNanos = now
-        return .write(fd: fd)
+        return .write(fd: fd, charged: charged ? out.count : 0)
       }
       if s.bytes + size > maxBytes && s.frames > 0 {
         s.uncommit(size)
@@ -329,7 +350,7 @@ final class LinkQueue: Sendable {
       // Charged under this queue's lock, so that what it gives back (also under it) never passes what it charged.
       if let shared,
         !shared.charge(
-          size, queued: s.bytes, always: s.frames == 0 && size <= SharedReplyBudget.alwaysAdmittedBytes)
+          size, queued: s.chargedBytes, always: s.frames == 0 && size <= SharedReplyBudget.alwaysAdmittedBytes)
       {
         s.uncommit(size)
         throw .queueFull(peer: peer, capacity: maxFrames)
@@ -342,12 +363,15 @@ final class LinkQueue: Sendable {
     }
     switch first {
     case .queued(let outcome): return outcome
-    case .write(let fd): return write(&out, to: fd)
+    case .write(let fd, let charged): return write(&out, to: fd, charged: charged)
     }
   }
 
-  /// The writer's role, held by the caller: writes `bytes` (one frame), then the frames queued meanwhile.
-  private func write(_ bytes: inout [UInt8], to fd: Int32) -> Outcome {
+  /// The writer's role, held by the caller: writes `bytes` (one frame, `charged` of its bytes charged to the shared
+  /// budget), then the frames queued meanwhile. What the socket takes is given back to the budget; what it does not
+  /// take stays charged until the loop writes it, or it is dropped with the connection.
+  private func write(_ bytes: inout [UInt8], to fd: Int32, charged: Int) -> Outcome {
+    var charged = charged
     var outcome = Outcome()
     var frames = 1
     var rounds = 0
@@ -367,14 +391,20 @@ final class LinkQueue: Sendable {
             swap(&s.remainder, &bytes)
             s.remainderStart = written
             s.loopWriting = true
+            shared?.recharge(from: charged, to: s.remainderBytes)
+          } else {
+            shared?.credit(charged)
           }
         } else {
           outcome.bytesWritten += bytes.count
+          shared?.credit(charged)
           if s.socket != nil, !s.held, s.frames > 0, rounds < Self.maxWriterRounds {
             bytes.removeAll(keepingCapacity: true)
             let queued = s.bytes
             frames = s.take(into: &bytes, budget: Self.writerRoundBytes)
-            shared?.credit(queued - s.bytes)
+            // The frames taken stay charged while they are written (sealed on an authenticated link: codes too).
+            charged = bytes.count
+            shared?.recharge(from: queued - s.bytes, to: charged)
             if quietNanos > 0 { s.lastWriteNanos = monotonicNanos() }
             return true
           }
@@ -425,6 +455,8 @@ final class LinkQueue: Sendable {
   func attach(fd: Int32, sealer: FrameSealer?) {
     state.withLock { s in
       s.socket = Socket(fd: fd, sealer: sealer)
+      shared?.credit(s.remainderBytes + s.lent)
+      s.lent = 0
       s.remainder = []
       s.remainderStart = 0
       // Until the loop has drained what is queued.
@@ -446,6 +478,10 @@ final class LinkQueue: Sendable {
   /// The bytes queued and not yet taken.
   var queuedBytes: Int { state.withLock { $0.bytes } }
 
+  /// The bytes charged to the shared budget: queued, left over from a sender's partial write, or in the loop's
+  /// write batch and not yet written.
+  var chargedBytes: Int { state.withLock { $0.chargedBytes } }
+
   /// How many frames senders wrote since the last call (each reply so written ends its request). Loop thread.
   func takeWrittenBySenders() -> Int {
     state.withLock { s in
@@ -459,6 +495,9 @@ final class LinkQueue: Sendable {
   func detach() {
     let writing = state.withLock { s in
       s.socket = nil
+      // The loop's write batch is dropped with the connection.
+      shared?.credit(s.remainderBytes + s.lent)
+      s.lent = 0
       s.remainder = []
       s.remainderStart = 0
       s.loopWriting = false
@@ -476,9 +515,12 @@ final class LinkQueue: Sendable {
 
   /// Appends to `batch` the rest of a sender's partial write, then queued frames — the oldest chunk of them on
   /// an unsealed link (a swap of buffers), on an authenticated one sealed until about `budget` bytes — and clears
-  /// the wake-up flag; returns the frames and bytes taken. The loop calls it when its write batch is empty: when
-  /// nothing is left to take, senders may write to the socket themselves again. The buffers go into the batch
-  /// after the lock is released, and come back for reuse once written (``WriteBatch/takeRecycled()``).
+  /// the wake-up flag; returns the frames and bytes taken. With a shared budget, the bytes taken stay charged to it
+  /// until the loop reports them written (``loopBatchHolds(_:)``) or the connection closes (``detach()``,
+  /// ``close()``): so nothing may be appended to `batch` after them that is not charged too. The loop calls it when
+  /// its write batch is empty: when nothing is left to take, senders may write to the socket themselves again. The
+  /// buffers go into the batch after the lock is released, and come back for reuse once written
+  /// (``WriteBatch/takeRecycled()``).
   func take(into batch: inout WriteBatch, budget: Int) -> (frames: Int, bytes: Int) {
     var out = batch.takeRecycled()
     var remainder: [UInt8] = []
@@ -495,9 +537,13 @@ final class LinkQueue: Sendable {
       s.remainderStart = 0
       let queued = s.bytes
       let frames = s.take(into: &out, budget: budget)
-      shared?.credit(queued - s.bytes)
       if out.isEmpty { s.recycle(&out) }
       let bytes = remainder.count - remainderStart + out.count
+      if let shared {
+        // Charged while in the batch: the frames as sealed (codes too), and the remainder (charged already).
+        shared.recharge(from: queued - s.bytes, to: out.count)
+        s.lent += bytes
+      }
       s.loopWriting = bytes > 0
       if bytes > 0 && quietNanos > 0 { s.lastWriteNanos = monotonicNanos() }
       return frames
@@ -506,6 +552,17 @@ final class LinkQueue: Sendable {
     if remainder.count > remainderStart { batch.append(owned: &remainder, from: remainderStart) }
     if !out.isEmpty { batch.append(owned: &out, from: 0) }
     return (frames, batch.count - start)
+  }
+
+  /// The loop's write batch holds `pending` bytes now: of those it took from here (the batch's last bytes), the
+  /// ones written are given back to the shared budget. Loop thread.
+  func loopBatchHolds(_ pending: Int) {
+    guard let shared else { return }
+    state.withLock { s in
+      guard s.lent > pending else { return }
+      shared.credit(s.lent - pending)
+      s.lent = pending
+    }
   }
 
   /// Clears the wake-up flag; returns whether frames are waiting.
@@ -541,7 +598,9 @@ final class LinkQueue: Sendable {
   func close() {
     let writing = state.withLock { s in
       s.closed = true
-      shared?.credit(s.bytes)
+      // The frames queued, the rest of a sender's partial write and the loop's write batch are dropped.
+      shared?.credit(s.chargedBytes)
+      s.lent = 0
       s.frames = 0
       s.settle()
       s.socket = nil

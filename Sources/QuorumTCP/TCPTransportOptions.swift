@@ -176,23 +176,26 @@ public struct TCPTransportOptions: Sendable, Equatable {
 
   /// ``maxReceiveBudgetWait``, or twice ``frameTimeout`` when it is not set.
   var receiveBudgetWait: Duration { maxReceiveBudgetWait ?? frameTimeout * 2 }
-  /// Reply bytes queued for all of an endpoint's client connections together, at most: replies answered but not yet
-  /// taken by the event loop for writing, whoever queued them (1 byte at least). Each connection's own bounds
-  /// (``replyPauseBytes``, ``maxReplyBytesPerConnection``) hold too; this one bounds their sum, which they do not
-  /// (a thousand clients that stop reading would otherwise each hold their own limit).
+  /// Reply bytes not yet written for all of an endpoint's client connections together, at most: replies answered
+  /// and not yet taken by their sockets, whoever queued them — queued, in the event loop's write buffer of their
+  /// connection, or the rest of a reply a responder began writing itself — counted until the socket takes them or
+  /// the connection closes (1 byte at least). Each connection's own bounds (``replyPauseBytes``,
+  /// ``maxReplyBytesPerConnection``) hold too; this one bounds their sum, which they do not (a thousand clients that
+  /// stop reading would otherwise each hold their own limit, or each one largest reply in its write buffer).
   ///
-  /// Once half of it is queued, the event loop stops reading requests from every client whose queued replies are
-  /// at least the average of all clients' (back-pressure: a client that does not read its replies stops being
-  /// served, while one that reads them goes on), until its replies drain or it falls back under the average or
-  /// the total under half. When a reply would take the total past the limit it is not queued and its connection is
-  /// closed (``TCPCloseReason/slowReader(pendingBytes:)``): the client sees a lost connection, so the outcome of
-  /// its requests in flight is unknown to it — never a silently missing answer to a write that was applied. A reply
-  /// is still admitted past the limit to a connection whose queue stays within its fair share (this divided by the
-  /// endpoint's client connections), so that the close falls on the clients holding more than their share, not on
-  /// whichever client's reply comes next; and a reply of at most 64 KiB to a connection with nothing queued is
-  /// always admitted. The total is at most twice this plus 64 KiB per client connection. (The
-  /// loop's write buffer of each connection, one chunk of replies or one largest reply, comes on top.) Set below two
-  /// largest replies (twice ``maxFrameBytes``, with prefix and code), it is raised to that.
+  /// Once half of it is held, the event loop stops reading requests from every client whose replies not yet
+  /// written are at least the average of all clients' (back-pressure: a client that does not read its replies stops
+  /// being served, while one that reads them goes on), until its replies drain or it falls back under the average
+  /// or the total under half. When a reply would take the total past the limit it is neither queued nor written,
+  /// and its connection is closed (``TCPCloseReason/slowReader(pendingBytes:)``): the client sees a lost
+  /// connection, so the outcome of its requests in flight is unknown to it — never a silently missing answer to a
+  /// write that was applied. A reply is still admitted past the limit to a connection whose replies not yet written
+  /// stay within its fair share (this divided by the endpoint's client connections), so that the close falls on the
+  /// clients holding more than their share, not on whichever client's reply comes next; and a reply of at most
+  /// 64 KiB to a connection with nothing queued is always admitted. The total is at most twice this plus 128 KiB per
+  /// client connection (two such small replies: one queued, one being written), and the 16-byte codes of
+  /// authenticated replies. Set below two largest replies (twice ``maxFrameBytes``, with prefix and code), it is
+  /// raised to that.
   public var maxClientReplyBytes: Int = 256 << 20
 
   /// Whether a sender writes a peer message to the socket itself when the link is idle (nothing queued, nothing
@@ -372,8 +375,9 @@ public struct TCPTransportMetrics: Sendable, Equatable, CustomStringConvertible 
   /// The most reply bytes that waited to be written to one client connection (the close comes at
   /// ``TCPTransportOptions/maxReplyBytesPerConnection``, plus one reply).
   public var largestReplyBacklog = 0
-  /// The most reply bytes queued for an endpoint's client connections together at once (at most
-  /// twice ``TCPTransportOptions/maxClientReplyBytes`` plus 64 KiB per client connection).
+  /// The most reply bytes not yet written for an endpoint's client connections together at once, queued or in the
+  /// event loop's write buffers (at most twice ``TCPTransportOptions/maxClientReplyBytes`` plus 128 KiB per client
+  /// connection, and the codes of authenticated replies).
   public var largestQueuedClientReplies = 0
   /// The most bytes of partly received client frames an endpoint held at once (at most
   /// ``TCPTransportOptions/maxClientReceiveBufferBytes`` plus one largest frame, plus 64 KiB per client connection
