@@ -587,6 +587,14 @@ final class InboundConnection<Sink: InboundSink>: ConnectionDelegate, ReplyTarge
       }
     case .client:
       settleDirectReplies()
+      // A safety net for the back-pressure of the endpoint's reply budget. A pause for it is checked again on this
+      // connection's own events (replies taken, written or drained), and the invariant that keeps those coming is:
+      // a connection paused for `.sharedReplies` holds replies not yet written (``SharedReplyBudget/holdsBack(queued:)``
+      // holds back none that holds nothing), and such replies always have a write or a wake-up of the loop pending.
+      // Were that ever broken, the connection would sit paused until its idle timeout. Checked again here every
+      // housekeeping tick (a load and a compare while the total is under half), which also lets a client whose
+      // replies drain slowly go on as soon as the total falls under half, not only once its own replies drained.
+      if connection.isReadingPaused(for: .sharedReplies) { applySharedReplyBudget() }
       if inflight == 0, connection.pendingWriteBytes == 0,
         now >= connection.lastReceived &+ options.clientIdleTimeout.nanoseconds
       {
