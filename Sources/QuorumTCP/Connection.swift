@@ -141,7 +141,9 @@ final class Connection: LoopHandler {
   /// Runs after a ``flush()`` wrote bytes (before the delegate is asked for more), with the bytes the write batch
   /// still holds: a client connection gives back what was written to the endpoint's reply budget.
   var didWrite: ((_ pending: Int) -> Void)?
-  /// The monotonic clock (nanoseconds) that the connection's own deadlines are measured on; tests set a fake one.
+  /// The monotonic clock (nanoseconds) that the connection stamps its own times with (a frame's start, a pause,
+  /// write progress). For tests only, which set a fake one: deadlines are checked against the `now` passed to
+  /// ``checkDeadlines(now:)`` (and to the owner's `tick(now:)`), which must come from the same clock.
   var clock: () -> UInt64 = monotonicNanos
 
   private var token: UInt64 = 0
