@@ -278,6 +278,48 @@ struct PaxosFarBehindTests {
     #expect(acceptor.offerPauseTicks(silences: 3) == 200 && acceptor.offerPauseTicks(silences: .max) == 200)
   }
 
+  @Test("an absurd election timeout saturates an offer's pause: never shorter after more silences, never wrapped")
+  func offerPauseSaturates() {
+    // Four times 2^62 ticks overflows 64 bits; 2^44 doubled twenty times too; and the largest timeout of all.
+    for (maxTicks, backoff) in [(1 << 62, 200), (1 << 42, Int.max), (Int.max, Int.max)] {
+      var options = MultiPaxosOptions.testing(3)
+      options.electionTimeoutMaxTicks = maxTicks
+      options.snapshotRefusalBackoffTicks = backoff
+      let acceptor = MultiPaxosCore(id: 2, members: ids(3), options: options, random: SeededRandom(seed: 2))
+      let (product, overflow) = UInt64(maxTicks).multipliedReportingOverflow(by: 4)
+      let base = overflow ? UInt64.max : product
+      var previous: UInt64 = 0
+      for silences in [1, 2, 3, 20, 21, 22, 40, .max] {
+        let pause = acceptor.offerPauseTicks(silences: silences)
+        #expect(pause >= base && pause >= previous, "timeout \(maxTicks), \(silences) silences: \(pause)")
+        previous = pause
+      }
+    }
+  }
+
+  @Test("with an absurd election timeout, an offer to a candidate that acknowledges nothing pauses for good")
+  func offerWithAbsurdTimeoutPausesForGood() {
+    var options = MultiPaxosOptions.testing(3)
+    options.electionTimeoutMaxTicks = 1 << 62
+    var acceptor = MultiPaxosCore(
+      id: 2, members: ids(3), options: options,
+      snapshot: PaxosSnapshot(index: 10, data: Array(repeating: 7, count: 10_000)), random: SeededRandom(seed: 2))
+    acceptor.sinceLeaderContact = 100
+    var chunks = 0
+    for t in 0..<2_000 {
+      if t % 15 == 0 {
+        acceptor.step(.probe(Prepare(ballot: Ballot(round: UInt64(t + 1), node: 1), fromSlot: 3)), from: 1)
+      }
+      acceptor.tick()
+      for out in acceptor.readMessages() {
+        if case .snapshot = out.message { chunks += 1 }
+      }
+    }
+    // The first chunk and its resends, then a pause longer than the test (a pause wrapped round past the current
+    // tick would end at once, and the next probe would start the offer again).
+    #expect(chunks == 1 + MultiPaxosCore.maxUnacknowledgedOfferResends, "\(chunks) chunks")
+  }
+
   @Test("a candidate that acknowledges each chunk after the resends ran out still gets the whole snapshot")
   func offerToSlowCandidateCompletes() {
     var options = MultiPaxosOptions.testing(3)

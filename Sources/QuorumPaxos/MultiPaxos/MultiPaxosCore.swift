@@ -1857,11 +1857,19 @@ public struct MultiPaxosCore: Sendable {
 
   /// Ticks an offer pauses after the candidate left `silences` offers in a row unacknowledged: four maximum
   /// election timeouts (longer than a candidate's leader stickiness), doubling, at most the refusal back-off
-  /// (``MultiPaxosOptions/snapshotRefusalBackoffTicks``) if that is longer.
+  /// (``MultiPaxosOptions/snapshotRefusalBackoffTicks``) if that is longer. Saturating: an absurd election timeout
+  /// gives the longest pause there is, never one wrapped round to nearly nothing.
   func offerPauseTicks(silences: Int) -> UInt64 {
-    let base = UInt64(max(1, options.electionTimeoutMaxTicks)) &* 4
+    let base = offerSilenceTicks
     let most = max(base, UInt64(max(0, options.snapshotRefusalBackoffTicks)))
-    return min(most, base << UInt64(min(max(0, silences - 1), 20)))
+    let shift = UInt64(min(max(0, silences - 1), 20))
+    return min(most, base > UInt64.max >> shift ? .max : base << shift)
+  }
+
+  /// Four maximum election timeouts, in ticks (saturating): how long an offer waits for a silent candidate.
+  private var offerSilenceTicks: UInt64 {
+    let (ticks, overflow) = UInt64(max(1, options.electionTimeoutMaxTicks)).multipliedReportingOverflow(by: 4)
+    return overflow ? .max : ticks
   }
 
   /// Pauses the offer to `candidate`: it left the chunks unacknowledged, or refused them as an older build does.
@@ -1869,7 +1877,8 @@ public struct MultiPaxosCore: Sendable {
     guard var offer = offers[candidate], offer.pausedUntil == nil else { return }
     offer.silences += 1
     offer.resends = 0
-    offer.pausedUntil = ticks &+ offerPauseTicks(silences: offer.silences)
+    let (until, overflow) = ticks.addingReportingOverflow(offerPauseTicks(silences: offer.silences))
+    offer.pausedUntil = overflow ? .max : until
     offers[candidate] = offer
   }
 
@@ -1899,7 +1908,7 @@ public struct MultiPaxosCore: Sendable {
       guard let offer = offers[candidate] else { continue }
       if let until = offer.pausedUntil {
         if ticks >= until && ticks &- until >= offerPauseTicks(silences: .max) { offers[candidate] = nil }
-      } else if role == .leader || ticks &- offer.progressAt >= UInt64(options.electionTimeoutMaxTicks * 4) {
+      } else if role == .leader || ticks &- offer.progressAt >= offerSilenceTicks {
         offers[candidate] = nil  // Leading (its own machinery catches members up), or the candidate is gone.
       } else if ticks &- offer.sentAt >= UInt64(options.retransmitTicks) {
         if offer.resends >= Self.maxUnacknowledgedOfferResends {
