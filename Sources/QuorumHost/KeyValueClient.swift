@@ -147,25 +147,21 @@ public struct KeyValueClient: Sendable {
   ) async throws -> [KVPair] {
     var all: [KVPair] = []
     for group in try await client.groups(carrying: KeyValueService.name) {
-      var after: String?
       var atLeast: UInt64 = 0
       var pageBytes = Self.scanPageBytes
-      var collected = 0  // Each group may hold the first `limit` keys of the merged result.
-      while collected < limit {
-        let page: (pairs: [KVPair], next: String?, index: UInt64)
-        do {
-          page = try await scanPage(
-            prefix: prefix, after: after, limit: limit - collected, maxBytes: pageBytes, group: group,
-            consistency: consistency, atLeast: atLeast, deadline: deadline)
-        } catch QuorumClientError.rejected(.replyTooLarge) where pageBytes > 1 {
-          pageBytes /= 2  // The member's frame limit is smaller than our page: ask for less.
-          continue
+      // Each group may hold the first `limit` keys of the merged result.
+      all += try await KVQuery.followScanPages(limit: limit) { after, remaining in
+        while true {
+          do {
+            let page = try await scanPage(
+              prefix: prefix, after: after, limit: remaining, maxBytes: pageBytes, group: group,
+              consistency: consistency, atLeast: atLeast, deadline: deadline)
+            atLeast = max(atLeast, page.index)
+            return (page.pairs, page.next)
+          } catch QuorumClientError.rejected(.replyTooLarge) where pageBytes > 1 {
+            pageBytes /= 2  // The member's frame limit is smaller than our page: ask for less.
+          }
         }
-        all += page.pairs
-        collected += page.pairs.count
-        atLeast = max(atLeast, page.index)
-        guard let next = page.next else { break }
-        after = next
       }
     }
     all.sort { KeyOrder.precedes($0.key, $1.key) }

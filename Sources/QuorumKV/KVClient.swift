@@ -148,14 +148,23 @@ public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
     try Value.decoded(try await get(key, consistency: consistency, at: node), for: key, afterWrite: false)
   }
 
-  /// Up to `limit` entries whose keys start with `prefix`, in key order.
+  /// Up to `limit` entries whose keys start with `prefix`, in key order: all of them when fewer than `limit` match.
+  ///
+  /// The scan is read page by page (``KVQuery/scanPage(prefix:after:limit:maxBytes:)``), each page within the
+  /// store's bounds on one answer (``KVStore/maxScanEntries``, ``KVStore/maxScanBytes``), following each page's
+  /// token until the scan ends or `limit` entries are in hand, so large values or long ranges are not cut short.
+  /// Each page is read at `consistency` on its own, so a scan that spans pages is not one snapshot of the store.
+  /// - Throws: ``KVClientError``, or a ``QuorumCore/ConsensusError`` that retrying does not fix.
   public func scan(prefix: String, limit: Int = 1000, consistency: ReadConsistency = .linearizable) async throws
     -> [KVPair]
   {
-    guard
-      case .entries(let pairs) = try await read(.scan(prefix: prefix, limit: limit), consistency: consistency, at: nil)
-    else { return [] }
-    return pairs
+    try await KVQuery.followScanPages(limit: limit) { after, remaining in
+      let query = KVQuery.scanPage(prefix: prefix, after: after, limit: remaining, maxBytes: KVStore.maxScanBytes)
+      guard case .page(let pairs, let next) = try await read(query, consistency: consistency, at: nil) else {
+        return ([], nil)
+      }
+      return (pairs, next)
+    }
   }
 
   private func read(_ query: KVQuery, consistency requested: ReadConsistency, at node: NodeID?) async throws

@@ -92,7 +92,10 @@ public enum KVQuery: Sendable, Equatable {
   case get(key: String)
   /// Up to `limit` entries whose keys start with `prefix`, in key order, within the store's bounds
   /// (``KVStore/maxScanEntries``, ``KVStore/maxScanBytes``): what lies past them is left out without notice.
-  /// Prefer ``scanPage(prefix:after:limit:maxBytes:)``, which says where to continue.
+  ///
+  /// Deprecated: kept so that requests from older clients still decode and are answered. Send
+  /// ``scanPage(prefix:after:limit:maxBytes:)`` instead, which says where to continue; the clients in this package
+  /// (``KVClient/scan(prefix:limit:consistency:)`` and the host's key-value client) do.
   case scan(prefix: String, limit: Int)
   /// One page of a prefix scan: entries whose keys start with `prefix` and come after `after` (from the start
   /// when `nil`), in key order, at most `limit` of them and about `maxBytes` of keys and values (always at least
