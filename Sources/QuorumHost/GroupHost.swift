@@ -255,7 +255,8 @@ public final class GroupHost: Sendable {
     let node = makeNode(
       Engine.self, id: router.node, group: spec.id, configuration: configuration, endpoint: endpoint,
       storage: groupStorage, machine: ServiceMachine(services), runtime: runtime, seed: seed, logger: groupLogger,
-      observer: observer, ticker: ticker, onNotifications: onNotifications)
+      observer: observer, ticker: ticker, onNotifications: onNotifications,
+      onStateReplaced: { index in hub.reset(group: id, through: index) })
     return EngineGroup(spec: spec, node: node, storage: groupStorage, logger: groupLogger)
   }
 
@@ -263,12 +264,13 @@ public final class GroupHost: Sendable {
     _ engine: Engine.Type, id: NodeID, group: GroupID, configuration: Engine.Configuration,
     endpoint: GroupEndpoint<Engine.Message>, storage: Storage, machine: ServiceMachine, runtime: NodeRuntime,
     seed: UInt64?, logger: QuorumLogger, observer: (any ReplicaObserver<Engine>)?, ticker: SharedTicker,
-    onNotifications: (@Sendable (UInt64, [ServiceNotification]) -> Void)?
+    onNotifications: (@Sendable (UInt64, [ServiceNotification]) -> Void)?,
+    onStateReplaced: (@Sendable (UInt64) -> Void)?
   ) -> ReplicaNode<Engine, ServiceMachine> {
     ReplicaNode<Engine, ServiceMachine>(
       id: id, group: group, configuration: configuration, endpoint: endpoint, storage: storage, machine: machine,
       runtime: runtime, seed: seed, logger: logger, observer: observer, ticker: ticker,
-      onNotifications: onNotifications)
+      onNotifications: onNotifications, onStateReplaced: onStateReplaced)
   }
 
   /// The longest a watch is held (a client asking for more is answered at this point and watches again).
@@ -506,11 +508,14 @@ public final class GroupHost: Sendable {
           return .failure(
             HostFailure(.malformed("a watched key of \(key.utf8.count) bytes (at most \(Self.maxWatchKeyBytes))")))
         }
-        let records = try await notifications.wait(
+        let answer = try await notifications.wait(
           group: id, service: service, key: key, after: after,
           timeout: .milliseconds(Int64(clamping: min(timeout, Self.maxWatchMillis))), clock: runtime.clock,
           principal: principal)
-        return .notifications(records.map(\.payload), index: records.last?.index ?? after)
+        // Truncated: no notifications, and the position through which some may be missing (past `after`, which
+        // no other answer without notifications carries; see `HostReply.notifications`).
+        if let floor = answer.truncatedThrough { return .notifications([], index: floor) }
+        return .notifications(answer.records.map(\.payload), index: answer.records.last?.index ?? after)
       }
     } catch {
       return await redirectingIfRemoved(failure(error), group: group, id: id)

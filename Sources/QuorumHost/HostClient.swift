@@ -256,9 +256,13 @@ public actor HostClient {
 
   /// Waits at `member` (at most `timeout`) for notifications of `service` in `group` watched by `key`, produced
   /// after position `after`; returns them (encoded) and the newest one's position, or none at the timeout.
+  ///
+  /// `truncated` says that the member cannot hand out every notification after `after`: some produced up to and
+  /// including `index` may be missing (it dropped the oldest to keep its bound, or installed or restarted from a
+  /// snapshot). Read the watched state again, then watch after `index`.
   public func watch(
     _ key: String, service: String, group: GroupID, after: UInt64, at member: NodeID? = nil, timeout: Duration
-  ) async throws -> (notifications: [[UInt8]], index: UInt64) {
+  ) async throws -> (notifications: [[UInt8]], index: UInt64, truncated: Bool) {
     let target = member ?? leaders[group] ?? members(of: group).first
     let request = HostRequest.watch(
       group: group, service: service, key: key, after: after,
@@ -270,7 +274,8 @@ public actor HostClient {
     guard case .notifications(let payloads, let index) = reply else {
       throw QuorumClientError.badReply("expected notifications")
     }
-    return (payloads, index)
+    // See `HostReply.notifications`: no other answer without notifications moves past `after`.
+    return (payloads, index, payloads.isEmpty && index > after)
   }
 
   /// Reads `payload` as a query of `service` in `group`, at `consistency`, from a state including position

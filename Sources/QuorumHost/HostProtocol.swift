@@ -22,7 +22,9 @@ public enum HostRequest: Sendable, Equatable, WireCodable, CustomStringConvertib
   /// Send the cluster map (members, groups, placement).
   case clusterMap
   /// Wait (at most `timeoutMillis`) for notifications of `service` in `group` watched by `key`, produced by entries
-  /// after position `after`; the answer is every such notification the member holds, or none at the timeout.
+  /// after position `after`; the answer is every such notification the member holds, none at the timeout, or at
+  /// once none and a position past `after` when some of them may be missing (see
+  /// ``HostReply/notifications(_:index:)``).
   case watch(group: GroupID, service: String, key: String, after: UInt64, timeoutMillis: UInt64)
 
   public func encode(to writer: inout WireWriter) {
@@ -137,6 +139,13 @@ public enum HostReply: Sendable, Equatable, WireCodable {
   case answer([UInt8], index: UInt64)
   /// The notifications a watch found (encoded by their service), oldest first, and the newest one's position
   /// (or the watch's `after` when none came).
+  ///
+  /// No notifications and a position past the watch's `after` means the watch was **truncated**: notifications
+  /// produced after `after`, up to and including `index`, may be missing at this member (it dropped the oldest
+  /// to keep its bound, or installed or restarted from a snapshot covering those entries). The client reads the
+  /// watched state, then watches after `index`. Members of earlier releases never answer so (they answer `after`
+  /// when nothing came), so the form needs no new tag: a client of an earlier release takes it for an empty
+  /// answer at a later position, and the lock client of those releases checks its session's state at once.
   case notifications([[UInt8]], index: UInt64)
   /// Status records.
   case statuses([GroupStatus])

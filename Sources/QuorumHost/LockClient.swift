@@ -608,11 +608,12 @@ public actor LockClient {
   }
 
   /// One watch for the end of `session`'s wait for `name`: its grant (from the watch, or from the session's state
-  /// when the watch saw nothing), its end without a grant, or nil when nothing came.
+  /// when the watch saw nothing, or said at once that it may have missed something), its end without a grant, or
+  /// nil when nothing came.
   private func watchForGrant(
     _ name: String, session: Session, key: String, after: inout UInt64, at member: NodeID?, _ remaining: Duration
   ) async throws -> WaitOutcome? {
-    let (payloads, index) = try await host.watch(
+    let (payloads, index, truncated) = try await host.watch(
       key, service: LockService.name, group: session.group, after: after, at: member,
       timeout: min(remaining, options.watchInterval))
     after = max(after, index)
@@ -626,7 +627,9 @@ public actor LockClient {
         continue
       }
     }
-    guard payloads.isEmpty else { return nil }
+    // A truncated watch (the member may have missed the grant: it installed a snapshot, restarted, or dropped old
+    // notifications) answers at once: the session's state says what happened, without waiting for a poll.
+    guard payloads.isEmpty || truncated else { return nil }
     guard let status = try await sessionStatus(session) else { return .sessionGone }
     if let grant = status.holds.first(where: { $0.lock == name }) { return .granted(grant) }
     // Only this call waits for the lock in the session, so a wait that is gone ended by its own timeout.

@@ -7,7 +7,15 @@ import Synchronization
 /// a session expired), with the entry's position. The hub keeps the newest notifications of each group in a
 /// bounded ring and wakes the clients watching one of their keys. A client that asks for notifications after a
 /// position it already knows gets the ones it missed at once, so nothing falls between an answer and the next
-/// watch; one that comes back after the ring moved on (or to a restarted member) learns the state by a query.
+/// watch.
+///
+/// Some notifications cannot be handed out: those the ring dropped to make room, and those of the entries a
+/// snapshot covers when the replica installs or recovers one (its state jumps past them without applying them;
+/// a restarted member starts from its snapshot). The hub keeps, per group, the position at or below which
+/// notifications may be missing (``Answer/truncatedThrough``): a wait from before it is answered at once with that
+/// position and no notifications, and so is a wait under way when a snapshot moves the position past it, so the
+/// client reads the state it watches (which includes what it missed) instead of waiting for notifications that
+/// will never come.
 public final class NotificationHub: Sendable {
   /// One notification as the hub keeps it.
   public struct Record: Sendable, Equatable {
@@ -21,11 +29,29 @@ public final class NotificationHub: Sendable {
     public var payload: [UInt8]
   }
 
+  /// What a wait found.
+  public struct Answer: Sendable, Equatable {
+    /// The notifications after the wait's position, oldest first; none when the wait timed out or when
+    /// ``truncatedThrough`` is set.
+    public var records: [Record]
+    /// Set when notifications after the wait's position may be missing: those produced up to and including this
+    /// position (past the wait's) cannot be handed out. Read the watched state, then wait after this position.
+    public var truncatedThrough: UInt64?
+
+    /// Creates an answer.
+    public init(records: [Record], truncatedThrough: UInt64? = nil) {
+      self.records = records
+      self.truncatedThrough = truncatedThrough
+    }
+  }
+
   private struct Waiter {
     var group: GroupID
     var service: String
     var key: String
-    var continuation: UnsafeContinuation<[Record], Never>
+    /// The wait is for notifications after this position only.
+    var after: UInt64
+    var continuation: UnsafeContinuation<Answer, Never>
   }
 
   /// A group's newest notifications in a circular buffer: appending never copies or shifts the older ones (the
@@ -35,13 +61,16 @@ public final class NotificationHub: Sendable {
     /// Where the oldest record is, once the buffer is full.
     var oldest = 0
 
-    mutating func append(_ record: Record, capacity: Int) {
+    /// Appends `record`; returns the position of the record dropped to make room, if one was.
+    mutating func append(_ record: Record, capacity: Int) -> UInt64? {
       guard records.count >= capacity else {
         records.append(record)
-        return
+        return nil
       }
+      let dropped = records[oldest].index
       records[oldest] = record
       oldest = (oldest + 1) % records.count
+      return dropped
     }
 
     /// The records after position `after` with `service` and `key`, oldest first. Records are appended in
@@ -70,6 +99,9 @@ public final class NotificationHub: Sendable {
 
   private struct State {
     var rings: [GroupID: Ring] = [:]
+    /// Per group, the position at or below which notifications may be missing (absent: none are). Records are
+    /// appended in position order and dropped oldest first, so the ring holds every notification after it.
+    var floors: [GroupID: UInt64] = [:]
     var waiters: [UInt64: Waiter] = [:]
     /// The registered waiters of each watched key.
     var byKey: [Watched: Set<UInt64>] = [:]
@@ -116,11 +148,17 @@ public final class NotificationHub: Sendable {
   /// The waits under way (begun and not yet ended).
   var waitsUnderWay: Int { state.withLock { $0.waits } }
 
-  /// Records what `group` produced applying the entry at `index`, and wakes the clients watching its keys.
+  /// Records what `group` produced applying the entry at `index`, and wakes the clients watching its keys from a
+  /// position before it. A client may watch a member that lags behind what the client has seen elsewhere: that
+  /// member's entries at or before the watch's position do not wake it.
   public func publish(group: GroupID, index: UInt64, _ notifications: [ServiceNotification]) {
     let records = notifications.map { Record(index: index, service: $0.service, keys: $0.keys, payload: $0.payload) }
-    let woken = state.withLock { s -> [(UnsafeContinuation<[Record], Never>, [Record])] in
-      for record in records { s.rings[group, default: Ring()].append(record, capacity: capacity) }
+    let woken = state.withLock { s -> [(UnsafeContinuation<Answer, Never>, Answer)] in
+      for record in records {
+        if let dropped = s.rings[group, default: Ring()].append(record, capacity: capacity) {
+          s.floors[group] = max(s.floors[group] ?? 0, dropped)
+        }
+      }
       var matched: Set<UInt64> = []
       for record in records {
         for key in record.keys {
@@ -128,25 +166,45 @@ public final class NotificationHub: Sendable {
         }
       }
       guard !matched.isEmpty else { return [] }
-      var woken: [(UnsafeContinuation<[Record], Never>, [Record])] = []
-      for id in matched.sorted() {
+      var woken: [(UnsafeContinuation<Answer, Never>, Answer)] = []
+      for id in matched.sorted() where s.waiters[id].map({ index > $0.after }) == true {
         guard let waiter = s.unregister(id) else { continue }
         let hits = records.filter { $0.service == waiter.service && $0.keys.contains(waiter.key) }
-        woken.append((waiter.continuation, hits))
+        woken.append((waiter.continuation, Answer(records: hits)))
       }
       return woken
     }
-    for (continuation, hits) in woken { continuation.resume(returning: hits) }
+    for (continuation, answer) in woken { continuation.resume(returning: answer) }
   }
 
+  /// Records that `group`'s notifications up to and including `index` may be missing: its replica replaced its
+  /// state by a snapshot of that position (installed from the leader, or recovered at start), so the entries the
+  /// snapshot covers will not be applied here. The waits on `group` from before `index` are answered at once,
+  /// truncated; so is every later wait from before it.
+  public func reset(group: GroupID, through index: UInt64) {
+    let (woken, floor) = state.withLock { s -> ([UnsafeContinuation<Answer, Never>], UInt64) in
+      // Even below the floor: a waiter registered before the ring's drops raised it missed nothing they dropped,
+      // but it misses the entries the snapshot skips.
+      let floor = max(s.floors[group] ?? 0, index)
+      s.floors[group] = floor
+      let behind = s.waiters.filter { $0.value.group == group && $0.value.after < index }.keys.sorted()
+      return (behind.compactMap { s.unregister($0)?.continuation }, floor)
+    }
+    for continuation in woken { continuation.resume(returning: Answer(records: [], truncatedThrough: floor)) }
+  }
+
+  /// The position at or below which `group`'s notifications may be missing (0: none are).
+  func floor(of group: GroupID) -> UInt64 { state.withLock { $0.floors[group] ?? 0 } }
+
   /// The notifications of `service` in `group` with `key` produced after position `after`: those the hub already
-  /// holds at once, otherwise the next ones to come, or none after `timeout` of `clock`'s time.
+  /// holds at once, otherwise the next ones to come, or none after `timeout` of `clock`'s time. When some of them
+  /// may be missing (``Answer/truncatedThrough``), the answer says so at once, with no notifications.
   /// - Throws: ``QuorumCore/ConsensusError/overloaded(limit:)`` when ``maxWaits`` waits are already under way, or
   ///   ``maxWaitsPerPrincipal`` of `principal`'s (the limit named is the one reached).
   public func wait(
     group: GroupID, service: String, key: String, after: UInt64, timeout: Duration, clock: any NodeClock,
     principal: String? = nil
-  ) async throws(ConsensusError) -> [Record] {
+  ) async throws(ConsensusError) -> Answer {
     let begun = state.withLock { s -> Result<UInt64, ConsensusError> in
       guard s.waits < maxWaits else { return .failure(.overloaded(limit: maxWaits)) }
       if let principal {
@@ -172,13 +230,15 @@ public final class NotificationHub: Sendable {
         }
       }
     }
-    return await withTaskGroup(of: [Record]?.self) { tasks in
+    return await withTaskGroup(of: Answer?.self) { tasks in
       tasks.addTask {
-        await withUnsafeContinuation { (continuation: UnsafeContinuation<[Record], Never>) in
-          let held = self.state.withLock { s -> [Record]? in
+        await withUnsafeContinuation { (continuation: UnsafeContinuation<Answer, Never>) in
+          let held = self.state.withLock { s -> Answer? in
+            if let floor = s.floors[group], after < floor { return Answer(records: [], truncatedThrough: floor) }
             let hits = s.rings[group]?.hits(after: after, service: service, key: key) ?? []
-            if !hits.isEmpty || s.timedOut.contains(id) { return hits }
-            s.register(id, Waiter(group: group, service: service, key: key, continuation: continuation))
+            if !hits.isEmpty || s.timedOut.contains(id) { return Answer(records: hits) }
+            s.register(
+              id, Waiter(group: group, service: service, key: key, after: after, continuation: continuation))
             return nil
           }
           if let held { continuation.resume(returning: held) }
@@ -191,13 +251,13 @@ public final class NotificationHub: Sendable {
           s.timedOut.insert(id)
           return nil
         }
-        waiter?.continuation.resume(returning: [])
+        waiter?.continuation.resume(returning: Answer(records: []))
         return nil
       }
-      var result: [Record] = []
+      var result = Answer(records: [])
       while let next = await tasks.next() {
-        if let records = next {
-          result = records
+        if let answer = next {
+          result = answer
           tasks.cancelAll()
         }
       }

@@ -185,6 +185,7 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   @usableFromInline let logger: QuorumLogger
   @usableFromInline let observer: (any ReplicaObserver<Engine>)?
   @usableFromInline let onNotifications: (@Sendable (UInt64, [Machine.Notification]) -> Void)?
+  @usableFromInline let onStateReplaced: (@Sendable (UInt64) -> Void)?
   @usableFromInline let sharedTicker: SharedTicker?
   @usableFromInline let recoveredSignal = OnceSignal()
   @usableFromInline let nextRequestID = Atomic<UInt64>(0)
@@ -246,12 +247,16 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   ///     `nil` for the node's own, every `configuration.tickInterval`.
   ///   - onNotifications: receives what the state machine tells waiting clients, right after the entry that
   ///     produced it is applied, with the entry's position (in the node's loop: it must not block).
+  ///   - onStateReplaced: told the position of a snapshot that replaced the machine's state (installed from the
+  ///     leader, or recovered when ``run()`` starts), before any entry after it is applied: the notifications of
+  ///     the entries it covers are not produced here (in the node's loop: it must not block).
   public init(
     id: NodeID, group: GroupID = .default, configuration: Engine.Configuration,
     endpoint: some TransportEndpoint<Engine.Message>, storage: some ConsensusStorage<Engine.Entry>, machine: Machine,
     runtime: NodeRuntime = .system, seed: UInt64? = nil, logger: QuorumLogger? = nil,
     observer: (any ReplicaObserver<Engine>)? = nil, ticker: SharedTicker? = nil,
-    onNotifications: (@Sendable (_ index: UInt64, [Machine.Notification]) -> Void)? = nil
+    onNotifications: (@Sendable (_ index: UInt64, [Machine.Notification]) -> Void)? = nil,
+    onStateReplaced: (@Sendable (_ index: UInt64) -> Void)? = nil
   ) {
     self.id = id
     self.group = group
@@ -266,6 +271,7 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     self.observer = observer
     self.sharedTicker = ticker
     self.onNotifications = onNotifications
+    self.onStateReplaced = onStateReplaced
     self.inputs = Mailbox(capacity: max(1, configuration.inputCapacity))
     self.cancellations = CancelledRequests(
       limit: max(1, configuration.inputCapacity) + configuration.maxPendingRequests)
@@ -402,6 +408,7 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       applied = snapshot.index
       lastSnapshotIndex = snapshot.index
       lastSnapshotBytes = snapshot.data.count
+      onStateReplaced?(snapshot.index)
     }
     self.engine = engine
     self.engine?.advanceClock(to: runtime.clock.monotonicNanos())
@@ -856,6 +863,7 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     lastSnapshotIndex = snapshot.index
     lastSnapshotBytes = snapshot.data.count
     appliedBytesSinceSnapshot = 0
+    onStateReplaced?(snapshot.index)
     broadcast.publish(Engine.snapshotInstalledEvent(at: snapshot.index))
     logger.info("installed snapshot", ["index": "\(snapshot.index)", "term": "\(snapshot.term)"])
     for index in proposals.keys.sorted() where index <= snapshot.index {
