@@ -192,10 +192,12 @@ public struct TCPTransportOptions: Sendable, Equatable {
   /// write that was applied. A reply is still admitted past the limit to a connection whose replies not yet written
   /// stay within its fair share (this divided by the endpoint's client connections), so that the close falls on the
   /// clients holding more than their share, not on whichever client's reply comes next; and a reply of at most
-  /// 64 KiB to a connection with nothing queued is always admitted. The total is at most twice this plus 128 KiB per
-  /// client connection (two such small replies: one queued, one being written), and the 16-byte codes of
-  /// authenticated replies. Set below two largest replies (twice ``maxFrameBytes``, with prefix and code), it is
-  /// raised to that.
+  /// 64 KiB to a connection with nothing queued is always admitted. The total is at most twice this plus 192 KiB per
+  /// client connection (three such small replies: one queued, one in the write batch, and the rest of one a
+  /// responder wrote straight to the socket), and the 16-byte codes of authenticated replies. Bytes count until the
+  /// socket takes them, so a client reading large replies over a slow link holds its share for longer, and may be
+  /// closed as a slow reader while the endpoint is over the limit. Set below two largest replies (twice
+  /// ``maxFrameBytes``, with prefix and code), it is raised to that.
   public var maxClientReplyBytes: Int = 256 << 20
 
   /// Whether a sender writes a peer message to the socket itself when the link is idle (nothing queued, nothing
@@ -376,7 +378,7 @@ public struct TCPTransportMetrics: Sendable, Equatable, CustomStringConvertible 
   /// ``TCPTransportOptions/maxReplyBytesPerConnection``, plus one reply).
   public var largestReplyBacklog = 0
   /// The most reply bytes not yet written for an endpoint's client connections together at once, queued or in the
-  /// event loop's write buffers (at most twice ``TCPTransportOptions/maxClientReplyBytes`` plus 128 KiB per client
+  /// event loop's write buffers (at most twice ``TCPTransportOptions/maxClientReplyBytes`` plus 192 KiB per client
   /// connection, and the codes of authenticated replies).
   public var largestQueuedClientReplies = 0
   /// The most bytes of partly received client frames an endpoint held at once (at most
