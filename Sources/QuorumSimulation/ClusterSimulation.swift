@@ -464,7 +464,8 @@ public final class ClusterSimulation: @unchecked Sendable {
     for c in 0..<options.lockWorkload.clients {
       let context = SimulatedLockClient.Context(
         scheduler: scheduler, requests: requests, map: map, options: options, checker: lockChecker, trace: trace,
-        seed: seed, isHealed: { [unowned self] in healed })
+        seed: seed, isHealed: { [unowned self] in healed },
+        noteFailure: { [unowned self] error, call in noteFailure(error, of: call) })
       let client = SimulatedLockClient(
         index: c, node: lockClientNode(c), process: lockClientProcess(c), context: context)
       lockClients.append(client)
@@ -690,6 +691,7 @@ public final class ClusterSimulation: @unchecked Sendable {
   /// Why `error` is not one a simulated client may meet, or `nil` when it may.
   static func unexpectedFailure(_ error: any Error) -> String? {
     if error is CancellationError { return nil }
+    if let error = error as? LockClientError { return unexpectedLockFailure(error) }
     guard let error = error as? QuorumClientError else { return "\(type(of: error)): \(error)" }
     switch error {
     case .timeout, .outcomeUnknown: return nil
@@ -702,6 +704,18 @@ public final class ClusterSimulation: @unchecked Sendable {
         return nil
       }
     case .rejected, .badReply, .refused: return "\(error)"
+    }
+  }
+
+  /// Why a lock call's `error` is not one a simulated lock client may meet, or `nil` when it may. A wait that ran
+  /// out, a session lost to a pause or a cut, or sessions stuck while the members cannot be reached are part of a
+  /// faulty network's life. A refusal by the lock table (the clients ask for valid locks of consistent kinds,
+  /// within every bound), an answer that makes no sense, a reentrant call, a lease lost inside `withLock` or a
+  /// closed client (a simulated lock client makes one call at a time, and none inside another) are not.
+  static func unexpectedLockFailure(_ error: LockClientError) -> String? {
+    switch error {
+    case .timedOut, .sessionLost, .tooManySessions: return nil
+    case .refused, .unexpected, .leaseLost, .closed, .reentrant: return "\(error)"
     }
   }
 

@@ -51,6 +51,9 @@ final class SimulatedLockClient: @unchecked Sendable {
     var trace: SimulationTrace
     var seed: UInt64
     var isHealed: @Sendable () -> Bool
+    /// Fails the run if a call's error is one a correct cluster never gives this client (see
+    /// ``ClusterSimulation``'s classification of client errors); `call` names the call.
+    var noteFailure: (_ error: any Error, _ call: String) -> Void
   }
 
   let index: Int
@@ -133,6 +136,7 @@ final class SimulatedLockClient: @unchecked Sendable {
       }
       lease = granted
     } catch {
+      context.noteFailure(error, "lock client \(index) lock \(name) \(mode)")
       failedCalls += 1
       context.trace.record(scheduler.now, "lock client \(index) \(name) \(mode): \(error)")
       return false
@@ -150,6 +154,7 @@ final class SimulatedLockClient: @unchecked Sendable {
         context.trace.record(scheduler.now, "lock client \(index) closed its sessions")
       }
     } catch {
+      context.noteFailure(error, "lock client \(index) release of \(lease)")
       failedCalls += 1
       context.trace.record(scheduler.now, "lock client \(index) release of \(lease) failed: \(error)")
     }

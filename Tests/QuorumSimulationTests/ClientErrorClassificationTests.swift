@@ -1,5 +1,6 @@
 import QuorumCore
 import QuorumHost
+import QuorumLocks
 import Testing
 
 @testable import QuorumSimulation
@@ -35,5 +36,20 @@ struct ClientErrorClassificationTests {
       Other(),
     ]
     for error in errors { #expect(ClusterSimulation.unexpectedFailure(error) != nil, "\(error)") }
+  }
+
+  @Test("a lock call that waited in vain or lost its session is expected; a refusal or a nonsense answer fails the run")
+  func lockErrors() {
+    let expected: [any Error] = [
+      LockClientError.timedOut(lock: "lx"), LockClientError.sessionLost(lock: "lx"),
+      LockClientError.tooManySessions(limit: 4), QuorumClientError.timeout(outcomeUnknown: true, lastFailure: nil),
+    ]
+    for error in expected { #expect(ClusterSimulation.unexpectedFailure(error) == nil, "\(error)") }
+    let unexpected: [any Error] = [
+      LockClientError.refused(.tooManyLocks(limit: 1)), LockClientError.unexpected("granted twice"),
+      LockClientError.closed, LockClientError.reentrant(lock: "lx", held: .exclusive, requested: .exclusive),
+      QuorumClientError.badReply("not a lock response"),
+    ]
+    for error in unexpected { #expect(ClusterSimulation.unexpectedFailure(error) != nil, "\(error)") }
   }
 }
