@@ -12,7 +12,7 @@ enum SimulateCommand {
     usage: quorum simulate [--protocol raft|paxos|mixed|synod|txn] [--level node|core] [--groups G] [--seeds N]
                            [--start S] [--seed S] [--nodes N] [--variant default|paper] [--quorums Q1,Q2]
                            [--chaos-ms MS] [--trace N] [--jobs J] [--digest [--print-trace]]
-                           [--workload kv|locks|both|list-append|bank]
+                           [--workload kv|locks|both|list-append|bank] [--sessions default|churn]
       --protocol    raft (default): Raft groups with KV clients; paxos: Multi-Paxos groups; mixed: groups of
                     both engines on the same nodes; synod: single-decree Paxos with three dueling proposers;
                     txn: sharded transactions (the unmodified client coordinator over shard machines) with lost
@@ -23,6 +23,8 @@ enum SimulateCommand {
                     checked for two owners, token order and permits; both: the two side by side.
                     txn: list-append, bank, or both (default: alternating by seed)
       --groups G    node level: G groups sharing the nodes (default 1; mixed: 2)
+      --sessions    node level: default, or churn: sessions that expire after 400 ms idle, fewer of them than
+                    clients, 2 answers remembered each, two operations in flight per client
       --level       node (default): the production server hosts and clients on the seeded scheduler, with
                     drifting clocks, pauses, torn writes, disk faults and clients over the network; core: the
                     protocol cores in a simulated shell (faster, fewer faults)
@@ -54,6 +56,7 @@ enum SimulateCommand {
     var traceCapacity = 200
     var jobs = ProcessInfo.processInfo.activeProcessorCount
     var workloadArgument: String?
+    var sessionsArgument: String?
     var i = 0
     func value() throws -> String {
       i += 1
@@ -79,6 +82,10 @@ enum SimulateCommand {
       case "--digest": printDigest = true
       case "--print-trace": printTrace = true
       case "--workload": workloadArgument = try value()
+      case "--sessions":
+        let sessions = try value()
+        guard ["default", "churn"].contains(sessions) else { throw CLIError.usage("unknown sessions \(sessions)") }
+        sessionsArgument = sessions
       case "--groups": groupCount = Int(try number(try value()))
       case "--level":
         level = try value()
@@ -145,6 +152,12 @@ enum SimulateCommand {
     }
     if workload != "kv" && kind != "txn" { nodeOptions.lockWorkload.clients = 4 }
     if workload == "locks" && kind != "txn" { nodeOptions.clients = 0 }
+    if let sessionsArgument, sessionsArgument != "default" {
+      guard kind != "txn" && kind != "synod" && level == "node" else {
+        throw CLIError.usage("--sessions \(sessionsArgument) needs the node level of raft, paxos or mixed")
+      }
+      nodeOptions.churnSessions()
+    }
     if groupCount != nil { reproduceGroups = " --groups \(groups)" }
     let nodeLevel = level == "node"
     let simulationOptions = nodeOptions
@@ -155,6 +168,7 @@ enum SimulateCommand {
     if let chaos { reproduceOptions += " --chaos-ms \(chaos)" }
     if !variantArgument.isEmpty { reproduceOptions += " --variant \(variantArgument)" }
     if let workloadArgument { reproduceOptions += " --workload \(workloadArgument)" }
+    if let sessionsArgument { reproduceOptions += " --sessions \(sessionsArgument)" }
     var txnOptions = ShardedTransactionSimulationOptions()
     if let groupCount { txnOptions.groups = max(1, groupCount) }
     let txnWorkload = workload

@@ -64,6 +64,17 @@ public struct ClusterSimulationOptions: Sendable {
   public var variant = NodeSimulationVariant()
   /// Lock clients beside the key-value clients (none by default), checked by ``LockHistoryChecker``.
   public var lockWorkload = LockWorkloadOptions()
+  /// Every group's exactly-once session policy (the engines' default: a session idle for 5 minutes of log time
+  /// expires, 256 answers remembered per session, 100,000 sessions). ``sessionChurn(_:)`` makes them short and
+  /// small enough for expiry, eviction and forgotten answers to happen within a run.
+  public var sessions = SessionPolicy()
+  /// How many of the key-value clients run two operations at once on their one `HostClient`, sharing its
+  /// sessions: a session then has several requests outstanding, answered and acknowledged out of order.
+  public var pipelinedClients = 0
+  /// The longest a nemesis pause of a node's process, or stall of its timers, lasts.
+  public var maxPause = VirtualDuration.milliseconds(400)
+  /// The network's faults until the nemesis changes them (by default none: 0.1–2 ms per message).
+  public var initialLinkFaults = LinkFaults(delay: .uniform(.microseconds(100), .milliseconds(2)))
 
   /// Defaults: one Raft group on 3 nodes, 2 spares, 4 clients on 6 keys, 3 s of chaos with every fault.
   public init() {}
@@ -74,6 +85,36 @@ public struct ClusterSimulationOptions: Sendable {
     options.nodes = nodes
     options.groups = [SimulatedGroup(engine: engine, members: nodes)]
     return options
+  }
+
+  /// One group of `engine` on 3 nodes whose exactly-once sessions churn within the run (see ``churnSessions()``).
+  public static func sessionChurn(_ engine: EngineKind) -> ClusterSimulationOptions {
+    var options = single(engine)
+    options.churnSessions()
+    return options
+  }
+
+  /// Makes exactly-once sessions churn within the run: a session idle for 400 ms of log time expires, a session
+  /// remembers 2 answers, and a group keeps fewer sessions than there are clients (registering one evicts the
+  /// least recently active). Clients sometimes sit idle past the timeout (their next write meets an expired
+  /// session: the client renews it and sends the write again), nemesis partitions and pauses outlast it, and
+  /// every client runs two operations at once on its one `HostClient`, so a session has several requests
+  /// outstanding. An attempt waits 150 ms for its answer: a write whose answer was lost is sent again while the
+  /// session is still alive (fewer sessions than clients keep evicting each other), often after the other
+  /// operation's newer answers have pushed out its own. Deadlines start at 30 ms, so that a renewal sometimes
+  /// leaves no time to send the write again: the client then says it was not applied, and the checker holds it
+  /// to that. The network loses and duplicates 3 % of messages from the start (until the nemesis changes it), so
+  /// that answers go missing while sessions are alive.
+  public mutating func churnSessions() {
+    sessions = SessionPolicy(timeoutMillis: 400, maxSessions: max(1, clients - 1), maxResponsesPerSession: 2)
+    pipelinedClients = clients
+    attemptTimeout = .milliseconds(150)
+    operationDeadline = .uniform(.milliseconds(30), .milliseconds(2_000))
+    initialLinkFaults = LinkFaults(
+      dropProbability: 0.03, duplicateProbability: 0.03, delay: .uniform(.microseconds(100), .milliseconds(2)))
+    thinkTime = .longTail(typical: .milliseconds(20), tail: .milliseconds(1_200), tailProbability: 0.08)
+    nemesisInterval = .uniform(.milliseconds(100), .milliseconds(900))
+    maxPause = .milliseconds(1_000)
   }
 }
 
@@ -164,6 +205,24 @@ public struct NodeSimulationStats: Sendable, CustomStringConvertible {
   public var swaps = 0
   /// Calls the cluster refused with a consensus error that retrying does not fix (an expired session, say).
   public var consensusRefusals = 0
+  /// Writes whose client said they were certainly not carried out (refused before any attempt could have been,
+  /// or the deadline passed before one was sent). They leave the checked history as failed: a write applied
+  /// after all shows up as a value no write of the history put there, or as a previous value that does not fit.
+  public var writesNotApplied = 0
+  /// Exactly-once sessions that expired, idle past the policy's timeout in log time (counted at each group's
+  /// reference replica: every replica expires the same sessions at the same entries).
+  public var sessionsExpired = 0
+  /// Sessions evicted to make room for a registration (the policy's `maxSessions`).
+  public var sessionsEvicted = 0
+  /// Commands (and lock clients' keep-alives) that reached a log under a session that had expired or been
+  /// evicted.
+  public var commandsUnderExpiredSessions = 0
+  /// Writes a key-value client sent again under a new session after the cluster said their session had expired
+  /// (`HostClient`'s renewal).
+  public var sessionRenewals = 0
+  /// Requests applied before that came again after their session had forgotten the answer (acknowledged, or past
+  /// the policy's `maxResponsesPerSession`).
+  public var answersForgotten = 0
   /// Entries the reference replicas applied, over all groups.
   public var entriesApplied: UInt64 = 0
   /// Virtual time at the end.
@@ -187,7 +246,9 @@ public struct NodeSimulationStats: Sendable, CustomStringConvertible {
       + "diskFaults=\(diskFaults) torn=\(tornRecords) membership=\(membershipChanges) transfers=\(transfers) "
       + "ops=\(operationsCompleted) unknown=\(unknownOutcomes) retries=\(retries) staleReads=\(staleReadsChecked) "
       + "writes=\(writeResponsesChecked) reads(lin/lease/session)=\(linearizableReads)/\(leaseReads)/\(sessionReads) "
-      + "swaps=\(swaps) refusals=\(consensusRefusals) applied=\(entriesApplied) end=\(endTime)"
+      + "swaps=\(swaps) refusals=\(consensusRefusals) notApplied=\(writesNotApplied) applied=\(entriesApplied) "
+      + "sessions(expired/evicted/refused/renewed/forgotten)=\(sessionsExpired)/\(sessionsEvicted)/"
+      + "\(commandsUnderExpiredSessions)/\(sessionRenewals)/\(answersForgotten) end=\(endTime)"
       + (lockLogEvents == 0
         ? ""
         : " locks: grants=\(lockGrants) uses=\(lockUses) lost=\(lockLeasesLost) fenced=\(lockWritesFenced) "
@@ -216,6 +277,12 @@ public struct NodeSimulationStats: Sendable, CustomStringConvertible {
     sessionReads += other.sessionReads
     swaps += other.swaps
     consensusRefusals += other.consensusRefusals
+    writesNotApplied += other.writesNotApplied
+    sessionsExpired += other.sessionsExpired
+    sessionsEvicted += other.sessionsEvicted
+    commandsUnderExpiredSessions += other.commandsUnderExpiredSessions
+    sessionRenewals += other.sessionRenewals
+    answersForgotten += other.answersForgotten
     entriesApplied += other.entriesApplied
     lockGrants += other.lockGrants
     lockUses += other.lockUses
@@ -301,8 +368,7 @@ public final class ClusterSimulation: @unchecked Sendable {
       }
     }
     self.network = VirtualNetwork(
-      scheduler: scheduler, faults: LinkFaults(delay: .uniform(.microseconds(100), .milliseconds(2))),
-      observe: observe)
+      scheduler: scheduler, faults: options.initialLinkFaults, observe: observe)
     self.requests = VirtualRequests(scheduler: scheduler, network: network)
     var members: [NodeID: String] = [:]
     for n in 1...(options.nodes + options.spareNodes) { members[NodeID(UInt64(n))] = "" }
@@ -335,6 +401,7 @@ public final class ClusterSimulation: @unchecked Sendable {
     raft.maxEntriesBytesPerMessage = 256
     raft.maxInflightMessages = 8
     raft.requestTimeout = .seconds(2)
+    raft.sessions = options.sessions
     var paxos = PaxosConfiguration()
     if let quorums = options.variant.paxosQuorums {
       paxos.phase1Quorum = quorums.phase1
@@ -351,6 +418,7 @@ public final class ClusterSimulation: @unchecked Sendable {
     paxos.maxEntriesBytesPerMessage = 256
     paxos.maxInflightMessages = 8
     paxos.requestTimeout = .seconds(2)
+    paxos.sessions = options.sessions
     return HostSettings(raft: raft, paxos: paxos)
   }
 
@@ -430,6 +498,11 @@ public final class ClusterSimulation: @unchecked Sendable {
       stats.leaderships += checker.leaderships
       stats.entriesApplied += checker.referenceApplied
       stats.durabilityChecks += (checker as? RaftChecker)?.durabilityChecks ?? 0
+      let sessions = checker.sessionEvents
+      stats.sessionsExpired += sessions.expired
+      stats.sessionsEvicted += sessions.evicted
+      stats.commandsUnderExpiredSessions += sessions.refusedExpired
+      stats.answersForgotten += sessions.answersForgotten
     }
     for node in nodes.values { stats.tornRecords += node.disks.tornRecords }
     for client in lockClients {
@@ -457,8 +530,11 @@ public final class ClusterSimulation: @unchecked Sendable {
   private func clientNode(_ c: Int) -> NodeID { NodeID(UInt64(1000 + c)) }
   private func lockClientProcess(_ c: Int) -> UInt32 { 0xFFFD_0000 | UInt32(c) }
   private func lockClientNode(_ c: Int) -> NodeID { NodeID(UInt64(2000 + c)) }
-  /// Key-value and lock clients: the convergence check starts when all are done.
-  private var allClients: Int { options.clients + options.lockWorkload.clients }
+  /// Key-value callers (a pipelined client is two) and lock clients: the convergence check starts when all are
+  /// done.
+  private var allClients: Int {
+    options.clients + min(max(0, options.pipelinedClients), options.clients) + options.lockWorkload.clients
+  }
 
   private func startLockClients() {
     for c in 0..<options.lockWorkload.clients {
@@ -559,13 +635,26 @@ public final class ClusterSimulation: @unchecked Sendable {
   // MARK: - Clients
 
   private func runClient(_ c: Int) async {
-    let channel = SimulatedRequestChannel(requests: requests, client: clientNode(c))
+    let channel = SimulatedRequestChannel(
+      requests: requests, client: clientNode(c),
+      observe: { [unowned self] request, reply in noteExchange(client: c, request: request, reply: reply) })
     var clientOptions = HostClientOptions()
     clientOptions.attemptTimeout = options.attemptTimeout.duration
     let client = HostClient(
       channel: channel, members: map.members.keys.sorted(), map: map, options: clientOptions,
       clock: SimulatedClock(scheduler: scheduler), seed: seed &+ UInt64(c))
     let kv = KeyValueClient(client)
+    if c < options.pipelinedClients {
+      // A second caller on the same `HostClient` (the same sessions), as its own client of the history.
+      let second = options.clients + c
+      scheduler.spawn(on: clientProcess(c)) { [self] in await runOperations(second, kv) }
+    }
+    await runOperations(c, kv)
+  }
+
+  /// One caller's operations until, after the heal, it has completed its fresh writes. `c` names it in the
+  /// history and in the values it writes.
+  private func runOperations(_ c: Int, _ kv: KeyValueClient) async {
     var lastIndex: [GroupID: UInt64] = [:]
     var freshWrites = 0
     var sequence = 0
@@ -627,12 +716,58 @@ public final class ClusterSimulation: @unchecked Sendable {
       return true
     } catch {
       noteFailure(error, of: "client \(c) \(input)")
-      // The deadline passed (or the session expired): the write may or may not have happened, now or later.
-      history.markUnknown(op)
-      trace.record(scheduler.now, "client \(c) \(input) -> unknown (\(error))")
-      stats.unknownOutcomes += 1
+      if Self.claimsNotApplied(error) {
+        // The client says the write was not carried out: the checker holds it to that.
+        history.markFailed(op)
+        trace.record(scheduler.now, "client \(c) \(input) -> not applied (\(error))")
+        stats.writesNotApplied += 1
+      } else {
+        // The deadline passed after an attempt (or the outcome is unknown): the write may or may not have
+        // happened, now or later.
+        history.markUnknown(op)
+        trace.record(scheduler.now, "client \(c) \(input) -> unknown (\(error))")
+        stats.unknownOutcomes += 1
+      }
       stats.retries += 1
       return false
+    }
+  }
+
+  /// Whether a write's `error` is its client's claim that the write was certainly not carried out: a refusal
+  /// (`HostClient` reports one only when no attempt can have been carried out, else the outcome is unknown), or a
+  /// deadline that passed before any attempt was sent. An unknown outcome, a reply that does not decode, or any
+  /// other error claims nothing.
+  static func claimsNotApplied(_ error: any Error) -> Bool {
+    switch error as? QuorumClientError {
+    case .timeout(outcomeUnknown: false, _)?, .rejected?, .refused?: return true
+    case .timeout(outcomeUnknown: true, _)?, .outcomeUnknown?, .badReply?, nil: return false
+    }
+  }
+
+  /// A command and the key-value caller that sent it, to find the same write sent again.
+  private struct SentCommand: Hashable {
+    var client: Int
+    var payload: [UInt8]
+  }
+
+  /// Commands the cluster said had an expired session, and that session: sent again under another, they were
+  /// renewed.
+  private var expiredCommands: [SentCommand: UInt64] = [:]
+
+  /// Sees each request of key-value client `c` and its reply (`nil`: none arrived), to count the writes
+  /// `HostClient` sent again under a new session after the cluster said their session had expired. (Values are
+  /// unique per write, so the same payload from the same client under another session is the same write.)
+  private func noteExchange(client c: Int, request: [UInt8], reply: [UInt8]?) {
+    guard case .command(_, let command, let id?, _)? = try? HostRequest(wireBytes: request) else { return }
+    let sent = SentCommand(client: c, payload: command.payload)
+    if let session = expiredCommands[sent], session != id.session {
+      expiredCommands[sent] = nil
+      stats.sessionRenewals += 1
+    }
+    if let reply, case .failure(let failure)? = try? HostReply(wireBytes: reply),
+      case .consensus(.sessionExpired) = failure.error
+    {
+      expiredCommands[sent] = id.session
     }
   }
 
@@ -791,13 +926,13 @@ public final class ClusterSimulation: @unchecked Sendable {
       start(down.id)
     case .pause:
       guard let victim = pick(upNodes()) else { return }
-      let length = VirtualDuration.milliseconds(UInt64(scheduler.random { Int.random(in: 20...400, using: &$0) }))
+      let length = pauseLength()
       scheduler.pause(victim.process, until: now + length)
       stats.stalls += 1
       trace.record(now, "nemesis: pause \(victim.id) for \(length)")
     case .stallTimers:
       guard let victim = pick(upNodes()) else { return }
-      let length = VirtualDuration.milliseconds(UInt64(scheduler.random { Int.random(in: 20...400, using: &$0) }))
+      let length = pauseLength()
       victim.clock.stallTimers(until: now + length)
       stats.stalls += 1
       trace.record(now, "nemesis: stall \(victim.id)'s timers for \(length)")
@@ -839,6 +974,12 @@ public final class ClusterSimulation: @unchecked Sendable {
     for node in nodes.keys.sorted().compactMap({ nodes[$0] }) where !node.up && node.restartWanted {
       if scheduler.random({ $0.chance(0.5) }) { start(node.id) }
     }
+  }
+
+  /// A nemesis pause or timer stall: 20 ms up to ``ClusterSimulationOptions/maxPause``.
+  private func pauseLength() -> VirtualDuration {
+    let longest = Int(clamping: max(20, options.maxPause.nanoseconds / 1_000_000))
+    return .milliseconds(UInt64(scheduler.random { Int.random(in: 20...longest, using: &$0) }))
   }
 
   private func changeMembership() async {
@@ -957,12 +1098,14 @@ public final class ClusterSimulation: @unchecked Sendable {
 struct SimulatedRequestChannel: RequestChannel {
   let requests: VirtualRequests<[UInt8], [UInt8]>
   let client: NodeID
+  /// Sees each request and its reply (`nil`: none arrived in time), when the simulation wants to count them.
+  var observe: (@Sendable (_ request: [UInt8], _ reply: [UInt8]?) -> Void)? = nil
 
   func send(_ request: [UInt8], to member: NodeID, timeout: Duration) async throws -> [UInt8] {
-    guard
-      let reply = await requests.call(
-        request, from: client, to: member, timeout: VirtualDuration(nanoseconds: timeout.nanoseconds))
-    else { throw RequestChannelError.timeout(member) }
+    let reply = await requests.call(
+      request, from: client, to: member, timeout: VirtualDuration(nanoseconds: timeout.nanoseconds))
+    observe?(request, reply)
+    guard let reply else { throw RequestChannelError.timeout(member) }
     return reply
   }
 }

@@ -18,6 +18,20 @@ protocol GroupChecker: AnyObject, Sendable {
   func kvValue(of key: String, at index: UInt64) -> [UInt8]?
   /// Told what the reference replica's services notified at each committed entry (the lock checker's input).
   var onCommittedNotifications: ((_ index: UInt64, _ notifications: [ServiceNotification]) -> Void)? { get set }
+  /// What the exactly-once session table did, as the reference replica applied the committed log.
+  var sessionEvents: SessionEvents { get }
+}
+
+/// What a group's exactly-once session table did over a run (every replica does the same, at the same entries).
+struct SessionEvents: Sendable {
+  /// Sessions that expired, idle for longer than the policy's timeout in log time.
+  var expired = 0
+  /// Sessions evicted to make room for a registration (``QuorumCore/SessionPolicy/maxSessions``).
+  var evicted = 0
+  /// Commands (and keep-alives) that reached the log under a session that had expired or been evicted.
+  var refusedExpired = 0
+  /// Requests applied before whose answer the session no longer remembered when the request came again.
+  var answersForgotten = 0
 }
 
 /// Checks one group of a simulated cluster while it runs: sees every ready and every apply of every replica
@@ -49,6 +63,8 @@ class ReplicaChecker<Engine: ReplicaEngine>: ReplicaObserver, GroupChecker, @unc
   private var valuesByKey: [String: [(index: UInt64, value: [UInt8]?)]] = [:]
   /// Told what the reference replica's services notified at each committed entry.
   var onCommittedNotifications: ((_ index: UInt64, _ notifications: [ServiceNotification]) -> Void)?
+  /// What the reference replica's session table did.
+  private(set) var sessionEvents = SessionEvents()
 
   init(group: GroupSpec, sessions: SessionPolicy, trace: SimulationTrace, now: @escaping () -> VirtualTime) {
     self.group = group
@@ -95,7 +111,10 @@ class ReplicaChecker<Engine: ReplicaEngine>: ReplicaObserver, GroupChecker, @unc
     while let next = waiting.removeValue(forKey: referenceApplied + 1) {
       referenceApplied += 1
       guard next.isCommand else { continue }
+      let sessionsBefore = reference.sessionCount
+      let afterExpiry = sessionsAfterExpiry(before: next.data, sessions: sessionsBefore)
       let outcome = reference.apply(entry: next.data, at: referenceApplied)
+      countSessionEvents(outcome, before: sessionsBefore, afterExpiry: afterExpiry)
       trace.record(
         now(),
         "\(self.group.name) committed \(referenceApplied) at log time \(reference.logTimeMillis): \(Self.describe(next.data)) -> \(outcome)"
@@ -114,6 +133,38 @@ class ReplicaChecker<Engine: ReplicaEngine>: ReplicaObserver, GroupChecker, @unc
   }
 
   func node(_ node: NodeID, group: GroupID, recordedSnapshotAt index: UInt64, compactedThrough: UInt64) {}
+
+  /// For a registration into a full session table: how many sessions are left once the entry's expiry has run,
+  /// before the registration evicts one. Applying the entry expires idle sessions first, then evicts one if the
+  /// table is still full; the counts alone cannot tell the two apart when one session went, so a copy of the
+  /// reference applies an entry that only expires (a keep-alive of no session), at the same log time.
+  private func sessionsAfterExpiry(before data: [UInt8], sessions: Int) -> Int? {
+    guard sessions >= reference.policy.maxSessions,
+      let command = try? ReplicatedCommand<ServiceCommand>(wireBytes: data), case .registerSession = command.body
+    else { return nil }
+    var probe = reference
+    _ = probe.apply(ReplicatedCommand(timestampMillis: command.timestampMillis, body: .keepAlive), at: referenceApplied)
+    return probe.sessionCount
+  }
+
+  private func countSessionEvents(_ outcome: ApplyOutcome<ServiceAnswer>, before: Int, afterExpiry: Int?) {
+    let after = reference.sessionCount
+    switch outcome {
+    case .sessionRegistered:
+      // The table had room (no `afterExpiry`): nothing was evicted.
+      let left = afterExpiry ?? after - 1
+      sessionEvents.expired += before - left
+      sessionEvents.evicted += left + 1 - after
+    case .sessionExpired:
+      sessionEvents.refusedExpired += 1
+      sessionEvents.expired += before - after
+    case .responseForgotten:
+      sessionEvents.answersForgotten += 1
+      sessionEvents.expired += before - after
+    default:
+      sessionEvents.expired += before - after
+    }
+  }
 
   private func kvValue(_ key: String) -> [UInt8]? {
     let query = ServiceQuery(service: KeyValueService.name, payload: KVQuery.get(key: key).wireBytes())

@@ -38,6 +38,25 @@ struct ClientErrorClassificationTests {
     for error in errors { #expect(ClusterSimulation.unexpectedFailure(error) != nil, "\(error)") }
   }
 
+  @Test("a refusal, or a deadline before anything was sent, is the client's claim that a write was not applied")
+  func notApplied() {
+    let claims: [any Error] = [
+      QuorumClientError.timeout(outcomeUnknown: false, lastFailure: nil),
+      QuorumClientError.rejected(.consensus(.sessionExpired(7))),
+      QuorumClientError.refused("no credential"),
+    ]
+    for error in claims { #expect(ClusterSimulation.claimsNotApplied(error), "\(error)") }
+    struct Other: Error {}
+    let noClaims: [any Error] = [
+      QuorumClientError.timeout(outcomeUnknown: true, lastFailure: "timed out"),
+      QuorumClientError.outcomeUnknown,
+      QuorumClientError.badReply("x"),
+      CancellationError(),
+      Other(),
+    ]
+    for error in noClaims { #expect(!ClusterSimulation.claimsNotApplied(error), "\(error)") }
+  }
+
   @Test("a lock call that waited in vain or lost its session is expected; a refusal or a nonsense answer fails the run")
   func lockErrors() {
     let expected: [any Error] = [

@@ -81,6 +81,22 @@ struct NodeSimulationTests {
     #expect(stats.operationsCompleted > 150, "\(stats)")
   }
 
+  @Test(
+    "sessions expire, are evicted and forget answers within the run; a write the client calls not applied is checked",
+    arguments: [(EngineKind.raft, UInt64(5_000)..<5_010), (EngineKind.multiPaxos, UInt64(5_100)..<5_110)])
+  func sessionChurn(_ engine: EngineKind, _ seeds: Range<UInt64>) async {
+    let (report, stats) = await Self.run(seeds: seeds, options: .sessionChurn(engine))
+    #expect(report.passed, "\(report)")
+    #expect(report.seedsRun == seeds.count, "\(report)")
+    #expect(stats.operationsCompleted > 40 * seeds.count && stats.unknownOutcomes > 0, "\(stats)")
+    // Every path of the session table and of HostClient's answer to it ran: a change that stops one from running
+    // fails here rather than leaving it untested.
+    #expect(stats.sessionsExpired > 0 && stats.sessionsEvicted > 0, "\(stats)")
+    #expect(stats.commandsUnderExpiredSessions > 0 && stats.sessionRenewals > 0, "\(stats)")
+    #expect(stats.answersForgotten > 0, "\(stats)")
+    #expect(stats.writesNotApplied > 0, "\(stats)")
+  }
+
   @Test("several groups of both engines share the nodes and one network; every group is checked")
   func mixedGroups() async {
     var options = ClusterSimulationOptions()
