@@ -214,8 +214,19 @@ public actor HostClient {
     let limit = deadline ?? options.deadline
     let started = clock.monotonicNanos()
     var renewed = false
+    // What is left of the deadline; at or past it, the command is not sent (again): the only attempts before were
+    // refused under an expired session without being carried out, so its outcome is certain.
+    func timeLeft() throws -> Duration {
+      let left = limit - .nanoseconds(Int64(clamping: clock.monotonicNanos() &- started))
+      guard left > .zero else {
+        throw QuorumClientError.timeout(outcomeUnknown: false, lastFailure: renewed ? "session expired" : nil)
+      }
+      return left
+    }
     while true {
-      var session = try await session(for: group, deadline: limit)
+      // The registration of a new session, after an expiry, takes its time from the same deadline.
+      var session = try await session(for: group, deadline: try timeLeft())
+      let remaining = try timeLeft()
       session.next += 1
       session.lastUsedNanos = clock.monotonicNanos()
       let sequence = session.next
@@ -224,7 +235,6 @@ public actor HostClient {
       // Only while the group's session is still this one: after it expired, another call may have registered a
       // new session, whose own requests use the same sequence numbers.
       defer { if sessions[group]?.id == session.id { sessions[group]?.outstanding.remove(sequence) } }
-      let remaining = limit - .nanoseconds(Int64(clock.monotonicNanos() &- started))
       let request = HostRequest.command(
         group: group, ServiceCommand(service: service, payload: payload),
         request: RequestID(session: session.id, sequence: sequence), acknowledgedThrough: session.acknowledged)

@@ -34,6 +34,9 @@ final class HeldCommandsChannel: RequestChannel {
     }
   }
 
+  /// Sessions registered so far.
+  var registrations: UInt64 { state.withLock { $0.sessions } }
+
   /// The acknowledged mark `request` carried.
   func acknowledged(by request: RequestID) -> UInt64? {
     state.withLock { $0.held.first { $0.request == request }?.acknowledged }
@@ -151,6 +154,31 @@ struct HostClientRetryTests {
     func monotonicNanos() -> UInt64 { nanos.withLock { $0 } }
     func wallClockMillis() -> UInt64 { 1_796_000_000_000 + monotonicNanos() / 1_000_000 }
     func sleep(untilNanos deadline: UInt64) async throws { try await Task.sleep(for: .milliseconds(1)) }
+  }
+
+  @Test("a command whose session expired after its deadline passed ends, certainly not applied, instead of renewing")
+  func renewalKeepsTheDeadline() async throws {
+    let channel = HeldCommandsChannel()
+    let clock = SteppedClock()
+    var options = HostClientOptions()
+    options.deadline = .seconds(30)
+    options.attemptTimeout = .seconds(30)
+    let client = HostClient(channel: channel, members: [1], map: Self.oneMember, options: options, clock: clock)
+    var arrivals = channel.arrivals.makeAsyncIterator()
+    let x = Task { try await client.command([1], service: "kv", group: .default) }
+    #expect(await arrivals.next() == RequestID(session: 1, sequence: 1))
+    // The whole deadline passes while the command waits; then it is refused, not carried out, under an expired
+    // session. Registering a new session then would get the whole deadline again: against a slow or leaderless
+    // group, the call would run to about twice its deadline.
+    clock.advance(by: .seconds(40))
+    channel.answer(RequestID(session: 1, sequence: 1), with: .failure(HostFailure(.consensus(.sessionExpired(1)))))
+    await #expect {
+      try await x.value
+    } throws: { error in
+      guard case QuorumClientError.timeout(outcomeUnknown: false, _) = error else { return false }
+      return true
+    }
+    #expect(channel.registrations == 1, "a session was registered after the deadline had passed")
   }
 
   @Test("a session idle for longer than the renewal interval is replaced before the next command")
