@@ -4,9 +4,13 @@ import Synchronization
 /// Client requests and their replies, carried through a ``VirtualNetwork``'s model: what lets simulated
 /// clients talk to simulated servers the way real clients talk to `quorum serve` over TCP.
 ///
-/// A request may be lost, duplicated (the server handles it twice) or delayed; so may its reply. The server's
-/// handler runs as a task of the server's current process, so a crashed or paused server answers nothing (or
-/// answers late), and the client learns only what a real client would: a reply, or silence until its timeout.
+/// A request may be lost or delayed, but reaches the server at most once, as one send over TCP does: a client
+/// told that a write was refused (`notLeader`, say) relies on that refusal being the only handling of that
+/// send, and a late second copy applied after it would be a network TCP does not have. The server's duplicate
+/// detection is still exercised by the clients' own retries, which resend a request under the same session and
+/// sequence. A reply may be lost, duplicated or delayed. The server's handler runs as a task of the server's
+/// current process, so a crashed or paused server answers nothing (or answers late), and the client learns only
+/// what a real client would: a reply, or silence until its timeout.
 public final class VirtualRequests<Request: Sendable, Reply: Sendable>: Sendable {
   private struct Server {
     var process: UInt32
@@ -41,7 +45,9 @@ public final class VirtualRequests<Request: Sendable, Reply: Sendable>: Sendable
     return await withUnsafeContinuation { (continuation: UnsafeContinuation<Reply?, Never>) in
       once.set(continuation)
       scheduler.schedule(at: scheduler.now + timeout) { once.resume(nil) }
-      for time in route(Link(from: client, to: server)) {
+      // The first copy only (see above); the route is still drawn in full, so every seed's random draws stay
+      // as they were.
+      for time in route(Link(from: client, to: server)).prefix(1) {
         scheduler.schedule(at: time) { [self] in deliver(request, from: client, to: server, once: once) }
       }
     }
