@@ -511,7 +511,7 @@ public actor LockClient {
       case .failure(let error): throw error
       }
     }
-    throw LockClientError.unexpected("the session expired three times in a row")
+    throw LockClientError.sessionLost(lock: name)  // Its sessions expired three times in a row.
   }
 
   /// How one attempt at acquiring a lock in a session ended.
