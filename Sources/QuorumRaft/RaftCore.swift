@@ -86,6 +86,11 @@ public struct RaftCoreOptions: Sendable, Equatable {
       ConfigurationError(setting: option, reason: reason)
     }
     if electionTimeoutMinTicks < 1 { throw fail("electionTimeoutMinTicks", "must be at least 1") }
+    // The timer's arithmetic (randomized timeouts, idle factors, pauses of several timeouts) stays far from
+    // overflow below this: 2^30 ticks is over 12 days at 1 ms ticks.
+    if electionTimeoutMaxTicks > 1 << 30 {
+      throw fail("electionTimeoutMaxTicks", "must be at most 2^30 ticks, got \(electionTimeoutMaxTicks)")
+    }
     if heartbeatTicks < 1 { throw fail("heartbeatTicks", "must be at least 1") }
     if idleHeartbeatFactor < 1 || idleHeartbeatFactor > RaftCore.maxIdleFactor {
       throw fail("idleHeartbeatFactor", "must be 1 ... \(RaftCore.maxIdleFactor), got \(idleHeartbeatFactor)")

@@ -188,6 +188,19 @@ struct PaxosIdleHeartbeatTests {
     var o = MultiPaxosOptions.testing(3)
     o.idleHeartbeatFactor = 0
     #expect(throws: ConfigurationError.self) { try o.validate(memberCount: 3) }
+    // An absurd election timeout is refused, not left to trap in the timer's arithmetic.
+    func refused(_ ticks: Int) -> String? {
+      var options = MultiPaxosOptions.testing(3)
+      options.electionTimeoutMaxTicks = ticks
+      do {
+        try options.validate(memberCount: 3)
+        return nil
+      } catch {
+        return error.setting
+      }
+    }
+    #expect(refused((1 << 30) + 1) == "electionTimeoutMaxTicks")
+    #expect(refused(1 << 30) != "electionTimeoutMaxTicks")
     #expect(PaxosConfiguration().coreOptions.idleHeartbeatFactor == 5)
   }
 }

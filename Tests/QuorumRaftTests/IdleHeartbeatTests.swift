@@ -240,6 +240,12 @@ struct IdleHeartbeatTests {
     #expect(throws: ConfigurationError.self) { try o.validate() }
     o.idleHeartbeatFactor = RaftCore.maxIdleFactor + 1
     #expect(throws: ConfigurationError.self) { try o.validate() }
+    // An absurd election timeout is refused, not left to trap in the timer's arithmetic.
+    o = RaftCoreOptions()
+    o.electionTimeoutMaxTicks = (1 << 30) + 1
+    #expect(throws: ConfigurationError.self) { try o.validate() }
+    o.electionTimeoutMaxTicks = 1 << 30
+    #expect(throws: Never.self) { try o.validate() }
     #expect(throws: ConfigurationError.self) {
       _ = try RaftConfiguration {
         Members(1, 2, 3)
