@@ -18,8 +18,8 @@ enum RaftDurability {
     var hardState: HardState
     /// The index of the durable snapshot; 0 when there is none.
     var snapshotIndex: LogIndex
-    /// The durable entries after the snapshot, ascending and contiguous.
-    var entries: [LogEntry]
+    /// The disk's durable image: the entries after the snapshot, ascending and contiguous.
+    let image: SimulatedDisk<LogEntry>.Image
 
     /// Reads a disk's image; nil when its hard state does not decode (itself a failure of the node).
     init?(_ image: SimulatedDisk<LogEntry>.Image) {
@@ -28,20 +28,18 @@ enum RaftDurability {
       }
       self.hardState = hardState
       self.snapshotIndex = image.snapshot?.index ?? 0
-      self.entries = image.entries
+      self.image = image
     }
+
+    /// The index of the last durable entry; 0 when there is none.
+    var lastIndex: LogIndex { image.entries.last?.index ?? 0 }
 
     /// Whether the disk holds the entry at `index` (of `term`, when given), or a snapshot that covers it.
     func holds(_ index: LogIndex, term: Term? = nil) -> Bool {
       if index == 0 || index <= snapshotIndex { return true }
-      var low = 0
-      var high = entries.count
-      while low < high {
-        let middle = (low + high) / 2
-        if entries[middle].index < index { low = middle + 1 } else { high = middle }
-      }
-      guard low < entries.count, entries[low].index == index else { return false }
-      return term.map { entries[low].term == $0 } ?? true
+      let position = image.lowerBound(index)
+      guard position < image.entries.count, image.entries[position].index == index else { return false }
+      return term.map { image.entries[position].term == $0 } ?? true
     }
   }
 
@@ -79,7 +77,7 @@ enum RaftDurability {
       guard !m.reject, !durable.holds(m.index) else { return nil }
       return
         "\(sender) acknowledged entries through \(m.index) to \(receiver) in term \(m.term) before they were "
-        + "durable (durable snapshot \(durable.snapshotIndex), last durable entry \(durable.entries.last?.index ?? 0))"
+        + "durable (durable snapshot \(durable.snapshotIndex), last durable entry \(durable.lastIndex))"
     case .heartbeatResponse(let m):
       return termNotDurable(m.term)
     case .snapshotResponse(let m):
