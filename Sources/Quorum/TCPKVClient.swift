@@ -165,6 +165,16 @@ public struct TCPKVClient: Sendable {
     try await kv.scan(prefix: prefix, limit: limit, consistency: consistency)
   }
 
+  /// Up to `limit` keys starting with `prefix` and ordered after `after` (from the prefix's first key when `nil`),
+  /// with their values, in key order, across every group: pass the last key of one call's result as the next
+  /// call's `after` to read a prefix of any size in pieces (see
+  /// ``QuorumHost/KeyValueClient/scan(prefix:after:limit:consistency:deadline:)``).
+  public func scan(
+    prefix: String, after: String?, limit: Int = 1000, consistency: ReadConsistency = .linearizable
+  ) async throws -> [KVPair] {
+    try await kv.scan(prefix: prefix, after: after, limit: limit, consistency: consistency)
+  }
+
   /// Closes the connections (if the client made them).
   public func close() async { await client.close() }
 }

@@ -145,12 +145,25 @@ public struct KeyValueClient: Sendable {
   public func scan(
     prefix: String, limit: Int = 1000, consistency: ReadConsistency = .linearizable, deadline: Duration? = nil
   ) async throws -> [KVPair] {
+    try await scan(prefix: prefix, after: nil, limit: limit, consistency: consistency, deadline: deadline)
+  }
+
+  /// Up to `limit` keys starting with `prefix` and ordered after `after` (from the prefix's first key when `nil`),
+  /// with their values, in key order, across every group.
+  ///
+  /// Pass the last key of one call's result as the next call's `after` to read a prefix of any size in pieces of
+  /// `limit`, whichever groups hold its keys; an empty result means the prefix has no more keys. Each call reads
+  /// as ``scan(prefix:limit:consistency:deadline:)`` does, so a prefix read in several calls is not one snapshot.
+  public func scan(
+    prefix: String, after: String?, limit: Int = 1000, consistency: ReadConsistency = .linearizable,
+    deadline: Duration? = nil
+  ) async throws -> [KVPair] {
     var all: [KVPair] = []
     for group in try await client.groups(carrying: KeyValueService.name) {
       var atLeast: UInt64 = 0
       var pageBytes = Self.scanPageBytes
       // Each group may hold the first `limit` keys of the merged result.
-      all += try await KVQuery.followScanPages(limit: limit) { after, remaining in
+      all += try await KVQuery.followScanPages(after: after, limit: limit) { after, remaining in
         while true {
           do {
             let page = try await scanPage(

@@ -7,17 +7,18 @@ extension KVQuery {
   /// ``KVStore/maxScanBytes``).
   ///
   /// - Parameters:
+  ///   - start: the key the scan starts after (`nil`: from the prefix's first key).
   ///   - limit: the most entries to gather (none when it is zero or less).
   ///   - isolation: the caller's actor, on which `page` runs.
   ///   - page: reads one ``scanPage(prefix:after:limit:maxBytes:)`` after the token given (`nil`: from the start),
   ///     at most the count given, and returns its entries and its continuation token.
   /// - Returns: the entries, in the order the pages gave them, at most `limit` of them.
   package static func followScanPages(
-    limit: Int, isolation: isolated (any Actor)? = #isolation,
+    after start: String? = nil, limit: Int, isolation: isolated (any Actor)? = #isolation,
     _ page: (_ after: String?, _ limit: Int) async throws -> (pairs: [KVPair], next: String?)
   ) async throws -> [KVPair] {
     var pairs: [KVPair] = []
-    var after: String?
+    var after = start
     while pairs.count < limit {
       let (more, next) = try await page(after, limit - pairs.count)
       // A page holds at most what it was asked for; a member that gives more is not trusted past the limit.
