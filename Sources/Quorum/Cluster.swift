@@ -95,7 +95,8 @@ public struct Cluster: Sendable {
   public var tcp: TCPTransportOptions
   /// How TCP members authenticate (`nil`: not said, which a TCP member refuses to start with).
   public var security: ClusterSecurity?
-  /// Each member's space quota in bytes (see ``QuorumHost/HostSettings/spaceQuotaBytes``); `nil`: none.
+  /// Each member's space quota in bytes (see ``QuorumHost/HostSettings/spaceQuotaBytes``); `nil`: none. By
+  /// default ``SpaceQuota/defaultBytes``, as etcd has one by default; ``SpaceQuota/unlimited`` turns it off.
   public var spaceQuotaBytes: Int?
   /// Where members log.
   public var logSink: any LogSink
@@ -116,7 +117,7 @@ public struct Cluster: Sendable {
     self.catalog = .standard
     self.tcp = TCPTransportOptions()
     self.security = nil
-    self.spaceQuotaBytes = nil
+    self.spaceQuotaBytes = SpaceQuota.defaultBytes
     self.logSink = StderrLogSink(minimumLevel: .warning)
     self.transactionResolver = TransactionResolverOptions()
     var errors: [ClusterConfigurationError] = []
@@ -766,18 +767,34 @@ public struct Security: ClusterSetting {
   }
 }
 
-/// A space quota for each member, as etcd has: `SpaceQuota(bytes: 8 << 30)`. Past it a member refuses writes
+/// A space quota for each member, as etcd has: `SpaceQuota(bytes: 2 << 30)`. Past it a member refuses writes
 /// with ``QuorumHost/HostError/spaceQuotaExceeded(usedBytes:quotaBytes:)`` while reads, deletes and lock releases
 /// go on; the alarm clears by itself once the member's storage is back under the quota (after deletes, the next
 /// snapshot and the compaction behind it). Usage is the disk allocated under the member's data directory,
 /// preallocated log segments included; in-memory storage has none to measure, so no quota applies to it.
+///
+/// A cluster without this line has a quota of ``defaultBytes`` (8 GiB), so neither a member's disk nor the state
+/// its services hold in memory (which its snapshots, counted in the usage, measure) grows without bound unless
+/// asked to: ``unlimited`` turns the quota off.
 public struct SpaceQuota: ClusterSetting {
-  private let bytes: Int
+  private let bytes: Int?
+
+  /// The quota of a cluster that sets none: 8 GiB, the largest etcd advises for its own (whose default is 2 GiB).
+  public static let defaultBytes = 8 << 30
 
   /// A quota of `bytes` (at least 1 MiB).
   public init(bytes: Int) { self.bytes = bytes }
 
+  private init(unlimited: Void) { self.bytes = nil }
+
+  /// No quota: a member's storage may fill its disk, and its services' state its memory.
+  public static var unlimited: SpaceQuota { SpaceQuota(unlimited: ()) }
+
   public func apply(to cluster: inout Cluster) throws(ClusterConfigurationError) {
+    guard let bytes else {
+      cluster.spaceQuotaBytes = nil
+      return
+    }
     guard bytes >= 1 << 20 else {
       throw ClusterConfigurationError(setting: "SpaceQuota(bytes: \(bytes))", reason: "less than 1 MiB")
     }

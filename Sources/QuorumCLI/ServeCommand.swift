@@ -39,8 +39,9 @@ enum ServeCommand {
                       throw-away clusters
       --log-layout    shared: one write-ahead log for every group this member hosts, synced once for all of
                       them; per-group: a log per group. Default: what the data directory holds, shared if new
-      --quota-bytes   the space quota (bytes, or with a suffix K, M, G): past it, writes are refused while
-                      reads, deletes and lock releases go on, until space returns (after the next snapshot)
+      --quota-bytes   the space quota (bytes, or with a suffix K, M, G; default 8G; none: no quota): past
+                      it, writes are refused while reads, deletes and lock releases go on, until space
+                      returns (after the next snapshot)
     Raises the soft open-file limit to the hard limit, recovers every group's storage, then prints
     "listening on host:port" once it accepts connections. SIGINT/SIGTERM shut down gracefully: stop
     accepting, answer requests in flight, sync and close storage; a second signal exits at once.
@@ -59,7 +60,8 @@ enum ServeCommand {
     var heartbeat: Duration
     var join: Set<String>
     var security: ClusterSecurity
-    var quotaBytes: Int?
+    /// The `--quota-bytes` given: `nil` when not said, `.some(nil)` for `none`.
+    var quotaBytes: Int??
     var logLayout: GroupLogLayout?
   }
 
@@ -135,9 +137,11 @@ enum ServeCommand {
       throw CLIError.usage("--groups goes with --join")
     }
     let security = try parseSecurity(&options)
-    let quotaBytes = try options.value("--quota-bytes").map { text -> Int in
+    let quotaBytes = try options.value("--quota-bytes").map { text -> Int? in
+      if text == "none" { return nil }
       guard let bytes = parseSize(text), bytes >= 1 << 20 else {
-        throw CLIError.usage("--quota-bytes \(text): expected a size of at least 1M (bytes, or with K, M or G)")
+        throw CLIError.usage(
+          "--quota-bytes \(text): expected a size of at least 1M (bytes, or with K, M or G), or none")
       }
       return bytes
     }
@@ -200,7 +204,8 @@ enum ServeCommand {
           Security(clusterSecretFile: secret, credentialsFile: credentials)
         }
         Logging(StderrLogSink(minimumLevel: s.logLevel))
-        if let quota = s.quotaBytes { SpaceQuota(bytes: quota) }
+        // Not said: the cluster's default quota.
+        if let quota = s.quotaBytes { quota.map { SpaceQuota(bytes: $0) } ?? SpaceQuota.unlimited }
         RaftSettings {
           TickInterval(s.tick)
           ElectionTimeout(s.election)

@@ -49,6 +49,25 @@ func isSpaceRefusal(_ error: any Error) -> Bool {
 
 @Suite("The space quota", .timeLimit(.minutes(2)))
 struct SpaceQuotaTests {
+  @Test("a cluster that says nothing has the default quota; SpaceQuota.unlimited turns it off; a tiny one is refused")
+  func defaultQuota() throws {
+    let quiet = try Cluster(id: "space") { Member("n1") }
+    #expect(quiet.hostSettings.spaceQuotaBytes == SpaceQuota.defaultBytes)
+    #expect(SpaceQuota.defaultBytes == 8 << 30)
+    let unlimited = try Cluster(id: "space") {
+      Member("n1")
+      SpaceQuota.unlimited
+    }
+    #expect(unlimited.hostSettings.spaceQuotaBytes == nil)
+    let tiny = #expect(throws: ClusterConfigurationError.self) {
+      try Cluster(id: "space") {
+        Member("n1")
+        SpaceQuota(bytes: 4096)
+      }
+    }
+    #expect(tiny?.description.contains("less than 1 MiB") == true, "\(String(describing: tiny))")
+  }
+
   @Test("past the quota writes are refused with a typed error, reads and deletes go on, and the alarm clears")
   func alarmRaisesAndClears() async throws {
     let cluster = try Cluster(id: "space") {
