@@ -207,6 +207,12 @@ final class RaftChecker: ReplicaChecker<RaftEngine>, @unchecked Sendable {
   private var maxCommitted: LogIndex = 0
   /// Each node's membership at its previous ready: a leader's commit was counted in it or in the current one.
   private var membershipBefore: [NodeID: Membership] = [:]
+  /// Each node's commit index at its previous ready: a leader whose commit index moved past it counted a quorum.
+  private var commitBefore: [NodeID: LogIndex] = [:]
+  /// The term of the entry at each index as each term's leader sent it (in its appends and snapshots): an
+  /// acknowledgement in term `t` through index `i` promises that entry, not any entry at `i`, such as one of a
+  /// deposed leader's that the append overwrites.
+  private var sentTerm: [Term: [LogIndex: Term]] = [:]
   /// What each node's disk for this group holds durably now (set by the simulation once its machines exist);
   /// nil for a node without a disk for the group.
   var durableImage: (NodeID) -> SimulatedDisk<LogEntry>.Image? = { _ in nil }
@@ -227,8 +233,20 @@ final class RaftChecker: ReplicaChecker<RaftEngine>, @unchecked Sendable {
       fail("\(group.name): \(sender) has an undecodable durable hard state")
       return
     }
+    switch message {
+    case .appendEntries(let m):
+      if m.prevLogIndex > 0 { sentTerm[m.term, default: [:]][m.prevLogIndex] = m.prevLogTerm }
+      for entry in m.entries { sentTerm[m.term, default: [:]][entry.index] = entry.term }
+    case .installSnapshot(let m):
+      sentTerm[m.term, default: [:]][m.index] = m.snapshotTerm
+    default:
+      break
+    }
     durabilityChecks += 1
-    if let violation = RaftDurability.violation(of: message, from: sender, to: receiver, durable: durable) {
+    let promised = { (term: Term, index: LogIndex) in self.sentTerm[term]?[index] ?? self.committedTerm[index] }
+    if let violation = RaftDurability.violation(
+      of: message, from: sender, to: receiver, durable: durable, promisedTerm: promised)
+    {
       fail("\(group.name): acknowledged before durable: \(violation)")
     }
   }
@@ -244,15 +262,19 @@ final class RaftChecker: ReplicaChecker<RaftEngine>, @unchecked Sendable {
         fail("\(group.name): \(node) \(violation)")
       }
       membershipBefore[node] = core.membership
+      commitBefore[node] = core.commitIndex
     }
-    if core.role == .leader, let last = rd.committedEntries.last {
+    // Checked when the commit index moves, not when the entries are handed out to apply, which may be readies
+    // later (a bounded batch per ready), after the membership changed again.
+    let commit = core.commitIndex
+    if core.role == .leader, commit > commitBefore[node] ?? 0, let term = core.term(at: commit) {
       durabilityChecks += 1
       let memberships = [core.membership] + (membershipBefore[node].map { [$0] } ?? [])
       if !memberships.contains(where: {
-        RaftDurability.durableQuorum(last.index, term: last.term, membership: $0, durable: durable)
+        RaftDurability.durableQuorum(commit, term: term, membership: $0, durable: durable)
       }) {
         fail(
-          "\(group.name): \(node), leader of term \(core.term), committed \(last.index)@\(last.term), which no quorum of \(core.membership) holds durably"
+          "\(group.name): \(node), leader of term \(core.term), committed \(commit)@\(term), which no quorum of \(core.membership) holds durably"
         )
       }
     }

@@ -49,15 +49,18 @@ enum RaftDurability {
   /// - A vote request, a vote or a refusal, and any answer to a leader carry a term the sender must have made
   ///   durable (a pre-vote promises nothing and is exempt).
   /// - A vote granted in term `t` needs the durable vote for the candidate in `t` (or a later durable term).
-  /// - An acknowledged append (or installed snapshot) through index `i` needs the entry at `i` on disk, or a
-  ///   durable snapshot covering it.
+  /// - An acknowledged append (or installed snapshot) through index `i` in term `t` needs the entry at `i` on disk,
+  ///   of the term `promisedTerm(t, i)` gives when it knows it (the term of the entry term `t`'s leader sent at
+  ///   `i`), or a durable snapshot covering it: an entry of another term there, which the append replaces, does
+  ///   not count.
   ///
   /// - A leader's replication carries its term, which must be durable too: it may leave before the leader's
   ///   write of the entries it carries (§10.2.1 of Ongaro's thesis; ``eagerViolation(_:term:ledTerm:)`` checks
   ///   which messages do), but never before the write of the term it was elected in.
-  static func violation(of message: RaftMessage, from sender: NodeID, to receiver: NodeID, durable: Durable)
-    -> String?
-  {
+  static func violation(
+    of message: RaftMessage, from sender: NodeID, to receiver: NodeID, durable: Durable,
+    promisedTerm: (_ term: Term, _ index: LogIndex) -> Term? = { _, _ in nil }
+  ) -> String? {
     let hs = durable.hardState
     func termNotDurable(_ term: Term) -> String? {
       hs.term >= term ? nil : "\(sender) sent \(message) to \(receiver) with durable term \(hs.term) only"
@@ -74,10 +77,13 @@ enum RaftDurability {
       return "\(sender) granted \(receiver) its vote in term \(m.term) before the vote was durable (durable \(hs))"
     case .appendResponse(let m):
       if let failure = termNotDurable(m.term) { return failure }
-      guard !m.reject, !durable.holds(m.index) else { return nil }
+      guard !m.reject else { return nil }
+      let entryTerm = promisedTerm(m.term, m.index)
+      guard !durable.holds(m.index, term: entryTerm) else { return nil }
       return
-        "\(sender) acknowledged entries through \(m.index) to \(receiver) in term \(m.term) before they were "
-        + "durable (durable snapshot \(durable.snapshotIndex), last durable entry \(durable.lastIndex))"
+        "\(sender) acknowledged entries through \(m.index)\(entryTerm.map { "@\($0)" } ?? "") to \(receiver) in term "
+        + "\(m.term) before they were durable (durable snapshot \(durable.snapshotIndex), last durable entry "
+        + "\(durable.lastIndex))"
     case .heartbeatResponse(let m):
       return termNotDurable(m.term)
     case .snapshotResponse(let m):
