@@ -28,11 +28,16 @@ public enum KVClientError: Error, Sendable, Equatable, CustomStringConvertible {
   case unavailable(attempts: Int, last: ConsensusError)
   /// The key or value is larger than the limits allow.
   case tooLarge(String)
+  /// A replica answered with a reply of another kind than the request asks for (a read of a key answered with a
+  /// scan's page, a put with a compare-and-swap's result): a bug or a mismatched build, never an empty answer.
+  /// A write so answered may have been applied.
+  case badReply(String)
 
   public var description: String {
     switch self {
     case .unavailable(let attempts, let last): return "cluster unavailable after \(attempts) attempts (last: \(last))"
     case .tooLarge(let what): return what
+    case .badReply(let why): return "unexpected reply: \(why)"
     }
   }
 }
@@ -87,7 +92,9 @@ public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
   @discardableResult
   public func put<Value: KVValue>(_ key: String, _ value: Value) async throws -> Value? {
     let bytes = try value.encoded(for: key)
-    guard case .done(let previous) = try await write(.put(key: key, value: bytes)) else { return nil }
+    guard case .done(let previous) = try await write(.put(key: key, value: bytes)) else {
+      throw KVClientError.badReply("put answered with a compare-and-swap result")
+    }
     return try Value.decoded(previous, for: key, afterWrite: true)
   }
 
@@ -98,7 +105,9 @@ public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
   /// Removes `key`; returns the previous value as a `Value` (`kv.delete("greeting", as: String.self)`).
   @discardableResult
   public func delete<Value: KVValue>(_ key: String, as type: Value.Type) async throws -> Value? {
-    guard case .done(let previous) = try await write(.delete(key: key)) else { return nil }
+    guard case .done(let previous) = try await write(.delete(key: key)) else {
+      throw KVClientError.badReply("delete answered with a compare-and-swap result")
+    }
     return try Value.decoded(previous, for: key, afterWrite: true)
   }
 
@@ -124,7 +133,9 @@ public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
   {
     let command = KVCommand.compareAndSwap(
       key: key, expected: try expected?.encoded(for: key), new: try new?.encoded(for: key))
-    guard case .swapped(let swapped, let current) = try await write(command) else { return (false, nil) }
+    guard case .swapped(let swapped, let current) = try await write(command) else {
+      throw KVClientError.badReply("compare-and-swap answered with a put or delete result")
+    }
     return (swapped, try Value.decoded(current, for: key, afterWrite: true))
   }
 
@@ -135,8 +146,9 @@ public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
   public func get(_ key: String, consistency: ReadConsistency = .linearizable, at node: NodeID? = nil) async throws
     -> [UInt8]?
   {
-    guard case .value(let value) = try await read(.get(key: key), consistency: consistency, at: node) else {
-      return nil
+    let result = try await read(.get(key: key), consistency: consistency, at: node)
+    guard case .value(let value) = result else {
+      throw KVClientError.badReply("get answered with \(Self.kind(of: result))")
     }
     return value
   }
@@ -160,10 +172,21 @@ public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
   {
     try await KVQuery.followScanPages(limit: limit) { after, remaining in
       let query = KVQuery.scanPage(prefix: prefix, after: after, limit: remaining, maxBytes: KVStore.maxScanBytes)
-      guard case .page(let pairs, let next) = try await read(query, consistency: consistency, at: nil) else {
-        return ([], nil)
+      let result = try await read(query, consistency: consistency, at: nil)
+      guard case .page(let pairs, let next) = result else {
+        throw KVClientError.badReply("a scan's page answered with \(Self.kind(of: result))")
       }
       return (pairs, next)
+    }
+  }
+
+  /// What kind of answer `result` is, without its contents (a page may hold megabytes).
+  private static func kind(of result: KVQueryResult) -> String {
+    switch result {
+    case .value: return "a value"
+    case .entries(let pairs): return "\(pairs.count) entries"
+    case .count: return "a count"
+    case .page(let pairs, _): return "a page of \(pairs.count) entries"
     }
   }
 
