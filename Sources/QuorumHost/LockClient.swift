@@ -616,7 +616,10 @@ public actor LockClient {
     let (payloads, index, truncated) = try await host.watch(
       key, service: LockService.name, group: session.group, after: after, at: member,
       timeout: min(remaining, options.watchInterval))
-    after = max(after, index)
+    // A truncated watch moves past what it covered only once the session's state is read (below): if the read
+    // fails, the next watch (at another member) starts from where this one did, and a grant the truncation hid
+    // still reaches it, rather than only the poll after `watchInterval`.
+    if !truncated { after = max(after, index) }
     for payload in payloads {
       switch try LockEvent(wireBytes: payload) {
       case .granted(let grant) where grant.lock == name && grant.session == session.id:
@@ -631,6 +634,7 @@ public actor LockClient {
     // notifications) answers at once: the session's state says what happened, without waiting for a poll.
     guard payloads.isEmpty || truncated else { return nil }
     guard let status = try await sessionStatus(session) else { return .sessionGone }
+    after = max(after, index)
     if let grant = status.holds.first(where: { $0.lock == name }) { return .granted(grant) }
     // Only this call waits for the lock in the session, so a wait that is gone ended by its own timeout.
     guard status.waits.contains(where: { $0.lock == name }) else { return .timedOut }

@@ -22,6 +22,71 @@ struct LockWatchGapTests {
     }
   }
 
+  /// Sends every request to the member it names; once armed, hides the next notifications a watch brings behind a
+  /// truncated answer (as a member that dropped them does), then fails every query until the client watches again.
+  final class HidingChannel: RequestChannel {
+    enum Stage { case passing, armed, failingQueries }
+    let harness: LockHostHarness
+    let stage = Mutex(Stage.passing)
+    /// Queries failed while `failingQueries`.
+    let failedQueries = Atomic(0)
+
+    init(harness: LockHostHarness) { self.harness = harness }
+
+    func send(_ request: [UInt8], to member: NodeID, timeout: Duration) async throws -> [UInt8] {
+      guard let host = harness.host(member) else { throw RequestChannelError.unreachable(member, "not running") }
+      let decoded = try? HostRequest(wireBytes: request)
+      if case .watch? = decoded { stage.withLock { if $0 == .failingQueries { $0 = .passing } } }
+      if case .query? = decoded, stage.withLock({ $0 == .failingQueries }) {
+        failedQueries.add(1, ordering: .relaxed)
+        throw RequestChannelError.unreachable(member, "queries fail until the next watch")
+      }
+      let reply = await host.handle(bytes: request)
+      guard case .watch? = decoded, case .notifications(let payloads, let index)? = try? HostReply(wireBytes: reply),
+        !payloads.isEmpty,
+        stage.withLock({ stage in
+          guard stage == .armed else { return false }
+          stage = .failingQueries
+          return true
+        })
+      else { return reply }
+      return HostReply.notifications([], index: index).wireBytes()
+    }
+  }
+
+  @Test("a waiter whose watch was truncated over its grant, and whose status read then failed, watches from before it")
+  func truncatedWatchThenFailedStatusRead() async throws {
+    let cluster = try LockClientTests.cluster(.raft, "watch-truncated-read-fails")
+    try await LockHostHarness.with(cluster) { harness in
+      _ = try await harness.awaitLeader()
+      let holder = harness.lockClient(reaching: nil, seed: 1, deadline: .seconds(30))
+      var options = LockClientTests.steadyLeases
+      options.watchInterval = .seconds(600)  // A watch ends early only with an answer (the member holds it 30 s).
+      let channel = HidingChannel(harness: harness)
+      let waiter = LockClient(
+        HostClient(
+          channel: channel, members: harness.members, map: cluster.map, options: LockClientTests.quickCalls, seed: 2),
+        options: options)
+      try await closing([holder, waiter]) {
+        let held = try await holder.lock("handoff")
+        let waiting = Task { try await waiter.lock("handoff") }
+        _ = try await awaitValue("the waiter to queue") {
+          try await holder.status(of: "handoff")?.waiters.count == 1 ? true : nil
+        }
+        channel.stage.withLock { $0 = .armed }
+        let released = ContinuousClock.now
+        #expect(try await holder.unlock(held))
+        let lease = try await waiting.value
+        let took = ContinuousClock.now - released
+        #expect(channel.failedQueries.load(ordering: .relaxed) > 0, "the status read after the truncation failed")
+        // The status read gives up after the calls' 3 s deadline; a watch from past the grant would then wait for
+        // the member's 30 s limit before the next read.
+        #expect(took < .seconds(15), "the lease came \(took) after the release")
+        #expect(try await waiter.unlock(lease))
+      }
+    }
+  }
+
   @Test("a follower that installs a snapshot over a waiter's grant answers its watch at once; the lease comes quickly")
   func snapshotOverGrant() async throws {
     let cluster = try LockClientTests.cluster(.raft, "watch-gap", snapshotEvery: 5)
