@@ -694,6 +694,8 @@ public final class ClusterSimulation: @unchecked Sendable {
       input = .compareAndSwap(key: key, expected: expected, new: value)
     }
     let op = history.invoke(client: c, input, at: scheduler.now.nanoseconds)
+    // Once the call returns, `HostClient` sends this write no more: its record of an expired session is done with.
+    defer { forgetExpired(input, of: c) }
     do {
       let output: KVOutput
       switch input {
@@ -751,8 +753,29 @@ public final class ClusterSimulation: @unchecked Sendable {
   }
 
   /// Commands the cluster said had an expired session, and that session: sent again under another, they were
-  /// renewed.
+  /// renewed. A command's entry goes when the write that sent it returns (``forgetExpired(_:of:)``), so the table
+  /// holds at most one entry per caller, not one per expiry of the whole run.
   private var expiredCommands: [SentCommand: UInt64] = [:]
+
+  /// The entries of ``expiredCommands`` (none once every write has returned).
+  var expiredCommandsRemembered: Int { expiredCommands.count }
+
+  /// Forgets what ``expiredCommands`` holds for the write of `input` by caller `c`, which has returned: the
+  /// `HostClient` (shared by the caller and its pipelined twin, `options.clients` further on) sends it no more.
+  private func forgetExpired(_ input: KVInput, of c: Int) {
+    guard !expiredCommands.isEmpty else { return }
+    let channel = c >= options.clients ? c - options.clients : c
+    // The payload as `KeyValueClient` encodes it (strings as their UTF-8 bytes).
+    let command: KVCommand
+    switch input {
+    case .put(let key, let value): command = .put(key: key, value: Array(value.utf8))
+    case .delete(let key): command = .delete(key: key)
+    case .compareAndSwap(let key, let expected, let new):
+      command = .compareAndSwap(key: key, expected: expected.map { Array($0.utf8) }, new: new.map { Array($0.utf8) })
+    case .get: return
+    }
+    expiredCommands[SentCommand(client: channel, payload: command.wireBytes())] = nil
+  }
 
   /// Sees each request of key-value client `c` and its reply (`nil`: none arrived), to count the writes
   /// `HostClient` sent again under a new session after the cluster said their session had expired. (Values are

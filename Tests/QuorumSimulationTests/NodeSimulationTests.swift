@@ -1,9 +1,10 @@
 import QuorumCore
 import QuorumHost
-import QuorumSimulation
 import QuorumTestSupport
 import Synchronization
 import Testing
+
+@testable import QuorumSimulation
 
 /// The production node actors under the seeded scheduler: every seed must pass, and the seeds together must have
 /// exercised the faults they claim to inject (a simulation that never crashed anything proves nothing).
@@ -21,6 +22,9 @@ struct NodeSimulationTests {
         total.withLock { $0.add(stats) }
       }
       try simulation.run()
+      // Every write has returned: nothing is left of the commands sent under expired sessions.
+      let remembered = simulation.expiredCommandsRemembered
+      if remembered != 0 { throw SimulationFailure("\(remembered) expired commands remembered after the run") }
     }
     return (report, total.withLock { $0 })
   }
