@@ -320,6 +320,40 @@ struct PaxosFarBehindTests {
     #expect(chunks == 1 + MultiPaxosCore.maxUnacknowledgedOfferResends, "\(chunks) chunks")
   }
 
+  @Test("offers paused for good do not keep a further candidate out: a full table gives up a paused offer")
+  func fullTableOfPausedOffersTakesANewCandidate() {
+    // More silent candidates than the table holds (eight), each paused for good by an absurd election timeout.
+    let candidates = MultiPaxosCore.maxOffers + 2
+    var options = MultiPaxosOptions.testing(candidates + 1)
+    options.electionTimeoutMaxTicks = 1 << 62
+    var acceptor = MultiPaxosCore(
+      id: 1, members: ids(candidates + 1), options: options,
+      snapshot: PaxosSnapshot(index: 10, data: Array(repeating: 7, count: 10_000)), random: SeededRandom(seed: 2))
+    acceptor.sinceLeaderContact = 100
+    var round: UInt64 = 0
+    // Probes from `candidate` (behind the snapshot) for `ticks` ticks; returns the snapshot chunks it was sent.
+    func probe(from candidate: NodeID, ticks: Int) -> Int {
+      var chunks = 0
+      for t in 0..<ticks {
+        if t % 15 == 0 {
+          round += 1
+          acceptor.step(.probe(Prepare(ballot: Ballot(round: round, node: candidate), fromSlot: 3)), from: candidate)
+        }
+        acceptor.tick()
+        for out in acceptor.readMessages() where out.to == candidate {
+          if case .snapshot = out.message { chunks += 1 }
+        }
+      }
+      return chunks
+    }
+    let offered = ids(candidates + 1).dropFirst().map { probe(from: $0, ticks: 200) }
+    // Every candidate gets the first chunk and its resends, then nothing: the pause has no end.
+    #expect(offered == Array(repeating: 1 + MultiPaxosCore.maxUnacknowledgedOfferResends, count: candidates))
+    // The two last took the slots of the two first (the pauses end together: the lowest candidates give way).
+    let last = NodeID(UInt64(candidates + 1))
+    #expect(probe(from: last, ticks: 200) == 0, "a candidate whose offer holds its slot stays paused")
+  }
+
   @Test("a candidate that acknowledges each chunk after the resends ran out still gets the whole snapshot")
   func offerToSlowCandidateCompletes() {
     var options = MultiPaxosOptions.testing(3)

@@ -520,7 +520,7 @@ public struct MultiPaxosCore: Sendable {
     var silences = 0
   }
   private var offers: [NodeID: Offer] = [:]
-  /// The most candidates offered a snapshot at once.
+  /// The most candidates offered a snapshot at once; a full table gives up a paused offer for a new candidate.
   static let maxOffers = 8
   /// The most chunks an acceptor resends of a snapshot it offers a candidate (ballot zero) while the candidate
   /// acknowledges none; it then offers none for a pause of four maximum election timeouts, doubling with each offer
@@ -1854,10 +1854,25 @@ public struct MultiPaxosCore: Sendable {
       offer.silences = previous.silences
       if previous.index == snapshot.index && !previous.refused { offer.offset = previous.offset }
     } else if offers.count >= Self.maxOffers {
-      return
+      guard let idle = pausedOfferEndingLast() else { return }  // Every slot is sending: wait for one.
+      offers[idle] = nil
     }
     offers[candidate] = offer
     sendOfferChunk(to: candidate)
+  }
+
+  /// The paused offer whose pause ends last (the lowest candidate of those), if any: the one a full table gives
+  /// up for a new candidate. A paused offer sends nothing and is forgotten only one longest pause after its end;
+  /// a pause saturated by an absurd election timeout never ends, and such offers would otherwise keep their
+  /// slots, and every further candidate out, for good. The candidate given up may be offered again if it asks
+  /// again (one chunk and its resends, then a pause).
+  private func pausedOfferEndingLast() -> NodeID? {
+    var last: (candidate: NodeID, until: UInt64)?
+    for candidate in offers.keys.sorted() {
+      guard let until = offers[candidate]?.pausedUntil else { continue }
+      if last.map({ until > $0.until }) ?? true { last = (candidate, until) }
+    }
+    return last?.candidate
   }
 
   /// Ticks an offer pauses after the candidate left `silences` offers in a row unacknowledged: four maximum
