@@ -170,7 +170,18 @@ public actor KVClient<Log: ReplicatedLog> where Log.Machine == KVStore {
   public func scan(prefix: String, limit: Int = 1000, consistency: ReadConsistency = .linearizable) async throws
     -> [KVPair]
   {
-    try await KVQuery.followScanPages(limit: limit) { after, remaining in
+    try await scan(prefix: prefix, after: nil, limit: limit, consistency: consistency)
+  }
+
+  /// Up to `limit` entries whose keys start with `prefix` and come after `after` (from the prefix's first key when
+  /// `nil`), in key order: pass the last key of one call's result as the next call's `after` to read a prefix of
+  /// any size in pieces of `limit`; an empty result means the prefix has no more keys. Each call reads as
+  /// ``scan(prefix:limit:consistency:)`` does.
+  /// - Throws: ``KVClientError``, or a ``QuorumCore/ConsensusError`` that retrying does not fix.
+  public func scan(prefix: String, after: String?, limit: Int = 1000, consistency: ReadConsistency = .linearizable)
+    async throws -> [KVPair]
+  {
+    try await KVQuery.followScanPages(after: after, limit: limit) { after, remaining in
       let query = KVQuery.scanPage(prefix: prefix, after: after, limit: remaining, maxBytes: KVStore.maxScanBytes)
       let result = try await read(query, consistency: consistency, at: nil)
       guard case .page(let pairs, let next) = result else {

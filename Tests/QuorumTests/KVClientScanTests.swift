@@ -42,6 +42,17 @@ struct KVClientScanTests {
       #expect(pairs.map(\.key).elementsEqual((0..<keys).map { "k/\(String(100_000 + $0))" }), "each key once, in order")
       #expect(try await kv.scan(prefix: "k/", limit: 10_500).count == 10_500)
       #expect(try await kv.scan(prefix: "k/", limit: 0).isEmpty)
+      // Read in pieces, each starting after the last key of the one before: every key once, in order.
+      var pieces: [String] = []
+      var after: String?
+      for _ in 0..<10 {
+        let piece = try await kv.scan(prefix: "k/", after: after, limit: 5_000)
+        guard let last = piece.last else { break }
+        pieces += piece.map(\.key)
+        after = last.key
+      }
+      #expect(pieces.elementsEqual((0..<keys).map { "k/\(String(100_000 + $0))" }), "the pieces, each key once")
+      #expect(try await kv.scan(prefix: "k/", after: "k/111998").map(\.key) == ["k/111999"])
     }
   }
 }
