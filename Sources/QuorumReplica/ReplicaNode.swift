@@ -37,7 +37,10 @@ public protocol ReplicaObserver<Engine>: Sendable {
 /// then carries out the engine's ``ReplicaReady`` strictly in this order:
 /// 1. a leader sends its replication messages (it counts itself towards a quorum only after step 2);
 /// 2. a snapshot from the leader is stored atomically, then the hard state and new entries are written and
-///    made durable (under ``QuorumStorage/FsyncPolicy/always``, one `fdatasync`);
+///    made durable (under ``QuorumStorage/FsyncPolicy/always``, one `fdatasync`). A snapshot the storage could
+///    not store without changing anything durable (a full disk, a failed write of its file) holds the turn's
+///    work back, tried again after a pause while the node goes on taking inputs; it stops the node only after
+///    60 tries;
 /// 3. only then are votes, promises and acknowledgements sent: they promise what step 2 stored;
 /// 4. the state machine is restored from the snapshot and committed entries are applied, answering the
 ///    requests that were waiting for them.
@@ -229,6 +232,25 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   @usableFromInline var plannedQuiet: UInt64 = 0
   /// The position of the time-only entry this leader proposed and has not seen applied yet.
   @usableFromInline var timeAdvanceIndex: UInt64?
+  /// A ready whose snapshot from the leader could not be stored for a retryable reason (see
+  /// ``storeInstall(_:failures:)``), carried out again once its pause is over, before any later ready.
+  @usableFromInline var heldInstall: HeldInstall?
+
+  /// A ready held back because storing its snapshot failed without changing anything durable.
+  @usableFromInline struct HeldInstall: Sendable {
+    /// The ready, whose eager messages were sent; nothing else of it was carried out.
+    @usableFromInline var ready: ReplicaReady<Engine>
+    /// How many times storing its snapshot has failed.
+    @usableFromInline var failures: Int
+    /// The monotonic time (nanoseconds) from which it is tried again.
+    @usableFromInline var retryAtNanos: UInt64
+
+    @inlinable init(ready: ReplicaReady<Engine>, failures: Int, retryAtNanos: UInt64) {
+      self.ready = ready
+      self.failures = failures
+      self.retryAtNanos = retryAtNanos
+    }
+  }
 
   /// Creates a node; nothing happens until ``run()``.
   ///
@@ -483,7 +505,7 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// ticks), no time-only entry in flight, and, on a leader, no expiry of the state machine due (a leader writes
   /// it when its log clock passes it). At most a thousand.
   @inlinable func quietTicks() -> UInt64 {
-    guard pendingCount == 0, timeAdvanceIndex == nil,
+    guard pendingCount == 0, timeAdvanceIndex == nil, heldInstall == nil,
       let (leading, quiet) = engine?.inspect({ ($0.isLeader, $0.quietTicks) })
     else { return 0 }
     if leading && machine.nextDeadlineMillis != nil { return 0 }
@@ -754,36 +776,53 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
 
   // MARK: - Ready
 
+  /// Carries out the engine's readies, in order. A ready held back because its snapshot could not be stored
+  /// goes first once its pause is over; while it is held, no later ready is taken (they depend on it: their
+  /// acknowledgements promise the snapshot too), so the engine's work waits as behind a slow disk.
   @inlinable func drainReady() async throws {
+    if let held = heldInstall {
+      guard runtime.clock.monotonicNanos() >= held.retryAtNanos else { return }
+      heldInstall = nil
+      guard try await carryOut(held.ready, failures: held.failures) else { return }
+    }
     while engine?.inspect({ $0.hasReady }) == true {
       guard let rd = engine?.ready() else { return }
       if let observer, let engine { observer.node(id, group: group, willCarryOut: rd, engine: engine) }
       send(rd.eagerMessages)
-      let sentWhenDurable = try await persist(rd)
-      observer?.node(id, group: group, didPersist: rd)
-      self.engine?.advance(rd)
-      try await install(rd)
-      apply(rd.committed)
-      for state in rd.readStates {
-        guard var read = reads.removeValue(forKey: state.id) else { continue }
-        read.index = max(read.index, state.index)
-        if read.index <= applied {
-          read.continuation.resume(returning: answer(read.query))
-        } else {
-          waitingReads.append(read)
-        }
-      }
-      for id in rd.failedReads {
-        reads.removeValue(forKey: id)?.continuation.resume(
-          throwing: ConsensusError.notLeader(hint: self.engine?.leader))
-      }
-      answerWaitingReads()
-      // After the answers: a leader's news of a commit to its followers can wait the few microseconds that
-      // applying takes; its client's reply should not.
-      if !sentWhenDurable { send(rd.messages) }
-      report(rd)
-      maybeSnapshot()
+      guard try await carryOut(rd, failures: 0) else { return }
     }
+  }
+
+  /// Carries out `rd`, whose eager messages were sent: stores it, sends what waited for that, installs and
+  /// applies. Returns `false` when its snapshot could not be stored and it is held for another try
+  /// (``heldInstall``); nothing of it was carried out then.
+  @inlinable func carryOut(_ rd: ReplicaReady<Engine>, failures: Int) async throws -> Bool {
+    guard try await storeInstall(rd, failures: failures) else { return false }
+    let sentWhenDurable = try await persist(rd)
+    observer?.node(id, group: group, didPersist: rd)
+    self.engine?.advance(rd)
+    try await install(rd)
+    apply(rd.committed)
+    for state in rd.readStates {
+      guard var read = reads.removeValue(forKey: state.id) else { continue }
+      read.index = max(read.index, state.index)
+      if read.index <= applied {
+        read.continuation.resume(returning: answer(read.query))
+      } else {
+        waitingReads.append(read)
+      }
+    }
+    for id in rd.failedReads {
+      reads.removeValue(forKey: id)?.continuation.resume(
+        throwing: ConsensusError.notLeader(hint: self.engine?.leader))
+    }
+    answerWaitingReads()
+    // After the answers: a leader's news of a commit to its followers can wait the few microseconds that
+    // applying takes; its client's reply should not.
+    if !sentWhenDurable { send(rd.messages) }
+    report(rd)
+    maybeSnapshot()
+    return true
   }
 
   @inlinable func send(_ messages: [ReplicaOutgoing<Engine.Message>]) {
@@ -803,10 +842,6 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// again: a follower's acknowledgement leaves one thread hand-off sooner. Returns whether they were sent;
   /// otherwise the caller sends them.
   @inlinable func persist(_ rd: ReplicaReady<Engine>) async throws -> Bool {
-    if let install = rd.snapshot {
-      try await storage.saveSnapshot(install.stored, discardingLog: install.discardingLog)
-      if let through = install.compactThrough { try await storage.compact(through: through) }
-    }
     if rd.write.isEmpty { return false }
     guard !rd.messages.isEmpty else {
       try await writeRetryingDescriptors(rd.write, whenDurable: nil)
@@ -815,6 +850,36 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     let sender = DurableSender(outbox: outbox, messages: rd.messages)
     try await writeRetryingDescriptors(rd.write, whenDurable: { sender.send() })
     for peer in sender.refused { engine?.reportUnreachable(peer) }
+    return true
+  }
+
+  /// The most times storing a snapshot from the leader is tried again, after failures that changed nothing
+  /// durable, before the node stops.
+  @usableFromInline static var installRetries: Int { 60 }
+
+  /// Stores the snapshot from the leader that `rd` carries, if it does (and compacts behind it, for an engine
+  /// that asks). Returns `false` when the storage failed without changing anything durable
+  /// (``QuorumStorage/StorageError/isRetryable``: the disk was full, writing the file failed, descriptors ran
+  /// out): the ready is then held (``heldInstall``) and tried again after a pause — 10 ms, doubling up to a
+  /// second — while the loop goes on. Nothing of it has been acknowledged: its messages, the acknowledgement
+  /// among them, leave only once it is stored; a leader meanwhile resends, as to a follower whose disk is slow.
+  /// This is the leader's retry without the transfer: the follower keeps the snapshot it received. After
+  /// ``installRetries`` failures, or on any other failure (the storage may no longer match what the node
+  /// holds), the error stops the node.
+  @inlinable func storeInstall(_ rd: ReplicaReady<Engine>, failures: Int) async throws -> Bool {
+    guard let install = rd.snapshot else { return true }
+    do {
+      try await storage.saveSnapshot(install.stored, discardingLog: install.discardingLog)
+    } catch let error as StorageError where error.isRetryable && failures < Self.installRetries {
+      let pauseNanos = min(UInt64(10_000_000) << UInt64(min(failures, 7)), 1_000_000_000)
+      heldInstall = HeldInstall(
+        ready: rd, failures: failures + 1, retryAtNanos: runtime.clock.monotonicNanos() &+ pauseNanos)
+      logger.warning(
+        "could not store the leader's snapshot; trying again in \(pauseNanos / 1_000_000) ms",
+        ["index": "\(install.stored.index)", "error": "\(error)"])
+      return false
+    }
+    if let through = install.compactThrough { try await storage.compact(through: through) }
     return true
   }
 

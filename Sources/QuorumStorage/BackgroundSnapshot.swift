@@ -42,7 +42,8 @@ public import QuorumCore
   }
 
   /// Records the task's outcome. A snapshot refused as older than the stored one (a leader's snapshot was
-  /// installed meanwhile), or not stored for a passing want of file descriptors, is dropped; returns the reason
+  /// installed meanwhile), or not stored for a retryable reason (a passing want of file descriptors, or a
+  /// temporary file that could not be written: ``StorageError/isRetryable``), is dropped; returns the reason
   /// when that happened, for the log.
   @usableFromInline package mutating func finished(_ result: Result<Snapshot, any Error>) -> String? {
     task = nil
@@ -52,7 +53,8 @@ public import QuorumCore
     case .failure(StorageError.invalidWrite(let reason)):
       return reason
     case .failure(let error as StorageError) where error.isRetryable:
-      // Out of descriptors: nothing was stored or damaged; the node snapshots again at its next chance.
+      // Out of descriptors, or the file could not be written (a full disk): nothing was stored or damaged; the
+      // node snapshots again at its next chance.
       return "\(error)"
     case .failure(let error):
       failure = error

@@ -173,11 +173,31 @@ public enum StorageError: Error, Sendable, Equatable, CustomStringConvertible {
   /// even after waiting a little. Nothing is wrong with the disk, and nothing was half written: the storage
   /// stays usable and the call may be retried (``isRetryable``) once descriptors are free.
   case descriptorsExhausted(operation: String, path: String, errno: Int32)
+  /// Storing a snapshot failed before anything durable changed: writing or syncing its temporary file failed
+  /// (`underlying` says how — the disk is full, say, or the write reported an I/O error). The stored snapshot,
+  /// log and hard state are as they were, the storage stays usable, and the call may be retried
+  /// (``isRetryable``): a replica refuses the leader's snapshot for now rather than stop.
+  indirect case snapshotNotStored(underlying: StorageError)
 
-  /// Whether the same call may succeed later without reopening the storage (descriptors ran out).
+  /// Whether the same call may succeed later without reopening the storage: descriptors ran out, or a snapshot
+  /// could not be written and nothing changed (``snapshotNotStored(underlying:)``). The failed call left the
+  /// storage consistent, and making it again is safe: it changed nothing durable, or (a leader's snapshot whose
+  /// superseded segments found no descriptor for their deletion) it took effect, and storing the same snapshot
+  /// again finishes it.
   public var isRetryable: Bool {
-    if case .descriptorsExhausted = self { return true }
-    return false
+    switch self {
+    case .descriptorsExhausted, .snapshotNotStored: return true
+    default: return false
+    }
+  }
+
+  /// This error, as the failure of writing a snapshot's temporary file, which changes nothing durable: an error
+  /// that is already retryable stays as it is; a closed storage stays closed.
+  package var asSnapshotNotStored: StorageError {
+    switch self {
+    case .descriptorsExhausted, .snapshotNotStored, .closed: return self
+    default: return .snapshotNotStored(underlying: self)
+    }
   }
 
   public var description: String {
@@ -193,6 +213,8 @@ public enum StorageError: Error, Sendable, Equatable, CustomStringConvertible {
     case .incompatible(let file, let reason): return "incompatible file \(file): \(reason)"
     case .descriptorsExhausted(let op, let path, let code):
       return "\(op) failed on \(path): out of file descriptors (errno \(code)); raise the open-file limit"
+    case .snapshotNotStored(let underlying):
+      return "snapshot not stored (nothing changed; may be retried): \(underlying)"
     }
   }
 }

@@ -625,7 +625,11 @@ final class SharedLogCore: @unchecked Sendable {
     let body = try await onSnapshotQueue { () throws(StorageError) in
       self.snapshotBodyHook.withLock { $0 }?()
       if closed() { throw .closed }
-      return try SnapshotFile.writeBody(snapshot, directory: directory, sync: sync, suffix: suffix)
+      do throws(StorageError) {
+        return try SnapshotFile.writeBody(snapshot, directory: directory, sync: sync, suffix: suffix)
+      } catch {
+        throw error.asSnapshotNotStored  // Only the temporary file was touched (and it is removed).
+      }
     }
     try await perform { () throws(StorageError) in
       do throws(StorageError) {
@@ -657,7 +661,11 @@ final class SharedLogCore: @unchecked Sendable {
     // segment exists still discards the group's older entries.
     let discardBefore = last.sequence + 1
     let directory = snapshotDirectory(group)
-    try SnapshotFile.finish(body, discardBeforeSegment: discardBefore, sync: syncsStructure)
+    do throws(StorageError) {
+      try SnapshotFile.finish(body, discardBeforeSegment: discardBefore, sync: syncsStructure)
+    } catch {
+      throw error.asSnapshotNotStored  // The temporary file is removed; nothing else was touched.
+    }
     // Everything that needs a file descriptor comes before the snapshot's rename (the commit point): the next
     // segment is prepared, and the directories opened, while nothing has changed, so running out of descriptors
     // leaves the log as it was and may be retried (the caller removes the temporary snapshot). A failed sync of
@@ -703,8 +711,12 @@ final class SharedLogCore: @unchecked Sendable {
     let suffix = ".\(instanceToken).\(snapshotSequence.add(1, ordering: .relaxed).newValue).tmp"
     let temporary = try await onSnapshotQueue { () throws(StorageError) in
       if closed() { throw .closed }
-      return try SnapshotFile.writeTemporary(
-        snapshot, discardBeforeSegment: 0, directory: directory, sync: sync, suffix: suffix)
+      do throws(StorageError) {
+        return try SnapshotFile.writeTemporary(
+          snapshot, discardBeforeSegment: 0, directory: directory, sync: sync, suffix: suffix)
+      } catch {
+        throw error.asSnapshotNotStored  // Only the temporary file was touched (and it is removed).
+      }
     }
     try await perform { () throws(StorageError) in
       do throws(StorageError) {

@@ -1095,6 +1095,44 @@ struct FileStorageSnapshotTests {
       #expect(path == newest)
     }
   }
+
+  /// A leader's snapshot whose file cannot be written (here a directory squats on its temporary file's name, so
+  /// opening it fails) fails as retryable, changes nothing, and leaves the storage usable: the same install goes
+  /// through once the file can be written.
+  @Test func aSnapshotWhoseFileCannotBeWrittenChangesNothingAndMayBeRetried() async throws {
+    try await withTemporaryDirectory { directory in
+      var storage = makeStorage(directory)
+      _ = try await storage.recover()
+      try await storage.write(StorageWrite(hardState: hardState("h"), entries: entries(1...5)))
+      let snapshot = StoredSnapshot(index: 9, term: 2, data: [9])
+      let squatter = directory + "/snapshots/" + SnapshotFile.fileName(index: 9) + ".tmp"
+      try FileManager.default.createDirectory(atPath: squatter, withIntermediateDirectories: false)
+      let error = await #expect(throws: StorageError.self) {
+        try await storage.saveSnapshot(snapshot, discardingLog: true)
+      }
+      guard case .snapshotNotStored(let underlying)? = error, case .io = underlying else {
+        Issue.record("expected snapshotNotStored around an I/O error, got \(String(describing: error))")
+        return
+      }
+      #expect(error?.isRetryable == true)
+      try await storage.write(StorageWrite(entries: entries(6...6)))
+      try await storage.close()
+      try FileManager.default.removeItem(atPath: squatter)
+
+      storage = makeStorage(directory)
+      var state = try await storage.recover()
+      #expect(state.snapshot == nil)
+      #expect(state.entries == entries(1...6))
+      try await storage.saveSnapshot(snapshot, discardingLog: true)
+      try await storage.close()
+
+      storage = makeStorage(directory)
+      state = try await storage.recover()
+      #expect(state.snapshot == snapshot)
+      #expect(state.entries.isEmpty)
+      try await storage.close()
+    }
+  }
 }
 
 @Suite("FileStorage: work run when a write is durable")

@@ -1,0 +1,79 @@
+import QuorumCore
+import QuorumKV
+import QuorumRaft
+import QuorumStorage
+import Synchronization
+import Testing
+
+/// Memory storage whose next stores of a leader's snapshot (those that discard the log) fail as on a full disk:
+/// nothing is stored and the storage stays usable.
+final class FullDiskOnInstallStorage: ConsensusStorage, Sendable {
+  let inner = MemoryStorage<LogEntry>()
+  /// Installs still to refuse, refused, and stored.
+  let failures = Atomic<Int>(0)
+  let refused = Atomic<Int>(0)
+  let installed = Atomic<Int>(0)
+
+  func recover() async throws -> RecoveredState<LogEntry> { try await inner.recover() }
+  func write(_ write: StorageWrite<LogEntry>) async throws { try await inner.write(write) }
+  func saveSnapshot(_ snapshot: StoredSnapshot, discardingLog: Bool) async throws {
+    if discardingLog && failures.load(ordering: .relaxed) > 0 {
+      failures.subtract(1, ordering: .relaxed)
+      refused.add(1, ordering: .relaxed)
+      // 28 is ENOSPC: the write of the snapshot's file found the disk full.
+      throw StorageError.snapshotNotStored(underlying: .io(operation: "write", path: "test", errno: 28))
+    }
+    try await inner.saveSnapshot(snapshot, discardingLog: discardingLog)
+    if discardingLog { installed.add(1, ordering: .relaxed) }
+  }
+  func compact(through index: UInt64) async throws { try await inner.compact(through: index) }
+  func close() async throws { try await inner.close() }
+}
+
+@Suite("Installing a leader's snapshot that cannot be stored now", .timeLimit(.minutes(2)))
+struct InstallRetryTests {
+  @Test("a follower whose disk refuses the leader's snapshot for a while stays up, stores it later and catches up")
+  func followerRetriesRefusedInstall() async throws {
+    let configuration = try LiveCluster.fast(members: [1, 2, 3]) {
+      $0.snapshotEvery = 20
+      $0.snapshotRetainEntries = 2
+      $0.snapshotChunkBytes = 64
+    }
+    let storages: [NodeID: FullDiskOnInstallStorage] = [1: .init(), 2: .init(), 3: .init()]
+    let cluster = LiveCluster(configuration: configuration)
+    do {
+      for id in storages.keys.sorted() { try await cluster.start(id, storage: storages[id]) }
+      let leader = try await cluster.leader()
+      let lagging: NodeID = leader.id == 3 ? 2 : 3
+      let storage = try #require(storages[lagging])
+      await cluster.stop(lagging)
+      for i in 0..<100 {
+        _ = try await withLeader(cluster) { try await $0.propose(.put(key: "k\(i)", value: bytes("value-\(i)"))) }
+      }
+      let last = try await linearizableRead(cluster, "k99")
+      // The leaders compacted their logs past everything it holds: only a snapshot can bring it up to date, and
+      // the first three tries to store one fail.
+      storage.failures.store(3, ordering: .relaxed)
+      let events = try await cluster.start(lagging)
+      let node = try #require(await cluster.node(lagging))
+      // Without the retry the node stops at the first refusal and this read fails with `stopped`.
+      #expect(try await staleRead(node, "k99", atLeast: last.index) == .value(bytes("value-99")))
+      #expect(await node.localQuery(.count) == .count(100))
+      #expect(storage.refused.load(ordering: .relaxed) == 3, "every refusal was met")
+      #expect(storage.installed.load(ordering: .relaxed) >= 1, "the snapshot was stored in the end")
+      let installed = try await firstEvent(events, "a snapshot installed on \(lagging)") {
+        if case .snapshotInstalled = $0 { true } else { false }
+      }
+      guard case .snapshotInstalled(let index) = installed else {
+        Issue.record("expected a snapshot, got \(installed)")
+        await cluster.stopAll()
+        return
+      }
+      #expect(index > 2)
+      await cluster.stopAll()
+    } catch {
+      await cluster.stopAll()
+      throw error
+    }
+  }
+}
