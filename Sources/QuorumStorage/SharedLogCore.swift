@@ -23,6 +23,10 @@ final class SharedLogCore: @unchecked Sendable {
   private let queue = DispatchQueue(label: "quorum.sharedlog.io", qos: .userInitiated)
   /// Where snapshot files that keep the log are written, so that log writes on ``queue`` go on meanwhile.
   private let snapshotQueue = DispatchQueue(label: "quorum.sharedlog.snapshot", qos: .utility)
+  /// Where the bodies of leaders' snapshots are written: not behind the groups' own snapshots on
+  /// ``snapshotQueue``, which the install supersedes (for its group) or has nothing to do with (for the others),
+  /// and which may take long, while the installing replica waits for its install.
+  private let installQueue = DispatchQueue(label: "quorum.sharedlog.install", qos: .userInitiated)
   private let snapshotSequence = Atomic<UInt64>(0)
   /// Makes temporary snapshot names unique to this instance (see ``FileStorageCore``).
   private let instanceToken = UInt32.random(in: 0...UInt32.max)
@@ -33,8 +37,10 @@ final class SharedLogCore: @unchecked Sendable {
   let snapshotRemovalFaults = OpenFaults()
   /// Failures tests inject into the directory syncs that follow a snapshot's rename into place.
   let snapshotSyncFaults = OpenFaults()
-  /// Runs where an installed snapshot's body is about to be written (on the snapshot queue); tests hold it there.
+  /// Runs where an installed snapshot's body is about to be written (on the install queue); tests hold it there.
   let snapshotBodyHook = Mutex<(@Sendable () -> Void)?>(nil)
+  /// Runs where a snapshot that keeps the log is about to be written (on the snapshot queue); tests hold it there.
+  let keptSnapshotHook = Mutex<(@Sendable () -> Void)?>(nil)
   /// The largest group record a write may make: ``maxChunkBytes``, lowered by tests.
   let writeChunkLimit = Atomic<Int>(maxChunkBytes)
 
@@ -262,6 +268,7 @@ final class SharedLogCore: @unchecked Sendable {
       }
     }
     snapshotQueue.sync {}
+    installQueue.sync {}
     timer?.cancel()
     timer = nil
     active?.file.close()
@@ -602,12 +609,13 @@ final class SharedLogCore: @unchecked Sendable {
 
   // MARK: Snapshots and compaction (on `queue`)
 
-  /// Runs `body` on the snapshot queue, where snapshot files are written while the log's queue goes on.
-  private func onSnapshotQueue<T: Sendable>(_ body: @escaping @Sendable () throws(StorageError) -> T) async throws
-    -> T
+  /// Runs `body` on `queue` (the snapshot or the install queue), where snapshot files are written while the log's
+  /// queue goes on.
+  private func on<T: Sendable>(_ queue: DispatchQueue, _ body: @escaping @Sendable () throws(StorageError) -> T)
+    async throws -> T
   {
     try await withCheckedThrowingContinuation { continuation in
-      snapshotQueue.async { continuation.resume(with: Result { () throws(StorageError) -> T in try body() }) }
+      queue.async { continuation.resume(with: Result { () throws(StorageError) -> T in try body() }) }
     }
   }
 
@@ -622,7 +630,7 @@ final class SharedLogCore: @unchecked Sendable {
     let directory = snapshotDirectory(group)
     let sync = policy != .never
     let suffix = ".\(instanceToken).\(snapshotSequence.add(1, ordering: .relaxed).newValue).tmp"
-    let body = try await onSnapshotQueue { () throws(StorageError) in
+    let body = try await on(installQueue) { () throws(StorageError) in
       self.snapshotBodyHook.withLock { $0 }?()
       if closed() { throw .closed }
       do throws(StorageError) {
@@ -709,7 +717,8 @@ final class SharedLogCore: @unchecked Sendable {
     let directory = snapshotDirectory(group)
     let sync = policy != .never
     let suffix = ".\(instanceToken).\(snapshotSequence.add(1, ordering: .relaxed).newValue).tmp"
-    let temporary = try await onSnapshotQueue { () throws(StorageError) in
+    let temporary = try await on(snapshotQueue) { () throws(StorageError) in
+      self.keptSnapshotHook.withLock { $0 }?()
       if closed() { throw .closed }
       do throws(StorageError) {
         return try SnapshotFile.writeTemporary(

@@ -657,6 +657,52 @@ struct SharedLogTests {
     }
   }
 
+  /// A leader's snapshot is not queued behind the groups' own snapshots: while a group's snapshot that keeps its
+  /// log is still being written (held here), another group's install and its own install are stored, and the
+  /// held snapshot, superseded by its group's install, is refused as older once it is let go.
+  @Test func aLeadersSnapshotIsNotQueuedBehindTheGroupsOwnSnapshots() async throws {
+    try await withTemporaryDirectory { directory in
+      var log = makeLog(directory)
+      var (a, b) = try await openTwo(log)
+      try await a.write(StorageWrite(hardState: hardState("a"), entries: bigEntries(1...3)))
+      try await b.write(StorageWrite(hardState: hardState("b"), entries: bigEntries(1...3)))
+      let gate = Gate()
+      log.core.keptSnapshotHook.withLock { $0 = { gate.pass() } }
+      let own = Task { [a] in
+        try await a.saveSnapshot(StoredSnapshot(index: 3, term: 1, data: [3]), discardingLog: false)
+      }
+      try await waitUntil("the group's own snapshot is being written") { gate.entered.load(ordering: .acquiring) }
+      let installed = try await withThrowingTaskGroup(of: Bool.self) { tasks in
+        tasks.addTask { [a, b] in
+          try await b.saveSnapshot(StoredSnapshot(index: 40, term: 2, data: [4, 0]), discardingLog: true)
+          try await a.saveSnapshot(StoredSnapshot(index: 50, term: 3, data: [5, 0]), discardingLog: true)
+          return true
+        }
+        tasks.addTask {
+          try await Task.sleep(for: .seconds(60))
+          return false
+        }
+        let first = try await tasks.next() ?? false
+        // Lets the held snapshot go on, and with it (if they waited behind it) the installs, so the group can end.
+        gate.open()
+        tasks.cancelAll()
+        return first
+      }
+      #expect(installed, "a leader's snapshot waited for a group's own snapshot to be written")
+      await #expect(throws: StorageError.self) { try await own.value }
+      try await a.close()
+      try await b.close()
+
+      log = makeLog(directory)
+      a = log.storage(for: 1, entry: TestEntry.self)
+      b = log.storage(for: 2, entry: TestEntry.self)
+      #expect(try await a.recover().snapshot == StoredSnapshot(index: 50, term: 3, data: [5, 0]))
+      #expect(try await b.recover().snapshot == StoredSnapshot(index: 40, term: 2, data: [4, 0]))
+      try await a.close()
+      try await b.close()
+    }
+  }
+
   /// A leader's snapshot whose file was written, with the crash before the segment that resets the group's log:
   /// the group's entries in the older segments stay discarded. `othersFirst`: another group's run moves the log
   /// past the named segment before the group recovers.
