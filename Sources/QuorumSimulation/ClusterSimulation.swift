@@ -181,6 +181,8 @@ public struct NodeSimulationStats: Sendable, CustomStringConvertible {
   public var diskFaults = 0
   /// Queued disk records lost to crashes.
   public var tornRecords = 0
+  /// Snapshot saves failed by injected disk faults (the node holds the snapshot and tries again).
+  public var snapshotFaults = 0
   /// Membership changes that committed.
   public var membershipChanges = 0
   /// Leadership transfers that completed.
@@ -243,7 +245,7 @@ public struct NodeSimulationStats: Sendable, CustomStringConvertible {
 
   public var description: String {
     "jobs=\(jobs) leaderships=\(leaderships) durabilityChecks=\(durabilityChecks) crashes=\(crashes) partitions=\(partitions) stalls=\(stalls) "
-      + "diskFaults=\(diskFaults) torn=\(tornRecords) membership=\(membershipChanges) transfers=\(transfers) "
+      + "diskFaults=\(diskFaults) snapshotFaults=\(snapshotFaults) torn=\(tornRecords) membership=\(membershipChanges) transfers=\(transfers) "
       + "ops=\(operationsCompleted) unknown=\(unknownOutcomes) retries=\(retries) staleReads=\(staleReadsChecked) "
       + "writes=\(writeResponsesChecked) reads(lin/lease/session)=\(linearizableReads)/\(leaseReads)/\(sessionReads) "
       + "swaps=\(swaps) refusals=\(consensusRefusals) notApplied=\(writesNotApplied) applied=\(entriesApplied) "
@@ -265,6 +267,7 @@ public struct NodeSimulationStats: Sendable, CustomStringConvertible {
     stalls += other.stalls
     diskFaults += other.diskFaults
     tornRecords += other.tornRecords
+    snapshotFaults += other.snapshotFaults
     membershipChanges += other.membershipChanges
     transfers += other.transfers
     operationsCompleted += other.operationsCompleted
@@ -504,7 +507,10 @@ public final class ClusterSimulation: @unchecked Sendable {
       stats.commandsUnderExpiredSessions += sessions.refusedExpired
       stats.answersForgotten += sessions.answersForgotten
     }
-    for node in nodes.values { stats.tornRecords += node.disks.tornRecords }
+    for node in nodes.values {
+      stats.tornRecords += node.disks.tornRecords
+      stats.snapshotFaults += node.disks.failedSnapshots
+    }
     for client in lockClients {
       stats.lockGrants += client.grants
       stats.lockUses += client.uses
@@ -967,7 +973,9 @@ public final class ClusterSimulation: @unchecked Sendable {
     case .diskFaults:
       guard let victim = pick(upNodes()) else { return }
       victim.disks.failWrites(probability: 0.05)
-      trace.record(now, "nemesis: \(victim.id)'s disks fail 5% of writes")
+      // A snapshot that cannot be written changes nothing: the node holds it and tries again, and goes on.
+      victim.disks.failSnapshots(probability: 0.3)
+      trace.record(now, "nemesis: \(victim.id)'s disks fail 5% of writes and 30% of snapshot saves")
     case .lossyNetwork:
       let faults = scheduler.random { rng in
         LinkFaults(
@@ -1046,6 +1054,7 @@ public final class ClusterSimulation: @unchecked Sendable {
     }
     for node in nodes.keys.sorted().compactMap({ nodes[$0] }) {
       node.disks.failWrites(probability: 0)
+      node.disks.failSnapshots(probability: 0)
       if !node.up && node.incarnation > 0 { start(node.id) }
     }
     trace.record(scheduler.now, "healed")

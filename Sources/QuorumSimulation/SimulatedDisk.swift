@@ -17,7 +17,8 @@ import Synchronization
 /// - Compaction removes durable entries at once; the disk records a violation if it removes entries no durable
 ///   snapshot covers (a crash there would lose committed data).
 /// - Faults: ``failWrites(probability:)`` makes writes fail with `EIO` or `ENOSPC`, after writing a random prefix of
-///   their records.
+///   their records; ``failSnapshots(probability:)`` makes snapshot saves fail before they change anything, as when
+///   the snapshot's file cannot be written (``QuorumStorage/StorageError/snapshotNotStored(underlying:)``).
 public final class SimulatedDisk<Entry: StorableEntry>: Sendable {
   enum Record {
     case entry(Entry)
@@ -79,6 +80,8 @@ public final class SimulatedDisk<Entry: StorableEntry>: Sendable {
     var pending: [Record] = []
     var incarnation: UInt64 = 0
     var writeFailureProbability = 0.0
+    var snapshotFailureProbability = 0.0
+    var failedSnapshots = 0
     var violations: [String] = []
     var writes = 0
     var failedWrites = 0
@@ -165,6 +168,29 @@ public final class SimulatedDisk<Entry: StorableEntry>: Sendable {
   /// Makes each later write fail with probability `probability` (with `EIO` or `ENOSPC`).
   public func failWrites(probability: Double) {
     state.withLock { $0.writeFailureProbability = probability }
+  }
+
+  /// Makes each later snapshot save fail with probability `probability`, before it changes anything (with
+  /// ``QuorumStorage/StorageError/snapshotNotStored(underlying:)`` around `EIO` or `ENOSPC`).
+  public func failSnapshots(probability: Double) {
+    state.withLock { $0.snapshotFailureProbability = probability }
+  }
+
+  /// Snapshot saves failed by ``failSnapshots(probability:)``.
+  public var failedSnapshots: Int { state.withLock { $0.failedSnapshots } }
+
+  /// Throws the failure ``failSnapshots(probability:)`` draws for the next snapshot save, if it draws one.
+  fileprivate func drawSnapshotFailure(incarnation: UInt64) throws {
+    try checkAlive(incarnation)
+    let p = state.withLock { $0.snapshotFailureProbability }
+    guard p > 0 else { return }
+    let failure = scheduler.random { rng -> Int32? in
+      Double.random(in: 0..<1, using: &rng) < p ? (Bool.random(using: &rng) ? EIO : ENOSPC) : nil
+    }
+    guard let failure else { return }
+    state.withLock { $0.failedSnapshots += 1 }
+    throw StorageError.snapshotNotStored(
+      underlying: .io(operation: "write snapshot", path: "simulated", errno: failure))
   }
 
   /// Ways the node broke the storage contract (compaction past every durable snapshot); empty when none.
@@ -287,6 +313,7 @@ public final class SimulatedStorage<Entry: StorableEntry>: ConsensusStorage, Sen
   }
 
   public func saveSnapshot(_ snapshot: StoredSnapshot, discardingLog: Bool) async throws {
+    try disk.drawSnapshotFailure(incarnation: incarnation)  // Before anything changes, as for a file not written.
     try await current.saveSnapshot(snapshot, discardingLog: discardingLog)
     try await disk.saveSnapshot(snapshot, discardingLog: discardingLog, incarnation: incarnation)
   }

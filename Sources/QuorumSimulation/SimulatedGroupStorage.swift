@@ -13,6 +13,7 @@ public final class SimulatedGroupStorage: GroupStorageProvider, Sendable {
   private let onViolation: @Sendable (GroupID, String) -> Void
   private let disks = Mutex<[GroupID: any SimulatedDiskControl]>([:])
   private let writeFailureProbability = Mutex(0.0)
+  private let snapshotFailureProbability = Mutex(0.0)
 
   /// Creates a machine's disks; `onDurable` and `onViolation` see what each group's disk reports.
   public init(
@@ -46,6 +47,7 @@ public final class SimulatedGroupStorage: GroupStorageProvider, Sendable {
       throw StorageError.incompatible(file: "group \(group.id)", reason: "opened with another entry type")
     }
     disk.failWrites(probability: writeFailureProbability.withLock { $0 })
+    disk.failSnapshots(probability: snapshotFailureProbability.withLock { $0 })
     return disk.open()
   }
 
@@ -60,6 +62,19 @@ public final class SimulatedGroupStorage: GroupStorageProvider, Sendable {
     for disk in disks.withLock({ table in table.keys.sorted().compactMap { table[$0] } }) {
       disk.failWrites(probability: probability)
     }
+  }
+
+  /// Makes each later snapshot save of every disk fail with probability `probability`, changing nothing.
+  public func failSnapshots(probability: Double) {
+    snapshotFailureProbability.withLock { $0 = probability }
+    for disk in disks.withLock({ table in table.keys.sorted().compactMap { table[$0] } }) {
+      disk.failSnapshots(probability: probability)
+    }
+  }
+
+  /// Snapshot saves failed, over every disk.
+  public var failedSnapshots: Int {
+    disks.withLock { table in table.values.reduce(0) { $0 + $1.failedSnapshots } }
   }
 
   /// What a restart would find on `group`'s disk now; nil when the machine has no disk for the group yet (or one
@@ -78,6 +93,8 @@ public final class SimulatedGroupStorage: GroupStorageProvider, Sendable {
 protocol SimulatedDiskControl: Sendable {
   func crash()
   func failWrites(probability: Double)
+  func failSnapshots(probability: Double)
+  var failedSnapshots: Int { get }
   var counters: (writes: Int, failedWrites: Int, tornRecords: Int) { get }
 }
 
