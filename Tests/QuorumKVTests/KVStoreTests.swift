@@ -297,3 +297,32 @@ extension SessionTests {
     }
   }
 }
+
+extension SessionTests {
+  /// The bound on remembered responses forgets the oldest ones without their being acknowledged; the session
+  /// table keeps their sequence numbers so that a late retry is refused. A replica restored from a snapshot must
+  /// know them too: otherwise it applies the retry a second time, and diverges from the replicas that applied the
+  /// log. (Every replica encodes its snapshots the same way, so comparing snapshot bytes cannot see the loss.)
+  @Test("a snapshot keeps the requests whose responses the bound forgot: a restored replica refuses their retries")
+  func snapshotKeepsForgottenRequests() throws {
+    let policy = SessionPolicy(maxResponsesPerSession: 2)
+    var m = Machine(KVStore(), policy: policy)
+    _ = m.apply(ReplicatedCommand(timestampMillis: 0, body: .registerSession), at: 1)
+    for seq in UInt64(1)...3 {
+      _ = m.apply(command(.put(key: "k", value: [UInt8(seq)]), RequestID(session: 1, sequence: seq)), at: 1 + seq)
+    }
+    // Request 1's response was pushed out by 2 and 3, unacknowledged.
+    var restored = Machine(KVStore(), policy: policy)
+    try restored.restore(from: m.snapshot())
+    let lateRetry = command(.put(key: "k", value: [1]), RequestID(session: 1, sequence: 1))
+    for (name, machine) in [("the replica that applied the log", m), ("the restored replica", restored)] {
+      var machine = machine
+      let outcome = machine.apply(lateRetry, at: 5)
+      guard case .responseForgotten = outcome else {
+        Issue.record("\(name) answered a late retry of request 1 with \(outcome)")
+        continue
+      }
+      #expect(machine.machine.value("k") == [3], "\(name)")
+    }
+  }
+}

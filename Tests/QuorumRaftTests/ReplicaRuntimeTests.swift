@@ -30,6 +30,24 @@ struct ReplicaRuntimeTests {
     }
   }
 
+  @Test("a lease read waits until the replica has applied the lease's read index")
+  func leaseReadWaitsForItsReadIndex() async throws {
+    // A lease may cover entries committed but not yet applied here: a new leader's commit of entries its
+    // predecessor applied and acknowledged, read in the same turn. An answer from the applied state would miss
+    // them. The scripted lease reads at index 1, which nothing has written yet.
+    // A long request timeout: the read must still be waiting when the proposal is applied, however loaded the machine.
+    let node = try scriptedNode(EngineScript(commitOnPropose: true, leaseIndex: 1)) { $0.requestTimeout = .seconds(60) }
+    try await whileRunning(node) {
+      let read = Task { try await node.read(.untold, consistency: .lease, atLeast: 0) }
+      try await eventually("the lease read to wait for index 1", within: .seconds(10)) {
+        await node.currentStatus?.pendingRequests == 1
+      }
+      #expect(try await node.propose(7) == 7)
+      let answer = try await read.value
+      #expect(answer.index == 1, "answered from the state at \(answer.index), before the lease's read index")
+    }
+  }
+
   @Test("a node without a notification callback does not keep its machine's notifications")
   func notificationsWithoutCallbackAreDropped() async throws {
     let node = try scriptedNode(EngineScript(commitOnPropose: true))

@@ -15,12 +15,15 @@ final class EngineScript: Sendable {
   let sameIndex: Bool
   /// Proposals commit in the ready that writes them.
   let commitOnPropose: Bool
+  /// The read index of a valid lease, if the engine holds one (it holds it for ever).
+  let leaseIndex: UInt64?
   /// How many leadership transfers the engine was asked to start.
   let transferCalls = Atomic<Int>(0)
 
-  init(sameIndex: Bool = false, commitOnPropose: Bool = false) {
+  init(sameIndex: Bool = false, commitOnPropose: Bool = false, leaseIndex: UInt64? = nil) {
     self.sameIndex = sameIndex
     self.commitOnPropose = commitOnPropose
+    self.leaseIndex = leaseIndex
   }
 }
 
@@ -102,7 +105,7 @@ struct ScriptedEngine: ReplicaEngine {
 
   func transferCompleted(to target: NodeID) -> Bool { false }
   mutating func requestRead(id: UInt64) throws(ConsensusError) { throw .notLeader(hint: nil) }
-  func leaseReadIndex(now nanos: UInt64) -> UInt64? { nil }
+  func leaseReadIndex(now nanos: UInt64) -> UInt64? { script.leaseIndex }
   mutating func reportUnreachable(_ peer: NodeID) {}
   var hasReady: Bool { !unwritten.isEmpty }
 
