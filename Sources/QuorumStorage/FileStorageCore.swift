@@ -59,12 +59,8 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
           with: Result { () throws(StorageError) -> String in
             // close() waits for this queue after setting the flag: a write that starts later must not.
             if closedFlag.load(ordering: .acquiring) { throw .closed }
-            do throws(StorageError) {
-              return try SnapshotFile.writeTemporary(
-                snapshot, discardBeforeSegment: 0, directory: directory, sync: sync, suffix: suffix)
-            } catch {
-              throw error.asSnapshotNotStored  // Only the temporary file was touched (and it is removed).
-            }
+            return try SnapshotFile.writeTemporary(
+              snapshot, discardBeforeSegment: 0, directory: directory, sync: sync, suffix: suffix)
           })
       }
     }
@@ -445,15 +441,10 @@ final class FileStorageCore<Entry: StorableEntry>: @unchecked Sendable {
     // The snapshot names the segment its log continues in, so a crash between writing it and writing that
     // segment still discards the old entries (recovery finishes the job).
     let discardBefore = discardingLog ? last.sequence + 1 : 0
-    let temporary: String
-    do throws(StorageError) {
-      temporary = try SnapshotFile.writeTemporary(
-        snapshot, discardBeforeSegment: discardBefore, directory: snapshotDirectory, sync: syncsStructure,
-        suffix: ".tmp")
-    } catch {
-      // Only the temporary file was touched (and it is removed): the node may refuse this snapshot and go on.
-      throw error.asSnapshotNotStored
-    }
+    // A failure here touched only the temporary file: the node may refuse this snapshot and go on.
+    let temporary = try SnapshotFile.writeTemporary(
+      snapshot, discardBeforeSegment: discardBefore, directory: snapshotDirectory, sync: syncsStructure,
+      suffix: ".tmp")
     // Everything that needs a file descriptor comes before the snapshot's rename (the commit point): the next
     // segment is prepared, and the directories opened, while nothing has changed, so running out of descriptors
     // leaves the log as it was and may be retried. A failed sync of the active segment poisons, as always.

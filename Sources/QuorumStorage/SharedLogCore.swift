@@ -633,11 +633,7 @@ final class SharedLogCore: @unchecked Sendable {
     let body = try await on(installQueue) { () throws(StorageError) in
       self.snapshotBodyHook.withLock { $0 }?()
       if closed() { throw .closed }
-      do throws(StorageError) {
-        return try SnapshotFile.writeBody(snapshot, directory: directory, sync: sync, suffix: suffix)
-      } catch {
-        throw error.asSnapshotNotStored  // Only the temporary file was touched (and it is removed).
-      }
+      return try SnapshotFile.writeBody(snapshot, directory: directory, sync: sync, suffix: suffix)
     }
     try await perform { () throws(StorageError) in
       do throws(StorageError) {
@@ -669,11 +665,7 @@ final class SharedLogCore: @unchecked Sendable {
     // segment exists still discards the group's older entries.
     let discardBefore = last.sequence + 1
     let directory = snapshotDirectory(group)
-    do throws(StorageError) {
-      try SnapshotFile.finish(body, discardBeforeSegment: discardBefore, sync: syncsStructure)
-    } catch {
-      throw error.asSnapshotNotStored  // The temporary file is removed; nothing else was touched.
-    }
+    try SnapshotFile.finish(body, discardBeforeSegment: discardBefore, sync: syncsStructure)
     // Everything that needs a file descriptor comes before the snapshot's rename (the commit point): the next
     // segment is prepared, and the directories opened, while nothing has changed, so running out of descriptors
     // leaves the log as it was and may be retried (the caller removes the temporary snapshot). A failed sync of
@@ -720,12 +712,8 @@ final class SharedLogCore: @unchecked Sendable {
     let temporary = try await on(snapshotQueue) { () throws(StorageError) in
       self.keptSnapshotHook.withLock { $0 }?()
       if closed() { throw .closed }
-      do throws(StorageError) {
-        return try SnapshotFile.writeTemporary(
-          snapshot, discardBeforeSegment: 0, directory: directory, sync: sync, suffix: suffix)
-      } catch {
-        throw error.asSnapshotNotStored  // Only the temporary file was touched (and it is removed).
-      }
+      return try SnapshotFile.writeTemporary(
+        snapshot, discardBeforeSegment: 0, directory: directory, sync: sync, suffix: suffix)
     }
     try await perform { () throws(StorageError) in
       do throws(StorageError) {

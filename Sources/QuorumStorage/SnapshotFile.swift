@@ -50,7 +50,9 @@ enum SnapshotFile {
 
   /// The first half of ``write(_:discardBeforeSegment:directory:sync:)``: writes and (with `sync`) syncs
   /// the snapshot's temporary file, named after it with `suffix` (which must end in `.tmp`, so recovery
-  /// deletes a leftover). Returns the temporary file's path; on failure nothing is left behind.
+  /// deletes a leftover). Returns the temporary file's path; on failure nothing is left behind, and the error is
+  /// ``StorageError/snapshotNotStored(underlying:)`` (or one already retryable, or ``StorageError/closed``):
+  /// only the temporary file was touched, so whoever stores the snapshot may refuse it for now and go on.
   static func writeTemporary(
     _ snapshot: StoredSnapshot, discardBeforeSegment: UInt64, directory: String, sync: Bool, suffix: String
   ) throws(StorageError) -> String {
@@ -88,13 +90,19 @@ enum SnapshotFile {
   /// Writes `snapshot`'s metadata and data at their places in a new temporary file (named as in
   /// ``writeTemporary(_:discardBeforeSegment:directory:sync:suffix:)``), leaving the header zero, and (with
   /// `sync`) syncs it. Returns it open: the caller must ``finish(_:discardBeforeSegment:sync:)`` or
-  /// ``PreparedBody/discard()`` it. On failure nothing is left behind.
+  /// ``PreparedBody/discard()`` it. On failure nothing is left behind, and the error says so (as for
+  /// ``writeTemporary(_:discardBeforeSegment:directory:sync:suffix:)``).
   static func writeBody(_ snapshot: StoredSnapshot, directory: String, sync: Bool, suffix: String)
     throws(StorageError) -> PreparedBody
   {
     let temporary = directory + "/" + fileName(index: snapshot.index) + suffix
     let checksum = CRC32C.checksum(snapshot.data, continuing: CRC32C.checksum(snapshot.metadata))
-    let file = try PosixFile.open(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC)
+    let file: PosixFile
+    do {
+      file = try PosixFile.open(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC)
+    } catch {
+      throw error.asSnapshotNotStored
+    }
     do {
       try file.write([UInt8](repeating: 0, count: headerBytes), at: 0)
       try file.write(snapshot.metadata, at: headerBytes)
@@ -103,7 +111,7 @@ enum SnapshotFile {
     } catch {
       file.close()
       try? FileSystem.remove(temporary)
-      throw error
+      throw error.asSnapshotNotStored
     }
     return PreparedBody(
       file: file, temporary: temporary, index: snapshot.index, term: snapshot.term,
@@ -116,7 +124,7 @@ enum SnapshotFile {
   /// again (crc(A + B) = x^(8|B|) · crc(A) ⊕ crc(B)); its sync also makes an unsynced body durable (`fdatasync`
   /// writes the file's data and the size needed to read it). The file is then a complete temporary snapshot, for
   /// ``publish(_:index:directory:sync:)``. Writes and syncs on the body's own descriptor, and closes it; on failure
-  /// the file is removed.
+  /// the file is removed and the error says nothing durable changed (as for ``writeBody(_:directory:sync:suffix:)``).
   static func finish(_ body: PreparedBody, discardBeforeSegment: UInt64, sync: Bool) throws(StorageError) {
     var header = WireWriter(reservingCapacity: headerBytes)
     header.writeFixed32(magic)
@@ -136,7 +144,7 @@ enum SnapshotFile {
       if sync { try body.file.dataSync() }
     } catch {
       try? FileSystem.remove(body.temporary)
-      throw error
+      throw error.asSnapshotNotStored
     }
   }
 
