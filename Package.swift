@@ -98,7 +98,7 @@ let package = Package(
         intent: .custom(verb: "benchmark", description: "Run the benchmark suites in release mode"))),
     // The traits the test targets share (not a product: only test bundles link it).
     .target(
-      name: "QuorumTestSupport", dependencies: ["QuorumSimulation", "CQuorumTestSupport"],
+      name: "QuorumTestSupport", dependencies: ["QuorumSimulation", "QuorumStorage", "CQuorumTestSupport"],
       path: "Tests/QuorumTestSupport", swiftSettings: settings),
     // Caps how many tests run at once in the test bundle (see parallel_width.c).
     .target(name: "CQuorumTestSupport", path: "Tests/CQuorumTestSupport"),

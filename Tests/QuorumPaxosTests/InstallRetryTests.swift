@@ -2,33 +2,8 @@ import QuorumCore
 import QuorumKV
 import QuorumPaxos
 import QuorumStorage
-import Synchronization
+import QuorumTestSupport
 import Testing
-
-/// Memory storage whose next snapshot stores, once armed, fail as on a full disk: nothing is stored and the
-/// storage stays usable.
-final class FullDiskOnSnapshotStorage: ConsensusStorage, Sendable {
-  let inner = MemoryStorage<PaxosEntry>(mode: .replace)
-  /// Snapshot stores still to refuse, refused, and stored.
-  let failures = Atomic<Int>(0)
-  let refused = Atomic<Int>(0)
-  let stored = Atomic<Int>(0)
-
-  func recover() async throws -> RecoveredState<PaxosEntry> { try await inner.recover() }
-  func write(_ write: StorageWrite<PaxosEntry>) async throws { try await inner.write(write) }
-  func saveSnapshot(_ snapshot: StoredSnapshot, discardingLog: Bool) async throws {
-    if failures.load(ordering: .relaxed) > 0 {
-      failures.subtract(1, ordering: .relaxed)
-      refused.add(1, ordering: .relaxed)
-      // 5 is EIO: the write of the snapshot's file failed.
-      throw StorageError.snapshotNotStored(underlying: .io(operation: "write", path: "test", errno: 5))
-    }
-    try await inner.saveSnapshot(snapshot, discardingLog: discardingLog)
-    stored.add(1, ordering: .relaxed)
-  }
-  func compact(through index: UInt64) async throws { try await inner.compact(through: index) }
-  func close() async throws { try await inner.close() }
-}
 
 @Suite("Multi-Paxos: installing a leader's snapshot that cannot be stored now", .timeLimit(.minutes(2)))
 struct PaxosInstallRetryTests {
@@ -39,7 +14,9 @@ struct PaxosInstallRetryTests {
       $0.snapshotRetainEntries = 2
       $0.snapshotChunkBytes = 64
     }
-    let storages: [NodeID: FullDiskOnSnapshotStorage] = [1: .init(), 2: .init(), 3: .init()]
+    let storages: [NodeID: FullDiskOnSnapshotStorage<PaxosEntry>] = ([1, 2, 3] as [NodeID]).reduce(into: [:]) {
+      $0[$1] = FullDiskOnSnapshotStorage(MemoryStorage<PaxosEntry>(mode: .replace), onlyInstalls: false)
+    }
     let cluster = PaxosLiveCluster(configuration: configuration)
     do {
       for id in storages.keys.sorted() { try await cluster.start(id, storage: storages[id]) }

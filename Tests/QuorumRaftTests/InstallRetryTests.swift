@@ -2,33 +2,8 @@ import QuorumCore
 import QuorumKV
 import QuorumRaft
 import QuorumStorage
-import Synchronization
+import QuorumTestSupport
 import Testing
-
-/// Memory storage whose next stores of a leader's snapshot (those that discard the log) fail as on a full disk:
-/// nothing is stored and the storage stays usable.
-final class FullDiskOnInstallStorage: ConsensusStorage, Sendable {
-  let inner = MemoryStorage<LogEntry>()
-  /// Installs still to refuse, refused, and stored.
-  let failures = Atomic<Int>(0)
-  let refused = Atomic<Int>(0)
-  let installed = Atomic<Int>(0)
-
-  func recover() async throws -> RecoveredState<LogEntry> { try await inner.recover() }
-  func write(_ write: StorageWrite<LogEntry>) async throws { try await inner.write(write) }
-  func saveSnapshot(_ snapshot: StoredSnapshot, discardingLog: Bool) async throws {
-    if discardingLog && failures.load(ordering: .relaxed) > 0 {
-      failures.subtract(1, ordering: .relaxed)
-      refused.add(1, ordering: .relaxed)
-      // 28 is ENOSPC: the write of the snapshot's file found the disk full.
-      throw StorageError.snapshotNotStored(underlying: .io(operation: "write", path: "test", errno: 28))
-    }
-    try await inner.saveSnapshot(snapshot, discardingLog: discardingLog)
-    if discardingLog { installed.add(1, ordering: .relaxed) }
-  }
-  func compact(through index: UInt64) async throws { try await inner.compact(through: index) }
-  func close() async throws { try await inner.close() }
-}
 
 @Suite("Installing a leader's snapshot that cannot be stored now", .timeLimit(.minutes(2)))
 struct InstallRetryTests {
@@ -39,7 +14,9 @@ struct InstallRetryTests {
       $0.snapshotRetainEntries = 2
       $0.snapshotChunkBytes = 64
     }
-    let storages: [NodeID: FullDiskOnInstallStorage] = [1: .init(), 2: .init(), 3: .init()]
+    let storages: [NodeID: FullDiskOnSnapshotStorage<LogEntry>] = ([1, 2, 3] as [NodeID]).reduce(into: [:]) {
+      $0[$1] = FullDiskOnSnapshotStorage(MemoryStorage<LogEntry>(), onlyInstalls: true)
+    }
     let cluster = LiveCluster(configuration: configuration)
     do {
       for id in storages.keys.sorted() { try await cluster.start(id, storage: storages[id]) }
@@ -60,7 +37,7 @@ struct InstallRetryTests {
       #expect(try await staleRead(node, "k99", atLeast: last.index) == .value(bytes("value-99")))
       #expect(await node.localQuery(.count) == .count(100))
       #expect(storage.refused.load(ordering: .relaxed) == 3, "every refusal was met")
-      #expect(storage.installed.load(ordering: .relaxed) >= 1, "the snapshot was stored in the end")
+      #expect(storage.stored.load(ordering: .relaxed) >= 1, "the snapshot was stored in the end")
       let installed = try await firstEvent(events, "a snapshot installed on \(lagging)") {
         if case .snapshotInstalled = $0 { true } else { false }
       }
