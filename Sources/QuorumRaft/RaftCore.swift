@@ -82,35 +82,15 @@ public struct RaftCoreOptions: Sendable, Equatable {
   /// least one tick and the clock-drift bound before the vote-refusal window, the drift bound must not be
   /// zero (clocks always drift) and check-quorum must be on. The error names the offending option.
   public func validate() throws(ConfigurationError) {
-    func fail(_ option: String, _ reason: String) -> ConfigurationError {
-      ConfigurationError(setting: option, reason: reason)
+    try TimingChecks.validateTimers(
+      electionMin: electionTimeoutMinTicks, electionMax: electionTimeoutMaxTicks, heartbeat: heartbeatTicks,
+      idleFactor: idleHeartbeatFactor, maxIdleFactor: RaftCore.maxIdleFactor)
+    if leaseDurationNanos > 0 && !checkQuorum {
+      throw ConfigurationError(setting: "leaseDurationNanos", reason: "lease reads need checkQuorum")
     }
-    if electionTimeoutMinTicks < 1 { throw fail("electionTimeoutMinTicks", "must be at least 1") }
-    // The timer's arithmetic (randomized timeouts, idle factors, pauses of several timeouts) stays far from
-    // overflow below this: 2^30 ticks is over 12 days at 1 ms ticks.
-    if electionTimeoutMaxTicks > 1 << 30 {
-      throw fail("electionTimeoutMaxTicks", "must be at most 2^30 ticks, got \(electionTimeoutMaxTicks)")
-    }
-    if heartbeatTicks < 1 { throw fail("heartbeatTicks", "must be at least 1") }
-    if idleHeartbeatFactor < 1 || idleHeartbeatFactor > RaftCore.maxIdleFactor {
-      throw fail("idleHeartbeatFactor", "must be 1 ... \(RaftCore.maxIdleFactor), got \(idleHeartbeatFactor)")
-    }
-    guard leaseDurationNanos > 0 else { return }
-    guard checkQuorum else { throw fail("leaseDurationNanos", "lease reads need checkQuorum") }
-    guard tickNanos > 0 else {
-      throw fail("tickNanos", "lease reads need the tick length, to measure leader contact on the monotonic clock")
-    }
-    guard clockDriftBoundNanos > 0 else {
-      throw fail("clockDriftBoundNanos", "must not be 0 with lease reads on: clocks drift")
-    }
-    let window = voteRefusalWindowNanos
-    let (needed, overflow) = leaseDurationNanos.addingReportingOverflow(clockDriftBoundNanos &+ tickNanos)
-    if overflow || needed > window {
-      throw fail(
-        "leaseDurationNanos",
-        "a lease of \(leaseDurationNanos) ns plus the drift bound \(clockDriftBoundNanos) ns and one tick "
-          + "\(tickNanos) ns exceeds the vote-refusal window of \(window) ns")
-    }
+    try TimingChecks.validateLease(
+      durationNanos: leaseDurationNanos, driftBoundNanos: clockDriftBoundNanos, tickNanos: tickNanos,
+      window: voteRefusalWindowNanos, windowName: "vote-refusal window")
   }
 }
 

@@ -121,32 +121,13 @@ public struct MultiPaxosOptions: Sendable, Equatable {
             + "intersect")
       }
     }
-    if electionTimeoutMinTicks < 1 { throw fail("electionTimeoutMinTicks", "must be at least 1") }
-    // The timer's arithmetic (randomized timeouts, idle factors, pauses of several timeouts) stays far from
-    // overflow below this: 2^30 ticks is over 12 days at 1 ms ticks.
-    if electionTimeoutMaxTicks > 1 << 30 {
-      throw fail("electionTimeoutMaxTicks", "must be at most 2^30 ticks, got \(electionTimeoutMaxTicks)")
-    }
-    if heartbeatTicks < 1 { throw fail("heartbeatTicks", "must be at least 1") }
-    if idleHeartbeatFactor < 1 || idleHeartbeatFactor > MultiPaxosCore.maxIdleFactor {
-      throw fail("idleHeartbeatFactor", "must be 1 ... \(MultiPaxosCore.maxIdleFactor), got \(idleHeartbeatFactor)")
-    }
+    try TimingChecks.validateTimers(
+      electionMin: electionTimeoutMinTicks, electionMax: electionTimeoutMaxTicks, heartbeat: heartbeatTicks,
+      idleFactor: idleHeartbeatFactor, maxIdleFactor: MultiPaxosCore.maxIdleFactor)
     if retransmitTicks < 1 { throw fail("retransmitTicks", "must be at least 1") }
-    guard leaseDurationNanos > 0 else { return }
-    guard tickNanos > 0 else {
-      throw fail("tickNanos", "lease reads need the tick length, to measure leader contact on the monotonic clock")
-    }
-    guard clockDriftBoundNanos > 0 else {
-      throw fail("clockDriftBoundNanos", "must not be 0 with lease reads on: clocks drift")
-    }
-    let window = promiseRefusalWindowNanos
-    let (needed, overflow) = leaseDurationNanos.addingReportingOverflow(clockDriftBoundNanos &+ tickNanos)
-    if overflow || needed > window {
-      throw fail(
-        "leaseDurationNanos",
-        "a lease of \(leaseDurationNanos) ns plus the drift bound \(clockDriftBoundNanos) ns and one tick "
-          + "\(tickNanos) ns exceeds the promise-refusal window of \(window) ns")
-    }
+    try TimingChecks.validateLease(
+      durationNanos: leaseDurationNanos, driftBoundNanos: clockDriftBoundNanos, tickNanos: tickNanos,
+      window: promiseRefusalWindowNanos, windowName: "promise-refusal window")
   }
 }
 
