@@ -14,6 +14,9 @@ struct PosixFile {
   let fd: Int32
   /// The path it was opened with, for error messages.
   let path: String
+  /// Where this file's writes, truncations and syncs are recorded, when a crash-consistency test watches its
+  /// directory (see ``FileOperationRecorder``); `nil` otherwise, which costs each operation one check.
+  var recording: FileOperationRecorder.Handle? = nil
 
   /// How long ``open(_:flags:permissions:faults:)`` waits in all for a descriptor before giving up: the
   /// pauses double from 1 ms (1 + 2 + … + 256 ms).
@@ -28,8 +31,14 @@ struct PosixFile {
   ) throws(StorageError) -> PosixFile {
     var waits = 0
     while true {
+      let recorder = FileOperationRecorder.watching(path)
+      let existed = recorder != nil && FileSystem.size(of: path) != nil
       let fd = faults?.injected() ?? Glibc.open(path, flags | O_CLOEXEC, permissions)
-      if fd >= 0 { return PosixFile(fd: fd, path: path) }
+      if fd >= 0 {
+        var file = PosixFile(fd: fd, path: path)
+        if let recorder { file.recording = recorder.opened(file, flags: flags, existed: existed) }
+        return file
+      }
       let code = errno
       if code == EINTR { continue }
       guard code == EMFILE || code == ENFILE else { throw ioError("open", path, code) }
@@ -51,6 +60,7 @@ struct PosixFile {
       }
       done += written
     }
+    recording?.wrote(UnsafeRawBufferPointer(start: base, count: buffer.count), at: offset)
   }
 
   /// Writes all of `bytes` at `offset`.
@@ -114,6 +124,7 @@ struct PosixFile {
     while fdatasync(fd) != 0 {
       if errno != EINTR { throw ioError("fdatasync", path) }
     }
+    recording?.synced()
   }
 
   /// `fsync`: makes data and all metadata durable.
@@ -121,6 +132,7 @@ struct PosixFile {
     while fsync(fd) != 0 {
       if errno != EINTR { throw ioError("fsync", path) }
     }
+    recording?.synced()
   }
 
   /// Sets the file's size.
@@ -128,12 +140,14 @@ struct PosixFile {
     while ftruncate(fd, off_t(size)) != 0 {
       if errno != EINTR { throw ioError("ftruncate", path) }
     }
+    recording?.truncated(to: size)
   }
 
   /// Reserves `size` bytes of disk (`posix_fallocate`); does nothing where the file system cannot.
   func allocate(_ size: Int) throws(StorageError) {
     let code = posix_fallocate(fd, 0, off_t(size))
     if code != 0 && code != EOPNOTSUPP && code != EINVAL { throw ioError("posix_fallocate", path, code) }
+    if code == 0 { recording?.allocated(size) }
   }
 
   /// Writes zeros over `range`.
@@ -206,6 +220,7 @@ enum FileSystem {
       let parent = prefix.isEmpty ? "/" : prefix
       prefix += "/" + component
       if mkdir(prefix, 0o755) == 0 {
+        FileOperationRecorder.watching(prefix)?.record(.makeDirectory(path: prefix))
         created.append(prefix)
         if syncParents { try sync(parent) }
       } else if errno != EEXIST {
@@ -246,16 +261,25 @@ enum FileSystem {
   /// Renames `source` to `destination`, replacing it.
   static func rename(_ source: String, _ destination: String) throws(StorageError) {
     if Glibc.rename(source, destination) != 0 { throw ioError("rename to \(destination)", source) }
+    FileOperationRecorder.watching(source)?.record(.rename(from: source, to: destination))
   }
 
   /// Removes the file at `path`; a missing file is not an error.
   static func remove(_ path: String) throws(StorageError) {
-    if unlink(path) != 0 && errno != ENOENT { throw ioError("unlink", path) }
+    if unlink(path) == 0 {
+      FileOperationRecorder.watching(path)?.record(.remove(path: path))
+    } else if errno != ENOENT {
+      throw ioError("unlink", path)
+    }
   }
 
   /// Removes the empty directory at `path`; a missing one is not an error.
   static func removeDirectory(_ path: String) throws(StorageError) {
-    if rmdir(path) != 0 && errno != ENOENT { throw ioError("rmdir", path) }
+    if rmdir(path) == 0 {
+      FileOperationRecorder.watching(path)?.record(.removeDirectory(path: path))
+    } else if errno != ENOENT {
+      throw ioError("rmdir", path)
+    }
   }
 
   /// Whether `path` names a directory.
