@@ -89,12 +89,20 @@ final class FileOperationRecorder: Sendable {
     return Handle(recorder: self, inode: inode, path: file.path, isDirectory: flags & O_DIRECTORY != 0)
   }
 
-  /// What a watched ``PosixFile`` carries to record its operations.
-  struct Handle: Sendable {
+  /// What a watched ``PosixFile`` carries to record its operations (a class: an unwatched file's `nil` is one
+  /// word).
+  final class Handle: Sendable {
     let recorder: FileOperationRecorder
     let inode: UInt64
     let path: String
     let isDirectory: Bool
+
+    init(recorder: FileOperationRecorder, inode: UInt64, path: String, isDirectory: Bool) {
+      self.recorder = recorder
+      self.inode = inode
+      self.path = path
+      self.isDirectory = isDirectory
+    }
 
     func wrote(_ bytes: UnsafeRawBufferPointer, at offset: Int) {
       recorder.record(.write(inode: inode, offset: offset, bytes: [UInt8](bytes)))

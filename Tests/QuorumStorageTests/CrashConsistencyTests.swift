@@ -326,12 +326,13 @@ struct CrashConsistencyTests {
     }
   }
 
-  @Test("SharedLog with three groups", arguments: 0..<6)
-  func sharedLog(seed: UInt64) async throws {
-    let seed = seed + 2000
-    try await Self.check(seed: seed, groups: 3, exact: true) { directory in
+  @Test("SharedLog with three groups", arguments: Policy.allCases, 0..<4)
+  func sharedLog(policy: Policy, seed: UInt64) async throws {
+    let seed = seed + (policy == .batch ? 3000 : 2000)
+    let fsync: FsyncPolicy = policy == .always ? .always : .batch(interval: .seconds(3600))
+    try await Self.check(seed: seed, groups: 3, exact: policy == .always) { directory in
       let log = SharedWriteAheadLog(
-        directory: directory, fsync: .always, segmentBytes: Self.segmentBytes,
+        directory: directory, fsync: fsync, segmentBytes: Self.segmentBytes,
         preallocation: Self.preallocation(seed), logger: .disabled)
       return (0..<3).map { log.storage(for: UInt64($0) + 1, entry: TestEntry.self) as any ConsensusStorage<TestEntry> }
     } close: { stores in
