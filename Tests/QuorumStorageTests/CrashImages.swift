@@ -24,9 +24,6 @@ struct CrashImages {
   /// The watched directory the operations' paths are under.
   let root: String
 
-  /// The crash points: `0...operations.count` (a point is the number of operations that happened).
-  var points: ClosedRange<Int> { 0...operations.count }
-
   /// One state a power loss after the first `count` operations could leave, chosen with `random`, written into
   /// the empty directory `destination` (which stands for `root`).
   func materialize(after count: Int, into destination: String, random: inout SeededRandom) throws {
