@@ -37,7 +37,8 @@ enum FileOperation: Sendable, Equatable {
 /// open, rename or removal, and writes and syncs only check their file's optional ``PosixFile/recording``. The
 /// directories of concurrent tests are distinct, so each test's recorder sees only its own storage's operations.
 /// Operations are recorded after the system call returned, under a lock: operations of one thread stay in order,
-/// and operations of two threads are ordered as they finished.
+/// and operations of two threads are ordered as they finished. A watched file's syncs are recorded and not made
+/// (the images are built from the record, not from the disk).
 final class FileOperationRecorder: Sendable {
   /// The watched directory (operations on paths under it are recorded).
   let root: String
