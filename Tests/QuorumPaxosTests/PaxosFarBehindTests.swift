@@ -354,6 +354,43 @@ struct PaxosFarBehindTests {
     #expect(probe(from: last, ticks: 200) == 0, "a candidate whose offer holds its slot stays paused")
   }
 
+  @Test("more silent candidates than the offer table holds: each gets no more chunks than a silent candidate alone")
+  func crowdOfSilentCandidatesKeepsBackOff() {
+    let candidates = MultiPaxosCore.maxOffers + 2
+    let members = ids(candidates + 1)
+    // The chunks each of the first `probing` candidates (2, 3, ...) gets over `ticks` ticks, each probing (behind
+    // the snapshot, acknowledging nothing) every 15 ticks, with a normal election timeout: pauses of 80, 160, then
+    // 200 ticks.
+    func chunks(probing: Int, ticks: Int) -> [Int] {
+      var acceptor = MultiPaxosCore(
+        id: 1, members: members, options: MultiPaxosOptions.testing(members.count),
+        snapshot: PaxosSnapshot(index: 10, data: Array(repeating: 7, count: 10_000)), random: SeededRandom(seed: 2))
+      acceptor.sinceLeaderContact = 100
+      var counts = Array(repeating: 0, count: probing)
+      var round: UInt64 = 0
+      for t in 0..<ticks {
+        if t % 15 == 0 {
+          for candidate in members.dropFirst().prefix(probing) {
+            round += 1
+            acceptor.step(.probe(Prepare(ballot: Ballot(round: round, node: candidate), fromSlot: 3)), from: candidate)
+          }
+        }
+        acceptor.tick()
+        for out in acceptor.readMessages() {
+          if case .snapshot = out.message { counts[Int(out.to.rawValue) - 2] += 1 }
+        }
+      }
+      return counts
+    }
+    let ticks = 6_000
+    let alone = chunks(probing: 1, ticks: ticks)[0]
+    let crowd = chunks(probing: candidates, ticks: ticks)
+    // Alone: three chunks per offer, about one offer per pause. Before, a candidate left out of the full table lost
+    // its count of silences, and each of its probes while out started a new offer (and left another out).
+    #expect(alone > 0 && alone <= 3 * (ticks / 200 + 3), "\(alone) chunks alone")
+    #expect(crowd.allSatisfy { $0 > 0 && $0 <= alone }, "alone \(alone), in the crowd \(crowd)")
+  }
+
   @Test("a candidate that acknowledges each chunk after the resends ran out still gets the whole snapshot")
   func offerToSlowCandidateCompletes() {
     var options = MultiPaxosOptions.testing(3)

@@ -503,6 +503,13 @@ public struct MultiPaxosCore: Sendable {
   private var offers: [NodeID: Offer] = [:]
   /// The most candidates offered a snapshot at once; a full table gives up a paused offer for a new candidate.
   static let maxOffers = 8
+  /// Paused offers a full table gave up, kept (without sending anything) so that a candidate's pause and its count
+  /// of silences outlast its turn out of the table: without them, with more silent candidates than the table
+  /// holds, one was always out, and each of its probes started a new offer (a chunk and its resends) and put
+  /// another out, defeating the doubling pause.
+  private var setAsideOffers: [NodeID: Offer] = [:]
+  /// The most offers set aside; past it the one whose pause ends first is forgotten.
+  static let maxSetAsideOffers = 64
   /// The most chunks an acceptor resends of a snapshot it offers a candidate (ballot zero) while the candidate
   /// acknowledges none; it then offers none for a pause of four maximum election timeouts, doubling with each offer
   /// in a row left unacknowledged, at most `snapshotRefusalBackoffTicks` if that is longer. A build from before
@@ -1825,7 +1832,7 @@ public struct MultiPaxosCore: Sendable {
   private mutating func offerSnapshot(to candidate: NodeID) {
     guard role != .leader, !refusesNewBallots, let snapshot = log.snapshot else { return }
     var offer = Offer(index: snapshot.index, offset: 0, sentAt: ticks, progressAt: ticks)
-    if let previous = offers[candidate] {
+    if let previous = offers[candidate] ?? setAsideOffers[candidate] {
       if let until = previous.pausedUntil {
         // Refused as too large: a newer snapshot is offered at once. Left unacknowledged: nothing before the end.
         if ticks < until && (!previous.refused || previous.index == snapshot.index) { return }
@@ -1834,19 +1841,33 @@ public struct MultiPaxosCore: Sendable {
       }
       offer.silences = previous.silences
       if previous.index == snapshot.index && !previous.refused { offer.offset = previous.offset }
-    } else if offers.count >= Self.maxOffers {
-      guard let idle = pausedOfferEndingLast() else { return }  // Every slot is sending: wait for one.
-      offers[idle] = nil
     }
+    if offers[candidate] == nil && offers.count >= Self.maxOffers {
+      guard let idle = pausedOfferEndingLast() else { return }  // Every slot is sending: wait for one.
+      setAside(idle)
+    }
+    setAsideOffers[candidate] = nil
     offers[candidate] = offer
     sendOfferChunk(to: candidate)
   }
 
+  /// Moves the paused offer to `candidate` out of the table into ``setAsideOffers``, forgetting the set-aside
+  /// offer whose pause ends first if there are too many.
+  private mutating func setAside(_ candidate: NodeID) {
+    guard let offer = offers.removeValue(forKey: candidate) else { return }
+    setAsideOffers[candidate] = offer
+    guard setAsideOffers.count > Self.maxSetAsideOffers else { return }
+    let first = setAsideOffers.keys.sorted().min {
+      (setAsideOffers[$0]?.pausedUntil ?? 0) < (setAsideOffers[$1]?.pausedUntil ?? 0)
+    }
+    if let first { setAsideOffers[first] = nil }
+  }
+
   /// The paused offer whose pause ends last (the lowest candidate of those), if any: the one a full table gives
-  /// up for a new candidate. A paused offer sends nothing and is forgotten only one longest pause after its end;
-  /// a pause saturated by an absurd election timeout never ends, and such offers would otherwise keep their
-  /// slots, and every further candidate out, for good. The candidate given up may be offered again if it asks
-  /// again (one chunk and its resends, then a pause).
+  /// up (sets aside) for a new candidate. A paused offer sends nothing and is forgotten only one longest pause after
+  /// its end; a pause saturated by an absurd election timeout never ends, and such offers would otherwise keep
+  /// their slots, and every further candidate out, for good. The candidate given up keeps its pause and its count
+  /// of silences (``setAsideOffers``): if it asks again, it is offered again only once its pause is over.
   private func pausedOfferEndingLast() -> NodeID? {
     var last: (candidate: NodeID, until: UInt64)?
     for candidate in offers.keys.sorted() {
@@ -1905,6 +1926,12 @@ public struct MultiPaxosCore: Sendable {
   /// Resends a chunk not acknowledged in time, pausing after ``maxUnacknowledgedOfferResends``; gives up on a
   /// candidate silent for four maximum election timeouts, and forgets a pause one longest pause after its end.
   private mutating func tickOffers() {
+    if !setAsideOffers.isEmpty {
+      for candidate in setAsideOffers.keys.sorted() {
+        guard let until = setAsideOffers[candidate]?.pausedUntil else { continue }
+        if ticks >= until && ticks &- until >= offerPauseTicks(silences: .max) { setAsideOffers[candidate] = nil }
+      }
+    }
     for candidate in offers.keys.sorted() {
       guard let offer = offers[candidate] else { continue }
       if let until = offer.pausedUntil {
@@ -1930,6 +1957,13 @@ public struct MultiPaxosCore: Sendable {
     // slowly than the resends run (a large chunk on a slow link, a slow disk) answers during the pause, and if the
     // answer were dropped it would be offered the same chunk after each pause, never getting past it. One refused
     // as too large waits out its back-off.
+    if offers[from] == nil, var aside = setAsideOffers[from], !aside.refused, aside.index == m.index {
+      // Set aside while paused for its silence: it answers after all, so its next probe is offered again at once.
+      aside.silences = 0
+      aside.pausedUntil = ticks
+      setAsideOffers[from] = aside
+      return
+    }
     guard var offer = offers[from], !offer.refused, offer.index == m.index else { return }
     offer.silences = 0  // It answers offers.
     let total = UInt64(log.snapshot?.data.count ?? 0)
