@@ -577,6 +577,9 @@ public actor LockClient {
   {
     var after = after
     var member: NodeID?
+    // Status reads failed in a row: a truncated watch answers at once, so without a growing pause a read that
+    // fails at once (a rejection) would make the loop ask about 20 times a second until the lock's deadline.
+    var statusFailures = 0
     let key = LockService.grantKey(lock: name, session: session.id)
     while true {
       let now = clock.monotonicNanos()
@@ -593,9 +596,11 @@ public actor LockClient {
       let outcome: WaitOutcome?
       do {
         outcome = try await watchForGrant(name, session: session, key: key, after: &after, at: member, remaining)
+        statusFailures = 0
       } catch {
+        if error is StatusReadFailed { statusFailures += 1 }
         member = await nextMember(after: member, in: session.group)
-        try? await clock.sleep(for: min(remaining, .milliseconds(50)))
+        try? await clock.sleep(for: min(remaining, Self.waitRetryPause(statusFailures: statusFailures)))
         continue
       }
       switch outcome {
@@ -605,6 +610,17 @@ public actor LockClient {
       case nil: continue
       }
     }
+  }
+
+  /// The pause before the next watch after a failed one, or after `statusFailures` failed status reads in a row:
+  /// 50 ms, doubling with each such failure up to 1.6 s.
+  static func waitRetryPause(statusFailures: Int) -> Duration {
+    .milliseconds(50 << min(max(0, statusFailures - 1), 5))
+  }
+
+  /// A status read after a truncated watch failed (with `underlying`).
+  private struct StatusReadFailed: Error {
+    var underlying: any Error
   }
 
   /// One watch for the end of `session`'s wait for `name`: its grant (from the watch, or from the session's state
@@ -633,7 +649,13 @@ public actor LockClient {
     // A truncated watch (the member may have missed the grant: it installed a snapshot, restarted, or dropped old
     // notifications) answers at once: the session's state says what happened, without waiting for a poll.
     guard payloads.isEmpty || truncated else { return nil }
-    guard let status = try await sessionStatus(session) else { return .sessionGone }
+    let read: LockSessionStatus?
+    do {
+      read = try await sessionStatus(session)
+    } catch {
+      throw StatusReadFailed(underlying: error)
+    }
+    guard let status = read else { return .sessionGone }
     after = max(after, index)
     if let grant = status.holds.first(where: { $0.lock == name }) { return .granted(grant) }
     // Only this call waits for the lock in the session, so a wait that is gone ended by its own timeout.

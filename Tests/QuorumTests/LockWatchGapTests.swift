@@ -54,6 +54,65 @@ struct LockWatchGapTests {
     }
   }
 
+  /// Sends every request to the member it names; once armed, answers every watch at once as truncated (nothing
+  /// handed out, a position past `after`) and refuses every query at once with a rejection no retry fixes.
+  final class TruncatingChannel: RequestChannel {
+    let harness: LockHostHarness
+    let armed = Atomic(false)
+    /// Queries refused while armed.
+    let refusedQueries = Atomic(0)
+
+    init(harness: LockHostHarness) { self.harness = harness }
+
+    func send(_ request: [UInt8], to member: NodeID, timeout: Duration) async throws -> [UInt8] {
+      guard let host = harness.host(member) else { throw RequestChannelError.unreachable(member, "not running") }
+      if armed.load(ordering: .relaxed) {
+        switch try? HostRequest(wireBytes: request) {
+        case .watch(_, _, _, let after, _)?:
+          return HostReply.notifications([], index: after + 1).wireBytes()
+        case .query?:
+          refusedQueries.add(1, ordering: .relaxed)
+          return HostReply.failure(HostFailure(.malformed("refused by the test"))).wireBytes()
+        default:
+          break
+        }
+      }
+      return await host.handle(bytes: request)
+    }
+  }
+
+  @Test("a waiter whose watches come back truncated at once and whose status reads fail at once backs off")
+  func failingStatusReadsBackOff() async throws {
+    let cluster = try LockClientTests.cluster(.raft, "watch-truncated-reads-refused")
+    try await LockHostHarness.with(cluster) { harness in
+      _ = try await harness.awaitLeader()
+      let holder = harness.lockClient(reaching: nil, seed: 1, deadline: .seconds(30))
+      var options = LockClientTests.steadyLeases
+      options.watchInterval = .milliseconds(200)  // The watch under way when the channel is armed ends soon.
+      let channel = TruncatingChannel(harness: harness)
+      let waiter = LockClient(
+        HostClient(
+          channel: channel, members: harness.members, map: cluster.map, options: LockClientTests.quickCalls, seed: 2),
+        options: options)
+      try await closing([holder, waiter]) {
+        let held = try await holder.lock("contended")
+        let wait = Duration.seconds(3)
+        let waiting = Task { try await waiter.tryLock("contended", timeout: wait) }
+        _ = try await awaitValue("the waiter to queue") {
+          try await holder.status(of: "contended")?.waiters.count == 1 ? true : nil
+        }
+        channel.armed.store(true, ordering: .relaxed)
+        _ = try? await waiting.value
+        channel.armed.store(false, ordering: .relaxed)
+        let refused = channel.refusedQueries.load(ordering: .relaxed)
+        // Pauses of 50 ms doubling (to 1.6 s) fit at most seven status reads in the wait; before, one every 50 ms
+        // (about 60).
+        #expect(refused > 0 && refused <= 12, "\(refused) status reads in \(wait)")
+        #expect(try await holder.unlock(held))
+      }
+    }
+  }
+
   @Test("a waiter whose watch was truncated over its grant, and whose status read then failed, watches from before it")
   func truncatedWatchThenFailedStatusRead() async throws {
     let cluster = try LockClientTests.cluster(.raft, "watch-truncated-read-fails")
