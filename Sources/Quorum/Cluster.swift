@@ -779,8 +779,9 @@ public struct Security: ClusterSetting {
 public struct SpaceQuota: ClusterSetting {
   private let bytes: Int?
 
-  /// The quota of a cluster that sets none: 8 GiB, the largest etcd advises for its own (whose default is 2 GiB).
-  public static let defaultBytes = 8 << 30
+  /// The quota of a cluster that sets none (``QuorumHost/HostSettings/defaultSpaceQuotaBytes``, as for host
+  /// settings that set none): 8 GiB, the largest etcd advises for its own (whose default is 2 GiB).
+  public static let defaultBytes = HostSettings.defaultSpaceQuotaBytes
 
   /// A quota of `bytes` (at least 1 MiB).
   public init(bytes: Int) { self.bytes = bytes }

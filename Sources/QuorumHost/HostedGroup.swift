@@ -263,7 +263,7 @@ public struct HostSettings: Sendable {
   /// (``GroupStorageProvider/usedBytes()``), the host refuses writes with
   /// ``HostError/spaceQuotaExceeded(usedBytes:quotaBytes:)`` while reads, deletes and releases go on; the alarm
   /// clears by itself once usage falls back under the quota (after deletes, a snapshot and the compaction behind
-  /// it). `nil`: no quota.
+  /// it). `nil`: no quota. By default ``defaultSpaceQuotaBytes``, as for a `Cluster` that sets none.
   public var spaceQuotaBytes: Int?
   /// How often the host measures the storage's usage while a quota is set, and, when its groups share a log,
   /// asks the groups whose entries keep the log's oldest segment on disk to release them.
@@ -275,10 +275,15 @@ public struct HostSettings: Sendable {
   /// client of the cluster shares one principal (see ``NotificationHub/maxWaitsPerPrincipal``).
   public var watchesPerPrincipal: Int
 
-  /// Creates settings; both engines must use the same tick interval (one timer ticks every group).
+  /// The space quota of settings that set none: 8 GiB, the largest etcd advises for its own (whose default is
+  /// 2 GiB). Pass `spaceQuotaBytes: nil` for no quota.
+  public static let defaultSpaceQuotaBytes = 8 << 30
+
+  /// Creates settings; both engines must use the same tick interval (one timer ticks every group). The space quota
+  /// is ``defaultSpaceQuotaBytes`` unless `spaceQuotaBytes` says otherwise (`nil`: none).
   public init(
     raft: RaftConfiguration = RaftConfiguration(), paxos: PaxosConfiguration = PaxosConfiguration(),
-    spaceQuotaBytes: Int? = nil, spaceCheckInterval: Duration = .seconds(1),
+    spaceQuotaBytes: Int? = HostSettings.defaultSpaceQuotaBytes, spaceCheckInterval: Duration = .seconds(1),
     transactionResolver: TransactionResolverOptions = TransactionResolverOptions(), watchesPerPrincipal: Int = 8_192
   ) {
     self.raft = raft

@@ -422,7 +422,8 @@ public final class ClusterSimulation: @unchecked Sendable {
     paxos.maxInflightMessages = 8
     paxos.requestTimeout = .seconds(2)
     paxos.sessions = options.sessions
-    return HostSettings(raft: raft, paxos: paxos)
+    // No quota: simulated storage has no usage to measure, and measuring it would add jobs to every run.
+    return HostSettings(raft: raft, paxos: paxos, spaceQuotaBytes: nil)
   }
 
   /// The groups whose engine supports membership changes and leadership transfer.

@@ -68,6 +68,15 @@ struct SpaceQuotaTests {
     #expect(tiny?.description.contains("less than 1 MiB") == true, "\(String(describing: tiny))")
   }
 
+  @Test("host settings that say nothing have the cluster's default quota; nil turns it off")
+  func hostSettingsDefaultQuota() {
+    #expect(HostSettings().spaceQuotaBytes == SpaceQuota.defaultBytes)
+    #expect(HostSettings(raft: RaftConfiguration()).spaceQuotaBytes == SpaceQuota.defaultBytes)
+    #expect(HostSettings.defaultSpaceQuotaBytes == SpaceQuota.defaultBytes)
+    #expect(HostSettings(spaceQuotaBytes: nil).spaceQuotaBytes == nil)
+    #expect(HostSettings(spaceQuotaBytes: 1 << 30).spaceQuotaBytes == 1 << 30)
+  }
+
   @Test("past the quota writes are refused with a typed error, reads and deletes go on, and the alarm clears")
   func alarmRaisesAndClears() async throws {
     let cluster = try Cluster(id: "space") {
