@@ -39,8 +39,8 @@ public protocol ReplicaObserver<Engine>: Sendable {
 /// 2. a snapshot from the leader is stored atomically, then the hard state and new entries are written and
 ///    made durable (under ``QuorumStorage/FsyncPolicy/always``, one `fdatasync`). A snapshot the storage could
 ///    not store without changing anything durable (a full disk, a failed write of its file) holds the turn's
-///    work back, tried again after a pause while the node goes on taking inputs; it stops the node only after
-///    60 tries;
+///    work back, tried again after a pause while the node goes on taking inputs; it stops the node only when
+///    the 60th retry (the 61st try) fails too;
 /// 3. only then are votes, promises and acknowledgements sent: they promise what step 2 stored;
 /// 4. the state machine is restored from the snapshot and committed entries are applied, answering the
 ///    requests that were waiting for them.
@@ -858,14 +858,15 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   @usableFromInline static var installRetries: Int { 60 }
 
   /// Stores the snapshot from the leader that `rd` carries, if it does (and compacts behind it, for an engine
-  /// that asks). Returns `false` when the storage failed without changing anything durable
+  /// that asks, unless the compaction finds no file descriptor: see ``compactSkippingStarved(through:)``).
+  /// Returns `false` when the storage failed without changing anything durable
   /// (``QuorumStorage/StorageError/isRetryable``: the disk was full, writing the file failed, descriptors ran
   /// out): the ready is then held (``heldInstall``) and tried again after a pause — 10 ms, doubling up to a
   /// second — while the loop goes on. Nothing of it has been acknowledged: its messages, the acknowledgement
   /// among them, leave only once it is stored; a leader meanwhile resends, as to a follower whose disk is slow.
-  /// This is the leader's retry without the transfer: the follower keeps the snapshot it received. After
-  /// ``installRetries`` failures, or on any other failure (the storage may no longer match what the node
-  /// holds), the error stops the node.
+  /// This is the leader's retry without the transfer: the follower keeps the snapshot it received. When the
+  /// last of ``installRetries`` retries fails too (the first try and ``installRetries`` more, all failed), or on
+  /// any other failure (the storage may no longer match what the node holds), the error stops the node.
   @inlinable func storeInstall(_ rd: ReplicaReady<Engine>, failures: Int) async throws -> Bool {
     guard let install = rd.snapshot else { return true }
     do {
@@ -879,7 +880,9 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
         ["index": "\(install.stored.index)", "error": "\(error)"])
       return false
     }
-    if let through = install.compactThrough { try await storage.compact(through: through) }
+    // The snapshot is stored: what the ready acknowledges is durable. The compaction behind it only frees space,
+    // so one that finds no file descriptor is left for the next snapshot, as after the node's own.
+    if let through = install.compactThrough { _ = try await compactSkippingStarved(through: through) }
     return true
   }
 
