@@ -207,6 +207,14 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   @usableFromInline var lastSnapshotBytes = 0
   /// The bytes of the entries applied since the newest snapshot was started.
   @usableFromInline var appliedBytesSinceSnapshot = 0
+  /// What ``appliedBytesSinceSnapshot`` held when the background snapshot under way started: given back if the
+  /// storage refuses that snapshot for a retryable reason, so that the next one does not wait for another
+  /// snapshot's worth of log (which, with writes refused by a space quota, might never come).
+  @usableFromInline var bytesBeforeSnapshot = 0
+  /// The position applied when the storage last refused a background snapshot for a retryable reason (a full
+  /// disk, say): the next is due ``ReplicaConfiguration/snapshotEvery`` entries after it, rather than at every
+  /// apply while the disk stays full.
+  @usableFromInline var refusedSnapshotAt: UInt64 = 0
   /// The snapshot being encoded and stored while the loop goes on.
   @usableFromInline var background = BackgroundSnapshot<StoredSnapshot>()
   /// Whether the background task reported since ``recordStoredSnapshot()`` last looked (most turns it has not,
@@ -559,8 +567,16 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       stopped = true
     case .snapshotStored(let result):
       snapshotReported = true
-      if let superseded = background.finished(result) {
-        logger.info("dropped a snapshot (superseded, or not stored for want of descriptors): \(superseded)")
+      switch background.finished(result) {
+      case .superseded(let reason)?:
+        logger.info("dropped a snapshot superseded by the leader's: \(reason)")
+      case .notStored(let reason)?:
+        // Nothing was stored: the bytes since the last snapshot that was are still to be covered.
+        appliedBytesSinceSnapshot &+= bytesBeforeSnapshot
+        refusedSnapshotAt = applied
+        logger.warning("a snapshot could not be stored; taking another later: \(reason)")
+      case nil:
+        break
       }
     case .cancel(let requestID):
       cancelRequest(requestID)
@@ -1067,10 +1083,11 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
     guard !background.isBusy,
       early
         || SnapshotSchedule.isDue(
-          applied: applied, lastSnapshot: lastSnapshotIndex, every: configuration.snapshotEvery,
+          applied: applied, lastSnapshot: max(lastSnapshotIndex, refusedSnapshotAt), every: configuration.snapshotEvery,
           bytesSince: appliedBytesSinceSnapshot, lastSnapshotBytes: lastSnapshotBytes),
       let (term, metadata) = engine?.snapshotMetadata(at: applied)
     else { return }
+    bytesBeforeSnapshot = appliedBytesSinceSnapshot
     appliedBytesSinceSnapshot = 0
     let index = applied
     let machine = self.machine

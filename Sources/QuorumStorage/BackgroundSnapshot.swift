@@ -41,21 +41,31 @@ public import QuorumCore
     }
   }
 
+  /// Why ``finished(_:)`` dropped a snapshot.
+  @usableFromInline package enum Drop: Sendable {
+    /// Refused as older than the stored one (a leader's snapshot was installed meanwhile), with the reason.
+    case superseded(String)
+    /// Not stored for a retryable reason (``StorageError/isRetryable``: a passing want of file descriptors, or a
+    /// temporary file that could not be written), with the error: nothing was stored or damaged, and the node
+    /// should take another.
+    case notStored(String)
+  }
+
   /// Records the task's outcome. A snapshot refused as older than the stored one (a leader's snapshot was
   /// installed meanwhile), or not stored for a retryable reason (a passing want of file descriptors, or a
-  /// temporary file that could not be written: ``StorageError/isRetryable``), is dropped; returns the reason
-  /// when that happened, for the log.
-  @usableFromInline package mutating func finished(_ result: Result<Snapshot, any Error>) -> String? {
+  /// temporary file that could not be written: ``StorageError/isRetryable``), is dropped; returns which and why
+  /// when that happened.
+  @usableFromInline package mutating func finished(_ result: Result<Snapshot, any Error>) -> Drop? {
     task = nil
     switch result {
     case .success(let snapshot):
       stored = snapshot
     case .failure(StorageError.invalidWrite(let reason)):
-      return reason
+      return .superseded(reason)
     case .failure(let error as StorageError) where error.isRetryable:
       // Out of descriptors, or the file could not be written (a full disk): nothing was stored or damaged; the
-      // node snapshots again at its next chance.
-      return "\(error)"
+      // node snapshots again later.
+      return .notStored("\(error)")
     case .failure(let error):
       failure = error
     }
