@@ -20,6 +20,15 @@ public protocol ReplicaObserver<Engine>: Sendable {
   /// compacted the log it keeps in memory unless the storage's compaction was skipped for want of file descriptors
   /// (then it is where the storage was compacted before; the compaction is left for the next snapshot or release).
   func node(_ node: NodeID, group: GroupID, recordedSnapshotAt index: UInt64, compactedThrough: UInt64)
+  /// The node could not store the leader's snapshot at `index` (for the `failures`-th time in a row) without
+  /// changing anything durable, and holds its ready back for another try: nothing of it was carried out, and its
+  /// messages wait. Does nothing unless an observer implements it.
+  func node(_ node: NodeID, group: GroupID, heldInstallAt index: UInt64, failures: Int)
+}
+
+extension ReplicaObserver {
+  /// Does nothing.
+  public func node(_ node: NodeID, group: GroupID, heldInstallAt index: UInt64, failures: Int) {}
 }
 
 /// A replica of a consensus group: the one actor shell around any ``ReplicaEngine`` — Raft's or
@@ -891,6 +900,7 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
       let pauseNanos = min(UInt64(10_000_000) << UInt64(min(failures, 7)), 1_000_000_000)
       heldInstall = HeldInstall(
         ready: rd, failures: failures + 1, retryAtNanos: runtime.clock.monotonicNanos() &+ pauseNanos)
+      observer?.node(id, group: group, heldInstallAt: install.stored.index, failures: failures + 1)
       logger.warning(
         "could not store the leader's snapshot; trying again in \(pauseNanos / 1_000_000) ms",
         ["index": "\(install.stored.index)", "error": "\(error)"])

@@ -181,8 +181,12 @@ public struct NodeSimulationStats: Sendable, CustomStringConvertible {
   public var diskFaults = 0
   /// Queued disk records lost to crashes.
   public var tornRecords = 0
-  /// Snapshot saves failed by injected disk faults (the node holds the snapshot and tries again).
+  /// Snapshot saves failed by injected disk faults: the node's own (background) snapshots, dropped and taken
+  /// again later, and leaders' snapshots, held and stored again (``heldInstalls``).
   public var snapshotFaults = 0
+  /// Failed stores of a leader's snapshot, after each of which the replica held the ready carrying it back (its
+  /// acknowledgement among its messages) and tried again after a pause.
+  public var heldInstalls = 0
   /// Membership changes that committed.
   public var membershipChanges = 0
   /// Leadership transfers that completed.
@@ -245,7 +249,7 @@ public struct NodeSimulationStats: Sendable, CustomStringConvertible {
 
   public var description: String {
     "jobs=\(jobs) leaderships=\(leaderships) durabilityChecks=\(durabilityChecks) crashes=\(crashes) partitions=\(partitions) stalls=\(stalls) "
-      + "diskFaults=\(diskFaults) snapshotFaults=\(snapshotFaults) torn=\(tornRecords) membership=\(membershipChanges) transfers=\(transfers) "
+      + "diskFaults=\(diskFaults) snapshotFaults=\(snapshotFaults) heldInstalls=\(heldInstalls) torn=\(tornRecords) membership=\(membershipChanges) transfers=\(transfers) "
       + "ops=\(operationsCompleted) unknown=\(unknownOutcomes) retries=\(retries) staleReads=\(staleReadsChecked) "
       + "writes=\(writeResponsesChecked) reads(lin/lease/session)=\(linearizableReads)/\(leaseReads)/\(sessionReads) "
       + "swaps=\(swaps) refusals=\(consensusRefusals) notApplied=\(writesNotApplied) applied=\(entriesApplied) "
@@ -268,6 +272,7 @@ public struct NodeSimulationStats: Sendable, CustomStringConvertible {
     diskFaults += other.diskFaults
     tornRecords += other.tornRecords
     snapshotFaults += other.snapshotFaults
+    heldInstalls += other.heldInstalls
     membershipChanges += other.membershipChanges
     transfers += other.transfers
     operationsCompleted += other.operationsCompleted
@@ -502,6 +507,7 @@ public final class ClusterSimulation: @unchecked Sendable {
       stats.leaderships += checker.leaderships
       stats.entriesApplied += checker.referenceApplied
       stats.durabilityChecks += (checker as? RaftChecker)?.durabilityChecks ?? 0
+      stats.heldInstalls += checker.heldInstalls
       let sessions = checker.sessionEvents
       stats.sessionsExpired += sessions.expired
       stats.sessionsEvicted += sessions.evicted

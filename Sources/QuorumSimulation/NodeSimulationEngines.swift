@@ -20,6 +20,8 @@ protocol GroupChecker: AnyObject, Sendable {
   var onCommittedNotifications: ((_ index: UInt64, _ notifications: [ServiceNotification]) -> Void)? { get set }
   /// What the exactly-once session table did, as the reference replica applied the committed log.
   var sessionEvents: SessionEvents { get }
+  /// Readies held back because a replica could not store the leader's snapshot they carry (each try counted).
+  var heldInstalls: Int { get }
 }
 
 /// What a group's exactly-once session table did over a run (every replica does the same, at the same entries).
@@ -65,6 +67,8 @@ class ReplicaChecker<Engine: ReplicaEngine>: ReplicaObserver, GroupChecker, @unc
   var onCommittedNotifications: ((_ index: UInt64, _ notifications: [ServiceNotification]) -> Void)?
   /// What the reference replica's session table did.
   private(set) var sessionEvents = SessionEvents()
+  /// Readies held back because a replica could not store the leader's snapshot they carry (each try counted).
+  private(set) var heldInstalls = 0
 
   init(group: GroupSpec, sessions: SessionPolicy, trace: SimulationTrace, now: @escaping () -> VirtualTime) {
     self.group = group
@@ -99,6 +103,11 @@ class ReplicaChecker<Engine: ReplicaEngine>: ReplicaObserver, GroupChecker, @unc
   }
 
   func node(_ node: NodeID, group: GroupID, didPersist ready: ReplicaReady<Engine>) {}
+
+  func node(_ node: NodeID, group: GroupID, heldInstallAt index: UInt64, failures: Int) {
+    heldInstalls += 1
+    trace.record(now(), "\(self.group.name): \(node) holds the leader's snapshot at \(index) (\(failures) failed)")
+  }
 
   func node(_ node: NodeID, group: GroupID, applied entry: Engine.Entry) {
     let digest = Self.fingerprint(isCommand: entry.isCommand, data: entry.data)

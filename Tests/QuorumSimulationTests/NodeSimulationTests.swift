@@ -42,8 +42,10 @@ struct NodeSimulationTests {
     // Each kind of call is checked on more than a handful: an error of one kind is no longer lost quietly.
     #expect(stats.linearizableReads > 50 && stats.leaseReads > 50 && stats.sessionReads > 50, "\(stats)")
     #expect(stats.swaps > 20, "\(stats)")
-    // Every Raft message and commit is held against the disks ("acknowledged ⇒ durable").
+    // Every Raft message and commit is held against the disks ("acknowledged ⇒ durable"), a follower holding a
+    // leader's snapshot it could not store among them (not only its own snapshots refused).
     #expect(stats.durabilityChecks > 10_000, "\(stats)")
+    #expect(stats.heldInstalls > 0, "\(stats)")
   }
 
   @Test("Raft nodes, 5 voters")
@@ -71,6 +73,7 @@ struct NodeSimulationTests {
     #expect(report.passed, "\(report)")
     #expect(report.seedsRun == 15, "\(report)")
     #expect(stats.crashes > 0 && stats.partitions > 0 && stats.stalls > 0 && stats.diskFaults > 0, "\(stats)")
+    #expect(stats.heldInstalls > 0, "a replica held a leader's snapshot it could not store: \(stats)")
     #expect(stats.operationsCompleted > 750 && stats.writeResponsesChecked > 400, "\(stats)")
     #expect(stats.linearizableReads > 30 && stats.leaseReads > 30 && stats.sessionReads > 30, "\(stats)")
   }
