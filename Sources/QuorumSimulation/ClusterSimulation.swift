@@ -241,6 +241,9 @@ public struct NodeSimulationStats: Sendable, CustomStringConvertible {
   public var lockLeasesLost = 0
   /// Stale writes (under a lost lease) the fencing check refused.
   public var lockWritesFenced = 0
+  /// Releases lock clients sent with an old grant's token while holding a newer grant of the lock, each checked
+  /// to free nothing.
+  public var lockStaleReleases = 0
   /// Grants, releases and expiries checked in the committed logs.
   public var lockLogEvents = 0
 
@@ -258,7 +261,7 @@ public struct NodeSimulationStats: Sendable, CustomStringConvertible {
       + (lockLogEvents == 0
         ? ""
         : " locks: grants=\(lockGrants) uses=\(lockUses) lost=\(lockLeasesLost) fenced=\(lockWritesFenced) "
-          + "logEvents=\(lockLogEvents)")
+          + "staleReleases=\(lockStaleReleases) logEvents=\(lockLogEvents)")
   }
 
   /// Adds `other` to these statistics.
@@ -296,6 +299,7 @@ public struct NodeSimulationStats: Sendable, CustomStringConvertible {
     lockUses += other.lockUses
     lockLeasesLost += other.lockLeasesLost
     lockWritesFenced += other.lockWritesFenced
+    lockStaleReleases += other.lockStaleReleases
     lockLogEvents += other.lockLogEvents
   }
 }
@@ -527,6 +531,7 @@ public final class ClusterSimulation: @unchecked Sendable {
       stats.partitions += client.cuts
     }
     stats.lockWritesFenced = lockChecker.staleWritesFenced
+    stats.lockStaleReleases = lockChecker.staleReleasesChecked
     stats.lockLogEvents = lockChecker.logEventsChecked
     if let failure = failure ?? checkers.compactMap(\.failure).first ?? lockChecker.failure { throw failure }
     guard converged else {

@@ -186,6 +186,9 @@ protocol CoreSimulationDriver: AnyObject {
   func checkReady(_ ready: Core.Ready, of node: Shell.Node, in shell: Shell) throws
   /// Checks a ready once it is durable, before its messages leave.
   func readyPersisted(_ ready: Core.Ready, of node: Shell.Node, in shell: Shell) throws
+  /// Checks, after every event, that no node whose lease read is valid now has a lower term (or ballot) than a
+  /// leader already elected.
+  func checkLeases(in shell: Shell) throws
   /// Checks an entry as `node` applies it.
   func checkApplied(_ entry: Core.Ready.Entry, by node: Shell.Node) throws
   /// A snapshot of `node`'s applied state to store in the background, if the core can take one now.
@@ -415,6 +418,7 @@ final class CoreSimulationShell<Driver: CoreSimulationDriver> {
       if now > deadline { break }
       stats.events += 1
       try handle(event)
+      try driver.checkLeases(in: self)
       if clients.allDone && healed { break }
     }
     stats.endTime = now

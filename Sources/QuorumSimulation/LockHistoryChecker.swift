@@ -61,6 +61,8 @@ public final class LockHistoryChecker: @unchecked Sendable {
   public private(set) var logEventsChecked = 0
   /// Leases relied on and checked against the logs.
   public private(set) var usesChecked = 0
+  /// Releases with an old grant's token checked (``staleRelease(client:old:holding:freed:)``).
+  public private(set) var staleReleasesChecked = 0
   /// Writes under a lease the client had given up that the fencing check refused (a newer holder had written).
   public private(set) var staleWritesFenced = 0
 
@@ -185,6 +187,17 @@ public final class LockHistoryChecker: @unchecked Sendable {
     } catch {
       fail("client \(client) relied on \(lease) at \(at), but the resource already admitted a newer token: \(error)")
     }
+  }
+
+  /// Client `client`, holding `lease`, sent a release with the token of `old`, an earlier grant of the same lock
+  /// in the same session whose release the log confirmed; `freed` is the answer. A token names one grant, so the
+  /// answer must be that nothing was freed (a lock table that matched the session alone would end `lease`).
+  public func staleRelease(client: Int, old: LockLease, holding lease: LockLease, freed: Bool) {
+    staleReleasesChecked += 1
+    guard freed else { return }
+    fail(
+      "client \(client) sent a release with the token of \(old), a grant already released, while it held \(lease) "
+        + "in the same session, and the lock table answered that it freed the lock")
   }
 
   /// Client `client` wrote under `lease` after finding it invalid (a holder that woke from a pause and did not

@@ -14,8 +14,14 @@ public struct PaxosSimulationOptions: Sendable {
   public var clients = 4
   /// The most operations one client performs. Clients work until the healed phase begins.
   public var operationsPerClient = 200
-  /// Pause between one client's operations.
+  /// Pause between one client's operations (unless ``thinkTimes`` chooses one by seed).
   public var thinkTime = DelayDistribution.uniform(.zero, .milliseconds(40))
+  /// The pauses runs choose from, by seed (`(seed / 2) % count`, so that every pause meets both idle-heartbeat
+  /// factors): with the default, half the runs pause up to 40 ms and half up to 400 ms, leaving the cluster
+  /// idle at times. Empty keeps ``thinkTime``.
+  public var thinkTimes: [DelayDistribution] = [
+    .uniform(.zero, .milliseconds(40)), .uniform(.zero, .milliseconds(400)),
+  ]
   /// Distinct keys (fewer keys mean more contention).
   public var keys = 4
   /// Virtual time per tick.
@@ -146,6 +152,10 @@ public final class PaxosSimulation {
   /// Prepares a run; nothing happens until ``run()``.
   public init(seed: UInt64, options: PaxosSimulationOptions = PaxosSimulationOptions(), trace: SimulationTrace) {
     self.seed = seed
+    var options = options
+    if !options.thinkTimes.isEmpty {
+      options.thinkTime = options.thinkTimes[Int(seed / 2 % UInt64(options.thinkTimes.count))]
+    }
     self.options = options
     self.shell = CoreSimulationShell(driver: PaxosDriver(options: options, seed: seed), seed: seed, trace: trace)
   }
@@ -198,6 +208,8 @@ final class PaxosDriver: CoreSimulationDriver {
   private var acceptances: [Slot: [Ballot: BallotTally]] = [:]
   private var chosen: [Slot: UInt64] = [:]
   private var leaderBallots: Set<Ballot> = []
+  /// The highest ballot a leader was elected in.
+  private var highestLeaderBallot = Ballot.zero
   private var durablePromise: [NodeID: Ballot] = [:]
 
   /// Slots known chosen by the oracle.
@@ -311,6 +323,17 @@ final class PaxosDriver: CoreSimulationDriver {
     }
   }
 
+  /// Leases: no leader whose lease read is valid now may lead in a lower ballot than a leader already elected,
+  /// or a lease read could miss that leader's writes.
+  func checkLeases(in shell: Shell) throws {
+    for node in shell.nodes.values where node.up && node.core.promised < highestLeaderBallot {
+      guard let index = node.core.leaseReadIndex(now: shell.now.nanoseconds) else { continue }
+      throw SimulationFailure(
+        "Lease: \(node.id) (ballot \(node.core.promised)) would serve a lease read at slot \(index), but "
+          + "\(highestLeaderBallot.node) was elected leader in \(highestLeaderBallot)")
+    }
+  }
+
   func checkReady(_ rd: PaxosReady, of node: Shell.Node, in shell: Shell) throws {
     if let soft = rd.softState, soft.role == .leader {
       if soft.ballot.node != node.id {
@@ -318,6 +341,7 @@ final class PaxosDriver: CoreSimulationDriver {
       }
       if leaderBallots.insert(soft.ballot).inserted {
         leaderships += 1
+        highestLeaderBallot = max(highestLeaderBallot, soft.ballot)
         shell.trace.record(shell.now, "\(node.id) leads in \(soft.ballot)")
       }
     }

@@ -57,8 +57,16 @@ public struct RaftSimulationOptions: Sendable {
   /// The most operations one client performs. Clients work until the healed phase begins, so most runs
   /// stop well before this.
   public var operationsPerClient = 200
-  /// Pause between one client's operations.
+  /// Pause between one client's operations (unless ``thinkTimes`` chooses one by seed).
   public var thinkTime = DelayDistribution.uniform(.zero, .milliseconds(40))
+  /// The pauses runs choose from, by seed (`(seed / 2) % count`, so that every pause meets both idle-heartbeat
+  /// factors): with the default, half the runs pause up to 40 ms and half up to 400 ms. The long pauses leave
+  /// the cluster idle at times, when a follower that lost its leader may hold as long a log as the others, so a
+  /// vote cast inside a leader's lease window can elect it (see ``CoreSimulationDriver/checkLeases(in:)``). Empty
+  /// keeps ``thinkTime``.
+  public var thinkTimes: [DelayDistribution] = [
+    .uniform(.zero, .milliseconds(40)), .uniform(.zero, .milliseconds(400)),
+  ]
   /// Distinct keys (fewer keys mean more contention).
   public var keys = 4
   /// Virtual time per tick.
@@ -178,6 +186,9 @@ public final class RaftSimulation {
       options.core.idleHeartbeatFactor =
         options.idleHeartbeatFactors[Int(seed % UInt64(options.idleHeartbeatFactors.count))]
     }
+    if !options.thinkTimes.isEmpty {
+      options.thinkTime = options.thinkTimes[Int(seed / 2 % UInt64(options.thinkTimes.count))]
+    }
     self.options = options
     self.shell = CoreSimulationShell(driver: RaftDriver(options: options), seed: seed, trace: trace)
   }
@@ -232,6 +243,10 @@ private final class RaftDriver: CoreSimulationDriver {
 
   // Invariant bookkeeping.
   private var leaderOfTerm: [Term: NodeID] = [:]
+  /// The highest term a leader was elected in.
+  private var highestLeaderTerm: Term = 0
+  /// Each node's commit index at its last ready, by node and incarnation (a restart recovers its own).
+  private var commitSeen: [NodeID: (incarnation: UInt64, commit: LogIndex)] = [:]
   private var entryAt: [LogIndex: [Term: (data: UInt64, prevTerm: Term)]] = [:]
   private var committedTerm: [LogIndex: Term] = [:]
   private var maxCommitted: LogIndex = 0
@@ -301,6 +316,7 @@ private final class RaftDriver: CoreSimulationDriver {
       }
       if leaderOfTerm[soft.term] == nil { leaderships += 1 }
       leaderOfTerm[soft.term] = node.id
+      highestLeaderTerm = max(highestLeaderTerm, soft.term)
       shell.trace.record(shell.now, "\(node.id) became leader of term \(soft.term)")
       // Leader Completeness: every committed entry is in the new leader's log.
       if core.lastIndex < maxCommitted {
@@ -316,6 +332,7 @@ private final class RaftDriver: CoreSimulationDriver {
         }
       }
     }
+    try checkCommitRule(of: node)
     // Only a leader's replication may leave before the ready's write ("acknowledged ⇒ durable").
     if let violation = RaftDurability.eagerViolation(
       rd.eagerMessages, term: core.term, ledTerm: leaderOfTerm[core.term] == node.id)
@@ -344,6 +361,34 @@ private final class RaftDriver: CoreSimulationDriver {
       }
       committedTerm[entry.index] = entry.term
       maxCommitted = max(maxCommitted, entry.index)
+    }
+  }
+
+  /// The commit rule (§5.4.2, Figure 8): a leader moves its commit index only onto an entry of its own term,
+  /// never by counting replicas of an earlier term's entry. A violation loses a committed entry only after four
+  /// faults in a row, which the nemesis rarely lines up; this catches the rule's breach itself.
+  private func checkCommitRule(of node: Shell.Node) throws {
+    let core = node.core
+    let seen = commitSeen[node.id]
+    let before = seen?.incarnation == node.incarnation ? seen?.commit ?? 0 : 0
+    commitSeen[node.id] = (node.incarnation, core.commitIndex)
+    guard core.role == .leader, core.commitIndex > before else { return }
+    let entryTerm = core.term(at: core.commitIndex)
+    if entryTerm != core.term {
+      throw SimulationFailure(
+        "Commit rule (§5.4.2): \(node.id), leader of term \(core.term), moved its commit index from \(before) to "
+          + "\(core.commitIndex), an entry of term \(entryTerm.map { "\($0)" } ?? "unknown")")
+    }
+  }
+
+  /// Leases (thesis §6.4): no leader whose lease read is valid now may have a lower term than a leader already
+  /// elected, or a lease read could miss that leader's writes.
+  func checkLeases(in shell: Shell) throws {
+    for node in shell.nodes.values where node.up && node.core.term < highestLeaderTerm {
+      guard let index = node.core.leaseReadIndex(now: shell.now.nanoseconds) else { continue }
+      throw SimulationFailure(
+        "Lease: \(node.id) (term \(node.core.term)) would serve a lease read at \(index), but \(leaderOfTerm[highestLeaderTerm].map { "\($0)" } ?? "a node") "
+          + "was elected leader of term \(highestLeaderTerm)")
     }
   }
 

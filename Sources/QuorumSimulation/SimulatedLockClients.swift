@@ -72,8 +72,13 @@ final class SimulatedLockClient: @unchecked Sendable {
   private(set) var pauses = 0
   /// Times the client lost its network.
   private(set) var cuts = 0
+  /// Releases sent with an old grant's token while the session held a newer grant of the lock.
+  private(set) var staleReleases = 0
   /// Until when the client's network is cut.
   private var cutUntil = VirtualTime.zero
+  /// The last lease whose release the log confirmed: its token is dead, and a release that carries it must free
+  /// nothing.
+  private var released: LockLease?
 
   init(index: Int, node: NodeID, process: UInt32, context: Context) {
     self.index = index
@@ -143,12 +148,14 @@ final class SimulatedLockClient: @unchecked Sendable {
     }
     grants += 1
     context.checker.received(client: index, lease: lease)
+    await releaseStale(locks, holding: lease)
     await hold(lease, healed: healed)
     let roll = random { Int.random(in: 0..<100, using: &$0) }
     do {
       if roll < 85 {
-        let released = try await locks.unlock(lease)
-        context.trace.record(scheduler.now, "lock client \(index) released \(lease): \(released)")
+        let freed = try await locks.unlock(lease)
+        context.trace.record(scheduler.now, "lock client \(index) released \(lease): \(freed)")
+        if freed { released = lease }
       } else {
         await locks.close()  // Every session of the client ends, and its locks with it.
         context.trace.record(scheduler.now, "lock client \(index) closed its sessions")
@@ -159,6 +166,27 @@ final class SimulatedLockClient: @unchecked Sendable {
       context.trace.record(scheduler.now, "lock client \(index) release of \(lease) failed: \(error)")
     }
     return true
+  }
+
+  /// Half the time, when `lease` is a newer grant of the lock in the session whose earlier grant the client
+  /// released, sends that release again with the old token (a late retry from a client that lost track, or a
+  /// bug): the lock table must not let it end `lease`. The log side of the checker sees a release of a grant that
+  /// is not held; the answer must say that nothing was freed.
+  private func releaseStale(_ locks: LockClient, holding lease: LockLease) async {
+    guard let old = released, old.name == lease.name, old.group == lease.group, old.session == lease.session,
+      old.token != lease.token, random({ Bool.random(using: &$0) })
+    else { return }
+    released = nil
+    staleReleases += 1
+    do {
+      let freed = try await locks.unlock(old)
+      context.trace.record(scheduler.now, "lock client \(index) released \(old) again, holding \(lease): \(freed)")
+      context.checker.staleRelease(client: index, old: old, holding: lease, freed: freed)
+    } catch {
+      context.noteFailure(error, "lock client \(index) stale release of \(old)")
+      failedCalls += 1
+      context.trace.record(scheduler.now, "lock client \(index) stale release of \(old) failed: \(error)")
+    }
   }
 
   private func pickLock() -> (String, LockMode) {
