@@ -134,7 +134,8 @@ public struct PaxosSimulationStats: Sendable, CustomStringConvertible {
 /// - a ballot proposes one value per slot;
 /// - at most one value is ever chosen per slot;
 /// - every value a node learns (applies) for a slot is the value chosen there;
-/// - a node's durable promise never moves backwards, and only a ballot's owner leads in it.
+/// - a node's durable promise never moves backwards, and only a ballot's owner leads in it;
+/// - no node whose lease read is valid has promised a lower ballot than a leader already elected.
 /// After the healed phase every client operation must have completed and the client history must be
 /// linearizable. Any violation throws a ``SimulationFailure``.
 public final class PaxosSimulation {

@@ -61,9 +61,9 @@ public struct RaftSimulationOptions: Sendable {
   public var thinkTime = DelayDistribution.uniform(.zero, .milliseconds(40))
   /// The pauses runs choose from, by seed (`(seed / 2) % count`, so that every pause meets both idle-heartbeat
   /// factors): with the default, half the runs pause up to 40 ms and half up to 400 ms. The long pauses leave
-  /// the cluster idle at times, when a follower that lost its leader may hold as long a log as the others, so a
-  /// vote cast inside a leader's lease window can elect it (see ``CoreSimulationDriver/checkLeases(in:)``). Empty
-  /// keeps ``thinkTime``.
+  /// the cluster idle at times, when a follower that lost its leader may hold as long a log as the others and can
+  /// be elected (while clients write all the time, the §5.4.1 check usually refuses it). Empty keeps
+  /// ``thinkTime``.
   public var thinkTimes: [DelayDistribution] = [
     .uniform(.zero, .milliseconds(40)), .uniform(.zero, .milliseconds(400)),
   ]
@@ -164,7 +164,8 @@ public struct RaftSimulationStats: Sendable, CustomStringConvertible {
 /// answer.
 ///
 /// After every event the run checks Election Safety, Log Matching, Leader Completeness and State Machine
-/// Safety; after the healed phase every operation must have completed and the client history must be
+/// Safety, and that no node whose lease read is valid has a lower term than a leader already elected; after every
+/// ready, that a leader moves its commit index only onto an entry of its own term (§5.4.2); after the healed phase every operation must have completed and the client history must be
 /// linearizable. Any violation throws a ``SimulationFailure``.
 public final class RaftSimulation {
   /// The run's seed.

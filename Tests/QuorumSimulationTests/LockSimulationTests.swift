@@ -35,6 +35,7 @@ struct LockSimulationTests {
     #expect(stats.lockGrants > 10 * seeds.count && stats.lockUses > 100 * seeds.count, "\(stats)")
     #expect(stats.lockLeasesLost > seeds.count / 4, "holders paused past their TTL: \(stats)")
     #expect(stats.lockWritesFenced > 0, "stale writes met the fence: \(stats)")
+    #expect(stats.lockStaleReleases > 0, "releases with an old grant's token, each checked to free nothing: \(stats)")
     #expect(stats.crashes > 0 && stats.partitions > 0 && stats.leaderships > seeds.count, "\(stats)")
   }
 }
