@@ -310,3 +310,34 @@ public struct ReplicatedStateMachine<Machine: StateMachine>: Sendable {
     sessions = restored
   }
 }
+
+/// Structural equality, for checking that a replica restored from a snapshot holds what one that applied every
+/// entry holds — also what the snapshot encoding might leave out, which a comparison of snapshot bytes cannot see.
+extension ReplicatedStateMachine: Equatable where Machine: Equatable {
+  /// Whether `a` and `b` hold the same machine, sessions, log time, applied index and policy.
+  ///
+  /// The session table's last expiry scan is compared by scan period, not by value: a restored table takes the log
+  /// time for it, which lies in the same period as the scan it replaces, so it scans at the same entries.
+  public static func == (a: Self, b: Self) -> Bool { a.differences(from: b).isEmpty }
+
+  /// The parts in which `self` differs from `other`, in words (empty: equal, as for `==`). `"machine"` names a
+  /// difference in the wrapped machine; the caller may ask the machine for more.
+  package func differences(from other: Self) -> [String] {
+    var parts: [String] = []
+    if policy != other.policy { parts.append("session policy") }
+    if _logTimeMillis != other._logTimeMillis {
+      parts.append("log time \(_logTimeMillis) vs \(other._logTimeMillis)")
+    }
+    if _appliedIndex != other._appliedIndex {
+      parts.append("applied index \(_appliedIndex) vs \(other._appliedIndex)")
+    }
+    if let difference = sessions.difference(from: other.sessions) { parts.append("sessions: \(difference)") }
+    let period = max(1, policy.timeoutMillis / 10)
+    if sessions.lastExpiryScanMillis / period != other.sessions.lastExpiryScanMillis / period {
+      parts.append(
+        "session expiry scan \(sessions.lastExpiryScanMillis) vs \(other.sessions.lastExpiryScanMillis) ms")
+    }
+    if _machine != other._machine { parts.append("machine") }
+    return parts
+  }
+}

@@ -4,10 +4,13 @@
 /// table's work on every request (finding the session, dropping acknowledged responses, remembering the new
 /// one) runs as code compiled for these types, not through the runtime's generic metadata, whatever machine
 /// the replica runs; only a duplicate decodes its remembered response.
+///
+/// Equatable field by field, so that a replica restored from a snapshot can be compared with one that applied every
+/// entry (see ``ReplicatedStateMachine``'s `==`), including what the snapshot encoding might leave out.
 @usableFromInline
-struct SessionTable: Sendable {
+struct SessionTable: Sendable, Equatable {
   /// A response remembered for a request applied but not yet acknowledged.
-  struct Remembered: Sendable {
+  struct Remembered: Sendable, Equatable {
     /// The request's sequence number within its session.
     var sequence: UInt64
     /// The index of the entry that applied the request.
@@ -25,8 +28,10 @@ struct SessionTable: Sendable {
     }
   }
 
+  /// Equatable on every field: `responseBytes` and each `size` are derived, but kept incrementally, so comparing
+  /// them also checks that bookkeeping against a restored (recomputed) copy.
   @usableFromInline
-  struct Session: Sendable {
+  struct Session: Sendable, Equatable {
     /// The principal that registered the session (`nil`: none was authenticated).
     var owner: String?
     var lastActiveMillis: UInt64
@@ -148,6 +153,31 @@ struct SessionTable: Sendable {
   /// How many sessions each principal holds (derived from ``sessions``; never serialised).
   private var sessionsByOwner: [String: Int] = [:]
   private(set) var lastExpiryScanMillis: UInt64 = 0
+
+  /// The sessions and the per-principal counts (derived, but kept incrementally: comparing them checks that
+  /// bookkeeping against a restored copy, which recounts). Not ``lastExpiryScanMillis``: a restored table takes the
+  /// log time for it, which lies in the same scan period but is not the same value; ``ReplicatedStateMachine``,
+  /// which knows the period, compares the periods.
+  @usableFromInline
+  static func == (a: SessionTable, b: SessionTable) -> Bool {
+    a.sessions == b.sessions && a.sessionsByOwner == b.sessionsByOwner
+  }
+
+  /// Where `self` and `other` first differ, in words (`nil`: they are equal, ``lastExpiryScanMillis`` aside).
+  func difference(from other: SessionTable) -> String? {
+    for id in Set(sessions.keys).union(other.sessions.keys).sorted() where sessions[id] != other.sessions[id] {
+      return "session \(id): \(Self.describe(sessions[id])) vs \(Self.describe(other.sessions[id]))"
+    }
+    return sessionsByOwner == other.sessionsByOwner
+      ? nil : "sessions per principal \(sessionsByOwner) vs \(other.sessionsByOwner)"
+  }
+
+  private static func describe(_ s: Session?) -> String {
+    guard let s else { return "absent" }
+    return
+      "owner \(s.owner ?? "-") active \(s.lastActiveMillis) acknowledged \(s.acknowledgedThrough) forgotten "
+      + "\(s.forgotten.sorted()) remembered \(s.responses.map { "\($0.sequence)@\($0.index)" }) (\(s.responseBytes) B)"
+  }
 
   var count: Int { sessions.count }
 

@@ -454,6 +454,9 @@ public protocol HostedGroup: Sendable {
   var events: AsyncStream<GroupEvent> { get }
   /// The applied position and the whole encoded state at it (for checking that replicas converge).
   func localState() async -> (applied: UInt64, snapshot: [UInt8])
+  /// The applied position and the whole state at it as a value (for comparing replicas structurally, which also
+  /// sees what a snapshot's encoding leaves out); `nil` from a group that cannot show it.
+  func localMachine() async -> (applied: UInt64, machine: ReplicatedStateMachine<ServiceMachine>)?
   /// Asks the replica to snapshot (if its last snapshot was at most `snapshotBudgetBytes`) and compact its
   /// storage through the snapshot, so that its old entries stop keeping a shared log's oldest segment on disk.
   /// Does not wait.
@@ -463,6 +466,9 @@ public protocol HostedGroup: Sendable {
 extension HostedGroup {
   /// Does nothing.
   public func releaseStoredEntries(snapshotBudgetBytes: Int) {}
+
+  /// `nil`: this group cannot show its state.
+  public func localMachine() async -> (applied: UInt64, machine: ReplicatedStateMachine<ServiceMachine>)? { nil }
 }
 
 /// A hosted group on engine `Engine`.
@@ -558,6 +564,10 @@ final class EngineGroup<Engine: HostedEngine>: HostedGroup {
   func transferLeadership(to target: NodeID) async throws { try await node.transferLeadership(to: target) }
 
   func localState() async -> (applied: UInt64, snapshot: [UInt8]) { await node.localState() }
+
+  func localMachine() async -> (applied: UInt64, machine: ReplicatedStateMachine<ServiceMachine>)? {
+    await node.localMachine()
+  }
 
   var events: AsyncStream<GroupEvent> { node.events(Engine.groupEvent) }
 

@@ -100,7 +100,7 @@ public enum HostedTxnCommand: Hashable, Sendable, WireCodable, CustomStringConve
 
 /// A ``QuorumTransactions/TxnShard`` on transaction time: log time plus an offset that leaders' clock entries
 /// move forward (see ``HostedTxnService``).
-public struct HostedTxnShard: StateMachine {
+public struct HostedTxnShard: StateMachine, Equatable {
   public typealias Command = HostedTxnCommand
   public typealias Response = TxnShardResponse
   public typealias Query = TxnShardQuery

@@ -99,6 +99,8 @@ protocol ServiceState: Sendable {
   mutating func restore(from bytes: [UInt8]) throws
   /// Starts the service afresh, as a new group's (its state at the start of the log).
   mutating func reset()
+  /// Whether `other` is the same service in the same state (structurally, not only in its snapshot's bytes).
+  func isEqual(to other: any ServiceState) -> Bool
 }
 
 struct TypedServiceState<Service: ReplicatedService>: ServiceState {
@@ -167,6 +169,18 @@ struct TypedServiceState<Service: ReplicatedService>: ServiceState {
     changed = true
     machine = service.makeMachine()
   }
+
+  /// Compares the machines with their own `==` when they are `Equatable` (every service of the standard catalog's
+  /// is), otherwise their snapshots' bytes, the most a machine without `==` shows. Not compared: the service (the
+  /// factory of fresh machines, the same for a service's name) and `changed`, which only says whether to ask for
+  /// notifications and is not state.
+  func isEqual(to other: any ServiceState) -> Bool {
+    guard let other = other as? Self else { return false }
+    if let equatable = machine as? any Equatable { return Self.equal(equatable, other.machine) }
+    return machine.snapshot() == other.machine.snapshot()
+  }
+
+  private static func equal<E: Equatable>(_ a: E, _ b: Any) -> Bool { (b as? E) == a }
 }
 
 /// The state machine of a group whose log carries several services side by side.
@@ -240,6 +254,16 @@ public struct ServiceMachine: StateMachine {
     }
   }
 
+  /// The names of the services whose states differ between `self` and `other` (a service only one of them runs
+  /// counts as differing).
+  package func differingServices(from other: ServiceMachine) -> [String] {
+    let names = Set(serviceNames).union(other.serviceNames).sorted()
+    return names.filter { name in
+      guard let mine = position(of: name), let theirs = other.position(of: name) else { return true }
+      return !services[mine].isEqual(to: other.services[theirs])
+    }
+  }
+
   public mutating func restore(from snapshot: [UInt8]) throws {
     var reader = WireReader(snapshot, limits: .snapshot(snapshot))
     let version = try reader.readVarint()
@@ -266,4 +290,11 @@ public struct ServiceMachine: StateMachine {
     try reader.expectEnd()
     services = restored
   }
+}
+
+/// Structural equality, service by service, for checking that a replica restored from a snapshot holds what one
+/// that applied every entry holds (also what a service's snapshot encoding might leave out).
+extension ServiceMachine: Equatable {
+  /// Whether `a` and `b` run the same services in the same states (see ``differingServices(from:)``).
+  public static func == (a: ServiceMachine, b: ServiceMachine) -> Bool { a.differingServices(from: b).isEmpty }
 }

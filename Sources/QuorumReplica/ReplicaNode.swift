@@ -1351,6 +1351,10 @@ public final actor ReplicaNode<Engine: ReplicaEngine, Machine: StateMachine> {
   /// same position hold byte-identical states (the simulator checks that they converge).
   @inlinable public func localState() -> (applied: UInt64, snapshot: [UInt8]) { (applied, machine.snapshot()) }
 
+  /// The applied position and the whole state at it, sessions and machine, as values (a copy-on-write copy): for
+  /// comparing replicas structurally, which also sees what a snapshot's encoding leaves out.
+  public func localMachine() -> (applied: UInt64, machine: ReplicatedStateMachine<Machine>) { (applied, machine) }
+
   /// The newest log time applied here (milliseconds on the group's log clock).
   public var appliedLogTimeMillis: UInt64 { machine.logTimeMillis }
 }

@@ -13,6 +13,8 @@ protocol GroupChecker: AnyObject, Sendable {
   var leaderships: Int { get }
   var referenceApplied: UInt64 { get }
   var referenceSnapshot: [UInt8] { get }
+  /// The reference replica's whole state, for comparing replicas with it structurally.
+  var referenceMachine: ReplicatedStateMachine<ServiceMachine> { get }
   func fail(_ message: String)
   func becameDurable(_ node: NodeID, entries: [any StorableEntry], hardState: [UInt8]?)
   func kvValue(of key: String, at index: UInt64) -> [UInt8]?
@@ -199,6 +201,9 @@ class ReplicaChecker<Engine: ReplicaEngine>: ReplicaObserver, GroupChecker, @unc
 
   /// The reference replica's whole encoded state.
   var referenceSnapshot: [UInt8] { reference.snapshot() }
+
+  /// The reference replica's whole state (it never restores a snapshot: it applied every committed entry).
+  var referenceMachine: ReplicatedStateMachine<ServiceMachine> { reference }
 }
 
 /// Raft's invariants (§5.2–§5.4), checked at every ready of every node: Election Safety (one leader per term),

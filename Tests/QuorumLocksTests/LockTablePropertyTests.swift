@@ -94,6 +94,7 @@ struct LockTablePropertyTests {
         twin = restored
       }
       #expect(twin.snapshot() == table.snapshot(), "seed \(seed) entry \(index)")
+      #expect(twin == table, "seed \(seed) entry \(index): a restored copy differs from the table")
       #expect(twin.nextDeadlineMillis == table.nextDeadlineMillis, "seed \(seed) entry \(index)")
     }
     // The workload reached every interesting case.
