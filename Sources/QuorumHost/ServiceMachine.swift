@@ -295,6 +295,6 @@ public struct ServiceMachine: StateMachine {
 /// Structural equality, service by service, for checking that a replica restored from a snapshot holds what one
 /// that applied every entry holds (also what a service's snapshot encoding might leave out).
 extension ServiceMachine: Equatable {
-  /// Whether `a` and `b` run the same services in the same states (see ``differingServices(from:)``).
+  /// Whether `a` and `b` run the same services, each in the same state (compared through its own `==`).
   public static func == (a: ServiceMachine, b: ServiceMachine) -> Bool { a.differingServices(from: b).isEmpty }
 }
