@@ -332,8 +332,7 @@ extension ReplicatedStateMachine: Equatable where Machine: Equatable {
       parts.append("applied index \(_appliedIndex) vs \(other._appliedIndex)")
     }
     if let difference = sessions.difference(from: other.sessions) { parts.append("sessions: \(difference)") }
-    let period = max(1, policy.timeoutMillis / 10)
-    if sessions.lastExpiryScanMillis / period != other.sessions.lastExpiryScanMillis / period {
+    if !sessions.scansWithTable(other.sessions, policy: policy) {
       parts.append(
         "session expiry scan \(sessions.lastExpiryScanMillis) vs \(other.sessions.lastExpiryScanMillis) ms")
     }

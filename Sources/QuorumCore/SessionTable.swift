@@ -243,13 +243,23 @@ struct SessionTable: Sendable, Equatable {
     sessionsByOwner[owner] = left > 0 ? left : nil
   }
 
+  /// The period of log time in which the table scans for idle sessions at most once: a tenth of the timeout (the
+  /// table can be large, and most entries expire nothing).
+  static func expiryScanPeriod(_ policy: SessionPolicy) -> UInt64 { max(1, policy.timeoutMillis / 10) }
+
+  /// Whether `self` and `other` last scanned for idle sessions in the same period, and so scan next at the same
+  /// entries.
+  func scansWithTable(_ other: SessionTable, policy: SessionPolicy) -> Bool {
+    let period = Self.expiryScanPeriod(policy)
+    return lastExpiryScanMillis / period == other.lastExpiryScanMillis / period
+  }
+
   /// Expires the sessions idle for longer than the policy's timeout at log time `now`.
   @usableFromInline
   mutating func expireIdle(now: UInt64, policy: SessionPolicy) {
-    // Scan at most every tenth of the timeout: the table can be large and most entries expire nothing. Scans
-    // happen at the first entry of each period of log time, so they depend only on the entries' timestamps:
-    // a replica restored from a snapshot scans at the same entries as one that applied the whole log.
-    let period = max(1, policy.timeoutMillis / 10)
+    // Scans happen at the first entry of each period of log time, so they depend only on the entries'
+    // timestamps: a replica restored from a snapshot scans at the same entries as one that applied the whole log.
+    let period = Self.expiryScanPeriod(policy)
     guard now / period > lastExpiryScanMillis / period else { return }
     lastExpiryScanMillis = now
     guard now > policy.timeoutMillis else { return }
